@@ -1,0 +1,210 @@
+//! Snapshot handles: what a backend's asynchronous snapshot phase returns, what the manifest
+//! records per subtask, and what restore reads. Also the two small I/O traits through which a
+//! backend writes and reads snapshot files, implemented by `cairn-storage`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::codec::CodecIdentity;
+use crate::error::Result;
+use crate::keygroup::KeyGroupRange;
+use crate::state::StateMeta;
+
+/// Whether a snapshot is a system-owned checkpoint or a user-owned savepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SnapshotType {
+    /// Periodic, may be incremental and share files with other checkpoints.
+    Checkpoint,
+    /// User-triggered, canonical and self-contained (no shared files).
+    Savepoint,
+}
+
+/// What the synchronous phase is asked to capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// The checkpoint (or savepoint) id; strictly increasing within a job.
+    pub checkpoint_id: u64,
+    /// Checkpoint or savepoint.
+    pub snapshot_type: SnapshotType,
+    /// Write only what changed since the last completed checkpoint (checkpoints only;
+    /// savepoints are always full).
+    pub incremental: bool,
+}
+
+impl SnapshotOptions {
+    /// A full checkpoint.
+    pub fn full_checkpoint(checkpoint_id: u64) -> Self {
+        Self {
+            checkpoint_id,
+            snapshot_type: SnapshotType::Checkpoint,
+            incremental: false,
+        }
+    }
+    /// An incremental checkpoint.
+    pub fn incremental_checkpoint(checkpoint_id: u64) -> Self {
+        Self {
+            incremental: true,
+            ..Self::full_checkpoint(checkpoint_id)
+        }
+    }
+    /// A canonical savepoint.
+    pub fn savepoint(checkpoint_id: u64) -> Self {
+        Self {
+            checkpoint_id,
+            snapshot_type: SnapshotType::Savepoint,
+            incremental: false,
+        }
+    }
+}
+
+/// Where a snapshot file lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileArea {
+    /// In the snapshot's own directory (`chk-<id>/` or the savepoint directory).
+    Private,
+    /// In the job's `shared/` directory, referenced by several checkpoints.
+    Shared,
+}
+
+/// A file a snapshot references, with what verifies it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileRef {
+    /// Private or shared.
+    pub area: FileArea,
+    /// The name relative to the area's directory: `[A-Za-z0-9._-]` segments joined by `/`.
+    pub name: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// CRC32 (ISO-HDLC, as crc32fast) of the whole file.
+    pub crc32: u32,
+}
+
+impl fmt::Display for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.area {
+            FileArea::Private => write!(f, "{}", self.name),
+            FileArea::Shared => write!(f, "shared/{}", self.name),
+        }
+    }
+}
+
+/// Whether `name` is a valid [`FileRef::name`]: non-empty `/`-separated segments of
+/// `[A-Za-z0-9._-]`, none of them `.` or `..`, at most 512 bytes.
+pub fn is_valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 512
+        && name.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+/// One canonical state file and the key groups a handle reads from it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CanonicalFile {
+    /// The file.
+    pub file: FileRef,
+    /// The key groups of the handle that this file supplies (sorted, disjoint).
+    pub key_groups: Vec<KeyGroupRange>,
+}
+
+/// How a subtask's keyed state is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyedData {
+    /// Canonical state files (`format-spec/README.md`, "State file"); every key group of the
+    /// handle's range is supplied by exactly one file. Full snapshots have one file;
+    /// incremental ones reference unchanged key groups in earlier checkpoints' shared files.
+    Canonical {
+        /// The files and which key groups each supplies.
+        files: Vec<CanonicalFile>,
+    },
+}
+
+/// The keyed state of one subtask of one operator in one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyedStateHandle {
+    /// The key groups this subtask owned.
+    pub key_group_range: KeyGroupRange,
+    /// Codec of the keys.
+    pub key_codec: CodecIdentity,
+    /// Every state the subtask had registered or restored, sorted by name.
+    pub states: Vec<StateMeta>,
+    /// Where the entries are.
+    pub data: KeyedData,
+}
+
+impl KeyedStateHandle {
+    /// Every file the handle references.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        match &self.data {
+            KeyedData::Canonical { files } => files.iter().map(|f| &f.file),
+        }
+    }
+}
+
+/// How operator list state is redistributed when the parallelism changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Redistribution {
+    /// The elements of all subtasks are dealt round-robin over the new subtasks.
+    Split,
+    /// Every new subtask gets every element of every old subtask.
+    Union,
+}
+
+/// One operator list state of one subtask, encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OperatorStateSnapshot {
+    /// The state name, unique among the operator's operator states.
+    pub name: String,
+    /// How it is redistributed.
+    pub mode: Redistribution,
+    /// Codec of the elements.
+    pub codec: CodecIdentity,
+    /// The encoded elements, in list order.
+    pub elements: Vec<Vec<u8>>,
+}
+
+/// A cancellation flag shared with an asynchronous snapshot phase.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A fresh, uncancelled token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Where an asynchronous snapshot phase writes its files (implemented by `cairn-storage`).
+///
+/// Contract: when `write_file` returns `Ok`, the file is durable and complete under the
+/// returned [`FileRef`]; a failed write leaves no file that a manifest references.
+pub trait SnapshotTarget: Send + Sync {
+    /// The id of the snapshot being written.
+    fn checkpoint_id(&self) -> u64;
+    /// Whether the target accepts [`FileArea::Shared`] files (savepoints do not).
+    fn supports_shared(&self) -> bool;
+    /// Writes `bytes` as file `name` in `area`.
+    fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef>;
+}
+
+/// Where restore reads snapshot files from (implemented by `cairn-storage`).
+pub trait SnapshotSource: Send + Sync {
+    /// Reads the whole file, checking its size against the reference (checksums are checked
+    /// by the decoder, block by block).
+    fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes>;
+}

@@ -1,0 +1,392 @@
+//! State kinds and their descriptors.
+//!
+//! A descriptor is declared once per operator (name, kind, codecs) and registered with the
+//! backend when the operator opens; registration returns a typed id through which the state
+//! is accessed. The descriptor's codecs are stored with the state in every snapshot and
+//! checked on restore.
+
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{BincodeCodec, Codec, CodecIdentity};
+
+/// The kinds of keyed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StateKind {
+    /// One value per key and namespace.
+    Value,
+    /// A list of values per key and namespace.
+    List,
+    /// A map of user keys to values per key and namespace.
+    Map,
+    /// A value that folds every added value with a reduce function.
+    Reducing,
+    /// An accumulator that folds inputs with an aggregate function.
+    Aggregating,
+}
+
+impl StateKind {
+    /// The kind's stable code in the format (`format-spec/README.md`).
+    pub fn code(self) -> u8 {
+        match self {
+            StateKind::Value => 1,
+            StateKind::List => 2,
+            StateKind::Map => 3,
+            StateKind::Reducing => 4,
+            StateKind::Aggregating => 5,
+        }
+    }
+
+    /// The kind of a stable code, if known.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => StateKind::Value,
+            2 => StateKind::List,
+            3 => StateKind::Map,
+            4 => StateKind::Reducing,
+            5 => StateKind::Aggregating,
+            _ => return None,
+        })
+    }
+}
+
+/// What a snapshot records about one keyed state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StateMeta {
+    /// The state name, unique within the operator.
+    pub name: String,
+    /// The state kind.
+    pub kind: StateKind,
+    /// Codec of the namespace.
+    pub namespace: CodecIdentity,
+    /// Codec of the value (list element, map value, accumulator for aggregating state).
+    pub value: CodecIdentity,
+    /// Codec of the map's user key (map state only).
+    pub user_key: Option<CodecIdentity>,
+}
+
+/// Values kept in state: owned, clonable, shareable with snapshot threads.
+pub trait StateValue: Clone + Send + Sync + 'static {}
+impl<T: Clone + Send + Sync + 'static> StateValue for T {}
+
+/// Namespaces (e.g. windows) that scope state below the key.
+pub trait Namespace: Clone + Eq + Hash + Send + Sync + 'static {}
+impl<T: Clone + Eq + Hash + Send + Sync + 'static> Namespace for T {}
+
+/// Map state's user keys.
+pub trait UserKey: Clone + Eq + Hash + Send + Sync + 'static {}
+impl<T: Clone + Eq + Hash + Send + Sync + 'static> UserKey for T {}
+
+/// The namespace of state that is not scoped to a namespace; encodes to zero bytes.
+pub type VoidNamespace = ();
+
+/// Folds two values into one (`ReducingState`).
+pub type ReduceFn<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
+
+/// Folds inputs into an accumulator and derives a result from it (`AggregatingState`).
+pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync + 'static {
+    /// A fresh accumulator.
+    fn create_accumulator(&self) -> ACC;
+    /// Adds one input to an accumulator.
+    fn add(&self, acc: &mut ACC, input: IN);
+    /// The result of an accumulator.
+    fn result(&self, acc: &ACC) -> OUT;
+}
+
+/// The untyped identity of a registered state: its index in the backend and its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RawStateId {
+    /// Index assigned by the backend at registration.
+    pub index: u32,
+    /// The state kind.
+    pub kind: StateKind,
+}
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident<$($p:ident),*>) => {
+        $(#[$doc])*
+        pub struct $name<$($p),*> {
+            raw: RawStateId,
+            _types: PhantomData<fn() -> ($($p,)*)>,
+        }
+        impl<$($p),*> $name<$($p),*> {
+            /// Made by a backend when the state is registered.
+            pub fn new(raw: RawStateId) -> Self {
+                Self { raw, _types: PhantomData }
+            }
+            /// The untyped identity.
+            pub fn raw(&self) -> RawStateId {
+                self.raw
+            }
+        }
+        impl<$($p),*> Clone for $name<$($p),*> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<$($p),*> Copy for $name<$($p),*> {}
+        impl<$($p),*> fmt::Debug for $name<$($p),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.raw.index)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// A registered `ValueState<V>` in namespace type `N`.
+    ValueStateId<V, N>
+);
+typed_id!(
+    /// A registered `ListState<V>` in namespace type `N`.
+    ListStateId<V, N>
+);
+typed_id!(
+    /// A registered `MapState<UK, UV>` in namespace type `N`.
+    MapStateId<UK, UV, N>
+);
+typed_id!(
+    /// A registered `ReducingState<V>` in namespace type `N`.
+    ReducingStateId<V, N>
+);
+typed_id!(
+    /// A registered `AggregatingState<IN, ACC, OUT>` in namespace type `N`.
+    AggregatingStateId<IN, ACC, OUT, N>
+);
+
+/// Shared codec handle.
+pub type CodecRef<T> = Arc<dyn Codec<T>>;
+
+fn bincode<T: Serialize + DeserializeOwned + Send + Sync + 'static>() -> CodecRef<T> {
+    Arc::new(BincodeCodec::<T>::new())
+}
+
+/// Describes a `ValueState<V>`.
+pub struct ValueStateDescriptor<V, N = VoidNamespace> {
+    /// The state name.
+    pub name: String,
+    /// Codec of the value.
+    pub value: CodecRef<V>,
+    /// Codec of the namespace.
+    pub namespace: CodecRef<N>,
+}
+
+/// Describes a `ListState<V>`.
+pub struct ListStateDescriptor<V, N = VoidNamespace> {
+    /// The state name.
+    pub name: String,
+    /// Codec of one element.
+    pub element: CodecRef<V>,
+    /// Codec of the namespace.
+    pub namespace: CodecRef<N>,
+}
+
+/// Describes a `MapState<UK, UV>`.
+pub struct MapStateDescriptor<UK, UV, N = VoidNamespace> {
+    /// The state name.
+    pub name: String,
+    /// Codec of the user key.
+    pub user_key: CodecRef<UK>,
+    /// Codec of the user value.
+    pub value: CodecRef<UV>,
+    /// Codec of the namespace.
+    pub namespace: CodecRef<N>,
+}
+
+/// Describes a `ReducingState<V>`.
+pub struct ReducingStateDescriptor<V, N = VoidNamespace> {
+    /// The state name.
+    pub name: String,
+    /// Codec of the value.
+    pub value: CodecRef<V>,
+    /// Codec of the namespace.
+    pub namespace: CodecRef<N>,
+    /// The reduce function.
+    pub reduce: ReduceFn<V>,
+}
+
+/// Describes an `AggregatingState<IN, ACC, OUT>`.
+pub struct AggregatingStateDescriptor<IN, ACC, OUT, N = VoidNamespace> {
+    /// The state name.
+    pub name: String,
+    /// Codec of the accumulator (what is stored).
+    pub accumulator: CodecRef<ACC>,
+    /// Codec of the namespace.
+    pub namespace: CodecRef<N>,
+    /// The aggregate function.
+    pub function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
+}
+
+impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> ValueStateDescriptor<V> {
+    /// A value state with bincode codecs and no namespace.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: bincode(),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> ListStateDescriptor<V> {
+    /// A list state with bincode codecs and no namespace.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            element: bincode(),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<UK: 'static, UV: 'static> MapStateDescriptor<UK, UV>
+where
+    UK: Serialize + DeserializeOwned + Send + Sync + 'static,
+    UV: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A map state with bincode codecs and no namespace.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            user_key: bincode(),
+            value: bincode(),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> ReducingStateDescriptor<V> {
+    /// A reducing state with bincode codecs and no namespace.
+    pub fn new(name: impl Into<String>, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> Self {
+        Self {
+            name: name.into(),
+            value: bincode(),
+            namespace: bincode(),
+            reduce: Arc::new(reduce),
+        }
+    }
+}
+
+impl<IN: 'static, ACC: 'static, OUT: 'static> AggregatingStateDescriptor<IN, ACC, OUT>
+where
+    ACC: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// An aggregating state with a bincode accumulator codec and no namespace.
+    pub fn new(
+        name: impl Into<String>,
+        function: impl AggregateFunction<IN, ACC, OUT>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            accumulator: bincode(),
+            namespace: bincode(),
+            function: Arc::new(function),
+        }
+    }
+}
+
+macro_rules! namespace_builder {
+    ($name:ident<$($p:ident),*>, $($field:ident),*) => {
+        impl<$($p,)* N> $name<$($p,)* N> {
+            /// The same state scoped to namespaces of type `N2`, encoded with `codec`.
+            pub fn with_namespace<N2>(self, codec: CodecRef<N2>) -> $name<$($p,)* N2> {
+                $name { name: self.name, namespace: codec, $($field: self.$field),* }
+            }
+        }
+    };
+}
+namespace_builder!(ValueStateDescriptor<V>, value);
+namespace_builder!(ListStateDescriptor<V>, element);
+namespace_builder!(MapStateDescriptor<UK, UV>, user_key, value);
+namespace_builder!(ReducingStateDescriptor<V>, value, reduce);
+namespace_builder!(AggregatingStateDescriptor<IN, ACC, OUT>, accumulator, function);
+
+impl<V: 'static, N: 'static> ValueStateDescriptor<V, N> {
+    /// What snapshots record about this state.
+    pub fn meta(&self) -> StateMeta {
+        meta(&self.name, StateKind::Value, &*self.namespace, self.value.identity(), None)
+    }
+}
+impl<V: 'static, N: 'static> ListStateDescriptor<V, N> {
+    /// What snapshots record about this state.
+    pub fn meta(&self) -> StateMeta {
+        meta(&self.name, StateKind::List, &*self.namespace, self.element.identity(), None)
+    }
+}
+impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
+    /// What snapshots record about this state.
+    pub fn meta(&self) -> StateMeta {
+        meta(
+            &self.name,
+            StateKind::Map,
+            &*self.namespace,
+            self.value.identity(),
+            Some(self.user_key.identity()),
+        )
+    }
+}
+impl<V: 'static, N: 'static> ReducingStateDescriptor<V, N> {
+    /// What snapshots record about this state.
+    pub fn meta(&self) -> StateMeta {
+        meta(&self.name, StateKind::Reducing, &*self.namespace, self.value.identity(), None)
+    }
+}
+impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static> AggregatingStateDescriptor<IN, ACC, OUT, N> {
+    /// What snapshots record about this state.
+    pub fn meta(&self) -> StateMeta {
+        meta(
+            &self.name,
+            StateKind::Aggregating,
+            &*self.namespace,
+            self.accumulator.identity(),
+            None,
+        )
+    }
+}
+
+fn meta<N: 'static>(
+    name: &str,
+    kind: StateKind,
+    namespace: &dyn Codec<N>,
+    value: &CodecIdentity,
+    user_key: Option<&CodecIdentity>,
+) -> StateMeta {
+    StateMeta {
+        name: name.to_string(),
+        kind,
+        namespace: namespace.identity().clone(),
+        value: value.clone(),
+        user_key: user_key.cloned(),
+    }
+}
+
+impl<V: 'static, N: 'static> fmt::Debug for ValueStateDescriptor<V, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.meta(), f)
+    }
+}
+impl<V: 'static, N: 'static> fmt::Debug for ListStateDescriptor<V, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.meta(), f)
+    }
+}
+impl<UK: 'static, UV: 'static, N: 'static> fmt::Debug for MapStateDescriptor<UK, UV, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.meta(), f)
+    }
+}
+impl<V: 'static, N: 'static> fmt::Debug for ReducingStateDescriptor<V, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.meta(), f)
+    }
+}
+impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static> fmt::Debug for AggregatingStateDescriptor<IN, ACC, OUT, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.meta(), f)
+    }
+}

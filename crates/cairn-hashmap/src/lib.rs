@@ -1,0 +1,1 @@
+//! Cairn's heap state backend: typed state, copy-on-write snapshots, incremental checkpoints
