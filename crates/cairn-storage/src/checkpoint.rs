@@ -1,0 +1,491 @@
+//! One job's checkpoint directory: writers, publish, abort, discovery and restore sources.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_core::{FileArea, FileRef, SnapshotSource, SnapshotTarget, SnapshotType, StateError};
+use cairn_format::Manifest;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::error::StorageError;
+use crate::layout::{
+    check_name, checkpoint_dir, join, manifest_path, parse_checkpoint_dir, put_file, read_checked,
+    read_manifest, shared_dir, write_manifest,
+};
+use crate::registry::{Registry, WriterState};
+use crate::store::Store;
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) root: Path,
+    pub(crate) registry: Registry,
+}
+
+/// One job's checkpoint directory: `<root>/shared/` and `<root>/chk-<id>/`.
+///
+/// Cheap to clone (the clones share the in-flight registry). Every method blocks; see the
+/// crate docs for the threading rules.
+#[derive(Clone)]
+pub struct CheckpointStorage {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CheckpointStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointStorage")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What discovery found in one `chk-<id>` directory.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CheckpointStatus {
+    /// The manifest exists and decodes: the checkpoint exists.
+    Complete(Manifest),
+    /// No manifest: in flight, aborted or crashed.
+    Incomplete,
+    /// A manifest exists but does not decode or does not match its directory (torn, corrupt,
+    /// written by a newer version); treated as not complete.
+    Corrupt(StorageError),
+}
+
+impl CheckpointStorage {
+    /// Opens a job's checkpoint directory: `memory://` (a fresh in-memory store),
+    /// `file:///abs/dir` or a plain local path (created if missing; writes are fsynced), or
+    /// a cloud URL (`s3://`, `gs://`, `az://`), which needs an object store feature this build
+    /// does not have yet (use [`CheckpointStorage::from_store`] with a store you built).
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let (store, prefix) = Store::open(url, true)?;
+        Ok(Self::with_store(store, prefix))
+    }
+
+    /// A checkpoint directory at `prefix` inside `store`. For a `LocalFileSystem`, enable
+    /// `with_fsync(true)` yourself: this crate only adds the syncs it can see it needs when it
+    /// built the store (see the crate docs).
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, StorageError> {
+        Ok(Self::with_store(Store::new(store, None)?, prefix))
+    }
+
+    fn with_store(store: Store, root: Path) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                root,
+                registry: Registry::default(),
+            }),
+        }
+    }
+
+    /// Starts writing checkpoint `checkpoint_id`, which must be greater than every id this
+    /// directory has seen ([`CheckpointStorage::next_checkpoint_id`]) or this process began.
+    pub fn begin_checkpoint(&self, checkpoint_id: u64) -> Result<CheckpointWriter, StorageError> {
+        let next = self.next_checkpoint_id()?;
+        if checkpoint_id < next {
+            return Err(StorageError::InvalidCheckpointId {
+                checkpoint_id,
+                reason: format!("ids never go back; the next free id is {next}"),
+            });
+        }
+        self.inner
+            .registry
+            .lock()
+            .begin(checkpoint_id)
+            .map_err(|reason| StorageError::InvalidCheckpointId {
+                checkpoint_id,
+                reason,
+            })?;
+        Ok(CheckpointWriter {
+            shared: Arc::new(WriterShared {
+                storage: self.clone(),
+                checkpoint_id,
+                written: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Completes a checkpoint: checks that `manifest` is this writer's checkpoint and that
+    /// every file it references was written by the writer or (shared files) exists with the
+    /// right size, then writes `chk-<id>/_metadata` last, durably. From then on the
+    /// checkpoint exists.
+    pub fn publish(
+        &self,
+        writer: CheckpointWriter,
+        manifest: &Manifest,
+    ) -> Result<(), StorageError> {
+        let w = &writer.shared;
+        let id = w.checkpoint_id;
+        let dir = checkpoint_dir(&self.inner.root, id);
+        let mpath = manifest_path(&dir);
+        if manifest.snapshot_type != SnapshotType::Checkpoint || manifest.checkpoint_id != id {
+            return Err(StorageError::ManifestMismatch {
+                path: mpath.to_string(),
+                expected_id: id,
+                expected_type: SnapshotType::Checkpoint,
+                found_id: manifest.checkpoint_id,
+                found_type: manifest.snapshot_type,
+            });
+        }
+        for file in manifest.files() {
+            match file.area {
+                FileArea::Private => w.check_written(file, &join(&dir, &file.name))?,
+                FileArea::Shared => {
+                    if !w.was_written(file) {
+                        writer.reference_shared(file)?;
+                    }
+                }
+            }
+        }
+        self.inner
+            .registry
+            .lock()
+            .start_publish(id)
+            .map_err(|state| StorageError::WriterClosed {
+                checkpoint_id: id,
+                state: state.name(),
+            })?;
+        let result = write_manifest(&self.inner.store, &mpath, manifest);
+        let state = match result {
+            Ok(()) => WriterState::Published,
+            Err(_) => WriterState::Aborted,
+        };
+        self.inner.registry.lock().finish(id, state);
+        result
+    }
+
+    /// Aborts checkpoint `checkpoint_id`: an open writer for it stops accepting files, and
+    /// its private files are deleted. Its shared files become unreferenced (GC deletes them
+    /// unless a manifest references them). Refuses a completed checkpoint.
+    pub fn abort(&self, checkpoint_id: u64) -> Result<(), StorageError> {
+        let dir = checkpoint_dir(&self.inner.root, checkpoint_id);
+        {
+            let mut reg = self.inner.registry.lock();
+            if reg.state(checkpoint_id) == Some(WriterState::Publishing) {
+                return Err(StorageError::InvalidCheckpointId {
+                    checkpoint_id,
+                    reason: "the checkpoint is being published".into(),
+                });
+            }
+            reg.finish(checkpoint_id, WriterState::Aborted);
+        }
+        if self.inner.store.size(&manifest_path(&dir))?.is_some() {
+            return Err(StorageError::InvalidCheckpointId {
+                checkpoint_id,
+                reason: "the checkpoint is complete; it is removed by retain, not abort".into(),
+            });
+        }
+        self.delete_checkpoint_dir(checkpoint_id)
+    }
+
+    /// Deletes `chk-<id>/`: the manifest first (made durable), then the private files.
+    pub(crate) fn delete_checkpoint_dir(&self, checkpoint_id: u64) -> Result<(), StorageError> {
+        let store = &self.inner.store;
+        let dir = checkpoint_dir(&self.inner.root, checkpoint_id);
+        let mpath = manifest_path(&dir);
+        store.delete(&mpath)?;
+        store.sync_deletes_in(&dir)?;
+        for meta in store.list(&dir)? {
+            store.delete(&meta.location)?;
+        }
+        store.remove_local_dir(&dir)
+    }
+
+    /// Every `chk-<id>` directory, sorted by id, with what it holds.
+    pub fn scan(&self) -> Result<Vec<(u64, CheckpointStatus)>, StorageError> {
+        let mut ids = self.checkpoint_dir_ids()?;
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| Ok((id, self.status(id)?)))
+            .collect()
+    }
+
+    fn status(&self, id: u64) -> Result<CheckpointStatus, StorageError> {
+        match self.load(id) {
+            Ok(m) => Ok(CheckpointStatus::Complete(m)),
+            Err(StorageError::NoSuchSnapshot { .. }) => Ok(CheckpointStatus::Incomplete),
+            Err(
+                e @ (StorageError::CorruptManifest { .. } | StorageError::ManifestMismatch { .. }),
+            ) => Ok(CheckpointStatus::Corrupt(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn checkpoint_dir_ids(&self) -> Result<Vec<u64>, StorageError> {
+        Ok(self
+            .inner
+            .store
+            .list_dirs(&self.inner.root)?
+            .iter()
+            .filter_map(parse_checkpoint_dir)
+            .collect())
+    }
+
+    /// The ids of the completed checkpoints (manifest exists and decodes), sorted.
+    pub fn completed_checkpoints(&self) -> Result<Vec<u64>, StorageError> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter(|(_, s)| matches!(s, CheckpointStatus::Complete(_)))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The manifest of the newest completed checkpoint (corrupt manifests are skipped).
+    pub fn latest_completed(&self) -> Result<Option<Manifest>, StorageError> {
+        let mut ids = self.checkpoint_dir_ids()?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids {
+            if let CheckpointStatus::Complete(m) = self.status(id)? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifest of checkpoint `checkpoint_id`.
+    pub fn load(&self, checkpoint_id: u64) -> Result<Manifest, StorageError> {
+        let path = manifest_path(&checkpoint_dir(&self.inner.root, checkpoint_id));
+        let m = read_manifest(&self.inner.store, &path)?.ok_or_else(|| {
+            StorageError::NoSuchSnapshot {
+                path: path.to_string(),
+            }
+        })?;
+        if m.snapshot_type != SnapshotType::Checkpoint || m.checkpoint_id != checkpoint_id {
+            return Err(StorageError::ManifestMismatch {
+                path: path.to_string(),
+                expected_id: checkpoint_id,
+                expected_type: SnapshotType::Checkpoint,
+                found_id: m.checkpoint_id,
+                found_type: m.snapshot_type,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Reads checkpoint `checkpoint_id`'s files for restore.
+    pub fn source(&self, checkpoint_id: u64) -> CheckpointSource {
+        CheckpointSource {
+            store: self.inner.store.clone(),
+            private: checkpoint_dir(&self.inner.root, checkpoint_id),
+            shared: shared_dir(&self.inner.root),
+        }
+    }
+
+    /// Reads every file of checkpoint `checkpoint_id` and checks its size and CRC32.
+    pub fn verify(&self, checkpoint_id: u64) -> Result<Manifest, StorageError> {
+        let m = self.load(checkpoint_id)?;
+        let source = self.source(checkpoint_id);
+        for file in m.files() {
+            let path = source.path(file);
+            let bytes = read_checked(&self.inner.store, &path, file)?;
+            let crc = crc32fast::hash(&bytes);
+            if crc != file.crc32 {
+                return Err(StorageError::ChecksumMismatch {
+                    path: path.to_string(),
+                    expected: file.crc32,
+                    actual: crc,
+                });
+            }
+        }
+        Ok(m)
+    }
+
+    /// One more than the largest id of any `chk-<id>` directory, complete or not, or begun
+    /// in this process; `1` for an empty directory. Checkpoint ids never go back.
+    pub fn next_checkpoint_id(&self) -> Result<u64, StorageError> {
+        let on_store = self.checkpoint_dir_ids()?.into_iter().max();
+        let begun = self.inner.registry.lock().max_begun();
+        Ok(on_store.max(begun).map_or(1, |m| m.saturating_add(1)))
+    }
+}
+
+struct WriterShared {
+    storage: CheckpointStorage,
+    checkpoint_id: u64,
+    /// What this writer wrote, by (area, name).
+    written: Mutex<HashMap<(FileArea, String), FileRef>>,
+}
+
+impl Drop for WriterShared {
+    fn drop(&mut self) {
+        // A writer dropped without publish: its files are garbage from now on.
+        let mut reg = self.storage.inner.registry.lock();
+        if reg.state(self.checkpoint_id) == Some(WriterState::Open) {
+            reg.finish(self.checkpoint_id, WriterState::Aborted);
+        }
+    }
+}
+
+impl WriterShared {
+    fn check_open(&self) -> Result<(), StorageError> {
+        match self.storage.inner.registry.lock().state(self.checkpoint_id) {
+            Some(WriterState::Open) => Ok(()),
+            other => Err(StorageError::WriterClosed {
+                checkpoint_id: self.checkpoint_id,
+                state: other.unwrap_or(WriterState::Aborted).name(),
+            }),
+        }
+    }
+
+    fn was_written(&self, file: &FileRef) -> bool {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written.get(&(file.area, file.name.clone())) == Some(file)
+    }
+
+    fn check_written(&self, file: &FileRef, path: &Path) -> Result<(), StorageError> {
+        if self.was_written(file) {
+            return Ok(());
+        }
+        Err(StorageError::NotFound {
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Writes one checkpoint's files (implements [`SnapshotTarget`]): private files go to
+/// `chk-<id>/<name>`, shared ones to `shared/<name>`. Cheap to clone, so subtasks can share
+/// it; the checkpoint's files are protected from GC until it is published, aborted, or the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct CheckpointWriter {
+    shared: Arc<WriterShared>,
+}
+
+impl fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("checkpoint_id", &self.shared.checkpoint_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointWriter {
+    /// The checkpoint id.
+    pub fn id(&self) -> u64 {
+        self.shared.checkpoint_id
+    }
+
+    /// Writes `bytes` as `name` in `area`, durably, and returns its reference.
+    pub fn write(
+        &self,
+        area: FileArea,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<FileRef, StorageError> {
+        check_name(area, name)?;
+        let w = &self.shared;
+        let inner = &w.storage.inner;
+        let path = match area {
+            FileArea::Private => {
+                w.check_open()?;
+                join(&checkpoint_dir(&inner.root, w.checkpoint_id), name)
+            }
+            FileArea::Shared => {
+                self.register_shared(name)?;
+                join(&shared_dir(&inner.root), name)
+            }
+        };
+        let file = put_file(&inner.store, &path, area, name, bytes)?;
+        w.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((area, name.to_string()), file.clone());
+        Ok(file)
+    }
+
+    /// Declares that this checkpoint references an existing shared file (incremental
+    /// checkpoints): protects it from GC, then checks that it exists with the right size.
+    /// An error means the file is gone and must be written again.
+    pub fn reference_shared(&self, file: &FileRef) -> Result<(), StorageError> {
+        check_name(FileArea::Shared, &file.name)?;
+        self.register_shared(&file.name)?;
+        let inner = &self.shared.storage.inner;
+        let path = join(&shared_dir(&inner.root), &file.name);
+        match inner.store.size(&path)? {
+            None => Err(StorageError::NotFound {
+                path: path.to_string(),
+            }),
+            Some(actual) if actual != file.size => Err(StorageError::SizeMismatch {
+                path: path.to_string(),
+                expected: file.size,
+                actual,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn register_shared(&self, name: &str) -> Result<(), StorageError> {
+        let w = &self.shared;
+        w.storage
+            .inner
+            .registry
+            .lock()
+            .add_shared(w.checkpoint_id, name)
+            .map_err(|state| StorageError::WriterClosed {
+                checkpoint_id: w.checkpoint_id,
+                state: state.name(),
+            })
+    }
+}
+
+impl SnapshotTarget for CheckpointWriter {
+    fn checkpoint_id(&self) -> u64 {
+        self.shared.checkpoint_id
+    }
+
+    fn supports_shared(&self) -> bool {
+        true
+    }
+
+    fn write_file(
+        &self,
+        area: FileArea,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> cairn_core::Result<FileRef> {
+        self.write(area, name, bytes).map_err(|e| {
+            StateError::layer(
+                format!(
+                    "writing checkpoint file name={name} checkpoint_id={}",
+                    self.shared.checkpoint_id
+                ),
+                e,
+            )
+        })
+    }
+}
+
+/// Reads one checkpoint's files (implements [`SnapshotSource`]): private names relative to
+/// `chk-<id>/`, shared ones relative to `shared/`.
+#[derive(Clone, Debug)]
+pub struct CheckpointSource {
+    store: Store,
+    private: Path,
+    shared: Path,
+}
+
+impl CheckpointSource {
+    fn path(&self, file: &FileRef) -> Path {
+        match file.area {
+            FileArea::Private => join(&self.private, &file.name),
+            FileArea::Shared => join(&self.shared, &file.name),
+        }
+    }
+
+    /// Reads a whole file, checking its size.
+    pub fn read(&self, file: &FileRef) -> Result<Bytes, StorageError> {
+        check_name(file.area, &file.name)?;
+        read_checked(&self.store, &self.path(file), file)
+    }
+}
+
+impl SnapshotSource for CheckpointSource {
+    fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
+        self.read(file)
+            .map_err(|e| StateError::layer("reading checkpoint file", e))
+    }
+}

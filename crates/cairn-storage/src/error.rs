@@ -1,0 +1,220 @@
+//! The error type of checkpoint and savepoint storage.
+
+use cairn_core::{SnapshotType, StateError};
+use cairn_format::FormatError;
+
+/// Errors of checkpoint and savepoint storage.
+///
+/// Messages are lowercase; the identifiers a user needs to act come last as `key=value`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The storage URL or path cannot be used.
+    #[error("invalid storage url: {reason} url={url}")]
+    InvalidUrl {
+        /// The URL or path as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL needs an object store that this build does not include.
+    #[error("storage scheme {scheme} is not built in: it needs cairn-storage feature `{feature}` (forwarding to object_store's), which this build lacks; or pass your own store to from_store url={url}")]
+    FeatureDisabled {
+        /// The URL as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+        /// The cargo feature of `cairn-storage` to enable.
+        feature: &'static str,
+    },
+    /// A file name is not a valid snapshot file name (see `cairn_core::is_valid_file_name`).
+    #[error("invalid file name: {reason} name={name}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// An object store operation failed.
+    #[error("{op} failed: {source} path={path}")]
+    ObjectStore {
+        /// The operation (`put`, `get`, `list`, `delete`, `head`).
+        op: &'static str,
+        /// The object or prefix.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file system operation failed (fsync, directory creation).
+    #[error("{op} failed: {source} path={path}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The local path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A referenced file is missing.
+    #[error("file not found path={path}")]
+    NotFound {
+        /// The object path.
+        path: String,
+    },
+    /// A file has another size than its reference says.
+    #[error("file has wrong size: expected {expected} bytes, found {actual} path={path}")]
+    SizeMismatch {
+        /// The object path.
+        path: String,
+        /// The size in the reference.
+        expected: u64,
+        /// The size found.
+        actual: u64,
+    },
+    /// A file's CRC32 differs from its reference.
+    #[error("file has wrong checksum: expected crc32 {expected:#010x}, found {actual:#010x} path={path}")]
+    ChecksumMismatch {
+        /// The object path.
+        path: String,
+        /// The CRC32 in the reference.
+        expected: u32,
+        /// The CRC32 of the bytes read.
+        actual: u32,
+    },
+    /// A manifest exists but does not decode (torn, corrupt, or written by a newer version).
+    #[error("manifest does not decode: {source} path={path}")]
+    CorruptManifest {
+        /// The manifest's object path.
+        path: String,
+        /// The decoder's error.
+        #[source]
+        source: FormatError,
+    },
+    /// A manifest could not be encoded.
+    #[error("cannot encode manifest: {source} checkpoint_id={checkpoint_id}")]
+    EncodeManifest {
+        /// The manifest's id.
+        checkpoint_id: u64,
+        /// The encoder's error.
+        #[source]
+        source: FormatError,
+    },
+    /// No completed checkpoint or savepoint with this id/path.
+    #[error("no completed snapshot: manifest missing path={path}")]
+    NoSuchSnapshot {
+        /// The manifest path that does not exist.
+        path: String,
+    },
+    /// A manifest does not belong where it is being published or read.
+    #[error("manifest mismatch: expected {expected_type:?} {expected_id}, manifest says {found_type:?} {found_id} path={path}")]
+    ManifestMismatch {
+        /// Where the manifest is (to be) written.
+        path: String,
+        /// The id the directory is for.
+        expected_id: u64,
+        /// The type the directory is for.
+        expected_type: SnapshotType,
+        /// The id in the manifest.
+        found_id: u64,
+        /// The type in the manifest.
+        found_type: SnapshotType,
+    },
+    /// A checkpoint id is not usable: not newer than the latest completed one, already in
+    /// flight, or already published.
+    #[error("invalid checkpoint id: {reason} checkpoint_id={checkpoint_id}")]
+    InvalidCheckpointId {
+        /// The id.
+        checkpoint_id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A savepoint directory already holds a manifest.
+    #[error("savepoint already exists path={path}")]
+    SavepointExists {
+        /// The manifest path.
+        path: String,
+    },
+    /// The writer was already published or aborted.
+    #[error("snapshot writer is closed: {state} checkpoint_id={checkpoint_id}")]
+    WriterClosed {
+        /// The snapshot's id.
+        checkpoint_id: u64,
+        /// `published` or `aborted`.
+        state: &'static str,
+    },
+    /// Shared files were written to a target that accepts only private files (savepoints).
+    #[error("shared files are not supported by {target} name={name}")]
+    SharedNotSupported {
+        /// The target kind.
+        target: &'static str,
+        /// The file name.
+        name: String,
+    },
+    /// An invalid argument (for example `num_retained == 0`).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The blocking API was called from inside an async context, where blocking on the
+    /// storage's runtime would panic or deadlock.
+    #[error("blocking storage call from inside an async runtime; call it from a plain thread or via spawn_blocking op={op}")]
+    InsideAsyncContext {
+        /// The operation attempted.
+        op: &'static str,
+    },
+    /// The storage's runtime could not be created.
+    #[error("cannot start the storage runtime: {source}")]
+    Runtime {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn store(
+        op: &'static str,
+        path: impl ToString,
+        source: object_store::Error,
+    ) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                path: path.to_string(),
+            },
+            source => StorageError::ObjectStore {
+                op,
+                path: path.to_string(),
+                source,
+            },
+        }
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        StorageError::Io {
+            op,
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    /// Whether the error says a file or snapshot does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StorageError::NotFound { .. } | StorageError::NoSuchSnapshot { .. }
+        )
+    }
+}
+
+impl From<StorageError> for StateError {
+    fn from(e: StorageError) -> Self {
+        StateError::layer("snapshot storage", e)
+    }
+}

@@ -1,0 +1,175 @@
+//! Retention and garbage collection, derived from the manifests that exist (so it survives
+//! crashes and can run offline) plus this process's in-flight registry.
+
+use std::collections::BTreeSet;
+
+use cairn_core::FileArea;
+
+use crate::checkpoint::{CheckpointStatus, CheckpointStorage};
+use crate::error::StorageError;
+use crate::layout::{join, shared_dir};
+
+/// What [`CheckpointStorage::retain`] deleted, or [`CheckpointStorage::gc_plan`] would delete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Completed checkpoints kept (the newest `num_retained`), ascending.
+    pub retained: Vec<u64>,
+    /// Completed checkpoints deleted (subsumed), ascending.
+    pub subsumed: Vec<u64>,
+    /// Incomplete (or corrupt-manifest) checkpoint directories deleted: older than the newest
+    /// completed checkpoint and not in flight in this process.
+    pub incomplete: Vec<u64>,
+    /// Incomplete checkpoint directories kept: in flight here, or newer than the newest
+    /// completed checkpoint (maybe in flight elsewhere).
+    pub kept_incomplete: Vec<u64>,
+    /// Shared files deleted (names relative to `shared/`), sorted.
+    pub shared_deleted: Vec<String>,
+    /// Unreferenced shared files kept because a checkpoint in flight here writes or
+    /// references them, sorted.
+    pub shared_in_flight: Vec<String>,
+    /// Checkpoints whose manifest exists but does not decode, with the error.
+    pub corrupt: Vec<(u64, String)>,
+    /// Why shared files were not collected at all, if they were not.
+    pub shared_skipped: Option<String>,
+}
+
+/// Increments the registry's GC count for the duration of a GC.
+struct GcGuard<'a>(&'a CheckpointStorage);
+
+impl<'a> GcGuard<'a> {
+    fn new(s: &'a CheckpointStorage) -> Self {
+        s.inner.registry.lock().gc_started();
+        Self(s)
+    }
+}
+
+impl Drop for GcGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inner.registry.lock().gc_ended();
+    }
+}
+
+impl CheckpointStorage {
+    /// Keeps the newest `num_retained` (≥ 1) completed checkpoints and deletes the rest:
+    /// older completed checkpoints (manifest first), incomplete directories older than the
+    /// newest completed one and not in flight here, and shared files that no remaining
+    /// manifest references and no in-flight checkpoint here writes or references.
+    pub fn retain(&self, num_retained: usize) -> Result<GcReport, StorageError> {
+        let _guard = GcGuard::new(self);
+        let mut report = self.plan(num_retained)?;
+        for &id in &report.subsumed {
+            self.delete_checkpoint_dir(id)?;
+        }
+        let mut deleted_incomplete = Vec::new();
+        for &id in &report.incomplete {
+            if self.inner.registry.lock().is_in_flight(id) {
+                report.kept_incomplete.push(id);
+                continue;
+            }
+            self.delete_checkpoint_dir(id)?;
+            deleted_incomplete.push(id);
+        }
+        report.incomplete = deleted_incomplete;
+        report.kept_incomplete.sort_unstable();
+        let shared = shared_dir(&self.inner.root);
+        let mut deleted = Vec::new();
+        for name in std::mem::take(&mut report.shared_deleted) {
+            // Check and delete under the registry lock: a writer registers before it puts.
+            let reg = self.inner.registry.lock();
+            if reg.is_shared_in_flight(&name) {
+                report.shared_in_flight.push(name);
+                continue;
+            }
+            self.inner.store.delete(&join(&shared, &name))?;
+            drop(reg);
+            deleted.push(name);
+        }
+        report.shared_deleted = deleted;
+        report.shared_in_flight.sort_unstable();
+        Ok(report)
+    }
+
+    /// What [`CheckpointStorage::retain`] would delete now, without deleting anything.
+    pub fn gc_plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
+        let _guard = GcGuard::new(self);
+        self.plan(num_retained)
+    }
+
+    fn plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
+        if num_retained == 0 {
+            return Err(StorageError::InvalidArgument {
+                reason: "num_retained must be at least 1".into(),
+            });
+        }
+        let mut report = GcReport::default();
+        // List the shared files before the manifests: a file put after this listing is not a
+        // candidate, and one listed here was registered by its writer before the put.
+        let shared = shared_dir(&self.inner.root);
+        let mut shared_files = BTreeSet::new();
+        for meta in self.inner.store.list(&shared)? {
+            if let Some(parts) = meta.location.prefix_match(&shared) {
+                let name: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+                shared_files.insert(name.join("/"));
+            }
+        }
+        let scan = self.scan()?;
+        let complete: Vec<u64> = scan
+            .iter()
+            .filter(|(_, s)| matches!(s, CheckpointStatus::Complete(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        let split = complete.len().saturating_sub(num_retained);
+        report.subsumed = complete[..split].to_vec();
+        report.retained = complete[split..].to_vec();
+        let newest = report.retained.last().copied();
+        let mut referenced = BTreeSet::new();
+        let mut kept_corrupt = false;
+        {
+            let reg = self.inner.registry.lock();
+            for (id, status) in &scan {
+                match status {
+                    CheckpointStatus::Complete(m) => {
+                        if report.retained.contains(id) {
+                            referenced.extend(
+                                m.files()
+                                    .filter(|f| f.area == FileArea::Shared)
+                                    .map(|f| f.name.clone()),
+                            );
+                        }
+                    }
+                    CheckpointStatus::Incomplete | CheckpointStatus::Corrupt(_) => {
+                        if let CheckpointStatus::Corrupt(e) = status {
+                            report.corrupt.push((*id, e.to_string()));
+                        }
+                        let older = newest.is_some_and(|n| *id < n);
+                        if older && !reg.is_in_flight(*id) {
+                            report.incomplete.push(*id);
+                        } else {
+                            report.kept_incomplete.push(*id);
+                            kept_corrupt |= matches!(status, CheckpointStatus::Corrupt(_));
+                        }
+                    }
+                }
+            }
+            if kept_corrupt {
+                report.shared_skipped = Some(
+                    "a kept checkpoint has a manifest this build cannot read; its shared files are unknown"
+                        .into(),
+                );
+            } else {
+                for name in shared_files {
+                    if referenced.contains(&name) {
+                        continue;
+                    }
+                    if reg.is_shared_in_flight(&name) {
+                        report.shared_in_flight.push(name);
+                    } else {
+                        report.shared_deleted.push(name);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}

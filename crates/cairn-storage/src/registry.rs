@@ -1,0 +1,178 @@
+//! The in-process registry of in-flight checkpoints and the shared files they write or
+//! reference, which garbage collection must not delete.
+//!
+//! Protocol (what makes GC safe against writers in the same process):
+//! - a writer registers a shared name **before** it puts (or references) the file;
+//! - GC checks a candidate against the registry and deletes it while holding the registry
+//!   lock, so a registration is either seen by GC or happens after the delete (then the
+//!   writer's put recreates the file, or its reference check finds it missing);
+//! - while any GC runs, a finished (published or aborted) checkpoint stays registered until
+//!   the last GC ends, because that GC may have listed the manifests before the publish.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+/// Where a writer is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriterState {
+    Open,
+    /// The manifest is being written.
+    Publishing,
+    Published,
+    Aborted,
+}
+
+impl WriterState {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WriterState::Open => "open",
+            WriterState::Publishing => "publishing",
+            WriterState::Published => "published",
+            WriterState::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    shared: HashSet<String>,
+    state: WriterState,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RegistryState {
+    entries: BTreeMap<u64, Entry>,
+    gc_running: usize,
+    /// The highest checkpoint id begun in this process.
+    max_begun: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    state: Mutex<RegistryState>,
+}
+
+impl Registry {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, RegistryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RegistryState {
+    /// Registers a new in-flight checkpoint; `Err` with the reason if the id is taken.
+    pub(crate) fn begin(&mut self, id: u64) -> Result<(), String> {
+        if let Some(max) = self.max_begun {
+            if id <= max {
+                return Err(format!(
+                    "checkpoint ids must increase; {max} was already begun"
+                ));
+            }
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                shared: HashSet::new(),
+                state: WriterState::Open,
+            },
+        );
+        self.max_begun = Some(id);
+        Ok(())
+    }
+
+    pub(crate) fn max_begun(&self) -> Option<u64> {
+        self.max_begun
+    }
+
+    /// The state of checkpoint `id`'s writer, if it is registered.
+    pub(crate) fn state(&self, id: u64) -> Option<WriterState> {
+        self.entries.get(&id).map(|e| e.state)
+    }
+
+    /// Registers `name` as written or referenced by open checkpoint `id`.
+    pub(crate) fn add_shared(&mut self, id: u64, name: &str) -> Result<(), WriterState> {
+        match self.entries.get_mut(&id) {
+            Some(e) if e.state == WriterState::Open => {
+                e.shared.insert(name.to_string());
+                Ok(())
+            }
+            Some(e) => Err(e.state),
+            None => Err(WriterState::Aborted),
+        }
+    }
+
+    /// Moves open checkpoint `id` to publishing (no more files, no abort).
+    pub(crate) fn start_publish(&mut self, id: u64) -> Result<(), WriterState> {
+        match self.entries.get_mut(&id) {
+            Some(e) if e.state == WriterState::Open => {
+                e.state = WriterState::Publishing;
+                Ok(())
+            }
+            Some(e) => Err(e.state),
+            None => Err(WriterState::Aborted),
+        }
+    }
+
+    /// Ends checkpoint `id` (published or aborted). Its registrations are dropped now, or when
+    /// the last running GC ends.
+    pub(crate) fn finish(&mut self, id: u64, state: WriterState) {
+        if self.gc_running > 0 {
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.state = state;
+            }
+        } else {
+            self.entries.remove(&id);
+        }
+    }
+
+    /// Whether checkpoint `id` is registered (open, or finished during a running GC).
+    pub(crate) fn is_in_flight(&self, id: u64) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// Whether shared file `name` is protected.
+    pub(crate) fn is_shared_in_flight(&self, name: &str) -> bool {
+        self.entries.values().any(|e| e.shared.contains(name))
+    }
+
+    pub(crate) fn gc_started(&mut self) {
+        self.gc_running += 1;
+    }
+
+    pub(crate) fn gc_ended(&mut self) {
+        self.gc_running = self.gc_running.saturating_sub(1);
+        if self.gc_running == 0 {
+            self.entries
+                .retain(|_, e| matches!(e.state, WriterState::Open | WriterState::Publishing));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_entries_stay_registered_while_gc_runs() {
+        let reg = Registry::default();
+        let mut st = reg.lock();
+        st.begin(1).unwrap();
+        st.add_shared(1, "a").unwrap();
+        st.gc_started();
+        st.finish(1, WriterState::Published);
+        assert!(st.is_shared_in_flight("a"));
+        assert_eq!(st.add_shared(1, "b"), Err(WriterState::Published));
+        st.gc_ended();
+        assert!(!st.is_shared_in_flight("a"));
+        assert!(!st.is_in_flight(1));
+    }
+
+    #[test]
+    fn ids_must_increase() {
+        let reg = Registry::default();
+        let mut st = reg.lock();
+        st.begin(5).unwrap();
+        assert!(st.begin(5).is_err());
+        assert!(st.begin(4).is_err());
+        st.begin(6).unwrap();
+    }
+}

@@ -1,0 +1,248 @@
+//! Savepoints: self-contained directories of private files with relative names, written to
+//! and opened from any store URL.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_core::{FileArea, FileRef, SnapshotSource, SnapshotTarget, SnapshotType, StateError};
+use cairn_format::{Manifest, MANIFEST_FILE_NAME};
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::error::StorageError;
+use crate::layout::{
+    check_name, join, manifest_path, put_file, read_checked, read_manifest, write_manifest,
+};
+use crate::store::Store;
+
+/// Starts writing savepoint `checkpoint_id` into the directory `url` (a local path,
+/// `file:///abs/dir` or `memory://`), created if missing. Fails if it already holds a
+/// manifest.
+pub fn create_savepoint(url: &str, checkpoint_id: u64) -> Result<SavepointWriter, StorageError> {
+    let (store, dir) = Store::open(url, true)?;
+    create_in(store, dir, checkpoint_id, url)
+}
+
+/// [`create_savepoint`] in directory `dir` of a store you built (for example an S3 store, or
+/// an in-memory store shared with the reader).
+pub fn create_savepoint_in(
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    checkpoint_id: u64,
+) -> Result<SavepointWriter, StorageError> {
+    let url = dir.to_string();
+    create_in(Store::new(store, None)?, dir, checkpoint_id, &url)
+}
+
+/// [`open_savepoint`] for directory `dir` of a store you built.
+pub fn open_savepoint_in(
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+) -> Result<(Manifest, SavepointSource), StorageError> {
+    let url = dir.to_string();
+    open_in(Store::new(store, None)?, dir, &url)
+}
+
+fn create_in(
+    store: Store,
+    dir: Path,
+    checkpoint_id: u64,
+    url: &str,
+) -> Result<SavepointWriter, StorageError> {
+    let mpath = manifest_path(&dir);
+    if store.size(&mpath)?.is_some() {
+        return Err(StorageError::SavepointExists {
+            path: format!("{}/{MANIFEST_FILE_NAME}", url.trim_end_matches('/')),
+        });
+    }
+    Ok(SavepointWriter {
+        store,
+        dir,
+        checkpoint_id,
+        written: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Opens the savepoint at `url`: its directory or its `_metadata` file. Returns the manifest
+/// and a source that reads its files.
+pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageError> {
+    let trimmed = url.trim_end_matches('/');
+    let dir_url = trimmed
+        .strip_suffix(MANIFEST_FILE_NAME)
+        .filter(|d| d.ends_with('/'))
+        .map_or(trimmed, |d| d.trim_end_matches('/'));
+    let (store, dir) = match Store::open(dir_url, false) {
+        Err(StorageError::InvalidUrl { .. }) if !dir_url.contains("://") => {
+            return Err(StorageError::NoSuchSnapshot {
+                path: format!("{dir_url}/{MANIFEST_FILE_NAME}"),
+            })
+        }
+        other => other?,
+    };
+    open_in(store, dir, dir_url)
+}
+
+fn open_in(
+    store: Store,
+    dir: Path,
+    dir_url: &str,
+) -> Result<(Manifest, SavepointSource), StorageError> {
+    let mpath = manifest_path(&dir);
+    let m = read_manifest(&store, &mpath)?.ok_or_else(|| StorageError::NoSuchSnapshot {
+        path: format!("{dir_url}/{MANIFEST_FILE_NAME}"),
+    })?;
+    if m.snapshot_type != SnapshotType::Savepoint {
+        return Err(StorageError::ManifestMismatch {
+            path: format!("{dir_url}/{MANIFEST_FILE_NAME}"),
+            expected_id: m.checkpoint_id,
+            expected_type: SnapshotType::Savepoint,
+            found_id: m.checkpoint_id,
+            found_type: m.snapshot_type,
+        });
+    }
+    if let Some(f) = m.files().find(|f| f.area == FileArea::Shared) {
+        return Err(StorageError::SharedNotSupported {
+            target: "savepoints",
+            name: f.name.clone(),
+        });
+    }
+    Ok((m, SavepointSource { store, dir }))
+}
+
+/// Writes a savepoint's files (implements [`SnapshotTarget`] with
+/// `supports_shared() == false`); [`SavepointWriter::publish`] writes the manifest last.
+pub struct SavepointWriter {
+    store: Store,
+    dir: Path,
+    checkpoint_id: u64,
+    written: Mutex<HashMap<String, FileRef>>,
+}
+
+impl fmt::Debug for SavepointWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SavepointWriter")
+            .field("dir", &self.dir)
+            .field("checkpoint_id", &self.checkpoint_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SavepointWriter {
+    /// Writes `bytes` as private file `name`, durably.
+    pub fn write(
+        &self,
+        area: FileArea,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<FileRef, StorageError> {
+        if area == FileArea::Shared {
+            return Err(StorageError::SharedNotSupported {
+                target: "savepoints",
+                name: name.to_string(),
+            });
+        }
+        check_name(area, name)?;
+        let file = put_file(&self.store, &join(&self.dir, name), area, name, bytes)?;
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), file.clone());
+        Ok(file)
+    }
+
+    /// Completes the savepoint: checks that `manifest` is a savepoint with this id that
+    /// references only files this writer wrote, then writes `_metadata` last, durably.
+    pub fn publish(self, manifest: &Manifest) -> Result<(), StorageError> {
+        let mpath = manifest_path(&self.dir);
+        if manifest.snapshot_type != SnapshotType::Savepoint
+            || manifest.checkpoint_id != self.checkpoint_id
+        {
+            return Err(StorageError::ManifestMismatch {
+                path: mpath.to_string(),
+                expected_id: self.checkpoint_id,
+                expected_type: SnapshotType::Savepoint,
+                found_id: manifest.checkpoint_id,
+                found_type: manifest.snapshot_type,
+            });
+        }
+        {
+            let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            for file in manifest.files() {
+                if file.area == FileArea::Shared {
+                    return Err(StorageError::SharedNotSupported {
+                        target: "savepoints",
+                        name: file.name.clone(),
+                    });
+                }
+                if written.get(&file.name) != Some(file) {
+                    return Err(StorageError::NotFound {
+                        path: join(&self.dir, &file.name).to_string(),
+                    });
+                }
+            }
+        }
+        if self.store.size(&mpath)?.is_some() {
+            return Err(StorageError::SavepointExists {
+                path: mpath.to_string(),
+            });
+        }
+        write_manifest(&self.store, &mpath, manifest)
+    }
+}
+
+impl SnapshotTarget for SavepointWriter {
+    fn checkpoint_id(&self) -> u64 {
+        self.checkpoint_id
+    }
+
+    fn supports_shared(&self) -> bool {
+        false
+    }
+
+    fn write_file(
+        &self,
+        area: FileArea,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> cairn_core::Result<FileRef> {
+        self.write(area, name, bytes).map_err(|e| {
+            StateError::layer(
+                format!(
+                    "writing savepoint file name={name} checkpoint_id={}",
+                    self.checkpoint_id
+                ),
+                e,
+            )
+        })
+    }
+}
+
+/// Reads a savepoint's files (names relative to its directory).
+#[derive(Clone, Debug)]
+pub struct SavepointSource {
+    store: Store,
+    dir: Path,
+}
+
+impl SavepointSource {
+    /// Reads a whole file, checking its size.
+    pub fn read(&self, file: &FileRef) -> Result<Bytes, StorageError> {
+        if file.area == FileArea::Shared {
+            return Err(StorageError::SharedNotSupported {
+                target: "savepoints",
+                name: file.name.clone(),
+            });
+        }
+        check_name(file.area, &file.name)?;
+        read_checked(&self.store, &join(&self.dir, &file.name), file)
+    }
+}
+
+impl SnapshotSource for SavepointSource {
+    fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
+        self.read(file)
+            .map_err(|e| StateError::layer("reading savepoint file", e))
+    }
+}

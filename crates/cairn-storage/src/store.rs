@@ -1,0 +1,240 @@
+//! The I/O layer: an `object_store` plus the runtime that drives it, with blocking wrappers,
+//! URL parsing and the local-disk durability additions.
+
+use std::future::Future;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use tokio::runtime::Runtime;
+
+use crate::error::StorageError;
+
+/// The runtime shared by every storage in the process (created on first use).
+static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+
+fn shared_runtime() -> Result<Arc<Runtime>, StorageError> {
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = slot.as_ref() {
+        return Ok(rt.clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cairn-storage")
+        .enable_all()
+        .build()
+        .map_err(|source| StorageError::Runtime { source })?;
+    let rt = Arc::new(rt);
+    *slot = Some(rt.clone());
+    Ok(rt)
+}
+
+/// An object store, the runtime that drives it, and — when this crate built the store over a
+/// local directory — that directory, for the syncs `object_store` does not do.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    store: Arc<dyn ObjectStore>,
+    rt: Arc<Runtime>,
+    /// The file-system directory that object path `""` maps to (local stores opened by URL).
+    local_root: Option<PathBuf>,
+}
+
+impl Store {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        local_root: Option<PathBuf>,
+    ) -> Result<Self, StorageError> {
+        Ok(Self {
+            store,
+            rt: shared_runtime()?,
+            local_root,
+        })
+    }
+
+    /// Opens `url` (`memory://[path]`, `file:///abs/dir`, a plain local path, or a cloud URL),
+    /// returning the store and the prefix inside it. `create` creates a missing local
+    /// directory.
+    pub(crate) fn open(url: &str, create: bool) -> Result<(Self, Path), StorageError> {
+        let invalid = |reason: String| StorageError::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        if !url.contains("://") {
+            if url.is_empty() {
+                return Err(invalid("empty path".into()));
+            }
+            return Self::open_local(url, FsPath::new(url), create);
+        }
+        let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        let (scheme, path) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
+        match scheme {
+            ObjectStoreScheme::Memory => {
+                let prefix = Path::parse(path).map_err(|e| invalid(e.to_string()))?;
+                Ok((Self::new(Arc::new(InMemory::new()), None)?, prefix))
+            }
+            ObjectStoreScheme::Local => {
+                let fs_path = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("not an absolute file path".into()))?;
+                Self::open_local(url, &fs_path, create)
+            }
+            ObjectStoreScheme::AmazonS3 => Err(disabled(url, parsed.scheme(), "aws")),
+            ObjectStoreScheme::GoogleCloudStorage => Err(disabled(url, parsed.scheme(), "gcp")),
+            ObjectStoreScheme::MicrosoftAzure => Err(disabled(url, parsed.scheme(), "azure")),
+            _ => Err(invalid(format!("unsupported scheme {}", parsed.scheme()))),
+        }
+    }
+
+    fn open_local(url: &str, dir: &FsPath, create: bool) -> Result<(Self, Path), StorageError> {
+        let dir = std::path::absolute(dir).map_err(|e| StorageError::io("resolve", dir, e))?;
+        if create && !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create_dir", &dir, e))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        if !dir.is_dir() {
+            return Err(StorageError::InvalidUrl {
+                url: url.to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        let fs = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| StorageError::store("open", dir.display(), e))?
+            // Durability: sync_all the staged file, rename, fsync the parent directory (and any
+            // directories it created). Off by default in object_store.
+            .with_fsync(true);
+        let root =
+            std::fs::canonicalize(&dir).map_err(|e| StorageError::io("canonicalize", &dir, e))?;
+        Ok((Self::new(Arc::new(fs), Some(root))?, Path::default()))
+    }
+
+    /// Runs `fut` to completion on the storage runtime, from a thread that is not itself
+    /// inside an async runtime.
+    pub(crate) fn block_on<F: Future>(
+        &self,
+        op: &'static str,
+        fut: F,
+    ) -> Result<F::Output, StorageError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(StorageError::InsideAsyncContext { op });
+        }
+        Ok(self.rt.block_on(fut))
+    }
+
+    /// Writes an object atomically and durably (see the crate docs).
+    pub(crate) fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StorageError> {
+        self.block_on("put", self.store.put(path, PutPayload::from(bytes)))?
+            .map_err(|e| StorageError::store("put", path, e))?;
+        Ok(())
+    }
+
+    /// Reads a whole object.
+    pub(crate) fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        self.block_on("get", async { self.store.get(path).await?.bytes().await })?
+            .map_err(|e| StorageError::store("get", path, e))
+    }
+
+    /// The size of an object, `None` if it does not exist.
+    pub(crate) fn size(&self, path: &Path) -> Result<Option<u64>, StorageError> {
+        match self.block_on("head", self.store.head(path))? {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("head", path, e)),
+        }
+    }
+
+    /// Every object under `prefix`, recursively.
+    pub(crate) fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, StorageError> {
+        match self.block_on(
+            "list",
+            self.store.list(Some(prefix)).try_collect::<Vec<_>>(),
+        )? {
+            Ok(v) => Ok(v),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(StorageError::store("list", prefix, e)),
+        }
+    }
+
+    /// The "directories" directly under `prefix`.
+    pub(crate) fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>, StorageError> {
+        match self.block_on("list", self.store.list_with_delimiter(Some(prefix)))? {
+            Ok(r) => Ok(r.common_prefixes),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(StorageError::store("list", prefix, e)),
+        }
+    }
+
+    /// Deletes an object; a missing object is not an error.
+    pub(crate) fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        match self.block_on("delete", self.store.delete(path))? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StorageError::store("delete", path, e)),
+        }
+    }
+
+    /// Makes a deletion in directory `dir` durable (local stores only; `object_store` does
+    /// not fsync after deletes). A no-op for other stores, whose deletes are durable on ack.
+    pub(crate) fn sync_deletes_in(&self, dir: &Path) -> Result<(), StorageError> {
+        match self.local_path(dir) {
+            Some(p) if p.is_dir() => sync_dir(&p),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes what is left of a local directory after its objects were deleted: staging
+    /// files of interrupted puts (`name#<n>`, invisible to `object_store` listings) and the
+    /// empty directories. A no-op for other stores.
+    pub(crate) fn remove_local_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        if let Some(p) = self.local_path(dir) {
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(StorageError::io("remove_dir", &p, e)),
+            }
+            if let Some(parent) = p.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn local_path(&self, dir: &Path) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        let mut p = root.clone();
+        for part in dir.parts() {
+            p.push(part.as_ref());
+        }
+        Some(p)
+    }
+}
+
+fn disabled(url: &str, scheme: &str, feature: &'static str) -> StorageError {
+    StorageError::FeatureDisabled {
+        url: url.to_string(),
+        scheme: scheme.to_string(),
+        feature,
+    }
+}
+
+/// Fsyncs a directory so that changes to its entries are durable (Unix; a no-op elsewhere,
+/// where directories cannot be opened portably — the same choice as `object_store`).
+fn sync_dir(dir: &FsPath) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StorageError::io("fsync_dir", dir, e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
