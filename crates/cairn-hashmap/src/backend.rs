@@ -1,0 +1,616 @@
+//! [`HashMapBackend`]: registration, the current key, and the trait implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use cairn_core::*;
+
+use crate::error::HashMapError;
+use crate::restore::{load, RawState, RestoreTarget};
+use crate::snapshot::{HeapSnapshot, Incremental, SnapshotState, SyncView};
+use crate::state::{ErasedState, Layout, ListOf, MapOf, Single, StateTable};
+use crate::table::{key_hash, shards_per_key_group, At};
+
+/// Configuration of a [`HashMapBackend`].
+#[derive(Clone, Debug)]
+pub struct HashMapConfig {
+    /// The operator uid (used in errors and file names).
+    pub uid: String,
+    /// The job's maximum parallelism (number of key groups).
+    pub max_parallelism: u32,
+    /// The key groups this backend owns; non-empty, within `0..max_parallelism`.
+    pub key_group_range: KeyGroupRange,
+    /// Identity of the key codec (recorded in snapshots, checked on restore).
+    pub key_codec: CodecIdentity,
+}
+
+struct Registered {
+    meta: StateMeta,
+    state: Box<dyn ErasedState>,
+}
+
+#[derive(Debug, Default)]
+struct CurrentKey {
+    set: bool,
+    bytes: Vec<u8>,
+    kg: KeyGroup,
+    kg_idx: usize,
+    hash: u64,
+}
+
+/// The heap state backend: typed values in sharded hash tables, updated in place, with
+/// copy-on-write snapshots and incremental checkpoints by key group.
+pub struct HashMapBackend {
+    uid: Arc<str>,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    key_codec: CodecIdentity,
+    shards_per_kg: usize,
+    current: CurrentKey,
+    states: Vec<Registered>,
+    by_name: HashMap<String, u32>,
+    /// Restored states not registered yet.
+    raw: BTreeMap<String, Arc<RawState>>,
+    restored: bool,
+    inc: Incremental,
+}
+
+impl fmt::Debug for HashMapBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashMapBackend")
+            .field("uid", &self.uid)
+            .field("max_parallelism", &self.max_parallelism)
+            .field("key_group_range", &self.range)
+            .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
+            .field("restored_unregistered", &self.raw.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HashMapBackend {
+    /// A backend for `config.key_group_range`.
+    pub fn new(config: HashMapConfig) -> Result<Self> {
+        let HashMapConfig {
+            uid,
+            max_parallelism,
+            key_group_range: range,
+            key_codec,
+        } = config;
+        check_parallelism(1, max_parallelism)?;
+        if range.is_empty() || range.end > max_parallelism {
+            return Err(StateError::InvalidParallelism {
+                parallelism: range.len(),
+                max_parallelism,
+                reason: "key-group range must be non-empty and within 0..max_parallelism",
+            });
+        }
+        Ok(Self {
+            uid: uid.into(),
+            max_parallelism,
+            range,
+            key_codec,
+            shards_per_kg: shards_per_key_group(range.len()),
+            current: CurrentKey::default(),
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            raw: BTreeMap::new(),
+            restored: false,
+            inc: Incremental::new(range.len()),
+        })
+    }
+
+    /// A backend for subtask `index` of `parallelism` ([`KeyGroupRange::for_subtask`]).
+    pub fn for_subtask(
+        uid: impl Into<String>,
+        max_parallelism: u32,
+        parallelism: u32,
+        index: u32,
+        key_codec: CodecIdentity,
+    ) -> Result<Self> {
+        Self::new(HashMapConfig {
+            uid: uid.into(),
+            max_parallelism,
+            key_group_range: KeyGroupRange::for_subtask(max_parallelism, parallelism, index)?,
+            key_codec,
+        })
+    }
+
+    /// The operator uid.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Registers `meta` with a fresh table made by `make`, or re-fetches it.
+    fn register<N: Namespace, L: Layout>(
+        &mut self,
+        meta: StateMeta,
+        make: impl FnOnce(u32, usize) -> StateTable<N, L>,
+    ) -> Result<RawStateId> {
+        if let Some(&index) = self.by_name.get(&meta.name) {
+            let r = self
+                .states
+                .get(index as usize)
+                .ok_or(StateError::UnknownState { index })?;
+            check_meta(&self.uid, &r.meta, &meta, false)?;
+            if !r.state.as_any().is::<StateTable<N, L>>() {
+                return Err(HashMapError::TypeMismatch {
+                    state: meta.name.clone(),
+                    registered: r.state.type_name(),
+                    requested: std::any::type_name::<StateTable<N, L>>(),
+                }
+                .into_state(format!("registering state uid={}", self.uid)));
+            }
+            return Ok(RawStateId { index, kind: meta.kind });
+        }
+        let mut table = make(self.range.len(), self.shards_per_kg);
+        if let Some(raw) = self.raw.get(&meta.name) {
+            check_meta(&self.uid, &raw.meta, &meta, true)?;
+            table.restore(raw)?;
+            self.raw.remove(&meta.name);
+        }
+        let index = u32::try_from(self.states.len()).map_err(|_| StateError::UnknownState { index: u32::MAX })?;
+        self.by_name.insert(meta.name.clone(), index);
+        let kind = meta.kind;
+        self.states.push(Registered {
+            meta,
+            state: Box::new(table),
+        });
+        Ok(RawStateId { index, kind })
+    }
+
+    /// The typed state `id`, the current key, and whether to mark its key group dirty.
+    #[inline]
+    fn access<N: Namespace, L: Layout>(
+        &mut self,
+        id: RawStateId,
+        kind: StateKind,
+        write: bool,
+    ) -> Result<(&mut StateTable<N, L>, At<'_>)> {
+        let Self {
+            states, current, inc, ..
+        } = self;
+        let r = states
+            .get_mut(id.index as usize)
+            .ok_or(StateError::UnknownState { index: id.index })?;
+        if r.meta.kind != kind || id.kind != kind {
+            return Err(StateError::KindMismatch {
+                state: r.meta.name.clone(),
+                registered: r.meta.kind,
+                requested: if id.kind != kind { id.kind } else { kind },
+            });
+        }
+        if !current.set {
+            return Err(StateError::NoCurrentKey {
+                state: r.meta.name.clone(),
+            });
+        }
+        if write {
+            if let Some(d) = inc.dirty.get_mut(current.kg_idx) {
+                *d = true;
+            }
+        }
+        let name = &r.meta.name;
+        let registered = r.state.type_name();
+        let table = r.state.as_any_mut().downcast_mut::<StateTable<N, L>>().ok_or_else(|| {
+            HashMapError::TypeMismatch {
+                state: name.clone(),
+                registered,
+                requested: std::any::type_name::<StateTable<N, L>>(),
+            }
+            .into_state("accessing state")
+        })?;
+        let at = At {
+            kg_idx: current.kg_idx,
+            key_hash: current.hash,
+            key: &current.bytes,
+        };
+        Ok((table, at))
+    }
+
+    /// The state `id` untyped, with the current key (for `clear` and `keys`).
+    fn erased(&mut self, id: RawStateId, write: bool) -> Result<(&mut dyn ErasedState, Option<At<'_>>)> {
+        let Self {
+            states, current, inc, ..
+        } = self;
+        let r = states
+            .get_mut(id.index as usize)
+            .ok_or(StateError::UnknownState { index: id.index })?;
+        if r.meta.kind != id.kind {
+            return Err(StateError::KindMismatch {
+                state: r.meta.name.clone(),
+                registered: r.meta.kind,
+                requested: id.kind,
+            });
+        }
+        if write && current.set {
+            if let Some(d) = inc.dirty.get_mut(current.kg_idx) {
+                *d = true;
+            }
+        }
+        let at = current.set.then(|| At {
+            kg_idx: current.kg_idx,
+            key_hash: current.hash,
+            key: &current.bytes,
+        });
+        Ok((&mut *r.state, at))
+    }
+
+    fn no_current_key(&self, id: RawStateId) -> StateError {
+        StateError::NoCurrentKey {
+            state: self
+                .states
+                .get(id.index as usize)
+                .map(|r| r.meta.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Checks a descriptor's `expected` meta against what is `stored` (a snapshot's meta when
+/// `restored`, else the first registration's).
+fn check_meta(uid: &str, stored: &StateMeta, expected: &StateMeta, restored: bool) -> Result<()> {
+    if stored.kind != expected.kind {
+        return Err(if restored {
+            StateError::IncompatibleKind {
+                uid: uid.to_string(),
+                state: expected.name.clone(),
+                stored: stored.kind,
+                expected: expected.kind,
+            }
+        } else {
+            StateError::KindMismatch {
+                state: expected.name.clone(),
+                registered: stored.kind,
+                requested: expected.kind,
+            }
+        });
+    }
+    let parts: [(&'static str, Option<&CodecIdentity>, Option<&CodecIdentity>); 3] = [
+        ("namespace", Some(&stored.namespace), Some(&expected.namespace)),
+        ("value", Some(&stored.value), Some(&expected.value)),
+        ("user key", stored.user_key.as_ref(), expected.user_key.as_ref()),
+    ];
+    for (part, s, e) in parts {
+        let ok = match (s, e) {
+            (Some(s), Some(e)) => s.is_compatible_with(e),
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            let missing = || CodecIdentity {
+                encoding: String::new(),
+                type_name: "(none)".into(),
+                version: 0,
+                schema: None,
+            };
+            return Err(StateError::IncompatibleCodec {
+                uid: uid.to_string(),
+                state: expected.name.clone(),
+                part,
+                stored: Box::new(s.cloned().unwrap_or_else(missing)),
+                expected: Box::new(e.cloned().unwrap_or_else(missing)),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl KeyedStateBackend for HashMapBackend {
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    #[inline]
+    fn set_current_key(&mut self, serialized_key: &[u8]) -> Result<()> {
+        let kg = key_group_for_key(serialized_key, self.max_parallelism);
+        if !self.range.contains(kg) {
+            return Err(StateError::KeyGroupOutOfRange {
+                key_group: kg,
+                range: self.range,
+            });
+        }
+        let c = &mut self.current;
+        c.bytes.clear();
+        c.bytes.extend_from_slice(serialized_key);
+        c.kg = kg;
+        c.kg_idx = (kg - self.range.start) as usize;
+        c.hash = key_hash(serialized_key);
+        c.set = true;
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&[u8]> {
+        self.current.set.then_some(self.current.bytes.as_slice())
+    }
+
+    fn current_key_group(&self) -> Option<KeyGroup> {
+        self.current.set.then_some(self.current.kg)
+    }
+
+    fn register_value<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ValueStateDescriptor<V, N>,
+    ) -> Result<ValueStateId<V, N>> {
+        let (ns, codec) = (d.namespace.clone(), d.value.clone());
+        self.register(d.meta(), |kgs, spk| {
+            StateTable::new(&d.name, kgs, spk, ns, Single(codec), None)
+        })
+        .map(ValueStateId::new)
+    }
+
+    fn register_list<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ListStateDescriptor<V, N>,
+    ) -> Result<ListStateId<V, N>> {
+        let (ns, codec) = (d.namespace.clone(), d.element.clone());
+        self.register(d.meta(), |kgs, spk| {
+            StateTable::new(&d.name, kgs, spk, ns, ListOf(codec), None)
+        })
+        .map(ListStateId::new)
+    }
+
+    fn register_map<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        d: &MapStateDescriptor<UK, UV, N>,
+    ) -> Result<MapStateId<UK, UV, N>> {
+        let layout = MapOf {
+            user_key: d.user_key.clone(),
+            value: d.value.clone(),
+        };
+        let ns = d.namespace.clone();
+        self.register(d.meta(), |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, layout, None))
+            .map(MapStateId::new)
+    }
+
+    fn register_reducing<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ReducingStateDescriptor<V, N>,
+    ) -> Result<ReducingStateId<V, N>> {
+        let (ns, codec) = (d.namespace.clone(), d.value.clone());
+        let func: Box<dyn std::any::Any + Send + Sync> = Box::new(d.reduce.clone());
+        self.register(d.meta(), |kgs, spk| {
+            StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func))
+        })
+        .map(ReducingStateId::new)
+    }
+
+    fn register_aggregating<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
+    ) -> Result<AggregatingStateId<IN, ACC, OUT, N>> {
+        let (ns, codec) = (d.namespace.clone(), d.accumulator.clone());
+        let func: Box<dyn std::any::Any + Send + Sync> = Box::new(d.function.clone());
+        let id = self.register(d.meta(), |kgs, spk| {
+            StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func))
+        })?;
+        // The table's type does not name IN and OUT: check the function's.
+        type Func<IN, ACC, OUT> = Arc<dyn AggregateFunction<IN, ACC, OUT>>;
+        let r = self.states.get(id.index as usize);
+        let ok = r
+            .and_then(|r| r.state.as_any().downcast_ref::<StateTable<N, Single<ACC>>>())
+            .and_then(|t| t.func.as_ref())
+            .is_some_and(|f| f.is::<Func<IN, ACC, OUT>>());
+        if !ok {
+            return Err(HashMapError::TypeMismatch {
+                state: d.name.clone(),
+                registered: "another aggregate function type",
+                requested: std::any::type_name::<Func<IN, ACC, OUT>>(),
+            }
+            .into_state(format!("registering state uid={}", self.uid)));
+        }
+        Ok(AggregatingStateId::new(id))
+    }
+
+    #[inline]
+    fn value_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ValueStateId<V, N>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        let (t, at) = self.access::<N, Single<V>>(s.raw(), StateKind::Value, false)?;
+        Ok(t.get(&at, ns).cloned())
+    }
+
+    #[inline]
+    fn value_update<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ValueStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, Single<V>>(s.raw(), StateKind::Value, true)?;
+        t.put(&at, ns, value)
+    }
+
+    fn list_get<V: StateValue, N: Namespace>(&mut self, s: ListStateId<V, N>, ns: &N) -> Result<Vec<V>> {
+        let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, false)?;
+        Ok(t.get(&at, ns))
+    }
+
+    #[inline]
+    fn list_add<V: StateValue, N: Namespace>(&mut self, s: ListStateId<V, N>, ns: &N, value: V) -> Result<()> {
+        let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, true)?;
+        t.add_all(&at, ns, std::iter::once(value))
+    }
+
+    fn list_add_all<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, !values.is_empty())?;
+        t.add_all(&at, ns, values.into_iter())
+    }
+
+    fn list_update<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, true)?;
+        t.update(&at, ns, values)
+    }
+
+    #[inline]
+    fn map_get<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (t, at) = self.access::<N, MapOf<UK, UV>>(s.raw(), StateKind::Map, false)?;
+        Ok(t.get(&at, ns, user_key).cloned())
+    }
+
+    #[inline]
+    fn map_put<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, MapOf<UK, UV>>(s.raw(), StateKind::Map, true)?;
+        t.put(&at, ns, user_key, value)
+    }
+
+    fn map_remove<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, MapOf<UK, UV>>(s.raw(), StateKind::Map, true)?;
+        t.remove(&at, ns, user_key).map(|_| ())
+    }
+
+    fn map_contains<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
+        let (t, at) = self.access::<N, MapOf<UK, UV>>(s.raw(), StateKind::Map, false)?;
+        Ok(t.contains(&at, ns, user_key))
+    }
+
+    fn map_entries<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+    ) -> Result<Vec<(UK, UV)>> {
+        let (t, at) = self.access::<N, MapOf<UK, UV>>(s.raw(), StateKind::Map, false)?;
+        t.entries(&at, ns)
+    }
+
+    fn reducing_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ReducingStateId<V, N>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        let (t, at) = self.access::<N, Single<V>>(s.raw(), StateKind::Reducing, false)?;
+        Ok(t.get(&at, ns).cloned())
+    }
+
+    fn reducing_add<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ReducingStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, Single<V>>(s.raw(), StateKind::Reducing, true)?;
+        t.reduce(&at, ns, value)
+    }
+
+    fn aggregating_get<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        s: AggregatingStateId<IN, ACC, OUT, N>,
+        ns: &N,
+    ) -> Result<Option<OUT>> {
+        let (t, at) = self.access::<N, Single<ACC>>(s.raw(), StateKind::Aggregating, false)?;
+        t.aggregate_get::<IN, OUT>(&at, ns)
+    }
+
+    fn aggregating_add<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        s: AggregatingStateId<IN, ACC, OUT, N>,
+        ns: &N,
+        input: IN,
+    ) -> Result<()> {
+        let (t, at) = self.access::<N, Single<ACC>>(s.raw(), StateKind::Aggregating, true)?;
+        t.aggregate_add::<IN, OUT>(&at, ns, input)
+    }
+
+    fn clear<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<()> {
+        let (state, at) = self.erased(s, true)?;
+        match at {
+            Some(at) => state.clear(&at, ns, std::any::type_name::<N>()).map(|_| ()),
+            None => Err(self.no_current_key(s)),
+        }
+    }
+
+    fn keys<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<Vec<Vec<u8>>> {
+        let (state, _) = self.erased(s, false)?;
+        state.keys(ns, std::any::type_name::<N>())
+    }
+
+    fn snapshot(&mut self, options: SnapshotOptions) -> Result<Box<dyn AsyncSnapshot>> {
+        let mut states = Vec::with_capacity(self.states.len() + self.raw.len());
+        for r in &self.states {
+            states.push(SnapshotState {
+                meta: r.meta.clone(),
+                entries: r.state.snapshot(),
+            });
+        }
+        for raw in self.raw.values() {
+            states.push(SnapshotState {
+                meta: raw.meta.clone(),
+                entries: raw.clone(),
+            });
+        }
+        let view = SyncView {
+            options,
+            uid: self.uid.clone(),
+            range: self.range,
+            key_codec: self.key_codec.clone(),
+            states,
+        };
+        Ok(Box::new(HeapSnapshot::new(view, &mut self.inc)))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
+        self.inc.complete(checkpoint_id);
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        self.inc.abort(checkpoint_id);
+    }
+
+    fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource) -> Result<()> {
+        if self.restored || !self.states.is_empty() {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "restore must be called once, on a fresh backend, before any state is registered uid={}",
+                    self.uid
+                ),
+            });
+        }
+        let target = RestoreTarget {
+            uid: &self.uid,
+            range: self.range,
+            max_parallelism: self.max_parallelism,
+            key_codec: &self.key_codec,
+        };
+        let raw = load(&target, handles, source)?;
+        self.raw = raw.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.restored = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! Snapshots: the synchronous phase's view, the asynchronous phase that writes one canonical
+//! state file, and the bookkeeping of incremental checkpoints.
+//!
+//! # Incremental checkpoints
+//!
+//! The backend marks a key group dirty on every mutation (including `clear`). An
+//! incremental checkpoint writes the key groups dirty since the *base* — the last completed
+//! incremental checkpoint whose files are in the shared area — into one new shared file, and
+//! references every other key group in the base's files. Per pending checkpoint the backend
+//! keeps the key groups dirtied since the previous snapshot (`own`), so that:
+//! - a snapshot includes the dirty groups of every still-pending earlier snapshot (dirty
+//!   since the base, not since the previous snapshot);
+//! - completing checkpoint `n` makes its file mapping the base and forgets pendings `<= n`
+//!   (their changes are in `n`);
+//! - aborting checkpoint `n` merges its `own` set back, so nothing is lost.
+//!
+//! Without a base (the first checkpoint, after a restore, or when the last completed one
+//! could not write shared files) every key group is written. A state registered after the
+//! base needs no special case: its entries exist only in key groups it wrote to, which are
+//! dirty. Full checkpoints and savepoints neither use nor change this bookkeeping.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, OnceLock};
+
+use cairn_core::{
+    murmur3_32, AsyncSnapshot, CancelToken, CanonicalFile, CodecIdentity, FileArea, FileRef,
+    KeyGroupRange, KeyedData, KeyedStateHandle, Result, SnapshotOptions, SnapshotTarget,
+    SnapshotType, StateError, StateMeta,
+};
+use cairn_format::{FileState, StateFileWriter};
+
+use crate::encode::KgBuffer;
+use crate::error::internal;
+use crate::state::StateSnapshot;
+
+/// Which file supplies each key group (index `kg - range.start`).
+#[derive(Debug)]
+pub(crate) struct KgFiles {
+    files: Vec<FileRef>,
+    of_kg: Vec<usize>,
+}
+
+/// What an incremental snapshot's asynchronous phase produced.
+#[derive(Debug)]
+enum Outcome {
+    /// Shared files, usable as a base.
+    Shared(Arc<KgFiles>),
+    /// The target took no shared files: a full snapshot in the private area.
+    Private,
+}
+
+#[derive(Debug)]
+struct Pending {
+    own: Vec<bool>,
+    outcome: Arc<OnceLock<Outcome>>,
+}
+
+/// The incremental-checkpoint bookkeeping of a backend.
+#[derive(Debug)]
+pub(crate) struct Incremental {
+    /// Key groups mutated since the last incremental snapshot's synchronous phase.
+    pub(crate) dirty: Vec<bool>,
+    pending: BTreeMap<u64, Pending>,
+    base: Option<(u64, Arc<KgFiles>)>,
+}
+
+impl Incremental {
+    pub(crate) fn new(key_groups: u32) -> Self {
+        Self {
+            dirty: vec![false; key_groups as usize],
+            pending: BTreeMap::new(),
+            base: None,
+        }
+    }
+
+    /// Starts incremental snapshot `id`: the key groups to write and the base to reference.
+    fn begin(&mut self, id: u64) -> IncrementalPlan {
+        let n = self.dirty.len();
+        let own = std::mem::replace(&mut self.dirty, vec![false; n]);
+        let mut write = own.clone();
+        for p in self.pending.values() {
+            for (w, d) in write.iter_mut().zip(&p.own) {
+                *w |= *d;
+            }
+        }
+        let outcome = Arc::new(OnceLock::new());
+        // A retried id replaces the older attempt; keep the older attempt's changes.
+        if let Some(old) = self.pending.insert(
+            id,
+            Pending {
+                own,
+                outcome: outcome.clone(),
+            },
+        ) {
+            self.merge_back(&old.own);
+        }
+        IncrementalPlan {
+            write,
+            base: self.base.as_ref().map(|(_, b)| b.clone()),
+            outcome,
+        }
+    }
+
+    fn merge_back(&mut self, own: &[bool]) {
+        for (d, o) in self.dirty.iter_mut().zip(own) {
+            *d |= *o;
+        }
+    }
+
+    pub(crate) fn complete(&mut self, id: u64) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match p.outcome.get() {
+            Some(Outcome::Shared(files)) => {
+                self.base = Some((id, files.clone()));
+                // Earlier pendings' changes are in checkpoint `id`.
+                self.pending.retain(|&k, _| k > id);
+            }
+            Some(Outcome::Private) => {
+                self.base = None;
+                self.pending.retain(|&k, _| k > id);
+            }
+            // Completed without our handle: keep its changes for the next checkpoint.
+            None => self.merge_back(&p.own),
+        }
+    }
+
+    pub(crate) fn abort(&mut self, id: u64) {
+        if let Some(p) = self.pending.remove(&id) {
+            self.merge_back(&p.own);
+        }
+    }
+
+    /// Whether a base exists (for tests and diagnostics).
+    #[cfg(test)]
+    pub(crate) fn base_id(&self) -> Option<u64> {
+        self.base.as_ref().map(|(id, _)| *id)
+    }
+}
+
+#[derive(Debug)]
+struct IncrementalPlan {
+    write: Vec<bool>,
+    base: Option<Arc<KgFiles>>,
+    outcome: Arc<OnceLock<Outcome>>,
+}
+
+/// A state in a snapshot: what the handle records and its entries.
+pub(crate) struct SnapshotState {
+    pub(crate) meta: StateMeta,
+    pub(crate) entries: Arc<dyn StateSnapshot>,
+}
+
+/// The view the synchronous phase captures.
+pub(crate) struct SyncView {
+    pub(crate) options: SnapshotOptions,
+    pub(crate) uid: Arc<str>,
+    pub(crate) range: KeyGroupRange,
+    pub(crate) key_codec: CodecIdentity,
+    /// Sorted by name.
+    pub(crate) states: Vec<SnapshotState>,
+}
+
+/// The asynchronous phase of a heap snapshot.
+pub(crate) struct HeapSnapshot {
+    view: SyncView,
+    incremental: Option<IncrementalPlan>,
+}
+
+impl HeapSnapshot {
+    /// Captures a snapshot; for incremental checkpoints, records it as pending in `inc`.
+    pub(crate) fn new(mut view: SyncView, inc: &mut Incremental) -> Self {
+        view.states.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        let o = view.options;
+        let incremental =
+            (o.incremental && o.snapshot_type == SnapshotType::Checkpoint).then(|| inc.begin(o.checkpoint_id));
+        Self { view, incremental }
+    }
+}
+
+impl AsyncSnapshot for HeapSnapshot {
+    fn run(self: Box<Self>, target: &dyn SnapshotTarget, cancel: &CancelToken) -> Result<KeyedStateHandle> {
+        let HeapSnapshot { view, incremental } = *self;
+        let range = view.range;
+        let n = range.len() as usize;
+        let shared = incremental.as_ref().filter(|_| target.supports_shared());
+        // The key groups to write, and the file of every other key group.
+        let (write, base): (Vec<bool>, Option<&KgFiles>) = match shared {
+            Some(p) => match &p.base {
+                Some(b) if b.of_kg.len() == n => (p.write.clone(), Some(b)),
+                _ => (vec![true; n], None),
+            },
+            None => (vec![true; n], None),
+        };
+        let area = if shared.is_some() { FileArea::Shared } else { FileArea::Private };
+        let new_file = if write.iter().any(|w| *w) {
+            let bytes = encode_file(&view, &write, cancel)?;
+            let name = file_name(&view.uid, view.options.checkpoint_id, range);
+            Some(target.write_file(area, &name, bytes)?)
+        } else {
+            None
+        };
+        // kg -> file mapping.
+        let mut files: Vec<FileRef> = Vec::new();
+        let mut of_kg = Vec::with_capacity(n);
+        for (i, w) in write.iter().enumerate() {
+            let f = match (w, &new_file, base) {
+                (true, Some(f), _) => f,
+                (false, _, Some(b)) => b
+                    .of_kg
+                    .get(i)
+                    .and_then(|&j| b.files.get(j))
+                    .ok_or_else(|| internal("base mapping out of range"))?,
+                _ => return Err(internal("key group without a file")),
+            };
+            let j = match files.iter().position(|x| x == f) {
+                Some(j) => j,
+                None => {
+                    files.push(f.clone());
+                    files.len() - 1
+                }
+            };
+            of_kg.push(j);
+        }
+        let canonical = canonical_files(range, &files, &of_kg);
+        if let Some(p) = &incremental {
+            let outcome = if shared.is_some() {
+                Outcome::Shared(Arc::new(KgFiles { files, of_kg }))
+            } else {
+                Outcome::Private
+            };
+            // Set once; a second run of the same snapshot is impossible (`self: Box<Self>`).
+            let _ = p.outcome.set(outcome);
+        }
+        Ok(KeyedStateHandle {
+            key_group_range: range,
+            key_codec: view.key_codec,
+            states: view.states.into_iter().map(|s| s.meta).collect(),
+            data: KeyedData::Canonical { files: canonical },
+        })
+    }
+}
+
+fn encode_file(view: &SyncView, write: &[bool], cancel: &CancelToken) -> Result<Vec<u8>> {
+    let table = view
+        .states
+        .iter()
+        .map(|s| FileState {
+            name: s.meta.name.clone(),
+            kind: s.meta.kind,
+        })
+        .collect();
+    let ctx = || format!("writing state file uid={} checkpoint_id={}", view.uid, view.options.checkpoint_id);
+    let mut writer = StateFileWriter::new(table).map_err(|e| StateError::layer(ctx(), e))?;
+    let mut buf = KgBuffer::default();
+    for (kg_idx, kg) in view.range.iter().enumerate() {
+        if !write.get(kg_idx).copied().unwrap_or(false) {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            return Err(StateError::Cancelled {
+                checkpoint_id: view.options.checkpoint_id,
+            });
+        }
+        buf.clear();
+        for (i, s) in view.states.iter().enumerate() {
+            s.entries.encode_kg(kg_idx, i as u32, &mut buf)?;
+        }
+        buf.write_sorted(kg, &mut writer)
+            .map_err(|e| StateError::layer(format!("{} key_group={kg}", ctx()), e))?;
+    }
+    writer.finish().map_err(|e| StateError::layer(ctx(), e))
+}
+
+/// Files in order of their first key group, each with its key groups as ranges.
+fn canonical_files(range: KeyGroupRange, files: &[FileRef], of_kg: &[usize]) -> Vec<CanonicalFile> {
+    let mut out: Vec<CanonicalFile> = files
+        .iter()
+        .map(|f| CanonicalFile {
+            file: f.clone(),
+            key_groups: Vec::new(),
+        })
+        .collect();
+    for (kg, &j) in range.iter().zip(of_kg) {
+        if let Some(cf) = out.get_mut(j) {
+            match cf.key_groups.last_mut() {
+                Some(last) if last.end == kg => last.end = kg + 1,
+                _ => cf.key_groups.push(KeyGroupRange::new(kg, kg + 1)),
+            }
+        }
+    }
+    out
+}
+
+/// `hm-<uid>-<uidhash>-<checkpoint>-<kgstart>_<kgend>-<nonce>.cst`: unique per operator,
+/// subtask and attempt (a retried checkpoint id never overwrites another attempt's file).
+fn file_name(uid: &str, checkpoint_id: u64, range: KeyGroupRange) -> String {
+    let clean: String = uid
+        .chars()
+        .take(32)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let hash = murmur3_32(uid.as_bytes(), 0);
+    let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!(
+        "hm-{clean}-{hash:08x}-{checkpoint_id}-{}_{}-{nonce:016x}.cst",
+        range.start, range.end
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_valid_and_unique() {
+        let r = KeyGroupRange::new(3, 9);
+        let a = file_name("my op/ü ..", 7, r);
+        let b = file_name("my op/ü ..", 7, r);
+        assert!(cairn_core::is_valid_file_name(&a), "{a}");
+        assert_ne!(a, b);
+        assert!(a.starts_with("hm-my_op____"), "{a}");
+        assert!(a.contains("-7-3_9-"), "{a}");
+    }
+
+    #[test]
+    fn pending_dirty_sets_accumulate_until_completion() {
+        let mut inc = Incremental::new(4);
+        inc.dirty[0] = true;
+        let p1 = inc.begin(1);
+        assert_eq!(p1.write, [true, false, false, false]);
+        inc.dirty[1] = true;
+        let p2 = inc.begin(2);
+        assert_eq!(p2.write, [true, true, false, false]);
+        // Abort 2: its own changes come back.
+        inc.abort(2);
+        assert_eq!(inc.dirty, [false, true, false, false]);
+        let files = Arc::new(KgFiles {
+            files: vec![],
+            of_kg: vec![0; 4],
+        });
+        p1.outcome.set(Outcome::Shared(files)).unwrap();
+        inc.complete(1);
+        assert_eq!(inc.base_id(), Some(1));
+        let p3 = inc.begin(3);
+        assert_eq!(p3.write, [false, true, false, false]);
+        assert!(p3.base.is_some());
+        // Completing without an outcome keeps the changes.
+        inc.complete(3);
+        assert_eq!(inc.dirty, [false, true, false, false]);
+        assert_eq!(inc.base_id(), Some(1));
+    }
+}

@@ -1,0 +1,325 @@
+//! Typed states and their type erasure.
+//!
+//! Every registered state is a [`StateTable<N, L>`]: a sharded table of typed values plus
+//! the codecs that turn them into canonical entries. `L` is the state's [`Layout`]: one
+//! value per entry (value, reducing, aggregating), a list, or a map of user keys. The
+//! backend keeps states as `Box<dyn ErasedState>` and downcasts on each access (a `TypeId`
+//! comparison).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use cairn_core::{CodecError, CodecRef, Namespace, Result, StateError, StateValue, UserKey};
+use cairn_format::decode_list;
+use hashbrown::hash_table::Entry;
+
+use crate::encode::{push_with, Head, KgBuffer};
+use crate::error::{internal, HashMapError};
+use crate::restore::RawState;
+use crate::table::{find_entry, key_hash, At, Item, Shard, ShardedTable};
+
+/// The map kept per `(key, namespace)` of a map state.
+pub(crate) type UserMap<UK, UV> = hashbrown::HashMap<UK, UV, foldhash::fast::FixedState>;
+
+pub(crate) fn codec_error(state: &str) -> impl FnOnce(CodecError) -> StateError + '_ {
+    move |source| StateError::Codec {
+        state: state.to_string(),
+        source,
+    }
+}
+
+/// How a state's typed value maps to canonical entries.
+pub(crate) trait Layout: Send + Sync + 'static {
+    /// What is kept per `(key, namespace)`.
+    type Value: Clone + Send + Sync + 'static;
+    /// Adds the canonical entries of `value` to `out`.
+    fn encode(&self, value: &Self::Value, head: Head, out: &mut KgBuffer) -> Result<(), CodecError>;
+    /// Merges one canonical entry into `slot`; returns a new value when `slot` is `None`
+    /// (or nothing, if the entry holds no value).
+    fn decode_merge(
+        &self,
+        slot: Option<&mut Self::Value>,
+        user_key: Option<&[u8]>,
+        value: &[u8],
+        state: &str,
+    ) -> Result<Option<Self::Value>>;
+}
+
+/// One value per entry: value, reducing (the value) and aggregating (the accumulator).
+pub(crate) struct Single<V>(pub(crate) CodecRef<V>);
+
+impl<V: StateValue> Layout for Single<V> {
+    type Value = V;
+    fn encode(&self, value: &V, head: Head, out: &mut KgBuffer) -> Result<(), CodecError> {
+        let v = push_with(&mut out.buf, |b| self.0.encode(value, b))?;
+        out.push(head, None, v);
+        Ok(())
+    }
+    fn decode_merge(
+        &self,
+        slot: Option<&mut V>,
+        _user_key: Option<&[u8]>,
+        value: &[u8],
+        state: &str,
+    ) -> Result<Option<V>> {
+        let v = self.0.decode(value).map_err(codec_error(state))?;
+        Ok(match slot {
+            Some(s) => {
+                *s = v;
+                None
+            }
+            None => Some(v),
+        })
+    }
+}
+
+/// A list per entry, stored as one canonical entry (`encode_list` of the elements).
+pub(crate) struct ListOf<V>(pub(crate) CodecRef<V>);
+
+impl<V: StateValue> Layout for ListOf<V> {
+    type Value = Vec<V>;
+    fn encode(&self, value: &Vec<V>, head: Head, out: &mut KgBuffer) -> Result<(), CodecError> {
+        out.push_list(head, value, &*self.0)
+    }
+    fn decode_merge(
+        &self,
+        slot: Option<&mut Vec<V>>,
+        _user_key: Option<&[u8]>,
+        value: &[u8],
+        state: &str,
+    ) -> Result<Option<Vec<V>>> {
+        let elements = decode_list(value)
+            .map_err(|e| StateError::layer(format!("decoding list state={state}"), e))?;
+        let mut decoded = Vec::with_capacity(elements.len());
+        for e in elements {
+            decoded.push(self.0.decode(e).map_err(codec_error(state))?);
+        }
+        Ok(match slot {
+            Some(s) => {
+                s.extend(decoded);
+                None
+            }
+            None if decoded.is_empty() => None,
+            None => Some(decoded),
+        })
+    }
+}
+
+/// A map per entry, stored as one canonical entry per user key.
+pub(crate) struct MapOf<UK, UV> {
+    pub(crate) user_key: CodecRef<UK>,
+    pub(crate) value: CodecRef<UV>,
+}
+
+impl<UK: UserKey, UV: StateValue> Layout for MapOf<UK, UV> {
+    type Value = UserMap<UK, UV>;
+    fn encode(
+        &self,
+        value: &UserMap<UK, UV>,
+        head: Head,
+        out: &mut KgBuffer,
+    ) -> Result<(), CodecError> {
+        for (k, v) in value {
+            let uk = push_with(&mut out.buf, |b| self.user_key.encode(k, b))?;
+            let uv = push_with(&mut out.buf, |b| self.value.encode(v, b))?;
+            out.push(head, Some(uk), uv);
+        }
+        Ok(())
+    }
+    fn decode_merge(
+        &self,
+        slot: Option<&mut UserMap<UK, UV>>,
+        user_key: Option<&[u8]>,
+        value: &[u8],
+        state: &str,
+    ) -> Result<Option<UserMap<UK, UV>>> {
+        let Some(uk) = user_key else {
+            return Err(StateError::Restore {
+                reason: format!("map entry without a user key state={state}"),
+            });
+        };
+        let k = self.user_key.decode(uk).map_err(codec_error(state))?;
+        let v = self.value.decode(value).map_err(codec_error(state))?;
+        Ok(match slot {
+            Some(m) => {
+                m.insert(k, v);
+                None
+            }
+            None => {
+                let mut m = UserMap::default();
+                m.insert(k, v);
+                Some(m)
+            }
+        })
+    }
+}
+
+/// A registered state: typed entries, codecs, and the reduce or aggregate function.
+pub(crate) struct StateTable<N, L: Layout> {
+    pub(crate) name: Arc<str>,
+    pub(crate) table: ShardedTable<N, L::Value>,
+    pub(crate) ns_codec: CodecRef<N>,
+    pub(crate) layout: Arc<L>,
+    /// `ReduceFn<V>` of a reducing state, `Arc<dyn AggregateFunction<IN, ACC, OUT>>` of an
+    /// aggregating one.
+    pub(crate) func: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl<N, L: Layout> fmt::Debug for StateTable<N, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateTable")
+            .field("name", &self.name)
+            .field("type", &std::any::type_name::<Self>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Namespace, L: Layout> StateTable<N, L> {
+    pub(crate) fn new(
+        name: &str,
+        key_groups: u32,
+        shards_per_kg: usize,
+        ns_codec: CodecRef<N>,
+        layout: L,
+        func: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            table: ShardedTable::new(key_groups, shards_per_kg),
+            ns_codec,
+            layout: Arc::new(layout),
+            func,
+        }
+    }
+
+    /// The unshared shard of `(at.key, ns)` and the entry's hash.
+    #[inline]
+    pub(crate) fn shard_mut(&mut self, at: &At<'_>, ns: &N) -> Result<(&mut Shard<N, L::Value>, u64)> {
+        self.table
+            .shard_mut(at, ns)
+            .ok_or_else(|| internal(format!("key group index {} out of range", at.kg_idx)))
+    }
+
+    fn downcast_ns<'a>(&self, ns: &'a dyn Any, requested: &'static str) -> Result<&'a N> {
+        ns.downcast_ref::<N>().ok_or_else(|| {
+            HashMapError::TypeMismatch {
+                state: self.name.to_string(),
+                registered: std::any::type_name::<N>(),
+                requested,
+            }
+            .into_state("accessing state")
+        })
+    }
+}
+
+/// A registered state behind type erasure.
+pub(crate) trait ErasedState: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The Rust types of the state (for errors).
+    fn type_name(&self) -> &'static str;
+    /// Removes the entry of `(at.key, ns)`; `ns_type` names `ns`'s type for errors.
+    fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool>;
+    /// The keys with an entry in `ns`, sorted.
+    fn keys(&self, ns: &dyn Any, ns_type: &'static str) -> Result<Vec<Vec<u8>>>;
+    /// An immutable view of the entries (the synchronous phase: clones `Arc`s only).
+    fn snapshot(&self) -> Arc<dyn StateSnapshot>;
+    /// Decodes restored entries into the table.
+    fn restore(&mut self, raw: &RawState) -> Result<()>;
+}
+
+impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+    fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool> {
+        let ns = self.downcast_ns(ns, ns_type)?;
+        Ok(self.table.remove(at, ns).is_some())
+    }
+    fn keys(&self, ns: &dyn Any, ns_type: &'static str) -> Result<Vec<Vec<u8>>> {
+        let ns = self.downcast_ns(ns, ns_type)?;
+        let mut keys: Vec<Vec<u8>> = self
+            .table
+            .iter()
+            .filter(|e| e.ns == *ns)
+            .map(|e| e.key.to_vec())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+    fn snapshot(&self) -> Arc<dyn StateSnapshot> {
+        Arc::new(TableSnapshot::<N, L> {
+            name: self.name.clone(),
+            table: self.table.clone(),
+            ns_codec: self.ns_codec.clone(),
+            layout: self.layout.clone(),
+        })
+    }
+    fn restore(&mut self, raw: &RawState) -> Result<()> {
+        for (kg_idx, kg) in raw.key_groups().iter().enumerate() {
+            for e in kg.entries() {
+                let ns = self.ns_codec.decode(e.namespace).map_err(codec_error(&self.name))?;
+                let at = At {
+                    kg_idx,
+                    key_hash: key_hash(e.key),
+                    key: e.key,
+                };
+                let name = self.name.clone();
+                let layout = self.layout.clone();
+                let (shard, hash) = self.shard_mut(&at, &ns)?;
+                match find_entry(shard, hash, at.key, &ns) {
+                    Entry::Occupied(mut o) => {
+                        layout.decode_merge(Some(&mut o.get_mut().value), e.user_key, e.value, &name)?;
+                    }
+                    Entry::Vacant(v) => {
+                        if let Some(value) = layout.decode_merge(None, e.user_key, e.value, &name)? {
+                            v.insert(Item {
+                                hash,
+                                key: at.key.into(),
+                                ns,
+                                value,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The entries of one state as a snapshot captured them.
+pub(crate) trait StateSnapshot: Send + Sync {
+    /// Adds the canonical entries of key group index `kg_idx` to `out`, as state `file_state`
+    /// of the file's state table.
+    fn encode_kg(&self, kg_idx: usize, file_state: u32, out: &mut KgBuffer) -> Result<()>;
+}
+
+struct TableSnapshot<N, L: Layout> {
+    name: Arc<str>,
+    table: ShardedTable<N, L::Value>,
+    ns_codec: CodecRef<N>,
+    layout: Arc<L>,
+}
+
+impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
+    fn encode_kg(&self, kg_idx: usize, file_state: u32, out: &mut KgBuffer) -> Result<()> {
+        for item in self.table.iter_kg(kg_idx) {
+            let head = out
+                .head(file_state, &item.key, |b| self.ns_codec.encode(&item.ns, b))
+                .map_err(codec_error(&self.name))?;
+            self.layout
+                .encode(&item.value, head, out)
+                .map_err(codec_error(&self.name))?;
+        }
+        Ok(())
+    }
+}
