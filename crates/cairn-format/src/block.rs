@@ -155,9 +155,11 @@ pub(crate) fn read_block_header(
         )));
     }
     match compression {
-        COMPRESSION_NONE if stored_len != raw_len => return Err(bad(format!(
+        COMPRESSION_NONE if stored_len != raw_len => {
+            return Err(bad(format!(
             "uncompressed {what} with differing lengths raw_len={raw_len} stored_len={stored_len}"
-        ))),
+        )))
+        }
         COMPRESSION_NONE | COMPRESSION_ZSTD => {}
         c => return Err(bad(format!("unknown compression code={c}"))),
     }

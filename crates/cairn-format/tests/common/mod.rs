@@ -1,0 +1,507 @@
+//! The golden vectors: how each file in `format-spec/vectors/` is built from code, and what
+//! each one must decode to (or fail with).
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+
+use cairn_core::{
+    key_group_for_key, BincodeCodec, CanonicalFile, Codec, CodecIdentity, FileArea, FileRef,
+    KeyGroupRange, KeyedData, KeyedStateHandle, OperatorStateSnapshot, Redistribution,
+    SnapshotType, StateKind, StateMeta, BINCODE_V1,
+};
+use cairn_format::{
+    encode_list, encode_manifest, EntryRef, FileState, Manifest, OperatorManifest, StateFileWriter,
+    SubtaskManifest,
+};
+
+pub const MAX_PARALLELISM: u32 = 8;
+pub const PARALLELISM: u32 = 2;
+
+pub fn vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../format-spec/vectors")
+}
+
+fn codec(type_name: &str, schema: Option<&str>) -> CodecIdentity {
+    CodecIdentity {
+        encoding: BINCODE_V1.into(),
+        type_name: type_name.into(),
+        version: 1,
+        schema: schema.map(str::to_string),
+    }
+}
+
+/// The states of operator `counter`: value, list and map.
+pub fn states() -> Vec<StateMeta> {
+    vec![
+        StateMeta {
+            name: "count".into(),
+            kind: StateKind::Value,
+            namespace: codec("()", None),
+            value: codec("u64", Some("{\"root\":\"U64\",\"registry\":{}}")),
+            user_key: None,
+        },
+        StateMeta {
+            name: "events".into(),
+            kind: StateKind::List,
+            namespace: codec("()", None),
+            value: codec("u64", None),
+            user_key: None,
+        },
+        StateMeta {
+            name: "tags".into(),
+            kind: StateKind::Map,
+            namespace: codec("()", None),
+            value: codec("u64", None),
+            user_key: Some(codec("alloc::string::String", None)),
+        },
+    ]
+}
+
+pub fn file_states() -> Vec<FileState> {
+    states()
+        .into_iter()
+        .map(|s| FileState {
+            name: s.name,
+            kind: s.kind,
+        })
+        .collect()
+}
+
+fn enc_string(s: &str) -> Vec<u8> {
+    BincodeCodec::<String>::new()
+        .encode_to_vec(&s.to_string())
+        .unwrap()
+}
+
+/// One logical entry: (key group, state, key, namespace, user key, value).
+pub type Entry = (u32, u32, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+
+/// The entries of subtask `index`: users whose key group the subtask owns, each with a
+/// count, a list of events and two tags. Sorted as the file requires.
+pub fn entries(index: u32) -> Vec<Entry> {
+    let range = KeyGroupRange::for_subtask(MAX_PARALLELISM, PARALLELISM, index).unwrap();
+    let mut out = Vec::new();
+    for u in 0..6u64 {
+        let key = enc_string(&format!("user-{u:02}"));
+        let kg = key_group_for_key(&key, MAX_PARALLELISM);
+        if !range.contains(kg) {
+            continue;
+        }
+        out.push((
+            kg,
+            0,
+            key.clone(),
+            vec![],
+            None,
+            (u * 10).to_le_bytes().to_vec(),
+        ));
+        let events: Vec<Vec<u8>> = (0..u % 3 + 1)
+            .map(|e| (u + e).to_le_bytes().to_vec())
+            .collect();
+        let mut list = Vec::new();
+        encode_list(events.iter().map(Vec::as_slice), &mut list);
+        out.push((kg, 1, key.clone(), vec![], None, list));
+        for tag in ["blue", "red"] {
+            out.push((
+                kg,
+                2,
+                key.clone(),
+                vec![],
+                Some(enc_string(tag)),
+                1u64.to_le_bytes().to_vec(),
+            ));
+        }
+    }
+    // A key alone in its key group, with one small entry: its block does not compress, so
+    // the vector holds a stored block next to zstd ones.
+    let used: Vec<u32> = out.iter().map(|e| e.0).collect();
+    let solo = (0..100)
+        .map(|n| enc_string(&format!("solo-{n}")))
+        .find(|k| {
+            let kg = key_group_for_key(k, MAX_PARALLELISM);
+            range.contains(kg) && !used.contains(&kg)
+        })
+        .expect("a free key group for the solo key");
+    out.push((
+        key_group_for_key(&solo, MAX_PARALLELISM),
+        0,
+        solo,
+        vec![],
+        None,
+        5u64.to_le_bytes().to_vec(),
+    ));
+    out.sort();
+    out
+}
+
+pub fn state_file(entries: &[Entry]) -> Vec<u8> {
+    let mut w = StateFileWriter::new(file_states()).unwrap();
+    for (kg, s, k, n, u, v) in entries {
+        w.add(&EntryRef {
+            key_group: *kg,
+            state: *s,
+            key: k,
+            namespace: n,
+            user_key: u.as_deref(),
+            value: v,
+        })
+        .unwrap();
+    }
+    w.finish().unwrap()
+}
+
+pub fn state_file_name(index: u32) -> String {
+    format!("counter-{index}.state")
+}
+
+/// The savepoint's manifest, referencing the two state files (whose sizes and checksums
+/// it records).
+pub fn savepoint_manifest() -> Manifest {
+    let mut counter = Vec::new();
+    for i in 0..PARALLELISM {
+        let range = KeyGroupRange::for_subtask(MAX_PARALLELISM, PARALLELISM, i).unwrap();
+        let file = state_file(&entries(i));
+        counter.push(SubtaskManifest {
+            key_group_range: range,
+            keyed: Some(KeyedStateHandle {
+                key_group_range: range,
+                key_codec: codec("alloc::string::String", None),
+                states: states(),
+                data: KeyedData::Canonical {
+                    files: vec![CanonicalFile {
+                        file: FileRef {
+                            area: FileArea::Private,
+                            name: state_file_name(i),
+                            size: file.len() as u64,
+                            crc32: crc32fast::hash(&file),
+                        },
+                        key_groups: vec![range],
+                    }],
+                },
+            }),
+            operator_state: vec![],
+        });
+    }
+    let source = (0..PARALLELISM)
+        .map(|i| SubtaskManifest {
+            key_group_range: KeyGroupRange::for_subtask(MAX_PARALLELISM, PARALLELISM, i).unwrap(),
+            keyed: None,
+            operator_state: vec![
+                OperatorStateSnapshot {
+                    name: "offsets".into(),
+                    mode: Redistribution::Split,
+                    codec: codec("u64", None),
+                    elements: vec![(100 + u64::from(i)).to_le_bytes().to_vec()],
+                },
+                OperatorStateSnapshot {
+                    name: "watermark".into(),
+                    mode: Redistribution::Union,
+                    codec: codec("i64", None),
+                    elements: vec![],
+                },
+            ],
+        })
+        .collect();
+    Manifest {
+        checkpoint_id: 7,
+        snapshot_type: SnapshotType::Savepoint,
+        timestamp_ms: 1_700_000_000_000,
+        operators: vec![
+            OperatorManifest {
+                uid: "counter".into(),
+                parallelism: PARALLELISM,
+                max_parallelism: MAX_PARALLELISM,
+                subtasks: counter,
+            },
+            OperatorManifest {
+                uid: "source".into(),
+                parallelism: PARALLELISM,
+                max_parallelism: MAX_PARALLELISM,
+                subtasks: source,
+            },
+        ],
+    }
+}
+
+/// An incremental checkpoint's manifest: one subtask reads key groups from a shared file of
+/// an earlier checkpoint and from a private file of its own.
+pub fn checkpoint_manifest() -> Manifest {
+    let range = KeyGroupRange::all(4);
+    let file = |area, name: &str, size, crc32, ranges: Vec<KeyGroupRange>| CanonicalFile {
+        file: FileRef {
+            area,
+            name: name.into(),
+            size,
+            crc32,
+        },
+        key_groups: ranges,
+    };
+    Manifest {
+        checkpoint_id: 3,
+        snapshot_type: SnapshotType::Checkpoint,
+        timestamp_ms: 1_700_000_003_000,
+        operators: vec![OperatorManifest {
+            uid: "window-sum".into(),
+            parallelism: 1,
+            max_parallelism: 4,
+            subtasks: vec![SubtaskManifest {
+                key_group_range: range,
+                keyed: Some(KeyedStateHandle {
+                    key_group_range: range,
+                    key_codec: codec("u32", None),
+                    states: vec![StateMeta {
+                        name: "sum".into(),
+                        kind: StateKind::Reducing,
+                        namespace: codec("cairn::TimeWindow", None),
+                        value: codec("i64", None),
+                        user_key: None,
+                    }],
+                    data: KeyedData::Canonical {
+                        files: vec![
+                            file(
+                                FileArea::Shared,
+                                "window-sum/0a1b2c.state",
+                                4096,
+                                0xdead_beef,
+                                vec![KeyGroupRange::new(0, 1), KeyGroupRange::new(2, 3)],
+                            ),
+                            file(
+                                FileArea::Private,
+                                "window-sum-0.state",
+                                512,
+                                0x0123_4567,
+                                vec![KeyGroupRange::new(1, 2), KeyGroupRange::new(3, 4)],
+                            ),
+                        ],
+                    },
+                }),
+                operator_state: vec![],
+            }],
+        }],
+    }
+}
+
+pub fn list_value() -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_list([&b"first"[..], b"", b"third element"], &mut v);
+    v
+}
+
+/// Which decoder a vector is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Manifest,
+    StateFile,
+    ListValue,
+}
+
+/// A golden vector: its path under `format-spec/vectors/`, kind and bytes.
+pub struct Vector {
+    pub name: String,
+    pub kind: FileKind,
+    pub bytes: Vec<u8>,
+}
+
+/// Every valid vector.
+pub fn valid_vectors() -> Vec<Vector> {
+    let mut v = vec![Vector {
+        name: "savepoint/_metadata".into(),
+        kind: FileKind::Manifest,
+        bytes: encode_manifest(&savepoint_manifest()).unwrap(),
+    }];
+    for i in 0..PARALLELISM {
+        v.push(Vector {
+            name: format!("savepoint/{}", state_file_name(i)),
+            kind: FileKind::StateFile,
+            bytes: state_file(&entries(i)),
+        });
+    }
+    v.push(Vector {
+        name: "checkpoint-incremental.manifest".into(),
+        kind: FileKind::Manifest,
+        bytes: encode_manifest(&checkpoint_manifest()).unwrap(),
+    });
+    v.push(Vector {
+        name: "empty.state".into(),
+        kind: FileKind::StateFile,
+        bytes: state_file(&[]),
+    });
+    v.push(Vector {
+        name: "list-value.bin".into(),
+        kind: FileKind::ListValue,
+        bytes: list_value(),
+    });
+    v
+}
+
+/// Which error a corrupt vector must give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Corrupt,
+    UnsupportedVersion,
+    UnsupportedFeature,
+}
+
+impl Expect {
+    pub fn matches(self, e: &cairn_format::FormatError) -> bool {
+        use cairn_format::FormatError as F;
+        match self {
+            Expect::Corrupt => matches!(e, F::Corrupt { .. }),
+            Expect::UnsupportedVersion => matches!(e, F::UnsupportedVersion { .. }),
+            Expect::UnsupportedFeature => matches!(e, F::UnsupportedFeature { .. }),
+        }
+    }
+}
+
+/// A corrupt vector and the error its decoding must give (the exact messages are pinned in
+/// `vectors/corrupt/errors.txt`).
+pub struct CorruptVector {
+    pub vector: Vector,
+    /// What is wrong (for `vectors/README.md`).
+    pub what: &'static str,
+    pub expect: Expect,
+}
+
+fn set(bytes: &mut [u8], at: usize, v: &[u8]) {
+    bytes[at..at + v.len()].copy_from_slice(v);
+}
+
+/// Recomputes the manifest's CRC after an edit (to build files that are well-checksummed
+/// but otherwise unreadable).
+fn fix_manifest_crc(b: &mut [u8]) {
+    let n = b.len() - 16;
+    let crc = crc32fast::hash(&b[..n]);
+    set(b, n, &crc.to_le_bytes());
+}
+
+fn fix_state_file_crc(b: &mut [u8]) {
+    let f = b.len() - 64;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[..16]);
+    h.update(&b[f..f + 48]);
+    let crc = h.finalize();
+    set(b, f + 48, &crc.to_le_bytes());
+}
+
+pub fn corrupt_vectors() -> Vec<CorruptVector> {
+    use Expect::*;
+    let manifest = encode_manifest(&savepoint_manifest()).unwrap();
+    let sf = state_file(&entries(0));
+    let mut out = Vec::new();
+    let mut push = |name: &str, kind, bytes, what, expect| {
+        out.push(CorruptVector {
+            vector: Vector {
+                name: format!("corrupt/{name}"),
+                kind,
+                bytes,
+            },
+            what,
+            expect,
+        })
+    };
+
+    let mut b = manifest.clone();
+    b[40] ^= 0x10;
+    push(
+        "manifest-bit-flip",
+        FileKind::Manifest,
+        b,
+        "bit 4 of byte 40 (in the body) flipped",
+        Corrupt,
+    );
+    push(
+        "manifest-truncated",
+        FileKind::Manifest,
+        manifest[..manifest.len() - 1].to_vec(),
+        "last byte removed",
+        Corrupt,
+    );
+    let mut b = manifest.clone();
+    let n = b.len();
+    set(&mut b, 8, &2u16.to_le_bytes());
+    set(&mut b, n - 12, &2u16.to_le_bytes());
+    fix_manifest_crc(&mut b);
+    push(
+        "manifest-v2",
+        FileKind::Manifest,
+        b,
+        "version 2 in header and footer, checksum valid: as a newer writer would write",
+        UnsupportedVersion,
+    );
+    let mut b = manifest.clone();
+    set(&mut b, 10, &1u16.to_le_bytes());
+    fix_manifest_crc(&mut b);
+    push(
+        "manifest-required-flag",
+        FileKind::Manifest,
+        b,
+        "unknown required flag bit 0 set, checksum valid",
+        UnsupportedFeature,
+    );
+
+    let mut b = sf.clone();
+    b[41] ^= 0x01;
+    push(
+        "state-file-bit-flip-table",
+        FileKind::StateFile,
+        b,
+        "bit 0 of byte 41 (in the state table block) flipped: `open` fails",
+        Corrupt,
+    );
+    let mut b = sf.clone();
+    b[100] ^= 0x80;
+    push("state-file-bit-flip-data", FileKind::StateFile, b, "bit 7 of byte 100 (in the first data block) flipped: `open` succeeds, `scan`/`verify_all` fail", Corrupt);
+    push(
+        "state-file-truncated",
+        FileKind::StateFile,
+        sf[..sf.len() - 1].to_vec(),
+        "last byte removed",
+        Corrupt,
+    );
+    let mut b = sf.clone();
+    let n = b.len();
+    set(&mut b, 8, &2u16.to_le_bytes());
+    set(&mut b, n - 12, &2u16.to_le_bytes());
+    fix_state_file_crc(&mut b);
+    push(
+        "state-file-v2",
+        FileKind::StateFile,
+        b,
+        "version 2 in header and footer, checksum valid: as a newer writer would write",
+        UnsupportedVersion,
+    );
+    let mut b = sf.clone();
+    set(&mut b, 10, &4u16.to_le_bytes());
+    fix_state_file_crc(&mut b);
+    push(
+        "state-file-required-flag",
+        FileKind::StateFile,
+        b,
+        "unknown required flag bit 2 set, checksum valid",
+        UnsupportedFeature,
+    );
+
+    let mut b = list_value();
+    b.push(0);
+    push(
+        "list-value-trailing",
+        FileKind::ListValue,
+        b,
+        "one byte appended",
+        Corrupt,
+    );
+    out
+}
+
+/// Decodes a vector with the decoder of its kind, verifying everything.
+pub fn decode(kind: FileKind, bytes: &[u8], path: &str) -> Result<(), cairn_format::FormatError> {
+    match kind {
+        FileKind::Manifest => cairn_format::decode_manifest(bytes, path).map(drop),
+        FileKind::StateFile => {
+            let r =
+                cairn_format::StateFileReader::open(bytes::Bytes::copy_from_slice(bytes), path)?;
+            r.verify_all()
+        }
+        FileKind::ListValue => cairn_format::decode_list(bytes).map(drop),
+    }
+}
