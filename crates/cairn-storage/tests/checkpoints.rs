@@ -1,0 +1,284 @@
+//! Checkpoint storage: publish, discovery, abort, ids, corrupt manifests, local durability
+//! paths, savepoints and URL handling.
+
+mod common;
+
+use std::sync::Arc;
+
+use cairn_core::{FileArea, SnapshotSource, SnapshotTarget, SnapshotType};
+use cairn_storage::{
+    create_savepoint, create_savepoint_in, open_savepoint, open_savepoint_in, CheckpointStatus,
+    CheckpointStorage, StorageError,
+};
+use common::{assert_restorable, content, expect_err, manifest};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+fn memory() -> (Arc<dyn ObjectStore>, CheckpointStorage) {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let storage = CheckpointStorage::from_store(store.clone(), Path::from("jobs/j1")).unwrap();
+    (store, storage)
+}
+
+fn write_checkpoint(storage: &CheckpointStorage, id: u64, shared: &[&str]) {
+    let w = storage.begin_checkpoint(id).unwrap();
+    let mut files = vec![w
+        .write_file(
+            FileArea::Private,
+            "op/0.state",
+            content(&format!("p{id}"), 100),
+        )
+        .unwrap()];
+    for name in shared {
+        files.push(
+            w.write_file(FileArea::Shared, name, content(name, 50))
+                .unwrap(),
+        );
+    }
+    storage
+        .publish(w, &manifest(id, SnapshotType::Checkpoint, &files))
+        .unwrap();
+}
+
+#[test]
+fn publish_then_discover_load_and_read() {
+    let (_, storage) = memory();
+    assert_eq!(storage.next_checkpoint_id().unwrap(), 1);
+    assert!(storage.latest_completed().unwrap().is_none());
+    write_checkpoint(&storage, 1, &["a.sst"]);
+    write_checkpoint(&storage, 2, &["a.sst", "b.sst"]);
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1, 2]);
+    let latest = storage.latest_completed().unwrap().unwrap();
+    assert_eq!(latest.checkpoint_id, 2);
+    assert_eq!(storage.load(1).unwrap().checkpoint_id, 1);
+    assert_eq!(storage.next_checkpoint_id().unwrap(), 3);
+    let src = storage.source(2);
+    for f in latest.files() {
+        assert_eq!(src.read_file(f).unwrap().len() as u64, f.size);
+    }
+    assert_restorable(&storage, 1);
+    assert_restorable(&storage, 2);
+}
+
+#[test]
+fn unpublished_checkpoint_is_not_complete_and_abort_deletes_it() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &[]);
+    let w = storage.begin_checkpoint(2).unwrap();
+    w.write_file(FileArea::Private, "x", vec![1, 2, 3]).unwrap();
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1]);
+    assert_eq!(storage.next_checkpoint_id().unwrap(), 3);
+    storage.abort(2).unwrap();
+    let err = w.write_file(FileArea::Private, "y", vec![1]).unwrap_err();
+    assert!(err.to_string().contains("aborted"), "{err}");
+    let left = Path::from("jobs/j1/chk-2/x");
+    assert!(futures::executor::block_on(store.head(&left)).is_err());
+    // Ids never go back, even after an abort.
+    assert!(matches!(
+        expect_err(storage.begin_checkpoint(2)),
+        StorageError::InvalidCheckpointId { .. }
+    ));
+    // A completed checkpoint cannot be aborted.
+    assert!(storage.abort(1).is_err());
+    assert_restorable(&storage, 1);
+}
+
+#[test]
+fn publish_checks_the_manifest() {
+    let (_, storage) = memory();
+    let w = storage.begin_checkpoint(1).unwrap();
+    let f = w.write_file(FileArea::Private, "a", vec![7; 10]).unwrap();
+    let wrong_id = manifest(2, SnapshotType::Checkpoint, std::slice::from_ref(&f));
+    let err = expect_err(storage.publish(w.clone(), &wrong_id));
+    assert!(
+        matches!(err, StorageError::ManifestMismatch { .. }),
+        "{err}"
+    );
+    let wrong_type = manifest(1, SnapshotType::Savepoint, std::slice::from_ref(&f));
+    assert!(storage.publish(w.clone(), &wrong_type).is_err());
+    let mut other = f.clone();
+    other.name = "never-written".into();
+    let missing = manifest(1, SnapshotType::Checkpoint, &[other]);
+    assert!(storage.publish(w.clone(), &missing).is_err());
+    // Shared files not written by the writer must exist with the right size.
+    let mut shared = f.clone();
+    shared.area = FileArea::Shared;
+    let missing_shared = manifest(1, SnapshotType::Checkpoint, &[shared]);
+    assert!(storage.publish(w.clone(), &missing_shared).is_err());
+    assert!(storage.completed_checkpoints().unwrap().is_empty());
+    storage
+        .publish(w.clone(), &manifest(1, SnapshotType::Checkpoint, &[f]))
+        .unwrap();
+    assert!(w.write_file(FileArea::Private, "late", vec![1]).is_err());
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1]);
+}
+
+#[test]
+fn reserved_and_invalid_names_are_rejected() {
+    let (_, storage) = memory();
+    let w = storage.begin_checkpoint(1).unwrap();
+    assert!(w
+        .write_file(FileArea::Private, "_metadata", vec![1])
+        .is_err());
+    assert!(w.write_file(FileArea::Private, "../x", vec![1]).is_err());
+    assert!(w.write_file(FileArea::Shared, "a//b", vec![1]).is_err());
+}
+
+#[test]
+fn corrupt_manifest_is_not_complete_and_is_reported() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &[]);
+    write_checkpoint(&storage, 2, &[]);
+    let torn = Path::from("jobs/j1/chk-2/_metadata");
+    futures::executor::block_on(store.put(&torn, PutPayload::from_static(b"CAIRN torn"))).unwrap();
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1]);
+    assert_eq!(
+        storage.latest_completed().unwrap().unwrap().checkpoint_id,
+        1
+    );
+    let err = expect_err(storage.load(2));
+    assert!(matches!(err, StorageError::CorruptManifest { .. }), "{err}");
+    assert!(err.to_string().contains("chk-2/_metadata"), "{err}");
+    let scan = storage.scan().unwrap();
+    assert!(matches!(scan[1], (2, CheckpointStatus::Corrupt(_))));
+    let plan = storage.gc_plan(1).unwrap();
+    assert_eq!(plan.corrupt.len(), 1);
+    assert!(plan.shared_skipped.is_some());
+}
+
+#[test]
+fn local_directory_round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    let url = root.to_str().unwrap();
+    let storage = CheckpointStorage::open(url).unwrap();
+    write_checkpoint(&storage, 1, &["s/a.sst"]);
+    let w = storage.begin_checkpoint(2).unwrap();
+    w.write_file(FileArea::Private, "partial", vec![1; 5])
+        .unwrap();
+    drop(w);
+    drop(storage);
+    let reopened = CheckpointStorage::open(&format!("file://{url}")).unwrap();
+    assert_eq!(reopened.completed_checkpoints().unwrap(), vec![1]);
+    assert_eq!(reopened.next_checkpoint_id().unwrap(), 3);
+    assert!(root.join("chk-1").join("_metadata").is_file());
+    assert!(root.join("shared").join("s").join("a.sst").is_file());
+    write_checkpoint(&reopened, 3, &[]);
+    let report = reopened.retain(1).unwrap();
+    assert_eq!(report.subsumed, vec![1]);
+    assert_eq!(report.incomplete, vec![2]);
+    assert_eq!(report.shared_deleted, vec!["s/a.sst".to_string()]);
+    assert!(!root.join("chk-1").exists());
+    assert!(!root.join("chk-2").exists());
+    assert_restorable(&reopened, 3);
+}
+
+#[test]
+fn savepoint_in_a_directory_is_self_contained_and_relocatable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp-7");
+    let w = create_savepoint(sp.to_str().unwrap(), 7).unwrap();
+    assert!(!w.supports_shared());
+    assert!(w.write_file(FileArea::Shared, "x", vec![1]).is_err());
+    let a = w
+        .write_file(FileArea::Private, "op/0.state", content("a", 64))
+        .unwrap();
+    let b = w
+        .write_file(FileArea::Private, "op/1.state", content("b", 32))
+        .unwrap();
+    let m = manifest(7, SnapshotType::Savepoint, &[a, b]);
+    assert!(w
+        .publish(&manifest(7, SnapshotType::Checkpoint, &[]))
+        .is_err());
+    let w = create_savepoint(sp.to_str().unwrap(), 7).unwrap();
+    let a = w
+        .write_file(FileArea::Private, "op/0.state", content("a", 64))
+        .unwrap();
+    let b = w
+        .write_file(FileArea::Private, "op/1.state", content("b", 32))
+        .unwrap();
+    assert_eq!(manifest(7, SnapshotType::Savepoint, &[a, b]), m);
+    w.publish(&m).unwrap();
+    assert!(matches!(
+        expect_err(create_savepoint(sp.to_str().unwrap(), 8)),
+        StorageError::SavepointExists { .. }
+    ));
+    // Move the directory: relative names keep it restorable.
+    let moved = dir.path().join("elsewhere");
+    std::fs::rename(&sp, &moved).unwrap();
+    for url in [
+        moved.to_str().unwrap().to_string(),
+        format!("{}/_metadata", moved.to_str().unwrap()),
+        format!("file://{}/", moved.to_str().unwrap()),
+    ] {
+        let (read, src) = open_savepoint(&url).unwrap();
+        assert_eq!(read, m);
+        for f in read.files() {
+            assert_eq!(src.read_file(f).unwrap().len() as u64, f.size);
+        }
+    }
+    let missing = dir.path().join("nope");
+    assert!(expect_err(open_savepoint(missing.to_str().unwrap())).is_not_found());
+}
+
+#[test]
+fn savepoint_in_a_shared_memory_store() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let dir = Path::from("savepoints/sp-3");
+    let w = create_savepoint_in(store.clone(), dir.clone(), 3).unwrap();
+    let f = w.write_file(FileArea::Private, "x", vec![9; 9]).unwrap();
+    w.publish(&manifest(3, SnapshotType::Savepoint, &[f]))
+        .unwrap();
+    let (m, src) = open_savepoint_in(store, dir).unwrap();
+    assert_eq!(m.checkpoint_id, 3);
+    let f = m.files().next().unwrap();
+    assert_eq!(&src.read_file(f).unwrap()[..], &[9; 9]);
+}
+
+#[test]
+fn read_checks_size_and_names_the_path() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &[]);
+    let m = storage.load(1).unwrap();
+    let f = m.files().next().unwrap().clone();
+    let path = Path::from("jobs/j1/chk-1/op/0.state");
+    futures::executor::block_on(store.put(&path, PutPayload::from_static(b"short"))).unwrap();
+    let err = storage.source(1).read_file(&f).unwrap_err();
+    let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(msg.contains("chk-1/op/0.state"), "{msg}");
+    assert!(storage.verify(1).is_err());
+    futures::executor::block_on(store.delete(&path)).unwrap();
+    let err = expect_err(storage.source(1).read(&f));
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn urls_are_checked() {
+    let err = expect_err(CheckpointStorage::open("s3://bucket/jobs/j1"));
+    assert!(
+        matches!(err, StorageError::FeatureDisabled { feature: "aws", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`aws`"), "{err}");
+    assert!(CheckpointStorage::open("gs://b/p").is_err());
+    assert!(CheckpointStorage::open("ftp://x/y").is_err());
+    assert!(CheckpointStorage::open("").is_err());
+    let s = CheckpointStorage::open("memory:///jobs/x").unwrap();
+    assert!(s.completed_checkpoints().unwrap().is_empty());
+}
+
+#[test]
+fn calling_from_an_async_context_is_an_error_not_a_panic() {
+    let (_, storage) = memory();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(async { storage.completed_checkpoints() })
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::InsideAsyncContext { .. }),
+        "{err}"
+    );
+}
