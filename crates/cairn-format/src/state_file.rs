@@ -128,6 +128,9 @@ fn encode_entry(w: &mut Writer<'_>, e: &EntryRef<'_>) -> Result<(), FormatError>
     w.bytes(e.value, "value")
 }
 
+/// An owned `(key group, state, key, namespace, user key)`.
+type OwnedSortKey = (KeyGroup, u32, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// Writes a canonical state file. Entries must be added in strictly increasing
 /// `(key_group, state, key, namespace, user_key)` order (checked).
 pub struct StateFileWriter {
@@ -146,7 +149,7 @@ pub struct StateFileWriter {
     entries: u64,
     blocks: u32,
     /// Sort key of the last entry added, owned: (key group, state, key, namespace, user key).
-    last: Option<(KeyGroup, u32, Vec<u8>, Vec<u8>, Option<Vec<u8>>)>,
+    last: Option<OwnedSortKey>,
 }
 
 impl std::fmt::Debug for StateFileWriter {
