@@ -62,8 +62,14 @@ impl fmt::Debug for HashMapBackend {
             .field("uid", &self.uid)
             .field("max_parallelism", &self.max_parallelism)
             .field("key_group_range", &self.range)
-            .field("states", &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>())
-            .field("restored_unregistered", &self.raw.keys().collect::<Vec<_>>())
+            .field(
+                "states",
+                &self.states.iter().map(|s| &s.meta.name).collect::<Vec<_>>(),
+            )
+            .field(
+                "restored_unregistered",
+                &self.raw.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +147,10 @@ impl HashMapBackend {
                 }
                 .into_state(format!("registering state uid={}", self.uid)));
             }
-            return Ok(RawStateId { index, kind: meta.kind });
+            return Ok(RawStateId {
+                index,
+                kind: meta.kind,
+            });
         }
         let mut table = make(self.range.len(), self.shards_per_kg);
         if let Some(raw) = self.raw.get(&meta.name) {
@@ -149,7 +158,8 @@ impl HashMapBackend {
             table.restore(raw)?;
             self.raw.remove(&meta.name);
         }
-        let index = u32::try_from(self.states.len()).map_err(|_| StateError::UnknownState { index: u32::MAX })?;
+        let index = u32::try_from(self.states.len())
+            .map_err(|_| StateError::UnknownState { index: u32::MAX })?;
         self.by_name.insert(meta.name.clone(), index);
         let kind = meta.kind;
         self.states.push(Registered {
@@ -168,7 +178,10 @@ impl HashMapBackend {
         write: bool,
     ) -> Result<(&mut StateTable<N, L>, At<'_>)> {
         let Self {
-            states, current, inc, ..
+            states,
+            current,
+            inc,
+            ..
         } = self;
         let r = states
             .get_mut(id.index as usize)
@@ -192,14 +205,18 @@ impl HashMapBackend {
         }
         let name = &r.meta.name;
         let registered = r.state.type_name();
-        let table = r.state.as_any_mut().downcast_mut::<StateTable<N, L>>().ok_or_else(|| {
-            HashMapError::TypeMismatch {
-                state: name.clone(),
-                registered,
-                requested: std::any::type_name::<StateTable<N, L>>(),
-            }
-            .into_state("accessing state")
-        })?;
+        let table = r
+            .state
+            .as_any_mut()
+            .downcast_mut::<StateTable<N, L>>()
+            .ok_or_else(|| {
+                HashMapError::TypeMismatch {
+                    state: name.clone(),
+                    registered,
+                    requested: std::any::type_name::<StateTable<N, L>>(),
+                }
+                .into_state("accessing state")
+            })?;
         let at = At {
             kg_idx: current.kg_idx,
             key_hash: current.hash,
@@ -209,9 +226,16 @@ impl HashMapBackend {
     }
 
     /// The state `id` untyped, with the current key (for `clear` and `keys`).
-    fn erased(&mut self, id: RawStateId, write: bool) -> Result<(&mut dyn ErasedState, Option<At<'_>>)> {
+    fn erased(
+        &mut self,
+        id: RawStateId,
+        write: bool,
+    ) -> Result<(&mut dyn ErasedState, Option<At<'_>>)> {
         let Self {
-            states, current, inc, ..
+            states,
+            current,
+            inc,
+            ..
         } = self;
         let r = states
             .get_mut(id.index as usize)
@@ -267,9 +291,17 @@ fn check_meta(uid: &str, stored: &StateMeta, expected: &StateMeta, restored: boo
         });
     }
     let parts: [(&'static str, Option<&CodecIdentity>, Option<&CodecIdentity>); 3] = [
-        ("namespace", Some(&stored.namespace), Some(&expected.namespace)),
+        (
+            "namespace",
+            Some(&stored.namespace),
+            Some(&expected.namespace),
+        ),
         ("value", Some(&stored.value), Some(&expected.value)),
-        ("user key", stored.user_key.as_ref(), expected.user_key.as_ref()),
+        (
+            "user key",
+            stored.user_key.as_ref(),
+            expected.user_key.as_ref(),
+        ),
     ];
     for (part, s, e) in parts {
         let ok = match (s, e) {
@@ -363,8 +395,10 @@ impl KeyedStateBackend for HashMapBackend {
             value: d.value.clone(),
         };
         let ns = d.namespace.clone();
-        self.register(d.meta(), |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, layout, None))
-            .map(MapStateId::new)
+        self.register(d.meta(), |kgs, spk| {
+            StateTable::new(&d.name, kgs, spk, ns, layout, None)
+        })
+        .map(MapStateId::new)
     }
 
     fn register_reducing<V: StateValue, N: Namespace>(
@@ -392,7 +426,11 @@ impl KeyedStateBackend for HashMapBackend {
         type Func<IN, ACC, OUT> = Arc<dyn AggregateFunction<IN, ACC, OUT>>;
         let r = self.states.get(id.index as usize);
         let ok = r
-            .and_then(|r| r.state.as_any().downcast_ref::<StateTable<N, Single<ACC>>>())
+            .and_then(|r| {
+                r.state
+                    .as_any()
+                    .downcast_ref::<StateTable<N, Single<ACC>>>()
+            })
             .and_then(|t| t.func.as_ref())
             .is_some_and(|f| f.is::<Func<IN, ACC, OUT>>());
         if !ok {
@@ -427,13 +465,22 @@ impl KeyedStateBackend for HashMapBackend {
         t.put(&at, ns, value)
     }
 
-    fn list_get<V: StateValue, N: Namespace>(&mut self, s: ListStateId<V, N>, ns: &N) -> Result<Vec<V>> {
+    fn list_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+    ) -> Result<Vec<V>> {
         let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, false)?;
         Ok(t.get(&at, ns))
     }
 
     #[inline]
-    fn list_add<V: StateValue, N: Namespace>(&mut self, s: ListStateId<V, N>, ns: &N, value: V) -> Result<()> {
+    fn list_add<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
         let (t, at) = self.access::<N, ListOf<V>>(s.raw(), StateKind::List, true)?;
         t.add_all(&at, ns, std::iter::once(value))
     }

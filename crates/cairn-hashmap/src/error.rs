@@ -27,7 +27,9 @@ pub enum HashMapError {
         detail: String,
     },
     /// An entry's key group is not the one its key hashes to.
-    #[error("entry in key group {stored} has a key of key group {computed} path={path} state={state}")]
+    #[error(
+        "entry in key group {stored} has a key of key group {computed} path={path} state={state}"
+    )]
     WrongKeyGroup {
         /// The state file.
         path: String,

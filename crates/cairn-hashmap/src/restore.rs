@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use cairn_core::{
-    key_group_for_key, CodecIdentity, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle,
-    Result, SnapshotSource, StateError, StateKind, StateMeta,
+    key_group_for_key, CodecIdentity, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle, Result,
+    SnapshotSource, StateError, StateKind, StateMeta,
 };
 use cairn_format::{EntryRef, FormatError, StateFileReader};
 
@@ -239,17 +239,24 @@ fn read_file(
     let path = plan.file.to_string();
     let context = || format!("reading state file path={path}");
     let bytes = source.read_file(&plan.file)?;
-    let reader = StateFileReader::open(bytes, &path).map_err(|e| StateError::layer(context(), e))?;
+    let reader =
+        StateFileReader::open(bytes, &path).map_err(|e| StateError::layer(context(), e))?;
     // The file's state table, resolved to names the handles declare.
     let mut states: Vec<&str> = Vec::with_capacity(reader.states().len());
     for fs in reader.states() {
         let Some(r) = raw.get(&fs.name) else {
-            return Err(corrupt(&path, format!("state {} is not in its handle", fs.name)));
+            return Err(corrupt(
+                &path,
+                format!("state {} is not in its handle", fs.name),
+            ));
         };
         if r.meta.kind != fs.kind {
             return Err(corrupt(
                 &path,
-                format!("state {} is {:?} in the file but {:?} in its handle", fs.name, fs.kind, r.meta.kind),
+                format!(
+                    "state {} is {:?} in the file but {:?} in its handle",
+                    fs.name, fs.kind, r.meta.kind
+                ),
             ));
         }
         states.push(fs.name.as_str());
@@ -261,11 +268,17 @@ fn read_file(
             if !range.contains(e.key_group) {
                 return Err(ScanError::State(corrupt(
                     &path,
-                    format!("entry of key group {} outside the scanned range {range}", e.key_group),
+                    format!(
+                        "entry of key group {} outside the scanned range {range}",
+                        e.key_group
+                    ),
                 )));
             }
             let name = states.get(e.state as usize).ok_or_else(|| {
-                ScanError::State(corrupt(&path, format!("entry of unknown state {}", e.state)))
+                ScanError::State(corrupt(
+                    &path,
+                    format!("entry of unknown state {}", e.state),
+                ))
             })?;
             let computed = key_group_for_key(e.key, t.max_parallelism);
             if computed != e.key_group {
@@ -279,19 +292,28 @@ fn read_file(
                     .into_state(context()),
                 ));
             }
-            let state = raw
-                .get_mut(name.as_str())
-                .ok_or_else(|| ScanError::State(corrupt(&path, format!("state {name} vanished"))))?;
+            let state = raw.get_mut(name.as_str()).ok_or_else(|| {
+                ScanError::State(corrupt(&path, format!("state {name} vanished")))
+            })?;
             if e.user_key.is_some() != (state.meta.kind == StateKind::Map) {
                 return Err(ScanError::State(corrupt(
                     &path,
-                    format!("entry of {:?} state {name} with user key {}", state.meta.kind, e.user_key.is_some()),
+                    format!(
+                        "entry of {:?} state {name} with user key {}",
+                        state.meta.kind,
+                        e.user_key.is_some()
+                    ),
                 )));
             }
             let idx = (e.key_group - t.range.start) as usize;
             match state.kgs.get_mut(idx) {
                 Some(kg) => kg.push(&e),
-                None => return Err(ScanError::State(corrupt(&path, "key group outside range".into()))),
+                None => {
+                    return Err(ScanError::State(corrupt(
+                        &path,
+                        "key group outside range".into(),
+                    )))
+                }
             }
             Ok(())
         });

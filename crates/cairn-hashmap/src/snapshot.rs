@@ -174,14 +174,18 @@ impl HeapSnapshot {
     pub(crate) fn new(mut view: SyncView, inc: &mut Incremental) -> Self {
         view.states.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
         let o = view.options;
-        let incremental =
-            (o.incremental && o.snapshot_type == SnapshotType::Checkpoint).then(|| inc.begin(o.checkpoint_id));
+        let incremental = (o.incremental && o.snapshot_type == SnapshotType::Checkpoint)
+            .then(|| inc.begin(o.checkpoint_id));
         Self { view, incremental }
     }
 }
 
 impl AsyncSnapshot for HeapSnapshot {
-    fn run(self: Box<Self>, target: &dyn SnapshotTarget, cancel: &CancelToken) -> Result<KeyedStateHandle> {
+    fn run(
+        self: Box<Self>,
+        target: &dyn SnapshotTarget,
+        cancel: &CancelToken,
+    ) -> Result<KeyedStateHandle> {
         let HeapSnapshot { view, incremental } = *self;
         let range = view.range;
         let n = range.len() as usize;
@@ -194,7 +198,11 @@ impl AsyncSnapshot for HeapSnapshot {
             },
             None => (vec![true; n], None),
         };
-        let area = if shared.is_some() { FileArea::Shared } else { FileArea::Private };
+        let area = if shared.is_some() {
+            FileArea::Shared
+        } else {
+            FileArea::Private
+        };
         let new_file = if write.iter().any(|w| *w) {
             let bytes = encode_file(&view, &write, cancel)?;
             let name = file_name(&view.uid, view.options.checkpoint_id, range);
@@ -252,7 +260,12 @@ fn encode_file(view: &SyncView, write: &[bool], cancel: &CancelToken) -> Result<
             kind: s.meta.kind,
         })
         .collect();
-    let ctx = || format!("writing state file uid={} checkpoint_id={}", view.uid, view.options.checkpoint_id);
+    let ctx = || {
+        format!(
+            "writing state file uid={} checkpoint_id={}",
+            view.uid, view.options.checkpoint_id
+        )
+    };
     let mut writer = StateFileWriter::new(table).map_err(|e| StateError::layer(ctx(), e))?;
     let mut buf = KgBuffer::default();
     for (kg_idx, kg) in view.range.iter().enumerate() {
@@ -303,7 +316,9 @@ fn file_name(uid: &str, checkpoint_id: u64, range: KeyGroupRange) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     let hash = murmur3_32(uid.as_bytes(), 0);
-    let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let nonce = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     format!(
         "hm-{clean}-{hash:08x}-{checkpoint_id}-{}_{}-{nonce:016x}.cst",
         range.start, range.end

@@ -34,7 +34,8 @@ pub(crate) trait Layout: Send + Sync + 'static {
     /// What is kept per `(key, namespace)`.
     type Value: Clone + Send + Sync + 'static;
     /// Adds the canonical entries of `value` to `out`.
-    fn encode(&self, value: &Self::Value, head: Head, out: &mut KgBuffer) -> Result<(), CodecError>;
+    fn encode(&self, value: &Self::Value, head: Head, out: &mut KgBuffer)
+        -> Result<(), CodecError>;
     /// Merges one canonical entry into `slot`; returns a new value when `slot` is `None`
     /// (or nothing, if the entry holds no value).
     fn decode_merge(
@@ -195,7 +196,11 @@ impl<N: Namespace, L: Layout> StateTable<N, L> {
 
     /// The unshared shard of `(at.key, ns)` and the entry's hash.
     #[inline]
-    pub(crate) fn shard_mut(&mut self, at: &At<'_>, ns: &N) -> Result<(&mut Shard<N, L::Value>, u64)> {
+    pub(crate) fn shard_mut(
+        &mut self,
+        at: &At<'_>,
+        ns: &N,
+    ) -> Result<(&mut Shard<N, L::Value>, u64)> {
         self.table
             .shard_mut(at, ns)
             .ok_or_else(|| internal(format!("key group index {} out of range", at.kg_idx)))
@@ -266,7 +271,10 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     fn restore(&mut self, raw: &RawState) -> Result<()> {
         for (kg_idx, kg) in raw.key_groups().iter().enumerate() {
             for e in kg.entries() {
-                let ns = self.ns_codec.decode(e.namespace).map_err(codec_error(&self.name))?;
+                let ns = self
+                    .ns_codec
+                    .decode(e.namespace)
+                    .map_err(codec_error(&self.name))?;
                 let at = At {
                     kg_idx,
                     key_hash: key_hash(e.key),
@@ -277,10 +285,17 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
                 let (shard, hash) = self.shard_mut(&at, &ns)?;
                 match find_entry(shard, hash, at.key, &ns) {
                     Entry::Occupied(mut o) => {
-                        layout.decode_merge(Some(&mut o.get_mut().value), e.user_key, e.value, &name)?;
+                        layout.decode_merge(
+                            Some(&mut o.get_mut().value),
+                            e.user_key,
+                            e.value,
+                            &name,
+                        )?;
                     }
                     Entry::Vacant(v) => {
-                        if let Some(value) = layout.decode_merge(None, e.user_key, e.value, &name)? {
+                        if let Some(value) =
+                            layout.decode_merge(None, e.user_key, e.value, &name)?
+                        {
                             v.insert(Item {
                                 hash,
                                 key: at.key.into(),
