@@ -64,9 +64,20 @@ impl CheckpointStorage {
         Ok(Self::with_store(store, prefix))
     }
 
+    /// [`CheckpointStorage::open`], with the store it builds seen through `wrap` (for
+    /// example [`crate::fault::FaultyObjectStore`]); the local-disk additions still apply.
+    pub fn open_wrapped(
+        url: &str,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) -> Result<Self, StorageError> {
+        let (store, prefix) = Store::open(url, true)?;
+        Ok(Self::with_store(store.wrapped(wrap), prefix))
+    }
+
     /// A checkpoint directory at `prefix` inside `store`. For a `LocalFileSystem`, enable
-    /// `with_fsync(true)` yourself: this crate only adds the syncs it can see it needs when it
-    /// built the store (see the crate docs).
+    /// `with_fsync(true)` and `with_automatic_cleanup(true)` yourself (or use
+    /// [`CheckpointStorage::open`]): this crate only adds the syncs and the removal of empty
+    /// directories when it built the store (see the crate docs).
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, StorageError> {
         Ok(Self::with_store(Store::new(store, None)?, prefix))
     }

@@ -115,6 +115,18 @@ impl Store {
         Ok((Self::new(Arc::new(fs), Some(root))?, Path::default()))
     }
 
+    /// The same store seen through `wrap` (for example a fault-injecting wrapper); the local
+    /// directory, if any, is kept.
+    pub(crate) fn wrapped(
+        self,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self {
+            store: wrap(self.store),
+            ..self
+        }
+    }
+
     /// Runs `fut` to completion on the storage runtime, from a thread that is not itself
     /// inside an async runtime.
     pub(crate) fn block_on<F: Future>(
