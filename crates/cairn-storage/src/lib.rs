@@ -119,6 +119,7 @@ mod checkpoint;
 mod error;
 pub mod fault;
 mod gc;
+mod job;
 mod layout;
 mod registry;
 mod savepoint;
@@ -127,6 +128,10 @@ mod store;
 pub use checkpoint::{CheckpointSource, CheckpointStatus, CheckpointStorage, CheckpointWriter};
 pub use error::StorageError;
 pub use gc::GcReport;
+pub use job::{
+    assemble_manifest, keyed_handles_for, restore_subtask, snapshot_operator, write_savepoint,
+    PendingOperator, SubtaskRef,
+};
 pub use savepoint::{
     create_savepoint, create_savepoint_in, open_savepoint, open_savepoint_in, SavepointSource,
     SavepointWriter,
