@@ -56,6 +56,7 @@ mod error;
 pub mod fuzzing;
 mod list;
 mod manifest;
+mod manifest_body;
 mod manifest_codec;
 mod state_file;
 mod state_reader;
