@@ -159,11 +159,13 @@ impl StateFileReader {
         let raw = payload(file, &ih, &mut buf, path)?;
         let (key_groups, index) =
             parse_index(raw, ih.count, index_offset, st_end, index_offset, path)?;
-        let entries: u64 = key_groups.iter().map(|k| k.entries).sum();
+        let entries = key_groups
+            .iter()
+            .try_fold(0u64, |sum, k| sum.checked_add(k.entries));
         let blocks: u64 = index.iter().map(|i| u64::from(i.blocks)).sum();
-        if entries != entry_count || blocks != u64::from(block_count) {
+        if entries != Some(entry_count) || blocks != u64::from(block_count) {
             return Err(bad(footer_at + FOOTER_ENTRY_COUNT, format!(
-                "footer counts differ from the index entries={entry_count} index_entries={entries} blocks={block_count} index_blocks={blocks}"
+                "footer counts differ from the index entries={entry_count} index_entries={entries:?} blocks={block_count} index_blocks={blocks}"
             )));
         }
         Ok(Self {
@@ -416,4 +418,65 @@ fn parse_index(
         ));
     }
     Ok((stats, index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{write_block, ZSTD_LEVEL};
+
+    /// Found by `fuzz/state_file_decode`: index entry counts whose sum overflows `u64`
+    /// panicked in `open` (debug builds) instead of being reported.
+    #[test]
+    fn index_entry_counts_that_overflow_are_corrupt() {
+        let states = vec![FileState {
+            name: "v".into(),
+            kind: StateKind::Value,
+        }];
+        let mut w = crate::StateFileWriter::new(states).unwrap();
+        for kg in [1, 2] {
+            let e = EntryRef {
+                key_group: kg,
+                state: 0,
+                key: b"k",
+                namespace: b"",
+                user_key: None,
+                value: b"v",
+            };
+            w.add(&e).unwrap();
+        }
+        let good = w.finish().unwrap();
+        let footer_at = good.len() - FOOTER_LEN;
+        let field = |at: usize| {
+            u64::from_le_bytes(good[footer_at + at..footer_at + at + 8].try_into().unwrap())
+                as usize
+        };
+        let index_offset = field(FOOTER_INDEX_OFFSET);
+        let r = StateFileReader::open(Bytes::from(good.clone()), "s").unwrap();
+        // Rebuild the index with entry counts u64::MAX and 1, checksums valid.
+        let mut index = Vec::new();
+        for (k, count) in r.key_groups().iter().zip([u64::MAX, 1]) {
+            let at = r.index[r.key_groups().iter().position(|x| x == k).unwrap()];
+            index.extend_from_slice(&k.key_group.to_le_bytes());
+            index.extend_from_slice(&at.blocks.to_le_bytes());
+            index.extend_from_slice(&(at.offset as u64).to_le_bytes());
+            index.extend_from_slice(&(at.len as u64).to_le_bytes());
+            index.extend_from_slice(&count.to_le_bytes());
+        }
+        let mut bad = good[..index_offset].to_vec();
+        let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
+        let index_len = write_block(&mut bad, &mut zstd, BlockType::Index, 0, 2, &index).unwrap();
+        let mut footer = good[footer_at..].to_vec();
+        footer[FOOTER_INDEX_LEN..FOOTER_INDEX_LEN + 8]
+            .copy_from_slice(&(index_len as u64).to_le_bytes());
+        let crc = crc32(&[&bad[..HEADER_LEN], &footer[..FOOTER_CRC]]);
+        footer[FOOTER_CRC..FOOTER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        bad.extend_from_slice(&footer);
+        let e = StateFileReader::open(Bytes::from(bad), "s").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("footer counts differ from the index"),
+            "{e}"
+        );
+    }
 }
