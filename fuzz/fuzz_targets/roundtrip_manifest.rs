@@ -81,7 +81,12 @@ fn keyed(k: &Keyed, range: KeyGroupRange, savepoint: bool) -> KeyedStateHandle {
     let mut bounds: Vec<(u32, usize)> = k
         .cuts
         .iter()
-        .map(|(c, f)| (range.start + u32::from(*c) % range.len(), usize::from(*f) % nfiles))
+        .map(|(c, f)| {
+            (
+                range.start + u32::from(*c) % range.len(),
+                usize::from(*f) % nfiles,
+            )
+        })
         .filter(|(c, _)| *c > range.start)
         .collect();
     bounds.sort();
@@ -103,7 +108,11 @@ fn keyed(k: &Keyed, range: KeyGroupRange, savepoint: bool) -> KeyedStateHandle {
             let (shared, size, crc32) = k.files.get(i).copied().unwrap_or((false, 0, 0));
             CanonicalFile {
                 file: FileRef {
-                    area: if shared && !savepoint { FileArea::Shared } else { FileArea::Private },
+                    area: if shared && !savepoint {
+                        FileArea::Shared
+                    } else {
+                        FileArea::Private
+                    },
                     name: format!("f/{i}.state"),
                     size,
                     crc32,
@@ -138,7 +147,11 @@ fn manifest(input: &Input) -> Manifest {
                                 .iter()
                                 .map(|(name, union, codec, elements)| OperatorStateSnapshot {
                                     name: name.clone(),
-                                    mode: if *union { Redistribution::Union } else { Redistribution::Split },
+                                    mode: if *union {
+                                        Redistribution::Union
+                                    } else {
+                                        Redistribution::Split
+                                    },
                                     codec: codec.identity(),
                                     elements: elements.clone(),
                                 })
@@ -149,19 +162,30 @@ fn manifest(input: &Input) -> Manifest {
                     operator_state.dedup_by(|a, b| a.name == b.name);
                     SubtaskManifest {
                         key_group_range: range,
-                        keyed: sub.and_then(|s| s.keyed.as_ref()).map(|k| keyed(k, range, input.savepoint)),
+                        keyed: sub
+                            .and_then(|s| s.keyed.as_ref())
+                            .map(|k| keyed(k, range, input.savepoint)),
                         operator_state,
                     }
                 })
                 .collect();
-            OperatorManifest { uid: op.uid.clone(), parallelism: p, max_parallelism: m, subtasks }
+            OperatorManifest {
+                uid: op.uid.clone(),
+                parallelism: p,
+                max_parallelism: m,
+                subtasks,
+            }
         })
         .collect();
     operators.sort_by(|a, b| a.uid.cmp(&b.uid));
     operators.dedup_by(|a, b| a.uid == b.uid);
     Manifest {
         checkpoint_id: input.checkpoint_id,
-        snapshot_type: if input.savepoint { SnapshotType::Savepoint } else { SnapshotType::Checkpoint },
+        snapshot_type: if input.savepoint {
+            SnapshotType::Savepoint
+        } else {
+            SnapshotType::Checkpoint
+        },
         timestamp_ms: input.timestamp_ms,
         operators,
     }
