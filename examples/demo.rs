@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn::core::{
-    BincodeCodec, Codec, KeyGroupRange, KeyedStateBackend, ListStateDescriptor,
-    OperatorListStateDescriptor, OperatorStateBackend, SnapshotOptions, StateAccess,
-    ValueStateDescriptor, CancelToken, SnapshotType, key_group_for_key, subtask_for_key_group,
+    key_group_for_key, subtask_for_key_group, BincodeCodec, CancelToken, Codec, KeyGroupRange,
+    KeyedStateBackend, ListStateDescriptor, OperatorListStateDescriptor, OperatorStateBackend,
+    SnapshotOptions, SnapshotType, StateAccess, ValueStateDescriptor,
 };
 use cairn::hashmap::{HashMapBackend, HashMapConfig};
 use cairn::storage::{
@@ -197,8 +197,8 @@ impl Job {
 /// Deterministic text: lines of words drawn from a small vocabulary.
 fn lines(from: u64, n: u64) -> Vec<String> {
     const WORDS: [&str; 12] = [
-        "stone", "trail", "cairn", "river", "ridge", "marker", "summit", "valley", "path",
-        "snow", "wind", "pass",
+        "stone", "trail", "cairn", "river", "ridge", "marker", "summit", "valley", "path", "snow",
+        "wind", "pass",
     ];
     (from..from + n)
         .map(|l| {
@@ -269,7 +269,9 @@ fn main() -> Result<()> {
     println!("   10 more lines processed, then the process \"crashes\" before checkpoint 3");
     drop(job);
 
-    let latest = storage.latest_completed()?.ok_or("no completed checkpoint")?;
+    let latest = storage
+        .latest_completed()?
+        .ok_or("no completed checkpoint")?;
     let mut job = Job::restore(&latest, &storage.source(latest.checkpoint_id), 2)?;
     assert_eq!(job.all_counts()?, expected);
     assert_eq!(job.lines_consumed()?, expected_lines);
@@ -291,7 +293,11 @@ fn main() -> Result<()> {
         }),
         SnapshotOptions::savepoint(3),
     )?;
-    write_savepoint(savepoint.to_str().ok_or("non-UTF-8 path")?, 3, vec![pending])?;
+    write_savepoint(
+        savepoint.to_str().ok_or("non-UTF-8 path")?,
+        3,
+        vec![pending],
+    )?;
     println!(
         "4. replayed the 10 lost lines and wrote canonical savepoint 3 to {} ({} bytes)",
         savepoint.display(),

@@ -6,7 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use cairn_core::{CancelToken, KeyGroupRange, KeyedStateBackend, SnapshotOptions, SnapshotType, StateError};
+use cairn_core::{
+    CancelToken, KeyGroupRange, KeyedStateBackend, SnapshotOptions, SnapshotType, StateError,
+};
 use cairn_storage::fault::{CrashPoint, FaultyObjectStore};
 use cairn_storage::{assemble_manifest, snapshot_operator, CheckpointStorage, SubtaskRef};
 use common::conformance::{checkpoint, fill, read_operator};
@@ -36,7 +38,10 @@ fn try_checkpoint(
     )?;
     let writer = storage.begin_checkpoint(id)?;
     let part = pending.run(&writer, &CancelToken::new())?;
-    storage.publish(writer, &assemble_manifest(id, SnapshotType::Checkpoint, vec![part]))?;
+    storage.publish(
+        writer,
+        &assemble_manifest(id, SnapshotType::Checkpoint, vec![part]),
+    )?;
     op.notify_complete(id);
     Ok(())
 }
@@ -98,7 +103,10 @@ fn crash_at_every_write(dir_root: Option<&std::path::Path>) {
             drop(crashing);
             // The process restarts over what reached the store.
             let storage = open(&store, dir.as_deref(), |s| s);
-            let latest = storage.latest_completed().unwrap().expect("a completed checkpoint");
+            let latest = storage
+                .latest_completed()
+                .unwrap()
+                .expect("a completed checkpoint");
             let expected = match (&result, latest.checkpoint_id) {
                 (Ok(()), 2) => {
                     saw_success = true;
@@ -106,20 +114,19 @@ fn crash_at_every_write(dir_root: Option<&std::path::Path>) {
                 }
                 // A crash after the manifest landed: the checkpoint is complete and whole.
                 (Err(_), 2) => {
-                    assert_eq!(point, CrashPoint::AfterWrite, "write {n}: manifest landed before the crash");
+                    assert_eq!(
+                        point,
+                        CrashPoint::AfterWrite,
+                        "write {n}: manifest landed before the crash"
+                    );
                     &at_2
                 }
                 (Err(_), 1) => &at_1,
                 (r, id) => panic!("write {n} {point:?}: result {r:?} but latest is {id}"),
             };
             storage.verify(latest.checkpoint_id).unwrap();
-            let mut restored = Operator::restore(
-                &f,
-                &latest,
-                "op",
-                3,
-                &storage.source(latest.checkpoint_id),
-            );
+            let mut restored =
+                Operator::restore(&f, &latest, "op", 3, &storage.source(latest.checkpoint_id));
             assert_eq!(
                 &read_operator(&mut restored, &keys),
                 expected,

@@ -75,7 +75,10 @@ pub fn map_state<F: BackendFactory>(f: &F) {
     b.map(&ids.map).remove(&2).unwrap();
     b.map(&ids.map).remove(&3).unwrap();
     assert!(b.map(&ids.map).is_empty().unwrap());
-    assert!(b.keys(ids.map.raw(), &()).unwrap().is_empty(), "empty map leaves no key");
+    assert!(
+        b.keys(ids.map.raw(), &()).unwrap().is_empty(),
+        "empty map leaves no key"
+    );
     b.map(&ids.map).put(5, "five".into()).unwrap();
     b.map(&ids.map).clear().unwrap();
     assert_eq!(b.map(&ids.map).get(&5).unwrap(), None);
@@ -107,7 +110,9 @@ pub fn namespaces_are_isolated<F: BackendFactory>(f: &F) {
     for key in ["a", "b"] {
         set_key(&mut b, key);
         for w in 0..3u32 {
-            b.value_in(&ids.windowed, &w).update(u64::from(w) * 10).unwrap();
+            b.value_in(&ids.windowed, &w)
+                .update(u64::from(w) * 10)
+                .unwrap();
         }
     }
     set_key(&mut b, "a");
@@ -118,7 +123,10 @@ pub fn namespaces_are_isolated<F: BackendFactory>(f: &F) {
     let mut expect_2 = vec![key_bytes("a"), key_bytes("b")];
     expect_2.sort();
     assert_eq!(b.keys(ids.windowed.raw(), &2u32).unwrap(), expect_2);
-    assert_eq!(b.keys(ids.windowed.raw(), &1u32).unwrap(), vec![key_bytes("b")]);
+    assert_eq!(
+        b.keys(ids.windowed.raw(), &1u32).unwrap(),
+        vec![key_bytes("b")]
+    );
     assert!(b.keys(ids.windowed.raw(), &7u32).unwrap().is_empty());
 }
 
@@ -175,11 +183,15 @@ pub fn fill_key<B: KeyedStateBackend>(b: &mut B, ids: &Ids, k: &str, i: u64) {
         b.list(&ids.list).add(format!("{k}-{i}")).unwrap();
     }
     if i % 3 != 1 {
-        b.map(&ids.map).put((i % 5) as u32, format!("m{i}")).unwrap();
+        b.map(&ids.map)
+            .put((i % 5) as u32, format!("m{i}"))
+            .unwrap();
     }
     b.reducing(&ids.reducing).add(i as i64 - 3).unwrap();
     b.aggregating(&ids.aggregating).add(i).unwrap();
-    b.value_in(&ids.windowed, &((i % 3) as u32)).update(i * 2).unwrap();
+    b.value_in(&ids.windowed, &((i % 3) as u32))
+        .update(i * 2)
+        .unwrap();
 }
 
 /// Reads every state of the schema for `keys` through the typed API.
@@ -255,7 +267,14 @@ pub fn snapshot_and_restore_every_kind<F: BackendFactory>(f: &F) {
     let names: std::collections::BTreeSet<_> = entries.keys().map(|k| k.0.clone()).collect();
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["aggregating", "list", "map", "reducing", "value", "windowed"]
+        [
+            "aggregating",
+            "list",
+            "map",
+            "reducing",
+            "value",
+            "windowed"
+        ]
     );
 }
 
@@ -300,7 +319,12 @@ pub fn cancelled_async_phase_fails<F: BackendFactory>(f: &F) {
     let storage = CheckpointStorage::open("memory://").unwrap();
     let mut b = single(f);
     let ids = register(&mut b);
-    fill(&mut b, &ids, &keys_in(KeyGroupRange::all(MAX_P), MAX_P, 10), 0);
+    fill(
+        &mut b,
+        &ids,
+        &keys_in(KeyGroupRange::all(MAX_P), MAX_P, 10),
+        0,
+    );
     let writer = storage.begin_checkpoint(1).unwrap();
     let phase = b.snapshot(SnapshotOptions::full_checkpoint(1)).unwrap();
     let cancel = CancelToken::new();
@@ -364,14 +388,21 @@ pub fn rescale_keeps_state<F: BackendFactory>(f: &F) {
     for p in [2u32, 3, 1] {
         let mut next = Operator::restore(f, &last, "op", p, &storage.source(id));
         assert_eq!(next.parallelism(), p);
-        assert_eq!(read_operator(&mut next, &keys), expected, "at parallelism {p}");
+        assert_eq!(
+            read_operator(&mut next, &keys),
+            expected,
+            "at parallelism {p}"
+        );
         let mut split = Vec::new();
         for (_, o) in &mut next.subtasks {
             let sid = o.register_list(&offsets).unwrap();
             split.extend(o.list(sid).unwrap().iter().copied());
             // Union: every new subtask gets the elements of every old subtask.
             let union = o.register_list(&all).unwrap();
-            assert_eq!(*o.list(union).unwrap(), vec!["u".to_string(); old_p as usize]);
+            assert_eq!(
+                *o.list(union).unwrap(),
+                vec!["u".to_string(); old_p as usize]
+            );
         }
         // Keep the union state at one element per subtask for the next round.
         for (_, o) in &mut next.subtasks {

@@ -67,7 +67,10 @@ impl<B: KeyedStateBackend> Operator<B> {
         let subtasks = (0..parallelism)
             .map(|i| {
                 let range = KeyGroupRange::for_subtask(max_parallelism, parallelism, i).unwrap();
-                (f.create(uid, max_parallelism, range), OperatorStateBackend::new(uid))
+                (
+                    f.create(uid, max_parallelism, range),
+                    OperatorStateBackend::new(uid),
+                )
             })
             .collect();
         Self {
@@ -109,16 +112,18 @@ impl<B: KeyedStateBackend> Operator<B> {
         let subtasks = pending
             .into_iter()
             .enumerate()
-            .map(|(i, (async_phase, operator_state))| cairn_format::SubtaskManifest {
-                key_group_range: KeyGroupRange::for_subtask(self.max_parallelism, p, i as u32)
-                    .unwrap(),
-                keyed: Some(
-                    async_phase
-                        .run(target, &CancelToken::new())
-                        .expect("async phase"),
-                ),
-                operator_state,
-            })
+            .map(
+                |(i, (async_phase, operator_state))| cairn_format::SubtaskManifest {
+                    key_group_range: KeyGroupRange::for_subtask(self.max_parallelism, p, i as u32)
+                        .unwrap(),
+                    keyed: Some(
+                        async_phase
+                            .run(target, &CancelToken::new())
+                            .expect("async phase"),
+                    ),
+                    operator_state,
+                },
+            )
             .collect();
         OperatorManifest {
             uid: self.uid.clone(),
@@ -150,7 +155,11 @@ impl<B: KeyedStateBackend> Operator<B> {
     ) -> Self {
         let op = manifest.operator(uid).expect("operator in manifest");
         let mut me = Self::new(f, uid, op.max_parallelism, parallelism);
-        let old_ops: Vec<_> = op.subtasks.iter().map(|s| s.operator_state.clone()).collect();
+        let old_ops: Vec<_> = op
+            .subtasks
+            .iter()
+            .map(|s| s.operator_state.clone())
+            .collect();
         let new_ops = redistribute(uid, &old_ops, parallelism).expect("redistribute");
         for ((b, o), ops) in me.subtasks.iter_mut().zip(new_ops) {
             let range = b.key_group_range();
@@ -168,7 +177,11 @@ impl<B: KeyedStateBackend> Operator<B> {
 }
 
 /// Builds a manifest of one snapshot.
-pub fn manifest(id: u64, snapshot_type: SnapshotType, operators: Vec<OperatorManifest>) -> Manifest {
+pub fn manifest(
+    id: u64,
+    snapshot_type: SnapshotType,
+    operators: Vec<OperatorManifest>,
+) -> Manifest {
     Manifest {
         checkpoint_id: id,
         snapshot_type,

@@ -79,7 +79,9 @@ fn render(model: &Model, keys: &[String]) -> Vec<String> {
                 m.map.into_iter().collect::<Vec<_>>(),
                 m.reducing,
                 m.aggregating.map(|a| a.sum / a.count.max(1)),
-                (0..3u32).map(|w| m.windowed.get(&w).copied()).collect::<Vec<_>>(),
+                (0..3u32)
+                    .map(|w| m.windowed.get(&w).copied())
+                    .collect::<Vec<_>>(),
             )
         })
         .collect()
@@ -113,7 +115,8 @@ pub fn run<F: BackendFactory>(factory: &F, ops: &[Op]) {
                     continue;
                 };
                 let id = latest.checkpoint_id;
-                op = Operator::restore(factory, &latest, "model", *parallelism, &storage.source(id));
+                op =
+                    Operator::restore(factory, &latest, "model", *parallelism, &storage.source(id));
                 model = completed[&id].clone();
                 next_id = storage.next_checkpoint_id().unwrap().max(next_id);
             }
@@ -134,7 +137,11 @@ pub fn run<F: BackendFactory>(factory: &F, ops: &[Op]) {
     for id in storage.completed_checkpoints().unwrap() {
         let m = storage.load(id).unwrap();
         let mut r = Operator::restore(factory, &m, "model", 2, &storage.source(id));
-        assert_eq!(read_operator(&mut r, &keys), render(&completed[&id], &keys), "checkpoint {id}");
+        assert_eq!(
+            read_operator(&mut r, &keys),
+            render(&completed[&id], &keys),
+            "checkpoint {id}"
+        );
     }
 }
 

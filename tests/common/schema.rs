@@ -64,11 +64,15 @@ pub fn register<B: KeyedStateBackend>(b: &mut B) -> Ids {
         value: b.register_value(&value_desc()).expect("register value"),
         list: b.register_list(&list_desc()).expect("register list"),
         map: b.register_map(&map_desc()).expect("register map"),
-        reducing: b.register_reducing(&reducing_desc()).expect("register reducing"),
+        reducing: b
+            .register_reducing(&reducing_desc())
+            .expect("register reducing"),
         aggregating: b
             .register_aggregating(&aggregating_desc())
             .expect("register aggregating"),
-        windowed: b.register_value(&windowed_desc()).expect("register windowed"),
+        windowed: b
+            .register_value(&windowed_desc())
+            .expect("register windowed"),
     }
 }
 

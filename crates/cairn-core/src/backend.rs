@@ -7,15 +7,20 @@
 
 use crate::error::Result;
 use crate::keygroup::{KeyGroup, KeyGroupRange};
-use crate::snapshot::{CancelToken, KeyedStateHandle, SnapshotOptions, SnapshotSource, SnapshotTarget};
+use crate::snapshot::{
+    CancelToken, KeyedStateHandle, SnapshotOptions, SnapshotSource, SnapshotTarget,
+};
 use crate::state::*;
 
 /// The asynchronous phase of a snapshot: encodes the view captured by the synchronous phase
 /// and writes it to a target. Runs off the task thread; checks `cancel` between blocks.
 pub trait AsyncSnapshot: Send {
     /// Writes the snapshot and returns its handle.
-    fn run(self: Box<Self>, target: &dyn SnapshotTarget, cancel: &CancelToken)
-        -> Result<KeyedStateHandle>;
+    fn run(
+        self: Box<Self>,
+        target: &dyn SnapshotTarget,
+        cancel: &CancelToken,
+    ) -> Result<KeyedStateHandle>;
 }
 
 /// A keyed state backend: state per (state, key, namespace), partitioned by key group.
@@ -187,40 +192,65 @@ pub trait KeyedStateBackend: Send {
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
     /// Loads the entries of every handle that fall in this backend's key-group range.
     /// Must be called on a fresh backend, before any state is registered.
-    fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource)
-        -> Result<()>;
+    fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource) -> Result<()>;
 }
 
 /// Typed access to registered states on any [`KeyedStateBackend`].
 pub trait StateAccess: KeyedStateBackend + Sized {
     /// The value state `id`, in the void namespace.
-    fn value<V: StateValue>(&mut self, id: &ValueStateId<V, VoidNamespace>) -> Value<'_, Self, V, VoidNamespace> {
-        Value { b: self, id: *id, ns: &() }
+    fn value<V: StateValue>(
+        &mut self,
+        id: &ValueStateId<V, VoidNamespace>,
+    ) -> Value<'_, Self, V, VoidNamespace> {
+        Value {
+            b: self,
+            id: *id,
+            ns: &(),
+        }
     }
     /// The list state `id`, in the void namespace.
-    fn list<V: StateValue>(&mut self, id: &ListStateId<V, VoidNamespace>) -> List<'_, Self, V, VoidNamespace> {
-        List { b: self, id: *id, ns: &() }
+    fn list<V: StateValue>(
+        &mut self,
+        id: &ListStateId<V, VoidNamespace>,
+    ) -> List<'_, Self, V, VoidNamespace> {
+        List {
+            b: self,
+            id: *id,
+            ns: &(),
+        }
     }
     /// The map state `id`, in the void namespace.
     fn map<UK: UserKey, UV: StateValue>(
         &mut self,
         id: &MapStateId<UK, UV, VoidNamespace>,
     ) -> Map<'_, Self, UK, UV, VoidNamespace> {
-        Map { b: self, id: *id, ns: &() }
+        Map {
+            b: self,
+            id: *id,
+            ns: &(),
+        }
     }
     /// The reducing state `id`, in the void namespace.
     fn reducing<V: StateValue>(
         &mut self,
         id: &ReducingStateId<V, VoidNamespace>,
     ) -> Reducing<'_, Self, V, VoidNamespace> {
-        Reducing { b: self, id: *id, ns: &() }
+        Reducing {
+            b: self,
+            id: *id,
+            ns: &(),
+        }
     }
     /// The aggregating state `id`, in the void namespace.
     fn aggregating<IN: 'static, ACC: StateValue, OUT: 'static>(
         &mut self,
         id: &AggregatingStateId<IN, ACC, OUT, VoidNamespace>,
     ) -> Aggregating<'_, Self, IN, ACC, OUT, VoidNamespace> {
-        Aggregating { b: self, id: *id, ns: &() }
+        Aggregating {
+            b: self,
+            id: *id,
+            ns: &(),
+        }
     }
     /// The value state `id` in namespace `ns`.
     fn value_in<'a, V: StateValue, N: Namespace>(
@@ -228,7 +258,11 @@ pub trait StateAccess: KeyedStateBackend + Sized {
         id: &ValueStateId<V, N>,
         ns: &'a N,
     ) -> Value<'a, Self, V, N> {
-        Value { b: self, id: *id, ns }
+        Value {
+            b: self,
+            id: *id,
+            ns,
+        }
     }
     /// The list state `id` in namespace `ns`.
     fn list_in<'a, V: StateValue, N: Namespace>(
@@ -236,7 +270,11 @@ pub trait StateAccess: KeyedStateBackend + Sized {
         id: &ListStateId<V, N>,
         ns: &'a N,
     ) -> List<'a, Self, V, N> {
-        List { b: self, id: *id, ns }
+        List {
+            b: self,
+            id: *id,
+            ns,
+        }
     }
     /// The map state `id` in namespace `ns`.
     fn map_in<'a, UK: UserKey, UV: StateValue, N: Namespace>(
@@ -244,7 +282,11 @@ pub trait StateAccess: KeyedStateBackend + Sized {
         id: &MapStateId<UK, UV, N>,
         ns: &'a N,
     ) -> Map<'a, Self, UK, UV, N> {
-        Map { b: self, id: *id, ns }
+        Map {
+            b: self,
+            id: *id,
+            ns,
+        }
     }
     /// The reducing state `id` in namespace `ns`.
     fn reducing_in<'a, V: StateValue, N: Namespace>(
@@ -252,7 +294,11 @@ pub trait StateAccess: KeyedStateBackend + Sized {
         id: &ReducingStateId<V, N>,
         ns: &'a N,
     ) -> Reducing<'a, Self, V, N> {
-        Reducing { b: self, id: *id, ns }
+        Reducing {
+            b: self,
+            id: *id,
+            ns,
+        }
     }
     /// The aggregating state `id` in namespace `ns`.
     fn aggregating_in<'a, IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
@@ -260,7 +306,11 @@ pub trait StateAccess: KeyedStateBackend + Sized {
         id: &AggregatingStateId<IN, ACC, OUT, N>,
         ns: &'a N,
     ) -> Aggregating<'a, Self, IN, ACC, OUT, N> {
-        Aggregating { b: self, id: *id, ns }
+        Aggregating {
+            b: self,
+            id: *id,
+            ns,
+        }
     }
 }
 

@@ -51,7 +51,11 @@ impl fmt::Debug for CodecIdentity {
 
 impl fmt::Display for CodecIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@v{} ({})", self.type_name, self.version, self.encoding)
+        write!(
+            f,
+            "{}@v{} ({})",
+            self.type_name, self.version, self.encoding
+        )
     }
 }
 

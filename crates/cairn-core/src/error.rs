@@ -14,7 +14,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum StateError {
     /// A parallelism setting is out of range.
-    #[error("invalid parallelism: {reason} parallelism={parallelism} max_parallelism={max_parallelism}")]
+    #[error(
+        "invalid parallelism: {reason} parallelism={parallelism} max_parallelism={max_parallelism}"
+    )]
     InvalidParallelism {
         /// The requested parallelism.
         parallelism: u32,

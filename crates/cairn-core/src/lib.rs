@@ -40,8 +40,7 @@ pub use backend::{
     Aggregating, AsyncSnapshot, KeyedStateBackend, List, Map, Reducing, StateAccess, Value,
 };
 pub use codec::{
-    trace_schema, BincodeCodec, Codec, CodecError, CodecIdentity, BINCODE_V1,
-    MAX_DECODED_VALUE_LEN,
+    trace_schema, BincodeCodec, Codec, CodecError, CodecIdentity, BINCODE_V1, MAX_DECODED_VALUE_LEN,
 };
 pub use error::{BoxError, Result, StateError};
 pub use keygroup::{
@@ -52,13 +51,13 @@ pub use operator::{
     redistribute, OperatorListStateDescriptor, OperatorListStateId, OperatorStateBackend,
 };
 pub use snapshot::{
-    is_valid_file_name, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData,
-    KeyedStateHandle, OperatorStateSnapshot, Redistribution, SnapshotOptions, SnapshotSource,
-    SnapshotTarget, SnapshotType,
+    is_valid_file_name, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData, KeyedStateHandle,
+    OperatorStateSnapshot, Redistribution, SnapshotOptions, SnapshotSource, SnapshotTarget,
+    SnapshotType,
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,
     ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, Namespace, RawStateId,
-    ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind, StateMeta, StateValue,
-    UserKey, ValueStateDescriptor, ValueStateId, VoidNamespace,
+    ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind, StateMeta, StateValue, UserKey,
+    ValueStateDescriptor, ValueStateId, VoidNamespace,
 };

@@ -89,10 +89,12 @@ impl<V: StateValue> ErasedList for TypedList<V> {
         self.values
             .iter()
             .map(|v| {
-                self.codec.encode_to_vec(v).map_err(|source| StateError::Codec {
-                    state: name.to_string(),
-                    source,
-                })
+                self.codec
+                    .encode_to_vec(v)
+                    .map_err(|source| StateError::Codec {
+                        state: name.to_string(),
+                        source,
+                    })
             })
             .collect()
     }
@@ -345,10 +347,7 @@ mod tests {
             .collect();
         assert_eq!(got, vec![vec![1, 4], vec![2, 5], vec![3]]);
 
-        let old = vec![
-            backend_with(&[1], "u", true),
-            backend_with(&[2], "u", true),
-        ];
+        let old = vec![backend_with(&[1], "u", true), backend_with(&[2], "u", true)];
         let new = redistribute("src", &old, 3).unwrap();
         for s in new {
             assert_eq!(restore_values(s, "u", true), vec![1, 2]);

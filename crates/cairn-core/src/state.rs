@@ -262,7 +262,10 @@ where
 
 impl<V: Serialize + DeserializeOwned + Send + Sync + 'static> ReducingStateDescriptor<V> {
     /// A reducing state with bincode codecs and no namespace.
-    pub fn new(name: impl Into<String>, reduce: impl Fn(V, V) -> V + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> Self {
         Self {
             name: name.into(),
             value: bincode(),
@@ -277,10 +280,7 @@ where
     ACC: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// An aggregating state with a bincode accumulator codec and no namespace.
-    pub fn new(
-        name: impl Into<String>,
-        function: impl AggregateFunction<IN, ACC, OUT>,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, function: impl AggregateFunction<IN, ACC, OUT>) -> Self {
         Self {
             name: name.into(),
             accumulator: bincode(),
@@ -309,13 +309,25 @@ namespace_builder!(AggregatingStateDescriptor<IN, ACC, OUT>, accumulator, functi
 impl<V: 'static, N: 'static> ValueStateDescriptor<V, N> {
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
-        meta(&self.name, StateKind::Value, &*self.namespace, self.value.identity(), None)
+        meta(
+            &self.name,
+            StateKind::Value,
+            &*self.namespace,
+            self.value.identity(),
+            None,
+        )
     }
 }
 impl<V: 'static, N: 'static> ListStateDescriptor<V, N> {
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
-        meta(&self.name, StateKind::List, &*self.namespace, self.element.identity(), None)
+        meta(
+            &self.name,
+            StateKind::List,
+            &*self.namespace,
+            self.element.identity(),
+            None,
+        )
     }
 }
 impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
@@ -333,10 +345,18 @@ impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
 impl<V: 'static, N: 'static> ReducingStateDescriptor<V, N> {
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
-        meta(&self.name, StateKind::Reducing, &*self.namespace, self.value.identity(), None)
+        meta(
+            &self.name,
+            StateKind::Reducing,
+            &*self.namespace,
+            self.value.identity(),
+            None,
+        )
     }
 }
-impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static> AggregatingStateDescriptor<IN, ACC, OUT, N> {
+impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static>
+    AggregatingStateDescriptor<IN, ACC, OUT, N>
+{
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(
@@ -385,7 +405,9 @@ impl<V: 'static, N: 'static> fmt::Debug for ReducingStateDescriptor<V, N> {
         fmt::Debug::fmt(&self.meta(), f)
     }
 }
-impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static> fmt::Debug for AggregatingStateDescriptor<IN, ACC, OUT, N> {
+impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static> fmt::Debug
+    for AggregatingStateDescriptor<IN, ACC, OUT, N>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.meta(), f)
     }

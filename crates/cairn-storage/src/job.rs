@@ -4,11 +4,10 @@
 
 use cairn_core::{
     redistribute, CancelToken, KeyGroupRange, KeyedStateBackend, KeyedStateHandle,
-    OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions, SnapshotSource,
-    SnapshotTarget, SnapshotType, StateError,
+    OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions, SnapshotSource, SnapshotTarget,
+    SnapshotType, StateError,
 };
 use cairn_format::{Manifest, OperatorManifest, SubtaskManifest};
-
 
 /// The state of one subtask handed to [`snapshot_operator`]: its keyed backend, if the
 /// operator is keyed, and its operator state.
@@ -192,8 +191,11 @@ pub fn restore_subtask<B: KeyedStateBackend>(
         }
         b.restore(&keyed_handles_for(op, range), source)?;
     }
-    let old: Vec<Vec<OperatorStateSnapshot>> =
-        op.subtasks.iter().map(|s| s.operator_state.clone()).collect();
+    let old: Vec<Vec<OperatorStateSnapshot>> = op
+        .subtasks
+        .iter()
+        .map(|s| s.operator_state.clone())
+        .collect();
     let mut shares = redistribute(uid, &old, parallelism)?;
     operator.restore(shares.swap_remove(index as usize))?;
     Ok(())
