@@ -218,7 +218,15 @@ const OPS_NAMES: [&str; 4] = ["value_get_update", "list_add", "map_put", "map_ge
 fn own_figures(keys: &[u64], seq: &[u64]) {
     println!("W3 heap backend vs plain HashMap: {OPS} ops over {KEYS} keys in one key group, median of {RUNS} runs");
     let mut table = Vec::new();
+    // `W3_OPS=value_get_update,map_get` restricts the run (for profiling).
+    let only = std::env::var("W3_OPS").ok();
     for op in OPS_NAMES {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|x| x == op))
+        {
+            continue;
+        }
         let (mut tb, mut tp) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let (b, p) = run_once(op, keys, seq);
@@ -389,7 +397,12 @@ fn criterion_benches(c: &mut Criterion, keys: &[u64], seq: &[u64]) {
 }
 
 fn main() {
-    let keys = keys_in_group0(KEYS);
+    // `W3_KEYS=n` overrides the number of distinct keys (for experiments only).
+    let n = std::env::var("W3_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KEYS);
+    let keys = keys_in_group0(n);
     let seq = sequence(&keys);
     own_figures(&keys, &seq);
     sync_phase_figures();

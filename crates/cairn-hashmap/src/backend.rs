@@ -10,7 +10,7 @@ use crate::error::HashMapError;
 use crate::restore::{load, RawState, RestoreTarget};
 use crate::snapshot::{HeapSnapshot, Incremental, SnapshotState, SyncView};
 use crate::state::{ErasedState, Layout, ListOf, MapOf, Single, StateTable};
-use crate::table::{key_hash, shards_per_key_group, At};
+use crate::table::{key_hash, shards_per_key_group, At, InlineKey};
 
 /// Configuration of a [`HashMapBackend`].
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ pub struct HashMapConfig {
 
 struct Registered {
     meta: StateMeta,
+    /// `state.type_name()`, kept for errors off the hot path.
+    type_name: &'static str,
     state: Box<dyn ErasedState>,
 }
 
@@ -37,6 +39,7 @@ struct CurrentKey {
     kg: KeyGroup,
     kg_idx: usize,
     hash: u64,
+    inline: Option<InlineKey>,
 }
 
 /// The heap state backend: typed values in sharded hash tables, updated in place, with
@@ -142,7 +145,7 @@ impl HashMapBackend {
             if !r.state.as_any().is::<StateTable<N, L>>() {
                 return Err(HashMapError::TypeMismatch {
                     state: meta.name.clone(),
-                    registered: r.state.type_name(),
+                    registered: r.type_name,
                     requested: std::any::type_name::<StateTable<N, L>>(),
                 }
                 .into_state(format!("registering state uid={}", self.uid)));
@@ -164,13 +167,14 @@ impl HashMapBackend {
         let kind = meta.kind;
         self.states.push(Registered {
             meta,
+            type_name: std::any::type_name::<StateTable<N, L>>(),
             state: Box::new(table),
         });
         Ok(RawStateId { index, kind })
     }
 
     /// The typed state `id`, the current key, and whether to mark its key group dirty.
-    #[inline]
+    #[inline(always)]
     fn access<N: Namespace, L: Layout>(
         &mut self,
         id: RawStateId,
@@ -183,44 +187,29 @@ impl HashMapBackend {
             inc,
             ..
         } = self;
-        let r = states
-            .get_mut(id.index as usize)
-            .ok_or(StateError::UnknownState { index: id.index })?;
+        let Some(r) = states.get_mut(id.index as usize) else {
+            return Err(StateError::UnknownState { index: id.index });
+        };
         if r.meta.kind != kind || id.kind != kind {
-            return Err(StateError::KindMismatch {
-                state: r.meta.name.clone(),
-                registered: r.meta.kind,
-                requested: if id.kind != kind { id.kind } else { kind },
-            });
+            return Err(kind_mismatch(&r.meta, id.kind, kind));
         }
         if !current.set {
-            return Err(StateError::NoCurrentKey {
-                state: r.meta.name.clone(),
-            });
+            return Err(no_current_key(&r.meta));
         }
         if write {
             if let Some(d) = inc.dirty.get_mut(current.kg_idx) {
                 *d = true;
             }
         }
-        let name = &r.meta.name;
-        let registered = r.state.type_name();
-        let table = r
-            .state
-            .as_any_mut()
-            .downcast_mut::<StateTable<N, L>>()
-            .ok_or_else(|| {
-                HashMapError::TypeMismatch {
-                    state: name.clone(),
-                    registered,
-                    requested: std::any::type_name::<StateTable<N, L>>(),
-                }
-                .into_state("accessing state")
-            })?;
+        let (meta, registered) = (&r.meta, r.type_name);
+        let Some(table) = r.state.as_any_mut().downcast_mut::<StateTable<N, L>>() else {
+            return Err(type_mismatch::<StateTable<N, L>>(meta, registered));
+        };
         let at = At {
             kg_idx: current.kg_idx,
             key_hash: current.hash,
             key: &current.bytes,
+            inline: current.inline,
         };
         Ok((table, at))
     }
@@ -256,6 +245,7 @@ impl HashMapBackend {
             kg_idx: current.kg_idx,
             key_hash: current.hash,
             key: &current.bytes,
+            inline: current.inline,
         });
         Ok((&mut *r.state, at))
     }
@@ -269,6 +259,32 @@ impl HashMapBackend {
                 .unwrap_or_default(),
         }
     }
+}
+
+#[cold]
+fn kind_mismatch(meta: &StateMeta, id_kind: StateKind, kind: StateKind) -> StateError {
+    StateError::KindMismatch {
+        state: meta.name.clone(),
+        registered: meta.kind,
+        requested: if id_kind != kind { id_kind } else { kind },
+    }
+}
+
+#[cold]
+fn no_current_key(meta: &StateMeta) -> StateError {
+    StateError::NoCurrentKey {
+        state: meta.name.clone(),
+    }
+}
+
+#[cold]
+fn type_mismatch<T>(meta: &StateMeta, registered: &'static str) -> StateError {
+    HashMapError::TypeMismatch {
+        state: meta.name.clone(),
+        registered,
+        requested: std::any::type_name::<T>(),
+    }
+    .into_state("accessing state")
 }
 
 /// Checks a descriptor's `expected` meta against what is `stored` (a snapshot's meta when
@@ -352,6 +368,7 @@ impl KeyedStateBackend for HashMapBackend {
         c.kg = kg;
         c.kg_idx = (kg - self.range.start) as usize;
         c.hash = key_hash(serialized_key);
+        c.inline = InlineKey::new(serialized_key);
         c.set = true;
         Ok(())
     }
@@ -610,7 +627,7 @@ impl KeyedStateBackend for HashMapBackend {
 
     fn snapshot(&mut self, options: SnapshotOptions) -> Result<Box<dyn AsyncSnapshot>> {
         let mut states = Vec::with_capacity(self.states.len() + self.raw.len());
-        for r in &self.states {
+        for r in &mut self.states {
             states.push(SnapshotState {
                 meta: r.meta.clone(),
                 entries: r.state.snapshot(),

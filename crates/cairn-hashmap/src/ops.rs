@@ -12,7 +12,7 @@ use hashbrown::hash_table::Entry;
 
 use crate::error::{internal, HashMapError};
 use crate::state::{codec_error, ListOf, MapOf, Single, StateTable, UserMap};
-use crate::table::{find_entry, At, Item, Shard, ShardedTable};
+use crate::table::{find_entry, find_mut, At, Item, Shard, ShardedTable};
 
 fn downcast_func<'a, F: 'static>(
     func: &'a Option<Box<dyn Any + Send + Sync>>,
@@ -40,10 +40,9 @@ fn shard_mut<'a, N: Namespace, T: Clone>(
         .ok_or_else(|| internal(format!("key group index {} out of range", at.kg_idx)))
 }
 
-fn item<N: Clone, T>(at: &At<'_>, hash: u64, ns: &N, value: T) -> Item<N, T> {
+fn item<N: Clone, T>(at: &At<'_>, ns: &N, value: T) -> Item<N, T> {
     Item {
-        hash,
-        key: at.key.into(),
+        key: at.key_bytes(),
         ns: ns.clone(),
         value,
     }
@@ -58,10 +57,15 @@ impl<N: Namespace, V: StateValue> StateTable<N, Single<V>> {
     #[inline]
     pub(crate) fn put(&mut self, at: &At<'_>, ns: &N, value: V) -> Result<()> {
         let (shard, hash) = self.shard_mut(at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        // The common case first: one plain probe, update in place.
+        if let Some(v) = find_mut(shard, hash, at, ns) {
+            *v = value;
+            return Ok(());
+        }
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(mut o) => o.get_mut().value = value,
             Entry::Vacant(v) => {
-                v.insert(item(at, hash, ns, value));
+                v.insert(item(at, ns, value));
             }
         }
         Ok(())
@@ -74,7 +78,7 @@ impl<N: Namespace, V: StateValue> StateTable<N, Single<V>> {
     pub(crate) fn reduce(&mut self, at: &At<'_>, ns: &N, value: V) -> Result<()> {
         let f = downcast_func::<ReduceFn<V>>(&self.func, &self.name)?;
         let (shard, hash) = shard_mut(&mut self.table, at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(o) => {
                 // Take the old value out without cloning it, fold, and put it back.
                 let (mut old, vacant) = o.remove();
@@ -82,7 +86,7 @@ impl<N: Namespace, V: StateValue> StateTable<N, Single<V>> {
                 vacant.insert(old);
             }
             Entry::Vacant(v) => {
-                v.insert(item(at, hash, ns, value));
+                v.insert(item(at, ns, value));
             }
         }
         Ok(())
@@ -105,12 +109,12 @@ impl<N: Namespace, V: StateValue> StateTable<N, Single<V>> {
     ) -> Result<()> {
         let f = downcast_func::<Arc<dyn AggregateFunction<IN, V, OUT>>>(&self.func, &self.name)?;
         let (shard, hash) = shard_mut(&mut self.table, at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(mut o) => f.add(&mut o.get_mut().value, input),
             Entry::Vacant(v) => {
                 let mut acc = f.create_accumulator();
                 f.add(&mut acc, input);
-                v.insert(item(at, hash, ns, acc));
+                v.insert(item(at, ns, acc));
             }
         }
         Ok(())
@@ -133,10 +137,14 @@ impl<N: Namespace, V: StateValue> StateTable<N, ListOf<V>> {
             return Ok(());
         }
         let (shard, hash) = self.shard_mut(at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        if let Some(list) = find_mut(shard, hash, at, ns) {
+            list.extend(values);
+            return Ok(());
+        }
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(mut o) => o.get_mut().value.extend(values),
             Entry::Vacant(v) => {
-                v.insert(item(at, hash, ns, values.collect()));
+                v.insert(item(at, ns, values.collect()));
             }
         }
         Ok(())
@@ -148,10 +156,10 @@ impl<N: Namespace, V: StateValue> StateTable<N, ListOf<V>> {
             return Ok(());
         }
         let (shard, hash) = self.shard_mut(at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(mut o) => o.get_mut().value = values,
             Entry::Vacant(v) => {
-                v.insert(item(at, hash, ns, values));
+                v.insert(item(at, ns, values));
             }
         }
         Ok(())
@@ -171,14 +179,18 @@ impl<N: Namespace, UK: UserKey, UV: StateValue> StateTable<N, MapOf<UK, UV>> {
     #[inline]
     pub(crate) fn put(&mut self, at: &At<'_>, ns: &N, user_key: UK, value: UV) -> Result<()> {
         let (shard, hash) = self.shard_mut(at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        if let Some(m) = find_mut(shard, hash, at, ns) {
+            m.insert(user_key, value);
+            return Ok(());
+        }
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(mut o) => {
                 o.get_mut().value.insert(user_key, value);
             }
             Entry::Vacant(v) => {
                 let mut m = UserMap::default();
                 m.insert(user_key, value);
-                v.insert(item(at, hash, ns, m));
+                v.insert(item(at, ns, m));
             }
         }
         Ok(())
@@ -191,7 +203,7 @@ impl<N: Namespace, UK: UserKey, UV: StateValue> StateTable<N, MapOf<UK, UV>> {
             return Ok(false);
         }
         let (shard, hash) = self.shard_mut(at, ns)?;
-        if let Entry::Occupied(mut o) = find_entry(shard, hash, at.key, ns) {
+        if let Entry::Occupied(mut o) = find_entry(shard, hash, at, ns) {
             o.get_mut().value.remove(user_key);
             if o.get().value.is_empty() {
                 o.remove();

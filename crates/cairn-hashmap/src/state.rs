@@ -17,7 +17,7 @@ use hashbrown::hash_table::Entry;
 use crate::encode::{push_with, Head, KgBuffer};
 use crate::error::{internal, HashMapError};
 use crate::restore::RawState;
-use crate::table::{find_entry, key_hash, At, Item, Shard, ShardedTable};
+use crate::table::{find_entry, At, FrozenTable, Item, Shard, ShardedTable};
 
 /// The map kept per `(key, namespace)` of a map state.
 pub(crate) type UserMap<UK, UV> = hashbrown::HashMap<UK, UV, foldhash::fast::FixedState>;
@@ -222,14 +222,13 @@ impl<N: Namespace, L: Layout> StateTable<N, L> {
 pub(crate) trait ErasedState: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// The Rust types of the state (for errors).
-    fn type_name(&self) -> &'static str;
     /// Removes the entry of `(at.key, ns)`; `ns_type` names `ns`'s type for errors.
     fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool>;
     /// The keys with an entry in `ns`, sorted.
     fn keys(&self, ns: &dyn Any, ns_type: &'static str) -> Result<Vec<Vec<u8>>>;
-    /// An immutable view of the entries (the synchronous phase: clones `Arc`s only).
-    fn snapshot(&self) -> Arc<dyn StateSnapshot>;
+    /// An immutable view of the entries (the synchronous phase: shares shards, copies no
+    /// entry).
+    fn snapshot(&mut self) -> Arc<dyn StateSnapshot>;
     /// Decodes restored entries into the table.
     fn restore(&mut self, raw: &RawState) -> Result<()>;
 }
@@ -241,9 +240,6 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-    fn type_name(&self) -> &'static str {
-        std::any::type_name::<Self>()
-    }
     fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool> {
         let ns = self.downcast_ns(ns, ns_type)?;
         Ok(self.table.remove(at, ns).is_some())
@@ -254,16 +250,16 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
             .table
             .iter()
             .filter(|e| e.ns == *ns)
-            .map(|e| e.key.to_vec())
+            .map(|e| e.key.as_slice().to_vec())
             .collect();
         keys.sort_unstable();
         keys.dedup();
         Ok(keys)
     }
-    fn snapshot(&self) -> Arc<dyn StateSnapshot> {
+    fn snapshot(&mut self) -> Arc<dyn StateSnapshot> {
         Arc::new(TableSnapshot::<N, L> {
             name: self.name.clone(),
-            table: self.table.clone(),
+            table: self.table.freeze(),
             ns_codec: self.ns_codec.clone(),
             layout: self.layout.clone(),
         })
@@ -275,15 +271,11 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
                     .ns_codec
                     .decode(e.namespace)
                     .map_err(codec_error(&self.name))?;
-                let at = At {
-                    kg_idx,
-                    key_hash: key_hash(e.key),
-                    key: e.key,
-                };
+                let at = At::new(kg_idx, e.key);
                 let name = self.name.clone();
                 let layout = self.layout.clone();
                 let (shard, hash) = self.shard_mut(&at, &ns)?;
-                match find_entry(shard, hash, at.key, &ns) {
+                match find_entry(shard, hash, &at, &ns) {
                     Entry::Occupied(mut o) => {
                         layout.decode_merge(
                             Some(&mut o.get_mut().value),
@@ -297,8 +289,7 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
                             layout.decode_merge(None, e.user_key, e.value, &name)?
                         {
                             v.insert(Item {
-                                hash,
-                                key: at.key.into(),
+                                key: at.key_bytes(),
                                 ns,
                                 value,
                             });
@@ -320,7 +311,7 @@ pub(crate) trait StateSnapshot: Send + Sync {
 
 struct TableSnapshot<N, L: Layout> {
     name: Arc<str>,
-    table: ShardedTable<N, L::Value>,
+    table: FrozenTable<N, L::Value>,
     ns_codec: CodecRef<N>,
     layout: Arc<L>,
 }
@@ -329,7 +320,9 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
     fn encode_kg(&self, kg_idx: usize, file_state: u32, out: &mut KgBuffer) -> Result<()> {
         for item in self.table.iter_kg(kg_idx) {
             let head = out
-                .head(file_state, &item.key, |b| self.ns_codec.encode(&item.ns, b))
+                .head(file_state, item.key.as_slice(), |b| {
+                    self.ns_codec.encode(&item.ns, b)
+                })
                 .map_err(codec_error(&self.name))?;
             self.layout
                 .encode(&item.value, head, out)

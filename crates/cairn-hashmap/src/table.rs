@@ -2,9 +2,10 @@
 //!
 //! A state's entries are split by key group (index `kg - range.start`) and, within a key
 //! group, into a fixed number of shards chosen by bits of the entry's in-memory hash. Every
-//! shard is an `Arc<HashTable<Item>>`: the synchronous phase of a snapshot clones the vector
-//! of `Arc`s (`O(shards)`, independent of the number of entries), and the first write to a
-//! shard after a snapshot clones just that shard (`Arc::make_mut`).
+//! shard is owned by the live table and written without atomic operations; the synchronous
+//! phase of a snapshot moves every non-empty shard into an `Arc` shared with the snapshot
+//! (`O(shards)`, independent of the number of entries), and the first write to a shared
+//! shard takes it back, cloning it only if the snapshot still holds it.
 //!
 //! The in-memory hash is foldhash with a fixed seed over the serialized key (computed once
 //! in `set_current_key`), combined with the namespace's hash unless the namespace type is
@@ -61,11 +62,72 @@ pub(crate) fn shards_per_key_group(key_groups: u32) -> usize {
     1usize << (31 - n.leading_zeros())
 }
 
-/// One entry: the serialized key, the namespace, the value, and the entry's hash.
+/// Keys up to this many bytes are stored inside the entry (no allocation, no pointer to
+/// follow, compared without a `memcmp` call); the stored key is then 16 bytes.
+const INLINE_KEY_LEN: usize = 14;
+
+/// A short key, zero-padded, with its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InlineKey {
+    len: u8,
+    bytes: [u8; INLINE_KEY_LEN],
+}
+
+impl InlineKey {
+    /// The inline form of `key`, if it is short enough.
+    #[inline]
+    pub(crate) fn new(key: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; INLINE_KEY_LEN];
+        bytes.get_mut(..key.len())?.copy_from_slice(key);
+        Some(Self {
+            len: key.len() as u8,
+            bytes,
+        })
+    }
+}
+
+/// A serialized key as an entry stores it: inline when short, else on the heap. The form is
+/// a function of the length, so keys of different forms are never equal.
+#[derive(Clone, Debug)]
+pub(crate) enum KeyBytes {
+    Inline(InlineKey),
+    /// Boxed twice so that the variant is one thin pointer and `KeyBytes` 16 bytes.
+    Heap(Box<Box<[u8]>>),
+}
+
+impl KeyBytes {
+    #[cfg(test)]
+    pub(crate) fn new(key: &[u8]) -> Self {
+        match InlineKey::new(key) {
+            Some(k) => KeyBytes::Inline(k),
+            None => KeyBytes::Heap(Box::new(key.into())),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline(k) => k.bytes.get(..k.len as usize).unwrap_or(&[]),
+            KeyBytes::Heap(b) => b,
+        }
+    }
+
+    /// Whether this is the key of `at`.
+    #[inline]
+    fn matches(&self, at: &At<'_>) -> bool {
+        match (self, &at.inline) {
+            (KeyBytes::Inline(a), Some(b)) => a == b,
+            (KeyBytes::Heap(a), None) => ***a == *at.key,
+            _ => false,
+        }
+    }
+}
+
+/// One entry: the serialized key, the namespace and the value. (The hash is not stored:
+/// it is recomputed when a table grows, which keeps entries small.)
 #[derive(Clone, Debug)]
 pub(crate) struct Item<N, T> {
-    pub(crate) hash: u64,
-    pub(crate) key: Box<[u8]>,
+    pub(crate) key: KeyBytes,
     pub(crate) ns: N,
     pub(crate) value: T,
 }
@@ -78,21 +140,72 @@ pub(crate) struct At<'a> {
     pub(crate) kg_idx: usize,
     pub(crate) key_hash: u64,
     pub(crate) key: &'a [u8],
+    /// `InlineKey::new(key)`, computed once per current key.
+    pub(crate) inline: Option<InlineKey>,
 }
 
-/// The entries of one state, sharded by key group and hash. Cloning it shares every shard.
+impl<'a> At<'a> {
+    /// An access to `key` in key group index `kg_idx`.
+    pub(crate) fn new(kg_idx: usize, key: &'a [u8]) -> Self {
+        Self {
+            kg_idx,
+            key_hash: key_hash(key),
+            key,
+            inline: InlineKey::new(key),
+        }
+    }
+
+    /// The key as an entry stores it.
+    #[inline]
+    pub(crate) fn key_bytes(&self) -> KeyBytes {
+        match self.inline {
+            Some(k) => KeyBytes::Inline(k),
+            None => KeyBytes::Heap(Box::new(self.key.into())),
+        }
+    }
+}
+
+/// A shard as the live table holds it: owned (written without any atomic operation) or
+/// shared with snapshots (unshared on the first write).
+#[derive(Debug)]
+enum Slot<N, T> {
+    Owned(Shard<N, T>),
+    Shared(Arc<Shard<N, T>>),
+}
+
+impl<N, T> Slot<N, T> {
+    #[inline]
+    fn get(&self) -> &Shard<N, T> {
+        match self {
+            Slot::Owned(t) => t,
+            Slot::Shared(t) => t,
+        }
+    }
+}
+
+/// The entries of one state, sharded by key group and hash.
 #[derive(Debug)]
 pub(crate) struct ShardedTable<N, T> {
+    slots: Vec<Slot<N, T>>,
+    per_kg: usize,
+}
+
+/// The shards of a [`ShardedTable`] as a snapshot holds them: immutable and shared.
+#[derive(Debug)]
+pub(crate) struct FrozenTable<N, T> {
     shards: Vec<Arc<Shard<N, T>>>,
     per_kg: usize,
 }
 
-impl<N, T> Clone for ShardedTable<N, T> {
-    fn clone(&self) -> Self {
-        Self {
-            shards: self.shards.clone(),
-            per_kg: self.per_kg,
-        }
+impl<N, T> FrozenTable<N, T> {
+    /// Every entry of key group index `kg_idx`, in no particular order.
+    pub(crate) fn iter_kg(&self, kg_idx: usize) -> impl Iterator<Item = &Item<N, T>> {
+        let start = kg_idx * self.per_kg;
+        self.shards
+            .get(start..start + self.per_kg)
+            .unwrap_or(&[])
+            .iter()
+            .flat_map(|s| s.iter())
     }
 }
 
@@ -101,7 +214,7 @@ impl<N: Clone + Eq + Hash, T: Clone> ShardedTable<N, T> {
     pub(crate) fn new(key_groups: u32, per_kg: usize) -> Self {
         let n = key_groups as usize * per_kg;
         Self {
-            shards: (0..n).map(|_| Arc::new(HashTable::new())).collect(),
+            slots: (0..n).map(|_| Slot::Owned(HashTable::new())).collect(),
             per_kg,
         }
     }
@@ -115,9 +228,9 @@ impl<N: Clone + Eq + Hash, T: Clone> ShardedTable<N, T> {
     #[inline]
     pub(crate) fn get(&self, at: &At<'_>, ns: &N) -> Option<&T> {
         let hash = entry_hash(at.key_hash, ns);
-        let shard = self.shards.get(self.slot(at.kg_idx, hash))?;
+        let shard = self.slots.get(self.slot(at.kg_idx, hash))?.get();
         shard
-            .find(hash, |e| e.hash == hash && *e.key == *at.key && e.ns == *ns)
+            .find(hash, |e| e.key.matches(at) && e.ns == *ns)
             .map(|e| &e.value)
     }
 
@@ -126,55 +239,101 @@ impl<N: Clone + Eq + Hash, T: Clone> ShardedTable<N, T> {
     #[inline]
     pub(crate) fn shard_mut(&mut self, at: &At<'_>, ns: &N) -> Option<(&mut Shard<N, T>, u64)> {
         let hash = entry_hash(at.key_hash, ns);
-        let slot = self.slot(at.kg_idx, hash);
-        self.shards.get_mut(slot).map(|s| (Arc::make_mut(s), hash))
+        let idx = self.slot(at.kg_idx, hash);
+        let slot = self.slots.get_mut(idx)?;
+        if matches!(slot, Slot::Shared(_)) {
+            unshare(slot);
+        }
+        match slot {
+            Slot::Owned(t) => Some((t, hash)),
+            Slot::Shared(_) => None,
+        }
+    }
+
+    /// The synchronous phase: shares every non-empty shard with the returned snapshot
+    /// (`O(shards)`, independent of the number of entries; one small allocation per shard
+    /// written since the previous snapshot).
+    pub(crate) fn freeze(&mut self) -> FrozenTable<N, T> {
+        let empty = Arc::new(HashTable::new());
+        let shards = self
+            .slots
+            .iter_mut()
+            .map(|slot| match slot {
+                Slot::Shared(t) => t.clone(),
+                Slot::Owned(t) if t.is_empty() => empty.clone(),
+                Slot::Owned(t) => {
+                    let t = Arc::new(std::mem::take(t));
+                    *slot = Slot::Shared(t.clone());
+                    t
+                }
+            })
+            .collect();
+        FrozenTable {
+            shards,
+            per_kg: self.per_kg,
+        }
     }
 
     /// Removes `(at.key, ns)`; does not unshare the shard when there is nothing to remove.
     pub(crate) fn remove(&mut self, at: &At<'_>, ns: &N) -> Option<T> {
         self.get(at, ns)?;
         let (shard, hash) = self.shard_mut(at, ns)?;
-        match find_entry(shard, hash, at.key, ns) {
+        match find_entry(shard, hash, at, ns) {
             Entry::Occupied(o) => Some(o.remove().0.value),
             Entry::Vacant(_) => None,
         }
     }
 
-    /// Every entry of key group index `kg_idx`, in no particular order.
-    pub(crate) fn iter_kg(&self, kg_idx: usize) -> impl Iterator<Item = &Item<N, T>> {
-        let start = kg_idx * self.per_kg;
-        self.shards
-            .get(start..start + self.per_kg)
-            .unwrap_or(&[])
-            .iter()
-            .flat_map(|s| s.iter())
-    }
-
     /// Every entry.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Item<N, T>> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.slots.iter().flat_map(|s| s.get().iter())
     }
 
     /// Number of entries.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.slots.iter().map(|s| s.get().len()).sum()
     }
+}
+
+/// Makes a shared slot owned: takes the table if no snapshot holds it any more, else
+/// clones it.
+#[cold]
+fn unshare<N: Clone, T: Clone>(slot: &mut Slot<N, T>) {
+    let taken = std::mem::replace(slot, Slot::Owned(HashTable::new()));
+    *slot = Slot::Owned(match taken {
+        Slot::Owned(t) => t,
+        Slot::Shared(t) => Arc::unwrap_or_clone(t),
+    });
 }
 
 /// The hashbrown entry of `(key, ns)` in `shard`.
 #[inline]
-pub(crate) fn find_entry<'a, N: Eq, T>(
+pub(crate) fn find_entry<'a, N: Eq + Hash, T>(
     shard: &'a mut Shard<N, T>,
     hash: u64,
-    key: &[u8],
+    at: &At<'_>,
     ns: &N,
 ) -> Entry<'a, Item<N, T>> {
-    shard.entry(
-        hash,
-        |e| e.hash == hash && *e.key == *key && e.ns == *ns,
-        |e| e.hash,
-    )
+    shard.entry(hash, |e| e.key.matches(at) && e.ns == *ns, rehash)
+}
+
+/// The hash of an entry, recomputed (when a table grows).
+fn rehash<N: Hash, T>(e: &Item<N, T>) -> u64 {
+    entry_hash(key_hash(e.key.as_slice()), &e.ns)
+}
+
+/// The value of `(at.key, ns)` in `shard`, for update in place.
+#[inline]
+pub(crate) fn find_mut<'a, N: Eq, T>(
+    shard: &'a mut Shard<N, T>,
+    hash: u64,
+    at: &At<'_>,
+    ns: &N,
+) -> Option<&'a mut T> {
+    shard
+        .find_mut(hash, |e| e.key.matches(at) && e.ns == *ns)
+        .map(|e| &mut e.value)
 }
 
 #[cfg(test)]
@@ -192,28 +351,44 @@ mod tests {
     }
 
     #[test]
+    fn entries_are_small() {
+        assert_eq!(std::mem::size_of::<KeyBytes>(), 16);
+        assert_eq!(std::mem::size_of::<Item<(), u64>>(), 24);
+    }
+
+    #[test]
+    fn short_and_long_keys() {
+        for len in [0usize, 1, 13, 14, 15, 100] {
+            let key: Vec<u8> = (0..len as u8).collect();
+            let at = At::new(0, &key);
+            let stored = KeyBytes::new(&key);
+            assert_eq!(stored.as_slice(), key.as_slice());
+            assert!(stored.matches(&at));
+            assert_eq!(at.key_bytes().as_slice(), key.as_slice());
+            let mut other = key.clone();
+            other.push(0);
+            assert!(!stored.matches(&At::new(0, &other)), "len {len}");
+        }
+    }
+
+    #[test]
     fn clone_shares_until_written() {
         let mut t = ShardedTable::<(), u64>::new(2, 4);
-        let at = At {
-            kg_idx: 1,
-            key_hash: key_hash(b"k"),
-            key: b"k",
-        };
+        let at = At::new(1, b"k");
         let (shard, hash) = t.shard_mut(&at, &()).unwrap();
-        if let Entry::Vacant(v) = find_entry(shard, hash, at.key, &()) {
+        if let Entry::Vacant(v) = find_entry(shard, hash, &at, &()) {
             v.insert(Item {
-                hash,
-                key: at.key.into(),
+                key: at.key_bytes(),
                 ns: (),
                 value: 1,
             });
         }
-        let snap = t.clone();
+        let snap = t.freeze();
         let (shard, hash) = t.shard_mut(&at, &()).unwrap();
-        if let Entry::Occupied(mut o) = find_entry(shard, hash, at.key, &()) {
+        if let Entry::Occupied(mut o) = find_entry(shard, hash, &at, &()) {
             o.get_mut().value = 2;
         }
-        assert_eq!(snap.get(&at, &()), Some(&1));
+        assert_eq!(snap.iter_kg(1).map(|e| e.value).collect::<Vec<_>>(), [1]);
         assert_eq!(t.get(&at, &()), Some(&2));
         assert_eq!(t.remove(&at, &()), Some(2));
         assert_eq!(t.len(), 0);
