@@ -269,14 +269,20 @@ fn filled(n: u64) -> (HashMapBackend, ValueStateId<u64, ()>) {
 
 fn sync_phase_figures() {
     const SAMPLES: u64 = 15;
-    println!("W3 synchronous phase of a snapshot (snapshot() call only), {SAMPLES} samples");
+    /// Updates between two snapshots (as in W4), spread over the keys.
+    const UPDATES: u64 = 100_000;
+    println!("W3 synchronous phase of a snapshot (snapshot() call only), {SAMPLES} samples, {UPDATES} updates between snapshots");
     for n in [100_000u64, 1_000_000] {
         let (mut b, s) = filled(n);
         let mut times = Vec::new();
         for id in 1..=SAMPLES {
-            // Touch one key so every snapshot has something new (as between real checkpoints).
-            b.set_current_key(&ser(id)).expect("key");
-            b.value(&s).update(id).expect("update");
+            // Writes between checkpoints take shards back from the previous snapshot, so
+            // this snapshot must share them again.
+            for j in 0..UPDATES {
+                let k = (j * 7919 + id) % n;
+                b.set_current_key(&ser(k)).expect("key");
+                b.value(&s).update(id).expect("update");
+            }
             let t = Instant::now();
             let phase = b
                 .snapshot(SnapshotOptions::incremental_checkpoint(id))
