@@ -75,7 +75,7 @@ impl Incremental {
     }
 
     /// Starts incremental snapshot `id`: the key groups to write and the base to reference.
-    fn begin(&mut self, id: u64) -> IncrementalPlan {
+    fn begin(&mut self, id: u64, incremental: bool) -> IncrementalPlan {
         let n = self.dirty.len();
         let own = std::mem::replace(&mut self.dirty, vec![false; n]);
         let mut write = own.clone();
@@ -96,6 +96,7 @@ impl Incremental {
             self.merge_back(&old.own);
         }
         IncrementalPlan {
+            incremental,
             write,
             base: self.base.as_ref().map(|(_, b)| b.clone()),
             outcome,
@@ -142,6 +143,10 @@ impl Incremental {
 
 #[derive(Debug)]
 struct IncrementalPlan {
+    /// Whether the checkpoint may reference the base (a full checkpoint writes everything
+    /// privately, and its completion ends the base: retention may then delete the base's
+    /// shared files, which the full checkpoint does not reference).
+    incremental: bool,
     write: Vec<bool>,
     base: Option<Arc<KgFiles>>,
     outcome: Arc<OnceLock<Outcome>>,
@@ -170,12 +175,13 @@ pub(crate) struct HeapSnapshot {
 }
 
 impl HeapSnapshot {
-    /// Captures a snapshot; for incremental checkpoints, records it as pending in `inc`.
+    /// Captures a snapshot; every checkpoint (full or incremental) is recorded as pending in
+    /// `inc`, so that its completion moves or ends the base. Savepoints leave `inc` alone.
     pub(crate) fn new(mut view: SyncView, inc: &mut Incremental) -> Self {
         view.states.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
         let o = view.options;
-        let incremental = (o.incremental && o.snapshot_type == SnapshotType::Checkpoint)
-            .then(|| inc.begin(o.checkpoint_id));
+        let incremental = (o.snapshot_type == SnapshotType::Checkpoint)
+            .then(|| inc.begin(o.checkpoint_id, o.incremental));
         Self { view, incremental }
     }
 }
@@ -189,7 +195,9 @@ impl AsyncSnapshot for HeapSnapshot {
         let HeapSnapshot { view, incremental } = *self;
         let range = view.range;
         let n = range.len() as usize;
-        let shared = incremental.as_ref().filter(|_| target.supports_shared());
+        let shared = incremental
+            .as_ref()
+            .filter(|p| p.incremental && target.supports_shared());
         // The key groups to write, and the file of every other key group.
         let (write, base): (Vec<bool>, Option<&KgFiles>) = match shared {
             Some(p) => match &p.base {
@@ -344,10 +352,10 @@ mod tests {
     fn pending_dirty_sets_accumulate_until_completion() {
         let mut inc = Incremental::new(4);
         inc.dirty[0] = true;
-        let p1 = inc.begin(1);
+        let p1 = inc.begin(1, true);
         assert_eq!(p1.write, [true, false, false, false]);
         inc.dirty[1] = true;
-        let p2 = inc.begin(2);
+        let p2 = inc.begin(2, true);
         assert_eq!(p2.write, [true, true, false, false]);
         // Abort 2: its own changes come back.
         inc.abort(2);
@@ -359,7 +367,7 @@ mod tests {
         p1.outcome.set(Outcome::Shared(files)).unwrap();
         inc.complete(1);
         assert_eq!(inc.base_id(), Some(1));
-        let p3 = inc.begin(3);
+        let p3 = inc.begin(3, true);
         assert_eq!(p3.write, [false, true, false, false]);
         assert!(p3.base.is_some());
         // Completing without an outcome keeps the changes.
