@@ -413,23 +413,34 @@ impl CheckpointWriter {
     /// An error means the file is gone and must be written again.
     pub fn reference_shared(&self, file: &FileRef) -> Result<(), StorageError> {
         check_name(FileArea::Shared, &file.name)?;
-        self.register_shared(&file.name)?;
+        // Protect first, then check, so a concurrent GC cannot delete the file in between.
+        let added = self.register_shared(&file.name)?;
         let inner = &self.shared.storage.inner;
         let path = join(&shared_dir(&inner.root), &file.name);
-        match inner.store.size(&path)? {
-            None => Err(StorageError::NotFound {
+        let checked = match inner.store.size(&path) {
+            Err(e) => Err(e),
+            Ok(None) => Err(StorageError::NotFound {
                 path: path.to_string(),
             }),
-            Some(actual) if actual != file.size => Err(StorageError::SizeMismatch {
+            Ok(Some(actual)) if actual != file.size => Err(StorageError::SizeMismatch {
                 path: path.to_string(),
                 expected: file.size,
                 actual,
             }),
-            Some(_) => Ok(()),
+            Ok(Some(_)) => Ok(()),
+        };
+        if checked.is_err() && added {
+            // A failed reference protects nothing: a file this writer did not reference
+            // before must not outlive it as "in flight" (found by the GC model test).
+            inner
+                .registry
+                .lock()
+                .remove_shared(self.shared.checkpoint_id, &file.name);
         }
+        checked
     }
 
-    fn register_shared(&self, name: &str) -> Result<(), StorageError> {
+    fn register_shared(&self, name: &str) -> Result<bool, StorageError> {
         let w = &self.shared;
         w.storage
             .inner

@@ -88,15 +88,20 @@ impl RegistryState {
         self.entries.get(&id).map(|e| e.state)
     }
 
-    /// Registers `name` as written or referenced by open checkpoint `id`.
-    pub(crate) fn add_shared(&mut self, id: u64, name: &str) -> Result<(), WriterState> {
+    /// Registers `name` as written or referenced by open checkpoint `id`; `Ok(true)` when
+    /// the name was not registered for `id` before.
+    pub(crate) fn add_shared(&mut self, id: u64, name: &str) -> Result<bool, WriterState> {
         match self.entries.get_mut(&id) {
-            Some(e) if e.state == WriterState::Open => {
-                e.shared.insert(name.to_string());
-                Ok(())
-            }
+            Some(e) if e.state == WriterState::Open => Ok(e.shared.insert(name.to_string())),
             Some(e) => Err(e.state),
             None => Err(WriterState::Aborted),
+        }
+    }
+
+    /// Undoes an [`Self::add_shared`] that returned `Ok(true)` (a reference that failed).
+    pub(crate) fn remove_shared(&mut self, id: u64, name: &str) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.shared.remove(name);
         }
     }
 

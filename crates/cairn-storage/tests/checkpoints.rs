@@ -282,3 +282,33 @@ fn calling_from_an_async_context_is_an_error_not_a_panic() {
         "{err}"
     );
 }
+
+/// Regression (found by the GC model test): a `reference_shared` that fails because the file
+/// is missing must not leave the name protected, or a file written later under that name by
+/// another writer that is then dropped survives GC with nothing referencing it.
+#[test]
+fn failed_reference_does_not_protect_the_name() {
+    let (store, storage) = memory();
+    let w1 = storage.begin_checkpoint(1).unwrap();
+    let missing = cairn_core::FileRef {
+        area: FileArea::Shared,
+        name: "s2.sst".into(),
+        size: 50,
+        crc32: 0,
+    };
+    assert!(matches!(
+        w1.reference_shared(&missing),
+        Err(StorageError::NotFound { .. })
+    ));
+    let w2 = storage.begin_checkpoint(2).unwrap();
+    w2.write_file(FileArea::Shared, "s2.sst", content("s2.sst", 50))
+        .unwrap();
+    drop(w2);
+    storage.retain(1).unwrap();
+    let left = common::shared_on_store(&store, "jobs/j1");
+    assert!(
+        left.is_empty(),
+        "unreferenced shared files survived GC: {left:?}"
+    );
+    drop(w1);
+}

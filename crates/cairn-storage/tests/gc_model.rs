@@ -9,7 +9,6 @@ use std::sync::Arc;
 use cairn_core::{FileArea, FileRef, SnapshotType};
 use cairn_storage::{CheckpointStorage, CheckpointWriter};
 use common::{assert_restorable, content, manifest};
-use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -45,22 +44,6 @@ struct Open {
     files: Vec<FileRef>,
 }
 
-fn shared_on_store(store: &Arc<dyn ObjectStore>) -> BTreeSet<String> {
-    let prefix = Path::from("job/shared");
-    futures::executor::block_on(store.list(Some(&prefix)).try_collect::<Vec<_>>())
-        .unwrap()
-        .into_iter()
-        .map(|m| {
-            m.location
-                .prefix_match(&prefix)
-                .unwrap()
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .collect()
-}
-
 fn check(
     storage: &CheckpointStorage,
     store: &Arc<dyn ObjectStore>,
@@ -85,7 +68,7 @@ fn check(
         .filter(|f| f.area == FileArea::Shared)
         .map(|f| f.name.clone())
         .collect();
-    let on_store = shared_on_store(store);
+    let on_store = common::shared_on_store(store, "job");
     for name in &on_store {
         assert!(
             referenced.contains(name) || in_flight.contains(name),
@@ -213,7 +196,10 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("CAIRN_GC_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn gc_keeps_what_is_referenced_or_in_flight_and_nothing_else(ops in proptest::collection::vec(op(), 1..60)) {

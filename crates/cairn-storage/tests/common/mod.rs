@@ -77,3 +77,24 @@ pub fn expect_err<T: std::fmt::Debug>(r: Result<T, StorageError>) -> StorageErro
         Err(e) => e,
     }
 }
+
+/// The names of the files under `<job>/shared/` in `store`.
+pub fn shared_on_store(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    job: &str,
+) -> std::collections::BTreeSet<String> {
+    use futures::TryStreamExt;
+    let prefix = object_store::path::Path::from(format!("{job}/shared"));
+    futures::executor::block_on(store.list(Some(&prefix)).try_collect::<Vec<_>>())
+        .expect("list shared files")
+        .into_iter()
+        .map(|m| {
+            m.location
+                .prefix_match(&prefix)
+                .expect("listed under the prefix")
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
