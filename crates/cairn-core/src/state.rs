@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{BincodeCodec, Codec, CodecIdentity};
+use crate::error::{Result, StateError};
 
 /// The kinds of keyed state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -68,6 +69,67 @@ pub struct StateMeta {
     pub value: CodecIdentity,
     /// Codec of the map's user key (map state only).
     pub user_key: Option<CodecIdentity>,
+}
+
+impl StateMeta {
+    /// Checks that a program registering `expected` can use state described by `self`: the
+    /// same kind and compatible namespace, value and user-key codecs. `self` is either what a
+    /// snapshot stored (`restored`, errors name operator `uid` and both sides) or an earlier
+    /// registration in the same run.
+    pub fn check_compatible(&self, expected: &StateMeta, uid: &str, restored: bool) -> Result<()> {
+        if self.kind != expected.kind {
+            return Err(if restored {
+                StateError::IncompatibleKind {
+                    uid: uid.to_string(),
+                    state: expected.name.clone(),
+                    stored: self.kind,
+                    expected: expected.kind,
+                }
+            } else {
+                StateError::KindMismatch {
+                    state: expected.name.clone(),
+                    registered: self.kind,
+                    requested: expected.kind,
+                }
+            });
+        }
+        let parts: [(&'static str, Option<&CodecIdentity>, Option<&CodecIdentity>); 3] = [
+            (
+                "namespace",
+                Some(&self.namespace),
+                Some(&expected.namespace),
+            ),
+            ("value", Some(&self.value), Some(&expected.value)),
+            (
+                "user key",
+                self.user_key.as_ref(),
+                expected.user_key.as_ref(),
+            ),
+        ];
+        for (part, stored, wanted) in parts {
+            let ok = match (stored, wanted) {
+                (Some(s), Some(w)) => s.is_compatible_with(w),
+                (None, None) => true,
+                _ => false,
+            };
+            if !ok {
+                let none = || CodecIdentity {
+                    encoding: String::new(),
+                    type_name: "(none)".into(),
+                    version: 0,
+                    schema: None,
+                };
+                return Err(StateError::IncompatibleCodec {
+                    uid: uid.to_string(),
+                    state: expected.name.clone(),
+                    part,
+                    stored: Box::new(stored.cloned().unwrap_or_else(none)),
+                    expected: Box::new(wanted.cloned().unwrap_or_else(none)),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Values kept in state: owned, clonable, shareable with snapshot threads.

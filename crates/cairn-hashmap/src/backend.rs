@@ -141,7 +141,7 @@ impl HashMapBackend {
                 .states
                 .get(index as usize)
                 .ok_or(StateError::UnknownState { index })?;
-            check_meta(&self.uid, &r.meta, &meta, false)?;
+            r.meta.check_compatible(&meta, &self.uid, false)?;
             if !r.state.as_any().is::<StateTable<N, L>>() {
                 return Err(HashMapError::TypeMismatch {
                     state: meta.name.clone(),
@@ -157,7 +157,7 @@ impl HashMapBackend {
         }
         let mut table = make(self.range.len(), self.shards_per_kg);
         if let Some(raw) = self.raw.get(&meta.name) {
-            check_meta(&self.uid, &raw.meta, &meta, true)?;
+            raw.meta.check_compatible(&meta, &self.uid, true)?;
             table.restore(raw)?;
             self.raw.remove(&meta.name);
         }
@@ -285,63 +285,6 @@ fn type_mismatch<T>(meta: &StateMeta, registered: &'static str) -> StateError {
         requested: std::any::type_name::<T>(),
     }
     .into_state("accessing state")
-}
-
-/// Checks a descriptor's `expected` meta against what is `stored` (a snapshot's meta when
-/// `restored`, else the first registration's).
-fn check_meta(uid: &str, stored: &StateMeta, expected: &StateMeta, restored: bool) -> Result<()> {
-    if stored.kind != expected.kind {
-        return Err(if restored {
-            StateError::IncompatibleKind {
-                uid: uid.to_string(),
-                state: expected.name.clone(),
-                stored: stored.kind,
-                expected: expected.kind,
-            }
-        } else {
-            StateError::KindMismatch {
-                state: expected.name.clone(),
-                registered: stored.kind,
-                requested: expected.kind,
-            }
-        });
-    }
-    let parts: [(&'static str, Option<&CodecIdentity>, Option<&CodecIdentity>); 3] = [
-        (
-            "namespace",
-            Some(&stored.namespace),
-            Some(&expected.namespace),
-        ),
-        ("value", Some(&stored.value), Some(&expected.value)),
-        (
-            "user key",
-            stored.user_key.as_ref(),
-            expected.user_key.as_ref(),
-        ),
-    ];
-    for (part, s, e) in parts {
-        let ok = match (s, e) {
-            (Some(s), Some(e)) => s.is_compatible_with(e),
-            (None, None) => true,
-            _ => false,
-        };
-        if !ok {
-            let missing = || CodecIdentity {
-                encoding: String::new(),
-                type_name: "(none)".into(),
-                version: 0,
-                schema: None,
-            };
-            return Err(StateError::IncompatibleCodec {
-                uid: uid.to_string(),
-                state: expected.name.clone(),
-                part,
-                stored: Box::new(s.cloned().unwrap_or_else(missing)),
-                expected: Box::new(e.cloned().unwrap_or_else(missing)),
-            });
-        }
-    }
-    Ok(())
 }
 
 impl KeyedStateBackend for HashMapBackend {
