@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use cairn_core::*;
-use cairn_storage::CheckpointStorage;
+use cairn_format::{Manifest, OperatorManifest, SubtaskManifest};
+use cairn_storage::{keyed_handles_for, CheckpointStorage};
 
 use super::harness::*;
 use super::schema::*;
@@ -154,12 +155,18 @@ pub fn key_and_range_errors<F: BackendFactory>(f: &F) {
         Err(StateError::NoCurrentKey { .. })
     ));
     let outside = keys_in(KeyGroupRange::new(0, range.start), MAX_P, 1).remove(0);
+    let inside = keys_in(range, MAX_P, 1).remove(0);
+    set_key(&mut b, &inside);
     let err = b.set_current_key(&key_bytes(&outside)).unwrap_err();
     assert!(
         matches!(err, StateError::KeyGroupOutOfRange { range: r, .. } if r == range),
         "{err}"
     );
-    let inside = keys_in(range, MAX_P, 1).remove(0);
+    assert_eq!(b.current_key(), None, "a failed set leaves no key current");
+    assert!(matches!(
+        b.value(&ids.value).update(1),
+        Err(StateError::NoCurrentKey { .. })
+    ));
     set_key(&mut b, &inside);
     assert_eq!(b.current_key(), Some(key_bytes(&inside).as_slice()));
     assert_eq!(
@@ -386,6 +393,137 @@ pub fn incremental_after_full_checkpoint_and_retention<F: BackendFactory>(f: &F)
     assert_eq!(read_operator(&mut restored, &keys), expected);
 }
 
+/// Regression (found in review): a handle does not record its
+/// max parallelism and `claimed` is never checked for completeness, so restoring a backend
+/// of max parallelism 128 from a snapshot taken at max parallelism 64 succeeds with no
+/// state at all for the upper key groups (the lower half fails with WrongKeyGroup).
+pub fn restore_from_another_max_parallelism_is_refused_not_empty<F: BackendFactory>(f: &F) {
+    let storage = CheckpointStorage::open("memory://").unwrap();
+    let keys = keys_in(KeyGroupRange::all(64), 64, 60);
+    let mut op = Operator::new(f, "op", 64, 1);
+    let ids = register(&mut op.subtasks[0].0);
+    fill(&mut op.subtasks[0].0, &ids, &keys, 1);
+    let m = checkpoint(&mut op, &storage, 1, false);
+    let handles = keyed_handles_for(m.operator("op").unwrap(), KeyGroupRange::all(64));
+
+    let upper = KeyGroupRange::new(64, 128);
+    let mine: Vec<&String> = keys
+        .iter()
+        .filter(|k| upper.contains(key_group_for_key(&key_bytes(k), 128)))
+        .collect();
+    assert!(!mine.is_empty());
+    let mut b = f.create("op", 128, upper);
+    match b.restore(&handles, &storage.source(1)) {
+        Err(_) => {}
+        Ok(()) => {
+            let ids = register(&mut b);
+            set_key(&mut b, mine[0]);
+            let v = b.value(&ids.value).get().unwrap();
+            panic!(
+                "restore at max parallelism 128 from a max-parallelism-64 snapshot succeeded; key {} has value {v:?}, {} keys of this range silently lost",
+                mine[0],
+                mine.len()
+            );
+        }
+    }
+}
+
+/// Regression (found in review): handles that do not cover the backend's range restore "successfully".
+pub fn restore_from_handles_that_leave_key_groups_uncovered_is_refused<F: BackendFactory>(f: &F) {
+    let storage = CheckpointStorage::open("memory://").unwrap();
+    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 60);
+    let mut op = Operator::new(f, "op", MAX_P, 1);
+    let ids = register(&mut op.subtasks[0].0);
+    fill(&mut op.subtasks[0].0, &ids, &keys, 1);
+    let m = checkpoint(&mut op, &storage, 1, false);
+    let mut handles = keyed_handles_for(m.operator("op").unwrap(), KeyGroupRange::all(MAX_P));
+    // Keep only the file ranges of the first half (as if a subtask's handle were missing).
+    if let KeyedData::Canonical { files } = &mut handles[0].data {
+        for f in files.iter_mut() {
+            f.key_groups = vec![KeyGroupRange::new(0, 64)];
+        }
+    }
+    handles[0].key_group_range = KeyGroupRange::new(0, 64);
+    let mut b = f.create("op", MAX_P, KeyGroupRange::all(MAX_P));
+    assert!(
+        b.restore(&handles, &storage.source(1)).is_err(),
+        "key groups 64..128 are supplied by no handle, yet restore succeeded with them empty"
+    );
+}
+
+/// Regression (found in review): an incremental checkpoint whose synchronous phase ran before the
+/// notification of a completed *full* checkpoint still uses the old base; retention after
+/// the full checkpoint deletes that base's shared files (no retained manifest references
+/// them, and the in-flight checkpoint only registers references at publish), so the
+/// incremental checkpoint can never be published.
+pub fn incremental_checkpoint_in_flight_across_a_full_checkpoint_survives_retention<
+    F: BackendFactory,
+>(
+    f: &F,
+) {
+    let storage = CheckpointStorage::open("memory://").unwrap();
+    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 50);
+    let mut op = Operator::new(f, "op", MAX_P, 1);
+    let ids = register(&mut op.subtasks[0].0);
+    fill(&mut op.subtasks[0].0, &ids, &keys, 1);
+    checkpoint(&mut op, &storage, 1, true);
+
+    // Full checkpoint 2 is triggered; before its completion reaches the task, incremental
+    // checkpoint 3 is triggered.
+    fill(&mut op.subtasks[0].0, &ids, &keys[..3], 2);
+    let w2 = storage.begin_checkpoint(2).unwrap();
+    let s2 = op.subtasks[0]
+        .0
+        .snapshot(SnapshotOptions::full_checkpoint(2))
+        .unwrap();
+    let o2 = op.subtasks[0].1.snapshot().unwrap();
+    fill(&mut op.subtasks[0].0, &ids, &keys[3..4], 3);
+    let w3 = storage.begin_checkpoint(3).unwrap();
+    let s3 = op.subtasks[0]
+        .0
+        .snapshot(SnapshotOptions::incremental_checkpoint(3))
+        .unwrap();
+    let o3 = op.subtasks[0].1.snapshot().unwrap();
+
+    // 2 completes, the coordinator retains one checkpoint, then notifies the task.
+    let h2 = s2.run(&w2, &CancelToken::new()).unwrap();
+    let m2 = manifest(
+        2,
+        SnapshotType::Checkpoint,
+        vec![one_subtask(MAX_P, h2, o2)],
+    );
+    storage.publish(w2, &m2).unwrap();
+    storage.retain(1).unwrap();
+    op.notify_complete(2);
+
+    let h3 = s3.run(&w3, &CancelToken::new()).unwrap();
+    let m3: Manifest = manifest(
+        3,
+        SnapshotType::Checkpoint,
+        vec![one_subtask(MAX_P, h3, o3)],
+    );
+    storage
+        .publish(w3, &m3)
+        .expect("checkpoint 3 references checkpoint 1's shared files, deleted by retention");
+}
+
+fn one_subtask(
+    max_parallelism: u32,
+    handle: KeyedStateHandle,
+    operator_state: Vec<OperatorStateSnapshot>,
+) -> OperatorManifest {
+    OperatorManifest {
+        uid: "op".into(),
+        parallelism: 1,
+        max_parallelism,
+        subtasks: vec![SubtaskManifest {
+            key_group_range: KeyGroupRange::all(max_parallelism),
+            keyed: Some(handle),
+            operator_state,
+        }],
+    }
+}
+
 /// Restore at 1 → 2 → 3 → 1 parallelism keeps identical state, keyed and operator state.
 pub fn rescale_keeps_state<F: BackendFactory>(f: &F) {
     let storage = CheckpointStorage::open("memory://").unwrap();
@@ -508,6 +646,9 @@ macro_rules! conformance_tests {
             snapshot_and_restore_every_kind, snapshot_is_isolated_from_later_writes,
             cancelled_async_phase_fails, incremental_checkpoints_restore_exactly,
             incremental_after_full_checkpoint_and_retention,
+            restore_from_another_max_parallelism_is_refused_not_empty,
+            restore_from_handles_that_leave_key_groups_uncovered_is_refused,
+            incremental_checkpoint_in_flight_across_a_full_checkpoint_survives_retention,
             rescale_keeps_state, unregistered_restored_state_is_kept, restore_checks_codecs,
             keys_iteration);
     };

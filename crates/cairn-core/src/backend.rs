@@ -37,7 +37,8 @@ pub trait KeyedStateBackend: Send {
     fn key_group_range(&self) -> KeyGroupRange;
     /// The job's maximum parallelism (number of key groups).
     fn max_parallelism(&self) -> u32;
-    /// Sets the current key; fails if its key group is outside [`Self::key_group_range`].
+    /// Sets the current key; fails if its key group is outside [`Self::key_group_range`],
+    /// and then no key is current (state access fails until a valid key is set).
     fn set_current_key(&mut self, serialized_key: &[u8]) -> Result<()>;
     /// The current key's bytes, if set.
     fn current_key(&self) -> Option<&[u8]>;
@@ -190,8 +191,10 @@ pub trait KeyedStateBackend: Send {
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64);
     /// The checkpoint with this id will never complete.
     fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64);
-    /// Loads the entries of every handle that fall in this backend's key-group range.
-    /// Must be called on a fresh backend, before any state is registered.
+    /// Loads the entries of every handle that fall in this backend's key-group range. The
+    /// handles together must supply every key group of the range (a gap is an error, never
+    /// silently empty state). Must be called on a fresh backend, before any state is
+    /// registered.
     fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource) -> Result<()>;
 }
 

@@ -52,8 +52,8 @@ pub use operator::{
 };
 pub use snapshot::{
     is_valid_file_name, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData, KeyedStateHandle,
-    OperatorStateSnapshot, Redistribution, SnapshotOptions, SnapshotSource, SnapshotTarget,
-    SnapshotType,
+    NativeFile, OperatorStateSnapshot, Redistribution, SnapshotOptions, SnapshotSource,
+    SnapshotTarget, SnapshotType,
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,

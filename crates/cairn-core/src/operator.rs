@@ -165,15 +165,7 @@ impl OperatorStateBackend {
     ) -> Result<OperatorListStateId<V>> {
         if let Some(index) = self.registered.iter().position(|r| r.name == d.name) {
             let r = &mut self.registered[index];
-            if r.mode != d.mode || !r.codec.is_compatible_with(d.codec.identity()) {
-                return Err(StateError::IncompatibleCodec {
-                    uid: self.uid.clone(),
-                    state: d.name.clone(),
-                    part: "operator list element",
-                    stored: Box::new(r.codec.clone()),
-                    expected: Box::new(d.codec.identity().clone()),
-                });
-            }
+            check(&self.uid, &d.name, r.mode, &r.codec, d)?;
             if r.list.as_any_mut().downcast_mut::<TypedList<V>>().is_none() {
                 return Err(StateError::UnknownState {
                     index: index as u32,
@@ -184,25 +176,19 @@ impl OperatorStateBackend {
                 _type: PhantomData,
             });
         }
+        // Decode before taking the restored state out, so that a failed registration leaves
+        // it in place (it is then still carried into the next snapshot).
         let mut values = Vec::new();
-        if let Some(restored) = self.restored.remove(&d.name) {
-            if !restored.codec.is_compatible_with(d.codec.identity()) {
-                let err = StateError::IncompatibleCodec {
-                    uid: self.uid.clone(),
-                    state: d.name.clone(),
-                    part: "operator list element",
-                    stored: Box::new(restored.codec.clone()),
-                    expected: Box::new(d.codec.identity().clone()),
-                };
-                self.restored.insert(d.name.clone(), restored);
-                return Err(err);
-            }
+        if let Some(restored) = self.restored.get(&d.name) {
+            check(&self.uid, &d.name, restored.mode, &restored.codec, d)?;
+            values.reserve(restored.elements.len().min(4096));
             for bytes in &restored.elements {
                 values.push(d.codec.decode(bytes).map_err(|source| StateError::Codec {
                     state: d.name.clone(),
                     source,
                 })?);
             }
+            self.restored.remove(&d.name);
         }
         self.registered.push(Registered {
             name: d.name.clone(),
@@ -247,9 +233,38 @@ impl OperatorStateBackend {
     }
 }
 
+/// Checks a descriptor against the mode and codec a state has (restored or registered).
+fn check<V: 'static>(
+    uid: &str,
+    name: &str,
+    mode: Redistribution,
+    codec: &crate::codec::CodecIdentity,
+    d: &OperatorListStateDescriptor<V>,
+) -> Result<()> {
+    if mode != d.mode {
+        return Err(StateError::Restore {
+            reason: format!(
+                "operator state {name} of operator {} has mode {mode:?} but is registered with mode {:?}",
+                uid, d.mode
+            ),
+        });
+    }
+    if !codec.is_compatible_with(d.codec.identity()) {
+        return Err(StateError::IncompatibleCodec {
+            uid: uid.to_string(),
+            state: name.to_string(),
+            part: "operator list element",
+            stored: Box::new(codec.clone()),
+            expected: Box::new(d.codec.identity().clone()),
+        });
+    }
+    Ok(())
+}
+
 /// Redistributes the operator states of `old` subtasks (index = old subtask) over
-/// `new_parallelism` subtasks: [`Redistribution::Split`] deals the elements, taken in old
-/// subtask order, round-robin (element `j` goes to subtask `j mod p`);
+/// `new_parallelism` subtasks: [`Redistribution::Split`] keeps each subtask's elements when
+/// the parallelism is unchanged, and otherwise deals the elements, taken in old subtask
+/// order, round-robin (element `j` goes to subtask `j mod p`);
 /// [`Redistribution::Union`] gives every subtask all elements. A state whose mode or codec
 /// differs between old subtasks is an error.
 pub fn redistribute(
@@ -288,6 +303,11 @@ pub fn redistribute(
         for (i, target) in out.iter_mut().enumerate() {
             let mine: Vec<Vec<u8>> = match mode {
                 Redistribution::Union => elements.iter().map(|e| e.to_vec()).collect(),
+                Redistribution::Split if old.len() == p => old
+                    .get(i)
+                    .and_then(|sub| sub.iter().find(|s| s.name == name))
+                    .map(|s| s.elements.clone())
+                    .unwrap_or_default(),
                 Redistribution::Split => elements
                     .iter()
                     .skip(i)
@@ -352,6 +372,42 @@ mod tests {
         for s in new {
             assert_eq!(restore_values(s, "u", true), vec![1, 2]);
         }
+    }
+
+    #[test]
+    fn split_keeps_assignment_at_unchanged_parallelism() {
+        let old = vec![
+            backend_with(&[1, 2, 3], "offsets", false),
+            backend_with(&[4], "offsets", false),
+        ];
+        let got: Vec<Vec<u64>> = redistribute("src", &old, 2)
+            .unwrap()
+            .into_iter()
+            .map(|s| restore_values(s, "offsets", false))
+            .collect();
+        assert_eq!(got, vec![vec![1, 2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn failed_registration_keeps_the_restored_state() {
+        // Same identity, bytes that do not decode as the registered type.
+        let mut snap = backend_with(&[7], "offsets", false);
+        snap[0].elements = vec![vec![1, 2, 3]];
+        let mut b = OperatorStateBackend::new("src");
+        b.restore(snap.clone()).unwrap();
+        let d = OperatorListStateDescriptor::<u64>::split("offsets");
+        assert!(matches!(b.register_list(&d), Err(StateError::Codec { .. })));
+        assert_eq!(
+            b.snapshot().unwrap(),
+            snap,
+            "restored state is still carried"
+        );
+        let err = b
+            .register_list(&OperatorListStateDescriptor::<u64>::union("offsets"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode Split") && err.contains("Union"), "{err}");
+        assert_eq!(b.snapshot().unwrap(), snap);
     }
 
     #[test]

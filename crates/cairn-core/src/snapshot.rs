@@ -113,6 +113,16 @@ pub struct CanonicalFile {
     pub key_groups: Vec<KeyGroupRange>,
 }
 
+/// One file of a native RocksDB checkpoint directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NativeFile {
+    /// Where the file is stored (SST files are shared and named by content; the
+    /// instance's MANIFEST, CURRENT and OPTIONS files are private).
+    pub file: FileRef,
+    /// Its name inside the RocksDB directory (one segment, e.g. `000042.sst`).
+    pub local_name: String,
+}
+
 /// How a subtask's keyed state is stored.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -123,6 +133,13 @@ pub enum KeyedData {
     Canonical {
         /// The files and which key groups each supplies.
         files: Vec<CanonicalFile>,
+    },
+    /// A native RocksDB checkpoint of the subtask's instance (`cairn-rocksdb`): every file
+    /// of the checkpoint directory. Only the RocksDB backend restores it; the key-group
+    /// range of the handle says which key groups the instance holds.
+    RocksNative {
+        /// The files of the checkpoint directory.
+        files: Vec<NativeFile>,
     },
 }
 
@@ -141,9 +158,10 @@ pub struct KeyedStateHandle {
 
 impl KeyedStateHandle {
     /// Every file the handle references.
-    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+    pub fn files(&self) -> Box<dyn Iterator<Item = &FileRef> + '_> {
         match &self.data {
-            KeyedData::Canonical { files } => files.iter().map(|f| &f.file),
+            KeyedData::Canonical { files } => Box::new(files.iter().map(|f| &f.file)),
+            KeyedData::RocksNative { files } => Box::new(files.iter().map(|f| &f.file)),
         }
     }
 }

@@ -223,6 +223,24 @@ fn validate_keyed(
                 ));
             }
         }
+        KeyedData::RocksNative { files } => {
+            let mut local = std::collections::BTreeSet::new();
+            for nf in files {
+                check_file_ref(&nf.file, snapshot_type)?;
+                if !is_valid_file_name(&nf.local_name) || nf.local_name.contains('/') {
+                    return Err(format!(
+                        "invalid native local file name name={:?}",
+                        nf.local_name
+                    ));
+                }
+                if !local.insert(nf.local_name.as_str()) {
+                    return Err(format!(
+                        "native local file name appears twice name={}",
+                        nf.local_name
+                    ));
+                }
+            }
+        }
         #[allow(unreachable_patterns)]
         _ => return Err("keyed data kind not supported by format v1".to_string()),
     }

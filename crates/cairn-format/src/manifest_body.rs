@@ -3,7 +3,7 @@
 
 use cairn_core::{
     CanonicalFile, CodecIdentity, FileArea, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle,
-    OperatorStateSnapshot, Redistribution, SnapshotType, StateKind, StateMeta,
+    NativeFile, OperatorStateSnapshot, Redistribution, SnapshotType, StateKind, StateMeta,
 };
 
 use crate::codec::{Reader, Writer};
@@ -20,6 +20,7 @@ const AREA_SHARED: u8 = 2;
 const REDISTRIBUTION_SPLIT: u8 = 1;
 const REDISTRIBUTION_UNION: u8 = 2;
 const KEYED_DATA_CANONICAL: u8 = 1;
+const KEYED_DATA_ROCKS_NATIVE: u8 = 2;
 
 // Minimum encoded sizes, which bound counts before allocation.
 const MIN_STR: usize = 4;
@@ -28,7 +29,9 @@ const MIN_OPERATOR: usize = MIN_STR + 4 + 4 + 4;
 const MIN_SUBTASK: usize = 8 + 1 + 4;
 const MIN_OPERATOR_STATE: usize = MIN_STR + 1 + MIN_CODEC + 4;
 const MIN_STATE_META: usize = MIN_STR + 1 + 2 * MIN_CODEC + 1;
-const MIN_CANONICAL_FILE: usize = 1 + MIN_STR + 8 + 4 + 4;
+const MIN_FILE_REF: usize = 1 + MIN_STR + 8 + 4;
+const MIN_CANONICAL_FILE: usize = MIN_FILE_REF + 4;
+const MIN_NATIVE_FILE: usize = MIN_FILE_REF + MIN_STR;
 const RANGE_LEN: usize = 8;
 
 // Body:
@@ -103,11 +106,13 @@ fn operator_state(w: &mut Writer<'_>, s: &OperatorStateSnapshot) -> Result<(), F
     Ok(())
 }
 
-// keyed handle: range, key codec, vec<state meta>, data tag u8 (1 canonical), data
+// keyed handle: range, key codec, vec<state meta>, data tag u8 (1 canonical, 2 native
+//               RocksDB), data
 // state meta: name str, kind u8 (StateKind::code), namespace codec, value codec,
 //             opt<user key codec>
-// canonical data: vec<canonical file>
-// canonical file: area u8 (1 private, 2 shared), name str, size u64, crc32 u32, vec<range>
+// file ref: area u8 (1 private, 2 shared), name str, size u64, crc32 u32
+// canonical data: vec<canonical file>; canonical file: file ref, vec<range>
+// native data: vec<native file>; native file: file ref, local_name str
 fn keyed(w: &mut Writer<'_>, h: &KeyedStateHandle) -> Result<(), FormatError> {
     range(w, h.key_group_range);
     codec(w, &h.key_codec)?;
@@ -130,17 +135,19 @@ fn keyed(w: &mut Writer<'_>, h: &KeyedStateHandle) -> Result<(), FormatError> {
             w.u8(KEYED_DATA_CANONICAL);
             w.len(files.len(), "files")?;
             for f in files {
-                w.u8(match f.file.area {
-                    FileArea::Private => AREA_PRIVATE,
-                    FileArea::Shared => AREA_SHARED,
-                });
-                w.str(&f.file.name, "file name")?;
-                w.u64(f.file.size);
-                w.u32(f.file.crc32);
+                file_ref(w, &f.file)?;
                 w.len(f.key_groups.len(), "file key groups")?;
                 for r in &f.key_groups {
                     range(w, *r);
                 }
+            }
+        }
+        KeyedData::RocksNative { files } => {
+            w.u8(KEYED_DATA_ROCKS_NATIVE);
+            w.len(files.len(), "files")?;
+            for f in files {
+                file_ref(w, &f.file)?;
+                w.str(&f.local_name, "local file name")?;
             }
         }
         #[allow(unreachable_patterns)]
@@ -152,6 +159,32 @@ fn keyed(w: &mut Writer<'_>, h: &KeyedStateHandle) -> Result<(), FormatError> {
         }
     }
     Ok(())
+}
+
+fn file_ref(w: &mut Writer<'_>, f: &FileRef) -> Result<(), FormatError> {
+    w.u8(match f.area {
+        FileArea::Private => AREA_PRIVATE,
+        FileArea::Shared => AREA_SHARED,
+    });
+    w.str(&f.name, "file name")?;
+    w.u64(f.size);
+    w.u32(f.crc32);
+    Ok(())
+}
+
+fn decode_file_ref(r: &mut Reader<'_>) -> Result<FileRef, FormatError> {
+    let at = r.offset();
+    let area = match r.u8("file area")? {
+        AREA_PRIVATE => FileArea::Private,
+        AREA_SHARED => FileArea::Shared,
+        t => return Err(r.corrupt_at(at, format!("unknown file area code={t}"))),
+    };
+    Ok(FileRef {
+        area,
+        name: r.string("file name")?,
+        size: r.u64("file size")?,
+        crc32: r.u32("file checksum")?,
+    })
 }
 
 pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<Manifest, FormatError> {
@@ -287,31 +320,25 @@ fn decode_keyed(r: &mut Reader<'_>) -> Result<KeyedStateHandle, FormatError> {
             let nf = r.count(MIN_CANONICAL_FILE, "files")?;
             let mut files = Vec::with_capacity(nf);
             for _ in 0..nf {
-                let at = r.offset();
-                let area = match r.u8("file area")? {
-                    AREA_PRIVATE => FileArea::Private,
-                    AREA_SHARED => FileArea::Shared,
-                    t => return Err(r.corrupt_at(at, format!("unknown file area code={t}"))),
-                };
-                let name = r.string("file name")?;
-                let size = r.u64("file size")?;
-                let crc32 = r.u32("file checksum")?;
+                let file = decode_file_ref(r)?;
                 let nr = r.count(RANGE_LEN, "file key groups")?;
                 let mut key_groups = Vec::with_capacity(nr);
                 for _ in 0..nr {
                     key_groups.push(decode_range(r)?);
                 }
-                files.push(CanonicalFile {
-                    file: FileRef {
-                        area,
-                        name,
-                        size,
-                        crc32,
-                    },
-                    key_groups,
-                });
+                files.push(CanonicalFile { file, key_groups });
             }
             KeyedData::Canonical { files }
+        }
+        KEYED_DATA_ROCKS_NATIVE => {
+            let nf = r.count(MIN_NATIVE_FILE, "files")?;
+            let mut files = Vec::with_capacity(nf);
+            for _ in 0..nf {
+                let file = decode_file_ref(r)?;
+                let local_name = r.string("local file name")?;
+                files.push(NativeFile { file, local_name });
+            }
+            KeyedData::RocksNative { files }
         }
         t => {
             return Err(FormatError::UnsupportedFeature {

@@ -151,6 +151,8 @@ fn committed_savepoint_decodes_to_the_logical_content() {
     }
     let m = decode_manifest(&read("checkpoint-incremental.manifest"), "c").unwrap();
     assert_eq!(m, checkpoint_manifest());
+    let m = decode_manifest(&read("checkpoint-native.manifest"), "n").unwrap();
+    assert_eq!(m, native_manifest());
     let r = StateFileReader::open(Bytes::from(read("empty.state")), "empty.state").unwrap();
     assert!(r.key_groups().is_empty());
     r.verify_all().unwrap();

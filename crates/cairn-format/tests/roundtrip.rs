@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use cairn_core::{
     CanonicalFile, CodecIdentity, FileArea, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle,
-    OperatorStateSnapshot, Redistribution, SnapshotType, StateKind, StateMeta,
+    NativeFile, OperatorStateSnapshot, Redistribution, SnapshotType, StateKind, StateMeta,
 };
 use cairn_format::{
     decode_list, decode_manifest, encode_list, encode_manifest, EntryRef, FileState, FormatError,
@@ -75,8 +75,35 @@ fn keyed(range: KeyGroupRange, savepoint: bool) -> impl Strategy<Value = KeyedSt
         names.prop_flat_map(|n| n.into_iter().map(state_meta).collect::<Vec<_>>()),
         proptest::collection::btree_set(range.start..range.end.max(range.start + 1), 0..4),
         proptest::collection::vec((0usize..3, any::<bool>(), any::<u64>(), any::<u32>()), 3),
+        any::<bool>(),
     )
-        .prop_map(move |(key_codec, states, cuts, files)| {
+        .prop_map(move |(key_codec, states, cuts, files, native)| {
+            if native {
+                // A native RocksDB handle: the same files as one checkpoint directory.
+                let files = files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, shared, size, crc32))| NativeFile {
+                        file: FileRef {
+                            area: if *shared && !savepoint {
+                                FileArea::Shared
+                            } else {
+                                FileArea::Private
+                            },
+                            name: format!("op/native-{i}.sst"),
+                            size: *size,
+                            crc32: *crc32,
+                        },
+                        local_name: format!("00000{i}.sst"),
+                    })
+                    .collect();
+                return KeyedStateHandle {
+                    key_group_range: range,
+                    key_codec,
+                    states,
+                    data: KeyedData::RocksNative { files },
+                };
+            }
             let mut bounds: Vec<u32> = cuts.into_iter().filter(|c| *c > range.start).collect();
             bounds.push(range.end);
             let mut per_file: BTreeMap<usize, Vec<KeyGroupRange>> = BTreeMap::new();

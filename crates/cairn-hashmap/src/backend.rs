@@ -300,6 +300,9 @@ impl KeyedStateBackend for HashMapBackend {
     fn set_current_key(&mut self, serialized_key: &[u8]) -> Result<()> {
         let kg = key_group_for_key(serialized_key, self.max_parallelism);
         if !self.range.contains(kg) {
+            // No key is current after a failed set, so a caller that ignores the error cannot
+            // write to the previous key.
+            self.current.set = false;
             return Err(StateError::KeyGroupOutOfRange {
                 key_group: kg,
                 range: self.range,

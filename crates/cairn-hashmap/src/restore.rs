@@ -149,11 +149,21 @@ pub(crate) fn load(
                 }
             }
         }
-        let KeyedData::Canonical { files: canonical } = &h.data else {
-            return Err(restore_error(format!(
-                "unsupported keyed data in handle for key groups {} uid={}",
-                h.key_group_range, t.uid
-            )));
+        let canonical = match &h.data {
+            KeyedData::Canonical { files } => files,
+            KeyedData::RocksNative { .. } => {
+                return Err(restore_error(format!(
+                    "a native RocksDB checkpoint restores only under the rocksdb backend; take a savepoint (canonical) to switch backends key_groups={} uid={}",
+                    h.key_group_range, t.uid
+                )))
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(restore_error(format!(
+                    "unsupported keyed data in handle for key groups {} uid={}",
+                    h.key_group_range, t.uid
+                )))
+            }
         };
         for cf in canonical {
             for r in &cf.key_groups {
@@ -186,6 +196,17 @@ pub(crate) fn load(
                 plan.ranges.push(mine);
             }
         }
+    }
+    // Every key group this backend owns must come from some handle: a gap means handles are
+    // missing or the snapshot has another max parallelism, and restoring would silently
+    // lose the state of those key groups.
+    if let Some(i) = claimed.iter().position(|c| !c) {
+        return Err(restore_error(format!(
+            "key group {} of this backend's range {} is supplied by no handle (handles missing, or the snapshot was taken with another max parallelism) uid={}",
+            t.range.start + i as u32,
+            t.range,
+            t.uid
+        )));
     }
     let mut raw: BTreeMap<String, RawState> = metas
         .into_iter()

@@ -53,6 +53,8 @@ enum Outcome {
 #[derive(Debug)]
 struct Pending {
     own: Vec<bool>,
+    /// Whether the checkpoint may reference the base (false: a full checkpoint).
+    incremental: bool,
     outcome: Arc<OnceLock<Outcome>>,
 }
 
@@ -84,12 +86,16 @@ impl Incremental {
                 *w |= *d;
             }
         }
+        // A full checkpoint still pending may complete before this one and end the base
+        // (retention may then delete the base's shared files), so do not reference it.
+        let full_pending = self.pending.values().any(|p| !p.incremental);
         let outcome = Arc::new(OnceLock::new());
         // A retried id replaces the older attempt; keep the older attempt's changes.
         if let Some(old) = self.pending.insert(
             id,
             Pending {
                 own,
+                incremental,
                 outcome: outcome.clone(),
             },
         ) {
@@ -98,7 +104,11 @@ impl Incremental {
         IncrementalPlan {
             incremental,
             write,
-            base: self.base.as_ref().map(|(_, b)| b.clone()),
+            base: if full_pending {
+                None
+            } else {
+                self.base.as_ref().map(|(_, b)| b.clone())
+            },
             outcome,
         }
     }

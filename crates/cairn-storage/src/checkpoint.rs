@@ -278,11 +278,20 @@ impl CheckpointStorage {
     }
 
     /// Reads checkpoint `checkpoint_id`'s files for restore.
+    ///
+    /// While the source (or a clone) lives, it holds a restore lease: GC in this process keeps
+    /// checkpoint `checkpoint_id` and every shared file its manifest references, even when
+    /// it is no longer among the retained ones.
     pub fn source(&self, checkpoint_id: u64) -> CheckpointSource {
+        self.inner.registry.lock().begin_restore(checkpoint_id);
         CheckpointSource {
             store: self.inner.store.clone(),
             private: checkpoint_dir(&self.inner.root, checkpoint_id),
             shared: shared_dir(&self.inner.root),
+            _lease: Arc::new(RestoreLease {
+                inner: self.inner.clone(),
+                checkpoint_id,
+            }),
         }
     }
 
@@ -488,6 +497,25 @@ pub struct CheckpointSource {
     store: Store,
     private: Path,
     shared: Path,
+    _lease: Arc<RestoreLease>,
+}
+
+/// Keeps a checkpoint from GC while a restore reads it; released on drop.
+struct RestoreLease {
+    inner: Arc<Inner>,
+    checkpoint_id: u64,
+}
+
+impl fmt::Debug for RestoreLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RestoreLease({})", self.checkpoint_id)
+    }
+}
+
+impl Drop for RestoreLease {
+    fn drop(&mut self) {
+        self.inner.registry.lock().end_restore(self.checkpoint_id);
+    }
 }
 
 impl CheckpointSource {

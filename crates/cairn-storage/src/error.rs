@@ -73,6 +73,16 @@ pub enum StorageError {
         /// The size found.
         actual: u64,
     },
+    /// An object is larger than what may be read of it (a manifest over the format's limit).
+    #[error("object is larger than the limit: {size} bytes, at most {max} path={path}")]
+    TooLarge {
+        /// The object.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A file's CRC32 differs from its reference.
     #[error("file has wrong checksum: expected crc32 {expected:#010x}, found {actual:#010x} path={path}")]
     ChecksumMismatch {

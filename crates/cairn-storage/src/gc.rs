@@ -17,6 +17,9 @@ pub struct GcReport {
     pub retained: Vec<u64>,
     /// Completed checkpoints deleted (subsumed), ascending.
     pub subsumed: Vec<u64>,
+    /// Completed checkpoints beyond the retained ones, kept because a restore in this
+    /// process is reading them (see [`CheckpointStorage::source`]), ascending.
+    pub kept_restoring: Vec<u64>,
     /// Incomplete (or corrupt-manifest) checkpoint directories deleted: older than the newest
     /// completed checkpoint and not in flight in this process.
     pub incomplete: Vec<u64>,
@@ -59,6 +62,12 @@ impl CheckpointStorage {
         let _guard = GcGuard::new(self);
         let mut report = self.plan(num_retained)?;
         for &id in &report.subsumed {
+            // A restore that began after the plan holds on to the checkpoint's files only if
+            // its manifest was kept: skip it (its shared files may still go; the restore then
+            // fails cleanly with a missing file rather than reading wrong state).
+            if self.inner.registry.lock().is_restoring(id) {
+                continue;
+            }
             self.delete_checkpoint_dir(id)?;
         }
         let mut deleted_incomplete = Vec::new();
@@ -120,17 +129,23 @@ impl CheckpointStorage {
             .map(|(id, _)| *id)
             .collect();
         let split = complete.len().saturating_sub(num_retained);
-        report.subsumed = complete[..split].to_vec();
         report.retained = complete[split..].to_vec();
         let newest = report.retained.last().copied();
         let mut referenced = BTreeSet::new();
         let mut kept_corrupt = false;
         {
             let reg = self.inner.registry.lock();
+            for &id in &complete[..split] {
+                if reg.is_restoring(id) {
+                    report.kept_restoring.push(id);
+                } else {
+                    report.subsumed.push(id);
+                }
+            }
             for (id, status) in &scan {
                 match status {
                     CheckpointStatus::Complete(m) => {
-                        if report.retained.contains(id) {
+                        if report.retained.contains(id) || report.kept_restoring.contains(id) {
                             referenced.extend(
                                 m.files()
                                     .filter(|f| f.area == FileArea::Shared)

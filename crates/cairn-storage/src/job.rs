@@ -189,7 +189,11 @@ pub fn restore_subtask<B: KeyedStateBackend>(
                 ),
             });
         }
-        b.restore(&keyed_handles_for(op, range), source)?;
+        let handles = keyed_handles_for(op, range);
+        // An operator that kept no keyed state in the snapshot restores as empty.
+        if !handles.is_empty() {
+            b.restore(&handles, source)?;
+        }
     }
     let old: Vec<Vec<OperatorStateSnapshot>> = op
         .subtasks

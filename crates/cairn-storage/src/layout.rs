@@ -79,7 +79,14 @@ pub(crate) fn read_checked(
     path: &Path,
     file: &FileRef,
 ) -> Result<Bytes, StorageError> {
-    let bytes = store.get(path)?;
+    let bytes = store.get_bounded(path, file.size).map_err(|e| match e {
+        StorageError::TooLarge { path, size, .. } => StorageError::SizeMismatch {
+            path,
+            expected: file.size,
+            actual: size,
+        },
+        e => e,
+    })?;
     if bytes.len() as u64 != file.size {
         return Err(StorageError::SizeMismatch {
             path: path.to_string(),
@@ -92,7 +99,7 @@ pub(crate) fn read_checked(
 
 /// Reads and decodes the manifest at `path`: `Ok(None)` if it does not exist.
 pub(crate) fn read_manifest(store: &Store, path: &Path) -> Result<Option<Manifest>, StorageError> {
-    let bytes = match store.get(path) {
+    let bytes = match store.get_bounded(path, cairn_format::MAX_MANIFEST_LEN as u64) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),

@@ -45,6 +45,8 @@ pub(crate) struct RegistryState {
     gc_running: usize,
     /// The highest checkpoint id begun in this process.
     max_begun: Option<u64>,
+    /// Completed checkpoints being restored in this process, with the number of readers.
+    restoring: BTreeMap<u64, usize>,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +139,26 @@ impl RegistryState {
     /// Whether shared file `name` is protected.
     pub(crate) fn is_shared_in_flight(&self, name: &str) -> bool {
         self.entries.values().any(|e| e.shared.contains(name))
+    }
+
+    /// A restore of checkpoint `id` starts reading; GC keeps it until [`Self::end_restore`].
+    pub(crate) fn begin_restore(&mut self, id: u64) {
+        *self.restoring.entry(id).or_insert(0) += 1;
+    }
+
+    /// A restore of checkpoint `id` is done reading.
+    pub(crate) fn end_restore(&mut self, id: u64) {
+        if let Some(n) = self.restoring.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.restoring.remove(&id);
+            }
+        }
+    }
+
+    /// Whether a restore is reading checkpoint `id`.
+    pub(crate) fn is_restoring(&self, id: u64) -> bool {
+        self.restoring.contains_key(&id)
     }
 
     pub(crate) fn gc_started(&mut self) {

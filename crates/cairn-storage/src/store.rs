@@ -147,10 +147,23 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a whole object.
-    pub(crate) fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
-        self.block_on("get", async { self.store.get(path).await?.bytes().await })?
-            .map_err(|e| StorageError::store("get", path, e))
+    /// Reads a whole object whose size is at most `max` bytes; a larger one is an error before
+    /// any of it is read (so a bad or hostile object cannot make the reader allocate
+    /// unboundedly).
+    pub(crate) fn get_bounded(&self, path: &Path, max: u64) -> Result<Bytes, StorageError> {
+        self.block_on("get", async {
+            let result = self.store.get(path).await?;
+            let size = result.meta.size;
+            if size > max {
+                return Ok(Err(StorageError::TooLarge {
+                    path: path.to_string(),
+                    size,
+                    max,
+                }));
+            }
+            result.bytes().await.map(Ok)
+        })?
+        .map_err(|e| StorageError::store("get", path, e))?
     }
 
     /// The size of an object, `None` if it does not exist.

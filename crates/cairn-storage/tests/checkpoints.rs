@@ -312,3 +312,30 @@ fn failed_reference_does_not_protect_the_name() {
     );
     drop(w1);
 }
+
+/// A restore in progress (a live `CheckpointSource`) keeps its checkpoint and the shared
+/// files it references from GC; once the source is dropped, GC takes them.
+#[test]
+fn gc_keeps_a_checkpoint_while_it_is_restored() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &["s1.sst"]);
+    let source = storage.source(1);
+    write_checkpoint(&storage, 2, &["s2.sst"]);
+    let report = storage.retain(1).unwrap();
+    assert_eq!(report.kept_restoring, vec![1]);
+    assert!(report.subsumed.is_empty());
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1, 2]);
+    assert_restorable(&storage, 1);
+    let m1 = storage.load(1).unwrap();
+    for f in m1.files() {
+        source.read(f).unwrap();
+    }
+    drop(source);
+    let report = storage.retain(1).unwrap();
+    assert_eq!(report.subsumed, vec![1]);
+    assert_eq!(report.shared_deleted, vec!["s1.sst".to_string()]);
+    assert_eq!(
+        common::shared_on_store(&store, "jobs/j1"),
+        ["s2.sst".to_string()].into_iter().collect()
+    );
+}

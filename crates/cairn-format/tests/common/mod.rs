@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cairn_core::{
     key_group_for_key, BincodeCodec, CanonicalFile, Codec, CodecIdentity, FileArea, FileRef,
-    KeyGroupRange, KeyedData, KeyedStateHandle, OperatorStateSnapshot, Redistribution,
+    KeyGroupRange, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution,
     SnapshotType, StateKind, StateMeta, BINCODE_V1,
 };
 use cairn_format::{
@@ -281,6 +281,82 @@ pub fn checkpoint_manifest() -> Manifest {
     }
 }
 
+/// A native RocksDB checkpoint's manifest: two subtasks, each with its checkpoint directory's
+/// SST files (shared, content-named; one shared by both checkpoints' lineage) and its
+/// private MANIFEST, CURRENT and OPTIONS files.
+pub fn native_manifest() -> Manifest {
+    let native = |area, name: &str, local: &str, size, crc32| NativeFile {
+        file: FileRef {
+            area,
+            name: name.into(),
+            size,
+            crc32,
+        },
+        local_name: local.into(),
+    };
+    let subtask = |i: u32| {
+        let range = KeyGroupRange::for_subtask(8, 2, i).unwrap();
+        SubtaskManifest {
+            key_group_range: range,
+            keyed: Some(KeyedStateHandle {
+                key_group_range: range,
+                key_codec: codec("alloc::string::String", None),
+                states: vec![StateMeta {
+                    name: "count".into(),
+                    kind: StateKind::Value,
+                    namespace: codec("()", None),
+                    value: codec("u64", None),
+                    user_key: None,
+                }],
+                data: KeyedData::RocksNative {
+                    files: vec![
+                        native(
+                            FileArea::Shared,
+                            &format!("sst/{i}f3e2d1c0b0a09080-4096.sst"),
+                            "000012.sst",
+                            4096,
+                            0x1111_2222 + i,
+                        ),
+                        native(
+                            FileArea::Private,
+                            &format!("rocks-{i}/CURRENT"),
+                            "CURRENT",
+                            16,
+                            0x3333_4444,
+                        ),
+                        native(
+                            FileArea::Private,
+                            &format!("rocks-{i}/MANIFEST-000005"),
+                            "MANIFEST-000005",
+                            301,
+                            0x5555_6666,
+                        ),
+                        native(
+                            FileArea::Private,
+                            &format!("rocks-{i}/OPTIONS-000007"),
+                            "OPTIONS-000007",
+                            7022,
+                            0x7777_8888,
+                        ),
+                    ],
+                },
+            }),
+            operator_state: vec![],
+        }
+    };
+    Manifest {
+        checkpoint_id: 12,
+        snapshot_type: SnapshotType::Checkpoint,
+        timestamp_ms: 1_700_000_012_000,
+        operators: vec![OperatorManifest {
+            uid: "count".into(),
+            parallelism: 2,
+            max_parallelism: 8,
+            subtasks: vec![subtask(0), subtask(1)],
+        }],
+    }
+}
+
 pub fn list_value() -> Vec<u8> {
     let mut v = Vec::new();
     encode_list([&b"first"[..], b"", b"third element"], &mut v);
@@ -320,6 +396,11 @@ pub fn valid_vectors() -> Vec<Vector> {
         name: "checkpoint-incremental.manifest".into(),
         kind: FileKind::Manifest,
         bytes: encode_manifest(&checkpoint_manifest()).unwrap(),
+    });
+    v.push(Vector {
+        name: "checkpoint-native.manifest".into(),
+        kind: FileKind::Manifest,
+        bytes: encode_manifest(&native_manifest()).unwrap(),
     });
     v.push(Vector {
         name: "empty.state".into(),
