@@ -1,0 +1,254 @@
+//! `state-dump entries`: the decoded entries of one keyed state.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use cairn_core::{CodecIdentity, KeyGroup, KeyGroupRange, StateKind, StateMeta};
+use cairn_format::decode_list;
+use serde_json::Value;
+
+use crate::error::DumpError;
+use crate::open::Snapshot;
+use crate::progress::Progress;
+use crate::scan::{file_count, operator, scan_operator, Entry};
+use crate::schema_decode::{hex, raw, Decoder};
+use crate::table;
+
+/// What `entries` prints.
+#[derive(Debug, Clone, Default)]
+pub struct EntriesOptions {
+    /// The operator uid.
+    pub uid: String,
+    /// The state name.
+    pub state: String,
+    /// Only this key group.
+    pub key_group: Option<KeyGroup>,
+    /// Only this key: its decoded JSON (`"hello"` or `hello` for a string key, `42`), or
+    /// the hex of its bytes.
+    pub key: Option<String>,
+    /// At most this many entries.
+    pub limit: Option<u64>,
+    /// JSON lines instead of a table.
+    pub json: bool,
+}
+
+/// One decoded entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEntry {
+    /// The key group.
+    pub key_group: KeyGroup,
+    /// The key.
+    pub key: Value,
+    /// The namespace (`null` for the void namespace).
+    pub namespace: Value,
+    /// The map's user key (map state only).
+    pub user_key: Option<Value>,
+    /// The value; a list state's value is the array of its elements.
+    pub value: Value,
+}
+
+impl DecodedEntry {
+    /// One JSON object: `{"key":…,"namespace":…[,"user_key":…],"value":…,"key_group":N}`.
+    pub fn to_json_line(&self) -> String {
+        let mut s = format!("{{\"key\":{},\"namespace\":{}", self.key, self.namespace);
+        if let Some(uk) = &self.user_key {
+            s.push_str(&format!(",\"user_key\":{uk}"));
+        }
+        s.push_str(&format!(
+            ",\"value\":{},\"key_group\":{}}}",
+            self.value, self.key_group
+        ));
+        s
+    }
+}
+
+/// The decoders of one state (and of the key), built once per codec identity.
+#[derive(Debug, Default)]
+pub struct Decoders {
+    by_codec: HashMap<CodecIdentity, Decoder>,
+}
+
+impl Decoders {
+    fn decode(&mut self, id: &CodecIdentity, bytes: &[u8]) -> Value {
+        self.by_codec
+            .entry(id.clone())
+            .or_insert_with(|| Decoder::for_codec(id))
+            .decode(bytes)
+    }
+
+    fn value(&mut self, meta: &StateMeta, bytes: &[u8]) -> Value {
+        if meta.kind == StateKind::List {
+            return match decode_list(bytes) {
+                Ok(elements) => Value::Array(
+                    elements
+                        .into_iter()
+                        .map(|e| self.decode(&meta.value, e))
+                        .collect(),
+                ),
+                Err(_) => raw(bytes),
+            };
+        }
+        self.decode(&meta.value, bytes)
+    }
+
+    /// Decodes one entry with the codecs the manifest stores.
+    pub fn entry(&mut self, e: &Entry<'_>) -> DecodedEntry {
+        let user_key = match (e.entry.user_key, &e.state.user_key) {
+            (Some(b), Some(id)) => Some(self.decode(id, b)),
+            (Some(b), None) => Some(raw(b)),
+            (None, _) => None,
+        };
+        DecodedEntry {
+            key_group: e.entry.key_group,
+            key: self.decode(&e.handle.key_codec, e.entry.key),
+            namespace: self.decode(&e.state.namespace, e.entry.namespace),
+            user_key,
+            value: self.value(e.state, e.entry.value),
+        }
+    }
+}
+
+/// Whether `key` (decoded `decoded`, raw `bytes`) is the key the user asked for.
+fn key_matches(want: &str, decoded: &Value, bytes: &[u8]) -> bool {
+    if decoded.as_str() == Some(want) {
+        return true;
+    }
+    if serde_json::from_str::<Value>(want).is_ok_and(|v| &v == decoded) {
+        return true;
+    }
+    let h = hex(bytes);
+    want == h || want.strip_prefix("0x") == Some(h.as_str())
+}
+
+/// Writes the entries of one state to `out`: JSON lines with `json`, else an aligned table.
+/// Returns how many entries were written.
+pub fn write_entries(
+    s: &Snapshot,
+    opts: &EntriesOptions,
+    out: &mut dyn Write,
+    progress: &dyn Progress,
+) -> Result<u64, DumpError> {
+    let op = operator(s, &opts.uid)?;
+    let known = op
+        .subtasks
+        .iter()
+        .filter_map(|st| st.keyed.as_ref())
+        .any(|h| h.states.iter().any(|m| m.name == opts.state));
+    if !known {
+        let mut names: Vec<&str> = op
+            .subtasks
+            .iter()
+            .filter_map(|st| st.keyed.as_ref())
+            .flat_map(|h| h.states.iter().map(|m| m.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        return Err(DumpError::usage(format!(
+            "operator uid={} has no keyed state {}; its keyed states: {}",
+            opts.uid,
+            opts.state,
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    if let Some(kg) = opts.key_group {
+        if kg >= op.max_parallelism {
+            return Err(DumpError::usage(format!(
+                "key group {kg} is out of range: operator uid={} has key groups 0..{}",
+                opts.uid, op.max_parallelism
+            )));
+        }
+    }
+    let only = opts.key_group.map(|kg| KeyGroupRange::new(kg, kg + 1));
+    let mut decoders = Decoders::default();
+    let mut count = 0u64;
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut is_map = false;
+    let limit = opts.limit.unwrap_or(u64::MAX);
+    progress.start("entries", file_count(op));
+    let write_err = |e: std::io::Error| DumpError::data("<stdout>", format!("write failed: {e}"));
+    let mut done = false;
+    scan_operator(s, op, only, progress, &mut |e| {
+        if done || e.state.name != opts.state {
+            return Ok(());
+        }
+        let d = decoders.entry(&e);
+        if let Some(k) = &opts.key {
+            if !key_matches(k, &d.key, e.entry.key) {
+                return Ok(());
+            }
+        }
+        if count >= limit {
+            done = true;
+            return Ok(());
+        }
+        count += 1;
+        if opts.json {
+            writeln!(out, "{}", d.to_json_line()).map_err(write_err)?;
+        } else {
+            is_map |= d.user_key.is_some();
+            rows.push(vec![
+                d.key_group.to_string(),
+                d.key.to_string(),
+                d.namespace.to_string(),
+                d.user_key.map_or(String::new(), |u| u.to_string()),
+                d.value.to_string(),
+            ]);
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    if !opts.json {
+        let text = if is_map {
+            table::render(
+                &["KEY_GROUP", "KEY", "NAMESPACE", "USER_KEY", "VALUE"],
+                &rows,
+            )
+        } else {
+            let rows: Vec<Vec<String>> = rows
+                .into_iter()
+                .map(|mut r| {
+                    r.remove(3);
+                    r
+                })
+                .collect();
+            table::render(&["KEY_GROUP", "KEY", "NAMESPACE", "VALUE"], &rows)
+        };
+        out.write_all(text.as_bytes()).map_err(write_err)?;
+    }
+    out.flush().map_err(write_err)?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_line_shape() {
+        let e = DecodedEntry {
+            key_group: 3,
+            key: json!("hello"),
+            namespace: Value::Null,
+            user_key: None,
+            value: json!(2),
+        };
+        assert_eq!(
+            e.to_json_line(),
+            r#"{"key":"hello","namespace":null,"value":2,"key_group":3}"#
+        );
+    }
+
+    #[test]
+    fn key_filters() {
+        assert!(key_matches("hello", &json!("hello"), b"x"));
+        assert!(key_matches("\"hello\"", &json!("hello"), b"x"));
+        assert!(key_matches("42", &json!(42), b"x"));
+        assert!(key_matches("0x78", &json!({"hex": "78"}), b"x"));
+        assert!(!key_matches("hell", &json!("hello"), b"x"));
+    }
+}

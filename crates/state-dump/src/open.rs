@@ -1,0 +1,321 @@
+//! Resolving a PATH to a snapshot (a checkpoint directory, a savepoint directory or their
+//! `_metadata` file; a local path, a `file://` URL or an object-store URL) and reading its
+//! files, with errors that name the full path the user knows.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use cairn_core::{CanonicalFile, FileArea, FileRef, KeyedData, KeyedStateHandle, SnapshotType};
+use cairn_format::{Manifest, MANIFEST_FILE_NAME};
+use cairn_storage::{
+    open_savepoint, CheckpointSource, CheckpointStorage, SavepointSource, StorageError,
+};
+
+use crate::error::{from_storage, DumpError};
+
+/// The message for native RocksDB data, which this build cannot decode yet.
+pub const NATIVE_UNSUPPORTED: &str =
+    "native RocksDB snapshots need the rocksdb backend: not supported by this build yet";
+
+/// An opened checkpoint or savepoint: its manifest and a reader of its files.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The snapshot's directory as shown to the user.
+    pub location: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Where the store's object paths start (the job root or the savepoint directory).
+    base: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Checkpoint(CheckpointSource),
+    Savepoint(SavepointSource),
+}
+
+/// A job's checkpoint directory (`<job>`, holding `chk-<id>/` and `shared/`).
+#[derive(Debug)]
+pub struct JobRoot {
+    /// The directory as shown to the user.
+    pub location: String,
+    /// The storage over it.
+    pub storage: CheckpointStorage,
+}
+
+impl JobRoot {
+    /// The path the user knows for an object path inside the root.
+    pub fn full(&self, object_path: &str) -> String {
+        join_display(&self.location, object_path)
+    }
+
+    /// Maps a storage error to one that names full paths.
+    pub fn err(&self, e: StorageError) -> DumpError {
+        from_storage(e, &|p| self.full(p))
+    }
+}
+
+fn join_display(base: &str, object_path: &str) -> String {
+    if object_path.starts_with('/') || object_path.contains("://") || object_path.is_empty() {
+        return object_path.to_string();
+    }
+    format!("{}/{object_path}", base.trim_end_matches('/'))
+}
+
+impl Snapshot {
+    /// Checkpoint or savepoint.
+    pub fn snapshot_type(&self) -> SnapshotType {
+        self.manifest.snapshot_type
+    }
+
+    /// The full path of a file the manifest references.
+    pub fn file_path(&self, f: &FileRef) -> String {
+        match (&self.source, f.area) {
+            (Source::Checkpoint(_), FileArea::Shared) => {
+                join_display(&self.base, &format!("shared/{}", f.name))
+            }
+            (Source::Checkpoint(_), FileArea::Private) => join_display(
+                &self.base,
+                &format!("chk-{}/{}", self.manifest.checkpoint_id, f.name),
+            ),
+            (Source::Savepoint(_), _) => join_display(&self.base, &f.name),
+        }
+    }
+
+    /// Reads a whole file, checking its size against the manifest.
+    pub fn read(&self, f: &FileRef) -> Result<Bytes, DumpError> {
+        let r = match &self.source {
+            Source::Checkpoint(s) => s.read(f),
+            Source::Savepoint(s) => s.read(f),
+        };
+        r.map_err(|e| match e {
+            // The store's path may be relative; name the file by its full path.
+            StorageError::NotFound { .. } => DumpError::Missing {
+                path: self.file_path(f),
+            },
+            e => from_storage(e, &|p| join_display(&self.base, p)),
+        })
+    }
+
+    /// Maps a storage error to one that names full paths.
+    pub fn err(&self, e: StorageError) -> DumpError {
+        from_storage(e, &|p| join_display(&self.base, p))
+    }
+}
+
+/// The canonical files of a keyed handle; native RocksDB data is an
+/// [`DumpError::Unsupported`] error naming the snapshot.
+pub(crate) fn canonical_files<'a>(
+    h: &'a KeyedStateHandle,
+    snapshot: &Snapshot,
+) -> Result<&'a [CanonicalFile], DumpError> {
+    match &h.data {
+        KeyedData::Canonical { files } => Ok(files),
+        _ => Err(DumpError::Unsupported {
+            path: snapshot.location.clone(),
+            detail: NATIVE_UNSUPPORTED.into(),
+        }),
+    }
+}
+
+/// A local path, or a URL with a scheme.
+enum Target {
+    Local(PathBuf),
+    Url(String),
+}
+
+fn parse_target(path: &str) -> Result<Target, DumpError> {
+    if path.is_empty() {
+        return Err(DumpError::usage("empty path"));
+    }
+    if let Some(rest) = path.strip_prefix("file://") {
+        let url = url::Url::parse(path).map_err(|e| DumpError::NotSnapshot {
+            path: path.to_string(),
+            detail: format!("invalid file URL: {e}"),
+        })?;
+        let p = url.to_file_path().map_err(|()| DumpError::NotSnapshot {
+            path: path.to_string(),
+            detail: format!("not an absolute file path: {rest}"),
+        })?;
+        return Ok(Target::Local(p));
+    }
+    if path.contains("://") {
+        return Ok(Target::Url(path.trim_end_matches('/').to_string()));
+    }
+    Ok(Target::Local(PathBuf::from(path)))
+}
+
+fn display(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The id of a `chk-<id>` directory name (canonical decimal only).
+fn checkpoint_id_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("chk-")?;
+    let id: u64 = digits.parse().ok()?;
+    (id.to_string() == digits).then_some(id)
+}
+
+/// Opens the checkpoint or savepoint at `path`.
+///
+/// A `chk-<id>` directory is read as checkpoint `<id>` of the job directory above it (its
+/// shared files are in `<job>/shared/`); any other directory as a savepoint.
+pub fn open_snapshot(path: &str) -> Result<Snapshot, DumpError> {
+    match parse_target(path)? {
+        Target::Local(p) => open_local(&p),
+        Target::Url(url) => open_url(&url),
+    }
+}
+
+fn open_local(p: &Path) -> Result<Snapshot, DumpError> {
+    let shown = display(p);
+    let meta = std::fs::metadata(p).map_err(|e| DumpError::NotSnapshot {
+        path: shown.clone(),
+        detail: format!("cannot open: {e}"),
+    })?;
+    let dir = if meta.is_dir() {
+        std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+    } else if p.file_name().is_some_and(|n| n == MANIFEST_FILE_NAME) {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        abs.parent().map(Path::to_path_buf).unwrap_or(abs)
+    } else {
+        return Err(DumpError::NotSnapshot {
+            path: shown,
+            detail: "a file that is not a _metadata manifest; give a checkpoint or savepoint directory or its _metadata file".into(),
+        });
+    };
+    let dir_str = path_str(&dir)?;
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(checkpoint_id_of);
+    if let (Some(id), Some(parent)) = (id, dir.parent()) {
+        let root = path_str(parent)?;
+        if let Some(s) = try_checkpoint(&root, &root, id, &dir_str)? {
+            return Ok(s);
+        }
+    }
+    open_savepoint_at(&dir_str, &dir_str)
+}
+
+fn path_str(p: &Path) -> Result<String, DumpError> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| DumpError::NotSnapshot {
+            path: p.display().to_string(),
+            detail: "path is not valid UTF-8".into(),
+        })
+}
+
+fn open_url(url: &str) -> Result<Snapshot, DumpError> {
+    let url = url
+        .strip_suffix(MANIFEST_FILE_NAME)
+        .map_or(url, |u| u.trim_end_matches('/'));
+    if let Some((parent, last)) = url.rsplit_once('/') {
+        if let Some(id) = checkpoint_id_of(last) {
+            if let Some(s) = try_checkpoint(parent, parent, id, url)? {
+                return Ok(s);
+            }
+        }
+    }
+    open_savepoint_at(url, url)
+}
+
+/// Checkpoint `id` of the job at `root`; `Ok(None)` when the directory holds a savepoint.
+fn try_checkpoint(
+    root: &str,
+    shown_root: &str,
+    id: u64,
+    location: &str,
+) -> Result<Option<Snapshot>, DumpError> {
+    let full = |p: &str| join_display(shown_root, p);
+    let storage = CheckpointStorage::open(root).map_err(|e| from_storage(e, &full))?;
+    match storage.load(id) {
+        Ok(manifest) => Ok(Some(Snapshot {
+            location: location.to_string(),
+            manifest,
+            base: shown_root.to_string(),
+            source: Source::Checkpoint(storage.source(id)),
+        })),
+        Err(StorageError::ManifestMismatch {
+            found_type: SnapshotType::Savepoint,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(from_storage(e, &full)),
+    }
+}
+
+fn open_savepoint_at(dir: &str, shown: &str) -> Result<Snapshot, DumpError> {
+    let full = |p: &str| join_display(shown, p);
+    match open_savepoint(dir) {
+        Ok((manifest, source)) => Ok(Snapshot {
+            location: shown.to_string(),
+            manifest,
+            base: shown.to_string(),
+            source: Source::Savepoint(source),
+        }),
+        Err(StorageError::ManifestMismatch {
+            found_type: SnapshotType::Checkpoint,
+            found_id,
+            ..
+        }) => Err(DumpError::NotSnapshot {
+            path: full(MANIFEST_FILE_NAME),
+            detail: format!(
+                "a checkpoint manifest (checkpoint {found_id}) outside a chk-<id> directory; checkpoints are read from <job>/chk-<id>"
+            ),
+        }),
+        Err(e) => Err(from_storage(e, &full)),
+    }
+}
+
+/// Opens a job's checkpoint directory (`<job>`, holding `chk-<id>/` and `shared/`). A local
+/// directory must exist (it is never created).
+pub fn open_job_root(path: &str) -> Result<JobRoot, DumpError> {
+    let (url, shown) = match parse_target(path)? {
+        Target::Local(p) => {
+            let shown = display(&p);
+            let meta = std::fs::metadata(&p).map_err(|e| DumpError::NotSnapshot {
+                path: shown.clone(),
+                detail: format!("cannot open the job's checkpoint directory: {e}"),
+            })?;
+            if !meta.is_dir() {
+                return Err(DumpError::NotSnapshot {
+                    path: shown,
+                    detail: "not a directory; give a job's checkpoint directory (the one holding chk-<id>/ and shared/)".into(),
+                });
+            }
+            (shown.clone(), shown)
+        }
+        Target::Url(u) => (u.clone(), u),
+    };
+    let last = shown.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    if checkpoint_id_of(last).is_some() {
+        return Err(DumpError::usage(format!(
+            "{shown} is a checkpoint directory; give the job's checkpoint directory above it"
+        )));
+    }
+    let full = |p: &str| join_display(&shown, p);
+    let storage = CheckpointStorage::open(&url).map_err(|e| from_storage(e, &full))?;
+    Ok(JobRoot {
+        location: shown,
+        storage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_dir_names() {
+        assert_eq!(checkpoint_id_of("chk-12"), Some(12));
+        assert_eq!(checkpoint_id_of("chk-012"), None);
+        assert_eq!(checkpoint_id_of("sp-3"), None);
+        assert_eq!(join_display("/a/b/", "chk-1/x"), "/a/b/chk-1/x");
+        assert_eq!(join_display("/a", "/abs"), "/abs");
+    }
+}

@@ -1,0 +1,197 @@
+//! `state-dump verify`: every referenced file present with the size and whole-file CRC32
+//! the manifest records, and every block of every canonical state file checked.
+
+use std::collections::{BTreeSet, HashMap};
+
+use cairn_core::{FileRef, KeyedData, SnapshotType};
+use cairn_format::{FormatError, StateFileReader};
+use serde::Serialize;
+
+use crate::error::{from_format, DumpError};
+use crate::open::Snapshot;
+use crate::progress::Progress;
+use crate::table;
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    /// The file.
+    pub path: String,
+    /// Where in the file, when known.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    /// The snapshot's directory.
+    pub path: String,
+    /// `checkpoint` or `savepoint`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: u64,
+    /// Distinct files checked.
+    pub files: usize,
+    /// Their bytes (as the manifest records them).
+    pub bytes: u64,
+    /// Entries read from canonical state files.
+    pub entries: u64,
+    /// Problems; empty when the snapshot is clean.
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    /// The human form.
+    pub fn render(&self) -> String {
+        let head = format!(
+            "{} {} at {}: {} files, {} bytes, {} entries checked",
+            self.kind, self.id, self.path, self.files, self.bytes, self.entries
+        );
+        if self.is_clean() {
+            return format!("{head}: clean\n");
+        }
+        let rows: Vec<Vec<String>> = self
+            .findings
+            .iter()
+            .map(|f| {
+                vec![
+                    f.path.clone(),
+                    f.offset.map_or("-".into(), |o| o.to_string()),
+                    f.problem.clone(),
+                ]
+            })
+            .collect();
+        format!(
+            "{head}: {} problem(s)\n{}",
+            self.findings.len(),
+            table::render(&["FILE", "OFFSET", "PROBLEM"], &rows)
+        )
+    }
+}
+
+fn finding(e: &DumpError, path: &str) -> Finding {
+    match e {
+        DumpError::Corrupt {
+            kind,
+            offset,
+            detail,
+            path,
+        } => Finding {
+            path: path.clone(),
+            offset: Some(*offset),
+            problem: format!("corrupt {kind}: {detail}"),
+        },
+        DumpError::Missing { path } => Finding {
+            path: path.clone(),
+            offset: None,
+            problem: "missing: referenced by the manifest but not found".into(),
+        },
+        other => Finding {
+            path: path.to_string(),
+            offset: None,
+            problem: other.one_line(),
+        },
+    }
+}
+
+fn format_finding(e: FormatError, path: &str) -> Finding {
+    finding(&from_format(e, path), path)
+}
+
+/// Checks every file of the snapshot. Problems in files are findings (the report is not
+/// clean); only failures to read the manifest itself are errors.
+pub fn verify(s: &Snapshot, progress: &dyn Progress) -> Result<VerifyReport, DumpError> {
+    let m = &s.manifest;
+    // Every distinct file, with the state names the handles referencing it list (a
+    // canonical file's states must be among them) and whether it is canonical.
+    let mut files: HashMap<&FileRef, (bool, BTreeSet<&str>)> = HashMap::new();
+    for h in m
+        .operators
+        .iter()
+        .flat_map(|o| o.subtasks.iter())
+        .filter_map(|st| st.keyed.as_ref())
+    {
+        let canonical = matches!(h.data, KeyedData::Canonical { .. });
+        for f in h.files() {
+            let e = files.entry(f).or_insert((canonical, BTreeSet::new()));
+            e.1.extend(h.states.iter().map(|st| st.name.as_str()));
+        }
+    }
+    let mut files: Vec<_> = files.into_iter().collect();
+    files.sort_by_key(|(f, _)| s.file_path(f));
+    progress.start("verify", files.len() as u64);
+    let mut findings = Vec::new();
+    let mut entries = 0u64;
+    for (file, (canonical, states)) in &files {
+        let file: &FileRef = file;
+        let path = s.file_path(file);
+        progress.inc(1);
+        let bytes = match s.read(file) {
+            Ok(b) => b,
+            Err(e) => {
+                findings.push(finding(&e, &path));
+                continue;
+            }
+        };
+        let crc = crc32fast::hash(&bytes);
+        let crc_ok = crc == file.crc32;
+        let before = findings.len();
+        if *canonical {
+            match StateFileReader::open(bytes, &path) {
+                Err(e) => findings.push(format_finding(e, &path)),
+                Ok(r) => {
+                    if let Some(extra) = r
+                        .states()
+                        .iter()
+                        .find(|fs| !states.contains(fs.name.as_str()))
+                    {
+                        findings.push(Finding {
+                            path: path.clone(),
+                            offset: None,
+                            problem: format!(
+                                "the state file holds state {} that the manifest does not list",
+                                extra.name
+                            ),
+                        });
+                    }
+                    match r.verify_all() {
+                        Ok(()) => entries += r.entry_count(),
+                        Err(e) => findings.push(format_finding(e, &path)),
+                    }
+                }
+            }
+        }
+        if !crc_ok && findings.len() == before {
+            // The blocks verify (or the file is not canonical) but the file is not the one
+            // the manifest recorded.
+            findings.push(Finding {
+                path: path.clone(),
+                offset: Some(0),
+                problem: format!(
+                    "whole-file checksum mismatch: the manifest says crc32 {:#010x}, found {crc:#010x}",
+                    file.crc32
+                ),
+            });
+        }
+    }
+    progress.finish();
+    Ok(VerifyReport {
+        path: s.location.clone(),
+        kind: match m.snapshot_type {
+            SnapshotType::Checkpoint => "checkpoint",
+            SnapshotType::Savepoint => "savepoint",
+        },
+        id: m.checkpoint_id,
+        files: files.len(),
+        bytes: files.iter().map(|(f, _)| f.size).sum(),
+        entries,
+        findings,
+    })
+}
