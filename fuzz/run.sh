@@ -19,7 +19,7 @@ seed() {
     case "$t" in
         manifest_decode|manifest_decode_checked)
             cp "$vectors/savepoint/_metadata" "$dir/savepoint-metadata"
-            cp "$vectors/checkpoint-incremental.manifest" "$dir/"
+            cp "$vectors/checkpoint-incremental.manifest" "$vectors/checkpoint-native.manifest" "$dir/"
             for f in "$vectors"/corrupt/manifest-*; do cp "$f" "$dir/"; done ;;
         state_file_decode)
             cp "$vectors"/savepoint/*.state "$vectors/empty.state" "$dir/"
