@@ -136,7 +136,7 @@ fn convert_handle(
             e.entry.value.to_vec(),
         ));
         *entries += 1;
-        Ok(())
+        Ok(true)
     })?;
     if let Some(kg) = current {
         flush(&mut w, kg, &mut buf, &out_path)?;

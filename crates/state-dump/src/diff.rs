@@ -55,7 +55,7 @@ fn load(s: &Snapshot, progress: &dyn Progress) -> Result<SnapshotData, DumpError
                     (e.entry.key_group, e.entry.value.to_vec()),
                 );
             }
-            Ok(())
+            Ok(true)
         })?;
     }
     progress.finish();

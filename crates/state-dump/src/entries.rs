@@ -170,24 +170,26 @@ pub fn write_entries(
     let limit = opts.limit.unwrap_or(u64::MAX);
     progress.start("entries", file_count(op));
     let write_err = |e: std::io::Error| DumpError::data("<stdout>", format!("write failed: {e}"));
-    let mut done = false;
+    if limit == 0 {
+        return Ok(0);
+    }
     scan_operator(s, op, only, progress, &mut |e| {
-        if done || e.state.name != opts.state {
-            return Ok(());
+        if e.state.name != opts.state {
+            return Ok(true);
         }
         let d = decoders.entry(&e);
         if let Some(k) = &opts.key {
             if !key_matches(k, &d.key, e.entry.key) {
-                return Ok(());
+                return Ok(true);
             }
-        }
-        if count >= limit {
-            done = true;
-            return Ok(());
         }
         count += 1;
         if opts.json {
-            writeln!(out, "{}", d.to_json_line()).map_err(write_err)?;
+            match writeln!(out, "{}", d.to_json_line()) {
+                // A closed pipe (`| head`) ends the listing quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+                r => r.map_err(write_err)?,
+            }
         } else {
             is_map |= d.user_key.is_some();
             rows.push(vec![
@@ -198,7 +200,7 @@ pub fn write_entries(
                 d.value.to_string(),
             ]);
         }
-        Ok(())
+        Ok(count < limit)
     })?;
     progress.finish();
     if !opts.json {
@@ -217,9 +219,15 @@ pub fn write_entries(
                 .collect();
             table::render(&["KEY_GROUP", "KEY", "NAMESPACE", "VALUE"], &rows)
         };
-        out.write_all(text.as_bytes()).map_err(write_err)?;
+        match out.write_all(text.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(count),
+            r => r.map_err(write_err)?,
+        }
     }
-    out.flush().map_err(write_err)?;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.map_err(write_err)?,
+    }
     Ok(count)
 }
 

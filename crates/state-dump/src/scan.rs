@@ -25,6 +25,7 @@ pub struct Entry<'a> {
 enum ScanError {
     Format(FormatError),
     Dump(DumpError),
+    Stop,
 }
 
 impl From<FormatError> for ScanError {
@@ -64,32 +65,35 @@ pub(crate) fn file_count(op: &OperatorManifest) -> u64 {
 }
 
 /// Calls `f` for every entry of operator `op` whose key group is in `only` (all when
-/// `None`), subtask by subtask in key-group order. Every block read is checksummed.
+/// `None`), subtask by subtask in key-group order, until `f` returns `Ok(false)`. Every
+/// block read is checksummed.
 pub fn scan_operator(
     s: &Snapshot,
     op: &OperatorManifest,
     only: Option<KeyGroupRange>,
     progress: &dyn Progress,
-    f: &mut dyn FnMut(Entry<'_>) -> Result<(), DumpError>,
+    f: &mut dyn FnMut(Entry<'_>) -> Result<bool, DumpError>,
 ) -> Result<(), DumpError> {
     for h in op.subtasks.iter().filter_map(|st| st.keyed.as_ref()) {
-        scan_handle(s, h, only, progress, f)?;
+        if !scan_handle(s, h, only, progress, f)? {
+            break;
+        }
     }
     Ok(())
 }
 
-/// Like [`scan_operator`], for one keyed handle.
+/// Like [`scan_operator`], for one keyed handle; `Ok(false)` when `f` stopped it.
 pub(crate) fn scan_handle(
     s: &Snapshot,
     h: &KeyedStateHandle,
     only: Option<KeyGroupRange>,
     progress: &dyn Progress,
-    f: &mut dyn FnMut(Entry<'_>) -> Result<(), DumpError>,
-) -> Result<(), DumpError> {
+    f: &mut dyn FnMut(Entry<'_>) -> Result<bool, DumpError>,
+) -> Result<bool, DumpError> {
     let files = canonical_files(h, s)?;
     let wanted = only.map_or(h.key_group_range, |r| r.intersect(&h.key_group_range));
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     // (range, file) sorted by range start: key-group order across the handle's files.
     let mut parts: Vec<(KeyGroupRange, &FileRef)> = files
@@ -133,18 +137,22 @@ pub(crate) fn scan_handle(
                     ),
                     })
                 })?;
-            f(Entry {
+            match f(Entry {
                 entry: e,
                 state: meta,
                 handle: h,
-            })
-            .map_err(ScanError::Dump)
+            }) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ScanError::Stop),
+                Err(e) => Err(ScanError::Dump(e)),
+            }
         });
         match result {
             Ok(()) => {}
+            Err(ScanError::Stop) => return Ok(false),
             Err(ScanError::Format(e)) => return Err(from_format(e, &path)),
             Err(ScanError::Dump(e)) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
