@@ -1,0 +1,232 @@
+//! The RocksDB instance of a backend: opening, column families (one per state, named after
+//! it), and the error wrapping every call site uses.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use cairn_core::{Result, StateError};
+use rocksdb::{
+    Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
+};
+
+use crate::options::{cf_options, db_options, RocksDbOptions};
+
+/// Wraps a RocksDB error with what was being done.
+pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
+    StateError::layer(format!("rocksdb {op} path={} cf={cf}", path.display()), e)
+}
+
+/// Wraps an I/O error with what was being done.
+pub(crate) fn io_err(op: &str, path: &Path, e: std::io::Error) -> StateError {
+    StateError::layer(format!("{op} path={}", path.display()), e)
+}
+
+/// The name RocksDB gives the column family that always exists (holds no state).
+pub(crate) const DEFAULT_CF: &str = "default";
+
+/// An open instance with the options its column families are created with.
+pub(crate) struct Instance {
+    pub(crate) db: DB,
+    pub(crate) path: PathBuf,
+    cache: Cache,
+    options: RocksDbOptions,
+    write: WriteOptions,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// Opens (or creates) the instance at `path` with every column family it has.
+    pub(crate) fn open(path: &Path, options: &RocksDbOptions) -> Result<Self> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes.max(1 << 20));
+        let db_opts = db_options(options, &cache);
+        let names = if path.join("CURRENT").exists() {
+            DB::list_cf(&db_opts, path).map_err(|e| rocks_err("list_cf", path, "*", e))?
+        } else {
+            vec![DEFAULT_CF.to_string()]
+        };
+        let cfs: Vec<_> = names
+            .iter()
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, cf_options(options, &cache)))
+            .collect();
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| rocks_err("open", path, "*", e))?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            cache,
+            options: options.clone(),
+            write,
+        })
+    }
+
+    /// Opens a checkpoint directory read-only (for snapshots and rescaling).
+    pub(crate) fn open_read_only(
+        path: &Path,
+        options: &RocksDbOptions,
+    ) -> Result<(DB, Vec<String>)> {
+        let cache = Cache::new_lru_cache(8 << 20);
+        let opts = db_options(options, &cache);
+        let names = DB::list_cf(&opts, path).map_err(|e| rocks_err("list_cf", path, "*", e))?;
+        let cfs: Vec<_> = names
+            .iter()
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, cf_options(options, &cache)))
+            .collect();
+        let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)
+            .map_err(|e| rocks_err("open read-only", path, "*", e))?;
+        Ok((db, names))
+    }
+
+    /// The options SST files for ingestion are written with.
+    pub(crate) fn sst_options(&self) -> Options {
+        cf_options(&self.options, &self.cache)
+    }
+
+    /// The column family of state `name`.
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| StateError::Restore {
+            reason: format!(
+                "column family missing in the rocksdb instance cf={name} path={}",
+                self.path.display()
+            ),
+        })
+    }
+
+    /// Creates the column family of state `name` unless it exists.
+    pub(crate) fn ensure_cf(&mut self, name: &str) -> Result<()> {
+        if self.db.cf_handle(name).is_some() {
+            return Ok(());
+        }
+        let opts = cf_options(&self.options, &self.cache);
+        self.db
+            .create_cf(name, &opts)
+            .map_err(|e| rocks_err("create_cf", &self.path, name, e))
+    }
+
+    /// Column families that hold states.
+    pub(crate) fn state_cfs(&self) -> Result<Vec<String>> {
+        let opts = Options::default();
+        let mut names =
+            DB::list_cf(&opts, &self.path).map_err(|e| rocks_err("list_cf", &self.path, "*", e))?;
+        names.retain(|n| n != DEFAULT_CF);
+        Ok(names)
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| rocks_err("write batch", &self.path, "*", e))
+    }
+
+    pub(crate) fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .put_cf_opt(self.cf(cf)?, key, value, &self.write)
+            .map_err(|e| rocks_err("put", &self.path, cf, e))
+    }
+
+    pub(crate) fn merge(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db
+            .merge_cf_opt(self.cf(cf)?, key, value, &self.write)
+            .map_err(|e| rocks_err("merge", &self.path, cf, e))
+    }
+
+    pub(crate) fn delete(&self, cf: &str, key: &[u8]) -> Result<()> {
+        self.db
+            .delete_cf_opt(self.cf(cf)?, key, &self.write)
+            .map_err(|e| rocks_err("delete", &self.path, cf, e))
+    }
+
+    /// Calls `f` with the value of `key`, if present.
+    pub(crate) fn get<T>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf)?, key)
+            .map_err(|e| rocks_err("get", &self.path, cf, e))?
+        {
+            Some(v) => f(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` for every entry with `lower <= key < upper`, in key order.
+    pub(crate) fn scan(
+        &self,
+        cf: &str,
+        lower: &[u8],
+        upper: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        scan_db(&self.db, &self.path, cf, lower, upper, f)
+    }
+
+    /// Ingests SST files into `cf` (moving them).
+    pub(crate) fn ingest(&self, cf: &str, files: Vec<PathBuf>) -> Result<()> {
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(cf)?, &opts, files)
+            .map_err(|e| rocks_err("ingest", &self.path, cf, e))
+    }
+
+    /// Deletes every key outside `[lower, upper)` in every state column family and compacts
+    /// the deleted ranges away.
+    pub(crate) fn keep_only(&self, lower: &[u8], upper: &[u8]) -> Result<()> {
+        let end = crate::layout::end_of_all();
+        for name in self.state_cfs()? {
+            let cf = self.cf(&name)?;
+            for (from, to) in [(&[][..], lower), (upper, end.as_slice())] {
+                if from >= to {
+                    continue;
+                }
+                self.db
+                    .delete_range_cf_opt(cf, from, to, &self.write)
+                    .map_err(|e| rocks_err("delete_range", &self.path, &name, e))?;
+                self.db.compact_range_cf(cf, Some(from), Some(to));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` for every entry of `cf` in `db` with `lower <= key < upper`, in key order.
+pub(crate) fn scan_db(
+    db: &DB,
+    path: &Path,
+    cf: &str,
+    lower: &[u8],
+    upper: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let handle = db.cf_handle(cf).ok_or_else(|| StateError::Restore {
+        reason: format!(
+            "column family missing in the rocksdb instance cf={cf} path={}",
+            path.display()
+        ),
+    })?;
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_lower_bound(lower.to_vec());
+    ro.set_iterate_upper_bound(upper.to_vec());
+    let mut it = db.raw_iterator_cf_opt(handle, ro);
+    it.seek(lower);
+    while it.valid() {
+        match (it.key(), it.value()) {
+            (Some(k), Some(v)) => f(k, v)?,
+            _ => break,
+        }
+        it.next();
+    }
+    it.status().map_err(|e| rocks_err("iterate", path, cf, e))
+}

@@ -1,0 +1,89 @@
+//! # cairn-rocksdb — Cairn's RocksDB state backend
+//!
+//! [`RocksDbBackend`] keeps keyed state in an embedded RocksDB instance on local disk, with a
+//! bounded write-back cache of deserialized values in front of it, native incremental
+//! checkpoints, canonical savepoints that any Cairn backend restores, and restore by SST
+//! ingestion. It implements [`cairn_core::KeyedStateBackend`] and behaves exactly like the
+//! heap backend (`cairn-hashmap`): both pass one conformance suite.
+//!
+//! ```
+//! use cairn_core::{
+//!     BincodeCodec, Codec, KeyGroupRange, KeyedStateBackend, SnapshotOptions, StateAccess,
+//!     ValueStateDescriptor,
+//! };
+//! use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let key_codec = BincodeCodec::<u64>::new();
+//! let mut backend = RocksDbBackend::new(RocksDbConfig {
+//!     uid: "counter".into(),
+//!     max_parallelism: 128,
+//!     key_group_range: KeyGroupRange::all(128),
+//!     key_codec: key_codec.identity().clone(),
+//!     local_dir: dir.path().to_path_buf(),
+//!     options: RocksDbOptions::default(),
+//! })?;
+//! let count = backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?;
+//! for key in 0u64..100 {
+//!     backend.set_current_key(&key_codec.encode_to_vec(&key).unwrap())?;
+//!     let n = backend.value(&count).get()?.unwrap_or(0);
+//!     backend.value(&count).update(n + 1)?;
+//! }
+//! // The synchronous phase: flush the cache in one batch, take a RocksDB checkpoint (hard
+//! // links). The returned asynchronous phase uploads it from any thread.
+//! let _async_phase = backend.snapshot(SnapshotOptions::incremental_checkpoint(1))?;
+//! # Ok::<(), cairn_core::StateError>(())
+//! ```
+//!
+//! ## Design
+//!
+//! - **Layout.** One column family per state, named after it. Keys are
+//!   `key_group u16 BE | esc(key) | esc(namespace) | user key` with an order-preserving
+//!   escaping, so RocksDB's byte order is the canonical order of the format spec
+//!   (`format-spec/README.md`): a key group is a contiguous range, snapshots and range
+//!   restores are sequential scans. Lists are stored as `(len u32 LE, bytes)*` and appended
+//!   with a concatenating merge operator, without a read.
+//! - **Options** (see [`RocksDbOptions`]): no write-ahead log (checkpoints give
+//!   durability), one shared LRU block cache, LZ4 upper levels and ZSTD bottommost, bloom
+//!   filters.
+//! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
+//!   tombstone flags and CLOCK eviction by entry count; dirty evictions and the
+//!   synchronous phase write one `WriteBatch`. A hot key costs no RocksDB get or put per
+//!   access. `keys()`, map iteration and snapshots flush it first.
+//!   [`RocksDbOptions::cache_capacity`] `= 0` turns it off.
+//! - **Snapshots.** The synchronous phase flushes the cache and creates a RocksDB
+//!   checkpoint in a scratch directory; its cost follows the memtable, not the state. The
+//!   asynchronous phase reads only that directory and deletes it when done. Savepoints and
+//!   full checkpoints are one canonical state file, written by scanning the checkpoint
+//!   read-only in key order. Incremental checkpoints into storage that takes shared files
+//!   are native: the checkpoint's SST files go to the shared area under content-derived
+//!   names, and only files the last completed checkpoint does not hold are uploaded.
+//! - **Restore.** Canonical handles (from either backend, any parallelism) are turned into
+//!   one SST file per state and ingested, never put entry by entry. Native handles are
+//!   downloaded and opened; for another parallelism the most-overlapping one becomes the
+//!   instance, keys outside the range are range-deleted and the other handles' key groups
+//!   are ingested. Restored states keep their stored codec identities until registration
+//!   checks them; states never registered are carried into later snapshots.
+//!
+//! Why one column family per state rather than a state prefix in one keyspace? Per-state
+//! options and statistics, and the state name is the column family name in a native
+//! checkpoint, so tools can read a native snapshot with the handle's metadata alone.
+
+mod backend;
+mod cache;
+mod canonical;
+mod db;
+mod inspect;
+mod layout;
+mod native;
+mod native_restore;
+mod ops;
+mod options;
+mod restore;
+mod snapshot;
+mod sst;
+mod state;
+
+pub use backend::RocksDbBackend;
+pub use inspect::scan_native_handle;
+pub use options::{RocksDbConfig, RocksDbOptions};

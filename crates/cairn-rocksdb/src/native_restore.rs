@@ -1,0 +1,173 @@
+//! Restore from native checkpoints: download every file of a handle into a fresh
+//! directory and open it.
+//!
+//! When one handle covers exactly the backend's range, its instance is used as is.
+//! Otherwise (rescaling) the handle that overlaps the range most becomes the instance: every
+//! key outside the range is deleted with range deletions (then compacted away), and the
+//! overlapping key groups of the other handles are copied in by scanning each read-only
+//! and ingesting SST files, checking every copied key's group.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cairn_core::*;
+
+use crate::backend::RocksDbBackend;
+use crate::db::{io_err, scan_db, Instance, DEFAULT_CF};
+use crate::layout::{decode_key, kg_bound};
+use crate::sst::SstBuilder;
+
+pub(crate) fn restore(
+    b: &mut RocksDbBackend,
+    handles: &[&KeyedStateHandle],
+    metas: &BTreeMap<String, StateMeta>,
+    source: &dyn SnapshotSource,
+) -> Result<()> {
+    let range = b.range;
+    let overlap = |h: &&KeyedStateHandle| h.key_group_range.intersect(&range).len();
+    let Some(base_i) = (0..handles.len()).max_by_key(|&i| handles.get(i).map_or(0, overlap)) else {
+        return Err(StateError::Restore {
+            reason: format!("no native handle to restore uid={}", b.uid),
+        });
+    };
+    let seq = b.seq;
+    b.seq += 3;
+    let dir = b.root.join(format!("db-{seq}"));
+    let base = handles
+        .get(base_i)
+        .copied()
+        .ok_or_else(|| StateError::Restore {
+            reason: "native handle vanished".into(),
+        })?;
+    download(base, &dir, source)?;
+    // Replace the empty instance made by `new`.
+    if let Some(old) = b.inst.take() {
+        let path = old.path.clone();
+        drop(old);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    let mut inst = Instance::open(&dir, &b.options)?;
+    if !(handles.len() == 1 && base.key_group_range == range) {
+        inst.keep_only(&kg_bound(range.start), &kg_bound(range.end))?;
+    }
+    for name in metas.keys() {
+        inst.ensure_cf(name)?;
+    }
+    for (i, h) in handles.iter().enumerate() {
+        if i == base_i {
+            continue;
+        }
+        let tmp = b.root.join(format!("rescale-{seq}-{i}"));
+        let ingest = b.root.join(format!("ingest-{seq}-{i}"));
+        let result = download(h, &tmp, source).and_then(|()| {
+            copy_range(
+                &inst,
+                &tmp,
+                h,
+                range,
+                b.max_parallelism,
+                &b.options,
+                &ingest,
+            )
+        });
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(&ingest);
+        result?;
+    }
+    b.inst = Some(inst);
+    Ok(())
+}
+
+/// Writes every file of `h` into `dir` under its local name, checking size and CRC32.
+pub(crate) fn download(
+    h: &KeyedStateHandle,
+    dir: &Path,
+    source: &dyn SnapshotSource,
+) -> Result<()> {
+    let KeyedData::RocksNative { files } = &h.data else {
+        return Err(StateError::Restore {
+            reason: "not a native handle".into(),
+        });
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io_err("removing stale dir", dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err("creating restore dir", dir, e))?;
+    if !files.iter().any(|f| f.local_name == "CURRENT") {
+        return Err(StateError::Restore {
+            reason: format!(
+                "native handle of key groups {} has no CURRENT file",
+                h.key_group_range
+            ),
+        });
+    }
+    for f in files {
+        if !is_valid_file_name(&f.local_name) || f.local_name.contains('/') {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "invalid local file name in native handle name={}",
+                    f.local_name
+                ),
+            });
+        }
+        let bytes = source.read_file(&f.file)?;
+        if bytes.len() as u64 != f.file.size || crc32fast::hash(&bytes) != f.file.crc32 {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "native checkpoint file does not match its reference (size or crc32) file={}",
+                    f.file
+                ),
+            });
+        }
+        let path = dir.join(&f.local_name);
+        std::fs::write(&path, &bytes).map_err(|e| io_err("writing restored file", &path, e))?;
+    }
+    Ok(())
+}
+
+/// Copies the key groups of `range` that the instance in `dir` (handle `h`) holds into
+/// `inst`.
+fn copy_range(
+    inst: &Instance,
+    dir: &Path,
+    h: &KeyedStateHandle,
+    range: KeyGroupRange,
+    max_p: u32,
+    options: &crate::RocksDbOptions,
+    ingest_dir: &Path,
+) -> Result<()> {
+    let mine = h.key_group_range.intersect(&range);
+    let (db, names) = Instance::open_read_only(dir, options)?;
+    let opts = inst.sst_options();
+    let mut ssts = SstBuilder::new(&opts, ingest_dir.to_path_buf())?;
+    for name in names.iter().filter(|n| n.as_str() != DEFAULT_CF) {
+        if inst.db.cf_handle(name).is_none() {
+            return Err(StateError::Restore {
+                reason: format!("native handle holds a state not in the handles' states cf={name}"),
+            });
+        }
+        scan_db(
+            &db,
+            dir,
+            name,
+            &kg_bound(mine.start),
+            &kg_bound(mine.end),
+            |k, v| {
+                let ok = decode_key(k).is_some_and(|d| {
+                    mine.contains(d.key_group) && key_group_for_key(&d.key, max_p) == d.key_group
+                });
+                if !ok {
+                    return Err(StateError::Restore {
+                    reason: format!(
+                        "native checkpoint entry in the wrong key group (another max parallelism?) cf={name} dir={}",
+                        dir.display()
+                    ),
+                });
+                }
+                ssts.put(name, k, v)
+            },
+        )?;
+    }
+    drop(db);
+    ssts.ingest_into(inst)
+}

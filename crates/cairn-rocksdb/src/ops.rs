@@ -1,0 +1,547 @@
+//! The [`KeyedStateBackend`] implementation of [`RocksDbBackend`].
+
+use std::sync::Arc;
+
+use cairn_core::*;
+use rocksdb::WriteBatch;
+
+use crate::backend::{RocksDbBackend, STATE_PREFIX_LEN};
+use crate::layout::{decode_key, kg_bound, list_elements, prefix_end, push_list_element};
+use crate::state::{
+    codec_error, decode, no_value_encoder, ns_encoder, value_encoder, Agg, ListOf, MapOf, Single,
+};
+
+impl RocksDbBackend {
+    /// Builds the current key's cache key for state `idx` in `self.scratch` and returns it.
+    #[inline]
+    fn key_for<N: 'static>(
+        &mut self,
+        idx: usize,
+        ns_codec: &dyn Codec<N>,
+        ns: &N,
+    ) -> Result<Vec<u8>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let name = self.state_name(idx);
+        Self::build_key(&mut scratch, &self.current, idx, |out| {
+            ns_codec.encode(ns, out).map_err(codec_error(name))
+        })?;
+        Ok(scratch)
+    }
+
+    /// Builds the current key's cache key with the untyped namespace encoder.
+    fn key_untyped<N: 'static>(&mut self, idx: usize, ns: &N) -> Result<Vec<u8>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self
+            .states
+            .get(idx)
+            .ok_or(StateError::UnknownState { index: idx as u32 })?;
+        Self::build_key(&mut scratch, &self.current, idx, |out| {
+            (r.encode_ns)(ns, out)
+        })?;
+        Ok(scratch)
+    }
+
+    fn single_get<V: StateValue, N: Namespace>(
+        &mut self,
+        id: RawStateId,
+        kind: StateKind,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        let idx = self.check(id, Some(kind))?;
+        let t = self.typed::<Single<V, N>>(idx)?;
+        let (ns_codec, codec) = (t.ns.clone(), t.value.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let out = self.read(idx, &*codec, &key);
+        self.scratch = key;
+        out
+    }
+
+    fn single_modify<V: StateValue, N: Namespace>(
+        &mut self,
+        id: RawStateId,
+        kind: StateKind,
+        ns: &N,
+        blind: bool,
+        f: impl FnOnce(&mut Option<V>, Option<&ReduceFn<V>>) -> Result<()>,
+    ) -> Result<()> {
+        let idx = self.check(id, Some(kind))?;
+        let t = self.typed::<Single<V, N>>(idx)?;
+        let (ns_codec, codec, reduce) = (t.ns.clone(), t.value.clone(), t.reduce.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let out = self.modify(idx, &*codec, &key, blind, |v| f(v, reduce.as_ref()));
+        self.scratch = key;
+        out
+    }
+
+    /// Map entry key: the current key's cache key plus the raw user key.
+    fn map_key<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        id: RawStateId,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<(usize, CodecRef<UV>, Vec<u8>)> {
+        let idx = self.check(id, Some(StateKind::Map))?;
+        let t = self.typed::<MapOf<UK, UV, N>>(idx)?;
+        let (ns_codec, uk_codec, codec) = (t.ns.clone(), t.user_key.clone(), t.value.clone());
+        let mut key = self.key_for(idx, &*ns_codec, ns)?;
+        uk_codec
+            .encode(user_key, &mut key)
+            .map_err(codec_error(self.state_name(idx)))?;
+        Ok((idx, codec, key))
+    }
+
+    /// The stored list under the current key.
+    fn list_raw<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+    ) -> Result<(usize, CodecRef<V>, Vec<u8>)> {
+        let idx = self.check(s.raw(), Some(StateKind::List))?;
+        let t = self.typed::<ListOf<V, N>>(idx)?;
+        let (ns_codec, codec) = (t.ns.clone(), t.element.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        Ok((idx, codec, key))
+    }
+
+    fn list_append<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        values: &[V],
+        replace: bool,
+    ) -> Result<()> {
+        let (idx, codec, key) = self.list_raw(s, ns)?;
+        let name = self.state_name(idx).to_string();
+        let mut stored = Vec::new();
+        let mut element = Vec::new();
+        for v in values {
+            element.clear();
+            codec.encode(v, &mut element).map_err(codec_error(&name))?;
+            push_list_element(&mut stored, &element);
+        }
+        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+        let inst = self.inst()?;
+        let out = match (replace, values.is_empty()) {
+            (true, true) => inst.delete(&name, raw),
+            (true, false) => inst.put(&name, raw, &stored),
+            (false, true) => Ok(()),
+            (false, false) => inst.merge(&name, raw, &stored),
+        };
+        self.scratch = key;
+        out
+    }
+
+    /// Deletes every map entry of the current key in the namespace of `key`.
+    fn clear_map(&mut self, idx: usize, key: &[u8]) -> Result<()> {
+        self.flush_cache()?;
+        self.cache.remove_prefix(key);
+        let name = self.state_name(idx).to_string();
+        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+        let inst = self.inst()?;
+        let mut batch = WriteBatch::default();
+        let cf = inst.cf(&name)?;
+        inst.scan(&name, raw, &prefix_end(raw), |k, _| {
+            batch.delete_cf(cf, k);
+            Ok(())
+        })?;
+        inst.write(batch)
+    }
+}
+
+impl KeyedStateBackend for RocksDbBackend {
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn set_current_key(&mut self, serialized_key: &[u8]) -> Result<()> {
+        let kg = key_group_for_key(serialized_key, self.max_parallelism);
+        if !self.range.contains(kg) {
+            self.current.set = false;
+            return Err(StateError::KeyGroupOutOfRange {
+                key_group: kg,
+                range: self.range,
+            });
+        }
+        let c = &mut self.current;
+        c.bytes.clear();
+        c.bytes.extend_from_slice(serialized_key);
+        c.kg = kg;
+        Self::set_prefix(c);
+        c.set = true;
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&[u8]> {
+        self.current.set.then_some(self.current.bytes.as_slice())
+    }
+
+    fn current_key_group(&self) -> Option<KeyGroup> {
+        self.current.set.then_some(self.current.kg)
+    }
+
+    fn register_value<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ValueStateDescriptor<V, N>,
+    ) -> Result<ValueStateId<V, N>> {
+        let typed = Single {
+            ns: d.namespace.clone(),
+            value: d.value.clone(),
+            reduce: None,
+        };
+        self.register(
+            d.meta(),
+            Box::new(typed),
+            std::any::type_name::<Single<V, N>>(),
+            ns_encoder(&d.name, d.namespace.clone()),
+            value_encoder(&d.name, d.value.clone()),
+        )
+        .map(ValueStateId::new)
+    }
+
+    fn register_list<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ListStateDescriptor<V, N>,
+    ) -> Result<ListStateId<V, N>> {
+        let typed = ListOf {
+            ns: d.namespace.clone(),
+            element: d.element.clone(),
+        };
+        self.register(
+            d.meta(),
+            Box::new(typed),
+            std::any::type_name::<ListOf<V, N>>(),
+            ns_encoder(&d.name, d.namespace.clone()),
+            no_value_encoder(&d.name),
+        )
+        .map(ListStateId::new)
+    }
+
+    fn register_map<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        d: &MapStateDescriptor<UK, UV, N>,
+    ) -> Result<MapStateId<UK, UV, N>> {
+        let typed = MapOf {
+            ns: d.namespace.clone(),
+            user_key: d.user_key.clone(),
+            value: d.value.clone(),
+        };
+        self.register(
+            d.meta(),
+            Box::new(typed),
+            std::any::type_name::<MapOf<UK, UV, N>>(),
+            ns_encoder(&d.name, d.namespace.clone()),
+            value_encoder(&d.name, d.value.clone()),
+        )
+        .map(MapStateId::new)
+    }
+
+    fn register_reducing<V: StateValue, N: Namespace>(
+        &mut self,
+        d: &ReducingStateDescriptor<V, N>,
+    ) -> Result<ReducingStateId<V, N>> {
+        let typed = Single {
+            ns: d.namespace.clone(),
+            value: d.value.clone(),
+            reduce: Some(d.reduce.clone()),
+        };
+        self.register(
+            d.meta(),
+            Box::new(typed),
+            std::any::type_name::<Single<V, N>>(),
+            ns_encoder(&d.name, d.namespace.clone()),
+            value_encoder(&d.name, d.value.clone()),
+        )
+        .map(ReducingStateId::new)
+    }
+
+    fn register_aggregating<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
+    ) -> Result<AggregatingStateId<IN, ACC, OUT, N>> {
+        let typed: Agg<IN, ACC, OUT, N> = Agg {
+            ns: d.namespace.clone(),
+            acc: d.accumulator.clone(),
+            func: d.function.clone(),
+        };
+        self.register(
+            d.meta(),
+            Box::new(typed),
+            std::any::type_name::<Agg<IN, ACC, OUT, N>>(),
+            ns_encoder(&d.name, d.namespace.clone()),
+            value_encoder(&d.name, d.accumulator.clone()),
+        )
+        .map(AggregatingStateId::new)
+    }
+
+    fn value_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ValueStateId<V, N>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        self.single_get(s.raw(), StateKind::Value, ns)
+    }
+
+    fn value_update<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ValueStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        self.single_modify(s.raw(), StateKind::Value, ns, true, |v, _| {
+            *v = Some(value);
+            Ok(())
+        })
+    }
+
+    fn list_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+    ) -> Result<Vec<V>> {
+        let (idx, codec, key) = self.list_raw(s, ns)?;
+        let name = self.state_name(idx);
+        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+        let out = self
+            .inst()?
+            .get(name, raw, |stored| {
+                let elements = list_elements(stored).ok_or_else(|| {
+                    StateError::layer(
+                        format!("reading list state={name}"),
+                        "malformed stored list value",
+                    )
+                })?;
+                elements
+                    .into_iter()
+                    .map(|e| decode(&*codec, name, e))
+                    .collect()
+            })
+            .map(Option::unwrap_or_default);
+        self.scratch = key;
+        out
+    }
+
+    fn list_add<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        self.list_append(s, ns, std::slice::from_ref(&value), false)
+    }
+
+    fn list_add_all<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
+        self.list_append(s, ns, &values, false)
+    }
+
+    fn list_update<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ListStateId<V, N>,
+        ns: &N,
+        values: Vec<V>,
+    ) -> Result<()> {
+        self.list_append(s, ns, &values, true)
+    }
+
+    fn map_get<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<Option<UV>> {
+        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
+        let out = self.read(idx, &*codec, &key);
+        self.scratch = key;
+        out
+    }
+
+    fn map_put<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: UK,
+        value: UV,
+    ) -> Result<()> {
+        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, &user_key)?;
+        let out = self.modify(idx, &*codec, &key, true, |v| {
+            *v = Some(value);
+            Ok(())
+        });
+        self.scratch = key;
+        out
+    }
+
+    fn map_remove<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<()> {
+        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
+        let out = self.modify(idx, &*codec, &key, true, |v| {
+            *v = None;
+            Ok(())
+        });
+        self.scratch = key;
+        out
+    }
+
+    fn map_contains<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+    ) -> Result<bool> {
+        self.map_get(s, ns, user_key).map(|v| v.is_some())
+    }
+
+    fn map_entries<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+    ) -> Result<Vec<(UK, UV)>> {
+        let idx = self.check(s.raw(), Some(StateKind::Map))?;
+        let t = self.typed::<MapOf<UK, UV, N>>(idx)?;
+        let (ns_codec, uk_codec, codec) = (t.ns.clone(), t.user_key.clone(), t.value.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        self.flush_cache()?;
+        let name = self.state_name(idx);
+        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+        let mut out = Vec::new();
+        let result = self.inst()?.scan(name, raw, &prefix_end(raw), |k, v| {
+            let uk = k.get(raw.len()..).unwrap_or(&[]);
+            out.push((decode(&*uk_codec, name, uk)?, decode(&*codec, name, v)?));
+            Ok(())
+        });
+        self.scratch = key;
+        result.map(|()| out)
+    }
+
+    fn reducing_get<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ReducingStateId<V, N>,
+        ns: &N,
+    ) -> Result<Option<V>> {
+        self.single_get(s.raw(), StateKind::Reducing, ns)
+    }
+
+    fn reducing_add<V: StateValue, N: Namespace>(
+        &mut self,
+        s: ReducingStateId<V, N>,
+        ns: &N,
+        value: V,
+    ) -> Result<()> {
+        self.single_modify(s.raw(), StateKind::Reducing, ns, false, |v, reduce| {
+            *v = Some(match (v.take(), reduce) {
+                (Some(old), Some(r)) => r(old, value),
+                _ => value,
+            });
+            Ok(())
+        })
+    }
+
+    fn aggregating_get<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        s: AggregatingStateId<IN, ACC, OUT, N>,
+        ns: &N,
+    ) -> Result<Option<OUT>> {
+        let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
+        let t = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?;
+        let (ns_codec, codec, func) = (t.ns.clone(), t.acc.clone(), t.func.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let out = self.read(idx, &*codec, &key);
+        self.scratch = key;
+        Ok(out?.map(|acc| func.result(&acc)))
+    }
+
+    fn aggregating_add<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        s: AggregatingStateId<IN, ACC, OUT, N>,
+        ns: &N,
+        input: IN,
+    ) -> Result<()> {
+        let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
+        let t = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?;
+        let (ns_codec, codec, func): (_, _, Arc<dyn AggregateFunction<IN, ACC, OUT>>) =
+            (t.ns.clone(), t.acc.clone(), t.func.clone());
+        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let out = self.modify(idx, &*codec, &key, false, |acc| {
+            let a = acc.get_or_insert_with(|| func.create_accumulator());
+            func.add(a, input);
+            Ok(())
+        });
+        self.scratch = key;
+        out
+    }
+
+    fn clear<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<()> {
+        let idx = self.check(s, None)?;
+        let key = self.key_untyped(idx, ns)?;
+        let out = match s.kind {
+            StateKind::Map => self.clear_map(idx, &key),
+            StateKind::List => {
+                let name = self.state_name(idx);
+                self.inst()?
+                    .delete(name, key.get(STATE_PREFIX_LEN..).unwrap_or(&[]))
+            }
+            _ => self.delete_untyped(idx, &key),
+        };
+        self.scratch = key;
+        out
+    }
+
+    fn keys<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<Vec<Vec<u8>>> {
+        let idx = self
+            .states
+            .get(s.index as usize)
+            .filter(|r| r.meta.kind == s.kind)
+            .map(|_| s.index as usize)
+            .ok_or(StateError::UnknownState { index: s.index })?;
+        let mut want = Vec::new();
+        (self.states[idx].encode_ns)(ns, &mut want)?;
+        self.flush_cache()?;
+        let name = self.state_name(idx);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        self.inst()?.scan(
+            name,
+            &kg_bound(self.range.start),
+            &kg_bound(self.range.end),
+            |k, _| {
+                let d = decode_key(k).ok_or_else(|| {
+                    StateError::layer(format!("listing keys state={name}"), "malformed key")
+                })?;
+                if d.namespace == want && out.last() != Some(&d.key) {
+                    out.push(d.key);
+                }
+                Ok(())
+            },
+        )?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn snapshot(&mut self, options: SnapshotOptions) -> Result<Box<dyn AsyncSnapshot>> {
+        crate::snapshot::take(self, options)
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) {
+        self.inc.complete(checkpoint_id);
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        self.inc.abort(checkpoint_id);
+    }
+
+    fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource) -> Result<()> {
+        crate::restore::restore(self, handles, source)
+    }
+}

@@ -1,0 +1,261 @@
+//! Snapshots: the synchronous phase (flush the cache in one write batch, then a RocksDB
+//! checkpoint of hard links into a scratch directory) and the bookkeeping of native
+//! incremental checkpoints.
+//!
+//! The asynchronous phase works on the checkpoint directory alone, so it runs on any thread
+//! and is unaffected by later writes; the directory is deleted when the phase ends, fails,
+//! is cancelled or is dropped without running. What it writes:
+//!
+//! - savepoints and full checkpoints: one canonical state file (`canonical.rs`);
+//! - incremental checkpoints into a target that takes shared files: the native checkpoint
+//!   directory (`native.rs`), uploading only SST files that the base does not hold.
+//!
+//! # The base of incremental checkpoints
+//!
+//! The base is the file list of the last *completed* native checkpoint (known from
+//! `notify_checkpoint_complete`). Every checkpoint is recorded as pending with a slot for
+//! its outcome; completing `n` makes `n`'s files the base (or ends the base if `n` was
+//! written privately: retention may then delete the old base's shared files) and forgets
+//! older pendings; aborting forgets `n`. While a full checkpoint is pending, a new
+//! incremental one takes no base: the full one may complete first and end it. Unlike the
+//! heap backend's, a native checkpoint always describes the whole instance, so a lost or
+//! aborted checkpoint loses no changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use cairn_core::{
+    AsyncSnapshot, CancelToken, CodecIdentity, KeyGroupRange, KeyedStateHandle, NativeFile, Result,
+    SnapshotOptions, SnapshotTarget, SnapshotType, StateMeta,
+};
+
+use crate::backend::{clean_uid, nonce, RocksDbBackend};
+use crate::db::{io_err, rocks_err};
+use crate::options::RocksDbOptions;
+
+/// Files of a native checkpoint by their local name (SST file numbers are never reused
+/// within an instance, so name and size identify an SST file's content).
+pub(crate) type NativeFiles = HashMap<String, NativeFile>;
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Written natively with shared SST files: usable as a base.
+    Native(Arc<NativeFiles>),
+    /// Written privately (canonical): ends the base when completed.
+    Private,
+}
+
+#[derive(Debug)]
+struct Pending {
+    incremental: bool,
+    outcome: Arc<OnceLock<Outcome>>,
+}
+
+/// What a checkpoint's synchronous phase hands its asynchronous phase: the base it may
+/// reference and the slot for its outcome.
+type Plan = (Option<Arc<NativeFiles>>, Arc<OnceLock<Outcome>>);
+
+/// The incremental-checkpoint bookkeeping of a backend.
+#[derive(Debug, Default)]
+pub(crate) struct Incremental {
+    pending: BTreeMap<u64, Pending>,
+    base: Option<(u64, Arc<NativeFiles>)>,
+}
+
+impl Incremental {
+    /// Records checkpoint `id` as pending; returns the base it may use and its outcome slot.
+    fn begin(
+        &mut self,
+        id: u64,
+        incremental: bool,
+    ) -> (Option<Arc<NativeFiles>>, Arc<OnceLock<Outcome>>) {
+        let full_pending = self.pending.values().any(|p| !p.incremental);
+        let outcome = Arc::new(OnceLock::new());
+        self.pending.insert(
+            id,
+            Pending {
+                incremental,
+                outcome: outcome.clone(),
+            },
+        );
+        let base = if full_pending || !incremental {
+            None
+        } else {
+            self.base.as_ref().map(|(_, b)| b.clone())
+        };
+        (base, outcome)
+    }
+
+    pub(crate) fn complete(&mut self, id: u64) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match p.outcome.get() {
+            Some(Outcome::Native(files)) => self.base = Some((id, files.clone())),
+            Some(Outcome::Private) => self.base = None,
+            None => return,
+        }
+        self.pending.retain(|&k, _| k > id);
+    }
+
+    pub(crate) fn abort(&mut self, id: u64) {
+        self.pending.remove(&id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn base_id(&self) -> Option<u64> {
+        self.base.as_ref().map(|(id, _)| *id)
+    }
+}
+
+/// A RocksDB checkpoint directory, deleted on drop.
+#[derive(Debug)]
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the synchronous phase captured.
+#[derive(Debug)]
+pub(crate) struct SyncView {
+    pub(crate) options: SnapshotOptions,
+    pub(crate) uid: String,
+    pub(crate) range: KeyGroupRange,
+    pub(crate) key_codec: CodecIdentity,
+    /// Every state with a column family, sorted by name.
+    pub(crate) states: Vec<StateMeta>,
+    pub(crate) dir: ScratchDir,
+    pub(crate) rocks: RocksDbOptions,
+}
+
+/// The asynchronous phase of a RocksDB snapshot.
+#[derive(Debug)]
+struct RocksSnapshot {
+    view: SyncView,
+    /// For checkpoints: the base and the outcome slot.
+    incremental: Option<Plan>,
+}
+
+/// The synchronous phase.
+pub(crate) fn take(
+    b: &mut RocksDbBackend,
+    options: SnapshotOptions,
+) -> Result<Box<dyn AsyncSnapshot>> {
+    b.flush_cache()?;
+    let seq = b.seq;
+    b.seq += 1;
+    let name = format!(
+        "{}.snap-{}-{seq}",
+        b.root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rocks".into()),
+        options.checkpoint_id
+    );
+    let dir = b.local_dir.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| io_err("removing stale snapshot dir", &dir, e))?;
+    }
+    {
+        let inst = b.inst()?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&inst.db)
+            .map_err(|e| rocks_err("checkpoint", &inst.path, "*", e))?;
+        cp.create_checkpoint(&dir)
+            .map_err(|e| rocks_err("create checkpoint", &dir, "*", e))?;
+    }
+    let dir = ScratchDir(dir);
+    let view = SyncView {
+        options,
+        uid: b.uid.clone(),
+        range: b.range,
+        key_codec: b.key_codec.clone(),
+        states: b.metas.values().cloned().collect(),
+        dir,
+        rocks: b.options.clone(),
+    };
+    // A checkpoint that will be written privately counts as full: its completion ends the
+    // base.
+    let native = options.incremental && b.options.native_incremental;
+    let incremental = (options.snapshot_type == SnapshotType::Checkpoint)
+        .then(|| b.inc.begin(options.checkpoint_id, native));
+    Ok(Box::new(RocksSnapshot { view, incremental }))
+}
+
+impl AsyncSnapshot for RocksSnapshot {
+    fn run(
+        self: Box<Self>,
+        target: &dyn SnapshotTarget,
+        cancel: &CancelToken,
+    ) -> Result<KeyedStateHandle> {
+        let RocksSnapshot { view, incremental } = *self;
+        let native = view.options.snapshot_type == SnapshotType::Checkpoint
+            && view.options.incremental
+            && view.rocks.native_incremental
+            && target.supports_shared();
+        let (handle, outcome) = if native {
+            let base = incremental.as_ref().and_then(|(b, _)| b.clone());
+            let (handle, files) = crate::native::write(&view, base.as_deref(), target, cancel)?;
+            (handle, Outcome::Native(Arc::new(files)))
+        } else {
+            (
+                crate::canonical::write(&view, target, cancel)?,
+                Outcome::Private,
+            )
+        };
+        if let Some((_, slot)) = incremental {
+            // Set once: a snapshot runs at most once (`self: Box<Self>`).
+            let _ = slot.set(outcome);
+        }
+        Ok(handle)
+    }
+}
+
+/// `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>`: unique per operator, subtask
+/// and attempt.
+pub(crate) fn private_prefix(uid: &str, checkpoint_id: u64, range: KeyGroupRange) -> String {
+    format!(
+        "rocks-{}-{:08x}-{checkpoint_id}-{}_{}-{:016x}",
+        clean_uid(uid),
+        cairn_core::murmur3_32(uid.as_bytes(), 0),
+        range.start,
+        range.end,
+        nonce()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_moves_on_completion_and_ends_after_a_full_checkpoint() {
+        let mut inc = Incremental::default();
+        let (base, o1) = inc.begin(1, true);
+        assert!(base.is_none());
+        o1.set(Outcome::Native(Arc::new(NativeFiles::new())))
+            .unwrap();
+        inc.complete(1);
+        assert_eq!(inc.base_id(), Some(1));
+        let (_, o2) = inc.begin(2, false);
+        let (base3, _) = inc.begin(3, true);
+        assert!(
+            base3.is_none(),
+            "no base while a full checkpoint is pending"
+        );
+        o2.set(Outcome::Private).unwrap();
+        inc.complete(2);
+        assert_eq!(inc.base_id(), None);
+        let (base4, o4) = inc.begin(4, true);
+        assert!(base4.is_none());
+        o4.set(Outcome::Native(Arc::new(NativeFiles::new())))
+            .unwrap();
+        inc.abort(4);
+        inc.complete(4);
+        assert_eq!(inc.base_id(), None);
+    }
+}
