@@ -33,21 +33,33 @@
 //!
 //! ## An example session
 //!
+//! On the checkpoints and savepoint of the demo (`cargo run --example demo -- /tmp/x`):
+//!
 //! ```text
 //! $ state-dump summary /tmp/x/checkpoints/chk-2
 //! checkpoint 2 at /tmp/x/checkpoints/chk-2
+//! time            2026-11-21T20:57:54.857Z
+//! format version  1
+//! backend         canonical (heap backend or canonical savepoint)
+//! files           4 (38443 bytes, 4 shared)
+//!
+//! UID    PARALLELISM  MAX_PARALLELISM  DATA       ENTRIES  BYTES  FILES  KEY
+//! count  2            128              canonical  2000     38443  4      alloc::string::String@v1
 //! …
 //! $ state-dump entries /tmp/x/checkpoints/chk-2 --uid count --state count --json --limit 2
-//! {"key":"cairn7","namespace":null,"value":160,"key_group":0}
-//! …
-//! $ state-dump verify /tmp/x/savepoints/sp-3; echo $?
-//! savepoint 3 at /tmp/x/savepoints/sp-3: 2 files, … entries checked: clean
+//! {"key":"path38","namespace":null,"value":60,"key_group":0}
+//! {"key":"snow11","namespace":null,"value":140,"key_group":0}
+//! $ state-dump verify /tmp/x/checkpoints/chk-2; echo $?
+//! checkpoint 2 at /tmp/x/checkpoints/chk-2: 4 files, 38443 bytes, 2510 entries checked: clean
 //! 0
 //! $ state-dump convert /tmp/x/checkpoints/chk-2 --out /tmp/x/savepoints/from-chk-2
+//! wrote savepoint 2 to /tmp/x/savepoints/from-chk-2: 1 operators, 2 state files, 2000 entries, 30511 bytes (from /tmp/x/checkpoints/chk-2)
 //! $ state-dump diff /tmp/x/checkpoints/chk-2 /tmp/x/savepoints/from-chk-2
 //! …
 //! no differences
 //! $ state-dump gc /tmp/x/checkpoints --dry-run
+//! /tmp/x/checkpoints: retaining chk-2
+//! nothing to delete
 //! ```
 //!
 //! The schema decoder is specified in [`schema_decode`](Decoder); the file formats in

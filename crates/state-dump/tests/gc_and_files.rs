@@ -30,6 +30,7 @@ fn job_dir(dir: &Path) -> std::path::PathBuf {
         );
         job.checkpoint(&storage, id, true);
     }
+    job.savepoint(&root.join("sp-6"), 6);
     std::fs::write(root.join("shared").join("orphan.state"), b"left by a crash").unwrap();
     std::fs::create_dir_all(root.join("chk-0")).unwrap();
     std::fs::write(root.join("chk-0").join("x.state"), b"incomplete").unwrap();
@@ -104,6 +105,8 @@ fn files_lists_references_and_orphans() {
         }
     }
     assert_eq!(strings(&j["orphans"]), ["orphan.state"]);
+    assert_eq!(j["savepoints"][0]["id"], 6);
+    assert_eq!(j["savepoints"][0]["path"], s(&root.join("sp-6")));
     // Checkpoint 1's files are shared by later checkpoints.
     assert!(j["shared"]
         .as_array()
