@@ -194,9 +194,15 @@ pub(crate) fn from_storage(e: StorageError, full: &dyn Fn(&str) -> String) -> Du
                 "the manifest does not belong here: expected {expected_type:?} {expected_id}, it says {found_type:?} {found_id}"
             ),
         },
-        e @ StorageError::FeatureDisabled { .. } => DumpError::Unsupported {
-            path: String::new(),
-            detail: e.to_string(),
+        StorageError::FeatureDisabled {
+            url,
+            scheme,
+            feature,
+        } => DumpError::Unsupported {
+            path: url,
+            detail: format!(
+                "storage scheme {scheme} is not built in: it needs cairn-storage feature `{feature}` (forwarding to object_store's), which this build lacks"
+            ),
         },
         StorageError::InvalidUrl { url, reason } => DumpError::NotSnapshot {
             path: url,

@@ -133,7 +133,8 @@ fn unknown_operator_state_and_key_group_are_usage_errors() {
 #[test]
 fn object_store_urls_that_are_not_built_in() {
     for url in ["s3://bucket/job/chk-3", "s3://bucket/savepoints/sp-1"] {
-        run(&["summary", url]).assert_error(2, &["not built in", "s3"]);
+        run(&["summary", url])
+            .assert_error(2, &["not built in", "feature `aws`", "path=s3://bucket/"]);
     }
     run(&["gc", "s3://bucket/job"]).assert_error(2, &["not built in"]);
     run(&["summary", "ftp://host/x"]).assert_error(2, &["cannot open", "ftp://host/x"]);
