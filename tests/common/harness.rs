@@ -50,6 +50,33 @@ pub fn canonical_entries(manifest: &Manifest, uid: &str, source: &dyn SnapshotSo
     out
 }
 
+/// The canonical entries of a savepoint of `op` (savepoints are canonical for every
+/// backend and leave the incremental-checkpoint bookkeeping alone).
+pub fn savepoint_entries<B: KeyedStateBackend>(op: &mut Operator<B>) -> Entries {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = dir
+        .path()
+        .join("sp")
+        .to_str()
+        .expect("UTF-8 path")
+        .to_string();
+    let pending = cairn_storage::snapshot_operator(
+        &op.uid,
+        op.max_parallelism,
+        op.subtasks
+            .iter_mut()
+            .map(|(b, o)| cairn_storage::SubtaskRef {
+                keyed: Some(b),
+                operator: o,
+            }),
+        SnapshotOptions::savepoint(u64::MAX),
+    )
+    .expect("savepoint synchronous phase");
+    cairn_storage::write_savepoint(&url, u64::MAX, vec![pending]).expect("write savepoint");
+    let (m, source) = cairn_storage::open_savepoint(&url).expect("open savepoint");
+    canonical_entries(&m, &op.uid, &source)
+}
+
 /// A keyed operator: one backend and one operator-state backend per subtask.
 pub struct Operator<B> {
     pub uid: String,

@@ -57,7 +57,7 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
 
 /// The model of one key's state.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct KeyModel {
+pub struct KeyModel {
     value: Option<u64>,
     list: Vec<String>,
     map: BTreeMap<u32, String>,
@@ -66,7 +66,7 @@ struct KeyModel {
     windowed: BTreeMap<u32, u64>,
 }
 
-type Model = BTreeMap<String, KeyModel>;
+pub type Model = BTreeMap<String, KeyModel>;
 
 fn render(model: &Model, keys: &[String]) -> Vec<String> {
     keys.iter()
@@ -145,7 +145,12 @@ pub fn run<F: BackendFactory>(factory: &F, ops: &[Op]) {
     }
 }
 
-fn apply<B: KeyedStateBackend>(op: &mut Operator<B>, model: &mut Model, keys: &[String], o: &Op) {
+pub fn apply<B: KeyedStateBackend>(
+    op: &mut Operator<B>,
+    model: &mut Model,
+    keys: &[String],
+    o: &Op,
+) {
     let key_index = match o {
         Op::Value(k, ..)
         | Op::ValueClear(k)
