@@ -13,9 +13,15 @@
 //! found unreferenced. When the cache is full an insert evicts an eighth of the capacity at
 //! once, so dirty evictions are written in one `WriteBatch` per sweep rather than one write
 //! per insert.
+//!
+//! Dirty entries are also listed by key, so a flush costs the dirty entries, not the cache
+//! size (a key evicted or cleaned since it was listed is skipped; the list is compacted when
+//! it outgrows twice the capacity).
 
 use std::any::Any;
 use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 use std::fmt;
 
 /// A typed value in the cache.
@@ -43,10 +49,13 @@ impl fmt::Debug for Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     capacity: usize,
-    index: HashMap<Vec<u8>, usize>,
+    index: HashMap<Vec<u8>, usize, FixedState>,
     slots: Vec<Slot>,
     hand: usize,
+    /// Number of dirty slots.
     dirty: usize,
+    /// Keys of slots that became dirty since the last flush (may hold stale keys).
+    dirty_keys: Vec<Vec<u8>>,
 }
 
 impl Cache {
@@ -87,8 +96,23 @@ impl Cache {
             if !slot.dirty {
                 slot.dirty = true;
                 self.dirty += 1;
+                self.list_dirty(key.to_vec());
             }
         }
+    }
+
+    fn list_dirty(&mut self, key: Vec<u8>) {
+        if self.dirty_keys.len() >= 2 * self.capacity.max(8) {
+            let (index, slots) = (&self.index, &self.slots);
+            self.dirty_keys.retain(|k| {
+                index
+                    .get(k)
+                    .and_then(|&i| slots.get(i))
+                    .is_some_and(|s| s.dirty)
+            });
+            self.dirty_keys.dedup();
+        }
+        self.dirty_keys.push(key);
     }
 
     /// Whether inserting a new entry needs an eviction first.
@@ -100,26 +124,32 @@ impl Cache {
     /// [`Self::full`]).
     pub(crate) fn insert(&mut self, key: Vec<u8>, value: Option<AnyValue>, dirty: bool) {
         if let Some(&i) = self.index.get(&key) {
+            let mut newly_dirty = false;
             if let Some(slot) = self.slots.get_mut(i) {
                 slot.value = value;
                 slot.referenced = true;
                 if dirty && !slot.dirty {
                     slot.dirty = true;
-                    self.dirty += 1;
+                    newly_dirty = true;
                 }
+            }
+            if newly_dirty {
+                self.dirty += 1;
+                self.list_dirty(key);
             }
             return;
         }
         self.index.insert(key.clone(), self.slots.len());
+        if dirty {
+            self.dirty += 1;
+            self.list_dirty(key.clone());
+        }
         self.slots.push(Slot {
             key,
             value,
             dirty,
             referenced: false,
         });
-        if dirty {
-            self.dirty += 1;
-        }
     }
 
     /// Evicts about an eighth of the capacity (at least one entry) by CLOCK and returns the
@@ -162,27 +192,45 @@ impl Cache {
         mut f: impl FnMut(&[u8], Option<&AnyValue>) -> Result<(), E>,
     ) -> Result<(), E> {
         if self.dirty == 0 {
+            self.dirty_keys.clear();
             return Ok(());
         }
-        for slot in self.slots.iter().filter(|s| s.dirty) {
-            f(&slot.key, slot.value.as_ref())?;
+        let mut done = Vec::with_capacity(self.dirty);
+        let mut failed = None;
+        for key in &self.dirty_keys {
+            let Some(&i) = self.index.get(key) else {
+                continue;
+            };
+            let Some(slot) = self.slots.get(i).filter(|s| s.dirty) else {
+                continue;
+            };
+            if let Err(e) = f(&slot.key, slot.value.as_ref()) {
+                failed = Some(e);
+                break;
+            }
+            if let Some(slot) = self.slots.get_mut(i) {
+                slot.dirty = false;
+            }
+            done.push(i);
         }
-        for slot in &mut self.slots {
-            slot.dirty = false;
+        if let Some(e) = failed {
+            // Nothing was written: every entry stays dirty.
+            for i in done {
+                if let Some(slot) = self.slots.get_mut(i) {
+                    slot.dirty = true;
+                }
+            }
+            return Err(e);
         }
         self.dirty = 0;
+        self.dirty_keys.clear();
         Ok(())
     }
 
-    /// Drops every entry whose key starts with `prefix` (they must be clean or obsolete).
-    pub(crate) fn remove_prefix(&mut self, prefix: &[u8]) {
-        let mut i = 0;
-        while i < self.slots.len() {
-            if self.slots.get(i).is_some_and(|s| s.key.starts_with(prefix)) {
-                self.remove_at(i);
-            } else {
-                i += 1;
-            }
+    /// Forgets the value of `key` if cached: it becomes a clean absent entry.
+    pub(crate) fn forget(&mut self, key: &[u8]) {
+        if let Some(slot) = self.index.get(key).and_then(|&i| self.slots.get_mut(i)) {
+            slot.value = None;
         }
     }
 }
@@ -251,14 +299,40 @@ mod tests {
     }
 
     #[test]
-    fn remove_prefix_keeps_others() {
+    fn forget_leaves_a_clean_absent_entry() {
         let mut c = Cache::new(8);
-        for k in [[1u8, 1], [1, 2], [2, 1], [1, 3]] {
-            c.insert(k.to_vec(), v(0), true);
+        c.insert(vec![1], v(1), false);
+        c.forget(&[1]);
+        c.forget(&[2]);
+        let slot = c.get(&[1]).unwrap();
+        assert!(slot.value.is_none() && !slot.dirty);
+        assert!(c.get(&[2]).is_none());
+    }
+
+    #[test]
+    fn flush_cost_follows_dirty_entries_and_survives_evictions() {
+        let mut c = Cache::new(16);
+        for i in 0..16u8 {
+            c.insert(vec![i], v(u64::from(i)), false);
         }
-        c.remove_prefix(&[1]);
-        assert_eq!(c.len(), 1);
-        assert!(c.get(&[2, 1]).is_some());
-        assert!(c.has_dirty());
+        c.insert(vec![3], v(30), true);
+        c.mark_dirty(&[3]);
+        c.insert(vec![3], v(31), true);
+        // Evict everything once: 3 goes out dirty (the caller writes it).
+        let mut evicted_dirty = 0;
+        while c.len() > 8 {
+            evicted_dirty += c.evict().iter().filter(|s| s.dirty).count();
+        }
+        c.insert(vec![100], v(100), true);
+        let mut seen = Vec::new();
+        c.flush(|k, _| {
+            seen.push(k.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let expect_3 = if evicted_dirty == 1 { 0 } else { 1 };
+        assert_eq!(seen.iter().filter(|k| **k == vec![3]).count(), expect_3);
+        assert!(seen.contains(&vec![100]));
+        assert!(!c.has_dirty());
     }
 }

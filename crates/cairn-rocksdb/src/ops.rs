@@ -131,20 +131,30 @@ impl RocksDbBackend {
         out
     }
 
-    /// Deletes every map entry of the current key in the namespace of `key`.
+    /// Deletes every map entry of the current key in the namespace of `key`: writes the
+    /// cache back, then deletes the entries found in RocksDB in one batch and forgets their
+    /// cached values (cost: the map's size, not the cache's).
     fn clear_map(&mut self, idx: usize, key: &[u8]) -> Result<()> {
         self.flush_cache()?;
-        self.cache.remove_prefix(key);
         let name = self.state_name(idx).to_string();
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
         let inst = self.inst()?;
         let mut batch = WriteBatch::default();
         let cf = inst.cf(&name)?;
+        let mut found: Vec<Vec<u8>> = Vec::new();
         inst.scan(&name, raw, &prefix_end(raw), |k, _| {
             batch.delete_cf(cf, k);
+            found.push(k.to_vec());
             Ok(())
         })?;
-        inst.write(batch)
+        inst.write(batch)?;
+        let mut cache_key = key.get(..STATE_PREFIX_LEN).unwrap_or(&[]).to_vec();
+        for k in found {
+            cache_key.truncate(STATE_PREFIX_LEN);
+            cache_key.extend_from_slice(&k);
+            self.cache.forget(&cache_key);
+        }
+        Ok(())
     }
 }
 
