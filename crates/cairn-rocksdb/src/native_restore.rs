@@ -47,7 +47,17 @@ pub(crate) fn restore(
         let _ = std::fs::remove_dir_all(&path);
     }
     let mut inst = Instance::open(&dir, &b.options)?;
-    if !(handles.len() == 1 && base.key_group_range == range) {
+    if handles.len() == 1 && base.key_group_range == range {
+        if let KeyedData::RocksNative { files } = &base.data {
+            b.inc.seed(
+                files
+                    .iter()
+                    .filter(|f| f.local_name.ends_with(".sst"))
+                    .map(|f| (f.local_name.clone(), f.clone()))
+                    .collect(),
+            );
+        }
+    } else {
         inst.keep_only(&kg_bound(range.start), &kg_bound(range.end))?;
     }
     for name in metas.keys() {

@@ -19,7 +19,8 @@
 //! older pendings; aborting forgets `n`. While a full checkpoint is pending, a new
 //! incremental one takes no base: the full one may complete first and end it. Unlike the
 //! heap backend's, a native checkpoint always describes the whole instance, so a lost or
-//! aborted checkpoint loses no changes.
+//! aborted checkpoint loses no changes. A restore from one native handle that is used as is
+//! seeds the base with that handle's SST files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -101,6 +102,14 @@ impl Incremental {
 
     pub(crate) fn abort(&mut self, id: u64) {
         self.pending.remove(&id);
+    }
+
+    /// After a restore from a native handle used as is: its SST files are the base (they
+    /// are in shared storage, under the same local names in the restored instance), so the
+    /// first checkpoint uploads only what changed since the restored checkpoint.
+    pub(crate) fn seed(&mut self, files: NativeFiles) {
+        self.pending.clear();
+        self.base = Some((0, Arc::new(files)));
     }
 
     #[cfg(test)]

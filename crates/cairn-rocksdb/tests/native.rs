@@ -178,6 +178,21 @@ fn second_incremental_checkpoint_uploads_only_new_ssts() {
     let m3 = storage.load(3).unwrap();
     let mut restored = Operator::restore(&f, &m3, "op", 1, &storage.source(3));
     assert_eq!(read_operator(&mut restored, &keys), expected);
+    // A restored instance continues the chain: its first checkpoint references the
+    // restored SST files instead of uploading them again.
+    fill_op(&mut restored, &keys[..5], 3);
+    let (m4, fourth) = publish(
+        &mut restored,
+        &storage,
+        SnapshotOptions::incremental_checkpoint(4),
+    );
+    assert!(
+        fourth * 10 < first,
+        "first checkpoint after restore uploaded {fourth} shared bytes, first {first}"
+    );
+    let expected = read_operator(&mut restored, &keys);
+    let mut again = Operator::restore(&f, &m4, "op", 1, &storage.source(4));
+    assert_eq!(read_operator(&mut again, &keys), expected);
 }
 
 #[test]
