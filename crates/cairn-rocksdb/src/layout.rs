@@ -56,20 +56,31 @@ pub(crate) fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(TERMINATOR);
 }
 
-/// Escapes the field that starts at `start` in place (it was appended raw by a codec).
+/// Escapes the field that starts at `start` in place (it was appended raw by a codec),
+/// without allocating beyond growing `out`.
 #[inline]
 pub(crate) fn escape_tail(out: &mut Vec<u8>, start: usize) {
-    let zeros = out
-        .get(start..)
-        .map_or(0, |t| t.iter().filter(|b| **b == 0).count());
+    let start = start.min(out.len());
+    let zeros = out[start..].iter().filter(|b| **b == 0).count();
     if zeros > 0 {
-        let raw = out.split_off(start);
-        out.reserve(raw.len() + zeros + 2);
-        push_escaped(out, &raw);
-    } else {
-        out.push(0);
-        out.push(TERMINATOR);
+        // Walk backwards, writing each byte (and an escape after each zero) at its final
+        // position; the write cursor never passes the read cursor.
+        let mut r = out.len();
+        out.resize(r + zeros, 0);
+        let mut w = out.len();
+        while r > start {
+            r -= 1;
+            let b = out[r];
+            if b == 0 {
+                w -= 1;
+                out[w] = ESCAPE;
+            }
+            w -= 1;
+            out[w] = b;
+        }
     }
+    out.push(0);
+    out.push(TERMINATOR);
 }
 
 /// Reads one escaped field from the front of `bytes`: the unescaped bytes and the rest.

@@ -57,7 +57,10 @@
 //!   full checkpoints are one canonical state file, written by scanning the checkpoint
 //!   read-only in key order. Incremental checkpoints into storage that takes shared files
 //!   are native: the checkpoint's SST files go to the shared area under content-derived
-//!   names, and only files the last completed checkpoint does not hold are uploaded.
+//!   names, and only files the last completed checkpoint does not hold are uploaded
+//!   ([`RocksDbOptions::native_incremental`] `= false` writes them canonically instead).
+//!   [`scan_native_handle`] reads a native handle's entries in canonical form, without the
+//!   program.
 //! - **Restore.** Canonical handles (from either backend, any parallelism) are turned into
 //!   one SST file per state and ingested, never put entry by entry. Native handles are
 //!   downloaded and opened; for another parallelism the most-overlapping one becomes the
