@@ -124,6 +124,16 @@ pub fn run<F: BackendFactory>(factory: &F, ops: &[Op]) {
                 storage.retain(*n).unwrap();
                 let kept = storage.completed_checkpoints().unwrap();
                 completed.retain(|id, _| kept.contains(id));
+                // After cleanup nothing is left that no retained manifest references, and
+                // every retained checkpoint's files are whole.
+                let again = storage.gc_plan(*n).unwrap();
+                assert!(
+                    again.subsumed.is_empty() && again.shared_deleted.is_empty(),
+                    "after step {step}: cleanup left garbage: {again:?}"
+                );
+                for id in &kept {
+                    storage.verify(*id).unwrap();
+                }
             }
             data => apply(&mut op, &mut model, &keys, data),
         }
