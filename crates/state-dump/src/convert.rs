@@ -1,9 +1,13 @@
-//! `state-dump convert`: any canonical checkpoint (full or incremental, with files spread
-//! over `chk-*/` and `shared/`) or savepoint to a self-contained canonical savepoint, offline.
+//! `state-dump convert`: any checkpoint — canonical (full or incremental, with files spread
+//! over `chk-*/` and `shared/`) or native RocksDB (incremental, its SST files in `shared/`)
+//! — or savepoint to a self-contained canonical savepoint, offline, that every backend
+//! restores.
 //!
 //! Each subtask's key groups are re-encoded into one new private state file (the entries are
-//! copied as bytes, never decoded, so no program types are needed); operator state is copied
-//! as is; the manifest is written last by `cairn-storage`'s savepoint writer.
+//! copied as bytes, never decoded, so no program types are needed; a native handle is read
+//! in canonical form by `cairn_rocksdb::scan_native_handle` from a scratch copy under the
+//! temporary directory); operator state is copied as is; the manifest is written last by
+//! `cairn-storage`'s savepoint writer.
 
 use cairn_core::{
     is_valid_file_name, CanonicalFile, FileArea, KeyGroup, KeyedData, KeyedStateHandle,
@@ -16,7 +20,7 @@ use cairn_storage::{create_savepoint, SavepointWriter};
 use serde::Serialize;
 
 use crate::error::{from_storage, DumpError};
-use crate::open::{canonical_files, Snapshot};
+use crate::open::{check_readable, Snapshot};
 use crate::progress::Progress;
 use crate::scan::{file_count, scan_handle};
 
@@ -180,7 +184,7 @@ pub fn convert(
         .flat_map(|o| o.subtasks.iter())
         .filter_map(|st| st.keyed.as_ref())
     {
-        canonical_files(h, s)?;
+        check_readable(h, s)?;
     }
     let shown = if out.contains("://") {
         out.to_string()

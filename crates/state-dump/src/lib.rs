@@ -14,7 +14,7 @@
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |
 //! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references |
-//! | `convert PATH --out DIR` | [`convert()`] | any canonical checkpoint (full or incremental) to a self-contained canonical savepoint |
+//! | `convert PATH --out DIR` | [`convert()`] | any checkpoint (native RocksDB, canonical full or incremental) or savepoint to a self-contained canonical savepoint |
 //!
 //! PATH is a checkpoint directory (`<job>/chk-<id>`, whose shared files live in
 //! `<job>/shared/`), a savepoint directory, or either's `_metadata` file, given as a local
@@ -27,9 +27,16 @@
 //! on success, 1 on an error in the data, 2 on bad usage or a path that is not a snapshot
 //! ([`DumpError::exit_code`]). Errors are one line on stderr, naming what and where.
 //!
-//! Native RocksDB snapshots (`KeyedData::RocksNative`) are listed by `summary`, `files` and
-//! `gc` and checksummed by `verify`, but `entries`, `diff` and `convert` need the RocksDB
-//! backend to read them and say so ([`NATIVE_UNSUPPORTED`]).
+//! Native RocksDB checkpoints (`KeyedData::RocksNative`, the RocksDB backend's incremental
+//! checkpoints) are read by `entries`, `diff` and `convert` through
+//! `cairn_rocksdb::scan_native_handle`, which yields a native handle's entries in the same
+//! canonical form and order as a state file: each handle's files are copied into a scratch
+//! directory under the system's temporary directory (`TMPDIR`), checked against the
+//! manifest's sizes and CRC32s, opened read-only and removed afterwards, so a native
+//! checkpoint dumps, diffs and converts exactly like a canonical one (and `diff` compares
+//! the two equal when they hold the same state). `summary` reports no entry count for
+//! native data (that needs a full scan), and `verify` checks native files by size and
+//! whole-file CRC32.
 //!
 //! ## An example session
 //!
@@ -85,7 +92,7 @@ pub use entries::{write_entries, DecodedEntry, Decoders, EntriesOptions};
 pub use error::{DumpError, EXIT_DATA, EXIT_OK, EXIT_USAGE};
 pub use files::{list_files, CheckpointFiles, FilesReport, SavepointFiles, SharedFile};
 pub use gc::{gc, GcOutcome};
-pub use open::{open_job_root, open_snapshot, JobRoot, Snapshot, NATIVE_UNSUPPORTED};
+pub use open::{open_job_root, open_snapshot, JobRoot, Snapshot};
 pub use progress::{progress_for_stderr, NoProgress, Progress, TerminalProgress};
 pub use scan::{scan_operator, Entry};
 pub use schema_decode::{hex, raw, Decoder};

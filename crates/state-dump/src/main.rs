@@ -100,8 +100,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Convert a canonical checkpoint (full or incremental) or savepoint into a
-    /// self-contained canonical savepoint in DIR.
+    /// Convert any checkpoint (native RocksDB, canonical full or incremental) or savepoint
+    /// into a self-contained canonical savepoint in DIR that every backend restores.
     Convert {
         /// The checkpoint or savepoint.
         path: String,

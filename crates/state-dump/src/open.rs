@@ -5,17 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cairn_core::{CanonicalFile, FileArea, FileRef, KeyedData, KeyedStateHandle, SnapshotType};
+use cairn_core::{FileArea, FileRef, KeyedData, KeyedStateHandle, SnapshotType};
 use cairn_format::{Manifest, MANIFEST_FILE_NAME};
 use cairn_storage::{
     open_savepoint, CheckpointSource, CheckpointStorage, SavepointSource, StorageError,
 };
 
 use crate::error::{from_storage, DumpError};
-
-/// The message for native RocksDB data, which this build cannot decode yet.
-pub const NATIVE_UNSUPPORTED: &str =
-    "native RocksDB snapshots need the rocksdb backend: not supported by this build yet";
 
 /// An opened checkpoint or savepoint: its manifest and a reader of its files.
 #[derive(Debug)]
@@ -104,17 +100,15 @@ impl Snapshot {
     }
 }
 
-/// The canonical files of a keyed handle; native RocksDB data is an
-/// [`DumpError::Unsupported`] error naming the snapshot.
-pub(crate) fn canonical_files<'a>(
-    h: &'a KeyedStateHandle,
-    snapshot: &Snapshot,
-) -> Result<&'a [CanonicalFile], DumpError> {
+/// Refuses keyed data of a kind this build cannot read (a newer `KeyedData` variant) with
+/// an [`DumpError::Unsupported`] error naming the snapshot; canonical state files and native
+/// RocksDB checkpoints are read.
+pub(crate) fn check_readable(h: &KeyedStateHandle, snapshot: &Snapshot) -> Result<(), DumpError> {
     match &h.data {
-        KeyedData::Canonical { files } => Ok(files),
+        KeyedData::Canonical { .. } | KeyedData::RocksNative { .. } => Ok(()),
         _ => Err(DumpError::Unsupported {
             path: snapshot.location.clone(),
-            detail: NATIVE_UNSUPPORTED.into(),
+            detail: "keyed state data of a kind this build cannot read; upgrade state-dump".into(),
         }),
     }
 }

@@ -1,13 +1,20 @@
 //! Reading the canonical entries of an operator's keyed state, in key-group order, from
-//! whichever files supply each key group (full, incremental and savepoint handles alike).
+//! whichever files supply each key group (full, incremental and savepoint handles alike),
+//! and from native RocksDB checkpoints through `cairn_rocksdb::scan_native_handle`, which
+//! yields the same entries in the same order.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use cairn_core::{FileRef, KeyGroupRange, KeyedStateHandle, StateMeta};
+use bytes::Bytes;
+use cairn_core::{
+    CanonicalFile, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle, SnapshotSource, StateError,
+    StateMeta,
+};
 use cairn_format::{EntryRef, FormatError, OperatorManifest, StateFileReader};
 
 use crate::error::{from_format, DumpError};
-use crate::open::{canonical_files, Snapshot};
+use crate::open::{check_readable, Snapshot};
 use crate::progress::Progress;
 
 /// One entry with the state it belongs to.
@@ -90,11 +97,158 @@ pub(crate) fn scan_handle(
     progress: &dyn Progress,
     f: &mut dyn FnMut(Entry<'_>) -> Result<bool, DumpError>,
 ) -> Result<bool, DumpError> {
-    let files = canonical_files(h, s)?;
+    check_readable(h, s)?;
     let wanted = only.map_or(h.key_group_range, |r| r.intersect(&h.key_group_range));
     if wanted.is_empty() {
         return Ok(true);
     }
+    match &h.data {
+        KeyedData::Canonical { files } => scan_canonical(s, h, files, wanted, progress, f),
+        _ => scan_native(s, h, wanted, progress, f),
+    }
+}
+
+/// The files of a snapshot as a [`SnapshotSource`] for `cairn-rocksdb`: each read is
+/// checked against the manifest's size and CRC32, and the first failure is kept as a
+/// [`DumpError`] that names the file by its full path.
+struct NativeSource<'a> {
+    snapshot: &'a Snapshot,
+    error: Mutex<Option<DumpError>>,
+}
+
+impl NativeSource<'_> {
+    fn fail(&self, e: DumpError) -> StateError {
+        let reason = e.one_line();
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+        StateError::Restore { reason }
+    }
+
+    fn take_error(&self) -> Option<DumpError> {
+        self.error.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl SnapshotSource for NativeSource<'_> {
+    fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
+        let bytes = self.snapshot.read(file).map_err(|e| self.fail(e))?;
+        let crc = crc32fast::hash(&bytes);
+        if crc != file.crc32 {
+            return Err(self.fail(DumpError::Corrupt {
+                kind: "file",
+                path: self.snapshot.file_path(file),
+                offset: 0,
+                detail: format!(
+                    "whole-file checksum mismatch: the manifest says crc32 {:#010x}, found {crc:#010x}",
+                    file.crc32
+                ),
+            }));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Why a native scan's callback ended it early.
+enum Ended {
+    /// `f` returned `Ok(false)`.
+    Stopped,
+    /// The scan passed the wanted key groups.
+    PastRange,
+    /// `f` failed, or an entry names a state the handle does not list.
+    Failed(DumpError),
+}
+
+/// [`scan_handle`] for a native RocksDB handle: its files are downloaded into a scratch
+/// directory under the system's temporary directory (`TMPDIR`), opened read-only and
+/// scanned; the directory is removed afterwards, also on errors.
+fn scan_native(
+    s: &Snapshot,
+    h: &KeyedStateHandle,
+    wanted: KeyGroupRange,
+    progress: &dyn Progress,
+    f: &mut dyn FnMut(Entry<'_>) -> Result<bool, DumpError>,
+) -> Result<bool, DumpError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("state-dump-native-")
+        .tempdir()
+        .map_err(|e| {
+            DumpError::data(
+                std::env::temp_dir().display().to_string(),
+                format!("cannot create a scratch directory for native RocksDB data: {e}"),
+            )
+        })?;
+    let source = NativeSource {
+        snapshot: s,
+        error: Mutex::new(None),
+    };
+    let mut ended: Option<Ended> = None;
+    let result = cairn_rocksdb::scan_native_handle(h, &source, scratch.path(), |e| {
+        if e.key_group < wanted.start {
+            return Ok(());
+        }
+        let outcome = if e.key_group >= wanted.end {
+            Ended::PastRange
+        } else if let Some(meta) = h.states.get(e.state as usize) {
+            match f(Entry {
+                entry: e,
+                state: meta,
+                handle: h,
+            }) {
+                Ok(true) => return Ok(()),
+                Ok(false) => Ended::Stopped,
+                Err(err) => Ended::Failed(err),
+            }
+        } else {
+            Ended::Failed(DumpError::Corrupt {
+                kind: "native checkpoint",
+                path: s.location.clone(),
+                offset: 0,
+                detail: format!(
+                    "entry of a state the manifest does not list state_index={} key_group={}",
+                    e.state, e.key_group
+                ),
+            })
+        };
+        ended = Some(outcome);
+        Err(StateError::Restore {
+            reason: "scan ended".into(),
+        })
+    });
+    progress.inc(h.files().count() as u64);
+    // Removing the scratch directory is best effort (scan_native_handle already removed
+    // what it downloaded).
+    let _ = scratch.close();
+    match ended {
+        Some(Ended::Stopped) => return Ok(false),
+        Some(Ended::PastRange) => return Ok(true),
+        Some(Ended::Failed(e)) => return Err(e),
+        None => {}
+    }
+    if let Some(e) = source.take_error() {
+        return Err(e);
+    }
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) => Err(DumpError::data(
+            &s.location,
+            format!(
+                "cannot read the native RocksDB checkpoint of key groups {}: {}",
+                h.key_group_range,
+                e.to_string().replace(['\n', '\r'], " ")
+            ),
+        )),
+    }
+}
+/// [`scan_handle`] for canonical state files.
+fn scan_canonical(
+    s: &Snapshot,
+    h: &KeyedStateHandle,
+    files: &[CanonicalFile],
+    wanted: KeyGroupRange,
+    progress: &dyn Progress,
+    f: &mut dyn FnMut(Entry<'_>) -> Result<bool, DumpError>,
+) -> Result<bool, DumpError> {
     // (range, file) sorted by range start: key-group order across the handle's files.
     let mut parts: Vec<(KeyGroupRange, &FileRef)> = files
         .iter()

@@ -1,5 +1,6 @@
-//! Test helpers: running the binary, and a small keyed job on the heap backend whose
-//! checkpoints and savepoints the tests inspect, with a model of what it wrote.
+//! Test helpers: running the binary, and a small keyed job on the heap or the RocksDB
+//! backend whose checkpoints and savepoints the tests inspect, with a model of what it
+//! wrote.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -8,11 +9,12 @@ use std::process::Command;
 
 use cairn_core::{
     key_group_for_key, subtask_for_key_group, BincodeCodec, CancelToken, Codec, KeyGroupRange,
-    KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, OperatorStateBackend,
-    SnapshotOptions, SnapshotSource, SnapshotType, StateAccess, ValueStateDescriptor,
+    ListStateDescriptor, MapStateDescriptor, OperatorStateBackend, SnapshotOptions, SnapshotSource,
+    SnapshotType, StateAccess, ValueStateDescriptor,
 };
 use cairn_format::Manifest;
 use cairn_hashmap::{HashMapBackend, HashMapConfig};
+use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
 use cairn_storage::{
     assemble_manifest, restore_subtask, snapshot_operator, write_savepoint, CheckpointStorage,
     SubtaskRef,
@@ -56,8 +58,14 @@ impl Run {
 
 /// Runs the binary with `args`; asserts it did not panic.
 pub fn run(args: &[&str]) -> Run {
+    run_env(args, &[])
+}
+
+/// Runs the binary with `args` and environment variables `env`; asserts it did not panic.
+pub fn run_env(args: &[&str], env: &[(&str, &Path)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_state-dump"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run state-dump");
     let r = Run {
@@ -109,31 +117,76 @@ fn tags_desc() -> MapStateDescriptor<String, u64> {
     MapStateDescriptor::new("tags")
 }
 
-/// A keyed operator `count` at some parallelism on the heap backend.
-pub struct Job {
-    pub subtasks: Vec<(HashMapBackend, OperatorStateBackend)>,
+/// A keyed operator `count` at some parallelism on the heap backend (default) or the
+/// RocksDB backend.
+pub struct Job<B = HashMapBackend> {
+    pub subtasks: Vec<(B, OperatorStateBackend)>,
     key: BincodeCodec<String>,
 }
 
-impl Job {
+impl Job<HashMapBackend> {
+    /// On the heap backend.
     pub fn new(parallelism: u32) -> Self {
+        Self::with(parallelism, |range, key| {
+            HashMapBackend::new(HashMapConfig {
+                uid: UID.into(),
+                max_parallelism: MAX_P,
+                key_group_range: range,
+                key_codec: key.identity().clone(),
+            })
+            .unwrap()
+        })
+    }
+
+    /// A fresh heap job at `parallelism` restored from a manifest.
+    pub fn restore(m: &Manifest, source: &dyn SnapshotSource, parallelism: u32) -> Self {
+        Self::new(parallelism).restored(m, source)
+    }
+}
+
+impl Job<RocksDbBackend> {
+    /// On the RocksDB backend, its instances under `local_dir`.
+    pub fn rocks(parallelism: u32, local_dir: &Path, options: RocksDbOptions) -> Self {
+        Self::with(parallelism, |range, key| {
+            RocksDbBackend::new(RocksDbConfig {
+                uid: UID.into(),
+                max_parallelism: MAX_P,
+                key_group_range: range,
+                key_codec: key.identity().clone(),
+                local_dir: local_dir.to_path_buf(),
+                options: options.clone(),
+            })
+            .unwrap()
+        })
+    }
+}
+
+impl<B: StateAccess> Job<B> {
+    /// One backend per subtask from `make(range, key codec)`.
+    pub fn with(
+        parallelism: u32,
+        mut make: impl FnMut(KeyGroupRange, &BincodeCodec<String>) -> B,
+    ) -> Self {
         let key = BincodeCodec::<String>::new();
         let subtasks = (0..parallelism)
             .map(|i| {
-                let b = HashMapBackend::new(HashMapConfig {
-                    uid: UID.into(),
-                    max_parallelism: MAX_P,
-                    key_group_range: KeyGroupRange::for_subtask(MAX_P, parallelism, i).unwrap(),
-                    key_codec: key.identity().clone(),
-                })
-                .unwrap();
-                (b, OperatorStateBackend::new(UID))
+                let range = KeyGroupRange::for_subtask(MAX_P, parallelism, i).unwrap();
+                (make(range, &key), OperatorStateBackend::new(UID))
             })
             .collect();
         Self { subtasks, key }
     }
 
-    fn backend(&mut self, word: &str) -> &mut HashMapBackend {
+    /// This (fresh) job with every subtask restored from a manifest.
+    pub fn restored(mut self, m: &Manifest, source: &dyn SnapshotSource) -> Self {
+        let parallelism = self.subtasks.len() as u32;
+        for (i, (b, o)) in self.subtasks.iter_mut().enumerate() {
+            restore_subtask(m, UID, parallelism, i as u32, Some(b), o, source).unwrap();
+        }
+        self
+    }
+
+    fn backend(&mut self, word: &str) -> &mut B {
         let k = self.key.encode_to_vec(&word.to_string()).unwrap();
         let kg = key_group_for_key(&k, MAX_P);
         let p = self.subtasks.len() as u32;
@@ -238,19 +291,10 @@ impl Job {
         .unwrap();
         write_savepoint(s(dir), id, vec![pending]).unwrap()
     }
-
-    /// A fresh job at `parallelism` restored from a manifest.
-    pub fn restore(m: &Manifest, source: &dyn SnapshotSource, parallelism: u32) -> Self {
-        let mut job = Self::new(parallelism);
-        for (i, (b, o)) in job.subtasks.iter_mut().enumerate() {
-            restore_subtask(m, UID, parallelism, i as u32, Some(b), o, source).unwrap();
-        }
-        job
-    }
 }
 
 /// Applies a deterministic batch of updates: `n` words from `first`.
-pub fn batch(job: &mut Job, model: &mut Model, first: u64, n: u64) {
+pub fn batch<B: StateAccess>(job: &mut Job<B>, model: &mut Model, first: u64, n: u64) {
     for i in first..first + n {
         let word = format!("w{}", i % 40);
         let tag = (i % 3 == 0).then_some((if i % 2 == 0 { "even" } else { "odd" }, i));
