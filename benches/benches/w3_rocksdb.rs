@@ -275,69 +275,73 @@ fn time(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
-/// Durations of one run of `op`: (backend without cache, backend with cache, raw).
-fn run_once(op: &str, keys: &[u64], seq: &[u64]) -> [Duration; 3] {
+/// One run of `op` on a fresh backend (`cache_capacity` `cap`) in its own directory.
+/// Each side gets its own instance, dropped before the next side runs, so no side's
+/// background flushes or compactions overlap another side's measurement.
+fn run_backend(op: &str, keys: &[u64], seq: &[u64], cap: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut nocache = backend(dir.path(), 0);
-    let mut cached = backend(dir.path(), BIG_CACHE);
-    let mut raw = Raw::open(dir.path());
+    let mut b = backend(dir.path(), cap);
     match op {
         "value_get_update" => {
-            let d = ValueStateDescriptor::<u64>::new("v");
-            let (s0, s1) = (
-                nocache.register_value(&d).expect("register"),
-                cached.register_value(&d).expect("register"),
-            );
+            let s = b
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .expect("register");
             // Every side starts with every key present: the measured operations update.
-            value_backend(&mut nocache, &s0, keys);
-            value_backend(&mut cached, &s1, keys);
-            value_raw(&mut raw, keys);
-            [
-                time(|| value_backend(&mut nocache, &s0, seq)),
-                time(|| value_backend(&mut cached, &s1, seq)),
-                time(|| value_raw(&mut raw, seq)),
-            ]
+            value_backend(&mut b, &s, keys);
+            time(|| value_backend(&mut b, &s, seq))
         }
         "list_add" => {
-            let d = ListStateDescriptor::<u64>::new("l");
-            let (s0, s1) = (
-                nocache.register_list(&d).expect("register"),
-                cached.register_list(&d).expect("register"),
-            );
-            [
-                time(|| list_backend(&mut nocache, &s0, seq)),
-                time(|| list_backend(&mut cached, &s1, seq)),
-                time(|| list_raw(&mut raw, seq)),
-            ]
+            let s = b
+                .register_list(&ListStateDescriptor::<u64>::new("l"))
+                .expect("register");
+            time(|| list_backend(&mut b, &s, seq))
         }
         "map_put" | "map_get" => {
-            let d = MapStateDescriptor::<u64, u64>::new("m");
-            let (s0, s1) = (
-                nocache.register_map(&d).expect("register"),
-                cached.register_map(&d).expect("register"),
-            );
-            let put = [
-                time(|| map_put_backend(&mut nocache, &s0, seq)),
-                time(|| map_put_backend(&mut cached, &s1, seq)),
-                time(|| map_put_raw(&mut raw, seq)),
-            ];
+            let s = b
+                .register_map(&MapStateDescriptor::<u64, u64>::new("m"))
+                .expect("register");
+            let put = time(|| map_put_backend(&mut b, &s, seq));
             if op == "map_put" {
                 return put;
             }
-            [
-                time(|| {
-                    black_box(map_get_backend(&mut nocache, &s0, seq));
-                }),
-                time(|| {
-                    black_box(map_get_backend(&mut cached, &s1, seq));
-                }),
-                time(|| {
-                    black_box(map_get_raw(&mut raw, seq));
-                }),
-            ]
+            time(|| {
+                black_box(map_get_backend(&mut b, &s, seq));
+            })
         }
         _ => unreachable!("unknown op {op}"),
     }
+}
+
+/// One run of `op` on a fresh raw instance in its own directory.
+fn run_raw(op: &str, keys: &[u64], seq: &[u64]) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = Raw::open(dir.path());
+    match op {
+        "value_get_update" => {
+            value_raw(&mut raw, keys);
+            time(|| value_raw(&mut raw, seq))
+        }
+        "list_add" => time(|| list_raw(&mut raw, seq)),
+        "map_put" | "map_get" => {
+            let put = time(|| map_put_raw(&mut raw, seq));
+            if op == "map_put" {
+                return put;
+            }
+            time(|| {
+                black_box(map_get_raw(&mut raw, seq));
+            })
+        }
+        _ => unreachable!("unknown op {op}"),
+    }
+}
+
+/// Durations of one run of `op`: (backend without cache, backend with cache, raw).
+fn run_once(op: &str, keys: &[u64], seq: &[u64]) -> [Duration; 3] {
+    [
+        run_backend(op, keys, seq, 0),
+        run_backend(op, keys, seq, BIG_CACHE),
+        run_raw(op, keys, seq),
+    ]
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
