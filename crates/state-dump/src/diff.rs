@@ -1,6 +1,7 @@
 //! `state-dump diff`: operators, states and entries added, removed and changed between two
 //! snapshots, compared on their canonical bytes (so a checkpoint and a savepoint of the same
-//! state, or two backends' snapshots, compare equal).
+//! state, or two backends' snapshots — a native RocksDB checkpoint against a heap one —
+//! compare equal).
 //!
 //! Both snapshots' entries are held in memory while comparing.
 

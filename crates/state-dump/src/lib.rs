@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `summary PATH` | [`summarize`] | kind, id, time, format version, backend; per operator uid its parallelism, states (name, kind, codecs), entries, bytes, files |
 //! | `entries PATH --uid U --state S` | [`write_entries`] | decoded keys, namespaces and values ([`Decoder`]: the schema stored in the codec identity; raw hex without one) |
-//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum |
+//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files and native RocksDB SSTs) |
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |
 //! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references |
@@ -35,8 +35,9 @@
 //! manifest's sizes and CRC32s, opened read-only and removed afterwards, so a native
 //! checkpoint dumps, diffs and converts exactly like a canonical one (and `diff` compares
 //! the two equal when they hold the same state). `summary` reports no entry count for
-//! native data (that needs a full scan), and `verify` checks native files by size and
-//! whole-file CRC32.
+//! native data (that needs a full scan); `verify` checks native files by size and
+//! whole-file CRC32 and then reads every intact native handle through, so RocksDB checks
+//! every block checksum, naming the SST file it rejects.
 //!
 //! ## An example session
 //!

@@ -73,7 +73,9 @@ pub(crate) fn file_count(op: &OperatorManifest) -> u64 {
 
 /// Calls `f` for every entry of operator `op` whose key group is in `only` (all when
 /// `None`), subtask by subtask in key-group order, until `f` returns `Ok(false)`. Every
-/// block read is checksummed.
+/// block read is checksummed. A native RocksDB handle is copied into a scratch directory
+/// under the temporary directory first (its files checked against the manifest's size and
+/// CRC32), read in canonical form and order, and removed.
 pub fn scan_operator(
     s: &Snapshot,
     op: &OperatorManifest,
@@ -230,16 +232,45 @@ fn scan_native(
     }
     match result {
         Ok(()) => Ok(true),
-        Err(e) => Err(DumpError::data(
-            &s.location,
-            format!(
-                "cannot read the native RocksDB checkpoint of key groups {}: {}",
-                h.key_group_range,
-                e.to_string().replace(['\n', '\r'], " ")
-            ),
-        )),
+        Err(e) => Err(native_error(s, h, &e)),
     }
 }
+
+/// A failure of RocksDB on a native handle's files, naming the file it mentions (by its
+/// local name in the scratch copy) by its full path, else the snapshot.
+fn native_error(s: &Snapshot, h: &KeyedStateHandle, e: &StateError) -> DumpError {
+    let detail = e.to_string().replace(['\n', '\r'], " ");
+    let file = match &h.data {
+        KeyedData::RocksNative { files } => files
+            .iter()
+            .find(|f| detail.contains(&format!("/{}", f.local_name)))
+            .map(|f| s.file_path(&f.file)),
+        _ => None,
+    };
+    DumpError::data(
+        file.unwrap_or_else(|| s.location.clone()),
+        format!(
+            "cannot read the native RocksDB checkpoint of key groups {}: {detail}",
+            h.key_group_range
+        ),
+    )
+}
+
+/// Reads every entry of a native handle (every RocksDB block checksum is checked on the
+/// way) and returns how many there are.
+pub(crate) fn count_native(
+    s: &Snapshot,
+    h: &KeyedStateHandle,
+    progress: &dyn Progress,
+) -> Result<u64, DumpError> {
+    let mut n = 0u64;
+    scan_native(s, h, h.key_group_range, progress, &mut |_| {
+        n += 1;
+        Ok(true)
+    })?;
+    Ok(n)
+}
+
 /// [`scan_handle`] for canonical state files.
 fn scan_canonical(
     s: &Snapshot,

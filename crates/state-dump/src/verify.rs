@@ -1,7 +1,9 @@
 //! `state-dump verify`: every referenced file present with the size and whole-file CRC32
-//! the manifest records, and every block of every canonical state file checked.
+//! the manifest records, every block of every canonical state file checked, and every
+//! native RocksDB handle whose files are intact opened and read through (RocksDB checks its
+//! block checksums; a file it rejects is named).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cairn_core::{FileRef, KeyedData, SnapshotType};
 use cairn_format::{FormatError, StateFileReader};
@@ -9,7 +11,8 @@ use serde::Serialize;
 
 use crate::error::{from_format, DumpError};
 use crate::open::Snapshot;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
+use crate::scan::count_native;
 use crate::table;
 
 /// One problem `verify` found.
@@ -36,7 +39,7 @@ pub struct VerifyReport {
     pub files: usize,
     /// Their bytes (as the manifest records them).
     pub bytes: u64,
-    /// Entries read from canonical state files.
+    /// Entries read from canonical state files and native RocksDB handles.
     pub entries: u64,
     /// Problems; empty when the snapshot is clean.
     pub findings: Vec<Finding>,
@@ -179,6 +182,30 @@ pub fn verify(s: &Snapshot, progress: &dyn Progress) -> Result<VerifyReport, Dum
                     file.crc32
                 ),
             });
+        }
+    }
+    // Native handles whose files are all present and intact: read every entry.
+    let damaged: BTreeSet<String> = findings.iter().map(|f| f.path.clone()).collect();
+    let mut seen = HashSet::new();
+    for h in m
+        .operators
+        .iter()
+        .flat_map(|o| o.subtasks.iter())
+        .filter_map(|st| st.keyed.as_ref())
+        .filter(|h| matches!(h.data, KeyedData::RocksNative { .. }))
+    {
+        if !seen.insert(h) || h.files().any(|f| damaged.contains(&s.file_path(f))) {
+            continue;
+        }
+        match count_native(s, h, &NoProgress) {
+            Ok(n) => entries += n,
+            Err(e) => {
+                let path = match &e {
+                    DumpError::Data { path, .. } => path.clone(),
+                    _ => s.location.clone(),
+                };
+                findings.push(finding(&e, &path));
+            }
         }
     }
     progress.finish();

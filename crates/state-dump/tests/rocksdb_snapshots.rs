@@ -324,12 +324,7 @@ fn convert_of_native_and_heap_incremental_checkpoints_restores_under_both_backen
         let r = run(&["convert", s(&chk), "--out", s(&out), "--json"]);
         assert_eq!(r.code, 0, "{name}: {r:?}");
         assert_eq!(r.json()["files"], 2, "{name}");
-        assert_eq!(r.json()["entries"], {
-            let m = &f.models[2];
-            (m.values().filter(|k| k.count.is_some()).count()
-                + m.values().filter(|k| !k.events.is_empty()).count()
-                + m.values().map(|k| k.tags.len()).sum::<usize>()) as u64
-        });
+        assert_eq!(r.json()["entries"], entry_count(&f.models[2]));
         // A self-contained canonical savepoint that verifies clean with the same entries.
         let v = run(&["verify", s(&out)]);
         assert_eq!(v.code, 0, "{v:?}");
@@ -429,4 +424,59 @@ fn a_missing_shared_sst_file_is_named() {
         .find(|x| x["name"] == name.as_str())
         .unwrap_or_else(|| panic!("{name} not listed: {j}"));
     assert_eq!(entry["missing"], true);
+}
+
+/// The number of entries of every state of `model`.
+fn entry_count(model: &Model) -> u64 {
+    (model.values().filter(|k| k.count.is_some()).count()
+        + model.values().filter(|k| !k.events.is_empty()).count()
+        + model.values().map(|k| k.tags.len()).sum::<usize>()) as u64
+}
+
+#[test]
+fn verify_reads_native_checkpoints_through_and_names_an_sst_rocksdb_rejects() {
+    let f = fixture();
+    let chk = f.rocks_root.join("chk-3");
+    let v = run(&["verify", s(&chk), "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["entries"], entry_count(&f.models[2]));
+    // A bit flip the manifest's CRC32 does not catch (the manifest is rewritten to match
+    // the damaged file): RocksDB's block checksums do, and the finding names the SST.
+    let sst = native_sst(&f.rocks_root, 3);
+    let mut bytes = std::fs::read(&sst).unwrap();
+    // Inside the first data block (data blocks come first in an SST file).
+    bytes[10] ^= 0x20;
+    std::fs::write(&sst, &bytes).unwrap();
+    let crc = crc32fast::hash(&bytes);
+    let meta = chk.join("_metadata");
+    let mut m = load(&f.rocks_root, 3);
+    for h in m
+        .operators
+        .iter_mut()
+        .flat_map(|o| o.subtasks.iter_mut())
+        .filter_map(|st| st.keyed.as_mut())
+    {
+        if let KeyedData::RocksNative { files } = &mut h.data {
+            for nf in files
+                .iter_mut()
+                .filter(|nf| sst.ends_with(&nf.file.name) && nf.file.area == FileArea::Shared)
+            {
+                nf.file.crc32 = crc;
+            }
+        }
+    }
+    std::fs::write(&meta, cairn_format::encode_manifest(&m).unwrap()).unwrap();
+    let v = run(&["verify", s(&chk), "--json"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    let findings = v.json()["findings"].as_array().unwrap().clone();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0]["path"], s(&sst), "{findings:?}");
+    let problem = findings[0]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("cannot read the native RocksDB checkpoint")
+            && problem.contains("checksum mismatch"),
+        "{problem}"
+    );
+    run(&["entries", s(&chk), "--uid", UID, "--state", "count"])
+        .assert_error(1, &["checksum mismatch", s(&sst)]);
 }
