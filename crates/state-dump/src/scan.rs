@@ -220,6 +220,7 @@ fn scan_native(
     progress.inc(h.files().count() as u64);
     // Removing the scratch directory is best effort (scan_native_handle already removed
     // what it downloaded).
+    let scratch_path = scratch.path().display().to_string();
     let _ = scratch.close();
     match ended {
         Some(Ended::Stopped) => return Ok(false),
@@ -232,13 +233,13 @@ fn scan_native(
     }
     match result {
         Ok(()) => Ok(true),
-        Err(e) => Err(native_error(s, h, &e)),
+        Err(e) => Err(native_error(s, h, &e, &scratch_path)),
     }
 }
 
 /// A failure of RocksDB on a native handle's files, naming the file it mentions (by its
-/// local name in the scratch copy) by its full path, else the snapshot.
-fn native_error(s: &Snapshot, h: &KeyedStateHandle, e: &StateError) -> DumpError {
+/// local name in the scratch copy under `scratch`) by its full path, else the snapshot.
+fn native_error(s: &Snapshot, h: &KeyedStateHandle, e: &StateError, scratch: &str) -> DumpError {
     let detail = e.to_string().replace(['\n', '\r'], " ");
     let file = match &h.data {
         KeyedData::RocksNative { files } => files
@@ -247,13 +248,41 @@ fn native_error(s: &Snapshot, h: &KeyedStateHandle, e: &StateError) -> DumpError
             .map(|f| s.file_path(&f.file)),
         _ => None,
     };
+    let detail = strip_scratch(&detail, scratch);
+    let range = h.key_group_range.to_string();
     DumpError::data(
         file.unwrap_or_else(|| s.location.clone()),
-        format!(
-            "cannot read the native RocksDB checkpoint of key groups {}: {detail}",
-            h.key_group_range
-        ),
+        if detail.contains(&format!("key groups {range}")) {
+            format!("cannot read the native RocksDB checkpoint: {detail}")
+        } else {
+            format!("cannot read the native RocksDB checkpoint of key groups {range}: {detail}")
+        },
     )
+}
+
+/// `detail` without the paths of the (removed) scratch copy under `scratch`: a file in it
+/// is shown by its local name, the copy itself as `the scratch copy`.
+fn strip_scratch(detail: &str, scratch: &str) -> String {
+    let prefix = format!("{}/", scratch.trim_end_matches('/'));
+    let mut out = String::with_capacity(detail.len());
+    let mut rest = detail;
+    while let Some(i) = rest.find(&prefix) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + prefix.len()..];
+        let end = after
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let tail = &after[end..];
+        match tail.strip_prefix('/') {
+            Some(t) => rest = t,
+            None => {
+                out.push_str("the scratch copy");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Reads every entry of a native handle (every RocksDB block checksum is checked on the
@@ -340,4 +369,20 @@ fn scan_canonical(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_paths_are_stripped() {
+        let d = "iterate path=/t/s/cairn-native-scan-00ff cf=count: Corruption: in /t/s/cairn-native-scan-00ff/000014.sst offset 0";
+        assert_eq!(
+            strip_scratch(d, "/t/s"),
+            "iterate path=the scratch copy cf=count: Corruption: in 000014.sst offset 0"
+        );
+        assert_eq!(strip_scratch("no paths", "/t/s"), "no paths");
+        assert_eq!(strip_scratch("end /t/s/x", "/t/s/"), "end the scratch copy");
+    }
 }

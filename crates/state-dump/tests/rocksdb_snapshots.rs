@@ -479,4 +479,7 @@ fn verify_reads_native_checkpoints_through_and_names_an_sst_rocksdb_rejects() {
     );
     run(&["entries", s(&chk), "--uid", UID, "--state", "count"])
         .assert_error(1, &["checksum mismatch", s(&sst)]);
+    // The message names the SST by its local name, not the removed scratch copy.
+    let r = run(&["entries", s(&chk), "--uid", UID, "--state", "count"]);
+    assert!(!r.stderr.contains("cairn-native-scan"), "{r:?}");
 }
