@@ -196,13 +196,14 @@ fn print_row(r: &Row) {
             "incremental"
         };
         println!(
-            "{{\"workload\":\"W4\",\"backend\":\"{}\",\"snapshot\":\"{mode}\",\"parallelism\":1,\"records\":{UPDATES},\"keys\":{},\"checkpoints_completed\":{},\"checkpoint_duration_ms_p50\":{:.1},\"checkpoint_duration_ms_max\":{:.1},\"checkpoint_bytes_p50\":{},\"sync_phase_ms_max\":{:.1},\"sync_phase_ms_p50\":{:.1},\"async_phase_ms_p50\":{:.1},\"publish_ms_p50\":{:.1},\"files_new_p50\":{},\"build_s\":{:.2},\"base_checkpoint_bytes\":{},\"base_checkpoint_ms\":{:.1},\"baseline\":\"{baseline}\",\"baseline_checkpoint_bytes_p50\":{},\"baseline_checkpoint_duration_ms_p50\":{:.1},\"ratio_bytes\":{:.4},\"ratio_duration\":{:.4}}}",
+            "{{\"workload\":\"W4\",\"backend\":\"{}\",\"snapshot\":\"{mode}\",\"parallelism\":1,\"records\":{UPDATES},\"keys\":{},\"checkpoints_completed\":{},\"checkpoint_duration_ms_p50\":{:.1},\"checkpoint_duration_ms_max\":{:.1},\"checkpoint_bytes_p50\":{},\"checkpoint_bytes_max\":{},\"sync_phase_ms_max\":{:.1},\"sync_phase_ms_p50\":{:.1},\"async_phase_ms_p50\":{:.1},\"publish_ms_p50\":{:.1},\"files_new_p50\":{},\"build_s\":{:.2},\"base_checkpoint_bytes\":{},\"base_checkpoint_ms\":{:.1},\"baseline\":\"{baseline}\",\"baseline_checkpoint_bytes_p50\":{},\"baseline_checkpoint_duration_ms_p50\":{:.1},\"ratio_bytes\":{:.4},\"ratio_duration\":{:.4}}}",
             r.backend,
             r.keys,
             v.len(),
             dur(v),
             max,
             bytes(v),
+            v.iter().map(|c| c.bytes).max().unwrap_or(0),
             sync_max,
             median_by(v, |c| ms(c.sync)),
             median_by(v, |c| ms(c.asynch)),
