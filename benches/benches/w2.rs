@@ -352,14 +352,14 @@ fn main() {
     );
     line(names[4], "rocksdb", m[4], String::new());
     line(names[5], "rocksdb", m[5], String::new());
-    println!("{:<32} {:>10} {:>14}", "step", "median s", "bytes");
+    println!("{:<38} {:>10} {:>14}", "step", "median s", "bytes");
     for (i, n) in names.iter().enumerate() {
         let bytes = match i {
             0 => sp_bytes.0.to_string(),
             1 => sp_bytes.1.to_string(),
             _ => String::new(),
         };
-        println!("{n:<32} {:>10.3} {bytes:>14}", m[i].as_secs_f64());
+        println!("{n:<38} {:>10.3} {bytes:>14}", m[i].as_secs_f64());
     }
     println!(
         "ingestion vs put-per-entry: {:.2}x faster ({:.2}x vs put-per-entry then flush)",
