@@ -222,7 +222,14 @@ fn current_key_rules() {
     b.set_current_key(&key(inside)).unwrap();
     let err = b.set_current_key(&key(outside)).unwrap_err();
     assert!(matches!(err, StateError::KeyGroupOutOfRange { range: r, .. } if r == range));
-    // A failed call leaves the current key unchanged.
+    // A failed call leaves no key current (the trait's contract), so a caller that ignores
+    // the error cannot write to the previous key.
+    assert_eq!(b.current_key(), None);
+    assert!(matches!(
+        b.value(&v).update(1),
+        Err(StateError::NoCurrentKey { .. })
+    ));
+    b.set_current_key(&key(inside)).unwrap();
     assert_eq!(b.current_key(), Some(key(inside).as_slice()));
     assert_eq!(b.current_key_group(), Some(kg(inside)));
 }
