@@ -74,6 +74,20 @@ pub fn check_parallelism(parallelism: u32, max_parallelism: u32) -> Result<(), S
     Ok(())
 }
 
+/// Checks that a backend's key-group range is non-empty and within `0..max_parallelism`,
+/// and that `max_parallelism` is valid.
+pub fn check_backend_range(range: KeyGroupRange, max_parallelism: u32) -> Result<(), StateError> {
+    check_parallelism(1, max_parallelism)?;
+    if range.is_empty() || range.end > max_parallelism {
+        return Err(StateError::InvalidParallelism {
+            parallelism: range.len(),
+            max_parallelism,
+            reason: "key-group range must be non-empty and within 0..max_parallelism",
+        });
+    }
+    Ok(())
+}
+
 /// The subtask (of `parallelism`) that owns key group `kg`; the inverse of
 /// [`KeyGroupRange::for_subtask`].
 pub fn subtask_for_key_group(kg: KeyGroup, parallelism: u32, max_parallelism: u32) -> u32 {

@@ -44,16 +44,16 @@ pub use codec::{
 };
 pub use error::{BoxError, Result, StateError};
 pub use keygroup::{
-    check_parallelism, key_group_for_key, murmur3_32, subtask_for_key_group, KeyGroup,
-    KeyGroupRange, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
+    check_backend_range, check_parallelism, key_group_for_key, murmur3_32, subtask_for_key_group,
+    KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
 };
 pub use operator::{
     redistribute, OperatorListStateDescriptor, OperatorListStateId, OperatorStateBackend,
 };
 pub use snapshot::{
-    is_valid_file_name, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData, KeyedStateHandle,
-    NativeFile, OperatorStateSnapshot, Redistribution, SnapshotOptions, SnapshotSource,
-    SnapshotTarget, SnapshotType,
+    is_valid_file_name, restore_metas, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData,
+    KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution, SnapshotOptions,
+    SnapshotSource, SnapshotTarget, SnapshotType,
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::codec::CodecIdentity;
-use crate::error::Result;
+use crate::error::{Result, StateError};
 use crate::keygroup::KeyGroupRange;
 use crate::state::StateMeta;
 
@@ -164,6 +164,55 @@ impl KeyedStateHandle {
             KeyedData::RocksNative { files } => Box::new(files.iter().map(|f| &f.file)),
         }
     }
+}
+
+/// Checks the handles of a restore into operator `uid`'s backend (key codec `key_codec`,
+/// `max_parallelism` key groups) and merges their state metas by name: every handle must
+/// have a compatible key codec and a non-empty range within the key groups, and handles of
+/// one snapshot must agree on each state's kind and codecs. Shared by every backend.
+pub fn restore_metas(
+    uid: &str,
+    key_codec: &CodecIdentity,
+    max_parallelism: u32,
+    handles: &[KeyedStateHandle],
+) -> Result<std::collections::BTreeMap<String, StateMeta>> {
+    let mut metas = std::collections::BTreeMap::<String, StateMeta>::new();
+    for h in handles {
+        if !h.key_codec.is_compatible_with(key_codec) {
+            return Err(StateError::IncompatibleCodec {
+                uid: uid.to_string(),
+                state: "(key)".to_string(),
+                part: "key",
+                stored: Box::new(h.key_codec.clone()),
+                expected: Box::new(key_codec.clone()),
+            });
+        }
+        if h.key_group_range.is_empty() || h.key_group_range.end > max_parallelism {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "handle key-group range {} does not fit max parallelism {max_parallelism} uid={uid}",
+                    h.key_group_range
+                ),
+            });
+        }
+        for m in &h.states {
+            match metas.get(&m.name) {
+                Some(seen) if seen.check_compatible(m, uid, true).is_err() => {
+                    return Err(StateError::Restore {
+                        reason: format!(
+                            "handles disagree on state {}: {seen:?} vs {m:?} uid={uid}",
+                            m.name
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    metas.insert(m.name.clone(), m.clone());
+                }
+            }
+        }
+    }
+    Ok(metas)
 }
 
 /// How operator list state is redistributed when the parallelism changes.

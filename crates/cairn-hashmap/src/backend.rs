@@ -86,14 +86,7 @@ impl HashMapBackend {
             key_group_range: range,
             key_codec,
         } = config;
-        check_parallelism(1, max_parallelism)?;
-        if range.is_empty() || range.end > max_parallelism {
-            return Err(StateError::InvalidParallelism {
-                parallelism: range.len(),
-                max_parallelism,
-                reason: "key-group range must be non-empty and within 0..max_parallelism",
-            });
-        }
+        check_backend_range(range, max_parallelism)?;
         Ok(Self {
             uid: uid.into(),
             max_parallelism,

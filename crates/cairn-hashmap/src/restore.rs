@@ -130,25 +130,10 @@ pub(crate) fn load(
     handles: &[KeyedStateHandle],
     source: &dyn SnapshotSource,
 ) -> Result<BTreeMap<String, RawState>> {
-    let mut metas: BTreeMap<String, StateMeta> = BTreeMap::new();
+    let metas = cairn_core::restore_metas(t.uid, t.key_codec, t.max_parallelism, handles)?;
     let mut files: BTreeMap<(cairn_core::FileArea, String), FilePlan> = BTreeMap::new();
     let mut claimed = vec![false; t.range.len() as usize];
     for h in handles {
-        check_handle(t, h)?;
-        for m in &h.states {
-            match metas.get(&m.name) {
-                Some(seen) if !same_meta(seen, m) => {
-                    return Err(restore_error(format!(
-                        "handles disagree on state {}: {:?} vs {:?} uid={}",
-                        m.name, seen, m, t.uid
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    metas.insert(m.name.clone(), m.clone());
-                }
-            }
-        }
         let canonical = match &h.data {
             KeyedData::Canonical { files } => files,
             KeyedData::RocksNative { .. } => {
@@ -219,36 +204,6 @@ pub(crate) fn load(
         read_file(t, plan, source, &mut raw)?;
     }
     Ok(raw)
-}
-
-fn same_meta(a: &StateMeta, b: &StateMeta) -> bool {
-    a.kind == b.kind
-        && a.namespace.is_compatible_with(&b.namespace)
-        && a.value.is_compatible_with(&b.value)
-        && match (&a.user_key, &b.user_key) {
-            (Some(x), Some(y)) => x.is_compatible_with(y),
-            (None, None) => true,
-            _ => false,
-        }
-}
-
-fn check_handle(t: &RestoreTarget<'_>, h: &KeyedStateHandle) -> Result<()> {
-    if !h.key_codec.is_compatible_with(t.key_codec) {
-        return Err(StateError::IncompatibleCodec {
-            uid: t.uid.to_string(),
-            state: "(key)".to_string(),
-            part: "key",
-            stored: Box::new(h.key_codec.clone()),
-            expected: Box::new(t.key_codec.clone()),
-        });
-    }
-    if h.key_group_range.is_empty() || h.key_group_range.end > t.max_parallelism {
-        return Err(restore_error(format!(
-            "handle key-group range {} does not fit max parallelism {} uid={}",
-            h.key_group_range, t.max_parallelism, t.uid
-        )));
-    }
-    Ok(())
 }
 
 fn read_file(

@@ -101,14 +101,7 @@ impl RocksDbBackend {
             local_dir,
             options,
         } = config;
-        check_parallelism(1, max_parallelism)?;
-        if range.is_empty() || range.end > max_parallelism {
-            return Err(StateError::InvalidParallelism {
-                parallelism: range.len(),
-                max_parallelism,
-                reason: "key-group range must be non-empty and within 0..max_parallelism",
-            });
-        }
+        check_backend_range(range, max_parallelism)?;
         std::fs::create_dir_all(&local_dir)
             .map_err(|e| io_err("creating local directory", &local_dir, e))?;
         let root = local_dir.join(format!(

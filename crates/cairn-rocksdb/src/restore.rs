@@ -3,8 +3,6 @@
 //! (SST ingestion, `canonical.rs`) or the native one (`native_restore.rs`). Mixing both
 //! kinds of handle in one restore is refused.
 
-use std::collections::BTreeMap;
-
 use cairn_core::*;
 
 use crate::backend::RocksDbBackend;
@@ -25,7 +23,7 @@ pub(crate) fn restore(
             b.uid
         )));
     }
-    let mut metas: BTreeMap<String, StateMeta> = BTreeMap::new();
+    let metas = cairn_core::restore_metas(&b.uid, &b.key_codec, b.max_parallelism, handles)?;
     let mut claimed = vec![false; b.range.len() as usize];
     let mut claim = |r: KeyGroupRange, what: &dyn Fn() -> String| -> Result<()> {
         for kg in r.intersect(&b.range).iter() {
@@ -44,21 +42,6 @@ pub(crate) fn restore(
     let mut pieces = Vec::new();
     let mut native: Vec<&KeyedStateHandle> = Vec::new();
     for h in handles {
-        check_handle(b, h)?;
-        for m in &h.states {
-            match metas.get(&m.name) {
-                Some(seen) if !same_meta(seen, m) => {
-                    return Err(restore_error(format!(
-                        "handles disagree on state {}: {:?} vs {:?} uid={}",
-                        m.name, seen, m, b.uid
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    metas.insert(m.name.clone(), m.clone());
-                }
-            }
-        }
         match &h.data {
             KeyedData::Canonical { files } => {
                 for cf in files {
@@ -120,35 +103,5 @@ pub(crate) fn restore(
         crate::native_restore::restore(b, &native, &metas, source)?;
     }
     b.metas = metas;
-    Ok(())
-}
-
-fn same_meta(a: &StateMeta, b: &StateMeta) -> bool {
-    a.kind == b.kind
-        && a.namespace.is_compatible_with(&b.namespace)
-        && a.value.is_compatible_with(&b.value)
-        && match (&a.user_key, &b.user_key) {
-            (Some(x), Some(y)) => x.is_compatible_with(y),
-            (None, None) => true,
-            _ => false,
-        }
-}
-
-fn check_handle(b: &RocksDbBackend, h: &KeyedStateHandle) -> Result<()> {
-    if !h.key_codec.is_compatible_with(&b.key_codec) {
-        return Err(StateError::IncompatibleCodec {
-            uid: b.uid.clone(),
-            state: "(key)".to_string(),
-            part: "key",
-            stored: Box::new(h.key_codec.clone()),
-            expected: Box::new(b.key_codec.clone()),
-        });
-    }
-    if h.key_group_range.is_empty() || h.key_group_range.end > b.max_parallelism {
-        return Err(restore_error(format!(
-            "handle key-group range {} does not fit max parallelism {} uid={}",
-            h.key_group_range, b.max_parallelism, b.uid
-        )));
-    }
     Ok(())
 }
