@@ -87,7 +87,14 @@ impl Instance {
 
     /// The options SST files for ingestion are written with.
     pub(crate) fn sst_options(&self) -> Options {
-        cf_options(&self.options, &self.cache)
+        let mut opts = cf_options(&self.options, &self.cache);
+        // SstFileWriter compresses with the bottommost compression when one is set (ZSTD);
+        // restore writes its files with the cheaper LZ4 instead, and compaction rewrites them
+        // with ZSTD when they reach the bottom level in the normal course.
+        if self.options.compression {
+            opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
+        }
+        opts
     }
 
     /// The column family of state `name`.
