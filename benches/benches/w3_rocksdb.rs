@@ -32,10 +32,7 @@ use cairn_core::{
 };
 use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
 use criterion::{Criterion, Throughput};
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options,
-    ReadOptions, WriteOptions, DB,
-};
+use rocksdb::{Cache, ColumnFamilyDescriptor, Options, ReadOptions, WriteOptions, DB};
 
 /// Operations per measured run (WORKLOADS.md: 5,000,000).
 const OPS: usize = 5_000_000;
@@ -138,31 +135,10 @@ fn map_get_backend(b: &mut RocksDbBackend, s: &MapStateId<u64, u64, ()>, seq: &[
 
 // ---- The raw side. ----
 
-fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    let mut out = existing.map(<[u8]>::to_vec).unwrap_or_default();
-    for op in operands.iter() {
-        out.extend_from_slice(op);
-    }
-    Some(out)
-}
-
-/// The backend's documented options (`cairn-rocksdb/src/options.rs`).
+/// The backend's own column-family options (`cairn_rocksdb::column_family_options`), so
+/// raw RocksDB runs with exactly the settings the backend uses.
 fn raw_options(cache: &Cache) -> Options {
-    let mut opts = Options::default();
-    opts.set_merge_operator_associative("cairn.list.concat", concat_merge);
-    opts.set_write_buffer_size(32 << 20);
-    opts.set_max_write_buffer_number(2);
-    opts.set_level_compaction_dynamic_level_bytes(true);
-    opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    table.set_bloom_filter(10.0, false);
-    table.set_format_version(5);
-    opts.set_block_based_table_factory(&table);
-    opts
+    cairn_rocksdb::column_family_options(&cairn_rocksdb::RocksDbOptions::default(), cache)
 }
 
 /// Raw RocksDB with one column family `s`, WAL off, default read options.

@@ -9,7 +9,7 @@ use rocksdb::{
     Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::options::{cf_options, db_options, RocksDbOptions};
+use crate::options::{column_family_options, db_options, RocksDbOptions};
 
 /// Wraps a RocksDB error with what was being done.
 pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
@@ -53,7 +53,9 @@ impl Instance {
         };
         let cfs: Vec<_> = names
             .iter()
-            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, cf_options(options, &cache)))
+            .map(|n| {
+                rocksdb::ColumnFamilyDescriptor::new(n, column_family_options(options, &cache))
+            })
             .collect();
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| rocks_err("open", path, "*", e))?;
@@ -78,7 +80,9 @@ impl Instance {
         let names = DB::list_cf(&opts, path).map_err(|e| rocks_err("list_cf", path, "*", e))?;
         let cfs: Vec<_> = names
             .iter()
-            .map(|n| rocksdb::ColumnFamilyDescriptor::new(n, cf_options(options, &cache)))
+            .map(|n| {
+                rocksdb::ColumnFamilyDescriptor::new(n, column_family_options(options, &cache))
+            })
             .collect();
         let db = DB::open_cf_descriptors_read_only(&opts, path, cfs, false)
             .map_err(|e| rocks_err("open read-only", path, "*", e))?;
@@ -87,7 +91,7 @@ impl Instance {
 
     /// The options SST files for ingestion are written with.
     pub(crate) fn sst_options(&self) -> Options {
-        let mut opts = cf_options(&self.options, &self.cache);
+        let mut opts = column_family_options(&self.options, &self.cache);
         // SstFileWriter compresses with the bottommost compression when one is set (ZSTD);
         // restore writes its files with the cheaper LZ4 instead, and compaction rewrites them
         // with ZSTD when they reach the bottom level in the normal course.
@@ -112,7 +116,7 @@ impl Instance {
         if self.db.cf_handle(name).is_some() {
             return Ok(());
         }
-        let opts = cf_options(&self.options, &self.cache);
+        let opts = column_family_options(&self.options, &self.cache);
         self.db
             .create_cf(name, &opts)
             .map_err(|e| rocks_err("create_cf", &self.path, name, e))

@@ -89,4 +89,4 @@ mod state;
 
 pub use backend::RocksDbBackend;
 pub use inspect::scan_native_handle;
-pub use options::{RocksDbConfig, RocksDbOptions};
+pub use options::{column_family_options, RocksDbConfig, RocksDbOptions};

@@ -91,7 +91,7 @@ fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
 const MERGE_OPERATOR: &str = "cairn.list.concat";
 
 /// Options of every column family (and of SST files built for ingestion).
-pub(crate) fn cf_options(o: &RocksDbOptions, cache: &Cache) -> Options {
+pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     let mut opts = Options::default();
     opts.set_merge_operator_associative(MERGE_OPERATOR, concat_merge);
     opts.set_write_buffer_size(o.write_buffer_bytes.max(1 << 20));
@@ -117,7 +117,7 @@ pub(crate) fn cf_options(o: &RocksDbOptions, cache: &Cache) -> Options {
 
 /// Options of the instance (the default column family gets the column-family options).
 pub(crate) fn db_options(o: &RocksDbOptions, cache: &Cache) -> Options {
-    let mut opts = cf_options(o, cache);
+    let mut opts = column_family_options(o, cache);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(o.background_jobs.max(1));
