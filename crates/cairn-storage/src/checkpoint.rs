@@ -56,9 +56,10 @@ pub enum CheckpointStatus {
 
 impl CheckpointStorage {
     /// Opens a job's checkpoint directory: `memory://` (a fresh in-memory store),
-    /// `file:///abs/dir` or a plain local path (created if missing; writes are fsynced), or
-    /// a cloud URL (`s3://`, `gs://`, `az://`), which needs an object store feature this build
-    /// does not have yet (use [`CheckpointStorage::from_store`] with a store you built).
+    /// `file:///abs/dir` or a plain local path (created if missing; writes are fsynced),
+    /// `s3://bucket/prefix` (configured from the `AWS_*` environment; see the crate docs), or
+    /// `gs://` / `az://` with the features `gcp` / `azure` (or use
+    /// [`CheckpointStorage::from_store`] with a store you built).
     pub fn open(url: &str) -> Result<Self, StorageError> {
         let (store, prefix) = Store::open(url, true)?;
         Ok(Self::with_store(store, prefix))

@@ -27,6 +27,36 @@ pub enum StorageError {
         /// The cargo feature of `cairn-storage` to enable.
         feature: &'static str,
     },
+    /// A cloud store cannot be configured from the URL and the environment (credentials
+    /// missing, an `http://` endpoint not allowed, a bad setting).
+    #[error("cannot open object store: {reason} url={url}")]
+    StoreConfig {
+        /// The URL as given.
+        url: String,
+        /// What is missing or wrong, naming the environment variable.
+        reason: String,
+    },
+    /// A multipart upload failed and aborting it failed too: its parts may stay on the
+    /// store (billed, invisible to listings) until a lifecycle rule removes them.
+    #[error("put_multipart failed: {source}; aborting the upload failed too: {abort} path={path}")]
+    MultipartAbort {
+        /// The object.
+        path: String,
+        /// Why the upload failed.
+        #[source]
+        source: object_store::Error,
+        /// Why the abort failed.
+        abort: Box<object_store::Error>,
+    },
+    /// A storage task on the runtime did not complete (it panicked, or the runtime shut
+    /// down).
+    #[error("storage task did not complete: {detail} op={op}")]
+    Task {
+        /// The operation.
+        op: &'static str,
+        /// What happened.
+        detail: String,
+    },
     /// A file name is not a valid snapshot file name (see `cairn_core::is_valid_file_name`).
     #[error("invalid file name: {reason} name={name}")]
     InvalidName {

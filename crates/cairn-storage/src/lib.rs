@@ -1,8 +1,8 @@
 //! # cairn-storage — checkpoint and savepoint storage
 //!
 //! Where Cairn's snapshot bytes go: one implementation over the [`object_store`] crate for
-//! memory, the local file system and (with a store you build, or a future feature) S3, GCS
-//! and Azure. It lays out a job's checkpoint directory, publishes a checkpoint by writing its
+//! memory, the local file system and S3 (`s3://bucket/prefix`, cargo feature `s3`, on by
+//! default; GCS and Azure behind the features `gcp` and `azure`, or with a store you build). It lays out a job's checkpoint directory, publishes a checkpoint by writing its
 //! manifest last, discovers the latest completed checkpoint, retains the newest N, and
 //! garbage-collects subsumed checkpoints and unreferenced shared files. Savepoints are
 //! self-contained directories written with [`create_savepoint`] and read with
@@ -104,18 +104,37 @@
 //!   Offline GC (`state-dump gc`) assumes that no job is running on the directory: files a
 //!   job in another process is writing are not protected.
 //!
+//! ## Object stores (S3)
+//!
+//! `s3://bucket/prefix` is opened with `object_store`'s `AmazonS3Builder::from_env()` plus
+//! the URL, so the usual variables apply: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT` (an S3-compatible server) and
+//! `AWS_ALLOW_HTTP=true` for an `http://` endpoint. Opening fails with
+//! [`StorageError::StoreConfig`], naming the URL and the missing variable, when no
+//! credentials are configured or an `http://` endpoint is not allowed; instance-metadata
+//! credentials are used only when `AWS_METADATA_ENDPOINT` is set. The bucket must exist.
+//!
+//! Files larger than 8 MiB are written with a multipart upload in 8 MiB parts (four in
+//! flight); the object appears only when the upload completes, so a put stays all or
+//! nothing. A failed upload is aborted, which deletes its parts; if the abort fails too
+//! ([`StorageError::MultipartAbort`]) the parts stay until a bucket lifecycle rule removes
+//! them. The S3 client is reqwest with rustls (aws-lc-rs crypto, built from C source by
+//! cargo with a C compiler; no OpenSSL).
+//!
 //! ## Threading
 //!
-//! The API is blocking, for task and snapshot threads. Internally the object store's futures
-//! run on a tokio runtime shared by all storages in the process (two worker threads). Do not
-//! call it from inside an async context (it returns
-//! [`StorageError::InsideAsyncContext`] instead of blocking a runtime thread); use
-//! `spawn_blocking`. `memory://` opens a fresh in-memory store each time; share one with
-//! [`CheckpointStorage::from_store`].
+//! The API is blocking, for task and snapshot threads. Every storage operation is spawned on
+//! a tokio runtime that this crate owns, shared by all storages in the process (two worker
+//! threads), and the calling thread waits for it: HTTP connections, part uploads and local
+//! file I/O run on that runtime's threads, and a caller needs no runtime of its own. Do not
+//! call it from inside an async context (it returns [`StorageError::InsideAsyncContext`]
+//! instead of blocking a runtime thread); use `spawn_blocking`. `memory://` opens a fresh
+//! in-memory store each time; share one with [`CheckpointStorage::from_store`].
 //!
 //! [`fault`] holds a fault-injecting store for crash tests.
 
 mod checkpoint;
+mod cloud;
 mod error;
 pub mod fault;
 mod gc;
@@ -124,6 +143,7 @@ mod layout;
 mod registry;
 mod savepoint;
 mod store;
+mod upload;
 
 pub use checkpoint::{CheckpointSource, CheckpointStatus, CheckpointStorage, CheckpointWriter};
 pub use error::StorageError;

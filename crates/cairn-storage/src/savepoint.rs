@@ -18,8 +18,8 @@ use crate::layout::{
 use crate::store::Store;
 
 /// Starts writing savepoint `checkpoint_id` into the directory `url` (a local path,
-/// `file:///abs/dir` or `memory://`), created if missing. Fails if it already holds a
-/// manifest.
+/// `file:///abs/dir`, `memory://` or `s3://bucket/prefix`), created if missing. Fails if it
+/// already holds a manifest.
 pub fn create_savepoint(url: &str, checkpoint_id: u64) -> Result<SavepointWriter, StorageError> {
     let (store, dir) = Store::open(url, true)?;
     create_in(store, dir, checkpoint_id, url)

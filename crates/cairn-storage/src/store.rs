@@ -10,10 +10,11 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 use tokio::runtime::Runtime;
 
 use crate::error::StorageError;
+use crate::upload::{put_object, UploadError, MULTIPART_THRESHOLD, PART_SIZE};
 
 /// The runtime shared by every storage in the process (created on first use).
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
@@ -84,11 +85,24 @@ impl Store {
                     .map_err(|()| invalid("not an absolute file path".into()))?;
                 Self::open_local(url, &fs_path, create)
             }
-            ObjectStoreScheme::AmazonS3 => Err(disabled(url, parsed.scheme(), "aws")),
-            ObjectStoreScheme::GoogleCloudStorage => Err(disabled(url, parsed.scheme(), "gcp")),
-            ObjectStoreScheme::MicrosoftAzure => Err(disabled(url, parsed.scheme(), "azure")),
+            ObjectStoreScheme::AmazonS3 => Self::open_cloud(url, &path, crate::cloud::s3),
+            ObjectStoreScheme::GoogleCloudStorage => {
+                Self::open_cloud(url, &path, crate::cloud::gcs)
+            }
+            ObjectStoreScheme::MicrosoftAzure => Self::open_cloud(url, &path, crate::cloud::azure),
             _ => Err(invalid(format!("unsupported scheme {}", parsed.scheme()))),
         }
+    }
+
+    /// A cloud store built by `build` from the URL and the environment, with the URL's path
+    /// as the prefix.
+    fn open_cloud(
+        url: &str,
+        path: &Path,
+        build: fn(&str) -> Result<Arc<dyn ObjectStore>, StorageError>,
+    ) -> Result<(Self, Path), StorageError> {
+        let store = build(url)?;
+        Ok((Self::new(store, None)?, path.clone()))
     }
 
     fn open_local(url: &str, dir: &FsPath, create: bool) -> Result<(Self, Path), StorageError> {
@@ -127,36 +141,68 @@ impl Store {
         }
     }
 
-    /// Runs `fut` to completion on the storage runtime, from a thread that is not itself
-    /// inside an async runtime.
-    pub(crate) fn block_on<F: Future>(
+    /// Runs the future `op` builds on the storage runtime and waits for it. The future is
+    /// spawned on the runtime's worker threads, so all I/O (HTTP connections, local-file
+    /// `spawn_blocking`) is driven there and the caller's thread needs no runtime of its own;
+    /// a caller inside an async runtime gets an error instead of blocking that runtime.
+    fn run<T, Fut>(
         &self,
         op: &'static str,
-        fut: F,
-    ) -> Result<F::Output, StorageError> {
+        make: impl FnOnce(Arc<dyn ObjectStore>) -> Fut,
+    ) -> Result<T, StorageError>
+    where
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(StorageError::InsideAsyncContext { op });
         }
-        Ok(self.rt.block_on(fut))
+        let task = self.rt.spawn(make(self.store.clone()));
+        futures::executor::block_on(task).map_err(|e| StorageError::Task {
+            op,
+            detail: if e.is_panic() {
+                "the storage task panicked".into()
+            } else {
+                "the storage task was cancelled (runtime shut down)".into()
+            },
+        })
     }
 
-    /// Writes an object atomically and durably (see the crate docs).
+    /// Writes an object atomically and durably (see the crate docs): one put, or above
+    /// [`MULTIPART_THRESHOLD`] bytes a multipart upload that is aborted if it fails.
     pub(crate) fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StorageError> {
-        self.block_on("put", self.store.put(path, PutPayload::from(bytes)))?
-            .map_err(|e| StorageError::store("put", path, e))?;
-        Ok(())
+        let location = path.clone();
+        let result = self.run("put", move |store| {
+            put_object(store, location, bytes, MULTIPART_THRESHOLD, PART_SIZE)
+        })?;
+        result.map_err(|e| match e {
+            UploadError::Put(source) => StorageError::store("put", path, source),
+            UploadError::Multipart {
+                source,
+                abort: None,
+            } => StorageError::store("put_multipart", path, source),
+            UploadError::Multipart {
+                source,
+                abort: Some(abort),
+            } => StorageError::MultipartAbort {
+                path: path.to_string(),
+                source,
+                abort: Box::new(abort),
+            },
+        })
     }
 
     /// Reads a whole object whose size is at most `max` bytes; a larger one is an error before
     /// any of it is read (so a bad or hostile object cannot make the reader allocate
     /// unboundedly).
     pub(crate) fn get_bounded(&self, path: &Path, max: u64) -> Result<Bytes, StorageError> {
-        self.block_on("get", async {
-            let result = self.store.get(path).await?;
+        let location = path.clone();
+        self.run("get", move |store| async move {
+            let result = store.get(&location).await?;
             let size = result.meta.size;
             if size > max {
                 return Ok(Err(StorageError::TooLarge {
-                    path: path.to_string(),
+                    path: location.to_string(),
                     size,
                     max,
                 }));
@@ -168,7 +214,11 @@ impl Store {
 
     /// The size of an object, `None` if it does not exist.
     pub(crate) fn size(&self, path: &Path) -> Result<Option<u64>, StorageError> {
-        match self.block_on("head", self.store.head(path))? {
+        let location = path.clone();
+        match self.run(
+            "head",
+            move |store| async move { store.head(&location).await },
+        )? {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(StorageError::store("head", path, e)),
@@ -177,10 +227,10 @@ impl Store {
 
     /// Every object under `prefix`, recursively.
     pub(crate) fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, StorageError> {
-        match self.block_on(
-            "list",
-            self.store.list(Some(prefix)).try_collect::<Vec<_>>(),
-        )? {
+        let prefix_owned = prefix.clone();
+        match self.run("list", move |store| {
+            store.list(Some(&prefix_owned)).try_collect::<Vec<_>>()
+        })? {
             Ok(v) => Ok(v),
             Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(StorageError::store("list", prefix, e)),
@@ -189,7 +239,10 @@ impl Store {
 
     /// The "directories" directly under `prefix`.
     pub(crate) fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>, StorageError> {
-        match self.block_on("list", self.store.list_with_delimiter(Some(prefix)))? {
+        let prefix_owned = prefix.clone();
+        match self.run("list", move |store| async move {
+            store.list_with_delimiter(Some(&prefix_owned)).await
+        })? {
             Ok(r) => Ok(r.common_prefixes),
             Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
             Err(e) => Err(StorageError::store("list", prefix, e)),
@@ -198,7 +251,10 @@ impl Store {
 
     /// Deletes an object; a missing object is not an error.
     pub(crate) fn delete(&self, path: &Path) -> Result<(), StorageError> {
-        match self.block_on("delete", self.store.delete(path))? {
+        let location = path.clone();
+        match self.run("delete", move |store| async move {
+            store.delete(&location).await
+        })? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::store("delete", path, e)),
         }
@@ -237,14 +293,6 @@ impl Store {
             p.push(part.as_ref());
         }
         Some(p)
-    }
-}
-
-fn disabled(url: &str, scheme: &str, feature: &'static str) -> StorageError {
-    StorageError::FeatureDisabled {
-        url: url.to_string(),
-        scheme: scheme.to_string(),
-        feature,
     }
 }
 
