@@ -99,6 +99,52 @@ impl CheckpointStorage {
         Ok(report)
     }
 
+    /// Discards the job's checkpoints: deletes every checkpoint directory (manifest first)
+    /// and every shared file, except what a checkpoint in flight or a restore in this
+    /// process uses. For a job cancelled without retained checkpoints.
+    pub fn discard_all(&self) -> Result<GcReport, StorageError> {
+        let _guard = GcGuard::new(self);
+        let mut report = GcReport::default();
+        let shared = shared_dir(&self.inner.root);
+        let mut shared_files = Vec::new();
+        for meta in self.inner.store.list(&shared)? {
+            if let Some(parts) = meta.location.prefix_match(&shared) {
+                let name: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+                shared_files.push(name.join("/"));
+            }
+        }
+        for (id, status) in self.scan()? {
+            let busy = {
+                let reg = self.inner.registry.lock();
+                reg.is_in_flight(id) || reg.is_restoring(id)
+            };
+            if busy {
+                report.kept_incomplete.push(id);
+                continue;
+            }
+            self.delete_checkpoint_dir(id)?;
+            match status {
+                CheckpointStatus::Complete(_) => report.subsumed.push(id),
+                _ => report.incomplete.push(id),
+            }
+        }
+        if !report.kept_incomplete.is_empty() {
+            report.shared_skipped = Some("a checkpoint is in flight or being restored".into());
+            return Ok(report);
+        }
+        for name in shared_files {
+            let reg = self.inner.registry.lock();
+            if reg.is_shared_in_flight(&name) {
+                report.shared_in_flight.push(name);
+                continue;
+            }
+            self.inner.store.delete(&join(&shared, &name))?;
+            drop(reg);
+            report.shared_deleted.push(name);
+        }
+        Ok(report)
+    }
+
     /// What [`CheckpointStorage::retain`] would delete now, without deleting anything.
     pub fn gc_plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
         let _guard = GcGuard::new(self);
