@@ -204,6 +204,9 @@ pub(crate) fn from_storage(e: StorageError, full: &dyn Fn(&str) -> String) -> Du
                 "storage scheme {scheme} is not built in: it needs cairn-storage feature `{feature}` (forwarding to object_store's), which this build lacks"
             ),
         },
+        StorageError::StoreConfig { url, reason } => {
+            DumpError::usage(format!("cannot open the object store: {reason} url={url}"))
+        }
         StorageError::InvalidUrl { url, reason } => DumpError::NotSnapshot {
             path: url,
             detail: format!("cannot open: {reason}"),

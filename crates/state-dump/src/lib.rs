@@ -18,9 +18,13 @@
 //!
 //! PATH is a checkpoint directory (`<job>/chk-<id>`, whose shared files live in
 //! `<job>/shared/`), a savepoint directory, or either's `_metadata` file, given as a local
-//! path or a `file://` URL ([`open_snapshot`]). ROOT is a job's checkpoint directory
-//! ([`open_job_root`]). Object-store URLs go through `cairn-storage`, which has no S3, GCS or
-//! Azure store built in yet and says so.
+//! path, a `file://` URL or an `s3://bucket/prefix` URL ([`open_snapshot`]). ROOT is a job's
+//! checkpoint directory ([`open_job_root`]), by path or URL. Object-store URLs go through
+//! `cairn-storage`, which configures S3 from the usual `AWS_*` environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+//! `AWS_ALLOW_HTTP`, as `object_store`'s `AmazonS3Builder::from_env()` reads them); a missing
+//! credential or a plain-http endpoint without `AWS_ALLOW_HTTP=true` is a usage error (exit
+//! 2) naming the URL and the variable.
 //!
 //! Exit codes: `verify` exits 0 when clean, 1 on corruption (each finding names the file and
 //! offset), 2 when PATH is not a snapshot or the usage is wrong; the other commands exit 0

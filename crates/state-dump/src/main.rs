@@ -10,8 +10,10 @@ use state_dump::{DumpError, EntriesOptions, EXIT_DATA, EXIT_OK};
 /// Inspect, verify, diff, convert and clean up Cairn checkpoints and savepoints.
 ///
 /// PATH is a checkpoint directory (<job>/chk-<id>), a savepoint directory, or its _metadata
-/// file, as a local path or file:// URL. ROOT is a job's checkpoint directory (holding
-/// chk-<id>/ and shared/). Exit codes: 0 ok (verify: clean), 1 an error in the data (verify:
+/// file, as a local path, a file:// URL or an s3://bucket/prefix URL (configured by the
+/// AWS_* environment variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+/// AWS_ENDPOINT, AWS_ALLOW_HTTP). ROOT is a job's checkpoint directory (holding chk-<id>/
+/// and shared/). Exit codes: 0 ok (verify: clean), 1 an error in the data (verify:
 /// corruption), 2 bad usage or not a snapshot.
 #[derive(Debug, Parser)]
 #[command(name = "state-dump", version)]
