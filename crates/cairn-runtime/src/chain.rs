@@ -1,0 +1,557 @@
+//! Operators chained inside one task, and the channels between tasks.
+//!
+//! A task runs a chain: each operator calls the next one directly (Flink's operator
+//! chaining); the last element is a sink or an [`ExchangeOut`] that batches records into
+//! bounded channels to the next stage's tasks. Barriers travel on each receiving task's
+//! event channel, stamped with the number of batches sent before them on that data channel,
+//! so a receiver knows exactly where in the data the barrier stands (aligned) and can also
+//! act on it at once, ahead of the queued data (unaligned).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::{
+    key_group_for_key, subtask_for_key_group, AsyncSnapshot, BincodeCodec, Codec, KeyGroupRange,
+    KeyedStateBackend, OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions,
+};
+use crossbeam_channel::{SendTimeoutError, Sender};
+
+use crate::config::SnapshotMode;
+use crate::error::{Result, RuntimeError, StateResultExt};
+use crate::function::{
+    Checkpointed, Collector, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
+    SnapshotContext, SubtaskInfo,
+};
+
+/// What kind of snapshot a barrier starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BarrierKind {
+    Checkpoint,
+    /// A savepoint; `stop`: the sources stop after it (stop-with-savepoint).
+    Savepoint {
+        stop: bool,
+    },
+}
+
+/// A checkpoint barrier.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Barrier {
+    pub(crate) id: u64,
+    pub(crate) kind: BarrierKind,
+    /// The barrier overtakes in-flight data (set at trigger, or by a task whose alignment
+    /// timed out).
+    pub(crate) unaligned: bool,
+    /// When the coordinator triggered it.
+    pub(crate) started: Instant,
+}
+
+impl Barrier {
+    pub(crate) fn is_savepoint(&self) -> bool {
+        matches!(self.kind, BarrierKind::Savepoint { .. })
+    }
+}
+
+/// Checkpoint outcomes delivered to every task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Notification {
+    Complete(u64),
+    Aborted(u64),
+}
+
+/// The data lane of a channel.
+#[derive(Debug)]
+pub(crate) enum DataMsg<T> {
+    Batch(Vec<T>),
+    End,
+}
+
+/// A task's control and barrier lane (unbounded; every message is small).
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    /// A barrier sent on input channel `channel` after `seq` batches.
+    Barrier {
+        channel: usize,
+        barrier: Barrier,
+        seq: u64,
+    },
+    /// Sources: emit this barrier now.
+    Trigger(Barrier),
+    Notify(Notification),
+    /// Sources: end the input (after the final checkpoint or a stop-with-savepoint).
+    EndInput,
+    /// Sources: a stop-with-savepoint failed; go on reading.
+    Resume,
+    /// Tear down.
+    Cancel,
+}
+
+/// One operator's result of the synchronous phase.
+pub(crate) struct OperatorPart {
+    pub(crate) uid: String,
+    pub(crate) index: u32,
+    pub(crate) range: KeyGroupRange,
+    pub(crate) keyed: Option<Box<dyn AsyncSnapshot>>,
+    pub(crate) operator_state: Vec<OperatorStateSnapshot>,
+}
+
+/// What every task of one run shares.
+#[derive(Debug)]
+pub(crate) struct TaskShared {
+    pub(crate) cancel: AtomicBool,
+    pub(crate) snapshot_mode: SnapshotMode,
+    pub(crate) checkpointing: bool,
+    pub(crate) run_id: String,
+}
+
+impl TaskShared {
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn options(&self, barrier: &Barrier) -> SnapshotOptions {
+        if barrier.is_savepoint() {
+            SnapshotOptions::savepoint(barrier.id)
+        } else {
+            match self.snapshot_mode {
+                SnapshotMode::Full => SnapshotOptions::full_checkpoint(barrier.id),
+                SnapshotMode::Incremental => SnapshotOptions::incremental_checkpoint(barrier.id),
+            }
+        }
+    }
+}
+
+/// Sends on a bounded channel, waking up now and then to notice cancellation.
+pub(crate) fn send_blocking<T>(tx: &Sender<T>, mut msg: T, shared: &TaskShared) -> Result<()> {
+    loop {
+        match tx.send_timeout(msg, Duration::from_millis(20)) {
+            Ok(()) => return Ok(()),
+            Err(SendTimeoutError::Timeout(m)) => {
+                if shared.cancelled() {
+                    return Err(RuntimeError::Cancelled);
+                }
+                msg = m;
+            }
+            // The receiving task is gone: the job is being torn down.
+            Err(SendTimeoutError::Disconnected(_)) => return Err(RuntimeError::Cancelled),
+        }
+    }
+}
+
+/// An element of a task's operator chain, receiving records of type `T`.
+pub(crate) trait Chain<T>: Send {
+    /// Processes one record.
+    fn push(&mut self, record: T) -> Result<()>;
+    /// The synchronous phase of `barrier` for this operator and those after it; the last
+    /// element forwards the barrier.
+    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()>;
+    /// A checkpoint completed or was aborted.
+    fn notify(&mut self, n: Notification) -> Result<()>;
+    /// The input ended: emit what is left, end the output.
+    fn finish(&mut self) -> Result<()>;
+    /// Sends partly filled output batches (the task is about to wait for input).
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// Setup common to every operator instance.
+pub(crate) struct OpSetup {
+    pub(crate) uid: String,
+    pub(crate) info: SubtaskInfo,
+    pub(crate) operator_state: OperatorStateBackend,
+    pub(crate) is_restored: bool,
+    pub(crate) shared: Arc<TaskShared>,
+}
+
+impl OpSetup {
+    fn range(&self) -> Result<KeyGroupRange> {
+        KeyGroupRange::for_subtask(
+            self.info.max_parallelism,
+            self.info.parallelism,
+            self.info.index,
+        )
+        .in_op(&self.uid)
+    }
+
+    pub(crate) fn initialize(&mut self, f: &mut dyn Checkpointed) -> Result<()> {
+        let mut ctx = InitContext {
+            operator_state: &mut self.operator_state,
+            is_restored: self.is_restored,
+            subtask: self.info,
+            run_id: &self.shared.run_id,
+            checkpointing: self.shared.checkpointing,
+        };
+        f.initialize_state(&mut ctx)
+            .map_err(|e| e.with_uid(&self.uid))
+    }
+
+    pub(crate) fn snapshot(
+        &mut self,
+        f: &mut dyn Checkpointed,
+        barrier: &Barrier,
+        range: KeyGroupRange,
+        keyed: Option<Box<dyn AsyncSnapshot>>,
+        parts: &mut Vec<OperatorPart>,
+    ) -> Result<()> {
+        let mut ctx = SnapshotContext {
+            operator_state: &mut self.operator_state,
+            checkpoint_id: barrier.id,
+            is_savepoint: barrier.is_savepoint(),
+        };
+        f.snapshot_state(&mut ctx)
+            .map_err(|e| e.with_uid(&self.uid))?;
+        parts.push(OperatorPart {
+            uid: self.uid.clone(),
+            index: self.info.index,
+            range,
+            keyed,
+            operator_state: self.operator_state.snapshot().in_op(&self.uid)?,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn notify(&self, f: &mut dyn Checkpointed, n: Notification) -> Result<()> {
+        match n {
+            Notification::Complete(id) => f.notify_checkpoint_complete(id),
+            Notification::Aborted(id) => f.notify_checkpoint_aborted(id),
+        }
+        .map_err(|e| e.with_uid(&self.uid))
+    }
+}
+
+/// A non-keyed [`ProcessFunction`] in a chain.
+pub(crate) struct ProcessOp<F, Out> {
+    setup: OpSetup,
+    range: KeyGroupRange,
+    f: F,
+    next: Box<dyn Chain<Out>>,
+}
+
+impl<F, Out> ProcessOp<F, Out> {
+    pub(crate) fn new<In>(mut setup: OpSetup, mut f: F, next: Box<dyn Chain<Out>>) -> Result<Self>
+    where
+        F: ProcessFunction<In, Out>,
+    {
+        setup.initialize(&mut f)?;
+        Ok(Self {
+            range: setup.range()?,
+            setup,
+            f,
+            next,
+        })
+    }
+}
+
+impl<In, Out, F> Chain<In> for ProcessOp<F, Out>
+where
+    F: ProcessFunction<In, Out>,
+    Out: Send + 'static,
+{
+    #[inline]
+    fn push(&mut self, record: In) -> Result<()> {
+        let mut out = Collector {
+            next: self.next.as_mut(),
+        };
+        self.f
+            .process(record, &mut out)
+            .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+        self.setup
+            .snapshot(&mut self.f, barrier, self.range, None, parts)?;
+        self.next.snapshot(barrier, parts)
+    }
+
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        self.setup.notify(&mut self.f, n)?;
+        self.next.notify(n)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let mut out = Collector {
+            next: self.next.as_mut(),
+        };
+        self.f
+            .finish(&mut out)
+            .map_err(|e| e.with_uid(&self.setup.uid))?;
+        self.next.finish()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+}
+
+/// A [`KeyedProcessFunction`] with its keyed state backend.
+pub(crate) struct KeyedOp<F: KeyedProcessFunction, B> {
+    setup: OpSetup,
+    f: F,
+    state: F::State,
+    backend: B,
+    key_codec: BincodeCodec<F::Key>,
+    key_buf: Vec<u8>,
+    next: Box<dyn Chain<F::Out>>,
+}
+
+impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
+    /// `backend` is fresh or restored for this subtask's key groups.
+    pub(crate) fn new(
+        mut setup: OpSetup,
+        mut f: F,
+        mut backend: B,
+        key_codec: BincodeCodec<F::Key>,
+        next: Box<dyn Chain<F::Out>>,
+    ) -> Result<Self> {
+        setup.initialize(&mut f)?;
+        let state = f.open(&mut backend).map_err(|e| e.with_uid(&setup.uid))?;
+        Ok(Self {
+            setup,
+            f,
+            state,
+            backend,
+            key_codec,
+            key_buf: Vec::with_capacity(64),
+            next,
+        })
+    }
+}
+
+impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for KeyedOp<F, B> {
+    #[inline]
+    fn push(&mut self, (key, value): (F::Key, F::In)) -> Result<()> {
+        self.key_buf.clear();
+        self.key_codec
+            .encode(&key, &mut self.key_buf)
+            .map_err(|e| RuntimeError::user(&self.setup.uid, format!("key encoding: {e}")))?;
+        self.backend
+            .set_current_key(&self.key_buf)
+            .in_op(&self.setup.uid)?;
+        let mut out = Collector {
+            next: self.next.as_mut(),
+        };
+        self.f
+            .process(&self.state, &key, value, &mut self.backend, &mut out)
+            .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+        let options = self.setup.shared.options(barrier);
+        let keyed = self.backend.snapshot(options).in_op(&self.setup.uid)?;
+        let range = self.backend.key_group_range();
+        self.setup
+            .snapshot(&mut self.f, barrier, range, Some(keyed), parts)?;
+        self.next.snapshot(barrier, parts)
+    }
+
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        match n {
+            Notification::Complete(id) => self.backend.notify_checkpoint_complete(id),
+            Notification::Aborted(id) => self.backend.notify_checkpoint_aborted(id),
+        }
+        self.setup.notify(&mut self.f, n)?;
+        self.next.notify(n)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.next.finish()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.next.flush()
+    }
+}
+
+/// A [`Sink`] at the end of a chain.
+pub(crate) struct SinkOp<S> {
+    setup: OpSetup,
+    range: KeyGroupRange,
+    sink: S,
+}
+
+impl<S> SinkOp<S> {
+    pub(crate) fn new<In>(mut setup: OpSetup, mut sink: S) -> Result<Self>
+    where
+        S: Sink<In>,
+    {
+        setup.initialize(&mut sink)?;
+        Ok(Self {
+            range: setup.range()?,
+            setup,
+            sink,
+        })
+    }
+}
+
+impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
+    #[inline]
+    fn push(&mut self, record: In) -> Result<()> {
+        self.sink
+            .write(record)
+            .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+        self.setup
+            .snapshot(&mut self.sink, barrier, self.range, None, parts)
+    }
+
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        self.setup.notify(&mut self.sink, n)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.sink.finish().map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Picks the channel of a record and what travels on it.
+pub(crate) trait Route<T>: Send {
+    type Item: Send + 'static;
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, Self::Item)>;
+}
+
+/// Round robin over the downstream subtasks, one batch at a time.
+pub(crate) struct RebalanceRoute {
+    pub(crate) next: usize,
+    pub(crate) in_batch: usize,
+    pub(crate) batch_size: usize,
+}
+
+impl<T: Send + 'static> Route<T> for RebalanceRoute {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, T)> {
+        if self.in_batch >= self.batch_size {
+            self.in_batch = 0;
+            self.next = (self.next + 1) % channels.max(1);
+        }
+        self.in_batch += 1;
+        Ok((self.next % channels.max(1), record))
+    }
+}
+
+/// By key group of the record's key (`key_by`).
+pub(crate) struct KeyRoute<K, F> {
+    pub(crate) key_of: F,
+    pub(crate) codec: BincodeCodec<K>,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) max_parallelism: u32,
+    pub(crate) uid: String,
+}
+
+impl<T, K, F> Route<T> for KeyRoute<K, F>
+where
+    T: Send + 'static,
+    K: Key,
+    F: Fn(&T) -> K + Send + 'static,
+{
+    type Item = (K, T);
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, (K, T))> {
+        let key = (self.key_of)(&record);
+        self.buf.clear();
+        self.codec
+            .encode(&key, &mut self.buf)
+            .map_err(|e| RuntimeError::user(&self.uid, format!("key encoding: {e}")))?;
+        let kg = key_group_for_key(&self.buf, self.max_parallelism);
+        let target = subtask_for_key_group(kg, channels as u32, self.max_parallelism) as usize;
+        Ok((target, (key, record)))
+    }
+}
+
+/// The end of a task's chain when another stage follows: batches records per channel and
+/// forwards barriers.
+pub(crate) struct ExchangeOut<R: Route<T>, T> {
+    route: R,
+    /// This subtask's index = its channel index at every receiver.
+    index: usize,
+    senders: Vec<Sender<DataMsg<R::Item>>>,
+    events: Vec<Sender<TaskEvent>>,
+    buffers: Vec<Vec<R::Item>>,
+    sent: Vec<u64>,
+    batch_size: usize,
+    shared: Arc<TaskShared>,
+    _in: std::marker::PhantomData<fn(T)>,
+}
+
+impl<R: Route<T>, T> ExchangeOut<R, T> {
+    pub(crate) fn new(
+        route: R,
+        index: usize,
+        senders: Vec<Sender<DataMsg<R::Item>>>,
+        events: Vec<Sender<TaskEvent>>,
+        batch_size: usize,
+        shared: Arc<TaskShared>,
+    ) -> Self {
+        let n = senders.len();
+        Self {
+            route,
+            index,
+            senders,
+            events,
+            buffers: (0..n).map(|_| Vec::with_capacity(batch_size)).collect(),
+            sent: vec![0; n],
+            batch_size: batch_size.max(1),
+            shared,
+            _in: std::marker::PhantomData,
+        }
+    }
+
+    fn send_buffer(&mut self, i: usize) -> Result<()> {
+        if self.buffers[i].is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.buffers[i], Vec::with_capacity(self.batch_size));
+        send_blocking(&self.senders[i], DataMsg::Batch(batch), &self.shared)?;
+        self.sent[i] += 1;
+        Ok(())
+    }
+}
+
+impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
+    #[inline]
+    fn push(&mut self, record: T) -> Result<()> {
+        let (i, item) = self.route.route(record, self.senders.len())?;
+        self.buffers[i].push(item);
+        if self.buffers[i].len() >= self.batch_size {
+            self.send_buffer(i)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, barrier: &Barrier, _parts: &mut Vec<OperatorPart>) -> Result<()> {
+        self.flush()?;
+        for (i, events) in self.events.iter().enumerate() {
+            // A receiver that is gone is being torn down; the coordinator sees why.
+            let _ = events.send(TaskEvent::Barrier {
+                channel: self.index,
+                barrier: *barrier,
+                seq: self.sent[i],
+            });
+        }
+        Ok(())
+    }
+
+    fn notify(&mut self, _n: Notification) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        for tx in &self.senders {
+            send_blocking(tx, DataMsg::End, &self.shared)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for i in 0..self.buffers.len() {
+            self.send_buffer(i)?;
+        }
+        Ok(())
+    }
+}

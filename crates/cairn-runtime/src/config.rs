@@ -1,0 +1,204 @@
+//! Job and checkpoint configuration, with Flink's options and defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_rocksdb::RocksDbOptions;
+
+/// Checkpointing mode (Flink's `execution.checkpointing.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointingMode {
+    /// Barrier alignment: a task stops reading a channel that delivered the barrier until
+    /// every channel did, so the snapshot reflects exactly the records before the barrier.
+    ExactlyOnce,
+    /// No alignment: records after the barrier on an early channel are processed before the
+    /// snapshot, so a restore may replay them (duplicates, never loss).
+    AtLeastOnce,
+}
+
+/// What happens to checkpoints when the job is cancelled (Flink's
+/// `externalized-checkpoint-retention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointRetention {
+    /// Delete every checkpoint of the job on cancellation (Flink's default).
+    DeleteOnCancellation,
+    /// Keep the retained checkpoints on cancellation, to restore from later.
+    RetainOnCancellation,
+}
+
+/// How keyed state is snapshotted in checkpoints (savepoints are always canonical and full).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Every checkpoint holds the whole state (canonical files).
+    Full,
+    /// Checkpoints write only what changed since the last completed one (heap: key-group
+    /// deltas; RocksDB: native SST files) and reference the rest.
+    Incremental,
+}
+
+/// The checkpoint options. Checkpointing is off unless [`CheckpointConfig::interval`] is set.
+#[derive(Clone, Debug)]
+pub struct CheckpointConfig {
+    /// Time between checkpoint triggers; `None` (the default) disables checkpointing.
+    pub interval: Option<Duration>,
+    /// Exactly-once (aligned, the default) or at-least-once.
+    pub mode: CheckpointingMode,
+    /// Unaligned checkpoints: barriers overtake in-flight records, which are stored in the
+    /// checkpoint and replayed on restore (exactly-once mode only; default off).
+    pub unaligned: bool,
+    /// With `unaligned`, start every checkpoint aligned and switch a task to unaligned when
+    /// its alignment has not finished this long after the checkpoint started (Flink's
+    /// `aligned-checkpoint-timeout`, default 0: unaligned from the start).
+    pub aligned_timeout: Duration,
+    /// A checkpoint not complete after this long is aborted (default 10 minutes).
+    pub timeout: Duration,
+    /// Minimum time between the end of one checkpoint and the trigger of the next (default 0).
+    pub min_pause: Duration,
+    /// Checkpoints in flight at once (default 1).
+    pub max_concurrent: usize,
+    /// Failed checkpoints tolerated in a row before the job fails over (default 0).
+    pub tolerable_failures: u32,
+    /// Completed checkpoints kept (default 1).
+    pub num_retained: usize,
+    /// Checkpoints on cancellation (default: deleted).
+    pub retention: CheckpointRetention,
+    /// Full or incremental keyed-state checkpoints (default incremental).
+    pub snapshot_mode: SnapshotMode,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            mode: CheckpointingMode::ExactlyOnce,
+            unaligned: false,
+            aligned_timeout: Duration::ZERO,
+            timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            max_concurrent: 1,
+            tolerable_failures: 0,
+            num_retained: 1,
+            retention: CheckpointRetention::DeleteOnCancellation,
+            snapshot_mode: SnapshotMode::Incremental,
+        }
+    }
+}
+
+/// Which keyed state backend the job's keyed operators use.
+#[derive(Clone, Debug)]
+pub enum StateBackendConfig {
+    /// Typed values on the heap (`cairn-hashmap`).
+    HashMap,
+    /// Embedded RocksDB (`cairn-rocksdb`) under `local_dir` (a fresh subdirectory per
+    /// operator instance, removed when the instance closes).
+    RocksDb {
+        /// Local working directory (default: the system temp directory).
+        local_dir: PathBuf,
+        /// RocksDB and cache tuning.
+        options: RocksDbOptions,
+    },
+}
+
+impl StateBackendConfig {
+    /// RocksDB with default options in the system temp directory.
+    pub fn rocksdb() -> Self {
+        StateBackendConfig::RocksDb {
+            local_dir: std::env::temp_dir().join("cairn-rocksdb"),
+            options: RocksDbOptions::default(),
+        }
+    }
+
+    /// The name used in summaries and benchmark lines (`hashmap`, `rocksdb`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StateBackendConfig::HashMap => "hashmap",
+            StateBackendConfig::RocksDb { .. } => "rocksdb",
+        }
+    }
+}
+
+/// Failure handling (Flink's fixed-delay restart strategy).
+#[derive(Clone, Copy, Debug)]
+pub struct RestartStrategy {
+    /// Restarts allowed before the job fails for good (default 3; 0 disables restarts).
+    pub max_restarts: u32,
+    /// Pause before each restart (default 100 ms).
+    pub delay: Duration,
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Where a job starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// A checkpoint directory (`…/chk-<id>`, or its `_metadata`) or a savepoint directory.
+    Path(String),
+    /// The newest completed checkpoint in the job's checkpoint storage; none: start empty.
+    Latest,
+}
+
+/// Everything about running a job except its dataflow.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// A name for logs and summaries.
+    pub name: String,
+    /// Default parallelism of every operator (default 1).
+    pub parallelism: u32,
+    /// Number of key groups (default 128); cannot change across restores of keyed state.
+    pub max_parallelism: u32,
+    /// Checkpoint options.
+    pub checkpoint: CheckpointConfig,
+    /// The checkpoint storage: a path, `file://…`, `memory://` or an object store URL.
+    pub checkpoint_dir: String,
+    /// Where savepoints go by default (`<dir>/sp-<id>`).
+    pub savepoint_dir: Option<String>,
+    /// The keyed state backend.
+    pub backend: StateBackendConfig,
+    /// Start from a snapshot instead of empty state.
+    pub restore: Option<RestoreFrom>,
+    /// Allow a snapshot to hold operators this job does not have (their state is dropped);
+    /// otherwise that is an error (Flink's `allowNonRestoredState`).
+    pub allow_non_restored_state: bool,
+    /// Failure handling.
+    pub restart: RestartStrategy,
+    /// Records per batch on a channel between tasks (default 256).
+    pub batch_size: usize,
+    /// Batches a channel holds before the sender blocks (default 16): backpressure.
+    pub channel_capacity: usize,
+    /// Throttle all sources together to this many records per second.
+    pub records_per_second: Option<u64>,
+    /// Fail one task once, after the sources have read this many records in total (tests
+    /// and demos of recovery).
+    pub fail_at_record: Option<u64>,
+    /// Threads that run asynchronous snapshot phases (default 2).
+    pub async_threads: usize,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            name: "job".into(),
+            parallelism: 1,
+            max_parallelism: 128,
+            checkpoint: CheckpointConfig::default(),
+            checkpoint_dir: "./checkpoints".into(),
+            savepoint_dir: None,
+            backend: StateBackendConfig::HashMap,
+            restore: None,
+            allow_non_restored_state: false,
+            restart: RestartStrategy::default(),
+            batch_size: 256,
+            channel_capacity: 16,
+            records_per_second: None,
+            fail_at_record: None,
+            async_threads: 2,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Messages to the checkpoint coordinator, and the asynchronous-phase workers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{CancelToken, SnapshotTarget};
+use cairn_format::SubtaskManifest;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::chain::OperatorPart;
+use crate::error::RuntimeError;
+
+/// A task: stage index and subtask index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TaskId {
+    pub(crate) stage: usize,
+    pub(crate) index: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.stage, self.index)
+    }
+}
+
+/// A finished operator part: `(uid, subtask index, manifest part)`.
+pub(crate) type WrittenPart = (String, u32, SubtaskManifest);
+
+/// What tasks, workers and the job handle tell the coordinator.
+pub(crate) enum CoordMsg {
+    /// A task finished the synchronous phase of a checkpoint.
+    Synced {
+        attempt: u32,
+        task: TaskId,
+        checkpoint_id: u64,
+        sync: Duration,
+        parts: Vec<OperatorPart>,
+    },
+    /// A task's asynchronous phase finished.
+    Written {
+        attempt: u32,
+        task: TaskId,
+        checkpoint_id: u64,
+        result: Result<Vec<WrittenPart>, String>,
+    },
+    /// A task gave up a checkpoint.
+    Declined {
+        attempt: u32,
+        checkpoint_id: u64,
+        reason: String,
+    },
+    SourceFinished {
+        attempt: u32,
+        task: TaskId,
+    },
+    TaskFinished {
+        attempt: u32,
+        task: TaskId,
+    },
+    TaskFailed {
+        attempt: u32,
+        error: RuntimeError,
+    },
+    /// From the job handle: take a savepoint (`stop`: then end the job).
+    Savepoint {
+        dir: Option<String>,
+        stop: bool,
+        reply: Sender<Result<String, String>>,
+    },
+    /// From the job handle: cancel the job.
+    Cancel,
+}
+
+/// One task's asynchronous phase.
+pub(crate) struct AsyncJob {
+    pub(crate) attempt: u32,
+    pub(crate) task: TaskId,
+    pub(crate) checkpoint_id: u64,
+    pub(crate) parts: Vec<OperatorPart>,
+    pub(crate) target: Arc<dyn SnapshotTarget>,
+    pub(crate) cancel: CancelToken,
+}
+
+/// Runs asynchronous phases off the task threads.
+pub(crate) fn spawn_async_workers(
+    threads: usize,
+    jobs: Receiver<AsyncJob>,
+    reply: Sender<CoordMsg>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..threads.max(1))
+        .filter_map(|i| {
+            let jobs = jobs.clone();
+            let reply = reply.clone();
+            std::thread::Builder::new()
+                .name(format!("cairn-async-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = jobs.recv() {
+                        let AsyncJob {
+                            attempt,
+                            task,
+                            checkpoint_id,
+                            parts,
+                            target,
+                            cancel,
+                        } = job;
+                        let result = write_parts(parts, target.as_ref(), &cancel);
+                        // The coordinator publishes once every part is in; it may then
+                        // need to own the target alone.
+                        drop(target);
+                        let _ = reply.send(CoordMsg::Written {
+                            attempt,
+                            task,
+                            checkpoint_id,
+                            result,
+                        });
+                    }
+                })
+                .ok()
+        })
+        .collect()
+}
+
+fn write_parts(
+    parts: Vec<OperatorPart>,
+    target: &dyn SnapshotTarget,
+    cancel: &CancelToken,
+) -> Result<Vec<WrittenPart>, String> {
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        let keyed = match p.keyed {
+            Some(phase) => Some(
+                phase
+                    .run(target, cancel)
+                    .map_err(|e| format!("operator {} subtask {}: {e}", p.uid, p.index))?,
+            ),
+            None => None,
+        };
+        out.push((
+            p.uid,
+            p.index,
+            SubtaskManifest {
+                key_group_range: p.range,
+                keyed,
+                operator_state: p.operator_state,
+            },
+        ));
+    }
+    Ok(out)
+}

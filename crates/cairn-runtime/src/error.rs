@@ -1,0 +1,148 @@
+//! The runtime's errors.
+
+use cairn_core::StateError;
+use cairn_storage::StorageError;
+
+/// What went wrong in a job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// State access, snapshot or restore failed in a backend.
+    #[error("state error in operator {uid}: {source}")]
+    State {
+        /// The operator.
+        uid: String,
+        /// The cause.
+        #[source]
+        source: StateError,
+    },
+    /// Checkpoint storage failed.
+    #[error("checkpoint storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A file could not be read or written.
+    #[error("i/o error: {message} path={path}: {source}")]
+    Io {
+        /// What was being done.
+        message: String,
+        /// The file or directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A user function failed.
+    #[error("operator {uid} failed: {message}")]
+    User {
+        /// The operator.
+        uid: String,
+        /// What the function said.
+        message: String,
+    },
+    /// A task panicked.
+    #[error("task {task} panicked: {message}")]
+    Panic {
+        /// The task (`stage/subtask`).
+        task: String,
+        /// The panic payload, when it is a string.
+        message: String,
+    },
+    /// The failure injected by configuration (`fail_at_record`).
+    #[error("injected failure after {records} source records")]
+    InjectedFailure {
+        /// Records read by the sources when it fired.
+        records: u64,
+    },
+    /// The job configuration or graph is invalid.
+    #[error("invalid job: {0}")]
+    Config(String),
+    /// Restoring the job from a snapshot failed.
+    #[error("restore failed: {reason}")]
+    Restore {
+        /// Why, naming the snapshot, uid and state.
+        reason: String,
+    },
+    /// A checkpoint or savepoint could not be completed.
+    #[error("checkpoint {checkpoint_id} failed: {reason}")]
+    Checkpoint {
+        /// The checkpoint id.
+        checkpoint_id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The job failed more often than its restart strategy allows.
+    #[error("job failed after {restarts} restarts: {last}")]
+    RestartsExhausted {
+        /// How many restarts were made.
+        restarts: u32,
+        /// The last failure.
+        #[source]
+        last: Box<RuntimeError>,
+    },
+    /// The task was cancelled (the job is being torn down); not a failure in itself.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl RuntimeError {
+    /// A user function's failure in operator `uid`.
+    pub fn user(uid: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        RuntimeError::User {
+            uid: uid.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Names the operator in a state error raised by a user function with `?`.
+    pub(crate) fn with_uid(self, uid: &str) -> Self {
+        match self {
+            RuntimeError::State { uid: u, source } if u.is_empty() => RuntimeError::State {
+                uid: uid.to_string(),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    pub(crate) fn state(uid: &str, source: StateError) -> Self {
+        RuntimeError::State {
+            uid: uid.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(
+        message: impl Into<String>,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        RuntimeError::Io {
+            message: message.into(),
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// A state error from a user function; the operator fills in its uid.
+impl From<StateError> for RuntimeError {
+    fn from(source: StateError) -> Self {
+        RuntimeError::State {
+            uid: String::new(),
+            source,
+        }
+    }
+}
+
+/// The runtime's result type.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Adds the operator uid to a state error.
+pub(crate) trait StateResultExt<T> {
+    fn in_op(self, uid: &str) -> Result<T>;
+}
+
+impl<T> StateResultExt<T> for std::result::Result<T, StateError> {
+    fn in_op(self, uid: &str) -> Result<T> {
+        self.map_err(|e| RuntimeError::state(uid, e))
+    }
+}

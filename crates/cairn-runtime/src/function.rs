@@ -1,0 +1,187 @@
+//! What user code implements: sources, processing functions (keyed and not), sinks, and
+//! the checkpoint hooks they share.
+
+use std::hash::Hash;
+
+use cairn_core::{KeyedStateBackend, OperatorStateBackend};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::chain::Chain;
+use crate::error::Result;
+
+/// Records that flow between operators: cloneable, shareable between task threads, and
+/// serializable (unaligned checkpoints store in-flight records).
+pub trait Data: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {}
+impl<T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Data for T {}
+
+/// Keys of a keyed stream: serialized once per record with the key codec; the key group
+/// comes from those bytes.
+pub trait Key: Data + Eq + Hash + Sync {}
+impl<T: Data + Eq + Hash + Sync> Key for T {}
+
+/// Which subtask an operator instance is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// This subtask's index.
+    pub index: u32,
+    /// The operator's parallelism.
+    pub parallelism: u32,
+    /// The job's max parallelism.
+    pub max_parallelism: u32,
+    /// How many times the job restarted in this process before this instance was made.
+    pub attempt: u32,
+}
+
+/// Given to [`Checkpointed::initialize_state`] when an operator instance starts.
+#[derive(Debug)]
+pub struct InitContext<'a> {
+    /// The operator's operator state, already holding this subtask's restored share.
+    pub operator_state: &'a mut OperatorStateBackend,
+    /// Whether the job was restored from a snapshot that has this operator.
+    pub is_restored: bool,
+    /// Which subtask this is.
+    pub subtask: SubtaskInfo,
+    /// A nonce unique to this run of the job (process and restart attempt), for naming files.
+    pub run_id: &'a str,
+    /// Whether the job checkpoints (a 2PC sink commits on completion; otherwise at the end).
+    pub checkpointing: bool,
+}
+
+/// Given to [`Checkpointed::snapshot_state`] in the synchronous phase of a snapshot.
+#[derive(Debug)]
+pub struct SnapshotContext<'a> {
+    /// The operator's operator state: write what the snapshot should hold.
+    pub operator_state: &'a mut OperatorStateBackend,
+    /// The checkpoint (or savepoint) id.
+    pub checkpoint_id: u64,
+    /// Whether this is a savepoint.
+    pub is_savepoint: bool,
+}
+
+/// Checkpoint hooks (Flink's `CheckpointedFunction` and `CheckpointListener`); every
+/// method has a default that does nothing.
+pub trait Checkpointed {
+    /// Called once per instance before any record: register operator state (restored
+    /// elements are already there).
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// The synchronous phase: put what must survive a failure into operator state.
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` completed (its manifest is durable).
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+    /// Checkpoint `checkpoint_id` will never complete.
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+}
+
+/// Where a function emits records: the next operator of the chain, called directly.
+pub struct Collector<'a, T> {
+    pub(crate) next: &'a mut dyn Chain<T>,
+}
+
+impl<T> std::fmt::Debug for Collector<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
+impl<T> Collector<'_, T> {
+    /// Emits one record downstream.
+    #[inline]
+    pub fn collect(&mut self, record: T) -> Result<()> {
+        self.next.push(record)
+    }
+}
+
+/// What [`Source::poll`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More records may follow at once.
+    More,
+    /// Nothing to emit right now; poll again soon.
+    Idle,
+    /// The (bounded) source is exhausted.
+    End,
+}
+
+/// A replayable source. Each subtask has its own instance (cloned from the one given to the
+/// job); its position lives in operator state, so a restore rewinds it.
+pub trait Source: Checkpointed + Clone + Send + 'static {
+    /// The records it emits.
+    type Out: Data;
+    /// Emits up to `max` records.
+    fn poll(&mut self, out: &mut Collector<'_, Self::Out>, max: usize) -> Result<SourceStatus>;
+}
+
+/// A non-keyed function from records to zero or more records, with checkpoint hooks.
+pub trait ProcessFunction<In, Out>: Checkpointed + Clone + Send + 'static {
+    /// Processes one record.
+    fn process(&mut self, input: In, out: &mut Collector<'_, Out>) -> Result<()>;
+    /// The input ended (bounded input): emit what is left.
+    fn finish(&mut self, out: &mut Collector<'_, Out>) -> Result<()> {
+        let _ = out;
+        Ok(())
+    }
+}
+
+/// A function on a keyed stream, with keyed state in the backend. The backend's current
+/// key is the record's key while [`KeyedProcessFunction::process`] runs.
+pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
+    /// The key type.
+    type Key: Key;
+    /// Input records.
+    type In: Data;
+    /// Output records.
+    type Out: Data;
+    /// Handles to registered states (e.g. a `ValueStateId`), made by
+    /// [`KeyedProcessFunction::open`].
+    type State: Send + 'static;
+    /// Registers the keyed states (restored entries are checked against the descriptors).
+    fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State>;
+    /// Processes one record of `key`.
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        input: Self::In,
+        backend: &mut B,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()>;
+}
+
+/// A sink: the end of a dataflow. Each subtask has its own instance.
+pub trait Sink<In>: Checkpointed + Clone + Send + 'static {
+    /// Writes one record.
+    fn write(&mut self, record: In) -> Result<()>;
+    /// The input ended; everything written must now be (or become, at the final
+    /// checkpoint's completion) visible.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Adapts a closure `FnMut(In, &mut Collector<Out>)` as a [`ProcessFunction`].
+#[derive(Clone, Debug)]
+pub struct FnProcess<F>(pub F);
+
+impl<F> Checkpointed for FnProcess<F> {}
+
+impl<In, Out, F> ProcessFunction<In, Out> for FnProcess<F>
+where
+    F: FnMut(In, &mut Collector<'_, Out>) -> Result<()> + Clone + Send + 'static,
+{
+    fn process(&mut self, input: In, out: &mut Collector<'_, Out>) -> Result<()> {
+        (self.0)(input, out)
+    }
+}

@@ -1,0 +1,757 @@
+//! The dataflow API: a linear pipeline of sources, operators, `key_by` exchanges and a
+//! sink. Operators between exchanges run chained in one task per subtask.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cairn_core::{
+    key_group_for_key, redistribute, BincodeCodec, Codec, KeyGroupRange, KeyedStateBackend,
+    OperatorStateBackend, OperatorStateSnapshot, Redistribution, SnapshotSource,
+    ValueStateDescriptor, ValueStateId,
+};
+use cairn_format::Manifest;
+use cairn_hashmap::{HashMapBackend, HashMapConfig};
+use cairn_rocksdb::{RocksDbBackend, RocksDbConfig};
+use cairn_storage::restore_subtask;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::chain::{
+    Chain, DataMsg, ExchangeOut, KeyRoute, KeyedOp, OpSetup, ProcessOp, RebalanceRoute, SinkOp,
+    TaskEvent, TaskShared,
+};
+use crate::config::StateBackendConfig;
+use crate::error::{Result, RuntimeError};
+use crate::function::{
+    Checkpointed, Collector, Data, FnProcess, Key, KeyedProcessFunction, ProcessFunction, Sink,
+    Source, SubtaskInfo,
+};
+use crate::task::{
+    AlignConfig, InflightConfig, InputTask, SourceLimits, SourceTask, Task, TaskLink,
+};
+
+/// The snapshot a run restores from, prepared once per run.
+pub(crate) struct Restore {
+    /// The manifest, without in-flight channel state.
+    pub(crate) manifest: Manifest,
+    /// In-flight channel state per uid, per old subtask.
+    pub(crate) inflight: HashMap<String, Vec<Vec<OperatorStateSnapshot>>>,
+    pub(crate) source: Box<dyn SnapshotSource>,
+    /// What it is (for errors and summaries).
+    pub(crate) description: String,
+}
+
+impl Restore {
+    pub(crate) fn new(
+        mut manifest: Manifest,
+        source: Box<dyn SnapshotSource>,
+        description: String,
+    ) -> Self {
+        let mut inflight = HashMap::new();
+        for op in &mut manifest.operators {
+            let mut per_subtask = Vec::with_capacity(op.subtasks.len());
+            let mut any = false;
+            for s in &mut op.subtasks {
+                let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.operator_state)
+                    .into_iter()
+                    .partition(|o| o.name == crate::task::INFLIGHT_STATE);
+                any |= !taken.is_empty();
+                s.operator_state = kept;
+                per_subtask.push(taken);
+            }
+            if any {
+                inflight.insert(op.uid.clone(), per_subtask);
+            }
+        }
+        Self {
+            manifest,
+            inflight,
+            source,
+            description,
+        }
+    }
+}
+
+/// A type-erased end of an exchange's channels.
+pub(crate) type Erased = Box<dyn Any + Send>;
+/// A stage's output channels and the event lanes of the receiving tasks.
+pub(crate) type StageOutput = (Erased, Vec<Sender<TaskEvent>>);
+type Senders<Y> = Vec<Sender<DataMsg<Y>>>;
+type KeyedChain<F> = Box<
+    dyn Chain<(
+        <F as KeyedProcessFunction>::Key,
+        <F as KeyedProcessFunction>::In,
+    )>,
+>;
+
+/// Everything one subtask's task is built from.
+pub(crate) struct BuildCtx {
+    pub(crate) info: SubtaskInfo,
+    pub(crate) shared: Arc<TaskShared>,
+    pub(crate) restore: Option<Arc<Restore>>,
+    pub(crate) backend: StateBackendConfig,
+    /// `Vec<Receiver<DataMsg<X>>>` of the stage's input.
+    pub(crate) input: Option<Box<dyn Any + Send>>,
+    /// `Vec<Sender<DataMsg<Y>>>` of the stage's output, and the receivers' event lanes.
+    pub(crate) output: Option<StageOutput>,
+    pub(crate) link: Option<TaskLink>,
+    pub(crate) align: AlignConfig,
+    pub(crate) batch_size: usize,
+    pub(crate) limits: Option<SourceLimits>,
+    /// The stage's operator uids (the first one carries in-flight state).
+    pub(crate) stage_uids: Vec<String>,
+}
+
+impl BuildCtx {
+    /// The operator state (and, with `keyed`, the keyed state) of operator `uid` for this
+    /// subtask, restored when the snapshot has the operator.
+    fn setup<B: KeyedStateBackend>(&self, uid: &str, keyed: Option<&mut B>) -> Result<OpSetup> {
+        let mut operator_state = OperatorStateBackend::new(uid);
+        let mut is_restored = false;
+        if let Some(r) = &self.restore {
+            if r.manifest.operator(uid).is_some() {
+                restore_subtask(
+                    &r.manifest,
+                    uid,
+                    self.info.parallelism,
+                    self.info.index,
+                    keyed,
+                    &mut operator_state,
+                    r.source.as_ref(),
+                )
+                .map_err(|e| RuntimeError::Restore {
+                    reason: format!(
+                        "operator {uid} subtask {} of {} from {}: {e}",
+                        self.info.index, self.info.parallelism, r.description
+                    ),
+                })?;
+                is_restored = true;
+            }
+        }
+        Ok(OpSetup {
+            uid: uid.to_string(),
+            info: self.info,
+            operator_state,
+            is_restored,
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn plain_setup(&self, uid: &str) -> Result<OpSetup> {
+        self.setup::<HashMapBackend>(uid, None)
+    }
+
+    fn take_link(&mut self) -> Result<TaskLink> {
+        self.link
+            .take()
+            .ok_or_else(|| RuntimeError::Config("a task was built twice".into()))
+    }
+
+    fn take_input<X: 'static>(&mut self) -> Result<Vec<Receiver<DataMsg<X>>>> {
+        self.input
+            .take()
+            .and_then(|b| b.downcast::<Vec<Receiver<DataMsg<X>>>>().ok())
+            .map(|b| *b)
+            .ok_or_else(|| RuntimeError::Config("stage input has the wrong type".into()))
+    }
+
+    fn take_output<Y: 'static>(&mut self) -> Result<(Senders<Y>, Vec<Sender<TaskEvent>>)> {
+        let (senders, events) = self
+            .output
+            .take()
+            .ok_or_else(|| RuntimeError::Config("stage has no output".into()))?;
+        let senders = senders
+            .downcast::<Vec<Sender<DataMsg<Y>>>>()
+            .map_err(|_| RuntimeError::Config("stage output has the wrong type".into()))?;
+        Ok((*senders, events))
+    }
+
+    /// This subtask's share of the in-flight records stored for operator `uid`.
+    fn restored_inflight<X: Data>(
+        &self,
+        uid: &str,
+        codec: &BincodeCodec<X>,
+        keep: impl Fn(&X) -> Result<bool>,
+    ) -> Result<Vec<X>> {
+        let Some(r) = &self.restore else {
+            return Ok(Vec::new());
+        };
+        let Some(old) = r.inflight.get(uid) else {
+            return Ok(Vec::new());
+        };
+        let restore_err = |reason: String| RuntimeError::Restore {
+            reason: format!(
+                "in-flight records of operator {uid} from {}: {reason}",
+                r.description
+            ),
+        };
+        let mut shares = redistribute(uid, old, self.info.parallelism)
+            .map_err(|e| restore_err(e.to_string()))?;
+        let index = self.info.index as usize;
+        if index >= shares.len() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for s in shares.swap_remove(index) {
+            if !s.codec.is_compatible_with(codec.identity()) {
+                return Err(restore_err(format!(
+                    "stored record type {} v{} but the job's input is {} v{}",
+                    s.codec.type_name,
+                    s.codec.version,
+                    codec.identity().type_name,
+                    codec.identity().version
+                )));
+            }
+            for bytes in &s.elements {
+                let x = codec
+                    .decode(bytes)
+                    .map_err(|e| restore_err(e.to_string()))?;
+                if keep(&x)? {
+                    out.push(x);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+type ChainFactory<T> = Arc<dyn Fn(&mut BuildCtx) -> Result<Box<dyn Chain<T>>> + Send + Sync>;
+pub(crate) type TaskFactory = Arc<dyn Fn(&mut BuildCtx) -> Result<Box<dyn Task>> + Send + Sync>;
+
+/// Creates the channels of an exchange for a run.
+pub(crate) type EdgeFactory = Arc<
+    dyn Fn(usize, usize, usize) -> (Vec<Box<dyn Any + Send>>, Vec<Box<dyn Any + Send>>)
+        + Send
+        + Sync,
+>;
+
+fn edge<Y: Send + 'static>() -> EdgeFactory {
+    Arc::new(|upstream, downstream, capacity| {
+        // channels[u][d]
+        let mut senders: Vec<Vec<Sender<DataMsg<Y>>>> = (0..upstream).map(|_| Vec::new()).collect();
+        let mut receivers: Vec<Vec<Receiver<DataMsg<Y>>>> =
+            (0..downstream).map(|_| Vec::new()).collect();
+        for s in senders.iter_mut() {
+            for r in receivers.iter_mut() {
+                let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+                s.push(tx);
+                r.push(rx);
+            }
+        }
+        (
+            senders
+                .into_iter()
+                .map(|v| Box::new(v) as Box<dyn Any + Send>)
+                .collect(),
+            receivers
+                .into_iter()
+                .map(|v| Box::new(v) as Box<dyn Any + Send>)
+                .collect(),
+        )
+    })
+}
+
+/// One stage: operators chained in one task per subtask.
+#[derive(Clone)]
+pub(crate) struct Stage {
+    pub(crate) uids: Vec<String>,
+    /// `None`: the job's default parallelism.
+    pub(crate) parallelism: Option<u32>,
+    pub(crate) build: TaskFactory,
+    pub(crate) is_source: bool,
+    /// The exchange to the next stage.
+    pub(crate) output: Option<EdgeFactory>,
+}
+
+/// A complete dataflow, ready to run with [`crate::Job`].
+#[derive(Clone)]
+pub struct JobGraph {
+    pub(crate) stages: Vec<Stage>,
+}
+
+impl std::fmt::Debug for JobGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.stages.iter().map(|s| &s.uids))
+            .finish()
+    }
+}
+
+impl JobGraph {
+    /// Every operator uid, in dataflow order.
+    pub fn uids(&self) -> Vec<String> {
+        self.stages.iter().flat_map(|s| s.uids.clone()).collect()
+    }
+}
+
+type OpenStage<T> = Box<dyn FnOnce(ChainFactory<T>) -> TaskFactory>;
+
+/// A stream of records of type `T` whose current stage is still open.
+pub struct Stream<T> {
+    done: Vec<Stage>,
+    uids: Vec<String>,
+    parallelism: Option<u32>,
+    is_source: bool,
+    open: OpenStage<T>,
+}
+
+impl<T> std::fmt::Debug for Stream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("uids", &self.uids).finish()
+    }
+}
+
+/// Starts a dataflow at a source with uid `uid`.
+pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
+    let uid_owned = uid.to_string();
+    let source = Prototype::new(source);
+    Stream {
+        done: Vec::new(),
+        uids: vec![uid.to_string()],
+        parallelism: None,
+        is_source: true,
+        open: Box::new(move |rest: ChainFactory<S::Out>| {
+            Arc::new(move |ctx: &mut BuildCtx| {
+                let chain = rest(ctx)?;
+                let setup = ctx.plain_setup(&uid_owned)?;
+                let link = ctx.take_link()?;
+                let limits = ctx
+                    .limits
+                    .take()
+                    .ok_or_else(|| RuntimeError::Config("source without limits".into()))?;
+                Ok(
+                    Box::new(SourceTask::new(setup, source.get()?, chain, link, limits)?)
+                        as Box<dyn Task>,
+                )
+            })
+        }),
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// Sets the parallelism of the current stage (the operators since the last exchange).
+    pub fn parallelism(mut self, p: u32) -> Self {
+        self.parallelism = Some(p);
+        self
+    }
+
+    /// Adds a non-keyed operator, chained into the current stage.
+    pub fn process<U: Data, F: ProcessFunction<T, U>>(self, uid: &str, f: F) -> Stream<U> {
+        let Stream {
+            done,
+            mut uids,
+            parallelism,
+            is_source,
+            open,
+        } = self;
+        uids.push(uid.to_string());
+        let uid = uid.to_string();
+        let f = Prototype::new(f);
+        Stream {
+            done,
+            uids,
+            parallelism,
+            is_source,
+            open: Box::new(move |rest: ChainFactory<U>| {
+                open(Arc::new(move |ctx: &mut BuildCtx| {
+                    let next = rest(ctx)?;
+                    let setup = ctx.plain_setup(&uid)?;
+                    Ok(Box::new(ProcessOp::new(setup, f.get()?, next)?) as Box<dyn Chain<T>>)
+                }))
+            }),
+        }
+    }
+
+    /// One record in, one out.
+    pub fn map<U: Data>(
+        self,
+        uid: &str,
+        f: impl Fn(T) -> U + Clone + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.process(
+            uid,
+            FnProcess(move |x: T, out: &mut Collector<'_, U>| out.collect(f(x))),
+        )
+    }
+
+    /// One record in, any number out.
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>>(
+        self,
+        uid: &str,
+        f: impl Fn(T) -> I + Clone + Send + Sync + 'static,
+    ) -> Stream<U> {
+        self.process(
+            uid,
+            FnProcess(move |x: T, out: &mut Collector<'_, U>| {
+                for y in f(x) {
+                    out.collect(y)?;
+                }
+                Ok(())
+            }),
+        )
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter(
+        self,
+        uid: &str,
+        f: impl Fn(&T) -> bool + Clone + Send + Sync + 'static,
+    ) -> Stream<T> {
+        self.process(
+            uid,
+            FnProcess(move |x: T, out: &mut Collector<'_, T>| {
+                if f(&x) {
+                    out.collect(x)?;
+                }
+                Ok(())
+            }),
+        )
+    }
+
+    /// Ends the current stage with an exchange whose channels carry `Y`; the next stage
+    /// starts with `head` (its first operator) reading them.
+    fn exchange<Y: Data>(
+        self,
+        tail: ChainFactory<T>,
+        head: impl Fn(&mut BuildCtx, Vec<Receiver<DataMsg<Y>>>, Box<dyn Chain<Y>>) -> Result<Box<dyn Task>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Stream<Y> {
+        let Stream {
+            mut done,
+            uids,
+            parallelism,
+            is_source,
+            open,
+        } = self;
+        done.push(Stage {
+            uids,
+            parallelism,
+            build: open(tail),
+            is_source,
+            output: Some(edge::<Y>()),
+        });
+        let head = Arc::new(head);
+        Stream {
+            done,
+            uids: Vec::new(),
+            parallelism: None,
+            is_source: false,
+            open: Box::new(move |rest: ChainFactory<Y>| {
+                Arc::new(move |ctx: &mut BuildCtx| {
+                    let chain = rest(ctx)?;
+                    let inputs = ctx.take_input::<Y>()?;
+                    head(ctx, inputs, chain)
+                })
+            }),
+        }
+    }
+
+    /// Redistributes records round-robin to the next stage (which may have another
+    /// parallelism).
+    pub fn rebalance(self) -> Stream<T> {
+        let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
+            let (senders, events) = ctx.take_output::<T>()?;
+            let index = ctx.info.index as usize;
+            Ok(Box::new(ExchangeOut::new(
+                RebalanceRoute {
+                    next: index,
+                    in_batch: 0,
+                    batch_size: ctx.batch_size,
+                },
+                index,
+                senders,
+                events,
+                ctx.batch_size,
+                ctx.shared.clone(),
+            )) as Box<dyn Chain<T>>)
+        });
+        self.exchange::<T>(tail, move |ctx, inputs, chain| {
+            input_task(ctx, inputs, chain, Redistribution::Split, |_| Ok(true))
+        })
+    }
+
+    /// Partitions the stream by key: records with the same key go to the same subtask of
+    /// the next stage, which owns the key's key group.
+    pub fn key_by<K: Key>(
+        self,
+        key_of: impl Fn(&T) -> K + Clone + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self,
+            key_of: Arc::new(key_of),
+            _k: PhantomData,
+        }
+    }
+
+    /// Ends the dataflow in a sink with uid `uid`.
+    pub fn sink<S: Sink<T>>(self, uid: &str, sink: S) -> JobGraph {
+        let Stream {
+            mut done,
+            mut uids,
+            parallelism,
+            is_source,
+            open,
+        } = self;
+        uids.push(uid.to_string());
+        let uid = uid.to_string();
+        let sink = Prototype::new(sink);
+        let build = open(Arc::new(move |ctx: &mut BuildCtx| {
+            let setup = ctx.plain_setup(&uid)?;
+            Ok(Box::new(SinkOp::new(setup, sink.get()?)?) as Box<dyn Chain<T>>)
+        }));
+        done.push(Stage {
+            uids,
+            parallelism,
+            build,
+            is_source,
+            output: None,
+        });
+        JobGraph { stages: done }
+    }
+}
+
+/// The task of a stage that reads an exchange.
+fn input_task<X: Data>(
+    ctx: &mut BuildCtx,
+    inputs: Vec<Receiver<DataMsg<X>>>,
+    chain: Box<dyn Chain<X>>,
+    mode: Redistribution,
+    keep: impl Fn(&X) -> Result<bool>,
+) -> Result<Box<dyn Task>> {
+    let uid = ctx
+        .stage_uids
+        .first()
+        .cloned()
+        .ok_or_else(|| RuntimeError::Config("a stage without operators".into()))?;
+    let codec = BincodeCodec::<X>::new();
+    let restored = ctx.restored_inflight(&uid, &codec, keep)?;
+    let link = ctx.take_link()?;
+    Ok(Box::new(InputTask::new(
+        chain,
+        inputs,
+        link,
+        ctx.align.clone(),
+        InflightConfig { codec, mode, uid },
+        restored,
+    )))
+}
+
+/// A stream partitioned by key; see [`Stream::key_by`].
+pub struct KeyedStream<K, T> {
+    stream: Stream<T>,
+    key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<K, T> std::fmt::Debug for KeyedStream<K, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStream")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl<K: Key, T: Data> KeyedStream<K, T> {
+    /// Adds a keyed operator with uid `uid` after a hash exchange by key group; it starts a
+    /// new stage (set its parallelism on the returned stream).
+    pub fn process<F>(self, uid: &str, f: F) -> Stream<F::Out>
+    where
+        F: KeyedProcessFunction<Key = K, In = T>,
+    {
+        let key_of = self.key_of.clone();
+        let tail: ChainFactory<T> = Arc::new(move |ctx: &mut BuildCtx| {
+            let (senders, events) = ctx.take_output::<(K, T)>()?;
+            let index = ctx.info.index as usize;
+            let key_of = key_of.clone();
+            let route = KeyRoute {
+                key_of: move |t: &T| key_of(t),
+                codec: BincodeCodec::<K>::new(),
+                buf: Vec::with_capacity(64),
+                max_parallelism: ctx.info.max_parallelism,
+                uid: ctx.stage_uids.last().cloned().unwrap_or_default(),
+            };
+            Ok(Box::new(ExchangeOut::new(
+                route,
+                index,
+                senders,
+                events,
+                ctx.batch_size,
+                ctx.shared.clone(),
+            )) as Box<dyn Chain<T>>)
+        });
+        let keyed_input = self.stream.exchange::<(K, T)>(tail, |ctx, inputs, chain| {
+            let max_parallelism = ctx.info.max_parallelism;
+            let range =
+                KeyGroupRange::for_subtask(max_parallelism, ctx.info.parallelism, ctx.info.index)
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?;
+            let codec = BincodeCodec::<K>::new();
+            input_task(ctx, inputs, chain, Redistribution::Union, move |(k, _)| {
+                let bytes = codec
+                    .encode_to_vec(k)
+                    .map_err(|e| RuntimeError::Config(format!("key encoding: {e}")))?;
+                Ok(range.contains(key_group_for_key(&bytes, max_parallelism)))
+            })
+        });
+        keyed_input.keyed(uid, f)
+    }
+
+    /// Keeps, per key, the running reduction of the values with `f`, and emits
+    /// `(key, reduced value)` for every record (state: `ValueState` named `reduce`).
+    pub fn reduce(
+        self,
+        uid: &str,
+        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
+    ) -> Stream<(K, T)>
+    where
+        T: Sync,
+    {
+        self.process(uid, Reduce::<K, T, _> { f, _t: PhantomData })
+    }
+
+    /// [`KeyedStream::reduce`] with `+`.
+    pub fn sum(self, uid: &str) -> Stream<(K, T)>
+    where
+        T: Sync + std::ops::Add<Output = T>,
+    {
+        self.reduce(uid, |a, b| a + b)
+    }
+}
+
+impl<K: Key, T: Data> Stream<(K, T)> {
+    fn keyed<F>(self, uid: &str, f: F) -> Stream<F::Out>
+    where
+        F: KeyedProcessFunction<Key = K, In = T>,
+    {
+        let Stream {
+            done,
+            mut uids,
+            parallelism,
+            is_source,
+            open,
+        } = self;
+        uids.push(uid.to_string());
+        let uid = uid.to_string();
+        let f = Prototype::new(f);
+        Stream {
+            done,
+            uids,
+            parallelism,
+            is_source,
+            open: Box::new(move |rest: ChainFactory<F::Out>| {
+                open(Arc::new(move |ctx: &mut BuildCtx| {
+                    let next = rest(ctx)?;
+                    build_keyed(ctx, &uid, f.get()?, next)
+                }))
+            }),
+        }
+    }
+}
+
+fn build_keyed<F: KeyedProcessFunction>(
+    ctx: &mut BuildCtx,
+    uid: &str,
+    f: F,
+    next: Box<dyn Chain<F::Out>>,
+) -> Result<KeyedChain<F>> {
+    let codec = BincodeCodec::<F::Key>::new();
+    let max_parallelism = ctx.info.max_parallelism;
+    let key_group_range =
+        KeyGroupRange::for_subtask(max_parallelism, ctx.info.parallelism, ctx.info.index)
+            .map_err(|e| RuntimeError::state(uid, e))?;
+    let key_codec = codec.identity().clone();
+    match ctx.backend.clone() {
+        StateBackendConfig::HashMap => {
+            let mut b = HashMapBackend::new(HashMapConfig {
+                uid: uid.to_string(),
+                max_parallelism,
+                key_group_range,
+                key_codec,
+            })
+            .map_err(|e| RuntimeError::state(uid, e))?;
+            let setup = ctx.setup(uid, Some(&mut b))?;
+            Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+        }
+        StateBackendConfig::RocksDb { local_dir, options } => {
+            let mut b = RocksDbBackend::new(RocksDbConfig {
+                uid: uid.to_string(),
+                max_parallelism,
+                key_group_range,
+                key_codec,
+                local_dir,
+                options,
+            })
+            .map_err(|e| RuntimeError::state(uid, e))?;
+            let setup = ctx.setup(uid, Some(&mut b))?;
+            Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+        }
+    }
+}
+
+/// The keyed function behind [`KeyedStream::reduce`].
+struct Reduce<K, T, F> {
+    f: F,
+    _t: PhantomData<fn() -> (K, T)>,
+}
+
+impl<K, T, F: Clone> Clone for Reduce<K, T, F> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K, T, F> Checkpointed for Reduce<K, T, F> {}
+
+impl<K, T, F> KeyedProcessFunction for Reduce<K, T, F>
+where
+    K: Key,
+    T: Data + Sync,
+    F: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+{
+    type Key = K;
+    type In = T;
+    type Out = (K, T);
+    type State = ValueStateId<T, ()>;
+
+    fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
+        Ok(backend.register_value(&ValueStateDescriptor::<T>::new("reduce"))?)
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &K,
+        input: T,
+        backend: &mut B,
+        out: &mut Collector<'_, (K, T)>,
+    ) -> Result<()> {
+        let next = match backend.value_get(*state, &())? {
+            Some(acc) => (self.f)(acc, input),
+            None => input,
+        };
+        backend.value_update(*state, &(), next.clone())?;
+        out.collect((key.clone(), next))
+    }
+}
+
+/// The instance a user gives for an operator; each subtask gets a clone. (A mutex makes
+/// it shareable by the task factories without asking user types to be `Sync`.)
+struct Prototype<F>(std::sync::Mutex<F>);
+
+impl<F: Clone> Prototype<F> {
+    fn new(f: F) -> Self {
+        Self(std::sync::Mutex::new(f))
+    }
+
+    fn get(&self) -> Result<F> {
+        self.0
+            .lock()
+            .map(|f| f.clone())
+            .map_err(|_| RuntimeError::Config("an operator prototype was poisoned".into()))
+    }
+}

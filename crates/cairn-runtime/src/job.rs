@@ -1,0 +1,1135 @@
+//! Running a job: the driver (restarts), one run's tasks, and the checkpoint coordinator.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cairn_core::{CancelToken, FileArea, SnapshotTarget, SnapshotType};
+use cairn_format::{Manifest, OperatorManifest};
+use cairn_storage::{
+    assemble_manifest, create_savepoint, open_savepoint, CheckpointStorage, CheckpointWriter,
+    SavepointWriter,
+};
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+
+use crate::chain::{Barrier, BarrierKind, Notification, TaskEvent, TaskShared};
+use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom};
+use crate::coordinator::{spawn_async_workers, AsyncJob, CoordMsg, TaskId, WrittenPart};
+use crate::error::{Result, RuntimeError};
+use crate::function::SubtaskInfo;
+use crate::graph::{BuildCtx, JobGraph, Restore};
+use crate::task::{AlignConfig, JobCounters, SourceLimits, TaskLink};
+
+/// What a finished job reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobResult {
+    /// Records read by the sources, over every run (replays after a restore count again).
+    pub records: u64,
+    /// Checkpoints completed.
+    pub checkpoints_completed: u64,
+    /// Checkpoints that failed (declined, timed out, failed to write).
+    pub checkpoints_failed: u64,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// The savepoint written by stop-with-savepoint, if any.
+    pub savepoint: Option<String>,
+    /// The checkpoint storage.
+    pub checkpoint_dir: String,
+    /// The snapshot the first run restored from, if any.
+    pub restored_from: Option<String>,
+    /// Whether the job was cancelled.
+    pub cancelled: bool,
+    /// Wall-clock time of the whole job, seconds.
+    pub wall_s: f64,
+    /// Duration of each completed checkpoint (trigger to publish), milliseconds.
+    pub checkpoint_durations_ms: Vec<f64>,
+    /// Bytes each completed checkpoint added (files not in the previous one), in order.
+    pub checkpoint_bytes: Vec<u64>,
+    /// The longest synchronous phase of any task, milliseconds.
+    pub sync_phase_ms_max: f64,
+    /// Time from the start of the first run until its tasks were built and running
+    /// (includes restoring state), milliseconds.
+    pub startup_ms: f64,
+}
+
+/// A dataflow with its configuration.
+#[derive(Debug)]
+pub struct Job {
+    graph: JobGraph,
+    config: JobConfig,
+    stop_on_signals: bool,
+}
+
+/// A running job.
+#[derive(Debug)]
+pub struct JobHandle {
+    coord: Sender<CoordMsg>,
+    driver: JoinHandle<Result<JobResult>>,
+}
+
+impl Job {
+    /// A job running `graph` with `config`.
+    pub fn new(graph: JobGraph, config: JobConfig) -> Self {
+        Self {
+            graph,
+            config,
+            stop_on_signals: false,
+        }
+    }
+
+    /// On SIGINT or SIGTERM, stop with a savepoint into the configured savepoint directory
+    /// (or `./savepoints`); a second signal exits the process at once.
+    pub fn stop_with_savepoint_on_signals(mut self) -> Self {
+        self.stop_on_signals = true;
+        self
+    }
+
+    /// Starts the job on its own threads.
+    pub fn start(self) -> Result<JobHandle> {
+        let driver = Driver::new(self.graph, self.config, self.stop_on_signals)?;
+        let coord = driver.coord_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name("cairn-driver".into())
+            .spawn(move || driver.run())
+            .map_err(|e| RuntimeError::io("cannot spawn the driver thread", "-", e))?;
+        Ok(JobHandle {
+            coord,
+            driver: handle,
+        })
+    }
+
+    /// Runs the job to its end.
+    pub fn run(self) -> Result<JobResult> {
+        self.start()?.wait()
+    }
+}
+
+impl JobHandle {
+    fn savepoint(&self, dir: Option<&str>, stop: bool) -> Result<String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.coord
+            .send(CoordMsg::Savepoint {
+                dir: dir.map(str::to_string),
+                stop,
+                reply: tx,
+            })
+            .map_err(|_| RuntimeError::Config("the job is not running".into()))?;
+        match rx.recv() {
+            Ok(Ok(path)) => Ok(path),
+            Ok(Err(reason)) => Err(RuntimeError::Checkpoint {
+                checkpoint_id: 0,
+                reason,
+            }),
+            Err(_) => Err(RuntimeError::Config(
+                "the job ended before the savepoint completed".into(),
+            )),
+        }
+    }
+
+    /// Takes a savepoint of the running job (always aligned and canonical) into `dir` (or
+    /// the configured savepoint directory) and returns its path.
+    pub fn trigger_savepoint(&self, dir: Option<&str>) -> Result<String> {
+        self.savepoint(dir, false)
+    }
+
+    /// Takes a savepoint, commits what it covers, and ends the job; returns its path.
+    pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
+        self.savepoint(dir, true)
+    }
+
+    /// Cancels the job.
+    pub fn cancel(&self) {
+        let _ = self.coord.send(CoordMsg::Cancel);
+    }
+
+    /// Waits for the job to end.
+    pub fn wait(self) -> Result<JobResult> {
+        match self.driver.join() {
+            Ok(r) => r,
+            Err(p) => Err(RuntimeError::Panic {
+                task: "driver".into(),
+                message: panic_message(p.as_ref()),
+            }),
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// How one run ended.
+enum Outcome {
+    Finished,
+    Stopped(String),
+    Cancelled,
+    Failed { error: RuntimeError, fatal: bool },
+}
+
+struct Driver {
+    graph: JobGraph,
+    config: JobConfig,
+    storage: Option<CheckpointStorage>,
+    coord_tx: Sender<CoordMsg>,
+    coord_rx: Receiver<CoordMsg>,
+    async_tx: Sender<AsyncJob>,
+    async_workers: Vec<JoinHandle<()>>,
+    counters: Arc<JobCounters>,
+    signal: Option<Arc<AtomicBool>>,
+    /// uid → parallelism of its stage.
+    parallelism: Vec<u32>,
+    next_id: u64,
+    nonce: String,
+    result: JobResult,
+    prev_files: HashSet<String>,
+}
+
+enum Target {
+    Checkpoint(CheckpointWriter),
+    Savepoint(Arc<SavepointWriter>, String),
+}
+
+struct Pending {
+    barrier: Barrier,
+    target: Target,
+    cancel: CancelToken,
+    written: Vec<WrittenPart>,
+    written_tasks: usize,
+    /// Every source had ended when it was triggered: its completion ends the job.
+    is_final: bool,
+    reply: Option<Sender<std::result::Result<String, String>>>,
+}
+
+impl Driver {
+    fn new(graph: JobGraph, config: JobConfig, stop_on_signals: bool) -> Result<Self> {
+        validate(&graph, &config)?;
+        let parallelism = graph
+            .stages
+            .iter()
+            .map(|s| s.parallelism.unwrap_or(config.parallelism))
+            .collect();
+        let needs_storage =
+            config.checkpoint.interval.is_some() || config.restore == Some(RestoreFrom::Latest);
+        let storage = if needs_storage {
+            Some(CheckpointStorage::open(&config.checkpoint_dir)?)
+        } else {
+            None
+        };
+        let next_id = match &storage {
+            Some(s) => s.next_checkpoint_id()?,
+            None => 1,
+        };
+        let (coord_tx, coord_rx) = crossbeam_channel::unbounded();
+        let (async_tx, async_rx) = crossbeam_channel::unbounded();
+        let async_workers = spawn_async_workers(config.async_threads, async_rx, coord_tx.clone());
+        let signal = if stop_on_signals {
+            let flag = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                // A second signal while the first is handled exits at once.
+                signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+                    .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+                    .map_err(|e| RuntimeError::io("cannot install a signal handler", "-", e))?;
+            }
+            Some(flag)
+        } else {
+            None
+        };
+        let nonce = format!(
+            "{:x}{:04x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            std::process::id() & 0xffff
+        );
+        let result = JobResult {
+            checkpoint_dir: config.checkpoint_dir.clone(),
+            ..JobResult::default()
+        };
+        Ok(Self {
+            graph,
+            config,
+            storage,
+            coord_tx,
+            coord_rx,
+            async_tx,
+            async_workers,
+            counters: Arc::new(JobCounters::default()),
+            signal,
+            parallelism,
+            next_id,
+            nonce,
+            result,
+            prev_files: HashSet::new(),
+        })
+    }
+
+    fn run(mut self) -> Result<JobResult> {
+        let started = Instant::now();
+        let mut restore_point = self.config.restore.clone();
+        let mut attempt = 0u32;
+        let outcome = loop {
+            let restore = self.load_restore(restore_point.as_ref())?;
+            if attempt == 0 {
+                self.result.restored_from = restore.as_ref().map(|r| r.description.clone());
+            }
+            match self.run_once(attempt, restore, started) {
+                Outcome::Failed { error, fatal } => {
+                    let max = self.config.restart.max_restarts;
+                    if fatal || max == 0 {
+                        break Err(error);
+                    }
+                    if self.result.restarts >= max {
+                        break Err(RuntimeError::RestartsExhausted {
+                            restarts: self.result.restarts,
+                            last: Box::new(error),
+                        });
+                    }
+                    self.result.restarts += 1;
+                    attempt += 1;
+                    std::thread::sleep(self.config.restart.delay);
+                    let has_checkpoint = match &self.storage {
+                        Some(s) => !s.completed_checkpoints()?.is_empty(),
+                        None => false,
+                    };
+                    if has_checkpoint {
+                        restore_point = Some(RestoreFrom::Latest);
+                    }
+                }
+                other => break Ok(other),
+            }
+        };
+        // Stop the asynchronous workers.
+        let (dead_tx, _) = crossbeam_channel::unbounded();
+        self.async_tx = dead_tx;
+        for w in std::mem::take(&mut self.async_workers) {
+            let _ = w.join();
+        }
+        match outcome? {
+            Outcome::Stopped(path) => self.result.savepoint = Some(path),
+            Outcome::Cancelled => {
+                self.result.cancelled = true;
+                if self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation {
+                    if let Some(s) = &self.storage {
+                        s.discard_all()?;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.result.records = self.counters.source_records.load(Ordering::Relaxed);
+        self.result.wall_s = started.elapsed().as_secs_f64();
+        Ok(self.result)
+    }
+
+    /// Opens the snapshot to restore from and checks it against the job.
+    fn load_restore(&mut self, from: Option<&RestoreFrom>) -> Result<Option<Arc<Restore>>> {
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let (mut manifest, source, description): (
+            Manifest,
+            Box<dyn cairn_core::SnapshotSource>,
+            String,
+        ) = match from {
+            RestoreFrom::Latest => {
+                let Some(storage) = &self.storage else {
+                    return Ok(None);
+                };
+                let Some(m) = storage.latest_completed()? else {
+                    return Ok(None);
+                };
+                let id = m.checkpoint_id;
+                (
+                    m,
+                    Box::new(storage.source(id)),
+                    format!("checkpoint {id} in {}", self.config.checkpoint_dir),
+                )
+            }
+            RestoreFrom::Path(path) => open_snapshot(path)?,
+        };
+        let uids: HashSet<String> = self.graph.uids().into_iter().collect();
+        let unknown: Vec<String> = manifest
+            .operators
+            .iter()
+            .map(|o| o.uid.clone())
+            .filter(|u| !uids.contains(u))
+            .collect();
+        if !unknown.is_empty() {
+            if !self.config.allow_non_restored_state {
+                return Err(RuntimeError::Restore {
+                    reason: format!(
+                        "{description} holds state of operators this job does not have: {}; allow non-restored state to drop it",
+                        unknown.join(", ")
+                    ),
+                });
+            }
+            manifest.operators.retain(|o| uids.contains(&o.uid));
+        }
+        self.next_id = self.next_id.max(manifest.checkpoint_id + 1);
+        Ok(Some(Arc::new(Restore::new(manifest, source, description))))
+    }
+
+    fn run_once(
+        &mut self,
+        attempt: u32,
+        restore: Option<Arc<Restore>>,
+        job_start: Instant,
+    ) -> Outcome {
+        let cfg = &self.config;
+        let checkpointing = cfg.checkpoint.interval.is_some();
+        let shared = Arc::new(TaskShared {
+            cancel: AtomicBool::new(false),
+            snapshot_mode: cfg.checkpoint.snapshot_mode,
+            checkpointing,
+            run_id: format!("{}-{attempt}", self.nonce),
+        });
+        let stages = self.graph.stages.clone();
+        let ps = self.parallelism.clone();
+        // Event lanes of every task.
+        let mut event_tx: Vec<Vec<Sender<TaskEvent>>> = Vec::new();
+        let mut event_rx: Vec<Vec<Option<Receiver<TaskEvent>>>> = Vec::new();
+        for &p in &ps {
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..p)
+                .map(|_| {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    (tx, Some(rx))
+                })
+                .unzip();
+            event_tx.push(txs);
+            event_rx.push(rxs);
+        }
+        // Channels of every exchange.
+        let mut inputs: Vec<Vec<Option<Box<dyn std::any::Any + Send>>>> =
+            ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
+        let mut outputs: Vec<Vec<Option<Box<dyn std::any::Any + Send>>>> =
+            ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
+        for (k, stage) in stages.iter().enumerate() {
+            if let (Some(edge), Some(&down)) = (&stage.output, ps.get(k + 1)) {
+                let (senders, receivers) =
+                    edge(ps[k] as usize, down as usize, cfg.channel_capacity);
+                for (i, s) in senders.into_iter().enumerate() {
+                    outputs[k][i] = Some(s);
+                }
+                for (i, r) in receivers.into_iter().enumerate() {
+                    inputs[k + 1][i] = Some(r);
+                }
+            }
+        }
+        let source_parallelism: u32 = stages
+            .iter()
+            .zip(&ps)
+            .filter(|(s, _)| s.is_source)
+            .map(|(_, p)| *p)
+            .sum();
+        let align = AlignConfig {
+            mode: cfg.checkpoint.mode,
+            unaligned: cfg.checkpoint.unaligned,
+            aligned_timeout: cfg.checkpoint.aligned_timeout,
+        };
+        let mut threads = Vec::new();
+        let mut all_tasks = Vec::new();
+        let mut source_tasks = Vec::new();
+        for (k, stage) in stages.iter().enumerate() {
+            for i in 0..ps[k] {
+                let id = TaskId { stage: k, index: i };
+                all_tasks.push(id);
+                if stage.is_source {
+                    source_tasks.push(id);
+                }
+                let link = TaskLink {
+                    id,
+                    attempt,
+                    events: match event_rx[k][i as usize].take() {
+                        Some(rx) => rx,
+                        None => continue,
+                    },
+                    coord: self.coord_tx.clone(),
+                    shared: shared.clone(),
+                };
+                let output = outputs[k][i as usize]
+                    .take()
+                    .map(|o| (o, event_tx.get(k + 1).cloned().unwrap_or_default()));
+                let mut ctx = BuildCtx {
+                    info: SubtaskInfo {
+                        index: i,
+                        parallelism: ps[k],
+                        max_parallelism: cfg.max_parallelism,
+                        attempt,
+                    },
+                    shared: shared.clone(),
+                    restore: restore.clone(),
+                    backend: cfg.backend.clone(),
+                    input: inputs[k][i as usize].take(),
+                    output,
+                    link: Some(link),
+                    align: align.clone(),
+                    batch_size: cfg.batch_size.max(1),
+                    limits: stage.is_source.then(|| SourceLimits {
+                        records_per_second: cfg
+                            .records_per_second
+                            .map(|r| r as f64 / f64::from(source_parallelism.max(1))),
+                        fail_at_record: cfg.fail_at_record,
+                        counters: self.counters.clone(),
+                        batch_size: cfg.batch_size.max(1),
+                    }),
+                    stage_uids: stage.uids.clone(),
+                };
+                let build = stage.build.clone();
+                let coord = self.coord_tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!(
+                        "cairn-{}-{i}",
+                        stage.uids.first().map(String::as_str).unwrap_or("task")
+                    ))
+                    .spawn(move || {
+                        let r = catch_unwind(AssertUnwindSafe(|| {
+                            let task = build(&mut ctx)?;
+                            drop(ctx);
+                            task.run()
+                        }));
+                        let msg = match r {
+                            Ok(Ok(())) | Ok(Err(RuntimeError::Cancelled)) => {
+                                CoordMsg::TaskFinished { attempt, task: id }
+                            }
+                            Ok(Err(error)) => CoordMsg::TaskFailed { attempt, error },
+                            Err(p) => CoordMsg::TaskFailed {
+                                attempt,
+                                error: RuntimeError::Panic {
+                                    task: id.to_string(),
+                                    message: panic_message(p.as_ref()),
+                                },
+                            },
+                        };
+                        let _ = coord.send(msg);
+                    });
+                match spawned {
+                    Ok(h) => threads.push(h),
+                    Err(e) => {
+                        shared.cancel.store(true, Ordering::Relaxed);
+                        for h in threads {
+                            let _ = h.join();
+                        }
+                        return Outcome::Failed {
+                            error: RuntimeError::io("cannot spawn a task thread", "-", e),
+                            fatal: true,
+                        };
+                    }
+                }
+            }
+        }
+        if attempt == 0 {
+            self.result.startup_ms = job_start.elapsed().as_secs_f64() * 1000.0;
+        }
+        let events: Vec<(TaskId, Sender<TaskEvent>)> = all_tasks
+            .iter()
+            .map(|t| (*t, event_tx[t.stage][t.index as usize].clone()))
+            .collect();
+        let mut run = Run {
+            attempt,
+            events,
+            source_tasks,
+            pending: BTreeMap::new(),
+            finished: HashSet::new(),
+            sources_finished: HashSet::new(),
+            started: Instant::now(),
+            last_trigger: None,
+            last_complete: None,
+            end_input_sent: false,
+            stopping: false,
+            stopped_with: None,
+            consecutive_failures: 0,
+            queued: VecDeque::new(),
+        };
+        let outcome = self.coordinate(&mut run);
+        // Tear down.
+        shared.cancel.store(true, Ordering::Relaxed);
+        for (_, tx) in &run.events {
+            let _ = tx.send(TaskEvent::Cancel);
+        }
+        for h in threads {
+            let _ = h.join();
+        }
+        let ids: Vec<u64> = run.pending.keys().copied().collect();
+        for id in ids {
+            self.discard_pending(&mut run, id, "the job stopped".into(), false);
+        }
+        for (_, _, reply) in run.queued.drain(..) {
+            let _ = reply.send(Err("the job stopped before the savepoint".into()));
+        }
+        outcome
+    }
+
+    /// The coordinator loop of one run.
+    fn coordinate(&mut self, run: &mut Run) -> Outcome {
+        let total = run.events.len();
+        loop {
+            match self.coord_rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(msg) => {
+                    if let Some(outcome) = self.handle(run, msg) {
+                        return outcome;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Outcome::Failed {
+                        error: RuntimeError::Config("coordinator channel closed".into()),
+                        fatal: true,
+                    }
+                }
+            }
+            if run.finished.len() == total {
+                return match run.stopped_with.take() {
+                    Some(path) => Outcome::Stopped(path),
+                    None => Outcome::Finished,
+                };
+            }
+            if let Some(flag) = &self.signal {
+                if flag.load(Ordering::Relaxed) && !run.stopping {
+                    let (tx, _rx) = crossbeam_channel::bounded(1);
+                    run.queued.push_back((None, true, tx));
+                    run.stopping = true;
+                }
+            }
+            if let Some(o) = self.tick(run) {
+                return o;
+            }
+        }
+    }
+
+    fn handle(&mut self, run: &mut Run, msg: CoordMsg) -> Option<Outcome> {
+        match msg {
+            CoordMsg::Synced {
+                attempt,
+                task,
+                checkpoint_id,
+                sync,
+                parts,
+            } => {
+                if attempt != run.attempt {
+                    return None;
+                }
+                let ms = sync.as_secs_f64() * 1000.0;
+                if ms > self.result.sync_phase_ms_max {
+                    self.result.sync_phase_ms_max = ms;
+                }
+                if let Some(p) = run.pending.get(&checkpoint_id) {
+                    let target: Arc<dyn SnapshotTarget> = match &p.target {
+                        Target::Checkpoint(w) => Arc::new(w.clone()),
+                        Target::Savepoint(w, _) => w.clone(),
+                    };
+                    let _ = self.async_tx.send(AsyncJob {
+                        attempt,
+                        task,
+                        checkpoint_id,
+                        parts,
+                        target,
+                        cancel: p.cancel.clone(),
+                    });
+                }
+            }
+            CoordMsg::Written {
+                attempt,
+                task,
+                checkpoint_id,
+                result,
+            } => {
+                if attempt != run.attempt {
+                    return None;
+                }
+                match result {
+                    Ok(parts) => {
+                        let done = match run.pending.get_mut(&checkpoint_id) {
+                            Some(p) => {
+                                p.written.extend(parts);
+                                p.written_tasks += 1;
+                                p.written_tasks == run.events.len()
+                            }
+                            None => false,
+                        };
+                        if done {
+                            return self.complete(run, checkpoint_id);
+                        }
+                    }
+                    Err(reason) => {
+                        return self.fail_checkpoint(
+                            run,
+                            checkpoint_id,
+                            format!("task {task}: {reason}"),
+                        )
+                    }
+                }
+            }
+            CoordMsg::Declined {
+                attempt,
+                checkpoint_id,
+                reason,
+            } => {
+                if attempt == run.attempt {
+                    return self.fail_checkpoint(run, checkpoint_id, reason);
+                }
+            }
+            CoordMsg::SourceFinished { attempt, task } => {
+                if attempt == run.attempt {
+                    run.sources_finished.insert(task);
+                }
+            }
+            CoordMsg::TaskFinished { attempt, task } => {
+                if attempt == run.attempt {
+                    run.finished.insert(task);
+                }
+            }
+            CoordMsg::TaskFailed { attempt, error } => {
+                if attempt == run.attempt {
+                    let fatal = matches!(
+                        error,
+                        RuntimeError::Restore { .. } | RuntimeError::Config(_)
+                    );
+                    return Some(Outcome::Failed { error, fatal });
+                }
+            }
+            CoordMsg::Savepoint { dir, stop, reply } => {
+                if run.end_input_sent || run.stopping {
+                    let _ = reply.send(Err("the job is finishing".into()));
+                } else {
+                    run.stopping |= stop;
+                    run.queued.push_back((dir, stop, reply));
+                }
+            }
+            CoordMsg::Cancel => return Some(Outcome::Cancelled),
+        }
+        None
+    }
+
+    /// Timeouts, savepoint requests, periodic and final checkpoints.
+    fn tick(&mut self, run: &mut Run) -> Option<Outcome> {
+        let cp = self.config.checkpoint.clone();
+        let timed_out: Vec<u64> = run
+            .pending
+            .iter()
+            .filter(|(_, p)| p.barrier.started.elapsed() > cp.timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            let reason = format!("timed out after {:?}", cp.timeout);
+            if let Some(o) = self.fail_checkpoint(run, id, reason) {
+                return Some(o);
+            }
+        }
+        while let Some((dir, stop, reply)) = run.queued.pop_front() {
+            let dir = dir
+                .or_else(|| self.config.savepoint_dir.clone())
+                .unwrap_or_else(|| "./savepoints".into());
+            self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)));
+        }
+        let all_sources_done = run.sources_finished.len() == run.source_tasks.len();
+        let checkpoints_pending = run
+            .pending
+            .values()
+            .filter(|p| p.barrier.kind == BarrierKind::Checkpoint)
+            .count();
+        match cp.interval {
+            None => {
+                if all_sources_done && !run.end_input_sent && !run.stopping {
+                    self.end_input(run);
+                }
+            }
+            Some(interval) => {
+                if run.end_input_sent
+                    || run.stopping
+                    || checkpoints_pending >= cp.max_concurrent.max(1)
+                {
+                    return None;
+                }
+                if all_sources_done {
+                    if !run.pending.values().any(|p| p.is_final) {
+                        self.trigger(run, BarrierKind::Checkpoint, None);
+                    }
+                    return None;
+                }
+                let since_trigger = run.last_trigger.unwrap_or(run.started).elapsed();
+                let paused = run
+                    .last_complete
+                    .is_none_or(|t| t.elapsed() >= cp.min_pause);
+                if since_trigger >= interval && paused {
+                    self.trigger(run, BarrierKind::Checkpoint, None);
+                }
+            }
+        }
+        None
+    }
+
+    fn end_input(&mut self, run: &mut Run) {
+        run.end_input_sent = true;
+        for (task, tx) in &run.events {
+            if run.source_tasks.contains(task) {
+                let _ = tx.send(TaskEvent::EndInput);
+            }
+        }
+    }
+
+    fn broadcast(&self, run: &Run, n: Notification) {
+        for (_, tx) in &run.events {
+            let _ = tx.send(TaskEvent::Notify(n));
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        run: &mut Run,
+        kind: BarrierKind,
+        savepoint: Option<(String, Sender<std::result::Result<String, String>>)>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cp = &self.config.checkpoint;
+        let (target, reply) = match (kind, savepoint) {
+            (BarrierKind::Savepoint { stop }, Some((dir, reply))) => {
+                let path = format!("{}/sp-{id}", dir.trim_end_matches('/'));
+                match create_savepoint(&path, id) {
+                    Ok(w) => (Target::Savepoint(Arc::new(w), path), Some(reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("savepoint {path}: {e}")));
+                        if stop {
+                            run.stopping = false;
+                        }
+                        return;
+                    }
+                }
+            }
+            _ => {
+                let Some(storage) = &self.storage else { return };
+                match storage.begin_checkpoint(id) {
+                    Ok(w) => (Target::Checkpoint(w), None),
+                    Err(e) => {
+                        self.result.checkpoints_failed += 1;
+                        run.consecutive_failures += 1;
+                        let _ = e;
+                        run.last_trigger = Some(Instant::now());
+                        return;
+                    }
+                }
+            }
+        };
+        let barrier = Barrier {
+            id,
+            kind,
+            unaligned: kind == BarrierKind::Checkpoint
+                && cp.unaligned
+                && cp.mode == CheckpointingMode::ExactlyOnce
+                && cp.aligned_timeout.is_zero(),
+            started: Instant::now(),
+        };
+        let is_final =
+            kind == BarrierKind::Checkpoint && run.sources_finished.len() == run.source_tasks.len();
+        run.pending.insert(
+            id,
+            Pending {
+                barrier,
+                target,
+                cancel: CancelToken::new(),
+                written: Vec::new(),
+                written_tasks: 0,
+                is_final,
+                reply,
+            },
+        );
+        if kind == BarrierKind::Checkpoint {
+            run.last_trigger = Some(Instant::now());
+        }
+        for (task, tx) in &run.events {
+            if run.source_tasks.contains(task) {
+                let _ = tx.send(TaskEvent::Trigger(barrier));
+            }
+        }
+    }
+
+    /// Forgets a pending checkpoint: cancels its writes and deletes its files.
+    fn discard_pending(
+        &mut self,
+        run: &mut Run,
+        id: u64,
+        reason: String,
+        notify: bool,
+    ) -> Option<Pending> {
+        let p = run.pending.remove(&id)?;
+        p.cancel.cancel();
+        match &p.target {
+            Target::Checkpoint(_) => {
+                if let Some(s) = &self.storage {
+                    let _ = s.abort(id);
+                }
+            }
+            Target::Savepoint(..) => {}
+        }
+        if let Some(reply) = &p.reply {
+            let _ = reply.send(Err(format!("savepoint {id} failed: {reason}")));
+        }
+        if notify {
+            self.broadcast(run, Notification::Aborted(id));
+        }
+        Some(p)
+    }
+
+    fn fail_checkpoint(&mut self, run: &mut Run, id: u64, reason: String) -> Option<Outcome> {
+        let p = self.discard_pending(run, id, reason.clone(), true)?;
+        match p.barrier.kind {
+            BarrierKind::Savepoint { stop } => {
+                if stop {
+                    run.stopping = false;
+                    for (task, tx) in &run.events {
+                        if run.source_tasks.contains(task) {
+                            let _ = tx.send(TaskEvent::Resume);
+                        }
+                    }
+                }
+                None
+            }
+            BarrierKind::Checkpoint => {
+                self.result.checkpoints_failed += 1;
+                run.consecutive_failures += 1;
+                if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
+                    Some(Outcome::Failed {
+                        error: RuntimeError::Checkpoint {
+                            checkpoint_id: id,
+                            reason: format!(
+                                "{reason} ({} failed in a row, {} tolerated)",
+                                run.consecutive_failures, self.config.checkpoint.tolerable_failures
+                            ),
+                        },
+                        fatal: false,
+                    })
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn manifest(
+        &self,
+        id: u64,
+        kind: SnapshotType,
+        written: Vec<WrittenPart>,
+    ) -> std::result::Result<Manifest, String> {
+        let mut by_uid: BTreeMap<String, Vec<(u32, cairn_format::SubtaskManifest)>> =
+            BTreeMap::new();
+        for (uid, index, part) in written {
+            by_uid.entry(uid).or_default().push((index, part));
+        }
+        let mut uid_parallelism = HashMap::new();
+        for (stage, p) in self.graph.stages.iter().zip(&self.parallelism) {
+            for uid in &stage.uids {
+                uid_parallelism.insert(uid.clone(), *p);
+            }
+        }
+        let mut ops = Vec::with_capacity(by_uid.len());
+        for (uid, mut parts) in by_uid {
+            parts.sort_by_key(|(i, _)| *i);
+            let parallelism = uid_parallelism.get(&uid).copied().unwrap_or(0);
+            if parts.len() != parallelism as usize {
+                return Err(format!(
+                    "operator {uid} has {} subtask parts, expected {parallelism}",
+                    parts.len()
+                ));
+            }
+            ops.push(OperatorManifest {
+                uid,
+                parallelism,
+                max_parallelism: self.config.max_parallelism,
+                subtasks: parts.into_iter().map(|(_, s)| s).collect(),
+            });
+        }
+        Ok(assemble_manifest(id, kind, ops))
+    }
+
+    fn complete(&mut self, run: &mut Run, id: u64) -> Option<Outcome> {
+        let p = run.pending.remove(&id)?;
+        let kind = match p.barrier.kind {
+            BarrierKind::Checkpoint => SnapshotType::Checkpoint,
+            BarrierKind::Savepoint { .. } => SnapshotType::Savepoint,
+        };
+        let manifest = match self.manifest(id, kind, p.written) {
+            Ok(m) => m,
+            Err(reason) => {
+                run.pending.insert(
+                    id,
+                    Pending {
+                        written: Vec::new(),
+                        ..p
+                    },
+                );
+                return self.fail_checkpoint(run, id, reason);
+            }
+        };
+        match p.target {
+            Target::Checkpoint(writer) => {
+                let storage = self.storage.clone()?;
+                if let Err(e) = storage.publish(writer, &manifest) {
+                    self.result.checkpoints_failed += 1;
+                    run.consecutive_failures += 1;
+                    let _ = storage.abort(id);
+                    self.broadcast(run, Notification::Aborted(id));
+                    if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
+                        return Some(Outcome::Failed {
+                            error: RuntimeError::Checkpoint {
+                                checkpoint_id: id,
+                                reason: e.to_string(),
+                            },
+                            fatal: false,
+                        });
+                    }
+                    return None;
+                }
+                self.record_stats(&manifest, p.barrier.started.elapsed());
+                run.consecutive_failures = 0;
+                run.last_complete = Some(Instant::now());
+                self.broadcast(run, Notification::Complete(id));
+                // Retention failures do not fail the job; the next completion retries.
+                let _ = storage.retain(self.config.checkpoint.num_retained.max(1));
+                if p.is_final {
+                    self.end_input(run);
+                }
+            }
+            Target::Savepoint(writer, path) => {
+                let published = match Arc::try_unwrap(writer) {
+                    Ok(w) => w.publish(&manifest).map_err(|e| e.to_string()),
+                    Err(_) => Err("savepoint files are still being written".into()),
+                };
+                match published {
+                    Ok(()) => {
+                        if let Some(reply) = &p.reply {
+                            let _ = reply.send(Ok(path.clone()));
+                        }
+                        if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                            self.broadcast(run, Notification::Complete(id));
+                            run.stopped_with = Some(path);
+                            self.end_input(run);
+                        }
+                    }
+                    Err(reason) => {
+                        if let Some(reply) = &p.reply {
+                            let _ = reply.send(Err(format!("savepoint {path}: {reason}")));
+                        }
+                        if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                            run.stopping = false;
+                            for (task, tx) in &run.events {
+                                if run.source_tasks.contains(task) {
+                                    let _ = tx.send(TaskEvent::Resume);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn record_stats(&mut self, manifest: &Manifest, duration: Duration) {
+        let mut files = HashSet::new();
+        let mut added = 0u64;
+        for op in &manifest.operators {
+            for s in &op.subtasks {
+                for st in &s.operator_state {
+                    added += st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
+                }
+                if let Some(h) = &s.keyed {
+                    for f in h.files() {
+                        let key = match f.area {
+                            FileArea::Shared => format!("shared/{}", f.name),
+                            _ => format!("chk-{}/{}", manifest.checkpoint_id, f.name),
+                        };
+                        if !self.prev_files.contains(&key) && files.insert(key.clone()) {
+                            added += f.size;
+                        }
+                        files.insert(key);
+                    }
+                }
+            }
+        }
+        self.prev_files = files;
+        self.result.checkpoints_completed += 1;
+        self.result
+            .checkpoint_durations_ms
+            .push(duration.as_secs_f64() * 1000.0);
+        self.result.checkpoint_bytes.push(added);
+    }
+}
+
+type SavepointReply = Sender<std::result::Result<String, String>>;
+/// A savepoint to take: directory, whether to stop, where to answer.
+type SavepointRequest = (Option<String>, bool, SavepointReply);
+
+struct Run {
+    attempt: u32,
+    events: Vec<(TaskId, Sender<TaskEvent>)>,
+    source_tasks: Vec<TaskId>,
+    pending: BTreeMap<u64, Pending>,
+    finished: HashSet<TaskId>,
+    sources_finished: HashSet<TaskId>,
+    started: Instant,
+    last_trigger: Option<Instant>,
+    last_complete: Option<Instant>,
+    end_input_sent: bool,
+    stopping: bool,
+    stopped_with: Option<String>,
+    consecutive_failures: u32,
+    queued: VecDeque<SavepointRequest>,
+}
+
+/// Opens a checkpoint (`…/chk-<id>` or its `_metadata`) or a savepoint directory.
+fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSource>, String)> {
+    let trimmed = path.trim_end_matches('/');
+    let dir = trimmed.strip_suffix("/_metadata").unwrap_or(trimmed);
+    let (parent, last) = match dir.rsplit_once('/') {
+        Some((p, l)) => (p, l),
+        None => (".", dir),
+    };
+    if let Some(id) = last
+        .strip_prefix("chk-")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let storage = CheckpointStorage::open(if parent.is_empty() { "/" } else { parent })?;
+        let manifest = storage.load(id)?;
+        let source = storage.source(id);
+        return Ok((manifest, Box::new(source), format!("checkpoint {dir}")));
+    }
+    let (manifest, source) = open_savepoint(dir)?;
+    Ok((manifest, Box::new(source), format!("savepoint {dir}")))
+}
+
+fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {
+    let mut seen = HashSet::new();
+    for uid in graph.uids() {
+        if uid.is_empty() {
+            return Err(RuntimeError::Config("an operator has an empty uid".into()));
+        }
+        if !seen.insert(uid.clone()) {
+            return Err(RuntimeError::Config(format!(
+                "operator uid {uid} is used twice"
+            )));
+        }
+    }
+    for s in &graph.stages {
+        let p = s.parallelism.unwrap_or(config.parallelism);
+        cairn_core::check_parallelism(p, config.max_parallelism)
+            .map_err(|e| RuntimeError::Config(format!("stage {}: {e}", s.uids.join(" → "))))?;
+    }
+    if config.checkpoint.unaligned && config.checkpoint.mode == CheckpointingMode::AtLeastOnce {
+        return Err(RuntimeError::Config(
+            "unaligned checkpoints need exactly-once mode".into(),
+        ));
+    }
+    Ok(())
+}

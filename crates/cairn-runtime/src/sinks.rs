@@ -1,0 +1,270 @@
+//! Sinks: a two-phase-commit file sink (exactly-once output) and a discarding sink.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_core::{OperatorListStateDescriptor, OperatorListStateId};
+
+use crate::error::{Result, RuntimeError};
+use crate::function::{Checkpointed, InitContext, Sink, SnapshotContext};
+
+/// Drops every record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardSink;
+
+impl Checkpointed for DiscardSink {}
+
+impl<T> Sink<T> for DiscardSink {
+    #[inline]
+    fn write(&mut self, _record: T) -> Result<()> {
+        Ok(())
+    }
+}
+
+type Format<T> = Arc<dyn Fn(&T, &mut Vec<u8>) + Send + Sync>;
+
+/// Writes records as lines into files of a directory, exactly once.
+///
+/// Names starting with `.` are not output: `.part-<run>-<subtask>-<n>.inprogress` is being
+/// written; at a barrier it is flushed, fsynced and renamed `.part-…-<n>.pending`
+/// (pre-commit), and the pending files go into operator state; when the checkpoint
+/// completes they are renamed `part-<run>-<subtask>-<n>` (commit). On restore, the pending
+/// files of the restored checkpoint are committed (a rename is idempotent) and every other
+/// dot-file of an earlier run is deleted (abort). Without checkpointing, files are committed
+/// at the end of the input.
+pub struct TwoPhaseFileSink<T> {
+    dir: PathBuf,
+    format: Format<T>,
+    state: Option<OperatorListStateId<(u64, String)>>,
+    /// Pre-committed: (checkpoint id, final name).
+    pending: Vec<(u64, String)>,
+    current: Option<(BufWriter<File>, String)>,
+    prefix: String,
+    seq: u64,
+    checkpointing: bool,
+    line: Vec<u8>,
+}
+
+impl<T> std::fmt::Debug for TwoPhaseFileSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwoPhaseFileSink")
+            .field("dir", &self.dir)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for TwoPhaseFileSink<T> {
+    fn clone(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            format: self.format.clone(),
+            state: None,
+            pending: Vec::new(),
+            current: None,
+            prefix: String::new(),
+            seq: 0,
+            checkpointing: false,
+            line: Vec::new(),
+        }
+    }
+}
+
+impl<T> TwoPhaseFileSink<T> {
+    /// Writes into `dir` (created if missing); `format` appends one record's line (without
+    /// the newline) to the buffer.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        format: impl Fn(&T, &mut Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            dir: dir.into(),
+            format: Arc::new(format),
+            state: None,
+            pending: Vec::new(),
+            current: None,
+            prefix: String::new(),
+            seq: 0,
+            checkpointing: false,
+            line: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn io(&self, what: &str, path: &Path, e: std::io::Error) -> RuntimeError {
+        RuntimeError::io(what, path, e)
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io("cannot sync the output directory", &self.dir, e))
+    }
+
+    /// Makes `name` visible: renames its pending file; done already if only `name` exists.
+    fn commit(&self, name: &str) -> Result<()> {
+        let pending = self.path(&format!(".{name}.pending"));
+        let target = self.path(name);
+        match std::fs::rename(&pending, &target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if target.exists() {
+                    Ok(())
+                } else {
+                    Err(self.io(
+                        "a pre-committed output file is missing; its records are lost",
+                        &pending,
+                        e,
+                    ))
+                }
+            }
+            Err(e) => Err(self.io("cannot commit an output file", &pending, e)),
+        }
+    }
+
+    /// Closes the file being written and renames it pending; returns its final name.
+    fn pre_commit(&mut self) -> Result<Option<String>> {
+        let Some((mut w, name)) = self.current.take() else {
+            return Ok(None);
+        };
+        let inprogress = self.path(&format!(".{name}.inprogress"));
+        w.flush()
+            .and_then(|_| w.get_ref().sync_all())
+            .map_err(|e| self.io("cannot flush an output file", &inprogress, e))?;
+        drop(w);
+        let pending = self.path(&format!(".{name}.pending"));
+        std::fs::rename(&inprogress, &pending)
+            .map_err(|e| self.io("cannot pre-commit an output file", &inprogress, e))?;
+        self.sync_dir()?;
+        Ok(Some(name))
+    }
+
+    /// Deletes dot-files of earlier runs (in-progress and pending files no restored
+    /// checkpoint committed).
+    fn abort_leftovers(&self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| self.io("cannot list the output directory", &self.dir, e))?;
+        let own = format!(".part-{}-", self.prefix_run());
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| self.io("cannot list the output directory", &self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".part-") && !name.starts_with(&own) {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .or_else(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| self.io("cannot delete an aborted output file", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn prefix_run(&self) -> &str {
+        self.prefix
+            .rsplit_once('-')
+            .map(|(run, _)| run)
+            .unwrap_or("")
+    }
+}
+
+impl<T> Checkpointed for TwoPhaseFileSink<T> {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| self.io("cannot create the output directory", &self.dir, e))?;
+        self.prefix = format!("{}-{}", ctx.run_id, ctx.subtask.index);
+        self.checkpointing = ctx.checkpointing;
+        // Union: every subtask sees every pre-committed file; subtask 0 recovers them all.
+        let id = ctx.operator_state.register_list(
+            &OperatorListStateDescriptor::<(u64, String)>::union("pending"),
+        )?;
+        self.state = Some(id);
+        let restored = std::mem::take(ctx.operator_state.list(id)?);
+        if ctx.subtask.index == 0 {
+            for (_, name) in &restored {
+                self.commit(name)?;
+            }
+            self.sync_dir()?;
+            self.abort_leftovers()?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
+        if let Some(name) = self.pre_commit()? {
+            self.pending.push((ctx.checkpoint_id, name));
+        }
+        if let Some(id) = self.state {
+            *ctx.operator_state.list(id)? = self.pending.clone();
+        }
+        Ok(())
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(id, _)| *id <= checkpoint_id);
+        self.pending = keep;
+        for (_, name) in &done {
+            self.commit(name)?;
+        }
+        if !done.is_empty() {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Send + 'static> Sink<T> for TwoPhaseFileSink<T> {
+    fn write(&mut self, record: T) -> Result<()> {
+        if self.current.is_none() {
+            let name = format!("part-{}-{}", self.prefix, self.seq);
+            self.seq += 1;
+            let path = self.path(&format!(".{name}.inprogress"));
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| self.io("cannot create an output file", &path, e))?;
+            self.current = Some((BufWriter::with_capacity(64 * 1024, file), name));
+        }
+        self.line.clear();
+        (self.format)(&record, &mut self.line);
+        self.line.push(b'\n');
+        if let Some((w, name)) = self.current.as_mut() {
+            if let Err(e) = w.write_all(&self.line) {
+                let path = self.dir.join(format!(".{name}.inprogress"));
+                return Err(RuntimeError::io("cannot write an output file", path, e));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // With checkpointing, the final checkpoint pre-committed and committed everything;
+        // what is left (no checkpointing) is committed now.
+        if let Some(name) = self.pre_commit()? {
+            self.commit(&name)?;
+            self.sync_dir()?;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if !self.checkpointing {
+            for (_, name) in &pending {
+                self.commit(name)?;
+            }
+        } else {
+            self.pending = pending;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Helpers for the runtime's tests: word-count inputs, the job, and the exactly-once check.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
+use cairn_runtime::sinks::TwoPhaseFileSink;
+use cairn_runtime::sources::FileSource;
+use cairn_runtime::{
+    source, CheckpointConfig, Checkpointed, Collector, JobConfig, JobGraph, KeyedProcessFunction,
+    ProcessFunction, RuntimeError,
+};
+
+/// Writes `lines` lines of words drawn from `vocabulary` words (deterministic) and returns
+/// the path and how often each word occurs.
+pub fn write_input(
+    dir: &Path,
+    lines: usize,
+    vocabulary: usize,
+    seed: u64,
+) -> (PathBuf, BTreeMap<String, u64>) {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut text = String::new();
+    let mut counts = BTreeMap::new();
+    for _ in 0..lines {
+        let words = 1 + (next() % 6) as usize;
+        for j in 0..words {
+            let w = format!("w{}", next() % vocabulary as u64);
+            if j > 0 {
+                text.push(' ');
+            }
+            text.push_str(&w);
+            *counts.entry(w).or_insert(0) += 1;
+        }
+        text.push('\n');
+    }
+    let path = dir.join("input.txt");
+    std::fs::write(&path, text).expect("write input");
+    (path, counts)
+}
+
+/// Every committed output line, as word → counts.
+pub fn read_output(dir: &Path) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let e = e.expect("dir entry");
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).expect("read output");
+        for line in text.lines() {
+            let (w, n) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("bad line {line:?} in {name}"));
+            out.entry(w.to_string()).or_default().push(
+                n.parse()
+                    .unwrap_or_else(|_| panic!("bad count in {line:?}")),
+            );
+        }
+    }
+    out
+}
+
+/// Exactly once: for each word occurring n times, the counts 1..n each exactly once.
+pub fn check_exactly_once(expected: &BTreeMap<String, u64>, output: &BTreeMap<String, Vec<u64>>) {
+    for (w, n) in expected {
+        let mut got = output.get(w).cloned().unwrap_or_default();
+        got.sort_unstable();
+        let want: Vec<u64> = (1..=*n).collect();
+        assert!(
+            got == want,
+            "word {w}: expected counts 1..={n} once each, got {} counts: first {:?}",
+            got.len(),
+            &got[..got.len().min(20)]
+        );
+    }
+    for w in output.keys() {
+        assert!(
+            expected.contains_key(w),
+            "unexpected word {w} in the output"
+        );
+    }
+}
+
+/// At least once: every count 1..n present (duplicates allowed), nothing else.
+pub fn check_at_least_once(expected: &BTreeMap<String, u64>, output: &BTreeMap<String, Vec<u64>>) {
+    for (w, n) in expected {
+        let got = output.get(w).cloned().unwrap_or_default();
+        for c in 1..=*n {
+            assert!(got.contains(&c), "word {w}: count {c} of {n} is missing");
+        }
+    }
+}
+
+/// The word count: `ValueState<u64>` named `count` keyed by the word.
+#[derive(Clone, Debug)]
+pub struct Count;
+
+impl Checkpointed for Count {}
+
+impl KeyedProcessFunction for Count {
+    type Key = String;
+    type In = String;
+    type Out = (String, u64);
+    type State = ValueStateId<u64, ()>;
+
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+    ) -> cairn_runtime::Result<Self::State> {
+        Ok(backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        count: &Self::State,
+        word: &String,
+        _: String,
+        backend: &mut B,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let mut s = backend.value(count);
+        let n = s.get()?.unwrap_or(0) + 1;
+        s.update(n)?;
+        out.collect((word.clone(), n))
+    }
+}
+
+/// Fails whenever the words it has seen (over every run, shared counter) reach one of
+/// `at` — several injected failures.
+#[derive(Clone, Debug)]
+pub struct FailAt {
+    pub seen: Arc<AtomicU64>,
+    pub at: Vec<u64>,
+}
+
+impl Checkpointed for FailAt {}
+
+impl ProcessFunction<String, String> for FailAt {
+    fn process(&mut self, w: String, out: &mut Collector<'_, String>) -> cairn_runtime::Result<()> {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.at.contains(&n) {
+            return Err(RuntimeError::user(
+                "fail",
+                format!("injected failure at word {n}"),
+            ));
+        }
+        out.collect(w)
+    }
+}
+
+fn format_line((w, n): &(String, u64), out: &mut Vec<u8>) {
+    out.extend_from_slice(w.as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+/// source → tokenize → [fail] → key_by → count → sink.
+pub fn wordcount(
+    input: &Path,
+    output: &Path,
+    fail: Option<FailAt>,
+    count_parallelism: Option<u32>,
+) -> JobGraph {
+    let words = source("source", FileSource::new(input)).flat_map("tokenize", |line: String| {
+        line.split(' ')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    });
+    let words = match fail {
+        Some(f) => words.process("fail", f),
+        None => words.process(
+            "fail",
+            FailAt {
+                seen: Arc::new(AtomicU64::new(0)),
+                at: Vec::new(),
+            },
+        ),
+    };
+    let counted = words.key_by(|w: &String| w.clone()).process("count", Count);
+    let counted = match count_parallelism {
+        Some(p) => counted.parallelism(p),
+        None => counted,
+    };
+    counted.sink("sink", TwoPhaseFileSink::new(output, format_line))
+}
+
+/// A job config checkpointing every `interval_ms` into `dir`.
+pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
+    JobConfig {
+        checkpoint: CheckpointConfig {
+            interval: Some(Duration::from_millis(interval_ms)),
+            num_retained: 2,
+            ..CheckpointConfig::default()
+        },
+        checkpoint_dir: dir.join("checkpoints").display().to_string(),
+        savepoint_dir: Some(dir.join("savepoints").display().to_string()),
+        batch_size: 64,
+        channel_capacity: 8,
+        ..JobConfig::default()
+    }
+}

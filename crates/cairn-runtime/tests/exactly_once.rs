@@ -1,0 +1,133 @@
+//! Exactly-once output through failures and restarts, for both backends, aligned and
+//! unaligned checkpoints, parallelism 1 and 3; at-least-once never loses.
+
+mod common;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_runtime::{CheckpointingMode, Job, StateBackendConfig};
+use common::*;
+
+struct Case {
+    backend: StateBackendConfig,
+    parallelism: u32,
+    unaligned: bool,
+    mode: CheckpointingMode,
+    failures: Vec<u64>,
+}
+
+fn run_case(case: Case) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 7);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 20);
+    cfg.backend = case.backend;
+    cfg.parallelism = case.parallelism;
+    cfg.checkpoint.unaligned = case.unaligned;
+    cfg.checkpoint.mode = case.mode;
+    cfg.restart.max_restarts = 10;
+    cfg.restart.delay = Duration::from_millis(10);
+    // Slow the source so that checkpoints complete between the failures.
+    cfg.records_per_second = Some(20_000);
+    let fail = FailAt {
+        seen: Arc::new(AtomicU64::new(0)),
+        at: case.failures.clone(),
+    };
+    let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
+        .run()
+        .expect("job");
+    assert_eq!(result.restarts as usize, case.failures.len(), "{result:?}");
+    assert!(result.checkpoints_completed > 0, "{result:?}");
+    let out = read_output(&output);
+    match case.mode {
+        CheckpointingMode::ExactlyOnce => check_exactly_once(&expected, &out),
+        CheckpointingMode::AtLeastOnce => check_at_least_once(&expected, &out),
+    }
+}
+
+fn rocksdb(dir_hint: &str) -> StateBackendConfig {
+    let _ = dir_hint;
+    StateBackendConfig::rocksdb()
+}
+
+#[test]
+fn hashmap_aligned_p1_one_failure() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 1,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        failures: vec![4000],
+    });
+}
+
+#[test]
+fn hashmap_aligned_p3_several_failures() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 3,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        failures: vec![2000, 5000, 8000],
+    });
+}
+
+#[test]
+fn hashmap_unaligned_p3_several_failures() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 3,
+        unaligned: true,
+        mode: CheckpointingMode::ExactlyOnce,
+        failures: vec![3000, 7000],
+    });
+}
+
+#[test]
+fn rocksdb_aligned_p3_one_failure() {
+    run_case(Case {
+        backend: rocksdb("aligned"),
+        parallelism: 3,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        failures: vec![5000],
+    });
+}
+
+#[test]
+fn rocksdb_unaligned_p1_several_failures() {
+    run_case(Case {
+        backend: rocksdb("unaligned"),
+        parallelism: 1,
+        unaligned: true,
+        mode: CheckpointingMode::ExactlyOnce,
+        failures: vec![2500, 6000],
+    });
+}
+
+#[test]
+fn at_least_once_never_loses() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 3,
+        unaligned: false,
+        mode: CheckpointingMode::AtLeastOnce,
+        failures: vec![4000],
+    });
+}
+
+#[test]
+fn no_checkpointing_commits_at_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 500, 50, 3);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 20);
+    cfg.checkpoint.interval = None;
+    let result = Job::new(wordcount(&input, &output, None, None), cfg)
+        .run()
+        .expect("job");
+    assert_eq!(result.checkpoints_completed, 0);
+    check_exactly_once(&expected, &read_output(&output));
+}
