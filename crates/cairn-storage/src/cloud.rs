@@ -17,6 +17,7 @@ use object_store::ObjectStore;
 
 use crate::error::StorageError;
 
+#[cfg(any(feature = "s3", feature = "gcp", feature = "azure"))]
 fn config_error(url: &str, reason: impl Into<String>) -> StorageError {
     StorageError::StoreConfig {
         url: url.to_string(),
