@@ -52,3 +52,48 @@ impl BackendFactory for RocksDbFactory {
         .expect("create rocksdb backend")
     }
 }
+
+/// Any factory's backends wrapped in a changelog backend. Small segments and a low
+/// materialization threshold make every test cross several segments and materializations.
+pub struct ChangelogFactory<F> {
+    pub inner: F,
+    /// Where segments are uploaded between checkpoints (`None`: by the checkpoints).
+    pub storage: Option<cairn_storage::CheckpointStorage>,
+    pub segment_bytes: usize,
+    pub min_log_bytes: u64,
+}
+
+impl<F> ChangelogFactory<F> {
+    /// Uploads through each checkpoint's target (the suites open their own storages).
+    pub fn new(inner: F) -> Self {
+        Self {
+            inner,
+            storage: None,
+            segment_bytes: 600,
+            min_log_bytes: 3000,
+        }
+    }
+}
+
+impl<F: BackendFactory> BackendFactory for ChangelogFactory<F> {
+    type Backend = cairn_changelog::ChangelogBackend<F::Backend>;
+    fn create(&self, uid: &str, max_parallelism: u32, range: KeyGroupRange) -> Self::Backend {
+        let inner = self.inner.create(uid, max_parallelism, range);
+        let mut config = cairn_changelog::ChangelogConfig::new(
+            uid,
+            super::schema::key_codec().identity().clone(),
+        );
+        config.segment_bytes = self.segment_bytes;
+        config.min_log_bytes = self.min_log_bytes;
+        config.log_to_state_ratio = 0.5;
+        config.materialization_interval = None;
+        match &self.storage {
+            Some(s) => cairn_changelog::ChangelogBackend::new(
+                inner,
+                config,
+                std::sync::Arc::new(s.clone()),
+            ),
+            None => cairn_changelog::ChangelogBackend::with_checkpoint_uploads(inner, config),
+        }
+    }
+}

@@ -51,9 +51,9 @@ pub use operator::{
     redistribute, OperatorListStateDescriptor, OperatorListStateId, OperatorStateBackend,
 };
 pub use snapshot::{
-    is_valid_file_name, restore_metas, CancelToken, CanonicalFile, FileArea, FileRef, KeyedData,
-    KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution, SnapshotOptions,
-    SnapshotSource, SnapshotTarget, SnapshotType,
+    is_valid_file_name, restore_metas, CancelToken, CanonicalFile, ChangelogSegment, FileArea,
+    FileRef, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution,
+    SnapshotOptions, SnapshotSource, SnapshotTarget, SnapshotType,
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,

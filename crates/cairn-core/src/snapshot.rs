@@ -141,6 +141,29 @@ pub enum KeyedData {
         /// The files of the checkpoint directory.
         files: Vec<NativeFile>,
     },
+    /// A changelog snapshot (`cairn-changelog`): the wrapped backend's last materialized
+    /// snapshots plus the changelog segments written after them, replayed in order on
+    /// restore. Only a changelog backend restores it.
+    Changelog {
+        /// Materialized snapshots of the wrapped backend (canonical or native handles, never
+        /// changelog ones). Their ranges may be wider than the handle's after a rescale;
+        /// together they cover it. Empty when nothing was materialized yet (the segments
+        /// then hold every change since the backend started empty).
+        materialized: Vec<KeyedStateHandle>,
+        /// The segments to replay on top, oldest first.
+        segments: Vec<ChangelogSegment>,
+    },
+}
+
+/// One changelog segment file that a [`KeyedData::Changelog`] handle replays.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChangelogSegment {
+    /// The segment file (shared; its size and CRC32 say it is complete).
+    pub file: FileRef,
+    /// The sequence number of its first record (checked against the file's footer).
+    pub first_sqn: u64,
+    /// How many records it holds (checked against the file's footer).
+    pub records: u64,
 }
 
 /// The keyed state of one subtask of one operator in one snapshot.
@@ -162,6 +185,35 @@ impl KeyedStateHandle {
         match &self.data {
             KeyedData::Canonical { files } => Box::new(files.iter().map(|f| &f.file)),
             KeyedData::RocksNative { files } => Box::new(files.iter().map(|f| &f.file)),
+            KeyedData::Changelog {
+                materialized,
+                segments,
+            } => Box::new(
+                materialized
+                    .iter()
+                    .flat_map(|h| h.files())
+                    .chain(segments.iter().map(|s| &s.file)),
+            ),
+        }
+    }
+
+    /// Every file the handle references, mutably (for code that relocates files, such as
+    /// a changelog backend moving a materialized snapshot into the shared area).
+    pub fn files_mut(&mut self) -> Vec<&mut FileRef> {
+        match &mut self.data {
+            KeyedData::Canonical { files } => files.iter_mut().map(|f| &mut f.file).collect(),
+            KeyedData::RocksNative { files } => files.iter_mut().map(|f| &mut f.file).collect(),
+            KeyedData::Changelog {
+                materialized,
+                segments,
+            } => {
+                let mut out: Vec<&mut FileRef> = materialized
+                    .iter_mut()
+                    .flat_map(|h| h.files_mut())
+                    .collect();
+                out.extend(segments.iter_mut().map(|s| &mut s.file));
+                out
+            }
         }
     }
 }

@@ -10,7 +10,10 @@
 //!   sorted by `(key group, state, key, namespace[, user key])` in zstd-compressed,
 //!   CRC32-checked blocks that each hold one key group, indexed by key group so a reader
 //!   touches only the key groups it restores;
-//! - the canonical **list value** ([`encode_list`] / [`decode_list`]).
+//! - the canonical **list value** ([`encode_list`] / [`decode_list`]);
+//! - the **changelog segment** ([`ChangelogSegmentWriter`] / [`ChangelogSegmentReader`]):
+//!   the state changes a changelog backend records between materializations, in
+//!   CRC32-checked blocks grouped by key group.
 //!
 //! Readers never panic and never allocate more than the input justifies: every length is
 //! checked against the bytes that remain before anything is allocated, and every damaged
@@ -50,6 +53,7 @@
 //! and the code mirrors the tables.
 
 mod block;
+mod changelog;
 mod codec;
 mod error;
 #[cfg(fuzzing)]
@@ -61,6 +65,10 @@ mod manifest_codec;
 mod state_file;
 mod state_reader;
 
+pub use changelog::{
+    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogSegmentReader,
+    ChangelogSegmentWriter, SegmentBlock, CHANGELOG_MAGIC,
+};
 pub use error::FormatError;
 pub use list::{decode_list, encode_list};
 pub use manifest::{

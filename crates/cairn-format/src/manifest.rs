@@ -71,7 +71,8 @@ impl Manifest {
     /// instance with the `KeyGroupRange::for_subtask` range; states and operator states
     /// sorted by name and unique; map states (only) with a user-key codec; valid file names;
     /// no shared file in a savepoint; canonical files whose key groups are disjoint and
-    /// exactly cover the handle's range. [`encode_manifest`] and [`decode_manifest`] both
+    /// exactly cover the handle's range; changelog data only in checkpoints, with
+    /// materialized handles that cover the range. [`encode_manifest`] and [`decode_manifest`] both
     /// apply it.
     pub fn validate(&self) -> Result<(), FormatError> {
         let mut prev: Option<&str> = None;
@@ -241,8 +242,71 @@ fn validate_keyed(
                 }
             }
         }
+        KeyedData::Changelog {
+            materialized,
+            segments,
+        } => validate_changelog(h, materialized, segments, snapshot_type)?,
         #[allow(unreachable_patterns)]
         _ => return Err("keyed data kind not supported by format v1".to_string()),
+    }
+    Ok(())
+}
+
+/// Rule 10: changelog data only in checkpoints; materialized handles are canonical or
+/// native, have the outer key codec, and together cover the outer range; segments hold
+/// records.
+fn validate_changelog(
+    h: &KeyedStateHandle,
+    materialized: &[KeyedStateHandle],
+    segments: &[cairn_core::ChangelogSegment],
+    snapshot_type: SnapshotType,
+) -> Result<(), String> {
+    if snapshot_type == SnapshotType::Savepoint {
+        return Err("a savepoint must not hold changelog data".to_string());
+    }
+    let mut covered = Vec::new();
+    for m in materialized {
+        if matches!(m.data, KeyedData::Changelog { .. }) {
+            return Err("a materialized handle must not itself be changelog data".to_string());
+        }
+        if m.key_codec != h.key_codec {
+            return Err(format!(
+                "a materialized handle has another key codec range={}",
+                m.key_group_range
+            ));
+        }
+        let overlap = m.key_group_range.intersect(&h.key_group_range);
+        if m.key_group_range.is_empty() || overlap.is_empty() {
+            return Err(format!(
+                "a materialized handle does not overlap the range range={} materialized={}",
+                h.key_group_range, m.key_group_range
+            ));
+        }
+        validate_keyed(m, m.key_group_range, snapshot_type)
+            .map_err(|e| format!("{e} materialized={}", m.key_group_range))?;
+        covered.push(overlap);
+    }
+    if !materialized.is_empty() {
+        covered.sort_by_key(|r| r.start);
+        let mut next = h.key_group_range.start;
+        for r in &covered {
+            if r.start > next {
+                break;
+            }
+            next = next.max(r.end);
+        }
+        if next < h.key_group_range.end {
+            return Err(format!(
+                "materialized handles do not cover the key-group range range={} first_missing={next}",
+                h.key_group_range
+            ));
+        }
+    }
+    for s in segments {
+        check_file_ref(&s.file, snapshot_type)?;
+        if s.records == 0 {
+            return Err(format!("changelog segment without records file={}", s.file));
+        }
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! [`Manifest`], every field spelled out in the spec's grammar.
 
 use cairn_core::{
-    CanonicalFile, CodecIdentity, FileArea, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle,
-    NativeFile, OperatorStateSnapshot, Redistribution, SnapshotType, StateKind, StateMeta,
+    CanonicalFile, ChangelogSegment, CodecIdentity, FileArea, FileRef, KeyGroupRange, KeyedData,
+    KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution, SnapshotType, StateKind,
+    StateMeta,
 };
 
 use crate::codec::{Reader, Writer};
@@ -21,6 +22,7 @@ const REDISTRIBUTION_SPLIT: u8 = 1;
 const REDISTRIBUTION_UNION: u8 = 2;
 const KEYED_DATA_CANONICAL: u8 = 1;
 const KEYED_DATA_ROCKS_NATIVE: u8 = 2;
+const KEYED_DATA_CHANGELOG: u8 = 3;
 
 // Minimum encoded sizes, which bound counts before allocation.
 const MIN_STR: usize = 4;
@@ -33,6 +35,8 @@ const MIN_FILE_REF: usize = 1 + MIN_STR + 8 + 4;
 const MIN_CANONICAL_FILE: usize = MIN_FILE_REF + 4;
 const MIN_NATIVE_FILE: usize = MIN_FILE_REF + MIN_STR;
 const RANGE_LEN: usize = 8;
+const MIN_KEYED: usize = RANGE_LEN + MIN_CODEC + 4 + 1 + 4;
+const MIN_SEGMENT: usize = MIN_FILE_REF + 8 + 8;
 
 // Body:
 //   checkpoint_id u64, snapshot_type u8 (1 checkpoint, 2 savepoint), timestamp_ms u64,
@@ -107,12 +111,14 @@ fn operator_state(w: &mut Writer<'_>, s: &OperatorStateSnapshot) -> Result<(), F
 }
 
 // keyed handle: range, key codec, vec<state meta>, data tag u8 (1 canonical, 2 native
-//               RocksDB), data
+//               RocksDB, 3 changelog), data
 // state meta: name str, kind u8 (StateKind::code), namespace codec, value codec,
 //             opt<user key codec>
 // file ref: area u8 (1 private, 2 shared), name str, size u64, crc32 u32
 // canonical data: vec<canonical file>; canonical file: file ref, vec<range>
 // native data: vec<native file>; native file: file ref, local_name str
+// changelog data: vec<keyed handle> materialized (kinds 1 and 2 only), vec<segment>;
+//                 segment: file ref, first_sqn u64, records u64
 fn keyed(w: &mut Writer<'_>, h: &KeyedStateHandle) -> Result<(), FormatError> {
     range(w, h.key_group_range);
     codec(w, &h.key_codec)?;
@@ -148,6 +154,28 @@ fn keyed(w: &mut Writer<'_>, h: &KeyedStateHandle) -> Result<(), FormatError> {
             for f in files {
                 file_ref(w, &f.file)?;
                 w.str(&f.local_name, "local file name")?;
+            }
+        }
+        KeyedData::Changelog {
+            materialized,
+            segments,
+        } => {
+            w.u8(KEYED_DATA_CHANGELOG);
+            w.len(materialized.len(), "materialized handles")?;
+            for m in materialized {
+                if matches!(m.data, KeyedData::Changelog { .. }) {
+                    return Err(FormatError::Invalid {
+                        kind: KIND,
+                        detail: "nested changelog data".to_string(),
+                    });
+                }
+                keyed(w, m)?;
+            }
+            w.len(segments.len(), "changelog segments")?;
+            for s in segments {
+                file_ref(w, &s.file)?;
+                w.u64(s.first_sqn);
+                w.u64(s.records);
             }
         }
         #[allow(unreachable_patterns)]
@@ -289,6 +317,11 @@ fn decode_codec(r: &mut Reader<'_>) -> Result<CodecIdentity, FormatError> {
 }
 
 fn decode_keyed(r: &mut Reader<'_>) -> Result<KeyedStateHandle, FormatError> {
+    decode_keyed_at(r, false)
+}
+
+/// A keyed handle; `nested` inside changelog data (which must not nest again).
+fn decode_keyed_at(r: &mut Reader<'_>, nested: bool) -> Result<KeyedStateHandle, FormatError> {
     let key_group_range = decode_range(r)?;
     let key_codec = decode_codec(r)?;
     let n = r.count(MIN_STATE_META, "states")?;
@@ -339,6 +372,29 @@ fn decode_keyed(r: &mut Reader<'_>) -> Result<KeyedStateHandle, FormatError> {
                 files.push(NativeFile { file, local_name });
             }
             KeyedData::RocksNative { files }
+        }
+        KEYED_DATA_CHANGELOG if !nested => {
+            let nm = r.count(MIN_KEYED, "materialized handles")?;
+            let mut materialized = Vec::with_capacity(nm);
+            for _ in 0..nm {
+                materialized.push(decode_keyed_at(r, true)?);
+            }
+            let ns = r.count(MIN_SEGMENT, "changelog segments")?;
+            let mut segments = Vec::with_capacity(ns);
+            for _ in 0..ns {
+                segments.push(ChangelogSegment {
+                    file: decode_file_ref(r)?,
+                    first_sqn: r.u64("segment first sequence number")?,
+                    records: r.u64("segment records")?,
+                });
+            }
+            KeyedData::Changelog {
+                materialized,
+                segments,
+            }
+        }
+        KEYED_DATA_CHANGELOG => {
+            return Err(r.corrupt_at(at, "nested changelog data"));
         }
         t => {
             return Err(FormatError::UnsupportedFeature {

@@ -4,7 +4,8 @@
 //! header (HEADER_LEN = 16)
 //!   0   8  magic            "CAIRNMF\0"
 //!   8   2  version          u16 = 1
-//!  10   2  flags            u16: bits 0..=7 required, 8..=15 optional; v1 defines none
+//!  10   2  flags            u16: bits 0..=7 required, 8..=15 optional; bit 1
+//!                             (FLAG_CHANGELOG) = the body holds changelog keyed data
 //!  12   4  body_len         u32 = file length - 32
 //! body (body_len bytes, see `encode_body`)
 //! footer (FOOTER_LEN = 16)
@@ -38,8 +39,19 @@ const FOOTER_LEN: usize = FOOTER_MAGIC_OFFSET + MAGIC_LEN;
 
 /// Flag bits a reader must understand (an unknown one is an error).
 const REQUIRED_FLAGS_MASK: u16 = 0x00ff;
-/// Required flags this build understands (v1 defines none).
-const KNOWN_REQUIRED_FLAGS: u16 = 0;
+/// Required flag: the body holds changelog keyed data (kind 3), added after kinds 1 and 2,
+/// so that a reader that predates it refuses the manifest at its header.
+const FLAG_CHANGELOG: u16 = 0x0002;
+/// Required flags this build understands.
+const KNOWN_REQUIRED_FLAGS: u16 = FLAG_CHANGELOG;
+
+fn has_changelog(m: &Manifest) -> bool {
+    m.operators
+        .iter()
+        .flat_map(|o| o.subtasks.iter())
+        .filter_map(|s| s.keyed.as_ref())
+        .any(|k| matches!(k.data, cairn_core::KeyedData::Changelog { .. }))
+}
 
 /// Encodes a manifest (validates it first).
 pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, FormatError> {
@@ -57,10 +69,11 @@ pub fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, FormatError> {
         });
     }
     let version = Version::CURRENT.as_u16().to_le_bytes();
-    // Header: magic, version, flags (none), body length.
+    let flags = if has_changelog(m) { FLAG_CHANGELOG } else { 0 };
+    // Header: magic, version, flags, body length.
     out[HEADER_MAGIC_OFFSET..HEADER_VERSION_OFFSET].copy_from_slice(&MANIFEST_MAGIC);
     out[HEADER_VERSION_OFFSET..HEADER_FLAGS_OFFSET].copy_from_slice(&version);
-    out[HEADER_FLAGS_OFFSET..HEADER_BODY_LEN_OFFSET].copy_from_slice(&0u16.to_le_bytes());
+    out[HEADER_FLAGS_OFFSET..HEADER_BODY_LEN_OFFSET].copy_from_slice(&flags.to_le_bytes());
     out[HEADER_BODY_LEN_OFFSET..HEADER_LEN].copy_from_slice(&(body_len as u32).to_le_bytes());
     // Footer: CRC of everything before it, version, reserved, magic.
     let crc = crc32(&[&out]);
@@ -162,6 +175,12 @@ pub fn decode_manifest(bytes: &[u8], path: &str) -> Result<Manifest, FormatError
     let mut r = Reader::new(body, HEADER_LEN as u64, KIND, path);
     let m = decode_body(&mut r)?;
     r.finish("manifest body")?;
+    if has_changelog(&m) != (flags & FLAG_CHANGELOG != 0) {
+        return Err(h.corrupt_at(
+            HEADER_FLAGS_OFFSET as u64,
+            format!("the changelog flag does not match the body flags={flags:#06x}"),
+        ));
+    }
     Ok(m)
 }
 

@@ -185,3 +185,219 @@ fn savepoint_vector_uses_both_block_encodings() {
         "compression codes used"
     );
 }
+
+// ---- changelog (keyed-data kind 3) -------------------------------------------------------
+
+/// A segment of the `count` operator's changes: value sets and a clear in key group 1, a
+/// map put and remove in key group 5 (two blocks of key group 5).
+fn changelog_segment() -> Vec<u8> {
+    use cairn_format::{encode_changelog_record, ChangelogOp, ChangelogRecord, FileState};
+    let states = vec![
+        FileState {
+            name: "count".into(),
+            kind: cairn_core::StateKind::Value,
+        },
+        FileState {
+            name: "tags".into(),
+            kind: cairn_core::StateKind::Map,
+        },
+    ];
+    let mut w = cairn_format::ChangelogSegmentWriter::new(states, 1000).unwrap();
+    let rec =
+        |state, op, key: &'static [u8], uk: Option<&'static [u8]>, v: Option<&'static [u8]>| {
+            ChangelogRecord {
+                key_group: 0,
+                state,
+                op,
+                key,
+                namespace: b"",
+                user_key: uk,
+                value: v,
+            }
+        };
+    let mut block = Vec::new();
+    for r in [
+        rec(
+            0,
+            ChangelogOp::Set,
+            b"alice",
+            None,
+            Some(&[7, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        rec(
+            0,
+            ChangelogOp::Set,
+            b"alice",
+            None,
+            Some(&[8, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        rec(0, ChangelogOp::Clear, b"bob", None, None),
+    ] {
+        encode_changelog_record(&r, &mut block);
+    }
+    w.add_encoded(1, 3, &block).unwrap();
+    block.clear();
+    encode_changelog_record(
+        &rec(1, ChangelogOp::MapPut, b"carol", Some(b"red"), Some(b"1")),
+        &mut block,
+    );
+    w.add_encoded(5, 1, &block).unwrap();
+    block.clear();
+    encode_changelog_record(
+        &rec(1, ChangelogOp::MapRemove, b"carol", Some(b"blue"), None),
+        &mut block,
+    );
+    w.add_encoded(5, 1, &block).unwrap();
+    w.finish().unwrap()
+}
+
+/// Checkpoint 21 of `count` (parallelism 1, max parallelism 8): a materialized canonical
+/// handle (a shared file) plus two segments.
+fn changelog_manifest() -> cairn_format::Manifest {
+    use cairn_core::*;
+    use cairn_format::{Manifest, OperatorManifest, SubtaskManifest};
+    let codec = |t: &str| CodecIdentity {
+        encoding: BINCODE_V1.into(),
+        type_name: t.into(),
+        version: 1,
+        schema: None,
+    };
+    let range = KeyGroupRange::all(8);
+    let states = vec![StateMeta {
+        name: "count".into(),
+        kind: StateKind::Value,
+        namespace: codec("()"),
+        value: codec("u64"),
+        user_key: None,
+    }];
+    let shared = |name: &str, size, crc32| FileRef {
+        area: FileArea::Shared,
+        name: name.into(),
+        size,
+        crc32,
+    };
+    let seg = changelog_segment();
+    Manifest {
+        checkpoint_id: 21,
+        snapshot_type: SnapshotType::Checkpoint,
+        timestamp_ms: 1_700_000_000_021,
+        operators: vec![OperatorManifest {
+            uid: "count".into(),
+            parallelism: 1,
+            max_parallelism: 8,
+            subtasks: vec![SubtaskManifest {
+                key_group_range: range,
+                keyed: Some(KeyedStateHandle {
+                    key_group_range: range,
+                    key_codec: codec("alloc::string::String"),
+                    states: states.clone(),
+                    data: KeyedData::Changelog {
+                        materialized: vec![KeyedStateHandle {
+                            key_group_range: range,
+                            key_codec: codec("alloc::string::String"),
+                            states,
+                            data: KeyedData::Canonical {
+                                files: vec![CanonicalFile {
+                                    file: shared("hm-count-1-0_8-00ab.cst", 812, 0x0102_0304),
+                                    key_groups: vec![range],
+                                }],
+                            },
+                        }],
+                        segments: vec![
+                            ChangelogSegment {
+                                file: shared(
+                                    "changelog/count-00ab/0000000003.cls",
+                                    455,
+                                    0x0a0b_0c0d,
+                                ),
+                                first_sqn: 990,
+                                records: 10,
+                            },
+                            ChangelogSegment {
+                                file: shared(
+                                    "changelog/count-00ab/0000000004.cls",
+                                    seg.len() as u64,
+                                    crc32fast::hash(&seg),
+                                ),
+                                first_sqn: 1000,
+                                records: 5,
+                            },
+                        ],
+                    },
+                }),
+                operator_state: vec![],
+            }],
+        }],
+    }
+}
+
+fn changelog_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let seg = changelog_segment();
+    let mut torn = seg.clone();
+    torn.truncate(seg.len() - 20);
+    vec![
+        ("changelog-segment.cls", seg),
+        (
+            "checkpoint-changelog.manifest",
+            cairn_format::encode_manifest(&changelog_manifest()).unwrap(),
+        ),
+        ("corrupt/changelog-segment-torn", torn),
+    ]
+}
+
+#[test]
+fn changelog_vectors_are_byte_exact_and_decode() {
+    if regenerate() {
+        for (name, bytes) in changelog_vectors() {
+            fs::write(vectors_dir().join(name), bytes).unwrap();
+        }
+        return;
+    }
+    for (name, bytes) in changelog_vectors() {
+        check_bytes(name, &bytes);
+    }
+    let m = decode_manifest(
+        &read("checkpoint-changelog.manifest"),
+        "checkpoint-changelog.manifest",
+    )
+    .unwrap();
+    assert_eq!(m, changelog_manifest());
+    // The header announces changelog data with required flag bit 1.
+    assert_eq!(&read("checkpoint-changelog.manifest")[10..12], &[2, 0]);
+    let r = cairn_format::ChangelogSegmentReader::open(
+        Bytes::from(read("changelog-segment.cls")),
+        "changelog-segment.cls",
+    )
+    .unwrap();
+    assert_eq!((r.first_sqn(), r.record_count()), (1000, 5));
+    let mut got = Vec::new();
+    r.scan::<FormatError, _>(KeyGroupRange::all(8), |rec| {
+        got.push((rec.key_group, rec.state, rec.op, rec.key.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    use cairn_format::ChangelogOp::*;
+    assert_eq!(
+        got,
+        vec![
+            (1, 0, Set, b"alice".to_vec()),
+            (1, 0, Set, b"alice".to_vec()),
+            (1, 0, Clear, b"bob".to_vec()),
+            (5, 1, MapPut, b"carol".to_vec()),
+            (5, 1, MapRemove, b"carol".to_vec()),
+        ]
+    );
+    let e = cairn_format::ChangelogSegmentReader::open(
+        Bytes::from(read("corrupt/changelog-segment-torn")),
+        "vectors/corrupt/changelog-segment-torn",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "corrupt changelog segment: bad footer magic (truncated or torn segment) path=vectors/corrupt/changelog-segment-torn offset={}",
+            read("corrupt/changelog-segment-torn").len() - 8
+        )
+    );
+}

@@ -8,9 +8,22 @@
 //!   writer's put recreates the file, or its reference check finds it missing);
 //! - while any GC runs, a finished (published or aborted) checkpoint stays registered until
 //!   the last GC ends, because that GC may have listed the manifests before the publish.
+//!
+//! Shared files written *outside* a checkpoint (a changelog backend uploads log segments and
+//! materialized snapshots in the background, before any manifest references them) are
+//! **pinned**: [`CheckpointStorage::write_pinned_shared`] pins the name before the put, and
+//! GC keeps a pinned name like an in-flight one until [`CheckpointStorage::unpin_shared`]
+//! (the writer releases it once a completed checkpoint no longer needs it; from then on the
+//! normal rules apply: it is deleted when no retained manifest references it).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
+
+use cairn_core::{FileArea, FileRef};
+
+use crate::checkpoint::CheckpointStorage;
+use crate::error::StorageError;
+use crate::layout::{check_name, join, put_file, shared_dir};
 
 /// Where a writer is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +60,8 @@ pub(crate) struct RegistryState {
     max_begun: Option<u64>,
     /// Completed checkpoints being restored in this process, with the number of readers.
     restoring: BTreeMap<u64, usize>,
+    /// Shared files written outside a checkpoint, with the number of pins.
+    pinned: HashMap<String, usize>,
 }
 
 #[derive(Debug, Default)]
@@ -138,7 +153,22 @@ impl RegistryState {
 
     /// Whether shared file `name` is protected.
     pub(crate) fn is_shared_in_flight(&self, name: &str) -> bool {
-        self.entries.values().any(|e| e.shared.contains(name))
+        self.pinned.contains_key(name) || self.entries.values().any(|e| e.shared.contains(name))
+    }
+
+    /// Pins shared file `name` (counted: each pin needs its own unpin).
+    pub(crate) fn pin(&mut self, name: &str) {
+        *self.pinned.entry(name.to_string()).or_insert(0) += 1;
+    }
+
+    /// Drops one pin of `name`.
+    pub(crate) fn unpin(&mut self, name: &str) {
+        if let Some(n) = self.pinned.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                self.pinned.remove(name);
+            }
+        }
     }
 
     /// A restore of checkpoint `id` starts reading; GC keeps it until [`Self::end_restore`].
@@ -174,9 +204,54 @@ impl RegistryState {
     }
 }
 
+impl CheckpointStorage {
+    /// Writes shared file `name` outside any checkpoint and pins it: GC in this process keeps
+    /// it until [`CheckpointStorage::unpin_shared`], even while no manifest references it.
+    /// The pin is taken before the put, so a concurrent GC never deletes the new file. On
+    /// error the pin is dropped again. Each successful call needs one unpin.
+    pub fn write_pinned_shared(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef, StorageError> {
+        check_name(FileArea::Shared, name)?;
+        self.inner.registry.lock().pin(name);
+        let path = join(&shared_dir(&self.inner.root), name);
+        let written = put_file(&self.inner.store, &path, FileArea::Shared, name, bytes);
+        if written.is_err() {
+            self.inner.registry.lock().unpin(name);
+        }
+        written
+    }
+
+    /// Drops one pin of shared file `name` (see [`CheckpointStorage::write_pinned_shared`]);
+    /// the file is then deleted by retention once no retained manifest references it.
+    pub fn unpin_shared(&self, name: &str) {
+        self.inner.registry.lock().unpin(name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_shared_files_survive_gc_until_unpinned() {
+        let storage = CheckpointStorage::open("memory://").unwrap();
+        let f = storage
+            .write_pinned_shared("log/seg-1", b"records".to_vec())
+            .unwrap();
+        assert_eq!(f.size, 7);
+        // A second pin of the same name (a retried upload) needs its own unpin.
+        storage
+            .write_pinned_shared("log/seg-1", b"records".to_vec())
+            .unwrap();
+        let report = storage.retain(1).unwrap();
+        assert!(report.shared_deleted.is_empty(), "{report:?}");
+        assert_eq!(report.shared_in_flight, vec!["log/seg-1".to_string()]);
+        storage.unpin_shared("log/seg-1");
+        assert!(storage.retain(1).unwrap().shared_deleted.is_empty());
+        storage.unpin_shared("log/seg-1");
+        let report = storage.retain(1).unwrap();
+        assert_eq!(report.shared_deleted, vec!["log/seg-1".to_string()]);
+        assert!(storage.write_pinned_shared("../x", vec![]).is_err());
+    }
 
     #[test]
     fn finished_entries_stay_registered_while_gc_runs() {

@@ -1,0 +1,674 @@
+//! [`ChangelogBackend`]: construction, the registered states, the record log, and
+//! materialization triggers. The trait implementation is in `ops.rs`, checkpoints in
+//! `checkpoint.rs`, restore and replay in `restore.rs`.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_core::{
+    KeyedStateBackend, KeyedStateHandle, RawStateId, Result, SnapshotOptions, StateError, StateMeta,
+};
+use cairn_format::{ChangelogOp, ChangelogRecord, FileState};
+
+use crate::config::{ChangelogConfig, ChangelogStorage};
+use crate::error::ChangelogError;
+use crate::log::LogBuffer;
+use crate::restore::OwnedRecord;
+use crate::shared::{Holder, MatState, Shared};
+
+/// Records between checks of the materialization triggers.
+const TRIGGER_CHECK_EVERY: u32 = 1024;
+
+/// A registered state.
+pub(crate) struct StateInfo {
+    pub(crate) meta: StateMeta,
+    /// The typed codecs (`Codecs2<V, N>` or `MapCodecs<UK, UV, N>`), for logging.
+    pub(crate) codecs: Box<dyn Any + Send>,
+    /// The namespace codec (`CodecRef<N>`), for `clear`.
+    pub(crate) ns_codec: Box<dyn Any + Send>,
+    /// Aggregating state: where the wrapped aggregate function leaves the encoded
+    /// accumulator after each add.
+    pub(crate) acc_slot: Option<crate::ops::AccSlot>,
+}
+
+/// A segment in a chain.
+#[derive(Clone, Debug)]
+pub(crate) struct SegRef {
+    pub(crate) seq: u64,
+    pub(crate) name: String,
+    pub(crate) first_sqn: u64,
+    pub(crate) records: u64,
+}
+
+/// The current materialization and the segments after it.
+#[derive(Debug, Default)]
+pub(crate) struct Chain {
+    pub(crate) mat: Option<(u64, Arc<KeyedStateHandle>)>,
+    pub(crate) segments: Vec<SegRef>,
+}
+
+/// A materialization in progress.
+#[derive(Debug)]
+pub(crate) struct MatRun {
+    pub(crate) inner_id: u64,
+    /// The sequence number of the first segment after it.
+    pub(crate) boundary: u64,
+    /// Records of restored states not registered when it started (not in the wrapped
+    /// backend's snapshot): replayed right after it.
+    pub(crate) carry: Option<SegRef>,
+}
+
+/// A checkpoint whose completion has not been notified.
+#[derive(Debug)]
+pub(crate) enum PendingCheckpoint {
+    /// A changelog checkpoint: which materialization it uses (and whether it waits for it),
+    /// and every file name it references once known.
+    Changelog {
+        mat: Option<u64>,
+        wait: bool,
+        names: Vec<String>,
+    },
+    /// A full checkpoint passed through to the wrapped backend under `inner_id`.
+    Full { inner_id: u64 },
+}
+
+/// Log-based incremental checkpoints around any [`KeyedStateBackend`]; see the crate docs.
+pub struct ChangelogBackend<B: KeyedStateBackend> {
+    pub(crate) inner: B,
+    pub(crate) config: ChangelogConfig,
+    pub(crate) shared: Arc<Shared>,
+    worker: Option<mpsc::Sender<String>>,
+    pub(crate) states: Vec<StateInfo>,
+    /// Wrapped backend's state index → index in `states` (`u32::MAX`: none).
+    pub(crate) by_raw: Vec<u32>,
+    /// The state table of the next segment (index = index in `states`).
+    table: Arc<Vec<FileState>>,
+    log: LogBuffer,
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) scratch_ns: Vec<u8>,
+    log_bytes_since_mat: u64,
+    next_seg: u64,
+    pub(crate) chain: Chain,
+    pub(crate) running: BTreeMap<u64, MatRun>,
+    /// Finished materializations whose holders wait for pending checkpoints to end.
+    done_mats: HashSet<u64>,
+    /// Handles of finished materializations, for checkpoints that wait for one.
+    pub(crate) known: Arc<Mutex<HashMap<u64, Arc<KeyedStateHandle>>>>,
+    mat_inner_ids: HashMap<u64, u64>,
+    next_mat: u64,
+    pub(crate) next_inner_id: u64,
+    /// A materialization must complete before the next checkpoint can use the chain
+    /// (after a restore or a full checkpoint).
+    pub(crate) needs_mat: bool,
+    /// Materializations with a smaller id started before a full checkpoint: never used.
+    pub(crate) tainted_below: u64,
+    last_mat_start: Instant,
+    last_mat_bytes: u64,
+    confirmed: Option<u64>,
+    pub(crate) pending: BTreeMap<u64, PendingCheckpoint>,
+    /// What restored handles say about each state (checked at registration).
+    pub(crate) restored_metas: BTreeMap<String, StateMeta>,
+    /// Restored records of states not registered yet, by state name.
+    pub(crate) replay: HashMap<String, Vec<OwnedRecord>>,
+    pub(crate) restored: bool,
+    ops_since_check: u32,
+    /// The last failure of a background materialization, if the next one has not
+    /// succeeded yet.
+    last_error: Option<String>,
+}
+
+impl<B: KeyedStateBackend> fmt::Debug for ChangelogBackend<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangelogBackend")
+            .field("uid", &self.config.uid)
+            .field("key_group_range", &self.inner.key_group_range())
+            .field("states", &self.table)
+            .field("buffered_records", &self.log.records())
+            .field("chain_mat", &self.chain.mat.as_ref().map(|(id, _)| id))
+            .field("chain_segments", &self.chain.segments.len())
+            .field("running_mats", &self.running.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: KeyedStateBackend> ChangelogBackend<B> {
+    /// Wraps `inner` (a fresh backend): log segments and materializations are uploaded in
+    /// the background to `storage`, which must be the job's checkpoint directory (every
+    /// checkpoint this backend takes must be written to it).
+    pub fn new(inner: B, config: ChangelogConfig, storage: Arc<dyn ChangelogStorage>) -> Self {
+        Self::build(inner, config, Some(storage))
+    }
+
+    /// Wraps `inner` without a storage of its own: segments and materialized files are
+    /// kept in memory until a checkpoint's asynchronous phase writes them through the
+    /// checkpoint's target (materialization still runs in the background). For tests,
+    /// and when the checkpoint directory is not known when the backend is created.
+    pub fn with_checkpoint_uploads(inner: B, config: ChangelogConfig) -> Self {
+        Self::build(inner, config, None)
+    }
+
+    fn build(
+        inner: B,
+        config: ChangelogConfig,
+        storage: Option<Arc<dyn ChangelogStorage>>,
+    ) -> Self {
+        let prefix = format!(
+            "changelog/{}-{:016x}",
+            clean_uid(&config.uid),
+            nonce(&config.uid)
+        );
+        let shared = Arc::new(Shared::new(config.uid.clone(), prefix, storage));
+        let worker = spawn_worker(shared.clone());
+        Self {
+            inner,
+            config,
+            shared,
+            worker,
+            states: Vec::new(),
+            by_raw: Vec::new(),
+            table: Arc::new(Vec::new()),
+            log: LogBuffer::new(0),
+            scratch: Vec::new(),
+            scratch_ns: Vec::new(),
+            log_bytes_since_mat: 0,
+            next_seg: 0,
+            chain: Chain::default(),
+            running: BTreeMap::new(),
+            done_mats: HashSet::new(),
+            known: Arc::new(Mutex::new(HashMap::new())),
+            mat_inner_ids: HashMap::new(),
+            next_mat: 1,
+            next_inner_id: 1,
+            needs_mat: false,
+            tainted_below: 0,
+            last_mat_start: Instant::now(),
+            last_mat_bytes: 0,
+            confirmed: None,
+            pending: BTreeMap::new(),
+            restored_metas: BTreeMap::new(),
+            replay: HashMap::new(),
+            restored: false,
+            ops_since_check: 0,
+            last_error: None,
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// The operator uid.
+    pub fn uid(&self) -> &str {
+        &self.config.uid
+    }
+
+    /// Records buffered and not sealed into a segment yet.
+    pub fn buffered_records(&self) -> u64 {
+        self.log.records()
+    }
+
+    /// How many files (segments and materialized files) the backend still tracks.
+    pub fn tracked_files(&self) -> usize {
+        self.shared.file_count()
+    }
+
+    /// The last background materialization failure, if no materialization succeeded since.
+    pub fn last_materialization_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Checks the materialization triggers (time, log size) now and starts one if due.
+    /// The backend checks them by itself every few records and at every checkpoint; a
+    /// runtime may also call this on a timer.
+    pub fn maybe_materialize(&mut self) -> Result<()> {
+        self.poll_mats();
+        if !self.running.is_empty() || self.log_bytes_since_mat + self.log.len_bytes() as u64 == 0 {
+            return Ok(());
+        }
+        let by_time = self
+            .config
+            .materialization_interval
+            .is_some_and(|d| self.last_mat_start.elapsed() >= d);
+        let log_bytes = self.log_bytes_since_mat + self.log.len_bytes() as u64;
+        let threshold = self
+            .config
+            .min_log_bytes
+            .max((self.last_mat_bytes as f64 * self.config.log_to_state_ratio) as u64);
+        if by_time || log_bytes >= threshold {
+            self.start_mat()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn next_mat_id(&self) -> u64 {
+        self.next_mat
+    }
+
+    /// Starts a materialization now (the wrapped backend's synchronous phase runs here).
+    pub fn materialize_now(&mut self) -> Result<()> {
+        self.poll_mats();
+        self.start_mat()
+    }
+
+    // ---- states --------------------------------------------------------------------
+
+    /// Records a registered state (or finds it again); returns its index in `states`.
+    pub(crate) fn add_state(
+        &mut self,
+        raw: RawStateId,
+        meta: StateMeta,
+        codecs: Box<dyn Any + Send>,
+        ns_codec: Box<dyn Any + Send>,
+        acc_slot: Option<crate::ops::AccSlot>,
+    ) -> usize {
+        let i = raw.index as usize;
+        if let Some(&w) = self.by_raw.get(i) {
+            if w != u32::MAX {
+                return w as usize;
+            }
+        }
+        if self.by_raw.len() <= i {
+            self.by_raw.resize(i + 1, u32::MAX);
+        }
+        let w = self.states.len();
+        if let Some(slot) = self.by_raw.get_mut(i) {
+            *slot = w as u32;
+        }
+        let mut table = self.table.as_ref().clone();
+        table.push(FileState {
+            name: meta.name.clone(),
+            kind: meta.kind,
+        });
+        self.table = Arc::new(table);
+        self.states.push(StateInfo {
+            meta,
+            codecs,
+            ns_codec,
+            acc_slot,
+        });
+        w
+    }
+
+    /// The index in `states` of a registered state.
+    pub(crate) fn state_index(&self, raw: RawStateId) -> Result<usize> {
+        match self.by_raw.get(raw.index as usize) {
+            Some(&w) if w != u32::MAX => Ok(w as usize),
+            _ => Err(StateError::UnknownState { index: raw.index }),
+        }
+    }
+
+    pub(crate) fn type_mismatch(&self, w: usize) -> StateError {
+        let state = self
+            .states
+            .get(w)
+            .map(|s| s.meta.name.clone())
+            .unwrap_or_default();
+        StateError::layer(
+            format!("logging a change uid={} state={state}", self.config.uid),
+            ChangelogError::TypeMismatch {
+                uid: self.config.uid.clone(),
+                state,
+            },
+        )
+    }
+
+    /// Every state the next handle describes: the registered ones and the restored ones
+    /// not registered (yet), sorted by name.
+    pub(crate) fn handle_metas(&self) -> Vec<StateMeta> {
+        let mut metas: BTreeMap<String, StateMeta> = self.restored_metas.clone();
+        for s in &self.states {
+            metas.insert(s.meta.name.clone(), s.meta.clone());
+        }
+        metas.into_values().collect()
+    }
+
+    // ---- the log -------------------------------------------------------------------
+
+    /// Logs a change of the current key of state `w` (in `scratch_ns`'s namespace).
+    pub(crate) fn log_change(
+        &mut self,
+        w: usize,
+        op: ChangelogOp,
+        user_key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let (Some(key), Some(kg)) = (self.inner.current_key(), self.inner.current_key_group())
+        else {
+            return Err(StateError::NoCurrentKey {
+                state: self
+                    .states
+                    .get(w)
+                    .map(|s| s.meta.name.clone())
+                    .unwrap_or_default(),
+            });
+        };
+        self.log.push(&ChangelogRecord {
+            key_group: kg,
+            state: w as u32,
+            op,
+            key,
+            namespace: &self.scratch_ns,
+            user_key,
+            value,
+        });
+        if self.log.len_bytes() >= self.config.segment_bytes {
+            self.seal();
+        }
+        self.ops_since_check += 1;
+        if self.ops_since_check >= TRIGGER_CHECK_EVERY {
+            self.ops_since_check = 0;
+            self.maybe_materialize()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the buffered records into a segment of the chain (written in the background).
+    pub(crate) fn seal(&mut self) {
+        let bytes = self.log.len_bytes() as u64;
+        let Some(sealed) = self.log.seal(self.table.clone()) else {
+            return;
+        };
+        self.log_bytes_since_mat += bytes;
+        let seq = self.next_seg;
+        self.next_seg += 1;
+        let seg = SegRef {
+            seq,
+            name: format!("{}/{seq:010}.cls", self.shared.prefix),
+            first_sqn: sealed.first_sqn,
+            records: sealed.records(),
+        };
+        self.shared.add_segment(&seg.name, sealed);
+        self.shared.hold(Holder::Chain, [seg.name.as_str()]);
+        self.send_to_worker(&seg.name);
+        self.chain.segments.push(seg);
+    }
+
+    fn send_to_worker(&mut self, name: &str) {
+        if let Some(w) = &self.worker {
+            if w.send(name.to_string()).is_err() {
+                // The worker is gone: the checkpoint's asynchronous phase encodes it.
+                self.worker = None;
+            }
+        }
+    }
+
+    // ---- materialization -----------------------------------------------------------
+
+    /// Starts a materialization: seals the log (the boundary), writes the records of
+    /// unregistered restored states as a carry segment, and runs the wrapped backend's
+    /// synchronous phase here and its asynchronous phase on a thread of its own.
+    pub(crate) fn start_mat(&mut self) -> Result<()> {
+        self.seal();
+        let mat_id = self.next_mat;
+        let carry = self.carry_segment(mat_id)?;
+        let inner_id = self.next_inner_id;
+        let phase = self
+            .inner
+            .snapshot(SnapshotOptions::incremental_checkpoint(inner_id))?;
+        self.next_inner_id += 1;
+        self.next_mat += 1;
+        // A running materialization may reference the confirmed one's files.
+        let base: Vec<String> = self
+            .confirmed
+            .and_then(|c| self.known_handle(c))
+            .map(|h| h.files().map(|f| f.name.clone()).collect())
+            .unwrap_or_default();
+        self.shared
+            .hold(Holder::Mat(mat_id), base.iter().map(String::as_str));
+        if let Some(c) = &carry {
+            self.shared.hold(Holder::Mat(mat_id), [c.name.as_str()]);
+        }
+        self.running.insert(
+            mat_id,
+            MatRun {
+                inner_id,
+                boundary: self.next_seg,
+                carry,
+            },
+        );
+        self.mat_inner_ids.insert(mat_id, inner_id);
+        self.last_mat_start = Instant::now();
+        self.log_bytes_since_mat = 0;
+        crate::materialize::spawn(self.shared.clone(), mat_id, inner_id, phase);
+        Ok(())
+    }
+
+    /// The pending replay records as one segment, if any.
+    fn carry_segment(&mut self, mat_id: u64) -> Result<Option<SegRef>> {
+        if self.replay.is_empty() {
+            return Ok(None);
+        }
+        let mut names: Vec<&String> = self.replay.keys().collect();
+        names.sort();
+        let mut table = Vec::new();
+        let mut buf = LogBuffer::new(0);
+        for (i, name) in names.iter().enumerate() {
+            let kind = self
+                .restored_metas
+                .get(name.as_str())
+                .map(|m| m.kind)
+                .ok_or_else(|| StateError::Restore {
+                    reason: format!(
+                        "restored records of a state without metadata uid={} state={name}",
+                        self.config.uid
+                    ),
+                })?;
+            table.push(FileState {
+                name: (*name).clone(),
+                kind,
+            });
+            for r in self.replay.get(name.as_str()).into_iter().flatten() {
+                buf.push(&r.as_record(i as u32));
+            }
+        }
+        let Some(sealed) = buf.seal(Arc::new(table)) else {
+            return Ok(None);
+        };
+        let seg = SegRef {
+            seq: u64::MAX,
+            name: format!("{}/carry-{mat_id}.cls", self.shared.prefix),
+            first_sqn: 0,
+            records: sealed.records(),
+        };
+        self.shared.add_segment(&seg.name, sealed);
+        self.send_to_worker(&seg.name);
+        Ok(Some(seg))
+    }
+
+    fn known_handle(&self, id: u64) -> Option<Arc<KeyedStateHandle>> {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Takes finished materializations: adopts the newest usable one as the chain's.
+    pub(crate) fn poll_mats(&mut self) {
+        for (id, state) in self.shared.take_finished_mats() {
+            let Some(run) = self.running.remove(&id) else {
+                continue;
+            };
+            match state {
+                MatState::Done(handle) => {
+                    self.known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, handle.clone());
+                    let newer = self.chain.mat.as_ref().is_none_or(|(cur, _)| id > *cur);
+                    if id >= self.tainted_below && newer {
+                        self.adopt(id, handle, run);
+                    } else {
+                        self.inner.notify_checkpoint_aborted(run.inner_id);
+                    }
+                    self.last_error = None;
+                }
+                MatState::Failed(message) => {
+                    self.inner.notify_checkpoint_aborted(run.inner_id);
+                    self.last_error = Some(message);
+                }
+                MatState::Running => {}
+            }
+            self.done_mats.insert(id);
+        }
+        self.release_mat_holders();
+    }
+
+    fn adopt(&mut self, id: u64, handle: Arc<KeyedStateHandle>, run: MatRun) {
+        let mut segments: Vec<SegRef> = run.carry.into_iter().collect();
+        segments.extend(
+            self.chain
+                .segments
+                .iter()
+                .filter(|s| s.seq >= run.boundary)
+                .cloned(),
+        );
+        self.last_mat_bytes = handle.files().map(|f| f.size).sum();
+        let mut names: Vec<&str> = handle.files().map(|f| f.name.as_str()).collect();
+        names.extend(segments.iter().map(|s| s.name.as_str()));
+        self.shared.hold_exactly(Holder::Chain, names);
+        self.chain = Chain {
+            mat: Some((id, handle)),
+            segments,
+        };
+        if id >= self.tainted_below {
+            self.needs_mat = false;
+        }
+    }
+
+    /// Ends the holders of finished materializations no pending checkpoint waits for.
+    pub(crate) fn release_mat_holders(&mut self) {
+        let waited: HashSet<u64> = self
+            .pending
+            .values()
+            .filter_map(|p| match p {
+                PendingCheckpoint::Changelog {
+                    mat: Some(m),
+                    wait: true,
+                    ..
+                } => Some(*m),
+                _ => None,
+            })
+            .collect();
+        let free: Vec<u64> = self
+            .done_mats
+            .iter()
+            .filter(|id| !waited.contains(id))
+            .copied()
+            .collect();
+        for id in free {
+            self.done_mats.remove(&id);
+            self.shared.release_holder(Holder::Mat(id));
+        }
+        // Handles older than the chain's and the confirmed one that no pending checkpoint
+        // uses are not needed any more.
+        let keep_from = self
+            .confirmed
+            .min(self.chain.mat.as_ref().map(|(id, _)| *id))
+            .unwrap_or(0);
+        let pending_mats: HashSet<u64> = self
+            .pending
+            .values()
+            .filter_map(|p| match p {
+                PendingCheckpoint::Changelog { mat, .. } => *mat,
+                PendingCheckpoint::Full { .. } => None,
+            })
+            .collect();
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| *id >= keep_from || pending_mats.contains(id));
+    }
+
+    /// Checkpoint `checkpoint_id`, which used materialization `mat`, completed.
+    pub(crate) fn mat_confirmed(&mut self, mat: u64) {
+        if self.confirmed.is_some_and(|c| c >= mat) {
+            return;
+        }
+        let Some(handle) = self.known_handle(mat) else {
+            return;
+        };
+        if let Some(inner_id) = self.mat_inner_ids.get(&mat) {
+            self.inner.notify_checkpoint_complete(*inner_id);
+        }
+        self.mat_inner_ids.retain(|id, _| *id > mat);
+        self.confirmed = Some(mat);
+        self.shared.hold_exactly(
+            Holder::Confirmed,
+            handle.files().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        );
+    }
+
+    /// Fails if a restored state still has records to replay (a canonical snapshot of the
+    /// wrapped backend would miss them).
+    pub(crate) fn check_replayed(&self) -> Result<()> {
+        match self.replay.keys().min() {
+            None => Ok(()),
+            Some(state) => Err(StateError::layer(
+                format!("snapshot uid={}", self.config.uid),
+                ChangelogError::UnreplayedState {
+                    uid: self.config.uid.clone(),
+                    state: state.clone(),
+                },
+            )),
+        }
+    }
+}
+
+/// The background thread that encodes sealed segments and, with a storage, uploads them.
+fn spawn_worker(shared: Arc<Shared>) -> Option<mpsc::Sender<String>> {
+    let (tx, rx) = mpsc::channel::<String>();
+    let name = format!("cairn-changelog-{}", shared.uid);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            for seg in rx {
+                // Errors are kept with the segment (encoding) or retried by the checkpoint
+                // that needs it (upload).
+                if shared.segment_file(&seg).is_ok() && shared.storage.is_some() {
+                    let _ = shared.make_durable(&seg, None, &cairn_core::CancelToken::new(), 0);
+                }
+            }
+        })
+        .ok()
+        .map(|_| tx)
+}
+
+/// The uid reduced to `[A-Za-z0-9_-]`, at most 40 bytes (file names).
+fn clean_uid(uid: &str) -> String {
+    let s: String = uid
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    if s.is_empty() {
+        "op".into()
+    } else {
+        s
+    }
+}
+
+/// A per-instance random number (std's randomly keyed hasher, the time and a counter), so
+/// two instances never write the same segment names.
+fn nonce(uid: &str) -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(uid.as_bytes());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish()
+}

@@ -1,0 +1,66 @@
+//! Configuration and the storage a changelog backend uploads to between checkpoints.
+
+use std::fmt;
+use std::time::Duration;
+
+use cairn_core::{CodecIdentity, FileRef, Result, StateError};
+use cairn_storage::CheckpointStorage;
+
+/// Configuration of a [`crate::ChangelogBackend`].
+#[derive(Clone, Debug)]
+pub struct ChangelogConfig {
+    /// The operator uid (errors and file names).
+    pub uid: String,
+    /// Identity of the key codec (recorded in handles that have no materialization yet).
+    pub key_codec: CodecIdentity,
+    /// Materialize at the latest this long after the last materialization started
+    /// (`None`: only by log size).
+    pub materialization_interval: Option<Duration>,
+    /// Materialize when the log written since the last materialization reaches this
+    /// fraction of the last materialized snapshot's size...
+    pub log_to_state_ratio: f64,
+    /// ...and at least this many bytes (records as buffered, before compression).
+    pub min_log_bytes: u64,
+    /// Seal the record buffer into a segment (uploaded in the background when a
+    /// [`ChangelogStorage`] is given) when it reaches this many bytes.
+    pub segment_bytes: usize,
+}
+
+impl ChangelogConfig {
+    /// Defaults: materialize every 3 minutes, or when the log since the last
+    /// materialization reaches the materialized size (at least 16 MiB); 4 MiB segments.
+    pub fn new(uid: impl Into<String>, key_codec: CodecIdentity) -> Self {
+        Self {
+            uid: uid.into(),
+            key_codec,
+            materialization_interval: Some(Duration::from_secs(180)),
+            log_to_state_ratio: 1.0,
+            min_log_bytes: 16 << 20,
+            segment_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where a changelog backend writes shared files *between* checkpoints (log segments and
+/// materialized snapshots), protected from garbage collection until it releases them.
+///
+/// It must be the job's checkpoint directory: checkpoints reference these files in the
+/// shared area. Implemented by [`CheckpointStorage`] (pinned shared files).
+pub trait ChangelogStorage: Send + Sync + fmt::Debug {
+    /// Durably writes shared file `name` and protects it from GC until [`Self::release`].
+    fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef>;
+    /// Ends the protection of a file written by [`Self::upload`] (retention then deletes it
+    /// once no retained checkpoint references it).
+    fn release(&self, file: &FileRef);
+}
+
+impl ChangelogStorage for CheckpointStorage {
+    fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+        self.write_pinned_shared(name, bytes)
+            .map_err(|e| StateError::layer(format!("uploading changelog file name={name}"), e))
+    }
+
+    fn release(&self, file: &FileRef) {
+        self.unpin_shared(&file.name);
+    }
+}

@@ -1,0 +1,101 @@
+//! # cairn-changelog — log-based incremental checkpoints around any backend
+//!
+//! [`ChangelogBackend`] wraps a keyed state backend (`cairn-hashmap`, `cairn-rocksdb`, any
+//! [`cairn_core::KeyedStateBackend`]) the way Flink 1.15's changelog state backend does:
+//!
+//! - **Every mutation is logged.** After the wrapped backend applies a put, delete, list
+//!   append or update, map put or remove, reduce, aggregate or clear, the wrapper appends a
+//!   record (state, key, namespace, op, value bytes) to an in-memory buffer. Full buffers
+//!   are sealed into **segments** (`format-spec/README.md`, "Changelog segment": records
+//!   grouped by key group in CRC32-checked, zstd-compressed blocks) and uploaded in the
+//!   background into the job's `shared/` directory.
+//! - **A checkpoint is the last materialization plus the log after it.** The synchronous
+//!   phase seals the buffer (O(1)); the asynchronous phase uploads that tail and returns a
+//!   `KeyedData::Changelog` handle (manifest keyed-data kind 3). Its cost follows the
+//!   changes since the previous checkpoint, not the state size.
+//! - **Materialization** is the wrapped backend's own incremental snapshot (heap
+//!   incremental by key group, RocksDB native SST files), taken in the background when the
+//!   log since the last one reaches a fraction of the state size or after an interval
+//!   ([`ChangelogConfig`]). Once a checkpoint that uses it completes, older segments and
+//!   materialized files are released and deleted by the usual retention rules.
+//! - **Restore** gives the materialized snapshots to the wrapped backend (natively), reads
+//!   the segments' records for the backend's key groups (so rescaling works) and replays
+//!   them, state by state, when the program registers the state. Segments are read whole
+//!   and checked against the manifest's size, CRC32, first sequence number and record
+//!   count: a torn segment fails the restore, it is never replayed in part.
+//! - **Savepoints are canonical**: the wrapper's savepoint is the wrapped backend's, so a job
+//!   with changelog on restores from a savepoint without it, and the other way round.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cairn_core::{BincodeCodec, Codec, KeyedStateBackend, SnapshotOptions, StateAccess, ValueStateDescriptor};
+//! use cairn_changelog::{ChangelogBackend, ChangelogConfig};
+//! use cairn_hashmap::HashMapBackend;
+//! use cairn_storage::CheckpointStorage;
+//!
+//! let storage = CheckpointStorage::open("memory://")?;
+//! let key_codec = BincodeCodec::<u64>::new();
+//! let inner = HashMapBackend::for_subtask("counter", 128, 1, 0, key_codec.identity().clone())?;
+//! let config = ChangelogConfig::new("counter", key_codec.identity().clone());
+//! let mut backend = ChangelogBackend::new(inner, config, Arc::new(storage.clone()));
+//! let count = backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?;
+//! backend.set_current_key(&key_codec.encode_to_vec(&7).unwrap())?;
+//! backend.value(&count).update(1)?;
+//!
+//! let writer = storage.begin_checkpoint(1)?;
+//! let phase = backend.snapshot(SnapshotOptions::incremental_checkpoint(1))?;
+//! let handle = phase.run(&writer, &Default::default())?;
+//! assert!(matches!(handle.data, cairn_core::KeyedData::Changelog { .. }));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Construction
+//!
+//! [`ChangelogBackend::new`]`(inner, config, storage)` takes a fresh wrapped backend, the
+//! [`ChangelogConfig`] (uid, key codec identity, triggers) and the job's checkpoint
+//! storage (any [`ChangelogStorage`]; [`cairn_storage::CheckpointStorage`] implements it),
+//! to which segments and materializations are uploaded between checkpoints, pinned
+//! against garbage collection until a completed checkpoint makes them obsolete. For a
+//! restore, create it the same way and call `restore(handles, source)` before registering
+//! states. [`ChangelogBackend::with_checkpoint_uploads`] needs no storage: files then wait
+//! in memory for the next checkpoint's asynchronous phase, which writes them through its
+//! target.
+//!
+//! ## Threads
+//!
+//! The task thread only appends records and seals buffers. One background thread per
+//! backend encodes (and, with a storage, uploads) sealed segments; each materialization's
+//! asynchronous phase runs on a thread of its own. The wrapped backend's synchronous
+//! snapshot phase runs on the task thread (it is cheap by contract), when a trigger fires
+//! during a mutation or a checkpoint, or when [`ChangelogBackend::maybe_materialize`] is
+//! called.
+//!
+//! ## What recovery costs in exchange
+//!
+//! A restore downloads the materialization and every segment since it and replays each
+//! record through the typed API: the longer the log, the longer the recovery; the
+//! materialization triggers bound it. The first checkpoint after a restore waits for a new
+//! materialization (the restored files may belong to a savepoint).
+//!
+//! ## Limits
+//!
+//! A savepoint or full checkpoint taken after a restore, before the program registered a
+//! restored state that has changelog records, is refused (`ChangelogError::UnreplayedState`):
+//! the wrapped backend cannot apply records of a state whose types it does not know.
+
+mod backend;
+mod checkpoint;
+mod config;
+mod entries;
+mod error;
+mod log;
+mod materialize;
+mod ops;
+mod restore;
+mod shared;
+
+pub use backend::ChangelogBackend;
+pub use config::{ChangelogConfig, ChangelogStorage};
+pub use entries::{changelog_entries, ChangelogEntries};
+pub use error::ChangelogError;
+pub use restore::read_segment;

@@ -1,0 +1,434 @@
+//! Restore: the materialized snapshots go to the wrapped backend as they are (natively for
+//! RocksDB); the segments are read for this backend's key groups and kept as records per
+//! state until the program registers the state, which replays them through the typed API
+//! (the wrapped backend then holds exactly the checkpoint's state). A restored state with
+//! records that is never registered is carried: the first materialization after the
+//! restore writes its records as a carry segment.
+//!
+//! A segment is read only whole, checked against the size and CRC32 the manifest records,
+//! and its footer must agree with the manifest's sequence numbers and record count: a torn
+//! or damaged segment fails the restore, naming the file; it is never replayed in part.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cairn_core::*;
+use cairn_format::{
+    decode_list, ChangelogOp, ChangelogRecord, ChangelogSegmentReader, FormatError, StateFileWriter,
+};
+
+use crate::backend::ChangelogBackend;
+use crate::error::ChangelogError;
+use crate::ops::{AggInput, Codecs2, MapCodecs};
+
+/// A restored record, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OwnedRecord {
+    pub(crate) key_group: u32,
+    pub(crate) op: ChangelogOp,
+    pub(crate) key: Vec<u8>,
+    pub(crate) namespace: Vec<u8>,
+    pub(crate) user_key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+impl OwnedRecord {
+    pub(crate) fn as_record(&self, state: u32) -> ChangelogRecord<'_> {
+        ChangelogRecord {
+            key_group: self.key_group,
+            state,
+            op: self.op,
+            key: &self.key,
+            namespace: &self.namespace,
+            user_key: self.user_key.as_deref(),
+            value: self.value.as_deref(),
+        }
+    }
+}
+
+/// Serves the source's files plus synthesized empty state files.
+struct OverlaySource<'a> {
+    source: &'a dyn SnapshotSource,
+    extra: BTreeMap<String, Bytes>,
+}
+
+impl SnapshotSource for OverlaySource<'_> {
+    fn read_file(&self, file: &FileRef) -> Result<Bytes> {
+        match (file.area, self.extra.get(&file.name)) {
+            (FileArea::Private, Some(b)) => Ok(b.clone()),
+            _ => self.source.read_file(file),
+        }
+    }
+}
+
+/// Reads segment `seg` and calls `f` for each record of `range`.
+pub fn read_segment(
+    seg: &ChangelogSegment,
+    range: KeyGroupRange,
+    source: &dyn SnapshotSource,
+    mut f: impl FnMut(&str, StateKind, &ChangelogRecord<'_>) -> Result<()>,
+) -> Result<()> {
+    let path = seg.file.to_string();
+    let bytes = source.read_file(&seg.file)?;
+    let crc = crc32fast::hash(&bytes);
+    if bytes.len() as u64 != seg.file.size || crc != seg.file.crc32 {
+        return Err(StateError::layer(
+            format!("reading changelog segment path={path}"),
+            ChangelogError::SegmentMismatch {
+                path: path.clone(),
+                detail: format!(
+                    "size or checksum differs size={} expected_size={} crc32={crc:#010x} expected_crc32={:#010x}",
+                    bytes.len(),
+                    seg.file.size,
+                    seg.file.crc32
+                ),
+            },
+        ));
+    }
+    let layer =
+        |e: FormatError| StateError::layer(format!("reading changelog segment path={path}"), e);
+    let reader = ChangelogSegmentReader::open(bytes, &path).map_err(layer)?;
+    if reader.first_sqn() != seg.first_sqn || reader.record_count() != seg.records {
+        return Err(StateError::layer(
+            format!("reading changelog segment path={path}"),
+            ChangelogError::SegmentMismatch {
+                path: path.clone(),
+                detail: format!(
+                    "sequence numbers differ first_sqn={} expected_first_sqn={} records={} expected_records={}",
+                    reader.first_sqn(),
+                    seg.first_sqn,
+                    reader.record_count(),
+                    seg.records
+                ),
+            },
+        ));
+    }
+    let states = reader.states().to_vec();
+    reader
+        .scan::<ScanError, _>(range, |r| {
+            let s = states.get(r.state as usize).ok_or_else(|| {
+                ScanError::Format(FormatError::Invalid {
+                    kind: "changelog segment",
+                    detail: format!("unknown state index={}", r.state),
+                })
+            })?;
+            f(&s.name, s.kind, r).map_err(ScanError::State)
+        })
+        .map_err(|e| match e {
+            ScanError::Format(e) => layer(e),
+            ScanError::State(e) => e,
+        })
+}
+
+/// A scan's error: the segment's or the callback's.
+enum ScanError {
+    Format(FormatError),
+    State(StateError),
+}
+
+impl From<FormatError> for ScanError {
+    fn from(e: FormatError) -> Self {
+        ScanError::Format(e)
+    }
+}
+
+/// An empty canonical handle for `range` (a changelog handle without materialization: its
+/// key groups start empty).
+fn empty_handle(
+    h: &KeyedStateHandle,
+    extra: &mut BTreeMap<String, Bytes>,
+) -> Result<KeyedStateHandle> {
+    let bytes = StateFileWriter::new(Vec::new())
+        .and_then(|w| w.finish())
+        .map_err(|e| StateError::layer("writing an empty state file", e))?;
+    let r = h.key_group_range;
+    let name = format!("changelog-empty-{}_{}.cst", r.start, r.end);
+    let file = FileRef {
+        area: FileArea::Private,
+        name: name.clone(),
+        size: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+    };
+    extra.insert(name, Bytes::from(bytes));
+    Ok(KeyedStateHandle {
+        key_group_range: r,
+        key_codec: h.key_codec.clone(),
+        states: Vec::new(),
+        data: KeyedData::Canonical {
+            files: vec![CanonicalFile {
+                file,
+                key_groups: vec![r],
+            }],
+        },
+    })
+}
+
+impl<B: KeyedStateBackend> ChangelogBackend<B> {
+    pub(crate) fn restore_handles(
+        &mut self,
+        handles: &[KeyedStateHandle],
+        source: &dyn SnapshotSource,
+    ) -> Result<()> {
+        let uid = self.config.uid.clone();
+        if self.restored || !self.states.is_empty() || self.buffered_records() > 0 {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "restore must be called once, on a fresh backend, before any state is registered uid={uid}"
+                ),
+            });
+        }
+        self.restored = true;
+        let range = self.inner.key_group_range();
+        let metas = restore_metas(
+            &uid,
+            &self.config.key_codec,
+            self.max_parallelism(),
+            handles,
+        )?;
+        let mut mats: Vec<KeyedStateHandle> = Vec::new();
+        let mut extra = BTreeMap::new();
+        let mut logs = Vec::new();
+        let mut any_changelog = false;
+        for h in handles {
+            match &h.data {
+                KeyedData::Changelog {
+                    materialized,
+                    segments,
+                } => {
+                    any_changelog = true;
+                    if materialized.is_empty() {
+                        mats.push(empty_handle(h, &mut extra)?);
+                    }
+                    for m in materialized {
+                        if !m.key_group_range.intersect(&range).is_empty() && !mats.contains(m) {
+                            mats.push(m.clone());
+                        }
+                    }
+                    logs.push((h.key_group_range.intersect(&range), segments));
+                }
+                _ => mats.push(h.clone()),
+            }
+        }
+        if any_changelog {
+            check_cover(&uid, range, handles)?;
+        }
+        let overlay = OverlaySource { source, extra };
+        self.inner.restore(&mats, &overlay)?;
+        // Read every record of this range now: a damaged segment fails the restore.
+        for (r, segments) in logs {
+            if r.is_empty() {
+                continue;
+            }
+            for seg in segments.iter() {
+                read_segment(seg, r, source, |name, kind, rec| {
+                    let meta = metas.get(name).filter(|m| m.kind == kind).ok_or_else(|| {
+                        StateError::layer(
+                            format!("restoring uid={uid}"),
+                            ChangelogError::UnknownState {
+                                path: seg.file.to_string(),
+                                state: name.to_string(),
+                                detail: format!(
+                                    "the handle does not describe it as {kind:?} state"
+                                ),
+                            },
+                        )
+                    })?;
+                    self.replay
+                        .entry(meta.name.clone())
+                        .or_default()
+                        .push(OwnedRecord {
+                            key_group: rec.key_group,
+                            op: rec.op,
+                            key: rec.key.to_vec(),
+                            namespace: rec.namespace.to_vec(),
+                            user_key: rec.user_key.map(<[u8]>::to_vec),
+                            value: rec.value.map(<[u8]>::to_vec),
+                        });
+                    Ok(())
+                })?;
+            }
+        }
+        self.restored_metas = metas;
+        // The restored files may be a savepoint's or another checkpoint's: materialize
+        // into this job's shared area before the first checkpoint can complete.
+        self.needs_mat = true;
+        self.start_mat()
+    }
+
+    /// Replays the restored records of `name` (if any) through `apply`, then restores the
+    /// current key.
+    fn replay_with(
+        &mut self,
+        name: &str,
+        mut apply: impl FnMut(&mut B, &OwnedRecord) -> Result<()>,
+    ) -> Result<()> {
+        let Some(records) = self.replay.remove(name) else {
+            return Ok(());
+        };
+        let previous = self.inner.current_key().map(<[u8]>::to_vec);
+        for r in &records {
+            self.inner.set_current_key(&r.key)?;
+            apply(&mut self.inner, r).map_err(|e| {
+                StateError::layer(
+                    format!(
+                        "replaying changelog uid={} state={name} key_group={}",
+                        self.config.uid, r.key_group
+                    ),
+                    e,
+                )
+            })?;
+        }
+        if let Some(k) = previous {
+            self.inner.set_current_key(&k)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn replay_value<V: StateValue, N: Namespace>(
+        &mut self,
+        id: ValueStateId<V, N>,
+        d: &ValueStateDescriptor<V, N>,
+    ) -> Result<()> {
+        let c = Codecs2 {
+            value: d.value.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let name = d.name.clone();
+        self.replay_with(&d.name, |b, r| {
+            let ns = decode(&name, &c.namespace, &r.namespace)?;
+            match (r.op, &r.value) {
+                (ChangelogOp::Set, Some(v)) => b.value_update(id, &ns, decode(&name, &c.value, v)?),
+                _ => b.clear(id.raw(), &ns),
+            }
+        })
+    }
+
+    pub(crate) fn replay_list<V: StateValue, N: Namespace>(
+        &mut self,
+        id: ListStateId<V, N>,
+        d: &ListStateDescriptor<V, N>,
+    ) -> Result<()> {
+        let c = Codecs2 {
+            value: d.element.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let name = d.name.clone();
+        self.replay_with(&d.name, |b, r| {
+            let ns = decode(&name, &c.namespace, &r.namespace)?;
+            let elements = |v: &[u8]| -> Result<Vec<V>> {
+                decode_list(v)
+                    .map_err(|e| StateError::layer(format!("list value state={name}"), e))?
+                    .into_iter()
+                    .map(|e| decode(&name, &c.value, e))
+                    .collect()
+            };
+            match (r.op, &r.value) {
+                (ChangelogOp::ListAppend, Some(v)) => b.list_add_all(id, &ns, elements(v)?),
+                (ChangelogOp::ListSet, Some(v)) => b.list_update(id, &ns, elements(v)?),
+                _ => b.clear(id.raw(), &ns),
+            }
+        })
+    }
+
+    pub(crate) fn replay_map<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        id: MapStateId<UK, UV, N>,
+        d: &MapStateDescriptor<UK, UV, N>,
+    ) -> Result<()> {
+        let c = MapCodecs {
+            user_key: d.user_key.clone(),
+            value: d.value.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let name = d.name.clone();
+        self.replay_with(&d.name, |b, r| {
+            let ns = decode(&name, &c.namespace, &r.namespace)?;
+            match (r.op, &r.user_key, &r.value) {
+                (ChangelogOp::MapPut, Some(uk), Some(v)) => b.map_put(
+                    id,
+                    &ns,
+                    decode(&name, &c.user_key, uk)?,
+                    decode(&name, &c.value, v)?,
+                ),
+                (ChangelogOp::MapRemove, Some(uk), _) => {
+                    b.map_remove(id, &ns, &decode(&name, &c.user_key, uk)?)
+                }
+                _ => b.clear(id.raw(), &ns),
+            }
+        })
+    }
+
+    pub(crate) fn replay_reducing<V: StateValue, N: Namespace>(
+        &mut self,
+        id: ReducingStateId<V, N>,
+        d: &ReducingStateDescriptor<V, N>,
+    ) -> Result<()> {
+        let c = Codecs2 {
+            value: d.value.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let name = d.name.clone();
+        self.replay_with(&d.name, |b, r| {
+            let ns = decode(&name, &c.namespace, &r.namespace)?;
+            b.clear(id.raw(), &ns)?;
+            match (r.op, &r.value) {
+                // Adding to an empty reducing state stores the value as it is.
+                (ChangelogOp::Set, Some(v)) => b.reducing_add(id, &ns, decode(&name, &c.value, v)?),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    pub(crate) fn replay_aggregating<IN: 'static, ACC: StateValue, OUT: 'static, N: Namespace>(
+        &mut self,
+        id: AggregatingStateId<AggInput<IN, ACC>, ACC, OUT, N>,
+        d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
+    ) -> Result<()> {
+        let c = Codecs2 {
+            value: d.accumulator.clone(),
+            namespace: d.namespace.clone(),
+        };
+        let name = d.name.clone();
+        self.replay_with(&d.name, |b, r| {
+            let ns = decode(&name, &c.namespace, &r.namespace)?;
+            match (r.op, &r.value) {
+                (ChangelogOp::Set, Some(v)) => {
+                    b.aggregating_add(id, &ns, AggInput::Set(decode(&name, &c.value, v)?))
+                }
+                _ => b.clear(id.raw(), &ns),
+            }
+        })
+    }
+}
+
+fn decode<T: 'static>(state: &str, codec: &CodecRef<T>, bytes: &[u8]) -> Result<T> {
+    codec.decode(bytes).map_err(|source| StateError::Codec {
+        state: state.to_string(),
+        source,
+    })
+}
+
+/// The handles' ranges must cover `range` (a gap is an error, never empty state).
+fn check_cover(uid: &str, range: KeyGroupRange, handles: &[KeyedStateHandle]) -> Result<()> {
+    let mut ranges: Vec<KeyGroupRange> = handles
+        .iter()
+        .map(|h| h.key_group_range.intersect(&range))
+        .filter(|r| !r.is_empty())
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut next = range.start;
+    for r in ranges {
+        if r.start > next {
+            break;
+        }
+        next = next.max(r.end);
+    }
+    if next < range.end {
+        return Err(StateError::Restore {
+            reason: format!(
+                "the handles do not cover the key-group range range={range} first_missing={next} uid={uid}"
+            ),
+        });
+    }
+    Ok(())
+}

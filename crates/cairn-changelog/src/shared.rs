@@ -1,0 +1,490 @@
+//! State shared by the task thread, the background uploader, materializations and the
+//! asynchronous phases of checkpoints: the files the backend wrote, who holds them, the
+//! sealed segments and the materializations in progress.
+//!
+//! # Holding and releasing files
+//!
+//! Every file (segment or materialized file) is *held* by the parties that may still put
+//! it in a manifest: the current chain (materialization plus the segments after it), the
+//! confirmed materialization (the wrapped backend's incremental base), each running
+//! materialization (it may reference the base's files) and each pending checkpoint. A file
+//! nobody holds is released: with a [`ChangelogStorage`] its pin ends (retention then
+//! deletes it once no retained manifest references it), and it leaves the table.
+//!
+//! # Durability
+//!
+//! With a storage, files are uploaded (pinned) in the background as soon as they exist.
+//! Without one, a checkpoint's asynchronous phase writes every file its handle needs that
+//! no completed checkpoint wrote yet, through the checkpoint's own target (the bytes stay in
+//! memory until then); rewriting the same bytes under the same name is harmless.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use cairn_core::{
+    CancelToken, FileArea, FileRef, KeyedStateHandle, Result, SnapshotTarget, StateError,
+};
+
+use crate::config::ChangelogStorage;
+use crate::error::ChangelogError;
+use crate::log::{encode_segment, Sealed};
+
+/// Who holds a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Holder {
+    Chain,
+    Confirmed,
+    Mat(u64),
+    Pending(u64),
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    file: FileRef,
+    /// Kept until the file is durable for good (uploaded with a storage; written by a
+    /// completed checkpoint without one).
+    bytes: Option<Arc<Vec<u8>>>,
+    uploading: bool,
+    /// Uploaded through the storage (pinned).
+    pinned: bool,
+    /// Written by (or referenced in) a completed checkpoint.
+    confirmed: bool,
+}
+
+#[derive(Debug)]
+enum SegState {
+    Sealed(Sealed),
+    Encoding,
+    Encoded,
+    Failed(String),
+}
+
+/// A materialization's outcome.
+#[derive(Clone, Debug)]
+pub(crate) enum MatState {
+    Running,
+    Done(Arc<KeyedStateHandle>),
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    files: HashMap<String, FileEntry>,
+    segments: HashMap<String, SegState>,
+    holders: HashMap<Holder, HashSet<String>>,
+    refs: HashMap<String, usize>,
+    mats: HashMap<u64, MatState>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) uid: String,
+    /// `changelog/<uid>-<nonce>`: the directory of this instance's files in `shared/`.
+    pub(crate) prefix: String,
+    pub(crate) storage: Option<Arc<dyn ChangelogStorage>>,
+    tables: Mutex<Tables>,
+    cond: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        uid: String,
+        prefix: String,
+        storage: Option<Arc<dyn ChangelogStorage>>,
+    ) -> Self {
+        Self {
+            uid,
+            prefix,
+            storage,
+            tables: Mutex::new(Tables::default()),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, Tables>) -> MutexGuard<'a, Tables> {
+        self.cond.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn background_err(&self, what: &'static str, message: String) -> StateError {
+        StateError::layer(
+            format!("changelog {what} uid={}", self.uid),
+            ChangelogError::Background {
+                what,
+                uid: self.uid.clone(),
+                message,
+            },
+        )
+    }
+
+    // ---- holders -------------------------------------------------------------------
+
+    /// Adds `names` to `holder`.
+    pub(crate) fn hold<'a>(&self, holder: Holder, names: impl IntoIterator<Item = &'a str>) {
+        let mut t = self.lock();
+        let mut added = Vec::new();
+        {
+            let set = t.holders.entry(holder).or_default();
+            for n in names {
+                if set.insert(n.to_string()) {
+                    added.push(n.to_string());
+                }
+            }
+        }
+        for n in added {
+            *t.refs.entry(n).or_insert(0) += 1;
+        }
+    }
+
+    /// Replaces what `holder` holds (holding the new names before dropping the old ones).
+    pub(crate) fn hold_exactly<'a>(
+        &self,
+        holder: Holder,
+        names: impl IntoIterator<Item = &'a str>,
+    ) {
+        let names: Vec<&str> = names.into_iter().collect();
+        let old = self.lock().holders.remove(&holder).unwrap_or_default();
+        self.hold(holder, names);
+        self.drop_refs(old);
+    }
+
+    /// Ends `holder`.
+    pub(crate) fn release_holder(&self, holder: Holder) {
+        let old = self.lock().holders.remove(&holder).unwrap_or_default();
+        self.drop_refs(old);
+    }
+
+    fn drop_refs(&self, names: HashSet<String>) {
+        let mut released = Vec::new();
+        {
+            let mut t = self.lock();
+            for n in names {
+                let gone = match t.refs.get_mut(&n) {
+                    Some(r) => {
+                        *r -= 1;
+                        *r == 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    t.refs.remove(&n);
+                    if let Some(e) = release_if_idle(&mut t, &n) {
+                        released.push(e);
+                    }
+                }
+            }
+        }
+        self.unpin(released);
+    }
+
+    fn unpin(&self, released: Vec<FileRef>) {
+        if let Some(s) = &self.storage {
+            for f in &released {
+                s.release(f);
+            }
+        }
+    }
+
+    /// How many files the table holds (for tests and diagnostics).
+    pub(crate) fn file_count(&self) -> usize {
+        self.lock().files.len()
+    }
+
+    // ---- segments ------------------------------------------------------------------
+
+    /// Registers a sealed segment (its bytes are written later).
+    pub(crate) fn add_segment(&self, name: &str, sealed: Sealed) {
+        self.lock()
+            .segments
+            .insert(name.to_string(), SegState::Sealed(sealed));
+    }
+
+    /// Encodes segment `name` if nobody has yet, and returns its file.
+    pub(crate) fn segment_file(&self, name: &str) -> Result<FileRef> {
+        let mut t = self.lock();
+        loop {
+            match t.segments.get_mut(name) {
+                None => {
+                    // Released after it was encoded, or never known.
+                    return t.files.get(name).map(|e| e.file.clone()).ok_or_else(|| {
+                        self.background_err("segment upload", format!("unknown segment {name}"))
+                    });
+                }
+                Some(SegState::Encoded) => {
+                    return t.files.get(name).map(|e| e.file.clone()).ok_or_else(|| {
+                        self.background_err("segment upload", format!("lost segment {name}"))
+                    })
+                }
+                Some(SegState::Failed(m)) => {
+                    return Err(self.background_err("segment upload", m.clone()))
+                }
+                Some(SegState::Encoding) => t = self.wait(t),
+                Some(s @ SegState::Sealed(_)) => {
+                    let SegState::Sealed(sealed) = std::mem::replace(s, SegState::Encoding) else {
+                        continue;
+                    };
+                    drop(t);
+                    let encoded = encode_segment(sealed, name);
+                    t = self.lock();
+                    match encoded {
+                        Ok(bytes) => {
+                            let file = local_ref(name, &bytes);
+                            t.files.insert(
+                                name.to_string(),
+                                FileEntry {
+                                    file,
+                                    bytes: Some(Arc::new(bytes)),
+                                    uploading: false,
+                                    pinned: false,
+                                    confirmed: false,
+                                },
+                            );
+                            t.segments.insert(name.to_string(), SegState::Encoded);
+                        }
+                        Err(e) => {
+                            t.segments
+                                .insert(name.to_string(), SegState::Failed(e.to_string()));
+                        }
+                    }
+                    self.cond.notify_all();
+                }
+            }
+        }
+    }
+
+    // ---- files ---------------------------------------------------------------------
+
+    /// Records a file a materialization wrote (bytes in memory). Returns its reference;
+    /// an existing entry with the same name must have the same content.
+    pub(crate) fn add_file(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+        let file = local_ref(name, &bytes);
+        let mut t = self.lock();
+        if let Some(e) = t.files.get(name) {
+            if e.file != file {
+                return Err(self.background_err(
+                    "materialization",
+                    format!("a file is written twice with different content name={name}"),
+                ));
+            }
+            return Ok(file);
+        }
+        t.files.insert(
+            name.to_string(),
+            FileEntry {
+                file: file.clone(),
+                bytes: Some(Arc::new(bytes)),
+                uploading: false,
+                pinned: false,
+                confirmed: false,
+            },
+        );
+        Ok(file)
+    }
+
+    /// Makes file `name` durable for the checkpoint writing through `target`: with a
+    /// storage, uploads it (pinned) unless that happened; without one, writes it through
+    /// `target` unless a completed checkpoint did. Files not in the table are durable
+    /// already (written by an earlier, completed checkpoint).
+    pub(crate) fn make_durable(
+        &self,
+        name: &str,
+        target: Option<&dyn SnapshotTarget>,
+        cancel: &CancelToken,
+        checkpoint_id: u64,
+    ) -> Result<()> {
+        let mut t = self.lock();
+        loop {
+            if cancel.is_cancelled() {
+                return Err(StateError::Cancelled { checkpoint_id });
+            }
+            let Some(e) = t.files.get_mut(name) else {
+                return Ok(());
+            };
+            if e.pinned || e.confirmed {
+                return Ok(());
+            }
+            let Some(bytes) = e.bytes.clone() else {
+                return Ok(());
+            };
+            match (&self.storage, target) {
+                (Some(storage), _) => {
+                    if e.uploading {
+                        t = self.wait(t);
+                        continue;
+                    }
+                    e.uploading = true;
+                    drop(t);
+                    let up = storage.upload(name, bytes.as_ref().clone());
+                    t = self.lock();
+                    let expected = t.files.get(name).map(|e| e.file.clone());
+                    let result = match (up, expected) {
+                        (Ok(f), Some(exp)) if f == exp => Ok(()),
+                        (Ok(f), _) => {
+                            storage.release(&f);
+                            Err(self.background_err(
+                                "segment upload",
+                                format!("uploaded file differs from its reference name={name}"),
+                            ))
+                        }
+                        (Err(e), _) => Err(e),
+                    };
+                    if let Some(e) = t.files.get_mut(name) {
+                        e.uploading = false;
+                        if result.is_ok() {
+                            e.pinned = true;
+                            e.bytes = None;
+                        }
+                    }
+                    let orphan = if t.refs.contains_key(name) {
+                        None
+                    } else {
+                        release_if_idle(&mut t, name)
+                    };
+                    self.cond.notify_all();
+                    drop(t);
+                    self.unpin(orphan.into_iter().collect());
+                    return result;
+                }
+                (None, Some(target)) => {
+                    let expected = e.file.clone();
+                    drop(t);
+                    let written =
+                        target.write_file(FileArea::Shared, name, bytes.as_ref().clone())?;
+                    if written != expected {
+                        return Err(self.background_err(
+                            "segment upload",
+                            format!("written file differs from its reference name={name}"),
+                        ));
+                    }
+                    return Ok(());
+                }
+                (None, None) => return Ok(()),
+            }
+        }
+    }
+
+    /// These files are in a completed checkpoint: keep no bytes for them.
+    pub(crate) fn confirm_names(&self, names: &[String]) {
+        let mut t = self.lock();
+        for n in names {
+            if let Some(e) = t.files.get_mut(n) {
+                e.confirmed = true;
+                if !e.uploading {
+                    e.bytes = None;
+                }
+            }
+        }
+    }
+
+    // ---- materializations ------------------------------------------------------------
+
+    pub(crate) fn mat_started(&self, id: u64) {
+        self.lock().mats.insert(id, MatState::Running);
+    }
+
+    pub(crate) fn mat_finished(&self, id: u64, outcome: MatState) {
+        let mut t = self.lock();
+        t.mats.insert(id, outcome);
+        self.cond.notify_all();
+    }
+
+    /// Materializations that finished, removed from the table.
+    pub(crate) fn take_finished_mats(&self) -> Vec<(u64, MatState)> {
+        let mut t = self.lock();
+        let done: Vec<u64> = t
+            .mats
+            .iter()
+            .filter(|(_, s)| !matches!(s, MatState::Running))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out: Vec<(u64, MatState)> = done
+            .into_iter()
+            .filter_map(|id| t.mats.remove(&id).map(|s| (id, s)))
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
+    /// Waits for materialization `id` (which may have been taken by the task thread
+    /// already: `known` then supplies it).
+    pub(crate) fn wait_mat(
+        &self,
+        id: u64,
+        known: &Mutex<HashMap<u64, Arc<KeyedStateHandle>>>,
+        cancel: &CancelToken,
+        checkpoint_id: u64,
+    ) -> Result<Arc<KeyedStateHandle>> {
+        let mut t = self.lock();
+        loop {
+            if cancel.is_cancelled() {
+                return Err(StateError::Cancelled { checkpoint_id });
+            }
+            match t.mats.get(&id) {
+                Some(MatState::Done(h)) => return Ok(h.clone()),
+                Some(MatState::Failed(m)) => {
+                    return Err(self.background_err("materialization", m.clone()))
+                }
+                Some(MatState::Running) => {
+                    t = self
+                        .cond
+                        .wait_timeout(t, std::time::Duration::from_millis(50))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                None => {
+                    let k = known.lock().unwrap_or_else(|p| p.into_inner());
+                    return k.get(&id).cloned().ok_or_else(|| {
+                        self.background_err(
+                            "materialization",
+                            format!("materialization {id} was discarded"),
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Removes file `name` from the table if nobody holds it and nothing is in progress on
+/// it; returns it if it was pinned (to be unpinned outside the lock).
+fn release_if_idle(t: &mut Tables, name: &str) -> Option<FileRef> {
+    if t.refs.contains_key(name) {
+        return None;
+    }
+    if matches!(t.segments.get(name), Some(SegState::Encoding)) {
+        return None;
+    }
+    match t.files.get(name) {
+        Some(e) if e.uploading => return None,
+        _ => {}
+    }
+    t.segments.remove(name);
+    t.files.remove(name).filter(|e| e.pinned).map(|e| e.file)
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The backend and every snapshot of it are gone: nothing will reference these
+        // files any more, so end their pins.
+        let t = self.tables.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = &self.storage {
+            for e in t.files.values().filter(|e| e.pinned) {
+                s.release(&e.file);
+            }
+        }
+    }
+}
+
+/// The reference of `bytes` stored as shared file `name`.
+pub(crate) fn local_ref(name: &str, bytes: &[u8]) -> FileRef {
+    FileRef {
+        area: FileArea::Shared,
+        name: name.to_string(),
+        size: bytes.len() as u64,
+        crc32: crc32fast::hash(bytes),
+    }
+}
