@@ -49,6 +49,10 @@ pub struct JobResult {
     pub checkpoint_durations_ms: Vec<f64>,
     /// Bytes each completed checkpoint added (files not in the previous one), in order.
     pub checkpoint_bytes: Vec<u64>,
+    /// Why checkpoints failed (the first 20 reasons).
+    pub checkpoint_failure_reasons: Vec<String>,
+    /// In-flight records stored by unaligned checkpoints, summed over the completed ones.
+    pub inflight_records: u64,
     /// The longest synchronous phase of any task, milliseconds.
     pub sync_phase_ms_max: f64,
     /// Time from the start of the first run until its tasks were built and running
@@ -897,6 +901,11 @@ impl Driver {
             }
             BarrierKind::Checkpoint => {
                 self.result.checkpoints_failed += 1;
+                if self.result.checkpoint_failure_reasons.len() < 20 {
+                    self.result
+                        .checkpoint_failure_reasons
+                        .push(format!("checkpoint {id}: {reason}"));
+                }
                 run.consecutive_failures += 1;
                 if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
                     Some(Outcome::Failed {
@@ -1043,6 +1052,9 @@ impl Driver {
             for s in &op.subtasks {
                 for st in &s.operator_state {
                     added += st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
+                    if st.name == crate::task::INFLIGHT_STATE {
+                        self.result.inflight_records += st.elements.len() as u64;
+                    }
                 }
                 if let Some(h) = &s.keyed {
                     for f in h.files() {

@@ -374,9 +374,37 @@ impl<X: crate::function::Data> InputTask<X> {
                 .is_some_and(|a| a.arrived[i] && !a.unaligned)
     }
 
-    fn readable(&self, i: usize) -> bool {
+    /// Whether batches may be taken from channel `i` now.
+    fn can_take(&self, i: usize) -> bool {
         let c = &self.channels[i];
-        !c.ended && c.replay.is_empty() && !c.at_barrier() && !self.blocked(i)
+        !c.ended && !c.at_barrier() && !self.blocked(i)
+    }
+
+    /// Whether channel `i`'s next batch comes straight from its channel.
+    fn readable(&self, i: usize) -> bool {
+        self.can_take(i) && self.channels[i].replay.is_empty()
+    }
+
+    /// Takes one batch from channel `i` (recording it if an unaligned checkpoint is
+    /// recording this channel); `None` when none is queued.
+    fn take(&mut self, i: usize) -> Result<Option<Vec<X>>> {
+        match self.channels[i].rx.try_recv() {
+            Ok(DataMsg::Batch(batch)) => {
+                self.channels[i].received += 1;
+                if self.recording(i) {
+                    if let Some(a) = self.align.as_mut() {
+                        Self::record(&self.inflight.codec, &batch, &mut a.inflight)?;
+                    }
+                }
+                Ok(Some(batch))
+            }
+            Ok(DataMsg::End) => {
+                self.channels[i].ended = true;
+                Ok(None)
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(RuntimeError::Cancelled),
+        }
     }
 
     fn recording(&self, i: usize) -> bool {
@@ -628,32 +656,32 @@ impl<X: crate::function::Data> InputTask<X> {
             if self.blocked(i) {
                 continue;
             }
-            if let Some(batch) = self.channels[i].replay.pop_front() {
-                self.next_read = i + 1;
-                self.process(batch)?;
-                return Ok(true);
+            if !self.channels[i].replay.is_empty() {
+                // Keep the channel moving behind the replayed batches (one in, one out), so
+                // that the sender is not blocked, and cannot miss a barrier trigger, for as
+                // long as the replay lasts.
+                if self.can_take(i) {
+                    if let Some(batch) = self.take(i)? {
+                        self.channels[i].replay.push_back(batch);
+                    }
+                }
+                if let Some(batch) = self.channels[i].replay.pop_front() {
+                    self.next_read = i + 1;
+                    self.process(batch)?;
+                    return Ok(true);
+                }
             }
             if !self.readable(i) {
                 continue;
             }
-            match self.channels[i].rx.try_recv() {
-                Ok(DataMsg::Batch(batch)) => {
-                    self.channels[i].received += 1;
-                    self.next_read = i + 1;
-                    if self.recording(i) {
-                        if let Some(a) = self.align.as_mut() {
-                            Self::record(&self.inflight.codec, &batch, &mut a.inflight)?;
-                        }
-                    }
-                    self.process(batch)?;
-                    return Ok(true);
-                }
-                Ok(DataMsg::End) => {
-                    self.channels[i].ended = true;
-                    return Ok(true);
-                }
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => return Err(RuntimeError::Cancelled),
+            let ended_before = self.channels[i].ended;
+            if let Some(batch) = self.take(i)? {
+                self.next_read = i + 1;
+                self.process(batch)?;
+                return Ok(true);
+            }
+            if self.channels[i].ended != ended_before {
+                return Ok(true);
             }
         }
         Ok(false)

@@ -1,0 +1,259 @@
+//! Stop-with-savepoint and a backend + parallelism switch; unaligned checkpoints under
+//! backpressure.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_runtime::sinks::TwoPhaseFileSink;
+use cairn_runtime::sources::FileSource;
+use cairn_runtime::{source, Checkpointed, Job, RestoreFrom, Sink, StateBackendConfig};
+use common::*;
+
+#[test]
+fn stop_with_savepoint_under_hashmap_p2_then_rocksdb_p3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 400, 11);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 50);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4000);
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(400));
+    let savepoint = handle
+        .stop_with_savepoint(None)
+        .expect("stop with savepoint");
+    let first = handle.wait().expect("first run");
+    assert_eq!(first.savepoint.as_deref(), Some(savepoint.as_str()));
+    assert!(
+        first.records < 4000,
+        "the first run should stop early: {first:?}"
+    );
+    // What the first run committed is a prefix: counts 1..k per word, each once.
+    let partial = read_output(&output);
+    assert!(!partial.is_empty());
+    for (w, counts) in &partial {
+        let mut c = counts.clone();
+        c.sort_unstable();
+        assert_eq!(c, (1..=c.len() as u64).collect::<Vec<_>>(), "word {w}");
+    }
+
+    let mut cfg = config(dir.path(), 50);
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    cfg.checkpoint_dir = dir.path().join("checkpoints-2").display().to_string();
+    let second = Job::new(wordcount(&input, &output, None, None), cfg)
+        .run()
+        .expect("second run");
+    assert_eq!(
+        second.restored_from.as_deref(),
+        Some(format!("savepoint {savepoint}").as_str())
+    );
+    check_exactly_once(&expected, &read_output(&output));
+}
+
+#[test]
+fn restoring_state_of_an_unknown_operator_is_an_error_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 200, 20, 5);
+    let output = dir.path().join("out");
+    let cfg = config(dir.path(), 20);
+    let handle = Job::new(
+        wordcount(&input, &output, None, None),
+        JobConfig_throttled(cfg),
+    )
+    .start()
+    .expect("start");
+    std::thread::sleep(Duration::from_millis(100));
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    handle.wait().expect("run");
+    // A job without the "fail" and "count" operators.
+    let graph = source("source", FileSource::new(&input))
+        .flat_map("tokenize", |l: String| vec![l])
+        .sink(
+            "sink",
+            TwoPhaseFileSink::new(output.clone(), |l: &String, o: &mut Vec<u8>| {
+                o.extend_from_slice(l.as_bytes())
+            }),
+        );
+    let mut cfg = config(dir.path(), 20);
+    cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    let err = Job::new(graph.clone(), cfg.clone())
+        .run()
+        .expect_err("unknown uids");
+    let msg = err.to_string();
+    assert!(msg.contains("count") && msg.contains("fail"), "{msg}");
+    cfg.allow_non_restored_state = true;
+    Job::new(graph, cfg).run().expect("allowed to drop state");
+}
+
+#[allow(non_snake_case)]
+fn JobConfig_throttled(mut cfg: cairn_runtime::JobConfig) -> cairn_runtime::JobConfig {
+    cfg.records_per_second = Some(1000);
+    cfg
+}
+
+/// A sink that takes `delay` per record: backpressure up the dataflow.
+#[derive(Clone)]
+struct SlowSink {
+    inner: TwoPhaseFileSink<(String, u64)>,
+    delay: Duration,
+}
+
+impl Checkpointed for SlowSink {
+    fn initialize_state(
+        &mut self,
+        ctx: &mut cairn_runtime::InitContext<'_>,
+    ) -> cairn_runtime::Result<()> {
+        self.inner.initialize_state(ctx)
+    }
+    fn snapshot_state(
+        &mut self,
+        ctx: &mut cairn_runtime::SnapshotContext<'_>,
+    ) -> cairn_runtime::Result<()> {
+        self.inner.snapshot_state(ctx)
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+        self.inner.notify_checkpoint_complete(id)
+    }
+}
+
+impl Sink<(String, u64)> for SlowSink {
+    fn write(&mut self, r: (String, u64)) -> cairn_runtime::Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.write(r)
+    }
+    fn finish(&mut self) -> cairn_runtime::Result<()> {
+        self.inner.finish()
+    }
+}
+
+fn slow_graph(input: &Path, output: &Path, delay: Duration) -> cairn_runtime::JobGraph {
+    source("source", FileSource::new(input))
+        .flat_map("tokenize", |line: String| {
+            line.split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .process(
+            "fail",
+            FailAt {
+                seen: Arc::new(AtomicU64::new(0)),
+                at: Vec::new(),
+            },
+        )
+        .key_by(|w: &String| w.clone())
+        .process("count", Count)
+        .sink(
+            "sink",
+            SlowSink {
+                inner: TwoPhaseFileSink::new(output, |(w, n): &(String, u64), o: &mut Vec<u8>| {
+                    o.extend_from_slice(format!("{w}\t{n}").as_bytes())
+                }),
+                delay,
+            },
+        )
+}
+
+fn slow_job(
+    dir: &Path,
+    unaligned: bool,
+) -> (
+    cairn_runtime::JobResult,
+    std::collections::BTreeMap<String, u64>,
+) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let (input, expected) = write_input(dir, 1500, 100, 13);
+    let output = dir.join("out");
+    let graph = slow_graph(&input, &output, Duration::from_micros(500));
+    let mut cfg = config(dir, 50);
+    cfg.batch_size = 16;
+    cfg.channel_capacity = 128;
+    cfg.checkpoint.timeout = Duration::from_millis(500);
+    cfg.checkpoint.tolerable_failures = 1000;
+    cfg.checkpoint.unaligned = unaligned;
+    // Keep disk latency (fsync of checkpoint files) out of what this test measures.
+    cfg.checkpoint_dir = "memory://".into();
+    let result = Job::new(graph, cfg).run().expect("job");
+    check_exactly_once(&expected, &read_output(&output));
+    (result, expected)
+}
+
+#[test]
+fn unaligned_checkpoints_complete_under_backpressure_where_aligned_time_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (aligned, _) = slow_job(&dir.path().join("aligned"), false);
+    let (unaligned, _) = slow_job(&dir.path().join("unaligned"), true);
+    eprintln!("aligned: {aligned:?}\nunaligned: {unaligned:?}");
+    assert!(
+        aligned.checkpoints_failed >= 2,
+        "aligned checkpoints should time out: {aligned:?}"
+    );
+    assert_eq!(unaligned.checkpoints_failed, 0, "{unaligned:?}");
+    assert!(unaligned.checkpoints_completed >= 2, "{unaligned:?}");
+    assert!(
+        unaligned.inflight_records > 0,
+        "unaligned checkpoints stored no in-flight records: {unaligned:?}"
+    );
+}
+
+#[test]
+fn unaligned_checkpoint_with_inflight_records_restores_at_another_parallelism() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 1500, 100, 17);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 30);
+    cfg.parallelism = 2;
+    cfg.batch_size = 16;
+    cfg.channel_capacity = 64;
+    cfg.checkpoint.unaligned = true;
+    cfg.checkpoint.tolerable_failures = 100;
+    cfg.checkpoint.retention = cairn_runtime::CheckpointRetention::RetainOnCancellation;
+    let checkpoints = cfg.checkpoint_dir.clone();
+    let handle = Job::new(
+        slow_graph(&input, &output, Duration::from_micros(300)),
+        cfg.clone(),
+    )
+    .start()
+    .expect("start");
+    // Cancel once the latest checkpoint holds in-flight records.
+    let storage = cairn_storage::CheckpointStorage::open(&checkpoints).expect("storage");
+    let mut found = false;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(m)) = storage.latest_completed() {
+            let inflight: usize = m
+                .operators
+                .iter()
+                .flat_map(|o| &o.subtasks)
+                .flat_map(|s| &s.operator_state)
+                .filter(|s| s.name == cairn_runtime::INFLIGHT_STATE)
+                .map(|s| s.elements.len())
+                .sum();
+            if inflight > 0 {
+                found = true;
+                break;
+            }
+        }
+    }
+    handle.cancel();
+    let first = handle.wait().expect("first run");
+    assert!(found, "no checkpoint with in-flight records: {first:?}");
+    assert!(first.cancelled);
+
+    let mut cfg = cfg;
+    cfg.parallelism = 3;
+    cfg.restore = Some(RestoreFrom::Latest);
+    let second = Job::new(slow_graph(&input, &output, Duration::ZERO), cfg)
+        .run()
+        .expect("second run");
+    assert!(second.restored_from.is_some(), "{second:?}");
+    check_exactly_once(&expected, &read_output(&output));
+}
