@@ -248,7 +248,6 @@ fn unaligned_checkpoint_with_inflight_records_restores_at_another_parallelism() 
     assert!(found, "no checkpoint with in-flight records: {first:?}");
     assert!(first.cancelled);
 
-    let mut cfg = cfg;
     cfg.parallelism = 3;
     cfg.restore = Some(RestoreFrom::Latest);
     let second = Job::new(slow_graph(&input, &output, Duration::ZERO), cfg)
