@@ -198,13 +198,6 @@ pub enum StorageError {
         /// What was wrong.
         reason: String,
     },
-    /// The blocking API was called from inside an async context, where blocking on the
-    /// storage's runtime would panic or deadlock.
-    #[error("blocking storage call from inside an async runtime; call it from a plain thread or via spawn_blocking op={op}")]
-    InsideAsyncContext {
-        /// The operation attempted.
-        op: &'static str,
-    },
     /// The storage's runtime could not be created.
     #[error("cannot start the storage runtime: {source}")]
     Runtime {

@@ -126,9 +126,10 @@
 //! The API is blocking, for task and snapshot threads. Every storage operation is spawned on
 //! a tokio runtime that this crate owns, shared by all storages in the process (two worker
 //! threads), and the calling thread waits for it: HTTP connections, part uploads and local
-//! file I/O run on that runtime's threads, and a caller needs no runtime of its own. Do not
-//! call it from inside an async context (it returns [`StorageError::InsideAsyncContext`]
-//! instead of blocking a runtime thread); use `spawn_blocking`. `memory://` opens a fresh
+//! file I/O run on that runtime's threads, and a caller needs no runtime of its own. The
+//! wait parks the calling thread, so a call neither panics nor deadlocks inside another
+//! tokio runtime; from async code, call it through `spawn_blocking` (from an async task it
+//! would hold that task's worker thread until the I/O is done). `memory://` opens a fresh
 //! in-memory store each time; share one with [`CheckpointStorage::from_store`].
 //!
 //! [`fault`] holds a fault-injecting store for crash tests.

@@ -141,23 +141,23 @@ impl Store {
         }
     }
 
-    /// Runs the future `op` builds on the storage runtime and waits for it. The future is
-    /// spawned on the runtime's worker threads, so all I/O (HTTP connections, local-file
-    /// `spawn_blocking`) is driven there and the caller's thread needs no runtime of its own;
-    /// a caller inside an async runtime gets an error instead of blocking that runtime.
+    /// Runs the future `make` builds on the storage runtime and waits for it. The future is
+    /// built and polled on the runtime's worker threads, so all I/O (HTTP connections,
+    /// multipart parts, local-file `spawn_blocking`) is driven there and the caller's thread
+    /// needs no runtime of its own. The wait is a plain thread park (not `Runtime::block_on`),
+    /// so it neither panics nor deadlocks inside another runtime, including in
+    /// `spawn_blocking`; from an async task it blocks that task's worker thread meanwhile.
     fn run<T, Fut>(
         &self,
         op: &'static str,
-        make: impl FnOnce(Arc<dyn ObjectStore>) -> Fut,
+        make: impl FnOnce(Arc<dyn ObjectStore>) -> Fut + Send + 'static,
     ) -> Result<T, StorageError>
     where
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(StorageError::InsideAsyncContext { op });
-        }
-        let task = self.rt.spawn(make(self.store.clone()));
+        let store = self.store.clone();
+        let task = self.rt.spawn(async move { make(store).await });
         futures::executor::block_on(task).map_err(|e| StorageError::Task {
             op,
             detail: if e.is_panic() {
