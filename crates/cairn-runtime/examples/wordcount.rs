@@ -77,6 +77,9 @@ struct Args {
     /// Throttle the source to this many lines per second in total.
     #[arg(long)]
     records_per_second: Option<u64>,
+    /// RocksDB's local working directory (default: the system temp directory).
+    #[arg(long)]
+    local_dir: Option<PathBuf>,
     /// Completed checkpoints to keep.
     #[arg(long, default_value_t = 3)]
     retained: usize,
@@ -138,7 +141,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let backend = match args.backend {
         Backend::Hashmap => StateBackendConfig::HashMap,
-        Backend::Rocksdb => StateBackendConfig::rocksdb(),
+        Backend::Rocksdb => match &args.local_dir {
+            Some(dir) => StateBackendConfig::RocksDb {
+                local_dir: dir.clone(),
+                options: Default::default(),
+            },
+            None => StateBackendConfig::rocksdb(),
+        },
     };
     let restore = match args.restore.as_deref() {
         None => None,

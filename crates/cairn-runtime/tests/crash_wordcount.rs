@@ -1,0 +1,213 @@
+//! The crash-recovery harness: runs the `wordcount` example as a child process, SIGKILLs
+//! it at random moments (while it processes, uploads a checkpoint, writes a manifest,
+//! commits output), restarts it with `--restore latest`, and finally lets it finish; then
+//! checks the exactly-once property of the committed output (at-least-once: nothing lost).
+//!
+//! Quick by default (3 kills per configuration). The long setting:
+//! `CAIRN_KILLS=200 cargo test --release -p cairn-runtime --test crash_wordcount -- --nocapture`
+//! (`CAIRN_KILL_SEED` picks the random moments).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The example binary, built (once per test process) with the profile of this test.
+fn wordcount_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let release = profile_dir.ends_with("release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "cairn-runtime",
+                "--example",
+                "wordcount",
+            ]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build --example wordcount failed");
+            let bin = profile_dir.join("examples").join("wordcount");
+            assert!(bin.exists(), "{} is missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+struct Config {
+    backend: &'static str,
+    extra: &'static [&'static str],
+    exactly_once: bool,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run_config(cfg: &Config) {
+    let kills = env_u64("CAIRN_KILLS", 3);
+    let mut seed = env_u64("CAIRN_KILL_SEED", 0x5eed)
+        ^ (cfg.backend.len() as u64) << 32
+        ^ cfg.extra.len() as u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Enough input for about two seconds per run at the throttle below.
+    let lines = 2000 + kills as usize * 40;
+    let (input, expected) = write_input(dir.path(), lines, 500, 21);
+    let output = dir.path().join("out");
+    let checkpoints = dir.path().join("checkpoints");
+    let local = dir.path().join("rocksdb");
+    let args = |restore: bool| {
+        let mut a: Vec<String> = vec![
+            "--input".into(),
+            input.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+            "--backend".into(),
+            cfg.backend.into(),
+            "--checkpoint-dir".into(),
+            checkpoints.display().to_string(),
+            "--checkpoint-interval-ms".into(),
+            "50".into(),
+            "--parallelism".into(),
+            "2".into(),
+            "--records-per-second".into(),
+            "1000".into(),
+            "--local-dir".into(),
+            local.display().to_string(),
+        ];
+        a.extend(cfg.extra.iter().map(|s| s.to_string()));
+        if restore {
+            a.extend(["--restore".to_string(), "latest".to_string()]);
+        }
+        a
+    };
+    let bin = wordcount_bin();
+    let started = Instant::now();
+    for k in 0..kills {
+        let mut child = Command::new(&bin)
+            .args(args(k > 0))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wordcount");
+        let delay = Duration::from_millis(50 + rand() % 600);
+        std::thread::sleep(delay);
+        let finished = child.try_wait().expect("try_wait").is_some();
+        if !finished {
+            child.kill().expect("SIGKILL");
+        }
+        child.wait().expect("wait");
+    }
+    let out = Command::new(&bin)
+        .args(args(kills > 0))
+        .output()
+        .expect("final run");
+    assert!(
+        out.status.success(),
+        "final run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {stdout}"));
+    for field in [
+        "records",
+        "checkpoints_completed",
+        "restarts",
+        "savepoint",
+        "checkpoint_dir",
+        "output",
+    ] {
+        assert!(
+            summary.get(field).is_some(),
+            "summary lacks {field}: {summary}"
+        );
+    }
+    let got = read_output(&output);
+    if cfg.exactly_once {
+        check_exactly_once(&expected, &got);
+    } else {
+        check_at_least_once(&expected, &got);
+    }
+    eprintln!(
+        "{} {:?}: {kills} kills, exactly-once={} held, {:.1} s",
+        cfg.backend,
+        cfg.extra,
+        cfg.exactly_once,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn hashmap_aligned() {
+    run_config(&Config {
+        backend: "hashmap",
+        extra: &[],
+        exactly_once: true,
+    });
+}
+
+#[test]
+fn hashmap_unaligned() {
+    run_config(&Config {
+        backend: "hashmap",
+        extra: &["--unaligned"],
+        exactly_once: true,
+    });
+}
+
+#[test]
+fn hashmap_at_least_once() {
+    run_config(&Config {
+        backend: "hashmap",
+        extra: &["--mode", "at-least-once"],
+        exactly_once: false,
+    });
+}
+
+#[test]
+fn rocksdb_aligned() {
+    run_config(&Config {
+        backend: "rocksdb",
+        extra: &[],
+        exactly_once: true,
+    });
+}
+
+#[test]
+fn rocksdb_unaligned() {
+    run_config(&Config {
+        backend: "rocksdb",
+        extra: &["--unaligned"],
+        exactly_once: true,
+    });
+}
+
+#[test]
+fn rocksdb_at_least_once() {
+    run_config(&Config {
+        backend: "rocksdb",
+        extra: &["--mode", "at-least-once"],
+        exactly_once: false,
+    });
+}
