@@ -6,4 +6,5 @@
 pub use cairn_core as core;
 pub use cairn_format as format;
 pub use cairn_hashmap as hashmap;
+pub use cairn_runtime as runtime;
 pub use cairn_storage as storage;

@@ -50,6 +50,10 @@ pub(crate) enum CoordMsg {
         checkpoint_id: u64,
         reason: String,
     },
+    /// A task is built (its state restored) and about to process records.
+    TaskStarted {
+        attempt: u32,
+    },
     SourceFinished {
         attempt: u32,
         task: TaskId,

@@ -55,8 +55,8 @@ pub struct JobResult {
     pub inflight_records: u64,
     /// The longest synchronous phase of any task, milliseconds.
     pub sync_phase_ms_max: f64,
-    /// Time from the start of the first run until its tasks were built and running
-    /// (includes restoring state), milliseconds.
+    /// Time from the start of the job until every task of the first run was built, its
+    /// state restored, and ready to process its first record, milliseconds.
     pub startup_ms: f64,
 }
 
@@ -491,6 +491,7 @@ impl Driver {
                 };
                 let build = stage.build.clone();
                 let coord = self.coord_tx.clone();
+                let started_tx = self.coord_tx.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!(
                         "cairn-{}-{i}",
@@ -500,6 +501,7 @@ impl Driver {
                         let r = catch_unwind(AssertUnwindSafe(|| {
                             let task = build(&mut ctx)?;
                             drop(ctx);
+                            let _ = started_tx.send(CoordMsg::TaskStarted { attempt });
                             task.run()
                         }));
                         let msg = match r {
@@ -532,9 +534,6 @@ impl Driver {
                 }
             }
         }
-        if attempt == 0 {
-            self.result.startup_ms = job_start.elapsed().as_secs_f64() * 1000.0;
-        }
         let events: Vec<(TaskId, Sender<TaskEvent>)> = all_tasks
             .iter()
             .map(|t| (*t, event_tx[t.stage][t.index as usize].clone()))
@@ -547,6 +546,8 @@ impl Driver {
             finished: HashSet::new(),
             sources_finished: HashSet::new(),
             started: Instant::now(),
+            job_start,
+            tasks_started: 0,
             last_trigger: None,
             last_complete: None,
             end_input_sent: false,
@@ -681,6 +682,14 @@ impl Driver {
             } => {
                 if attempt == run.attempt {
                     return self.fail_checkpoint(run, checkpoint_id, reason);
+                }
+            }
+            CoordMsg::TaskStarted { attempt } => {
+                if attempt == run.attempt {
+                    run.tasks_started += 1;
+                    if attempt == 0 && run.tasks_started == run.events.len() {
+                        self.result.startup_ms = run.job_start.elapsed().as_secs_f64() * 1000.0;
+                    }
                 }
             }
             CoordMsg::SourceFinished { attempt, task } => {
@@ -1091,6 +1100,8 @@ struct Run {
     finished: HashSet<TaskId>,
     sources_finished: HashSet<TaskId>,
     started: Instant,
+    job_start: Instant,
+    tasks_started: usize,
     last_trigger: Option<Instant>,
     last_complete: Option<Instant>,
     end_input_sent: bool,
