@@ -72,6 +72,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct JobHandle {
     coord: Sender<CoordMsg>,
+    counters: Arc<JobCounters>,
     driver: JoinHandle<Result<JobResult>>,
 }
 
@@ -96,12 +97,14 @@ impl Job {
     pub fn start(self) -> Result<JobHandle> {
         let driver = Driver::new(self.graph, self.config, self.stop_on_signals)?;
         let coord = driver.coord_tx.clone();
+        let counters = driver.counters.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-driver".into())
             .spawn(move || driver.run())
             .map_err(|e| RuntimeError::io("cannot spawn the driver thread", "-", e))?;
         Ok(JobHandle {
             coord,
+            counters,
             driver: handle,
         })
     }
@@ -143,6 +146,11 @@ impl JobHandle {
     /// Takes a savepoint, commits what it covers, and ends the job; returns its path.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, true)
+    }
+
+    /// Records the sources have read so far (replays after a restore count again).
+    pub fn records_read(&self) -> u64 {
+        self.counters.source_records.load(Ordering::Relaxed)
     }
 
     /// Cancels the job.

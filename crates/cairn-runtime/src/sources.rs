@@ -169,6 +169,7 @@ pub struct GeneratorSource {
     state: Option<OperatorListStateId<(u64, u64)>>,
     next: u64,
     step: u64,
+    idle_at_end: bool,
 }
 
 impl GeneratorSource {
@@ -181,7 +182,15 @@ impl GeneratorSource {
             state: None,
             next: 0,
             step: 1,
+            idle_at_end: false,
         }
+    }
+
+    /// Stay idle after the last record instead of ending (so that a savepoint can be taken
+    /// of the final state).
+    pub fn idle_at_end(mut self) -> Self {
+        self.idle_at_end = true;
+        self
     }
 
     /// The key of record `n`.
@@ -236,7 +245,11 @@ impl Source for GeneratorSource {
     fn poll(&mut self, out: &mut Collector<'_, u64>, max: usize) -> Result<SourceStatus> {
         for _ in 0..max {
             if self.next >= self.total {
-                return Ok(SourceStatus::End);
+                return Ok(if self.idle_at_end {
+                    SourceStatus::Idle
+                } else {
+                    SourceStatus::End
+                });
             }
             let k = self.key_of(self.next);
             self.next += self.step;

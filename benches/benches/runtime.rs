@@ -1,0 +1,342 @@
+//! End-to-end workloads W1 (keyed count) and W2 (savepoint and backend switch) on
+//! `cairn-runtime`, as defined in `../shared/bench/WORKLOADS.md`: one JSON line per run, then
+//! medians and ratios against baselines measured in the same invocation.
+//!
+//! `cargo bench -p cairn-benches --bench runtime` — environment: `CAIRN_W1_RECORDS`
+//! (default 20,000,000), `CAIRN_W1_KEYS` (1,000,000), `CAIRN_RUNS` (3), `CAIRN_W1_CONFIGS`
+//! (comma-separated subset of a,b,c,d,e), `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cairn_core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
+use cairn_runtime::sinks::DiscardSink;
+use cairn_runtime::sources::GeneratorSource;
+use cairn_runtime::{
+    source, CheckpointConfig, Checkpointed, Collector, Job, JobConfig, JobGraph, JobResult,
+    KeyedProcessFunction, RestoreFrom, SnapshotMode, StateBackendConfig,
+};
+use serde_json::json;
+
+/// `ValueState<u64>` count per key: one get and one update per record.
+#[derive(Clone, Debug)]
+struct Count;
+
+impl Checkpointed for Count {}
+
+impl KeyedProcessFunction for Count {
+    type Key = u64;
+    type In = u64;
+    type Out = u64;
+    type State = ValueStateId<u64, ()>;
+
+    fn open<B: KeyedStateBackend>(&mut self, b: &mut B) -> cairn_runtime::Result<Self::State> {
+        Ok(b.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        count: &Self::State,
+        _key: &u64,
+        _record: u64,
+        b: &mut B,
+        out: &mut Collector<'_, u64>,
+    ) -> cairn_runtime::Result<()> {
+        let mut s = b.value(count);
+        let n = s.get()?.unwrap_or(0) + 1;
+        s.update(n)?;
+        out.collect(n)
+    }
+}
+
+fn graph(src: GeneratorSource) -> JobGraph {
+    source("source", src)
+        .key_by(|k: &u64| *k)
+        .process("count", Count)
+        .sink("sink", DiscardSink)
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
+    match name {
+        "rocksdb" => StateBackendConfig::RocksDb {
+            local_dir: dir.join("rocksdb"),
+            options: Default::default(),
+        },
+        _ => StateBackendConfig::HashMap,
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+struct W1 {
+    config: &'static str,
+    backend: &'static str,
+    snapshot: &'static str,
+}
+
+const W1_CONFIGS: [W1; 5] = [
+    W1 {
+        config: "a",
+        backend: "hashmap",
+        snapshot: "none",
+    },
+    W1 {
+        config: "b",
+        backend: "hashmap",
+        snapshot: "incremental",
+    },
+    W1 {
+        config: "c",
+        backend: "rocksdb",
+        snapshot: "none",
+    },
+    W1 {
+        config: "d",
+        backend: "rocksdb",
+        snapshot: "incremental",
+    },
+    W1 {
+        config: "e",
+        backend: "rocksdb",
+        snapshot: "full",
+    },
+];
+
+fn run_w1(
+    w: &W1,
+    parallelism: u32,
+    records: u64,
+    keys: u64,
+) -> cairn_runtime::Result<serde_json::Value> {
+    let dir =
+        tempfile::tempdir().map_err(|e| cairn_runtime::RuntimeError::Config(e.to_string()))?;
+    let checkpointing = w.snapshot != "none";
+    let config = JobConfig {
+        parallelism,
+        backend: backend(w.backend, dir.path()),
+        checkpoint: CheckpointConfig {
+            interval: checkpointing.then(|| Duration::from_secs(1)),
+            snapshot_mode: if w.snapshot == "full" {
+                SnapshotMode::Full
+            } else {
+                SnapshotMode::Incremental
+            },
+            timeout: Duration::from_secs(120),
+            ..CheckpointConfig::default()
+        },
+        checkpoint_dir: dir.path().join("checkpoints").display().to_string(),
+        batch_size: 1024,
+        channel_capacity: 8,
+        ..JobConfig::default()
+    };
+    let r = Job::new(graph(GeneratorSource::new(records, keys, 42)), config).run()?;
+    Ok(line(
+        "W1",
+        w.backend,
+        w.snapshot,
+        parallelism,
+        keys,
+        &r,
+        json!({"config": w.config}),
+    ))
+}
+
+fn line(
+    workload: &str,
+    backend: &str,
+    snapshot: &str,
+    parallelism: u32,
+    keys: u64,
+    r: &JobResult,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let bytes: Vec<f64> = r.checkpoint_bytes.iter().map(|b| *b as f64).collect();
+    let mut v = json!({
+        "workload": workload,
+        "backend": backend,
+        "snapshot": snapshot,
+        "parallelism": parallelism,
+        "records": r.records,
+        "keys": keys,
+        "wall_s": r.wall_s,
+        "records_per_s": r.records as f64 / r.wall_s,
+        "checkpoints_completed": r.checkpoints_completed,
+        "checkpoint_duration_ms_p50": percentile(&r.checkpoint_durations_ms, 0.5),
+        "checkpoint_duration_ms_max": percentile(&r.checkpoint_durations_ms, 1.0),
+        "checkpoint_bytes_p50": percentile(&bytes, 0.5),
+        "sync_phase_ms_max": r.sync_phase_ms_max,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    v
+}
+
+/// W2: build the W1 state over `keys` keys, stop with a canonical savepoint, and restore it
+/// under each backend (until the job could process its first record).
+fn run_w2(keys: u64) -> cairn_runtime::Result<Vec<serde_json::Value>> {
+    let dir =
+        tempfile::tempdir().map_err(|e| cairn_runtime::RuntimeError::Config(e.to_string()))?;
+    let records = keys * 2;
+    let config = JobConfig {
+        batch_size: 1024,
+        savepoint_dir: Some(dir.path().join("savepoints").display().to_string()),
+        checkpoint_dir: dir.path().join("checkpoints").display().to_string(),
+        ..JobConfig::default()
+    };
+    let handle = Job::new(
+        graph(GeneratorSource::new(records, keys, 42).idle_at_end()),
+        config.clone(),
+    )
+    .start()?;
+    while handle.records_read() < records {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = Instant::now();
+    let savepoint = handle.stop_with_savepoint(None)?;
+    let write_s = t.elapsed().as_secs_f64();
+    let built = handle.wait()?;
+    let bytes: u64 = walk_size(std::path::Path::new(&savepoint));
+    let mut out = vec![json!({
+        "workload": "W2", "phase": "savepoint", "backend": "hashmap", "snapshot": "savepoint",
+        "parallelism": 1, "records": built.records, "keys": keys,
+        "savepoint_bytes": bytes, "write_s": write_s,
+    })];
+    for b in ["hashmap", "rocksdb"] {
+        let rdir =
+            tempfile::tempdir().map_err(|e| cairn_runtime::RuntimeError::Config(e.to_string()))?;
+        let cfg = JobConfig {
+            backend: backend(b, rdir.path()),
+            restore: Some(RestoreFrom::Path(savepoint.clone())),
+            ..config.clone()
+        };
+        let r = Job::new(graph(GeneratorSource::new(records, keys, 42)), cfg).run()?;
+        out.push(json!({
+            "workload": "W2", "phase": "restore", "backend": b, "snapshot": "savepoint",
+            "parallelism": 1, "records": r.records, "keys": keys,
+            "restore_s": r.startup_ms / 1000.0,
+        }));
+    }
+    Ok(out)
+}
+
+fn walk_size(p: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| walk_size(&e.path()))
+        .sum()
+}
+
+fn main() -> cairn_runtime::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let records = env("CAIRN_W1_RECORDS", 20_000_000);
+    let keys = env("CAIRN_W1_KEYS", 1_000_000);
+    let runs = env("CAIRN_RUNS", 3).max(1);
+    let wanted: Vec<String> = std::env::var("CAIRN_W1_CONFIGS")
+        .unwrap_or_else(|_| "a,b,c,d,e".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let ps: Vec<u32> = std::env::var("CAIRN_PARALLELISM")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let mut rates: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+    let mut syncs: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+    // Interleave the configurations run by run, so drift hits them alike.
+    for _ in 0..runs {
+        for &p in &ps {
+            for w in W1_CONFIGS
+                .iter()
+                .filter(|w| wanted.iter().any(|x| x == w.config))
+            {
+                let v = run_w1(w, p, records, keys)?;
+                println!("{v}");
+                let key = (w.config.to_string(), p);
+                rates
+                    .entry(key.clone())
+                    .or_default()
+                    .push(v["records_per_s"].as_f64().unwrap_or(0.0));
+                syncs
+                    .entry(key)
+                    .or_default()
+                    .push(v["sync_phase_ms_max"].as_f64().unwrap_or(0.0));
+            }
+        }
+    }
+    println!("\nW1 medians of {runs} runs ({records} records, {keys} keys):");
+    println!(
+        "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14}",
+        "cfg", "backend", "snapshot", "p", "records/s", "vs none", "sync max ms"
+    );
+    for ((cfg, p), r) in &rates {
+        let w = W1_CONFIGS.iter().find(|w| w.config == cfg);
+        let base = match w.map(|w| w.backend) {
+            Some("rocksdb") => "c",
+            _ => "a",
+        };
+        let base_rate = rates.get(&(base.to_string(), *p)).map(|v| median(v));
+        println!(
+            "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2}",
+            cfg,
+            w.map(|w| w.backend).unwrap_or(""),
+            w.map(|w| w.snapshot).unwrap_or(""),
+            p,
+            median(r),
+            base_rate
+                .map(|b| format!("{:.3}", median(r) / b))
+                .unwrap_or_default(),
+            median(&syncs[&(cfg.clone(), *p)]),
+        );
+    }
+    if std::env::var("CAIRN_SKIP_W2").is_err() {
+        let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..runs {
+            for v in run_w2(keys)? {
+                println!("{v}");
+                let (k, x) = match v["phase"].as_str() {
+                    Some("savepoint") => ("savepoint write s".to_string(), v["write_s"].as_f64()),
+                    _ => (
+                        format!("restore {} s", v["backend"].as_str().unwrap_or("")),
+                        v["restore_s"].as_f64(),
+                    ),
+                };
+                by.entry(k).or_default().push(x.unwrap_or(0.0));
+                if let Some(b) = v["savepoint_bytes"].as_u64() {
+                    by.entry("savepoint bytes".into())
+                        .or_default()
+                        .push(b as f64);
+                }
+            }
+        }
+        println!("\nW2 medians of {runs} runs ({keys} keys):");
+        for (k, v) in &by {
+            println!("{k:<20} {:>14.3}", median(v));
+        }
+    }
+    Ok(())
+}
