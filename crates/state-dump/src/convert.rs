@@ -20,7 +20,7 @@ use cairn_storage::{create_savepoint, SavepointWriter};
 use serde::Serialize;
 
 use crate::error::{from_storage, DumpError};
-use crate::open::{check_readable, Snapshot};
+use crate::open::{check_readable, object_display, Snapshot};
 use crate::progress::Progress;
 use crate::scan::{file_count, scan_handle};
 
@@ -196,10 +196,10 @@ pub fn convert(
     let id = s.manifest.checkpoint_id;
     let writer = create_savepoint(out, id).map_err(|e| {
         from_storage(e, &|p| {
-            if p.starts_with('/') || p.contains("://") {
+            if p.starts_with('/') {
                 p.to_string()
             } else {
-                format!("{shown}/{p}")
+                object_display(&shown, p)
             }
         })
     })?;

@@ -204,6 +204,10 @@ pub(crate) fn from_storage(e: StorageError, full: &dyn Fn(&str) -> String) -> Du
                 "storage scheme {scheme} is not built in: it needs cairn-storage feature `{feature}` (forwarding to object_store's), which this build lacks"
             ),
         },
+        StorageError::ObjectStore { op, path, source } => DumpError::Data {
+            path: full(&path),
+            detail: format!("{op} failed: {source}"),
+        },
         StorageError::StoreConfig { url, reason } => {
             DumpError::usage(format!("cannot open the object store: {reason} url={url}"))
         }

@@ -41,14 +41,33 @@ pub struct JobRoot {
 }
 
 impl JobRoot {
-    /// The path the user knows for an object path inside the root.
+    /// The path the user knows for an object path of the root's store.
     pub fn full(&self, object_path: &str) -> String {
-        join_display(&self.location, object_path)
+        object_display(&self.location, object_path)
     }
 
     /// Maps a storage error to one that names full paths.
     pub fn err(&self, e: StorageError) -> DumpError {
         from_storage(e, &|p| self.full(p))
+    }
+}
+
+/// The path the user knows for an object path of the store opened at `base`. A local
+/// store's object paths are relative to its directory; a URL store's (`s3://bucket/prefix`)
+/// are keys from the bucket's root, prefix included.
+pub(crate) fn object_display(base: &str, object_path: &str) -> String {
+    match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or("");
+            if object_path.is_empty() || object_path.contains("://") {
+                object_path.to_string()
+            } else if authority.is_empty() {
+                format!("{scheme}:///{object_path}")
+            } else {
+                format!("{scheme}://{authority}/{object_path}")
+            }
+        }
+        None => join_display(base, object_path),
     }
 }
 
@@ -90,13 +109,13 @@ impl Snapshot {
             StorageError::NotFound { .. } => DumpError::Missing {
                 path: self.file_path(f),
             },
-            e => from_storage(e, &|p| join_display(&self.base, p)),
+            e => from_storage(e, &|p| object_display(&self.base, p)),
         })
     }
 
     /// Maps a storage error to one that names full paths.
     pub fn err(&self, e: StorageError) -> DumpError {
-        from_storage(e, &|p| join_display(&self.base, p))
+        from_storage(e, &|p| object_display(&self.base, p))
     }
 }
 
@@ -226,7 +245,7 @@ fn try_checkpoint(
     id: u64,
     location: &str,
 ) -> Result<Option<Snapshot>, DumpError> {
-    let full = |p: &str| join_display(shown_root, p);
+    let full = |p: &str| object_display(shown_root, p);
     let storage = CheckpointStorage::open(root).map_err(|e| from_storage(e, &full))?;
     match storage.load(id) {
         Ok(manifest) => Ok(Some(Snapshot {
@@ -244,7 +263,7 @@ fn try_checkpoint(
 }
 
 fn open_savepoint_at(dir: &str, shown: &str) -> Result<Snapshot, DumpError> {
-    let full = |p: &str| join_display(shown, p);
+    let full = |p: &str| object_display(shown, p);
     match open_savepoint(dir) {
         Ok((manifest, source)) => Ok(Snapshot {
             location: shown.to_string(),
@@ -292,7 +311,7 @@ pub fn open_job_root(path: &str) -> Result<JobRoot, DumpError> {
             "{shown} is a checkpoint directory; give the job's checkpoint directory above it"
         )));
     }
-    let full = |p: &str| join_display(&shown, p);
+    let full = |p: &str| object_display(&shown, p);
     let storage = CheckpointStorage::open(&url).map_err(|e| from_storage(e, &full))?;
     Ok(JobRoot {
         location: shown,
@@ -311,5 +330,16 @@ mod tests {
         assert_eq!(checkpoint_id_of("sp-3"), None);
         assert_eq!(join_display("/a/b/", "chk-1/x"), "/a/b/chk-1/x");
         assert_eq!(join_display("/a", "/abs"), "/abs");
+        // Object paths of a URL store start at the bucket, prefix included.
+        assert_eq!(object_display("/a/b", "chk-1/x"), "/a/b/chk-1/x");
+        assert_eq!(
+            object_display("s3://bkt/jobs/j", "jobs/j/chk-1/_metadata"),
+            "s3://bkt/jobs/j/chk-1/_metadata"
+        );
+        assert_eq!(
+            object_display("s3://bkt", "sp/_metadata"),
+            "s3://bkt/sp/_metadata"
+        );
+        assert_eq!(object_display("memory:///x", "x/a"), "memory:///x/a");
     }
 }

@@ -155,3 +155,24 @@ fn s3_configuration_errors_name_the_url_and_the_variable() {
     let r = run_aws_env(&["gc", "s3://some-bucket/jobs/j", "--dry-run"], &keys);
     r.assert_error(2, &["AWS_ALLOW_HTTP", "s3://some-bucket/jobs/j"]);
 }
+
+/// A server that does not answer (nothing listens on 127.0.0.1:9): after object_store's
+/// retries, an error that names the object by its full URL, once.
+#[test]
+fn an_unreachable_endpoint_names_the_object() {
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "k"),
+        ("AWS_SECRET_ACCESS_KEY", "s"),
+        ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let r = run_aws_env(&["summary", "s3://some-bucket/jobs/j/chk-1"], &env);
+    r.assert_error(1, &["get failed", "127.0.0.1:9"]);
+    assert!(
+        r.stderr
+            .trim_end()
+            .ends_with(" path=s3://some-bucket/jobs/j/chk-1/_metadata"),
+        "{r:?}"
+    );
+    assert_eq!(r.stderr.matches("path=").count(), 1, "{r:?}");
+}
