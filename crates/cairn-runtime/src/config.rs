@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_rocksdb::RocksDbOptions;
+use cairn_storage::CheckpointStorage;
 
 /// Checkpointing mode (Flink's `execution.checkpointing.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +158,9 @@ pub struct JobConfig {
     pub checkpoint: CheckpointConfig,
     /// The checkpoint storage: a path, `file://…`, `memory://` or an object store URL.
     pub checkpoint_dir: String,
+    /// A checkpoint storage to use instead of opening `checkpoint_dir` (for example one
+    /// seen through a fault-injecting object store, or an object store built by hand).
+    pub checkpoint_storage: Option<CheckpointStorage>,
     /// Where savepoints go by default (`<dir>/sp-<id>`).
     pub savepoint_dir: Option<String>,
     /// The keyed state backend.
@@ -189,6 +193,7 @@ impl Default for JobConfig {
             max_parallelism: 128,
             checkpoint: CheckpointConfig::default(),
             checkpoint_dir: "./checkpoints".into(),
+            checkpoint_storage: None,
             savepoint_dir: None,
             backend: StateBackendConfig::HashMap,
             restore: None,

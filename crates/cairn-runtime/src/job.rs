@@ -232,10 +232,10 @@ impl Driver {
             .collect();
         let needs_storage =
             config.checkpoint.interval.is_some() || config.restore == Some(RestoreFrom::Latest);
-        let storage = if needs_storage {
-            Some(CheckpointStorage::open(&config.checkpoint_dir)?)
-        } else {
-            None
+        let storage = match (&config.checkpoint_storage, needs_storage) {
+            (Some(s), _) => Some(s.clone()),
+            (None, true) => Some(CheckpointStorage::open(&config.checkpoint_dir)?),
+            (None, false) => None,
         };
         let next_id = match &storage {
             Some(s) => s.next_checkpoint_id()?,
@@ -834,8 +834,12 @@ impl Driver {
                     Ok(w) => (Target::Checkpoint(w), None),
                     Err(e) => {
                         self.result.checkpoints_failed += 1;
+                        if self.result.checkpoint_failure_reasons.len() < 20 {
+                            self.result
+                                .checkpoint_failure_reasons
+                                .push(format!("checkpoint {id}: cannot begin: {e}"));
+                        }
                         run.consecutive_failures += 1;
-                        let _ = e;
                         run.last_trigger = Some(Instant::now());
                         return;
                     }

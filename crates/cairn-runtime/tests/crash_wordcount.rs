@@ -70,7 +70,7 @@ fn run_config(cfg: &Config) {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     // Enough input for about two seconds per run at the throttle below.
-    let lines = 2000 + kills as usize * 40;
+    let lines = 2000 + kills as usize * 300;
     let (input, expected) = write_input(dir.path(), lines, 500, 21);
     let output = dir.path().join("out");
     let checkpoints = dir.path().join("checkpoints");
