@@ -25,6 +25,8 @@ pub struct StateFileReader {
     bytes: Bytes,
     path: String,
     states: Vec<FileState>,
+    /// Per state of the table: whether it is a map state (its entries carry a user key).
+    is_map: Vec<bool>,
     key_groups: Vec<KeyGroupStats>,
     index: Vec<IndexEntry>,
     entry_count: u64,
@@ -168,10 +170,12 @@ impl StateFileReader {
                 "footer counts differ from the index entries={entry_count} index_entries={entries:?} blocks={block_count} index_blocks={blocks}"
             )));
         }
+        let is_map = states.iter().map(|s| s.kind == StateKind::Map).collect();
         Ok(Self {
             bytes,
             path: path.to_string(),
             states,
+            is_map,
             key_groups,
             index,
             entry_count,
@@ -250,7 +254,6 @@ impl StateFileReader {
                 )).into());
             }
             let raw = payload(file, &h, buf, path)?;
-            let mut r = Reader::new(raw, pos as u64, KIND, path);
             let mut last: Option<SortKey<'_>> = if prev_owned.is_empty() {
                 None
             } else {
@@ -258,23 +261,34 @@ impl StateFileReader {
                 Some(read_entry(&mut pr, &self.states, kg)?).map(|e| sort_key(&e))
             };
             let mut last_start = 0usize;
+            let mut cursor = 0usize;
             for _ in 0..h.count {
-                let start = raw.len() - r.remaining();
-                let e = read_entry(&mut r, &self.states, kg)?;
+                let start = cursor;
+                let Some((e, next)) = entry_at(raw, start, &self.is_map, kg) else {
+                    return Err(self.entry_error(raw, pos, start, kg).into());
+                };
                 let key = sort_key(&e);
                 if last.is_some_and(|l| l >= key) {
-                    return Err(r
-                        .corrupt_at(
-                            pos as u64,
-                            format!("entries out of order key_group={kg} entry_at={start}"),
-                        )
-                        .into());
+                    return Err(corrupt(
+                        KIND,
+                        path,
+                        pos as u64,
+                        format!("entries out of order key_group={kg} entry_at={start}"),
+                    )
+                    .into());
                 }
                 last = Some(key);
                 last_start = start;
+                cursor = next;
                 f(e)?;
             }
-            r.finish("data block entries")?;
+            Reader::new(
+                raw.get(cursor..).unwrap_or_default(),
+                (pos + cursor) as u64,
+                KIND,
+                path,
+            )
+            .finish("data block entries")?;
             prev_owned.clear();
             prev_owned.extend_from_slice(raw.get(last_start..).unwrap_or_default());
             entries += u64::from(h.count);
@@ -288,6 +302,75 @@ impl StateFileReader {
         }
         Ok(())
     }
+
+    /// The error for the entry at `start` of the payload `raw` of the block at `block_at`,
+    /// which [`entry_at`] could not decode: [`read_entry`]'s, with the same offsets.
+    #[cold]
+    fn entry_error(&self, raw: &[u8], block_at: usize, start: usize, kg: KeyGroup) -> FormatError {
+        let rest = raw.get(start..).unwrap_or_default();
+        let mut r = Reader::new(rest, (block_at + start) as u64, KIND, &self.path);
+        match read_entry(&mut r, &self.states, kg) {
+            Err(e) => e,
+            Ok(_) => corrupt(
+                KIND,
+                &self.path,
+                (block_at + start) as u64,
+                format!("data block entry does not decode key_group={kg} entry_at={start}"),
+            ),
+        }
+    }
+}
+
+/// The `u32` at `*at` of `raw`, advancing `at`; `None` past the end.
+#[inline(always)]
+fn u32_at(raw: &[u8], at: &mut usize) -> Option<u32> {
+    let end = at.checked_add(4)?;
+    let b: [u8; 4] = raw.get(*at..end)?.try_into().ok()?;
+    *at = end;
+    Some(u32::from_le_bytes(b))
+}
+
+/// The `bytes` (u32 length, then the bytes) at `*at` of `raw`, advancing `at`.
+#[inline(always)]
+fn bytes_at<'a>(raw: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let n = u32_at(raw, at)? as usize;
+    let end = at.checked_add(n)?;
+    let b = raw.get(*at..end)?;
+    *at = end;
+    Some(b)
+}
+
+/// The entry at `start` of a data block payload and the offset after it, decoded without
+/// building errors (the hot path of [`StateFileReader::scan`]); `None` when it is truncated
+/// or names a state outside the table, and [`read_entry`] then says why. `is_map[i]` tells
+/// whether state `i` of the table is a map state.
+#[inline]
+fn entry_at<'a>(
+    raw: &'a [u8],
+    start: usize,
+    is_map: &[bool],
+    kg: KeyGroup,
+) -> Option<(EntryRef<'a>, usize)> {
+    let mut at = start;
+    let state = u32_at(raw, &mut at)?;
+    let map = *is_map.get(state as usize)?;
+    let key = bytes_at(raw, &mut at)?;
+    let namespace = bytes_at(raw, &mut at)?;
+    let user_key = if map {
+        Some(bytes_at(raw, &mut at)?)
+    } else {
+        None
+    };
+    let value = bytes_at(raw, &mut at)?;
+    let e = EntryRef {
+        key_group: kg,
+        state,
+        key,
+        namespace,
+        user_key,
+        value,
+    };
+    Some((e, at))
 }
 
 /// One entry of a data block payload.
