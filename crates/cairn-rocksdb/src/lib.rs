@@ -76,6 +76,7 @@ mod backend;
 mod cache;
 mod canonical;
 mod db;
+mod ingest;
 mod inspect;
 mod layout;
 mod native;

@@ -1,12 +1,12 @@
 //! Restore: checks the handles (key codec, ranges, agreeing state metas, every key group of
 //! the backend's range supplied exactly once) and dispatches to the canonical restore
-//! (SST ingestion, `canonical.rs`) or the native one (`native_restore.rs`). Mixing both
+//! (SST ingestion, `ingest.rs`) or the native one (`native_restore.rs`). Mixing both
 //! kinds of handle in one restore is refused.
 
 use cairn_core::*;
 
 use crate::backend::RocksDbBackend;
-use crate::canonical::Piece;
+use crate::ingest::Piece;
 
 fn restore_error(reason: String) -> StateError {
     StateError::Restore { reason }
@@ -98,7 +98,7 @@ pub(crate) fn restore(
     }
     b.restored = true;
     if native.is_empty() {
-        crate::canonical::ingest(b, pieces, &metas, source)?;
+        crate::ingest::ingest(b, pieces, &metas, source)?;
     } else {
         crate::native_restore::restore(b, &native, &metas, source)?;
     }
