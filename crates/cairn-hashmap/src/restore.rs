@@ -7,10 +7,11 @@
 //! (rescaling). Each file is read once, however many key groups it supplies.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use cairn_core::{
-    key_group_for_key, CodecIdentity, FileRef, KeyGroupRange, KeyedData, KeyedStateHandle, Result,
-    SnapshotSource, StateError, StateKind, StateMeta,
+    key_group_for_key, CodecIdentity, FileRef, KeyGroup, KeyGroupRange, KeyedData,
+    KeyedStateHandle, Result, SnapshotSource, StateError, StateKind, StateMeta,
 };
 use cairn_format::{EntryRef, FormatError, StateFileReader};
 
@@ -200,25 +201,38 @@ pub(crate) fn load(
             (name, RawState { meta, kgs })
         })
         .collect();
+    let names: Vec<&str> = raw.keys().map(String::as_str).collect();
+    let mut opened = Vec::with_capacity(files.len());
     for plan in files.values_mut() {
-        read_file(t, plan, source, &mut raw)?;
+        opened.push(open_file(plan, source, &raw, &names)?);
     }
+    read_files(t, &opened, &mut raw, Parallelism::available())?;
     Ok(raw)
 }
 
-fn read_file(
-    t: &RestoreTarget<'_>,
+/// A state file opened for the restore.
+struct OpenFile {
+    reader: StateFileReader,
+    path: String,
+    /// Per state of the file's table: the index of the state among the restored ones (in
+    /// name order).
+    states: Vec<usize>,
+    /// The key groups to take from it, sorted and merged.
+    ranges: Vec<KeyGroupRange>,
+}
+
+fn open_file(
     plan: &mut FilePlan,
     source: &dyn SnapshotSource,
-    raw: &mut BTreeMap<String, RawState>,
-) -> Result<()> {
+    raw: &BTreeMap<String, RawState>,
+    names: &[&str],
+) -> Result<OpenFile> {
     let path = plan.file.to_string();
-    let context = || format!("reading state file path={path}");
     let bytes = source.read_file(&plan.file)?;
-    let reader =
-        StateFileReader::open(bytes, &path).map_err(|e| StateError::layer(context(), e))?;
+    let reader = StateFileReader::open(bytes, &path)
+        .map_err(|e| StateError::layer(format!("reading state file path={path}"), e))?;
     // The file's state table, resolved to names the handles declare.
-    let mut states: Vec<&str> = Vec::with_capacity(reader.states().len());
+    let mut states = Vec::with_capacity(reader.states().len());
     for fs in reader.states() {
         let Some(r) = raw.get(&fs.name) else {
             return Err(corrupt(
@@ -235,71 +249,257 @@ fn read_file(
                 ),
             ));
         }
-        states.push(fs.name.as_str());
+        let i = names
+            .iter()
+            .position(|n| *n == fs.name)
+            .ok_or_else(|| corrupt(&path, format!("state {} vanished", fs.name)))?;
+        states.push(i);
     }
-    let states: Vec<String> = states.into_iter().map(str::to_string).collect();
     plan.ranges.sort();
-    for range in merge(&plan.ranges) {
-        let result = reader.scan(range, |e: EntryRef<'_>| -> Result<(), ScanError> {
-            if !range.contains(e.key_group) {
-                return Err(ScanError::State(corrupt(
-                    &path,
-                    format!(
-                        "entry of key group {} outside the scanned range {range}",
-                        e.key_group
-                    ),
-                )));
-            }
-            let name = states.get(e.state as usize).ok_or_else(|| {
-                ScanError::State(corrupt(
-                    &path,
-                    format!("entry of unknown state {}", e.state),
-                ))
-            })?;
-            let computed = key_group_for_key(e.key, t.max_parallelism);
-            if computed != e.key_group {
-                return Err(ScanError::State(
-                    HashMapError::WrongKeyGroup {
-                        path: path.clone(),
-                        state: name.clone(),
-                        stored: e.key_group,
-                        computed,
-                    }
-                    .into_state(context()),
-                ));
-            }
-            let state = raw.get_mut(name.as_str()).ok_or_else(|| {
-                ScanError::State(corrupt(&path, format!("state {name} vanished")))
-            })?;
-            if e.user_key.is_some() != (state.meta.kind == StateKind::Map) {
-                return Err(ScanError::State(corrupt(
-                    &path,
-                    format!(
-                        "entry of {:?} state {name} with user key {}",
-                        state.meta.kind,
-                        e.user_key.is_some()
-                    ),
-                )));
-            }
-            let idx = (e.key_group - t.range.start) as usize;
-            match state.kgs.get_mut(idx) {
-                Some(kg) => kg.push(&e),
-                None => {
-                    return Err(ScanError::State(corrupt(
-                        &path,
-                        "key group outside range".into(),
-                    )))
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(ScanError::Format(e)) => return Err(StateError::layer(context(), e)),
-            Err(ScanError::State(e)) => return Err(e),
+    Ok(OpenFile {
+        reader,
+        path,
+        states,
+        ranges: merge(&plan.ranges),
+    })
+}
+
+/// The most worker threads a restore uses.
+const MAX_WORKERS: usize = 8;
+/// The least work worth a worker of its own, in weight units (see [`weight`]): about 64k
+/// small entries. Smaller restores run on the calling thread.
+const MIN_WORKER_WEIGHT: u64 = 1 << 20;
+
+/// How a restore spreads its work.
+#[derive(Clone, Copy, Debug)]
+struct Parallelism {
+    workers: usize,
+    min_weight: u64,
+}
+
+impl Parallelism {
+    /// One worker per available core (at most [`MAX_WORKERS`]).
+    fn available() -> Self {
+        #[cfg(test)]
+        if let Some(p) = tests::FORCE.with(std::cell::Cell::get) {
+            return p;
+        }
+        static CORES: OnceLock<usize> = OnceLock::new();
+        let cores =
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Self {
+            workers: cores.clamp(1, MAX_WORKERS),
+            min_weight: MIN_WORKER_WEIGHT,
         }
     }
-    Ok(())
+}
+
+/// The cost estimate of a key group: decoding and copying scale with its entries and
+/// its bytes.
+fn weight(stats: &cairn_format::KeyGroupStats) -> u64 {
+    stats.entries.saturating_mul(16).saturating_add(stats.bytes)
+}
+
+/// Splits `range` into consecutive ranges that tile it, at most `p.workers` of them and
+/// each (but the last) with at least `p.min_weight`, of about equal total weight.
+/// `weights` are `(key group, weight)` in increasing key-group order.
+fn split(range: KeyGroupRange, weights: &[(KeyGroup, u64)], p: Parallelism) -> Vec<KeyGroupRange> {
+    let total: u64 = weights.iter().map(|w| w.1).sum();
+    let n = (total / p.min_weight.max(1)).clamp(1, p.workers.max(1) as u64);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut start = range.start;
+    let mut acc = 0u64;
+    for &(kg, w) in weights {
+        // Cut before `kg` once the ranges so far hold their share.
+        let k = out.len() as u64 + 1;
+        if k < n && kg > start && acc >= total / n * k {
+            out.push(KeyGroupRange::new(start, kg));
+            start = kg;
+        }
+        acc += w;
+    }
+    out.push(KeyGroupRange::new(start, range.end.max(start)));
+    out
+}
+
+/// Reads the key groups of every file into `raw`: the backend's range is split into
+/// consecutive ranges of about equal weight, and one worker thread per range reads its key
+/// groups of every file into its own slice of each state's key groups (key groups are
+/// independent, so the result is the same for any split).
+fn read_files(
+    t: &RestoreTarget<'_>,
+    files: &[OpenFile],
+    raw: &mut BTreeMap<String, RawState>,
+    p: Parallelism,
+) -> Result<()> {
+    let mut weights = Vec::new();
+    for f in files {
+        let stats = f.reader.key_groups();
+        for r in &f.ranges {
+            let first = stats.partition_point(|k| k.key_group < r.start);
+            for s in stats.get(first..).unwrap_or_default() {
+                if s.key_group >= r.end {
+                    break;
+                }
+                weights.push((s.key_group, weight(s)));
+            }
+        }
+    }
+    weights.sort_unstable();
+    let ranges = split(t.range, &weights, p);
+    let names: Vec<String> = raw.keys().cloned().collect();
+    let kinds: Vec<StateKind> = raw.values().map(|r| r.meta.kind).collect();
+    // Hand each worker its own slice of every state's key groups.
+    let mut rest: Vec<&mut [RawKeyGroup]> = raw.values_mut().map(|r| &mut r.kgs[..]).collect();
+    let mut parts: Vec<(KeyGroupRange, Vec<&mut [RawKeyGroup]>)> = Vec::with_capacity(ranges.len());
+    for r in &ranges {
+        let mut mine = Vec::with_capacity(rest.len());
+        for slot in rest.iter_mut() {
+            let (a, b) = std::mem::take(slot)
+                .split_at_mut_checked(r.len() as usize)
+                .ok_or_else(|| {
+                    restore_error(format!(
+                        "key-group split does not fit the backend's range {} split={r} uid={}",
+                        t.range, t.uid
+                    ))
+                })?;
+            mine.push(a);
+            *slot = b;
+        }
+        parts.push((*r, mine));
+    }
+    let worker = Worker {
+        t,
+        files,
+        names: &names,
+        kinds: &kinds,
+    };
+    let results: Vec<Result<()>> = if parts.len() == 1 {
+        parts
+            .into_iter()
+            .map(|(r, mut kgs)| worker.read(r, &mut kgs))
+            .collect()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .into_iter()
+                .map(|(r, mut kgs)| {
+                    let worker = &worker;
+                    s.spawn(move || worker.read(r, &mut kgs))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(restore_error(format!(
+                            "a restore worker panicked uid={}",
+                            t.uid
+                        )))
+                    })
+                })
+                .collect()
+        })
+    };
+    results.into_iter().collect()
+}
+
+/// What every restore worker shares.
+struct Worker<'a> {
+    t: &'a RestoreTarget<'a>,
+    files: &'a [OpenFile],
+    /// Per restored state (name order): its name and kind.
+    names: &'a [String],
+    kinds: &'a [StateKind],
+}
+
+impl Worker<'_> {
+    /// Reads the key groups of `mine` of every file into `kgs` (per restored state, the
+    /// key groups of `mine`).
+    fn read(&self, mine: KeyGroupRange, kgs: &mut [&mut [RawKeyGroup]]) -> Result<()> {
+        for f in self.files {
+            for r in &f.ranges {
+                let r = r.intersect(&mine);
+                if !r.is_empty() {
+                    self.read_range(f, r, mine.start, kgs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_range(
+        &self,
+        f: &OpenFile,
+        range: KeyGroupRange,
+        first_kg: KeyGroup,
+        kgs: &mut [&mut [RawKeyGroup]],
+    ) -> Result<()> {
+        let path = f.path.as_str();
+        let context = || format!("reading state file path={path}");
+        let max_p = self.t.max_parallelism;
+        let result = f
+            .reader
+            .scan(range, |e: EntryRef<'_>| -> Result<(), ScanError> {
+                if !range.contains(e.key_group) {
+                    return Err(ScanError::State(corrupt(
+                        path,
+                        format!(
+                            "entry of key group {} outside the scanned range {range}",
+                            e.key_group
+                        ),
+                    )));
+                }
+                let i = f.states.get(e.state as usize).copied();
+                let (Some(i), Some(name), Some(&kind)) = (
+                    i,
+                    i.and_then(|i| self.names.get(i)),
+                    i.and_then(|i| self.kinds.get(i)),
+                ) else {
+                    return Err(ScanError::State(corrupt(
+                        path,
+                        format!("entry of unknown state {}", e.state),
+                    )));
+                };
+                let computed = key_group_for_key(e.key, max_p);
+                if computed != e.key_group {
+                    return Err(ScanError::State(
+                        HashMapError::WrongKeyGroup {
+                            path: path.to_string(),
+                            state: name.clone(),
+                            stored: e.key_group,
+                            computed,
+                        }
+                        .into_state(context()),
+                    ));
+                }
+                if e.user_key.is_some() != (kind == StateKind::Map) {
+                    return Err(ScanError::State(corrupt(
+                        path,
+                        format!(
+                            "entry of {kind:?} state {name} with user key {}",
+                            e.user_key.is_some()
+                        ),
+                    )));
+                }
+                let idx = (e.key_group - first_kg) as usize;
+                match kgs.get_mut(i).and_then(|s| s.get_mut(idx)) {
+                    Some(kg) => kg.push(&e),
+                    None => {
+                        return Err(ScanError::State(corrupt(
+                            path,
+                            "key group outside range".into(),
+                        )))
+                    }
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => Ok(()),
+            Err(ScanError::Format(e)) => Err(StateError::layer(context(), e)),
+            Err(ScanError::State(e)) => Err(e),
+        }
+    }
 }
 
 fn corrupt(path: &str, detail: String) -> StateError {
@@ -320,4 +520,189 @@ fn merge(sorted: &[KeyGroupRange]) -> Vec<KeyGroupRange> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use cairn_core::*;
+
+    use crate::{HashMapBackend, HashMapConfig};
+
+    thread_local! {
+        /// Forces the restores of this thread to split as given, however small.
+        pub(super) static FORCE: Cell<Option<Parallelism>> = const { Cell::new(None) };
+    }
+
+    const MAX_P: u32 = 128;
+    const KEYS: u64 = 3000;
+
+    /// Snapshot files in memory.
+    #[derive(Default)]
+    struct Mem(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl SnapshotTarget for Mem {
+        fn checkpoint_id(&self) -> u64 {
+            1
+        }
+        fn supports_shared(&self) -> bool {
+            false
+        }
+        fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+            let f = FileRef {
+                area,
+                name: name.to_string(),
+                size: bytes.len() as u64,
+                crc32: 0,
+            };
+            self.0.lock().unwrap().insert(name.to_string(), bytes);
+            Ok(f)
+        }
+    }
+
+    impl SnapshotSource for Mem {
+        fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes> {
+            let files = self.0.lock().unwrap();
+            Ok(bytes::Bytes::from(files[&file.name].clone()))
+        }
+    }
+
+    fn backend(range: KeyGroupRange) -> HashMapBackend {
+        HashMapBackend::new(HashMapConfig {
+            uid: "op".into(),
+            max_parallelism: MAX_P,
+            key_group_range: range,
+            key_codec: BincodeCodec::<u64>::new().identity().clone(),
+        })
+        .unwrap()
+    }
+
+    /// The test's states: a value, a list and a map per key.
+    type Ids = (
+        ValueStateId<u64, VoidNamespace>,
+        ListStateId<u64, VoidNamespace>,
+        MapStateId<u64, u64, VoidNamespace>,
+    );
+
+    fn ids(b: &mut HashMapBackend) -> Ids {
+        (
+            b.register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap(),
+            b.register_list(&ListStateDescriptor::<u64>::new("l"))
+                .unwrap(),
+            b.register_map(&MapStateDescriptor::<u64, u64>::new("m"))
+                .unwrap(),
+        )
+    }
+
+    fn kg(k: u64) -> KeyGroup {
+        key_group_for_key(&k.to_le_bytes(), MAX_P)
+    }
+
+    /// Every key of `range` gets a value; two in three a list; every other one a map.
+    fn fill(b: &mut HashMapBackend, range: KeyGroupRange) {
+        let (v, l, m) = ids(b);
+        for k in (0..KEYS).filter(|k| range.contains(kg(*k))) {
+            b.set_current_key(&k.to_le_bytes()).unwrap();
+            b.value(&v).update(k * 7 + 1).unwrap();
+            if k % 3 != 0 {
+                b.list(&l).add(k).unwrap();
+                b.list(&l).add(k + 1).unwrap();
+            }
+            if k % 2 == 0 {
+                b.map(&m).put(1, k).unwrap();
+                b.map(&m).put(2, k * 2).unwrap();
+            }
+        }
+    }
+
+    fn check(b: &mut HashMapBackend, range: KeyGroupRange) {
+        let (v, l, m) = ids(b);
+        let mut seen = 0;
+        for k in (0..KEYS).filter(|k| range.contains(kg(*k))) {
+            seen += 1;
+            b.set_current_key(&k.to_le_bytes()).unwrap();
+            assert_eq!(b.value(&v).get().unwrap(), Some(k * 7 + 1), "key {k}");
+            let list = if k % 3 != 0 { vec![k, k + 1] } else { vec![] };
+            assert_eq!(b.list(&l).get().unwrap(), list, "key {k}");
+            let (one, two) = if k % 2 == 0 {
+                (Some(k), Some(k * 2))
+            } else {
+                (None, None)
+            };
+            assert_eq!(b.map(&m).get(&1).unwrap(), one, "key {k}");
+            assert_eq!(b.map(&m).get(&2).unwrap(), two, "key {k}");
+            assert!(!b.map(&m).contains(&3).unwrap(), "key {k}");
+        }
+        assert!(seen > 0);
+    }
+
+    /// Canonical snapshots of `parallelism` source backends (one file each).
+    fn snapshots(parallelism: u32, mem: &Mem) -> Vec<KeyedStateHandle> {
+        (0..parallelism)
+            .map(|i| {
+                let range = KeyGroupRange::for_subtask(MAX_P, parallelism, i).unwrap();
+                let mut b = backend(range);
+                fill(&mut b, range);
+                let snap = b
+                    .snapshot(SnapshotOptions::savepoint(u64::from(parallelism)))
+                    .unwrap();
+                snap.run(mem, &CancelToken::new()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_tiles_the_range_with_at_most_workers_ranges() {
+        let p = |workers, min_weight| Parallelism {
+            workers,
+            min_weight,
+        };
+        let range = KeyGroupRange::new(0, 128);
+        let weights: Vec<_> = (0..128).map(|kg| (kg, 10)).collect();
+        assert_eq!(
+            split(range, &weights, p(2, 1)),
+            vec![KeyGroupRange::new(0, 64), KeyGroupRange::new(64, 128)]
+        );
+        assert_eq!(split(range, &weights, p(8, 1000)), vec![range]);
+        let sparse = [(3, 5), (4, 500), (90, 5), (127, 1)];
+        for workers in 1..6 {
+            let out = split(range, &sparse, p(workers, 1));
+            assert!(out.len() <= workers);
+            assert_eq!(out.first().map(|r| r.start), Some(0));
+            assert_eq!(out.last().map(|r| r.end), Some(128));
+            for w in out.windows(2) {
+                assert_eq!(w[0].end, w[1].start, "{out:?}");
+                assert!(!w[0].is_empty(), "{out:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn restores_with_any_number_of_workers_into_any_range() {
+        let mem = Mem::default();
+        let one = snapshots(1, &mem);
+        let two = snapshots(2, &mem);
+        for handles in [&one, &two] {
+            for (p, i) in [(1, 0), (3, 1), (4, 3)] {
+                let range = KeyGroupRange::for_subtask(MAX_P, p, i).unwrap();
+                for workers in [1, 2, 3, 7] {
+                    FORCE.with(|f| {
+                        f.set(Some(Parallelism {
+                            workers,
+                            min_weight: 1,
+                        }))
+                    });
+                    let mut b = backend(range);
+                    b.restore(handles, &mem).unwrap();
+                    FORCE.with(|f| f.set(None));
+                    check(&mut b, range);
+                }
+            }
+        }
+    }
 }
