@@ -49,7 +49,21 @@ pub(crate) struct SegRef {
 #[derive(Debug, Default)]
 pub(crate) struct Chain {
     pub(crate) mat: Option<(u64, Arc<KeyedStateHandle>)>,
+    /// The materialization's carry segment (replayed first), kept apart from `segments`
+    /// so that a newer materialization never inherits it.
+    pub(crate) carry: Option<SegRef>,
     pub(crate) segments: Vec<SegRef>,
+}
+
+impl Chain {
+    /// The carry (if any), then the segments.
+    pub(crate) fn all_segments(&self) -> Vec<SegRef> {
+        self.carry
+            .iter()
+            .chain(self.segments.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 /// A materialization in progress.
@@ -421,9 +435,6 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             .unwrap_or_default();
         self.shared
             .hold(Holder::Mat(mat_id), base.iter().map(String::as_str));
-        if let Some(c) = &carry {
-            self.shared.hold(Holder::Mat(mat_id), [c.name.as_str()]);
-        }
         self.running.insert(
             mat_id,
             MatRun {
@@ -471,11 +482,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             return Ok(None);
         };
         let seg = SegRef {
-            seq: u64::MAX,
+            seq: self.next_seg,
             name: format!("{}/carry-{mat_id}.cls", self.shared.prefix),
             first_sqn: 0,
             records: sealed.records(),
         };
+        // Held before the worker may upload it (an unheld file is released at once).
+        self.shared.hold(Holder::Mat(mat_id), [seg.name.as_str()]);
         self.shared.add_segment(&seg.name, sealed);
         self.send_to_worker(&seg.name);
         Ok(Some(seg))
@@ -521,20 +534,21 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     }
 
     fn adopt(&mut self, id: u64, handle: Arc<KeyedStateHandle>, run: MatRun) {
-        let mut segments: Vec<SegRef> = run.carry.into_iter().collect();
-        segments.extend(
-            self.chain
-                .segments
-                .iter()
-                .filter(|s| s.seq >= run.boundary)
-                .cloned(),
-        );
+        let segments: Vec<SegRef> = self
+            .chain
+            .segments
+            .iter()
+            .filter(|s| s.seq >= run.boundary)
+            .cloned()
+            .collect();
         self.last_mat_bytes = handle.files().map(|f| f.size).sum();
         let mut names: Vec<&str> = handle.files().map(|f| f.name.as_str()).collect();
+        names.extend(run.carry.iter().map(|s| s.name.as_str()));
         names.extend(segments.iter().map(|s| s.name.as_str()));
         self.shared.hold_exactly(Holder::Chain, names);
         self.chain = Chain {
             mat: Some((id, handle)),
+            carry: run.carry,
             segments,
         };
         if id >= self.tainted_below {

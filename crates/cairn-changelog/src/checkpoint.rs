@@ -145,9 +145,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
                 Some((id, h)) => (
                     MatPlan::Ready(h.clone()),
                     Some(*id),
-                    self.chain.segments.clone(),
+                    self.chain.all_segments(),
                 ),
-                None => (MatPlan::None, None, self.chain.segments.clone()),
+                None => (MatPlan::None, None, self.chain.all_segments()),
             }
         };
         let mut names: Vec<String> = segments.iter().map(|s| s.name.clone()).collect();

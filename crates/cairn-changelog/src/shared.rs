@@ -263,12 +263,18 @@ impl Shared {
     pub(crate) fn add_file(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
         let file = local_ref(name, &bytes);
         let mut t = self.lock();
-        if let Some(e) = t.files.get(name) {
+        if let Some(e) = t.files.get_mut(name) {
             if e.file != file {
                 return Err(self.background_err(
                     "materialization",
                     format!("a file is written twice with different content name={name}"),
                 ));
+            }
+            if !e.pinned && !e.uploading {
+                // Written again (a content-named file): without a pin, retention may have
+                // deleted the earlier copy, so the next checkpoint writes it once more.
+                e.bytes = Some(Arc::new(bytes));
+                e.confirmed = false;
             }
             return Ok(file);
         }
