@@ -134,10 +134,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let snapshot_mode = match args.snapshot {
         Snapshot::Full => SnapshotMode::Full,
         Snapshot::Incremental => SnapshotMode::Incremental,
-        Snapshot::Changelog => return Err(
-            "--snapshot changelog: the changelog mode is not built into this runtime yet (issue 4)"
-                .into(),
-        ),
+        Snapshot::Changelog => SnapshotMode::Changelog,
     };
     let backend = match args.backend {
         Backend::Hashmap => StateBackendConfig::HashMap,

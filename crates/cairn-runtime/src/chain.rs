@@ -63,6 +63,10 @@ pub(crate) enum Notification {
 #[derive(Debug)]
 pub(crate) enum DataMsg<T> {
     Batch(Vec<T>),
+    /// The barrier's place in the data, behind the batches sent before it. The receiver
+    /// usually learns of the barrier earlier, from the event lane; this marker makes sure it
+    /// never reads past the barrier without knowing.
+    Barrier(Barrier),
     End,
 }
 
@@ -115,7 +119,9 @@ impl TaskShared {
         } else {
             match self.snapshot_mode {
                 SnapshotMode::Full => SnapshotOptions::full_checkpoint(barrier.id),
-                SnapshotMode::Incremental => SnapshotOptions::incremental_checkpoint(barrier.id),
+                SnapshotMode::Incremental | SnapshotMode::Changelog => {
+                    SnapshotOptions::incremental_checkpoint(barrier.id)
+                }
             }
         }
     }
@@ -525,6 +531,7 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
 
     fn snapshot(&mut self, barrier: &Barrier, _parts: &mut Vec<OperatorPart>) -> Result<()> {
         self.flush()?;
+        // First the event (it overtakes queued data), then the marker in the data.
         for (i, events) in self.events.iter().enumerate() {
             // A receiver that is gone is being torn down; the coordinator sees why.
             let _ = events.send(TaskEvent::Barrier {
@@ -532,6 +539,9 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
                 barrier: *barrier,
                 seq: self.sent[i],
             });
+        }
+        for tx in &self.senders {
+            send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
         }
         Ok(())
     }

@@ -35,6 +35,10 @@ pub enum SnapshotMode {
     /// Checkpoints write only what changed since the last completed one (heap: key-group
     /// deltas; RocksDB: native SST files) and reference the rest.
     Incremental,
+    /// Every state change is also appended to a durable log (`cairn-changelog`); a
+    /// checkpoint is the last background materialization (the backend's incremental
+    /// snapshot) plus the log after it.
+    Changelog,
 }
 
 /// The checkpoint options. Checkpointing is off unless [`CheckpointConfig::interval`] is set.

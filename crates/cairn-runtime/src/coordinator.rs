@@ -36,6 +36,17 @@ pub(crate) enum CoordMsg {
         checkpoint_id: u64,
         sync: Duration,
         parts: Vec<OperatorPart>,
+        /// An [`CoordMsg::Inflight`] follows (unaligned checkpoint).
+        inflight_follows: bool,
+    },
+    /// The in-flight records of an unaligned checkpoint at one task, for the operator
+    /// state of its first operator (`None`: there were none).
+    Inflight {
+        attempt: u32,
+        checkpoint_id: u64,
+        uid: String,
+        index: u32,
+        state: Option<cairn_core::OperatorStateSnapshot>,
     },
     /// A task's asynchronous phase finished.
     Written {

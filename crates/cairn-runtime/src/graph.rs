@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use cairn_changelog::{ChangelogBackend, ChangelogConfig};
 use cairn_core::{
     key_group_for_key, redistribute, BincodeCodec, Codec, KeyGroupRange, KeyedStateBackend,
     OperatorStateBackend, OperatorStateSnapshot, Redistribution, SnapshotSource,
@@ -91,6 +92,10 @@ pub(crate) struct BuildCtx {
     pub(crate) shared: Arc<TaskShared>,
     pub(crate) restore: Option<Arc<Restore>>,
     pub(crate) backend: StateBackendConfig,
+    /// The job's checkpoint storage (changelog segments are uploaded to it).
+    pub(crate) storage: Option<cairn_storage::CheckpointStorage>,
+    /// Wrap keyed backends in the changelog.
+    pub(crate) changelog: bool,
     /// `Vec<Receiver<DataMsg<X>>>` of the stage's input.
     pub(crate) input: Option<Box<dyn Any + Send>>,
     /// `Vec<Sender<DataMsg<Y>>>` of the stage's output, and the receivers' event lanes.
@@ -664,18 +669,17 @@ fn build_keyed<F: KeyedProcessFunction>(
     let key_codec = codec.identity().clone();
     match ctx.backend.clone() {
         StateBackendConfig::HashMap => {
-            let mut b = HashMapBackend::new(HashMapConfig {
+            let b = HashMapBackend::new(HashMapConfig {
                 uid: uid.to_string(),
                 max_parallelism,
                 key_group_range,
                 key_codec,
             })
             .map_err(|e| RuntimeError::state(uid, e))?;
-            let setup = ctx.setup(uid, Some(&mut b))?;
-            Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+            keyed_op(ctx, uid, f, b, codec, next)
         }
         StateBackendConfig::RocksDb { local_dir, options } => {
-            let mut b = RocksDbBackend::new(RocksDbConfig {
+            let b = RocksDbBackend::new(RocksDbConfig {
                 uid: uid.to_string(),
                 max_parallelism,
                 key_group_range,
@@ -684,9 +688,33 @@ fn build_keyed<F: KeyedProcessFunction>(
                 options,
             })
             .map_err(|e| RuntimeError::state(uid, e))?;
-            let setup = ctx.setup(uid, Some(&mut b))?;
-            Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+            keyed_op(ctx, uid, f, b, codec, next)
         }
+    }
+}
+
+/// The keyed operator on backend `b`, wrapped in the changelog when the job uses it, with
+/// its state restored.
+fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static>(
+    ctx: &mut BuildCtx,
+    uid: &str,
+    f: F,
+    b: B,
+    codec: BincodeCodec<F::Key>,
+    next: Box<dyn Chain<F::Out>>,
+) -> Result<KeyedChain<F>> {
+    if ctx.changelog {
+        let config = ChangelogConfig::new(uid, codec.identity().clone());
+        let mut b = match &ctx.storage {
+            Some(s) => ChangelogBackend::new(b, config, Arc::new(s.clone())),
+            None => ChangelogBackend::with_checkpoint_uploads(b, config),
+        };
+        let setup = ctx.setup(uid, Some(&mut b))?;
+        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+    } else {
+        let mut b = b;
+        let setup = ctx.setup(uid, Some(&mut b))?;
+        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
     }
 }
 

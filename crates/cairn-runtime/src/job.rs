@@ -220,6 +220,19 @@ struct Pending {
     /// Every source had ended when it was triggered: its completion ends the job.
     is_final: bool,
     reply: Option<Sender<std::result::Result<String, String>>>,
+    /// Tasks that went unaligned and will send their in-flight records.
+    inflight_expected: usize,
+    inflight_received: usize,
+    inflight: Vec<(String, u32, cairn_core::OperatorStateSnapshot)>,
+}
+
+impl Pending {
+    /// Every task's part is written and every in-flight record set is in. (A task's
+    /// `Synced` precedes its `Written` and `Inflight`, so once every task has written,
+    /// `inflight_expected` is final.)
+    fn is_done(&self, tasks: usize) -> bool {
+        self.written_tasks == tasks && self.inflight_received == self.inflight_expected
+    }
 }
 
 impl Driver {
@@ -482,6 +495,9 @@ impl Driver {
                     shared: shared.clone(),
                     restore: restore.clone(),
                     backend: cfg.backend.clone(),
+                    storage: self.storage.clone(),
+                    changelog: cfg.checkpoint.snapshot_mode
+                        == crate::config::SnapshotMode::Changelog,
                     input: inputs[k][i as usize].take(),
                     output,
                     link: Some(link),
@@ -628,9 +644,15 @@ impl Driver {
                 checkpoint_id,
                 sync,
                 parts,
+                inflight_follows,
             } => {
                 if attempt != run.attempt {
                     return None;
+                }
+                if inflight_follows {
+                    if let Some(p) = run.pending.get_mut(&checkpoint_id) {
+                        p.inflight_expected += 1;
+                    }
                 }
                 let ms = sync.as_secs_f64() * 1000.0;
                 if ms > self.result.sync_phase_ms_max {
@@ -666,7 +688,7 @@ impl Driver {
                             Some(p) => {
                                 p.written.extend(parts);
                                 p.written_tasks += 1;
-                                p.written_tasks == run.events.len()
+                                p.is_done(run.events.len())
                             }
                             None => false,
                         };
@@ -681,6 +703,30 @@ impl Driver {
                             format!("task {task}: {reason}"),
                         )
                     }
+                }
+            }
+            CoordMsg::Inflight {
+                attempt,
+                checkpoint_id,
+                uid,
+                index,
+                state,
+            } => {
+                if attempt != run.attempt {
+                    return None;
+                }
+                let done = match run.pending.get_mut(&checkpoint_id) {
+                    Some(p) => {
+                        p.inflight_received += 1;
+                        if let Some(s) = state {
+                            p.inflight.push((uid, index, s));
+                        }
+                        p.is_done(run.events.len())
+                    }
+                    None => false,
+                };
+                if done {
+                    return self.complete(run, checkpoint_id);
                 }
             }
             CoordMsg::Declined {
@@ -867,6 +913,9 @@ impl Driver {
                 written_tasks: 0,
                 is_final,
                 reply,
+                inflight_expected: 0,
+                inflight_received: 0,
+                inflight: Vec::new(),
             },
         );
         if kind == BarrierKind::Checkpoint {
@@ -888,6 +937,13 @@ impl Driver {
         notify: bool,
     ) -> Option<Pending> {
         let p = run.pending.remove(&id)?;
+        self.discard(run, &p, reason, notify);
+        Some(p)
+    }
+
+    /// Cancels a pending checkpoint's writes, deletes its files, answers its requester.
+    fn discard(&mut self, run: &Run, p: &Pending, reason: String, notify: bool) {
+        let id = p.barrier.id;
         p.cancel.cancel();
         match &p.target {
             Target::Checkpoint(_) => {
@@ -903,11 +959,22 @@ impl Driver {
         if notify {
             self.broadcast(run, Notification::Aborted(id));
         }
-        Some(p)
     }
 
     fn fail_checkpoint(&mut self, run: &mut Run, id: u64, reason: String) -> Option<Outcome> {
         let p = self.discard_pending(run, id, reason.clone(), true)?;
+        self.failed(run, p, reason)
+    }
+
+    /// Fails a checkpoint already taken out of the pending set.
+    fn fail_removed(&mut self, run: &mut Run, p: Pending, reason: String) -> Option<Outcome> {
+        self.discard(run, &p, reason.clone(), true);
+        self.failed(run, p, reason)
+    }
+
+    /// Counts a failed checkpoint; fails the job past the tolerated number.
+    fn failed(&mut self, run: &mut Run, p: Pending, reason: String) -> Option<Outcome> {
+        let id = p.barrier.id;
         match p.barrier.kind {
             BarrierKind::Savepoint { stop } => {
                 if stop {
@@ -989,18 +1056,62 @@ impl Driver {
             BarrierKind::Checkpoint => SnapshotType::Checkpoint,
             BarrierKind::Savepoint { .. } => SnapshotType::Savepoint,
         };
-        let manifest = match self.manifest(id, kind, p.written) {
+        let Pending {
+            barrier,
+            target,
+            cancel,
+            written,
+            written_tasks,
+            is_final,
+            reply,
+            inflight_expected,
+            inflight_received,
+            inflight,
+        } = p;
+        let mut written = written;
+        let mut missing = None;
+        for (uid, index, state) in inflight {
+            match written
+                .iter_mut()
+                .find(|(u, i, _)| *u == uid && *i == index)
+            {
+                Some((_, _, part)) => part.operator_state.push(state),
+                None => {
+                    missing = Some(format!(
+                        "in-flight records for operator {uid} subtask {index}, which has no part"
+                    ))
+                }
+            }
+        }
+        let manifest = match missing.map_or_else(|| self.manifest(id, kind, written), Err) {
             Ok(m) => m,
             Err(reason) => {
-                run.pending.insert(
-                    id,
-                    Pending {
-                        written: Vec::new(),
-                        ..p
-                    },
-                );
-                return self.fail_checkpoint(run, id, reason);
+                let p = Pending {
+                    barrier,
+                    target,
+                    cancel,
+                    written: Vec::new(),
+                    written_tasks,
+                    is_final,
+                    reply,
+                    inflight_expected,
+                    inflight_received,
+                    inflight: Vec::new(),
+                };
+                return self.fail_removed(run, p, reason);
             }
+        };
+        let p = Pending {
+            barrier,
+            target,
+            cancel,
+            written: Vec::new(),
+            written_tasks,
+            is_final,
+            reply,
+            inflight_expected,
+            inflight_received,
+            inflight: Vec::new(),
         };
         match p.target {
             Target::Checkpoint(writer) => {

@@ -47,6 +47,17 @@ pub(crate) struct TaskLink {
 
 impl TaskLink {
     fn synced(&self, id: u64, sync: Duration, parts: Vec<OperatorPart>) {
+        self.synced_with(id, sync, parts, false);
+    }
+
+    /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
+    fn synced_with(
+        &self,
+        id: u64,
+        sync: Duration,
+        parts: Vec<OperatorPart>,
+        inflight_follows: bool,
+    ) {
         // The coordinator outlives every task of its run.
         let _ = self.coord.send(CoordMsg::Synced {
             attempt: self.attempt,
@@ -54,6 +65,7 @@ impl TaskLink {
             checkpoint_id: id,
             sync,
             parts,
+            inflight_follows,
         });
     }
 
@@ -291,6 +303,8 @@ struct InChannel<X> {
     announced: VecDeque<(Barrier, u64)>,
     /// Batches taken from `rx` early (unaligned checkpoints), processed before `rx`.
     replay: VecDeque<Vec<X>>,
+    /// The newest barrier announced on this channel (by event or by marker).
+    last_announced: u64,
 }
 
 impl<X> InChannel<X> {
@@ -302,6 +316,14 @@ impl<X> InChannel<X> {
     }
 }
 
+/// What [`InputTask::take`] found.
+enum Taken<X> {
+    Batch(Vec<X>),
+    /// A barrier marker or the end of the channel.
+    State,
+    Nothing,
+}
+
 /// A checkpoint this task is aligning.
 struct Align {
     barrier: Barrier,
@@ -310,7 +332,6 @@ struct Align {
     unaligned: bool,
     recording: Vec<bool>,
     inflight: Vec<Vec<u8>>,
-    parts: Option<(Vec<OperatorPart>, Duration)>,
 }
 
 /// Barrier handling of an input task.
@@ -354,6 +375,7 @@ impl<X: crate::function::Data> InputTask<X> {
                     ended: false,
                     announced: VecDeque::new(),
                     replay: VecDeque::new(),
+                    last_announced: 0,
                 })
                 .collect(),
             link,
@@ -385,9 +407,10 @@ impl<X: crate::function::Data> InputTask<X> {
         self.can_take(i) && self.channels[i].replay.is_empty()
     }
 
-    /// Takes one batch from channel `i` (recording it if an unaligned checkpoint is
-    /// recording this channel); `None` when none is queued.
-    fn take(&mut self, i: usize) -> Result<Option<Vec<X>>> {
+    /// Takes one message from channel `i`: a batch (recorded if an unaligned checkpoint
+    /// is recording this channel), or a barrier marker or the end, which change the
+    /// channel's state.
+    fn take(&mut self, i: usize) -> Result<Taken<X>> {
         match self.channels[i].rx.try_recv() {
             Ok(DataMsg::Batch(batch)) => {
                 self.channels[i].received += 1;
@@ -396,14 +419,30 @@ impl<X: crate::function::Data> InputTask<X> {
                         Self::record(&self.inflight.codec, &batch, &mut a.inflight)?;
                     }
                 }
-                Ok(Some(batch))
+                Ok(Taken::Batch(batch))
+            }
+            Ok(DataMsg::Barrier(b)) => {
+                self.announce(i, b, self.channels[i].received);
+                Ok(Taken::State)
             }
             Ok(DataMsg::End) => {
                 self.channels[i].ended = true;
-                Ok(None)
+                Ok(Taken::State)
             }
-            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Empty) => Ok(Taken::Nothing),
             Err(TryRecvError::Disconnected) => Err(RuntimeError::Cancelled),
+        }
+    }
+
+    /// Barrier `b` stands after `seq` batches of channel `i` (told by the event lane or by
+    /// the marker in the data, whichever comes first).
+    fn announce(&mut self, i: usize, b: Barrier, seq: u64) {
+        let last_handled = self.last_handled;
+        if let Some(c) = self.channels.get_mut(i) {
+            if b.id > last_handled && b.id > c.last_announced {
+                c.last_announced = b.id;
+                c.announced.push_back((b, seq));
+            }
         }
     }
 
@@ -449,13 +488,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 channel,
                 barrier,
                 seq,
-            } => {
-                if barrier.id > self.last_handled {
-                    if let Some(c) = self.channels.get_mut(channel) {
-                        c.announced.push_back((barrier, seq));
-                    }
-                }
-            }
+            } => self.announce(channel, barrier, seq),
             TaskEvent::Notify(n) => {
                 if let Notification::Aborted(id) = n {
                     if self.align.as_ref().is_some_and(|a| a.barrier.id == id) {
@@ -491,6 +524,8 @@ impl<X: crate::function::Data> InputTask<X> {
                     Self::record(&self.inflight.codec, &b, &mut a.inflight)?;
                     c.replay.push_back(b);
                 }
+                // Markers of barriers announced already (by their events).
+                Ok(DataMsg::Barrier(_)) => {}
                 Ok(DataMsg::End) => c.ended = true,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.link.shared.cancelled() {
@@ -530,7 +565,6 @@ impl<X: crate::function::Data> InputTask<X> {
                     unaligned: false,
                     recording: vec![false; n],
                     inflight: Vec::new(),
-                    parts: None,
                 });
             }
         }
@@ -611,7 +645,10 @@ impl<X: crate::function::Data> InputTask<X> {
         barrier.unaligned = true;
         let mut parts = Vec::new();
         self.chain.snapshot(&barrier, &mut parts)?;
-        a.parts = Some((parts, t.elapsed()));
+        // The asynchronous phase starts now; the in-flight records follow when every
+        // channel's barrier has come.
+        self.link
+            .synced_with(a.barrier.id, t.elapsed(), parts, true);
         // Channels whose barrier is announced: take what precedes it now.
         self.arrivals(a)
     }
@@ -619,31 +656,26 @@ impl<X: crate::function::Data> InputTask<X> {
     fn complete(&mut self, mut a: Align) -> Result<()> {
         let id = a.barrier.id;
         self.last_handled = self.last_handled.max(id);
-        let (mut parts, sync) = match a.parts.take() {
-            Some(p) => p,
-            None => {
-                let t = Instant::now();
-                let mut parts = Vec::new();
-                self.chain.snapshot(&a.barrier, &mut parts)?;
-                (parts, t.elapsed())
-            }
-        };
-        if !a.inflight.is_empty() {
-            let head = parts
-                .iter_mut()
-                .find(|p| p.uid == self.inflight.uid)
-                .ok_or_else(|| RuntimeError::Checkpoint {
-                    checkpoint_id: id,
-                    reason: format!("no snapshot part for operator {}", self.inflight.uid),
-                })?;
-            head.operator_state.push(OperatorStateSnapshot {
+        if a.unaligned {
+            let state = (!a.inflight.is_empty()).then(|| OperatorStateSnapshot {
                 name: INFLIGHT_STATE.to_string(),
                 mode: self.inflight.mode,
                 codec: self.inflight.codec.identity().clone(),
                 elements: std::mem::take(&mut a.inflight),
             });
+            let _ = self.link.coord.send(CoordMsg::Inflight {
+                attempt: self.link.attempt,
+                checkpoint_id: id,
+                uid: self.inflight.uid.clone(),
+                index: self.link.id.index,
+                state,
+            });
+        } else {
+            let t = Instant::now();
+            let mut parts = Vec::new();
+            self.chain.snapshot(&a.barrier, &mut parts)?;
+            self.link.synced(id, t.elapsed(), parts);
         }
-        self.link.synced(id, sync, parts);
         Ok(())
     }
 
@@ -661,7 +693,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 // that the sender is not blocked, and cannot miss a barrier trigger, for as
                 // long as the replay lasts.
                 if self.can_take(i) {
-                    if let Some(batch) = self.take(i)? {
+                    if let Taken::Batch(batch) = self.take(i)? {
                         self.channels[i].replay.push_back(batch);
                     }
                 }
@@ -674,14 +706,14 @@ impl<X: crate::function::Data> InputTask<X> {
             if !self.readable(i) {
                 continue;
             }
-            let ended_before = self.channels[i].ended;
-            if let Some(batch) = self.take(i)? {
-                self.next_read = i + 1;
-                self.process(batch)?;
-                return Ok(true);
-            }
-            if self.channels[i].ended != ended_before {
-                return Ok(true);
+            match self.take(i)? {
+                Taken::Batch(batch) => {
+                    self.next_read = i + 1;
+                    self.process(batch)?;
+                    return Ok(true);
+                }
+                Taken::State => return Ok(true),
+                Taken::Nothing => {}
             }
         }
         Ok(false)

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_runtime::{CheckpointingMode, Job, StateBackendConfig};
+use cairn_runtime::{CheckpointingMode, Job, SnapshotMode, StateBackendConfig};
 use common::*;
 
 struct Case {
@@ -16,6 +16,7 @@ struct Case {
     unaligned: bool,
     mode: CheckpointingMode,
     failures: Vec<u64>,
+    snapshot: SnapshotMode,
 }
 
 fn run_case(case: Case) {
@@ -27,6 +28,7 @@ fn run_case(case: Case) {
     cfg.parallelism = case.parallelism;
     cfg.checkpoint.unaligned = case.unaligned;
     cfg.checkpoint.mode = case.mode;
+    cfg.checkpoint.snapshot_mode = case.snapshot;
     cfg.restart.max_restarts = 10;
     cfg.restart.delay = Duration::from_millis(10);
     // Slow the source so that checkpoints complete between the failures.
@@ -59,6 +61,7 @@ fn hashmap_aligned_p1_one_failure() {
         parallelism: 1,
         unaligned: false,
         mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![4000],
     });
 }
@@ -70,6 +73,7 @@ fn hashmap_aligned_p3_several_failures() {
         parallelism: 3,
         unaligned: false,
         mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![2000, 5000, 8000],
     });
 }
@@ -81,6 +85,7 @@ fn hashmap_unaligned_p3_several_failures() {
         parallelism: 3,
         unaligned: true,
         mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![3000, 7000],
     });
 }
@@ -92,6 +97,7 @@ fn rocksdb_aligned_p3_one_failure() {
         parallelism: 3,
         unaligned: false,
         mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![5000],
     });
 }
@@ -103,6 +109,7 @@ fn rocksdb_unaligned_p1_several_failures() {
         parallelism: 1,
         unaligned: true,
         mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![2500, 6000],
     });
 }
@@ -114,6 +121,7 @@ fn at_least_once_never_loses() {
         parallelism: 3,
         unaligned: false,
         mode: CheckpointingMode::AtLeastOnce,
+        snapshot: SnapshotMode::Incremental,
         failures: vec![4000],
     });
 }
@@ -130,4 +138,40 @@ fn no_checkpointing_commits_at_the_end() {
         .expect("job");
     assert_eq!(result.checkpoints_completed, 0);
     check_exactly_once(&expected, &read_output(&output));
+}
+
+#[test]
+fn hashmap_changelog_p3_several_failures() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 3,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Changelog,
+        failures: vec![3000, 7000],
+    });
+}
+
+#[test]
+fn rocksdb_changelog_p2_one_failure() {
+    run_case(Case {
+        backend: rocksdb("changelog"),
+        parallelism: 2,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Changelog,
+        failures: vec![5000],
+    });
+}
+
+#[test]
+fn full_snapshots_p2_one_failure() {
+    run_case(Case {
+        backend: StateBackendConfig::HashMap,
+        parallelism: 2,
+        unaligned: false,
+        mode: CheckpointingMode::ExactlyOnce,
+        snapshot: SnapshotMode::Full,
+        failures: vec![4000],
+    });
 }

@@ -1,6 +1,6 @@
 //! The word count checkpoints to and restores from an S3 API server (moto, started by
 //! `scripts/moto.sh start`; `.ci/run` does it) through a fault-injecting object store that
-//! fails some writes: failed checkpoints are declined and tolerated, task failures restart
+//! fails some writes (5% at random, and the fifth put): failed checkpoints are declined and tolerated, task failures restart
 //! the job from its latest checkpoint on S3, and the output stays exactly once. Without a
 //! server the test prints that it is skipped, unless `CI=true`, where it fails.
 
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_runtime::{Job, RestoreFrom, StateBackendConfig};
-use cairn_storage::fault::FaultyObjectStore;
+use cairn_storage::fault::{FaultyObjectStore, OpKind};
 use cairn_storage::CheckpointStorage;
 use common::*;
 
@@ -26,6 +26,8 @@ fn wordcount_on_s3(backend: StateBackendConfig, tag: &str) {
     let storage = CheckpointStorage::open_wrapped(&url, move |inner| {
         let f = Arc::new(FaultyObjectStore::new(inner));
         f.fail_writes_with_probability(0.05, 7);
+        // And surely one checkpoint file.
+        f.fail_nth(OpKind::Put, 5);
         if let Ok(mut k) = keep.lock() {
             *k = Some(f.clone());
         }
