@@ -264,6 +264,12 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         self.next_mat
     }
 
+    /// Whether a materialization is still running (takes finished ones first).
+    pub fn is_materializing(&mut self) -> bool {
+        self.poll_mats();
+        !self.running.is_empty()
+    }
+
     /// Starts a materialization now (the wrapped backend's synchronous phase runs here).
     pub fn materialize_now(&mut self) -> Result<()> {
         self.poll_mats();
