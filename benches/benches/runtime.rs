@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p cairn-benches --bench runtime` — environment: `CAIRN_W1_RECORDS`
 //! (default 20,000,000), `CAIRN_W1_KEYS` (1,000,000), `CAIRN_RUNS` (3), `CAIRN_W1_CONFIGS`
-//! (comma-separated subset of a,b,c,d,e), `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`.
+//! (comma-separated subset of a,b,c,d,e), `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`,
+//! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
+//! default: the backend's default).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,12 +65,20 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// RocksDB with its default options, except the write-back cache's capacity when
+/// `CAIRN_ROCKSDB_CACHE` (entries) is set.
 fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
     match name {
-        "rocksdb" => StateBackendConfig::RocksDb {
-            local_dir: dir.join("rocksdb"),
-            options: Default::default(),
-        },
+        "rocksdb" => {
+            let mut options = cairn_rocksdb::RocksDbOptions::default();
+            if let Ok(v) = std::env::var("CAIRN_ROCKSDB_CACHE") {
+                options.cache_capacity = v.replace('_', "").parse().unwrap_or(options.cache_capacity);
+            }
+            StateBackendConfig::RocksDb {
+                local_dir: dir.join("rocksdb"),
+                options,
+            }
+        }
         _ => StateBackendConfig::HashMap,
     }
 }
