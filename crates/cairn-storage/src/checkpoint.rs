@@ -301,16 +301,7 @@ impl CheckpointStorage {
         let m = self.load(checkpoint_id)?;
         let source = self.source(checkpoint_id);
         for file in m.files() {
-            let path = source.path(file);
-            let bytes = read_checked(&self.inner.store, &path, file)?;
-            let crc = crc32fast::hash(&bytes);
-            if crc != file.crc32 {
-                return Err(StorageError::ChecksumMismatch {
-                    path: path.to_string(),
-                    expected: file.crc32,
-                    actual: crc,
-                });
-            }
+            source.read(file)?;
         }
         Ok(m)
     }
@@ -527,16 +518,147 @@ impl CheckpointSource {
         }
     }
 
-    /// Reads a whole file, checking its size.
+    /// Reads a whole file, checking its size and CRC32 against the reference.
     pub fn read(&self, file: &FileRef) -> Result<Bytes, StorageError> {
         check_name(file.area, &file.name)?;
-        read_checked(&self.store, &self.path(file), file)
+        let path = self.path(file);
+        let bytes = read_checked(&self.store, &path, file)?;
+        check_crc32(&path, file, &bytes)?;
+        Ok(bytes)
     }
 }
 
 impl SnapshotSource for CheckpointSource {
+    /// [`CheckpointSource::read`]; a damaged canonical state file's error also says where
+    /// the damage is.
     fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
-        self.read(file)
-            .map_err(|e| StateError::layer("reading checkpoint file", e))
+        read_for_restore(
+            self.read(file),
+            "reading checkpoint file",
+            &self.path(file),
+            || read_checked(&self.store, &self.path(file), file).ok(),
+        )
+    }
+}
+
+/// Checks bytes read for `file` against the reference's CRC32 (their size is checked by
+/// `read_checked`). Restores read every byte of a file they use through this check, so a
+/// file damaged or replaced anywhere (even in blocks a restore would not decode, such as
+/// the key groups an incremental checkpoint takes from a newer file) is an error.
+pub(crate) fn check_crc32(path: &Path, file: &FileRef, bytes: &[u8]) -> Result<(), StorageError> {
+    let actual = crc32fast::hash(bytes);
+    if actual != file.crc32 {
+        return Err(StorageError::ChecksumMismatch {
+            path: path.to_string(),
+            expected: file.crc32,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The error of a restore read (`what`: what was being done). A checksum mismatch in what
+/// looks like a canonical state file is located by the format's reader: its error, which
+/// names the offset of the damaged block or field, becomes the source.
+pub(crate) fn read_for_restore(
+    read: Result<Bytes, StorageError>,
+    what: &str,
+    path: &Path,
+    damaged: impl FnOnce() -> Option<Bytes>,
+) -> cairn_core::Result<Bytes> {
+    let e = match read {
+        Ok(bytes) => return Ok(bytes),
+        Err(e @ StorageError::ChecksumMismatch { .. }) => e,
+        Err(e) => return Err(StateError::layer(what, e)),
+    };
+    let located = damaged().and_then(|bytes| locate_state_file_damage(bytes, path.as_ref()));
+    match located {
+        Some(format_error) => Err(StateError::layer(format!("{what}: {e}"), format_error)),
+        None => Err(StateError::layer(what, e)),
+    }
+}
+
+/// The first error the state file reader finds in `bytes`, if they look like a state file
+/// (its magic, give or take a flipped bit or two).
+fn locate_state_file_damage(bytes: Bytes, path: &str) -> Option<cairn_format::FormatError> {
+    let magic = bytes.get(..cairn_format::STATE_FILE_MAGIC.len())?;
+    let differing_bits: u32 = magic
+        .iter()
+        .zip(cairn_format::STATE_FILE_MAGIC.iter())
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    if differing_bits > 2 {
+        return None;
+    }
+    cairn_format::StateFileReader::open(bytes, path)
+        .and_then(|r| r.verify_all())
+        .err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::StateKind;
+    use cairn_format::{EntryRef, FileState};
+
+    fn state_file() -> Vec<u8> {
+        let states = vec![FileState {
+            name: "v".into(),
+            kind: StateKind::Value,
+        }];
+        let mut w = cairn_format::StateFileWriter::new(states).unwrap();
+        for kg in [1, 2] {
+            w.add(&EntryRef {
+                key_group: kg,
+                state: 0,
+                key: b"k",
+                namespace: b"",
+                user_key: None,
+                value: b"v",
+            })
+            .unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    /// Found by the corruption matrix (tests/corruption_matrix.rs): a restore read only the
+    /// blocks of the key groups it needed, so a shared file damaged in a key group that an
+    /// incremental checkpoint takes from a newer file restored without an error.
+    #[test]
+    fn restore_reads_check_the_whole_file_crc_and_locate_state_file_damage() {
+        let storage = CheckpointStorage::open("memory://").unwrap();
+        let writer = storage.begin_checkpoint(1).unwrap();
+        let good = state_file();
+        let file = writer
+            .write(FileArea::Shared, "s/1.state", good.clone())
+            .unwrap();
+        let source = storage.source(1);
+        assert_eq!(&source.read_file(&file).unwrap()[..], &good[..]);
+        let mut bad = good.clone();
+        let middle = bad.len() / 2;
+        bad[middle] ^= 0x10;
+        storage
+            .inner
+            .store
+            .put(&source.path(&file), Bytes::from(bad))
+            .unwrap();
+        let e = source.read(&file).unwrap_err();
+        assert!(matches!(e, StorageError::ChecksumMismatch { .. }), "{e}");
+        let e = source.read_file(&file).unwrap_err().to_string();
+        assert!(e.contains("file has wrong checksum"), "{e}");
+        assert!(e.contains("corrupt state file"), "{e}");
+        assert!(e.contains("path=shared/s/1.state offset="), "{e}");
+        // Files of other kinds: the checksum error alone.
+        let other = writer
+            .write(FileArea::Shared, "s/OPTIONS", b"options".to_vec())
+            .unwrap();
+        storage
+            .inner
+            .store
+            .put(&source.path(&other), Bytes::from_static(b"optionz"))
+            .unwrap();
+        let e = source.read_file(&other).unwrap_err().to_string();
+        assert!(e.contains("file has wrong checksum"), "{e}");
+        assert!(!e.contains("offset="), "{e}");
     }
 }

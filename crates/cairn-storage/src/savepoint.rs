@@ -11,6 +11,7 @@ use cairn_format::{Manifest, MANIFEST_FILE_NAME};
 use object_store::path::Path;
 use object_store::ObjectStore;
 
+use crate::checkpoint::{check_crc32, read_for_restore};
 use crate::error::StorageError;
 use crate::layout::{
     check_name, join, manifest_path, put_file, read_checked, read_manifest, write_manifest,
@@ -227,7 +228,7 @@ pub struct SavepointSource {
 }
 
 impl SavepointSource {
-    /// Reads a whole file, checking its size.
+    /// Reads a whole file, checking its size and CRC32 against the reference.
     pub fn read(&self, file: &FileRef) -> Result<Bytes, StorageError> {
         if file.area == FileArea::Shared {
             return Err(StorageError::SharedNotSupported {
@@ -236,13 +237,20 @@ impl SavepointSource {
             });
         }
         check_name(file.area, &file.name)?;
-        read_checked(&self.store, &join(&self.dir, &file.name), file)
+        let path = join(&self.dir, &file.name);
+        let bytes = read_checked(&self.store, &path, file)?;
+        check_crc32(&path, file, &bytes)?;
+        Ok(bytes)
     }
 }
 
 impl SnapshotSource for SavepointSource {
+    /// [`SavepointSource::read`]; a damaged canonical state file's error also says where
+    /// the damage is.
     fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
-        self.read(file)
-            .map_err(|e| StateError::layer("reading savepoint file", e))
+        let path = join(&self.dir, &file.name);
+        read_for_restore(self.read(file), "reading savepoint file", &path, || {
+            read_checked(&self.store, &path, file).ok()
+        })
     }
 }
