@@ -26,13 +26,56 @@ seed() {
             for f in "$vectors"/corrupt/state-file-*; do cp "$f" "$dir/"; done ;;
         list_decode)
             cp "$vectors/list-value.bin" "$vectors/corrupt/list-value-trailing" "$dir/" ;;
+        block_decode)
+            for f in "$vectors"/savepoint/*.state; do
+                data_blocks "$f" "$dir/$(basename "$f").blocks"
+            done ;;
+        savepoint_restore)
+            pack "$vectors/savepoint" "$dir/savepoint" ;;
+        codec_decode)
+            # which codec (u8), then a value: "cairn" as String, [1, 2] as Vec<Vec<u64>>.
+            printf '\x00\x05\x00\x00\x00\x00\x00\x00\x00cairn' >"$dir/string"
+            printf '\x05\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00' >"$dir/nested" ;;
         *) ;;
     esac
 }
 
+# Little-endian unsigned integer of N bytes at OFFSET of FILE.
+le() { od -An -t "u$3" -j "$2" -N "$3" "$1" | tr -d ' '; }
+
+# The data region of state file $1 (its data blocks, from the end of the state table to
+# the key-group index; format-spec/README.md, "State file") into $2.
+data_blocks() {
+    local len st_len index_at
+    len=$(wc -c <"$1")
+    st_len=$(le "$1" $((len - 64 + 8)) 8)
+    index_at=$(le "$1" $((len - 64 + 16)) 8)
+    dd if="$1" of="$2" bs=1 skip=$((16 + st_len)) count=$((index_at - 16 - st_len)) status=none
+}
+
+byte() { printf "\\x$(printf %02x $(($1 & 255)))"; }
+
+# The files of directory $1 as savepoint_restore reads them: per file, name_len u8, name,
+# len u32 LE, bytes.
+pack() {
+    : >"$2"
+    local f name size
+    for f in "$1"/*; do
+        name=$(basename "$f")
+        size=$(wc -c <"$f")
+        {
+            byte "${#name}"
+            printf '%s' "$name"
+            byte "$size"; byte $((size >> 8)); byte $((size >> 16)); byte $((size >> 24))
+            cat "$f"
+        } >>"$2"
+    done
+}
+
 run() {
     seed "$1"
-    cargo fuzz run "$1" "corpus/$1" -- -max_total_time="$seconds" -rss_limit_mb=2048
+    cargo fuzz run "$1" "corpus/$1" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
+        -timeout="${FUZZ_TIMEOUT:-60}"
 }
 
 if [ "$target" = all ]; then
