@@ -211,3 +211,73 @@ fn rocksdb_at_least_once() {
         exactly_once: false,
     });
 }
+
+/// SIGINT stops the job with a savepoint (its path in the summary); the job then finishes
+/// from that savepoint under RocksDB at parallelism 3, exactly once.
+#[test]
+fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 23);
+    let output = dir.path().join("out");
+    let common = |backend: &str, parallelism: &str| -> Vec<String> {
+        [
+            "--input",
+            &input.display().to_string(),
+            "--output",
+            &output.display().to_string(),
+            "--checkpoint-dir",
+            &dir.path().join("checkpoints").display().to_string(),
+            "--savepoint-dir",
+            &dir.path().join("savepoints").display().to_string(),
+            "--local-dir",
+            &dir.path().join("rocksdb").display().to_string(),
+            "--backend",
+            backend,
+            "--parallelism",
+            parallelism,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let bin = wordcount_bin();
+    let child = Command::new(&bin)
+        .args(common("hashmap", "2"))
+        .args(["--records-per-second", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    let savepoint = summary["savepoint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no savepoint in {summary}"))
+        .to_string();
+    assert!(summary["records"].as_u64().unwrap_or(0) < 3000, "{summary}");
+
+    let out = Command::new(&bin)
+        .args(common("rocksdb", "3"))
+        .args(["--restore", &savepoint])
+        .output()
+        .expect("restore run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_exactly_once(&expected, &read_output(&output));
+}
