@@ -153,11 +153,11 @@ fn hashmap_changelog_p3_several_failures() {
 }
 
 #[test]
-fn rocksdb_changelog_p2_one_failure() {
+fn rocksdb_changelog_unaligned_p2_one_failure() {
     run_case(Case {
         backend: rocksdb("changelog"),
         parallelism: 2,
-        unaligned: false,
+        unaligned: true,
         mode: CheckpointingMode::ExactlyOnce,
         snapshot: SnapshotMode::Changelog,
         failures: vec![5000],
