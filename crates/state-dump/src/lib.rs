@@ -77,6 +77,7 @@
 //! The schema decoder is specified in [`schema_decode`](Decoder); the file formats in
 //! `format-spec/README.md`.
 
+mod changelog;
 mod convert;
 mod diff;
 mod entries;
@@ -102,6 +103,7 @@ pub use progress::{progress_for_stderr, NoProgress, Progress, TerminalProgress};
 pub use scan::{scan_operator, Entry};
 pub use schema_decode::{hex, raw, Decoder};
 pub use summary::{
-    summarize, OperatorStateSummary, OperatorSummary, StateSummary, Summary, FORMAT_VERSION,
+    summarize, ChangelogSummary, OperatorStateSummary, OperatorSummary, StateSummary, Summary,
+    FORMAT_VERSION,
 };
 pub use verify::{verify, Finding, VerifyReport};

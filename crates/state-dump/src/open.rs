@@ -104,13 +104,38 @@ impl Snapshot {
             Source::Checkpoint(s) => s.read(f),
             Source::Savepoint(s) => s.read(f),
         };
-        r.map_err(|e| match e {
+        r.map_err(|e| self.read_err(f, e))
+    }
+
+    fn read_err(&self, f: &FileRef, e: StorageError) -> DumpError {
+        match e {
             // The store's path may be relative; name the file by its full path.
             StorageError::NotFound { .. } => DumpError::Missing {
                 path: self.file_path(f),
             },
             e => from_storage(e, &|p| object_display(&self.base, p)),
-        })
+        }
+    }
+
+    /// Reads a whole file, checking its size against the manifest but not its CRC32:
+    /// returns the bytes and their CRC32 (the manifest's when they match), so a caller can
+    /// locate damage that the whole-file checksum only detects.
+    pub(crate) fn read_unchecked(&self, f: &FileRef) -> Result<(Bytes, u32), DumpError> {
+        let read = |f: &FileRef| match &self.source {
+            Source::Checkpoint(s) => s.read(f),
+            Source::Savepoint(s) => s.read(f),
+        };
+        match read(f) {
+            Ok(bytes) => Ok((bytes, f.crc32)),
+            Err(StorageError::ChecksumMismatch { actual, .. }) => {
+                // Read again, accepting what is there (an offline tool: the file does not
+                // change between the two reads; if it does, the second read fails).
+                let mut found = f.clone();
+                found.crc32 = actual;
+                self.read(&found).map(|bytes| (bytes, actual))
+            }
+            Err(e) => Err(self.read_err(f, e)),
+        }
     }
 
     /// Maps a storage error to one that names full paths.
@@ -119,17 +144,28 @@ impl Snapshot {
     }
 }
 
-/// Refuses keyed data of a kind this build cannot read (a newer `KeyedData` variant) with
-/// an [`DumpError::Unsupported`] error naming the snapshot; canonical state files and native
-/// RocksDB checkpoints are read.
+/// Refuses keyed data of a kind this build cannot read (a newer `KeyedData` variant, or a
+/// changelog handle whose materialized part is not canonical or native RocksDB data) with
+/// an [`DumpError::Unsupported`] error naming the snapshot; canonical state files, native
+/// RocksDB checkpoints and changelog handles over either are read.
 pub(crate) fn check_readable(h: &KeyedStateHandle, snapshot: &Snapshot) -> Result<(), DumpError> {
-    match &h.data {
-        KeyedData::Canonical { .. } | KeyedData::RocksNative { .. } => Ok(()),
-        _ => Err(DumpError::Unsupported {
-            path: snapshot.location.clone(),
-            detail: "keyed state data of a kind this build cannot read; upgrade state-dump".into(),
-        }),
+    let leaf = |h: &KeyedStateHandle| {
+        matches!(
+            h.data,
+            KeyedData::Canonical { .. } | KeyedData::RocksNative { .. }
+        )
+    };
+    let ok = match &h.data {
+        KeyedData::Changelog { materialized, .. } => materialized.iter().all(leaf),
+        _ => leaf(h),
+    };
+    if ok {
+        return Ok(());
     }
+    Err(DumpError::Unsupported {
+        path: snapshot.location.clone(),
+        detail: "keyed state data of a kind this build cannot read; upgrade state-dump".into(),
+    })
 }
 
 /// A local path, or a URL with a scheme.

@@ -1,7 +1,8 @@
 //! Reading the canonical entries of an operator's keyed state, in key-group order, from
 //! whichever files supply each key group (full, incremental and savepoint handles alike),
-//! and from native RocksDB checkpoints through `cairn_rocksdb::scan_native_handle`, which
-//! yields the same entries in the same order.
+//! from native RocksDB checkpoints through `cairn_rocksdb::scan_native_handle`, which
+//! yields the same entries in the same order, and from changelog handles (materialized
+//! handles read by the same scanners, segments replayed on top; see `changelog.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -106,6 +107,9 @@ pub(crate) fn scan_handle(
     }
     match &h.data {
         KeyedData::Canonical { files } => scan_canonical(s, h, files, wanted, progress, f),
+        KeyedData::Changelog { segments, .. } => {
+            crate::changelog::scan_changelog(s, h, segments, wanted, progress, f)
+        }
         _ => scan_native(s, h, wanted, progress, f),
     }
 }
@@ -300,6 +304,33 @@ pub(crate) fn count_native(
     Ok(n)
 }
 
+/// Opens canonical state file `file` (full path `path`). A file whose whole-file CRC32
+/// differs from the manifest's is an error naming the offset of the damage when the state
+/// file reader finds it (a block checksum, a field), else the whole-file mismatch.
+pub(crate) fn open_state_file(
+    s: &Snapshot,
+    file: &FileRef,
+    path: &str,
+) -> Result<StateFileReader, DumpError> {
+    let (bytes, crc) = s.read_unchecked(file)?;
+    let reader = StateFileReader::open(bytes, path);
+    if crc != file.crc32 {
+        reader
+            .and_then(|r| r.verify_all())
+            .map_err(|e| from_format(e, path))?;
+        return Err(DumpError::Corrupt {
+            kind: "file",
+            path: path.to_string(),
+            offset: 0,
+            detail: format!(
+                "whole-file checksum mismatch: the manifest says crc32 {:#010x}, found {crc:#010x}",
+                file.crc32
+            ),
+        });
+    }
+    reader.map_err(|e| from_format(e, path))
+}
+
 /// [`scan_handle`] for canonical state files.
 fn scan_canonical(
     s: &Snapshot,
@@ -321,8 +352,7 @@ fn scan_canonical(
     for (range, file) in parts {
         let path = s.file_path(file);
         if !readers.contains_key(file) {
-            let reader =
-                StateFileReader::open(s.read(file)?, &path).map_err(|e| from_format(e, &path))?;
+            let reader = open_state_file(s, file, &path)?;
             progress.inc(1);
             readers.insert(file, reader);
         }

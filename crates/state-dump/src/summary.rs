@@ -3,12 +3,12 @@
 use std::collections::{BTreeSet, HashSet};
 
 use cairn_core::{FileArea, KeyedData, Redistribution, SnapshotType};
-use cairn_format::StateFileReader;
 use serde::Serialize;
 
-use crate::error::{from_format, DumpError};
+use crate::error::DumpError;
 use crate::open::Snapshot;
 use crate::progress::Progress;
+use crate::scan::open_state_file;
 use crate::table;
 
 /// The manifest format version of every snapshot this build opens (a newer one fails to
@@ -31,7 +31,7 @@ pub struct Summary {
     /// The manifest format version.
     pub format_version: u16,
     /// How keyed state is stored: `canonical` (heap backend or any canonical savepoint),
-    /// `rocksdb-native`, `mixed`, or `none`.
+    /// `rocksdb-native`, `changelog` (`cairn-changelog`), `mixed`, or `none`.
     pub backend: &'static str,
     /// Files referenced (distinct).
     pub files: usize,
@@ -52,20 +52,41 @@ pub struct OperatorSummary {
     pub parallelism: u32,
     /// Its max parallelism (key groups).
     pub max_parallelism: u32,
-    /// `canonical`, `rocksdb-native`, `mixed` or `none` (no keyed state).
+    /// `canonical`, `rocksdb-native`, `changelog`, `mixed` or `none` (no keyed state).
     pub data: &'static str,
-    /// Keyed entries (from the state files' indexes; `null` for native data).
+    /// Keyed entries (from the state files' indexes; `null` for native and changelog data,
+    /// where counting needs a full read).
     pub entries: Option<u64>,
-    /// Bytes of the files its keyed state references.
+    /// Bytes of the files its keyed state references (a changelog handle's materialized
+    /// files and segments included).
     pub bytes: u64,
-    /// Distinct files its keyed state references.
+    /// Distinct files its keyed state references (a changelog handle's materialized files
+    /// and segments included).
     pub files: usize,
+    /// What its changelog handles reference (absent without changelog data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changelog: Option<ChangelogSummary>,
     /// Codec of the keys.
     pub key_codec: Option<String>,
     /// Keyed states (union over subtasks).
     pub states: Vec<StateSummary>,
     /// Operator (non-keyed) states.
     pub operator_states: Vec<OperatorStateSummary>,
+}
+
+/// The files of an operator's changelog handles (distinct files over its subtasks).
+#[derive(Debug, Default, Serialize)]
+pub struct ChangelogSummary {
+    /// Files of the materialized (canonical or native) snapshots.
+    pub materialized_files: usize,
+    /// Their bytes.
+    pub materialized_bytes: u64,
+    /// Changelog segments replayed on top.
+    pub segments: usize,
+    /// Their bytes.
+    pub segment_bytes: u64,
+    /// Records in the segments (as the manifest records them).
+    pub records: u64,
 }
 
 /// One keyed state.
@@ -96,12 +117,29 @@ pub struct OperatorStateSummary {
     pub elements: usize,
 }
 
-fn data_kind(canonical: bool, native: bool) -> &'static str {
-    match (canonical, native) {
-        (true, true) => "mixed",
-        (true, false) => "canonical",
-        (false, true) => "rocksdb-native",
-        (false, false) => "none",
+/// Which kinds of keyed data a set of handles holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Kinds {
+    canonical: bool,
+    native: bool,
+    changelog: bool,
+}
+
+impl Kinds {
+    fn add(&mut self, other: Kinds) {
+        self.canonical |= other.canonical;
+        self.native |= other.native;
+        self.changelog |= other.changelog;
+    }
+
+    fn name(self) -> &'static str {
+        match (self.canonical, self.native, self.changelog) {
+            (false, false, false) => "none",
+            (true, false, false) => "canonical",
+            (false, true, false) => "rocksdb-native",
+            (false, false, true) => "changelog",
+            _ => "mixed",
+        }
     }
 }
 
@@ -111,10 +149,12 @@ pub fn summarize(s: &Snapshot, progress: &dyn Progress) -> Result<Summary, DumpE
     let m = &s.manifest;
     let all: HashSet<_> = m.files().collect();
     progress.start("summary", all.len() as u64);
-    let (mut any_canonical, mut any_native) = (false, false);
+    let mut all_kinds = Kinds::default();
     let mut operators = Vec::new();
     for op in &m.operators {
-        let (mut canonical, mut native) = (false, false);
+        let mut kinds = Kinds::default();
+        let mut changelog: Option<ChangelogSummary> = None;
+        let (mut materialized, mut segments) = (HashSet::new(), HashSet::new());
         let mut entries = 0u64;
         let mut files = HashSet::new();
         let mut states = BTreeSet::new();
@@ -132,12 +172,24 @@ pub fn summarize(s: &Snapshot, progress: &dyn Progress) -> Result<Summary, DumpE
             }
             files.extend(h.files());
             match &h.data {
+                KeyedData::Changelog {
+                    materialized: m,
+                    segments: segs,
+                } => {
+                    kinds.changelog = true;
+                    let c = changelog.get_or_insert_with(ChangelogSummary::default);
+                    materialized.extend(m.iter().flat_map(|h| h.files()));
+                    for seg in segs {
+                        if segments.insert(&seg.file) {
+                            c.records += seg.records;
+                        }
+                    }
+                }
                 KeyedData::Canonical { files } => {
-                    canonical = true;
+                    kinds.canonical = true;
                     for cf in files {
                         let path = s.file_path(&cf.file);
-                        let reader = StateFileReader::open(s.read(&cf.file)?, &path)
-                            .map_err(|e| from_format(e, &path))?;
+                        let reader = open_state_file(s, &cf.file, &path)?;
                         progress.inc(1);
                         entries += reader
                             .key_groups()
@@ -147,11 +199,16 @@ pub fn summarize(s: &Snapshot, progress: &dyn Progress) -> Result<Summary, DumpE
                             .sum::<u64>();
                     }
                 }
-                _ => native = true,
+                _ => kinds.native = true,
             }
         }
-        any_canonical |= canonical;
-        any_native |= native;
+        all_kinds.add(kinds);
+        if let Some(c) = &mut changelog {
+            c.materialized_files = materialized.len();
+            c.materialized_bytes = materialized.iter().map(|f| f.size).sum();
+            c.segments = segments.len();
+            c.segment_bytes = segments.iter().map(|f| f.size).sum();
+        }
         let mut operator_states: Vec<OperatorStateSummary> = Vec::new();
         for st in &op.subtasks {
             for os in &st.operator_state {
@@ -174,10 +231,11 @@ pub fn summarize(s: &Snapshot, progress: &dyn Progress) -> Result<Summary, DumpE
             uid: op.uid.clone(),
             parallelism: op.parallelism,
             max_parallelism: op.max_parallelism,
-            data: data_kind(canonical, native),
-            entries: (!native).then_some(entries),
+            data: kinds.name(),
+            entries: (!kinds.native && !kinds.changelog).then_some(entries),
             bytes: files.iter().map(|f| f.size).sum(),
             files: files.len(),
+            changelog,
             key_codec,
             states: states.into_iter().collect(),
             operator_states,
@@ -194,7 +252,7 @@ pub fn summarize(s: &Snapshot, progress: &dyn Progress) -> Result<Summary, DumpE
         timestamp_ms: m.timestamp_ms,
         time: table::time(m.timestamp_ms),
         format_version: FORMAT_VERSION,
-        backend: data_kind(any_canonical, any_native),
+        backend: all_kinds.name(),
         files: all.len(),
         bytes: all.iter().map(|f| f.size).sum(),
         shared_files: all.iter().filter(|f| f.area == FileArea::Shared).count(),
@@ -252,6 +310,17 @@ impl Summary {
             &rows,
         ));
         for o in &self.operators {
+            if let Some(c) = &o.changelog {
+                out.push_str(&format!(
+                    "\nchangelog of {}: {} materialized files ({} bytes), {} segments ({} bytes, {} records)\n",
+                    o.uid,
+                    c.materialized_files,
+                    c.materialized_bytes,
+                    c.segments,
+                    c.segment_bytes,
+                    c.records
+                ));
+            }
             if !o.states.is_empty() {
                 let rows: Vec<Vec<String>> = o
                     .states
