@@ -1,7 +1,8 @@
 //! `state-dump convert`: any checkpoint — canonical (full or incremental, with files spread
-//! over `chk-*/` and `shared/`) or native RocksDB (incremental, its SST files in `shared/`)
-//! — or savepoint to a self-contained canonical savepoint, offline, that every backend
-//! restores.
+//! over `chk-*/` and `shared/`), native RocksDB (incremental, its SST files in `shared/`) or
+//! changelog (a materialized snapshot of either kind plus segments, replayed by
+//! `cairn_changelog::changelog_entries`) — or savepoint to a self-contained canonical
+//! savepoint, offline, that every backend restores.
 //!
 //! Each subtask's key groups are re-encoded into one new private state file (the entries are
 //! copied as bytes, never decoded, so no program types are needed; a native handle is read

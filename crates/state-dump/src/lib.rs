@@ -10,11 +10,11 @@
 //! |---|---|---|
 //! | `summary PATH` | [`summarize`] | kind, id, time, format version, backend; per operator uid its parallelism, states (name, kind, codecs), entries, bytes, files |
 //! | `entries PATH --uid U --state S` | [`write_entries`] | decoded keys, namespaces and values ([`Decoder`]: the schema stored in the codec identity; raw hex without one) |
-//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files and native RocksDB SSTs) |
+//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files, native RocksDB SSTs, changelog segments) |
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |
 //! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references |
-//! | `convert PATH --out DIR` | [`convert()`] | any checkpoint (native RocksDB, canonical full or incremental) or savepoint to a self-contained canonical savepoint |
+//! | `convert PATH --out DIR` | [`convert()`] | any checkpoint (native RocksDB, canonical full or incremental, changelog) or savepoint to a self-contained canonical savepoint |
 //!
 //! PATH is a checkpoint directory (`<job>/chk-<id>`, whose shared files live in
 //! `<job>/shared/`), a savepoint directory, or either's `_metadata` file, given as a local
@@ -42,6 +42,18 @@
 //! native data (that needs a full scan); `verify` checks native files by size and
 //! whole-file CRC32 and then reads every intact native handle through, so RocksDB checks
 //! every block checksum, naming the SST file it rejects.
+//!
+//! Changelog checkpoints (`KeyedData::Changelog`, written by `cairn-changelog` around
+//! either backend) are read by `entries`, `diff` and `convert` through
+//! `cairn_changelog::changelog_entries`: the materialized canonical or native handles go
+//! through the scanners above, then the segments are replayed on top; one subtask's
+//! replayed entries are held in memory at a time. Each segment is read whole and checked
+//! first (size, whole-file CRC32, footer's first sequence number and record count against
+//! the manifest), so a truncated or damaged segment is an error naming its path and the
+//! offset of the damage. `summary` reports kind `changelog` with its materialized files
+//! and segments (no entry count); `verify` checks every segment that way and through
+//! `cairn_changelog::read_segment` (every block and record), and the materialized files
+//! like those of the other kinds; `files` and `gc` count every nested file as referenced.
 //!
 //! ## An example session
 //!

@@ -102,8 +102,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Convert any checkpoint (native RocksDB, canonical full or incremental) or savepoint
-    /// into a self-contained canonical savepoint in DIR that every backend restores.
+    /// Convert any checkpoint (native RocksDB, canonical full or incremental, changelog) or
+    /// savepoint into a self-contained canonical savepoint in DIR that every backend
+    /// restores.
     Convert {
         /// The checkpoint or savepoint.
         path: String,
