@@ -10,48 +10,16 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn::core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
+use cairn::runtime::functions::Count;
 use cairn::runtime::sinks::TwoPhaseFileSink;
 use cairn::runtime::sources::FileSource;
 use cairn::runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, Job, JobConfig, JobGraph, JobResult,
-    KeyedProcessFunction, RestoreFrom, StateBackendConfig,
+    source, CheckpointConfig, Job, JobConfig, JobGraph, JobResult, RestoreFrom, StateBackendConfig,
 };
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 const LINES: usize = 40_000;
-
-/// `ValueState<u64>` named `count`, keyed by the word.
-#[derive(Clone, Debug)]
-struct Count;
-
-impl Checkpointed for Count {}
-
-impl KeyedProcessFunction for Count {
-    type Key = String;
-    type In = String;
-    type Out = (String, u64);
-    type State = ValueStateId<u64, ()>;
-
-    fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> cairn::runtime::Result<Self::State> {
-        Ok(backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
-    }
-
-    fn process<B: KeyedStateBackend>(
-        &mut self,
-        count: &Self::State,
-        word: &String,
-        _: String,
-        backend: &mut B,
-        out: &mut Collector<'_, (String, u64)>,
-    ) -> cairn::runtime::Result<()> {
-        let mut state = backend.value(count);
-        let n = state.get()?.unwrap_or(0) + 1;
-        state.update(n)?;
-        out.collect((word.clone(), n))
-    }
-}
 
 fn graph(input: &Path, output: &Path) -> JobGraph {
     source("source", FileSource::new(input))
@@ -62,7 +30,7 @@ fn graph(input: &Path, output: &Path) -> JobGraph {
                 .collect::<Vec<_>>()
         })
         .key_by(|w: &String| w.clone())
-        .process("count", Count)
+        .process("count", Count::<String, String>::new())
         .sink(
             "sink",
             TwoPhaseFileSink::new(output, |(w, n): &(String, u64), out: &mut Vec<u8>| {
@@ -138,7 +106,10 @@ fn main() -> Result<()> {
     let output = dir.join("output");
     let expected = write_input(&input)?;
     let words: u64 = expected.values().sum();
-    println!("Cairn demo: word count with exactly-once output, in {}", dir.display());
+    println!(
+        "Cairn demo: word count with exactly-once output, in {}",
+        dir.display()
+    );
     println!(
         "\n1. input: {LINES} lines, {words} words, {} distinct",
         expected.len()
@@ -224,12 +195,18 @@ fn main() -> Result<()> {
     );
     let mut top: Vec<(&String, &u64)> = expected.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let top: Vec<String> = top.iter().take(5).map(|(w, n)| format!("{w}={n}")).collect();
+    let top: Vec<String> = top
+        .iter()
+        .take(5)
+        .map(|(w, n)| format!("{w}={n}"))
+        .collect();
     println!("   most frequent: {}", top.join(", "));
 
     println!("\n5. look inside the snapshots:");
     println!("   cargo run -p state-dump -- summary {savepoint}");
-    println!("   cargo run -p state-dump -- entries {savepoint} --uid count --state count --limit 5");
+    println!(
+        "   cargo run -p state-dump -- entries {savepoint} --uid count --state count --limit 5"
+    );
     println!(
         "   cargo run -p state-dump -- files {}",
         dir.join("checkpoints-rocksdb").display()

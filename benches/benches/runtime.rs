@@ -11,50 +11,19 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cairn_core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
+use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::DiscardSink;
 use cairn_runtime::sources::GeneratorSource;
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, Job, JobConfig, JobGraph, JobResult,
-    KeyedProcessFunction, RestoreFrom, SnapshotMode, StateBackendConfig,
+    source, CheckpointConfig, Job, JobConfig, JobGraph, JobResult, RestoreFrom, SnapshotMode,
+    StateBackendConfig,
 };
 use serde_json::json;
-
-/// `ValueState<u64>` count per key: one get and one update per record.
-#[derive(Clone, Debug)]
-struct Count;
-
-impl Checkpointed for Count {}
-
-impl KeyedProcessFunction for Count {
-    type Key = u64;
-    type In = u64;
-    type Out = u64;
-    type State = ValueStateId<u64, ()>;
-
-    fn open<B: KeyedStateBackend>(&mut self, b: &mut B) -> cairn_runtime::Result<Self::State> {
-        Ok(b.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
-    }
-
-    fn process<B: KeyedStateBackend>(
-        &mut self,
-        count: &Self::State,
-        _key: &u64,
-        _record: u64,
-        b: &mut B,
-        out: &mut Collector<'_, u64>,
-    ) -> cairn_runtime::Result<()> {
-        let mut s = b.value(count);
-        let n = s.get()?.unwrap_or(0) + 1;
-        s.update(n)?;
-        out.collect(n)
-    }
-}
 
 fn graph(src: GeneratorSource) -> JobGraph {
     source("source", src)
         .key_by(|k: &u64| *k)
-        .process("count", Count)
+        .process("count", Count::<u64, u64>::new())
         .sink("sink", DiscardSink)
 }
 
@@ -72,7 +41,8 @@ fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
         "rocksdb" => {
             let mut options = cairn_rocksdb::RocksDbOptions::default();
             if let Ok(v) = std::env::var("CAIRN_ROCKSDB_CACHE") {
-                options.cache_capacity = v.replace('_', "").parse().unwrap_or(options.cache_capacity);
+                options.cache_capacity =
+                    v.replace('_', "").parse().unwrap_or(options.cache_capacity);
             }
             StateBackendConfig::RocksDb {
                 local_dir: dir.join("rocksdb"),

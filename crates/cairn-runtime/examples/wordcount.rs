@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
+use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, CheckpointingMode, Collector, Job, JobConfig,
-    KeyedProcessFunction, RestoreFrom, SnapshotMode, StateBackendConfig,
+    source, CheckpointConfig, CheckpointingMode, Job, JobConfig, RestoreFrom, SnapshotMode,
+    StateBackendConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -85,40 +85,6 @@ struct Args {
     retained: usize,
 }
 
-/// `ValueState<u64>` named `count`, keyed by the word.
-#[derive(Clone, Debug)]
-struct Count;
-
-impl Checkpointed for Count {}
-
-impl KeyedProcessFunction for Count {
-    type Key = String;
-    type In = String;
-    type Out = (String, u64);
-    type State = ValueStateId<u64, ()>;
-
-    fn open<B: KeyedStateBackend>(
-        &mut self,
-        backend: &mut B,
-    ) -> cairn_runtime::Result<Self::State> {
-        Ok(backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
-    }
-
-    fn process<B: KeyedStateBackend>(
-        &mut self,
-        count: &Self::State,
-        word: &String,
-        _occurrence: String,
-        backend: &mut B,
-        out: &mut Collector<'_, (String, u64)>,
-    ) -> cairn_runtime::Result<()> {
-        let mut state = backend.value(count);
-        let n = state.get()?.unwrap_or(0) + 1;
-        state.update(n)?;
-        out.collect((word.clone(), n))
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -184,7 +150,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<Vec<_>>()
         })
         .key_by(|w: &String| w.clone())
-        .process("count", Count)
+        .process("count", Count::<String, String>::new())
         .sink(
             "sink",
             TwoPhaseFileSink::new(&args.output, |(w, n): &(String, u64), out: &mut Vec<u8>| {

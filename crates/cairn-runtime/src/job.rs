@@ -1056,21 +1056,10 @@ impl Driver {
             BarrierKind::Checkpoint => SnapshotType::Checkpoint,
             BarrierKind::Savepoint { .. } => SnapshotType::Savepoint,
         };
-        let Pending {
-            barrier,
-            target,
-            cancel,
-            written,
-            written_tasks,
-            is_final,
-            reply,
-            inflight_expected,
-            inflight_received,
-            inflight,
-        } = p;
-        let mut written = written;
+        let mut p = p;
+        let mut written = std::mem::take(&mut p.written);
         let mut missing = None;
-        for (uid, index, state) in inflight {
+        for (uid, index, state) in std::mem::take(&mut p.inflight) {
             match written
                 .iter_mut()
                 .find(|(u, i, _)| *u == uid && *i == index)
@@ -1085,33 +1074,7 @@ impl Driver {
         }
         let manifest = match missing.map_or_else(|| self.manifest(id, kind, written), Err) {
             Ok(m) => m,
-            Err(reason) => {
-                let p = Pending {
-                    barrier,
-                    target,
-                    cancel,
-                    written: Vec::new(),
-                    written_tasks,
-                    is_final,
-                    reply,
-                    inflight_expected,
-                    inflight_received,
-                    inflight: Vec::new(),
-                };
-                return self.fail_removed(run, p, reason);
-            }
-        };
-        let p = Pending {
-            barrier,
-            target,
-            cancel,
-            written: Vec::new(),
-            written_tasks,
-            is_final,
-            reply,
-            inflight_expected,
-            inflight_received,
-            inflight: Vec::new(),
+            Err(reason) => return self.fail_removed(run, p, reason),
         };
         match p.target {
             Target::Checkpoint(writer) => {

@@ -32,6 +32,7 @@ pub mod config;
 mod coordinator;
 mod error;
 pub mod function;
+pub mod functions;
 mod graph;
 mod job;
 pub mod sinks;

@@ -57,18 +57,9 @@ impl<T> std::fmt::Debug for TwoPhaseFileSink<T> {
 }
 
 impl<T> Clone for TwoPhaseFileSink<T> {
+    /// A fresh instance for another subtask: same directory and format, no state.
     fn clone(&self) -> Self {
-        Self {
-            dir: self.dir.clone(),
-            format: self.format.clone(),
-            state: None,
-            pending: Vec::new(),
-            current: None,
-            prefix: String::new(),
-            seq: 0,
-            checkpointing: false,
-            line: Vec::new(),
-        }
+        Self::with_format(self.dir.clone(), self.format.clone())
     }
 }
 
@@ -79,9 +70,13 @@ impl<T> TwoPhaseFileSink<T> {
         dir: impl Into<PathBuf>,
         format: impl Fn(&T, &mut Vec<u8>) + Send + Sync + 'static,
     ) -> Self {
+        Self::with_format(dir.into(), Arc::new(format))
+    }
+
+    fn with_format(dir: PathBuf, format: Format<T>) -> Self {
         Self {
-            dir: dir.into(),
-            format: Arc::new(format),
+            dir,
+            format,
             state: None,
             pending: Vec::new(),
             current: None,

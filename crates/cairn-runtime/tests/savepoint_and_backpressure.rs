@@ -150,7 +150,7 @@ fn slow_graph(input: &Path, output: &Path, delay: Duration) -> cairn_runtime::Jo
             },
         )
         .key_by(|w: &String| w.clone())
-        .process("count", Count)
+        .process("count", Count::new())
         .sink(
             "sink",
             SlowSink {

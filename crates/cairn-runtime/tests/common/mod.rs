@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{KeyedStateBackend, StateAccess, ValueStateDescriptor, ValueStateId};
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, JobConfig, JobGraph, KeyedProcessFunction,
-    ProcessFunction, RuntimeError,
+    source, CheckpointConfig, Checkpointed, Collector, JobConfig, JobGraph, ProcessFunction,
+    RuntimeError,
 };
 
 /// Writes `lines` lines of words drawn from `vocabulary` words (deterministic) and returns
@@ -106,39 +105,8 @@ pub fn check_at_least_once(expected: &BTreeMap<String, u64>, output: &BTreeMap<S
     }
 }
 
-/// The word count: `ValueState<u64>` named `count` keyed by the word.
-#[derive(Clone, Debug)]
-pub struct Count;
-
-impl Checkpointed for Count {}
-
-impl KeyedProcessFunction for Count {
-    type Key = String;
-    type In = String;
-    type Out = (String, u64);
-    type State = ValueStateId<u64, ()>;
-
-    fn open<B: KeyedStateBackend>(
-        &mut self,
-        backend: &mut B,
-    ) -> cairn_runtime::Result<Self::State> {
-        Ok(backend.register_value(&ValueStateDescriptor::<u64>::new("count"))?)
-    }
-
-    fn process<B: KeyedStateBackend>(
-        &mut self,
-        count: &Self::State,
-        word: &String,
-        _: String,
-        backend: &mut B,
-        out: &mut Collector<'_, (String, u64)>,
-    ) -> cairn_runtime::Result<()> {
-        let mut s = backend.value(count);
-        let n = s.get()?.unwrap_or(0) + 1;
-        s.update(n)?;
-        out.collect((word.clone(), n))
-    }
-}
+/// The word count's keyed operator.
+pub type Count = cairn_runtime::functions::Count<String, String>;
 
 /// Fails whenever the words it has seen (over every run, shared counter) reach one of
 /// `at` — several injected failures.
@@ -192,7 +160,9 @@ pub fn wordcount(
             },
         ),
     };
-    let counted = words.key_by(|w: &String| w.clone()).process("count", Count);
+    let counted = words
+        .key_by(|w: &String| w.clone())
+        .process("count", Count::new());
     let counted = match count_parallelism {
         Some(p) => counted.parallelism(p),
         None => counted,
