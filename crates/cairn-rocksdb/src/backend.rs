@@ -7,13 +7,13 @@ use std::fmt;
 use std::path::PathBuf;
 
 use cairn_core::*;
-use rocksdb::WriteBatch;
 
 use crate::cache::{Cache, Slot};
 use crate::db::{io_err, Instance};
 use crate::layout::{escape_tail, push_escaped, push_kg};
 use crate::options::{RocksDbConfig, RocksDbOptions};
-use crate::snapshot::Incremental;
+use crate::seal::{Frozen, Seal, SealJob};
+use crate::snapshot::{Incremental, ScratchDir};
 use crate::state::{decode, type_mismatch, EncodeNs, EncodeValue, Registered};
 
 /// Bytes of the state index in front of a cache key.
@@ -51,6 +51,9 @@ pub struct RocksDbBackend {
     pub(crate) inc: Incremental,
     /// Counter for unique directory names.
     pub(crate) seq: u64,
+    /// The seal worker of the last snapshot while it may still run: the backend writes
+    /// nothing to RocksDB until it is settled (`seal.rs`).
+    pub(crate) seal: Option<Seal>,
 }
 
 impl fmt::Debug for RocksDbBackend {
@@ -67,6 +70,10 @@ impl fmt::Debug for RocksDbBackend {
 
 impl Drop for RocksDbBackend {
     fn drop(&mut self) {
+        // The seal worker shares the instance: let it finish first.
+        if let Some(seal) = self.seal.take() {
+            let _ = seal.handle.join();
+        }
         // Close the instance before its directory goes.
         self.inst = None;
         let _ = std::fs::remove_dir_all(&self.root);
@@ -131,6 +138,7 @@ impl RocksDbBackend {
             scratch: Vec::new(),
             inc: Incremental::default(),
             seq: 1,
+            seal: None,
         })
     }
 
@@ -185,6 +193,7 @@ impl RocksDbBackend {
         match self.metas.get(&meta.name) {
             Some(stored) => stored.check_compatible(&meta, &self.uid, true)?,
             None => {
+                self.settle()?;
                 let uid = self.uid.clone();
                 let inst = self.inst.as_mut().ok_or_else(|| StateError::Restore {
                     reason: format!("the rocksdb instance is closed uid={uid}"),
@@ -308,21 +317,23 @@ impl RocksDbBackend {
     ) -> Result<()> {
         let name = self.states.get(idx).map_or("", |r| r.meta.name.as_str());
         if self.cache.enabled() {
-            if let Some(slot) = self.cache.get(key) {
-                match &mut slot.value {
-                    Some(b) => {
-                        let v = b
-                            .downcast_mut::<Option<V>>()
-                            .ok_or_else(|| type_mismatch(name, std::any::type_name::<V>()))?;
-                        f(v)?;
-                    }
-                    None => {
-                        let mut v = None;
-                        f(&mut v)?;
-                        slot.value = Some(Box::new(v));
+            if let Some(i) = self.cache.find(key) {
+                if let Some(slot) = self.cache.slot_mut(i) {
+                    match &mut slot.value {
+                        Some(b) => {
+                            let v = b
+                                .downcast_mut::<Option<V>>()
+                                .ok_or_else(|| type_mismatch(name, std::any::type_name::<V>()))?;
+                            f(v)?;
+                        }
+                        None => {
+                            let mut v = None;
+                            f(&mut v)?;
+                            slot.value = Some(Box::new(v));
+                        }
                     }
                 }
-                self.cache.mark_dirty(key);
+                self.cache.mark_dirty_at(i);
                 return Ok(());
             }
         }
@@ -339,6 +350,9 @@ impl RocksDbBackend {
             self.cache.insert(key.to_vec(), Some(Box::new(value)), true);
             return Ok(());
         }
+        self.settle()?;
+        let name = self.state_name(idx);
+        let inst = self.inst()?;
         match value {
             Some(v) => {
                 let mut buf = Vec::new();
@@ -360,6 +374,7 @@ impl RocksDbBackend {
             self.cache.insert(key.to_vec(), None, true);
             return Ok(());
         }
+        self.settle()?;
         let name = self.state_name(idx);
         self.inst()?
             .delete(name, key.get(STATE_PREFIX_LEN..).unwrap_or(&[]))
@@ -369,68 +384,164 @@ impl RocksDbBackend {
         self.states.get(idx).map_or("", |r| r.meta.name.as_str())
     }
 
-    /// Evicts from a full cache, writing dirty evictions in one batch.
+    /// Evicts from a full cache, writing dirty evictions in one batch. While a seal worker
+    /// runs, evictions are held back until the cache reaches its hard limit.
     fn make_room(&mut self) -> Result<()> {
         if !self.cache.full() {
             return Ok(());
         }
-        let evicted = self.cache.evict();
-        let mut batch = WriteBatch::default();
-        let mut buf = Vec::new();
-        for slot in evicted.iter().filter(|s| s.dirty) {
-            self.add_to_batch(&mut batch, &mut buf, slot)?;
+        if let Some(seal) = &self.seal {
+            if !seal.handle.is_finished() && self.cache.len() < self.cache.hard_limit() {
+                return Ok(());
+            }
+            self.settle()?;
         }
-        if !batch.is_empty() {
-            self.inst()?.write(batch)?;
+        let evicted: Vec<Slot> = if self.cache.len() > self.cache.capacity() {
+            self.cache.evict_to_capacity()
+        } else {
+            self.cache.evict()
+        };
+        let mut frozen = Frozen::with_capacity(evicted.len());
+        for slot in evicted.iter().filter(|s| s.dirty) {
+            frozen.push(&self.states, &slot.key, slot.value.as_ref())?;
+        }
+        if frozen.len() > 0 {
+            // Through the memtable: an eviction sweep is small, and a file per sweep would
+            // pile up level-0 files.
+            let inst = self.inst()?;
+            frozen.write(&inst.db, &inst.path, &self.state_cf_names(), None)?;
         }
         Ok(())
     }
 
-    fn add_to_batch(&self, batch: &mut WriteBatch, buf: &mut Vec<u8>, slot: &Slot) -> Result<()> {
-        write_entry(self, batch, buf, &slot.key, slot.value.as_ref())
+    /// The column family of each state index.
+    fn state_cf_names(&self) -> Vec<String> {
+        self.states.iter().map(|r| r.meta.name.clone()).collect()
     }
 
-    /// Writes every dirty cache entry to RocksDB in one batch.
+    /// Writes a frozen set (large ones as ingested SST files).
+    fn write_frozen(&self, frozen: &mut Frozen) -> Result<()> {
+        let inst = self.inst()?;
+        let sst = inst.sst_options();
+        frozen.write(
+            &inst.db,
+            &inst.path,
+            &self.state_cf_names(),
+            Some((&sst, &self.root)),
+        )
+    }
+
+    /// Encodes every dirty cache entry into a frozen set and marks them clean (all of them
+    /// stay dirty if one fails to encode).
+    fn freeze(&mut self) -> Result<Frozen> {
+        let mut frozen = Frozen::with_capacity(self.cache.dirty_len());
+        let states = &self.states;
+        self.cache
+            .flush(|key, value| frozen.push(states, key, value))?;
+        Ok(frozen)
+    }
+
+    /// Marks the entries of a frozen set that could not be written dirty again: they are all
+    /// still cached (nothing is evicted while they are out), with their latest values.
+    fn unfreeze(&mut self, frozen: &Frozen) {
+        for key in frozen.cache_keys() {
+            if let Some(i) = self.cache.find(&key) {
+                self.cache.mark_dirty_at(i);
+            }
+        }
+    }
+
+    /// Waits for the seal worker of the last snapshot, if any; afterwards the backend may
+    /// write RocksDB again.
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        let Some(seal) = self.seal.take() else {
+            return Ok(());
+        };
+        match seal.handle.join() {
+            Ok(None) => Ok(()),
+            Ok(Some(frozen)) => {
+                self.unfreeze(&frozen);
+                Ok(())
+            }
+            Err(_) => {
+                // The entries it held are lost: fail every later access rather than serve
+                // wrong state; the job restores from its last checkpoint.
+                self.inst = None;
+                Err(StateError::layer(
+                    format!("writing the rocksdb cache uid={}", self.uid),
+                    "the seal worker panicked",
+                ))
+            }
+        }
+    }
+
+    /// The synchronous phase's part of sealing a snapshot: freezes the dirty entries and
+    /// hands them to a seal worker that writes them and creates the RocksDB checkpoint at
+    /// `dir`. Returns where the checkpoint directory will be sent.
+    pub(crate) fn seal(
+        &mut self,
+        dir: ScratchDir,
+    ) -> Result<std::sync::mpsc::Receiver<Result<ScratchDir>>> {
+        self.settle()?;
+        let inst = self.inst()?;
+        let (db, path, sst) = (inst.db.clone(), inst.path.clone(), inst.sst_options());
+        let states = self.state_cf_names();
+        let (jobs, job) = std::sync::mpsc::channel::<SealJob>();
+        let spawned = std::thread::Builder::new()
+            .name("cairn-rocksdb-seal".into())
+            .spawn(move || job.recv().ok().and_then(SealJob::run));
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+        let frozen = match self.freeze() {
+            Ok(f) => f,
+            Err(e) => {
+                drop(jobs);
+                if let Ok(h) = spawned {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        };
+        let job = SealJob {
+            db,
+            path,
+            states,
+            frozen,
+            sst,
+            scratch: self.root.clone(),
+            dir,
+            ready: ready_tx,
+        };
+        let job = match spawned {
+            Ok(handle) => match jobs.send(job) {
+                Ok(()) => {
+                    self.seal = Some(Seal { handle });
+                    return Ok(ready);
+                }
+                Err(std::sync::mpsc::SendError(job)) => {
+                    let _ = handle.join();
+                    job
+                }
+            },
+            Err(_) => job,
+        };
+        // No worker: seal on this thread.
+        if let Some(frozen) = job.run() {
+            self.unfreeze(&frozen);
+        }
+        Ok(ready)
+    }
+
+    /// Writes every dirty cache entry to RocksDB (sorted, in batches).
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
+        self.settle()?;
         if !self.cache.has_dirty() {
             return Ok(());
         }
-        let mut batch = WriteBatch::default();
-        let mut buf = Vec::new();
-        let mut cache = std::mem::take(&mut self.cache);
-        let result = cache.flush(|key, value| write_entry(self, &mut batch, &mut buf, key, value));
-        self.cache = cache;
-        result?;
-        self.inst()?.write(batch)
+        let mut frozen = self.freeze()?;
+        let written = self.write_frozen(&mut frozen);
+        if written.is_err() {
+            self.unfreeze(&frozen);
+        }
+        written
     }
-}
-
-/// Adds the write of one cache entry to `batch`.
-fn write_entry(
-    b: &RocksDbBackend,
-    batch: &mut WriteBatch,
-    buf: &mut Vec<u8>,
-    key: &[u8],
-    value: Option<&crate::cache::AnyValue>,
-) -> Result<()> {
-    let (idx, raw) = key.split_at_checked(STATE_PREFIX_LEN).ok_or_else(|| {
-        StateError::layer("flushing the cache", "cache key without a state index")
-    })?;
-    let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
-    let r = b
-        .states
-        .get(idx as usize)
-        .ok_or(StateError::UnknownState { index: idx })?;
-    let cf = b.inst()?.cf(&r.meta.name)?;
-    buf.clear();
-    let present = match value {
-        Some(v) => (r.encode_value)(v, buf)?,
-        None => false,
-    };
-    if present {
-        batch.put_cf(cf, raw, &buf[..]);
-    } else {
-        batch.delete_cf(cf, raw);
-    }
-    Ok(())
 }

@@ -14,9 +14,12 @@
 //! once, so dirty evictions are written in one `WriteBatch` per sweep rather than one write
 //! per insert.
 //!
-//! Dirty entries are also listed by key, so a flush costs the dirty entries, not the cache
-//! size (a key evicted or cleaned since it was listed is skipped; the list is compacted when
-//! it outgrows twice the capacity).
+//! Dirty entries are also listed by slot (each dirty slot knows its place in the list, so
+//! listing, unlisting and moving a slot are O(1) and no key is copied), so taking the dirty
+//! entries at a flush or a snapshot costs the dirty entries, not the cache size.
+//!
+//! While a snapshot's entries are being written by its seal worker (`seal.rs`), the backend
+//! does not evict: the cache may then grow past its capacity, up to [`Cache::hard_limit`].
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -33,6 +36,8 @@ pub(crate) struct Slot {
     pub(crate) value: Option<AnyValue>,
     pub(crate) dirty: bool,
     referenced: bool,
+    /// The slot's position in the dirty list while dirty.
+    dirty_pos: usize,
 }
 
 impl fmt::Debug for Slot {
@@ -52,10 +57,8 @@ pub(crate) struct Cache {
     index: HashMap<Vec<u8>, usize, FixedState>,
     slots: Vec<Slot>,
     hand: usize,
-    /// Number of dirty slots.
-    dirty: usize,
-    /// Keys of slots that became dirty since the last flush (may hold stale keys).
-    dirty_keys: Vec<Vec<u8>>,
+    /// Indices of the dirty slots, exactly.
+    dirty_list: Vec<usize>,
 }
 
 impl Cache {
@@ -70,49 +73,61 @@ impl Cache {
         self.capacity > 0
     }
 
-    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
     /// Whether any entry is dirty.
     pub(crate) fn has_dirty(&self) -> bool {
-        self.dirty > 0
+        !self.dirty_list.is_empty()
+    }
+
+    /// Number of dirty entries.
+    pub(crate) fn dirty_len(&self) -> usize {
+        self.dirty_list.len()
+    }
+
+    /// The size the cache may reach while evictions are held back (twice the capacity).
+    pub(crate) fn hard_limit(&self) -> usize {
+        self.capacity.saturating_mul(2)
+    }
+
+    /// The slot index of `key`, marking the entry as recently used.
+    #[inline]
+    pub(crate) fn find(&mut self, key: &[u8]) -> Option<usize> {
+        let i = *self.index.get(key)?;
+        let slot = self.slots.get_mut(i)?;
+        slot.referenced = true;
+        Some(i)
     }
 
     /// The entry of `key`, marked as recently used.
     #[inline]
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<&mut Slot> {
-        let i = *self.index.get(key)?;
-        let slot = self.slots.get_mut(i)?;
-        slot.referenced = true;
-        Some(slot)
+        let i = self.find(key)?;
+        self.slots.get_mut(i)
     }
 
-    /// Marks an entry (returned by [`Self::get`]) dirty, counting it.
+    /// The slot at `i` (from [`Self::find`]).
     #[inline]
-    pub(crate) fn mark_dirty(&mut self, key: &[u8]) {
-        if let Some(slot) = self.index.get(key).and_then(|&i| self.slots.get_mut(i)) {
+    pub(crate) fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(i)
+    }
+
+    /// Marks the slot at `i` dirty.
+    #[inline]
+    pub(crate) fn mark_dirty_at(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i) {
             if !slot.dirty {
                 slot.dirty = true;
-                self.dirty += 1;
-                self.list_dirty(key.to_vec());
+                slot.dirty_pos = self.dirty_list.len();
+                self.dirty_list.push(i);
             }
         }
-    }
-
-    fn list_dirty(&mut self, key: Vec<u8>) {
-        if self.dirty_keys.len() >= 2 * self.capacity.max(8) {
-            let (index, slots) = (&self.index, &self.slots);
-            self.dirty_keys.retain(|k| {
-                index
-                    .get(k)
-                    .and_then(|&i| slots.get(i))
-                    .is_some_and(|s| s.dirty)
-            });
-            self.dirty_keys.dedup();
-        }
-        self.dirty_keys.push(key);
     }
 
     /// Whether inserting a new entry needs an eviction first.
@@ -120,42 +135,48 @@ impl Cache {
         self.slots.len() >= self.capacity
     }
 
-    /// Inserts a new entry (the key must not be present; call [`Self::evict`] first when
-    /// [`Self::full`]).
+    /// Inserts or replaces the entry of `key` (call [`Self::evict`] first when
+    /// [`Self::full`] and the key is new).
     pub(crate) fn insert(&mut self, key: Vec<u8>, value: Option<AnyValue>, dirty: bool) {
         if let Some(&i) = self.index.get(&key) {
-            let mut newly_dirty = false;
             if let Some(slot) = self.slots.get_mut(i) {
                 slot.value = value;
                 slot.referenced = true;
-                if dirty && !slot.dirty {
-                    slot.dirty = true;
-                    newly_dirty = true;
-                }
             }
-            if newly_dirty {
-                self.dirty += 1;
-                self.list_dirty(key);
+            if dirty {
+                self.mark_dirty_at(i);
             }
             return;
         }
-        self.index.insert(key.clone(), self.slots.len());
-        if dirty {
-            self.dirty += 1;
-            self.list_dirty(key.clone());
-        }
+        let i = self.slots.len();
+        self.index.insert(key.clone(), i);
         self.slots.push(Slot {
             key,
             value,
-            dirty,
+            dirty: false,
             referenced: false,
+            dirty_pos: 0,
         });
+        if dirty {
+            self.mark_dirty_at(i);
+        }
     }
 
     /// Evicts about an eighth of the capacity (at least one entry) by CLOCK and returns the
     /// evicted entries; the dirty ones must be written.
     pub(crate) fn evict(&mut self) -> Vec<Slot> {
         let want = (self.capacity / 8).max(1).min(self.slots.len());
+        self.evict_n(want)
+    }
+
+    /// Evicts until the cache is an eighth below its capacity (for a cache that grew past it
+    /// while evictions were held back).
+    pub(crate) fn evict_to_capacity(&mut self) -> Vec<Slot> {
+        let target = self.capacity - (self.capacity / 8).max(1).min(self.capacity);
+        self.evict_n(self.slots.len().saturating_sub(target))
+    }
+
+    fn evict_n(&mut self, want: usize) -> Vec<Slot> {
         let mut out = Vec::with_capacity(want);
         while out.len() < want && !self.slots.is_empty() {
             if self.hand >= self.slots.len() {
@@ -174,14 +195,34 @@ impl Cache {
         out
     }
 
+    /// Removes the dirty-list entry at `pos`, moving the last one into its place.
+    fn unlist(&mut self, pos: usize) {
+        if pos >= self.dirty_list.len() {
+            return;
+        }
+        self.dirty_list.swap_remove(pos);
+        if let Some(&j) = self.dirty_list.get(pos) {
+            if let Some(s) = self.slots.get_mut(j) {
+                s.dirty_pos = pos;
+            }
+        }
+    }
+
     fn remove_at(&mut self, i: usize) -> Slot {
+        if let Some(pos) = self.slots.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
+            self.unlist(pos);
+        }
         let slot = self.slots.swap_remove(i);
         self.index.remove(&slot.key);
         if let Some(moved) = self.slots.get(i) {
-            self.index.insert(moved.key.clone(), i);
-        }
-        if slot.dirty {
-            self.dirty -= 1;
+            if let Some(v) = self.index.get_mut(&moved.key) {
+                *v = i;
+            }
+            if moved.dirty {
+                if let Some(d) = self.dirty_list.get_mut(moved.dirty_pos) {
+                    *d = i;
+                }
+            }
         }
         slot
     }
@@ -191,47 +232,46 @@ impl Cache {
         &mut self,
         mut f: impl FnMut(&[u8], Option<&AnyValue>) -> Result<(), E>,
     ) -> Result<(), E> {
-        if self.dirty == 0 {
-            self.dirty_keys.clear();
-            return Ok(());
-        }
-        let mut done = Vec::with_capacity(self.dirty);
-        let mut failed = None;
-        for key in &self.dirty_keys {
-            let Some(&i) = self.index.get(key) else {
-                continue;
-            };
-            let Some(slot) = self.slots.get(i).filter(|s| s.dirty) else {
-                continue;
-            };
-            if let Err(e) = f(&slot.key, slot.value.as_ref()) {
-                failed = Some(e);
-                break;
+        for &i in &self.dirty_list {
+            if let Some(slot) = self.slots.get(i) {
+                f(&slot.key, slot.value.as_ref())?;
             }
+        }
+        for &i in &self.dirty_list {
             if let Some(slot) = self.slots.get_mut(i) {
                 slot.dirty = false;
             }
-            done.push(i);
         }
-        if let Some(e) = failed {
-            // Nothing was written: every entry stays dirty.
-            for i in done {
-                if let Some(slot) = self.slots.get_mut(i) {
-                    slot.dirty = true;
-                }
-            }
-            return Err(e);
-        }
-        self.dirty = 0;
-        self.dirty_keys.clear();
+        self.dirty_list.clear();
         Ok(())
     }
 
     /// Forgets the value of `key` if cached: it becomes a clean absent entry.
     pub(crate) fn forget(&mut self, key: &[u8]) {
-        if let Some(slot) = self.index.get(key).and_then(|&i| self.slots.get_mut(i)) {
-            slot.value = None;
+        if let Some(i) = self.index.get(key).copied() {
+            if let Some(pos) = self.slots.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
+                self.unlist(pos);
+            }
+            if let Some(slot) = self.slots.get_mut(i) {
+                slot.value = None;
+                slot.dirty = false;
+            }
         }
+    }
+
+    /// Checks the dirty list against the slots (tests).
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let dirty = self.slots.iter().filter(|s| s.dirty).count();
+        assert_eq!(dirty, self.dirty_list.len());
+        for (pos, &i) in self.dirty_list.iter().enumerate() {
+            assert!(self.slots[i].dirty);
+            assert_eq!(self.slots[i].dirty_pos, pos);
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            assert_eq!(self.index[&s.key], i);
+        }
+        assert_eq!(self.index.len(), self.slots.len());
     }
 }
 
@@ -316,8 +356,10 @@ mod tests {
             c.insert(vec![i], v(u64::from(i)), false);
         }
         c.insert(vec![3], v(30), true);
-        c.mark_dirty(&[3]);
+        let i = c.find(&[3]).unwrap();
+        c.mark_dirty_at(i);
         c.insert(vec![3], v(31), true);
+        c.check_invariants();
         // Evict everything once: 3 goes out dirty (the caller writes it).
         let mut evicted_dirty = 0;
         while c.len() > 8 {
@@ -330,9 +372,59 @@ mod tests {
             Ok::<(), ()>(())
         })
         .unwrap();
+        c.check_invariants();
         let expect_3 = if evicted_dirty == 1 { 0 } else { 1 };
         assert_eq!(seen.iter().filter(|k| **k == vec![3]).count(), expect_3);
         assert!(seen.contains(&vec![100]));
         assert!(!c.has_dirty());
+    }
+
+    #[test]
+    fn dirty_list_stays_exact_under_random_operations() {
+        use proptest::prelude::*;
+        use proptest::test_runner::TestRunner;
+        let ops = proptest::collection::vec((0u8..5, 0u8..24), 1..300);
+        TestRunner::default()
+            .run(&ops, |ops| {
+                let mut c = Cache::new(8);
+                let mut held = false;
+                for (op, k) in ops {
+                    match op {
+                        0 | 1 => {
+                            if !held && c.full() && c.find(&[k]).is_none() {
+                                c.evict();
+                            }
+                            c.insert(vec![k], v(u64::from(k)), op == 0);
+                        }
+                        2 => {
+                            if let Some(i) = c.find(&[k]) {
+                                c.mark_dirty_at(i);
+                            }
+                        }
+                        3 => c.forget(&[k]),
+                        _ => {
+                            if k % 3 == 0 {
+                                held = !held;
+                                if !held && c.len() > 8 {
+                                    c.evict_to_capacity();
+                                    prop_assert!(c.len() < 8);
+                                }
+                            } else {
+                                let mut n = 0;
+                                c.flush(|_, _| {
+                                    n += 1;
+                                    Ok::<(), ()>(())
+                                })
+                                .unwrap();
+                                prop_assert!(!c.has_dirty());
+                            }
+                        }
+                    }
+                    c.check_invariants();
+                    prop_assert!(c.len() <= c.hard_limit().max(24));
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -3,13 +3,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cairn_core::{Result, StateError};
 use rocksdb::{
     Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::options::{column_family_options, db_options, RocksDbOptions};
+use crate::options::{block_cache, column_family_options, db_options, RocksDbOptions};
 
 /// Wraps a RocksDB error with what was being done.
 pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
@@ -26,7 +27,8 @@ pub(crate) const DEFAULT_CF: &str = "default";
 
 /// An open instance with the options its column families are created with.
 pub(crate) struct Instance {
-    pub(crate) db: DB,
+    /// Shared with the seal worker of a snapshot while it runs (`seal.rs`).
+    pub(crate) db: Arc<DB>,
     pub(crate) path: PathBuf,
     cache: Cache,
     options: RocksDbOptions,
@@ -44,7 +46,7 @@ impl fmt::Debug for Instance {
 impl Instance {
     /// Opens (or creates) the instance at `path` with every column family it has.
     pub(crate) fn open(path: &Path, options: &RocksDbOptions) -> Result<Self> {
-        let cache = Cache::new_lru_cache(options.block_cache_bytes.max(1 << 20));
+        let cache = block_cache(options.block_cache_bytes);
         let db_opts = db_options(options, &cache);
         let names = if path.join("CURRENT").exists() {
             DB::list_cf(&db_opts, path).map_err(|e| rocks_err("list_cf", path, "*", e))?
@@ -62,7 +64,7 @@ impl Instance {
         let mut write = WriteOptions::default();
         write.disable_wal(true);
         Ok(Self {
-            db,
+            db: Arc::new(db),
             path: path.to_path_buf(),
             cache,
             options: options.clone(),
@@ -75,7 +77,7 @@ impl Instance {
         path: &Path,
         options: &RocksDbOptions,
     ) -> Result<(DB, Vec<String>)> {
-        let cache = Cache::new_lru_cache(8 << 20);
+        let cache = block_cache(8 << 20);
         let opts = db_options(options, &cache);
         let names = DB::list_cf(&opts, path).map_err(|e| rocks_err("list_cf", path, "*", e))?;
         let cfs: Vec<_> = names
@@ -117,9 +119,16 @@ impl Instance {
             return Ok(());
         }
         let opts = column_family_options(&self.options, &self.cache);
-        self.db
+        let path = &self.path;
+        Arc::get_mut(&mut self.db)
+            .ok_or_else(|| {
+                StateError::layer(
+                    format!("rocksdb create_cf path={} cf={name}", path.display()),
+                    "the instance is in use by a snapshot's seal worker",
+                )
+            })?
             .create_cf(name, &opts)
-            .map_err(|e| rocks_err("create_cf", &self.path, name, e))
+            .map_err(|e| rocks_err("create_cf", path, name, e))
     }
 
     /// Column families that hold states.

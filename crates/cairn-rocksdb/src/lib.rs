@@ -29,8 +29,9 @@
 //!     let n = backend.value(&count).get()?.unwrap_or(0);
 //!     backend.value(&count).update(n + 1)?;
 //! }
-//! // The synchronous phase: flush the cache in one batch, take a RocksDB checkpoint (hard
-//! // links). The returned asynchronous phase uploads it from any thread.
+//! // The synchronous phase: freeze the cache's dirty entries; a seal worker writes them and
+//! // takes a RocksDB checkpoint (hard links). The returned asynchronous phase uploads it
+//! // from any thread.
 //! let _async_phase = backend.snapshot(SnapshotOptions::incremental_checkpoint(1))?;
 //! # Ok::<(), cairn_core::StateError>(())
 //! ```
@@ -47,13 +48,15 @@
 //!   durability), one shared LRU block cache, LZ4 upper levels and ZSTD bottommost, bloom
 //!   filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
-//!   tombstone flags and CLOCK eviction by entry count; dirty evictions and the
-//!   synchronous phase write one `WriteBatch`. A hot key costs no RocksDB get or put per
-//!   access. `keys()`, map iteration and snapshots flush it first.
-//!   [`RocksDbOptions::cache_capacity`] `= 0` turns it off.
-//! - **Snapshots.** The synchronous phase flushes the cache and creates a RocksDB
-//!   checkpoint in a scratch directory; its cost follows the memtable, not the state. The
-//!   asynchronous phase reads only that directory and deletes it when done. Savepoints and
+//!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted
+//!   in one `WriteBatch`. A hot key costs no RocksDB get or put per access. `keys()`, map
+//!   iteration and snapshots flush it first. [`RocksDbOptions::cache_capacity`] `= 0`
+//!   turns it off.
+//! - **Snapshots.** The synchronous phase only encodes the cache's dirty entries; a seal
+//!   worker thread writes them (sorted; a large set as ingested SST files) and creates a
+//!   RocksDB checkpoint in a scratch directory, while the task goes on without writing
+//!   RocksDB (evictions are held back) until the checkpoint exists. The asynchronous phase
+//!   waits for that directory, reads only it and deletes it when done. Savepoints and
 //!   full checkpoints are one canonical state file, written by scanning the checkpoint
 //!   read-only in key order. Incremental checkpoints into storage that takes shared files
 //!   are native: the checkpoint's SST files go to the shared area under content-derived
@@ -84,6 +87,7 @@ mod native_restore;
 mod ops;
 mod options;
 mod restore;
+mod seal;
 mod snapshot;
 mod sst;
 mod state;

@@ -119,6 +119,10 @@ impl RocksDbBackend {
             codec.encode(v, &mut element).map_err(codec_error(&name))?;
             push_list_element(&mut stored, &element);
         }
+        if let Err(e) = self.settle() {
+            self.scratch = key;
+            return Err(e);
+        }
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
         let inst = self.inst()?;
         let out = match (replace, values.is_empty()) {
@@ -497,11 +501,11 @@ impl KeyedStateBackend for RocksDbBackend {
         let key = self.key_untyped(idx, ns)?;
         let out = match s.kind {
             StateKind::Map => self.clear_map(idx, &key),
-            StateKind::List => {
+            StateKind::List => self.settle().and_then(|()| {
                 let name = self.state_name(idx);
                 self.inst()?
                     .delete(name, key.get(STATE_PREFIX_LEN..).unwrap_or(&[]))
-            }
+            }),
             _ => self.delete_untyped(idx, &key),
         };
         self.scratch = key;
@@ -552,6 +556,7 @@ impl KeyedStateBackend for RocksDbBackend {
     }
 
     fn restore(&mut self, handles: &[KeyedStateHandle], source: &dyn SnapshotSource) -> Result<()> {
+        self.settle()?;
         crate::restore::restore(self, handles, source)
     }
 }

@@ -3,10 +3,11 @@
 //! The options are tuned for keyed state that a checkpoint makes durable:
 //!
 //! - **No write-ahead log.** Every write uses `WriteOptions::disable_wal`: a crash loses the
-//!   local instance anyway, and the job restores from the last checkpoint, whose
-//!   synchronous phase flushes the memtables into the RocksDB checkpoint.
-//! - **One block cache** (LRU, [`RocksDbOptions::block_cache_bytes`]) shared by every column
-//!   family, with index and filter blocks cached too, so memory is bounded per backend.
+//!   local instance anyway, and the job restores from the last checkpoint, whose seal
+//!   flushes the memtables into the RocksDB checkpoint.
+//! - **One block cache** (LRU, [`RocksDbOptions::block_cache_bytes`], shards of 8 MiB or
+//!   more) shared by every column family, with index and filter blocks cached too, so
+//!   memory is bounded per backend.
 //! - **Write buffers** of [`RocksDbOptions::write_buffer_bytes`] per column family (two of
 //!   them, so a flush does not stall writes).
 //! - **Compression**: LZ4 for the upper levels (cheap, where data is rewritten soon) and
@@ -14,13 +15,19 @@
 //!   them), when [`RocksDbOptions::compression`] is on.
 //! - **Bloom filters** (whole-key, [`RocksDbOptions::bloom_bits_per_key`]) so a get of a
 //!   missing key rarely reads a data block; dynamic level sizes keep space amplification low.
+//!   Index and filters are partitioned: a get loads a few KiB of them, never a whole
+//!   file's filter (a file of a million keys has a 1.2 MiB filter, which would be re-read
+//!   and re-checksummed on every get when it does not stay in its cache shard).
 //! - **A merge operator** that concatenates, on every column family: list appends are
 //!   merges (no read), and only list states ever merge.
 
 use std::path::PathBuf;
 
 use cairn_core::{CodecIdentity, KeyGroupRange};
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, MergeOperands, Options};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, LruCacheOptions,
+    MergeOperands, Options,
+};
 
 /// Configuration of a [`crate::RocksDbBackend`].
 #[derive(Debug, Clone)]
@@ -107,12 +114,31 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Partitioned index and filters: a point lookup loads a few KiB of filter and index,
+    // never a whole file's filter (MiBs for a file of a million keys, re-read and
+    // re-checksummed on every get once it no longer fits a cache shard).
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     if o.bloom_bits_per_key > 0.0 {
         table.set_bloom_filter(o.bloom_bits_per_key, false);
     }
     table.set_format_version(5);
     opts.set_block_based_table_factory(&table);
     opts
+}
+
+/// The block cache shared by an instance's column families: LRU with shards of at least
+/// 8 MiB (one task thread uses an instance, so few shards cost no contention, and a large
+/// block still fits its shard).
+pub(crate) fn block_cache(bytes: usize) -> Cache {
+    let bytes = bytes.max(1 << 20);
+    let shards = (bytes >> 23).max(1);
+    let mut opts = LruCacheOptions::default();
+    opts.set_capacity(bytes);
+    opts.set_num_shard_bits(shards.ilog2().min(6) as i32);
+    Cache::new_lru_cache_opts(&opts)
 }
 
 /// Options of the instance (the default column family gets the column-family options).

@@ -1,10 +1,10 @@
-//! Snapshots: the synchronous phase (flush the cache in one write batch, then a RocksDB
-//! checkpoint of hard links into a scratch directory) and the bookkeeping of native
-//! incremental checkpoints.
+//! Snapshots: the synchronous phase (freeze the cache's dirty entries and hand them to a seal
+//! worker that writes them and takes a RocksDB checkpoint of hard links into a scratch
+//! directory, `seal.rs`) and the bookkeeping of native incremental checkpoints.
 //!
-//! The asynchronous phase works on the checkpoint directory alone, so it runs on any thread
-//! and is unaffected by later writes; the directory is deleted when the phase ends, fails,
-//! is cancelled or is dropped without running. What it writes:
+//! The asynchronous phase waits for the checkpoint directory and then works on it alone, so
+//! it runs on any thread and is unaffected by later writes; the directory is deleted when
+//! the phase ends, fails, is cancelled or is dropped without running. What it writes:
 //!
 //! - savepoints and full checkpoints: one canonical state file (`canonical.rs`);
 //! - incremental checkpoints into a target that takes shared files: the native checkpoint
@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, OnceLock};
 
 use cairn_core::{
@@ -32,7 +33,7 @@ use cairn_core::{
 };
 
 use crate::backend::{clean_uid, nonce, RocksDbBackend};
-use crate::db::{io_err, rocks_err};
+use crate::db::io_err;
 use crate::options::RocksDbOptions;
 
 /// Files of a native checkpoint by their local name (SST file numbers are never reused
@@ -144,17 +145,27 @@ pub(crate) struct SyncView {
 /// The asynchronous phase of a RocksDB snapshot.
 #[derive(Debug)]
 struct RocksSnapshot {
-    view: SyncView,
+    options: SnapshotOptions,
+    uid: String,
+    range: KeyGroupRange,
+    key_codec: CodecIdentity,
+    states: Vec<StateMeta>,
+    rocks: RocksDbOptions,
+    /// Where the seal worker sends the scratch directory once the checkpoint is in it
+    /// (taken by `run`; a snapshot dropped without running waits for it, so the directory
+    /// is gone when the drop returns).
+    ready: Option<Receiver<Result<ScratchDir>>>,
     /// For checkpoints: the base and the outcome slot.
     incremental: Option<Plan>,
 }
 
-/// The synchronous phase.
+/// The synchronous phase: freezes the cache's dirty entries and starts the seal worker that
+/// writes them and creates the RocksDB checkpoint (`seal.rs`).
 pub(crate) fn take(
     b: &mut RocksDbBackend,
     options: SnapshotOptions,
 ) -> Result<Box<dyn AsyncSnapshot>> {
-    b.flush_cache()?;
+    b.settle()?;
     let seq = b.seq;
     b.seq += 1;
     let name = format!(
@@ -165,43 +176,52 @@ pub(crate) fn take(
             .unwrap_or_else(|| "rocks".into()),
         options.checkpoint_id
     );
+    // The scratch directory exists from the synchronous phase on; the seal worker creates
+    // the RocksDB checkpoint inside it.
     let dir = b.local_dir.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| io_err("removing stale snapshot dir", &dir, e))?;
     }
-    {
-        let inst = b.inst()?;
-        let cp = rocksdb::checkpoint::Checkpoint::new(&inst.db)
-            .map_err(|e| rocks_err("checkpoint", &inst.path, "*", e))?;
-        cp.create_checkpoint(&dir)
-            .map_err(|e| rocks_err("create checkpoint", &dir, "*", e))?;
-    }
-    let dir = ScratchDir(dir);
-    let view = SyncView {
-        options,
-        uid: b.uid.clone(),
-        range: b.range,
-        key_codec: b.key_codec.clone(),
-        states: b.metas.values().cloned().collect(),
-        dir,
-        rocks: b.options.clone(),
-    };
+    std::fs::create_dir_all(&dir).map_err(|e| io_err("creating snapshot dir", &dir, e))?;
+    let ready = b.seal(ScratchDir(dir))?;
     // A checkpoint that will be written privately counts as full: its completion ends the
     // base.
     let native = options.incremental && b.options.native_incremental;
     let incremental = (options.snapshot_type == SnapshotType::Checkpoint)
         .then(|| b.inc.begin(options.checkpoint_id, native));
-    Ok(Box::new(RocksSnapshot { view, incremental }))
+    Ok(Box::new(RocksSnapshot {
+        options,
+        uid: b.uid.clone(),
+        range: b.range,
+        key_codec: b.key_codec.clone(),
+        states: b.metas.values().cloned().collect(),
+        rocks: b.options.clone(),
+        ready: Some(ready),
+        incremental,
+    }))
 }
 
 impl AsyncSnapshot for RocksSnapshot {
     fn run(
-        self: Box<Self>,
+        mut self: Box<Self>,
         target: &dyn SnapshotTarget,
         cancel: &CancelToken,
     ) -> Result<KeyedStateHandle> {
-        let RocksSnapshot { view, incremental } = *self;
+        let ready = self.ready.take();
+        let holder = crate::seal::wait(ready.as_ref(), self.options.checkpoint_id)?;
+        let view = SyncView {
+            options: self.options,
+            uid: std::mem::take(&mut self.uid),
+            range: self.range,
+            key_codec: self.key_codec.clone(),
+            states: std::mem::take(&mut self.states),
+            dir: ScratchDir(crate::seal::checkpoint_dir(&holder.0)),
+            rocks: self.rocks.clone(),
+        };
+        let incremental = self.incremental.take();
+        // Removed (with the checkpoint in it) when this phase ends.
+        let _holder = holder;
         let native = view.options.snapshot_type == SnapshotType::Checkpoint
             && view.options.incremental
             && view.rocks.native_incremental
@@ -221,6 +241,15 @@ impl AsyncSnapshot for RocksSnapshot {
             let _ = slot.set(outcome);
         }
         Ok(handle)
+    }
+}
+
+impl Drop for RocksSnapshot {
+    fn drop(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            // Wait for the seal worker, then drop the directory it sends.
+            let _ = ready.recv();
+        }
     }
 }
 

@@ -1,0 +1,487 @@
+//! Sealing a snapshot off the task thread: writing the dirty entries taken at the barrier
+//! and creating the RocksDB checkpoint.
+//!
+//! At a barrier the synchronous phase only encodes the cache's dirty entries into a
+//! [`Frozen`] set (one buffer, no allocation per entry), marks them clean and hands them to
+//! a seal worker thread. The worker sorts them and writes them in key order: a large set as
+//! one SST file per state, ingested (no memtable insert and no flush of it), a small one in
+//! write batches (sorted inserts are the cheap case of the memtable's skiplist). Then it
+//! creates the RocksDB checkpoint (which flushes the memtables and hard-links the SST
+//! files); the asynchronous phase waits for that checkpoint directory and uploads it as
+//! before.
+//!
+//! Until the worker is done the backend is *sealed*: it writes nothing to RocksDB, so the
+//! checkpoint holds exactly the state at the barrier.
+//!
+//! - Evictions are held back; the cache may grow up to twice its capacity, and past that
+//!   the task waits for the worker.
+//! - Every operation that writes RocksDB directly (list writes, map clears, the cache
+//!   flushes before key listing and map iteration, creating a column family, restore, the
+//!   next snapshot) waits for the worker first ([`crate::RocksDbBackend`]'s `settle`).
+//! - Reads that miss the cache go to RocksDB while the worker writes: a key the worker
+//!   writes was dirty at the barrier, so it is still in the cache (nothing is evicted while
+//!   sealed), and a key that is not in the cache is not one the worker writes.
+//!
+//! If the worker cannot write the entries, it hands them back: the task marks them dirty
+//! again when it waits for the worker (they are all still cached, and their cached values
+//! are the latest), so a failed snapshot loses no state.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+
+use cairn_core::{Result, StateError};
+use rocksdb::{
+    ColumnFamily, IngestExternalFileOptions, Options, SstFileWriter, WriteBatch, WriteOptions, DB,
+};
+
+use crate::backend::{nonce, STATE_PREFIX_LEN};
+use crate::cache::AnyValue;
+use crate::db::rocks_err;
+use crate::snapshot::ScratchDir;
+use crate::state::Registered;
+
+/// Entries per `WriteBatch` when writing a frozen set through the memtable.
+const BATCH_ENTRIES: usize = 64 * 1024;
+
+/// From this many entries on, a seal writes a frozen set as SST files and ingests them
+/// instead of inserting it into the memtable (which the checkpoint would flush right away).
+const INGEST_MIN_ENTRIES: usize = 16 * 1024;
+
+/// Value length of a delete.
+const DELETE: u32 = u32::MAX;
+
+/// One entry of a [`Frozen`] set: the key at `start`, its value right after it.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The first 8 key bytes, big-endian (zero-padded): sorts most entries without reading
+    /// the buffer.
+    prefix: u64,
+    state: u32,
+    key_len: u32,
+    start: usize,
+    /// [`DELETE`] for a delete.
+    value_len: u32,
+}
+
+impl Entry {
+    fn key<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        bytes
+            .get(self.start..self.start + self.key_len as usize)
+            .unwrap_or(&[])
+    }
+
+    fn value<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        if self.value_len == DELETE {
+            return None;
+        }
+        let from = self.start + self.key_len as usize;
+        Some(
+            bytes
+                .get(from..from + self.value_len as usize)
+                .unwrap_or(&[]),
+        )
+    }
+}
+
+/// Encoded cache entries to write to RocksDB: keys and values in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Frozen {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl Frozen {
+    pub(crate) fn with_capacity(entries: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(entries * 24),
+            entries: Vec::with_capacity(entries),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Adds the cache entry `cache_key` (`state index u32 BE | RocksDB key`), encoding its
+    /// value with the state's encoder.
+    pub(crate) fn push(
+        &mut self,
+        states: &[Registered],
+        cache_key: &[u8],
+        value: Option<&AnyValue>,
+    ) -> Result<()> {
+        let too_long = || StateError::layer("flushing the cache", "cache entry over 4 GiB");
+        let (idx, raw) = cache_key
+            .split_at_checked(STATE_PREFIX_LEN)
+            .ok_or_else(|| {
+                StateError::layer("flushing the cache", "cache key without a state index")
+            })?;
+        let state = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
+        let r = states
+            .get(state as usize)
+            .ok_or(StateError::UnknownState { index: state })?;
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(raw);
+        let key_end = self.bytes.len();
+        let present = match value {
+            Some(v) => (r.encode_value)(v, &mut self.bytes).inspect_err(|_| {
+                self.bytes.truncate(start);
+            })?,
+            None => false,
+        };
+        if !present {
+            self.bytes.truncate(key_end);
+        }
+        let value_len = if present {
+            u32::try_from(self.bytes.len() - key_end)
+                .ok()
+                .filter(|&l| l != DELETE)
+                .ok_or_else(too_long)?
+        } else {
+            DELETE
+        };
+        let mut prefix = [0u8; 8];
+        let n = raw.len().min(8);
+        prefix[..n].copy_from_slice(&raw[..n]);
+        self.entries.push(Entry {
+            prefix: u64::from_be_bytes(prefix),
+            state,
+            key_len: u32::try_from(raw.len()).map_err(|_| too_long())?,
+            start,
+            value_len,
+        });
+        Ok(())
+    }
+
+    /// The cache keys of the entries (to mark them dirty again after a failed write).
+    pub(crate) fn cache_keys(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.entries.iter().map(|e| {
+            let raw = e.key(&self.bytes);
+            let mut k = Vec::with_capacity(STATE_PREFIX_LEN + raw.len());
+            k.extend_from_slice(&e.state.to_be_bytes());
+            k.extend_from_slice(raw);
+            k
+        })
+    }
+
+    /// Sorts the entries by (state, key).
+    fn sort(&mut self) {
+        let bytes = &self.bytes;
+        self.entries.sort_unstable_by(|a, b| {
+            (a.state, a.prefix)
+                .cmp(&(b.state, b.prefix))
+                .then_with(|| a.key(bytes).cmp(b.key(bytes)))
+        });
+    }
+
+    /// Writes the entries to `db` in (state, key) order; `states[i]` names the column
+    /// family of state `i`. A large set with `sst` options is written as one SST file per
+    /// column family (in `scratch`) and ingested; otherwise in write batches without the
+    /// WAL.
+    pub(crate) fn write(
+        &mut self,
+        db: &DB,
+        path: &Path,
+        states: &[String],
+        sst: Option<(&Options, &Path)>,
+    ) -> Result<()> {
+        self.sort();
+        match sst {
+            Some((opts, scratch)) if self.entries.len() >= INGEST_MIN_ENTRIES => {
+                self.ingest(db, path, states, opts, scratch)
+            }
+            _ => self.write_batches(db, path, states),
+        }
+    }
+
+    fn write_batches(&self, db: &DB, path: &Path, states: &[String]) -> Result<()> {
+        let bytes = &self.bytes;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        let mut batch = WriteBatch::default();
+        let mut cf = None;
+        for e in &self.entries {
+            let handle = match cf {
+                Some((state, handle)) if state == e.state => handle,
+                _ => {
+                    let handle = cf_handle(db, path, states, e.state)?;
+                    cf = Some((e.state, handle));
+                    handle
+                }
+            };
+            match e.value(bytes) {
+                Some(v) => batch.put_cf(handle, e.key(bytes), v),
+                None => batch.delete_cf(handle, e.key(bytes)),
+            }
+            if batch.len() >= BATCH_ENTRIES {
+                db.write_opt(std::mem::take(&mut batch), &write)
+                    .map_err(|e| rocks_err("write batch", path, "*", e))?;
+            }
+        }
+        if !batch.is_empty() {
+            db.write_opt(batch, &write)
+                .map_err(|e| rocks_err("write batch", path, "*", e))?;
+        }
+        Ok(())
+    }
+
+    /// One SST file per state, ingested (moved) into its column family.
+    fn ingest(
+        &self,
+        db: &DB,
+        path: &Path,
+        states: &[String],
+        opts: &Options,
+        scratch: &Path,
+    ) -> Result<()> {
+        let bytes = &self.bytes;
+        let mut rest = self.entries.as_slice();
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .position(|e| e.state != first.state)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(n);
+            rest = tail;
+            let name = states.get(first.state as usize).map_or("", String::as_str);
+            let file = scratch.join(format!("seal-{:016x}-{}.sst", nonce(), first.state));
+            let written = (|| {
+                let mut w = SstFileWriter::create(opts);
+                w.open(&file)
+                    .map_err(|e| rocks_err("sst open", &file, name, e))?;
+                let mut last: Option<&[u8]> = None;
+                for e in run {
+                    let key = e.key(bytes);
+                    // Keys are unique (the dirty list is exact); a repeat would be refused
+                    // by the writer, so keep the first.
+                    if last == Some(key) {
+                        continue;
+                    }
+                    last = Some(key);
+                    match e.value(bytes) {
+                        Some(v) => w.put(key, v),
+                        None => w.delete(key),
+                    }
+                    .map_err(|e| rocks_err("sst put", &file, name, e))?;
+                }
+                w.finish()
+                    .map_err(|e| rocks_err("sst finish", &file, name, e))?;
+                drop(w);
+                let mut ingest = IngestExternalFileOptions::default();
+                ingest.set_move_files(true);
+                db.ingest_external_file_cf_opts(
+                    cf_handle(db, path, states, first.state)?,
+                    &ingest,
+                    vec![file.clone()],
+                )
+                .map_err(|e| rocks_err("ingest", path, name, e))
+            })();
+            let _ = std::fs::remove_file(&file);
+            written?;
+        }
+        Ok(())
+    }
+}
+
+fn cf_handle<'a>(
+    db: &'a DB,
+    path: &Path,
+    states: &[String],
+    state: u32,
+) -> Result<&'a ColumnFamily> {
+    let name = states.get(state as usize).map_or("", String::as_str);
+    db.cf_handle(name).ok_or_else(|| StateError::Restore {
+        reason: format!(
+            "column family missing in the rocksdb instance cf={name} path={}",
+            path.display()
+        ),
+    })
+}
+
+/// What a seal worker does: write `frozen`, then create the checkpoint `dir`, sending it
+/// (or the error) to the asynchronous phase.
+pub(crate) struct SealJob {
+    pub(crate) db: Arc<DB>,
+    pub(crate) path: PathBuf,
+    /// Column family of each state index.
+    pub(crate) states: Vec<String>,
+    pub(crate) frozen: Frozen,
+    /// Options of the SST files a large frozen set is ingested as.
+    pub(crate) sst: Options,
+    /// Where those files are built (on the instance's file system).
+    pub(crate) scratch: PathBuf,
+    /// The snapshot's scratch directory; the checkpoint goes to [`checkpoint_dir`] in it.
+    pub(crate) dir: ScratchDir,
+    pub(crate) ready: SyncSender<Result<ScratchDir>>,
+}
+
+impl SealJob {
+    /// Runs the job; returns the frozen entries if they could not be written.
+    pub(crate) fn run(self) -> Option<Frozen> {
+        let SealJob {
+            db,
+            path,
+            states,
+            mut frozen,
+            sst,
+            scratch,
+            dir,
+            ready,
+        } = self;
+        if let Err(e) = frozen.write(&db, &path, &states, Some((&sst, &scratch))) {
+            let _ = ready.send(Err(e));
+            return Some(frozen);
+        }
+        // `dir` is deleted on drop: on failure, and when nobody receives it.
+        let target = checkpoint_dir(&dir.0);
+        let created = rocksdb::checkpoint::Checkpoint::new(&db)
+            .map_err(|e| rocks_err("checkpoint", &path, "*", e))
+            .and_then(|cp| {
+                cp.create_checkpoint(&target)
+                    .map_err(|e| rocks_err("create checkpoint", &target, "*", e))
+            });
+        let _ = ready.send(created.map(|()| dir));
+        None
+    }
+}
+
+/// Where the RocksDB checkpoint goes in a snapshot's scratch directory.
+pub(crate) fn checkpoint_dir(scratch: &Path) -> PathBuf {
+    scratch.join("checkpoint")
+}
+
+/// The scratch directory of a sealed snapshot, once its worker created the checkpoint in it.
+pub(crate) fn wait(
+    ready: Option<&Receiver<Result<ScratchDir>>>,
+    checkpoint_id: u64,
+) -> Result<ScratchDir> {
+    ready.and_then(|r| r.recv().ok()).ok_or_else(|| {
+        StateError::layer(
+            format!("taking rocksdb checkpoint checkpoint_id={checkpoint_id}"),
+            "the seal worker ended without a checkpoint",
+        )
+    })?
+}
+
+/// A running seal worker.
+#[derive(Debug)]
+pub(crate) struct Seal {
+    pub(crate) handle: std::thread::JoinHandle<Option<Frozen>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use cairn_core::*;
+
+    use crate::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+
+    /// Snapshot files in memory.
+    #[derive(Default)]
+    struct Mem(Mutex<HashMap<String, Vec<u8>>>);
+
+    impl SnapshotTarget for Mem {
+        fn checkpoint_id(&self) -> u64 {
+            1
+        }
+        fn supports_shared(&self) -> bool {
+            false
+        }
+        fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+            let f = FileRef {
+                area,
+                name: name.to_string(),
+                size: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+            };
+            self.0.lock().unwrap().insert(name.to_string(), bytes);
+            Ok(f)
+        }
+    }
+
+    impl SnapshotSource for Mem {
+        fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes> {
+            let files = self.0.lock().unwrap();
+            Ok(bytes::Bytes::from(files[&file.name].clone()))
+        }
+    }
+
+    fn backend(dir: &std::path::Path, cache_capacity: usize) -> RocksDbBackend {
+        RocksDbBackend::new(RocksDbConfig {
+            uid: "op".into(),
+            max_parallelism: 128,
+            key_group_range: KeyGroupRange::all(128),
+            key_codec: BincodeCodec::<u64>::new().identity().clone(),
+            local_dir: dir.to_path_buf(),
+            options: RocksDbOptions {
+                cache_capacity,
+                ..RocksDbOptions::default()
+            },
+        })
+        .unwrap()
+    }
+
+    fn set_key(b: &mut RocksDbBackend, k: u64) {
+        b.set_current_key(&BincodeCodec::<u64>::new().encode_to_vec(&k).unwrap())
+            .unwrap();
+    }
+
+    /// The snapshot holds exactly the state at the barrier although the task goes on
+    /// updating, deleting and inserting (past the cache's hard limit) while the seal worker
+    /// writes: through the memtable (small cache) and as ingested SST files (a frozen set
+    /// over `INGEST_MIN_ENTRIES`).
+    #[test]
+    fn snapshot_is_the_state_at_the_barrier_while_the_task_goes_on() {
+        for (keys, capacity) in [(2_000u64, 64usize), (40_000, 50_000)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = backend(dir.path(), capacity);
+            let v = b
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            for k in 0..keys {
+                set_key(&mut b, k);
+                b.value(&v).update(k).unwrap();
+            }
+            let snap = b
+                .snapshot(SnapshotOptions::incremental_checkpoint(1))
+                .unwrap();
+            for k in 0..keys {
+                set_key(&mut b, k);
+                if k % 5 == 0 {
+                    b.value(&v).clear().unwrap();
+                } else {
+                    let old = b.value(&v).get().unwrap().unwrap();
+                    b.value(&v).update(old + 1_000_000).unwrap();
+                }
+            }
+            for k in keys..keys + 3 * capacity as u64 {
+                set_key(&mut b, k);
+                b.value(&v).update(k).unwrap();
+            }
+            let mem = Mem::default();
+            let handle = snap.run(&mem, &CancelToken::new()).unwrap();
+
+            let restored_dir = tempfile::tempdir().unwrap();
+            let mut r = backend(restored_dir.path(), capacity);
+            r.restore(&[handle], &mem).unwrap();
+            let rv = r
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            for k in 0..keys + 3 * capacity as u64 {
+                set_key(&mut r, k);
+                let want = (k < keys).then_some(k);
+                assert_eq!(r.value(&rv).get().unwrap(), want, "restored key {k}");
+                set_key(&mut b, k);
+                let live = match k {
+                    k if k >= keys => Some(k),
+                    k if k % 5 == 0 => None,
+                    k => Some(k + 1_000_000),
+                };
+                assert_eq!(b.value(&v).get().unwrap(), live, "live key {k}");
+            }
+        }
+    }
+}
