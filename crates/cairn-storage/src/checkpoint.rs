@@ -529,8 +529,8 @@ impl CheckpointSource {
 }
 
 impl SnapshotSource for CheckpointSource {
-    /// [`CheckpointSource::read`]; a damaged canonical state file's error also says where
-    /// the damage is.
+    /// [`CheckpointSource::read`]; a damaged canonical state file's or changelog segment's
+    /// error also says where the damage is.
     fn read_file(&self, file: &FileRef) -> cairn_core::Result<Bytes> {
         read_for_restore(
             self.read(file),
@@ -558,8 +558,9 @@ pub(crate) fn check_crc32(path: &Path, file: &FileRef, bytes: &[u8]) -> Result<(
 }
 
 /// The error of a restore read (`what`: what was being done). A checksum mismatch in what
-/// looks like a canonical state file is located by the format's reader: its error, which
-/// names the offset of the damaged block or field, becomes the source.
+/// looks like a canonical state file or a changelog segment is located by the format's
+/// reader: its error, which names the offset of the damaged block or field, becomes the
+/// source.
 pub(crate) fn read_for_restore(
     read: Result<Bytes, StorageError>,
     what: &str,
@@ -571,28 +572,43 @@ pub(crate) fn read_for_restore(
         Err(e @ StorageError::ChecksumMismatch { .. }) => e,
         Err(e) => return Err(StateError::layer(what, e)),
     };
-    let located = damaged().and_then(|bytes| locate_state_file_damage(bytes, path.as_ref()));
+    let located = damaged().and_then(|bytes| locate_damage(bytes, path.as_ref()));
     match located {
         Some(format_error) => Err(StateError::layer(format!("{what}: {e}"), format_error)),
         None => Err(StateError::layer(what, e)),
     }
 }
 
-/// The first error the state file reader finds in `bytes`, if they look like a state file
-/// (its magic, give or take a flipped bit or two).
-fn locate_state_file_damage(bytes: Bytes, path: &str) -> Option<cairn_format::FormatError> {
-    let magic = bytes.get(..cairn_format::STATE_FILE_MAGIC.len())?;
-    let differing_bits: u32 = magic
-        .iter()
-        .zip(cairn_format::STATE_FILE_MAGIC.iter())
-        .map(|(a, b)| (a ^ b).count_ones())
-        .sum();
-    if differing_bits > 2 {
+/// Bits in which a file's magic may differ from a format's and still be read as that
+/// format to locate the damage.
+const MAX_MAGIC_BIT_ERRORS: u32 = 2;
+
+/// The first error the reader of the format `bytes` look like (a state file or a changelog
+/// segment: the nearer magic, give or take a flipped bit or two) finds in them.
+fn locate_damage(bytes: Bytes, path: &str) -> Option<cairn_format::FormatError> {
+    let differing_bits = |magic: &[u8; 8]| -> Option<u32> {
+        let head = bytes.get(..magic.len())?;
+        Some(
+            head.iter()
+                .zip(magic)
+                .map(|(a, b)| (a ^ b).count_ones())
+                .sum(),
+        )
+    };
+    let state_file = differing_bits(&cairn_format::STATE_FILE_MAGIC)?;
+    let segment = differing_bits(&cairn_format::CHANGELOG_MAGIC)?;
+    if state_file.min(segment) > MAX_MAGIC_BIT_ERRORS {
         return None;
     }
-    cairn_format::StateFileReader::open(bytes, path)
-        .and_then(|r| r.verify_all())
-        .err()
+    if state_file <= segment {
+        cairn_format::StateFileReader::open(bytes, path)
+            .and_then(|r| r.verify_all())
+            .err()
+    } else {
+        cairn_format::ChangelogSegmentReader::open(bytes, path)
+            .and_then(|r| r.verify_all())
+            .err()
+    }
 }
 
 #[cfg(test)]
@@ -660,5 +676,55 @@ mod tests {
         let e = source.read_file(&other).unwrap_err().to_string();
         assert!(e.contains("file has wrong checksum"), "{e}");
         assert!(!e.contains("offset="), "{e}");
+    }
+
+    /// Found by the corruption matrix's changelog checkpoint: a damaged changelog segment
+    /// failed the restore with the whole-file checksum error alone, naming no offset.
+    #[test]
+    fn restore_reads_locate_changelog_segment_damage() {
+        let storage = CheckpointStorage::open("memory://").unwrap();
+        let writer = storage.begin_checkpoint(1).unwrap();
+        let states = vec![FileState {
+            name: "v".into(),
+            kind: StateKind::Value,
+        }];
+        let mut w = cairn_format::ChangelogSegmentWriter::new(states, 1).unwrap();
+        w.add(&cairn_format::ChangelogRecord {
+            key_group: 3,
+            state: 0,
+            op: cairn_format::ChangelogOp::Set,
+            key: b"k",
+            namespace: b"",
+            user_key: None,
+            value: Some(b"v"),
+        })
+        .unwrap();
+        let good = w.finish().unwrap();
+        let file = writer
+            .write(FileArea::Shared, "changelog/1.cls", good.clone())
+            .unwrap();
+        let source = storage.source(1);
+        // A flipped bit in the record (the block starts after the 16-byte header and the
+        // 10-byte state table), then one in the magic.
+        for (byte, located, offset) in [
+            (40, "record block checksum mismatch", 26),
+            (0, "bad magic", 0),
+        ] {
+            let mut bad = good.clone();
+            bad[byte] ^= 0x01;
+            storage
+                .inner
+                .store
+                .put(&source.path(&file), Bytes::from(bad))
+                .unwrap();
+            let e = source.read_file(&file).unwrap_err().to_string();
+            assert!(e.contains("file has wrong checksum"), "{e}");
+            assert!(e.contains("corrupt changelog segment"), "{e}");
+            assert!(e.contains(located), "{e}");
+            assert!(
+                e.contains(&format!("path=shared/changelog/1.cls offset={offset}")),
+                "{e}"
+            );
+        }
     }
 }
