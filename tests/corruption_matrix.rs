@@ -1,22 +1,25 @@
 //! The corruption matrix (issue 7): for every file of small snapshots of every kind — a heap
 //! full checkpoint, a heap incremental checkpoint (with shared files), a RocksDB native
-//! incremental checkpoint (SST, `MANIFEST-*`, `CURRENT`, `OPTIONS-*` files) and a canonical
-//! savepoint — every single-bit flip and every truncation is detected: restore fails with an
-//! error that names the file (and, for Cairn's own formats, the offset), and the storage's
-//! `verify` fails too. A restore that succeeds, or panics, is a failure.
+//! incremental checkpoint (SST, `MANIFEST-*`, `CURRENT`, `OPTIONS-*` files), a changelog
+//! checkpoint (a materialized heap snapshot and the changelog segments after it) and a
+//! canonical savepoint — every single-bit flip and every truncation is detected: restore
+//! fails with an error that names the file (and, for Cairn's own formats, the offset), and
+//! the storage's `verify` fails too. A restore that succeeds, or panics, is a failure.
 //!
 //! Two layers of checks, so that the test stays fast in a debug build:
 //!
 //! - **every** damaged variant goes through the check of its file kind that rejects it on
 //!   restore, in memory: the manifest decoder (`_metadata`); the state file reader (open and
 //!   `verify_all`) *and* the manifest's size and CRC32 record (canonical state files); the
-//!   manifest's size and CRC32 record (RocksDB's files, which the restore source and the
-//!   native restore compare before RocksDB sees a byte);
+//!   segment reader (open and `verify_all`) *and* the manifest's size and CRC32 record
+//!   (changelog segments); the manifest's size and CRC32 record (RocksDB's files, which the
+//!   restore source and the native restore compare before RocksDB sees a byte);
 //! - a **sample** of the variants (every file's truncations to 0 and to `len − 1`, and every
 //!   `stride`-th variant; `CAIRN_MATRIX_STRIDE=1` takes all) is written to disk and run
 //!   through a full restore — of every subtask, through the storage, then compared with the
 //!   expected state — and through the storage's `verify` (checkpoints); the savepoint's
-//!   sample is also restored into the other backend.
+//!   sample is also restored into the other backend, and the changelog checkpoint's into a
+//!   changelog backend around RocksDB.
 
 mod common;
 
@@ -26,18 +29,21 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use cairn_core::{
-    FileArea, FileRef, KeyGroupRange, KeyedData, KeyedStateBackend, OperatorListStateDescriptor,
-    OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions, SnapshotSource,
+    FileArea, FileRef, KeyGroupRange, KeyedData, KeyedStateBackend, KeyedStateHandle,
+    OperatorListStateDescriptor, OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions,
+    SnapshotSource, StateAccess,
 };
-use cairn_format::{decode_manifest, Manifest, StateFileReader, MANIFEST_FILE_NAME};
+use cairn_format::{
+    decode_manifest, ChangelogSegmentReader, Manifest, StateFileReader, MANIFEST_FILE_NAME,
+};
 use cairn_storage::{
     open_savepoint, restore_subtask, snapshot_operator, write_savepoint, CheckpointStorage,
     SubtaskRef,
 };
 use common::conformance::{checkpoint, fill_key, read_operator};
-use common::factories::{HashMapFactory, RocksDbFactory};
+use common::factories::{ChangelogFactory, HashMapFactory, RocksDbFactory};
 use common::harness::{BackendFactory, Operator};
-use common::schema::{key_bytes, keys_in, register};
+use common::schema::{key_bytes, keys_in, register, set_key};
 
 const MAX_P: u32 = 8;
 const UID: &str = "op";
@@ -60,6 +66,8 @@ enum FileKind {
     Manifest,
     /// A canonical state file: Cairn's format, errors carry offsets.
     StateFile,
+    /// A changelog segment: Cairn's format, errors carry offsets.
+    Segment,
     /// A file of a RocksDB checkpoint directory: checked by size and CRC32 as a whole.
     Native,
 }
@@ -79,6 +87,10 @@ struct Target {
 enum Backend {
     HashMap,
     RocksDb,
+    /// A changelog backend around the heap backend.
+    ChangelogHashMap,
+    /// A changelog backend around RocksDB.
+    ChangelogRocksDb,
 }
 
 enum Location {
@@ -91,14 +103,15 @@ struct Snapshot {
     at: Location,
     /// The backend that restores every variant.
     backend: Backend,
-    /// Also restore the sample with the other backend (canonical snapshots).
-    sample_other_backend: bool,
+    /// Another backend that restores every `ROCKSDB_STRIDE`-th variant of the sample.
+    other_backend: Option<Backend>,
     /// Every how many variants of a file a full restore runs.
     stride: u64,
     keys: Vec<String>,
     expected: Restored,
     files: Vec<Target>,
     rocks: RocksDbFactory,
+    changelog_rocks: ChangelogFactory<RocksDbFactory>,
 }
 
 #[derive(Default, Debug)]
@@ -157,6 +170,13 @@ impl Snapshot {
         let run = |m: &Manifest, source: &dyn SnapshotSource| match backend {
             Backend::HashMap => restore_with(&HashMapFactory, m, source, &self.keys),
             Backend::RocksDb => restore_with(&self.rocks, m, source, &self.keys),
+            Backend::ChangelogHashMap => restore_with(
+                &ChangelogFactory::new(HashMapFactory),
+                m,
+                source,
+                &self.keys,
+            ),
+            Backend::ChangelogRocksDb => restore_with(&self.changelog_rocks, m, source, &self.keys),
         };
         match &self.at {
             Location::Checkpoint { storage, id } => {
@@ -205,6 +225,13 @@ fn check_bytes(t: &Target, damaged: &[u8], truncation: bool) -> Result<(), Strin
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        FileKind::Segment => {
+            let opened = ChangelogSegmentReader::open(Bytes::copy_from_slice(damaged), &t.name);
+            match opened.and_then(|r| r.verify_all()) {
+                Ok(()) => return Err("the changelog segment reads".into()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
         FileKind::Native => {}
     }
     for e in errors {
@@ -237,15 +264,12 @@ fn check_variant(
     }
     std::fs::write(&t.path, damaged).expect("write damaged file");
     let mut backends = vec![s.backend];
-    if s.sample_other_backend && n % stride(ROCKSDB_STRIDE) == 0 {
-        backends.push(match s.backend {
-            Backend::HashMap => Backend::RocksDb,
-            Backend::RocksDb => Backend::HashMap,
-        });
+    if let Some(other) = s.other_backend.filter(|_| n % stride(ROCKSDB_STRIDE) == 0) {
+        backends.push(other);
     }
     for backend in backends {
         tally.full_restores += 1;
-        if backend == Backend::RocksDb {
+        if matches!(backend, Backend::RocksDb | Backend::ChangelogRocksDb) {
             tally.rocksdb_restores += 1;
         }
         match catch_unwind(AssertUnwindSafe(|| s.restore(backend))) {
@@ -336,25 +360,51 @@ fn targets(m: &Manifest, private: &Path, shared: &Path) -> Vec<Target> {
         file: None,
     }];
     for sub in &m.operators[0].subtasks {
-        let Some(h) = &sub.keyed else { continue };
-        let kind = match h.data {
-            KeyedData::Canonical { .. } => FileKind::StateFile,
-            _ => FileKind::Native,
-        };
-        for f in h.files() {
-            let base = match f.area {
-                FileArea::Private => private,
-                FileArea::Shared => shared,
-            };
-            out.push(Target {
-                name: f.name.clone(),
-                path: base.join(&f.name),
-                kind,
-                file: Some(f.clone()),
-            });
+        if let Some(h) = &sub.keyed {
+            handle_targets(h, private, shared, &mut out);
         }
     }
     out
+}
+
+/// The files of handle `h` (of a changelog handle: its materialized handles' and its
+/// segments).
+fn handle_targets(h: &KeyedStateHandle, private: &Path, shared: &Path, out: &mut Vec<Target>) {
+    let mut push = |f: &FileRef, kind| {
+        let base = match f.area {
+            FileArea::Private => private,
+            FileArea::Shared => shared,
+        };
+        out.push(Target {
+            name: f.name.clone(),
+            path: base.join(&f.name),
+            kind,
+            file: Some(f.clone()),
+        });
+    };
+    match &h.data {
+        KeyedData::Canonical { files } => {
+            for f in files {
+                push(&f.file, FileKind::StateFile);
+            }
+        }
+        KeyedData::Changelog {
+            materialized,
+            segments,
+        } => {
+            for s in segments {
+                push(&s.file, FileKind::Segment);
+            }
+            for m in materialized {
+                handle_targets(m, private, shared, out);
+            }
+        }
+        _ => {
+            for f in h.files() {
+                push(f, FileKind::Native);
+            }
+        }
+    }
 }
 
 /// A keyed operator of `parallelism` subtasks holding every state kind for `keys`, with an
@@ -411,8 +461,8 @@ fn checkpoint_snapshot<F: BackendFactory>(
     // One RocksDB instance is enough to have every kind of native file (and its OPTIONS
     // file alone is 43 KB).
     let parallelism = match backend {
-        Backend::HashMap => 2,
-        Backend::RocksDb => 1,
+        Backend::RocksDb | Backend::ChangelogRocksDb => 1,
+        Backend::HashMap | Backend::ChangelogHashMap => 2,
     };
     let mut op = operator(f, &keys, parallelism);
     let mut id = 1;
@@ -435,15 +485,77 @@ fn checkpoint_snapshot<F: BackendFactory>(
         name,
         at: Location::Checkpoint { storage, id },
         backend,
-        sample_other_backend: false,
+        other_backend: None,
         stride: match backend {
-            Backend::HashMap => HEAP_STRIDE,
-            Backend::RocksDb => ROCKSDB_STRIDE,
+            Backend::RocksDb | Backend::ChangelogRocksDb => ROCKSDB_STRIDE,
+            Backend::HashMap | Backend::ChangelogHashMap => HEAP_STRIDE,
         },
         expected: expected(&mut op, &keys),
         keys,
         files,
         rocks: RocksDbFactory::new(),
+        changelog_rocks: ChangelogFactory::new(RocksDbFactory::new()),
+    }
+}
+
+/// A changelog checkpoint of a changelog backend around the heap backend in each of two
+/// subtasks: every subtask materializes the first round of writes, then a second round
+/// (every key again, and on two keys a clear, a list set and map removals, so that the
+/// segments hold every op) goes to the segments after the materialization.
+fn changelog_snapshot(root: &Path) -> Snapshot {
+    let keys = all_keys();
+    let storage = CheckpointStorage::open(root.to_str().unwrap()).unwrap();
+    // Materialization only when asked.
+    let f = ChangelogFactory {
+        min_log_bytes: u64::MAX,
+        ..ChangelogFactory::new(HashMapFactory)
+    };
+    let mut op = operator(&f, &keys, 2);
+    for (b, _) in &mut op.subtasks {
+        b.materialize_now().unwrap();
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    for (b, _) in &mut op.subtasks {
+        while b.is_materializing() {
+            assert!(Instant::now() < deadline, "materialization did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(b.last_materialization_error(), None);
+    }
+    write(&mut op, &keys, 1);
+    for k in &keys[..2] {
+        let b = op.owner(k);
+        let ids = register(b);
+        set_key(b, k);
+        b.value(&ids.value).clear().unwrap();
+        b.list(&ids.list).update(vec!["set".into()]).unwrap();
+        b.map(&ids.map).remove(&0).unwrap();
+        b.map(&ids.map).remove(&1).unwrap();
+    }
+    let m = checkpoint(&mut op, &storage, 1, true);
+    for sub in &m.operators[0].subtasks {
+        let h = sub.keyed.as_ref().expect("keyed state");
+        let KeyedData::Changelog {
+            materialized,
+            segments,
+        } = &h.data
+        else {
+            panic!("not a changelog handle: {h:?}");
+        };
+        assert!(!materialized.is_empty() && !segments.is_empty());
+    }
+    let files = targets(&m, &root.join("chk-1"), &root.join("shared"));
+    Snapshot {
+        name: "changelog checkpoint",
+        at: Location::Checkpoint { storage, id: 1 },
+        backend: Backend::ChangelogHashMap,
+        other_backend: Some(Backend::ChangelogRocksDb),
+        stride: HEAP_STRIDE,
+        expected: expected(&mut op, &keys),
+        keys,
+        files,
+        rocks: RocksDbFactory::new(),
+        changelog_rocks: ChangelogFactory::new(RocksDbFactory::new()),
     }
 }
 
@@ -468,11 +580,12 @@ fn savepoint_snapshot(root: &Path) -> Snapshot {
         files: targets(&m, &dir, &dir),
         at: Location::Savepoint { url },
         backend: Backend::HashMap,
-        sample_other_backend: true,
+        other_backend: Some(Backend::RocksDb),
         stride: HEAP_STRIDE,
         expected: expected(&mut op, &keys),
         keys,
         rocks: RocksDbFactory::new(),
+        changelog_rocks: ChangelogFactory::new(RocksDbFactory::new()),
     }
 }
 
@@ -575,6 +688,19 @@ fn every_bit_flip_and_truncation_of_a_rocksdb_native_checkpoint_is_an_error() {
         dir.path(),
         true,
     );
+    matrix(&s);
+}
+
+#[test]
+fn every_bit_flip_and_truncation_of_a_changelog_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = changelog_snapshot(dir.path());
+    let segments = s
+        .files
+        .iter()
+        .filter(|t| t.kind == FileKind::Segment)
+        .count();
+    assert!(segments >= 2, "a segment per subtask at least");
     matrix(&s);
 }
 
