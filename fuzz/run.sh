@@ -19,13 +19,21 @@ seed() {
     case "$t" in
         manifest_decode|manifest_decode_checked)
             cp "$vectors/savepoint/_metadata" "$dir/savepoint-metadata"
-            cp "$vectors/checkpoint-incremental.manifest" "$vectors/checkpoint-native.manifest" "$dir/"
+            cp "$vectors/checkpoint-incremental.manifest" "$vectors/checkpoint-native.manifest" \
+                "$vectors/checkpoint-changelog.manifest" "$dir/"
             for f in "$vectors"/corrupt/manifest-*; do cp "$f" "$dir/"; done ;;
         state_file_decode)
             cp "$vectors"/savepoint/*.state "$vectors/empty.state" "$dir/"
             for f in "$vectors"/corrupt/state-file-*; do cp "$f" "$dir/"; done ;;
         list_decode)
             cp "$vectors/list-value.bin" "$vectors/corrupt/list-value-trailing" "$dir/" ;;
+        changelog_segment)
+            # The vector and its corrupt variants, and seeds/changelog_segment/: a segment
+            # written by ChangelogSegmentWriter whose two blocks are zstd-compressed (the
+            # vector's are too small to compress), so mutations reach the zstd path.
+            cp "$vectors/changelog-segment.cls" "$dir/"
+            for f in "$vectors"/corrupt/changelog-segment-*; do cp "$f" "$dir/"; done
+            cp seeds/changelog_segment/* "$dir/" ;;
         block_decode)
             for f in "$vectors"/savepoint/*.state; do
                 data_blocks "$f" "$dir/$(basename "$f").blocks"
