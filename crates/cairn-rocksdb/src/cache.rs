@@ -232,15 +232,39 @@ impl Cache {
         &mut self,
         mut f: impl FnMut(&[u8], Option<&AnyValue>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for &i in &self.dirty_list {
-            if let Some(slot) = self.slots.get(i) {
-                f(&slot.key, slot.value.as_ref())?;
-            }
-        }
-        for &i in &self.dirty_list {
-            if let Some(slot) = self.slots.get_mut(i) {
+        // Many dirty entries (a checkpoint after a busy interval): visit the slots in memory
+        // order rather than in the dirty list's, which would cost a cache miss per entry.
+        // Callers do not depend on the order (the seal worker sorts).
+        let sequential = self.dirty_list.len().saturating_mul(4) >= self.slots.len();
+        let mut result = Ok(());
+        if sequential {
+            for slot in self.slots.iter_mut().filter(|s| s.dirty) {
+                if let Err(e) = f(&slot.key, slot.value.as_ref()) {
+                    result = Err(e);
+                    break;
+                }
                 slot.dirty = false;
             }
+        } else {
+            for &i in &self.dirty_list {
+                let Some(slot) = self.slots.get_mut(i) else {
+                    continue;
+                };
+                if let Err(e) = f(&slot.key, slot.value.as_ref()) {
+                    result = Err(e);
+                    break;
+                }
+                slot.dirty = false;
+            }
+        }
+        if let Err(e) = result {
+            // Nothing counts as written: every listed entry stays dirty.
+            for &i in &self.dirty_list {
+                if let Some(slot) = self.slots.get_mut(i) {
+                    slot.dirty = true;
+                }
+            }
+            return Err(e);
         }
         self.dirty_list.clear();
         Ok(())
@@ -377,6 +401,39 @@ mod tests {
         assert_eq!(seen.iter().filter(|k| **k == vec![3]).count(), expect_3);
         assert!(seen.contains(&vec![100]));
         assert!(!c.has_dirty());
+    }
+
+    #[test]
+    fn a_failed_flush_leaves_every_entry_dirty() {
+        // Few dirty entries (visited through the dirty list) and many (visited in slot order).
+        for dirty in [2u8, 30] {
+            let mut c = Cache::new(64);
+            for i in 0..40u8 {
+                c.insert(vec![i], v(u64::from(i)), i < dirty);
+            }
+            let mut calls = 0;
+            let failed = c.flush(|_, _| {
+                calls += 1;
+                if calls == 2 {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(failed.is_err());
+            assert_eq!(c.dirty_len(), usize::from(dirty));
+            c.check_invariants();
+            let mut seen = Vec::new();
+            c.flush(|k, _| {
+                seen.push(k.to_vec());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            seen.sort();
+            assert_eq!(seen, (0..dirty).map(|i| vec![i]).collect::<Vec<_>>());
+            assert!(!c.has_dirty());
+            c.check_invariants();
+        }
     }
 
     #[test]
