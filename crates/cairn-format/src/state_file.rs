@@ -128,8 +128,67 @@ fn encode_entry(w: &mut Writer<'_>, e: &EntryRef<'_>) -> Result<(), FormatError>
     w.bytes(e.value, "value")
 }
 
-/// An owned `(key group, state, key, namespace, user key)`.
-type OwnedSortKey = (KeyGroup, u32, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+/// Byte-wise (lexicographic) order of two byte strings, without a `memcmp` call for the
+/// short ones (8 bytes or fewer: compared as zero-padded big-endian words, then by length).
+#[inline]
+fn cmp_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    // `x.len() <= 8`; no `memcpy` call for the variable length.
+    fn word(x: &[u8]) -> u64 {
+        match <[u8; 8]>::try_from(x) {
+            Ok(w) => u64::from_be_bytes(w),
+            Err(_) if x.is_empty() => 0,
+            Err(_) => x.iter().fold(0u64, |w, b| (w << 8) | u64::from(*b)) << (8 * (8 - x.len())),
+        }
+    }
+    if a.len() <= 8 && b.len() <= 8 {
+        word(a).cmp(&word(b)).then(a.len().cmp(&b.len()))
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// The sort key of the last entry added, owned (buffers reused from entry to entry).
+#[derive(Debug, Default)]
+struct LastEntry {
+    key_group: KeyGroup,
+    state: u32,
+    key: Vec<u8>,
+    namespace: Vec<u8>,
+    user_key: Option<Vec<u8>>,
+}
+
+impl LastEntry {
+    /// Whether `e` sorts strictly after this entry.
+    #[inline]
+    fn precedes(&self, e: &EntryRef<'_>) -> bool {
+        (self.key_group, self.state)
+            .cmp(&(e.key_group, e.state))
+            .then_with(|| cmp_bytes(&self.key, e.key))
+            .then_with(|| cmp_bytes(&self.namespace, e.namespace))
+            .then_with(|| match (&self.user_key, e.user_key) {
+                (Some(a), Some(b)) => cmp_bytes(a, b),
+                (a, b) => a.is_some().cmp(&b.is_some()),
+            })
+            .is_lt()
+    }
+
+    #[inline]
+    fn set(&mut self, e: &EntryRef<'_>) {
+        self.key_group = e.key_group;
+        self.state = e.state;
+        self.key.clear();
+        self.key.extend_from_slice(e.key);
+        self.namespace.clear();
+        self.namespace.extend_from_slice(e.namespace);
+        match (&mut self.user_key, e.user_key) {
+            (Some(u), Some(x)) => {
+                u.clear();
+                u.extend_from_slice(x);
+            }
+            (u, x) => *u = x.map(<[u8]>::to_vec),
+        }
+    }
+}
 
 /// Writes a canonical state file. Entries must be added in strictly increasing
 /// `(key_group, state, key, namespace, user_key)` order (checked).
@@ -148,8 +207,8 @@ pub struct StateFileWriter {
     key_groups: u32,
     entries: u64,
     blocks: u32,
-    /// Sort key of the last entry added, owned: (key group, state, key, namespace, user key).
-    last: Option<OwnedSortKey>,
+    /// Sort key of the last entry added (`None` before the first).
+    last: Option<LastEntry>,
 }
 
 impl std::fmt::Debug for StateFileWriter {
@@ -237,14 +296,11 @@ impl StateFileWriter {
                 e.key_group
             )));
         }
-        if let Some((kg, s, k, n, u)) = &self.last {
-            let prev = (*kg, (*s, k.as_slice(), n.as_slice(), u.as_deref()));
-            if (e.key_group, sort_key(e)) <= prev {
-                return Err(invalid(format!(
-                    "entries not in strictly increasing (key group, state, key, namespace, user key) order key_group={} state={}",
-                    e.key_group, state.name
-                )));
-            }
+        if self.last.as_ref().is_some_and(|last| !last.precedes(e)) {
+            return Err(invalid(format!(
+                "entries not in strictly increasing (key group, state, key, namespace, user key) order key_group={} state={}",
+                e.key_group, state.name
+            )));
         }
         let size = MIN_DATA_ENTRY_LEN
             + e.key.len()
@@ -270,32 +326,7 @@ impl StateFileWriter {
             g.3 += 1;
         }
         self.entries += 1;
-        match &mut self.last {
-            Some((kg, s, k, n, u)) => {
-                *kg = e.key_group;
-                *s = e.state;
-                k.clear();
-                k.extend_from_slice(e.key);
-                n.clear();
-                n.extend_from_slice(e.namespace);
-                match (u.as_mut(), e.user_key) {
-                    (Some(u), Some(x)) => {
-                        u.clear();
-                        u.extend_from_slice(x);
-                    }
-                    (_, x) => *u = x.map(<[u8]>::to_vec),
-                }
-            }
-            None => {
-                self.last = Some((
-                    e.key_group,
-                    e.state,
-                    e.key.to_vec(),
-                    e.namespace.to_vec(),
-                    e.user_key.map(<[u8]>::to_vec),
-                ));
-            }
-        }
+        self.last.get_or_insert_with(LastEntry::default).set(e);
         Ok(())
     }
 
@@ -369,5 +400,34 @@ impl StateFileWriter {
         debug_assert_eq!(footer.len(), FOOTER_LEN);
         self.out.extend_from_slice(&footer);
         Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_byte_strings_compare_like_slices() {
+        let all: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1],
+            vec![0, 1],
+            vec![0xff],
+            b"abcdefg".to_vec(),
+            b"abcdefg\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefgi".to_vec(),
+            vec![0xff; 8],
+            vec![0xff; 9],
+        ];
+        for a in &all {
+            for b in &all {
+                assert_eq!(cmp_bytes(a, b), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
     }
 }

@@ -1,9 +1,57 @@
-//! Canonical entries of one key group, encoded into an arena and sorted in file order.
+//! Canonical entries of one key group in file order: encoded into an arena and sorted (any
+//! state), or sorted by key and written straight from the table (one value per key).
 
 use std::cmp::Ordering;
 
-use cairn_core::{Codec, CodecError, KeyGroup};
-use cairn_format::{encode_list, EntryRef, FormatError, StateFileWriter};
+use cairn_core::{Codec, CodecError, KeyGroup, Result, StateError};
+use cairn_format::{encode_list, EntryRef, StateFileWriter};
+
+/// The first 8 bytes of `key`, big-endian and zero-padded: integer order on prefixes is the
+/// byte-wise order of the keys wherever the prefixes differ.
+#[inline]
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
+    match key.get(..8) {
+        Some(first) => u64::from_be_bytes(first.try_into().unwrap_or_default()),
+        None if key.is_empty() => 0,
+        // Without a `memcpy` call for the variable length.
+        None => key.iter().fold(0u64, |w, b| (w << 8) | u64::from(*b)) << (8 * (8 - key.len())),
+    }
+}
+
+/// A state file writer positioned at one key group; format errors name the file being
+/// written and the key group.
+pub(crate) struct KgWriter<'a> {
+    pub(crate) writer: &'a mut StateFileWriter,
+    pub(crate) kg: KeyGroup,
+    /// What is being written (`uid`, checkpoint id), for errors.
+    pub(crate) context: &'a dyn Fn() -> String,
+}
+
+impl KgWriter<'_> {
+    /// Appends an entry of this key group.
+    #[inline]
+    pub(crate) fn add(
+        &mut self,
+        state: u32,
+        key: &[u8],
+        namespace: &[u8],
+        user_key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<()> {
+        self.writer
+            .add(&EntryRef {
+                key_group: self.kg,
+                state,
+                key,
+                namespace,
+                user_key,
+                value,
+            })
+            .map_err(|e| {
+                StateError::layer(format!("{} key_group={}", (self.context)(), self.kg), e)
+            })
+    }
+}
 
 /// A byte range in an arena.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +105,22 @@ struct Encoded {
     value: Span,
 }
 
+/// The word a key group's entries are sorted by: the state (bits 96..128), the first 8 bytes
+/// of the key, big-endian and zero-padded (bits 32..96), and the entry's index (bits 0..32).
+/// Integer order on the upper 96 bits is the byte-wise order of `(state, key)` wherever the
+/// prefixes differ; entries with equal prefixes are ordered by [`compare`] afterwards.
+fn sort_word(buf: &[u8], e: &Encoded, index: usize) -> u128 {
+    (u128::from(e.head.state) << 96)
+        | (u128::from(key_prefix(e.head.key.of(buf))) << 32)
+        | (index as u128 & 0xffff_ffff)
+}
+
+/// The entry index of a sort word.
+#[inline]
+fn word_index(w: u128) -> usize {
+    (w & 0xffff_ffff) as usize
+}
+
 /// The encoded entries of one key group of every state of a snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct KgBuffer {
@@ -67,6 +131,10 @@ pub(crate) struct KgBuffer {
     /// Scratch spans for list elements.
     spans: Vec<Span>,
     items: Vec<Encoded>,
+    /// Scratch space of the sort ([`sort_word`]).
+    order: Vec<u128>,
+    /// `items` in file order.
+    sorted: Vec<Encoded>,
 }
 
 impl KgBuffer {
@@ -86,6 +154,13 @@ impl KgBuffer {
         let key = push_bytes(&mut self.buf, key);
         let ns = push_with(&mut self.buf, encode_ns)?;
         Ok(Head { state, key, ns })
+    }
+
+    /// Starts the entries of `(state, key, namespace)` whose namespace is already in the
+    /// arena at `ns`.
+    pub(crate) fn head_with_ns(&mut self, state: u32, key: &[u8], ns: Span) -> Head {
+        let key = push_bytes(&mut self.buf, key);
+        Head { state, key, ns }
     }
 
     /// Adds one canonical entry.
@@ -119,26 +194,56 @@ impl KgBuffer {
         Ok(())
     }
 
-    /// Sorts the entries by `(state, key, namespace, user key)` and appends them to `writer`
-    /// as key group `kg`.
-    pub(crate) fn write_sorted(
-        &mut self,
-        kg: KeyGroup,
-        writer: &mut StateFileWriter,
-    ) -> Result<(), FormatError> {
+    /// Sorts the entries by `(state, key, namespace, user key)` and appends them to `out`.
+    pub(crate) fn write_sorted(&mut self, out: &mut KgWriter<'_>) -> Result<()> {
+        self.sort();
+        // Gather the entries in file order first: a tight loop of independent loads, where
+        // the writer's loop would wait for every random access.
+        let items = &self.items;
+        self.sorted.clear();
+        self.sorted
+            .extend(self.order.iter().map(|&w| items[word_index(w)]));
         let buf = &self.buf;
-        self.items.sort_unstable_by(|a, b| compare(buf, a, b));
-        for e in &self.items {
-            writer.add(&EntryRef {
-                key_group: kg,
-                state: e.head.state,
-                key: e.head.key.of(buf),
-                namespace: e.head.ns.of(buf),
-                user_key: e.user_key.map(|s| s.of(buf)),
-                value: e.value.of(buf),
-            })?;
+        for e in &self.sorted {
+            out.add(
+                e.head.state,
+                e.head.key.of(buf),
+                e.head.ns.of(buf),
+                e.user_key.map(|s| s.of(buf)),
+                e.value.of(buf),
+            )?;
         }
         Ok(())
+    }
+
+    /// Fills `order` with the entries in file order: an integer sort of the sort words, then
+    /// runs of equal `(state, key prefix)` (keys longer than 8 bytes, namespaces, user keys)
+    /// sorted by the full comparison.
+    fn sort(&mut self) {
+        let (buf, items, order) = (&self.buf, &self.items, &mut self.order);
+        order.clear();
+        if items.len() > u32::MAX as usize {
+            // Indexes do not fit the sort word (never in practice): one run of everything.
+            order.extend((0..items.len()).map(|i| i as u128));
+            order.sort_unstable_by(|a, b| compare(buf, &items[*a as usize], &items[*b as usize]));
+            return;
+        }
+        order.extend(items.iter().enumerate().map(|(i, e)| sort_word(buf, e, i)));
+        order.sort_unstable();
+        let mut start = 0;
+        while start < order.len() {
+            let head = order[start] >> 32;
+            let end = order[start..]
+                .iter()
+                .position(|w| w >> 32 != head)
+                .map_or(order.len(), |n| start + n);
+            if end - start > 1 {
+                order[start..end].sort_unstable_by(|a, b| {
+                    compare(buf, &items[word_index(*a)], &items[word_index(*b)])
+                });
+            }
+            start = end;
+        }
     }
 }
 

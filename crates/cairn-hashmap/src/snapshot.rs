@@ -30,7 +30,7 @@ use cairn_core::{
 };
 use cairn_format::{FileState, StateFileWriter};
 
-use crate::encode::KgBuffer;
+use crate::encode::{KgBuffer, KgWriter};
 use crate::error::internal;
 use crate::state::StateSnapshot;
 
@@ -295,12 +295,16 @@ fn encode_file(view: &SyncView, write: &[bool], cancel: &CancelToken) -> Result<
                 checkpoint_id: view.options.checkpoint_id,
             });
         }
-        buf.clear();
+        let mut out = KgWriter {
+            writer: &mut writer,
+            kg,
+            context: &ctx,
+        };
+        // States in file order (sorted by name), so every state's entries follow those of
+        // the states before it.
         for (i, s) in view.states.iter().enumerate() {
-            s.entries.encode_kg(kg_idx, i as u32, &mut buf)?;
+            s.entries.write_kg(kg_idx, i as u32, &mut buf, &mut out)?;
         }
-        buf.write_sorted(kg, &mut writer)
-            .map_err(|e| StateError::layer(format!("{} key_group={kg}", ctx()), e))?;
     }
     writer.finish().map_err(|e| StateError::layer(ctx(), e))
 }

@@ -14,7 +14,7 @@ use cairn_core::{CodecError, CodecRef, Namespace, Result, StateError, StateValue
 use cairn_format::decode_list;
 use hashbrown::hash_table::Entry;
 
-use crate::encode::{push_with, Head, KgBuffer};
+use crate::encode::{key_prefix, push_with, Head, KgBuffer, KgWriter};
 use crate::error::{internal, HashMapError};
 use crate::restore::RawState;
 use crate::table::{find_entry, At, FrozenTable, Item, Shard, ShardedTable};
@@ -36,6 +36,18 @@ pub(crate) trait Layout: Send + Sync + 'static {
     /// Adds the canonical entries of `value` to `out`.
     fn encode(&self, value: &Self::Value, head: Head, out: &mut KgBuffer)
         -> Result<(), CodecError>;
+    /// Whether every value is exactly one canonical entry without a user key, whose value
+    /// [`Layout::encode_single`] appends.
+    const SINGLE: bool = false;
+    /// Appends the canonical value of `value` (layouts with [`Layout::SINGLE`]); `None`
+    /// for the others.
+    fn encode_single(
+        &self,
+        _value: &Self::Value,
+        _out: &mut Vec<u8>,
+    ) -> Option<Result<(), CodecError>> {
+        None
+    }
     /// Merges one canonical entry into `slot`; returns a new value when `slot` is `None`
     /// (or nothing, if the entry holds no value).
     fn decode_merge(
@@ -56,6 +68,11 @@ impl<V: StateValue> Layout for Single<V> {
         let v = push_with(&mut out.buf, |b| self.0.encode(value, b))?;
         out.push(head, None, v);
         Ok(())
+    }
+    const SINGLE: bool = true;
+    #[inline]
+    fn encode_single(&self, value: &V, out: &mut Vec<u8>) -> Option<Result<(), CodecError>> {
+        Some(self.0.encode(value, out))
     }
     fn decode_merge(
         &self,
@@ -307,6 +324,20 @@ pub(crate) trait StateSnapshot: Send + Sync {
     /// Adds the canonical entries of key group index `kg_idx` to `out`, as state `file_state`
     /// of the file's state table.
     fn encode_kg(&self, kg_idx: usize, file_state: u32, out: &mut KgBuffer) -> Result<()>;
+
+    /// Appends the canonical entries of key group index `kg_idx` to `out` in file order, as
+    /// state `file_state`; `buf` is scratch space.
+    fn write_kg(
+        &self,
+        kg_idx: usize,
+        file_state: u32,
+        buf: &mut KgBuffer,
+        out: &mut KgWriter<'_>,
+    ) -> Result<()> {
+        buf.clear();
+        self.encode_kg(kg_idx, file_state, buf)?;
+        buf.write_sorted(out)
+    }
 }
 
 struct TableSnapshot<N, L: Layout> {
@@ -318,15 +349,69 @@ struct TableSnapshot<N, L: Layout> {
 
 impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
     fn encode_kg(&self, kg_idx: usize, file_state: u32, out: &mut KgBuffer) -> Result<()> {
+        // A zero-sized namespace type has a single value: encode it once.
+        let mut single_ns = None;
         for item in self.table.iter_kg(kg_idx) {
-            let head = out
-                .head(file_state, item.key.as_slice(), |b| {
-                    self.ns_codec.encode(&item.ns, b)
-                })
-                .map_err(codec_error(&self.name))?;
+            let head = match single_ns {
+                Some(ns) => out.head_with_ns(file_state, item.key.as_slice(), ns),
+                None => {
+                    let head = out
+                        .head(file_state, item.key.as_slice(), |b| {
+                            self.ns_codec.encode(&item.ns, b)
+                        })
+                        .map_err(codec_error(&self.name))?;
+                    if std::mem::size_of::<N>() == 0 {
+                        single_ns = Some(head.ns);
+                    }
+                    head
+                }
+            };
             self.layout
                 .encode(&item.value, head, out)
                 .map_err(codec_error(&self.name))?;
+        }
+        Ok(())
+    }
+
+    fn write_kg(
+        &self,
+        kg_idx: usize,
+        file_state: u32,
+        buf: &mut KgBuffer,
+        out: &mut KgWriter<'_>,
+    ) -> Result<()> {
+        if !(L::SINGLE && std::mem::size_of::<N>() == 0) {
+            buf.clear();
+            self.encode_kg(kg_idx, file_state, buf)?;
+            return buf.write_sorted(out);
+        }
+        // One entry per key and one namespace value: sort the items by key (the first 8
+        // bytes as an integer, the rest only where those are equal) and write each one
+        // straight from the table, with no copy of the key.
+        let mut items: Vec<(u64, &Item<N, L::Value>)> = self
+            .table
+            .iter_kg(kg_idx)
+            .map(|item| (key_prefix(item.key.as_slice()), item))
+            .collect();
+        let Some(first) = items.first() else {
+            return Ok(());
+        };
+        let mut ns = Vec::new();
+        self.ns_codec
+            .encode(&first.1.ns, &mut ns)
+            .map_err(codec_error(&self.name))?;
+        items.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.key.as_slice().cmp(b.1.key.as_slice()))
+        });
+        let value = &mut buf.buf;
+        for (_, item) in &items {
+            value.clear();
+            self.layout
+                .encode_single(&item.value, value)
+                .ok_or_else(|| internal("a single-value layout without a single value"))?
+                .map_err(codec_error(&self.name))?;
+            out.add(file_state, item.key.as_slice(), &ns, None, value)?;
         }
         Ok(())
     }

@@ -490,3 +490,64 @@ fn entry_in_wrong_key_group_is_corruption() {
     let mut b = full();
     assert!(b.restore(&[h.clone(), h], &store).is_err());
 }
+
+/// Keys whose order the first 8 bytes do not decide (equal prefixes, zero bytes, lengths
+/// around 8), through the value states' direct path and the sorted arena of the others.
+#[test]
+fn keys_sharing_prefixes_round_trip() {
+    let keys: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0, 0],
+        b"a".to_vec(),
+        b"a\0".to_vec(),
+        b"ab".to_vec(),
+        b"abcdefg".to_vec(),
+        b"abcdefg\0".to_vec(),
+        b"abcdefgh".to_vec(),
+        b"abcdefgh\0".to_vec(),
+        b"abcdefghi".to_vec(),
+        b"abcdefgi".to_vec(),
+        b"user-000000001".to_vec(),
+        b"user-000000002-and-a-long-tail".to_vec(),
+        vec![0xff; 8],
+        vec![0xff; 9],
+        (u64::MAX - 1).to_le_bytes().to_vec(),
+        256u64.to_le_bytes().to_vec(),
+    ];
+    let store = MemStore::default();
+    let mut b = full();
+    let ids = register(&mut b);
+    // Insert in reverse order, so that no order survives by accident.
+    for (i, k) in keys.iter().enumerate().rev() {
+        let i = i as u64;
+        b.set_current_key(k).unwrap();
+        b.value(&ids.value).update(i).unwrap();
+        b.list(&ids.list).add(format!("e{i}")).unwrap();
+        b.map(&ids.map).put(i as u32, i).unwrap();
+        b.map(&ids.map).put(1000 - i as u32, i).unwrap();
+        for w in [3u32, 1, 2] {
+            b.value_in(&ids.windowed, &w)
+                .update(i * 10 + u64::from(w))
+                .unwrap();
+        }
+    }
+    let h = snap(&mut b, &store, SnapshotOptions::full_checkpoint(1));
+    let mut r = restored(KeyGroupRange::all(MAX_P), &[h], &store);
+    let ids_r = register(&mut r);
+    for (i, k) in keys.iter().enumerate() {
+        let i = i as u64;
+        r.set_current_key(k).unwrap();
+        assert_eq!(r.value(&ids_r.value).get().unwrap(), Some(i), "key {k:?}");
+        assert_eq!(r.list(&ids_r.list).get().unwrap(), [format!("e{i}")]);
+        let mut entries = r.map(&ids_r.map).entries().unwrap();
+        entries.sort_unstable();
+        assert_eq!(entries, [(i as u32, i), (1000 - i as u32, i)]);
+        for w in [1u32, 2, 3] {
+            assert_eq!(
+                r.value_in(&ids_r.windowed, &w).get().unwrap(),
+                Some(i * 10 + u64::from(w))
+            );
+        }
+    }
+}
