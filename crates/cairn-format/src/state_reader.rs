@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use cairn_core::{KeyGroup, KeyGroupRange, StateKind, MAX_MAX_PARALLELISM};
 
-use crate::block::{payload, read_block_header, BlockType, MIN_BLOCK_LEN};
+use crate::block::{payload, read_block_header, BlockType, Unpacker, MIN_BLOCK_LEN};
 use crate::codec::{corrupt, crc32, crc_matches, Reader, Version};
 use crate::state_file::*;
 use crate::FormatError;
@@ -137,7 +137,7 @@ impl StateFileReader {
             index_offset as usize,
         );
 
-        let mut buf = Vec::new();
+        let mut buf = Unpacker::default();
         let th = read_block_header(file, st_start, st_end, BlockType::StateTable, path)?;
         if th.len != st_end - st_start {
             return Err(bad(st_start, format!("state table length differs from the footer block_len={} footer={state_table_len}", th.len)));
@@ -207,7 +207,7 @@ impl StateFileReader {
         let first = self
             .key_groups
             .partition_point(|k| k.key_group < range.start);
-        let mut buf = Vec::new();
+        let mut buf = Unpacker::default();
         let mut prev: Vec<u8> = Vec::new();
         for (stats, at) in self.key_groups.iter().zip(&self.index).skip(first) {
             if stats.key_group >= range.end {
@@ -230,7 +230,7 @@ impl StateFileReader {
         &self,
         stats: &KeyGroupStats,
         at: &IndexEntry,
-        buf: &mut Vec<u8>,
+        buf: &mut Unpacker,
         prev_owned: &mut Vec<u8>,
         f: &mut F,
     ) -> Result<(), E>
