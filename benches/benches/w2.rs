@@ -23,7 +23,11 @@
 //!   variant also flushes the memtable before the get (so the entries end in an SST file,
 //!   as ingestion leaves them). Speeding up the shared decode speeds up the baseline too.
 //! - Each run does every step once, in this order (interleaved); `ratio` is
-//!   `baseline_wall_s / wall_s` (above 1: faster than the baseline).
+//!   `baseline_wall_s / wall_s` of the medians (above 1: faster than the baseline), and
+//!   `ratio_runs` the same ratio within each run (min, median, max), which a busy machine
+//!   disturbs less. Every line carries the 1-minute load average (`/proc/loadavg`) before
+//!   the state is built and after the runs: the ingestion restore uses every core, so
+//!   figures from a loaded machine are not comparable with an idle one's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -230,10 +234,30 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The 1-minute load average (`/proc/loadavg`), or -1 where there is none.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// `(min, median, max)` of `base[i] / wall[i]`: the ratio within each run.
+fn run_ratios(base: &[Duration], wall: &[Duration]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = base
+        .iter()
+        .zip(wall)
+        .map(|(b, w)| b.as_secs_f64() / w.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    (r[0], r[r.len() / 2], r[r.len() - 1])
+}
+
 fn main() {
     let keys = env_u64("W2_KEYS", KEYS);
     let runs = env_u64("W2_RUNS", 3) as usize;
     let tmp = tempfile::tempdir().expect("tempdir");
+    let load_start = load_average();
     println!("W2: {keys} keys of W1 state (ValueState<u64> count), parallelism 1, median of {runs} interleaved runs");
     let t = Instant::now();
     let mut heap = heap_backend();
@@ -294,10 +318,12 @@ fn main() {
         drop(db);
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
+    let load_end = load_average();
+    let ingest_runs = run_ratios(&t[4], &t[3]);
     let m: Vec<Duration> = t.into_iter().map(median).collect();
     let line = |name: &str, backend: &str, wall: Duration, extra: String| {
         println!(
-            "{{\"workload\":\"W2\",\"step\":\"{name}\",\"backend\":\"{backend}\",\"snapshot\":\"full\",\"parallelism\":1,\"records\":{keys},\"keys\":{keys},\"wall_s\":{:.4},\"records_per_s\":{:.0}{extra}}}",
+            "{{\"workload\":\"W2\",\"step\":\"{name}\",\"backend\":\"{backend}\",\"snapshot\":\"full\",\"parallelism\":1,\"records\":{keys},\"keys\":{keys},\"wall_s\":{:.4},\"records_per_s\":{:.0}{extra},\"loadavg_start\":{load_start:.2},\"loadavg_end\":{load_end:.2}}}",
             wall.as_secs_f64(),
             keys as f64 / wall.as_secs_f64()
         );
@@ -331,8 +357,11 @@ fn main() {
         "rocksdb",
         m[3],
         format!(
-            "{},\"ratio_vs_put_per_entry_flushed\":{:.3}",
+            "{},\"ratio_runs\":[{:.3},{:.3},{:.3}],\"ratio_vs_put_per_entry_flushed\":{:.3}",
             vs(names[4], m[4], m[3]),
+            ingest_runs.0,
+            ingest_runs.1,
+            ingest_runs.2,
             m[5].as_secs_f64() / m[3].as_secs_f64()
         ),
     );
@@ -348,8 +377,12 @@ fn main() {
         println!("{n:<38} {:>10.3} {bytes:>14}", m[i].as_secs_f64());
     }
     println!(
-        "ingestion vs put-per-entry: {:.2}x faster ({:.2}x vs put-per-entry then flush)",
+        "ingestion vs put-per-entry: {:.2}x faster (within each run: min {:.2}x, median {:.2}x, max {:.2}x; {:.2}x vs put-per-entry then flush)",
         m[4].as_secs_f64() / m[3].as_secs_f64(),
+        ingest_runs.0,
+        ingest_runs.1,
+        ingest_runs.2,
         m[5].as_secs_f64() / m[3].as_secs_f64()
     );
+    println!("load average (1 min): {load_start:.2} before building the state, {load_end:.2} after the runs");
 }
