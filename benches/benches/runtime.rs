@@ -163,6 +163,7 @@ fn line(
         "checkpoint_duration_ms_max": percentile(&r.checkpoint_durations_ms, 1.0),
         "checkpoint_bytes_p50": percentile(&bytes, 0.5),
         "sync_phase_ms_max": r.sync_phase_ms_max,
+        "barrier_forward_ms_max": r.barrier_forward_ms_max,
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, x) in e {

@@ -99,6 +99,16 @@ pub(crate) struct OperatorPart {
     pub(crate) operator_state: Vec<OperatorStateSnapshot>,
 }
 
+/// What the synchronous phase of one barrier collects along a task's chain.
+#[derive(Default)]
+pub(crate) struct SyncPhase {
+    /// Every operator's snapshot, in chain order.
+    pub(crate) parts: Vec<OperatorPart>,
+    /// Time spent forwarding the barrier downstream (flushing output batches and sending the
+    /// barrier, waiting while the channels are full): not part of the state capture.
+    pub(crate) forward: Duration,
+}
+
 /// What every task of one run shares.
 #[derive(Debug)]
 pub(crate) struct TaskShared {
@@ -148,9 +158,17 @@ pub(crate) fn send_blocking<T>(tx: &Sender<T>, mut msg: T, shared: &TaskShared) 
 pub(crate) trait Chain<T>: Send {
     /// Processes one record.
     fn push(&mut self, record: T) -> Result<()>;
+    /// Processes the records of a batch in order (one dynamic call per batch: the loop
+    /// calls [`Chain::push`] of the implementing type directly).
+    fn push_batch(&mut self, batch: Vec<T>) -> Result<()> {
+        for record in batch {
+            self.push(record)?;
+        }
+        Ok(())
+    }
     /// The synchronous phase of `barrier` for this operator and those after it; the last
     /// element forwards the barrier.
-    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()>;
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()>;
     /// A checkpoint completed or was aborted.
     fn notify(&mut self, n: Notification) -> Result<()>;
     /// The input ended: emit what is left, end the output.
@@ -196,7 +214,7 @@ impl OpSetup {
         barrier: &Barrier,
         range: KeyGroupRange,
         keyed: Option<Box<dyn AsyncSnapshot>>,
-        parts: &mut Vec<OperatorPart>,
+        sync: &mut SyncPhase,
     ) -> Result<()> {
         let mut ctx = SnapshotContext {
             operator_state: &mut self.operator_state,
@@ -205,7 +223,7 @@ impl OpSetup {
         };
         f.snapshot_state(&mut ctx)
             .map_err(|e| e.with_uid(&self.uid))?;
-        parts.push(OperatorPart {
+        sync.parts.push(OperatorPart {
             uid: self.uid.clone(),
             index: self.info.index,
             range,
@@ -262,10 +280,10 @@ where
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.setup
-            .snapshot(&mut self.f, barrier, self.range, None, parts)?;
-        self.next.snapshot(barrier, parts)
+            .snapshot(&mut self.f, barrier, self.range, None, sync)?;
+        self.next.snapshot(barrier, sync)
     }
 
     fn notify(&mut self, n: Notification) -> Result<()> {
@@ -340,13 +358,13 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         let options = self.setup.shared.options(barrier);
         let keyed = self.backend.snapshot(options).in_op(&self.setup.uid)?;
         let range = self.backend.key_group_range();
         self.setup
-            .snapshot(&mut self.f, barrier, range, Some(keyed), parts)?;
-        self.next.snapshot(barrier, parts)
+            .snapshot(&mut self.f, barrier, range, Some(keyed), sync)?;
+        self.next.snapshot(barrier, sync)
     }
 
     fn notify(&mut self, n: Notification) -> Result<()> {
@@ -396,9 +414,9 @@ impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.setup
-            .snapshot(&mut self.sink, barrier, self.range, None, parts)
+            .snapshot(&mut self.sink, barrier, self.range, None, sync)
     }
 
     fn notify(&mut self, n: Notification) -> Result<()> {
@@ -459,6 +477,11 @@ where
     #[inline]
     fn route(&mut self, record: T, channels: usize) -> Result<(usize, (K, T))> {
         let key = (self.key_of)(&record);
+        if channels == 1 {
+            // One receiver owns every key group: nothing to compute (the receiver serializes
+            // the key and checks its key group when it sets the current key).
+            return Ok((0, (key, record)));
+        }
         self.buf.clear();
         self.codec
             .encode(&key, &mut self.buf)
@@ -529,21 +552,11 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
         Ok(())
     }
 
-    fn snapshot(&mut self, barrier: &Barrier, _parts: &mut Vec<OperatorPart>) -> Result<()> {
-        self.flush()?;
-        // First the event (it overtakes queued data), then the marker in the data.
-        for (i, events) in self.events.iter().enumerate() {
-            // A receiver that is gone is being torn down; the coordinator sees why.
-            let _ = events.send(TaskEvent::Barrier {
-                channel: self.index,
-                barrier: *barrier,
-                seq: self.sent[i],
-            });
-        }
-        for tx in &self.senders {
-            send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
-        }
-        Ok(())
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        let started = Instant::now();
+        let forwarded = self.forward(barrier);
+        sync.forward += started.elapsed();
+        forwarded
     }
 
     fn notify(&mut self, _n: Notification) -> Result<()> {
@@ -561,6 +574,26 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
     fn flush(&mut self) -> Result<()> {
         for i in 0..self.buffers.len() {
             self.send_buffer(i)?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Route<T>, T: Send> ExchangeOut<R, T> {
+    /// Sends the batches before the barrier, then the barrier on every channel.
+    fn forward(&mut self, barrier: &Barrier) -> Result<()> {
+        self.flush()?;
+        // First the event (it overtakes queued data), then the marker in the data.
+        for (i, events) in self.events.iter().enumerate() {
+            // A receiver that is gone is being torn down; the coordinator sees why.
+            let _ = events.send(TaskEvent::Barrier {
+                channel: self.index,
+                barrier: *barrier,
+                seq: self.sent[i],
+            });
+        }
+        for tx in &self.senders {
+            send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
         }
         Ok(())
     }

@@ -34,7 +34,11 @@ pub(crate) enum CoordMsg {
         attempt: u32,
         task: TaskId,
         checkpoint_id: u64,
+        /// The state capture: the task's operators' snapshots (keyed and operator state).
         sync: Duration,
+        /// Forwarding the barrier downstream after the capture (flushing output batches
+        /// into full channels included).
+        forward: Duration,
         parts: Vec<OperatorPart>,
         /// An [`CoordMsg::Inflight`] follows (unaligned checkpoint).
         inflight_follows: bool,

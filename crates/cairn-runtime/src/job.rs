@@ -53,8 +53,13 @@ pub struct JobResult {
     pub checkpoint_failure_reasons: Vec<String>,
     /// In-flight records stored by unaligned checkpoints, summed over the completed ones.
     pub inflight_records: u64,
-    /// The longest synchronous phase of any task, milliseconds.
+    /// The longest synchronous phase of any task, milliseconds: the capture of its
+    /// operators' state (keyed and operator state) when the barrier is processed.
     pub sync_phase_ms_max: f64,
+    /// The longest time any task took to forward a barrier downstream after its
+    /// synchronous phase (flushing output batches and sending the barrier; long when the
+    /// channels are full), milliseconds.
+    pub barrier_forward_ms_max: f64,
     /// Time from the start of the job until every task of the first run was built, its
     /// state restored, and ready to process its first record, milliseconds.
     pub startup_ms: f64,
@@ -643,6 +648,7 @@ impl Driver {
                 task,
                 checkpoint_id,
                 sync,
+                forward,
                 parts,
                 inflight_follows,
             } => {
@@ -654,10 +660,10 @@ impl Driver {
                         p.inflight_expected += 1;
                     }
                 }
-                let ms = sync.as_secs_f64() * 1000.0;
-                if ms > self.result.sync_phase_ms_max {
-                    self.result.sync_phase_ms_max = ms;
-                }
+                let r = &mut self.result;
+                r.sync_phase_ms_max = r.sync_phase_ms_max.max(sync.as_secs_f64() * 1000.0);
+                r.barrier_forward_ms_max =
+                    r.barrier_forward_ms_max.max(forward.as_secs_f64() * 1000.0);
                 if let Some(p) = run.pending.get(&checkpoint_id) {
                     let target: Arc<dyn SnapshotTarget> = match &p.target {
                         Target::Checkpoint(w) => Arc::new(w.clone()),

@@ -10,8 +10,7 @@ use cairn_core::{BincodeCodec, Codec, KeyGroupRange, OperatorStateSnapshot, Redi
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 
 use crate::chain::{
-    Barrier, BarrierKind, Chain, DataMsg, Notification, OpSetup, OperatorPart, TaskEvent,
-    TaskShared,
+    Barrier, BarrierKind, Chain, DataMsg, Notification, OpSetup, SyncPhase, TaskEvent, TaskShared,
 };
 use crate::config::CheckpointingMode;
 use crate::coordinator::{CoordMsg, TaskId};
@@ -46,24 +45,21 @@ pub(crate) struct TaskLink {
 }
 
 impl TaskLink {
-    fn synced(&self, id: u64, sync: Duration, parts: Vec<OperatorPart>) {
-        self.synced_with(id, sync, parts, false);
+    /// The synchronous phase that started at `started` is done.
+    fn synced(&self, id: u64, started: Instant, sync: SyncPhase) {
+        self.synced_with(id, started, sync, false);
     }
 
     /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
-    fn synced_with(
-        &self,
-        id: u64,
-        sync: Duration,
-        parts: Vec<OperatorPart>,
-        inflight_follows: bool,
-    ) {
+    fn synced_with(&self, id: u64, started: Instant, sync: SyncPhase, inflight_follows: bool) {
+        let SyncPhase { parts, forward } = sync;
         // The coordinator outlives every task of its run.
         let _ = self.coord.send(CoordMsg::Synced {
             attempt: self.attempt,
             task: self.id,
             checkpoint_id: id,
-            sync,
+            sync: started.elapsed().saturating_sub(forward),
+            forward,
             parts,
             inflight_follows,
         });
@@ -90,8 +86,8 @@ impl<T> Chain<T> for Counted<T> {
         self.count += 1;
         self.next.push(record)
     }
-    fn snapshot(&mut self, barrier: &Barrier, parts: &mut Vec<OperatorPart>) -> Result<()> {
-        self.next.snapshot(barrier, parts)
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        self.next.snapshot(barrier, sync)
     }
     fn notify(&mut self, n: Notification) -> Result<()> {
         self.next.notify(n)
@@ -153,11 +149,11 @@ impl<S: Source> SourceTask<S> {
 
     fn snapshot(&mut self, barrier: &Barrier) -> Result<()> {
         let t = Instant::now();
-        let mut parts = Vec::new();
+        let mut sync = SyncPhase::default();
         self.setup
-            .snapshot(&mut self.source, barrier, self.range, None, &mut parts)?;
-        self.chain.snapshot(barrier, &mut parts)?;
-        self.link.synced(barrier.id, t.elapsed(), parts);
+            .snapshot(&mut self.source, barrier, self.range, None, &mut sync)?;
+        self.chain.snapshot(barrier, &mut sync)?;
+        self.link.synced(barrier.id, t, sync);
         Ok(())
     }
 
@@ -466,10 +462,7 @@ impl<X: crate::function::Data> InputTask<X> {
     }
 
     fn process(&mut self, batch: Vec<X>) -> Result<()> {
-        for r in batch {
-            self.chain.push(r)?;
-        }
-        Ok(())
+        self.chain.push_batch(batch)
     }
 
     fn drain_events(&mut self) -> Result<()> {
@@ -643,12 +636,11 @@ impl<X: crate::function::Data> InputTask<X> {
         let t = Instant::now();
         let mut barrier = a.barrier;
         barrier.unaligned = true;
-        let mut parts = Vec::new();
-        self.chain.snapshot(&barrier, &mut parts)?;
+        let mut sync = SyncPhase::default();
+        self.chain.snapshot(&barrier, &mut sync)?;
         // The asynchronous phase starts now; the in-flight records follow when every
         // channel's barrier has come.
-        self.link
-            .synced_with(a.barrier.id, t.elapsed(), parts, true);
+        self.link.synced_with(a.barrier.id, t, sync, true);
         // Channels whose barrier is announced: take what precedes it now.
         self.arrivals(a)
     }
@@ -672,9 +664,9 @@ impl<X: crate::function::Data> InputTask<X> {
             });
         } else {
             let t = Instant::now();
-            let mut parts = Vec::new();
-            self.chain.snapshot(&a.barrier, &mut parts)?;
-            self.link.synced(id, t.elapsed(), parts);
+            let mut sync = SyncPhase::default();
+            self.chain.snapshot(&a.barrier, &mut sync)?;
+            self.link.synced(id, t, sync);
         }
         Ok(())
     }
