@@ -34,16 +34,26 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// RocksDB with its default options, except the write-back cache's capacity when
-/// `CAIRN_ROCKSDB_CACHE` (entries) is set.
+/// The RocksDB backend's write-back cache capacity (entries): `CAIRN_ROCKSDB_CACHE` when
+/// set, else the backend's default. Every RocksDB line reports it (`rocksdb_cache_entries`):
+/// W1's figures depend on whether its 1M keys fit.
+fn rocksdb_cache_entries() -> usize {
+    let default = cairn_rocksdb::RocksDbOptions::default().cache_capacity;
+    std::env::var("CAIRN_ROCKSDB_CACHE")
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// RocksDB with its default options, except the write-back cache's capacity
+/// ([`rocksdb_cache_entries`]).
 fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
     match name {
         "rocksdb" => {
-            let mut options = cairn_rocksdb::RocksDbOptions::default();
-            if let Ok(v) = std::env::var("CAIRN_ROCKSDB_CACHE") {
-                options.cache_capacity =
-                    v.replace('_', "").parse().unwrap_or(options.cache_capacity);
-            }
+            let options = cairn_rocksdb::RocksDbOptions {
+                cache_capacity: rocksdb_cache_entries(),
+                ..Default::default()
+            };
             StateBackendConfig::RocksDb {
                 local_dir: dir.join("rocksdb"),
                 options,
@@ -135,7 +145,11 @@ fn run_w1(
         parallelism,
         keys,
         &r,
-        json!({"config": w.config}),
+        if w.backend == "rocksdb" {
+            json!({"config": w.config, "rocksdb_cache_entries": rocksdb_cache_entries()})
+        } else {
+            json!({"config": w.config})
+        },
     ))
 }
 
