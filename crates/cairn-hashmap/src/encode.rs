@@ -121,6 +121,30 @@ fn word_index(w: u128) -> usize {
     (w & 0xffff_ffff) as usize
 }
 
+/// An entry of a state with one value per key and a single namespace value, encoded when
+/// the key group is read: `buf[start..start + key_len]` is the key, the value follows up
+/// to `end`. 24 bytes, sorted by `prefix` ([`key_prefix`]) and then by the key.
+#[derive(Clone, Copy, Debug)]
+struct Slim {
+    prefix: u64,
+    start: u32,
+    key_len: u32,
+    end: u32,
+}
+
+impl Slim {
+    #[inline]
+    fn key<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let start = self.start as usize;
+        buf.get(start..start + self.key_len as usize).unwrap_or(&[])
+    }
+    #[inline]
+    fn value<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let start = self.start as usize + self.key_len as usize;
+        buf.get(start..self.end as usize).unwrap_or(&[])
+    }
+}
+
 /// The encoded entries of one key group of every state of a snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct KgBuffer {
@@ -135,6 +159,8 @@ pub(crate) struct KgBuffer {
     order: Vec<u128>,
     /// `items` in file order.
     sorted: Vec<Encoded>,
+    /// Entries of a one-value-per-key state ([`KgBuffer::push_slim`]).
+    slims: Vec<Slim>,
 }
 
 impl KgBuffer {
@@ -142,6 +168,57 @@ impl KgBuffer {
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.items.clear();
+        self.slims.clear();
+    }
+
+    /// Adds the entry of `key` (of a state with one value per key and a single namespace
+    /// value) whose value `encode` appends. `Ok(false)`: the arena outgrew 32-bit offsets
+    /// (more than 4 GiB in one key group of one state), nothing was added and the caller
+    /// must use [`KgBuffer::head`] and [`KgBuffer::push`] instead.
+    #[inline]
+    pub(crate) fn push_slim(
+        &mut self,
+        key: &[u8],
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<bool, CodecError> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(key);
+        encode(&mut self.buf)?;
+        let (Ok(start32), Ok(key_len), Ok(end)) = (
+            u32::try_from(start),
+            u32::try_from(key.len()),
+            u32::try_from(self.buf.len()),
+        ) else {
+            self.buf.truncate(start);
+            return Ok(false);
+        };
+        self.slims.push(Slim {
+            prefix: key_prefix(key),
+            start: start32,
+            key_len,
+            end,
+        });
+        Ok(true)
+    }
+
+    /// Sorts the entries added by [`KgBuffer::push_slim`] by key and appends them to `out`
+    /// as state `state` with namespace `ns`.
+    pub(crate) fn write_slims(
+        &mut self,
+        state: u32,
+        ns: &[u8],
+        out: &mut KgWriter<'_>,
+    ) -> Result<()> {
+        let buf = &self.buf;
+        self.slims.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| a.key(buf).cmp(b.key(buf)))
+        });
+        for e in &self.slims {
+            out.add(state, e.key(buf), ns, None, e.value(buf))?;
+        }
+        Ok(())
     }
 
     /// Starts the entries of `(state, key, namespace)`; `encode_ns` appends the namespace.

@@ -14,7 +14,7 @@ use cairn_core::{CodecError, CodecRef, Namespace, Result, StateError, StateValue
 use cairn_format::decode_list;
 use hashbrown::hash_table::Entry;
 
-use crate::encode::{key_prefix, push_with, Head, KgBuffer, KgWriter};
+use crate::encode::{push_with, Head, KgBuffer, KgWriter};
 use crate::error::{internal, HashMapError};
 use crate::restore::RawState;
 use crate::table::{find_entry, At, FrozenTable, Item, Shard, ShardedTable};
@@ -319,6 +319,16 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     }
 }
 
+/// `Layout::encode_single` of a layout without [`Layout::SINGLE`] (never called).
+#[cold]
+fn not_single() -> CodecError {
+    CodecError {
+        codec: "heap backend layout".into(),
+        op: "encode",
+        detail: "a value of several entries encoded as one".into(),
+    }
+}
+
 /// The entries of one state as a snapshot captured them.
 pub(crate) trait StateSnapshot: Send + Sync {
     /// Adds the canonical entries of key group index `kg_idx` to `out`, as state `file_state`
@@ -385,34 +395,36 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
             self.encode_kg(kg_idx, file_state, buf)?;
             return buf.write_sorted(out);
         }
-        // One entry per key and one namespace value: sort the items by key (the first 8
-        // bytes as an integer, the rest only where those are equal) and write each one
-        // straight from the table, with no copy of the key.
-        let mut items: Vec<(u64, &Item<N, L::Value>)> = self
-            .table
-            .iter_kg(kg_idx)
-            .map(|item| (key_prefix(item.key.as_slice()), item))
-            .collect();
-        let Some(first) = items.first() else {
-            return Ok(());
-        };
-        let mut ns = Vec::new();
-        self.ns_codec
-            .encode(&first.1.ns, &mut ns)
-            .map_err(codec_error(&self.name))?;
-        items.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.key.as_slice().cmp(b.1.key.as_slice()))
-        });
-        let value = &mut buf.buf;
-        for (_, item) in &items {
-            value.clear();
-            self.layout
-                .encode_single(&item.value, value)
-                .ok_or_else(|| internal("a single-value layout without a single value"))?
+        // One entry per key and one namespace value: read the key group once, in table
+        // order, copying each key and encoding each value into the arena; sort 24-byte
+        // records by key (the first 8 bytes as an integer, the rest only where those are
+        // equal); write from the arena.
+        buf.clear();
+        let mut ns = None;
+        for item in self.table.iter_kg(kg_idx) {
+            if ns.is_none() {
+                let mut bytes = Vec::new();
+                self.ns_codec
+                    .encode(&item.ns, &mut bytes)
+                    .map_err(codec_error(&self.name))?;
+                ns = Some(bytes);
+            }
+            let added = buf
+                .push_slim(item.key.as_slice(), |b| {
+                    self.layout
+                        .encode_single(&item.value, b)
+                        .unwrap_or_else(|| Err(not_single()))
+                })
                 .map_err(codec_error(&self.name))?;
-            out.add(file_state, item.key.as_slice(), &ns, None, value)?;
+            if !added {
+                buf.clear();
+                self.encode_kg(kg_idx, file_state, buf)?;
+                return buf.write_sorted(out);
+            }
         }
-        Ok(())
+        match ns {
+            Some(ns) => buf.write_slims(file_state, &ns, out),
+            None => Ok(()),
+        }
     }
 }
