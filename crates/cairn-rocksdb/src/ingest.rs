@@ -394,8 +394,8 @@ fn state_name(file: &OpenFile, i: usize) -> &str {
 mod tests {
     use super::*;
     use std::cell::Cell;
-    use std::sync::Mutex;
 
+    use crate::test_support::Mem;
     use crate::{RocksDbConfig, RocksDbOptions};
 
     thread_local! {
@@ -405,36 +405,6 @@ mod tests {
 
     const MAX_P: u32 = 128;
     const KEYS: u64 = 3000;
-
-    /// Snapshot files in memory.
-    #[derive(Default)]
-    struct Mem(Mutex<HashMap<String, Vec<u8>>>);
-
-    impl SnapshotTarget for Mem {
-        fn checkpoint_id(&self) -> u64 {
-            1
-        }
-        fn supports_shared(&self) -> bool {
-            false
-        }
-        fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
-            let f = FileRef {
-                area,
-                name: name.to_string(),
-                size: bytes.len() as u64,
-                crc32: crc32fast::hash(&bytes),
-            };
-            self.0.lock().unwrap().insert(name.to_string(), bytes);
-            Ok(f)
-        }
-    }
-
-    impl SnapshotSource for Mem {
-        fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes> {
-            let files = self.0.lock().unwrap();
-            Ok(bytes::Bytes::from(files[&file.name].clone()))
-        }
-    }
 
     fn backend(dir: &Path, range: KeyGroupRange) -> RocksDbBackend {
         RocksDbBackend::new(RocksDbConfig {

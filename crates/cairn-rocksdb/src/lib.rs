@@ -91,6 +91,8 @@ mod seal;
 mod snapshot;
 mod sst;
 mod state;
+#[cfg(test)]
+mod test_support;
 
 pub use backend::RocksDbBackend;
 pub use inspect::scan_native_handle;
