@@ -120,12 +120,30 @@ pub(crate) fn sort_key<'a>(e: &EntryRef<'a>) -> SortKey<'a> {
 /// `state u32, key bytes, namespace bytes, [user_key bytes if map], value bytes`.
 fn encode_entry(w: &mut Writer<'_>, e: &EntryRef<'_>) -> Result<(), FormatError> {
     w.u32(e.state);
-    w.bytes(e.key, "key")?;
-    w.bytes(e.namespace, "namespace")?;
+    put_bytes(w, e.key, "key")?;
+    put_bytes(w, e.namespace, "namespace")?;
     if let Some(uk) = e.user_key {
-        w.bytes(uk, "user key")?;
+        put_bytes(w, uk, "user key")?;
     }
-    w.bytes(e.value, "value")
+    put_bytes(w, e.value, "value")
+}
+
+/// [`Writer::bytes`], with [`extend_short`].
+#[inline]
+fn put_bytes(w: &mut Writer<'_>, b: &[u8], what: &str) -> Result<(), FormatError> {
+    w.len(b.len(), what)?;
+    extend_short(w.buf, b);
+    Ok(())
+}
+
+/// `v.extend_from_slice(b)`, without a `memcpy` call for the 8-byte strings that most keys
+/// and values are (`u64`, `i64`, `f64` under the default codec).
+#[inline]
+fn extend_short(v: &mut Vec<u8>, b: &[u8]) {
+    match <&[u8; 8]>::try_from(b) {
+        Ok(word) => v.extend_from_slice(word),
+        Err(_) => v.extend_from_slice(b),
+    }
 }
 
 /// Byte-wise (lexicographic) order of two byte strings, without a `memcmp` call for the
@@ -177,9 +195,9 @@ impl LastEntry {
         self.key_group = e.key_group;
         self.state = e.state;
         self.key.clear();
-        self.key.extend_from_slice(e.key);
+        extend_short(&mut self.key, e.key);
         self.namespace.clear();
-        self.namespace.extend_from_slice(e.namespace);
+        extend_short(&mut self.namespace, e.namespace);
         match (&mut self.user_key, e.user_key) {
             (Some(u), Some(x)) => {
                 u.clear();

@@ -551,3 +551,35 @@ fn keys_sharing_prefixes_round_trip() {
         }
     }
 }
+
+/// Key groups of hundreds of entries (the radix sort's size) mixing 8-byte keys, longer keys
+/// sharing their first 8 bytes, and shorter keys that are prefixes of others.
+#[test]
+fn large_key_groups_of_mixed_keys_round_trip() {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for i in 0..20_000u64 {
+        keys.push((i * 7919).to_le_bytes().to_vec());
+        keys.push(format!("prefix-{i}").into_bytes());
+        keys.push(format!("p{}", i % 5000).into_bytes());
+    }
+    keys.sort();
+    keys.dedup();
+    let store = MemStore::default();
+    let mut b = full();
+    let ids = register(&mut b);
+    for (i, k) in keys.iter().enumerate() {
+        b.set_current_key(k).unwrap();
+        b.value(&ids.value).update(i as u64).unwrap();
+    }
+    let h = snap(&mut b, &store, SnapshotOptions::full_checkpoint(1));
+    let mut r = restored(KeyGroupRange::all(MAX_P), &[h], &store);
+    let ids_r = register(&mut r);
+    for (i, k) in keys.iter().enumerate() {
+        r.set_current_key(k).unwrap();
+        assert_eq!(
+            r.value(&ids_r.value).get().unwrap(),
+            Some(i as u64),
+            "key {k:?}"
+        );
+    }
+}
