@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p cairn-benches --bench runtime` — environment: `CAIRN_W1_RECORDS`
 //! (default 20,000,000), `CAIRN_W1_KEYS` (1,000,000), `CAIRN_RUNS` (3), `CAIRN_W1_CONFIGS`
-//! (comma-separated subset of a,b,c,d,e), `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`,
+//! (comma-separated subset of a,b,c,d,e,f; `f` runs the changelog under both backends,
+//! `f-hashmap` or `f-rocksdb` under one),
+//! `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`,
 //! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
 //! default: the backend's default).
 
@@ -82,7 +84,7 @@ struct W1 {
     snapshot: &'static str,
 }
 
-const W1_CONFIGS: [W1; 5] = [
+const W1_CONFIGS: [W1; 7] = [
     W1 {
         config: "a",
         backend: "hashmap",
@@ -108,6 +110,18 @@ const W1_CONFIGS: [W1; 5] = [
         backend: "rocksdb",
         snapshot: "full",
     },
+    // f: the changelog (every change appended to a durable log, periodic materialization)
+    // over either backend; compared with a and c.
+    W1 {
+        config: "f",
+        backend: "hashmap",
+        snapshot: "changelog",
+    },
+    W1 {
+        config: "f",
+        backend: "rocksdb",
+        snapshot: "changelog",
+    },
 ];
 
 fn run_w1(
@@ -124,10 +138,10 @@ fn run_w1(
         backend: backend(w.backend, dir.path()),
         checkpoint: CheckpointConfig {
             interval: checkpointing.then(|| Duration::from_secs(1)),
-            snapshot_mode: if w.snapshot == "full" {
-                SnapshotMode::Full
-            } else {
-                SnapshotMode::Incremental
+            snapshot_mode: match w.snapshot {
+                "full" => SnapshotMode::Full,
+                "changelog" => SnapshotMode::Changelog,
+                _ => SnapshotMode::Incremental,
             },
             timeout: Duration::from_secs(120),
             ..CheckpointConfig::default()
@@ -251,7 +265,7 @@ fn main() -> cairn_runtime::Result<()> {
     let keys = env("CAIRN_W1_KEYS", 1_000_000);
     let runs = env("CAIRN_RUNS", 3).max(1);
     let wanted: Vec<String> = std::env::var("CAIRN_W1_CONFIGS")
-        .unwrap_or_else(|_| "a,b,c,d,e".into())
+        .unwrap_or_else(|_| "a,b,c,d,e,f".into())
         .split(',')
         .map(str::to_string)
         .collect();
@@ -260,20 +274,23 @@ fn main() -> cairn_runtime::Result<()> {
         .split(',')
         .filter_map(|p| p.trim().parse().ok())
         .collect();
-    let mut rates: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
-    let mut syncs: BTreeMap<(String, u32), Vec<f64>> = BTreeMap::new();
+    // Keyed by (configuration, backend, parallelism): f runs under both backends.
+    type Key = (&'static str, &'static str, u32);
+    let mut rates: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    let mut syncs: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     // Interleave the configurations run by run, so drift hits them alike.
     for _ in 0..runs {
         for &p in &ps {
-            for w in W1_CONFIGS
-                .iter()
-                .filter(|w| wanted.iter().any(|x| x == w.config))
-            {
+            for w in W1_CONFIGS.iter().filter(|w| {
+                wanted
+                    .iter()
+                    .any(|x| *x == w.config || *x == format!("{}-{}", w.config, w.backend))
+            }) {
                 let v = run_w1(w, p, records, keys)?;
                 println!("{v}");
-                let key = (w.config.to_string(), p);
+                let key = (w.config, w.backend, p);
                 rates
-                    .entry(key.clone())
+                    .entry(key)
                     .or_default()
                     .push(v["records_per_s"].as_f64().unwrap_or(0.0));
                 syncs
@@ -288,24 +305,24 @@ fn main() -> cairn_runtime::Result<()> {
         "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14}",
         "cfg", "backend", "snapshot", "p", "records/s", "vs none", "sync max ms"
     );
-    for ((cfg, p), r) in &rates {
-        let w = W1_CONFIGS.iter().find(|w| w.config == cfg);
-        let base = match w.map(|w| w.backend) {
-            Some("rocksdb") => "c",
-            _ => "a",
-        };
-        let base_rate = rates.get(&(base.to_string(), *p)).map(|v| median(v));
+    for (&(cfg, backend, p), r) in &rates {
+        let base = if backend == "rocksdb" { "c" } else { "a" };
+        let base_rate = rates.get(&(base, backend, p)).map(|v| median(v));
+        let snapshot = W1_CONFIGS
+            .iter()
+            .find(|w| w.config == cfg && w.backend == backend)
+            .map_or("", |w| w.snapshot);
         println!(
             "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2}",
             cfg,
-            w.map(|w| w.backend).unwrap_or(""),
-            w.map(|w| w.snapshot).unwrap_or(""),
+            backend,
+            snapshot,
             p,
             median(r),
             base_rate
                 .map(|b| format!("{:.3}", median(r) / b))
                 .unwrap_or_default(),
-            median(&syncs[&(cfg.clone(), *p)]),
+            syncs.get(&(cfg, backend, p)).map_or(0.0, |v| median(v)),
         );
     }
     if std::env::var("CAIRN_SKIP_W2").is_err() {
