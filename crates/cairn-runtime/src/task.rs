@@ -1,7 +1,7 @@
 //! Task loops: a source task drives a source and its chain; an input task reads its input
 //! channels, aligns barriers (or not), and drives its chain.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -349,6 +349,12 @@ pub(crate) struct InputTask<X> {
     align: Option<Align>,
     /// Barriers with ids up to this one are done here (snapshotted or given up).
     last_handled: u64,
+    /// Checkpoints above `last_handled` that the coordinator aborted: their barriers are
+    /// dropped when they come, never aligned or snapshotted (Flink ignores barriers of
+    /// checkpoints it knows are aborted). Only these ids: the coordinator aborts each
+    /// checkpoint it gives up by its own notification, and an older checkpoint or savepoint
+    /// still running must not be lost with a newer one.
+    aborted: BTreeSet<u64>,
     next_read: usize,
 }
 
@@ -380,6 +386,7 @@ impl<X: crate::function::Data> InputTask<X> {
             restored,
             align: None,
             last_handled: 0,
+            aborted: BTreeSet::new(),
             next_read: 0,
         }
     }
@@ -434,8 +441,9 @@ impl<X: crate::function::Data> InputTask<X> {
     /// the marker in the data, whichever comes first).
     fn announce(&mut self, i: usize, b: Barrier, seq: u64) {
         let last_handled = self.last_handled;
+        let aborted = self.aborted.contains(&b.id);
         if let Some(c) = self.channels.get_mut(i) {
-            if b.id > last_handled && b.id > c.last_announced {
+            if b.id > last_handled && !aborted && b.id > c.last_announced {
                 c.last_announced = b.id;
                 c.announced.push_back((b, seq));
             }
@@ -484,10 +492,7 @@ impl<X: crate::function::Data> InputTask<X> {
             } => self.announce(channel, barrier, seq),
             TaskEvent::Notify(n) => {
                 if let Notification::Aborted(id) = n {
-                    if self.align.as_ref().is_some_and(|a| a.barrier.id == id) {
-                        self.align = None;
-                        self.last_handled = self.last_handled.max(id);
-                    }
+                    self.aborted_checkpoint(id);
                 }
                 self.chain.notify(n)?;
             }
@@ -497,12 +502,31 @@ impl<X: crate::function::Data> InputTask<X> {
         Ok(())
     }
 
+    /// The coordinator gave up checkpoint `id`: stop aligning it (an unaligned one stops
+    /// recording; the batches already taken into replay queues are still processed, and
+    /// the recorded copies are dropped), and drop its barriers, those announced already
+    /// and those still to come.
+    fn aborted_checkpoint(&mut self, id: u64) {
+        if id <= self.last_handled {
+            return;
+        }
+        if self.align.as_ref().is_some_and(|a| a.barrier.id == id) {
+            self.align = None;
+            self.last_handled = id;
+        } else {
+            self.aborted.insert(id);
+        }
+        self.drop_stale();
+    }
+
+    /// Forgets announced barriers that are handled or aborted.
     fn drop_stale(&mut self) {
         let last = self.last_handled;
+        self.aborted.retain(|id| *id > last);
+        let aborted = &self.aborted;
         for c in &mut self.channels {
-            while c.announced.front().is_some_and(|(b, _)| b.id <= last) {
-                c.announced.pop_front();
-            }
+            c.announced
+                .retain(|(b, _)| b.id > last && !aborted.contains(&b.id));
         }
     }
 
@@ -533,10 +557,17 @@ impl<X: crate::function::Data> InputTask<X> {
 
     fn progress(&mut self) -> Result<()> {
         self.drop_stale();
+        // A newer barrier gives up the alignment in progress only on a channel that has not
+        // brought the aligned barrier yet (it skipped it). On a channel that has, the newer
+        // barrier is queued behind the alignment (the event lane overtakes the data, and
+        // a savepoint may run at the same time as a checkpoint).
+        let align = self.align.as_ref();
         let newest = self
             .channels
             .iter()
-            .filter_map(|c| c.announced.front().map(|(b, _)| *b))
+            .enumerate()
+            .filter(|(i, _)| align.is_none_or(|a| !a.arrived[*i]))
+            .filter_map(|(_, c)| c.announced.front().map(|(b, _)| *b))
             .max_by_key(|b| b.id);
         if let Some(b) = newest {
             if self.align.as_ref().is_none_or(|a| b.id > a.barrier.id) {
@@ -752,5 +783,321 @@ impl<X: crate::function::Data> Task for InputTask<X> {
                 self.wait()?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! An [`InputTask`] driven step by step, without threads: its channels, event lane and
+    //! coordinator lane are in the test's hands.
+
+    use std::sync::Mutex;
+
+    use crossbeam_channel::{unbounded, Sender};
+
+    use super::*;
+    use crate::chain::SyncPhase;
+    use crate::config::SnapshotMode;
+
+    /// What the chain saw: processed records and the snapshots taken.
+    #[derive(Default)]
+    struct Seen {
+        records: Vec<u64>,
+        snapshots: Vec<(u64, bool)>,
+    }
+
+    struct Recorder(Arc<Mutex<Seen>>);
+
+    impl Chain<u64> for Recorder {
+        fn push(&mut self, record: u64) -> Result<()> {
+            self.0
+                .lock()
+                .map_err(|_| RuntimeError::Cancelled)?
+                .records
+                .push(record);
+            Ok(())
+        }
+        fn snapshot(&mut self, barrier: &Barrier, _sync: &mut SyncPhase) -> Result<()> {
+            let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
+            seen.snapshots.push((barrier.id, barrier.unaligned));
+            Ok(())
+        }
+        fn notify(&mut self, _n: Notification) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        task: InputTask<u64>,
+        data: Vec<Sender<DataMsg<u64>>>,
+        /// Batches sent per channel (the `seq` of the next barrier).
+        sent: Vec<u64>,
+        events: Sender<TaskEvent>,
+        coord: Receiver<CoordMsg>,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    fn barrier(id: u64, kind: BarrierKind, unaligned: bool) -> Barrier {
+        Barrier {
+            id,
+            kind,
+            unaligned,
+            started: Instant::now(),
+        }
+    }
+
+    impl Harness {
+        fn new(channels: usize) -> Self {
+            let (data, inputs): (Vec<_>, Vec<_>) = (0..channels).map(|_| unbounded()).unzip();
+            let (events, events_rx) = unbounded();
+            let (coord_tx, coord) = unbounded();
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let link = TaskLink {
+                id: TaskId { stage: 1, index: 0 },
+                attempt: 0,
+                events: events_rx,
+                coord: coord_tx,
+                shared: Arc::new(TaskShared {
+                    cancel: AtomicBool::new(false),
+                    snapshot_mode: SnapshotMode::Full,
+                    checkpointing: true,
+                    run_id: "test".into(),
+                }),
+            };
+            let task = InputTask::new(
+                Box::new(Recorder(seen.clone())),
+                inputs,
+                link,
+                AlignConfig {
+                    mode: CheckpointingMode::ExactlyOnce,
+                    unaligned: false,
+                    aligned_timeout: Duration::from_secs(3600),
+                },
+                InflightConfig {
+                    codec: BincodeCodec::new(),
+                    mode: Redistribution::Split,
+                    uid: "op".into(),
+                },
+                Vec::new(),
+            );
+            Self {
+                task,
+                data,
+                sent: vec![0; channels],
+                events,
+                coord,
+                seen,
+            }
+        }
+
+        fn batch(&mut self, channel: usize, records: &[u64]) {
+            self.data[channel]
+                .send(DataMsg::Batch(records.to_vec()))
+                .expect("send batch");
+            self.sent[channel] += 1;
+        }
+
+        /// The barrier as an upstream task forwards it: event first, then the marker.
+        fn barrier(&mut self, channel: usize, b: Barrier) {
+            self.events
+                .send(TaskEvent::Barrier {
+                    channel,
+                    barrier: b,
+                    seq: self.sent[channel],
+                })
+                .expect("send barrier event");
+            self.data[channel]
+                .send(DataMsg::Barrier(b))
+                .expect("send barrier marker");
+        }
+
+        fn abort(&self, id: u64) {
+            self.events
+                .send(TaskEvent::Notify(Notification::Aborted(id)))
+                .expect("send abort");
+        }
+
+        /// What the task loop does, until it has nothing to read.
+        fn run_idle(&mut self) {
+            for _ in 0..100 {
+                self.task.drain_events().expect("events");
+                self.task.progress().expect("progress");
+                if !self.task.read_one().expect("read") {
+                    return;
+                }
+            }
+            panic!("the task did not become idle");
+        }
+
+        fn records(&self) -> Vec<u64> {
+            self.seen.lock().expect("lock").records.clone()
+        }
+
+        fn snapshots(&self) -> Vec<(u64, bool)> {
+            self.seen.lock().expect("lock").snapshots.clone()
+        }
+
+        /// Checkpoint ids of the coordinator messages sent so far, as `(kind, id)`.
+        fn coord_messages(&self) -> Vec<(&'static str, u64)> {
+            self.coord
+                .try_iter()
+                .map(|m| match m {
+                    CoordMsg::Synced { checkpoint_id, .. } => ("synced", checkpoint_id),
+                    CoordMsg::Inflight { checkpoint_id, .. } => ("inflight", checkpoint_id),
+                    CoordMsg::Declined { checkpoint_id, .. } => ("declined", checkpoint_id),
+                    _ => ("other", 0),
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn aligned_barrier_of_a_checkpoint_aborted_before_it_came_is_dropped() {
+        let mut h = Harness::new(2);
+        h.abort(1);
+        h.run_idle();
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.batch(0, &[7]);
+        h.run_idle();
+        // Channel 1 never delivers barrier 1: aligning it would block channel 0 for good.
+        assert_eq!(h.records(), vec![7], "the batch behind the aborted barrier");
+        assert!(h.snapshots().is_empty(), "{:?}", h.snapshots());
+        assert!(h.task.align.is_none());
+        // Barrier 1 comes on channel 1 too, late: still nothing to do.
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, false));
+        h.batch(1, &[8]);
+        h.run_idle();
+        assert_eq!(h.records(), vec![7, 8]);
+        assert!(h.snapshots().is_empty(), "{:?}", h.snapshots());
+        assert_eq!(h.coord_messages(), vec![]);
+        // The next checkpoint is aligned as usual.
+        h.barrier(0, barrier(2, BarrierKind::Checkpoint, false));
+        h.batch(0, &[9]);
+        h.run_idle();
+        assert_eq!(
+            h.records(),
+            vec![7, 8],
+            "channel 0 waits for barrier 2 on channel 1"
+        );
+        h.barrier(1, barrier(2, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(h.records(), vec![7, 8, 9]);
+        assert_eq!(h.snapshots(), vec![(2, false)]);
+        assert_eq!(h.coord_messages(), vec![("synced", 2)]);
+    }
+
+    #[test]
+    fn unaligned_barrier_of_a_checkpoint_aborted_before_it_came_takes_no_snapshot() {
+        let mut h = Harness::new(2);
+        h.abort(1);
+        h.batch(1, &[1]);
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, true));
+        h.batch(0, &[2]);
+        h.run_idle();
+        h.batch(1, &[3]);
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, true));
+        h.batch(1, &[4]);
+        h.run_idle();
+        let mut records = h.records();
+        records.sort_unstable();
+        assert_eq!(records, vec![1, 2, 3, 4]);
+        assert!(h.snapshots().is_empty(), "{:?}", h.snapshots());
+        assert_eq!(h.coord_messages(), vec![]);
+    }
+
+    #[test]
+    fn abort_while_recording_an_unaligned_checkpoint_keeps_every_record() {
+        let mut h = Harness::new(2);
+        h.batch(1, &[1]);
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, true));
+        h.batch(0, &[2]);
+        h.run_idle();
+        // Snapshot taken ahead of channel 1's barrier; channel 1 is being recorded.
+        assert_eq!(h.snapshots(), vec![(1, true)]);
+        assert_eq!(h.coord_messages(), vec![("synced", 1)]);
+        h.batch(1, &[3]);
+        h.abort(1);
+        h.run_idle();
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, true));
+        h.batch(1, &[4]);
+        h.run_idle();
+        let mut records = h.records();
+        records.sort_unstable();
+        assert_eq!(records, vec![1, 2, 3, 4]);
+        assert!(h.task.align.is_none());
+        // No in-flight records are sent for the aborted checkpoint.
+        assert_eq!(h.coord_messages(), vec![]);
+    }
+
+    #[test]
+    fn aborting_a_newer_checkpoint_leaves_an_older_savepoint_alone() {
+        let mut h = Harness::new(2);
+        let savepoint = BarrierKind::Savepoint { stop: false };
+        // Savepoint 1 and checkpoint 2 run at once; checkpoint 2 fails elsewhere before
+        // savepoint 1's barriers reach this task.
+        h.abort(2);
+        h.barrier(0, barrier(1, savepoint, false));
+        h.batch(0, &[5]);
+        h.run_idle();
+        assert_eq!(h.records(), Vec::<u64>::new(), "aligning savepoint 1");
+        h.barrier(1, barrier(1, savepoint, false));
+        h.run_idle();
+        assert_eq!(h.records(), vec![5]);
+        assert_eq!(h.snapshots(), vec![(1, false)]);
+        // Checkpoint 2's barriers are dropped.
+        h.barrier(0, barrier(2, BarrierKind::Checkpoint, false));
+        h.batch(0, &[6]);
+        h.run_idle();
+        assert_eq!(h.records(), vec![5, 6]);
+        assert_eq!(h.snapshots(), vec![(1, false)]);
+        assert_eq!(h.coord_messages(), vec![("synced", 1)]);
+    }
+
+    #[test]
+    fn newer_barrier_on_an_aligned_channel_waits_for_the_alignment_in_progress() {
+        let mut h = Harness::new(2);
+        let savepoint = BarrierKind::Savepoint { stop: false };
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        // Channel 0 is blocked at barrier 1, but the event lane overtakes its data: the
+        // barrier of savepoint 2 is announced before channel 1 brings barrier 1.
+        h.batch(0, &[1]);
+        h.barrier(0, barrier(2, savepoint, false));
+        h.run_idle();
+        assert_eq!(h.records(), Vec::<u64>::new());
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(
+            h.snapshots(),
+            vec![(1, false)],
+            "checkpoint 1 completes here"
+        );
+        assert_eq!(h.records(), vec![1]);
+        h.barrier(1, barrier(2, savepoint, false));
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, false), (2, false)]);
+        assert_eq!(h.coord_messages(), vec![("synced", 1), ("synced", 2)]);
+    }
+
+    #[test]
+    fn alignment_is_given_up_when_a_channel_skips_its_barrier() {
+        let mut h = Harness::new(2);
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        // Channel 1's sender never forwarded barrier 1 (it gave it up): barrier 2 comes first.
+        h.batch(1, &[1]);
+        h.barrier(1, barrier(2, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        h.barrier(0, barrier(2, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(h.records(), vec![1]);
+        assert_eq!(h.snapshots(), vec![(2, false)]);
+        assert_eq!(h.coord_messages(), vec![("declined", 1), ("synced", 2)]);
     }
 }
