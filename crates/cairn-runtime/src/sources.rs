@@ -159,16 +159,22 @@ impl Source for FileSource {
 }
 
 /// A deterministic bounded source of `u64` keys: record `n` (of `total`) is a hash of
-/// `(seed, n)` modulo `keys`. Subtask `i` of `p` emits records `i, i + p, …`; its position
-/// is operator state.
+/// `(seed, n)` modulo `keys`.
+///
+/// Its position is a list of splits `(next, stride)` in operator state: a split emits
+/// records `next, next + stride, …` below `total`. Subtask `i` of `p` starts with the one
+/// split `(i, p)`. Like [`FileSource`]'s splits, they are dealt round-robin on restore, so
+/// the job can restore at any parallelism and every record is emitted exactly once from the
+/// checkpoint on. A subtask emits its splits one after another, in order; a subtask
+/// without a split emits nothing.
 #[derive(Clone, Debug)]
 pub struct GeneratorSource {
     total: u64,
     keys: u64,
     seed: u64,
     state: Option<OperatorListStateId<(u64, u64)>>,
-    next: u64,
-    step: u64,
+    /// `(next, stride)` splits still to emit; the first one is being emitted.
+    splits: Vec<(u64, u64)>,
     idle_at_end: bool,
 }
 
@@ -180,8 +186,8 @@ impl GeneratorSource {
             keys: keys.max(1),
             seed,
             state: None,
-            next: 0,
-            step: 1,
+            // Until the runtime initializes it: every record, in order.
+            splits: vec![(0, 1)],
             idle_at_end: false,
         }
     }
@@ -208,32 +214,33 @@ fn splitmix64(mut x: u64) -> u64 {
 
 impl Checkpointed for GeneratorSource {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
-        // (next record, stride): a subtask emits next, next + stride, …
+        // The state's name and element type are those of the snapshots written when each
+        // subtask held exactly one split: they restore as they are.
         let id = ctx
             .operator_state
             .register_list(&OperatorListStateDescriptor::<(u64, u64)>::split("next"))?;
         self.state = Some(id);
-        self.step = u64::from(ctx.subtask.parallelism);
-        self.next = u64::from(ctx.subtask.index);
         if ctx.is_restored {
-            match ctx.operator_state.list(id)?.as_slice() {
-                [(next, stride)] if *stride == self.step => self.next = *next,
-                _ => {
-                    return Err(RuntimeError::Restore {
-                        reason: format!(
-                            "the generator source restores only at its old parallelism (now {})",
-                            self.step
-                        ),
-                    })
-                }
+            let splits = ctx.operator_state.list(id)?.clone();
+            if let Some((next, _)) = splits.iter().find(|(_, stride)| *stride == 0) {
+                return Err(RuntimeError::Restore {
+                    reason: format!(
+                        "the generator source's state holds a split with stride 0: next={next}"
+                    ),
+                });
             }
+            self.splits = splits;
+        } else {
+            let p = u64::from(ctx.subtask.parallelism);
+            let i = u64::from(ctx.subtask.index);
+            self.splits = vec![(i, p)];
         }
         Ok(())
     }
 
     fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
         if let Some(id) = self.state {
-            *ctx.operator_state.list(id)? = vec![(self.next, self.step)];
+            *ctx.operator_state.list(id)? = self.splits.clone();
         }
         Ok(())
     }
@@ -243,18 +250,205 @@ impl Source for GeneratorSource {
     type Out = u64;
 
     fn poll(&mut self, out: &mut Collector<'_, u64>, max: usize) -> Result<SourceStatus> {
-        for _ in 0..max {
-            if self.next >= self.total {
+        let mut emitted = 0;
+        while emitted < max {
+            let Some(&(next, stride)) = self.splits.first() else {
                 return Ok(if self.idle_at_end {
                     SourceStatus::Idle
                 } else {
                     SourceStatus::End
                 });
+            };
+            if next >= self.total {
+                self.splits.remove(0);
+                continue;
             }
-            let k = self.key_of(self.next);
-            self.next += self.step;
-            out.collect(k)?;
+            // Past u64::MAX the split is done (next stays >= total).
+            self.splits[0].0 = next.saturating_add(stride);
+            out.collect(self.key_of(next))?;
+            emitted += 1;
         }
         Ok(SourceStatus::More)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use cairn_core::{redistribute, OperatorStateBackend, OperatorStateSnapshot};
+
+    use super::*;
+    use crate::chain::{Barrier, Chain, Notification, SyncPhase};
+    use crate::function::SubtaskInfo;
+
+    struct Collect(Vec<u64>);
+
+    impl Chain<u64> for Collect {
+        fn push(&mut self, record: u64) -> Result<()> {
+            self.0.push(record);
+            Ok(())
+        }
+        fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
+            Ok(())
+        }
+        fn notify(&mut self, _: Notification) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A generator whose keys are distinct (the hash is a bijection): records map back to
+    /// their index.
+    fn generator(total: u64) -> (GeneratorSource, HashMap<u64, u64>) {
+        let g = GeneratorSource::new(total, u64::MAX, 9);
+        let index: HashMap<u64, u64> = (0..total).map(|n| (g.key_of(n), n)).collect();
+        assert_eq!(index.len() as u64, total);
+        (g, index)
+    }
+
+    /// Subtask `index` of `parallelism`, fresh (`None`) or restored from its share.
+    fn subtask(
+        proto: &GeneratorSource,
+        index: u32,
+        parallelism: u32,
+        restored: Option<Vec<OperatorStateSnapshot>>,
+    ) -> Result<(GeneratorSource, OperatorStateBackend)> {
+        let mut backend = OperatorStateBackend::new("gen");
+        let is_restored = restored.is_some();
+        if let Some(states) = restored {
+            backend.restore(states)?;
+        }
+        let mut g = proto.clone();
+        g.initialize_state(&mut InitContext {
+            operator_state: &mut backend,
+            is_restored,
+            subtask: SubtaskInfo {
+                index,
+                parallelism,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            run_id: "test",
+            checkpointing: true,
+        })?;
+        Ok((g, backend))
+    }
+
+    /// Polls up to `max` records; the indices emitted, and the status.
+    fn poll(
+        g: &mut GeneratorSource,
+        index: &HashMap<u64, u64>,
+        max: usize,
+    ) -> (Vec<u64>, SourceStatus) {
+        let mut chain = Collect(Vec::new());
+        let status = g
+            .poll(&mut Collector { next: &mut chain }, max)
+            .expect("poll");
+        (chain.0.iter().map(|k| index[k]).collect(), status)
+    }
+
+    fn snapshot(
+        g: &mut GeneratorSource,
+        backend: &mut OperatorStateBackend,
+    ) -> Vec<OperatorStateSnapshot> {
+        g.snapshot_state(&mut SnapshotContext {
+            operator_state: backend,
+            checkpoint_id: 1,
+            is_savepoint: false,
+        })
+        .expect("snapshot");
+        backend.snapshot().expect("operator state")
+    }
+
+    /// Runs `old` subtasks for a few records each (a different number per subtask), takes a
+    /// snapshot, restores it at `new` subtasks and runs them to the end: every index once.
+    fn rescale(old: u32, new: u32) -> Vec<Vec<(u64, u64)>> {
+        let total = 1000;
+        let (proto, index) = generator(total);
+        let mut emitted = Vec::new();
+        let mut states = Vec::new();
+        for i in 0..old {
+            let (mut g, mut backend) = subtask(&proto, i, old, None).expect("init");
+            let (got, _) = poll(&mut g, &index, 50 + 37 * i as usize);
+            emitted.extend(got);
+            states.push(snapshot(&mut g, &mut backend));
+        }
+        let mut splits = Vec::new();
+        for (i, share) in redistribute("gen", &states, new)
+            .expect("redistribute")
+            .into_iter()
+            .enumerate()
+        {
+            let (mut g, _) = subtask(&proto, i as u32, new, Some(share)).expect("restore");
+            splits.push(g.splits.clone());
+            loop {
+                let (got, status) = poll(&mut g, &index, 64);
+                emitted.extend(got);
+                if matches!(status, SourceStatus::End) {
+                    break;
+                }
+            }
+        }
+        emitted.sort_unstable();
+        assert_eq!(emitted, (0..total).collect::<Vec<_>>(), "{old} -> {new}");
+        splits
+    }
+
+    #[test]
+    fn generator_restores_at_another_parallelism_emitting_each_record_once() {
+        // 1 -> 3: one split, on subtask 0; the others have none.
+        let splits = rescale(1, 3);
+        assert_eq!(
+            splits.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 0, 0]
+        );
+        // 3 -> 2: subtask 0 emits two splits, one after the other.
+        let splits = rescale(3, 2);
+        // Subtask i emitted 50 + 37 i records: i + 3 (50 + 37 i) is next.
+        assert_eq!(splits, vec![vec![(150, 3), (374, 3)], vec![(262, 3)]]);
+        rescale(2, 5);
+        rescale(4, 4);
+    }
+
+    #[test]
+    fn generator_subtask_emits_its_splits_one_after_another() {
+        let (proto, index) = generator(20);
+        let (mut g, _) = subtask(&proto, 0, 2, None).expect("init");
+        g.splits = vec![(17, 3), (4, 5)];
+        let (got, status) = poll(&mut g, &index, 100);
+        assert_eq!(got, vec![17, 4, 9, 14, 19]);
+        assert!(matches!(status, SourceStatus::End));
+    }
+
+    #[test]
+    fn generator_subtask_without_splits_ends_or_idles() {
+        let (proto, index) = generator(10);
+        let (mut g, mut backend) = subtask(&proto, 0, 1, None).expect("init");
+        g.splits.clear();
+        let empty = snapshot(&mut g, &mut backend);
+        let (mut g, _) = subtask(&proto, 0, 1, Some(empty.clone())).expect("restore");
+        let (got, status) = poll(&mut g, &index, 10);
+        assert!(got.is_empty() && matches!(status, SourceStatus::End));
+        let idle = proto.clone().idle_at_end();
+        let (mut g, _) = subtask(&idle, 0, 1, Some(empty)).expect("restore");
+        let (got, status) = poll(&mut g, &index, 10);
+        assert!(got.is_empty() && matches!(status, SourceStatus::Idle));
+    }
+
+    #[test]
+    fn generator_split_with_stride_zero_is_a_restore_error() {
+        let (proto, _) = generator(10);
+        let (mut g, mut backend) = subtask(&proto, 0, 1, None).expect("init");
+        g.splits = vec![(3, 0)];
+        let bad = snapshot(&mut g, &mut backend);
+        let err = subtask(&proto, 0, 1, Some(bad)).expect_err("stride 0");
+        assert!(matches!(err, RuntimeError::Restore { .. }), "{err:?}");
+        assert!(err.to_string().contains("stride 0: next=3"), "{err}");
     }
 }
