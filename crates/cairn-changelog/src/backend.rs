@@ -249,7 +249,10 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             .config
             .materialization_interval
             .is_some_and(|d| self.last_mat_start.elapsed() >= d);
-        let log_bytes = self.log_bytes_since_mat + self.log.len_bytes() as u64;
+        // Compared as stored: the materialized size is what its files take, so the log's
+        // buffered bytes count at the compression its encoded segments achieve.
+        let buffered = self.log_bytes_since_mat + self.log.len_bytes() as u64;
+        let log_bytes = (buffered as f64 * self.shared.log_compression()) as u64;
         let threshold = self
             .config
             .min_log_bytes
@@ -691,4 +694,84 @@ fn nonce(uid: &str) -> u64 {
         h.write_u128(d.as_nanos());
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cairn_core::{BincodeCodec, Codec, KeyGroupRange, StateAccess, ValueStateDescriptor};
+    use cairn_hashmap::{HashMapBackend, HashMapConfig};
+
+    use super::*;
+
+    fn backend(min_log_bytes: u64) -> ChangelogBackend<HashMapBackend> {
+        let key_codec = BincodeCodec::<u64>::new().identity().clone();
+        let inner = HashMapBackend::new(HashMapConfig {
+            uid: "op".into(),
+            max_parallelism: 8,
+            key_group_range: KeyGroupRange::all(8),
+            key_codec: key_codec.clone(),
+        })
+        .unwrap();
+        let mut config = ChangelogConfig::new("op", key_codec);
+        config.materialization_interval = None;
+        config.log_to_state_ratio = 0.0;
+        config.min_log_bytes = min_log_bytes;
+        config.segment_bytes = 16 << 10;
+        ChangelogBackend::with_checkpoint_uploads(inner, config)
+    }
+
+    /// The size trigger compares sizes as stored: a log of very compressible records
+    /// materializes only when its encoded size, not its buffered size, reaches the
+    /// threshold (a buffered log many times the threshold used to materialize at once).
+    #[test]
+    fn size_trigger_counts_the_log_as_stored() {
+        const MIN: u64 = 64 << 10;
+        let mut b = backend(MIN);
+        let s = b
+            .register_value(&ValueStateDescriptor::<[u64; 8]>::new("v"))
+            .unwrap();
+        let mut k = 0u64;
+        let mut write = |b: &mut ChangelogBackend<HashMapBackend>, n: u64| {
+            for _ in 0..n {
+                b.set_current_key(&(k % 1000).to_le_bytes()).unwrap();
+                b.value(&s).update([7; 8]).unwrap();
+                k += 1;
+            }
+        };
+        let first = b.next_mat_id();
+        // A segment and a little (below the threshold even uncompressed), then wait until
+        // the background worker encoded the segment.
+        write(&mut b, 300);
+        assert!(b.log_bytes_since_mat > 0, "a segment was sealed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b.shared.log_compression() >= 1.0 {
+            assert!(Instant::now() < deadline, "no segment encoded");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let compression = b.shared.log_compression();
+        assert!(compression < 0.25, "records compress well: {compression}");
+        assert_eq!(b.next_mat_id(), first, "nothing reaches the threshold yet");
+        // Buffered bytes past the threshold several times over, stored ones not.
+        let record = b.log_bytes_since_mat + b.log.len_bytes() as u64;
+        let per_record = record / 300;
+        let buffered_past = 3 * MIN / per_record;
+        write(&mut b, buffered_past);
+        let buffered = b.log_bytes_since_mat + b.log.len_bytes() as u64;
+        assert!(buffered > 2 * MIN, "{buffered}");
+        assert_eq!(
+            b.next_mat_id(),
+            first,
+            "buffered {buffered} bytes, stored fewer"
+        );
+        // It starts once the stored size passes it too.
+        let stored_past = (2.0 * MIN as f64 / (per_record as f64 * compression)) as u64;
+        let mut written = 0;
+        while b.next_mat_id() == first && written < stored_past {
+            write(&mut b, 100);
+            written += 100;
+        }
+        assert_eq!(b.next_mat_id(), first + 1, "a materialization started");
+    }
 }

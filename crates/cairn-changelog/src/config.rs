@@ -19,7 +19,9 @@ pub struct ChangelogConfig {
     /// Materialize when the log written since the last materialization reaches this
     /// fraction of the last materialized snapshot's size...
     pub log_to_state_ratio: f64,
-    /// ...and at least this many bytes (records as buffered, before compression).
+    /// ...and at least this many bytes. Both sides are sizes as stored: the materialized
+    /// snapshot's files, and the log's buffered records at the compression its encoded
+    /// segments achieved so far (uncompressed until the first segment is encoded).
     pub min_log_bytes: u64,
     /// Seal the record buffer into a segment (uploaded in the background when a
     /// [`ChangelogStorage`] is given) when it reaches this many bytes.

@@ -1,10 +1,11 @@
 //! The in-memory record buffer and the encoding of a sealed buffer into a segment file.
 //!
-//! The task thread appends records to one byte buffer in the segment's record encoding
-//! (`cairn_format::encode_changelog_record`), plus one span per record. Sealing moves the
-//! buffer out in O(1); a background thread (or the checkpoint's asynchronous phase) sorts
-//! the spans by key group — stably, so each key group keeps the order of its changes — and
-//! writes the blocks.
+//! The task thread appends each record, in the segment's record encoding
+//! (`cairn_format::encode_changelog_record`), to the buffer of its key group, and notes
+//! where it ends. Sealing moves the buffers out in O(key groups used). A segment orders its
+//! blocks by key group and keeps each key group's changes in order, which is what the
+//! buffers hold already: a background thread (or the checkpoint's asynchronous phase) cuts
+//! each key group's bytes into blocks at record ends, without sorting or copying records.
 
 use std::sync::Arc;
 
@@ -14,12 +15,23 @@ use cairn_format::{encode_changelog_record, ChangelogRecord, ChangelogSegmentWri
 /// Blocks are cut near this many uncompressed bytes.
 const TARGET_BLOCK_BYTES: usize = 64 << 10;
 
+/// The records of one key group, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<u32>,
+}
+
 /// Records not sealed yet.
 #[derive(Debug, Default)]
 pub(crate) struct LogBuffer {
-    bytes: Vec<u8>,
-    /// `(key group, start, end)` of each record in `bytes`.
-    spans: Vec<(u32, u32, u32)>,
+    /// Indexed by key group (grown on first use).
+    groups: Vec<Group>,
+    /// The key groups with records, in first-use order.
+    used: Vec<u32>,
+    bytes: usize,
+    records: u64,
     /// Sequence number of the first buffered record.
     first_sqn: u64,
 }
@@ -27,15 +39,18 @@ pub(crate) struct LogBuffer {
 /// A sealed buffer: everything needed to write one segment.
 #[derive(Debug)]
 pub(crate) struct Sealed {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) spans: Vec<(u32, u32, u32)>,
+    /// `(key group, its records)` in increasing key-group order.
+    pub(crate) groups: Vec<(u32, Group)>,
+    /// Bytes of the encoded records (before blocks and compression).
+    pub(crate) bytes: usize,
+    records: u64,
     pub(crate) first_sqn: u64,
     pub(crate) states: Arc<Vec<FileState>>,
 }
 
 impl Sealed {
     pub(crate) fn records(&self) -> u64 {
-        self.spans.len() as u64
+        self.records
     }
 }
 
@@ -48,69 +63,165 @@ impl LogBuffer {
     }
 
     /// Appends one record.
+    #[inline]
     pub(crate) fn push(&mut self, r: &ChangelogRecord<'_>) {
-        let start = self.bytes.len();
-        encode_changelog_record(r, &mut self.bytes);
+        let kg = r.key_group as usize;
+        if kg >= self.groups.len() {
+            self.groups.resize_with(kg + 1, Group::default);
+        }
+        let Some(g) = self.groups.get_mut(kg) else {
+            return;
+        };
+        if g.ends.is_empty() {
+            self.used.push(r.key_group);
+        }
+        let start = g.bytes.len();
+        encode_changelog_record(r, &mut g.bytes);
         // Offsets fit u32 because a buffer is sealed long before 4 GiB (segment_bytes).
-        self.spans
-            .push((r.key_group, start as u32, self.bytes.len() as u32));
+        g.ends.push(g.bytes.len() as u32);
+        self.bytes += g.bytes.len() - start;
+        self.records += 1;
     }
 
     pub(crate) fn len_bytes(&self) -> usize {
-        self.bytes.len()
+        self.bytes
     }
 
     pub(crate) fn records(&self) -> u64 {
-        self.spans.len() as u64
-    }
-
-    /// The sequence number the next record gets.
-    pub(crate) fn next_sqn(&self) -> u64 {
-        self.first_sqn + self.records()
+        self.records
     }
 
     /// Moves the records out (`None` when empty); the buffer continues at the next number.
     pub(crate) fn seal(&mut self, states: Arc<Vec<FileState>>) -> Option<Sealed> {
-        if self.spans.is_empty() {
+        if self.records == 0 {
             return None;
         }
-        let next = self.next_sqn();
-        let old = std::mem::replace(self, Self::new(next));
-        Some(Sealed {
-            bytes: old.bytes,
-            spans: old.spans,
-            first_sqn: old.first_sqn,
+        let mut used = std::mem::take(&mut self.used);
+        used.sort_unstable();
+        let groups = used
+            .into_iter()
+            .filter_map(|kg| {
+                let g = std::mem::take(self.groups.get_mut(kg as usize)?);
+                Some((kg, g))
+            })
+            .collect();
+        let sealed = Sealed {
+            groups,
+            bytes: self.bytes,
+            records: self.records,
+            first_sqn: self.first_sqn,
             states,
-        })
+        };
+        self.first_sqn += self.records;
+        self.bytes = 0;
+        self.records = 0;
+        Some(sealed)
     }
 }
 
 /// Writes a sealed buffer as a segment file; `name` is used in errors.
-pub(crate) fn encode_segment(mut s: Sealed, name: &str) -> Result<Vec<u8>> {
+pub(crate) fn encode_segment(s: Sealed, name: &str) -> Result<Vec<u8>> {
     let err = |e| StateError::layer(format!("encoding changelog segment name={name}"), e);
-    s.spans.sort_by_key(|(kg, _, _)| *kg);
     let mut w = ChangelogSegmentWriter::new(s.states.as_ref().clone(), s.first_sqn).map_err(err)?;
-    let mut block = Vec::with_capacity(TARGET_BLOCK_BYTES + 1024);
-    let mut count = 0u32;
-    let mut block_kg = None;
-    for &(kg, start, end) in &s.spans {
-        if block_kg != Some(kg) || block.len() >= TARGET_BLOCK_BYTES {
-            if let Some(bkg) = block_kg {
-                w.add_encoded(bkg, count, &block).map_err(err)?;
+    for (kg, g) in &s.groups {
+        // Blocks of whole records, each cut once it holds TARGET_BLOCK_BYTES.
+        let (mut start, mut count) = (0usize, 0u32);
+        for &end in &g.ends {
+            count += 1;
+            let end = end as usize;
+            if end - start >= TARGET_BLOCK_BYTES {
+                let block = g.bytes.get(start..end).unwrap_or_default();
+                w.add_encoded(*kg, count, block).map_err(err)?;
+                (start, count) = (end, 0);
             }
-            block.clear();
-            count = 0;
-            block_kg = Some(kg);
         }
-        block.extend_from_slice(
-            s.bytes
-                .get(start as usize..end as usize)
-                .unwrap_or_default(),
-        );
-        count += 1;
-    }
-    if let Some(bkg) = block_kg {
-        w.add_encoded(bkg, count, &block).map_err(err)?;
+        if count > 0 {
+            let block = g.bytes.get(start..).unwrap_or_default();
+            w.add_encoded(*kg, count, block).map_err(err)?;
+        }
     }
     w.finish().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_core::{KeyGroupRange, StateKind};
+    use cairn_format::{ChangelogOp, ChangelogSegmentReader};
+
+    use super::*;
+
+    /// A sealed buffer becomes a segment whose blocks go by key group, each key group's
+    /// records in the order they were pushed, blocks cut at record ends once they reach
+    /// the target size; the buffer goes on numbering after what it sealed.
+    #[test]
+    fn segment_holds_each_key_groups_records_in_order() {
+        let states = Arc::new(vec![FileState {
+            name: "v".into(),
+            kind: StateKind::Value,
+        }]);
+        let mut buf = LogBuffer::new(10);
+        let mut pushed: Vec<(u32, Vec<u8>, Vec<u8>)> = Vec::new();
+        // Key groups out of order and interleaved; key group 5 gets several blocks.
+        let mut x = 1u64;
+        for i in 0..6000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let kg = [5, 0, 9, 5, 3, 5][(x % 6) as usize];
+            let key = i.to_be_bytes().to_vec();
+            let value = vec![(x >> 8) as u8; 1 + (x % 40) as usize];
+            buf.push(&ChangelogRecord {
+                key_group: kg,
+                state: 0,
+                op: ChangelogOp::Set,
+                key: &key,
+                namespace: b"",
+                user_key: None,
+                value: Some(&value),
+            });
+            pushed.push((kg, key, value));
+        }
+        assert_eq!(buf.records(), 6000);
+        let sealed = buf.seal(states.clone()).unwrap();
+        assert_eq!(sealed.records(), 6000);
+        assert_eq!(sealed.first_sqn, 10);
+        assert_eq!(buf.records(), 0);
+        assert_eq!(buf.len_bytes(), 0);
+        assert!(buf.seal(states.clone()).is_none(), "nothing left");
+
+        let bytes = encode_segment(sealed, "t.cls").unwrap();
+        let reader = ChangelogSegmentReader::open(Bytes::from(bytes), "t.cls").unwrap();
+        assert_eq!(reader.first_sqn(), 10);
+        assert_eq!(reader.record_count(), 6000);
+        let blocks = reader.blocks();
+        assert!(blocks.windows(2).all(|w| w[0].key_group <= w[1].key_group));
+        assert!(blocks.iter().filter(|b| b.key_group == 5).count() > 1);
+        let mut read = Vec::new();
+        reader
+            .scan::<cairn_format::FormatError, _>(KeyGroupRange::new(0, 16), |r| {
+                read.push((
+                    r.key_group,
+                    r.key.to_vec(),
+                    r.value.unwrap_or_default().to_vec(),
+                ));
+                Ok(())
+            })
+            .unwrap();
+        // What a stable sort by key group of the pushed records gives.
+        pushed.sort_by_key(|r| r.0);
+        assert_eq!(read, pushed);
+
+        // The next segment starts after the sealed records.
+        buf.push(&ChangelogRecord {
+            key_group: 1,
+            state: 0,
+            op: ChangelogOp::Clear,
+            key: b"k",
+            namespace: b"",
+            user_key: None,
+            value: None,
+        });
+        assert_eq!(buf.seal(states).unwrap().first_sqn, 6010);
+    }
 }

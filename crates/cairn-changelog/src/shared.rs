@@ -19,6 +19,7 @@
 //! memory until then); rewriting the same bytes under the same name is harmless.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use cairn_core::{
@@ -85,6 +86,10 @@ pub(crate) struct Shared {
     pub(crate) storage: Option<Arc<dyn ChangelogStorage>>,
     tables: Mutex<Tables>,
     cond: Condvar,
+    /// Bytes of the sealed buffers encoded so far, as buffered and as encoded: their
+    /// ratio is the log's compression, which the size trigger applies to buffered bytes.
+    log_raw: AtomicU64,
+    log_stored: AtomicU64,
 }
 
 impl Shared {
@@ -99,6 +104,20 @@ impl Shared {
             storage,
             tables: Mutex::new(Tables::default()),
             cond: Condvar::new(),
+            log_raw: AtomicU64::new(0),
+            log_stored: AtomicU64::new(0),
+        }
+    }
+
+    /// Encoded bytes per buffered byte over the segments encoded so far (1 before the
+    /// first).
+    pub(crate) fn log_compression(&self) -> f64 {
+        let raw = self.log_raw.load(Ordering::Relaxed);
+        let stored = self.log_stored.load(Ordering::Relaxed);
+        if raw == 0 {
+            1.0
+        } else {
+            stored as f64 / raw as f64
         }
     }
 
@@ -228,10 +247,14 @@ impl Shared {
                         continue;
                     };
                     drop(t);
+                    let raw = sealed.bytes as u64;
                     let encoded = encode_segment(sealed, name);
                     t = self.lock();
                     match encoded {
                         Ok(bytes) => {
+                            self.log_raw.fetch_add(raw, Ordering::Relaxed);
+                            self.log_stored
+                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                             let file = local_ref(name, &bytes);
                             t.files.insert(
                                 name.to_string(),
