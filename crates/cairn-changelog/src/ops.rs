@@ -84,6 +84,31 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             .map_err(|e| codec_err(self.state_name(w), e))
     }
 
+    /// Encodes `value` into `scratch` and `ns` into `scratch_ns` with the codecs of state
+    /// `raw`, borrowed (the hot path of a value update: no reference counting per change);
+    /// returns the state's index.
+    fn encode_value_ns<V: 'static, N: 'static>(
+        &mut self,
+        raw: RawStateId,
+        value: &V,
+        ns: &N,
+    ) -> Result<usize> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut scratch_ns = std::mem::take(&mut self.scratch_ns);
+        scratch.clear();
+        scratch_ns.clear();
+        let r = self.codecs::<Codecs2<V, N>>(raw).and_then(|(w, c)| {
+            c.value
+                .encode(value, &mut scratch)
+                .and_then(|()| c.namespace.encode(ns, &mut scratch_ns))
+                .map_err(|e| codec_err(self.state_name(w), e))?;
+            Ok(w)
+        });
+        self.scratch = scratch;
+        self.scratch_ns = scratch_ns;
+        r
+    }
+
     fn state_name(&self, w: usize) -> &str {
         self.states
             .get(w)
@@ -280,13 +305,8 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<V, N>>(s.raw())?;
-        let (vc, nc) = (c.value.clone(), c.namespace.clone());
-        self.scratch.clear();
-        vc.encode(&value, &mut self.scratch)
-            .map_err(|e| codec_err(self.state_name(w), e))?;
+        let w = self.encode_value_ns(s.raw(), &value, ns)?;
         self.inner.value_update(s, ns, value)?;
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::Set, None)
     }
 
