@@ -25,7 +25,10 @@
 //! - Each run does every step once, in this order (interleaved); `ratio` is
 //!   `baseline_wall_s / wall_s` of the medians (above 1: faster than the baseline), and
 //!   `ratio_runs` the same ratio within each run (min, median, max), which a busy machine
-//!   disturbs less. Every line carries the 1-minute load average (`/proc/loadavg`) before
+//!   disturbs less; `cpu_s` is a step's CPU time (user + system of every thread, from
+//!   `/proc/self/stat`, 10 ms ticks) averaged over the runs, and `cpu_ratio` the baseline's
+//!   over the ingestion's, which other load on the machine disturbs far less than wall
+//!   times. Every line carries the 1-minute load average (`/proc/loadavg`) before
 //!   the state is built and after the runs: the ingestion restore uses every core, so
 //!   figures from a loaded machine are not comparable with an idle one's.
 
@@ -242,6 +245,22 @@ fn load_average() -> f64 {
         .unwrap_or(-1.0)
 }
 
+/// CPU time of the process so far (user + system, every thread, finished ones included;
+/// `/proc/self/stat`, in clock ticks of 10 ms), or zero where there is none.
+fn cpu_time() -> Duration {
+    const TICK: Duration = Duration::from_millis(10);
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name `(…)`: state is field 3, utime 14, stime 15.
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u32>().ok()? + f.get(12)?.parse::<u32>().ok()?)
+        })
+        .unwrap_or(0);
+    TICK * ticks
+}
+
 /// `(min, median, max)` of `base[i] / wall[i]`: the ratio within each run.
 fn run_ratios(base: &[Duration], wall: &[Duration]) -> (f64, f64, f64) {
     let mut r: Vec<f64> = base
@@ -282,6 +301,8 @@ fn main() {
         "restore_rocksdb_put_per_entry_flushed",
     ];
     let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    // CPU time of each step, summed over the runs.
+    let mut cpu = vec![Duration::ZERO; names.len()];
     let mut sp_bytes = (0, 0);
     for r in 0..runs {
         let dir = tmp.path().join(format!("run{r}"));
@@ -289,31 +310,39 @@ fn main() {
         let sp_rocks = dir.join("sp-rocksdb");
         let url_heap = sp_heap.to_str().expect("utf-8").to_string();
         let url_rocks = sp_rocks.to_str().expect("utf-8").to_string();
+        let c = cpu_time();
         t[0].push(savepoint(&mut heap, &url_heap, r as u64 + 1));
+        cpu[0] += cpu_time().saturating_sub(c);
+        let c = cpu_time();
         t[1].push(savepoint(&mut rocks, &url_rocks, r as u64 + 1));
+        cpu[1] += cpu_time().saturating_sub(c);
         sp_bytes = (bytes_on_disk(&sp_heap), bytes_on_disk(&sp_rocks));
 
-        let start = Instant::now();
+        let (c, start) = (cpu_time(), Instant::now());
         let (b, v) = restore_into(heap_backend(), &url_heap);
         t[2].push(start.elapsed());
+        cpu[2] += cpu_time().saturating_sub(c);
         assert_eq!(v, count(0));
         drop(b);
 
-        let start = Instant::now();
+        let (c, start) = (cpu_time(), Instant::now());
         let (b, v) = restore_into(rocks_backend(&dir.join("restore")), &url_heap);
         t[3].push(start.elapsed());
+        cpu[3] += cpu_time().saturating_sub(c);
         assert_eq!(v, count(0));
         drop(b);
 
-        let start = Instant::now();
+        let (c, start) = (cpu_time(), Instant::now());
         let (db, v) = restore_put_per_entry(&url_heap, &dir.join("put"), false);
         t[4].push(start.elapsed());
+        cpu[4] += cpu_time().saturating_sub(c);
         assert_eq!(v, count(0));
         drop(db);
 
-        let start = Instant::now();
+        let (c, start) = (cpu_time(), Instant::now());
         let (db, v) = restore_put_per_entry(&url_heap, &dir.join("put-flushed"), true);
         t[5].push(start.elapsed());
+        cpu[5] += cpu_time().saturating_sub(c);
         assert_eq!(v, count(0));
         drop(db);
         std::fs::remove_dir_all(&dir).expect("clean up");
@@ -321,11 +350,15 @@ fn main() {
     let load_end = load_average();
     let ingest_runs = run_ratios(&t[4], &t[3]);
     let m: Vec<Duration> = t.into_iter().map(median).collect();
+    // Mean CPU seconds per run of each step.
+    let c: Vec<f64> = cpu.iter().map(|d| d.as_secs_f64() / runs as f64).collect();
+    let step_index = |name: &str| names.iter().position(|n| *n == name).unwrap_or(0);
     let line = |name: &str, backend: &str, wall: Duration, extra: String| {
         println!(
-            "{{\"workload\":\"W2\",\"step\":\"{name}\",\"backend\":\"{backend}\",\"snapshot\":\"full\",\"parallelism\":1,\"records\":{keys},\"keys\":{keys},\"wall_s\":{:.4},\"records_per_s\":{:.0}{extra},\"loadavg_start\":{load_start:.2},\"loadavg_end\":{load_end:.2}}}",
+            "{{\"workload\":\"W2\",\"step\":\"{name}\",\"backend\":\"{backend}\",\"snapshot\":\"full\",\"parallelism\":1,\"records\":{keys},\"keys\":{keys},\"wall_s\":{:.4},\"records_per_s\":{:.0},\"cpu_s\":{:.4}{extra},\"loadavg_start\":{load_start:.2},\"loadavg_end\":{load_end:.2}}}",
             wall.as_secs_f64(),
-            keys as f64 / wall.as_secs_f64()
+            keys as f64 / wall.as_secs_f64(),
+            c[step_index(name)]
         );
     };
     let vs = |base: &str, b: Duration, w: Duration| {
@@ -357,24 +390,32 @@ fn main() {
         "rocksdb",
         m[3],
         format!(
-            "{},\"ratio_runs\":[{:.3},{:.3},{:.3}],\"ratio_vs_put_per_entry_flushed\":{:.3}",
+            "{},\"ratio_runs\":[{:.3},{:.3},{:.3}],\"ratio_vs_put_per_entry_flushed\":{:.3},\"cpu_ratio\":{:.3}",
             vs(names[4], m[4], m[3]),
             ingest_runs.0,
             ingest_runs.1,
             ingest_runs.2,
-            m[5].as_secs_f64() / m[3].as_secs_f64()
+            m[5].as_secs_f64() / m[3].as_secs_f64(),
+            c[4] / c[3]
         ),
     );
     line(names[4], "rocksdb", m[4], String::new());
     line(names[5], "rocksdb", m[5], String::new());
-    println!("{:<38} {:>10} {:>14}", "step", "median s", "bytes");
+    println!(
+        "{:<38} {:>10} {:>10} {:>14}",
+        "step", "median s", "cpu s", "bytes"
+    );
     for (i, n) in names.iter().enumerate() {
         let bytes = match i {
             0 => sp_bytes.0.to_string(),
             1 => sp_bytes.1.to_string(),
             _ => String::new(),
         };
-        println!("{n:<38} {:>10.3} {bytes:>14}", m[i].as_secs_f64());
+        println!(
+            "{n:<38} {:>10.3} {:>10.3} {bytes:>14}",
+            m[i].as_secs_f64(),
+            c[i]
+        );
     }
     println!(
         "ingestion vs put-per-entry: {:.2}x faster (within each run: min {:.2}x, median {:.2}x, max {:.2}x; {:.2}x vs put-per-entry then flush)",
@@ -383,6 +424,12 @@ fn main() {
         ingest_runs.1,
         ingest_runs.2,
         m[5].as_secs_f64() / m[3].as_secs_f64()
+    );
+    println!(
+        "CPU per restore: ingestion {:.3} s, put-per-entry {:.3} s ({:.2}x)",
+        c[3],
+        c[4],
+        c[4] / c[3]
     );
     println!("load average (1 min): {load_start:.2} before building the state, {load_end:.2} after the runs");
 }
