@@ -10,15 +10,29 @@
 //! two workers cover disjoint, ordered key ranges: RocksDB places them side by side in the
 //! bottommost level, exactly as one file would be.
 //!
-//! Where the time goes (W2: 1M `u64` counts, one state, 2 cores; `perf` over 30 restores):
-//! RocksDB's `SstFileWriter::put` takes about 54% of the restore's CPU (data blocks, index
-//! and properties 30%, the partitioned bloom filter 10%, its own order check, internal key
-//! and FFI 13%), LZ4 block compression 16%, the state file's zstd decode 10%, its entry
-//! decode and order check 6%, building the RocksDB key 5% and checking each key's key group
-//! 3%; opening the instance, creating the column family and the ingest call 4%. A
-//! put-per-entry restore of the same file (memtable inserts) costs about 1.3x this CPU, so
-//! ingestion is ahead by that much when the cores are busy, and by up to about 2x when both
-//! workers get a core of their own.
+//! Where the time goes (W2: 1M `u64` counts, one state, 2 cores; `perf record` over 8 W2
+//! runs at load ~2.5, files without a filter): RocksDB's `SstFileWriter::put` takes about
+//! 63% of the restore's CPU (LZ4 block compression 19%, data blocks, index and properties
+//! 29%, its own order check, internal key and FFI 16%), the state file's zstd decode 11%,
+//! its entry decode, building the RocksDB key and the checks about 16% (the key group hash
+//! 2%); opening the instance 3%, creating the column family 1%, finishing the files 1%
+//! and the ingest call 1%. About 10% of the samples are in the kernel (writes, page cache).
+//!
+//! The fixed costs, timed one by one over 5 W2 restores (load 2.4-3.5; the first figure is
+//! the quietest): opening the fresh instance 6.5 ms (12-60 ms loaded; it happens in
+//! `RocksDbBackend::new`, before the restore knows its states, and writes and syncs
+//! IDENTITY, MANIFEST, CURRENT and OPTIONS, each fsync 0.2-0.7 ms), creating the column
+//! family 1.6 ms (10-29 ms loaded, overlapping the workers), opening an SST writer
+//! 0.1-0.2 ms, finishing one (it syncs) 1-9 ms, the ingest call 2.6-20 ms, removing the
+//! directory 0.2-4 ms. None is avoidable through the `rocksdb` crate: `SstFileWriter`
+//! always syncs on finish, and `IngestExternalFileOptions` has no switch for the second
+//! sync of a moved file (the snapshot and flush switches it has cost nothing here).
+//!
+//! A put-per-entry restore of the same file (memtable inserts, WAL off) costs 1.3x-1.5x
+//! this CPU (W2's `cpu_ratio`), so ingestion is ahead by that much when the cores are busy,
+//! and by up to about 2x when both workers get a core of their own: with about 0.145 s of
+//! CPU on 2 cores and ~10 ms that run alone, a restore cannot take less than ~0.08 s, while
+//! the baseline takes 0.16-0.2 s.
 //!
 //! The files are written with the column family's options except the filter and
 //! compression (`Instance::restore_sst_options`). They land in the bottommost level, where
