@@ -108,7 +108,7 @@ fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
 const MERGE_OPERATOR: &str = "cairn.list.concat";
 
 /// Options of every column family (and of SST files built for ingestion, except a
-/// canonical restore's: [`bottommost_sst_options`]).
+/// canonical restore's: `bottommost_sst_options`).
 pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     let mut opts = Options::default();
     opts.set_merge_operator_associative(MERGE_OPERATOR, concat_merge);
