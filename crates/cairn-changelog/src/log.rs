@@ -62,7 +62,9 @@ impl LogBuffer {
         }
     }
 
-    /// Appends one record.
+    /// Appends one record. Its key group is below `MAX_MAX_PARALLELISM` (2^15): the task's
+    /// current key group, or one a segment reader checked, so the buffer's table of key
+    /// groups stays small.
     #[inline]
     pub(crate) fn push(&mut self, r: &ChangelogRecord<'_>) {
         let kg = r.key_group as usize;
