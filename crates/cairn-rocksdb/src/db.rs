@@ -10,9 +10,7 @@ use rocksdb::{
     Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::options::{
-    block_cache, bottommost_sst_options, column_family_options, db_options, RocksDbOptions,
-};
+use crate::options::{block_cache, column_family_options, db_options, RocksDbOptions};
 
 /// Wraps a RocksDB error with what was being done.
 pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
@@ -95,17 +93,7 @@ impl Instance {
 
     /// The options SST files for ingestion are written with.
     pub(crate) fn sst_options(&self) -> Options {
-        self.lz4_sst(column_family_options(&self.options, &self.cache))
-    }
-
-    /// The options of the SST files a canonical restore ingests into its empty column
-    /// families: they land in the bottommost level, so they are written without a bloom
-    /// filter, like every bottommost file (`optimize_filters_for_hits`, `options.rs`).
-    pub(crate) fn restore_sst_options(&self) -> Options {
-        self.lz4_sst(bottommost_sst_options(&self.options, &self.cache))
-    }
-
-    fn lz4_sst(&self, mut opts: Options) -> Options {
+        let mut opts = column_family_options(&self.options, &self.cache);
         // SstFileWriter compresses with the bottommost compression when one is set (ZSTD);
         // restore writes its files with the cheaper LZ4 instead, and compaction rewrites them
         // with ZSTD when they reach the bottom level in the normal course.

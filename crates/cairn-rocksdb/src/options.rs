@@ -18,16 +18,11 @@
 //!   Index and filters are partitioned: a get loads a few KiB of them, never a whole
 //!   file's filter (a file of a million keys has a 1.2 MiB filter, which would be re-read
 //!   and re-checksummed on every get when it does not stay in its cache shard).
-//! - **No filters in the bottommost level** (`optimize_filters_for_hits`). A get that
-//!   reaches the bottommost level has missed every level above, and a bottommost filter
-//!   only saves the data block read of a key that is absent everywhere; it holds about 90%
-//!   of the filter bits (memory, block cache, and CPU to build on every compaction into the
-//!   bottom). RocksDB then neither writes filters into bottommost files nor consults them
-//!   there. The SST files of a canonical restore land in the bottommost level of empty
-//!   column families, so they are written without a filter too (about 10% of the restore's
-//!   CPU). Measured: W1 config c (1M keys, most first gets absent; 3M records, load 1.6–4.6)
-//!   145k–170k records/s without this option and 156k–178k with it, interleaved; W3's gets
-//!   (`value_get_update`, `map_get`, no cache) unchanged.
+//!   Filters stay in the bottommost level too. Without them (`optimize_filters_for_hits`)
+//!   a canonical restore writes its files about 10% cheaper, but every get of a key that is
+//!   not stored yet, the first access of each new key, reads a bottommost data block: W1
+//!   config d (1M keys, 2M-entry cache, checkpoint every second) ran 5-6% slower, 1.21-1.30M
+//!   against 1.29-1.36M records/s, 7 interleaved pairs, load 1.4-2.1.
 //! - **A merge operator** that concatenates, on every column family: list appends are
 //!   merges (no read), and only list states ever merge.
 
@@ -107,8 +102,7 @@ fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
 /// Name of the merge operator (RocksDB checks it when reopening an instance).
 const MERGE_OPERATOR: &str = "cairn.list.concat";
 
-/// Options of every column family (and of SST files built for ingestion, except a
-/// canonical restore's: `bottommost_sst_options`).
+/// Options of every column family (and of SST files built for ingestion).
 pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     let mut opts = Options::default();
     opts.set_merge_operator_associative(MERGE_OPERATOR, concat_merge);
@@ -121,17 +115,6 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     } else {
         opts.set_compression_type(DBCompressionType::None);
     }
-    // A filter at the bottommost level only serves gets of absent keys (a present key is
-    // read from that level anyway), and holds about 90% of the filter bits: see the module
-    // docs.
-    opts.set_optimize_filters_for_hits(true);
-    opts.set_block_based_table_factory(&table_options(o, cache, true));
-    opts
-}
-
-/// The table options of every column family; without `filter`, the files have no bloom
-/// filter (restored files, which land in the bottommost level).
-fn table_options(o: &RocksDbOptions, cache: &Cache, filter: bool) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
@@ -140,22 +123,14 @@ fn table_options(o: &RocksDbOptions, cache: &Cache, filter: bool) -> BlockBasedO
     // never a whole file's filter (MiBs for a file of a million keys, re-read and
     // re-checksummed on every get once it no longer fits a cache shard).
     table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
     table.set_pin_top_level_index_and_filter(true);
     table.set_cache_index_and_filter_blocks_with_high_priority(true);
-    if filter && o.bloom_bits_per_key > 0.0 {
-        table.set_partition_filters(true);
+    if o.bloom_bits_per_key > 0.0 {
         table.set_bloom_filter(o.bloom_bits_per_key, false);
     }
     table.set_format_version(5);
-    table
-}
-
-/// Options of SST files written for the bottommost level of a column family (a canonical
-/// restore into an empty one): the column family's, without a bloom filter (see
-/// `optimize_filters_for_hits` in the module docs).
-pub(crate) fn bottommost_sst_options(o: &RocksDbOptions, cache: &Cache) -> Options {
-    let mut opts = column_family_options(o, cache);
-    opts.set_block_based_table_factory(&table_options(o, cache, false));
+    opts.set_block_based_table_factory(&table);
     opts
 }
 
