@@ -10,7 +10,9 @@ use rocksdb::{
     Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::options::{block_cache, column_family_options, db_options, RocksDbOptions};
+use crate::options::{
+    block_cache, column_family_options, db_options, restore_sst_options, RocksDbOptions,
+};
 
 /// Wraps a RocksDB error with what was being done.
 pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
@@ -93,7 +95,16 @@ impl Instance {
 
     /// The options SST files for ingestion are written with.
     pub(crate) fn sst_options(&self) -> Options {
-        let mut opts = column_family_options(&self.options, &self.cache);
+        self.lz4_sst(column_family_options(&self.options, &self.cache))
+    }
+
+    /// The options of the SST files a canonical restore ingests into its empty column
+    /// families: without a bloom filter (see `ingest.rs`).
+    pub(crate) fn restore_sst_options(&self) -> Options {
+        self.lz4_sst(restore_sst_options(&self.options, &self.cache))
+    }
+
+    fn lz4_sst(&self, mut opts: Options) -> Options {
         // SstFileWriter compresses with the bottommost compression when one is set (ZSTD);
         // restore writes its files with the cheaper LZ4 instead, and compaction rewrites them
         // with ZSTD when they reach the bottom level in the normal course.

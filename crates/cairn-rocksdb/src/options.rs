@@ -19,10 +19,10 @@
 //!   file's filter (a file of a million keys has a 1.2 MiB filter, which would be re-read
 //!   and re-checksummed on every get when it does not stay in its cache shard).
 //!   Filters stay in the bottommost level too. Without them (`optimize_filters_for_hits`)
-//!   a canonical restore writes its files about 10% cheaper, but every get of a key that is
-//!   not stored yet, the first access of each new key, reads a bottommost data block: W1
-//!   config d (1M keys, 2M-entry cache, checkpoint every second) ran 5-6% slower, 1.21-1.30M
-//!   against 1.29-1.36M records/s, 7 interleaved pairs, load 1.4-2.1.
+//!   every get of a key that is not stored yet, the first access of each new key, reads a
+//!   bottommost data block: W1 config d (1M keys, 2M-entry cache, checkpoint every second)
+//!   ran 5-6% slower, 1.21-1.30M against 1.29-1.36M records/s, 7 interleaved pairs, load
+//!   1.4-2.1. Only the files a canonical restore builds have none (`ingest.rs`).
 //! - **A merge operator** that concatenates, on every column family: list appends are
 //!   merges (no read), and only list states ever merge.
 
@@ -115,6 +115,12 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     } else {
         opts.set_compression_type(DBCompressionType::None);
     }
+    opts.set_block_based_table_factory(&table_options(o, cache, true));
+    opts
+}
+
+/// The table options of every column family; without `filter`, files get no bloom filter.
+fn table_options(o: &RocksDbOptions, cache: &Cache, filter: bool) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
@@ -123,14 +129,21 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     // never a whole file's filter (MiBs for a file of a million keys, re-read and
     // re-checksummed on every get once it no longer fits a cache shard).
     table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-    table.set_partition_filters(true);
     table.set_pin_top_level_index_and_filter(true);
     table.set_cache_index_and_filter_blocks_with_high_priority(true);
-    if o.bloom_bits_per_key > 0.0 {
+    if filter && o.bloom_bits_per_key > 0.0 {
+        table.set_partition_filters(true);
         table.set_bloom_filter(o.bloom_bits_per_key, false);
     }
     table.set_format_version(5);
-    opts.set_block_based_table_factory(&table);
+    table
+}
+
+/// Options of the SST files a canonical restore builds: the column family's, without a
+/// bloom filter (see `ingest.rs`).
+pub(crate) fn restore_sst_options(o: &RocksDbOptions, cache: &Cache) -> Options {
+    let mut opts = column_family_options(o, cache);
+    opts.set_block_based_table_factory(&table_options(o, cache, false));
     opts
 }
 
