@@ -344,10 +344,22 @@ pub(crate) trait StateSnapshot: Send + Sync {
         buf: &mut KgBuffer,
         out: &mut KgWriter<'_>,
     ) -> Result<()> {
-        buf.clear();
-        self.encode_kg(kg_idx, file_state, buf)?;
-        buf.write_sorted(out)
+        write_kg_sorted(self, kg_idx, file_state, buf, out)
     }
+}
+
+/// The general [`StateSnapshot::write_kg`]: encodes the key group into `buf`, then writes
+/// it sorted.
+fn write_kg_sorted<S: StateSnapshot + ?Sized>(
+    s: &S,
+    kg_idx: usize,
+    file_state: u32,
+    buf: &mut KgBuffer,
+    out: &mut KgWriter<'_>,
+) -> Result<()> {
+    buf.clear();
+    s.encode_kg(kg_idx, file_state, buf)?;
+    buf.write_sorted(out)
 }
 
 struct TableSnapshot<N, L: Layout> {
@@ -391,9 +403,7 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
         out: &mut KgWriter<'_>,
     ) -> Result<()> {
         if !(L::SINGLE && std::mem::size_of::<N>() == 0) {
-            buf.clear();
-            self.encode_kg(kg_idx, file_state, buf)?;
-            return buf.write_sorted(out);
+            return write_kg_sorted(self, kg_idx, file_state, buf, out);
         }
         // One entry per key and one namespace value: read the key group once, in table
         // order, copying each key and encoding each value into the arena; sort 24-byte
