@@ -75,14 +75,47 @@ pub(crate) struct InlineKey {
 
 impl InlineKey {
     /// The inline form of `key`, if it is short enough.
+    ///
+    /// The key is gathered in registers (two overlapping loads), not copied with a
+    /// length-dependent `memcpy` into the padded array: reading such an array back right
+    /// away defeats store-to-load forwarding, and the read then waits for every earlier
+    /// store to reach the cache. W1 with the changelog, whose log appends miss the cache,
+    /// spent 13% of its task thread there; it runs 4-9% faster without the `memcpy`.
     #[inline]
     pub(crate) fn new(key: &[u8]) -> Option<Self> {
+        if key.len() > INLINE_KEY_LEN {
+            return None;
+        }
+        let word = load_le(key).to_le_bytes();
         let mut bytes = [0u8; INLINE_KEY_LEN];
-        bytes.get_mut(..key.len())?.copy_from_slice(key);
+        bytes.copy_from_slice(word.get(..INLINE_KEY_LEN)?);
         Some(Self {
             len: key.len() as u8,
             bytes,
         })
+    }
+}
+
+/// `key` (at most 16 bytes) as a little-endian integer: byte `i` of the key is byte `i` of
+/// the result, the bytes past its end are zero.
+#[inline]
+fn load_le(key: &[u8]) -> u128 {
+    /// The first and the last `W` bytes of `key` (`W <= key.len() < 2 * W`), or'ed into
+    /// place: the bytes they share are equal.
+    #[inline]
+    fn overlapping<const W: usize>(key: &[u8], to_int: impl Fn([u8; W]) -> u128) -> u128 {
+        let n = key.len();
+        let first = key.first_chunk::<W>().copied().map_or(0, &to_int);
+        let last = key.last_chunk::<W>().copied().map_or(0, &to_int);
+        first | (last << ((n - W) * 8))
+    }
+    match key.len() {
+        8..=16 => overlapping::<8>(key, |b| u64::from_le_bytes(b).into()),
+        4..=7 => overlapping::<4>(key, |b| u32::from_le_bytes(b).into()),
+        _ => key
+            .iter()
+            .enumerate()
+            .fold(0, |v, (i, &b)| v | (u128::from(b) << (i * 8))),
     }
 }
 
@@ -373,6 +406,24 @@ mod tests {
     fn entries_are_small() {
         assert_eq!(std::mem::size_of::<KeyBytes>(), 16);
         assert_eq!(std::mem::size_of::<Item<(), u64>>(), 24);
+    }
+
+    #[test]
+    fn inline_keys_hold_every_byte_and_zero_padding() {
+        for len in 0..=INLINE_KEY_LEN {
+            // Distinct non-zero bytes, so a byte in the wrong place or a lost byte shows.
+            let key: Vec<u8> = (0..len).map(|i| 0xa0 + i as u8).collect();
+            let inline = InlineKey::new(&key).expect("short key");
+            assert_eq!(usize::from(inline.len), len);
+            assert_eq!(&inline.bytes[..len], key.as_slice(), "len {len}");
+            assert!(inline.bytes[len..].iter().all(|&b| b == 0), "len {len}");
+            let mut other = key.clone();
+            if let Some(last) = other.last_mut() {
+                *last ^= 1;
+                assert_ne!(InlineKey::new(&other), Some(inline), "len {len}");
+            }
+        }
+        assert_eq!(InlineKey::new(&[7; INLINE_KEY_LEN + 1]), None);
     }
 
     #[test]
