@@ -173,8 +173,9 @@ pub struct ChangelogRecord<'a> {
 }
 
 /// Appends the payload encoding of `r` (without its key group, which the block holds) to
-/// `out`. Backends that buffer records use it, then hand whole blocks to
-/// [`ChangelogSegmentWriter::add_encoded`].
+/// `out`: the parts `r` holds (a record whose user key and value do not match its op does
+/// not decode). Backends that buffer records use a [`ChangelogRecords`], which encodes with
+/// it.
 pub fn encode_changelog_record(r: &ChangelogRecord<'_>, out: &mut Vec<u8>) {
     let mut w = Writer::new(out, KIND);
     w.u32(r.state);
@@ -187,6 +188,193 @@ pub fn encode_changelog_record(r: &ChangelogRecord<'_>, out: &mut Vec<u8>) {
     {
         w.u32(u32::try_from(part.len()).unwrap_or(u32::MAX));
         w.buf.extend_from_slice(part);
+    }
+}
+
+/// State indices below this get an op mask in [`ChangelogRecords`]; a record of a larger
+/// index makes the writer check that buffer by decoding it (tables that large are not
+/// expected; the bound keeps a wild index from allocating gigabytes).
+const MAX_TRACKED_STATES: usize = 4096;
+
+/// Bit `8 + code` of an op mask: a record of that op whose user key or value is present
+/// when the op has none, or missing when it needs one (its bytes would not decode).
+const MISSHAPEN_SHIFT: u32 = 8;
+
+/// The parts a record of `op` carries: bit 0 a user key, bit 1 a value.
+#[inline]
+fn op_shape(op: ChangelogOp) -> u8 {
+    u8::from(op.has_user_key()) | u8::from(op.has_value()) << 1
+}
+
+/// Records of one key group, encoded back to back with [`encode_changelog_record`] (the
+/// payload encoding of a segment block), with what a [`ChangelogSegmentWriter`] needs to
+/// accept them without decoding them again.
+///
+/// The only way in is [`Self::push`], which encodes the record and notes where it ends and,
+/// per state index, which ops were used (and whether a record's user key and value match
+/// its op). [`ChangelogSegmentWriter::add_block`] then checks the whole buffer in
+/// O(states): every state index names a state of the segment's table with an op its kind
+/// allows. That, the record ends, and the block size limit (a record whose parts do not
+/// fit a `u32` length is larger than any block may be) are everything decoding would
+/// check.
+#[derive(Clone, Default)]
+pub struct ChangelogRecords {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<u32>,
+    /// Per state index: bit `code` for each op used, bit `8 + code` for each op used by a
+    /// record whose parts do not match it.
+    ops: Vec<u16>,
+    /// A record named a state index of [`MAX_TRACKED_STATES`] or more.
+    untracked: bool,
+    /// `bytes` outgrew `u32` offsets (`ends` are not exact any more).
+    oversized: bool,
+}
+
+impl std::fmt::Debug for ChangelogRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangelogRecords")
+            .field("records", &self.ends.len())
+            .field("bytes", &self.bytes.len())
+            .field("ops", &self.ops)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChangelogRecords {
+    /// An empty buffer (allocates nothing until the first record).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `r` (its `key_group` is not encoded: the block holds it). Runs per state
+    /// change, so it does no more than encode and update two small vectors.
+    #[inline]
+    pub fn push(&mut self, r: &ChangelogRecord<'_>) {
+        encode_changelog_record(r, &mut self.bytes);
+        let end = u32::try_from(self.bytes.len());
+        self.oversized |= end.is_err();
+        self.ends.push(end.unwrap_or(u32::MAX));
+        let parts = u8::from(r.user_key.is_some()) | u8::from(r.value.is_some()) << 1;
+        let misshapen = u32::from(parts != op_shape(r.op));
+        let bit = 1u16 << (u32::from(r.op.code()) + misshapen * MISSHAPEN_SHIFT);
+        match self.ops.get_mut(r.state as usize) {
+            Some(mask) => *mask |= bit,
+            None => self.grow_ops(r.state, bit),
+        }
+    }
+
+    #[cold]
+    fn grow_ops(&mut self, state: u32, bit: u16) {
+        let state = state as usize;
+        if state >= MAX_TRACKED_STATES {
+            self.untracked = true;
+            return;
+        }
+        self.ops.resize(state + 1, 0);
+        if let Some(mask) = self.ops.get_mut(state) {
+            *mask |= bit;
+        }
+    }
+
+    /// Records in the buffer.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the buffer holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Encoded bytes in the buffer.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The encoded records, back to back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The records cut into blocks at record ends, in order: a block ends with the first
+    /// record that brings it to `target_len` bytes or more (so a block exceeds the target
+    /// by less than one record); the last block holds the rest.
+    pub fn blocks(&self, target_len: usize) -> ChangelogBlocks<'_> {
+        ChangelogBlocks {
+            records: self,
+            start: 0,
+            next: 0,
+            target_len,
+        }
+    }
+}
+
+/// A run of whole records of a [`ChangelogRecords`], from [`ChangelogRecords::blocks`], for
+/// [`ChangelogSegmentWriter::add_block`].
+#[derive(Clone, Copy, Debug)]
+pub struct ChangelogBlock<'a> {
+    records: &'a ChangelogRecords,
+    bytes: &'a [u8],
+    count: u32,
+}
+
+impl<'a> ChangelogBlock<'a> {
+    /// The encoded records of the block (what [`ChangelogSegmentWriter::add_encoded`]
+    /// takes).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Records in the block.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+}
+
+/// The blocks of a [`ChangelogRecords`] ([`ChangelogRecords::blocks`]).
+#[derive(Clone, Debug)]
+pub struct ChangelogBlocks<'a> {
+    records: &'a ChangelogRecords,
+    /// Where the next block starts in the bytes.
+    start: usize,
+    /// Index of the next record end.
+    next: usize,
+    target_len: usize,
+}
+
+impl<'a> Iterator for ChangelogBlocks<'a> {
+    type Item = ChangelogBlock<'a>;
+
+    fn next(&mut self) -> Option<ChangelogBlock<'a>> {
+        let all = &self.records.bytes;
+        let start = self.start;
+        let mut count = 0u32;
+        while let Some(&end) = self.records.ends.get(self.next) {
+            self.next += 1;
+            count += 1;
+            let end = end as usize;
+            if end.saturating_sub(start) >= self.target_len || count == u32::MAX {
+                self.start = end;
+                return Some(self.block(all.get(start..end), count));
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        self.start = all.len();
+        Some(self.block(all.get(start..), count))
+    }
+}
+
+impl<'a> ChangelogBlocks<'a> {
+    fn block(&self, bytes: Option<&'a [u8]>, count: u32) -> ChangelogBlock<'a> {
+        ChangelogBlock {
+            records: self.records,
+            // Only an oversized buffer has inexact ends, and the writer refuses those.
+            bytes: bytes.unwrap_or_default(),
+            count,
+        }
     }
 }
 
@@ -248,13 +436,56 @@ impl ChangelogSegmentWriter {
 
     /// Appends a block of `count` records of `key_group`, encoded back to back with
     /// [`encode_changelog_record`]. The payload is checked (every record decodes and names
-    /// a state of the table with an op its kind allows).
+    /// a state of the table with an op its kind allows). Records buffered in a
+    /// [`ChangelogRecords`] go through [`Self::add_block`] instead, which writes the same
+    /// bytes without decoding them.
     pub fn add_encoded(
         &mut self,
         key_group: u32,
         count: u32,
         payload: &[u8],
     ) -> Result<(), FormatError> {
+        if !self.check_block(key_group, count, payload.len())? {
+            return Ok(());
+        }
+        self.check_by_decoding(key_group, count, payload)?;
+        self.write_block(key_group, count, payload)
+    }
+
+    /// Appends a block of `key_group`'s records cut from a [`ChangelogRecords`]: the same
+    /// bytes [`Self::add_encoded`] writes for `block.bytes()`, without decoding the records.
+    /// The buffer's record of the ops used per state index is checked instead (every state
+    /// index names a state of the table, with ops its kind allows, each record carrying the
+    /// parts its op needs), in O(states); this checks the ops of the whole buffer the block
+    /// was cut from.
+    pub fn add_block(
+        &mut self,
+        key_group: u32,
+        block: ChangelogBlock<'_>,
+    ) -> Result<(), FormatError> {
+        let (count, payload) = (block.count, block.bytes);
+        if !self.check_block(key_group, count, payload.len())? {
+            return Ok(());
+        }
+        let records = block.records;
+        if records.oversized {
+            return Err(invalid(format!(
+                "record buffer longer than 4 GiB len={} key_group={key_group}",
+                records.bytes.len()
+            )));
+        }
+        if records.untracked {
+            // A state index too large to track: check the rare buffer the slow way.
+            self.check_by_decoding(key_group, count, payload)?;
+        } else {
+            self.check_ops(key_group, &records.ops)?;
+        }
+        self.write_block(key_group, count, payload)
+    }
+
+    /// Checks what every block needs (key group in range, sorted, size); `false` when the
+    /// block is empty and writes nothing.
+    fn check_block(&self, key_group: u32, count: u32, len: usize) -> Result<bool, FormatError> {
         if key_group >= MAX_MAX_PARALLELISM {
             return Err(invalid(format!(
                 "key group out of range key_group={key_group}"
@@ -269,20 +500,73 @@ impl ChangelogSegmentWriter {
             }
         }
         if count == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        if payload.len() > MAX_BLOCK_LEN {
+        if len > MAX_BLOCK_LEN {
             return Err(invalid(format!(
-                "block larger than the limit len={} max={MAX_BLOCK_LEN}",
-                payload.len()
+                "block larger than the limit len={len} max={MAX_BLOCK_LEN}"
             )));
         }
-        // Check the payload the way a reader will.
+        Ok(true)
+    }
+
+    /// Checks the payload the way a reader will.
+    fn check_by_decoding(
+        &self,
+        key_group: u32,
+        count: u32,
+        payload: &[u8],
+    ) -> Result<(), FormatError> {
         let mut r = Reader::new(payload, 0, KIND, "(segment being written)");
         for _ in 0..count {
             decode_record(&mut r, key_group, &self.states)?;
         }
-        r.finish("records")?;
+        r.finish("records")
+    }
+
+    /// Checks a [`ChangelogRecords`] op mask per state index against the state table.
+    fn check_ops(&self, key_group: u32, ops: &[u16]) -> Result<(), FormatError> {
+        for (index, &mask) in ops.iter().enumerate() {
+            for code in 1..=6u8 {
+                let Some(op) = ChangelogOp::from_code(code) else {
+                    continue;
+                };
+                let misshapen = mask & 1 << (u32::from(code) + MISSHAPEN_SHIFT) != 0;
+                if mask & 1 << code == 0 && !misshapen {
+                    continue;
+                }
+                let Some(state) = self.states.get(index) else {
+                    return Err(invalid(format!(
+                        "changelog op {op:?} names an unknown state index={index} states={} key_group={key_group}",
+                        self.states.len()
+                    )));
+                };
+                if !op.applies_to(state.kind) {
+                    return Err(invalid(format!(
+                        "changelog op {op:?} does not apply to {:?} state index={index} state={} key_group={key_group}",
+                        state.kind, state.name
+                    )));
+                }
+                if misshapen {
+                    return Err(invalid(format!(
+                        "changelog record parts do not match op {op:?} (it carries user_key={} value={}) state index={index} state={} key_group={key_group}",
+                        op.has_user_key(),
+                        op.has_value(),
+                        state.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compresses and appends a checked block.
+    fn write_block(
+        &mut self,
+        key_group: u32,
+        count: u32,
+        payload: &[u8],
+    ) -> Result<(), FormatError> {
         let compressed = self
             .compressor
             .compress(payload)
@@ -316,7 +600,7 @@ impl ChangelogSegmentWriter {
     }
 
     /// Appends one record as a block of its own (for tests and small segments; batch
-    /// records with [`Self::add_encoded`]).
+    /// records in a [`ChangelogRecords`] and add its blocks with [`Self::add_block`]).
     pub fn add(&mut self, r: &ChangelogRecord<'_>) -> Result<(), FormatError> {
         let mut buf = Vec::new();
         encode_changelog_record(r, &mut buf);
@@ -849,5 +1133,177 @@ mod tests {
             "unknown state"
         );
         assert!(w.add(&rec(6, 1, ChangelogOp::Set)).is_err(), "set on a map");
+    }
+
+    fn record<'a>(
+        state: u32,
+        op: ChangelogOp,
+        key: &'a [u8],
+        user_key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+    ) -> ChangelogRecord<'a> {
+        ChangelogRecord {
+            key_group: 0,
+            state,
+            op,
+            key,
+            namespace: b"ns",
+            user_key,
+            value,
+        }
+    }
+
+    /// Records of every op the sample table allows, some with long repetitive values (so
+    /// that blocks get compressed), in two key groups.
+    fn buffers() -> Vec<(u32, ChangelogRecords, Vec<usize>)> {
+        let long = vec![b'x'; 300];
+        let mut out = Vec::new();
+        for kg in [2u32, 7] {
+            let mut recs = ChangelogRecords::new();
+            let mut lens = Vec::new();
+            for i in 0..40u32 {
+                let key = i.to_le_bytes();
+                let v: &[u8] = if i % 3 == 0 { &long } else { &key };
+                let r = match i % 4 {
+                    0 => record(0, ChangelogOp::Set, &key, None, Some(v)),
+                    1 => record(1, ChangelogOp::MapPut, &key, Some(b"u"), Some(v)),
+                    2 => record(1, ChangelogOp::MapRemove, &key, Some(b"u"), None),
+                    _ => record(0, ChangelogOp::Clear, &key, None, None),
+                };
+                let before = recs.len_bytes();
+                recs.push(&r);
+                lens.push(recs.len_bytes() - before);
+            }
+            out.push((kg, recs, lens));
+        }
+        out
+    }
+
+    /// `add_block` writes byte for byte what `add_encoded` writes for the same blocks, and
+    /// `blocks` cuts at record ends once a block reaches the target.
+    #[test]
+    fn add_block_writes_what_add_encoded_writes() {
+        const TARGET: usize = 500;
+        let mut by_block = ChangelogSegmentWriter::new(states(), 7).unwrap();
+        let mut by_bytes = ChangelogSegmentWriter::new(states(), 7).unwrap();
+        let mut blocks = 0;
+        for (kg, recs, lens) in &buffers() {
+            assert_eq!(recs.len(), lens.len());
+            let mut next = 0;
+            let mut joined = Vec::new();
+            for b in recs.blocks(TARGET) {
+                let n = b.count() as usize;
+                let these = lens.get(next..next + n).unwrap();
+                next += n;
+                assert_eq!(b.bytes().len(), these.iter().sum::<usize>());
+                if next < lens.len() {
+                    // Cut with the first record that reaches the target.
+                    assert!(b.bytes().len() >= TARGET);
+                    assert!(b.bytes().len() - these.last().unwrap() < TARGET);
+                }
+                joined.extend_from_slice(b.bytes());
+                by_block.add_block(*kg, b).unwrap();
+                by_bytes.add_encoded(*kg, b.count(), b.bytes()).unwrap();
+                blocks += 1;
+            }
+            assert_eq!(next, lens.len());
+            assert_eq!(joined, recs.as_bytes());
+        }
+        assert!(blocks > 4, "several blocks per key group, got {blocks}");
+        assert_eq!(by_block.records(), 80);
+        let (a, b) = (by_block.finish().unwrap(), by_bytes.finish().unwrap());
+        assert_eq!(a, b);
+        let r = ChangelogSegmentReader::open(Bytes::from(a), "s").unwrap();
+        assert_eq!(r.record_count(), 80);
+        r.verify_all().unwrap();
+    }
+
+    fn refusal(recs: &ChangelogRecords, table: Vec<FileState>) -> String {
+        let mut w = ChangelogSegmentWriter::new(table, 0).unwrap();
+        let mut errors = recs
+            .blocks(usize::MAX)
+            .map(|b| w.add_block(4, b).map_err(|e| e.to_string()));
+        let e = errors.next().unwrap().unwrap_err();
+        assert_eq!(w.records(), 0, "nothing written");
+        e
+    }
+
+    /// What decoding used to catch, the op masks catch: an op the state's kind forbids, a
+    /// state index beyond the table, a record whose parts do not match its op.
+    #[test]
+    fn add_block_refuses_ops_the_table_does_not_allow() {
+        let mut ok = ChangelogRecords::new();
+        ok.push(&record(0, ChangelogOp::Set, b"k", None, Some(b"v")));
+        ok.push(&record(
+            1,
+            ChangelogOp::MapPut,
+            b"k",
+            Some(b"u"),
+            Some(b"v"),
+        ));
+
+        let mut recs = ok.clone();
+        recs.push(&record(1, ChangelogOp::Set, b"k", None, Some(b"v")));
+        let e = refusal(&recs, states());
+        assert!(
+            e.contains("changelog op Set does not apply to Map state index=1")
+                && e.contains("key_group=4"),
+            "{e}"
+        );
+
+        let mut recs = ok.clone();
+        recs.push(&record(2, ChangelogOp::Clear, b"k", None, None));
+        let e = refusal(&recs, states());
+        assert!(
+            e.contains("changelog op Clear names an unknown state index=2 states=2")
+                && e.contains("key_group=4"),
+            "{e}"
+        );
+
+        let mut recs = ok.clone();
+        recs.push(&record(1, ChangelogOp::MapPut, b"k", None, Some(b"v")));
+        let e = refusal(&recs, states());
+        assert!(
+            e.contains("changelog record parts do not match op MapPut")
+                && e.contains("index=1")
+                && e.contains("key_group=4"),
+            "{e}"
+        );
+        // The same bytes do not decode either.
+        let mut w = ChangelogSegmentWriter::new(states(), 0).unwrap();
+        assert!(w.add_encoded(4, 3, recs.as_bytes()).is_err());
+    }
+
+    /// A state index too large to track is checked by decoding: refused beyond the table,
+    /// written like `add_encoded` within it.
+    #[test]
+    fn add_block_checks_untracked_state_indices_by_decoding() {
+        let mut recs = ChangelogRecords::new();
+        recs.push(&record(0, ChangelogOp::Set, b"k", None, Some(b"v")));
+        recs.push(&record(5000, ChangelogOp::Clear, b"k", None, None));
+        let e = refusal(&recs, states());
+        assert!(e.contains("unknown state index=5000"), "{e}");
+
+        let table: Vec<FileState> = (0..5001)
+            .map(|i| FileState {
+                name: format!("s{i}"),
+                kind: StateKind::Value,
+            })
+            .collect();
+        let mut by_block = ChangelogSegmentWriter::new(table.clone(), 0).unwrap();
+        let mut by_bytes = ChangelogSegmentWriter::new(table, 0).unwrap();
+        for b in recs.blocks(usize::MAX) {
+            by_block.add_block(4, b).unwrap();
+            by_bytes.add_encoded(4, b.count(), b.bytes()).unwrap();
+        }
+        assert_eq!(by_block.finish().unwrap(), by_bytes.finish().unwrap());
+    }
+
+    #[test]
+    fn empty_records_have_no_blocks() {
+        let recs = ChangelogRecords::new();
+        assert!(recs.is_empty());
+        assert_eq!(recs.blocks(0).count(), 0);
+        assert_eq!(recs.blocks(usize::MAX).count(), 0);
     }
 }

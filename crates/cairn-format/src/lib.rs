@@ -66,8 +66,9 @@ mod state_file;
 mod state_reader;
 
 pub use changelog::{
-    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogSegmentReader,
-    ChangelogSegmentWriter, SegmentBlock, CHANGELOG_MAGIC,
+    encode_changelog_record, ChangelogBlock, ChangelogBlocks, ChangelogOp, ChangelogRecord,
+    ChangelogRecords, ChangelogSegmentReader, ChangelogSegmentWriter, SegmentBlock,
+    CHANGELOG_MAGIC,
 };
 pub use error::FormatError;
 pub use list::{decode_list, encode_list};
