@@ -1,33 +1,27 @@
 //! The in-memory record buffer and the encoding of a sealed buffer into a segment file.
 //!
-//! The task thread appends each record, in the segment's record encoding
-//! (`cairn_format::encode_changelog_record`), to the buffer of its key group, and notes
-//! where it ends. Sealing moves the buffers out in O(key groups used). A segment orders its
-//! blocks by key group and keeps each key group's changes in order, which is what the
-//! buffers hold already: a background thread (or the checkpoint's asynchronous phase) cuts
-//! each key group's bytes into blocks at record ends, without sorting or copying records.
+//! The task thread appends each record, in the segment's record encoding, to the
+//! `cairn_format::ChangelogRecords` of its key group, which notes where it ends and which
+//! ops each state used. Sealing moves the buffers out in O(key groups used). A segment
+//! orders its blocks by key group and keeps each key group's changes in order, which is
+//! what the buffers hold already: a background thread (or the checkpoint's asynchronous
+//! phase) cuts each key group's bytes into blocks at record ends, without sorting, copying
+//! or decoding records (the segment writer checks the buffer's op masks against the state
+//! table instead).
 
 use std::sync::Arc;
 
 use cairn_core::{Result, StateError};
-use cairn_format::{encode_changelog_record, ChangelogRecord, ChangelogSegmentWriter, FileState};
+use cairn_format::{ChangelogRecord, ChangelogRecords, ChangelogSegmentWriter, FileState};
 
 /// Blocks are cut near this many uncompressed bytes.
 const TARGET_BLOCK_BYTES: usize = 64 << 10;
 
-/// The records of one key group, in order.
-#[derive(Debug, Default)]
-pub(crate) struct Group {
-    bytes: Vec<u8>,
-    /// Where each record ends in `bytes`.
-    ends: Vec<u32>,
-}
-
 /// Records not sealed yet.
 #[derive(Debug, Default)]
 pub(crate) struct LogBuffer {
-    /// Indexed by key group (grown on first use).
-    groups: Vec<Group>,
+    /// The records of each key group, in order; indexed by key group (grown on first use).
+    groups: Vec<ChangelogRecords>,
     /// The key groups with records, in first-use order.
     used: Vec<u32>,
     bytes: usize,
@@ -40,7 +34,7 @@ pub(crate) struct LogBuffer {
 #[derive(Debug)]
 pub(crate) struct Sealed {
     /// `(key group, its records)` in increasing key-group order.
-    pub(crate) groups: Vec<(u32, Group)>,
+    pub(crate) groups: Vec<(u32, ChangelogRecords)>,
     /// Bytes of the encoded records (before blocks and compression).
     pub(crate) bytes: usize,
     records: u64,
@@ -69,19 +63,17 @@ impl LogBuffer {
     pub(crate) fn push(&mut self, r: &ChangelogRecord<'_>) {
         let kg = r.key_group as usize;
         if kg >= self.groups.len() {
-            self.groups.resize_with(kg + 1, Group::default);
+            self.groups.resize_with(kg + 1, ChangelogRecords::default);
         }
         let Some(g) = self.groups.get_mut(kg) else {
             return;
         };
-        if g.ends.is_empty() {
+        if g.is_empty() {
             self.used.push(r.key_group);
         }
-        let start = g.bytes.len();
-        encode_changelog_record(r, &mut g.bytes);
-        // Offsets fit u32 because a buffer is sealed long before 4 GiB (segment_bytes).
-        g.ends.push(g.bytes.len() as u32);
-        self.bytes += g.bytes.len() - start;
+        let start = g.len_bytes();
+        g.push(r);
+        self.bytes += g.len_bytes() - start;
         self.records += 1;
     }
 
@@ -127,19 +119,8 @@ pub(crate) fn encode_segment(s: Sealed, name: &str) -> Result<Vec<u8>> {
     let mut w = ChangelogSegmentWriter::new(s.states.as_ref().clone(), s.first_sqn).map_err(err)?;
     for (kg, g) in &s.groups {
         // Blocks of whole records, each cut once it holds TARGET_BLOCK_BYTES.
-        let (mut start, mut count) = (0usize, 0u32);
-        for &end in &g.ends {
-            count += 1;
-            let end = end as usize;
-            if end - start >= TARGET_BLOCK_BYTES {
-                let block = g.bytes.get(start..end).unwrap_or_default();
-                w.add_encoded(*kg, count, block).map_err(err)?;
-                (start, count) = (end, 0);
-            }
-        }
-        if count > 0 {
-            let block = g.bytes.get(start..).unwrap_or_default();
-            w.add_encoded(*kg, count, block).map_err(err)?;
+        for block in g.blocks(TARGET_BLOCK_BYTES) {
+            w.add_block(*kg, block).map_err(err)?;
         }
     }
     w.finish().map_err(err)
@@ -225,5 +206,56 @@ mod tests {
             value: None,
         });
         assert_eq!(buf.seal(states).unwrap().first_sqn, 6010);
+    }
+
+    /// The segment is what the decoding writer makes of the same blocks, and a record the
+    /// state table does not allow fails the encoding with the state index and key group.
+    #[test]
+    fn segment_is_checked_against_the_state_table_without_decoding() {
+        let states = Arc::new(vec![
+            FileState {
+                name: "v".into(),
+                kind: StateKind::Value,
+            },
+            FileState {
+                name: "m".into(),
+                kind: StateKind::Map,
+            },
+        ]);
+        let rec = |kg, state, op, user_key: Option<&'static [u8]>, value| ChangelogRecord {
+            key_group: kg,
+            state,
+            op,
+            key: b"k",
+            namespace: b"",
+            user_key,
+            value,
+        };
+        let mut buf = LogBuffer::new(0);
+        let value = vec![7u8; 1000];
+        for i in 0..300u32 {
+            buf.push(&rec(i % 3, 0, ChangelogOp::Set, None, Some(&value[..])));
+            buf.push(&rec(i % 2, 1, ChangelogOp::MapPut, Some(b"u"), Some(b"x")));
+        }
+        let sealed = buf.seal(states.clone()).unwrap();
+        let mut w = ChangelogSegmentWriter::new(states.as_ref().clone(), 0).unwrap();
+        for (kg, g) in &sealed.groups {
+            for b in g.blocks(TARGET_BLOCK_BYTES) {
+                w.add_encoded(*kg, b.count(), b.bytes()).unwrap();
+            }
+        }
+        assert!(w.finish().unwrap() == encode_segment(sealed, "t.cls").unwrap());
+
+        buf.push(&rec(3, 0, ChangelogOp::Set, None, Some(b"1")));
+        buf.push(&rec(5, 0, ChangelogOp::MapRemove, Some(b"u"), None));
+        let e = encode_segment(buf.seal(states).unwrap(), "t.cls")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.cls")
+                && e.contains("changelog op MapRemove does not apply to Value state index=0")
+                && e.contains("key_group=5"),
+            "{e}"
+        );
     }
 }
