@@ -196,9 +196,14 @@ pub fn encode_changelog_record(r: &ChangelogRecord<'_>, out: &mut Vec<u8>) {
 /// expected; the bound keeps a wild index from allocating gigabytes).
 const MAX_TRACKED_STATES: usize = 4096;
 
-/// Bit `8 + code` of an op mask: a record of that op whose user key or value is present
-/// when the op has none, or missing when it needs one (its bytes would not decode).
-const MISSHAPEN_SHIFT: u32 = 8;
+/// State indices whose op masks live inline, a byte each in a `u64` (no extra cache line
+/// per record for the common operator with a few states).
+const INLINE_STATES: usize = 8;
+
+/// Bit of an op mask set by a record whose user key or value is present when its op has
+/// none, or missing when it needs one (its bytes would not decode). Bits 1..=6 are the
+/// op codes.
+const MISSHAPEN: u8 = 1 << 7;
 
 /// The parts a record of `op` carries: bit 0 a user key, bit 1 a value.
 #[inline]
@@ -222,9 +227,11 @@ pub struct ChangelogRecords {
     bytes: Vec<u8>,
     /// Where each record ends in `bytes`.
     ends: Vec<u32>,
-    /// Per state index: bit `code` for each op used, bit `8 + code` for each op used by a
-    /// record whose parts do not match it.
-    ops: Vec<u16>,
+    /// The op masks of state indices `0..INLINE_STATES`, byte `i` for index `i`: bit
+    /// `code` for each op used, [`MISSHAPEN`] for a record whose parts do not match its op.
+    inline_ops: u64,
+    /// The op masks of state indices from `INLINE_STATES` on (grown on demand).
+    more_ops: Vec<u8>,
     /// A record named a state index of [`MAX_TRACKED_STATES`] or more.
     untracked: bool,
     /// `bytes` outgrew `u32` offsets (`ends` are not exact any more).
@@ -236,7 +243,7 @@ impl std::fmt::Debug for ChangelogRecords {
         f.debug_struct("ChangelogRecords")
             .field("records", &self.ends.len())
             .field("bytes", &self.bytes.len())
-            .field("ops", &self.ops)
+            .field("ops", &self.op_masks().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -248,7 +255,7 @@ impl ChangelogRecords {
     }
 
     /// Appends `r` (its `key_group` is not encoded: the block holds it). Runs per state
-    /// change, so it does no more than encode and update two small vectors.
+    /// change, so besides encoding it only appends the record's end and sets a bit.
     #[inline]
     pub fn push(&mut self, r: &ChangelogRecord<'_>) {
         encode_changelog_record(r, &mut self.bytes);
@@ -256,25 +263,42 @@ impl ChangelogRecords {
         self.oversized |= end.is_err();
         self.ends.push(end.unwrap_or(u32::MAX));
         let parts = u8::from(r.user_key.is_some()) | u8::from(r.value.is_some()) << 1;
-        let misshapen = u32::from(parts != op_shape(r.op));
-        let bit = 1u16 << (u32::from(r.op.code()) + misshapen * MISSHAPEN_SHIFT);
-        match self.ops.get_mut(r.state as usize) {
-            Some(mask) => *mask |= bit,
-            None => self.grow_ops(r.state, bit),
+        let mask = 1u8 << r.op.code()
+            | if parts == op_shape(r.op) {
+                0
+            } else {
+                MISSHAPEN
+            };
+        let state = r.state as usize;
+        if state < INLINE_STATES {
+            self.inline_ops |= u64::from(mask) << (state * 8);
+        } else {
+            self.push_more_ops(state, mask);
         }
     }
 
     #[cold]
-    fn grow_ops(&mut self, state: u32, bit: u16) {
-        let state = state as usize;
+    fn push_more_ops(&mut self, state: usize, mask: u8) {
         if state >= MAX_TRACKED_STATES {
             self.untracked = true;
             return;
         }
-        self.ops.resize(state + 1, 0);
-        if let Some(mask) = self.ops.get_mut(state) {
-            *mask |= bit;
+        let i = state - INLINE_STATES;
+        if i >= self.more_ops.len() {
+            self.more_ops.resize(i + 1, 0);
         }
+        if let Some(m) = self.more_ops.get_mut(i) {
+            *m |= mask;
+        }
+    }
+
+    /// `(state index, op mask)` of every state index a record used.
+    fn op_masks(&self) -> impl Iterator<Item = (usize, u8)> + '_ {
+        let inline = self.inline_ops.to_le_bytes();
+        (0..INLINE_STATES)
+            .zip(inline)
+            .chain((INLINE_STATES..).zip(self.more_ops.iter().copied()))
+            .filter(|&(_, mask)| mask != 0)
     }
 
     /// Records in the buffer.
@@ -478,7 +502,7 @@ impl ChangelogSegmentWriter {
             // A state index too large to track: check the rare buffer the slow way.
             self.check_by_decoding(key_group, count, payload)?;
         } else {
-            self.check_ops(key_group, &records.ops)?;
+            self.check_ops(key_group, records)?;
         }
         self.write_block(key_group, count, payload)
     }
@@ -524,37 +548,31 @@ impl ChangelogSegmentWriter {
         r.finish("records")
     }
 
-    /// Checks a [`ChangelogRecords`] op mask per state index against the state table.
-    fn check_ops(&self, key_group: u32, ops: &[u16]) -> Result<(), FormatError> {
-        for (index, &mask) in ops.iter().enumerate() {
-            for code in 1..=6u8 {
-                let Some(op) = ChangelogOp::from_code(code) else {
-                    continue;
-                };
-                let misshapen = mask & 1 << (u32::from(code) + MISSHAPEN_SHIFT) != 0;
-                if mask & 1 << code == 0 && !misshapen {
-                    continue;
-                }
-                let Some(state) = self.states.get(index) else {
-                    return Err(invalid(format!(
-                        "changelog op {op:?} names an unknown state index={index} states={} key_group={key_group}",
-                        self.states.len()
-                    )));
-                };
-                if !op.applies_to(state.kind) {
-                    return Err(invalid(format!(
-                        "changelog op {op:?} does not apply to {:?} state index={index} state={} key_group={key_group}",
-                        state.kind, state.name
-                    )));
-                }
-                if misshapen {
-                    return Err(invalid(format!(
-                        "changelog record parts do not match op {op:?} (it carries user_key={} value={}) state index={index} state={} key_group={key_group}",
-                        op.has_user_key(),
-                        op.has_value(),
-                        state.name
-                    )));
-                }
+    /// Checks the op masks of a [`ChangelogRecords`] against the state table.
+    fn check_ops(&self, key_group: u32, records: &ChangelogRecords) -> Result<(), FormatError> {
+        for (index, mask) in records.op_masks() {
+            let ops = (1..=6u8)
+                .filter(|code| mask & 1 << code != 0)
+                .filter_map(ChangelogOp::from_code);
+            let Some(state) = self.states.get(index) else {
+                let ops: Vec<_> = ops.collect();
+                return Err(invalid(format!(
+                    "changelog record names an unknown state index={index} states={} ops={ops:?} key_group={key_group}",
+                    self.states.len()
+                )));
+            };
+            if let Some(op) = ops.clone().find(|op| !op.applies_to(state.kind)) {
+                return Err(invalid(format!(
+                    "changelog op {op:?} does not apply to {:?} state index={index} state={} key_group={key_group}",
+                    state.kind, state.name
+                )));
+            }
+            if mask & MISSHAPEN != 0 {
+                let ops: Vec<_> = ops.collect();
+                return Err(invalid(format!(
+                    "changelog record without the user key or value its op needs, or with one it has none of, index={index} state={} ops={ops:?} key_group={key_group}",
+                    state.name
+                )));
             }
         }
         Ok(())
@@ -1255,7 +1273,7 @@ mod tests {
         recs.push(&record(2, ChangelogOp::Clear, b"k", None, None));
         let e = refusal(&recs, states());
         assert!(
-            e.contains("changelog op Clear names an unknown state index=2 states=2")
+            e.contains("changelog record names an unknown state index=2 states=2 ops=[Clear]")
                 && e.contains("key_group=4"),
             "{e}"
         );
@@ -1264,8 +1282,8 @@ mod tests {
         recs.push(&record(1, ChangelogOp::MapPut, b"k", None, Some(b"v")));
         let e = refusal(&recs, states());
         assert!(
-            e.contains("changelog record parts do not match op MapPut")
-                && e.contains("index=1")
+            e.contains("changelog record without the user key or value its op needs")
+                && e.contains("index=1 state=tags ops=[MapPut]")
                 && e.contains("key_group=4"),
             "{e}"
         );
@@ -1305,5 +1323,49 @@ mod tests {
         assert!(recs.is_empty());
         assert_eq!(recs.blocks(0).count(), 0);
         assert_eq!(recs.blocks(usize::MAX).count(), 0);
+    }
+
+    /// State indices past the inline masks are tracked as well.
+    #[test]
+    fn add_block_tracks_states_past_the_inline_masks() {
+        let table: Vec<FileState> = (0..12)
+            .map(|i| FileState {
+                name: format!("s{i}"),
+                kind: if i % 2 == 0 {
+                    StateKind::Value
+                } else {
+                    StateKind::List
+                },
+            })
+            .collect();
+        let mut ok = ChangelogRecords::new();
+        for state in [0, 7, 8, 11, 9] {
+            ok.push(&record(state, ChangelogOp::Clear, b"k", None, None));
+        }
+        ok.push(&record(10, ChangelogOp::Set, b"k", None, Some(b"v")));
+        ok.push(&record(11, ChangelogOp::ListAppend, b"k", None, Some(b"v")));
+        let mut by_block = ChangelogSegmentWriter::new(table.clone(), 0).unwrap();
+        let mut by_bytes = ChangelogSegmentWriter::new(table.clone(), 0).unwrap();
+        for b in ok.blocks(usize::MAX) {
+            by_block.add_block(4, b).unwrap();
+            by_bytes.add_encoded(4, b.count(), b.bytes()).unwrap();
+        }
+        assert_eq!(by_block.finish().unwrap(), by_bytes.finish().unwrap());
+
+        let mut recs = ok.clone();
+        recs.push(&record(10, ChangelogOp::ListSet, b"k", None, Some(b"v")));
+        let e = refusal(&recs, table.clone());
+        assert!(
+            e.contains("changelog op ListSet does not apply to Value state index=10 state=s10"),
+            "{e}"
+        );
+        let mut recs = ok.clone();
+        recs.push(&record(12, ChangelogOp::Clear, b"k", None, None));
+        let e = refusal(&recs, table.clone());
+        assert!(e.contains("unknown state index=12 states=12"), "{e}");
+        let mut recs = ok;
+        recs.push(&record(9, ChangelogOp::ListSet, b"k", None, None));
+        let e = refusal(&recs, table);
+        assert!(e.contains("index=9 state=s9 ops=[Clear, ListSet]"), "{e}");
     }
 }
