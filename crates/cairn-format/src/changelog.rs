@@ -225,7 +225,7 @@ fn op_shape(op: ChangelogOp) -> u8 {
 #[derive(Clone, Default)]
 pub struct ChangelogRecords {
     bytes: Vec<u8>,
-    /// Where each record ends in `bytes`.
+    /// Where each record ends in `bytes` (exact while `bytes` fits `u32` offsets).
     ends: Vec<u32>,
     /// The op masks of state indices `0..INLINE_STATES`, byte `i` for index `i`: bit
     /// `code` for each op used, [`MISSHAPEN`] for a record whose parts do not match its op.
@@ -234,8 +234,6 @@ pub struct ChangelogRecords {
     more_ops: Vec<u8>,
     /// A record named a state index of [`MAX_TRACKED_STATES`] or more.
     untracked: bool,
-    /// `bytes` outgrew `u32` offsets (`ends` are not exact any more).
-    oversized: bool,
 }
 
 impl std::fmt::Debug for ChangelogRecords {
@@ -259,9 +257,8 @@ impl ChangelogRecords {
     #[inline]
     pub fn push(&mut self, r: &ChangelogRecord<'_>) {
         encode_changelog_record(r, &mut self.bytes);
-        let end = u32::try_from(self.bytes.len());
-        self.oversized |= end.is_err();
-        self.ends.push(end.unwrap_or(u32::MAX));
+        // Exact while the buffer stays within 4 GiB, which the writer checks.
+        self.ends.push(self.bytes.len() as u32);
         let parts = u8::from(r.user_key.is_some()) | u8::from(r.value.is_some()) << 1;
         let mask = 1u8 << r.op.code()
             | if parts == op_shape(r.op) {
@@ -336,11 +333,20 @@ impl ChangelogRecords {
 
 /// A run of whole records of a [`ChangelogRecords`], from [`ChangelogRecords::blocks`], for
 /// [`ChangelogSegmentWriter::add_block`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct ChangelogBlock<'a> {
     records: &'a ChangelogRecords,
     bytes: &'a [u8],
     count: u32,
+}
+
+impl std::fmt::Debug for ChangelogBlock<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangelogBlock")
+            .field("records", &self.count)
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> ChangelogBlock<'a> {
@@ -395,7 +401,7 @@ impl<'a> ChangelogBlocks<'a> {
     fn block(&self, bytes: Option<&'a [u8]>, count: u32) -> ChangelogBlock<'a> {
         ChangelogBlock {
             records: self.records,
-            // Only an oversized buffer has inexact ends, and the writer refuses those.
+            // Only a buffer beyond 4 GiB has inexact ends, and the writer refuses those.
             bytes: bytes.unwrap_or_default(),
             count,
         }
@@ -492,7 +498,7 @@ impl ChangelogSegmentWriter {
             return Ok(());
         }
         let records = block.records;
-        if records.oversized {
+        if u32::try_from(records.bytes.len()).is_err() {
             return Err(invalid(format!(
                 "record buffer longer than 4 GiB len={} key_group={key_group}",
                 records.bytes.len()
