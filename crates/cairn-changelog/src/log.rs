@@ -59,7 +59,9 @@ impl LogBuffer {
     /// Appends one record. Its key group is below `MAX_MAX_PARALLELISM` (2^15): the task's
     /// current key group, or one a segment reader checked, so the buffer's table of key
     /// groups stays small.
-    #[inline]
+    // Inlined into `log_change`, as it was before the buffer became a `ChangelogRecords`
+    // (which made it too large for the compiler to inline by itself).
+    #[inline(always)]
     pub(crate) fn push(&mut self, r: &ChangelogRecord<'_>) {
         let kg = r.key_group as usize;
         if kg >= self.groups.len() {

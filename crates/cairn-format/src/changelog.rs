@@ -230,8 +230,16 @@ pub struct ChangelogRecords {
     /// The op masks of state indices `0..INLINE_STATES`, byte `i` for index `i`: bit
     /// `code` for each op used, [`MISSHAPEN`] for a record whose parts do not match its op.
     inline_ops: u64,
-    /// The op masks of state indices from `INLINE_STATES` on (grown on demand).
-    more_ops: Vec<u8>,
+    /// What records of state indices from `INLINE_STATES` on used (boxed, so that the
+    /// buffer is 64 bytes: a backend keeps one per key group).
+    more_ops: Option<Box<MoreOps>>,
+}
+
+/// The op masks of state indices past the inline ones.
+#[derive(Clone, Debug, Default)]
+struct MoreOps {
+    /// Index `i` for state index `INLINE_STATES + i`.
+    masks: Vec<u8>,
     /// A record named a state index of [`MAX_TRACKED_STATES`] or more.
     untracked: bool,
 }
@@ -276,17 +284,23 @@ impl ChangelogRecords {
 
     #[cold]
     fn push_more_ops(&mut self, state: usize, mask: u8) {
+        let more = self.more_ops.get_or_insert_with(Box::default);
         if state >= MAX_TRACKED_STATES {
-            self.untracked = true;
+            more.untracked = true;
             return;
         }
-        let i = state - INLINE_STATES;
-        if i >= self.more_ops.len() {
-            self.more_ops.resize(i + 1, 0);
+        let i = state.saturating_sub(INLINE_STATES);
+        if i >= more.masks.len() {
+            more.masks.resize(i + 1, 0);
         }
-        if let Some(m) = self.more_ops.get_mut(i) {
+        if let Some(m) = more.masks.get_mut(i) {
             *m |= mask;
         }
+    }
+
+    /// Whether a record named a state index too large to track.
+    fn untracked(&self) -> bool {
+        self.more_ops.as_ref().is_some_and(|m| m.untracked)
     }
 
     /// `(state index, op mask)` of every state index a record used.
@@ -294,7 +308,9 @@ impl ChangelogRecords {
         let inline = self.inline_ops.to_le_bytes();
         (0..INLINE_STATES)
             .zip(inline)
-            .chain((INLINE_STATES..).zip(self.more_ops.iter().copied()))
+            .chain(
+                (INLINE_STATES..).zip(self.more_ops.iter().flat_map(|m| m.masks.iter().copied())),
+            )
             .filter(|&(_, mask)| mask != 0)
     }
 
@@ -504,7 +520,7 @@ impl ChangelogSegmentWriter {
                 records.bytes.len()
             )));
         }
-        if records.untracked {
+        if records.untracked() {
             // A state index too large to track: check the rare buffer the slow way.
             self.check_by_decoding(key_group, count, payload)?;
         } else {
