@@ -1,5 +1,6 @@
 //! Structured input (via `arbitrary`) shaped into valid changelog records → blocks of
-//! `ChangelogSegmentWriter` (single records with `add`, batches with `add_encoded`; long
+//! `ChangelogSegmentWriter` (single records with `add`, batches with `add_encoded`, a
+//! backend's `ChangelogRecords` buffers with `add_block`, byte for byte as `add_encoded`; long
 //! repetitive values so that blocks get zstd-compressed) → `ChangelogSegmentReader` → the
 //! same state table, first sequence number, records in the same order, and every range
 //! scan returns exactly its key groups' records. Checksums stay on: then one flipped bit
@@ -11,8 +12,8 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use cairn_core::{KeyGroupRange, StateKind, MAX_MAX_PARALLELISM};
 use cairn_format::{
-    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogSegmentReader,
-    ChangelogSegmentWriter, FileState, FormatError,
+    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogRecords,
+    ChangelogSegmentReader, ChangelogSegmentWriter, FileState, FormatError,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -22,7 +23,8 @@ struct Input {
     states: Vec<u8>,
     first_sqn: u64,
     records: Vec<Rec>,
-    /// Records per `add_encoded` batch (0: each record through `add`).
+    /// Records per `add_encoded` batch (0: each record through `add`; odd: `add_block` of
+    /// `ChangelogRecords` cut near 16 × this many bytes).
     batch: u8,
     range: (u16, u16),
     /// Which bit to flip and where to cut, modulo the segment's length.
@@ -136,10 +138,32 @@ fuzz_target!(|input: Input| {
     records.sort_by_key(|r| r.0);
 
     let mut w = ChangelogSegmentWriter::new(states.clone(), input.first_sqn).expect("valid states");
+    // The decoding writer fed the same blocks, when the input chose `add_block`.
+    let mut decoded = None;
     if input.batch == 0 {
         for r in &records {
             w.add(&as_record(r)).expect("a valid record is accepted");
         }
+    } else if input.batch % 2 == 1 {
+        // A backend's buffer: one `ChangelogRecords` per key group, cut into blocks and
+        // written without decoding; the same blocks through the decoding path must give
+        // the same bytes.
+        let mut d =
+            ChangelogSegmentWriter::new(states.clone(), input.first_sqn).expect("valid states");
+        for group in records.chunk_by(|a, b| a.0 == b.0) {
+            let mut buf = ChangelogRecords::new();
+            for r in group {
+                buf.push(&as_record(r));
+            }
+            assert_eq!(buf.len(), group.len());
+            for block in buf.blocks(usize::from(input.batch) * 16) {
+                w.add_block(group[0].0, block)
+                    .expect("a valid buffer is accepted");
+                d.add_encoded(group[0].0, block.count(), block.bytes())
+                    .expect("a valid block is accepted");
+            }
+        }
+        decoded = Some(d);
     } else {
         for group in records.chunk_by(|a, b| a.0 == b.0) {
             for batch in group.chunks(usize::from(input.batch)) {
@@ -154,6 +178,13 @@ fuzz_target!(|input: Input| {
     }
     assert_eq!(w.records(), records.len() as u64);
     let bytes = w.finish().expect("finish");
+    if let Some(d) = decoded {
+        assert_eq!(
+            d.finish().expect("finish"),
+            bytes,
+            "add_block and add_encoded of the same blocks differ"
+        );
+    }
 
     let r = ChangelogSegmentReader::open(Bytes::from(bytes.clone()), "fuzz.cls")
         .expect("what was written opens");

@@ -54,6 +54,7 @@
 
 mod block;
 mod changelog;
+mod changelog_records;
 mod codec;
 mod error;
 #[cfg(fuzzing)]
@@ -66,10 +67,10 @@ mod state_file;
 mod state_reader;
 
 pub use changelog::{
-    encode_changelog_record, ChangelogBlock, ChangelogBlocks, ChangelogOp, ChangelogRecord,
-    ChangelogRecords, ChangelogSegmentReader, ChangelogSegmentWriter, SegmentBlock,
-    CHANGELOG_MAGIC,
+    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogSegmentReader,
+    ChangelogSegmentWriter, SegmentBlock, CHANGELOG_MAGIC,
 };
+pub use changelog_records::{ChangelogBlock, ChangelogBlocks, ChangelogRecords};
 pub use error::FormatError;
 pub use list::{decode_list, encode_list};
 pub use manifest::{
