@@ -276,12 +276,13 @@ impl RocksDbBackend {
         push_escaped(&mut current.prefix, &current.bytes);
     }
 
-    /// Reads the value under the cache key `key` of state `idx`.
-    pub(crate) fn read<V: StateValue>(
+    /// Reads the value under the cache key `key` of state `idx`, whose typed part `T` holds
+    /// the value codec (`codec` picks it; it is needed only when the cache misses).
+    pub(crate) fn read<V: StateValue, T: 'static>(
         &mut self,
         idx: usize,
-        codec: &dyn Codec<V>,
         key: &[u8],
+        codec: fn(&T) -> &CodecRef<V>,
     ) -> Result<Option<V>> {
         let name = self.states.get(idx).map_or("", |r| r.meta.name.as_str());
         if self.cache.enabled() {
@@ -296,7 +297,8 @@ impl RocksDbBackend {
             }
         }
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
-        let value = self.inst()?.get(name, raw, |b| decode(codec, name, b))?;
+        let codec = codec(self.typed::<T>(idx)?);
+        let value = self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?;
         if self.cache.enabled() {
             self.make_room()?;
             self.cache
@@ -307,12 +309,12 @@ impl RocksDbBackend {
 
     /// Applies `f` to the value under the cache key `key` of state `idx`. `blind`: `f` does
     /// not look at the old value, so a cache miss reads nothing.
-    pub(crate) fn modify<V: StateValue>(
+    pub(crate) fn modify<V: StateValue, T: 'static>(
         &mut self,
         idx: usize,
-        codec: &dyn Codec<V>,
         key: &[u8],
         blind: bool,
+        codec: fn(&T) -> &CodecRef<V>,
         f: impl FnOnce(&mut Option<V>) -> Result<()>,
     ) -> Result<()> {
         let name = self.states.get(idx).map_or("", |r| r.meta.name.as_str());
@@ -338,11 +340,11 @@ impl RocksDbBackend {
             }
         }
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
-        let inst = self.inst()?;
         let mut value = if blind {
             None
         } else {
-            inst.get(name, raw, |b| decode(codec, name, b))?
+            let codec = codec(self.typed::<T>(idx)?);
+            self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?
         };
         f(&mut value)?;
         if self.cache.enabled() {
@@ -356,7 +358,7 @@ impl RocksDbBackend {
         match value {
             Some(v) => {
                 let mut buf = Vec::new();
-                codec
+                codec(self.typed::<T>(idx)?)
                     .encode(&v, &mut buf)
                     .map_err(crate::state::codec_error(name))?;
                 inst.put(name, raw, &buf)

@@ -12,20 +12,31 @@ use crate::state::{
 };
 
 impl RocksDbBackend {
-    /// Builds the current key's cache key for state `idx` in `self.scratch` and returns it.
+    /// Builds the current key's cache key for state `idx` in `self.scratch` and returns it,
+    /// encoding the namespace with the codec `ns_codec` picks from the state's typed part
+    /// `T`. The codec is borrowed, not cloned: a reference count per access is a locked
+    /// instruction pair on the hot path.
     #[inline]
-    fn key_for<N: 'static>(
+    fn key_for<T: 'static, N: 'static>(
         &mut self,
         idx: usize,
-        ns_codec: &dyn Codec<N>,
+        ns_codec: fn(&T) -> &CodecRef<N>,
         ns: &N,
     ) -> Result<Vec<u8>> {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let name = self.state_name(idx);
-        Self::build_key(&mut scratch, &self.current, idx, |out| {
-            ns_codec.encode(ns, out).map_err(codec_error(name))
-        })?;
-        Ok(scratch)
+        let built = self.typed::<T>(idx).and_then(|t| {
+            let name = self.state_name(idx);
+            Self::build_key(&mut scratch, &self.current, idx, |out| {
+                ns_codec(t).encode(ns, out).map_err(codec_error(name))
+            })
+        });
+        match built {
+            Ok(()) => Ok(scratch),
+            Err(e) => {
+                self.scratch = scratch;
+                Err(e)
+            }
+        }
     }
 
     /// Builds the current key's cache key with the untyped namespace encoder.
@@ -48,10 +59,8 @@ impl RocksDbBackend {
         ns: &N,
     ) -> Result<Option<V>> {
         let idx = self.check(id, Some(kind))?;
-        let t = self.typed::<Single<V, N>>(idx)?;
-        let (ns_codec, codec) = (t.ns.clone(), t.value.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
-        let out = self.read(idx, &*codec, &key);
+        let key = self.key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
+        let out = self.read(idx, &key, |t: &Single<V, N>| &t.value);
         self.scratch = key;
         out
     }
@@ -65,10 +74,16 @@ impl RocksDbBackend {
         f: impl FnOnce(&mut Option<V>, Option<&ReduceFn<V>>) -> Result<()>,
     ) -> Result<()> {
         let idx = self.check(id, Some(kind))?;
-        let t = self.typed::<Single<V, N>>(idx)?;
-        let (ns_codec, codec, reduce) = (t.ns.clone(), t.value.clone(), t.reduce.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
-        let out = self.modify(idx, &*codec, &key, blind, |v| f(v, reduce.as_ref()));
+        // Value states have no reduce function, so this clones nothing for them.
+        let reduce = self.typed::<Single<V, N>>(idx)?.reduce.clone();
+        let key = self.key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
+        let out = self.modify(
+            idx,
+            &key,
+            blind,
+            |t: &Single<V, N>| &t.value,
+            |v| f(v, reduce.as_ref()),
+        );
         self.scratch = key;
         out
     }
@@ -79,15 +94,21 @@ impl RocksDbBackend {
         id: RawStateId,
         ns: &N,
         user_key: &UK,
-    ) -> Result<(usize, CodecRef<UV>, Vec<u8>)> {
+    ) -> Result<(usize, Vec<u8>)> {
         let idx = self.check(id, Some(StateKind::Map))?;
-        let t = self.typed::<MapOf<UK, UV, N>>(idx)?;
-        let (ns_codec, uk_codec, codec) = (t.ns.clone(), t.user_key.clone(), t.value.clone());
-        let mut key = self.key_for(idx, &*ns_codec, ns)?;
-        uk_codec
-            .encode(user_key, &mut key)
-            .map_err(codec_error(self.state_name(idx)))?;
-        Ok((idx, codec, key))
+        let mut key = self.key_for(idx, |t: &MapOf<UK, UV, N>| &t.ns, ns)?;
+        let encoded = self.typed::<MapOf<UK, UV, N>>(idx).and_then(|t| {
+            t.user_key
+                .encode(user_key, &mut key)
+                .map_err(codec_error(self.state_name(idx)))
+        });
+        match encoded {
+            Ok(()) => Ok((idx, key)),
+            Err(e) => {
+                self.scratch = key;
+                Err(e)
+            }
+        }
     }
 
     /// The stored list under the current key.
@@ -97,9 +118,8 @@ impl RocksDbBackend {
         ns: &N,
     ) -> Result<(usize, CodecRef<V>, Vec<u8>)> {
         let idx = self.check(s.raw(), Some(StateKind::List))?;
-        let t = self.typed::<ListOf<V, N>>(idx)?;
-        let (ns_codec, codec) = (t.ns.clone(), t.element.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let codec = self.typed::<ListOf<V, N>>(idx)?.element.clone();
+        let key = self.key_for(idx, |t: &ListOf<V, N>| &t.ns, ns)?;
         Ok((idx, codec, key))
     }
 
@@ -371,8 +391,8 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<Option<UV>> {
-        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
-        let out = self.read(idx, &*codec, &key);
+        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
+        let out = self.read(idx, &key, |t: &MapOf<UK, UV, N>| &t.value);
         self.scratch = key;
         out
     }
@@ -384,11 +404,17 @@ impl KeyedStateBackend for RocksDbBackend {
         user_key: UK,
         value: UV,
     ) -> Result<()> {
-        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, &user_key)?;
-        let out = self.modify(idx, &*codec, &key, true, |v| {
-            *v = Some(value);
-            Ok(())
-        });
+        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, &user_key)?;
+        let out = self.modify(
+            idx,
+            &key,
+            true,
+            |t: &MapOf<UK, UV, N>| &t.value,
+            |v| {
+                *v = Some(value);
+                Ok(())
+            },
+        );
         self.scratch = key;
         out
     }
@@ -399,11 +425,17 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
-        let (idx, codec, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
-        let out = self.modify(idx, &*codec, &key, true, |v| {
-            *v = None;
-            Ok(())
-        });
+        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
+        let out = self.modify(
+            idx,
+            &key,
+            true,
+            |t: &MapOf<UK, UV, N>| &t.value,
+            |v| {
+                *v = None;
+                Ok(())
+            },
+        );
         self.scratch = key;
         out
     }
@@ -424,8 +456,8 @@ impl KeyedStateBackend for RocksDbBackend {
     ) -> Result<Vec<(UK, UV)>> {
         let idx = self.check(s.raw(), Some(StateKind::Map))?;
         let t = self.typed::<MapOf<UK, UV, N>>(idx)?;
-        let (ns_codec, uk_codec, codec) = (t.ns.clone(), t.user_key.clone(), t.value.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
+        let (uk_codec, codec) = (t.user_key.clone(), t.value.clone());
+        let key = self.key_for(idx, |t: &MapOf<UK, UV, N>| &t.ns, ns)?;
         self.flush_cache()?;
         let name = self.state_name(idx);
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
@@ -468,10 +500,9 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
     ) -> Result<Option<OUT>> {
         let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
-        let t = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?;
-        let (ns_codec, codec, func) = (t.ns.clone(), t.acc.clone(), t.func.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
-        let out = self.read(idx, &*codec, &key);
+        let func = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?.func.clone();
+        let key = self.key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
+        let out = self.read(idx, &key, |t: &Agg<IN, ACC, OUT, N>| &t.acc);
         self.scratch = key;
         Ok(out?.map(|acc| func.result(&acc)))
     }
@@ -483,15 +514,20 @@ impl KeyedStateBackend for RocksDbBackend {
         input: IN,
     ) -> Result<()> {
         let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
-        let t = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?;
-        let (ns_codec, codec, func): (_, _, Arc<dyn AggregateFunction<IN, ACC, OUT>>) =
-            (t.ns.clone(), t.acc.clone(), t.func.clone());
-        let key = self.key_for(idx, &*ns_codec, ns)?;
-        let out = self.modify(idx, &*codec, &key, false, |acc| {
-            let a = acc.get_or_insert_with(|| func.create_accumulator());
-            func.add(a, input);
-            Ok(())
-        });
+        let func: Arc<dyn AggregateFunction<IN, ACC, OUT>> =
+            self.typed::<Agg<IN, ACC, OUT, N>>(idx)?.func.clone();
+        let key = self.key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
+        let out = self.modify(
+            idx,
+            &key,
+            false,
+            |t: &Agg<IN, ACC, OUT, N>| &t.acc,
+            |acc| {
+                let a = acc.get_or_insert_with(|| func.create_accumulator());
+                func.add(a, input);
+                Ok(())
+            },
+        );
         self.scratch = key;
         out
     }
