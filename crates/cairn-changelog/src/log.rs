@@ -97,8 +97,12 @@ impl LogBuffer {
         let groups = used
             .into_iter()
             .filter_map(|kg| {
-                let g = std::mem::take(self.groups.get_mut(kg as usize)?);
-                Some((kg, g))
+                // The next segment's buffer starts at this one's size: a buffer grown from
+                // empty reallocates and copies its bytes a dozen times per segment (5% of
+                // W1 f's task thread).
+                let slot = self.groups.get_mut(kg as usize)?;
+                let next = ChangelogRecords::with_capacity(slot.len_bytes(), slot.len());
+                Some((kg, std::mem::replace(slot, next)))
             })
             .collect();
         let sealed = Sealed {

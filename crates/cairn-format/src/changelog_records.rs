@@ -74,6 +74,15 @@ impl ChangelogRecords {
         Self::default()
     }
 
+    /// An empty buffer with room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(bytes: usize, records: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+            ..Self::default()
+        }
+    }
+
     /// Appends `r` (its `key_group` is not encoded: the block holds it). Runs per state
     /// change, so besides encoding it only appends the record's end and sets a bit.
     #[inline]
