@@ -221,7 +221,7 @@ impl HashMapBackend {
         } = self;
         let r = states
             .get_mut(id.index as usize)
-            .ok_or(StateError::UnknownState { index: id.index })?;
+            .ok_or_else(|| StateError::UnknownState { index: id.index })?;
         if r.meta.kind != id.kind {
             return Err(StateError::KindMismatch {
                 state: r.meta.name.clone(),

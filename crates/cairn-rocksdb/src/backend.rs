@@ -222,7 +222,7 @@ impl RocksDbBackend {
         let r = self
             .states
             .get(id.index as usize)
-            .ok_or(StateError::UnknownState { index: id.index })?;
+            .ok_or_else(|| StateError::UnknownState { index: id.index })?;
         let want = kind.unwrap_or(id.kind);
         if r.meta.kind != want || id.kind != want {
             return Err(StateError::KindMismatch {
@@ -245,7 +245,7 @@ impl RocksDbBackend {
         let r = self
             .states
             .get(idx)
-            .ok_or(StateError::UnknownState { index: idx as u32 })?;
+            .ok_or_else(|| StateError::UnknownState { index: idx as u32 })?;
         r.typed
             .downcast_ref::<T>()
             .ok_or_else(|| type_mismatch(&r.meta.name, std::any::type_name::<T>()))

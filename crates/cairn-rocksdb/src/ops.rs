@@ -45,7 +45,7 @@ impl RocksDbBackend {
         let r = self
             .states
             .get(idx)
-            .ok_or(StateError::UnknownState { index: idx as u32 })?;
+            .ok_or_else(|| StateError::UnknownState { index: idx as u32 })?;
         Self::build_key(&mut scratch, &self.current, idx, |out| {
             (r.encode_ns)(ns, out)
         })?;

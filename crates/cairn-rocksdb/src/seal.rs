@@ -120,7 +120,7 @@ impl Frozen {
         let state = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
         let r = states
             .get(state as usize)
-            .ok_or(StateError::UnknownState { index: state })?;
+            .ok_or_else(|| StateError::UnknownState { index: state })?;
         let start = self.bytes.len();
         self.bytes.extend_from_slice(raw);
         let key_end = self.bytes.len();
