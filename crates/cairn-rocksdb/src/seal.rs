@@ -3,7 +3,8 @@
 //!
 //! At a barrier the synchronous phase only encodes the cache's dirty entries into a
 //! [`Frozen`] set (one buffer, no allocation per entry), marks them clean and hands them to
-//! a seal worker thread. The worker sorts them and writes them in key order: a large set as
+//! a seal worker thread. The worker sorts them, moves their bytes into that order (one
+//! copying pass whose cache misses overlap) and writes them in key order: a large set as
 //! one SST file per state, ingested (no memtable insert and no flush of it), a small one in
 //! write batches (sorted inserts are the cheap case of the memtable's skiplist). Then it
 //! creates the RocksDB checkpoint (which flushes the memtables and hard-links the SST
