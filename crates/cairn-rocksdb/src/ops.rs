@@ -111,6 +111,29 @@ impl RocksDbBackend {
         }
     }
 
+    /// Puts (`Some`) or removes (`None`) the map entry `user_key` of the current key.
+    fn map_set<UK: UserKey, UV: StateValue, N: Namespace>(
+        &mut self,
+        s: MapStateId<UK, UV, N>,
+        ns: &N,
+        user_key: &UK,
+        value: Option<UV>,
+    ) -> Result<()> {
+        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
+        let out = self.modify(
+            idx,
+            &key,
+            true,
+            |t: &MapOf<UK, UV, N>| &t.value,
+            |v| {
+                *v = value;
+                Ok(())
+            },
+        );
+        self.scratch = key;
+        out
+    }
+
     /// The stored list under the current key.
     fn list_raw<V: StateValue, N: Namespace>(
         &mut self,
@@ -404,19 +427,7 @@ impl KeyedStateBackend for RocksDbBackend {
         user_key: UK,
         value: UV,
     ) -> Result<()> {
-        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, &user_key)?;
-        let out = self.modify(
-            idx,
-            &key,
-            true,
-            |t: &MapOf<UK, UV, N>| &t.value,
-            |v| {
-                *v = Some(value);
-                Ok(())
-            },
-        );
-        self.scratch = key;
-        out
+        self.map_set(s, ns, &user_key, Some(value))
     }
 
     fn map_remove<UK: UserKey, UV: StateValue, N: Namespace>(
@@ -425,19 +436,7 @@ impl KeyedStateBackend for RocksDbBackend {
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
-        let (idx, key) = self.map_key::<UK, UV, N>(s.raw(), ns, user_key)?;
-        let out = self.modify(
-            idx,
-            &key,
-            true,
-            |t: &MapOf<UK, UV, N>| &t.value,
-            |v| {
-                *v = None;
-                Ok(())
-            },
-        );
-        self.scratch = key;
-        out
+        self.map_set(s, ns, user_key, None)
     }
 
     fn map_contains<UK: UserKey, UV: StateValue, N: Namespace>(
