@@ -9,7 +9,12 @@
 //!   more) shared by every column family, with index and filter blocks cached too, so
 //!   memory is bounded per backend.
 //! - **Write buffers** of [`RocksDbOptions::write_buffer_bytes`] per column family (two of
-//!   them, so a flush does not stall writes).
+//!   them, so a flush does not stall writes), each with a whole-key bloom filter (2% of its
+//!   size): a get of a key the memtable does not hold skips the skiplist search, which was
+//!   29% of W1 config c with the default write-back cache (65,536 entries for 1M keys, so
+//!   most accesses are gets, and evictions keep the memtable full). With the filter c ran
+//!   19-30% faster, 180-225k against 138-183k records/s (3M records, 4 alternated pairs,
+//!   load 0.3-1.3); with a cache that holds every key it changes nothing measurable.
 //! - **Compression**: LZ4 for the upper levels (cheap, where data is rewritten soon) and
 //!   ZSTD for the bottommost level (most bytes live there, and native checkpoints upload
 //!   them), when [`RocksDbOptions::compression`] is on.
@@ -108,6 +113,8 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     opts.set_merge_operator_associative(MERGE_OPERATOR, concat_merge);
     opts.set_write_buffer_size(o.write_buffer_bytes.max(1 << 20));
     opts.set_max_write_buffer_number(2);
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(0.02);
     opts.set_level_compaction_dynamic_level_bytes(true);
     if o.compression {
         opts.set_compression_type(DBCompressionType::Lz4);
