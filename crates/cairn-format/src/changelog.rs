@@ -1051,36 +1051,36 @@ mod tests {
             Some(b"v"),
         ));
 
-        let mut recs = ok.clone();
-        recs.push(&record(1, ChangelogOp::Set, b"k", None, Some(b"v")));
-        let e = refusal(&recs, states());
-        assert!(
-            e.contains("changelog op Set does not apply to Map state index=1")
-                && e.contains("key_group=4"),
-            "{e}"
-        );
-
-        let mut recs = ok.clone();
-        recs.push(&record(2, ChangelogOp::Clear, b"k", None, None));
-        let e = refusal(&recs, states());
-        assert!(
-            e.contains("changelog record names an unknown state index=2 states=2 ops=[Clear]")
-                && e.contains("key_group=4"),
-            "{e}"
-        );
-
-        let mut recs = ok.clone();
-        recs.push(&record(1, ChangelogOp::MapPut, b"k", None, Some(b"v")));
-        let e = refusal(&recs, states());
-        assert!(
-            e.contains("changelog record without the user key or value its op needs")
-                && e.contains("index=1 state=tags ops=[MapPut]")
-                && e.contains("key_group=4"),
-            "{e}"
-        );
-        // The same bytes do not decode either.
-        let mut w = ChangelogSegmentWriter::new(states(), 0).unwrap();
-        assert!(w.add_encoded(4, 3, recs.as_bytes()).is_err());
+        // Each bad record after the good ones, and what the refusal must say.
+        let cases: [(ChangelogRecord<'_>, &[&str]); 3] = [
+            (
+                record(1, ChangelogOp::Set, b"k", None, Some(b"v")),
+                &["changelog op Set does not apply to Map state index=1"],
+            ),
+            (
+                record(2, ChangelogOp::Clear, b"k", None, None),
+                &["changelog record names an unknown state index=2 states=2 ops=[Clear]"],
+            ),
+            (
+                record(1, ChangelogOp::MapPut, b"k", None, Some(b"v")),
+                &[
+                    "changelog record without the user key or value its op needs",
+                    "index=1 state=tags ops=[MapPut]",
+                ],
+            ),
+        ];
+        for (bad, says) in cases {
+            let mut recs = ok.clone();
+            recs.push(&bad);
+            let e = refusal(&recs, states());
+            assert!(
+                says.iter().all(|s| e.contains(s)) && e.contains("key_group=4"),
+                "{e}"
+            );
+            // The same bytes do not decode either.
+            let mut w = ChangelogSegmentWriter::new(states(), 0).unwrap();
+            assert!(w.add_encoded(4, 3, recs.as_bytes()).is_err());
+        }
     }
 
     /// A state index too large to track is checked by decoding: refused beyond the table,
