@@ -301,8 +301,7 @@ impl RocksDbBackend {
         let value = self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?;
         if self.cache.enabled() {
             self.make_room()?;
-            self.cache
-                .insert(key.to_vec(), Some(Box::new(value.clone())), false);
+            self.cache.insert(key, Some(Box::new(value.clone())), false);
         }
         Ok(value)
     }
@@ -349,7 +348,7 @@ impl RocksDbBackend {
         f(&mut value)?;
         if self.cache.enabled() {
             self.make_room()?;
-            self.cache.insert(key.to_vec(), Some(Box::new(value)), true);
+            self.cache.insert(key, Some(Box::new(value)), true);
             return Ok(());
         }
         self.settle()?;
@@ -373,7 +372,7 @@ impl RocksDbBackend {
             if self.cache.get(key).is_none() {
                 self.make_room()?;
             }
-            self.cache.insert(key.to_vec(), None, true);
+            self.cache.insert(key, None, true);
             return Ok(());
         }
         self.settle()?;
@@ -405,7 +404,7 @@ impl RocksDbBackend {
         };
         let mut frozen = Frozen::with_capacity(evicted.len());
         for slot in evicted.iter().filter(|s| s.dirty) {
-            frozen.push(&self.states, &slot.key, slot.value.as_ref())?;
+            frozen.push(&self.states, slot.key(), slot.value.as_ref())?;
         }
         if frozen.len() > 0 {
             // Through the memtable: an eviction sweep is small, and a file per sweep would

@@ -8,63 +8,158 @@
 //! absent entry remembers a miss, so a hot key that does not exist costs no RocksDB get
 //! either.
 //!
+//! **Layout.** The entries are the buckets of one open-addressing table (linear probing,
+//! at most 5/8 full, doubled when it would be fuller). A slot is one cache line: the key
+//! inline when it has at most [`INLINE_KEY`] bytes (W1's keys have 23), the boxed value,
+//! 32 bits of the key's hash and the flags. A lookup therefore costs two dependent cache
+//! misses, the slot's line and the value's box; with a separate index it cost four
+//! (hashbrown's control bytes, its bucket, the key bytes and the slot, then the box), which
+//! was 60% of W1 config c's task thread with every key cached. Removal shifts the rest of a
+//! probe run back (no tombstones); a slot's home is its stored hash bits, so the shift reads
+//! no key.
+//!
 //! The cache is bounded by an entry count. Eviction is CLOCK (second chance): a hand sweeps
 //! the slots, clearing the referenced bit of recently used ones and evicting the first one
 //! found unreferenced. When the cache is full an insert evicts an eighth of the capacity at
 //! once, so dirty evictions are written in one `WriteBatch` per sweep rather than one write
 //! per insert.
 //!
-//! Dirty entries are also listed by slot (each dirty slot knows its place in the list, so
-//! listing, unlisting and moving a slot are O(1) and no key is copied), so taking the dirty
-//! entries at a flush or a snapshot costs the dirty entries, not the cache size.
+//! Dirty entries are also listed by slot (each dirty slot knows its place in the list, and
+//! the list follows a slot that moves), so taking the dirty entries at a flush or a
+//! snapshot costs the dirty entries, not the cache size.
 //!
 //! While a snapshot's entries are being written by its seal worker (`seal.rs`), the backend
 //! does not evict: the cache may then grow past its capacity, up to [`Cache::hard_limit`].
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 
 use foldhash::fast::FixedState;
-use std::fmt;
 
 /// A typed value in the cache.
 pub(crate) type AnyValue = Box<dyn Any + Send>;
 
-/// One cached entry.
+/// Keys up to this many bytes are stored in their slot.
+const INLINE_KEY: usize = 30;
+/// Seed of the cache's hash ("cairn_wb"); hashes never leave the process.
+const HASH_SEED: u64 = 0x6361_6972_6e5f_7762;
+/// The most entries a cache holds, hard limit included (slot positions are 32 bits).
+const MAX_ENTRIES: usize = 1 << 30;
+
+/// A slot's key.
+enum Key {
+    Empty,
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        let mut bytes = [0u8; INLINE_KEY];
+        match bytes.get_mut(..key.len()) {
+            Some(b) => {
+                b.copy_from_slice(key);
+                Key::Inline {
+                    len: key.len() as u8,
+                    bytes,
+                }
+            }
+            None => Key::Heap(key.into()),
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Empty => &[],
+            Key::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(&[]),
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+/// One slot of the table: an entry, or empty. Evicted entries are returned as slots too.
+#[repr(align(64))]
 pub(crate) struct Slot {
-    pub(crate) key: Vec<u8>,
+    key: Key,
     pub(crate) value: Option<AnyValue>,
+    /// The high 32 bits of the key's hash; its low bits are the slot's home position.
+    hash: u32,
+    /// The slot's position in the dirty list while dirty.
+    dirty_pos: u32,
     pub(crate) dirty: bool,
     referenced: bool,
-    /// The slot's position in the dirty list while dirty.
-    dirty_pos: usize,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Self {
+            key: Key::Empty,
+            value: None,
+            hash: 0,
+            dirty_pos: 0,
+            dirty: false,
+            referenced: false,
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        matches!(self.key, Key::Empty)
+    }
+
+    /// The entry's cache key.
+    pub(crate) fn key(&self) -> &[u8] {
+        self.key.as_slice()
+    }
 }
 
 impl fmt::Debug for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Slot")
-            .field("key", &self.key)
+            .field("key", &self.key())
             .field("present", &self.value.is_some())
             .field("dirty", &self.dirty)
             .finish()
     }
 }
 
+/// The hash bits a slot keeps.
+#[inline]
+fn hash_key(key: &[u8]) -> u32 {
+    let mut h = FixedState::with_seed(HASH_SEED).build_hasher();
+    h.write(key);
+    (h.finish() >> 32) as u32
+}
+
 /// A bounded map from cache keys to typed values with CLOCK eviction.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Cache {
     capacity: usize,
-    index: HashMap<Vec<u8>, usize, FixedState>,
-    slots: Vec<Slot>,
+    /// Empty, or a power of two of slots, at most 5/8 of them full.
+    table: Vec<Slot>,
+    len: usize,
     hand: usize,
-    /// Indices of the dirty slots, exactly.
-    dirty_list: Vec<usize>,
+    /// Positions of the dirty slots, exactly.
+    dirty_list: Vec<u32>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .field("slots", &self.table.len())
+            .field("dirty", &self.dirty_list.len())
+            .finish()
+    }
 }
 
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
+            capacity: capacity.min(MAX_ENTRIES / 2),
             ..Self::default()
         }
     }
@@ -78,7 +173,7 @@ impl Cache {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.len
     }
 
     /// Whether any entry is dirty.
@@ -96,11 +191,37 @@ impl Cache {
         self.capacity.saturating_mul(2)
     }
 
+    #[inline]
+    fn mask(&self) -> usize {
+        self.table.len().wrapping_sub(1)
+    }
+
+    /// The position of `key` (`Ok`), or the empty slot that ends its probe run (`Err`;
+    /// `Err(0)` when the table has no slots yet).
+    #[inline]
+    fn probe(&self, key: &[u8], hash: u32) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        // The table always has an empty slot, so the run ends; the bound only guards
+        // against a broken invariant.
+        for _ in 0..self.table.len() {
+            let Some(s) = self.table.get(i) else { break };
+            if s.is_empty() {
+                return Err(i);
+            }
+            if s.hash == hash && s.key() == key {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+        Err(0)
+    }
+
     /// The slot index of `key`, marking the entry as recently used.
     #[inline]
     pub(crate) fn find(&mut self, key: &[u8]) -> Option<usize> {
-        let i = *self.index.get(key)?;
-        let slot = self.slots.get_mut(i)?;
+        let i = self.probe(key, hash_key(key)).ok()?;
+        let slot = self.table.get_mut(i)?;
         slot.referenced = true;
         Some(i)
     }
@@ -109,63 +230,100 @@ impl Cache {
     #[inline]
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<&mut Slot> {
         let i = self.find(key)?;
-        self.slots.get_mut(i)
+        self.table.get_mut(i)
     }
 
-    /// The slot at `i` (from [`Self::find`]).
+    /// The slot at `i` (from [`Self::find`]; valid until the next insert or eviction).
     #[inline]
     pub(crate) fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
-        self.slots.get_mut(i)
+        self.table.get_mut(i).filter(|s| !s.is_empty())
     }
 
     /// Marks the slot at `i` dirty.
     #[inline]
     pub(crate) fn mark_dirty_at(&mut self, i: usize) {
-        if let Some(slot) = self.slots.get_mut(i) {
+        if let Some(slot) = self.table.get_mut(i).filter(|s| !s.is_empty()) {
             if !slot.dirty {
                 slot.dirty = true;
-                slot.dirty_pos = self.dirty_list.len();
-                self.dirty_list.push(i);
+                slot.dirty_pos = self.dirty_list.len() as u32;
+                self.dirty_list.push(i as u32);
             }
         }
     }
 
     /// Whether inserting a new entry needs an eviction first.
     pub(crate) fn full(&self) -> bool {
-        self.slots.len() >= self.capacity
+        self.len >= self.capacity
     }
 
     /// Inserts or replaces the entry of `key` (call [`Self::evict`] first when
     /// [`Self::full`] and the key is new).
-    pub(crate) fn insert(&mut self, key: Vec<u8>, value: Option<AnyValue>, dirty: bool) {
-        if let Some(&i) = self.index.get(&key) {
-            if let Some(slot) = self.slots.get_mut(i) {
-                slot.value = value;
-                slot.referenced = true;
+    pub(crate) fn insert(&mut self, key: &[u8], value: Option<AnyValue>, dirty: bool) {
+        let hash = hash_key(key);
+        let i = match self.probe(key, hash) {
+            Ok(i) => {
+                if let Some(slot) = self.table.get_mut(i) {
+                    slot.value = value;
+                    slot.referenced = true;
+                }
+                if dirty {
+                    self.mark_dirty_at(i);
+                }
+                return;
+            }
+            Err(_) if (self.len + 1) * 8 > self.table.len() * 5 => {
+                self.grow();
+                self.probe(key, hash).err()
+            }
+            Err(i) => Some(i),
+        };
+        let Some(slot) = i.and_then(|i| self.table.get_mut(i)) else {
+            return;
+        };
+        *slot = Slot {
+            key: Key::new(key),
+            value,
+            hash,
+            dirty_pos: 0,
+            dirty: false,
+            referenced: false,
+        };
+        self.len += 1;
+        if dirty {
+            self.mark_dirty_at(i.unwrap_or_default());
+        }
+    }
+
+    /// Doubles the table (16 slots at first), moving every entry to its new position and
+    /// listing the dirty ones again.
+    #[cold]
+    fn grow(&mut self) {
+        let n = (self.table.len() * 2).max(16);
+        let old = std::mem::replace(
+            &mut self.table,
+            std::iter::repeat_with(Slot::empty).take(n).collect(),
+        );
+        self.dirty_list.clear();
+        self.hand = 0;
+        for slot in old.into_iter().filter(|s| !s.is_empty()) {
+            let Err(i) = self.probe(slot.key(), slot.hash) else {
+                continue;
+            };
+            let dirty = slot.dirty;
+            if let Some(s) = self.table.get_mut(i) {
+                *s = slot;
+                s.dirty = false;
             }
             if dirty {
                 self.mark_dirty_at(i);
             }
-            return;
-        }
-        let i = self.slots.len();
-        self.index.insert(key.clone(), i);
-        self.slots.push(Slot {
-            key,
-            value,
-            dirty: false,
-            referenced: false,
-            dirty_pos: 0,
-        });
-        if dirty {
-            self.mark_dirty_at(i);
         }
     }
 
     /// Evicts about an eighth of the capacity (at least one entry) by CLOCK and returns the
     /// evicted entries; the dirty ones must be written.
     pub(crate) fn evict(&mut self) -> Vec<Slot> {
-        let want = (self.capacity / 8).max(1).min(self.slots.len());
+        let want = (self.capacity / 8).max(1).min(self.len);
         self.evict_n(want)
     }
 
@@ -173,24 +331,27 @@ impl Cache {
     /// while evictions were held back).
     pub(crate) fn evict_to_capacity(&mut self) -> Vec<Slot> {
         let target = self.capacity - (self.capacity / 8).max(1).min(self.capacity);
-        self.evict_n(self.slots.len().saturating_sub(target))
+        self.evict_n(self.len.saturating_sub(target))
     }
 
     fn evict_n(&mut self, want: usize) -> Vec<Slot> {
         let mut out = Vec::with_capacity(want);
-        while out.len() < want && !self.slots.is_empty() {
-            if self.hand >= self.slots.len() {
+        while out.len() < want && self.len > 0 {
+            if self.hand >= self.table.len() {
                 self.hand = 0;
             }
-            let Some(slot) = self.slots.get_mut(self.hand) else {
+            let Some(slot) = self.table.get_mut(self.hand) else {
                 break;
             };
-            if slot.referenced {
+            if slot.is_empty() {
+                self.hand += 1;
+            } else if slot.referenced {
                 slot.referenced = false;
                 self.hand += 1;
-                continue;
+            } else {
+                // The hand stays: the removal shifts the next entry of the run into place.
+                out.push(self.remove_at(self.hand));
             }
-            out.push(self.remove_at(self.hand));
         }
         out
     }
@@ -202,29 +363,46 @@ impl Cache {
         }
         self.dirty_list.swap_remove(pos);
         if let Some(&j) = self.dirty_list.get(pos) {
-            if let Some(s) = self.slots.get_mut(j) {
-                s.dirty_pos = pos;
+            if let Some(s) = self.table.get_mut(j as usize) {
+                s.dirty_pos = pos as u32;
             }
         }
     }
 
+    /// Empties slot `i` and shifts the rest of its probe run back over the hole (each entry
+    /// that may move: one whose home is not between the hole and its position).
     fn remove_at(&mut self, i: usize) -> Slot {
-        if let Some(pos) = self.slots.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
-            self.unlist(pos);
+        if let Some(pos) = self.table.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
+            self.unlist(pos as usize);
         }
-        let slot = self.slots.swap_remove(i);
-        self.index.remove(&slot.key);
-        if let Some(moved) = self.slots.get(i) {
-            if let Some(v) = self.index.get_mut(&moved.key) {
-                *v = i;
-            }
-            if moved.dirty {
-                if let Some(d) = self.dirty_list.get_mut(moved.dirty_pos) {
-                    *d = i;
+        let Some(removed) = self
+            .table
+            .get_mut(i)
+            .map(|s| std::mem::replace(s, Slot::empty()))
+        else {
+            return Slot::empty();
+        };
+        if !removed.is_empty() {
+            self.len -= 1;
+        }
+        let mask = self.mask();
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        while let Some(s) = self.table.get(j).filter(|s| !s.is_empty()) {
+            let home = s.hash as usize & mask;
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.table.swap(hole, j);
+                if let Some(moved) = self.table.get(hole).filter(|s| s.dirty) {
+                    let pos = moved.dirty_pos as usize;
+                    if let Some(d) = self.dirty_list.get_mut(pos) {
+                        *d = hole as u32;
+                    }
                 }
+                hole = j;
             }
+            j = (j + 1) & mask;
         }
-        slot
+        removed
     }
 
     /// Calls `f` for every dirty entry, then marks them clean (only if every call succeeded).
@@ -235,11 +413,11 @@ impl Cache {
         // Many dirty entries (a checkpoint after a busy interval): visit the slots in memory
         // order rather than in the dirty list's, which would cost a cache miss per entry.
         // Callers do not depend on the order (the seal worker sorts).
-        let sequential = self.dirty_list.len().saturating_mul(4) >= self.slots.len();
+        let sequential = self.dirty_list.len().saturating_mul(4) >= self.len;
         let mut result = Ok(());
         if sequential {
-            for slot in self.slots.iter_mut().filter(|s| s.dirty) {
-                if let Err(e) = f(&slot.key, slot.value.as_ref()) {
+            for slot in self.table.iter_mut().filter(|s| s.dirty) {
+                if let Err(e) = f(slot.key.as_slice(), slot.value.as_ref()) {
                     result = Err(e);
                     break;
                 }
@@ -247,10 +425,10 @@ impl Cache {
             }
         } else {
             for &i in &self.dirty_list {
-                let Some(slot) = self.slots.get_mut(i) else {
+                let Some(slot) = self.table.get_mut(i as usize) else {
                     continue;
                 };
-                if let Err(e) = f(&slot.key, slot.value.as_ref()) {
+                if let Err(e) = f(slot.key.as_slice(), slot.value.as_ref()) {
                     result = Err(e);
                     break;
                 }
@@ -260,7 +438,7 @@ impl Cache {
         if let Err(e) = result {
             // Nothing counts as written: every listed entry stays dirty.
             for &i in &self.dirty_list {
-                if let Some(slot) = self.slots.get_mut(i) {
+                if let Some(slot) = self.table.get_mut(i as usize) {
                     slot.dirty = true;
                 }
             }
@@ -272,30 +450,35 @@ impl Cache {
 
     /// Forgets the value of `key` if cached: it becomes a clean absent entry.
     pub(crate) fn forget(&mut self, key: &[u8]) {
-        if let Some(i) = self.index.get(key).copied() {
-            if let Some(pos) = self.slots.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
-                self.unlist(pos);
+        if let Ok(i) = self.probe(key, hash_key(key)) {
+            if let Some(pos) = self.table.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
+                self.unlist(pos as usize);
             }
-            if let Some(slot) = self.slots.get_mut(i) {
+            if let Some(slot) = self.table.get_mut(i) {
                 slot.value = None;
                 slot.dirty = false;
             }
         }
     }
 
-    /// Checks the dirty list against the slots (tests).
+    /// Checks the table and the dirty list (tests).
     #[cfg(test)]
     fn check_invariants(&self) {
-        let dirty = self.slots.iter().filter(|s| s.dirty).count();
+        let dirty = self.table.iter().filter(|s| s.dirty).count();
         assert_eq!(dirty, self.dirty_list.len());
         for (pos, &i) in self.dirty_list.iter().enumerate() {
-            assert!(self.slots[i].dirty);
-            assert_eq!(self.slots[i].dirty_pos, pos);
+            let s = &self.table[i as usize];
+            assert!(s.dirty && !s.is_empty());
+            assert_eq!(s.dirty_pos as usize, pos);
         }
-        for (i, s) in self.slots.iter().enumerate() {
-            assert_eq!(self.index[&s.key], i);
+        let mut n = 0;
+        for (i, s) in self.table.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            n += 1;
+            assert_eq!(s.hash, hash_key(s.key()));
+            assert_eq!(self.probe(s.key(), s.hash), Ok(i), "{s:?} at {i}");
         }
-        assert_eq!(self.index.len(), self.slots.len());
+        assert_eq!(n, self.len);
+        assert!(self.table.is_empty() || self.len * 8 <= self.table.len() * 5);
     }
 }
 
@@ -311,36 +494,76 @@ mod tests {
     fn clock_keeps_referenced_entries_and_returns_dirty_evictions() {
         let mut c = Cache::new(8);
         for i in 0..8u8 {
-            c.insert(vec![i], v(u64::from(i)), i % 2 == 0);
+            c.insert(&[i], v(u64::from(i)), i % 2 == 0);
         }
         assert!(c.full());
-        // Touch entry 0: it gets a second chance.
+        // Touch entry 0: it gets a second chance, and the hand's first pass over the table
+        // evicts the seven others.
         assert!(c.get(&[0]).is_some());
-        let evicted = c.evict();
-        assert_eq!(evicted.len(), 1);
-        assert_eq!(evicted[0].key, vec![1]);
-        assert!(!evicted[0].dirty);
-        // The last slot moves into the hand's position on each eviction; entry 0 keeps its
-        // second chance until the hand wraps around.
-        let mut rest = Vec::new();
-        for _ in 0..6 {
-            let e = c.evict().remove(0);
-            assert_eq!(e.dirty, e.key[0] % 2 == 0, "{e:?}");
-            rest.push(e.key[0]);
+        let mut evicted = Vec::new();
+        for _ in 0..7 {
+            let e = c.evict();
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].dirty, e[0].key()[0] % 2 == 0, "{:?}", e[0]);
+            assert!(e[0].value.is_some());
+            evicted.push(e[0].key()[0]);
+            c.check_invariants();
         }
-        rest.sort_unstable();
-        assert_eq!(rest, [2, 3, 4, 5, 6, 7]);
+        evicted.sort_unstable();
+        assert_eq!(evicted, [1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(c.len(), 1);
         assert!(c.get(&[0]).is_some());
         assert!(c.has_dirty());
     }
 
     #[test]
+    fn long_keys_and_colliding_runs_survive_growth_and_removal() {
+        // Keys of every length around the inline limit, enough to grow the table several
+        // times; then remove every third by eviction and check the rest are all found.
+        let mut c = Cache::new(1 << 12);
+        let key = |i: u32| -> Vec<u8> {
+            let n = (i as usize * 7) % (2 * INLINE_KEY + 3);
+            let mut k = i.to_be_bytes().to_vec();
+            k.resize(n.max(4), 0xA5);
+            k
+        };
+        for i in 0..1000u32 {
+            c.insert(&key(i), v(u64::from(i)), i % 5 == 0);
+        }
+        c.check_invariants();
+        assert_eq!(c.len(), 1000);
+        assert_eq!(c.dirty_len(), 200);
+        for i in 0..1000u32 {
+            let slot = c.get(&key(i)).expect("cached");
+            assert_eq!(slot.key(), &key(i)[..]);
+            let value = slot
+                .value
+                .as_ref()
+                .and_then(|b| b.downcast_ref::<Option<u64>>());
+            assert_eq!(value, Some(&Some(u64::from(i))));
+        }
+        // Every entry is referenced now: the first sweep clears the bits, the second evicts.
+        let evicted = c.evict_n(400);
+        assert_eq!(evicted.len(), 400);
+        c.check_invariants();
+        let gone: std::collections::BTreeSet<Vec<u8>> =
+            evicted.iter().map(|s| s.key().to_vec()).collect();
+        assert_eq!(gone.len(), 400);
+        for i in 0..1000u32 {
+            assert_eq!(
+                c.find(&key(i)).is_some(),
+                !gone.contains(&key(i)),
+                "key {i}"
+            );
+        }
+    }
+
+    #[test]
     fn flush_visits_dirty_entries_once() {
         let mut c = Cache::new(4);
-        c.insert(vec![1], v(1), true);
-        c.insert(vec![2], None, true);
-        c.insert(vec![3], v(3), false);
+        c.insert(&[1], v(1), true);
+        c.insert(&[2], None, true);
+        c.insert(&[3], v(3), false);
         let mut seen = Vec::new();
         c.flush(|k, val| {
             seen.push((k.to_vec(), val.is_some()));
@@ -357,7 +580,7 @@ mod tests {
         .unwrap();
         assert_eq!(again, 0);
         // A failed flush keeps entries dirty.
-        c.insert(vec![1], v(5), true);
+        c.insert(&[1], v(5), true);
         assert!(c.flush(|_, _| Err(())).is_err());
         assert!(c.has_dirty());
     }
@@ -365,7 +588,7 @@ mod tests {
     #[test]
     fn forget_leaves_a_clean_absent_entry() {
         let mut c = Cache::new(8);
-        c.insert(vec![1], v(1), false);
+        c.insert(&[1], v(1), false);
         c.forget(&[1]);
         c.forget(&[2]);
         let slot = c.get(&[1]).unwrap();
@@ -377,19 +600,19 @@ mod tests {
     fn flush_cost_follows_dirty_entries_and_survives_evictions() {
         let mut c = Cache::new(16);
         for i in 0..16u8 {
-            c.insert(vec![i], v(u64::from(i)), false);
+            c.insert(&[i], v(u64::from(i)), false);
         }
-        c.insert(vec![3], v(30), true);
+        c.insert(&[3], v(30), true);
         let i = c.find(&[3]).unwrap();
         c.mark_dirty_at(i);
-        c.insert(vec![3], v(31), true);
+        c.insert(&[3], v(31), true);
         c.check_invariants();
         // Evict everything once: 3 goes out dirty (the caller writes it).
         let mut evicted_dirty = 0;
         while c.len() > 8 {
             evicted_dirty += c.evict().iter().filter(|s| s.dirty).count();
         }
-        c.insert(vec![100], v(100), true);
+        c.insert(&[100], v(100), true);
         let mut seen = Vec::new();
         c.flush(|k, _| {
             seen.push(k.to_vec());
@@ -409,7 +632,7 @@ mod tests {
         for dirty in [2u8, 30] {
             let mut c = Cache::new(64);
             for i in 0..40u8 {
-                c.insert(vec![i], v(u64::from(i)), i < dirty);
+                c.insert(&[i], v(u64::from(i)), i < dirty);
             }
             let mut calls = 0;
             let failed = c.flush(|_, _| {
@@ -451,7 +674,7 @@ mod tests {
                             if !held && c.full() && c.find(&[k]).is_none() {
                                 c.evict();
                             }
-                            c.insert(vec![k], v(u64::from(k)), op == 0);
+                            c.insert(&[k], v(u64::from(k)), op == 0);
                         }
                         2 => {
                             if let Some(i) = c.find(&[k]) {
