@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use cairn_core::*;
 
-use crate::cache::{Cache, Slot};
+use crate::cache::{Cache, CachedValue, Slot};
 use crate::db::{io_err, Instance};
 use crate::layout::{escape_tail, push_escaped, push_kg};
 use crate::options::{RocksDbConfig, RocksDbOptions};
@@ -287,7 +287,7 @@ impl RocksDbBackend {
         let name = self.states.get(idx).map_or("", |r| r.meta.name.as_str());
         if self.cache.enabled() {
             if let Some(slot) = self.cache.get(key) {
-                return match &slot.value {
+                return match slot.value.as_any() {
                     None => Ok(None),
                     Some(b) => b
                         .downcast_ref::<Option<V>>()
@@ -301,7 +301,8 @@ impl RocksDbBackend {
         let value = self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?;
         if self.cache.enabled() {
             self.make_room()?;
-            self.cache.insert(key, Some(Box::new(value.clone())), false);
+            self.cache
+                .insert(key, CachedValue::new(value.clone()), false);
         }
         Ok(value)
     }
@@ -320,7 +321,7 @@ impl RocksDbBackend {
         if self.cache.enabled() {
             if let Some(i) = self.cache.find(key) {
                 if let Some(slot) = self.cache.slot_mut(i) {
-                    match &mut slot.value {
+                    match slot.value.as_any_mut() {
                         Some(b) => {
                             let v = b
                                 .downcast_mut::<Option<V>>()
@@ -330,7 +331,7 @@ impl RocksDbBackend {
                         None => {
                             let mut v = None;
                             f(&mut v)?;
-                            slot.value = Some(Box::new(v));
+                            slot.value = CachedValue::new(v);
                         }
                     }
                 }
@@ -348,7 +349,7 @@ impl RocksDbBackend {
         f(&mut value)?;
         if self.cache.enabled() {
             self.make_room()?;
-            self.cache.insert(key, Some(Box::new(value)), true);
+            self.cache.insert(key, CachedValue::new(value), true);
             return Ok(());
         }
         self.settle()?;
@@ -372,7 +373,7 @@ impl RocksDbBackend {
             if self.cache.get(key).is_none() {
                 self.make_room()?;
             }
-            self.cache.insert(key, None, true);
+            self.cache.insert(key, CachedValue::Unknown, true);
             return Ok(());
         }
         self.settle()?;
@@ -403,8 +404,8 @@ impl RocksDbBackend {
             self.cache.evict()
         };
         let mut frozen = Frozen::with_capacity(evicted.len());
-        for slot in evicted.iter().filter(|s| s.dirty) {
-            frozen.push(&self.states, slot.key(), slot.value.as_ref())?;
+        for slot in evicted.iter().filter(|s| s.dirty()) {
+            frozen.push(&self.states, slot.key(), slot.value.as_any())?;
         }
         if frozen.len() > 0 {
             // Through the memtable: an eviction sweep is small, and a file per sweep would

@@ -1,20 +1,22 @@
 //! The write-back cache of deserialized values in front of RocksDB (in the spirit of Kafka
 //! Streams' caching store).
 //!
-//! Entries are keyed by `state index u32 BE | RocksDB key` and hold the typed value as
-//! `Box<dyn Any + Send>` (an `Option<V>` once a typed access touched it; `None` in the slot
-//! is an absent value of unknown type). A *dirty* entry differs from RocksDB: its value must
+//! Entries are keyed by `state index u32 BE | RocksDB key` and hold the typed value, an
+//! `Option<V>` once a typed access touched it, read through `dyn Any` ([`CachedValue`]:
+//! in the slot for a few primitive types, boxed for the others; `Unknown` is an absent
+//! value of a type not known yet). A *dirty* entry differs from RocksDB: its value must
 //! be written (or, when absent, deleted) before RocksDB is read past the cache. A clean
 //! absent entry remembers a miss, so a hot key that does not exist costs no RocksDB get
 //! either.
 //!
 //! **Layout.** The entries are the buckets of one open-addressing table (linear probing,
 //! at most 5/8 full, doubled when it would be fuller). A slot is one cache line: the key
-//! inline when it has at most [`INLINE_KEY`] bytes (W1's keys have 23), the boxed value,
-//! 32 bits of the key's hash and the flags. A lookup therefore costs two dependent cache
-//! misses, the slot's line and the value's box; with a separate index it cost four
-//! (hashbrown's control bytes, its bucket, the key bytes and the slot, then the box), which
-//! was 60% of W1 config c's task thread with every key cached. Removal shifts the rest of a
+//! inline when it has at most [`INLINE_KEY`] bytes (W1's keys have 23), the value, 32 bits
+//! of the key's hash and the flags. A lookup of a primitive value (W1's `u64` counts)
+//! therefore costs one cache miss, and of a boxed value two. With a separate index and
+//! boxed values it cost four dependent misses (hashbrown's control bytes, its bucket, the
+//! key bytes and the slot, then the box), which was 60% of W1 config c's task thread with
+//! every key cached. Removal shifts the rest of a
 //! probe run back (no tombstones); a slot's home is its stored hash bits, so the shift reads
 //! no key.
 //!
@@ -37,15 +39,78 @@ use std::hash::{BuildHasher, Hasher};
 
 use foldhash::fast::FixedState;
 
-/// A typed value in the cache.
-pub(crate) type AnyValue = Box<dyn Any + Send>;
+/// A cached value: `Option<V>` for its state's value type `V`, read through `dyn Any`.
+/// The primitive types that counters and sums use live in the slot (no box, no second
+/// cache miss per access); any other type is boxed.
+pub(crate) enum CachedValue {
+    /// An absent value whose type is not known yet (deleted through an untyped path).
+    Unknown,
+    U64(Option<u64>),
+    I64(Option<i64>),
+    U32(Option<u32>),
+    I32(Option<i32>),
+    F64(Option<f64>),
+    Boxed(Box<dyn Any + Send>),
+}
+
+impl CachedValue {
+    /// `value` in the slot if its type is one of the inline ones, else boxed.
+    #[inline]
+    pub(crate) fn new<V: Send + 'static>(value: Option<V>) -> Self {
+        let mut value = Some(value);
+        let any: &mut dyn Any = &mut value;
+        // `V` is known at compile time: every test but the matching one folds away.
+        macro_rules! inline {
+            ($($t:ty => $variant:ident),*) => {$(
+                if let Some(v) = any.downcast_mut::<Option<Option<$t>>>() {
+                    return CachedValue::$variant(v.take().flatten());
+                }
+            )*};
+        }
+        inline!(u64 => U64, i64 => I64, u32 => U32, i32 => I32, f64 => F64);
+        CachedValue::Boxed(Box::new(value.flatten()))
+    }
+
+    /// The `Option<V>`, or `None` for [`CachedValue::Unknown`].
+    #[inline]
+    pub(crate) fn as_any(&self) -> Option<&dyn Any> {
+        Some(match self {
+            CachedValue::Unknown => return None,
+            CachedValue::U64(v) => v,
+            CachedValue::I64(v) => v,
+            CachedValue::U32(v) => v,
+            CachedValue::I32(v) => v,
+            CachedValue::F64(v) => v,
+            CachedValue::Boxed(b) => &**b,
+        })
+    }
+
+    /// The `Option<V>` to update in place, or `None` for [`CachedValue::Unknown`].
+    #[inline]
+    pub(crate) fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(match self {
+            CachedValue::Unknown => return None,
+            CachedValue::U64(v) => v,
+            CachedValue::I64(v) => v,
+            CachedValue::U32(v) => v,
+            CachedValue::I32(v) => v,
+            CachedValue::F64(v) => v,
+            CachedValue::Boxed(b) => &mut **b,
+        })
+    }
+}
 
 /// Keys up to this many bytes are stored in their slot.
 const INLINE_KEY: usize = 30;
 /// Seed of the cache's hash ("cairn_wb"); hashes never leave the process.
 const HASH_SEED: u64 = 0x6361_6972_6e5f_7762;
-/// The most entries a cache holds, hard limit included (slot positions are 32 bits).
+/// The most entries a cache holds, hard limit included (dirty-list positions have 30
+/// bits).
 const MAX_ENTRIES: usize = 1 << 30;
+/// The bits of [`Slot::flags`] above the dirty-list position.
+const DIRTY: u32 = 1 << 31;
+const REFERENCED: u32 = 1 << 30;
+const POS_MASK: u32 = REFERENCED - 1;
 
 /// A slot's key.
 enum Key {
@@ -83,24 +148,59 @@ impl Key {
 #[repr(align(64))]
 pub(crate) struct Slot {
     key: Key,
-    pub(crate) value: Option<AnyValue>,
+    pub(crate) value: CachedValue,
     /// The high 32 bits of the key's hash; its low bits are the slot's home position.
     hash: u32,
-    /// The slot's position in the dirty list while dirty.
-    dirty_pos: u32,
-    pub(crate) dirty: bool,
-    referenced: bool,
+    /// [`DIRTY`], [`REFERENCED`] and, while dirty, the slot's position in the dirty list.
+    flags: u32,
 }
+
+// A slot is one cache line.
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 
 impl Slot {
     fn empty() -> Self {
         Self {
             key: Key::Empty,
-            value: None,
+            value: CachedValue::Unknown,
             hash: 0,
-            dirty_pos: 0,
-            dirty: false,
-            referenced: false,
+            flags: 0,
+        }
+    }
+
+    /// Whether the entry differs from RocksDB.
+    #[inline]
+    pub(crate) fn dirty(&self) -> bool {
+        self.flags & DIRTY != 0
+    }
+
+    #[inline]
+    fn set_clean(&mut self) {
+        self.flags &= !(DIRTY | POS_MASK);
+    }
+
+    /// Marks the entry dirty at position `pos` of the dirty list.
+    #[inline]
+    fn set_dirty(&mut self, pos: usize) {
+        self.flags = (self.flags & REFERENCED) | DIRTY | (pos as u32 & POS_MASK);
+    }
+
+    #[inline]
+    fn dirty_pos(&self) -> usize {
+        (self.flags & POS_MASK) as usize
+    }
+
+    #[inline]
+    fn referenced(&self) -> bool {
+        self.flags & REFERENCED != 0
+    }
+
+    #[inline]
+    fn set_referenced(&mut self, on: bool) {
+        if on {
+            self.flags |= REFERENCED;
+        } else {
+            self.flags &= !REFERENCED;
         }
     }
 
@@ -119,8 +219,8 @@ impl fmt::Debug for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Slot")
             .field("key", &self.key())
-            .field("present", &self.value.is_some())
-            .field("dirty", &self.dirty)
+            .field("known", &self.value.as_any().is_some())
+            .field("dirty", &self.dirty())
             .finish()
     }
 }
@@ -222,7 +322,7 @@ impl Cache {
     pub(crate) fn find(&mut self, key: &[u8]) -> Option<usize> {
         let i = self.probe(key, hash_key(key)).ok()?;
         let slot = self.table.get_mut(i)?;
-        slot.referenced = true;
+        slot.set_referenced(true);
         Some(i)
     }
 
@@ -243,9 +343,8 @@ impl Cache {
     #[inline]
     pub(crate) fn mark_dirty_at(&mut self, i: usize) {
         if let Some(slot) = self.table.get_mut(i).filter(|s| !s.is_empty()) {
-            if !slot.dirty {
-                slot.dirty = true;
-                slot.dirty_pos = self.dirty_list.len() as u32;
+            if !slot.dirty() {
+                slot.set_dirty(self.dirty_list.len());
                 self.dirty_list.push(i as u32);
             }
         }
@@ -258,13 +357,13 @@ impl Cache {
 
     /// Inserts or replaces the entry of `key` (call [`Self::evict`] first when
     /// [`Self::full`] and the key is new).
-    pub(crate) fn insert(&mut self, key: &[u8], value: Option<AnyValue>, dirty: bool) {
+    pub(crate) fn insert(&mut self, key: &[u8], value: CachedValue, dirty: bool) {
         let hash = hash_key(key);
         let i = match self.probe(key, hash) {
             Ok(i) => {
                 if let Some(slot) = self.table.get_mut(i) {
                     slot.value = value;
-                    slot.referenced = true;
+                    slot.set_referenced(true);
                 }
                 if dirty {
                     self.mark_dirty_at(i);
@@ -284,9 +383,7 @@ impl Cache {
             key: Key::new(key),
             value,
             hash,
-            dirty_pos: 0,
-            dirty: false,
-            referenced: false,
+            flags: 0,
         };
         self.len += 1;
         if dirty {
@@ -309,10 +406,10 @@ impl Cache {
             let Err(i) = self.probe(slot.key(), slot.hash) else {
                 continue;
             };
-            let dirty = slot.dirty;
+            let dirty = slot.dirty();
             if let Some(s) = self.table.get_mut(i) {
                 *s = slot;
-                s.dirty = false;
+                s.set_clean();
             }
             if dirty {
                 self.mark_dirty_at(i);
@@ -345,8 +442,8 @@ impl Cache {
             };
             if slot.is_empty() {
                 self.hand += 1;
-            } else if slot.referenced {
-                slot.referenced = false;
+            } else if slot.referenced() {
+                slot.set_referenced(false);
                 self.hand += 1;
             } else {
                 // The hand stays: the removal shifts the next entry of the run into place.
@@ -364,7 +461,7 @@ impl Cache {
         self.dirty_list.swap_remove(pos);
         if let Some(&j) = self.dirty_list.get(pos) {
             if let Some(s) = self.table.get_mut(j as usize) {
-                s.dirty_pos = pos as u32;
+                s.set_dirty(pos);
             }
         }
     }
@@ -372,8 +469,8 @@ impl Cache {
     /// Empties slot `i` and shifts the rest of its probe run back over the hole (each entry
     /// that may move: one whose home is not between the hole and its position).
     fn remove_at(&mut self, i: usize) -> Slot {
-        if let Some(pos) = self.table.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
-            self.unlist(pos as usize);
+        if let Some(pos) = self.table.get(i).filter(|s| s.dirty()).map(Slot::dirty_pos) {
+            self.unlist(pos);
         }
         let Some(removed) = self
             .table
@@ -392,8 +489,8 @@ impl Cache {
             let home = s.hash as usize & mask;
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 self.table.swap(hole, j);
-                if let Some(moved) = self.table.get(hole).filter(|s| s.dirty) {
-                    let pos = moved.dirty_pos as usize;
+                if let Some(moved) = self.table.get(hole).filter(|s| s.dirty()) {
+                    let pos = moved.dirty_pos();
                     if let Some(d) = self.dirty_list.get_mut(pos) {
                         *d = hole as u32;
                     }
@@ -408,7 +505,7 @@ impl Cache {
     /// Calls `f` for every dirty entry, then marks them clean (only if every call succeeded).
     pub(crate) fn flush<E>(
         &mut self,
-        mut f: impl FnMut(&[u8], Option<&AnyValue>) -> Result<(), E>,
+        mut f: impl FnMut(&[u8], Option<&dyn Any>) -> Result<(), E>,
     ) -> Result<(), E> {
         // Many dirty entries (a checkpoint after a busy interval): visit the slots in memory
         // order rather than in the dirty list's, which would cost a cache miss per entry.
@@ -416,30 +513,30 @@ impl Cache {
         let sequential = self.dirty_list.len().saturating_mul(4) >= self.len;
         let mut result = Ok(());
         if sequential {
-            for slot in self.table.iter_mut().filter(|s| s.dirty) {
-                if let Err(e) = f(slot.key.as_slice(), slot.value.as_ref()) {
+            for slot in self.table.iter_mut().filter(|s| s.dirty()) {
+                if let Err(e) = f(slot.key.as_slice(), slot.value.as_any()) {
                     result = Err(e);
                     break;
                 }
-                slot.dirty = false;
+                slot.set_clean();
             }
         } else {
             for &i in &self.dirty_list {
                 let Some(slot) = self.table.get_mut(i as usize) else {
                     continue;
                 };
-                if let Err(e) = f(slot.key.as_slice(), slot.value.as_ref()) {
+                if let Err(e) = f(slot.key.as_slice(), slot.value.as_any()) {
                     result = Err(e);
                     break;
                 }
-                slot.dirty = false;
+                slot.set_clean();
             }
         }
         if let Err(e) = result {
             // Nothing counts as written: every listed entry stays dirty.
-            for &i in &self.dirty_list {
+            for (pos, &i) in self.dirty_list.iter().enumerate() {
                 if let Some(slot) = self.table.get_mut(i as usize) {
-                    slot.dirty = true;
+                    slot.set_dirty(pos);
                 }
             }
             return Err(e);
@@ -451,12 +548,12 @@ impl Cache {
     /// Forgets the value of `key` if cached: it becomes a clean absent entry.
     pub(crate) fn forget(&mut self, key: &[u8]) {
         if let Ok(i) = self.probe(key, hash_key(key)) {
-            if let Some(pos) = self.table.get(i).filter(|s| s.dirty).map(|s| s.dirty_pos) {
-                self.unlist(pos as usize);
+            if let Some(pos) = self.table.get(i).filter(|s| s.dirty()).map(Slot::dirty_pos) {
+                self.unlist(pos);
             }
             if let Some(slot) = self.table.get_mut(i) {
-                slot.value = None;
-                slot.dirty = false;
+                slot.value = CachedValue::Unknown;
+                slot.set_clean();
             }
         }
     }
@@ -464,12 +561,15 @@ impl Cache {
     /// Checks the table and the dirty list (tests).
     #[cfg(test)]
     fn check_invariants(&self) {
-        let dirty = self.table.iter().filter(|s| s.dirty).count();
+        let dirty = self.table.iter().filter(|s| s.dirty()).count();
         assert_eq!(dirty, self.dirty_list.len());
         for (pos, &i) in self.dirty_list.iter().enumerate() {
             let s = &self.table[i as usize];
-            assert!(s.dirty && !s.is_empty());
-            assert_eq!(s.dirty_pos as usize, pos);
+            assert!(s.dirty() && !s.is_empty());
+            assert_eq!(s.dirty_pos(), pos);
+        }
+        for s in self.table.iter().filter(|s| !s.dirty()) {
+            assert_eq!(s.dirty_pos(), 0, "a clean slot keeps no position");
         }
         let mut n = 0;
         for (i, s) in self.table.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
@@ -486,8 +586,8 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn v(x: u64) -> Option<AnyValue> {
-        Some(Box::new(Some(x)))
+    fn v(x: u64) -> CachedValue {
+        CachedValue::new(Some(x))
     }
 
     #[test]
@@ -504,8 +604,8 @@ mod tests {
         for _ in 0..7 {
             let e = c.evict();
             assert_eq!(e.len(), 1);
-            assert_eq!(e[0].dirty, e[0].key()[0] % 2 == 0, "{:?}", e[0]);
-            assert!(e[0].value.is_some());
+            assert_eq!(e[0].dirty(), e[0].key()[0] % 2 == 0, "{:?}", e[0]);
+            assert!(e[0].value.as_any().is_some());
             evicted.push(e[0].key()[0]);
             c.check_invariants();
         }
@@ -538,7 +638,7 @@ mod tests {
             assert_eq!(slot.key(), &key(i)[..]);
             let value = slot
                 .value
-                .as_ref()
+                .as_any()
                 .and_then(|b| b.downcast_ref::<Option<u64>>());
             assert_eq!(value, Some(&Some(u64::from(i))));
         }
@@ -559,10 +659,45 @@ mod tests {
     }
 
     #[test]
+    fn primitive_values_live_in_the_slot_and_every_value_reads_back_typed() {
+        fn check<V: Clone + PartialEq + std::fmt::Debug + Send + 'static>(
+            v: Option<V>,
+            inline: bool,
+        ) {
+            let mut c = CachedValue::new(v.clone());
+            assert_eq!(!matches!(c, CachedValue::Boxed(_)), inline, "{v:?}");
+            let any = c.as_any().expect("a typed value");
+            assert_eq!(any.downcast_ref::<Option<V>>(), Some(&v));
+            assert!(any.downcast_ref::<Option<u16>>().is_none(), "another type");
+            assert!(
+                any.downcast_ref::<V>().is_none(),
+                "the value, not its option"
+            );
+            let m = c.as_any_mut().and_then(|a| a.downcast_mut::<Option<V>>());
+            *m.expect("typed") = None;
+            assert_eq!(
+                c.as_any().and_then(|a| a.downcast_ref::<Option<V>>()),
+                Some(&None)
+            );
+        }
+        check(Some(7u64), true);
+        check(None::<u64>, true);
+        check(Some(-7i64), true);
+        check(Some(7u32), true);
+        check(Some(-7i32), true);
+        check(Some(0.5f64), true);
+        check(Some(7u8), false);
+        check(Some(String::from("seven")), false);
+        check(Some(vec![7u64]), false);
+        check(Some((7u64, 7u64)), false);
+        assert!(CachedValue::Unknown.as_any().is_none());
+    }
+
+    #[test]
     fn flush_visits_dirty_entries_once() {
         let mut c = Cache::new(4);
         c.insert(&[1], v(1), true);
-        c.insert(&[2], None, true);
+        c.insert(&[2], CachedValue::Unknown, true);
         c.insert(&[3], v(3), false);
         let mut seen = Vec::new();
         c.flush(|k, val| {
@@ -592,7 +727,7 @@ mod tests {
         c.forget(&[1]);
         c.forget(&[2]);
         let slot = c.get(&[1]).unwrap();
-        assert!(slot.value.is_none() && !slot.dirty);
+        assert!(slot.value.as_any().is_none() && !slot.dirty());
         assert!(c.get(&[2]).is_none());
     }
 
@@ -610,7 +745,7 @@ mod tests {
         // Evict everything once: 3 goes out dirty (the caller writes it).
         let mut evicted_dirty = 0;
         while c.len() > 8 {
-            evicted_dirty += c.evict().iter().filter(|s| s.dirty).count();
+            evicted_dirty += c.evict().iter().filter(|s| s.dirty()).count();
         }
         c.insert(&[100], v(100), true);
         let mut seen = Vec::new();

@@ -37,7 +37,6 @@ use rocksdb::{
 };
 
 use crate::backend::{nonce, STATE_PREFIX_LEN};
-use crate::cache::AnyValue;
 use crate::db::rocks_err;
 use crate::snapshot::ScratchDir;
 use crate::state::Registered;
@@ -110,7 +109,7 @@ impl Frozen {
         &mut self,
         states: &[Registered],
         cache_key: &[u8],
-        value: Option<&AnyValue>,
+        value: Option<&dyn std::any::Any>,
     ) -> Result<()> {
         let too_long = || StateError::layer("flushing the cache", "cache entry over 4 GiB");
         let (idx, raw) = cache_key
@@ -424,7 +423,6 @@ mod tests {
     fn sort_gathers_each_entrys_key_and_value() {
         use std::collections::BTreeMap;
 
-        use crate::cache::AnyValue;
         use crate::state::{value_encoder, Registered};
 
         let codec = BincodeCodec::<Vec<u8>>::new();
@@ -457,8 +455,7 @@ mod tests {
             }
             let mut cache_key = state.to_be_bytes().to_vec();
             cache_key.extend_from_slice(&key);
-            let boxed: AnyValue = Box::new(value.clone());
-            frozen.push(&states, &cache_key, Some(&boxed)).unwrap();
+            frozen.push(&states, &cache_key, Some(&value)).unwrap();
             expected.insert(
                 (state, key),
                 value.map(|v| codec.encode_to_vec(&v).unwrap()),

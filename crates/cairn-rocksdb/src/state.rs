@@ -9,12 +9,10 @@ use cairn_core::{
     AggregateFunction, Codec, CodecError, CodecRef, ReduceFn, Result, StateError, StateMeta,
 };
 
-use crate::cache::AnyValue;
-
 /// Encodes a namespace given as `&dyn Any` (it must be the state's namespace type).
 pub(crate) type EncodeNs = Box<dyn Fn(&dyn Any, &mut Vec<u8>) -> Result<()> + Send>;
 /// Encodes a cached value (`Option<V>` as `dyn Any`): `Ok(false)` when it is absent.
-pub(crate) type EncodeValue = Box<dyn Fn(&AnyValue, &mut Vec<u8>) -> Result<bool> + Send>;
+pub(crate) type EncodeValue = Box<dyn Fn(&dyn Any, &mut Vec<u8>) -> Result<bool> + Send>;
 
 /// A registered state.
 pub(crate) struct Registered {
