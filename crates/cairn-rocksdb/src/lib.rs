@@ -49,8 +49,10 @@
 //!   filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
 //!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted
-//!   in one `WriteBatch`. A hot key costs no RocksDB get or put per access. `keys()`, map
-//!   iteration and snapshots flush it first. [`RocksDbOptions::cache_capacity`] `= 0`
+//!   in one `WriteBatch`. A hot key costs no RocksDB get or put per access, and a cached
+//!   primitive value (a count, a sum) costs one cache miss: entries are the slots of an
+//!   open-addressing table, one cache line each, with short keys and primitive values
+//!   inline. `keys()`, map iteration and snapshots flush it first. [`RocksDbOptions::cache_capacity`] `= 0`
 //!   turns it off.
 //! - **Snapshots.** The synchronous phase only encodes the cache's dirty entries; a seal
 //!   worker thread writes them (sorted; a large set as ingested SST files) and creates a
