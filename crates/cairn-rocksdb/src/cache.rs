@@ -842,4 +842,141 @@ mod tests {
             })
             .unwrap();
     }
+
+    /// The cache against a model (`BTreeMap` of key → (value, dirty)) under random inserts,
+    /// updates in place, forgets, evictions and flushes: keys of 1-40 bytes (inline and on
+    /// the heap), `u64` values in the slot and `String` values boxed, a table small enough
+    /// that probe runs wrap around its end. Every entry the model holds is found with its
+    /// value and dirty flag; an evicted entry leaves the cache with the value and dirty
+    /// flag the model had; a flush visits exactly the dirty entries.
+    #[test]
+    fn matches_a_model_under_random_operations() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        use std::collections::BTreeMap;
+
+        #[derive(Clone, Debug, PartialEq)]
+        enum Val {
+            Unknown,
+            Num(Option<u64>),
+            Text(Option<String>),
+        }
+        fn cached(v: &Val) -> CachedValue {
+            match v {
+                Val::Unknown => CachedValue::Unknown,
+                Val::Num(n) => CachedValue::new(*n),
+                Val::Text(t) => CachedValue::new(t.clone()),
+            }
+        }
+        fn read(c: &CachedValue) -> Val {
+            match c.as_any() {
+                None => Val::Unknown,
+                Some(a) => match a.downcast_ref::<Option<u64>>() {
+                    Some(n) => Val::Num(*n),
+                    None => Val::Text(a.downcast_ref::<Option<String>>().cloned().expect("typed")),
+                },
+            }
+        }
+        // Key `k` of the pool: its length depends on `k`, its bytes on `k` too.
+        fn key(k: u8) -> Vec<u8> {
+            let len = 1 + usize::from(k) * 13 % 40;
+            (0..len)
+                .map(|i| k.wrapping_mul(31).wrapping_add(i as u8))
+                .collect()
+        }
+        let cases = std::env::var("CAIRN_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(128);
+        let ops = proptest::collection::vec((0u8..7, 0u8..60, any::<u16>()), 1..400);
+        TestRunner::new(Config::with_cases(cases))
+            .run(&ops, |ops| {
+                let capacity = 12;
+                let mut c = Cache::new(capacity);
+                let mut model: BTreeMap<Vec<u8>, (Val, bool)> = BTreeMap::new();
+                for (op, k, x) in ops {
+                    let kb = key(k);
+                    let val = match x % 4 {
+                        0 => Val::Unknown,
+                        1 => Val::Text(Some(format!("v{x}"))),
+                        2 => Val::Num(None),
+                        _ => Val::Num(Some(u64::from(x))),
+                    };
+                    match op {
+                        0 | 1 => {
+                            if c.full() && c.find(&kb).is_none() {
+                                for e in c.evict() {
+                                    let (v, dirty) =
+                                        model.remove(e.key()).expect("evicted a cached key");
+                                    prop_assert_eq!(read(&e.value), v);
+                                    prop_assert_eq!(e.dirty(), dirty);
+                                }
+                            }
+                            let dirty = op == 0 || model.get(&kb).is_some_and(|m| m.1);
+                            c.insert(&kb, cached(&val), op == 0);
+                            model.insert(kb, (val, dirty));
+                        }
+                        2 => {
+                            // An update in place, as the backend's `modify` does it.
+                            if let Some(i) = c.find(&kb) {
+                                if let Some(slot) = c.slot_mut(i) {
+                                    slot.value = cached(&val);
+                                }
+                                c.mark_dirty_at(i);
+                                model.insert(kb, (val, true));
+                            }
+                        }
+                        3 => {
+                            c.forget(&kb);
+                            if let Some(m) = model.get_mut(&kb) {
+                                *m = (Val::Unknown, false);
+                            }
+                        }
+                        4 => {
+                            let mut seen = BTreeMap::new();
+                            c.flush(|key, value| {
+                                let v = value.map_or(Val::Unknown, |a| {
+                                    a.downcast_ref::<Option<u64>>().map_or_else(
+                                        || {
+                                            Val::Text(
+                                                a.downcast_ref::<Option<String>>()
+                                                    .cloned()
+                                                    .expect("typed"),
+                                            )
+                                        },
+                                        |n| Val::Num(*n),
+                                    )
+                                });
+                                seen.insert(key.to_vec(), v);
+                                Ok::<(), ()>(())
+                            })
+                            .unwrap();
+                            let dirty: BTreeMap<_, _> = model
+                                .iter_mut()
+                                .filter(|(_, m)| m.1)
+                                .map(|(k, m)| {
+                                    m.1 = false;
+                                    (k.clone(), m.0.clone())
+                                })
+                                .collect();
+                            prop_assert_eq!(seen, dirty);
+                        }
+                        _ => {
+                            prop_assert_eq!(c.find(&kb).is_some(), model.contains_key(&kb));
+                        }
+                    }
+                    c.check_invariants();
+                    prop_assert_eq!(c.len(), model.len());
+                    prop_assert!(c.len() <= capacity);
+                    for (mk, (mv, md)) in &model {
+                        let slot = c.get(mk).expect("every model key is cached");
+                        prop_assert_eq!(slot.key(), &mk[..]);
+                        prop_assert_eq!(&read(&slot.value), mv);
+                        prop_assert_eq!(slot.dirty(), *md);
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }
