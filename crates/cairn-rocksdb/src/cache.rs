@@ -53,6 +53,22 @@ pub(crate) enum CachedValue {
     Boxed(Box<dyn Any + Send>),
 }
 
+/// The `Option<V>` inside a [`CachedValue`] as `$r dyn Any` (`$r`: `&` or `&mut`), or
+/// `None` for [`CachedValue::Unknown`].
+macro_rules! typed_value {
+    ($value:expr, $($r:tt)+) => {
+        match $value {
+            CachedValue::Unknown => None,
+            CachedValue::U64(v) => Some(v as $($r)+ dyn Any),
+            CachedValue::I64(v) => Some(v as $($r)+ dyn Any),
+            CachedValue::U32(v) => Some(v as $($r)+ dyn Any),
+            CachedValue::I32(v) => Some(v as $($r)+ dyn Any),
+            CachedValue::F64(v) => Some(v as $($r)+ dyn Any),
+            CachedValue::Boxed(b) => Some($($r)+ **b),
+        }
+    };
+}
+
 impl CachedValue {
     /// `value` in the slot if its type is one of the inline ones, else boxed.
     #[inline]
@@ -74,29 +90,13 @@ impl CachedValue {
     /// The `Option<V>`, or `None` for [`CachedValue::Unknown`].
     #[inline]
     pub(crate) fn as_any(&self) -> Option<&dyn Any> {
-        Some(match self {
-            CachedValue::Unknown => return None,
-            CachedValue::U64(v) => v,
-            CachedValue::I64(v) => v,
-            CachedValue::U32(v) => v,
-            CachedValue::I32(v) => v,
-            CachedValue::F64(v) => v,
-            CachedValue::Boxed(b) => &**b,
-        })
+        typed_value!(self, &)
     }
 
     /// The `Option<V>` to update in place, or `None` for [`CachedValue::Unknown`].
     #[inline]
     pub(crate) fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
-        Some(match self {
-            CachedValue::Unknown => return None,
-            CachedValue::U64(v) => v,
-            CachedValue::I64(v) => v,
-            CachedValue::U32(v) => v,
-            CachedValue::I32(v) => v,
-            CachedValue::F64(v) => v,
-            CachedValue::Boxed(b) => &mut **b,
-        })
+        typed_value!(self, &mut)
     }
 }
 
