@@ -370,24 +370,24 @@ impl Cache {
                 }
                 return;
             }
-            Err(_) if (self.len + 1) * 8 > self.table.len() * 5 => {
+            Err(i) if (self.len + 1) * 8 <= self.table.len() * 5 => i,
+            Err(_) => {
                 self.grow();
-                self.probe(key, hash).err()
+                let (Ok(i) | Err(i)) = self.probe(key, hash);
+                i
             }
-            Err(i) => Some(i),
         };
-        let Some(slot) = i.and_then(|i| self.table.get_mut(i)) else {
-            return;
-        };
-        *slot = Slot {
-            key: Key::new(key),
-            value,
-            hash,
-            flags: 0,
-        };
-        self.len += 1;
-        if dirty {
-            self.mark_dirty_at(i.unwrap_or_default());
+        if let Some(slot) = self.table.get_mut(i) {
+            *slot = Slot {
+                key: Key::new(key),
+                value,
+                hash,
+                flags: 0,
+            };
+            self.len += 1;
+            if dirty {
+                self.mark_dirty_at(i);
+            }
         }
     }
 
