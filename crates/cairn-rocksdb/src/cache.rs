@@ -433,7 +433,11 @@ impl Cache {
 
     fn evict_n(&mut self, want: usize) -> Vec<Slot> {
         let mut out = Vec::with_capacity(want);
-        while out.len() < want && self.len > 0 {
+        // Two sweeps clear every referenced bit and reach every entry; the bound only
+        // guards against a broken invariant (a count of entries the table does not hold).
+        let mut steps = self.table.len().saturating_mul(2).saturating_add(want);
+        while out.len() < want && self.len > 0 && steps > 0 {
+            steps -= 1;
             if self.hand >= self.table.len() {
                 self.hand = 0;
             }
