@@ -28,9 +28,16 @@ pub enum Op {
     Aggregate(usize, u64),
     Windowed(usize, u32, u64),
     WindowClear(usize, u32),
-    Checkpoint { incremental: bool },
+    /// Prefetch hints at these keys (and a key of no subtask's range) on every subtask: they
+    /// must change nothing, however many come before the next key is set.
+    Prefetch(Vec<usize>),
+    Checkpoint {
+        incremental: bool,
+    },
     FailedCheckpoint,
-    CrashAndRestore { parallelism: u32 },
+    CrashAndRestore {
+        parallelism: u32,
+    },
     Retain(usize),
 }
 
@@ -47,7 +54,8 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (k.clone(), -50i64..50).prop_map(|(k, v)| Op::Reduce(k, v)),
         3 => (k.clone(), 0..100u64).prop_map(|(k, v)| Op::Aggregate(k, v)),
         3 => (k.clone(), 0..3u32, 0..100u64).prop_map(|(k, w, v)| Op::Windowed(k, w, v)),
-        1 => (k, 0..3u32).prop_map(|(k, w)| Op::WindowClear(k, w)),
+        1 => (k.clone(), 0..3u32).prop_map(|(k, w)| Op::WindowClear(k, w)),
+        2 => proptest::collection::vec(k, 0..64).prop_map(Op::Prefetch),
         2 => any::<bool>().prop_map(|incremental| Op::Checkpoint { incremental }),
         1 => Just(Op::FailedCheckpoint),
         1 => (1..=3u32).prop_map(|parallelism| Op::CrashAndRestore { parallelism }),
@@ -161,6 +169,22 @@ pub fn apply<B: KeyedStateBackend>(
     keys: &[String],
     o: &Op,
 ) {
+    if let Op::Prefetch(hinted) = o {
+        for (b, _) in &mut op.subtasks {
+            let current = b.current_key().map(<[u8]>::to_vec);
+            for &k in hinted {
+                b.prefetch_key(&key_bytes(&keys[k]));
+            }
+            // Not a key of this schema's codec, nor of any key group in particular.
+            b.prefetch_key(&[0xff; 3]);
+            assert_eq!(
+                b.current_key(),
+                current.as_deref(),
+                "a hint changed the current key"
+            );
+        }
+        return;
+    }
     let key_index = match o {
         Op::Value(k, ..)
         | Op::ValueClear(k)

@@ -169,6 +169,15 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         self.inner.current_key_group()
     }
 
+    fn prefetches(&self) -> bool {
+        self.inner.prefetches()
+    }
+
+    #[inline]
+    fn prefetch_key(&mut self, serialized_key: &[u8]) {
+        self.inner.prefetch_key(serialized_key)
+    }
+
     fn register_value<V: StateValue, N: Namespace>(
         &mut self,
         d: &ValueStateDescriptor<V, N>,

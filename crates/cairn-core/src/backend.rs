@@ -44,6 +44,19 @@ pub trait KeyedStateBackend: Send {
     fn current_key(&self) -> Option<&[u8]>;
     /// The current key's group, if a key is set.
     fn current_key_group(&self) -> Option<KeyGroup>;
+    /// Whether [`Self::prefetch_key`] does anything (so a caller can skip preparing keys
+    /// for it).
+    fn prefetches(&self) -> bool {
+        false
+    }
+    /// A hint that `serialized_key` will soon be the current key: the backend may start
+    /// loading what the states used recently would read for it, so that a caller that
+    /// hints a few keys before processing them waits for their cache misses together
+    /// rather than one after another. Changes no state and reports no error (a key out of
+    /// range is ignored); the default does nothing.
+    fn prefetch_key(&mut self, serialized_key: &[u8]) {
+        let _ = serialized_key;
+    }
 
     /// Registers (or re-fetches) a value state.
     fn register_value<V: StateValue, N: Namespace>(

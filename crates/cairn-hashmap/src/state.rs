@@ -239,6 +239,9 @@ impl<N: Namespace, L: Layout> StateTable<N, L> {
 pub(crate) trait ErasedState: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Starts loading the home bucket of the entry of the key with `key_hash` in key group
+    /// `kg_idx`, if the namespace is zero-sized (else the entry's hash is not known).
+    fn touch(&self, kg_idx: usize, key_hash: u64);
     /// Removes the entry of `(at.key, ns)`; `ns_type` names `ns`'s type for errors.
     fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool>;
     /// The keys with an entry in `ns`, sorted.
@@ -256,6 +259,12 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    #[inline]
+    fn touch(&self, kg_idx: usize, key_hash: u64) {
+        if std::mem::size_of::<N>() == 0 {
+            self.table.touch(kg_idx, key_hash);
+        }
     }
     fn clear(&mut self, at: &At<'_>, ns: &dyn Any, ns_type: &'static str) -> Result<bool> {
         let ns = self.downcast_ns(ns, ns_type)?;

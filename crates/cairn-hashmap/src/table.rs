@@ -268,6 +268,15 @@ impl<N: Clone + Eq + Hash, T: Clone> ShardedTable<N, T> {
             .map(|e| &e.value)
     }
 
+    /// Touches the home bucket of the entry with hash `hash` in key group `kg_idx` (see
+    /// [`touch_home`]).
+    #[inline]
+    pub(crate) fn touch(&self, kg_idx: usize, hash: u64) {
+        if let Some(slot) = self.slots.get(self.slot(kg_idx, hash)) {
+            touch_home(slot.get(), hash);
+        }
+    }
+
     /// The shard of `(at.key, ns)`, unshared (cloned if a snapshot still holds it), and the
     /// entry's hash. `None` only if `at.kg_idx` is out of range (an internal error).
     #[inline]

@@ -12,6 +12,7 @@ use crate::cache::{Cache, CachedValue, Slot};
 use crate::db::{io_err, Instance};
 use crate::layout::{escape_tail, push_escaped, push_kg};
 use crate::options::{RocksDbConfig, RocksDbOptions};
+use crate::prefetch::Recent;
 use crate::seal::{Frozen, Seal, SealJob};
 use crate::snapshot::{Incremental, ScratchDir};
 use crate::state::{decode, type_mismatch, EncodeNs, EncodeValue, Registered};
@@ -48,6 +49,8 @@ pub struct RocksDbBackend {
     pub(crate) restored: bool,
     pub(crate) cache: Cache,
     pub(crate) scratch: Vec<u8>,
+    /// The states recent keys used, for prefetch hints.
+    pub(crate) recent: Recent,
     pub(crate) inc: Incremental,
     /// Counter for unique directory names.
     pub(crate) seq: u64,
@@ -136,6 +139,7 @@ impl RocksDbBackend {
             metas: BTreeMap::new(),
             restored: false,
             scratch: Vec::new(),
+            recent: Recent::default(),
             inc: Incremental::default(),
             seq: 1,
             seal: None,

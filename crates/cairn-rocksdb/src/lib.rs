@@ -88,6 +88,7 @@ mod native;
 mod native_restore;
 mod ops;
 mod options;
+mod prefetch;
 mod restore;
 mod seal;
 mod snapshot;

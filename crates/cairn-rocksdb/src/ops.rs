@@ -39,6 +39,21 @@ impl RocksDbBackend {
         }
     }
 
+    /// [`Self::key_for`] for a state whose entries are cached whole (value, reducing,
+    /// aggregating), noting the access for prefetch hints.
+    #[inline]
+    fn cached_key_for<T: 'static, N: 'static>(
+        &mut self,
+        idx: usize,
+        ns_codec: fn(&T) -> &CodecRef<N>,
+        ns: &N,
+    ) -> Result<Vec<u8>> {
+        let key = self.key_for(idx, ns_codec, ns)?;
+        let ns_start = STATE_PREFIX_LEN + self.current.prefix.len();
+        self.recent.note::<N>(idx, &key, ns_start);
+        Ok(key)
+    }
+
     /// Builds the current key's cache key with the untyped namespace encoder.
     fn key_untyped<N: 'static>(&mut self, idx: usize, ns: &N) -> Result<Vec<u8>> {
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -59,7 +74,7 @@ impl RocksDbBackend {
         ns: &N,
     ) -> Result<Option<V>> {
         let idx = self.check(id, Some(kind))?;
-        let key = self.key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
+        let key = self.cached_key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
         let out = self.read(idx, &key, |t: &Single<V, N>| &t.value);
         self.scratch = key;
         out
@@ -76,7 +91,7 @@ impl RocksDbBackend {
         let idx = self.check(id, Some(kind))?;
         // Value states have no reduce function, so this clones nothing for them.
         let reduce = self.typed::<Single<V, N>>(idx)?.reduce.clone();
-        let key = self.key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
+        let key = self.cached_key_for(idx, |t: &Single<V, N>| &t.ns, ns)?;
         let out = self.modify(
             idx,
             &key,
@@ -223,6 +238,8 @@ impl KeyedStateBackend for RocksDbBackend {
                 range: self.range,
             });
         }
+        self.recent.issue(&self.cache);
+        self.recent.next_key();
         let c = &mut self.current;
         c.bytes.clear();
         c.bytes.extend_from_slice(serialized_key);
@@ -230,6 +247,22 @@ impl KeyedStateBackend for RocksDbBackend {
         Self::set_prefix(c);
         c.set = true;
         Ok(())
+    }
+
+    fn prefetches(&self) -> bool {
+        self.cache.enabled()
+    }
+
+    /// Notes where `serialized_key`'s entries in the states the last key used would be
+    /// found in the cache (value, reducing and aggregating states with a zero-sized
+    /// namespace; `prefetch.rs`); the next `set_current_key` touches every slot noted since
+    /// the last one, together.
+    #[inline]
+    fn prefetch_key(&mut self, serialized_key: &[u8]) {
+        let kg = key_group_for_key(serialized_key, self.max_parallelism);
+        if self.range.contains(kg) && self.cache.enabled() {
+            self.recent.hint(kg, serialized_key);
+        }
     }
 
     fn current_key(&self) -> Option<&[u8]> {
@@ -500,7 +533,7 @@ impl KeyedStateBackend for RocksDbBackend {
     ) -> Result<Option<OUT>> {
         let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
         let func = self.typed::<Agg<IN, ACC, OUT, N>>(idx)?.func.clone();
-        let key = self.key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
+        let key = self.cached_key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
         let out = self.read(idx, &key, |t: &Agg<IN, ACC, OUT, N>| &t.acc);
         self.scratch = key;
         Ok(out?.map(|acc| func.result(&acc)))
@@ -515,7 +548,7 @@ impl KeyedStateBackend for RocksDbBackend {
         let idx = self.check(s.raw(), Some(StateKind::Aggregating))?;
         let func: Arc<dyn AggregateFunction<IN, ACC, OUT>> =
             self.typed::<Agg<IN, ACC, OUT, N>>(idx)?.func.clone();
-        let key = self.key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
+        let key = self.cached_key_for(idx, |t: &Agg<IN, ACC, OUT, N>| &t.ns, ns)?;
         let out = self.modify(
             idx,
             &key,
