@@ -414,8 +414,8 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    use crate::test_support::Mem;
-    use crate::{RocksDbConfig, RocksDbOptions};
+    use crate::test_support::{u64_backend, Mem};
+    use crate::RocksDbOptions;
 
     thread_local! {
         /// Forces the restores of this thread to split as given, however small.
@@ -426,15 +426,7 @@ mod tests {
     const KEYS: u64 = 3000;
 
     fn backend(dir: &Path, range: KeyGroupRange) -> RocksDbBackend {
-        RocksDbBackend::new(RocksDbConfig {
-            uid: "op".into(),
-            max_parallelism: MAX_P,
-            key_group_range: range,
-            key_codec: BincodeCodec::<u64>::new().identity().clone(),
-            local_dir: dir.to_path_buf(),
-            options: RocksDbOptions::default(),
-        })
-        .unwrap()
+        u64_backend(dir, range, RocksDbOptions::default().cache_capacity)
     }
 
     /// The test's states: a value, a list and a map per key.

@@ -119,21 +119,11 @@ mod tests {
     use super::MAX_PENDING;
     use crate::backend::CurrentKey;
     use crate::cache::Cache;
-    use crate::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+    use crate::test_support::u64_backend;
+    use crate::RocksDbBackend;
 
     fn backend(dir: &std::path::Path, cache_capacity: usize) -> RocksDbBackend {
-        RocksDbBackend::new(RocksDbConfig {
-            uid: "op".into(),
-            max_parallelism: 128,
-            key_group_range: KeyGroupRange::new(0, 64),
-            key_codec: BincodeCodec::<u64>::new().identity().clone(),
-            local_dir: dir.to_path_buf(),
-            options: RocksDbOptions {
-                cache_capacity,
-                ..RocksDbOptions::default()
-            },
-        })
-        .unwrap()
+        u64_backend(dir, KeyGroupRange::new(0, 64), cache_capacity)
     }
 
     fn key(k: u64) -> Vec<u8> {

@@ -393,22 +393,11 @@ pub(crate) struct Seal {
 mod tests {
     use cairn_core::*;
 
-    use crate::test_support::Mem;
-    use crate::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+    use crate::test_support::{u64_backend, Mem};
+    use crate::RocksDbBackend;
 
     fn backend(dir: &std::path::Path, cache_capacity: usize) -> RocksDbBackend {
-        RocksDbBackend::new(RocksDbConfig {
-            uid: "op".into(),
-            max_parallelism: 128,
-            key_group_range: KeyGroupRange::all(128),
-            key_codec: BincodeCodec::<u64>::new().identity().clone(),
-            local_dir: dir.to_path_buf(),
-            options: RocksDbOptions {
-                cache_capacity,
-                ..RocksDbOptions::default()
-            },
-        })
-        .unwrap()
+        u64_backend(dir, KeyGroupRange::all(128), cache_capacity)
     }
 
     fn set_key(b: &mut RocksDbBackend, k: u64) {

@@ -3,7 +3,32 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cairn_core::{FileArea, FileRef, Result, SnapshotSource, SnapshotTarget};
+use cairn_core::{
+    BincodeCodec, Codec, FileArea, FileRef, KeyGroupRange, Result, SnapshotSource, SnapshotTarget,
+};
+
+use crate::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+
+/// A backend under `dir` for `u64` keys of a job with 128 key groups, owning `range`, with
+/// a write-back cache of `cache_capacity` entries (0: none) and default options otherwise.
+pub(crate) fn u64_backend(
+    dir: &std::path::Path,
+    range: KeyGroupRange,
+    cache_capacity: usize,
+) -> RocksDbBackend {
+    RocksDbBackend::new(RocksDbConfig {
+        uid: "op".into(),
+        max_parallelism: 128,
+        key_group_range: range,
+        key_codec: BincodeCodec::<u64>::new().identity().clone(),
+        local_dir: dir.to_path_buf(),
+        options: RocksDbOptions {
+            cache_capacity,
+            ..RocksDbOptions::default()
+        },
+    })
+    .expect("open a backend")
+}
 
 /// Snapshot files in memory: a target for checkpoint 1 without a shared area, and the
 /// source to restore them from.
