@@ -33,6 +33,7 @@ mod codec;
 mod error;
 mod keygroup;
 mod operator;
+mod prefetch;
 mod snapshot;
 mod state;
 
@@ -50,6 +51,7 @@ pub use keygroup::{
 pub use operator::{
     redistribute, OperatorListStateDescriptor, OperatorListStateId, OperatorStateBackend,
 };
+pub use prefetch::{PrefetchHints, StateIndexes};
 pub use snapshot::{
     is_valid_file_name, restore_metas, CancelToken, CanonicalFile, ChangelogSegment, FileArea,
     FileRef, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution,

@@ -42,10 +42,6 @@ struct CurrentKey {
     inline: Option<InlineKey>,
 }
 
-/// The most buckets waiting to be touched (more prefetch hints before the next key is set
-/// are dropped).
-const MAX_PENDING: usize = 256;
-
 /// The heap state backend: typed values in sharded hash tables, updated in place, with
 /// copy-on-write snapshots and incremental checkpoints by key group.
 pub struct HashMapBackend {
@@ -61,14 +57,10 @@ pub struct HashMapBackend {
     raw: BTreeMap<String, Arc<RawState>>,
     restored: bool,
     inc: Incremental,
-    /// The states (bit `i`: state index `i`, the first 64) accessed since the current key
-    /// was set, and those the last key that accessed any used: what
-    /// [`KeyedStateBackend::prefetch_key`] touches.
-    used: u64,
-    used_before: u64,
-    /// `(state index, key group index, key hash)` of the entries hinted at since the
-    /// current key was set: `set_current_key` touches them together.
-    pending: Vec<(u32, u32, u64)>,
+    /// The states recent keys used, and `(state index, key group index, key hash)` of the
+    /// entries hinted at since the current key was set: `set_current_key` touches them
+    /// together.
+    hints: PrefetchHints<(u32, u32, u64)>,
 }
 
 impl fmt::Debug for HashMapBackend {
@@ -111,9 +103,7 @@ impl HashMapBackend {
             raw: BTreeMap::new(),
             restored: false,
             inc: Incremental::new(range.len()),
-            used: 0,
-            used_before: 0,
-            pending: Vec::new(),
+            hints: PrefetchHints::default(),
         })
     }
 
@@ -183,13 +173,12 @@ impl HashMapBackend {
 
     /// Touches the buckets noted by `prefetch_key`, one after another without other work
     /// in between, so that their cache misses overlap.
-    fn touch_pending(&mut self) {
-        for &(i, kg_idx, hash) in &self.pending {
+    fn touch_pending(&self) {
+        for &(i, kg_idx, hash) in self.hints.pending() {
             if let Some(r) = self.states.get(i as usize) {
                 r.state.touch(kg_idx as usize, hash);
             }
         }
-        self.pending.clear();
     }
 
     /// The typed state `id`, the current key, and whether to mark its key group dirty.
@@ -204,13 +193,13 @@ impl HashMapBackend {
             states,
             current,
             inc,
-            used,
+            hints,
             ..
         } = self;
         let Some(r) = states.get_mut(id.index as usize) else {
             return Err(StateError::UnknownState { index: id.index });
         };
-        *used |= 1u64.checked_shl(id.index).unwrap_or(0);
+        hints.note(id.index);
         if r.meta.kind != kind || id.kind != kind {
             return Err(kind_mismatch(&r.meta, id.kind, kind));
         }
@@ -337,13 +326,10 @@ impl KeyedStateBackend for HashMapBackend {
         c.hash = key_hash(serialized_key);
         c.inline = InlineKey::new(serialized_key);
         c.set = true;
-        if !self.pending.is_empty() {
+        if !self.hints.pending().is_empty() {
             self.touch_pending();
         }
-        if self.used != 0 {
-            self.used_before = self.used;
-            self.used = 0;
-        }
+        self.hints.next_key();
         Ok(())
     }
 
@@ -356,8 +342,8 @@ impl KeyedStateBackend for HashMapBackend {
     /// next `set_current_key` touches every bucket noted since the last one, together.
     #[inline]
     fn prefetch_key(&mut self, serialized_key: &[u8]) {
-        let mut states = self.used | self.used_before;
-        if states == 0 || self.pending.len() >= MAX_PENDING {
+        let states = self.hints.states();
+        if states.is_empty() {
             return;
         }
         let kg = key_group_for_key(serialized_key, self.max_parallelism);
@@ -366,10 +352,8 @@ impl KeyedStateBackend for HashMapBackend {
         }
         let kg_idx = kg - self.range.start;
         let hash = key_hash(serialized_key);
-        while states != 0 {
-            let i = states.trailing_zeros();
-            states &= states - 1;
-            self.pending.push((i, kg_idx, hash));
+        for i in states {
+            self.hints.push((i, kg_idx, hash));
         }
     }
 

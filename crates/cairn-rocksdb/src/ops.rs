@@ -238,8 +238,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 range: self.range,
             });
         }
-        self.recent.issue(&self.cache);
-        self.recent.next_key();
+        self.recent.next_key(&self.cache);
         let c = &mut self.current;
         c.bytes.clear();
         c.bytes.extend_from_slice(serialized_key);

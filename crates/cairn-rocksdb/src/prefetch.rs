@@ -6,30 +6,21 @@
 //! alone (`state u32 BE | key group u16 BE | esc(key) | esc(namespace)`, with the same
 //! namespace bytes every time), while a windowed state's next namespace is not known ahead.
 
-use cairn_core::KeyGroup;
+use cairn_core::{KeyGroup, PrefetchHints};
 
 use crate::cache::Cache;
 use crate::layout::{push_escaped, push_kg};
 
-/// The most states one hint touches (the first this many state indexes take part).
-const MAX_STATES: u32 = 64;
-/// The most slots waiting to be touched (more hints before the next key is set are
-/// dropped).
-const MAX_PENDING: usize = 256;
-
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
-    /// Bit `i`: state `i` was read or written since the current key was set...
-    used: u64,
-    /// ...and by the last key that used any state.
-    used_before: u64,
+    /// The states recent keys used, and the hashes of the cache keys hinted at since the
+    /// current key was set.
+    hints: PrefetchHints<u32>,
     /// Per state index: the escaped namespace that ends its cache keys, once seen (empty:
     /// not seen yet, or not a zero-sized namespace).
     void_ns: Vec<Vec<u8>>,
     /// Scratch for the cache keys a hint builds.
     key: Vec<u8>,
-    /// Hashes of the cache keys hinted at since the last [`Self::issue`].
-    pending: Vec<u32>,
 }
 
 impl Recent {
@@ -37,13 +28,13 @@ impl Recent {
     /// starts at `ns_start`; only a zero-sized namespace type `N` counts.
     #[inline]
     pub(crate) fn note<N>(&mut self, idx: usize, key: &[u8], ns_start: usize) {
-        if std::mem::size_of::<N>() != 0 || idx as u32 >= MAX_STATES {
+        if std::mem::size_of::<N>() != 0 || idx as u32 >= PrefetchHints::<u32>::MAX_STATES {
             return;
         }
         if self.void_ns.get(idx).is_none_or(Vec::is_empty) {
             self.learn(idx, key.get(ns_start..).unwrap_or(&[]));
         }
-        self.used |= 1 << idx;
+        self.hints.note(idx as u32);
     }
 
     #[cold]
@@ -56,37 +47,25 @@ impl Recent {
         }
     }
 
-    /// A new current key: what the last one used becomes what the hints touch.
-    #[inline]
-    pub(crate) fn next_key(&mut self) {
-        if self.used != 0 {
-            self.used_before = self.used;
-            self.used = 0;
-        }
-    }
-
     /// Notes the cache keys of `serialized_key`'s entries (in key group `kg`) in the states
-    /// the last key used, to be touched by the next [`Self::issue`].
+    /// the last key used, to be touched by the next [`Self::next_key`].
     #[inline]
     pub(crate) fn hint(&mut self, kg: KeyGroup, serialized_key: &[u8]) {
-        let mut states = self.used | self.used_before;
-        if states == 0 || self.pending.len() >= MAX_PENDING {
+        let states = self.hints.states();
+        if states.is_empty() {
             return;
         }
         let Self {
             void_ns,
             key,
-            pending,
-            ..
+            hints,
         } = self;
         key.clear();
         key.extend_from_slice(&[0; 4]);
         push_kg(key, kg);
         push_escaped(key, serialized_key);
         let ns_start = key.len();
-        while states != 0 {
-            let idx = states.trailing_zeros();
-            states &= states - 1;
+        for idx in states {
             let Some(ns) = void_ns.get(idx as usize).filter(|ns| !ns.is_empty()) else {
                 continue;
             };
@@ -95,18 +74,19 @@ impl Recent {
             if let Some(state) = key.get_mut(..4) {
                 state.copy_from_slice(&idx.to_be_bytes());
             }
-            pending.push(Cache::hash(key));
+            hints.push(Cache::hash(key));
         }
     }
 
-    /// Touches the home slots of the hinted keys, one after another without other work in
-    /// between, so that their cache misses overlap.
+    /// A new current key: touches the home slots of the hinted keys, one after another
+    /// without other work in between, so that their cache misses overlap; what the last
+    /// key used becomes what later hints touch.
     #[inline]
-    pub(crate) fn issue(&mut self, cache: &Cache) {
-        if !self.pending.is_empty() {
-            cache.touch(&self.pending);
-            self.pending.clear();
+    pub(crate) fn next_key(&mut self, cache: &Cache) {
+        if !self.hints.pending().is_empty() {
+            cache.touch(self.hints.pending());
         }
+        self.hints.next_key();
     }
 }
 
@@ -116,7 +96,6 @@ mod tests {
 
     use cairn_core::*;
 
-    use super::MAX_PENDING;
     use crate::backend::CurrentKey;
     use crate::cache::Cache;
     use crate::test_support::u64_backend;
@@ -179,7 +158,7 @@ mod tests {
         // Nothing used yet: nothing to touch.
         let (k1, k2) = (key_where(true), key(999));
         b.prefetch_key(&k1);
-        assert!(b.recent.pending.is_empty());
+        assert!(b.recent.hints.pending().is_empty());
 
         b.set_current_key(&k1).unwrap();
         b.value_update(count, &(), 1).unwrap();
@@ -192,20 +171,20 @@ mod tests {
         };
         b.prefetch_key(&k2);
         let expected = vec![Cache::hash(&cache_key(count.raw().index as usize, &k2))];
-        assert_eq!(b.recent.pending, expected);
+        assert_eq!(b.recent.hints.pending(), expected.as_slice());
         // The current key's own accesses count as well, and the hints wait for the next key.
         b.value_get(unused, &()).unwrap();
         b.prefetch_key(&k2);
-        assert_eq!(b.recent.pending.len(), 3);
+        assert_eq!(b.recent.hints.pending().len(), 3);
         b.set_current_key(&k2).unwrap();
-        assert!(b.recent.pending.is_empty());
+        assert!(b.recent.hints.pending().is_empty());
         // A key of another range is ignored; a flood of hints is bounded.
         b.prefetch_key(&key_where(false));
-        assert!(b.recent.pending.is_empty());
-        for _ in 0..2 * MAX_PENDING {
+        assert!(b.recent.hints.pending().is_empty());
+        for _ in 0..2 * PrefetchHints::<u32>::MAX_PENDING {
             b.prefetch_key(&k1);
         }
-        assert!(b.recent.pending.len() <= MAX_PENDING + 64);
+        assert!(b.recent.hints.pending().len() <= PrefetchHints::<u32>::MAX_PENDING + 64);
         // Hints read and change nothing.
         assert_eq!(b.current_key(), Some(k2.as_slice()));
         b.set_current_key(&k1).unwrap();
@@ -225,6 +204,6 @@ mod tests {
         b.value_update(count, &(), 1).unwrap();
         assert!(!b.prefetches());
         b.prefetch_key(&k);
-        assert!(b.recent.pending.is_empty());
+        assert!(b.recent.hints.pending().is_empty());
     }
 }
