@@ -192,6 +192,7 @@ fn line(
         "checkpoint_bytes_p50": percentile(&bytes, 0.5),
         "sync_phase_ms_max": r.sync_phase_ms_max,
         "barrier_forward_ms_max": r.barrier_forward_ms_max,
+        "input_end_ms": r.input_end_ms,
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, x) in e {

@@ -174,6 +174,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "records": result.records,
         "checkpoints_completed": result.checkpoints_completed,
         "checkpoints_failed": result.checkpoints_failed,
+        "checkpoints_subsumed": result.checkpoints_subsumed,
         "restarts": result.restarts,
         "savepoint": result.savepoint,
         "checkpoint_dir": result.checkpoint_dir,

@@ -2,18 +2,25 @@
 //! dealt round-robin) and every record is counted exactly once across the restore.
 //!
 //! The barrier handling of aborted checkpoints is tested on one input task in `task.rs`
-//! (a job cannot make an abort arrive before a barrier on purpose).
+//! (a job cannot make an abort arrive before a barrier on purpose). A checkpoint in flight
+//! when the input ends is subsumed by the final checkpoint.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::GeneratorSource;
-use cairn_runtime::{source, CheckpointRetention, Job, JobConfig, JobGraph, RestoreFrom};
+use cairn_runtime::{
+    source, CheckpointRetention, Checkpointed, Collector, InitContext, Job, JobConfig, JobGraph,
+    JobResult, RestoreFrom, SnapshotContext, SnapshotMode, Source, SourceStatus,
+};
+use cairn_storage::fault::FaultyObjectStore;
+use cairn_storage::CheckpointStorage;
 use common::{check_exactly_once, config, read_output};
 
 const TOTAL: u64 = 8000;
@@ -123,4 +130,112 @@ fn generator_restores_a_checkpoint_of_parallelism_3_at_2() {
     let second = Job::new(graph(&output), cfg).run().expect("second run");
     assert!(second.restored_from.is_some(), "{second:?}");
     check_exactly_once(&expected(), &read_output(&output));
+}
+
+/// The generator, ending its input right after the first checkpoint's barrier passed it:
+/// the input ends while that checkpoint is still being written.
+#[derive(Clone)]
+struct EndsAtFirstBarrier {
+    inner: GeneratorSource,
+    end: bool,
+}
+
+impl Checkpointed for EndsAtFirstBarrier {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.inner.initialize_state(ctx)
+    }
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+        self.end = true;
+        self.inner.snapshot_state(ctx)
+    }
+}
+
+impl Source for EndsAtFirstBarrier {
+    type Out = u64;
+    fn poll(
+        &mut self,
+        out: &mut Collector<'_, u64>,
+        max: usize,
+    ) -> cairn_runtime::Result<SourceStatus> {
+        if self.end {
+            return Ok(SourceStatus::End);
+        }
+        self.inner.poll(out, max)
+    }
+}
+
+/// The input ends while checkpoint 1 is in flight (its writes take 300 ms each). With full
+/// snapshots the final checkpoint is triggered at once and checkpoint 1 is given up: it
+/// counts as subsumed (not failed), its directory is gone, and the final checkpoint is the
+/// only one left. With incremental snapshots the final checkpoint waits for checkpoint 1,
+/// whose uploads it reuses. Either way the committed output is exactly once.
+fn input_ends_during_a_checkpoint(mode: SnapshotMode) -> JobResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = dir.path().join("out");
+    let checkpoints = dir.path().join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).expect("checkpoint dir");
+    let storage = CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
+        let slow = Arc::new(FaultyObjectStore::new(inner));
+        slow.set_latency(Some(Duration::from_millis(300)));
+        slow
+    })
+    .expect("open storage");
+    let mut cfg = job_config(dir.path(), "checkpoints", 1);
+    cfg.checkpoint_storage = Some(storage.clone());
+    cfg.checkpoint.snapshot_mode = mode;
+    cfg.checkpoint.num_retained = 1;
+    let ends = EndsAtFirstBarrier {
+        inner: generator(),
+        end: false,
+    };
+    let graph = source("source", ends)
+        .key_by(|k: &u64| *k)
+        .process("count", Count::<u64, u64>::new())
+        .sink(
+            "sink",
+            TwoPhaseFileSink::new(&output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
+                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
+            }),
+        );
+    let result = Job::new(graph, cfg).run().expect("job");
+    assert_eq!(result.checkpoints_failed, 0, "{result:?}");
+    assert_eq!(
+        storage
+            .scan()
+            .expect("scan")
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "only the final checkpoint's directory is left"
+    );
+    assert_eq!(storage.completed_checkpoints().expect("list"), vec![2]);
+    let g = generator();
+    let mut counts = BTreeMap::new();
+    for n in 0..result.records {
+        *counts.entry(g.key_of(n).to_string()).or_insert(0) += 1;
+    }
+    assert!(result.records > 0 && result.records < TOTAL, "{result:?}");
+    check_exactly_once(&counts, &read_output(&output));
+    result
+}
+
+#[test]
+fn final_checkpoint_of_full_snapshots_subsumes_the_checkpoint_in_flight() {
+    let r = input_ends_during_a_checkpoint(SnapshotMode::Full);
+    assert_eq!(
+        (r.checkpoints_subsumed, r.checkpoints_completed),
+        (1, 1),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn final_checkpoint_of_incremental_snapshots_waits_for_the_checkpoint_in_flight() {
+    let r = input_ends_during_a_checkpoint(SnapshotMode::Incremental);
+    assert_eq!(
+        (r.checkpoints_subsumed, r.checkpoints_completed),
+        (0, 2),
+        "{r:?}"
+    );
 }
