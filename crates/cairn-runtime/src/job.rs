@@ -580,6 +580,7 @@ impl Driver {
             .iter()
             .map(|t| (*t, event_tx[t.stage][t.index as usize].clone()))
             .collect();
+        self.input_ended = None;
         let mut run = Run {
             attempt,
             events,
