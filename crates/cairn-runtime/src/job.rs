@@ -838,20 +838,20 @@ impl Driver {
                 if run.end_input_sent || run.stopping {
                     return None;
                 }
-                if all_sources_done && cp.snapshot_mode == SnapshotMode::Full {
-                    if !run.pending.values().any(|p| p.is_final) {
-                        self.subsume_for_final(run);
-                        self.trigger(run, BarrierKind::Checkpoint, None);
-                    }
-                    return None;
-                }
-                if checkpoints_pending >= cp.max_concurrent.max(1) {
-                    return None;
-                }
+                let at_limit = checkpoints_pending >= cp.max_concurrent.max(1);
                 if all_sources_done {
-                    if !run.pending.values().any(|p| p.is_final) {
-                        self.trigger(run, BarrierKind::Checkpoint, None);
+                    if run.pending.values().any(|p| p.is_final) {
+                        return None;
                     }
+                    if cp.snapshot_mode == SnapshotMode::Full {
+                        self.subsume_for_final(run);
+                    } else if at_limit {
+                        return None;
+                    }
+                    self.trigger(run, BarrierKind::Checkpoint, None);
+                    return None;
+                }
+                if at_limit {
                     return None;
                 }
                 let since_trigger = run.last_trigger.unwrap_or(run.started).elapsed();
