@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use cairn_core::{
     key_group_for_key, subtask_for_key_group, AsyncSnapshot, BincodeCodec, Codec, KeyGroupRange,
-    KeyedStateBackend, OperatorStateBackend, OperatorStateSnapshot, SnapshotOptions,
+    KeyedStateBackend, OperatorStateBackend, OperatorStateSnapshot, Redistribution,
+    SnapshotOptions,
 };
 use crossbeam_channel::{SendTimeoutError, Sender};
 
@@ -44,6 +45,9 @@ pub(crate) struct Barrier {
     pub(crate) unaligned: bool,
     /// When the coordinator triggered it.
     pub(crate) started: Instant,
+    /// The coordinator triggered every task itself (the final checkpoint, taken when every
+    /// task has finished): no task forwards it.
+    pub(crate) to_every_task: bool,
 }
 
 impl Barrier {
@@ -79,11 +83,13 @@ pub(crate) enum TaskEvent {
         barrier: Barrier,
         seq: u64,
     },
-    /// Sources: emit this barrier now.
+    /// Sources (and, for the final checkpoint, every task): snapshot now.
     Trigger(Barrier),
     Notify(Notification),
-    /// Sources: end the input (after the final checkpoint or a stop-with-savepoint).
-    EndInput,
+    /// Every task: the job is done (its final checkpoint or its stop-with-savepoint
+    /// completed, or it runs without checkpoints and every task has finished). The task
+    /// returns without running any operator's `finish`.
+    Exit,
     /// Sources: a stop-with-savepoint failed; go on reading.
     Resume,
     /// Tear down.
@@ -107,7 +113,27 @@ pub(crate) struct SyncPhase {
     /// Time spent forwarding the barrier downstream (flushing output batches and sending the
     /// barrier, waiting while the channels are full): not part of the state capture.
     pub(crate) forward: Duration,
+    /// Set by the task before the phase: its input has ended and its operators have
+    /// finished. Each operator is then marked finished ([`FINISHED_STATE`]) and keeps no
+    /// keyed state: no record will ever reach it again, and a restore from this snapshot
+    /// does not run it (FLIP-147's final checkpoint).
+    pub(crate) finished: bool,
 }
+
+impl SyncPhase {
+    /// The synchronous phase of a task that has (`finished`) or has not finished.
+    pub(crate) fn new(finished: bool) -> Self {
+        Self {
+            finished,
+            ..Self::default()
+        }
+    }
+}
+
+/// The name of the operator state that marks an operator subtask as finished in a snapshot
+/// (one element: the subtask index). A task whose operators are all marked finished is
+/// restored finished: it ends its output at once, without running `finish` again.
+pub const FINISHED_STATE: &str = "cairn.finished";
 
 /// What every task of one run shares.
 #[derive(Debug)]
@@ -173,6 +199,9 @@ pub(crate) trait Chain<T>: Send {
     fn notify(&mut self, n: Notification) -> Result<()>;
     /// The input ended: emit what is left, end the output.
     fn finish(&mut self) -> Result<()>;
+    /// The input ended and the task had finished already in the snapshot it was restored
+    /// from: end the output without running any operator's `finish` (it ran before).
+    fn end(&mut self) -> Result<()>;
     /// Sends partly filled output batches (the task is about to wait for input).
     fn flush(&mut self) -> Result<()>;
 }
@@ -223,12 +252,29 @@ impl OpSetup {
         };
         f.snapshot_state(&mut ctx)
             .map_err(|e| e.with_uid(&self.uid))?;
+        let mut operator_state = self.operator_state.snapshot().in_op(&self.uid)?;
+        if sync.finished {
+            let codec = BincodeCodec::<u32>::new();
+            let index = codec.encode_to_vec(&self.info.index).map_err(|source| {
+                let state = FINISHED_STATE.to_string();
+                RuntimeError::state(&self.uid, cairn_core::StateError::Codec { state, source })
+            })?;
+            // Operator states are sorted by name.
+            let at = operator_state.partition_point(|o| o.name.as_str() < FINISHED_STATE);
+            let marker = OperatorStateSnapshot {
+                name: FINISHED_STATE.to_string(),
+                mode: Redistribution::Split,
+                codec: codec.identity().clone(),
+                elements: vec![index],
+            };
+            operator_state.insert(at, marker);
+        }
         sync.parts.push(OperatorPart {
             uid: self.uid.clone(),
             index: self.info.index,
             range,
             keyed,
-            operator_state: self.operator_state.snapshot().in_op(&self.uid)?,
+            operator_state,
         });
         Ok(())
     }
@@ -299,6 +345,10 @@ where
             .finish(&mut out)
             .map_err(|e| e.with_uid(&self.setup.uid))?;
         self.next.finish()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.next.end()
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -400,11 +450,15 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
-        let options = self.setup.shared.options(barrier);
-        let keyed = self.backend.snapshot(options).in_op(&self.setup.uid)?;
+        let keyed = if sync.finished {
+            None
+        } else {
+            let options = self.setup.shared.options(barrier);
+            Some(self.backend.snapshot(options).in_op(&self.setup.uid)?)
+        };
         let range = self.backend.key_group_range();
         self.setup
-            .snapshot(&mut self.f, barrier, range, Some(keyed), sync)?;
+            .snapshot(&mut self.f, barrier, range, keyed, sync)?;
         self.next.snapshot(barrier, sync)
     }
 
@@ -419,6 +473,10 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
 
     fn finish(&mut self) -> Result<()> {
         self.next.finish()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.next.end()
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -466,6 +524,10 @@ impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
 
     fn finish(&mut self) -> Result<()> {
         self.sink.finish().map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    fn end(&mut self) -> Result<()> {
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -545,6 +607,9 @@ pub(crate) struct ExchangeOut<R: Route<T>, T> {
     sent: Vec<u64>,
     batch_size: usize,
     shared: Arc<TaskShared>,
+    /// The end of the output was sent: barriers go on the event lanes only (a marker
+    /// behind the end would never be read, and could fill the channel).
+    ended: bool,
     _in: std::marker::PhantomData<fn(T)>,
 }
 
@@ -567,6 +632,7 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
             sent: vec![0; n],
             batch_size: batch_size.max(1),
             shared,
+            ended: false,
             _in: std::marker::PhantomData,
         }
     }
@@ -594,6 +660,9 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        if barrier.to_every_task {
+            return Ok(());
+        }
         let started = Instant::now();
         let forwarded = self.forward(barrier);
         sync.forward += started.elapsed();
@@ -609,7 +678,12 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
         for tx in &self.senders {
             send_blocking(tx, DataMsg::End, &self.shared)?;
         }
+        self.ended = true;
         Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.finish()
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -633,8 +707,10 @@ impl<R: Route<T>, T: Send> ExchangeOut<R, T> {
                 seq: self.sent[i],
             });
         }
-        for tx in &self.senders {
-            send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
+        if !self.ended {
+            for tx in &self.senders {
+                send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
+            }
         }
         Ok(())
     }

@@ -59,10 +59,9 @@ pub struct CheckpointConfig {
     pub timeout: Duration,
     /// Minimum time between the end of one checkpoint and the trigger of the next (default 0).
     pub min_pause: Duration,
-    /// Checkpoints in flight at once (default 1). When a bounded input ends, the final
-    /// checkpoint waits for those in flight, except with [`SnapshotMode::Full`]: then it
-    /// gives them up (`JobResult::checkpoints_subsumed`) and starts at once, since it
-    /// rewrites everything they would.
+    /// Checkpoints in flight at once (default 1). When a bounded job has finished, its
+    /// final checkpoint gives up those still in flight (`JobResult::checkpoints_subsumed`)
+    /// and starts at once: it commits everything they would.
     pub max_concurrent: usize,
     /// Failed checkpoints tolerated in a row before the job fails over (default 0).
     pub tolerable_failures: u32,

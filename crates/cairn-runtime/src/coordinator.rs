@@ -69,10 +69,17 @@ pub(crate) enum CoordMsg {
     TaskStarted {
         attempt: u32,
     },
+    /// A source read its last record.
     SourceFinished {
         attempt: u32,
         task: TaskId,
     },
+    /// A task's input ended and its operators finished (it waits for the final checkpoint).
+    EndOfData {
+        attempt: u32,
+        task: TaskId,
+    },
+    /// A task's thread returned.
     TaskFinished {
         attempt: u32,
         task: TaskId,

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::chain::{
     Chain, DataMsg, ExchangeOut, KeyRoute, KeyedOp, OpSetup, ProcessOp, RebalanceRoute, SinkOp,
-    TaskEvent, TaskShared,
+    TaskEvent, TaskShared, FINISHED_STATE,
 };
 use crate::config::StateBackendConfig;
 use crate::error::{Result, RuntimeError};
@@ -38,6 +38,8 @@ pub(crate) struct Restore {
     pub(crate) manifest: Manifest,
     /// In-flight channel state per uid, per old subtask.
     pub(crate) inflight: HashMap<String, Vec<Vec<OperatorStateSnapshot>>>,
+    /// Per uid, per old subtask: finished in the snapshot ([`FINISHED_STATE`]).
+    pub(crate) finished: HashMap<String, Vec<bool>>,
     pub(crate) source: Box<dyn SnapshotSource>,
     /// What it is (for errors and summaries).
     pub(crate) description: String,
@@ -50,24 +52,33 @@ impl Restore {
         description: String,
     ) -> Self {
         let mut inflight = HashMap::new();
+        let mut finished = HashMap::new();
         for op in &mut manifest.operators {
             let mut per_subtask = Vec::with_capacity(op.subtasks.len());
+            let mut finished_subtasks = Vec::with_capacity(op.subtasks.len());
             let mut any = false;
             for s in &mut op.subtasks {
                 let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.operator_state)
                     .into_iter()
                     .partition(|o| o.name == crate::task::INFLIGHT_STATE);
                 any |= !taken.is_empty();
-                s.operator_state = kept;
+                let before = kept.len();
+                s.operator_state = kept
+                    .into_iter()
+                    .filter(|o| o.name != FINISHED_STATE)
+                    .collect();
+                finished_subtasks.push(s.operator_state.len() < before);
                 per_subtask.push(taken);
             }
             if any {
                 inflight.insert(op.uid.clone(), per_subtask);
             }
+            finished.insert(op.uid.clone(), finished_subtasks);
         }
         Self {
             manifest,
             inflight,
+            finished,
             source,
             description,
         }
@@ -141,6 +152,51 @@ impl BuildCtx {
             is_restored,
             shared: self.shared.clone(),
         })
+    }
+
+    /// Whether this subtask's task had finished in the snapshot it restores from: every
+    /// operator of the stage is marked finished there. An operator finished in some old
+    /// subtasks only can be restored at its old parallelism only (each subtask keeps its
+    /// own mark); a stage in which some operators finished and others did not (or are new)
+    /// cannot be restored, since the finished ones must not run again and the others must.
+    fn restored_finished(&self) -> Result<bool> {
+        let Some(r) = &self.restore else {
+            return Ok(false);
+        };
+        let err = |reason: String| RuntimeError::Restore {
+            reason: format!("{reason} in {}", r.description),
+        };
+        let mut finished = Vec::with_capacity(self.stage_uids.len());
+        for uid in &self.stage_uids {
+            let flags = r.finished.get(uid).map(Vec::as_slice).unwrap_or_default();
+            let done = if flags.iter().all(|f| *f) && !flags.is_empty() {
+                true
+            } else if !flags.iter().any(|f| *f) {
+                false
+            } else if flags.len() == self.info.parallelism as usize {
+                flags[self.info.index as usize]
+            } else {
+                return Err(err(format!(
+                    "operator {uid} had finished in {} of its {} subtasks; restore it at \
+                     parallelism {}, not {}",
+                    flags.iter().filter(|f| **f).count(),
+                    flags.len(),
+                    flags.len(),
+                    self.info.parallelism
+                )));
+            };
+            finished.push((uid, done));
+        }
+        let (done, running): (Vec<_>, Vec<_>) = finished.into_iter().partition(|(_, d)| *d);
+        match (done.first(), running.first()) {
+            (Some((a, _)), Some((b, _))) => Err(err(format!(
+                "operator {a} had finished but operator {b}, chained in the same task (subtask \
+                 {}), had not or is new",
+                self.info.index
+            ))),
+            (Some(_), None) => Ok(true),
+            _ => Ok(false),
+        }
     }
 
     fn plain_setup(&self, uid: &str) -> Result<OpSetup> {
@@ -325,10 +381,9 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
                     .limits
                     .take()
                     .ok_or_else(|| RuntimeError::Config("source without limits".into()))?;
-                Ok(
-                    Box::new(SourceTask::new(setup, source.get()?, chain, link, limits)?)
-                        as Box<dyn Task>,
-                )
+                let finished = ctx.restored_finished()?;
+                let task = SourceTask::new(setup, source.get()?, chain, link, limits, finished)?;
+                Ok(Box::new(task) as Box<dyn Task>)
             })
         }),
     }
@@ -533,6 +588,7 @@ fn input_task<X: Data>(
         .ok_or_else(|| RuntimeError::Config("a stage without operators".into()))?;
     let codec = BincodeCodec::<X>::new();
     let restored = ctx.restored_inflight(&uid, &codec, keep)?;
+    let finished = ctx.restored_finished()?;
     let link = ctx.take_link()?;
     Ok(Box::new(InputTask::new(
         chain,
@@ -541,6 +597,7 @@ fn input_task<X: Data>(
         ctx.align.clone(),
         InflightConfig { codec, mode, uid },
         restored,
+        finished,
     )))
 }
 

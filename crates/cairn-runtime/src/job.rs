@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::chain::{Barrier, BarrierKind, Notification, TaskEvent, TaskShared};
-use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom, SnapshotMode};
+use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom};
 use crate::coordinator::{spawn_async_workers, AsyncJob, CoordMsg, TaskId, WrittenPart};
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
@@ -33,8 +33,8 @@ pub struct JobResult {
     pub checkpoints_completed: u64,
     /// Checkpoints that failed (declined, timed out, failed to write).
     pub checkpoints_failed: u64,
-    /// Checkpoints given up because the input ended while they were in flight: the final
-    /// checkpoint covers them (neither completed nor failed).
+    /// Checkpoints given up because every task had finished while they were in flight: the
+    /// final checkpoint covers them (neither completed nor failed).
     pub checkpoints_subsumed: u64,
     /// Restarts after failures.
     pub restarts: u32,
@@ -67,8 +67,8 @@ pub struct JobResult {
     /// state restored, and ready to process its first record, milliseconds.
     pub startup_ms: f64,
     /// Time from the moment the sources of the last run had all read their last record
-    /// to the end of the job, milliseconds: the final checkpoint (with checkpointing) and
-    /// the draining of the tasks. Zero for a job that did not end by its input ending.
+    /// to the end of the job, milliseconds: the draining of the tasks and the final
+    /// checkpoint (with checkpointing). Zero for a job that did not end by its input ending.
     pub input_end_ms: f64,
 }
 
@@ -588,12 +588,14 @@ impl Driver {
             pending: BTreeMap::new(),
             finished: HashSet::new(),
             sources_finished: HashSet::new(),
+            data_finished: HashSet::new(),
             started: Instant::now(),
             job_start,
             tasks_started: 0,
             last_trigger: None,
             last_complete: None,
-            end_input_sent: false,
+            exit_sent: false,
+            final_tried: false,
             stopping: false,
             stopped_with: None,
             consecutive_failures: 0,
@@ -774,6 +776,11 @@ impl Driver {
                     }
                 }
             }
+            CoordMsg::EndOfData { attempt, task } => {
+                if attempt == run.attempt {
+                    run.data_finished.insert(task);
+                }
+            }
             CoordMsg::TaskFinished { attempt, task } => {
                 if attempt == run.attempt {
                     run.finished.insert(task);
@@ -789,8 +796,13 @@ impl Driver {
                 }
             }
             CoordMsg::Savepoint { dir, stop, reply } => {
-                if run.end_input_sent || run.stopping {
+                if run.exit_sent || run.stopping {
                     let _ = reply.send(Err("the job is finishing".into()));
+                } else if run.sources_finished.len() == run.source_tasks.len() {
+                    let _ = reply.send(Err(
+                        "the job's input has ended; it is finishing with its final checkpoint"
+                            .into(),
+                    ));
                 } else {
                     run.stopping |= stop;
                     run.queued.push_back((dir, stop, reply));
@@ -822,57 +834,67 @@ impl Driver {
                 .unwrap_or_else(|| "./savepoints".into());
             self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)));
         }
-        let all_sources_done = run.sources_finished.len() == run.source_tasks.len();
+        if run.exit_sent || run.stopping {
+            return None;
+        }
+        if run.data_finished.len() == run.events.len() {
+            match cp.interval {
+                None => self.exit(run),
+                Some(interval) => self.final_checkpoint(run, interval),
+            }
+            return None;
+        }
+        let interval = cp.interval?;
+        // Once the input has ended, the next checkpoint is the final one, when every task
+        // has finished.
+        if run.sources_finished.len() == run.source_tasks.len() {
+            return None;
+        }
         let checkpoints_pending = run
             .pending
             .values()
             .filter(|p| p.barrier.kind == BarrierKind::Checkpoint)
             .count();
-        match cp.interval {
-            None => {
-                if all_sources_done && !run.end_input_sent && !run.stopping {
-                    self.end_input(run);
-                }
-            }
-            Some(interval) => {
-                if run.end_input_sent || run.stopping {
-                    return None;
-                }
-                let at_limit = checkpoints_pending >= cp.max_concurrent.max(1);
-                if all_sources_done {
-                    if run.pending.values().any(|p| p.is_final) {
-                        return None;
-                    }
-                    if cp.snapshot_mode == SnapshotMode::Full {
-                        self.subsume_for_final(run);
-                    } else if at_limit {
-                        return None;
-                    }
-                    self.trigger(run, BarrierKind::Checkpoint, None);
-                    return None;
-                }
-                if at_limit {
-                    return None;
-                }
-                let since_trigger = run.last_trigger.unwrap_or(run.started).elapsed();
-                let paused = run
-                    .last_complete
-                    .is_none_or(|t| t.elapsed() >= cp.min_pause);
-                if since_trigger >= interval && paused {
-                    self.trigger(run, BarrierKind::Checkpoint, None);
-                }
-            }
+        if checkpoints_pending >= cp.max_concurrent.max(1) {
+            return None;
+        }
+        let since_trigger = run.last_trigger.unwrap_or(run.started).elapsed();
+        let paused = run
+            .last_complete
+            .is_none_or(|t| t.elapsed() >= cp.min_pause);
+        if since_trigger >= interval && paused {
+            self.trigger(run, BarrierKind::Checkpoint, None);
         }
         None
     }
 
-    /// The input ended and every checkpoint holds the whole state: the final checkpoint
-    /// about to be triggered writes everything the checkpoints still in flight would, so
-    /// they are given up now instead of delaying the end of the job by their remaining time
-    /// (their writes are cancelled and their files deleted; they count neither as completed
-    /// nor as failed). Savepoints in flight go on. Incremental and changelog snapshots do
-    /// not get here: their final checkpoint waits for the one in flight, whose uploads it
-    /// reuses (giving it up made W1's incremental RocksDB configuration slower).
+    /// Every task has finished: takes the final checkpoint (FLIP-147's order). The
+    /// coordinator triggers every task itself, since nothing is in flight any more; each
+    /// operator is marked finished and keeps no keyed state, so the checkpoint is small and
+    /// quick, and a restore from it ends the job at once. Its completion commits what the
+    /// operators emitted up to the end, `finish` included, and then every task exits.
+    /// Savepoints in flight complete first; checkpoints in flight are given up.
+    fn final_checkpoint(&mut self, run: &mut Run, interval: Duration) {
+        if run
+            .pending
+            .values()
+            .any(|p| p.is_final || p.barrier.is_savepoint())
+        {
+            return;
+        }
+        // A final checkpoint that failed is retried an interval later.
+        if run.final_tried && run.last_trigger.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
+        self.subsume_for_final(run);
+        run.final_tried = true;
+        self.trigger(run, BarrierKind::Checkpoint, None);
+    }
+
+    /// Every task has finished: the final checkpoint about to be triggered subsumes the
+    /// checkpoints still in flight, so they are given up now instead of delaying the end of
+    /// the job by their remaining time (their writes are cancelled and their files deleted;
+    /// they count neither as completed nor as failed).
     fn subsume_for_final(&mut self, run: &mut Run) {
         let in_flight: Vec<u64> = run
             .pending
@@ -890,12 +912,12 @@ impl Driver {
         }
     }
 
-    fn end_input(&mut self, run: &mut Run) {
-        run.end_input_sent = true;
-        for (task, tx) in &run.events {
-            if run.source_tasks.contains(task) {
-                let _ = tx.send(TaskEvent::EndInput);
-            }
+    /// Tells every task to exit (after the final checkpoint's or stop-with-savepoint's
+    /// completion notification, which the tasks receive first).
+    fn exit(&mut self, run: &mut Run) {
+        run.exit_sent = true;
+        for (_, tx) in &run.events {
+            let _ = tx.send(TaskEvent::Exit);
         }
     }
 
@@ -946,17 +968,19 @@ impl Driver {
                 }
             }
         };
+        let is_final =
+            kind == BarrierKind::Checkpoint && run.data_finished.len() == run.events.len();
         let barrier = Barrier {
             id,
             kind,
             unaligned: kind == BarrierKind::Checkpoint
+                && !is_final
                 && cp.unaligned
                 && cp.mode == CheckpointingMode::ExactlyOnce
                 && cp.aligned_timeout.is_zero(),
             started: Instant::now(),
+            to_every_task: is_final,
         };
-        let is_final =
-            kind == BarrierKind::Checkpoint && run.sources_finished.len() == run.source_tasks.len();
         run.pending.insert(
             id,
             Pending {
@@ -976,7 +1000,7 @@ impl Driver {
             run.last_trigger = Some(Instant::now());
         }
         for (task, tx) in &run.events {
-            if run.source_tasks.contains(task) {
+            if is_final || run.source_tasks.contains(task) {
                 let _ = tx.send(TaskEvent::Trigger(barrier));
             }
         }
@@ -1118,7 +1142,12 @@ impl Driver {
                 .iter_mut()
                 .find(|(u, i, _)| *u == uid && *i == index)
             {
-                Some((_, _, part)) => part.operator_state.push(state),
+                Some((_, _, part)) => {
+                    // Operator states are sorted by name.
+                    let states = &mut part.operator_state;
+                    let at = states.partition_point(|o| o.name < state.name);
+                    states.insert(at, state);
+                }
                 None => {
                     missing = Some(format!(
                         "in-flight records for operator {uid} subtask {index}, which has no part"
@@ -1156,7 +1185,7 @@ impl Driver {
                 // Retention failures do not fail the job; the next completion retries.
                 let _ = storage.retain(self.config.checkpoint.num_retained.max(1));
                 if p.is_final {
-                    self.end_input(run);
+                    self.exit(run);
                 }
             }
             Target::Savepoint(writer, path) => {
@@ -1172,7 +1201,7 @@ impl Driver {
                         if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
                             self.broadcast(run, Notification::Complete(id));
                             run.stopped_with = Some(path);
-                            self.end_input(run);
+                            self.exit(run);
                         }
                     }
                     Err(reason) => {
@@ -1237,14 +1266,21 @@ struct Run {
     events: Vec<(TaskId, Sender<TaskEvent>)>,
     source_tasks: Vec<TaskId>,
     pending: BTreeMap<u64, Pending>,
+    /// Tasks whose threads returned.
     finished: HashSet<TaskId>,
     sources_finished: HashSet<TaskId>,
+    /// Tasks whose input ended and whose operators finished.
+    data_finished: HashSet<TaskId>,
     started: Instant,
     job_start: Instant,
     tasks_started: usize,
     last_trigger: Option<Instant>,
     last_complete: Option<Instant>,
-    end_input_sent: bool,
+    /// Every task was told to exit.
+    exit_sent: bool,
+    /// A final checkpoint was triggered in this run (a failed one is retried an interval
+    /// later).
+    final_tried: bool,
     stopping: bool,
     stopped_with: Option<String>,
     consecutive_failures: u32,

@@ -39,6 +39,7 @@ pub mod sinks;
 pub mod sources;
 mod task;
 
+pub use chain::FINISHED_STATE;
 pub use config::{
     CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig, RestartStrategy,
     RestoreFrom, SnapshotMode, StateBackendConfig,

@@ -246,20 +246,19 @@ impl<T: Send + 'static> Sink<T> for TwoPhaseFileSink<T> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        // With checkpointing, the final checkpoint pre-committed and committed everything;
-        // what is left (no checkpointing) is committed now.
+        // With checkpointing, the final checkpoint (taken after every task has finished)
+        // pre-commits the file being written and its completion commits it, so what `finish`
+        // emitted upstream is committed exactly once too. Without checkpointing, everything
+        // is committed now.
+        if self.checkpointing {
+            return Ok(());
+        }
         if let Some(name) = self.pre_commit()? {
             self.commit(&name)?;
-            self.sync_dir()?;
         }
-        let pending = std::mem::take(&mut self.pending);
-        if !self.checkpointing {
-            for (_, name) in &pending {
-                self.commit(name)?;
-            }
-        } else {
-            self.pending = pending;
+        for (_, name) in std::mem::take(&mut self.pending) {
+            self.commit(&name)?;
         }
-        Ok(())
+        self.sync_dir()
     }
 }

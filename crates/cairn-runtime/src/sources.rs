@@ -298,6 +298,9 @@ mod tests {
         fn finish(&mut self) -> Result<()> {
             Ok(())
         }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
         fn flush(&mut self) -> Result<()> {
             Ok(())
         }

@@ -51,8 +51,17 @@ impl TaskLink {
     }
 
     /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
+    /// The task's input has ended and its operators have finished; it waits for the final
+    /// checkpoint (or, without checkpoints, for the others) before it exits.
+    fn end_of_data(&self) {
+        let _ = self.coord.send(CoordMsg::EndOfData {
+            attempt: self.attempt,
+            task: self.id,
+        });
+    }
+
     fn synced_with(&self, id: u64, started: Instant, sync: SyncPhase, inflight_follows: bool) {
-        let SyncPhase { parts, forward } = sync;
+        let SyncPhase { parts, forward, .. } = sync;
         // The coordinator outlives every task of its run.
         let _ = self.coord.send(CoordMsg::Synced {
             attempt: self.attempt,
@@ -95,6 +104,9 @@ impl<T> Chain<T> for Counted<T> {
     fn finish(&mut self) -> Result<()> {
         self.next.finish()
     }
+    fn end(&mut self) -> Result<()> {
+        self.next.end()
+    }
     fn flush(&mut self) -> Result<()> {
         self.next.flush()
     }
@@ -117,6 +129,11 @@ pub(crate) struct SourceTask<S: Source> {
     chain: Counted<S::Out>,
     link: TaskLink,
     limits: SourceLimits,
+    /// Restored from a snapshot in which this task had finished: it reads nothing and ends
+    /// its output without running `finish` again.
+    restored_finished: bool,
+    /// The input ended and the chain's output was ended.
+    finished: bool,
 }
 
 impl<S: Source> SourceTask<S> {
@@ -126,6 +143,7 @@ impl<S: Source> SourceTask<S> {
         chain: Box<dyn Chain<S::Out>>,
         link: TaskLink,
         limits: SourceLimits,
+        restored_finished: bool,
     ) -> Result<Self> {
         let range = KeyGroupRange::for_subtask(
             setup.info.max_parallelism,
@@ -144,12 +162,31 @@ impl<S: Source> SourceTask<S> {
             },
             link,
             limits,
+            restored_finished,
+            finished: false,
         })
+    }
+
+    /// The source has no more records: ends the chain's output (running the operators'
+    /// `finish`, unless they ran before the snapshot this task was restored from).
+    fn end_of_input(&mut self) -> Result<()> {
+        let _ = self.link.coord.send(CoordMsg::SourceFinished {
+            attempt: self.link.attempt,
+            task: self.link.id,
+        });
+        if self.restored_finished {
+            self.chain.end()?;
+        } else {
+            self.chain.finish()?;
+        }
+        self.finished = true;
+        self.link.end_of_data();
+        Ok(())
     }
 
     fn snapshot(&mut self, barrier: &Barrier) -> Result<()> {
         let t = Instant::now();
-        let mut sync = SyncPhase::default();
+        let mut sync = SyncPhase::new(self.finished);
         self.setup
             .snapshot(&mut self.source, barrier, self.range, None, &mut sync)?;
         self.chain.snapshot(barrier, &mut sync)?;
@@ -170,10 +207,7 @@ impl<S: Source> SourceTask<S> {
                 self.setup.notify(&mut self.source, n)?;
                 self.chain.notify(n)?;
             }
-            TaskEvent::EndInput => {
-                self.chain.finish()?;
-                return Ok(true);
-            }
+            TaskEvent::Exit => return Ok(true),
             TaskEvent::Resume => *stopped = false,
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
             TaskEvent::Barrier { .. } => {}
@@ -214,6 +248,10 @@ impl<S: Source> Task for SourceTask<S> {
         let started = Instant::now();
         let mut ended = false;
         let mut stopped = false;
+        if self.restored_finished {
+            self.end_of_input()?;
+            ended = true;
+        }
         loop {
             loop {
                 match self.link.events.try_recv() {
@@ -252,10 +290,7 @@ impl<S: Source> Task for SourceTask<S> {
                         SourceStatus::End => {
                             ended = true;
                             idle = true;
-                            let _ = self.link.coord.send(CoordMsg::SourceFinished {
-                                attempt: self.link.attempt,
-                                task: self.link.id,
-                            });
+                            self.end_of_input()?;
                         }
                     }
                 }
@@ -356,6 +391,11 @@ pub(crate) struct InputTask<X> {
     /// still running must not be lost with a newer one.
     aborted: BTreeSet<u64>,
     next_read: usize,
+    /// Restored from a snapshot in which this task had finished: when its input ends it
+    /// ends its output without running `finish` again.
+    restored_finished: bool,
+    /// Every input ended and the chain's output was ended.
+    finished: bool,
 }
 
 impl<X: crate::function::Data> InputTask<X> {
@@ -366,6 +406,7 @@ impl<X: crate::function::Data> InputTask<X> {
         config: AlignConfig,
         inflight: InflightConfig<X>,
         restored: Vec<X>,
+        restored_finished: bool,
     ) -> Self {
         Self {
             chain,
@@ -388,6 +429,8 @@ impl<X: crate::function::Data> InputTask<X> {
             last_handled: 0,
             aborted: BTreeSet::new(),
             next_read: 0,
+            restored_finished,
+            finished: false,
         }
     }
 
@@ -473,17 +516,23 @@ impl<X: crate::function::Data> InputTask<X> {
         self.chain.push_batch(batch)
     }
 
-    fn drain_events(&mut self) -> Result<()> {
+    /// Handles the queued events; `Ok(true)`: the task is done.
+    fn drain_events(&mut self) -> Result<bool> {
         loop {
             match self.link.events.try_recv() {
-                Ok(ev) => self.on_event(ev)?,
-                Err(TryRecvError::Empty) => return Ok(()),
+                Ok(ev) => {
+                    if self.on_event(ev)? {
+                        return Ok(true);
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(false),
                 Err(TryRecvError::Disconnected) => return Err(RuntimeError::Cancelled),
             }
         }
     }
 
-    fn on_event(&mut self, ev: TaskEvent) -> Result<()> {
+    /// `Ok(true)`: the task is done.
+    fn on_event(&mut self, ev: TaskEvent) -> Result<bool> {
         match ev {
             TaskEvent::Barrier {
                 channel,
@@ -496,9 +545,46 @@ impl<X: crate::function::Data> InputTask<X> {
                 }
                 self.chain.notify(n)?;
             }
+            TaskEvent::Trigger(b) => self.triggered(b)?,
+            TaskEvent::Exit => return Ok(true),
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
-            TaskEvent::Trigger(_) | TaskEvent::EndInput | TaskEvent::Resume => {}
+            TaskEvent::Resume => {}
         }
+        Ok(false)
+    }
+
+    /// The coordinator triggered this task itself: the final checkpoint, taken when every
+    /// task has finished. Nothing is in flight, so the snapshot is taken at once.
+    fn triggered(&mut self, b: Barrier) -> Result<()> {
+        if !self.finished {
+            self.link.declined(
+                b.id,
+                format!(
+                    "task {} was triggered directly before its input ended",
+                    self.link.id
+                ),
+            );
+            return Ok(());
+        }
+        self.last_handled = self.last_handled.max(b.id);
+        self.drop_stale();
+        let t = Instant::now();
+        let mut sync = SyncPhase::new(true);
+        self.chain.snapshot(&b, &mut sync)?;
+        self.link.synced(b.id, t, sync);
+        Ok(())
+    }
+
+    /// Every input ended: ends the chain's output (running the operators' `finish`, unless
+    /// they ran before the snapshot this task was restored from) and tells the coordinator.
+    fn end_of_input(&mut self) -> Result<()> {
+        if self.restored_finished {
+            self.chain.end()?;
+        } else {
+            self.chain.finish()?;
+        }
+        self.finished = true;
+        self.link.end_of_data();
         Ok(())
     }
 
@@ -667,7 +753,7 @@ impl<X: crate::function::Data> InputTask<X> {
         let t = Instant::now();
         let mut barrier = a.barrier;
         barrier.unaligned = true;
-        let mut sync = SyncPhase::default();
+        let mut sync = SyncPhase::new(self.finished);
         self.chain.snapshot(&barrier, &mut sync)?;
         // The asynchronous phase starts now; the in-flight records follow when every
         // channel's barrier has come.
@@ -695,7 +781,7 @@ impl<X: crate::function::Data> InputTask<X> {
             });
         } else {
             let t = Instant::now();
-            let mut sync = SyncPhase::default();
+            let mut sync = SyncPhase::new(self.finished);
             self.chain.snapshot(&a.barrier, &mut sync)?;
             self.link.synced(id, t, sync);
         }
@@ -771,14 +857,17 @@ impl<X: crate::function::Data> Task for InputTask<X> {
             self.chain.push(r)?;
         }
         loop {
-            self.drain_events()?;
-            self.progress()?;
-            if self.align.is_none() && self.channels.iter().all(|c| c.ended && c.replay.is_empty())
-            {
-                self.chain.finish()?;
+            if self.drain_events()? {
                 return Ok(());
             }
-            if !self.read_one()? {
+            self.progress()?;
+            if !self.finished
+                && self.align.is_none()
+                && self.channels.iter().all(|c| c.ended && c.replay.is_empty())
+            {
+                self.end_of_input()?;
+            }
+            if self.finished || !self.read_one()? {
                 self.chain.flush()?;
                 self.wait()?;
             }
@@ -828,6 +917,9 @@ mod tests {
         fn finish(&mut self) -> Result<()> {
             Ok(())
         }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
         fn flush(&mut self) -> Result<()> {
             Ok(())
         }
@@ -849,6 +941,7 @@ mod tests {
             kind,
             unaligned,
             started: Instant::now(),
+            to_every_task: false,
         }
     }
 
@@ -885,6 +978,7 @@ mod tests {
                     uid: "op".into(),
                 },
                 Vec::new(),
+                false,
             );
             Self {
                 task,
