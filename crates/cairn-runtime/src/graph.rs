@@ -85,6 +85,45 @@ impl Restore {
     }
 }
 
+impl Restore {
+    /// Refuses a snapshot in which an operator had finished (in any subtask) while an
+    /// operator upstream of it, in the job's `stages` (upstream first), had not finished in
+    /// every subtask or is new: that one would send records to an operator that no longer
+    /// has its keyed state and never runs `finish` again.
+    pub(crate) fn check_finished_order(&self, stages: &[Vec<String>]) -> Result<()> {
+        let finished_in = |uid: &str, all: bool| {
+            self.finished.get(uid).is_some_and(|f| {
+                if all {
+                    !f.is_empty() && f.iter().all(|x| *x)
+                } else {
+                    f.iter().any(|x| *x)
+                }
+            })
+        };
+        let mut running_upstream: Option<&str> = None;
+        for uids in stages {
+            if let Some(up) = running_upstream {
+                if let Some(uid) = uids.iter().find(|u| finished_in(u, false)) {
+                    return Err(RuntimeError::Restore {
+                        reason: format!(
+                            "operator {uid} had finished in {} but operator {up} upstream of it \
+                             had not (or is new): it would send records to a finished operator",
+                            self.description
+                        ),
+                    });
+                }
+            }
+            if running_upstream.is_none() {
+                running_upstream = uids
+                    .iter()
+                    .find(|u| !finished_in(u, true))
+                    .map(String::as_str);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A type-erased end of an exchange's channels.
 pub(crate) type Erased = Box<dyn Any + Send>;
 /// A stage's output channels and the event lanes of the receiving tasks.

@@ -420,7 +420,10 @@ impl Driver {
             manifest.operators.retain(|o| uids.contains(&o.uid));
         }
         self.next_id = self.next_id.max(manifest.checkpoint_id + 1);
-        Ok(Some(Arc::new(Restore::new(manifest, source, description))))
+        let restore = Restore::new(manifest, source, description);
+        let stages: Vec<Vec<String>> = self.graph.stages.iter().map(|s| s.uids.clone()).collect();
+        restore.check_finished_order(&stages)?;
+        Ok(Some(Arc::new(restore)))
     }
 
     fn run_once(
@@ -645,7 +648,10 @@ impl Driver {
                 };
             }
             if let Some(flag) = &self.signal {
-                if flag.load(Ordering::Relaxed) && !run.stopping {
+                // Once the input has ended, the job is finishing anyway (and savepoints are
+                // refused): the signal is ignored.
+                let input_ended = run.sources_finished.len() == run.source_tasks.len();
+                if flag.load(Ordering::Relaxed) && !run.stopping && !input_ended {
                     let (tx, _rx) = crossbeam_channel::bounded(1);
                     run.queued.push_back((None, true, tx));
                     run.stopping = true;
@@ -834,22 +840,39 @@ impl Driver {
                 .unwrap_or_else(|| "./savepoints".into());
             self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)));
         }
+        // Checkpoints that could not even begin count against the tolerance too.
+        if run.consecutive_failures > cp.tolerable_failures {
+            let reason = self.result.checkpoint_failure_reasons.last();
+            return Some(Outcome::Failed {
+                error: RuntimeError::Checkpoint {
+                    checkpoint_id: self.next_id.saturating_sub(1),
+                    reason: format!(
+                        "{} ({} failed in a row, {} tolerated)",
+                        reason.map_or("", String::as_str),
+                        run.consecutive_failures,
+                        cp.tolerable_failures
+                    ),
+                },
+                fatal: false,
+            });
+        }
         if run.exit_sent || run.stopping {
             return None;
         }
         if run.data_finished.len() == run.events.len() {
             match cp.interval {
-                None => self.exit(run),
+                None => {
+                    if !run.pending.values().any(|p| p.barrier.is_savepoint()) {
+                        self.exit(run);
+                    }
+                }
                 Some(interval) => self.final_checkpoint(run, interval),
             }
             return None;
         }
+        // Periodic checkpoints go on while the tasks drain after the input ended (finished
+        // tasks take part); the final checkpoint gives up any still in flight.
         let interval = cp.interval?;
-        // Once the input has ended, the next checkpoint is the final one, when every task
-        // has finished.
-        if run.sources_finished.len() == run.source_tasks.len() {
-            return None;
-        }
         let checkpoints_pending = run
             .pending
             .values()

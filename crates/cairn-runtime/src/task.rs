@@ -50,7 +50,6 @@ impl TaskLink {
         self.synced_with(id, started, sync, false);
     }
 
-    /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
     /// The task's input has ended and its operators have finished; it waits for the final
     /// checkpoint (or, without checkpoints, for the others) before it exits.
     fn end_of_data(&self) {
@@ -60,6 +59,7 @@ impl TaskLink {
         });
     }
 
+    /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
     fn synced_with(&self, id: u64, started: Instant, sync: SyncPhase, inflight_follows: bool) {
         let SyncPhase { parts, forward, .. } = sync;
         // The coordinator outlives every task of its run.
@@ -81,6 +81,19 @@ impl TaskLink {
             reason,
         });
     }
+}
+
+/// Ends a task's output when its input has ended: runs the operators' `finish`, or only
+/// ends the output when the task is `restored_finished` (its operators finished before the
+/// snapshot it was restored from). Then tells the coordinator.
+fn end_chain<T>(chain: &mut dyn Chain<T>, restored_finished: bool, link: &TaskLink) -> Result<()> {
+    if restored_finished {
+        chain.end()?;
+    } else {
+        chain.finish()?;
+    }
+    link.end_of_data();
+    Ok(())
 }
 
 /// Counts records on their way from a source into its chain.
@@ -174,13 +187,8 @@ impl<S: Source> SourceTask<S> {
             attempt: self.link.attempt,
             task: self.link.id,
         });
-        if self.restored_finished {
-            self.chain.end()?;
-        } else {
-            self.chain.finish()?;
-        }
+        end_chain(&mut self.chain, self.restored_finished, &self.link)?;
         self.finished = true;
-        self.link.end_of_data();
         Ok(())
     }
 
@@ -556,7 +564,7 @@ impl<X: crate::function::Data> InputTask<X> {
     /// The coordinator triggered this task itself: the final checkpoint, taken when every
     /// task has finished. Nothing is in flight, so the snapshot is taken at once.
     fn triggered(&mut self, b: Barrier) -> Result<()> {
-        if !self.finished {
+        if !b.to_every_task || !self.finished {
             self.link.declined(
                 b.id,
                 format!(
@@ -575,16 +583,28 @@ impl<X: crate::function::Data> InputTask<X> {
         Ok(())
     }
 
+    /// Ends the output once every input has ended and nothing is left to process or align.
+    fn end_if_drained(&mut self) -> Result<()> {
+        if !self.finished
+            && self.align.is_none()
+            && self.channels.iter().all(|c| c.ended && c.replay.is_empty())
+        {
+            self.end_of_input()?;
+        }
+        Ok(())
+    }
+
+    /// Finished, or restored finished and about to end its output: a snapshot marks the
+    /// operators finished either way.
+    fn is_finished(&self) -> bool {
+        self.finished || self.restored_finished
+    }
+
     /// Every input ended: ends the chain's output (running the operators' `finish`, unless
     /// they ran before the snapshot this task was restored from) and tells the coordinator.
     fn end_of_input(&mut self) -> Result<()> {
-        if self.restored_finished {
-            self.chain.end()?;
-        } else {
-            self.chain.finish()?;
-        }
+        end_chain(self.chain.as_mut(), self.restored_finished, &self.link)?;
         self.finished = true;
-        self.link.end_of_data();
         Ok(())
     }
 
@@ -753,7 +773,7 @@ impl<X: crate::function::Data> InputTask<X> {
         let t = Instant::now();
         let mut barrier = a.barrier;
         barrier.unaligned = true;
-        let mut sync = SyncPhase::new(self.finished);
+        let mut sync = SyncPhase::new(self.is_finished());
         self.chain.snapshot(&barrier, &mut sync)?;
         // The asynchronous phase starts now; the in-flight records follow when every
         // channel's barrier has come.
@@ -781,7 +801,7 @@ impl<X: crate::function::Data> InputTask<X> {
             });
         } else {
             let t = Instant::now();
-            let mut sync = SyncPhase::new(self.finished);
+            let mut sync = SyncPhase::new(self.is_finished());
             self.chain.snapshot(&a.barrier, &mut sync)?;
             self.link.synced(id, t, sync);
         }
@@ -861,12 +881,7 @@ impl<X: crate::function::Data> Task for InputTask<X> {
                 return Ok(());
             }
             self.progress()?;
-            if !self.finished
-                && self.align.is_none()
-                && self.channels.iter().all(|c| c.ended && c.replay.is_empty())
-            {
-                self.end_of_input()?;
-            }
+            self.end_if_drained()?;
             if self.finished || !self.read_one()? {
                 self.chain.flush()?;
                 self.wait()?;
@@ -893,6 +908,10 @@ mod tests {
     struct Seen {
         records: Vec<u64>,
         snapshots: Vec<(u64, bool)>,
+        /// Per snapshot: taken as finished.
+        finished: Vec<bool>,
+        /// `finish` or `end`, as called.
+        ends: Vec<&'static str>,
     }
 
     struct Recorder(Arc<Mutex<Seen>>);
@@ -906,18 +925,23 @@ mod tests {
                 .push(record);
             Ok(())
         }
-        fn snapshot(&mut self, barrier: &Barrier, _sync: &mut SyncPhase) -> Result<()> {
+        fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
             let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
             seen.snapshots.push((barrier.id, barrier.unaligned));
+            seen.finished.push(sync.finished);
             Ok(())
         }
         fn notify(&mut self, _n: Notification) -> Result<()> {
             Ok(())
         }
         fn finish(&mut self) -> Result<()> {
+            let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
+            seen.ends.push("finish");
             Ok(())
         }
         fn end(&mut self) -> Result<()> {
+            let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
+            seen.ends.push("end");
             Ok(())
         }
         fn flush(&mut self) -> Result<()> {
@@ -947,6 +971,11 @@ mod tests {
 
     impl Harness {
         fn new(channels: usize) -> Self {
+            Self::restored(channels, false)
+        }
+
+        /// `restored_finished`: restored from a snapshot in which the task had finished.
+        fn restored(channels: usize, restored_finished: bool) -> Self {
             let (data, inputs): (Vec<_>, Vec<_>) = (0..channels).map(|_| unbounded()).unzip();
             let (events, events_rx) = unbounded();
             let (coord_tx, coord) = unbounded();
@@ -978,7 +1007,7 @@ mod tests {
                     uid: "op".into(),
                 },
                 Vec::new(),
-                false,
+                restored_finished,
             );
             Self {
                 task,
@@ -1011,6 +1040,37 @@ mod tests {
                 .expect("send barrier marker");
         }
 
+        /// The end of channel `channel`.
+        fn end(&mut self, channel: usize) {
+            self.data[channel].send(DataMsg::End).expect("send end");
+        }
+
+        /// A barrier forwarded by an upstream task that has ended its output: on the event
+        /// lane only.
+        fn barrier_after_end(&mut self, channel: usize, b: Barrier) {
+            self.events
+                .send(TaskEvent::Barrier {
+                    channel,
+                    barrier: b,
+                    seq: self.sent[channel],
+                })
+                .expect("send barrier event");
+        }
+
+        fn trigger(&self, b: Barrier) {
+            self.events
+                .send(TaskEvent::Trigger(b))
+                .expect("send trigger");
+        }
+
+        fn ends(&self) -> Vec<&'static str> {
+            self.seen.lock().expect("lock").ends.clone()
+        }
+
+        fn finished_snapshots(&self) -> Vec<bool> {
+            self.seen.lock().expect("lock").finished.clone()
+        }
+
         fn abort(&self, id: u64) {
             self.events
                 .send(TaskEvent::Notify(Notification::Aborted(id)))
@@ -1022,7 +1082,8 @@ mod tests {
             for _ in 0..100 {
                 self.task.drain_events().expect("events");
                 self.task.progress().expect("progress");
-                if !self.task.read_one().expect("read") {
+                self.task.end_if_drained().expect("end");
+                if self.task.finished || !self.task.read_one().expect("read") {
                     return;
                 }
             }
@@ -1045,6 +1106,7 @@ mod tests {
                     CoordMsg::Synced { checkpoint_id, .. } => ("synced", checkpoint_id),
                     CoordMsg::Inflight { checkpoint_id, .. } => ("inflight", checkpoint_id),
                     CoordMsg::Declined { checkpoint_id, .. } => ("declined", checkpoint_id),
+                    CoordMsg::EndOfData { .. } => ("end_of_data", 0),
                     _ => ("other", 0),
                 })
                 .collect()
@@ -1193,5 +1255,76 @@ mod tests {
         assert_eq!(h.records(), vec![1]);
         assert_eq!(h.snapshots(), vec![(2, false)]);
         assert_eq!(h.coord_messages(), vec![("declined", 1), ("synced", 2)]);
+    }
+
+    /// A task finishes once every channel has ended, not before; a barrier that an ended
+    /// upstream forwards on the event lane only is aligned at once, and the snapshots taken
+    /// after the task finished mark it finished.
+    #[test]
+    fn a_task_finishes_when_every_channel_ended_and_then_snapshots_as_finished() {
+        let mut h = Harness::new(2);
+        h.batch(0, &[1]);
+        h.end(0);
+        h.batch(1, &[2]);
+        h.run_idle();
+        assert!(h.ends().is_empty(), "channel 1 is still open");
+        h.barrier_after_end(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, false));
+        h.batch(1, &[3]);
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, false)]);
+        assert_eq!(h.finished_snapshots(), vec![false]);
+        h.end(1);
+        h.run_idle();
+        assert_eq!(h.records(), vec![1, 2, 3]);
+        assert_eq!(h.ends(), vec!["finish"]);
+        h.barrier_after_end(0, barrier(2, BarrierKind::Checkpoint, false));
+        h.barrier_after_end(1, barrier(2, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, false), (2, false)]);
+        assert_eq!(h.finished_snapshots(), vec![false, true]);
+        assert_eq!(
+            h.coord_messages(),
+            vec![("synced", 1), ("end_of_data", 0), ("synced", 2)]
+        );
+        assert_eq!(h.ends(), vec!["finish"], "finish runs once");
+    }
+
+    /// The final checkpoint is triggered on the task directly; a task whose input has not
+    /// ended declines it, a finished one snapshots at once (and drops that barrier if an
+    /// upstream forwards it too).
+    #[test]
+    fn a_direct_trigger_snapshots_a_finished_task_and_is_declined_before() {
+        let mut h = Harness::new(1);
+        let mut final_barrier = barrier(3, BarrierKind::Checkpoint, false);
+        final_barrier.to_every_task = true;
+        h.batch(0, &[1]);
+        h.trigger(final_barrier);
+        h.run_idle();
+        assert_eq!(h.coord_messages(), vec![("declined", 3)]);
+        h.end(0);
+        h.run_idle();
+        let mut final_barrier = barrier(4, BarrierKind::Checkpoint, false);
+        final_barrier.to_every_task = true;
+        h.trigger(final_barrier);
+        h.barrier_after_end(0, final_barrier);
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(4, false)]);
+        assert_eq!(h.finished_snapshots(), vec![true]);
+        assert_eq!(h.coord_messages(), vec![("end_of_data", 0), ("synced", 4)]);
+    }
+
+    /// A task restored finished ends its output without `finish`, and a snapshot taken
+    /// before its input ended marks it finished already.
+    #[test]
+    fn a_task_restored_finished_ends_without_finish() {
+        let mut h = Harness::restored(1, true);
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(h.finished_snapshots(), vec![true]);
+        h.end(0);
+        h.run_idle();
+        assert_eq!(h.ends(), vec!["end"]);
+        assert_eq!(h.coord_messages(), vec![("synced", 1), ("end_of_data", 0)]);
     }
 }

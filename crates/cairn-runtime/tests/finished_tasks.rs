@@ -135,6 +135,31 @@ fn finish_output_is_committed_once_and_the_final_checkpoint_restores_as_finished
     assert!(second.restored_from.is_some(), "{second:?}");
     assert_eq!(second.records, 0, "{second:?}");
     check_exactly_once(&want, &read_output(&output));
+
+    // A new stage upstream of the finished ones would feed them records: refused.
+    let extended = source("source", generator())
+        .process("at-finish", EmitsAtFinish)
+        .rebalance()
+        .map("new-map", |k: u64| k)
+        .key_by(|k: &u64| *k)
+        .process("count", Count::<u64, u64>::new())
+        .sink(
+            "sink",
+            TwoPhaseFileSink::new(&output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
+                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
+            }),
+        );
+    let mut cfg = job_config(dir.path(), 2);
+    cfg.restore = Some(RestoreFrom::Latest);
+    match Job::new(extended, cfg).run() {
+        Err(RuntimeError::Restore { reason }) => assert!(
+            reason.contains("operator count had finished")
+                && reason.contains("operator new-map upstream of it had not (or is new)"),
+            "{reason}"
+        ),
+        other => panic!("a new stage before finished ones should be refused: {other:?}"),
+    }
+    check_exactly_once(&want, &read_output(&output));
 }
 
 /// The generator on subtask 0 ends at once; the others emit their share (throttled).
