@@ -62,12 +62,9 @@ impl Restore {
                     .into_iter()
                     .partition(|o| o.name == crate::task::INFLIGHT_STATE);
                 any |= !taken.is_empty();
-                let before = kept.len();
-                s.operator_state = kept
-                    .into_iter()
-                    .filter(|o| o.name != FINISHED_STATE)
-                    .collect();
-                finished_subtasks.push(s.operator_state.len() < before);
+                s.operator_state = kept;
+                finished_subtasks.push(s.operator_state.iter().any(|o| o.name == FINISHED_STATE));
+                s.operator_state.retain(|o| o.name != FINISHED_STATE);
                 per_subtask.push(taken);
             }
             if any {
@@ -85,25 +82,42 @@ impl Restore {
     }
 }
 
+/// Which old subtasks of an operator had finished in a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Finished<'a> {
+    /// None of them (also: the snapshot lacks the operator).
+    None,
+    /// Some, as flags per old subtask.
+    Some(&'a [bool]),
+    All,
+}
+
 impl Restore {
+    /// Which old subtasks of operator `uid` had finished.
+    pub(crate) fn finished(&self, uid: &str) -> Finished<'_> {
+        let flags = self
+            .finished
+            .get(uid)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !flags.iter().any(|f| *f) {
+            Finished::None
+        } else if flags.iter().all(|f| *f) {
+            Finished::All
+        } else {
+            Finished::Some(flags)
+        }
+    }
+
     /// Refuses a snapshot in which an operator had finished (in any subtask) while an
     /// operator upstream of it, in the job's `stages` (upstream first), had not finished in
     /// every subtask or is new: that one would send records to an operator that no longer
     /// has its keyed state and never runs `finish` again.
     pub(crate) fn check_finished_order(&self, stages: &[Vec<String>]) -> Result<()> {
-        let finished_in = |uid: &str, all: bool| {
-            self.finished.get(uid).is_some_and(|f| {
-                if all {
-                    !f.is_empty() && f.iter().all(|x| *x)
-                } else {
-                    f.iter().any(|x| *x)
-                }
-            })
-        };
         let mut running_upstream: Option<&str> = None;
         for uids in stages {
             if let Some(up) = running_upstream {
-                if let Some(uid) = uids.iter().find(|u| finished_in(u, false)) {
+                if let Some(uid) = uids.iter().find(|u| self.finished(u) != Finished::None) {
                     return Err(RuntimeError::Restore {
                         reason: format!(
                             "operator {uid} had finished in {} but operator {up} upstream of it \
@@ -116,7 +130,7 @@ impl Restore {
             if running_upstream.is_none() {
                 running_upstream = uids
                     .iter()
-                    .find(|u| !finished_in(u, true))
+                    .find(|u| self.finished(u) != Finished::All)
                     .map(String::as_str);
             }
         }
@@ -207,22 +221,23 @@ impl BuildCtx {
         };
         let mut finished = Vec::with_capacity(self.stage_uids.len());
         for uid in &self.stage_uids {
-            let flags = r.finished.get(uid).map(Vec::as_slice).unwrap_or_default();
-            let done = if flags.iter().all(|f| *f) && !flags.is_empty() {
-                true
-            } else if !flags.iter().any(|f| *f) {
-                false
-            } else if flags.len() == self.info.parallelism as usize {
-                flags[self.info.index as usize]
-            } else {
-                return Err(err(format!(
-                    "operator {uid} had finished in {} of its {} subtasks; restore it at \
-                     parallelism {}, not {}",
-                    flags.iter().filter(|f| **f).count(),
-                    flags.len(),
-                    flags.len(),
-                    self.info.parallelism
-                )));
+            let done = match r.finished(uid) {
+                Finished::None => false,
+                Finished::All => true,
+                Finished::Some(flags) if flags.len() == self.info.parallelism as usize => flags
+                    .get(self.info.index as usize)
+                    .copied()
+                    .unwrap_or(false),
+                Finished::Some(flags) => {
+                    return Err(err(format!(
+                        "operator {uid} had finished in {} of its {} subtasks; restore it at \
+                         parallelism {}, not {}",
+                        flags.iter().filter(|f| **f).count(),
+                        flags.len(),
+                        flags.len(),
+                        self.info.parallelism
+                    )))
+                }
             };
             finished.push((uid, done));
         }

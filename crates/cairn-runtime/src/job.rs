@@ -650,8 +650,7 @@ impl Driver {
             if let Some(flag) = &self.signal {
                 // Once the input has ended, the job is finishing anyway (and savepoints are
                 // refused): the signal is ignored.
-                let input_ended = run.sources_finished.len() == run.source_tasks.len();
-                if flag.load(Ordering::Relaxed) && !run.stopping && !input_ended {
+                if flag.load(Ordering::Relaxed) && !run.stopping && !run.input_ended() {
                     let (tx, _rx) = crossbeam_channel::bounded(1);
                     run.queued.push_back((None, true, tx));
                     run.stopping = true;
@@ -777,7 +776,7 @@ impl Driver {
             CoordMsg::SourceFinished { attempt, task } => {
                 if attempt == run.attempt {
                     run.sources_finished.insert(task);
-                    if run.sources_finished.len() == run.source_tasks.len() {
+                    if run.input_ended() {
                         self.input_ended = Some(Instant::now());
                     }
                 }
@@ -804,7 +803,7 @@ impl Driver {
             CoordMsg::Savepoint { dir, stop, reply } => {
                 if run.exit_sent || run.stopping {
                     let _ = reply.send(Err("the job is finishing".into()));
-                } else if run.sources_finished.len() == run.source_tasks.len() {
+                } else if run.input_ended() {
                     let _ = reply.send(Err(
                         "the job's input has ended; it is finishing with its final checkpoint"
                             .into(),
@@ -838,35 +837,22 @@ impl Driver {
             let dir = dir
                 .or_else(|| self.config.savepoint_dir.clone())
                 .unwrap_or_else(|| "./savepoints".into());
-            self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)));
-        }
-        // Checkpoints that could not even begin count against the tolerance too.
-        if run.consecutive_failures > cp.tolerable_failures {
-            let reason = self.result.checkpoint_failure_reasons.last();
-            return Some(Outcome::Failed {
-                error: RuntimeError::Checkpoint {
-                    checkpoint_id: self.next_id.saturating_sub(1),
-                    reason: format!(
-                        "{} ({} failed in a row, {} tolerated)",
-                        reason.map_or("", String::as_str),
-                        run.consecutive_failures,
-                        cp.tolerable_failures
-                    ),
-                },
-                fatal: false,
-            });
+            if let Some(o) = self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)))
+            {
+                return Some(o);
+            }
         }
         if run.exit_sent || run.stopping {
             return None;
         }
-        if run.data_finished.len() == run.events.len() {
+        if run.all_finished() {
             match cp.interval {
                 None => {
                     if !run.pending.values().any(|p| p.barrier.is_savepoint()) {
                         self.exit(run);
                     }
                 }
-                Some(interval) => self.final_checkpoint(run, interval),
+                Some(interval) => return self.final_checkpoint(run, interval),
             }
             return None;
         }
@@ -886,7 +872,7 @@ impl Driver {
             .last_complete
             .is_none_or(|t| t.elapsed() >= cp.min_pause);
         if since_trigger >= interval && paused {
-            self.trigger(run, BarrierKind::Checkpoint, None);
+            return self.trigger(run, BarrierKind::Checkpoint, None);
         }
         None
     }
@@ -897,21 +883,21 @@ impl Driver {
     /// quick, and a restore from it ends the job at once. Its completion commits what the
     /// operators emitted up to the end, `finish` included, and then every task exits.
     /// Savepoints in flight complete first; checkpoints in flight are given up.
-    fn final_checkpoint(&mut self, run: &mut Run, interval: Duration) {
+    fn final_checkpoint(&mut self, run: &mut Run, interval: Duration) -> Option<Outcome> {
         if run
             .pending
             .values()
             .any(|p| p.is_final || p.barrier.is_savepoint())
         {
-            return;
+            return None;
         }
         // A final checkpoint that failed is retried an interval later.
         if run.final_tried && run.last_trigger.is_some_and(|t| t.elapsed() < interval) {
-            return;
+            return None;
         }
         self.subsume_for_final(run);
         run.final_tried = true;
-        self.trigger(run, BarrierKind::Checkpoint, None);
+        self.trigger(run, BarrierKind::Checkpoint, None)
     }
 
     /// Every task has finished: the final checkpoint about to be triggered subsumes the
@@ -950,15 +936,16 @@ impl Driver {
         }
     }
 
+    /// Starts a checkpoint or savepoint; `Some`: a checkpoint could not even begin, and the
+    /// job fails (past the tolerated failures).
     fn trigger(
         &mut self,
         run: &mut Run,
         kind: BarrierKind,
         savepoint: Option<(String, Sender<std::result::Result<String, String>>)>,
-    ) {
+    ) -> Option<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
-        let cp = &self.config.checkpoint;
         let (target, reply) = match (kind, savepoint) {
             (BarrierKind::Savepoint { stop }, Some((dir, reply))) => {
                 let path = format!("{}/sp-{id}", dir.trim_end_matches('/'));
@@ -969,30 +956,23 @@ impl Driver {
                         if stop {
                             run.stopping = false;
                         }
-                        return;
+                        return None;
                     }
                 }
             }
             _ => {
-                let Some(storage) = &self.storage else { return };
-                match storage.begin_checkpoint(id) {
+                let begun = self.storage.as_ref()?.begin_checkpoint(id);
+                match begun {
                     Ok(w) => (Target::Checkpoint(w), None),
                     Err(e) => {
-                        self.result.checkpoints_failed += 1;
-                        if self.result.checkpoint_failure_reasons.len() < 20 {
-                            self.result
-                                .checkpoint_failure_reasons
-                                .push(format!("checkpoint {id}: cannot begin: {e}"));
-                        }
-                        run.consecutive_failures += 1;
                         run.last_trigger = Some(Instant::now());
-                        return;
+                        return self.checkpoint_failed(run, id, format!("cannot begin: {e}"));
                     }
                 }
             }
         };
-        let is_final =
-            kind == BarrierKind::Checkpoint && run.data_finished.len() == run.events.len();
+        let is_final = kind == BarrierKind::Checkpoint && run.all_finished();
+        let cp = &self.config.checkpoint;
         let barrier = Barrier {
             id,
             kind,
@@ -1027,6 +1007,7 @@ impl Driver {
                 let _ = tx.send(TaskEvent::Trigger(barrier));
             }
         }
+        None
     }
 
     /// Forgets a pending checkpoint: cancels its writes and deletes its files.
@@ -1088,30 +1069,32 @@ impl Driver {
                 }
                 None
             }
-            BarrierKind::Checkpoint => {
-                self.result.checkpoints_failed += 1;
-                if self.result.checkpoint_failure_reasons.len() < 20 {
-                    self.result
-                        .checkpoint_failure_reasons
-                        .push(format!("checkpoint {id}: {reason}"));
-                }
-                run.consecutive_failures += 1;
-                if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
-                    Some(Outcome::Failed {
-                        error: RuntimeError::Checkpoint {
-                            checkpoint_id: id,
-                            reason: format!(
-                                "{reason} ({} failed in a row, {} tolerated)",
-                                run.consecutive_failures, self.config.checkpoint.tolerable_failures
-                            ),
-                        },
-                        fatal: false,
-                    })
-                } else {
-                    None
-                }
-            }
+            BarrierKind::Checkpoint => self.checkpoint_failed(run, id, reason),
         }
+    }
+
+    /// Counts a failed checkpoint (one that could not begin, was declined, timed out, or
+    /// could not be written or published); fails the job past the tolerated number in a
+    /// row.
+    fn checkpoint_failed(&mut self, run: &mut Run, id: u64, reason: String) -> Option<Outcome> {
+        self.result.checkpoints_failed += 1;
+        if self.result.checkpoint_failure_reasons.len() < 20 {
+            self.result
+                .checkpoint_failure_reasons
+                .push(format!("checkpoint {id}: {reason}"));
+        }
+        run.consecutive_failures += 1;
+        let tolerated = self.config.checkpoint.tolerable_failures;
+        (run.consecutive_failures > tolerated).then(|| Outcome::Failed {
+            error: RuntimeError::Checkpoint {
+                checkpoint_id: id,
+                reason: format!(
+                    "{reason} ({} failed in a row, {tolerated} tolerated)",
+                    run.consecutive_failures
+                ),
+            },
+            fatal: false,
+        })
     }
 
     fn manifest(
@@ -1186,20 +1169,9 @@ impl Driver {
             Target::Checkpoint(writer) => {
                 let storage = self.storage.clone()?;
                 if let Err(e) = storage.publish(writer, &manifest) {
-                    self.result.checkpoints_failed += 1;
-                    run.consecutive_failures += 1;
                     let _ = storage.abort(id);
                     self.broadcast(run, Notification::Aborted(id));
-                    if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
-                        return Some(Outcome::Failed {
-                            error: RuntimeError::Checkpoint {
-                                checkpoint_id: id,
-                                reason: e.to_string(),
-                            },
-                            fatal: false,
-                        });
-                    }
-                    return None;
+                    return self.checkpoint_failed(run, id, e.to_string());
                 }
                 self.record_stats(&manifest, p.barrier.started.elapsed());
                 run.consecutive_failures = 0;
@@ -1308,6 +1280,18 @@ struct Run {
     stopped_with: Option<String>,
     consecutive_failures: u32,
     queued: VecDeque<SavepointRequest>,
+}
+
+impl Run {
+    /// Every source has read its last record.
+    fn input_ended(&self) -> bool {
+        self.sources_finished.len() == self.source_tasks.len()
+    }
+
+    /// Every task's input has ended and its operators have finished.
+    fn all_finished(&self) -> bool {
+        self.data_finished.len() == self.events.len()
+    }
 }
 
 /// Opens a checkpoint (`…/chk-<id>` or its `_metadata`) or a savepoint directory.

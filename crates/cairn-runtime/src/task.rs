@@ -254,11 +254,9 @@ impl<S: Source> SourceTask<S> {
 impl<S: Source> Task for SourceTask<S> {
     fn run(mut self: Box<Self>) -> Result<()> {
         let started = Instant::now();
-        let mut ended = false;
         let mut stopped = false;
         if self.restored_finished {
             self.end_of_input()?;
-            ended = true;
         }
         loop {
             loop {
@@ -275,7 +273,7 @@ impl<S: Source> Task for SourceTask<S> {
             if self.link.shared.cancelled() {
                 return Err(RuntimeError::Cancelled);
             }
-            let mut idle = ended || stopped;
+            let mut idle = self.finished || stopped;
             if !idle {
                 let max = self.allowance(started);
                 if max == 0 {
@@ -296,7 +294,6 @@ impl<S: Source> Task for SourceTask<S> {
                         SourceStatus::More => {}
                         SourceStatus::Idle => idle = true,
                         SourceStatus::End => {
-                            ended = true;
                             idle = true;
                             self.end_of_input()?;
                         }
@@ -305,7 +302,7 @@ impl<S: Source> Task for SourceTask<S> {
             }
             if idle {
                 self.chain.flush()?;
-                let wait = if ended || stopped {
+                let wait = if self.finished || stopped {
                     Duration::from_millis(50)
                 } else {
                     Duration::from_millis(1)

@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::functions::Count;
-use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::GeneratorSource;
 use cairn_runtime::{
-    source, CheckpointRetention, Checkpointed, Collector, InitContext, Job, JobConfig, JobGraph,
-    RestoreFrom, SnapshotContext, SnapshotMode, Source, SourceStatus, FINISHED_STATE,
+    source, CheckpointRetention, Job, JobConfig, JobGraph, RestoreFrom, SnapshotMode,
+    FINISHED_STATE,
 };
 use cairn_storage::fault::FaultyObjectStore;
 use cairn_storage::CheckpointStorage;
-use common::{check_exactly_once, config, read_output};
+use common::{check_exactly_once, config, count_sink, read_output, HookedGenerator};
 
 const TOTAL: u64 = 8000;
 const KEYS: u64 = 300;
@@ -36,12 +35,7 @@ fn graph(output: &Path) -> JobGraph {
     source("source", generator())
         .key_by(|k: &u64| *k)
         .process("count", Count::<u64, u64>::new())
-        .sink(
-            "sink",
-            TwoPhaseFileSink::new(output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
-                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
-            }),
-        )
+        .sink("sink", count_sink(output))
 }
 
 /// How often each key occurs in records 0..TOTAL.
@@ -132,38 +126,6 @@ fn generator_restores_a_checkpoint_of_parallelism_3_at_2() {
     check_exactly_once(&expected(), &read_output(&output));
 }
 
-/// The generator, ending its input right after the first checkpoint's barrier passed it:
-/// the input ends while that checkpoint is still being written.
-#[derive(Clone)]
-struct EndsAtFirstBarrier {
-    inner: GeneratorSource,
-    end: bool,
-}
-
-impl Checkpointed for EndsAtFirstBarrier {
-    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
-        self.inner.initialize_state(ctx)
-    }
-    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
-        self.end = true;
-        self.inner.snapshot_state(ctx)
-    }
-}
-
-impl Source for EndsAtFirstBarrier {
-    type Out = u64;
-    fn poll(
-        &mut self,
-        out: &mut Collector<'_, u64>,
-        max: usize,
-    ) -> cairn_runtime::Result<SourceStatus> {
-        if self.end {
-            return Ok(SourceStatus::End);
-        }
-        self.inner.poll(out, max)
-    }
-}
-
 /// The input ends while checkpoint 1 is in flight (its writes take 300 ms each). The final
 /// checkpoint is triggered as soon as every task has finished, and checkpoint 1 is given up:
 /// it counts as subsumed (not failed), its directory is gone, and the final checkpoint is
@@ -184,19 +146,13 @@ fn input_ends_during_a_checkpoint(mode: SnapshotMode) {
     cfg.checkpoint_storage = Some(storage.clone());
     cfg.checkpoint.snapshot_mode = mode;
     cfg.checkpoint.num_retained = 1;
-    let ends = EndsAtFirstBarrier {
-        inner: generator(),
-        end: false,
-    };
+    // The input ends right after the first checkpoint's barrier passed the source, while
+    // that checkpoint is still being written.
+    let ends = HookedGenerator::new(generator()).end_at_first_snapshot();
     let graph = source("source", ends)
         .key_by(|k: &u64| *k)
         .process("count", Count::<u64, u64>::new())
-        .sink(
-            "sink",
-            TwoPhaseFileSink::new(&output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
-                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
-            }),
-        );
+        .sink("sink", count_sink(&output));
     let result = Job::new(graph, cfg).run().expect("job");
     assert_eq!(result.checkpoints_failed, 0, "{result:?}");
     assert_eq!(

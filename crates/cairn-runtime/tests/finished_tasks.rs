@@ -12,16 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_runtime::functions::Count;
-use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::GeneratorSource;
 use cairn_runtime::{
-    source, CheckpointRetention, Checkpointed, Collector, InitContext, Job, JobConfig, JobGraph,
-    ProcessFunction, RestoreFrom, RuntimeError, SnapshotContext, Source, SourceStatus,
-    FINISHED_STATE,
+    source, CheckpointRetention, Checkpointed, Collector, Job, JobConfig, JobGraph,
+    ProcessFunction, RestoreFrom, RuntimeError, Source, FINISHED_STATE,
 };
 use cairn_storage::fault::FaultyObjectStore;
 use cairn_storage::CheckpointStorage;
-use common::{check_exactly_once, config, read_output};
+use common::{check_exactly_once, config, count_sink, read_output, HookedGenerator};
 
 const TOTAL: u64 = 3000;
 const KEYS: u64 = 40;
@@ -55,12 +53,7 @@ fn graph<S: Source<Out = u64>>(src: S, output: &Path) -> JobGraph {
         .process("at-finish", EmitsAtFinish)
         .key_by(|k: &u64| *k)
         .process("count", Count::<u64, u64>::new())
-        .sink(
-            "sink",
-            TwoPhaseFileSink::new(output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
-                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
-            }),
-        )
+        .sink("sink", count_sink(output))
 }
 
 /// How often each key occurs among the records `n` with `keep(n)`, plus [`FINISH_KEY`]
@@ -143,12 +136,7 @@ fn finish_output_is_committed_once_and_the_final_checkpoint_restores_as_finished
         .map("new-map", |k: u64| k)
         .key_by(|k: &u64| *k)
         .process("count", Count::<u64, u64>::new())
-        .sink(
-            "sink",
-            TwoPhaseFileSink::new(&output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
-                o.extend_from_slice(format!("{k}\t{n}").as_bytes())
-            }),
-        );
+        .sink("sink", count_sink(&output));
     let mut cfg = job_config(dir.path(), 2);
     cfg.restore = Some(RestoreFrom::Latest);
     match Job::new(extended, cfg).run() {
@@ -162,37 +150,6 @@ fn finish_output_is_committed_once_and_the_final_checkpoint_restores_as_finished
     check_exactly_once(&want, &read_output(&output));
 }
 
-/// The generator on subtask 0 ends at once; the others emit their share (throttled).
-#[derive(Clone)]
-struct FirstSubtaskEnds {
-    inner: GeneratorSource,
-    ends: bool,
-}
-
-impl Checkpointed for FirstSubtaskEnds {
-    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
-        self.ends = ctx.subtask.index == 0;
-        self.inner.initialize_state(ctx)
-    }
-    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
-        self.inner.snapshot_state(ctx)
-    }
-}
-
-impl Source for FirstSubtaskEnds {
-    type Out = u64;
-    fn poll(
-        &mut self,
-        out: &mut Collector<'_, u64>,
-        max: usize,
-    ) -> cairn_runtime::Result<SourceStatus> {
-        if self.ends {
-            return Ok(SourceStatus::End);
-        }
-        self.inner.poll(out, max)
-    }
-}
-
 /// A checkpoint taken while source subtask 0 had finished and subtask 1 had not marks only
 /// subtask 0. It restores at parallelism 2 (subtask 0 stays finished: its `finish` output is
 /// not emitted again, and its records are never read), and is refused at parallelism 3,
@@ -201,10 +158,8 @@ impl Source for FirstSubtaskEnds {
 fn a_checkpoint_with_some_subtasks_finished_restores_at_its_parallelism_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = dir.path().join("out");
-    let src = FirstSubtaskEnds {
-        inner: generator(),
-        ends: false,
-    };
+    // The generator on subtask 0 ends at once; the other emits its share (throttled).
+    let src = HookedGenerator::new(generator()).on_init(|ctx| ctx.subtask.index == 0);
     let mut cfg = job_config(dir.path(), 2);
     cfg.records_per_second = Some(2000);
     cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
@@ -250,42 +205,6 @@ fn a_checkpoint_with_some_subtasks_finished_restores_at_its_parallelism_only() {
     check_exactly_once(&expected(|n| n % 2 == 1, 2), &read_output(&output));
 }
 
-/// Ends like the generator, but the first time its input ends it makes every storage write
-/// fail, so the final checkpoint fails; a restored instance makes them succeed again.
-#[derive(Clone)]
-struct FinalCheckpointFails {
-    inner: GeneratorSource,
-    store: Arc<FaultyObjectStore>,
-    armed: Arc<AtomicBool>,
-}
-
-impl Checkpointed for FinalCheckpointFails {
-    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
-        if ctx.is_restored {
-            self.store.fail_writes_with_probability(0.0, 1);
-        }
-        self.inner.initialize_state(ctx)
-    }
-    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
-        self.inner.snapshot_state(ctx)
-    }
-}
-
-impl Source for FinalCheckpointFails {
-    type Out = u64;
-    fn poll(
-        &mut self,
-        out: &mut Collector<'_, u64>,
-        max: usize,
-    ) -> cairn_runtime::Result<SourceStatus> {
-        let status = self.inner.poll(out, max)?;
-        if status == SourceStatus::End && self.armed.swap(false, Ordering::SeqCst) {
-            self.store.fail_writes_with_probability(1.0, 1);
-        }
-        Ok(status)
-    }
-}
-
 /// The sink commits nothing on its own when its input ends: the final checkpoint does. When
 /// that checkpoint fails, the job restarts from the latest checkpoint and replays the end of
 /// the input, and the output (with what `finish` emitted) is still exactly once.
@@ -303,11 +222,22 @@ fn a_failed_final_checkpoint_replays_the_end_of_the_input_exactly_once() {
     })
     .expect("open storage");
     let store = store.lock().expect("lock").clone().expect("store");
-    let src = FinalCheckpointFails {
-        inner: generator(),
-        store,
-        armed: Arc::new(AtomicBool::new(true)),
-    };
+    // The first time the input ends, every storage write starts failing, so the final
+    // checkpoint fails; the restored run makes them succeed again.
+    let armed = Arc::new(AtomicBool::new(true));
+    let on_restore = store.clone();
+    let src = HookedGenerator::new(generator())
+        .on_init(move |ctx| {
+            if ctx.is_restored {
+                on_restore.fail_writes_with_probability(0.0, 1);
+            }
+            false
+        })
+        .on_end(move || {
+            if armed.swap(false, Ordering::SeqCst) {
+                store.fail_writes_with_probability(1.0, 1);
+            }
+        });
     let mut cfg = job_config(dir.path(), 1);
     cfg.checkpoint_storage = Some(storage);
     cfg.records_per_second = Some(10_000);

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::sinks::TwoPhaseFileSink;
-use cairn_runtime::sources::FileSource;
+use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, JobConfig, JobGraph, ProcessFunction,
-    RuntimeError,
+    source, CheckpointConfig, Checkpointed, Collector, InitContext, JobConfig, JobGraph,
+    ProcessFunction, RuntimeError, SnapshotContext, Source, SourceStatus,
 };
 
 /// Writes `lines` lines of words drawn from `vocabulary` words (deterministic) and returns
@@ -183,5 +183,84 @@ pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
         batch_size: 64,
         channel_capacity: 8,
         ..JobConfig::default()
+    }
+}
+
+/// The two-phase file sink of `(key, count)` records, one `key\tcount` line each.
+pub fn count_sink(output: &Path) -> TwoPhaseFileSink<(u64, u64)> {
+    TwoPhaseFileSink::new(output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
+        o.extend_from_slice(format!("{k}\t{n}").as_bytes())
+    })
+}
+
+type InitHook = Arc<dyn Fn(&InitContext<'_>) -> bool + Send + Sync>;
+type EndHook = Arc<dyn Fn() + Send + Sync>;
+
+/// The generator source with hooks that make its input end early or act when it ends.
+#[derive(Clone)]
+pub struct HookedGenerator {
+    inner: GeneratorSource,
+    /// At initialization; `true`: the input ends at once.
+    on_init: InitHook,
+    /// The input ends at the first snapshot (right after the first barrier).
+    end_at_snapshot: bool,
+    /// When the generator itself reports the end of its input.
+    on_end: EndHook,
+    ended: bool,
+}
+
+impl HookedGenerator {
+    pub fn new(inner: GeneratorSource) -> Self {
+        Self {
+            inner,
+            on_init: Arc::new(|_| false),
+            end_at_snapshot: false,
+            on_end: Arc::new(|| {}),
+            ended: false,
+        }
+    }
+
+    pub fn on_init(mut self, f: impl Fn(&InitContext<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.on_init = Arc::new(f);
+        self
+    }
+
+    pub fn end_at_first_snapshot(mut self) -> Self {
+        self.end_at_snapshot = true;
+        self
+    }
+
+    pub fn on_end(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_end = Arc::new(f);
+        self
+    }
+}
+
+impl Checkpointed for HookedGenerator {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.ended = (self.on_init)(ctx);
+        self.inner.initialize_state(ctx)
+    }
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+        self.ended |= self.end_at_snapshot;
+        self.inner.snapshot_state(ctx)
+    }
+}
+
+impl Source for HookedGenerator {
+    type Out = u64;
+    fn poll(
+        &mut self,
+        out: &mut Collector<'_, u64>,
+        max: usize,
+    ) -> cairn_runtime::Result<SourceStatus> {
+        if self.ended {
+            return Ok(SourceStatus::End);
+        }
+        let status = self.inner.poll(out, max)?;
+        if status == SourceStatus::End {
+            (self.on_end)();
+        }
+        Ok(status)
     }
 }
