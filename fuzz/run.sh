@@ -28,10 +28,10 @@ seed() {
         list_decode)
             cp "$vectors/list-value.bin" "$vectors/corrupt/list-value-trailing" "$dir/" ;;
         changelog_segment)
-            # The vector and its corrupt variants, and seeds/changelog_segment/: a segment
-            # written by ChangelogSegmentWriter whose two blocks are zstd-compressed (the
-            # vector's are too small to compress), so mutations reach the zstd path.
-            cp "$vectors/changelog-segment.cls" "$dir/"
+            # The vectors (version 2, whose first block is zstd-compressed, and version 1)
+            # and their corrupt variants, and seeds/changelog_segment/: a version 1 segment
+            # whose two blocks are zstd-compressed, so mutations reach the zstd path.
+            cp "$vectors/changelog-segment.cls" "$vectors/changelog-segment-v1.cls" "$dir/"
             for f in "$vectors"/corrupt/changelog-segment-*; do cp "$f" "$dir/"; done
             cp seeds/changelog_segment/* "$dir/" ;;
         block_decode)

@@ -1,15 +1,16 @@
 //! Arbitrary bytes into the changelog segment reader, read the way a restore reads a segment
 //! (`cairn_changelog::read_segment`): `open` (header, footer, state table, index), then every
 //! record of every block over all key groups (list values of list ops through the list
-//! decoder, as the replay does), a scan of the first block's key group only, and
+//! decoder, as the replay does), a scan of the first block's key groups only, and
 //! `verify_all`. Checksum comparisons are switched off so the fuzzer reaches the block and
 //! record parsers behind them.
 //!
 //! Beyond "never panics", it checks what the reader promises: every error names the file
 //! (and is never an encoder error), every record it hands out is one its state table
 //! allows (known state, an op of that state's kind, user key and value exactly when the op
-//! carries them) in the key group of its block, and a full scan succeeds exactly when
-//! `verify_all` does, with as many records as the footer says.
+//! carries them) in the key-group range of its block (version 1: blocks by key group), and
+//! a full scan succeeds exactly when `verify_all` does, with as many records as the footer
+//! says; a scan of the first block's range yields only records of that range.
 #![no_main]
 
 use bytes::Bytes;
@@ -45,6 +46,29 @@ fuzz_target!(|data: &[u8]| {
         r.record_count(),
         "the footer's record count is the index's"
     );
+    assert!(
+        r.version() == 1 || r.version() == 2,
+        "version {}",
+        r.version()
+    );
+    for b in blocks {
+        assert!(
+            !b.key_groups.is_empty() && b.key_groups.end <= MAX_MAX_PARALLELISM,
+            "index range {}",
+            b.key_groups
+        );
+        if r.version() == 1 {
+            assert_eq!(
+                b.key_groups.len(),
+                1,
+                "a version 1 block holds one key group"
+            );
+        }
+    }
+    // The block of each record of a full scan: blocks in file order, `records` each.
+    let mut block_of = blocks
+        .iter()
+        .flat_map(|b| std::iter::repeat_n(b.key_groups, b.records as usize));
     let mut records = 0u64;
     let mut last_key_group = 0u32;
     let all = r.scan(
@@ -61,7 +85,20 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(rec.user_key.is_some(), rec.op.has_user_key());
             assert_eq!(rec.value.is_some(), rec.op.has_value());
-            assert!(rec.key_group >= last_key_group, "records by key group");
+            let block = block_of
+                .next()
+                .expect("no more records than the index says");
+            assert!(
+                block.contains(rec.key_group),
+                "key group {} outside its block {block}",
+                rec.key_group
+            );
+            if r.version() == 1 {
+                assert!(
+                    rec.key_group >= last_key_group,
+                    "version 1: records by key group"
+                );
+            }
             last_key_group = rec.key_group;
             if let (ChangelogOp::ListAppend | ChangelogOp::ListSet, Some(v)) = (rec.op, rec.value) {
                 if let Err(e) = cairn_format::decode_list(v) {
@@ -81,11 +118,11 @@ fuzz_target!(|data: &[u8]| {
         check_error(e);
     }
     assert_eq!(all.is_ok(), verified.is_ok(), "scan and verify_all agree");
-    // A partial scan reads only its key group.
+    // A partial scan reads only its key groups.
     if let Some(first) = blocks.first() {
-        let range = KeyGroupRange::new(first.key_group, first.key_group + 1);
+        let range = first.key_groups;
         let partial = r.scan(range, |rec| -> Result<(), FormatError> {
-            assert_eq!(rec.key_group, first.key_group, "a record outside the range");
+            assert!(range.contains(rec.key_group), "a record outside the range");
             Ok(())
         });
         if let Err(e) = &partial {

@@ -1,18 +1,19 @@
-//! Structured input (via `arbitrary`) shaped into valid changelog records → blocks of
-//! `ChangelogSegmentWriter` (single records with `add`, batches with `add_encoded`, a
-//! backend's `ChangelogRecords` buffers with `add_block`, byte for byte as `add_encoded`; long
-//! repetitive values so that blocks get zstd-compressed) → `ChangelogSegmentReader` → the
-//! same state table, first sequence number, records in the same order, and every range
-//! scan returns exactly its key groups' records. Checksums stay on: then one flipped bit
-//! and one truncation of the written segment must each be an error (never a panic, never
-//! a segment that still reads).
+//! Structured input (via `arbitrary`) shaped into valid changelog records, in arrival order
+//! (key groups mixed) → blocks of `ChangelogSegmentWriter` (single records with `add`,
+//! batches with `add_encoded`, or a backend's recycled `ChangelogChunk` with `add_chunk`, byte
+//! for byte as `add_encoded` of the chunk's bytes; long repetitive values so that blocks get
+//! zstd-compressed; the state table given whole or as a prefix extended by `set_states`) →
+//! `ChangelogSegmentReader` → the same state table, first sequence number, records in the
+//! same order, and every range scan returns exactly its key groups' records, in order.
+//! Checksums stay on: then one flipped bit and one truncation of the written segment must
+//! each be an error (never a panic, never a segment that still reads).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use cairn_core::{KeyGroupRange, StateKind, MAX_MAX_PARALLELISM};
 use cairn_format::{
-    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogRecords,
+    encode_changelog_record_v2, ChangelogChunk, ChangelogOp, ChangelogRecord,
     ChangelogSegmentReader, ChangelogSegmentWriter, FileState, FormatError,
 };
 use libfuzzer_sys::fuzz_target;
@@ -23,9 +24,12 @@ struct Input {
     states: Vec<u8>,
     first_sqn: u64,
     records: Vec<Rec>,
-    /// Records per `add_encoded` batch (0: each record through `add`; odd: `add_block` of
-    /// `ChangelogRecords` cut near 16 × this many bytes).
+    /// Records per `add_encoded` batch (0: each record through `add`; odd: `add_chunk` of a
+    /// `ChangelogChunk` cut near 16 × this many bytes).
     batch: u8,
+    /// States the writer starts with (modulo the table's length + 1); `set_states` gives it
+    /// the whole table before the first record.
+    initial_states: u8,
     range: (u16, u16),
     /// Which bit to flip and where to cut, modulo the segment's length.
     flip: u32,
@@ -114,7 +118,7 @@ fuzz_target!(|input: Input| {
     if states.is_empty() {
         return;
     }
-    let mut records: Vec<Owned> = input
+    let records: Vec<Owned> = input
         .records
         .into_iter()
         .take(256)
@@ -134,46 +138,63 @@ fuzz_target!(|input: Input| {
             )
         })
         .collect();
-    // Writers group records by key group, stably.
-    records.sort_by_key(|r| r.0);
+    // Records stay in arrival order: a segment holds them in the order they happened.
 
-    let mut w = ChangelogSegmentWriter::new(states.clone(), input.first_sqn).expect("valid states");
-    // The decoding writer fed the same blocks, when the input chose `add_block`.
+    let writer = || {
+        let initial = usize::from(input.initial_states) % (states.len() + 1);
+        let mut w = ChangelogSegmentWriter::new(states[..initial].to_vec(), input.first_sqn)
+            .expect("valid states");
+        w.set_states(states.clone())
+            .expect("a table that extends the writer's");
+        assert_eq!(w.states(), &states[..]);
+        w
+    };
+    let mut w = writer();
+    // The decoding writer fed the same chunks, when the input chose `add_chunk`.
     let mut decoded = None;
     if input.batch == 0 {
         for r in &records {
             w.add(&as_record(r)).expect("a valid record is accepted");
         }
     } else if input.batch % 2 == 1 {
-        // A backend's buffer: one `ChangelogRecords` per key group, cut into blocks and
-        // written without decoding; the same blocks through the decoding path must give
-        // the same bytes.
-        let mut d =
-            ChangelogSegmentWriter::new(states.clone(), input.first_sqn).expect("valid states");
-        for group in records.chunk_by(|a, b| a.0 == b.0) {
-            let mut buf = ChangelogRecords::new();
-            for r in group {
-                buf.push(&as_record(r));
-            }
-            assert_eq!(buf.len(), group.len());
-            for block in buf.blocks(usize::from(input.batch) * 16) {
-                w.add_block(group[0].0, block)
-                    .expect("a valid buffer is accepted");
-                d.add_encoded(group[0].0, block.count(), block.bytes())
-                    .expect("a valid block is accepted");
+        // A backend's chunk, recycled: cut with the first record that brings it to the
+        // target and written without decoding; the same bytes through the decoding path
+        // must give the same file.
+        let mut d = writer();
+        let target = usize::from(input.batch) * 16;
+        let mut chunk = ChangelogChunk::with_capacity(target);
+        let mut write = |chunk: &mut ChangelogChunk, in_chunk: &[Owned]| {
+            assert_eq!(chunk.len(), in_chunk.len());
+            let lo = in_chunk.iter().map(|r| r.0).min();
+            let hi = in_chunk.iter().map(|r| r.0 + 1).max();
+            assert_eq!(
+                chunk.key_groups(),
+                lo.zip(hi).map(|(lo, hi)| KeyGroupRange::new(lo, hi))
+            );
+            w.add_chunk(chunk).expect("a valid chunk is accepted");
+            d.add_encoded(chunk.len() as u32, chunk.as_bytes())
+                .expect("a valid chunk's bytes are accepted");
+            chunk.clear();
+            assert!(chunk.is_empty() && chunk.len_bytes() == 0 && chunk.key_groups().is_none());
+        };
+        let mut start = 0;
+        for (i, r) in records.iter().enumerate() {
+            chunk.push(&as_record(r));
+            if chunk.len_bytes() >= target {
+                write(&mut chunk, &records[start..=i]);
+                start = i + 1;
             }
         }
+        write(&mut chunk, &records[start..]);
         decoded = Some(d);
     } else {
-        for group in records.chunk_by(|a, b| a.0 == b.0) {
-            for batch in group.chunks(usize::from(input.batch)) {
-                let mut payload = Vec::new();
-                for r in batch {
-                    encode_changelog_record(&as_record(r), &mut payload);
-                }
-                w.add_encoded(batch[0].0, batch.len() as u32, &payload)
-                    .expect("a valid batch is accepted");
+        for batch in records.chunks(usize::from(input.batch)) {
+            let mut payload = Vec::new();
+            for r in batch {
+                encode_changelog_record_v2(&as_record(r), &mut payload);
             }
+            w.add_encoded(batch.len() as u32, &payload)
+                .expect("a valid batch is accepted");
         }
     }
     assert_eq!(w.records(), records.len() as u64);
@@ -182,7 +203,7 @@ fuzz_target!(|input: Input| {
         assert_eq!(
             d.finish().expect("finish"),
             bytes,
-            "add_block and add_encoded of the same blocks differ"
+            "add_chunk and add_encoded of the same chunks differ"
         );
     }
 
@@ -191,6 +212,7 @@ fuzz_target!(|input: Input| {
     assert_eq!(r.states(), &states[..]);
     assert_eq!(r.first_sqn(), input.first_sqn);
     assert_eq!(r.record_count(), records.len() as u64);
+    assert_eq!(r.version(), 2);
     r.verify_all().expect("what was written verifies");
     assert_eq!(
         read_all(&bytes, KeyGroupRange::new(0, MAX_MAX_PARALLELISM)).expect("scan"),

@@ -6,7 +6,6 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use cairn_format::{ChangelogOp, ChangelogRecord, FileState};
 
 use crate::config::{ChangelogConfig, ChangelogStorage};
 use crate::error::ChangelogError;
-use crate::log::LogBuffer;
+use crate::log::{spawn_worker, LogBuffer};
 use crate::restore::OwnedRecord;
 use crate::shared::{Holder, MatState, Shared};
 
@@ -96,12 +95,13 @@ pub struct ChangelogBackend<B: KeyedStateBackend> {
     pub(crate) inner: B,
     pub(crate) config: ChangelogConfig,
     pub(crate) shared: Arc<Shared>,
-    worker: Option<mpsc::Sender<String>>,
     pub(crate) states: Vec<StateInfo>,
     /// Wrapped backend's state index → index in `states` (`u32::MAX`: none).
     pub(crate) by_raw: Vec<u32>,
-    /// The state table of the next segment (index = index in `states`).
+    /// The state table of the open segment (index = index in `states`; grows while it is
+    /// open).
     table: Arc<Vec<FileState>>,
+    /// The open segment's records; its sequence number is `next_seg`.
     log: LogBuffer,
     pub(crate) scratch: Vec<u8>,
     pub(crate) scratch_ns: Vec<u8>,
@@ -177,16 +177,20 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             nonce(&config.uid)
         );
         let shared = Arc::new(Shared::new(config.uid.clone(), prefix, storage));
-        let worker = spawn_worker(shared.clone());
+        let log = LogBuffer::new(
+            shared.clone(),
+            spawn_worker(shared.clone()),
+            0,
+            config.segment_bytes,
+        );
         Self {
             inner,
             config,
             shared,
-            worker,
             states: Vec::new(),
             by_raw: Vec::new(),
             table: Arc::new(Vec::new()),
-            log: LogBuffer::new(0),
+            log,
             scratch: Vec::new(),
             scratch_ns: Vec::new(),
             log_bytes_since_mat: 0,
@@ -371,7 +375,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
                     .unwrap_or_default(),
             });
         };
-        self.log.push(&ChangelogRecord {
+        let full = self.log.push(&ChangelogRecord {
             key_group: kg,
             state: w as u32,
             op,
@@ -380,8 +384,8 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             user_key,
             value,
         });
-        if self.log.len_bytes() >= self.config.segment_bytes {
-            self.seal();
+        if full {
+            self.cut_log();
         }
         self.ops_since_check += 1;
         if self.ops_since_check >= TRIGGER_CHECK_EVERY {
@@ -391,34 +395,38 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         Ok(())
     }
 
-    /// Seals the buffered records into a segment of the chain (written in the background).
-    pub(crate) fn seal(&mut self) {
-        let bytes = self.log.len_bytes() as u64;
-        let Some(sealed) = self.log.seal(self.table.clone()) else {
-            return;
-        };
-        self.log_bytes_since_mat += bytes;
-        let seq = self.next_seg;
-        self.next_seg += 1;
-        let seg = SegRef {
-            seq,
-            name: format!("{}/{seq:010}.cls", self.shared.prefix),
-            first_sqn: sealed.first_sqn,
-            records: sealed.records(),
-        };
-        self.shared.add_segment(&seg.name, sealed);
-        self.shared.hold(Holder::Chain, [seg.name.as_str()]);
-        self.send_to_worker(&seg.name);
-        self.chain.segments.push(seg);
+    /// The current chunk is full: seals the segment if it reached its size, or hands the
+    /// chunk to the encoder.
+    #[cold]
+    #[inline(never)]
+    fn cut_log(&mut self) {
+        if self.log.len_bytes() >= self.config.segment_bytes {
+            self.seal();
+        } else {
+            let (prefix, seq) = (&self.shared.prefix, self.next_seg);
+            self.log.hand_off(&self.table, || segment_name(prefix, seq));
+        }
     }
 
-    fn send_to_worker(&mut self, name: &str) {
-        if let Some(w) = &self.worker {
-            if w.send(name.to_string()).is_err() {
-                // The worker is gone: the checkpoint's asynchronous phase encodes it.
-                self.worker = None;
-            }
-        }
+    /// Seals the open segment into the chain (finished in the background). O(1).
+    pub(crate) fn seal(&mut self) {
+        let seq = self.next_seg;
+        let shared = &self.shared;
+        let Some(sealed) = self.log.seal(
+            &self.table,
+            || segment_name(&shared.prefix, seq),
+            |name| shared.hold(Holder::Chain, [name]),
+        ) else {
+            return;
+        };
+        self.next_seg += 1;
+        self.log_bytes_since_mat += sealed.bytes as u64;
+        self.chain.segments.push(SegRef {
+            seq,
+            name: sealed.name.to_string(),
+            first_sqn: sealed.first_sqn,
+            records: sealed.records,
+        });
     }
 
     // ---- materialization -----------------------------------------------------------
@@ -467,8 +475,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         let mut names: Vec<&String> = self.replay.keys().collect();
         names.sort();
         let mut table = Vec::new();
-        let mut buf = LogBuffer::new(0);
-        for (i, name) in names.iter().enumerate() {
+        for name in &names {
             let kind = self
                 .restored_metas
                 .get(name.as_str())
@@ -483,24 +490,32 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
                 name: (*name).clone(),
                 kind,
             });
-            for r in self.replay.get(name.as_str()).into_iter().flatten() {
-                buf.push(&r.as_record(i as u32));
+        }
+        let table = Arc::new(table);
+        let name = format!("{}/carry-{mat_id}.cls", self.shared.prefix);
+        let mut buf = self.log.fork(0, usize::MAX);
+        for (i, state) in names.iter().enumerate() {
+            for r in self.replay.get(state.as_str()).into_iter().flatten() {
+                if buf.push(&r.as_record(i as u32)) {
+                    buf.hand_off(&table, || name.clone());
+                }
             }
         }
-        let Some(sealed) = buf.seal(Arc::new(table)) else {
+        let shared = &self.shared;
+        // Held before the worker may finish it (an unheld file is released at once).
+        let Some(sealed) = buf.seal(
+            &table,
+            || name.clone(),
+            |n| shared.hold(Holder::Mat(mat_id), [n]),
+        ) else {
             return Ok(None);
         };
-        let seg = SegRef {
+        Ok(Some(SegRef {
             seq: self.next_seg,
-            name: format!("{}/carry-{mat_id}.cls", self.shared.prefix),
+            name: sealed.name.to_string(),
             first_sqn: 0,
-            records: sealed.records(),
-        };
-        // Held before the worker may upload it (an unheld file is released at once).
-        self.shared.hold(Holder::Mat(mat_id), [seg.name.as_str()]);
-        self.shared.add_segment(&seg.name, sealed);
-        self.send_to_worker(&seg.name);
-        Ok(Some(seg))
+            records: sealed.records,
+        }))
     }
 
     fn known_handle(&self, id: u64) -> Option<Arc<KeyedStateHandle>> {
@@ -644,23 +659,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     }
 }
 
-/// The background thread that encodes sealed segments and, with a storage, uploads them.
-fn spawn_worker(shared: Arc<Shared>) -> Option<mpsc::Sender<String>> {
-    let (tx, rx) = mpsc::channel::<String>();
-    let name = format!("cairn-changelog-{}", shared.uid);
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            for seg in rx {
-                // Errors are kept with the segment (encoding) or retried by the checkpoint
-                // that needs it (upload).
-                if shared.segment_file(&seg).is_ok() && shared.storage.is_some() {
-                    let _ = shared.make_durable(&seg, None, &cairn_core::CancelToken::new(), 0);
-                }
-            }
-        })
-        .ok()
-        .map(|_| tx)
+/// The name of segment `seq`.
+fn segment_name(prefix: &str, seq: u64) -> String {
+    format!("{prefix}/{seq:010}.cls")
 }
 
 /// The uid reduced to `[A-Za-z0-9_-]`, at most 40 bytes (file names).

@@ -1,9 +1,9 @@
 //! Checkpoints and savepoints.
 //!
 //! - An incremental checkpoint is the chain: the last materialization plus the segments
-//!   after it. The synchronous phase only seals the buffered records (O(1)); the
-//!   asynchronous phase encodes and uploads that tail (and anything not uploaded yet) and
-//!   returns a [`KeyedData::Changelog`] handle.
+//!   after it. The synchronous phase only seals the open segment (O(1)); the asynchronous
+//!   phase waits until the background thread has written that tail, uploads anything not
+//!   uploaded yet and returns a [`KeyedData::Changelog`] handle.
 //! - A full checkpoint and a savepoint are the wrapped backend's own (canonical, or as it
 //!   writes full checkpoints): a savepoint taken with changelog on restores without it.
 //!   After a full checkpoint the chain starts over with a new materialization, because

@@ -510,9 +510,10 @@ mod tests {
         };
         assert_eq!(read(&seg, good.clone()).unwrap(), 1);
         // A flipped bit in the record's value (the block starts at 26, after the 16-byte
-        // header and the state table; its payload at 46).
+        // header and the state table; its payload at 50, after the 24-byte block header;
+        // the value 20 bytes into the record, after its key group u16).
         let mut bad = good.clone();
-        let value_at = 46 + 18;
+        let value_at = 50 + 20;
         bad[value_at] ^= 0x01;
         let e = read(&seg, bad).unwrap_err().to_string();
         assert!(e.contains("size or checksum differs"), "{e}");

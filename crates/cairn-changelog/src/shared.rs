@@ -1,6 +1,7 @@
 //! State shared by the task thread, the background uploader, materializations and the
 //! asynchronous phases of checkpoints: the files the backend wrote, who holds them, the
-//! sealed segments and the materializations in progress.
+//! segments being written, the materializations in progress and the pool of empty record
+//! chunks.
 //!
 //! # Holding and releasing files
 //!
@@ -26,9 +27,11 @@ use cairn_core::{
     CancelToken, FileArea, FileRef, KeyedStateHandle, Result, SnapshotTarget, StateError,
 };
 
+use cairn_format::ChangelogChunk;
+
 use crate::config::ChangelogStorage;
 use crate::error::ChangelogError;
-use crate::log::{encode_segment, Sealed};
+use crate::log::{CHUNK_CAPACITY, POOLED_CHUNKS};
 
 /// Who holds a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,8 +57,9 @@ struct FileEntry {
 
 #[derive(Debug)]
 enum SegState {
-    Sealed(Sealed),
-    Encoding,
+    /// Opened on the task thread; its encoder (the background thread, or the task thread
+    /// if that could not be started) is writing it.
+    Writing,
     Encoded,
     Failed(String),
 }
@@ -90,6 +94,8 @@ pub(crate) struct Shared {
     /// ratio is the log's compression, which the size trigger applies to buffered bytes.
     log_raw: AtomicU64,
     log_stored: AtomicU64,
+    /// Empty chunks for the task thread's log: the encoder returns them once written.
+    chunks: Mutex<Vec<ChangelogChunk>>,
 }
 
 impl Shared {
@@ -106,6 +112,7 @@ impl Shared {
             cond: Condvar::new(),
             log_raw: AtomicU64::new(0),
             log_stored: AtomicU64::new(0),
+            chunks: Mutex::new(Vec::new()),
         }
     }
 
@@ -215,18 +222,60 @@ impl Shared {
 
     // ---- segments ------------------------------------------------------------------
 
-    /// Registers a sealed segment (its bytes are written later).
-    pub(crate) fn add_segment(&self, name: &str, sealed: Sealed) {
+    /// Segment `name` opened: [`Self::segment_file`] waits until it is written.
+    pub(crate) fn open_segment(&self, name: &str) {
         self.lock()
             .segments
-            .insert(name.to_string(), SegState::Sealed(sealed));
+            .insert(name.to_string(), SegState::Writing);
     }
 
-    /// Encodes segment `name` if nobody has yet, and returns its file.
+    /// Segment `name` is written: records its file (and the log's compression, `raw`
+    /// being its records' encoded bytes). Released at once if nobody holds it any more.
+    pub(crate) fn segment_encoded(&self, name: &str, bytes: Vec<u8>, raw: u64) {
+        self.log_raw.fetch_add(raw, Ordering::Relaxed);
+        self.log_stored
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let file = local_ref(name, &bytes);
+        let released = {
+            let mut t = self.lock();
+            t.files.insert(
+                name.to_string(),
+                FileEntry {
+                    file,
+                    bytes: Some(Arc::new(bytes)),
+                    uploading: false,
+                    pinned: false,
+                    confirmed: false,
+                },
+            );
+            t.segments.insert(name.to_string(), SegState::Encoded);
+            self.cond.notify_all();
+            release_if_idle(&mut t, name)
+        };
+        self.unpin(released.into_iter().collect());
+    }
+
+    /// Segment `name` cannot be written: [`Self::segment_file`] fails with `message`
+    /// (the first failure of a segment is kept).
+    pub(crate) fn segment_failed(&self, name: &str, message: String) {
+        let mut t = self.lock();
+        match t.segments.get(name) {
+            Some(SegState::Failed(_) | SegState::Encoded) => {}
+            Some(SegState::Writing) | None => {
+                t.segments
+                    .insert(name.to_string(), SegState::Failed(message));
+            }
+        }
+        // Kept even if nobody holds it yet: a segment is held when it is sealed, and may
+        // fail before.
+        self.cond.notify_all();
+    }
+
+    /// The file of segment `name`, once written (waits while it is being written).
     pub(crate) fn segment_file(&self, name: &str) -> Result<FileRef> {
         let mut t = self.lock();
         loop {
-            match t.segments.get_mut(name) {
+            match t.segments.get(name) {
                 None => {
                     // Released after it was encoded, or never known.
                     return t.files.get(name).map(|e| e.file.clone()).ok_or_else(|| {
@@ -241,42 +290,40 @@ impl Shared {
                 Some(SegState::Failed(m)) => {
                     return Err(self.background_err("segment upload", m.clone()))
                 }
-                Some(SegState::Encoding) => t = self.wait(t),
-                Some(s @ SegState::Sealed(_)) => {
-                    let SegState::Sealed(sealed) = std::mem::replace(s, SegState::Encoding) else {
-                        continue;
-                    };
-                    drop(t);
-                    let raw = sealed.bytes as u64;
-                    let encoded = encode_segment(sealed, name);
-                    t = self.lock();
-                    match encoded {
-                        Ok(bytes) => {
-                            self.log_raw.fetch_add(raw, Ordering::Relaxed);
-                            self.log_stored
-                                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            let file = local_ref(name, &bytes);
-                            t.files.insert(
-                                name.to_string(),
-                                FileEntry {
-                                    file,
-                                    bytes: Some(Arc::new(bytes)),
-                                    uploading: false,
-                                    pinned: false,
-                                    confirmed: false,
-                                },
-                            );
-                            t.segments.insert(name.to_string(), SegState::Encoded);
-                        }
-                        Err(e) => {
-                            t.segments
-                                .insert(name.to_string(), SegState::Failed(e.to_string()));
-                        }
-                    }
-                    self.cond.notify_all();
-                }
+                Some(SegState::Writing) => t = self.wait(t),
             }
         }
+    }
+
+    /// An empty chunk from the pool, or a new one.
+    pub(crate) fn take_chunk(&self) -> ChangelogChunk {
+        let pooled = self.chunks.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        pooled.unwrap_or_else(|| ChangelogChunk::with_capacity(CHUNK_CAPACITY))
+    }
+
+    /// Empties `chunk` and keeps it for [`Self::take_chunk`] (unless the pool is full or
+    /// the chunk grew beyond [`CHUNK_CAPACITY`] for a large record).
+    pub(crate) fn recycle_chunk(&self, mut chunk: ChangelogChunk) {
+        if chunk.len_bytes() > CHUNK_CAPACITY {
+            return;
+        }
+        chunk.clear();
+        let mut pool = self.chunks.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOLED_CHUNKS {
+            pool.push(chunk);
+        }
+    }
+
+    /// Chunks in the pool (tests).
+    #[cfg(test)]
+    pub(crate) fn pooled_chunks(&self) -> usize {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The bytes of file `name`, while the table keeps them (tests).
+    #[cfg(test)]
+    pub(crate) fn file_bytes(&self, name: &str) -> Option<Arc<Vec<u8>>> {
+        self.lock().files.get(name).and_then(|e| e.bytes.clone())
     }
 
     // ---- files ---------------------------------------------------------------------
@@ -484,7 +531,7 @@ fn release_if_idle(t: &mut Tables, name: &str) -> Option<FileRef> {
     if t.refs.contains_key(name) {
         return None;
     }
-    if matches!(t.segments.get(name), Some(SegState::Encoding)) {
+    if matches!(t.segments.get(name), Some(SegState::Writing)) {
         return None;
     }
     match t.files.get(name) {

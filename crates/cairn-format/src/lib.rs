@@ -12,8 +12,9 @@
 //!   touches only the key groups it restores;
 //! - the canonical **list value** ([`encode_list`] / [`decode_list`]);
 //! - the **changelog segment** ([`ChangelogSegmentWriter`] / [`ChangelogSegmentReader`]):
-//!   the state changes a changelog backend records between materializations, in
-//!   CRC32-checked blocks grouped by key group.
+//!   the state changes a changelog backend records between materializations, in the order
+//!   they happened, each record carrying its key group, in CRC32-checked blocks that say
+//!   which key groups they hold (the writer writes version 2, readers also read version 1).
 //!
 //! Readers never panic and never allocate more than the input justifies: every length is
 //! checked against the bytes that remain before anything is allocated, and every damaged
@@ -54,7 +55,8 @@
 
 mod block;
 mod changelog;
-mod changelog_records;
+mod changelog_chunk;
+mod changelog_reader;
 mod codec;
 mod error;
 #[cfg(fuzzing)]
@@ -67,10 +69,11 @@ mod state_file;
 mod state_reader;
 
 pub use changelog::{
-    encode_changelog_record, ChangelogOp, ChangelogRecord, ChangelogSegmentReader,
+    encode_changelog_record, encode_changelog_record_v2, ChangelogOp, ChangelogRecord,
     ChangelogSegmentWriter, SegmentBlock, CHANGELOG_MAGIC,
 };
-pub use changelog_records::{ChangelogBlock, ChangelogBlocks, ChangelogRecords};
+pub use changelog_chunk::ChangelogChunk;
+pub use changelog_reader::ChangelogSegmentReader;
 pub use error::FormatError;
 pub use list::{decode_list, encode_list};
 pub use manifest::{

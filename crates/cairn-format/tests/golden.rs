@@ -188,11 +188,9 @@ fn savepoint_vector_uses_both_block_encodings() {
 
 // ---- changelog (keyed-data kind 3) -------------------------------------------------------
 
-/// A segment of the `count` operator's changes: value sets and a clear in key group 1, a
-/// map put and remove in key group 5 (two blocks of key group 5).
-fn changelog_segment() -> Vec<u8> {
-    use cairn_format::{encode_changelog_record, ChangelogOp, ChangelogRecord, FileState};
-    let states = vec![
+fn changelog_states() -> Vec<cairn_format::FileState> {
+    use cairn_format::FileState;
+    vec![
         FileState {
             name: "count".into(),
             kind: cairn_core::StateKind::Value,
@@ -201,54 +199,90 @@ fn changelog_segment() -> Vec<u8> {
             name: "tags".into(),
             kind: cairn_core::StateKind::Map,
         },
-    ];
-    let mut w = cairn_format::ChangelogSegmentWriter::new(states, 1000).unwrap();
-    let rec =
-        |state, op, key: &'static [u8], uk: Option<&'static [u8]>, v: Option<&'static [u8]>| {
-            ChangelogRecord {
-                key_group: 0,
-                state,
-                op,
-                key,
-                namespace: b"",
-                user_key: uk,
-                value: v,
-            }
-        };
-    let mut block = Vec::new();
-    for r in [
-        rec(
-            0,
-            ChangelogOp::Set,
-            b"alice",
+    ]
+}
+
+/// The `count` operator's changes in the order they happened, by block: value sets of
+/// `alice` in key group 1 around a map put of `carol` in key group 5; a map remove in key
+/// group 5; a clear of `bob` in key group 1.
+fn changelog_blocks() -> Vec<Vec<cairn_format::ChangelogRecord<'static>>> {
+    use cairn_format::{ChangelogOp, ChangelogRecord};
+    let rec = |key_group,
+               state,
+               op,
+               key: &'static [u8],
+               uk: Option<&'static [u8]>,
+               v: Option<&'static [u8]>| ChangelogRecord {
+        key_group,
+        state,
+        op,
+        key,
+        namespace: b"",
+        user_key: uk,
+        value: v,
+    };
+    vec![
+        vec![
+            rec(
+                1,
+                0,
+                ChangelogOp::Set,
+                b"alice",
+                None,
+                Some(&[7, 0, 0, 0, 0, 0, 0, 0]),
+            ),
+            rec(
+                5,
+                1,
+                ChangelogOp::MapPut,
+                b"carol",
+                Some(b"red"),
+                Some(b"1"),
+            ),
+            rec(
+                1,
+                0,
+                ChangelogOp::Set,
+                b"alice",
+                None,
+                Some(&[8, 0, 0, 0, 0, 0, 0, 0]),
+            ),
+        ],
+        vec![rec(
+            5,
+            1,
+            ChangelogOp::MapRemove,
+            b"carol",
+            Some(b"blue"),
             None,
-            Some(&[7, 0, 0, 0, 0, 0, 0, 0]),
-        ),
-        rec(
-            0,
-            ChangelogOp::Set,
-            b"alice",
-            None,
-            Some(&[8, 0, 0, 0, 0, 0, 0, 0]),
-        ),
-        rec(0, ChangelogOp::Clear, b"bob", None, None),
-    ] {
-        encode_changelog_record(&r, &mut block);
+        )],
+        vec![rec(1, 0, ChangelogOp::Clear, b"bob", None, None)],
+    ]
+}
+
+/// The version 2 segment of [`changelog_blocks`], written with `add_encoded` from v2 record
+/// bytes (and checked against `add_chunk`, which must write the same bytes).
+fn changelog_segment() -> Vec<u8> {
+    use cairn_format::{encode_changelog_record_v2, ChangelogChunk, ChangelogSegmentWriter};
+    let mut w = ChangelogSegmentWriter::new(changelog_states(), 1000).unwrap();
+    let mut by_chunk = ChangelogSegmentWriter::new(changelog_states(), 1000).unwrap();
+    for records in changelog_blocks() {
+        let mut block = Vec::new();
+        let mut chunk = ChangelogChunk::new();
+        for r in &records {
+            encode_changelog_record_v2(r, &mut block);
+            chunk.push(r);
+        }
+        w.add_encoded(records.len() as u32, &block).unwrap();
+        by_chunk.add_chunk(&chunk).unwrap();
     }
-    w.add_encoded(1, 3, &block).unwrap();
-    block.clear();
-    encode_changelog_record(
-        &rec(1, ChangelogOp::MapPut, b"carol", Some(b"red"), Some(b"1")),
-        &mut block,
+    let bytes = w.finish().unwrap();
+    assert_eq!(
+        bytes,
+        by_chunk.finish().unwrap(),
+        "add_chunk and add_encoded"
     );
-    w.add_encoded(5, 1, &block).unwrap();
-    block.clear();
-    encode_changelog_record(
-        &rec(1, ChangelogOp::MapRemove, b"carol", Some(b"blue"), None),
-        &mut block,
-    );
-    w.add_encoded(5, 1, &block).unwrap();
-    w.finish().unwrap()
+    bytes
 }
 
 /// Checkpoint 21 of `count` (parallelism 1, max parallelism 8): a materialized canonical
@@ -364,19 +398,42 @@ fn changelog_vectors_are_byte_exact_and_decode() {
     assert_eq!(m, changelog_manifest());
     // The header announces changelog data with required flag bit 1.
     assert_eq!(&read("checkpoint-changelog.manifest")[10..12], &[2, 0]);
-    let r = cairn_format::ChangelogSegmentReader::open(
-        Bytes::from(read("changelog-segment.cls")),
-        "changelog-segment.cls",
-    )
-    .unwrap();
-    assert_eq!((r.first_sqn(), r.record_count()), (1000, 5));
-    let mut got = Vec::new();
-    r.scan::<FormatError, _>(KeyGroupRange::all(8), |rec| {
-        got.push((rec.key_group, rec.state, rec.op, rec.key.to_vec()));
-        Ok(())
-    })
-    .unwrap();
     use cairn_format::ChangelogOp::*;
+    type Seen = (u32, u32, cairn_format::ChangelogOp, Vec<u8>);
+    let scan = |name: &str, range: KeyGroupRange| -> (u16, u64, u64, Vec<Seen>) {
+        let r = cairn_format::ChangelogSegmentReader::open(Bytes::from(read(name)), name).unwrap();
+        let mut got = Vec::new();
+        r.scan::<FormatError, _>(range, |rec| {
+            got.push((rec.key_group, rec.state, rec.op, rec.key.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (r.version(), r.first_sqn(), r.record_count(), got)
+    };
+    // Version 2: the records in the order they happened, filtered by key group.
+    let (version, first_sqn, count, got) = scan("changelog-segment.cls", KeyGroupRange::all(8));
+    assert_eq!((version, first_sqn, count), (2, 1000, 5));
+    let expected: Vec<Seen> = changelog_blocks()
+        .iter()
+        .flatten()
+        .map(|r| (r.key_group, r.state, r.op, r.key.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
+    let (.., got) = scan("changelog-segment.cls", KeyGroupRange::new(0, 4));
+    assert_eq!(
+        got,
+        vec![
+            (1, 0, Set, b"alice".to_vec()),
+            (1, 0, Set, b"alice".to_vec()),
+            (1, 0, Clear, b"bob".to_vec()),
+        ]
+    );
+    // Version 1 (read only): the same changes grouped by key group, still decoding. No
+    // code writes it any more, so its bytes are pinned here.
+    let v1 = read("changelog-segment-v1.cls");
+    assert_eq!((v1.len(), crc32fast::hash(&v1)), (328, 0xd605_0adf));
+    let (version, first_sqn, count, got) = scan("changelog-segment-v1.cls", KeyGroupRange::all(8));
+    assert_eq!((version, first_sqn, count), (1, 1000, 5));
     assert_eq!(
         got,
         vec![
@@ -387,6 +444,8 @@ fn changelog_vectors_are_byte_exact_and_decode() {
             (5, 1, MapRemove, b"carol".to_vec()),
         ]
     );
+    let (.., got) = scan("changelog-segment-v1.cls", KeyGroupRange::new(4, 8));
+    assert_eq!(got.len(), 2);
     let e = cairn_format::ChangelogSegmentReader::open(
         Bytes::from(read("corrupt/changelog-segment-torn")),
         "vectors/corrupt/changelog-segment-torn",

@@ -705,9 +705,10 @@ mod tests {
             .unwrap();
         let source = storage.source(1);
         // A flipped bit in the record (the block starts after the 16-byte header and the
-        // 10-byte state table), then one in the magic.
+        // 10-byte state table; the record after the block's 24-byte header), then one in
+        // the magic.
         for (byte, located, offset) in [
-            (40, "record block checksum mismatch", 26),
+            (52, "record block checksum mismatch", 26),
             (0, "bad magic", 0),
         ] {
             let mut bad = good.clone();

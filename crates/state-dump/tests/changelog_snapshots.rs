@@ -446,7 +446,7 @@ fn truncated_and_bit_flipped_segments_are_named_with_their_offset() {
         // A flipped bit in a record block: named at that block's offset.
         let block = first_block(&good);
         let mut bad = good.clone();
-        bad[block as usize + 21] ^= 0x04;
+        bad[block as usize + 25] ^= 0x04;
         std::fs::write(&seg, &bad).unwrap();
         assert_named(&chk, &seg, block);
 
