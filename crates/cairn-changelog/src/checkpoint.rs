@@ -64,7 +64,7 @@ impl AsyncSnapshot for ChangelogSnapshot {
             if cancel.is_cancelled() {
                 return Err(cairn_core::StateError::Cancelled { checkpoint_id: id });
             }
-            let file = self.shared.segment_file(&s.name)?;
+            let file = self.shared.segment_file(&s.name, cancel, id)?;
             self.shared.make_durable(&s.name, target, cancel, id)?;
             segments.push(ChangelogSegment {
                 file,

@@ -137,8 +137,12 @@ fn run_worker(shared: Arc<Shared>, rx: mpsc::Receiver<Work>) {
         // for it forever).
         match catch_unwind(AssertUnwindSafe(|| encoder.handle(work))) {
             Ok(Some(done)) if shared.storage.is_some() => {
-                // An upload error is retried by the checkpoint that needs the segment.
-                let _ = shared.make_durable(&done, None, &CancelToken::new(), 0);
+                // An upload error is retried by the checkpoint that needs the segment; a
+                // panicking storage must not end the thread either (the segments queued
+                // behind would never be written).
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    shared.make_durable(&done, None, &CancelToken::new(), 0)
+                }));
             }
             Ok(_) => {}
             Err(_) => encoder.abandon(&name, "the encoder panicked"),
@@ -503,7 +507,7 @@ mod tests {
 
     /// The segment's file, once written.
     fn segment(shared: &Shared, name: &str) -> cairn_core::Result<ChangelogSegmentReader> {
-        shared.segment_file(name)?;
+        shared.segment_file(name, &CancelToken::new(), 0)?;
         let bytes = shared.file_bytes(name).unwrap();
         Ok(ChangelogSegmentReader::open(Bytes::from(bytes.as_ref().clone()), name).unwrap())
     }

@@ -271,10 +271,19 @@ impl Shared {
         self.cond.notify_all();
     }
 
-    /// The file of segment `name`, once written (waits while it is being written).
-    pub(crate) fn segment_file(&self, name: &str) -> Result<FileRef> {
+    /// The file of segment `name`, once written (waits while it is being written, until
+    /// `cancel` is cancelled: the checkpoint `checkpoint_id` that waits then fails).
+    pub(crate) fn segment_file(
+        &self,
+        name: &str,
+        cancel: &CancelToken,
+        checkpoint_id: u64,
+    ) -> Result<FileRef> {
         let mut t = self.lock();
         loop {
+            if cancel.is_cancelled() {
+                return Err(StateError::Cancelled { checkpoint_id });
+            }
             match t.segments.get(name) {
                 None => {
                     // Released after it was encoded, or never known.
@@ -290,7 +299,13 @@ impl Shared {
                 Some(SegState::Failed(m)) => {
                     return Err(self.background_err("segment upload", m.clone()))
                 }
-                Some(SegState::Writing) => t = self.wait(t),
+                Some(SegState::Writing) => {
+                    t = self
+                        .cond
+                        .wait_timeout(t, std::time::Duration::from_millis(50))
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
             }
         }
     }
@@ -562,5 +577,53 @@ pub(crate) fn local_ref(name: &str, bytes: &[u8]) -> FileRef {
         name: name.to_string(),
         size: bytes.len() as u64,
         crc32: crc32fast::hash(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: &str = "changelog/op-1/0000000000.cls";
+
+    /// A checkpoint waiting for a segment that is never finished (say its encoder died)
+    /// fails once it is cancelled, as its timeout does, instead of waiting forever; a
+    /// segment finished meanwhile is returned.
+    #[test]
+    fn waiting_for_a_segment_ends_when_it_is_written_or_the_checkpoint_is_cancelled() {
+        let shared = Arc::new(Shared::new("op".into(), "changelog/op-1".into(), None));
+        shared.open_segment(SEG);
+        shared.hold(Holder::Chain, [SEG]);
+        // The waiter's outcome, or a failure if it still waits after 10 s.
+        let wait = |cancel: &CancelToken| {
+            let (shared, cancel) = (shared.clone(), cancel.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(shared.segment_file(SEG, &cancel, 7)));
+            rx
+        };
+        let outcome = |rx: std::sync::mpsc::Receiver<Result<FileRef>>| {
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("still waiting")
+        };
+
+        let cancel = CancelToken::new();
+        let waiter = wait(&cancel);
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(
+            waiter.try_recv().is_err(),
+            "waits while the segment is written"
+        );
+        cancel.cancel();
+        let e = outcome(waiter).unwrap_err();
+        assert!(
+            matches!(e, StateError::Cancelled { checkpoint_id: 7 }),
+            "{e}"
+        );
+
+        let waiter = wait(&CancelToken::new());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        shared.segment_encoded(SEG, vec![1, 2, 3], 3);
+        let file = outcome(waiter).unwrap();
+        assert_eq!((file.name.as_str(), file.size), (SEG, 3));
     }
 }

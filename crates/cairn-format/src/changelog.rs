@@ -421,13 +421,13 @@ impl ChangelogSegmentWriter {
                 chunk.len()
             ))
         })?;
+        // The tracked state indices by their masks (ops and record shapes)...
+        for (index, mask) in chunk.op_masks() {
+            self.check_mask(index, mask, key_groups)?;
+        }
         if chunk.untracked() {
-            // A state index too large to track: check the rare chunk the slow way.
+            // ...and a chunk with a state index too large to track the slow way as well.
             self.check_by_decoding(count, chunk.as_bytes())?;
-        } else {
-            for (index, mask) in chunk.op_masks() {
-                self.check_mask(index, mask, key_groups)?;
-            }
         }
         Ok(count)
     }
