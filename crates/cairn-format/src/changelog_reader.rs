@@ -15,7 +15,7 @@ use crate::changelog::{
     HEADER_FLAGS_OFFSET, HEADER_LEN, HEADER_RESERVED_OFFSET, HEADER_VERSION_OFFSET, KIND,
     MAGIC_LEN, SUPPORTED_VERSIONS, VERSION_1, VERSION_2,
 };
-use crate::codec::{corrupt, crc32, crc_matches, Reader};
+use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader};
 use crate::{ChangelogRecord, FileState, FormatError, SegmentBlock, MAX_BLOCK_LEN};
 
 /// v1 index entry: key_group u32, offset u64, len u32, records u32.
@@ -26,7 +26,6 @@ const MIN_STATE_ENTRY_LEN: usize = 4 + 1;
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// Required header flags this build understands (none are defined).
-const REQUIRED_FLAGS_MASK: u16 = 0x00ff;
 const KNOWN_REQUIRED_FLAGS: u16 = 0;
 
 /// Reads a changelog segment of version 1 or 2: `open` checks the header, footer, state
@@ -80,15 +79,7 @@ impl ChangelogSegmentReader {
             .get(HEADER_FLAGS_OFFSET..HEADER_FLAGS_OFFSET + 2)
             .and_then(|s| s.try_into().ok())
             .map_or(0, u16::from_le_bytes);
-        let unknown = flags & REQUIRED_FLAGS_MASK & !KNOWN_REQUIRED_FLAGS;
-        if unknown != 0 {
-            return Err(FormatError::UnsupportedFeature {
-                kind: KIND,
-                path: path.to_string(),
-                offset: HEADER_FLAGS_OFFSET as u64,
-                detail: format!("unknown required flags flags={unknown:#06x}"),
-            });
-        }
+        check_required_flags(KIND, path, HEADER_FLAGS_OFFSET, flags, KNOWN_REQUIRED_FLAGS)?;
         let index = read_index(b, &frame, table_end, path)?;
         Ok(Self {
             bytes,

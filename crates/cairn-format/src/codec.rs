@@ -237,6 +237,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Flag bits every file kind's reader must understand: bits 0–7 of the header flags are
+/// *required* (`format-spec/README.md`, "Compatibility rules").
+const REQUIRED_FLAGS_MASK: u16 = 0x00ff;
+
+/// Refuses header `flags` (at `offset`) that set a required bit outside `known`: the file
+/// needs a feature this build does not have (`UnsupportedFeature`, not corruption).
+pub(crate) fn check_required_flags(
+    kind: &'static str,
+    path: &str,
+    offset: usize,
+    flags: u16,
+    known: u16,
+) -> Result<(), FormatError> {
+    let unknown = flags & REQUIRED_FLAGS_MASK & !known;
+    if unknown == 0 {
+        return Ok(());
+    }
+    Err(FormatError::UnsupportedFeature {
+        kind,
+        path: path.to_string(),
+        offset: offset as u64,
+        detail: format!("unknown required flags flags={unknown:#06x}"),
+    })
+}
+
 pub(crate) fn corrupt(
     kind: &'static str,
     path: &str,
@@ -254,6 +279,25 @@ pub(crate) fn corrupt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every reader refuses a required flag bit (0–7) it does not know, at the flags'
+    /// offset, and ignores known and optional (8–15) bits.
+    #[test]
+    fn unknown_required_flags_are_refused_known_and_optional_ones_pass() {
+        assert!(check_required_flags("k", "p", 10, 0x0000, 0).is_ok());
+        assert!(check_required_flags("k", "p", 10, 0x0002, 0x0002).is_ok());
+        assert!(check_required_flags("k", "p", 10, 0xff00, 0).is_ok());
+        let e = check_required_flags("k", "p", 10, 0x0105, 0x0001).unwrap_err();
+        assert!(
+            matches!(e, FormatError::UnsupportedFeature { offset: 10, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("unknown required flags flags=0x0004"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn reader_reports_absolute_offsets_and_never_overreads() {

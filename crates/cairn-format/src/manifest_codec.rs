@@ -15,7 +15,7 @@
 //!   8   8  magic            "CAIRNMF\0"
 //! ```
 
-use crate::codec::{corrupt, crc32, crc_matches, Reader, Version, Writer};
+use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader, Version, Writer};
 use crate::manifest_body::{decode_body, encode_body};
 use crate::{FormatError, Manifest, MAX_MANIFEST_LEN};
 
@@ -37,8 +37,6 @@ const FOOTER_RESERVED_OFFSET: usize = FOOTER_VERSION_OFFSET + 2;
 const FOOTER_MAGIC_OFFSET: usize = FOOTER_RESERVED_OFFSET + 2;
 const FOOTER_LEN: usize = FOOTER_MAGIC_OFFSET + MAGIC_LEN;
 
-/// Flag bits a reader must understand (an unknown one is an error).
-const REQUIRED_FLAGS_MASK: u16 = 0x00ff;
 /// Required flag: the body holds changelog keyed data (kind 3), added after kinds 1 and 2,
 /// so that a reader that predates it refuses the manifest at its header.
 const FLAG_CHANGELOG: u16 = 0x0002;
@@ -162,15 +160,7 @@ pub fn decode_manifest(bytes: &[u8], path: &str) -> Result<Manifest, FormatError
             format!("checksum mismatch stored={stored_crc:#010x} computed={computed:#010x}"),
         ));
     }
-    let unknown = flags & REQUIRED_FLAGS_MASK & !KNOWN_REQUIRED_FLAGS;
-    if unknown != 0 {
-        return Err(FormatError::UnsupportedFeature {
-            kind: KIND,
-            path: path.to_string(),
-            offset: HEADER_FLAGS_OFFSET as u64,
-            detail: format!("unknown required flags flags={unknown:#06x}"),
-        });
-    }
+    check_required_flags(KIND, path, HEADER_FLAGS_OFFSET, flags, KNOWN_REQUIRED_FLAGS)?;
     let body = bytes.get(HEADER_LEN..footer_at).unwrap_or_default();
     let mut r = Reader::new(body, HEADER_LEN as u64, KIND, path);
     let m = decode_body(&mut r)?;

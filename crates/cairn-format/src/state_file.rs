@@ -59,8 +59,6 @@ pub(crate) const FOOTER_RESERVED: usize = FOOTER_VERSION + 2;
 pub(crate) const FOOTER_MAGIC: usize = FOOTER_RESERVED + 2;
 pub(crate) const FOOTER_LEN: usize = FOOTER_MAGIC + MAGIC_LEN;
 
-/// Flag bits a reader must understand (an unknown one is an error).
-pub(crate) const REQUIRED_FLAGS_MASK: u16 = 0x00ff;
 /// Required flags this build understands (v1 defines none).
 pub(crate) const KNOWN_REQUIRED_FLAGS: u16 = 0;
 

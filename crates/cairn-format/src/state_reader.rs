@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cairn_core::{KeyGroup, KeyGroupRange, StateKind, MAX_MAX_PARALLELISM};
 
 use crate::block::{payload, read_block_header, BlockType, Unpacker, MIN_BLOCK_LEN};
-use crate::codec::{corrupt, crc32, crc_matches, Reader, Version};
+use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader, Version};
 use crate::state_file::*;
 use crate::FormatError;
 
@@ -110,15 +110,7 @@ impl StateFileReader {
                 "reserved field is not zero".into(),
             ));
         }
-        let unknown = flags & REQUIRED_FLAGS_MASK & !KNOWN_REQUIRED_FLAGS;
-        if unknown != 0 {
-            return Err(FormatError::UnsupportedFeature {
-                kind: KIND,
-                path: path.to_string(),
-                offset: HEADER_FLAGS_OFFSET as u64,
-                detail: format!("unknown required flags flags={unknown:#06x}"),
-            });
-        }
+        check_required_flags(KIND, path, HEADER_FLAGS_OFFSET, flags, KNOWN_REQUIRED_FLAGS)?;
         // The regions tile the file: header, state table, data, index, footer.
         let st_end = state_table_offset.checked_add(state_table_len);
         let index_end = index_offset.checked_add(index_len);
