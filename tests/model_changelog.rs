@@ -58,6 +58,9 @@ impl<F: BackendFactory> BackendFactory for Uploading<'_, F> {
         config.min_log_bytes = 2000;
         config.log_to_state_ratio = 0.5;
         config.materialization_interval = None;
+        // Every hand-off after the first waits for the background thread (backpressure
+        // on each chunk, through uploads, materializations, checkpoints and restores).
+        config.max_in_flight_bytes = 1;
         cairn_changelog::ChangelogBackend::new(
             self.inner.create(uid, max_parallelism, range),
             config,

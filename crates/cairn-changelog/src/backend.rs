@@ -14,7 +14,7 @@ use cairn_core::{
 };
 use cairn_format::{ChangelogOp, ChangelogRecord, FileState};
 
-use crate::config::{ChangelogConfig, ChangelogStorage};
+use crate::config::{ChangelogConfig, ChangelogStorage, LogBackpressure};
 use crate::error::ChangelogError;
 use crate::log::{spawn_worker, LogBuffer};
 use crate::restore::OwnedRecord;
@@ -176,7 +176,12 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             clean_uid(&config.uid),
             nonce(&config.uid)
         );
-        let shared = Arc::new(Shared::new(config.uid.clone(), prefix, storage));
+        let shared = Arc::new(Shared::new(
+            config.uid.clone(),
+            prefix,
+            storage,
+            config.max_in_flight_bytes,
+        ));
         let log = LogBuffer::new(
             shared.clone(),
             spawn_worker(shared.clone()),
@@ -229,6 +234,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     /// Records buffered and not sealed into a segment yet.
     pub fn buffered_records(&self) -> u64 {
         self.log.records()
+    }
+
+    /// How often the task thread waited because the background thread was
+    /// [`ChangelogConfig::max_in_flight_bytes`] behind, and how long in total.
+    pub fn log_backpressure(&self) -> LogBackpressure {
+        let (waits, waited) = self.shared.backpressure();
+        LogBackpressure { waits, waited }
     }
 
     /// How many files (segments and materialized files) the backend still tracks.

@@ -26,11 +26,18 @@ pub struct ChangelogConfig {
     /// Seal the record buffer into a segment (uploaded in the background when a
     /// [`ChangelogStorage`] is given) when it reaches this many bytes.
     pub segment_bytes: usize,
+    /// Encoded records handed to the background thread and not written into their
+    /// segment yet, at most (Flink's `state.changelog.dstl.dfs.upload.max-in-flight`): a
+    /// mutation that would exceed it waits until the background thread has caught up, so
+    /// a log that is written (or uploaded) more slowly than the task changes state slows
+    /// the task down instead of filling the memory. One chunk is always let through.
+    pub max_in_flight_bytes: u64,
 }
 
 impl ChangelogConfig {
     /// Defaults: materialize every 3 minutes, or when the log since the last
-    /// materialization reaches the materialized size (at least 16 MiB); 4 MiB segments.
+    /// materialization reaches the materialized size (at least 16 MiB); 4 MiB segments;
+    /// at most 100 MiB of records in flight to the background thread.
     pub fn new(uid: impl Into<String>, key_codec: CodecIdentity) -> Self {
         Self {
             uid: uid.into(),
@@ -39,8 +46,18 @@ impl ChangelogConfig {
             log_to_state_ratio: 1.0,
             min_log_bytes: 16 << 20,
             segment_bytes: 4 << 20,
+            max_in_flight_bytes: 100 << 20,
         }
     }
+}
+
+/// Backpressure from the log's background thread ([`ChangelogConfig::max_in_flight_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBackpressure {
+    /// Times the task thread waited for room.
+    pub waits: u64,
+    /// Time it waited, in total.
+    pub waited: Duration,
 }
 
 /// Where a changelog backend writes shared files *between* checkpoints (log segments and

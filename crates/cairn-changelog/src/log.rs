@@ -14,6 +14,11 @@
 //! [`Shared`] (failures included, which the checkpoint that needs the segment reports).
 //! If the thread cannot be started, the task thread runs the same encoder itself.
 //!
+//! Backpressure: a chunk's bytes count as in flight from its hand-off until the encoder
+//! has written it ([`Shared::reserve`]); a hand-off that would take them past the
+//! configured bound waits. With a storage the same thread uploads each sealed segment, so
+//! a slow storage holds the chunks behind the upload back too, and the bound covers it.
+//!
 //! Why arrival order (segment format version 2) rather than blocks grouped by key group:
 //! grouping needs the whole segment buffered by key group (it used a 4 MiB buffer per key
 //! group), and those buffers cost the task thread about a quarter of its throughput.
@@ -33,7 +38,7 @@ use cairn_format::{
     ChangelogChunk, ChangelogRecord, ChangelogSegmentWriter, FileState, FormatError,
 };
 
-use crate::shared::Shared;
+use crate::shared::{InFlight, Shared};
 
 /// A chunk is handed off once it holds this many encoded bytes.
 pub(crate) const CHUNK_BYTES: usize = 64 << 10;
@@ -63,6 +68,8 @@ pub(crate) enum Work {
         name: Arc<str>,
         states: States,
         chunk: ChangelogChunk,
+        /// Its bytes, counted in flight until the work is done.
+        in_flight: InFlight,
     },
     /// Segment `name` has all its records: finish it and record it in [`Shared`].
     Seal { name: Arc<str>, states: States },
@@ -221,6 +228,7 @@ impl Encoder {
                 name,
                 states,
                 chunk,
+                in_flight,
             } => {
                 match self.open.iter_mut().find(|w| w.name == name) {
                     Some(seg) => {
@@ -233,6 +241,7 @@ impl Encoder {
                     None => self.fail(&name, &"records of a segment that is not open"),
                 }
                 self.shared.recycle_chunk(chunk);
+                drop(in_flight);
                 None
             }
             Work::Seal { name, states } => {
@@ -379,6 +388,8 @@ impl LogBuffer {
             return;
         }
         let name = self.open_segment(states, name);
+        // Backpressure: waits while the encoder is too far behind.
+        let in_flight = self.shared.reserve(self.chunk.len_bytes());
         let chunk = std::mem::replace(&mut self.chunk, self.shared.take_chunk());
         self.handed_bytes += chunk.len_bytes();
         self.handed_records += chunk.len() as u64;
@@ -389,6 +400,7 @@ impl LogBuffer {
                 name,
                 states: states.clone(),
                 chunk,
+                in_flight,
             },
         );
     }
@@ -462,7 +474,7 @@ mod tests {
     use crate::shared::Holder;
 
     fn shared() -> Arc<Shared> {
-        Arc::new(Shared::new("op".into(), "p".into(), None))
+        Arc::new(Shared::new("op".into(), "p".into(), None, u64::MAX))
     }
 
     fn sink(shared: &Arc<Shared>, inline: bool) -> Sink {
@@ -719,6 +731,137 @@ mod tests {
             buf.push(&rec(5, 1, ChangelogOp::MapRemove, Some(b"u"), None));
             seal(&mut buf, &table, "good").unwrap();
             assert_eq!(segment(&shared, "good").unwrap().record_count(), 1);
+        }
+    }
+
+    /// A storage whose uploads wait until it is opened; keeps what it was given.
+    #[derive(Debug, Default)]
+    struct GatedStorage {
+        open: std::sync::Mutex<bool>,
+        cond: std::sync::Condvar,
+        files: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    }
+
+    impl GatedStorage {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cond.notify_all();
+        }
+    }
+
+    impl crate::ChangelogStorage for GatedStorage {
+        fn upload(&self, name: &str, bytes: Vec<u8>) -> cairn_core::Result<cairn_core::FileRef> {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cond.wait(open).unwrap();
+            }
+            let file = crate::shared::local_ref(name, &bytes);
+            self.files.lock().unwrap().insert(name.to_string(), bytes);
+            Ok(file)
+        }
+        fn release(&self, _: &cairn_core::FileRef) {}
+    }
+
+    /// Pushes about 12 chunks of records from another thread, sealing each full chunk as
+    /// segment `seg-<n>`; returns the thread (which returns the buffer and how many
+    /// records it pushed) and the count of segments sealed so far.
+    fn push_segments(
+        mut buf: LogBuffer,
+    ) -> (
+        std::thread::JoinHandle<(LogBuffer, u64)>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let sealed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = sealed.clone();
+        let pusher = std::thread::spawn(move || {
+            let table = states(&[("v", StateKind::Value)]);
+            let shared = buf.shared.clone();
+            let value = [7u8; 100];
+            let n = 12 * CHUNK_BYTES / 100;
+            for i in 0..n {
+                let key = (i as u64).to_be_bytes();
+                let r = ChangelogRecord {
+                    key_group: (i % 7) as u32,
+                    state: 0,
+                    op: ChangelogOp::Set,
+                    key: &key,
+                    namespace: b"",
+                    user_key: None,
+                    value: Some(&value),
+                };
+                if buf.push(&r) {
+                    let seq = count.load(std::sync::atomic::Ordering::SeqCst);
+                    buf.seal(
+                        &table,
+                        || format!("seg-{seq}"),
+                        |name| shared.hold(Holder::Chain, [name]),
+                    );
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            (buf, n as u64)
+        });
+        (pusher, sealed)
+    }
+
+    /// A log whose background thread is stuck (here: in an upload) stops the task thread
+    /// once `max_in_flight` bytes of chunks wait for it, and lets it go on when the thread
+    /// catches up; every record is then written. Without the bound the task runs ahead.
+    #[test]
+    fn the_task_waits_while_the_encoder_is_too_far_behind() {
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+            let start = std::time::Instant::now();
+            while !done() {
+                assert!(start.elapsed().as_secs() < 20, "timed out waiting: {what}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        let max = 3 * CHUNK_BYTES as u64;
+        for bounded in [true, false] {
+            let storage = Arc::new(GatedStorage::default());
+            let shared = Arc::new(Shared::new(
+                "op".into(),
+                "p".into(),
+                Some(storage.clone()),
+                if bounded { max } else { u64::MAX },
+            ));
+            let buf = LogBuffer::new(shared.clone(), spawn_worker(shared.clone()), 0, CHUNK_BYTES);
+            let (pusher, sealed) = push_segments(buf);
+            if bounded {
+                wait_until("the task to wait", &|| shared.backpressure().0 > 0);
+                // The first segment is stuck in its upload and the next ones wait to be
+                // encoded, within the bound; the task waits.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                assert!(!pusher.is_finished());
+                let in_flight = shared.in_flight();
+                assert!(
+                    (CHUNK_BYTES as u64..=max).contains(&in_flight),
+                    "{in_flight}"
+                );
+                assert!(sealed.load(std::sync::atomic::Ordering::SeqCst) < 6);
+            } else {
+                wait_until("the task to finish", &|| pusher.is_finished());
+                assert_eq!(shared.backpressure().0, 0);
+                assert!(shared.in_flight() > max, "{}", shared.in_flight());
+            }
+            storage.open();
+            let (buf, pushed) = pusher.join().unwrap();
+            let segments = sealed.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(segments >= 11, "{segments}");
+            let mut records = 0;
+            wait_until("the uploads", &|| {
+                storage.files.lock().unwrap().len() == segments && shared.in_flight() == 0
+            });
+            for n in 0..segments {
+                let name = format!("seg-{n}");
+                let file = shared.segment_file(&name, &CancelToken::new(), 0).unwrap();
+                let bytes = storage.files.lock().unwrap().remove(&name).unwrap();
+                assert_eq!(file, crate::shared::local_ref(&name, &bytes));
+                let reader = ChangelogSegmentReader::open(Bytes::from(bytes), &name).unwrap();
+                records += reader.record_count();
+            }
+            assert_eq!(records + buf.records(), pushed);
+            assert_eq!(shared.backpressure().0 > 0, bounded);
         }
     }
 }

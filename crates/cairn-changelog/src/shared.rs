@@ -96,6 +96,33 @@ pub(crate) struct Shared {
     log_stored: AtomicU64,
     /// Empty chunks for the task thread's log: the encoder returns them once written.
     chunks: Mutex<Vec<ChangelogChunk>>,
+    /// Encoded bytes of the chunks handed to the encoder and not written yet
+    /// ([`InFlight`]), their bound, and the task thread's waits for room.
+    in_flight: Mutex<u64>,
+    room: Condvar,
+    max_in_flight: u64,
+    waits: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+/// Bytes of a chunk on their way to the encoder, counted in flight until this is dropped
+/// (with the chunk's work: written, failed, or lost with a panic).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut n = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(self.bytes);
+        self.shared.room.notify_all();
+    }
 }
 
 impl Shared {
@@ -103,6 +130,7 @@ impl Shared {
         uid: String,
         prefix: String,
         storage: Option<Arc<dyn ChangelogStorage>>,
+        max_in_flight: u64,
     ) -> Self {
         Self {
             uid,
@@ -113,7 +141,50 @@ impl Shared {
             log_raw: AtomicU64::new(0),
             log_stored: AtomicU64::new(0),
             chunks: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(0),
+            room: Condvar::new(),
+            max_in_flight,
+            waits: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Counts `bytes` of a chunk handed to the encoder as in flight until the returned
+    /// token is dropped. Waits first while they would take the bytes in flight past the
+    /// bound, unless none are in flight (a chunk larger than the bound still goes).
+    pub(crate) fn reserve(self: &Arc<Self>, bytes: usize) -> InFlight {
+        let bytes = bytes as u64;
+        let full = |n: u64| n > 0 && n.saturating_add(bytes) > self.max_in_flight;
+        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if full(*n) {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            let start = std::time::Instant::now();
+            while full(*n) {
+                n = self.room.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            let waited = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        }
+        *n += bytes;
+        InFlight {
+            shared: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Encoded bytes in flight to the encoder (tests).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> u64 {
+        *self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How often the task thread waited (or waits) for room in flight, and how long it
+    /// waited in total (finished waits).
+    pub(crate) fn backpressure(&self) -> (u64, std::time::Duration) {
+        (
+            self.waits.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+        )
     }
 
     /// Encoded bytes per buffered byte over the segments encoded so far (1 before the
@@ -591,7 +662,12 @@ mod tests {
     /// segment finished meanwhile is returned.
     #[test]
     fn waiting_for_a_segment_ends_when_it_is_written_or_the_checkpoint_is_cancelled() {
-        let shared = Arc::new(Shared::new("op".into(), "changelog/op-1".into(), None));
+        let shared = Arc::new(Shared::new(
+            "op".into(),
+            "changelog/op-1".into(),
+            None,
+            u64::MAX,
+        ));
         shared.open_segment(SEG);
         shared.hold(Holder::Chain, [SEG]);
         // The waiter's outcome, or a failure if it still waits after 10 s.
