@@ -9,12 +9,11 @@ mod common;
 mod moto;
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cairn_core::{FileArea, KeyGroupRange, KeyedStateBackend, SnapshotOptions};
 use cairn_format::Manifest;
+use cairn_storage::fault::{FaultyObjectStore, OpKind};
 use cairn_storage::{
     create_savepoint, open_savepoint, snapshot_operator, write_savepoint, CheckpointStorage,
     StorageError, SubtaskRef,
@@ -23,14 +22,7 @@ use common::conformance::{checkpoint, fill_key, read_operator};
 use common::factories::{HashMapFactory, RocksDbFactory};
 use common::harness::{savepoint_entries, BackendFactory, Operator};
 use common::schema::{keys_in, register};
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use moto::{moto, Moto};
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
-};
 
 const MAX_P: u32 = 32;
 const MIB: usize = 1024 * 1024;
@@ -223,187 +215,21 @@ fn savepoint_on_s3_restores_under_both_backends() {
     assert!(matches!(err, StorageError::SavepointExists { .. }), "{err}");
 }
 
-/// Counts the parts that reach the inner store, fails part `fail_part` (1-based) and
-/// counts aborts: shows that large files go through multipart and failed uploads are
-/// aborted on the real server.
-#[derive(Debug, Default)]
-struct Parts {
-    puts: AtomicUsize,
-    parts: AtomicUsize,
-    aborts: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct PartFailing {
-    inner: Arc<dyn ObjectStore>,
-    fail_part: Option<usize>,
-    parts: Arc<Parts>,
-}
-
-impl fmt::Display for PartFailing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartFailing({})", self.inner)
-    }
-}
-
-#[derive(Debug)]
-struct Upload {
-    inner: Box<dyn MultipartUpload>,
-    fail_part: Option<usize>,
-    parts: Arc<Parts>,
-}
-
-impl MultipartUpload for Upload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        let n = self.parts.parts.fetch_add(1, Ordering::SeqCst) + 1;
-        if Some(n) == self.fail_part {
-            return futures::future::ready(Err(object_store::Error::Generic {
-                store: "test",
-                source: "injected part failure".into(),
-            }))
-            .boxed();
+/// A storage on `url` whose store counts what reaches the server and fails part
+/// `fail_part` (1-based): shows that large files go through multipart and failed uploads
+/// are aborted on the real server.
+fn open_counting(url: &str, fail_part: Option<u64>) -> (CheckpointStorage, FaultyObjectStore) {
+    let mut faulty = None;
+    let storage = CheckpointStorage::open_wrapped(url, |inner| {
+        let f = FaultyObjectStore::new(inner);
+        if let Some(n) = fail_part {
+            f.fail_nth(OpKind::PutPart, n);
         }
-        self.inner.put_part(data)
-    }
-
-    fn complete<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<PutResult>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        self.inner.complete()
-    }
-
-    fn abort<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<()>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        self.parts.aborts.fetch_add(1, Ordering::SeqCst);
-        self.inner.abort()
-    }
-}
-
-// `ObjectStore` is declared with `#[async_trait]`; these are the signatures it generates.
-impl ObjectStore for PartFailing {
-    fn put_opts<'l0, 'l1, 'a>(
-        &'l0 self,
-        location: &'l1 Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> BoxFuture<'a, object_store::Result<PutResult>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.parts.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_opts(location, payload, opts)
-    }
-
-    fn put_multipart_opts<'l0, 'l1, 'a>(
-        &'l0 self,
-        location: &'l1 Path,
-        opts: PutMultipartOptions,
-    ) -> BoxFuture<'a, object_store::Result<Box<dyn MultipartUpload>>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        async move {
-            let inner = self.inner.put_multipart_opts(location, opts).await?;
-            Ok(Box::new(Upload {
-                inner,
-                fail_part: self.fail_part,
-                parts: self.parts.clone(),
-            }) as Box<dyn MultipartUpload>)
-        }
-        .boxed()
-    }
-
-    fn get_opts<'l0, 'l1, 'a>(
-        &'l0 self,
-        location: &'l1 Path,
-        options: GetOptions,
-    ) -> BoxFuture<'a, object_store::Result<GetResult>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.inner.get_opts(location, options)
-    }
-
-    fn delete_stream(
-        &self,
-        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&Path>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_delimiter<'l0, 'l1, 'a>(
-        &'l0 self,
-        prefix: Option<&'l1 Path>,
-    ) -> BoxFuture<'a, object_store::Result<ListResult>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.inner.list_with_delimiter(prefix)
-    }
-
-    fn copy_opts<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        from: &'l1 Path,
-        to: &'l2 Path,
-        options: CopyOptions,
-    ) -> BoxFuture<'a, object_store::Result<()>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
-        self.inner.copy_opts(from, to, options)
-    }
-
-    fn rename_opts<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        from: &'l1 Path,
-        to: &'l2 Path,
-        options: RenameOptions,
-    ) -> BoxFuture<'a, object_store::Result<()>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
-        self.inner.rename_opts(from, to, options)
-    }
-}
-
-fn open_counting(url: &str, fail_part: Option<usize>) -> (CheckpointStorage, Arc<Parts>) {
-    let parts = Arc::new(Parts::default());
-    let p = parts.clone();
-    let storage = CheckpointStorage::open_wrapped(url, move |inner| {
-        Arc::new(PartFailing {
-            inner,
-            fail_part,
-            parts: p,
-        })
+        faulty = Some(f.clone());
+        Arc::new(f)
     })
     .unwrap();
-    (storage, parts)
+    (storage, faulty.expect("open_wrapped wraps the store"))
 }
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
@@ -426,19 +252,19 @@ fn large_files_use_multipart_and_a_failed_upload_is_aborted() {
     let f_small = writer
         .write(FileArea::Private, "small.bin", small.clone())
         .unwrap();
-    assert_eq!(parts.puts.load(Ordering::SeqCst), 1);
-    assert_eq!(parts.parts.load(Ordering::SeqCst), 0, "1 MiB is one put");
+    assert_eq!(parts.count(OpKind::Put), 1);
+    assert_eq!(parts.count(OpKind::PutPart), 0, "1 MiB is one put");
     let big = payload(20 * MIB, 2);
     let f_big = writer
         .write(FileArea::Shared, "big.bin", big.clone())
         .unwrap();
     assert_eq!(f_big.size, big.len() as u64);
     assert_eq!(
-        parts.parts.load(Ordering::SeqCst),
+        parts.count(OpKind::PutPart),
         3,
         "20 MiB is parts of 8 + 8 + 4 MiB"
     );
-    assert_eq!(parts.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(parts.count(OpKind::Put), 1);
     let source = storage.source(1);
     assert_eq!(source.read(&f_big).unwrap(), big);
     assert_eq!(source.read(&f_small).unwrap(), small);
@@ -456,7 +282,7 @@ fn large_files_use_multipart_and_a_failed_upload_is_aborted() {
         msg.contains("put_multipart failed") && msg.contains("chk-2/big.bin"),
         "{msg}"
     );
-    assert_eq!(parts.aborts.load(Ordering::SeqCst), 1);
+    assert_eq!(parts.count(OpKind::AbortMultipart), 1);
     assert_eq!(m.uploads_in_progress(&bucket), 0, "the upload was aborted");
     let left = m.keys(&bucket);
     assert!(!left.contains(&"job/chk-2/big.bin".to_string()), "{left:?}");

@@ -2,7 +2,8 @@
 //! SlateDB's `FailingObjectStore`.
 //!
 //! [`FaultyObjectStore`] forwards to an inner store and can: crash at the Nth write (put,
-//! multipart put, copy, rename, delete — counted from creation), before or after the write
+//! multipart put and each of its parts, completion and abort, copy, rename, delete —
+//! counted from creation), before or after the write
 //! reaches the inner store, after which **every** operation fails, as if the process had
 //! died; fail the Nth operation of one kind once; fail writes with a probability (seeded,
 //! reproducible); and add latency to every call. It counts operations and logs writes, so a
@@ -32,6 +33,7 @@ use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    UploadPart,
 };
 
 /// The operations the wrapper counts.
@@ -42,6 +44,12 @@ pub enum OpKind {
     Put,
     /// `put_multipart_opts` (counted when the upload starts).
     PutMultipart,
+    /// One part of a multipart upload (`MultipartUpload::put_part`).
+    PutPart,
+    /// The completion of a multipart upload (`MultipartUpload::complete`).
+    CompleteMultipart,
+    /// The abort of a multipart upload (`MultipartUpload::abort`).
+    AbortMultipart,
     /// `get_opts` (also `head`, `get_range`).
     Get,
     /// `list`, `list_with_delimiter`.
@@ -247,18 +255,73 @@ impl FaultyObjectStore {
         F: std::future::Future<Output = object_store::Result<T>>,
     {
         let (decision, latency) = self.decide(kind, path);
-        if let Some(d) = latency {
-            tokio::time::sleep(d).await;
+        apply(decision, latency, op).await
+    }
+}
+
+/// Carries out a decision about `op` (not polled when the decision fails it before).
+async fn apply<T, F>(
+    decision: Decision,
+    latency: Option<Duration>,
+    op: F,
+) -> object_store::Result<T>
+where
+    F: std::future::Future<Output = object_store::Result<T>>,
+{
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
+    match decision {
+        Decision::Proceed => op.await,
+        Decision::FailBefore(f) => Err(injected(f)),
+        Decision::FailAfter(f) => {
+            // The write lands; the caller still sees a failure.
+            let _ = op.await;
+            Err(injected(f))
         }
-        match decision {
-            Decision::Proceed => op.await,
-            Decision::FailBefore(f) => Err(injected(f)),
-            Decision::FailAfter(f) => {
-                // The write lands; the caller still sees a failure.
-                let _ = op.await;
-                Err(injected(f))
-            }
+    }
+}
+
+/// A multipart upload of a [`FaultyObjectStore`]: its parts, completion and abort go
+/// through the store's fault policy.
+#[derive(Debug)]
+struct FaultyUpload {
+    store: FaultyObjectStore,
+    path: Path,
+    inner: Box<dyn MultipartUpload>,
+}
+
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let (decision, latency) = self.store.decide(OpKind::PutPart, &self.path);
+        if let Decision::FailBefore(f) = decision {
+            // The part never reaches the inner upload (which numbers parts as they come).
+            return apply(
+                Decision::FailBefore(f),
+                latency,
+                futures::future::ready(Ok(())),
+            )
+            .boxed();
         }
+        apply(decision, latency, self.inner.put_part(data)).boxed()
+    }
+
+    fn complete<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<PutResult>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        let (decision, latency) = self.store.decide(OpKind::CompleteMultipart, &self.path);
+        apply(decision, latency, self.inner.complete()).boxed()
+    }
+
+    fn abort<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<()>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        let (decision, latency) = self.store.decide(OpKind::AbortMultipart, &self.path);
+        apply(decision, latency, self.inner.abort()).boxed()
     }
 }
 
@@ -301,11 +364,21 @@ impl ObjectStore for FaultyObjectStore {
         'l1: 'a,
         Self: 'a,
     {
-        self.run(
-            OpKind::PutMultipart,
-            location,
-            self.inner.put_multipart_opts(location, opts),
-        )
+        async move {
+            let inner = self
+                .run(
+                    OpKind::PutMultipart,
+                    location,
+                    self.inner.put_multipart_opts(location, opts),
+                )
+                .await?;
+            let upload = FaultyUpload {
+                store: self.clone(),
+                path: location.clone(),
+                inner,
+            };
+            Ok(Box::new(upload) as Box<dyn MultipartUpload>)
+        }
         .boxed()
     }
 

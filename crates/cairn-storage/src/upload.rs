@@ -93,197 +93,19 @@ async fn join_one(parts: &mut JoinSet<object_store::Result<()>>) -> object_store
 
 #[cfg(test)]
 mod tests {
-    use std::fmt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures::future::BoxFuture;
-    use futures::FutureExt;
     use object_store::memory::InMemory;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, ObjectMeta, PutMultipartOptions,
-        PutOptions, PutResult, RenameOptions, UploadPart,
-    };
 
     use super::*;
+    use crate::fault::{FaultyObjectStore, OpKind};
 
-    /// Counts what reaches the inner store and fails the `fail_part`th part (1-based).
-    #[derive(Debug, Default)]
-    struct Counters {
-        puts: AtomicUsize,
-        parts: AtomicUsize,
-        completes: AtomicUsize,
-        aborts: AtomicUsize,
-    }
-
-    #[derive(Debug)]
-    struct PartFailing {
-        inner: Arc<dyn ObjectStore>,
-        fail_part: Option<usize>,
-        counters: Arc<Counters>,
-    }
-
-    impl fmt::Display for PartFailing {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "PartFailing")
-        }
-    }
-
-    #[derive(Debug)]
-    struct Upload {
-        inner: Box<dyn MultipartUpload>,
-        fail_part: Option<usize>,
-        counters: Arc<Counters>,
-    }
-
-    fn injected() -> object_store::Error {
-        object_store::Error::Generic {
-            store: "test",
-            source: "injected part failure".into(),
-        }
-    }
-
-    impl MultipartUpload for Upload {
-        fn put_part(&mut self, data: PutPayload) -> UploadPart {
-            let n = self.counters.parts.fetch_add(1, Ordering::SeqCst) + 1;
-            if Some(n) == self.fail_part {
-                return futures::future::ready(Err(injected())).boxed();
-            }
-            self.inner.put_part(data)
-        }
-
-        fn complete<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<PutResult>>
-        where
-            'a: 'b,
-            Self: 'b,
-        {
-            self.counters.completes.fetch_add(1, Ordering::SeqCst);
-            self.inner.complete()
-        }
-
-        fn abort<'a, 'b>(&'a mut self) -> BoxFuture<'b, object_store::Result<()>>
-        where
-            'a: 'b,
-            Self: 'b,
-        {
-            self.counters.aborts.fetch_add(1, Ordering::SeqCst);
-            self.inner.abort()
-        }
-    }
-
-    impl ObjectStore for PartFailing {
-        fn put_opts<'l0, 'l1, 'a>(
-            &'l0 self,
-            location: &'l1 Path,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> BoxFuture<'a, object_store::Result<PutResult>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            Self: 'a,
-        {
-            self.counters.puts.fetch_add(1, Ordering::SeqCst);
-            self.inner.put_opts(location, payload, opts)
-        }
-
-        fn put_multipart_opts<'l0, 'l1, 'a>(
-            &'l0 self,
-            location: &'l1 Path,
-            opts: PutMultipartOptions,
-        ) -> BoxFuture<'a, object_store::Result<Box<dyn MultipartUpload>>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            Self: 'a,
-        {
-            async move {
-                let inner = self.inner.put_multipart_opts(location, opts).await?;
-                Ok(Box::new(Upload {
-                    inner,
-                    fail_part: self.fail_part,
-                    counters: self.counters.clone(),
-                }) as Box<dyn MultipartUpload>)
-            }
-            .boxed()
-        }
-
-        fn get_opts<'l0, 'l1, 'a>(
-            &'l0 self,
-            location: &'l1 Path,
-            options: GetOptions,
-        ) -> BoxFuture<'a, object_store::Result<GetResult>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            Self: 'a,
-        {
-            self.inner.get_opts(location, options)
-        }
-
-        fn delete_stream(
-            &self,
-            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-
-        fn list_with_delimiter<'l0, 'l1, 'a>(
-            &'l0 self,
-            prefix: Option<&'l1 Path>,
-        ) -> BoxFuture<'a, object_store::Result<ListResult>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            Self: 'a,
-        {
-            self.inner.list_with_delimiter(prefix)
-        }
-
-        fn copy_opts<'l0, 'l1, 'l2, 'a>(
-            &'l0 self,
-            from: &'l1 Path,
-            to: &'l2 Path,
-            options: CopyOptions,
-        ) -> BoxFuture<'a, object_store::Result<()>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            'l2: 'a,
-            Self: 'a,
-        {
-            self.inner.copy_opts(from, to, options)
-        }
-
-        fn rename_opts<'l0, 'l1, 'l2, 'a>(
-            &'l0 self,
-            from: &'l1 Path,
-            to: &'l2 Path,
-            options: RenameOptions,
-        ) -> BoxFuture<'a, object_store::Result<()>>
-        where
-            'l0: 'a,
-            'l1: 'a,
-            'l2: 'a,
-            Self: 'a,
-        {
-            self.inner.rename_opts(from, to, options)
-        }
-    }
-
-    fn store(fail_part: Option<usize>) -> (Arc<InMemory>, Arc<PartFailing>) {
+    /// A store over memory that fails the `fail_part`th part (1-based) and counts what
+    /// reaches it.
+    fn store(fail_part: Option<u64>) -> (Arc<InMemory>, Arc<FaultyObjectStore>) {
         let inner = Arc::new(InMemory::new());
-        let store = Arc::new(PartFailing {
-            inner: inner.clone(),
-            fail_part,
-            counters: Arc::default(),
-        });
+        let store = Arc::new(FaultyObjectStore::new(inner.clone()));
+        if let Some(n) = fail_part {
+            store.fail_nth(OpKind::PutPart, n);
+        }
         (inner, store)
     }
 
@@ -313,8 +135,8 @@ mod tests {
             300,
         ))
         .unwrap();
-        assert_eq!(s.counters.puts.load(Ordering::SeqCst), 1);
-        assert_eq!(s.counters.parts.load(Ordering::SeqCst), 0);
+        assert_eq!(s.count(OpKind::Put), 1);
+        assert_eq!(s.count(OpKind::PutPart), 0);
         let got = rt
             .block_on(async { inner.get(&path).await?.bytes().await })
             .unwrap();
@@ -330,11 +152,11 @@ mod tests {
             300,
         ))
         .unwrap();
-        assert_eq!(s.counters.puts.load(Ordering::SeqCst), 1);
+        assert_eq!(s.count(OpKind::Put), 1);
         // 300 + 300 + 300 + 101.
-        assert_eq!(s.counters.parts.load(Ordering::SeqCst), 4);
-        assert_eq!(s.counters.completes.load(Ordering::SeqCst), 1);
-        assert_eq!(s.counters.aborts.load(Ordering::SeqCst), 0);
+        assert_eq!(s.count(OpKind::PutPart), 4);
+        assert_eq!(s.count(OpKind::CompleteMultipart), 1);
+        assert_eq!(s.count(OpKind::AbortMultipart), 0);
         let got = rt
             .block_on(async { inner.get(&path).await?.bytes().await })
             .unwrap();
@@ -363,12 +185,8 @@ mod tests {
                 }
                 other => panic!("expected a multipart error, got {other:?}"),
             }
-            assert_eq!(
-                s.counters.aborts.load(Ordering::SeqCst),
-                1,
-                "part {fail_part}"
-            );
-            assert_eq!(s.counters.completes.load(Ordering::SeqCst), 0);
+            assert_eq!(s.count(OpKind::AbortMultipart), 1, "part {fail_part}");
+            assert_eq!(s.count(OpKind::CompleteMultipart), 0);
             let head = rt.block_on(inner.head(&path));
             assert!(
                 matches!(head, Err(object_store::Error::NotFound { .. })),

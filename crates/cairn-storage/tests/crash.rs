@@ -72,12 +72,21 @@ fn setup(backend: Backend<'_>) -> (Arc<dyn ObjectStore>, Vec<FileRef>) {
     (store, files)
 }
 
-/// Checkpoint 2: two private files, a new shared file, a reused shared file, the manifest.
-fn checkpoint_two(storage: &CheckpointStorage, reused: &FileRef) -> Result<(), StorageError> {
+/// The size of checkpoint 2's new shared file when it is large: a multipart upload of
+/// three parts (8 + 8 + 1 MiB).
+const LARGE: usize = 17 << 20;
+
+/// Checkpoint 2: two private files, a new shared file (`shared_len` bytes), a reused
+/// shared file, the manifest.
+fn checkpoint_two(
+    storage: &CheckpointStorage,
+    reused: &FileRef,
+    shared_len: usize,
+) -> Result<(), StorageError> {
     let w = storage.begin_checkpoint(2)?;
     let mut files = vec![
         w.write(FileArea::Private, "op/0.state", content("two-a", 310))?,
-        w.write(FileArea::Shared, "s2.sst", content("s2", 220))?,
+        w.write(FileArea::Shared, "s2.sst", content("s2", shared_len))?,
         w.write(FileArea::Private, "op/2.state", content("two-b", 120))?,
     ];
     w.reference_shared(reused)?;
@@ -85,7 +94,11 @@ fn checkpoint_two(storage: &CheckpointStorage, reused: &FileRef) -> Result<(), S
     storage.publish(w, &manifest(2, SnapshotType::Checkpoint, &files))
 }
 
-fn run_checkpoint_crashes(local: bool) {
+/// Crashes checkpoint 2 at each of its writes, before and after the write lands; with
+/// `large`, its shared file is a multipart upload, whose start, parts and completion are
+/// writes of their own.
+fn run_checkpoint_crashes(local: bool, large: bool) {
+    let shared_len = if large { LARGE } else { 220 };
     // Count the writes of an undisturbed run.
     let dir = tempfile::tempdir().unwrap();
     let backend = if local {
@@ -101,15 +114,27 @@ fn run_checkpoint_crashes(local: bool) {
         Arc::new(f)
     });
     let faulty = faulty.unwrap();
-    checkpoint_two(&storage, &files[1]).unwrap();
+    checkpoint_two(&storage, &files[1], shared_len).unwrap();
     let writes = faulty.writes();
-    assert_eq!(
-        writes,
-        4,
-        "3 data files + manifest: {:?}",
-        faulty.write_log()
-    );
-    assert_eq!(faulty.count(OpKind::Put), 4);
+    if large {
+        assert_eq!(
+            writes,
+            8,
+            "2 data files + manifest + multipart (start, 3 parts, complete): {:?}",
+            faulty.write_log()
+        );
+        assert_eq!(faulty.count(OpKind::Put), 3);
+        assert_eq!(faulty.count(OpKind::PutPart), 3);
+        assert_eq!(faulty.count(OpKind::CompleteMultipart), 1);
+    } else {
+        assert_eq!(
+            writes,
+            4,
+            "3 data files + manifest: {:?}",
+            faulty.write_log()
+        );
+        assert_eq!(faulty.count(OpKind::Put), 4);
+    }
 
     for n in 1..=writes {
         for point in [CrashPoint::BeforeWrite, CrashPoint::AfterWrite] {
@@ -128,7 +153,7 @@ fn run_checkpoint_crashes(local: bool) {
                 Arc::new(f)
             });
             let faulty = faulty.unwrap();
-            let result = checkpoint_two(&storage, &files[1]);
+            let result = checkpoint_two(&storage, &files[1], shared_len);
             assert!(
                 result.is_err(),
                 "crash at write {n} ({point:?}) went unnoticed"
@@ -139,7 +164,7 @@ fn run_checkpoint_crashes(local: bool) {
             // "Restart": reopen over the underlying store.
             let reopened = backend.storage(&store, same);
             let manifest_landed = n == writes && point == CrashPoint::AfterWrite;
-            let ctx = format!("crash at write {n} ({point:?}) local={local}");
+            let ctx = format!("crash at write {n} ({point:?}) local={local} large={large}");
             if manifest_landed {
                 // The manifest is durable although the caller saw an error: it is complete.
                 assert_eq!(
@@ -184,7 +209,14 @@ fn run_checkpoint_crashes(local: bool) {
                     .unwrap()
                     .map(|e| e.unwrap().file_name().into_string().unwrap())
                     .collect();
-                assert_eq!(left.len(), 2, "{ctx}: {left:?}"); // chk-<next>, shared (empty)
+                assert_eq!(left.len(), 2, "{ctx}: {left:?}"); // chk-<next>, shared
+                let shared: Vec<_> = std::fs::read_dir(dir.path().join("jobs/j1/shared"))
+                    .map(|d| {
+                        d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert!(shared.is_empty(), "{ctx}: {shared:?}");
             }
         }
     }
@@ -192,12 +224,22 @@ fn run_checkpoint_crashes(local: bool) {
 
 #[test]
 fn crash_at_every_checkpoint_write_in_memory() {
-    run_checkpoint_crashes(false);
+    run_checkpoint_crashes(false, false);
 }
 
 #[test]
 fn crash_at_every_checkpoint_write_on_local_disk() {
-    run_checkpoint_crashes(true);
+    run_checkpoint_crashes(true, false);
+}
+
+#[test]
+fn crash_at_every_write_of_a_multipart_checkpoint_in_memory() {
+    run_checkpoint_crashes(false, true);
+}
+
+#[test]
+fn crash_at_every_write_of_a_multipart_checkpoint_on_local_disk() {
+    run_checkpoint_crashes(true, true);
 }
 
 /// Crashes during `retain`, at every write, then runs it again on the underlying store.
@@ -206,7 +248,7 @@ fn crash_at_every_gc_write() {
     let build = || {
         let (store, files) = setup(Backend::Memory);
         let storage = CheckpointStorage::from_store(store.clone(), prefix()).unwrap();
-        checkpoint_two(&storage, &files[1]).unwrap();
+        checkpoint_two(&storage, &files[1], 220).unwrap();
         let w = storage.begin_checkpoint(3).unwrap();
         let f = w
             .write_file(FileArea::Shared, "s3.sst", content("s3", 70))
