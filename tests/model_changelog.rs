@@ -54,13 +54,13 @@ impl<F: BackendFactory> BackendFactory for Uploading<'_, F> {
             uid,
             common::schema::key_codec().identity().clone(),
         );
-        config.segment_bytes = 300;
-        config.min_log_bytes = 2000;
-        config.log_to_state_ratio = 0.5;
-        config.materialization_interval = None;
+        config.options.segment_bytes = 300;
+        config.options.min_log_bytes = 2000;
+        config.options.log_to_state_ratio = 0.5;
+        config.options.materialization_interval = None;
         // Every hand-off after the first waits for the background thread (backpressure
         // on each chunk, through uploads, materializations, checkpoints and restores).
-        config.max_in_flight_bytes = 1;
+        config.options.max_in_flight_bytes = 1;
         cairn_changelog::ChangelogBackend::new(
             self.inner.create(uid, max_parallelism, range),
             config,

@@ -140,8 +140,8 @@ impl<B: StateAccess, F: Fn(usize) -> B> Make for Changelog<F> {
     type B = ChangelogBackend<B>;
     fn make(&self, n: usize) -> Self::B {
         let mut config = ChangelogConfig::new(UID, self.key_codec.clone());
-        config.materialization_interval = None;
-        config.min_log_bytes = u64::MAX;
+        config.options.materialization_interval = None;
+        config.options.min_log_bytes = u64::MAX;
         ChangelogBackend::new((self.inner)(n), config, Arc::new(self.storage.clone()))
     }
     fn prepare(&self, b: &mut Self::B) -> Option<Duration> {

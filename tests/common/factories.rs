@@ -83,10 +83,10 @@ impl<F: BackendFactory> BackendFactory for ChangelogFactory<F> {
             uid,
             super::schema::key_codec().identity().clone(),
         );
-        config.segment_bytes = self.segment_bytes;
-        config.min_log_bytes = self.min_log_bytes;
-        config.log_to_state_ratio = 0.5;
-        config.materialization_interval = None;
+        config.options.segment_bytes = self.segment_bytes;
+        config.options.min_log_bytes = self.min_log_bytes;
+        config.options.log_to_state_ratio = 0.5;
+        config.options.materialization_interval = None;
         match &self.storage {
             Some(s) => cairn_changelog::ChangelogBackend::new(
                 inner,

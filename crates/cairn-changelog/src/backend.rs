@@ -180,13 +180,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             config.uid.clone(),
             prefix,
             storage,
-            config.max_in_flight_bytes,
+            config.options.max_in_flight_bytes,
         ));
         let log = LogBuffer::new(
             shared.clone(),
             spawn_worker(shared.clone()),
             0,
-            config.segment_bytes,
+            config.options.segment_bytes,
         );
         Self {
             inner,
@@ -237,7 +237,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     }
 
     /// How often the task thread waited because the background thread was
-    /// [`ChangelogConfig::max_in_flight_bytes`] behind, and how long in total.
+    /// [`ChangelogOptions::max_in_flight_bytes`] behind, and how long in total.
     pub fn log_backpressure(&self) -> LogBackpressure {
         let (waits, waited) = self.shared.backpressure();
         LogBackpressure { waits, waited }
@@ -263,6 +263,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         }
         let by_time = self
             .config
+            .options
             .materialization_interval
             .is_some_and(|d| self.last_mat_start.elapsed() >= d);
         // Compared as stored: the materialized size is what its files take, so the log's
@@ -271,8 +272,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         let log_bytes = (buffered as f64 * self.shared.log_compression()) as u64;
         let threshold = self
             .config
+            .options
             .min_log_bytes
-            .max((self.last_mat_bytes as f64 * self.config.log_to_state_ratio) as u64);
+            .max((self.last_mat_bytes as f64 * self.config.options.log_to_state_ratio) as u64);
         if by_time || log_bytes >= threshold {
             self.start_mat()?;
         }
@@ -412,7 +414,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     #[cold]
     #[inline(never)]
     fn cut_log(&mut self) {
-        if self.log.len_bytes() >= self.config.segment_bytes {
+        if self.log.len_bytes() >= self.config.options.segment_bytes {
             self.seal();
         } else {
             let (prefix, seq) = (&self.shared.prefix, self.next_seg);
@@ -728,10 +730,10 @@ mod tests {
         })
         .unwrap();
         let mut config = ChangelogConfig::new("op", key_codec);
-        config.materialization_interval = None;
-        config.log_to_state_ratio = 0.0;
-        config.min_log_bytes = min_log_bytes;
-        config.segment_bytes = 16 << 10;
+        config.options.materialization_interval = None;
+        config.options.log_to_state_ratio = 0.0;
+        config.options.min_log_bytes = min_log_bytes;
+        config.options.segment_bytes = 16 << 10;
         ChangelogBackend::with_checkpoint_uploads(inner, config)
     }
 

@@ -13,35 +13,62 @@ pub struct ChangelogConfig {
     pub uid: String,
     /// Identity of the key codec (recorded in handles that have no materialization yet).
     pub key_codec: CodecIdentity,
-    /// Materialize at the latest this long after the last materialization started
-    /// (`None`: only by log size).
-    pub materialization_interval: Option<Duration>,
-    /// Materialize when the log written since the last materialization reaches this
-    /// fraction of the last materialized snapshot's size...
-    pub log_to_state_ratio: f64,
-    /// ...and at least this many bytes. Both sides are sizes as stored: the materialized
-    /// snapshot's files, and the log's buffered records at the compression its encoded
-    /// segments achieved so far (uncompressed until the first segment is encoded).
-    pub min_log_bytes: u64,
-    /// Seal the record buffer into a segment (uploaded in the background when a
-    /// [`ChangelogStorage`] is given) when it reaches this many bytes.
-    pub segment_bytes: usize,
-    /// Encoded records handed to the background thread and not written into their
-    /// segment yet, at most (Flink's `state.changelog.dstl.dfs.upload.max-in-flight`): a
-    /// mutation that would exceed it waits until the background thread has caught up, so
-    /// a log that is written (or uploaded) more slowly than the task changes state slows
-    /// the task down instead of filling the memory. One chunk is always let through.
-    pub max_in_flight_bytes: u64,
+    /// The tunables.
+    pub options: ChangelogOptions,
 }
 
 impl ChangelogConfig {
-    /// Defaults: materialize every 3 minutes, or when the log since the last
-    /// materialization reaches the materialized size (at least 16 MiB); 4 MiB segments;
-    /// at most 100 MiB of records in flight to the background thread.
+    /// The configuration of operator `uid` with the default [`ChangelogOptions`].
     pub fn new(uid: impl Into<String>, key_codec: CodecIdentity) -> Self {
+        Self::with_options(uid, key_codec, ChangelogOptions::default())
+    }
+
+    /// The configuration of operator `uid` with `options`.
+    pub fn with_options(
+        uid: impl Into<String>,
+        key_codec: CodecIdentity,
+        options: ChangelogOptions,
+    ) -> Self {
         Self {
             uid: uid.into(),
             key_codec,
+            options,
+        }
+    }
+}
+
+/// The tunables of a changelog backend, the counterparts of Flink's `state.changelog.*`
+/// options.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChangelogOptions {
+    /// Materialize at the latest this long after the last materialization started
+    /// (`None`: only by log size). Flink's `periodic-materialize.interval`; default 3
+    /// minutes.
+    pub materialization_interval: Option<Duration>,
+    /// Materialize when the log written since the last materialization reaches this
+    /// fraction of the last materialized snapshot's size (default 1.0)...
+    pub log_to_state_ratio: f64,
+    /// ...and at least this many bytes (default 16 MiB). Both sides are sizes as stored: the
+    /// materialized snapshot's files, and the log's buffered records at the compression its
+    /// encoded segments achieved so far (uncompressed until the first segment is encoded).
+    /// These two bound how much log a restore replays.
+    pub min_log_bytes: u64,
+    /// Seal the record buffer into a segment (uploaded in the background when a
+    /// [`ChangelogStorage`] is given) when it reaches this many bytes (default 4 MiB).
+    pub segment_bytes: usize,
+    /// Encoded records handed to the background thread and not written into their
+    /// segment yet, at most (Flink's `dstl.dfs.upload.max-in-flight`; default 100 MiB): a
+    /// mutation that would exceed it waits until the background thread has caught up, so
+    /// a log that is written (or uploaded) more slowly than the task changes state slows
+    /// the task down instead of filling the memory. One chunk is always let through. The
+    /// wait ends only when the background thread catches up: a storage whose uploads never
+    /// return holds the task too.
+    pub max_in_flight_bytes: u64,
+}
+
+impl Default for ChangelogOptions {
+    fn default() -> Self {
+        Self {
             materialization_interval: Some(Duration::from_secs(180)),
             log_to_state_ratio: 1.0,
             min_log_bytes: 16 << 20,
@@ -51,7 +78,7 @@ impl ChangelogConfig {
     }
 }
 
-/// Backpressure from the log's background thread ([`ChangelogConfig::max_in_flight_bytes`]).
+/// Backpressure from the log's background thread ([`ChangelogOptions::max_in_flight_bytes`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogBackpressure {
     /// Times the task thread waited for room.

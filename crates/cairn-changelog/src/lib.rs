@@ -75,7 +75,7 @@
 //! background thread per backend compresses the chunks into the open segment and
 //! finishes (and, with a storage, uploads) sealed segments (if it cannot be started, the
 //! task thread does that work itself); when it falls
-//! [`ChangelogConfig::max_in_flight_bytes`] behind, the task thread waits for it
+//! [`ChangelogOptions::max_in_flight_bytes`] behind, the task thread waits for it
 //! (backpressure, [`ChangelogBackend::log_backpressure`]); each materialization's asynchronous phase runs on
 //! a thread of its own. The wrapped backend's synchronous snapshot phase runs on the task
 //! thread (it is cheap by contract), when a trigger fires during a mutation or a
@@ -106,7 +106,7 @@ mod restore;
 mod shared;
 
 pub use backend::ChangelogBackend;
-pub use config::{ChangelogConfig, ChangelogStorage, LogBackpressure};
+pub use config::{ChangelogConfig, ChangelogOptions, ChangelogStorage, LogBackpressure};
 pub use entries::{changelog_entries, ChangelogEntries};
 pub use error::ChangelogError;
 pub use restore::read_segment;

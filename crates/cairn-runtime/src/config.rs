@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cairn_changelog::ChangelogOptions;
 use cairn_rocksdb::RocksDbOptions;
 use cairn_storage::CheckpointStorage;
 
@@ -71,6 +72,9 @@ pub struct CheckpointConfig {
     pub retention: CheckpointRetention,
     /// Full or incremental keyed-state checkpoints (default incremental).
     pub snapshot_mode: SnapshotMode,
+    /// Options of [`SnapshotMode::Changelog`] (Flink's `state.changelog.*`): when to
+    /// materialize, segment size, the log's in-flight bound.
+    pub changelog: ChangelogOptions,
 }
 
 impl Default for CheckpointConfig {
@@ -87,6 +91,7 @@ impl Default for CheckpointConfig {
             num_retained: 1,
             retention: CheckpointRetention::DeleteOnCancellation,
             snapshot_mode: SnapshotMode::Incremental,
+            changelog: ChangelogOptions::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use cairn_changelog::{ChangelogBackend, ChangelogConfig};
+use cairn_changelog::{ChangelogBackend, ChangelogConfig, ChangelogOptions};
 use cairn_core::{
     key_group_for_key, redistribute, BincodeCodec, Codec, KeyGroupRange, KeyedStateBackend,
     OperatorStateBackend, OperatorStateSnapshot, Redistribution, SnapshotSource,
@@ -158,8 +158,8 @@ pub(crate) struct BuildCtx {
     pub(crate) backend: StateBackendConfig,
     /// The job's checkpoint storage (changelog segments are uploaded to it).
     pub(crate) storage: Option<cairn_storage::CheckpointStorage>,
-    /// Wrap keyed backends in the changelog.
-    pub(crate) changelog: bool,
+    /// Wrap keyed backends in the changelog, with these options.
+    pub(crate) changelog: Option<ChangelogOptions>,
     /// `Vec<Receiver<DataMsg<X>>>` of the stage's input.
     pub(crate) input: Option<Box<dyn Any + Send>>,
     /// `Vec<Sender<DataMsg<Y>>>` of the stage's output, and the receivers' event lanes.
@@ -814,8 +814,8 @@ fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static>(
     codec: BincodeCodec<F::Key>,
     next: Box<dyn Chain<F::Out>>,
 ) -> Result<KeyedChain<F>> {
-    if ctx.changelog {
-        let config = ChangelogConfig::new(uid, codec.identity().clone());
+    if let Some(options) = ctx.changelog {
+        let config = ChangelogConfig::with_options(uid, codec.identity().clone(), options);
         let mut b = match &ctx.storage {
             Some(s) => ChangelogBackend::new(b, config, Arc::new(s.clone())),
             None => ChangelogBackend::with_checkpoint_uploads(b, config),

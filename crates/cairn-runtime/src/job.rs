@@ -517,8 +517,9 @@ impl Driver {
                     restore: restore.clone(),
                     backend: cfg.backend.clone(),
                     storage: self.storage.clone(),
-                    changelog: cfg.checkpoint.snapshot_mode
-                        == crate::config::SnapshotMode::Changelog,
+                    changelog: (cfg.checkpoint.snapshot_mode
+                        == crate::config::SnapshotMode::Changelog)
+                        .then_some(cfg.checkpoint.changelog),
                     input: inputs[k][i as usize].take(),
                     output,
                     link: Some(link),

@@ -41,8 +41,8 @@ mod task;
 
 pub use chain::FINISHED_STATE;
 pub use config::{
-    CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig, RestartStrategy,
-    RestoreFrom, SnapshotMode, StateBackendConfig,
+    ChangelogOptions, CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig,
+    RestartStrategy, RestoreFrom, SnapshotMode, StateBackendConfig,
 };
 pub use error::{Result, RuntimeError};
 pub use function::{

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_runtime::{CheckpointingMode, Job, SnapshotMode, StateBackendConfig};
+use cairn_runtime::{ChangelogOptions, CheckpointingMode, Job, SnapshotMode, StateBackendConfig};
 use common::*;
 
 struct Case {
@@ -174,4 +174,72 @@ fn full_snapshots_p2_one_failure() {
         snapshot: SnapshotMode::Full,
         failures: vec![4000],
     });
+}
+
+/// The most materialized parts any subtask of `count` had in any completed checkpoint
+/// (those of finished tasks hold no keyed state).
+fn most_materialized_parts(dir: &std::path::Path) -> usize {
+    let storage =
+        cairn_storage::CheckpointStorage::open(&dir.join("checkpoints").display().to_string())
+            .expect("open storage");
+    let mut most = 0;
+    for id in storage.completed_checkpoints().expect("checkpoints") {
+        let manifest = storage.verify(id).expect("a checkpoint that verifies");
+        let count = manifest.operator("count").expect("count in the manifest");
+        for keyed in count.subtasks.iter().filter_map(|s| s.keyed.as_ref()) {
+            match &keyed.data {
+                cairn_core::KeyedData::Changelog { materialized, .. } => {
+                    most = most.max(materialized.len())
+                }
+                other => panic!("not a changelog handle: {other:?}"),
+            }
+        }
+    }
+    most
+}
+
+/// The job's changelog options reach the backends: with the defaults this small job never
+/// materializes (its log stays far below 16 MiB, and it does not restore); with low size
+/// thresholds it does. Exactly once holds through a failure also when every chunk of the
+/// log waits for the background thread (an in-flight bound of one byte).
+#[test]
+fn changelog_options_reach_the_backends() {
+    for (tuned, failures) in [(false, vec![]), (true, vec![]), (true, vec![4000])] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (input, expected) = write_input(dir.path(), 3000, 300, 7);
+        let output = dir.path().join("out");
+        let mut cfg = config(dir.path(), 20);
+        cfg.parallelism = 2;
+        cfg.checkpoint.snapshot_mode = SnapshotMode::Changelog;
+        cfg.checkpoint.num_retained = 1000;
+        if tuned {
+            cfg.checkpoint.changelog = ChangelogOptions {
+                materialization_interval: None,
+                log_to_state_ratio: 0.5,
+                min_log_bytes: 2000,
+                segment_bytes: 1000,
+                max_in_flight_bytes: 1,
+            };
+        }
+        cfg.restart.delay = Duration::from_millis(10);
+        cfg.records_per_second = Some(20_000);
+        let fail = FailAt {
+            seen: Arc::new(AtomicU64::new(0)),
+            at: failures.clone(),
+        };
+        let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
+            .run()
+            .expect("job");
+        assert_eq!(result.restarts as usize, failures.len(), "{result:?}");
+        check_exactly_once(&expected, &read_output(&output));
+        assert!(result.checkpoints_completed > 2, "{result:?}");
+        if failures.is_empty() {
+            // (A restore materializes before its first checkpoint whatever the options.)
+            assert_eq!(
+                most_materialized_parts(dir.path()) > 0,
+                tuned,
+                "materialized with tuned={tuned}"
+            );
+        }
+    }
 }

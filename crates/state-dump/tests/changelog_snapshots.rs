@@ -63,9 +63,9 @@ fn wrap<B: KeyedStateBackend>(
 ) -> ChangelogBackend<B> {
     use cairn_core::Codec;
     let mut config = ChangelogConfig::new(UID, key.identity().clone());
-    config.segment_bytes = 600;
-    config.min_log_bytes = 1 << 30;
-    config.materialization_interval = None;
+    config.options.segment_bytes = 600;
+    config.options.min_log_bytes = 1 << 30;
+    config.options.materialization_interval = None;
     ChangelogBackend::new(inner, config, Arc::new(storage.clone()))
 }
 
