@@ -237,7 +237,8 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     }
 
     /// How often the task thread waited because the background thread was
-    /// [`ChangelogOptions::max_in_flight_bytes`] behind, and how long in total.
+    /// [`max_in_flight_bytes`](crate::ChangelogOptions::max_in_flight_bytes) behind, and
+    /// how long in total.
     pub fn log_backpressure(&self) -> LogBackpressure {
         let (waits, waited) = self.shared.backpressure();
         LogBackpressure { waits, waited }
