@@ -240,8 +240,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     /// [`max_in_flight_bytes`](crate::ChangelogOptions::max_in_flight_bytes) behind, and
     /// how long in total.
     pub fn log_backpressure(&self) -> LogBackpressure {
-        let (waits, waited) = self.shared.backpressure();
-        LogBackpressure { waits, waited }
+        self.shared.backpressure()
     }
 
     /// How many files (segments and materialized files) the backend still tracks.

@@ -76,8 +76,8 @@
 //! finishes (and, with a storage, uploads) sealed segments (if it cannot be started, the
 //! task thread does that work itself); when it falls
 //! [`ChangelogOptions::max_in_flight_bytes`] behind, the task thread waits for it
-//! (backpressure, [`ChangelogBackend::log_backpressure`]); each materialization's asynchronous phase runs on
-//! a thread of its own. The wrapped backend's synchronous snapshot phase runs on the task
+//! (backpressure, [`ChangelogBackend::log_backpressure`]); each materialization's
+//! asynchronous phase runs on a thread of its own. The wrapped backend's synchronous snapshot phase runs on the task
 //! thread (it is cheap by contract), when a trigger fires during a mutation or a
 //! checkpoint, or when [`ChangelogBackend::maybe_materialize`] is called.
 //!

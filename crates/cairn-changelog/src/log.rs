@@ -828,7 +828,7 @@ mod tests {
             let buf = LogBuffer::new(shared.clone(), spawn_worker(shared.clone()), 0, CHUNK_BYTES);
             let (pusher, sealed) = push_segments(buf);
             if bounded {
-                wait_until("the task to wait", &|| shared.backpressure().0 > 0);
+                wait_until("the task to wait", &|| shared.backpressure().waits > 0);
                 // The first segment is stuck in its upload and the next ones wait to be
                 // encoded, within the bound; the task waits.
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -841,7 +841,7 @@ mod tests {
                 assert!(sealed.load(std::sync::atomic::Ordering::SeqCst) < 6);
             } else {
                 wait_until("the task to finish", &|| pusher.is_finished());
-                assert_eq!(shared.backpressure().0, 0);
+                assert_eq!(shared.backpressure().waits, 0);
                 assert!(shared.in_flight() > max, "{}", shared.in_flight());
             }
             storage.open();
@@ -861,7 +861,7 @@ mod tests {
                 records += reader.record_count();
             }
             assert_eq!(records + buf.records(), pushed);
-            assert_eq!(shared.backpressure().0 > 0, bounded);
+            assert_eq!(shared.backpressure().waits > 0, bounded);
         }
     }
 }

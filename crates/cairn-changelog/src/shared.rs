@@ -29,7 +29,7 @@ use cairn_core::{
 
 use cairn_format::ChangelogChunk;
 
-use crate::config::ChangelogStorage;
+use crate::config::{ChangelogStorage, LogBackpressure};
 use crate::error::ChangelogError;
 use crate::log::{CHUNK_CAPACITY, POOLED_CHUNKS};
 
@@ -180,11 +180,11 @@ impl Shared {
 
     /// How often the task thread waited (or waits) for room in flight, and how long it
     /// waited in total (finished waits).
-    pub(crate) fn backpressure(&self) -> (u64, std::time::Duration) {
-        (
-            self.waits.load(Ordering::Relaxed),
-            std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
-        )
+    pub(crate) fn backpressure(&self) -> LogBackpressure {
+        LogBackpressure {
+            waits: self.waits.load(Ordering::Relaxed),
+            waited: std::time::Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+        }
     }
 
     /// Encoded bytes per buffered byte over the segments encoded so far (1 before the
