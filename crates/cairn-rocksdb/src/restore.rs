@@ -1,7 +1,8 @@
 //! Restore: checks the handles (key codec, ranges, agreeing state metas, every key group of
 //! the backend's range supplied exactly once) and dispatches to the canonical restore
-//! (SST ingestion, `ingest.rs`) or the native one (`native_restore.rs`). Mixing both
-//! kinds of handle in one restore is refused.
+//! (SST ingestion, `ingest.rs`) and the native one (`native_restore.rs`): handles of both
+//! kinds supply disjoint key groups, so the native instance is built first and the canonical
+//! pieces are ingested into it.
 
 use cairn_core::*;
 
@@ -90,17 +91,15 @@ pub(crate) fn restore(
             b.uid
         )));
     }
-    if !native.is_empty() && !pieces.is_empty() {
-        return Err(restore_error(format!(
-            "cannot restore from canonical and native handles at once; restore from one snapshot uid={}",
-            b.uid
-        )));
-    }
     b.restored = true;
-    if native.is_empty() {
-        crate::ingest::ingest(b, pieces, &metas, source)?;
-    } else {
+    // Both kinds at once come from a changelog checkpoint restored at another parallelism
+    // whose old subtasks had not all materialized yet. They supply disjoint key groups: the
+    // native instance is built first, then the canonical pieces are ingested into it.
+    if !native.is_empty() {
         crate::native_restore::restore(b, &native, &metas, source)?;
+    }
+    if native.is_empty() || !pieces.is_empty() {
+        crate::ingest::ingest(b, pieces, &metas, source)?;
     }
     b.metas = metas;
     Ok(())
