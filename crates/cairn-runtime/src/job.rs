@@ -316,14 +316,15 @@ impl Driver {
 
     fn run(mut self) -> Result<JobResult> {
         let started = Instant::now();
-        let mut restore_point = self.config.restore.clone();
+        let initial = self.load_restore(self.config.restore.clone().as_ref())?;
+        self.result.restored_from = initial.as_ref().map(|r| r.description.clone());
+        // Checkpoints with a smaller id are not this job's (another run left them in the
+        // checkpoint directory).
+        let first_own_id = self.next_id;
+        let mut restore = initial.clone();
         let mut attempt = 0u32;
         let outcome = loop {
-            let restore = self.load_restore(restore_point.as_ref())?;
-            if attempt == 0 {
-                self.result.restored_from = restore.as_ref().map(|r| r.description.clone());
-            }
-            match self.run_once(attempt, restore, started) {
+            match self.run_once(attempt, restore.take(), started) {
                 Outcome::Failed { error, fatal } => {
                     let max = self.config.restart.max_restarts;
                     if fatal || max == 0 {
@@ -338,13 +339,20 @@ impl Driver {
                     self.result.restarts += 1;
                     attempt += 1;
                     std::thread::sleep(self.config.restart.delay);
-                    let has_checkpoint = match &self.storage {
-                        Some(s) => !s.completed_checkpoints()?.is_empty(),
-                        None => false,
+                    // This job's latest completed checkpoint; before its first one, the
+                    // snapshot the job started from (as Flink does): never a checkpoint of
+                    // an earlier run in the same directory, which may be older than the
+                    // savepoint this job started from, or another job's.
+                    let own = match &self.storage {
+                        Some(s) => s.completed_checkpoints()?.into_iter().max(),
+                        None => None,
                     };
-                    if has_checkpoint {
-                        restore_point = Some(RestoreFrom::Latest);
-                    }
+                    restore = match own {
+                        Some(id) if id >= first_own_id => {
+                            self.load_restore(Some(&RestoreFrom::Latest))?
+                        }
+                        _ => initial.clone(),
+                    };
                 }
                 other => break Ok(other),
             }

@@ -58,6 +58,45 @@ fn stop_with_savepoint_under_hashmap_p2_then_rocksdb_p3() {
     check_exactly_once(&expected, &read_output(&output));
 }
 
+/// A job restored from a savepoint into the checkpoint directory of the run that took it
+/// fails before its own first checkpoint: it restarts from the savepoint, not from the
+/// older checkpoints the first run left in the directory (which would repeat output the
+/// savepoint already committed).
+#[test]
+fn a_failure_before_the_first_checkpoint_restarts_from_the_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 400, 13);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 100);
+    cfg.records_per_second = Some(4000);
+    cfg.checkpoint.num_retained = 3;
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(350));
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    let first = handle.wait().expect("first run");
+    assert!(first.checkpoints_completed > 0, "{first:?}");
+    let left = cairn_storage::CheckpointStorage::open(&first.checkpoint_dir)
+        .expect("open the checkpoint dir")
+        .completed_checkpoints()
+        .expect("list checkpoints");
+    assert!(!left.is_empty(), "the first run's checkpoints stay");
+
+    let mut cfg = config(dir.path(), 60_000);
+    cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    cfg.restart.delay = Duration::from_millis(10);
+    let fail = FailAt {
+        seen: Arc::new(AtomicU64::new(0)),
+        at: vec![2000],
+    };
+    let second = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
+        .run()
+        .expect("second run");
+    assert_eq!(second.restarts, 1, "{second:?}");
+    check_exactly_once(&expected, &read_output(&output));
+}
+
 #[test]
 fn restoring_state_of_an_unknown_operator_is_an_error_unless_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
