@@ -61,7 +61,13 @@ pub enum RuntimeError {
         /// Why, naming the snapshot, uid and state.
         reason: String,
     },
-    /// A checkpoint or savepoint could not be completed.
+    /// A savepoint asked for through a [`crate::JobHandle`] was not taken.
+    #[error("no savepoint: {reason}")]
+    Savepoint {
+        /// Why (naming the savepoint when it had begun).
+        reason: String,
+    },
+    /// A checkpoint could not be completed.
     #[error("checkpoint {checkpoint_id} failed: {reason}")]
     Checkpoint {
         /// The checkpoint id.

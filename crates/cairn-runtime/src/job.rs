@@ -136,16 +136,15 @@ impl JobHandle {
                 stop,
                 reply: tx,
             })
-            .map_err(|_| RuntimeError::Config("the job is not running".into()))?;
+            .map_err(|_| RuntimeError::Savepoint {
+                reason: "the job is not running".into(),
+            })?;
         match rx.recv() {
             Ok(Ok(path)) => Ok(path),
-            Ok(Err(reason)) => Err(RuntimeError::Checkpoint {
-                checkpoint_id: 0,
-                reason,
+            Ok(Err(reason)) => Err(RuntimeError::Savepoint { reason }),
+            Err(_) => Err(RuntimeError::Savepoint {
+                reason: "the job ended before the savepoint completed".into(),
             }),
-            Err(_) => Err(RuntimeError::Config(
-                "the job ended before the savepoint completed".into(),
-            )),
         }
     }
 

@@ -467,7 +467,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 self.channels[i].received += 1;
                 if self.recording(i) {
                     if let Some(a) = self.align.as_mut() {
-                        Self::record(&self.inflight.codec, &batch, &mut a.inflight)?;
+                        Self::record(&self.inflight.codec, &batch, a)?;
                     }
                 }
                 Ok(Taken::Batch(batch))
@@ -504,15 +504,15 @@ impl<X: crate::function::Data> InputTask<X> {
             .is_some_and(|a| a.unaligned && a.recording[i])
     }
 
-    fn record(codec: &BincodeCodec<X>, batch: &[X], into: &mut Vec<Vec<u8>>) -> Result<()> {
+    fn record(codec: &BincodeCodec<X>, batch: &[X], a: &mut Align) -> Result<()> {
         for r in batch {
             let bytes = codec
                 .encode_to_vec(r)
                 .map_err(|e| RuntimeError::Checkpoint {
-                    checkpoint_id: 0,
+                    checkpoint_id: a.barrier.id,
                     reason: format!("cannot encode an in-flight record: {e}"),
                 })?;
-            into.push(bytes);
+            a.inflight.push(bytes);
         }
         Ok(())
     }
@@ -641,7 +641,7 @@ impl<X: crate::function::Data> InputTask<X> {
             match c.rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(DataMsg::Batch(b)) => {
                     c.received += 1;
-                    Self::record(&self.inflight.codec, &b, &mut a.inflight)?;
+                    Self::record(&self.inflight.codec, &b, a)?;
                     c.replay.push_back(b);
                 }
                 // Markers of barriers announced already (by their events).
@@ -763,7 +763,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 continue;
             }
             for batch in &self.channels[i].replay {
-                Self::record(&self.inflight.codec, batch, &mut a.inflight)?;
+                Self::record(&self.inflight.codec, batch, a)?;
             }
             a.recording[i] = true;
         }
