@@ -1,0 +1,338 @@
+//! Randomized runs of the word count: every case draws a configuration from its seed (backend,
+//! snapshot mode, aligned or unaligned or at-least-once, parallelism of the job and of the
+//! keyed operator, checkpoint interval, concurrency, pause and timeout, channel sizes,
+//! changelog thresholds), injects task failures, fails and slows checkpoint writes at
+//! random, and may interrupt
+//! the run (stop-with-savepoint, or cancel keeping the checkpoints) and finish it in a second
+//! job: from the savepoint under any backend, snapshot mode and parallelism, or from the
+//! latest checkpoint at another parallelism. The committed output must be exactly once (at
+//! least once in at-least-once mode) whatever was drawn.
+//!
+//! CI runs a few cases; a soak runs many:
+//! `CAIRN_SOAK_CASES=300 cargo test -p cairn-runtime --test soak -- --nocapture`, and one
+//! case again with `CAIRN_SOAK_FIRST=<seed> CAIRN_SOAK_CASES=1`. Each case prints its seed and
+//! configuration before it runs.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_runtime::{
+    ChangelogOptions, CheckpointRetention, CheckpointingMode, Job, JobConfig, JobResult,
+    RestoreFrom, SnapshotMode, StateBackendConfig,
+};
+use cairn_storage::fault::FaultyObjectStore;
+use cairn_storage::CheckpointStorage;
+use common::*;
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    HashMap,
+    RocksDb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guarantee {
+    Aligned,
+    /// Unaligned, switching from aligned after this many milliseconds (0: from the start).
+    Unaligned(u64),
+    AtLeastOnce,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    None,
+    /// Stop with a savepoint once the sources have read this share (percent) of the lines.
+    Savepoint(u64),
+    /// Cancel, keeping the checkpoints, once the sources have read this share of the lines.
+    Cancel(u64),
+}
+
+/// What one phase (job) of a case runs with.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    backend: Backend,
+    snapshot: SnapshotMode,
+    parallelism: u32,
+    count_parallelism: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    seed: u64,
+    lines: usize,
+    vocabulary: usize,
+    max_parallelism: u32,
+    guarantee: Guarantee,
+    interval_ms: u64,
+    max_concurrent: usize,
+    min_pause_ms: u64,
+    batch_size: usize,
+    channel_capacity: usize,
+    /// Changelog: materialize when this many bytes were logged (and at this interval).
+    changelog_min_log_bytes: u64,
+    changelog_interval_ms: u64,
+    /// Probability (percent) that a checkpoint storage write fails.
+    write_failure_percent: u64,
+    /// Latency of every checkpoint storage operation.
+    storage_latency_ms: u64,
+    /// Checkpoints not complete after this long are aborted.
+    checkpoint_timeout_ms: u64,
+    /// Task failures at these words processed (over every run, replays included).
+    failures: Vec<u64>,
+    interruption: Interruption,
+    first: Phase,
+    second: Phase,
+}
+
+fn phase(rng: &mut Rng) -> Phase {
+    let parallelism = 1 + rng.below(3) as u32;
+    Phase {
+        backend: rng.pick(&[Backend::HashMap, Backend::RocksDb]),
+        snapshot: rng.pick(&[
+            SnapshotMode::Full,
+            SnapshotMode::Incremental,
+            SnapshotMode::Changelog,
+        ]),
+        parallelism,
+        count_parallelism: rng.chance(30).then(|| 1 + rng.below(3) as u32),
+    }
+}
+
+fn draw(seed: u64) -> Case {
+    let mut rng = Rng::new(seed);
+    let lines = 1500 + rng.below(2500) as usize;
+    let words = lines as u64 * 7 / 2;
+    let first = phase(&mut rng);
+    let interruption = match rng.below(3) {
+        0 => Interruption::None,
+        1 => Interruption::Savepoint(20 + rng.below(60)),
+        _ => Interruption::Cancel(20 + rng.below(60)),
+    };
+    let mut second = phase(&mut rng);
+    if matches!(interruption, Interruption::Cancel(_)) {
+        // A checkpoint restores under the backend and snapshot mode that wrote it.
+        second.backend = first.backend;
+        second.snapshot = first.snapshot;
+    }
+    let failures = (0..rng.below(4))
+        .map(|_| 1 + rng.below(words * 3 / 2))
+        .collect();
+    Case {
+        seed,
+        lines,
+        vocabulary: rng.pick(&[20, 300, 3000]),
+        max_parallelism: rng.pick(&[3, 16, 128]),
+        guarantee: match rng.below(5) {
+            0 | 1 => Guarantee::Aligned,
+            2 => Guarantee::Unaligned(0),
+            3 => Guarantee::Unaligned(rng.pick(&[1, 5, 20])),
+            _ => Guarantee::AtLeastOnce,
+        },
+        interval_ms: rng.pick(&[5, 10, 20, 40]),
+        max_concurrent: 1 + rng.below(3) as usize,
+        min_pause_ms: rng.pick(&[0, 0, 5]),
+        batch_size: rng.pick(&[1, 7, 64]),
+        channel_capacity: rng.pick(&[1, 2, 8]),
+        changelog_min_log_bytes: rng.pick(&[0, 4 << 10, 1 << 20]),
+        changelog_interval_ms: rng.pick(&[10, 50, 1000]),
+        write_failure_percent: rng.pick(&[0, 0, 2, 10]),
+        storage_latency_ms: rng.pick(&[0, 0, 0, 1, 5]),
+        checkpoint_timeout_ms: rng.pick(&[600_000, 600_000, 200, 30]),
+        failures,
+        interruption,
+        first,
+        second,
+    }
+}
+
+/// The job configuration of one phase of `case`.
+fn job_config(case: &Case, phase: &Phase, dir: &Path, faults_seed: u64) -> JobConfig {
+    let mut cfg = config(dir, case.interval_ms);
+    let checkpoints = dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).expect("checkpoint dir");
+    let percent = case.write_failure_percent;
+    let latency = case.storage_latency_ms;
+    let storage = CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
+        let f = Arc::new(FaultyObjectStore::new(inner));
+        if percent > 0 {
+            f.fail_writes_with_probability(percent as f64 / 100.0, faults_seed);
+        }
+        if latency > 0 {
+            f.set_latency(Some(Duration::from_millis(latency)));
+        }
+        f
+    })
+    .expect("open checkpoint storage");
+    cfg.checkpoint_storage = Some(storage);
+    cfg.backend = match phase.backend {
+        Backend::HashMap => StateBackendConfig::HashMap,
+        Backend::RocksDb => StateBackendConfig::RocksDb {
+            local_dir: dir.join("rocksdb"),
+            options: Default::default(),
+        },
+    };
+    cfg.parallelism = phase.parallelism;
+    cfg.max_parallelism = case.max_parallelism;
+    cfg.batch_size = case.batch_size;
+    cfg.channel_capacity = case.channel_capacity;
+    cfg.records_per_second = Some(8_000);
+    cfg.restart.max_restarts = 20;
+    cfg.restart.delay = Duration::from_millis(5);
+    let c = &mut cfg.checkpoint;
+    c.snapshot_mode = phase.snapshot;
+    c.max_concurrent = case.max_concurrent;
+    c.min_pause = Duration::from_millis(case.min_pause_ms);
+    c.timeout = Duration::from_millis(case.checkpoint_timeout_ms);
+    c.tolerable_failures = 1_000_000;
+    c.num_retained = 2;
+    c.retention = CheckpointRetention::RetainOnCancellation;
+    match case.guarantee {
+        Guarantee::Aligned => {}
+        Guarantee::Unaligned(after_ms) => {
+            c.unaligned = true;
+            c.aligned_timeout = Duration::from_millis(after_ms);
+        }
+        Guarantee::AtLeastOnce => c.mode = CheckpointingMode::AtLeastOnce,
+    }
+    c.changelog = ChangelogOptions {
+        materialization_interval: Some(Duration::from_millis(case.changelog_interval_ms)),
+        min_log_bytes: case.changelog_min_log_bytes,
+        log_to_state_ratio: 0.5,
+        segment_bytes: 2 << 10,
+        ..ChangelogOptions::default()
+    };
+    cfg
+}
+
+/// Runs the first job, interrupting it as the case says; returns its result and, when it was
+/// interrupted, where the second job restores from.
+fn run_first(
+    case: &Case,
+    cfg: JobConfig,
+    input: &Path,
+    output: &Path,
+    fail: &FailAt,
+) -> (JobResult, Option<RestoreFrom>) {
+    let graph = wordcount(
+        input,
+        output,
+        Some(fail.clone()),
+        case.first.count_parallelism,
+    );
+    let (percent, savepoint) = match case.interruption {
+        Interruption::None => return (Job::new(graph, cfg).run().expect("first job"), None),
+        Interruption::Savepoint(p) => (p, true),
+        Interruption::Cancel(p) => (p, false),
+    };
+    let handle = Job::new(graph, cfg).start().expect("start the first job");
+    let threshold = case.lines as u64 * percent / 100;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handle.records_read() < threshold && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if savepoint {
+        match handle.stop_with_savepoint(None) {
+            Ok(path) => {
+                let result = handle.wait().expect("first job after its savepoint");
+                assert_eq!(
+                    result.savepoint.as_deref(),
+                    Some(path.as_str()),
+                    "{result:?}"
+                );
+                (result, Some(RestoreFrom::Path(path)))
+            }
+            // The job may have ended (or be restarting) when asked; then it runs to its end.
+            Err(e) => {
+                eprintln!("  stop-with-savepoint declined: {e}");
+                (handle.wait().expect("first job"), None)
+            }
+        }
+    } else {
+        handle.cancel();
+        let result = handle.wait().expect("first job after cancel");
+        let next = result.cancelled.then_some(RestoreFrom::Latest);
+        (result, next)
+    }
+}
+
+fn run(case: &Case) {
+    eprintln!("case {case:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), case.lines, case.vocabulary, case.seed);
+    let output = dir.path().join("out");
+    let fail = FailAt {
+        seen: Arc::new(AtomicU64::new(0)),
+        at: case.failures.clone(),
+    };
+    let cfg = job_config(case, &case.first, dir.path(), case.seed);
+    let (first, restore) = run_first(case, cfg, &input, &output, &fail);
+    eprintln!(
+        "  first job: {} records, {} checkpoints completed, {} failed, {} restarts, cancelled {}, savepoint {:?}",
+        first.records,
+        first.checkpoints_completed,
+        first.checkpoints_failed,
+        first.restarts,
+        first.cancelled,
+        first.savepoint
+    );
+    if let Some(restore) = restore {
+        let mut cfg = job_config(case, &case.second, dir.path(), case.seed ^ 0xFF);
+        cfg.restore = Some(restore);
+        let graph = wordcount(&input, &output, Some(fail), case.second.count_parallelism);
+        let second = Job::new(graph, cfg).run().expect("second job");
+        eprintln!(
+            "  second job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
+            second.restored_from, second.records, second.checkpoints_completed, second.restarts
+        );
+    }
+    let out = read_output(&output);
+    match case.guarantee {
+        Guarantee::AtLeastOnce => check_at_least_once(&expected, &out),
+        _ => check_exactly_once(&expected, &out),
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_configurations_keep_the_output_exactly_once() {
+    let first = env_u64("CAIRN_SOAK_FIRST", 1);
+    let cases = env_u64("CAIRN_SOAK_CASES", 6);
+    for seed in first..first + cases {
+        run(&draw(seed));
+    }
+}
