@@ -1,7 +1,8 @@
 //! Changelog scenarios, one per test: a crash in the middle of a segment upload restores the
 //! last completed checkpoint exactly; a torn segment that a manifest references fails the
 //! restore naming it; savepoints are canonical with changelog on and off, under either
-//! backend; retention deletes the segments a newer materialization made obsolete.
+//! backend; retention deletes the segments a newer materialization made obsolete; a
+//! checkpoint in which only some subtasks had materialized rescales under RocksDB.
 
 mod common;
 
@@ -292,4 +293,43 @@ fn retention_deletes_segments_a_newer_materialization_made_obsolete() {
     storage.verify(id).unwrap();
     let mut r = Operator::restore(&f, &m2, "op", 2, &storage.source(id));
     assert_eq!(read_operator(&mut r, &keys), expected);
+}
+
+/// A changelog checkpoint in which subtask 0 had materialized (under RocksDB: a native
+/// handle) and subtask 1 had not (its handle is the log alone, restored through an empty
+/// canonical handle) restores at parallelism 1 and 3: a wrapped RocksDB backend then gets
+/// native and canonical handles at once.
+#[test]
+fn partly_materialized_checkpoint_rescales_under_rocksdb() {
+    let storage = CheckpointStorage::open("memory://").unwrap();
+    let f = ChangelogFactory {
+        inner: RocksDbFactory::new(),
+        storage: None,
+        segment_bytes: 400,
+        min_log_bytes: 1 << 30,
+    };
+    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 80);
+    let mut op = Operator::new(&f, "op", MAX_P, 2);
+    fill_op(&mut op, &keys, 1);
+    let first = &mut op.subtasks[0].0;
+    first.materialize_now().unwrap();
+    while first.is_materializing() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    fill_op(&mut op, &keys[..20], 2);
+    let m = checkpoint(&mut op, &storage, 1, true);
+    let materialized: Vec<bool> = m.operators[0]
+        .subtasks
+        .iter()
+        .map(|s| match &s.keyed.as_ref().unwrap().data {
+            KeyedData::Changelog { materialized, .. } => !materialized.is_empty(),
+            other => panic!("not a changelog handle: {other:?}"),
+        })
+        .collect();
+    assert_eq!(materialized, [true, false]);
+    let expected = read_operator(&mut op, &keys);
+    for p in [1, 3] {
+        let mut r = Operator::restore(&f, &m, "op", p, &storage.source(1));
+        assert_eq!(read_operator(&mut r, &keys), expected, "parallelism {p}");
+    }
 }
