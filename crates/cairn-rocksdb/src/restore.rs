@@ -92,9 +92,8 @@ pub(crate) fn restore(
         )));
     }
     b.restored = true;
-    // Both kinds at once come from a changelog checkpoint restored at another parallelism
-    // whose old subtasks had not all materialized yet. They supply disjoint key groups: the
-    // native instance is built first, then the canonical pieces are ingested into it.
+    // Both kinds at once: a changelog checkpoint rescaled before every old subtask had
+    // materialized.
     if !native.is_empty() {
         crate::native_restore::restore(b, &native, &metas, source)?;
     }

@@ -51,13 +51,6 @@ struct Config {
     exactly_once: bool,
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn run_config(cfg: &Config) {
     let kills = env_u64("CAIRN_KILLS", 3);
     // Each configuration its own moments (FNV-1a of its arguments).
@@ -129,16 +122,10 @@ fn run_config(cfg: &Config) {
         .output()
         .expect("final run");
     // A checkpoint in which some subtasks of an operator had finished restores only at its
-    // parallelism (as in Flink); the run says which.
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if let Some(p) = stderr
-        .split("restore it at parallelism ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|p| p.trim().parse::<u64>().ok())
-    {
+    // parallelism; the run says which.
+    if let Some((_, p)) = demanded_parallelism(&String::from_utf8_lossy(&out.stderr)) {
         out = Command::new(&bin)
-            .args(args(true, p))
+            .args(args(true, u64::from(p)))
             .output()
             .expect("final run");
     }

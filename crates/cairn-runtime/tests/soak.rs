@@ -314,7 +314,9 @@ fn run(case: &Case) {
                 Ok(r) => break r,
                 // A snapshot in which some subtasks of an operator had finished restores
                 // only at its parallelism (as in Flink), before anything runs.
-                Err(e) => match demanded_parallelism(&e.to_string()) {
+                Err(e) => match demanded_parallelism(&e.to_string()).inspect(|(uid, p)| {
+                    eprintln!("  restoring again at parallelism {p} for operator {uid}")
+                }) {
                     Some((uid, p)) if uid == "count" && phase.count_parallelism != Some(p) => {
                         phase.count_parallelism = Some(p)
                     }
@@ -333,28 +335,6 @@ fn run(case: &Case) {
         Guarantee::AtLeastOnce => check_at_least_once(&expected, &out),
         _ => check_exactly_once(&expected, &out),
     }
-}
-
-/// The operator and parallelism an error about a partly finished operator asks for.
-fn demanded_parallelism(error: &str) -> Option<(String, u32)> {
-    let uid = error.split("operator ").nth(1)?.split(' ').next()?;
-    let p = error
-        .split("restore it at parallelism ")
-        .nth(1)?
-        .split(',')
-        .next()?
-        .trim()
-        .parse()
-        .ok()?;
-    eprintln!("  restoring again at parallelism {p} for operator {uid}");
-    Some((uid.to_string(), p))
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[test]

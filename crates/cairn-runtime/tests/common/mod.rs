@@ -105,6 +105,30 @@ pub fn check_at_least_once(expected: &BTreeMap<String, u64>, output: &BTreeMap<S
     }
 }
 
+/// An integer from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The operator and parallelism that a refused restore asks for: a snapshot in which an
+/// operator had finished in some subtasks only restores at its parallelism (as in Flink),
+/// and the error says "operator <uid> had finished in … restore it at parallelism <p>, …".
+pub fn demanded_parallelism(error: &str) -> Option<(String, u32)> {
+    let uid = error.split("operator ").nth(1)?.split(' ').next()?;
+    let p = error
+        .split("restore it at parallelism ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((uid.to_string(), p))
+}
+
 /// The word count's keyed operator.
 pub type Count = cairn_runtime::functions::Count<String, String>;
 
