@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
-cargo run --example demo -- "$@"
+# Built as part of the workspace's examples rather than with `cargo run --example demo`: the
+# workspace-wide feature resolution is the one the test command uses, so after the tests (or
+# CI) this reuses their build instead of compiling RocksDB once more.
+cargo build --workspace --examples
+exec "$CARGO_TARGET_DIR/debug/examples/demo" "$@"
