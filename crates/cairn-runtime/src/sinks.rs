@@ -34,12 +34,24 @@ type Format<T> = Arc<dyn Fn(&T, &mut Vec<u8>) + Send + Sync>;
 /// files of the restored checkpoint are committed (a rename is idempotent) and every other
 /// dot-file of an earlier run is deleted (abort). Without checkpointing, files are committed
 /// at the end of the input.
+///
+/// Pre-committed files belong to the directory they were written in. The state names each
+/// by its absolute path, and a restored job commits those of its own output directory; a
+/// file the restored job cannot find there and that never was committed there is lost, an
+/// error. A job restored with another output directory (a fork of the job, say, from a
+/// savepoint) leaves the snapshot's files of the first directory alone: they hold output
+/// from before the snapshot, which belongs to that directory and which the fork does not
+/// emit again, and whether they are committed there is decided by the job that writes there
+/// (a job restored from an older checkpoint aborts them). Unless it finds them in its own
+/// directory: then the directory was moved, and it commits them. Snapshots of earlier
+/// versions (and directories whose path is not UTF-8) hold the bare file name, which names
+/// a file of the restored job's directory.
 pub struct TwoPhaseFileSink<T> {
     dir: PathBuf,
     format: Format<T>,
     state: Option<OperatorListStateId<(u64, String)>>,
-    /// Pre-committed: (checkpoint id, final name).
-    pending: Vec<(u64, String)>,
+    /// Pre-committed: (checkpoint id, committed path).
+    pending: Vec<(u64, PathBuf)>,
     current: Option<(BufWriter<File>, String)>,
     prefix: String,
     seq: u64,
@@ -101,11 +113,26 @@ impl<T> TwoPhaseFileSink<T> {
             .map_err(|e| self.io("cannot sync the output directory", &self.dir, e))
     }
 
-    /// Makes `name` visible: renames its pending file; done already if only `name` exists.
-    fn commit(&self, name: &str) -> Result<()> {
-        let pending = self.path(&format!(".{name}.pending"));
-        let target = self.path(name);
-        match std::fs::rename(&pending, &target) {
+    /// Where a pre-committed file named by the restored state is committed by this job: in
+    /// this directory, or `None` when it belongs to another one (see the type's doc).
+    fn own_target(&self, checkpoint_id: u64, entry: &str) -> Result<Option<PathBuf>> {
+        let target = self.restored_target(checkpoint_id, entry)?;
+        if target.parent() == Some(self.dir.as_path()) {
+            return Ok(Some(target));
+        }
+        let here = match target.file_name() {
+            Some(name) => self.dir.join(name),
+            None => return Ok(None),
+        };
+        let moved = here.exists() || pending_path(&here).exists();
+        Ok(moved.then_some(here))
+    }
+
+    /// Makes `target` visible: renames its pending file; done already if only `target`
+    /// exists.
+    fn commit(&self, target: &Path) -> Result<()> {
+        let pending = pending_path(target);
+        match std::fs::rename(&pending, target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if target.exists() {
@@ -122,8 +149,8 @@ impl<T> TwoPhaseFileSink<T> {
         }
     }
 
-    /// Closes the file being written and renames it pending; returns its final name.
-    fn pre_commit(&mut self) -> Result<Option<String>> {
+    /// Closes the file being written and renames it pending; returns its committed path.
+    fn pre_commit(&mut self) -> Result<Option<PathBuf>> {
         let Some((mut w, name)) = self.current.take() else {
             return Ok(None);
         };
@@ -136,7 +163,44 @@ impl<T> TwoPhaseFileSink<T> {
         std::fs::rename(&inprogress, &pending)
             .map_err(|e| self.io("cannot pre-commit an output file", &inprogress, e))?;
         self.sync_dir()?;
-        Ok(Some(name))
+        Ok(Some(self.path(&name)))
+    }
+
+    /// How the state names a pending file: its path, or its name where the path is not
+    /// UTF-8.
+    fn state_entry(&self, target: &Path) -> String {
+        match target.to_str() {
+            Some(path) => path.to_string(),
+            None => target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The committed path of a pending file named by the restored state: an absolute path
+    /// to a `part-…` file, or (earlier versions) a bare `part-…` name in this directory.
+    fn restored_target(&self, checkpoint_id: u64, entry: &str) -> Result<PathBuf> {
+        let path = Path::new(entry);
+        let name = path.file_name().and_then(|n| n.to_str());
+        let plain = path.components().count() == 1;
+        match name {
+            Some(name) if name.starts_with("part-") && (plain || path.is_absolute()) => {
+                Ok(if plain {
+                    self.path(name)
+                } else {
+                    path.to_path_buf()
+                })
+            }
+            _ => Err(RuntimeError::Restore {
+                reason: format!(
+                    "the file sink's restored state names {entry:?} as a file pre-committed \
+                     by checkpoint {checkpoint_id}: not an absolute path or name of a part-… \
+                     file (output directory {})",
+                    self.dir.display()
+                ),
+            }),
+        }
     }
 
     /// Deletes dot-files of earlier runs (in-progress and pending files no restored
@@ -173,10 +237,23 @@ impl<T> TwoPhaseFileSink<T> {
     }
 }
 
+/// Where the pre-committed file of `target` (`…/part-…`) is: `…/.part-….pending`.
+fn pending_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.pending"))
+}
+
 impl<T> Checkpointed for TwoPhaseFileSink<T> {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| self.io("cannot create the output directory", &self.dir, e))?;
+        // The state records absolute paths; a relative directory is taken from here.
+        if let Ok(absolute) = std::path::absolute(&self.dir) {
+            self.dir = absolute;
+        }
         self.prefix = format!("{}-{}", ctx.run_id, ctx.subtask.index);
         self.checkpointing = ctx.checkpointing;
         // Union: every subtask sees every pre-committed file; subtask 0 recovers them all.
@@ -186,8 +263,10 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
         self.state = Some(id);
         let restored = std::mem::take(ctx.operator_state.list(id)?);
         if ctx.subtask.index == 0 {
-            for (_, name) in &restored {
-                self.commit(name)?;
+            for (id, entry) in &restored {
+                if let Some(target) = self.own_target(*id, entry)? {
+                    self.commit(&target)?;
+                }
             }
             self.sync_dir()?;
             self.abort_leftovers()?;
@@ -196,11 +275,16 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
     }
 
     fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
-        if let Some(name) = self.pre_commit()? {
-            self.pending.push((ctx.checkpoint_id, name));
+        if let Some(target) = self.pre_commit()? {
+            self.pending.push((ctx.checkpoint_id, target));
         }
         if let Some(id) = self.state {
-            *ctx.operator_state.list(id)? = self.pending.clone();
+            let entries = self
+                .pending
+                .iter()
+                .map(|(c, target)| (*c, self.state_entry(target)))
+                .collect();
+            *ctx.operator_state.list(id)? = entries;
         }
         Ok(())
     }
@@ -210,8 +294,8 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
             .into_iter()
             .partition(|(id, _)| *id <= checkpoint_id);
         self.pending = keep;
-        for (_, name) in &done {
-            self.commit(name)?;
+        for (_, target) in &done {
+            self.commit(target)?;
         }
         if !done.is_empty() {
             self.sync_dir()?;
@@ -253,12 +337,54 @@ impl<T: Send + 'static> Sink<T> for TwoPhaseFileSink<T> {
         if self.checkpointing {
             return Ok(());
         }
-        if let Some(name) = self.pre_commit()? {
-            self.commit(&name)?;
+        if let Some(target) = self.pre_commit()? {
+            self.commit(&target)?;
         }
-        for (_, name) in std::mem::take(&mut self.pending) {
-            self.commit(&name)?;
+        for (_, target) in std::mem::take(&mut self.pending) {
+            self.commit(&target)?;
         }
         self.sync_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(dir: &Path) -> TwoPhaseFileSink<String> {
+        TwoPhaseFileSink::new(dir, |l: &String, o: &mut Vec<u8>| o.extend(l.as_bytes()))
+    }
+
+    #[test]
+    fn restored_entries_are_paths_or_bare_names_of_part_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = sink(dir.path());
+        // Earlier versions stored the bare name: it is looked up in this directory.
+        assert_eq!(
+            s.restored_target(3, "part-1-0-2").expect("bare name"),
+            dir.path().join("part-1-0-2")
+        );
+        // The state names a file by its absolute path, which may be another directory.
+        let elsewhere = Path::new("/data/run-1/part-1-0-2");
+        assert_eq!(
+            s.restored_target(3, elsewhere.to_str().expect("utf-8"))
+                .expect("absolute path"),
+            elsewhere
+        );
+        assert_eq!(s.state_entry(elsewhere), "/data/run-1/part-1-0-2");
+        for bad in [
+            "",
+            "../part-1",
+            "sub/part-1-0-2",
+            "/etc/passwd",
+            "/data/.part-1.pending",
+            "x",
+        ] {
+            let e = s.restored_target(7, bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("checkpoint 7") && e.contains(&format!("{bad:?}")),
+                "{bad:?}: {e}"
+            );
+        }
     }
 }

@@ -97,6 +97,67 @@ fn a_failure_before_the_first_checkpoint_restarts_from_the_savepoint() {
     check_exactly_once(&expected, &read_output(&output));
 }
 
+/// The pre-committed files in `dir` (`.part-….pending`).
+fn pending_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list the output")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".part-") && n.ends_with(".pending"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A savepoint taken while the job runs on (which commits nothing: like Flink's, only a
+/// checkpoint's completion commits output), then the job is cancelled. A fork restored from
+/// the savepoint into another output directory leaves the savepoint's pre-committed file to
+/// the first directory and emits every word's counts from the savepoint's up to the word's
+/// total; then the first directory is moved and the job restored from the savepoint into it
+/// commits that file there and finishes exactly once.
+#[test]
+fn a_savepoint_restores_into_another_output_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 400, 17);
+    let output = dir.path().join("out");
+    // No checkpoint before the savepoint: the savepoint pre-commits what the sink wrote.
+    let mut cfg = config(dir.path(), 60_000);
+    cfg.records_per_second = Some(4000);
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let savepoint = handle.trigger_savepoint(None).expect("savepoint");
+    handle.cancel();
+    let first = handle.wait().expect("first run");
+    assert!(first.cancelled && first.savepoint.is_none(), "{first:?}");
+    let pending = pending_files(&output);
+    assert_eq!(pending.len(), 1, "the savepoint's pre-committed file");
+    assert!(read_output(&output).is_empty(), "nothing committed yet");
+
+    let fork = dir.path().join("fork");
+    let mut cfg = config(dir.path(), 50);
+    cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    let second = Job::new(wordcount(&input, &fork, None, None), cfg)
+        .run()
+        .expect("the fork restores the savepoint");
+    assert!(second.records < 4000, "{second:?}");
+    let forked = read_output(&fork);
+    assert!(!forked.is_empty());
+    check_continues(&expected, &forked, true);
+    assert_eq!(pending_files(&output), pending, "the fork left it alone");
+    assert!(read_output(&output).is_empty());
+
+    let moved = dir.path().join("moved");
+    std::fs::rename(&output, &moved).expect("move the output");
+    let mut cfg = config(dir.path(), 50);
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    Job::new(wordcount(&input, &moved, None, None), cfg)
+        .run()
+        .expect("the job restores the savepoint into the moved directory");
+    check_exactly_once(&expected, &read_output(&moved));
+    assert!(pending_files(&moved).is_empty());
+}
+
 #[test]
 fn restoring_state_of_an_unknown_operator_is_an_error_unless_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");

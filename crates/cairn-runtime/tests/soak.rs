@@ -8,6 +8,11 @@
 //! latest checkpoint at another parallelism. The committed output must be exactly once (at
 //! least once in at-least-once mode) whatever was drawn.
 //!
+//! Some cases also take a savepoint while the first job runs on (`trigger_savepoint`). The job
+//! must stay exactly once, and a third job restored from that savepoint into an output of its
+//! own must emit, for every word, the counts from the savepoint's up to the word's total: a
+//! source position ahead of the state would lose counts, one behind would repeat them.
+//!
 //! CI runs a few cases; a soak runs many:
 //! `CAIRN_SOAK_CASES=300 cargo test -p cairn-runtime --test soak -- --nocapture`, and one
 //! case again with `CAIRN_SOAK_FIRST=<seed> CAIRN_SOAK_CASES=1`. Each case prints its seed and
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_runtime::{
-    ChangelogOptions, CheckpointRetention, CheckpointingMode, Job, JobConfig, JobResult,
+    ChangelogOptions, CheckpointRetention, CheckpointingMode, Job, JobConfig, JobHandle, JobResult,
     RestoreFrom, SnapshotMode, StateBackendConfig,
 };
 use cairn_storage::fault::FaultyObjectStore;
@@ -111,6 +116,12 @@ struct Case {
     interruption: Interruption,
     first: Phase,
     second: Phase,
+    /// A savepoint the first job takes and runs on, once the sources have read this share
+    /// (percent) of the lines; a third job restores it under `third`.
+    midrun_savepoint: Option<u64>,
+    third: Phase,
+    /// Task failures of the third job, at these words it processed.
+    third_failures: Vec<u64>,
 }
 
 fn phase(rng: &mut Rng) -> Phase {
@@ -146,7 +157,7 @@ fn draw(seed: u64) -> Case {
     let failures = (0..rng.below(4))
         .map(|_| 1 + rng.below(words * 3 / 2))
         .collect();
-    Case {
+    let mut case = Case {
         seed,
         lines,
         vocabulary: rng.pick(&[20, 300, 3000]),
@@ -171,7 +182,23 @@ fn draw(seed: u64) -> Case {
         interruption,
         first,
         second,
+        midrun_savepoint: None,
+        third: first,
+        third_failures: Vec::new(),
+    };
+    // Drawn last, so that the seeds of earlier sessions still draw the same case otherwise.
+    let before = match interruption {
+        Interruption::None => 90,
+        Interruption::Savepoint(p) | Interruption::Cancel(p) => p,
+    };
+    if rng.chance(40) {
+        case.midrun_savepoint = Some(5 + rng.below(before - 5));
+        case.third = phase(&mut rng);
+        case.third_failures = (0..rng.below(2))
+            .map(|_| 1 + rng.below(words / 2))
+            .collect();
     }
+    case
 }
 
 /// The job configuration of one phase of `case`.
@@ -233,32 +260,58 @@ fn job_config(case: &Case, phase: &Phase, dir: &Path, faults_seed: u64) -> JobCo
     cfg
 }
 
-/// Runs the first job, interrupting it as the case says; returns its result and, when it was
-/// interrupted, where the second job restores from.
-fn run_first(
-    case: &Case,
-    cfg: JobConfig,
-    input: &Path,
-    output: &Path,
-    fail: &FailAt,
-) -> (JobResult, Option<RestoreFrom>) {
+/// What the first job left.
+struct First {
+    result: JobResult,
+    /// Where the second job restores from, when the first was interrupted.
+    restore: Option<RestoreFrom>,
+    /// The savepoint the first job took and ran on.
+    midrun_savepoint: Option<String>,
+}
+
+/// Waits until the job's sources have read `percent` of the case's lines (or a minute).
+fn wait_for_share(handle: &JobHandle, case: &Case, percent: u64) {
+    let threshold = case.lines as u64 * percent / 100;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handle.records_read() < threshold && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Runs the first job, taking a savepoint on the way and interrupting it as the case says.
+fn run_first(case: &Case, cfg: JobConfig, input: &Path, output: &Path, fail: &FailAt) -> First {
     let graph = wordcount(
         input,
         output,
         Some(fail.clone()),
         case.first.count_parallelism,
     );
+    let handle = Job::new(graph, cfg).start().expect("start the first job");
+    let midrun_savepoint = case.midrun_savepoint.and_then(|percent| {
+        wait_for_share(&handle, case, percent);
+        // Declined when the job is restarting or a write fails; the case goes on without.
+        handle
+            .trigger_savepoint(None)
+            .inspect_err(|e| eprintln!("  savepoint declined: {e}"))
+            .ok()
+    });
+    let (result, restore) = interrupt(case, handle);
+    First {
+        result,
+        restore,
+        midrun_savepoint,
+    }
+}
+
+/// Interrupts the first job as the case says, or lets it run to its end; returns its result
+/// and, when it was interrupted, where the second job restores from.
+fn interrupt(case: &Case, handle: JobHandle) -> (JobResult, Option<RestoreFrom>) {
     let (percent, savepoint) = match case.interruption {
-        Interruption::None => return (Job::new(graph, cfg).run().expect("first job"), None),
+        Interruption::None => return (handle.wait().expect("first job"), None),
         Interruption::Savepoint(p) => (p, true),
         Interruption::Cancel(p) => (p, false),
     };
-    let handle = Job::new(graph, cfg).start().expect("start the first job");
-    let threshold = case.lines as u64 * percent / 100;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handle.records_read() < threshold && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_share(&handle, case, percent);
     if savepoint {
         match handle.stop_with_savepoint(None) {
             Ok(path) => {
@@ -284,6 +337,38 @@ fn run_first(
     }
 }
 
+/// Runs a job restored from `restore` under `phase` to its end, restoring again at the
+/// parallelism a refusal names.
+fn finish(
+    case: &Case,
+    mut phase: Phase,
+    restore: &RestoreFrom,
+    dir: &Path,
+    (input, output): (&Path, &Path),
+    fail: &FailAt,
+    faults_seed: u64,
+) -> JobResult {
+    loop {
+        let mut cfg = job_config(case, &phase, dir, faults_seed);
+        cfg.restore = Some(restore.clone());
+        let graph = wordcount(input, output, Some(fail.clone()), phase.count_parallelism);
+        match Job::new(graph, cfg).run() {
+            Ok(r) => return r,
+            // A snapshot in which some subtasks of an operator had finished restores only at
+            // its parallelism (as in Flink), before anything runs.
+            Err(e) => match demanded_parallelism(&e.to_string()).inspect(|(uid, p)| {
+                eprintln!("  restoring again at parallelism {p} for operator {uid}")
+            }) {
+                Some((uid, p)) if uid == "count" && phase.count_parallelism != Some(p) => {
+                    phase.count_parallelism = Some(p)
+                }
+                Some((_, p)) if phase.parallelism != p => phase.parallelism = p,
+                _ => panic!("job restored from {restore:?}: {e}"),
+            },
+        }
+    }
+}
+
 fn run(case: &Case) {
     eprintln!("case {case:?}");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -294,46 +379,49 @@ fn run(case: &Case) {
         at: case.failures.clone(),
     };
     let cfg = job_config(case, &case.first, dir.path(), case.seed);
-    let (first, restore) = run_first(case, cfg, &input, &output, &fail);
+    let first = run_first(case, cfg, &input, &output, &fail);
+    let r = &first.result;
     eprintln!(
-        "  first job: {} records, {} checkpoints completed, {} failed, {} restarts, cancelled {}, savepoint {:?}",
-        first.records,
-        first.checkpoints_completed,
-        first.checkpoints_failed,
-        first.restarts,
-        first.cancelled,
-        first.savepoint
+        "  first job: {} records, {} checkpoints completed, {} failed, {} restarts, cancelled {}, savepoints {:?} and {:?}",
+        r.records,
+        r.checkpoints_completed,
+        r.checkpoints_failed,
+        r.restarts,
+        r.cancelled,
+        first.midrun_savepoint,
+        r.savepoint
     );
-    if let Some(restore) = restore {
-        let mut phase = case.second;
-        let second = loop {
-            let mut cfg = job_config(case, &phase, dir.path(), case.seed ^ 0xFF);
-            cfg.restore = Some(restore.clone());
-            let graph = wordcount(&input, &output, Some(fail.clone()), phase.count_parallelism);
-            match Job::new(graph, cfg).run() {
-                Ok(r) => break r,
-                // A snapshot in which some subtasks of an operator had finished restores
-                // only at its parallelism (as in Flink), before anything runs.
-                Err(e) => match demanded_parallelism(&e.to_string()).inspect(|(uid, p)| {
-                    eprintln!("  restoring again at parallelism {p} for operator {uid}")
-                }) {
-                    Some((uid, p)) if uid == "count" && phase.count_parallelism != Some(p) => {
-                        phase.count_parallelism = Some(p)
-                    }
-                    Some((_, p)) if phase.parallelism != p => phase.parallelism = p,
-                    _ => panic!("second job: {e}"),
-                },
-            }
-        };
+    if let Some(restore) = &first.restore {
+        let io = (input.as_path(), output.as_path());
+        let seed = case.seed ^ 0xFF;
+        let second = finish(case, case.second, restore, dir.path(), io, &fail, seed);
         eprintln!(
             "  second job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
             second.restored_from, second.records, second.checkpoints_completed, second.restarts
         );
     }
+    let exactly_once = !matches!(case.guarantee, Guarantee::AtLeastOnce);
     let out = read_output(&output);
-    match case.guarantee {
-        Guarantee::AtLeastOnce => check_at_least_once(&expected, &out),
-        _ => check_exactly_once(&expected, &out),
+    if exactly_once {
+        check_exactly_once(&expected, &out);
+    } else {
+        check_at_least_once(&expected, &out);
+    }
+    if let Some(path) = first.midrun_savepoint {
+        let output = dir.path().join("out-midrun");
+        let fail = FailAt {
+            seen: Arc::new(AtomicU64::new(0)),
+            at: case.third_failures.clone(),
+        };
+        let restore = RestoreFrom::Path(path);
+        let io = (input.as_path(), output.as_path());
+        let seed = case.seed ^ 0xF0F0;
+        let third = finish(case, case.third, &restore, dir.path(), io, &fail, seed);
+        eprintln!(
+            "  third job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
+            third.restored_from, third.records, third.checkpoints_completed, third.restarts
+        );
+        check_continues(&expected, &read_output(&output), exactly_once);
     }
 }
 

@@ -105,6 +105,35 @@ pub fn check_at_least_once(expected: &BTreeMap<String, u64>, output: &BTreeMap<S
     }
 }
 
+/// The output of a job restored from a savepoint taken part way: for each word, the counts
+/// after the savepoint's up to the word's total, once each (at least once: without gaps).
+pub fn check_continues(
+    expected: &BTreeMap<String, u64>,
+    output: &BTreeMap<String, Vec<u64>>,
+    exactly_once: bool,
+) {
+    for (w, got) in output {
+        let n = *expected
+            .get(w)
+            .unwrap_or_else(|| panic!("unexpected word {w} in the output"));
+        let mut got = got.clone();
+        got.sort_unstable();
+        let distinct = {
+            let mut d = got.clone();
+            d.dedup();
+            d
+        };
+        let from = distinct.first().copied().unwrap_or(1);
+        let want: Vec<u64> = (from..=n).collect();
+        assert!(
+            distinct == want && (!exactly_once || got.len() == distinct.len()),
+            "word {w} (occurs {n} times): expected counts {from}..={n} after the savepoint, got {} counts: first {:?}",
+            got.len(),
+            &got[..got.len().min(20)]
+        );
+    }
+}
+
 /// An integer from the environment, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
