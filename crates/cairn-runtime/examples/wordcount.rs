@@ -97,6 +97,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // Checked before the job starts: in the job, a missing input is a task failure, retried
+    // by the restart strategy before it fails the job.
+    if let Err(e) = std::fs::File::open(&args.input) {
+        return Err(format!("cannot read --input {}: {e}", args.input.display()).into());
+    }
     let snapshot_mode = match args.snapshot {
         Snapshot::Full => SnapshotMode::Full,
         Snapshot::Incremental => SnapshotMode::Incremental,

@@ -316,3 +316,27 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
     );
     check_exactly_once(&expected, &read_output(&output));
 }
+
+/// A missing input is refused before the job starts, naming the option and the file (in the
+/// job it would be a task failure that the restart strategy retries first).
+#[test]
+fn a_missing_input_is_refused_before_the_job_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-input.txt");
+    let out = Command::new(wordcount_bin())
+        .arg("--input")
+        .arg(&missing)
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("checkpoints"))
+        .output()
+        .expect("run the word count");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read --input {}", missing.display()))
+            && !stderr.contains("restarts"),
+        "{stderr}"
+    );
+}
