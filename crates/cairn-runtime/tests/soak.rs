@@ -8,6 +8,9 @@
 //! latest checkpoint at another parallelism. The committed output must be exactly once (at
 //! least once in at-least-once mode) whatever was drawn.
 //!
+//! Half the cases count in every state kind at once (value, reducing, aggregating, map and
+//! list), each checked against the others on every record.
+//!
 //! Some cases also take a savepoint while the first job runs on (`trigger_savepoint`). The job
 //! must stay exactly once, and a third job restored from that savepoint into an output of its
 //! own must emit, for every word, the counts from the savepoint's up to the word's total: a
@@ -122,6 +125,8 @@ struct Case {
     third: Phase,
     /// Task failures of the third job, at these words it processed.
     third_failures: Vec<u64>,
+    /// Count in every state kind at once ([`AllKindsCount`]), not in a value state only.
+    all_kinds: bool,
 }
 
 fn phase(rng: &mut Rng) -> Phase {
@@ -185,6 +190,7 @@ fn draw(seed: u64) -> Case {
         midrun_savepoint: None,
         third: first,
         third_failures: Vec::new(),
+        all_kinds: false,
     };
     // Drawn last, so that the seeds of earlier sessions still draw the same case otherwise.
     let before = match interruption {
@@ -198,6 +204,7 @@ fn draw(seed: u64) -> Case {
             .map(|_| 1 + rng.below(words / 2))
             .collect();
     }
+    case.all_kinds = rng.chance(50);
     case
 }
 
@@ -280,11 +287,12 @@ fn wait_for_share(handle: &JobHandle, case: &Case, percent: u64) {
 
 /// Runs the first job, taking a savepoint on the way and interrupting it as the case says.
 fn run_first(case: &Case, cfg: JobConfig, input: &Path, output: &Path, fail: &FailAt) -> First {
-    let graph = wordcount(
+    let graph = wordcount_with(
         input,
         output,
         Some(fail.clone()),
         case.first.count_parallelism,
+        case.all_kinds,
     );
     let handle = Job::new(graph, cfg).start().expect("start the first job");
     let midrun_savepoint = case.midrun_savepoint.and_then(|percent| {
@@ -351,7 +359,13 @@ fn finish(
     loop {
         let mut cfg = job_config(case, &phase, dir, faults_seed);
         cfg.restore = Some(restore.clone());
-        let graph = wordcount(input, output, Some(fail.clone()), phase.count_parallelism);
+        let graph = wordcount_with(
+            input,
+            output,
+            Some(fail.clone()),
+            phase.count_parallelism,
+            case.all_kinds,
+        );
         match Job::new(graph, cfg).run() {
             Ok(r) => return r,
             // A snapshot in which some subtasks of an operator had finished restores only at

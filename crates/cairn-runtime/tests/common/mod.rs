@@ -7,11 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, KeyedStateBackend,
+    ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, ReducingStateDescriptor,
+    ReducingStateId, ValueStateDescriptor, ValueStateId,
+};
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
     source, CheckpointConfig, Checkpointed, Collector, InitContext, JobConfig, JobGraph,
-    ProcessFunction, RuntimeError, SnapshotContext, Source, SourceStatus,
+    KeyedProcessFunction, ProcessFunction, RuntimeError, SnapshotContext, Source, SourceStatus,
 };
 
 /// Writes `lines` lines of words drawn from `vocabulary` words (deterministic) and returns
@@ -196,12 +201,112 @@ fn format_line((w, n): &(String, u64), out: &mut Vec<u8>) {
     out.extend_from_slice(n.to_string().as_bytes());
 }
 
+/// The word count's keyed operator kept in every state kind at once, each checked against
+/// the others on every record: a value (the count), a reducing sum of ones, an aggregate
+/// counting its inputs, a map from `n % 4` to the last `n` with that remainder, and a list
+/// of every eighth count. A record whose states disagree fails the operator, naming them.
+#[derive(Clone, Debug, Default)]
+pub struct AllKindsCount;
+
+/// Counts its inputs.
+struct Counting;
+
+impl AggregateFunction<u64, u64, u64> for Counting {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, input: u64) {
+        *acc += input;
+    }
+    fn result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+/// The states of [`AllKindsCount`].
+pub struct AllKindsStates {
+    count: ValueStateId<u64, ()>,
+    sum: ReducingStateId<u64, ()>,
+    counted: AggregatingStateId<u64, u64, u64, ()>,
+    last_by_rest: MapStateId<u64, u64, ()>,
+    eighths: ListStateId<u64, ()>,
+}
+
+impl Checkpointed for AllKindsCount {}
+
+impl KeyedProcessFunction for AllKindsCount {
+    type Key = String;
+    type In = String;
+    type Out = (String, u64);
+    type State = AllKindsStates;
+
+    fn open<B: KeyedStateBackend>(&mut self, b: &mut B) -> cairn_runtime::Result<AllKindsStates> {
+        Ok(AllKindsStates {
+            count: b.register_value(&ValueStateDescriptor::new("count"))?,
+            sum: b.register_reducing(&ReducingStateDescriptor::new("sum", |a: u64, c| a + c))?,
+            counted: b
+                .register_aggregating(&AggregatingStateDescriptor::new("counted", Counting))?,
+            last_by_rest: b.register_map(&MapStateDescriptor::new("last-by-rest"))?,
+            eighths: b.register_list(&ListStateDescriptor::new("eighths"))?,
+        })
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        s: &AllKindsStates,
+        word: &String,
+        _record: String,
+        b: &mut B,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let n = b.value_get(s.count, &())?.unwrap_or(0) + 1;
+        b.value_update(s.count, &(), n)?;
+        b.reducing_add(s.sum, &(), 1)?;
+        b.aggregating_add(s.counted, &(), 1)?;
+        let previous = b.map_get(s.last_by_rest, &(), &((n - 1) % 4))?;
+        b.map_put(s.last_by_rest, &(), n % 4, n)?;
+        let sum = b.reducing_get(s.sum, &())?;
+        let counted = b.aggregating_get(s.counted, &())?;
+        let mut agree = sum == Some(n) && counted == Some(n);
+        agree &= previous == (n > 1).then_some(n - 1);
+        let mut eighths = None;
+        if n % 8 == 0 {
+            b.list_add(s.eighths, &(), n)?;
+            let list = b.list_get(s.eighths, &())?;
+            agree &= list == (1..=n / 8).map(|i| i * 8).collect::<Vec<_>>();
+            eighths = Some(list.len());
+        }
+        if !agree {
+            return Err(RuntimeError::user(
+                "count",
+                format!(
+                    "state kinds disagree for {word:?}: value {n}, reducing {sum:?}, \
+                     aggregating {counted:?}, map[{}] {previous:?}, list of {eighths:?} eighths",
+                    (n - 1) % 4
+                ),
+            ));
+        }
+        out.collect((word.clone(), n))
+    }
+}
+
 /// source → tokenize → [fail] → key_by → count → sink.
 pub fn wordcount(
     input: &Path,
     output: &Path,
     fail: Option<FailAt>,
     count_parallelism: Option<u32>,
+) -> JobGraph {
+    wordcount_with(input, output, fail, count_parallelism, false)
+}
+
+/// [`wordcount`], counting with [`AllKindsCount`] when `all_kinds`.
+pub fn wordcount_with(
+    input: &Path,
+    output: &Path,
+    fail: Option<FailAt>,
+    count_parallelism: Option<u32>,
+    all_kinds: bool,
 ) -> JobGraph {
     let words = source("source", FileSource::new(input)).flat_map("tokenize", |line: String| {
         line.split(' ')
@@ -219,9 +324,12 @@ pub fn wordcount(
             },
         ),
     };
-    let counted = words
-        .key_by(|w: &String| w.clone())
-        .process("count", Count::new());
+    let keyed = words.key_by(|w: &String| w.clone());
+    let counted = if all_kinds {
+        keyed.process("count", AllKindsCount)
+    } else {
+        keyed.process("count", Count::new())
+    };
     let counted = match count_parallelism {
         Some(p) => counted.parallelism(p),
         None => counted,
