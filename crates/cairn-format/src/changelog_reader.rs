@@ -15,7 +15,7 @@ use crate::changelog::{
     HEADER_FLAGS_OFFSET, HEADER_LEN, HEADER_RESERVED_OFFSET, HEADER_VERSION_OFFSET, KIND,
     MAGIC_LEN, SUPPORTED_VERSIONS, VERSION_1, VERSION_2,
 };
-use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader};
+use crate::codec::{check_required_flags, check_version, corrupt, crc32, crc_matches, Reader};
 use crate::{ChangelogRecord, FileState, FormatError, SegmentBlock, MAX_BLOCK_LEN};
 
 /// v1 index entry: key_group u32, offset u64, len u32, records u32.
@@ -298,20 +298,13 @@ fn read_frame(b: &[u8], path: &str) -> Result<Frame, FormatError> {
             "bad footer magic (truncated or torn segment)",
         ));
     }
-    if version != footer_version {
-        return Err(h.corrupt_at(
-            HEADER_VERSION_OFFSET as u64,
-            format!("header and footer versions differ header={version} footer={footer_version}"),
-        ));
-    }
-    if version != VERSION_1 && version != VERSION_2 {
-        return Err(FormatError::UnsupportedVersion {
-            kind: KIND,
-            path: path.to_string(),
-            found: version,
-            supported: SUPPORTED_VERSIONS,
-        });
-    }
+    check_version(
+        (KIND, path),
+        HEADER_VERSION_OFFSET,
+        (version, footer_version),
+        version == VERSION_1 || version == VERSION_2,
+        SUPPORTED_VERSIONS,
+    )?;
     if footer_reserved != 0 || reserved != 0 {
         let at = if reserved != 0 {
             HEADER_RESERVED_OFFSET

@@ -262,6 +262,35 @@ pub(crate) fn check_required_flags(
     })
 }
 
+/// Checks the version a file's header names (at `offset`) against its footer's, then that
+/// this build reads it (`readable`; `supported` says which versions it reads). A file whose
+/// two copies differ is corrupt; a consistent but unknown version is `UnsupportedVersion`.
+pub(crate) fn check_version(
+    (kind, path): (&'static str, &str),
+    offset: usize,
+    (header, footer): (u16, u16),
+    readable: bool,
+    supported: &'static str,
+) -> Result<(), FormatError> {
+    if header != footer {
+        return Err(corrupt(
+            kind,
+            path,
+            offset as u64,
+            format!("header and footer versions differ header={header} footer={footer}"),
+        ));
+    }
+    if !readable {
+        return Err(FormatError::UnsupportedVersion {
+            kind,
+            path: path.to_string(),
+            found: header,
+            supported,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn corrupt(
     kind: &'static str,
     path: &str,

@@ -15,7 +15,9 @@
 //!   8   8  magic            "CAIRNMF\0"
 //! ```
 
-use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader, Version, Writer};
+use crate::codec::{
+    check_required_flags, check_version, corrupt, crc32, crc_matches, Reader, Version, Writer,
+};
 use crate::manifest_body::{decode_body, encode_body};
 use crate::{FormatError, Manifest, MAX_MANIFEST_LEN};
 
@@ -124,20 +126,13 @@ pub fn decode_manifest(bytes: &[u8], path: &str) -> Result<Manifest, FormatError
             "bad footer magic (truncated or not a manifest)",
         ));
     }
-    if version != footer_version {
-        return Err(h.corrupt_at(
-            HEADER_VERSION_OFFSET as u64,
-            format!("header and footer versions differ header={version} footer={footer_version}"),
-        ));
-    }
-    if Version::from_u16(version).is_none() {
-        return Err(FormatError::UnsupportedVersion {
-            kind: KIND,
-            path: path.to_string(),
-            found: version,
-            supported: Version::SUPPORTED,
-        });
-    }
+    check_version(
+        (KIND, path),
+        HEADER_VERSION_OFFSET,
+        (version, footer_version),
+        Version::from_u16(version).is_some(),
+        Version::SUPPORTED,
+    )?;
     if reserved != 0 {
         return Err(f.corrupt_at(
             (footer_at + FOOTER_RESERVED_OFFSET) as u64,
