@@ -144,6 +144,23 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         r
     }
 
+    /// Records a state whose entries are a value and a namespace (every kind but map),
+    /// encoded with `codecs`.
+    fn add_plain<V: 'static, N: 'static>(
+        &mut self,
+        raw: RawStateId,
+        meta: StateMeta,
+        (value, namespace): (&CodecRef<V>, &CodecRef<N>),
+        acc_slot: Option<AccSlot>,
+    ) {
+        let codecs = Codecs2 {
+            value: value.clone(),
+            namespace: namespace.clone(),
+        };
+        let ns_codec = Box::new(namespace.clone());
+        self.add_state(raw, meta, Box::new(codecs), ns_codec, acc_slot);
+    }
+
     fn register_common(&mut self, meta: &StateMeta) -> Result<()> {
         if let Some(stored) = self.restored_metas.get(&meta.name) {
             stored.check_compatible(meta, &self.config.uid, true)?;
@@ -185,17 +202,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         let meta = d.meta();
         self.register_common(&meta)?;
         let id = self.inner.register_value(d)?;
-        let codecs = Codecs2 {
-            value: d.value.clone(),
-            namespace: d.namespace.clone(),
-        };
-        self.add_state(
-            id.raw(),
-            meta,
-            Box::new(codecs),
-            Box::new(d.namespace.clone()),
-            None,
-        );
+        self.add_plain(id.raw(), meta, (&d.value, &d.namespace), None);
         self.replay_value(id, d)?;
         Ok(id)
     }
@@ -207,17 +214,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         let meta = d.meta();
         self.register_common(&meta)?;
         let id = self.inner.register_list(d)?;
-        let codecs = Codecs2 {
-            value: d.element.clone(),
-            namespace: d.namespace.clone(),
-        };
-        self.add_state(
-            id.raw(),
-            meta,
-            Box::new(codecs),
-            Box::new(d.namespace.clone()),
-            None,
-        );
+        self.add_plain(id.raw(), meta, (&d.element, &d.namespace), None);
         self.replay_list(id, d)?;
         Ok(id)
     }
@@ -252,17 +249,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         let meta = d.meta();
         self.register_common(&meta)?;
         let id = self.inner.register_reducing(d)?;
-        let codecs = Codecs2 {
-            value: d.value.clone(),
-            namespace: d.namespace.clone(),
-        };
-        self.add_state(
-            id.raw(),
-            meta,
-            Box::new(codecs),
-            Box::new(d.namespace.clone()),
-            None,
-        );
+        self.add_plain(id.raw(), meta, (&d.value, &d.namespace), None);
         self.replay_reducing(id, d)?;
         Ok(id)
     }
@@ -285,15 +272,10 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
             }),
         };
         let inner_id = self.inner.register_aggregating(&wrapped)?;
-        let codecs = Codecs2 {
-            value: d.accumulator.clone(),
-            namespace: d.namespace.clone(),
-        };
-        self.add_state(
+        self.add_plain(
             inner_id.raw(),
             meta,
-            Box::new(codecs),
-            Box::new(d.namespace.clone()),
+            (&d.accumulator, &d.namespace),
             Some(slot),
         );
         self.replay_aggregating(inner_id, d)?;
