@@ -212,6 +212,10 @@ struct Driver {
     /// uid → parallelism of its stage.
     parallelism: Vec<u32>,
     next_id: u64,
+    /// The job's first own checkpoint id: smaller ids are checkpoints another run left in
+    /// the directory, which this job restores from but never deletes (Flink's default
+    /// restore mode, no claim).
+    first_own_id: u64,
     nonce: String,
     result: JobResult,
     prev_files: HashSet<String>,
@@ -306,6 +310,7 @@ impl Driver {
             signal,
             parallelism,
             next_id,
+            first_own_id: next_id,
             nonce,
             result,
             prev_files: HashSet::new(),
@@ -319,7 +324,8 @@ impl Driver {
         self.result.restored_from = initial.as_ref().map(|r| r.description.clone());
         // Checkpoints with a smaller id are not this job's (another run left them in the
         // checkpoint directory).
-        let first_own_id = self.next_id;
+        self.first_own_id = self.next_id;
+        let first_own_id = self.first_own_id;
         let mut restore = initial.clone();
         let mut attempt = 0u32;
         let outcome = loop {
@@ -366,9 +372,11 @@ impl Driver {
             Outcome::Stopped(path) => self.result.savepoint = Some(path),
             Outcome::Cancelled => {
                 self.result.cancelled = true;
+                // Only this job's checkpoints: those of earlier runs in the directory (the
+                // one it was restored from, say) are not its to delete.
                 if self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation {
                     if let Some(s) = &self.storage {
-                        s.discard_all()?;
+                        s.discard_from(first_own_id)?;
                     }
                 }
             }
@@ -1186,7 +1194,10 @@ impl Driver {
                 run.last_complete = Some(Instant::now());
                 self.broadcast(run, Notification::Complete(id));
                 // Retention failures do not fail the job; the next completion retries.
-                let _ = storage.retain(self.config.checkpoint.num_retained.max(1));
+                let _ = storage.retain_from(
+                    self.first_own_id,
+                    self.config.checkpoint.num_retained.max(1),
+                );
                 if p.is_final {
                     self.exit(run);
                 }

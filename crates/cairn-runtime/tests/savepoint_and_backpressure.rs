@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
-use cairn_runtime::{source, Checkpointed, Job, RestoreFrom, Sink, StateBackendConfig};
+use cairn_runtime::{
+    source, CheckpointRetention, Checkpointed, Job, RestoreFrom, Sink, StateBackendConfig,
+};
 use common::*;
 
 #[test]
@@ -156,6 +158,66 @@ fn a_savepoint_restores_into_another_output_directory() {
         .expect("the job restores the savepoint into the moved directory");
     check_exactly_once(&expected, &read_output(&moved));
     assert!(pending_files(&moved).is_empty());
+}
+
+/// A job restored from a retained checkpoint deletes its own checkpoints only, both when it
+/// subsumes them and when it is cancelled with the default retention (delete on
+/// cancellation): those of the run it was restored from stay, with their files, as in
+/// Flink's default restore mode (no claim). A third job restores the newest of them into an
+/// output of its own (the first output has moved on) and continues every word's counts.
+#[test]
+fn cancelling_deletes_only_the_jobs_own_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 400, 19);
+    let run = |restore: Option<RestoreFrom>, retention, output: &Path, cancel: bool| {
+        let mut cfg = config(dir.path(), 30);
+        cfg.records_per_second = Some(4000);
+        cfg.checkpoint.retention = retention;
+        cfg.restore = restore;
+        let handle = Job::new(wordcount(&input, output, None, None), cfg)
+            .start()
+            .expect("start");
+        if cancel {
+            // Long enough for more checkpoints than it retains (2).
+            let read = handle.records_read();
+            while handle.records_read() < read + 1000 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            handle.cancel();
+        }
+        handle.wait().expect("run")
+    };
+    let storage = || {
+        let dir = dir.path().join("checkpoints");
+        cairn_storage::CheckpointStorage::open(&dir.display().to_string()).expect("open")
+    };
+    let output = dir.path().join("out");
+    let retain = CheckpointRetention::RetainOnCancellation;
+    let first = run(None, retain, &output, true);
+    assert!(first.cancelled, "{first:?}");
+    let kept = storage().completed_checkpoints().expect("list");
+    assert_eq!(kept.len(), 2, "{first:?}");
+
+    let delete = CheckpointRetention::DeleteOnCancellation;
+    let second = run(Some(RestoreFrom::Latest), delete, &output, true);
+    assert!(
+        second.cancelled && second.checkpoints_completed > 2,
+        "{second:?}"
+    );
+    assert_eq!(
+        storage().completed_checkpoints().expect("list"),
+        kept,
+        "the first run's checkpoints stay, the second's are gone"
+    );
+
+    let fork = dir.path().join("fork");
+    let third = run(Some(RestoreFrom::Latest), delete, &fork, false);
+    let newest = kept.last().expect("a checkpoint");
+    assert_eq!(
+        third.restored_from.as_deref(),
+        Some(format!("checkpoint {newest} in {}", third.checkpoint_dir).as_str())
+    );
+    check_continues(&expected, &read_output(&fork), true);
 }
 
 #[test]

@@ -59,8 +59,23 @@ impl CheckpointStorage {
     /// newest completed one and not in flight here, and shared files that no remaining
     /// manifest references and no in-flight checkpoint here writes or references.
     pub fn retain(&self, num_retained: usize) -> Result<GcReport, StorageError> {
+        self.retain_from(0, num_retained)
+    }
+
+    /// [`CheckpointStorage::retain`] for a job whose first own checkpoint id is `first_id`:
+    /// it keeps the newest `num_retained` of its own completed checkpoints (ids from
+    /// `first_id` up) and deletes its older ones; the completed checkpoints of earlier runs in
+    /// the directory stay, with the shared files they use (as Flink's default restore mode,
+    /// in which a job never deletes the checkpoint it was restored from). Incomplete
+    /// directories older than the newest kept checkpoint go whichever run left them: no one
+    /// can restore them.
+    pub fn retain_from(
+        &self,
+        first_id: u64,
+        num_retained: usize,
+    ) -> Result<GcReport, StorageError> {
         let _guard = GcGuard::new(self);
-        let mut report = self.plan(num_retained)?;
+        let mut report = self.plan(first_id, num_retained)?;
         for &id in &report.subsumed {
             // A restore that began after the plan holds on to the checkpoint's files only if
             // its manifest was kept: skip it (its shared files may still go; the restore then
@@ -99,12 +114,25 @@ impl CheckpointStorage {
         Ok(report)
     }
 
-    /// Discards the job's checkpoints: deletes every checkpoint directory (manifest first)
-    /// and every shared file, except what a checkpoint in flight or a restore in this
-    /// process uses. For a job cancelled without retained checkpoints.
+    /// Discards every checkpoint: deletes every checkpoint directory (manifest first) and
+    /// every shared file, except what a checkpoint in flight or a restore in this process
+    /// uses.
     pub fn discard_all(&self) -> Result<GcReport, StorageError> {
+        self.discard_from(0)
+    }
+
+    /// Discards the checkpoints of a job whose first own checkpoint id is `first_id` (for a
+    /// job cancelled without retained checkpoints): deletes the checkpoint directories with
+    /// an id from `first_id` up (manifest first), except one in flight or being restored in
+    /// this process, and then the shared files that no remaining manifest references. The
+    /// checkpoints of earlier runs in the same directory stay, with their files: among them
+    /// the one the job may have been restored from, and others a user retained (in Flink
+    /// each run has a directory of its own, and a job never deletes a checkpoint it was
+    /// restored from in its default restore mode).
+    pub fn discard_from(&self, first_id: u64) -> Result<GcReport, StorageError> {
         let _guard = GcGuard::new(self);
         let mut report = GcReport::default();
+        // Listed before the manifests, as in `plan`.
         let shared = shared_dir(&self.inner.root);
         let mut shared_files = Vec::new();
         for meta in self.inner.store.list(&shared)? {
@@ -113,7 +141,24 @@ impl CheckpointStorage {
                 shared_files.push(name.join("/"));
             }
         }
+        let mut referenced = BTreeSet::new();
+        let mut kept_corrupt = false;
         for (id, status) in self.scan()? {
+            if id < first_id {
+                match &status {
+                    CheckpointStatus::Complete(m) => referenced.extend(
+                        m.files()
+                            .filter(|f| f.area == FileArea::Shared)
+                            .map(|f| f.name.clone()),
+                    ),
+                    CheckpointStatus::Corrupt(e) => {
+                        report.corrupt.push((id, e.to_string()));
+                        kept_corrupt = true;
+                    }
+                    CheckpointStatus::Incomplete => {}
+                }
+                continue;
+            }
             let busy = {
                 let reg = self.inner.registry.lock();
                 reg.is_in_flight(id) || reg.is_restoring(id)
@@ -132,7 +177,17 @@ impl CheckpointStorage {
             report.shared_skipped = Some("a checkpoint is in flight or being restored".into());
             return Ok(report);
         }
+        if kept_corrupt {
+            report.shared_skipped = Some(
+                "a kept checkpoint has a manifest this build cannot read; its shared files are unknown"
+                    .into(),
+            );
+            return Ok(report);
+        }
         for name in shared_files {
+            if referenced.contains(&name) {
+                continue;
+            }
             let reg = self.inner.registry.lock();
             if reg.is_shared_in_flight(&name) {
                 report.shared_in_flight.push(name);
@@ -148,10 +203,10 @@ impl CheckpointStorage {
     /// What [`CheckpointStorage::retain`] would delete now, without deleting anything.
     pub fn gc_plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
         let _guard = GcGuard::new(self);
-        self.plan(num_retained)
+        self.plan(0, num_retained)
     }
 
-    fn plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
+    fn plan(&self, first_id: u64, num_retained: usize) -> Result<GcReport, StorageError> {
         if num_retained == 0 {
             return Err(StorageError::InvalidArgument {
                 reason: "num_retained must be at least 1".into(),
@@ -171,7 +226,7 @@ impl CheckpointStorage {
         let scan = self.scan()?;
         let complete: Vec<u64> = scan
             .iter()
-            .filter(|(_, s)| matches!(s, CheckpointStatus::Complete(_)))
+            .filter(|(id, s)| *id >= first_id && matches!(s, CheckpointStatus::Complete(_)))
             .map(|(id, _)| *id)
             .collect();
         let split = complete.len().saturating_sub(num_retained);
@@ -191,7 +246,10 @@ impl CheckpointStorage {
             for (id, status) in &scan {
                 match status {
                     CheckpointStatus::Complete(m) => {
-                        if report.retained.contains(id) || report.kept_restoring.contains(id) {
+                        if *id < first_id
+                            || report.retained.contains(id)
+                            || report.kept_restoring.contains(id)
+                        {
                             referenced.extend(
                                 m.files()
                                     .filter(|f| f.area == FileArea::Shared)

@@ -1,5 +1,6 @@
 //! Model-based test of retention and GC: random sequences of begin / write / reference /
-//! publish / abort / drop / retain, checked after every retain against what must hold.
+//! publish / abort / drop / retain, checked after every retain against what must hold; then
+//! the discard of a cancelled job's own checkpoints.
 
 mod common;
 
@@ -24,6 +25,8 @@ enum Op {
     Abort(usize),
     Drop(usize),
     Retain(usize),
+    /// Retention of a job whose first own checkpoint is the middle completed one.
+    RetainFrom(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,6 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize).prop_map(Op::Abort),
         1 => (0..3usize).prop_map(Op::Drop),
         2 => (1..4usize).prop_map(Op::Retain),
+        1 => (1..3usize).prop_map(Op::RetainFrom),
     ]
 }
 
@@ -159,6 +163,20 @@ fn run(ops: Vec<Op>) {
                     open.remove(i);
                 }
             }
+            Op::RetainFrom(n) => {
+                let before = storage.completed_checkpoints().unwrap();
+                let first = before.get(before.len() / 2).copied().unwrap_or(0);
+                storage.retain_from(first, n).unwrap();
+                let after = storage.completed_checkpoints().unwrap();
+                for id in before.iter().filter(|&&id| id < first) {
+                    assert!(
+                        after.contains(id),
+                        "an earlier run's checkpoint {id} was deleted"
+                    );
+                }
+                assert!(after.iter().filter(|&&id| id >= first).count() <= n);
+                check(&storage, &store, &open, after.len());
+            }
             Op::Retain(n) => {
                 let report = storage.retain(n).unwrap();
                 assert!(report.retained.len() <= n);
@@ -166,11 +184,22 @@ fn run(ops: Vec<Op>) {
             }
         }
     }
-    // Finish everything in flight; a final GC leaves exactly the newest checkpoint.
     drop(open);
+    // A job cancelled without retained checkpoints discards its own, from its first id up
+    // (here: the newer half): the older stay restorable, with every shared file they use.
+    let before = storage.completed_checkpoints().unwrap();
+    let mut newest = published.keys().next_back().copied();
+    if let Some(&first) = before.get(before.len() / 2) {
+        storage.discard_from(first).unwrap();
+        let older: Vec<u64> = before.iter().copied().filter(|&id| id < first).collect();
+        assert_eq!(storage.completed_checkpoints().unwrap(), older);
+        check(&storage, &store, &[], before.len());
+        newest = older.last().copied();
+    }
+    // A final GC leaves exactly the newest checkpoint.
     storage.retain(1).unwrap();
     check(&storage, &store, &[], 1);
-    if let Some(&newest) = published.keys().next_back() {
+    if let Some(newest) = newest {
         assert_eq!(storage.completed_checkpoints().unwrap(), vec![newest]);
     }
     let plan = storage.gc_plan(1).unwrap();
