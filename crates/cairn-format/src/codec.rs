@@ -37,6 +37,17 @@ impl Version {
     pub(crate) fn as_u16(self) -> u16 {
         self as u16
     }
+
+    /// [`check_version`] of a file whose versions are this enum's (manifests and state
+    /// files): `versions` are the header's (at `offset`) and the footer's.
+    pub(crate) fn check(
+        at: (&'static str, &str),
+        offset: usize,
+        versions: (u16, u16),
+    ) -> Result<(), FormatError> {
+        let readable = Version::from_u16(versions.0).is_some();
+        check_version(at, offset, versions, readable, Version::SUPPORTED)
+    }
 }
 
 /// Whether a stored CRC32 matches the computed one. Fuzz builds may switch the comparison

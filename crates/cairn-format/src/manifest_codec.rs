@@ -15,9 +15,7 @@
 //!   8   8  magic            "CAIRNMF\0"
 //! ```
 
-use crate::codec::{
-    check_required_flags, check_version, corrupt, crc32, crc_matches, Reader, Version, Writer,
-};
+use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader, Version, Writer};
 use crate::manifest_body::{decode_body, encode_body};
 use crate::{FormatError, Manifest, MAX_MANIFEST_LEN};
 
@@ -126,12 +124,10 @@ pub fn decode_manifest(bytes: &[u8], path: &str) -> Result<Manifest, FormatError
             "bad footer magic (truncated or not a manifest)",
         ));
     }
-    check_version(
+    Version::check(
         (KIND, path),
         HEADER_VERSION_OFFSET,
         (version, footer_version),
-        Version::from_u16(version).is_some(),
-        Version::SUPPORTED,
     )?;
     if reserved != 0 {
         return Err(f.corrupt_at(

@@ -7,9 +7,7 @@ use bytes::Bytes;
 use cairn_core::{KeyGroup, KeyGroupRange, StateKind, MAX_MAX_PARALLELISM};
 
 use crate::block::{payload, read_block_header, BlockType, Unpacker, MIN_BLOCK_LEN};
-use crate::codec::{
-    check_required_flags, check_version, corrupt, crc32, crc_matches, Reader, Version,
-};
+use crate::codec::{check_required_flags, corrupt, crc32, crc_matches, Reader, Version};
 use crate::state_file::*;
 use crate::FormatError;
 
@@ -77,12 +75,10 @@ impl StateFileReader {
                 "bad footer magic (truncated or not a state file)".into(),
             ));
         }
-        check_version(
+        Version::check(
             (KIND, path),
             HEADER_VERSION_OFFSET,
             (version, footer_version),
-            Version::from_u16(version).is_some(),
-            Version::SUPPORTED,
         )?;
         let header = file.get(..HEADER_LEN).unwrap_or_default();
         let footer_fields = file
