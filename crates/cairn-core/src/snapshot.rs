@@ -319,6 +319,15 @@ pub trait SnapshotTarget: Send + Sync {
     fn supports_shared(&self) -> bool;
     /// Writes `bytes` as file `name` in `area`.
     fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef>;
+    /// Whether the target already holds the shared file `file` (its name, with its size),
+    /// kept for this snapshot: the snapshot may then reference it instead of writing it.
+    /// For files a backend did not see this target take, such as those of the snapshot it
+    /// was restored from, which may live in another checkpoint directory. The default says
+    /// no, so the caller writes the file.
+    fn holds_shared(&self, file: &FileRef) -> Result<bool> {
+        let _ = file;
+        Ok(false)
+    }
 }
 
 /// Where restore reads snapshot files from (implemented by `cairn-storage`).

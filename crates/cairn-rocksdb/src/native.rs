@@ -4,7 +4,9 @@
 //! (`rocks/<128-bit hash>-<size>.sst`): uploading a file that already exists rewrites the
 //! same bytes under the same name, and files the base (the last completed checkpoint)
 //! already holds are referenced, not read. An SST file is recognised as the base's by its
-//! local name and size: RocksDB never reuses a file number within an instance. The other
+//! local name and size: RocksDB never reuses a file number within an instance; a file of a
+//! restored base is referenced only if the target holds it (it may have come from another
+//! checkpoint directory) and uploaded otherwise. The other
 //! files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, an empty WAL) are small and private, under
 //! `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>/<local name>`.
 
@@ -13,12 +15,12 @@ use std::hash::Hasher;
 use cairn_core::*;
 
 use crate::db::io_err;
-use crate::snapshot::{private_prefix, NativeFiles, SyncView};
+use crate::snapshot::{private_prefix, Base, NativeFiles, SyncView};
 
 /// Uploads the checkpoint directory of `view`; returns the handle and its SST files.
 pub(crate) fn write(
     view: &SyncView,
-    base: Option<&NativeFiles>,
+    base: Option<&Base>,
     target: &dyn SnapshotTarget,
     cancel: &CancelToken,
 ) -> Result<(KeyedStateHandle, NativeFiles)> {
@@ -51,13 +53,16 @@ pub(crate) fn write(
             let size = std::fs::metadata(&path)
                 .map_err(|e| io_err("stat sst", &path, e))?
                 .len();
-            if let Some(known) = base
-                .and_then(|b| b.get(&local_name))
-                .filter(|f| f.file.size == size)
-            {
-                files.push(known.clone());
-                ssts.insert(local_name, known.clone());
-                continue;
+            let known = base.and_then(|b| {
+                let f = b.files.get(&local_name).filter(|f| f.file.size == size)?;
+                Some((f, b.is_restored()))
+            });
+            if let Some((known, restored)) = known {
+                if !restored || target.holds_shared(&known.file)? {
+                    files.push(known.clone());
+                    ssts.insert(local_name, known.clone());
+                    continue;
+                }
             }
         }
         let bytes =

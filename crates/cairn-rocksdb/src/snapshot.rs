@@ -20,7 +20,10 @@
 //! incremental one takes no base: the full one may complete first and end it. Unlike the
 //! heap backend's, a native checkpoint always describes the whole instance, so a lost or
 //! aborted checkpoint loses no changes. A restore from one native handle that is used as is
-//! seeds the base with that handle's SST files.
+//! seeds the base with that handle's SST files. Those may live in another checkpoint
+//! directory than the one the backend now writes to (a job restored from another job's
+//! checkpoint), so a checkpoint references a file of a restored base only when its target
+//! holds the file (`SnapshotTarget::holds_shared`) and uploads it otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -54,24 +57,36 @@ struct Pending {
     outcome: Arc<OnceLock<Outcome>>,
 }
 
+/// The files an incremental checkpoint may reference instead of uploading them.
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    /// The checkpoint they were written for; 0 for the snapshot the backend restored.
+    id: u64,
+    pub(crate) files: Arc<NativeFiles>,
+}
+
+impl Base {
+    /// Files of the restored snapshot, which the target may not hold: check each before
+    /// referencing it.
+    pub(crate) fn is_restored(&self) -> bool {
+        self.id == 0
+    }
+}
+
 /// What a checkpoint's synchronous phase hands its asynchronous phase: the base it may
 /// reference and the slot for its outcome.
-type Plan = (Option<Arc<NativeFiles>>, Arc<OnceLock<Outcome>>);
+type Plan = (Option<Base>, Arc<OnceLock<Outcome>>);
 
 /// The incremental-checkpoint bookkeeping of a backend.
 #[derive(Debug, Default)]
 pub(crate) struct Incremental {
     pending: BTreeMap<u64, Pending>,
-    base: Option<(u64, Arc<NativeFiles>)>,
+    base: Option<Base>,
 }
 
 impl Incremental {
     /// Records checkpoint `id` as pending; returns the base it may use and its outcome slot.
-    fn begin(
-        &mut self,
-        id: u64,
-        incremental: bool,
-    ) -> (Option<Arc<NativeFiles>>, Arc<OnceLock<Outcome>>) {
+    fn begin(&mut self, id: u64, incremental: bool) -> Plan {
         let full_pending = self.pending.values().any(|p| !p.incremental);
         let outcome = Arc::new(OnceLock::new());
         self.pending.insert(
@@ -84,7 +99,7 @@ impl Incremental {
         let base = if full_pending || !incremental {
             None
         } else {
-            self.base.as_ref().map(|(_, b)| b.clone())
+            self.base.clone()
         };
         (base, outcome)
     }
@@ -94,7 +109,12 @@ impl Incremental {
             return;
         };
         match p.outcome.get() {
-            Some(Outcome::Native(files)) => self.base = Some((id, files.clone())),
+            Some(Outcome::Native(files)) => {
+                self.base = Some(Base {
+                    id,
+                    files: files.clone(),
+                })
+            }
             Some(Outcome::Private) => self.base = None,
             None => return,
         }
@@ -106,16 +126,20 @@ impl Incremental {
     }
 
     /// After a restore from a native handle used as is: its SST files are the base (they
-    /// are in shared storage, under the same local names in the restored instance), so the
-    /// first checkpoint uploads only what changed since the restored checkpoint.
+    /// are in the restored snapshot's shared storage, under the same local names in the
+    /// restored instance), so a first checkpoint into that storage uploads only what changed
+    /// since the restored checkpoint.
     pub(crate) fn seed(&mut self, files: NativeFiles) {
         self.pending.clear();
-        self.base = Some((0, Arc::new(files)));
+        self.base = Some(Base {
+            id: 0,
+            files: Arc::new(files),
+        });
     }
 
     #[cfg(test)]
     pub(crate) fn base_id(&self) -> Option<u64> {
-        self.base.as_ref().map(|(id, _)| *id)
+        self.base.as_ref().map(|b| b.id)
     }
 }
 
@@ -227,8 +251,8 @@ impl AsyncSnapshot for RocksSnapshot {
             && view.rocks.native_incremental
             && target.supports_shared();
         let (handle, outcome) = if native {
-            let base = incremental.as_ref().and_then(|(b, _)| b.clone());
-            let (handle, files) = crate::native::write(&view, base.as_deref(), target, cancel)?;
+            let base = incremental.as_ref().and_then(|(b, _)| b.as_ref());
+            let (handle, files) = crate::native::write(&view, base, target, cancel)?;
             (handle, Outcome::Native(Arc::new(files)))
         } else {
             (

@@ -51,6 +51,9 @@ impl SnapshotTarget for Counting<'_> {
         };
         self.inner.write_file(area, name, bytes)
     }
+    fn holds_shared(&self, file: &cairn_core::FileRef) -> Result<bool> {
+        self.inner.holds_shared(file)
+    }
 }
 
 /// Runs a snapshot of every subtask, publishes it and notifies completion; returns the
@@ -193,6 +196,49 @@ fn second_incremental_checkpoint_uploads_only_new_ssts() {
     let expected = read_operator(&mut restored, &keys);
     let mut again = Operator::restore(&f, &m4, "op", 1, &storage.source(4));
     assert_eq!(read_operator(&mut again, &keys), expected);
+}
+
+/// A job may restore another directory's checkpoint and checkpoint into its own: the
+/// restored SST files are not there, so its first checkpoint uploads them (and one into the
+/// restored directory still references them).
+#[test]
+fn first_checkpoint_into_another_directory_uploads_the_restored_ssts() {
+    let first_dir = CheckpointStorage::open("memory://").unwrap();
+    let f = RocksFactory::default();
+    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 5000);
+    let mut op = Operator::new(&f, "op", MAX_P, 1);
+    fill_op(&mut op, &keys, 1);
+    let (m1, first) = publish(
+        &mut op,
+        &first_dir,
+        SnapshotOptions::incremental_checkpoint(1),
+    );
+    assert!(is_native(&m1));
+    let mut restored = Operator::restore(&f, &m1, "op", 1, &first_dir.source(1));
+    fill_op(&mut restored, &keys[..5], 2);
+    let expected = read_operator(&mut restored, &keys);
+    let other_dir = CheckpointStorage::open("memory://").unwrap();
+    let (m2, uploaded) = publish(
+        &mut restored,
+        &other_dir,
+        SnapshotOptions::incremental_checkpoint(2),
+    );
+    assert!(
+        uploaded >= first,
+        "the first checkpoint into another directory uploaded {uploaded} shared bytes, the restored one has {first}"
+    );
+    // It stands alone: the first directory is not read.
+    drop(first_dir);
+    let mut again = Operator::restore(&f, &m2, "op", 1, &other_dir.source(2));
+    assert_eq!(read_operator(&mut again, &keys), expected);
+    // From now on the base is its own: the next checkpoint uploads only what changed.
+    fill_op(&mut again, &keys[..5], 3);
+    let (_, next) = publish(
+        &mut again,
+        &other_dir,
+        SnapshotOptions::incremental_checkpoint(3),
+    );
+    assert!(next * 10 < first, "{next} vs {first}");
 }
 
 #[test]

@@ -480,6 +480,22 @@ impl SnapshotTarget for CheckpointWriter {
             )
         })
     }
+
+    /// [`CheckpointWriter::reference_shared`]: a file missing from this directory's shared
+    /// area, or there with another size, is not held (the caller writes it).
+    fn holds_shared(&self, file: &FileRef) -> cairn_core::Result<bool> {
+        match self.reference_shared(file) {
+            Ok(()) => Ok(true),
+            Err(StorageError::NotFound { .. } | StorageError::SizeMismatch { .. }) => Ok(false),
+            Err(e) => Err(StateError::layer(
+                format!(
+                    "checking shared file name={} checkpoint_id={}",
+                    file.name, self.shared.checkpoint_id
+                ),
+                e,
+            )),
+        }
+    }
 }
 
 /// Reads one checkpoint's files (implements [`SnapshotSource`]): private names relative to
