@@ -134,6 +134,8 @@ pub struct ChangelogBackend<B: KeyedStateBackend> {
     /// The last failure of a background materialization, if the next one has not
     /// succeeded yet.
     last_error: Option<String>,
+    /// Materialization threads not known to have ended.
+    mat_threads: Vec<crate::materialize::MatThread>,
 }
 
 impl<B: KeyedStateBackend> fmt::Debug for ChangelogBackend<B> {
@@ -147,6 +149,25 @@ impl<B: KeyedStateBackend> fmt::Debug for ChangelogBackend<B> {
             .field("chain_segments", &self.chain.segments.len())
             .field("running_mats", &self.running.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+/// Nothing a backend started writes to the checkpoint directory once it is dropped: running
+/// materializations are cancelled and the log's worker uploads no more segments (no
+/// checkpoint of this backend can use them; a pending one uploads what it needs itself),
+/// and the drop waits for those threads. So when a job has ended, its files are all there
+/// and stay as they are.
+impl<B: KeyedStateBackend> Drop for ChangelogBackend<B> {
+    fn drop(&mut self) {
+        self.shared.close();
+        for t in &self.mat_threads {
+            t.cancel.cancel();
+        }
+        for t in self.mat_threads.drain(..) {
+            // It catches a panic of the snapshot (failing that materialization).
+            let _ = t.handle.join();
+        }
+        self.log.close();
     }
 }
 
@@ -218,6 +239,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             restored: false,
             ops_since_check: 0,
             last_error: None,
+            mat_threads: Vec::new(),
         }
     }
 
@@ -477,7 +499,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         self.mat_inner_ids.insert(mat_id, inner_id);
         self.last_mat_start = Instant::now();
         self.log_bytes_since_mat = 0;
-        crate::materialize::spawn(self.shared.clone(), mat_id, inner_id, phase);
+        self.mat_threads.retain(|t| !t.handle.is_finished());
+        self.mat_threads.extend(crate::materialize::spawn(
+            self.shared.clone(),
+            mat_id,
+            inner_id,
+            phase,
+        ));
         Ok(())
     }
 

@@ -32,6 +32,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
 use cairn_core::CancelToken;
 use cairn_format::{
@@ -86,8 +87,8 @@ impl Work {
 /// Where a [`LogBuffer`]'s work goes.
 #[derive(Debug)]
 pub(crate) enum Sink {
-    /// The background thread ([`spawn_worker`]).
-    Worker(mpsc::Sender<Work>),
+    /// The background thread ([`spawn_worker`]); the sink that started it holds its handle.
+    Worker(mpsc::Sender<Work>, Option<JoinHandle<()>>),
     /// An encoder on this thread (the background thread could not be started).
     Inline(Encoder),
 }
@@ -95,7 +96,7 @@ pub(crate) enum Sink {
 impl Sink {
     fn send(&mut self, shared: &Arc<Shared>, work: Work) {
         let work = match self {
-            Sink::Worker(tx) => match tx.send(work) {
+            Sink::Worker(tx, _) => match tx.send(work) {
                 Ok(()) => return,
                 // The worker is gone (it only ends when the channel closes, so this is
                 // defence): encode here from now on. The segments it had open fail, and
@@ -115,7 +116,7 @@ impl Sink {
     /// A sink to the same worker, or another inline encoder.
     fn fork(&self, shared: &Arc<Shared>) -> Sink {
         match self {
-            Sink::Worker(tx) => Sink::Worker(tx.clone()),
+            Sink::Worker(tx, _) => Sink::Worker(tx.clone(), None),
             Sink::Inline(_) => Sink::Inline(Encoder::new(shared.clone())),
         }
     }
@@ -123,7 +124,8 @@ impl Sink {
 
 /// Starts the background thread that encodes segments and, with a storage, uploads them;
 /// returns the sink for its work (an inline encoder if the thread cannot be started). The
-/// thread ends once every sender is gone (the backend dropped), after the work queued.
+/// thread ends once every sender is gone (the backend dropped, [`LogBuffer::close`]),
+/// after the work queued.
 pub(crate) fn spawn_worker(shared: Arc<Shared>) -> Sink {
     let (tx, rx) = mpsc::channel::<Work>();
     let thread_shared = shared.clone();
@@ -131,7 +133,7 @@ pub(crate) fn spawn_worker(shared: Arc<Shared>) -> Sink {
         .name(format!("cairn-changelog-{}", shared.uid.replace('\0', "_")))
         .spawn(move || run_worker(thread_shared, rx));
     match spawned {
-        Ok(_) => Sink::Worker(tx),
+        Ok(handle) => Sink::Worker(tx, Some(handle)),
         Err(_) => Sink::Inline(Encoder::new(shared)),
     }
 }
@@ -143,7 +145,9 @@ fn run_worker(shared: Arc<Shared>, rx: mpsc::Receiver<Work>) {
         // A panic fails the segment rather than the thread (whose segments would wait
         // for it forever).
         match catch_unwind(AssertUnwindSafe(|| encoder.handle(work))) {
-            Ok(Some(done)) if shared.storage.is_some() => {
+            // Once the backend is closed, no checkpoint of it can need a segment that is
+            // not uploaded yet (a pending one uploads what it needs itself).
+            Ok(Some(done)) if shared.storage.is_some() && !shared.is_closed() => {
                 // An upload error is retried by the checkpoint that needs the segment; a
                 // panicking storage must not end the thread either (the segments queued
                 // behind would never be written).
@@ -348,6 +352,20 @@ impl LogBuffer {
             first_sqn,
             shared,
             sink,
+        }
+    }
+
+    /// Ends the worker this buffer started, after the work queued, and waits for it (a
+    /// buffer from [`Self::fork`] has nothing to wait for). Later work is encoded on the
+    /// calling thread.
+    pub(crate) fn close(&mut self) {
+        let inline = Sink::Inline(Encoder::new(self.shared.clone()));
+        if let Sink::Worker(tx, handle) = std::mem::replace(&mut self.sink, inline) {
+            drop(tx);
+            if let Some(handle) = handle {
+                // A panic of the worker's own was caught per work item already.
+                let _ = handle.join();
+            }
         }
     }
 

@@ -7,9 +7,11 @@
 //! shared area, and the handle is rewritten to match.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use cairn_core::{
     AsyncSnapshot, CancelToken, FileArea, FileRef, KeyedStateHandle, Result, SnapshotTarget,
+    StateError,
 };
 
 use crate::shared::{Holder, MatState, Shared};
@@ -19,6 +21,7 @@ struct MatTarget {
     shared: Arc<Shared>,
     mat_id: u64,
     inner_id: u64,
+    cancel: CancelToken,
 }
 
 impl MatTarget {
@@ -46,40 +49,69 @@ impl SnapshotTarget for MatTarget {
         let file = self.shared.add_file(&name, bytes)?;
         if self.shared.storage.is_some() {
             self.shared
-                .make_durable(&name, None, &CancelToken::new(), self.inner_id)?;
+                .make_durable(&name, None, &self.cancel, self.inner_id)?;
         }
         Ok(file)
     }
 }
 
+/// A materialization running on its own thread.
+#[derive(Debug)]
+pub(crate) struct MatThread {
+    pub(crate) cancel: CancelToken,
+    pub(crate) handle: JoinHandle<()>,
+}
+
 /// Runs a materialization's asynchronous phase on its own thread; the outcome lands in
-/// `shared`.
+/// `shared`. Returns the thread (none if it could not be started: then the outcome is a
+/// failure already).
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     mat_id: u64,
     inner_id: u64,
     phase: Box<dyn AsyncSnapshot>,
-) {
+) -> Option<MatThread> {
     shared.mat_started(mat_id);
     let thread_shared = shared.clone();
+    let cancel = CancelToken::new();
+    let thread_cancel = cancel.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("cairn-materialize-{mat_id}"))
-        .spawn(move || run(thread_shared, mat_id, inner_id, phase));
-    if let Err(e) = spawned {
-        shared.mat_finished(
-            mat_id,
-            MatState::Failed(format!("cannot start a thread: {e}")),
-        );
+        .spawn(move || run(thread_shared, mat_id, inner_id, phase, &thread_cancel));
+    match spawned {
+        Ok(handle) => Some(MatThread { cancel, handle }),
+        Err(e) => {
+            shared.mat_finished(
+                mat_id,
+                MatState::Failed(format!("cannot start a thread: {e}")),
+            );
+            None
+        }
     }
 }
 
-fn run(shared: Arc<Shared>, mat_id: u64, inner_id: u64, phase: Box<dyn AsyncSnapshot>) {
+fn run(
+    shared: Arc<Shared>,
+    mat_id: u64,
+    inner_id: u64,
+    phase: Box<dyn AsyncSnapshot>,
+    cancel: &CancelToken,
+) {
     let target = MatTarget {
         shared: shared.clone(),
         mat_id,
         inner_id,
+        cancel: cancel.clone(),
     };
-    let outcome = match phase.run(&target, &CancelToken::new()) {
+    // A panic fails this materialization (checkpoints waiting for it fail) and nothing else.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| phase.run(&target, cancel)));
+    let ran = ran.unwrap_or_else(|_| {
+        Err(StateError::layer(
+            format!("materialization {mat_id} uid={}", shared.uid),
+            "the snapshot panicked",
+        ))
+    });
+    let outcome = match ran {
         Ok(mut handle) => {
             relocate_private(&mut handle, &target);
             shared.hold(

@@ -20,7 +20,7 @@
 //! memory until then); rewriting the same bytes under the same name is harmless.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use cairn_core::{
@@ -103,6 +103,9 @@ pub(crate) struct Shared {
     max_in_flight: u64,
     waits: AtomicU64,
     waited_ns: AtomicU64,
+    /// The backend was dropped: no checkpoint of it can use a segment it did not upload
+    /// already, so the worker uploads none any more.
+    closed: AtomicBool,
 }
 
 /// Bytes of a chunk on their way to the encoder, counted in flight until this is dropped
@@ -146,7 +149,18 @@ impl Shared {
             max_in_flight,
             waits: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// The backend is being dropped (see `closed`).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Counts `bytes` of a chunk handed to the encoder as in flight until the returned

@@ -368,19 +368,27 @@ impl Driver {
         for w in std::mem::take(&mut self.async_workers) {
             let _ = w.join();
         }
-        match outcome? {
+        let outcome = outcome?;
+        let delete = matches!(outcome, Outcome::Cancelled)
+            && self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation;
+        match outcome {
             Outcome::Stopped(path) => self.result.savepoint = Some(path),
-            Outcome::Cancelled => {
-                self.result.cancelled = true;
+            Outcome::Cancelled => self.result.cancelled = true,
+            _ => {}
+        }
+        if let Some(s) = &self.storage {
+            if delete {
                 // Only this job's checkpoints: those of earlier runs in the directory (the
                 // one it was restored from, say) are not its to delete.
-                if self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation {
-                    if let Some(s) = &self.storage {
-                        s.discard_from(first_own_id)?;
-                    }
-                }
+                s.discard_from(first_own_id)?;
+            } else if self.config.checkpoint.interval.is_some() {
+                // Every task and snapshot thread has ended: files written for checkpoints
+                // that did not complete (log segments uploaded ahead, a materialization
+                // no checkpoint used) are referenced by nothing now. A failure here does
+                // not fail the job; the next run's retention or `state-dump gc` collects
+                // them.
+                let _ = s.retain_from(first_own_id, self.config.checkpoint.num_retained.max(1));
             }
-            _ => {}
         }
         self.result.records = self.counters.source_records.load(Ordering::Relaxed);
         self.result.wall_s = started.elapsed().as_secs_f64();

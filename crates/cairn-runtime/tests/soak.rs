@@ -23,7 +23,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,6 +127,10 @@ struct Case {
     third_failures: Vec<u64>,
     /// Count in every state kind at once ([`AllKindsCount`]), not in a value state only.
     all_kinds: bool,
+    /// After a cancel, the second job restores the first's latest checkpoint by its path and
+    /// checkpoints into a directory of its own; the first's is deleted once the second has
+    /// completed a checkpoint (Flink's no-claim mode allows that).
+    second_elsewhere: bool,
 }
 
 fn phase(rng: &mut Rng) -> Phase {
@@ -191,6 +195,7 @@ fn draw(seed: u64) -> Case {
         third: first,
         third_failures: Vec::new(),
         all_kinds: false,
+        second_elsewhere: false,
     };
     // Drawn last, so that the seeds of earlier sessions still draw the same case otherwise.
     let before = match interruption {
@@ -205,14 +210,19 @@ fn draw(seed: u64) -> Case {
             .collect();
     }
     case.all_kinds = rng.chance(50);
+    case.second_elsewhere = rng.chance(40);
     case
 }
 
-/// The job configuration of one phase of `case`.
-fn job_config(case: &Case, phase: &Phase, dir: &Path, faults_seed: u64) -> JobConfig {
+/// The job configuration of one phase of `case`, checkpointing into `checkpoints`.
+fn job_config(
+    case: &Case,
+    phase: &Phase,
+    (dir, checkpoints): (&Path, &Path),
+    faults_seed: u64,
+) -> JobConfig {
     let mut cfg = config(dir, case.interval_ms);
-    let checkpoints = dir.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints).expect("checkpoint dir");
+    std::fs::create_dir_all(checkpoints).expect("checkpoint dir");
     let percent = case.write_failure_percent;
     let latency = case.storage_latency_ms;
     let storage = CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
@@ -345,19 +355,68 @@ fn interrupt(case: &Case, handle: JobHandle) -> (JobResult, Option<RestoreFrom>)
     }
 }
 
-/// Runs a job restored from `restore` under `phase` to its end, restoring again at the
+/// Where a job restores from, checkpoints into, and what it may delete once its own first
+/// checkpoint has completed.
+struct Start {
+    restore: RestoreFrom,
+    checkpoints: PathBuf,
+    delete_after_first_checkpoint: Option<PathBuf>,
+}
+
+/// Runs `job`; deletes `delete` once a checkpoint in `checkpoints` has completed (from then
+/// on the job no longer needs the snapshot it was restored from).
+fn run_deleting(
+    job: Job,
+    checkpoints: &Path,
+    delete: Option<&Path>,
+) -> cairn_runtime::Result<JobResult> {
+    let handle = job.start()?;
+    let Some(delete) = delete else {
+        return handle.wait();
+    };
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string())
+        .expect("open the job's checkpoint directory");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleter = {
+        let (done, delete) = (done.clone(), delete.to_path_buf());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if storage.completed_checkpoints().is_ok_and(|c| !c.is_empty()) {
+                    std::fs::remove_dir_all(&delete).expect("delete the restored directory");
+                    eprintln!("  deleted {}", delete.display());
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        })
+    };
+    let result = handle.wait();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deleted = deleter.join().expect("deleter");
+    if let Ok(r) = &result {
+        assert!(
+            deleted || r.checkpoints_completed == 0,
+            "a checkpoint completed, nothing was deleted: {r:?}"
+        );
+    }
+    result
+}
+
+/// Runs a job started as `start` says under `phase` to its end, restoring again at the
 /// parallelism a refusal names.
 fn finish(
     case: &Case,
     mut phase: Phase,
-    restore: &RestoreFrom,
+    start: &Start,
     dir: &Path,
     (input, output): (&Path, &Path),
     fail: &FailAt,
     faults_seed: u64,
 ) -> JobResult {
+    let restore = &start.restore;
     loop {
-        let mut cfg = job_config(case, &phase, dir, faults_seed);
+        let mut cfg = job_config(case, &phase, (dir, &start.checkpoints), faults_seed);
         cfg.restore = Some(restore.clone());
         let graph = wordcount_with(
             input,
@@ -366,7 +425,12 @@ fn finish(
             phase.count_parallelism,
             case.all_kinds,
         );
-        match Job::new(graph, cfg).run() {
+        let job = Job::new(graph, cfg);
+        match run_deleting(
+            job,
+            &start.checkpoints,
+            start.delete_after_first_checkpoint.as_deref(),
+        ) {
             Ok(r) => return r,
             // A snapshot in which some subtasks of an operator had finished restores only at
             // its parallelism (as in Flink), before anything runs.
@@ -392,7 +456,8 @@ fn run(case: &Case) {
         seen: Arc::new(AtomicU64::new(0)),
         at: case.failures.clone(),
     };
-    let cfg = job_config(case, &case.first, dir.path(), case.seed);
+    let checkpoints = dir.path().join("checkpoints");
+    let cfg = job_config(case, &case.first, (dir.path(), &checkpoints), case.seed);
     let first = run_first(case, cfg, &input, &output, &fail);
     let r = &first.result;
     eprintln!(
@@ -408,7 +473,37 @@ fn run(case: &Case) {
     if let Some(restore) = &first.restore {
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xFF;
-        let second = finish(case, case.second, restore, dir.path(), io, &fail, seed);
+        let start = match restore {
+            RestoreFrom::Latest if case.second_elsewhere => {
+                let storage = CheckpointStorage::open(&checkpoints.display().to_string())
+                    .expect("open the first job's checkpoint directory");
+                let newest = storage
+                    .completed_checkpoints()
+                    .expect("list")
+                    .into_iter()
+                    .max();
+                match newest {
+                    Some(id) => Start {
+                        restore: RestoreFrom::Path(
+                            checkpoints.join(format!("chk-{id}")).display().to_string(),
+                        ),
+                        checkpoints: dir.path().join("checkpoints-second"),
+                        delete_after_first_checkpoint: Some(checkpoints.clone()),
+                    },
+                    None => Start {
+                        restore: restore.clone(),
+                        checkpoints: checkpoints.clone(),
+                        delete_after_first_checkpoint: None,
+                    },
+                }
+            }
+            _ => Start {
+                restore: restore.clone(),
+                checkpoints: checkpoints.clone(),
+                delete_after_first_checkpoint: None,
+            },
+        };
+        let second = finish(case, case.second, &start, dir.path(), io, &fail, seed);
         eprintln!(
             "  second job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
             second.restored_from, second.records, second.checkpoints_completed, second.restarts
@@ -427,10 +522,14 @@ fn run(case: &Case) {
             seen: Arc::new(AtomicU64::new(0)),
             at: case.third_failures.clone(),
         };
-        let restore = RestoreFrom::Path(path);
+        let start = Start {
+            restore: RestoreFrom::Path(path),
+            checkpoints: checkpoints.clone(),
+            delete_after_first_checkpoint: None,
+        };
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xF0F0;
-        let third = finish(case, case.third, &restore, dir.path(), io, &fail, seed);
+        let third = finish(case, case.third, &start, dir.path(), io, &fail, seed);
         eprintln!(
             "  third job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
             third.restored_from, third.records, third.checkpoints_completed, third.restarts

@@ -1,0 +1,104 @@
+//! What a job leaves in its checkpoint directory when it ends: once `wait` returns, nothing
+//! of the job writes there any more, and every shared file there is referenced by a
+//! checkpoint that exists. Found by the soak deleting a directory a job had been restored
+//! from: the changelog's background threads of the cancelled first job were still
+//! uploading log segments into it (and those segments stayed behind, referenced by nothing).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_runtime::{
+    ChangelogOptions, CheckpointRetention, Job, JobResult, SnapshotMode, StateBackendConfig,
+};
+use cairn_storage::fault::FaultyObjectStore;
+use cairn_storage::CheckpointStorage;
+use common::*;
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A changelog word count writing small segments through a slow store, cancelled (keeping
+/// its checkpoints) or run to its end.
+fn run(backend: StateBackendConfig, cancel: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 3000, 2000, 29);
+    let output = dir.path().join("out");
+    let checkpoints = dir.path().join("checkpoints");
+    let mut cfg = config(dir.path(), 20);
+    cfg.backend = backend;
+    cfg.records_per_second = Some(6000);
+    cfg.checkpoint.snapshot_mode = SnapshotMode::Changelog;
+    cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+    cfg.checkpoint.changelog = ChangelogOptions {
+        materialization_interval: Some(Duration::from_millis(30)),
+        min_log_bytes: 0,
+        segment_bytes: 512,
+        ..ChangelogOptions::default()
+    };
+    std::fs::create_dir_all(&checkpoints).expect("mkdir");
+    cfg.checkpoint_storage = Some(
+        CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
+            let f = Arc::new(FaultyObjectStore::new(inner));
+            f.set_latency(Some(Duration::from_millis(3)));
+            f
+        })
+        .expect("storage"),
+    );
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    if cancel {
+        while handle.records_read() < 2500 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        handle.cancel();
+    }
+    let result: JobResult = handle.wait().expect("run");
+    assert!(result.checkpoints_completed > 0, "{result:?}");
+    let at_end = files(&checkpoints);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        files(&checkpoints),
+        at_end,
+        "files were written or deleted after the job ended: {result:?}"
+    );
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
+    let plan = storage.gc_plan(usize::MAX).expect("gc plan");
+    assert!(
+        plan.shared_deleted.is_empty() && plan.incomplete.is_empty(),
+        "the job left files no checkpoint references: {plan:?}"
+    );
+}
+
+#[test]
+fn a_cancelled_changelog_job_on_the_heap_leaves_nothing_behind() {
+    run(StateBackendConfig::HashMap, true);
+}
+
+#[test]
+fn a_cancelled_changelog_job_on_rocksdb_leaves_nothing_behind() {
+    run(StateBackendConfig::rocksdb(), true);
+}
+
+#[test]
+fn a_finished_changelog_job_leaves_nothing_behind() {
+    run(StateBackendConfig::rocksdb(), false);
+}
