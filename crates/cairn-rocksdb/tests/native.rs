@@ -130,19 +130,25 @@ fn fill_op<B: KeyedStateBackend>(op: &mut Operator<B>, keys: &[String], round: u
     }
 }
 
+/// 5000 keys at parallelism 1 and their first native checkpoint (id 1) in `storage`: the
+/// operator, the keys, the manifest and the shared bytes uploaded.
+fn first_native_checkpoint(
+    f: &RocksFactory,
+    storage: &CheckpointStorage,
+) -> (Operator<RocksDbBackend>, Vec<String>, Manifest, u64) {
+    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 5000);
+    let mut op = Operator::new(f, "op", MAX_P, 1);
+    fill_op(&mut op, &keys, 1);
+    let (m1, first) = publish(&mut op, storage, SnapshotOptions::incremental_checkpoint(1));
+    assert!(is_native(&m1));
+    (op, keys, m1, first)
+}
+
 #[test]
 fn second_incremental_checkpoint_uploads_only_new_ssts() {
     let storage = CheckpointStorage::open("memory://").unwrap();
     let f = RocksFactory::default();
-    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 5000);
-    let mut op = Operator::new(&f, "op", MAX_P, 1);
-    fill_op(&mut op, &keys, 1);
-    let (m1, first) = publish(
-        &mut op,
-        &storage,
-        SnapshotOptions::incremental_checkpoint(1),
-    );
-    assert!(is_native(&m1));
+    let (mut op, keys, m1, first) = first_native_checkpoint(&f, &storage);
     fill_op(&mut op, &keys[..5], 2);
     let (m2, second) = publish(
         &mut op,
@@ -205,15 +211,7 @@ fn second_incremental_checkpoint_uploads_only_new_ssts() {
 fn first_checkpoint_into_another_directory_uploads_the_restored_ssts() {
     let first_dir = CheckpointStorage::open("memory://").unwrap();
     let f = RocksFactory::default();
-    let keys = keys_in(KeyGroupRange::all(MAX_P), MAX_P, 5000);
-    let mut op = Operator::new(&f, "op", MAX_P, 1);
-    fill_op(&mut op, &keys, 1);
-    let (m1, first) = publish(
-        &mut op,
-        &first_dir,
-        SnapshotOptions::incremental_checkpoint(1),
-    );
-    assert!(is_native(&m1));
+    let (_, keys, m1, first) = first_native_checkpoint(&f, &first_dir);
     let mut restored = Operator::restore(&f, &m1, "op", 1, &first_dir.source(1));
     fill_op(&mut restored, &keys[..5], 2);
     let expected = read_operator(&mut restored, &keys);
