@@ -9,8 +9,8 @@ use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointConfig, CheckpointingMode, Job, JobConfig, RestoreFrom, SnapshotMode,
-    StateBackendConfig,
+    source, CheckpointConfig, CheckpointingMode, Job, JobConfig, RestoreFrom, RestoreMode,
+    SnapshotMode, StateBackendConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -25,6 +25,12 @@ enum Snapshot {
     Full,
     Incremental,
     Changelog,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Claim {
+    NoClaim,
+    Claim,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,6 +74,10 @@ struct Args {
     /// --checkpoint-dir).
     #[arg(long)]
     restore: Option<String>,
+    /// With --restore: "claim" takes over the restored checkpoint (it must be the newest in
+    /// --checkpoint-dir), which retention then deletes in time; "no-claim" never deletes it.
+    #[arg(long, value_enum, default_value = "no-claim")]
+    restore_mode: Claim,
     /// Where stop-with-savepoint (SIGINT/SIGTERM) writes.
     #[arg(long, default_value = "./savepoints")]
     savepoint_dir: String,
@@ -143,6 +153,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         savepoint_dir: Some(args.savepoint_dir.clone()),
         backend,
         restore: restore.clone(),
+        restore_mode: match args.restore_mode {
+            Claim::NoClaim => RestoreMode::NoClaim,
+            Claim::Claim => RestoreMode::Claim,
+        },
         records_per_second: args.records_per_second,
         fail_at_record: args.fail_at_record,
         ..JobConfig::default()

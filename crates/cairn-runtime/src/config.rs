@@ -156,6 +156,23 @@ pub enum RestoreFrom {
     Latest,
 }
 
+/// Who owns the checkpoint a job is restored from (Flink's restore mode,
+/// `execution.state-recovery.claim-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// The job never deletes the snapshot it was restored from, nor any other checkpoint an
+    /// earlier run left in its directory; its checkpoints in another directory do not depend
+    /// on it (the default).
+    #[default]
+    NoClaim,
+    /// The job takes over the checkpoint it is restored from, which must be the newest
+    /// completed checkpoint of its own checkpoint directory ([`RestoreFrom::Latest`], or that
+    /// checkpoint's path): retention subsumes it like the job's own checkpoints (once the job
+    /// no longer reads it), and cancellation with delete-on-cancellation deletes it.
+    /// Restoring a savepoint or another checkpoint in this mode is an error.
+    Claim,
+}
+
 /// Everything about running a job except its dataflow.
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -178,6 +195,8 @@ pub struct JobConfig {
     pub backend: StateBackendConfig,
     /// Start from a snapshot instead of empty state.
     pub restore: Option<RestoreFrom>,
+    /// Whether the job takes over the checkpoint it is restored from (default: no claim).
+    pub restore_mode: RestoreMode,
     /// Allow a snapshot to hold operators this job does not have (their state is dropped);
     /// otherwise that is an error (Flink's `allowNonRestoredState`).
     pub allow_non_restored_state: bool,
@@ -208,6 +227,7 @@ impl Default for JobConfig {
             savepoint_dir: None,
             backend: StateBackendConfig::HashMap,
             restore: None,
+            restore_mode: RestoreMode::NoClaim,
             allow_non_restored_state: false,
             restart: RestartStrategy::default(),
             batch_size: 256,

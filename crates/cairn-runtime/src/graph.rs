@@ -43,6 +43,9 @@ pub(crate) struct Restore {
     pub(crate) source: Box<dyn SnapshotSource>,
     /// What it is (for errors and summaries).
     pub(crate) description: String,
+    /// Its id, when it is the newest completed checkpoint of the job's own checkpoint
+    /// directory (the one a job in claim mode may take over).
+    pub(crate) claimable: Option<u64>,
 }
 
 impl Restore {
@@ -78,6 +81,7 @@ impl Restore {
             finished,
             source,
             description,
+            claimable: None,
         }
     }
 }

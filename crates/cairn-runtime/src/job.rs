@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::chain::{Barrier, BarrierKind, Notification, TaskEvent, TaskShared};
-use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom};
+use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom, RestoreMode};
 use crate::coordinator::{spawn_async_workers, AsyncJob, CoordMsg, TaskId, WrittenPart};
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
@@ -323,10 +323,29 @@ impl Driver {
         let initial = self.load_restore(self.config.restore.clone().as_ref())?;
         self.result.restored_from = initial.as_ref().map(|r| r.description.clone());
         // Checkpoints with a smaller id are not this job's (another run left them in the
-        // checkpoint directory).
+        // checkpoint directory), except the one it claims.
         self.first_own_id = self.next_id;
+        if let (RestoreMode::Claim, Some(r)) = (self.config.restore_mode, &initial) {
+            self.first_own_id = r.claimable.ok_or_else(|| RuntimeError::Restore {
+                reason: format!(
+                    "claim mode takes over the newest completed checkpoint of the job's checkpoint directory {}; {} is not that",
+                    self.config.checkpoint_dir, r.description
+                ),
+            })?;
+        }
         let first_own_id = self.first_own_id;
         let mut restore = initial.clone();
+        // A claimed checkpoint is the job's own: restarts restore the latest own one, so
+        // the job need not hold on to it (and retention may subsume it once the first
+        // attempt is done reading it).
+        let claimed = self.config.restore_mode == RestoreMode::Claim && initial.is_some();
+        let initial = if claimed {
+            // Dropped now (not when `run` returns): it holds the checkpoint's restore lease.
+            drop(initial);
+            None
+        } else {
+            initial
+        };
         let mut attempt = 0u32;
         let outcome = loop {
             match self.run_once(attempt, restore.take(), started) {
@@ -355,6 +374,14 @@ impl Driver {
                     restore = match own {
                         Some(id) if id >= first_own_id => {
                             self.load_restore(Some(&RestoreFrom::Latest))?
+                        }
+                        _ if claimed => {
+                            break Err(RuntimeError::Restore {
+                                reason: format!(
+                                    "the claimed checkpoint {first_own_id} is gone from {}",
+                                    self.config.checkpoint_dir
+                                ),
+                            })
                         }
                         _ => initial.clone(),
                     };
@@ -398,6 +425,22 @@ impl Driver {
         Ok(self.result)
     }
 
+    /// `manifest`'s checkpoint id, if it is the newest completed checkpoint of the job's
+    /// checkpoint directory (the same manifest is there under that id).
+    fn is_newest_own_checkpoint(&self, manifest: &Manifest) -> Result<Option<u64>> {
+        let Some(storage) = &self.storage else {
+            return Ok(None);
+        };
+        if manifest.snapshot_type != SnapshotType::Checkpoint {
+            return Ok(None);
+        }
+        let id = manifest.checkpoint_id;
+        if storage.completed_checkpoints()?.into_iter().max() != Some(id) {
+            return Ok(None);
+        }
+        Ok((storage.load(id)? == *manifest).then_some(id))
+    }
+
     /// Opens the snapshot to restore from and checks it against the job.
     fn load_restore(&mut self, from: Option<&RestoreFrom>) -> Result<Option<Arc<Restore>>> {
         let Some(from) = from else {
@@ -424,6 +467,7 @@ impl Driver {
             }
             RestoreFrom::Path(path) => open_snapshot(path)?,
         };
+        let claimable = self.is_newest_own_checkpoint(&manifest)?;
         let uids: HashSet<String> = self.graph.uids().into_iter().collect();
         let unknown: Vec<String> = manifest
             .operators
@@ -443,7 +487,8 @@ impl Driver {
             manifest.operators.retain(|o| uids.contains(&o.uid));
         }
         self.next_id = self.next_id.max(manifest.checkpoint_id + 1);
-        let restore = Restore::new(manifest, source, description);
+        let mut restore = Restore::new(manifest, source, description);
+        restore.claimable = claimable;
         let stages: Vec<Vec<String>> = self.graph.stages.iter().map(|s| s.uids.clone()).collect();
         restore.check_finished_order(&stages)?;
         Ok(Some(Arc::new(restore)))

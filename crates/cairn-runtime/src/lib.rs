@@ -42,7 +42,7 @@ mod task;
 pub use chain::FINISHED_STATE;
 pub use config::{
     ChangelogOptions, CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig,
-    RestartStrategy, RestoreFrom, SnapshotMode, StateBackendConfig,
+    RestartStrategy, RestoreFrom, RestoreMode, SnapshotMode, StateBackendConfig,
 };
 pub use error::{Result, RuntimeError};
 pub use function::{

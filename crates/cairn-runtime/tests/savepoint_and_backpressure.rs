@@ -11,7 +11,8 @@ use std::time::Duration;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointRetention, Checkpointed, Job, RestoreFrom, Sink, StateBackendConfig,
+    source, CheckpointRetention, Checkpointed, Job, RestoreFrom, RestoreMode, Sink,
+    StateBackendConfig,
 };
 use common::*;
 
@@ -217,6 +218,77 @@ fn cancelling_deletes_only_the_jobs_own_checkpoints() {
         third.restored_from.as_deref(),
         Some(format!("checkpoint {newest} in {}", third.checkpoint_dir).as_str())
     );
+    check_continues(&expected, &read_output(&fork), true);
+}
+
+#[test]
+fn claim_mode_takes_over_the_restored_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 6000, 400, 31);
+    let output = dir.path().join("out");
+    let run = |restore: RestoreFrom, mode: RestoreMode, retention, output: &Path| {
+        let mut cfg = config(dir.path(), 30);
+        cfg.records_per_second = Some(4000);
+        cfg.checkpoint.retention = retention;
+        cfg.restore = Some(restore);
+        cfg.restore_mode = mode;
+        let handle = Job::new(wordcount(&input, output, None, None), cfg)
+            .start()
+            .expect("start");
+        // Long enough for more checkpoints than it retains (2); a job that failed to
+        // start reads nothing.
+        let (read, started) = (handle.records_read(), std::time::Instant::now());
+        while handle.records_read() < read + 1000 && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.cancel();
+        handle.wait()
+    };
+    let checkpoints = dir.path().join("checkpoints");
+    let completed = || {
+        cairn_storage::CheckpointStorage::open(&checkpoints.display().to_string())
+            .expect("open")
+            .completed_checkpoints()
+            .expect("list")
+    };
+    let (retain, delete) = (
+        CheckpointRetention::RetainOnCancellation,
+        CheckpointRetention::DeleteOnCancellation,
+    );
+    // No restore to begin with (latest of an empty directory).
+    let first = run(RestoreFrom::Latest, RestoreMode::NoClaim, retain, &output).expect("run 1");
+    let kept = completed();
+    assert!(first.cancelled && kept.len() == 2, "{first:?} {kept:?}");
+    let (older, newest) = (kept[0], kept[1]);
+
+    // Only the directory's newest checkpoint can be claimed.
+    let path =
+        |id: u64| RestoreFrom::Path(checkpoints.join(format!("chk-{id}")).display().to_string());
+    let err = run(path(older), RestoreMode::Claim, retain, &output).expect_err("older");
+    assert!(err.to_string().contains("claim mode"), "{err}");
+    assert_eq!(completed(), kept);
+
+    // Claimed, the newest is subsumed like the job's own checkpoints.
+    let second = run(path(newest), RestoreMode::Claim, retain, &output).expect("run 2");
+    assert!(second.checkpoints_completed > 2, "{second:?}");
+    let after_second = completed();
+    assert!(
+        after_second.len() == 3 && after_second[0] == older && !after_second.contains(&newest),
+        "run 1's older checkpoint stays, its newest went with run 2's older ones: {after_second:?}"
+    );
+
+    // Claimed and cancelled with delete-on-cancellation: deleted with the job's own.
+    let third = run(RestoreFrom::Latest, RestoreMode::Claim, delete, &output).expect("run 3");
+    assert!(third.cancelled, "{third:?}");
+    assert_eq!(completed(), after_second[..2].to_vec());
+
+    // What is left restores: run 2's remaining checkpoint, into a new output.
+    let fork = dir.path().join("fork");
+    let mut cfg = config(dir.path(), 30);
+    cfg.restore = Some(path(after_second[1]));
+    Job::new(wordcount(&input, &fork, None, None), cfg)
+        .run()
+        .expect("run 4");
     check_continues(&expected, &read_output(&fork), true);
 }
 
