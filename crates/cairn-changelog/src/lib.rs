@@ -79,7 +79,10 @@
 //! (backpressure, [`ChangelogBackend::log_backpressure`]); each materialization's
 //! asynchronous phase runs on a thread of its own. The wrapped backend's synchronous snapshot phase runs on the task
 //! thread (it is cheap by contract), when a trigger fires during a mutation or a
-//! checkpoint, or when [`ChangelogBackend::maybe_materialize`] is called.
+//! checkpoint, or when [`ChangelogBackend::maybe_materialize`] is called. Dropping the
+//! backend cancels its materializations, lets the background thread finish the work queued
+//! without uploading it (no checkpoint of a dropped backend can use it), and waits for
+//! these threads: once it returns, nothing of the backend writes to the storage.
 //!
 //! ## What recovery costs in exchange
 //!
