@@ -467,7 +467,11 @@ impl Driver {
             }
             RestoreFrom::Path(path) => open_snapshot(path)?,
         };
-        let claimable = self.is_newest_own_checkpoint(&manifest)?;
+        // Only a job in claim mode needs to know (it costs a listing and a manifest read).
+        let claimable = match self.config.restore_mode {
+            RestoreMode::Claim => self.is_newest_own_checkpoint(&manifest)?,
+            RestoreMode::NoClaim => None,
+        };
         let uids: HashSet<String> = self.graph.uids().into_iter().collect();
         let unknown: Vec<String> = manifest
             .operators

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use cairn_runtime::{
     CheckpointRetention, Job, JobResult, RestoreFrom, SnapshotMode, StateBackendConfig,
@@ -32,15 +31,11 @@ fn case(backend: StateBackendConfig, mode: SnapshotMode) {
             .start()
             .expect("start");
         if cancel {
-            let read = handle.records_read();
-            let started = Instant::now();
-            while handle.records_read() < read + 1000 && started.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            handle.cancel();
+            cancel_after(handle, 1000)
+        } else {
+            handle.wait()
         }
-        handle.wait().expect("run")
+        .expect("run")
     };
     let first_dir = dir.path().join("first");
     let own_dir = dir.path().join("own");

@@ -178,15 +178,13 @@ fn cancelling_deletes_only_the_jobs_own_checkpoints() {
         let handle = Job::new(wordcount(&input, output, None, None), cfg)
             .start()
             .expect("start");
+        // Long enough for more checkpoints than it retains (2).
         if cancel {
-            // Long enough for more checkpoints than it retains (2).
-            let read = handle.records_read();
-            while handle.records_read() < read + 1000 {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            handle.cancel();
+            cancel_after(handle, 1000)
+        } else {
+            handle.wait()
         }
-        handle.wait().expect("run")
+        .expect("run")
     };
     let storage = || {
         let dir = dir.path().join("checkpoints");
@@ -235,14 +233,8 @@ fn claim_mode_takes_over_the_restored_checkpoint() {
         let handle = Job::new(wordcount(&input, output, None, None), cfg)
             .start()
             .expect("start");
-        // Long enough for more checkpoints than it retains (2); a job that failed to
-        // start reads nothing.
-        let (read, started) = (handle.records_read(), std::time::Instant::now());
-        while handle.records_read() < read + 1000 && started.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        handle.cancel();
-        handle.wait()
+        // Long enough for more checkpoints than it retains (2).
+        cancel_after(handle, 1000)
     };
     let checkpoints = dir.path().join("checkpoints");
     let completed = || {

@@ -337,6 +337,21 @@ pub fn wordcount_with(
     counted.sink("sink", TwoPhaseFileSink::new(output, format_line))
 }
 
+/// Cancels the job once its sources have read `lines` more lines (or after 10 s: a job that
+/// failed to start reads nothing) and waits for it.
+pub fn cancel_after(
+    handle: cairn_runtime::JobHandle,
+    lines: u64,
+) -> cairn_runtime::Result<cairn_runtime::JobResult> {
+    let read = handle.records_read();
+    let started = std::time::Instant::now();
+    while handle.records_read() < read + lines && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.cancel();
+    handle.wait()
+}
+
 /// A job config checkpointing every `interval_ms` into `dir`.
 pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
     JobConfig {
