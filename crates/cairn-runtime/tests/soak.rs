@@ -536,6 +536,44 @@ fn run(case: &Case) {
         );
         check_continues(&expected, &read_output(&output), exactly_once);
     }
+    for checkpoints in [checkpoints, dir.path().join("checkpoints-second")] {
+        if checkpoints.exists() {
+            check_left(case, &checkpoints);
+        }
+    }
+}
+
+/// What the case's jobs left in `checkpoints`, once every one has ended: each completed
+/// checkpoint reads back whole (every file it references exists, with its size and CRC), and,
+/// when no storage write failed on purpose (a failed delete legitimately leaves a file
+/// behind), no file that no checkpoint references and no incomplete checkpoint directory.
+fn check_left(case: &Case, checkpoints: &Path) {
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string())
+        .expect("open a checkpoint directory the case left");
+    let completed = storage.completed_checkpoints().expect("list");
+    for &id in &completed {
+        if let Err(e) = storage.verify(id) {
+            panic!(
+                "checkpoint {id} in {} does not read back: {e}",
+                checkpoints.display()
+            );
+        }
+    }
+    if case.write_failure_percent == 0 {
+        let plan = storage.gc_plan(usize::MAX).expect("gc plan");
+        assert!(
+            plan.shared_deleted.is_empty()
+                && plan.incomplete.is_empty()
+                && plan.kept_incomplete.is_empty()
+                && plan.corrupt.is_empty(),
+            "the jobs left files no checkpoint references in {}: {plan:?}",
+            checkpoints.display()
+        );
+    }
+    eprintln!(
+        "  {}: checkpoints {completed:?} read back",
+        checkpoints.display()
+    );
 }
 
 #[test]
