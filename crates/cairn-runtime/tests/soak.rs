@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use cairn_runtime::{
     ChangelogOptions, CheckpointRetention, CheckpointingMode, Job, JobConfig, JobHandle, JobResult,
-    RestoreFrom, SnapshotMode, StateBackendConfig,
+    RestoreFrom, RestoreMode, SnapshotMode, StateBackendConfig,
 };
 use cairn_storage::fault::FaultyObjectStore;
 use cairn_storage::CheckpointStorage;
@@ -131,6 +131,9 @@ struct Case {
     /// checkpoints into a directory of its own; the first's is deleted once the second has
     /// completed a checkpoint (Flink's no-claim mode allows that).
     second_elsewhere: bool,
+    /// After a cancel, the second job restores the first's latest checkpoint in claim mode
+    /// (when it checkpoints into the same directory): it takes that checkpoint over.
+    claim: bool,
 }
 
 fn phase(rng: &mut Rng) -> Phase {
@@ -196,6 +199,7 @@ fn draw(seed: u64) -> Case {
         third_failures: Vec::new(),
         all_kinds: false,
         second_elsewhere: false,
+        claim: false,
     };
     // Drawn last, so that the seeds of earlier sessions still draw the same case otherwise.
     let before = match interruption {
@@ -211,6 +215,7 @@ fn draw(seed: u64) -> Case {
     }
     case.all_kinds = rng.chance(50);
     case.second_elsewhere = rng.chance(40);
+    case.claim = rng.chance(40);
     case
 }
 
@@ -361,6 +366,7 @@ struct Start {
     restore: RestoreFrom,
     checkpoints: PathBuf,
     delete_after_first_checkpoint: Option<PathBuf>,
+    restore_mode: RestoreMode,
 }
 
 /// Runs `job`; deletes `delete` once a checkpoint in `checkpoints` has completed (from then
@@ -418,6 +424,7 @@ fn finish(
     loop {
         let mut cfg = job_config(case, &phase, (dir, &start.checkpoints), faults_seed);
         cfg.restore = Some(restore.clone());
+        cfg.restore_mode = start.restore_mode;
         let graph = wordcount_with(
             input,
             output,
@@ -470,6 +477,12 @@ fn run(case: &Case) {
         first.midrun_savepoint,
         r.savepoint
     );
+    for savepoint in [&first.midrun_savepoint, &r.savepoint]
+        .into_iter()
+        .flatten()
+    {
+        verify(Path::new(savepoint));
+    }
     if let Some(restore) = &first.restore {
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xFF;
@@ -489,11 +502,13 @@ fn run(case: &Case) {
                         ),
                         checkpoints: dir.path().join("checkpoints-second"),
                         delete_after_first_checkpoint: Some(checkpoints.clone()),
+                        restore_mode: RestoreMode::NoClaim,
                     },
                     None => Start {
                         restore: restore.clone(),
                         checkpoints: checkpoints.clone(),
                         delete_after_first_checkpoint: None,
+                        restore_mode: RestoreMode::NoClaim,
                     },
                 }
             }
@@ -501,6 +516,11 @@ fn run(case: &Case) {
                 restore: restore.clone(),
                 checkpoints: checkpoints.clone(),
                 delete_after_first_checkpoint: None,
+                restore_mode: if case.claim && *restore == RestoreFrom::Latest {
+                    RestoreMode::Claim
+                } else {
+                    RestoreMode::NoClaim
+                },
             },
         };
         let second = finish(case, case.second, &start, dir.path(), io, &fail, seed);
@@ -526,6 +546,7 @@ fn run(case: &Case) {
             restore: RestoreFrom::Path(path),
             checkpoints: checkpoints.clone(),
             delete_after_first_checkpoint: None,
+            restore_mode: RestoreMode::NoClaim,
         };
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xF0F0;
@@ -543,8 +564,19 @@ fn run(case: &Case) {
     }
 }
 
+/// Checks the snapshot at `path` as `state-dump verify` does: every file it references is
+/// there with its size and CRC, every block of its state files and every changelog record
+/// decodes, and its native RocksDB files open and read through.
+fn verify(path: &Path) {
+    let snapshot = state_dump::open_snapshot(&path.display().to_string())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let report = state_dump::verify(&snapshot, &state_dump::NoProgress)
+        .unwrap_or_else(|e| panic!("verify {}: {e}", path.display()));
+    assert!(report.is_clean(), "{}", report.render());
+}
+
 /// What the case's jobs left in `checkpoints`, once every one has ended: each completed
-/// checkpoint reads back whole (every file it references exists, with its size and CRC), and,
+/// checkpoint verifies ([`verify`]), and,
 /// when no storage write failed on purpose (a failed delete legitimately leaves a file
 /// behind), no file that no checkpoint references and no incomplete checkpoint directory.
 fn check_left(case: &Case, checkpoints: &Path) {
@@ -552,12 +584,7 @@ fn check_left(case: &Case, checkpoints: &Path) {
         .expect("open a checkpoint directory the case left");
     let completed = storage.completed_checkpoints().expect("list");
     for &id in &completed {
-        if let Err(e) = storage.verify(id) {
-            panic!(
-                "checkpoint {id} in {} does not read back: {e}",
-                checkpoints.display()
-            );
-        }
+        verify(&checkpoints.join(format!("chk-{id}")));
     }
     if case.write_failure_percent == 0 {
         let plan = storage.gc_plan(usize::MAX).expect("gc plan");
