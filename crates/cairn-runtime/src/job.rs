@@ -434,11 +434,8 @@ impl Driver {
         if manifest.snapshot_type != SnapshotType::Checkpoint {
             return Ok(None);
         }
-        let id = manifest.checkpoint_id;
-        if storage.completed_checkpoints()?.into_iter().max() != Some(id) {
-            return Ok(None);
-        }
-        Ok((storage.load(id)? == *manifest).then_some(id))
+        let newest = storage.latest_completed()?;
+        Ok((newest.as_ref() == Some(manifest)).then_some(manifest.checkpoint_id))
     }
 
     /// Opens the snapshot to restore from and checks it against the job.

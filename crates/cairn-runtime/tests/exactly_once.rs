@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_runtime::{ChangelogOptions, CheckpointingMode, Job, SnapshotMode, StateBackendConfig};
+use cairn_runtime::{
+    ChangelogOptions, CheckpointingMode, Job, RestoreFrom, SnapshotMode, StateBackendConfig,
+};
 use common::*;
 
 struct Case {
@@ -242,4 +244,73 @@ fn changelog_options_reach_the_backends() {
             );
         }
     }
+}
+
+/// `latest` never goes back behind a checkpoint that completed: when the newest manifest of
+/// the directory is damaged, a restore from `latest` fails and says so, instead of taking
+/// the checkpoint before it (whose output the sink has committed past: restoring it would
+/// emit counts again). The user may restore the older one by its path.
+#[test]
+fn latest_with_a_damaged_newest_manifest_is_refused_not_an_older_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 37);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 20);
+    cfg.records_per_second = Some(6000);
+    cfg.checkpoint.retention = cairn_runtime::CheckpointRetention::RetainOnCancellation;
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg.clone())
+        .start()
+        .expect("start");
+    let first = cancel_after(handle, 1500).expect("first run");
+    assert!(
+        first.cancelled && first.checkpoints_completed >= 2,
+        "{first:?}"
+    );
+
+    let checkpoints = dir.path().join("checkpoints");
+    let storage =
+        cairn_storage::CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
+    let completed = storage.completed_checkpoints().expect("list");
+    let (older, newest) = match completed[..] {
+        [.., a, b] => (a, b),
+        _ => panic!("two checkpoints retained: {completed:?}"),
+    };
+    let manifest = checkpoints.join(format!("chk-{newest}")).join("_metadata");
+    let mut bytes = std::fs::read(&manifest).expect("read the manifest");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&manifest, bytes).expect("damage the manifest");
+    let committed = read_output(&output);
+
+    let mut latest = cfg.clone();
+    latest.restore = Some(RestoreFrom::Latest);
+    let err = Job::new(wordcount(&input, &output, None, None), latest)
+        .run()
+        .expect_err("restoring behind the damaged checkpoint");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newest completed checkpoint cannot be read")
+            && msg.contains(&format!("chk-{newest}/_metadata")),
+        "{msg}"
+    );
+    assert_eq!(
+        read_output(&output),
+        committed,
+        "the refused job wrote output"
+    );
+
+    // Restoring the older checkpoint is the user's explicit choice: it finishes, and repeats
+    // the counts committed after it (at least once, nothing lost).
+    let mut by_path = cfg;
+    by_path.restore = Some(RestoreFrom::Path(
+        checkpoints
+            .join(format!("chk-{older}"))
+            .display()
+            .to_string(),
+    ));
+    let second = Job::new(wordcount(&input, &output, None, None), by_path)
+        .run()
+        .expect("restore the older checkpoint by its path");
+    assert!(second.restored_from.is_some(), "{second:?}");
+    check_at_least_once(&expected, &read_output(&output));
 }

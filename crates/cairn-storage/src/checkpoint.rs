@@ -246,13 +246,29 @@ impl CheckpointStorage {
             .collect())
     }
 
-    /// The manifest of the newest completed checkpoint (corrupt manifests are skipped).
+    /// The manifest of the newest completed checkpoint, `None` if none completed.
+    ///
+    /// Checkpoint directories without a manifest did not complete and are passed over. A
+    /// manifest that exists but cannot be read (damaged, written by a newer version, or
+    /// naming another checkpoint) is an error
+    /// ([`StorageError::NewestCheckpointUnreadable`]) unless a newer checkpoint completed:
+    /// manifests are put atomically, so that checkpoint completed, and a job restored from
+    /// an older one would go back behind it (a two-phase-commit sink that committed the
+    /// newer checkpoint's output would emit it again). [`CheckpointStorage::scan`] reports
+    /// such checkpoints without failing.
     pub fn latest_completed(&self) -> Result<Option<Manifest>, StorageError> {
         let mut ids = self.checkpoint_dir_ids()?;
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids {
-            if let CheckpointStatus::Complete(m) = self.status(id)? {
-                return Ok(Some(m));
+            match self.status(id)? {
+                CheckpointStatus::Complete(m) => return Ok(Some(m)),
+                CheckpointStatus::Corrupt(e) => {
+                    return Err(StorageError::NewestCheckpointUnreadable {
+                        checkpoint_id: id,
+                        source: Box::new(e),
+                    })
+                }
+                CheckpointStatus::Incomplete => {}
             }
         }
         Ok(None)

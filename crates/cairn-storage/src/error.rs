@@ -132,6 +132,16 @@ pub enum StorageError {
         #[source]
         source: FormatError,
     },
+    /// The newest checkpoint with a manifest cannot be read (see
+    /// [`CheckpointStorage::latest_completed`](crate::CheckpointStorage::latest_completed)).
+    #[error("the newest completed checkpoint cannot be read: {source}; restoring an older one would go back behind it (output a two-phase-commit sink committed after the older one would be emitted again): restore a checkpoint by its path to accept that, or repair or remove this one checkpoint_id={checkpoint_id}")]
+    NewestCheckpointUnreadable {
+        /// Its id.
+        checkpoint_id: u64,
+        /// Why it cannot be read.
+        #[source]
+        source: Box<StorageError>,
+    },
     /// A manifest could not be encoded.
     #[error("cannot encode manifest: {source} checkpoint_id={checkpoint_id}")]
     EncodeManifest {

@@ -130,13 +130,27 @@ fn corrupt_manifest_is_not_complete_and_is_reported() {
     let (store, storage) = memory();
     write_checkpoint(&storage, 1, &[]);
     write_checkpoint(&storage, 2, &[]);
-    let torn = Path::from("jobs/j1/chk-2/_metadata");
-    futures::executor::block_on(store.put(&torn, PutPayload::from_static(b"CAIRN torn"))).unwrap();
+    let damaged = Path::from("jobs/j1/chk-2/_metadata");
+    futures::executor::block_on(store.put(&damaged, PutPayload::from_static(b"CAIRN damaged")))
+        .unwrap();
     assert_eq!(storage.completed_checkpoints().unwrap(), vec![1]);
-    assert_eq!(
-        storage.latest_completed().unwrap().unwrap().checkpoint_id,
-        1
+    // Checkpoint 2 completed (its manifest is there): "latest" may not silently go back to 1.
+    let err = expect_err(storage.latest_completed());
+    assert!(
+        matches!(
+            &err,
+            StorageError::NewestCheckpointUnreadable { checkpoint_id: 2, source }
+                if matches!(**source, StorageError::CorruptManifest { .. })
+        ),
+        "{err}"
     );
+    assert!(err.to_string().contains("chk-2/_metadata"), "{err}");
+    // A checkpoint directory without a manifest never completed: it is passed over.
+    let w = storage.begin_checkpoint(3).unwrap();
+    w.write_file(FileArea::Private, "partial", vec![1; 5])
+        .unwrap();
+    drop(w);
+    assert!(storage.latest_completed().is_err());
     let err = expect_err(storage.load(2));
     assert!(matches!(err, StorageError::CorruptManifest { .. }), "{err}");
     assert!(err.to_string().contains("chk-2/_metadata"), "{err}");
@@ -145,6 +159,12 @@ fn corrupt_manifest_is_not_complete_and_is_reported() {
     let plan = storage.gc_plan(1).unwrap();
     assert_eq!(plan.corrupt.len(), 1);
     assert!(plan.shared_skipped.is_some());
+    // Once a newer checkpoint completed, the damaged one is behind it (and GC may delete it).
+    write_checkpoint(&storage, 4, &[]);
+    assert_eq!(
+        storage.latest_completed().unwrap().unwrap().checkpoint_id,
+        4
+    );
 }
 
 #[test]
