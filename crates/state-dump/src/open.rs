@@ -317,8 +317,31 @@ fn open_savepoint_at(dir: &str, shown: &str) -> Result<Snapshot, DumpError> {
                 "a checkpoint manifest (checkpoint {found_id}) outside a chk-<id> directory; checkpoints are read from <job>/chk-<id>"
             ),
         }),
+        Err(e @ StorageError::NoSuchSnapshot { .. }) => {
+            let err = from_storage(e, &full);
+            Err(job_root_hint(dir, shown).unwrap_or(err))
+        }
         Err(e) => Err(from_storage(e, &full)),
     }
+}
+
+/// When `dir` holds no manifest but is a job's checkpoint directory with completed
+/// checkpoints, an error that names them (a user gave the job's directory, not a snapshot).
+fn job_root_hint(dir: &str, shown: &str) -> Option<DumpError> {
+    let completed = CheckpointStorage::open(dir)
+        .ok()?
+        .completed_checkpoints()
+        .ok()?;
+    let newest = *completed.last()?;
+    let ids: Vec<String> = completed.iter().map(|id| format!("chk-{id}")).collect();
+    Some(DumpError::NotSnapshot {
+        path: shown.to_string(),
+        detail: format!(
+            "a job's checkpoint directory, not a checkpoint (completed: {}); give one of them, as {}",
+            ids.join(", "),
+            join_display(shown, &format!("chk-{newest}"))
+        ),
+    })
 }
 
 /// Opens a job's checkpoint directory (`<job>`, holding `chk-<id>/` and `shared/`). A local

@@ -163,3 +163,27 @@ fn a_checkpoint_manifest_outside_a_checkpoint_directory() {
     );
     run(&["gc", s(&root), "--retain", "0"]).assert_error(2, &["--retain must be at least 1"]);
 }
+
+#[test]
+fn a_job_directory_given_for_a_snapshot_names_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    let storage = cairn_storage::CheckpointStorage::open(s(&root)).unwrap();
+    let mut job = Job::new(1);
+    let mut model = Model::new();
+    batch(&mut job, &mut model, 0, 10);
+    job.checkpoint(&storage, 1, false);
+    batch(&mut job, &mut model, 10, 10);
+    job.checkpoint(&storage, 2, false);
+    let newest = root.join("chk-2");
+    for r in all_commands(s(&root)) {
+        r.assert_error(
+            2,
+            &[
+                "a job's checkpoint directory",
+                "completed: chk-1, chk-2",
+                s(&newest),
+            ],
+        );
+    }
+}
