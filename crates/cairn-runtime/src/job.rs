@@ -1410,5 +1410,21 @@ fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {
             "unaligned checkpoints need exactly-once mode".into(),
         ));
     }
+    // Values that would not fail but make a job that never gets anywhere.
+    if config.checkpoint.interval == Some(Duration::ZERO) {
+        return Err(RuntimeError::Config(
+            "the checkpoint interval must be positive (None turns checkpointing off)".into(),
+        ));
+    }
+    if config.checkpoint.interval.is_some() && config.checkpoint.timeout.is_zero() {
+        return Err(RuntimeError::Config(
+            "the checkpoint timeout must be positive (every checkpoint would time out)".into(),
+        ));
+    }
+    if config.records_per_second == Some(0) {
+        return Err(RuntimeError::Config(
+            "records_per_second must be at least 1 (None: not throttled)".into(),
+        ));
+    }
     Ok(())
 }

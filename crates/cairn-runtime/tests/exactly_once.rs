@@ -314,3 +314,32 @@ fn latest_with_a_damaged_newest_manifest_is_refused_not_an_older_checkpoint() {
     assert!(second.restored_from.is_some(), "{second:?}");
     check_at_least_once(&expected, &read_output(&output));
 }
+
+/// Settings that would make a job that never gets anywhere are refused before it starts.
+#[test]
+fn settings_that_stall_a_job_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 10, 5, 1);
+    let output = dir.path().join("out");
+    let refused = |edit: &dyn Fn(&mut cairn_runtime::JobConfig), what: &str| {
+        let mut cfg = config(dir.path(), 20);
+        edit(&mut cfg);
+        let err = Job::new(wordcount(&input, &output, None, None), cfg)
+            .run()
+            .expect_err(what);
+        assert!(err.to_string().contains(what), "{err}");
+    };
+    refused(
+        &|c| c.checkpoint.interval = Some(Duration::ZERO),
+        "checkpoint interval must be positive",
+    );
+    refused(
+        &|c| c.checkpoint.timeout = Duration::ZERO,
+        "checkpoint timeout must be positive",
+    );
+    refused(
+        &|c| c.records_per_second = Some(0),
+        "records_per_second must be at least 1",
+    );
+    assert!(!output.exists(), "a refused job created its output");
+}
