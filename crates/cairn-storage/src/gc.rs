@@ -1,13 +1,14 @@
 //! Retention and garbage collection, derived from the manifests that exist (so it survives
 //! crashes and can run offline) plus this process's in-flight registry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_core::FileArea;
 
 use crate::checkpoint::{CheckpointStatus, CheckpointStorage};
 use crate::error::StorageError;
-use crate::layout::{join, shared_dir};
+use crate::layout::{checkpoint_dir, join, shared_dir};
 
 /// What [`CheckpointStorage::retain`] deleted, or [`CheckpointStorage::gc_plan`] would delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub struct GcReport {
     /// Unreferenced shared files kept because a checkpoint in flight here writes or
     /// references them, sorted.
     pub shared_in_flight: Vec<String>,
+    /// Shared files that no manifest references, kept because they are younger than the
+    /// minimum age (see [`CheckpointStorage::retain_min_age`]), sorted.
+    pub shared_young: Vec<String>,
     /// Checkpoints whose manifest exists but does not decode, with the error.
     pub corrupt: Vec<(u64, String)>,
     /// Why shared files were not collected at all, if they were not.
@@ -74,8 +78,32 @@ impl CheckpointStorage {
         first_id: u64,
         num_retained: usize,
     ) -> Result<GcReport, StorageError> {
+        self.apply_retention(first_id, num_retained, Duration::ZERO)
+    }
+
+    /// [`CheckpointStorage::retain`] run from another process than the job's (a tool such
+    /// as `state-dump gc`), which cannot see the job's in-flight checkpoints: shared files
+    /// that no manifest references and incomplete checkpoint directories modified less than
+    /// `min_age` ago are kept ([`GcReport::shared_young`], [`GcReport::kept_incomplete`]),
+    /// since a job running elsewhere may be writing them for a checkpoint it has not
+    /// published yet. Subsumed checkpoints and their files go at any age. Ages are the
+    /// store's modification times against this machine's clock.
+    pub fn retain_min_age(
+        &self,
+        num_retained: usize,
+        min_age: Duration,
+    ) -> Result<GcReport, StorageError> {
+        self.apply_retention(0, num_retained, min_age)
+    }
+
+    fn apply_retention(
+        &self,
+        first_id: u64,
+        num_retained: usize,
+        min_age: Duration,
+    ) -> Result<GcReport, StorageError> {
         let _guard = GcGuard::new(self);
-        let mut report = self.plan(first_id, num_retained)?;
+        let mut report = self.plan(first_id, num_retained, min_age)?;
         for &id in &report.subsumed {
             // A restore that began after the plan holds on to the checkpoint's files only if
             // its manifest was kept: skip it (its shared files may still go; the restore then
@@ -202,28 +230,64 @@ impl CheckpointStorage {
 
     /// What [`CheckpointStorage::retain`] would delete now, without deleting anything.
     pub fn gc_plan(&self, num_retained: usize) -> Result<GcReport, StorageError> {
-        let _guard = GcGuard::new(self);
-        self.plan(0, num_retained)
+        self.gc_plan_min_age(num_retained, Duration::ZERO)
     }
 
-    fn plan(&self, first_id: u64, num_retained: usize) -> Result<GcReport, StorageError> {
+    /// What [`CheckpointStorage::retain_min_age`] would delete now, without deleting
+    /// anything.
+    pub fn gc_plan_min_age(
+        &self,
+        num_retained: usize,
+        min_age: Duration,
+    ) -> Result<GcReport, StorageError> {
+        let _guard = GcGuard::new(self);
+        self.plan(0, num_retained, min_age)
+    }
+
+    fn plan(
+        &self,
+        first_id: u64,
+        num_retained: usize,
+        min_age: Duration,
+    ) -> Result<GcReport, StorageError> {
         if num_retained == 0 {
             return Err(StorageError::InvalidArgument {
                 reason: "num_retained must be at least 1".into(),
             });
         }
+        let young = Youth::new(min_age);
         let mut report = GcReport::default();
         // List the shared files before the manifests: a file put after this listing is not a
         // candidate, and one listed here was registered by its writer before the put.
         let shared = shared_dir(&self.inner.root);
-        let mut shared_files = BTreeSet::new();
+        let mut shared_files = BTreeMap::new();
         for meta in self.inner.store.list(&shared)? {
             if let Some(parts) = meta.location.prefix_match(&shared) {
                 let name: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
-                shared_files.insert(name.join("/"));
+                shared_files.insert(name.join("/"), young.is_young(&meta));
             }
         }
         let scan = self.scan()?;
+        // Incomplete directories with a file younger than the minimum age (listed before the
+        // registry is locked).
+        let mut young_dirs = BTreeSet::new();
+        if young.applies() {
+            for (id, status) in &scan {
+                if matches!(status, CheckpointStatus::Complete(_)) {
+                    continue;
+                }
+                let dir = checkpoint_dir(&self.inner.root, *id);
+                if self
+                    .inner
+                    .store
+                    .list(&dir)?
+                    .iter()
+                    .any(|m| young.is_young(m))
+                {
+                    young_dirs.insert(*id);
+                }
+            }
+        }
         let complete: Vec<u64> = scan
             .iter()
             .filter(|(id, s)| *id >= first_id && matches!(s, CheckpointStatus::Complete(_)))
@@ -233,6 +297,8 @@ impl CheckpointStorage {
         report.retained = complete[split..].to_vec();
         let newest = report.retained.last().copied();
         let mut referenced = BTreeSet::new();
+        // Shared files of the subsumed checkpoints: completed files, deleted at any age.
+        let mut of_subsumed = BTreeSet::new();
         let mut kept_corrupt = false;
         {
             let reg = self.inner.registry.lock();
@@ -246,15 +312,17 @@ impl CheckpointStorage {
             for (id, status) in &scan {
                 match status {
                     CheckpointStatus::Complete(m) => {
+                        let files = m
+                            .files()
+                            .filter(|f| f.area == FileArea::Shared)
+                            .map(|f| f.name.clone());
                         if *id < first_id
                             || report.retained.contains(id)
                             || report.kept_restoring.contains(id)
                         {
-                            referenced.extend(
-                                m.files()
-                                    .filter(|f| f.area == FileArea::Shared)
-                                    .map(|f| f.name.clone()),
-                            );
+                            referenced.extend(files);
+                        } else if young.applies() {
+                            of_subsumed.extend(files);
                         }
                     }
                     CheckpointStatus::Incomplete | CheckpointStatus::Corrupt(_) => {
@@ -262,7 +330,7 @@ impl CheckpointStorage {
                             report.corrupt.push((*id, e.to_string()));
                         }
                         let older = newest.is_some_and(|n| *id < n);
-                        if older && !reg.is_in_flight(*id) {
+                        if older && !reg.is_in_flight(*id) && !young_dirs.contains(id) {
                             report.incomplete.push(*id);
                         } else {
                             report.kept_incomplete.push(*id);
@@ -277,12 +345,14 @@ impl CheckpointStorage {
                         .into(),
                 );
             } else {
-                for name in shared_files {
+                for (name, is_young) in shared_files {
                     if referenced.contains(&name) {
                         continue;
                     }
                     if reg.is_shared_in_flight(&name) {
                         report.shared_in_flight.push(name);
+                    } else if is_young && !of_subsumed.contains(&name) {
+                        report.shared_young.push(name);
                     } else {
                         report.shared_deleted.push(name);
                     }
@@ -290,5 +360,33 @@ impl CheckpointStorage {
             }
         }
         Ok(report)
+    }
+}
+
+/// Which objects are younger than a minimum age.
+struct Youth {
+    /// Objects modified after this (milliseconds since the epoch) are young; `None`: none is.
+    cutoff_ms: Option<i64>,
+}
+
+impl Youth {
+    fn new(min_age: Duration) -> Self {
+        let cutoff_ms = (!min_age.is_zero()).then(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            ms(now).saturating_sub(ms(min_age))
+        });
+        Self { cutoff_ms }
+    }
+
+    fn applies(&self) -> bool {
+        self.cutoff_ms.is_some()
+    }
+
+    fn is_young(&self, meta: &object_store::ObjectMeta) -> bool {
+        self.cutoff_ms
+            .is_some_and(|cutoff| meta.last_modified.timestamp_millis() > cutoff)
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_core::{FileArea, SnapshotSource, SnapshotTarget, SnapshotType};
 use cairn_storage::{
@@ -374,5 +375,58 @@ fn gc_keeps_a_checkpoint_while_it_is_restored() {
     assert_eq!(
         common::shared_on_store(&store, "jobs/j1"),
         ["s2.sst".to_string()].into_iter().collect()
+    );
+}
+
+#[test]
+fn a_minimum_age_keeps_what_a_job_elsewhere_may_be_writing() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &["s/old.sst"]);
+    // Checkpoint 2 of a job in another process: its directory and a shared file are there,
+    // its manifest is not yet.
+    let w = storage.begin_checkpoint(2).unwrap();
+    w.write_file(FileArea::Private, "partial", vec![1; 5])
+        .unwrap();
+    drop(w);
+    let orphan = Path::from("jobs/j1/shared/s/new.sst");
+    futures::executor::block_on(store.put(&orphan, PutPayload::from_static(b"new"))).unwrap();
+    write_checkpoint(&storage, 3, &[]);
+
+    let hour = Duration::from_secs(3600);
+    let plan = storage.gc_plan_min_age(1, hour).unwrap();
+    assert_eq!(plan.subsumed, vec![1], "{plan:?}");
+    assert_eq!(plan.kept_incomplete, vec![2], "{plan:?}");
+    assert!(plan.incomplete.is_empty(), "{plan:?}");
+    assert_eq!(plan.shared_young, vec!["s/new.sst".to_string()], "{plan:?}");
+    // The subsumed checkpoint's file is old: it goes.
+    assert_eq!(
+        plan.shared_deleted,
+        vec!["s/old.sst".to_string()],
+        "{plan:?}"
+    );
+
+    let report = storage.retain_min_age(1, hour).unwrap();
+    assert_eq!(report.shared_young, plan.shared_young);
+    assert_eq!(report.kept_incomplete, vec![2]);
+    assert!(futures::executor::block_on(store.head(&orphan)).is_ok());
+    assert_eq!(storage.scan().unwrap().len(), 2, "chk-2 and chk-3 stay");
+
+    // Once older than the minimum age, they go.
+    std::thread::sleep(Duration::from_millis(20));
+    let report = storage
+        .retain_min_age(1, Duration::from_millis(10))
+        .unwrap();
+    assert_eq!(report.incomplete, vec![2], "{report:?}");
+    assert_eq!(report.shared_deleted, vec!["s/new.sst".to_string()]);
+    assert!(futures::executor::block_on(store.head(&orphan)).is_err());
+    // No minimum age: the plain plan has nothing left either.
+    let plan = storage.gc_plan(1).unwrap();
+    assert_eq!(plan.retained, vec![3], "{plan:?}");
+    assert!(
+        plan.subsumed.is_empty()
+            && plan.incomplete.is_empty()
+            && plan.shared_deleted.is_empty()
+            && plan.shared_young.is_empty(),
+        "{plan:?}"
     );
 }

@@ -4,8 +4,14 @@
 //! that exist, so `--dry-run` lists exactly what `gc` then deletes, and an interrupted `gc`
 //! is simply run again.
 //!
-//! Assumes no job is writing to the directory (files a running job in another process is
-//! writing are not protected).
+//! A job running in another process may be writing files for a checkpoint it has not
+//! published yet: shared files that no manifest references and incomplete checkpoint
+//! directories younger than `--min-age` (default one hour, as `git gc` keeps young loose
+//! objects) are kept and listed; `--min-age 0` deletes them too when no job runs. Subsumed
+//! checkpoints and their files go at any age: a running job on the same directory should
+//! keep at least as many as `gc --retain` does.
+
+use std::time::Duration;
 
 use cairn_storage::GcReport;
 use serde::Serialize;
@@ -26,8 +32,14 @@ pub struct GcOutcome {
     /// Everything deleted (or to delete), in order: subsumed checkpoint directories
     /// (`chk-<id>/`), incomplete ones, then shared files (`shared/<name>`).
     pub deleted: Vec<String>,
-    /// Incomplete checkpoint directories kept (newer than the newest complete one).
+    /// Incomplete checkpoint directories kept (newer than the newest complete one, or
+    /// younger than the minimum age).
     pub kept_incomplete: Vec<u64>,
+    /// Shared files no manifest references, kept because they are younger than the
+    /// minimum age (`shared/<name>`).
+    pub kept_young: Vec<String>,
+    /// The minimum age, in seconds.
+    pub min_age_s: u64,
     /// Checkpoints whose manifest does not decode, with the error.
     pub corrupt: Vec<String>,
     /// Why shared files were not collected, if they were not.
@@ -36,7 +48,7 @@ pub struct GcOutcome {
 }
 
 impl GcOutcome {
-    fn from_report(root: &JobRoot, r: GcReport, dry_run: bool) -> Self {
+    fn from_report(root: &JobRoot, r: GcReport, dry_run: bool, min_age: Duration) -> Self {
         let mut deleted: Vec<String> = r
             .subsumed
             .iter()
@@ -50,6 +62,12 @@ impl GcOutcome {
             retained: r.retained,
             deleted,
             kept_incomplete: r.kept_incomplete,
+            kept_young: r
+                .shared_young
+                .iter()
+                .map(|n| format!("shared/{n}"))
+                .collect(),
+            min_age_s: min_age.as_secs(),
             corrupt: r
                 .corrupt
                 .into_iter()
@@ -89,6 +107,13 @@ impl GcOutcome {
         for id in &self.kept_incomplete {
             out.push_str(&format!("kept incomplete chk-{id} (may be in flight)\n"));
         }
+        if !self.kept_young.is_empty() {
+            out.push_str(&format!(
+                "kept {} unreferenced shared file(s) younger than --min-age {}s (a running job may be writing them; --min-age 0 deletes them if none runs)\n",
+                self.kept_young.len(),
+                self.min_age_s
+            ));
+        }
         for c in &self.corrupt {
             out.push_str(&format!("corrupt manifest: {c}\n"));
         }
@@ -100,16 +125,66 @@ impl GcOutcome {
 }
 
 /// Keeps the newest `retain` complete checkpoints of the job at `root` and deletes what no
-/// retained manifest references; with `dry_run`, only says what it would delete.
-pub fn gc(root: &JobRoot, retain: usize, dry_run: bool) -> Result<GcOutcome, DumpError> {
+/// retained manifest references, except what is younger than `min_age` and may belong to a
+/// checkpoint in flight (see the module doc); with `dry_run`, only says what it would
+/// delete.
+pub fn gc(
+    root: &JobRoot,
+    retain: usize,
+    min_age: Duration,
+    dry_run: bool,
+) -> Result<GcOutcome, DumpError> {
     if retain == 0 {
         return Err(DumpError::usage("--retain must be at least 1"));
     }
     let report = if dry_run {
-        root.storage.gc_plan(retain)
+        root.storage.gc_plan_min_age(retain, min_age)
     } else {
-        root.storage.retain(retain)
+        root.storage.retain_min_age(retain, min_age)
     }
     .map_err(|e| root.err(e))?;
-    Ok(GcOutcome::from_report(root, report, dry_run))
+    Ok(GcOutcome::from_report(root, report, dry_run, min_age))
+}
+
+/// Parses a `--min-age`: `0`, or a number with a unit `s`, `m`, `h` or `d` (`90s`, `10m`,
+/// `1h`, `2d`).
+pub fn parse_min_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: give a unit: s, m, h or d (as 10m), or 0"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a whole number and a unit (as 10m), or 0"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_ages_parse() {
+        assert_eq!(parse_min_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_min_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_min_age("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_min_age("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_min_age("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in ["", "10", "h", "1.5h", "-1h", "1w", "99999999999999999999d"] {
+            assert!(parse_min_age(bad).is_err(), "{bad}");
+        }
+    }
 }

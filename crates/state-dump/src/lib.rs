@@ -13,7 +13,7 @@
 //! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files, native RocksDB SSTs, changelog segments) |
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |
-//! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references |
+//! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references and is older than `--min-age` (default 1h) |
 //! | `convert PATH --out DIR` | [`convert()`] | any checkpoint (native RocksDB, canonical full or incremental, changelog) or savepoint to a self-contained canonical savepoint |
 //!
 //! PATH is a checkpoint directory (`<job>/chk-<id>`, whose shared files live in
@@ -109,7 +109,7 @@ pub use diff::{diff, DiffReport, EntryDiff, StateDiff};
 pub use entries::{write_entries, DecodedEntry, Decoders, EntriesOptions};
 pub use error::{DumpError, EXIT_DATA, EXIT_OK, EXIT_USAGE};
 pub use files::{list_files, CheckpointFiles, FilesReport, SavepointFiles, SharedFile};
-pub use gc::{gc, GcOutcome};
+pub use gc::{gc, parse_min_age, GcOutcome};
 pub use open::{open_job_root, open_snapshot, JobRoot, Snapshot};
 pub use progress::{progress_for_stderr, NoProgress, Progress, TerminalProgress};
 pub use scan::{scan_operator, Entry};

@@ -98,6 +98,11 @@ enum Command {
         /// How many complete checkpoints to keep.
         #[arg(long, default_value_t = 1)]
         retain: usize,
+        /// Keep unreferenced shared files and incomplete checkpoint directories younger
+        /// than this (a job running elsewhere may be writing them): 0, or a number with
+        /// s, m, h or d.
+        #[arg(long, default_value = "1h", value_parser = state_dump::parse_min_age)]
+        min_age: std::time::Duration,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -209,12 +214,15 @@ fn run(cli: Cli) -> Result<i32, DumpError> {
             root,
             dry_run,
             retain,
+            min_age,
             json,
         } => {
             let root = state_dump::open_job_root(&root)?;
-            print(json, &state_dump::gc(&root, retain, dry_run)?, |r| {
-                r.render()
-            })?;
+            print(
+                json,
+                &state_dump::gc(&root, retain, min_age, dry_run)?,
+                |r| r.render(),
+            )?;
         }
         Command::Convert { path, out, json } => {
             let s = state_dump::open_snapshot(&path)?;

@@ -348,7 +348,16 @@ fn inspects_a_changelog_checkpoint(inner: Inner) {
     assert!(orphans.is_disjoint(&shared_of_3), "{orphans:?}");
 
     // gc --dry-run keeps every file of the retained checkpoint, and gc deletes what it said.
-    let dry = run(&["gc", s(&f.root), "--retain", "1", "--dry-run", "--json"]);
+    let dry = run(&[
+        "gc",
+        s(&f.root),
+        "--retain",
+        "1",
+        "--min-age",
+        "0",
+        "--dry-run",
+        "--json",
+    ]);
     assert_eq!(dry.code, 0, "{dry:?}");
     let deleted: Vec<String> = dry.json()["deleted"]
         .as_array()
@@ -363,7 +372,15 @@ fn inspects_a_changelog_checkpoint(inner: Inner) {
         );
     }
     assert!(deleted.contains(&"chk-1/".to_string()), "{deleted:?}");
-    let real = run(&["gc", s(&f.root), "--retain", "1", "--json"]);
+    let real = run(&[
+        "gc",
+        s(&f.root),
+        "--retain",
+        "1",
+        "--min-age",
+        "0",
+        "--json",
+    ]);
     assert_eq!(real.code, 0, "{real:?}");
     assert_eq!(real.json()["deleted"], dry.json()["deleted"]);
     let v = run(&["verify", s(&chk)]);

@@ -126,7 +126,16 @@ fn dry_run_lists_exactly_what_gc_deletes_and_retained_checkpoints_stay_whole() {
     let dir = tempfile::tempdir().unwrap();
     let root = job_dir(dir.path());
     let before = on_disk(&root);
-    let dry = run(&["gc", s(&root), "--retain", "2", "--dry-run", "--json"]);
+    let dry = run(&[
+        "gc",
+        s(&root),
+        "--retain",
+        "2",
+        "--min-age",
+        "0",
+        "--dry-run",
+        "--json",
+    ]);
     assert_eq!(dry.code, 0, "{dry:?}");
     assert_eq!(on_disk(&root), before, "dry run deleted something");
     let planned = strings(&dry.json()["deleted"]);
@@ -135,9 +144,17 @@ fn dry_run_lists_exactly_what_gc_deletes_and_retained_checkpoints_stay_whole() {
         "{planned:?}"
     );
     assert!(planned.contains(&"shared/orphan.state".to_string()));
-    let human = run(&["gc", s(&root), "--retain", "2", "--dry-run"]);
+    let human = run(&[
+        "gc",
+        s(&root),
+        "--retain",
+        "2",
+        "--min-age",
+        "0",
+        "--dry-run",
+    ]);
     assert!(human.stdout.contains("would delete"), "{}", human.stdout);
-    let real = run(&["gc", s(&root), "--retain", "2", "--json"]);
+    let real = run(&["gc", s(&root), "--retain", "2", "--min-age", "0", "--json"]);
     assert_eq!(real.code, 0, "{real:?}");
     assert_eq!(strings(&real.json()["deleted"]), planned);
     assert_eq!(real.json()["retained"], serde_json::json!([4, 5]));
@@ -163,10 +180,53 @@ fn dry_run_lists_exactly_what_gc_deletes_and_retained_checkpoints_stay_whole() {
         assert_eq!(v.code, 0, "{v:?}");
     }
     // Nothing more to do.
-    let again = run(&["gc", s(&root), "--retain", "2", "--json"]);
+    let again = run(&["gc", s(&root), "--retain", "2", "--min-age", "0", "--json"]);
     assert_eq!(again.json()["deleted"], serde_json::json!([]));
     let f = run(&["files", s(&root), "--json"]);
     assert_eq!(f.json()["orphans"], serde_json::json!([]));
+}
+
+#[test]
+fn by_default_gc_keeps_young_files_a_running_job_may_be_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = job_dir(dir.path());
+    // The fixture's orphan and incomplete chk-0 were just written: with the default
+    // minimum age (1h) they stay, listed; subsumed checkpoints and their files go.
+    let before = on_disk(&root);
+    let r = run(&["gc", s(&root), "--retain", "2", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j = r.json();
+    assert_eq!(strings(&j["kept_young"]), ["shared/orphan.state"], "{j}");
+    assert_eq!(j["kept_incomplete"], serde_json::json!([0]), "{j}");
+    assert_eq!(j["min_age_s"], 3600, "{j}");
+    let deleted = strings(&j["deleted"]);
+    assert!(deleted.contains(&"chk-1/".to_string()), "{deleted:?}");
+    assert!(
+        !deleted
+            .iter()
+            .any(|d| d == "chk-0/" || d.contains("orphan")),
+        "{deleted:?}"
+    );
+    let after = on_disk(&root);
+    assert!(after.contains("shared/orphan.state") && after.contains("chk-0/x.state"));
+    assert!(after.len() < before.len());
+    let human = run(&["gc", s(&root), "--retain", "2", "--dry-run"]);
+    assert!(
+        human.stdout.contains("younger than --min-age 3600s")
+            && human.stdout.contains("kept incomplete chk-0"),
+        "{}",
+        human.stdout
+    );
+    // Older than a minimum age of one second: they go.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = run(&["gc", s(&root), "--retain", "2", "--min-age", "1s", "--json"]);
+    let deleted = strings(&r.json()["deleted"]);
+    assert_eq!(deleted, ["chk-0/", "shared/orphan.state"], "{r:?}");
+    let bad = run(&["gc", s(&root), "--min-age", "1x"]);
+    assert!(
+        bad.code == 2 && bad.stderr.contains("--min-age") && bad.stderr.contains("unknown unit"),
+        "{bad:?}"
+    );
 }
 
 #[test]
@@ -197,7 +257,7 @@ fn gc_interrupted_by_a_crash_at_every_write_never_loses_a_retained_file() {
             location: s(&root).to_string(),
             storage,
         };
-        let result = state_dump::gc(&job, 2, false);
+        let result = state_dump::gc(&job, 2, std::time::Duration::ZERO, false);
         let crashed = faulty.lock().unwrap().as_ref().unwrap().is_crashed();
         // Whatever happened, the retained checkpoints verify, and a rerun finishes the job
         // with what a dry run then lists.
@@ -205,8 +265,17 @@ fn gc_interrupted_by_a_crash_at_every_write_never_loses_a_retained_file() {
             let v = run(&["verify", s(&root.join(format!("chk-{id}")))]);
             assert_eq!(v.code, 0, "crash at write {n}: {v:?}");
         }
-        let dry = run(&["gc", s(&root), "--retain", "2", "--dry-run", "--json"]);
-        let rerun = run(&["gc", s(&root), "--retain", "2", "--json"]);
+        let dry = run(&[
+            "gc",
+            s(&root),
+            "--retain",
+            "2",
+            "--min-age",
+            "0",
+            "--dry-run",
+            "--json",
+        ]);
+        let rerun = run(&["gc", s(&root), "--retain", "2", "--min-age", "0", "--json"]);
         assert_eq!(
             dry.json()["deleted"],
             rerun.json()["deleted"],
