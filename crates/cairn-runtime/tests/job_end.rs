@@ -102,3 +102,66 @@ fn a_cancelled_changelog_job_on_rocksdb_leaves_nothing_behind() {
 fn a_finished_changelog_job_leaves_nothing_behind() {
     run(StateBackendConfig::rocksdb(), false);
 }
+
+/// `state-dump gc` (retention with a minimum age, through a storage of its own as from
+/// another process) run again and again on the directory of a running job takes nothing
+/// the job needs: every checkpoint completes and reads back, and the output is exactly
+/// once. Without the minimum age it deletes the shared files of checkpoints in flight.
+fn gc_beside_a_running_job(mode: SnapshotMode, min_age: Duration) -> JobResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 2000, 41);
+    let output = dir.path().join("out");
+    let checkpoints = dir.path().join("checkpoints");
+    let mut cfg = config(dir.path(), 10);
+    cfg.backend = StateBackendConfig::HashMap;
+    cfg.records_per_second = Some(4000);
+    cfg.checkpoint.snapshot_mode = mode;
+    cfg.checkpoint.tolerable_failures = 1000;
+    cfg.checkpoint.changelog = ChangelogOptions {
+        materialization_interval: Some(Duration::from_millis(30)),
+        min_log_bytes: 0,
+        segment_bytes: 512,
+        ..ChangelogOptions::default()
+    };
+    std::fs::create_dir_all(&checkpoints).expect("mkdir");
+    cfg.checkpoint_storage = Some(
+        CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
+            let f = Arc::new(FaultyObjectStore::new(inner));
+            f.set_latency(Some(Duration::from_millis(1)));
+            f
+        })
+        .expect("storage"),
+    );
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (done, url) = (done.clone(), checkpoints.display().to_string());
+        std::thread::spawn(move || {
+            let other = CheckpointStorage::open(&url).expect("open");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = other.retain_min_age(2, min_age);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let result = handle.wait().expect("run");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    gc.join().expect("gc thread");
+    check_exactly_once(&expected, &read_output(&output));
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
+    for id in storage.completed_checkpoints().expect("list") {
+        storage.verify(id).expect("a checkpoint left reads back");
+    }
+    result
+}
+
+#[test]
+fn gc_from_another_process_takes_nothing_a_running_job_needs() {
+    for mode in [SnapshotMode::Incremental, SnapshotMode::Changelog] {
+        let r = gc_beside_a_running_job(mode, Duration::from_secs(3600));
+        assert!(r.checkpoints_completed >= 3, "{mode:?}: {r:?}");
+        assert_eq!(r.checkpoints_failed, 0, "{mode:?}: {r:?}");
+    }
+}

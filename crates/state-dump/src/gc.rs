@@ -9,7 +9,10 @@
 //! directories younger than `--min-age` (default one hour, as `git gc` keeps young loose
 //! objects) are kept and listed; `--min-age 0` deletes them too when no job runs. Subsumed
 //! checkpoints and their files go at any age: a running job on the same directory should
-//! keep at least as many as `gc --retain` does.
+//! keep at least as many as `gc --retain` does, and the minimum age should exceed its
+//! checkpoint interval and timeout. (Test: `cairn-runtime`'s
+//! `job_end::gc_from_another_process_takes_nothing_a_running_job_needs`; without the
+//! minimum age, completed checkpoints of the running job lose shared files.)
 
 use std::time::Duration;
 
