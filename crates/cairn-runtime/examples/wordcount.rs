@@ -74,8 +74,9 @@ struct Args {
     /// --checkpoint-dir).
     #[arg(long)]
     restore: Option<String>,
-    /// With --restore: "claim" takes over the restored checkpoint (it must be the newest in
-    /// --checkpoint-dir), which retention then deletes in time; "no-claim" never deletes it.
+    /// With --restore: "claim" takes over the restored savepoint or checkpoint (a checkpoint
+    /// must be the newest in --checkpoint-dir), which retention then deletes in time;
+    /// "no-claim" never deletes it.
     #[arg(long, value_enum, default_value = "no-claim")]
     restore_mode: Claim,
     /// Where stop-with-savepoint (SIGINT/SIGTERM) writes.

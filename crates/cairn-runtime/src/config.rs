@@ -165,11 +165,14 @@ pub enum RestoreMode {
     /// on it (the default).
     #[default]
     NoClaim,
-    /// The job takes over the checkpoint it is restored from, which must be the newest
+    /// The job takes over the snapshot it is restored from: a savepoint, or the newest
     /// completed checkpoint of its own checkpoint directory ([`RestoreFrom::Latest`], or that
-    /// checkpoint's path): retention subsumes it like the job's own checkpoints (once the job
-    /// no longer reads it), and cancellation with delete-on-cancellation deletes it.
-    /// Restoring a savepoint or another checkpoint in this mode is an error.
+    /// checkpoint's path). Retention subsumes it like the job's own checkpoints (a checkpoint
+    /// once the job no longer reads it; a savepoint once the job has as many completed
+    /// checkpoints of its own as it retains, until then restarts restore it), and
+    /// cancellation with delete-on-cancellation deletes it. A savepoint is deleted file by
+    /// file as its manifest lists them; other files in its directory stay. Claiming an
+    /// older checkpoint is an error (retention works on the job's range of ids).
     Claim,
 }
 

@@ -216,6 +216,10 @@ struct Driver {
     /// the directory, which this job restores from but never deletes (Flink's default
     /// restore mode, no claim).
     first_own_id: u64,
+    /// The savepoint a job in claim mode was restored from, until it is deleted: when the
+    /// job has as many completed checkpoints of its own as it retains, or at a cancellation
+    /// that deletes the checkpoints.
+    claimed_savepoint: Option<String>,
     nonce: String,
     result: JobResult,
     prev_files: HashSet<String>,
@@ -311,6 +315,7 @@ impl Driver {
             parallelism,
             next_id,
             first_own_id: next_id,
+            claimed_savepoint: None,
             nonce,
             result,
             prev_files: HashSet::new(),
@@ -325,20 +330,34 @@ impl Driver {
         // Checkpoints with a smaller id are not this job's (another run left them in the
         // checkpoint directory), except the one it claims.
         self.first_own_id = self.next_id;
+        let mut claimed = false;
         if let (RestoreMode::Claim, Some(r)) = (self.config.restore_mode, &initial) {
-            self.first_own_id = r.claimable.ok_or_else(|| RuntimeError::Restore {
-                reason: format!(
-                    "claim mode takes over the newest completed checkpoint of the job's checkpoint directory {}; {} is not that",
-                    self.config.checkpoint_dir, r.description
-                ),
-            })?;
+            match (r.claimable, &self.config.restore) {
+                (Some(id), _) => {
+                    self.first_own_id = id;
+                    claimed = true;
+                }
+                (None, Some(RestoreFrom::Path(path)))
+                    if r.manifest.snapshot_type == SnapshotType::Savepoint =>
+                {
+                    self.claimed_savepoint = Some(path.clone());
+                }
+                _ => {
+                    return Err(RuntimeError::Restore {
+                        reason: format!(
+                            "claim mode takes over a savepoint or the newest completed checkpoint of the job's checkpoint directory {}; {} is neither",
+                            self.config.checkpoint_dir, r.description
+                        ),
+                    })
+                }
+            }
         }
         let first_own_id = self.first_own_id;
         let mut restore = initial.clone();
         // A claimed checkpoint is the job's own: restarts restore the latest own one, so
         // the job need not hold on to it (and retention may subsume it once the first
-        // attempt is done reading it).
-        let claimed = self.config.restore_mode == RestoreMode::Claim && initial.is_some();
+        // attempt is done reading it). A claimed savepoint is kept until the job has
+        // checkpoints of its own to restart from.
         let initial = if claimed {
             // Dropped now (not when `run` returns): it holds the checkpoint's restore lease.
             drop(initial);
@@ -408,6 +427,9 @@ impl Driver {
                 // Only this job's checkpoints: those of earlier runs in the directory (the
                 // one it was restored from, say) are not its to delete.
                 s.discard_from(first_own_id)?;
+                if let Some(path) = self.claimed_savepoint.take() {
+                    discard_claimed_savepoint(&path)?;
+                }
             } else if self.config.checkpoint.interval.is_some() {
                 // Every task and snapshot thread has ended: files written for checkpoints
                 // that did not complete (log segments uploaded ahead, a materialization
@@ -1248,10 +1270,17 @@ impl Driver {
                 run.last_complete = Some(Instant::now());
                 self.broadcast(run, Notification::Complete(id));
                 // Retention failures do not fail the job; the next completion retries.
-                let _ = storage.retain_from(
-                    self.first_own_id,
-                    self.config.checkpoint.num_retained.max(1),
-                );
+                let num_retained = self.config.checkpoint.num_retained.max(1);
+                if let Ok(report) = storage.retain_from(self.first_own_id, num_retained) {
+                    // A claimed savepoint is subsumed like a checkpoint older than the job's.
+                    if report.retained.len() >= num_retained {
+                        if let Some(path) = self.claimed_savepoint.take() {
+                            if discard_claimed_savepoint(&path).is_err() {
+                                self.claimed_savepoint = Some(path);
+                            }
+                        }
+                    }
+                }
                 if p.is_final {
                     self.exit(run);
                 }
@@ -1386,6 +1415,14 @@ fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSo
     }
     let (manifest, source) = open_savepoint(dir)?;
     Ok((manifest, Box::new(source), format!("savepoint {dir}")))
+}
+
+/// Deletes the savepoint a job in claim mode was restored from; one already gone is fine.
+fn discard_claimed_savepoint(path: &str) -> Result<()> {
+    match cairn_storage::discard_savepoint(path) {
+        Err(e) if !e.is_not_found() => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {

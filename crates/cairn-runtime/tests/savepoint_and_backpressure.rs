@@ -284,6 +284,81 @@ fn claim_mode_takes_over_the_restored_checkpoint() {
     check_continues(&expected, &read_output(&fork), true);
 }
 
+/// Claim mode takes a savepoint over too (as Flink's): restarts restore it until the job
+/// has checkpoints of its own, retention then deletes it (only the files its manifest
+/// lists), and a cancellation that deletes the job's checkpoints deletes it with them.
+#[test]
+fn claim_mode_takes_over_a_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 6000, 400, 43);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 30);
+    cfg.records_per_second = Some(4000);
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg.clone())
+        .start()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    handle.wait().expect("run 1");
+    let copy = dir.path().join("savepoint-copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for e in std::fs::read_dir(&savepoint).expect("read savepoint") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), copy.join(e.file_name())).expect("copy");
+    }
+    std::fs::write(copy.join("notes.txt"), b"not the savepoint's").expect("write");
+
+    // A fork claims the copy and is cancelled with delete-on-cancellation before it retains
+    // as many checkpoints as it keeps: the copy goes with its checkpoints.
+    let mut fork = cfg.clone();
+    fork.checkpoint_dir = dir.path().join("fork-checkpoints").display().to_string();
+    fork.checkpoint.num_retained = 1000;
+    fork.checkpoint.retention = CheckpointRetention::DeleteOnCancellation;
+    fork.restore = Some(RestoreFrom::Path(copy.display().to_string()));
+    fork.restore_mode = RestoreMode::Claim;
+    let handle = Job::new(
+        wordcount(&input, &dir.path().join("fork-out"), None, None),
+        fork,
+    )
+    .start()
+    .expect("start the fork");
+    let forked = cancel_after(handle, 1000).expect("fork");
+    assert!(
+        forked.cancelled && forked.checkpoints_completed > 0,
+        "{forked:?}"
+    );
+    assert!(
+        !copy.join("_metadata").exists(),
+        "the claimed copy survived a deleting cancellation"
+    );
+    let left: Vec<_> = std::fs::read_dir(&copy)
+        .expect("the directory stays: it holds another file")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+
+    // The job claims the savepoint and fails before its first checkpoint: the restart
+    // restores the savepoint; once two checkpoints of its own completed, it is deleted.
+    let mut claim = cfg;
+    claim.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    claim.restore_mode = RestoreMode::Claim;
+    claim.restart.delay = Duration::from_millis(5);
+    let fail = FailAt {
+        seen: Arc::new(AtomicU64::new(0)),
+        at: vec![20],
+    };
+    let second = Job::new(wordcount(&input, &output, Some(fail), None), claim)
+        .run()
+        .expect("run 2");
+    assert_eq!(second.restarts, 1, "{second:?}");
+    assert!(second.checkpoints_completed >= 2, "{second:?}");
+    assert!(
+        !Path::new(&savepoint).exists(),
+        "the claimed savepoint was not subsumed: {second:?}"
+    );
+    check_exactly_once(&expected, &read_output(&output));
+}
+
 #[test]
 fn restoring_state_of_an_unknown_operator_is_an_error_unless_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -131,8 +131,8 @@ struct Case {
     /// checkpoints into a directory of its own; the first's is deleted once the second has
     /// completed a checkpoint (Flink's no-claim mode allows that).
     second_elsewhere: bool,
-    /// After a cancel, the second job restores the first's latest checkpoint in claim mode
-    /// (when it checkpoints into the same directory): it takes that checkpoint over.
+    /// The second job restores in claim mode: it takes over the first's savepoint, or after
+    /// a cancel its latest checkpoint (when it checkpoints into the same directory).
     claim: bool,
 }
 
@@ -516,7 +516,7 @@ fn run(case: &Case) {
                 restore: restore.clone(),
                 checkpoints: checkpoints.clone(),
                 delete_after_first_checkpoint: None,
-                restore_mode: if case.claim && *restore == RestoreFrom::Latest {
+                restore_mode: if case.claim {
                     RestoreMode::Claim
                 } else {
                     RestoreMode::NoClaim

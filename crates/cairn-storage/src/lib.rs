@@ -154,6 +154,6 @@ pub use job::{
     PendingOperator, SubtaskRef,
 };
 pub use savepoint::{
-    create_savepoint, create_savepoint_in, open_savepoint, open_savepoint_in, SavepointSource,
-    SavepointWriter,
+    create_savepoint, create_savepoint_in, discard_savepoint, open_savepoint, open_savepoint_in,
+    SavepointSource, SavepointWriter,
 };

@@ -85,6 +85,23 @@ pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageE
     open_in(store, dir, dir_url)
 }
 
+/// Deletes the savepoint at `url` (its directory or its `_metadata` file): its manifest
+/// first, so that an interrupted deletion never leaves what looks like a whole savepoint,
+/// then every file the manifest references, then (local directories) the directory if
+/// nothing else is in it. Other files in the directory stay. Refuses what is not a
+/// savepoint.
+pub fn discard_savepoint(url: &str) -> Result<(), StorageError> {
+    let (manifest, source) = open_savepoint(url)?;
+    let SavepointSource { store, dir } = source;
+    store.delete(&manifest_path(&dir))?;
+    store.sync_deletes_in(&dir)?;
+    for file in manifest.files() {
+        check_name(file.area, &file.name)?;
+        store.delete(&join(&dir, &file.name))?;
+    }
+    store.remove_local_dir_if_empty(&dir)
+}
+
 fn open_in(
     store: Store,
     dir: Path,

@@ -286,6 +286,38 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a local directory left empty (and empty directories in it); one that still
+    /// holds a file stays. A no-op for other stores.
+    pub(crate) fn remove_local_dir_if_empty(&self, dir: &Path) -> Result<(), StorageError> {
+        fn prune(p: &FsPath) -> std::io::Result<bool> {
+            let mut empty = true;
+            for entry in std::fs::read_dir(p)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    empty &= prune(&entry.path())?;
+                } else {
+                    empty = false;
+                }
+            }
+            if empty {
+                std::fs::remove_dir(p)?;
+            }
+            Ok(empty)
+        }
+        let Some(p) = self.local_path(dir) else {
+            return Ok(());
+        };
+        match prune(&p) {
+            Ok(true) => match p.parent() {
+                Some(parent) => sync_dir(parent),
+                None => Ok(()),
+            },
+            Ok(false) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("remove_dir", &p, e)),
+        }
+    }
+
     fn local_path(&self, dir: &Path) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
         let mut p = root.clone();

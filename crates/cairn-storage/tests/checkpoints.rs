@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cairn_core::{FileArea, SnapshotSource, SnapshotTarget, SnapshotType};
 use cairn_storage::{
-    create_savepoint, create_savepoint_in, open_savepoint, open_savepoint_in, CheckpointStatus,
-    CheckpointStorage, StorageError,
+    create_savepoint, create_savepoint_in, discard_savepoint, open_savepoint, open_savepoint_in,
+    CheckpointStatus, CheckpointStorage, StorageError,
 };
 use common::{assert_restorable, content, expect_err, manifest};
 use object_store::memory::InMemory;
@@ -241,6 +241,53 @@ fn savepoint_in_a_directory_is_self_contained_and_relocatable() {
     }
     let missing = dir.path().join("nope");
     assert!(expect_err(open_savepoint(missing.to_str().unwrap())).is_not_found());
+}
+
+#[test]
+fn discarding_a_savepoint_deletes_its_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp-7");
+    let w = create_savepoint(sp.to_str().unwrap(), 7).unwrap();
+    let a = w
+        .write_file(FileArea::Private, "op/0.state", content("a", 64))
+        .unwrap();
+    let b = w
+        .write_file(FileArea::Private, "b.state", content("b", 32))
+        .unwrap();
+    w.publish(&manifest(7, SnapshotType::Savepoint, &[a, b]))
+        .unwrap();
+    // A file the savepoint does not reference stays, and so does the directory.
+    std::fs::write(sp.join("notes.txt"), b"mine").unwrap();
+    discard_savepoint(sp.to_str().unwrap()).unwrap();
+    assert!(expect_err(open_savepoint(sp.to_str().unwrap())).is_not_found());
+    let left: Vec<_> = std::fs::read_dir(&sp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+    // Without it, the directory goes too.
+    let w = create_savepoint(sp.to_str().unwrap(), 8).unwrap();
+    let a = w
+        .write_file(FileArea::Private, "op/0.state", content("a", 64))
+        .unwrap();
+    w.publish(&manifest(8, SnapshotType::Savepoint, &[a]))
+        .unwrap();
+    std::fs::remove_file(sp.join("notes.txt")).unwrap();
+    discard_savepoint(&format!("{}/_metadata", sp.display())).unwrap();
+    assert!(!sp.exists());
+    // Not a savepoint: refused, nothing deleted.
+    let root = dir.path().join("job");
+    let storage = CheckpointStorage::open(root.to_str().unwrap()).unwrap();
+    write_checkpoint(&storage, 1, &[]);
+    let chk = root.join("chk-1");
+    assert!(matches!(
+        expect_err(discard_savepoint(chk.to_str().unwrap())),
+        StorageError::ManifestMismatch { .. }
+    ));
+    assert_eq!(storage.completed_checkpoints().unwrap(), vec![1]);
+    assert!(
+        expect_err(discard_savepoint(dir.path().join("nope").to_str().unwrap())).is_not_found()
+    );
 }
 
 #[test]
