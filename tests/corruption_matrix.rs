@@ -264,7 +264,10 @@ fn check_variant(
     }
     std::fs::write(&t.path, damaged).expect("write damaged file");
     let mut backends = vec![s.backend];
-    if let Some(other) = s.other_backend.filter(|_| n % stride(ROCKSDB_STRIDE) == 0) {
+    if let Some(other) = s
+        .other_backend
+        .filter(|_| n.is_multiple_of(stride(ROCKSDB_STRIDE)))
+    {
         backends.push(other);
     }
     for backend in backends {
@@ -331,13 +334,13 @@ fn run_matrix(s: &Snapshot, tally: &mut Tally) {
             damaged[bit / 8] ^= 1 << (bit % 8);
             tally.bit_flips += 1;
             let what = format!("bit {bit} flipped");
-            check_variant(s, t, &damaged, &what, n, n % stride == 0, tally);
+            check_variant(s, t, &damaged, &what, n, n.is_multiple_of(stride), tally);
             damaged[bit / 8] ^= 1 << (bit % 8);
             n += 1;
         }
         for cut in 0..len {
             tally.truncations += 1;
-            let sampled = cut == 0 || cut + 1 == len || n % stride == 0;
+            let sampled = cut == 0 || cut + 1 == len || n.is_multiple_of(stride);
             let what = format!("truncated to {cut} bytes");
             check_variant(s, t, &original[..cut], &what, n, sampled, tally);
             n += 1;

@@ -186,7 +186,7 @@ pub fn fill<B: KeyedStateBackend>(b: &mut B, ids: &Ids, keys: &[String], round: 
 pub fn fill_key<B: KeyedStateBackend>(b: &mut B, ids: &Ids, k: &str, i: u64) {
     set_key(b, k);
     b.value(&ids.value).update(i).unwrap();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         b.list(&ids.list).add(format!("{k}-{i}")).unwrap();
     }
     if i % 3 != 1 {

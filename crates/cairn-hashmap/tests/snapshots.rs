@@ -67,7 +67,7 @@ fn fill(
         }
         let i = k + round * 1000;
         b.value(&ids.value).update(i).unwrap();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             b.list(&ids.list).add(format!("{k}-{i}")).unwrap();
         }
         if i % 3 != 1 {

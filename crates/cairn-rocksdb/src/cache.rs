@@ -630,7 +630,7 @@ mod tests {
         for _ in 0..7 {
             let e = c.evict();
             assert_eq!(e.len(), 1);
-            assert_eq!(e[0].dirty(), e[0].key()[0] % 2 == 0, "{:?}", e[0]);
+            assert_eq!(e[0].dirty(), e[0].key()[0].is_multiple_of(2), "{:?}", e[0]);
             assert!(e[0].value.as_any().is_some());
             evicted.push(e[0].key()[0]);
             c.check_invariants();

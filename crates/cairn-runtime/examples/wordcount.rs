@@ -53,7 +53,8 @@ struct Args {
     backend: Backend,
     #[arg(long, value_enum, default_value = "incremental")]
     snapshot: Snapshot,
-    /// A path, file://…, or s3://bucket/prefix.
+    /// A path, file://…, or s3://bucket/prefix: one job's at a time (a local directory is
+    /// locked while a job checkpoints into it).
     #[arg(long, default_value = "./checkpoints")]
     checkpoint_dir: String,
     #[arg(long, default_value_t = 1000)]

@@ -187,12 +187,15 @@ pub struct JobConfig {
     pub max_parallelism: u32,
     /// Checkpoint options.
     pub checkpoint: CheckpointConfig,
-    /// The checkpoint storage: a path, `file://…`, `memory://` or an object store URL.
+    /// The checkpoint storage: a path, `file://…`, `memory://` or an object store URL. It
+    /// belongs to one job at a time: a job that checkpoints takes a local directory's lock
+    /// (`CheckpointStorage::lock_for_job`) and a second job started on it is refused.
     pub checkpoint_dir: String,
     /// A checkpoint storage to use instead of opening `checkpoint_dir` (for example one
     /// seen through a fault-injecting object store, or an object store built by hand).
     pub checkpoint_storage: Option<CheckpointStorage>,
-    /// Where savepoints go by default (`<dir>/sp-<id>`).
+    /// Where savepoints go by default (`<dir>/sp-<id>-<tag>`, the tag random per job run,
+    /// as Flink's `savepoint-<job>-<random>`).
     pub savepoint_dir: Option<String>,
     /// The keyed state backend.
     pub backend: StateBackendConfig,

@@ -11,7 +11,7 @@ use cairn_core::{CancelToken, FileArea, SnapshotTarget, SnapshotType};
 use cairn_format::{Manifest, OperatorManifest};
 use cairn_storage::{
     assemble_manifest, create_savepoint, open_savepoint, CheckpointStorage, CheckpointWriter,
-    SavepointWriter,
+    DirectoryLock, SavepointWriter,
 };
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -203,6 +203,8 @@ struct Driver {
     graph: JobGraph,
     config: JobConfig,
     storage: Option<CheckpointStorage>,
+    /// The checkpoint directory's lock, held while the job runs (when it checkpoints).
+    _dir_lock: Option<DirectoryLock>,
     coord_tx: Sender<CoordMsg>,
     coord_rx: Receiver<CoordMsg>,
     async_tx: Sender<AsyncJob>,
@@ -221,6 +223,9 @@ struct Driver {
     /// that deletes the checkpoints.
     claimed_savepoint: Option<String>,
     nonce: String,
+    /// Ends the names of this job's savepoints (`sp-<id>-<tag>`): random, so that jobs
+    /// sharing a savepoint directory never write into one savepoint at the same time.
+    savepoint_tag: String,
     result: JobResult,
     prev_files: HashSet<String>,
     /// When the sources of the current run had all read their last record.
@@ -271,6 +276,12 @@ impl Driver {
             (None, true) => Some(CheckpointStorage::open(&config.checkpoint_dir)?),
             (None, false) => None,
         };
+        // A job that writes checkpoints takes the directory first: ids are counted from
+        // what is in it, so a second job writing there would clash with this one.
+        let dir_lock = match (&storage, config.checkpoint.interval) {
+            (Some(s), Some(_)) => Some(s.lock_for_job(&lock_holder())?),
+            _ => None,
+        };
         let next_id = match &storage {
             Some(s) => s.next_checkpoint_id()?,
             None => 1,
@@ -306,6 +317,7 @@ impl Driver {
             graph,
             config,
             storage,
+            _dir_lock: dir_lock,
             coord_tx,
             coord_rx,
             async_tx,
@@ -316,6 +328,7 @@ impl Driver {
             next_id,
             first_own_id: next_id,
             claimed_savepoint: None,
+            savepoint_tag: savepoint_tag(&nonce),
             nonce,
             result,
             prev_files: HashSet::new(),
@@ -1040,7 +1053,11 @@ impl Driver {
         self.next_id += 1;
         let (target, reply) = match (kind, savepoint) {
             (BarrierKind::Savepoint { stop }, Some((dir, reply))) => {
-                let path = format!("{}/sp-{id}", dir.trim_end_matches('/'));
+                let path = format!(
+                    "{}/sp-{id}-{}",
+                    dir.trim_end_matches('/'),
+                    self.savepoint_tag
+                );
                 match create_savepoint(&path, id) {
                     Ok(w) => (Target::Savepoint(Arc::new(w), path), Some(reply)),
                     Err(e) => {
@@ -1418,6 +1435,27 @@ fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSo
 }
 
 /// Deletes the savepoint a job in claim mode was restored from; one already gone is fine.
+/// Eight random hex digits (from the process's random hash keys), for savepoint names.
+fn savepoint_tag(nonce: &str) -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(nonce);
+    format!("{:08x}", random as u32)
+}
+
+/// What a job tells a second one that finds its checkpoint directory locked.
+fn lock_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "pid {} on host {}, started {}",
+        std::process::id(),
+        if host.is_empty() { "?" } else { &host },
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+}
+
 fn discard_claimed_savepoint(path: &str) -> Result<()> {
     match cairn_storage::discard_savepoint(path) {
         Err(e) if !e.is_not_found() => Err(e.into()),

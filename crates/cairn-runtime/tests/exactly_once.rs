@@ -343,3 +343,48 @@ fn settings_that_stall_a_job_are_refused() {
     );
     assert!(!output.exists(), "a refused job created its output");
 }
+
+/// A second job started on a checkpoint directory a running job writes is refused before it
+/// touches anything, naming the job that holds it; the first job finishes exactly once, and
+/// once it has ended the directory is free again.
+#[test]
+fn a_second_job_on_a_running_jobs_checkpoint_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 41);
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 20);
+    cfg.records_per_second = Some(10_000);
+    let first = Job::new(wordcount(&input, &output, None, None), cfg.clone())
+        .start()
+        .expect("start");
+
+    let second_output = dir.path().join("out2");
+    for restore in [None, Some(RestoreFrom::Latest)] {
+        let mut second = cfg.clone();
+        second.restore = restore;
+        let err = Job::new(wordcount(&input, &second_output, None, None), second)
+            .run()
+            .expect_err("a second job on the same checkpoint directory");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("in use by another job")
+                && msg.contains(&format!("pid {}", std::process::id()))
+                && msg.contains(&dir.path().join("checkpoints").display().to_string()),
+            "{msg}"
+        );
+    }
+    assert!(!second_output.exists(), "the refused job wrote output");
+
+    let result = first.wait().expect("the first job");
+    assert!(result.checkpoints_completed > 0, "{result:?}");
+    check_exactly_once(&expected, &read_output(&output));
+
+    // Free again: a job restoring the first one's final checkpoint finishes at once.
+    let mut after = cfg;
+    after.restore = Some(RestoreFrom::Latest);
+    let again = Job::new(wordcount(&input, &output, None, None), after)
+        .run()
+        .expect("the directory is free once the job has ended");
+    assert!(again.restored_from.is_some(), "{again:?}");
+    check_exactly_once(&expected, &read_output(&output));
+}

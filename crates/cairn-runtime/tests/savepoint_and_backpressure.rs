@@ -557,3 +557,56 @@ fn unaligned_checkpoint_with_inflight_records_restores_at_another_parallelism() 
     assert!(second.restored_from.is_some(), "{second:?}");
     check_exactly_once(&expected, &read_output(&output));
 }
+
+/// Two jobs share a savepoint directory (as Flink jobs share `state.savepoints.dir`) and take
+/// a savepoint with the same id: each gets a directory of its own (`sp-1-<tag>`), and each
+/// savepoint restores its own job's state.
+#[test]
+fn jobs_sharing_a_savepoint_directory_never_share_a_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let savepoints = dir.path().join("savepoints");
+    let mut jobs = Vec::new();
+    for (name, seed) in [("a", 51), ("b", 52)] {
+        let job_dir = dir.path().join(name);
+        std::fs::create_dir_all(&job_dir).expect("mkdir");
+        let (input, expected) = write_input(&job_dir, 3000, 300, seed);
+        // No checkpoint before the savepoint: both savepoints get id 1.
+        let mut cfg = config(&job_dir, 60_000);
+        cfg.savepoint_dir = Some(savepoints.display().to_string());
+        cfg.records_per_second = Some(5000);
+        let handle = Job::new(wordcount(&input, &job_dir.join("out"), None, None), cfg)
+            .start()
+            .expect("start");
+        jobs.push((job_dir, input, expected, handle));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while jobs.iter().any(|j| j.3.records_read() < 300) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut paths = Vec::new();
+    for (.., handle) in &jobs {
+        paths.push(handle.trigger_savepoint(None).expect("savepoint"));
+    }
+    assert_ne!(paths[0], paths[1]);
+    for p in &paths {
+        let name = Path::new(p).file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("sp-1-") && name.len() == "sp-1-".len() + 8,
+            "{p}"
+        );
+    }
+    for ((job_dir, input, expected, handle), path) in jobs.into_iter().zip(paths) {
+        handle.cancel();
+        handle.wait().expect("cancelled job");
+        let output = job_dir.join("restored");
+        let mut cfg = config(&job_dir.join("again"), 20);
+        cfg.restore = Some(RestoreFrom::Path(path.clone()));
+        let result = Job::new(wordcount(&input, &output, None, None), cfg)
+            .run()
+            .expect("restore the job's savepoint");
+        assert!(result.restored_from.is_some(), "{result:?}");
+        let out = read_output(&output);
+        assert!(!out.is_empty(), "{path}: nothing after the savepoint");
+        check_continues(&expected, &out, true);
+    }
+}

@@ -124,9 +124,10 @@ pub enum StorageError {
         actual: u32,
     },
     /// A manifest exists but does not decode (torn, corrupt, or written by a newer version).
-    #[error("manifest does not decode: {source} path={path}")]
+    // The decoder's error names the path already.
+    #[error("manifest does not decode: {source}")]
     CorruptManifest {
-        /// The manifest's object path.
+        /// The manifest's object path (in the error's message through `source`).
         path: String,
         /// The decoder's error.
         #[source]
@@ -179,6 +180,15 @@ pub enum StorageError {
         checkpoint_id: u64,
         /// Why.
         reason: String,
+    },
+    /// Another job holds the checkpoint directory (see
+    /// [`CheckpointStorage::lock_for_job`](crate::CheckpointStorage::lock_for_job)).
+    #[error("the checkpoint directory is in use by another job ({holder}): a directory holds one job's checkpoints at a time; give this job a directory of its own, or wait until the other one ends dir={dir}")]
+    DirectoryInUse {
+        /// The directory.
+        dir: String,
+        /// What the holder wrote about itself.
+        holder: String,
     },
     /// A savepoint directory already holds a manifest.
     #[error("savepoint already exists path={path}")]

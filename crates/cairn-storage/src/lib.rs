@@ -46,6 +46,8 @@
 //! <root>/chk-<id>/<name>        files owned by checkpoint <id> alone
 //! <root>/chk-<id>/_metadata     its manifest, written last: the checkpoint exists iff this
 //!                               exists and decodes
+//! <root>/_lock                  local directories: the running job's lock (see
+//!                               CheckpointStorage::lock_for_job)
 //! <savepoint-dir>/_metadata     + all its files, names relative to the directory
 //! ```
 //!
@@ -141,6 +143,7 @@ pub mod fault;
 mod gc;
 mod job;
 mod layout;
+mod lock;
 mod registry;
 mod savepoint;
 mod store;
@@ -153,6 +156,7 @@ pub use job::{
     assemble_manifest, keyed_handles_for, restore_subtask, snapshot_operator, write_savepoint,
     PendingOperator, SubtaskRef,
 };
+pub use lock::{DirectoryLock, LOCK_FILE_NAME};
 pub use savepoint::{
     create_savepoint, create_savepoint_in, discard_savepoint, open_savepoint, open_savepoint_in,
     SavepointSource, SavepointWriter,

@@ -318,7 +318,8 @@ impl Store {
         }
     }
 
-    fn local_path(&self, dir: &Path) -> Option<PathBuf> {
+    /// The file-system path of `dir` (local stores opened by URL only).
+    pub(crate) fn local_path(&self, dir: &Path) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
         let mut p = root.clone();
         for part in dir.parts() {

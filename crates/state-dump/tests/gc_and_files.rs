@@ -243,7 +243,7 @@ fn gc_interrupted_by_a_crash_at_every_write_never_loses_a_retained_file() {
             let f = FaultyObjectStore::new(inner);
             f.crash_at_write(
                 n,
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     CrashPoint::AfterWrite
                 } else {
                     CrashPoint::BeforeWrite

@@ -1,0 +1,149 @@
+//! One job per checkpoint directory: an advisory lock on local directories.
+//!
+//! Two jobs writing checkpoints into one directory at once corrupt each other's state: both
+//! count checkpoint ids from the same newest checkpoint, so their `chk-<id>` directories
+//! clash, and each one's retention deletes shared files the other's checkpoints use. Flink
+//! avoids this by giving every job run a directory of its own (`<dir>/<job id>/`); Cairn's
+//! directory is named by the user (`--checkpoint-dir`, `./checkpoints` by default), so a
+//! second job started on the same directory must be refused instead.
+//!
+//! On a local directory the job takes an exclusive `flock` on `<dir>/_lock` and holds it
+//! until it ends. The operating system releases it when the process dies in any way
+//! (SIGKILL included), so a crashed job never leaves a stale lock behind: the next run
+//! restores at once. The file itself stays (deleting it would let two processes lock two
+//! different inodes under one name); it holds a line saying who holds the lock, for the
+//! message the next job prints. Object stores (S3 and the others) have no such lock; there
+//! one directory per job remains the user's duty (see [`CheckpointStorage::lock_for_job`]).
+
+use std::fmt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use crate::checkpoint::CheckpointStorage;
+use crate::error::StorageError;
+
+/// The lock file in a local checkpoint directory.
+pub const LOCK_FILE_NAME: &str = "_lock";
+
+/// A job's hold on its checkpoint directory, from [`CheckpointStorage::lock_for_job`];
+/// released when dropped (or when the process ends).
+pub struct DirectoryLock {
+    /// The locked file, or `None` where the store has no lock (object stores, memory, a
+    /// file system without `flock`).
+    held: Option<(File, PathBuf)>,
+}
+
+impl fmt::Debug for DirectoryLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectoryLock")
+            .field("path", &self.held.as_ref().map(|(_, p)| p))
+            .finish()
+    }
+}
+
+impl DirectoryLock {
+    /// Whether a lock is held: false where the store offers none.
+    pub fn is_locked(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+impl CheckpointStorage {
+    /// Takes this checkpoint directory for one job, until the returned guard drops: a second
+    /// job that asks while the first holds it gets [`StorageError::DirectoryInUse`], with
+    /// the `holder` text the first one gave (say, its process id and host).
+    ///
+    /// Local directories only (opened with [`CheckpointStorage::open`]): an exclusive
+    /// advisory lock (`flock`) on `<dir>/_lock`, which the operating system releases when the
+    /// process ends, however it ends. Elsewhere (object stores, `memory://`, a store given to
+    /// [`CheckpointStorage::from_store`], a file system without locks) nothing is locked and
+    /// [`DirectoryLock::is_locked`] says so: giving each job a directory of its own is then
+    /// the user's duty. Reading a directory (restore, `state-dump`, `gc`) takes no lock.
+    pub fn lock_for_job(&self, holder: &str) -> Result<DirectoryLock, StorageError> {
+        let Some(dir) = self.inner.store.local_path(&self.inner.root) else {
+            return Ok(DirectoryLock { held: None });
+        };
+        let path = dir.join(LOCK_FILE_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StorageError::io("open", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Who holds it, for the message a second job prints. Not synced: it only
+                // matters while this process lives.
+                file.set_len(0)
+                    .and_then(|()| file.seek(SeekFrom::Start(0)))
+                    .and_then(|_| file.write_all(holder.as_bytes()))
+                    .map_err(|e| StorageError::io("write", &path, e))?;
+                Ok(DirectoryLock {
+                    held: Some((file, path)),
+                })
+            }
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                // The holder writes its line just after locking: it may not be there yet.
+                let _ = file.read_to_string(&mut text);
+                let holder = text.trim();
+                Err(StorageError::DirectoryInUse {
+                    dir: dir.display().to_string(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        holder.chars().take(200).collect()
+                    },
+                })
+            }
+            Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
+                Ok(DirectoryLock { held: None })
+            }
+            Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_job_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().to_str().unwrap();
+        let first = CheckpointStorage::open(url).unwrap();
+        let second = CheckpointStorage::open(url).unwrap();
+        let held = first.lock_for_job("pid=1 host=a").unwrap();
+        assert!(held.is_locked());
+        let err = second.lock_for_job("pid=2 host=b").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StorageError::DirectoryInUse { .. }), "{msg}");
+        assert!(msg.contains("pid=1 host=a"), "{msg}");
+        assert!(msg.contains(dir.path().to_str().unwrap()), "{msg}");
+        // The same storage asking again is a second job too.
+        assert!(first.lock_for_job("pid=1 host=a").is_err());
+        drop(held);
+        let taken = second.lock_for_job("pid=2 host=b").unwrap();
+        assert!(taken.is_locked());
+        let text = std::fs::read_to_string(dir.path().join(LOCK_FILE_NAME)).unwrap();
+        assert_eq!(
+            text, "pid=2 host=b",
+            "the holder line is replaced, not appended"
+        );
+        drop(taken);
+        // The file stays; the lock does not.
+        assert!(dir.path().join(LOCK_FILE_NAME).exists());
+        first.lock_for_job("pid=3").unwrap();
+    }
+
+    #[test]
+    fn stores_without_a_lock_say_so() {
+        let storage = CheckpointStorage::open("memory://").unwrap();
+        let a = storage.lock_for_job("a").unwrap();
+        let b = storage.lock_for_job("b").unwrap();
+        assert!(!a.is_locked() && !b.is_locked());
+    }
+}
