@@ -65,44 +65,78 @@ impl CheckpointStorage {
             return Ok(DirectoryLock { held: None });
         };
         let path = dir.join(LOCK_FILE_NAME);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(|e| StorageError::io("open", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {
+        try_lock(file, path, Some(holder))
+    }
+
+    /// Who holds this directory's lock (see [`CheckpointStorage::lock_for_job`]): the
+    /// holder's text while a job (or a `state-dump gc`) holds it, `None` when nobody does or
+    /// the store has no lock. Creates nothing: a directory no job ever locked has no lock
+    /// file and nobody holds it.
+    pub fn lock_holder(&self) -> Result<Option<String>, StorageError> {
+        let Some(dir) = self.inner.store.local_path(&self.inner.root) else {
+            return Ok(None);
+        };
+        let path = dir.join(LOCK_FILE_NAME);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("open", &path, e)),
+        };
+        match try_lock(file, path, None) {
+            // Taken for a moment and let go again.
+            Ok(_) => Ok(None),
+            Err(StorageError::DirectoryInUse { holder, .. }) => Ok(Some(holder)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Locks `file` at `path` and writes `holder` into it (`None`: a probe, which writes
+/// nothing), or says who holds it.
+fn try_lock(
+    mut file: File,
+    path: PathBuf,
+    holder: Option<&str>,
+) -> Result<DirectoryLock, StorageError> {
+    match file.try_lock() {
+        Ok(()) => {
+            if let Some(holder) = holder {
                 // Who holds it, for the message a second job prints. Not synced: it only
                 // matters while this process lives.
                 file.set_len(0)
                     .and_then(|()| file.seek(SeekFrom::Start(0)))
                     .and_then(|_| file.write_all(holder.as_bytes()))
                     .map_err(|e| StorageError::io("write", &path, e))?;
-                Ok(DirectoryLock {
-                    held: Some((file, path)),
-                })
             }
-            Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                // The holder writes its line just after locking: it may not be there yet.
-                let _ = file.read_to_string(&mut text);
-                let holder = text.trim();
-                Err(StorageError::DirectoryInUse {
-                    dir: dir.display().to_string(),
-                    holder: if holder.is_empty() {
-                        "holder unknown".into()
-                    } else {
-                        holder.chars().take(200).collect()
-                    },
-                })
-            }
-            Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
-                Ok(DirectoryLock { held: None })
-            }
-            Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+            Ok(DirectoryLock {
+                held: Some((file, path)),
+            })
         }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            // The holder writes its line just after locking: it may not be there yet.
+            let _ = file.read_to_string(&mut text);
+            let holder = text.trim();
+            Err(StorageError::DirectoryInUse {
+                dir: path.parent().unwrap_or(&path).display().to_string(),
+                holder: if holder.is_empty() {
+                    "holder unknown".into()
+                } else {
+                    holder.chars().take(200).collect()
+                },
+            })
+        }
+        Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
+            Ok(DirectoryLock { held: None })
+        }
+        Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
     }
 }
 
@@ -140,10 +174,28 @@ mod tests {
     }
 
     #[test]
+    fn the_holder_is_known_without_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::open(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(storage.lock_holder().unwrap(), None);
+        assert!(
+            !dir.path().join(LOCK_FILE_NAME).exists(),
+            "a probe created the lock file"
+        );
+        let held = storage.lock_for_job("job 7").unwrap();
+        assert_eq!(storage.lock_holder().unwrap().as_deref(), Some("job 7"));
+        // The probe left the holder's line alone.
+        assert_eq!(storage.lock_holder().unwrap().as_deref(), Some("job 7"));
+        drop(held);
+        assert_eq!(storage.lock_holder().unwrap(), None);
+    }
+
+    #[test]
     fn stores_without_a_lock_say_so() {
         let storage = CheckpointStorage::open("memory://").unwrap();
         let a = storage.lock_for_job("a").unwrap();
         let b = storage.lock_for_job("b").unwrap();
         assert!(!a.is_locked() && !b.is_locked());
+        assert_eq!(storage.lock_holder().unwrap(), None);
     }
 }

@@ -7,7 +7,10 @@
 //! A job running in another process may be writing files for a checkpoint it has not
 //! published yet: shared files that no manifest references and incomplete checkpoint
 //! directories younger than `--min-age` (default one hour, as `git gc` keeps young loose
-//! objects) are kept and listed; `--min-age 0` deletes them too when no job runs. Subsumed
+//! objects) are kept and listed; `--min-age 0` deletes them too when no job runs. On a local
+//! directory the running job's lock (`CheckpointStorage::lock_for_job`) tells: gc refuses
+//! `--min-age 0` while a job holds it, and otherwise holds it itself while deleting, so no
+//! job starts on the directory meanwhile. Subsumed
 //! checkpoints and their files go at any age: a running job on the same directory should
 //! keep at least as many as `gc --retain` does, and the minimum age should exceed its
 //! checkpoint interval and timeout. (Test: `cairn-runtime`'s
@@ -16,7 +19,7 @@
 
 use std::time::Duration;
 
-use cairn_storage::GcReport;
+use cairn_storage::{GcReport, StorageError};
 use serde::Serialize;
 
 use crate::error::DumpError;
@@ -48,10 +51,20 @@ pub struct GcOutcome {
     /// Why shared files were not collected, if they were not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_skipped: Option<String>,
+    /// Who holds the directory's lock, when a job does (local directories only): it runs,
+    /// and what it may be writing is kept by the minimum age alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_running: Option<String>,
 }
 
 impl GcOutcome {
-    fn from_report(root: &JobRoot, r: GcReport, dry_run: bool, min_age: Duration) -> Self {
+    fn from_report(
+        root: &JobRoot,
+        r: GcReport,
+        dry_run: bool,
+        min_age: Duration,
+        job_running: Option<String>,
+    ) -> Self {
         let mut deleted: Vec<String> = r
             .subsumed
             .iter()
@@ -77,6 +90,7 @@ impl GcOutcome {
                 .map(|(id, e)| format!("chk-{id}: {}", e.replace('\n', " ")))
                 .collect(),
             shared_skipped: r.shared_skipped,
+            job_running,
         }
     }
 
@@ -97,6 +111,12 @@ impl GcOutcome {
                 retained.join(", ")
             }
         );
+        if let Some(holder) = &self.job_running {
+            out.push_str(&format!(
+                "a job is writing this directory ({holder}): what it may be writing is kept by --min-age {}s\n",
+                self.min_age_s
+            ));
+        }
         let rows: Vec<Vec<String>> = self
             .deleted
             .iter()
@@ -140,13 +160,37 @@ pub fn gc(
     if retain == 0 {
         return Err(DumpError::usage("--retain must be at least 1"));
     }
+    // A local directory's lock says whether a job writes it. Without one, gc holds the lock
+    // itself while it deletes, so that no job starts on the directory meanwhile.
+    let (job_running, _held) = if dry_run {
+        (root.storage.lock_holder().map_err(|e| root.err(e))?, None)
+    } else {
+        let me = format!("state-dump gc, pid {}", std::process::id());
+        match root.storage.lock_for_job(&me) {
+            Ok(held) => (None, Some(held)),
+            Err(StorageError::DirectoryInUse { holder, .. }) => (Some(holder), None),
+            Err(e) => return Err(root.err(e)),
+        }
+    };
+    if let (Some(holder), false, true) = (&job_running, dry_run, min_age.is_zero()) {
+        return Err(DumpError::usage(format!(
+            "a job is writing {} ({holder}): --min-age 0 would delete the files of its checkpoints in flight; give a minimum age above its checkpoint interval and timeout, or stop the job first",
+            root.location
+        )));
+    }
     let report = if dry_run {
         root.storage.gc_plan_min_age(retain, min_age)
     } else {
         root.storage.retain_min_age(retain, min_age)
     }
     .map_err(|e| root.err(e))?;
-    Ok(GcOutcome::from_report(root, report, dry_run, min_age))
+    Ok(GcOutcome::from_report(
+        root,
+        report,
+        dry_run,
+        min_age,
+        job_running,
+    ))
 }
 
 /// Parses a `--min-age`: `0`, or a number with a unit `s`, `m`, `h` or `d` (`90s`, `10m`,

@@ -88,7 +88,8 @@ enum Command {
     },
     /// Keep the newest --retain complete checkpoints and delete everything no retained
     /// manifest references (subsumed and incomplete checkpoints, unreferenced shared
-    /// files). Run it only while no job writes to ROOT.
+    /// files). Beside a running job, what is younger than --min-age stays; on a local
+    /// directory gc knows from the job's lock whether one runs, and then refuses --min-age 0.
     Gc {
         /// The job's checkpoint directory.
         root: String,

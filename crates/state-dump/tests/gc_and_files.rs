@@ -229,6 +229,62 @@ fn by_default_gc_keeps_young_files_a_running_job_may_be_writing() {
     );
 }
 
+/// On a local directory, the running job's lock tells gc that a job writes it: gc says so,
+/// keeps what is young, and refuses `--min-age 0`, which would delete the files of the job's
+/// checkpoints in flight. Once the job has ended, `--min-age 0` goes ahead.
+#[test]
+fn gc_knows_from_the_lock_whether_a_job_writes_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = job_dir(dir.path());
+    let storage = CheckpointStorage::open(s(&root)).unwrap();
+    let job = storage.lock_for_job("pid 4242 on host h").unwrap();
+    assert!(job.is_locked());
+    let before = on_disk(&root);
+
+    let refused = run(&["gc", s(&root), "--retain", "2", "--min-age", "0"]);
+    assert!(
+        refused.code == 2
+            && refused.stderr.contains("a job is writing")
+            && refused.stderr.contains("pid 4242 on host h")
+            && refused.stderr.contains("--min-age 0"),
+        "{refused:?}"
+    );
+    assert_eq!(on_disk(&root), before, "a refused gc deleted something");
+
+    let dry = run(&[
+        "gc",
+        s(&root),
+        "--retain",
+        "2",
+        "--min-age",
+        "0",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.code == 0
+            && dry
+                .stdout
+                .contains("a job is writing this directory (pid 4242"),
+        "{dry:?}"
+    );
+    let young = run(&["gc", s(&root), "--retain", "2", "--json"]);
+    assert_eq!(young.code, 0, "{young:?}");
+    let j = young.json();
+    assert_eq!(j["job_running"], "pid 4242 on host h", "{j}");
+    assert_eq!(strings(&j["kept_young"]), ["shared/orphan.state"], "{j}");
+
+    drop(job);
+    let free = run(&["gc", s(&root), "--retain", "2", "--min-age", "0", "--json"]);
+    assert_eq!(free.code, 0, "{free:?}");
+    let j = free.json();
+    assert!(j.get("job_running").is_none(), "{j}");
+    assert_eq!(
+        strings(&j["deleted"]),
+        ["chk-0/", "shared/orphan.state"],
+        "{j}"
+    );
+}
+
 #[test]
 fn gc_interrupted_by_a_crash_at_every_write_never_loses_a_retained_file() {
     let dir = tempfile::tempdir().unwrap();
