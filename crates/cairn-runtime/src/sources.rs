@@ -23,7 +23,9 @@ pub struct FileSplit {
 
 /// Reads the lines of a file, split by byte ranges over the subtasks. Its position (the
 /// splits with their offsets) is operator state, dealt round-robin on rescale, so a
-/// restore at any parallelism reads every line exactly once from the checkpoint on.
+/// restore at any parallelism reads every line exactly once from the checkpoint on. A
+/// restore over a file that is not the one the snapshot read (shorter than a saved position,
+/// or with a saved position no longer at the start of a line) fails and says so.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
@@ -72,6 +74,55 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// A restored position must lie in the file and start a line, as every position it saved
+    /// did: otherwise the input is not the file the snapshot read (replaced, truncated or
+    /// edited), and reading on would silently lose or repeat lines. A file that grew is
+    /// read up to its length at the first start (the splits' ends).
+    fn check_restored_positions(&self) -> Result<()> {
+        let changed = |what: String| {
+            RuntimeError::Restore {
+            reason: format!(
+                "{what}: the input changed since the snapshot (a file source replays the same file) path={}",
+                self.path.display()
+            ),
+        }
+        };
+        let open_splits: Vec<&FileSplit> = self
+            .splits
+            .iter()
+            .filter(|s| s.position > 0 && s.position < s.end)
+            .collect();
+        if open_splits.is_empty() {
+            return Ok(());
+        }
+        let mut file = File::open(&self.path).map_err(|e| self.io("cannot open the input", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| self.io("cannot read the input's size", e))?
+            .len();
+        for split in open_splits {
+            if split.position > len {
+                return Err(changed(format!(
+                    "the input is {len} bytes, shorter than the restored read position {}",
+                    split.position
+                )));
+            }
+            let mut before = [0u8; 1];
+            file.seek(SeekFrom::Start(split.position - 1))
+                .and_then(|_| std::io::Read::read_exact(&mut file, &mut before))
+                .map_err(|e| self.io("cannot read the input", e))?;
+            if before[0] != b'\n' {
+                return Err(changed(format!(
+                    "the restored read position {} does not start a line",
+                    split.position
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Checkpointed for FileSource {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         let id = ctx
@@ -80,6 +131,7 @@ impl Checkpointed for FileSource {
         self.state = Some(id);
         if ctx.is_restored {
             self.splits = ctx.operator_state.list(id)?.clone();
+            self.check_restored_positions()?;
         } else {
             let len = std::fs::metadata(&self.path)
                 .map_err(|e| self.io("cannot read the input's size", e))?

@@ -388,3 +388,50 @@ fn a_second_job_on_a_running_jobs_checkpoint_directory_is_refused() {
     assert!(again.restored_from.is_some(), "{again:?}");
     check_exactly_once(&expected, &read_output(&output));
 }
+
+/// A file source restored over an input that is not the file its snapshot read (truncated,
+/// or edited so that a saved position no longer starts a line) refuses to go on, instead of
+/// silently reading nothing or a line from its middle; the original input restores and
+/// finishes exactly once.
+#[test]
+fn a_changed_input_is_refused_on_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 43);
+    let original = std::fs::read(&input).expect("read input");
+    let output = dir.path().join("out");
+    let mut cfg = config(dir.path(), 20);
+    cfg.records_per_second = Some(6000);
+    cfg.checkpoint.retention = cairn_runtime::CheckpointRetention::RetainOnCancellation;
+    let handle = Job::new(wordcount(&input, &output, None, None), cfg.clone())
+        .start()
+        .expect("start");
+    let first = cancel_after(handle, 1000).expect("first run");
+    assert!(
+        first.cancelled && first.checkpoints_completed > 0,
+        "{first:?}"
+    );
+
+    let mut latest = cfg;
+    latest.restore = Some(RestoreFrom::Latest);
+    let refused = |text: &[u8], what: &str| {
+        std::fs::write(&input, text).expect("change the input");
+        let err = Job::new(wordcount(&input, &output, None, None), latest.clone())
+            .run()
+            .expect_err(what);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(what) && msg.contains("the input changed since the snapshot"),
+            "{msg}"
+        );
+    };
+    refused(&original[..10], "shorter than the restored read position");
+    let shifted: Vec<u8> = [b"w0 ".as_slice(), &original].concat();
+    refused(&shifted, "does not start a line");
+
+    std::fs::write(&input, &original).expect("restore the input");
+    let result = Job::new(wordcount(&input, &output, None, None), latest)
+        .run()
+        .expect("the original input restores");
+    assert!(result.restored_from.is_some(), "{result:?}");
+    check_exactly_once(&expected, &read_output(&output));
+}
