@@ -139,7 +139,13 @@ pub(crate) fn load(
             KeyedData::Canonical { files } => files,
             KeyedData::RocksNative { .. } => {
                 return Err(restore_error(format!(
-                    "a native RocksDB checkpoint restores only under the rocksdb backend; take a savepoint (canonical) to switch backends key_groups={} uid={}",
+                    "a native RocksDB checkpoint restores only under the rocksdb backend; to switch backends take a savepoint (canonical), or turn this checkpoint into one with `state-dump convert CHECKPOINT --out DIR` key_groups={} uid={}",
+                    h.key_group_range, t.uid
+                )))
+            }
+            KeyedData::Changelog { .. } => {
+                return Err(restore_error(format!(
+                    "a changelog checkpoint restores only under a changelog backend (snapshot mode changelog); to switch take a savepoint (canonical), or turn this checkpoint into one with `state-dump convert CHECKPOINT --out DIR` key_groups={} uid={}",
                     h.key_group_range, t.uid
                 )))
             }

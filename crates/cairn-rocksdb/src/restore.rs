@@ -74,6 +74,12 @@ pub(crate) fn restore(
                 })?;
                 native.push(h);
             }
+            KeyedData::Changelog { .. } => {
+                return Err(restore_error(format!(
+                    "a changelog checkpoint restores only under a changelog backend (snapshot mode changelog); to switch take a savepoint (canonical), or turn this checkpoint into one with `state-dump convert CHECKPOINT --out DIR` key_groups={} uid={}",
+                    h.key_group_range, b.uid
+                )))
+            }
             #[allow(unreachable_patterns)]
             _ => {
                 return Err(restore_error(format!(

@@ -90,3 +90,63 @@ fn rocksdb_changelog() {
 fn rocksdb_full() {
     case(StateBackendConfig::rocksdb(), SnapshotMode::Full);
 }
+
+/// Checkpoints only one kind of backend restores (a native RocksDB one; a changelog one)
+/// restored under another are refused with what to do instead (a savepoint, or
+/// `state-dump convert`), before any output is touched.
+#[test]
+fn checkpoints_of_another_backend_are_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 3000, 300, 29);
+    let cases = [
+        (
+            StateBackendConfig::rocksdb(),
+            SnapshotMode::Incremental,
+            StateBackendConfig::HashMap,
+            SnapshotMode::Incremental,
+            "a native RocksDB checkpoint restores only under the rocksdb backend",
+        ),
+        (
+            StateBackendConfig::HashMap,
+            SnapshotMode::Changelog,
+            StateBackendConfig::rocksdb(),
+            SnapshotMode::Incremental,
+            "a changelog checkpoint restores only under a changelog backend",
+        ),
+        (
+            StateBackendConfig::rocksdb(),
+            SnapshotMode::Changelog,
+            StateBackendConfig::HashMap,
+            SnapshotMode::Full,
+            "a changelog checkpoint restores only under a changelog backend",
+        ),
+    ];
+    for (i, (backend, mode, other, other_mode, what)) in cases.into_iter().enumerate() {
+        let job_dir = dir.path().join(format!("job{i}"));
+        let output = job_dir.join("out");
+        let mut cfg = config(&job_dir, 20);
+        cfg.backend = backend;
+        cfg.checkpoint.snapshot_mode = mode;
+        cfg.records_per_second = Some(6000);
+        cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+        let handle = Job::new(wordcount(&input, &output, None, None), cfg.clone())
+            .start()
+            .expect("start");
+        let first = cancel_after(handle, 600).expect("first run");
+        assert!(first.checkpoints_completed > 0, "{first:?}");
+        let committed = read_output(&output);
+
+        cfg.backend = other;
+        cfg.checkpoint.snapshot_mode = other_mode;
+        cfg.restore = Some(RestoreFrom::Latest);
+        let err = Job::new(wordcount(&input, &output, None, None), cfg)
+            .run()
+            .expect_err("a checkpoint of another backend");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(what) && msg.contains("state-dump convert") && msg.contains("uid=count"),
+            "{msg}"
+        );
+        assert_eq!(read_output(&output), committed, "case {i}");
+    }
+}
