@@ -99,7 +99,9 @@ impl Job {
     }
 
     /// On SIGINT or SIGTERM, stop with a savepoint into the configured savepoint directory
-    /// (or `./savepoints`); a second signal exits the process at once.
+    /// (or `./savepoints`); a second signal exits the process at once. A stop that fails (the
+    /// savepoint cannot be written, say) is reported on standard error and the job runs on;
+    /// a new signal then tries again.
     pub fn stop_with_savepoint_on_signals(mut self) -> Self {
         self.stop_on_signals = true;
         self
@@ -261,7 +263,24 @@ impl Pending {
     }
 }
 
+impl Drop for Driver {
+    /// Also on an early return or a panic: the checkpoint directory's lock (a field,
+    /// dropped after this) is let go only once no snapshot thread writes there any more.
+    fn drop(&mut self) {
+        self.stop_async_workers();
+    }
+}
+
 impl Driver {
+    /// Stops the asynchronous snapshot workers: they finish what they hold, then end.
+    fn stop_async_workers(&mut self) {
+        let (dead_tx, _) = crossbeam_channel::unbounded();
+        self.async_tx = dead_tx;
+        for w in std::mem::take(&mut self.async_workers) {
+            let _ = w.join();
+        }
+    }
+
     fn new(graph: JobGraph, config: JobConfig, stop_on_signals: bool) -> Result<Self> {
         validate(&graph, &config)?;
         let parallelism = graph
@@ -276,10 +295,13 @@ impl Driver {
             (None, true) => Some(CheckpointStorage::open(&config.checkpoint_dir)?),
             (None, false) => None,
         };
-        // A job that writes checkpoints takes the directory first: ids are counted from
-        // what is in it, so a second job writing there would clash with this one.
-        let dir_lock = match (&storage, config.checkpoint.interval) {
-            (Some(s), Some(_)) => Some(s.lock_for_job(&lock_holder())?),
+        // A job that writes checkpoints (or deletes claimed ones) takes the directory first:
+        // ids are counted from what is in it, so a second job writing there would clash
+        // with this one.
+        let writes =
+            config.checkpoint.interval.is_some() || config.restore_mode == RestoreMode::Claim;
+        let dir_lock = match &storage {
+            Some(s) if writes => Some(s.lock_for_job(&lock_holder())?),
             _ => None,
         };
         let next_id = match &storage {
@@ -421,12 +443,7 @@ impl Driver {
                 other => break Ok(other),
             }
         };
-        // Stop the asynchronous workers.
-        let (dead_tx, _) = crossbeam_channel::unbounded();
-        self.async_tx = dead_tx;
-        for w in std::mem::take(&mut self.async_workers) {
-            let _ = w.join();
-        }
+        self.stop_async_workers();
         let outcome = outcome?;
         let delete = matches!(outcome, Outcome::Cancelled)
             && self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation;
@@ -457,7 +474,7 @@ impl Driver {
         if let Some(t) = self.input_ended {
             self.result.input_end_ms = t.elapsed().as_secs_f64() * 1000.0;
         }
-        Ok(self.result)
+        Ok(std::mem::take(&mut self.result))
     }
 
     /// `manifest`'s checkpoint id, if it is the newest completed checkpoint of the job's
@@ -708,6 +725,7 @@ impl Driver {
             stopped_with: None,
             consecutive_failures: 0,
             queued: VecDeque::new(),
+            signal_stop: None,
         };
         let outcome = self.coordinate(&mut run);
         // Tear down.
@@ -753,12 +771,34 @@ impl Driver {
                 };
             }
             if let Some(flag) = &self.signal {
+                // A stop that failed is reported and the job runs on, as a failed
+                // stop-with-savepoint leaves a Flink job running; the next signal tries again
+                // (without the reset it would exit the process at once).
+                match run.signal_stop.as_ref().map(Receiver::try_recv) {
+                    Some(Ok(Err(reason))) => {
+                        eprintln!(
+                            "stop-with-savepoint failed: {reason}; the job runs on (send SIGINT or SIGTERM again to retry)"
+                        );
+                        flag.store(false, Ordering::Relaxed);
+                        run.signal_stop = None;
+                    }
+                    // Dropped unanswered (the run ended): asked again below.
+                    Some(Err(crossbeam_channel::TryRecvError::Disconnected)) => {
+                        run.signal_stop = None;
+                    }
+                    _ => {}
+                }
                 // Once the input has ended, the job is finishing anyway (and savepoints are
                 // refused): the signal is ignored.
-                if flag.load(Ordering::Relaxed) && !run.stopping && !run.input_ended() {
-                    let (tx, _rx) = crossbeam_channel::bounded(1);
+                if flag.load(Ordering::Relaxed)
+                    && run.signal_stop.is_none()
+                    && !run.stopping
+                    && !run.input_ended()
+                {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
                     run.queued.push_back((None, true, tx));
                     run.stopping = true;
+                    run.signal_stop = Some(rx);
                 }
             }
             if let Some(o) = self.tick(run) {
@@ -1399,6 +1439,8 @@ struct Run {
     stopped_with: Option<String>,
     consecutive_failures: u32,
     queued: VecDeque<SavepointRequest>,
+    /// The answer to the stop-with-savepoint a signal asked for, while it is under way.
+    signal_stop: Option<Receiver<std::result::Result<String, String>>>,
 }
 
 impl Run {
@@ -1434,7 +1476,6 @@ fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSo
     Ok((manifest, Box::new(source), format!("savepoint {dir}")))
 }
 
-/// Deletes the savepoint a job in claim mode was restored from; one already gone is fine.
 /// Eight random hex digits (from the process's random hash keys), for savepoint names.
 fn savepoint_tag(nonce: &str) -> String {
     use std::hash::BuildHasher;
@@ -1449,13 +1490,14 @@ fn lock_holder() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     format!(
-        "pid {} on host {}, started {}",
+        "a job: pid {} on host {}, started {}",
         std::process::id(),
         if host.is_empty() { "?" } else { &host },
         humantime::format_rfc3339_seconds(std::time::SystemTime::now())
     )
 }
 
+/// Deletes the savepoint a job in claim mode was restored from; one already gone is fine.
 fn discard_claimed_savepoint(path: &str) -> Result<()> {
     match cairn_storage::discard_savepoint(path) {
         Err(e) if !e.is_not_found() => Err(e.into()),

@@ -340,3 +340,67 @@ fn a_missing_input_is_refused_before_the_job_starts() {
         "{stderr}"
     );
 }
+
+/// SIGINT when the savepoint cannot be written (the savepoint directory is a file): the
+/// failure is reported on stderr and the job runs on, as a Flink job does after a failed
+/// stop-with-savepoint; the next SIGINT tries again (it does not kill the process), and the
+/// job finishes its input exactly once. Before, the stop was retried silently on every
+/// loop, and a second SIGINT exited the process at once.
+#[test]
+fn a_stop_that_fails_is_reported_and_the_job_runs_on() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 3000, 300, 31);
+    let output = dir.path().join("out");
+    let not_a_dir = dir.path().join("savepoints");
+    std::fs::write(&not_a_dir, b"a file").expect("write");
+    let mut child = Command::new(wordcount_bin())
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("checkpoints"))
+        .arg("--savepoint-dir")
+        .arg(&not_a_dir)
+        .args(["--records-per-second", "1500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    for attempt in 1..=2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+        // Wait for the report (or the end of stderr, if the process exited).
+        loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).expect("read stderr");
+            seen.push_str(&line);
+            if n == 0 || line.contains("stop-with-savepoint failed") {
+                break;
+            }
+        }
+        assert_eq!(
+            seen.matches("stop-with-savepoint failed").count(),
+            attempt,
+            "{seen}"
+        );
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}: {seen}", out.status);
+    assert!(
+        seen.contains("the job runs on") && seen.contains(&not_a_dir.display().to_string()),
+        "{seen}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    assert!(summary["savepoint"].is_null(), "{summary}");
+    check_exactly_once(&expected, &read_output(&output));
+}

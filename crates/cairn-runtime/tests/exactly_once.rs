@@ -353,7 +353,8 @@ fn a_second_job_on_a_running_jobs_checkpoint_directory_is_refused() {
     let (input, expected) = write_input(dir.path(), 3000, 300, 41);
     let output = dir.path().join("out");
     let mut cfg = config(dir.path(), 20);
-    cfg.records_per_second = Some(10_000);
+    // Long enough for both refusals (each tries for a quarter of a second first).
+    cfg.records_per_second = Some(2500);
     let first = Job::new(wordcount(&input, &output, None, None), cfg.clone())
         .start()
         .expect("start");
@@ -367,7 +368,7 @@ fn a_second_job_on_a_running_jobs_checkpoint_directory_is_refused() {
             .expect_err("a second job on the same checkpoint directory");
         let msg = err.to_string();
         assert!(
-            msg.contains("in use by another job")
+            msg.contains("in use by a job: pid ")
                 && msg.contains(&format!("pid {}", std::process::id()))
                 && msg.contains(&dir.path().join("checkpoints").display().to_string()),
             "{msg}"

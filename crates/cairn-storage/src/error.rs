@@ -183,7 +183,7 @@ pub enum StorageError {
     },
     /// Another job holds the checkpoint directory (see
     /// [`CheckpointStorage::lock_for_job`](crate::CheckpointStorage::lock_for_job)).
-    #[error("the checkpoint directory is in use by another job ({holder}): a directory holds one job's checkpoints at a time; give this job a directory of its own, or wait until the other one ends dir={dir}")]
+    #[error("the checkpoint directory is in use by {holder}: a directory holds one job's checkpoints at a time; give this job a directory of its own, or wait until the other one ends dir={dir}")]
     DirectoryInUse {
         /// The directory.
         dir: String,

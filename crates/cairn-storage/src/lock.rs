@@ -12,13 +12,16 @@
 //! (SIGKILL included), so a crashed job never leaves a stale lock behind: the next run
 //! restores at once. The file itself stays (deleting it would let two processes lock two
 //! different inodes under one name); it holds a line saying who holds the lock, for the
-//! message the next job prints. Object stores (S3 and the others) have no such lock; there
+//! message the next job prints. On NFS, Linux emulates `flock` with POSIX locks (per
+//! process, not per open file): jobs in different processes still exclude each other. A
+//! file system without locks runs the job unlocked. Object stores (S3 and the others) have no such lock; there
 //! one directory per job remains the user's duty (see [`CheckpointStorage::lock_for_job`]).
 
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::CheckpointStorage;
 use crate::error::StorageError;
@@ -49,6 +52,21 @@ impl DirectoryLock {
     }
 }
 
+impl Drop for DirectoryLock {
+    /// Clears the holder's line (best effort) before the lock goes with the file: a job
+    /// that finds the lock taken then never names a holder that has let go. (After a crash
+    /// the line stays, but then nobody holds the lock.)
+    fn drop(&mut self) {
+        if let Some((file, _)) = &self.held {
+            let _ = file.set_len(0);
+        }
+    }
+}
+
+/// How long [`CheckpointStorage::lock_for_job`] tries before it refuses: long enough for a
+/// probe ([`CheckpointStorage::lock_holder`]) to let go.
+const LOCK_PATIENCE: Duration = Duration::from_millis(250);
+
 impl CheckpointStorage {
     /// Takes this checkpoint directory for one job, until the returned guard drops: a second
     /// job that asks while the first holds it gets [`StorageError::DirectoryInUse`], with
@@ -65,14 +83,24 @@ impl CheckpointStorage {
             return Ok(DirectoryLock { held: None });
         };
         let path = dir.join(LOCK_FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StorageError::io("open", &path, e))?;
-        try_lock(file, path, Some(holder))
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| StorageError::io("open", &path, e))
+        };
+        let started = Instant::now();
+        loop {
+            match try_lock(open()?, path.clone(), Some(holder)) {
+                Err(StorageError::DirectoryInUse { .. }) if started.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Who holds this directory's lock (see [`CheckpointStorage::lock_for_job`]): the
@@ -84,7 +112,8 @@ impl CheckpointStorage {
             return Ok(None);
         };
         let path = dir.join(LOCK_FILE_NAME);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        // Read-only: flock needs no write access (a copied, read-only directory probes).
+        let file = match OpenOptions::new().read(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io("open", &path, e)),
@@ -108,12 +137,13 @@ fn try_lock(
     match file.try_lock() {
         Ok(()) => {
             if let Some(holder) = holder {
-                // Who holds it, for the message a second job prints. Not synced: it only
-                // matters while this process lives.
-                file.set_len(0)
+                // Who holds it, for the message a second job prints: best effort (a full
+                // disk does not stop the job), not synced (it matters while this process
+                // lives).
+                let _ = file
+                    .set_len(0)
                     .and_then(|()| file.seek(SeekFrom::Start(0)))
-                    .and_then(|_| file.write_all(holder.as_bytes()))
-                    .map_err(|e| StorageError::io("write", &path, e))?;
+                    .and_then(|_| file.write_all(holder.as_bytes()));
             }
             Ok(DirectoryLock {
                 held: Some((file, path)),
@@ -121,23 +151,30 @@ fn try_lock(
         }
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
-            // The holder writes its line just after locking: it may not be there yet.
+            // The holder writes its line just after locking: it may not be there yet (or,
+            // after a crash of an earlier holder, be that one's).
             let _ = file.read_to_string(&mut text);
             let holder = text.trim();
             Err(StorageError::DirectoryInUse {
                 dir: path.parent().unwrap_or(&path).display().to_string(),
                 holder: if holder.is_empty() {
-                    "holder unknown".into()
+                    "a process that has not said who it is".into()
                 } else {
                     holder.chars().take(200).collect()
                 },
             })
         }
-        Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
-            Ok(DirectoryLock { held: None })
-        }
+        Err(TryLockError::Error(e)) if no_locks_here(&e) => Ok(DirectoryLock { held: None }),
         Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
     }
+}
+
+/// The file system offers no locks: not supported, or (Linux, NFS without a lock manager)
+/// `ENOLCK`.
+fn no_locks_here(e: &std::io::Error) -> bool {
+    const ENOLCK: i32 = 37;
+    e.kind() == ErrorKind::Unsupported
+        || (cfg!(target_os = "linux") && e.raw_os_error() == Some(ENOLCK))
 }
 
 #[cfg(test)]
@@ -168,8 +205,9 @@ mod tests {
             "the holder line is replaced, not appended"
         );
         drop(taken);
-        // The file stays; the lock does not.
-        assert!(dir.path().join(LOCK_FILE_NAME).exists());
+        // The file stays, without the holder's line; the lock does not.
+        let text = std::fs::read_to_string(dir.path().join(LOCK_FILE_NAME)).unwrap();
+        assert_eq!(text, "", "a released lock still names its holder");
         first.lock_for_job("pid=3").unwrap();
     }
 

@@ -165,7 +165,7 @@ pub fn gc(
     let (job_running, _held) = if dry_run {
         (root.storage.lock_holder().map_err(|e| root.err(e))?, None)
     } else {
-        let me = format!("state-dump gc, pid {}", std::process::id());
+        let me = format!("state-dump gc: pid {}", std::process::id());
         match root.storage.lock_for_job(&me) {
             Ok(held) => (None, Some(held)),
             Err(StorageError::DirectoryInUse { holder, .. }) => (Some(holder), None),
