@@ -43,7 +43,8 @@ enum Mode {
 #[derive(Parser, Debug)]
 #[command(name = "wordcount")]
 struct Args {
-    /// Lines of space-separated words.
+    /// Lines of words separated by spaces (or any other whitespace: tabs, which would make the
+    /// output ambiguous, never end up in a word).
     #[arg(long)]
     input: PathBuf,
     /// The two-phase-commit sink's directory (names starting with "." are not output yet).
@@ -57,6 +58,8 @@ struct Args {
     /// locked while a job checkpoints into it).
     #[arg(long, default_value = "./checkpoints")]
     checkpoint_dir: String,
+    /// 0: no periodic checkpoints (the output is committed when the input ends, and a
+    /// failure starts the job over)
     #[arg(long, default_value_t = 1000)]
     checkpoint_interval_ms: u64,
     #[arg(long, value_enum, default_value = "exactly-once")]
@@ -139,7 +142,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         parallelism: args.parallelism,
         max_parallelism: args.max_parallelism,
         checkpoint: CheckpointConfig {
-            interval: Some(Duration::from_millis(args.checkpoint_interval_ms.max(1))),
+            interval: (args.checkpoint_interval_ms > 0)
+                .then(|| Duration::from_millis(args.checkpoint_interval_ms)),
             mode: match args.mode {
                 Mode::ExactlyOnce => CheckpointingMode::ExactlyOnce,
                 Mode::AtLeastOnce => CheckpointingMode::AtLeastOnce,
@@ -165,8 +169,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let graph = source("source", FileSource::new(&args.input))
         .flat_map("tokenize", |line: String| {
-            line.split(' ')
-                .filter(|w| !w.is_empty())
+            line.split_whitespace()
                 .map(|w| w.to_string())
                 .collect::<Vec<_>>()
         })

@@ -248,6 +248,13 @@ fn pending_path(target: &Path) -> PathBuf {
 
 impl<T> Checkpointed for TwoPhaseFileSink<T> {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        if self.dir.exists() && !self.dir.is_dir() {
+            // Not worth a restart: it will not be a directory the next time either.
+            return Err(RuntimeError::Config(format!(
+                "the sink's output directory is not a directory path={}",
+                self.dir.display()
+            )));
+        }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| self.io("cannot create the output directory", &self.dir, e))?;
         // The state records absolute paths; a relative directory is taken from here.

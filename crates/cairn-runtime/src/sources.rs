@@ -133,9 +133,16 @@ impl Checkpointed for FileSource {
             self.splits = ctx.operator_state.list(id)?.clone();
             self.check_restored_positions()?;
         } else {
-            let len = std::fs::metadata(&self.path)
-                .map_err(|e| self.io("cannot read the input's size", e))?
-                .len();
+            let meta = std::fs::metadata(&self.path)
+                .map_err(|e| self.io("cannot read the input's size", e))?;
+            if !meta.is_file() {
+                // Not worth a restart: it will not be a file the next time either.
+                return Err(RuntimeError::Config(format!(
+                    "the file source's input is not a regular file (a directory?) path={}",
+                    self.path.display()
+                )));
+            }
+            let len = meta.len();
             let p = u64::from(ctx.subtask.parallelism);
             let i = u64::from(ctx.subtask.index);
             let (start, end) = (len * i / p, len * (i + 1) / p);

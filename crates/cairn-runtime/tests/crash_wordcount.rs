@@ -317,28 +317,111 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
     check_exactly_once(&expected, &read_output(&output));
 }
 
-/// A missing input is refused before the job starts, naming the option and the file (in the
-/// job it would be a task failure that the restart strategy retries first).
+/// Paths that cannot work are refused at once, naming what is wrong, not after the restart
+/// strategy has retried the job three times: a missing input (the example checks it), an
+/// input that is a directory or an output that is a file (the source and the sink say so as
+/// configuration errors), and an S3 URL that lost its `//` (a local directory named `s3:`
+/// would otherwise be filled).
 #[test]
-fn a_missing_input_is_refused_before_the_job_starts() {
+fn paths_that_cannot_work_are_refused_before_any_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 10, 5, 3);
     let missing = dir.path().join("no-such-input.txt");
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"not a directory").expect("write");
+    let p = |path: &Path| path.display().to_string();
+    let cases: [(&str, String, String, String, String); 4] = [
+        (
+            "missing input",
+            p(&missing),
+            p(&dir.path().join("out")),
+            p(&dir.path().join("checkpoints")),
+            format!("cannot read --input {}", missing.display()),
+        ),
+        (
+            "input is a directory",
+            p(dir.path()),
+            p(&dir.path().join("out")),
+            p(&dir.path().join("checkpoints")),
+            format!(
+                "input is not a regular file (a directory?) path={}",
+                dir.path().display()
+            ),
+        ),
+        (
+            "output is a file",
+            p(&input),
+            p(&a_file),
+            p(&dir.path().join("checkpoints")),
+            format!(
+                "output directory is not a directory path={}",
+                a_file.display()
+            ),
+        ),
+        (
+            "s3 url without //",
+            p(&input),
+            p(&dir.path().join("out")),
+            "s3:/bucket/jobs".to_string(),
+            "s3 URL without `//`".to_string(),
+        ),
+    ];
+    for (case, input, output, checkpoints, says) in cases {
+        let out = Command::new(wordcount_bin())
+            .current_dir(dir.path())
+            .args(["--input", &input, "--output", &output])
+            .args(["--checkpoint-dir", &checkpoints])
+            .output()
+            .expect("run the word count");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&says) && !stderr.contains("restarts"),
+            "{case}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("s3:").exists());
+}
+
+/// `--checkpoint-interval-ms 0` runs without periodic checkpoints: a failure starts the job
+/// over, the sink discards what the failed attempt wrote and commits when the input ends,
+/// so the output is still exactly once. Words are split at any whitespace (tabs, several
+/// spaces, CRLF line ends), so no word holds the tab that separates it from its count.
+#[test]
+fn without_checkpoints_a_failure_starts_over_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = write_input(dir.path(), 4000, 200, 41);
+    let text = std::fs::read_to_string(&input).expect("read input");
+    let mixed: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match i % 4 {
+            0 => format!("{}\n", line.replace(' ', "\t")),
+            1 => format!("  {}  \r\n", line.replace(' ', " \t  ")),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&input, mixed).expect("write input");
+    let output = dir.path().join("out");
     let out = Command::new(wordcount_bin())
         .arg("--input")
-        .arg(&missing)
+        .arg(&input)
         .arg("--output")
-        .arg(dir.path().join("out"))
+        .arg(&output)
         .arg("--checkpoint-dir")
         .arg(dir.path().join("checkpoints"))
+        .args(["--checkpoint-interval-ms", "0", "--parallelism", "2"])
+        .args(["--fail-at-record", "2500"])
         .output()
         .expect("run the word count");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot read --input {}", missing.display()))
-            && !stderr.contains("restarts"),
-        "{stderr}"
-    );
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
+    assert_eq!(summary["checkpoints_completed"], 0, "{summary}");
+    assert_eq!(summary["restarts"], 1, "{summary}");
+    check_exactly_once(&expected, &read_output(&output));
 }
 
 /// SIGINT when the savepoint cannot be written (the savepoint directory is a file): the

@@ -16,7 +16,7 @@ use crate::error::StorageError;
 use crate::layout::{
     check_name, join, manifest_path, put_file, read_checked, read_manifest, write_manifest,
 };
-use crate::store::Store;
+use crate::store::{Store, NOT_A_DIRECTORY};
 
 /// Starts writing savepoint `checkpoint_id` into the directory `url` (a local path,
 /// `file:///abs/dir`, `memory://` or `s3://bucket/prefix`), created if missing. Fails if it
@@ -75,7 +75,9 @@ pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageE
         .filter(|d| d.ends_with('/'))
         .map_or(trimmed, |d| d.trim_end_matches('/'));
     let (store, dir) = match Store::open(dir_url, false) {
-        Err(StorageError::InvalidUrl { .. }) if !dir_url.contains("://") => {
+        Err(StorageError::InvalidUrl { reason, .. })
+            if !dir_url.contains("://") && reason == NOT_A_DIRECTORY =>
+        {
             return Err(StorageError::NoSuchSnapshot {
                 path: format!("{dir_url}/{MANIFEST_FILE_NAME}"),
             })

@@ -69,6 +69,12 @@ impl Store {
             if url.is_empty() {
                 return Err(invalid("empty path".into()));
             }
+            if let Some(scheme) = url_scheme_without_slashes(url) {
+                return Err(invalid(format!(
+                    "this is a {scheme} URL without `//` (write {scheme}://…); a local path \
+                     that starts so must be written ./{url}"
+                )));
+            }
             return Self::open_local(url, FsPath::new(url), create);
         }
         let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
@@ -116,7 +122,7 @@ impl Store {
         if !dir.is_dir() {
             return Err(StorageError::InvalidUrl {
                 url: url.to_string(),
-                reason: "not a directory".into(),
+                reason: NOT_A_DIRECTORY.into(),
             });
         }
         let fs = LocalFileSystem::new_with_prefix(&dir)
@@ -343,4 +349,20 @@ fn sync_dir(dir: &FsPath) -> Result<(), StorageError> {
         let _ = dir;
         Ok(())
     }
+}
+
+/// The reason of [`StorageError::InvalidUrl`] for a local path that is no directory.
+pub(crate) const NOT_A_DIRECTORY: &str = "not a directory";
+
+/// The scheme of `url` when it starts like a storage URL that lost its `//` (`s3:/bucket`,
+/// `file:dir`): a plain local path so named is far more often a typo than meant.
+fn url_scheme_without_slashes(url: &str) -> Option<&str> {
+    const SCHEMES: [&str; 11] = [
+        "file", "memory", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https",
+    ];
+    let (scheme, _) = url.split_once(':')?;
+    SCHEMES
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(scheme))
+        .copied()
 }

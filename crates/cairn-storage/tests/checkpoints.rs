@@ -335,6 +335,32 @@ fn urls_are_checked() {
     }
     assert!(CheckpointStorage::open("ftp://x/y").is_err());
     assert!(CheckpointStorage::open("").is_err());
+    // A storage URL that lost its `//` is refused, not taken for a local directory named
+    // `s3:` (which a job would then fill, the user believing it wrote to S3).
+    for typo in ["s3:/bucket/jobs/j1", "S3:bucket", "file:ck"] {
+        let err = expect_err(CheckpointStorage::open(typo));
+        assert!(
+            matches!(err, StorageError::InvalidUrl { .. })
+                && err.to_string().contains("URL without `//`"),
+            "{typo}: {err}"
+        );
+        let err = expect_err(open_savepoint(typo));
+        assert!(
+            err.to_string().contains("URL without `//`"),
+            "{typo}: {err}"
+        );
+        let err = expect_err(create_savepoint(typo, 1));
+        assert!(
+            err.to_string().contains("URL without `//`"),
+            "{typo}: {err}"
+        );
+    }
+    assert!(!std::path::Path::new("s3:").exists() && !std::path::Path::new("S3:bucket").exists());
+    // A colon elsewhere, or after a name that is no storage scheme, is a plain path.
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("s3:").join("x");
+    CheckpointStorage::open(odd.to_str().unwrap()).unwrap();
+    assert!(odd.is_dir());
     let s = CheckpointStorage::open("memory:///jobs/x").unwrap();
     assert!(s.completed_checkpoints().unwrap().is_empty());
 }
