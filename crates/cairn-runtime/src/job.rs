@@ -17,7 +17,9 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use crate::chain::{Barrier, BarrierKind, Notification, TaskEvent, TaskShared};
-use crate::config::{CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom, RestoreMode};
+use crate::config::{
+    CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom, RestoreMode, StateBackendConfig,
+};
 use crate::coordinator::{spawn_async_workers, AsyncJob, CoordMsg, TaskId, WrittenPart};
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
@@ -1542,6 +1544,15 @@ fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {
         return Err(RuntimeError::Config(
             "records_per_second must be at least 1 (None: not throttled)".into(),
         ));
+    }
+    // A restart would not make it a directory.
+    if let StateBackendConfig::RocksDb { local_dir, .. } = &config.backend {
+        if local_dir.exists() && !local_dir.is_dir() {
+            return Err(RuntimeError::Config(format!(
+                "RocksDB's local directory is not a directory path={}",
+                local_dir.display()
+            )));
+        }
     }
     Ok(())
 }

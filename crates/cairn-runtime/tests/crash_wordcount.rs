@@ -320,8 +320,8 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
 /// Paths that cannot work are refused at once, naming what is wrong, not after the restart
 /// strategy has retried the job three times: a missing input (the example checks it), an
 /// input that is a directory or an output that is a file (the source and the sink say so as
-/// configuration errors), and an S3 URL that lost its `//` (a local directory named `s3:`
-/// would otherwise be filled).
+/// configuration errors, as the job does of a RocksDB local directory that is a file), and
+/// an S3 URL that lost its `//` (a local directory named `s3:` would otherwise be filled).
 #[test]
 fn paths_that_cannot_work_are_refused_before_any_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -330,7 +330,7 @@ fn paths_that_cannot_work_are_refused_before_any_restart() {
     let a_file = dir.path().join("a-file");
     std::fs::write(&a_file, b"not a directory").expect("write");
     let p = |path: &Path| path.display().to_string();
-    let cases: [(&str, String, String, String, String); 4] = [
+    let cases: [(&str, String, String, String, String); 5] = [
         (
             "missing input",
             p(&missing),
@@ -365,12 +365,33 @@ fn paths_that_cannot_work_are_refused_before_any_restart() {
             "s3:/bucket/jobs".to_string(),
             "s3 URL without `//`".to_string(),
         ),
+        (
+            "rocksdb local directory is a file",
+            p(&input),
+            p(&dir.path().join("out")),
+            p(&dir.path().join("checkpoints")),
+            format!(
+                "local directory is not a directory path={}",
+                a_file.display()
+            ),
+        ),
     ];
     for (case, input, output, checkpoints, says) in cases {
         let out = Command::new(wordcount_bin())
             .current_dir(dir.path())
             .args(["--input", &input, "--output", &output])
             .args(["--checkpoint-dir", &checkpoints])
+            .args(match case {
+                "rocksdb local directory is a file" => {
+                    vec![
+                        "--backend",
+                        "rocksdb",
+                        "--local-dir",
+                        a_file.to_str().unwrap_or(""),
+                    ]
+                }
+                _ => vec![],
+            })
             .output()
             .expect("run the word count");
         let stderr = String::from_utf8_lossy(&out.stderr);
