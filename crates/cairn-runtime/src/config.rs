@@ -129,21 +129,68 @@ impl StateBackendConfig {
     }
 }
 
-/// Failure handling (Flink's fixed-delay restart strategy).
+/// Failure handling: how often and after what pause a failed job restarts from its latest
+/// checkpoint. The default is Flink's fixed-delay strategy (3 restarts, 100 ms apart);
+/// [`RestartStrategy::exponential_delay`] is Flink's exponential-delay strategy, which
+/// forgives failures that lie far apart, as a long-running job needs.
 #[derive(Clone, Copy, Debug)]
 pub struct RestartStrategy {
-    /// Restarts allowed before the job fails for good (default 3; 0 disables restarts).
+    /// Restarts allowed before the job fails for good (default 3; 0 disables restarts);
+    /// counted since the last reset when [`RestartStrategy::reset_after`] is set.
     pub max_restarts: u32,
-    /// Pause before each restart (default 100 ms).
+    /// Pause before the first restart (default 100 ms).
     pub delay: Duration,
+    /// Each further pause is the last one times this (default 1: a fixed delay; at least 1).
+    pub backoff_multiplier: f64,
+    /// The longest pause (default 1 min; never shorter than `delay`).
+    pub max_delay: Duration,
+    /// A run that lasts this long before it fails resets the pause to `delay` and the count
+    /// of restarts to 0 (Flink's `reset-backoff-threshold`; default: never).
+    pub reset_after: Option<Duration>,
 }
 
 impl Default for RestartStrategy {
     fn default() -> Self {
+        Self::fixed_delay(3, Duration::from_millis(100))
+    }
+}
+
+impl RestartStrategy {
+    /// Flink's fixed-delay strategy: at most `max_restarts` restarts, each after `delay`.
+    pub fn fixed_delay(max_restarts: u32, delay: Duration) -> Self {
         Self {
-            max_restarts: 3,
-            delay: Duration::from_millis(100),
+            max_restarts,
+            delay,
+            backoff_multiplier: 1.0,
+            max_delay: Duration::from_secs(60),
+            reset_after: None,
         }
+    }
+
+    /// No restarts: the first failure fails the job.
+    pub fn no_restarts() -> Self {
+        Self::fixed_delay(0, Duration::ZERO)
+    }
+
+    /// Flink's exponential-delay strategy with its defaults: pauses of 1 s, 1.5 s, 2.25 s …
+    /// up to 1 min; a run that lasted an hour before failing starts the series again; no
+    /// limit on the number of restarts.
+    pub fn exponential_delay() -> Self {
+        Self {
+            max_restarts: u32::MAX,
+            delay: Duration::from_secs(1),
+            backoff_multiplier: 1.5,
+            max_delay: Duration::from_secs(60),
+            reset_after: Some(Duration::from_secs(3600)),
+        }
+    }
+
+    /// The pause after `previous`: `previous` times the multiplier, at most `max_delay` (or
+    /// `delay`, if that is longer).
+    pub(crate) fn next_delay(&self, previous: Duration) -> Duration {
+        let longest = self.max_delay.max(self.delay);
+        Duration::try_from_secs_f64(previous.as_secs_f64() * self.backoff_multiplier.max(1.0))
+            .map_or(longest, |next| next.min(longest))
     }
 }
 
@@ -242,5 +289,44 @@ impl Default for JobConfig {
             fail_at_record: None,
             async_threads: 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(strategy: &RestartStrategy, n: usize) -> Vec<Duration> {
+        std::iter::successors(Some(strategy.delay), |d| Some(strategy.next_delay(*d)))
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn restart_pauses_grow_up_to_the_longest() {
+        let fixed = RestartStrategy::default();
+        assert_eq!(series(&fixed, 3), vec![Duration::from_millis(100); 3]);
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        let exponential = RestartStrategy::exponential_delay();
+        assert_eq!(
+            series(&exponential, 4),
+            ms(&[1000, 1500, 2250, 3375]),
+            "Flink's defaults"
+        );
+        assert_eq!(series(&exponential, 20)[19], Duration::from_secs(60));
+        // A fixed delay longer than the default longest pause stays as it is.
+        let long = RestartStrategy::fixed_delay(3, Duration::from_secs(120));
+        assert_eq!(series(&long, 3), vec![Duration::from_secs(120); 3]);
+        // No overflow and no panic at the extremes.
+        let extreme = RestartStrategy {
+            backoff_multiplier: f64::MAX,
+            max_delay: Duration::MAX,
+            ..RestartStrategy::exponential_delay()
+        };
+        assert_eq!(series(&extreme, 3)[2], Duration::MAX);
     }
 }

@@ -403,22 +403,33 @@ impl Driver {
             initial
         };
         let mut attempt = 0u32;
+        let strategy = self.config.restart;
+        // Restarts since the last reset, and the pause before the next one.
+        let (mut counted, mut delay) = (0u32, strategy.delay);
         let outcome = loop {
+            let attempt_started = Instant::now();
             match self.run_once(attempt, restore.take(), started) {
                 Outcome::Failed { error, fatal } => {
-                    let max = self.config.restart.max_restarts;
-                    if fatal || max == 0 {
+                    if fatal || strategy.max_restarts == 0 {
                         break Err(error);
                     }
-                    if self.result.restarts >= max {
+                    if strategy
+                        .reset_after
+                        .is_some_and(|after| attempt_started.elapsed() >= after)
+                    {
+                        (counted, delay) = (0, strategy.delay);
+                    }
+                    if counted >= strategy.max_restarts {
                         break Err(RuntimeError::RestartsExhausted {
                             restarts: self.result.restarts,
                             last: Box::new(error),
                         });
                     }
                     self.result.restarts += 1;
+                    counted += 1;
                     attempt += 1;
-                    std::thread::sleep(self.config.restart.delay);
+                    std::thread::sleep(delay);
+                    delay = strategy.next_delay(delay);
                     // This job's latest completed checkpoint; before its first one, the
                     // snapshot the job started from (as Flink does): never a checkpoint of
                     // an earlier run in the same directory, which may be older than the
@@ -1539,6 +1550,13 @@ fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {
         return Err(RuntimeError::Config(
             "the checkpoint timeout must be positive (every checkpoint would time out)".into(),
         ));
+    }
+    let restart = &config.restart;
+    if !(restart.backoff_multiplier >= 1.0 && restart.backoff_multiplier.is_finite()) {
+        return Err(RuntimeError::Config(format!(
+            "the restart backoff multiplier must be a number of at least 1, not {}",
+            restart.backoff_multiplier
+        )));
     }
     if config.records_per_second == Some(0) {
         return Err(RuntimeError::Config(

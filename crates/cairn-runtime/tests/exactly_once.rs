@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::{
-    ChangelogOptions, CheckpointingMode, Job, RestoreFrom, SnapshotMode, StateBackendConfig,
+    ChangelogOptions, CheckpointingMode, Job, RestartStrategy, RestoreFrom, RuntimeError,
+    SnapshotMode, StateBackendConfig,
 };
 use common::*;
 
@@ -435,4 +436,42 @@ fn a_changed_input_is_refused_on_restore() {
         .expect("the original input restores");
     assert!(result.restored_from.is_some(), "{result:?}");
     check_exactly_once(&expected, &read_output(&output));
+}
+
+/// Restarts are counted since the last reset: with `reset_after`, a run that lasted that
+/// long before it failed starts the count (and the growing pause) again, so a job allowed
+/// one restart survives four failures that lie apart, exactly once; without a reset in
+/// reach the second failure ends it.
+#[test]
+fn restarts_are_counted_since_the_last_long_run() {
+    for reset_after in [Duration::from_millis(1), Duration::from_secs(3600)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (input, expected) = write_input(dir.path(), 2000, 300, 9);
+        let output = dir.path().join("out");
+        let mut cfg = config(dir.path(), 20);
+        cfg.restart = RestartStrategy {
+            max_restarts: 1,
+            delay: Duration::from_millis(1),
+            backoff_multiplier: 2.0,
+            max_delay: Duration::from_millis(8),
+            reset_after: Some(reset_after),
+        };
+        cfg.records_per_second = Some(20_000);
+        let failures = vec![700, 1700, 2700, 3700];
+        let fail = FailAt {
+            seen: Arc::new(AtomicU64::new(0)),
+            at: failures.clone(),
+        };
+        let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg).run();
+        if reset_after < Duration::from_secs(1) {
+            let result = result.expect("a job whose failures lie apart");
+            assert_eq!(result.restarts as usize, failures.len(), "{result:?}");
+            check_exactly_once(&expected, &read_output(&output));
+        } else {
+            match result {
+                Err(RuntimeError::RestartsExhausted { restarts: 1, .. }) => {}
+                other => panic!("expected the second failure to end the job: {other:?}"),
+            }
+        }
+    }
 }
