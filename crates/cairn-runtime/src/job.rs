@@ -325,14 +325,18 @@ impl Driver {
         } else {
             None
         };
-        let nonce = format!(
-            "{:x}{:04x}",
-            std::time::SystemTime::now()
+        // Unique per job run, also between jobs of one process started in one millisecond
+        // (file sinks name their files after it).
+        let nonce = {
+            use std::hash::BuildHasher;
+            let millis = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            std::process::id() & 0xffff
-        );
+                .unwrap_or(0);
+            let random = std::collections::hash_map::RandomState::new()
+                .hash_one((millis, std::process::id()));
+            format!("{millis:x}{:06x}", random & 0xff_ffff)
+        };
         let result = JobResult {
             checkpoint_dir: config.checkpoint_dir.clone(),
             ..JobResult::default()

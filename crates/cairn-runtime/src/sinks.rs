@@ -27,13 +27,19 @@ type Format<T> = Arc<dyn Fn(&T, &mut Vec<u8>) + Send + Sync>;
 
 /// Writes records as lines into files of a directory, exactly once.
 ///
-/// Names starting with `.` are not output: `.part-<run>-<subtask>-<n>.inprogress` is being
-/// written; at a barrier it is flushed, fsynced and renamed `.part-…-<n>.pending`
+/// Names starting with `.` are not output: `.part-<lineage>-<run>-<subtask>-<n>.inprogress`
+/// is being written; at a barrier it is flushed, fsynced and renamed `.part-…-<n>.pending`
 /// (pre-commit), and the pending files go into operator state; when the checkpoint
-/// completes they are renamed `part-<run>-<subtask>-<n>` (commit). On restore, the pending
-/// files of the restored checkpoint are committed (a rename is idempotent) and every other
-/// dot-file of an earlier run is deleted (abort). Without checkpointing, files are committed
-/// at the end of the input.
+/// completes they are renamed `part-<lineage>-<run>-<subtask>-<n>` (commit). On restore, the
+/// pending files of the restored checkpoint are committed (a rename is idempotent) and every
+/// other dot-file of an earlier run of the same lineage is deleted (abort). Without
+/// checkpointing, files are committed at the end of the input.
+///
+/// The lineage is the job run that started from empty state, kept in operator state through
+/// every restore: a job's restarts and restores abort what its own earlier runs left, and
+/// never the files of another job writing into the same directory (whose pending files
+/// wait for that job's checkpoint to complete). Two jobs restored from one snapshot share a
+/// lineage, so they must not share an output directory while both run.
 ///
 /// Pre-committed files belong to the directory they were written in. The state names each
 /// by its absolute path, and a restored job commits those of its own output directory; a
@@ -50,10 +56,14 @@ pub struct TwoPhaseFileSink<T> {
     dir: PathBuf,
     format: Format<T>,
     state: Option<OperatorListStateId<(u64, String)>>,
+    lineage_state: Option<OperatorListStateId<String>>,
     /// Pre-committed: (checkpoint id, committed path).
     pending: Vec<(u64, PathBuf)>,
     current: Option<(BufWriter<File>, String)>,
+    /// `<lineage>-<run>-<subtask>`.
     prefix: String,
+    /// The job run this job's state started in: the first part of its file names.
+    lineage: String,
     seq: u64,
     checkpointing: bool,
     line: Vec<u8>,
@@ -90,9 +100,11 @@ impl<T> TwoPhaseFileSink<T> {
             dir,
             format,
             state: None,
+            lineage_state: None,
             pending: Vec::new(),
             current: None,
             prefix: String::new(),
+            lineage: String::new(),
             seq: 0,
             checkpointing: false,
             line: Vec::new(),
@@ -203,17 +215,18 @@ impl<T> TwoPhaseFileSink<T> {
         }
     }
 
-    /// Deletes dot-files of earlier runs (in-progress and pending files no restored
-    /// checkpoint committed).
-    fn abort_leftovers(&self) -> Result<()> {
+    /// Deletes dot-files of earlier runs of this lineage (in-progress and pending files no
+    /// restored checkpoint committed).
+    fn abort_leftovers(&self, run_id: &str) -> Result<()> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| self.io("cannot list the output directory", &self.dir, e))?;
-        let own = format!(".part-{}-", self.prefix_run());
+        let lineage = format!(".part-{}-", self.lineage);
+        let own = format!("{lineage}{run_id}-");
         for entry in entries {
             let entry =
                 entry.map_err(|e| self.io("cannot list the output directory", &self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".part-") && !name.starts_with(&own) {
+            if name.starts_with(&lineage) && !name.starts_with(&own) {
                 let path = entry.path();
                 std::fs::remove_file(&path)
                     .or_else(|e| {
@@ -228,13 +241,12 @@ impl<T> TwoPhaseFileSink<T> {
         }
         Ok(())
     }
+}
 
-    fn prefix_run(&self) -> &str {
-        self.prefix
-            .rsplit_once('-')
-            .map(|(run, _)| run)
-            .unwrap_or("")
-    }
+/// Whether `part` can be a part of a file name: what a run id is made of (a restored
+/// lineage is checked, as the state may be damaged or hostile).
+fn is_name_part(part: &str) -> bool {
+    !part.is_empty() && part.len() <= 64 && part.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Where the pre-committed file of `target` (`…/part-…`) is: `…/.part-….pending`.
@@ -261,7 +273,6 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
         if let Ok(absolute) = std::path::absolute(&self.dir) {
             self.dir = absolute;
         }
-        self.prefix = format!("{}-{}", ctx.run_id, ctx.subtask.index);
         self.checkpointing = ctx.checkpointing;
         // Union: every subtask sees every pre-committed file; subtask 0 recovers them all.
         let id = ctx.operator_state.register_list(
@@ -269,6 +280,21 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
         )?;
         self.state = Some(id);
         let restored = std::mem::take(ctx.operator_state.list(id)?);
+        // Every subtask snapshots the lineage (union): each restored one sees it. A
+        // snapshot without it (earlier versions) starts a lineage of its own.
+        let lineage_id = ctx
+            .operator_state
+            .register_list(&OperatorListStateDescriptor::<String>::union("lineage"))?;
+        self.lineage_state = Some(lineage_id);
+        let run_nonce = ctx.run_id.rsplit_once('-').map_or(ctx.run_id, |(n, _)| n);
+        self.lineage = ctx
+            .operator_state
+            .list(lineage_id)?
+            .first()
+            .filter(|l| is_name_part(l))
+            .cloned()
+            .unwrap_or_else(|| run_nonce.to_string());
+        self.prefix = format!("{}-{}-{}", self.lineage, ctx.run_id, ctx.subtask.index);
         if ctx.subtask.index == 0 {
             for (id, entry) in &restored {
                 if let Some(target) = self.own_target(*id, entry)? {
@@ -276,7 +302,7 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
                 }
             }
             self.sync_dir()?;
-            self.abort_leftovers()?;
+            self.abort_leftovers(ctx.run_id)?;
         }
         Ok(())
     }
@@ -292,6 +318,9 @@ impl<T> Checkpointed for TwoPhaseFileSink<T> {
                 .map(|(c, target)| (*c, self.state_entry(target)))
                 .collect();
             *ctx.operator_state.list(id)? = entries;
+        }
+        if let Some(id) = self.lineage_state {
+            *ctx.operator_state.list(id)? = vec![self.lineage.clone()];
         }
         Ok(())
     }

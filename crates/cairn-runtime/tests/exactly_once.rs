@@ -391,6 +391,45 @@ fn a_second_job_on_a_running_jobs_checkpoint_directory_is_refused() {
     check_exactly_once(&expected, &read_output(&output));
 }
 
+/// Two jobs (each with its checkpoint directory) write into one output directory at once,
+/// and one of them fails and restarts: each aborts only what its own earlier runs left, so
+/// both outputs are exactly once. Before, every start and restart deleted every dot-file
+/// of another run, including the other job's pre-committed files, which then failed for
+/// good ("a pre-committed output file is missing; its records are lost").
+#[test]
+fn jobs_sharing_an_output_directory_leave_each_others_files_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input_a, mut expected) = write_input(dir.path(), 3000, 300, 47);
+    let input_b = dir.path().join("input-b.txt");
+    let text = std::fs::read_to_string(&input_a).expect("read input");
+    std::fs::write(&input_b, text.replace('w', "v")).expect("write input b");
+    let b_counts: Vec<(String, u64)> = expected
+        .iter()
+        .map(|(w, n)| (w.replace('w', "v"), *n))
+        .collect();
+    expected.extend(b_counts);
+    let output = dir.path().join("out");
+    let job = |input: &std::path::Path, name: &str, failures: Vec<u64>| {
+        let mut cfg = config(&dir.path().join(name), 20);
+        cfg.records_per_second = Some(5000);
+        cfg.restart.delay = Duration::from_millis(10);
+        let fail = FailAt {
+            seen: Arc::new(AtomicU64::new(0)),
+            at: failures,
+        };
+        Job::new(wordcount(input, &output, Some(fail), None), cfg)
+    };
+    let a = job(&input_a, "a", vec![]).start().expect("start job a");
+    // Job b starts, and restarts twice, while job a has pending files.
+    let b = job(&input_b, "b", vec![2000, 6000])
+        .start()
+        .expect("start job b");
+    let a = a.wait().expect("job a");
+    let b = b.wait().expect("job b");
+    assert_eq!((a.restarts, b.restarts), (0, 2), "{a:?} {b:?}");
+    check_exactly_once(&expected, &read_output(&output));
+}
+
 /// A file source restored over an input that is not the file its snapshot read (truncated,
 /// or edited so that a saved position no longer starts a line) refuses to go on, instead of
 /// silently reading nothing or a line from its middle; the original input restores and

@@ -19,9 +19,13 @@
 //! CI runs a few cases; a soak runs many:
 //! `CAIRN_SOAK_CASES=300 cargo test -p cairn-runtime --test soak -- --nocapture`, and one
 //! case again with `CAIRN_SOAK_FIRST=<seed> CAIRN_SOAK_CASES=1`. Each case prints its seed and
-//! configuration before it runs.
+//! configuration before it runs. With `CAIRN_SOAK_S3=1` the checkpoints and savepoints go to
+//! a bucket of the local S3 API server (`bash scripts/moto.sh start`) instead of local
+//! directories.
 
 mod common;
+#[path = "../../state-dump/tests/support/moto.rs"]
+mod moto;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -58,6 +62,103 @@ impl Rng {
     }
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Where a case keeps checkpoints and savepoints: a local directory, or a prefix in a
+/// bucket of the local S3 API server (`CAIRN_SOAK_S3=1`).
+#[derive(Clone, Debug)]
+enum Place {
+    Local(PathBuf),
+    S3 {
+        server: moto::Moto,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Place {
+    /// The case's root: under `dir`, or its own prefix in the soak's bucket.
+    fn root(dir: &Path, seed: u64) -> Place {
+        if std::env::var("CAIRN_SOAK_S3").is_ok_and(|v| v == "1") {
+            static BUCKET: std::sync::OnceLock<(moto::Moto, String)> = std::sync::OnceLock::new();
+            let (server, bucket) = BUCKET.get_or_init(|| {
+                let server = moto::moto("soak")
+                    .expect("CAIRN_SOAK_S3=1 needs the S3 API server: bash scripts/moto.sh start");
+                let bucket = server.bucket("soak");
+                (server, bucket)
+            });
+            Place::S3 {
+                server: server.clone(),
+                bucket: bucket.clone(),
+                prefix: format!("case-{seed}"),
+            }
+        } else {
+            Place::Local(dir.to_path_buf())
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Place::Local(path) => path.display().to_string(),
+            Place::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    fn join(&self, name: &str) -> Place {
+        match self {
+            Place::Local(path) => Place::Local(path.join(name)),
+            Place::S3 {
+                server,
+                bucket,
+                prefix,
+            } => Place::S3 {
+                server: server.clone(),
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}/{name}"),
+            },
+        }
+    }
+
+    /// The keys under an S3 place.
+    fn keys(server: &moto::Moto, bucket: &str, prefix: &str) -> Vec<String> {
+        let under = format!("{prefix}/");
+        server
+            .keys(bucket)
+            .into_iter()
+            .filter(|k| k.starts_with(&under))
+            .collect()
+    }
+
+    fn exists(&self) -> bool {
+        match self {
+            Place::Local(path) => path.exists(),
+            Place::S3 {
+                server,
+                bucket,
+                prefix,
+            } => !Self::keys(server, bucket, prefix).is_empty(),
+        }
+    }
+
+    /// Deletes everything under the place.
+    fn remove(&self) {
+        match self {
+            Place::Local(path) => std::fs::remove_dir_all(path).expect("delete a directory"),
+            Place::S3 {
+                server,
+                bucket,
+                prefix,
+            } => {
+                for key in Self::keys(server, bucket, prefix) {
+                    let (status, body) = server.request("DELETE", &format!("/{bucket}/{key}"));
+                    assert!(
+                        status == 204 || status == 200,
+                        "delete {key}: {status} {body}"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -219,18 +320,20 @@ fn draw(seed: u64) -> Case {
     case
 }
 
-/// The job configuration of one phase of `case`, checkpointing into `checkpoints`.
+/// The job configuration of one phase of `case`, checkpointing into `checkpoints` and
+/// writing savepoints under `root`.
 fn job_config(
     case: &Case,
     phase: &Phase,
-    (dir, checkpoints): (&Path, &Path),
+    (dir, root, checkpoints): (&Path, &Place, &Place),
     faults_seed: u64,
 ) -> JobConfig {
     let mut cfg = config(dir, case.interval_ms);
-    std::fs::create_dir_all(checkpoints).expect("checkpoint dir");
+    cfg.checkpoint_dir = checkpoints.url();
+    cfg.savepoint_dir = Some(root.join("savepoints").url());
     let percent = case.write_failure_percent;
     let latency = case.storage_latency_ms;
-    let storage = CheckpointStorage::open_wrapped(&checkpoints.display().to_string(), |inner| {
+    let storage = CheckpointStorage::open_wrapped(&checkpoints.url(), |inner| {
         let f = Arc::new(FaultyObjectStore::new(inner));
         if percent > 0 {
             f.fail_writes_with_probability(percent as f64 / 100.0, faults_seed);
@@ -364,8 +467,8 @@ fn interrupt(case: &Case, handle: JobHandle) -> (JobResult, Option<RestoreFrom>)
 /// checkpoint has completed.
 struct Start {
     restore: RestoreFrom,
-    checkpoints: PathBuf,
-    delete_after_first_checkpoint: Option<PathBuf>,
+    checkpoints: Place,
+    delete_after_first_checkpoint: Option<Place>,
     restore_mode: RestoreMode,
 }
 
@@ -373,23 +476,23 @@ struct Start {
 /// on the job no longer needs the snapshot it was restored from).
 fn run_deleting(
     job: Job,
-    checkpoints: &Path,
-    delete: Option<&Path>,
+    checkpoints: &Place,
+    delete: Option<&Place>,
 ) -> cairn_runtime::Result<JobResult> {
     let handle = job.start()?;
     let Some(delete) = delete else {
         return handle.wait();
     };
-    let storage = CheckpointStorage::open(&checkpoints.display().to_string())
-        .expect("open the job's checkpoint directory");
+    let storage =
+        CheckpointStorage::open(&checkpoints.url()).expect("open the job's checkpoint directory");
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deleter = {
-        let (done, delete) = (done.clone(), delete.to_path_buf());
+        let (done, delete) = (done.clone(), delete.clone());
         std::thread::spawn(move || {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if storage.completed_checkpoints().is_ok_and(|c| !c.is_empty()) {
-                    std::fs::remove_dir_all(&delete).expect("delete the restored directory");
-                    eprintln!("  deleted {}", delete.display());
+                    delete.remove();
+                    eprintln!("  deleted {}", delete.url());
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -415,14 +518,14 @@ fn finish(
     case: &Case,
     mut phase: Phase,
     start: &Start,
-    dir: &Path,
+    (dir, root): (&Path, &Place),
     (input, output): (&Path, &Path),
     fail: &FailAt,
     faults_seed: u64,
 ) -> JobResult {
     let restore = &start.restore;
     loop {
-        let mut cfg = job_config(case, &phase, (dir, &start.checkpoints), faults_seed);
+        let mut cfg = job_config(case, &phase, (dir, root, &start.checkpoints), faults_seed);
         cfg.restore = Some(restore.clone());
         cfg.restore_mode = start.restore_mode;
         let graph = wordcount_with(
@@ -436,7 +539,7 @@ fn finish(
         match run_deleting(
             job,
             &start.checkpoints,
-            start.delete_after_first_checkpoint.as_deref(),
+            start.delete_after_first_checkpoint.as_ref(),
         ) {
             Ok(r) => return r,
             // A snapshot in which some subtasks of an operator had finished restores only at
@@ -463,8 +566,14 @@ fn run(case: &Case) {
         seen: Arc::new(AtomicU64::new(0)),
         at: case.failures.clone(),
     };
-    let checkpoints = dir.path().join("checkpoints");
-    let cfg = job_config(case, &case.first, (dir.path(), &checkpoints), case.seed);
+    let root = Place::root(dir.path(), case.seed);
+    let checkpoints = root.join("checkpoints");
+    let cfg = job_config(
+        case,
+        &case.first,
+        (dir.path(), &root, &checkpoints),
+        case.seed,
+    );
     let first = run_first(case, cfg, &input, &output, &fail);
     let r = &first.result;
     eprintln!(
@@ -481,14 +590,14 @@ fn run(case: &Case) {
         .into_iter()
         .flatten()
     {
-        verify(Path::new(savepoint));
+        verify(savepoint);
     }
     if let Some(restore) = &first.restore {
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xFF;
         let start = match restore {
             RestoreFrom::Latest if case.second_elsewhere => {
-                let storage = CheckpointStorage::open(&checkpoints.display().to_string())
+                let storage = CheckpointStorage::open(&checkpoints.url())
                     .expect("open the first job's checkpoint directory");
                 let newest = storage
                     .completed_checkpoints()
@@ -497,10 +606,8 @@ fn run(case: &Case) {
                     .max();
                 match newest {
                     Some(id) => Start {
-                        restore: RestoreFrom::Path(
-                            checkpoints.join(format!("chk-{id}")).display().to_string(),
-                        ),
-                        checkpoints: dir.path().join("checkpoints-second"),
+                        restore: RestoreFrom::Path(checkpoints.join(&format!("chk-{id}")).url()),
+                        checkpoints: root.join("checkpoints-second"),
                         delete_after_first_checkpoint: Some(checkpoints.clone()),
                         restore_mode: RestoreMode::NoClaim,
                     },
@@ -523,7 +630,15 @@ fn run(case: &Case) {
                 },
             },
         };
-        let second = finish(case, case.second, &start, dir.path(), io, &fail, seed);
+        let second = finish(
+            case,
+            case.second,
+            &start,
+            (dir.path(), &root),
+            io,
+            &fail,
+            seed,
+        );
         eprintln!(
             "  second job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
             second.restored_from, second.records, second.checkpoints_completed, second.restarts
@@ -550,14 +665,22 @@ fn run(case: &Case) {
         };
         let io = (input.as_path(), output.as_path());
         let seed = case.seed ^ 0xF0F0;
-        let third = finish(case, case.third, &start, dir.path(), io, &fail, seed);
+        let third = finish(
+            case,
+            case.third,
+            &start,
+            (dir.path(), &root),
+            io,
+            &fail,
+            seed,
+        );
         eprintln!(
             "  third job: restored from {:?}, {} records, {} checkpoints completed, {} restarts",
             third.restored_from, third.records, third.checkpoints_completed, third.restarts
         );
         check_continues(&expected, &read_output(&output), exactly_once);
     }
-    for checkpoints in [checkpoints, dir.path().join("checkpoints-second")] {
+    for checkpoints in [checkpoints, root.join("checkpoints-second")] {
         if checkpoints.exists() {
             check_left(case, &checkpoints);
         }
@@ -567,11 +690,10 @@ fn run(case: &Case) {
 /// Checks the snapshot at `path` as `state-dump verify` does: every file it references is
 /// there with its size and CRC, every block of its state files and every changelog record
 /// decodes, and its native RocksDB files open and read through.
-fn verify(path: &Path) {
-    let snapshot = state_dump::open_snapshot(&path.display().to_string())
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+fn verify(url: &str) {
+    let snapshot = state_dump::open_snapshot(url).unwrap_or_else(|e| panic!("open {url}: {e}"));
     let report = state_dump::verify(&snapshot, &state_dump::NoProgress)
-        .unwrap_or_else(|e| panic!("verify {}: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("verify {url}: {e}"));
     assert!(report.is_clean(), "{}", report.render());
 }
 
@@ -579,12 +701,12 @@ fn verify(path: &Path) {
 /// checkpoint verifies ([`verify`]), and,
 /// when no storage write failed on purpose (a failed delete legitimately leaves a file
 /// behind), no file that no checkpoint references and no incomplete checkpoint directory.
-fn check_left(case: &Case, checkpoints: &Path) {
-    let storage = CheckpointStorage::open(&checkpoints.display().to_string())
+fn check_left(case: &Case, checkpoints: &Place) {
+    let storage = CheckpointStorage::open(&checkpoints.url())
         .expect("open a checkpoint directory the case left");
     let completed = storage.completed_checkpoints().expect("list");
     for &id in &completed {
-        verify(&checkpoints.join(format!("chk-{id}")));
+        verify(&checkpoints.join(&format!("chk-{id}")).url());
     }
     if case.write_failure_percent == 0 {
         let plan = storage.gc_plan(usize::MAX).expect("gc plan");
@@ -594,12 +716,12 @@ fn check_left(case: &Case, checkpoints: &Path) {
                 && plan.kept_incomplete.is_empty()
                 && plan.corrupt.is_empty(),
             "the jobs left files no checkpoint references in {}: {plan:?}",
-            checkpoints.display()
+            checkpoints.url()
         );
     }
     eprintln!(
         "  {}: checkpoints {completed:?} read back",
-        checkpoints.display()
+        checkpoints.url()
     );
 }
 
