@@ -26,9 +26,9 @@ const TRIGGER_CHECK_EVERY: u32 = 1024;
 /// A registered state.
 pub(crate) struct StateInfo {
     pub(crate) meta: StateMeta,
-    /// The typed codecs (`Codecs2<V, N>` or `MapCodecs<UK, UV, N>`), for logging.
+    /// The typed codecs (`PlainCodecs<V, N>` or `MapCodecs<UK, UV, N>`), for logging.
     pub(crate) codecs: Box<dyn Any + Send>,
-    /// The namespace codec (`CodecRef<N>`), for `clear`.
+    /// The namespace codec (`CodecRef<N>`), for every change (`clear` knows only `N`).
     pub(crate) ns_codec: Box<dyn Any + Send>,
     /// Aggregating state: where the wrapped aggregate function leaves the encoded
     /// accumulator after each add.
@@ -743,7 +743,10 @@ fn nonce(uid: &str) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use cairn_core::{BincodeCodec, Codec, KeyGroupRange, StateAccess, ValueStateDescriptor};
+    use cairn_core::{
+        BincodeCodec, Codec, CodecError, CodecRef, KeyGroupRange, KeyedStateBackend,
+        ListStateDescriptor, ListStateId, MapStateDescriptor, StateAccess, ValueStateDescriptor,
+    };
     use cairn_hashmap::{HashMapBackend, HashMapConfig};
 
     use super::*;
@@ -816,5 +819,65 @@ mod tests {
             written += 100;
         }
         assert_eq!(b.next_mat_id(), first + 1, "a materialization started");
+    }
+
+    /// A namespace codec that cannot encode 13.
+    struct NoThirteen(BincodeCodec<u64>);
+
+    impl Codec<u64> for NoThirteen {
+        fn encode(&self, value: &u64, out: &mut Vec<u8>) -> std::result::Result<(), CodecError> {
+            if *value == 13 {
+                return Err(CodecError {
+                    codec: "no-thirteen".into(),
+                    op: "encode",
+                    detail: "13".into(),
+                });
+            }
+            self.0.encode(value, out)
+        }
+        fn decode(&self, bytes: &[u8]) -> std::result::Result<u64, CodecError> {
+            self.0.decode(bytes)
+        }
+        fn identity(&self) -> &cairn_core::CodecIdentity {
+            self.0.identity()
+        }
+    }
+
+    /// A change whose log record cannot be encoded fails before the wrapped backend
+    /// changes: otherwise the state would hold what the log (and so a restore) lacks.
+    #[test]
+    fn a_change_that_cannot_be_logged_is_not_made() {
+        let mut b = backend(u64::MAX);
+        let ns: CodecRef<u64> = Arc::new(NoThirteen(BincodeCodec::new()));
+        let list = b
+            .register_list(&ListStateDescriptor {
+                name: "l".into(),
+                element: Arc::new(BincodeCodec::<u64>::new()),
+                namespace: ns.clone(),
+            })
+            .unwrap();
+        let map = b
+            .register_map(&MapStateDescriptor {
+                name: "m".into(),
+                user_key: Arc::new(BincodeCodec::<u64>::new()),
+                value: Arc::new(BincodeCodec::<u64>::new()),
+                namespace: ns,
+            })
+            .unwrap();
+        b.set_current_key(&1u64.to_le_bytes()).unwrap();
+        b.list_add(list, &12, 5).unwrap();
+        b.map_put(map, &12, 1, 2).unwrap();
+        let logged = b.log.len_bytes();
+        assert!(b.list_add(list, &13, 5).is_err());
+        assert!(b.list_add_all(list, &13, vec![5, 6]).is_err());
+        assert!(b.list_update(list, &13, vec![5]).is_err());
+        assert!(b.map_put(map, &13, 1, 2).is_err());
+        assert_eq!(b.list_get(list, &13).unwrap(), Vec::<u64>::new());
+        assert_eq!(b.map_get(map, &13, &1).unwrap(), None);
+        // Clearing an existing entry under a namespace it cannot log: the entry stays.
+        let keep = ListStateId::<u64, u64>::new(list.raw());
+        assert!(b.clear(keep.raw(), &13u64).is_err());
+        assert_eq!(b.list_get(list, &12).unwrap(), vec![5]);
+        assert_eq!(b.log.len_bytes(), logged, "nothing logged");
     }
 }

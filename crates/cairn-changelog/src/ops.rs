@@ -1,6 +1,9 @@
 //! The [`KeyedStateBackend`] implementation: every call is delegated to the wrapped backend;
-//! every successful mutation is then logged as bytes.
+//! every successful mutation is then logged as bytes. What the log record needs is encoded
+//! before the wrapped backend changes, so that a codec error leaves both as they were; only
+//! a reduced value or an accumulator, which the change makes, is encoded after it.
 
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use cairn_core::*;
@@ -8,17 +11,18 @@ use cairn_format::{encode_list, ChangelogOp};
 
 use crate::backend::ChangelogBackend;
 
-/// Codecs of value, list, reducing and aggregating states.
-pub(crate) struct Codecs2<A, N> {
-    pub(crate) value: CodecRef<A>,
-    pub(crate) namespace: CodecRef<N>,
+/// Codecs of value, list, reducing and aggregating states. The namespace codec is the
+/// state's `ns_codec`; `N` here makes a lookup check the namespace type too.
+struct PlainCodecs<V, N> {
+    value: CodecRef<V>,
+    namespace: PhantomData<fn() -> N>,
 }
 
-/// Codecs of map states.
-pub(crate) struct MapCodecs<UK, UV, N> {
-    pub(crate) user_key: CodecRef<UK>,
-    pub(crate) value: CodecRef<UV>,
-    pub(crate) namespace: CodecRef<N>,
+/// Codecs of map states (the namespace codec as in [`PlainCodecs`]).
+struct MapCodecs<UK, UV, N> {
+    user_key: CodecRef<UK>,
+    value: CodecRef<UV>,
+    namespace: PhantomData<fn() -> N>,
 }
 
 /// Where the wrapped aggregate function leaves the encoded accumulator after an add.
@@ -76,35 +80,55 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         Ok((w, c))
     }
 
-    /// Encodes `ns` into `scratch_ns`.
-    fn encode_ns<N: 'static>(&mut self, codec: &CodecRef<N>, ns: &N, w: usize) -> Result<()> {
-        self.scratch_ns.clear();
-        codec
-            .encode(ns, &mut self.scratch_ns)
-            .map_err(|e| codec_err(self.state_name(w), e))
-    }
-
-    /// Encodes `value` into `scratch` and `ns` into `scratch_ns` with the codecs of state
-    /// `raw`, borrowed (the hot path of a value update: no reference counting per change);
-    /// returns the state's index.
-    fn encode_value_ns<V: 'static, N: 'static>(
+    /// Runs `encode` with the codecs `C` of state `raw`, borrowed (the hot path of a change:
+    /// no reference counting), on `scratch`, cleared; returns the state's index and what
+    /// `encode` returns.
+    fn encode_with<C: 'static, R>(
         &mut self,
         raw: RawStateId,
-        value: &V,
-        ns: &N,
-    ) -> Result<usize> {
+        encode: impl FnOnce(&C, &mut Vec<u8>) -> std::result::Result<R, CodecError>,
+    ) -> Result<(usize, R)> {
         let mut scratch = std::mem::take(&mut self.scratch);
-        let mut scratch_ns = std::mem::take(&mut self.scratch_ns);
         scratch.clear();
-        scratch_ns.clear();
-        let r = self.codecs::<Codecs2<V, N>>(raw).and_then(|(w, c)| {
-            c.value
-                .encode(value, &mut scratch)
-                .and_then(|()| c.namespace.encode(ns, &mut scratch_ns))
-                .map_err(|e| codec_err(self.state_name(w), e))?;
-            Ok(w)
+        let r = self.codecs::<C>(raw).and_then(|(w, c)| {
+            let r = encode(c, &mut scratch).map_err(|e| codec_err(self.state_name(w), e))?;
+            Ok((w, r))
         });
         self.scratch = scratch;
+        r
+    }
+
+    /// Encodes `values` as a list value of state `s` into `scratch`; returns its index.
+    fn encode_elements<V: 'static, N: 'static>(
+        &mut self,
+        s: ListStateId<V, N>,
+        values: &[V],
+    ) -> Result<usize> {
+        let (w, ()) = self.encode_with(s.raw(), |c: &PlainCodecs<V, N>, out| {
+            let mut parts = Vec::with_capacity(values.len());
+            for v in values {
+                parts.push(c.value.encode_to_vec(v)?);
+            }
+            encode_list(parts.iter().map(Vec::as_slice), out);
+            Ok(())
+        })?;
+        Ok(w)
+    }
+
+    /// Encodes `ns` into `scratch_ns` with the namespace codec of state `w`.
+    fn encode_ns<N: 'static>(&mut self, w: usize, ns: &N) -> Result<()> {
+        let mut scratch_ns = std::mem::take(&mut self.scratch_ns);
+        scratch_ns.clear();
+        let codec = self
+            .states
+            .get(w)
+            .and_then(|st| st.ns_codec.downcast_ref::<CodecRef<N>>());
+        let r = match codec {
+            Some(c) => c
+                .encode(ns, &mut scratch_ns)
+                .map_err(|e| codec_err(self.state_name(w), e)),
+            None => Err(self.type_mismatch(w)),
+        };
         self.scratch_ns = scratch_ns;
         r
     }
@@ -114,26 +138,6 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             .get(w)
             .map(|s| s.meta.name.as_str())
             .unwrap_or("")
-    }
-
-    /// Encodes `values` as a list value into `scratch`.
-    fn encode_elements<V: 'static>(
-        &mut self,
-        codec: &CodecRef<V>,
-        values: &[V],
-        w: usize,
-    ) -> Result<()> {
-        let mut parts = Vec::with_capacity(values.len());
-        for v in values {
-            parts.push(
-                codec
-                    .encode_to_vec(v)
-                    .map_err(|e| codec_err(self.state_name(w), e))?,
-            );
-        }
-        self.scratch.clear();
-        encode_list(parts.iter().map(Vec::as_slice), &mut self.scratch);
-        Ok(())
     }
 
     /// Logs `op` with the value in `scratch` (or none).
@@ -153,9 +157,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         (value, namespace): (&CodecRef<V>, &CodecRef<N>),
         acc_slot: Option<AccSlot>,
     ) {
-        let codecs = Codecs2 {
+        let codecs = PlainCodecs {
             value: value.clone(),
-            namespace: namespace.clone(),
+            namespace: PhantomData::<fn() -> N>,
         };
         let ns_codec = Box::new(namespace.clone());
         self.add_state(raw, meta, Box::new(codecs), ns_codec, acc_slot);
@@ -229,7 +233,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         let codecs = MapCodecs {
             user_key: d.user_key.clone(),
             value: d.value.clone(),
-            namespace: d.namespace.clone(),
+            namespace: PhantomData::<fn() -> N>,
         };
         self.add_state(
             id.raw(),
@@ -296,7 +300,10 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        let w = self.encode_value_ns(s.raw(), &value, ns)?;
+        let (w, ()) = self.encode_with(s.raw(), |c: &PlainCodecs<V, N>, out| {
+            c.value.encode(&value, out)
+        })?;
+        self.encode_ns(w, ns)?;
         self.inner.value_update(s, ns, value)?;
         self.log_scratch(w, ChangelogOp::Set, None)
     }
@@ -315,11 +322,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<V, N>>(s.raw())?;
-        let (vc, nc) = (c.value.clone(), c.namespace.clone());
-        self.encode_elements(&vc, std::slice::from_ref(&value), w)?;
+        let w = self.encode_elements(s, std::slice::from_ref(&value))?;
+        self.encode_ns(w, ns)?;
         self.inner.list_add(s, ns, value)?;
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::ListAppend, None)
     }
 
@@ -329,15 +334,13 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         values: Vec<V>,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<V, N>>(s.raw())?;
-        let (vc, nc) = (c.value.clone(), c.namespace.clone());
-        self.encode_elements(&vc, &values, w)?;
+        let w = self.encode_elements(s, &values)?;
+        self.encode_ns(w, ns)?;
         let empty = values.is_empty();
         self.inner.list_add_all(s, ns, values)?;
         if empty {
             return Ok(());
         }
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::ListAppend, None)
     }
 
@@ -347,11 +350,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         values: Vec<V>,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<V, N>>(s.raw())?;
-        let (vc, nc) = (c.value.clone(), c.namespace.clone());
-        self.encode_elements(&vc, &values, w)?;
+        let w = self.encode_elements(s, &values)?;
+        self.encode_ns(w, ns)?;
         self.inner.list_update(s, ns, values)?;
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::ListSet, None)
     }
 
@@ -371,16 +372,13 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         user_key: UK,
         value: UV,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<MapCodecs<UK, UV, N>>(s.raw())?;
-        let (kc, vc, nc) = (c.user_key.clone(), c.value.clone(), c.namespace.clone());
-        let uk = kc
-            .encode_to_vec(&user_key)
-            .map_err(|e| codec_err(self.state_name(w), e))?;
-        self.scratch.clear();
-        vc.encode(&value, &mut self.scratch)
-            .map_err(|e| codec_err(self.state_name(w), e))?;
+        let (w, uk) = self.encode_with(s.raw(), |c: &MapCodecs<UK, UV, N>, out| {
+            let uk = c.user_key.encode_to_vec(&user_key)?;
+            c.value.encode(&value, out)?;
+            Ok(uk)
+        })?;
+        self.encode_ns(w, ns)?;
         self.inner.map_put(s, ns, user_key, value)?;
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::MapPut, Some(&uk))
     }
 
@@ -390,13 +388,11 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         user_key: &UK,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<MapCodecs<UK, UV, N>>(s.raw())?;
-        let (kc, nc) = (c.user_key.clone(), c.namespace.clone());
-        let uk = kc
-            .encode_to_vec(user_key)
-            .map_err(|e| codec_err(self.state_name(w), e))?;
+        let (w, uk) = self.encode_with(s.raw(), |c: &MapCodecs<UK, UV, N>, _| {
+            c.user_key.encode_to_vec(user_key)
+        })?;
+        self.encode_ns(w, ns)?;
         self.inner.map_remove(s, ns, user_key)?;
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::MapRemove, Some(&uk))
     }
 
@@ -431,22 +427,16 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         value: V,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<V, N>>(s.raw())?;
-        let (vc, nc) = (c.value.clone(), c.namespace.clone());
+        // The types are checked before the change.
+        let (w, _) = self.codecs::<PlainCodecs<V, N>>(s.raw())?;
+        self.encode_ns(w, ns)?;
         self.inner.reducing_add(s, ns, value)?;
         // Log the reduced value (replay must not need the reduce function's history).
         let reduced = self.inner.reducing_get(s, ns)?;
-        self.scratch.clear();
-        if let Some(v) = &reduced {
-            vc.encode(v, &mut self.scratch)
-                .map_err(|e| codec_err(self.state_name(w), e))?;
-        }
-        self.encode_ns(&nc, ns, w)?;
-        let op = if reduced.is_some() {
-            ChangelogOp::Set
-        } else {
-            ChangelogOp::Clear
-        };
+        let (_, op) = self.encode_with(s.raw(), |c: &PlainCodecs<V, N>, out| match &reduced {
+            Some(v) => c.value.encode(v, out).map(|()| ChangelogOp::Set),
+            None => Ok(ChangelogOp::Clear),
+        })?;
         self.log_scratch(w, op, None)
     }
 
@@ -467,14 +457,14 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         ns: &N,
         input: IN,
     ) -> Result<()> {
-        let (w, c) = self.codecs::<Codecs2<ACC, N>>(s.raw())?;
-        let nc = c.namespace.clone();
+        let (w, _) = self.codecs::<PlainCodecs<ACC, N>>(s.raw())?;
         let slot = self
             .states
             .get(w)
             .and_then(|s| s.acc_slot.clone())
             .ok_or_else(|| self.type_mismatch(w))?;
         slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.encode_ns(w, ns)?;
         self.inner.aggregating_add(
             AggregatingStateId::<AggInput<IN, ACC>, ACC, OUT, N>::new(s.raw()),
             ns,
@@ -486,24 +476,13 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
             Some(Err(e)) => return Err(codec_err(self.state_name(w), e)),
             None => return Err(self.type_mismatch(w)),
         }
-        self.encode_ns(&nc, ns, w)?;
         self.log_scratch(w, ChangelogOp::Set, None)
     }
 
     fn clear<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<()> {
         let w = self.state_index(s)?;
+        self.encode_ns(w, ns)?;
         self.inner.clear(s, ns)?;
-        // `clear` knows the namespace type only: use the namespace codec kept on its own.
-        let encoded = self
-            .states
-            .get(w)
-            .and_then(|st| st.ns_codec.downcast_ref::<CodecRef<N>>())
-            .map(|c| c.encode_to_vec(ns));
-        match encoded {
-            Some(Ok(bytes)) => self.scratch_ns = bytes,
-            Some(Err(e)) => return Err(codec_err(self.state_name(w), e)),
-            None => return Err(self.type_mismatch(w)),
-        }
         self.log_change(w, ChangelogOp::Clear, None, None)
     }
 

@@ -19,7 +19,7 @@ use cairn_format::{
 
 use crate::backend::ChangelogBackend;
 use crate::error::ChangelogError;
-use crate::ops::{AggInput, Codecs2, MapCodecs};
+use crate::ops::AggInput;
 
 /// A restored record, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,12 +264,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         self.start_mat()
     }
 
-    /// Replays the restored records of `name` (if any) through `apply`, then restores the
-    /// current key.
-    fn replay_with(
+    /// Replays the restored records of `name` (if any) through `apply`, with each record's
+    /// namespace decoded by `namespace`, then restores the current key.
+    fn replay_with<N: 'static>(
         &mut self,
         name: &str,
-        mut apply: impl FnMut(&mut B, &OwnedRecord) -> Result<()>,
+        namespace: &CodecRef<N>,
+        mut apply: impl FnMut(&mut B, &OwnedRecord, &N) -> Result<()>,
     ) -> Result<()> {
         let Some(records) = self.replay.remove(name) else {
             return Ok(());
@@ -277,15 +278,17 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         let previous = self.inner.current_key().map(<[u8]>::to_vec);
         for r in &records {
             self.inner.set_current_key(&r.key)?;
-            apply(&mut self.inner, r).map_err(|e| {
-                StateError::layer(
-                    format!(
-                        "replaying changelog uid={} state={name} key_group={}",
-                        self.config.uid, r.key_group
-                    ),
-                    e,
-                )
-            })?;
+            decode(name, namespace, &r.namespace)
+                .and_then(|ns| apply(&mut self.inner, r, &ns))
+                .map_err(|e| {
+                    StateError::layer(
+                        format!(
+                            "replaying changelog uid={} state={name} key_group={}",
+                            self.config.uid, r.key_group
+                        ),
+                        e,
+                    )
+                })?;
         }
         if let Some(k) = previous {
             self.inner.set_current_key(&k)?;
@@ -298,17 +301,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ValueStateId<V, N>,
         d: &ValueStateDescriptor<V, N>,
     ) -> Result<()> {
-        let c = Codecs2 {
-            value: d.value.clone(),
-            namespace: d.namespace.clone(),
-        };
-        let name = d.name.clone();
-        self.replay_with(&d.name, |b, r| {
-            let ns = decode(&name, &c.namespace, &r.namespace)?;
-            match (r.op, &r.value) {
-                (ChangelogOp::Set, Some(v)) => b.value_update(id, &ns, decode(&name, &c.value, v)?),
-                _ => b.clear(id.raw(), &ns),
-            }
+        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
+            (ChangelogOp::Set, Some(v)) => b.value_update(id, ns, decode(&d.name, &d.value, v)?),
+            _ => b.clear(id.raw(), ns),
         })
     }
 
@@ -317,25 +312,17 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ListStateId<V, N>,
         d: &ListStateDescriptor<V, N>,
     ) -> Result<()> {
-        let c = Codecs2 {
-            value: d.element.clone(),
-            namespace: d.namespace.clone(),
+        let elements = |v: &[u8]| -> Result<Vec<V>> {
+            decode_list(v)
+                .map_err(|e| StateError::layer(format!("list value state={}", d.name), e))?
+                .into_iter()
+                .map(|e| decode(&d.name, &d.element, e))
+                .collect()
         };
-        let name = d.name.clone();
-        self.replay_with(&d.name, |b, r| {
-            let ns = decode(&name, &c.namespace, &r.namespace)?;
-            let elements = |v: &[u8]| -> Result<Vec<V>> {
-                decode_list(v)
-                    .map_err(|e| StateError::layer(format!("list value state={name}"), e))?
-                    .into_iter()
-                    .map(|e| decode(&name, &c.value, e))
-                    .collect()
-            };
-            match (r.op, &r.value) {
-                (ChangelogOp::ListAppend, Some(v)) => b.list_add_all(id, &ns, elements(v)?),
-                (ChangelogOp::ListSet, Some(v)) => b.list_update(id, &ns, elements(v)?),
-                _ => b.clear(id.raw(), &ns),
-            }
+        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
+            (ChangelogOp::ListAppend, Some(v)) => b.list_add_all(id, ns, elements(v)?),
+            (ChangelogOp::ListSet, Some(v)) => b.list_update(id, ns, elements(v)?),
+            _ => b.clear(id.raw(), ns),
         })
     }
 
@@ -344,25 +331,18 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: MapStateId<UK, UV, N>,
         d: &MapStateDescriptor<UK, UV, N>,
     ) -> Result<()> {
-        let c = MapCodecs {
-            user_key: d.user_key.clone(),
-            value: d.value.clone(),
-            namespace: d.namespace.clone(),
-        };
-        let name = d.name.clone();
-        self.replay_with(&d.name, |b, r| {
-            let ns = decode(&name, &c.namespace, &r.namespace)?;
+        self.replay_with(&d.name, &d.namespace, |b, r, ns| {
             match (r.op, &r.user_key, &r.value) {
                 (ChangelogOp::MapPut, Some(uk), Some(v)) => b.map_put(
                     id,
-                    &ns,
-                    decode(&name, &c.user_key, uk)?,
-                    decode(&name, &c.value, v)?,
+                    ns,
+                    decode(&d.name, &d.user_key, uk)?,
+                    decode(&d.name, &d.value, v)?,
                 ),
                 (ChangelogOp::MapRemove, Some(uk), _) => {
-                    b.map_remove(id, &ns, &decode(&name, &c.user_key, uk)?)
+                    b.map_remove(id, ns, &decode(&d.name, &d.user_key, uk)?)
                 }
-                _ => b.clear(id.raw(), &ns),
+                _ => b.clear(id.raw(), ns),
             }
         })
     }
@@ -372,17 +352,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ReducingStateId<V, N>,
         d: &ReducingStateDescriptor<V, N>,
     ) -> Result<()> {
-        let c = Codecs2 {
-            value: d.value.clone(),
-            namespace: d.namespace.clone(),
-        };
-        let name = d.name.clone();
-        self.replay_with(&d.name, |b, r| {
-            let ns = decode(&name, &c.namespace, &r.namespace)?;
-            b.clear(id.raw(), &ns)?;
+        self.replay_with(&d.name, &d.namespace, |b, r, ns| {
+            b.clear(id.raw(), ns)?;
             match (r.op, &r.value) {
                 // Adding to an empty reducing state stores the value as it is.
-                (ChangelogOp::Set, Some(v)) => b.reducing_add(id, &ns, decode(&name, &c.value, v)?),
+                (ChangelogOp::Set, Some(v)) => {
+                    b.reducing_add(id, ns, decode(&d.name, &d.value, v)?)
+                }
                 _ => Ok(()),
             }
         })
@@ -393,19 +369,12 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: AggregatingStateId<AggInput<IN, ACC>, ACC, OUT, N>,
         d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
     ) -> Result<()> {
-        let c = Codecs2 {
-            value: d.accumulator.clone(),
-            namespace: d.namespace.clone(),
-        };
-        let name = d.name.clone();
-        self.replay_with(&d.name, |b, r| {
-            let ns = decode(&name, &c.namespace, &r.namespace)?;
-            match (r.op, &r.value) {
-                (ChangelogOp::Set, Some(v)) => {
-                    b.aggregating_add(id, &ns, AggInput::Set(decode(&name, &c.value, v)?))
-                }
-                _ => b.clear(id.raw(), &ns),
+        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
+            (ChangelogOp::Set, Some(v)) => {
+                let acc = decode(&d.name, &d.accumulator, v)?;
+                b.aggregating_add(id, ns, AggInput::Set(acc))
             }
+            _ => b.clear(id.raw(), ns),
         })
     }
 }

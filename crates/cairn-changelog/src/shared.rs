@@ -221,6 +221,14 @@ impl Shared {
         self.cond.wait(g).unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Like [`Self::wait`], but for 50 ms at most: a waiter that polls a cancel token.
+    fn wait_polling<'a>(&self, g: MutexGuard<'a, Tables>) -> MutexGuard<'a, Tables> {
+        self.cond
+            .wait_timeout(g, std::time::Duration::from_millis(50))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+
     fn background_err(&self, what: &'static str, message: String) -> StateError {
         StateError::layer(
             format!("changelog {what} uid={}", self.uid),
@@ -385,11 +393,7 @@ impl Shared {
                     return Err(self.background_err("segment upload", m.clone()))
                 }
                 Some(SegState::Writing) => {
-                    t = self
-                        .cond
-                        .wait_timeout(t, std::time::Duration::from_millis(50))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
+                    t = self.wait_polling(t);
                 }
             }
         }
@@ -605,11 +609,7 @@ impl Shared {
                     return Err(self.background_err("materialization", m.clone()))
                 }
                 Some(MatState::Running) => {
-                    t = self
-                        .cond
-                        .wait_timeout(t, std::time::Duration::from_millis(50))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
+                    t = self.wait_polling(t);
                 }
                 None => {
                     let k = known.lock().unwrap_or_else(|p| p.into_inner());
