@@ -10,6 +10,8 @@
 //! temporary directory); operator state is copied as is; the manifest is written last by
 //! `cairn-storage`'s savepoint writer.
 
+use std::path::{Component, Path, PathBuf};
+
 use cairn_core::{
     is_valid_file_name, CanonicalFile, FileArea, KeyGroup, KeyedData, KeyedStateHandle,
     SnapshotType,
@@ -21,7 +23,7 @@ use cairn_storage::{create_savepoint, SavepointWriter};
 use serde::Serialize;
 
 use crate::error::{from_storage, DumpError};
-use crate::open::{check_readable, object_display, Snapshot};
+use crate::open::{check_readable, checkpoint_id_of, is_local_job_root, object_display, Snapshot};
 use crate::progress::Progress;
 use crate::scan::{file_count, scan_handle};
 
@@ -187,15 +189,10 @@ pub fn convert(
     {
         check_readable(h, s)?;
     }
-    let shown = if out.contains("://") {
-        out.to_string()
-    } else {
-        std::path::absolute(out)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| out.to_string())
-    };
+    let shown = output_dir(out)?;
     let id = s.manifest.checkpoint_id;
-    let writer = create_savepoint(out, id).map_err(|e| {
+    // The absolute path, so that the store's messages name the directory the user means.
+    let writer = create_savepoint(&shown, id).map_err(|e| {
         from_storage(e, &|p| {
             if p.starts_with('/') {
                 p.to_string()
@@ -253,6 +250,84 @@ pub fn convert(
         entries,
         bytes,
     })
+}
+
+/// The output directory as shown and written: a URL as given, a local path made absolute.
+/// Refuses what is no directory, and places inside a job's checkpoint directory where the
+/// job or `gc` would take the savepoint for theirs (the job directory itself, one of its
+/// `chk-<id>/` directories, its `shared/` directory).
+fn output_dir(out: &str) -> Result<String, DumpError> {
+    if out.is_empty() {
+        return Err(DumpError::usage(
+            "--out is empty; give the savepoint directory to write",
+        ));
+    }
+    let local = match out.strip_prefix("file://") {
+        Some(_) => url::Url::parse(out)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| {
+                DumpError::usage(format!(
+                    "--out is not a file URL of an absolute path path={out}"
+                ))
+            })?,
+        None if out.contains("://") => return Ok(out.to_string()),
+        None => PathBuf::from(out),
+    };
+    let abs = normalize(&std::path::absolute(&local).unwrap_or(local));
+    let shown = abs.display().to_string();
+    if abs.exists() && !abs.is_dir() {
+        return Err(DumpError::usage(format!(
+            "--out is not a directory; give the savepoint directory to write path={shown}"
+        )));
+    }
+    let refuse = |what: String| {
+        DumpError::usage(format!(
+            "--out is {what}; give a directory outside it (a savepoint beside the job's checkpoints, as <job>/savepoint-<id>, is fine) path={shown}"
+        ))
+    };
+    if is_local_job_root(&abs) {
+        return Err(refuse(
+            "a job's checkpoint directory, where a _metadata would be taken for the job's".into(),
+        ));
+    }
+    for dir in abs.ancestors() {
+        let (Some(name), Some(parent)) = (dir.file_name().and_then(|n| n.to_str()), dir.parent())
+        else {
+            continue;
+        };
+        if !is_local_job_root(parent) {
+            continue;
+        }
+        if checkpoint_id_of(name).is_some() {
+            return Err(refuse(format!(
+                "inside checkpoint directory {}, which is read as a checkpoint and deleted with it",
+                dir.display()
+            )));
+        }
+        if name == "shared" {
+            return Err(refuse(format!(
+                "inside {}, where gc deletes every file no checkpoint references",
+                dir.display()
+            )));
+        }
+    }
+    Ok(shown)
+}
+
+/// `path` without `.` and with each `..` applied to the component before it (lexically).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -56,6 +56,13 @@ pub enum DumpError {
         /// The file.
         path: String,
     },
+    /// A storage failure that concerns no single file (the message names what it concerns,
+    /// as a checkpoint id or an operation).
+    #[error("{detail}")]
+    Storage {
+        /// What failed.
+        detail: String,
+    },
     /// Any other failure reading or writing data (I/O, an object store error, a restore
     /// check in `convert`).
     #[error("{detail} path={path}")]
@@ -75,9 +82,10 @@ impl DumpError {
             DumpError::Usage { .. }
             | DumpError::NotSnapshot { .. }
             | DumpError::Unsupported { .. } => EXIT_USAGE,
-            DumpError::Corrupt { .. } | DumpError::Missing { .. } | DumpError::Data { .. } => {
-                EXIT_DATA
-            }
+            DumpError::Corrupt { .. }
+            | DumpError::Missing { .. }
+            | DumpError::Data { .. }
+            | DumpError::Storage { .. } => EXIT_DATA,
         }
     }
 
@@ -220,7 +228,34 @@ pub(crate) fn from_storage(e: StorageError, full: &dyn Fn(&str) -> String) -> Du
             full(&path)
         )),
         StorageError::InvalidArgument { reason } => DumpError::usage(reason),
-        other => DumpError::data("", other),
+        StorageError::TooLarge { path, size, max } => DumpError::Corrupt {
+            kind: "file",
+            path: full(&path),
+            offset: max,
+            detail: format!("too large: {size} bytes, more than the {max} bytes that may be read of it"),
+        },
+        StorageError::Io { op, path, source } => DumpError::Data {
+            path: full(&path),
+            detail: format!("{op} failed: {source}"),
+        },
+        StorageError::MultipartAbort {
+            path,
+            source,
+            abort,
+        } => DumpError::Data {
+            path: full(&path),
+            detail: format!(
+                "put_multipart failed: {source}; aborting the upload failed too: {abort}"
+            ),
+        },
+        StorageError::DirectoryInUse { dir, holder } => DumpError::usage(format!(
+            "the directory is in use by {holder} path={}",
+            full(&dir)
+        )),
+        // The rest name no path; their messages carry what identifies them.
+        other => DumpError::Storage {
+            detail: other.to_string(),
+        },
     }
 }
 

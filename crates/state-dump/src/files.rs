@@ -28,6 +28,8 @@ pub struct CheckpointFiles {
     pub private: Vec<String>,
     /// The shared files it references (names relative to `shared/`), sorted.
     pub shared: Vec<String>,
+    /// Its private files that are not in `chk-<id>/` (local directories only), sorted.
+    pub missing_private: Vec<String>,
 }
 
 /// One shared file.
@@ -84,6 +86,7 @@ pub fn list_files(root: &JobRoot) -> Result<FilesReport, DumpError> {
             error: None,
             private: Vec::new(),
             shared: Vec::new(),
+            missing_private: Vec::new(),
         };
         match status {
             CheckpointStatus::Complete(m) => {
@@ -144,6 +147,15 @@ pub fn list_files(root: &JobRoot) -> Result<FilesReport, DumpError> {
                 f.missing = !local.join("shared").join(&f.name).is_file();
             }
         }
+        for c in &mut checkpoints {
+            let dir = local.join(format!("chk-{}", c.id));
+            c.missing_private = c
+                .private
+                .iter()
+                .filter(|name| !dir.join(name).is_file())
+                .cloned()
+                .collect();
+        }
     }
     Ok(FilesReport {
         root: root.location.clone(),
@@ -180,10 +192,14 @@ fn savepoints_under(dir: &Path) -> Vec<SavepointFiles> {
 }
 
 impl FilesReport {
-    /// Whether something is wrong: a referenced shared file missing or a corrupt manifest.
+    /// Whether something is wrong: a referenced shared or private file missing, or a
+    /// corrupt manifest.
     pub fn has_problems(&self) -> bool {
         self.shared.iter().any(|f| f.missing)
-            || self.checkpoints.iter().any(|c| c.status == "corrupt")
+            || self
+                .checkpoints
+                .iter()
+                .any(|c| c.status == "corrupt" || !c.missing_private.is_empty())
     }
 
     /// The human form.
@@ -198,7 +214,15 @@ impl FilesReport {
                     c.status.to_string(),
                     c.private.len().to_string(),
                     c.shared.len().to_string(),
-                    c.error.clone().unwrap_or_default(),
+                    match (&c.error, c.missing_private.as_slice()) {
+                        (Some(e), _) => e.clone(),
+                        (None, []) => String::new(),
+                        (None, missing) => format!(
+                            "MISSING {} private file(s): {}",
+                            missing.len(),
+                            missing.join(", ")
+                        ),
+                    },
                 ]
             })
             .collect();

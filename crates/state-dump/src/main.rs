@@ -114,7 +114,8 @@ enum Command {
     Convert {
         /// The checkpoint or savepoint.
         path: String,
-        /// The savepoint directory to write (must not hold a savepoint).
+        /// The savepoint directory to write (must not hold a savepoint, nor be a job's
+        /// checkpoint directory or lie in its chk-<id>/ or shared/ directories).
         #[arg(long, value_name = "DIR")]
         out: String,
         /// Print the report as JSON.
@@ -205,7 +206,7 @@ fn run(cli: Cli) -> Result<i32, DumpError> {
             print(json, &r, |r| r.render())?;
             if r.has_problems() {
                 eprintln!(
-                    "state-dump: missing shared files or corrupt manifests path={}",
+                    "state-dump: missing files or corrupt manifests path={}",
                     r.root
                 );
                 return Ok(EXIT_DATA);

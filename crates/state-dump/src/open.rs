@@ -203,7 +203,7 @@ fn display(p: &Path) -> String {
 }
 
 /// The id of a `chk-<id>` directory name (canonical decimal only).
-fn checkpoint_id_of(name: &str) -> Option<u64> {
+pub(crate) fn checkpoint_id_of(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("chk-")?;
     let id: u64 = digits.parse().ok()?;
     (id.to_string() == digits).then_some(id)
@@ -344,10 +344,16 @@ fn job_root_hint(dir: &str, shown: &str) -> Option<DumpError> {
     })
 }
 
+/// Whether local directory `dir` is a job's checkpoint directory: it holds the job's lock
+/// file or a `shared/` directory.
+pub(crate) fn is_local_job_root(dir: &Path) -> bool {
+    dir.join("_lock").is_file() || dir.join("shared").is_dir()
+}
+
 /// Opens a job's checkpoint directory (`<job>`, holding `chk-<id>/` and `shared/`). A local
 /// directory must exist (it is never created).
 pub fn open_job_root(path: &str) -> Result<JobRoot, DumpError> {
-    let (url, shown) = match parse_target(path)? {
+    let (url, shown, local) = match parse_target(path)? {
         Target::Local(p) => {
             let shown = display(&p);
             let meta = std::fs::metadata(&p).map_err(|e| DumpError::NotSnapshot {
@@ -360,14 +366,24 @@ pub fn open_job_root(path: &str) -> Result<JobRoot, DumpError> {
                     detail: "not a directory; give a job's checkpoint directory (the one holding chk-<id>/ and shared/)".into(),
                 });
             }
-            (shown.clone(), shown)
+            (shown.clone(), shown, Some(p))
         }
-        Target::Url(u) => (u.clone(), u),
+        Target::Url(u) => (u.clone(), u, None),
     };
     let last = shown.trim_end_matches('/').rsplit('/').next().unwrap_or("");
     if checkpoint_id_of(last).is_some() {
         return Err(DumpError::usage(format!(
             "{shown} is a checkpoint directory; give the job's checkpoint directory above it"
+        )));
+    }
+    // A savepoint's directory is no job's: gc would leave a lock file in it, and
+    // files/gc would report an empty job.
+    if local
+        .as_ref()
+        .is_some_and(|p| p.join(MANIFEST_FILE_NAME).is_file())
+    {
+        return Err(DumpError::usage(format!(
+            "{shown} is a savepoint or checkpoint directory (it holds a _metadata), not a job's checkpoint directory; give the directory holding chk-<id>/ and shared/"
         )));
     }
     let full = |p: &str| object_display(&shown, p);
