@@ -93,10 +93,16 @@ impl StateFileReader {
                 ),
             ));
         }
-        if reserved != 0 || footer_reserved != 0 {
+        if reserved != 0 {
             return Err(bad(
                 HEADER_RESERVED_OFFSET,
                 "reserved field is not zero".into(),
+            ));
+        }
+        if footer_reserved != 0 {
+            return Err(bad(
+                footer_at + FOOTER_RESERVED,
+                "reserved footer field is not zero".into(),
             ));
         }
         check_required_flags(KIND, path, HEADER_FLAGS_OFFSET, flags, KNOWN_REQUIRED_FLAGS)?;

@@ -67,3 +67,26 @@ fn appended_bytes_are_detected() {
         assert_rejected(v.kind, &b, &format!("{}: one byte appended", v.name));
     }
 }
+
+/// The footer's reserved field (10 bytes before the end, past the footer's CRC, which
+/// covers the header's) is reported at its own offset when it is not zero. Before, it was
+/// reported at the header's reserved field (offset 12).
+#[test]
+fn a_set_footer_reserved_field_is_reported_where_it_is() {
+    for v in valid_vectors() {
+        if v.kind != FileKind::StateFile {
+            continue;
+        }
+        let at = v.bytes.len() - 10;
+        let mut b = v.bytes.clone();
+        b[at] ^= 1;
+        let msg = decode(v.kind, &b, "v")
+            .expect_err("a reserved bit set")
+            .to_string();
+        assert!(
+            msg.contains("reserved footer field") && msg.contains(&format!("offset={at}")),
+            "{}: byte {at}: {msg}",
+            v.name
+        );
+    }
+}
