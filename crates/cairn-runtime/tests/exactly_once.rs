@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::{
@@ -36,10 +34,7 @@ fn run_case(case: Case) {
     cfg.restart.delay = Duration::from_millis(10);
     // Slow the source so that checkpoints complete between the failures.
     cfg.records_per_second = Some(20_000);
-    let fail = FailAt {
-        seen: Arc::new(AtomicU64::new(0)),
-        at: case.failures.clone(),
-    };
+    let fail = FailAt::at(case.failures.clone());
     let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
         .run()
         .expect("job");
@@ -226,10 +221,7 @@ fn changelog_options_reach_the_backends() {
         }
         cfg.restart.delay = Duration::from_millis(10);
         cfg.records_per_second = Some(20_000);
-        let fail = FailAt {
-            seen: Arc::new(AtomicU64::new(0)),
-            at: failures.clone(),
-        };
+        let fail = FailAt::at(failures.clone());
         let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
             .run()
             .expect("job");
@@ -413,10 +405,7 @@ fn jobs_sharing_an_output_directory_leave_each_others_files_alone() {
         let mut cfg = config(&dir.path().join(name), 20);
         cfg.records_per_second = Some(5000);
         cfg.restart.delay = Duration::from_millis(10);
-        let fail = FailAt {
-            seen: Arc::new(AtomicU64::new(0)),
-            at: failures,
-        };
+        let fail = FailAt::at(failures);
         Job::new(wordcount(input, &output, Some(fail), None), cfg)
     };
     let a = job(&input_a, "a", vec![]).start().expect("start job a");
@@ -497,10 +486,7 @@ fn restarts_are_counted_since_the_last_long_run() {
         };
         cfg.records_per_second = Some(20_000);
         let failures = vec![700, 1700, 2700, 3700];
-        let fail = FailAt {
-            seen: Arc::new(AtomicU64::new(0)),
-            at: failures.clone(),
-        };
+        let fail = FailAt::at(failures.clone());
         let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg).run();
         if reset_after < Duration::from_secs(1) {
             let result = result.expect("a job whose failures lie apart");

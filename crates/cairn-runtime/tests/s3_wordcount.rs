@@ -8,7 +8,6 @@ mod common;
 #[path = "../../state-dump/tests/support/moto.rs"]
 mod moto;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,10 +53,7 @@ fn wordcount_on_s3(backend: StateBackendConfig, mode: SnapshotMode, tag: &str) {
     cfg.records_per_second = Some(6000);
     cfg.restart.max_restarts = 10;
     cfg.restart.delay = Duration::from_millis(10);
-    let fail = FailAt {
-        seen: Arc::new(AtomicU64::new(0)),
-        at: vec![3000, 7000],
-    };
+    let fail = FailAt::at(vec![3000, 7000]);
     let result = Job::new(wordcount(&input, &output, Some(fail), None), cfg.clone())
         .run()
         .expect("job on s3");

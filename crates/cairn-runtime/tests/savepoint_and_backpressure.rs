@@ -4,8 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_runtime::sinks::TwoPhaseFileSink;
@@ -89,10 +87,7 @@ fn a_failure_before_the_first_checkpoint_restarts_from_the_savepoint() {
     let mut cfg = config(dir.path(), 60_000);
     cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
     cfg.restart.delay = Duration::from_millis(10);
-    let fail = FailAt {
-        seen: Arc::new(AtomicU64::new(0)),
-        at: vec![2000],
-    };
+    let fail = FailAt::at(vec![2000]);
     let second = Job::new(wordcount(&input, &output, Some(fail), None), cfg)
         .run()
         .expect("second run");
@@ -343,10 +338,7 @@ fn claim_mode_takes_over_a_savepoint() {
     claim.restore = Some(RestoreFrom::Path(savepoint.clone()));
     claim.restore_mode = RestoreMode::Claim;
     claim.restart.delay = Duration::from_millis(5);
-    let fail = FailAt {
-        seen: Arc::new(AtomicU64::new(0)),
-        at: vec![20],
-    };
+    let fail = FailAt::at(vec![20]);
     let second = Job::new(wordcount(&input, &output, Some(fail), None), claim)
         .run()
         .expect("run 2");
@@ -443,13 +435,7 @@ fn slow_graph(input: &Path, output: &Path, delay: Duration) -> cairn_runtime::Jo
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
-        .process(
-            "fail",
-            FailAt {
-                seen: Arc::new(AtomicU64::new(0)),
-                at: Vec::new(),
-            },
-        )
+        .process("fail", FailAt::at(Vec::new()))
         .key_by(|w: &String| w.clone())
         .process("count", Count::new())
         .sink(

@@ -28,7 +28,6 @@ mod common;
 mod moto;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -562,10 +561,7 @@ fn run(case: &Case) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, expected) = write_input(dir.path(), case.lines, case.vocabulary, case.seed);
     let output = dir.path().join("out");
-    let fail = FailAt {
-        seen: Arc::new(AtomicU64::new(0)),
-        at: case.failures.clone(),
-    };
+    let fail = FailAt::at(case.failures.clone());
     let root = Place::root(dir.path(), case.seed);
     let checkpoints = root.join("checkpoints");
     let cfg = job_config(
@@ -653,10 +649,7 @@ fn run(case: &Case) {
     }
     if let Some(path) = first.midrun_savepoint {
         let output = dir.path().join("out-midrun");
-        let fail = FailAt {
-            seen: Arc::new(AtomicU64::new(0)),
-            at: case.third_failures.clone(),
-        };
+        let fail = FailAt::at(case.third_failures.clone());
         let start = Start {
             restore: RestoreFrom::Path(path),
             checkpoints: checkpoints.clone(),

@@ -180,6 +180,16 @@ pub struct FailAt {
     pub at: Vec<u64>,
 }
 
+impl FailAt {
+    /// Fails at these word counts (counted over every run of the job, replays included).
+    pub fn at(failures: Vec<u64>) -> Self {
+        Self {
+            seen: Arc::new(AtomicU64::new(0)),
+            at: failures,
+        }
+    }
+}
+
 impl Checkpointed for FailAt {}
 
 impl ProcessFunction<String, String> for FailAt {
@@ -316,13 +326,7 @@ pub fn wordcount_with(
     });
     let words = match fail {
         Some(f) => words.process("fail", f),
-        None => words.process(
-            "fail",
-            FailAt {
-                seen: Arc::new(AtomicU64::new(0)),
-                at: Vec::new(),
-            },
-        ),
+        None => words.process("fail", FailAt::at(Vec::new())),
     };
     let keyed = words.key_by(|w: &String| w.clone());
     let counted = if all_kinds {
