@@ -99,9 +99,23 @@ pub(crate) fn read_checked(
 
 /// Reads and decodes the manifest at `path`: `Ok(None)` if it does not exist.
 pub(crate) fn read_manifest(store: &Store, path: &Path) -> Result<Option<Manifest>, StorageError> {
-    let bytes = match store.get_bounded(path, cairn_format::MAX_MANIFEST_LEN as u64) {
+    let max = cairn_format::MAX_MANIFEST_LEN as u64;
+    let bytes = match store.get_bounded(path, max) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(None),
+        // No writer makes a manifest this large: it is corrupt like any other that does not
+        // decode (listed as such by `files` and `gc`, not an error for the whole directory).
+        Err(StorageError::TooLarge { path, size, .. }) => {
+            return Err(StorageError::CorruptManifest {
+                source: cairn_format::FormatError::Corrupt {
+                    kind: "manifest",
+                    path: path.clone(),
+                    offset: max,
+                    detail: format!("manifest larger than the limit len={size} max={max}"),
+                },
+                path,
+            })
+        }
         Err(e) => return Err(e),
     };
     decode_manifest(&bytes, path.as_ref())

@@ -168,6 +168,31 @@ fn corrupt_manifest_is_not_complete_and_is_reported() {
     );
 }
 
+/// A `_metadata` over the manifest size limit is a corrupt manifest of its checkpoint, like
+/// one that does not decode: it made `scan` (and so `state-dump files` and `gc`) fail for the
+/// whole directory.
+#[test]
+fn an_oversized_manifest_is_a_corrupt_checkpoint() {
+    let (store, storage) = memory();
+    write_checkpoint(&storage, 1, &[]);
+    write_checkpoint(&storage, 2, &[]);
+    let huge = vec![0u8; cairn_format::MAX_MANIFEST_LEN + 1];
+    futures::executor::block_on(store.put(
+        &Path::from("jobs/j1/chk-2/_metadata"),
+        PutPayload::from(huge),
+    ))
+    .unwrap();
+    let scan = storage.scan().unwrap();
+    assert!(matches!(scan[0], (1, CheckpointStatus::Complete(_))));
+    let (2, CheckpointStatus::Corrupt(err)) = &scan[1] else {
+        panic!("{:?}", scan[1]);
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("manifest larger than the limit"), "{msg}");
+    assert!(msg.contains("chk-2/_metadata"), "{msg}");
+    assert_eq!(storage.gc_plan(1).unwrap().corrupt.len(), 1);
+}
+
 #[test]
 fn local_directory_round_trip_and_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -281,6 +281,15 @@ fn output_dir(out: &str) -> Result<String, DumpError> {
             "--out is not a directory; give the savepoint directory to write path={shown}"
         )));
     }
+    // The nearest part of the path that exists must be a directory to create the rest in.
+    if let Some(file) = abs.ancestors().skip(1).find(|a| a.exists()) {
+        if !file.is_dir() {
+            return Err(DumpError::usage(format!(
+                "--out lies under {}, which is not a directory; give the savepoint directory to write path={shown}",
+                file.display()
+            )));
+        }
+    }
     let refuse = |what: String| {
         DumpError::usage(format!(
             "--out is {what}; give a directory outside it (a savepoint beside the job's checkpoints, as <job>/savepoint-<id>, is fine) path={shown}"

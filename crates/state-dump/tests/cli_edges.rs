@@ -132,8 +132,19 @@ mod convert_output_path_in_messages {
         let empty = run_in(&cwd, &["convert", "job/chk-1", "--out", ""]);
         empty.assert_error(2, &["bad usage: --out is empty"]);
 
-        let under = run_in(&cwd, &["convert", "job/chk-1", "--out", "afile/sp"]);
-        under.assert_error(1, &[&format!("path={}/afile/sp", cwd.display())]);
+        // Under a file: a usage error that names the file (it was exit 1, the create_dir
+        // failure).
+        let under = run_in(&cwd, &["convert", "job/chk-1", "--out", "afile/sp/x"]);
+        under.assert_error(
+            2,
+            &[
+                &format!(
+                    "--out lies under {}/afile, which is not a directory",
+                    cwd.display()
+                ),
+                &format!("path={}/afile/sp/x", cwd.display()),
+            ],
+        );
         assert_eq!(under.stderr.matches("path=").count(), 1, "{under:?}");
     }
 }
@@ -242,7 +253,8 @@ mod gc_and_files_on_a_savepoint_directory {
 mod oversized_manifest_names_its_path {
     //! Regression: a `_metadata` over the manifest limit (64 MiB) was reported as
     //! `object is larger than the limit: … path=chk-1/_metadata path=` — the store's relative
-    //! object path, then an empty one. It is a corrupt file named by its full path, exit 1.
+    //! object path, then an empty one. It is a corrupt manifest named by its full path, exit 1;
+    //! `files` and `gc` list it as a corrupt checkpoint (they failed for the whole directory).
 
     use crate::common::*;
     use cairn_storage::CheckpointStorage;
@@ -271,7 +283,10 @@ mod oversized_manifest_names_its_path {
             f.set_len(70 << 20).unwrap();
             for cmd in ["summary", "verify"] {
                 let r = run(&[cmd, s(&snapshot)]);
-                r.assert_error(1, &["corrupt file: too large: 73400320 bytes"]);
+                r.assert_error(
+                    1,
+                    &["corrupt manifest: manifest larger than the limit len=73400320"],
+                );
                 assert!(
                     r.stderr
                         .contains(&format!("path={} offset=67108864", s(&manifest))),
@@ -280,5 +295,15 @@ mod oversized_manifest_names_its_path {
                 assert_eq!(r.stderr.matches("path=").count(), 1, "{r:?}");
             }
         }
+        let files = run(&["files", s(&root)]);
+        assert_eq!(files.code, 1, "{files:?}");
+        assert!(
+            files.stdout.contains("chk-1       corrupt")
+                && files.stdout.contains("manifest larger than the limit"),
+            "{files:?}"
+        );
+        let gc = run(&["gc", s(&root), "--dry-run"]);
+        assert_eq!(gc.code, 0, "{gc:?}");
+        assert!(gc.stdout.contains("corrupt manifest: chk-1"), "{gc:?}");
     }
 }
