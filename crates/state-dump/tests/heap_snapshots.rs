@@ -210,6 +210,47 @@ fn diff_lists_exactly_the_changes() {
             other => panic!("{other}"),
         }
     }
+    // The text table shows each entry's key group, as the JSON does.
+    let text = run(&["diff", s(&f.root.join("chk-2")), s(&f.root.join("chk-3"))]);
+    assert_eq!(text.code, 0, "{text:?}");
+    let header = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("UID") && l.contains("KEY"))
+        .unwrap();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        columns,
+        [
+            "UID",
+            "STATE",
+            "CHANGE",
+            "KEY_GROUP",
+            "KEY",
+            "NAMESPACE",
+            "USER_KEY",
+            "OLD",
+            "NEW"
+        ]
+    );
+    let e = j["entries"].as_array().unwrap().first().unwrap();
+    let row = format!(
+        "{}  {}  {}  {}",
+        e["uid"].as_str().unwrap(),
+        e["state"].as_str().unwrap(),
+        e["change"].as_str().unwrap(),
+        e["key_group"]
+    );
+    let squeezed: Vec<String> = text
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join("  "))
+        .collect();
+    assert!(
+        squeezed.iter().any(|l| l.starts_with(&row)),
+        "{row}\n{}",
+        text.stdout
+    );
     // A snapshot against itself: nothing.
     let same = run(&["diff", s(&f.root.join("chk-3")), s(&f.root.join("chk-3"))]);
     assert_eq!(same.code, 0);
