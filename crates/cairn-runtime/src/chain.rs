@@ -234,7 +234,7 @@ impl OpSetup {
             checkpointing: self.shared.checkpointing,
         };
         f.initialize_state(&mut ctx)
-            .map_err(|e| e.with_uid(&self.uid))
+            .map_err(|e| e.with_uid(&self.uid).registration())
     }
 
     pub(crate) fn snapshot(
@@ -377,7 +377,9 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
         next: Box<dyn Chain<F::Out>>,
     ) -> Result<Self> {
         setup.initialize(&mut f)?;
-        let state = f.open(&mut backend).map_err(|e| e.with_uid(&setup.uid))?;
+        let state = f
+            .open(&mut backend)
+            .map_err(|e| e.with_uid(&setup.uid).registration())?;
         Ok(Self {
             setup,
             f,

@@ -250,8 +250,9 @@ pub struct JobConfig {
     pub restore: Option<RestoreFrom>,
     /// Whether the job takes over the checkpoint it is restored from (default: no claim).
     pub restore_mode: RestoreMode,
-    /// Allow a snapshot to hold operators this job does not have (their state is dropped);
-    /// otherwise that is an error (Flink's `allowNonRestoredState`).
+    /// Allow a snapshot to hold operators this job does not have, or keyed state of an
+    /// operator that is no longer keyed (their state is dropped); otherwise that is an error
+    /// (Flink's `allowNonRestoredState`).
     pub allow_non_restored_state: bool,
     /// Failure handling.
     pub restart: RestartStrategy,

@@ -109,6 +109,24 @@ impl RuntimeError {
         }
     }
 
+    /// A state registration that contradicts the restored state (another type, kind or
+    /// redistribution mode) is a restore that cannot work: no restart cures it, so it is
+    /// a restore error, which fails the job at once.
+    pub(crate) fn registration(self) -> Self {
+        match self {
+            RuntimeError::State {
+                uid,
+                source:
+                    source @ (StateError::IncompatibleCodec { .. }
+                    | StateError::IncompatibleKind { .. }
+                    | StateError::Restore { .. }),
+            } => RuntimeError::Restore {
+                reason: format!("operator {uid}: {source}"),
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn state(uid: &str, source: StateError) -> Self {
         RuntimeError::State {
             uid: uid.to_string(),

@@ -46,6 +46,8 @@ pub(crate) struct Restore {
     /// Its id, when it is the newest completed checkpoint of the job's own checkpoint
     /// directory (the one a job in claim mode may take over).
     pub(crate) claimable: Option<u64>,
+    /// State the job does not take may be dropped (`JobConfig::allow_non_restored_state`).
+    pub(crate) allow_non_restored: bool,
 }
 
 impl Restore {
@@ -82,6 +84,7 @@ impl Restore {
             source,
             description,
             claimable: None,
+            allow_non_restored: false,
         }
     }
 }
@@ -142,6 +145,33 @@ impl Restore {
     }
 }
 
+impl Restore {
+    /// Refuses in-flight records (of an unaligned checkpoint) stored on an operator that is
+    /// no longer the first after an exchange (`heads`): only that one replays them, so they
+    /// would be lost.
+    pub(crate) fn check_inflight_heads(&self, heads: &[&str]) -> Result<()> {
+        let mut lost: Vec<&str> = self
+            .inflight
+            .iter()
+            .filter(|(uid, _)| !heads.contains(&uid.as_str()))
+            .filter(|(_, subtasks)| subtasks.iter().flatten().any(|s| !s.elements.is_empty()))
+            .map(|(uid, _)| uid.as_str())
+            .collect();
+        lost.sort_unstable();
+        match lost.first() {
+            None => Ok(()),
+            Some(uid) => Err(RuntimeError::Restore {
+                reason: format!(
+                    "operator {uid} holds in-flight records in {} but is no longer the first \
+                     operator after an exchange, which replays them: they would be lost; \
+                     restore the job as it was, or from a savepoint or an aligned checkpoint",
+                    self.description
+                ),
+            }),
+        }
+    }
+}
+
 /// A type-erased end of an exchange's channels.
 pub(crate) type Erased = Box<dyn Any + Send>;
 /// A stage's output channels and the event lanes of the receiving tasks.
@@ -183,7 +213,25 @@ impl BuildCtx {
         let mut operator_state = OperatorStateBackend::new(uid);
         let mut is_restored = false;
         if let Some(r) = &self.restore {
-            if r.manifest.operator(uid).is_some() {
+            if let Some(op) = r.manifest.operator(uid) {
+                // An operator that is no longer keyed (its uid now names another kind of
+                // operator) would drop its keyed state (a keyed operator without states
+                // loses nothing).
+                if keyed.is_none()
+                    && !r.allow_non_restored
+                    && op
+                        .subtasks
+                        .iter()
+                        .any(|s| s.keyed.as_ref().is_some_and(|k| !k.states.is_empty()))
+                {
+                    return Err(RuntimeError::Restore {
+                        reason: format!(
+                            "operator {uid} has keyed state in {} but is not a keyed operator in \
+                             this job; allow non-restored state to drop it",
+                            r.description
+                        ),
+                    });
+                }
                 restore_subtask(
                     &r.manifest,
                     uid,

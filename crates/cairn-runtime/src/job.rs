@@ -559,8 +559,17 @@ impl Driver {
         self.next_id = self.next_id.max(manifest.checkpoint_id + 1);
         let mut restore = Restore::new(manifest, source, description);
         restore.claimable = claimable;
+        restore.allow_non_restored = self.config.allow_non_restored_state;
         let stages: Vec<Vec<String>> = self.graph.stages.iter().map(|s| s.uids.clone()).collect();
         restore.check_finished_order(&stages)?;
+        let heads: Vec<&str> = self
+            .graph
+            .stages
+            .iter()
+            .filter(|s| !s.is_source)
+            .filter_map(|s| s.uids.first().map(String::as_str))
+            .collect();
+        restore.check_inflight_heads(&heads)?;
         Ok(Some(Arc::new(restore)))
     }
 
