@@ -60,9 +60,10 @@ pub struct CheckpointConfig {
     pub timeout: Duration,
     /// Minimum time between the end of one checkpoint and the trigger of the next (default 0).
     pub min_pause: Duration,
-    /// Checkpoints in flight at once (default 1). When a bounded job has finished, its
-    /// final checkpoint gives up those still in flight (`JobResult::checkpoints_subsumed`)
-    /// and starts at once: it commits everything they would.
+    /// Checkpoints in flight at once (default 1). A checkpoint that completes gives up those
+    /// triggered before it and still in flight, and when a bounded job has finished, its
+    /// final checkpoint gives up all in flight and starts at once: it commits everything
+    /// they would (`JobResult::checkpoints_subsumed` counts both).
     pub max_concurrent: usize,
     /// Failed checkpoints tolerated in a row before the job fails over (default 0).
     pub tolerable_failures: u32,

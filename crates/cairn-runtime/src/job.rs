@@ -35,8 +35,9 @@ pub struct JobResult {
     pub checkpoints_completed: u64,
     /// Checkpoints that failed (declined, timed out, failed to write).
     pub checkpoints_failed: u64,
-    /// Checkpoints given up because every task had finished while they were in flight: the
-    /// final checkpoint covers them (neither completed nor failed).
+    /// Checkpoints given up while in flight because a newer checkpoint completed first, or
+    /// because every task had finished and the final checkpoint covers them (neither
+    /// completed nor failed).
     pub checkpoints_subsumed: u64,
     /// Restarts after failures.
     pub restarts: u32,
@@ -1092,6 +1093,25 @@ impl Driver {
         }
     }
 
+    /// Checkpoint `id` completed: checkpoints triggered before it and still in flight (with
+    /// several concurrent checkpoints) are given up, as Flink subsumes them. Completed later,
+    /// they would be published behind a newer checkpoint (and deleted by retention at once)
+    /// and notified to the tasks out of order. Savepoints are not subsumed.
+    fn subsume_older(&mut self, run: &mut Run, id: u64) {
+        let older: Vec<u64> = run
+            .pending
+            .iter()
+            .filter(|(k, p)| **k < id && p.barrier.kind == BarrierKind::Checkpoint)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in older {
+            let reason = format!("subsumed by checkpoint {id}");
+            if self.discard_pending(run, k, reason, true).is_some() {
+                self.result.checkpoints_subsumed += 1;
+            }
+        }
+    }
+
     /// Tells every task to exit (after the final checkpoint's or stop-with-savepoint's
     /// completion notification, which the tasks receive first).
     fn exit(&mut self, run: &mut Run) {
@@ -1351,6 +1371,7 @@ impl Driver {
                 self.record_stats(&manifest, p.barrier.started.elapsed());
                 run.consecutive_failures = 0;
                 run.last_complete = Some(Instant::now());
+                self.subsume_older(run, id);
                 self.broadcast(run, Notification::Complete(id));
                 // Retention failures do not fail the job; the next completion retries.
                 let num_retained = self.config.checkpoint.num_retained.max(1);

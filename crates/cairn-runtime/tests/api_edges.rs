@@ -216,3 +216,70 @@ mod inflight_records_of_an_operator_no_longer_after_an_exchange {
         }
     }
 }
+
+/// With several checkpoints in flight, a checkpoint that completes gives up those triggered
+/// before it (Flink subsumes them). A slow upload made checkpoint 1 complete after 2, 3, …:
+/// it was published behind newer checkpoints and the tasks were told `1` complete after
+/// `3`, so a function that commits on notification saw the checkpoints go backwards.
+mod an_older_checkpoint_completing_after_a_newer_one {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use cairn_runtime::{Checkpointed, Collector, ProcessFunction, SnapshotMode};
+    use cairn_storage::fault::FaultyObjectStore;
+    use cairn_storage::CheckpointStorage;
+
+    /// Passes records on and records the checkpoints it is told are complete.
+    #[derive(Clone)]
+    struct Watch(Arc<Mutex<Vec<u64>>>);
+
+    impl Checkpointed for Watch {
+        fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> cairn_runtime::Result<()> {
+            self.0.lock().unwrap().push(checkpoint_id);
+            Ok(())
+        }
+    }
+
+    impl ProcessFunction<u64, u64> for Watch {
+        fn process(
+            &mut self,
+            input: u64,
+            out: &mut Collector<'_, u64>,
+        ) -> cairn_runtime::Result<()> {
+            out.collect(input)
+        }
+    }
+
+    #[test]
+    fn is_subsumed_and_never_notified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = throttled_config(dir.path());
+        config.records_per_second = Some(20_000);
+        config.checkpoint.interval = Some(Duration::from_millis(50));
+        config.checkpoint.max_concurrent = 3;
+        // Full snapshots: the keyed state is uploaded into chk-<id>/.
+        config.checkpoint.snapshot_mode = SnapshotMode::Full;
+        let storage = CheckpointStorage::open_wrapped(&config.checkpoint_dir, |inner| {
+            let f = Arc::new(FaultyObjectStore::new(inner));
+            f.set_put_latency_for("chk-1/", Duration::from_millis(1000));
+            f
+        })
+        .expect("storage");
+        config.checkpoint_storage = Some(storage);
+        let notified = Arc::new(Mutex::new(Vec::new()));
+        let graph = source("source", GeneratorSource::new(60_000, 100, 5))
+            .process("watch", Watch(notified.clone()))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", DiscardSink);
+        let result = Job::new(graph, config).run().expect("job");
+        let notified = notified.lock().unwrap().clone();
+        assert!(
+            notified.windows(2).all(|w| w[0] < w[1]),
+            "notifications out of order: {notified:?}"
+        );
+        assert!(!notified.contains(&1), "{notified:?}");
+        assert!(result.checkpoints_subsumed >= 1, "{result:?}");
+        assert!(result.checkpoints_completed >= 2, "{result:?}");
+    }
+}

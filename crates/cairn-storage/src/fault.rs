@@ -6,7 +6,7 @@
 //! counted from creation), before or after the write
 //! reaches the inner store, after which **every** operation fails, as if the process had
 //! died; fail the Nth operation of one kind once; fail writes with a probability (seeded,
-//! reproducible); and add latency to every call. It counts operations and logs writes, so a
+//! reproducible); and add latency to every call (or to the puts of some paths). It counts operations and logs writes, so a
 //! test can first run a scenario to count its writes and then crash at each of them.
 //!
 //! ```
@@ -98,6 +98,8 @@ struct Config {
     fail_ppm: u32,
     rng: u64,
     latency: Option<Duration>,
+    /// Latency of the puts whose path contains the string, instead of `latency`.
+    path_latency: Option<(String, Duration)>,
     writes: u64,
     counts: HashMap<OpKind, u64>,
     log: Vec<(OpKind, Path)>,
@@ -173,6 +175,13 @@ impl FaultyObjectStore {
         self.config().latency = latency;
     }
 
+    /// Sleeps for `latency` before every put (and multipart part) whose path contains
+    /// `part`, instead of the latency of [`Self::set_latency`]; e.g. `"chk-7/"` slows the
+    /// upload of one checkpoint's files.
+    pub fn set_put_latency_for(&self, part: &str, latency: Duration) {
+        self.config().path_latency = Some((part.to_string(), latency));
+    }
+
     /// Crashes now: every further operation fails.
     pub fn crash(&self) {
         self.state.crashed.store(true, Ordering::SeqCst);
@@ -210,7 +219,15 @@ impl FaultyObjectStore {
             path: path.to_string(),
         };
         let mut c = self.config();
-        let latency = c.latency;
+        let latency = match &c.path_latency {
+            Some((part, d))
+                if matches!(op, OpKind::Put | OpKind::PutMultipart | OpKind::PutPart)
+                    && path.as_ref().contains(part.as_str()) =>
+            {
+                Some(*d)
+            }
+            _ => c.latency,
+        };
         if self.is_crashed() {
             return (Decision::FailBefore(fault("crashed")), latency);
         }
