@@ -143,9 +143,7 @@ impl Restore {
         }
         Ok(())
     }
-}
 
-impl Restore {
     /// Refuses in-flight records (of an unaligned checkpoint) stored on an operator that is
     /// no longer the first after an exchange (`heads`): only that one replays them, so they
     /// would be lost.

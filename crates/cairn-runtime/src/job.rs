@@ -1077,20 +1077,7 @@ impl Driver {
     /// the job by their remaining time (their writes are cancelled and their files deleted;
     /// they count neither as completed nor as failed).
     fn subsume_for_final(&mut self, run: &mut Run) {
-        let in_flight: Vec<u64> = run
-            .pending
-            .iter()
-            .filter(|(_, p)| p.barrier.kind == BarrierKind::Checkpoint && !p.is_final)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in in_flight {
-            if self
-                .discard_pending(run, id, "subsumed by the final checkpoint".into(), true)
-                .is_some()
-            {
-                self.result.checkpoints_subsumed += 1;
-            }
-        }
+        self.subsume(run, u64::MAX, "the final checkpoint");
     }
 
     /// Checkpoint `id` completed: checkpoints triggered before it and still in flight (with
@@ -1098,15 +1085,25 @@ impl Driver {
     /// they would be published behind a newer checkpoint (and deleted by retention at once)
     /// and notified to the tasks out of order. Savepoints are not subsumed.
     fn subsume_older(&mut self, run: &mut Run, id: u64) {
-        let older: Vec<u64> = run
+        self.subsume(run, id, &format!("checkpoint {id}"));
+    }
+
+    /// Gives up the checkpoints in flight (not savepoints, not the final one) with ids below
+    /// `below`, subsumed by `by`.
+    fn subsume(&mut self, run: &mut Run, below: u64, by: &str) {
+        let in_flight: Vec<u64> = run
             .pending
             .iter()
-            .filter(|(k, p)| **k < id && p.barrier.kind == BarrierKind::Checkpoint)
+            .filter(|(k, p)| {
+                **k < below && p.barrier.kind == BarrierKind::Checkpoint && !p.is_final
+            })
             .map(|(k, _)| *k)
             .collect();
-        for k in older {
-            let reason = format!("subsumed by checkpoint {id}");
-            if self.discard_pending(run, k, reason, true).is_some() {
+        for k in in_flight {
+            if self
+                .discard_pending(run, k, format!("subsumed by {by}"), true)
+                .is_some()
+            {
                 self.result.checkpoints_subsumed += 1;
             }
         }

@@ -6,8 +6,9 @@
 //! counted from creation), before or after the write
 //! reaches the inner store, after which **every** operation fails, as if the process had
 //! died; fail the Nth operation of one kind once; fail writes with a probability (seeded,
-//! reproducible); and add latency to every call (or to the puts of some paths). It counts operations and logs writes, so a
-//! test can first run a scenario to count its writes and then crash at each of them.
+//! reproducible); and add latency to every call (or to the puts of some paths). It counts
+//! operations and logs writes, so a test can first run a scenario to count its writes and
+//! then crash at each of them.
 //!
 //! ```
 //! use std::sync::Arc;
