@@ -8,7 +8,8 @@
 //! `f-hashmap` or `f-rocksdb` under one),
 //! `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`,
 //! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
-//! default: the backend's default).
+//! default: the backend's default), `CAIRN_ROCKSDB_WRITE_BUFFER` (its memtable size in
+//! bytes; default: the backend's default).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -52,9 +53,14 @@ fn rocksdb_cache_entries() -> usize {
 fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
     match name {
         "rocksdb" => {
+            let defaults = cairn_rocksdb::RocksDbOptions::default();
             let options = cairn_rocksdb::RocksDbOptions {
                 cache_capacity: rocksdb_cache_entries(),
-                ..Default::default()
+                write_buffer_bytes: env(
+                    "CAIRN_ROCKSDB_WRITE_BUFFER",
+                    defaults.write_buffer_bytes as u64,
+                ) as usize,
+                ..defaults
             };
             StateBackendConfig::RocksDb {
                 local_dir: dir.join("rocksdb"),
@@ -151,7 +157,9 @@ fn run_w1(
         channel_capacity: 8,
         ..JobConfig::default()
     };
+    reset_peak_rss();
     let r = Job::new(graph(GeneratorSource::new(records, keys, 42)), config).run()?;
+    let peak_rss_mib = peak_rss_mib();
     Ok(line(
         "W1",
         w.backend,
@@ -160,11 +168,32 @@ fn run_w1(
         keys,
         &r,
         if w.backend == "rocksdb" {
-            json!({"config": w.config, "rocksdb_cache_entries": rocksdb_cache_entries()})
+            json!({"config": w.config, "peak_rss_mib": peak_rss_mib,
+                   "rocksdb_cache_entries": rocksdb_cache_entries()})
         } else {
-            json!({"config": w.config})
+            json!({"config": w.config, "peak_rss_mib": peak_rss_mib})
         },
     ))
+}
+
+/// Resets the process's peak resident set size to its current size (Linux: `5` to
+/// `/proc/self/clear_refs`), so that [`peak_rss_mib`] covers one run. Memory the allocator
+/// kept from earlier runs still counts: for a table of memory per configuration, run each
+/// configuration in its own process (`CAIRN_W1_CONFIGS`, `CAIRN_PARALLELISM`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size (`VmHWM`) in MiB, or null where it is not known.
+fn peak_rss_mib() -> serde_json::Value {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(serde_json::Value::Null, |kib| json!(kib / 1024))
 }
 
 fn line(
@@ -279,6 +308,7 @@ fn main() -> cairn_runtime::Result<()> {
     type Key = (&'static str, &'static str, u32);
     let mut rates: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     let mut syncs: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    let mut rss: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     // Interleave the configurations run by run, so drift hits them alike.
     for _ in 0..runs {
         for &p in &ps {
@@ -298,13 +328,16 @@ fn main() -> cairn_runtime::Result<()> {
                     .entry(key)
                     .or_default()
                     .push(v["sync_phase_ms_max"].as_f64().unwrap_or(0.0));
+                if let Some(m) = v["peak_rss_mib"].as_f64() {
+                    rss.entry(key).or_default().push(m);
+                }
             }
         }
     }
     println!("\nW1 medians of {runs} runs ({records} records, {keys} keys):");
     println!(
-        "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14}",
-        "cfg", "backend", "snapshot", "p", "records/s", "vs none", "sync max ms"
+        "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14} {:>13}",
+        "cfg", "backend", "snapshot", "p", "records/s", "vs none", "sync max ms", "peak RSS MiB"
     );
     for (&(cfg, backend, p), r) in &rates {
         let base = if backend == "rocksdb" { "c" } else { "a" };
@@ -314,7 +347,7 @@ fn main() -> cairn_runtime::Result<()> {
             .find(|w| w.config == cfg && w.backend == backend)
             .map_or("", |w| w.snapshot);
         println!(
-            "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2}",
+            "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2} {:>13}",
             cfg,
             backend,
             snapshot,
@@ -324,6 +357,9 @@ fn main() -> cairn_runtime::Result<()> {
                 .map(|b| format!("{:.3}", median(r) / b))
                 .unwrap_or_default(),
             syncs.get(&(cfg, backend, p)).map_or(0.0, |v| median(v)),
+            rss.get(&(cfg, backend, p))
+                .map(|v| format!("{:.0}", median(v)))
+                .unwrap_or_default(),
         );
     }
     if std::env::var("CAIRN_SKIP_W2").is_err() {

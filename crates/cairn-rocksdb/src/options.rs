@@ -5,9 +5,29 @@
 //! - **No write-ahead log.** Every write uses `WriteOptions::disable_wal`: a crash loses the
 //!   local instance anyway, and the job restores from the last checkpoint, whose seal
 //!   flushes the memtables into the RocksDB checkpoint.
-//! - **One block cache** (LRU, [`RocksDbOptions::block_cache_bytes`], shards of 8 MiB or
-//!   more) shared by every column family, with index and filter blocks cached too, so
-//!   memory is bounded per backend.
+//! - **One block cache** ([`RocksDbOptions::block_cache_bytes`]) shared by every column
+//!   family, with index and filter blocks cached too, so memory is bounded per backend. It
+//!   is a HyperClockCache: a lookup takes no lock and moves no list entry. A get that misses
+//!   the write-back cache looks up three or more blocks per SST file it visits (filter
+//!   partition, index partition, data block); with an LRU cache those lookups (the shard
+//!   mutex, the hash chain, the LRU list) were 13% of W1 config d's task thread.
+//! - **A hash index in every data block** (`BinaryAndHash`, about 1.3 bytes per key): a
+//!   point lookup finds its key in the block by hash instead of a binary search over the
+//!   restart points (7% of config d's task thread). Iterators still seek by binary search.
+//!
+//!   With both, W1 (1M keys, parallelism 1, 20M records) config c ran at 265-272k
+//!   records/s, against 243-262k before, with the default write-back cache; with 524,288
+//!   entries c ran at 446-463k against 400-446k, and d at 367-372k against 345-361k (one
+//!   run of each, two alternated rounds, 2026-11-23). The machine's speed drifts: an hour
+//!   later one alternated round gave 228k and 252k against 218k.
+//! - **Level-0 compaction from RocksDB's default of four files.** A native checkpoint adds
+//!   two level-0 files a second (the seal's ingested file and the flush that ingestion
+//!   forces), and a get that misses the write-back cache probes every level-0 file's
+//!   filter. From two files on, W1 config d ran 5-8% faster (258-276k against 245-249k
+//!   records/s; 397-411k against 367-372k with 524,288 entries). But it doubles how often
+//!   level 0 is merged into the base level, which uniform updates rewrite whole, and every
+//!   rewritten file is uploaded by the next incremental checkpoint: for a large state that
+//!   costs more than the reads save, so the default stays.
 //! - **Write buffers** of [`RocksDbOptions::write_buffer_bytes`] per column family (two of
 //!   them, so a flush does not stall writes), each with a whole-key bloom filter (2% of its
 //!   size): a get of a key the memtable does not hold skips the skiplist search, which was
@@ -35,7 +55,7 @@ use std::path::PathBuf;
 
 use cairn_core::{CodecIdentity, KeyGroupRange};
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, LruCacheOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, DataBlockIndexType,
     MergeOperands, Options,
 };
 
@@ -80,9 +100,12 @@ pub struct RocksDbOptions {
     ///
     /// The default's table takes 32 MiB, 64 MiB while a snapshot is sealed: as much as the
     /// block cache and the write buffers of one state. Size it to the working set where
-    /// memory allows: W1 (1M keys, every key updated about once a second) ran at
-    /// 418-425k records/s with the default, 254-256k with 65,536 entries, and about 3.3M
-    /// with 2M entries (config c, parallelism 1).
+    /// memory allows: W1 config c (1M keys, parallelism 1, 20M records) ran at 228-272k
+    /// records/s with the default and 446-463k with 524,288 entries (peak RSS of its
+    /// process 176-180 against 217-222 MiB), and about 2.7M with 2M entries (5M records).
+    /// A larger cache also makes each record cheaper, so a checkpoint's work weighs more:
+    /// config d (checkpoint every second) ran at 0.80-0.94 of c with the default and
+    /// 0.79-0.83 with 524,288 entries.
     pub cache_capacity: usize,
     /// Whether incremental checkpoints (`SnapshotOptions::incremental`) are native RocksDB
     /// checkpoints that upload only new SST files (default). Off, they are written like full
@@ -115,6 +138,10 @@ fn concat_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) 
 
 /// Name of the merge operator (RocksDB checks it when reopening an instance).
 const MERGE_OPERATOR: &str = "cairn.list.concat";
+
+/// Keys per one-byte bucket of a data block's hash index (RocksDB's
+/// `data_block_hash_table_util_ratio`; 0.75 is its recommended value).
+const DATA_BLOCK_HASH_RATIO: f64 = 0.75;
 
 /// Options of every column family (and of SST files built for ingestion).
 pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
@@ -151,6 +178,8 @@ fn table_options(o: &RocksDbOptions, cache: &Cache, filter: bool) -> BlockBasedO
         table.set_partition_filters(true);
         table.set_bloom_filter(o.bloom_bits_per_key, false);
     }
+    table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+    table.set_data_block_hash_ratio(DATA_BLOCK_HASH_RATIO);
     table.set_format_version(5);
     table
 }
@@ -163,16 +192,10 @@ pub(crate) fn restore_sst_options(o: &RocksDbOptions, cache: &Cache) -> Options 
     opts
 }
 
-/// The block cache shared by an instance's column families: LRU with shards of at least
-/// 8 MiB (one task thread uses an instance, so few shards cost no contention, and a large
-/// block still fits its shard).
+/// The block cache shared by an instance's column families: a HyperClockCache that sizes
+/// its own table (no lock per lookup, see the module doc).
 pub(crate) fn block_cache(bytes: usize) -> Cache {
-    let bytes = bytes.max(1 << 20);
-    let shards = (bytes >> 23).max(1);
-    let mut opts = LruCacheOptions::default();
-    opts.set_capacity(bytes);
-    opts.set_num_shard_bits(shards.ilog2().min(6) as i32);
-    Cache::new_lru_cache_opts(&opts)
+    Cache::new_hyper_clock_cache(bytes.max(1 << 20), 0)
 }
 
 /// Options of the instance (the default column family gets the column-family options).
