@@ -91,6 +91,17 @@ pub enum StateError {
         /// Kind registered now.
         expected: StateKind,
     },
+    /// An operator state name in the prefix the runtime reserves for its own operator
+    /// states ([`crate::RESERVED_STATE_PREFIX`]).
+    #[error("operator state name {state} of operator {uid} is reserved: names starting with {prefix:?} are the runtime's")]
+    ReservedName {
+        /// The operator uid.
+        uid: String,
+        /// The state name.
+        state: String,
+        /// The reserved prefix.
+        prefix: &'static str,
+    },
     /// A snapshot handle cannot be restored by this backend.
     #[error("cannot restore: {reason}")]
     Restore {

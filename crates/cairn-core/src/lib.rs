@@ -50,6 +50,7 @@ pub use keygroup::{
 };
 pub use operator::{
     redistribute, OperatorListStateDescriptor, OperatorListStateId, OperatorStateBackend,
+    RESERVED_STATE_PREFIX,
 };
 pub use prefetch::{PrefetchHints, StateIndexes};
 pub use snapshot::{

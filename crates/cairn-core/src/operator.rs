@@ -14,6 +14,12 @@ use crate::error::{Result, StateError};
 use crate::snapshot::{OperatorStateSnapshot, Redistribution};
 use crate::state::{CodecRef, StateValue};
 
+/// Operator state names that start with this belong to the runtime: it adds such states to
+/// a subtask's snapshot itself (a finished operator's marker, an unaligned checkpoint's
+/// in-flight records) and takes them out again on restore, so a user state of that name
+/// would be read as one of them. [`OperatorStateBackend::register_list`] refuses them.
+pub const RESERVED_STATE_PREFIX: &str = "cairn.";
+
 /// Describes an operator list state.
 pub struct OperatorListStateDescriptor<V> {
     /// The state name, unique among the operator's operator states.
@@ -163,6 +169,13 @@ impl OperatorStateBackend {
         &mut self,
         d: &OperatorListStateDescriptor<V>,
     ) -> Result<OperatorListStateId<V>> {
+        if d.name.starts_with(RESERVED_STATE_PREFIX) {
+            return Err(StateError::ReservedName {
+                uid: self.uid.clone(),
+                state: d.name.clone(),
+                prefix: RESERVED_STATE_PREFIX,
+            });
+        }
         if let Some(index) = self.registered.iter().position(|r| r.name == d.name) {
             let r = &mut self.registered[index];
             check(&self.uid, &d.name, r.mode, &r.codec, d)?;
@@ -352,6 +365,28 @@ mod tests {
         };
         let id = b.register_list(&d).unwrap();
         b.list(id).unwrap().clone()
+    }
+
+    #[test]
+    fn names_in_the_runtime_prefix_are_refused() {
+        let mut b = OperatorStateBackend::new("src");
+        for name in ["cairn.finished", "cairn.inflight", "cairn.mine"] {
+            let err = b
+                .register_list(&OperatorListStateDescriptor::<u64>::split(name))
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, StateError::ReservedName { uid, state, .. } if uid == "src" && state == name),
+                "{msg}"
+            );
+            assert!(msg.contains(name) && msg.contains("src"), "{msg}");
+        }
+        // Names that merely contain the prefix, or spell it differently, are the user's.
+        for name in ["my.cairn.finished", "cairn", "cairn_finished"] {
+            b.register_list(&OperatorListStateDescriptor::<u64>::union(name))
+                .unwrap();
+        }
+        assert_eq!(b.snapshot().unwrap().len(), 3);
     }
 
     #[test]

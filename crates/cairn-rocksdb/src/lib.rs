@@ -45,8 +45,8 @@
 //!   restores are sequential scans. Lists are stored as `(len u32 LE, bytes)*` and appended
 //!   with a concatenating merge operator, without a read.
 //! - **Options** (see [`RocksDbOptions`]): no write-ahead log (checkpoints give
-//!   durability), one shared LRU block cache, LZ4 upper levels and ZSTD bottommost, bloom
-//!   filters.
+//!   durability), one shared block cache (a HyperClockCache), LZ4 upper levels and ZSTD
+//!   bottommost, bloom filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
 //!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted
 //!   in one `WriteBatch`. A hot key costs no RocksDB get or put per access, and a cached

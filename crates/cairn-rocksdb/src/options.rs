@@ -81,7 +81,7 @@ pub struct RocksDbConfig {
 /// Tuning of the RocksDB instance and of the write-back cache in front of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RocksDbOptions {
-    /// LRU block cache shared by every column family, in bytes (default 64 MiB).
+    /// Block cache (a HyperClockCache) shared by every column family, in bytes (default 64 MiB).
     pub block_cache_bytes: usize,
     /// Memtable size per column family, in bytes (default 32 MiB).
     pub write_buffer_bytes: usize,

@@ -30,6 +30,17 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A source's input cannot be read as records. Reading it again reads the same bytes,
+    /// so the job fails at once instead of restarting.
+    #[error("bad input {path} at offset {offset}: {reason}")]
+    BadInput {
+        /// The input file.
+        path: String,
+        /// Where in the file the bad bytes start.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A user function failed.
     #[error("operator {uid} failed: {message}")]
     User {
@@ -41,7 +52,8 @@ pub enum RuntimeError {
     /// A task panicked.
     #[error("task {task} panicked: {message}")]
     Panic {
-        /// The task (`stage/subtask`).
+        /// The task: the uids of its chained operators and its subtask index
+        /// (`tokenize -> count subtask 1`), or `driver`.
         task: String,
         /// The panic payload, when it is a string.
         message: String,
@@ -66,6 +78,17 @@ pub enum RuntimeError {
     Savepoint {
         /// Why (naming the savepoint when it had begun).
         reason: String,
+    },
+    /// A stop-with-savepoint whose savepoint is complete, but the job failed before it ended
+    /// (a sink's commit on the savepoint's completion, say). The job does not restart. The
+    /// savepoint is consistent: a job restored from it commits what it holds.
+    #[error("the savepoint {savepoint} is complete, but the job failed while stopping: {source}; restore from the savepoint to commit what it holds")]
+    StopFailed {
+        /// The savepoint's path.
+        savepoint: String,
+        /// The failure.
+        #[source]
+        source: Box<RuntimeError>,
     },
     /// A checkpoint could not be completed.
     #[error("checkpoint {checkpoint_id} failed: {reason}")]
@@ -111,7 +134,8 @@ impl RuntimeError {
 
     /// A state registration that contradicts the restored state (another type, kind or
     /// redistribution mode) is a restore that cannot work: no restart cures it, so it is
-    /// a restore error, which fails the job at once.
+    /// a restore error, which fails the job at once. A reserved operator state name is a
+    /// configuration error, which fails it at once too.
     pub(crate) fn registration(self) -> Self {
         match self {
             RuntimeError::State {
@@ -123,6 +147,11 @@ impl RuntimeError {
             } => RuntimeError::Restore {
                 reason: format!("operator {uid}: {source}"),
             },
+            // A name no run may use: the job's program is wrong, and no restart cures it.
+            RuntimeError::State {
+                source: source @ StateError::ReservedName { .. },
+                ..
+            } => RuntimeError::Config(source.to_string()),
             other => other,
         }
     }

@@ -159,7 +159,10 @@ impl JobHandle {
         self.savepoint(dir, false)
     }
 
-    /// Takes a savepoint, commits what it covers, and ends the job; returns its path.
+    /// Takes a savepoint, commits what it covers, and ends the job; returns the savepoint's
+    /// path once the job's tasks have ended. If the job fails after the savepoint was
+    /// written (a sink's commit, say), the answer is an error naming the savepoint, and the
+    /// job ends with [`RuntimeError::StopFailed`] instead of restarting.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, true)
     }
@@ -684,6 +687,8 @@ impl Driver {
                     stage_uids: stage.uids.clone(),
                 };
                 let build = stage.build.clone();
+                // What a panic names: the chained operators, as Flink names a task.
+                let task_name = format!("{} subtask {i}", stage.uids.join(" -> "));
                 let coord = self.coord_tx.clone();
                 let started_tx = self.coord_tx.clone();
                 let spawned = std::thread::Builder::new()
@@ -706,7 +711,7 @@ impl Driver {
                             Err(p) => CoordMsg::TaskFailed {
                                 attempt,
                                 error: RuntimeError::Panic {
-                                    task: id.to_string(),
+                                    task: task_name,
                                     message: panic_message(p.as_ref()),
                                 },
                             },
@@ -770,7 +775,24 @@ impl Driver {
         for (_, _, reply) in run.queued.drain(..) {
             let _ = reply.send(Err("the job stopped before the savepoint".into()));
         }
-        outcome
+        match (run.stopped_with.take(), outcome) {
+            (Some(stopped), Outcome::Failed { error, .. }) => {
+                let error = RuntimeError::StopFailed {
+                    savepoint: stopped.path.clone(),
+                    source: Box::new(error),
+                };
+                stopped.answer(Err(error.to_string()));
+                Outcome::Failed { error, fatal: true }
+            }
+            (Some(stopped), outcome) => {
+                stopped.answer(Err(format!(
+                    "the savepoint {} is complete, but the job was cancelled before it ended; restore from the savepoint to commit what it holds",
+                    stopped.path
+                )));
+                outcome
+            }
+            (None, outcome) => outcome,
+        }
     }
 
     /// The coordinator loop of one run.
@@ -793,7 +815,10 @@ impl Driver {
             }
             if run.finished.len() == total {
                 return match run.stopped_with.take() {
-                    Some(path) => Outcome::Stopped(path),
+                    Some(stopped) => {
+                        stopped.answer(Ok(stopped.path.clone()));
+                        Outcome::Stopped(stopped.path)
+                    }
                     None => Outcome::Finished,
                 };
             }
@@ -967,7 +992,9 @@ impl Driver {
                 if attempt == run.attempt {
                     let fatal = matches!(
                         error,
-                        RuntimeError::Restore { .. } | RuntimeError::Config(_)
+                        RuntimeError::Restore { .. }
+                            | RuntimeError::Config(_)
+                            | RuntimeError::BadInput { .. }
                     );
                     return Some(Outcome::Failed { error, fatal });
                 }
@@ -1393,13 +1420,15 @@ impl Driver {
                 };
                 match published {
                     Ok(()) => {
-                        if let Some(reply) = &p.reply {
-                            let _ = reply.send(Ok(path.clone()));
-                        }
                         if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
                             self.broadcast(run, Notification::Complete(id));
-                            run.stopped_with = Some(path);
+                            run.stopped_with = Some(StoppedWith {
+                                path,
+                                reply: p.reply.take(),
+                            });
                             self.exit(run);
+                        } else if let Some(reply) = &p.reply {
+                            let _ = reply.send(Ok(path));
                         }
                     }
                     Err(reason) => {
@@ -1480,11 +1509,35 @@ struct Run {
     /// later).
     final_tried: bool,
     stopping: bool,
-    stopped_with: Option<String>,
+    /// The stop-with-savepoint whose savepoint is complete, while the tasks end.
+    stopped_with: Option<StoppedWith>,
     consecutive_failures: u32,
     queued: VecDeque<SavepointRequest>,
     /// The answer to the stop-with-savepoint a signal asked for, while it is under way.
     signal_stop: Option<Receiver<std::result::Result<String, String>>>,
+}
+
+/// A savepoint that stops the job: its path, and whom to tell once the job has ended.
+///
+/// The answer waits for the tasks to end, because ending them commits what the savepoint
+/// covers (a two-phase-commit sink commits on its completion). When that fails the job
+/// ends with [`RuntimeError::StopFailed`], naming the savepoint, and does not restart: the
+/// job was asked to stop, and the savepoint holds everything a restore from it commits,
+/// whereas a restart from the latest checkpoint, older than the savepoint, would run on.
+/// (Flink answers a stop-with-savepoint whose job failed while stopping with the same
+/// error, `StopWithSavepointStoppingException`, but fails the job over.)
+struct StoppedWith {
+    path: String,
+    reply: Option<Sender<std::result::Result<String, String>>>,
+}
+
+impl StoppedWith {
+    /// Tells whoever asked for the stop how it ended.
+    fn answer(&self, result: std::result::Result<String, String>) {
+        if let Some(reply) = &self.reply {
+            let _ = reply.send(result);
+        }
+    }
 }
 
 impl Run {

@@ -203,10 +203,10 @@ impl Source for FileSource {
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            let text = std::str::from_utf8(line).map_err(|e| RuntimeError::Io {
-                message: format!("input line is not UTF-8 at offset {}", split.position),
+            let text = std::str::from_utf8(line).map_err(|e| RuntimeError::BadInput {
                 path: self.path.display().to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                offset: split.position + e.valid_up_to() as u64,
+                reason: format!("the line at offset {} is not UTF-8 ({e})", split.position),
             })?;
             let text = text.to_string();
             self.splits[0].position += n as u64;

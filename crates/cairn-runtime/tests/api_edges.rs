@@ -283,3 +283,204 @@ mod an_older_checkpoint_completing_after_a_newer_one {
         assert!(result.checkpoints_completed >= 2, "{result:?}");
     }
 }
+
+/// The runtime adds operator states of its own to a subtask's snapshot (`cairn.finished`
+/// marks a finished operator, `cairn.inflight` holds an unaligned checkpoint's in-flight
+/// records) and takes them out again on restore. A user state of either name was accepted:
+/// restored, it was read as the runtime's (the operator taken for finished, or its elements
+/// replayed as records). Now a name in the prefix `cairn.` is refused when it is registered,
+/// and the job fails at once (no restart registers it differently).
+mod an_operator_state_in_the_runtime_prefix {
+    use super::*;
+    use cairn_core::OperatorListStateDescriptor;
+    use cairn_runtime::{Checkpointed, Collector, InitContext, ProcessFunction};
+
+    #[derive(Clone)]
+    struct Squatter(&'static str);
+
+    impl Checkpointed for Squatter {
+        fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+            ctx.operator_state
+                .register_list(&OperatorListStateDescriptor::<u64>::split(self.0))?;
+            Ok(())
+        }
+    }
+
+    impl ProcessFunction<u64, u64> for Squatter {
+        fn process(
+            &mut self,
+            input: u64,
+            out: &mut Collector<'_, u64>,
+        ) -> cairn_runtime::Result<()> {
+            out.collect(input)
+        }
+    }
+
+    #[test]
+    fn is_refused_at_once() {
+        for name in [cairn_runtime::FINISHED_STATE, cairn_runtime::INFLIGHT_STATE] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = throttled_config(dir.path());
+            config.restart = RestartStrategy::fixed_delay(3, Duration::from_millis(10));
+            let graph = source("source", GeneratorSource::new(1_000, 10, 7))
+                .process("squatter", Squatter(name))
+                .sink("sink", DiscardSink);
+            match Job::new(graph, config).run() {
+                Err(RuntimeError::Config(reason)) => assert!(
+                    reason.contains(name)
+                        && reason.contains("squatter")
+                        && reason.contains("reserved"),
+                    "{reason}"
+                ),
+                other => panic!("{name} was not refused at once: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A task that panicked was named by its stage and subtask numbers (`task 1/0 panicked`),
+/// which a user cannot map to an operator. Now the error names the uids of the chained
+/// operators and the subtask, as Flink names a task by its chain.
+mod a_panic {
+    use super::*;
+
+    #[test]
+    fn names_the_operators_of_its_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = throttled_config(dir.path());
+        config.restart = RestartStrategy::no_restarts();
+        config.records_per_second = None;
+        let graph = source("source", GeneratorSource::new(1_000, 10, 7))
+            .rebalance()
+            .map("double", |k: u64| k * 2)
+            .map("boom", |k: u64| -> u64 {
+                if k >= 10 {
+                    panic!("key {k} is too large");
+                }
+                k
+            })
+            .sink("sink", DiscardSink);
+        match Job::new(graph, config).run() {
+            Err(RuntimeError::Panic { task, message }) => {
+                assert_eq!(task, "double -> boom -> sink subtask 0");
+                assert!(message.contains("is too large"), "{message}");
+            }
+            other => panic!("expected a panic error: {other:?}"),
+        }
+    }
+}
+
+/// A stop-with-savepoint answered `Ok(path)` as soon as the savepoint was written, before
+/// the tasks committed what it covers. When a sink's commit then failed, the caller had
+/// been told the job stopped, and the job restarted from its latest checkpoint and ran on.
+/// Now the answer waits for the tasks to end: a failure while stopping is an error that
+/// names the savepoint (which is consistent: a job restored from it runs to the end), and
+/// the job ends with it instead of restarting.
+mod a_commit_that_fails_while_stopping {
+    use super::*;
+    use cairn_runtime::{Checkpointed, Sink, SnapshotContext};
+
+    /// Fails the commit of the first savepoint it is part of.
+    #[derive(Clone, Default)]
+    struct FailsOnSavepoint {
+        savepoint: Option<u64>,
+    }
+
+    impl Checkpointed for FailsOnSavepoint {
+        fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+            if ctx.is_savepoint {
+                self.savepoint = Some(ctx.checkpoint_id);
+            }
+            Ok(())
+        }
+        fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+            if self.savepoint == Some(id) {
+                return Err(RuntimeError::user("sink", "the commit failed"));
+            }
+            Ok(())
+        }
+    }
+
+    impl Sink<(u64, u64)> for FailsOnSavepoint {
+        fn write(&mut self, _: (u64, u64)) -> cairn_runtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn graph(sink: impl Sink<(u64, u64)>) -> JobGraph {
+        source("source", GeneratorSource::new(60_000, 100, 7))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", sink)
+    }
+
+    #[test]
+    fn is_an_error_naming_the_savepoint_and_ends_the_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = throttled_config(dir.path());
+        config.restart = RestartStrategy::fixed_delay(3, Duration::from_millis(10));
+        let handle = Job::new(graph(FailsOnSavepoint::default()), config.clone())
+            .start()
+            .expect("start");
+        let started = std::time::Instant::now();
+        while handle.records_read() < 2_000 && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let reason = match handle.stop_with_savepoint(None) {
+            Err(RuntimeError::Savepoint { reason }) => reason,
+            other => panic!("the stop was answered before the commit failed: {other:?}"),
+        };
+        assert!(reason.contains("the commit failed"), "{reason}");
+        let savepoint = match handle.wait() {
+            Err(RuntimeError::StopFailed { savepoint, source }) => {
+                assert!(
+                    matches!(*source, RuntimeError::User { ref uid, .. } if uid == "sink"),
+                    "{source:?}"
+                );
+                savepoint
+            }
+            other => panic!("the job did not end with the stop's failure: {other:?}"),
+        };
+        assert!(reason.contains(&savepoint), "{reason}");
+        // The savepoint is whole: a job restored from it runs to the end.
+        config.restore = Some(RestoreFrom::Path(savepoint));
+        config.records_per_second = None;
+        let result = Job::new(graph(DiscardSink), config)
+            .run()
+            .expect("restored from the savepoint");
+        assert!(result.records > 0 && result.records < 60_000, "{result:?}");
+    }
+}
+
+/// A line of the file source that is not UTF-8 failed the task with an I/O error that a
+/// restart might cure: the job read the same bytes again after each of its restarts before
+/// it failed ('job failed after 3 restarts'). Now it is a bad-input error, which names the
+/// file and the offset of the bad bytes, and fails the job at once.
+mod input_that_is_not_utf8 {
+    use super::*;
+    use cairn_runtime::sources::FileSource;
+
+    #[test]
+    fn fails_the_job_at_once_and_names_the_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("input.txt");
+        std::fs::write(&input, b"one two\nthree \xff\xfe four\nfive\n").expect("write input");
+        let mut config = throttled_config(dir.path());
+        config.restart = RestartStrategy::fixed_delay(3, Duration::from_millis(10));
+        let graph = source("source", FileSource::new(&input))
+            .map("len", |line: String| line.len() as u64)
+            .sink("sink", DiscardSink);
+        match Job::new(graph, config).run() {
+            Err(RuntimeError::BadInput {
+                path,
+                offset,
+                reason,
+            }) => {
+                assert_eq!(path, input.display().to_string());
+                assert_eq!(offset, 14, "{reason}");
+                assert!(reason.contains("offset 8"), "{reason}");
+            }
+            other => panic!("expected a bad-input error at once: {other:?}"),
+        }
+    }
+}
