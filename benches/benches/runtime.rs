@@ -10,6 +10,12 @@
 //! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
 //! default: the backend's default), `CAIRN_ROCKSDB_WRITE_BUFFER` (its memtable size in
 //! bytes; default: the backend's default).
+//!
+//! Besides WORKLOADS.md's fields, each W1 line has `peak_rss_mib` and the CPU the run took
+//! (`cpu_s`, `cpu_ns_per_record`: every thread of the process, background work included),
+//! and the table a "CPU vs none" column. On two cores the throughput of a checkpointing run
+//! depends on whether the other core is free for its background work; its CPU per record
+//! does not, so that ratio is the checkpoint's cost on a machine with no spare core.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -158,8 +164,14 @@ fn run_w1(
         ..JobConfig::default()
     };
     reset_peak_rss();
+    let cpu_before = process_cpu_s();
     let r = Job::new(graph(GeneratorSource::new(records, keys, 42)), config).run()?;
     let peak_rss_mib = peak_rss_mib();
+    let cpu = match (cpu_before, process_cpu_s()) {
+        (Some(a), Some(b)) => json!({"cpu_s": b - a,
+                                     "cpu_ns_per_record": (b - a) * 1e9 / r.records.max(1) as f64}),
+        _ => json!({}),
+    };
     Ok(line(
         "W1",
         w.backend,
@@ -167,13 +179,43 @@ fn run_w1(
         parallelism,
         keys,
         &r,
-        if w.backend == "rocksdb" {
-            json!({"config": w.config, "peak_rss_mib": peak_rss_mib,
-                   "rocksdb_cache_entries": rocksdb_cache_entries()})
-        } else {
-            json!({"config": w.config, "peak_rss_mib": peak_rss_mib})
-        },
+        merge(
+            if w.backend == "rocksdb" {
+                json!({"config": w.config, "peak_rss_mib": peak_rss_mib,
+                       "rocksdb_cache_entries": rocksdb_cache_entries()})
+            } else {
+                json!({"config": w.config, "peak_rss_mib": peak_rss_mib})
+            },
+            cpu,
+        ),
     ))
+}
+
+/// `a` with the fields of `b` added.
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(o), Some(e)) = (a.as_object_mut(), b.as_object()) {
+        for (k, x) in e {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    a
+}
+
+/// CPU seconds (user and system, every thread, also those that ended) the process has used
+/// (Linux: `/proc/self/stat`, in clock ticks of 1/100 s), or `None` where it is not known.
+///
+/// On two cores a run's throughput depends on whether the other core is free for the
+/// background work (compaction, sealing, uploads); the CPU a record costs does not, so it
+/// tells configurations apart when the machine's load or speed drifts between runs.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces): utime
+    // and stime are the 12th and 13th of them.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Resets the process's peak resident set size to its current size (Linux: `5` to
@@ -206,7 +248,7 @@ fn line(
     extra: serde_json::Value,
 ) -> serde_json::Value {
     let bytes: Vec<f64> = r.checkpoint_bytes.iter().map(|b| *b as f64).collect();
-    let mut v = json!({
+    let v = json!({
         "workload": workload,
         "backend": backend,
         "snapshot": snapshot,
@@ -223,12 +265,7 @@ fn line(
         "barrier_forward_ms_max": r.barrier_forward_ms_max,
         "input_end_ms": r.input_end_ms,
     });
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        for (k, x) in e {
-            o.insert(k.clone(), x.clone());
-        }
-    }
-    v
+    merge(v, extra)
 }
 
 /// W2: build the W1 state over `keys` keys, stop with a canonical savepoint, and restore it
@@ -309,6 +346,7 @@ fn main() -> cairn_runtime::Result<()> {
     let mut rates: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     let mut syncs: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     let mut rss: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    let mut cpu: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     // Interleave the configurations run by run, so drift hits them alike.
     for _ in 0..runs {
         for &p in &ps {
@@ -331,23 +369,37 @@ fn main() -> cairn_runtime::Result<()> {
                 if let Some(m) = v["peak_rss_mib"].as_f64() {
                     rss.entry(key).or_default().push(m);
                 }
+                if let Some(c) = v["cpu_ns_per_record"].as_f64() {
+                    cpu.entry(key).or_default().push(c);
+                }
             }
         }
     }
     println!("\nW1 medians of {runs} runs ({records} records, {keys} keys):");
     println!(
-        "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14} {:>13}",
-        "cfg", "backend", "snapshot", "p", "records/s", "vs none", "sync max ms", "peak RSS MiB"
+        "{:<4} {:<8} {:<12} {:>3} {:>14} {:>10} {:>14} {:>13} {:>12} {:>10}",
+        "cfg",
+        "backend",
+        "snapshot",
+        "p",
+        "records/s",
+        "vs none",
+        "sync max ms",
+        "peak RSS MiB",
+        "CPU ns/rec",
+        "CPU vs none"
     );
     for (&(cfg, backend, p), r) in &rates {
         let base = if backend == "rocksdb" { "c" } else { "a" };
         let base_rate = rates.get(&(base, backend, p)).map(|v| median(v));
+        let cpu_of = |c: &str| cpu.get(&(c, backend, p)).map(|v| median(v));
+        let (cpu_here, cpu_base) = (cpu_of(cfg), cpu_of(base));
         let snapshot = W1_CONFIGS
             .iter()
             .find(|w| w.config == cfg && w.backend == backend)
             .map_or("", |w| w.snapshot);
         println!(
-            "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2} {:>13}",
+            "{:<4} {:<8} {:<12} {:>3} {:>14.0} {:>10} {:>14.2} {:>13} {:>12} {:>10}",
             cfg,
             backend,
             snapshot,
@@ -359,6 +411,11 @@ fn main() -> cairn_runtime::Result<()> {
             syncs.get(&(cfg, backend, p)).map_or(0.0, |v| median(v)),
             rss.get(&(cfg, backend, p))
                 .map(|v| format!("{:.0}", median(v)))
+                .unwrap_or_default(),
+            cpu_here.map(|c| format!("{c:.0}")).unwrap_or_default(),
+            cpu_here
+                .zip(cpu_base)
+                .map(|(c, b)| format!("{:.3}", c / b))
                 .unwrap_or_default(),
         );
     }
