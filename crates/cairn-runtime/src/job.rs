@@ -465,6 +465,13 @@ impl Driver {
             }
         };
         self.stop_async_workers();
+        // What is still queued to the coordinator is of runs that have ended. A task that
+        // finished a synchronous phase after its run's coordinator stopped reading (the job
+        // was cancelled meanwhile) left its keyed snapshot there, and a changelog snapshot
+        // holds pins on the log segments it uploaded. Dropped only with the driver, after
+        // the retention below (which keeps pinned files as in flight), those segments
+        // stayed behind, referenced by nothing.
+        while self.coord_rx.try_recv().is_ok() {}
         let outcome = outcome?;
         let delete = matches!(outcome, Outcome::Cancelled)
             && self.config.checkpoint.retention == CheckpointRetention::DeleteOnCancellation;

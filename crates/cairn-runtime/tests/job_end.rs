@@ -167,3 +167,85 @@ fn gc_from_another_process_takes_nothing_a_running_job_needs() {
         assert_eq!(r.checkpoints_failed, 0, "{mode:?}: {r:?}");
     }
 }
+
+/// A task that finishes a checkpoint's synchronous phase after the coordinator stopped
+/// reading (the job was cancelled meanwhile) leaves its message, with the keyed backend's
+/// asynchronous snapshot in it, queued to the coordinator. That snapshot holds the changelog's
+/// pins on its uploaded log segments. The queue lived as long as the driver, past the
+/// retention at the job's end, which kept the pinned segments as in flight; dropped after it,
+/// the pins ended and the segments stayed behind, referenced by nothing (the seldom failure of
+/// `a_cancelled_changelog_job_on_rocksdb_leaves_nothing_behind`). Here an operator chained
+/// after the keyed one makes its synchronous phase slow, and the job is cancelled during it.
+#[test]
+fn a_job_cancelled_during_a_synchronous_phase_leaves_nothing_behind() {
+    use cairn_runtime::sinks::DiscardSink;
+    use cairn_runtime::sources::GeneratorSource;
+    use cairn_runtime::{source, Checkpointed, Collector, ProcessFunction, SnapshotContext};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Passes records on; its snapshot of checkpoint 3 signals `entered`, then takes 300 ms.
+    #[derive(Clone)]
+    struct SlowSnapshot {
+        entered: Arc<AtomicBool>,
+    }
+
+    impl Checkpointed for SlowSnapshot {
+        fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+            if ctx.checkpoint_id == 3 {
+                self.entered.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok(())
+        }
+    }
+
+    impl ProcessFunction<(u64, u64), (u64, u64)> for SlowSnapshot {
+        fn process(
+            &mut self,
+            input: (u64, u64),
+            out: &mut Collector<'_, (u64, u64)>,
+        ) -> cairn_runtime::Result<()> {
+            out.collect(input)
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoints = dir.path().join("checkpoints");
+    let mut cfg = slow_store_config(dir.path(), &checkpoints, SnapshotMode::Changelog, (20, 1));
+    cfg.backend = StateBackendConfig::HashMap;
+    cfg.records_per_second = Some(20_000);
+    cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+    let entered = Arc::new(AtomicBool::new(false));
+    let graph = source("source", GeneratorSource::new(1_000_000, 500, 3))
+        .key_by(|k: &u64| *k)
+        .sum("count")
+        .process(
+            "slow",
+            SlowSnapshot {
+                entered: entered.clone(),
+            },
+        )
+        .sink("sink", DiscardSink);
+    let handle = Job::new(graph, cfg).start().expect("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !entered.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(entered.load(Ordering::SeqCst), "checkpoint 3 never began");
+    handle.cancel();
+    let result: JobResult = handle.wait().expect("run");
+    assert!(result.cancelled, "{result:?}");
+    let at_end = files(&checkpoints);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        files(&checkpoints),
+        at_end,
+        "files changed after the job ended"
+    );
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
+    let plan = storage.gc_plan(usize::MAX).expect("gc plan");
+    assert!(
+        plan.shared_deleted.is_empty() && plan.incomplete.is_empty(),
+        "the job left files no checkpoint references: {plan:?}"
+    );
+}

@@ -359,6 +359,23 @@ impl WriterShared {
         }
     }
 
+    /// Whether the checkpoint was aborted (or its writer dropped) before it was published.
+    /// A finished checkpoint leaves the registry whether it was published or aborted, so
+    /// then its manifest tells (a store that cannot say counts as published: the file stays,
+    /// and retention deletes it if it is garbage).
+    fn is_aborted(&self) -> bool {
+        let state = self.storage.inner.registry.lock().state(self.checkpoint_id);
+        match state {
+            Some(WriterState::Aborted) => true,
+            Some(_) => false,
+            None => {
+                let inner = &self.storage.inner;
+                let dir = checkpoint_dir(&inner.root, self.checkpoint_id);
+                matches!(inner.store.size(&manifest_path(&dir)), Ok(None))
+            }
+        }
+    }
+
     fn was_written(&self, file: &FileRef) -> bool {
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         written.get(&(file.area, file.name.clone())) == Some(file)
@@ -418,6 +435,20 @@ impl CheckpointWriter {
             }
         };
         let file = put_file(&inner.store, &path, area, name, bytes)?;
+        if area == FileArea::Private && w.is_aborted() {
+            // Aborted while the put was under way: the abort's deletion of `chk-<id>/` may
+            // have run before the file was there, so it is this writer's to delete. (Had the
+            // abort come after this check, its listing would see the file.) A shared file
+            // is left to retention, which deletes what no checkpoint references.
+            let _ = inner.store.delete(&path);
+            let _ = inner
+                .store
+                .remove_local_dir_if_empty(&checkpoint_dir(&inner.root, w.checkpoint_id));
+            return Err(StorageError::WriterClosed {
+                checkpoint_id: w.checkpoint_id,
+                state: WriterState::Aborted.name(),
+            });
+        }
         w.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -85,6 +85,42 @@ fn unpublished_checkpoint_is_not_complete_and_abort_deletes_it() {
     assert_restorable(&storage, 1);
 }
 
+/// An abort that comes while a private file's put is under way deleted `chk-<id>/` before
+/// the file was there; the put then landed and left the directory behind, a checkpoint
+/// without a manifest that no one would ever publish (the job's pending checkpoint at a
+/// cancel, or one a newer checkpoint subsumed). Now the writer deletes what it wrote when
+/// it finds the checkpoint aborted after its put, and reports the write as failed.
+#[test]
+fn a_private_put_under_way_at_an_abort_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().display().to_string();
+    let storage = CheckpointStorage::open_wrapped(&url, |inner| {
+        let f = Arc::new(cairn_storage::fault::FaultyObjectStore::new(inner));
+        f.set_put_latency_for("chk-1/", Duration::from_millis(300));
+        f
+    })
+    .unwrap();
+    let w = storage.begin_checkpoint(1).unwrap();
+    let writing =
+        std::thread::spawn(move || w.write_file(FileArea::Private, "op/0.state", vec![7; 100]));
+    std::thread::sleep(Duration::from_millis(100));
+    storage.abort(1).unwrap();
+    let err = writing.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("aborted"), "{err}");
+    assert!(
+        !dir.path().join("chk-1").exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(dir.path().join("chk-1")).map(|d| d.count())
+    );
+    assert!(storage.scan().unwrap().is_empty());
+    // A write that finished before the abort is deleted by the abort, as before.
+    let w = storage.begin_checkpoint(2).unwrap();
+    w.write_file(FileArea::Private, "op/0.state", vec![7; 100])
+        .unwrap();
+    storage.abort(2).unwrap();
+    assert!(!dir.path().join("chk-2").exists());
+}
+
 #[test]
 fn publish_checks_the_manifest() {
     let (_, storage) = memory();
