@@ -251,7 +251,7 @@ impl OpSetup {
             is_savepoint: barrier.is_savepoint(),
         };
         f.snapshot_state(&mut ctx)
-            .map_err(|e| e.with_uid(&self.uid))?;
+            .map_err(|e| e.with_uid(&self.uid).registration())?;
         let mut operator_state = self.operator_state.snapshot().in_op(&self.uid)?;
         if sync.finished {
             let codec = BincodeCodec::<u32>::new();

@@ -102,9 +102,11 @@ impl Job {
     }
 
     /// On SIGINT or SIGTERM, stop with a savepoint into the configured savepoint directory
-    /// (or `./savepoints`); a second signal exits the process at once. A stop that fails (the
-    /// savepoint cannot be written, say) is reported on standard error and the job runs on;
-    /// a new signal then tries again.
+    /// (or `./savepoints`); a second signal exits the process at once. A stop whose savepoint
+    /// fails (it cannot be written, say) is reported on standard error and the job runs on;
+    /// a new signal then tries again. Once the savepoint is written, a failure while the job
+    /// ends fails the job ([`RuntimeError::StopFailed`], see
+    /// [`JobHandle::stop_with_savepoint`]).
     pub fn stop_with_savepoint_on_signals(mut self) -> Self {
         self.stop_on_signals = true;
         self
@@ -1428,6 +1430,9 @@ impl Driver {
                 match published {
                     Ok(()) => {
                         if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                            // Checkpoints still in flight are given up: the job ends at this
+                            // savepoint, and one failing now would fail the stop.
+                            self.subsume(run, u64::MAX, &format!("the stopping savepoint {id}"));
                             self.broadcast(run, Notification::Complete(id));
                             run.stopped_with = Some(StoppedWith {
                                 path,

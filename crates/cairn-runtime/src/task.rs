@@ -481,8 +481,31 @@ impl<X: crate::function::Data> InputTask<X> {
                 Ok(Taken::State)
             }
             Err(TryRecvError::Empty) => Ok(Taken::Nothing),
-            Err(TryRecvError::Disconnected) => Err(RuntimeError::Cancelled),
+            Err(TryRecvError::Disconnected) => Err(self.upstream_gone()),
         }
+    }
+
+    /// An input's upstream task has ended, which it does on the job's teardown or after its
+    /// `Exit`. The coordinator sends `Exit` to every task only after it has sent each of
+    /// them the completion of the final checkpoint or of a stopping savepoint, so that
+    /// notification is queued here already: it is handled before the task ends (a sink
+    /// commits on it), or a stop would skip this task's commit.
+    fn upstream_gone(&mut self) -> RuntimeError {
+        while let Ok(ev) = self.link.events.try_recv() {
+            match ev {
+                TaskEvent::Notify(n) => {
+                    if let Notification::Aborted(id) = n {
+                        self.aborted_checkpoint(id);
+                    }
+                    if let Err(e) = self.chain.notify(n) {
+                        return e;
+                    }
+                }
+                TaskEvent::Exit | TaskEvent::Cancel => break,
+                TaskEvent::Barrier { .. } | TaskEvent::Trigger(_) | TaskEvent::Resume => {}
+            }
+        }
+        RuntimeError::Cancelled
     }
 
     /// Barrier `b` stands after `seq` batches of channel `i` (told by the event lane or by

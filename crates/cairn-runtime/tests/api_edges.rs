@@ -484,3 +484,78 @@ mod input_that_is_not_utf8 {
         }
     }
 }
+
+/// A checkpoint still in flight when a stopping savepoint completed stayed pending while the
+/// tasks ended (committing what the savepoint covers). If it then failed (here it times out:
+/// its uploads are slow) past the tolerated number, the stop failed with it, though every
+/// task ended and committed. Now the stopping savepoint's completion gives up the
+/// checkpoints in flight, as the final checkpoint does.
+mod a_checkpoint_in_flight_at_a_stopping_savepoint {
+    use std::sync::Arc;
+
+    use super::*;
+    use cairn_runtime::{Checkpointed, Sink, SnapshotContext, SnapshotMode};
+    use cairn_storage::fault::FaultyObjectStore;
+    use cairn_storage::CheckpointStorage;
+
+    /// Takes 1.5 s to commit the savepoint it is part of.
+    #[derive(Clone, Default)]
+    struct SlowCommit {
+        savepoint: Option<u64>,
+    }
+
+    impl Checkpointed for SlowCommit {
+        fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+            if ctx.is_savepoint {
+                self.savepoint = Some(ctx.checkpoint_id);
+            }
+            Ok(())
+        }
+        fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+            if self.savepoint == Some(id) {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            Ok(())
+        }
+    }
+
+    impl Sink<(u64, u64)> for SlowCommit {
+        fn write(&mut self, _: (u64, u64)) -> cairn_runtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn is_given_up_and_the_stop_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = throttled_config(dir.path());
+        config.checkpoint.interval = Some(Duration::from_millis(100));
+        config.checkpoint.timeout = Duration::from_millis(1000);
+        config.checkpoint.tolerable_failures = 0;
+        config.checkpoint.snapshot_mode = SnapshotMode::Full;
+        config.restart = RestartStrategy::no_restarts();
+        let storage = CheckpointStorage::open_wrapped(&config.checkpoint_dir, |inner| {
+            let f = Arc::new(FaultyObjectStore::new(inner));
+            f.set_put_latency_for("chk-", Duration::from_millis(3000));
+            f
+        })
+        .expect("storage");
+        config.checkpoint_storage = Some(storage);
+        let graph = source("source", GeneratorSource::new(1_000_000, 100, 5))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", SlowCommit::default());
+        let handle = Job::new(graph, config).start().expect("start");
+        // Running, and checkpoint 1 (triggered 100 ms in) under way.
+        let started = std::time::Instant::now();
+        while handle.records_read() == 0 && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let savepoint = handle.stop_with_savepoint(None).expect("the stop");
+        let result = handle.wait().expect("the job");
+        assert_eq!(result.savepoint.as_deref(), Some(savepoint.as_str()));
+        assert_eq!(result.checkpoints_completed, 0, "{result:?}");
+        assert!(result.checkpoints_subsumed >= 1, "{result:?}");
+    }
+}
