@@ -164,7 +164,9 @@ impl JobHandle {
     /// Takes a savepoint, commits what it covers, and ends the job; returns the savepoint's
     /// path once the job's tasks have ended. If the job fails after the savepoint was
     /// written (a sink's commit, say), the answer is an error naming the savepoint, and the
-    /// job ends with [`RuntimeError::StopFailed`] instead of restarting.
+    /// job ends with [`RuntimeError::StopFailed`] instead of restarting. A task that does not
+    /// end (a commit that hangs) keeps the answer waiting; [`JobHandle::cancel`] from another
+    /// thread ends the job, and the answer is then an error naming the savepoint.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, true)
     }

@@ -35,6 +35,59 @@ fn savepoint_after(graph: JobGraph, config: JobConfig, records: u64) -> String {
     savepoint
 }
 
+/// What [`OnSavepointCommit`] does when the savepoint it is part of completes.
+#[derive(Clone, Copy, Debug)]
+enum AtCommit {
+    /// The commit fails.
+    Fails,
+    /// The commit takes this long.
+    Takes(Duration),
+}
+
+/// A sink of `(key, sum)` records whose commit of the savepoint it is part of (its
+/// completion notification) fails or is slow.
+#[derive(Clone, Debug)]
+struct OnSavepointCommit {
+    at_commit: AtCommit,
+    savepoint: Option<u64>,
+}
+
+impl OnSavepointCommit {
+    fn new(at_commit: AtCommit) -> Self {
+        Self {
+            at_commit,
+            savepoint: None,
+        }
+    }
+}
+
+impl cairn_runtime::Checkpointed for OnSavepointCommit {
+    fn snapshot_state(
+        &mut self,
+        ctx: &mut cairn_runtime::SnapshotContext<'_>,
+    ) -> cairn_runtime::Result<()> {
+        if ctx.is_savepoint {
+            self.savepoint = Some(ctx.checkpoint_id);
+        }
+        Ok(())
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+        if self.savepoint == Some(id) {
+            match self.at_commit {
+                AtCommit::Fails => return Err(RuntimeError::user("sink", "the commit failed")),
+                AtCommit::Takes(d) => std::thread::sleep(d),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl cairn_runtime::Sink<(u64, u64)> for OnSavepointCommit {
+    fn write(&mut self, _: (u64, u64)) -> cairn_runtime::Result<()> {
+        Ok(())
+    }
+}
+
 /// A uid whose operator changed kind between the snapshot and the restore: the savepoint
 /// holds keyed state of a keyed operator `x`, and the restored job's `x` is a `map`. The
 /// keyed state was dropped without a word (the job ran on with every count lost), although
@@ -378,34 +431,7 @@ mod a_panic {
 /// the job ends with it instead of restarting.
 mod a_commit_that_fails_while_stopping {
     use super::*;
-    use cairn_runtime::{Checkpointed, Sink, SnapshotContext};
-
-    /// Fails the commit of the first savepoint it is part of.
-    #[derive(Clone, Default)]
-    struct FailsOnSavepoint {
-        savepoint: Option<u64>,
-    }
-
-    impl Checkpointed for FailsOnSavepoint {
-        fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
-            if ctx.is_savepoint {
-                self.savepoint = Some(ctx.checkpoint_id);
-            }
-            Ok(())
-        }
-        fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
-            if self.savepoint == Some(id) {
-                return Err(RuntimeError::user("sink", "the commit failed"));
-            }
-            Ok(())
-        }
-    }
-
-    impl Sink<(u64, u64)> for FailsOnSavepoint {
-        fn write(&mut self, _: (u64, u64)) -> cairn_runtime::Result<()> {
-            Ok(())
-        }
-    }
+    use cairn_runtime::Sink;
 
     fn graph(sink: impl Sink<(u64, u64)>) -> JobGraph {
         source("source", GeneratorSource::new(60_000, 100, 7))
@@ -419,9 +445,12 @@ mod a_commit_that_fails_while_stopping {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = throttled_config(dir.path());
         config.restart = RestartStrategy::fixed_delay(3, Duration::from_millis(10));
-        let handle = Job::new(graph(FailsOnSavepoint::default()), config.clone())
-            .start()
-            .expect("start");
+        let handle = Job::new(
+            graph(OnSavepointCommit::new(AtCommit::Fails)),
+            config.clone(),
+        )
+        .start()
+        .expect("start");
         let started = std::time::Instant::now();
         while handle.records_read() < 2_000 && started.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(5));
@@ -494,36 +523,9 @@ mod a_checkpoint_in_flight_at_a_stopping_savepoint {
     use std::sync::Arc;
 
     use super::*;
-    use cairn_runtime::{Checkpointed, Sink, SnapshotContext, SnapshotMode};
+    use cairn_runtime::SnapshotMode;
     use cairn_storage::fault::FaultyObjectStore;
     use cairn_storage::CheckpointStorage;
-
-    /// Takes 1.5 s to commit the savepoint it is part of.
-    #[derive(Clone, Default)]
-    struct SlowCommit {
-        savepoint: Option<u64>,
-    }
-
-    impl Checkpointed for SlowCommit {
-        fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
-            if ctx.is_savepoint {
-                self.savepoint = Some(ctx.checkpoint_id);
-            }
-            Ok(())
-        }
-        fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
-            if self.savepoint == Some(id) {
-                std::thread::sleep(Duration::from_millis(1500));
-            }
-            Ok(())
-        }
-    }
-
-    impl Sink<(u64, u64)> for SlowCommit {
-        fn write(&mut self, _: (u64, u64)) -> cairn_runtime::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn is_given_up_and_the_stop_succeeds() {
@@ -544,7 +546,10 @@ mod a_checkpoint_in_flight_at_a_stopping_savepoint {
         let graph = source("source", GeneratorSource::new(1_000_000, 100, 5))
             .key_by(|k: &u64| *k)
             .sum("sum")
-            .sink("sink", SlowCommit::default());
+            .sink(
+                "sink",
+                OnSavepointCommit::new(AtCommit::Takes(Duration::from_millis(1500))),
+            );
         let handle = Job::new(graph, config).start().expect("start");
         // Running, and checkpoint 1 (triggered 100 ms in) under way.
         let started = std::time::Instant::now();

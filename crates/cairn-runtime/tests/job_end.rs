@@ -35,6 +35,24 @@ fn files(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Nothing in `checkpoints` changes any more (a job ended), and every shared file and
+/// checkpoint directory there is referenced by a checkpoint that exists.
+fn assert_left_as_is_and_referenced(checkpoints: &Path, result: &JobResult) {
+    let at_end = files(checkpoints);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        files(checkpoints),
+        at_end,
+        "files were written or deleted after the job ended: {result:?}"
+    );
+    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
+    let plan = storage.gc_plan(usize::MAX).expect("gc plan");
+    assert!(
+        plan.shared_deleted.is_empty() && plan.incomplete.is_empty(),
+        "the job left files no checkpoint references: {plan:?}"
+    );
+}
+
 /// A job config checkpointing every `interval_ms` in `mode` into `checkpoints` through a
 /// store with `latency_ms` per operation; changelog with small segments, materialized often.
 fn slow_store_config(
@@ -92,19 +110,7 @@ fn run(backend: StateBackendConfig, cancel: bool) {
     }
     let result: JobResult = handle.wait().expect("run");
     assert!(result.checkpoints_completed > 0, "{result:?}");
-    let at_end = files(&checkpoints);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        files(&checkpoints),
-        at_end,
-        "files were written or deleted after the job ended: {result:?}"
-    );
-    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
-    let plan = storage.gc_plan(usize::MAX).expect("gc plan");
-    assert!(
-        plan.shared_deleted.is_empty() && plan.incomplete.is_empty(),
-        "the job left files no checkpoint references: {plan:?}"
-    );
+    assert_left_as_is_and_referenced(&checkpoints, &result);
 }
 
 #[test]
@@ -235,17 +241,5 @@ fn a_job_cancelled_during_a_synchronous_phase_leaves_nothing_behind() {
     handle.cancel();
     let result: JobResult = handle.wait().expect("run");
     assert!(result.cancelled, "{result:?}");
-    let at_end = files(&checkpoints);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        files(&checkpoints),
-        at_end,
-        "files changed after the job ended"
-    );
-    let storage = CheckpointStorage::open(&checkpoints.display().to_string()).expect("open");
-    let plan = storage.gc_plan(usize::MAX).expect("gc plan");
-    assert!(
-        plan.shared_deleted.is_empty() && plan.incomplete.is_empty(),
-        "the job left files no checkpoint references: {plan:?}"
-    );
+    assert_left_as_is_and_referenced(&checkpoints, &result);
 }
