@@ -8,8 +8,9 @@
 //! `f-hashmap` or `f-rocksdb` under one),
 //! `CAIRN_PARALLELISM` (`1,2`), `CAIRN_SKIP_W2`,
 //! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
-//! default: the backend's default), `CAIRN_ROCKSDB_WRITE_BUFFER` (its memtable size in
-//! bytes; default: the backend's default).
+//! default: the backend's default), `CAIRN_ROCKSDB_SPILL` (its spill capacity in entries,
+//! 0 for none; default: the backend's default, none), `CAIRN_ROCKSDB_WRITE_BUFFER` (its memtable
+//! size in bytes; default: the backend's default).
 //!
 //! Besides WORKLOADS.md's fields, each W1 line has `peak_rss_mib` and the CPU the run took
 //! (`cpu_s`, `cpu_ns_per_record`: every thread of the process, background work included),
@@ -62,6 +63,7 @@ fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
             let defaults = cairn_rocksdb::RocksDbOptions::default();
             let options = cairn_rocksdb::RocksDbOptions {
                 cache_capacity: rocksdb_cache_entries(),
+                spill_capacity: env("CAIRN_ROCKSDB_SPILL", defaults.spill_capacity as u64) as usize,
                 write_buffer_bytes: env(
                     "CAIRN_ROCKSDB_WRITE_BUFFER",
                     defaults.write_buffer_bytes as u64,
@@ -182,7 +184,9 @@ fn run_w1(
         merge(
             if w.backend == "rocksdb" {
                 json!({"config": w.config, "peak_rss_mib": peak_rss_mib,
-                       "rocksdb_cache_entries": rocksdb_cache_entries()})
+                       "rocksdb_cache_entries": rocksdb_cache_entries(),
+                       "rocksdb_spill_entries": env("CAIRN_ROCKSDB_SPILL",
+                           cairn_rocksdb::RocksDbOptions::default().spill_capacity as u64)})
             } else {
                 json!({"config": w.config, "peak_rss_mib": peak_rss_mib})
             },

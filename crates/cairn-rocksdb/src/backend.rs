@@ -13,8 +13,9 @@ use crate::db::{io_err, Instance};
 use crate::layout::{escape_tail, push_escaped, push_kg};
 use crate::options::{RocksDbConfig, RocksDbOptions};
 use crate::prefetch::Recent;
-use crate::seal::{Frozen, Seal, SealJob};
+use crate::seal::{Frozen, Seal, SealJob, Unwritten};
 use crate::snapshot::{Incremental, ScratchDir};
+use crate::spill::{Found, Spill};
 use crate::state::{decode, type_mismatch, EncodeNs, EncodeValue, Registered};
 
 /// Bytes of the state index in front of a cache key.
@@ -48,6 +49,8 @@ pub struct RocksDbBackend {
     pub(crate) metas: BTreeMap<String, StateMeta>,
     pub(crate) restored: bool,
     pub(crate) cache: Cache,
+    /// Dirty entries evicted from the cache since the last seal (`spill.rs`).
+    pub(crate) spill: Spill,
     pub(crate) scratch: Vec<u8>,
     /// The states recent keys used, for prefetch hints.
     pub(crate) recent: Recent,
@@ -129,6 +132,7 @@ impl RocksDbBackend {
             range,
             key_codec,
             cache: Cache::new(options.cache_capacity),
+            spill: Spill::default(),
             options,
             local_dir,
             root,
@@ -300,15 +304,39 @@ impl RocksDbBackend {
                 };
             }
         }
-        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
-        let codec = codec(self.typed::<T>(idx)?);
-        let value = self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?;
+        let (value, unwritten) = self.read_uncached(idx, key, codec)?;
         if self.cache.enabled() {
             self.make_room()?;
+            self.spill.kill(key);
+            // A value RocksDB does not have yet goes back to the cache dirty.
             self.cache
-                .insert(key, CachedValue::new(value.clone()), false);
+                .insert(key, CachedValue::new(value.clone()), unwritten);
         }
         Ok(value)
+    }
+
+    /// Reads the value under `key` from the spill or else from RocksDB; says whether it is
+    /// one RocksDB does not have yet.
+    fn read_uncached<V: StateValue, T: 'static>(
+        &self,
+        idx: usize,
+        key: &[u8],
+        codec: fn(&T) -> &CodecRef<V>,
+    ) -> Result<(Option<V>, bool)> {
+        let name = self.state_name(idx);
+        let codec = codec(self.typed::<T>(idx)?);
+        let decoded = |bytes: Option<&[u8]>| bytes.map(|b| decode(&**codec, name, b)).transpose();
+        match self.spill.get(key) {
+            Some(Found::Unwritten(bytes)) => Ok((decoded(bytes)?, true)),
+            Some(Found::Written(bytes)) => Ok((decoded(bytes)?, false)),
+            None => {
+                let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+                Ok((
+                    self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?,
+                    false,
+                ))
+            }
+        }
     }
 
     /// Applies `f` to the value under the cache key `key` of state `idx`. `blind`: `f` does
@@ -347,12 +375,13 @@ impl RocksDbBackend {
         let mut value = if blind {
             None
         } else {
-            let codec = codec(self.typed::<T>(idx)?);
-            self.inst()?.get(name, raw, |b| decode(&**codec, name, b))?
+            self.read_uncached(idx, key, codec)?.0
         };
         f(&mut value)?;
         if self.cache.enabled() {
             self.make_room()?;
+            // The cache's entry supersedes a spilled one (read above, or overwritten blind).
+            self.spill.kill(key);
             self.cache.insert(key, CachedValue::new(value), true);
             return Ok(());
         }
@@ -376,6 +405,7 @@ impl RocksDbBackend {
         if self.cache.enabled() {
             if self.cache.get(key).is_none() {
                 self.make_room()?;
+                self.spill.kill(key);
             }
             self.cache.insert(key, CachedValue::Unknown, true);
             return Ok(());
@@ -390,8 +420,10 @@ impl RocksDbBackend {
         self.states.get(idx).map_or("", |r| r.meta.name.as_str())
     }
 
-    /// Evicts from a full cache, writing dirty evictions in one batch. While a seal worker
-    /// runs, evictions are held back until the cache reaches its hard limit.
+    /// Evicts from a full cache; dirty evictions go to the spill (which is written out off
+    /// the task thread once it holds `spill_capacity` entries) or, without a spill, to
+    /// RocksDB in one batch. While a seal worker runs, evictions are held back until the
+    /// cache reaches its hard limit.
     fn make_room(&mut self) -> Result<()> {
         if !self.cache.full() {
             return Ok(());
@@ -407,8 +439,19 @@ impl RocksDbBackend {
         } else {
             self.cache.evict()
         };
+        let dirty = evicted.iter().filter(|s| s.dirty());
+        if self.options.spill_capacity > 0 {
+            for slot in dirty {
+                self.spill
+                    .push(&self.states, slot.key(), slot.value.as_any())?;
+            }
+            if self.spill.len() >= self.options.spill_capacity {
+                self.start_seal(None)?;
+            }
+            return Ok(());
+        }
         let mut frozen = Frozen::with_capacity(evicted.len());
-        for slot in evicted.iter().filter(|s| s.dirty()) {
+        for slot in dirty {
             frozen.push(&self.states, slot.key(), slot.value.as_any())?;
         }
         if frozen.len() > 0 {
@@ -447,32 +490,31 @@ impl RocksDbBackend {
         Ok(frozen)
     }
 
-    /// Marks the entries of a frozen set that could not be written dirty again: they are all
-    /// still cached (nothing is evicted while they are out), with their latest values.
-    fn unfreeze(&mut self, frozen: &Frozen) {
+    /// Takes back what a seal could not write: the cache's entries become dirty again
+    /// (they are all still cached, since nothing is evicted while they are out, with their
+    /// latest values), and the spilled ones open again.
+    fn unfreeze(&mut self, frozen: &Frozen) -> Result<()> {
         for key in frozen.cache_keys() {
             if let Some(i) = self.cache.find(&key) {
                 self.cache.mark_dirty_at(i);
             }
         }
+        self.spill.seal_failed()
     }
 
-    /// Waits for the seal worker of the last snapshot, if any; afterwards the backend may
-    /// write RocksDB again.
+    /// Waits for the seal worker of the last snapshot or spill write-out, if any;
+    /// afterwards the backend may write RocksDB again.
     pub(crate) fn settle(&mut self) -> Result<()> {
         let Some(seal) = self.seal.take() else {
             return Ok(());
         };
         match seal.handle.join() {
-            Ok(None) => Ok(()),
-            Ok(Some(frozen)) => {
-                self.unfreeze(&frozen);
-                Ok(())
-            }
+            Ok(unwritten) => self.sealed(unwritten),
             Err(_) => {
                 // The entries it held are lost: fail every later access rather than serve
                 // wrong state; the job restores from its last checkpoint.
                 self.inst = None;
+                self.spill.clear();
                 Err(StateError::layer(
                     format!("writing the rocksdb cache uid={}", self.uid),
                     "the seal worker panicked",
@@ -481,23 +523,56 @@ impl RocksDbBackend {
         }
     }
 
+    /// Takes note of how a seal ended. A snapshot's error went to its asynchronous phase;
+    /// a spill write-out's is returned.
+    fn sealed(&mut self, unwritten: Unwritten) -> Result<()> {
+        match unwritten {
+            None => {
+                self.spill.sealed();
+                Ok(())
+            }
+            Some((frozen, error)) => {
+                self.unfreeze(&frozen)?;
+                error.map_or(Ok(()), Err)
+            }
+        }
+    }
+
     /// The synchronous phase's part of sealing a snapshot: freezes the dirty entries and
-    /// hands them to a seal worker that writes them and creates the RocksDB checkpoint at
-    /// `dir`. Returns where the checkpoint directory will be sent.
+    /// hands them, with the spill, to a seal worker that writes them and creates the
+    /// RocksDB checkpoint at `dir`. Returns where the checkpoint directory will be sent.
     pub(crate) fn seal(
         &mut self,
         dir: ScratchDir,
     ) -> Result<std::sync::mpsc::Receiver<Result<ScratchDir>>> {
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+        self.start_seal(Some((dir, ready_tx)))?;
+        Ok(ready)
+    }
+
+    /// Starts a seal worker: for a snapshot (`checkpoint`) it writes the cache's dirty
+    /// entries and the spill, then creates the checkpoint; without one it writes the spill.
+    fn start_seal(
+        &mut self,
+        checkpoint: Option<(ScratchDir, std::sync::mpsc::SyncSender<Result<ScratchDir>>)>,
+    ) -> Result<()> {
         self.settle()?;
         let inst = self.inst()?;
         let (db, path, sst) = (inst.db.clone(), inst.path.clone(), inst.sst_options());
         let states = self.state_cf_names();
-        let (jobs, job) = std::sync::mpsc::channel::<SealJob>();
+        if checkpoint.is_none() && self.spill.len() == 0 {
+            return Ok(());
+        }
+        // The thread starts while the cache is frozen.
+        let (jobs, receive) = std::sync::mpsc::channel::<SealJob>();
         let spawned = std::thread::Builder::new()
             .name("cairn-rocksdb-seal".into())
-            .spawn(move || job.recv().ok().and_then(SealJob::run));
-        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-        let frozen = match self.freeze() {
+            .spawn(move || receive.recv().ok().and_then(SealJob::run));
+        let frozen = match checkpoint {
+            Some(_) => self.freeze(),
+            None => Ok(Frozen::default()),
+        };
+        let frozen = match frozen {
             Ok(f) => f,
             Err(e) => {
                 drop(jobs);
@@ -512,16 +587,16 @@ impl RocksDbBackend {
             path,
             states,
             frozen,
+            spill: self.spill.begin_seal(),
             sst,
             scratch: self.root.clone(),
-            dir,
-            ready: ready_tx,
+            checkpoint,
         };
         let job = match spawned {
             Ok(handle) => match jobs.send(job) {
                 Ok(()) => {
                     self.seal = Some(Seal { handle });
-                    return Ok(ready);
+                    return Ok(());
                 }
                 Err(std::sync::mpsc::SendError(job)) => {
                     let _ = handle.join();
@@ -531,23 +606,29 @@ impl RocksDbBackend {
             Err(_) => job,
         };
         // No worker: seal on this thread.
-        if let Some(frozen) = job.run() {
-            self.unfreeze(&frozen);
-        }
-        Ok(ready)
+        let unwritten = job.run();
+        self.sealed(unwritten)
     }
 
     /// Writes every dirty cache entry to RocksDB (sorted, in batches).
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
         self.settle()?;
-        if !self.cache.has_dirty() {
+        if !self.cache.has_dirty() && self.spill.len() == 0 {
             return Ok(());
         }
         let mut frozen = self.freeze()?;
-        let written = self.write_frozen(&mut frozen);
-        if written.is_err() {
-            self.unfreeze(&frozen);
+        if let Some(set) = self.spill.begin_seal() {
+            frozen.extend_live(&set.frozen);
         }
-        written
+        match self.write_frozen(&mut frozen) {
+            Ok(()) => {
+                self.spill.sealed();
+                Ok(())
+            }
+            Err(e) => {
+                self.unfreeze(&frozen)?;
+                Err(e)
+            }
+        }
     }
 }

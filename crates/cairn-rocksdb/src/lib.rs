@@ -49,13 +49,16 @@
 //!   bottommost, bloom filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
 //!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted
-//!   in one `WriteBatch`. A hot key costs no RocksDB get or put per access, and a cached
+//!   in one `WriteBatch`, or, with a *spill* ([`RocksDbOptions::spill_capacity`], off by
+//!   default), kept encoded in memory, where reads find them, until the next snapshot
+//!   writes them with the cache's dirty entries as one sorted file per state. A hot key costs no RocksDB get or put per access, and a cached
 //!   primitive value (a count, a sum) costs one cache miss: entries are the slots of an
 //!   open-addressing table, one cache line each, with short keys and primitive values
 //!   inline. `keys()`, map iteration and snapshots flush it first. [`RocksDbOptions::cache_capacity`] `= 0`
 //!   turns it off.
 //! - **Snapshots.** The synchronous phase only encodes the cache's dirty entries; a seal
-//!   worker thread writes them (sorted; a large set as ingested SST files) and creates a
+//!   worker thread writes them (and the spill; sorted, a large set as ingested SST files)
+//!   and creates a
 //!   RocksDB checkpoint in a scratch directory, while the task goes on without writing
 //!   RocksDB (evictions are held back) until the checkpoint exists. The asynchronous phase
 //!   waits for that directory, reads only it and deletes it when done. Savepoints and
@@ -92,6 +95,7 @@ mod prefetch;
 mod restore;
 mod seal;
 mod snapshot;
+mod spill;
 mod sst;
 mod state;
 #[cfg(test)]

@@ -215,6 +215,7 @@ impl RocksDbBackend {
             cache_key.truncate(STATE_PREFIX_LEN);
             cache_key.extend_from_slice(&k);
             self.cache.forget(&cache_key);
+            self.spill.kill(&cache_key);
         }
         Ok(())
     }

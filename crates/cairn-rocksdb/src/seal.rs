@@ -3,7 +3,8 @@
 //!
 //! At a barrier the synchronous phase only encodes the cache's dirty entries into a
 //! [`Frozen`] set (one buffer, no allocation per entry), marks them clean and hands them to
-//! a seal worker thread. The worker sorts them, moves their bytes into that order (one
+//! a seal worker thread, with the spill (the dirty entries evicted since the last seal,
+//! `spill.rs`). The worker adds the spilled entries to the set, sorts it, moves their bytes into that order (one
 //! copying pass whose cache misses overlap) and writes them in key order: a large set as
 //! one SST file per state, ingested (no memtable insert and no flush of it), a small one in
 //! write batches (sorted inserts are the cheap case of the memtable's skiplist). Then it
@@ -19,13 +20,17 @@
 //! - Every operation that writes RocksDB directly (list writes, map clears, the cache
 //!   flushes before key listing and map iteration, creating a column family, restore, the
 //!   next snapshot) waits for the worker first ([`crate::RocksDbBackend`]'s `settle`).
-//! - Reads that miss the cache go to RocksDB while the worker writes: a key the worker
-//!   writes was dirty at the barrier, so it is still in the cache (nothing is evicted while
-//!   sealed), and a key that is not in the cache is not one the worker writes.
+//! - Reads that miss the cache go to the spill, then to RocksDB, while the worker writes: a
+//!   key the worker writes was dirty at the barrier, so it is still in the cache (nothing
+//!   is evicted while sealed) or in the spill set the worker writes, which reads still
+//!   consult; a key in neither is not one the worker writes.
+//!
+//! A seal without a snapshot writes the spill out once it is full (no checkpoint is
+//! created); the same rules hold while it runs.
 //!
 //! If the worker cannot write the entries, it hands them back: the task marks them dirty
 //! again when it waits for the worker (they are all still cached, and their cached values
-//! are the latest), so a failed snapshot loses no state.
+//! are the latest) and opens the spilled set again, so a failed snapshot loses no state.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -39,6 +44,7 @@ use rocksdb::{
 use crate::backend::{nonce, STATE_PREFIX_LEN};
 use crate::db::rocks_err;
 use crate::snapshot::ScratchDir;
+use crate::spill::SpillSet;
 use crate::state::Registered;
 
 /// Entries per `WriteBatch` when writing a frozen set through the memtable.
@@ -62,6 +68,8 @@ struct Entry {
     start: usize,
     /// [`DELETE`] for a delete.
     value_len: u32,
+    /// Superseded (a spill's entry whose key went back to the cache): not written.
+    dead: bool,
 }
 
 impl Entry {
@@ -69,6 +77,16 @@ impl Entry {
         bytes
             .get(self.start..self.start + self.key_len as usize)
             .unwrap_or(&[])
+    }
+
+    /// Bytes of its key and value.
+    fn len(&self) -> usize {
+        self.key_len as usize
+            + if self.value_len == DELETE {
+                0
+            } else {
+                self.value_len as usize
+            }
     }
 
     fn value<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
@@ -85,7 +103,7 @@ impl Entry {
 }
 
 /// Encoded cache entries to write to RocksDB: keys and values in one buffer.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Frozen {
     bytes: Vec<u8>,
     entries: Vec<Entry>,
@@ -111,7 +129,6 @@ impl Frozen {
         cache_key: &[u8],
         value: Option<&dyn std::any::Any>,
     ) -> Result<()> {
-        let too_long = || StateError::layer("flushing the cache", "cache entry over 4 GiB");
         let (idx, raw) = cache_key
             .split_at_checked(STATE_PREFIX_LEN)
             .ok_or_else(|| {
@@ -121,25 +138,56 @@ impl Frozen {
         let r = states
             .get(state as usize)
             .ok_or_else(|| StateError::UnknownState { index: state })?;
+        self.push_with(state, raw, |bytes| match value {
+            Some(v) => (r.encode_value)(v, bytes),
+            None => Ok(false),
+        })
+    }
+
+    /// Adds an entry whose value is encoded already (`None`: a delete).
+    pub(crate) fn push_encoded(
+        &mut self,
+        state: u32,
+        raw: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        self.push_with(state, raw, |bytes| {
+            bytes.extend_from_slice(value.unwrap_or(&[]));
+            Ok(value.is_some())
+        })
+    }
+
+    /// Adds the entry of `raw` in `state`; `encode` appends its value and says whether
+    /// there is one (false: a delete).
+    fn push_with(
+        &mut self,
+        state: u32,
+        raw: &[u8],
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<bool>,
+    ) -> Result<()> {
+        let too_long = || StateError::layer("flushing the cache", "cache entry over 4 GiB");
         let start = self.bytes.len();
         self.bytes.extend_from_slice(raw);
         let key_end = self.bytes.len();
-        let present = match value {
-            Some(v) => (r.encode_value)(v, &mut self.bytes).inspect_err(|_| {
-                self.bytes.truncate(start);
-            })?,
-            None => false,
-        };
+        let present = encode(&mut self.bytes).inspect_err(|_| {
+            self.bytes.truncate(start);
+        })?;
         if !present {
             self.bytes.truncate(key_end);
         }
-        let value_len = if present {
-            u32::try_from(self.bytes.len() - key_end)
-                .ok()
-                .filter(|&l| l != DELETE)
-                .ok_or_else(too_long)?
-        } else {
-            DELETE
+        let lengths = (|| {
+            let value_len = if present {
+                u32::try_from(self.bytes.len() - key_end)
+                    .ok()
+                    .filter(|&l| l != DELETE)?
+            } else {
+                DELETE
+            };
+            Some((u32::try_from(raw.len()).ok()?, value_len))
+        })();
+        let Some((key_len, value_len)) = lengths else {
+            self.bytes.truncate(start);
+            return Err(too_long());
         };
         let mut prefix = [0u8; 8];
         let n = raw.len().min(8);
@@ -147,11 +195,60 @@ impl Frozen {
         self.entries.push(Entry {
             prefix: u64::from_be_bytes(prefix),
             state,
-            key_len: u32::try_from(raw.len()).map_err(|_| too_long())?,
+            key_len,
             start,
             value_len,
+            dead: false,
         });
         Ok(())
+    }
+
+    /// The live entries: state index, RocksDB key and encoded value (`None`: a delete).
+    pub(crate) fn live_entries(&self) -> impl Iterator<Item = (u32, &[u8], Option<&[u8]>)> {
+        self.entries
+            .iter()
+            .filter(|e| !e.dead)
+            .map(|e| (e.state, e.key(&self.bytes), e.value(&self.bytes)))
+    }
+
+    /// Entries pushed so far, dead ones included.
+    pub(crate) fn pushed(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The state index and RocksDB key of entry `i`.
+    pub(crate) fn key_of(&self, i: usize) -> Option<(u32, &[u8])> {
+        self.entries.get(i).map(|e| (e.state, e.key(&self.bytes)))
+    }
+
+    /// The encoded value of live entry `i` (`Some(None)`: a delete); `None` when `i` is dead
+    /// or out of range.
+    pub(crate) fn value_of(&self, i: usize) -> Option<Option<&[u8]>> {
+        self.entries
+            .get(i)
+            .filter(|e| !e.dead)
+            .map(|e| e.value(&self.bytes))
+    }
+
+    /// Marks entry `i` superseded; returns whether it was live.
+    pub(crate) fn kill(&mut self, i: usize) -> bool {
+        match self.entries.get_mut(i) {
+            Some(e) if !e.dead => {
+                e.dead = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Appends copies of `other`'s live entries.
+    pub(crate) fn extend_live(&mut self, other: &Frozen) {
+        for e in other.entries.iter().filter(|e| !e.dead) {
+            let start = self.bytes.len();
+            self.bytes
+                .extend_from_slice(other.bytes.get(e.start..e.start + e.len()).unwrap_or(&[]));
+            self.entries.push(Entry { start, ..*e });
+        }
     }
 
     /// The cache keys of the entries (to mark them dirty again after a failed write).
@@ -165,7 +262,8 @@ impl Frozen {
         })
     }
 
-    /// Sorts the entries by (state, key), then moves their bytes into that order.
+    /// Sorts the live entries by (state, key), dropping dead ones, then moves their bytes
+    /// into that order.
     ///
     /// The bytes were appended in cache order, which is unrelated to key order: written
     /// in key order straight from there, every entry is a cache miss taken inside the
@@ -173,22 +271,21 @@ impl Frozen {
     /// does nothing with the bytes but copy them, so the misses of successive entries
     /// overlap, and the writer then reads memory in order.
     fn sort(&mut self) {
+        self.entries.retain(|e| !e.dead);
         let bytes = &self.bytes;
-        self.entries.sort_unstable_by(|a, b| {
+        // Stable, so that of two entries of one key (the cache's and an older spilled one,
+        // after a failed seal) the one pushed first stays first and is the one kept.
+        self.entries.sort_by(|a, b| {
             (a.state, a.prefix)
                 .cmp(&(b.state, b.prefix))
                 .then_with(|| a.key(bytes).cmp(b.key(bytes)))
         });
+        self.entries
+            .dedup_by(|b, a| a.state == b.state && a.key(bytes) == b.key(bytes));
         let mut gathered = Vec::with_capacity(self.bytes.len());
         for e in &mut self.entries {
-            let len = e.key_len as usize
-                + if e.value_len == DELETE {
-                    0
-                } else {
-                    e.value_len as usize
-                };
             let start = gathered.len();
-            gathered.extend_from_slice(self.bytes.get(e.start..e.start + len).unwrap_or(&[]));
+            gathered.extend_from_slice(self.bytes.get(e.start..e.start + e.len()).unwrap_or(&[]));
             e.start = start;
         }
         self.bytes = gathered;
@@ -272,8 +369,8 @@ impl Frozen {
                 let mut last: Option<&[u8]> = None;
                 for e in run {
                     let key = e.key(bytes);
-                    // Keys are unique (the dirty list is exact); a repeat would be refused
-                    // by the writer, so keep the first.
+                    // Keys are unique (`sort` keeps one entry per key); a repeat would be
+                    // refused by the writer.
                     if last == Some(key) {
                         continue;
                     }
@@ -318,40 +415,58 @@ fn cf_handle<'a>(
     })
 }
 
-/// What a seal worker does: write `frozen`, then create the checkpoint `dir`, sending it
-/// (or the error) to the asynchronous phase.
+/// What a seal worker does: write `frozen` and the spilled entries, then (for a snapshot)
+/// create the checkpoint `dir`, sending it (or the error) to the asynchronous phase.
 pub(crate) struct SealJob {
     pub(crate) db: Arc<DB>,
     pub(crate) path: PathBuf,
     /// Column family of each state index.
     pub(crate) states: Vec<String>,
+    /// The cache's dirty entries at the barrier (none for a write-out of the spill).
     pub(crate) frozen: Frozen,
+    /// The spill's set to write with them.
+    pub(crate) spill: Option<Arc<SpillSet>>,
     /// Options of the SST files a large frozen set is ingested as.
     pub(crate) sst: Options,
     /// Where those files are built (on the instance's file system).
     pub(crate) scratch: PathBuf,
-    /// The snapshot's scratch directory; the checkpoint goes to [`checkpoint_dir`] in it.
-    pub(crate) dir: ScratchDir,
-    pub(crate) ready: SyncSender<Result<ScratchDir>>,
+    /// For a snapshot: its scratch directory (the checkpoint goes to [`checkpoint_dir`] in
+    /// it), and where to send it.
+    pub(crate) checkpoint: Option<(ScratchDir, SyncSender<Result<ScratchDir>>)>,
 }
 
+/// What a seal worker hands back when it could not write its entries: the entries, and the
+/// error unless it went to the snapshot's asynchronous phase.
+pub(crate) type Unwritten = Option<(Frozen, Option<StateError>)>;
+
 impl SealJob {
-    /// Runs the job; returns the frozen entries if they could not be written.
-    pub(crate) fn run(self) -> Option<Frozen> {
+    /// Runs the job; returns the entries it held if they could not be written.
+    pub(crate) fn run(self) -> Unwritten {
         let SealJob {
             db,
             path,
             states,
             mut frozen,
+            spill,
             sst,
             scratch,
-            dir,
-            ready,
+            checkpoint,
         } = self;
-        if let Err(e) = frozen.write(&db, &path, &states, Some((&sst, &scratch))) {
-            let _ = ready.send(Err(e));
-            return Some(frozen);
+        if let Some(set) = spill {
+            // After the cache's entries: of two entries of a key, the cache's is newer.
+            frozen.extend_live(&set.frozen);
         }
+        if let Err(e) = frozen.write(&db, &path, &states, Some((&sst, &scratch))) {
+            return Some(match checkpoint {
+                Some((_, ready)) => {
+                    let _ = ready.send(Err(e));
+                    (frozen, None)
+                }
+                None => (frozen, Some(e)),
+            });
+        }
+        // A spill write-out is done (`None`: nothing unwritten).
+        let (dir, ready) = checkpoint?;
         // `dir` is deleted on drop: on failure, and when nobody receives it.
         let target = checkpoint_dir(&dir.0);
         let created = rocksdb::checkpoint::Checkpoint::new(&db)
@@ -386,18 +501,30 @@ pub(crate) fn wait(
 /// A running seal worker.
 #[derive(Debug)]
 pub(crate) struct Seal {
-    pub(crate) handle: std::thread::JoinHandle<Option<Frozen>>,
+    pub(crate) handle: std::thread::JoinHandle<Unwritten>,
 }
 
 #[cfg(test)]
 mod tests {
     use cairn_core::*;
 
-    use crate::test_support::{u64_backend, Mem};
-    use crate::RocksDbBackend;
+    use crate::test_support::{u64_backend_with, Mem};
+    use crate::{RocksDbBackend, RocksDbOptions};
 
-    fn backend(dir: &std::path::Path, cache_capacity: usize) -> RocksDbBackend {
-        u64_backend(dir, KeyGroupRange::all(128), cache_capacity)
+    fn backend(
+        dir: &std::path::Path,
+        cache_capacity: usize,
+        spill_capacity: usize,
+    ) -> RocksDbBackend {
+        u64_backend_with(
+            dir,
+            KeyGroupRange::all(128),
+            RocksDbOptions {
+                cache_capacity,
+                spill_capacity,
+                ..RocksDbOptions::default()
+            },
+        )
     }
 
     fn set_key(b: &mut RocksDbBackend, k: u64) {
@@ -472,15 +599,145 @@ mod tests {
         assert_eq!(at, frozen.bytes.len());
     }
 
+    /// Reads, updates and deletes of a few keys through a tiny cache and a tiny spill, with
+    /// snapshots (some restored) and spill write-outs in between, read what a `BTreeMap`
+    /// holds: a key that went back to the cache from the written set, was changed there and
+    /// then evicted clean is read from RocksDB, not from that set; a snapshot holds the
+    /// state at its barrier.
+    #[test]
+    fn the_spill_matches_a_model_across_seals_and_write_outs() {
+        use std::collections::BTreeMap;
+        for spill in [3usize, 7, 1 << 10] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = backend(dir.path(), 4, spill);
+            let v = b
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            let mut model = BTreeMap::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ spill as u64;
+            let mut checkpoint = 0;
+            for step in 0..6_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = x % 24;
+                set_key(&mut b, k);
+                match (x >> 8) % 16 {
+                    0..=5 => assert_eq!(
+                        b.value(&v).get().unwrap(),
+                        model.get(&k).copied(),
+                        "spill {spill} step {step} key {k}"
+                    ),
+                    6..=11 => {
+                        b.value(&v).update(step).unwrap();
+                        model.insert(k, step);
+                    }
+                    12 => {
+                        b.value(&v).clear().unwrap();
+                        model.remove(&k);
+                    }
+                    13 | 14 => {
+                        // Many reads of absent keys: evicts the cache, clean entries too.
+                        for other in 1_000..1_008u64 {
+                            set_key(&mut b, other);
+                            assert_eq!(b.value(&v).get().unwrap(), None);
+                        }
+                    }
+                    _ => {
+                        checkpoint += 1;
+                        let snap = b
+                            .snapshot(SnapshotOptions::incremental_checkpoint(checkpoint))
+                            .unwrap();
+                        if checkpoint % 25 != 0 {
+                            continue; // settled by the next access that needs it
+                        }
+                        let mem = Mem::default();
+                        let handle = snap.run(&mem, &CancelToken::new()).unwrap();
+                        let restored_dir = tempfile::tempdir().unwrap();
+                        let mut r = backend(restored_dir.path(), 4, spill);
+                        r.restore(&[handle], &mem).unwrap();
+                        let rv = r
+                            .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                            .unwrap();
+                        for k in 0..24 {
+                            set_key(&mut r, k);
+                            assert_eq!(
+                                r.value(&rv).get().unwrap(),
+                                model.get(&k).copied(),
+                                "restored: spill {spill} step {step} key {k}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// With the spill, dirty evictions write nothing to RocksDB until the snapshot, which
+    /// writes every key changed since the last one as one file per state: the checkpoint
+    /// holds one SST file, where writing evictions to the memtable left two (the flushed
+    /// memtable and the ingested seal).
+    #[test]
+    fn a_checkpoint_writes_evicted_and_cached_keys_as_one_file() {
+        for (spill, files) in [(1 << 18, 1), (0, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = backend(dir.path(), 20_000, spill);
+            let v = b
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            for k in 0..40_000u64 {
+                set_key(&mut b, k);
+                b.value(&v).update(k).unwrap();
+            }
+            let db = b.inst().unwrap().db.clone();
+            let memtable = |db: &rocksdb::DB| {
+                db.property_int_value_cf(
+                    db.cf_handle("v").unwrap(),
+                    "rocksdb.num-entries-active-mem-table",
+                )
+                .unwrap()
+                .unwrap()
+            };
+            assert_eq!(
+                memtable(&db) == 0,
+                spill > 0,
+                "spill {spill}: memtable entries before the snapshot"
+            );
+            let snap = b
+                .snapshot(SnapshotOptions::incremental_checkpoint(1))
+                .unwrap();
+            let handle = snap.run(&Mem::default(), &CancelToken::new()).unwrap();
+            drop(handle);
+            b.settle().unwrap();
+            assert_eq!(
+                db.live_files().unwrap().len(),
+                files,
+                "spill {spill}: SST files"
+            );
+            for k in (0..40_000u64).step_by(997) {
+                set_key(&mut b, k);
+                assert_eq!(b.value(&v).get().unwrap(), Some(k));
+            }
+        }
+    }
+
     /// The snapshot holds exactly the state at the barrier although the task goes on
     /// updating, deleting and inserting (past the cache's hard limit) while the seal worker
     /// writes: through the memtable (small cache) and as ingested SST files (a frozen set
-    /// over `INGEST_MIN_ENTRIES`).
+    /// over `INGEST_MIN_ENTRIES`); with most keys spilled at the barrier, with a spill
+    /// small enough to be written out several times while the task goes on, and without a
+    /// spill.
     #[test]
     fn snapshot_is_the_state_at_the_barrier_while_the_task_goes_on() {
-        for (keys, capacity) in [(2_000u64, 64usize), (40_000, 50_000)] {
+        let spill = 1 << 18;
+        for (keys, capacity, spill) in [
+            (2_000u64, 64usize, spill),
+            (2_000, 64, 100),
+            (2_000, 64, 0),
+            (40_000, 50_000, spill),
+        ] {
             let dir = tempfile::tempdir().unwrap();
-            let mut b = backend(dir.path(), capacity);
+            let mut b = backend(dir.path(), capacity, spill);
             let v = b
                 .register_value(&ValueStateDescriptor::<u64>::new("v"))
                 .unwrap();
@@ -508,7 +765,7 @@ mod tests {
             let handle = snap.run(&mem, &CancelToken::new()).unwrap();
 
             let restored_dir = tempfile::tempdir().unwrap();
-            let mut r = backend(restored_dir.path(), capacity);
+            let mut r = backend(restored_dir.path(), capacity, spill);
             r.restore(&[handle], &mem).unwrap();
             let rv = r
                 .register_value(&ValueStateDescriptor::<u64>::new("v"))

@@ -16,16 +16,29 @@ pub(crate) fn u64_backend(
     range: KeyGroupRange,
     cache_capacity: usize,
 ) -> RocksDbBackend {
+    u64_backend_with(
+        dir,
+        range,
+        RocksDbOptions {
+            cache_capacity,
+            ..RocksDbOptions::default()
+        },
+    )
+}
+
+/// [`u64_backend`] with `options`.
+pub(crate) fn u64_backend_with(
+    dir: &std::path::Path,
+    range: KeyGroupRange,
+    options: RocksDbOptions,
+) -> RocksDbBackend {
     RocksDbBackend::new(RocksDbConfig {
         uid: "op".into(),
         max_parallelism: 128,
         key_group_range: range,
         key_codec: BincodeCodec::<u64>::new().identity().clone(),
         local_dir: dir.to_path_buf(),
-        options: RocksDbOptions {
-            cache_capacity,
-            ..RocksDbOptions::default()
-        },
+        options,
     })
     .expect("open a backend")
 }

@@ -1,6 +1,7 @@
 //! The cross-crate conformance suite (`tests/common/conformance.rs` of the workspace) in
 //! the configurations the workspace's `tests/conformance_rocksdb.rs` (default options) does
-//! not run: the write-back cache tiny (an eviction every few operations) and off, and
+//! not run: the write-back cache tiny (an eviction every few operations; with a tiny spill,
+//! written out every few evictions, and without one) and off, and
 //! incremental checkpoints written as canonical files instead of natively.
 
 #[path = "../../../tests/common/mod.rs"]
@@ -10,10 +11,11 @@ mod rocks_factory;
 use cairn_rocksdb::RocksDbOptions;
 use rocks_factory::RocksFactory;
 
-fn with_cache(entries: usize) -> RocksFactory {
+fn with_cache(entries: usize, spill: usize) -> RocksFactory {
     RocksFactory {
         options: RocksDbOptions {
             cache_capacity: entries,
+            spill_capacity: spill,
             ..RocksDbOptions::default()
         },
     }
@@ -21,12 +23,17 @@ fn with_cache(entries: usize) -> RocksFactory {
 
 mod tiny_cache {
     use super::common;
-    crate::conformance_tests!(super::with_cache(2));
+    crate::conformance_tests!(super::with_cache(2, 3));
+}
+
+mod tiny_cache_without_spill {
+    use super::common;
+    crate::conformance_tests!(super::with_cache(2, 0));
 }
 
 mod uncached {
     use super::common;
-    crate::conformance_tests!(super::with_cache(0));
+    crate::conformance_tests!(super::with_cache(0, 0));
 }
 
 mod canonical_incremental {
