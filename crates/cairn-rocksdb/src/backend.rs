@@ -557,12 +557,12 @@ impl RocksDbBackend {
         checkpoint: Option<(ScratchDir, std::sync::mpsc::SyncSender<Result<ScratchDir>>)>,
     ) -> Result<()> {
         self.settle()?;
+        if checkpoint.is_none() && !self.spill.has_open() {
+            return Ok(());
+        }
         let inst = self.inst()?;
         let (db, path, sst) = (inst.db.clone(), inst.path.clone(), inst.sst_options());
         let states = self.state_cf_names();
-        if checkpoint.is_none() && self.spill.len() == 0 {
-            return Ok(());
-        }
         // The thread starts while the cache is frozen.
         let (jobs, receive) = std::sync::mpsc::channel::<SealJob>();
         let spawned = std::thread::Builder::new()
@@ -613,7 +613,7 @@ impl RocksDbBackend {
     /// Writes every dirty cache entry to RocksDB (sorted, in batches).
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
         self.settle()?;
-        if !self.cache.has_dirty() && self.spill.len() == 0 {
+        if !self.cache.has_dirty() && !self.spill.has_open() {
             return Ok(());
         }
         let mut frozen = self.freeze()?;

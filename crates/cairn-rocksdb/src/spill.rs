@@ -172,6 +172,11 @@ impl Spill {
         self.open.frozen.pushed()
     }
 
+    /// Whether the open set has a live entry (something a seal would write).
+    pub(crate) fn has_open(&self) -> bool {
+        self.open.live > 0
+    }
+
     /// The encoded value of `cache_key` if spilled (`None` inside: deleted).
     pub(crate) fn get(&self, cache_key: &[u8]) -> Option<Found<'_>> {
         if self.open.live > 0 {
