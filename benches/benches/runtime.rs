@@ -10,7 +10,8 @@
 //! `CAIRN_ROCKSDB_CACHE` (the RocksDB backend's write-back cache capacity in entries;
 //! default: the backend's default), `CAIRN_ROCKSDB_SPILL` (its spill capacity in entries,
 //! 0 for none; default: the backend's default, none), `CAIRN_ROCKSDB_WRITE_BUFFER` (its memtable
-//! size in bytes; default: the backend's default).
+//! size in bytes; default: the backend's default), `CAIRN_ROCKSDB_WAL` (`0` turns its
+//! `checkpoint_wal` off: every checkpoint flushes the memtables).
 //!
 //! Besides WORKLOADS.md's fields, each W1 line has `peak_rss_mib` and the CPU the run took
 //! (`cpu_s`, `cpu_ns_per_record`: every thread of the process, background work included),
@@ -68,6 +69,7 @@ fn backend(name: &str, dir: &std::path::Path) -> StateBackendConfig {
                     "CAIRN_ROCKSDB_WRITE_BUFFER",
                     defaults.write_buffer_bytes as u64,
                 ) as usize,
+                checkpoint_wal: env("CAIRN_ROCKSDB_WAL", u64::from(defaults.checkpoint_wal)) != 0,
                 ..defaults
             };
             StateBackendConfig::RocksDb {
@@ -186,7 +188,9 @@ fn run_w1(
                 json!({"config": w.config, "peak_rss_mib": peak_rss_mib,
                        "rocksdb_cache_entries": rocksdb_cache_entries(),
                        "rocksdb_spill_entries": env("CAIRN_ROCKSDB_SPILL",
-                           cairn_rocksdb::RocksDbOptions::default().spill_capacity as u64)})
+                           cairn_rocksdb::RocksDbOptions::default().spill_capacity as u64),
+                       "rocksdb_checkpoint_wal": env("CAIRN_ROCKSDB_WAL",
+                           u64::from(cairn_rocksdb::RocksDbOptions::default().checkpoint_wal)) != 0})
             } else {
                 json!({"config": w.config, "peak_rss_mib": peak_rss_mib})
             },

@@ -14,8 +14,9 @@
 //! - The raw side is a RocksDB instance with one column family and the backend's documented
 //!   options (64 MiB LRU block cache with index and filter blocks, 32 MiB write buffers x2,
 //!   dynamic level bytes, LZ4 / ZSTD bottommost, 10-bit bloom filters, format version 5, two
-//!   background jobs, the concatenating merge operator), `WriteOptions` with the WAL off and
-//!   default `ReadOptions` (`get_pinned_cf`), as the backend. Its keys are the backend's
+//!   background jobs, the concatenating merge operator, the WAL buffered in memory with
+//!   `manual_wal_flush` and never synced), `WriteOptions` with the WAL on and default
+//!   `ReadOptions` (`get_pinned_cf`), as the backend (`RocksDbOptions::checkpoint_wal`). Its keys are the backend's
 //!   layout built by hand: `kg u16 BE | esc(key) | esc(namespace)` (`| user key` for maps),
 //!   `esc(b)` = `b` with `0x00` → `0x00 0xFF`, then `0x00 0x01`; values are bincode `u64`
 //!   (8 bytes LE); list elements are appended with a merge of `len u32 LE | bytes`.
@@ -141,7 +142,7 @@ fn raw_options(cache: &Cache) -> Options {
     cairn_rocksdb::column_family_options(&cairn_rocksdb::RocksDbOptions::default(), cache)
 }
 
-/// Raw RocksDB with one column family `s`, WAL off, default read options.
+/// Raw RocksDB with one column family `s`, the WAL buffered, default read options.
 struct Raw {
     db: DB,
     write: WriteOptions,
@@ -156,14 +157,14 @@ impl Raw {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        opts.set_manual_wal_flush(true);
         let db = DB::open_cf_descriptors(
             &opts,
             dir.join("raw"),
             vec![ColumnFamilyDescriptor::new("s", raw_options(&cache))],
         )
         .expect("open raw");
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
+        let write = WriteOptions::default();
         Self {
             db,
             write,

@@ -458,7 +458,8 @@ impl RocksDbBackend {
             // Through the memtable: an eviction sweep is small, and a file per sweep would
             // pile up level-0 files.
             let inst = self.inst()?;
-            frozen.write(&inst.db, &inst.path, &self.state_cf_names(), None)?;
+            let write = crate::options::write_options(&self.options);
+            frozen.write(&inst.db, &inst.path, &self.state_cf_names(), None, &write)?;
         }
         Ok(())
     }
@@ -468,16 +469,23 @@ impl RocksDbBackend {
         self.states.iter().map(|r| r.meta.name.clone()).collect()
     }
 
-    /// Writes a frozen set (large ones as ingested SST files).
+    /// Writes a frozen set (large ones as ingested SST files, unless with the WAL).
     fn write_frozen(&self, frozen: &mut Frozen) -> Result<()> {
         let inst = self.inst()?;
-        let sst = inst.sst_options();
+        let sst = self.seal_sst_options(inst);
         frozen.write(
             &inst.db,
             &inst.path,
             &self.state_cf_names(),
-            Some((&sst, &self.root)),
+            sst.as_ref().map(|o| (o, self.root.as_path())),
+            &crate::options::write_options(&self.options),
         )
+    }
+
+    /// The options of the SST files a large frozen set is ingested as: none with the WAL
+    /// (`RocksDbOptions::checkpoint_wal`), which writes every set through the memtables.
+    fn seal_sst_options(&self, inst: &crate::db::Instance) -> Option<rocksdb::Options> {
+        (!self.options.checkpoint_wal).then(|| inst.sst_options())
     }
 
     /// Encodes every dirty cache entry into a frozen set and marks them clean (all of them
@@ -561,7 +569,8 @@ impl RocksDbBackend {
             return Ok(());
         }
         let inst = self.inst()?;
-        let (db, path, sst) = (inst.db.clone(), inst.path.clone(), inst.sst_options());
+        let (db, path) = (inst.db.clone(), inst.path.clone());
+        let sst = self.seal_sst_options(inst);
         let states = self.state_cf_names();
         // The thread starts while the cache is frozen.
         let (jobs, receive) = std::sync::mpsc::channel::<SealJob>();
@@ -589,6 +598,7 @@ impl RocksDbBackend {
             frozen,
             spill: self.spill.begin_seal(),
             sst,
+            write: crate::options::write_options(&self.options),
             scratch: self.root.clone(),
             checkpoint,
         };

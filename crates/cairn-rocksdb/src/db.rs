@@ -63,8 +63,7 @@ impl Instance {
             .collect();
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| rocks_err("open", path, "*", e))?;
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
+        let write = crate::options::write_options(options);
         Ok(Self {
             db: Arc::new(db),
             path: path.to_path_buf(),

@@ -44,8 +44,9 @@
 //!   (`format-spec/README.md`): a key group is a contiguous range, snapshots and range
 //!   restores are sequential scans. Lists are stored as `(len u32 LE, bytes)*` and appended
 //!   with a concatenating merge operator, without a read.
-//! - **Options** (see [`RocksDbOptions`]): no write-ahead log (checkpoints give
-//!   durability), one shared block cache (a HyperClockCache), LZ4 upper levels and ZSTD
+//! - **Options** (see [`RocksDbOptions`]): a write-ahead log buffered in memory and never
+//!   synced, which a checkpoint copies instead of flushing the memtables (checkpoints give
+//!   durability; [`RocksDbOptions::checkpoint_wal`]), one shared block cache (a HyperClockCache), LZ4 upper levels and ZSTD
 //!   bottommost, bloom filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
 //!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted

@@ -7,7 +7,9 @@
 //! local name and size: RocksDB never reuses a file number within an instance; a file of a
 //! restored base is referenced only if the target holds it (it may have come from another
 //! checkpoint directory) and uploaded otherwise. The other
-//! files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, an empty WAL) are small and private, under
+//! files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, the write-ahead log: empty without
+//! `RocksDbOptions::checkpoint_wal`, else the writes since the memtables' last flush, which
+//! opening the checkpoint replays) are private, under
 //! `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>/<local name>`.
 
 use std::hash::Hasher;

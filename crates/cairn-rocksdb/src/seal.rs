@@ -293,28 +293,33 @@ impl Frozen {
 
     /// Writes the entries to `db` in (state, key) order; `states[i]` names the column
     /// family of state `i`. A large set with `sst` options is written as one SST file per
-    /// column family (in `scratch`) and ingested; otherwise in write batches without the
-    /// WAL.
+    /// column family (in `scratch`) and ingested; otherwise in write batches with `write`
+    /// (through the WAL or not, as every write of the instance).
     pub(crate) fn write(
         &mut self,
         db: &DB,
         path: &Path,
         states: &[String],
         sst: Option<(&Options, &Path)>,
+        write: &WriteOptions,
     ) -> Result<()> {
         self.sort();
         match sst {
             Some((opts, scratch)) if self.entries.len() >= INGEST_MIN_ENTRIES => {
                 self.ingest(db, path, states, opts, scratch)
             }
-            _ => self.write_batches(db, path, states),
+            _ => self.write_batches(db, path, states, write),
         }
     }
 
-    fn write_batches(&self, db: &DB, path: &Path, states: &[String]) -> Result<()> {
+    fn write_batches(
+        &self,
+        db: &DB,
+        path: &Path,
+        states: &[String],
+        write: &WriteOptions,
+    ) -> Result<()> {
         let bytes = &self.bytes;
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
         let mut batch = WriteBatch::default();
         let mut cf = None;
         for e in &self.entries {
@@ -331,12 +336,12 @@ impl Frozen {
                 None => batch.delete_cf(handle, e.key(bytes)),
             }
             if batch.len() >= BATCH_ENTRIES {
-                db.write_opt(std::mem::take(&mut batch), &write)
+                db.write_opt(std::mem::take(&mut batch), write)
                     .map_err(|e| rocks_err("write batch", path, "*", e))?;
             }
         }
         if !batch.is_empty() {
-            db.write_opt(batch, &write)
+            db.write_opt(batch, write)
                 .map_err(|e| rocks_err("write batch", path, "*", e))?;
         }
         Ok(())
@@ -426,8 +431,12 @@ pub(crate) struct SealJob {
     pub(crate) frozen: Frozen,
     /// The spill's set to write with them.
     pub(crate) spill: Option<Arc<SpillSet>>,
-    /// Options of the SST files a large frozen set is ingested as.
-    pub(crate) sst: Options,
+    /// Options of the SST files a large frozen set is ingested as; `None` with the WAL
+    /// (`RocksDbOptions::checkpoint_wal`): an ingestion would flush the memtables it
+    /// overlaps, which is what checkpoints with the WAL avoid.
+    pub(crate) sst: Option<Options>,
+    /// The instance's write options (`options::write_options`).
+    pub(crate) write: WriteOptions,
     /// Where those files are built (on the instance's file system).
     pub(crate) scratch: PathBuf,
     /// For a snapshot: its scratch directory (the checkpoint goes to [`checkpoint_dir`] in
@@ -449,6 +458,7 @@ impl SealJob {
             mut frozen,
             spill,
             sst,
+            write,
             scratch,
             checkpoint,
         } = self;
@@ -456,7 +466,9 @@ impl SealJob {
             // After the cache's entries: of two entries of a key, the cache's is newer.
             frozen.extend_live(&set.frozen);
         }
-        if let Err(e) = frozen.write(&db, &path, &states, Some((&sst, &scratch))) {
+        let wal = sst.is_none();
+        let sst = sst.as_ref().map(|o| (o, scratch.as_path()));
+        if let Err(e) = frozen.write(&db, &path, &states, sst, &write) {
             return Some(match checkpoint {
                 Some((_, ready)) => {
                     let _ = ready.send(Err(e));
@@ -472,8 +484,16 @@ impl SealJob {
         let created = rocksdb::checkpoint::Checkpoint::new(&db)
             .map_err(|e| rocks_err("checkpoint", &path, "*", e))
             .and_then(|cp| {
-                cp.create_checkpoint(&target)
-                    .map_err(|e| rocks_err("create checkpoint", &target, "*", e))
+                if wal {
+                    // The log holds every write (`options::write_options`): copy it, up to
+                    // what is buffered now, instead of flushing the memtables.
+                    db.flush_wal(false)
+                        .map_err(|e| rocks_err("flush wal", &path, "*", e))?;
+                    cp.create_checkpoint_with_log_size(&target, u64::MAX)
+                } else {
+                    cp.create_checkpoint(&target)
+                }
+                .map_err(|e| rocks_err("create checkpoint", &target, "*", e))
             });
         let _ = ready.send(created.map(|()| dir));
         None
@@ -516,15 +536,91 @@ mod tests {
         cache_capacity: usize,
         spill_capacity: usize,
     ) -> RocksDbBackend {
+        backend_with(dir, cache_capacity, spill_capacity, true)
+    }
+
+    fn backend_with(
+        dir: &std::path::Path,
+        cache_capacity: usize,
+        spill_capacity: usize,
+        checkpoint_wal: bool,
+    ) -> RocksDbBackend {
         u64_backend_with(
             dir,
             KeyGroupRange::all(128),
             RocksDbOptions {
                 cache_capacity,
                 spill_capacity,
+                checkpoint_wal,
                 ..RocksDbOptions::default()
             },
         )
+    }
+
+    fn memtable_entries(db: &rocksdb::DB) -> u64 {
+        db.property_int_value_cf(
+            db.cf_handle("v").unwrap(),
+            "rocksdb.num-entries-active-mem-table",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// With the WAL (the default), a checkpoint copies the log instead of flushing the
+    /// memtable: the memtable keeps every entry (4,000 evictions and the 1,000 sealed
+    /// ones), the instance gains no SST file, the checkpoint holds the log, and a restore
+    /// replays it. Without the WAL the checkpoint flushes, and holds no log.
+    #[test]
+    fn a_wal_checkpoint_keeps_the_memtable_and_restores_from_the_log() {
+        for wal in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut b = backend_with(dir.path(), 1_000, 0, wal);
+            let v = b
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            for k in 0..5_000u64 {
+                set_key(&mut b, k);
+                b.value(&v).update(k * 3).unwrap();
+            }
+            let db = b.inst().unwrap().db.clone();
+            let snap = b
+                .snapshot(SnapshotOptions::incremental_checkpoint(1))
+                .unwrap();
+            let mem = crate::test_support::SharedMem::default();
+            let handle = snap.run(&mem, &CancelToken::new()).unwrap();
+            b.settle().unwrap();
+            let KeyedData::RocksNative { files } = &handle.data else {
+                panic!("not a native handle: {handle:?}");
+            };
+            let log_bytes: u64 = files
+                .iter()
+                .filter(|f| f.local_name.ends_with(".log"))
+                .map(|f| f.file.size)
+                .sum();
+            if wal {
+                assert_eq!(memtable_entries(&db), 5_000);
+                assert_eq!(db.live_files().unwrap().len(), 0, "no SST file");
+                assert!(log_bytes > 5_000 * 8, "log of {log_bytes} bytes");
+            } else {
+                assert_eq!(memtable_entries(&db), 0);
+                assert!(!db.live_files().unwrap().is_empty());
+                assert_eq!(log_bytes, 0);
+            }
+            let restored_dir = tempfile::tempdir().unwrap();
+            let mut r = backend_with(restored_dir.path(), 1_000, 0, wal);
+            r.restore(&[handle], &mem).unwrap();
+            let rv = r
+                .register_value(&ValueStateDescriptor::<u64>::new("v"))
+                .unwrap();
+            for k in 0..5_000u64 {
+                set_key(&mut r, k);
+                assert_eq!(
+                    r.value(&rv).get().unwrap(),
+                    Some(k * 3),
+                    "wal {wal} key {k}"
+                );
+            }
+        }
     }
 
     fn set_key(b: &mut RocksDbBackend, k: u64) {
@@ -681,7 +777,7 @@ mod tests {
     fn a_checkpoint_writes_evicted_and_cached_keys_as_one_file() {
         for (spill, files) in [(1 << 18, 1), (0, 2)] {
             let dir = tempfile::tempdir().unwrap();
-            let mut b = backend(dir.path(), 20_000, spill);
+            let mut b = backend_with(dir.path(), 20_000, spill, false);
             let v = b
                 .register_value(&ValueStateDescriptor::<u64>::new("v"))
                 .unwrap();
@@ -690,16 +786,8 @@ mod tests {
                 b.value(&v).update(k).unwrap();
             }
             let db = b.inst().unwrap().db.clone();
-            let memtable = |db: &rocksdb::DB| {
-                db.property_int_value_cf(
-                    db.cf_handle("v").unwrap(),
-                    "rocksdb.num-entries-active-mem-table",
-                )
-                .unwrap()
-                .unwrap()
-            };
             assert_eq!(
-                memtable(&db) == 0,
+                memtable_entries(&db) == 0,
                 spill > 0,
                 "spill {spill}: memtable entries before the snapshot"
             );
@@ -723,21 +811,25 @@ mod tests {
 
     /// The snapshot holds exactly the state at the barrier although the task goes on
     /// updating, deleting and inserting (past the cache's hard limit) while the seal worker
-    /// writes: through the memtable (small cache) and as ingested SST files (a frozen set
-    /// over `INGEST_MIN_ENTRIES`); with most keys spilled at the barrier, with a spill
-    /// small enough to be written out several times while the task goes on, and without a
+    /// writes: with the WAL (a checkpoint copies the log), through the memtable in batches,
+    /// and without it (a checkpoint flushes) also as ingested SST files (a frozen set over
+    /// `INGEST_MIN_ENTRIES`); with most keys spilled at the barrier, with a spill small
+    /// enough to be written out several times while the task goes on, and without a
     /// spill.
     #[test]
     fn snapshot_is_the_state_at_the_barrier_while_the_task_goes_on() {
         let spill = 1 << 18;
-        for (keys, capacity, spill) in [
-            (2_000u64, 64usize, spill),
-            (2_000, 64, 100),
-            (2_000, 64, 0),
-            (40_000, 50_000, spill),
+        for (keys, capacity, spill, wal) in [
+            (2_000u64, 64usize, spill, true),
+            (2_000, 64, 100, true),
+            (2_000, 64, 0, true),
+            (40_000, 50_000, 0, true),
+            (2_000, 64, spill, false),
+            (2_000, 64, 0, false),
+            (40_000, 50_000, spill, false),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let mut b = backend(dir.path(), capacity, spill);
+            let mut b = backend_with(dir.path(), capacity, spill, wal);
             let v = b
                 .register_value(&ValueStateDescriptor::<u64>::new("v"))
                 .unwrap();
@@ -765,7 +857,7 @@ mod tests {
             let handle = snap.run(&mem, &CancelToken::new()).unwrap();
 
             let restored_dir = tempfile::tempdir().unwrap();
-            let mut r = backend(restored_dir.path(), capacity, spill);
+            let mut r = backend_with(restored_dir.path(), capacity, spill, wal);
             r.restore(&[handle], &mem).unwrap();
             let rv = r
                 .register_value(&ValueStateDescriptor::<u64>::new("v"))

@@ -73,3 +73,25 @@ impl SnapshotSource for Mem {
         Ok(bytes::Bytes::from(files[&file.name].clone()))
     }
 }
+
+/// [`Mem`] with a shared area: native incremental checkpoints are written natively.
+#[derive(Default)]
+pub(crate) struct SharedMem(pub(crate) Mem);
+
+impl SnapshotTarget for SharedMem {
+    fn checkpoint_id(&self) -> u64 {
+        1
+    }
+    fn supports_shared(&self) -> bool {
+        true
+    }
+    fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+        self.0.write_file(area, name, bytes)
+    }
+}
+
+impl SnapshotSource for SharedMem {
+    fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes> {
+        self.0.read_file(file)
+    }
+}

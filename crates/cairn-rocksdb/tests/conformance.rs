@@ -2,7 +2,8 @@
 //! the configurations the workspace's `tests/conformance_rocksdb.rs` (default options) does
 //! not run: the write-back cache tiny (an eviction every few operations; with a tiny spill,
 //! written out every few evictions, and without one) and off, and
-//! incremental checkpoints written as canonical files instead of natively.
+//! incremental checkpoints written as canonical files instead of natively, and native
+//! checkpoints that flush the memtables instead of copying the write-ahead log.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -21,6 +22,16 @@ fn with_cache(entries: usize, spill: usize) -> RocksFactory {
     }
 }
 
+fn flushed(entries: usize) -> RocksFactory {
+    RocksFactory {
+        options: RocksDbOptions {
+            cache_capacity: entries,
+            checkpoint_wal: false,
+            ..RocksDbOptions::default()
+        },
+    }
+}
+
 mod tiny_cache {
     use super::common;
     crate::conformance_tests!(super::with_cache(2, 3));
@@ -29,6 +40,18 @@ mod tiny_cache {
 mod tiny_cache_without_spill {
     use super::common;
     crate::conformance_tests!(super::with_cache(2, 0));
+}
+
+mod tiny_cache_flushed {
+    use super::common;
+    crate::conformance_tests!(super::flushed(2));
+}
+
+mod flushed_default_cache {
+    use super::common;
+    crate::conformance_tests!(super::flushed(
+        super::RocksDbOptions::default().cache_capacity
+    ));
 }
 
 mod uncached {

@@ -27,13 +27,22 @@ struct Fixture {
     rocks: Job<RocksDbBackend>,
 }
 
+/// Native checkpoints that flush the memtables (`checkpoint_wal` off), so that every change
+/// is in SST files, which the corruption tests damage.
 fn fixture() -> Fixture {
+    fixture_with(RocksDbOptions {
+        checkpoint_wal: false,
+        ..RocksDbOptions::default()
+    })
+}
+
+fn fixture_with(options: RocksDbOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let rocks_root = dir.path().join("rocks");
     let heap_root = dir.path().join("heap");
     let rs = CheckpointStorage::open(s(&rocks_root)).unwrap();
     let hs = CheckpointStorage::open(s(&heap_root)).unwrap();
-    let mut rocks = Job::rocks(2, &dir.path().join("local"), RocksDbOptions::default());
+    let mut rocks = Job::rocks(2, &dir.path().join("local"), options);
     let mut heap = Job::new(2);
     let (mut model, mut heap_model) = (Model::new(), Model::new());
     let mut models = Vec::new();
@@ -89,6 +98,33 @@ fn native_sst(root: &Path, id: u64) -> PathBuf {
         })
         .expect("a shared SST file");
     root.join("shared").join(name)
+}
+
+/// With the default options a native checkpoint holds the write-ahead log instead of
+/// flushing: state-dump reads the state through it (opening the checkpoint replays it).
+#[test]
+fn entries_of_native_checkpoints_with_the_wal_are_the_written_state() {
+    let f = fixture_with(RocksDbOptions::default());
+    for i in [2u64, 3] {
+        let chk = f.rocks_root.join(format!("chk-{i}"));
+        let r = run(&["summary", s(&chk), "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(r.json()["backend"], "rocksdb-native", "chk-{i}");
+        assert_dump_matches(s(&chk), &f.models[i as usize - 1]);
+        let logs = load(&f.rocks_root, i)
+            .operators
+            .iter()
+            .flat_map(|o| o.subtasks.iter())
+            .filter_map(|st| st.keyed.as_ref())
+            .filter_map(|h| match &h.data {
+                KeyedData::RocksNative { files } => Some(files),
+                _ => None,
+            })
+            .flatten()
+            .filter(|f| f.local_name.ends_with(".log") && f.file.size > 0)
+            .count();
+        assert!(logs > 0, "chk-{i} holds no write-ahead log");
+    }
 }
 
 #[test]
