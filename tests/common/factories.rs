@@ -26,13 +26,29 @@ impl BackendFactory for HashMapFactory {
 pub struct RocksDbFactory {
     root: tempfile::TempDir,
     next: std::sync::atomic::AtomicU64,
+    options: cairn_rocksdb::RocksDbOptions,
 }
 
 impl RocksDbFactory {
     pub fn new() -> Self {
+        Self::with_options(cairn_rocksdb::RocksDbOptions::default())
+    }
+
+    /// Native checkpoints that flush the memtables (`checkpoint_wal` off): every change is
+    /// in shared SST files rather than in the private copy of the write-ahead log.
+    #[allow(dead_code)]
+    pub fn flushing() -> Self {
+        Self::with_options(cairn_rocksdb::RocksDbOptions {
+            checkpoint_wal: false,
+            ..cairn_rocksdb::RocksDbOptions::default()
+        })
+    }
+
+    fn with_options(options: cairn_rocksdb::RocksDbOptions) -> Self {
         Self {
             root: tempfile::tempdir().expect("temporary directory"),
             next: std::sync::atomic::AtomicU64::new(0),
+            options,
         }
     }
 }
@@ -47,7 +63,7 @@ impl BackendFactory for RocksDbFactory {
             key_group_range: range,
             key_codec: super::schema::key_codec().identity().clone(),
             local_dir: self.root.path().join(format!("{uid}-{n}")),
-            options: cairn_rocksdb::RocksDbOptions::default(),
+            options: self.options.clone(),
         })
         .expect("create rocksdb backend")
     }
