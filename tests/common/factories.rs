@@ -35,7 +35,7 @@ impl RocksDbFactory {
     }
 
     /// Native checkpoints that flush the memtables (`checkpoint_wal` off): every change is
-    /// in shared SST files rather than in the private copy of the write-ahead log.
+    /// in shared SST files rather than in write-ahead log files.
     #[allow(dead_code)]
     pub fn flushing() -> Self {
         Self::with_options(cairn_rocksdb::RocksDbOptions {

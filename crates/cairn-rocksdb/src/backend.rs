@@ -458,8 +458,8 @@ impl RocksDbBackend {
             // Through the memtable: an eviction sweep is small, and a file per sweep would
             // pile up level-0 files.
             let inst = self.inst()?;
-            let write = crate::options::write_options(&self.options);
-            frozen.write(&inst.db, &inst.path, &self.state_cf_names(), None, &write)?;
+            let names = self.state_cf_names();
+            frozen.write(&inst.db, &inst.path, &names, None, inst.write_options())?;
         }
         Ok(())
     }
@@ -478,7 +478,7 @@ impl RocksDbBackend {
             &inst.path,
             &self.state_cf_names(),
             sst.as_ref().map(|o| (o, self.root.as_path())),
-            &crate::options::write_options(&self.options),
+            inst.write_options(),
         )
     }
 
@@ -597,6 +597,7 @@ impl RocksDbBackend {
             states,
             frozen,
             spill: self.spill.begin_seal(),
+            wal: self.options.checkpoint_wal,
             sst,
             write: crate::options::write_options(&self.options),
             scratch: self.root.clone(),

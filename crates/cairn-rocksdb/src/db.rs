@@ -150,6 +150,11 @@ impl Instance {
         Ok(names)
     }
 
+    /// How every write of the instance goes (`options::write_options`).
+    pub(crate) fn write_options(&self) -> &WriteOptions {
+        &self.write
+    }
+
     pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
         self.db
             .write_opt(batch, &self.write)

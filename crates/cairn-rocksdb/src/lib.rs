@@ -45,9 +45,10 @@
 //!   restores are sequential scans. Lists are stored as `(len u32 LE, bytes)*` and appended
 //!   with a concatenating merge operator, without a read.
 //! - **Options** (see [`RocksDbOptions`]): a write-ahead log buffered in memory and never
-//!   synced, which a checkpoint copies instead of flushing the memtables (checkpoints give
-//!   durability; [`RocksDbOptions::checkpoint_wal`]), one shared block cache (a HyperClockCache), LZ4 upper levels and ZSTD
-//!   bottommost, bloom filters.
+//!   synced, which a checkpoint takes instead of flushing the memtables (checkpoints give
+//!   durability; [`RocksDbOptions::checkpoint_wal`]; a new log is started at each
+//!   checkpoint, so later checkpoints reference the complete ones), one shared block cache
+//!   (a HyperClockCache), LZ4 upper levels and ZSTD bottommost, bloom filters.
 //! - **Write-back cache.** Typed values keyed by (state, RocksDB key), with dirty and
 //!   tombstone flags and CLOCK eviction by entry count; dirty evictions are written sorted
 //!   in one `WriteBatch`, or, with a *spill* ([`RocksDbOptions::spill_capacity`], off by

@@ -1,15 +1,17 @@
 //! Native incremental checkpoints: the RocksDB checkpoint directory itself.
 //!
-//! SST files are immutable, so they go to the shared area under content-derived names
-//! (`rocks/<128-bit hash>-<size>.sst`): uploading a file that already exists rewrites the
-//! same bytes under the same name, and files the base (the last completed checkpoint)
-//! already holds are referenced, not read. An SST file is recognised as the base's by its
-//! local name and size: RocksDB never reuses a file number within an instance; a file of a
-//! restored base is referenced only if the target holds it (it may have come from another
-//! checkpoint directory) and uploaded otherwise. The other
-//! files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, the write-ahead log: empty without
-//! `RocksDbOptions::checkpoint_wal`, else the writes since the memtables' last flush, which
-//! opening the checkpoint replays) are private, under
+//! SST files and write-ahead log files go to the shared area under content-derived names
+//! (`rocks/<128-bit hash>-<size>.sst`, `.log` for a log): uploading a file that already
+//! exists rewrites the same bytes under the same name, and files the base (the last
+//! completed checkpoint) already holds are referenced, not read. A file is recognised as
+//! the base's by its local name and size: RocksDB never reuses a file number within an
+//! instance, SST files never change, and a log only grows (a longer copy of it is a new
+//! file). With `RocksDbOptions::checkpoint_wal` the seal worker starts a new log before
+//! each checkpoint (`seal.rs`), so a checkpoint uploads the logs written since the last one
+//! and references the older ones, which hold the writes since the memtables' last flush
+//! that opening the checkpoint replays. A file of a restored base is referenced only if the
+//! target holds it (it may have come from another checkpoint directory) and uploaded
+//! otherwise. The other files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`) are private, under
 //! `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>/<local name>`.
 
 use std::hash::Hasher;
@@ -19,7 +21,17 @@ use cairn_core::*;
 use crate::db::io_err;
 use crate::snapshot::{private_prefix, Base, NativeFiles, SyncView};
 
-/// Uploads the checkpoint directory of `view`; returns the handle and its SST files.
+/// The kind of a checkpoint file that goes to the shared area (`"sst"` or `"log"`), named
+/// by content; `None` for the private ones.
+pub(crate) fn shared_kind(local_name: &str) -> Option<&'static str> {
+    ["sst", "log"].into_iter().find(|ext| {
+        local_name
+            .strip_suffix(ext)
+            .is_some_and(|stem| stem.ends_with('.'))
+    })
+}
+
+/// Uploads the checkpoint directory of `view`; returns the handle and its shared files.
 pub(crate) fn write(
     view: &SyncView,
     base: Option<&Base>,
@@ -38,7 +50,7 @@ pub(crate) fn write(
     names.sort();
     let prefix = private_prefix(&view.uid, id, view.range);
     let mut files = Vec::with_capacity(names.len());
-    let mut ssts = NativeFiles::new();
+    let mut shared = NativeFiles::new();
     for local_name in names {
         if cancel.is_cancelled() {
             return Err(StateError::Cancelled { checkpoint_id: id });
@@ -50,8 +62,8 @@ pub(crate) fn write(
                 "unexpected file name in checkpoint directory",
             ));
         }
-        let is_sst = local_name.ends_with(".sst");
-        if is_sst {
+        let kind = shared_kind(&local_name);
+        if kind.is_some() {
             let size = std::fs::metadata(&path)
                 .map_err(|e| io_err("stat sst", &path, e))?
                 .len();
@@ -62,25 +74,28 @@ pub(crate) fn write(
             if let Some((known, restored)) = known {
                 if !restored || target.holds_shared(&known.file)? {
                     files.push(known.clone());
-                    ssts.insert(local_name, known.clone());
+                    shared.insert(local_name, known.clone());
                     continue;
                 }
             }
         }
         let bytes =
             std::fs::read(&path).map_err(|e| io_err("reading checkpoint file", &path, e))?;
-        let file = if is_sst {
-            let name = content_name(&bytes);
-            target.write_file(FileArea::Shared, &name, bytes)?
-        } else {
-            target.write_file(FileArea::Private, &format!("{prefix}/{local_name}"), bytes)?
+        let file = match kind {
+            Some(ext) => {
+                let name = content_name(&bytes, ext);
+                target.write_file(FileArea::Shared, &name, bytes)?
+            }
+            None => {
+                target.write_file(FileArea::Private, &format!("{prefix}/{local_name}"), bytes)?
+            }
         };
         let nf = NativeFile {
             file,
             local_name: local_name.clone(),
         };
-        if is_sst {
-            ssts.insert(local_name, nf.clone());
+        if kind.is_some() {
+            shared.insert(local_name, nf.clone());
         }
         files.push(nf);
     }
@@ -90,24 +105,29 @@ pub(crate) fn write(
         states: view.states.clone(),
         data: KeyedData::RocksNative { files },
     };
-    Ok((handle, ssts))
+    Ok((handle, shared))
 }
 
-/// `rocks/<128-bit content hash as hex>-<size>.sst`.
+/// `rocks/<128-bit content hash as hex>-<size>.<ext>`.
 ///
 /// The hash is two SipHash-1-3 passes with different leading bytes (std's `DefaultHasher`
-/// with its fixed keys): not cryptographic, but the name only has to tell different SST
+/// with its fixed keys): not cryptographic, but the name only has to tell different
 /// files apart, and a name's size suffix plus the manifest's CRC32 catch any mix-up. A
 /// future std could change the hash; then unchanged files are uploaded once more under new
 /// names, which is harmless.
-pub(crate) fn content_name(bytes: &[u8]) -> String {
+pub(crate) fn content_name(bytes: &[u8], ext: &str) -> String {
     let hash = |seed: u8| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         h.write_u8(seed);
         h.write(bytes);
         h.finish()
     };
-    format!("rocks/{:016x}{:016x}-{}.sst", hash(1), hash(2), bytes.len())
+    format!(
+        "rocks/{:016x}{:016x}-{}.{ext}",
+        hash(1),
+        hash(2),
+        bytes.len()
+    )
 }
 
 #[cfg(test)]
@@ -116,10 +136,27 @@ mod tests {
 
     #[test]
     fn content_names_are_valid_and_depend_on_content() {
-        let a = content_name(b"abc");
+        let a = content_name(b"abc", "sst");
         assert!(is_valid_file_name(&a), "{a}");
-        assert_eq!(a, content_name(b"abc"));
-        assert_ne!(a, content_name(b"abd"));
+        assert_eq!(a, content_name(b"abc", "sst"));
+        assert_ne!(a, content_name(b"abd", "sst"));
         assert!(a.ends_with("-3.sst"));
+        assert!(content_name(b"abc", "log").ends_with("-3.log"));
+    }
+
+    #[test]
+    fn sst_and_log_files_are_shared_the_rest_private() {
+        assert_eq!(shared_kind("000012.sst"), Some("sst"));
+        assert_eq!(shared_kind("000013.log"), Some("log"));
+        for private in [
+            "CURRENT",
+            "MANIFEST-000005",
+            "OPTIONS-000007",
+            "sst",
+            "log",
+            "x.ssts",
+        ] {
+            assert_eq!(shared_kind(private), None, "{private}");
+        }
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn restore(
             b.inc.seed(
                 files
                     .iter()
-                    .filter(|f| f.local_name.ends_with(".sst"))
+                    .filter(|f| crate::native::shared_kind(&f.local_name).is_some())
                     .map(|f| (f.local_name.clone(), f.clone()))
                     .collect(),
             );

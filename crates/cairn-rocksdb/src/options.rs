@@ -6,19 +6,22 @@
 //!   With [`RocksDbOptions::checkpoint_wal`] (the default) every write goes to the WAL,
 //!   buffered in memory (`manual_wal_flush`) and never fsynced: a crash loses the local
 //!   instance anyway, and the job restores from its last checkpoint. A native checkpoint
-//!   then flushes that buffer and copies the live WAL instead of flushing the memtables
-//!   (`create_checkpoint_with_log_size(.., u64::MAX)`), and opening the checkpoint replays
-//!   it. The memtables go on serving reads of recently evicted keys, as they do without
+//!   then starts a new log (`seal.rs`), flushes that buffer and takes the logs instead of
+//!   flushing the memtables (`create_checkpoint_with_log_size(.., u64::MAX)`), and opening
+//!   the checkpoint replays them. The memtables go on serving reads of recently evicted keys, as they do without
 //!   checkpoints; a flush per checkpoint left them empty every second, so those reads went
 //!   to level-0 files instead (bloom probes, index and data blocks), and every checkpoint
 //!   added level-0 files for compaction to merge into the base level. W1 at parallelism 2
 //!   (1M keys, 20M records, checkpoint every second, 2026-11-23, one run each alternated
 //!   with config c): config d ran at 846-854k records/s with the WAL against 657-738k
 //!   with a flush per checkpoint (c: 959-1,006k), CPU per record 1.14x c's against
-//!   1.35-1.50x. The cost is upload volume: the live WAL is uploaded whole by every
-//!   checkpoint (a private file), so W1's checkpoints uploaded 38-43 MB at p50 against
-//!   8-10 MB. The WAL is bounded by flushing the column family that holds its oldest part
-//!   once it passes 64 MiB (`MAX_TOTAL_WAL_BYTES`). Every open refuses a log that does not replay
+//!   1.35-1.50x. The cost is upload volume: a checkpoint uploads the log of every write
+//!   since the last one (shared, named by content; the older logs are referenced), which
+//!   for W1 is more than the compressed level-0 files a flush wrote: 18-20 MB at p50
+//!   against 8-10 MB. When each checkpoint copied the live log whole, it was 38-43 MB. The
+//!   WAL is bounded by flushing the column family that holds its oldest part once it
+//!   passes 64 MiB (`MAX_TOTAL_WAL_BYTES`), and by flushing every memtable once 16 logs
+//!   are live (a state that changes slowly). Every open refuses a log that does not replay
 //!   whole (`AbsoluteConsistency`): a checkpoint's copy ends at a record boundary, so a
 //!   short or damaged one is corrupt, never silently cut.
 //!   Without the option, writes skip the WAL and every native checkpoint flushes the
@@ -144,15 +147,15 @@ pub struct RocksDbOptions {
     /// record; it makes the run without checkpoints faster, with memory.
     pub spill_capacity: usize,
     /// Whether writes go to the write-ahead log (buffered, never synced) so that a native
-    /// checkpoint copies the live log instead of flushing the memtables (default on). Off,
+    /// checkpoint takes the logs instead of flushing the memtables (default on). Off,
     /// writes skip the log and every checkpoint flushes the memtables: smaller uploads
     /// (SST files only), but reads of recently evicted keys then go to level-0 files, and
     /// the files each checkpoint adds must be compacted. See the module documentation for
     /// figures.
     pub checkpoint_wal: bool,
     /// Whether incremental checkpoints (`SnapshotOptions::incremental`) are native RocksDB
-    /// checkpoints that upload only new SST files (default). Off, they are written like full
-    /// checkpoints: one canonical state file that every backend and tool reads.
+    /// checkpoints that upload only new SST and log files (default). Off, they are written
+    /// like full checkpoints: one canonical state file that every backend and tool reads.
     pub native_incremental: bool,
 }
 
@@ -254,8 +257,15 @@ pub(crate) fn db_options(o: &RocksDbOptions, cache: &Cache) -> Options {
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     }
     opts.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+    opts.set_max_manifest_file_size(MAX_MANIFEST_BYTES);
     opts
 }
+
+/// The MANIFEST size past which RocksDB starts a new one (holding the current file list
+/// only). A native checkpoint uploads the MANIFEST whole, and it grows with every flush and
+/// compaction (about 170 bytes per checkpoint of a small state): with RocksDB's default of
+/// 1 GiB, a job checkpointing every second would upload 14 MB more of it each day.
+const MAX_MANIFEST_BYTES: usize = 64 << 10;
 
 /// The write-ahead log size past which RocksDB flushes the column family holding its
 /// oldest part: a bound on what a checkpoint uploads of the log.

@@ -4,13 +4,14 @@
 //! At a barrier the synchronous phase only encodes the cache's dirty entries into a
 //! [`Frozen`] set (one buffer, no allocation per entry), marks them clean and hands them to
 //! a seal worker thread, with the spill (the dirty entries evicted since the last seal,
-//! `spill.rs`). The worker adds the spilled entries to the set, sorts it, moves their bytes into that order (one
-//! copying pass whose cache misses overlap) and writes them in key order: a large set as
-//! one SST file per state, ingested (no memtable insert and no flush of it), a small one in
-//! write batches (sorted inserts are the cheap case of the memtable's skiplist). Then it
-//! creates the RocksDB checkpoint (which flushes the memtables and hard-links the SST
-//! files); the asynchronous phase waits for that checkpoint directory and uploads it as
-//! before.
+//! `spill.rs`). The worker adds the spilled entries to the set, sorts it, moves their bytes
+//! into that order (one copying pass whose cache misses overlap) and writes them in key
+//! order, in write batches (sorted inserts are the cheap case of the memtable's skiplist).
+//! Then it creates the RocksDB checkpoint: with the WAL (`RocksDbOptions::checkpoint_wal`)
+//! it starts a new log ([`roll_wal`]) and the checkpoint hard-links the SST files and the
+//! complete logs; without it, a large set is written as one SST file per state and
+//! ingested instead (no memtable insert), and the checkpoint flushes the memtables. The
+//! asynchronous phase waits for that checkpoint directory and uploads it.
 //!
 //! Until the worker is done the backend is *sealed*: it writes nothing to RocksDB, so the
 //! checkpoint holds exactly the state at the barrier.
@@ -42,7 +43,7 @@ use rocksdb::{
 };
 
 use crate::backend::{nonce, STATE_PREFIX_LEN};
-use crate::db::rocks_err;
+use crate::db::{rocks_err, DEFAULT_CF};
 use crate::snapshot::ScratchDir;
 use crate::spill::SpillSet;
 use crate::state::Registered;
@@ -431,9 +432,12 @@ pub(crate) struct SealJob {
     pub(crate) frozen: Frozen,
     /// The spill's set to write with them.
     pub(crate) spill: Option<Arc<SpillSet>>,
-    /// Options of the SST files a large frozen set is ingested as; `None` with the WAL
-    /// (`RocksDbOptions::checkpoint_wal`): an ingestion would flush the memtables it
-    /// overlaps, which is what checkpoints with the WAL avoid.
+    /// Whether the instance writes the WAL (`RocksDbOptions::checkpoint_wal`): then the
+    /// checkpoint copies the log instead of flushing the memtables.
+    pub(crate) wal: bool,
+    /// Options of the SST files a large frozen set is ingested as; `None` with the WAL:
+    /// an ingestion would flush the memtables it overlaps, which is what checkpoints with
+    /// the WAL avoid.
     pub(crate) sst: Option<Options>,
     /// The instance's write options (`options::write_options`).
     pub(crate) write: WriteOptions,
@@ -457,6 +461,7 @@ impl SealJob {
             states,
             mut frozen,
             spill,
+            wal,
             sst,
             write,
             scratch,
@@ -466,7 +471,6 @@ impl SealJob {
             // After the cache's entries: of two entries of a key, the cache's is newer.
             frozen.extend_live(&set.frozen);
         }
-        let wal = sst.is_none();
         let sst = sst.as_ref().map(|o| (o, scratch.as_path()));
         if let Err(e) = frozen.write(&db, &path, &states, sst, &write) {
             return Some(match checkpoint {
@@ -486,7 +490,9 @@ impl SealJob {
             .and_then(|cp| {
                 if wal {
                     // The log holds every write (`options::write_options`): copy it, up to
-                    // what is buffered now, instead of flushing the memtables.
+                    // what is buffered now, instead of flushing the memtables. Rolled first,
+                    // so that every log but an empty last one is complete.
+                    roll_wal(&db, &path, &states, &write)?;
                     db.flush_wal(false)
                         .map_err(|e| rocks_err("flush wal", &path, "*", e))?;
                     cp.create_checkpoint_with_log_size(&target, u64::MAX)
@@ -498,6 +504,59 @@ impl SealJob {
         let _ = ready.send(created.map(|()| dir));
         None
     }
+}
+
+/// The key [`roll_wal`] writes to the default column family (which holds no state).
+const ROLL_KEY: &[u8] = b"cairn.wal-roll";
+
+/// The most write-ahead log files an instance keeps across checkpoints: with this many,
+/// [`roll_wal`] flushes every memtable, which ends them all.
+pub(crate) const MAX_LIVE_LOGS: usize = 16;
+
+/// Makes RocksDB start a new write-ahead log file, without flushing any state's memtable.
+///
+/// RocksDB starts a new log only when it switches a memtable, so this writes a marker to
+/// the default column family and flushes that one (a file of one key, which compaction
+/// soon merges with the earlier ones). Every older log then stays as it is until RocksDB
+/// deletes it: a checkpoint taken right after holds complete logs (hard links) and an
+/// empty last one, and the next checkpoint finds the same logs, which native checkpoints
+/// reference instead of uploading again (`native.rs`). Without the roll the live log
+/// grows until a memtable fills, and every checkpoint in between uploads all of it again.
+///
+/// A log lives until every memtable holding its writes is flushed, so a state that changes
+/// slowly would keep one more log per checkpoint (a manifest entry each, and a longer
+/// replay on restore). With [`MAX_LIVE_LOGS`] logs in the instance's directory, this flushes
+/// every column family instead, as a checkpoint without the WAL does each time.
+fn roll_wal(db: &DB, path: &Path, states: &[String], write: &WriteOptions) -> Result<()> {
+    db.put_opt(ROLL_KEY, b"", write)
+        .map_err(|e| rocks_err("put", path, DEFAULT_CF, e))?;
+    if live_logs(path)? < MAX_LIVE_LOGS {
+        return db
+            .flush()
+            .map_err(|e| rocks_err("flush", path, DEFAULT_CF, e));
+    }
+    let mut cfs = vec![db.cf_handle(DEFAULT_CF)];
+    cfs.extend(states.iter().map(|name| db.cf_handle(name)));
+    let cfs: Vec<_> = cfs.into_iter().flatten().collect();
+    db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+        .map_err(|e| rocks_err("flush", path, "*", e))
+}
+
+/// The write-ahead log files in the instance's directory.
+fn live_logs(path: &Path) -> Result<usize> {
+    let list = |e| crate::db::io_err("listing rocksdb dir", path, e);
+    let mut logs = 0;
+    for entry in std::fs::read_dir(path).map_err(list)? {
+        if entry
+            .map_err(list)?
+            .file_name()
+            .as_encoded_bytes()
+            .ends_with(b".log")
+        {
+            logs += 1;
+        }
+    }
+    Ok(logs)
 }
 
 /// Where the RocksDB checkpoint goes in a snapshot's scratch directory.
@@ -528,7 +587,9 @@ pub(crate) struct Seal {
 mod tests {
     use cairn_core::*;
 
-    use crate::test_support::{u64_backend_with, Mem};
+    use std::collections::BTreeMap;
+
+    use crate::test_support::{u64_backend_with, Mem, SharedMem};
     use crate::{RocksDbBackend, RocksDbOptions};
 
     fn backend(
@@ -586,7 +647,7 @@ mod tests {
             let snap = b
                 .snapshot(SnapshotOptions::incremental_checkpoint(1))
                 .unwrap();
-            let mem = crate::test_support::SharedMem::default();
+            let mem = SharedMem::default();
             let handle = snap.run(&mem, &CancelToken::new()).unwrap();
             b.settle().unwrap();
             let KeyedData::RocksNative { files } = &handle.data else {
@@ -599,11 +660,11 @@ mod tests {
                 .sum();
             if wal {
                 assert_eq!(memtable_entries(&db), 5_000);
-                assert_eq!(db.live_files().unwrap().len(), 0, "no SST file");
+                assert_eq!(state_files(&db), 0, "no SST file of the state");
                 assert!(log_bytes > 5_000 * 8, "log of {log_bytes} bytes");
             } else {
                 assert_eq!(memtable_entries(&db), 0);
-                assert!(!db.live_files().unwrap().is_empty());
+                assert!(state_files(&db) > 0);
                 assert_eq!(log_bytes, 0);
             }
             let restored_dir = tempfile::tempdir().unwrap();
@@ -623,6 +684,144 @@ mod tests {
         }
     }
 
+    /// Live SST files of state `v`.
+    fn state_files(db: &rocksdb::DB) -> usize {
+        let files = db.live_files().unwrap();
+        files.iter().filter(|f| f.column_family_name == "v").count()
+    }
+
+    /// The log files of a native handle.
+    fn logs(handle: &KeyedStateHandle) -> Vec<NativeFile> {
+        let KeyedData::RocksNative { files } = &handle.data else {
+            panic!("not a native handle: {handle:?}");
+        };
+        let logs: Vec<_> = files
+            .iter()
+            .filter(|f| f.local_name.ends_with(".log"))
+            .cloned()
+            .collect();
+        assert!(!logs.is_empty(), "no log in {files:?}");
+        logs
+    }
+
+    /// With the WAL, a checkpoint starts a new log first, so the logs it holds are complete
+    /// (the last one empty) and shared under content names: the next checkpoint references
+    /// them and uploads only the log of the writes in between, and restoring it replays
+    /// both.
+    #[test]
+    fn a_wal_checkpoint_references_the_logs_of_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = backend(dir.path(), 1_000, 0);
+        let v = b
+            .register_value(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
+        let mut expected = BTreeMap::new();
+        let mut write = |b: &mut RocksDbBackend, keys: std::ops::Range<u64>, factor: u64| {
+            for k in keys {
+                set_key(b, k);
+                b.value(&v).update(k * factor).unwrap();
+                expected.insert(k, k * factor);
+            }
+        };
+        let mem = SharedMem::default();
+        write(&mut b, 0..5_000, 3);
+        let first = completed_checkpoint(&mut b, &mem, 1);
+        write(&mut b, 5_000..6_000, 3);
+        write(&mut b, 0..100, 7);
+        let second = completed_checkpoint(&mut b, &mem, 2);
+
+        let (first_logs, second_logs) = (logs(&first), logs(&second));
+        for f in first_logs.iter().chain(&second_logs) {
+            assert_eq!(f.file.area, FileArea::Shared, "{f:?}");
+            assert!(f.file.name.starts_with("rocks/"), "{f:?}");
+            assert!(
+                f.file.name.ends_with(&format!("-{}.log", f.file.size)),
+                "{f:?}"
+            );
+        }
+        let last = |logs: &[NativeFile]| logs.iter().max_by_key(|f| f.local_name.clone()).cloned();
+        assert_eq!(
+            last(&first_logs).unwrap().file.size,
+            0,
+            "rolled before the copy"
+        );
+        let first_bytes: u64 = first_logs.iter().map(|f| f.file.size).sum();
+        assert!(first_bytes > 5_000 * 8, "log of {first_bytes} bytes");
+        for f in first_logs.iter().filter(|f| f.file.size > 0) {
+            assert!(
+                second_logs.contains(f),
+                "{f:?} not referenced by {second_logs:?}"
+            );
+        }
+        let new_bytes: u64 = second_logs
+            .iter()
+            .filter(|f| !first_logs.contains(f))
+            .map(|f| f.file.size)
+            .sum();
+        assert!(
+            new_bytes > 0 && new_bytes < first_bytes / 2,
+            "new log bytes {new_bytes}, first checkpoint's {first_bytes}"
+        );
+        assert_restores(second, &mem, &expected);
+    }
+
+    /// A state that changes a little between checkpoints never fills a memtable, so its
+    /// logs would all stay live: past [`super::MAX_LIVE_LOGS`] the roll flushes every
+    /// memtable, and no checkpoint holds more logs than that (plus the empty new one). The
+    /// last checkpoint restores every change.
+    #[test]
+    fn the_logs_of_a_slowly_changing_state_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = backend(dir.path(), 1_000, 0);
+        let v = b
+            .register_value(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
+        let mem = SharedMem::default();
+        let mut expected = BTreeMap::new();
+        let mut last = None;
+        let mut most_logs = 0;
+        for id in 1..=3 * super::MAX_LIVE_LOGS as u64 {
+            for k in 0..20 {
+                set_key(&mut b, k * 100 + id);
+                b.value(&v).update(k + id).unwrap();
+                expected.insert(k * 100 + id, k + id);
+            }
+            let handle = completed_checkpoint(&mut b, &mem, id);
+            most_logs = most_logs.max(logs(&handle).len());
+            last = Some(handle);
+        }
+        assert!(
+            (2..=super::MAX_LIVE_LOGS + 1).contains(&most_logs),
+            "{most_logs} logs"
+        );
+        assert_restores(last.unwrap(), &mem, &expected);
+    }
+
+    /// Takes incremental checkpoint `id` of `b` into `mem` and completes it.
+    fn completed_checkpoint(b: &mut RocksDbBackend, mem: &SharedMem, id: u64) -> KeyedStateHandle {
+        let snap = b
+            .snapshot(SnapshotOptions::incremental_checkpoint(id))
+            .unwrap();
+        let handle = snap.run(mem, &CancelToken::new()).unwrap();
+        b.settle().unwrap();
+        b.notify_checkpoint_complete(id);
+        handle
+    }
+
+    /// A fresh backend restored from `handle` holds exactly `expected` in state `v`.
+    fn assert_restores(handle: KeyedStateHandle, mem: &SharedMem, expected: &BTreeMap<u64, u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = backend(dir.path(), 1_000, 0);
+        r.restore(&[handle], mem).unwrap();
+        let v = r
+            .register_value(&ValueStateDescriptor::<u64>::new("v"))
+            .unwrap();
+        for (&k, &want) in expected {
+            set_key(&mut r, k);
+            assert_eq!(r.value(&v).get().unwrap(), Some(want), "key {k}");
+        }
+    }
+
     fn set_key(b: &mut RocksDbBackend, k: u64) {
         b.set_current_key(&BincodeCodec::<u64>::new().encode_to_vec(&k).unwrap())
             .unwrap();
@@ -633,8 +832,6 @@ mod tests {
     /// deletes among them), and the bytes are laid out in entry order.
     #[test]
     fn sort_gathers_each_entrys_key_and_value() {
-        use std::collections::BTreeMap;
-
         use crate::state::{value_encoder, Registered};
 
         let codec = BincodeCodec::<Vec<u8>>::new();
@@ -702,7 +899,6 @@ mod tests {
     /// state at its barrier.
     #[test]
     fn the_spill_matches_a_model_across_seals_and_write_outs() {
-        use std::collections::BTreeMap;
         for spill in [3usize, 7, 1 << 10] {
             let dir = tempfile::tempdir().unwrap();
             let mut b = backend(dir.path(), 4, spill);

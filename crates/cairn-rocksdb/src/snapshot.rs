@@ -8,7 +8,8 @@
 //!
 //! - savepoints and full checkpoints: one canonical state file (`canonical.rs`);
 //! - incremental checkpoints into a target that takes shared files: the native checkpoint
-//!   directory (`native.rs`), uploading only SST files that the base does not hold.
+//!   directory (`native.rs`), uploading only the SST and log files that the base does not
+//!   hold.
 //!
 //! # The base of incremental checkpoints
 //!
@@ -20,7 +21,7 @@
 //! incremental one takes no base: the full one may complete first and end it. Unlike the
 //! heap backend's, a native checkpoint always describes the whole instance, so a lost or
 //! aborted checkpoint loses no changes. A restore from one native handle that is used as is
-//! seeds the base with that handle's SST files. Those may live in another checkpoint
+//! seeds the base with that handle's shared files. Those may live in another checkpoint
 //! directory than the one the backend now writes to (a job restored from another job's
 //! checkpoint), so a checkpoint references a file of a restored base only when its target
 //! holds the file (`SnapshotTarget::holds_shared`) and uploads it otherwise.
@@ -39,13 +40,14 @@ use crate::backend::{clean_uid, nonce, RocksDbBackend};
 use crate::db::io_err;
 use crate::options::RocksDbOptions;
 
-/// Files of a native checkpoint by their local name (SST file numbers are never reused
-/// within an instance, so name and size identify an SST file's content).
+/// The shared files of a native checkpoint (SST and log files) by their local name: file
+/// numbers are never reused within an instance, an SST file never changes and a log only
+/// grows, so name and size identify a file's content.
 pub(crate) type NativeFiles = HashMap<String, NativeFile>;
 
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Written natively with shared SST files: usable as a base.
+    /// Written natively with shared SST and log files: usable as a base.
     Native(Arc<NativeFiles>),
     /// Written privately (canonical): ends the base when completed.
     Private,
@@ -125,7 +127,7 @@ impl Incremental {
         self.pending.remove(&id);
     }
 
-    /// After a restore from a native handle used as is: its SST files are the base (they
+    /// After a restore from a native handle used as is: its shared files are the base (they
     /// are in the restored snapshot's shared storage, under the same local names in the
     /// restored instance), so a first checkpoint into that storage uploads only what changed
     /// since the restored checkpoint.

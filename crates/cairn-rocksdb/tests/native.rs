@@ -123,8 +123,8 @@ fn is_native(m: &Manifest) -> bool {
 }
 
 /// Checkpoints that flush the memtables (`checkpoint_wal` off): every change is in SST
-/// files, so what a checkpoint uploads of the shared area is what changed. With the WAL (the
-/// default) the first checkpoints' changes are in the private log copy instead.
+/// files, so what a checkpoint uploads of the shared area is the SST files that changed.
+/// With the WAL (the default) the first checkpoints' changes are in log files instead.
 fn flushing() -> RocksFactory {
     RocksFactory {
         options: cairn_rocksdb::RocksDbOptions {

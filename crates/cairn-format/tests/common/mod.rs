@@ -309,13 +309,30 @@ pub fn native_manifest() -> Manifest {
                     user_key: None,
                 }],
                 data: KeyedData::RocksNative {
+                    // In the order of their local names, as the backend lists them: a
+                    // complete log, the SST file, the empty last log (the checkpoint
+                    // started a new log before copying, `checkpoint_wal`), the rest.
                     files: vec![
+                        native(
+                            FileArea::Shared,
+                            &format!("log/{i}c4d5e6f708192a3b-2048.log"),
+                            "000010.log",
+                            2048,
+                            0x9999_aaaa + i,
+                        ),
                         native(
                             FileArea::Shared,
                             &format!("sst/{i}f3e2d1c0b0a09080-4096.sst"),
                             "000012.sst",
                             4096,
                             0x1111_2222 + i,
+                        ),
+                        native(
+                            FileArea::Shared,
+                            "log/00000000000000000000000000000000-0.log",
+                            "000014.log",
+                            0,
+                            0,
                         ),
                         native(
                             FileArea::Private,
