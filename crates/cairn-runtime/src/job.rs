@@ -156,7 +156,8 @@ impl JobHandle {
     }
 
     /// Takes a savepoint of the running job (always aligned and canonical) into `dir` (or
-    /// the configured savepoint directory) and returns its path.
+    /// the configured savepoint directory) and returns its path. A savepoint that fails
+    /// deletes what it wrote, its directory included when nothing else is in it.
     pub fn trigger_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, false)
     }
@@ -1263,7 +1264,8 @@ impl Driver {
                     let _ = s.abort(id);
                 }
             }
-            Target::Savepoint(..) => {}
+            // Its files are garbage: no `_metadata` will name them.
+            Target::Savepoint(writer, _) => writer.abort(),
         }
         if let Some(reply) = &p.reply {
             let _ = reply.send(Err(format!("savepoint {id} failed: {reason}")));
@@ -1427,7 +1429,10 @@ impl Driver {
             Target::Savepoint(writer, path) => {
                 let published = match Arc::try_unwrap(writer) {
                     Ok(w) => w.publish(&manifest).map_err(|e| e.to_string()),
-                    Err(_) => Err("savepoint files are still being written".into()),
+                    Err(writer) => {
+                        writer.abort();
+                        Err("savepoint files are still being written".into())
+                    }
                 };
                 match published {
                     Ok(()) => {

@@ -596,3 +596,103 @@ fn jobs_sharing_a_savepoint_directory_never_share_a_savepoint() {
         check_continues(&expected, &out, true);
     }
 }
+
+/// A sink whose snapshot fails at the first savepoint (and never again).
+#[derive(Clone)]
+struct FailsFirstSavepoint {
+    inner: TwoPhaseFileSink<(String, u64)>,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointed for FailsFirstSavepoint {
+    fn initialize_state(
+        &mut self,
+        ctx: &mut cairn_runtime::InitContext<'_>,
+    ) -> cairn_runtime::Result<()> {
+        self.inner.initialize_state(ctx)
+    }
+    fn snapshot_state(
+        &mut self,
+        ctx: &mut cairn_runtime::SnapshotContext<'_>,
+    ) -> cairn_runtime::Result<()> {
+        if ctx.is_savepoint && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_runtime::RuntimeError::user(
+                "sink",
+                "savepoint refused",
+            ));
+        }
+        self.inner.snapshot_state(ctx)
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+        self.inner.notify_checkpoint_complete(id)
+    }
+}
+
+impl Sink<(String, u64)> for FailsFirstSavepoint {
+    fn write(&mut self, r: (String, u64)) -> cairn_runtime::Result<()> {
+        self.inner.write(r)
+    }
+    fn finish(&mut self) -> cairn_runtime::Result<()> {
+        self.inner.finish()
+    }
+}
+
+/// A savepoint that fails (here at the sink's snapshot) leaves nothing in the savepoint
+/// directory: the directory made for it is deleted with whatever was written to it
+/// (uploads that end after the failure delete their own file; `SavepointWriter::abort`),
+/// so no directory without a `_metadata` is left behind. The job restarts and runs on.
+#[test]
+fn a_failed_savepoint_leaves_no_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_input(dir.path(), 4000, 400, 5);
+    let mut cfg = config(dir.path(), 50);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4000);
+    let sink = FailsFirstSavepoint {
+        inner: TwoPhaseFileSink::new(dir.path().join("out"), |(w, n): &(String, u64), o| {
+            o.extend_from_slice(format!("{w}\t{n}").as_bytes())
+        }),
+        armed: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    let armed = sink.armed.clone();
+    let graph = source("source", FileSource::new(&input))
+        .flat_map("tokenize", |line: String| {
+            line.split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .key_by(|w: &String| w.clone())
+        .process("count", Count::new())
+        .sink("sink", sink);
+    let handle = Job::new(graph, cfg).start().expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let failed = handle.trigger_savepoint(None);
+    assert!(failed.is_err(), "the savepoint was taken: {failed:?}");
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the sink never failed"
+    );
+    let result = cancel_after(handle, 200);
+    assert!(result.is_ok(), "{result:?}");
+    let savepoints = dir.path().join("savepoints");
+    let files = || {
+        let mut found = Vec::new();
+        for sp in std::fs::read_dir(&savepoints)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(sp.path());
+            for f in std::fs::read_dir(sp.path()).into_iter().flatten().flatten() {
+                found.push(f.path());
+            }
+        }
+        found
+    };
+    let started = std::time::Instant::now();
+    while !files().is_empty() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(files(), Vec::<std::path::PathBuf>::new());
+}

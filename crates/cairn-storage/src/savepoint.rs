@@ -62,7 +62,7 @@ fn create_in(
         store,
         dir,
         checkpoint_id,
-        written: Mutex::new(HashMap::new()),
+        written: Mutex::new(Written::default()),
     })
 }
 
@@ -132,12 +132,20 @@ fn open_in(
 }
 
 /// Writes a savepoint's files (implements [`SnapshotTarget`] with
-/// `supports_shared() == false`); [`SavepointWriter::publish`] writes the manifest last.
+/// `supports_shared() == false`); [`SavepointWriter::publish`] writes the manifest last,
+/// [`SavepointWriter::abort`] deletes what was written.
 pub struct SavepointWriter {
     store: Store,
     dir: Path,
     checkpoint_id: u64,
-    written: Mutex<HashMap<String, FileRef>>,
+    written: Mutex<Written>,
+}
+
+/// The files a savepoint writer wrote, and whether it was aborted.
+#[derive(Default)]
+struct Written {
+    files: HashMap<String, FileRef>,
+    aborted: bool,
 }
 
 impl fmt::Debug for SavepointWriter {
@@ -164,12 +172,49 @@ impl SavepointWriter {
             });
         }
         check_name(area, name)?;
-        let file = put_file(&self.store, &join(&self.dir, name), area, name, bytes)?;
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), file.clone());
+        if self.lock().aborted {
+            return Err(self.aborted());
+        }
+        let path = join(&self.dir, name);
+        let file = put_file(&self.store, &path, area, name, bytes)?;
+        let mut written = self.lock();
+        if written.aborted {
+            // Aborted while the put was under way, after the abort listed the files to
+            // delete (it holds the lock while it lists them): this one is ours to delete.
+            drop(written);
+            let _ = self.store.delete(&path);
+            let _ = self.store.remove_local_dir_if_empty(&self.dir);
+            return Err(self.aborted());
+        }
+        written.files.insert(name.to_string(), file.clone());
         Ok(file)
+    }
+
+    /// Abandons the savepoint: deletes every file written so far, and the directory (local
+    /// directories) if nothing else is in it. A write still under way deletes its file when
+    /// it ends; later writes and [`SavepointWriter::publish`] are refused. Deletion is best
+    /// effort: a file that cannot be deleted stays, and no `_metadata` ever names it.
+    pub fn abort(&self) {
+        let files = {
+            let mut written = self.lock();
+            written.aborted = true;
+            std::mem::take(&mut written.files)
+        };
+        for name in files.keys() {
+            let _ = self.store.delete(&join(&self.dir, name));
+        }
+        let _ = self.store.remove_local_dir_if_empty(&self.dir);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn aborted(&self) -> StorageError {
+        StorageError::WriterClosed {
+            checkpoint_id: self.checkpoint_id,
+            state: crate::registry::WriterState::Aborted.name(),
+        }
     }
 
     /// Completes the savepoint: checks that `manifest` is a savepoint with this id that
@@ -188,7 +233,10 @@ impl SavepointWriter {
             });
         }
         {
-            let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            let written = self.lock();
+            if written.aborted {
+                return Err(self.aborted());
+            }
             for file in manifest.files() {
                 if file.area == FileArea::Shared {
                     return Err(StorageError::SharedNotSupported {
@@ -196,7 +244,7 @@ impl SavepointWriter {
                         name: file.name.clone(),
                     });
                 }
-                if written.get(&file.name) != Some(file) {
+                if written.files.get(&file.name) != Some(file) {
                     return Err(StorageError::NotFound {
                         path: join(&self.dir, &file.name).to_string(),
                     });

@@ -351,6 +351,51 @@ fn discarding_a_savepoint_deletes_its_files_only() {
     );
 }
 
+/// An aborted savepoint leaves nothing behind: the files written before the abort are
+/// deleted with the directory, a write after it is refused and leaves no file, and it cannot
+/// be published. Another savepoint's directory is untouched.
+#[test]
+fn an_aborted_savepoint_deletes_its_files_and_refuses_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp-9");
+    let other = dir.path().join("sp-8");
+    let kept = create_savepoint(other.to_str().unwrap(), 8).unwrap();
+    let kept_file = kept
+        .write(FileArea::Private, "a.state", content("kept", 10))
+        .unwrap();
+    let w = create_savepoint(sp.to_str().unwrap(), 9).unwrap();
+    let a = w
+        .write(FileArea::Private, "a.state", content("a", 10))
+        .unwrap();
+    let b = w
+        .write(FileArea::Private, "b.state", content("b", 20))
+        .unwrap();
+    assert!(sp.join("a.state").exists() && sp.join("b.state").exists());
+    w.abort();
+    assert!(!sp.exists(), "the savepoint directory is gone");
+    let late = w.write(FileArea::Private, "c.state", content("c", 5));
+    assert!(
+        matches!(
+            late,
+            Err(StorageError::WriterClosed {
+                checkpoint_id: 9,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    assert!(!sp.exists(), "a refused write leaves no file");
+    assert!(matches!(
+        w.publish(&manifest(9, SnapshotType::Savepoint, &[a, b])),
+        Err(StorageError::WriterClosed { .. })
+    ));
+    assert!(!sp.exists());
+    assert_eq!(
+        std::fs::read(other.join("a.state")).unwrap().len() as u64,
+        kept_file.size
+    );
+}
+
 #[test]
 fn savepoint_in_a_shared_memory_store() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
