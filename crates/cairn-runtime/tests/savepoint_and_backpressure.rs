@@ -392,14 +392,29 @@ fn JobConfig_throttled(mut cfg: cairn_runtime::JobConfig) -> cairn_runtime::JobC
     cfg
 }
 
-/// A sink that takes `delay` per record: backpressure up the dataflow.
+/// The word-count sink, wrapped: it takes `delay` per record (backpressure up the
+/// dataflow), and with `fail_savepoint` armed its snapshot fails at the next savepoint
+/// (once).
 #[derive(Clone)]
-struct SlowSink {
+struct TestSink {
     inner: TwoPhaseFileSink<(String, u64)>,
     delay: Duration,
+    fail_savepoint: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Checkpointed for SlowSink {
+impl TestSink {
+    fn new(output: &Path, delay: Duration) -> Self {
+        Self {
+            inner: TwoPhaseFileSink::new(output, |(w, n): &(String, u64), o: &mut Vec<u8>| {
+                o.extend_from_slice(format!("{w}\t{n}").as_bytes())
+            }),
+            delay,
+            fail_savepoint: Default::default(),
+        }
+    }
+}
+
+impl Checkpointed for TestSink {
     fn initialize_state(
         &mut self,
         ctx: &mut cairn_runtime::InitContext<'_>,
@@ -410,6 +425,13 @@ impl Checkpointed for SlowSink {
         &mut self,
         ctx: &mut cairn_runtime::SnapshotContext<'_>,
     ) -> cairn_runtime::Result<()> {
+        let armed = &self.fail_savepoint;
+        if ctx.is_savepoint && armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(cairn_runtime::RuntimeError::user(
+                "sink",
+                "savepoint refused",
+            ));
+        }
         self.inner.snapshot_state(ctx)
     }
     fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
@@ -417,7 +439,7 @@ impl Checkpointed for SlowSink {
     }
 }
 
-impl Sink<(String, u64)> for SlowSink {
+impl Sink<(String, u64)> for TestSink {
     fn write(&mut self, r: (String, u64)) -> cairn_runtime::Result<()> {
         std::thread::sleep(self.delay);
         self.inner.write(r)
@@ -428,6 +450,10 @@ impl Sink<(String, u64)> for SlowSink {
 }
 
 fn slow_graph(input: &Path, output: &Path, delay: Duration) -> cairn_runtime::JobGraph {
+    test_sink_graph(input, TestSink::new(output, delay))
+}
+
+fn test_sink_graph(input: &Path, sink: TestSink) -> cairn_runtime::JobGraph {
     source("source", FileSource::new(input))
         .flat_map("tokenize", |line: String| {
             line.split(' ')
@@ -438,15 +464,7 @@ fn slow_graph(input: &Path, output: &Path, delay: Duration) -> cairn_runtime::Jo
         .process("fail", FailAt::at(Vec::new()))
         .key_by(|w: &String| w.clone())
         .process("count", Count::new())
-        .sink(
-            "sink",
-            SlowSink {
-                inner: TwoPhaseFileSink::new(output, |(w, n): &(String, u64), o: &mut Vec<u8>| {
-                    o.extend_from_slice(format!("{w}\t{n}").as_bytes())
-                }),
-                delay,
-            },
-        )
+        .sink("sink", sink)
 }
 
 fn slow_job(
@@ -597,46 +615,6 @@ fn jobs_sharing_a_savepoint_directory_never_share_a_savepoint() {
     }
 }
 
-/// A sink whose snapshot fails at the first savepoint (and never again).
-#[derive(Clone)]
-struct FailsFirstSavepoint {
-    inner: TwoPhaseFileSink<(String, u64)>,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Checkpointed for FailsFirstSavepoint {
-    fn initialize_state(
-        &mut self,
-        ctx: &mut cairn_runtime::InitContext<'_>,
-    ) -> cairn_runtime::Result<()> {
-        self.inner.initialize_state(ctx)
-    }
-    fn snapshot_state(
-        &mut self,
-        ctx: &mut cairn_runtime::SnapshotContext<'_>,
-    ) -> cairn_runtime::Result<()> {
-        if ctx.is_savepoint && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(cairn_runtime::RuntimeError::user(
-                "sink",
-                "savepoint refused",
-            ));
-        }
-        self.inner.snapshot_state(ctx)
-    }
-    fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
-        self.inner.notify_checkpoint_complete(id)
-    }
-}
-
-impl Sink<(String, u64)> for FailsFirstSavepoint {
-    fn write(&mut self, r: (String, u64)) -> cairn_runtime::Result<()> {
-        self.inner.write(r)
-    }
-    fn finish(&mut self) -> cairn_runtime::Result<()> {
-        self.inner.finish()
-    }
-}
-
 /// A savepoint that fails (here at the sink's snapshot) leaves nothing in the savepoint
 /// directory: the directory made for it is deleted with whatever was written to it
 /// (uploads that end after the failure delete their own file; `SavepointWriter::abort`),
@@ -648,23 +626,10 @@ fn a_failed_savepoint_leaves_no_files() {
     let mut cfg = config(dir.path(), 50);
     cfg.parallelism = 2;
     cfg.records_per_second = Some(4000);
-    let sink = FailsFirstSavepoint {
-        inner: TwoPhaseFileSink::new(dir.path().join("out"), |(w, n): &(String, u64), o| {
-            o.extend_from_slice(format!("{w}\t{n}").as_bytes())
-        }),
-        armed: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-    };
-    let armed = sink.armed.clone();
-    let graph = source("source", FileSource::new(&input))
-        .flat_map("tokenize", |line: String| {
-            line.split(' ')
-                .filter(|w| !w.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .key_by(|w: &String| w.clone())
-        .process("count", Count::new())
-        .sink("sink", sink);
+    let sink = TestSink::new(&dir.path().join("out"), Duration::ZERO);
+    let armed = sink.fail_savepoint.clone();
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let graph = test_sink_graph(&input, sink);
     let handle = Job::new(graph, cfg).start().expect("start");
     std::thread::sleep(Duration::from_millis(300));
     let failed = handle.trigger_savepoint(None);
