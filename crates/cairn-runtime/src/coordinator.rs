@@ -92,7 +92,7 @@ pub(crate) enum CoordMsg {
     Savepoint {
         dir: Option<String>,
         stop: bool,
-        reply: Sender<Result<String, String>>,
+        reply: Sender<crate::Result<String>>,
     },
     /// From the job handle: cancel the job.
     Cancel,

@@ -81,14 +81,16 @@ pub enum RuntimeError {
     },
     /// A stop-with-savepoint whose savepoint is complete, but the job failed before it ended
     /// (a sink's commit on the savepoint's completion, say). The job does not restart. The
-    /// savepoint is consistent: a job restored from it commits what it holds.
+    /// savepoint is consistent: a job restored from it commits what it holds. Both the
+    /// caller of [`crate::JobHandle::stop_with_savepoint`] and the job's end get this error,
+    /// with the same source.
     #[error("the savepoint {savepoint} is complete, but the job failed while stopping: {source}; restore from the savepoint to commit what it holds")]
     StopFailed {
         /// The savepoint's path.
         savepoint: String,
         /// The failure.
         #[source]
-        source: Box<RuntimeError>,
+        source: std::sync::Arc<RuntimeError>,
     },
     /// A checkpoint could not be completed.
     #[error("checkpoint {checkpoint_id} failed: {reason}")]

@@ -143,15 +143,10 @@ impl JobHandle {
                 stop,
                 reply: tx,
             })
-            .map_err(|_| RuntimeError::Savepoint {
-                reason: "the job is not running".into(),
-            })?;
+            .map_err(|_| refused("the job is not running"))?;
         match rx.recv() {
-            Ok(Ok(path)) => Ok(path),
-            Ok(Err(reason)) => Err(RuntimeError::Savepoint { reason }),
-            Err(_) => Err(RuntimeError::Savepoint {
-                reason: "the job ended before the savepoint completed".into(),
-            }),
+            Ok(answer) => answer,
+            Err(_) => Err(refused("the job ended before the savepoint completed")),
         }
     }
 
@@ -163,11 +158,13 @@ impl JobHandle {
     }
 
     /// Takes a savepoint, commits what it covers, and ends the job; returns the savepoint's
-    /// path once the job's tasks have ended. If the job fails after the savepoint was
-    /// written (a sink's commit, say), the answer is an error naming the savepoint, and the
-    /// job ends with [`RuntimeError::StopFailed`] instead of restarting. A task that does not
-    /// end (a commit that hangs) keeps the answer waiting; [`JobHandle::cancel`] from another
-    /// thread ends the job, and the answer is then an error naming the savepoint.
+    /// path once the job's tasks have ended. A savepoint that is not taken is
+    /// [`RuntimeError::Savepoint`], and the job runs on. If the job fails after the savepoint
+    /// was written (a sink's commit, say), the answer is [`RuntimeError::StopFailed`], naming
+    /// the savepoint, and the job ends with the same error instead of restarting. A task that
+    /// does not end (a commit that hangs) keeps the answer waiting; [`JobHandle::cancel`]
+    /// from another thread ends the job, and the answer is then an error naming the
+    /// savepoint.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, true)
     }
@@ -191,6 +188,13 @@ impl JobHandle {
                 message: panic_message(p.as_ref()),
             }),
         }
+    }
+}
+
+/// A savepoint that was not taken ([`RuntimeError::Savepoint`]).
+fn refused(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Savepoint {
+        reason: reason.into(),
     }
 }
 
@@ -258,7 +262,7 @@ struct Pending {
     written_tasks: usize,
     /// Every source had ended when it was triggered: its completion ends the job.
     is_final: bool,
-    reply: Option<Sender<std::result::Result<String, String>>>,
+    reply: Option<Sender<Result<String>>>,
     /// Tasks that went unaligned and will send their in-flight records.
     inflight_expected: usize,
     inflight_received: usize,
@@ -785,22 +789,27 @@ impl Driver {
             self.discard_pending(&mut run, id, "the job stopped".into(), false);
         }
         for (_, _, reply) in run.queued.drain(..) {
-            let _ = reply.send(Err("the job stopped before the savepoint".into()));
+            let _ = reply.send(Err(refused("the job stopped before the savepoint")));
         }
         match (run.stopped_with.take(), outcome) {
             (Some(stopped), Outcome::Failed { error, .. }) => {
+                // The same failure for whoever asked for the stop and for the job's end.
+                let source = Arc::new(error);
+                stopped.answer(Err(RuntimeError::StopFailed {
+                    savepoint: stopped.path.clone(),
+                    source: source.clone(),
+                }));
                 let error = RuntimeError::StopFailed {
                     savepoint: stopped.path.clone(),
-                    source: Box::new(error),
+                    source,
                 };
-                stopped.answer(Err(error.to_string()));
                 Outcome::Failed { error, fatal: true }
             }
             (Some(stopped), outcome) => {
-                stopped.answer(Err(format!(
+                stopped.answer(Err(refused(format!(
                     "the savepoint {} is complete, but the job was cancelled before it ended; restore from the savepoint to commit what it holds",
                     stopped.path
-                )));
+                ))));
                 outcome
             }
             (None, outcome) => outcome,
@@ -839,9 +848,9 @@ impl Driver {
                 // stop-with-savepoint leaves a Flink job running; the next signal tries again
                 // (without the reset it would exit the process at once).
                 match run.signal_stop.as_ref().map(Receiver::try_recv) {
-                    Some(Ok(Err(reason))) => {
+                    Some(Ok(Err(error))) => {
                         eprintln!(
-                            "stop-with-savepoint failed: {reason}; the job runs on (send SIGINT or SIGTERM again to retry)"
+                            "stop-with-savepoint failed: {error}; the job runs on (send SIGINT or SIGTERM again to retry)"
                         );
                         flag.store(false, Ordering::Relaxed);
                         run.signal_stop = None;
@@ -1013,12 +1022,11 @@ impl Driver {
             }
             CoordMsg::Savepoint { dir, stop, reply } => {
                 if run.exit_sent || run.stopping {
-                    let _ = reply.send(Err("the job is finishing".into()));
+                    let _ = reply.send(Err(refused("the job is finishing")));
                 } else if run.input_ended() {
-                    let _ = reply.send(Err(
-                        "the job's input has ended; it is finishing with its final checkpoint"
-                            .into(),
-                    ));
+                    let _ = reply.send(Err(refused(
+                        "the job's input has ended; it is finishing with its final checkpoint",
+                    )));
                 } else {
                     run.stopping |= stop;
                     run.queued.push_back((dir, stop, reply));
@@ -1169,7 +1177,7 @@ impl Driver {
         &mut self,
         run: &mut Run,
         kind: BarrierKind,
-        savepoint: Option<(String, Sender<std::result::Result<String, String>>)>,
+        savepoint: Option<(String, Sender<Result<String>>)>,
     ) -> Option<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
@@ -1183,7 +1191,7 @@ impl Driver {
                 match create_savepoint(&path, id) {
                     Ok(w) => (Target::Savepoint(Arc::new(w), path), Some(reply)),
                     Err(e) => {
-                        let _ = reply.send(Err(format!("savepoint {path}: {e}")));
+                        let _ = reply.send(Err(refused(format!("savepoint {path}: {e}"))));
                         if stop {
                             run.stopping = false;
                         }
@@ -1268,7 +1276,7 @@ impl Driver {
             Target::Savepoint(writer, _) => writer.abort(),
         }
         if let Some(reply) = &p.reply {
-            let _ = reply.send(Err(format!("savepoint {id} failed: {reason}")));
+            let _ = reply.send(Err(refused(format!("savepoint {id} failed: {reason}"))));
         }
         if notify {
             self.broadcast(run, Notification::Aborted(id));
@@ -1452,7 +1460,7 @@ impl Driver {
                     }
                     Err(reason) => {
                         if let Some(reply) = &p.reply {
-                            let _ = reply.send(Err(format!("savepoint {path}: {reason}")));
+                            let _ = reply.send(Err(refused(format!("savepoint {path}: {reason}"))));
                         }
                         if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
                             run.stopping = false;
@@ -1503,7 +1511,7 @@ impl Driver {
     }
 }
 
-type SavepointReply = Sender<std::result::Result<String, String>>;
+type SavepointReply = Sender<Result<String>>;
 /// A savepoint to take: directory, whether to stop, where to answer.
 type SavepointRequest = (Option<String>, bool, SavepointReply);
 
@@ -1533,7 +1541,7 @@ struct Run {
     consecutive_failures: u32,
     queued: VecDeque<SavepointRequest>,
     /// The answer to the stop-with-savepoint a signal asked for, while it is under way.
-    signal_stop: Option<Receiver<std::result::Result<String, String>>>,
+    signal_stop: Option<Receiver<Result<String>>>,
 }
 
 /// A savepoint that stops the job: its path, and whom to tell once the job has ended.
@@ -1547,12 +1555,12 @@ struct Run {
 /// error, `StopWithSavepointStoppingException`, but fails the job over.)
 struct StoppedWith {
     path: String,
-    reply: Option<Sender<std::result::Result<String, String>>>,
+    reply: Option<Sender<Result<String>>>,
 }
 
 impl StoppedWith {
     /// Tells whoever asked for the stop how it ended.
-    fn answer(&self, result: std::result::Result<String, String>) {
+    fn answer(&self, result: Result<String>) {
         if let Some(reply) = &self.reply {
             let _ = reply.send(result);
         }
