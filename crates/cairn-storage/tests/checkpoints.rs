@@ -396,6 +396,39 @@ fn an_aborted_savepoint_deletes_its_files_and_refuses_more() {
     );
 }
 
+/// A write under way when the savepoint is aborted lands after the abort listed the files
+/// to delete: the write deletes its own file and fails, so nothing is left.
+#[test]
+fn a_write_under_way_at_an_abort_deletes_its_own_file() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let faulty = Arc::new(cairn_storage::fault::FaultyObjectStore::new(inner.clone()));
+    faulty.set_put_latency_for("slow.state", Duration::from_millis(400));
+    let dir = Path::from("savepoints/sp-4");
+    let w = Arc::new(create_savepoint_in(faulty, dir.clone(), 4).unwrap());
+    w.write(FileArea::Private, "fast.state", content("f", 10))
+        .unwrap();
+    let writer = w.clone();
+    let slow =
+        std::thread::spawn(move || writer.write(FileArea::Private, "slow.state", content("s", 10)));
+    std::thread::sleep(Duration::from_millis(100));
+    w.abort();
+    let late = slow.join().unwrap();
+    assert!(
+        matches!(
+            late,
+            Err(StorageError::WriterClosed {
+                checkpoint_id: 4,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    for name in ["fast.state", "slow.state"] {
+        let head = futures::executor::block_on(inner.head(&dir.clone().join(name)));
+        assert!(head.is_err(), "{name} is still there: {head:?}");
+    }
+}
+
 #[test]
 fn savepoint_in_a_shared_memory_store() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
