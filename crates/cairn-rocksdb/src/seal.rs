@@ -433,7 +433,7 @@ pub(crate) struct SealJob {
     /// The spill's set to write with them.
     pub(crate) spill: Option<Arc<SpillSet>>,
     /// Whether the instance writes the WAL (`RocksDbOptions::checkpoint_wal`): then the
-    /// checkpoint copies the log instead of flushing the memtables.
+    /// checkpoint starts a new log and takes the logs instead of flushing the memtables.
     pub(crate) wal: bool,
     /// Options of the SST files a large frozen set is ingested as; `None` with the WAL:
     /// an ingestion would flush the memtables it overlaps, which is what checkpoints with
@@ -627,10 +627,10 @@ mod tests {
         .unwrap()
     }
 
-    /// With the WAL (the default), a checkpoint copies the log instead of flushing the
+    /// With the WAL (the default), a checkpoint takes the logs instead of flushing the
     /// memtable: the memtable keeps every entry (4,000 evictions and the 1,000 sealed
-    /// ones), the instance gains no SST file, the checkpoint holds the log, and a restore
-    /// replays it. Without the WAL the checkpoint flushes, and holds no log.
+    /// ones), the instance gains no SST file of the state, the checkpoint holds the logs,
+    /// and a restore replays them. Without the WAL the checkpoint flushes, and holds no log.
     #[test]
     fn a_wal_checkpoint_keeps_the_memtable_and_restores_from_the_log() {
         for wal in [true, false] {
@@ -1007,7 +1007,7 @@ mod tests {
 
     /// The snapshot holds exactly the state at the barrier although the task goes on
     /// updating, deleting and inserting (past the cache's hard limit) while the seal worker
-    /// writes: with the WAL (a checkpoint copies the log), through the memtable in batches,
+    /// writes: with the WAL (a checkpoint takes the logs), through the memtable in batches,
     /// and without it (a checkpoint flushes) also as ingested SST files (a frozen set over
     /// `INGEST_MIN_ENTRIES`); with most keys spilled at the barrier, with a spill small
     /// enough to be written out several times while the task goes on, and without a
