@@ -193,7 +193,7 @@ const DATA_BLOCK_HASH_RATIO: f64 = 0.75;
 
 /// Options of every column family (and of SST files built for ingestion).
 pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
-    let mut opts = hinted_options();
+    let mut opts = Options::default();
     opts.set_merge_operator_associative(MERGE_OPERATOR, concat_merge);
     opts.set_write_buffer_size(o.write_buffer_bytes.max(1 << 20));
     opts.set_max_write_buffer_number(2);
@@ -208,25 +208,6 @@ pub fn column_family_options(o: &RocksDbOptions, cache: &Cache) -> Options {
     }
     opts.set_block_based_table_factory(&table_options(o, cache, true));
     opts
-}
-
-/// RocksDB's option that keeps the position of the last memtable insert as the hint for
-/// the next one, for all keys alike (a prefix of length 0).
-const MEMTABLE_INSERT_HINT: &str =
-    "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.0";
-
-/// Default options with [`MEMTABLE_INSERT_HINT`]. Every write of the backend is a sorted
-/// run (a seal's frozen set, an eviction sweep's dirty entries, a restore's batches); the
-/// skiplist of a memtable otherwise searches each key from its top, and with the hint it
-/// moves on from the last insert, which costs the log of the distance between two keys.
-/// In W1 config d at parallelism 2 this took 3-4% of the CPU per record (in c as well) and
-/// a seventh of a checkpoint's duration. RocksDB's C API has no setter for the option;
-/// its options-string parser sets it. Should the parser refuse it, the options stay the
-/// defaults (a test checks that it does not).
-fn hinted_options() -> Options {
-    Options::default()
-        .get_options_from_string(MEMTABLE_INSERT_HINT)
-        .unwrap_or_default()
 }
 
 /// The table options of every column family; without `filter`, files get no bloom filter.
@@ -318,34 +299,5 @@ mod tests {
         db.flush().unwrap();
         db.merge(b"k", b"f").unwrap();
         assert_eq!(db.get(b"k").unwrap().unwrap(), b"abcdef");
-    }
-
-    /// The instance runs with the memtable insert hint: RocksDB records it in the OPTIONS
-    /// file it writes on open.
-    #[test]
-    fn memtables_insert_with_a_hint() {
-        let dir = tempfile::tempdir().unwrap();
-        let o = RocksDbOptions::default();
-        let cache = Cache::new_lru_cache(1 << 20);
-        let db = rocksdb::DB::open(&db_options(&o, &cache), dir.path()).unwrap();
-        db.put(b"k", b"v").unwrap();
-        let options_file = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("OPTIONS-")
-            })
-            .expect("an OPTIONS file");
-        let text = std::fs::read_to_string(options_file).unwrap();
-        assert!(
-            text.contains("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.0"),
-            "{text}"
-        );
-        // The merge operator set after the string is parsed is still in place.
-        assert!(text.contains("merge_operator="), "{text}");
-        assert!(!text.contains("merge_operator=nullptr"), "{text}");
     }
 }
