@@ -277,7 +277,7 @@ impl Frozen {
         // Of two entries of one key (the cache's and an older spilled one, after a failed
         // seal) the one pushed first must stay first, as it is the one kept: entries are
         // pushed in the order of their bytes, so their offset breaks the tie (an unstable
-        // sort is a few percent cheaper than a stable one here).
+        // sort works in place, where a stable one allocates a scratch buffer).
         self.entries.sort_unstable_by(|a, b| {
             (a.state, a.prefix)
                 .cmp(&(b.state, b.prefix))
