@@ -562,3 +562,67 @@ mod a_checkpoint_in_flight_at_a_stopping_savepoint {
         assert!(result.checkpoints_subsumed >= 1, "{result:?}");
     }
 }
+
+/// A job restored with another max parallelism. Only keyed state cares (its key groups are
+/// fixed by it), but the restore computed every operator's key groups from the snapshot's
+/// max parallelism first: a job checkpointed with max parallelism 4 and restored at
+/// parallelism 8 failed in its source ("parallelism 8 exceeds max parallelism 4"), naming
+/// an operator without keyed state and a limit the new job does not have, and a job with no
+/// keyed state at all could not be rescaled past its old max parallelism. Now the keyed
+/// operator is named, and a job without keyed state restores.
+mod a_changed_max_parallelism {
+    use super::*;
+
+    fn config(dir: &Path, parallelism: u32, max_parallelism: u32) -> JobConfig {
+        JobConfig {
+            parallelism,
+            max_parallelism,
+            restart: RestartStrategy::no_restarts(),
+            ..throttled_config(dir)
+        }
+    }
+
+    #[test]
+    fn is_refused_for_keyed_state_naming_its_operator() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let graph = || {
+            source("source", GeneratorSource::new(1_000_000, 100, 7))
+                .key_by(|k: &u64| *k)
+                .sum("x")
+                .sink("sink", DiscardSink)
+        };
+        let savepoint = savepoint_after(graph(), config(dir.path(), 2, 4), 2000);
+        let mut config = config(dir.path(), 8, 128);
+        config.restore = Some(RestoreFrom::Path(savepoint));
+        match Job::new(graph(), config).run() {
+            Err(RuntimeError::Restore { reason }) => assert!(
+                reason.contains("operator x")
+                    && reason.contains("max parallelism 4")
+                    && reason.contains("128"),
+                "{reason}"
+            ),
+            other => panic!("expected a restore error naming operator x: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn is_allowed_without_keyed_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let graph = || {
+            source("source", GeneratorSource::new(1_000_000, 100, 7))
+                .map("x", |k: u64| k + 1)
+                .sink("sink", DiscardSink)
+        };
+        let savepoint = savepoint_after(graph(), config(dir.path(), 2, 4), 2000);
+        let mut config = config(dir.path(), 8, 128);
+        config.restore = Some(RestoreFrom::Path(savepoint));
+        let handle = Job::new(graph(), config).start().expect("start");
+        let started = std::time::Instant::now();
+        while handle.records_read() < 1000 && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.cancel();
+        let result = handle.wait().expect("restored at parallelism 8 of 128");
+        assert!(result.cancelled && result.records >= 1000, "{result:?}");
+    }
+}

@@ -170,17 +170,24 @@ pub fn restore_subtask<B: KeyedStateBackend>(
             manifest.checkpoint_id
         ),
     })?;
-    let range = KeyGroupRange::for_subtask(op.max_parallelism, parallelism, index)?;
+    // Key groups matter only to keyed state: an operator without any restores at any max
+    // parallelism (its operator state is redistributed by subtask), and the check comes
+    // before the key-group range, which the snapshot's max parallelism may not allow.
+    let has_keyed_state = op
+        .subtasks
+        .iter()
+        .any(|s| s.keyed.as_ref().is_some_and(|k| !k.states.is_empty()));
     if let Some(b) = keyed {
-        if b.max_parallelism() != op.max_parallelism {
+        if has_keyed_state && b.max_parallelism() != op.max_parallelism {
             return Err(StateError::Restore {
                 reason: format!(
-                    "operator {uid} was snapshotted with max parallelism {} but the backend has {}; the max parallelism cannot change",
+                    "operator {uid} was snapshotted with max parallelism {} but the backend has {}; the max parallelism of keyed state cannot change",
                     op.max_parallelism,
                     b.max_parallelism()
                 ),
             });
         }
+        let range = KeyGroupRange::for_subtask(b.max_parallelism(), parallelism, index)?;
         if b.key_group_range() != range {
             return Err(StateError::Restore {
                 reason: format!(
@@ -189,9 +196,9 @@ pub fn restore_subtask<B: KeyedStateBackend>(
                 ),
             });
         }
-        let handles = keyed_handles_for(op, range);
         // An operator that kept no keyed state in the snapshot restores as empty.
-        if !handles.is_empty() {
+        let handles = keyed_handles_for(op, range);
+        if has_keyed_state && !handles.is_empty() {
             b.restore(&handles, source)?;
         }
     }
