@@ -59,6 +59,8 @@ pub struct CheckpointConfig {
     /// A checkpoint not complete after this long is aborted (default 10 minutes).
     pub timeout: Duration,
     /// Minimum time between the end of one checkpoint and the trigger of the next (default 0).
+    /// A positive pause allows one checkpoint in flight at a time, whatever
+    /// [`CheckpointConfig::max_concurrent`] says (as in Flink).
     pub min_pause: Duration,
     /// Checkpoints in flight at once (default 1). A checkpoint that completes gives up those
     /// triggered before it and still in flight, and when a bounded job has finished, its

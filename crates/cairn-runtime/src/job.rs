@@ -442,10 +442,14 @@ impl Driver {
                             last: Box::new(error),
                         });
                     }
+                    // A cancellation during the pause ends the job now, as Flink cancels a
+                    // restarting job (not after the pause and the next run's start).
+                    if self.pause_before_restart(delay) {
+                        break Ok(Outcome::Cancelled);
+                    }
                     self.result.restarts += 1;
                     counted += 1;
                     attempt += 1;
-                    std::thread::sleep(delay);
                     delay = strategy.next_delay(delay);
                     // This job's latest completed checkpoint; before its first one, the
                     // snapshot the job started from (as Flink does): never a checkpoint of
@@ -512,6 +516,32 @@ impl Driver {
             self.result.input_end_ms = t.elapsed().as_secs_f64() * 1000.0;
         }
         Ok(std::mem::take(&mut self.result))
+    }
+
+    /// Waits `pause` before a restart; `true`: the job was cancelled meanwhile. Savepoint
+    /// requests wait for the next run (they are queued again); what the failed run's tasks
+    /// still send is of no use any more.
+    fn pause_before_restart(&mut self, pause: Duration) -> bool {
+        let until = Instant::now() + pause;
+        let mut deferred = Vec::new();
+        let cancelled = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            match self.coord_rx.recv_timeout(left) {
+                Ok(CoordMsg::Cancel) => break true,
+                Ok(msg @ CoordMsg::Savepoint { .. }) => deferred.push(msg),
+                Ok(_) => {}
+                Err(_) => break false,
+            }
+        };
+        if !cancelled {
+            for msg in deferred {
+                let _ = self.coord_tx.send(msg);
+            }
+        }
+        cancelled
     }
 
     /// `manifest`'s checkpoint id, if it is the newest completed checkpoint of the job's
@@ -762,9 +792,9 @@ impl Driver {
             finished: HashSet::new(),
             sources_finished: HashSet::new(),
             data_finished: HashSet::new(),
-            started: Instant::now(),
             job_start,
             tasks_started: 0,
+            all_started: None,
             last_trigger: None,
             last_complete: None,
             exit_sent: false,
@@ -986,8 +1016,11 @@ impl Driver {
             CoordMsg::TaskStarted { attempt } => {
                 if attempt == run.attempt {
                     run.tasks_started += 1;
-                    if attempt == 0 && run.tasks_started == run.events.len() {
-                        self.result.startup_ms = run.job_start.elapsed().as_secs_f64() * 1000.0;
+                    if run.tasks_started == run.events.len() {
+                        run.all_started = Some(Instant::now());
+                        if attempt == 0 {
+                            self.result.startup_ms = run.job_start.elapsed().as_secs_f64() * 1000.0;
+                        }
                     }
                 }
             }
@@ -1078,15 +1111,25 @@ impl Driver {
         // Periodic checkpoints go on while the tasks drain after the input ended (finished
         // tasks take part); the final checkpoint gives up any still in flight.
         let interval = cp.interval?;
+        // Not before every task runs: a task still restoring its state would hold the
+        // checkpoint up until it timed out, and count as a failed checkpoint.
+        let all_started = run.all_started?;
         let checkpoints_pending = run
             .pending
             .values()
             .filter(|p| p.barrier.kind == BarrierKind::Checkpoint)
             .count();
-        if checkpoints_pending >= cp.max_concurrent.max(1) {
+        // A minimum pause runs from the end of the last checkpoint, so it allows one
+        // checkpoint at a time whatever `max_concurrent` says (as in Flink).
+        let max_concurrent = if cp.min_pause.is_zero() {
+            cp.max_concurrent.max(1)
+        } else {
+            1
+        };
+        if checkpoints_pending >= max_concurrent {
             return None;
         }
-        let since_trigger = run.last_trigger.unwrap_or(run.started).elapsed();
+        let since_trigger = run.last_trigger.unwrap_or(all_started).elapsed();
         let paused = run
             .last_complete
             .is_none_or(|t| t.elapsed() >= cp.min_pause);
@@ -1525,9 +1568,11 @@ struct Run {
     sources_finished: HashSet<TaskId>,
     /// Tasks whose input ended and whose operators finished.
     data_finished: HashSet<TaskId>,
-    started: Instant,
     job_start: Instant,
     tasks_started: usize,
+    /// When every task of the run was built (its state restored) and running: periodic
+    /// checkpoints start then, as Flink triggers none before every task runs.
+    all_started: Option<Instant>,
     last_trigger: Option<Instant>,
     last_complete: Option<Instant>,
     /// Every task was told to exit.

@@ -1,0 +1,230 @@
+//! Checkpoint coordinator options and restarts through the library API, as an experienced
+//! Flink user sets them: one module per bug found by a helper's hunt.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_runtime::sinks::DiscardSink;
+use cairn_runtime::sources::GeneratorSource;
+use cairn_runtime::{
+    source, Checkpointed, Collector, InitContext, Job, JobConfig, ProcessFunction, RestartStrategy,
+    RuntimeError, Sink, SnapshotContext,
+};
+
+/// A job configuration in `dir`, checkpointing every 10 ms, sources throttled.
+fn config(dir: &Path, records_per_second: u64) -> JobConfig {
+    let mut c = JobConfig {
+        checkpoint_dir: dir.join("checkpoints").display().to_string(),
+        savepoint_dir: Some(dir.join("savepoints").display().to_string()),
+        records_per_second: Some(records_per_second),
+        restart: RestartStrategy::fixed_delay(3, Duration::from_millis(10)),
+        ..JobConfig::default()
+    };
+    c.checkpoint.interval = Some(Duration::from_millis(10));
+    c
+}
+
+/// What a hook saw, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    Snapshot(u64),
+    /// Completed or aborted: the checkpoint is over.
+    Over(u64),
+}
+
+/// Passes records on and records its checkpoint hooks.
+#[derive(Clone)]
+struct Watch(Arc<Mutex<Vec<Seen>>>);
+
+impl Checkpointed for Watch {
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+        if !ctx.is_savepoint {
+            self.0
+                .lock()
+                .unwrap()
+                .push(Seen::Snapshot(ctx.checkpoint_id));
+        }
+        Ok(())
+    }
+    fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+        self.0.lock().unwrap().push(Seen::Over(id));
+        Ok(())
+    }
+    fn notify_checkpoint_aborted(&mut self, id: u64) -> cairn_runtime::Result<()> {
+        self.0.lock().unwrap().push(Seen::Over(id));
+        Ok(())
+    }
+}
+
+impl ProcessFunction<u64, u64> for Watch {
+    fn process(&mut self, input: u64, out: &mut Collector<'_, u64>) -> cairn_runtime::Result<()> {
+        out.collect(input)
+    }
+}
+
+/// A sink whose synchronous phase takes `0` (every checkpoint is slow to complete).
+#[derive(Clone)]
+struct SlowSnapshot(Duration);
+
+impl Checkpointed for SlowSnapshot {
+    fn snapshot_state(&mut self, _: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+}
+
+impl<T> Sink<T> for SlowSnapshot {
+    fn write(&mut self, _: T) -> cairn_runtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// A minimum pause between checkpoints means one checkpoint at a time (Flink: "when this is
+/// set, maxConcurrentCheckpoints is forced to 1"): the pause runs from the end of the last
+/// checkpoint, so the next may not start while one is in flight. With `max_concurrent` 3 the
+/// coordinator triggered checkpoints 2 and 3 while 1 was still running (the pause was only
+/// checked against the last *completed* checkpoint, and there was none yet).
+mod min_pause {
+    use super::*;
+
+    #[test]
+    fn allows_one_checkpoint_in_flight_whatever_max_concurrent_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path(), 5_000);
+        config.checkpoint.min_pause = Duration::from_millis(20);
+        config.checkpoint.max_concurrent = 3;
+        config.checkpoint.tolerable_failures = 100;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let graph = source("source", GeneratorSource::new(2_500, 20, 3))
+            .process("watch", Watch(seen.clone()))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", SlowSnapshot(Duration::from_millis(120)));
+        let result = Job::new(graph, config).run().expect("job");
+        let seen = seen.lock().unwrap().clone();
+        // The source task gets the completion of checkpoint n before the trigger of n + 1
+        // (one event lane, in the coordinator's order).
+        let mut open: Option<u64> = None;
+        for s in &seen {
+            match *s {
+                Seen::Snapshot(id) => {
+                    assert!(
+                        open.is_none(),
+                        "checkpoint {id} started while {open:?} was in flight: {seen:?}"
+                    );
+                    open = Some(id);
+                }
+                Seen::Over(id) => {
+                    if open == Some(id) {
+                        open = None;
+                    }
+                }
+            }
+        }
+        assert!(result.checkpoints_completed >= 2, "{result:?}");
+    }
+}
+
+/// A job cancelled while it waits to restart (the restart strategy's pause) ends cancelled
+/// then, as Flink cancels a restarting job. The cancellation waited in the coordinator's
+/// queue until the pause was over and the next run had started (its tasks built and their
+/// state restored): a long pause (an exponential delay's minute) held `cancel` that long.
+mod cancel_during_the_restart_pause {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Fails at its first record in the first run; records the runs it was made for.
+    #[derive(Clone)]
+    struct FailsOnce {
+        runs: Arc<Mutex<Vec<u32>>>,
+        failed: Arc<AtomicBool>,
+        attempt: u32,
+    }
+
+    impl Checkpointed for FailsOnce {
+        fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+            self.attempt = ctx.subtask.attempt;
+            self.runs.lock().unwrap().push(ctx.subtask.attempt);
+            Ok(())
+        }
+    }
+
+    impl ProcessFunction<u64, u64> for FailsOnce {
+        fn process(&mut self, x: u64, out: &mut Collector<'_, u64>) -> cairn_runtime::Result<()> {
+            if self.attempt == 0 {
+                self.failed.store(true, Ordering::SeqCst);
+                return Err(RuntimeError::user("fails", "once"));
+            }
+            out.collect(x)
+        }
+    }
+
+    #[test]
+    fn ends_the_job_without_another_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path(), 1_000);
+        config.restart = RestartStrategy::fixed_delay(3, Duration::from_secs(4));
+        let f = FailsOnce {
+            runs: Arc::new(Mutex::new(Vec::new())),
+            failed: Arc::new(AtomicBool::new(false)),
+            attempt: 0,
+        };
+        let graph = source("source", GeneratorSource::new(1_000_000, 20, 3))
+            .process("fails", f.clone())
+            .sink("sink", DiscardSink);
+        let handle = Job::new(graph, config).start().expect("start");
+        let started = Instant::now();
+        while !f.failed.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The failure reaches the driver, which then pauses 4 s before restarting.
+        std::thread::sleep(Duration::from_millis(200));
+        handle.cancel();
+        let result = handle.wait().expect("cancelled job");
+        assert!(result.cancelled, "{result:?}");
+        assert_eq!(*f.runs.lock().unwrap(), vec![0], "{result:?}");
+        assert_eq!(result.restarts, 0, "{result:?}");
+    }
+}
+
+/// Checkpoints start once every task is running (Flink triggers none before: "not all
+/// required tasks are currently running", which does not count as a failed checkpoint).
+/// They were triggered from the run's start, so a task slow to start (state to restore)
+/// made them time out and count against the tolerated failures: the job failed over, the
+/// restart was as slow, and it failed for good although no running task ever failed a
+/// checkpoint.
+mod checkpoints_while_a_task_starts {
+    use super::*;
+
+    /// A sink that takes `0` to initialize (a long restore).
+    #[derive(Clone)]
+    struct SlowStart(Duration);
+
+    impl Checkpointed for SlowStart {
+        fn initialize_state(&mut self, _: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+            std::thread::sleep(self.0);
+            Ok(())
+        }
+    }
+
+    impl<T> Sink<T> for SlowStart {
+        fn write(&mut self, _: T) -> cairn_runtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn are_not_triggered_and_do_not_fail_the_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path(), 20_000);
+        config.checkpoint.timeout = Duration::from_millis(300);
+        config.checkpoint.tolerable_failures = 0;
+        let graph = source("source", GeneratorSource::new(2_000, 20, 3))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", SlowStart(Duration::from_millis(900)));
+        let result = Job::new(graph, config).run().expect("job");
+        assert!(result.checkpoints_completed >= 1, "{result:?}");
+    }
+}
