@@ -203,6 +203,13 @@ impl AsyncSnapshot for HeapSnapshot {
         cancel: &CancelToken,
     ) -> Result<KeyedStateHandle> {
         let HeapSnapshot { view, incremental } = *self;
+        // Checked up front too: an incremental checkpoint with no key group to write would
+        // otherwise never look at the token and hand out a handle of a cancelled snapshot.
+        if cancel.is_cancelled() {
+            return Err(StateError::Cancelled {
+                checkpoint_id: view.options.checkpoint_id,
+            });
+        }
         let range = view.range;
         let n = range.len() as usize;
         let shared = incremental

@@ -439,29 +439,78 @@ impl RocksDbBackend {
         } else {
             self.cache.evict()
         };
-        let dirty = evicted.iter().filter(|s| s.dirty());
+        let dirty: Vec<Slot> = evicted.into_iter().filter(Slot::dirty).collect();
+        self.write_evicted(dirty)?;
+        if self.options.spill_capacity > 0 && self.spill.len() >= self.options.spill_capacity {
+            self.start_seal(None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the dirty entries of an eviction sweep to the spill or, without one, to
+    /// RocksDB in one batch. Nothing is lost when that fails: an entry whose value its
+    /// codec cannot encode stays in the cache, dirty (the next snapshot fails with the
+    /// codec's error, as on the heap backend, until the value changes), and when RocksDB
+    /// refuses the batch every entry of it goes back to the cache and the error is
+    /// returned. (An evicted entry that is neither written nor cached is lost: a later read
+    /// would find the older value in RocksDB.)
+    fn write_evicted(&mut self, dirty: Vec<Slot>) -> Result<()> {
+        // Positions in `dirty` of the entries that could not be encoded (rare).
+        let mut unencodable = Vec::new();
         if self.options.spill_capacity > 0 {
-            for slot in dirty {
-                self.spill
-                    .push(&self.states, slot.key(), slot.value.as_any())?;
+            for (i, slot) in dirty.iter().enumerate() {
+                if self
+                    .spill
+                    .push(&self.states, slot.key(), slot.value.as_any())
+                    .is_err()
+                {
+                    unencodable.push(i);
+                }
             }
-            if self.spill.len() >= self.options.spill_capacity {
-                self.start_seal(None)?;
-            }
+            self.take_back(dirty, Some(&unencodable));
             return Ok(());
         }
-        let mut frozen = Frozen::with_capacity(evicted.len());
-        for slot in dirty {
-            frozen.push(&self.states, slot.key(), slot.value.as_any())?;
+        let mut frozen = Frozen::with_capacity(dirty.len());
+        for (i, slot) in dirty.iter().enumerate() {
+            if frozen
+                .push(&self.states, slot.key(), slot.value.as_any())
+                .is_err()
+            {
+                unencodable.push(i);
+            }
         }
         if frozen.len() > 0 {
             // Through the memtable: an eviction sweep is small, and a file per sweep would
             // pile up level-0 files.
-            let inst = self.inst()?;
             let names = self.state_cf_names();
-            frozen.write(&inst.db, &inst.path, &names, None, inst.write_options())?;
+            let written = self.inst().and_then(|inst| {
+                frozen.write(&inst.db, &inst.path, &names, None, inst.write_options())
+            });
+            if let Err(e) = written {
+                self.take_back(dirty, None);
+                return Err(e);
+            }
         }
+        self.take_back(dirty, Some(&unencodable));
         Ok(())
+    }
+
+    /// Puts evicted dirty entries back into the cache, dirty (past its capacity until a
+    /// later sweep writes them): those at the positions `only` lists (ascending), or all.
+    fn take_back(&mut self, dirty: Vec<Slot>, only: Option<&[usize]>) {
+        if only.is_some_and(<[usize]>::is_empty) {
+            return;
+        }
+        let mut only = only.map(|o| o.iter().copied().peekable());
+        for (i, slot) in dirty.into_iter().enumerate() {
+            if let Some(only) = &mut only {
+                if only.next_if_eq(&i).is_none() {
+                    continue;
+                }
+            }
+            let key = slot.key().to_vec();
+            self.cache.insert(&key, slot.value, true);
+        }
     }
 
     /// The column family of each state index.
