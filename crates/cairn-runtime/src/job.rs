@@ -150,8 +150,10 @@ impl JobHandle {
         }
     }
 
-    /// Takes a savepoint of the running job (always aligned and canonical) into `dir` (or
-    /// the configured savepoint directory) and returns its path. A savepoint that fails
+    /// Takes a savepoint of the running job (canonical, and never unaligned: its barriers
+    /// are aligned in exactly-once mode and, as every barrier, not in at-least-once mode,
+    /// as in Flink) into `dir` (or the configured savepoint directory) and returns its
+    /// path. A savepoint that fails
     /// deletes what it wrote, its directory included when nothing else is in it.
     pub fn trigger_savepoint(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, false)
