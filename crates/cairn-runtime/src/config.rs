@@ -67,7 +67,10 @@ pub struct CheckpointConfig {
     /// final checkpoint gives up all in flight and starts at once: it commits everything
     /// they would (`JobResult::checkpoints_subsumed` counts both).
     pub max_concurrent: usize,
-    /// Failed checkpoints tolerated in a row before the job fails over (default 0).
+    /// Failed checkpoints tolerated in a row before the job fails over (default 0). As in
+    /// Flink, the count starts again when a checkpoint completes or when it fails the job
+    /// over, not at a restart that a failed task caused; a checkpoint given up because its
+    /// run ended does not count.
     pub tolerable_failures: u32,
     /// Completed checkpoints kept (default 1).
     pub num_retained: usize,

@@ -249,6 +249,10 @@ struct Driver {
     prev_files: HashSet<String>,
     /// When the sources of the current run had all read their last record.
     input_ended: Option<Instant>,
+    /// Checkpoints that failed in a row since the last completed one. As in Flink, the
+    /// count goes on across a restart caused by a failed task, and starts again when it
+    /// fails the job itself (or a checkpoint completes).
+    consecutive_failures: u32,
 }
 
 enum Target {
@@ -376,6 +380,7 @@ impl Driver {
             result,
             prev_files: HashSet::new(),
             input_ended: None,
+            consecutive_failures: 0,
         })
     }
 
@@ -803,7 +808,6 @@ impl Driver {
             final_tried: false,
             stopping: false,
             stopped_with: None,
-            consecutive_failures: 0,
             queued: VecDeque::new(),
             signal_stop: None,
         };
@@ -1250,7 +1254,7 @@ impl Driver {
                     Ok(w) => (Target::Checkpoint(w), None),
                     Err(e) => {
                         run.last_trigger = Some(Instant::now());
-                        return self.checkpoint_failed(run, id, format!("cannot begin: {e}"));
+                        return self.checkpoint_failed(id, format!("cannot begin: {e}"));
                     }
                 }
             }
@@ -1354,29 +1358,30 @@ impl Driver {
                 }
                 None
             }
-            BarrierKind::Checkpoint => self.checkpoint_failed(run, id, reason),
+            BarrierKind::Checkpoint => self.checkpoint_failed(id, reason),
         }
     }
 
     /// Counts a failed checkpoint (one that could not begin, was declined, timed out, or
     /// could not be written or published); fails the job past the tolerated number in a
     /// row.
-    fn checkpoint_failed(&mut self, run: &mut Run, id: u64, reason: String) -> Option<Outcome> {
+    fn checkpoint_failed(&mut self, id: u64, reason: String) -> Option<Outcome> {
         self.result.checkpoints_failed += 1;
         if self.result.checkpoint_failure_reasons.len() < 20 {
             self.result
                 .checkpoint_failure_reasons
                 .push(format!("checkpoint {id}: {reason}"));
         }
-        run.consecutive_failures += 1;
+        self.consecutive_failures += 1;
         let tolerated = self.config.checkpoint.tolerable_failures;
-        (run.consecutive_failures > tolerated).then(|| Outcome::Failed {
+        if self.consecutive_failures <= tolerated {
+            return None;
+        }
+        let failed = std::mem::take(&mut self.consecutive_failures);
+        Some(Outcome::Failed {
             error: RuntimeError::Checkpoint {
                 checkpoint_id: id,
-                reason: format!(
-                    "{reason} ({} failed in a row, {tolerated} tolerated)",
-                    run.consecutive_failures
-                ),
+                reason: format!("{reason} ({failed} failed in a row, {tolerated} tolerated)"),
             },
             fatal: false,
         })
@@ -1456,10 +1461,10 @@ impl Driver {
                 if let Err(e) = storage.publish(writer, &manifest) {
                     let _ = storage.abort(id);
                     self.broadcast(run, Notification::Aborted(id));
-                    return self.checkpoint_failed(run, id, e.to_string());
+                    return self.checkpoint_failed(id, e.to_string());
                 }
                 self.record_stats(&manifest, p.barrier.started.elapsed());
-                run.consecutive_failures = 0;
+                self.consecutive_failures = 0;
                 run.last_complete = Some(Instant::now());
                 self.subsume_older(run, id);
                 self.broadcast(run, Notification::Complete(id));
@@ -1585,7 +1590,6 @@ struct Run {
     stopping: bool,
     /// The stop-with-savepoint whose savepoint is complete, while the tasks end.
     stopped_with: Option<StoppedWith>,
-    consecutive_failures: u32,
     queued: VecDeque<SavepointRequest>,
     /// The answer to the stop-with-savepoint a signal asked for, while it is under way.
     signal_stop: Option<Receiver<Result<String>>>,

@@ -228,3 +228,77 @@ mod checkpoints_while_a_task_starts {
         assert!(result.checkpoints_completed >= 1, "{result:?}");
     }
 }
+
+/// Failed checkpoints count in a row across a restart that a failed task caused, as in
+/// Flink (its `CheckpointFailureManager` clears the count only when a checkpoint completes
+/// or when the count itself fails the job over). The count started again at every restart,
+/// so a job whose checkpoints kept timing out never reached its tolerated number as long as
+/// tasks failed in between.
+mod failed_checkpoints_in_a_row {
+    use super::*;
+
+    /// A sink whose `n`th synchronous phase (counted across restarts) takes longer than the
+    /// checkpoint timeout for every `n` in `slow`, and fails its task after the one at
+    /// `fail_after`.
+    #[derive(Clone)]
+    struct Scripted {
+        calls: Arc<Mutex<usize>>,
+        slow: Vec<usize>,
+        fail_after: usize,
+    }
+
+    impl Checkpointed for Scripted {
+        fn snapshot_state(&mut self, _: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += 1;
+                *calls - 1
+            };
+            if self.slow.contains(&n) {
+                std::thread::sleep(Duration::from_millis(350));
+            }
+            if n == self.fail_after {
+                return Err(RuntimeError::User {
+                    uid: "sink".into(),
+                    message: "the sink fails".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl<T> Sink<T> for Scripted {
+        fn write(&mut self, _: T) -> cairn_runtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Two checkpoints time out (2 tolerated), the sink's task fails, and after the restart
+    /// the first checkpoint times out again: the third in a row fails the job over. Then
+    /// checkpoints complete and the job finishes.
+    #[test]
+    fn go_on_across_a_task_failure_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path(), 10_000);
+        // A slow phase outlasts its checkpoint but not the next one's trigger: each one
+        // times out exactly one checkpoint.
+        config.checkpoint.interval = Some(Duration::from_millis(300));
+        config.checkpoint.timeout = Duration::from_millis(200);
+        config.checkpoint.tolerable_failures = 2;
+        let sink = Scripted {
+            calls: Arc::new(Mutex::new(0)),
+            slow: vec![0, 1, 2],
+            fail_after: 1,
+        };
+        let graph = source("source", GeneratorSource::new(15_000, 20, 3))
+            .key_by(|k: &u64| *k)
+            .sum("sum")
+            .sink("sink", sink);
+        let result = Job::new(graph, config).run().expect("job");
+        // The task failure, then the third timeout in a row (the count restarted at the
+        // first restart, so that timeout was tolerated and the job restarted once).
+        assert_eq!(result.restarts, 2, "{result:?}");
+        assert_eq!(result.checkpoints_failed, 3, "{result:?}");
+        assert!(result.checkpoints_completed >= 1, "{result:?}");
+    }
+}
