@@ -68,7 +68,7 @@ struct Args {
     #[arg(long)]
     unaligned: bool,
     /// With --unaligned: start aligned, switch to unaligned after this long.
-    #[arg(long)]
+    #[arg(long, requires = "unaligned")]
     aligned_timeout_ms: Option<u64>,
     #[arg(long, default_value_t = 1)]
     parallelism: u32,
@@ -80,9 +80,9 @@ struct Args {
     restore: Option<String>,
     /// With --restore: "claim" takes over the restored savepoint or checkpoint (a checkpoint
     /// must be the newest in --checkpoint-dir), which retention then deletes in time;
-    /// "no-claim" never deletes it.
-    #[arg(long, value_enum, default_value = "no-claim")]
-    restore_mode: Claim,
+    /// "no-claim" (the default) never deletes it.
+    #[arg(long, value_enum, requires = "restore")]
+    restore_mode: Option<Claim>,
     /// Where stop-with-savepoint (SIGINT/SIGTERM) writes.
     #[arg(long, default_value = "./savepoints")]
     savepoint_dir: String,
@@ -116,6 +116,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // by the restart strategy before it fails the job.
     if let Err(e) = std::fs::File::open(&args.input) {
         return Err(format!("cannot read --input {}: {e}", args.input.display()).into());
+    }
+    // So is a snapshot to restore that is not there (the job would say only that a manifest
+    // is missing), when it is a local path.
+    if let Some(path) = args.restore.as_deref().and_then(local_path) {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(format!("cannot read --restore {path}: {e}").into());
+        }
+    }
+    // And an output directory that cannot be created (the sink says it of one that is a
+    // file).
+    if !args.output.exists() {
+        if let Err(e) = std::fs::create_dir_all(&args.output) {
+            return Err(format!("cannot create --output {}: {e}", args.output.display()).into());
+        }
     }
     let snapshot_mode = match args.snapshot {
         Snapshot::Full => SnapshotMode::Full,
@@ -160,8 +174,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         backend,
         restore: restore.clone(),
         restore_mode: match args.restore_mode {
-            Claim::NoClaim => RestoreMode::NoClaim,
-            Claim::Claim => RestoreMode::Claim,
+            None | Some(Claim::NoClaim) => RestoreMode::NoClaim,
+            Some(Claim::Claim) => RestoreMode::Claim,
         },
         records_per_second: args.records_per_second,
         fail_at_record: args.fail_at_record,
@@ -208,4 +222,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     println!("{summary}");
     Ok(())
+}
+
+/// The local path a `--restore` value names: a path or a `file://` URL; `None` for
+/// "latest" and other URLs (S3).
+fn local_path(restore: &str) -> Option<&str> {
+    if restore == "latest" {
+        return None;
+    }
+    match restore.strip_prefix("file://") {
+        Some(path) => Some(path),
+        None => (!restore.contains("://")).then_some(restore),
+    }
 }

@@ -24,8 +24,13 @@ pub struct FileSplit {
 /// Reads the lines of a file, split by byte ranges over the subtasks. Its position (the
 /// splits with their offsets) is operator state, dealt round-robin on rescale, so a
 /// restore at any parallelism reads every line exactly once from the checkpoint on. A
-/// restore over a file that is not the one the snapshot read (shorter than a saved position,
-/// or with a saved position no longer at the start of a line) fails and says so.
+/// restore over a file that is not the one the snapshot read (shorter than a saved position
+/// or a split's end, or with a saved position no longer at the start of a line) fails and
+/// says so; a file cut while the job reads it is [`RuntimeError::BadInput`].
+///
+/// Lines end at `\n`; a `\r` before it (or at the end of the file) is dropped, and the last
+/// line needs no line end. A line that is not UTF-8 is [`RuntimeError::BadInput`], naming the
+/// offset of its first bad byte.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
@@ -75,10 +80,11 @@ impl FileSource {
 }
 
 impl FileSource {
-    /// A restored position must lie in the file and start a line, as every position it saved
-    /// did: otherwise the input is not the file the snapshot read (replaced, truncated or
-    /// edited), and reading on would silently lose or repeat lines. A file that grew is
-    /// read up to its length at the first start (the splits' ends).
+    /// A restored position must lie in the file and start a line, and a split's end must lie
+    /// in the file, as they did when the snapshot was taken: otherwise the input is not the
+    /// file the snapshot read (replaced, truncated or edited), and reading on would silently
+    /// lose or repeat lines. A file that grew is read up to its length at the first start
+    /// (the splits' ends).
     fn check_restored_positions(&self) -> Result<()> {
         let changed = |what: String| {
             RuntimeError::Restore {
@@ -88,11 +94,8 @@ impl FileSource {
             ),
         }
         };
-        let open_splits: Vec<&FileSplit> = self
-            .splits
-            .iter()
-            .filter(|s| s.position > 0 && s.position < s.end)
-            .collect();
+        let open_splits: Vec<&FileSplit> =
+            self.splits.iter().filter(|s| s.position < s.end).collect();
         if open_splits.is_empty() {
             return Ok(());
         }
@@ -107,6 +110,18 @@ impl FileSource {
                     "the input is {len} bytes, shorter than the restored read position {}",
                     split.position
                 )));
+            }
+            // Every split ends within the file it was made of (the last one at its end): a
+            // file cut at a line boundary past the position would end the split early.
+            if split.end > len {
+                return Err(changed(format!(
+                    "the input is {len} bytes, shorter than the end {} of a restored split \
+                     (read up to {})",
+                    split.end, split.position
+                )));
+            }
+            if split.position == 0 {
+                continue;
             }
             let mut before = [0u8; 1];
             file.seek(SeekFrom::Start(split.position - 1))
@@ -190,11 +205,18 @@ impl Source for FileSource {
                 None => 0,
             };
             if n == 0 {
-                // End of file before the split's end (the file shrank or the split's end is
-                // the file length).
-                self.splits.remove(0);
-                self.reader = None;
-                continue;
+                // A split ends within the file it was made of, and its last line is read
+                // whole: the file was cut while the job read it, and the lines up to the
+                // split's end are gone.
+                return Err(RuntimeError::BadInput {
+                    path: self.path.display().to_string(),
+                    offset: split.position,
+                    reason: format!(
+                        "the input ended before the end {} of a split: it was cut while the \
+                         job read it (a file source reads a file that does not change)",
+                        split.end
+                    ),
+                });
             }
             let mut line = &self.buf[..];
             if line.last() == Some(&b'\n') {
@@ -341,10 +363,10 @@ mod tests {
     use crate::chain::{Barrier, Chain, Notification, SyncPhase};
     use crate::function::SubtaskInfo;
 
-    struct Collect(Vec<u64>);
+    struct Collect<T>(Vec<T>);
 
-    impl Chain<u64> for Collect {
-        fn push(&mut self, record: u64) -> Result<()> {
+    impl<T: Send> Chain<T> for Collect<T> {
+        fn push(&mut self, record: T) -> Result<()> {
             self.0.push(record);
             Ok(())
         }
@@ -512,5 +534,111 @@ mod tests {
         let err = subtask(&proto, 0, 1, Some(bad)).expect_err("stride 0");
         assert!(matches!(err, RuntimeError::Restore { .. }), "{err:?}");
         assert!(err.to_string().contains("stride 0: next=3"), "{err}");
+    }
+
+    /// A file source subtask, fresh or restored from its share.
+    fn file_subtask(
+        path: &std::path::Path,
+        index: u32,
+        parallelism: u32,
+        restored: Option<Vec<OperatorStateSnapshot>>,
+    ) -> Result<(FileSource, OperatorStateBackend)> {
+        let mut backend = OperatorStateBackend::new("file");
+        let is_restored = restored.is_some();
+        if let Some(states) = restored {
+            backend.restore(states)?;
+        }
+        let mut f = FileSource::new(path);
+        f.initialize_state(&mut InitContext {
+            operator_state: &mut backend,
+            is_restored,
+            subtask: SubtaskInfo {
+                index,
+                parallelism,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            run_id: "test",
+            checkpointing: true,
+        })?;
+        Ok((f, backend))
+    }
+
+    /// Polls up to `max` lines (`usize::MAX`: to the end).
+    fn read(f: &mut FileSource, max: usize) -> Vec<String> {
+        let mut chain = Collect(Vec::new());
+        loop {
+            let left = max - chain.0.len().min(max);
+            if left == 0 {
+                break;
+            }
+            let status = f
+                .poll(&mut Collector { next: &mut chain }, left.min(16))
+                .expect("poll");
+            if status == SourceStatus::End {
+                break;
+            }
+        }
+        chain.0
+    }
+
+    /// Runs the file source through a chain of parallelisms: each stage reads a different
+    /// number of lines per subtask, snapshots, and the next restores its redistributed
+    /// state; the last reads to the end. Every line is read exactly once overall.
+    fn file_through(parallelisms: &[u32]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("input.txt");
+        let lines: Vec<String> = (0..997)
+            .map(|i| {
+                format!(
+                    "{i}:{}",
+                    "y".repeat(if i % 101 == 0 { 3000 } else { i % 17 })
+                )
+            })
+            .collect();
+        std::fs::write(&path, lines.join("\n")).expect("write");
+        let mut read_so_far = Vec::new();
+        let mut states: Option<Vec<Vec<OperatorStateSnapshot>>> = None;
+        for (stage, &p) in parallelisms.iter().enumerate() {
+            let last = stage + 1 == parallelisms.len();
+            let shares: Vec<Option<Vec<OperatorStateSnapshot>>> = match &states {
+                Some(old) => redistribute("file", old, p)
+                    .expect("redistribute")
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                None => (0..p).map(|_| None).collect(),
+            };
+            let mut next = Vec::new();
+            for (i, share) in shares.into_iter().enumerate() {
+                let (mut f, mut backend) = file_subtask(&path, i as u32, p, share).expect("init");
+                let max = if last { usize::MAX } else { 40 + 23 * i };
+                read_so_far.extend(read(&mut f, max));
+                f.snapshot_state(&mut SnapshotContext {
+                    operator_state: &mut backend,
+                    checkpoint_id: stage as u64 + 1,
+                    is_savepoint: false,
+                })
+                .expect("snapshot");
+                next.push(backend.snapshot().expect("operator state"));
+            }
+            states = Some(next);
+        }
+        read_so_far.sort();
+        let mut want = lines;
+        want.sort();
+        assert!(
+            read_so_far == want,
+            "{parallelisms:?}: {} lines read",
+            read_so_far.len()
+        );
+    }
+
+    #[test]
+    fn file_source_restores_at_other_parallelisms_reading_each_line_once() {
+        file_through(&[1, 3, 2]);
+        file_through(&[3, 1, 4]);
+        file_through(&[2, 5, 5, 3]);
+        file_through(&[4, 2, 1]);
     }
 }
