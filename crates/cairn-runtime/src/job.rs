@@ -1631,7 +1631,16 @@ impl Run {
 }
 
 /// Opens a checkpoint (`…/chk-<id>` or its `_metadata`) or a savepoint directory.
+///
+/// Its errors name `path` as given: the storage's own name the file relative to the
+/// directory it opened ("manifest missing path=chk-3/_metadata").
 fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSource>, String)> {
+    open_snapshot_at(path).map_err(|e| RuntimeError::Restore {
+        reason: format!("cannot read the snapshot {path}: {e}"),
+    })
+}
+
+fn open_snapshot_at(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSource>, String)> {
     let trimmed = path.trim_end_matches('/');
     let dir = trimmed.strip_suffix("/_metadata").unwrap_or(trimmed);
     let (parent, last) = match dir.rsplit_once('/') {
@@ -1642,7 +1651,8 @@ fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSo
         .strip_prefix("chk-")
         .and_then(|s| s.parse::<u64>().ok())
     {
-        let storage = CheckpointStorage::open(if parent.is_empty() { "/" } else { parent })?;
+        let storage =
+            CheckpointStorage::open_existing(if parent.is_empty() { "/" } else { parent })?;
         let manifest = storage.load(id)?;
         let source = storage.source(id);
         return Ok((manifest, Box::new(source), format!("checkpoint {dir}")));

@@ -626,3 +626,45 @@ mod a_changed_max_parallelism {
         assert!(result.cancelled && result.records >= 1000, "{result:?}");
     }
 }
+
+/// A restore from a checkpoint path that does not exist named only the file relative to the
+/// directory it opened ("manifest missing path=chk-3/_metadata"), and opening that directory
+/// created it (and its parents) as if a job were to write there.
+mod a_restore_path_that_does_not_exist {
+    use super::*;
+
+    #[test]
+    fn is_an_error_naming_it_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("gone").join("job");
+        for path in [
+            missing.join("chk-3").display().to_string(),
+            missing
+                .join("chk-3")
+                .join("_metadata")
+                .display()
+                .to_string(),
+            missing.join("sp-1").display().to_string(),
+        ] {
+            let config = JobConfig {
+                restore: Some(RestoreFrom::Path(path.clone())),
+                restart: RestartStrategy::no_restarts(),
+                ..throttled_config(dir.path())
+            };
+            let graph = source("source", GeneratorSource::new(100, 10, 1))
+                .key_by(|k: &u64| *k)
+                .sum("sum")
+                .sink("sink", DiscardSink);
+            match Job::new(graph, config).run() {
+                Err(RuntimeError::Restore { reason }) => {
+                    assert!(reason.contains(&path), "{reason}");
+                }
+                other => panic!("expected a restore error naming {path}: {other:?}"),
+            }
+            assert!(
+                !dir.path().join("gone").exists(),
+                "{path} created a directory"
+            );
+        }
+    }
+}

@@ -65,6 +65,14 @@ impl CheckpointStorage {
         Ok(Self::with_store(store, prefix))
     }
 
+    /// Opens an existing checkpoint directory to read from it (a restore): as
+    /// [`CheckpointStorage::open`], but a local directory that does not exist is an error
+    /// instead of being created.
+    pub fn open_existing(url: &str) -> Result<Self, StorageError> {
+        let (store, prefix) = Store::open(url, false)?;
+        Ok(Self::with_store(store, prefix))
+    }
+
     /// [`CheckpointStorage::open`], with the store it builds seen through `wrap` (for
     /// example [`crate::fault::FaultyObjectStore`]); the local-disk additions still apply.
     pub fn open_wrapped(
