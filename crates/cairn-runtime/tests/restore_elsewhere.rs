@@ -18,7 +18,8 @@ fn case(backend: StateBackendConfig, mode: SnapshotMode) {
     let (input, expected) = write_input(dir.path(), 4000, 400, 23);
     let output = dir.path().join("out");
     // Runs the word count checkpointing into `checkpoints`; with `cancel`, cancels it (keeping
-    // its checkpoints) once it has read 1000 more lines, or after 10 s if it stopped early.
+    // its checkpoints) once it has read 1000 more lines and completed a checkpoint (two
+    // when restored), or after 20 s if it stopped early.
     let run = |restore: Option<RestoreFrom>, checkpoints: &Path, cancel: bool| -> JobResult {
         let mut cfg = config(dir.path(), 30);
         cfg.backend = backend.clone();
@@ -26,12 +27,14 @@ fn case(backend: StateBackendConfig, mode: SnapshotMode) {
         cfg.checkpoint_dir = checkpoints.display().to_string();
         cfg.records_per_second = Some(4000);
         cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+        // Two of its own when restored: it must checkpoint again after its first.
+        let checkpoints_before_cancel = if restore.is_some() { 2 } else { 1 };
         cfg.restore = restore;
         let handle = Job::new(wordcount(&input, &output, None, None), cfg)
             .start()
             .expect("start");
         if cancel {
-            cancel_after(handle, 1000)
+            cancel_after_checkpoints(handle, 1000, checkpoints, checkpoints_before_cancel)
         } else {
             handle.wait()
         }
@@ -132,7 +135,8 @@ fn checkpoints_of_another_backend_are_refused_with_the_way_out() {
         let handle = Job::new(wordcount(&input, &output, None, None), cfg.clone())
             .start()
             .expect("start");
-        let first = cancel_after(handle, 600).expect("first run");
+        let first = cancel_after_checkpoints(handle, 600, &job_dir.join("checkpoints"), 1)
+            .expect("first run");
         assert!(first.checkpoints_completed > 0, "{first:?}");
         let committed = read_output(&output);
 

@@ -356,6 +356,36 @@ pub fn cancel_after(
     handle.wait()
 }
 
+/// [`cancel_after`], once `checkpoints` (a local checkpoint directory) also holds `n`
+/// completed checkpoints (a loaded machine may read the lines before any completes), or
+/// after 20 s.
+#[allow(dead_code)]
+pub fn cancel_after_checkpoints(
+    handle: cairn_runtime::JobHandle,
+    lines: u64,
+    checkpoints: &Path,
+    n: usize,
+) -> cairn_runtime::Result<cairn_runtime::JobResult> {
+    let read = handle.records_read() + lines;
+    let completed = || {
+        std::fs::read_dir(checkpoints).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("chk-"))
+                .filter(|e| e.path().join("_metadata").is_file())
+                .count()
+        })
+    };
+    let started = std::time::Instant::now();
+    while (handle.records_read() < read || completed() < n)
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.cancel();
+    handle.wait()
+}
+
 /// A job config checkpointing every `interval_ms` into `dir`.
 pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
     JobConfig {
