@@ -670,15 +670,30 @@ impl RocksDbBackend {
         self.sealed(unwritten)
     }
 
-    /// Writes every dirty cache entry to RocksDB (sorted, in batches).
+    /// Writes every dirty cache entry and the spill to RocksDB (sorted, in batches), for an
+    /// operation that reads RocksDB past the cache (key listing, map iteration, map clear).
+    ///
+    /// An entry whose value its codec cannot encode is not written and stays dirty, as
+    /// after an eviction sweep (`write_evicted`): the next snapshot fails with the codec's
+    /// error until the value changes, as on the heap backend, and the caller takes it into
+    /// account through [`Self::unwritten`]. Failing here instead would fail the operation
+    /// for a value it may not even touch.
     pub(crate) fn flush_cache(&mut self) -> Result<()> {
         self.settle()?;
         if !self.cache.has_dirty() && !self.spill.has_open() {
             return Ok(());
         }
-        let mut frozen = self.freeze()?;
+        let mut frozen = Frozen::with_capacity(self.cache.dirty_len());
+        let states = &self.states;
+        // The codec's error is the snapshot's to report: the entry stays dirty.
+        let _unencodable = self
+            .cache
+            .flush_each(|key, value| frozen.push(states, key, value));
         if let Some(set) = self.spill.begin_seal() {
             frozen.extend_live(&set.frozen);
+        }
+        if frozen.len() == 0 {
+            return Ok(());
         }
         match self.write_frozen(&mut frozen) {
             Ok(()) => {
@@ -690,5 +705,21 @@ impl RocksDbBackend {
                 Err(e)
             }
         }
+    }
+
+    /// After [`Self::flush_cache`]: the entries of state `idx` under the RocksDB key prefix
+    /// `raw_prefix` that it could not write (their codec failed to encode their values;
+    /// rare), as RocksDB key and cached value. Each holds a value: absent ones always encode
+    /// (as deletes).
+    pub(crate) fn unwritten<'a>(
+        &'a self,
+        idx: usize,
+        raw_prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a dyn Any>)> + 'a {
+        let state = (idx as u32).to_be_bytes();
+        self.cache.dirty_entries().filter_map(move |(key, value)| {
+            let (s, raw) = key.split_at_checked(STATE_PREFIX_LEN)?;
+            (s == state && raw.starts_with(raw_prefix)).then_some((raw, value))
+        })
     }
 }

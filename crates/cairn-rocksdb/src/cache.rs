@@ -571,6 +571,57 @@ impl Cache {
         Ok(())
     }
 
+    /// Calls `f` for every dirty entry and marks clean each one it succeeded for; the others
+    /// stay dirty. Returns the first error, if any.
+    pub(crate) fn flush_each<E>(
+        &mut self,
+        mut f: impl FnMut(&[u8], Option<&dyn Any>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        // In memory order when many are dirty, as `flush`.
+        let sequential = self.dirty_list.len().saturating_mul(4) >= self.len;
+        let mut listed = std::mem::take(&mut self.dirty_list);
+        // Positions of the entries left dirty (`f` failed for them: rare).
+        let mut kept: Vec<u32> = Vec::new();
+        let mut result = Ok(());
+        let mut visit =
+            |i: usize, slot: &mut Slot| match f(slot.key.as_slice(), slot.value.as_any()) {
+                Ok(()) => slot.set_clean(),
+                Err(e) => {
+                    slot.set_dirty(kept.len());
+                    kept.push(i as u32);
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            };
+        if sequential {
+            for (i, slot) in self.table.iter_mut().enumerate() {
+                if slot.dirty() {
+                    visit(i, slot);
+                }
+            }
+        } else {
+            for &i in &listed {
+                if let Some(slot) = self.table.get_mut(i as usize) {
+                    visit(i as usize, slot);
+                }
+            }
+        }
+        // The list's allocation is kept for the next dirty entries.
+        listed.clear();
+        listed.extend_from_slice(&kept);
+        self.dirty_list = listed;
+        result
+    }
+
+    /// The dirty entries: cache key and value (in no particular order).
+    pub(crate) fn dirty_entries(&self) -> impl Iterator<Item = (&[u8], Option<&dyn Any>)> {
+        self.dirty_list
+            .iter()
+            .filter_map(|&i| self.table.get(i as usize))
+            .map(|slot| (slot.key.as_slice(), slot.value.as_any()))
+    }
+
     /// Forgets the value of `key` if cached: it becomes a clean absent entry.
     pub(crate) fn forget(&mut self, key: &[u8]) {
         if let Ok(i) = self.probe(key, hash_key(key)) {
@@ -815,6 +866,33 @@ mod tests {
             .unwrap();
             seen.sort();
             assert_eq!(seen, (0..dirty).map(|i| vec![i]).collect::<Vec<_>>());
+            assert!(!c.has_dirty());
+            c.check_invariants();
+        }
+    }
+
+    #[test]
+    fn flush_each_leaves_only_the_failed_entries_dirty() {
+        // Few dirty entries (visited through the dirty list) and many (visited in slot order).
+        for dirty in [4u8, 30] {
+            let mut c = Cache::new(64);
+            for i in 0..40u8 {
+                c.insert(&[i], v(u64::from(i)), i < dirty);
+            }
+            let failed = c.flush_each(|k, _| if k[0] % 3 == 1 { Err(k[0]) } else { Ok(()) });
+            assert!(failed.is_err_and(|k| k % 3 == 1));
+            c.check_invariants();
+            let mut left: Vec<u8> = c.dirty_entries().map(|(k, _)| k[0]).collect();
+            left.sort_unstable();
+            let want: Vec<u8> = (0..dirty).filter(|i| i % 3 == 1).collect();
+            assert_eq!(left, want, "dirty={dirty}");
+            let mut seen = 0;
+            c.flush_each(|_, _| {
+                seen += 1;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(seen, want.len());
             assert!(!c.has_dirty());
             c.check_invariants();
         }

@@ -293,8 +293,11 @@ fn open_file(
     cf_names: &[String],
     source: &dyn SnapshotSource,
 ) -> Result<OpenFile> {
-    let bytes = source.read_file(file)?;
     let path = file.to_string();
+    let bytes = source
+        .read_file(file)
+        .map_err(|e| StateError::layer(format!("reading state file path={path}"), e))?;
+    check_whole_file(&bytes, file, &path)?;
     let reader = StateFileReader::open(bytes, &path)
         .map_err(|e| StateError::layer(format!("reading state file path={path}"), e))?;
     let mut cfs = Vec::with_capacity(reader.states().len());
@@ -330,6 +333,29 @@ fn open_file(
         path,
         cfs,
         kinds,
+    })
+}
+
+/// Checks the bytes read for `file` against its size and whole-file CRC32 rather than
+/// trusting the source to: the block checksums catch damage only where the restore reads
+/// (not in the key groups another subtask restores), and not a whole file of the same size
+/// in the place of this one (from another checkpoint), which would restore as wrong
+/// state. A mismatch the file's own checks can locate names the offset of the damage.
+fn check_whole_file(bytes: &bytes::Bytes, file: &FileRef, path: &str) -> Result<()> {
+    let crc = crc32fast::hash(bytes);
+    if bytes.len() as u64 == file.size && crc == file.crc32 {
+        return Ok(());
+    }
+    let mismatch = format!(
+        "state file does not match its reference (size or crc32) path={path} size={} expected_size={} crc32={crc:#010x} expected_crc32={:#010x}",
+        bytes.len(),
+        file.size,
+        file.crc32
+    );
+    let located = StateFileReader::open(bytes.clone(), path).and_then(|r| r.verify_all());
+    Err(match located {
+        Err(e) => StateError::layer(mismatch, e),
+        Ok(()) => StateError::Restore { reason: mismatch },
     })
 }
 

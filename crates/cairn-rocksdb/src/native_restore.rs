@@ -46,7 +46,8 @@ pub(crate) fn restore(
         drop(old);
         let _ = std::fs::remove_dir_all(&path);
     }
-    let mut inst = Instance::open(&dir, &b.options)?;
+    let mut inst = Instance::open(&dir, &b.options)
+        .map_err(|e| StateError::layer(format!("opening {}", describe(base)), e))?;
     if handles.len() == 1 && base.key_group_range == range {
         if let KeyedData::RocksNative { files } = &base.data {
             b.inc.seed(
@@ -79,6 +80,7 @@ pub(crate) fn restore(
                 &b.options,
                 &ingest,
             )
+            .map_err(|e| StateError::layer(format!("copying from {}", describe(h)), e))
         });
         let _ = std::fs::remove_dir_all(&tmp);
         let _ = std::fs::remove_dir_all(&ingest);
@@ -86,6 +88,24 @@ pub(crate) fn restore(
     }
     b.inst = Some(inst);
     Ok(())
+}
+
+/// The native checkpoint of `h`, for errors: its key groups and where its files are (the
+/// directory of its `CURRENT` file in the snapshot).
+fn describe(h: &KeyedStateHandle) -> String {
+    let current = match &h.data {
+        KeyedData::RocksNative { files } => files.iter().find(|f| f.local_name == "CURRENT"),
+        _ => None,
+    };
+    let dir = current.map_or_else(String::new, |f| {
+        let name = f.file.to_string();
+        name.rsplit_once('/')
+            .map_or(name.clone(), |(dir, _)| dir.to_string())
+    });
+    format!(
+        "native checkpoint checkpoint={dir} key_groups={}",
+        h.key_group_range
+    )
 }
 
 /// Writes every file of `h` into `dir` under its local name, checking size and CRC32.
@@ -106,7 +126,7 @@ pub(crate) fn download(
     if !files.iter().any(|f| f.local_name == "CURRENT") {
         return Err(StateError::Restore {
             reason: format!(
-                "native handle of key groups {} has no CURRENT file",
+                "native handle has no CURRENT file key_groups={}",
                 h.key_group_range
             ),
         });
@@ -120,12 +140,18 @@ pub(crate) fn download(
                 ),
             });
         }
-        let bytes = source.read_file(&f.file)?;
-        if bytes.len() as u64 != f.file.size || crc32fast::hash(&bytes) != f.file.crc32 {
+        let bytes = source.read_file(&f.file).map_err(|e| {
+            StateError::layer(format!("reading native checkpoint file file={}", f.file), e)
+        })?;
+        let crc = crc32fast::hash(&bytes);
+        if bytes.len() as u64 != f.file.size || crc != f.file.crc32 {
             return Err(StateError::Restore {
                 reason: format!(
-                    "native checkpoint file does not match its reference (size or crc32) file={}",
-                    f.file
+                    "native checkpoint file does not match its reference (size or crc32) file={} size={} expected_size={} crc32={crc:#010x} expected_crc32={:#010x}",
+                    f.file,
+                    bytes.len(),
+                    f.file.size,
+                    f.file.crc32
                 ),
             });
         }

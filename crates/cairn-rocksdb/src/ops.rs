@@ -8,7 +8,8 @@ use rocksdb::WriteBatch;
 use crate::backend::{RocksDbBackend, STATE_PREFIX_LEN};
 use crate::layout::{decode_key, kg_bound, list_elements, prefix_end, push_list_element};
 use crate::state::{
-    codec_error, decode, no_value_encoder, ns_encoder, value_encoder, Agg, ListOf, MapOf, Single,
+    codec_error, decode, no_value_encoder, ns_encoder, type_mismatch, value_encoder, Agg, ListOf,
+    MapOf, Single,
 };
 
 impl RocksDbBackend {
@@ -194,16 +195,20 @@ impl RocksDbBackend {
     }
 
     /// Deletes every map entry of the current key in the namespace of `key`: writes the
-    /// cache back, then deletes the entries found in RocksDB in one batch and forgets their
-    /// cached values (cost: the map's size, not the cache's).
+    /// cache back, then deletes the entries found in RocksDB, and those the cache could not
+    /// write, in one batch and forgets their cached values (cost: the map's size, not the
+    /// cache's).
     fn clear_map(&mut self, idx: usize, key: &[u8]) -> Result<()> {
         self.flush_cache()?;
         let name = self.state_name(idx).to_string();
         let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+        let mut found: Vec<Vec<u8>> = self.unwritten(idx, raw).map(|(k, _)| k.to_vec()).collect();
         let inst = self.inst()?;
         let mut batch = WriteBatch::default();
         let cf = inst.cf(&name)?;
-        let mut found: Vec<Vec<u8>> = Vec::new();
+        for k in &found {
+            batch.delete_cf(cf, k);
+        }
         inst.scan(&name, raw, &prefix_end(raw), |k, _| {
             batch.delete_cf(cf, k);
             found.push(k.to_vec());
@@ -490,17 +495,52 @@ impl KeyedStateBackend for RocksDbBackend {
         let t = self.typed::<MapOf<UK, UV, N>>(idx)?;
         let (uk_codec, codec) = (t.user_key.clone(), t.value.clone());
         let key = self.key_for(idx, |t: &MapOf<UK, UV, N>| &t.ns, ns)?;
-        self.flush_cache()?;
-        let name = self.state_name(idx);
-        let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
-        let mut out = Vec::new();
-        let result = self.inst()?.scan(name, raw, &prefix_end(raw), |k, v| {
-            let uk = k.get(raw.len()..).unwrap_or(&[]);
-            out.push((decode(&*uk_codec, name, uk)?, decode(&*codec, name, v)?));
-            Ok(())
+        let result = self.flush_cache().and_then(|()| {
+            let name = self.state_name(idx);
+            let raw = key.get(STATE_PREFIX_LEN..).unwrap_or(&[]);
+            // Entries the flush could not write (rare): user key → cached value.
+            let mut unwritten: Vec<(&[u8], Option<&UV>)> = Vec::new();
+            for (k, v) in self.unwritten(idx, raw) {
+                let v = match v {
+                    Some(v) => v
+                        .downcast_ref::<Option<UV>>()
+                        .ok_or_else(|| type_mismatch(name, std::any::type_name::<UV>()))?
+                        .as_ref(),
+                    None => None,
+                };
+                unwritten.push((k.get(raw.len()..).unwrap_or(&[]), v));
+            }
+            unwritten.sort_unstable_by_key(|u| u.0);
+            let mut out = Vec::new();
+            // With unwritten entries: the user key of each entry of `out`, to merge them in.
+            let mut user_keys: Vec<Vec<u8>> = Vec::new();
+            self.inst()?.scan(name, raw, &prefix_end(raw), |k, v| {
+                let uk = k.get(raw.len()..).unwrap_or(&[]);
+                if !unwritten.is_empty() {
+                    if unwritten.binary_search_by_key(&uk, |u| u.0).is_ok() {
+                        return Ok(());
+                    }
+                    user_keys.push(uk.to_vec());
+                }
+                out.push((decode(&*uk_codec, name, uk)?, decode(&*codec, name, v)?));
+                Ok(())
+            })?;
+            if unwritten.is_empty() {
+                return Ok(out);
+            }
+            for (uk, v) in unwritten {
+                if let Some(v) = v {
+                    out.push((decode(&*uk_codec, name, uk)?, v.clone()));
+                    user_keys.push(uk.to_vec());
+                }
+            }
+            // Sorted by the user key's encoding, as RocksDB returns them.
+            let mut merged: Vec<_> = user_keys.into_iter().zip(out).collect();
+            merged.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            Ok(merged.into_iter().map(|(_, e)| e).collect())
         });
         self.scratch = key;
-        result.map(|()| out)
+        result
     }
 
     fn reducing_get<V: StateValue, N: Namespace>(
@@ -591,7 +631,13 @@ impl KeyedStateBackend for RocksDbBackend {
         (self.states[idx].encode_ns)(ns, &mut want)?;
         self.flush_cache()?;
         let name = self.state_name(idx);
-        let mut out: Vec<Vec<u8>> = Vec::new();
+        // The keys of entries the flush could not write: each holds a value.
+        let mut out: Vec<Vec<u8>> = self
+            .unwritten(idx, &[])
+            .filter_map(|(k, _)| decode_key(k))
+            .filter(|d| d.namespace == want)
+            .map(|d| d.key)
+            .collect();
         self.inst()?.scan(
             name,
             &kg_bound(self.range.start),

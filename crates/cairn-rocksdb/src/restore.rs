@@ -98,14 +98,34 @@ pub(crate) fn restore(
         )));
     }
     b.restored = true;
+    let uid = b.uid.clone();
     // Both kinds at once: a changelog checkpoint rescaled before every old subtask had
     // materialized.
     if !native.is_empty() {
-        crate::native_restore::restore(b, &native, &metas, source)?;
+        crate::native_restore::restore(b, &native, &metas, source).map_err(|e| naming(e, &uid))?;
     }
     if native.is_empty() || !pieces.is_empty() {
-        crate::ingest::ingest(b, pieces, &metas, source)?;
+        crate::ingest::ingest(b, pieces, &metas, source).map_err(|e| naming(e, &uid))?;
     }
     b.metas = metas;
     Ok(())
+}
+
+/// Adds the operator uid to an error of the restore's reading and building phases (which
+/// name the file, the offset and the state where they know them): a caller of the backend
+/// alone, not through the runtime, learns which operator's snapshot failed. Variants with
+/// a uid of their own are left alone.
+fn naming(e: StateError, uid: &str) -> StateError {
+    let tag = format!("uid={uid}");
+    let has = |s: &str| s.split_whitespace().any(|w| w == tag);
+    match e {
+        StateError::Restore { reason } if !has(&reason) => StateError::Restore {
+            reason: format!("{reason} {tag}"),
+        },
+        StateError::Layer { context, source } if !has(&context) => StateError::Layer {
+            context: format!("{context} {tag}"),
+            source,
+        },
+        e => e,
+    }
 }
