@@ -134,6 +134,8 @@ pub struct ChangelogBackend<B: KeyedStateBackend> {
     /// The last failure of a background materialization, if the next one has not
     /// succeeded yet.
     last_error: Option<String>,
+    /// Materializations that failed since the last one that succeeded.
+    mat_failures: u32,
     /// Materialization threads not known to have ended.
     mat_threads: Vec<crate::materialize::MatThread>,
 }
@@ -239,6 +241,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             restored: false,
             ops_since_check: 0,
             last_error: None,
+            mat_failures: 0,
             mat_threads: Vec::new(),
         }
     }
@@ -280,6 +283,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     /// runtime may also call this on a timer.
     pub fn maybe_materialize(&mut self) -> Result<()> {
         self.poll_mats();
+        self.check_mat_failures()?;
         if !self.running.is_empty() || self.log_bytes_since_mat + self.log.len_bytes() as u64 == 0 {
             return Ok(());
         }
@@ -301,6 +305,24 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             self.start_mat()?;
         }
         Ok(())
+    }
+
+    /// Fails once more materializations failed in a row than
+    /// [`crate::ChangelogOptions::max_materialization_failures`] allows.
+    pub(crate) fn check_mat_failures(&self) -> Result<()> {
+        let allowed = self.config.options.max_materialization_failures;
+        if self.mat_failures <= allowed {
+            return Ok(());
+        }
+        Err(StateError::layer(
+            format!("materializing uid={}", self.config.uid),
+            ChangelogError::MaterializationFailures {
+                uid: self.config.uid.clone(),
+                failures: self.mat_failures,
+                allowed,
+                last: self.last_error.clone().unwrap_or_default(),
+            },
+        ))
     }
 
     pub(crate) fn next_mat_id(&self) -> u64 {
@@ -534,7 +556,11 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             });
         }
         let table = Arc::new(table);
-        let name = format!("{}/carry-{mat_id}.cls", self.shared.prefix);
+        let name = format!(
+            "{}/{}{mat_id}.cls",
+            self.shared.prefix,
+            crate::restore::CARRY_PREFIX
+        );
         let mut buf = self.log.fork(0, usize::MAX);
         for (i, state) in names.iter().enumerate() {
             for r in self.replay.get(state.as_str()).into_iter().flatten() {
@@ -587,10 +613,12 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
                         self.inner.notify_checkpoint_aborted(run.inner_id);
                     }
                     self.last_error = None;
+                    self.mat_failures = 0;
                 }
                 MatState::Failed(message) => {
                     self.inner.notify_checkpoint_aborted(run.inner_id);
                     self.last_error = Some(message);
+                    self.mat_failures = self.mat_failures.saturating_add(1);
                 }
                 MatState::Running => {}
             }

@@ -48,6 +48,11 @@ impl AsyncSnapshot for ChangelogSnapshot {
         cancel: &CancelToken,
     ) -> Result<KeyedStateHandle> {
         let id = self.checkpoint_id;
+        // Checked first: a checkpoint with nothing to wait for or write (no change since the
+        // start) would otherwise hand out a handle although cancelled.
+        if cancel.is_cancelled() {
+            return Err(cairn_core::StateError::Cancelled { checkpoint_id: id });
+        }
         let mat = match &self.mat {
             MatPlan::None => None,
             MatPlan::Ready(h) => Some(h.clone()),
@@ -90,6 +95,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         options: SnapshotOptions,
     ) -> Result<Box<dyn AsyncSnapshot>> {
         self.poll_mats();
+        self.check_mat_failures()?;
         match (options.snapshot_type, options.incremental) {
             (SnapshotType::Savepoint, _) => {
                 self.check_replayed()?;

@@ -64,6 +64,13 @@ pub struct ChangelogOptions {
     /// wait ends only when the background thread catches up: a storage whose uploads never
     /// return holds the task too.
     pub max_in_flight_bytes: u64,
+    /// Materializations that may fail in a row (Flink's
+    /// `periodic-materialize.max-failures-allowed`; default 3). A failed materialization
+    /// leaves checkpoints on the last one that succeeded, with a longer log; past this many
+    /// the next state access or checkpoint fails with
+    /// [`crate::ChangelogError::MaterializationFailures`], so the task fails and the job
+    /// restarts from its latest checkpoint, as in Flink.
+    pub max_materialization_failures: u32,
 }
 
 impl Default for ChangelogOptions {
@@ -74,6 +81,7 @@ impl Default for ChangelogOptions {
             min_log_bytes: 16 << 20,
             segment_bytes: 4 << 20,
             max_in_flight_bytes: 100 << 20,
+            max_materialization_failures: 3,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use cairn_core::{KeyGroupRange, KeyedData, KeyedStateHandle, Result, SnapshotSource, StateError};
 use cairn_format::{decode_list, encode_list, ChangelogOp};
 
-use crate::restore::read_segment;
+use crate::restore::{check_sequence, read_segment};
 
 /// Canonical entries: (state name, key group, key, namespace, user key) → value (list
 /// state: a canonical list value), as in a canonical state file.
@@ -32,6 +32,7 @@ pub fn changelog_entries(
         return Ok(out);
     };
     let range = range.intersect(&handle.key_group_range);
+    check_sequence("reading changelog entries", segments)?;
     for m in materialized {
         scan_materialized(m, &mut out)?;
     }

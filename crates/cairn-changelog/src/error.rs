@@ -23,6 +23,33 @@ pub enum ChangelogError {
         /// What was wrong.
         detail: String,
     },
+    /// More materializations failed in a row than
+    /// [`crate::ChangelogOptions::max_materialization_failures`] allows.
+    #[error("{failures} materializations failed in a row, {allowed} allowed; the last: {last} uid={uid}")]
+    MaterializationFailures {
+        /// The operator.
+        uid: String,
+        /// Failures in a row.
+        failures: u32,
+        /// The limit.
+        allowed: u32,
+        /// The last failure's message.
+        last: String,
+    },
+    /// The segments of a handle leave a gap (or an overlap) in the sequence numbers: a
+    /// segment is missing from the handle (or listed twice), so replaying it would give
+    /// wrong state.
+    #[error("changelog segments are not contiguous: records are missing or repeated between them path={path} previous={previous} expected_first_sqn={expected_first_sqn} first_sqn={first_sqn}")]
+    SequenceGap {
+        /// The segment after the gap.
+        path: String,
+        /// The segment before it.
+        previous: String,
+        /// The sequence number that should follow the previous segment.
+        expected_first_sqn: u64,
+        /// The first sequence number of the segment after the gap.
+        first_sqn: u64,
+    },
     /// A savepoint or full checkpoint was requested while a restored state that the
     /// program has not registered still has changelog records to replay.
     #[error("restored state has unreplayed changelog records and is not registered; register it before a savepoint or full checkpoint uid={uid} state={state}")]

@@ -30,7 +30,9 @@
 //!   the segments' records for the backend's key groups (so rescaling works) and replays
 //!   them, state by state, when the program registers the state. Segments are read whole
 //!   and checked against the manifest's size, CRC32, first sequence number and record
-//!   count: a torn segment fails the restore, it is never replayed in part.
+//!   count: a torn segment fails the restore, it is never replayed in part. Each segment
+//!   must start at the sequence number where the previous one ends (a segment missing
+//!   from the handle, or listed twice, fails the restore too).
 //! - **Savepoints are canonical**: the wrapper's savepoint is the wrapped backend's, so a job
 //!   with changelog on restores from a savepoint without it, and the other way round.
 //!

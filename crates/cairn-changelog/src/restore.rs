@@ -129,6 +129,43 @@ pub fn read_segment(
         })
 }
 
+/// Checks that `segments` (one handle's, in replay order) number their records without a
+/// gap or an overlap: each segment starts where the previous one ends. The only exception
+/// is a carry segment (`carry-<id>.cls`, the records of restored states that were not
+/// registered when a materialization started), which numbers its records on its own and
+/// is replayed before the segments after the materialization.
+/// `context` says what was being done (errors).
+pub(crate) fn check_sequence(context: &str, segments: &[ChangelogSegment]) -> Result<()> {
+    for pair in segments.windows(2) {
+        let [prev, next] = pair else { continue };
+        if is_carry(prev) {
+            continue;
+        }
+        let expected = prev.first_sqn.checked_add(prev.records);
+        if expected != Some(next.first_sqn) {
+            return Err(StateError::layer(
+                context.to_string(),
+                ChangelogError::SequenceGap {
+                    path: next.file.to_string(),
+                    previous: prev.file.to_string(),
+                    expected_first_sqn: expected.unwrap_or(u64::MAX),
+                    first_sqn: next.first_sqn,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `seg` is a carry segment (see [`check_sequence`]).
+fn is_carry(seg: &ChangelogSegment) -> bool {
+    let file = seg.file.name.rsplit('/').next().unwrap_or_default();
+    file.starts_with(CARRY_PREFIX)
+}
+
+/// How the file name of a carry segment starts.
+pub(crate) const CARRY_PREFIX: &str = "carry-";
+
 /// A scan's error: the segment's or the callback's.
 enum ScanError {
     Format(FormatError),
@@ -220,6 +257,9 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         }
         if any_changelog {
             check_cover(&uid, range, handles)?;
+        }
+        for (_, segments) in &logs {
+            check_sequence(&format!("restoring uid={uid}"), segments)?;
         }
         let overlay = OverlaySource { source, extra };
         self.inner.restore(&mats, &overlay)?;

@@ -16,8 +16,9 @@
 //!
 //! With a storage, files are uploaded (pinned) in the background as soon as they exist.
 //! Without one, a checkpoint's asynchronous phase writes every file its handle needs that
-//! no completed checkpoint wrote yet, through the checkpoint's own target (the bytes stay in
-//! memory until then); rewriting the same bytes under the same name is harmless.
+//! no completed checkpoint wrote yet, or that its target no longer holds (retention deleted
+//! it), through the checkpoint's own target: the bytes stay in memory as long as a holder
+//! may put the file in a manifest; rewriting the same bytes under the same name is harmless.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -484,8 +485,31 @@ impl Shared {
             let Some(e) = t.files.get_mut(name) else {
                 return Ok(());
             };
-            if e.pinned || e.confirmed {
+            if e.pinned {
                 return Ok(());
+            }
+            if e.confirmed {
+                // Written by a completed checkpoint, but without a pin retention deletes it
+                // once no retained checkpoint references it (a materialization started
+                // before the completion may still reference the base before it): ask the
+                // target, and write it again if it is gone.
+                let Some(target) = target.filter(|_| self.storage.is_none()) else {
+                    return Ok(());
+                };
+                let file = e.file.clone();
+                drop(t);
+                if target.holds_shared(&file)? {
+                    return Ok(());
+                }
+                t = self.lock();
+                let Some(e) = t.files.get_mut(name) else {
+                    return Err(self.background_err(
+                        "segment upload",
+                        format!("a shared file is gone and its bytes are not kept name={name}"),
+                    ));
+                };
+                e.confirmed = false;
+                continue;
             }
             let Some(bytes) = e.bytes.clone() else {
                 return Ok(());
@@ -547,13 +571,16 @@ impl Shared {
         }
     }
 
-    /// These files are in a completed checkpoint: keep no bytes for them.
+    /// These files are in a completed checkpoint. With a storage (they are pinned) keep no
+    /// bytes for them; without one keep them while the file is held: retention may delete
+    /// the file once no retained checkpoint references it, and a later checkpoint that
+    /// still references it then writes it again ([`Self::make_durable`]).
     pub(crate) fn confirm_names(&self, names: &[String]) {
         let mut t = self.lock();
         for n in names {
             if let Some(e) = t.files.get_mut(n) {
                 e.confirmed = true;
-                if !e.uploading {
+                if !e.uploading && self.storage.is_some() {
                     e.bytes = None;
                 }
             }

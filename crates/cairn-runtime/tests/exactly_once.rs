@@ -217,6 +217,7 @@ fn changelog_options_reach_the_backends() {
                 min_log_bytes: 2000,
                 segment_bytes: 1000,
                 max_in_flight_bytes: 1,
+                ..ChangelogOptions::default()
             };
         }
         cfg.restart.delay = Duration::from_millis(10);
