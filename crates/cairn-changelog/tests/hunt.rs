@@ -765,6 +765,17 @@ proptest! {
 
 /// A heap changelog backend at parallelism 1 that materializes only when told to.
 fn manual(storage: Option<&CheckpointStorage>) -> ChangelogBackend<HashMapBackend> {
+    manual_with(
+        storage.map(|s| Arc::new(s.clone()) as Arc<dyn ChangelogStorage>),
+        |_| {},
+    )
+}
+
+/// [`manual`] over any changelog storage, with its options changed by `tweak`.
+fn manual_with(
+    storage: Option<Arc<dyn ChangelogStorage>>,
+    tweak: impl FnOnce(&mut ChangelogOptions),
+) -> ChangelogBackend<HashMapBackend> {
     let codec = key_codec().identity().clone();
     let inner = HashMapBackend::new(HashMapConfig {
         uid: UID.into(),
@@ -777,8 +788,9 @@ fn manual(storage: Option<&CheckpointStorage>) -> ChangelogBackend<HashMapBacken
     config.options.materialization_interval = None;
     config.options.min_log_bytes = u64::MAX;
     config.options.segment_bytes = 300;
+    tweak(&mut config.options);
     match storage {
-        Some(s) => ChangelogBackend::new(inner, config, Arc::new(s.clone())),
+        Some(s) => ChangelogBackend::new(inner, config, s),
         None => ChangelogBackend::with_checkpoint_uploads(inner, config),
     }
 }
@@ -927,19 +939,7 @@ fn materializations_failing_past_the_limit_fail_the_backend() {
         storage: storage.clone(),
         fail: AtomicBool::new(true),
     });
-    let codec = key_codec().identity().clone();
-    let inner = HashMapBackend::new(HashMapConfig {
-        uid: UID.into(),
-        max_parallelism: MAX_P,
-        key_group_range: KeyGroupRange::all(MAX_P),
-        key_codec: codec.clone(),
-    })
-    .unwrap();
-    let mut config = ChangelogConfig::new(UID, codec);
-    config.options.materialization_interval = None;
-    config.options.min_log_bytes = u64::MAX;
-    config.options.max_materialization_failures = 2;
-    let mut b = ChangelogBackend::new(inner, config, flaky.clone());
+    let mut b = manual_with(Some(flaky.clone()), |o| o.max_materialization_failures = 2);
     let fail_once = |b: &mut ChangelogBackend<HashMapBackend>, x: u64| {
         put(b, "a", x);
         b.materialize_now().unwrap();
