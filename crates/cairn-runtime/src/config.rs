@@ -137,12 +137,14 @@ impl StateBackendConfig {
 
 /// Failure handling: how often and after what pause a failed job restarts from its latest
 /// checkpoint. The default is Flink's fixed-delay strategy (3 restarts, 100 ms apart);
-/// [`RestartStrategy::exponential_delay`] is Flink's exponential-delay strategy, which
-/// forgives failures that lie far apart, as a long-running job needs.
+/// [`RestartStrategy::exponential_delay`] is Flink's exponential-delay strategy and
+/// [`RestartStrategy::failure_rate`] its failure-rate strategy, both of which forgive
+/// failures that lie far apart, as a long-running job needs.
 #[derive(Clone, Copy, Debug)]
 pub struct RestartStrategy {
     /// Restarts allowed before the job fails for good (default 3; 0 disables restarts);
-    /// counted since the last reset when [`RestartStrategy::reset_after`] is set.
+    /// counted since the last reset when [`RestartStrategy::reset_after`] is set, and
+    /// within the last [`RestartStrategy::failure_rate_interval`] when that is.
     pub max_restarts: u32,
     /// Pause before the first restart (default 100 ms).
     pub delay: Duration,
@@ -153,6 +155,11 @@ pub struct RestartStrategy {
     /// A run that lasts this long before it fails resets the pause to `delay` and the count
     /// of restarts to 0 (Flink's `reset-backoff-threshold`; default: never).
     pub reset_after: Option<Duration>,
+    /// Counts failures in a sliding window of this length instead (Flink's failure-rate
+    /// strategy): the job restarts unless this failure is one more than `max_restarts`
+    /// within the window, however many restarts came before (default: none; `reset_after`
+    /// then does not apply).
+    pub failure_rate_interval: Option<Duration>,
 }
 
 impl Default for RestartStrategy {
@@ -170,6 +177,21 @@ impl RestartStrategy {
             backoff_multiplier: 1.0,
             max_delay: Duration::from_secs(60),
             reset_after: None,
+            failure_rate_interval: None,
+        }
+    }
+
+    /// Flink's failure-rate strategy: restarts after `delay` each time, unless the failure
+    /// is one more than `max_failures_per_interval` within the last `interval` (Flink's
+    /// defaults: 1 per minute, 1 s apart).
+    pub fn failure_rate(
+        max_failures_per_interval: u32,
+        interval: Duration,
+        delay: Duration,
+    ) -> Self {
+        Self {
+            failure_rate_interval: Some(interval),
+            ..Self::fixed_delay(max_failures_per_interval, delay)
         }
     }
 
@@ -188,6 +210,7 @@ impl RestartStrategy {
             backoff_multiplier: 1.5,
             max_delay: Duration::from_secs(60),
             reset_after: Some(Duration::from_secs(3600)),
+            failure_rate_interval: None,
         }
     }
 

@@ -430,6 +430,8 @@ impl Driver {
         let strategy = self.config.restart;
         // Restarts since the last reset, and the pause before the next one.
         let (mut counted, mut delay) = (0u32, strategy.delay);
+        // With a failure rate: the failures within its interval.
+        let mut recent: VecDeque<Instant> = VecDeque::new();
         let outcome = loop {
             let attempt_started = Instant::now();
             match self.run_once(attempt, restore.take(), started) {
@@ -437,13 +439,29 @@ impl Driver {
                     if fatal || strategy.max_restarts == 0 {
                         break Err(error);
                     }
-                    if strategy
-                        .reset_after
-                        .is_some_and(|after| attempt_started.elapsed() >= after)
-                    {
-                        (counted, delay) = (0, strategy.delay);
-                    }
-                    if counted >= strategy.max_restarts {
+                    let exhausted = match strategy.failure_rate_interval {
+                        Some(window) => {
+                            let now = Instant::now();
+                            recent.push_back(now);
+                            while recent
+                                .front()
+                                .is_some_and(|t| now.duration_since(*t) > window)
+                            {
+                                recent.pop_front();
+                            }
+                            recent.len() > strategy.max_restarts as usize
+                        }
+                        None => {
+                            if strategy
+                                .reset_after
+                                .is_some_and(|after| attempt_started.elapsed() >= after)
+                            {
+                                (counted, delay) = (0, strategy.delay);
+                            }
+                            counted >= strategy.max_restarts
+                        }
+                    };
+                    if exhausted {
                         break Err(RuntimeError::RestartsExhausted {
                             restarts: self.result.restarts,
                             last: Box::new(error),

@@ -484,6 +484,7 @@ fn restarts_are_counted_since_the_last_long_run() {
             backoff_multiplier: 2.0,
             max_delay: Duration::from_millis(8),
             reset_after: Some(reset_after),
+            failure_rate_interval: None,
         };
         cfg.records_per_second = Some(20_000);
         let failures = vec![700, 1700, 2700, 3700];

@@ -302,3 +302,75 @@ mod failed_checkpoints_in_a_row {
         assert!(result.checkpoints_completed >= 1, "{result:?}");
     }
 }
+
+/// Flink's failure-rate restart strategy: a job restarts as long as its failures stay under
+/// the rate (here at most one per 100 ms, restarting 250 ms later: four failures restart
+/// four times), and fails once one failure too many falls within the interval.
+mod failure_rate_restarts {
+    use super::*;
+
+    /// Fails at its first record in the runs (attempts) below `failing_runs`.
+    #[derive(Clone)]
+    struct FailsEarlyRuns {
+        failing_runs: u32,
+        attempt: u32,
+    }
+
+    impl Checkpointed for FailsEarlyRuns {
+        fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+            self.attempt = ctx.subtask.attempt;
+            Ok(())
+        }
+    }
+
+    impl ProcessFunction<u64, u64> for FailsEarlyRuns {
+        fn process(&mut self, x: u64, out: &mut Collector<'_, u64>) -> cairn_runtime::Result<()> {
+            if self.attempt < self.failing_runs {
+                return Err(RuntimeError::user("fails", "early runs"));
+            }
+            out.collect(x)
+        }
+    }
+
+    fn job(
+        dir: &Path,
+        strategy: RestartStrategy,
+    ) -> cairn_runtime::Result<cairn_runtime::JobResult> {
+        let mut config = config(dir, 20_000);
+        config.restart = strategy;
+        let f = FailsEarlyRuns {
+            failing_runs: 4,
+            attempt: 0,
+        };
+        let graph = source("source", GeneratorSource::new(2_000, 20, 3))
+            .process("fails", f)
+            .sink("sink", DiscardSink);
+        Job::new(graph, config).run()
+    }
+
+    #[test]
+    fn restart_while_failures_lie_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let strategy = RestartStrategy::failure_rate(
+            1,
+            Duration::from_millis(100),
+            Duration::from_millis(250),
+        );
+        let result = job(dir.path(), strategy).expect("failures one per 250 ms");
+        assert_eq!(result.restarts, 4, "{result:?}");
+        assert_eq!(result.records, 2_000, "{result:?}");
+    }
+
+    #[test]
+    fn fail_the_job_at_one_failure_too_many_within_the_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let strategy =
+            RestartStrategy::failure_rate(2, Duration::from_secs(60), Duration::from_millis(10));
+        match job(dir.path(), strategy) {
+            Err(RuntimeError::RestartsExhausted { restarts: 2, last }) => {
+                assert!(last.to_string().contains("early runs"), "{last}");
+            }
+            other => panic!("expected the third failure to fail the job: {other:?}"),
+        }
+    }
+}
