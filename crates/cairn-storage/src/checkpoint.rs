@@ -21,12 +21,15 @@ use crate::store::Store;
 pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) root: Path,
-    pub(crate) registry: Registry,
+    /// Shared with every other storage open on the same directory in this process.
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// One job's checkpoint directory: `<root>/shared/` and `<root>/chk-<id>/`.
 ///
-/// Cheap to clone (the clones share the in-flight registry). Every method blocks; see the
+/// Cheap to clone (the clones share the in-flight registry, as do all storages open on the
+/// same directory in this process: the same local directory or cloud prefix, or the same
+/// store object given to [`CheckpointStorage::from_store`]). Every method blocks; see the
 /// crate docs for the threading rules.
 #[derive(Clone)]
 pub struct CheckpointStorage {
@@ -92,11 +95,12 @@ impl CheckpointStorage {
     }
 
     fn with_store(store: Store, root: Path) -> Self {
+        let registry = Registry::for_directory(store.directory_key(&root));
         Self {
             inner: Arc::new(Inner {
                 store,
                 root,
-                registry: Registry::default(),
+                registry,
             }),
         }
     }

@@ -83,7 +83,7 @@ pub enum CrashPoint {
 #[derive(Debug, thiserror::Error)]
 #[error("injected fault: {what} op={op:?} path={path}")]
 pub struct InjectedFault {
-    /// `crash`, `crashed`, `nth` or `random`.
+    /// `crash`, `crashed`, `nth`, `nth-after` or `random`.
     pub what: &'static str,
     /// The operation.
     pub op: OpKind,
@@ -95,6 +95,7 @@ pub struct InjectedFault {
 struct Config {
     crash_at_write: Option<(u64, CrashPoint)>,
     fail_nth: Option<(OpKind, u64)>,
+    fail_nth_after: Option<(OpKind, u64)>,
     /// Probability in parts per million, and the xorshift state.
     fail_ppm: u32,
     rng: u64,
@@ -161,6 +162,13 @@ impl FaultyObjectStore {
     /// Fails the `n`th operation of `kind` (1-based, since creation) once, without crashing.
     pub fn fail_nth(&self, kind: OpKind, n: u64) {
         self.config().fail_nth = Some((kind, n));
+    }
+
+    /// Fails the `n`th operation of `kind` (1-based, since creation) once, without crashing,
+    /// **after** it reached the inner store: the write lands but the caller sees an error
+    /// (a request whose acknowledgement was lost, a timeout after the upload completed).
+    pub fn fail_nth_after(&self, kind: OpKind, n: u64) {
+        self.config().fail_nth_after = Some((kind, n));
     }
 
     /// Fails each write with probability `p` (0.0..=1.0), without crashing; `seed` makes the
@@ -237,6 +245,9 @@ impl FaultyObjectStore {
         let count = *count;
         if c.fail_nth == Some((op, count)) {
             return (Decision::FailBefore(fault("nth")), latency);
+        }
+        if c.fail_nth_after == Some((op, count)) {
+            return (Decision::FailAfter(fault("nth-after")), latency);
         }
         if !op.is_write() {
             return (Decision::Proceed, latency);

@@ -1,6 +1,9 @@
 //! The in-process registry of in-flight checkpoints and the shared files they write or
 //! reference, which garbage collection must not delete.
 //!
+//! One registry serves every [`CheckpointStorage`] open on a directory in this process
+//! ([`Registry::for_directory`]).
+//!
 //! Protocol (what makes GC safe against writers in the same process):
 //! - a writer registers a shared name **before** it puts (or references) the file;
 //! - GC checks a candidate against the registry and deletes it while holding the registry
@@ -17,13 +20,14 @@
 //! normal rules apply: it is deleted when no retained manifest references it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use cairn_core::{FileArea, FileRef};
 
 use crate::checkpoint::CheckpointStorage;
 use crate::error::StorageError;
 use crate::layout::{check_name, join, put_file, shared_dir};
+use crate::store::DirectoryKey;
 
 /// Where a writer is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +73,24 @@ pub(crate) struct Registry {
     state: Mutex<RegistryState>,
 }
 
+/// The registry of every checkpoint directory a storage in this process has open.
+static REGISTRIES: Mutex<BTreeMap<DirectoryKey, Weak<Registry>>> = Mutex::new(BTreeMap::new());
+
 impl Registry {
+    /// The registry of directory `key`, shared by every storage open on it in this process:
+    /// two handles on one directory (say the job's, and one a restore opened by path) must
+    /// see each other's in-flight checkpoints, pins and restores, and count ids together.
+    pub(crate) fn for_directory(key: DirectoryKey) -> Arc<Registry> {
+        let mut all = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, r| r.strong_count() > 0);
+        if let Some(registry) = all.get(&key).and_then(Weak::upgrade) {
+            return registry;
+        }
+        let registry = Arc::new(Registry::default());
+        all.insert(key, Arc::downgrade(&registry));
+        registry
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, RegistryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,7 +1,7 @@
 //! Savepoints: self-contained directories of private files with relative names, written to
 //! and opened from any store URL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -145,6 +145,9 @@ pub struct SavepointWriter {
 #[derive(Default)]
 struct Written {
     files: HashMap<String, FileRef>,
+    /// Every name a put was started for, written or not: a put that failed may still have
+    /// landed (its acknowledgement lost), and an abort must delete that file too.
+    attempted: HashSet<String>,
     aborted: bool,
 }
 
@@ -172,8 +175,12 @@ impl SavepointWriter {
             });
         }
         check_name(area, name)?;
-        if self.lock().aborted {
-            return Err(self.aborted());
+        {
+            let mut written = self.lock();
+            if written.aborted {
+                return Err(self.aborted());
+            }
+            written.attempted.insert(name.to_string());
         }
         let path = join(&self.dir, name);
         let file = put_file(&self.store, &path, area, name, bytes)?;
@@ -190,17 +197,21 @@ impl SavepointWriter {
         Ok(file)
     }
 
-    /// Abandons the savepoint: deletes every file written so far, and the directory (local
+    /// Abandons the savepoint: deletes every file written so far (and every file whose put
+    /// failed, which may have landed all the same), and the directory (local
     /// directories) if nothing else is in it. A write still under way deletes its file when
     /// it ends; later writes and [`SavepointWriter::publish`] are refused. Deletion is best
     /// effort: a file that cannot be deleted stays, and no `_metadata` ever names it.
     pub fn abort(&self) {
-        let files = {
+        let names = {
             let mut written = self.lock();
             written.aborted = true;
-            std::mem::take(&mut written.files)
+            let files = std::mem::take(&mut written.files);
+            let mut names = std::mem::take(&mut written.attempted);
+            names.extend(files.into_keys());
+            names
         };
-        for name in files.keys() {
+        for name in &names {
             let _ = self.store.delete(&join(&self.dir, name));
         }
         let _ = self.store.remove_local_dir_if_empty(&self.dir);

@@ -16,6 +16,16 @@ use tokio::runtime::Runtime;
 use crate::error::StorageError;
 use crate::upload::{put_object, UploadError, MULTIPART_THRESHOLD, PART_SIZE};
 
+/// What identifies one checkpoint directory in this process (see [`Store::directory_key`]).
+/// An `Object` key is only ever looked up while a storage holding that store is alive, so
+/// its address cannot name another store meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum DirectoryKey {
+    Local(PathBuf),
+    Cloud(String, String),
+    Object(usize, String),
+}
+
 /// The runtime shared by every storage in the process (created on first use).
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 
@@ -43,6 +53,8 @@ pub(crate) struct Store {
     rt: Arc<Runtime>,
     /// The file-system directory that object path `""` maps to (local stores opened by URL).
     local_root: Option<PathBuf>,
+    /// `scheme://bucket` of a cloud store opened by URL (which builds a new client each time).
+    cloud: Option<String>,
 }
 
 impl Store {
@@ -54,7 +66,24 @@ impl Store {
             store,
             rt: shared_runtime()?,
             local_root,
+            cloud: None,
         })
+    }
+
+    /// What names the directory `root` of this store within the process, so that every
+    /// storage opened on one directory shares one in-flight registry: the local directory,
+    /// the cloud bucket and prefix, or else the store object itself (a store given to
+    /// `from_store`, shared by handing the same `Arc` around; `memory://` opens a fresh one).
+    pub(crate) fn directory_key(&self, root: &Path) -> DirectoryKey {
+        if let Some(p) = self.local_path(root) {
+            return DirectoryKey::Local(p);
+        }
+        if let Some(cloud) = &self.cloud {
+            return DirectoryKey::Cloud(cloud.clone(), root.to_string());
+        }
+        // The data pointer only (a `dyn` pointer's vtable part may differ between casts).
+        let object = Arc::as_ptr(&self.store) as *const () as usize;
+        DirectoryKey::Object(object, root.to_string())
     }
 
     /// Opens `url` (`memory://[path]`, `file:///abs/dir`, a plain local path, or a cloud URL),
@@ -108,7 +137,11 @@ impl Store {
         build: fn(&str) -> Result<Arc<dyn ObjectStore>, StorageError>,
     ) -> Result<(Self, Path), StorageError> {
         let store = build(url)?;
-        Ok((Self::new(store, None)?, path.clone()))
+        let mut this = Self::new(store, None)?;
+        this.cloud = url::Url::parse(url)
+            .ok()
+            .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()));
+        Ok((this, path.clone()))
     }
 
     fn open_local(url: &str, dir: &FsPath, create: bool) -> Result<(Self, Path), StorageError> {
