@@ -396,20 +396,20 @@ mod tests {
         (g, index)
     }
 
-    /// Subtask `index` of `parallelism`, fresh (`None`) or restored from its share.
-    fn subtask(
-        proto: &GeneratorSource,
+    /// Subtask `index` of `parallelism` of `source`, fresh (`None`) or restored from its
+    /// share.
+    fn init<S: Checkpointed>(
+        mut source: S,
         index: u32,
         parallelism: u32,
         restored: Option<Vec<OperatorStateSnapshot>>,
-    ) -> Result<(GeneratorSource, OperatorStateBackend)> {
-        let mut backend = OperatorStateBackend::new("gen");
+    ) -> Result<(S, OperatorStateBackend)> {
+        let mut backend = OperatorStateBackend::new("source");
         let is_restored = restored.is_some();
         if let Some(states) = restored {
             backend.restore(states)?;
         }
-        let mut g = proto.clone();
-        g.initialize_state(&mut InitContext {
+        source.initialize_state(&mut InitContext {
             operator_state: &mut backend,
             is_restored,
             subtask: SubtaskInfo {
@@ -421,7 +421,17 @@ mod tests {
             run_id: "test",
             checkpointing: true,
         })?;
-        Ok((g, backend))
+        Ok((source, backend))
+    }
+
+    /// A generator subtask (see [`init`]).
+    fn subtask(
+        proto: &GeneratorSource,
+        index: u32,
+        parallelism: u32,
+        restored: Option<Vec<OperatorStateSnapshot>>,
+    ) -> Result<(GeneratorSource, OperatorStateBackend)> {
+        init(proto.clone(), index, parallelism, restored)
     }
 
     /// Polls up to `max` records; the indices emitted, and the status.
@@ -536,34 +546,6 @@ mod tests {
         assert!(err.to_string().contains("stride 0: next=3"), "{err}");
     }
 
-    /// A file source subtask, fresh or restored from its share.
-    fn file_subtask(
-        path: &std::path::Path,
-        index: u32,
-        parallelism: u32,
-        restored: Option<Vec<OperatorStateSnapshot>>,
-    ) -> Result<(FileSource, OperatorStateBackend)> {
-        let mut backend = OperatorStateBackend::new("file");
-        let is_restored = restored.is_some();
-        if let Some(states) = restored {
-            backend.restore(states)?;
-        }
-        let mut f = FileSource::new(path);
-        f.initialize_state(&mut InitContext {
-            operator_state: &mut backend,
-            is_restored,
-            subtask: SubtaskInfo {
-                index,
-                parallelism,
-                max_parallelism: 128,
-                attempt: 0,
-            },
-            run_id: "test",
-            checkpointing: true,
-        })?;
-        Ok((f, backend))
-    }
-
     /// Polls up to `max` lines (`usize::MAX`: to the end).
     fn read(f: &mut FileSource, max: usize) -> Vec<String> {
         let mut chain = Collect(Vec::new());
@@ -611,7 +593,8 @@ mod tests {
             };
             let mut next = Vec::new();
             for (i, share) in shares.into_iter().enumerate() {
-                let (mut f, mut backend) = file_subtask(&path, i as u32, p, share).expect("init");
+                let (mut f, mut backend) =
+                    init(FileSource::new(&path), i as u32, p, share).expect("init");
                 let max = if last { usize::MAX } else { 40 + 23 * i };
                 read_so_far.extend(read(&mut f, max));
                 f.snapshot_state(&mut SnapshotContext {
