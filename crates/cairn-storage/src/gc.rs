@@ -8,7 +8,8 @@ use cairn_core::FileArea;
 
 use crate::checkpoint::{CheckpointStatus, CheckpointStorage};
 use crate::error::StorageError;
-use crate::layout::{checkpoint_dir, join, shared_dir};
+use crate::layout::{checkpoint_dir, join_listed, shared_dir};
+use crate::store::staging_base;
 
 /// What [`CheckpointStorage::retain`] deleted, or [`CheckpointStorage::gc_plan`] would delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +36,13 @@ pub struct GcReport {
     /// Shared files that no manifest references, kept because they are younger than the
     /// minimum age (see [`CheckpointStorage::retain_min_age`]), sorted.
     pub shared_young: Vec<String>,
+    /// Staging files of interrupted puts in a local `shared/` deleted: `<name>#<n>`, where
+    /// `object_store` writes a file before renaming it to `<name>`, left behind by a process
+    /// that died in between (names relative to `shared/`, sorted). Listings never show them
+    /// and no manifest can name them. One whose `<name>` a checkpoint in flight here writes
+    /// is kept in [`GcReport::shared_in_flight`], and one younger than the minimum age in
+    /// [`GcReport::shared_young`].
+    pub staging_deleted: Vec<String>,
     /// Checkpoints whose manifest exists but does not decode, with the error.
     pub corrupt: Vec<(u64, String)>,
     /// Why shared files were not collected at all, if they were not.
@@ -133,13 +141,36 @@ impl CheckpointStorage {
                 report.shared_in_flight.push(name);
                 continue;
             }
-            self.inner.store.delete(&join(&shared, &name))?;
+            self.inner.store.delete(&join_listed(&shared, &name))?;
             drop(reg);
             deleted.push(name);
         }
         report.shared_deleted = deleted;
+        let staging = std::mem::take(&mut report.staging_deleted);
+        self.delete_staging(staging, &mut report)?;
         report.shared_in_flight.sort_unstable();
         Ok(report)
+    }
+
+    /// Deletes the staging files `names` in `shared/` (see [`GcReport::staging_deleted`]),
+    /// except one whose target file is in flight here now.
+    fn delete_staging(
+        &self,
+        names: Vec<String>,
+        report: &mut GcReport,
+    ) -> Result<(), StorageError> {
+        let shared = shared_dir(&self.inner.root);
+        for name in names {
+            let reg = self.inner.registry.lock();
+            if staging_target(&name).is_some_and(|t| reg.is_shared_in_flight(t)) {
+                report.shared_in_flight.push(name);
+                continue;
+            }
+            self.inner.store.remove_local_staging(&shared, &name)?;
+            drop(reg);
+            report.staging_deleted.push(name);
+        }
+        Ok(())
     }
 
     /// Discards every checkpoint: deletes every checkpoint directory (manifest first) and
@@ -169,6 +200,9 @@ impl CheckpointStorage {
                 shared_files.push(name.join("/"));
             }
         }
+        // No manifest names a staging file: each is garbage unless its put is in flight.
+        let staging = self.inner.store.local_staging_files(&shared)?;
+        self.delete_staging(staging.into_iter().map(|(n, _)| n).collect(), &mut report)?;
         let mut referenced = BTreeSet::new();
         let mut kept_corrupt = false;
         for (id, status) in self.scan()? {
@@ -221,7 +255,7 @@ impl CheckpointStorage {
                 report.shared_in_flight.push(name);
                 continue;
             }
-            self.inner.store.delete(&join(&shared, &name))?;
+            self.inner.store.delete(&join_listed(&shared, &name))?;
             drop(reg);
             report.shared_deleted.push(name);
         }
@@ -267,6 +301,7 @@ impl CheckpointStorage {
                 shared_files.insert(name.join("/"), young.is_young(&meta));
             }
         }
+        let staging = self.inner.store.local_staging_files(&shared)?;
         let scan = self.scan()?;
         // Incomplete directories with a file younger than the minimum age (listed before the
         // registry is locked).
@@ -339,6 +374,17 @@ impl CheckpointStorage {
                     }
                 }
             }
+            // No manifest names a staging file (`#` is not allowed in a file name), so each
+            // one goes, corrupt manifests or not, unless its put may be running.
+            for (name, modified) in staging {
+                if staging_target(&name).is_some_and(|t| reg.is_shared_in_flight(t)) {
+                    report.shared_in_flight.push(name);
+                } else if young.is_young_at(modified) {
+                    report.shared_young.push(name);
+                } else {
+                    report.staging_deleted.push(name);
+                }
+            }
             if kept_corrupt {
                 report.shared_skipped = Some(
                     "a kept checkpoint has a manifest this build cannot read; its shared files are unknown"
@@ -389,4 +435,23 @@ impl Youth {
         self.cutoff_ms
             .is_some_and(|cutoff| meta.last_modified.timestamp_millis() > cutoff)
     }
+
+    /// [`Youth::is_young`] for a file-system modification time; an unknown one is young
+    /// whenever a minimum age applies.
+    fn is_young_at(&self, modified: Option<SystemTime>) -> bool {
+        let Some(cutoff) = self.cutoff_ms else {
+            return false;
+        };
+        modified
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .is_none_or(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX) > cutoff)
+    }
+}
+
+/// The shared file a staging file `name` (relative to `shared/`) is written for: `name`
+/// without its `#<n>` suffix.
+fn staging_target(name: &str) -> Option<&str> {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let base = staging_base(file)?;
+    Some(&name[..name.len() - file.len() + base.len()])
 }

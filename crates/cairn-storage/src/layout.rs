@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use cairn_core::{is_valid_file_name, FileArea, FileRef};
 use cairn_format::{decode_manifest, Manifest, MANIFEST_FILE_NAME};
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 
 use crate::error::StorageError;
 use crate::store::Store;
@@ -12,10 +12,25 @@ use crate::store::Store;
 pub(crate) const SHARED_DIR: &str = "shared";
 /// The prefix of a checkpoint directory name (`chk-<id>`).
 pub(crate) const CHECKPOINT_DIR_PREFIX: &str = "chk-";
+/// Beside a savepoint's manifest while `discard_savepoint` deletes the savepoint: a copy of
+/// the manifest, written before the manifest goes and deleted last, so that a discard
+/// interrupted after the manifest went can still be finished. A reserved private file name.
+pub const DISCARD_MARKER_NAME: &str = "_discarding";
 
 /// `base/<name>` for a validated, `/`-separated name.
 pub(crate) fn join(base: &Path, name: &str) -> Path {
     name.split('/').fold(base.clone(), |p, seg| p.join(seg))
+}
+
+/// `base/<name>` for a name made of the raw parts of a listed location, joined by `/`: the
+/// parts are taken as they are, where [`join`] would percent-encode characters such as `#`
+/// and so name another object (a file no Cairn writer made, which gc deletes all the same).
+pub(crate) fn join_listed(base: &Path, name: &str) -> Path {
+    name.split('/')
+        .fold(base.clone(), |p, seg| match PathPart::parse(seg) {
+            Ok(part) => p.parts().chain(std::iter::once(part)).collect(),
+            Err(_) => p.join(seg),
+        })
 }
 
 pub(crate) fn checkpoint_dir(root: &Path, id: u64) -> Path {
@@ -50,6 +65,12 @@ pub(crate) fn check_name(area: FileArea, name: &str) -> Result<(), StorageError>
         return Err(StorageError::InvalidName {
             name: name.to_string(),
             reason: "reserved for the manifest",
+        });
+    }
+    if area == FileArea::Private && name == DISCARD_MARKER_NAME {
+        return Err(StorageError::InvalidName {
+            name: name.to_string(),
+            reason: "reserved for the marker of a savepoint being discarded",
         });
     }
     Ok(())
@@ -160,6 +181,7 @@ mod tests {
     fn names_are_checked() {
         assert!(check_name(FileArea::Private, "op/0.state").is_ok());
         assert!(check_name(FileArea::Private, "_metadata").is_err());
+        assert!(check_name(FileArea::Private, "_discarding").is_err());
         assert!(check_name(FileArea::Shared, "_metadata").is_ok());
         assert!(check_name(FileArea::Shared, "../x").is_err());
         assert!(check_name(FileArea::Shared, "").is_err());

@@ -156,8 +156,9 @@ pub use job::{
     assemble_manifest, keyed_handles_for, restore_subtask, snapshot_operator, write_savepoint,
     PendingOperator, SubtaskRef,
 };
+pub use layout::DISCARD_MARKER_NAME;
 pub use lock::{DirectoryLock, LOCK_FILE_NAME};
 pub use savepoint::{
-    create_savepoint, create_savepoint_in, discard_savepoint, open_savepoint, open_savepoint_in,
-    SavepointSource, SavepointWriter,
+    create_savepoint, create_savepoint_in, discard_savepoint, discard_savepoint_in, open_savepoint,
+    open_savepoint_in, SavepointSource, SavepointWriter,
 };

@@ -15,6 +15,7 @@ use crate::checkpoint::{check_crc32, read_for_restore};
 use crate::error::StorageError;
 use crate::layout::{
     check_name, join, manifest_path, put_file, read_checked, read_manifest, write_manifest,
+    DISCARD_MARKER_NAME,
 };
 use crate::store::{Store, NOT_A_DIRECTORY};
 
@@ -69,6 +70,13 @@ fn create_in(
 /// Opens the savepoint at `url`: its directory or its `_metadata` file. Returns the manifest
 /// and a source that reads its files.
 pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageError> {
+    let (store, dir, dir_url) = locate(url)?;
+    open_in(store, dir, &dir_url)
+}
+
+/// The store and directory of the savepoint at `url` (its directory or its `_metadata`
+/// file), with the directory's URL.
+fn locate(url: &str) -> Result<(Store, Path, String), StorageError> {
     let trimmed = url.trim_end_matches('/');
     let dir_url = trimmed
         .strip_suffix(MANIFEST_FILE_NAME)
@@ -84,23 +92,49 @@ pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageE
         }
         other => other?,
     };
-    open_in(store, dir, dir_url)
+    Ok((store, dir, dir_url.to_string()))
 }
 
-/// Deletes the savepoint at `url` (its directory or its `_metadata` file): its manifest
-/// first, so that an interrupted deletion never leaves what looks like a whole savepoint,
-/// then every file the manifest references, then (local directories) the directory if
-/// nothing else is in it. Other files in the directory stay. Refuses what is not a
-/// savepoint.
+/// Deletes the savepoint at `url` (its directory or its `_metadata` file). First it writes
+/// a copy of the manifest beside it ([`DISCARD_MARKER_NAME`]), then it deletes the manifest,
+/// so that an interrupted deletion never leaves what looks like a whole savepoint; then
+/// every file the manifest references, the copy last, and (local directories) the
+/// directory if nothing else is in it. Other files in the directory stay. A discard
+/// interrupted after the manifest went is finished by discarding the same URL again (the
+/// copy says what is left to delete). Refuses what is not a savepoint.
 pub fn discard_savepoint(url: &str) -> Result<(), StorageError> {
-    let (manifest, source) = open_savepoint(url)?;
-    let SavepointSource { store, dir } = source;
+    let (store, dir, dir_url) = locate(url)?;
+    discard_in(store, dir, &dir_url)
+}
+
+/// [`discard_savepoint`] for directory `dir` of a store you built.
+pub fn discard_savepoint_in(store: Arc<dyn ObjectStore>, dir: Path) -> Result<(), StorageError> {
+    let url = dir.to_string();
+    discard_in(Store::new(store, None)?, dir, &url)
+}
+
+fn discard_in(store: Store, dir: Path, dir_url: &str) -> Result<(), StorageError> {
+    let marker = join(&dir, DISCARD_MARKER_NAME);
+    let manifest = match open_in(store.clone(), dir.clone(), dir_url) {
+        Ok((manifest, _)) => {
+            write_manifest(&store, &marker, &manifest)?;
+            manifest
+        }
+        // No manifest: finish an interrupted discard if it left its copy.
+        Err(missing) if missing.is_not_found() => match read_manifest(&store, &marker)? {
+            Some(copy) if copy.snapshot_type == SnapshotType::Savepoint => copy,
+            _ => return Err(missing),
+        },
+        Err(e) => return Err(e),
+    };
     store.delete(&manifest_path(&dir))?;
     store.sync_deletes_in(&dir)?;
     for file in manifest.files() {
         check_name(file.area, &file.name)?;
         store.delete(&join(&dir, &file.name))?;
     }
+    store.sync_deletes_in(&dir)?;
+    store.delete(&marker)?;
     store.remove_local_dir_if_empty(&dir)
 }
 

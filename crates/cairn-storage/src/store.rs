@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -325,6 +326,62 @@ impl Store {
         Ok(())
     }
 
+    /// The staging files under local directory `dir`, recursively: `<name>#<digits>`, where
+    /// `object_store` writes a put before renaming it to `<name>`. A process that dies in
+    /// between leaves one behind, and `object_store` listings skip such names, so only this
+    /// finds them. Each comes as its path relative to `dir` (`/`-separated) with its
+    /// modification time. Empty for other stores and for a missing directory.
+    pub(crate) fn local_staging_files(
+        &self,
+        dir: &Path,
+    ) -> Result<Vec<(String, Option<SystemTime>)>, StorageError> {
+        fn walk(
+            p: &FsPath,
+            prefix: &str,
+            out: &mut Vec<(String, Option<SystemTime>)>,
+        ) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(p)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let rel = format!("{prefix}{name}");
+                if entry.file_type()?.is_dir() {
+                    walk(&entry.path(), &format!("{rel}/"), out)?;
+                } else if staging_base(&name).is_some() {
+                    out.push((rel, entry.metadata()?.modified().ok()));
+                }
+            }
+            Ok(())
+        }
+        let Some(p) = self.local_path(dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        match walk(&p, "", &mut out) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("list_staging", &p, e)),
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes staging file `name` (relative to local directory `dir`; see
+    /// [`Store::local_staging_files`]); a missing one is not an error. A no-op for other
+    /// stores.
+    pub(crate) fn remove_local_staging(&self, dir: &Path, name: &str) -> Result<(), StorageError> {
+        let Some(mut p) = self.local_path(dir) else {
+            return Ok(());
+        };
+        p.extend(name.split('/'));
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("remove_staging", &p, e)),
+        }
+    }
+
     /// Removes a local directory left empty (and empty directories in it); one that still
     /// holds a file stays. A no-op for other stores.
     pub(crate) fn remove_local_dir_if_empty(&self, dir: &Path) -> Result<(), StorageError> {
@@ -382,6 +439,15 @@ fn sync_dir(dir: &FsPath) -> Result<(), StorageError> {
         let _ = dir;
         Ok(())
     }
+}
+
+/// The name a staging file of `object_store`'s local puts stands in for: `name` of
+/// `name#<digits>` (the test its listings skip a file by, first `#` included), `None` for
+/// any other file name.
+pub(crate) fn staging_base(file_name: &str) -> Option<&str> {
+    let (base, suffix) = file_name.split_once('#')?;
+    (!base.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(base)
 }
 
 /// The reason of [`StorageError::InvalidUrl`] for a local path that is no directory.

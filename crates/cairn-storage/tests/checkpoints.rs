@@ -349,6 +349,15 @@ fn discarding_a_savepoint_deletes_its_files_only() {
     assert!(
         expect_err(discard_savepoint(dir.path().join("nope").to_str().unwrap())).is_not_found()
     );
+    // What an interrupted discard left, its copy of the manifest damaged: an error naming
+    // the copy; the files stay.
+    std::fs::create_dir_all(sp.join("op")).unwrap();
+    std::fs::write(sp.join("op/0.state"), b"left").unwrap();
+    std::fs::write(sp.join("_discarding"), b"CAIRNMF\0 torn").unwrap();
+    let e = expect_err(discard_savepoint(sp.to_str().unwrap()));
+    assert!(matches!(e, StorageError::CorruptManifest { .. }), "{e}");
+    assert!(e.to_string().contains("_discarding"), "{e}");
+    assert!(sp.join("op/0.state").is_file());
 }
 
 /// An aborted savepoint leaves nothing behind: the files written before the abort are
@@ -641,4 +650,72 @@ fn a_minimum_age_keeps_what_a_job_elsewhere_may_be_writing() {
             && plan.shared_young.is_empty(),
         "{plan:?}"
     );
+}
+
+/// A process that dies during a local put leaves `object_store`'s staging file
+/// (`<name>#<n>`, written before the rename to `<name>`), which listings never show: gc
+/// finds and deletes those in `shared/` unless the put may still be running (its name in
+/// flight here, or younger than the minimum age).
+#[test]
+fn gc_deletes_staging_files_that_a_crashed_put_left_in_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("job");
+    let storage = CheckpointStorage::open(root.to_str().unwrap()).unwrap();
+    write_checkpoint(&storage, 1, &["s/a.sst"]);
+    let shared = root.join("shared");
+    // What crashed puts left: one of a file that was put again and completed since, one of
+    // a file no checkpoint ever referenced. `x#y` is an ordinary (unreferenced) file name
+    // to object_store, not a staging file.
+    for name in ["s/a.sst#1", "lost.sst#12", "x#y"] {
+        std::fs::write(shared.join(name), b"torn").unwrap();
+    }
+    let staging = |plan: &cairn_storage::GcReport| plan.staging_deleted.clone();
+
+    let young = storage
+        .gc_plan_min_age(1, Duration::from_secs(3600))
+        .unwrap();
+    assert!(staging(&young).is_empty(), "{young:?}");
+    assert_eq!(
+        young.shared_young,
+        vec!["lost.sst#12", "s/a.sst#1", "x#y"],
+        "{young:?}"
+    );
+    let plan = storage.gc_plan(1).unwrap();
+    assert_eq!(staging(&plan), vec!["lost.sst#12", "s/a.sst#1"], "{plan:?}");
+    assert_eq!(plan.shared_deleted, vec!["x#y"], "{plan:?}");
+    assert!(shared.join("lost.sst#12").is_file(), "a plan deletes nothing");
+
+    // A checkpoint in flight here writes `lost.sst`: its staging file may be that put's.
+    let w = storage.begin_checkpoint(2).unwrap();
+    let lost = w
+        .write_file(FileArea::Shared, "lost.sst", content("lost", 10))
+        .unwrap();
+    let report = storage.retain(1).unwrap();
+    assert_eq!(report.staging_deleted, vec!["s/a.sst#1"], "{report:?}");
+    assert_eq!(
+        report.shared_in_flight,
+        vec!["lost.sst", "lost.sst#12"],
+        "{report:?}"
+    );
+    assert!(!shared.join("s/a.sst#1").exists());
+    assert!(shared.join("lost.sst#12").is_file());
+    assert!(shared.join("s/a.sst").is_file(), "the referenced file stays");
+    storage
+        .publish(w, &manifest(2, SnapshotType::Checkpoint, &[lost]))
+        .unwrap();
+
+    let report = storage.retain(1).unwrap();
+    assert_eq!(report.staging_deleted, vec!["lost.sst#12"], "{report:?}");
+    assert!(!shared.join("lost.sst#12").exists());
+    assert_restorable(&storage, 2);
+
+    // Discarding every checkpoint takes staging files too.
+    std::fs::write(shared.join("lost.sst#3"), b"torn").unwrap();
+    let report = storage.discard_all().unwrap();
+    assert_eq!(report.staging_deleted, vec!["lost.sst#3"], "{report:?}");
+    let left: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.iter().all(|n| n == "s"), "{left:?}");
 }

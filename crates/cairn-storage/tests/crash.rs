@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use cairn_core::{FileArea, FileRef, SnapshotTarget, SnapshotType};
 use cairn_storage::fault::{CrashPoint, FaultyObjectStore, OpKind};
-use cairn_storage::{CheckpointStorage, StorageError};
+use cairn_storage::{
+    create_savepoint_in, discard_savepoint_in, open_savepoint_in, CheckpointStorage, StorageError,
+};
 use common::{assert_restorable, content, manifest};
+use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -323,4 +326,73 @@ fn fault_store_options() {
     assert!(storage.completed_checkpoints().is_err());
     let err = w.write_file(FileArea::Private, "z", vec![1]).unwrap_err();
     assert!(format!("{err:?}").contains("InjectedFault"), "{err:?}");
+}
+
+/// Discarding a savepoint, crashed at each of its writes (before and after the write
+/// lands): the savepoint is either still whole or no longer opens, and discarding it again
+/// finishes the job, leaving nothing behind. (A discard interrupted after the manifest went
+/// used to leave the files, and the next one refused the directory for lack of a manifest.)
+#[test]
+fn an_interrupted_savepoint_discard_is_finished_by_the_next() {
+    let dir = Path::from("savepoints/sp-4-00000000");
+    let setup = || {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let w = create_savepoint_in(store.clone(), dir.clone(), 4).unwrap();
+        let files: Vec<FileRef> = ["op/0.state", "op/1.state", "other/0.state"]
+            .iter()
+            .map(|name| w.write(FileArea::Private, name, content(name, 80)).unwrap())
+            .collect();
+        w.publish(&manifest(4, SnapshotType::Savepoint, &files))
+            .unwrap();
+        store
+    };
+    let left = |store: &Arc<dyn ObjectStore>| -> Vec<String> {
+        futures::executor::block_on(store.list(Some(&dir)).try_collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect()
+    };
+
+    let store = setup();
+    let faulty = FaultyObjectStore::new(store.clone());
+    discard_savepoint_in(Arc::new(faulty.clone()), dir.clone()).unwrap();
+    let writes = faulty.writes();
+    assert_eq!(
+        writes,
+        6,
+        "the copy of the manifest, the manifest, 3 files, the copy: {:?}",
+        faulty.write_log()
+    );
+    assert!(left(&store).is_empty());
+
+    for n in 1..=writes {
+        for point in [CrashPoint::BeforeWrite, CrashPoint::AfterWrite] {
+            let ctx = format!("crash at write {n} ({point:?})");
+            let store = setup();
+            let faulty = FaultyObjectStore::new(store.clone());
+            faulty.crash_at_write(n, point);
+            assert!(
+                discard_savepoint_in(Arc::new(faulty), dir.clone()).is_err(),
+                "{ctx}"
+            );
+            match open_savepoint_in(store.clone(), dir.clone()) {
+                Ok((m, source)) => {
+                    for f in m.files() {
+                        source
+                            .read(f)
+                            .unwrap_or_else(|e| panic!("{ctx}: half a savepoint: {e}"));
+                    }
+                }
+                Err(e) => assert!(e.is_not_found(), "{ctx}: {e}"),
+            }
+            match discard_savepoint_in(store.clone(), dir.clone()) {
+                Ok(()) => {}
+                // The crash came after the last write landed: nothing is left to finish.
+                Err(e) if e.is_not_found() && n == writes => {}
+                Err(e) => panic!("{ctx}: the next discard failed: {e}"),
+            }
+            assert_eq!(left(&store), Vec::<String>::new(), "{ctx}");
+        }
+    }
 }

@@ -36,7 +36,8 @@ pub struct GcOutcome {
     /// Complete checkpoints kept, ascending.
     pub retained: Vec<u64>,
     /// Everything deleted (or to delete), in order: subsumed checkpoint directories
-    /// (`chk-<id>/`), incomplete ones, then shared files (`shared/<name>`).
+    /// (`chk-<id>/`), incomplete ones, shared files (`shared/<name>`), then staging files
+    /// of interrupted puts (`shared/<name>#<n>`).
     pub deleted: Vec<String>,
     /// Incomplete checkpoint directories kept (newer than the newest complete one, or
     /// younger than the minimum age).
@@ -71,7 +72,12 @@ impl GcOutcome {
             .chain(&r.incomplete)
             .map(|id| format!("chk-{id}/"))
             .collect();
-        deleted.extend(r.shared_deleted.iter().map(|n| format!("shared/{n}")));
+        deleted.extend(
+            r.shared_deleted
+                .iter()
+                .chain(&r.staging_deleted)
+                .map(|n| format!("shared/{n}")),
+        );
         Self {
             root: root.location.clone(),
             dry_run,

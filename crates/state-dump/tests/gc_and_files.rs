@@ -125,6 +125,8 @@ fn files_lists_references_and_orphans() {
 fn dry_run_lists_exactly_what_gc_deletes_and_retained_checkpoints_stay_whole() {
     let dir = tempfile::tempdir().unwrap();
     let root = job_dir(dir.path());
+    // What a job killed during a put of a shared file leaves (object_store's staging name).
+    std::fs::write(root.join("shared/orphan.state#1"), b"torn").unwrap();
     let before = on_disk(&root);
     let dry = run(&[
         "gc",
@@ -144,6 +146,7 @@ fn dry_run_lists_exactly_what_gc_deletes_and_retained_checkpoints_stay_whole() {
         "{planned:?}"
     );
     assert!(planned.contains(&"shared/orphan.state".to_string()));
+    assert!(planned.contains(&"shared/orphan.state#1".to_string()));
     let human = run(&[
         "gc",
         s(&root),
