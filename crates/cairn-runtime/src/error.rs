@@ -8,7 +8,7 @@ use cairn_storage::StorageError;
 #[non_exhaustive]
 pub enum RuntimeError {
     /// State access, snapshot or restore failed in a backend.
-    #[error("state error in operator {uid}: {source}")]
+    #[error("state error{}: {source}", in_operator(.uid, .source))]
     State {
         /// The operator.
         uid: String,
@@ -147,7 +147,10 @@ impl RuntimeError {
                     | StateError::IncompatibleKind { .. }
                     | StateError::Restore { .. }),
             } => RuntimeError::Restore {
-                reason: format!("operator {uid}: {source}"),
+                reason: match in_operator(&uid, &source) {
+                    named if named.is_empty() => source.to_string(),
+                    _ => format!("operator {uid}: {source}"),
+                },
             },
             // A name no run may use: the job's program is wrong, and no restart cures it.
             RuntimeError::State {
@@ -178,6 +181,37 @@ impl RuntimeError {
     }
 }
 
+/// ` in operator <uid>`, or nothing when `source` names the uid itself (`uid=<uid>` or
+/// `operator <uid>`, as the backends' errors do) or the uid is not known: the uid once in
+/// every message.
+fn in_operator(uid: &str, source: &StateError) -> String {
+    if uid.is_empty() || names_uid(&source.to_string(), uid) {
+        String::new()
+    } else {
+        format!(" in operator {uid}")
+    }
+}
+
+/// Whether `message` holds `uid=<uid>` or `operator <uid>` as a whole field (not the start
+/// of a longer uid, nor the end of a longer word).
+fn names_uid(message: &str, uid: &str) -> bool {
+    [format!("uid={uid}"), format!("operator {uid}")]
+        .iter()
+        .any(|field| {
+            message.match_indices(field.as_str()).any(|(at, _)| {
+                let whole_start = message[..at]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !c.is_alphanumeric() && c != '_');
+                let whole_end = message[at + field.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| c.is_whitespace() || matches!(c, ',' | ';' | ')' | ']' | ':'));
+                whole_start && whole_end
+            })
+        })
+}
+
 /// A state error from a user function; the operator fills in its uid.
 impl From<StateError> for RuntimeError {
     fn from(source: StateError) -> Self {
@@ -199,5 +233,55 @@ pub(crate) trait StateResultExt<T> {
 impl<T> StateResultExt<T> for std::result::Result<T, StateError> {
     fn in_op(self, uid: &str) -> Result<T> {
         self.map_err(|e| RuntimeError::state(uid, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restore(reason: &str) -> StateError {
+        StateError::Restore {
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_state_error_names_its_operator_once() {
+        let named = RuntimeError::state("count", restore("bad file uid=count state=n"));
+        assert_eq!(
+            named.to_string(),
+            "state error: cannot restore: bad file uid=count state=n"
+        );
+        let phrased = RuntimeError::state("count", restore("state n of operator count: x"));
+        assert_eq!(
+            phrased.to_string(),
+            "state error: cannot restore: state n of operator count: x"
+        );
+        // Another operator's uid, or a longer one that starts with this uid, is not it.
+        for other in [
+            "bad file uid=count2",
+            "bad file uid=counter",
+            "my_operator count",
+        ] {
+            assert_eq!(
+                RuntimeError::state("count", restore(other)).to_string(),
+                format!("state error in operator count: cannot restore: {other}")
+            );
+        }
+        assert_eq!(
+            RuntimeError::state("", restore("x")).to_string(),
+            "state error: cannot restore: x"
+        );
+        let registration = RuntimeError::state("count", restore("uid=count")).registration();
+        assert_eq!(
+            registration.to_string(),
+            "restore failed: cannot restore: uid=count"
+        );
+        let registration = RuntimeError::state("count", restore("gone")).registration();
+        assert_eq!(
+            registration.to_string(),
+            "restore failed: operator count: cannot restore: gone"
+        );
     }
 }
