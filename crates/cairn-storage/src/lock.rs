@@ -67,6 +67,30 @@ impl Drop for DirectoryLock {
 /// probe ([`CheckpointStorage::lock_holder`]) to let go.
 const LOCK_PATIENCE: Duration = Duration::from_millis(250);
 
+/// How long [`CheckpointStorage::lock_for_job`] waits for a brief holder
+/// ([`CheckpointStorage::lock_briefly`], such as `state-dump gc`) to let go.
+const BRIEF_PATIENCE: Duration = Duration::from_secs(120);
+
+/// How a brief holder's line starts in the lock file.
+const BRIEF_MARK: &str = "(brief) ";
+
+/// Who holds a lock that could not be taken.
+struct Held {
+    dir: String,
+    holder: String,
+    /// Taken with [`CheckpointStorage::lock_briefly`].
+    brief: bool,
+}
+
+impl From<Held> for StorageError {
+    fn from(h: Held) -> Self {
+        StorageError::DirectoryInUse {
+            dir: h.dir,
+            holder: h.holder,
+        }
+    }
+}
+
 impl CheckpointStorage {
     /// Takes this checkpoint directory for one job, until the returned guard drops: a second
     /// job that asks while the first holds it gets [`StorageError::DirectoryInUse`], with
@@ -77,8 +101,23 @@ impl CheckpointStorage {
     /// process ends, however it ends. Elsewhere (object stores, `memory://`, a store given to
     /// [`CheckpointStorage::from_store`], a file system without locks) nothing is locked and
     /// [`DirectoryLock::is_locked`] says so: giving each job a directory of its own is then
-    /// the user's duty. Reading a directory (restore, `state-dump`, `gc`) takes no lock.
+    /// the user's duty. Reading a directory (restore, `state-dump`) takes no lock.
+    ///
+    /// A lock taken by [`CheckpointStorage::lock_briefly`] (a tool such as `state-dump gc`
+    /// deleting old checkpoints) is waited for, up to two minutes, instead of refused.
     pub fn lock_for_job(&self, holder: &str) -> Result<DirectoryLock, StorageError> {
+        self.lock(holder, false)
+    }
+
+    /// [`CheckpointStorage::lock_for_job`] for a holder that lets go soon (a tool such as
+    /// `state-dump gc`, while it deletes): a job that asks meanwhile waits for it, where it
+    /// would refuse to run beside another job. It waits like a job for a holder already
+    /// there.
+    pub fn lock_briefly(&self, holder: &str) -> Result<DirectoryLock, StorageError> {
+        self.lock(holder, true)
+    }
+
+    fn lock(&self, holder: &str, brief: bool) -> Result<DirectoryLock, StorageError> {
         let Some(dir) = self.inner.store.local_path(&self.inner.root) else {
             return Ok(DirectoryLock { held: None });
         };
@@ -92,13 +131,26 @@ impl CheckpointStorage {
                 .open(&path)
                 .map_err(|e| StorageError::io("open", &path, e))
         };
+        let line = if brief {
+            format!("{BRIEF_MARK}{holder}")
+        } else {
+            holder.to_string()
+        };
         let started = Instant::now();
         loop {
-            match try_lock(open()?, path.clone(), Some(holder)) {
-                Err(StorageError::DirectoryInUse { .. }) if started.elapsed() < LOCK_PATIENCE => {
+            match try_lock(open()?, path.clone(), Some(&line))? {
+                Ok(lock) => return Ok(lock),
+                Err(held) => {
+                    let patience = if held.brief {
+                        BRIEF_PATIENCE
+                    } else {
+                        LOCK_PATIENCE
+                    };
+                    if started.elapsed() >= patience {
+                        return Err(held.into());
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                other => return other,
             }
         }
     }
@@ -118,11 +170,10 @@ impl CheckpointStorage {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io("open", &path, e)),
         };
-        match try_lock(file, path, None) {
+        match try_lock(file, path, None)? {
             // Taken for a moment and let go again.
             Ok(_) => Ok(None),
-            Err(StorageError::DirectoryInUse { holder, .. }) => Ok(Some(holder)),
-            Err(e) => Err(e),
+            Err(held) => Ok(Some(held.holder)),
         }
     }
 }
@@ -133,7 +184,7 @@ fn try_lock(
     mut file: File,
     path: PathBuf,
     holder: Option<&str>,
-) -> Result<DirectoryLock, StorageError> {
+) -> Result<Result<DirectoryLock, Held>, StorageError> {
     match file.try_lock() {
         Ok(()) => {
             if let Some(holder) = holder {
@@ -145,26 +196,31 @@ fn try_lock(
                     .and_then(|()| file.seek(SeekFrom::Start(0)))
                     .and_then(|_| file.write_all(holder.as_bytes()));
             }
-            Ok(DirectoryLock {
+            Ok(Ok(DirectoryLock {
                 held: Some((file, path)),
-            })
+            }))
         }
         Err(TryLockError::WouldBlock) => {
             let mut text = String::new();
             // The holder writes its line just after locking: it may not be there yet (or,
             // after a crash of an earlier holder, be that one's).
             let _ = file.read_to_string(&mut text);
-            let holder = text.trim();
-            Err(StorageError::DirectoryInUse {
+            let text = text.trim();
+            let (brief, holder) = match text.strip_prefix(BRIEF_MARK) {
+                Some(rest) => (true, rest),
+                None => (false, text),
+            };
+            Ok(Err(Held {
                 dir: path.parent().unwrap_or(&path).display().to_string(),
                 holder: if holder.is_empty() {
                     "a process that has not said who it is".into()
                 } else {
                     holder.chars().take(200).collect()
                 },
-            })
+                brief,
+            }))
         }
-        Err(TryLockError::Error(e)) if no_locks_here(&e) => Ok(DirectoryLock { held: None }),
+        Err(TryLockError::Error(e)) if no_locks_here(&e) => Ok(Ok(DirectoryLock { held: None })),
         Err(TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
     }
 }
@@ -226,6 +282,45 @@ mod tests {
         assert_eq!(storage.lock_holder().unwrap().as_deref(), Some("job 7"));
         drop(held);
         assert_eq!(storage.lock_holder().unwrap(), None);
+    }
+
+    /// A job waits for a brief holder (gc deleting) to let go, but not for another job.
+    #[test]
+    fn a_job_waits_for_a_brief_holder_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().to_str().unwrap();
+        let storage = CheckpointStorage::open(url).unwrap();
+        let hold_for = Duration::from_millis(800);
+        let hold = |brief: bool| {
+            let held = if brief {
+                storage.lock_briefly("gc pid=1").unwrap()
+            } else {
+                storage.lock_for_job("job pid=1").unwrap()
+            };
+            std::thread::spawn(move || {
+                std::thread::sleep(hold_for);
+                drop(held);
+            })
+        };
+        let releasing = hold(true);
+        assert_eq!(storage.lock_holder().unwrap().as_deref(), Some("gc pid=1"));
+        let started = Instant::now();
+        let job = storage.lock_for_job("job pid=2").unwrap();
+        assert!(
+            started.elapsed() >= LOCK_PATIENCE,
+            "{:?}",
+            started.elapsed()
+        );
+        releasing.join().unwrap();
+        drop(job);
+
+        let releasing = hold(false);
+        let err = storage.lock_for_job("job pid=2").unwrap_err();
+        assert!(err.to_string().contains("job pid=1"), "{err}");
+        // A brief holder does not wait for a job either.
+        let err = storage.lock_briefly("gc pid=3").unwrap_err();
+        assert!(err.to_string().contains("job pid=1"), "{err}");
+        releasing.join().unwrap();
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! objects) are kept and listed; `--min-age 0` deletes them too when no job runs. On a local
 //! directory the running job's lock (`CheckpointStorage::lock_for_job`) tells: gc refuses
 //! `--min-age 0` while a job holds it, and otherwise holds it itself while deleting, so no
-//! job starts on the directory meanwhile. Subsumed
+//! job starts on the directory meanwhile (one that starts waits for it,
+//! `CheckpointStorage::lock_briefly`). Subsumed
 //! checkpoints and their files go at any age: a running job on the same directory should
 //! keep at least as many as `gc --retain` does, and the minimum age should exceed its
 //! checkpoint interval and timeout. (Test: `cairn-runtime`'s
@@ -172,7 +173,7 @@ pub fn gc(
         (root.storage.lock_holder().map_err(|e| root.err(e))?, None)
     } else {
         let me = format!("state-dump gc: pid {}", std::process::id());
-        match root.storage.lock_for_job(&me) {
+        match root.storage.lock_briefly(&me) {
             Ok(held) => (None, Some(held)),
             Err(StorageError::DirectoryInUse { holder, .. }) => (Some(holder), None),
             Err(e) => return Err(root.err(e)),
