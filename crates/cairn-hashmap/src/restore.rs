@@ -210,7 +210,7 @@ pub(crate) fn load(
     let names: Vec<&str> = raw.keys().map(String::as_str).collect();
     let mut opened = Vec::with_capacity(files.len());
     for plan in files.values_mut() {
-        opened.push(open_file(plan, source, &raw, &names)?);
+        opened.push(open_file(t.uid, plan, source, &raw, &names)?);
     }
     read_files(t, &opened, &mut raw, Parallelism::available())?;
     Ok(raw)
@@ -228,6 +228,7 @@ struct OpenFile {
 }
 
 fn open_file(
+    uid: &str,
     plan: &mut FilePlan,
     source: &dyn SnapshotSource,
     raw: &BTreeMap<String, RawState>,
@@ -236,18 +237,20 @@ fn open_file(
     let path = plan.file.to_string();
     let bytes = source.read_file(&plan.file)?;
     let reader = StateFileReader::open(bytes, &path)
-        .map_err(|e| StateError::layer(format!("reading state file path={path}"), e))?;
+        .map_err(|e| StateError::layer(format!("reading state file path={path} uid={uid}"), e))?;
     // The file's state table, resolved to names the handles declare.
     let mut states = Vec::with_capacity(reader.states().len());
     for fs in reader.states() {
         let Some(r) = raw.get(&fs.name) else {
             return Err(corrupt(
+                uid,
                 &path,
                 format!("state {} is not in its handle", fs.name),
             ));
         };
         if r.meta.kind != fs.kind {
             return Err(corrupt(
+                uid,
                 &path,
                 format!(
                     "state {} is {:?} in the file but {:?} in its handle",
@@ -258,7 +261,7 @@ fn open_file(
         let i = names
             .iter()
             .position(|n| *n == fs.name)
-            .ok_or_else(|| corrupt(&path, format!("state {} vanished", fs.name)))?;
+            .ok_or_else(|| corrupt(uid, &path, format!("state {} vanished", fs.name)))?;
         states.push(i);
     }
     plan.ranges.sort();
@@ -442,13 +445,15 @@ impl Worker<'_> {
         kgs: &mut [&mut [RawKeyGroup]],
     ) -> Result<()> {
         let path = f.path.as_str();
-        let context = || format!("reading state file path={path}");
+        let uid = self.t.uid;
+        let context = || format!("reading state file path={path} uid={uid}");
         let max_p = self.t.max_parallelism;
         let result = f
             .reader
             .scan(range, |e: EntryRef<'_>| -> Result<(), ScanError> {
                 if !range.contains(e.key_group) {
                     return Err(ScanError::State(corrupt(
+                        uid,
                         path,
                         format!(
                             "entry of key group {} outside the scanned range {range}",
@@ -463,6 +468,7 @@ impl Worker<'_> {
                     i.and_then(|i| self.kinds.get(i)),
                 ) else {
                     return Err(ScanError::State(corrupt(
+                        uid,
                         path,
                         format!("entry of unknown state {}", e.state),
                     )));
@@ -481,6 +487,7 @@ impl Worker<'_> {
                 }
                 if e.user_key.is_some() != (kind == StateKind::Map) {
                     return Err(ScanError::State(corrupt(
+                        uid,
                         path,
                         format!(
                             "entry of {kind:?} state {name} with user key {}",
@@ -493,6 +500,7 @@ impl Worker<'_> {
                     Some(kg) => kg.push(&e),
                     None => {
                         return Err(ScanError::State(corrupt(
+                            uid,
                             path,
                             "key group outside range".into(),
                         )))
@@ -508,12 +516,14 @@ impl Worker<'_> {
     }
 }
 
-fn corrupt(path: &str, detail: String) -> StateError {
+fn corrupt(uid: &str, path: &str, detail: String) -> StateError {
     HashMapError::Corrupt {
         path: path.to_string(),
         detail,
     }
-    .into_state("restoring keyed state")
+    // The operator uid names which operator's restore failed (file names are not
+    // required to carry it).
+    .into_state(format!("restoring keyed state uid={uid}"))
 }
 
 /// Sorted ranges with adjacent ones joined.

@@ -18,6 +18,20 @@
 //! could not write shared files) every key group is written. A state registered after the
 //! base needs no special case: its entries exist only in key groups it wrote to, which are
 //! dirty. Full checkpoints and savepoints neither use nor change this bookkeeping.
+//!
+//! # Referencing the base while other checkpoints are in flight
+//!
+//! Retention deletes the shared files that no retained checkpoint references, except those
+//! that a checkpoint in flight wrote or declared with [`SnapshotTarget::holds_shared`].
+//! When every pending checkpoint has the same base as a new one, the new one references a
+//! base file only for key groups that those pending ones reference in that file too (it
+//! writes every key group dirty since the base, a superset of theirs), so whichever of them
+//! completes keeps the file. A pending checkpoint planned against an *older* base (or none)
+//! does not: it may complete while the new one is in flight, and then retention deletes the
+//! new one's base files (checkpoints 2 and 3 in flight, 2 completes, 4 is based on 2, 3
+//! completes and subsumes 2). The new one then declares each base file it keeps with
+//! `holds_shared` (which protects it in `cairn-storage`) and rewrites, from its own
+//! immutable view, the key groups of a file the target does not hold.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -55,6 +69,8 @@ struct Pending {
     own: Vec<bool>,
     /// Whether the checkpoint may reference the base (false: a full checkpoint).
     incremental: bool,
+    /// The id of the base its plan references (`None`: it writes every key group).
+    base_id: Option<u64>,
     outcome: Arc<OnceLock<Outcome>>,
 }
 
@@ -89,6 +105,15 @@ impl Incremental {
         // A full checkpoint still pending may complete before this one and end the base
         // (retention may then delete the base's shared files), so do not reference it.
         let full_pending = self.pending.values().any(|p| !p.incremental);
+        let base = if full_pending || !incremental {
+            None
+        } else {
+            self.base.clone()
+        };
+        let base_id = base.as_ref().map(|(b, _)| *b);
+        // A pending checkpoint planned against another base may complete while this one is
+        // in flight and subsume the base: declare the base files (module docs).
+        let declare_base = base.is_some() && self.pending.values().any(|p| p.base_id != base_id);
         let outcome = Arc::new(OnceLock::new());
         // A retried id replaces the older attempt; keep the older attempt's changes.
         if let Some(old) = self.pending.insert(
@@ -96,6 +121,7 @@ impl Incremental {
             Pending {
                 own,
                 incremental,
+                base_id,
                 outcome: outcome.clone(),
             },
         ) {
@@ -104,11 +130,8 @@ impl Incremental {
         IncrementalPlan {
             incremental,
             write,
-            base: if full_pending {
-                None
-            } else {
-                self.base.as_ref().map(|(_, b)| b.clone())
-            },
+            base: base.map(|(_, b)| b),
+            declare_base,
             outcome,
         }
     }
@@ -159,6 +182,9 @@ struct IncrementalPlan {
     incremental: bool,
     write: Vec<bool>,
     base: Option<Arc<KgFiles>>,
+    /// Whether to reference a base file only if the target holds it for this checkpoint
+    /// (`SnapshotTarget::holds_shared`), and rewrite its key groups otherwise.
+    declare_base: bool,
     outcome: Arc<OnceLock<Outcome>>,
 }
 
@@ -216,13 +242,16 @@ impl AsyncSnapshot for HeapSnapshot {
             .as_ref()
             .filter(|p| p.incremental && target.supports_shared());
         // The key groups to write, and the file of every other key group.
-        let (write, base): (Vec<bool>, Option<&KgFiles>) = match shared {
+        let (mut write, base): (Vec<bool>, Option<&KgFiles>) = match shared {
             Some(p) => match &p.base {
                 Some(b) if b.of_kg.len() == n => (p.write.clone(), Some(b)),
                 _ => (vec![true; n], None),
             },
             None => (vec![true; n], None),
         };
+        if let (Some(b), true) = (base, shared.is_some_and(|p| p.declare_base)) {
+            declare_base_files(target, b, &mut write)?;
+        }
         let area = if shared.is_some() {
             FileArea::Shared
         } else {
@@ -274,6 +303,33 @@ impl AsyncSnapshot for HeapSnapshot {
             data: KeyedData::Canonical { files: canonical },
         })
     }
+}
+
+/// Declares every base file that a key group not in `write` takes from `base` to `target`
+/// (which protects it from retention while this checkpoint is in flight); the key groups of
+/// a file the target does not hold any more are added to `write`.
+fn declare_base_files(
+    target: &dyn SnapshotTarget,
+    base: &KgFiles,
+    write: &mut [bool],
+) -> Result<()> {
+    let mut held: Vec<Option<bool>> = vec![None; base.files.len()];
+    for (w, &j) in write.iter_mut().zip(&base.of_kg) {
+        if *w {
+            continue;
+        }
+        let (Some(slot), Some(file)) = (held.get_mut(j), base.files.get(j)) else {
+            return Err(internal("base mapping out of range"));
+        };
+        let holds = match *slot {
+            Some(h) => h,
+            None => *slot.insert(target.holds_shared(file)?),
+        };
+        if !holds {
+            *w = true;
+        }
+    }
+    Ok(())
 }
 
 fn encode_file(view: &SyncView, write: &[bool], cancel: &CancelToken) -> Result<Vec<u8>> {
@@ -391,9 +447,44 @@ mod tests {
         let p3 = inc.begin(3, true);
         assert_eq!(p3.write, [false, true, false, false]);
         assert!(p3.base.is_some());
+        assert!(!p3.declare_base, "no other checkpoint pending");
         // Completing without an outcome keeps the changes.
         inc.complete(3);
         assert_eq!(inc.dirty, [false, true, false, false]);
         assert_eq!(inc.base_id(), Some(1));
+    }
+
+    #[test]
+    fn base_files_are_declared_while_a_checkpoint_of_another_base_is_pending() {
+        let files = || {
+            Arc::new(KgFiles {
+                files: vec![],
+                of_kg: vec![0; 2],
+            })
+        };
+        let mut inc = Incremental::new(2);
+        let p1 = inc.begin(1, true);
+        let p2 = inc.begin(2, true); // no base, like 1
+        assert!(!p2.declare_base);
+        p1.outcome.set(Outcome::Shared(files())).unwrap();
+        inc.complete(1);
+        // 2 (planned without a base) may complete while 3 (based on 1) is in flight.
+        let p3 = inc.begin(3, true);
+        assert!(p3.base.is_some() && p3.declare_base);
+        p2.outcome.set(Outcome::Shared(files())).unwrap();
+        inc.complete(2);
+        // 3 is based on 1 and 4 on 2: 3 may complete while 4 is in flight.
+        let p4 = inc.begin(4, true);
+        assert!(p4.declare_base);
+        p3.outcome.set(Outcome::Shared(files())).unwrap();
+        inc.complete(3);
+        // 4 is pending with base 2, 5 is based on 3.
+        assert!(inc.begin(5, true).declare_base);
+        inc.abort(4);
+        inc.abort(5);
+        // Nothing pending, or pending with the same base: nothing to declare.
+        let p6 = inc.begin(6, true);
+        assert!(!p6.declare_base);
+        assert!(!inc.begin(7, true).declare_base);
     }
 }
