@@ -332,11 +332,14 @@ impl BuildCtx {
         Ok((*senders, events))
     }
 
-    /// This subtask's share of the in-flight records stored for operator `uid`.
+    /// This subtask's share of the in-flight records stored for operator `uid`, dealt as
+    /// the job's exchange into it deals them (`mode`: union for a keyed input, whose
+    /// subtasks `keep` their key groups' records; split otherwise).
     fn restored_inflight<X: Data>(
         &self,
         uid: &str,
         codec: &BincodeCodec<X>,
+        mode: Redistribution,
         keep: impl Fn(&X) -> Result<bool>,
     ) -> Result<Vec<X>> {
         let Some(r) = &self.restore else {
@@ -351,7 +354,22 @@ impl BuildCtx {
                 r.description
             ),
         };
-        let mut shares = redistribute(uid, old, self.info.parallelism)
+        // The records go where the job's exchange sends them now, whatever mode the
+        // snapshot says: keyed records stored as split state (a damaged or hand-made
+        // manifest, or a program whose `rebalance` into `uid` became a `key_by` of the same
+        // record type) were dealt round-robin and each new subtask kept only its key groups'
+        // share of its deal, so the others were lost without a word; rebalanced records
+        // stored as union state would be replayed by every subtask.
+        let old: Vec<Vec<OperatorStateSnapshot>> = old
+            .iter()
+            .map(|subtask| {
+                subtask
+                    .iter()
+                    .map(|s| OperatorStateSnapshot { mode, ..s.clone() })
+                    .collect()
+            })
+            .collect();
+        let mut shares = redistribute(uid, &old, self.info.parallelism)
             .map_err(|e| restore_err(e.to_string()))?;
         let index = self.info.index as usize;
         if index >= shares.len() {
@@ -691,7 +709,7 @@ fn input_task<X: Data>(
         .cloned()
         .ok_or_else(|| RuntimeError::Config("a stage without operators".into()))?;
     let codec = BincodeCodec::<X>::new();
-    let restored = ctx.restored_inflight(&uid, &codec, keep)?;
+    let restored = ctx.restored_inflight(&uid, &codec, mode, keep)?;
     let finished = ctx.restored_finished()?;
     let link = ctx.take_link()?;
     Ok(Box::new(InputTask::new(

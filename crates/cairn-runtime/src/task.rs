@@ -21,6 +21,9 @@ use crate::function::{Collector, Source, SourceStatus};
 /// unaligned checkpoint (on the task's first operator).
 pub const INFLIGHT_STATE: &str = "cairn.inflight";
 
+/// Restored in-flight records replayed between two looks at the cancellation flag.
+const REPLAY_CANCEL_CHECK: usize = 16;
+
 /// A runnable task.
 pub(crate) trait Task: Send {
     fn run(self: Box<Self>) -> Result<()>;
@@ -893,7 +896,15 @@ impl<X: crate::function::Data> InputTask<X> {
 
 impl<X: crate::function::Data> Task for InputTask<X> {
     fn run(mut self: Box<Self>) -> Result<()> {
-        for r in std::mem::take(&mut self.restored) {
+        // Replay the in-flight records of the unaligned checkpoint restored from. A replay
+        // can be long (deep channels, a slow operator), and it runs before the loop that
+        // watches for cancellation: without this check a task went on replaying (running
+        // user code) for all of it after the job was cancelled or another task had failed,
+        // and the teardown and restart waited for it.
+        for (i, r) in std::mem::take(&mut self.restored).into_iter().enumerate() {
+            if i % REPLAY_CANCEL_CHECK == 0 && self.link.shared.cancelled() {
+                return Err(RuntimeError::Cancelled);
+            }
             self.chain.push(r)?;
         }
         loop {

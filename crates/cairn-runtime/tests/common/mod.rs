@@ -1,6 +1,8 @@
 //! Helpers for the runtime's tests: word-count inputs, the job, and the exactly-once check.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod unaligned;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
