@@ -362,11 +362,9 @@ fn at_least_once_never_loses_across_failures_and_a_rescaled_restore() {
         .expect("a checkpoint");
     assert_eq!(inflight_records(&latest), 0);
 
+    // A checkpoint restores under its own backend only: the second run keeps the heap
+    // backend.
     cfg.parallelism = 3;
-    cfg.backend = StateBackendConfig::rocksdb();
-    // A checkpoint restores under its own backend only; start the second run from the
-    // heap backend's checkpoint with the heap backend again.
-    cfg.backend = StateBackendConfig::HashMap;
     cfg.restore = Some(RestoreFrom::Latest);
     cfg.records_per_second = Some(30_000);
     let graph = keyed_graph(
