@@ -196,6 +196,13 @@ pub enum StorageError {
         /// The manifest path.
         path: String,
     },
+    /// A savepoint directory holds what an interrupted discard left (its copy of the
+    /// manifest, `_discarding`): a new savepoint there could lose files to the discard's end.
+    #[error("an interrupted discard of a savepoint left path={path}: discard the directory again to finish it before writing a savepoint there")]
+    InterruptedDiscard {
+        /// The path of the discard's copy of the manifest.
+        path: String,
+    },
     /// The writer was already published or aborted.
     #[error("snapshot writer is closed: {state} checkpoint_id={checkpoint_id}")]
     WriterClosed {

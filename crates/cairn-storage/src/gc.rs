@@ -405,6 +405,8 @@ impl CheckpointStorage {
                 }
             }
         }
+        report.shared_in_flight.sort_unstable();
+        report.shared_young.sort_unstable();
         Ok(report)
     }
 }

@@ -137,11 +137,15 @@ impl CheckpointStorage {
             holder.to_string()
         };
         let started = Instant::now();
+        // Once a brief holder was seen, keep waiting for it: its line is empty for a moment
+        // while it lets go (and while a next holder takes over before it writes its own).
+        let mut seen_brief = false;
         loop {
             match try_lock(open()?, path.clone(), Some(&line))? {
                 Ok(lock) => return Ok(lock),
                 Err(held) => {
-                    let patience = if held.brief {
+                    seen_brief |= held.brief;
+                    let patience = if seen_brief {
                         BRIEF_PATIENCE
                     } else {
                         LOCK_PATIENCE
@@ -191,10 +195,12 @@ fn try_lock(
                 // Who holds it, for the message a second job prints: best effort (a full
                 // disk does not stop the job), not synced (it matters while this process
                 // lives).
+                // Written over the old line, then cut to length: the line is never empty
+                // for a moment on the way.
                 let _ = file
-                    .set_len(0)
-                    .and_then(|()| file.seek(SeekFrom::Start(0)))
-                    .and_then(|_| file.write_all(holder.as_bytes()));
+                    .seek(SeekFrom::Start(0))
+                    .and_then(|_| file.write_all(holder.as_bytes()))
+                    .and_then(|()| file.set_len(holder.len() as u64));
             }
             Ok(Ok(DirectoryLock {
                 held: Some((file, path)),
@@ -290,14 +296,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().to_str().unwrap();
         let storage = CheckpointStorage::open(url).unwrap();
-        let hold_for = Duration::from_millis(800);
+        let hold_for = Duration::from_millis(400);
+        let lock_file = dir.path().join(LOCK_FILE_NAME);
         let hold = |brief: bool| {
             let held = if brief {
                 storage.lock_briefly("gc pid=1").unwrap()
             } else {
                 storage.lock_for_job("job pid=1").unwrap()
             };
+            let lock_file = lock_file.clone();
             std::thread::spawn(move || {
+                std::thread::sleep(hold_for);
+                if brief {
+                    // The holder's line is empty for a while before it lets go (as in its
+                    // drop): a job that saw a brief holder keeps waiting.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&lock_file)
+                        .and_then(|f| f.set_len(0))
+                        .unwrap();
+                }
                 std::thread::sleep(hold_for);
                 drop(held);
             })

@@ -1,7 +1,7 @@
 //! Savepoints: self-contained directories of private files with relative names, written to
 //! and opened from any store URL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -57,6 +57,12 @@ fn create_in(
     if store.size(&mpath)?.is_some() {
         return Err(StorageError::SavepointExists {
             path: format!("{}/{MANIFEST_FILE_NAME}", url.trim_end_matches('/')),
+        });
+    }
+    // Finishing that discard would delete files of the new savepoint that share its names.
+    if store.size(&join(&dir, DISCARD_MARKER_NAME))?.is_some() {
+        return Err(StorageError::InterruptedDiscard {
+            path: format!("{}/{DISCARD_MARKER_NAME}", url.trim_end_matches('/')),
         });
     }
     Ok(SavepointWriter {
@@ -129,12 +135,29 @@ fn discard_in(store: Store, dir: Path, dir_url: &str) -> Result<(), StorageError
     };
     store.delete(&manifest_path(&dir))?;
     store.sync_deletes_in(&dir)?;
+    // Every directory a file was deleted from, synced before the copy goes: a crash then
+    // never keeps a file whose discard has lost its copy.
+    let mut parents = BTreeSet::new();
     for file in manifest.files() {
         check_name(file.area, &file.name)?;
         store.delete(&join(&dir, &file.name))?;
+        parents.insert(file.name.rsplit_once('/').map_or("", |(parent, _)| parent));
     }
-    store.sync_deletes_in(&dir)?;
+    for parent in parents {
+        let parent = if parent.is_empty() {
+            dir.clone()
+        } else {
+            join(&dir, parent)
+        };
+        store.sync_deletes_in(&parent)?;
+    }
+    // Staging files of puts a crash interrupted (this discard's copy, or the savepoint's
+    // own files): no savepoint names them.
+    for (name, _) in store.local_staging_files(&dir)? {
+        store.remove_local_staging(&dir, &name)?;
+    }
     store.delete(&marker)?;
+    store.sync_deletes_in(&dir)?;
     store.remove_local_dir_if_empty(&dir)
 }
 

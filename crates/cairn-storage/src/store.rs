@@ -340,16 +340,31 @@ impl Store {
             prefix: &str,
             out: &mut Vec<(String, Option<SystemTime>)>,
         ) -> std::io::Result<()> {
+            // An entry that goes while this walks (a put renamed, a directory removed) is
+            // skipped; the walk goes on.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             for entry in std::fs::read_dir(p)? {
                 let entry = entry?;
                 let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
                 let rel = format!("{prefix}{name}");
-                if entry.file_type()?.is_dir() {
-                    walk(&entry.path(), &format!("{rel}/"), out)?;
+                let is_dir = match entry.file_type() {
+                    Ok(t) => t.is_dir(),
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                if is_dir {
+                    match walk(&entry.path(), &format!("{rel}/"), out) {
+                        Err(e) if gone(&e) => {}
+                        other => other?,
+                    }
                 } else if staging_base(&name).is_some() {
-                    out.push((rel, entry.metadata()?.modified().ok()));
+                    match entry.metadata() {
+                        Ok(m) => out.push((rel, m.modified().ok())),
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Ok(())

@@ -719,3 +719,38 @@ fn gc_deletes_staging_files_that_a_crashed_put_left_in_shared() {
         .collect();
     assert!(left.iter().all(|n| n == "s"), "{left:?}");
 }
+
+/// What a discard killed after the manifest went leaves on a local directory: no savepoint
+/// may be written there until a discard finishes it (that would delete the new savepoint's
+/// files of the same names), and finishing it removes the staging files crashed puts left
+/// too, and the directory.
+#[test]
+fn an_interrupted_discard_on_disk_is_finished_and_blocks_a_new_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp-5");
+    let url = sp.to_str().unwrap();
+    let w = create_savepoint(url, 5).unwrap();
+    let a = w
+        .write_file(FileArea::Private, "op/0.state", content("a", 64))
+        .unwrap();
+    let b = w
+        .write_file(FileArea::Private, "b.state", content("b", 32))
+        .unwrap();
+    w.publish(&manifest(5, SnapshotType::Savepoint, &[a, b]))
+        .unwrap();
+    // The discard wrote its copy and deleted the manifest and one file, then died while
+    // its copy's put was being retried (a staging file), as did a put of the savepoint.
+    std::fs::rename(sp.join("_metadata"), sp.join("_discarding")).unwrap();
+    std::fs::remove_file(sp.join("b.state")).unwrap();
+    std::fs::write(sp.join("_discarding#1"), b"torn").unwrap();
+    std::fs::write(sp.join("op/0.state#3"), b"torn").unwrap();
+
+    assert!(expect_err(open_savepoint(url)).is_not_found());
+    let e = expect_err(create_savepoint(url, 6));
+    assert!(matches!(e, StorageError::InterruptedDiscard { .. }), "{e}");
+    assert!(e.to_string().contains("sp-5/_discarding"), "{e}");
+
+    discard_savepoint(url).unwrap();
+    assert!(!sp.exists(), "left: {:?}", std::fs::read_dir(&sp).map(|d| d.count()));
+    create_savepoint(url, 6).unwrap();
+}
