@@ -62,6 +62,7 @@ impl AsyncSnapshot for ChangelogSnapshot {
         if let Some(h) = &mat {
             for f in h.files() {
                 self.shared.make_durable(&f.name, target, cancel, id)?;
+                self.declare(f, target, id)?;
             }
         }
         let mut segments = Vec::with_capacity(self.segments.len());
@@ -71,6 +72,7 @@ impl AsyncSnapshot for ChangelogSnapshot {
             }
             let file = self.shared.segment_file(&s.name, cancel, id)?;
             self.shared.make_durable(&s.name, target, cancel, id)?;
+            self.declare(&file, target, id)?;
             segments.push(ChangelogSegment {
                 file,
                 first_sqn: s.first_sqn,
@@ -86,6 +88,39 @@ impl AsyncSnapshot for ChangelogSnapshot {
                 segments,
             },
         })
+    }
+}
+
+impl ChangelogSnapshot {
+    /// Declares `file`, uploaded (pinned) through the backend's storage, to the checkpoint's
+    /// target (`SnapshotTarget::holds_shared`, which protects it in `cairn-storage` until the
+    /// checkpoint is published or aborted). The backend's pin alone is not enough: it ends
+    /// when the backend is dropped, and a task that fails (or ends) drops it while the
+    /// coordinator may still publish a checkpoint whose handle the task sent. Retention run
+    /// by another checkpoint's completion in between deleted the segments that the handle
+    /// references, and the publish failed with a missing file (the hunt's
+    /// `tests/overlap_hunt.rs` in `cairn-runtime`: a task failing while changelog
+    /// checkpoints were in flight). Without a storage, files are written through the target
+    /// or checked with it ([`Shared::make_durable`]).
+    fn declare(
+        &self,
+        file: &cairn_core::FileRef,
+        target: Option<&dyn SnapshotTarget>,
+        id: u64,
+    ) -> Result<()> {
+        let Some(target) = target.filter(|_| self.shared.storage.is_some()) else {
+            return Ok(());
+        };
+        if target.holds_shared(file)? {
+            return Ok(());
+        }
+        Err(cairn_core::StateError::layer(
+            format!(
+                "changelog checkpoint uid={} checkpoint_id={id}",
+                self.shared.uid
+            ),
+            format!("an uploaded shared file is gone name={}", file.name),
+        ))
     }
 }
 
