@@ -304,19 +304,24 @@ fn savepoint_in_a_directory_is_self_contained_and_relocatable() {
     assert!(expect_err(open_savepoint(missing.to_str().unwrap())).is_not_found());
 }
 
-#[test]
-fn discarding_a_savepoint_deletes_its_files_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let sp = dir.path().join("sp-7");
-    let w = create_savepoint(sp.to_str().unwrap(), 7).unwrap();
+/// Savepoint `id` in local directory `sp`: `op/0.state` and `b.state`.
+fn two_file_savepoint(sp: &std::path::Path, id: u64) {
+    let w = create_savepoint(sp.to_str().unwrap(), id).unwrap();
     let a = w
         .write_file(FileArea::Private, "op/0.state", content("a", 64))
         .unwrap();
     let b = w
         .write_file(FileArea::Private, "b.state", content("b", 32))
         .unwrap();
-    w.publish(&manifest(7, SnapshotType::Savepoint, &[a, b]))
+    w.publish(&manifest(id, SnapshotType::Savepoint, &[a, b]))
         .unwrap();
+}
+
+#[test]
+fn discarding_a_savepoint_deletes_its_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("sp-7");
+    two_file_savepoint(&sp, 7);
     // A file the savepoint does not reference stays, and so does the directory.
     std::fs::write(sp.join("notes.txt"), b"mine").unwrap();
     discard_savepoint(sp.to_str().unwrap()).unwrap();
@@ -683,7 +688,10 @@ fn gc_deletes_staging_files_that_a_crashed_put_left_in_shared() {
     let plan = storage.gc_plan(1).unwrap();
     assert_eq!(staging(&plan), vec!["lost.sst#12", "s/a.sst#1"], "{plan:?}");
     assert_eq!(plan.shared_deleted, vec!["x#y"], "{plan:?}");
-    assert!(shared.join("lost.sst#12").is_file(), "a plan deletes nothing");
+    assert!(
+        shared.join("lost.sst#12").is_file(),
+        "a plan deletes nothing"
+    );
 
     // A checkpoint in flight here writes `lost.sst`: its staging file may be that put's.
     let w = storage.begin_checkpoint(2).unwrap();
@@ -699,7 +707,10 @@ fn gc_deletes_staging_files_that_a_crashed_put_left_in_shared() {
     );
     assert!(!shared.join("s/a.sst#1").exists());
     assert!(shared.join("lost.sst#12").is_file());
-    assert!(shared.join("s/a.sst").is_file(), "the referenced file stays");
+    assert!(
+        shared.join("s/a.sst").is_file(),
+        "the referenced file stays"
+    );
     storage
         .publish(w, &manifest(2, SnapshotType::Checkpoint, &[lost]))
         .unwrap();
@@ -729,15 +740,7 @@ fn an_interrupted_discard_on_disk_is_finished_and_blocks_a_new_savepoint() {
     let dir = tempfile::tempdir().unwrap();
     let sp = dir.path().join("sp-5");
     let url = sp.to_str().unwrap();
-    let w = create_savepoint(url, 5).unwrap();
-    let a = w
-        .write_file(FileArea::Private, "op/0.state", content("a", 64))
-        .unwrap();
-    let b = w
-        .write_file(FileArea::Private, "b.state", content("b", 32))
-        .unwrap();
-    w.publish(&manifest(5, SnapshotType::Savepoint, &[a, b]))
-        .unwrap();
+    two_file_savepoint(&sp, 5);
     // The discard wrote its copy and deleted the manifest and one file, then died while
     // its copy's put was being retried (a staging file), as did a put of the savepoint.
     std::fs::rename(sp.join("_metadata"), sp.join("_discarding")).unwrap();
@@ -751,6 +754,10 @@ fn an_interrupted_discard_on_disk_is_finished_and_blocks_a_new_savepoint() {
     assert!(e.to_string().contains("sp-5/_discarding"), "{e}");
 
     discard_savepoint(url).unwrap();
-    assert!(!sp.exists(), "left: {:?}", std::fs::read_dir(&sp).map(|d| d.count()));
+    assert!(
+        !sp.exists(),
+        "left: {:?}",
+        std::fs::read_dir(&sp).map(|d| d.count())
+    );
     create_savepoint(url, 6).unwrap();
 }
