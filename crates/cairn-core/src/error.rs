@@ -102,6 +102,14 @@ pub enum StateError {
         /// The reserved prefix.
         prefix: &'static str,
     },
+    /// A state's TTL settings are not usable.
+    #[error("invalid time to live: {reason} state={state}")]
+    InvalidTtl {
+        /// The state name.
+        state: String,
+        /// Which rule was broken.
+        reason: &'static str,
+    },
     /// A snapshot handle cannot be restored by this backend.
     #[error("cannot restore: {reason}")]
     Restore {

@@ -36,6 +36,7 @@ mod operator;
 mod prefetch;
 mod snapshot;
 mod state;
+mod ttl;
 
 pub use backend::{
     Aggregating, AsyncSnapshot, KeyedStateBackend, List, Map, Reducing, StateAccess, Value,
@@ -63,4 +64,10 @@ pub use state::{
     ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, Namespace, RawStateId,
     ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind, StateMeta, StateValue, UserKey,
     ValueStateDescriptor, ValueStateId, VoidNamespace,
+};
+pub use ttl::{
+    ttl_stamp_of, ManualClock, StateTtlConfig, SystemClock, TtlAggregatingAccess,
+    TtlAggregatingStateId, TtlClock, TtlCodec, TtlInput, TtlListAccess, TtlListStateId,
+    TtlMapAccess, TtlMapStateId, TtlReducingAccess, TtlReducingStateId, TtlStateAccess, TtlUpdate,
+    TtlValue, TtlValueAccess, TtlValueStateId, TtlVisibility, TTL_ENCODING_PREFIX,
 };

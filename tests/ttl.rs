@@ -1,0 +1,593 @@
+//! State TTL (`cairn_core::TtlStateAccess`) on every backend: a model-based test of every
+//! state kind under each update type and visibility, with the clock moving and the state
+//! going through canonical savepoints into the other backend at another parallelism; and
+//! the restore rules (a TTL cannot be switched on or off for stored state).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::*;
+use cairn_storage::{open_savepoint, snapshot_operator, write_savepoint, SubtaskRef};
+use common::factories::{ChangelogFactory, HashMapFactory, RocksDbFactory};
+use common::harness::{canonical_entries, BackendFactory, Operator};
+use common::schema::{
+    aggregating_desc, key_bytes, list_desc, map_desc, reducing_desc, set_key, value_desc, SumCount,
+};
+use proptest::prelude::*;
+
+const MAX_P: u32 = 16;
+const TTL_MS: u64 = 100;
+const KEYS: usize = 2;
+
+struct Ids {
+    value: TtlValueStateId<u64, VoidNamespace>,
+    list: TtlListStateId<String, VoidNamespace>,
+    map: TtlMapStateId<u32, String, VoidNamespace>,
+    reducing: TtlReducingStateId<i64, VoidNamespace>,
+    aggregating: TtlAggregatingStateId<u64, SumCount, u64, VoidNamespace>,
+}
+
+fn register<B: KeyedStateBackend>(b: &mut B, ttl: &StateTtlConfig) -> Ids {
+    Ids {
+        value: b.register_value_with_ttl(&value_desc(), ttl).unwrap(),
+        list: b.register_list_with_ttl(&list_desc(), ttl).unwrap(),
+        map: b.register_map_with_ttl(&map_desc(), ttl).unwrap(),
+        reducing: b.register_reducing_with_ttl(&reducing_desc(), ttl).unwrap(),
+        aggregating: b
+            .register_aggregating_with_ttl(&aggregating_desc(), ttl)
+            .unwrap(),
+    }
+}
+
+/// One operation of the model test; keys are indexes into `KEYS` keys.
+#[derive(Clone, Debug)]
+enum Op {
+    Advance(u64),
+    ValueGet(usize),
+    ValueUpdate(usize, u64),
+    ValueClear(usize),
+    ListGet(usize),
+    ListAdd(usize, u8),
+    ListUpdate(usize, Vec<u8>),
+    MapGet(usize, u32),
+    MapPut(usize, u32, u8),
+    MapRemove(usize, u32),
+    MapContains(usize, u32),
+    MapEntries(usize),
+    ReduceAdd(usize, i64),
+    ReduceGet(usize),
+    AggregateAdd(usize, u64),
+    AggregateGet(usize),
+    /// A canonical savepoint restored under the next backend at this parallelism.
+    Savepoint(u32),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let k = 0..KEYS;
+    prop_oneof![
+        4 => (0u64..=60).prop_map(Op::Advance),
+        1 => (101u64..=300).prop_map(Op::Advance),
+        2 => k.clone().prop_map(Op::ValueGet),
+        2 => (k.clone(), any::<u64>()).prop_map(|(k, v)| Op::ValueUpdate(k, v)),
+        1 => k.clone().prop_map(Op::ValueClear),
+        2 => k.clone().prop_map(Op::ListGet),
+        3 => (k.clone(), any::<u8>()).prop_map(|(k, v)| Op::ListAdd(k, v)),
+        1 => (k.clone(), proptest::collection::vec(any::<u8>(), 0..3))
+            .prop_map(|(k, v)| Op::ListUpdate(k, v)),
+        2 => (k.clone(), 0u32..3).prop_map(|(k, u)| Op::MapGet(k, u)),
+        3 => (k.clone(), 0u32..3, any::<u8>()).prop_map(|(k, u, v)| Op::MapPut(k, u, v)),
+        1 => (k.clone(), 0u32..3).prop_map(|(k, u)| Op::MapRemove(k, u)),
+        1 => (k.clone(), 0u32..3).prop_map(|(k, u)| Op::MapContains(k, u)),
+        2 => k.clone().prop_map(Op::MapEntries),
+        2 => (k.clone(), -50i64..50).prop_map(|(k, v)| Op::ReduceAdd(k, v)),
+        2 => k.clone().prop_map(Op::ReduceGet),
+        2 => (k.clone(), 0u64..100).prop_map(|(k, v)| Op::AggregateAdd(k, v)),
+        2 => k.clone().prop_map(Op::AggregateGet),
+        1 => (1u32..=3).prop_map(Op::Savepoint),
+    ]
+}
+
+/// What one key holds in the model: every entry with its stamp.
+#[derive(Clone, Debug, Default)]
+struct KeyModel {
+    value: Option<(u64, u64)>,
+    list: Vec<(u64, String)>,
+    map: BTreeMap<u32, (u64, String)>,
+    reducing: Option<(u64, i64)>,
+    aggregating: Option<(u64, SumCount)>,
+}
+
+/// Flink's TTL semantics written out plainly, to hold the implementation to.
+struct Model {
+    now: u64,
+    refresh_on_read: bool,
+    return_expired: bool,
+    keys: Vec<KeyModel>,
+}
+
+impl Model {
+    fn expired(&self, stamp: u64) -> bool {
+        stamp + TTL_MS <= self.now
+    }
+
+    /// A read of one stored entry: the value it returns and the entry it leaves.
+    fn read_one<V: Clone>(&self, entry: Option<(u64, V)>) -> (Option<V>, Option<(u64, V)>) {
+        match entry {
+            None => (None, None),
+            Some((stamp, v)) if self.expired(stamp) => (self.return_expired.then_some(v), None),
+            Some((stamp, v)) => {
+                let stamp = if self.refresh_on_read {
+                    self.now
+                } else {
+                    stamp
+                };
+                (Some(v.clone()), Some((stamp, v)))
+            }
+        }
+    }
+}
+
+/// The result of one operation, compared between model and backend.
+#[derive(Debug, PartialEq)]
+enum Out {
+    None,
+    U64(Option<u64>),
+    I64(Option<i64>),
+    Strings(Vec<String>),
+    Text(Option<String>),
+    Bool(bool),
+    Entries(Vec<(u32, String)>),
+}
+
+fn apply_model(m: &mut Model, op: &Op) -> Out {
+    let now = m.now;
+    match op {
+        Op::Advance(ms) => {
+            m.now += ms;
+            Out::None
+        }
+        Op::Savepoint(_) => Out::None,
+        Op::ValueGet(k) => {
+            let entry = m.keys[*k].value.take();
+            let (out, left) = m.read_one(entry);
+            m.keys[*k].value = left;
+            Out::U64(out)
+        }
+        Op::ValueUpdate(k, v) => {
+            m.keys[*k].value = Some((now, *v));
+            Out::None
+        }
+        Op::ValueClear(k) => {
+            m.keys[*k].value = None;
+            Out::None
+        }
+        Op::ListGet(k) => {
+            let list = std::mem::take(&mut m.keys[*k].list);
+            let mut out = Vec::new();
+            let mut live = Vec::new();
+            for (stamp, s) in list {
+                if m.expired(stamp) {
+                    if m.return_expired {
+                        out.push(s);
+                    }
+                } else {
+                    out.push(s.clone());
+                    live.push((if m.refresh_on_read { now } else { stamp }, s));
+                }
+            }
+            m.keys[*k].list = live;
+            Out::Strings(out)
+        }
+        Op::ListAdd(k, v) => {
+            m.keys[*k].list.push((now, v.to_string()));
+            Out::None
+        }
+        Op::ListUpdate(k, vs) => {
+            m.keys[*k].list = vs.iter().map(|v| (now, v.to_string())).collect();
+            Out::None
+        }
+        Op::MapGet(k, uk) | Op::MapContains(k, uk) => {
+            let entry = m.keys[*k].map.remove(uk);
+            let (out, left) = m.read_one(entry);
+            if let Some(left) = left {
+                m.keys[*k].map.insert(*uk, left);
+            }
+            match op {
+                Op::MapGet(..) => Out::Text(out),
+                _ => Out::Bool(out.is_some()),
+            }
+        }
+        Op::MapPut(k, uk, v) => {
+            m.keys[*k].map.insert(*uk, (now, v.to_string()));
+            Out::None
+        }
+        Op::MapRemove(k, uk) => {
+            m.keys[*k].map.remove(uk);
+            Out::None
+        }
+        Op::MapEntries(k) => {
+            let map = std::mem::take(&mut m.keys[*k].map);
+            let mut out = Vec::new();
+            for (uk, entry) in map {
+                let (v, left) = m.read_one(Some(entry));
+                if let Some(v) = v {
+                    out.push((uk, v));
+                }
+                if let Some(left) = left {
+                    m.keys[*k].map.insert(uk, left);
+                }
+            }
+            Out::Entries(out)
+        }
+        Op::ReduceAdd(k, v) => {
+            let old = m.keys[*k].reducing.take();
+            let sum = match old {
+                Some((stamp, old)) if !m.expired(stamp) => old + v,
+                _ => *v,
+            };
+            m.keys[*k].reducing = Some((now, sum));
+            Out::None
+        }
+        Op::ReduceGet(k) => {
+            let entry = m.keys[*k].reducing.take();
+            let (out, left) = m.read_one(entry);
+            m.keys[*k].reducing = left;
+            Out::I64(out)
+        }
+        Op::AggregateAdd(k, v) => {
+            let mut acc = match m.keys[*k].aggregating.take() {
+                Some((stamp, acc)) if !m.expired(stamp) => acc,
+                _ => SumCount::default(),
+            };
+            acc.sum += v;
+            acc.count += 1;
+            m.keys[*k].aggregating = Some((now, acc));
+            Out::None
+        }
+        Op::AggregateGet(k) => {
+            let entry = m.keys[*k].aggregating.take();
+            let (out, left) = m.read_one(entry);
+            m.keys[*k].aggregating = left;
+            Out::U64(out.map(|acc| acc.sum / acc.count.max(1)))
+        }
+    }
+}
+
+fn apply_backend<B: KeyedStateBackend>(b: &mut B, ids: &Ids, key: &str, op: &Op) -> Out {
+    set_key(b, key);
+    let text = |v: &u8| v.to_string();
+    match op {
+        Op::Advance(_) | Op::Savepoint(_) => Out::None,
+        Op::ValueGet(_) => Out::U64(b.ttl_value(&ids.value).get().unwrap()),
+        Op::ValueUpdate(_, v) => {
+            b.ttl_value(&ids.value).update(*v).unwrap();
+            Out::None
+        }
+        Op::ValueClear(_) => {
+            b.ttl_value(&ids.value).clear().unwrap();
+            Out::None
+        }
+        Op::ListGet(_) => Out::Strings(b.ttl_list(&ids.list).get().unwrap()),
+        Op::ListAdd(_, v) => {
+            b.ttl_list(&ids.list).add(text(v)).unwrap();
+            Out::None
+        }
+        Op::ListUpdate(_, vs) => {
+            b.ttl_list(&ids.list)
+                .update(vs.iter().map(text).collect())
+                .unwrap();
+            Out::None
+        }
+        Op::MapGet(_, uk) => Out::Text(b.ttl_map(&ids.map).get(uk).unwrap()),
+        Op::MapContains(_, uk) => Out::Bool(b.ttl_map(&ids.map).contains(uk).unwrap()),
+        Op::MapPut(_, uk, v) => {
+            b.ttl_map(&ids.map).put(*uk, text(v)).unwrap();
+            Out::None
+        }
+        Op::MapRemove(_, uk) => {
+            b.ttl_map(&ids.map).remove(uk).unwrap();
+            Out::None
+        }
+        Op::MapEntries(_) => {
+            let mut entries = b.ttl_map(&ids.map).entries().unwrap();
+            entries.sort();
+            Out::Entries(entries)
+        }
+        Op::ReduceAdd(_, v) => {
+            b.ttl_reducing(&ids.reducing).add(*v).unwrap();
+            Out::None
+        }
+        Op::ReduceGet(_) => Out::I64(b.ttl_reducing(&ids.reducing).get().unwrap()),
+        Op::AggregateAdd(_, v) => {
+            b.ttl_aggregating(&ids.aggregating).add(*v).unwrap();
+            Out::None
+        }
+        Op::AggregateGet(_) => Out::U64(b.ttl_aggregating(&ids.aggregating).get().unwrap()),
+    }
+}
+
+fn op_key(op: &Op) -> usize {
+    match op {
+        Op::Advance(_) | Op::Savepoint(_) => 0,
+        Op::ValueGet(k)
+        | Op::ValueUpdate(k, _)
+        | Op::ValueClear(k)
+        | Op::ListGet(k)
+        | Op::ListAdd(k, _)
+        | Op::ListUpdate(k, _)
+        | Op::MapGet(k, _)
+        | Op::MapPut(k, _, _)
+        | Op::MapRemove(k, _)
+        | Op::MapContains(k, _)
+        | Op::MapEntries(k)
+        | Op::ReduceAdd(k, _)
+        | Op::ReduceGet(k)
+        | Op::AggregateAdd(k, _)
+        | Op::AggregateGet(k) => *k,
+    }
+}
+
+/// Writes a canonical savepoint of `op` into `dir` and returns its URL.
+fn savepoint<B: KeyedStateBackend>(op: &mut Operator<B>, dir: &std::path::Path, id: u64) -> String {
+    let url = dir
+        .join(format!("sp-{id}"))
+        .to_str()
+        .expect("UTF-8 path")
+        .to_string();
+    let pending = snapshot_operator(
+        &op.uid,
+        op.max_parallelism,
+        op.subtasks.iter_mut().map(|(b, o)| SubtaskRef {
+            keyed: Some(b),
+            operator: o,
+        }),
+        SnapshotOptions::savepoint(id),
+    )
+    .expect("savepoint synchronous phase");
+    write_savepoint(&url, id, vec![pending]).expect("write savepoint");
+    url
+}
+
+/// The backends a run passes through, one after another at each savepoint.
+enum Any {
+    Heap(Operator<cairn_hashmap::HashMapBackend>),
+    Rocks(Operator<cairn_rocksdb::RocksDbBackend>),
+    Changelog(Operator<cairn_changelog::ChangelogBackend<cairn_hashmap::HashMapBackend>>),
+}
+
+struct Factories {
+    rocks: RocksDbFactory,
+    changelog: ChangelogFactory<HashMapFactory>,
+}
+
+/// Runs `ops` on a model and on backends that start as `first` (0 heap, 1 RocksDB, 2
+/// changelog over the heap) and change to the next kind at every savepoint.
+fn run(ops: &[Op], first: usize, refresh_on_read: bool, return_expired: bool) {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let ttl = StateTtlConfig::new(Duration::from_millis(TTL_MS))
+        .with_clock(clock.clone())
+        .with_update(if refresh_on_read {
+            TtlUpdate::OnReadAndWrite
+        } else {
+            TtlUpdate::OnCreateAndWrite
+        })
+        .with_visibility(if return_expired {
+            TtlVisibility::ReturnExpiredIfNotCleanedUp
+        } else {
+            TtlVisibility::NeverReturnExpired
+        });
+    let mut model = Model {
+        now: clock.now_ms(),
+        refresh_on_read,
+        return_expired,
+        keys: vec![KeyModel::default(); KEYS],
+    };
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i}")).collect();
+    let f = Factories {
+        rocks: RocksDbFactory::new(),
+        changelog: ChangelogFactory::new(HashMapFactory),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut kind = first;
+    let mut current = make(&f, kind, None, 2);
+    let mut ids = register_all(&mut current, &ttl);
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Advance(ms) = op {
+            clock.advance(Duration::from_millis(*ms));
+        }
+        if let Op::Savepoint(parallelism) = op {
+            let url = match &mut current {
+                Any::Heap(o) => savepoint(o, dir.path(), i as u64 + 1),
+                Any::Rocks(o) => savepoint(o, dir.path(), i as u64 + 1),
+                Any::Changelog(o) => savepoint(o, dir.path(), i as u64 + 1),
+            };
+            kind = (kind + 1) % 3;
+            current = make(&f, kind, Some(&url), *parallelism);
+            ids = register_all(&mut current, &ttl);
+        }
+        let expected = apply_model(&mut model, op);
+        let key = &keys[op_key(op)];
+        let got = match &mut current {
+            Any::Heap(o) => {
+                let i = index(o, key);
+                apply_backend(&mut o.subtasks[i].0, &ids[i], key, op)
+            }
+            Any::Rocks(o) => {
+                let i = index(o, key);
+                apply_backend(&mut o.subtasks[i].0, &ids[i], key, op)
+            }
+            Any::Changelog(o) => {
+                let i = index(o, key);
+                apply_backend(&mut o.subtasks[i].0, &ids[i], key, op)
+            }
+        };
+        assert_eq!(got, expected, "op {i} {op:?} at {}", model.now);
+    }
+}
+
+/// The subtask that owns `key`.
+fn index<B>(o: &Operator<B>, key: &str) -> usize {
+    let kg = key_group_for_key(&key_bytes(key), o.max_parallelism);
+    subtask_for_key_group(kg, o.subtasks.len() as u32, o.max_parallelism) as usize
+}
+
+fn make(f: &Factories, kind: usize, from: Option<&str>, parallelism: u32) -> Any {
+    fn build<F: BackendFactory>(f: &F, from: Option<&str>, p: u32) -> Operator<F::Backend> {
+        match from {
+            None => Operator::new(f, "op", MAX_P, p),
+            Some(url) => {
+                let (m, source) = open_savepoint(url).expect("open savepoint");
+                Operator::restore(f, &m, "op", p, &source)
+            }
+        }
+    }
+    match kind {
+        0 => Any::Heap(build(&HashMapFactory, from, parallelism)),
+        1 => Any::Rocks(build(&f.rocks, from, parallelism)),
+        _ => Any::Changelog(build(&f.changelog, from, parallelism)),
+    }
+}
+
+/// Registers the states in every subtask; returns each subtask's ids.
+fn register_all(op: &mut Any, ttl: &StateTtlConfig) -> Vec<Ids> {
+    match op {
+        Any::Heap(o) => o
+            .subtasks
+            .iter_mut()
+            .map(|(b, _)| register(b, ttl))
+            .collect(),
+        Any::Rocks(o) => o
+            .subtasks
+            .iter_mut()
+            .map(|(b, _)| register(b, ttl))
+            .collect(),
+        Any::Changelog(o) => o
+            .subtasks
+            .iter_mut()
+            .map(|(b, _)| register(b, ttl))
+            .collect(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("CAIRN_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        ..ProptestConfig::default()
+    })]
+    /// Every kind, every update type and visibility, on every backend and across backend
+    /// switches and rescales: what each read returns and what it leaves behind match the model.
+    #[test]
+    fn ttl_state_matches_the_model(
+        ops in proptest::collection::vec(op_strategy(), 1..80),
+        first in 0usize..3,
+        refresh_on_read in any::<bool>(),
+        return_expired in any::<bool>(),
+    ) {
+        run(&ops, first, refresh_on_read, return_expired);
+    }
+}
+
+/// A heap operator at parallelism 1 holding one TTL value for `key-0`, stamped at 5,000.
+fn one_ttl_value() -> Operator<cairn_hashmap::HashMapBackend> {
+    let clock = Arc::new(ManualClock::new(5_000));
+    let ttl = StateTtlConfig::new(Duration::from_secs(1)).with_clock(clock);
+    let mut op = Operator::new(&HashMapFactory, "op", MAX_P, 1);
+    let b = &mut op.subtasks[0].0;
+    let id = b.register_value_with_ttl(&value_desc(), &ttl).unwrap();
+    set_key(b, "key-0");
+    b.ttl_value(&id).update(42).unwrap();
+    op
+}
+
+#[test]
+fn savepoints_store_each_value_after_its_stamp_and_name_the_ttl_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let (m, source) = open_savepoint(&url).unwrap();
+    let entries = canonical_entries(&m, "op", &source);
+    let values: Vec<&Vec<u8>> = entries.values().collect();
+    assert_eq!(values.len(), 1);
+    let mut expected = 5_000u64.to_le_bytes().to_vec();
+    expected.extend_from_slice(&42u64.to_le_bytes());
+    assert_eq!(values[0], &expected);
+    let subtask = &m.operator("op").unwrap().subtasks[0];
+    let state = &subtask.keyed.as_ref().unwrap().states[0];
+    assert_eq!(state.value.encoding, "cairn-ttl1+bincode1-fixint-le");
+    assert_eq!(state.value.type_name, "u64");
+}
+
+#[test]
+fn a_ttl_cannot_be_switched_on_or_off_for_restored_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksDbFactory::new();
+    let with_ttl = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let (m, source) = open_savepoint(&with_ttl).unwrap();
+
+    // Off: the program registers the state without a TTL, under either backend.
+    let mut heap = Operator::restore(&HashMapFactory, &m, "op", 1, &source);
+    let err = heap.subtasks[0]
+        .0
+        .register_value(&value_desc())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::IncompatibleCodec { .. }), "{msg}");
+    assert!(msg.contains("cairn-ttl1+bincode1-fixint-le"), "{msg}");
+    assert!(msg.contains("value"), "{msg}");
+    let mut on_rocks = Operator::restore(&rocks, &m, "op", 2, &source);
+    for (b, _) in &mut on_rocks.subtasks {
+        let err = b.register_value(&value_desc()).unwrap_err();
+        assert!(matches!(err, StateError::IncompatibleCodec { .. }), "{err}");
+    }
+
+    // On: state stored without a TTL, registered with one.
+    let mut plain = Operator::new(&HashMapFactory, "op", MAX_P, 1);
+    let b = &mut plain.subtasks[0].0;
+    let id = b.register_value(&value_desc()).unwrap();
+    set_key(b, "key-0");
+    b.value(&id).update(7).unwrap();
+    let without = savepoint(&mut plain, dir.path(), 2);
+    let (m, source) = open_savepoint(&without).unwrap();
+    let mut heap = Operator::restore(&HashMapFactory, &m, "op", 1, &source);
+    let ttl = StateTtlConfig::new(Duration::from_secs(1));
+    let err = heap.subtasks[0]
+        .0
+        .register_value_with_ttl(&value_desc(), &ttl)
+        .unwrap_err();
+    assert!(matches!(err, StateError::IncompatibleCodec { .. }), "{err}");
+    assert!(err.to_string().contains("cairn-ttl1+"), "{err}");
+}
+
+#[test]
+fn a_restored_program_applies_its_own_duration_to_the_stored_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let (m, source) = open_savepoint(&url).unwrap();
+    let clock = Arc::new(ManualClock::new(5_000 + 1_500));
+    for (secs, alive) in [(1, false), (2, true)] {
+        let mut op = Operator::restore(&RocksDbFactory::new(), &m, "op", 1, &source);
+        let b = &mut op.subtasks[0].0;
+        let ttl = StateTtlConfig::new(Duration::from_secs(secs)).with_clock(clock.clone());
+        let id = b.register_value_with_ttl(&value_desc(), &ttl).unwrap();
+        set_key(b, "key-0");
+        assert_eq!(
+            b.ttl_value(&id).get().unwrap().is_some(),
+            alive,
+            "ttl {secs} s"
+        );
+    }
+}
+
+#[test]
+fn a_zero_ttl_is_refused_when_registering() {
+    let mut op = Operator::new(&HashMapFactory, "op", MAX_P, 1);
+    let ttl = StateTtlConfig::new(Duration::ZERO);
+    let err = op.subtasks[0]
+        .0
+        .register_list_with_ttl(&list_desc(), &ttl)
+        .unwrap_err();
+    assert!(matches!(err, StateError::InvalidTtl { .. }), "{err}");
+    assert!(err.to_string().contains("state=list"), "{err}");
+}
