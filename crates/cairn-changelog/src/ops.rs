@@ -490,6 +490,18 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         self.inner.keys(s, ns)
     }
 
+    /// The inner backend drops expired entries in the background without a changelog record.
+    /// The log may still hold their writes, so a restore (materialized state plus the replayed
+    /// log) can bring one back, with the stamp it had: expired, so a read never returns it
+    /// (except once under `ReturnExpiredIfNotCleanedUp`) and the next cleanup drops it again.
+    fn enable_ttl_cleanup<V: StateValue>(
+        &mut self,
+        state: RawStateId,
+        cleanup: TtlCleanup<V>,
+    ) -> Result<()> {
+        self.inner.enable_ttl_cleanup(state, cleanup)
+    }
+
     fn snapshot(&mut self, options: SnapshotOptions) -> Result<Box<dyn AsyncSnapshot>> {
         self.take_snapshot(options)
     }

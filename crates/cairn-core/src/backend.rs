@@ -11,6 +11,7 @@ use crate::snapshot::{
     CancelToken, KeyedStateHandle, SnapshotOptions, SnapshotSource, SnapshotTarget,
 };
 use crate::state::*;
+use crate::ttl::TtlCleanup;
 
 /// The asynchronous phase of a snapshot: encodes the view captured by the synchronous phase
 /// and writes it to a target. Runs off the task thread; checks `cancel` between blocks.
@@ -189,6 +190,22 @@ pub trait KeyedStateBackend: Send {
         ns: &N,
         input: IN,
     ) -> Result<()>;
+
+    /// State `state` (a value, list, map, reducing or aggregating state whose stored values,
+    /// list elements or map values are `V`) has a TTL: the backend may drop entries that
+    /// `cleanup` says have expired without waiting for a read to find them (list elements
+    /// one by one). It must drop nothing else, and only what has expired by `cleanup`'s
+    /// clock when it drops it. Called by [`crate::TtlStateAccess`] at every registration of
+    /// a state with a TTL. The default drops nothing: reads alone clean up.
+    /// Fails if `state` is not registered or does not hold values of type `V`.
+    fn enable_ttl_cleanup<V: StateValue>(
+        &mut self,
+        state: RawStateId,
+        cleanup: TtlCleanup<V>,
+    ) -> Result<()> {
+        let _ = (state, cleanup);
+        Ok(())
+    }
 
     /// Removes the current key's entry of any state in `ns`.
     fn clear<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<()>;

@@ -67,7 +67,7 @@ pub use state::{
 };
 pub use ttl::{
     ttl_stamp_of, ManualClock, StateTtlConfig, SystemClock, TtlAggregatingAccess,
-    TtlAggregatingStateId, TtlClock, TtlCodec, TtlInput, TtlListAccess, TtlListStateId,
+    TtlAggregatingStateId, TtlCleanup, TtlClock, TtlCodec, TtlInput, TtlListAccess, TtlListStateId,
     TtlMapAccess, TtlMapStateId, TtlReducingAccess, TtlReducingStateId, TtlStateAccess, TtlUpdate,
     TtlValue, TtlValueAccess, TtlValueStateId, TtlVisibility, TTL_ENCODING_PREFIX,
 };

@@ -21,8 +21,10 @@
 //!   (`NeverReturnExpired`, the default), or returned by the one read that finds it
 //!   (`ReturnExpiredIfNotCleanedUp`).
 //! - **Cleanup.** A read that finds an expired entry removes it (a list keeps its unexpired
-//!   elements). An entry that is never read again stays in the state, and in its snapshots,
-//!   until it is overwritten or cleared.
+//!   elements). Entries that are never read again are dropped by the backend in the
+//!   background, where it can ([`KeyedStateBackend::enable_ttl_cleanup`]): the heap backend
+//!   sweeps a few entries per state access, RocksDB drops them in compactions. Until then
+//!   they stay in the state and its snapshots; reads never return them.
 //! - **Compatibility.** The stored encoding says whether a state has a TTL (the encoding
 //!   name gets the prefix [`TTL_ENCODING_PREFIX`]): a program that enables or disables the
 //!   TTL of a restored state gets [`StateError::IncompatibleCodec`] naming both sides, as
@@ -287,6 +289,59 @@ pub fn ttl_stamp_of(bytes: &[u8]) -> Option<u64> {
         .map(|s| u64::from_le_bytes(*s))
 }
 
+/// What a backend needs to drop the expired entries of a state with a TTL before a read
+/// finds them (given to [`KeyedStateBackend::enable_ttl_cleanup`]): the state's duration and
+/// clock, and where a stored value (a value, list element or map value) keeps its stamp.
+pub struct TtlCleanup<V> {
+    config: StateTtlConfig,
+    stamp: fn(&V) -> u64,
+}
+
+impl<V> Clone for TtlCleanup<V> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            stamp: self.stamp,
+        }
+    }
+}
+
+impl<V> fmt::Debug for TtlCleanup<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TtlCleanup")
+            .field("ttl", &self.config.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> TtlCleanup<V> {
+    /// The current time of the state's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.now()
+    }
+    /// Whether a stored value has expired at `now_ms`.
+    pub fn is_expired(&self, value: &V, now_ms: u64) -> bool {
+        self.config.is_expired((self.stamp)(value), now_ms)
+    }
+    /// Whether an encoded stored value (stamp first, see [`TtlCodec`]) has expired at
+    /// `now_ms`; bytes too short to hold a stamp are not judged expired (a read reports
+    /// them as corrupt).
+    pub fn is_expired_encoded(&self, bytes: &[u8], now_ms: u64) -> bool {
+        ttl_stamp_of(bytes).is_some_and(|stamp| self.config.is_expired(stamp, now_ms))
+    }
+}
+
+fn stamp_of<V>(value: &TtlValue<V>) -> u64 {
+    value.stamped_ms
+}
+
+fn cleanup<V>(config: &StateTtlConfig) -> TtlCleanup<TtlValue<V>> {
+    TtlCleanup {
+        config: config.clone(),
+        stamp: stamp_of::<V>,
+    }
+}
+
 fn wrap<V: 'static>(codec: &CodecRef<V>) -> CodecRef<TtlValue<V>> {
     Arc::new(TtlCodec::new(codec.clone()))
 }
@@ -408,6 +463,7 @@ pub trait TtlStateAccess: KeyedStateBackend + Sized {
             value: wrap(&d.value),
             namespace: d.namespace.clone(),
         })?;
+        self.enable_ttl_cleanup(inner.raw(), cleanup::<V>(ttl))?;
         Ok(TtlValueStateId {
             inner,
             ttl: ttl.clone(),
@@ -426,6 +482,7 @@ pub trait TtlStateAccess: KeyedStateBackend + Sized {
             element: wrap(&d.element),
             namespace: d.namespace.clone(),
         })?;
+        self.enable_ttl_cleanup(inner.raw(), cleanup::<V>(ttl))?;
         Ok(TtlListStateId {
             inner,
             ttl: ttl.clone(),
@@ -445,6 +502,7 @@ pub trait TtlStateAccess: KeyedStateBackend + Sized {
             value: wrap(&d.value),
             namespace: d.namespace.clone(),
         })?;
+        self.enable_ttl_cleanup(inner.raw(), cleanup::<UV>(ttl))?;
         Ok(TtlMapStateId {
             inner,
             ttl: ttl.clone(),
@@ -475,6 +533,7 @@ pub trait TtlStateAccess: KeyedStateBackend + Sized {
                 }
             }),
         })?;
+        self.enable_ttl_cleanup(inner.raw(), cleanup::<V>(ttl))?;
         Ok(TtlReducingStateId {
             inner,
             ttl: ttl.clone(),
@@ -498,6 +557,7 @@ pub trait TtlStateAccess: KeyedStateBackend + Sized {
                 ttl: ttl.clone(),
             }),
         })?;
+        self.enable_ttl_cleanup(inner.raw(), cleanup::<ACC>(ttl))?;
         Ok(TtlAggregatingStateId {
             inner,
             ttl: ttl.clone(),

@@ -30,6 +30,8 @@ struct Registered {
     /// `state.type_name()`, kept for errors off the hot path.
     type_name: &'static str,
     state: Box<dyn ErasedState>,
+    /// The state has a TTL: each access sweeps a few entries ([`ErasedState::sweep_ttl`]).
+    ttl: bool,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +169,7 @@ impl HashMapBackend {
             meta,
             type_name: std::any::type_name::<StateTable<N, L>>(),
             state: Box::new(table),
+            ttl: false,
         });
         Ok(RawStateId { index, kind })
     }
@@ -210,6 +213,9 @@ impl HashMapBackend {
             if let Some(d) = inc.dirty.get_mut(current.kg_idx) {
                 *d = true;
             }
+        }
+        if r.ttl {
+            sweep(r, &mut inc.dirty);
         }
         let (meta, registered) = (&r.meta, r.type_name);
         let Some(table) = r.state.as_any_mut().downcast_mut::<StateTable<N, L>>() else {
@@ -269,6 +275,17 @@ impl HashMapBackend {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// One step of the TTL sweep of state `r`; every key group it changes becomes dirty.
+/// Out of line: `access` stays small for states without a TTL.
+#[inline(never)]
+fn sweep(r: &mut Registered, dirty: &mut [bool]) {
+    r.state.sweep_ttl(&mut |kg_idx| {
+        if let Some(d) = dirty.get_mut(kg_idx) {
+            *d = true;
+        }
+    });
 }
 
 #[cold]
@@ -602,6 +619,24 @@ impl KeyedStateBackend for HashMapBackend {
             Some(at) => state.clear(&at, ns, std::any::type_name::<N>()).map(|_| ()),
             None => Err(self.no_current_key(s)),
         }
+    }
+
+    /// Each access to the state then sweeps a few buckets of its table for expired entries
+    /// ([`crate::state::SWEEP_BUCKETS`], about Flink's five entries per access): a state
+    /// that is accessed often enough is swept whole, however seldom each key is read. A
+    /// swept key group is dirty for the next incremental checkpoint.
+    fn enable_ttl_cleanup<V: StateValue>(
+        &mut self,
+        state: RawStateId,
+        cleanup: TtlCleanup<V>,
+    ) -> Result<()> {
+        let r = self
+            .states
+            .get_mut(state.index as usize)
+            .ok_or(StateError::UnknownState { index: state.index })?;
+        r.state.enable_ttl(Box::new(cleanup))?;
+        r.ttl = true;
+        Ok(())
     }
 
     fn keys<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<Vec<Vec<u8>>> {

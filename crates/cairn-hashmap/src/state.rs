@@ -10,7 +10,9 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use cairn_core::{CodecError, CodecRef, Namespace, Result, StateError, StateValue, UserKey};
+use cairn_core::{
+    CodecError, CodecRef, Namespace, Result, StateError, StateValue, TtlCleanup, UserKey,
+};
 use cairn_format::decode_list;
 use hashbrown::hash_table::Entry;
 
@@ -48,6 +50,12 @@ pub(crate) trait Layout: Send + Sync + 'static {
     ) -> Option<Result<(), CodecError>> {
         None
     }
+    /// What a TTL stamp is kept on: the value itself, a list element or a map value.
+    type Elem: 'static;
+    /// Whether some part of `value` is `expired`.
+    fn any_expired(value: &Self::Value, expired: &dyn Fn(&Self::Elem) -> bool) -> bool;
+    /// Drops the parts of `value` that are `expired`; false when nothing is left.
+    fn retain_live(value: &mut Self::Value, expired: &dyn Fn(&Self::Elem) -> bool) -> bool;
     /// Merges one canonical entry into `slot`; returns a new value when `slot` is `None`
     /// (or nothing, if the entry holds no value).
     fn decode_merge(
@@ -64,6 +72,13 @@ pub(crate) struct Single<V>(pub(crate) CodecRef<V>);
 
 impl<V: StateValue> Layout for Single<V> {
     type Value = V;
+    type Elem = V;
+    fn any_expired(value: &V, expired: &dyn Fn(&V) -> bool) -> bool {
+        expired(value)
+    }
+    fn retain_live(value: &mut V, expired: &dyn Fn(&V) -> bool) -> bool {
+        !expired(value)
+    }
     fn encode(&self, value: &V, head: Head, out: &mut KgBuffer) -> Result<(), CodecError> {
         let v = push_with(&mut out.buf, |b| self.0.encode(value, b))?;
         out.push(head, None, v);
@@ -97,6 +112,14 @@ pub(crate) struct ListOf<V>(pub(crate) CodecRef<V>);
 
 impl<V: StateValue> Layout for ListOf<V> {
     type Value = Vec<V>;
+    type Elem = V;
+    fn any_expired(value: &Vec<V>, expired: &dyn Fn(&V) -> bool) -> bool {
+        value.iter().any(expired)
+    }
+    fn retain_live(value: &mut Vec<V>, expired: &dyn Fn(&V) -> bool) -> bool {
+        value.retain(|e| !expired(e));
+        !value.is_empty()
+    }
     fn encode(&self, value: &Vec<V>, head: Head, out: &mut KgBuffer) -> Result<(), CodecError> {
         out.push_list(head, value, &*self.0)
     }
@@ -132,6 +155,14 @@ pub(crate) struct MapOf<UK, UV> {
 
 impl<UK: UserKey, UV: StateValue> Layout for MapOf<UK, UV> {
     type Value = UserMap<UK, UV>;
+    type Elem = UV;
+    fn any_expired(value: &UserMap<UK, UV>, expired: &dyn Fn(&UV) -> bool) -> bool {
+        value.values().any(expired)
+    }
+    fn retain_live(value: &mut UserMap<UK, UV>, expired: &dyn Fn(&UV) -> bool) -> bool {
+        value.retain(|_, v| !expired(v));
+        !value.is_empty()
+    }
     fn encode(
         &self,
         value: &UserMap<UK, UV>,
@@ -182,6 +213,15 @@ pub(crate) struct StateTable<N, L: Layout> {
     /// `ReduceFn<V>` of a reducing state, `Arc<dyn AggregateFunction<IN, ACC, OUT>>` of an
     /// aggregating one.
     pub(crate) func: Option<Box<dyn Any + Send + Sync>>,
+    /// Background cleanup of a state with a TTL (see [`ErasedState::sweep_ttl`]).
+    ttl: Option<TtlSweep<L::Elem>>,
+}
+
+/// Where the TTL sweep of a state goes on, and how it tells expired entries.
+struct TtlSweep<E> {
+    cleanup: TtlCleanup<E>,
+    /// The next slot and bucket to visit.
+    cursor: (usize, usize),
 }
 
 impl<N, L: Layout> fmt::Debug for StateTable<N, L> {
@@ -208,6 +248,7 @@ impl<N: Namespace, L: Layout> StateTable<N, L> {
             ns_codec,
             layout: Arc::new(layout),
             func,
+            ttl: None,
         }
     }
 
@@ -251,7 +292,19 @@ pub(crate) trait ErasedState: Send {
     fn snapshot(&mut self) -> Arc<dyn StateSnapshot>;
     /// Decodes restored entries into the table.
     fn restore(&mut self, raw: &RawState) -> Result<()>;
+    /// Turns on the TTL sweep with `cleanup`, a `TtlCleanup` of the layout's element type
+    /// (an error names `state` if it is not).
+    fn enable_ttl(&mut self, cleanup: Box<dyn Any>) -> Result<()>;
+    /// With the TTL sweep on: visits the next [`SWEEP_BUCKETS`] buckets of the table and
+    /// drops what has expired there (list elements and map entries one by one), calling
+    /// `changed` with the key group index of each changed entry. Nothing without a TTL.
+    fn sweep_ttl(&mut self, changed: &mut dyn FnMut(usize));
 }
+
+/// Buckets of a state's table that one access to a state with a TTL visits for expired
+/// entries: about five entries at the tables' usual load, Flink's default
+/// `cleanupIncrementally(5, false)`.
+pub(crate) const SWEEP_BUCKETS: usize = 8;
 
 impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     fn as_any(&self) -> &dyn Any {
@@ -289,6 +342,37 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
             ns_codec: self.ns_codec.clone(),
             layout: self.layout.clone(),
         })
+    }
+    fn enable_ttl(&mut self, cleanup: Box<dyn Any>) -> Result<()> {
+        let cleanup = cleanup.downcast::<TtlCleanup<L::Elem>>().map_err(|_| {
+            internal(format!(
+                "the TTL cleanup of state {} is not for its values {}",
+                self.name,
+                std::any::type_name::<L::Elem>()
+            ))
+        })?;
+        if self.ttl.is_none() {
+            self.ttl = Some(TtlSweep {
+                cleanup: *cleanup,
+                cursor: (0, 0),
+            });
+        }
+        Ok(())
+    }
+    fn sweep_ttl(&mut self, changed: &mut dyn FnMut(usize)) {
+        let Some(sweep) = &mut self.ttl else {
+            return;
+        };
+        let now = sweep.cleanup.now_ms();
+        let cleanup = &sweep.cleanup;
+        let expired = |e: &L::Elem| cleanup.is_expired(e, now);
+        self.table.sweep(
+            &mut sweep.cursor,
+            SWEEP_BUCKETS,
+            |v| L::any_expired(v, &expired),
+            |v| L::retain_live(v, &expired),
+            changed,
+        );
     }
     fn restore(&mut self, raw: &RawState) -> Result<()> {
         for (kg_idx, kg) in raw.key_groups().iter().enumerate() {

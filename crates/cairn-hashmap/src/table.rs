@@ -330,6 +330,60 @@ impl<N: Clone + Eq + Hash, T: Clone> ShardedTable<N, T> {
         }
     }
 
+    /// Visits the next `buckets` buckets from `cursor` (a slot and a bucket in it, moved on
+    /// past them; past the last slot it starts over): each entry whose value `stale` picks
+    /// is given to `retain`, which may change it and says whether anything is left, else
+    /// the entry is removed. A slot is unshared only when it holds such an entry. Returns
+    /// the key group index of every slot where an entry changed.
+    pub(crate) fn sweep(
+        &mut self,
+        cursor: &mut (usize, usize),
+        buckets: usize,
+        stale: impl Fn(&T) -> bool,
+        mut retain: impl FnMut(&mut T) -> bool,
+        mut changed: impl FnMut(usize),
+    ) {
+        let mut left = buckets;
+        while left > 0 && !self.slots.is_empty() {
+            let (slot_idx, bucket) = *cursor;
+            let Some(slot) = self.slots.get_mut(slot_idx) else {
+                *cursor = (0, 0);
+                continue;
+            };
+            let total = slot.get().num_buckets();
+            let end = total.min(bucket + left);
+            let first_stale =
+                (bucket..end).find(|&i| slot.get().get_bucket(i).is_some_and(|e| stale(&e.value)));
+            if let Some(from) = first_stale {
+                if matches!(slot, Slot::Shared(_)) {
+                    unshare(slot);
+                }
+                if let Slot::Owned(shard) = slot {
+                    for i in from..end {
+                        if let Ok(entry) = shard.get_bucket_entry(i) {
+                            // Removing an entry moves no other (hashbrown marks its bucket).
+                            let mut entry = entry;
+                            if stale(&entry.get().value) && !retain(&mut entry.get_mut().value) {
+                                entry.remove();
+                            }
+                        }
+                    }
+                }
+                changed(slot_idx / self.per_kg);
+            }
+            left -= end - bucket;
+            *cursor = if end >= total {
+                (slot_idx + 1, 0)
+            } else {
+                (slot_idx, end)
+            };
+            if end == bucket && end >= total {
+                // An empty slot costs a step, so a table of empty slots ends the loop.
+                left = left.saturating_sub(1);
+            }
+        }
+    }
+
     /// Every entry.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Item<N, T>> {
         self.slots.iter().flat_map(|s| s.get().iter())
