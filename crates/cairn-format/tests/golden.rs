@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 
 use bytes::Bytes;
-use cairn_core::KeyGroupRange;
+use cairn_core::{Codec, KeyGroupRange};
 use cairn_format::{decode_list, decode_manifest, FormatError, StateFileReader};
 use common::*;
 
@@ -30,7 +30,7 @@ fn regenerate_vectors() {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, bytes).unwrap();
     };
-    for v in valid_vectors() {
+    for v in valid_vectors().into_iter().chain(ttl_vectors()) {
         write(&v.name, &v.bytes);
     }
     let mut errors = String::new();
@@ -83,6 +83,16 @@ fn valid_vectors_are_byte_exact() {
             v.name,
             v.bytes.len()
         );
+        check_bytes(&v.name, &v.bytes);
+    }
+}
+
+#[test]
+fn ttl_vectors_are_byte_exact() {
+    if regenerate() {
+        return;
+    }
+    for v in ttl_vectors() {
         check_bytes(&v.name, &v.bytes);
     }
 }
@@ -159,6 +169,90 @@ fn committed_savepoint_decodes_to_the_logical_content() {
     assert_eq!(
         decode_list(&read("list-value.bin")).unwrap(),
         vec![&b"first"[..], b"", b"third element"]
+    );
+}
+
+/// `value` as the default codec writes a `String`: `u64` length, then UTF-8.
+fn bincode_str(value: &str) -> Vec<u8> {
+    [&(value.len() as u64).to_le_bytes()[..], value.as_bytes()].concat()
+}
+
+#[test]
+fn committed_ttl_vectors_decode_to_the_logical_content() {
+    if regenerate() {
+        return;
+    }
+    let codec = ttl_string_codec();
+    assert_eq!(
+        codec.identity().encoding,
+        format!(
+            "{}{}",
+            cairn_core::TTL_ENCODING_PREFIX,
+            cairn_core::BINCODE_V1
+        )
+    );
+    assert_eq!(codec.identity().encoding, "cairn-ttl1+bincode1-fixint-le");
+    // The layout of format-spec/README.md, "Values of states with a TTL", written out by
+    // hand: the stamp as 8 little-endian bytes, then the value in its own encoding.
+    let (stamp, value) = TTL_VALUE;
+    let bytes = read("ttl-value.bin");
+    assert_eq!(
+        bytes,
+        [&stamp.to_le_bytes()[..], &bincode_str(value)].concat()
+    );
+    assert_eq!(bytes.len(), 8 + 8 + value.len());
+    assert_eq!(cairn_core::ttl_stamp_of(&bytes), Some(stamp));
+    assert_eq!(
+        codec.decode(&bytes).unwrap(),
+        cairn_core::TtlValue {
+            stamped_ms: stamp,
+            value: value.to_string()
+        }
+    );
+    // A list value of TTL values: every element carries its own stamp inside its
+    // length-prefixed bytes.
+    let bytes = read("ttl-list-value.bin");
+    let elements = decode_list(&bytes).unwrap();
+    assert_eq!(elements.len(), TTL_LIST.len());
+    for (element, (stamp, value)) in elements.iter().zip(TTL_LIST) {
+        assert_eq!(
+            *element,
+            [&stamp.to_le_bytes()[..], &bincode_str(value)].concat()
+        );
+        let decoded = codec.decode(element).unwrap();
+        assert_eq!((decoded.stamped_ms, decoded.value.as_str()), (stamp, value));
+    }
+    let stamps: std::collections::BTreeSet<u64> = TTL_LIST.iter().map(|e| e.0).collect();
+    assert!(stamps.len() > 1, "the elements' stamps differ");
+}
+
+/// Every truncation and an appended byte of a TTL vector fail to decode, with an error
+/// (values have no checksum; a flipped bit may be another valid value, so flips are not
+/// checked).
+#[test]
+fn damaged_ttl_vectors_are_errors() {
+    for v in ttl_vectors() {
+        for cut in 0..v.bytes.len() {
+            let e = decode(v.kind, &v.bytes[..cut], &v.name);
+            assert!(e.is_err(), "{}: truncated at {cut} decoded", v.name);
+        }
+        let mut long = v.bytes.clone();
+        long.push(0);
+        assert!(
+            decode(v.kind, &long, &v.name).is_err(),
+            "{}: appended",
+            v.name
+        );
+        decode(v.kind, &v.bytes, &v.name).unwrap();
+    }
+    // Too short for the stamp: the codec says so, naming the encoding.
+    let e = decode(FileKind::TtlValue, &ttl_value()[..7], "v")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "codec alloc::string::String@v1 (cairn-ttl1+bincode1-fixint-le) failed to decode: \
+         7 bytes cannot hold the 8-byte timestamp of a value with a TTL"
     );
 }
 

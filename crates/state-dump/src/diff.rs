@@ -24,6 +24,9 @@ type EntryKey = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 /// One state's entries: identity → (key group, value bytes).
 struct StateData {
+    /// The snapshot it is in (for errors).
+    location: String,
+    uid: String,
     meta: StateMeta,
     handle: KeyedStateHandle,
     entries: BTreeMap<EntryKey, (KeyGroup, Vec<u8>)>,
@@ -39,6 +42,8 @@ fn load(s: &Snapshot, progress: &dyn Progress) -> Result<SnapshotData, DumpError
             for m in &h.states {
                 out.entry((op.uid.clone(), m.name.clone()))
                     .or_insert_with(|| StateData {
+                        location: s.location.clone(),
+                        uid: op.uid.clone(),
                         meta: m.clone(),
                         handle: h.clone(),
                         entries: BTreeMap::new(),
@@ -243,19 +248,23 @@ fn decode(
     k: &EntryKey,
     kg: KeyGroup,
     value: &[u8],
-) -> crate::entries::DecodedEntry {
-    dec.entry(&Entry {
-        entry: EntryRef {
-            key_group: kg,
-            state: 0,
-            key: &k.0,
-            namespace: &k.1,
-            user_key: k.2.as_deref(),
-            value,
+) -> Result<crate::entries::DecodedEntry, DumpError> {
+    dec.entry(
+        &Entry {
+            entry: EntryRef {
+                key_group: kg,
+                state: 0,
+                key: &k.0,
+                namespace: &k.1,
+                user_key: k.2.as_deref(),
+                value,
+            },
+            state: &d.meta,
+            handle: &d.handle,
         },
-        state: &d.meta,
-        handle: &d.handle,
-    })
+        &d.uid,
+        &d.location,
+    )
 }
 
 /// Compares snapshot `a` with snapshot `b`.
@@ -286,11 +295,14 @@ pub fn diff(a: &Snapshot, b: &Snapshot, progress: &dyn Progress) -> Result<DiffR
         let mut push =
             |change, k: &EntryKey, kg, old: Side<'_>, new: Side<'_>, dec: &mut Decoders| {
                 let Some((d, v)) = new.or(old) else {
-                    return;
+                    return Ok(());
                 };
-                let shown = decode(dec, d, k, kg, v);
-                let mut value = |side: Side<'_>| side.map(|(d, v)| decode(dec, d, k, kg, v).value);
-                let (old, new) = (value(old), value(new));
+                let shown = decode(dec, d, k, kg, v)?;
+                let mut value = |side: Side<'_>| {
+                    side.map(|(d, v)| decode(dec, d, k, kg, v).map(|e| e.value))
+                        .transpose()
+                };
+                let (old, new) = (value(old)?, value(new)?);
                 entries.push(EntryDiff {
                     uid: uid.clone(),
                     state: state.clone(),
@@ -302,20 +314,21 @@ pub fn diff(a: &Snapshot, b: &Snapshot, progress: &dyn Progress) -> Result<DiffR
                     old,
                     new,
                 });
+                Ok::<(), DumpError>(())
             };
         match (x, y) {
             (Some(x), None) => {
                 sd.change = "removed";
                 sd.entries_removed = x.entries.len();
                 for (k, (kg, v)) in &x.entries {
-                    push("removed", k, *kg, Some((x, v.as_slice())), None, &mut dec);
+                    push("removed", k, *kg, Some((x, v.as_slice())), None, &mut dec)?;
                 }
             }
             (None, Some(y)) => {
                 sd.change = "added";
                 sd.entries_added = y.entries.len();
                 for (k, (kg, v)) in &y.entries {
-                    push("added", k, *kg, None, Some((y, v.as_slice())), &mut dec);
+                    push("added", k, *kg, None, Some((y, v.as_slice())), &mut dec)?;
                 }
             }
             (Some(x), Some(y)) => {
@@ -324,7 +337,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot, progress: &dyn Progress) -> Result<DiffR
                     match y.entries.get(k) {
                         None => {
                             sd.entries_removed += 1;
-                            push("removed", k, *kg, Some((x, v.as_slice())), None, &mut dec);
+                            push("removed", k, *kg, Some((x, v.as_slice())), None, &mut dec)?;
                         }
                         Some((_, w)) if w != v => {
                             sd.entries_changed += 1;
@@ -335,7 +348,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot, progress: &dyn Progress) -> Result<DiffR
                                 Some((x, v.as_slice())),
                                 Some((y, w.as_slice())),
                                 &mut dec,
-                            );
+                            )?;
                         }
                         Some(_) => {}
                     }
@@ -343,7 +356,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot, progress: &dyn Progress) -> Result<DiffR
                 for (k, (kg, v)) in &y.entries {
                     if !x.entries.contains_key(k) {
                         sd.entries_added += 1;
-                        push("added", k, *kg, None, Some((y, v.as_slice())), &mut dec);
+                        push("added", k, *kg, None, Some((y, v.as_slice())), &mut dec)?;
                     }
                 }
                 let changed = sd.entries_added + sd.entries_removed + sd.entries_changed > 0

@@ -69,42 +69,76 @@ pub struct Decoders {
 }
 
 impl Decoders {
-    fn decode(&mut self, id: &CodecIdentity, bytes: &[u8]) -> Value {
+    fn decode(&mut self, id: &CodecIdentity, bytes: &[u8]) -> Result<Value, String> {
         self.by_codec
             .entry(id.clone())
             .or_insert_with(|| Decoder::for_codec(id))
             .decode(bytes)
     }
 
-    fn value(&mut self, meta: &StateMeta, bytes: &[u8]) -> Value {
+    /// A key, namespace or user key: never damaged beyond showing raw (only values carry a
+    /// TTL stamp).
+    fn decode_key(&mut self, id: &CodecIdentity, bytes: &[u8]) -> Value {
+        self.decode(id, bytes).unwrap_or_else(|_| raw(bytes))
+    }
+
+    fn value(&mut self, meta: &StateMeta, bytes: &[u8]) -> Result<Value, String> {
         if meta.kind == StateKind::List {
-            return match decode_list(bytes) {
-                Ok(elements) => Value::Array(
-                    elements
-                        .into_iter()
-                        .map(|e| self.decode(&meta.value, e))
-                        .collect(),
-                ),
-                Err(_) => raw(bytes),
+            let Ok(elements) = decode_list(bytes) else {
+                return Ok(raw(bytes));
             };
+            let n = elements.len();
+            return elements
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    self.decode(&meta.value, e)
+                        .map_err(|d| format!("list element {i} of {n}: {d}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array);
         }
         self.decode(&meta.value, bytes)
     }
 
-    /// Decodes one entry with the codecs the manifest stores.
-    pub fn entry(&mut self, e: &Entry<'_>) -> DecodedEntry {
+    /// Decodes one entry of operator `uid` in the snapshot at `path` with the codecs the
+    /// manifest stores. Bytes a schema does not fit are shown raw; the one error is a value
+    /// that cannot be what its encoding says at all (a value of a state with a TTL too
+    /// short for its timestamp), [`DumpError::DamagedValue`] naming the entry.
+    pub fn entry(
+        &mut self,
+        e: &Entry<'_>,
+        uid: &str,
+        path: &str,
+    ) -> Result<DecodedEntry, DumpError> {
         let user_key = match (e.entry.user_key, &e.state.user_key) {
-            (Some(b), Some(id)) => Some(self.decode(id, b)),
+            (Some(b), Some(id)) => Some(self.decode_key(id, b)),
             (Some(b), None) => Some(raw(b)),
             (None, _) => None,
         };
-        DecodedEntry {
+        let key = self.decode_key(&e.handle.key_codec, e.entry.key);
+        let value = match self.value(e.state, e.entry.value) {
+            Ok(v) => v,
+            Err(detail) => {
+                let mut detail = format!("{detail} key_group={} key={key}", e.entry.key_group);
+                if let Some(uk) = &user_key {
+                    detail.push_str(&format!(" user_key={uk}"));
+                }
+                return Err(DumpError::DamagedValue {
+                    path: path.to_string(),
+                    uid: uid.to_string(),
+                    state: e.state.name.clone(),
+                    detail,
+                });
+            }
+        };
+        Ok(DecodedEntry {
             key_group: e.entry.key_group,
-            key: self.decode(&e.handle.key_codec, e.entry.key),
-            namespace: self.decode(&e.state.namespace, e.entry.namespace),
+            key,
+            namespace: self.decode_key(&e.state.namespace, e.entry.namespace),
             user_key,
-            value: self.value(e.state, e.entry.value),
-        }
+            value,
+        })
     }
 }
 
@@ -177,12 +211,15 @@ pub fn write_entries(
         if e.state.name != opts.state {
             return Ok(true);
         }
-        let d = decoders.entry(&e);
+        // Filter on the key alone, so that a damaged value of another key does not stop
+        // the listing of this one.
         if let Some(k) = &opts.key {
-            if !key_matches(k, &d.key, e.entry.key) {
+            let key = decoders.decode_key(&e.handle.key_codec, e.entry.key);
+            if !key_matches(k, &key, e.entry.key) {
                 return Ok(true);
             }
         }
+        let d = decoders.entry(&e, &opts.uid, &s.location)?;
         count += 1;
         if opts.json {
             match writeln!(out, "{}", d.to_json_line()) {

@@ -63,6 +63,20 @@ pub enum DumpError {
         /// What failed.
         detail: String,
     },
+    /// A stored value cannot be what its codec identity says, whatever the schema: a value
+    /// of a state with a TTL too short to hold its 8-byte timestamp.
+    #[error("damaged value of state {state}: {detail} uid={uid} path={path}")]
+    DamagedValue {
+        /// The snapshot.
+        path: String,
+        /// The operator uid.
+        uid: String,
+        /// The state name.
+        state: String,
+        /// What is wrong, then which entry: the list element, the key group and key as
+        /// decoded (JSON), a map's user key (`… key_group=3 key="bob" user_key="red"`).
+        detail: String,
+    },
     /// Any other failure reading or writing data (I/O, an object store error, a restore
     /// check in `convert`).
     #[error("{detail} path={path}")]
@@ -83,6 +97,7 @@ impl DumpError {
             | DumpError::NotSnapshot { .. }
             | DumpError::Unsupported { .. } => EXIT_USAGE,
             DumpError::Corrupt { .. }
+            | DumpError::DamagedValue { .. }
             | DumpError::Missing { .. }
             | DumpError::Data { .. }
             | DumpError::Storage { .. } => EXIT_DATA,

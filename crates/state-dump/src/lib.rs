@@ -9,7 +9,7 @@
 //! | command | library | what |
 //! |---|---|---|
 //! | `summary PATH` | [`summarize`] | kind, id, time, format version, backend; per operator uid its parallelism, states (name, kind, codecs), entries, bytes, files |
-//! | `entries PATH --uid U --state S` | [`write_entries`] | decoded keys, namespaces and values ([`Decoder`]: the schema stored in the codec identity; raw hex without one) |
+//! | `entries PATH --uid U --state S` | [`write_entries`] | decoded keys, namespaces and values ([`Decoder`]: the schema stored in the codec identity; raw hex without one; a value of a state with a TTL as `{"ttl_stamped_ms": N, "value": …}`) |
 //! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files, native RocksDB SSTs, changelog segments) |
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |

@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
         /// One JSON object per line: {"key":…,"namespace":…,"value":…,"key_group":…}
-        /// (plus "user_key" for map state).
+        /// (plus "user_key" for map state). A value of a state with a TTL (each list
+        /// element's, each map value's) is {"ttl_stamped_ms":…,"value":…}.
         #[arg(long)]
         json: bool,
     },

@@ -23,10 +23,18 @@
 //! primitive (`u64`, `i32`, `bool`, `()`, `alloc::string::String`, …) decodes as that
 //! primitive. Anything else, and any bytes the schema does not fit exactly, are shown raw
 //! as `{"hex": "…"}`.
+//!
+//! A value of a state with a TTL (encoding `cairn-ttl1+<inner>`, `format-spec/README.md`,
+//! "Values of states with a TTL") is its 8-byte little-endian stamp, then the value in the
+//! inner encoding; it decodes to `{"ttl_stamped_ms": N, "value": …}`, the value by the rules
+//! above for the inner encoding (raw hex when it is not the default one, or the schema does
+//! not fit). The stamp is read whatever the inner encoding, since the prefix alone fixes
+//! it; bytes too short to hold it are the one error of [`Decoder::decode`]: they cannot be
+//! a value of that encoding at all.
 
 use std::collections::BTreeMap;
 
-use cairn_core::{CodecIdentity, BINCODE_V1, MAX_DECODED_VALUE_LEN};
+use cairn_core::{CodecIdentity, BINCODE_V1, MAX_DECODED_VALUE_LEN, TTL_ENCODING_PREFIX};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use serde_reflection::{ContainerFormat, Format, Named, Registry, VariantFormat};
@@ -35,6 +43,8 @@ use serde_reflection::{ContainerFormat, Format, Named, Registry, VariantFormat};
 const MAX_DEPTH: usize = 128;
 /// Most elements a sequence may have beyond the bytes left (zero-sized elements).
 const MAX_ZERO_SIZED: usize = 1 << 16;
+/// The stamp in front of a value of a state with a TTL: `stamped_ms u64`.
+const TTL_STAMP_LEN: usize = size_of::<u64>();
 
 /// The schema document stored in `CodecIdentity::schema`.
 #[derive(Deserialize)]
@@ -46,15 +56,23 @@ struct SchemaDoc {
 /// Decodes the bytes of one codec to JSON.
 #[derive(Debug)]
 pub struct Decoder {
+    /// Whether each value starts with a TTL stamp (encoding `cairn-ttl1+<inner>`).
+    ttl: bool,
+    /// The schema of the value (after the stamp, with a TTL).
     schema: Option<(Format, Registry)>,
 }
 
 impl Decoder {
     /// The decoder for bytes written by a codec with this identity: its stored schema, a
-    /// primitive named by its type name, or raw hex.
+    /// primitive named by its type name, or raw hex; with the TTL prefix, the stamp and
+    /// then the value in the inner encoding.
     pub fn for_codec(id: &CodecIdentity) -> Self {
-        if id.encoding != BINCODE_V1 {
-            return Self { schema: None };
+        let (ttl, encoding) = match id.encoding.strip_prefix(TTL_ENCODING_PREFIX) {
+            Some(inner) => (true, inner),
+            None => (false, id.encoding.as_str()),
+        };
+        if encoding != BINCODE_V1 {
+            return Self { ttl, schema: None };
         }
         let from_doc = id
             .schema
@@ -62,13 +80,14 @@ impl Decoder {
             .and_then(|s| serde_json::from_str::<SchemaDoc>(s).ok())
             .map(|d| (d.root, d.registry));
         let schema = from_doc.or_else(|| primitive(&id.type_name).map(|f| (f, Registry::new())));
-        Self { schema }
+        Self { ttl, schema }
     }
 
     /// A decoder for a schema given as a document (`{"root": …, "registry": …}`).
     pub fn from_schema_json(doc: &str) -> Result<Self, String> {
         let d: SchemaDoc = serde_json::from_str(doc).map_err(|e| e.to_string())?;
         Ok(Self {
+            ttl: false,
             schema: Some((d.root, d.registry)),
         })
     }
@@ -78,25 +97,61 @@ impl Decoder {
         self.schema.is_some()
     }
 
+    /// Whether the values are those of a state with a TTL (each starts with its stamp).
+    pub fn has_ttl(&self) -> bool {
+        self.ttl
+    }
+
     /// Decodes `bytes` exactly; an error says why the schema does not fit.
     pub fn try_decode(&self, bytes: &[u8]) -> Result<Value, String> {
+        let (stamp, bytes) = self.split_stamp(bytes)?;
         let (root, registry) = self.schema.as_ref().ok_or("no schema")?;
         let mut r = Cursor { bytes, pos: 0 };
         let v = decode(&mut r, root, registry, 0)?;
         if r.pos != bytes.len() {
+            let at = r.pos + stamp.map_or(0, |_| TTL_STAMP_LEN);
             return Err(format!(
-                "trailing bytes len={} offset={}",
-                bytes.len() - r.pos,
-                r.pos
+                "trailing bytes len={} offset={at}",
+                bytes.len() - r.pos
             ));
         }
-        Ok(v)
+        Ok(with_stamp(stamp, v))
     }
 
-    /// Decodes `bytes`, falling back to [`raw`] when there is no schema or it does not fit.
-    pub fn decode(&self, bytes: &[u8]) -> Value {
-        self.try_decode(bytes).unwrap_or_else(|_| raw(bytes))
+    /// Decodes `bytes`, falling back to [`raw`] for the value when there is no schema or
+    /// it does not fit. The one error: a value of a state with a TTL too short to hold its
+    /// stamp.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Value, String> {
+        let (stamp, value) = self.split_stamp(bytes)?;
+        Ok(self
+            .try_decode(bytes)
+            .unwrap_or_else(|_| with_stamp(stamp, raw(value))))
     }
+
+    /// The TTL stamp (with a TTL) and the value's bytes.
+    fn split_stamp<'b>(&self, bytes: &'b [u8]) -> Result<(Option<u64>, &'b [u8]), String> {
+        if !self.ttl {
+            return Ok((None, bytes));
+        }
+        match bytes.split_first_chunk::<TTL_STAMP_LEN>() {
+            Some((stamp, rest)) => Ok((Some(u64::from_le_bytes(*stamp)), rest)),
+            None => Err(format!(
+                "{} bytes cannot hold the {TTL_STAMP_LEN}-byte timestamp of a value with a TTL",
+                bytes.len()
+            )),
+        }
+    }
+}
+
+/// A decoded value, with its TTL stamp when it has one: `{"ttl_stamped_ms": N, "value": …}`.
+fn with_stamp(stamp: Option<u64>, value: Value) -> Value {
+    let Some(stamped_ms) = stamp else {
+        return value;
+    };
+    let mut m = Map::new();
+    m.insert("ttl_stamped_ms".into(), Value::from(stamped_ms));
+    m.insert("value".into(), value);
+    Value::Object(m)
 }
 
 /// Raw bytes as JSON: `{"hex": "…"}`.
@@ -491,12 +546,15 @@ mod tests {
             schema: None,
         };
         let s = Decoder::for_codec(&id("alloc::string::String"));
-        assert_eq!(s.decode(&[2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']), json!("hi"));
+        assert_eq!(
+            s.decode(&[2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']).unwrap(),
+            json!("hi")
+        );
         let u = Decoder::for_codec(&id("u64"));
-        assert_eq!(u.decode(&5u64.to_le_bytes()), json!(5));
+        assert_eq!(u.decode(&5u64.to_le_bytes()).unwrap(), json!(5));
         let unknown = Decoder::for_codec(&id("demo::Thing"));
         assert!(!unknown.has_schema());
-        assert_eq!(unknown.decode(&[0xab, 1]), json!({"hex": "ab01"}));
+        assert_eq!(unknown.decode(&[0xab, 1]).unwrap(), json!({"hex": "ab01"}));
         let mut other = id("u64");
         other.encoding = "json".into();
         assert!(!Decoder::for_codec(&other).has_schema());
@@ -514,7 +572,7 @@ mod tests {
         }
         for i in inputs {
             if d.try_decode(&i).is_err() {
-                assert_eq!(d.decode(&i), raw(&i));
+                assert_eq!(d.decode(&i).unwrap(), raw(&i));
             }
         }
         let u = Decoder::for_codec(BincodeCodec::<u32>::new().identity());
@@ -529,6 +587,89 @@ mod tests {
             json!([null, null, null])
         );
         assert!(units.try_decode(&u64::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn ttl_values_show_their_stamp_and_value() {
+        use std::sync::Arc;
+
+        use cairn_core::{TtlCodec, TtlValue};
+
+        let c = TtlCodec::new(Arc::new(BincodeCodec::<Record>::new()));
+        assert!(c.identity().encoding.starts_with(TTL_ENCODING_PREFIX));
+        let d = Decoder::for_codec(c.identity());
+        assert!(d.has_ttl() && d.has_schema());
+        let value = Record {
+            name: "n".into(),
+            tags: vec![],
+            score: None,
+            by_name: BTreeMap::new(),
+            pos: (1, false),
+            height: Meters(2),
+            initial: 'x',
+            big: 3,
+        };
+        let bytes = c
+            .encode_to_vec(&TtlValue {
+                stamped_ms: 1_700_000_000_123,
+                value,
+            })
+            .unwrap();
+        let expected = json!({
+            "ttl_stamped_ms": 1_700_000_000_123u64,
+            "value": {
+                "name": "n", "tags": [], "score": null, "by_name": {}, "pos": [1, false],
+                "height": 2, "initial": "x", "big": 3,
+            },
+        });
+        assert_eq!(d.try_decode(&bytes).unwrap(), expected);
+        assert_eq!(d.decode(&bytes).unwrap(), expected);
+        // Without the prefix's meaning the stamp would be read as the record's name length.
+        let plain = Decoder::for_codec(BincodeCodec::<Record>::new().identity());
+        assert_eq!(plain.decode(&bytes).unwrap(), raw(&bytes));
+
+        // A value the schema does not fit keeps its stamp; the value is raw.
+        let mut long = bytes.clone();
+        long.push(7);
+        assert!(d
+            .try_decode(&long)
+            .unwrap_err()
+            .contains(&format!("trailing bytes len=1 offset={}", bytes.len())));
+        assert_eq!(
+            d.decode(&long).unwrap(),
+            json!({"ttl_stamped_ms": 1_700_000_000_123u64, "value": raw(&long[8..])})
+        );
+
+        // Too short for the stamp: an error from both, never a panic or a fallback.
+        for n in 0..8 {
+            let e = d.decode(&bytes[..n]).unwrap_err();
+            assert_eq!(
+                e,
+                format!("{n} bytes cannot hold the 8-byte timestamp of a value with a TTL")
+            );
+            assert!(d.try_decode(&bytes[..n]).is_err());
+        }
+        // Exactly a stamp: the value is empty (a `()` value with a TTL).
+        let unit =
+            Decoder::for_codec(TtlCodec::new(Arc::new(BincodeCodec::<()>::new())).identity());
+        assert_eq!(
+            unit.decode(&5u64.to_le_bytes()).unwrap(),
+            json!({"ttl_stamped_ms": 5, "value": null})
+        );
+
+        // An inner encoding this build does not decode: the stamp still, the value raw.
+        let mut id = c.identity().clone();
+        id.encoding = format!("{TTL_ENCODING_PREFIX}json");
+        let other = Decoder::for_codec(&id);
+        assert!(other.has_ttl() && !other.has_schema());
+        assert_eq!(
+            other.decode(&[9, 0, 0, 0, 0, 0, 0, 0, b'{', b'}']).unwrap(),
+            json!({"ttl_stamped_ms": 9, "value": {"hex": "7b7d"}})
+        );
+        assert!(other.decode(&[9]).is_err());
+        // The prefix counts only in front.
+        id.encoding = format!("x{TTL_ENCODING_PREFIX}{BINCODE_V1}");
+        assert!(!Decoder::for_codec(&id).has_ttl());
     }
 
     #[test]

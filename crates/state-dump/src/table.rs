@@ -1,6 +1,6 @@
 //! Aligned text tables and small formatting helpers for human output.
 
-use cairn_core::{CodecIdentity, StateKind, BINCODE_V1};
+use cairn_core::{CodecIdentity, StateKind, BINCODE_V1, TTL_ENCODING_PREFIX};
 
 /// Renders rows under headers as left-aligned columns separated by two spaces (the last
 /// column is not padded).
@@ -33,12 +33,16 @@ pub(crate) fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A codec identity in short form: `type@vN`, plus the encoding when it is not the default.
+/// A codec identity in short form: `type@vN`, plus the encoding when it is not the default;
+/// a state with a TTL gets `(ttl)` (`(ttl, encoding)` when the inner encoding is not the
+/// default).
 pub(crate) fn codec(id: &CodecIdentity) -> String {
-    if id.encoding == BINCODE_V1 {
-        format!("{}@v{}", id.type_name, id.version)
-    } else {
-        format!("{}@v{} ({})", id.type_name, id.version, id.encoding)
+    let base = format!("{}@v{}", id.type_name, id.version);
+    match id.encoding.strip_prefix(TTL_ENCODING_PREFIX) {
+        Some(BINCODE_V1) => format!("{base} (ttl)"),
+        Some(inner) => format!("{base} (ttl, {inner})"),
+        None if id.encoding == BINCODE_V1 => base,
+        None => format!("{base} ({})", id.encoding),
     }
 }
 
@@ -86,6 +90,20 @@ mod tests {
         assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(time(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
         assert_eq!(time(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn codecs_in_short_form() {
+        let id = |encoding: &str| CodecIdentity {
+            encoding: encoding.into(),
+            type_name: "u64".into(),
+            version: 2,
+            schema: None,
+        };
+        assert_eq!(codec(&id(BINCODE_V1)), "u64@v2");
+        assert_eq!(codec(&id("json")), "u64@v2 (json)");
+        assert_eq!(codec(&id("cairn-ttl1+bincode1-fixint-le")), "u64@v2 (ttl)");
+        assert_eq!(codec(&id("cairn-ttl1+json")), "u64@v2 (ttl, json)");
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! each one must decode to (or fail with).
 #![allow(dead_code, unreachable_pub)]
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cairn_core::{
-    key_group_for_key, BincodeCodec, CanonicalFile, Codec, CodecIdentity, FileArea, FileRef,
-    KeyGroupRange, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution,
-    SnapshotType, StateKind, StateMeta, BINCODE_V1,
+    key_group_for_key, BincodeCodec, CanonicalFile, Codec, CodecError, CodecIdentity, FileArea,
+    FileRef, KeyGroupRange, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot,
+    Redistribution, SnapshotType, StateKind, StateMeta, TtlCodec, TtlValue, BINCODE_V1,
 };
 use cairn_format::{
     encode_list, encode_manifest, EntryRef, FileState, Manifest, OperatorManifest, StateFileWriter,
@@ -380,12 +382,55 @@ pub fn list_value() -> Vec<u8> {
     v
 }
 
+/// The codec of the TTL vectors' values: a bincode `String` with a TTL (encoding
+/// `cairn-ttl1+bincode1-fixint-le`).
+pub fn ttl_string_codec() -> TtlCodec<String> {
+    TtlCodec::new(Arc::new(BincodeCodec::<String>::new()))
+}
+
+/// The content of `ttl-value.bin`.
+pub const TTL_VALUE: (u64, &str) = (1_700_000_000_123, "last seen");
+
+/// The content of `ttl-list-value.bin`: each element with its own stamp (the second added
+/// a minute after the first; the third, empty, at the first's time).
+pub const TTL_LIST: [(u64, &str); 3] = [
+    (1_700_000_000_000, "first"),
+    (1_700_000_060_000, "second"),
+    (1_700_000_000_000, ""),
+];
+
+fn ttl_encode(stamped_ms: u64, value: &str) -> Vec<u8> {
+    ttl_string_codec()
+        .encode_to_vec(&TtlValue {
+            stamped_ms,
+            value: value.to_string(),
+        })
+        .unwrap()
+}
+
+/// One TTL value, as `TtlCodec` writes it.
+pub fn ttl_value() -> Vec<u8> {
+    ttl_encode(TTL_VALUE.0, TTL_VALUE.1)
+}
+
+/// A list value whose elements are TTL values.
+pub fn ttl_list_value() -> Vec<u8> {
+    let elements: Vec<Vec<u8>> = TTL_LIST.iter().map(|(t, v)| ttl_encode(*t, v)).collect();
+    let mut out = Vec::new();
+    encode_list(elements.iter().map(Vec::as_slice), &mut out);
+    out
+}
+
 /// Which decoder a vector is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
     Manifest,
     StateFile,
     ListValue,
+    /// A value of a state with a TTL (`TtlCodec` over a bincode `String`).
+    TtlValue,
+    /// A list value whose elements are such TTL values.
+    TtlListValue,
 }
 
 /// A golden vector: its path under `format-spec/vectors/`, kind and bytes.
@@ -432,22 +477,74 @@ pub fn valid_vectors() -> Vec<Vector> {
     v
 }
 
+/// The vectors of values of states with a TTL. They are not in [`valid_vectors`]: like a
+/// list value they have no checksum of their own (the block's CRC covers them), and a
+/// flipped bit in a stamp is another valid stamp, so `corruption.rs` cannot expect every
+/// flip to be detected; `golden.rs` checks their truncations instead.
+pub fn ttl_vectors() -> Vec<Vector> {
+    vec![
+        Vector {
+            name: "ttl-value.bin".into(),
+            kind: FileKind::TtlValue,
+            bytes: ttl_value(),
+        },
+        Vector {
+            name: "ttl-list-value.bin".into(),
+            kind: FileKind::TtlListValue,
+            bytes: ttl_list_value(),
+        },
+    ]
+}
+
 /// Which error a corrupt vector must give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
     Corrupt,
     UnsupportedVersion,
     UnsupportedFeature,
+    /// The value's codec refuses to decode it (values have no decoder in `cairn-format`).
+    CodecDecode,
 }
 
 impl Expect {
-    pub fn matches(self, e: &cairn_format::FormatError) -> bool {
+    pub fn matches(self, e: &DecodeError) -> bool {
         use cairn_format::FormatError as F;
-        match self {
-            Expect::Corrupt => matches!(e, F::Corrupt { .. }),
-            Expect::UnsupportedVersion => matches!(e, F::UnsupportedVersion { .. }),
-            Expect::UnsupportedFeature => matches!(e, F::UnsupportedFeature { .. }),
+        match (self, e) {
+            (Expect::Corrupt, DecodeError::Format(F::Corrupt { .. })) => true,
+            (Expect::UnsupportedVersion, DecodeError::Format(F::UnsupportedVersion { .. })) => true,
+            (Expect::UnsupportedFeature, DecodeError::Format(F::UnsupportedFeature { .. })) => true,
+            (Expect::CodecDecode, DecodeError::Codec(c)) => c.op == "decode",
+            _ => false,
         }
+    }
+}
+
+/// Why a vector did not decode: the format's decoders, or (for TTL values) the value's
+/// codec. Displays as the underlying error.
+#[derive(Debug)]
+pub enum DecodeError {
+    Format(cairn_format::FormatError),
+    Codec(CodecError),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Format(e) => fmt::Display::fmt(e, f),
+            DecodeError::Codec(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl From<cairn_format::FormatError> for DecodeError {
+    fn from(e: cairn_format::FormatError) -> Self {
+        DecodeError::Format(e)
+    }
+}
+
+impl From<CodecError> for DecodeError {
+    fn from(e: CodecError) -> Self {
+        DecodeError::Codec(e)
     }
 }
 
@@ -588,18 +685,33 @@ pub fn corrupt_vectors() -> Vec<CorruptVector> {
         "one byte appended",
         Corrupt,
     );
+    push(
+        "ttl-value-short",
+        FileKind::TtlValue,
+        ttl_value()[..7].to_vec(),
+        "the first 7 bytes: too short for the 8-byte timestamp",
+        CodecDecode,
+    );
     out
 }
 
 /// Decodes a vector with the decoder of its kind, verifying everything.
-pub fn decode(kind: FileKind, bytes: &[u8], path: &str) -> Result<(), cairn_format::FormatError> {
+pub fn decode(kind: FileKind, bytes: &[u8], path: &str) -> Result<(), DecodeError> {
     match kind {
-        FileKind::Manifest => cairn_format::decode_manifest(bytes, path).map(drop),
+        FileKind::Manifest => cairn_format::decode_manifest(bytes, path).map(drop)?,
         FileKind::StateFile => {
             let r =
                 cairn_format::StateFileReader::open(bytes::Bytes::copy_from_slice(bytes), path)?;
-            r.verify_all()
+            r.verify_all()?
         }
-        FileKind::ListValue => cairn_format::decode_list(bytes).map(drop),
+        FileKind::ListValue => cairn_format::decode_list(bytes).map(drop)?,
+        FileKind::TtlValue => ttl_string_codec().decode(bytes).map(drop)?,
+        FileKind::TtlListValue => {
+            let codec = ttl_string_codec();
+            for element in cairn_format::decode_list(bytes)? {
+                codec.decode(element)?;
+            }
+        }
     }
+    Ok(())
 }
