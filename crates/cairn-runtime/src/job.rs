@@ -322,7 +322,12 @@ impl Driver {
         let writes =
             config.checkpoint.interval.is_some() || config.restore_mode == RestoreMode::Claim;
         let dir_lock = match &storage {
-            Some(s) if writes => Some(s.lock_for_job(&lock_holder())?),
+            Some(s) if writes => Some(s.lock_for_job_reporting(&lock_holder(), &mut |holder| {
+                eprintln!(
+                    "waiting for {holder} to release the checkpoint directory {} (up to two minutes)",
+                    config.checkpoint_dir
+                );
+            })?),
             _ => None,
         };
         let next_id = match &storage {

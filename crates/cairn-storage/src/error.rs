@@ -190,6 +190,18 @@ pub enum StorageError {
         /// What the holder wrote about itself.
         holder: String,
     },
+    /// A tool that holds the checkpoint directory for a short while (such as `state-dump
+    /// gc`, see [`CheckpointStorage::lock_briefly`](crate::CheckpointStorage::lock_briefly))
+    /// still held it after the job waited for it.
+    #[error("the checkpoint directory is still held by {holder} after waiting {waited_s} s: it holds the directory only while it works (such as state-dump gc deleting old checkpoints); start the job again when it has finished dir={dir}")]
+    DirectoryBusy {
+        /// The directory.
+        dir: String,
+        /// What the holder wrote about itself.
+        holder: String,
+        /// How long the job waited, in seconds.
+        waited_s: u64,
+    },
     /// A savepoint directory already holds a manifest.
     #[error("savepoint already exists path={path}")]
     SavepointExists {

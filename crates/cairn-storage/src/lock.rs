@@ -106,7 +106,17 @@ impl CheckpointStorage {
     /// A lock taken by [`CheckpointStorage::lock_briefly`] (a tool such as `state-dump gc`
     /// deleting old checkpoints) is waited for, up to two minutes, instead of refused.
     pub fn lock_for_job(&self, holder: &str) -> Result<DirectoryLock, StorageError> {
-        self.lock(holder, false)
+        self.lock(holder, false, &mut |_| {}, BRIEF_PATIENCE)
+    }
+
+    /// [`CheckpointStorage::lock_for_job`], calling `waiting` once with the brief holder's
+    /// text when it starts to wait for one (so a job can say why it does not start yet).
+    pub fn lock_for_job_reporting(
+        &self,
+        holder: &str,
+        waiting: &mut dyn FnMut(&str),
+    ) -> Result<DirectoryLock, StorageError> {
+        self.lock(holder, false, waiting, BRIEF_PATIENCE)
     }
 
     /// [`CheckpointStorage::lock_for_job`] for a holder that lets go soon (a tool such as
@@ -114,10 +124,16 @@ impl CheckpointStorage {
     /// would refuse to run beside another job. It waits like a job for a holder already
     /// there.
     pub fn lock_briefly(&self, holder: &str) -> Result<DirectoryLock, StorageError> {
-        self.lock(holder, true)
+        self.lock(holder, true, &mut |_| {}, BRIEF_PATIENCE)
     }
 
-    fn lock(&self, holder: &str, brief: bool) -> Result<DirectoryLock, StorageError> {
+    fn lock(
+        &self,
+        holder: &str,
+        brief: bool,
+        waiting: &mut dyn FnMut(&str),
+        brief_patience: Duration,
+    ) -> Result<DirectoryLock, StorageError> {
         let Some(dir) = self.inner.store.local_path(&self.inner.root) else {
             return Ok(DirectoryLock { held: None });
         };
@@ -144,14 +160,25 @@ impl CheckpointStorage {
             match try_lock(open()?, path.clone(), Some(&line))? {
                 Ok(lock) => return Ok(lock),
                 Err(held) => {
+                    if held.brief && !seen_brief {
+                        waiting(&held.holder);
+                    }
                     seen_brief |= held.brief;
                     let patience = if seen_brief {
-                        BRIEF_PATIENCE
+                        brief_patience
                     } else {
                         LOCK_PATIENCE
                     };
                     if started.elapsed() >= patience {
-                        return Err(held.into());
+                        return Err(if seen_brief {
+                            StorageError::DirectoryBusy {
+                                dir: held.dir,
+                                holder: held.holder,
+                                waited_s: patience.as_secs(),
+                            }
+                        } else {
+                            held.into()
+                        });
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -323,14 +350,31 @@ mod tests {
         let releasing = hold(true);
         assert_eq!(storage.lock_holder().unwrap().as_deref(), Some("gc pid=1"));
         let started = Instant::now();
-        let job = storage.lock_for_job("job pid=2").unwrap();
+        let mut told = Vec::new();
+        let job = storage
+            .lock_for_job_reporting("job pid=2", &mut |h| told.push(h.to_string()))
+            .unwrap();
         assert!(
             started.elapsed() >= LOCK_PATIENCE,
             "{:?}",
             started.elapsed()
         );
+        assert_eq!(told, ["gc pid=1"], "the wait is reported once");
         releasing.join().unwrap();
         drop(job);
+
+        // A brief holder that stays too long: the job gives up, saying what held it.
+        let releasing = hold(true);
+        let err = storage
+            .lock("job pid=2", false, &mut |_| {}, Duration::from_millis(200))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StorageError::DirectoryBusy { .. }), "{msg}");
+        assert!(
+            msg.contains("gc pid=1") && msg.contains("state-dump gc"),
+            "{msg}"
+        );
+        releasing.join().unwrap();
 
         let releasing = hold(false);
         let err = storage.lock_for_job("job pid=2").unwrap_err();
