@@ -26,7 +26,8 @@ seed() {
             cp "$vectors"/savepoint/*.state "$vectors/empty.state" "$dir/"
             for f in "$vectors"/corrupt/state-file-*; do cp "$f" "$dir/"; done ;;
         list_decode)
-            cp "$vectors/list-value.bin" "$vectors/corrupt/list-value-trailing" "$dir/" ;;
+            cp "$vectors/list-value.bin" "$vectors/ttl-list-value.bin" \
+                "$vectors/corrupt/list-value-trailing" "$dir/" ;;
         changelog_segment)
             # The vectors (version 2, whose first block is zstd-compressed, and version 1)
             # and their corrupt variants, and seeds/changelog_segment/: a version 1 segment
@@ -41,8 +42,9 @@ seed() {
         savepoint_restore)
             pack "$vectors/savepoint" "$dir/savepoint" ;;
         codec_decode)
-            # which codec (u8), then a value: "cairn" as String, [1, 2] as Vec<Vec<u64>>.
+            # which codec (u8), then a value: "cairn" as String, a TTL String, [1, 2] as Vec<Vec<u64>>.
             printf '\x00\x05\x00\x00\x00\x00\x00\x00\x00cairn' >"$dir/string"
+            { printf '\x08'; cat "$vectors/ttl-value.bin"; } >"$dir/ttl-string"
             printf '\x05\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00' >"$dir/nested" ;;
         *) ;;
     esac
