@@ -679,19 +679,31 @@ ttl_accessor!(
     TtlAggregatingAccess<IN, ACC, OUT>, TtlAggregatingStateId
 );
 
-/// What a read does with a stored single value (value, reducing, map entry).
-enum Found {
-    /// Not expired: return it (refreshing it first when reads refresh).
-    Live,
-    /// Expired: remove it; return it only when the visibility says so.
-    Expired,
+/// What a read does with one stored value (a value, reducing value or map entry).
+enum Read<V> {
+    /// Live: return it as stored.
+    Keep(V),
+    /// Live, and reads refresh: store the re-stamped value and return the value.
+    Restamp(V, TtlValue<V>),
+    /// Expired: remove it, and return what the visibility allows.
+    Remove(Option<V>),
 }
 
-fn classify(ttl: &StateTtlConfig, stamped_ms: u64, now: u64) -> Found {
-    if ttl.is_expired(stamped_ms, now) {
-        Found::Expired
+fn read<V: Clone>(ttl: &StateTtlConfig, stored: TtlValue<V>) -> Read<V> {
+    let now = ttl.now();
+    if ttl.is_expired(stored.stamped_ms, now) {
+        Read::Remove(ttl.return_expired().then_some(stored.value))
+    } else if ttl.refresh_on_read() {
+        let value = stored.value.clone();
+        Read::Restamp(
+            value,
+            TtlValue {
+                stamped_ms: now,
+                value: stored.value,
+            },
+        )
     } else {
-        Found::Live
+        Read::Keep(stored.value)
     }
 }
 
@@ -701,26 +713,16 @@ impl<B: KeyedStateBackend, V: StateValue, N: Namespace> TtlValueAccess<'_, B, V,
         let Some(stored) = self.b.value_get(self.id.inner, self.ns)? else {
             return Ok(None);
         };
-        let ttl = &self.id.ttl;
-        let now = ttl.now();
-        match classify(ttl, stored.stamped_ms, now) {
-            Found::Expired => {
-                self.b.clear(self.id.raw(), self.ns)?;
-                Ok(ttl.return_expired().then_some(stored.value))
-            }
-            Found::Live if ttl.refresh_on_read() => {
-                let value = stored.value.clone();
-                self.b.value_update(
-                    self.id.inner,
-                    self.ns,
-                    TtlValue {
-                        stamped_ms: now,
-                        value: stored.value,
-                    },
-                )?;
+        match read(&self.id.ttl, stored) {
+            Read::Keep(value) => Ok(Some(value)),
+            Read::Restamp(value, fresh) => {
+                self.b.value_update(self.id.inner, self.ns, fresh)?;
                 Ok(Some(value))
             }
-            Found::Live => Ok(Some(stored.value)),
+            Read::Remove(out) => {
+                self.b.clear(self.id.raw(), self.ns)?;
+                Ok(out)
+            }
         }
     }
     /// Sets the value, stamped now.
@@ -808,27 +810,17 @@ impl<B: KeyedStateBackend, UK: UserKey, UV: StateValue, N: Namespace>
         let Some(stored) = self.b.map_get(self.id.inner, self.ns, user_key)? else {
             return Ok(None);
         };
-        let ttl = &self.id.ttl;
-        let now = ttl.now();
-        match classify(ttl, stored.stamped_ms, now) {
-            Found::Expired => {
-                self.b.map_remove(self.id.inner, self.ns, user_key)?;
-                Ok(ttl.return_expired().then_some(stored.value))
-            }
-            Found::Live if ttl.refresh_on_read() => {
-                let value = stored.value.clone();
-                self.b.map_put(
-                    self.id.inner,
-                    self.ns,
-                    user_key.clone(),
-                    TtlValue {
-                        stamped_ms: now,
-                        value: stored.value,
-                    },
-                )?;
+        match read(&self.id.ttl, stored) {
+            Read::Keep(value) => Ok(Some(value)),
+            Read::Restamp(value, fresh) => {
+                self.b
+                    .map_put(self.id.inner, self.ns, user_key.clone(), fresh)?;
                 Ok(Some(value))
             }
-            Found::Live => Ok(Some(stored.value)),
+            Read::Remove(out) => {
+                self.b.map_remove(self.id.inner, self.ns, user_key)?;
+                Ok(out)
+            }
         }
     }
     /// Puts a value under `user_key`, stamped now.
@@ -855,30 +847,19 @@ impl<B: KeyedStateBackend, UK: UserKey, UV: StateValue, N: Namespace>
     /// Expired entries are removed.
     pub fn entries(&mut self) -> Result<Vec<(UK, UV)>> {
         let stored = self.b.map_entries(self.id.inner, self.ns)?;
-        let ttl = &self.id.ttl;
-        let now = ttl.now();
         let mut out = Vec::with_capacity(stored.len());
         for (user_key, entry) in stored {
-            match classify(ttl, entry.stamped_ms, now) {
-                Found::Expired => {
+            match read(&self.id.ttl, entry) {
+                Read::Keep(value) => out.push((user_key, value)),
+                Read::Restamp(value, fresh) => {
+                    self.b
+                        .map_put(self.id.inner, self.ns, user_key.clone(), fresh)?;
+                    out.push((user_key, value));
+                }
+                Read::Remove(expired) => {
                     self.b.map_remove(self.id.inner, self.ns, &user_key)?;
-                    if ttl.return_expired() {
-                        out.push((user_key, entry.value));
-                    }
+                    out.extend(expired.map(|value| (user_key, value)));
                 }
-                Found::Live if ttl.refresh_on_read() => {
-                    self.b.map_put(
-                        self.id.inner,
-                        self.ns,
-                        user_key.clone(),
-                        TtlValue {
-                            stamped_ms: now,
-                            value: entry.value.clone(),
-                        },
-                    )?;
-                    out.push((user_key, entry.value));
-                }
-                Found::Live => out.push((user_key, entry.value)),
             }
         }
         Ok(out)
@@ -900,28 +881,18 @@ impl<B: KeyedStateBackend, V: StateValue, N: Namespace> TtlReducingAccess<'_, B,
         let Some(stored) = self.b.reducing_get(self.id.inner, self.ns)? else {
             return Ok(None);
         };
-        let ttl = &self.id.ttl;
-        let now = ttl.now();
-        match classify(ttl, stored.stamped_ms, now) {
-            Found::Expired => {
-                self.b.clear(self.id.raw(), self.ns)?;
-                Ok(ttl.return_expired().then_some(stored.value))
-            }
-            Found::Live if ttl.refresh_on_read() => {
+        match read(&self.id.ttl, stored) {
+            Read::Keep(value) => Ok(Some(value)),
+            Read::Restamp(value, fresh) => {
                 // A reducing state has no setter: cleared, the added value is the new one.
-                let value = stored.value.clone();
                 self.b.clear(self.id.raw(), self.ns)?;
-                self.b.reducing_add(
-                    self.id.inner,
-                    self.ns,
-                    TtlValue {
-                        stamped_ms: now,
-                        value: stored.value,
-                    },
-                )?;
+                self.b.reducing_add(self.id.inner, self.ns, fresh)?;
                 Ok(Some(value))
             }
-            Found::Live => Ok(Some(stored.value)),
+            Read::Remove(out) => {
+                self.b.clear(self.id.raw(), self.ns)?;
+                Ok(out)
+            }
         }
     }
     /// Folds in a value (into nothing when the stored one has expired), stamped now.
