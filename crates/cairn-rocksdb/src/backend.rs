@@ -5,6 +5,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cairn_core::*;
 
@@ -17,6 +18,7 @@ use crate::seal::{Frozen, Seal, SealJob, Unwritten};
 use crate::snapshot::{Incremental, ScratchDir};
 use crate::spill::{Found, Spill};
 use crate::state::{decode, type_mismatch, EncodeNs, EncodeValue, Registered};
+use crate::ttl::TtlRegistry;
 
 /// Bytes of the state index in front of a cache key.
 pub(crate) const STATE_PREFIX_LEN: usize = 4;
@@ -60,6 +62,8 @@ pub struct RocksDbBackend {
     /// The seal worker of the last snapshot while it may still run: the backend writes
     /// nothing to RocksDB until it is settled (`seal.rs`).
     pub(crate) seal: Option<Seal>,
+    /// The TTL of states that have one, for the compaction filter (`ttl.rs`).
+    pub(crate) ttl: Arc<TtlRegistry>,
 }
 
 impl fmt::Debug for RocksDbBackend {
@@ -125,7 +129,8 @@ impl RocksDbBackend {
             nonce()
         ));
         std::fs::create_dir_all(&root).map_err(|e| io_err("creating directory", &root, e))?;
-        let inst = Instance::open(&root.join("db-0"), &options)?;
+        let ttl = Arc::new(TtlRegistry::default());
+        let inst = Instance::open(&root.join("db-0"), &options, &ttl, &BTreeMap::new())?;
         Ok(Self {
             uid,
             max_parallelism,
@@ -147,6 +152,7 @@ impl RocksDbBackend {
             inc: Incremental::default(),
             seq: 1,
             seal: None,
+            ttl,
         })
     }
 
@@ -175,6 +181,7 @@ impl RocksDbBackend {
         meta: StateMeta,
         typed: Box<dyn Any + Send>,
         type_name: &'static str,
+        value_type: std::any::TypeId,
         encode_ns: EncodeNs,
         encode_value: EncodeValue,
     ) -> Result<RawStateId> {
@@ -206,7 +213,7 @@ impl RocksDbBackend {
                 let inst = self.inst.as_mut().ok_or_else(|| StateError::Restore {
                     reason: format!("the rocksdb instance is closed uid={uid}"),
                 })?;
-                inst.ensure_cf(&meta.name)?;
+                inst.ensure_cf(&meta)?;
                 self.metas.insert(meta.name.clone(), meta.clone());
             }
         }
@@ -218,6 +225,7 @@ impl RocksDbBackend {
             meta,
             typed,
             type_name,
+            value_type,
             encode_ns,
             encode_value,
         });

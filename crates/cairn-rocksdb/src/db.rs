@@ -1,11 +1,12 @@
 //! The RocksDB instance of a backend: opening, column families (one per state, named after
 //! it), and the error wrapping every call site uses.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_core::{Result, StateError};
+use cairn_core::{Result, StateError, StateMeta};
 use rocksdb::{
     Cache, ColumnFamily, IngestExternalFileOptions, Options, WriteBatch, WriteOptions, DB,
 };
@@ -13,6 +14,7 @@ use rocksdb::{
 use crate::options::{
     block_cache, column_family_options, db_options, restore_sst_options, RocksDbOptions,
 };
+use crate::ttl::TtlRegistry;
 
 /// Wraps a RocksDB error with what was being done.
 pub(crate) fn rocks_err(op: &str, path: &Path, cf: &str, e: rocksdb::Error) -> StateError {
@@ -35,6 +37,9 @@ pub(crate) struct Instance {
     cache: Cache,
     options: RocksDbOptions,
     write: WriteOptions,
+    /// The backend's TTL registry, which the compaction filter of every state column
+    /// family reads (`ttl.rs`).
+    ttl: Arc<TtlRegistry>,
 }
 
 impl fmt::Debug for Instance {
@@ -46,8 +51,15 @@ impl fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// Opens (or creates) the instance at `path` with every column family it has.
-    pub(crate) fn open(path: &Path, options: &RocksDbOptions) -> Result<Self> {
+    /// Opens (or creates) the instance at `path` with every column family it has; those of
+    /// the states of `metas` with a TTL get the TTL compaction filter reading `ttl`
+    /// (`ttl.rs`).
+    pub(crate) fn open(
+        path: &Path,
+        options: &RocksDbOptions,
+        ttl: &Arc<TtlRegistry>,
+        metas: &BTreeMap<String, StateMeta>,
+    ) -> Result<Self> {
         let cache = block_cache(options.block_cache_bytes);
         let db_opts = db_options(options, &cache);
         let names = if path.join("CURRENT").exists() {
@@ -58,7 +70,11 @@ impl Instance {
         let cfs: Vec<_> = names
             .iter()
             .map(|n| {
-                rocksdb::ColumnFamilyDescriptor::new(n, column_family_options(options, &cache))
+                let with_ttl = metas.get(n).is_some_and(crate::ttl::has_ttl);
+                rocksdb::ColumnFamilyDescriptor::new(
+                    n,
+                    cf_options(options, &cache, n, ttl, with_ttl),
+                )
             })
             .collect();
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
@@ -70,6 +86,7 @@ impl Instance {
             cache,
             options: options.clone(),
             write,
+            ttl: ttl.clone(),
         })
     }
 
@@ -123,12 +140,14 @@ impl Instance {
         })
     }
 
-    /// Creates the column family of state `name` unless it exists.
-    pub(crate) fn ensure_cf(&mut self, name: &str) -> Result<()> {
+    /// Creates the column family of state `meta` unless it exists.
+    pub(crate) fn ensure_cf(&mut self, meta: &StateMeta) -> Result<()> {
+        let name = meta.name.as_str();
         if self.db.cf_handle(name).is_some() {
             return Ok(());
         }
-        let opts = column_family_options(&self.options, &self.cache);
+        let with_ttl = crate::ttl::has_ttl(meta);
+        let opts = cf_options(&self.options, &self.cache, name, &self.ttl, with_ttl);
         let path = &self.path;
         Arc::get_mut(&mut self.db)
             .ok_or_else(|| {
@@ -220,6 +239,11 @@ impl Instance {
     /// the deleted ranges away.
     pub(crate) fn keep_only(&self, lower: &[u8], upper: &[u8]) -> Result<()> {
         let end = crate::layout::end_of_all();
+        // RocksDB's default also rewrites the bottommost level when the column family has
+        // a compaction filter, which a state with a TTL has (`ttl.rs`); none of its states
+        // is registered yet, so that would only cost time.
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Skip);
         for name in self.state_cfs()? {
             let cf = self.cf(&name)?;
             for (from, to) in [(&[][..], lower), (upper, end.as_slice())] {
@@ -229,11 +253,29 @@ impl Instance {
                 self.db
                     .delete_range_cf_opt(cf, from, to, &self.write)
                     .map_err(|e| rocks_err("delete_range", &self.path, &name, e))?;
-                self.db.compact_range_cf(cf, Some(from), Some(to));
+                self.db
+                    .compact_range_cf_opt(cf, Some(from), Some(to), &compact);
             }
         }
         Ok(())
     }
+}
+
+/// The options of column family `name` of a live instance: [`column_family_options`], and
+/// for the column family of a state with a TTL (`with_ttl`) the TTL compaction filter, which
+/// keeps everything until the state enables TTL cleanup.
+fn cf_options(
+    o: &RocksDbOptions,
+    cache: &Cache,
+    name: &str,
+    ttl: &Arc<TtlRegistry>,
+    with_ttl: bool,
+) -> Options {
+    let mut opts = column_family_options(o, cache);
+    if with_ttl && name != DEFAULT_CF {
+        crate::ttl::install_filter(&mut opts, ttl, name);
+    }
+    opts
 }
 
 /// Calls `f` for every entry of `cf` in `db` with `lower <= key < upper`, in key order.

@@ -218,7 +218,7 @@ pub(crate) fn ingest_with(
                 s.spawn(move || job.build(w, *r, &o))
             })
             .collect();
-        let created: Result<()> = cf_names.iter().try_for_each(|n| inst.ensure_cf(n));
+        let created: Result<()> = metas.values().try_for_each(|m| inst.ensure_cf(m));
         let built: Vec<Result<Vec<(usize, PathBuf)>>> = handles
             .into_iter()
             .map(|h| {

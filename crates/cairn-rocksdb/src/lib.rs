@@ -77,6 +77,13 @@
 //!   instance, keys outside the range are range-deleted and the other handles' key groups
 //!   are ingested. Restored states keep their stored codec identities until registration
 //!   checks them; states never registered are carried into later snapshots.
+//! - **State TTL.** Reads drop the expired entries they find (`cairn_core::TtlStateAccess`);
+//!   the rest are dropped by RocksDB compactions, through a compaction filter on every
+//!   state column family that acts once the state registers with a TTL
+//!   ([`cairn_core::KeyedStateBackend::enable_ttl_cleanup`]): values, reducing and
+//!   aggregating states and map entries whose stamp has expired, lists whose every element
+//!   has (`src/ttl.rs` says what is dropped and when, and why the write-back cache loses
+//!   nothing to it).
 //!
 //! Why one column family per state rather than a state prefix in one keyspace? Per-state
 //! options and statistics, and the state name is the column family name in a native
@@ -102,6 +109,7 @@ mod sst;
 mod state;
 #[cfg(test)]
 mod test_support;
+mod ttl;
 
 pub use backend::RocksDbBackend;
 pub use inspect::scan_native_handle;

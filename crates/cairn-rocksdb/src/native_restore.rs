@@ -46,7 +46,7 @@ pub(crate) fn restore(
         drop(old);
         let _ = std::fs::remove_dir_all(&path);
     }
-    let mut inst = Instance::open(&dir, &b.options)
+    let mut inst = Instance::open(&dir, &b.options, &b.ttl, metas)
         .map_err(|e| StateError::layer(format!("opening {}", describe(base)), e))?;
     if handles.len() == 1 && base.key_group_range == range {
         if let KeyedData::RocksNative { files } = &base.data {
@@ -61,8 +61,8 @@ pub(crate) fn restore(
     } else {
         inst.keep_only(&kg_bound(range.start), &kg_bound(range.end))?;
     }
-    for name in metas.keys() {
-        inst.ensure_cf(name)?;
+    for meta in metas.values() {
+        inst.ensure_cf(meta)?;
     }
     for (i, h) in handles.iter().enumerate() {
         if i == base_i {

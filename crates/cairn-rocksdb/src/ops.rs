@@ -291,6 +291,7 @@ impl KeyedStateBackend for RocksDbBackend {
             d.meta(),
             Box::new(typed),
             std::any::type_name::<Single<V, N>>(),
+            std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
         )
@@ -309,6 +310,7 @@ impl KeyedStateBackend for RocksDbBackend {
             d.meta(),
             Box::new(typed),
             std::any::type_name::<ListOf<V, N>>(),
+            std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             no_value_encoder(&d.name),
         )
@@ -328,6 +330,7 @@ impl KeyedStateBackend for RocksDbBackend {
             d.meta(),
             Box::new(typed),
             std::any::type_name::<MapOf<UK, UV, N>>(),
+            std::any::TypeId::of::<UV>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
         )
@@ -347,6 +350,7 @@ impl KeyedStateBackend for RocksDbBackend {
             d.meta(),
             Box::new(typed),
             std::any::type_name::<Single<V, N>>(),
+            std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
         )
@@ -366,6 +370,7 @@ impl KeyedStateBackend for RocksDbBackend {
             d.meta(),
             Box::new(typed),
             std::any::type_name::<Agg<IN, ACC, OUT, N>>(),
+            std::any::TypeId::of::<ACC>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.accumulator.clone()),
         )
@@ -602,6 +607,15 @@ impl KeyedStateBackend for RocksDbBackend {
         );
         self.scratch = key;
         out
+    }
+
+    /// Drops the state's expired entries in RocksDB compactions (`ttl.rs`).
+    fn enable_ttl_cleanup<V: StateValue>(
+        &mut self,
+        state: RawStateId,
+        cleanup: TtlCleanup<V>,
+    ) -> Result<()> {
+        self.enable_ttl(state, cleanup)
     }
 
     fn clear<N: Namespace>(&mut self, s: RawStateId, ns: &N) -> Result<()> {

@@ -71,6 +71,13 @@
 //!   1.4-2.1. Only the files a canonical restore builds have none (`ingest.rs`).
 //! - **A merge operator** that concatenates, on every column family: list appends are
 //!   merges (no read), and only list states ever merge.
+//! - **A compaction filter** on every state column family of a live instance (not in
+//!   [`column_family_options`], which has no state to look up): it drops the expired
+//!   entries of states with a TTL and keeps everything else (`ttl.rs`). With a filter,
+//!   RocksDB would compact every file at least every 30 days; only states with a TTL keep
+//!   that (as Flink sets it for them), the others get no periodic compactions. Manual
+//!   compactions also rewrite the bottommost level unless told to skip it (`db.rs`'s
+//!   `keep_only` does).
 
 use std::path::PathBuf;
 

@@ -842,6 +842,7 @@ mod tests {
                     meta: d.meta(),
                     typed: Box::new(()),
                     type_name: "",
+                    value_type: std::any::TypeId::of::<Vec<u8>>(),
                     encode_ns: Box::new(|_, _| Ok(())),
                     encode_value: value_encoder::<Vec<u8>>("s", std::sync::Arc::new(codec.clone())),
                 }

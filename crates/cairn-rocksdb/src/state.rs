@@ -2,7 +2,7 @@
 //! `dyn Any` and recovered by downcasting on access, plus the untyped encoders the cache
 //! flush and `clear`/`keys` need.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use cairn_core::{
@@ -20,6 +20,8 @@ pub(crate) struct Registered {
     /// One of [`Single`], [`Agg`], [`ListOf`], [`MapOf`].
     pub(crate) typed: Box<dyn Any + Send>,
     pub(crate) type_name: &'static str,
+    /// The type of its stored values, list elements or map values (TTL cleanup checks it).
+    pub(crate) value_type: TypeId,
     pub(crate) encode_ns: EncodeNs,
     pub(crate) encode_value: EncodeValue,
 }
