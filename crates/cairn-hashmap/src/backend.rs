@@ -622,7 +622,7 @@ impl KeyedStateBackend for HashMapBackend {
     }
 
     /// Each access to the state then sweeps a few buckets of its table for expired entries
-    /// ([`crate::state::SWEEP_BUCKETS`], about Flink's five entries per access): a state
+    /// (8 buckets, about Flink's five entries per access): a state
     /// that is accessed often enough is swept whole, however seldom each key is read. A
     /// swept key group is dirty for the next incremental checkpoint.
     fn enable_ttl_cleanup<V: StateValue>(
