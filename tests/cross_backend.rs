@@ -4,34 +4,16 @@
 
 mod common;
 
-use cairn_core::{KeyGroupRange, KeyedStateBackend, SnapshotOptions};
-use cairn_storage::{open_savepoint, snapshot_operator, write_savepoint, SubtaskRef};
+use cairn_core::{KeyGroupRange, KeyedStateBackend};
+use cairn_storage::open_savepoint;
 use common::conformance::read_operator;
 use common::factories::{HashMapFactory, RocksDbFactory};
-use common::harness::{canonical_entries, BackendFactory, Entries, Operator};
+use common::harness::{canonical_entries, write_savepoint_of, BackendFactory, Entries, Operator};
 use common::model::{apply, op_strategy, Op};
 use common::schema::keys_in;
 use proptest::prelude::*;
 
 const MAX_P: u32 = 64;
-
-/// Writes a canonical savepoint of `op` to a new directory under `dir`; returns its path.
-fn savepoint<B: KeyedStateBackend>(op: &mut Operator<B>, dir: &std::path::Path, id: u64) -> String {
-    let path = dir.join(format!("sp-{id}"));
-    let url = path.to_str().expect("UTF-8 path").to_string();
-    let pending = snapshot_operator(
-        &op.uid,
-        op.max_parallelism,
-        op.subtasks.iter_mut().map(|(b, o)| SubtaskRef {
-            keyed: Some(b),
-            operator: o,
-        }),
-        SnapshotOptions::savepoint(id),
-    )
-    .expect("savepoint synchronous phase");
-    write_savepoint(&url, id, vec![pending]).expect("write savepoint");
-    url
-}
 
 fn entries_of(url: &str, uid: &str) -> Entries {
     let (m, source) = open_savepoint(url).expect("open savepoint");
@@ -67,7 +49,7 @@ fn backend_switch_through_savepoints_keeps_state_across_parallelism() {
     let mut heap = Operator::new(&HashMapFactory, "op", MAX_P, 1);
     fill_random(&mut heap, &keys, &ops);
     let expected = read_operator(&mut heap, &keys);
-    let sp1 = savepoint(&mut heap, dir.path(), 1);
+    let sp1 = write_savepoint_of(&mut heap, dir.path(), 1);
 
     let mut on_rocks = restore(&rocks, &sp1, 3);
     assert_eq!(
@@ -75,7 +57,7 @@ fn backend_switch_through_savepoints_keeps_state_across_parallelism() {
         expected,
         "hashmap 1 → rocksdb 3"
     );
-    let sp2 = savepoint(&mut on_rocks, dir.path(), 2);
+    let sp2 = write_savepoint_of(&mut on_rocks, dir.path(), 2);
 
     let mut back = restore(&HashMapFactory, &sp2, 2);
     assert_eq!(
@@ -83,7 +65,7 @@ fn backend_switch_through_savepoints_keeps_state_across_parallelism() {
         expected,
         "rocksdb 3 → hashmap 2"
     );
-    let sp3 = savepoint(&mut back, dir.path(), 3);
+    let sp3 = write_savepoint_of(&mut back, dir.path(), 3);
 
     let e1 = entries_of(&sp1, "op");
     assert!(!e1.is_empty());
@@ -121,8 +103,8 @@ proptest! {
         fill_random(&mut heap, &keys, &data);
         fill_random(&mut on_rocks, &keys, &data);
         prop_assert_eq!(read_operator(&mut heap, &keys), read_operator(&mut on_rocks, &keys));
-        let a = savepoint(&mut heap, dir.path(), 1);
-        let b = savepoint(&mut on_rocks, dir.path(), 2);
+        let a = write_savepoint_of(&mut heap, dir.path(), 1);
+        let b = write_savepoint_of(&mut on_rocks, dir.path(), 2);
         prop_assert_eq!(entries_of(&a, "op"), entries_of(&b, "op"));
     }
 }

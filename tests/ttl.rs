@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::*;
-use cairn_storage::{open_savepoint, snapshot_operator, write_savepoint, SubtaskRef};
+use cairn_storage::open_savepoint;
 use common::factories::{ChangelogFactory, HashMapFactory, RocksDbFactory};
-use common::harness::{canonical_entries, BackendFactory, Operator};
+use common::harness::{canonical_entries, write_savepoint_of, BackendFactory, Operator};
 use common::schema::{
     aggregating_desc, key_bytes, list_desc, map_desc, reducing_desc, set_key, value_desc, SumCount,
 };
@@ -350,27 +350,6 @@ fn op_key(op: &Op) -> usize {
     }
 }
 
-/// Writes a canonical savepoint of `op` into `dir` and returns its URL.
-fn savepoint<B: KeyedStateBackend>(op: &mut Operator<B>, dir: &std::path::Path, id: u64) -> String {
-    let url = dir
-        .join(format!("sp-{id}"))
-        .to_str()
-        .expect("UTF-8 path")
-        .to_string();
-    let pending = snapshot_operator(
-        &op.uid,
-        op.max_parallelism,
-        op.subtasks.iter_mut().map(|(b, o)| SubtaskRef {
-            keyed: Some(b),
-            operator: o,
-        }),
-        SnapshotOptions::savepoint(id),
-    )
-    .expect("savepoint synchronous phase");
-    write_savepoint(&url, id, vec![pending]).expect("write savepoint");
-    url
-}
-
 /// The backends a run passes through, one after another at each savepoint.
 enum Any {
     Heap(Operator<cairn_hashmap::HashMapBackend>),
@@ -420,9 +399,9 @@ fn run(ops: &[Op], first: usize, refresh_on_read: bool, return_expired: bool) {
         }
         if let Op::Savepoint(parallelism) = op {
             let url = match &mut current {
-                Any::Heap(o) => savepoint(o, dir.path(), i as u64 + 1),
-                Any::Rocks(o) => savepoint(o, dir.path(), i as u64 + 1),
-                Any::Changelog(o) => savepoint(o, dir.path(), i as u64 + 1),
+                Any::Heap(o) => write_savepoint_of(o, dir.path(), i as u64 + 1),
+                Any::Rocks(o) => write_savepoint_of(o, dir.path(), i as u64 + 1),
+                Any::Changelog(o) => write_savepoint_of(o, dir.path(), i as u64 + 1),
             };
             kind = (kind + 1) % 3;
             current = make(&f, kind, Some(&url), *parallelism);
@@ -534,7 +513,7 @@ fn one_ttl_value() -> Operator<cairn_hashmap::HashMapBackend> {
 #[test]
 fn savepoints_store_each_value_after_its_stamp_and_name_the_ttl_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let url = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let url = write_savepoint_of(&mut one_ttl_value(), dir.path(), 1);
     let (m, source) = open_savepoint(&url).unwrap();
     let entries = canonical_entries(&m, "op", &source);
     let values: Vec<&Vec<u8>> = entries.values().collect();
@@ -552,7 +531,7 @@ fn savepoints_store_each_value_after_its_stamp_and_name_the_ttl_encoding() {
 fn a_ttl_cannot_be_switched_on_or_off_for_restored_state() {
     let dir = tempfile::tempdir().unwrap();
     let rocks = RocksDbFactory::new();
-    let with_ttl = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let with_ttl = write_savepoint_of(&mut one_ttl_value(), dir.path(), 1);
     let (m, source) = open_savepoint(&with_ttl).unwrap();
 
     // Off: the program registers the state without a TTL, under either backend.
@@ -577,7 +556,7 @@ fn a_ttl_cannot_be_switched_on_or_off_for_restored_state() {
     let id = b.register_value(&value_desc()).unwrap();
     set_key(b, "key-0");
     b.value(&id).update(7).unwrap();
-    let without = savepoint(&mut plain, dir.path(), 2);
+    let without = write_savepoint_of(&mut plain, dir.path(), 2);
     let (m, source) = open_savepoint(&without).unwrap();
     let mut heap = Operator::restore(&HashMapFactory, &m, "op", 1, &source);
     let ttl = StateTtlConfig::new(Duration::from_secs(1));
@@ -592,7 +571,7 @@ fn a_ttl_cannot_be_switched_on_or_off_for_restored_state() {
 #[test]
 fn a_restored_program_applies_its_own_duration_to_the_stored_stamps() {
     let dir = tempfile::tempdir().unwrap();
-    let url = savepoint(&mut one_ttl_value(), dir.path(), 1);
+    let url = write_savepoint_of(&mut one_ttl_value(), dir.path(), 1);
     let (m, source) = open_savepoint(&url).unwrap();
     let clock = Arc::new(ManualClock::new(5_000 + 1_500));
     for (secs, alive) in [(1, false), (2, true)] {

@@ -50,13 +50,14 @@ pub fn canonical_entries(manifest: &Manifest, uid: &str, source: &dyn SnapshotSo
     out
 }
 
-/// The canonical entries of a savepoint of `op` (savepoints are canonical for every
-/// backend and leave the incremental-checkpoint bookkeeping alone).
-pub fn savepoint_entries<B: KeyedStateBackend>(op: &mut Operator<B>) -> Entries {
-    let dir = tempfile::tempdir().expect("temporary directory");
+/// Writes a canonical savepoint `id` of `op` to `<dir>/sp-<id>` and returns its path.
+pub fn write_savepoint_of<B: KeyedStateBackend>(
+    op: &mut Operator<B>,
+    dir: &std::path::Path,
+    id: u64,
+) -> String {
     let url = dir
-        .path()
-        .join("sp")
+        .join(format!("sp-{id}"))
         .to_str()
         .expect("UTF-8 path")
         .to_string();
@@ -69,10 +70,18 @@ pub fn savepoint_entries<B: KeyedStateBackend>(op: &mut Operator<B>) -> Entries 
                 keyed: Some(b),
                 operator: o,
             }),
-        SnapshotOptions::savepoint(u64::MAX),
+        SnapshotOptions::savepoint(id),
     )
     .expect("savepoint synchronous phase");
-    cairn_storage::write_savepoint(&url, u64::MAX, vec![pending]).expect("write savepoint");
+    cairn_storage::write_savepoint(&url, id, vec![pending]).expect("write savepoint");
+    url
+}
+
+/// The canonical entries of a savepoint of `op` (savepoints are canonical for every
+/// backend and leave the incremental-checkpoint bookkeeping alone).
+pub fn savepoint_entries<B: KeyedStateBackend>(op: &mut Operator<B>) -> Entries {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = write_savepoint_of(op, dir.path(), u64::MAX);
     let (m, source) = cairn_storage::open_savepoint(&url).expect("open savepoint");
     canonical_entries(&m, &op.uid, &source)
 }

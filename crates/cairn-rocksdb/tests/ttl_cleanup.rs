@@ -157,6 +157,24 @@ fn counts(entries: &[(&'static str, usize)]) -> HashMap<&'static str, usize> {
     entries.iter().copied().collect()
 }
 
+/// What RocksDB holds of [`write_scenario`]'s entries once those written at `T0` have
+/// expired and been compacted away.
+fn after_first_expiry() -> HashMap<&'static str, usize> {
+    let n = N as usize;
+    counts(&[
+        ("value", n),
+        // Keys 0..N/2 had only expired elements; keys N/2..N keep their list whole (one
+        // live element), keys N..2N have a live one.
+        ("list", n / 2 + n),
+        // Map entries expire one by one: entry 0 of keys 0..N went, entry 1 stays.
+        ("map", n / 2 + n),
+        ("reducing", n),
+        ("aggregating", n),
+        ("plain", n),
+        ("plain_list", n),
+    ])
+}
+
 /// The elements of a stored list value (`(len u32 LE, bytes)*`, `src/layout.rs`).
 fn stored_list_len(mut stored: &[u8]) -> usize {
     let mut n = 0;
@@ -249,18 +267,7 @@ fn compactions_drop_expired_entries_from_rocksdb_and_keep_the_rest() {
         let n = N as usize;
         assert_eq!(
             stored_counts(&b),
-            counts(&[
-                ("value", n),
-                // Keys 0..N/2 had only expired elements; keys N/2..N keep their list whole
-                // (one live element), keys N..2N have a live one.
-                ("list", n / 2 + n),
-                // Map entries expire one by one: entry 0 of keys 0..N went, entry 1 stays.
-                ("map", n / 2 + n),
-                ("reducing", n),
-                ("aggregating", n),
-                ("plain", n),
-                ("plain_list", n),
-            ]),
+            after_first_expiry(),
             "{variant}: after the old entries expired"
         );
         // The documented list rule: a list with a live element is kept whole.
@@ -447,19 +454,7 @@ fn native_checkpoints_and_restores_keep_reads_and_the_filter() {
     restored.compact_stored().unwrap();
     clock.set(T0 + TTL_MS);
     restored.compact_stored().unwrap();
-    let n = N as usize;
-    assert_eq!(
-        stored_counts(&restored),
-        counts(&[
-            ("value", n),
-            ("list", n / 2 + n),
-            ("map", n / 2 + n),
-            ("reducing", n),
-            ("aggregating", n),
-            ("plain", n),
-            ("plain_list", n),
-        ])
-    );
+    assert_eq!(stored_counts(&restored), after_first_expiry());
     let after = read_all(&mut restored, &restored_ids);
     assert_eq!(after, read_all(&mut b, &ids));
 
