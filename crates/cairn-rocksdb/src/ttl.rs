@@ -20,16 +20,16 @@
 //! - **value, reducing and aggregating states, and map entries**: its stored value's stamp
 //!   (the first 8 bytes, `TtlCodec`) has expired. Map user keys are never looked at: each
 //!   map entry is a RocksDB entry of its own and expires on its own.
-//! - **list states**: *every* element's stamp has expired. A list with at least one live
-//!   element is kept whole, expired elements included, until a read drops them
-//!   (`TtlListAccess::get` rewrites the list without them) or the last live element
-//!   expires. Dropping single elements would mean rewriting the value
-//!   (`rocksdb::CompactionDecision::Change`), whose bytes the `rocksdb` crate requires to
-//!   be `&'static`: without `unsafe` (the workspace denies it) they could only be leaked.
+//! - **list states**: each element whose stamp has expired. A list with expired and live
+//!   elements is rewritten with its live elements only (in their order); a list whose
+//!   elements have all expired is dropped. This is the one place the workspace allows
+//!   `unsafe` code: the `rocksdb` crate takes a changed value as `&'static [u8]`, and the
+//!   filter hands it a slice of its own buffer instead, which is sound because RocksDB
+//!   copies the bytes before the call returns (see `TtlFilter::filter`).
 //!
-//! Nothing else is ever dropped: column families of states without a TTL, states restored
-//! but not (yet) registered with one, values too short to hold a stamp, malformed and
-//! empty lists are all kept.
+//! Nothing else is ever dropped or changed: column families of states without a TTL, states
+//! restored but not (yet) registered with one, values (and list elements) too short to hold
+//! a stamp, malformed and empty lists are all kept as they are.
 //!
 //! *When* is up to RocksDB: an entry is looked at when a compaction rewrites the file that
 //! holds it. Compactions follow writes, so a file that no write pushes into a compaction
@@ -101,7 +101,7 @@ use rocksdb::Options;
 
 use crate::backend::RocksDbBackend;
 use crate::db::rocks_err;
-use crate::layout::list_elements;
+use crate::layout::{list_elements, push_list_element};
 use crate::state::{type_mismatch, Registered};
 
 /// The name of the compaction filter factory (printed to RocksDB's LOG).
@@ -145,17 +145,46 @@ struct StateTtl {
     expiry: Arc<dyn Expiry>,
 }
 
+/// What a compaction does with one stored value of a state with a TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    /// Everything in it has expired.
+    Remove,
+    /// A list with expired and live elements: replace it by the live ones, which
+    /// [`StateTtl::judge`] wrote into its buffer.
+    Rewrite,
+}
+
 impl StateTtl {
-    /// Whether a stored value holds nothing but expired entries now: a value whose stamp
-    /// has expired, or a list every element of which has. Values too short for a stamp,
-    /// malformed lists and empty lists do not.
-    fn all_expired(&self, value: &[u8]) -> bool {
+    /// What to do with a stored value now: remove a value whose stamp has expired, or a
+    /// list every element of which has; rewrite a list some elements of which have (into
+    /// `live`: the others, in their order, stored as before). Values and list elements too
+    /// short for a stamp count as live; malformed and empty lists are kept.
+    fn judge(&self, value: &[u8], live: &mut Vec<u8>) -> Verdict {
         let now = self.expiry.now_ms();
+        let expired = |v: &[u8]| self.expiry.is_expired(v, now);
         match self.stored {
-            Stored::Single => self.expiry.is_expired(value, now),
-            Stored::List => list_elements(value).is_some_and(|elements| {
-                !elements.is_empty() && elements.iter().all(|e| self.expiry.is_expired(e, now))
-            }),
+            Stored::Single if expired(value) => Verdict::Remove,
+            Stored::Single => Verdict::Keep,
+            Stored::List => {
+                let Some(elements) = list_elements(value) else {
+                    return Verdict::Keep;
+                };
+                live.clear();
+                let mut kept = 0;
+                for e in elements.iter().filter(|e| !expired(e)) {
+                    push_list_element(live, e);
+                    kept += 1;
+                }
+                if kept == elements.len() {
+                    Verdict::Keep
+                } else if kept == 0 {
+                    Verdict::Remove
+                } else {
+                    Verdict::Rewrite
+                }
+            }
         }
     }
 }
@@ -247,6 +276,7 @@ impl CompactionFilterFactory for TtlFilterFactory {
     fn create(&mut self, _context: CompactionFilterContext) -> TtlFilter {
         TtlFilter {
             state: self.registry.get(&self.cf),
+            live: Vec::new(),
         }
     }
 
@@ -255,10 +285,13 @@ impl CompactionFilterFactory for TtlFilterFactory {
     }
 }
 
-/// The filter of one compaction: drops the entries of a TTL state that hold nothing live.
+/// The filter of one compaction: drops the entries of a TTL state that hold nothing live,
+/// and rewrites lists that hold expired elements.
 struct TtlFilter {
     /// `None`: the state has no TTL (yet); everything is kept.
     state: Option<StateTtl>,
+    /// The live elements of the list being rewritten: the changed value handed to RocksDB.
+    live: Vec<u8>,
 }
 
 impl CompactionFilter for TtlFilter {
@@ -267,9 +300,27 @@ impl CompactionFilter for TtlFilter {
             return Decision::Keep;
         };
         // The clock is the program's: a panic must not cross into RocksDB (an abort).
-        match catch_unwind(AssertUnwindSafe(|| state.all_expired(value))) {
-            Ok(true) => Decision::Remove,
-            Ok(false) | Err(_) => Decision::Keep,
+        let live = &mut self.live;
+        match catch_unwind(AssertUnwindSafe(|| state.judge(value, live))) {
+            Ok(Verdict::Remove) => Decision::Remove,
+            Ok(Verdict::Rewrite) => {
+                let live: &[u8] = &self.live;
+                // SAFETY: `Decision::Change` wants `&'static [u8]`; these bytes live in
+                // `self.live`, which nothing touches until this filter's next call (which
+                // needs `&mut self` again, after this one has returned). The `rocksdb`
+                // crate's `filter_callback` (0.25) only stores the pointer and length in
+                // RocksDB's out-parameters, and RocksDB's C API copies them into its own
+                // string before its `Filter` returns (`rocksdb_compactionfilter_t::Filter`
+                // in `db/c.cc`: `new_value->assign(c_new_value, new_value_length)`). So
+                // the slice is never read after it stops being valid, and never while it is
+                // written. `Cargo.lock` pins both crates; the ttl_cleanup tests read the
+                // rewritten values back.
+                #[allow(unsafe_code)]
+                let live: &'static [u8] =
+                    unsafe { std::slice::from_raw_parts(live.as_ptr(), live.len()) };
+                Decision::Change(live)
+            }
+            Ok(Verdict::Keep) | Err(_) => Decision::Keep,
         }
     }
 
@@ -380,36 +431,66 @@ mod tests {
         v
     }
 
+    /// What `t` does with `value` now, and the rewritten value if it rewrites it.
+    fn judged(t: &StateTtl, value: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut live = b"left over".to_vec();
+        let verdict = t.judge(value, &mut live);
+        (
+            verdict,
+            if verdict == Verdict::Rewrite {
+                live
+            } else {
+                Vec::new()
+            },
+        )
+    }
+
+    fn list_of(elements: &[&[u8]]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for e in elements {
+            push_list_element(&mut list, e);
+        }
+        list
+    }
+
     #[test]
     fn single_values_go_when_their_stamp_expires() {
         let clock = Arc::new(ManualClock::new(1_000));
         let t = ttl(Stored::Single, &clock);
         let v = stamped(950, b"x");
-        assert!(!t.all_expired(&v));
+        assert_eq!(judged(&t, &v).0, Verdict::Keep);
         clock.set(1_050);
-        assert!(t.all_expired(&v));
+        assert_eq!(judged(&t, &v).0, Verdict::Remove);
         // Too short for a stamp: kept.
-        assert!(!t.all_expired(&v[..7]));
-        assert!(!t.all_expired(&[]));
+        assert_eq!(judged(&t, &v[..7]).0, Verdict::Keep);
+        assert_eq!(judged(&t, &[]).0, Verdict::Keep);
     }
 
     #[test]
-    fn lists_go_when_every_element_has_expired() {
+    fn lists_lose_their_expired_elements_and_go_when_every_element_has() {
         let clock = Arc::new(ManualClock::new(1_000));
         let t = ttl(Stored::List, &clock);
-        let mut list = Vec::new();
-        push_list_element(&mut list, &stamped(900, b"a"));
-        push_list_element(&mut list, &stamped(990, b"b"));
-        assert!(!t.all_expired(&list));
+        let (a, b, c) = (stamped(900, b"a"), stamped(990, b"b"), stamped(905, b"c"));
+        let list = list_of(&[&a, &b, &c]);
+        clock.set(999);
+        assert_eq!(judged(&t, &list).0, Verdict::Keep);
+        clock.set(1_000);
+        // "a" expired at 1_000: the others are kept, in their order.
+        assert_eq!(judged(&t, &list), (Verdict::Rewrite, list_of(&[&b, &c])));
+        clock.set(1_005);
+        assert_eq!(judged(&t, &list), (Verdict::Rewrite, list_of(&[&b])));
         clock.set(1_089);
-        assert!(!t.all_expired(&list));
+        assert_eq!(judged(&t, &list), (Verdict::Rewrite, list_of(&[&b])));
         clock.set(1_090);
-        assert!(t.all_expired(&list));
-        // Malformed, empty, or with an element too short for a stamp: kept.
-        assert!(!t.all_expired(&list[..list.len() - 1]));
-        assert!(!t.all_expired(&[]));
-        push_list_element(&mut list, b"short");
-        assert!(!t.all_expired(&list));
+        assert_eq!(judged(&t, &list).0, Verdict::Remove);
+        // Malformed or empty: kept. An element too short for a stamp counts as live.
+        assert_eq!(judged(&t, &list[..list.len() - 1]).0, Verdict::Keep);
+        assert_eq!(judged(&t, &[]).0, Verdict::Keep);
+        let with_short = list_of(&[&a, b"short"]);
+        assert_eq!(
+            judged(&t, &with_short),
+            (Verdict::Rewrite, list_of(&[b"short"]))
+        );
     }
 
     #[test]
@@ -459,6 +540,42 @@ mod tests {
         assert!(matches!(with_ttl.filter(1, b"k", &old), Decision::Remove));
         assert!(matches!(
             with_ttl.filter(1, b"k", &stamped(999_999, b"x")),
+            Decision::Keep
+        ));
+    }
+
+    #[test]
+    fn the_filter_hands_rocksdb_the_live_elements_of_a_list() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let registry = Arc::new(TtlRegistry::default());
+        registry.enable("list", ttl(Stored::List, &clock));
+        let mut filter = TtlFilterFactory {
+            registry,
+            cf: "list".to_string(),
+        }
+        .create(CompactionFilterContext {
+            is_full_compaction: true,
+            is_manual_compaction: true,
+        });
+        let (old, new) = (stamped(900, b"old"), stamped(950, b"new"));
+        let changed = |d: Decision| match d {
+            Decision::Change(bytes) => bytes.to_vec(),
+            _ => panic!("not a change"),
+        };
+        let first = changed(filter.filter(0, b"k1", &list_of(&[&old, &new, &old])));
+        assert_eq!(first, list_of(&[&new]));
+        // The next call reuses the buffer: a longer and then a shorter rewrite.
+        let long = stamped(960, &[7; 100]);
+        let second = changed(filter.filter(0, b"k2", &list_of(&[&long, &old, &new])));
+        assert_eq!(second, list_of(&[&long, &new]));
+        let third = changed(filter.filter(0, b"k3", &list_of(&[&old, &new])));
+        assert_eq!(third, list_of(&[&new]));
+        assert!(matches!(
+            filter.filter(0, b"k4", &list_of(&[&old])),
+            Decision::Remove
+        ));
+        assert!(matches!(
+            filter.filter(0, b"k5", &list_of(&[&new])),
             Decision::Keep
         ));
     }

@@ -163,8 +163,8 @@ fn after_first_expiry() -> HashMap<&'static str, usize> {
     let n = N as usize;
     counts(&[
         ("value", n),
-        // Keys 0..N/2 had only expired elements; keys N/2..N keep their list whole (one
-        // live element), keys N..2N have a live one.
+        // Keys 0..N/2 had only expired elements; keys N/2..N lost their expired element
+        // and keep the live one, keys N..2N have a live one.
         ("list", n / 2 + n),
         // Map entries expire one by one: entry 0 of keys 0..N went, entry 1 stays.
         ("map", n / 2 + n),
@@ -270,13 +270,13 @@ fn compactions_drop_expired_entries_from_rocksdb_and_keep_the_rest() {
             after_first_expiry(),
             "{variant}: after the old entries expired"
         );
-        // The documented list rule: a list with a live element is kept whole.
+        // Lists lose their expired elements one by one: each stored list holds exactly
+        // its live element, written at T1 (a stamp, then the element's encoding).
         let lists = b.stored_entries("list").unwrap();
-        let two = lists
-            .iter()
-            .filter(|(_, v)| stored_list_len(v) == 2)
-            .count();
-        assert_eq!(two, n / 2, "{variant}");
+        for (key, value) in &lists {
+            assert_eq!(stored_list_len(value), 1, "{variant}: key {key:?}");
+            assert_eq!(value[4..12], T1.to_le_bytes(), "{variant}: key {key:?}");
+        }
 
         // Reads agree: the old entries are gone, the newer ones and the plain states stay.
         let reads = read_all(&mut b, &ids);
@@ -333,19 +333,18 @@ fn list_elements_appended_to_an_expired_list_survive_compactions() {
         .unwrap();
     b.compact_stored().unwrap();
     // The stored list has expired whole; an element is appended (a merge operand) above
-    // it before any compaction. A full compaction merges the two into one stored list
-    // (RocksDB filters a stored list under newer operands only in a compaction that leaves
-    // the operands out, which a test cannot arrange); with a live element it is kept whole.
+    // it before any compaction. Compactions merge the two (the filter sees the stored list
+    // or the merged one, never the operand) and keep exactly the live element.
     clock.set(T0 + TTL_MS);
     b.ttl_list(&ids.list).add("c".into()).unwrap();
     b.compact_stored().unwrap();
     b.compact_stored().unwrap();
     let stored = b.stored_entries("list").unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored_list_len(&stored[0].1), 3);
+    assert_eq!(stored_list_len(&stored[0].1), 1);
+    assert_eq!(stored[0].1[4..12], (T0 + TTL_MS).to_le_bytes());
     assert_eq!(b.ttl_list(&ids.list).get().unwrap(), ["c"]);
-    // The read dropped the expired elements; once "c" expires the list goes.
-    assert_eq!(stored_list_len(&b.stored_entries("list").unwrap()[0].1), 1);
+    // Once "c" expires the list goes.
     clock.set(T0 + 2 * TTL_MS);
     b.compact_stored().unwrap();
     assert!(b.stored_entries("list").unwrap().is_empty());
