@@ -7,6 +7,7 @@
 //! comparison).
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -336,11 +337,15 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
         Ok(keys)
     }
     fn snapshot(&mut self) -> Arc<dyn StateSnapshot> {
+        let ttl = self.ttl.as_ref().map(|sweep| &sweep.cleanup);
         Arc::new(TableSnapshot::<N, L> {
             name: self.name.clone(),
             table: self.table.freeze(),
             ns_codec: self.ns_codec.clone(),
             layout: self.layout.clone(),
+            expired_at: ttl
+                .filter(|cleanup| cleanup.in_full_snapshots())
+                .map(|cleanup| (cleanup.clone(), cleanup.now_ms())),
         })
     }
     fn enable_ttl(&mut self, cleanup: Box<dyn Any>) -> Result<()> {
@@ -460,6 +465,27 @@ struct TableSnapshot<N, L: Layout> {
     table: FrozenTable<N, L::Value>,
     ns_codec: CodecRef<N>,
     layout: Arc<L>,
+    /// A state with a TTL that cleans up full snapshots
+    /// (`StateTtlConfig::with_full_snapshot_cleanup`): its cleanup, and the time of the
+    /// synchronous phase. What has expired then is left out of the snapshot.
+    expired_at: Option<(TtlCleanup<L::Elem>, u64)>,
+}
+
+impl<N, L: Layout> TableSnapshot<N, L> {
+    /// What the snapshot holds of `value`: all of it, its live parts (a copy: values, list
+    /// elements and map entries that had not expired at the synchronous phase), or nothing.
+    #[inline]
+    fn live<'v>(&self, value: &'v L::Value) -> Option<Cow<'v, L::Value>> {
+        let Some((cleanup, now_ms)) = &self.expired_at else {
+            return Some(Cow::Borrowed(value));
+        };
+        let expired = |e: &L::Elem| cleanup.is_expired(e, *now_ms);
+        if !L::any_expired(value, &expired) {
+            return Some(Cow::Borrowed(value));
+        }
+        let mut live = value.clone();
+        L::retain_live(&mut live, &expired).then_some(Cow::Owned(live))
+    }
 }
 
 impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
@@ -467,6 +493,9 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
         // A zero-sized namespace type has a single value: encode it once.
         let mut single_ns = None;
         for item in self.table.iter_kg(kg_idx) {
+            let Some(value) = self.live(&item.value) else {
+                continue;
+            };
             let head = match single_ns {
                 Some(ns) => out.head_with_ns(file_state, item.key.as_slice(), ns),
                 None => {
@@ -482,7 +511,7 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
                 }
             };
             self.layout
-                .encode(&item.value, head, out)
+                .encode(&value, head, out)
                 .map_err(codec_error(&self.name))?;
         }
         Ok(())
@@ -505,6 +534,9 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
         buf.clear();
         let mut ns = None;
         for item in self.table.iter_kg(kg_idx) {
+            let Some(value) = self.live(&item.value) else {
+                continue;
+            };
             if ns.is_none() {
                 let mut bytes = Vec::new();
                 self.ns_codec
@@ -515,7 +547,7 @@ impl<N: Namespace, L: Layout> StateSnapshot for TableSnapshot<N, L> {
             let added = buf
                 .push_slim(item.key.as_slice(), |b| {
                     self.layout
-                        .encode_single(&item.value, b)
+                        .encode_single(&value, b)
                         .unwrap_or_else(|| Err(not_single()))
                 })
                 .map_err(codec_error(&self.name))?;

@@ -11,6 +11,7 @@ use cairn_format::{EntryRef, FileState, StateFileWriter};
 use crate::db::{scan_db, Instance};
 use crate::layout::{decode_key, kg_bound, list_to_canonical};
 use crate::snapshot::{private_prefix, SyncView};
+use crate::ttl::{SnapshotExpiry, Verdict};
 
 /// Writes the checkpoint directory of `view` as one canonical state file in the private
 /// area and returns the handle.
@@ -35,6 +36,7 @@ pub(crate) fn write(
         &view.rocks,
         view.range,
         &view.states,
+        &view.expiry,
         &mut |_| {
             if cancel.is_cancelled() {
                 return Err(StateError::Cancelled { checkpoint_id: id });
@@ -65,18 +67,21 @@ pub(crate) fn write(
 
 /// Opens the RocksDB checkpoint at `path` read-only and calls `entry` for every entry of
 /// `states` (the file-table order: `EntryRef::state` indexes it) in `range`, in canonical
-/// order, with list values converted to their canonical form. `each_kg` runs before each
+/// order, with list values converted to their canonical form, leaving out what `expiry`
+/// (by state, as `states`; missing: nothing) says has expired. `each_kg` runs before each
 /// key group (cancellation checks).
 pub(crate) fn scan_checkpoint(
     path: &std::path::Path,
     rocks: &crate::RocksDbOptions,
     range: KeyGroupRange,
     states: &[StateMeta],
+    expiry: &[Option<SnapshotExpiry>],
     each_kg: &mut dyn FnMut(KeyGroup) -> Result<()>,
     entry: &mut dyn FnMut(EntryRef<'_>) -> Result<()>,
 ) -> Result<()> {
     let (db, names) = Instance::open_read_only(path, rocks)?;
     let mut list_buf = Vec::new();
+    let mut live_buf = Vec::new();
     for kg in range.iter() {
         each_kg(kg)?;
         for (i, meta) in states.iter().enumerate() {
@@ -85,6 +90,7 @@ pub(crate) fn scan_checkpoint(
             }
             let is_map = meta.kind == StateKind::Map;
             let is_list = meta.kind == StateKind::List;
+            let expiry = expiry.get(i).and_then(Option::as_ref);
             scan_db(
                 &db,
                 path,
@@ -96,6 +102,11 @@ pub(crate) fn scan_checkpoint(
                     if d.key_group != kg || (!is_map && !d.rest.is_empty()) {
                         return Err(corrupt_key(&meta.name, kg));
                     }
+                    let v = match expiry.map(|e| e.judge(v, &mut live_buf)) {
+                        Some(Verdict::Remove) => return Ok(()),
+                        Some(Verdict::Rewrite) => &live_buf[..],
+                        Some(Verdict::Keep) | None => v,
+                    };
                     let value = if is_list {
                         list_buf.clear();
                         list_to_canonical(v, &mut list_buf)

@@ -31,6 +31,7 @@ pub fn scan_native_handle(
             },
             handle.key_group_range,
             &handle.states,
+            &[],
             &mut |_| Ok(()),
             &mut f,
         )

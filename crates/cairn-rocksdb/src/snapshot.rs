@@ -39,6 +39,7 @@ use cairn_core::{
 use crate::backend::{clean_uid, nonce, RocksDbBackend};
 use crate::db::io_err;
 use crate::options::RocksDbOptions;
+use crate::ttl::SnapshotExpiry;
 
 /// The shared files of a native checkpoint (SST and log files) by their local name: file
 /// numbers are never reused within an instance, an SST file never changes and a log only
@@ -164,6 +165,9 @@ pub(crate) struct SyncView {
     pub(crate) key_codec: CodecIdentity,
     /// Every state with a column family, sorted by name.
     pub(crate) states: Vec<StateMeta>,
+    /// What a canonical snapshot leaves out of each of `states` (TTL full-snapshot
+    /// cleanup; native checkpoints keep everything).
+    pub(crate) expiry: Vec<Option<SnapshotExpiry>>,
     pub(crate) dir: ScratchDir,
     pub(crate) rocks: RocksDbOptions,
 }
@@ -176,6 +180,8 @@ struct RocksSnapshot {
     range: KeyGroupRange,
     key_codec: CodecIdentity,
     states: Vec<StateMeta>,
+    /// What a canonical snapshot leaves out of each of `states` (TTL full-snapshot cleanup).
+    expiry: Vec<Option<SnapshotExpiry>>,
     rocks: RocksDbOptions,
     /// Where the seal worker sends the scratch directory once the checkpoint is in it
     /// (taken by `run`; a snapshot dropped without running waits for it, so the directory
@@ -216,12 +222,14 @@ pub(crate) fn take(
     let native = options.incremental && b.options.native_incremental;
     let incremental = (options.snapshot_type == SnapshotType::Checkpoint)
         .then(|| b.inc.begin(options.checkpoint_id, native));
+    let states: Vec<StateMeta> = b.metas.values().cloned().collect();
     Ok(Box::new(RocksSnapshot {
         options,
         uid: b.uid.clone(),
         range: b.range,
         key_codec: b.key_codec.clone(),
-        states: b.metas.values().cloned().collect(),
+        expiry: b.ttl.snapshot_expiry(&states),
+        states,
         rocks: b.options.clone(),
         ready: Some(ready),
         incremental,
@@ -242,6 +250,7 @@ impl AsyncSnapshot for RocksSnapshot {
             range: self.range,
             key_codec: self.key_codec.clone(),
             states: std::mem::take(&mut self.states),
+            expiry: std::mem::take(&mut self.expiry),
             dir: ScratchDir(crate::seal::checkpoint_dir(&holder.0)),
             rocks: self.rocks.clone(),
         };

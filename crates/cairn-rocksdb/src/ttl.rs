@@ -127,6 +127,9 @@ enum Stored {
 trait Expiry: Send + Sync {
     fn now_ms(&self) -> u64;
     fn is_expired(&self, encoded: &[u8], now_ms: u64) -> bool;
+    /// Whether canonical snapshots leave out what has expired
+    /// (`StateTtlConfig::with_full_snapshot_cleanup`).
+    fn in_full_snapshots(&self) -> bool;
 }
 
 impl<V: 'static> Expiry for TtlCleanup<V> {
@@ -135,6 +138,9 @@ impl<V: 'static> Expiry for TtlCleanup<V> {
     }
     fn is_expired(&self, encoded: &[u8], now_ms: u64) -> bool {
         self.is_expired_encoded(encoded, now_ms)
+    }
+    fn in_full_snapshots(&self) -> bool {
+        TtlCleanup::in_full_snapshots(self)
     }
 }
 
@@ -147,7 +153,7 @@ struct StateTtl {
 
 /// What a compaction does with one stored value of a state with a TTL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Keep,
     /// Everything in it has expired.
     Remove,
@@ -162,7 +168,11 @@ impl StateTtl {
     /// `live`: the others, in their order, stored as before). Values and list elements too
     /// short for a stamp count as live; malformed and empty lists are kept.
     fn judge(&self, value: &[u8], live: &mut Vec<u8>) -> Verdict {
-        let now = self.expiry.now_ms();
+        self.judge_at(value, self.expiry.now_ms(), live)
+    }
+
+    /// [`Self::judge`] at time `now`.
+    fn judge_at(&self, value: &[u8], now: u64, live: &mut Vec<u8>) -> Verdict {
         let expired = |v: &[u8]| self.expiry.is_expired(v, now);
         match self.stored {
             Stored::Single if expired(value) => Verdict::Remove,
@@ -186,6 +196,33 @@ impl StateTtl {
                 }
             }
         }
+    }
+}
+
+/// What a canonical snapshot (a savepoint or a full checkpoint) leaves out of one state: the
+/// state's TTL, when it cleans up full snapshots, and the time of the snapshot's
+/// synchronous phase. Native checkpoints are files and keep everything, as in Flink, whose
+/// `cleanupFullSnapshot` does not apply to RocksDB's incremental checkpoints.
+#[derive(Clone)]
+pub(crate) struct SnapshotExpiry {
+    ttl: StateTtl,
+    now_ms: u64,
+}
+
+impl fmt::Debug for SnapshotExpiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotExpiry")
+            .field("stored", &self.ttl.stored)
+            .field("now_ms", &self.now_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotExpiry {
+    /// What the snapshot does with a stored value: leave it out, keep it, or keep the live
+    /// elements of a list, which this writes into `live` (stored as before).
+    pub(crate) fn judge(&self, value: &[u8], live: &mut Vec<u8>) -> Verdict {
+        self.ttl.judge_at(value, self.now_ms, live)
     }
 }
 
@@ -222,6 +259,21 @@ impl TtlRegistry {
             .unwrap_or_else(PoisonError::into_inner)
             .get(cf)
             .cloned()
+    }
+
+    /// For each of `states`, what a canonical snapshot taken now leaves out of it (`None`:
+    /// nothing; a state without a TTL, or one that does not clean up full snapshots).
+    pub(crate) fn snapshot_expiry(&self, states: &[StateMeta]) -> Vec<Option<SnapshotExpiry>> {
+        states
+            .iter()
+            .map(|meta| {
+                let ttl = self.get(&meta.name)?;
+                ttl.expiry.in_full_snapshots().then(|| SnapshotExpiry {
+                    now_ms: ttl.expiry.now_ms(),
+                    ttl,
+                })
+            })
+            .collect()
     }
 }
 
@@ -414,6 +466,9 @@ mod tests {
         }
         fn is_expired(&self, encoded: &[u8], now_ms: u64) -> bool {
             cairn_core::ttl_stamp_of(encoded).is_some_and(|s| self.1.is_expired(s, now_ms))
+        }
+        fn in_full_snapshots(&self) -> bool {
+            self.1.cleans_up_full_snapshots()
         }
     }
 
