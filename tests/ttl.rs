@@ -839,5 +839,9 @@ fn full_snapshot_cleanup_leaves_what_has_expired_out_of_savepoints_and_full_chec
     full_snapshot_cleanup_on(&RocksDbFactory::new(), "rocksdb", &[false]);
     // The changelog backend's checkpoints are its inner backend's materializations and a
     // log; its savepoints are the inner backend's.
-    full_snapshot_cleanup_on(&ChangelogFactory::new(RocksDbFactory::new()), "changelog", &[]);
+    full_snapshot_cleanup_on(
+        &ChangelogFactory::new(RocksDbFactory::new()),
+        "changelog",
+        &[],
+    );
 }
