@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `summary PATH` | [`summarize`] | kind, id, time, format version, backend; per operator uid its parallelism, states (name, kind, codecs), entries, bytes, files |
 //! | `entries PATH --uid U --state S` | [`write_entries`] | decoded keys, namespaces and values ([`Decoder`]: the schema stored in the codec identity; raw hex without one; a value of a state with a TTL as `{"ttl_stamped_ms": N, "value": …}`) |
-//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files, native RocksDB SSTs, changelog segments) |
+//! | `verify PATH` | [`verify`] | every file present with the recorded size and CRC32, every block checksum (state files, native RocksDB SSTs, changelog segments), every value of a state with a TTL long enough for its stamp |
 //! | `diff A B` | [`diff()`] | operators, states and entries added, removed, changed (canonical bytes compared) |
 //! | `files ROOT` | [`list_files`] | which checkpoints reference which shared files; orphans; missing files |
 //! | `gc ROOT [--dry-run]` | [`gc()`] | keep the newest `--retain N` checkpoints, delete what no retained manifest references and is older than `--min-age` (default 1h) |
@@ -26,8 +26,8 @@
 //! credential or a plain-http endpoint without `AWS_ALLOW_HTTP=true` is a usage error (exit
 //! 2) naming the URL and the variable.
 //!
-//! Exit codes: `verify` exits 0 when clean, 1 on corruption (each finding names the file and
-//! offset), 2 when PATH is not a snapshot or the usage is wrong; the other commands exit 0
+//! Exit codes: `verify` exits 0 when clean, 1 on corruption (each finding names the file, and the
+//! offset where there is one), 2 when PATH is not a snapshot or the usage is wrong; the other commands exit 0
 //! on success, 1 on an error in the data, 2 on bad usage or a path that is not a snapshot
 //! ([`DumpError::exit_code`]). Errors are one line on stderr, naming what and where.
 //!

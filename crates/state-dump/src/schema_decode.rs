@@ -44,7 +44,7 @@ const MAX_DEPTH: usize = 128;
 /// Most elements a sequence may have beyond the bytes left (zero-sized elements).
 const MAX_ZERO_SIZED: usize = 1 << 16;
 /// The stamp in front of a value of a state with a TTL: `stamped_ms u64`.
-const TTL_STAMP_LEN: usize = size_of::<u64>();
+pub(crate) const TTL_STAMP_LEN: usize = size_of::<u64>();
 
 /// The schema document stored in `CodecIdentity::schema`.
 #[derive(Deserialize)]
@@ -135,12 +135,16 @@ impl Decoder {
         }
         match bytes.split_first_chunk::<TTL_STAMP_LEN>() {
             Some((stamp, rest)) => Ok((Some(u64::from_le_bytes(*stamp)), rest)),
-            None => Err(format!(
-                "{} bytes cannot hold the {TTL_STAMP_LEN}-byte timestamp of a value with a TTL",
-                bytes.len()
-            )),
+            None => Err(ttl_value_too_short(bytes.len())),
         }
     }
+}
+
+/// Why `len` bytes (fewer than [`TTL_STAMP_LEN`]) cannot be a value of a state with a TTL:
+/// the one defect of such a value that needs no schema to see, which [`Decoder::decode`]
+/// and `verify` report alike.
+pub(crate) fn ttl_value_too_short(len: usize) -> String {
+    format!("{len} bytes cannot hold the {TTL_STAMP_LEN}-byte timestamp of a value with a TTL")
 }
 
 /// A decoded value, with its TTL stamp when it has one: `{"ttl_stamped_ms": N, "value": …}`.

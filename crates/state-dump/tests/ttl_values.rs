@@ -1,20 +1,30 @@
 //! States with a TTL (`cairn_core::TtlStateAccess`) in a heap backend's savepoint: `summary`
 //! marks their codecs `(ttl)`, `entries` shows every value with its stamp (each list
 //! element and map value its own), and a value too short for its stamp is a one-line error
-//! naming the entry, exit 1, never a panic or a silent fallback.
+//! naming the entry, exit 1, never a panic or a silent fallback. `verify` finds such values
+//! in every snapshot kind it reads (canonical state files of heap and RocksDB checkpoints
+//! and savepoints, native RocksDB checkpoints, changelog segments and what changelog
+//! handles materialized), named as `entries` names them.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cairn_changelog::{ChangelogBackend, ChangelogConfig};
 use cairn_core::{
-    key_group_for_key, BincodeCodec, Codec, FileArea, KeyGroupRange, KeyedData, KeyedStateBackend,
-    ListStateDescriptor, ManualClock, MapStateDescriptor, StateAccess, StateTtlConfig,
-    TtlStateAccess, ValueStateDescriptor, BINCODE_V1,
+    key_group_for_key, BincodeCodec, Codec, CodecError, CodecIdentity, FileArea, KeyGroupRange,
+    KeyedData, KeyedStateBackend, ListStateDescriptor, ManualClock, MapStateDescriptor,
+    StateAccess, StateTtlConfig, TtlCodec, TtlStateAccess, ValueStateDescriptor, BINCODE_V1,
 };
-use cairn_format::{decode_list, encode_list, EntryRef, FormatError, StateFileReader};
+use cairn_format::{
+    decode_list, encode_list, ChangelogSegmentReader, EntryRef, FormatError, StateFileReader,
+};
+use cairn_hashmap::{HashMapBackend, HashMapConfig};
+use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+use cairn_storage::CheckpointStorage;
 use common::*;
 use serde_json::{json, Value};
 
@@ -33,20 +43,19 @@ fn kg(k: &str) -> u64 {
     u64::from(key_group_for_key(&key(k), MAX_P))
 }
 
-/// Savepoint 9 at `dir/sp` of operator `count` (parallelism 1, heap backend) with three
-/// states with a TTL of one minute and a plain one:
+fn ttl(clock: &Arc<ManualClock>) -> StateTtlConfig {
+    StateTtlConfig::new(Duration::from_secs(60)).with_clock(clock.clone())
+}
+
+/// Writes three states with a TTL of one minute and a plain one, the clock at T0 then T1:
 ///
 /// - `last_seen` (value, `String`): alice `login` at T0, bob `logout` at T1;
 /// - `events` (list, `u64`): alice `[1 at T0, 2 at T1]`;
 /// - `tags` (map, `String → u64`): alice `red → 1` at T0, `blue → 2` at T1;
 /// - `count` (value, `u64`, no TTL): alice 2.
-///
-/// Nothing has expired when the savepoint is taken (T1 is a second after T0).
-fn savepoint(dir: &Path) -> PathBuf {
-    let clock = Arc::new(ManualClock::new(T0));
-    let ttl = StateTtlConfig::new(Duration::from_secs(60)).with_clock(clock.clone());
-    let mut job = Job::new(1);
-    let b = &mut job.subtasks[0].0;
+fn fill<B: KeyedStateBackend>(b: &mut B, clock: &Arc<ManualClock>) {
+    clock.set(T0);
+    let ttl = ttl(clock);
     let last_seen = b
         .register_value_with_ttl(&ValueStateDescriptor::<String>::new("last_seen"), &ttl)
         .unwrap();
@@ -70,7 +79,15 @@ fn savepoint(dir: &Path) -> PathBuf {
     b.ttl_map(&tags).put("blue".into(), 2).unwrap();
     b.set_current_key(&key("bob")).unwrap();
     b.ttl_value(&last_seen).update("logout".into()).unwrap();
+}
 
+/// Savepoint 9 at `dir/sp` of operator `count` (parallelism 1, heap backend) with the
+/// states of [`fill`]. Nothing has expired when the savepoint is taken (T1 is a second
+/// after T0).
+fn savepoint(dir: &Path) -> PathBuf {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut job = Job::new(1);
+    fill(&mut job.subtasks[0].0, &clock);
     let sp = dir.join("sp");
     job.savepoint(&sp, 9);
     sp
@@ -400,4 +417,455 @@ fn the_golden_ttl_vectors_decode() {
         d.decode(&short).unwrap_err(),
         "7 bytes cannot hold the 8-byte timestamp of a value with a TTL"
     );
+}
+
+/// `verify --json` of `path`: the run and its findings as (path, problem).
+fn verify(path: &Path) -> (Run, Vec<(String, String)>) {
+    let r = run(&["verify", s(path), "--json"]);
+    let findings = r.json()["findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .iter()
+        .map(|f| {
+            assert_eq!(f["offset"], Value::Null, "{f}");
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["problem"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (r, findings)
+}
+
+/// The one state file of a savepoint with one subtask.
+fn state_file(sp: &Path) -> PathBuf {
+    let m =
+        cairn_format::decode_manifest(&std::fs::read(sp.join("_metadata")).unwrap(), "m").unwrap();
+    let h = m.operators[0].subtasks[0].keyed.as_ref().unwrap();
+    let files: Vec<_> = h.files().collect();
+    assert_eq!(files.len(), 1, "{h:?}");
+    sp.join(&files[0].name)
+}
+
+/// Verifies a copy of the savepoint at `sp` with the value of (`state`, `k`[, `user_key`])
+/// damaged (see [`damaged`]): one finding, `problem` in the state file, which is also what
+/// `entries` says of the value.
+fn verify_damaged(
+    sp: &Path,
+    bad: &Path,
+    (state, k, user_key): (&str, &str, Option<&str>),
+    damage: impl Fn(&[u8]) -> Vec<u8>,
+    problem: &str,
+) {
+    damaged(sp, bad, state, k, user_key, damage);
+    let (r, findings) = verify(bad);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!("state-dump: verify found 1 problem(s) path={}\n", s(bad))
+    );
+    // The state file (its checksums are all right), and the entry as `entries` names it.
+    let file = s(&state_file(bad)).to_string();
+    assert_eq!(findings, vec![(file.clone(), problem.to_string())]);
+    entries(bad, state, &["--json"]).assert_error(1, &[problem]);
+    // The table shows the same.
+    let text = run(&["verify", s(bad)]);
+    assert_eq!(text.code, 1, "{text:?}");
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&file))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(row.ends_with(problem), "{}", text.stdout);
+}
+
+#[test]
+fn verify_names_a_value_too_short_for_its_stamp_as_entries_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = savepoint(dir.path());
+    let (r, findings) = verify(&sp);
+    assert_eq!((r.code, findings.len()), (0, 0), "{r:?}");
+    assert_eq!(r.json()["entries"], 6, "{r:?}");
+
+    // A value state's value cut to 5 bytes.
+    verify_damaged(
+        &sp,
+        &dir.path().join("bad-value"),
+        ("last_seen", "bob", None),
+        |v| v[..5].to_vec(),
+        &format!(
+            "damaged value of state last_seen: 5 bytes cannot hold the 8-byte timestamp of a value with a TTL key_group={} key=\"bob\" uid=count",
+            kg("bob")
+        ),
+    );
+    // One list element cut to 3 bytes.
+    verify_damaged(
+        &sp,
+        &dir.path().join("bad-element"),
+        ("events", "alice", None),
+        |v| {
+            let elements = decode_list(v).unwrap();
+            let mut out = Vec::new();
+            encode_list([elements[0], &elements[1][..3]], &mut out);
+            out
+        },
+        &format!(
+            "damaged value of state events: list element 1 of 2: 3 bytes cannot hold the 8-byte timestamp of a value with a TTL key_group={} key=\"alice\" uid=count",
+            kg("alice")
+        ),
+    );
+    // A map value emptied.
+    verify_damaged(
+        &sp,
+        &dir.path().join("bad-map-value"),
+        ("tags", "alice", Some("red")),
+        |_| Vec::new(),
+        &format!(
+            "damaged value of state tags: 0 bytes cannot hold the 8-byte timestamp of a value with a TTL key_group={} key=\"alice\" user_key=\"red\" uid=count",
+            kg("alice")
+        ),
+    );
+}
+
+/// Stores the bytes it is given under the identity of the TTL codec of a default codec: a
+/// writer that may get the stamp wrong.
+struct Forged(CodecIdentity);
+
+impl Forged {
+    fn of<V: 'static>(inner: BincodeCodec<V>) -> Arc<Self>
+    where
+        BincodeCodec<V>: Codec<V>,
+    {
+        Arc::new(Self(TtlCodec::new(Arc::new(inner)).identity().clone()))
+    }
+}
+
+impl Codec<Vec<u8>> for Forged {
+    fn encode(&self, value: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+        Ok(bytes.to_vec())
+    }
+
+    fn identity(&self) -> &CodecIdentity {
+        &self.0
+    }
+}
+
+/// A sound TTL value: the stamp T0, then `value` in `codec`.
+fn stamped_bytes<V>(codec: BincodeCodec<V>, value: &V) -> Vec<u8>
+where
+    BincodeCodec<V>: Codec<V>,
+{
+    let mut out = T0.to_le_bytes().to_vec();
+    out.extend(codec.encode_to_vec(value).unwrap());
+    out
+}
+
+/// Beside the states of [`fill`], the three kinds written through [`Forged`] codecs, as a
+/// writer that gets the stamp wrong would (sound values unless `short`):
+///
+/// - `forged_value` (`String`): alice sound, bob 5 bytes and carol 2 bytes;
+/// - `forged_events` (list, `u64`): alice a sound element, then a 3-byte one;
+/// - `forged_tags` (map, `String → u64`): alice `blue` sound, `red` empty.
+fn forge<B: KeyedStateBackend>(b: &mut B, short: bool) {
+    let string = || BincodeCodec::<String>::new();
+    let number = || BincodeCodec::<u64>::new();
+    let value = b
+        .register_value(&ValueStateDescriptor {
+            name: "forged_value".into(),
+            value: Forged::of(string()),
+            namespace: Arc::new(BincodeCodec::<()>::new()),
+        })
+        .unwrap();
+    let events = b
+        .register_list(&ListStateDescriptor {
+            name: "forged_events".into(),
+            element: Forged::of(number()),
+            namespace: Arc::new(BincodeCodec::<()>::new()),
+        })
+        .unwrap();
+    let tags = b
+        .register_map(&MapStateDescriptor {
+            name: "forged_tags".into(),
+            user_key: Arc::new(string()),
+            value: Forged::of(number()),
+            namespace: Arc::new(BincodeCodec::<()>::new()),
+        })
+        .unwrap();
+    let cut = |v: Vec<u8>, len: usize| if short { v[..len].to_vec() } else { v };
+    b.set_current_key(&key("alice")).unwrap();
+    b.value(&value)
+        .update(stamped_bytes(string(), &"ok".to_string()))
+        .unwrap();
+    b.list(&events).add(stamped_bytes(number(), &1)).unwrap();
+    b.list(&events)
+        .add(cut(stamped_bytes(number(), &2), 3))
+        .unwrap();
+    b.map(&tags)
+        .put("blue".into(), stamped_bytes(number(), &2))
+        .unwrap();
+    b.map(&tags)
+        .put("red".into(), cut(stamped_bytes(number(), &1), 0))
+        .unwrap();
+    for (k, len) in [("bob", 5), ("carol", 2)] {
+        b.set_current_key(&key(k)).unwrap();
+        b.value(&value)
+            .update(cut(stamped_bytes(string(), &k.to_string()), len))
+            .unwrap();
+    }
+}
+
+/// A later write for an incremental checkpoint: dave's `last_seen`.
+fn touch<B: KeyedStateBackend>(b: &mut B, clock: &Arc<ManualClock>) {
+    let last_seen = b
+        .register_value_with_ttl(
+            &ValueStateDescriptor::<String>::new("last_seen"),
+            &ttl(clock),
+        )
+        .unwrap();
+    b.set_current_key(&key("dave")).unwrap();
+    b.ttl_value(&last_seen).update("idle".into()).unwrap();
+}
+
+/// Where `verify` names a short value.
+#[derive(Clone, Copy, Debug)]
+enum Found {
+    /// The canonical state file that holds it.
+    StateFile,
+    /// The changelog segment whose record holds it.
+    Segment,
+    /// The snapshot (a native RocksDB handle's files are merged: no single file).
+    Snapshot,
+}
+
+/// Small segments, materialization only when asked.
+fn changelog<B: KeyedStateBackend>(
+    inner: B,
+    key: &BincodeCodec<String>,
+    storage: &CheckpointStorage,
+) -> ChangelogBackend<B> {
+    let mut config = ChangelogConfig::new(UID, key.identity().clone());
+    config.options.segment_bytes = 600;
+    config.options.min_log_bytes = 1 << 30;
+    config.options.materialization_interval = None;
+    ChangelogBackend::new(inner, config, Arc::new(storage.clone()))
+}
+
+/// Materializes the (one) subtask and waits until it has finished.
+fn materialize<B: KeyedStateBackend>(b: &mut ChangelogBackend<B>) {
+    b.materialize_now().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.is_materializing() {
+        assert!(Instant::now() < deadline, "materialization did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.last_materialization_error(), None);
+}
+
+/// The data kind of the (one) keyed handle of the snapshot at `path`, and of what a
+/// changelog handle materialized.
+fn data_kinds(path: &Path) -> (String, Vec<String>) {
+    let m = cairn_format::decode_manifest(&std::fs::read(path.join("_metadata")).unwrap(), "m")
+        .unwrap();
+    let h = m.operators[0].subtasks[0].keyed.as_ref().unwrap();
+    let kind = |d: &KeyedData| {
+        match d {
+            KeyedData::Canonical { .. } => "canonical",
+            KeyedData::RocksNative { .. } => "native",
+            KeyedData::Changelog { .. } => "changelog",
+            _ => "other",
+        }
+        .to_string()
+    };
+    let materialized = match &h.data {
+        KeyedData::Changelog { materialized, .. } => {
+            materialized.iter().map(|m| kind(&m.data)).collect()
+        }
+        _ => Vec::new(),
+    };
+    (kind(&h.data), materialized)
+}
+
+/// One snapshot of each kind `verify` reads, all holding the states of [`fill`] and
+/// [`forge`] (parallelism 1): (what, path, where a short value is named).
+fn every_kind(dir: &Path, short: bool) -> Vec<(&'static str, PathBuf, Found)> {
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut out = Vec::new();
+
+    // Heap: a savepoint, a full checkpoint and an incremental one after it.
+    let root = dir.join("heap");
+    let storage = CheckpointStorage::open(s(&root)).unwrap();
+    let mut heap = Job::new(1);
+    fill(&mut heap.subtasks[0].0, &clock);
+    forge(&mut heap.subtasks[0].0, short);
+    heap.savepoint(&dir.join("heap-sp"), 9);
+    out.push(("heap savepoint", dir.join("heap-sp"), Found::StateFile));
+    heap.checkpoint(&storage, 1, false);
+    out.push(("heap full checkpoint", root.join("chk-1"), Found::StateFile));
+    touch(&mut heap.subtasks[0].0, &clock);
+    heap.checkpoint(&storage, 2, true);
+    out.push((
+        "heap incremental checkpoint",
+        root.join("chk-2"),
+        Found::StateFile,
+    ));
+
+    // RocksDB: a native incremental checkpoint and a savepoint.
+    let root = dir.join("rocks");
+    let storage = CheckpointStorage::open(s(&root)).unwrap();
+    let mut rocks = Job::rocks(1, &dir.join("rocks-local"), RocksDbOptions::default());
+    fill(&mut rocks.subtasks[0].0, &clock);
+    forge(&mut rocks.subtasks[0].0, short);
+    rocks.checkpoint(&storage, 1, true);
+    out.push((
+        "rocksdb native checkpoint",
+        root.join("chk-1"),
+        Found::Snapshot,
+    ));
+    rocks.savepoint(&dir.join("rocks-sp"), 9);
+    out.push(("rocksdb savepoint", dir.join("rocks-sp"), Found::StateFile));
+
+    // Changelog over the heap backend: the values in segments only, then materialized.
+    let root = dir.join("changelog");
+    let storage = CheckpointStorage::open(s(&root)).unwrap();
+    let mut job = Job::with(1, |range, key| {
+        let heap = HashMapBackend::new(HashMapConfig {
+            uid: UID.into(),
+            max_parallelism: MAX_P,
+            key_group_range: range,
+            key_codec: key.identity().clone(),
+        })
+        .unwrap();
+        changelog(heap, key, &storage)
+    });
+    fill(&mut job.subtasks[0].0, &clock);
+    forge(&mut job.subtasks[0].0, short);
+    job.checkpoint(&storage, 1, true);
+    out.push(("changelog segments", root.join("chk-1"), Found::Segment));
+    materialize(&mut job.subtasks[0].0);
+    job.checkpoint(&storage, 2, true);
+    out.push((
+        "changelog materialized on the heap",
+        root.join("chk-2"),
+        Found::StateFile,
+    ));
+
+    // Changelog over RocksDB, materialized: a native handle.
+    let root = dir.join("changelog-rocks");
+    let storage = CheckpointStorage::open(s(&root)).unwrap();
+    let local = dir.join("changelog-rocks-local");
+    let mut job = Job::with(1, |range, key| {
+        let rocks = RocksDbBackend::new(RocksDbConfig {
+            uid: UID.into(),
+            max_parallelism: MAX_P,
+            key_group_range: range,
+            key_codec: key.identity().clone(),
+            local_dir: local.clone(),
+            options: RocksDbOptions::default(),
+        })
+        .unwrap();
+        changelog(rocks, key, &storage)
+    });
+    fill(&mut job.subtasks[0].0, &clock);
+    forge(&mut job.subtasks[0].0, short);
+    materialize(&mut job.subtasks[0].0);
+    job.checkpoint(&storage, 1, true);
+    out.push((
+        "changelog materialized in RocksDB",
+        root.join("chk-1"),
+        Found::Snapshot,
+    ));
+    out
+}
+
+#[test]
+fn verify_passes_sound_ttl_values_in_every_snapshot_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let kinds = every_kind(dir.path(), false);
+    let seen: Vec<(String, Vec<String>)> = kinds.iter().map(|(_, p, _)| data_kinds(p)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("canonical", vec![]),
+            ("canonical", vec![]),
+            ("canonical", vec![]),
+            ("native", vec![]),
+            ("canonical", vec![]),
+            ("changelog", vec![]),
+            ("changelog", vec!["canonical"]),
+            ("changelog", vec!["native"]),
+        ]
+        .map(|(k, m)| (k.to_string(), m.into_iter().map(String::from).collect()))
+    );
+    for (what, path, _) in &kinds {
+        let (r, findings) = verify(path);
+        assert_eq!((r.code, findings), (0, vec![]), "{what}: {r:?}");
+        assert!(r.json()["entries"].as_u64() > Some(0), "{what}: {r:?}");
+    }
+}
+
+#[test]
+fn verify_finds_values_too_short_for_their_stamp_in_every_snapshot_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, path, found) in every_kind(dir.path(), true) {
+        let (r, findings) = verify(&path);
+        assert_eq!(r.code, 1, "{what}: {r:?}");
+        r.assert_error(1, &["verify found", &format!("path={}", s(&path))]);
+        // Per state: the short values counted, and the one named by each finding.
+        let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+        for (file, problem) in &findings {
+            let state = problem
+                .strip_prefix("damaged value of state ")
+                .and_then(|p| p.split_once(':'))
+                .map(|(st, _)| st.to_string())
+                .unwrap_or_else(|| panic!("{what}: {problem}"));
+            assert!(
+                problem.contains(" bytes cannot hold the 8-byte timestamp of a value with a TTL "),
+                "{what}: {problem}"
+            );
+            assert!(problem.contains(" uid=count"), "{what}: {problem}");
+            let named = |k: &str| problem.contains(&format!("key_group={} key=\"{k}\"", kg(k)));
+            match state.as_str() {
+                "forged_value" => assert!(named("bob") || named("carol"), "{what}: {problem}"),
+                "forged_events" => assert!(
+                    named("alice") && problem.contains(": 3 bytes cannot hold"),
+                    "{what}: {problem}"
+                ),
+                "forged_tags" => assert!(
+                    named("alice") && problem.contains(r#"user_key="red""#),
+                    "{what}: {problem}"
+                ),
+                _ => panic!("{what}: a finding about a sound state: {problem}"),
+            }
+            let n = problem
+                .split_once(" short_values=")
+                .map_or(1, |(_, n)| n.parse().unwrap());
+            *counted.entry(state).or_default() += n;
+            // Where the value is.
+            let bytes = || std::fs::read(file).unwrap_or_else(|e| panic!("{what}: {file}: {e}"));
+            match found {
+                Found::StateFile => {
+                    StateFileReader::open(bytes().into(), file)
+                        .unwrap_or_else(|e| panic!("{what}: {file}: {e}"));
+                }
+                Found::Segment => {
+                    ChangelogSegmentReader::open(bytes().into(), file)
+                        .unwrap_or_else(|e| panic!("{what}: {file}: {e}"));
+                }
+                Found::Snapshot => assert_eq!(file, s(&path), "{what}"),
+            }
+        }
+        let want: BTreeMap<String, u64> = [
+            ("forged_events", 1),
+            ("forged_tags", 1),
+            ("forged_value", 2),
+        ]
+        .map(|(st, n)| (st.to_string(), n))
+        .into();
+        assert_eq!(counted, want, "{what}: {findings:?}");
+    }
 }
