@@ -845,3 +845,58 @@ fn full_snapshot_cleanup_leaves_what_has_expired_out_of_savepoints_and_full_chec
         &[],
     );
 }
+
+/// 400 keys of a TTL value state (configured by `cleanup`) and of a state without a TTL,
+/// written at 0 on the heap at parallelism 1; the clock then moves past the TTL, and
+/// `records` records of `key-0` are processed, reading only the state without a TTL, or
+/// also the TTL state when `access`. Returns how many TTL values the next incremental
+/// checkpoint holds.
+fn ttl_values_left_after(cleanup: (usize, bool), records: usize, access: bool) -> usize {
+    use common::conformance::checkpoint;
+    let storage = cairn_storage::CheckpointStorage::open("memory://").unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let ttl = StateTtlConfig::new(Duration::from_secs(1))
+        .with_clock(clock.clone())
+        .with_incremental_cleanup(cleanup.0, cleanup.1);
+    assert_eq!(ttl.incremental_cleanup().entries, cleanup.0);
+    let mut op = Operator::new(&HashMapFactory, "op", MAX_P, 1);
+    let b = &mut op.subtasks[0].0;
+    let value = b.register_value_with_ttl(&value_desc(), &ttl).unwrap();
+    let plain = b.register_value(&common::schema::windowed_desc()).unwrap();
+    for i in 0..400 {
+        set_key(b, &format!("key-{i}"));
+        b.ttl_value(&value).update(i).unwrap();
+        b.value_in(&plain, &7).update(1).unwrap();
+    }
+    checkpoint(&mut op, &storage, 1, true);
+    clock.set(1_000);
+    let b = &mut op.subtasks[0].0;
+    for _ in 0..records {
+        set_key(b, "key-0");
+        b.value_in(&plain, &7).get().unwrap();
+        if access {
+            b.ttl_value(&value).get().unwrap();
+        }
+    }
+    let m = checkpoint(&mut op, &storage, 2, true);
+    let counts = counts(&canonical_entries(&m, "op", &storage.source(2)));
+    assert_eq!(counts["windowed"], 400, "the state without a TTL is whole");
+    counts.get("value").copied().unwrap_or(0)
+}
+
+#[test]
+fn the_heap_cleanup_runs_for_every_record_when_asked_and_looks_at_as_many_entries() {
+    // Flink's default, cleanupIncrementally(5, false): only accesses to the state sweep it.
+    assert_eq!(ttl_values_left_after((5, false), 2_000, false), 400);
+    assert_eq!(ttl_values_left_after((5, false), 2_000, true), 0);
+    // runCleanupForEveryRecord: records that never touch the state sweep it too.
+    assert_eq!(ttl_values_left_after((5, true), 2_000, false), 0);
+    // Zero entries: no background cleanup; the reads remove only key-0's value.
+    assert_eq!(ttl_values_left_after((0, true), 2_000, true), 399);
+    // The cleanup size: 1 entry per access visits 2 buckets, each holding at most one
+    // entry, so 10 accesses remove at most 20 values (and key-0's, read); 500 entries per
+    // access (800 buckets) sweep a table of 400 entries in 10.
+    let small = ttl_values_left_after((1, false), 10, true);
+    assert!((400 - 21..400).contains(&small), "{small} left");
+    assert_eq!(ttl_values_left_after((500, false), 10, true), 0);
+}

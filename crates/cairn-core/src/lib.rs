@@ -66,8 +66,9 @@ pub use state::{
     ValueStateDescriptor, ValueStateId, VoidNamespace,
 };
 pub use ttl::{
-    ttl_stamp_of, ManualClock, StateTtlConfig, SystemClock, TtlAggregatingAccess,
-    TtlAggregatingStateId, TtlCleanup, TtlClock, TtlCodec, TtlInput, TtlListAccess, TtlListStateId,
-    TtlMapAccess, TtlMapStateId, TtlReducingAccess, TtlReducingStateId, TtlStateAccess, TtlUpdate,
-    TtlValue, TtlValueAccess, TtlValueStateId, TtlVisibility, TTL_ENCODING_PREFIX,
+    ttl_stamp_of, IncrementalCleanup, ManualClock, StateTtlConfig, SystemClock,
+    TtlAggregatingAccess, TtlAggregatingStateId, TtlCleanup, TtlClock, TtlCodec, TtlInput,
+    TtlListAccess, TtlListStateId, TtlMapAccess, TtlMapStateId, TtlReducingAccess,
+    TtlReducingStateId, TtlStateAccess, TtlUpdate, TtlValue, TtlValueAccess, TtlValueStateId,
+    TtlVisibility, TTL_ENCODING_PREFIX,
 };

@@ -128,6 +128,30 @@ pub enum TtlVisibility {
     ReturnExpiredIfNotCleanedUp,
 }
 
+/// How the heap backend's background cleanup of a state with a TTL goes (Flink's
+/// `cleanupIncrementally(cleanupSize, runCleanupForEveryRecord)`): each access to the state
+/// looks at about `entries` more entries of it for expired ones, and with `every_record`
+/// so does every record (each new current key), whatever states it accesses. Zero
+/// `entries` turns the cleanup off. Other backends have their own cleanup (RocksDB: in
+/// compactions) and ignore this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IncrementalCleanup {
+    /// Entries looked at per access (Flink's `cleanupSize`; default 5).
+    pub entries: usize,
+    /// Whether every record runs the cleanup too (Flink's `runCleanupForEveryRecord`;
+    /// default false).
+    pub every_record: bool,
+}
+
+impl Default for IncrementalCleanup {
+    fn default() -> Self {
+        Self {
+            entries: 5,
+            every_record: false,
+        }
+    }
+}
+
 /// The TTL of a state (Flink's `StateTtlConfig`).
 #[derive(Clone)]
 pub struct StateTtlConfig {
@@ -136,6 +160,7 @@ pub struct StateTtlConfig {
     visibility: TtlVisibility,
     clock: Arc<dyn TtlClock>,
     full_snapshot_cleanup: bool,
+    incremental_cleanup: IncrementalCleanup,
 }
 
 impl fmt::Debug for StateTtlConfig {
@@ -145,6 +170,7 @@ impl fmt::Debug for StateTtlConfig {
             .field("update", &self.update)
             .field("visibility", &self.visibility)
             .field("full_snapshot_cleanup", &self.full_snapshot_cleanup)
+            .field("incremental_cleanup", &self.incremental_cleanup)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +185,7 @@ impl StateTtlConfig {
             visibility: TtlVisibility::default(),
             clock: Arc::new(SystemClock),
             full_snapshot_cleanup: false,
+            incremental_cleanup: IncrementalCleanup::default(),
         }
     }
     /// When timestamps are refreshed.
@@ -186,6 +213,15 @@ impl StateTtlConfig {
         self.full_snapshot_cleanup = true;
         self
     }
+    /// How the heap backend's background cleanup goes ([`IncrementalCleanup`]; Flink's
+    /// `cleanupIncrementally(entries, every_record)`).
+    pub fn with_incremental_cleanup(mut self, entries: usize, every_record: bool) -> Self {
+        self.incremental_cleanup = IncrementalCleanup {
+            entries,
+            every_record,
+        };
+        self
+    }
     /// The time to live.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -202,6 +238,10 @@ impl StateTtlConfig {
     /// ([`Self::with_full_snapshot_cleanup`]).
     pub fn cleans_up_full_snapshots(&self) -> bool {
         self.full_snapshot_cleanup
+    }
+    /// How the heap backend's background cleanup goes.
+    pub fn incremental_cleanup(&self) -> IncrementalCleanup {
+        self.incremental_cleanup
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -345,6 +385,11 @@ impl<V> TtlCleanup<V> {
     /// ([`StateTtlConfig::with_full_snapshot_cleanup`]).
     pub fn in_full_snapshots(&self) -> bool {
         self.config.full_snapshot_cleanup
+    }
+    /// How the heap backend's background cleanup goes
+    /// ([`StateTtlConfig::with_incremental_cleanup`]).
+    pub fn incremental(&self) -> IncrementalCleanup {
+        self.config.incremental_cleanup
     }
     /// Whether an encoded stored value (stamp first, see [`TtlCodec`]) has expired at
     /// `now_ms`; bytes too short to hold a stamp are not judged expired (a read reports

@@ -30,7 +30,8 @@ struct Registered {
     /// `state.type_name()`, kept for errors off the hot path.
     type_name: &'static str,
     state: Box<dyn ErasedState>,
-    /// The state has a TTL: each access sweeps a few entries ([`ErasedState::sweep_ttl`]).
+    /// The state has a TTL with incremental cleanup: each access sweeps a few entries
+    /// ([`ErasedState::sweep_ttl`]).
     ttl: bool,
 }
 
@@ -63,6 +64,8 @@ pub struct HashMapBackend {
     /// entries hinted at since the current key was set: `set_current_key` touches them
     /// together.
     hints: PrefetchHints<(u32, u32, u64)>,
+    /// States with a TTL whose cleanup runs for every record (each new current key) too.
+    sweep_every_key: Vec<u32>,
 }
 
 impl fmt::Debug for HashMapBackend {
@@ -106,6 +109,7 @@ impl HashMapBackend {
             restored: false,
             inc: Incremental::new(range.len()),
             hints: PrefetchHints::default(),
+            sweep_every_key: Vec::new(),
         })
     }
 
@@ -279,6 +283,18 @@ impl HashMapBackend {
 
 /// One step of the TTL sweep of state `r`; every key group it changes becomes dirty.
 /// Out of line: `access` stays small for states without a TTL.
+impl HashMapBackend {
+    /// The cleanup that runs for every record: sweeps each state that asked for it.
+    #[inline(never)]
+    fn sweep_for_record(&mut self) {
+        for &i in &self.sweep_every_key {
+            if let Some(r) = self.states.get_mut(i as usize) {
+                sweep(r, &mut self.inc.dirty);
+            }
+        }
+    }
+}
+
 #[inline(never)]
 fn sweep(r: &mut Registered, dirty: &mut [bool]) {
     r.state.sweep_ttl(&mut |kg_idx| {
@@ -347,6 +363,9 @@ impl KeyedStateBackend for HashMapBackend {
             self.touch_pending();
         }
         self.hints.next_key();
+        if !self.sweep_every_key.is_empty() {
+            self.sweep_for_record();
+        }
         Ok(())
     }
 
@@ -622,9 +641,11 @@ impl KeyedStateBackend for HashMapBackend {
     }
 
     /// Each access to the state then sweeps a few buckets of its table for expired entries
-    /// (8 buckets, about Flink's five entries per access): a state
-    /// that is accessed often enough is swept whole, however seldom each key is read. A
-    /// swept key group is dirty for the next incremental checkpoint.
+    /// (about `cleanup.incremental().entries` entries, Flink's `cleanupSize`, 5 by
+    /// default), and with `every_record` so does each `set_current_key`: a state that is
+    /// accessed (or whose operator gets records) often enough is swept whole, however
+    /// seldom each key is read. A swept key group is dirty for the next incremental
+    /// checkpoint.
     fn enable_ttl_cleanup<V: StateValue>(
         &mut self,
         state: RawStateId,
@@ -634,8 +655,16 @@ impl KeyedStateBackend for HashMapBackend {
             .states
             .get_mut(state.index as usize)
             .ok_or(StateError::UnknownState { index: state.index })?;
+        let incremental = cleanup.incremental();
+        if r.ttl || incremental.entries == 0 {
+            // Already on (the first registration's settings stay), or turned off.
+            return Ok(());
+        }
         r.state.enable_ttl(Box::new(cleanup))?;
         r.ttl = true;
+        if incremental.every_record {
+            self.sweep_every_key.push(state.index);
+        }
         Ok(())
     }
 

@@ -221,6 +221,8 @@ pub(crate) struct StateTable<N, L: Layout> {
 /// Where the TTL sweep of a state goes on, and how it tells expired entries.
 struct TtlSweep<E> {
     cleanup: TtlCleanup<E>,
+    /// Buckets visited per sweep ([`sweep_buckets`]).
+    buckets: usize,
     /// The next slot and bucket to visit.
     cursor: (usize, usize),
 }
@@ -296,16 +298,18 @@ pub(crate) trait ErasedState: Send {
     /// Turns on the TTL sweep with `cleanup`, a `TtlCleanup` of the layout's element type
     /// (an error names `state` if it is not).
     fn enable_ttl(&mut self, cleanup: Box<dyn Any>) -> Result<()>;
-    /// With the TTL sweep on: visits the next [`SWEEP_BUCKETS`] buckets of the table and
+    /// With the TTL sweep on: visits the next [`sweep_buckets`] buckets of the table and
     /// drops what has expired there (list elements and map entries one by one), calling
     /// `changed` with the key group index of each changed entry. Nothing without a TTL.
     fn sweep_ttl(&mut self, changed: &mut dyn FnMut(usize));
 }
 
-/// Buckets of a state's table that one access to a state with a TTL visits for expired
-/// entries: about five entries at the tables' usual load, Flink's default
-/// `cleanupIncrementally(5, false)`.
-pub(crate) const SWEEP_BUCKETS: usize = 8;
+/// Buckets of a state's table that one sweep visits to look at about `entries` entries: a
+/// table at its usual load holds about five entries in eight buckets, so Flink's default
+/// `cleanupIncrementally(5, false)` visits 8.
+pub(crate) fn sweep_buckets(entries: usize) -> usize {
+    entries.saturating_mul(8).div_ceil(5)
+}
 
 impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
     fn as_any(&self) -> &dyn Any {
@@ -358,6 +362,7 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
         })?;
         if self.ttl.is_none() {
             self.ttl = Some(TtlSweep {
+                buckets: sweep_buckets(cleanup.incremental().entries),
                 cleanup: *cleanup,
                 cursor: (0, 0),
             });
@@ -373,7 +378,7 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
         let expired = |e: &L::Elem| cleanup.is_expired(e, now);
         self.table.sweep(
             &mut sweep.cursor,
-            SWEEP_BUCKETS,
+            sweep.buckets,
             |v| L::any_expired(v, &expired),
             |v| L::retain_live(v, &expired),
             changed,
