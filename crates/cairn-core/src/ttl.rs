@@ -61,6 +61,14 @@ pub const TTL_ENCODING_PREFIX: &str = "cairn-ttl1+";
 const TIMESTAMP_BYTES: usize = 8;
 
 /// A source of processing time for TTL, in milliseconds.
+///
+/// TTL is processing time, as in Flink: the background cleanup (the heap backend's sweep,
+/// RocksDB's compaction filter) reads the clock whenever it runs, so a clock must not go
+/// back, or the cleanup may drop an entry that a read at an earlier time would still find
+/// live. A clock driven by the records' own times (for tests, or event time) is sound only
+/// where each backend instance sees them in order. A clock kept in a process function is
+/// shared by every subtask the runtime clones the function into; give each subtask its
+/// own (made in `open`).
 pub trait TtlClock: Send + Sync + 'static {
     /// The current time in milliseconds (since the Unix epoch for [`SystemClock`]).
     fn now_ms(&self) -> u64;
