@@ -8,11 +8,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_changelog::{ChangelogBackend, ChangelogConfig};
+use cairn_changelog::ChangelogBackend;
 use cairn_core::{FileArea, KeyGroupRange, KeyedData, KeyedStateBackend};
 use cairn_format::{ChangelogSegmentReader, Manifest};
 use cairn_hashmap::{HashMapBackend, HashMapConfig};
@@ -53,20 +52,6 @@ fn rocks(
         options: RocksDbOptions::default(),
     })
     .unwrap()
-}
-
-/// Small segments, materialization only when asked (or by a large log).
-fn wrap<B: KeyedStateBackend>(
-    inner: B,
-    key: &cairn_core::BincodeCodec<String>,
-    storage: &CheckpointStorage,
-) -> ChangelogBackend<B> {
-    use cairn_core::Codec;
-    let mut config = ChangelogConfig::new(UID, key.identity().clone());
-    config.options.segment_bytes = 600;
-    config.options.min_log_bytes = 1 << 30;
-    config.options.materialization_interval = None;
-    ChangelogBackend::new(inner, config, Arc::new(storage.clone()))
 }
 
 /// Materializes every subtask and waits until each materialization has finished.
@@ -129,14 +114,14 @@ fn fixture(inner: Inner) -> Fixture {
     let mut plain_model = Model::new();
     let manifest = match inner {
         Inner::Heap => {
-            let mut job = Job::with(2, |r, k| wrap(heap(r, k), k, &storage));
+            let mut job = Job::with(2, |r, k| small_changelog(heap(r, k), k, &storage));
             let m = script(&mut job, &storage, &mut model, materialize);
             let mut plain = Job::new(2);
             script(&mut plain, &plain_storage, &mut plain_model, |_| {});
             m
         }
         Inner::Rocks => {
-            let mut job = Job::with(2, |r, k| wrap(rocks(r, k, &local), k, &storage));
+            let mut job = Job::with(2, |r, k| small_changelog(rocks(r, k, &local), k, &storage));
             let m = script(&mut job, &storage, &mut model, materialize);
             let mut plain = Job::rocks(2, &local.join("plain"), RocksDbOptions::default());
             script(&mut plain, &plain_storage, &mut plain_model, |_| {});

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_changelog::{ChangelogBackend, ChangelogConfig};
+use cairn_changelog::ChangelogBackend;
 use cairn_core::{
     key_group_for_key, BincodeCodec, Codec, CodecError, CodecIdentity, FileArea, KeyGroupRange,
     KeyedData, KeyedStateBackend, ListStateDescriptor, ManualClock, MapStateDescriptor,
@@ -642,19 +642,6 @@ enum Found {
     Snapshot,
 }
 
-/// Small segments, materialization only when asked.
-fn changelog<B: KeyedStateBackend>(
-    inner: B,
-    key: &BincodeCodec<String>,
-    storage: &CheckpointStorage,
-) -> ChangelogBackend<B> {
-    let mut config = ChangelogConfig::new(UID, key.identity().clone());
-    config.options.segment_bytes = 600;
-    config.options.min_log_bytes = 1 << 30;
-    config.options.materialization_interval = None;
-    ChangelogBackend::new(inner, config, Arc::new(storage.clone()))
-}
-
 /// Materializes the (one) subtask and waits until it has finished.
 fn materialize<B: KeyedStateBackend>(b: &mut ChangelogBackend<B>) {
     b.materialize_now().unwrap();
@@ -740,7 +727,7 @@ fn every_kind(dir: &Path, short: bool) -> Vec<(&'static str, PathBuf, Found)> {
             key_codec: key.identity().clone(),
         })
         .unwrap();
-        changelog(heap, key, &storage)
+        small_changelog(heap, key, &storage)
     });
     fill(&mut job.subtasks[0].0, &clock);
     forge(&mut job.subtasks[0].0, short);
@@ -768,7 +755,7 @@ fn every_kind(dir: &Path, short: bool) -> Vec<(&'static str, PathBuf, Found)> {
             options: RocksDbOptions::default(),
         })
         .unwrap();
-        changelog(rocks, key, &storage)
+        small_changelog(rocks, key, &storage)
     });
     fill(&mut job.subtasks[0].0, &clock);
     forge(&mut job.subtasks[0].0, short);

@@ -24,6 +24,20 @@ use serde_json::Value;
 pub const UID: &str = "count";
 pub const MAX_P: u32 = 16;
 
+/// A changelog backend around `inner` with small segments (600 bytes) that materializes
+/// only when asked (`materialize_now`) or when the log is large.
+pub fn small_changelog<B: cairn_core::KeyedStateBackend>(
+    inner: B,
+    key: &BincodeCodec<String>,
+    storage: &CheckpointStorage,
+) -> cairn_changelog::ChangelogBackend<B> {
+    let mut config = cairn_changelog::ChangelogConfig::new(UID, key.identity().clone());
+    config.options.segment_bytes = 600;
+    config.options.min_log_bytes = 1 << 30;
+    config.options.materialization_interval = None;
+    cairn_changelog::ChangelogBackend::new(inner, config, std::sync::Arc::new(storage.clone()))
+}
+
 /// What one run of the binary did.
 #[derive(Debug)]
 pub struct Run {
