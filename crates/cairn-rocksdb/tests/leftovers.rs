@@ -14,11 +14,12 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod mem;
 mod rocks_factory;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cairn_core::*;
 use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
@@ -27,6 +28,7 @@ use common::conformance::checkpoint;
 use common::factories::HashMapFactory;
 use common::harness::{BackendFactory, Operator};
 use common::schema::{key_bytes, set_key};
+use mem::Mem;
 use proptest::prelude::*;
 use rocks_factory::RocksFactory;
 
@@ -463,44 +465,6 @@ fn backend(dir: &Path, range: KeyGroupRange) -> RocksDbBackend {
     .unwrap()
 }
 
-/// Snapshot files in memory, by their reference's display name.
-#[derive(Default)]
-struct Mem {
-    files: Mutex<HashMap<String, Vec<u8>>>,
-    shared: bool,
-}
-
-impl SnapshotTarget for Mem {
-    fn checkpoint_id(&self) -> u64 {
-        1
-    }
-    fn supports_shared(&self) -> bool {
-        self.shared
-    }
-    fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
-        let f = FileRef {
-            area,
-            name: name.to_string(),
-            size: bytes.len() as u64,
-            crc32: crc32fast::hash(&bytes),
-        };
-        self.files.lock().unwrap().insert(f.to_string(), bytes);
-        Ok(f)
-    }
-}
-
-impl Mem {
-    fn bytes(&self, f: &FileRef) -> Vec<u8> {
-        self.files.lock().unwrap()[&f.to_string()].clone()
-    }
-}
-
-impl SnapshotSource for Mem {
-    fn read_file(&self, f: &FileRef) -> Result<bytes::Bytes> {
-        Ok(bytes::Bytes::from(self.bytes(f)))
-    }
-}
-
 /// A source that trusts its store: it hands out what `tamper` makes of `mem`'s files and
 /// checks neither size nor checksum (the contract leaves the checksum to the reader).
 struct Tampered<'a, T> {
@@ -629,7 +593,7 @@ fn assert_names(e: &str, file: &FileRef, offset: bool, what: &str) {
 #[test]
 fn every_flipped_byte_of_a_canonical_file_fails_its_restore() {
     let dir = scratch();
-    let mem = Mem::default();
+    let mem = Mem::new(false);
     // A small file: a restore per byte.
     let (h, expected) = saved_keys(dir.path(), &mem, 1000, &damage_keys()[..12]);
     let file = canonical_file(&h);
@@ -654,7 +618,7 @@ fn every_flipped_byte_of_a_canonical_file_fails_its_restore() {
 #[test]
 fn swapped_blocks_of_a_canonical_file_fail_its_restore() {
     let dir = scratch();
-    let mem = Mem::default();
+    let mem = Mem::new(false);
     let (h, _) = saved(dir.path(), &mem, 1000);
     let file = canonical_file(&h);
     let blocks = data_blocks(&mem.bytes(&file));
@@ -687,7 +651,7 @@ fn swapped_blocks_of_a_canonical_file_fail_its_restore() {
 #[test]
 fn damage_outside_the_restored_key_groups_fails_the_restore() {
     let dir = scratch();
-    let mem = Mem::default();
+    let mem = Mem::new(false);
     let (h, expected) = saved(dir.path(), &mem, 1000);
     let file = canonical_file(&h);
     let mine = KeyGroupRange::new(0, MAX_P / 2);
@@ -720,7 +684,7 @@ fn damage_outside_the_restored_key_groups_fails_the_restore() {
 #[test]
 fn a_whole_file_crc32_cannot_tell_apart_two_files_of_one_layout() {
     let dir = scratch();
-    let (one, two) = (Mem::default(), Mem::default());
+    let (one, two) = (Mem::new(false), Mem::new(false));
     // One key per key group: blocks of one entry each, stored uncompressed, so the files
     // differ in their values (and block checksums) only.
     let mut seen = BTreeSet::new();
@@ -740,7 +704,7 @@ fn a_whole_file_crc32_cannot_tell_apart_two_files_of_one_layout() {
 #[test]
 fn a_truncated_canonical_file_names_uid_and_file() {
     let dir = scratch();
-    let mem = Mem::default();
+    let mem = Mem::new(false);
     let (h, _) = saved(dir.path(), &mem, 1000);
     let file = canonical_file(&h);
     let source = Tampered {
@@ -756,10 +720,7 @@ fn a_truncated_canonical_file_names_uid_and_file() {
 #[test]
 fn a_native_checkpoint_that_does_not_open_names_uid_and_checkpoint() {
     let dir = scratch();
-    let mem = Mem {
-        shared: true,
-        ..Mem::default()
-    };
+    let mem = Mem::new(true);
     let mut b = backend(dir.path(), KeyGroupRange::all(MAX_P));
     let v = b.register_value(&value_desc()).unwrap();
     set_key(&mut b, "a00");

@@ -4,11 +4,15 @@
 //! checkpoints, restores and savepoints.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+mod mem;
 
 use cairn_core::*;
 use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
+use mem::Mem;
 
 const TTL_MS: u64 = 1_000;
 /// The clock's start: entries written now expire at `T0 + TTL_MS`.
@@ -87,7 +91,7 @@ fn config(dir: &std::path::Path, options: RocksDbOptions) -> RocksDbConfig {
     }
 }
 
-fn backend(dir: &std::path::Path, options: RocksDbOptions) -> RocksDbBackend {
+fn backend(dir: &Path, options: RocksDbOptions) -> RocksDbBackend {
     RocksDbBackend::new(config(dir, options)).unwrap()
 }
 
@@ -409,14 +413,7 @@ fn dirty_and_clean_cache_entries_are_neither_lost_nor_resurrected() {
     assert_eq!(b.stored_entries("reducing").unwrap().len(), 1);
     assert_eq!(read(&mut b), expected);
     // With the cache emptied (a fresh backend from a savepoint reads RocksDB only).
-    let target = Mem::new(false);
-    let handle = b
-        .snapshot(SnapshotOptions::savepoint(1))
-        .unwrap()
-        .run(&target, &CancelToken::new())
-        .unwrap();
-    let mut restored = backend(dir.path(), RocksDbOptions::default());
-    restored.restore(&[handle], &target).unwrap();
+    let mut restored = restored_copy(dir.path(), &mut b, SnapshotOptions::savepoint(1));
     let _ = register(&mut restored, &ttl);
     assert_eq!(read(&mut restored), expected);
 }
@@ -459,14 +456,7 @@ fn native_checkpoints_and_restores_keep_reads_and_the_filter() {
 
     // A savepoint of the compacted instance holds what is stored, and restores to the
     // same reads.
-    let savepoint = Mem::new(false);
-    let canonical = restored
-        .snapshot(SnapshotOptions::savepoint(2))
-        .unwrap()
-        .run(&savepoint, &CancelToken::new())
-        .unwrap();
-    let mut again = backend(dir.path(), RocksDbOptions::default());
-    again.restore(&[canonical], &savepoint).unwrap();
+    let mut again = restored_copy(dir.path(), &mut restored, SnapshotOptions::savepoint(2));
     let again_ids = register(&mut again, &ttl);
     again.write_back_cache().unwrap();
     assert_eq!(stored_counts(&again), stored_counts(&restored));
@@ -480,14 +470,11 @@ fn states_restored_without_a_ttl_registration_are_not_filtered() {
     let (clock, ttl) = clock_and_ttl();
     let ids = register(&mut b, &ttl);
     write_scenario(&mut b, &ids, &clock);
-    let target = Mem::new(true);
-    let handle = b
-        .snapshot(SnapshotOptions::incremental_checkpoint(1))
-        .unwrap()
-        .run(&target, &CancelToken::new())
-        .unwrap();
-    let mut restored = backend(dir.path(), RocksDbOptions::default());
-    restored.restore(&[handle], &target).unwrap();
+    let mut restored = restored_copy(
+        dir.path(),
+        &mut b,
+        SnapshotOptions::incremental_checkpoint(1),
+    );
     // Only the value state registers (with its TTL); the other states stay restored and
     // unregistered.
     restored
@@ -501,6 +488,20 @@ fn states_restored_without_a_ttl_registration_are_not_filtered() {
     expected.insert("value", 0);
     assert_eq!(stored_counts(&restored), expected);
     assert!(expected["list"] > 0 && expected["map"] > 0);
+}
+
+/// A backend under `dir` restored from a snapshot of `b` taken with `options` (in memory;
+/// native incremental checkpoints keep their shared files).
+fn restored_copy(dir: &Path, b: &mut RocksDbBackend, options: SnapshotOptions) -> RocksDbBackend {
+    let target = Mem::new(options.incremental);
+    let handle = b
+        .snapshot(options)
+        .unwrap()
+        .run(&target, &CancelToken::new())
+        .unwrap();
+    let mut restored = backend(dir, RocksDbOptions::default());
+    restored.restore(&[handle], &target).unwrap();
+    restored
 }
 
 /// Each state with a TTL has the TTL compaction filter and periodic compactions (30 days, as
@@ -561,69 +562,16 @@ fn states_with_a_ttl_get_periodic_compactions_and_the_others_none() {
     let ids = register(&mut b, &ttl);
     assert_periodic_compactions(&b);
     write_scenario(&mut b, &ids, &clock);
-    let target = Mem::new(true);
-    let handle = b
-        .snapshot(SnapshotOptions::incremental_checkpoint(1))
-        .unwrap()
-        .run(&target, &CancelToken::new())
-        .unwrap();
     // Native restore: the column families are opened from the checkpoint.
-    let mut restored = backend(dir.path(), RocksDbOptions::default());
-    restored.restore(&[handle], &target).unwrap();
+    let mut restored = restored_copy(
+        dir.path(),
+        &mut b,
+        SnapshotOptions::incremental_checkpoint(1),
+    );
     assert_periodic_compactions(&restored);
     let _ = register(&mut restored, &ttl);
     assert_periodic_compactions(&restored);
     // Canonical restore: the column families are created for the savepoint's states.
-    let savepoint = Mem::new(false);
-    let canonical = restored
-        .snapshot(SnapshotOptions::savepoint(2))
-        .unwrap()
-        .run(&savepoint, &CancelToken::new())
-        .unwrap();
-    let mut again = backend(dir.path(), RocksDbOptions::default());
-    again.restore(&[canonical], &savepoint).unwrap();
+    let again = restored_copy(dir.path(), &mut restored, SnapshotOptions::savepoint(2));
     assert_periodic_compactions(&again);
-}
-
-/// Snapshot files in memory; `shared`: whether the target takes shared files (native
-/// incremental checkpoints).
-struct Mem {
-    shared: bool,
-    files: Mutex<HashMap<String, Vec<u8>>>,
-}
-
-impl Mem {
-    fn new(shared: bool) -> Self {
-        Self {
-            shared,
-            files: Mutex::default(),
-        }
-    }
-}
-
-impl SnapshotTarget for Mem {
-    fn checkpoint_id(&self) -> u64 {
-        1
-    }
-    fn supports_shared(&self) -> bool {
-        self.shared
-    }
-    fn write_file(&self, area: FileArea, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
-        let f = FileRef {
-            area,
-            name: name.to_string(),
-            size: bytes.len() as u64,
-            crc32: crc32fast::hash(&bytes),
-        };
-        self.files.lock().unwrap().insert(name.to_string(), bytes);
-        Ok(f)
-    }
-}
-
-impl SnapshotSource for Mem {
-    fn read_file(&self, file: &FileRef) -> Result<bytes::Bytes> {
-        Ok(bytes::Bytes::from(
-            self.files.lock().unwrap()[&file.name].clone(),
-        ))
-    }
 }
