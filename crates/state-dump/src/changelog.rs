@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use cairn_core::{
     ChangelogSegment, FileRef, KeyGroupRange, KeyedStateHandle, SnapshotSource, StateError,
-    MAX_MAX_PARALLELISM,
+    StateMeta, MAX_MAX_PARALLELISM,
 };
-use cairn_format::{ChangelogSegmentReader, EntryRef};
+use cairn_format::{ChangelogRecord, ChangelogSegmentReader, EntryRef};
 
 use crate::error::{from_format, DumpError};
 use crate::open::Snapshot;
@@ -40,7 +40,7 @@ const KIND: &str = "changelog segment";
 
 /// Reads segment `seg` whole and checks it against the manifest: size, whole-file CRC32
 /// (locating a damaged block), first sequence number and record count. Returns its bytes.
-pub(crate) fn load_segment(s: &Snapshot, seg: &ChangelogSegment) -> Result<Bytes, DumpError> {
+fn load_segment(s: &Snapshot, seg: &ChangelogSegment) -> Result<Bytes, DumpError> {
     let path = s.file_path(&seg.file);
     let (bytes, crc) = s.read_unchecked(&seg.file).map_err(|e| match e {
         // A wrong size: say what the file is.
@@ -126,11 +126,14 @@ impl SnapshotSource for Loaded<'_> {
 /// Checks segment `seg` of handle `h` for `verify`: [`load_segment`], then
 /// `cairn_changelog::read_segment` over every key group (every block checksum, every
 /// record decoded); every state the segment's records name must be one the handle lists.
-/// Returns the number of records.
+/// Each record of a listed state is handed to `visit` with that state as it is decoded, so
+/// a caller checks the records' contents without reading the segment again. Returns the
+/// number of records.
 pub(crate) fn verify_segment(
     s: &Snapshot,
     h: &KeyedStateHandle,
     seg: &ChangelogSegment,
+    visit: &mut dyn FnMut(&StateMeta, &ChangelogRecord<'_>),
 ) -> Result<u64, DumpError> {
     let path = s.file_path(&seg.file);
     let bytes = load_segment(s, seg)?;
@@ -144,10 +147,13 @@ pub(crate) fn verify_segment(
         seg,
         KeyGroupRange::new(0, MAX_MAX_PARALLELISM),
         &source,
-        |state, _kind, _r| {
+        |state, _kind, r| {
             records += 1;
-            if unknown.is_none() && !h.states.iter().any(|m| m.name == state) {
-                unknown = Some(state.to_string());
+            match h.states.iter().find(|m| m.name == state) {
+                Some(m) => visit(m, r),
+                None => {
+                    unknown.get_or_insert_with(|| state.to_string());
+                }
             }
             Ok(())
         },

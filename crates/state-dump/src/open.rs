@@ -50,6 +50,21 @@ impl JobRoot {
     pub fn err(&self, e: StorageError) -> DumpError {
         from_storage(e, &|p| self.full(p))
     }
+
+    /// Opens checkpoint `id` of the job, as [`open_snapshot`] opens `<job>/chk-<id>`, but
+    /// through this root's storage: one the caller built (`CheckpointStorage::from_store`,
+    /// `CheckpointStorage::open_wrapped`) reads its files through that store.
+    pub fn checkpoint(&self, id: u64) -> Result<Snapshot, DumpError> {
+        let manifest = self.storage.load(id).map_err(|e| self.err(e))?;
+        let location = join_display(&self.location, &format!("chk-{id}"));
+        Ok(checkpoint_snapshot(
+            &self.storage,
+            id,
+            manifest,
+            location,
+            &self.location,
+        ))
+    }
 }
 
 /// The path the user knows for an object path of the store opened at `base`. A local
@@ -275,6 +290,23 @@ fn open_url(url: &str) -> Result<Snapshot, DumpError> {
 }
 
 /// Checkpoint `id` of the job at `root`; `Ok(None)` when the directory holds a savepoint.
+/// Checkpoint `id` of `storage`, whose manifest is `manifest`, shown as `location`; object
+/// paths are shown under `base`.
+fn checkpoint_snapshot(
+    storage: &CheckpointStorage,
+    id: u64,
+    manifest: Manifest,
+    location: String,
+    base: &str,
+) -> Snapshot {
+    Snapshot {
+        location,
+        manifest,
+        base: base.to_string(),
+        source: Source::Checkpoint(storage.source(id)),
+    }
+}
+
 fn try_checkpoint(
     root: &str,
     shown_root: &str,
@@ -284,12 +316,13 @@ fn try_checkpoint(
     let full = |p: &str| object_display(shown_root, p);
     let storage = CheckpointStorage::open(root).map_err(|e| from_storage(e, &full))?;
     match storage.load(id) {
-        Ok(manifest) => Ok(Some(Snapshot {
-            location: location.to_string(),
+        Ok(manifest) => Ok(Some(checkpoint_snapshot(
+            &storage,
+            id,
             manifest,
-            base: shown_root.to_string(),
-            source: Source::Checkpoint(storage.source(id)),
-        })),
+            location.to_string(),
+            shown_root,
+        ))),
         Err(StorageError::ManifestMismatch {
             found_type: SnapshotType::Savepoint,
             ..

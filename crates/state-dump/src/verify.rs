@@ -9,9 +9,9 @@
 //! Values of states with a TTL (encoding `cairn-ttl1+…`, `format-spec/README.md`, "Values
 //! of states with a TTL") are checked on the way for the one defect that needs no schema:
 //! every value, list element and map value must hold its 8-byte stamp. The entries of
-//! canonical state files and native RocksDB handles are already read for their checksums,
-//! so this costs a length check per value; a changelog segment of a handle with a TTL
-//! state is read a second time for its records' values. Nothing is decoded beyond that.
+//! canonical state files, native RocksDB handles and changelog segments are already read
+//! for their checksums (a segment's records are checked as `read_segment` decodes them),
+//! so this costs a length check per value. Nothing is decoded beyond that.
 //! Each state's short values in one file are one finding that names the first one read
 //! (key group, key, user key) and ends `short_values=N` when there are more. A native
 //! handle's values are named by the snapshot, as RocksDB does not say which of the
@@ -21,15 +21,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cairn_core::{
     ChangelogSegment, CodecIdentity, FileRef, KeyGroup, KeyGroupRange, KeyedData, KeyedStateHandle,
-    SnapshotType, StateKind, StateMeta, MAX_MAX_PARALLELISM, TTL_ENCODING_PREFIX,
+    SnapshotType, StateKind, StateMeta, TTL_ENCODING_PREFIX,
 };
 use cairn_format::{
-    decode_list, ChangelogOp, ChangelogRecord, ChangelogSegmentReader, EntryRef, FormatError,
-    StateFileReader,
+    decode_list, ChangelogOp, ChangelogRecord, EntryRef, FormatError, StateFileReader,
 };
 use serde::Serialize;
 
-use crate::changelog::{load_segment, verify_segment};
+use crate::changelog::verify_segment;
 use crate::error::{from_format, DumpError};
 use crate::open::Snapshot;
 use crate::progress::{NoProgress, Progress};
@@ -217,6 +216,28 @@ impl<'a> TtlCheck<'a> {
         }
     }
 
+    /// Checks the value of changelog record `r` of state `m`: a set or map put carries one
+    /// value, a list append or set a list value; other records carry none.
+    fn record(&mut self, m: &StateMeta, r: &ChangelogRecord<'_>) {
+        let Some(value) = r.value else {
+            return;
+        };
+        let list = match r.op {
+            ChangelogOp::ListAppend | ChangelogOp::ListSet => true,
+            ChangelogOp::Set | ChangelogOp::MapPut => false,
+            _ => return,
+        };
+        let at = EntryRef {
+            key_group: r.key_group,
+            state: r.state,
+            key: r.key,
+            namespace: r.namespace,
+            user_key: r.user_key,
+            value,
+        };
+        self.value(m, list, &at);
+    }
+
     /// One finding in `path` per state with short values.
     fn findings(self, path: &str, out: &mut Vec<Finding>) {
         for (state, (first, count)) in self.short {
@@ -260,56 +281,6 @@ fn describe(
         d.push_str(&format!(" user_key={uk}"));
     }
     d
-}
-
-/// Checks the values of the TTL states in the records of segment `seg` of changelog
-/// handle `h` (already checked whole by `verify_segment`, so read again here): a set or
-/// map put carries one value, a list append or set a list value.
-fn check_segment_ttl(
-    s: &Snapshot,
-    uid: &str,
-    h: &KeyedStateHandle,
-    seg: &ChangelogSegment,
-    path: &str,
-    out: &mut Vec<Finding>,
-) -> Result<(), DumpError> {
-    let bytes = load_segment(s, seg)?;
-    let reader = ChangelogSegmentReader::open(bytes, path).map_err(|e| from_format(e, path))?;
-    let metas: Vec<Option<&StateMeta>> = reader
-        .states()
-        .iter()
-        .map(|fs| h.states.iter().find(|m| m.name == fs.name && has_ttl(m)))
-        .collect();
-    let mut check = TtlCheck::new(uid, h);
-    reader
-        .scan(
-            KeyGroupRange::new(0, MAX_MAX_PARALLELISM),
-            |r: &ChangelogRecord<'_>| -> Result<(), FormatError> {
-                let (Some(m), Some(value)) =
-                    (metas.get(r.state as usize).copied().flatten(), r.value)
-                else {
-                    return Ok(());
-                };
-                let list = match r.op {
-                    ChangelogOp::ListAppend | ChangelogOp::ListSet => true,
-                    ChangelogOp::Set | ChangelogOp::MapPut => false,
-                    _ => return Ok(()),
-                };
-                let at = EntryRef {
-                    key_group: r.key_group,
-                    state: r.state,
-                    key: r.key,
-                    namespace: r.namespace,
-                    user_key: r.user_key,
-                    value,
-                };
-                check.value(m, list, &at);
-                Ok(())
-            },
-        )
-        .map_err(|e| from_format(e, path))?;
-    check.findings(path, out);
-    Ok(())
 }
 
 /// Checks every file of the snapshot. Problems in files are findings (the report is not
@@ -362,17 +333,15 @@ pub fn verify(s: &Snapshot, progress: &dyn Progress) -> Result<VerifyReport, Dum
         let path = s.file_path(file);
         progress.inc(1);
         if let Kind::Segment(h, seg) = t.kind {
-            match verify_segment(s, h, seg) {
-                Ok(n) => entries += n,
-                Err(e) => {
-                    findings.push(finding(&e, &path));
-                    continue;
+            // The values of states with a TTL as the records are decoded: the segment is
+            // read once.
+            let mut ttl = TtlCheck::new(t.uid, h);
+            match verify_segment(s, h, seg, &mut |m, r| ttl.record(m, r)) {
+                Ok(n) => {
+                    entries += n;
+                    ttl.findings(&path, &mut findings);
                 }
-            }
-            if h.states.iter().any(has_ttl) {
-                if let Err(e) = check_segment_ttl(s, t.uid, h, seg, &path, &mut findings) {
-                    findings.push(finding(&e, &path));
-                }
+                Err(e) => findings.push(finding(&e, &path)),
             }
             continue;
         }
