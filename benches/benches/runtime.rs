@@ -26,8 +26,8 @@ use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::DiscardSink;
 use cairn_runtime::sources::GeneratorSource;
 use cairn_runtime::{
-    source, CheckpointConfig, Job, JobConfig, JobGraph, JobResult, RestoreFrom, SnapshotMode,
-    StateBackendConfig,
+    source, CheckpointConfig, Job, JobConfig, JobGraph, JobResult, RestoreFrom, SavepointFormat,
+    SnapshotMode, StateBackendConfig,
 };
 use serde_json::json;
 
@@ -276,9 +276,16 @@ fn line(
     merge(v, extra)
 }
 
-/// W2: build the W1 state over `keys` keys, stop with a canonical savepoint, and restore it
-/// under each backend (until the job could process its first record).
-fn run_w2(keys: u64) -> cairn_runtime::Result<Vec<serde_json::Value>> {
+/// W2: build the W1 state over `keys` keys under `built`, stop with a savepoint in `format`,
+/// and restore it under each of `restore_under` (until the job could process its first
+/// record). WORKLOADS.md's W2 is the canonical savepoint of the heap backend restored under
+/// both; the RocksDB rows compare its canonical and native savepoints.
+fn run_w2(
+    keys: u64,
+    built: &str,
+    format: SavepointFormat,
+    restore_under: &[&'static str],
+) -> cairn_runtime::Result<Vec<serde_json::Value>> {
     let dir =
         tempfile::tempdir().map_err(|e| cairn_runtime::RuntimeError::Config(e.to_string()))?;
     let records = keys * 2;
@@ -290,23 +297,30 @@ fn run_w2(keys: u64) -> cairn_runtime::Result<Vec<serde_json::Value>> {
     };
     let handle = Job::new(
         graph(GeneratorSource::new(records, keys, 42).idle_at_end()),
-        config.clone(),
+        JobConfig {
+            backend: backend(built, dir.path()),
+            ..config.clone()
+        },
     )
     .start()?;
     while handle.records_read() < records {
         std::thread::sleep(Duration::from_millis(5));
     }
     let t = Instant::now();
-    let savepoint = handle.stop_with_savepoint(None)?;
+    let savepoint = handle.stop_with_savepoint_as(None, format)?;
     let write_s = t.elapsed().as_secs_f64();
-    let built = handle.wait()?;
+    let built_run = handle.wait()?;
     let bytes: u64 = walk_size(std::path::Path::new(&savepoint));
+    let snapshot = match format {
+        SavepointFormat::Canonical => "savepoint",
+        SavepointFormat::Native => "native-savepoint",
+    };
     let mut out = vec![json!({
-        "workload": "W2", "phase": "savepoint", "backend": "hashmap", "snapshot": "savepoint",
-        "parallelism": 1, "records": built.records, "keys": keys,
+        "workload": "W2", "phase": "savepoint", "backend": built, "snapshot": snapshot,
+        "parallelism": 1, "records": built_run.records, "keys": keys,
         "savepoint_bytes": bytes, "write_s": write_s,
     })];
-    for b in ["hashmap", "rocksdb"] {
+    for &b in restore_under {
         let rdir =
             tempfile::tempdir().map_err(|e| cairn_runtime::RuntimeError::Config(e.to_string()))?;
         let cfg = JobConfig {
@@ -316,8 +330,8 @@ fn run_w2(keys: u64) -> cairn_runtime::Result<Vec<serde_json::Value>> {
         };
         let r = Job::new(graph(GeneratorSource::new(records, keys, 42)), cfg).run()?;
         out.push(json!({
-            "workload": "W2", "phase": "restore", "backend": b, "snapshot": "savepoint",
-            "parallelism": 1, "records": r.records, "keys": keys,
+            "workload": "W2", "phase": "restore", "backend": b, "snapshot": snapshot,
+            "built_under": built, "parallelism": 1, "records": r.records, "keys": keys,
             "restore_s": r.startup_ms / 1000.0,
         }));
     }
@@ -429,27 +443,37 @@ fn main() -> cairn_runtime::Result<()> {
     }
     if std::env::var("CAIRN_SKIP_W2").is_err() {
         let mut by: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let cases: [(&str, SavepointFormat, &[&'static str]); 3] = [
+            (
+                "hashmap",
+                SavepointFormat::Canonical,
+                &["hashmap", "rocksdb"],
+            ),
+            ("rocksdb", SavepointFormat::Canonical, &["rocksdb"]),
+            ("rocksdb", SavepointFormat::Native, &["rocksdb"]),
+        ];
         for _ in 0..runs {
-            for v in run_w2(keys)? {
-                println!("{v}");
-                let (k, x) = match v["phase"].as_str() {
-                    Some("savepoint") => ("savepoint write s".to_string(), v["write_s"].as_f64()),
-                    _ => (
-                        format!("restore {} s", v["backend"].as_str().unwrap_or("")),
-                        v["restore_s"].as_f64(),
-                    ),
-                };
-                by.entry(k).or_default().push(x.unwrap_or(0.0));
-                if let Some(b) = v["savepoint_bytes"].as_u64() {
-                    by.entry("savepoint bytes".into())
-                        .or_default()
-                        .push(b as f64);
+            for (built, format, under) in cases {
+                for v in run_w2(keys, built, format, under)? {
+                    println!("{v}");
+                    let of = format!("{} of {built}", v["snapshot"].as_str().unwrap_or(""));
+                    let (k, x) = match v["phase"].as_str() {
+                        Some("savepoint") => (format!("{of}: write s"), v["write_s"].as_f64()),
+                        _ => (
+                            format!("{of}: restore {} s", v["backend"].as_str().unwrap_or("")),
+                            v["restore_s"].as_f64(),
+                        ),
+                    };
+                    by.entry(k).or_default().push(x.unwrap_or(0.0));
+                    if let Some(b) = v["savepoint_bytes"].as_u64() {
+                        by.entry(format!("{of}: bytes")).or_default().push(b as f64);
+                    }
                 }
             }
         }
         println!("\nW2 medians of {runs} runs ({keys} keys):");
         for (k, v) in &by {
-            println!("{k:<20} {:>14.3}", median(v));
+            println!("{k:<44} {:>14.3}", median(v));
         }
     }
     Ok(())

@@ -57,7 +57,7 @@ pub use prefetch::{PrefetchHints, StateIndexes};
 pub use snapshot::{
     is_valid_file_name, restore_metas, CancelToken, CanonicalFile, ChangelogSegment, FileArea,
     FileRef, KeyedData, KeyedStateHandle, NativeFile, OperatorStateSnapshot, Redistribution,
-    SnapshotOptions, SnapshotSource, SnapshotTarget, SnapshotType,
+    SavepointFormat, SnapshotOptions, SnapshotSource, SnapshotTarget, SnapshotType,
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,

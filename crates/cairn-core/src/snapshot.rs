@@ -16,8 +16,25 @@ use crate::state::StateMeta;
 pub enum SnapshotType {
     /// Periodic, may be incremental and share files with other checkpoints.
     Checkpoint,
-    /// User-triggered, canonical and self-contained (no shared files).
+    /// User-triggered and self-contained (no shared files); canonical unless asked for in
+    /// the backend's native format ([`SavepointFormat`]).
     Savepoint,
+}
+
+/// The format of a savepoint, as Flink's `SavepointFormatType`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SavepointFormat {
+    /// Canonical state files (the default): restorable under either backend, at any
+    /// parallelism, by a newer program, and readable by every tool.
+    #[default]
+    Canonical,
+    /// The backend's own format, self-contained. The RocksDB backend uploads the files of
+    /// a RocksDB checkpoint (SST files and write-ahead logs) instead of reading and
+    /// re-encoding every entry, so large state is faster to save and to restore; only the
+    /// RocksDB backend restores it (at any parallelism), and `state-dump convert` turns it
+    /// into a canonical one. The heap backend has no other format: it writes canonical
+    /// files.
+    Native,
 }
 
 /// What the synchronous phase is asked to capture.
@@ -30,6 +47,8 @@ pub struct SnapshotOptions {
     /// Write only what changed since the last completed checkpoint (checkpoints only;
     /// savepoints are always full).
     pub incremental: bool,
+    /// The format of a savepoint (checkpoints ignore it).
+    pub savepoint_format: SavepointFormat,
 }
 
 impl SnapshotOptions {
@@ -39,6 +58,7 @@ impl SnapshotOptions {
             checkpoint_id,
             snapshot_type: SnapshotType::Checkpoint,
             incremental: false,
+            savepoint_format: SavepointFormat::Canonical,
         }
     }
     /// An incremental checkpoint.
@@ -50,11 +70,21 @@ impl SnapshotOptions {
     }
     /// A canonical savepoint.
     pub fn savepoint(checkpoint_id: u64) -> Self {
+        Self::savepoint_as(checkpoint_id, SavepointFormat::Canonical)
+    }
+    /// A savepoint in `format`.
+    pub fn savepoint_as(checkpoint_id: u64, format: SavepointFormat) -> Self {
         Self {
             checkpoint_id,
             snapshot_type: SnapshotType::Savepoint,
             incremental: false,
+            savepoint_format: format,
         }
+    }
+    /// Whether this is a savepoint in the backend's native format.
+    pub fn is_native_savepoint(&self) -> bool {
+        self.snapshot_type == SnapshotType::Savepoint
+            && self.savepoint_format == SavepointFormat::Native
     }
 }
 

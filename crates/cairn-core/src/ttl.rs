@@ -212,10 +212,11 @@ impl StateTtlConfig {
         self
     }
     /// Leaves what has expired out of full snapshots (Flink's `cleanupFullSnapshot`):
-    /// savepoints, full checkpoints, and the heap backend's incremental checkpoints (which
-    /// write each changed key group whole) hold only the values, list elements and map
-    /// entries that had not expired at the snapshot's synchronous phase. RocksDB's native
-    /// incremental checkpoints are files and keep everything, as in Flink. Restores are the
+    /// canonical savepoints, full checkpoints, and the heap backend's incremental
+    /// checkpoints (which write each changed key group whole) hold only the values, list
+    /// elements and map entries that had not expired at the snapshot's synchronous phase.
+    /// RocksDB's native incremental checkpoints and native savepoints are files and keep
+    /// everything, as in Flink. Restores are the
     /// same either way (reads never return what has expired); the snapshots are smaller.
     pub fn with_full_snapshot_cleanup(mut self) -> Self {
         self.full_snapshot_cleanup = true;

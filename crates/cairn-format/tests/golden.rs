@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 
 use bytes::Bytes;
-use cairn_core::{Codec, KeyGroupRange};
+use cairn_core::{Codec, FileArea, KeyGroupRange};
 use cairn_format::{decode_list, decode_manifest, FormatError, StateFileReader};
 use common::*;
 
@@ -163,6 +163,9 @@ fn committed_savepoint_decodes_to_the_logical_content() {
     assert_eq!(m, checkpoint_manifest());
     let m = decode_manifest(&read("checkpoint-native.manifest"), "n").unwrap();
     assert_eq!(m, native_manifest());
+    let m = decode_manifest(&read("savepoint-native.manifest"), "s").unwrap();
+    assert_eq!(m, native_savepoint_manifest());
+    assert!(m.files().all(|f| f.area == FileArea::Private));
     let r = StateFileReader::open(Bytes::from(read("empty.state")), "empty.state").unwrap();
     assert!(r.key_groups().is_empty());
     r.verify_all().unwrap();

@@ -139,7 +139,7 @@ pub(crate) fn load(
             KeyedData::Canonical { files } => files,
             KeyedData::RocksNative { .. } => {
                 return Err(restore_error(format!(
-                    "a native RocksDB checkpoint restores only under the rocksdb backend; to switch backends take a savepoint (canonical), or turn this checkpoint into one with `state-dump convert CHECKPOINT --out DIR` key_groups={} uid={}",
+                    "a native RocksDB snapshot (an incremental checkpoint or a native savepoint) restores only under the rocksdb backend; to switch backends take a canonical savepoint, or turn this snapshot into one with `state-dump convert SNAPSHOT --out DIR` key_groups={} uid={}",
                     h.key_group_range, t.uid
                 )))
             }

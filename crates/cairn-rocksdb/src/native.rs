@@ -13,6 +13,10 @@
 //! target holds it (it may have come from another checkpoint directory) and uploaded
 //! otherwise. The other files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`) are private, under
 //! `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>/<local name>`.
+//!
+//! A native savepoint ([`cairn_core::SavepointFormat::Native`]) is the same directory
+//! uploaded whole and privately (its target has no shared area): self-contained, as every
+//! savepoint.
 
 use std::hash::Hasher;
 
@@ -32,6 +36,8 @@ pub(crate) fn shared_kind(local_name: &str) -> Option<&'static str> {
 }
 
 /// Uploads the checkpoint directory of `view`; returns the handle and its shared files.
+/// A target without a shared area (a native savepoint's) gets every file privately, under
+/// its local name, and no file is shared.
 pub(crate) fn write(
     view: &SyncView,
     base: Option<&Base>,
@@ -49,6 +55,8 @@ pub(crate) fn write(
     }
     names.sort();
     let prefix = private_prefix(&view.uid, id, view.range);
+    // A savepoint's target takes no shared files: everything goes to its own directory.
+    let to_shared = target.supports_shared();
     let mut files = Vec::with_capacity(names.len());
     let mut shared = NativeFiles::new();
     for local_name in names {
@@ -81,7 +89,7 @@ pub(crate) fn write(
         }
         let bytes =
             std::fs::read(&path).map_err(|e| io_err("reading checkpoint file", &path, e))?;
-        let file = match kind {
+        let file = match kind.filter(|_| to_shared) {
             Some(ext) => {
                 let name = content_name(&bytes, ext);
                 target.write_file(FileArea::Shared, &name, bytes)?
@@ -94,7 +102,7 @@ pub(crate) fn write(
             file,
             local_name: local_name.clone(),
         };
-        if kind.is_some() {
+        if kind.is_some() && to_shared {
             shared.insert(local_name, nf.clone());
         }
         files.push(nf);

@@ -53,7 +53,12 @@ pub(crate) fn restore(
             b.inc.seed(
                 files
                     .iter()
-                    .filter(|f| crate::native::shared_kind(&f.local_name).is_some())
+                    // A native savepoint's files are private to it: the next checkpoint
+                    // uploads them again rather than reference another directory's files.
+                    .filter(|f| {
+                        f.file.area == FileArea::Shared
+                            && crate::native::shared_kind(&f.local_name).is_some()
+                    })
                     .map(|f| (f.local_name.clone(), f.clone()))
                     .collect(),
             );
@@ -102,10 +107,7 @@ fn describe(h: &KeyedStateHandle) -> String {
         name.rsplit_once('/')
             .map_or(name.clone(), |(dir, _)| dir.to_string())
     });
-    format!(
-        "native checkpoint checkpoint={dir} key_groups={}",
-        h.key_group_range
-    )
+    format!("native snapshot dir={dir} key_groups={}", h.key_group_range)
 }
 
 /// Writes every file of `h` into `dir` under its local name, checking size and CRC32.

@@ -257,10 +257,14 @@ impl AsyncSnapshot for RocksSnapshot {
         let incremental = self.incremental.take();
         // Removed (with the checkpoint in it) when this phase ends.
         let _holder = holder;
-        let native = view.options.snapshot_type == SnapshotType::Checkpoint
-            && view.options.incremental
-            && view.rocks.native_incremental
-            && target.supports_shared();
+        let native = match view.options.snapshot_type {
+            SnapshotType::Checkpoint => {
+                view.options.incremental
+                    && view.rocks.native_incremental
+                    && target.supports_shared()
+            }
+            SnapshotType::Savepoint => view.options.is_native_savepoint(),
+        };
         let (handle, outcome) = if native {
             let base = incremental.as_ref().and_then(|(b, _)| b.as_ref());
             let (handle, files) = crate::native::write(&view, base, target, cancel)?;

@@ -743,8 +743,8 @@ fn a_native_checkpoint_that_does_not_open_names_uid_and_checkpoint() {
     let e = restore(dir.path(), KeyGroupRange::all(MAX_P), &h, &mem).unwrap_err();
     assert!(e.contains(&format!("uid={UID}")), "no uid: {e}");
     assert!(
-        e.contains(&format!("checkpoint={checkpoint}")),
-        "no checkpoint: {e}"
+        e.contains(&format!("native snapshot dir={checkpoint}")),
+        "no checkpoint directory: {e}"
     );
     assert!(e.contains("key_groups="), "{e}");
 }

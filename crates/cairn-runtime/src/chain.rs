@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cairn_core::{
     key_group_for_key, subtask_for_key_group, AsyncSnapshot, BincodeCodec, Codec, KeyGroupRange,
     KeyedStateBackend, OperatorStateBackend, OperatorStateSnapshot, Redistribution,
-    SnapshotOptions,
+    SavepointFormat, SnapshotOptions,
 };
 use crossbeam_channel::{SendTimeoutError, Sender};
 
@@ -29,9 +29,10 @@ use crate::function::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BarrierKind {
     Checkpoint,
-    /// A savepoint; `stop`: the sources stop after it (stop-with-savepoint).
+    /// A savepoint in `format`; `stop`: the sources stop after it (stop-with-savepoint).
     Savepoint {
         stop: bool,
+        format: SavepointFormat,
     },
 }
 
@@ -150,8 +151,8 @@ impl TaskShared {
     }
 
     pub(crate) fn options(&self, barrier: &Barrier) -> SnapshotOptions {
-        if barrier.is_savepoint() {
-            SnapshotOptions::savepoint(barrier.id)
+        if let BarrierKind::Savepoint { format, .. } = barrier.kind {
+            SnapshotOptions::savepoint_as(barrier.id, format)
         } else {
             match self.snapshot_mode {
                 SnapshotMode::Full => SnapshotOptions::full_checkpoint(barrier.id),

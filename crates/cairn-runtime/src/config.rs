@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cairn_changelog::ChangelogOptions;
+use cairn_core::SavepointFormat;
 use cairn_rocksdb::RocksDbOptions;
 use cairn_storage::CheckpointStorage;
 
@@ -273,6 +274,10 @@ pub struct JobConfig {
     /// Where savepoints go by default (`<dir>/sp-<id>-<tag>`, the tag random per job run,
     /// as Flink's `savepoint-<job>-<random>`).
     pub savepoint_dir: Option<String>,
+    /// The format of savepoints taken without one named: by stop-with-savepoint on a signal,
+    /// [`crate::JobHandle::trigger_savepoint`] and [`crate::JobHandle::stop_with_savepoint`]
+    /// (default canonical, as in Flink).
+    pub savepoint_format: SavepointFormat,
     /// The keyed state backend.
     pub backend: StateBackendConfig,
     /// Start from a snapshot instead of empty state.
@@ -308,6 +313,7 @@ impl Default for JobConfig {
             checkpoint_dir: "./checkpoints".into(),
             checkpoint_storage: None,
             savepoint_dir: None,
+            savepoint_format: SavepointFormat::Canonical,
             backend: StateBackendConfig::HashMap,
             restore: None,
             restore_mode: RestoreMode::NoClaim,

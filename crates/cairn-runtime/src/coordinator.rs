@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_core::{CancelToken, SnapshotTarget};
+use cairn_core::{CancelToken, SavepointFormat, SnapshotTarget};
 use cairn_format::SubtaskManifest;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -89,13 +89,18 @@ pub(crate) enum CoordMsg {
         error: RuntimeError,
     },
     /// From the job handle: take a savepoint (`stop`: then end the job).
-    Savepoint {
-        dir: Option<String>,
-        stop: bool,
-        reply: Sender<crate::Result<String>>,
-    },
+    Savepoint(SavepointRequest),
     /// From the job handle: cancel the job.
     Cancel,
+}
+
+/// A savepoint to take: where (or the configured directory), in which format, whether the
+/// job then stops, and where to answer with its path.
+pub(crate) struct SavepointRequest {
+    pub(crate) dir: Option<String>,
+    pub(crate) format: SavepointFormat,
+    pub(crate) stop: bool,
+    pub(crate) reply: Sender<crate::Result<String>>,
 }
 
 /// One task's asynchronous phase.

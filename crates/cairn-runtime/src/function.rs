@@ -63,7 +63,9 @@ pub struct SnapshotContext<'a> {
 /// method has a default that does nothing.
 pub trait Checkpointed {
     /// Called once per instance before any record: register operator state (restored
-    /// elements are already there).
+    /// elements are already there). In a [`KeyedProcessFunction`] it runs first, before
+    /// [`KeyedProcessFunction::open`]: keep what `open` needs from `ctx` (the subtask,
+    /// whether the state was restored) in a field.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         let _ = ctx;
         Ok(())
@@ -148,6 +150,14 @@ pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
     /// [`KeyedProcessFunction::open`].
     type State: Send + 'static;
     /// Registers the keyed states (restored entries are checked against the descriptors).
+    ///
+    /// Called once per instance, before any record and after
+    /// [`Checkpointed::initialize_state`], whose [`InitContext`] says which subtask this is
+    /// ([`InitContext::subtask`]) and whether the job was restored from a checkpoint or
+    /// savepoint holding this operator ([`InitContext::is_restored`]: true after a restart
+    /// from a checkpoint, false on a fresh start or a restart that started over): keep
+    /// them there for `open`. The backend already holds the restored state of this
+    /// subtask's key groups ([`KeyedStateBackend::key_group_range`]).
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State>;
     /// Processes one record of `key`.
     fn process<B: KeyedStateBackend>(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cairn_core::{CancelToken, FileArea, SnapshotTarget, SnapshotType};
+use cairn_core::{CancelToken, FileArea, SavepointFormat, SnapshotTarget, SnapshotType};
 use cairn_format::{Manifest, OperatorManifest};
 use cairn_storage::{
     assemble_manifest, create_savepoint, open_savepoint, CheckpointStorage, CheckpointWriter,
@@ -20,7 +20,9 @@ use crate::chain::{Barrier, BarrierKind, Notification, TaskEvent, TaskShared};
 use crate::config::{
     CheckpointRetention, CheckpointingMode, JobConfig, RestoreFrom, RestoreMode, StateBackendConfig,
 };
-use crate::coordinator::{spawn_async_workers, AsyncJob, CoordMsg, TaskId, WrittenPart};
+use crate::coordinator::{
+    spawn_async_workers, AsyncJob, CoordMsg, SavepointRequest, TaskId, WrittenPart,
+};
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
 use crate::graph::{BuildCtx, JobGraph, Restore};
@@ -47,6 +49,13 @@ pub struct JobResult {
     pub checkpoint_dir: String,
     /// The snapshot the first run restored from, if any.
     pub restored_from: Option<String>,
+    /// The snapshot each restart after a failure restored from, one entry per restart in
+    /// order, described as [`JobResult::restored_from`] is (`"checkpoint 7 in <dir>"`,
+    /// `"savepoint <path>"`): the job's latest completed checkpoint, or, before its first
+    /// one, the snapshot the job started from. `None`: there was none, and that run
+    /// started over from the beginning of the input. (Flink logs the same at each restart:
+    /// "Restoring job … from Checkpoint N".)
+    pub restarts_restored_from: Vec<Option<String>>,
     /// Whether the job was cancelled.
     pub cancelled: bool,
     /// Wall-clock time of the whole job, seconds.
@@ -89,6 +98,8 @@ pub struct JobHandle {
     coord: Sender<CoordMsg>,
     counters: Arc<JobCounters>,
     driver: JoinHandle<Result<JobResult>>,
+    /// The format of savepoints asked for without one.
+    savepoint_format: SavepointFormat,
 }
 
 impl Job {
@@ -114,6 +125,7 @@ impl Job {
 
     /// Starts the job on its own threads.
     pub fn start(self) -> Result<JobHandle> {
+        let savepoint_format = self.config.savepoint_format;
         let driver = Driver::new(self.graph, self.config, self.stop_on_signals)?;
         let coord = driver.coord_tx.clone();
         let counters = driver.counters.clone();
@@ -125,6 +137,7 @@ impl Job {
             coord,
             counters,
             driver: handle,
+            savepoint_format,
         })
     }
 
@@ -135,14 +148,20 @@ impl Job {
 }
 
 impl JobHandle {
-    fn savepoint(&self, dir: Option<&str>, stop: bool) -> Result<String> {
+    fn savepoint(
+        &self,
+        dir: Option<&str>,
+        format: Option<SavepointFormat>,
+        stop: bool,
+    ) -> Result<String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.coord
-            .send(CoordMsg::Savepoint {
+            .send(CoordMsg::Savepoint(SavepointRequest {
                 dir: dir.map(str::to_string),
+                format: format.unwrap_or(self.savepoint_format),
                 stop,
                 reply: tx,
-            })
+            }))
             .map_err(|_| refused("the job is not running"))?;
         match rx.recv() {
             Ok(answer) => answer,
@@ -150,13 +169,23 @@ impl JobHandle {
         }
     }
 
-    /// Takes a savepoint of the running job (canonical, and never unaligned: its barriers
+    /// Takes a savepoint of the running job (in the configured format,
+    /// [`JobConfig::savepoint_format`], canonical by default; never unaligned: its barriers
     /// are aligned in exactly-once mode and, as every barrier, not in at-least-once mode,
     /// as in Flink) into `dir` (or the configured savepoint directory) and returns its
     /// path. A savepoint that fails
     /// deletes what it wrote, its directory included when nothing else is in it.
     pub fn trigger_savepoint(&self, dir: Option<&str>) -> Result<String> {
-        self.savepoint(dir, false)
+        self.savepoint(dir, None, false)
+    }
+
+    /// [`JobHandle::trigger_savepoint`] in `format` (Flink's `flink savepoint --type`).
+    pub fn trigger_savepoint_as(
+        &self,
+        dir: Option<&str>,
+        format: SavepointFormat,
+    ) -> Result<String> {
+        self.savepoint(dir, Some(format), false)
     }
 
     /// Takes a savepoint, commits what it covers, and ends the job; returns the savepoint's
@@ -168,7 +197,16 @@ impl JobHandle {
     /// from another thread ends the job, and the answer is then an error naming the
     /// savepoint.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
-        self.savepoint(dir, true)
+        self.savepoint(dir, None, true)
+    }
+
+    /// [`JobHandle::stop_with_savepoint`] in `format` (Flink's `flink stop --type`).
+    pub fn stop_with_savepoint_as(
+        &self,
+        dir: Option<&str>,
+        format: SavepointFormat,
+    ) -> Result<String> {
+        self.savepoint(dir, Some(format), true)
     }
 
     /// Records the sources have read so far (replays after a restore count again).
@@ -503,6 +541,9 @@ impl Driver {
                         }
                         _ => initial.clone(),
                     };
+                    self.result
+                        .restarts_restored_from
+                        .push(restore.as_ref().map(|r| r.description.clone()));
                 }
                 other => break Ok(other),
             }
@@ -847,7 +888,7 @@ impl Driver {
         for id in ids {
             self.discard_pending(&mut run, id, "the job stopped".into(), false);
         }
-        for (_, _, reply) in run.queued.drain(..) {
+        for SavepointRequest { reply, .. } in run.queued.drain(..) {
             let _ = reply.send(Err(refused("the job stopped before the savepoint")));
         }
         match (run.stopped_with.take(), outcome) {
@@ -928,7 +969,12 @@ impl Driver {
                     && !run.input_ended()
                 {
                     let (tx, rx) = crossbeam_channel::bounded(1);
-                    run.queued.push_back((None, true, tx));
+                    run.queued.push_back(SavepointRequest {
+                        dir: None,
+                        format: self.config.savepoint_format,
+                        stop: true,
+                        reply: tx,
+                    });
                     run.stopping = true;
                     run.signal_stop = Some(rx);
                 }
@@ -1082,16 +1128,16 @@ impl Driver {
                     return Some(Outcome::Failed { error, fatal });
                 }
             }
-            CoordMsg::Savepoint { dir, stop, reply } => {
+            CoordMsg::Savepoint(request) => {
                 if run.exit_sent || run.stopping {
-                    let _ = reply.send(Err(refused("the job is finishing")));
+                    let _ = request.reply.send(Err(refused("the job is finishing")));
                 } else if run.input_ended() {
-                    let _ = reply.send(Err(refused(
+                    let _ = request.reply.send(Err(refused(
                         "the job's input has ended; it is finishing with its final checkpoint",
                     )));
                 } else {
-                    run.stopping |= stop;
-                    run.queued.push_back((dir, stop, reply));
+                    run.stopping |= request.stop;
+                    run.queued.push_back(request);
                 }
             }
             CoordMsg::Cancel => return Some(Outcome::Cancelled),
@@ -1114,12 +1160,18 @@ impl Driver {
                 return Some(o);
             }
         }
-        while let Some((dir, stop, reply)) = run.queued.pop_front() {
+        while let Some(SavepointRequest {
+            dir,
+            format,
+            stop,
+            reply,
+        }) = run.queued.pop_front()
+        {
             let dir = dir
                 .or_else(|| self.config.savepoint_dir.clone())
                 .unwrap_or_else(|| "./savepoints".into());
-            if let Some(o) = self.trigger(run, BarrierKind::Savepoint { stop }, Some((dir, reply)))
-            {
+            let kind = BarrierKind::Savepoint { stop, format };
+            if let Some(o) = self.trigger(run, kind, Some((dir, reply))) {
                 return Some(o);
             }
         }
@@ -1254,7 +1306,7 @@ impl Driver {
         let id = self.next_id;
         self.next_id += 1;
         let (target, reply) = match (kind, savepoint) {
-            (BarrierKind::Savepoint { stop }, Some((dir, reply))) => {
+            (BarrierKind::Savepoint { stop, .. }, Some((dir, reply))) => {
                 let path = format!(
                     "{}/sp-{id}-{}",
                     dir.trim_end_matches('/'),
@@ -1370,7 +1422,7 @@ impl Driver {
     fn failed(&mut self, run: &mut Run, p: Pending, reason: String) -> Option<Outcome> {
         let id = p.barrier.id;
         match p.barrier.kind {
-            BarrierKind::Savepoint { stop } => {
+            BarrierKind::Savepoint { stop, .. } => {
                 if stop {
                     run.stopping = false;
                     for (task, tx) in &run.events {
@@ -1517,7 +1569,7 @@ impl Driver {
                 };
                 match published {
                     Ok(()) => {
-                        if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                        if matches!(p.barrier.kind, BarrierKind::Savepoint { stop: true, .. }) {
                             // Checkpoints still in flight are given up: the job ends at this
                             // savepoint, and one failing now would fail the stop.
                             self.subsume(run, u64::MAX, &format!("the stopping savepoint {id}"));
@@ -1535,7 +1587,7 @@ impl Driver {
                         if let Some(reply) = &p.reply {
                             let _ = reply.send(Err(refused(format!("savepoint {path}: {reason}"))));
                         }
-                        if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                        if matches!(p.barrier.kind, BarrierKind::Savepoint { stop: true, .. }) {
                             run.stopping = false;
                             for (task, tx) in &run.events {
                                 if run.source_tasks.contains(task) {
@@ -1583,10 +1635,6 @@ impl Driver {
         self.result.checkpoint_bytes.push(added);
     }
 }
-
-type SavepointReply = Sender<Result<String>>;
-/// A savepoint to take: directory, whether to stop, where to answer.
-type SavepointRequest = (Option<String>, bool, SavepointReply);
 
 struct Run {
     attempt: u32,

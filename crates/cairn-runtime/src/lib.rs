@@ -13,6 +13,15 @@
 //! then notifies the tasks (two-phase-commit sinks commit). A failed task restarts the job
 //! from the latest completed checkpoint.
 //!
+//! Keyed state can expire, as with Flink's state TTL: a [`KeyedProcessFunction`] registers
+//! a state with a TTL in `open` through [`cairn_core::TtlStateAccess`] (implemented by every
+//! backend), configured by a [`cairn_core::StateTtlConfig`] (the duration, when an entry's
+//! stamp is refreshed, whether expired entries are visible, the background cleanup). Stamps
+//! are in snapshots and survive restores. TTL is processing time by the config's clock,
+//! which must not go back; a clock kept in a function is shared by every subtask the
+//! function is cloned into, so give each subtask its own, made in `open`
+//! ([`cairn_core::TtlClock`] has the rules).
+//!
 //! ```no_run
 //! use cairn_runtime::{source, sinks::DiscardSink, sources::GeneratorSource, Job, JobConfig};
 //! # fn main() -> cairn_runtime::Result<()> {
@@ -39,6 +48,9 @@ pub mod sinks;
 pub mod sources;
 mod task;
 
+/// The format of a savepoint ([`JobConfig::savepoint_format`],
+/// [`JobHandle::trigger_savepoint_as`]).
+pub use cairn_core::SavepointFormat;
 pub use chain::FINISHED_STATE;
 pub use config::{
     ChangelogOptions, CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig,

@@ -210,7 +210,7 @@ impl<S: Source> SourceTask<S> {
         match ev {
             TaskEvent::Trigger(b) => {
                 self.snapshot(&b)?;
-                if b.kind == (BarrierKind::Savepoint { stop: true }) {
+                if matches!(b.kind, BarrierKind::Savepoint { stop: true, .. }) {
                     *stopped = true;
                 }
             }
@@ -1225,7 +1225,10 @@ mod tests {
     #[test]
     fn aborting_a_newer_checkpoint_leaves_an_older_savepoint_alone() {
         let mut h = Harness::new(2);
-        let savepoint = BarrierKind::Savepoint { stop: false };
+        let savepoint = BarrierKind::Savepoint {
+            stop: false,
+            format: cairn_core::SavepointFormat::Canonical,
+        };
         // Savepoint 1 and checkpoint 2 run at once; checkpoint 2 fails elsewhere before
         // savepoint 1's barriers reach this task.
         h.abort(2);
@@ -1249,7 +1252,10 @@ mod tests {
     #[test]
     fn newer_barrier_on_an_aligned_channel_waits_for_the_alignment_in_progress() {
         let mut h = Harness::new(2);
-        let savepoint = BarrierKind::Savepoint { stop: false };
+        let savepoint = BarrierKind::Savepoint {
+            stop: false,
+            format: cairn_core::SavepointFormat::Canonical,
+        };
         h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
         h.run_idle();
         // Channel 0 is blocked at barrier 1, but the event lane overtakes its data: the

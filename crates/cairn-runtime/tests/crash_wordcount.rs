@@ -251,6 +251,29 @@ fn rocksdb_at_least_once() {
 /// from that savepoint under RocksDB at parallelism 3, exactly once.
 #[test]
 fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
+    sigint_then_finish_under_rocksdb("hashmap", &[], |h| {
+        matches!(h.data, cairn_core::KeyedData::Canonical { .. })
+    });
+}
+
+/// `--savepoint-format native` under RocksDB: the signal's savepoint holds RocksDB's own
+/// files, and it restores under RocksDB at another parallelism.
+#[test]
+fn sigint_stops_with_a_native_savepoint_under_rocksdb() {
+    sigint_then_finish_under_rocksdb("rocksdb", &["--savepoint-format", "native"], |h| {
+        matches!(h.data, cairn_core::KeyedData::RocksNative { .. })
+    });
+}
+
+/// Runs the word count under `backend` at parallelism 2 with `extra` options, stops it with
+/// SIGINT, checks that `format` holds for the keyed handles of the savepoint's `count`
+/// operator, finishes the job from the savepoint under RocksDB at parallelism 3, and checks
+/// the output is exactly once.
+fn sigint_then_finish_under_rocksdb(
+    backend: &str,
+    extra: &[&str],
+    format: impl Fn(&cairn_core::KeyedStateHandle) -> bool,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, expected) = write_input(dir.path(), 3000, 300, 23);
     let output = dir.path().join("out");
@@ -277,8 +300,9 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
     };
     let bin = wordcount_bin();
     let child = Command::new(&bin)
-        .args(common("hashmap", "2"))
+        .args(common(backend, "2"))
         .args(["--records-per-second", "2000"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -303,7 +327,12 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
         .unwrap_or_else(|| panic!("no savepoint in {summary}"))
         .to_string();
     assert!(summary["records"].as_u64().unwrap_or(0) < 3000, "{summary}");
-
+    let (m, _) = cairn_storage::open_savepoint(&savepoint).expect("open the savepoint");
+    let count = m.operator("count").expect("the count operator");
+    for st in &count.subtasks {
+        let h = st.keyed.as_ref().expect("keyed state");
+        assert!(format(h), "the savepoint's format: {h:?}");
+    }
     let out = Command::new(&bin)
         .args(common("rocksdb", "3"))
         .args(["--restore", &savepoint])
@@ -442,6 +471,16 @@ fn without_checkpoints_a_failure_starts_over_exactly_once() {
         serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("summary");
     assert_eq!(summary["checkpoints_completed"], 0, "{summary}");
     assert_eq!(summary["restarts"], 1, "{summary}");
+    // The restart restored nothing: it started over.
+    assert_eq!(
+        summary["restarts_restored_from"],
+        serde_json::json!([null]),
+        "{summary}"
+    );
+    assert!(
+        stderr.contains("restart 1 started from the beginning"),
+        "{stderr}"
+    );
     check_exactly_once(&expected, &read_output(&output));
 }
 

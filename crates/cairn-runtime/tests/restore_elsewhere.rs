@@ -107,7 +107,7 @@ fn checkpoints_of_another_backend_are_refused_with_the_way_out() {
             SnapshotMode::Incremental,
             StateBackendConfig::HashMap,
             SnapshotMode::Incremental,
-            "a native RocksDB checkpoint restores only under the rocksdb backend",
+            "a native RocksDB snapshot (an incremental checkpoint or a native savepoint) restores only under the rocksdb backend",
         ),
         (
             StateBackendConfig::HashMap,

@@ -376,6 +376,31 @@ pub fn native_manifest() -> Manifest {
     }
 }
 
+/// A native savepoint's manifest (Flink's `--type native`): savepoint 13 of the same
+/// operator as [`native_manifest`], self-contained, so every file of each subtask's
+/// RocksDB checkpoint directory is private, under that directory's name and its local name
+/// (the empty last log too: each subtask has its own copy).
+pub fn native_savepoint_manifest() -> Manifest {
+    let mut m = native_manifest();
+    m.checkpoint_id = 13;
+    m.snapshot_type = SnapshotType::Savepoint;
+    m.timestamp_ms = 1_700_000_013_000;
+    for (i, st) in m.operators[0].subtasks.iter_mut().enumerate() {
+        let Some(KeyedStateHandle {
+            data: KeyedData::RocksNative { files },
+            ..
+        }) = &mut st.keyed
+        else {
+            unreachable!("native_manifest has native handles");
+        };
+        for f in files {
+            f.file.area = FileArea::Private;
+            f.file.name = format!("rocks-{i}/{}", f.local_name);
+        }
+    }
+    m
+}
+
 pub fn list_value() -> Vec<u8> {
     let mut v = Vec::new();
     encode_list([&b"first"[..], b"", b"third element"], &mut v);
@@ -463,6 +488,11 @@ pub fn valid_vectors() -> Vec<Vector> {
         name: "checkpoint-native.manifest".into(),
         kind: FileKind::Manifest,
         bytes: encode_manifest(&native_manifest()).unwrap(),
+    });
+    v.push(Vector {
+        name: "savepoint-native.manifest".into(),
+        kind: FileKind::Manifest,
+        bytes: encode_manifest(&native_savepoint_manifest()).unwrap(),
     });
     v.push(Vector {
         name: "empty.state".into(),
