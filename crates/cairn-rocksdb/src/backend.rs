@@ -450,7 +450,7 @@ impl RocksDbBackend {
         let dirty: Vec<Slot> = evicted.into_iter().filter(Slot::dirty).collect();
         self.write_evicted(dirty)?;
         if self.options.spill_capacity > 0 && self.spill.len() >= self.options.spill_capacity {
-            self.start_seal(None)?;
+            self.start_seal(None, false)?;
         }
         Ok(())
     }
@@ -605,13 +605,15 @@ impl RocksDbBackend {
 
     /// The synchronous phase's part of sealing a snapshot: freezes the dirty entries and
     /// hands them, with the spill, to a seal worker that writes them and creates the
-    /// RocksDB checkpoint at `dir`. Returns where the checkpoint directory will be sent.
+    /// RocksDB checkpoint at `dir` (with `flush`, after flushing the memtables: SST files
+    /// only). Returns where the checkpoint directory will be sent.
     pub(crate) fn seal(
         &mut self,
         dir: ScratchDir,
+        flush: bool,
     ) -> Result<std::sync::mpsc::Receiver<Result<ScratchDir>>> {
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-        self.start_seal(Some((dir, ready_tx)))?;
+        self.start_seal(Some((dir, ready_tx)), flush)?;
         Ok(ready)
     }
 
@@ -620,6 +622,7 @@ impl RocksDbBackend {
     fn start_seal(
         &mut self,
         checkpoint: Option<(ScratchDir, std::sync::mpsc::SyncSender<Result<ScratchDir>>)>,
+        flush: bool,
     ) -> Result<()> {
         self.settle()?;
         if checkpoint.is_none() && !self.spill.has_open() {
@@ -655,6 +658,7 @@ impl RocksDbBackend {
             frozen,
             spill: self.spill.begin_seal(),
             wal: self.options.checkpoint_wal,
+            flush,
             sst,
             write: crate::options::write_options(&self.options),
             scratch: self.root.clone(),

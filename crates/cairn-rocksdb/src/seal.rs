@@ -438,6 +438,9 @@ pub(crate) struct SealJob {
     /// Whether the instance writes the WAL (`RocksDbOptions::checkpoint_wal`): then the
     /// checkpoint starts a new log and takes the logs instead of flushing the memtables.
     pub(crate) wal: bool,
+    /// The checkpoint flushes the memtables even with the WAL (a native savepoint: SST
+    /// files only, and no log to replay on restore).
+    pub(crate) flush: bool,
     /// Options of the SST files a large frozen set is ingested as; `None` with the WAL:
     /// an ingestion would flush the memtables it overlaps, which is what checkpoints with
     /// the WAL avoid.
@@ -465,6 +468,7 @@ impl SealJob {
             mut frozen,
             spill,
             wal,
+            flush,
             sst,
             write,
             scratch,
@@ -494,10 +498,14 @@ impl SealJob {
                 if wal {
                     // The log holds every write (`options::write_options`): copy it, up to
                     // what is buffered now, instead of flushing the memtables. Rolled first,
-                    // so that every log but an empty last one is complete.
+                    // so that every log but an empty last one is complete (also when the
+                    // memtables are flushed: a log the checkpoint still copies then ends at
+                    // a record).
                     roll_wal(&db, &path, &states, &write)?;
                     db.flush_wal(false)
                         .map_err(|e| rocks_err("flush wal", &path, "*", e))?;
+                }
+                if wal && !flush {
                     cp.create_checkpoint_with_log_size(&target, u64::MAX)
                 } else {
                     cp.create_checkpoint(&target)

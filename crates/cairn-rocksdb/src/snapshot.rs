@@ -216,7 +216,9 @@ pub(crate) fn take(
             .map_err(|e| io_err("removing stale snapshot dir", &dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| io_err("creating snapshot dir", &dir, e))?;
-    let ready = b.seal(ScratchDir(dir))?;
+    // A native savepoint flushes the memtables first: it then holds compressed SST files
+    // only, instead of a log of every write since the last flush that a restore replays.
+    let ready = b.seal(ScratchDir(dir), options.is_native_savepoint())?;
     // A checkpoint that will be written privately counts as full: its completion ends the
     // base.
     let native = options.incremental && b.options.native_incremental;
