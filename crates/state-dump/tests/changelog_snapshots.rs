@@ -14,7 +14,6 @@ use bytes::Bytes;
 use cairn_changelog::ChangelogBackend;
 use cairn_core::{FileArea, KeyGroupRange, KeyedData, KeyedStateBackend};
 use cairn_format::{ChangelogSegmentReader, Manifest};
-use cairn_hashmap::{HashMapBackend, HashMapConfig};
 use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
 use cairn_storage::{open_savepoint, CheckpointStorage};
 use common::*;
@@ -24,17 +23,6 @@ use serde_json::Value;
 enum Inner {
     Heap,
     Rocks,
-}
-
-fn heap(range: KeyGroupRange, key: &cairn_core::BincodeCodec<String>) -> HashMapBackend {
-    use cairn_core::Codec;
-    HashMapBackend::new(HashMapConfig {
-        uid: UID.into(),
-        max_parallelism: MAX_P,
-        key_group_range: range,
-        key_codec: key.identity().clone(),
-    })
-    .unwrap()
 }
 
 fn rocks(

@@ -22,7 +22,6 @@ use cairn_core::{
 use cairn_format::{
     decode_list, encode_list, ChangelogSegmentReader, EntryRef, FormatError, StateFileReader,
 };
-use cairn_hashmap::{HashMapBackend, HashMapConfig};
 use cairn_rocksdb::{RocksDbBackend, RocksDbConfig, RocksDbOptions};
 use cairn_storage::CheckpointStorage;
 use common::*;
@@ -719,16 +718,7 @@ fn every_kind(dir: &Path, short: bool) -> Vec<(&'static str, PathBuf, Found)> {
     // Changelog over the heap backend: the values in segments only, then materialized.
     let root = dir.join("changelog");
     let storage = CheckpointStorage::open(s(&root)).unwrap();
-    let mut job = Job::with(1, |range, key| {
-        let heap = HashMapBackend::new(HashMapConfig {
-            uid: UID.into(),
-            max_parallelism: MAX_P,
-            key_group_range: range,
-            key_codec: key.identity().clone(),
-        })
-        .unwrap();
-        small_changelog(heap, key, &storage)
-    });
+    let mut job = Job::heap_changelog(1, &storage);
     fill(&mut job.subtasks[0].0, &clock);
     forge(&mut job.subtasks[0].0, short);
     job.checkpoint(&storage, 1, true);

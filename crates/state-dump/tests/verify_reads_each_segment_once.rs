@@ -11,7 +11,6 @@ use cairn_core::{
     Codec, KeyedData, KeyedStateBackend, StateTtlConfig, TtlStateAccess, ValueStateDescriptor,
     TTL_ENCODING_PREFIX,
 };
-use cairn_hashmap::{HashMapBackend, HashMapConfig};
 use cairn_storage::fault::{FaultyObjectStore, OpKind};
 use cairn_storage::CheckpointStorage;
 use common::*;
@@ -23,16 +22,7 @@ fn verify_reads_each_segment_of_a_changelog_with_a_ttl_state_once() {
     let root = dir.path().join("job");
     let storage = CheckpointStorage::open(s(&root)).unwrap();
     // A changelog over the heap backend, never materialized: the checkpoint is segments.
-    let mut job = Job::with(1, |range, key| {
-        let heap = HashMapBackend::new(HashMapConfig {
-            uid: UID.into(),
-            max_parallelism: MAX_P,
-            key_group_range: range,
-            key_codec: key.identity().clone(),
-        })
-        .unwrap();
-        small_changelog(heap, key, &storage)
-    });
+    let mut job = Job::heap_changelog(1, &storage);
     let b = &mut job.subtasks[0].0;
     let ttl = StateTtlConfig::new(Duration::from_secs(3600));
     let seen = b

@@ -138,18 +138,31 @@ pub struct Job<B = HashMapBackend> {
     key: BincodeCodec<String>,
 }
 
+/// A heap backend of operator [`UID`] for `range`.
+pub fn heap(range: KeyGroupRange, key: &BincodeCodec<String>) -> HashMapBackend {
+    HashMapBackend::new(HashMapConfig {
+        uid: UID.into(),
+        max_parallelism: MAX_P,
+        key_group_range: range,
+        key_codec: key.identity().clone(),
+    })
+    .unwrap()
+}
+
+impl Job<cairn_changelog::ChangelogBackend<HashMapBackend>> {
+    /// The changelog over the heap backend, with small segments ([`small_changelog`]) in
+    /// `storage`.
+    pub fn heap_changelog(parallelism: u32, storage: &CheckpointStorage) -> Self {
+        Self::with(parallelism, |range, key| {
+            small_changelog(heap(range, key), key, storage)
+        })
+    }
+}
+
 impl Job<HashMapBackend> {
     /// On the heap backend.
     pub fn new(parallelism: u32) -> Self {
-        Self::with(parallelism, |range, key| {
-            HashMapBackend::new(HashMapConfig {
-                uid: UID.into(),
-                max_parallelism: MAX_P,
-                key_group_range: range,
-                key_codec: key.identity().clone(),
-            })
-            .unwrap()
-        })
+        Self::with(parallelism, heap)
     }
 
     /// A fresh heap job at `parallelism` restored from a manifest.
