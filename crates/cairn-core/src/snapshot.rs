@@ -28,9 +28,10 @@ pub enum SavepointFormat {
     /// parallelism, by a newer program, and readable by every tool.
     #[default]
     Canonical,
-    /// The backend's own format, self-contained. The RocksDB backend uploads the files of
-    /// a RocksDB checkpoint (SST files and write-ahead logs) instead of reading and
-    /// re-encoding every entry, so large state is faster to save and to restore; only the
+    /// The backend's own format, self-contained. The RocksDB backend flushes its memtables
+    /// and uploads the SST files of a RocksDB checkpoint instead of reading and
+    /// re-encoding every entry, so large state is faster to save and to restore (and the
+    /// savepoint is larger: upper-level files, not yet compacted); only the
     /// RocksDB backend restores it (at any parallelism), and `state-dump convert` turns it
     /// into a canonical one. The heap backend has no other format: it writes canonical
     /// files.

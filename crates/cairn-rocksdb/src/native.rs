@@ -14,9 +14,9 @@
 //! otherwise. The other files (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`) are private, under
 //! `rocks-<uid>-<uidhash>-<checkpoint>-<start>_<end>-<nonce>/<local name>`.
 //!
-//! A native savepoint ([`cairn_core::SavepointFormat::Native`]) is the same directory
-//! uploaded whole and privately (its target has no shared area): self-contained, as every
-//! savepoint.
+//! A native savepoint ([`cairn_core::SavepointFormat::Native`]) is the same directory,
+//! taken after a flush of the memtables (`seal.rs`), uploaded whole and privately (its
+//! target has no shared area): self-contained, as every savepoint.
 
 use std::hash::Hasher;
 
