@@ -24,6 +24,7 @@ use crate::function::{
     Checkpointed, Collector, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
     SnapshotContext, SubtaskInfo,
 };
+use crate::timers::{ProcessingClock, TimeDomain, Timer, Timers};
 
 /// What kind of snapshot a barrier starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +144,8 @@ pub(crate) struct TaskShared {
     pub(crate) snapshot_mode: SnapshotMode,
     pub(crate) checkpointing: bool,
     pub(crate) run_id: String,
+    /// The clock of processing-time timers.
+    pub(crate) clock: ProcessingClock,
 }
 
 impl TaskShared {
@@ -205,6 +208,17 @@ pub(crate) trait Chain<T>: Send {
     fn end(&mut self) -> Result<()>;
     /// Sends partly filled output batches (the task is about to wait for input).
     fn flush(&mut self) -> Result<()>;
+    /// Fires the timers that are due. Only a keyed operator has timers, and a keyed
+    /// operator always heads its task's chain (`key_by` ends a chain), so only the head's
+    /// matter: the default does nothing.
+    fn fire_timers(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// How long until the earliest pending timer is due (zero when it is), by the
+    /// processing clock; `None` without timers.
+    fn timer_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Setup common to every operator instance.
@@ -213,6 +227,8 @@ pub(crate) struct OpSetup {
     pub(crate) info: SubtaskInfo,
     pub(crate) operator_state: OperatorStateBackend,
     pub(crate) is_restored: bool,
+    /// The snapshot restored from holds timer state of this operator.
+    pub(crate) restored_timers: bool,
     pub(crate) shared: Arc<TaskShared>,
 }
 
@@ -365,6 +381,7 @@ pub(crate) struct KeyedOp<F: KeyedProcessFunction, B> {
     backend: B,
     key_codec: BincodeCodec<F::Key>,
     key_buf: Vec<u8>,
+    timers: Timers,
     next: Box<dyn Chain<F::Out>>,
 }
 
@@ -381,6 +398,10 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
         let state = f
             .open(&mut backend)
             .map_err(|e| e.with_uid(&setup.uid).registration())?;
+        let mut timers = Timers::new(setup.shared.clock.clone());
+        if setup.restored_timers {
+            timers.restore(&mut backend).in_op(&setup.uid)?;
+        }
         Ok(Self {
             setup,
             f,
@@ -388,6 +409,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
             backend,
             key_codec,
             key_buf: Vec::with_capacity(64),
+            timers,
             next,
         })
     }
@@ -447,9 +469,20 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         let mut out = Collector {
             next: self.next.as_mut(),
         };
+        let timers = self.timers.service();
         self.f
-            .process(&self.state, &key, value, &mut self.backend, &mut out)
-            .map_err(|e| e.with_uid(&self.setup.uid))
+            .process(
+                &self.state,
+                &key,
+                value,
+                &mut self.backend,
+                timers,
+                &mut out,
+            )
+            .map_err(|e| e.with_uid(&self.setup.uid))?;
+        self.timers
+            .apply(&mut self.backend, &self.key_buf)
+            .in_op(&self.setup.uid)
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -484,6 +517,51 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
 
     fn flush(&mut self) -> Result<()> {
         self.next.flush()
+    }
+
+    fn fire_timers(&mut self) -> Result<()> {
+        if self.timers.is_empty() {
+            return Ok(());
+        }
+        let uid = &self.setup.uid;
+        let now = self.timers.now();
+        while let Some((time, key_bytes)) =
+            self.timers.pop_due(&mut self.backend, now).in_op(uid)?
+        {
+            let key = self
+                .key_codec
+                .decode(&key_bytes)
+                .map_err(|e| RuntimeError::user(uid, format!("timer key decoding: {e}")))?;
+            let timer = Timer {
+                time,
+                domain: TimeDomain::ProcessingTime,
+            };
+            let mut out = Collector {
+                next: self.next.as_mut(),
+            };
+            let timers = self.timers.service();
+            self.f
+                .on_timer(
+                    &self.state,
+                    &key,
+                    timer,
+                    &mut self.backend,
+                    timers,
+                    &mut out,
+                )
+                .map_err(|e| e.with_uid(uid))?;
+            self.timers
+                .apply(&mut self.backend, &key_bytes)
+                .in_op(uid)?;
+        }
+        Ok(())
+    }
+
+    fn timer_wait(&self) -> Option<Duration> {
+        let next = self.timers.next_time()?;
+        Some(Duration::from_millis(
+            next.saturating_sub(self.timers.now()),
+        ))
     }
 }
 

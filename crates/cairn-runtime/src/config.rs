@@ -8,6 +8,8 @@ use cairn_core::SavepointFormat;
 use cairn_rocksdb::RocksDbOptions;
 use cairn_storage::CheckpointStorage;
 
+use crate::timers::ProcessingClock;
+
 /// Checkpointing mode (Flink's `execution.checkpointing.mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointingMode {
@@ -301,6 +303,8 @@ pub struct JobConfig {
     pub fail_at_record: Option<u64>,
     /// Threads that run asynchronous snapshot phases (default 2).
     pub async_threads: usize,
+    /// The clock of processing-time timers (default: the system's wall clock).
+    pub processing_clock: ProcessingClock,
 }
 
 impl Default for JobConfig {
@@ -324,6 +328,7 @@ impl Default for JobConfig {
             records_per_second: None,
             fail_at_record: None,
             async_threads: 2,
+            processing_clock: ProcessingClock::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::chain::Chain;
 use crate::error::Result;
+use crate::timers::{Timer, TimerService};
 
 /// Records that flow between operators: cloneable, shareable between task threads, and
 /// serializable (unaligned checkpoints store in-flight records).
@@ -159,15 +160,33 @@ pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
     /// them there for `open`. The backend already holds the restored state of this
     /// subtask's key groups ([`KeyedStateBackend::key_group_range`]).
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State>;
-    /// Processes one record of `key`.
+    /// Processes one record of `key`. `timers` registers timers for `key`
+    /// ([`crate::timers`]).
     fn process<B: KeyedStateBackend>(
         &mut self,
         state: &Self::State,
         key: &Self::Key,
         input: Self::In,
         backend: &mut B,
+        timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
+
+    /// A timer of `key` fired (Flink's `onTimer`): `key` is the backend's current key, and
+    /// the timer is already gone from state; `timers` may register new ones. The default
+    /// does nothing.
+    fn on_timer<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        timer: Timer,
+        backend: &mut B,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let _ = (state, key, timer, backend, timers, out);
+        Ok(())
+    }
 }
 
 /// A sink: the end of a dataflow. Each subtask has its own instance.

@@ -58,6 +58,7 @@ impl<K: Key, T: Data> KeyedProcessFunction for Count<K, T> {
         key: &K,
         _record: T,
         backend: &mut B,
+        _timers: &mut crate::timers::TimerService,
         out: &mut Collector<'_, (K, u64)>,
     ) -> Result<()> {
         let n = backend.value_get(*count, &())?.unwrap_or(0) + 1;

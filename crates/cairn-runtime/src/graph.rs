@@ -210,8 +210,17 @@ impl BuildCtx {
     fn setup<B: KeyedStateBackend>(&self, uid: &str, keyed: Option<&mut B>) -> Result<OpSetup> {
         let mut operator_state = OperatorStateBackend::new(uid);
         let mut is_restored = false;
+        let mut restored_timers = false;
         if let Some(r) = &self.restore {
             if let Some(op) = r.manifest.operator(uid) {
+                // Any old subtask's timers may belong to this subtask's key groups now.
+                restored_timers = op.subtasks.iter().any(|s| {
+                    s.keyed.as_ref().is_some_and(|k| {
+                        k.states
+                            .iter()
+                            .any(|m| m.name.starts_with(crate::timers::TIMER_STATE_PREFIX))
+                    })
+                });
                 // An operator that is no longer keyed (its uid now names another kind of
                 // operator) would drop its keyed state (a keyed operator without states
                 // loses nothing).
@@ -253,6 +262,7 @@ impl BuildCtx {
             info: self.info,
             operator_state,
             is_restored,
+            restored_timers,
             shared: self.shared.clone(),
         })
     }
@@ -935,6 +945,7 @@ where
         key: &K,
         input: T,
         backend: &mut B,
+        _timers: &mut crate::timers::TimerService,
         out: &mut Collector<'_, (K, T)>,
     ) -> Result<()> {
         let next = match backend.value_get(*state, &())? {

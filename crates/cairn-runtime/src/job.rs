@@ -707,6 +707,7 @@ impl Driver {
             snapshot_mode: cfg.checkpoint.snapshot_mode,
             checkpointing,
             run_id: format!("{}-{attempt}", self.nonce),
+            clock: cfg.processing_clock.clone(),
         });
         let stages = self.graph.stages.clone();
         let ps = self.parallelism.clone();

@@ -22,6 +22,11 @@
 //! function is cloned into, so give each subtask its own, made in `open`
 //! ([`cairn_core::TtlClock`] has the rules).
 //!
+//! Keyed process functions have processing-time timers ([`timers`], Flink's
+//! `TimerService`): `process` registers them for its key, and `on_timer` runs when the
+//! job's processing clock ([`JobConfig::processing_clock`]) reaches them. They are keyed
+//! state, so checkpoints, savepoints, rescaling and backend switches carry them.
+//!
 //! ```no_run
 //! use cairn_runtime::{source, sinks::DiscardSink, sources::GeneratorSource, Job, JobConfig};
 //! # fn main() -> cairn_runtime::Result<()> {
@@ -47,6 +52,7 @@ mod job;
 pub mod sinks;
 pub mod sources;
 mod task;
+pub mod timers;
 
 /// The format of a savepoint ([`JobConfig::savepoint_format`],
 /// [`JobHandle::trigger_savepoint_as`]).
@@ -64,3 +70,4 @@ pub use function::{
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
 pub use task::INFLIGHT_STATE;
+pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};

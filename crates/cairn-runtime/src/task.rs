@@ -889,6 +889,10 @@ impl<X: crate::function::Data> InputTask<X> {
         } else {
             Duration::from_millis(50)
         };
+        let timeout = match self.chain.timer_wait() {
+            Some(timer) if !self.finished => timeout.min(timer),
+            _ => timeout,
+        };
         let _ = sel.ready_timeout(timeout);
         Ok(())
     }
@@ -913,6 +917,11 @@ impl<X: crate::function::Data> Task for InputTask<X> {
             }
             self.progress()?;
             self.end_if_drained()?;
+            if !self.finished {
+                // Due processing-time timers fire between batches, aligning or not; none
+                // fires once the input has ended (see `crate::timers`).
+                self.chain.fire_timers()?;
+            }
             if self.finished || !self.read_one()? {
                 self.chain.flush()?;
                 self.wait()?;
@@ -1021,6 +1030,7 @@ mod tests {
                     snapshot_mode: SnapshotMode::Full,
                     checkpointing: true,
                     run_id: "test".into(),
+                    clock: Default::default(),
                 }),
             };
             let task = InputTask::new(

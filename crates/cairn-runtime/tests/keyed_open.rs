@@ -89,6 +89,7 @@ impl KeyedProcessFunction for Probe {
         key: &u64,
         _record: u64,
         b: &mut B,
+        _timers: &mut cairn_runtime::TimerService,
         out: &mut Collector<'_, (u64, u64)>,
     ) -> cairn_runtime::Result<()> {
         if self.notified && self.armed.swap(false, Ordering::SeqCst) {

@@ -7,9 +7,9 @@
 //! parallelism: a count written before the failure expires after the restore at the time
 //! it was always going to.
 //!
-//! The clock is the records' own time. The runtime has no time service for process
-//! functions, and a clock shared with the test could not be moved in step with the records
-//! of several subtasks, so each operator instance makes a `ManualClock` in `open`, gives it
+//! The clock is the records' own time. A TTL clock belongs to the state's descriptor, and a
+//! clock shared with the test could not be moved in step with the records of several
+//! subtasks, so each operator instance makes a `ManualClock` in `open`, gives it
 //! to its `StateTtlConfig`, and sets it to the record's time before it touches the state.
 //! The source has parallelism 1, so every keyed subtask sees its records (and its clock)
 //! in time order, and the backends' background cleanup, which reads the same clock, can
@@ -210,6 +210,7 @@ impl KeyedProcessFunction for ExpiringCount {
         _key: &u32,
         event: Event,
         backend: &mut B,
+        _timers: &mut cairn_runtime::TimerService,
         out: &mut Collector<'_, Seen>,
     ) -> cairn_runtime::Result<()> {
         state.clock.set(event.at_ms);

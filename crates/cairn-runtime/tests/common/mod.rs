@@ -269,6 +269,7 @@ impl KeyedProcessFunction for AllKindsCount {
         word: &String,
         _record: String,
         b: &mut B,
+        _timers: &mut cairn_runtime::TimerService,
         out: &mut Collector<'_, (String, u64)>,
     ) -> cairn_runtime::Result<()> {
         let n = b.value_get(s.count, &())?.unwrap_or(0) + 1;
