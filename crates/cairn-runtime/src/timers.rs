@@ -192,7 +192,8 @@ impl Timers {
     }
 
     /// Applies what the function asked of the service while `key` (serialized) was the
-    /// backend's current key.
+    /// backend's current key. (Inlined: per record, the common case is nothing to do.)
+    #[inline]
     pub(crate) fn apply<B: KeyedStateBackend>(
         &mut self,
         backend: &mut B,
@@ -201,6 +202,14 @@ impl Timers {
         if self.service.ops.is_empty() {
             return Ok(());
         }
+        self.apply_ops(backend, key)
+    }
+
+    fn apply_ops<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        key: &[u8],
+    ) -> cairn_core::Result<()> {
         let mut ops = std::mem::take(&mut self.service.ops);
         let id = self.state(backend);
         let result = id.and_then(|id| {

@@ -16,7 +16,8 @@ use cairn_core::{KeyedStateBackend, ManualClock, ValueStateDescriptor, ValueStat
 use cairn_runtime::sources::GeneratorSource;
 use cairn_runtime::{
     source, CheckpointConfig, Checkpointed, Collector, Job, KeyedProcessFunction, ProcessingClock,
-    RestartStrategy, RestoreFrom, Sink, StateBackendConfig, TimeDomain, Timer, TimerService,
+    RestartStrategy, RestoreFrom, Sink, SnapshotMode, StateBackendConfig, TimeDomain, Timer,
+    TimerService,
 };
 use serde::{Deserialize, Serialize};
 
@@ -278,7 +279,7 @@ impl KeyedProcessFunction for OncePerKey {
 
 /// A failure after half the records: the restart restores pending timers from the last
 /// checkpoint, and each timer's firing is committed exactly once.
-fn exactly_once_across_a_failure(backend: StateBackendConfig, unaligned: bool) {
+fn exactly_once_across_a_failure(backend: StateBackendConfig, mode: SnapshotMode, unaligned: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = dir.path().join("out");
     let clock = Arc::new(ManualClock::new(0));
@@ -287,6 +288,7 @@ fn exactly_once_across_a_failure(backend: StateBackendConfig, unaligned: bool) {
     cfg.backend = backend;
     cfg.checkpoint = CheckpointConfig {
         unaligned,
+        snapshot_mode: mode,
         ..cfg.checkpoint
     };
     cfg.records_per_second = Some(4_000);
@@ -324,10 +326,23 @@ fn exactly_once_across_a_failure(backend: StateBackendConfig, unaligned: bool) {
 
 #[test]
 fn heap_aligned_timers_are_exactly_once_across_a_failure() {
-    exactly_once_across_a_failure(StateBackendConfig::HashMap, false);
+    exactly_once_across_a_failure(StateBackendConfig::HashMap, SnapshotMode::Full, false);
 }
 
 #[test]
 fn rocksdb_unaligned_timers_are_exactly_once_across_a_failure() {
-    exactly_once_across_a_failure(StateBackendConfig::rocksdb(), true);
+    exactly_once_across_a_failure(
+        StateBackendConfig::rocksdb(),
+        SnapshotMode::Incremental,
+        true,
+    );
+}
+
+#[test]
+fn changelog_timers_are_exactly_once_across_a_failure() {
+    exactly_once_across_a_failure(
+        StateBackendConfig::rocksdb(),
+        SnapshotMode::Changelog,
+        false,
+    );
 }
