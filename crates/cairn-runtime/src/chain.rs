@@ -400,7 +400,10 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
             .map_err(|e| e.with_uid(&setup.uid).registration())?;
         let mut timers = Timers::new(setup.shared.clock.clone());
         if setup.restored_timers {
-            timers.restore(&mut backend).in_op(&setup.uid)?;
+            timers
+                .restore(&mut backend)
+                .in_op(&setup.uid)
+                .map_err(RuntimeError::registration)?;
         }
         Ok(Self {
             setup,
@@ -525,9 +528,14 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         }
         let uid = &self.setup.uid;
         let now = self.timers.now();
-        while let Some((time, key_bytes)) =
-            self.timers.pop_due(&mut self.backend, now).in_op(uid)?
-        {
+        // At most `TIMERS_PER_CALL`, so that many overdue timers (after a restore), or an
+        // `on_timer` that registers a due timer again, never keep the task from its events
+        // (barriers, cancellation): the run loop calls again at once while one is due.
+        for _ in 0..TIMERS_PER_CALL {
+            let Some((time, key_bytes)) = self.timers.pop_due(&mut self.backend, now).in_op(uid)?
+            else {
+                break;
+            };
             let key = self
                 .key_codec
                 .decode(&key_bytes)
@@ -564,6 +572,9 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         ))
     }
 }
+
+/// Timers one [`Chain::fire_timers`] call fires at most.
+const TIMERS_PER_CALL: usize = 1024;
 
 /// A [`Sink`] at the end of a chain.
 pub(crate) struct SinkOp<S> {

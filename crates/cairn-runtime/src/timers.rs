@@ -17,15 +17,20 @@
 //! - A timer fires once, in the task's thread, between records (never during `process`),
 //!   and is removed from state before `on_timer` runs; `on_timer` may register new timers.
 //! - A timer whose time has passed when it is registered, or while the job was down,
-//!   fires as soon as the task gets to it (after a restore: before the first record).
+//!   fires as soon as the task gets to it (after a restore: before the first new record,
+//!   after the in-flight records of an unaligned checkpoint are replayed). A task fires at
+//!   most 1,024 timers between two looks at its events, so a flood of overdue timers, or an
+//!   `on_timer` that registers a due timer again, delays barriers but never blocks them.
 //! - Timers fire while a task aligns a checkpoint's barriers; their effects and output
 //!   belong to the checkpoint being taken, like any record's before the barrier.
 //! - When the input ends, pending processing-time timers do not fire (Flink quiesces the
-//!   processing-time service at the end of input). They stay in the final snapshot.
+//!   processing-time service at the end of input); a finished operator's snapshot holds
+//!   no keyed state, so they are gone with it.
 //!
 //! The timer state is registered the first time a function registers a timer, or when the
 //! snapshot restored from holds it; a keyed operator that never uses timers has no timer
-//! state. State names starting with [`TIMER_STATE_PREFIX`] are the runtime's.
+//! state. State names starting with [`TIMER_STATE_PREFIX`] are the runtime's: a function
+//! must not register states so named.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -211,7 +216,11 @@ impl Timers {
         key: &[u8],
     ) -> cairn_core::Result<()> {
         let mut ops = std::mem::take(&mut self.service.ops);
-        let id = self.state(backend);
+        // The function may have moved the backend's current key (walking `keys()`, say):
+        // the state entries must be the index's key's.
+        let id = backend
+            .set_current_key(key)
+            .and_then(|()| self.state(backend));
         let result = id.and_then(|id| {
             ops.iter().try_for_each(|op| match *op {
                 TimerOp::Register(time) => {

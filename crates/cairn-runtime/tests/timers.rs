@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,11 @@ impl KeyedProcessFunction for Deadlines {
                 2 => timers.delete_processing_time_timer(2_000),
                 _ => {}
             }
+        }
+        // A function may move the backend's current key (here: to walk the keys of its
+        // state): the timers registered above are still this key's.
+        if let Some(first) = backend.keys(state.raw(), &())?.first() {
+            backend.set_current_key(first)?;
         }
         out.collect(Out::Seen(*key))
     }
@@ -344,5 +350,83 @@ fn changelog_timers_are_exactly_once_across_a_failure() {
         StateBackendConfig::rocksdb(),
         SnapshotMode::Changelog,
         false,
+    );
+}
+
+/// A function whose timer of key 0 registers itself again at the same time, for ever.
+#[derive(Clone, Debug)]
+struct Again(Arc<AtomicU64>);
+
+impl Checkpointed for Again {}
+
+impl KeyedProcessFunction for Again {
+    type Key = u64;
+    type In = u64;
+    type Out = Out;
+    type State = ();
+
+    fn open<B: KeyedStateBackend>(&mut self, _backend: &mut B) -> cairn_runtime::Result<()> {
+        Ok(())
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        _state: &(),
+        key: &u64,
+        _input: u64,
+        _backend: &mut B,
+        timers: &mut TimerService,
+        _out: &mut Collector<'_, Out>,
+    ) -> cairn_runtime::Result<()> {
+        if *key == 0 {
+            timers.register_processing_time_timer(1_000);
+        }
+        Ok(())
+    }
+
+    fn on_timer<B: KeyedStateBackend>(
+        &mut self,
+        _state: &(),
+        _key: &u64,
+        timer: Timer,
+        _backend: &mut B,
+        timers: &mut TimerService,
+        _out: &mut Collector<'_, Out>,
+    ) -> cairn_runtime::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        timers.register_processing_time_timer(timer.time);
+        Ok(())
+    }
+}
+
+/// A timer that registers itself again when due fires over and over (as in Flink), but
+/// the task still takes its barriers: a stop-with-savepoint completes.
+#[test]
+fn a_timer_that_registers_itself_again_does_not_block_barriers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fired = Arc::new(AtomicU64::new(0));
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.processing_clock = ProcessingClock::new(Arc::new(ManualClock::new(2_000)));
+    let graph = source(
+        "source",
+        GeneratorSource::new(RECORDS, KEYS, SEED).idle_at_end(),
+    )
+    .key_by(|k: &u64| *k)
+    .process("again", Again(fired.clone()))
+    .sink("sink", Collect::default());
+    let handle = Job::new(graph, cfg).start().expect("start");
+    wait_for("the timer firing again and again", || {
+        fired.load(Ordering::Relaxed) > 10_000
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stopped = handle.stop_with_savepoint(None).map(|_| handle.wait());
+        let _ = tx.send(stopped.is_ok());
+    });
+    let stopped = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        stopped,
+        Ok(true),
+        "the stop-with-savepoint did not complete"
     );
 }
