@@ -328,6 +328,18 @@ fn an_output_directory_that_cannot_be_written_is_an_error() {
     );
 }
 
+/// The id of the newest completed checkpoint in `dir` (0: none).
+fn newest_checkpoint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().join("_metadata").is_file())
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    })
+}
+
 /// A word count cancelled (with its checkpoints retained) at parallelism 3, restored at 2
 /// and cancelled again, restored at 1 and run to the end, with three injected failures on
 /// the way: exactly once (at least once), and nothing of the earlier runs is left in the
@@ -347,17 +359,33 @@ fn a_job_cancelled_and_restored_at_other_parallelisms_leaves_only_its_output() {
         cfg.checkpoint.retention = cairn_runtime::CheckpointRetention::RetainOnCancellation;
         cfg.records_per_second = Some(10_000);
         cfg.restart.delay = std::time::Duration::from_millis(5);
-        let fail = common::FailAt::at(vec![500, 2500, 6000]);
+        // Word counts over every run (replays included; ~10,500 words in the input): two
+        // failures early in the first run and one late in the last, away from the
+        // cancellations (after ~2,800 and ~5,600 words), where a failure could coincide
+        // with the cancel and never count as a restart (a CI run saw 2 restarts of 3 so).
+        let fail = common::FailAt::at(vec![500, 2000, 9000]);
         let mut restore = None;
         let mut restarts = 0;
+        let checkpoints = dir.path().join("checkpoints");
         for (p, lines) in [(3, 800), (2, 800), (1, 0)] {
+            let before = newest_checkpoint(&checkpoints);
             let mut c = cfg.clone();
             c.parallelism = p;
             c.restore = restore.clone();
             let graph = common::wordcount(&input, &output, Some(fail.clone()), None);
             let handle = Job::new(graph, c).start().expect("start");
             let result = if lines > 0 {
-                cancel_after(handle, lines).expect("run")
+                // Once a checkpoint of this run is also complete: a loaded machine may read
+                // the lines before any completes.
+                let read = handle.records_read() + lines;
+                let started = std::time::Instant::now();
+                while (handle.records_read() < read || newest_checkpoint(&checkpoints) <= before)
+                    && started.elapsed() < std::time::Duration::from_secs(20)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                handle.cancel();
+                handle.wait().expect("run")
             } else {
                 handle.wait().expect("last run")
             };
