@@ -73,6 +73,9 @@ pub(crate) enum DataMsg<T> {
     /// usually learns of the barrier earlier, from the event lane; this marker makes sure it
     /// never reads past the barrier without knowing.
     Barrier(Barrier),
+    /// A watermark (event time, milliseconds) behind the batches sent before it; it does
+    /// not count as a batch in barrier positions.
+    Watermark(u64),
     End,
 }
 
@@ -146,6 +149,8 @@ pub(crate) struct TaskShared {
     pub(crate) run_id: String,
     /// The clock of processing-time timers.
     pub(crate) clock: ProcessingClock,
+    /// How often assigners emit watermarks.
+    pub(crate) watermark_interval: Duration,
 }
 
 impl TaskShared {
@@ -196,6 +201,9 @@ pub(crate) trait Chain<T>: Send {
         }
         Ok(())
     }
+    /// The watermark of this element's input advanced to `watermark` (see
+    /// [`crate::watermarks`]): fire the event-time timers up to it, then pass it on.
+    fn watermark(&mut self, watermark: u64) -> Result<()>;
     /// The synchronous phase of `barrier` for this operator and those after it; the last
     /// element forwards the barrier.
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()>;
@@ -227,13 +235,13 @@ pub(crate) struct OpSetup {
     pub(crate) info: SubtaskInfo,
     pub(crate) operator_state: OperatorStateBackend,
     pub(crate) is_restored: bool,
-    /// The snapshot restored from holds timer state of this operator.
-    pub(crate) restored_timers: bool,
+    /// The domains whose timer state the snapshot restored from holds for this operator.
+    pub(crate) restored_timers: Vec<TimeDomain>,
     pub(crate) shared: Arc<TaskShared>,
 }
 
 impl OpSetup {
-    fn range(&self) -> Result<KeyGroupRange> {
+    pub(crate) fn range(&self) -> Result<KeyGroupRange> {
         KeyGroupRange::for_subtask(
             self.info.max_parallelism,
             self.info.parallelism,
@@ -343,6 +351,10 @@ where
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
+    fn watermark(&mut self, watermark: u64) -> Result<()> {
+        self.next.watermark(watermark)
+    }
+
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.setup
             .snapshot(&mut self.f, barrier, self.range, None, sync)?;
@@ -399,9 +411,9 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
             .open(&mut backend)
             .map_err(|e| e.with_uid(&setup.uid).registration())?;
         let mut timers = Timers::new(setup.shared.clock.clone());
-        if setup.restored_timers {
+        for &domain in &setup.restored_timers {
             timers
-                .restore(&mut backend)
+                .restore(&mut backend, domain)
                 .in_op(&setup.uid)
                 .map_err(RuntimeError::registration)?;
         }
@@ -510,7 +522,10 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         self.next.notify(n)
     }
 
+    /// The input ended: the final watermark fires every pending event-time timer, then
+    /// the output ends.
     fn finish(&mut self) -> Result<()> {
+        self.advance_watermark(u64::MAX)?;
         self.next.finish()
     }
 
@@ -522,54 +537,81 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         self.next.flush()
     }
 
+    fn watermark(&mut self, watermark: u64) -> Result<()> {
+        self.advance_watermark(watermark)?;
+        self.next.watermark(watermark)
+    }
+
     fn fire_timers(&mut self) -> Result<()> {
-        if self.timers.is_empty() {
+        if !self.timers.has_processing_timers() {
             return Ok(());
         }
-        let uid = &self.setup.uid;
         let now = self.timers.now();
         // At most `TIMERS_PER_CALL`, so that many overdue timers (after a restore), or an
         // `on_timer` that registers a due timer again, never keep the task from its events
         // (barriers, cancellation): the run loop calls again at once while one is due.
         for _ in 0..TIMERS_PER_CALL {
-            let Some((time, key_bytes)) = self.timers.pop_due(&mut self.backend, now).in_op(uid)?
-            else {
+            let due = self.timers.pop_processing_due(&mut self.backend, now);
+            let Some((time, key)) = due.in_op(&self.setup.uid)? else {
                 break;
             };
-            let key = self
-                .key_codec
-                .decode(&key_bytes)
-                .map_err(|e| RuntimeError::user(uid, format!("timer key decoding: {e}")))?;
-            let timer = Timer {
-                time,
-                domain: TimeDomain::ProcessingTime,
-            };
-            let mut out = Collector {
-                next: self.next.as_mut(),
-            };
-            let timers = self.timers.service();
-            self.f
-                .on_timer(
-                    &self.state,
-                    &key,
-                    timer,
-                    &mut self.backend,
-                    timers,
-                    &mut out,
-                )
-                .map_err(|e| e.with_uid(uid))?;
-            self.timers
-                .apply(&mut self.backend, &key_bytes)
-                .in_op(uid)?;
+            self.on_timer(TimeDomain::ProcessingTime, time, &key)?;
         }
         Ok(())
     }
 
     fn timer_wait(&self) -> Option<Duration> {
-        let next = self.timers.next_time()?;
+        let next = self.timers.next_processing_time()?;
         Some(Duration::from_millis(
             next.saturating_sub(self.timers.now()),
         ))
+    }
+}
+
+impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
+    /// Runs the function's `on_timer` for the timer of `key_bytes` at `time`, already
+    /// removed from state and made current.
+    fn on_timer(&mut self, domain: TimeDomain, time: u64, key_bytes: &[u8]) -> Result<()> {
+        let uid = &self.setup.uid;
+        let key = self
+            .key_codec
+            .decode(key_bytes)
+            .map_err(|e| RuntimeError::user(uid, format!("timer key decoding: {e}")))?;
+        let mut out = Collector {
+            next: self.next.as_mut(),
+        };
+        let timers = self.timers.service();
+        self.f
+            .on_timer(
+                &self.state,
+                &key,
+                Timer { time, domain },
+                &mut self.backend,
+                timers,
+                &mut out,
+            )
+            .map_err(|e| e.with_uid(uid))?;
+        self.timers.apply(&mut self.backend, key_bytes).in_op(uid)
+    }
+
+    /// The operator's watermark advances: fires every event-time timer up to it, in time
+    /// order, including those that `on_timer` registers at or before it (as Flink does;
+    /// a function that always registers one more never returns, so the loop looks at the
+    /// cancellation flag now and then).
+    fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+        self.timers.advance_watermark(watermark);
+        let mut fired = 0usize;
+        loop {
+            let due = self.timers.pop_event_due(&mut self.backend);
+            let Some((time, key)) = due.in_op(&self.setup.uid)? else {
+                return Ok(());
+            };
+            self.on_timer(TimeDomain::EventTime, time, &key)?;
+            fired += 1;
+            if fired.is_multiple_of(TIMERS_PER_CALL) && self.setup.shared.cancelled() {
+                return Err(RuntimeError::Cancelled);
+            }
+        }
     }
 }
 
@@ -603,6 +645,11 @@ impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
         self.sink
             .write(record)
             .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    /// A sink has no use for watermarks.
+    fn watermark(&mut self, _watermark: u64) -> Result<()> {
+        Ok(())
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -747,6 +794,18 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
         self.buffers[i].push(item);
         if self.buffers[i].len() >= self.batch_size {
             self.send_buffer(i)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the batches before the watermark, then the watermark on every channel.
+    fn watermark(&mut self, watermark: u64) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.flush()?;
+        for tx in &self.senders {
+            send_blocking(tx, DataMsg::Watermark(watermark), &self.shared)?;
         }
         Ok(())
     }

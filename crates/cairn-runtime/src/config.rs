@@ -305,6 +305,10 @@ pub struct JobConfig {
     pub async_threads: usize,
     /// The clock of processing-time timers (default: the system's wall clock).
     pub processing_clock: ProcessingClock,
+    /// How often a watermark assigner emits a watermark when it has advanced (default
+    /// 200 ms, Flink's `pipeline.auto-watermark-interval`; zero: whenever it looks, every
+    /// 64 records and when its task is about to wait). See [`crate::watermarks`].
+    pub auto_watermark_interval: Duration,
 }
 
 impl Default for JobConfig {
@@ -329,6 +333,7 @@ impl Default for JobConfig {
             fail_at_record: None,
             async_threads: 2,
             processing_clock: ProcessingClock::default(),
+            auto_watermark_interval: Duration::from_millis(200),
         }
     }
 }

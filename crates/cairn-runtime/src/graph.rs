@@ -31,6 +31,8 @@ use crate::function::{
 use crate::task::{
     AlignConfig, InflightConfig, InputTask, SourceLimits, SourceTask, Task, TaskLink,
 };
+use crate::timers::TimeDomain;
+use crate::watermarks::{AssignOp, WatermarkStrategy};
 
 /// The snapshot a run restores from, prepared once per run.
 pub(crate) struct Restore {
@@ -210,17 +212,21 @@ impl BuildCtx {
     fn setup<B: KeyedStateBackend>(&self, uid: &str, keyed: Option<&mut B>) -> Result<OpSetup> {
         let mut operator_state = OperatorStateBackend::new(uid);
         let mut is_restored = false;
-        let mut restored_timers = false;
+        let mut restored_timers = Vec::new();
         if let Some(r) = &self.restore {
             if let Some(op) = r.manifest.operator(uid) {
                 // Any old subtask's timers may belong to this subtask's key groups now.
-                restored_timers = op.subtasks.iter().any(|s| {
-                    s.keyed.as_ref().is_some_and(|k| {
-                        k.states
-                            .iter()
-                            .any(|m| m.name.starts_with(crate::timers::TIMER_STATE_PREFIX))
+                let has_state = |name: &str| {
+                    op.subtasks.iter().any(|s| {
+                        s.keyed
+                            .as_ref()
+                            .is_some_and(|k| k.states.iter().any(|m| m.name == name))
                     })
-                });
+                };
+                restored_timers = [TimeDomain::ProcessingTime, TimeDomain::EventTime]
+                    .into_iter()
+                    .filter(|d| has_state(d.state_name()))
+                    .collect();
                 // An operator that is no longer keyed (its uid now names another kind of
                 // operator) would drop its keyed state (a keyed operator without states
                 // loses nothing).
@@ -550,6 +556,40 @@ impl<T: Data> Stream<T> {
                     let next = rest(ctx)?;
                     let setup = ctx.plain_setup(&uid)?;
                     Ok(Box::new(ProcessOp::new(setup, f.get()?, next)?) as Box<dyn Chain<T>>)
+                }))
+            }),
+        }
+    }
+
+    /// Adds an operator with uid `uid`, chained into the current stage, that reads the
+    /// records' event time with `strategy` and emits watermarks behind them (Flink's
+    /// `assignTimestampsAndWatermarks`); see [`crate::watermarks`]. Watermarks from
+    /// upstream are dropped.
+    pub fn assign_timestamps_and_watermarks(
+        self,
+        uid: &str,
+        strategy: WatermarkStrategy<T>,
+    ) -> Stream<T> {
+        let Stream {
+            done,
+            mut uids,
+            parallelism,
+            is_source,
+            open,
+        } = self;
+        uids.push(uid.to_string());
+        let uid = uid.to_string();
+        Stream {
+            done,
+            uids,
+            parallelism,
+            is_source,
+            open: Box::new(move |rest: ChainFactory<T>| {
+                open(Arc::new(move |ctx: &mut BuildCtx| {
+                    let next = rest(ctx)?;
+                    let setup = ctx.plain_setup(&uid)?;
+                    let op = AssignOp::new(setup, strategy.clone(), next)?;
+                    Ok(Box::new(op) as Box<dyn Chain<T>>)
                 }))
             }),
         }

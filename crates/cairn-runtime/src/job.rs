@@ -708,6 +708,7 @@ impl Driver {
             checkpointing,
             run_id: format!("{}-{attempt}", self.nonce),
             clock: cfg.processing_clock.clone(),
+            watermark_interval: cfg.auto_watermark_interval,
         });
         let stages = self.graph.stages.clone();
         let ps = self.parallelism.clone();

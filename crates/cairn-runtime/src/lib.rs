@@ -27,6 +27,12 @@
 //! job's processing clock ([`JobConfig::processing_clock`]) reaches them. They are keyed
 //! state, so checkpoints, savepoints, rescaling and backend switches carry them.
 //!
+//! Event time ([`watermarks`]): [`Stream::assign_timestamps_and_watermarks`] reads the
+//! records' timestamps and emits watermarks behind them; they flow to every downstream
+//! subtask, a task's watermark is the smallest of its inputs', and a keyed operator fires
+//! its event-time timers as its watermark passes them, and all of them at the end of the
+//! input.
+//!
 //! ```no_run
 //! use cairn_runtime::{source, sinks::DiscardSink, sources::GeneratorSource, Job, JobConfig};
 //! # fn main() -> cairn_runtime::Result<()> {
@@ -53,6 +59,7 @@ pub mod sinks;
 pub mod sources;
 mod task;
 pub mod timers;
+pub mod watermarks;
 
 /// The format of a savepoint ([`JobConfig::savepoint_format`],
 /// [`JobHandle::trigger_savepoint_as`]).
@@ -71,3 +78,4 @@ pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
+pub use watermarks::WatermarkStrategy;

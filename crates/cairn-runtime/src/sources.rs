@@ -370,6 +370,9 @@ mod tests {
             self.0.push(record);
             Ok(())
         }
+        fn watermark(&mut self, _: u64) -> Result<()> {
+            Ok(())
+        }
         fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
             Ok(())
         }

@@ -111,6 +111,9 @@ impl<T> Chain<T> for Counted<T> {
         self.count += 1;
         self.next.push(record)
     }
+    fn watermark(&mut self, watermark: u64) -> Result<()> {
+        self.next.watermark(watermark)
+    }
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.next.snapshot(barrier, sync)
     }
@@ -333,6 +336,12 @@ pub(crate) struct InflightConfig<X> {
     pub(crate) uid: String,
 }
 
+/// What a channel's replay queue holds, in the channel's order.
+enum Queued<X> {
+    Batch(Vec<X>),
+    Watermark(u64),
+}
+
 struct InChannel<X> {
     rx: Receiver<DataMsg<X>>,
     /// Batches taken from `rx`.
@@ -340,10 +349,13 @@ struct InChannel<X> {
     ended: bool,
     /// Barriers announced on this channel, with the batch count before each.
     announced: VecDeque<(Barrier, u64)>,
-    /// Batches taken from `rx` early (unaligned checkpoints), processed before `rx`.
-    replay: VecDeque<Vec<X>>,
+    /// Batches (and the watermarks between them) taken from `rx` early (unaligned
+    /// checkpoints), processed before `rx`.
+    replay: VecDeque<Queued<X>>,
     /// The newest barrier announced on this channel (by event or by marker).
     last_announced: u64,
+    /// The newest watermark processed from this channel.
+    watermark: Option<u64>,
 }
 
 impl<X> InChannel<X> {
@@ -353,11 +365,22 @@ impl<X> InChannel<X> {
             .front()
             .is_some_and(|(_, seq)| self.received >= *seq)
     }
+
+    /// The watermark this channel holds its task to: none while it has sent none, no
+    /// limit once it has ended and everything it sent is processed.
+    fn watermark_limit(&self) -> Option<u64> {
+        if self.ended && self.replay.is_empty() {
+            Some(u64::MAX)
+        } else {
+            self.watermark
+        }
+    }
 }
 
 /// What [`InputTask::take`] found.
 enum Taken<X> {
     Batch(Vec<X>),
+    Watermark(u64),
     /// A barrier marker or the end of the channel.
     State,
     Nothing,
@@ -404,6 +427,8 @@ pub(crate) struct InputTask<X> {
     restored_finished: bool,
     /// Every input ended and the chain's output was ended.
     finished: bool,
+    /// The watermark forwarded to the chain: the smallest of the channels'.
+    watermark: Option<u64>,
 }
 
 impl<X: crate::function::Data> InputTask<X> {
@@ -427,6 +452,7 @@ impl<X: crate::function::Data> InputTask<X> {
                     announced: VecDeque::new(),
                     replay: VecDeque::new(),
                     last_announced: 0,
+                    watermark: None,
                 })
                 .collect(),
             link,
@@ -439,6 +465,7 @@ impl<X: crate::function::Data> InputTask<X> {
             next_read: 0,
             restored_finished,
             finished: false,
+            watermark: None,
         }
     }
 
@@ -479,6 +506,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 self.announce(i, b, self.channels[i].received);
                 Ok(Taken::State)
             }
+            Ok(DataMsg::Watermark(w)) => Ok(Taken::Watermark(w)),
             Ok(DataMsg::End) => {
                 self.channels[i].ended = true;
                 Ok(Taken::State)
@@ -545,6 +573,31 @@ impl<X: crate::function::Data> InputTask<X> {
 
     fn process(&mut self, batch: Vec<X>) -> Result<()> {
         self.chain.push_batch(batch)
+    }
+
+    /// Channel `i` brought watermark `w` (its watermarks only rise).
+    fn channel_watermark(&mut self, i: usize, w: u64) -> Result<()> {
+        let c = &mut self.channels[i];
+        c.watermark = Some(c.watermark.map_or(w, |old| old.max(w)));
+        self.advance_watermark()
+    }
+
+    /// Forwards the smallest of the channels' watermarks when it has risen. Once every
+    /// channel has ended there is nothing to forward: the end of the input stands for the
+    /// final watermark.
+    fn advance_watermark(&mut self) -> Result<()> {
+        let mut limit = Some(u64::MAX);
+        for c in &self.channels {
+            limit = limit.min(c.watermark_limit());
+        }
+        let Some(w) = limit else {
+            return Ok(());
+        };
+        if w == u64::MAX || self.watermark.is_some_and(|old| old >= w) {
+            return Ok(());
+        }
+        self.watermark = Some(w);
+        self.chain.watermark(w)
     }
 
     /// Handles the queued events; `Ok(true)`: the task is done.
@@ -668,8 +721,10 @@ impl<X: crate::function::Data> InputTask<X> {
                 Ok(DataMsg::Batch(b)) => {
                     c.received += 1;
                     Self::record(&self.inflight.codec, &b, a)?;
-                    c.replay.push_back(b);
+                    c.replay.push_back(Queued::Batch(b));
                 }
+                // Not stored in the checkpoint: after a restore, watermarks start over.
+                Ok(DataMsg::Watermark(w)) => c.replay.push_back(Queued::Watermark(w)),
                 // Markers of barriers announced already (by their events).
                 Ok(DataMsg::Barrier(_)) => {}
                 Ok(DataMsg::End) => c.ended = true,
@@ -680,6 +735,10 @@ impl<X: crate::function::Data> InputTask<X> {
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(RuntimeError::Cancelled),
             }
+        }
+        if c.ended && c.replay.is_empty() {
+            // An ended channel no longer holds the watermark back.
+            self.advance_watermark()?;
         }
         Ok(())
     }
@@ -788,8 +847,10 @@ impl<X: crate::function::Data> InputTask<X> {
             if a.arrived[i] {
                 continue;
             }
-            for batch in &self.channels[i].replay {
-                Self::record(&self.inflight.codec, batch, a)?;
+            for queued in &self.channels[i].replay {
+                if let Queued::Batch(batch) = queued {
+                    Self::record(&self.inflight.codec, batch, a)?;
+                }
             }
             a.recording[i] = true;
         }
@@ -845,13 +906,26 @@ impl<X: crate::function::Data> InputTask<X> {
                 // that the sender is not blocked, and cannot miss a barrier trigger, for as
                 // long as the replay lasts.
                 if self.can_take(i) {
-                    if let Taken::Batch(batch) = self.take(i)? {
-                        self.channels[i].replay.push_back(batch);
+                    match self.take(i)? {
+                        Taken::Batch(batch) => {
+                            self.channels[i].replay.push_back(Queued::Batch(batch));
+                        }
+                        Taken::Watermark(w) => {
+                            self.channels[i].replay.push_back(Queued::Watermark(w));
+                        }
+                        Taken::State | Taken::Nothing => {}
                     }
                 }
-                if let Some(batch) = self.channels[i].replay.pop_front() {
+                if let Some(queued) = self.channels[i].replay.pop_front() {
                     self.next_read = i + 1;
-                    self.process(batch)?;
+                    match queued {
+                        Queued::Batch(batch) => self.process(batch)?,
+                        Queued::Watermark(w) => self.channel_watermark(i, w)?,
+                    }
+                    if self.channels[i].replay.is_empty() && self.channels[i].ended {
+                        // The end of the channel now counts.
+                        self.advance_watermark()?;
+                    }
                     return Ok(true);
                 }
             }
@@ -864,7 +938,15 @@ impl<X: crate::function::Data> InputTask<X> {
                     self.process(batch)?;
                     return Ok(true);
                 }
-                Taken::State => return Ok(true),
+                Taken::Watermark(w) => {
+                    self.channel_watermark(i, w)?;
+                    return Ok(true);
+                }
+                Taken::State => {
+                    // An ended channel no longer holds the watermark back.
+                    self.advance_watermark()?;
+                    return Ok(true);
+                }
                 Taken::Nothing => {}
             }
         }
@@ -947,6 +1029,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         records: Vec<u64>,
+        /// Watermarks forwarded to the chain, each after the records before it.
+        watermarks: Vec<(usize, u64)>,
         snapshots: Vec<(u64, bool)>,
         /// Per snapshot: taken as finished.
         finished: Vec<bool>,
@@ -963,6 +1047,12 @@ mod tests {
                 .map_err(|_| RuntimeError::Cancelled)?
                 .records
                 .push(record);
+            Ok(())
+        }
+        fn watermark(&mut self, watermark: u64) -> Result<()> {
+            let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
+            let after = seen.records.len();
+            seen.watermarks.push((after, watermark));
             Ok(())
         }
         fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -1031,6 +1121,7 @@ mod tests {
                     checkpointing: true,
                     run_id: "test".into(),
                     clock: Default::default(),
+                    watermark_interval: Duration::from_millis(200),
                 }),
             };
             let task = InputTask::new(
@@ -1079,6 +1170,18 @@ mod tests {
             self.data[channel]
                 .send(DataMsg::Barrier(b))
                 .expect("send barrier marker");
+        }
+
+        fn watermark(&mut self, channel: usize, w: u64) {
+            self.data[channel]
+                .send(DataMsg::Watermark(w))
+                .expect("send watermark");
+        }
+
+        /// The watermarks forwarded to the chain, each with the number of records
+        /// processed before it.
+        fn watermarks(&self) -> Vec<(usize, u64)> {
+            self.seen.lock().expect("lock").watermarks.clone()
         }
 
         /// The end of channel `channel`.
@@ -1373,5 +1476,121 @@ mod tests {
         h.run_idle();
         assert_eq!(h.ends(), vec!["end"]);
         assert_eq!(h.coord_messages(), vec![("synced", 1), ("end_of_data", 0)]);
+    }
+
+    /// A task's watermark is the smallest of its channels' (none while a channel has sent
+    /// none), forwarded behind the records before it, only when it rises; a channel that
+    /// has ended stops holding it back.
+    #[test]
+    fn the_watermark_is_the_smallest_of_the_channels_and_an_ended_channel_stops_counting() {
+        let mut h = Harness::new(2);
+        h.batch(0, &[1]);
+        h.watermark(0, 100);
+        h.run_idle();
+        assert_eq!(h.watermarks(), vec![], "channel 1 has sent no watermark");
+        h.watermark(1, 50);
+        h.run_idle();
+        assert_eq!(h.watermarks(), vec![(1, 50)]);
+        h.batch(1, &[2]);
+        h.watermark(1, 200);
+        h.run_idle();
+        assert_eq!(h.watermarks(), vec![(1, 50), (2, 100)]);
+        // A watermark that does not raise the smallest is not forwarded, nor one that
+        // goes back.
+        h.watermark(1, 150);
+        h.watermark(0, 90);
+        h.run_idle();
+        assert_eq!(h.watermarks(), vec![(1, 50), (2, 100)]);
+        h.watermark(0, 150);
+        h.run_idle();
+        assert_eq!(h.watermarks(), vec![(1, 50), (2, 100), (2, 150)]);
+        h.batch(0, &[3]);
+        h.end(0);
+        h.run_idle();
+        assert_eq!(
+            h.watermarks(),
+            vec![(1, 50), (2, 100), (2, 150), (3, 200)],
+            "channel 0 ended: channel 1's watermark counts alone"
+        );
+        // The end of every channel stands for the final watermark: none is forwarded.
+        h.end(1);
+        h.run_idle();
+        assert_eq!(h.ends(), vec!["finish"]);
+        assert_eq!(h.watermarks().len(), 4);
+    }
+
+    /// An aligned checkpoint blocks a channel at its barrier, and the watermarks behind
+    /// the barrier with it.
+    #[test]
+    fn a_watermark_behind_an_aligned_barrier_waits_for_the_alignment() {
+        let mut h = Harness::new(2);
+        h.watermark(1, 10);
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
+        h.watermark(0, 500);
+        h.batch(0, &[1]);
+        h.run_idle();
+        assert_eq!(
+            h.watermarks(),
+            vec![],
+            "channel 0's watermark is behind its barrier"
+        );
+        h.batch(1, &[2]);
+        h.watermark(1, 400);
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, false));
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, false)]);
+        assert_eq!(h.records(), vec![2, 1]);
+        // After the alignment channel 0's 500 raises the smallest to channel 1's 10; the
+        // 400 that channel 1 sent before its barrier (a watermark does not count in the
+        // barrier's position) follows.
+        assert_eq!(h.watermarks(), vec![(1, 10), (2, 400)]);
+    }
+
+    /// An unaligned checkpoint takes the batches before a channel's barrier into the
+    /// channel's replay queue; the watermarks between them stay in place (processed after
+    /// the batches before them, never ahead of them) and are not stored with the
+    /// in-flight records.
+    #[test]
+    fn unaligned_replay_keeps_watermarks_between_their_batches_and_does_not_store_them() {
+        let mut h = Harness::new(2);
+        h.watermark(0, 50);
+        h.batch(1, &[1]);
+        h.watermark(1, 10);
+        h.batch(1, &[2]);
+        h.watermark(1, 20);
+        h.batch(1, &[3]);
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, true));
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, true));
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, true)]);
+        assert_eq!(h.records(), vec![1, 2, 3]);
+        assert_eq!(h.watermarks(), vec![(1, 10), (2, 20)]);
+        let stored: Vec<usize> = h
+            .coord
+            .try_iter()
+            .filter_map(|m| match m {
+                CoordMsg::Inflight { state, .. } => Some(state.map_or(0, |s| s.elements.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stored, vec![3], "the three records, no watermark");
+    }
+
+    /// A channel that has ended still holds the watermark back while batches it sent wait
+    /// in its replay queue.
+    #[test]
+    fn an_ended_channel_holds_the_watermark_back_until_its_replayed_batches_are_processed() {
+        let mut h = Harness::new(2);
+        h.watermark(0, 100);
+        h.batch(1, &[1]);
+        h.watermark(1, 10);
+        h.batch(1, &[2]);
+        h.end(1);
+        h.barrier_after_end(1, barrier(1, BarrierKind::Checkpoint, true));
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, true));
+        h.run_idle();
+        assert_eq!(h.snapshots(), vec![(1, true)]);
+        assert_eq!(h.records(), vec![1, 2]);
+        assert_eq!(h.watermarks(), vec![(1, 10), (2, 100)]);
     }
 }

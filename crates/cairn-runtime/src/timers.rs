@@ -1,10 +1,12 @@
 //! Timers of keyed process functions (Flink's `TimerService`).
 //!
-//! A [`KeyedProcessFunction`](crate::KeyedProcessFunction) registers processing-time timers
-//! for the key it is processing; when the clock reaches a timer's time, the runtime calls
+//! A [`KeyedProcessFunction`](crate::KeyedProcessFunction) registers processing-time and
+//! event-time timers for the key it is processing; when the processing clock, or the
+//! operator's watermark ([`crate::watermarks`]), reaches a timer's time, the runtime calls
 //! [`KeyedProcessFunction::on_timer`](crate::KeyedProcessFunction::on_timer) with that key
-//! current. Timers are keyed state: the runtime keeps them in a map state of the operator,
-//! [`PROCESSING_TIMERS_STATE`] (key → timer time → a tag), so they are in every checkpoint
+//! current. Timers are keyed state: the runtime keeps each domain's in a map state of the
+//! operator, [`PROCESSING_TIMERS_STATE`] and [`EVENT_TIMERS_STATE`] (key → timer time → a
+//! tag), so they are in every checkpoint
 //! and savepoint, move with their key group when the job is rescaled, go through the
 //! changelog, and restore under the other backend from a canonical savepoint, exactly like
 //! the function's own state. Each subtask also keeps its timers ordered by time in memory,
@@ -16,16 +18,21 @@
 //! - A key has at most one timer per time: registering a time again does nothing.
 //! - A timer fires once, in the task's thread, between records (never during `process`),
 //!   and is removed from state before `on_timer` runs; `on_timer` may register new timers.
-//! - A timer whose time has passed when it is registered, or while the job was down,
-//!   fires as soon as the task gets to it (after a restore: before the first new record,
-//!   after the in-flight records of an unaligned checkpoint are replayed). A task fires at
-//!   most 1,024 timers between two looks at its events, so a flood of overdue timers, or an
-//!   `on_timer` that registers a due timer again, delays barriers but never blocks them.
+//! - A processing-time timer whose time has passed when it is registered, or while the
+//!   job was down, fires as soon as the task gets to it (after a restore: before the first
+//!   new record, after the in-flight records of an unaligned checkpoint are replayed). A
+//!   task fires at most 1,024 of them between two looks at its events, so a flood of
+//!   overdue timers, or an `on_timer` that registers a due timer again, delays barriers
+//!   but never blocks them.
 //! - Timers fire while a task aligns a checkpoint's barriers; their effects and output
 //!   belong to the checkpoint being taken, like any record's before the barrier.
 //! - When the input ends, pending processing-time timers do not fire (Flink quiesces the
 //!   processing-time service at the end of input); a finished operator's snapshot holds
-//!   no keyed state, so they are gone with it.
+//!   no keyed state, so they are gone with it. Every pending event-time timer fires then
+//!   (the final watermark), before the operator's output ends.
+//! - Event-time timers fire when a watermark reaches the operator, all those at or before
+//!   it (those that `on_timer` registers at or before it too), before the records behind
+//!   it; the watermark is forwarded downstream after them.
 //!
 //! The timer state is registered the first time a function registers a timer, or when the
 //! snapshot restored from holds it; a keyed operator that never uses timers has no timer
@@ -45,8 +52,9 @@ pub const TIMER_STATE_PREFIX: &str = "cairn.timers.";
 /// (milliseconds, the clock's) → the domain's tag, 0 (a value that is never empty).
 pub const PROCESSING_TIMERS_STATE: &str = "cairn.timers.processing";
 
-/// The value of every entry of [`PROCESSING_TIMERS_STATE`].
-const PROCESSING_TIME_TAG: u8 = 0;
+/// The map state holding a keyed operator's event-time timers: per key, timer time
+/// (milliseconds of event time) → the domain's tag, 1.
+pub const EVENT_TIMERS_STATE: &str = "cairn.timers.event";
 
 /// The clock of processing-time timers ([`crate::JobConfig::processing_clock`]): the
 /// system's wall clock in milliseconds since the Unix epoch unless a test sets another
@@ -86,6 +94,26 @@ impl fmt::Debug for ProcessingClock {
 pub enum TimeDomain {
     /// The job's processing clock ([`ProcessingClock`]).
     ProcessingTime,
+    /// Event time: the operator's current watermark ([`crate::watermarks`]).
+    EventTime,
+}
+
+impl TimeDomain {
+    /// The state holding this domain's timers.
+    pub fn state_name(self) -> &'static str {
+        match self {
+            TimeDomain::ProcessingTime => PROCESSING_TIMERS_STATE,
+            TimeDomain::EventTime => EVENT_TIMERS_STATE,
+        }
+    }
+
+    /// The value of every entry of this domain's timer state.
+    fn tag(self) -> u8 {
+        match self {
+            TimeDomain::ProcessingTime => 0,
+            TimeDomain::EventTime => 1,
+        }
+    }
 }
 
 /// A timer that fired: given to
@@ -101,21 +129,23 @@ pub struct Timer {
 /// What a function asked of the service for the current key.
 #[derive(Clone, Copy, Debug)]
 enum TimerOp {
-    Register(u64),
-    Delete(u64),
+    Register(TimeDomain, u64),
+    Delete(TimeDomain, u64),
 }
 
 /// Registers and deletes timers for the key being processed (Flink's `TimerService`),
-/// and reads the processing clock. Registrations take effect when `process` (or
-/// `on_timer`) returns.
+/// and reads the processing clock and the current watermark. Registrations take effect
+/// when `process` (or `on_timer`) returns.
 pub struct TimerService {
     clock: ProcessingClock,
+    watermark: Option<u64>,
     ops: Vec<TimerOp>,
 }
 
 impl fmt::Debug for TimerService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimerService")
+            .field("watermark", &self.watermark)
             .field("pending_ops", &self.ops.len())
             .finish()
     }
@@ -127,43 +157,59 @@ impl TimerService {
         self.clock.now_ms()
     }
 
+    /// The operator's current watermark (event time, milliseconds): every event-time timer
+    /// at or before it has fired. `None` until the first watermark reaches the operator
+    /// (Flink's `Long.MIN_VALUE`); it starts over after a restore.
+    pub fn current_watermark(&self) -> Option<u64> {
+        self.watermark
+    }
+
     /// Fires [`KeyedProcessFunction::on_timer`](crate::KeyedProcessFunction::on_timer)
     /// for the current key once the processing clock reaches `time` (at once if it has).
     /// A second registration of the same time for the same key does nothing.
     pub fn register_processing_time_timer(&mut self, time: u64) {
-        self.ops.push(TimerOp::Register(time));
+        self.ops
+            .push(TimerOp::Register(TimeDomain::ProcessingTime, time));
     }
 
     /// Deletes the current key's processing-time timer at `time`, if there is one.
     pub fn delete_processing_time_timer(&mut self, time: u64) {
-        self.ops.push(TimerOp::Delete(time));
+        self.ops
+            .push(TimerOp::Delete(TimeDomain::ProcessingTime, time));
+    }
+
+    /// Fires [`KeyedProcessFunction::on_timer`](crate::KeyedProcessFunction::on_timer)
+    /// for the current key once the operator's watermark reaches `time`: when a watermark
+    /// at or after `time` arrives (one at or before the current watermark fires with the
+    /// next watermark or at the end of the input), before the records behind that
+    /// watermark. A second registration of the same time for the same key does nothing.
+    pub fn register_event_time_timer(&mut self, time: u64) {
+        self.ops
+            .push(TimerOp::Register(TimeDomain::EventTime, time));
+    }
+
+    /// Deletes the current key's event-time timer at `time`, if there is one.
+    pub fn delete_event_time_timer(&mut self, time: u64) {
+        self.ops.push(TimerOp::Delete(TimeDomain::EventTime, time));
     }
 }
 
-/// A keyed operator's timers: the service its function sees, the timer state (registered
-/// lazily) and the index of pending timers by time.
-pub(crate) struct Timers {
-    service: TimerService,
+/// One domain's timers: the timer state (registered lazily) and the index of pending
+/// timers by time.
+struct DomainTimers {
+    domain: TimeDomain,
     state: Option<MapStateId<u64, u8, ()>>,
     /// Pending timers: (time, serialized key).
     queue: BTreeSet<(u64, Vec<u8>)>,
 }
 
-impl Timers {
-    pub(crate) fn new(clock: ProcessingClock) -> Self {
+impl DomainTimers {
+    fn new(domain: TimeDomain) -> Self {
         Self {
-            service: TimerService {
-                clock,
-                ops: Vec::new(),
-            },
+            domain,
             state: None,
             queue: BTreeSet::new(),
         }
-    }
-
-    /// The service handed to the function.
-    pub(crate) fn service(&mut self) -> &mut TimerService {
-        &mut self.service
     }
 
     fn state<B: KeyedStateBackend>(
@@ -173,19 +219,13 @@ impl Timers {
         if let Some(id) = self.state {
             return Ok(id);
         }
-        let id =
-            backend.register_map(&MapStateDescriptor::<u64, u8>::new(PROCESSING_TIMERS_STATE))?;
+        let descriptor = MapStateDescriptor::<u64, u8>::new(self.domain.state_name());
+        let id = backend.register_map(&descriptor)?;
         self.state = Some(id);
         Ok(id)
     }
 
-    /// Registers the timer state of a restored operator whose snapshot held it, and indexes
-    /// the timers of this subtask's key groups. Leaves the backend's current key unset
-    /// or at the last timer's key.
-    pub(crate) fn restore<B: KeyedStateBackend>(
-        &mut self,
-        backend: &mut B,
-    ) -> cairn_core::Result<()> {
+    fn restore<B: KeyedStateBackend>(&mut self, backend: &mut B) -> cairn_core::Result<()> {
         let id = self.state(backend)?;
         for key in backend.keys(id.raw(), &())? {
             backend.set_current_key(&key)?;
@@ -194,6 +234,88 @@ impl Timers {
             }
         }
         Ok(())
+    }
+
+    /// Registers (`register`) or deletes a timer of `key`, the backend's current key.
+    fn apply<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        key: &[u8],
+        time: u64,
+        register: bool,
+    ) -> cairn_core::Result<()> {
+        if register {
+            if !self.queue.contains(&(time, key.to_vec())) {
+                let id = self.state(backend)?;
+                backend.map_put(id, &(), time, self.domain.tag())?;
+                self.queue.insert((time, key.to_vec()));
+            }
+        } else if self.queue.remove(&(time, key.to_vec())) {
+            let id = self.state(backend)?;
+            backend.map_remove(id, &(), &time)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the earliest timer if it is due at `now`, from the index and (with its key
+    /// made current) from the timer state; returns its time and key.
+    fn pop_due<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        now: u64,
+    ) -> cairn_core::Result<Option<(u64, Vec<u8>)>> {
+        let due = self.queue.first().is_some_and(|(time, _)| *time <= now);
+        let Some((time, key)) = due.then(|| self.queue.pop_first()).flatten() else {
+            return Ok(None);
+        };
+        let id = self.state(backend)?;
+        backend.set_current_key(&key)?;
+        backend.map_remove(id, &(), &time)?;
+        Ok(Some((time, key)))
+    }
+}
+
+/// A keyed operator's timers: the service its function sees, and each domain's timers.
+pub(crate) struct Timers {
+    service: TimerService,
+    processing: DomainTimers,
+    event: DomainTimers,
+}
+
+impl Timers {
+    pub(crate) fn new(clock: ProcessingClock) -> Self {
+        Self {
+            service: TimerService {
+                clock,
+                watermark: None,
+                ops: Vec::new(),
+            },
+            processing: DomainTimers::new(TimeDomain::ProcessingTime),
+            event: DomainTimers::new(TimeDomain::EventTime),
+        }
+    }
+
+    /// The service handed to the function.
+    pub(crate) fn service(&mut self) -> &mut TimerService {
+        &mut self.service
+    }
+
+    fn domain(&mut self, domain: TimeDomain) -> &mut DomainTimers {
+        match domain {
+            TimeDomain::ProcessingTime => &mut self.processing,
+            TimeDomain::EventTime => &mut self.event,
+        }
+    }
+
+    /// Registers the timer state of `domain` in a restored operator whose snapshot held
+    /// it, and indexes the timers of this subtask's key groups. Leaves the backend's
+    /// current key unset or at the last timer's key.
+    pub(crate) fn restore<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        domain: TimeDomain,
+    ) -> cairn_core::Result<()> {
+        self.domain(domain).restore(backend)
     }
 
     /// Applies what the function asked of the service while `key` (serialized) was the
@@ -218,22 +340,13 @@ impl Timers {
         let mut ops = std::mem::take(&mut self.service.ops);
         // The function may have moved the backend's current key (walking `keys()`, say):
         // the state entries must be the index's key's.
-        let id = backend
-            .set_current_key(key)
-            .and_then(|()| self.state(backend));
-        let result = id.and_then(|id| {
+        let result = backend.set_current_key(key).and_then(|()| {
             ops.iter().try_for_each(|op| match *op {
-                TimerOp::Register(time) => {
-                    if self.queue.insert((time, key.to_vec())) {
-                        backend.map_put(id, &(), time, PROCESSING_TIME_TAG)?;
-                    }
-                    Ok(())
+                TimerOp::Register(domain, time) => {
+                    self.domain(domain).apply(backend, key, time, true)
                 }
-                TimerOp::Delete(time) => {
-                    if self.queue.remove(&(time, key.to_vec())) {
-                        backend.map_remove(id, &(), &time)?;
-                    }
-                    Ok(())
+                TimerOp::Delete(domain, time) => {
+                    self.domain(domain).apply(backend, key, time, false)
                 }
             })
         });
@@ -242,14 +355,14 @@ impl Timers {
         result
     }
 
-    /// Whether a timer is pending.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+    /// Whether a processing-time timer is pending.
+    pub(crate) fn has_processing_timers(&self) -> bool {
+        !self.processing.queue.is_empty()
     }
 
-    /// The earliest pending timer's time.
-    pub(crate) fn next_time(&self) -> Option<u64> {
-        self.queue.first().map(|(time, _)| *time)
+    /// The earliest pending processing-time timer's time.
+    pub(crate) fn next_processing_time(&self) -> Option<u64> {
+        self.processing.queue.first().map(|(time, _)| *time)
     }
 
     /// The processing clock's time.
@@ -257,20 +370,33 @@ impl Timers {
         self.service.clock.now_ms()
     }
 
-    /// Removes the earliest timer if it is due at `now`, from the index and (with its key
-    /// made current) from the timer state; returns its time and key.
-    pub(crate) fn pop_due<B: KeyedStateBackend>(
+    /// Removes the earliest processing-time timer if it is due at `now` (see
+    /// [`DomainTimers::pop_due`]).
+    pub(crate) fn pop_processing_due<B: KeyedStateBackend>(
         &mut self,
         backend: &mut B,
         now: u64,
     ) -> cairn_core::Result<Option<(u64, Vec<u8>)>> {
-        let due = self.queue.first().is_some_and(|(time, _)| *time <= now);
-        let Some((time, key)) = due.then(|| self.queue.pop_first()).flatten() else {
-            return Ok(None);
-        };
-        let id = self.state(backend)?;
-        backend.set_current_key(&key)?;
-        backend.map_remove(id, &(), &time)?;
-        Ok(Some((time, key)))
+        self.processing.pop_due(backend, now)
+    }
+
+    /// The operator's watermark advances to `watermark` (never back).
+    pub(crate) fn advance_watermark(&mut self, watermark: u64) {
+        self.service.watermark = Some(
+            self.service
+                .watermark
+                .map_or(watermark, |w| w.max(watermark)),
+        );
+    }
+
+    /// Removes the earliest event-time timer if the current watermark has reached it.
+    pub(crate) fn pop_event_due<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+    ) -> cairn_core::Result<Option<(u64, Vec<u8>)>> {
+        match self.service.watermark {
+            Some(watermark) => self.event.pop_due(backend, watermark),
+            None => Ok(None),
+        }
     }
 }
