@@ -25,6 +25,7 @@ use crate::function::{
     SnapshotContext, SubtaskInfo,
 };
 use crate::timers::{ProcessingClock, TimeDomain, Timer, Timers};
+use crate::watermarks::Mark;
 
 /// What kind of snapshot a barrier starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,9 +74,9 @@ pub(crate) enum DataMsg<T> {
     /// usually learns of the barrier earlier, from the event lane; this marker makes sure it
     /// never reads past the barrier without knowing.
     Barrier(Barrier),
-    /// A watermark (event time, milliseconds) behind the batches sent before it; it does
-    /// not count as a batch in barrier positions.
-    Watermark(u64),
+    /// Event-time progress (a watermark, or the sender going idle or active again) behind
+    /// the batches sent before it; it does not count as a batch in barrier positions.
+    Mark(Mark),
     End,
 }
 
@@ -201,9 +202,9 @@ pub(crate) trait Chain<T>: Send {
         }
         Ok(())
     }
-    /// The watermark of this element's input advanced to `watermark` (see
-    /// [`crate::watermarks`]): fire the event-time timers up to it, then pass it on.
-    fn watermark(&mut self, watermark: u64) -> Result<()>;
+    /// Event-time progress of this element's input (see [`crate::watermarks`]): on a
+    /// watermark, fire the event-time timers up to it; then pass it on.
+    fn mark(&mut self, mark: Mark) -> Result<()>;
     /// The synchronous phase of `barrier` for this operator and those after it; the last
     /// element forwards the barrier.
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()>;
@@ -351,8 +352,8 @@ where
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    fn watermark(&mut self, watermark: u64) -> Result<()> {
-        self.next.watermark(watermark)
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.next.mark(mark)
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -537,9 +538,11 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         self.next.flush()
     }
 
-    fn watermark(&mut self, watermark: u64) -> Result<()> {
-        self.advance_watermark(watermark)?;
-        self.next.watermark(watermark)
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        if let Mark::Watermark(watermark) = mark {
+            self.advance_watermark(watermark)?;
+        }
+        self.next.mark(mark)
     }
 
     fn fire_timers(&mut self) -> Result<()> {
@@ -647,8 +650,8 @@ impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    /// A sink has no use for watermarks.
-    fn watermark(&mut self, _watermark: u64) -> Result<()> {
+    /// A sink has no use for event-time progress.
+    fn mark(&mut self, _mark: Mark) -> Result<()> {
         Ok(())
     }
 
@@ -798,14 +801,14 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
         Ok(())
     }
 
-    /// Sends the batches before the watermark, then the watermark on every channel.
-    fn watermark(&mut self, watermark: u64) -> Result<()> {
+    /// Sends the batches before the mark, then the mark on every channel.
+    fn mark(&mut self, mark: Mark) -> Result<()> {
         if self.ended {
             return Ok(());
         }
         self.flush()?;
         for tx in &self.senders {
-            send_blocking(tx, DataMsg::Watermark(watermark), &self.shared)?;
+            send_blocking(tx, DataMsg::Mark(mark), &self.shared)?;
         }
         Ok(())
     }

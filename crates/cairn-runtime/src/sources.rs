@@ -370,7 +370,7 @@ mod tests {
             self.0.push(record);
             Ok(())
         }
-        fn watermark(&mut self, _: u64) -> Result<()> {
+        fn mark(&mut self, _: crate::watermarks::Mark) -> Result<()> {
             Ok(())
         }
         fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {

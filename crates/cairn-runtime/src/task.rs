@@ -16,6 +16,7 @@ use crate::config::CheckpointingMode;
 use crate::coordinator::{CoordMsg, TaskId};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Collector, Source, SourceStatus};
+use crate::watermarks::{Mark, Valve};
 
 /// The name of the operator state that holds a task's in-flight input records in an
 /// unaligned checkpoint (on the task's first operator).
@@ -111,8 +112,8 @@ impl<T> Chain<T> for Counted<T> {
         self.count += 1;
         self.next.push(record)
     }
-    fn watermark(&mut self, watermark: u64) -> Result<()> {
-        self.next.watermark(watermark)
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.next.mark(mark)
     }
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.next.snapshot(barrier, sync)
@@ -339,7 +340,7 @@ pub(crate) struct InflightConfig<X> {
 /// What a channel's replay queue holds, in the channel's order.
 enum Queued<X> {
     Batch(Vec<X>),
-    Watermark(u64),
+    Mark(Mark),
 }
 
 struct InChannel<X> {
@@ -354,8 +355,6 @@ struct InChannel<X> {
     replay: VecDeque<Queued<X>>,
     /// The newest barrier announced on this channel (by event or by marker).
     last_announced: u64,
-    /// The newest watermark processed from this channel.
-    watermark: Option<u64>,
 }
 
 impl<X> InChannel<X> {
@@ -366,21 +365,16 @@ impl<X> InChannel<X> {
             .is_some_and(|(_, seq)| self.received >= *seq)
     }
 
-    /// The watermark this channel holds its task to: none while it has sent none, no
-    /// limit once it has ended and everything it sent is processed.
-    fn watermark_limit(&self) -> Option<u64> {
-        if self.ended && self.replay.is_empty() {
-            Some(u64::MAX)
-        } else {
-            self.watermark
-        }
+    /// It has ended, and everything it sent is processed.
+    fn drained(&self) -> bool {
+        self.ended && self.replay.is_empty()
     }
 }
 
 /// What [`InputTask::take`] found.
 enum Taken<X> {
     Batch(Vec<X>),
-    Watermark(u64),
+    Mark(Mark),
     /// A barrier marker or the end of the channel.
     State,
     Nothing,
@@ -427,8 +421,10 @@ pub(crate) struct InputTask<X> {
     restored_finished: bool,
     /// Every input ended and the chain's output was ended.
     finished: bool,
-    /// The watermark forwarded to the chain: the smallest of the channels'.
-    watermark: Option<u64>,
+    /// The channels' event-time progress, combined.
+    valve: Valve,
+    /// What the valve forwards (reused).
+    marks: Vec<Mark>,
 }
 
 impl<X: crate::function::Data> InputTask<X> {
@@ -441,6 +437,7 @@ impl<X: crate::function::Data> InputTask<X> {
         restored: Vec<X>,
         restored_finished: bool,
     ) -> Self {
+        let n = inputs.len();
         Self {
             chain,
             channels: inputs
@@ -452,7 +449,6 @@ impl<X: crate::function::Data> InputTask<X> {
                     announced: VecDeque::new(),
                     replay: VecDeque::new(),
                     last_announced: 0,
-                    watermark: None,
                 })
                 .collect(),
             link,
@@ -465,7 +461,8 @@ impl<X: crate::function::Data> InputTask<X> {
             next_read: 0,
             restored_finished,
             finished: false,
-            watermark: None,
+            valve: Valve::new(n),
+            marks: Vec::new(),
         }
     }
 
@@ -506,7 +503,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 self.announce(i, b, self.channels[i].received);
                 Ok(Taken::State)
             }
-            Ok(DataMsg::Watermark(w)) => Ok(Taken::Watermark(w)),
+            Ok(DataMsg::Mark(m)) => Ok(Taken::Mark(m)),
             Ok(DataMsg::End) => {
                 self.channels[i].ended = true;
                 Ok(Taken::State)
@@ -575,29 +572,27 @@ impl<X: crate::function::Data> InputTask<X> {
         self.chain.push_batch(batch)
     }
 
-    /// Channel `i` brought watermark `w` (its watermarks only rise).
-    fn channel_watermark(&mut self, i: usize, w: u64) -> Result<()> {
-        let c = &mut self.channels[i];
-        c.watermark = Some(c.watermark.map_or(w, |old| old.max(w)));
-        self.advance_watermark()
+    /// Channel `i` brought `mark`: forwards what changes the task's event-time progress.
+    fn channel_mark(&mut self, i: usize, mark: Mark) -> Result<()> {
+        self.valve.input(i, mark, &mut self.marks);
+        self.forward_marks()
     }
 
-    /// Forwards the smallest of the channels' watermarks when it has risen. Once every
-    /// channel has ended there is nothing to forward: the end of the input stands for the
-    /// final watermark.
-    fn advance_watermark(&mut self) -> Result<()> {
-        let mut limit = Some(u64::MAX);
-        for c in &self.channels {
-            limit = limit.min(c.watermark_limit());
+    /// Channel `i` stops counting in the task's watermark if it has ended and everything
+    /// it sent is processed.
+    fn channel_drained(&mut self, i: usize) -> Result<()> {
+        if self.channels[i].drained() {
+            self.valve.end(i, &mut self.marks);
         }
-        let Some(w) = limit else {
-            return Ok(());
-        };
-        if w == u64::MAX || self.watermark.is_some_and(|old| old >= w) {
-            return Ok(());
+        self.forward_marks()
+    }
+
+    fn forward_marks(&mut self) -> Result<()> {
+        for k in 0..self.marks.len() {
+            self.chain.mark(self.marks[k])?;
         }
-        self.watermark = Some(w);
-        self.chain.watermark(w)
+        self.marks.clear();
+        Ok(())
     }
 
     /// Handles the queued events; `Ok(true)`: the task is done.
@@ -724,7 +719,7 @@ impl<X: crate::function::Data> InputTask<X> {
                     c.replay.push_back(Queued::Batch(b));
                 }
                 // Not stored in the checkpoint: after a restore, watermarks start over.
-                Ok(DataMsg::Watermark(w)) => c.replay.push_back(Queued::Watermark(w)),
+                Ok(DataMsg::Mark(m)) => c.replay.push_back(Queued::Mark(m)),
                 // Markers of barriers announced already (by their events).
                 Ok(DataMsg::Barrier(_)) => {}
                 Ok(DataMsg::End) => c.ended = true,
@@ -736,11 +731,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 Err(RecvTimeoutError::Disconnected) => return Err(RuntimeError::Cancelled),
             }
         }
-        if c.ended && c.replay.is_empty() {
-            // An ended channel no longer holds the watermark back.
-            self.advance_watermark()?;
-        }
-        Ok(())
+        self.channel_drained(i)
     }
 
     fn progress(&mut self) -> Result<()> {
@@ -910,9 +901,7 @@ impl<X: crate::function::Data> InputTask<X> {
                         Taken::Batch(batch) => {
                             self.channels[i].replay.push_back(Queued::Batch(batch));
                         }
-                        Taken::Watermark(w) => {
-                            self.channels[i].replay.push_back(Queued::Watermark(w));
-                        }
+                        Taken::Mark(m) => self.channels[i].replay.push_back(Queued::Mark(m)),
                         Taken::State | Taken::Nothing => {}
                     }
                 }
@@ -920,12 +909,10 @@ impl<X: crate::function::Data> InputTask<X> {
                     self.next_read = i + 1;
                     match queued {
                         Queued::Batch(batch) => self.process(batch)?,
-                        Queued::Watermark(w) => self.channel_watermark(i, w)?,
+                        Queued::Mark(m) => self.channel_mark(i, m)?,
                     }
-                    if self.channels[i].replay.is_empty() && self.channels[i].ended {
-                        // The end of the channel now counts.
-                        self.advance_watermark()?;
-                    }
+                    // The end of the channel counts once its replay is done.
+                    self.channel_drained(i)?;
                     return Ok(true);
                 }
             }
@@ -938,13 +925,13 @@ impl<X: crate::function::Data> InputTask<X> {
                     self.process(batch)?;
                     return Ok(true);
                 }
-                Taken::Watermark(w) => {
-                    self.channel_watermark(i, w)?;
+                Taken::Mark(m) => {
+                    self.channel_mark(i, m)?;
                     return Ok(true);
                 }
                 Taken::State => {
                     // An ended channel no longer holds the watermark back.
-                    self.advance_watermark()?;
+                    self.channel_drained(i)?;
                     return Ok(true);
                 }
                 Taken::Nothing => {}
@@ -1049,10 +1036,12 @@ mod tests {
                 .push(record);
             Ok(())
         }
-        fn watermark(&mut self, watermark: u64) -> Result<()> {
+        fn mark(&mut self, mark: Mark) -> Result<()> {
             let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
-            let after = seen.records.len();
-            seen.watermarks.push((after, watermark));
+            if let Mark::Watermark(watermark) = mark {
+                let after = seen.records.len();
+                seen.watermarks.push((after, watermark));
+            }
             Ok(())
         }
         fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -1174,7 +1163,7 @@ mod tests {
 
         fn watermark(&mut self, channel: usize, w: u64) {
             self.data[channel]
-                .send(DataMsg::Watermark(w))
+                .send(DataMsg::Mark(Mark::Watermark(w)))
                 .expect("send watermark");
         }
 

@@ -25,10 +25,18 @@
 //! without the watermarks between them. An operator's watermark never goes back within
 //! a run; an assigner drops the watermarks that reach it from upstream and emits its own.
 //!
-//! Not built: idleness (Flink's `withIdleness`): an input that never sends a watermark
-//! (a source subtask without records that does not end, or a stream with no assigner
-//! upstream) holds its task's watermark back; and per-record timestamps: records do not
-//! carry their timestamp, so a function that needs it computes it from the record.
+//! Idleness ([`WatermarkStrategy::with_idleness`], Flink's `withIdleness`): an assigner
+//! that has passed no record for the timeout marks its output idle, and active again
+//! before its next record. A task leaves idle inputs out of its watermark, so a quiet
+//! source subtask does not hold the others back; when every input is idle, the task
+//! forwards the largest of their watermarks and goes idle itself. An input that comes
+//! back counts again once its watermark has caught up with the task's (Flink's
+//! `StatusWatermarkValve`); until then its records may be late. Without idleness, an
+//! input that sends no watermark (a source subtask without records that does not end,
+//! or a stream with no assigner upstream) holds its task's watermark back.
+//!
+//! Not built: per-record timestamps. Records do not carry their timestamp, so a function
+//! that needs it computes it from the record.
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,6 +52,7 @@ use crate::function::Checkpointed;
 pub struct WatermarkStrategy<T> {
     timestamp: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
     out_of_orderness: Duration,
+    idleness: Option<Duration>,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -51,6 +60,7 @@ impl<T> Clone for WatermarkStrategy<T> {
         Self {
             timestamp: self.timestamp.clone(),
             out_of_orderness: self.out_of_orderness,
+            idleness: self.idleness,
         }
     }
 }
@@ -59,6 +69,7 @@ impl<T> fmt::Debug for WatermarkStrategy<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatermarkStrategy")
             .field("out_of_orderness", &self.out_of_orderness)
+            .field("idleness", &self.idleness)
             .finish()
     }
 }
@@ -74,7 +85,17 @@ impl<T> WatermarkStrategy<T> {
         Self {
             timestamp: Arc::new(timestamp),
             out_of_orderness: max_out_of_orderness,
+            idleness: None,
         }
+    }
+
+    /// Marks the output idle when no record has passed for `timeout` (Flink's
+    /// `withIdleness`): downstream tasks then leave it out of their watermark until it
+    /// passes records again. The assigner looks every 64 records and whenever its task is
+    /// about to wait, so idleness is noticed within the timeout plus about 50 ms.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idleness = Some(timeout);
+        self
     }
 
     /// Timestamps never go back (Flink's `forMonotonousTimestamps`).
@@ -108,7 +129,12 @@ pub(crate) struct AssignOp<T> {
     max_timestamp: Option<u64>,
     emitted: Option<u64>,
     last_emit: Instant,
+    /// Records passed since the last look at the clock.
     unchecked: u32,
+    /// When the last look saw records (idleness).
+    last_active: Instant,
+    /// The output is marked idle.
+    idle: bool,
     next: Box<dyn Chain<T>>,
 }
 
@@ -135,13 +161,25 @@ impl<T> AssignOp<T> {
             emitted: None,
             last_emit: Instant::now(),
             unchecked: 0,
+            last_active: Instant::now(),
+            idle: false,
             next,
         })
     }
 
-    /// Emits the current watermark if it advanced and the interval has passed.
+    /// Marks the output idle when no record has passed for the idleness timeout; emits the
+    /// current watermark if it advanced and the interval has passed.
     fn maybe_emit(&mut self) -> Result<()> {
+        let active = self.unchecked > 0;
         self.unchecked = 0;
+        if let Some(timeout) = self.strategy.idleness {
+            if active {
+                self.last_active = Instant::now();
+            } else if !self.idle && self.last_active.elapsed() >= timeout {
+                self.idle = true;
+                return self.next.mark(Mark::Idle);
+            }
+        }
         let Some(watermark) = self
             .max_timestamp
             .and_then(|t| self.strategy.watermark_for(t))
@@ -154,13 +192,18 @@ impl<T> AssignOp<T> {
         }
         self.last_emit = Instant::now();
         self.emitted = Some(watermark);
-        self.next.watermark(watermark)
+        self.next.mark(Mark::Watermark(watermark))
     }
 }
 
 impl<T: Send> Chain<T> for AssignOp<T> {
     #[inline]
     fn push(&mut self, record: T) -> Result<()> {
+        if self.idle {
+            self.idle = false;
+            self.last_active = Instant::now();
+            self.next.mark(Mark::Active)?;
+        }
         let timestamp = (self.strategy.timestamp)(&record);
         self.max_timestamp = Some(self.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
         self.next.push(record)?;
@@ -171,8 +214,8 @@ impl<T: Send> Chain<T> for AssignOp<T> {
         Ok(())
     }
 
-    /// Watermarks from upstream are dropped: this assigner's replace them.
-    fn watermark(&mut self, _watermark: u64) -> Result<()> {
+    /// Event-time progress from upstream is dropped: this assigner's replaces it.
+    fn mark(&mut self, _mark: Mark) -> Result<()> {
         Ok(())
     }
 
@@ -201,9 +244,357 @@ impl<T: Send> Chain<T> for AssignOp<T> {
     }
 }
 
+/// Event-time progress in the data lane, behind the records sent before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// No record at or before this time (milliseconds) should follow.
+    Watermark(u64),
+    /// The sender passes no records, so no watermarks, for now (Flink's
+    /// `WatermarkStatus.IDLE`).
+    Idle,
+    /// The sender passes records again.
+    Active,
+}
+
+/// One input of a [`Valve`].
+#[derive(Clone, Copy, Debug)]
+struct Input {
+    watermark: Option<u64>,
+    idle: bool,
+    /// Counts in the minimum: not idle, and its watermark has caught up with the output
+    /// since it was last idle.
+    aligned: bool,
+    ended: bool,
+}
+
+/// Combines a task's inputs' event-time progress into its own (Flink's
+/// `StatusWatermarkValve`): the output watermark is the smallest of the aligned active
+/// inputs' and never goes back; when every input that has not ended is idle, the output
+/// takes the largest of their watermarks and goes idle; an input back from idleness
+/// counts again once its watermark reaches the output's. Ended inputs do not count; when
+/// every input has ended, the end of the input stands for the final watermark.
+#[derive(Debug)]
+pub(crate) struct Valve {
+    inputs: Vec<Input>,
+    output: Option<u64>,
+    idle: bool,
+}
+
+impl Valve {
+    pub(crate) fn new(inputs: usize) -> Self {
+        let input = Input {
+            watermark: None,
+            idle: false,
+            aligned: true,
+            ended: false,
+        };
+        Self {
+            inputs: vec![input; inputs],
+            output: None,
+            idle: false,
+        }
+    }
+
+    /// Input `i` brought `mark`; what the task forwards goes to `out`.
+    pub(crate) fn input(&mut self, i: usize, mark: Mark, out: &mut Vec<Mark>) {
+        let output = self.output;
+        let Some(input) = self.inputs.get_mut(i).filter(|c| !c.ended) else {
+            return;
+        };
+        match mark {
+            // An idle input sends none (its assigner goes active first): ignored if it does.
+            Mark::Watermark(_) if input.idle => {}
+            Mark::Watermark(w) => {
+                input.watermark = input.watermark.max(Some(w));
+                input.aligned |= output.is_none_or(|o| w >= o);
+                self.advance(out);
+            }
+            Mark::Idle if input.idle => {}
+            Mark::Idle => {
+                input.idle = true;
+                input.aligned = false;
+                self.settle(out);
+            }
+            Mark::Active if !input.idle => {}
+            Mark::Active => {
+                input.idle = false;
+                input.aligned = input
+                    .watermark
+                    .is_some_and(|w| output.is_none_or(|o| w >= o))
+                    || output.is_none();
+                if self.idle {
+                    self.idle = false;
+                    out.push(Mark::Active);
+                }
+            }
+        }
+    }
+
+    /// Input `i` has ended (and everything it sent is processed).
+    pub(crate) fn end(&mut self, i: usize, out: &mut Vec<Mark>) {
+        let Some(input) = self.inputs.get_mut(i).filter(|c| !c.ended) else {
+            return;
+        };
+        input.ended = true;
+        input.idle = false;
+        input.aligned = false;
+        if self.inputs.iter().all(|c| c.ended) {
+            return;
+        }
+        self.settle(out);
+    }
+
+    /// After an input stopped counting: the output idles if no input is active, and its
+    /// watermark may rise.
+    fn settle(&mut self, out: &mut Vec<Mark>) {
+        if self.inputs.iter().any(|c| !c.ended && !c.idle) {
+            return self.advance(out);
+        }
+        // Every open input is idle: none will advance, so their largest watermark is safe.
+        let largest = self
+            .inputs
+            .iter()
+            .filter(|c| !c.ended)
+            .filter_map(|c| c.watermark)
+            .max();
+        if let Some(w) = largest {
+            self.emit(w, out);
+        }
+        if !self.idle {
+            self.idle = true;
+            out.push(Mark::Idle);
+        }
+    }
+
+    /// Forwards the smallest watermark of the aligned active inputs if it rose.
+    fn advance(&mut self, out: &mut Vec<Mark>) {
+        let mut smallest: Option<Option<u64>> = None;
+        for c in self
+            .inputs
+            .iter()
+            .filter(|c| !c.ended && !c.idle && c.aligned)
+        {
+            smallest = Some(smallest.map_or(c.watermark, |s| s.min(c.watermark)));
+        }
+        if let Some(Some(w)) = smallest {
+            self.emit(w, out);
+        }
+    }
+
+    fn emit(&mut self, w: u64, out: &mut Vec<Mark>) {
+        if self.output.is_none_or(|o| w > o) {
+            self.output = Some(w);
+            out.push(Mark::Watermark(w));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marks(valve: &mut Valve, i: usize, mark: Mark) -> Vec<Mark> {
+        let mut out = Vec::new();
+        valve.input(i, mark, &mut out);
+        out
+    }
+
+    fn ended(valve: &mut Valve, i: usize) -> Vec<Mark> {
+        let mut out = Vec::new();
+        valve.end(i, &mut out);
+        out
+    }
+
+    use Mark::{Active, Idle, Watermark};
+
+    /// What reached the end of an assigner's chain, in order.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Record(u64),
+        Mark(Mark),
+    }
+
+    struct Log(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
+
+    impl Chain<u64> for Log {
+        fn push(&mut self, record: u64) -> Result<()> {
+            self.0.lock().expect("lock").push(Seen::Record(record));
+            Ok(())
+        }
+        fn mark(&mut self, mark: Mark) -> Result<()> {
+            self.0.lock().expect("lock").push(Seen::Mark(mark));
+            Ok(())
+        }
+        fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
+            Ok(())
+        }
+        fn notify(&mut self, _: Notification) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An assigner over `strategy` with a zero emission interval, and what it passes on.
+    fn assigner(
+        strategy: WatermarkStrategy<u64>,
+    ) -> (AssignOp<u64>, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+        let shared = std::sync::Arc::new(crate::chain::TaskShared {
+            cancel: std::sync::atomic::AtomicBool::new(false),
+            snapshot_mode: crate::config::SnapshotMode::Full,
+            checkpointing: false,
+            run_id: "test".into(),
+            clock: Default::default(),
+            watermark_interval: Duration::ZERO,
+        });
+        let setup = OpSetup {
+            uid: "timestamps".into(),
+            info: crate::function::SubtaskInfo {
+                index: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            operator_state: cairn_core::OperatorStateBackend::new("timestamps"),
+            is_restored: false,
+            restored_timers: Vec::new(),
+            shared,
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let op = AssignOp::new(setup, strategy, Box::new(Log(log.clone()))).expect("assigner");
+        (op, log)
+    }
+
+    /// The assigner emits a watermark when it looks (every 64 records, and on flush) and
+    /// it rose; with idleness it goes idle when a look sees no record for the timeout, and
+    /// active again before its next record; it drops marks from upstream.
+    #[test]
+    fn the_assigner_emits_rising_watermarks_behind_its_records_and_goes_idle_and_back() {
+        let strategy = WatermarkStrategy::for_bounded_out_of_orderness(
+            Duration::from_millis(10),
+            |t: &u64| *t,
+        )
+        .with_idleness(Duration::ZERO);
+        let (mut op, log) = assigner(strategy);
+        let take = || std::mem::take(&mut *log.lock().expect("lock"));
+        op.mark(Watermark(1_000)).expect("upstream mark");
+        op.push(100).expect("push");
+        op.push(50).expect("push");
+        assert_eq!(take(), vec![Seen::Record(100), Seen::Record(50)]);
+        op.flush().expect("flush");
+        assert_eq!(take(), vec![Seen::Mark(Watermark(89))]);
+        op.flush().expect("flush");
+        assert_eq!(
+            take(),
+            vec![Seen::Mark(Idle)],
+            "no record since the last look"
+        );
+        op.flush().expect("flush");
+        assert_eq!(take(), vec![]);
+        op.push(95).expect("push");
+        op.flush().expect("flush");
+        assert_eq!(
+            take(),
+            vec![Seen::Mark(Active), Seen::Record(95)],
+            "the watermark did not rise"
+        );
+        for t in 0..64 {
+            op.push(200 + t).expect("push");
+        }
+        let seen = take();
+        assert_eq!(seen.len(), 65);
+        assert_eq!(
+            seen[64],
+            Seen::Mark(Watermark(252)),
+            "a look after 64 records"
+        );
+    }
+
+    #[test]
+    fn the_valve_forwards_the_smallest_watermark_when_it_rises() {
+        let mut v = Valve::new(3);
+        assert_eq!(marks(&mut v, 0, Watermark(10)), vec![]);
+        assert_eq!(marks(&mut v, 1, Watermark(20)), vec![]);
+        assert_eq!(marks(&mut v, 2, Watermark(5)), vec![Watermark(5)]);
+        assert_eq!(marks(&mut v, 2, Watermark(30)), vec![Watermark(10)]);
+        assert_eq!(
+            marks(&mut v, 0, Watermark(8)),
+            vec![],
+            "an input never goes back"
+        );
+        assert_eq!(marks(&mut v, 0, Watermark(25)), vec![Watermark(20)]);
+        assert_eq!(ended(&mut v, 1), vec![Watermark(25)]);
+        assert_eq!(ended(&mut v, 0), vec![Watermark(30)]);
+        assert_eq!(
+            ended(&mut v, 2),
+            vec![],
+            "the end stands for the final watermark"
+        );
+    }
+
+    #[test]
+    fn idle_inputs_do_not_hold_the_watermark_back_and_all_idle_flushes_the_largest() {
+        let mut v = Valve::new(3);
+        marks(&mut v, 0, Watermark(10));
+        marks(&mut v, 1, Watermark(40));
+        assert_eq!(
+            marks(&mut v, 2, Idle),
+            vec![Watermark(10)],
+            "2 never sent one"
+        );
+        assert_eq!(marks(&mut v, 0, Idle), vec![Watermark(40)]);
+        assert_eq!(
+            marks(&mut v, 0, Watermark(50)),
+            vec![],
+            "ignored while idle"
+        );
+        assert_eq!(
+            marks(&mut v, 1, Idle),
+            vec![Idle],
+            "all idle: the largest (40) is out already; the task goes idle"
+        );
+        // Input 0 comes back behind the output: it counts once it has caught up.
+        assert_eq!(marks(&mut v, 0, Active), vec![Active]);
+        assert_eq!(marks(&mut v, 0, Watermark(35)), vec![]);
+        assert_eq!(marks(&mut v, 0, Watermark(45)), vec![Watermark(45)]);
+        // Input 2 comes back with no watermark at all: it waits to catch up too.
+        assert_eq!(marks(&mut v, 2, Active), vec![]);
+        assert_eq!(marks(&mut v, 0, Watermark(60)), vec![Watermark(60)]);
+        assert_eq!(marks(&mut v, 2, Watermark(55)), vec![]);
+        assert_eq!(marks(&mut v, 2, Watermark(70)), vec![]);
+        assert_eq!(marks(&mut v, 0, Watermark(90)), vec![Watermark(70)]);
+    }
+
+    #[test]
+    fn every_idle_input_flushes_the_largest_watermark_and_an_end_leaves_the_idle_ones() {
+        let mut v = Valve::new(2);
+        marks(&mut v, 0, Watermark(10));
+        marks(&mut v, 1, Watermark(30));
+        assert_eq!(marks(&mut v, 1, Idle), vec![]);
+        assert_eq!(marks(&mut v, 0, Idle), vec![Watermark(30), Idle]);
+        let mut v = Valve::new(2);
+        marks(&mut v, 0, Watermark(10));
+        marks(&mut v, 1, Idle);
+        assert_eq!(
+            ended(&mut v, 0),
+            vec![Idle],
+            "only an idle input is left; it has no watermark"
+        );
+        assert_eq!(marks(&mut v, 1, Active), vec![Active]);
+        assert_eq!(
+            marks(&mut v, 1, Watermark(5)),
+            vec![],
+            "behind the output (10)"
+        );
+        assert_eq!(marks(&mut v, 1, Watermark(12)), vec![Watermark(12)]);
+    }
 
     #[test]
     fn the_watermark_trails_the_largest_timestamp_by_the_bound_and_one() {

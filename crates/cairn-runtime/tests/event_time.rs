@@ -22,15 +22,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_core::{KeyedStateBackend, MapStateDescriptor, MapStateId};
-use cairn_runtime::sources::FileSource;
+use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, Job, JobGraph, KeyedProcessFunction,
-    ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError, SnapshotMode, StateBackendConfig,
-    TimeDomain, Timer, TimerService, WatermarkStrategy,
+    source, CheckpointConfig, Checkpointed, Collector, InitContext, Job, JobGraph,
+    KeyedProcessFunction, ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError, Sink,
+    SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService, WatermarkStrategy,
 };
 
 const WINDOW: u64 = 1_000;
@@ -327,4 +327,116 @@ fn changelog_windows_are_exactly_once_across_failures() {
         false,
         1,
     );
+}
+
+/// Stamps the `n`-th record of its subtask with event time `10 n`; subtask 1 drops every
+/// record after its `quiet_after`-th, so its output then passes nothing, for ever.
+#[derive(Clone, Debug)]
+struct Stamp {
+    quiet_after: u64,
+    index: u32,
+    n: u64,
+}
+
+impl Checkpointed for Stamp {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.index = ctx.subtask.index;
+        Ok(())
+    }
+}
+
+impl ProcessFunction<u64, (u64, u64)> for Stamp {
+    fn process(
+        &mut self,
+        key: u64,
+        out: &mut Collector<'_, (u64, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        self.n += 1;
+        if self.index == 1 && self.n > self.quiet_after {
+            return Ok(());
+        }
+        out.collect((key, self.n * 10))
+    }
+}
+
+/// Keeps every record in memory (the jobs using it do not fail).
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<(u64, u64, u64)>>>);
+
+impl Checkpointed for Collect {}
+
+impl Sink<(u64, u64, u64)> for Collect {
+    fn write(&mut self, record: (u64, u64, u64)) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push(record);
+        Ok(())
+    }
+}
+
+impl Collect {
+    /// Window index → the sum of its fired per-key counts.
+    fn totals(&self) -> BTreeMap<u64, u64> {
+        let mut totals = BTreeMap::new();
+        for (window, _, count) in self.0.lock().expect("lock").iter() {
+            *totals.entry(window / WINDOW).or_insert(0) += count;
+        }
+        totals
+    }
+}
+
+/// Runs the windows at parallelism 2 where source subtask 1 goes quiet after 50 records
+/// and subtask 0 reads on (2,000 records, event times 10 ms apart); returns the windows
+/// fired once subtask 0 has read everything, or once window 10 fired.
+fn quiet_subtask(idleness: Option<Duration>) -> BTreeMap<u64, u64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut strategy =
+        WatermarkStrategy::for_monotonous_timestamps(|(_, timestamp): &(u64, u64)| *timestamp);
+    if let Some(timeout) = idleness {
+        strategy = strategy.with_idleness(timeout);
+    }
+    let sink = Collect::default();
+    let graph = source("source", GeneratorSource::new(4_000, 10, 3).idle_at_end())
+        .process(
+            "stamp",
+            Stamp {
+                quiet_after: 50,
+                index: 0,
+                n: 0,
+            },
+        )
+        .assign_timestamps_and_watermarks("timestamps", strategy)
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .process("windows", KeyWindows)
+        .sink("sink", sink.clone());
+    let mut cfg = common::config(dir.path(), 100);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4_000);
+    cfg.auto_watermark_interval = Duration::from_millis(10);
+    let handle = Job::new(graph, cfg).start().expect("start");
+    let started = Instant::now();
+    while handle.records_read() < 4_000 && !sink.totals().contains_key(&10) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the job stalled"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    handle.cancel();
+    let _ = handle.wait();
+    sink.totals()
+}
+
+/// A source subtask that goes quiet holds every window back (as in Flink) unless the
+/// strategy has idleness: then the others' watermarks go on, and each window fires with
+/// all of its records (100 per window from subtask 0 after the first).
+#[test]
+fn an_idle_input_holds_the_watermark_back_unless_the_strategy_has_idleness() {
+    assert_eq!(quiet_subtask(None), BTreeMap::new());
+    let fired = quiet_subtask(Some(Duration::from_millis(100)));
+    assert!(fired.contains_key(&10), "{fired:?}");
+    for (window, total) in &fired {
+        if (1..=10).contains(window) {
+            assert_eq!(*total, 100, "window {window}: {fired:?}");
+        }
+    }
 }
