@@ -306,8 +306,9 @@ pub struct JobConfig {
     /// The clock of processing-time timers (default: the system's wall clock).
     pub processing_clock: ProcessingClock,
     /// How often a watermark assigner emits a watermark when it has advanced (default
-    /// 200 ms, Flink's `pipeline.auto-watermark-interval`; zero: whenever it looks, every
-    /// 64 records and when its task is about to wait). See [`crate::watermarks`].
+    /// 200 ms, Flink's `pipeline.auto-watermark-interval`); zero turns periodic watermarks
+    /// (and idleness) off, as in Flink: event-time timers then fire only at the end of the
+    /// input. See [`crate::watermarks`].
     pub auto_watermark_interval: Duration,
 }
 

@@ -355,14 +355,24 @@ struct InChannel<X> {
     replay: VecDeque<Queued<X>>,
     /// The newest barrier announced on this channel (by event or by marker).
     last_announced: u64,
+    /// The newest barrier whose marker was taken from `rx`.
+    marker_taken: u64,
 }
 
 impl<X> InChannel<X> {
-    /// Stopped at an announced barrier: every batch before it has been taken.
+    /// Stopped at an announced barrier: every batch before it has been taken, and the
+    /// marker too. Between the last batch and the marker only event-time marks can come
+    /// (or the end, when the sender ended before the barrier and sent no marker): they
+    /// belong before the barrier, so they are taken first.
     fn at_barrier(&self) -> bool {
         self.announced
             .front()
-            .is_some_and(|(_, seq)| self.received >= *seq)
+            .is_some_and(|(b, seq)| self.received >= *seq && self.at_marker(b.id))
+    }
+
+    /// The marker of barrier `id` was taken, or none will come.
+    fn at_marker(&self, id: u64) -> bool {
+        self.marker_taken >= id || self.ended
     }
 
     /// It has ended, and everything it sent is processed.
@@ -449,6 +459,7 @@ impl<X: crate::function::Data> InputTask<X> {
                     announced: VecDeque::new(),
                     replay: VecDeque::new(),
                     last_announced: 0,
+                    marker_taken: 0,
                 })
                 .collect(),
             link,
@@ -500,6 +511,8 @@ impl<X: crate::function::Data> InputTask<X> {
                 Ok(Taken::Batch(batch))
             }
             Ok(DataMsg::Barrier(b)) => {
+                let c = &mut self.channels[i];
+                c.marker_taken = c.marker_taken.max(b.id);
                 self.announce(i, b, self.channels[i].received);
                 Ok(Taken::State)
             }
@@ -721,7 +734,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 // Not stored in the checkpoint: after a restore, watermarks start over.
                 Ok(DataMsg::Mark(m)) => c.replay.push_back(Queued::Mark(m)),
                 // Markers of barriers announced already (by their events).
-                Ok(DataMsg::Barrier(_)) => {}
+                Ok(DataMsg::Barrier(b)) => c.marker_taken = c.marker_taken.max(b.id),
                 Ok(DataMsg::End) => c.ended = true,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.link.shared.cancelled() {
@@ -796,10 +809,11 @@ impl<X: crate::function::Data> InputTask<X> {
                 Some((b, seq)) if b.id == a.barrier.id => {
                     if a.unaligned {
                         self.drain_to(i, seq, a)?;
-                    } else if !(self.channels[i].received >= seq
-                        && self.channels[i].replay.is_empty())
-                    {
-                        continue;
+                    } else {
+                        let c = &self.channels[i];
+                        if !(c.received >= seq && c.replay.is_empty() && c.at_marker(b.id)) {
+                            continue;
+                        }
                     }
                     self.channels[i].announced.pop_front();
                     a.arrived[i] = true;
@@ -1018,6 +1032,8 @@ mod tests {
         records: Vec<u64>,
         /// Watermarks forwarded to the chain, each after the records before it.
         watermarks: Vec<(usize, u64)>,
+        /// Per snapshot: how many watermarks were forwarded before it.
+        watermarks_at_snapshot: Vec<usize>,
         snapshots: Vec<(u64, bool)>,
         /// Per snapshot: taken as finished.
         finished: Vec<bool>,
@@ -1047,6 +1063,8 @@ mod tests {
         fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
             let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
             seen.snapshots.push((barrier.id, barrier.unaligned));
+            let marks = seen.watermarks.len();
+            seen.watermarks_at_snapshot.push(marks);
             seen.finished.push(sync.finished);
             Ok(())
         }
@@ -1509,30 +1527,30 @@ mod tests {
     }
 
     /// An aligned checkpoint blocks a channel at its barrier, and the watermarks behind
-    /// the barrier with it.
+    /// the barrier with it; a watermark sent after a channel's last batch before the
+    /// barrier (it does not count in the barrier's position) is processed before the
+    /// snapshot, as in Flink.
     #[test]
-    fn a_watermark_behind_an_aligned_barrier_waits_for_the_alignment() {
+    fn watermarks_before_an_aligned_barrier_come_before_the_snapshot_and_those_behind_after() {
         let mut h = Harness::new(2);
-        h.watermark(1, 10);
+        h.watermark(0, 100);
         h.barrier(0, barrier(1, BarrierKind::Checkpoint, false));
         h.watermark(0, 500);
         h.batch(0, &[1]);
-        h.run_idle();
-        assert_eq!(
-            h.watermarks(),
-            vec![],
-            "channel 0's watermark is behind its barrier"
-        );
+        h.watermark(1, 10);
         h.batch(1, &[2]);
         h.watermark(1, 400);
         h.barrier(1, barrier(1, BarrierKind::Checkpoint, false));
         h.run_idle();
         assert_eq!(h.snapshots(), vec![(1, false)]);
         assert_eq!(h.records(), vec![2, 1]);
-        // After the alignment channel 0's 500 raises the smallest to channel 1's 10; the
-        // 400 that channel 1 sent before its barrier (a watermark does not count in the
-        // barrier's position) follows.
-        assert_eq!(h.watermarks(), vec![(1, 10), (2, 400)]);
+        assert_eq!(h.watermarks(), vec![(0, 10), (1, 100), (1, 400)]);
+        assert_eq!(
+            h.seen.lock().expect("lock").watermarks_at_snapshot,
+            vec![2],
+            "10 and 100 before the snapshot (channel 1's 400 lifted it to channel 0's 100), \
+             400 after (channel 0's 500 is behind its barrier)"
+        );
     }
 
     /// An unaligned checkpoint takes the batches before a channel's barrier into the

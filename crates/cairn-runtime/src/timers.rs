@@ -39,7 +39,7 @@
 //! state. State names starting with [`TIMER_STATE_PREFIX`] are the runtime's: a function
 //! must not register states so named.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -199,8 +199,9 @@ impl TimerService {
 struct DomainTimers {
     domain: TimeDomain,
     state: Option<MapStateId<u64, u8, ()>>,
-    /// Pending timers: (time, serialized key).
-    queue: BTreeSet<(u64, Vec<u8>)>,
+    /// Pending timers: time → serialized keys (looked up without copying a key, since a
+    /// function may register the same timer for every record of its key).
+    queue: BTreeMap<u64, BTreeSet<Vec<u8>>>,
 }
 
 impl DomainTimers {
@@ -208,8 +209,17 @@ impl DomainTimers {
         Self {
             domain,
             state: None,
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
         }
+    }
+
+    fn contains(&self, time: u64, key: &[u8]) -> bool {
+        self.queue.get(&time).is_some_and(|keys| keys.contains(key))
+    }
+
+    /// The earliest pending time.
+    fn first_time(&self) -> Option<u64> {
+        self.queue.first_key_value().map(|(time, _)| *time)
     }
 
     fn state<B: KeyedStateBackend>(
@@ -230,7 +240,7 @@ impl DomainTimers {
         for key in backend.keys(id.raw(), &())? {
             backend.set_current_key(&key)?;
             for (time, _) in backend.map_entries(id, &())? {
-                self.queue.insert((time, key.clone()));
+                self.queue.entry(time).or_default().insert(key.clone());
             }
         }
         Ok(())
@@ -245,14 +255,20 @@ impl DomainTimers {
         register: bool,
     ) -> cairn_core::Result<()> {
         if register {
-            if !self.queue.contains(&(time, key.to_vec())) {
+            if !self.contains(time, key) {
                 let id = self.state(backend)?;
                 backend.map_put(id, &(), time, self.domain.tag())?;
-                self.queue.insert((time, key.to_vec()));
+                self.queue.entry(time).or_default().insert(key.to_vec());
             }
-        } else if self.queue.remove(&(time, key.to_vec())) {
+        } else if self.contains(time, key) {
             let id = self.state(backend)?;
             backend.map_remove(id, &(), &time)?;
+            if let Some(keys) = self.queue.get_mut(&time) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.queue.remove(&time);
+                }
+            }
         }
         Ok(())
     }
@@ -264,10 +280,18 @@ impl DomainTimers {
         backend: &mut B,
         now: u64,
     ) -> cairn_core::Result<Option<(u64, Vec<u8>)>> {
-        let due = self.queue.first().is_some_and(|(time, _)| *time <= now);
-        let Some((time, key)) = due.then(|| self.queue.pop_first()).flatten() else {
+        let Some(mut first) = self.queue.first_entry().filter(|e| *e.key() <= now) else {
             return Ok(None);
         };
+        let time = *first.key();
+        let Some(key) = first.get_mut().pop_first() else {
+            // Never empty: an emptied time is removed.
+            first.remove();
+            return Ok(None);
+        };
+        if first.get().is_empty() {
+            first.remove();
+        }
         let id = self.state(backend)?;
         backend.set_current_key(&key)?;
         backend.map_remove(id, &(), &time)?;
@@ -362,7 +386,7 @@ impl Timers {
 
     /// The earliest pending processing-time timer's time.
     pub(crate) fn next_processing_time(&self) -> Option<u64> {
-        self.processing.queue.first().map(|(time, _)| *time)
+        self.processing.first_time()
     }
 
     /// The processing clock's time.

@@ -15,7 +15,15 @@
 //! ([`crate::TimerService::register_event_time_timer`]), in time order, before it
 //! processes the records behind the watermark, then forwards the watermark. When the
 //! input ends, every pending event-time timer fires (Flink's final `MAX_WATERMARK`), before
-//! the operator's output ends; processing-time timers do not.
+//! the operator's output ends; processing-time timers do not. As in Flink, that includes
+//! the timers `on_timer` registers meanwhile, so a function that always registers a later
+//! one (a periodic event-time timer) must stop doing so at the end of the input, e.g.
+//! when the watermark is `u64::MAX`, or its task never finishes.
+//!
+//! At a barrier, a task takes the watermarks its inputs sent before the barrier first, so
+//! the timers they fire belong to the snapshot. A stop-with-savepoint (without drain, as
+//! in Flink) stops the assigners at its barrier: no watermark follows it, and no
+//! event-time timer fires after the savepoint, unless the stop fails.
 //!
 //! What is not kept: watermarks are not in checkpoints (as in Flink). After a restore, a
 //! task's watermark starts over from none and rises again as the sources replay; the
@@ -44,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use cairn_core::KeyGroupRange;
 
-use crate::chain::{Barrier, Chain, Notification, OpSetup, SyncPhase};
+use crate::chain::{Barrier, BarrierKind, Chain, Notification, OpSetup, SyncPhase};
 use crate::error::Result;
 use crate::function::Checkpointed;
 
@@ -135,6 +143,9 @@ pub(crate) struct AssignOp<T> {
     last_active: Instant,
     /// The output is marked idle.
     idle: bool,
+    /// The barrier of this stop-with-savepoint has passed: nothing more leaves the
+    /// assigner (as nothing leaves a stopped source in Flink) unless the stop fails.
+    stopping: Option<u64>,
     next: Box<dyn Chain<T>>,
 }
 
@@ -163,6 +174,7 @@ impl<T> AssignOp<T> {
             unchecked: 0,
             last_active: Instant::now(),
             idle: false,
+            stopping: None,
             next,
         })
     }
@@ -172,6 +184,10 @@ impl<T> AssignOp<T> {
     fn maybe_emit(&mut self) -> Result<()> {
         let active = self.unchecked > 0;
         self.unchecked = 0;
+        // A zero interval turns periodic watermarks off, as in Flink.
+        if self.interval.is_zero() || self.stopping.is_some() {
+            return Ok(());
+        }
         if let Some(timeout) = self.strategy.idleness {
             if active {
                 self.last_active = Instant::now();
@@ -220,12 +236,21 @@ impl<T: Send> Chain<T> for AssignOp<T> {
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        if let BarrierKind::Savepoint { stop: true, .. } = barrier.kind {
+            self.stopping = Some(barrier.id);
+        }
         self.setup
             .snapshot(&mut self.hooks, barrier, self.range, None, sync)?;
         self.next.snapshot(barrier, sync)
     }
 
     fn notify(&mut self, n: Notification) -> Result<()> {
+        if let Notification::Aborted(id) = n {
+            if self.stopping == Some(id) {
+                // The stop failed: the job goes on.
+                self.stopping = None;
+            }
+        }
         self.next.notify(n)
     }
 
@@ -442,7 +467,7 @@ mod tests {
         }
     }
 
-    /// An assigner over `strategy` with a zero emission interval, and what it passes on.
+    /// An assigner over `strategy` emitting whenever it looks, and what it passes on.
     fn assigner(
         strategy: WatermarkStrategy<u64>,
     ) -> (AssignOp<u64>, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
@@ -452,7 +477,7 @@ mod tests {
             checkpointing: false,
             run_id: "test".into(),
             clock: Default::default(),
-            watermark_interval: Duration::ZERO,
+            watermark_interval: Duration::from_nanos(1),
         });
         let setup = OpSetup {
             uid: "timestamps".into(),

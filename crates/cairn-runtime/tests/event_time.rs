@@ -21,7 +21,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,8 @@ use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
     source, CheckpointConfig, Checkpointed, Collector, InitContext, Job, JobGraph,
     KeyedProcessFunction, ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError, Sink,
-    SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService, WatermarkStrategy,
+    SnapshotContext, SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService,
+    WatermarkStrategy,
 };
 
 const WINDOW: u64 = 1_000;
@@ -201,12 +202,14 @@ impl ProcessFunction<String, (u64, u64)> for Parse {
     }
 }
 
-fn job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
+/// The job; `slow`: the `windows` stage sleeps this long per emitted count, so that its
+/// input backs up and unaligned checkpoints store in-flight records.
+fn job(input: &Path, output: &Path, fail_at: Vec<u64>, slow: Option<Duration>) -> JobGraph {
     let parse = Parse {
         seen: Arc::new(AtomicU64::new(0)),
         fail_at,
     };
-    source("source", FileSource::new(input))
+    let windows = source("source", FileSource::new(input))
         .process("parse", parse)
         .assign_timestamps_and_watermarks(
             "timestamps",
@@ -216,7 +219,12 @@ fn job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
             ),
         )
         .key_by(|(key, _): &(u64, u64)| *key)
-        .process("windows", KeyWindows)
+        .process("windows", KeyWindows);
+    let windows = match slow {
+        Some(delay) => common::unaligned::slow(windows, "slow", delay),
+        None => windows,
+    };
+    windows
         .key_by(|(window, _, _): &(u64, u64, u64)| *window)
         .process("totals", WindowTotals)
         .sink("sink", common::count_sink(output))
@@ -247,7 +255,7 @@ fn windows_fire_on_the_watermark_and_survive_a_savepoint_under_the_other_backend
     cfg.parallelism = 2;
     cfg.records_per_second = Some(4_000);
     cfg.auto_watermark_interval = Duration::from_millis(20);
-    let handle = Job::new(job(&input, &output, Vec::new()), cfg)
+    let handle = Job::new(job(&input, &output, Vec::new(), None), cfg)
         .start()
         .expect("start");
     let started = Instant::now();
@@ -270,7 +278,7 @@ fn windows_fire_on_the_watermark_and_survive_a_savepoint_under_the_other_backend
     cfg.parallelism = 3;
     cfg.backend = StateBackendConfig::rocksdb();
     cfg.restore = Some(RestoreFrom::Path(savepoint));
-    Job::new(job(&input, &output, Vec::new()), cfg)
+    Job::new(job(&input, &output, Vec::new(), None), cfg)
         .run()
         .expect("restored run");
     check(&output, &totals);
@@ -298,7 +306,9 @@ fn exactly_once_across_failures(
     cfg.records_per_second = Some(6_000);
     cfg.auto_watermark_interval = Duration::from_millis(10);
     cfg.restart = RestartStrategy::fixed_delay(5, Duration::from_millis(10));
-    let graph = job(&input, &output, vec![2_500, 4_500]);
+    // Unaligned: slow down the windows so that checkpoints hold in-flight records.
+    let slow = unaligned.then_some(Duration::from_millis(6));
+    let graph = job(&input, &output, vec![2_500, 4_500], slow);
     let result = Job::new(graph, cfg).run().expect("job");
     assert_eq!(result.restarts, 2, "the injected failures did not happen");
     check(&output, &totals);
@@ -329,10 +339,11 @@ fn changelog_windows_are_exactly_once_across_failures() {
     );
 }
 
-/// Stamps the `n`-th record of its subtask with event time `10 n`; subtask 1 drops every
-/// record after its `quiet_after`-th, so its output then passes nothing, for ever.
+/// Stamps the `n`-th record of its subtask with event time `step n`; subtask 1 drops
+/// every record after its `quiet_after`-th, so its output then passes nothing, for ever.
 #[derive(Clone, Debug)]
 struct Stamp {
+    step: u64,
     quiet_after: u64,
     index: u32,
     n: u64,
@@ -355,7 +366,7 @@ impl ProcessFunction<u64, (u64, u64)> for Stamp {
         if self.index == 1 && self.n > self.quiet_after {
             return Ok(());
         }
-        out.collect((key, self.n * 10))
+        out.collect((key, self.n * self.step))
     }
 }
 
@@ -398,6 +409,7 @@ fn quiet_subtask(idleness: Option<Duration>) -> BTreeMap<u64, u64> {
         .process(
             "stamp",
             Stamp {
+                step: 10,
                 quiet_after: 50,
                 index: 0,
                 n: 0,
@@ -439,4 +451,74 @@ fn an_idle_input_holds_the_watermark_back_unless_the_strategy_has_idleness() {
             assert_eq!(*total, 100, "window {window}: {fired:?}");
         }
     }
+}
+
+/// Counts what it is given, and what it is given after a savepoint's synchronous phase,
+/// which it makes slow (a large state, a slow disk) so that anything still moving after
+/// the barrier reaches it.
+#[derive(Clone, Default)]
+struct AfterSavepoint {
+    savepoint_taken: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    written_after: Arc<AtomicU64>,
+}
+
+impl Checkpointed for AfterSavepoint {
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> cairn_runtime::Result<()> {
+        if ctx.is_savepoint {
+            std::thread::sleep(Duration::from_millis(300));
+            self.savepoint_taken.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+impl Sink<(u64, u64, u64)> for AfterSavepoint {
+    fn write(&mut self, _record: (u64, u64, u64)) -> cairn_runtime::Result<()> {
+        self.written.fetch_add(1, Ordering::SeqCst);
+        if self.savepoint_taken.load(Ordering::SeqCst) {
+            self.written_after.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// A stop-with-savepoint stops the assigners at its barrier (as a stopped source emits
+/// nothing in Flink): no watermark follows it, so no window fires after the savepoint
+/// (it would fire again after a restore from it).
+#[test]
+fn no_event_time_timer_fires_after_a_stop_with_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = AfterSavepoint::default();
+    // Every record opens a window: any watermark after the barrier would fire one.
+    let stamp = Stamp {
+        step: WINDOW,
+        quiet_after: u64::MAX,
+        index: 0,
+        n: 0,
+    };
+    let graph = source("source", GeneratorSource::new(1_000_000, 5, 3))
+        .process("stamp", stamp)
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|(_, t): &(u64, u64)| *t),
+        )
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .process("windows", KeyWindows)
+        .sink("sink", sink.clone());
+    let mut cfg = common::config(dir.path(), 60_000);
+    cfg.records_per_second = Some(2_000);
+    cfg.auto_watermark_interval = Duration::from_millis(20);
+    let handle = Job::new(graph, cfg).start().expect("start");
+    let started = Instant::now();
+    while sink.written.load(Ordering::SeqCst) < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no window fired"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.stop_with_savepoint(None).expect("savepoint");
+    handle.wait().expect("job");
+    assert_eq!(sink.written_after.load(Ordering::SeqCst), 0);
 }
