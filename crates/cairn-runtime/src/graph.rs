@@ -534,8 +534,16 @@ impl<T: Data> Stream<T> {
         self
     }
 
-    /// Adds a non-keyed operator, chained into the current stage.
-    pub fn process<U: Data, F: ProcessFunction<T, U>>(self, uid: &str, f: F) -> Stream<U> {
+    /// Adds operator `uid` to the current stage: `make` builds a subtask's instance in
+    /// front of the rest of the chain.
+    fn chained<U: Data>(
+        self,
+        uid: &str,
+        make: impl Fn(&mut BuildCtx, &str, Box<dyn Chain<U>>) -> Result<Box<dyn Chain<T>>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Stream<U> {
         let Stream {
             done,
             mut uids,
@@ -545,7 +553,6 @@ impl<T: Data> Stream<T> {
         } = self;
         uids.push(uid.to_string());
         let uid = uid.to_string();
-        let f = Prototype::new(f);
         Stream {
             done,
             uids,
@@ -554,11 +561,19 @@ impl<T: Data> Stream<T> {
             open: Box::new(move |rest: ChainFactory<U>| {
                 open(Arc::new(move |ctx: &mut BuildCtx| {
                     let next = rest(ctx)?;
-                    let setup = ctx.plain_setup(&uid)?;
-                    Ok(Box::new(ProcessOp::new(setup, f.get()?, next)?) as Box<dyn Chain<T>>)
+                    make(ctx, &uid, next)
                 }))
             }),
         }
+    }
+
+    /// Adds a non-keyed operator, chained into the current stage.
+    pub fn process<U: Data, F: ProcessFunction<T, U>>(self, uid: &str, f: F) -> Stream<U> {
+        let f = Prototype::new(f);
+        self.chained(uid, move |ctx, uid, next| {
+            let setup = ctx.plain_setup(uid)?;
+            Ok(Box::new(ProcessOp::new(setup, f.get()?, next)?))
+        })
     }
 
     /// Adds an operator with uid `uid`, chained into the current stage, that reads the
@@ -570,29 +585,10 @@ impl<T: Data> Stream<T> {
         uid: &str,
         strategy: WatermarkStrategy<T>,
     ) -> Stream<T> {
-        let Stream {
-            done,
-            mut uids,
-            parallelism,
-            is_source,
-            open,
-        } = self;
-        uids.push(uid.to_string());
-        let uid = uid.to_string();
-        Stream {
-            done,
-            uids,
-            parallelism,
-            is_source,
-            open: Box::new(move |rest: ChainFactory<T>| {
-                open(Arc::new(move |ctx: &mut BuildCtx| {
-                    let next = rest(ctx)?;
-                    let setup = ctx.plain_setup(&uid)?;
-                    let op = AssignOp::new(setup, strategy.clone(), next)?;
-                    Ok(Box::new(op) as Box<dyn Chain<T>>)
-                }))
-            }),
-        }
+        self.chained(uid, move |ctx, uid, next| {
+            let setup = ctx.plain_setup(uid)?;
+            Ok(Box::new(AssignOp::new(setup, strategy.clone(), next)?))
+        })
     }
 
     /// One record in, one out.
@@ -859,28 +855,10 @@ impl<K: Key, T: Data> Stream<(K, T)> {
     where
         F: KeyedProcessFunction<Key = K, In = T>,
     {
-        let Stream {
-            done,
-            mut uids,
-            parallelism,
-            is_source,
-            open,
-        } = self;
-        uids.push(uid.to_string());
-        let uid = uid.to_string();
         let f = Prototype::new(f);
-        Stream {
-            done,
-            uids,
-            parallelism,
-            is_source,
-            open: Box::new(move |rest: ChainFactory<F::Out>| {
-                open(Arc::new(move |ctx: &mut BuildCtx| {
-                    let next = rest(ctx)?;
-                    build_keyed(ctx, &uid, f.get()?, next)
-                }))
-            }),
-        }
+        self.chained(uid, move |ctx, uid, next| {
+            build_keyed(ctx, uid, f.get()?, next)
+        })
     }
 }
 
