@@ -66,10 +66,90 @@ pub(crate) enum Notification {
     Aborted(u64),
 }
 
+/// Records with their timestamps (event time in milliseconds, where a record has one:
+/// [`Collector::timestamp`]), in order. The timestamps are a column beside the records,
+/// empty while no record of the batch has one, so a stream without event time carries
+/// nothing more than its records.
+#[derive(Debug)]
+pub(crate) struct Batch<T> {
+    records: Vec<T>,
+    /// The timestamps of the records up to the last one that has a timestamp (empty when
+    /// none has); the records after it have none.
+    timestamps: Vec<Option<u64>>,
+}
+
+impl<T> Batch<T> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(n),
+            timestamps: Vec::new(),
+        }
+    }
+
+    /// Records without timestamps.
+    #[cfg(test)]
+    pub(crate) fn from_records(records: Vec<T>) -> Self {
+        Self {
+            records,
+            timestamps: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, record: T, timestamp: Option<u64>) {
+        if timestamp.is_some() {
+            // The records since the last timestamp have none.
+            self.timestamps.resize(self.records.len(), None);
+            self.timestamps.push(timestamp);
+        }
+        self.records.push(record);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records, and their timestamps (see [`Batch::timestamp`] for those left out).
+    pub(crate) fn into_parts(self) -> (Vec<T>, Vec<Option<u64>>) {
+        (self.records, self.timestamps)
+    }
+
+    /// The timestamp of record `i` (none past the column's end).
+    pub(crate) fn timestamp(&self, i: usize) -> Option<u64> {
+        self.timestamps.get(i).copied().flatten()
+    }
+
+    /// The records with their timestamps, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&T, Option<u64>)> {
+        self.records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r, self.timestamp(i)))
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = (T, Option<u64>);
+    type IntoIter = std::iter::Zip<
+        std::vec::IntoIter<T>,
+        std::iter::Chain<std::vec::IntoIter<Option<u64>>, std::iter::Repeat<Option<u64>>>,
+    >;
+
+    /// The records with their timestamps, in order.
+    fn into_iter(self) -> Self::IntoIter {
+        let timestamps = self.timestamps.into_iter().chain(std::iter::repeat(None));
+        self.records.into_iter().zip(timestamps)
+    }
+}
+
 /// The data lane of a channel.
 #[derive(Debug)]
 pub(crate) enum DataMsg<T> {
-    Batch(Vec<T>),
+    Batch(Batch<T>),
     /// The barrier's place in the data, behind the batches sent before it. The receiver
     /// usually learns of the barrier earlier, from the event lane; this marker makes sure it
     /// never reads past the barrier without knowing.
@@ -192,13 +272,13 @@ pub(crate) fn send_blocking<T>(tx: &Sender<T>, mut msg: T, shared: &TaskShared) 
 
 /// An element of a task's operator chain, receiving records of type `T`.
 pub(crate) trait Chain<T>: Send {
-    /// Processes one record.
-    fn push(&mut self, record: T) -> Result<()>;
+    /// Processes one record with its timestamp (`None`: it has none).
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()>;
     /// Processes the records of a batch in order (one dynamic call per batch: the loop
     /// calls [`Chain::push`] of the implementing type directly).
-    fn push_batch(&mut self, batch: Vec<T>) -> Result<()> {
-        for record in batch {
-            self.push(record)?;
+    fn push_batch(&mut self, batch: Batch<T>) -> Result<()> {
+        for (record, timestamp) in batch {
+            self.push(record, timestamp)?;
         }
         Ok(())
     }
@@ -343,10 +423,8 @@ where
     Out: Send + 'static,
 {
     #[inline]
-    fn push(&mut self, record: In) -> Result<()> {
-        let mut out = Collector {
-            next: self.next.as_mut(),
-        };
+    fn push(&mut self, record: In, timestamp: Option<u64>) -> Result<()> {
+        let mut out = Collector::new(self.next.as_mut(), timestamp);
         self.f
             .process(record, &mut out)
             .map_err(|e| e.with_uid(&self.setup.uid))
@@ -368,9 +446,7 @@ where
     }
 
     fn finish(&mut self) -> Result<()> {
-        let mut out = Collector {
-            next: self.next.as_mut(),
-        };
+        let mut out = Collector::new(self.next.as_mut(), None);
         self.f
             .finish(&mut out)
             .map_err(|e| e.with_uid(&self.setup.uid))?;
@@ -457,24 +533,32 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
 impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for KeyedOp<F, B> {
     /// Processes the batch [`PREFETCH_CHUNK`] records at a time, hinting the backend at the
     /// next chunk's keys before each chunk.
-    fn push_batch(&mut self, batch: Vec<(F::Key, F::In)>) -> Result<()> {
-        let mut records = batch.into_iter();
+    fn push_batch(&mut self, batch: Batch<(F::Key, F::In)>) -> Result<()> {
+        let (records, timestamps) = batch.into_parts();
+        let timestamp = |i: usize| timestamps.get(i).copied().flatten();
+        let mut records = records.into_iter();
+        let mut i = 0;
         if !self.backend.prefetches() {
-            return records.try_for_each(|r| self.push(r));
+            for record in records {
+                self.push(record, timestamp(i))?;
+                i += 1;
+            }
+            return Ok(());
         }
         self.hint(records.as_slice().iter().take(PREFETCH_CHUNK));
         while !records.as_slice().is_empty() {
             let next = records.as_slice().iter().skip(PREFETCH_CHUNK);
             self.hint(next.take(PREFETCH_CHUNK));
             for record in records.by_ref().take(PREFETCH_CHUNK) {
-                self.push(record)?;
+                self.push(record, timestamp(i))?;
+                i += 1;
             }
         }
         Ok(())
     }
 
     #[inline]
-    fn push(&mut self, (key, value): (F::Key, F::In)) -> Result<()> {
+    fn push(&mut self, (key, value): (F::Key, F::In), timestamp: Option<u64>) -> Result<()> {
         self.key_buf.clear();
         self.key_codec
             .encode(&key, &mut self.key_buf)
@@ -482,9 +566,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         self.backend
             .set_current_key(&self.key_buf)
             .in_op(&self.setup.uid)?;
-        let mut out = Collector {
-            next: self.next.as_mut(),
-        };
+        let mut out = Collector::new(self.next.as_mut(), timestamp);
         let timers = self.timers.service();
         self.f
             .process(
@@ -580,9 +662,10 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
             .key_codec
             .decode(key_bytes)
             .map_err(|e| RuntimeError::user(uid, format!("timer key decoding: {e}")))?;
-        let mut out = Collector {
-            next: self.next.as_mut(),
-        };
+        // What an event-time timer emits has the timer's time as its timestamp; what a
+        // processing-time timer emits has none (as in Flink).
+        let timestamp = (domain == TimeDomain::EventTime).then_some(time);
+        let mut out = Collector::new(self.next.as_mut(), timestamp);
         let timers = self.timers.service();
         self.f
             .on_timer(
@@ -644,7 +727,7 @@ impl<S> SinkOp<S> {
 
 impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
     #[inline]
-    fn push(&mut self, record: In) -> Result<()> {
+    fn push(&mut self, record: In, _timestamp: Option<u64>) -> Result<()> {
         self.sink
             .write(record)
             .map_err(|e| e.with_uid(&self.setup.uid))
@@ -745,7 +828,7 @@ pub(crate) struct ExchangeOut<R: Route<T>, T> {
     index: usize,
     senders: Vec<Sender<DataMsg<R::Item>>>,
     events: Vec<Sender<TaskEvent>>,
-    buffers: Vec<Vec<R::Item>>,
+    buffers: Vec<Batch<R::Item>>,
     sent: Vec<u64>,
     batch_size: usize,
     shared: Arc<TaskShared>,
@@ -770,7 +853,7 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
             index,
             senders,
             events,
-            buffers: (0..n).map(|_| Vec::with_capacity(batch_size)).collect(),
+            buffers: (0..n).map(|_| Batch::with_capacity(batch_size)).collect(),
             sent: vec![0; n],
             batch_size: batch_size.max(1),
             shared,
@@ -783,7 +866,7 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
         if self.buffers[i].is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.buffers[i], Vec::with_capacity(self.batch_size));
+        let batch = std::mem::replace(&mut self.buffers[i], Batch::with_capacity(self.batch_size));
         send_blocking(&self.senders[i], DataMsg::Batch(batch), &self.shared)?;
         self.sent[i] += 1;
         Ok(())
@@ -792,9 +875,9 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
 
 impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
     #[inline]
-    fn push(&mut self, record: T) -> Result<()> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
         let (i, item) = self.route.route(record, self.senders.len())?;
-        self.buffers[i].push(item);
+        self.buffers[i].push(item, timestamp);
         if self.buffers[i].len() >= self.batch_size {
             self.send_buffer(i)?;
         }
@@ -867,5 +950,39 @@ impl<R: Route<T>, T: Send> ExchangeOut<R, T> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch carries no timestamp column until a record has a timestamp; every record
+    /// reads back with its own timestamp or none.
+    #[test]
+    fn a_batch_keeps_each_records_timestamp_and_none_before_the_first() {
+        let mut b = Batch::with_capacity(4);
+        b.push('a', None);
+        b.push('b', None);
+        assert!(b.timestamps.is_empty(), "no column without timestamps");
+        b.push('c', Some(30));
+        b.push('d', None);
+        b.push('e', Some(0));
+        let expected = vec![
+            ('a', None),
+            ('b', None),
+            ('c', Some(30)),
+            ('d', None),
+            ('e', Some(0)),
+        ];
+        let by_ref: Vec<_> = b.iter().map(|(r, t)| (*r, t)).collect();
+        assert_eq!(by_ref, expected);
+        assert_eq!(b.len(), 5);
+        assert_eq!(b.into_iter().collect::<Vec<_>>(), expected);
+        let plain = Batch::from_records(vec![1, 2]);
+        assert_eq!(
+            plain.into_iter().collect::<Vec<_>>(),
+            vec![(1, None), (2, None)]
+        );
     }
 }

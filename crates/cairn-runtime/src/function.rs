@@ -89,21 +89,53 @@ pub trait Checkpointed {
 }
 
 /// Where a function emits records: the next operator of the chain, called directly.
+///
+/// It also holds the timestamp of the record being processed (Flink's
+/// `Context.timestamp()`), which [`Collector::collect`] gives to every record it emits.
 pub struct Collector<'a, T> {
-    pub(crate) next: &'a mut dyn Chain<T>,
+    next: &'a mut dyn Chain<T>,
+    timestamp: Option<u64>,
 }
 
 impl<T> std::fmt::Debug for Collector<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Collector")
+        f.debug_struct("Collector")
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
     }
 }
 
-impl<T> Collector<'_, T> {
-    /// Emits one record downstream.
+impl<'a, T> Collector<'a, T> {
+    /// A collector into `next` for a record with `timestamp`.
+    pub(crate) fn new(next: &'a mut dyn Chain<T>, timestamp: Option<u64>) -> Self {
+        Self { next, timestamp }
+    }
+
+    /// Emits one record downstream, with the timestamp of the record being processed
+    /// ([`Collector::timestamp`]).
     #[inline]
     pub fn collect(&mut self, record: T) -> Result<()> {
-        self.next.push(record)
+        self.next.push(record, self.timestamp)
+    }
+
+    /// Emits one record downstream with the event time `timestamp` (milliseconds), as
+    /// Flink's `collectWithTimestamp` (a source) or `setAbsoluteTimestamp` (an operator)
+    /// do. An assigner downstream replaces it with its own.
+    #[inline]
+    pub fn collect_with_timestamp(&mut self, record: T, timestamp: u64) -> Result<()> {
+        self.next.push(record, Some(timestamp))
+    }
+
+    /// The event time of the record being processed, in milliseconds (Flink's
+    /// `Context.timestamp()`): what an assigner upstream
+    /// ([`crate::Stream::assign_timestamps_and_watermarks`]) or a function emitting it with
+    /// [`Collector::collect_with_timestamp`] gave it, carried through every operator and
+    /// exchange since. `None` when the record has none (no assigner upstream), in a
+    /// source's `poll`, in a function's `finish`, and in `on_timer` of a processing-time
+    /// timer; in `on_timer` of an event-time timer it is the timer's time.
+    #[inline]
+    pub fn timestamp(&self) -> Option<u64> {
+        self.timestamp
     }
 }
 

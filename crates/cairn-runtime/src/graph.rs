@@ -28,6 +28,7 @@ use crate::function::{
     Checkpointed, Collector, Data, FnProcess, Key, KeyedProcessFunction, ProcessFunction, Sink,
     Source, SubtaskInfo,
 };
+use crate::inflight::InflightCodec;
 use crate::task::{
     AlignConfig, InflightConfig, InputTask, SourceLimits, SourceTask, Task, TaskLink,
 };
@@ -354,10 +355,10 @@ impl BuildCtx {
     fn restored_inflight<X: Data>(
         &self,
         uid: &str,
-        codec: &BincodeCodec<X>,
+        codec: &InflightCodec<X>,
         mode: Redistribution,
         keep: impl Fn(&X) -> Result<bool>,
-    ) -> Result<Vec<X>> {
+    ) -> Result<Vec<(X, Option<u64>)>> {
         let Some(r) = &self.restore else {
             return Ok(Vec::new());
         };
@@ -393,21 +394,25 @@ impl BuildCtx {
         }
         let mut out = Vec::new();
         for s in shares.swap_remove(index) {
-            if !s.codec.is_compatible_with(codec.identity()) {
+            let Some(layout) = codec.decoder(&s.codec) else {
+                let job = codec.record_identity();
                 return Err(restore_err(format!(
-                    "stored record type {} v{} but the job's input is {} v{}",
+                    "stored record type {} v{} in encoding {} but the job's input is {} v{} \
+                     (encoding {})",
                     s.codec.type_name,
                     s.codec.version,
-                    codec.identity().type_name,
-                    codec.identity().version
+                    s.codec.encoding,
+                    job.type_name,
+                    job.version,
+                    codec.identity().encoding
                 )));
-            }
-            for bytes in &s.elements {
-                let x = codec
-                    .decode(bytes)
-                    .map_err(|e| restore_err(e.to_string()))?;
+            };
+            for (i, bytes) in s.elements.iter().enumerate() {
+                let (x, timestamp) = codec
+                    .decode(layout, bytes)
+                    .map_err(|e| restore_err(format!("record {i}: {e}")))?;
                 if keep(&x)? {
-                    out.push(x);
+                    out.push((x, timestamp));
                 }
             }
         }
@@ -754,7 +759,7 @@ fn input_task<X: Data>(
         .first()
         .cloned()
         .ok_or_else(|| RuntimeError::Config("a stage without operators".into()))?;
-    let codec = BincodeCodec::<X>::new();
+    let codec = InflightCodec::<X>::new();
     let restored = ctx.restored_inflight(&uid, &codec, mode, keep)?;
     let finished = ctx.restored_finished()?;
     let link = ctx.take_link()?;

@@ -27,8 +27,9 @@
 //! job's processing clock ([`JobConfig::processing_clock`]) reaches them. They are keyed
 //! state, so checkpoints, savepoints, rescaling and backend switches carry them.
 //!
-//! Event time ([`watermarks`]): [`Stream::assign_timestamps_and_watermarks`] reads the
-//! records' timestamps and emits watermarks behind them; they flow to every downstream
+//! Event time ([`watermarks`]): [`Stream::assign_timestamps_and_watermarks`] gives each
+//! record its timestamp, which travels with it from then on ([`Collector::timestamp`]),
+//! and emits watermarks behind them; they flow to every downstream
 //! subtask, a task's watermark is the smallest of its inputs', and a keyed operator fires
 //! its event-time timers as its watermark passes them, and all of them at the end of the
 //! input.
@@ -54,6 +55,7 @@ mod error;
 pub mod function;
 pub mod functions;
 mod graph;
+pub mod inflight;
 mod job;
 pub mod sinks;
 pub mod sources;

@@ -366,7 +366,7 @@ mod tests {
     struct Collect<T>(Vec<T>);
 
     impl<T: Send> Chain<T> for Collect<T> {
-        fn push(&mut self, record: T) -> Result<()> {
+        fn push(&mut self, record: T, _timestamp: Option<u64>) -> Result<()> {
             self.0.push(record);
             Ok(())
         }
@@ -445,7 +445,7 @@ mod tests {
     ) -> (Vec<u64>, SourceStatus) {
         let mut chain = Collect(Vec::new());
         let status = g
-            .poll(&mut Collector { next: &mut chain }, max)
+            .poll(&mut Collector::new(&mut chain, None), max)
             .expect("poll");
         (chain.0.iter().map(|k| index[k]).collect(), status)
     }
@@ -558,7 +558,7 @@ mod tests {
                 break;
             }
             let status = f
-                .poll(&mut Collector { next: &mut chain }, left.min(16))
+                .poll(&mut Collector::new(&mut chain, None), left.min(16))
                 .expect("poll");
             if status == SourceStatus::End {
                 break;

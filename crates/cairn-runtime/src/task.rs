@@ -6,20 +6,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_core::{BincodeCodec, Codec, KeyGroupRange, OperatorStateSnapshot, Redistribution};
+use cairn_core::{KeyGroupRange, OperatorStateSnapshot, Redistribution};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 
 use crate::chain::{
-    Barrier, BarrierKind, Chain, DataMsg, Notification, OpSetup, SyncPhase, TaskEvent, TaskShared,
+    Barrier, BarrierKind, Batch, Chain, DataMsg, Notification, OpSetup, SyncPhase, TaskEvent,
+    TaskShared,
 };
 use crate::config::CheckpointingMode;
 use crate::coordinator::{CoordMsg, TaskId};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Collector, Source, SourceStatus};
+use crate::inflight::InflightCodec;
 use crate::watermarks::{Mark, Valve};
 
 /// The name of the operator state that holds a task's in-flight input records in an
-/// unaligned checkpoint (on the task's first operator).
+/// unaligned checkpoint (on the task's first operator), each with its timestamp
+/// ([`crate::inflight`] has the layout).
 pub const INFLIGHT_STATE: &str = "cairn.inflight";
 
 /// Restored in-flight records replayed between two looks at the cancellation flag.
@@ -108,9 +111,9 @@ struct Counted<T> {
 
 impl<T> Chain<T> for Counted<T> {
     #[inline]
-    fn push(&mut self, record: T) -> Result<()> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
         self.count += 1;
-        self.next.push(record)
+        self.next.push(record, timestamp)
     }
     fn mark(&mut self, mark: Mark) -> Result<()> {
         self.next.mark(mark)
@@ -288,9 +291,7 @@ impl<S: Source> Task for SourceTask<S> {
                 } else {
                     let before = self.chain.count;
                     let status = {
-                        let mut out = Collector {
-                            next: &mut self.chain,
-                        };
+                        let mut out = Collector::new(&mut self.chain, None);
                         self.source
                             .poll(&mut out, max)
                             .map_err(|e| e.with_uid(&self.setup.uid))?
@@ -330,7 +331,7 @@ impl<S: Source> Task for SourceTask<S> {
 
 /// How a task stores its in-flight input in an unaligned checkpoint.
 pub(crate) struct InflightConfig<X> {
-    pub(crate) codec: BincodeCodec<X>,
+    pub(crate) codec: InflightCodec<X>,
     /// Union for keyed inputs (each new subtask keeps its key groups), split otherwise.
     pub(crate) mode: Redistribution,
     /// The task's first operator, which carries the state.
@@ -339,7 +340,7 @@ pub(crate) struct InflightConfig<X> {
 
 /// What a channel's replay queue holds, in the channel's order.
 enum Queued<X> {
-    Batch(Vec<X>),
+    Batch(Batch<X>),
     Mark(Mark),
 }
 
@@ -383,7 +384,7 @@ impl<X> InChannel<X> {
 
 /// What [`InputTask::take`] found.
 enum Taken<X> {
-    Batch(Vec<X>),
+    Batch(Batch<X>),
     Mark(Mark),
     /// A barrier marker or the end of the channel.
     State,
@@ -415,7 +416,8 @@ pub(crate) struct InputTask<X> {
     link: TaskLink,
     config: AlignConfig,
     inflight: InflightConfig<X>,
-    restored: Vec<X>,
+    /// In-flight records of the unaligned checkpoint restored from, with their timestamps.
+    restored: Vec<(X, Option<u64>)>,
     align: Option<Align>,
     /// Barriers with ids up to this one are done here (snapshotted or given up).
     last_handled: u64,
@@ -444,7 +446,7 @@ impl<X: crate::function::Data> InputTask<X> {
         link: TaskLink,
         config: AlignConfig,
         inflight: InflightConfig<X>,
-        restored: Vec<X>,
+        restored: Vec<(X, Option<u64>)>,
         restored_finished: bool,
     ) -> Self {
         let n = inputs.len();
@@ -568,10 +570,10 @@ impl<X: crate::function::Data> InputTask<X> {
             .is_some_and(|a| a.unaligned && a.recording[i])
     }
 
-    fn record(codec: &BincodeCodec<X>, batch: &[X], a: &mut Align) -> Result<()> {
-        for r in batch {
+    fn record(codec: &InflightCodec<X>, batch: &Batch<X>, a: &mut Align) -> Result<()> {
+        for (r, timestamp) in batch.iter() {
             let bytes = codec
-                .encode_to_vec(r)
+                .encode(r, timestamp)
                 .map_err(|e| RuntimeError::Checkpoint {
                     checkpoint_id: a.barrier.id,
                     reason: format!("cannot encode an in-flight record: {e}"),
@@ -581,7 +583,22 @@ impl<X: crate::function::Data> InputTask<X> {
         Ok(())
     }
 
-    fn process(&mut self, batch: Vec<X>) -> Result<()> {
+    /// Replays the in-flight records of the unaligned checkpoint restored from, with their
+    /// timestamps. A replay can be long (deep channels, a slow operator), and it runs
+    /// before the loop that watches for cancellation: without the check a task went on
+    /// replaying (running user code) for all of it after the job was cancelled or another
+    /// task had failed, and the teardown and restart waited for it.
+    fn replay_restored(&mut self) -> Result<()> {
+        for (i, (record, timestamp)) in std::mem::take(&mut self.restored).into_iter().enumerate() {
+            if i % REPLAY_CANCEL_CHECK == 0 && self.link.shared.cancelled() {
+                return Err(RuntimeError::Cancelled);
+            }
+            self.chain.push(record, timestamp)?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: Batch<X>) -> Result<()> {
         self.chain.push_batch(batch)
     }
 
@@ -983,17 +1000,7 @@ impl<X: crate::function::Data> InputTask<X> {
 
 impl<X: crate::function::Data> Task for InputTask<X> {
     fn run(mut self: Box<Self>) -> Result<()> {
-        // Replay the in-flight records of the unaligned checkpoint restored from. A replay
-        // can be long (deep channels, a slow operator), and it runs before the loop that
-        // watches for cancellation: without this check a task went on replaying (running
-        // user code) for all of it after the job was cancelled or another task had failed,
-        // and the teardown and restart waited for it.
-        for (i, r) in std::mem::take(&mut self.restored).into_iter().enumerate() {
-            if i % REPLAY_CANCEL_CHECK == 0 && self.link.shared.cancelled() {
-                return Err(RuntimeError::Cancelled);
-            }
-            self.chain.push(r)?;
-        }
+        self.replay_restored()?;
         loop {
             if self.drain_events()? {
                 return Ok(());
@@ -1030,6 +1037,8 @@ mod tests {
     #[derive(Default)]
     struct Seen {
         records: Vec<u64>,
+        /// The timestamp of each record.
+        timestamps: Vec<Option<u64>>,
         /// Watermarks forwarded to the chain, each after the records before it.
         watermarks: Vec<(usize, u64)>,
         /// Per snapshot: how many watermarks were forwarded before it.
@@ -1044,12 +1053,10 @@ mod tests {
     struct Recorder(Arc<Mutex<Seen>>);
 
     impl Chain<u64> for Recorder {
-        fn push(&mut self, record: u64) -> Result<()> {
-            self.0
-                .lock()
-                .map_err(|_| RuntimeError::Cancelled)?
-                .records
-                .push(record);
+        fn push(&mut self, record: u64, timestamp: Option<u64>) -> Result<()> {
+            let mut seen = self.0.lock().map_err(|_| RuntimeError::Cancelled)?;
+            seen.records.push(record);
+            seen.timestamps.push(timestamp);
             Ok(())
         }
         fn mark(&mut self, mark: Mark) -> Result<()> {
@@ -1113,6 +1120,15 @@ mod tests {
 
         /// `restored_finished`: restored from a snapshot in which the task had finished.
         fn restored(channels: usize, restored_finished: bool) -> Self {
+            Self::build(channels, restored_finished, Vec::new())
+        }
+
+        /// Restored with in-flight records to replay.
+        fn build(
+            channels: usize,
+            restored_finished: bool,
+            inflight: Vec<(u64, Option<u64>)>,
+        ) -> Self {
             let (data, inputs): (Vec<_>, Vec<_>) = (0..channels).map(|_| unbounded()).unzip();
             let (events, events_rx) = unbounded();
             let (coord_tx, coord) = unbounded();
@@ -1141,11 +1157,11 @@ mod tests {
                     aligned_timeout: Duration::from_secs(3600),
                 },
                 InflightConfig {
-                    codec: BincodeCodec::new(),
+                    codec: InflightCodec::new(),
                     mode: Redistribution::Split,
                     uid: "op".into(),
                 },
-                Vec::new(),
+                inflight,
                 restored_finished,
             );
             Self {
@@ -1159,8 +1175,21 @@ mod tests {
         }
 
         fn batch(&mut self, channel: usize, records: &[u64]) {
+            let batch = Batch::from_records(records.to_vec());
             self.data[channel]
-                .send(DataMsg::Batch(records.to_vec()))
+                .send(DataMsg::Batch(batch))
+                .expect("send batch");
+            self.sent[channel] += 1;
+        }
+
+        /// A batch of records with timestamps.
+        fn stamped_batch(&mut self, channel: usize, records: &[(u64, Option<u64>)]) {
+            let mut batch = Batch::with_capacity(records.len());
+            for &(r, t) in records {
+                batch.push(r, t);
+            }
+            self.data[channel]
+                .send(DataMsg::Batch(batch))
                 .expect("send batch");
             self.sent[channel] += 1;
         }
@@ -1599,5 +1628,53 @@ mod tests {
         assert_eq!(h.snapshots(), vec![(1, true)]);
         assert_eq!(h.records(), vec![1, 2]);
         assert_eq!(h.watermarks(), vec![(1, 10), (2, 100)]);
+    }
+
+    /// An unaligned checkpoint stores each in-flight record with its timestamp (or none),
+    /// and a task restored from it replays them with their timestamps.
+    #[test]
+    fn in_flight_records_are_stored_and_replayed_with_their_timestamps() {
+        let mut h = Harness::new(2);
+        h.stamped_batch(1, &[(1, Some(100)), (2, None), (3, Some(u64::MAX))]);
+        h.batch(1, &[4]);
+        h.barrier(1, barrier(1, BarrierKind::Checkpoint, true));
+        h.barrier(0, barrier(1, BarrierKind::Checkpoint, true));
+        h.run_idle();
+        let expected = vec![(1, Some(100)), (2, None), (3, Some(u64::MAX)), (4, None)];
+        let processed = |h: &Harness| {
+            let seen = h.seen.lock().expect("lock");
+            let pairs = seen
+                .records
+                .iter()
+                .copied()
+                .zip(seen.timestamps.iter().copied());
+            pairs.collect::<Vec<_>>()
+        };
+        assert_eq!(processed(&h), expected, "processed with their timestamps");
+        let codec = InflightCodec::<u64>::new();
+        let stored: Vec<(u64, Option<u64>)> = h
+            .coord
+            .try_iter()
+            .filter_map(|m| match m {
+                CoordMsg::Inflight { state, .. } => state,
+                _ => None,
+            })
+            .flat_map(|s| {
+                let layout = codec.decoder(&s.codec).expect("the in-flight codec");
+                assert_eq!(layout, crate::inflight::Layout::Timestamped);
+                s.elements
+                    .iter()
+                    .map(|e| codec.decode(layout, e).expect("decode"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(stored, expected, "stored with their timestamps");
+        let mut restored = Harness::build(1, false, stored);
+        restored.task.replay_restored().expect("replay");
+        assert_eq!(
+            processed(&restored),
+            expected,
+            "replayed with their timestamps"
+        );
     }
 }

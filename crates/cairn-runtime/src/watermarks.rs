@@ -43,8 +43,11 @@
 //! input that sends no watermark (a source subtask without records that does not end,
 //! or a stream with no assigner upstream) holds its task's watermark back.
 //!
-//! Not built: per-record timestamps. Records do not carry their timestamp, so a function
-//! that needs it computes it from the record.
+//! Timestamps travel with the records: the assigner gives each record the timestamp it
+//! reads, and every operator and exchange after it carries it along; a function reads it
+//! with [`crate::Collector::timestamp`] (Flink's `Context.timestamp()`), and what it
+//! emits gets it too (see there for where a record has none). Unaligned checkpoints store
+//! each in-flight record's timestamp with it ([`crate::inflight`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -214,7 +217,7 @@ impl<T> AssignOp<T> {
 
 impl<T: Send> Chain<T> for AssignOp<T> {
     #[inline]
-    fn push(&mut self, record: T) -> Result<()> {
+    fn push(&mut self, record: T, _timestamp: Option<u64>) -> Result<()> {
         if self.idle {
             self.idle = false;
             self.last_active = Instant::now();
@@ -222,7 +225,7 @@ impl<T: Send> Chain<T> for AssignOp<T> {
         }
         let timestamp = (self.strategy.timestamp)(&record);
         self.max_timestamp = Some(self.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
-        self.next.push(record)?;
+        self.next.push(record, Some(timestamp))?;
         self.unchecked += 1;
         if self.unchecked >= CHECK_EVERY {
             self.maybe_emit()?;
@@ -435,15 +438,17 @@ mod tests {
     /// What reached the end of an assigner's chain, in order.
     #[derive(Debug, PartialEq)]
     enum Seen {
-        Record(u64),
+        /// A record and its timestamp.
+        Record(u64, Option<u64>),
         Mark(Mark),
     }
 
     struct Log(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
 
     impl Chain<u64> for Log {
-        fn push(&mut self, record: u64) -> Result<()> {
-            self.0.lock().expect("lock").push(Seen::Record(record));
+        fn push(&mut self, record: u64, timestamp: Option<u64>) -> Result<()> {
+            let seen = Seen::Record(record, timestamp);
+            self.0.lock().expect("lock").push(seen);
             Ok(())
         }
         fn mark(&mut self, mark: Mark) -> Result<()> {
@@ -510,9 +515,13 @@ mod tests {
         let (mut op, log) = assigner(strategy);
         let take = || std::mem::take(&mut *log.lock().expect("lock"));
         op.mark(Watermark(1_000)).expect("upstream mark");
-        op.push(100).expect("push");
-        op.push(50).expect("push");
-        assert_eq!(take(), vec![Seen::Record(100), Seen::Record(50)]);
+        op.push(100, None).expect("push");
+        op.push(50, Some(7)).expect("push");
+        assert_eq!(
+            take(),
+            vec![Seen::Record(100, Some(100)), Seen::Record(50, Some(50))],
+            "each record gets the strategy's timestamp, replacing the one it had"
+        );
         op.flush().expect("flush");
         assert_eq!(take(), vec![Seen::Mark(Watermark(89))]);
         op.flush().expect("flush");
@@ -523,15 +532,15 @@ mod tests {
         );
         op.flush().expect("flush");
         assert_eq!(take(), vec![]);
-        op.push(95).expect("push");
+        op.push(95, None).expect("push");
         op.flush().expect("flush");
         assert_eq!(
             take(),
-            vec![Seen::Mark(Active), Seen::Record(95)],
+            vec![Seen::Mark(Active), Seen::Record(95, Some(95))],
             "the watermark did not rise"
         );
         for t in 0..64 {
-            op.push(200 + t).expect("push");
+            op.push(200 + t, None).expect("push");
         }
         let seen = take();
         assert_eq!(seen.len(), 65);

@@ -16,6 +16,12 @@
 //! Either function emits a marker on a late event or a window that fires twice, which the
 //! exact comparison with the model catches; so would a watermark forwarded ahead of the
 //! records or timer output before it, or a timer lost or fired twice across a restore.
+//!
+//! Both functions also check the timestamps records carry ([`Collector::timestamp`]): an
+//! event has the assigner's (its own time) in `windows`, through the exchange (and, in the
+//! unaligned test, through in-flight storage and replay); a count has its event-time
+//! timer's time in `totals`, through a chained function and another exchange. A record
+//! without its timestamp, or with another, counts as broken.
 
 mod common;
 
@@ -87,7 +93,8 @@ impl KeyedProcessFunction for KeyWindows {
     ) -> cairn_runtime::Result<()> {
         let window = timestamp - timestamp % WINDOW;
         let end = window + WINDOW - 1;
-        if timers.current_watermark().is_some_and(|w| w >= end) {
+        let late = timers.current_watermark().is_some_and(|w| w >= end);
+        if late || out.timestamp() != Some(timestamp) {
             return out.collect((window, *key, BROKEN));
         }
         let count = backend.map_get(*state, &(), &window)?.unwrap_or(0);
@@ -141,12 +148,14 @@ impl KeyedProcessFunction for WindowTotals {
         (_, _, count): (u64, u64, u64),
         backend: &mut B,
         timers: &mut TimerService,
-        _out: &mut Collector<'_, (u64, u64)>,
+        out: &mut Collector<'_, (u64, u64)>,
     ) -> cairn_runtime::Result<()> {
         let end = window + WINDOW - 1;
         let late = timers.current_watermark().is_some_and(|w| w >= end);
+        // A count is emitted by the timer at its window's end.
+        let stamped = out.timestamp() == Some(end);
         let total = backend.map_get(*state, &(), &0)?.unwrap_or(0);
-        let total = if late || count == BROKEN {
+        let total = if late || count == BROKEN || !stamped {
             BROKEN
         } else {
             total.saturating_add(count)
