@@ -126,6 +126,12 @@ impl<'a, T> Collector<'a, T> {
         self.next.push(record, Some(timestamp))
     }
 
+    /// Gives what [`Collector::collect`] emits from now on `timestamp` (a window's
+    /// result gets the window's last millisecond).
+    pub(crate) fn set_timestamp(&mut self, timestamp: Option<u64>) {
+        self.timestamp = timestamp;
+    }
+
     /// The event time of the record being processed, in milliseconds (Flink's
     /// `Context.timestamp()`): what an assigner upstream
     /// ([`crate::Stream::assign_timestamps_and_watermarks`]) or a function emitting it with

@@ -34,6 +34,7 @@ use crate::task::{
 };
 use crate::timers::TimeDomain;
 use crate::watermarks::{AssignOp, WatermarkStrategy};
+use crate::windows::{WindowAssigner, WindowedStream};
 
 /// The snapshot a run restores from, prepared once per run.
 pub(crate) struct Restore {
@@ -831,6 +832,13 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
             })
         });
         keyed_input.keyed(uid, f)
+    }
+
+    /// Groups each key's records into windows of time made by `assigner` (Flink's
+    /// `window`); a window function on the result makes the operator
+    /// ([`crate::windows`]).
+    pub fn window(self, assigner: WindowAssigner) -> WindowedStream<K, T> {
+        WindowedStream::new(self, assigner)
     }
 
     /// Keeps, per key, the running reduction of the values with `f`, and emits

@@ -32,7 +32,9 @@
 //! and emits watermarks behind them; they flow to every downstream
 //! subtask, a task's watermark is the smallest of its inputs', and a keyed operator fires
 //! its event-time timers as its watermark passes them, and all of them at the end of the
-//! input.
+//! input. [`KeyedStream::window`] groups a keyed stream into tumbling or sliding windows
+//! of event or processing time, with a reduce, aggregate or process function
+//! ([`windows`]).
 //!
 //! ```no_run
 //! use cairn_runtime::{source, sinks::DiscardSink, sources::GeneratorSource, Job, JobConfig};
@@ -62,6 +64,7 @@ pub mod sources;
 mod task;
 pub mod timers;
 pub mod watermarks;
+pub mod windows;
 
 /// The format of a savepoint ([`JobConfig::savepoint_format`],
 /// [`JobHandle::trigger_savepoint_as`]).
@@ -81,3 +84,8 @@ pub use job::{Job, JobHandle, JobResult};
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
+pub use windows::{
+    FnWindow, ProcessWindowFunction, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
+    TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner,
+    WindowedStream,
+};

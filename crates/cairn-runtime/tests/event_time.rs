@@ -35,9 +35,8 @@ use cairn_core::{KeyedStateBackend, MapStateDescriptor, MapStateId};
 use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
     source, CheckpointConfig, Checkpointed, Collector, InitContext, Job, JobGraph,
-    KeyedProcessFunction, ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError, Sink,
-    SnapshotContext, SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService,
-    WatermarkStrategy,
+    KeyedProcessFunction, ProcessFunction, RestartStrategy, RestoreFrom, Sink, SnapshotContext,
+    SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService, WatermarkStrategy,
 };
 
 const WINDOW: u64 = 1_000;
@@ -180,44 +179,10 @@ impl KeyedProcessFunction for WindowTotals {
     }
 }
 
-/// Parses `key timestamp` lines, failing when the lines it has parsed (over every run,
-/// replays included) reach one of `fail_at`.
-#[derive(Clone, Debug)]
-struct Parse {
-    seen: Arc<AtomicU64>,
-    fail_at: Vec<u64>,
-}
-
-impl Checkpointed for Parse {}
-
-impl ProcessFunction<String, (u64, u64)> for Parse {
-    fn process(
-        &mut self,
-        line: String,
-        out: &mut Collector<'_, (u64, u64)>,
-    ) -> cairn_runtime::Result<()> {
-        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.fail_at.contains(&n) {
-            return Err(RuntimeError::user(
-                "parse",
-                format!("injected failure at line {n}"),
-            ));
-        }
-        let mut fields = line.split(' ').map(|f| f.parse::<u64>());
-        match (fields.next(), fields.next()) {
-            (Some(Ok(key)), Some(Ok(timestamp))) => out.collect((key, timestamp)),
-            _ => Err(RuntimeError::user("parse", format!("bad line {line:?}"))),
-        }
-    }
-}
-
 /// The job; `slow`: the `windows` stage sleeps this long per emitted count, so that its
 /// input backs up and unaligned checkpoints store in-flight records.
 fn job(input: &Path, output: &Path, fail_at: Vec<u64>, slow: Option<Duration>) -> JobGraph {
-    let parse = Parse {
-        seen: Arc::new(AtomicU64::new(0)),
-        fail_at,
-    };
+    let parse = common::ParseEvents::new(fail_at);
     let windows = source("source", FileSource::new(input))
         .process("parse", parse)
         .assign_timestamps_and_watermarks(

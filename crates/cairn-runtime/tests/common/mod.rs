@@ -483,3 +483,44 @@ impl Source for HookedGenerator {
         Ok(status)
     }
 }
+
+/// Parses `key timestamp` lines, failing when the lines it has parsed (over every run,
+/// replays included) reach one of `fail_at`.
+#[derive(Clone, Debug)]
+pub struct ParseEvents {
+    seen: Arc<AtomicU64>,
+    fail_at: Vec<u64>,
+}
+
+impl ParseEvents {
+    /// Fails when the lines parsed reach each of `fail_at`.
+    pub fn new(fail_at: Vec<u64>) -> Self {
+        Self {
+            seen: Arc::new(AtomicU64::new(0)),
+            fail_at,
+        }
+    }
+}
+
+impl Checkpointed for ParseEvents {}
+
+impl ProcessFunction<String, (u64, u64)> for ParseEvents {
+    fn process(
+        &mut self,
+        line: String,
+        out: &mut Collector<'_, (u64, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_at.contains(&n) {
+            return Err(RuntimeError::user(
+                "parse",
+                format!("injected failure at line {n}"),
+            ));
+        }
+        let mut fields = line.split(' ').map(|f| f.parse::<u64>());
+        match (fields.next(), fields.next()) {
+            (Some(Ok(key)), Some(Ok(timestamp))) => out.collect((key, timestamp)),
+            _ => Err(RuntimeError::user("parse", format!("bad line {line:?}"))),
+        }
+    }
+}

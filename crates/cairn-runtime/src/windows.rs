@@ -1,0 +1,977 @@
+//! Windows on keyed streams (Flink's `WindowedStream` with its default triggers).
+//!
+//! [`KeyedStream::window`](crate::KeyedStream::window) groups each key's records into time
+//! windows made by a [`WindowAssigner`] — tumbling or sliding, in event time or processing
+//! time — and a window function turns each window's records into output when the window
+//! fires:
+//! - [`WindowedStream::reduce`] folds them with a function (state: a reducing state);
+//! - [`WindowedStream::aggregate`] adds them to an accumulator
+//!   ([`cairn_core::AggregateFunction`]; state: an aggregating state);
+//! - [`WindowedStream::process`] gets them all at once ([`ProcessWindowFunction`]; state:
+//!   a list state).
+//!
+//! `reduce` and `aggregate` emit `(key, window, result)`; `process` emits what the
+//! function collects. Every output record has the window's last millisecond
+//! ([`TimeWindow::max_timestamp`]) as its timestamp, as in Flink, so a window downstream
+//! puts it in the window that contains it.
+//!
+//! The state is keyed state in the window operator, in the window's namespace, under the
+//! name [`WINDOW_CONTENTS_STATE`]; the timers are the operator's event-time or
+//! processing-time timers. So checkpoints, savepoints, rescaling, the changelog and
+//! backend switches carry open windows like any other state.
+//!
+//! Semantics, as Flink's `WindowOperator` with `EventTimeTrigger` or
+//! `ProcessingTimeTrigger`:
+//! - **Event time.** A record goes to every window containing its timestamp
+//!   ([`crate::Collector::timestamp`]: an assigner upstream must have given it one; a record
+//!   without is an error naming the operator). A window fires when the operator's
+//!   watermark reaches its last millisecond, and at the end of the input (the final
+//!   watermark), once.
+//! - **Lateness.** A window whose last millisecond plus the allowed lateness
+//!   ([`WindowedStream::allowed_lateness`], default zero) is at or before the watermark is
+//!   late: a record for it is dropped, and a record all of whose windows are late is lost
+//!   (Flink's `sideOutputLateData` is not built). Within the lateness, a window that has
+//!   fired keeps its contents, and each record that reaches it makes it fire again at once
+//!   with the updated result (a late firing); its contents are dropped when the watermark
+//!   passes its last millisecond plus the lateness.
+//! - **Processing time.** A record goes to the windows containing the processing clock's
+//!   time when it is processed ([`crate::JobConfig::processing_clock`]); a window fires
+//!   when the clock passes its last millisecond, and is then dropped. As in Flink, the
+//!   pending processing-time windows do not fire at the end of a bounded input.
+//! - Windows start at their assigner's offset plus a multiple of the slide (the size, for
+//!   tumbling windows), in milliseconds since the epoch; a window that would start
+//!   before the epoch starts at it (it holds the same records: no timestamp is negative).
+//!
+//! Not built: session windows, custom triggers and evictors, late-data side outputs.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, BincodeCodec,
+    KeyedStateBackend, ListStateDescriptor, ListStateId, ReducingStateDescriptor, ReducingStateId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+use crate::function::{Checkpointed, Collector, Data, Key, KeyedProcessFunction};
+use crate::graph::{KeyedStream, Stream};
+use crate::timers::{TimeDomain, Timer, TimerService};
+
+/// The name of the keyed state that holds each window's contents (in the window's
+/// namespace), as in Flink.
+pub const WINDOW_CONTENTS_STATE: &str = "window-contents";
+
+/// A window of time: the milliseconds from `start` (included) to `end` (excluded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TimeWindow {
+    /// The first millisecond.
+    pub start: u64,
+    /// The millisecond after the last.
+    pub end: u64,
+}
+
+impl TimeWindow {
+    /// The window's last millisecond: when it fires, and its output's timestamp.
+    pub fn max_timestamp(&self) -> u64 {
+        self.end - 1
+    }
+}
+
+impl fmt::Display for TimeWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}, {})", self.start, self.end)
+    }
+}
+
+/// Which windows a record belongs to: fixed-size windows, every `slide` milliseconds from
+/// `offset` (tumbling windows: `slide == size`), in event time or processing time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowAssigner {
+    size: Duration,
+    slide: Duration,
+    offset: Duration,
+    domain: TimeDomain,
+}
+
+/// Tumbling windows of event time (Flink's `TumblingEventTimeWindows`).
+#[derive(Debug)]
+pub struct TumblingEventTimeWindows;
+
+impl TumblingEventTimeWindows {
+    /// Windows of `size`, one after the other.
+    pub fn of(size: Duration) -> WindowAssigner {
+        WindowAssigner::new(size, size, TimeDomain::EventTime)
+    }
+}
+
+/// Sliding windows of event time (Flink's `SlidingEventTimeWindows`).
+#[derive(Debug)]
+pub struct SlidingEventTimeWindows;
+
+impl SlidingEventTimeWindows {
+    /// Windows of `size` starting every `slide`: a record is in `size / slide` of them
+    /// (rounded up).
+    pub fn of(size: Duration, slide: Duration) -> WindowAssigner {
+        WindowAssigner::new(size, slide, TimeDomain::EventTime)
+    }
+}
+
+/// Tumbling windows of processing time (Flink's `TumblingProcessingTimeWindows`).
+#[derive(Debug)]
+pub struct TumblingProcessingTimeWindows;
+
+impl TumblingProcessingTimeWindows {
+    /// Windows of `size`, one after the other.
+    pub fn of(size: Duration) -> WindowAssigner {
+        WindowAssigner::new(size, size, TimeDomain::ProcessingTime)
+    }
+}
+
+/// Sliding windows of processing time (Flink's `SlidingProcessingTimeWindows`).
+#[derive(Debug)]
+pub struct SlidingProcessingTimeWindows;
+
+impl SlidingProcessingTimeWindows {
+    /// Windows of `size` starting every `slide`.
+    pub fn of(size: Duration, slide: Duration) -> WindowAssigner {
+        WindowAssigner::new(size, slide, TimeDomain::ProcessingTime)
+    }
+}
+
+impl WindowAssigner {
+    fn new(size: Duration, slide: Duration, domain: TimeDomain) -> Self {
+        Self {
+            size,
+            slide,
+            offset: Duration::ZERO,
+            domain,
+        }
+    }
+
+    /// Windows start `offset` after a multiple of the slide (Flink's `withOffset`, e.g. to
+    /// align daily windows to a time zone); it must be smaller than the slide.
+    pub fn with_offset(mut self, offset: Duration) -> Self {
+        self.offset = offset;
+        self
+    }
+
+    /// The time domain the windows are in.
+    pub fn domain(&self) -> TimeDomain {
+        self.domain
+    }
+
+    /// Size, slide and offset in milliseconds, checked.
+    fn millis(&self) -> std::result::Result<Millis, String> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (size, slide, offset) = (ms(self.size), ms(self.slide), ms(self.offset));
+        if size == 0 || slide == 0 {
+            return Err(format!(
+                "window size {size} ms and slide {slide} ms: both must be at least 1 ms"
+            ));
+        }
+        if offset >= slide {
+            return Err(format!(
+                "window offset {offset} ms: it must be smaller than the slide ({slide} ms)"
+            ));
+        }
+        Ok(Millis {
+            size,
+            slide,
+            offset,
+        })
+    }
+}
+
+/// A [`WindowAssigner`]'s sizes in milliseconds, checked: size and slide at least 1, the
+/// offset below the slide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Millis {
+    size: u64,
+    slide: u64,
+    offset: u64,
+}
+
+impl Millis {
+    /// The window ending at `end`, if windows end there.
+    fn window_ending_at(&self, end: u64) -> Option<TimeWindow> {
+        let end = i128::from(end);
+        let start = end - i128::from(self.size);
+        let aligned = (start - i128::from(self.offset)).rem_euclid(i128::from(self.slide)) == 0;
+        aligned.then(|| Self::window(start, end))
+    }
+
+    /// The windows containing `timestamp`, latest first. A timestamp within a window's
+    /// size of `u64::MAX` is refused: its windows could end after it.
+    fn assign(&self, timestamp: u64, out: &mut Vec<TimeWindow>) -> std::result::Result<(), String> {
+        out.clear();
+        if timestamp.checked_add(self.size).is_none() {
+            return Err(format!(
+                "time {timestamp} ms is too close to u64::MAX for windows of {} ms",
+                self.size
+            ));
+        }
+        let (t, size, slide) = (
+            i128::from(timestamp),
+            i128::from(self.size),
+            i128::from(self.slide),
+        );
+        let mut start = t - (t - i128::from(self.offset)).rem_euclid(slide);
+        while start > t - size {
+            out.push(Self::window(start, start + size));
+            start -= slide;
+        }
+        Ok(())
+    }
+
+    /// `[start, end)` with a start before the epoch moved to it (`end` is positive and at
+    /// most `u64::MAX`, as `assign` and `window_ending_at` make it).
+    fn window(start: i128, end: i128) -> TimeWindow {
+        let clamp = |x: i128| u64::try_from(x.clamp(0, i128::from(u64::MAX))).unwrap_or(0);
+        TimeWindow {
+            start: clamp(start),
+            end: clamp(end),
+        }
+    }
+}
+
+/// A function of all of a window's records at once (Flink's `ProcessWindowFunction`).
+pub trait ProcessWindowFunction<K, T, O>: Clone + Send + 'static {
+    /// The window of `key` fired with these `elements`, in the order they were added.
+    fn process(
+        &mut self,
+        key: &K,
+        window: TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()>;
+}
+
+/// Adapts a closure as a [`ProcessWindowFunction`].
+#[derive(Clone, Debug)]
+pub struct FnWindow<F>(pub F);
+
+impl<K, T, O, F> ProcessWindowFunction<K, T, O> for FnWindow<F>
+where
+    F: FnMut(&K, TimeWindow, Vec<T>, &mut Collector<'_, O>) -> Result<()> + Clone + Send + 'static,
+{
+    fn process(
+        &mut self,
+        key: &K,
+        window: TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        (self.0)(key, window, elements, out)
+    }
+}
+
+/// A keyed stream grouped into windows; see [`crate::KeyedStream::window`].
+pub struct WindowedStream<K, T> {
+    keyed: KeyedStream<K, T>,
+    assigner: WindowAssigner,
+    allowed_lateness: Duration,
+}
+
+impl<K, T> fmt::Debug for WindowedStream<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WindowedStream")
+            .field("assigner", &self.assigner)
+            .field("allowed_lateness", &self.allowed_lateness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, T: Data> WindowedStream<K, T> {
+    pub(crate) fn new(keyed: KeyedStream<K, T>, assigner: WindowAssigner) -> Self {
+        Self {
+            keyed,
+            assigner,
+            allowed_lateness: Duration::ZERO,
+        }
+    }
+
+    /// How long after the watermark passes a window's end its contents are kept, so that
+    /// late records still reach it (Flink's `allowedLateness`; event time only: it is
+    /// ignored for processing-time windows).
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = lateness;
+        self
+    }
+
+    /// Folds each window's records with `f` and emits `(key, window, result)` when it
+    /// fires.
+    pub fn reduce(
+        self,
+        uid: &str,
+        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
+    ) -> Stream<(K, TimeWindow, T)> {
+        let contents = Reduce { f, _t: PhantomData };
+        self.apply(uid, contents)
+    }
+
+    /// Adds each window's records to an accumulator of `function` and emits `(key, window,
+    /// result)` when it fires.
+    pub fn aggregate<ACC: Data, OUT: Data>(
+        self,
+        uid: &str,
+        function: impl AggregateFunction<T, ACC, OUT> + Clone,
+    ) -> Stream<(K, TimeWindow, OUT)> {
+        let contents = Aggregate {
+            function,
+            _t: PhantomData,
+        };
+        self.apply(uid, contents)
+    }
+
+    /// Keeps each window's records and gives them to `f` when it fires.
+    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
+        let contents = Process { f, _t: PhantomData };
+        self.apply(uid, contents)
+    }
+
+    fn apply<C: Contents<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+        let op = WindowOperator {
+            uid: uid.to_string(),
+            assigner: self.assigner,
+            allowed_lateness: self.allowed_lateness,
+            contents,
+            windows: Vec::new(),
+            _k: PhantomData,
+        };
+        self.keyed.process(uid, op)
+    }
+}
+
+/// What a window keeps and emits: the part of the operator that differs between reduce,
+/// aggregate and process.
+trait Contents<K, T>: Clone + Send + 'static {
+    type State: Copy + Send + 'static;
+    type Out: Data;
+    fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State>;
+    fn add<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+        record: T,
+    ) -> Result<()>;
+    /// Emits the window's result; nothing when it has no contents.
+    fn emit<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()>;
+    fn clear<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+    ) -> Result<()>;
+}
+
+fn window_codec() -> Arc<BincodeCodec<TimeWindow>> {
+    Arc::new(BincodeCodec::new())
+}
+
+#[derive(Clone)]
+struct Reduce<T, F> {
+    f: F,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<K: Key, T: Data, F> Contents<K, T> for Reduce<T, F>
+where
+    F: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+{
+    type State = ReducingStateId<T, TimeWindow>;
+    type Out = (K, TimeWindow, T);
+
+    fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State> {
+        let d = ReducingStateDescriptor::<T>::new(WINDOW_CONTENTS_STATE, self.f.clone())
+            .with_namespace(window_codec());
+        Ok(backend.register_reducing(&d)?)
+    }
+
+    fn add<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+        record: T,
+    ) -> Result<()> {
+        Ok(backend.reducing_add(state, window, record)?)
+    }
+
+    fn emit<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match backend.reducing_get(state, window)? {
+            Some(v) => {
+                out.collect_with_timestamp((key.clone(), *window, v), window.max_timestamp())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn clear<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+    ) -> Result<()> {
+        Ok(backend.clear(state.raw(), window)?)
+    }
+}
+
+/// Type parameters a struct only names.
+type Types<T> = PhantomData<fn() -> T>;
+
+#[derive(Clone)]
+struct Aggregate<T, ACC, OUT, A> {
+    function: A,
+    _t: Types<(T, ACC, OUT)>,
+}
+
+impl<K, T, ACC, OUT, A> Contents<K, T> for Aggregate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: AggregateFunction<T, ACC, OUT> + Clone,
+{
+    type State = AggregatingStateId<T, ACC, OUT, TimeWindow>;
+    type Out = (K, TimeWindow, OUT);
+
+    fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State> {
+        let d = AggregatingStateDescriptor::new(WINDOW_CONTENTS_STATE, self.function.clone())
+            .with_namespace(window_codec());
+        Ok(backend.register_aggregating(&d)?)
+    }
+
+    fn add<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+        record: T,
+    ) -> Result<()> {
+        Ok(backend.aggregating_add(state, window, record)?)
+    }
+
+    fn emit<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match backend.aggregating_get(state, window)? {
+            Some(v) => {
+                out.collect_with_timestamp((key.clone(), *window, v), window.max_timestamp())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn clear<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+    ) -> Result<()> {
+        Ok(backend.clear(state.raw(), window)?)
+    }
+}
+
+#[derive(Clone)]
+struct Process<T, O, F> {
+    f: F,
+    _t: PhantomData<fn() -> (T, O)>,
+}
+
+impl<K, T, O, F> Contents<K, T> for Process<T, O, F>
+where
+    K: Key,
+    T: Data,
+    O: Data,
+    F: ProcessWindowFunction<K, T, O>,
+{
+    type State = ListStateId<T, TimeWindow>;
+    type Out = O;
+
+    fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State> {
+        let d = ListStateDescriptor::<T>::new(WINDOW_CONTENTS_STATE).with_namespace(window_codec());
+        Ok(backend.register_list(&d)?)
+    }
+
+    fn add<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+        record: T,
+    ) -> Result<()> {
+        Ok(backend.list_add(state, window, record)?)
+    }
+
+    fn emit<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        let elements = backend.list_get(state, window)?;
+        if elements.is_empty() {
+            return Ok(());
+        }
+        out.set_timestamp(Some(window.max_timestamp()));
+        self.f.process(key, *window, elements, out)
+    }
+
+    fn clear<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+    ) -> Result<()> {
+        Ok(backend.clear(state.raw(), window)?)
+    }
+}
+
+/// The window operator: a keyed process function over the window contents' state and the
+/// operator's timers.
+#[derive(Clone)]
+struct WindowOperator<K, T, C> {
+    uid: String,
+    assigner: WindowAssigner,
+    allowed_lateness: Duration,
+    contents: C,
+    /// The windows of the record being processed (reused).
+    windows: Vec<TimeWindow>,
+    _k: PhantomData<fn() -> (K, T)>,
+}
+
+/// What [`WindowOperator::open`] makes.
+struct Opened<S> {
+    contents: S,
+    millis: Millis,
+    /// Allowed lateness in milliseconds (zero for processing time).
+    lateness: u64,
+}
+
+impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {}
+
+impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator<K, T, C> {
+    type Key = K;
+    type In = T;
+    type Out = C::Out;
+    type State = Opened<C::State>;
+
+    fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
+        let millis = self
+            .assigner
+            .millis()
+            .map_err(|e| RuntimeError::Config(format!("window operator {}: {e}", self.uid)))?;
+        let lateness = match self.assigner.domain {
+            TimeDomain::EventTime => {
+                u64::try_from(self.allowed_lateness.as_millis()).unwrap_or(u64::MAX)
+            }
+            _ => 0,
+        };
+        Ok(Opened {
+            contents: self.contents.register(backend)?,
+            millis,
+            lateness,
+        })
+    }
+
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &K,
+        record: T,
+        backend: &mut B,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let domain = self.assigner.domain;
+        let time = match domain {
+            TimeDomain::EventTime => out.timestamp().ok_or_else(|| {
+                RuntimeError::user(
+                    &self.uid,
+                    "a record without a timestamp reached event-time windows: assign \
+                     timestamps upstream (Stream::assign_timestamps_and_watermarks)",
+                )
+            })?,
+            _ => timers.current_processing_time(),
+        };
+        let watermark = timers.current_watermark();
+        let mut windows = std::mem::take(&mut self.windows);
+        state
+            .millis
+            .assign(time, &mut windows)
+            .map_err(|e| RuntimeError::user(&self.uid, e))?;
+        let mut record = Some(record);
+        for (i, window) in windows.iter().enumerate() {
+            // Late: its contents are gone (or about to be); the record is dropped for it.
+            let cleanup = window.max_timestamp().saturating_add(state.lateness);
+            if domain == TimeDomain::EventTime && watermark.is_some_and(|w| cleanup <= w) {
+                continue;
+            }
+            // The last window takes the record, the others a copy.
+            let r = if i + 1 == windows.len() {
+                record.take()
+            } else {
+                record.clone()
+            };
+            let Some(r) = r else { break };
+            self.contents.add(state.contents, backend, window, r)?;
+            let fire = window.max_timestamp();
+            if domain == TimeDomain::EventTime {
+                if watermark.is_some_and(|w| fire <= w) {
+                    // A late record within the allowed lateness: fire again at once.
+                    self.contents
+                        .emit(state.contents, backend, key, window, out)?;
+                } else {
+                    timers.register_event_time_timer(fire);
+                }
+                if state.lateness > 0 {
+                    timers.register_event_time_timer(cleanup);
+                }
+            } else {
+                timers.register_processing_time_timer(fire);
+            }
+        }
+        self.windows = windows;
+        Ok(())
+    }
+
+    /// A timer at `time` fires the window whose last millisecond it is, and drops the
+    /// contents of the window whose lateness ends then (the same window without
+    /// lateness). A key has one timer per time, so one timer may stand for both, each for
+    /// another window.
+    fn on_timer<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &K,
+        timer: Timer,
+        backend: &mut B,
+        _timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let Some(end) = timer.time.checked_add(1) else {
+            return Ok(());
+        };
+        if let Some(window) = state.millis.window_ending_at(end) {
+            self.contents
+                .emit(state.contents, backend, key, &window, out)?;
+            if state.lateness == 0 {
+                self.contents.clear(state.contents, backend, &window)?;
+            }
+        }
+        if state.lateness > 0 {
+            let Some(end) = end.checked_sub(state.lateness) else {
+                return Ok(());
+            };
+            if let Some(window) = state.millis.window_ending_at(end) {
+                self.contents.clear(state.contents, backend, &window)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn millis(size: u64, slide: u64, offset: u64) -> Millis {
+        let d = Duration::from_millis;
+        let a =
+            WindowAssigner::new(d(size), d(slide), TimeDomain::EventTime).with_offset(d(offset));
+        a.millis().expect("valid")
+    }
+
+    fn w(start: u64, end: u64) -> TimeWindow {
+        TimeWindow { start, end }
+    }
+
+    fn assign(m: &Millis, t: u64) -> Vec<TimeWindow> {
+        let mut out = vec![w(1, 2)];
+        m.assign(t, &mut out).expect("assign");
+        out
+    }
+
+    #[test]
+    fn tumbling_windows_hold_each_timestamp_once() {
+        let m = millis(10, 10, 0);
+        assert_eq!(assign(&m, 0), vec![w(0, 10)]);
+        assert_eq!(assign(&m, 9), vec![w(0, 10)]);
+        assert_eq!(assign(&m, 10), vec![w(10, 20)]);
+        assert_eq!(m.window_ending_at(20), Some(w(10, 20)));
+        assert_eq!(m.window_ending_at(15), None);
+        let offset = millis(10, 10, 3);
+        assert_eq!(assign(&offset, 12), vec![w(3, 13)]);
+        assert_eq!(assign(&offset, 13), vec![w(13, 23)]);
+        assert_eq!(
+            assign(&offset, 2),
+            vec![w(0, 3)],
+            "[-7, 3) starts at the epoch"
+        );
+        assert_eq!(offset.window_ending_at(3), Some(w(0, 3)));
+        assert_eq!(offset.window_ending_at(13), Some(w(3, 13)));
+        assert_eq!(offset.window_ending_at(10), None);
+    }
+
+    #[test]
+    fn sliding_windows_hold_each_timestamp_size_over_slide_times() {
+        let m = millis(10, 4, 0);
+        assert_eq!(assign(&m, 13), vec![w(12, 22), w(8, 18), w(4, 14)]);
+        assert_eq!(assign(&m, 12), vec![w(12, 22), w(8, 18), w(4, 14)]);
+        assert_eq!(
+            assign(&m, 11),
+            vec![w(8, 18), w(4, 14)],
+            "[0, 10) ends before 11"
+        );
+        assert_eq!(
+            assign(&m, 1),
+            vec![w(0, 10), w(0, 6), w(0, 2)],
+            "windows starting before the epoch start at it, each its own end"
+        );
+        for t in 0..100 {
+            for window in assign(&m, t) {
+                assert!(window.start <= t && t < window.end, "{t} in {window}");
+                assert_eq!(m.window_ending_at(window.end), Some(window));
+            }
+        }
+        let near_the_end = u64::MAX - 10;
+        assert_eq!(assign(&m, near_the_end).len(), 3);
+        let err = m
+            .assign(near_the_end + 1, &mut Vec::new())
+            .expect_err("too late");
+        assert!(err.contains("too close to u64::MAX"), "{err}");
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let d = Duration::from_millis;
+        let e = TimeDomain::EventTime;
+        let err = |a: WindowAssigner| a.millis().expect_err("invalid");
+        assert!(err(WindowAssigner::new(d(0), d(0), e)).contains("at least 1 ms"));
+        assert!(err(WindowAssigner::new(d(10), Duration::from_micros(500), e)).contains("slide 0"));
+        let offset = WindowAssigner::new(d(10), d(5), e).with_offset(d(5));
+        assert!(err(offset).contains("smaller than the slide"));
+    }
+
+    /// What a window operator emitted.
+    struct Emitted(Vec<((u64, TimeWindow, u64), Option<u64>)>);
+
+    impl crate::chain::Chain<(u64, TimeWindow, u64)> for Emitted {
+        fn push(&mut self, record: (u64, TimeWindow, u64), timestamp: Option<u64>) -> Result<()> {
+            self.0.push((record, timestamp));
+            Ok(())
+        }
+        fn mark(&mut self, _: crate::watermarks::Mark) -> Result<()> {
+            Ok(())
+        }
+        fn snapshot(
+            &mut self,
+            _: &crate::chain::Barrier,
+            _: &mut crate::chain::SyncPhase,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn notify(&mut self, _: crate::chain::Notification) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    type SumOp = WindowOperator<u64, u64, Reduce<u64, fn(u64, u64) -> u64>>;
+
+    /// A window operator summing `u64`s of key 1 over a hashmap backend, driven as its
+    /// keyed operator drives it.
+    struct Harness {
+        backend: cairn_hashmap::HashMapBackend,
+        op: SumOp,
+        state: Opened<ReducingStateId<u64, TimeWindow>>,
+        timers: crate::timers::Timers,
+        emitted: Emitted,
+        key: Vec<u8>,
+    }
+
+    impl Harness {
+        fn new(
+            assigner: WindowAssigner,
+            lateness: u64,
+            clock: Arc<cairn_core::ManualClock>,
+        ) -> Self {
+            use cairn_core::Codec;
+            let mut backend = cairn_hashmap::HashMapBackend::new(cairn_hashmap::HashMapConfig {
+                uid: "sum".into(),
+                max_parallelism: 128,
+                key_group_range: cairn_core::KeyGroupRange::new(0, 127),
+                key_codec: BincodeCodec::<u64>::new().identity().clone(),
+            })
+            .expect("backend");
+            let sum: fn(u64, u64) -> u64 = |a, b| a + b;
+            let mut op = WindowOperator {
+                uid: "sum".into(),
+                assigner,
+                allowed_lateness: Duration::from_millis(lateness),
+                contents: Reduce {
+                    f: sum,
+                    _t: PhantomData,
+                },
+                windows: Vec::new(),
+                _k: PhantomData,
+            };
+            let state = op.open(&mut backend).expect("open");
+            let key = BincodeCodec::<u64>::new().encode_to_vec(&1).expect("key");
+            backend.set_current_key(&key).expect("key");
+            let clock = crate::timers::ProcessingClock::new(clock);
+            Self {
+                backend,
+                op,
+                state,
+                timers: crate::timers::Timers::new(clock),
+                emitted: Emitted(Vec::new()),
+                key,
+            }
+        }
+
+        fn process(&mut self, value: u64, timestamp: Option<u64>) {
+            self.backend.set_current_key(&self.key).expect("key");
+            let mut out = Collector::new(&mut self.emitted, timestamp);
+            let timers = self.timers.service();
+            self.op
+                .process(&self.state, &1, value, &mut self.backend, timers, &mut out)
+                .expect("process");
+            self.timers
+                .apply(&mut self.backend, &self.key)
+                .expect("timers");
+        }
+
+        fn on_timer(&mut self, time: u64, domain: TimeDomain, key: &[u8]) {
+            self.backend.set_current_key(key).expect("key");
+            let timestamp = (domain == TimeDomain::EventTime).then_some(time);
+            let mut out = Collector::new(&mut self.emitted, timestamp);
+            let timer = Timer { time, domain };
+            let timers = self.timers.service();
+            self.op
+                .on_timer(&self.state, &1, timer, &mut self.backend, timers, &mut out)
+                .expect("timer");
+            self.timers.apply(&mut self.backend, key).expect("timers");
+        }
+
+        /// The watermark advances: due event-time timers fire.
+        fn advance(&mut self, watermark: u64) {
+            self.timers.advance_watermark(watermark);
+            while let Some((time, key)) = self.timers.pop_event_due(&mut self.backend).expect("due")
+            {
+                self.on_timer(time, TimeDomain::EventTime, &key);
+            }
+        }
+
+        /// Due processing-time timers fire.
+        fn fire_processing(&mut self) {
+            let now = self.timers.now();
+            while let Some((time, key)) = self
+                .timers
+                .pop_processing_due(&mut self.backend, now)
+                .expect("due")
+            {
+                self.on_timer(time, TimeDomain::ProcessingTime, &key);
+            }
+        }
+
+        fn contents(&mut self, window: TimeWindow) -> Option<u64> {
+            self.backend.set_current_key(&self.key).expect("key");
+            let id = self.state.contents;
+            self.backend.reducing_get(id, &window).expect("get")
+        }
+
+        fn emitted(&mut self) -> Vec<((u64, TimeWindow, u64), Option<u64>)> {
+            std::mem::take(&mut self.emitted.0)
+        }
+    }
+
+    /// A fired window's contents are dropped when it fires without lateness, and when
+    /// its lateness has passed with it; until then a fired window keeps them.
+    #[test]
+    fn a_window_keeps_its_contents_until_its_lateness_has_passed() {
+        let tumbling = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        for lateness in [0, 5] {
+            let mut h = Harness::new(
+                tumbling,
+                lateness,
+                Arc::new(cairn_core::ManualClock::new(0)),
+            );
+            h.process(1, Some(3));
+            h.process(2, Some(8));
+            let window = w(0, 10);
+            assert_eq!(h.contents(window), Some(3));
+            h.advance(8);
+            assert_eq!(h.emitted(), vec![], "before its end");
+            h.advance(9);
+            assert_eq!(h.emitted(), vec![((1, window, 3), Some(9))]);
+            if lateness == 0 {
+                assert_eq!(h.contents(window), None, "dropped when it fires");
+            } else {
+                assert_eq!(h.contents(window), Some(3), "kept for the lateness");
+                h.advance(13);
+                assert_eq!(h.contents(window), Some(3), "until its end");
+                h.advance(14);
+                assert_eq!(h.contents(window), None, "dropped after its lateness");
+                assert_eq!(h.emitted(), vec![], "a cleanup does not fire");
+            }
+        }
+    }
+
+    /// Processing-time windows take the clock's time, not the record's, and fire when
+    /// the clock passes their end, dropping their contents.
+    #[test]
+    fn processing_time_windows_go_by_the_clock() {
+        let clock = Arc::new(cairn_core::ManualClock::new(3));
+        let tumbling = TumblingProcessingTimeWindows::of(Duration::from_millis(10));
+        let mut h = Harness::new(tumbling, 5, clock.clone());
+        h.process(1, Some(1_000));
+        clock.set(8);
+        h.process(2, None);
+        clock.set(12);
+        h.process(4, Some(0));
+        assert_eq!(h.contents(w(0, 10)), Some(3));
+        assert_eq!(h.contents(w(10, 20)), Some(4));
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![], "watermarks do not fire them");
+        h.fire_processing();
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 3), Some(9))]);
+        assert_eq!(h.contents(w(0, 10)), None, "no lateness in processing time");
+        clock.set(19);
+        h.fire_processing();
+        assert_eq!(h.emitted(), vec![((1, w(10, 20), 4), Some(19))]);
+    }
+}

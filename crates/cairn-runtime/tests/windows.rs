@@ -1,0 +1,473 @@
+//! Windows end to end (`KeyedStream::window`): what fires when, late records, timestamps of
+//! the output, and exactly-once results across failures, savepoints, backend switches and
+//! rescaling.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_core::AggregateFunction;
+use cairn_runtime::sources::FileSource;
+use cairn_runtime::{
+    source, CheckpointConfig, Checkpointed, Collector, FnWindow, Job, JobConfig, JobGraph,
+    ProcessFunction, RestartStrategy, RestoreFrom, Sink, SlidingEventTimeWindows, SnapshotMode,
+    Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
+    WatermarkStrategy,
+};
+
+/// `(key, timestamp, value)`.
+type Event = (u64, u64, u64);
+
+/// A source that emits its steps in order (one subtask): a batch of events, or a pause
+/// (the source reports nothing to emit once, so its task flushes and its assigner emits
+/// the watermark of what came before, deterministically).
+#[derive(Clone, Debug)]
+struct Script {
+    steps: Vec<Option<Vec<Event>>>,
+    next: usize,
+}
+
+impl Checkpointed for Script {}
+
+impl Source for Script {
+    type Out = Event;
+
+    fn poll(
+        &mut self,
+        out: &mut Collector<'_, Event>,
+        _max: usize,
+    ) -> cairn_runtime::Result<SourceStatus> {
+        let Some(step) = self.steps.get(self.next) else {
+            return Ok(SourceStatus::End);
+        };
+        self.next += 1;
+        match step {
+            Some(events) => {
+                for e in events {
+                    out.collect(*e)?;
+                }
+                Ok(SourceStatus::More)
+            }
+            None => Ok(SourceStatus::Idle),
+        }
+    }
+}
+
+/// Collects into a shared list.
+#[derive(Clone, Debug)]
+struct Collect<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Checkpointed for Collect<T> {}
+
+impl<T: Clone + Send + 'static> Sink<T> for Collect<T> {
+    fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push(record);
+        Ok(())
+    }
+}
+
+/// Pairs each record with its timestamp.
+#[derive(Clone, Debug)]
+struct Stamp;
+
+impl Checkpointed for Stamp {}
+
+impl<T: Clone + Send + 'static> ProcessFunction<T, (T, Option<u64>)> for Stamp {
+    fn process(
+        &mut self,
+        input: T,
+        out: &mut Collector<'_, (T, Option<u64>)>,
+    ) -> cairn_runtime::Result<()> {
+        let timestamp = out.timestamp();
+        out.collect((input, timestamp))
+    }
+}
+
+/// Sums values and counts them.
+#[derive(Clone, Debug)]
+struct CountAndSum;
+
+impl AggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, acc: &mut (u64, u64), (_, _, value): Event) {
+        acc.0 += 1;
+        acc.1 += value;
+    }
+    fn result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+}
+
+/// Counts events.
+#[derive(Clone, Debug)]
+struct CountEvents;
+
+impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, _event: (u64, u64)) {
+        *acc += 1;
+    }
+    fn result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
+fn w(start: u64, end: u64) -> TimeWindow {
+    TimeWindow { start, end }
+}
+
+/// The script of the lateness test: tumbling 10 ms windows, no out-of-orderness, 5 ms of
+/// allowed lateness.
+/// - Key 1 gets 1, 2 and 4 (at 1, 5, 12) and key 2 gets 100 (at 2); the pause's watermark
+///   (11) fires `[0, 10)` of both keys.
+/// - 8 at 7 is late but within the lateness (its window's contents are kept until 14): the
+///   window fires again at once with it.
+/// - 16 at 15; the pause's watermark (14) reaches 14, so `[0, 10)` is dropped, and 32 at
+///   3 is too late: dropped.
+/// - The end of the input fires `[10, 20)` of key 1: 4 and 16.
+fn lateness_script() -> Script {
+    Script {
+        steps: vec![
+            Some(vec![(1, 1, 1), (2, 2, 100), (1, 5, 2), (1, 12, 4)]),
+            None,
+            Some(vec![(1, 7, 8), (1, 15, 16)]),
+            None,
+            Some(vec![(1, 3, 32)]),
+        ],
+        next: 0,
+    }
+}
+
+fn lateness_config(backend: StateBackendConfig) -> JobConfig {
+    JobConfig {
+        backend,
+        parallelism: 1,
+        auto_watermark_interval: Duration::from_nanos(1),
+        ..JobConfig::default()
+    }
+}
+
+/// The keyed, windowed stream of the lateness script.
+fn windowed(script: Script) -> cairn_runtime::WindowedStream<u64, Event> {
+    source("source", script)
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|e: &Event| e.1),
+        )
+        .key_by(|e: &Event| e.0)
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(10)))
+        .allowed_lateness(Duration::from_millis(5))
+}
+
+fn run<T: cairn_runtime::Data + Ord>(
+    stream: cairn_runtime::Stream<T>,
+    config: JobConfig,
+) -> Vec<(T, Option<u64>)> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let graph = stream
+        .process("stamp", Stamp)
+        .sink("sink", Collect(out.clone()));
+    Job::new(graph, config).run().expect("job");
+    let mut out = std::mem::take(&mut *out.lock().expect("lock"));
+    out.sort();
+    out
+}
+
+/// Every window result has the window's last millisecond as its timestamp.
+#[test]
+fn a_window_fires_at_its_end_again_for_records_within_the_lateness_and_drops_later_ones() {
+    for backend in [StateBackendConfig::HashMap, StateBackendConfig::rocksdb()] {
+        let reduced = run(
+            windowed(lateness_script())
+                .reduce("sum", |a: Event, b: Event| (a.0, a.1.max(b.1), a.2 + b.2)),
+            lateness_config(backend.clone()),
+        );
+        let sums: Vec<_> = reduced
+            .iter()
+            .map(|((k, window, (_, _, sum)), t)| (*k, *window, *sum, *t))
+            .collect();
+        assert_eq!(
+            sums,
+            vec![
+                (1, w(0, 10), 3, Some(9)),
+                (1, w(0, 10), 11, Some(9)),
+                (1, w(10, 20), 20, Some(19)),
+                (2, w(0, 10), 100, Some(9)),
+            ],
+            "reduce under {backend:?}"
+        );
+
+        let aggregated = run(
+            windowed(lateness_script()).aggregate("count", CountAndSum),
+            lateness_config(backend.clone()),
+        );
+        assert_eq!(
+            aggregated,
+            vec![
+                ((1, w(0, 10), (2, 3)), Some(9)),
+                ((1, w(0, 10), (3, 11)), Some(9)),
+                ((1, w(10, 20), (2, 20)), Some(19)),
+                ((2, w(0, 10), (1, 100)), Some(9)),
+            ],
+            "aggregate under {backend:?}"
+        );
+
+        let listed = run(
+            windowed(lateness_script()).process(
+                "list",
+                FnWindow(
+                    |key: &u64,
+                     window: TimeWindow,
+                     events: Vec<Event>,
+                     out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
+                        let values = events.iter().map(|e| e.2).collect();
+                        out.collect((*key, window, values))
+                    },
+                ),
+            ),
+            lateness_config(backend.clone()),
+        );
+        assert_eq!(
+            listed,
+            vec![
+                ((1, w(0, 10), vec![1, 2]), Some(9)),
+                ((1, w(0, 10), vec![1, 2, 8]), Some(9)),
+                ((1, w(10, 20), vec![4, 16]), Some(19)),
+                ((2, w(0, 10), vec![100]), Some(9)),
+            ],
+            "process under {backend:?}"
+        );
+    }
+}
+
+/// Without lateness, a window fires once and a record behind the watermark is dropped.
+#[test]
+fn without_lateness_a_window_fires_once_and_late_records_are_dropped() {
+    let stream = source("source", lateness_script())
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|e: &Event| e.1),
+        )
+        .key_by(|e: &Event| e.0)
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(10)))
+        .aggregate("count", CountAndSum);
+    assert_eq!(
+        run(stream, lateness_config(StateBackendConfig::HashMap)),
+        vec![
+            ((1, w(0, 10), (2, 3)), Some(9)),
+            ((1, w(10, 20), (2, 20)), Some(19)),
+            ((2, w(0, 10), (1, 100)), Some(9)),
+        ]
+    );
+}
+
+/// A record without a timestamp is an error naming the window operator.
+#[test]
+fn event_time_windows_refuse_records_without_timestamps() {
+    let graph = source("source", lateness_script())
+        .key_by(|e: &Event| e.0)
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(10)))
+        .aggregate("count", CountAndSum)
+        .sink("sink", Collect(Arc::new(Mutex::new(Vec::new()))));
+    let err = Job::new(graph, lateness_config(StateBackendConfig::HashMap))
+        .run()
+        .expect_err("no timestamps");
+    let message = err.to_string();
+    assert!(
+        message.contains("count") && message.contains("without a timestamp"),
+        "{message}"
+    );
+}
+
+/// A bad assigner is a configuration error naming the operator.
+#[test]
+fn an_offset_as_large_as_the_slide_is_refused() {
+    let graph = source("source", lateness_script())
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|e: &Event| e.1),
+        )
+        .key_by(|e: &Event| e.0)
+        .window(
+            SlidingEventTimeWindows::of(Duration::from_millis(10), Duration::from_millis(5))
+                .with_offset(Duration::from_millis(5)),
+        )
+        .aggregate("count", CountAndSum)
+        .sink("sink", Collect(Arc::new(Mutex::new(Vec::new()))));
+    let err = Job::new(graph, lateness_config(StateBackendConfig::HashMap))
+        .run()
+        .expect_err("bad offset");
+    let message = err.to_string();
+    assert!(
+        message.contains("count") && message.contains("smaller than the slide"),
+        "{message}"
+    );
+}
+
+const SIZE: u64 = 1_000;
+const SLIDE: u64 = 250;
+/// A window result that marks a wrong timestamp.
+const BROKEN: u64 = u64::MAX;
+
+/// Writes `lines` events `key timestamp` (the timestamp of line `n` is `5 n` ms plus a
+/// jitter below 250 ms, within the strategy's 300 ms bound, so no event is late). Returns
+/// the path and the model: per `(key, window end)`, the number of events.
+fn write_events(dir: &Path, lines: u64, keys: u64) -> (PathBuf, BTreeMap<String, Vec<u64>>) {
+    let mut text = String::new();
+    let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for n in 0..lines {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = (x >> 20) % keys;
+        let timestamp = 5 * n + x % 250;
+        text.push_str(&format!("{key} {timestamp}\n"));
+        // The sliding windows containing it: one per slide, by end.
+        let last_end = timestamp - timestamp % SLIDE + SIZE;
+        for k in 0..SIZE / SLIDE {
+            *counts.entry(id(key, last_end - k * SLIDE)).or_insert(0) += 1;
+        }
+    }
+    let path = dir.join("events.txt");
+    std::fs::write(&path, text).expect("write events");
+    let model = counts
+        .into_iter()
+        .map(|(id, n)| (id.to_string(), vec![n]))
+        .collect();
+    (path, model)
+}
+
+/// One output line's key: the event key and the window's end.
+fn id(key: u64, end: u64) -> u64 {
+    key * 1_000_000_000 + end
+}
+
+/// parse → timestamps → key_by → sliding windows counting events → check the output's
+/// timestamp → sink.
+fn counting_job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
+    source("source", FileSource::new(input))
+        .process("parse", common::ParseEvents::new(fail_at))
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_bounded_out_of_orderness(
+                Duration::from_millis(300),
+                |(_, timestamp): &(u64, u64)| *timestamp,
+            ),
+        )
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .window(SlidingEventTimeWindows::of(
+            Duration::from_millis(SIZE),
+            Duration::from_millis(SLIDE),
+        ))
+        .aggregate("windows", CountEvents)
+        .process(
+            "check",
+            cairn_runtime::function::FnProcess(
+                |(key, window, count): (u64, TimeWindow, u64),
+                 out: &mut Collector<'_, (u64, u64)>| {
+                    let stamped = out.timestamp() == Some(window.max_timestamp());
+                    let count = if stamped { count } else { BROKEN };
+                    out.collect((id(key, window.end), count))
+                },
+            ),
+        )
+        .sink("sink", common::count_sink(output))
+}
+
+/// Failures between checkpoints: open windows and their timers are restored, the
+/// watermark starts over, and every window's count is committed exactly once.
+fn exactly_once_across_failures(
+    backend: StateBackendConfig,
+    mode: SnapshotMode,
+    unaligned: bool,
+    parallelism: u32,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, model) = write_events(dir.path(), 5_000, 15);
+    let output = dir.path().join("out");
+    let mut cfg = common::config(dir.path(), 40);
+    cfg.parallelism = parallelism;
+    cfg.backend = backend;
+    cfg.checkpoint = CheckpointConfig {
+        unaligned,
+        snapshot_mode: mode,
+        ..cfg.checkpoint
+    };
+    cfg.records_per_second = Some(6_000);
+    cfg.auto_watermark_interval = Duration::from_millis(10);
+    cfg.restart = RestartStrategy::fixed_delay(5, Duration::from_millis(10));
+    let result = Job::new(counting_job(&input, &output, vec![2_000, 4_000]), cfg)
+        .run()
+        .expect("job");
+    assert_eq!(result.restarts, 2, "the injected failures did not happen");
+    assert_eq!(common::read_output(&output), model);
+}
+
+#[test]
+fn heap_full_sliding_windows_are_exactly_once_across_failures() {
+    exactly_once_across_failures(StateBackendConfig::HashMap, SnapshotMode::Full, false, 2);
+}
+
+#[test]
+fn rocksdb_incremental_unaligned_sliding_windows_are_exactly_once_across_failures() {
+    exactly_once_across_failures(
+        StateBackendConfig::rocksdb(),
+        SnapshotMode::Incremental,
+        true,
+        3,
+    );
+}
+
+#[test]
+fn changelog_sliding_windows_are_exactly_once_across_failures() {
+    exactly_once_across_failures(
+        StateBackendConfig::HashMap,
+        SnapshotMode::Changelog,
+        false,
+        1,
+    );
+}
+
+/// Open windows go through a savepoint restored under the other backend at another
+/// parallelism, and fire there, each once.
+#[test]
+fn open_windows_survive_a_savepoint_under_the_other_backend_and_parallelism() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, model) = write_events(dir.path(), 6_000, 15);
+    let output = dir.path().join("out");
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4_000);
+    cfg.auto_watermark_interval = Duration::from_millis(20);
+    let handle = Job::new(counting_job(&input, &output, Vec::new()), cfg)
+        .start()
+        .expect("start");
+    let started = std::time::Instant::now();
+    while common::read_output(&output).len() < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no window fired while the input was read"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    let first = handle.wait().expect("first run");
+    assert!(first.records < 6_000, "the input ended before the stop");
+
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    Job::new(counting_job(&input, &output, Vec::new()), cfg)
+        .run()
+        .expect("restored run");
+    assert_eq!(common::read_output(&output), model);
+}
