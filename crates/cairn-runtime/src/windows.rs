@@ -51,7 +51,8 @@ use std::time::Duration;
 
 use cairn_core::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, BincodeCodec,
-    KeyedStateBackend, ListStateDescriptor, ListStateId, ReducingStateDescriptor, ReducingStateId,
+    KeyedStateBackend, ListStateDescriptor, ListStateId, RawStateId, ReducingStateDescriptor,
+    ReducingStateId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -367,12 +368,31 @@ trait Contents<K, T>: Clone + Send + 'static {
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
+    /// The registered state's untyped identity.
+    fn raw(state: Self::State) -> RawStateId;
+    /// Drops the window's contents.
     fn clear<B: KeyedStateBackend>(
         &self,
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        Ok(backend.clear(Self::raw(state), window)?)
+    }
+}
+
+/// Emits a reduce's or aggregate's `result` for `window` of `key`, if it has one, with the
+/// window's last millisecond as its timestamp.
+fn emit_result<K: Clone, V>(
+    key: &K,
+    window: &TimeWindow,
+    result: Option<V>,
+    out: &mut Collector<'_, (K, TimeWindow, V)>,
+) -> Result<()> {
+    match result {
+        Some(v) => out.collect_with_timestamp((key.clone(), *window, v), window.max_timestamp()),
+        None => Ok(()),
+    }
 }
 
 fn window_codec() -> Arc<BincodeCodec<TimeWindow>> {
@@ -416,21 +436,12 @@ where
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        match backend.reducing_get(state, window)? {
-            Some(v) => {
-                out.collect_with_timestamp((key.clone(), *window, v), window.max_timestamp())
-            }
-            None => Ok(()),
-        }
+        let result = backend.reducing_get(state, window)?;
+        emit_result(key, window, result, out)
     }
 
-    fn clear<B: KeyedStateBackend>(
-        &self,
-        state: Self::State,
-        backend: &mut B,
-        window: &TimeWindow,
-    ) -> Result<()> {
-        Ok(backend.clear(state.raw(), window)?)
+    fn raw(state: Self::State) -> RawStateId {
+        state.raw()
     }
 }
 
@@ -478,21 +489,12 @@ where
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        match backend.aggregating_get(state, window)? {
-            Some(v) => {
-                out.collect_with_timestamp((key.clone(), *window, v), window.max_timestamp())
-            }
-            None => Ok(()),
-        }
+        let result = backend.aggregating_get(state, window)?;
+        emit_result(key, window, result, out)
     }
 
-    fn clear<B: KeyedStateBackend>(
-        &self,
-        state: Self::State,
-        backend: &mut B,
-        window: &TimeWindow,
-    ) -> Result<()> {
-        Ok(backend.clear(state.raw(), window)?)
+    fn raw(state: Self::State) -> RawStateId {
+        state.raw()
     }
 }
 
@@ -543,13 +545,8 @@ where
         self.f.process(key, *window, elements, out)
     }
 
-    fn clear<B: KeyedStateBackend>(
-        &self,
-        state: Self::State,
-        backend: &mut B,
-        window: &TimeWindow,
-    ) -> Result<()> {
-        Ok(backend.clear(state.raw(), window)?)
+    fn raw(state: Self::State) -> RawStateId {
+        state.raw()
     }
 }
 

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use cairn_core::{KeyedStateBackend, MapStateDescriptor, MapStateId};
 use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, InitContext, Job, JobGraph,
-    KeyedProcessFunction, ProcessFunction, RestartStrategy, RestoreFrom, Sink, SnapshotContext,
-    SnapshotMode, StateBackendConfig, TimeDomain, Timer, TimerService, WatermarkStrategy,
+    source, Checkpointed, Collector, InitContext, Job, JobGraph, KeyedProcessFunction,
+    ProcessFunction, RestoreFrom, Sink, SnapshotContext, SnapshotMode, StateBackendConfig,
+    TimeDomain, Timer, TimerService, WatermarkStrategy,
 };
 
 const WINDOW: u64 = 1_000;
@@ -269,17 +269,7 @@ fn exactly_once_across_failures(
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, totals) = write_events(dir.path(), 6_000, 20);
     let output = dir.path().join("out");
-    let mut cfg = common::config(dir.path(), 40);
-    cfg.parallelism = parallelism;
-    cfg.backend = backend;
-    cfg.checkpoint = CheckpointConfig {
-        unaligned,
-        snapshot_mode: mode,
-        ..cfg.checkpoint
-    };
-    cfg.records_per_second = Some(6_000);
-    cfg.auto_watermark_interval = Duration::from_millis(10);
-    cfg.restart = RestartStrategy::fixed_delay(5, Duration::from_millis(10));
+    let cfg = common::event_time_config(dir.path(), backend, mode, unaligned, parallelism);
     // Unaligned: slow down the windows so that checkpoints hold in-flight records.
     let slow = unaligned.then_some(Duration::from_millis(6));
     let graph = job(&input, &output, vec![2_500, 4_500], slow);

@@ -12,10 +12,9 @@ use std::time::Duration;
 use cairn_core::AggregateFunction;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointConfig, Checkpointed, Collector, FnWindow, Job, JobConfig, JobGraph,
-    ProcessFunction, RestartStrategy, RestoreFrom, Sink, SlidingEventTimeWindows, SnapshotMode,
-    Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
-    WatermarkStrategy,
+    source, Checkpointed, Collector, FnWindow, Job, JobConfig, JobGraph, ProcessFunction,
+    RestoreFrom, Sink, SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus,
+    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy,
 };
 
 /// `(key, timestamp, value)`.
@@ -393,17 +392,7 @@ fn exactly_once_across_failures(
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, model) = write_events(dir.path(), 5_000, 15);
     let output = dir.path().join("out");
-    let mut cfg = common::config(dir.path(), 40);
-    cfg.parallelism = parallelism;
-    cfg.backend = backend;
-    cfg.checkpoint = CheckpointConfig {
-        unaligned,
-        snapshot_mode: mode,
-        ..cfg.checkpoint
-    };
-    cfg.records_per_second = Some(6_000);
-    cfg.auto_watermark_interval = Duration::from_millis(10);
-    cfg.restart = RestartStrategy::fixed_delay(5, Duration::from_millis(10));
+    let cfg = common::event_time_config(dir.path(), backend, mode, unaligned, parallelism);
     let result = Job::new(counting_job(&input, &output, vec![2_000, 4_000]), cfg)
         .run()
         .expect("job");

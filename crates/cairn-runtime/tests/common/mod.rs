@@ -405,6 +405,30 @@ pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
     }
 }
 
+/// The configuration of the event-time tests' runs through failures: checkpoints every
+/// 40 ms in `mode` (`unaligned` or not), the source throttled to 6,000 lines per second,
+/// watermarks every 10 ms, up to five restarts.
+pub fn event_time_config(
+    dir: &Path,
+    backend: cairn_runtime::StateBackendConfig,
+    mode: cairn_runtime::SnapshotMode,
+    unaligned: bool,
+    parallelism: u32,
+) -> JobConfig {
+    let mut cfg = config(dir, 40);
+    cfg.parallelism = parallelism;
+    cfg.backend = backend;
+    cfg.checkpoint = CheckpointConfig {
+        unaligned,
+        snapshot_mode: mode,
+        ..cfg.checkpoint
+    };
+    cfg.records_per_second = Some(6_000);
+    cfg.auto_watermark_interval = Duration::from_millis(10);
+    cfg.restart = cairn_runtime::RestartStrategy::fixed_delay(5, Duration::from_millis(10));
+    cfg
+}
+
 /// The two-phase file sink of `(key, count)` records, one `key\tcount` line each.
 pub fn count_sink(output: &Path) -> TwoPhaseFileSink<(u64, u64)> {
     TwoPhaseFileSink::new(output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
