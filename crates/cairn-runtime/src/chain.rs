@@ -98,6 +98,10 @@ impl<T> Batch<T> {
     #[inline]
     pub(crate) fn push(&mut self, record: T, timestamp: Option<u64>) {
         if timestamp.is_some() {
+            if self.timestamps.is_empty() {
+                // The first: the column will likely fill the batch.
+                self.timestamps.reserve(self.records.capacity());
+            }
             // The records since the last timestamp have none.
             self.timestamps.resize(self.records.len(), None);
             self.timestamps.push(timestamp);

@@ -42,6 +42,18 @@
 //!   tumbling windows), in milliseconds since the epoch; a window that would start
 //!   before the epoch starts at it (it holds the same records: no timestamp is negative).
 //!
+//! - **Restores.** Open windows and their timers are restored with the state; the
+//!   watermark starts over (see [`crate::watermarks`]), so, as in Flink, a record that a
+//!   run without the failure would have dropped as late may be replayed before the new
+//!   watermark passes it, reach a window that has fired and been dropped, and make it fire
+//!   again with that record alone. Which window a timer stands for follows from the
+//!   windows' sizes, so the operator keeps them in its operator state
+//!   ([`WINDOW_SPEC_STATE`]) and a restore under other windows (size, slide, offset,
+//!   lateness or time domain) is refused, naming both: give the operator another uid to
+//!   start its windows afresh.
+//! - Times are whole milliseconds (a part of one is refused), and a record may be in at
+//!   most [`MAX_WINDOWS_PER_RECORD`] sliding windows.
+//!
 //! Not built: session windows, custom triggers and evictors, late-data side outputs.
 
 use std::fmt;
@@ -51,13 +63,13 @@ use std::time::Duration;
 
 use cairn_core::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, BincodeCodec,
-    KeyedStateBackend, ListStateDescriptor, ListStateId, RawStateId, ReducingStateDescriptor,
-    ReducingStateId,
+    KeyedStateBackend, ListStateDescriptor, ListStateId, OperatorListStateDescriptor, RawStateId,
+    Redistribution, ReducingStateDescriptor, ReducingStateId,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RuntimeError};
-use crate::function::{Checkpointed, Collector, Data, Key, KeyedProcessFunction};
+use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
 use crate::graph::{KeyedStream, Stream};
 use crate::timers::{TimeDomain, Timer, TimerService};
 
@@ -77,7 +89,7 @@ pub struct TimeWindow {
 impl TimeWindow {
     /// The window's last millisecond: when it fires, and its output's timestamp.
     pub fn max_timestamp(&self) -> u64 {
-        self.end - 1
+        self.end.saturating_sub(1)
     }
 }
 
@@ -166,8 +178,11 @@ impl WindowAssigner {
 
     /// Size, slide and offset in milliseconds, checked.
     fn millis(&self) -> std::result::Result<Millis, String> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let (size, slide, offset) = (ms(self.size), ms(self.slide), ms(self.offset));
+        let (size, slide, offset) = (
+            whole_millis("size", self.size)?,
+            whole_millis("slide", self.slide)?,
+            whole_millis("offset", self.offset)?,
+        );
         if size == 0 || slide == 0 {
             return Err(format!(
                 "window size {size} ms and slide {slide} ms: both must be at least 1 ms"
@@ -178,6 +193,13 @@ impl WindowAssigner {
                 "window offset {offset} ms: it must be smaller than the slide ({slide} ms)"
             ));
         }
+        let per_record = size.div_ceil(slide);
+        if per_record > MAX_WINDOWS_PER_RECORD {
+            return Err(format!(
+                "windows of {size} ms every {slide} ms put each record in {per_record} \
+                 windows; at most {MAX_WINDOWS_PER_RECORD} are allowed"
+            ));
+        }
         Ok(Millis {
             size,
             slide,
@@ -186,9 +208,23 @@ impl WindowAssigner {
     }
 }
 
+/// The most windows one record may belong to (sliding windows: size over slide): each is
+/// a copy of the record in state and a timer.
+pub const MAX_WINDOWS_PER_RECORD: u64 = 10_000;
+
+/// `d` in milliseconds: a part of a millisecond is refused rather than dropped.
+fn whole_millis(what: &str, d: Duration) -> std::result::Result<u64, String> {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(format!(
+            "window {what} {d:?}: window times are whole milliseconds"
+        ));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| format!("window {what} {d:?} is too long"))
+}
+
 /// A [`WindowAssigner`]'s sizes in milliseconds, checked: size and slide at least 1, the
 /// offset below the slide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Millis {
     size: u64,
     slide: u64,
@@ -571,7 +607,97 @@ struct Opened<S> {
     lateness: u64,
 }
 
-impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {}
+/// The name of the operator state that keeps what an operator's windows are
+/// ([`WindowSpec`]), checked on restore.
+pub const WINDOW_SPEC_STATE: &str = "window-spec";
+
+/// What an operator's windows are (bincode: `event_time` as a byte, then size, slide,
+/// offset and lateness as `u64`s): its timers say only when they fire, and which window a
+/// timer stands for follows from these, so a restore under other windows is refused
+/// (its open windows would never fire, or never be dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct WindowSpec {
+    event_time: bool,
+    millis: Millis,
+    /// Allowed lateness in milliseconds (zero for processing time).
+    lateness: u64,
+}
+
+impl fmt::Display for WindowSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Millis {
+            size,
+            slide,
+            offset,
+        } = self.millis;
+        let domain = if self.event_time {
+            "event"
+        } else {
+            "processing"
+        };
+        write!(
+            f,
+            "{domain}-time windows of {size} ms every {slide} ms from offset {offset} ms \
+             with {} ms of allowed lateness",
+            self.lateness
+        )
+    }
+}
+
+impl<K, T, C> WindowOperator<K, T, C> {
+    /// The windows, checked.
+    fn spec(&self) -> Result<WindowSpec> {
+        let config = |e: String| RuntimeError::Config(format!("window operator {}: {e}", self.uid));
+        let millis = self.assigner.millis().map_err(config)?;
+        let event_time = self.assigner.domain == TimeDomain::EventTime;
+        let lateness = if event_time {
+            whole_millis("allowed lateness", self.allowed_lateness).map_err(config)?
+        } else {
+            0
+        };
+        Ok(WindowSpec {
+            event_time,
+            millis,
+            lateness,
+        })
+    }
+
+    /// One element per subtask, each the same (union: every subtask gets them all back);
+    /// the type is named for the state, not the Rust type, so that the code can move.
+    fn spec_state() -> OperatorListStateDescriptor<WindowSpec> {
+        OperatorListStateDescriptor {
+            name: WINDOW_SPEC_STATE.to_string(),
+            codec: Arc::new(BincodeCodec::named("cairn.windows.WindowSpec", 1)),
+            mode: Redistribution::Union,
+        }
+    }
+}
+
+impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
+    /// Refuses a restore whose windows were others.
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        let spec = self.spec()?;
+        let id = ctx.operator_state.register_list(&Self::spec_state())?;
+        if let Some(old) = ctx
+            .operator_state
+            .list(id)?
+            .iter()
+            .find(|old| **old != spec)
+        {
+            return Err(RuntimeError::Restore {
+                reason: format!(
+                    "window operator {}: its state holds {old}, this program asks for \
+                     {spec}; changing the windows of an operator is not supported (its \
+                     open windows would never fire or never be dropped): keep them, or \
+                     give the operator another uid",
+                    self.uid
+                ),
+            });
+        }
+        *ctx.operator_state.list(id)? = vec![spec];
+        Ok(())
+    }
+}
 
 impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator<K, T, C> {
     type Key = K;
@@ -580,20 +706,11 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
     type State = Opened<C::State>;
 
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
-        let millis = self
-            .assigner
-            .millis()
-            .map_err(|e| RuntimeError::Config(format!("window operator {}: {e}", self.uid)))?;
-        let lateness = match self.assigner.domain {
-            TimeDomain::EventTime => {
-                u64::try_from(self.allowed_lateness.as_millis()).unwrap_or(u64::MAX)
-            }
-            _ => 0,
-        };
+        let spec = self.spec()?;
         Ok(Opened {
             contents: self.contents.register(backend)?,
-            millis,
-            lateness,
+            millis: spec.millis,
+            lateness: spec.lateness,
         })
     }
 
@@ -612,7 +729,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 RuntimeError::user(
                     &self.uid,
                     "a record without a timestamp reached event-time windows: assign \
-                     timestamps upstream (Stream::assign_timestamps_and_watermarks)",
+                     timestamps upstream (Stream::assign_timestamps_and_watermarks); \
+                     in-flight records restored from an unaligned checkpoint written \
+                     before records carried timestamps have none",
                 )
             })?,
             _ => timers.current_processing_time(),
@@ -770,9 +889,15 @@ mod tests {
         let e = TimeDomain::EventTime;
         let err = |a: WindowAssigner| a.millis().expect_err("invalid");
         assert!(err(WindowAssigner::new(d(0), d(0), e)).contains("at least 1 ms"));
-        assert!(err(WindowAssigner::new(d(10), Duration::from_micros(500), e)).contains("slide 0"));
+        let half = Duration::from_micros(500);
+        assert!(err(WindowAssigner::new(d(10), half, e)).contains("whole milliseconds"));
         let offset = WindowAssigner::new(d(10), d(5), e).with_offset(d(5));
         assert!(err(offset).contains("smaller than the slide"));
+        let fraction = WindowAssigner::new(Duration::from_micros(1_500), d(1), e);
+        assert!(err(fraction).contains("whole milliseconds"));
+        let many = WindowAssigner::new(d(10_001), d(1), e);
+        assert!(err(many).contains("10001 windows"), "{}", err(many));
+        assert!(WindowAssigner::new(d(10_000), d(1), e).millis().is_ok());
     }
 
     /// What a window operator emitted.
@@ -946,6 +1071,29 @@ mod tests {
                 assert_eq!(h.emitted(), vec![], "a cleanup does not fire");
             }
         }
+    }
+
+    /// A record within the lateness of a window that has fired makes it fire again at
+    /// once, with everything it holds; one past the lateness is dropped.
+    #[test]
+    fn a_late_record_within_the_lateness_fires_its_window_at_once() {
+        let tumbling = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let mut h = Harness::new(tumbling, 5, Arc::new(cairn_core::ManualClock::new(0)));
+        h.process(1, Some(3));
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 1), Some(9))]);
+        h.process(2, Some(9));
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 10), 3), Some(9))],
+            "at once, not at the next watermark"
+        );
+        h.advance(14);
+        assert_eq!(h.emitted(), vec![], "the cleanup does not fire");
+        h.process(4, Some(0));
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![], "dropped: the window is gone");
+        assert_eq!(h.contents(w(0, 10)), None);
     }
 
     /// Processing-time windows take the clock's time, not the record's, and fire when

@@ -14,7 +14,7 @@ use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, Checkpointed, Collector, FnWindow, Job, JobConfig, JobGraph, ProcessFunction,
     RestoreFrom, Sink, SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus,
-    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy,
+    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy, WindowAssigner,
 };
 
 /// `(key, timestamp, value)`.
@@ -352,6 +352,18 @@ fn id(key: u64, end: u64) -> u64 {
 /// parse → timestamps → key_by → sliding windows counting events → check the output's
 /// timestamp → sink.
 fn counting_job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
+    let sliding =
+        SlidingEventTimeWindows::of(Duration::from_millis(SIZE), Duration::from_millis(SLIDE));
+    counting_job_with(input, output, fail_at, sliding)
+}
+
+/// [`counting_job`] with other windows.
+fn counting_job_with(
+    input: &Path,
+    output: &Path,
+    fail_at: Vec<u64>,
+    windows: WindowAssigner,
+) -> JobGraph {
     source("source", FileSource::new(input))
         .process("parse", common::ParseEvents::new(fail_at))
         .assign_timestamps_and_watermarks(
@@ -362,10 +374,7 @@ fn counting_job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
             ),
         )
         .key_by(|(key, _): &(u64, u64)| *key)
-        .window(SlidingEventTimeWindows::of(
-            Duration::from_millis(SIZE),
-            Duration::from_millis(SLIDE),
-        ))
+        .window(windows)
         .aggregate("windows", CountEvents)
         .process(
             "check",
@@ -459,4 +468,40 @@ fn open_windows_survive_a_savepoint_under_the_other_backend_and_parallelism() {
         .run()
         .expect("restored run");
     assert_eq!(common::read_output(&output), model);
+}
+
+/// A savepoint's open windows cannot be restored under other windows (their timers would
+/// stand for windows that do not exist): the restore is refused, naming both.
+#[test]
+fn a_restore_under_other_windows_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_events(dir.path(), 6_000, 15);
+    let output = dir.path().join("out");
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.records_per_second = Some(4_000);
+    let handle = Job::new(counting_job(&input, &output, Vec::new()), cfg)
+        .start()
+        .expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    handle.wait().expect("first run");
+
+    for other in [
+        TumblingEventTimeWindows::of(Duration::from_millis(SIZE)),
+        SlidingEventTimeWindows::of(Duration::from_millis(SIZE), Duration::from_millis(SLIDE))
+            .with_offset(Duration::from_millis(1)),
+    ] {
+        let mut cfg = common::config(dir.path(), 50);
+        cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+        let err = Job::new(counting_job_with(&input, &output, Vec::new(), other), cfg)
+            .run()
+            .expect_err("other windows");
+        let message = err.to_string();
+        assert!(
+            message.contains("window operator windows")
+                && message.contains("1000 ms every 250 ms from offset 0 ms")
+                && message.contains("not supported"),
+            "{message}"
+        );
+    }
 }
