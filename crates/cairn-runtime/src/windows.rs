@@ -607,8 +607,8 @@ struct Opened<S> {
     lateness: u64,
 }
 
-/// The name of the operator state that keeps what an operator's windows are
-/// ([`WindowSpec`]), checked on restore.
+/// The name of the operator state that keeps what an operator's windows are (time domain,
+/// size, slide, offset and allowed lateness), checked on restore.
 pub const WINDOW_SPEC_STATE: &str = "window-spec";
 
 /// What an operator's windows are (bincode: `event_time` as a byte, then size, slide,
