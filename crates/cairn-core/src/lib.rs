@@ -61,9 +61,9 @@ pub use snapshot::{
 };
 pub use state::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,
-    ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, Namespace, RawStateId,
-    ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind, StateMeta, StateValue, UserKey,
-    ValueStateDescriptor, ValueStateId, VoidNamespace,
+    ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, MergingAggregateFunction,
+    Namespace, RawStateId, ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind,
+    StateMeta, StateValue, UserKey, ValueStateDescriptor, ValueStateId, VoidNamespace,
 };
 pub use ttl::{
     ttl_stamp_of, IncrementalCleanup, ManualClock, StateTtlConfig, SystemClock,

@@ -160,6 +160,14 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync + 'static {
     fn result(&self, acc: &ACC) -> OUT;
 }
 
+/// An [`AggregateFunction`] whose accumulators can be merged (Flink's
+/// `AggregateFunction.merge`): merging windows (sessions) need it when two windows become
+/// one.
+pub trait MergingAggregateFunction<IN, ACC, OUT>: AggregateFunction<IN, ACC, OUT> {
+    /// One accumulator holding the inputs of both `a` and `b` (`a`'s first).
+    fn merge(&self, a: ACC, b: ACC) -> ACC;
+}
+
 /// The untyped identity of a registered state: its index in the backend and its kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RawStateId {

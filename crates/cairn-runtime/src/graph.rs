@@ -34,7 +34,7 @@ use crate::task::{
 };
 use crate::timers::TimeDomain;
 use crate::watermarks::{AssignOp, WatermarkStrategy};
-use crate::windows::{WindowAssigner, WindowedStream};
+use crate::windows::{WindowedStream, Windows};
 
 /// The snapshot a run restores from, prepared once per run.
 pub(crate) struct Restore {
@@ -837,7 +837,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// Groups each key's records into windows of time made by `assigner` (Flink's
     /// `window`); a window function on the result makes the operator
     /// ([`crate::windows`]).
-    pub fn window(self, assigner: WindowAssigner) -> WindowedStream<K, T> {
+    pub fn window<A: Windows>(self, assigner: A) -> WindowedStream<K, T, A> {
         WindowedStream::new(self, assigner)
     }
 

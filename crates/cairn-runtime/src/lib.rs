@@ -32,8 +32,8 @@
 //! and emits watermarks behind them; they flow to every downstream
 //! subtask, a task's watermark is the smallest of its inputs', and a keyed operator fires
 //! its event-time timers as its watermark passes them, and all of them at the end of the
-//! input. [`KeyedStream::window`] groups a keyed stream into tumbling or sliding windows
-//! of event or processing time, with a reduce, aggregate or process function
+//! input. [`KeyedStream::window`] groups a keyed stream into tumbling, sliding or session
+//! windows of event or processing time, with a reduce, aggregate or process function
 //! ([`windows`]).
 //!
 //! ```no_run
@@ -85,7 +85,8 @@ pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
 pub use windows::{
-    FnWindow, ProcessWindowFunction, SlidingEventTimeWindows, SlidingProcessingTimeWindows,
-    TimeWindow, TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner,
-    WindowedStream,
+    EventTimeSessionWindows, FnWindow, ProcessWindowFunction, ProcessingTimeSessionWindows,
+    SessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows, TimeWindow,
+    TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner, WindowedStream,
+    Windows,
 };

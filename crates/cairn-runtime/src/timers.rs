@@ -404,6 +404,16 @@ impl Timers {
         self.processing.pop_due(backend, now)
     }
 
+    /// The pending timers' times in `domain`, earliest first (each once).
+    #[cfg(test)]
+    pub(crate) fn pending(&self, domain: TimeDomain) -> Vec<u64> {
+        let timers = match domain {
+            TimeDomain::ProcessingTime => &self.processing,
+            TimeDomain::EventTime => &self.event,
+        };
+        timers.queue.keys().copied().collect()
+    }
+
     /// The operator's watermark advances to `watermark` (never back).
     pub(crate) fn advance_watermark(&mut self, watermark: u64) {
         self.service.watermark = Some(

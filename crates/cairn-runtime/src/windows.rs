@@ -54,7 +54,10 @@
 //! - Times are whole milliseconds (a part of one is refused), and a record may be in at
 //!   most [`MAX_WINDOWS_PER_RECORD`] sliding windows.
 //!
-//! Not built: session windows, custom triggers and evictors, late-data side outputs.
+//! - **Sessions** ([`EventTimeSessionWindows`], [`ProcessingTimeSessionWindows`]): windows
+//!   that merge, with a gap fixed or per record; see [`sessions`].
+//!
+//! Not built: custom triggers and evictors, late-data side outputs.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -73,6 +76,13 @@ use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProc
 use crate::graph::{KeyedStream, Stream};
 use crate::timers::{TimeDomain, Timer, TimerService};
 
+pub mod sessions;
+
+pub use sessions::{
+    DynamicGap, EventTimeSessionWindows, FixedGap, ProcessingTimeSessionWindows, SessionGap,
+    SessionWindows, MERGING_WINDOW_SET_STATE,
+};
+
 /// The name of the keyed state that holds each window's contents (in the window's
 /// namespace), as in Flink.
 pub const WINDOW_CONTENTS_STATE: &str = "window-contents";
@@ -90,6 +100,20 @@ impl TimeWindow {
     /// The window's last millisecond: when it fires, and its output's timestamp.
     pub fn max_timestamp(&self) -> u64 {
         self.end.saturating_sub(1)
+    }
+
+    /// Whether the windows overlap or touch (Flink's `intersects`): sessions that do
+    /// are merged.
+    pub fn intersects(&self, other: &TimeWindow) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    /// The smallest window holding both (Flink's `cover`).
+    pub fn cover(&self, other: &TimeWindow) -> TimeWindow {
+        TimeWindow {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -305,14 +329,25 @@ where
     }
 }
 
+/// What [`crate::KeyedStream::window`] takes: a [`WindowAssigner`] (tumbling or sliding
+/// windows) or [`SessionWindows`]. Sealed.
+pub trait Windows: sealed::Sealed + fmt::Debug {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl sealed::Sealed for WindowAssigner {}
+impl Windows for WindowAssigner {}
+
 /// A keyed stream grouped into windows; see [`crate::KeyedStream::window`].
-pub struct WindowedStream<K, T> {
+pub struct WindowedStream<K, T, A = WindowAssigner> {
     keyed: KeyedStream<K, T>,
-    assigner: WindowAssigner,
+    assigner: A,
     allowed_lateness: Duration,
 }
 
-impl<K, T> fmt::Debug for WindowedStream<K, T> {
+impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WindowedStream")
             .field("assigner", &self.assigner)
@@ -321,8 +356,8 @@ impl<K, T> fmt::Debug for WindowedStream<K, T> {
     }
 }
 
-impl<K: Key, T: Data> WindowedStream<K, T> {
-    pub(crate) fn new(keyed: KeyedStream<K, T>, assigner: WindowAssigner) -> Self {
+impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
+    pub(crate) fn new(keyed: KeyedStream<K, T>, assigner: A) -> Self {
         Self {
             keyed,
             assigner,
@@ -337,7 +372,9 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         self.allowed_lateness = lateness;
         self
     }
+}
 
+impl<K: Key, T: Data> WindowedStream<K, T> {
     /// Folds each window's records with `f` and emits `(key, window, result)` when it
     /// fires.
     pub fn reduce(
@@ -395,12 +432,14 @@ trait Contents<K, T>: Clone + Send + 'static {
         window: &TimeWindow,
         record: T,
     ) -> Result<()>;
-    /// Emits the window's result; nothing when it has no contents.
+    /// Emits the result of `window`, whose contents are kept in the namespace `stored`
+    /// (the same window, but for merged sessions); nothing when it has no contents.
     fn emit<B: KeyedStateBackend>(
         &mut self,
         state: Self::State,
         backend: &mut B,
         key: &K,
+        stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
@@ -415,6 +454,20 @@ trait Contents<K, T>: Clone + Send + 'static {
     ) -> Result<()> {
         Ok(backend.clear(Self::raw(state), window)?)
     }
+}
+
+/// Contents that can merge, for merging windows (sessions): Flink's
+/// `InternalMergingState::mergeNamespaces`.
+trait Merging<K, T>: Contents<K, T> {
+    /// Moves what the namespace `from` holds into `into`, after what `into` holds, and
+    /// drops `from`.
+    fn merge<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        from: &TimeWindow,
+        into: &TimeWindow,
+    ) -> Result<()>;
 }
 
 /// Emits a reduce's or aggregate's `result` for `window` of `key`, if it has one, with the
@@ -469,15 +522,35 @@ where
         state: Self::State,
         backend: &mut B,
         key: &K,
+        stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = backend.reducing_get(state, window)?;
+        let result = backend.reducing_get(state, stored)?;
         emit_result(key, window, result, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+}
+
+impl<K: Key, T: Data, F> Merging<K, T> for Reduce<T, F>
+where
+    F: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+{
+    fn merge<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        from: &TimeWindow,
+        into: &TimeWindow,
+    ) -> Result<()> {
+        if let Some(value) = backend.reducing_get(state, from)? {
+            backend.reducing_add(state, into, value)?;
+            backend.clear(state.raw(), from)?;
+        }
+        Ok(())
     }
 }
 
@@ -522,10 +595,11 @@ where
         state: Self::State,
         backend: &mut B,
         key: &K,
+        stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = backend.aggregating_get(state, window)?;
+        let result = backend.aggregating_get(state, stored)?;
         emit_result(key, window, result, out)
     }
 
@@ -570,10 +644,11 @@ where
         state: Self::State,
         backend: &mut B,
         key: &K,
+        stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, O>,
     ) -> Result<()> {
-        let elements = backend.list_get(state, window)?;
+        let elements = backend.list_get(state, stored)?;
         if elements.is_empty() {
             return Ok(());
         }
@@ -583,6 +658,29 @@ where
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+}
+
+impl<K, T, O, F> Merging<K, T> for Process<T, O, F>
+where
+    K: Key,
+    T: Data,
+    O: Data,
+    F: ProcessWindowFunction<K, T, O>,
+{
+    fn merge<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        from: &TimeWindow,
+        into: &TimeWindow,
+    ) -> Result<()> {
+        let elements = backend.list_get(state, from)?;
+        if !elements.is_empty() {
+            backend.list_add_all(state, into, elements)?;
+            backend.clear(state.raw(), from)?;
+        }
+        Ok(())
     }
 }
 
@@ -676,27 +774,56 @@ impl<K, T, C> WindowOperator<K, T, C> {
 impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
     /// Refuses a restore whose windows were others.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
-        let spec = self.spec()?;
-        let id = ctx.operator_state.register_list(&Self::spec_state())?;
-        if let Some(old) = ctx
-            .operator_state
-            .list(id)?
-            .iter()
-            .find(|old| **old != spec)
-        {
-            return Err(RuntimeError::Restore {
-                reason: format!(
-                    "window operator {}: its state holds {old}, this program asks for \
-                     {spec}; changing the windows of an operator is not supported (its \
-                     open windows would never fire or never be dropped): keep them, or \
-                     give the operator another uid",
-                    self.uid
-                ),
-            });
-        }
-        *ctx.operator_state.list(id)? = vec![spec];
-        Ok(())
+        keep_spec(
+            ctx,
+            &self.uid,
+            &Self::spec_state(),
+            self.spec()?,
+            "its open windows would never fire or never be dropped",
+        )
     }
+}
+
+/// Checks that what a window operator's operator state says its windows were is `spec`
+/// (refusing the restore naming both, and `why` a change is refused, when not), and
+/// keeps `spec` there.
+fn keep_spec<S>(
+    ctx: &mut InitContext<'_>,
+    uid: &str,
+    state: &OperatorListStateDescriptor<S>,
+    spec: S,
+    why: &str,
+) -> Result<()>
+where
+    S: cairn_core::StateValue + PartialEq + fmt::Display,
+{
+    let id = ctx.operator_state.register_list(state)?;
+    if let Some(old) = ctx
+        .operator_state
+        .list(id)?
+        .iter()
+        .find(|old| **old != spec)
+    {
+        return Err(RuntimeError::Restore {
+            reason: format!(
+                "window operator {uid}: its state holds {old}, this program asks for \
+                 {spec}; changing this is not supported ({why}): keep it, or give the \
+                 operator another uid"
+            ),
+        });
+    }
+    *ctx.operator_state.list(id)? = vec![spec];
+    Ok(())
+}
+
+/// The error for an event-time record without a timestamp.
+fn missing_timestamp(uid: &str) -> RuntimeError {
+    RuntimeError::user(
+        uid,
+        "a record without a timestamp reached event-time windows: assign timestamps \
+         upstream (Stream::assign_timestamps_and_watermarks); in-flight records restored \
+         from an unaligned checkpoint written before records carried timestamps have none",
+    )
 }
 
 impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator<K, T, C> {
@@ -725,15 +852,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
     ) -> Result<()> {
         let domain = self.assigner.domain;
         let time = match domain {
-            TimeDomain::EventTime => out.timestamp().ok_or_else(|| {
-                RuntimeError::user(
-                    &self.uid,
-                    "a record without a timestamp reached event-time windows: assign \
-                     timestamps upstream (Stream::assign_timestamps_and_watermarks); \
-                     in-flight records restored from an unaligned checkpoint written \
-                     before records carried timestamps have none",
-                )
-            })?,
+            TimeDomain::EventTime => out
+                .timestamp()
+                .ok_or_else(|| missing_timestamp(&self.uid))?,
             _ => timers.current_processing_time(),
         };
         let watermark = timers.current_watermark();
@@ -762,7 +883,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 if watermark.is_some_and(|w| fire <= w) {
                     // A late record within the allowed lateness: fire again at once.
                     self.contents
-                        .emit(state.contents, backend, key, window, out)?;
+                        .emit(state.contents, backend, key, window, window, out)?;
                 } else {
                     timers.register_event_time_timer(fire);
                 }
@@ -795,7 +916,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         };
         if let Some(window) = state.millis.window_ending_at(end) {
             self.contents
-                .emit(state.contents, backend, key, &window, out)?;
+                .emit(state.contents, backend, key, &window, &window, out)?;
             if state.lateness == 0 {
                 self.contents.clear(state.contents, backend, &window)?;
             }
@@ -901,7 +1022,7 @@ mod tests {
     }
 
     /// What a window operator emitted.
-    struct Emitted(Vec<((u64, TimeWindow, u64), Option<u64>)>);
+    pub(super) struct Emitted(Vec<((u64, TimeWindow, u64), Option<u64>)>);
 
     impl crate::chain::Chain<(u64, TimeWindow, u64)> for Emitted {
         fn push(&mut self, record: (u64, TimeWindow, u64), timestamp: Option<u64>) -> Result<()> {
@@ -934,23 +1055,54 @@ mod tests {
 
     type SumOp = WindowOperator<u64, u64, Reduce<u64, fn(u64, u64) -> u64>>;
 
-    /// A window operator summing `u64`s of key 1 over a hashmap backend, driven as its
-    /// keyed operator drives it.
-    struct Harness {
-        backend: cairn_hashmap::HashMapBackend,
-        op: SumOp,
-        state: Opened<ReducingStateId<u64, TimeWindow>>,
+    /// A window operator over `u64`s of key 1 emitting `(key, window, u64)` over a
+    /// hashmap backend, driven as its keyed operator drives it.
+    pub(super) struct Harness<F: KeyedProcessFunction> {
+        pub(super) backend: cairn_hashmap::HashMapBackend,
+        op: F,
+        pub(super) state: F::State,
         timers: crate::timers::Timers,
         emitted: Emitted,
         key: Vec<u8>,
     }
 
-    impl Harness {
+    /// A reduce adding `u64`s.
+    pub(super) fn sum() -> Reduce<u64, fn(u64, u64) -> u64> {
+        Reduce {
+            f: |a, b| a + b,
+            _t: PhantomData,
+        }
+    }
+
+    impl Harness<SumOp> {
         fn new(
             assigner: WindowAssigner,
             lateness: u64,
             clock: Arc<cairn_core::ManualClock>,
         ) -> Self {
+            let op = WindowOperator {
+                uid: "sum".into(),
+                assigner,
+                allowed_lateness: Duration::from_millis(lateness),
+                contents: sum(),
+                windows: Vec::new(),
+                _k: PhantomData,
+            };
+            Harness::of(op, clock)
+        }
+
+        fn contents(&mut self, window: TimeWindow) -> Option<u64> {
+            self.backend.set_current_key(&self.key).expect("key");
+            let id = self.state.contents;
+            self.backend.reducing_get(id, &window).expect("get")
+        }
+    }
+
+    impl<F> Harness<F>
+    where
+        F: KeyedProcessFunction<Key = u64, In = u64, Out = (u64, TimeWindow, u64)>,
+    {
+        pub(super) fn of(mut op: F, clock: Arc<cairn_core::ManualClock>) -> Self {
             use cairn_core::Codec;
             let mut backend = cairn_hashmap::HashMapBackend::new(cairn_hashmap::HashMapConfig {
                 uid: "sum".into(),
@@ -959,18 +1111,6 @@ mod tests {
                 key_codec: BincodeCodec::<u64>::new().identity().clone(),
             })
             .expect("backend");
-            let sum: fn(u64, u64) -> u64 = |a, b| a + b;
-            let mut op = WindowOperator {
-                uid: "sum".into(),
-                assigner,
-                allowed_lateness: Duration::from_millis(lateness),
-                contents: Reduce {
-                    f: sum,
-                    _t: PhantomData,
-                },
-                windows: Vec::new(),
-                _k: PhantomData,
-            };
             let state = op.open(&mut backend).expect("open");
             let key = BincodeCodec::<u64>::new().encode_to_vec(&1).expect("key");
             backend.set_current_key(&key).expect("key");
@@ -985,7 +1125,7 @@ mod tests {
             }
         }
 
-        fn process(&mut self, value: u64, timestamp: Option<u64>) {
+        pub(super) fn process(&mut self, value: u64, timestamp: Option<u64>) {
             self.backend.set_current_key(&self.key).expect("key");
             let mut out = Collector::new(&mut self.emitted, timestamp);
             let timers = self.timers.service();
@@ -1010,7 +1150,7 @@ mod tests {
         }
 
         /// The watermark advances: due event-time timers fire.
-        fn advance(&mut self, watermark: u64) {
+        pub(super) fn advance(&mut self, watermark: u64) {
             self.timers.advance_watermark(watermark);
             while let Some((time, key)) = self.timers.pop_event_due(&mut self.backend).expect("due")
             {
@@ -1019,7 +1159,7 @@ mod tests {
         }
 
         /// Due processing-time timers fire.
-        fn fire_processing(&mut self) {
+        pub(super) fn fire_processing(&mut self) {
             let now = self.timers.now();
             while let Some((time, key)) = self
                 .timers
@@ -1030,13 +1170,17 @@ mod tests {
             }
         }
 
-        fn contents(&mut self, window: TimeWindow) -> Option<u64> {
-            self.backend.set_current_key(&self.key).expect("key");
-            let id = self.state.contents;
-            self.backend.reducing_get(id, &window).expect("get")
+        /// The pending timers' times in `domain`.
+        pub(super) fn pending(&self, domain: TimeDomain) -> Vec<u64> {
+            self.timers.pending(domain)
         }
 
-        fn emitted(&mut self) -> Vec<((u64, TimeWindow, u64), Option<u64>)> {
+        /// Sets the backend's current key to the harness's key.
+        pub(super) fn select_key(&mut self) {
+            self.backend.set_current_key(&self.key).expect("key");
+        }
+
+        pub(super) fn emitted(&mut self) -> Vec<((u64, TimeWindow, u64), Option<u64>)> {
             std::mem::take(&mut self.emitted.0)
         }
     }

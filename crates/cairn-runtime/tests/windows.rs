@@ -1,6 +1,6 @@
 //! Windows end to end (`KeyedStream::window`): what fires when, late records, timestamps of
 //! the output, and exactly-once results across failures, savepoints, backend switches and
-//! rescaling.
+//! rescaling; for tumbling and sliding windows and for sessions.
 
 mod common;
 
@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_core::AggregateFunction;
+use cairn_core::{AggregateFunction, MergingAggregateFunction};
 use cairn_runtime::sources::FileSource;
+use cairn_runtime::windows::FixedGap;
 use cairn_runtime::{
-    source, Checkpointed, Collector, FnWindow, Job, JobConfig, JobGraph, ProcessFunction,
-    RestoreFrom, Sink, SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus,
-    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy, WindowAssigner,
+    source, Checkpointed, Collector, EventTimeSessionWindows, FnWindow, Job, JobConfig, JobGraph,
+    ProcessFunction, RestoreFrom, SessionWindows, Sink, SlidingEventTimeWindows, SnapshotMode,
+    Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
+    WatermarkStrategy, WindowAssigner, Windows,
 };
 
 /// `(key, timestamp, value)`.
@@ -102,6 +104,12 @@ impl AggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
     }
 }
 
+impl MergingAggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
 /// Counts events.
 #[derive(Clone, Debug)]
 struct CountEvents;
@@ -115,6 +123,12 @@ impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
     }
     fn result(&self, acc: &u64) -> u64 {
         *acc
+    }
+}
+
+impl MergingAggregateFunction<(u64, u64), u64, u64> for CountEvents {
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
     }
 }
 
@@ -155,13 +169,24 @@ fn lateness_config(backend: StateBackendConfig) -> JobConfig {
 
 /// The keyed, windowed stream of the lateness script.
 fn windowed(script: Script) -> cairn_runtime::WindowedStream<u64, Event> {
+    windowed_by(
+        script,
+        TumblingEventTimeWindows::of(Duration::from_millis(10)),
+    )
+}
+
+/// The script's events in `windows` with 5 ms of lateness.
+fn windowed_by<A: Windows>(
+    script: Script,
+    windows: A,
+) -> cairn_runtime::WindowedStream<u64, Event, A> {
     source("source", script)
         .assign_timestamps_and_watermarks(
             "timestamps",
             WatermarkStrategy::for_monotonous_timestamps(|e: &Event| e.1),
         )
         .key_by(|e: &Event| e.0)
-        .window(TumblingEventTimeWindows::of(Duration::from_millis(10)))
+        .window(windows)
         .allowed_lateness(Duration::from_millis(5))
 }
 
@@ -504,4 +529,361 @@ fn a_restore_under_other_windows_is_refused() {
             "{message}"
         );
     }
+}
+
+/// The script of the session test: sessions with a 10 ms gap, no out-of-orderness, 5 ms of
+/// allowed lateness.
+/// - Key 1 gets 1 at 0 and 2 at 20, key 2 100 at 3: sessions `[0, 10)`, `[20, 30)` and
+///   `[3, 13)`. The pause's watermark (19) fires (and, past their lateness, drops) the
+///   first and the last.
+/// - 4 at 10 joins `[20, 30)` (touching it), which becomes `[10, 30)`.
+/// - Key 3 gets 1000 at 21, key 1 16 at 32 (a new session `[32, 42)`); the pause's
+///   watermark (31) fires `[10, 30)` and `[21, 31)`, whose contents are kept until 34
+///   and 35.
+/// - 32 at 25 bridges `[10, 30)` and `[32, 42)`: `[10, 42)`, not yet due. 2000 at 21
+///   reaches key 3's fired session: it fires again at once. 400 at 5 of key 2 is past
+///   its lateness: dropped.
+/// - The end of the input fires `[10, 42)`.
+fn session_script() -> Script {
+    Script {
+        steps: vec![
+            Some(vec![(1, 0, 1), (2, 3, 100), (1, 20, 2)]),
+            None,
+            Some(vec![(1, 10, 4)]),
+            None,
+            Some(vec![(3, 21, 1_000), (1, 32, 16)]),
+            None,
+            Some(vec![(1, 25, 32), (3, 21, 2_000), (2, 5, 400)]),
+        ],
+        next: 0,
+    }
+}
+
+fn sessions(gap_ms: u64) -> SessionWindows<FixedGap> {
+    EventTimeSessionWindows::with_gap(Duration::from_millis(gap_ms))
+}
+
+/// Sessions merge (their contents in the order of the sessions), fire at their end,
+/// again at once for records within the lateness, and drop later records; reduce,
+/// aggregate (merging accumulators) and process under both backends.
+#[test]
+fn sessions_merge_and_fire_again_for_records_within_the_lateness() {
+    for backend in [StateBackendConfig::HashMap, StateBackendConfig::rocksdb()] {
+        let reduced = run(
+            windowed_by(session_script(), sessions(10))
+                .reduce("sum", |a: Event, b: Event| (a.0, a.1.max(b.1), a.2 + b.2)),
+            lateness_config(backend.clone()),
+        );
+        let sums: Vec<_> = reduced
+            .iter()
+            .map(|((k, window, (_, _, sum)), t)| (*k, *window, *sum, *t))
+            .collect();
+        assert_eq!(
+            sums,
+            vec![
+                (1, w(0, 10), 1, Some(9)),
+                (1, w(10, 30), 6, Some(29)),
+                (1, w(10, 42), 54, Some(41)),
+                (2, w(3, 13), 100, Some(12)),
+                (3, w(21, 31), 1_000, Some(30)),
+                (3, w(21, 31), 3_000, Some(30)),
+            ],
+            "reduce under {backend:?}"
+        );
+
+        let aggregated = run(
+            windowed_by(session_script(), sessions(10)).aggregate("count", CountAndSum),
+            lateness_config(backend.clone()),
+        );
+        assert_eq!(
+            aggregated,
+            vec![
+                ((1, w(0, 10), (1, 1)), Some(9)),
+                ((1, w(10, 30), (2, 6)), Some(29)),
+                ((1, w(10, 42), (4, 54)), Some(41)),
+                ((2, w(3, 13), (1, 100)), Some(12)),
+                ((3, w(21, 31), (1, 1_000)), Some(30)),
+                ((3, w(21, 31), (2, 3_000)), Some(30)),
+            ],
+            "aggregate under {backend:?}"
+        );
+
+        let listed = run(
+            windowed_by(session_script(), sessions(10)).process(
+                "list",
+                FnWindow(
+                    |key: &u64,
+                     window: TimeWindow,
+                     events: Vec<Event>,
+                     out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
+                        let values = events.iter().map(|e| e.2).collect();
+                        out.collect((*key, window, values))
+                    },
+                ),
+            ),
+            lateness_config(backend.clone()),
+        );
+        assert_eq!(
+            listed,
+            vec![
+                ((1, w(0, 10), vec![1]), Some(9)),
+                ((1, w(10, 30), vec![2, 4]), Some(29)),
+                ((1, w(10, 42), vec![2, 4, 16, 32]), Some(41)),
+                ((2, w(3, 13), vec![100]), Some(12)),
+                ((3, w(21, 31), vec![1_000]), Some(30)),
+                ((3, w(21, 31), vec![1_000, 2_000]), Some(30)),
+            ],
+            "process under {backend:?}"
+        );
+    }
+}
+
+/// The session gap of the exactly-once runs, in milliseconds: a key's events are 75 ms
+/// apart on average, with a jitter of up to 250 ms, so sessions grow, bridge and merge.
+const GAP: u64 = 100;
+
+/// The sessions of the events in `path` (`key timestamp` lines) with gap `gap`: per
+/// `session_id`, its number of events. No event is late (see [`write_events`]), so these
+/// are the sessions of each key's sorted timestamps, split where one is more than a gap
+/// after the one before.
+fn session_model(path: &Path, gap: u64) -> BTreeMap<String, Vec<u64>> {
+    let mut by_key: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).expect("events").lines() {
+        let (key, timestamp) = line.split_once(' ').expect("key timestamp");
+        let timestamp = timestamp.parse().expect("timestamp");
+        by_key
+            .entry(key.parse().expect("key"))
+            .or_default()
+            .push(timestamp);
+    }
+    let mut model = BTreeMap::new();
+    for (key, mut times) in by_key {
+        times.sort_unstable();
+        let (mut start, mut last, mut count) = (times[0], times[0], 0);
+        for t in times {
+            if t > last + gap {
+                model.insert(
+                    session_id(key, w(start, last + gap)).to_string(),
+                    vec![count],
+                );
+                (start, count) = (t, 0);
+            }
+            last = t;
+            count += 1;
+        }
+        model.insert(
+            session_id(key, w(start, last + gap)).to_string(),
+            vec![count],
+        );
+    }
+    model
+}
+
+/// One output line's key: the event key and the session.
+fn session_id(key: u64, window: TimeWindow) -> u64 {
+    key * 1_000_000_000_000 + window.start * 1_000_000 + (window.end - window.start)
+}
+
+/// parse → timestamps → key_by → sessions counting events (merging counts) → check the
+/// output's timestamp → sink.
+fn session_job(input: &Path, output: &Path, fail_at: Vec<u64>, gap: u64) -> JobGraph {
+    source("source", FileSource::new(input))
+        .process("parse", common::ParseEvents::new(fail_at))
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_bounded_out_of_orderness(
+                Duration::from_millis(300),
+                |(_, timestamp): &(u64, u64)| *timestamp,
+            ),
+        )
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .window(sessions(gap))
+        .aggregate("sessions", CountEvents)
+        .process(
+            "check",
+            cairn_runtime::function::FnProcess(
+                |(key, window, count): (u64, TimeWindow, u64),
+                 out: &mut Collector<'_, (u64, u64)>| {
+                    let stamped = out.timestamp() == Some(window.max_timestamp());
+                    let count = if stamped { count } else { BROKEN };
+                    out.collect((session_id(key, window), count))
+                },
+            ),
+        )
+        .sink("sink", common::count_sink(output))
+}
+
+/// Failures between checkpoints: open sessions, their index and their timers are
+/// restored, and every session's count is committed exactly once.
+fn sessions_exactly_once_across_failures(
+    backend: StateBackendConfig,
+    mode: SnapshotMode,
+    unaligned: bool,
+    parallelism: u32,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, _) = write_events(dir.path(), 5_000, 15);
+    let model = session_model(&input, GAP);
+    let output = dir.path().join("out");
+    let cfg = common::event_time_config(dir.path(), backend, mode, unaligned, parallelism);
+    let result = Job::new(session_job(&input, &output, vec![2_000, 4_000], GAP), cfg)
+        .run()
+        .expect("job");
+    assert_eq!(result.restarts, 2, "the injected failures did not happen");
+    assert_eq!(common::read_output(&output), model);
+}
+
+#[test]
+fn heap_full_sessions_are_exactly_once_across_failures() {
+    sessions_exactly_once_across_failures(
+        StateBackendConfig::HashMap,
+        SnapshotMode::Full,
+        false,
+        2,
+    );
+}
+
+#[test]
+fn rocksdb_incremental_unaligned_sessions_are_exactly_once_across_failures() {
+    sessions_exactly_once_across_failures(
+        StateBackendConfig::rocksdb(),
+        SnapshotMode::Incremental,
+        true,
+        3,
+    );
+}
+
+#[test]
+fn changelog_sessions_are_exactly_once_across_failures() {
+    sessions_exactly_once_across_failures(
+        StateBackendConfig::rocksdb(),
+        SnapshotMode::Changelog,
+        false,
+        1,
+    );
+}
+
+/// Takes a savepoint of the session job at parallelism 2 under the heap backend while
+/// sessions are open; returns the input, the output directory and the savepoint.
+fn session_savepoint(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let (input, _) = write_events(dir, 6_000, 15);
+    let output = dir.join("out");
+    let mut cfg = common::config(dir, 50);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4_000);
+    cfg.auto_watermark_interval = Duration::from_millis(20);
+    let handle = Job::new(session_job(&input, &output, Vec::new(), GAP), cfg)
+        .start()
+        .expect("start");
+    let started = std::time::Instant::now();
+    while common::read_output(&output).len() < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no session fired while the input was read"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    let first = handle.wait().expect("first run");
+    assert!(first.records < 6_000, "the input ended before the stop");
+    (input, output, savepoint)
+}
+
+/// Open sessions go through a savepoint restored under the other backend at another
+/// parallelism, and fire there, each once.
+#[test]
+fn open_sessions_survive_a_savepoint_under_the_other_backend_and_parallelism() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, output, savepoint) = session_savepoint(dir.path());
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    Job::new(session_job(&input, &output, Vec::new(), GAP), cfg)
+        .run()
+        .expect("restored run");
+    assert_eq!(common::read_output(&output), session_model(&input, GAP));
+}
+
+/// Sessions are kept whole, so a restore may change the gap; not the lateness (its
+/// timers were set for the old one), and not tumbling or sliding windows for sessions.
+#[test]
+fn a_restore_may_change_the_session_gap_but_not_the_lateness_or_the_kind_of_windows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, output, savepoint) = session_savepoint(dir.path());
+    let restore = || {
+        let mut cfg = common::config(dir.path(), 50);
+        cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+        cfg
+    };
+    let later = |graph: JobGraph| {
+        Job::new(graph, restore())
+            .run()
+            .expect_err("refused")
+            .to_string()
+    };
+
+    let lateness = source("source", FileSource::new(&input))
+        .process("parse", common::ParseEvents::new(Vec::new()))
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|(_, t): &(u64, u64)| *t),
+        )
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .window(sessions(GAP))
+        .allowed_lateness(Duration::from_millis(1))
+        .aggregate("sessions", CountEvents)
+        .process(
+            "check",
+            cairn_runtime::function::FnProcess(
+                |(key, window, count): (u64, TimeWindow, u64),
+                 out: &mut Collector<'_, (u64, u64)>| {
+                    out.collect((session_id(key, window), count))
+                },
+            ),
+        )
+        .sink("sink", common::count_sink(&output));
+    let message = later(lateness);
+    assert!(
+        message.contains("window operator sessions")
+            && message.contains("event-time session windows with 0 ms of allowed lateness")
+            && message.contains("with 1 ms")
+            && message.contains("not supported"),
+        "{message}"
+    );
+
+    let tumbling = source("source", FileSource::new(&input))
+        .process("parse", common::ParseEvents::new(Vec::new()))
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|(_, t): &(u64, u64)| *t),
+        )
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(GAP)))
+        .aggregate("sessions", CountEvents)
+        .process(
+            "check",
+            cairn_runtime::function::FnProcess(
+                |(key, window, count): (u64, TimeWindow, u64),
+                 out: &mut Collector<'_, (u64, u64)>| {
+                    out.collect((session_id(key, window), count))
+                },
+            ),
+        )
+        .sink("sink", common::count_sink(&output));
+    let message = later(tumbling);
+    assert!(
+        message.contains("operator sessions")
+            && message.contains("state window-spec")
+            && message.contains("cairn.windows.SessionSpec")
+            && message.contains("cairn.windows.WindowSpec"),
+        "{message}"
+    );
+
+    let mut cfg = restore();
+    cfg.parallelism = 2;
+    let result = Job::new(session_job(&input, &output, Vec::new(), 2 * GAP), cfg)
+        .run()
+        .expect("a restore with another gap");
+    assert!(result.records > 0);
 }

@@ -1,0 +1,767 @@
+//! Session windows (Flink's `EventTimeSessionWindows`, `ProcessingTimeSessionWindows` and
+//! their dynamic-gap forms).
+//!
+//! A record at time `t` opens the window `[t, t + gap)`; windows of one key that overlap
+//! or touch ([`TimeWindow::intersects`]) merge into one, so a session is a run of records
+//! none of which is a gap or more after the one before, and it ends a gap after its last
+//! record. The gap is fixed ([`EventTimeSessionWindows::with_gap`]) or taken from each
+//! record ([`EventTimeSessionWindows::with_dynamic_gap`]).
+//!
+//! Firing, lateness, output and timestamps are as for the other windows (see
+//! [`crate::windows`]): an event-time session fires when the watermark passes its last
+//! millisecond; a record within the allowed lateness that reaches (or extends) a session
+//! which has fired makes it fire again at once; a record whose session, merged, is past
+//! its lateness is dropped.
+//!
+//! State, as in Flink's `MergingWindowSet`: each key keeps its open sessions in the keyed
+//! state [`MERGING_WINDOW_SET_STATE`], each with the namespace its contents are kept
+//! under in [`WINDOW_CONTENTS_STATE`] — the window it started as — so that a session
+//! that grows does not move its contents; when two sessions merge, the later one's
+//! contents are added to the earlier one's (a process function then sees the earlier
+//! session's records first). `aggregate` keeps the accumulator as a value state and
+//! needs accumulators that merge ([`MergingAggregateFunction`]).
+//!
+//! Restores: the sessions are kept whole, so a program may change the gap; a change of
+//! time domain or allowed lateness is refused (the timers that drop sessions were set by
+//! the old lateness), as is a restore of tumbling or sliding windows' state into
+//! sessions or back (the operator state [`WINDOW_SPEC_STATE`] has another type).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{
+    BincodeCodec, KeyedStateBackend, MergingAggregateFunction, OperatorListStateDescriptor,
+    RawStateId, Redistribution, ValueStateDescriptor, ValueStateId,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    emit_result, keep_spec, missing_timestamp, sealed, whole_millis, window_codec, Contents,
+    Merging, Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowedStream, Windows,
+    WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
+};
+use crate::error::{Result, RuntimeError};
+use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
+use crate::graph::Stream;
+use crate::timers::{TimeDomain, Timer, TimerService};
+
+/// The name of the keyed state that holds a key's open sessions (Flink's
+/// `merging-window-set`).
+pub const MERGING_WINDOW_SET_STATE: &str = "merging-window-set";
+
+/// Session windows of event time (Flink's `EventTimeSessionWindows`).
+#[derive(Debug)]
+pub struct EventTimeSessionWindows;
+
+impl EventTimeSessionWindows {
+    /// Sessions that end `gap` after their last record.
+    pub fn with_gap(gap: Duration) -> SessionWindows<FixedGap> {
+        SessionWindows::new(FixedGap(gap), TimeDomain::EventTime)
+    }
+
+    /// Sessions that end, after their last record, the gap `gap(record)` gives (Flink's
+    /// `withDynamicGap`).
+    pub fn with_dynamic_gap<F>(gap: F) -> SessionWindows<DynamicGap<F>> {
+        SessionWindows::new(DynamicGap(gap), TimeDomain::EventTime)
+    }
+}
+
+/// Session windows of processing time (Flink's `ProcessingTimeSessionWindows`).
+#[derive(Debug)]
+pub struct ProcessingTimeSessionWindows;
+
+impl ProcessingTimeSessionWindows {
+    /// Sessions that end `gap` after their last record was processed.
+    pub fn with_gap(gap: Duration) -> SessionWindows<FixedGap> {
+        SessionWindows::new(FixedGap(gap), TimeDomain::ProcessingTime)
+    }
+
+    /// Sessions that end, after their last record was processed, the gap `gap(record)`
+    /// gives.
+    pub fn with_dynamic_gap<F>(gap: F) -> SessionWindows<DynamicGap<F>> {
+        SessionWindows::new(DynamicGap(gap), TimeDomain::ProcessingTime)
+    }
+}
+
+/// Session windows with a gap of `G` ([`FixedGap`] or [`DynamicGap`]), for
+/// [`crate::KeyedStream::window`].
+#[derive(Clone, Copy, Debug)]
+pub struct SessionWindows<G> {
+    gap: G,
+    domain: TimeDomain,
+}
+
+impl<G> SessionWindows<G> {
+    fn new(gap: G, domain: TimeDomain) -> Self {
+        Self { gap, domain }
+    }
+
+    /// The time domain the sessions are in.
+    pub fn domain(&self) -> TimeDomain {
+        self.domain
+    }
+}
+
+impl<G> sealed::Sealed for SessionWindows<G> {}
+impl<G: fmt::Debug> Windows for SessionWindows<G> {}
+
+/// How long a session lasts after a record of type `T`.
+pub trait SessionGap<T>: Clone + Send + 'static {
+    /// The gap after `record`: whole milliseconds, at least one.
+    fn gap(&self, record: &T) -> Duration;
+
+    /// The gap if it is the same for every record (checked when the job starts).
+    fn fixed(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The same gap after every record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedGap(pub Duration);
+
+impl<T> SessionGap<T> for FixedGap {
+    fn gap(&self, _: &T) -> Duration {
+        self.0
+    }
+
+    fn fixed(&self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+/// A gap taken from each record by a function.
+#[derive(Clone, Copy)]
+pub struct DynamicGap<F>(pub F);
+
+impl<F> fmt::Debug for DynamicGap<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DynamicGap(..)")
+    }
+}
+
+impl<T, F> SessionGap<T> for DynamicGap<F>
+where
+    F: Fn(&T) -> Duration + Clone + Send + 'static,
+{
+    fn gap(&self, record: &T) -> Duration {
+        (self.0)(record)
+    }
+}
+
+impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, SessionWindows<G>> {
+    /// Folds each session's records with `f` and emits `(key, session, result)` when it
+    /// fires; merging sessions are folded together.
+    pub fn reduce(
+        self,
+        uid: &str,
+        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
+    ) -> Stream<(K, TimeWindow, T)> {
+        self.apply(uid, Reduce { f, _t: PhantomData })
+    }
+
+    /// Adds each session's records to an accumulator of `function` and emits `(key,
+    /// session, result)` when it fires; merging sessions merge their accumulators.
+    pub fn aggregate<ACC: Data, OUT: Data>(
+        self,
+        uid: &str,
+        function: impl MergingAggregateFunction<T, ACC, OUT> + Clone,
+    ) -> Stream<(K, TimeWindow, OUT)> {
+        self.apply(
+            uid,
+            Accumulate {
+                function,
+                _t: PhantomData,
+            },
+        )
+    }
+
+    /// Keeps each session's records and gives them to `f` when it fires.
+    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
+        self.apply(uid, Process { f, _t: PhantomData })
+    }
+
+    fn apply<C: Merging<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+        let op = SessionOperator {
+            uid: uid.to_string(),
+            sessions: self.assigner,
+            allowed_lateness: self.allowed_lateness,
+            contents,
+            _k: PhantomData,
+        };
+        self.keyed.process(uid, op)
+    }
+}
+
+/// An aggregate over merging windows: the accumulator as a value state, so that two can
+/// be merged (an aggregating state gives only the result).
+#[derive(Clone)]
+struct Accumulate<T, ACC, OUT, A> {
+    function: A,
+    _t: Types<(T, ACC, OUT)>,
+}
+
+impl<K, T, ACC, OUT, A> Contents<K, T> for Accumulate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: MergingAggregateFunction<T, ACC, OUT> + Clone,
+{
+    type State = ValueStateId<ACC, TimeWindow>;
+    type Out = (K, TimeWindow, OUT);
+
+    fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State> {
+        let d =
+            ValueStateDescriptor::<ACC>::new(WINDOW_CONTENTS_STATE).with_namespace(window_codec());
+        Ok(backend.register_value(&d)?)
+    }
+
+    fn add<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        window: &TimeWindow,
+        record: T,
+    ) -> Result<()> {
+        let mut acc = match backend.value_get(state, window)? {
+            Some(acc) => acc,
+            None => self.function.create_accumulator(),
+        };
+        self.function.add(&mut acc, record);
+        Ok(backend.value_update(state, window, acc)?)
+    }
+
+    fn emit<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        stored: &TimeWindow,
+        window: &TimeWindow,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let result = backend
+            .value_get(state, stored)?
+            .map(|acc| self.function.result(&acc));
+        emit_result(key, window, result, out)
+    }
+
+    fn raw(state: Self::State) -> RawStateId {
+        state.raw()
+    }
+}
+
+impl<K, T, ACC, OUT, A> Merging<K, T> for Accumulate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: MergingAggregateFunction<T, ACC, OUT> + Clone,
+{
+    fn merge<B: KeyedStateBackend>(
+        &self,
+        state: Self::State,
+        backend: &mut B,
+        from: &TimeWindow,
+        into: &TimeWindow,
+    ) -> Result<()> {
+        let Some(b) = backend.value_get(state, from)? else {
+            return Ok(());
+        };
+        let merged = match backend.value_get(state, into)? {
+            Some(a) => self.function.merge(a, b),
+            None => b,
+        };
+        backend.value_update(state, into, merged)?;
+        Ok(backend.clear(state.raw(), from)?)
+    }
+}
+
+/// One open session of a key: its window, and the namespace its contents are kept under
+/// (the window it started as, which it holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    window: TimeWindow,
+    stored: TimeWindow,
+}
+
+/// What a session operator's state must agree with on restore: its time domain and
+/// allowed lateness (bincode: `event_time` as a byte, then the lateness as a `u64`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionSpec {
+    event_time: bool,
+    /// Allowed lateness in milliseconds (zero for processing time).
+    lateness: u64,
+}
+
+impl fmt::Display for SessionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domain = if self.event_time {
+            "event"
+        } else {
+            "processing"
+        };
+        write!(
+            f,
+            "{domain}-time session windows with {} ms of allowed lateness",
+            self.lateness
+        )
+    }
+}
+
+/// The session window operator.
+#[derive(Clone)]
+struct SessionOperator<K, T, G, C> {
+    uid: String,
+    sessions: SessionWindows<G>,
+    allowed_lateness: Duration,
+    contents: C,
+    _k: PhantomData<fn() -> (K, T)>,
+}
+
+/// What [`SessionOperator::open`] makes.
+struct Opened<S> {
+    contents: S,
+    sessions: ValueStateId<Vec<Session>, ()>,
+    /// Allowed lateness in milliseconds (zero for processing time).
+    lateness: u64,
+}
+
+impl<K, T, G: SessionGap<T>, C> SessionOperator<K, T, G, C> {
+    fn event_time(&self) -> bool {
+        self.sessions.domain == TimeDomain::EventTime
+    }
+
+    /// The spec, checked, and a fixed gap checked.
+    fn spec(&self) -> Result<SessionSpec> {
+        let config = |e: String| RuntimeError::Config(format!("window operator {}: {e}", self.uid));
+        if let Some(gap) = self.sessions.gap.fixed() {
+            check_gap(gap).map_err(config)?;
+        }
+        let lateness = if self.event_time() {
+            whole_millis("allowed lateness", self.allowed_lateness).map_err(config)?
+        } else {
+            0
+        };
+        Ok(SessionSpec {
+            event_time: self.event_time(),
+            lateness,
+        })
+    }
+
+    fn spec_state() -> OperatorListStateDescriptor<SessionSpec> {
+        OperatorListStateDescriptor {
+            name: WINDOW_SPEC_STATE.to_string(),
+            codec: Arc::new(BincodeCodec::named("cairn.windows.SessionSpec", 1)),
+            mode: Redistribution::Union,
+        }
+    }
+
+    /// The time after which a session is dropped: its end plus the lateness (event time).
+    fn cleanup_time(state_lateness: u64, window: &TimeWindow) -> u64 {
+        window.max_timestamp().saturating_add(state_lateness)
+    }
+}
+
+/// A gap in whole milliseconds, at least one.
+fn check_gap(gap: Duration) -> std::result::Result<u64, String> {
+    match whole_millis("session gap", gap)? {
+        0 => Err("a session gap of 0 ms: it must be at least 1 ms".to_string()),
+        ms => Ok(ms),
+    }
+}
+
+impl<K, T, G: SessionGap<T>, C> Checkpointed for SessionOperator<K, T, G, C> {
+    /// Refuses a restore whose sessions were of another time domain or lateness.
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        keep_spec(
+            ctx,
+            &self.uid,
+            &Self::spec_state(),
+            self.spec()?,
+            "the timers that drop its sessions were set for the old lateness",
+        )
+    }
+}
+
+impl<K, T, G, C> KeyedProcessFunction for SessionOperator<K, T, G, C>
+where
+    K: Key,
+    T: Data,
+    G: SessionGap<T>,
+    C: Merging<K, T>,
+{
+    type Key = K;
+    type In = T;
+    type Out = C::Out;
+    type State = Opened<C::State>;
+
+    fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
+        let spec = self.spec()?;
+        let mut index = ValueStateDescriptor::<Vec<Session>>::new(MERGING_WINDOW_SET_STATE);
+        index.value = Arc::new(BincodeCodec::named("cairn.windows.Sessions", 1));
+        Ok(Opened {
+            contents: self.contents.register(backend)?,
+            sessions: backend.register_value(&index)?,
+            lateness: spec.lateness,
+        })
+    }
+
+    /// Adds the record's window to the key's sessions, merging those it overlaps or
+    /// touches, and the record to the merged session's contents; moves the session's
+    /// timers to its new end.
+    fn process<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &K,
+        record: T,
+        backend: &mut B,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let event_time = self.event_time();
+        let time = if event_time {
+            out.timestamp()
+                .ok_or_else(|| missing_timestamp(&self.uid))?
+        } else {
+            timers.current_processing_time()
+        };
+        let user = |e: String| RuntimeError::user(&self.uid, e);
+        let gap = check_gap(self.sessions.gap.gap(&record)).map_err(user)?;
+        let end = time.checked_add(gap).ok_or_else(|| {
+            user(format!(
+                "time {time} ms plus the session gap of {gap} ms is past u64::MAX"
+            ))
+        })?;
+        let new = TimeWindow { start: time, end };
+        let sessions = backend.value_get(state.sessions, &())?.unwrap_or_default();
+        let (merging, mut open): (Vec<Session>, Vec<Session>) = sessions
+            .into_iter()
+            .partition(|s| s.window.intersects(&new));
+        let window = merging.iter().fold(new, |w, s| w.cover(&s.window));
+        let watermark = timers.current_watermark();
+        let cleanup = Self::cleanup_time(state.lateness, &window);
+        if event_time && watermark.is_some_and(|w| cleanup <= w) {
+            // Late even merged: its sessions are gone; the record is dropped.
+            return Ok(());
+        }
+        // The merged session keeps the first one's namespace; the others' contents move.
+        let stored = merging.first().map_or(window, |s| s.stored);
+        for s in merging.iter().skip(1) {
+            self.contents
+                .merge(state.contents, backend, &s.stored, &stored)?;
+        }
+        self.contents
+            .add(state.contents, backend, &stored, record)?;
+        open.push(Session { window, stored });
+        open.sort_unstable_by_key(|s| s.window.start);
+
+        // Timers: the merged sessions' times go unless an open session has them too (a
+        // key has one timer per time).
+        let lateness = state.lateness;
+        let times = |s: &Session| {
+            [
+                s.window.max_timestamp(),
+                Self::cleanup_time(lateness, &s.window),
+            ]
+        };
+        for t in merging.iter().flat_map(times) {
+            if !open.iter().any(|s| times(s).contains(&t)) {
+                if event_time {
+                    timers.delete_event_time_timer(t);
+                } else {
+                    timers.delete_processing_time_timer(t);
+                }
+            }
+        }
+        let fire = window.max_timestamp();
+        if event_time {
+            if watermark.is_some_and(|w| fire <= w) {
+                // Within the allowed lateness of a session that has fired: again, at once.
+                self.contents
+                    .emit(state.contents, backend, key, &stored, &window, out)?;
+            } else {
+                timers.register_event_time_timer(fire);
+            }
+            if lateness > 0 {
+                timers.register_event_time_timer(cleanup);
+            }
+        } else {
+            timers.register_processing_time_timer(fire);
+        }
+        Ok(backend.value_update(state.sessions, &(), open)?)
+    }
+
+    /// Fires the sessions whose last millisecond is `timer`'s time and drops those whose
+    /// lateness ends then (the same sessions, without lateness).
+    fn on_timer<B: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &K,
+        timer: Timer,
+        backend: &mut B,
+        _timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let Some(sessions) = backend.value_get(state.sessions, &())? else {
+            return Ok(());
+        };
+        let before = sessions.len();
+        let mut open = Vec::with_capacity(before);
+        for s in sessions {
+            if s.window.max_timestamp() == timer.time {
+                self.contents
+                    .emit(state.contents, backend, key, &s.stored, &s.window, out)?;
+            }
+            if Self::cleanup_time(state.lateness, &s.window) == timer.time {
+                self.contents.clear(state.contents, backend, &s.stored)?;
+            } else {
+                open.push(s);
+            }
+        }
+        if open.len() == before {
+            Ok(())
+        } else if open.is_empty() {
+            Ok(backend.clear(state.sessions.raw(), &())?)
+        } else {
+            Ok(backend.value_update(state.sessions, &(), open)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::windows::tests::{sum, Harness};
+    use cairn_core::ManualClock;
+
+    type SumSessions<G> = SessionOperator<u64, u64, G, Reduce<u64, fn(u64, u64) -> u64>>;
+
+    fn w(start: u64, end: u64) -> TimeWindow {
+        TimeWindow { start, end }
+    }
+
+    fn harness<G: SessionGap<u64>>(
+        sessions: SessionWindows<G>,
+        lateness: u64,
+        clock: Arc<ManualClock>,
+    ) -> Harness<SumSessions<G>> {
+        let op = SessionOperator {
+            uid: "sessions".into(),
+            sessions,
+            allowed_lateness: Duration::from_millis(lateness),
+            contents: sum(),
+            _k: PhantomData,
+        };
+        Harness::of(op, clock)
+    }
+
+    fn event_time(gap: u64, lateness: u64) -> Harness<SumSessions<FixedGap>> {
+        let sessions = EventTimeSessionWindows::with_gap(Duration::from_millis(gap));
+        harness(sessions, lateness, Arc::new(ManualClock::new(0)))
+    }
+
+    impl<G: SessionGap<u64>> Harness<SumSessions<G>> {
+        /// The key's open sessions.
+        fn sessions(&mut self) -> Vec<Session> {
+            self.select_key();
+            let id = self.state.sessions;
+            self.backend
+                .value_get(id, &())
+                .expect("get")
+                .unwrap_or_default()
+        }
+
+        /// What the namespace `stored` holds.
+        fn contents(&mut self, stored: TimeWindow) -> Option<u64> {
+            self.select_key();
+            let id = self.state.contents;
+            self.backend.reducing_get(id, &stored).expect("get")
+        }
+    }
+
+    /// Records less than a gap apart make one session, which ends a gap after its last
+    /// record; a record exactly a gap after the session's last touches it and joins it.
+    #[test]
+    fn records_within_the_gap_make_one_session() {
+        let mut h = event_time(10, 0);
+        h.process(1, Some(0));
+        h.process(2, Some(5));
+        h.process(4, Some(15));
+        h.process(8, Some(26));
+        assert_eq!(
+            h.sessions(),
+            vec![
+                Session {
+                    window: w(0, 25),
+                    stored: w(0, 10)
+                },
+                Session {
+                    window: w(26, 36),
+                    stored: w(26, 36)
+                },
+            ]
+        );
+        assert_eq!(
+            h.contents(w(0, 10)),
+            Some(7),
+            "kept where the session began"
+        );
+        assert_eq!(
+            h.pending(TimeDomain::EventTime),
+            vec![24, 35],
+            "one timer per session, at its end"
+        );
+        h.advance(23);
+        assert_eq!(h.emitted(), vec![]);
+        h.advance(24);
+        assert_eq!(h.emitted(), vec![((1, w(0, 25), 7), Some(24))]);
+        assert_eq!(h.contents(w(0, 10)), None, "dropped when it fires");
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(26, 36), 8), Some(35))]);
+        assert_eq!(h.sessions(), vec![], "no session left");
+    }
+
+    /// A record between two sessions, within a gap of both, merges them into one; the
+    /// merged sessions' timers go.
+    #[test]
+    fn a_record_bridging_two_sessions_merges_them() {
+        let mut h = event_time(10, 0);
+        h.process(1, Some(0));
+        h.process(2, Some(20));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29]);
+        h.process(16, Some(11));
+        h.process(32, Some(11));
+        h.process(64, Some(21));
+        assert_eq!(
+            h.sessions(),
+            vec![
+                Session {
+                    window: w(0, 10),
+                    stored: w(0, 10)
+                },
+                Session {
+                    window: w(11, 31),
+                    stored: w(20, 30)
+                },
+            ],
+            "[11, 21) is 11 ms after [0, 10) began: it joins [20, 30) only"
+        );
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 30]);
+        h.process(4, Some(10));
+        assert_eq!(
+            h.sessions(),
+            vec![Session {
+                window: w(0, 31),
+                stored: w(0, 10)
+            }]
+        );
+        assert_eq!(h.contents(w(0, 10)), Some(119));
+        assert_eq!(h.contents(w(20, 30)), None, "moved into the first");
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![30]);
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(0, 31), 119), Some(30))]);
+    }
+
+    /// A session that has fired keeps its contents for the allowed lateness: a record
+    /// that reaches it fires it again at once, one that extends it past the watermark
+    /// makes it fire at its new end, and one whose session would be past its lateness
+    /// is dropped.
+    #[test]
+    fn late_records_within_the_lateness_reach_their_session() {
+        let mut h = event_time(10, 5);
+        h.process(1, Some(0));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 14]);
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 1), Some(9))]);
+        h.process(2, Some(0));
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 10), 3), Some(9))],
+            "fires again at once"
+        );
+        h.process(4, Some(8));
+        assert_eq!(h.emitted(), vec![], "extended to [0, 18): not yet");
+        assert_eq!(
+            h.pending(TimeDomain::EventTime),
+            vec![17, 22],
+            "the old session's cleanup timer went"
+        );
+        h.advance(17);
+        assert_eq!(h.emitted(), vec![((1, w(0, 18), 7), Some(17))]);
+        h.advance(22);
+        assert_eq!(h.sessions(), vec![], "dropped after its lateness");
+        assert_eq!(h.contents(w(0, 10)), None);
+        h.process(8, Some(7));
+        assert_eq!(
+            h.sessions(),
+            vec![],
+            "[7, 17) is past its lateness: dropped"
+        );
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![]);
+    }
+
+    /// A key has one timer per time: when a session grows, its old times go only if no
+    /// other session needs them (here the old cleanup time is another session's end).
+    #[test]
+    fn a_merged_sessions_time_that_another_session_needs_stays() {
+        let mut h = event_time(10, 20);
+        h.process(1, Some(0));
+        h.process(2, Some(20));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29, 49]);
+        h.process(4, Some(2));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![11, 29, 31, 49]);
+        h.advance(29);
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 12), 5), Some(11)), ((1, w(20, 30), 2), Some(29))]
+        );
+    }
+
+    /// Processing-time sessions take the clock's time and fire when it passes their end.
+    #[test]
+    fn processing_time_sessions_go_by_the_clock() {
+        let clock = Arc::new(ManualClock::new(100));
+        let sessions = ProcessingTimeSessionWindows::with_gap(Duration::from_millis(10));
+        let mut h = harness(sessions, 5, clock.clone());
+        h.process(1, Some(0));
+        clock.set(105);
+        h.process(2, None);
+        assert_eq!(h.pending(TimeDomain::ProcessingTime), vec![114]);
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![], "watermarks do not fire them");
+        clock.set(114);
+        h.fire_processing();
+        assert_eq!(h.emitted(), vec![((1, w(100, 115), 3), Some(114))]);
+        assert_eq!(h.sessions(), vec![], "no lateness in processing time");
+    }
+
+    /// A dynamic gap comes from each record: here the record's value in milliseconds.
+    #[test]
+    fn a_dynamic_gap_comes_from_each_record() {
+        let gap = |v: &u64| Duration::from_millis(*v);
+        let sessions = EventTimeSessionWindows::with_dynamic_gap(gap);
+        let mut h = harness(sessions, 0, Arc::new(ManualClock::new(0)));
+        h.process(20, Some(0));
+        h.process(1, Some(25));
+        h.process(3, Some(19));
+        assert_eq!(h.sessions().len(), 2, "[19, 22) extends the first only");
+        h.process(6, Some(19));
+        assert_eq!(
+            h.sessions(),
+            vec![Session {
+                window: w(0, 26),
+                stored: w(0, 20)
+            }],
+            "[19, 25) touches [25, 26)"
+        );
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(0, 26), 30), Some(25))]);
+    }
+}
