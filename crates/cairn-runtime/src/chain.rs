@@ -22,7 +22,7 @@ use crate::config::SnapshotMode;
 use crate::error::{Result, RuntimeError, StateResultExt};
 use crate::function::{
     Checkpointed, Collector, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
-    SnapshotContext, SubtaskInfo,
+    SinkContext, SnapshotContext, SubtaskInfo,
 };
 use crate::timers::{ProcessingClock, TimeDomain, Timer, Timers};
 use crate::watermarks::Mark;
@@ -713,6 +713,8 @@ pub(crate) struct SinkOp<S> {
     setup: OpSetup,
     range: KeyGroupRange,
     sink: S,
+    /// The record's timestamp and the last watermark.
+    context: SinkContext,
 }
 
 impl<S> SinkOp<S> {
@@ -725,20 +727,25 @@ impl<S> SinkOp<S> {
             range: setup.range()?,
             setup,
             sink,
+            context: SinkContext::default(),
         })
     }
 }
 
 impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
     #[inline]
-    fn push(&mut self, record: In, _timestamp: Option<u64>) -> Result<()> {
+    fn push(&mut self, record: In, timestamp: Option<u64>) -> Result<()> {
+        self.context.timestamp = timestamp;
         self.sink
-            .write(record)
+            .write_with_context(record, &self.context)
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
-    /// A sink has no use for event-time progress.
-    fn mark(&mut self, _mark: Mark) -> Result<()> {
+    /// Keeps the watermark for the sink's context.
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        if let Mark::Watermark(w) = mark {
+            self.context.watermark = Some(w);
+        }
         Ok(())
     }
 

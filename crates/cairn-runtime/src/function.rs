@@ -231,11 +231,31 @@ pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
 pub trait Sink<In>: Checkpointed + Clone + Send + 'static {
     /// Writes one record.
     fn write(&mut self, record: In) -> Result<()>;
+    /// Writes one record, knowing its timestamp and the sink's watermark (Flink's
+    /// `SinkWriter.write(element, context)`); by default [`Sink::write`]. A sink that
+    /// uses the context implements this, and `write` as this with
+    /// [`SinkContext::default`].
+    fn write_with_context(&mut self, record: In, context: &SinkContext) -> Result<()> {
+        let _ = context;
+        self.write(record)
+    }
     /// The input ended; everything written must now be (or become, at the final
     /// checkpoint's completion) visible.
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+}
+
+/// What a sink knows about the record it writes (Flink's `SinkWriter.Context`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkContext {
+    /// The record's timestamp ([`Collector::timestamp`]), if it has one.
+    pub timestamp: Option<u64>,
+    /// The newest watermark the sink's task has passed on to it, if any: a window's result
+    /// arrives before the watermark that fired it. The end of the input stands for the
+    /// final watermark, which is not passed on (what operators emit at the end arrives
+    /// with the last watermark before it).
+    pub watermark: Option<u64>,
 }
 
 /// Adapts a closure `FnMut(In, &mut Collector<Out>)` as a [`ProcessFunction`].

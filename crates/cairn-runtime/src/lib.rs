@@ -77,7 +77,7 @@ pub use config::{
 pub use error::{Result, RuntimeError};
 pub use function::{
     Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
-    SnapshotContext, Source, SourceStatus, SubtaskInfo,
+    SinkContext, SnapshotContext, Source, SourceStatus, SubtaskInfo,
 };
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};

@@ -7,14 +7,16 @@
 //! timestamp of everything the keyed function emitted. Expected, as in Flink: a record
 //! keeps its timestamp (or none) through every operator and exchange, what a function
 //! emits has its input's, an event-time timer's output has the timer's time, and a
-//! processing-time timer's output and what `finish` emits have none.
+//! processing-time timer's output and what `finish` emits have none. The sink sees each
+//! record's timestamp, and the watermark its task passed on, in its `SinkContext`.
 
 use std::sync::{Arc, Mutex};
 
 use cairn_core::{KeyedStateBackend, ManualClock, ValueStateDescriptor, ValueStateId};
 use cairn_runtime::{
     source, Checkpointed, Collector, InitContext, Job, JobConfig, KeyedProcessFunction,
-    ProcessFunction, ProcessingClock, Sink, Source, SourceStatus, TimeDomain, Timer, TimerService,
+    ProcessFunction, ProcessingClock, Sink, SinkContext, Source, SourceStatus, TimeDomain, Timer,
+    TimerService,
 };
 use serde::{Deserialize, Serialize};
 
@@ -159,15 +161,23 @@ impl ProcessFunction<Out, (Out, Option<u64>)> for Stamp {
 /// What the job emits: a record of the keyed function and the timestamp it came with.
 type Emitted = (Out, Option<u64>);
 
-/// Collects into a shared list.
+/// Collects into a shared list, with the sink's context of each record.
 #[derive(Clone, Debug)]
-struct Collect(Arc<Mutex<Vec<Emitted>>>);
+struct Collect(Arc<Mutex<Vec<(Emitted, SinkContext)>>>);
 
 impl Checkpointed for Collect {}
 
 impl Sink<Emitted> for Collect {
     fn write(&mut self, record: Emitted) -> cairn_runtime::Result<()> {
-        self.0.lock().expect("lock").push(record);
+        self.write_with_context(record, &SinkContext::default())
+    }
+
+    fn write_with_context(
+        &mut self,
+        record: Emitted,
+        context: &SinkContext,
+    ) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push((record, *context));
         Ok(())
     }
 }
@@ -218,7 +228,17 @@ fn records_keep_their_timestamps_and_timer_output_gets_the_timers() {
     // `stamp` runs in both subtasks of the keyed stage; its `finish` output has none.
     expected.extend([(Out::Finish, None), (Out::Finish, None)]);
     expected.sort();
-    let mut output = std::mem::take(&mut *output.lock().expect("lock"));
+    let written = std::mem::take(&mut *output.lock().expect("lock"));
+    for (record, context) in &written {
+        // The sink sees the timestamp `stamp` saw; no assigner sends watermarks, and the
+        // end of the input stands for the final one (it is not passed on).
+        let expected = SinkContext {
+            timestamp: record.1,
+            watermark: None,
+        };
+        assert_eq!(*context, expected, "the sink's context of {record:?}");
+    }
+    let mut output: Vec<Emitted> = written.into_iter().map(|(record, _)| record).collect();
     output.sort();
     let first_difference = output.iter().zip(&expected).find(|(o, e)| o != e);
     assert_eq!(first_difference, None, "output against expected");

@@ -14,8 +14,8 @@ use cairn_runtime::sources::FileSource;
 use cairn_runtime::windows::FixedGap;
 use cairn_runtime::{
     source, Checkpointed, Collector, EventTimeSessionWindows, FnWindow, Job, JobConfig, JobGraph,
-    ProcessFunction, RestoreFrom, SessionWindows, Sink, SlidingEventTimeWindows, SnapshotMode,
-    Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
+    ProcessFunction, RestoreFrom, SessionWindows, Sink, SinkContext, SlidingEventTimeWindows,
+    SnapshotMode, Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
     WatermarkStrategy, WindowAssigner, Windows,
 };
 
@@ -66,6 +66,30 @@ impl<T> Checkpointed for Collect<T> {}
 impl<T: Clone + Send + 'static> Sink<T> for Collect<T> {
     fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
         self.0.lock().expect("lock").push(record);
+        Ok(())
+    }
+}
+
+/// What [`Stamp`] emits (a record and its timestamp) with the sink's context of it.
+type Written<T> = ((T, Option<u64>), SinkContext);
+
+/// Collects what [`Stamp`] emits with the sink's context of each.
+#[derive(Clone, Debug)]
+struct CollectWithContext<T>(Arc<Mutex<Vec<Written<T>>>>);
+
+impl<T> Checkpointed for CollectWithContext<T> {}
+
+impl<T: Clone + Send + 'static> Sink<(T, Option<u64>)> for CollectWithContext<T> {
+    fn write(&mut self, record: (T, Option<u64>)) -> cairn_runtime::Result<()> {
+        self.write_with_context(record, &SinkContext::default())
+    }
+
+    fn write_with_context(
+        &mut self,
+        record: (T, Option<u64>),
+        context: &SinkContext,
+    ) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push((record, *context));
         Ok(())
     }
 }
@@ -190,16 +214,29 @@ fn windowed_by<A: Windows>(
         .allowed_lateness(Duration::from_millis(5))
 }
 
-fn run<T: cairn_runtime::Data + Ord>(
+fn run<T: cairn_runtime::Data + Ord + std::fmt::Debug>(
     stream: cairn_runtime::Stream<T>,
     config: JobConfig,
 ) -> Vec<(T, Option<u64>)> {
     let out = Arc::new(Mutex::new(Vec::new()));
     let graph = stream
         .process("stamp", Stamp)
-        .sink("sink", Collect(out.clone()));
+        .sink("sink", CollectWithContext(out.clone()));
     Job::new(graph, config).run().expect("job");
-    let mut out = std::mem::take(&mut *out.lock().expect("lock"));
+    let written = std::mem::take(&mut *out.lock().expect("lock"));
+    // The sink sees each result's timestamp, and the watermarks (one sink subtask: never
+    // going back) that fired the windows.
+    let mut last = None;
+    for ((record, timestamp), context) in &written {
+        assert_eq!(
+            context.timestamp, *timestamp,
+            "the sink's timestamp of {record:?}"
+        );
+        assert!(context.watermark >= last, "the sink's watermark went back");
+        last = context.watermark;
+    }
+    assert!(last.is_some(), "no watermark reached the sink");
+    let mut out: Vec<_> = written.into_iter().map(|(record, _)| record).collect();
     out.sort();
     out
 }
