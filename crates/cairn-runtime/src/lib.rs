@@ -85,8 +85,8 @@ pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
 pub use windows::{
-    EventTimeSessionWindows, FnWindow, ProcessWindowFunction, ProcessingTimeSessionWindows,
-    SessionWindows, SlidingEventTimeWindows, SlidingProcessingTimeWindows, TimeWindow,
-    TumblingEventTimeWindows, TumblingProcessingTimeWindows, WindowAssigner, WindowedStream,
-    Windows,
+    DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, ProcessWindowFunction,
+    ProcessingTimeSessionWindows, SessionGap, SessionWindows, SlidingEventTimeWindows,
+    SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
+    TumblingProcessingTimeWindows, WindowAssigner, WindowedStream, Windows,
 };

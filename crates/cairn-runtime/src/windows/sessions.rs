@@ -8,7 +8,7 @@
 //! record ([`EventTimeSessionWindows::with_dynamic_gap`]).
 //!
 //! Firing, lateness, output and timestamps are as for the other windows (see
-//! [`crate::windows`]): an event-time session fires when the watermark passes its last
+//! [`crate::windows`]): an event-time session fires when the watermark reaches its last
 //! millisecond; a record within the allowed lateness that reaches (or extends) a session
 //! which has fired makes it fire again at once; a record whose session, merged, is past
 //! its lateness is dropped.
@@ -62,8 +62,11 @@ impl EventTimeSessionWindows {
     }
 
     /// Sessions that end, after their last record, the gap `gap(record)` gives (Flink's
-    /// `withDynamicGap`).
-    pub fn with_dynamic_gap<F>(gap: F) -> SessionWindows<DynamicGap<F>> {
+    /// `withDynamicGap`; name the record's type in the closure: `|e: &Event| ..`).
+    pub fn with_dynamic_gap<T, F>(gap: F) -> SessionWindows<DynamicGap<F>>
+    where
+        F: Fn(&T) -> Duration + Clone + Send + 'static,
+    {
         SessionWindows::new(DynamicGap(gap), TimeDomain::EventTime)
     }
 }
@@ -79,8 +82,11 @@ impl ProcessingTimeSessionWindows {
     }
 
     /// Sessions that end, after their last record was processed, the gap `gap(record)`
-    /// gives.
-    pub fn with_dynamic_gap<F>(gap: F) -> SessionWindows<DynamicGap<F>> {
+    /// gives (name the record's type in the closure: `|e: &Event| ..`).
+    pub fn with_dynamic_gap<T, F>(gap: F) -> SessionWindows<DynamicGap<F>>
+    where
+        F: Fn(&T) -> Duration + Clone + Send + 'static,
+    {
         SessionWindows::new(DynamicGap(gap), TimeDomain::ProcessingTime)
     }
 }
@@ -107,8 +113,9 @@ impl<G> SessionWindows<G> {
 impl<G> sealed::Sealed for SessionWindows<G> {}
 impl<G: fmt::Debug> Windows for SessionWindows<G> {}
 
-/// How long a session lasts after a record of type `T`.
-pub trait SessionGap<T>: Clone + Send + 'static {
+/// How long a session lasts after a record of type `T`: [`FixedGap`] or [`DynamicGap`]
+/// (sealed).
+pub trait SessionGap<T>: sealed::Sealed + Clone + Send + 'static {
     /// The gap after `record`: whole milliseconds, at least one.
     fn gap(&self, record: &T) -> Duration;
 
@@ -121,6 +128,9 @@ pub trait SessionGap<T>: Clone + Send + 'static {
 /// The same gap after every record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedGap(pub Duration);
+
+impl sealed::Sealed for FixedGap {}
+impl<F> sealed::Sealed for DynamicGap<F> {}
 
 impl<T> SessionGap<T> for FixedGap {
     fn gap(&self, _: &T) -> Duration {
@@ -384,7 +394,7 @@ impl<K, T, G: SessionGap<T>, C> Checkpointed for SessionOperator<K, T, G, C> {
             &self.uid,
             &Self::spec_state(),
             self.spec()?,
-            "the timers that drop its sessions were set for the old lateness",
+            "the timers that drop its sessions were set for the old time domain and lateness",
         )
     }
 }
@@ -444,6 +454,8 @@ where
             .into_iter()
             .partition(|s| s.window.intersects(&new));
         let window = merging.iter().fold(new, |w, s| w.cover(&s.window));
+        // Within one session, which it does not extend: the sessions stay as they are.
+        let unchanged = matches!(merging.as_slice(), [s] if s.window == window);
         let watermark = timers.current_watermark();
         let cleanup = Self::cleanup_time(state.lateness, &window);
         if event_time && watermark.is_some_and(|w| cleanup <= w) {
@@ -493,6 +505,9 @@ where
             }
         } else {
             timers.register_processing_time_timer(fire);
+        }
+        if unchanged {
+            return Ok(());
         }
         Ok(backend.value_update(state.sessions, &(), open)?)
     }
@@ -703,6 +718,12 @@ mod tests {
             vec![],
             "[7, 17) is past its lateness: dropped"
         );
+        h.process(8, Some(8));
+        assert_eq!(
+            h.sessions(),
+            vec![],
+            "[8, 18) ends its lateness at 22, the watermark: dropped"
+        );
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![]);
     }
@@ -722,6 +743,137 @@ mod tests {
             h.emitted(),
             vec![((1, w(0, 12), 5), Some(11)), ((1, w(20, 30), 2), Some(29))]
         );
+    }
+
+    /// One timer may be one session's end and another's cleanup: both happen.
+    #[test]
+    fn a_timer_that_is_one_sessions_end_and_anothers_cleanup_does_both() {
+        let mut h = event_time(10, 20);
+        h.process(1, Some(0));
+        h.process(2, Some(20));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29, 49]);
+        h.advance(29);
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 10), 1), Some(9)), ((1, w(20, 30), 2), Some(29))]
+        );
+        assert_eq!(h.contents(w(0, 10)), None, "[0, 10) dropped at 29");
+        assert_eq!(
+            h.sessions(),
+            vec![Session {
+                window: w(20, 30),
+                stored: w(20, 30)
+            }],
+            "[20, 30) kept until 49"
+        );
+    }
+
+    /// A record inside a session, not extending it, adds to it and leaves the sessions
+    /// as they are.
+    #[test]
+    fn a_record_within_a_session_adds_to_it() {
+        let mut h = event_time(10, 0);
+        h.process(1, Some(5));
+        h.process(2, Some(0));
+        h.process(4, Some(3));
+        let sessions = vec![Session {
+            window: w(0, 15),
+            stored: w(5, 15),
+        }];
+        assert_eq!(h.sessions(), sessions);
+        assert_eq!(h.contents(w(5, 15)), Some(7));
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![14]);
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(0, 15), 7), Some(14))]);
+    }
+
+    /// Adds `u64`s, merging sums.
+    #[derive(Clone)]
+    struct Sum;
+
+    impl cairn_core::AggregateFunction<u64, u64, u64> for Sum {
+        fn create_accumulator(&self) -> u64 {
+            0
+        }
+        fn add(&self, acc: &mut u64, input: u64) {
+            *acc += input;
+        }
+        fn result(&self, acc: &u64) -> u64 {
+            *acc
+        }
+    }
+
+    impl MergingAggregateFunction<u64, u64, u64> for Sum {
+        fn merge(&self, a: u64, b: u64) -> u64 {
+            a + b
+        }
+    }
+
+    /// Sessions with a gap of 10 ms over `contents`.
+    fn with_contents<C>(contents: C) -> Harness<SessionOperator<u64, u64, FixedGap, C>>
+    where
+        C: Merging<u64, u64, Out = (u64, TimeWindow, u64)>,
+    {
+        let op = SessionOperator {
+            uid: "sessions".into(),
+            sessions: EventTimeSessionWindows::with_gap(Duration::from_millis(10)),
+            allowed_lateness: Duration::ZERO,
+            contents,
+            _k: PhantomData,
+        };
+        Harness::of(op, Arc::new(ManualClock::new(0)))
+    }
+
+    /// Records at 0, 20 and then 10 (bridging the two).
+    fn bridge<F>(h: &mut Harness<F>)
+    where
+        F: KeyedProcessFunction<Key = u64, In = u64, Out = (u64, TimeWindow, u64)>,
+    {
+        h.process(1, Some(0));
+        h.process(2, Some(20));
+        h.process(4, Some(10));
+    }
+
+    /// An aggregate's sessions merge their accumulators, and the merged one's namespace
+    /// is emptied.
+    #[test]
+    fn merging_aggregate_sessions_merge_accumulators() {
+        let mut h = with_contents(Accumulate {
+            function: Sum,
+            _t: PhantomData,
+        });
+        bridge(&mut h);
+        h.select_key();
+        let id = h.state.contents;
+        assert_eq!(h.backend.value_get(id, &w(0, 10)).expect("get"), Some(7));
+        assert_eq!(h.backend.value_get(id, &w(20, 30)).expect("get"), None);
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(0, 30), 7), Some(29))]);
+    }
+
+    /// A process function's sessions merge their records (the earlier session's, the
+    /// later one's, then the new record), and the merged one's namespace is emptied.
+    #[test]
+    fn merging_process_sessions_merge_their_records() {
+        type Out = (u64, TimeWindow, u64);
+        let sum =
+            |key: &u64, window: TimeWindow, records: Vec<u64>, out: &mut Collector<'_, Out>| {
+                out.collect((*key, window, records.iter().sum()))
+            };
+        let mut h = with_contents(Process {
+            f: crate::windows::FnWindow(sum),
+            _t: PhantomData,
+        });
+        bridge(&mut h);
+        h.select_key();
+        let id = h.state.contents;
+        assert_eq!(
+            h.backend.list_get(id, &w(0, 10)).expect("get"),
+            vec![1, 2, 4]
+        );
+        assert!(h.backend.list_get(id, &w(20, 30)).expect("get").is_empty());
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(0, 30), 7), Some(29))]);
     }
 
     /// Processing-time sessions take the clock's time and fire when it passes their end.
