@@ -816,14 +816,26 @@ where
     Ok(())
 }
 
-/// The error for an event-time record without a timestamp.
-fn missing_timestamp(uid: &str) -> RuntimeError {
-    RuntimeError::user(
-        uid,
-        "a record without a timestamp reached event-time windows: assign timestamps \
-         upstream (Stream::assign_timestamps_and_watermarks); in-flight records restored \
-         from an unaligned checkpoint written before records carried timestamps have none",
-    )
+/// The time that places the record being processed in windows of `domain`: its
+/// timestamp (an error naming operator `uid` when it has none) or the processing clock's.
+fn record_time<O>(
+    uid: &str,
+    domain: TimeDomain,
+    out: &Collector<'_, O>,
+    timers: &TimerService,
+) -> Result<u64> {
+    match domain {
+        TimeDomain::EventTime => out.timestamp().ok_or_else(|| {
+            RuntimeError::user(
+                uid,
+                "a record without a timestamp reached event-time windows: assign \
+                 timestamps upstream (Stream::assign_timestamps_and_watermarks); in-flight \
+                 records restored from an unaligned checkpoint written before records \
+                 carried timestamps have none",
+            )
+        }),
+        TimeDomain::ProcessingTime => Ok(timers.current_processing_time()),
+    }
 }
 
 impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator<K, T, C> {
@@ -851,12 +863,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let domain = self.assigner.domain;
-        let time = match domain {
-            TimeDomain::EventTime => out
-                .timestamp()
-                .ok_or_else(|| missing_timestamp(&self.uid))?,
-            _ => timers.current_processing_time(),
-        };
+        let time = record_time(&self.uid, domain, out, timers)?;
         let watermark = timers.current_watermark();
         let mut windows = std::mem::take(&mut self.windows);
         state

@@ -38,8 +38,8 @@ use cairn_core::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    emit_result, keep_spec, missing_timestamp, sealed, whole_millis, window_codec, Contents,
-    Merging, Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowedStream, Windows,
+    emit_result, keep_spec, record_time, sealed, whole_millis, window_codec, Contents, Merging,
+    Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowedStream, Windows,
     WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
 };
 use crate::error::{Result, RuntimeError};
@@ -435,12 +435,7 @@ where
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let event_time = self.event_time();
-        let time = if event_time {
-            out.timestamp()
-                .ok_or_else(|| missing_timestamp(&self.uid))?
-        } else {
-            timers.current_processing_time()
-        };
+        let time = record_time(&self.uid, self.sessions.domain, out, timers)?;
         let user = |e: String| RuntimeError::user(&self.uid, e);
         let gap = check_gap(self.sessions.gap.gap(&record)).map_err(user)?;
         let end = time.checked_add(gap).ok_or_else(|| {
