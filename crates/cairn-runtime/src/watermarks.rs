@@ -56,14 +56,32 @@ use std::time::{Duration, Instant};
 use cairn_core::KeyGroupRange;
 
 use crate::chain::{Barrier, BarrierKind, Chain, Notification, OpSetup, SyncPhase};
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::function::Checkpointed;
 
 /// How an assigner reads event time from records and derives watermarks from it.
 pub struct WatermarkStrategy<T> {
-    timestamp: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
+    timestamp: TimestampOf<T>,
     out_of_orderness: Duration,
     idleness: Option<Duration>,
+}
+
+/// Where an assigner takes a record's event time from.
+enum TimestampOf<T> {
+    /// A function of the record.
+    Extract(Arc<dyn Fn(&T) -> u64 + Send + Sync>),
+    /// The timestamp the record already carries (a source's
+    /// [`crate::Collector::collect_with_timestamp`]).
+    Record,
+}
+
+impl<T> Clone for TimestampOf<T> {
+    fn clone(&self) -> Self {
+        match self {
+            TimestampOf::Extract(f) => TimestampOf::Extract(f.clone()),
+            TimestampOf::Record => TimestampOf::Record,
+        }
+    }
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -94,7 +112,19 @@ impl<T> WatermarkStrategy<T> {
         timestamp: impl Fn(&T) -> u64 + Send + Sync + 'static,
     ) -> Self {
         Self {
-            timestamp: Arc::new(timestamp),
+            timestamp: TimestampOf::Extract(Arc::new(timestamp)),
+            out_of_orderness: max_out_of_orderness,
+            idleness: None,
+        }
+    }
+
+    /// [`WatermarkStrategy::for_bounded_out_of_orderness`] over the timestamps the records
+    /// already carry, set by a source with [`crate::Collector::collect_with_timestamp`]
+    /// (Flink's strategies without a `TimestampAssigner`, which keep the record's
+    /// timestamp). A record without one is an error naming the assigner.
+    pub fn for_record_timestamps(max_out_of_orderness: Duration) -> Self {
+        Self {
+            timestamp: TimestampOf::Record,
             out_of_orderness: max_out_of_orderness,
             idleness: None,
         }
@@ -217,13 +247,23 @@ impl<T> AssignOp<T> {
 
 impl<T: Send> Chain<T> for AssignOp<T> {
     #[inline]
-    fn push(&mut self, record: T, _timestamp: Option<u64>) -> Result<()> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
         if self.idle {
             self.idle = false;
             self.last_active = Instant::now();
             self.next.mark(Mark::Active)?;
         }
-        let timestamp = (self.strategy.timestamp)(&record);
+        let timestamp = match &self.strategy.timestamp {
+            TimestampOf::Extract(f) => f(&record),
+            TimestampOf::Record => timestamp.ok_or_else(|| {
+                RuntimeError::user(
+                    &self.setup.uid,
+                    "a record without a timestamp reached an assigner of the records' own \
+                     timestamps (WatermarkStrategy::for_record_timestamps): its source \
+                     must emit it with Collector::collect_with_timestamp",
+                )
+            })?,
+        };
         self.max_timestamp = Some(self.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
         self.next.push(record, Some(timestamp))?;
         self.unchecked += 1;
@@ -548,6 +588,33 @@ mod tests {
             seen[64],
             Seen::Mark(Watermark(252)),
             "a look after 64 records"
+        );
+    }
+
+    /// An assigner of the records' own timestamps keeps each record's, derives the
+    /// watermark from them, and refuses a record without one, naming itself.
+    #[test]
+    fn an_assigner_of_record_timestamps_keeps_them() {
+        let strategy = WatermarkStrategy::for_record_timestamps(Duration::from_millis(10));
+        let (mut op, log) = assigner(strategy);
+        let take = || std::mem::take(&mut *log.lock().expect("lock"));
+        op.push(1, Some(100)).expect("push");
+        op.push(2, Some(50)).expect("push");
+        op.flush().expect("flush");
+        assert_eq!(
+            take(),
+            vec![
+                Seen::Record(1, Some(100)),
+                Seen::Record(2, Some(50)),
+                Seen::Mark(Watermark(89))
+            ]
+        );
+        let err = op.push(3, None).expect_err("no timestamp");
+        let message = err.to_string();
+        assert!(
+            message.contains("operator timestamps failed")
+                && message.contains("without a timestamp"),
+            "{message}"
         );
     }
 

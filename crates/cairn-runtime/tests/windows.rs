@@ -29,6 +29,8 @@ type Event = (u64, u64, u64);
 struct Script {
     steps: Vec<Option<Vec<Event>>>,
     next: usize,
+    /// Emit each event with its timestamp (`collect_with_timestamp`).
+    stamped: bool,
 }
 
 impl Checkpointed for Script {}
@@ -48,7 +50,11 @@ impl Source for Script {
         match step {
             Some(events) => {
                 for e in events {
-                    out.collect(*e)?;
+                    if self.stamped {
+                        out.collect_with_timestamp(*e, e.1)?;
+                    } else {
+                        out.collect(*e)?;
+                    }
                 }
                 Ok(SourceStatus::More)
             }
@@ -179,6 +185,7 @@ fn lateness_script() -> Script {
             Some(vec![(1, 3, 32)]),
         ],
         next: 0,
+        stamped: false,
     }
 }
 
@@ -593,6 +600,7 @@ fn session_script() -> Script {
             Some(vec![(1, 25, 32), (3, 21, 2_000), (2, 5, 400)]),
         ],
         next: 0,
+        stamped: false,
     }
 }
 
@@ -933,4 +941,28 @@ fn a_restore_may_change_the_session_gap_but_not_the_lateness_or_the_kind_of_wind
     // is counted in one session, once.
     let counted: u64 = common::read_output(&output).values().flatten().sum();
     assert_eq!(counted, SAVEPOINT_EVENTS);
+}
+
+/// A source's timestamps serve an assigner of the records' own timestamps
+/// (`WatermarkStrategy::for_record_timestamps`) as an extractor would.
+#[test]
+fn sessions_over_the_sources_own_timestamps() {
+    let script = Script {
+        stamped: true,
+        ..session_script()
+    };
+    let stream = source("source", script)
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_record_timestamps(Duration::ZERO),
+        )
+        .key_by(|e: &Event| e.0)
+        .window(sessions(10))
+        .allowed_lateness(Duration::from_millis(5))
+        .aggregate("count", CountAndSum);
+    let extracted = windowed_by(session_script(), sessions(10)).aggregate("count", CountAndSum);
+    let config = || lateness_config(StateBackendConfig::HashMap);
+    let expected = run(extracted, config());
+    assert_eq!(expected.len(), 6);
+    assert_eq!(run(stream, config()), expected);
 }
