@@ -57,6 +57,13 @@ impl Barrier {
     pub(crate) fn is_savepoint(&self) -> bool {
         matches!(self.kind, BarrierKind::Savepoint { .. })
     }
+
+    /// The savepoint of a drained job (stop-with-savepoint `--drain`): taken, as the final
+    /// checkpoint, at every task once all have finished, but its snapshots are not marked
+    /// finished: a restore from it goes on from the sources' positions with the state.
+    pub(crate) fn is_drained_savepoint(&self) -> bool {
+        self.to_every_task && self.is_savepoint()
+    }
 }
 
 /// Checkpoint outcomes delivered to every task.
@@ -182,6 +189,9 @@ pub(crate) enum TaskEvent {
     Exit,
     /// Sources: a stop-with-savepoint failed; go on reading.
     Resume,
+    /// Sources: stop reading and end the input (stop-with-savepoint `--drain`): the final
+    /// watermark and every operator's `finish` follow, as at the end of a bounded input.
+    Drain,
     /// Tear down.
     Cancel,
 }

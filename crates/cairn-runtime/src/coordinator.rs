@@ -100,6 +100,8 @@ pub(crate) struct SavepointRequest {
     pub(crate) dir: Option<String>,
     pub(crate) format: SavepointFormat,
     pub(crate) stop: bool,
+    /// Stop-with-savepoint `--drain`: the sources end their input first (implies `stop`).
+    pub(crate) drain: bool,
     pub(crate) reply: Sender<crate::Result<String>>,
 }
 

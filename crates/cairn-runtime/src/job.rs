@@ -153,13 +153,15 @@ impl JobHandle {
         dir: Option<&str>,
         format: Option<SavepointFormat>,
         stop: bool,
+        drain: bool,
     ) -> Result<String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.coord
             .send(CoordMsg::Savepoint(SavepointRequest {
                 dir: dir.map(str::to_string),
                 format: format.unwrap_or(self.savepoint_format),
-                stop,
+                stop: stop || drain,
+                drain,
                 reply: tx,
             }))
             .map_err(|_| refused("the job is not running"))?;
@@ -176,7 +178,7 @@ impl JobHandle {
     /// path. A savepoint that fails
     /// deletes what it wrote, its directory included when nothing else is in it.
     pub fn trigger_savepoint(&self, dir: Option<&str>) -> Result<String> {
-        self.savepoint(dir, None, false)
+        self.savepoint(dir, None, false, false)
     }
 
     /// [`JobHandle::trigger_savepoint`] in `format` (Flink's `flink savepoint --type`).
@@ -185,7 +187,7 @@ impl JobHandle {
         dir: Option<&str>,
         format: SavepointFormat,
     ) -> Result<String> {
-        self.savepoint(dir, Some(format), false)
+        self.savepoint(dir, Some(format), false, false)
     }
 
     /// Takes a savepoint, commits what it covers, and ends the job; returns the savepoint's
@@ -197,7 +199,23 @@ impl JobHandle {
     /// from another thread ends the job, and the answer is then an error naming the
     /// savepoint.
     pub fn stop_with_savepoint(&self, dir: Option<&str>) -> Result<String> {
-        self.savepoint(dir, None, true)
+        self.savepoint(dir, None, true, false)
+    }
+
+    /// Stop-with-savepoint `--drain` (Flink's `flink stop --drain`), for a job that is to
+    /// end for good: the sources stop reading and end their input, so the final watermark
+    /// fires every event-time timer and window and every operator's `finish` runs, as at
+    /// the end of a bounded input; then, once every task has finished, the savepoint is
+    /// taken and its completion commits everything, `finish` output included. The answer
+    /// comes as [`JobHandle::stop_with_savepoint`]'s.
+    ///
+    /// The savepoint's operators are not marked finished (as in Flink): a job restored
+    /// from it reads on from the sources' positions with the state, and runs `finish` again
+    /// at its own end. A savepoint that fails after the input was ended cannot resume the
+    /// reading: the answer is the error, and the job ends as a bounded job does (with its
+    /// final checkpoint, when it checkpoints).
+    pub fn stop_with_savepoint_and_drain(&self, dir: Option<&str>) -> Result<String> {
+        self.savepoint(dir, None, true, true)
     }
 
     /// [`JobHandle::stop_with_savepoint`] in `format` (Flink's `flink stop --type`).
@@ -206,7 +224,7 @@ impl JobHandle {
         dir: Option<&str>,
         format: SavepointFormat,
     ) -> Result<String> {
-        self.savepoint(dir, Some(format), true)
+        self.savepoint(dir, Some(format), true, false)
     }
 
     /// Records the sources have read so far (replays after a restore count again).
@@ -873,6 +891,7 @@ impl Driver {
             exit_sent: false,
             final_tried: false,
             stopping: false,
+            draining: None,
             stopped_with: None,
             queued: VecDeque::new(),
             signal_stop: None,
@@ -975,6 +994,7 @@ impl Driver {
                         dir: None,
                         format: self.config.savepoint_format,
                         stop: true,
+                        drain: false,
                         reply: tx,
                     });
                     run.stopping = true;
@@ -1137,6 +1157,24 @@ impl Driver {
                     let _ = request.reply.send(Err(refused(
                         "the job's input has ended; it is finishing with its final checkpoint",
                     )));
+                } else if request.drain {
+                    if !run.queued.is_empty()
+                        || run.pending.values().any(|p| p.barrier.is_savepoint())
+                    {
+                        let _ = request.reply.send(Err(refused(
+                            "a savepoint is under way; drain when it has completed",
+                        )));
+                    } else {
+                        // The sources end their input; the savepoint follows once every task
+                        // has finished (`tick`).
+                        run.stopping = true;
+                        for (task, tx) in &run.events {
+                            if run.source_tasks.contains(task) {
+                                let _ = tx.send(TaskEvent::Drain);
+                            }
+                        }
+                        run.draining = Some(request);
+                    }
                 } else {
                     run.stopping |= request.stop;
                     run.queued.push_back(request);
@@ -1167,14 +1205,34 @@ impl Driver {
             format,
             stop,
             reply,
+            ..
         }) = run.queued.pop_front()
         {
-            let dir = dir
-                .or_else(|| self.config.savepoint_dir.clone())
-                .unwrap_or_else(|| "./savepoints".into());
+            if run.all_finished() {
+                // The input ended after the request came: nothing is left to stop.
+                let _ = reply.send(Err(refused(
+                    "the job's input has ended; it is finishing with its final checkpoint",
+                )));
+                if stop && run.draining.is_none() {
+                    run.stopping = false;
+                }
+                continue;
+            }
+            let dir = self.savepoint_dir(dir);
             let kind = BarrierKind::Savepoint { stop, format };
             if let Some(o) = self.trigger(run, kind, Some((dir, reply))) {
                 return Some(o);
+            }
+        }
+        // A drained job: its savepoint, at every task, once all have finished.
+        if run.all_finished() {
+            if let Some(SavepointRequest {
+                dir, format, reply, ..
+            }) = run.draining.take()
+            {
+                let kind = BarrierKind::Savepoint { stop: true, format };
+                let dir = self.savepoint_dir(dir);
+                return self.trigger(run, kind, Some((dir, reply)));
             }
         }
         if run.exit_sent || run.stopping {
@@ -1220,6 +1278,12 @@ impl Driver {
             return self.trigger(run, BarrierKind::Checkpoint, None);
         }
         None
+    }
+
+    /// Where a savepoint asked for in `dir` goes: there, or in the configured directory.
+    fn savepoint_dir(&self, dir: Option<String>) -> String {
+        dir.or_else(|| self.config.savepoint_dir.clone())
+            .unwrap_or_else(|| "./savepoints".into())
     }
 
     /// Every task has finished: takes the final checkpoint (FLIP-147's order). The
@@ -1337,6 +1401,9 @@ impl Driver {
             }
         };
         let is_final = kind == BarrierKind::Checkpoint && run.all_finished();
+        // Only a drained job's savepoint is triggered when every task has finished (a
+        // savepoint asked for after the input ended is refused).
+        let to_every_task = run.all_finished();
         let cp = &self.config.checkpoint;
         let barrier = Barrier {
             id,
@@ -1347,7 +1414,7 @@ impl Driver {
                 && cp.mode == CheckpointingMode::ExactlyOnce
                 && cp.aligned_timeout.is_zero(),
             started: Instant::now(),
-            to_every_task: is_final,
+            to_every_task,
         };
         run.pending.insert(
             id,
@@ -1368,7 +1435,7 @@ impl Driver {
             run.last_trigger = Some(Instant::now());
         }
         for (task, tx) in &run.events {
-            if is_final || run.source_tasks.contains(task) {
+            if to_every_task || run.source_tasks.contains(task) {
                 let _ = tx.send(TaskEvent::Trigger(barrier));
             }
         }
@@ -1661,6 +1728,9 @@ struct Run {
     /// later).
     final_tried: bool,
     stopping: bool,
+    /// A stop-with-savepoint `--drain` whose sources are ending their input: its savepoint
+    /// is triggered once every task has finished.
+    draining: Option<SavepointRequest>,
     /// The stop-with-savepoint whose savepoint is complete, while the tasks end.
     stopped_with: Option<StoppedWith>,
     queued: VecDeque<SavepointRequest>,

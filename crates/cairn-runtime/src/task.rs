@@ -204,7 +204,7 @@ impl<S: Source> SourceTask<S> {
 
     fn snapshot(&mut self, barrier: &Barrier) -> Result<()> {
         let t = Instant::now();
-        let mut sync = SyncPhase::new(self.finished);
+        let mut sync = SyncPhase::new(self.finished && !barrier.is_drained_savepoint());
         self.setup
             .snapshot(&mut self.source, barrier, self.range, None, &mut sync)?;
         self.chain.snapshot(barrier, &mut sync)?;
@@ -227,6 +227,14 @@ impl<S: Source> SourceTask<S> {
             }
             TaskEvent::Exit => return Ok(true),
             TaskEvent::Resume => *stopped = false,
+            TaskEvent::Drain => {
+                // The input did not end: no `SourceFinished`, and the snapshot of the
+                // drained job keeps this source's position.
+                if !self.finished {
+                    end_chain(&mut self.chain, self.restored_finished, &self.link)?;
+                    self.finished = true;
+                }
+            }
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
             TaskEvent::Barrier { .. } => {}
         }
@@ -545,7 +553,10 @@ impl<X: crate::function::Data> InputTask<X> {
                     }
                 }
                 TaskEvent::Exit | TaskEvent::Cancel => break,
-                TaskEvent::Barrier { .. } | TaskEvent::Trigger(_) | TaskEvent::Resume => {}
+                TaskEvent::Barrier { .. }
+                | TaskEvent::Trigger(_)
+                | TaskEvent::Resume
+                | TaskEvent::Drain => {}
             }
         }
         RuntimeError::Cancelled
@@ -657,13 +668,14 @@ impl<X: crate::function::Data> InputTask<X> {
             TaskEvent::Trigger(b) => self.triggered(b)?,
             TaskEvent::Exit => return Ok(true),
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
-            TaskEvent::Resume => {}
+            TaskEvent::Resume | TaskEvent::Drain => {}
         }
         Ok(false)
     }
 
-    /// The coordinator triggered this task itself: the final checkpoint, taken when every
-    /// task has finished. Nothing is in flight, so the snapshot is taken at once.
+    /// The coordinator triggered this task itself: the final checkpoint, or the savepoint
+    /// of a drained job, taken when every task has finished. Nothing is in flight, so the
+    /// snapshot is taken at once.
     fn triggered(&mut self, b: Barrier) -> Result<()> {
         if !b.to_every_task || !self.finished {
             self.link.declined(
@@ -678,7 +690,7 @@ impl<X: crate::function::Data> InputTask<X> {
         self.last_handled = self.last_handled.max(b.id);
         self.drop_stale();
         let t = Instant::now();
-        let mut sync = SyncPhase::new(true);
+        let mut sync = SyncPhase::new(!b.is_drained_savepoint());
         self.chain.snapshot(&b, &mut sync)?;
         self.link.synced(b.id, t, sync);
         Ok(())
