@@ -211,9 +211,11 @@ impl JobHandle {
     ///
     /// The savepoint's operators are not marked finished (as in Flink): a job restored
     /// from it reads on from the sources' positions with the state, and runs `finish` again
-    /// at its own end. A savepoint that fails after the input was ended cannot resume the
-    /// reading: the answer is the error, and the job ends as a bounded job does (with its
-    /// final checkpoint, when it checkpoints).
+    /// at its own end. Windows the drain fired early then fire again with what comes after
+    /// (as in Flink: drain a job that is to end). Refused while another savepoint is under
+    /// way. A savepoint that fails after the input was ended cannot resume the reading:
+    /// the answer is the error, and the job fails over (restarts from its latest
+    /// checkpoint, as its restart strategy allows).
     pub fn stop_with_savepoint_and_drain(&self, dir: Option<&str>) -> Result<String> {
         self.savepoint(dir, None, true, true)
     }
@@ -246,6 +248,19 @@ impl JobHandle {
                 message: panic_message(p.as_ref()),
             }),
         }
+    }
+}
+
+/// A drained job's savepoint failed: its sources ended their input, so the job cannot read
+/// on, and a final checkpoint would mark them finished for good. It fails over instead
+/// (as Flink fails a task whose stop-with-savepoint was aborted): restarted from the
+/// latest checkpoint, it reads on from there.
+fn drained_savepoint_failed(reason: String) -> Outcome {
+    Outcome::Failed {
+        error: RuntimeError::Savepoint {
+            reason: format!("the savepoint of the drained job failed: {reason}"),
+        },
+        fatal: false,
     }
 }
 
@@ -909,7 +924,7 @@ impl Driver {
         for id in ids {
             self.discard_pending(&mut run, id, "the job stopped".into(), false);
         }
-        for SavepointRequest { reply, .. } in run.queued.drain(..) {
+        for SavepointRequest { reply, .. } in run.queued.drain(..).chain(run.draining.take()) {
             let _ = reply.send(Err(refused("the job stopped before the savepoint")));
         }
         match (run.stopped_with.take(), outcome) {
@@ -988,6 +1003,7 @@ impl Driver {
                     && run.signal_stop.is_none()
                     && !run.stopping
                     && !run.input_ended()
+                    && !run.all_finished()
                 {
                     let (tx, rx) = crossbeam_channel::bounded(1);
                     run.queued.push_back(SavepointRequest {
@@ -1210,9 +1226,7 @@ impl Driver {
         {
             if run.all_finished() {
                 // The input ended after the request came: nothing is left to stop.
-                let _ = reply.send(Err(refused(
-                    "the job's input has ended; it is finishing with its final checkpoint",
-                )));
+                let _ = reply.send(Err(refused("the job's input has ended; it is finishing")));
                 if stop && run.draining.is_none() {
                     run.stopping = false;
                 }
@@ -1232,6 +1246,9 @@ impl Driver {
             {
                 let kind = BarrierKind::Savepoint { stop: true, format };
                 let dir = self.savepoint_dir(dir);
+                // As before the final checkpoint: checkpoints in flight are given up, so
+                // that none can fail the job now.
+                self.subsume(run, u64::MAX, "the drained job's savepoint");
                 return self.trigger(run, kind, Some((dir, reply)));
             }
         }
@@ -1381,7 +1398,11 @@ impl Driver {
                 match create_savepoint(&path, id) {
                     Ok(w) => (Target::Savepoint(Arc::new(w), path), Some(reply)),
                     Err(e) => {
-                        let _ = reply.send(Err(refused(format!("savepoint {path}: {e}"))));
+                        let reason = format!("savepoint {path}: {e}");
+                        let _ = reply.send(Err(refused(reason.clone())));
+                        if run.all_finished() {
+                            return Some(drained_savepoint_failed(reason));
+                        }
                         if stop {
                             run.stopping = false;
                         }
@@ -1491,6 +1512,9 @@ impl Driver {
     fn failed(&mut self, run: &mut Run, p: Pending, reason: String) -> Option<Outcome> {
         let id = p.barrier.id;
         match p.barrier.kind {
+            BarrierKind::Savepoint { .. } if p.barrier.is_drained_savepoint() => {
+                Some(drained_savepoint_failed(reason))
+            }
             BarrierKind::Savepoint { stop, .. } => {
                 if stop {
                     run.stopping = false;
@@ -1653,8 +1677,12 @@ impl Driver {
                         }
                     }
                     Err(reason) => {
+                        let reason = format!("savepoint {path}: {reason}");
                         if let Some(reply) = &p.reply {
-                            let _ = reply.send(Err(refused(format!("savepoint {path}: {reason}"))));
+                            let _ = reply.send(Err(refused(reason.clone())));
+                        }
+                        if p.barrier.is_drained_savepoint() {
+                            return Some(drained_savepoint_failed(reason));
                         }
                         if matches!(p.barrier.kind, BarrierKind::Savepoint { stop: true, .. }) {
                             run.stopping = false;

@@ -171,7 +171,7 @@ fn a_drain_fires_every_open_window_and_a_restore_reads_on() {
 #[test]
 fn a_drained_savepoint_keeps_the_keyed_state() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, expected) = common::write_input(dir.path(), 4_000, 300, 7);
+    let (input, expected) = common::write_input(dir.path(), 12_000, 300, 7);
     let output = dir.path().join("out");
     let mut cfg = common::config(dir.path(), 50);
     cfg.records_per_second = Some(4_000);
@@ -191,5 +191,40 @@ fn a_drained_savepoint_keeps_the_keyed_state() {
     Job::new(common::wordcount(&input, &output, None, None), cfg)
         .run()
         .expect("restored run");
+    common::check_exactly_once(&expected, &common::read_output(&output));
+}
+
+/// A drained savepoint that fails (here its directory is a file) cannot leave the job
+/// ended with its input unread: the answer is the error, and the job fails over to its
+/// latest checkpoint and reads on; each count committed once in all.
+#[test]
+fn a_failed_drained_savepoint_fails_over_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, expected) = common::write_input(dir.path(), 12_000, 300, 9);
+    let output = dir.path().join("out");
+    let not_a_dir = dir.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, b"a file").expect("file");
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.records_per_second = Some(4_000);
+    cfg.savepoint_dir = Some(not_a_dir.display().to_string());
+    cfg.restart = cairn_runtime::RestartStrategy::fixed_delay(2, Duration::from_millis(10));
+    let handle = Job::new(common::wordcount(&input, &output, None, None), cfg)
+        .start()
+        .expect("start");
+    let started = Instant::now();
+    while common::read_output(&output).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let err = handle
+        .stop_with_savepoint_and_drain(None)
+        .expect_err("the savepoint cannot be written");
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+    let result = handle.wait().expect("the job reads on after the failover");
+    assert_eq!(result.restarts, 1, "{result:?}");
+    assert_eq!(result.savepoint, None);
     common::check_exactly_once(&expected, &common::read_output(&output));
 }
