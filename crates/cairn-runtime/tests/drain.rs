@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_core::AggregateFunction;
 use cairn_runtime::function::FnProcess;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
@@ -26,22 +25,6 @@ fn write_events(dir: &Path) -> PathBuf {
     let path = dir.join("events.txt");
     std::fs::write(&path, text).expect("write events");
     path
-}
-
-/// Counts events.
-#[derive(Clone, Debug)]
-struct CountEvents;
-
-impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, acc: &mut u64, _event: (u64, u64)) {
-        *acc += 1;
-    }
-    fn result(&self, acc: &u64) -> u64 {
-        *acc
-    }
 }
 
 /// How often [`CountFinishes`] finished (only the window test uses it).
@@ -81,7 +64,7 @@ fn window_job(input: &Path, output: &Path) -> JobGraph {
         )
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
-        .aggregate("windows", CountEvents)
+        .aggregate("windows", common::CountEvents)
         .process(
             "label",
             FnProcess(

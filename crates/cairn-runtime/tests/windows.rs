@@ -140,23 +140,7 @@ impl MergingAggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
     }
 }
 
-/// Counts events.
-#[derive(Clone, Debug)]
-struct CountEvents;
-
-impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, acc: &mut u64, _event: (u64, u64)) {
-        *acc += 1;
-    }
-    fn result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-}
-
-impl MergingAggregateFunction<(u64, u64), u64, u64> for CountEvents {
+impl MergingAggregateFunction<(u64, u64), u64, u64> for common::CountEvents {
     fn merge(&self, a: u64, b: u64) -> u64 {
         a + b
     }
@@ -444,7 +428,7 @@ fn counting_job_with(
         )
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(windows)
-        .aggregate("windows", CountEvents)
+        .aggregate("windows", common::CountEvents)
         .process(
             "check",
             cairn_runtime::function::FnProcess(
@@ -743,7 +727,7 @@ fn session_job(input: &Path, output: &Path, fail_at: Vec<u64>, gap: u64) -> JobG
         )
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(sessions(gap))
-        .aggregate("sessions", CountEvents)
+        .aggregate("sessions", common::CountEvents)
         .process(
             "check",
             cairn_runtime::function::FnProcess(
@@ -884,7 +868,7 @@ fn a_restore_may_change_the_session_gap_but_not_the_lateness_or_the_kind_of_wind
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(sessions(GAP))
         .allowed_lateness(Duration::from_millis(1))
-        .aggregate("sessions", CountEvents)
+        .aggregate("sessions", common::CountEvents)
         .process(
             "check",
             cairn_runtime::function::FnProcess(
@@ -912,7 +896,7 @@ fn a_restore_may_change_the_session_gap_but_not_the_lateness_or_the_kind_of_wind
         )
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(TumblingEventTimeWindows::of(Duration::from_millis(GAP)))
-        .aggregate("sessions", CountEvents)
+        .aggregate("sessions", common::CountEvents)
         .process(
             "check",
             cairn_runtime::function::FnProcess(

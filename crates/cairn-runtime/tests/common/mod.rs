@@ -508,6 +508,22 @@ impl Source for HookedGenerator {
     }
 }
 
+/// Counts `(key, timestamp)` events (the window tests' aggregate).
+#[derive(Clone, Debug)]
+pub struct CountEvents;
+
+impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, _event: (u64, u64)) {
+        *acc += 1;
+    }
+    fn result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+}
+
 /// Parses `key timestamp` lines, failing when the lines it has parsed (over every run,
 /// replays included) reach one of `fail_at`.
 #[derive(Clone, Debug)]
