@@ -206,8 +206,8 @@ impl JobHandle {
     /// end for good: the sources stop reading and end their input, so the final watermark
     /// fires every event-time timer and window and every operator's `finish` runs, as at
     /// the end of a bounded input; then, once every task has finished, the savepoint is
-    /// taken and its completion commits everything, `finish` output included. The answer
-    /// comes as [`JobHandle::stop_with_savepoint`]'s.
+    /// taken, and its completion commits what the two-phase-commit sinks hold, `finish`
+    /// output included. The answer comes as [`JobHandle::stop_with_savepoint`]'s.
     ///
     /// The savepoint's operators are not marked finished (as in Flink): a job restored
     /// from it reads on from the sources' positions with the state, and runs `finish` again
