@@ -292,12 +292,22 @@ where
     }
 }
 
-/// One open session of a key: its window, and the namespace its contents are kept under
-/// (the window it started as, which it holds).
+/// One open session of a key: its window, the namespace its contents are kept under (the
+/// window it started as, which it holds), and its one pending timer.
+///
+/// The timer is lazy: a session that grows keeps the timer it has, and when that fires
+/// before the session is due, it is moved on to the session's end (or, once the session
+/// has fired, to its cleanup time). A record that extends a session thus costs no timer
+/// work (Flink deletes and registers a timer per record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     window: TimeWindow,
     stored: TimeWindow,
+    /// The time of its pending timer: at or before its end while it has not fired, at or
+    /// before its cleanup time once it has.
+    timer: u64,
+    /// It fired at its current end and waits for its cleanup time (with allowed lateness).
+    fired: bool,
 }
 
 /// What a session operator's state must agree with on restore: its time domain and
@@ -376,6 +386,15 @@ impl<K, T, G: SessionGap<T>, C> SessionOperator<K, T, G, C> {
     fn cleanup_time(state_lateness: u64, window: &TimeWindow) -> u64 {
         window.max_timestamp().saturating_add(state_lateness)
     }
+
+    /// Registers a timer at `time` in the sessions' time domain.
+    fn register(&self, timers: &mut TimerService, time: u64) {
+        if self.event_time() {
+            timers.register_event_time_timer(time);
+        } else {
+            timers.register_processing_time_timer(time);
+        }
+    }
 }
 
 /// A gap in whole milliseconds, at least one.
@@ -414,7 +433,7 @@ where
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let spec = self.spec()?;
         let mut index = ValueStateDescriptor::<Vec<Session>>::new(MERGING_WINDOW_SET_STATE);
-        index.value = Arc::new(BincodeCodec::named("cairn.windows.Sessions", 1));
+        index.value = Arc::new(BincodeCodec::named("cairn.windows.Sessions", 2));
         Ok(Opened {
             contents: self.contents.register(backend)?,
             sessions: backend.register_value(&index)?,
@@ -423,8 +442,8 @@ where
     }
 
     /// Adds the record's window to the key's sessions, merging those it overlaps or
-    /// touches, and the record to the merged session's contents; moves the session's
-    /// timers to its new end.
+    /// touches, and the record to the merged session's contents. The merged session keeps
+    /// the earliest of its sessions' timers (see [`Session`]).
     fn process<B: KeyedStateBackend>(
         &mut self,
         state: &Self::State,
@@ -465,20 +484,34 @@ where
         }
         self.contents
             .add(state.contents, backend, &stored, record)?;
-        open.push(Session { window, stored });
-        open.sort_unstable_by_key(|s| s.window.start);
-
-        // Timers: the merged sessions' times go unless an open session has them too (a
-        // key has one timer per time).
-        let lateness = state.lateness;
-        let times = |s: &Session| {
-            [
-                s.window.max_timestamp(),
-                Self::cleanup_time(lateness, &s.window),
-            ]
+        // A session whose end the watermark has passed has fired (its timer went off):
+        // within the allowed lateness, it fires again at once.
+        let fired = event_time && watermark.is_some_and(|w| window.max_timestamp() <= w);
+        if fired {
+            self.contents
+                .emit(state.contents, backend, key, &stored, &window, out)?;
+        }
+        if unchanged {
+            // Its timer stands.
+            return Ok(());
+        }
+        // The merged sessions' earliest timer stays unless it is after the session is due;
+        // the others go, unless another session of the key has them too (a key has one
+        // timer per time).
+        let due = if fired {
+            cleanup
+        } else {
+            window.max_timestamp()
         };
-        for t in merging.iter().flat_map(times) {
-            if !open.iter().any(|s| times(s).contains(&t)) {
+        let timer = match merging.iter().map(|s| s.timer).min() {
+            Some(t) if t <= due => t,
+            _ => {
+                self.register(timers, due);
+                due
+            }
+        };
+        for t in merging.iter().map(|s| s.timer) {
+            if t != timer && !open.iter().any(|s| s.timer == t) {
                 if event_time {
                     timers.delete_event_time_timer(t);
                 } else {
@@ -486,57 +519,60 @@ where
                 }
             }
         }
-        let fire = window.max_timestamp();
-        if event_time {
-            if watermark.is_some_and(|w| fire <= w) {
-                // Within the allowed lateness of a session that has fired: again, at once.
-                self.contents
-                    .emit(state.contents, backend, key, &stored, &window, out)?;
-            } else {
-                timers.register_event_time_timer(fire);
-            }
-            if lateness > 0 {
-                timers.register_event_time_timer(cleanup);
-            }
-        } else {
-            timers.register_processing_time_timer(fire);
-        }
-        if unchanged {
-            return Ok(());
-        }
+        open.push(Session {
+            window,
+            stored,
+            timer,
+            fired,
+        });
+        open.sort_unstable_by_key(|s| s.window.start);
         Ok(backend.value_update(state.sessions, &(), open)?)
     }
 
-    /// Fires the sessions whose last millisecond is `timer`'s time and drops those whose
-    /// lateness ends then (the same sessions, without lateness).
+    /// For the sessions whose timer this is: fires those whose end it has reached, drops
+    /// those whose cleanup time it has reached (without lateness: the same), and moves the
+    /// others' timers on to when they are due.
     fn on_timer<B: KeyedStateBackend>(
         &mut self,
         state: &Self::State,
         key: &K,
         timer: Timer,
         backend: &mut B,
-        _timers: &mut TimerService,
+        timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let Some(sessions) = backend.value_get(state.sessions, &())? else {
             return Ok(());
         };
-        let before = sessions.len();
-        let mut open = Vec::with_capacity(before);
-        for s in sessions {
-            if s.window.max_timestamp() == timer.time {
+        let now = timer.time;
+        if !sessions.iter().any(|s| s.timer == now) {
+            return Ok(());
+        }
+        let mut open = Vec::with_capacity(sessions.len());
+        for mut s in sessions {
+            if s.timer != now {
+                open.push(s);
+                continue;
+            }
+            if !s.fired && s.window.max_timestamp() <= now {
                 self.contents
                     .emit(state.contents, backend, key, &s.stored, &s.window, out)?;
+                s.fired = true;
             }
-            if Self::cleanup_time(state.lateness, &s.window) == timer.time {
-                self.contents.clear(state.contents, backend, &s.stored)?;
+            let due = if s.fired {
+                Self::cleanup_time(state.lateness, &s.window)
             } else {
-                open.push(s);
+                s.window.max_timestamp()
+            };
+            if due <= now {
+                self.contents.clear(state.contents, backend, &s.stored)?;
+                continue;
             }
+            self.register(timers, due);
+            s.timer = due;
+            open.push(s);
         }
-        if open.len() == before {
-            Ok(())
-        } else if open.is_empty() {
+        if open.is_empty() {
             Ok(backend.clear(state.sessions.raw(), &())?)
         } else {
             Ok(backend.value_update(state.sessions, &(), open)?)
@@ -595,8 +631,19 @@ mod tests {
         }
     }
 
+    /// A session `window` kept under `stored`, with its timer at `timer`, `fired` or not.
+    fn session(window: TimeWindow, stored: TimeWindow, timer: u64, fired: bool) -> Session {
+        Session {
+            window,
+            stored,
+            timer,
+            fired,
+        }
+    }
+
     /// Records less than a gap apart make one session, which ends a gap after its last
-    /// record; a record exactly a gap after the session's last touches it and joins it.
+    /// record; a record exactly a gap after the session's last touches it and joins it. A
+    /// growing session keeps its first timer, which moves on to its end when it fires.
     #[test]
     fn records_within_the_gap_make_one_session() {
         let mut h = event_time(10, 0);
@@ -607,14 +654,8 @@ mod tests {
         assert_eq!(
             h.sessions(),
             vec![
-                Session {
-                    window: w(0, 25),
-                    stored: w(0, 10)
-                },
-                Session {
-                    window: w(26, 36),
-                    stored: w(26, 36)
-                },
+                session(w(0, 25), w(0, 10), 9, false),
+                session(w(26, 36), w(26, 36), 35, false),
             ]
         );
         assert_eq!(
@@ -622,23 +663,25 @@ mod tests {
             Some(7),
             "kept where the session began"
         );
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 35]);
+        h.advance(23);
+        assert_eq!(h.emitted(), vec![]);
         assert_eq!(
             h.pending(TimeDomain::EventTime),
             vec![24, 35],
-            "one timer per session, at its end"
+            "moved on to the session's end"
         );
-        h.advance(23);
-        assert_eq!(h.emitted(), vec![]);
         h.advance(24);
         assert_eq!(h.emitted(), vec![((1, w(0, 25), 7), Some(24))]);
         assert_eq!(h.contents(w(0, 10)), None, "dropped when it fires");
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![((1, w(26, 36), 8), Some(35))]);
         assert_eq!(h.sessions(), vec![], "no session left");
+        assert_eq!(h.pending(TimeDomain::EventTime), Vec::<u64>::new());
     }
 
-    /// A record between two sessions, within a gap of both, merges them into one; the
-    /// merged sessions' timers go.
+    /// A record between two sessions, within a gap of both, merges them into one, which
+    /// keeps the earlier timer; the other goes.
     #[test]
     fn a_record_bridging_two_sessions_merges_them() {
         let mut h = event_time(10, 0);
@@ -651,29 +694,16 @@ mod tests {
         assert_eq!(
             h.sessions(),
             vec![
-                Session {
-                    window: w(0, 10),
-                    stored: w(0, 10)
-                },
-                Session {
-                    window: w(11, 31),
-                    stored: w(20, 30)
-                },
+                session(w(0, 10), w(0, 10), 9, false),
+                session(w(11, 31), w(20, 30), 29, false),
             ],
             "[11, 21) is 11 ms after [0, 10) began: it joins [20, 30) only"
         );
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 30]);
         h.process(4, Some(10));
-        assert_eq!(
-            h.sessions(),
-            vec![Session {
-                window: w(0, 31),
-                stored: w(0, 10)
-            }]
-        );
+        assert_eq!(h.sessions(), vec![session(w(0, 31), w(0, 10), 9, false)]);
         assert_eq!(h.contents(w(0, 10)), Some(119));
         assert_eq!(h.contents(w(20, 30)), None, "moved into the first");
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![30]);
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9]);
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![((1, w(0, 31), 119), Some(30))]);
     }
@@ -686,9 +716,14 @@ mod tests {
     fn late_records_within_the_lateness_reach_their_session() {
         let mut h = event_time(10, 5);
         h.process(1, Some(0));
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 14]);
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9]);
         h.advance(9);
         assert_eq!(h.emitted(), vec![((1, w(0, 10), 1), Some(9))]);
+        assert_eq!(
+            h.sessions(),
+            vec![session(w(0, 10), w(0, 10), 14, true)],
+            "fired; its timer moved on to its cleanup time"
+        );
         h.process(2, Some(0));
         assert_eq!(
             h.emitted(),
@@ -698,9 +733,9 @@ mod tests {
         h.process(4, Some(8));
         assert_eq!(h.emitted(), vec![], "extended to [0, 18): not yet");
         assert_eq!(
-            h.pending(TimeDomain::EventTime),
-            vec![17, 22],
-            "the old session's cleanup timer went"
+            h.sessions(),
+            vec![session(w(0, 18), w(0, 10), 14, false)],
+            "not fired at its new end; the earlier timer stays"
         );
         h.advance(17);
         assert_eq!(h.emitted(), vec![((1, w(0, 18), 7), Some(17))]);
@@ -721,22 +756,32 @@ mod tests {
         );
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![]);
+        assert_eq!(h.pending(TimeDomain::EventTime), Vec::<u64>::new());
     }
 
-    /// A key has one timer per time: when a session grows, its old times go only if no
-    /// other session needs them (here the old cleanup time is another session's end).
+    /// A key has one timer per time: a timer a merged session leaves goes only if no other
+    /// session has it (here the fired session's cleanup time is the other's end).
     #[test]
     fn a_merged_sessions_time_that_another_session_needs_stays() {
         let mut h = event_time(10, 20);
         h.process(1, Some(0));
         h.process(2, Some(20));
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29, 49]);
-        h.process(4, Some(2));
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![11, 29, 31, 49]);
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 1), Some(9))]);
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![29]);
+        h.process(4, Some(5));
+        assert_eq!(
+            h.sessions(),
+            vec![
+                session(w(0, 15), w(0, 10), 14, false),
+                session(w(20, 30), w(20, 30), 29, false),
+            ]
+        );
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![14, 29]);
         h.advance(29);
         assert_eq!(
             h.emitted(),
-            vec![((1, w(0, 12), 5), Some(11)), ((1, w(20, 30), 2), Some(29))]
+            vec![((1, w(0, 15), 5), Some(14)), ((1, w(20, 30), 2), Some(29))]
         );
     }
 
@@ -746,7 +791,7 @@ mod tests {
         let mut h = event_time(10, 20);
         h.process(1, Some(0));
         h.process(2, Some(20));
-        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29, 49]);
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![9, 29]);
         h.advance(29);
         assert_eq!(
             h.emitted(),
@@ -755,10 +800,7 @@ mod tests {
         assert_eq!(h.contents(w(0, 10)), None, "[0, 10) dropped at 29");
         assert_eq!(
             h.sessions(),
-            vec![Session {
-                window: w(20, 30),
-                stored: w(20, 30)
-            }],
+            vec![session(w(20, 30), w(20, 30), 49, true)],
             "[20, 30) kept until 49"
         );
     }
@@ -771,11 +813,7 @@ mod tests {
         h.process(1, Some(5));
         h.process(2, Some(0));
         h.process(4, Some(3));
-        let sessions = vec![Session {
-            window: w(0, 15),
-            stored: w(5, 15),
-        }];
-        assert_eq!(h.sessions(), sessions);
+        assert_eq!(h.sessions(), vec![session(w(0, 15), w(5, 15), 14, false)]);
         assert_eq!(h.contents(w(5, 15)), Some(7));
         assert_eq!(h.pending(TimeDomain::EventTime), vec![14]);
         h.advance(u64::MAX);
@@ -880,9 +918,13 @@ mod tests {
         h.process(1, Some(0));
         clock.set(105);
         h.process(2, None);
-        assert_eq!(h.pending(TimeDomain::ProcessingTime), vec![114]);
+        assert_eq!(h.pending(TimeDomain::ProcessingTime), vec![109]);
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![], "watermarks do not fire them");
+        clock.set(110);
+        h.fire_processing();
+        assert_eq!(h.emitted(), vec![], "not yet at its end");
+        assert_eq!(h.pending(TimeDomain::ProcessingTime), vec![114]);
         clock.set(114);
         h.fire_processing();
         assert_eq!(h.emitted(), vec![((1, w(100, 115), 3), Some(114))]);
@@ -902,12 +944,10 @@ mod tests {
         h.process(6, Some(19));
         assert_eq!(
             h.sessions(),
-            vec![Session {
-                window: w(0, 26),
-                stored: w(0, 20)
-            }],
+            vec![session(w(0, 26), w(0, 20), 19, false)],
             "[19, 25) touches [25, 26)"
         );
+        assert_eq!(h.pending(TimeDomain::EventTime), vec![19]);
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![((1, w(0, 26), 30), Some(25))]);
     }
