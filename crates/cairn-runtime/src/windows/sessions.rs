@@ -951,4 +951,130 @@ mod tests {
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![((1, w(0, 26), 30), Some(25))]);
     }
+
+    /// Sessions as Flink's `EventTimeTrigger` with allowed lateness defines them, without
+    /// timers: what the operator must emit, step by step (key 1; sums of distinct powers
+    /// of two name the records a result holds).
+    struct Model {
+        gap: u64,
+        lateness: u64,
+        watermark: Option<u64>,
+        /// Window, sum of its records, whether it fired at its current end.
+        sessions: Vec<(TimeWindow, u64, bool)>,
+    }
+
+    type Emitted = Vec<((u64, TimeWindow, u64), Option<u64>)>;
+
+    impl Model {
+        fn cleanup(&self, window: &TimeWindow) -> u64 {
+            window.max_timestamp().saturating_add(self.lateness)
+        }
+
+        fn process(&mut self, value: u64, time: u64) -> Emitted {
+            let new = w(time, time + self.gap);
+            let (merging, mut open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sessions)
+                .into_iter()
+                .partition(|(window, _, _)| window.intersects(&new));
+            let window = merging.iter().fold(new, |a, (b, _, _)| a.cover(b));
+            let passed = |t: u64| self.watermark.is_some_and(|w| t <= w);
+            if passed(self.cleanup(&window)) {
+                // Late: dropped, nothing changes.
+                open.extend(merging);
+                open.sort_unstable_by_key(|(window, _, _)| window.start);
+                self.sessions = open;
+                return Vec::new();
+            }
+            let sum = merging.iter().map(|(_, sum, _)| sum).sum::<u64>() + value;
+            let fired = passed(window.max_timestamp());
+            open.push((window, sum, fired));
+            open.sort_unstable_by_key(|(window, _, _)| window.start);
+            self.sessions = open;
+            if fired {
+                vec![((1, window, sum), Some(window.max_timestamp()))]
+            } else {
+                Vec::new()
+            }
+        }
+
+        fn advance(&mut self, to: u64) -> Emitted {
+            let watermark = self.watermark.map_or(to, |w| w.max(to));
+            self.watermark = Some(watermark);
+            let mut out = Vec::new();
+            for (window, sum, fired) in &mut self.sessions {
+                if !*fired && window.max_timestamp() <= watermark {
+                    out.push(((1, *window, *sum), Some(window.max_timestamp())));
+                    *fired = true;
+                }
+            }
+            out.sort_unstable_by_key(|(_, t)| *t);
+            let lateness = self.lateness;
+            self.sessions.retain(|(window, _, _)| {
+                window.max_timestamp().saturating_add(lateness) > watermark
+            });
+            out
+        }
+    }
+
+    /// Random scripts of records (near the watermark, late, far ahead) and watermark
+    /// advances over random gaps and lateness: the operator emits what the model does,
+    /// after every step, and ends with no session, state or timer.
+    #[test]
+    fn sessions_match_a_model_of_flinks_semantics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for script in 0..1_500 {
+            let gap = 1 + next(20);
+            let lateness = [0, 1, 5, 20][next(4) as usize];
+            let mut h = event_time(gap, lateness);
+            let mut model = Model {
+                gap,
+                lateness,
+                watermark: None,
+                sessions: Vec::new(),
+            };
+            let mut records = 0;
+            for step in 0..1 + next(60) {
+                let watermark = model.watermark.unwrap_or(0);
+                let context =
+                    format!("script {script} step {step}, gap {gap}, lateness {lateness}");
+                if records < 60 && next(3) > 0 {
+                    let time = match next(6) {
+                        0 => watermark.saturating_sub(next(gap + lateness + 2)),
+                        1 => watermark + 40 + next(400),
+                        _ => watermark + next(2 * gap + 2),
+                    };
+                    let value = 1 << records;
+                    records += 1;
+                    h.process(value, Some(time));
+                    assert_eq!(
+                        h.emitted(),
+                        model.process(value, time),
+                        "record at {time}, {context}"
+                    );
+                } else {
+                    let to = watermark
+                        + [0, next(4), next(gap + lateness + 2), next(600)][next(4) as usize];
+                    h.advance(to);
+                    assert_eq!(h.emitted(), model.advance(to), "watermark {to}, {context}");
+                }
+            }
+            h.advance(u64::MAX);
+            assert_eq!(
+                h.emitted(),
+                model.advance(u64::MAX),
+                "the end, script {script}"
+            );
+            assert_eq!(h.sessions(), vec![], "script {script}");
+            assert_eq!(
+                h.pending(TimeDomain::EventTime),
+                Vec::<u64>::new(),
+                "script {script}"
+            );
+        }
+    }
 }
