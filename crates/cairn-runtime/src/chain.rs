@@ -974,6 +974,71 @@ impl<R: Route<T>, T: Send> ExchangeOut<R, T> {
     }
 }
 
+/// What reached a [`Recorder`], in order (tests).
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Seen<T> {
+    /// A record and its timestamp.
+    Record(T, Option<u64>),
+    Mark(Mark),
+}
+
+/// The end of a chain that records what reaches it (tests); clones share the record.
+#[cfg(test)]
+#[derive(Clone, Debug)]
+pub(crate) struct Recorder<T>(Arc<std::sync::Mutex<Vec<Seen<T>>>>);
+
+#[cfg(test)]
+impl<T> Recorder<T> {
+    pub(crate) fn new() -> Self {
+        Self(Arc::default())
+    }
+
+    /// Everything seen since the last take.
+    pub(crate) fn take(&self) -> Vec<Seen<T>> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+
+    /// The records (and their timestamps) seen since the last take; marks are dropped.
+    pub(crate) fn take_records(&self) -> Vec<(T, Option<u64>)> {
+        self.take()
+            .into_iter()
+            .filter_map(|seen| match seen {
+                Seen::Record(record, timestamp) => Some((record, timestamp)),
+                Seen::Mark(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl<T: Send> Chain<T> for Recorder<T> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        let seen = Seen::Record(record, timestamp);
+        self.0.lock().expect("lock").push(seen);
+        Ok(())
+    }
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.0.lock().expect("lock").push(Seen::Mark(mark));
+        Ok(())
+    }
+    fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
+        Ok(())
+    }
+    fn notify(&mut self, _: Notification) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn end(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

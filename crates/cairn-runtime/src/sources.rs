@@ -360,35 +360,8 @@ mod tests {
     use cairn_core::{redistribute, OperatorStateBackend, OperatorStateSnapshot};
 
     use super::*;
-    use crate::chain::{Barrier, Chain, Notification, SyncPhase};
+    use crate::chain::Recorder;
     use crate::function::SubtaskInfo;
-
-    struct Collect<T>(Vec<T>);
-
-    impl<T: Send> Chain<T> for Collect<T> {
-        fn push(&mut self, record: T, _timestamp: Option<u64>) -> Result<()> {
-            self.0.push(record);
-            Ok(())
-        }
-        fn mark(&mut self, _: crate::watermarks::Mark) -> Result<()> {
-            Ok(())
-        }
-        fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
-            Ok(())
-        }
-        fn notify(&mut self, _: Notification) -> Result<()> {
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn end(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<()> {
-            Ok(())
-        }
-    }
 
     /// A generator whose keys are distinct (the hash is a bijection): records map back to
     /// their index.
@@ -443,11 +416,12 @@ mod tests {
         index: &HashMap<u64, u64>,
         max: usize,
     ) -> (Vec<u64>, SourceStatus) {
-        let mut chain = Collect(Vec::new());
+        let mut chain = Recorder::new();
         let status = g
             .poll(&mut Collector::new(&mut chain, None), max)
             .expect("poll");
-        (chain.0.iter().map(|k| index[k]).collect(), status)
+        let emitted = chain.take_records();
+        (emitted.iter().map(|(k, _)| index[k]).collect(), status)
     }
 
     fn snapshot(
@@ -551,20 +525,22 @@ mod tests {
 
     /// Polls up to `max` lines (`usize::MAX`: to the end).
     fn read(f: &mut FileSource, max: usize) -> Vec<String> {
-        let mut chain = Collect(Vec::new());
+        let mut chain = Recorder::new();
+        let mut lines = Vec::new();
         loop {
-            let left = max - chain.0.len().min(max);
+            let left = max - lines.len().min(max);
             if left == 0 {
                 break;
             }
             let status = f
                 .poll(&mut Collector::new(&mut chain, None), left.min(16))
                 .expect("poll");
+            lines.extend(chain.take_records().into_iter().map(|(line, _)| line));
             if status == SourceStatus::End {
                 break;
             }
         }
-        chain.0
+        lines
     }
 
     /// Runs the file source through a chain of parallelisms: each stage reads a different

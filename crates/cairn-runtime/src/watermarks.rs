@@ -473,49 +473,11 @@ mod tests {
         out
     }
 
+    use crate::chain::{Recorder, Seen};
     use Mark::{Active, Idle, Watermark};
 
-    /// What reached the end of an assigner's chain, in order.
-    #[derive(Debug, PartialEq)]
-    enum Seen {
-        /// A record and its timestamp.
-        Record(u64, Option<u64>),
-        Mark(Mark),
-    }
-
-    struct Log(std::sync::Arc<std::sync::Mutex<Vec<Seen>>>);
-
-    impl Chain<u64> for Log {
-        fn push(&mut self, record: u64, timestamp: Option<u64>) -> Result<()> {
-            let seen = Seen::Record(record, timestamp);
-            self.0.lock().expect("lock").push(seen);
-            Ok(())
-        }
-        fn mark(&mut self, mark: Mark) -> Result<()> {
-            self.0.lock().expect("lock").push(Seen::Mark(mark));
-            Ok(())
-        }
-        fn snapshot(&mut self, _: &Barrier, _: &mut SyncPhase) -> Result<()> {
-            Ok(())
-        }
-        fn notify(&mut self, _: Notification) -> Result<()> {
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn end(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<()> {
-            Ok(())
-        }
-    }
-
     /// An assigner over `strategy` emitting whenever it looks, and what it passes on.
-    fn assigner(
-        strategy: WatermarkStrategy<u64>,
-    ) -> (AssignOp<u64>, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    fn assigner(strategy: WatermarkStrategy<u64>) -> (AssignOp<u64>, Recorder<u64>) {
         let shared = std::sync::Arc::new(crate::chain::TaskShared {
             cancel: std::sync::atomic::AtomicBool::new(false),
             snapshot_mode: crate::config::SnapshotMode::Full,
@@ -537,8 +499,8 @@ mod tests {
             restored_timers: Vec::new(),
             shared,
         };
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let op = AssignOp::new(setup, strategy, Box::new(Log(log.clone()))).expect("assigner");
+        let log = Recorder::new();
+        let op = AssignOp::new(setup, strategy, Box::new(log.clone())).expect("assigner");
         (op, log)
     }
 
@@ -553,7 +515,7 @@ mod tests {
         )
         .with_idleness(Duration::ZERO);
         let (mut op, log) = assigner(strategy);
-        let take = || std::mem::take(&mut *log.lock().expect("lock"));
+        let take = || log.take();
         op.mark(Watermark(1_000)).expect("upstream mark");
         op.push(100, None).expect("push");
         op.push(50, Some(7)).expect("push");
@@ -597,7 +559,7 @@ mod tests {
     fn an_assigner_of_record_timestamps_keeps_them() {
         let strategy = WatermarkStrategy::for_record_timestamps(Duration::from_millis(10));
         let (mut op, log) = assigner(strategy);
-        let take = || std::mem::take(&mut *log.lock().expect("lock"));
+        let take = || log.take();
         op.push(1, Some(100)).expect("push");
         op.push(2, Some(50)).expect("push");
         op.flush().expect("flush");

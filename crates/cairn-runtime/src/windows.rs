@@ -1028,38 +1028,6 @@ mod tests {
         assert!(WindowAssigner::new(d(10_000), d(1), e).millis().is_ok());
     }
 
-    /// What a window operator emitted.
-    pub(super) struct Emitted(Vec<((u64, TimeWindow, u64), Option<u64>)>);
-
-    impl crate::chain::Chain<(u64, TimeWindow, u64)> for Emitted {
-        fn push(&mut self, record: (u64, TimeWindow, u64), timestamp: Option<u64>) -> Result<()> {
-            self.0.push((record, timestamp));
-            Ok(())
-        }
-        fn mark(&mut self, _: crate::watermarks::Mark) -> Result<()> {
-            Ok(())
-        }
-        fn snapshot(
-            &mut self,
-            _: &crate::chain::Barrier,
-            _: &mut crate::chain::SyncPhase,
-        ) -> Result<()> {
-            Ok(())
-        }
-        fn notify(&mut self, _: crate::chain::Notification) -> Result<()> {
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn end(&mut self) -> Result<()> {
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<()> {
-            Ok(())
-        }
-    }
-
     type SumOp = WindowOperator<u64, u64, Reduce<u64, fn(u64, u64) -> u64>>;
 
     /// A window operator over `u64`s of key 1 emitting `(key, window, u64)` over a
@@ -1069,7 +1037,7 @@ mod tests {
         op: F,
         pub(super) state: F::State,
         timers: crate::timers::Timers,
-        emitted: Emitted,
+        emitted: crate::chain::Recorder<(u64, TimeWindow, u64)>,
         key: Vec<u8>,
     }
 
@@ -1127,7 +1095,7 @@ mod tests {
                 op,
                 state,
                 timers: crate::timers::Timers::new(clock),
-                emitted: Emitted(Vec::new()),
+                emitted: crate::chain::Recorder::new(),
                 key,
             }
         }
@@ -1188,7 +1156,7 @@ mod tests {
         }
 
         pub(super) fn emitted(&mut self) -> Vec<((u64, TimeWindow, u64), Option<u64>)> {
-            std::mem::take(&mut self.emitted.0)
+            self.emitted.take_records()
         }
     }
 
