@@ -96,6 +96,11 @@ struct Args {
     /// native (RocksDB's own files) is faster to take and restore, under rocksdb only.
     #[arg(long, value_enum, default_value = "canonical")]
     savepoint_format: SavepointType,
+    /// On SIGINT/SIGTERM, drain before the savepoint (Flink's `flink stop --drain`): the
+    /// source ends its input, every operator finishes, and what the job read is committed;
+    /// for a job that is to end for good.
+    #[arg(long)]
+    drain: bool,
     /// Inject one task failure after the source has read this many lines in total.
     #[arg(long)]
     fail_at_record: Option<u64>,
@@ -211,7 +216,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 out.extend_from_slice(n.to_string().as_bytes());
             }),
         );
-    let job = Job::new(graph, config).stop_with_savepoint_on_signals();
+    let job = Job::new(graph, config);
+    let job = if args.drain {
+        job.stop_with_savepoint_and_drain_on_signals()
+    } else {
+        job.stop_with_savepoint_on_signals()
+    };
     let result = job.run()?;
     if restore == Some(RestoreFrom::Latest) && result.restored_from.is_none() {
         eprintln!(

@@ -89,7 +89,16 @@ pub struct JobResult {
 pub struct Job {
     graph: JobGraph,
     config: JobConfig,
-    stop_on_signals: bool,
+    on_signals: Option<SignalStop>,
+}
+
+/// What SIGINT and SIGTERM do to a job that asked to handle them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SignalStop {
+    /// [`JobHandle::stop_with_savepoint`].
+    Savepoint,
+    /// [`JobHandle::stop_with_savepoint_and_drain`].
+    SavepointAndDrain,
 }
 
 /// A running job.
@@ -108,7 +117,7 @@ impl Job {
         Self {
             graph,
             config,
-            stop_on_signals: false,
+            on_signals: None,
         }
     }
 
@@ -119,14 +128,23 @@ impl Job {
     /// ends fails the job ([`RuntimeError::StopFailed`], see
     /// [`JobHandle::stop_with_savepoint`]).
     pub fn stop_with_savepoint_on_signals(mut self) -> Self {
-        self.stop_on_signals = true;
+        self.on_signals = Some(SignalStop::Savepoint);
+        self
+    }
+
+    /// [`Job::stop_with_savepoint_on_signals`], draining the job first (Flink's `flink stop
+    /// --drain`; see [`JobHandle::stop_with_savepoint_and_drain`]). A drained savepoint
+    /// that fails fails the job over; the stop is reported on standard error and the job
+    /// reads on from its latest checkpoint, as after any stop that failed.
+    pub fn stop_with_savepoint_and_drain_on_signals(mut self) -> Self {
+        self.on_signals = Some(SignalStop::SavepointAndDrain);
         self
     }
 
     /// Starts the job on its own threads.
     pub fn start(self) -> Result<JobHandle> {
         let savepoint_format = self.config.savepoint_format;
-        let driver = Driver::new(self.graph, self.config, self.stop_on_signals)?;
+        let driver = Driver::new(self.graph, self.config, self.on_signals)?;
         let coord = driver.coord_tx.clone();
         let counters = driver.counters.clone();
         let handle = std::thread::Builder::new()
@@ -234,6 +252,12 @@ impl JobHandle {
         self.counters.source_records.load(Ordering::Relaxed)
     }
 
+    /// Checkpoints the job has completed so far, over every attempt (savepoints not
+    /// counted); [`JobResult::checkpoints_completed`] once the job has ended.
+    pub fn checkpoints_completed(&self) -> u64 {
+        self.counters.checkpoints_completed.load(Ordering::Relaxed)
+    }
+
     /// Cancels the job.
     pub fn cancel(&self) {
         let _ = self.coord.send(CoordMsg::Cancel);
@@ -300,7 +324,11 @@ struct Driver {
     async_tx: Sender<AsyncJob>,
     async_workers: Vec<JoinHandle<()>>,
     counters: Arc<JobCounters>,
-    signal: Option<Arc<AtomicBool>>,
+    /// Set by SIGINT or SIGTERM, when the job handles them, and how it stops then.
+    signal: Option<(Arc<AtomicBool>, SignalStop)>,
+    /// The answer to the stop-with-savepoint a signal asked for, while it is under way
+    /// (across runs: a stop that a failover ended is answered, and reported).
+    signal_stop: Option<Receiver<Result<String>>>,
     /// uid → parallelism of its stage.
     parallelism: Vec<u32>,
     next_id: u64,
@@ -373,7 +401,7 @@ impl Driver {
         }
     }
 
-    fn new(graph: JobGraph, config: JobConfig, stop_on_signals: bool) -> Result<Self> {
+    fn new(graph: JobGraph, config: JobConfig, on_signals: Option<SignalStop>) -> Result<Self> {
         validate(&graph, &config)?;
         let parallelism = graph
             .stages
@@ -408,7 +436,7 @@ impl Driver {
         let (coord_tx, coord_rx) = crossbeam_channel::unbounded();
         let (async_tx, async_rx) = crossbeam_channel::unbounded();
         let async_workers = spawn_async_workers(config.async_threads, async_rx, coord_tx.clone());
-        let signal = if stop_on_signals {
+        let signal = if let Some(stop) = on_signals {
             let flag = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 // A second signal while the first is handled exits at once.
@@ -416,7 +444,7 @@ impl Driver {
                     .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
                     .map_err(|e| RuntimeError::io("cannot install a signal handler", "-", e))?;
             }
-            Some(flag)
+            Some((flag, stop))
         } else {
             None
         };
@@ -447,6 +475,7 @@ impl Driver {
             async_workers,
             counters: Arc::new(JobCounters::default()),
             signal,
+            signal_stop: None,
             parallelism,
             next_id,
             first_own_id: next_id,
@@ -909,7 +938,6 @@ impl Driver {
             draining: None,
             stopped_with: None,
             queued: VecDeque::new(),
-            signal_stop: None,
         };
         let outcome = self.coordinate(&mut run);
         // Tear down.
@@ -979,44 +1007,7 @@ impl Driver {
                     None => Outcome::Finished,
                 };
             }
-            if let Some(flag) = &self.signal {
-                // A stop that failed is reported and the job runs on, as a failed
-                // stop-with-savepoint leaves a Flink job running; the next signal tries again
-                // (without the reset it would exit the process at once).
-                match run.signal_stop.as_ref().map(Receiver::try_recv) {
-                    Some(Ok(Err(error))) => {
-                        eprintln!(
-                            "stop-with-savepoint failed: {error}; the job runs on (send SIGINT or SIGTERM again to retry)"
-                        );
-                        flag.store(false, Ordering::Relaxed);
-                        run.signal_stop = None;
-                    }
-                    // Dropped unanswered (the run ended): asked again below.
-                    Some(Err(crossbeam_channel::TryRecvError::Disconnected)) => {
-                        run.signal_stop = None;
-                    }
-                    _ => {}
-                }
-                // Once the input has ended, the job is finishing anyway (and savepoints are
-                // refused): the signal is ignored.
-                if flag.load(Ordering::Relaxed)
-                    && run.signal_stop.is_none()
-                    && !run.stopping
-                    && !run.input_ended()
-                    && !run.all_finished()
-                {
-                    let (tx, rx) = crossbeam_channel::bounded(1);
-                    run.queued.push_back(SavepointRequest {
-                        dir: None,
-                        format: self.config.savepoint_format,
-                        stop: true,
-                        drain: false,
-                        reply: tx,
-                    });
-                    run.stopping = true;
-                    run.signal_stop = Some(rx);
-                }
-            }
+            self.on_signal(run);
             if let Some(o) = self.tick(run) {
                 return o;
             }
@@ -1174,23 +1165,7 @@ impl Driver {
                         "the job's input has ended; it is finishing with its final checkpoint",
                     )));
                 } else if request.drain {
-                    if !run.queued.is_empty()
-                        || run.pending.values().any(|p| p.barrier.is_savepoint())
-                    {
-                        let _ = request.reply.send(Err(refused(
-                            "a savepoint is under way; drain when it has completed",
-                        )));
-                    } else {
-                        // The sources end their input; the savepoint follows once every task
-                        // has finished (`tick`).
-                        run.stopping = true;
-                        for (task, tx) in &run.events {
-                            if run.source_tasks.contains(task) {
-                                let _ = tx.send(TaskEvent::Drain);
-                            }
-                        }
-                        run.draining = Some(request);
-                    }
+                    Self::drain(run, request);
                 } else {
                     run.stopping |= request.stop;
                     run.queued.push_back(request);
@@ -1199,6 +1174,73 @@ impl Driver {
             CoordMsg::Cancel => return Some(Outcome::Cancelled),
         }
         None
+    }
+
+    /// Starts a stop-with-savepoint `--drain`: the sources end their input, and the
+    /// savepoint follows once every task has finished (`tick`). Refused while another
+    /// savepoint is under way.
+    fn drain(run: &mut Run, request: SavepointRequest) {
+        if !run.queued.is_empty() || run.pending.values().any(|p| p.barrier.is_savepoint()) {
+            let _ = request.reply.send(Err(refused(
+                "a savepoint is under way; drain when it has completed",
+            )));
+            return;
+        }
+        run.stopping = true;
+        for (task, tx) in &run.events {
+            if run.source_tasks.contains(task) {
+                let _ = tx.send(TaskEvent::Drain);
+            }
+        }
+        run.draining = Some(request);
+    }
+
+    /// SIGINT or SIGTERM, when the job handles them: asks for the stop (a savepoint, drained
+    /// or not) unless one is under way or the job is finishing anyway. A stop that failed
+    /// is reported and the job runs on, as a failed stop-with-savepoint leaves a Flink job
+    /// running; the next signal tries again (without the reset it would exit the process
+    /// at once). A stop that a failover ended (a task failed while the job drained, or the
+    /// drained savepoint failed) failed too: the restarted job runs on.
+    fn on_signal(&mut self, run: &mut Run) {
+        let Some((flag, stop)) = self.signal.clone() else {
+            return;
+        };
+        match self.signal_stop.as_ref().map(Receiver::try_recv) {
+            Some(Ok(Err(error))) => {
+                eprintln!(
+                    "stop-with-savepoint failed: {error}; the job runs on (send SIGINT or SIGTERM again to retry)"
+                );
+                flag.store(false, Ordering::Relaxed);
+                self.signal_stop = None;
+            }
+            // Dropped unanswered: asked again below.
+            Some(Err(crossbeam_channel::TryRecvError::Disconnected)) => self.signal_stop = None,
+            _ => {}
+        }
+        // Once the input has ended, the job is finishing anyway (and savepoints are
+        // refused): the signal is ignored.
+        if flag.load(Ordering::Relaxed)
+            && self.signal_stop.is_none()
+            && !run.stopping
+            && !run.input_ended()
+            && !run.all_finished()
+        {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let request = SavepointRequest {
+                dir: None,
+                format: self.config.savepoint_format,
+                stop: true,
+                drain: stop == SignalStop::SavepointAndDrain,
+                reply: tx,
+            };
+            if request.drain {
+                Self::drain(run, request);
+            } else {
+                run.queued.push_back(request);
+                run.stopping = true;
+            }
+            self.signal_stop = Some(rx);
+        }
     }
 
     /// Timeouts, savepoint requests, periodic and final checkpoints.
@@ -1726,6 +1768,9 @@ impl Driver {
         }
         self.prev_files = files;
         self.result.checkpoints_completed += 1;
+        self.counters
+            .checkpoints_completed
+            .fetch_add(1, Ordering::Relaxed);
         self.result
             .checkpoint_durations_ms
             .push(duration.as_secs_f64() * 1000.0);
@@ -1762,8 +1807,6 @@ struct Run {
     /// The stop-with-savepoint whose savepoint is complete, while the tasks end.
     stopped_with: Option<StoppedWith>,
     queued: VecDeque<SavepointRequest>,
-    /// The answer to the stop-with-savepoint a signal asked for, while it is under way.
-    signal_stop: Option<Receiver<Result<String>>>,
 }
 
 /// A savepoint that stops the job: its path, and whom to tell once the job has ended.

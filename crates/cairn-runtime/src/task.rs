@@ -40,6 +40,8 @@ pub(crate) struct JobCounters {
     pub(crate) source_records: AtomicU64,
     /// The injected failure fired (it fires once per process).
     pub(crate) failure_fired: AtomicBool,
+    /// Checkpoints completed, over every attempt (savepoints not counted).
+    pub(crate) checkpoints_completed: AtomicU64,
 }
 
 /// What a task needs to talk to the coordinator.

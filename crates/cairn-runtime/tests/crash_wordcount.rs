@@ -256,6 +256,16 @@ fn sigint_stops_with_a_savepoint_that_restores_under_rocksdb() {
     });
 }
 
+/// `--drain`: SIGINT drains the job (the source ends its input, `finish` runs) before the
+/// savepoint; the savepoint keeps the state and the source's position, so the job finishes
+/// from it under RocksDB at parallelism 3, exactly once.
+#[test]
+fn sigint_with_drain_stops_with_a_savepoint_that_restores_under_rocksdb() {
+    sigint_then_finish_under_rocksdb("hashmap", &["--drain"], |h| {
+        matches!(h.data, cairn_core::KeyedData::Canonical { .. })
+    });
+}
+
 /// `--savepoint-format native` under RocksDB: the signal's savepoint holds RocksDB's own
 /// files, and it restores under RocksDB at another parallelism.
 #[test]
@@ -491,6 +501,22 @@ fn without_checkpoints_a_failure_starts_over_exactly_once() {
 /// loop, and a second SIGINT exited the process at once.
 #[test]
 fn a_stop_that_fails_is_reported_and_the_job_runs_on() {
+    a_stop_that_fails(&[]);
+}
+
+/// With `--drain`: the drained savepoint that cannot be written fails the job over (its
+/// sources ended their input); the stop is reported once and the job reads on from its
+/// latest checkpoint, and is not drained again until the next SIGINT (which fails the
+/// same way), so the job finishes its input exactly once. Before, a failover kept the
+/// signal's stop asked for, and each run drained and failed again until the restart
+/// strategy gave up.
+#[test]
+fn a_drained_stop_that_fails_is_reported_and_the_job_reads_on() {
+    a_stop_that_fails(&["--drain"]);
+}
+
+/// SIGINT twice with `extra` options while the savepoint directory is a file.
+fn a_stop_that_fails(extra: &[&str]) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, expected) = write_input(dir.path(), 3000, 300, 31);
@@ -507,6 +533,7 @@ fn a_stop_that_fails_is_reported_and_the_job_runs_on() {
         .arg("--savepoint-dir")
         .arg(&not_a_dir)
         .args(["--records-per-second", "1500"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -207,7 +207,7 @@ impl ProcessFunction<String, String> for FailAt {
     }
 }
 
-fn format_line((w, n): &(String, u64), out: &mut Vec<u8>) {
+pub fn format_line((w, n): &(String, u64), out: &mut Vec<u8>) {
     out.extend_from_slice(w.as_bytes());
     out.push(b'\t');
     out.extend_from_slice(n.to_string().as_bytes());
@@ -359,15 +359,15 @@ pub fn cancel_after(
     handle.wait()
 }
 
-/// [`cancel_after`], once `checkpoints` (a local checkpoint directory) also holds `n`
-/// completed checkpoints (a loaded machine may read the lines before any completes), or
-/// after 20 s.
+/// [`cancel_after`], once the job has also completed `n` checkpoints of its own and
+/// `checkpoints` (a local checkpoint directory) holds one (a loaded machine may read the
+/// lines before any completes), or after 20 s.
 #[allow(dead_code)]
 pub fn cancel_after_checkpoints(
     handle: cairn_runtime::JobHandle,
     lines: u64,
     checkpoints: &Path,
-    n: usize,
+    n: u64,
 ) -> cairn_runtime::Result<cairn_runtime::JobResult> {
     let read = handle.records_read() + lines;
     let completed = || {
@@ -380,7 +380,7 @@ pub fn cancel_after_checkpoints(
         })
     };
     let started = std::time::Instant::now();
-    while (handle.records_read() < read || completed() < n)
+    while (handle.records_read() < read || handle.checkpoints_completed() < n || completed() < 1)
         && started.elapsed() < Duration::from_secs(20)
     {
         std::thread::sleep(Duration::from_millis(5));
