@@ -24,6 +24,7 @@ use crate::function::{
     Checkpointed, Collector, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
     SinkContext, SnapshotContext, SubtaskInfo,
 };
+use crate::side::SideOutputs;
 use crate::timers::{ProcessingClock, TimeDomain, Timer, Timers};
 use crate::watermarks::Mark;
 
@@ -414,10 +415,16 @@ pub(crate) struct ProcessOp<F, Out> {
     range: KeyGroupRange,
     f: F,
     next: Box<dyn Chain<Out>>,
+    sides: SideOutputs,
 }
 
 impl<F, Out> ProcessOp<F, Out> {
-    pub(crate) fn new<In>(mut setup: OpSetup, mut f: F, next: Box<dyn Chain<Out>>) -> Result<Self>
+    pub(crate) fn new<In>(
+        mut setup: OpSetup,
+        mut f: F,
+        next: Box<dyn Chain<Out>>,
+        sides: SideOutputs,
+    ) -> Result<Self>
     where
         F: ProcessFunction<In, Out>,
     {
@@ -427,6 +434,7 @@ impl<F, Out> ProcessOp<F, Out> {
             setup,
             f,
             next,
+            sides,
         })
     }
 }
@@ -438,40 +446,46 @@ where
 {
     #[inline]
     fn push(&mut self, record: In, timestamp: Option<u64>) -> Result<()> {
-        let mut out = Collector::new(self.next.as_mut(), timestamp);
+        let mut out = Collector::with_sides(self.next.as_mut(), timestamp, &mut self.sides);
         self.f
             .process(record, &mut out)
             .map_err(|e| e.with_uid(&self.setup.uid))
     }
 
     fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.sides.mark(mark)?;
         self.next.mark(mark)
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
         self.setup
             .snapshot(&mut self.f, barrier, self.range, None, sync)?;
+        self.sides.snapshot(barrier, sync)?;
         self.next.snapshot(barrier, sync)
     }
 
     fn notify(&mut self, n: Notification) -> Result<()> {
         self.setup.notify(&mut self.f, n)?;
+        self.sides.notify(n)?;
         self.next.notify(n)
     }
 
     fn finish(&mut self) -> Result<()> {
-        let mut out = Collector::new(self.next.as_mut(), None);
+        let mut out = Collector::with_sides(self.next.as_mut(), None, &mut self.sides);
         self.f
             .finish(&mut out)
             .map_err(|e| e.with_uid(&self.setup.uid))?;
+        self.sides.finish()?;
         self.next.finish()
     }
 
     fn end(&mut self) -> Result<()> {
+        self.sides.end()?;
         self.next.end()
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.sides.flush()?;
         self.next.flush()
     }
 }
@@ -486,6 +500,7 @@ pub(crate) struct KeyedOp<F: KeyedProcessFunction, B> {
     key_buf: Vec<u8>,
     timers: Timers,
     next: Box<dyn Chain<F::Out>>,
+    sides: SideOutputs,
 }
 
 impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
@@ -496,6 +511,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
         mut backend: B,
         key_codec: BincodeCodec<F::Key>,
         next: Box<dyn Chain<F::Out>>,
+        sides: SideOutputs,
     ) -> Result<Self> {
         setup.initialize(&mut f)?;
         let state = f
@@ -517,6 +533,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
             key_buf: Vec::with_capacity(64),
             timers,
             next,
+            sides,
         })
     }
 }
@@ -580,7 +597,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         self.backend
             .set_current_key(&self.key_buf)
             .in_op(&self.setup.uid)?;
-        let mut out = Collector::new(self.next.as_mut(), timestamp);
+        let mut out = Collector::with_sides(self.next.as_mut(), timestamp, &mut self.sides);
         let timers = self.timers.service();
         self.f
             .process(
@@ -607,6 +624,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         let range = self.backend.key_group_range();
         self.setup
             .snapshot(&mut self.f, barrier, range, keyed, sync)?;
+        self.sides.snapshot(barrier, sync)?;
         self.next.snapshot(barrier, sync)
     }
 
@@ -616,21 +634,25 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
             Notification::Aborted(id) => self.backend.notify_checkpoint_aborted(id),
         }
         self.setup.notify(&mut self.f, n)?;
+        self.sides.notify(n)?;
         self.next.notify(n)
     }
 
     /// The input ended: the final watermark fires every pending event-time timer, then
-    /// the output ends.
+    /// the outputs end.
     fn finish(&mut self) -> Result<()> {
         self.advance_watermark(u64::MAX)?;
+        self.sides.finish()?;
         self.next.finish()
     }
 
     fn end(&mut self) -> Result<()> {
+        self.sides.end()?;
         self.next.end()
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.sides.flush()?;
         self.next.flush()
     }
 
@@ -638,6 +660,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
         if let Mark::Watermark(watermark) = mark {
             self.advance_watermark(watermark)?;
         }
+        self.sides.mark(mark)?;
         self.next.mark(mark)
     }
 
@@ -679,7 +702,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
         // What an event-time timer emits has the timer's time as its timestamp; what a
         // processing-time timer emits has none (as in Flink).
         let timestamp = (domain == TimeDomain::EventTime).then_some(time);
-        let mut out = Collector::new(self.next.as_mut(), timestamp);
+        let mut out = Collector::with_sides(self.next.as_mut(), timestamp, &mut self.sides);
         let timers = self.timers.service();
         self.f
             .on_timer(

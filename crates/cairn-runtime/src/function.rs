@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::chain::Chain;
 use crate::error::Result;
+use crate::side::{OutputTag, SideOutputs};
 use crate::timers::{Timer, TimerService};
 
 /// Records that flow between operators: cloneable, shareable between task threads, and
@@ -95,6 +96,8 @@ pub trait Checkpointed {
 pub struct Collector<'a, T> {
     next: &'a mut dyn Chain<T>,
     timestamp: Option<u64>,
+    /// The operator's side outputs that some stream reads.
+    sides: Option<&'a mut SideOutputs>,
 }
 
 impl<T> std::fmt::Debug for Collector<'_, T> {
@@ -108,7 +111,34 @@ impl<T> std::fmt::Debug for Collector<'_, T> {
 impl<'a, T> Collector<'a, T> {
     /// A collector into `next` for a record with `timestamp`.
     pub(crate) fn new(next: &'a mut dyn Chain<T>, timestamp: Option<u64>) -> Self {
-        Self { next, timestamp }
+        Self {
+            next,
+            timestamp,
+            sides: None,
+        }
+    }
+
+    /// [`Collector::new`] for an operator with side outputs.
+    pub(crate) fn with_sides(
+        next: &'a mut dyn Chain<T>,
+        timestamp: Option<u64>,
+        sides: &'a mut SideOutputs,
+    ) -> Self {
+        Self {
+            next,
+            timestamp,
+            sides: Some(sides),
+        }
+    }
+
+    /// Emits `record` into the side output `tag` (Flink's `Context.output`), with the
+    /// timestamp of the record being processed; [`crate::Stream::side_output`] reads it.
+    /// Dropped when no stream reads the tag (and in a source's `poll`), as in Flink.
+    pub fn output<X: Data>(&mut self, tag: &OutputTag<X>, record: X) -> Result<()> {
+        match &mut self.sides {
+            Some(sides) => sides.push(tag, record, self.timestamp),
+            None => Ok(()),
+        }
     }
 
     /// Emits one record downstream, with the timestamp of the record being processed

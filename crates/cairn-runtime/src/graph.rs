@@ -1,5 +1,7 @@
-//! The dataflow API: a linear pipeline of sources, operators, `key_by` exchanges and a
-//! sink. Operators between exchanges run chained in one task per subtask.
+//! The dataflow API: a source, operators, `key_by` and `rebalance` exchanges and sinks.
+//! Operators between exchanges run chained in one task per subtask. The stages form a
+//! tree from the source: each stage has one input, and an operator's side outputs
+//! ([`crate::side`]) are exchanges into stages of their own, each ending in its own sink.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -29,6 +31,7 @@ use crate::function::{
     Source, SubtaskInfo,
 };
 use crate::inflight::InflightCodec;
+use crate::side::{OutputTag, SideChain, SideOutputs};
 use crate::task::{
     AlignConfig, InflightConfig, InputTask, SourceLimits, SourceTask, Task, TaskLink,
 };
@@ -206,7 +209,22 @@ pub(crate) struct BuildCtx {
     pub(crate) limits: Option<SourceLimits>,
     /// The stage's operator uids (the first one carries in-flight state).
     pub(crate) stage_uids: Vec<String>,
+    /// The exchanges of the stage's side outputs that streams read; each is taken by its
+    /// operator.
+    pub(crate) sides: Vec<SideEdge>,
 }
+
+/// A side output's exchange out of one subtask.
+pub(crate) struct SideEdge {
+    pub(crate) uid: String,
+    pub(crate) tag: String,
+    pub(crate) output: StageOutput,
+    pub(crate) lane: LaneFactory,
+}
+
+/// Makes the chain that sends a side output's records into its exchange.
+pub(crate) type LaneFactory =
+    Arc<dyn Fn(&BuildCtx, StageOutput) -> Result<Box<dyn SideChain>> + Send + Sync>;
 
 impl BuildCtx {
     /// The operator state (and, with `keyed`, the keyed state) of operator `uid` for this
@@ -325,6 +343,19 @@ impl BuildCtx {
         self.setup::<HashMapBackend>(uid, None)
     }
 
+    /// The side outputs of operator `uid` that streams read.
+    fn take_sides(&mut self, uid: &str) -> Result<SideOutputs> {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sides)
+            .into_iter()
+            .partition(|e| e.uid == uid);
+        self.sides = rest;
+        let mut lanes = Vec::with_capacity(mine.len());
+        for e in mine {
+            lanes.push((e.tag, (e.lane)(self, e.output)?));
+        }
+        Ok(SideOutputs::new(uid, lanes))
+    }
+
     fn take_link(&mut self) -> Result<TaskLink> {
         self.link
             .take()
@@ -340,14 +371,32 @@ impl BuildCtx {
     }
 
     fn take_output<Y: 'static>(&mut self) -> Result<(Senders<Y>, Vec<Sender<TaskEvent>>)> {
-        let (senders, events) = self
+        let output = self
             .output
             .take()
             .ok_or_else(|| RuntimeError::Config("stage has no output".into()))?;
-        let senders = senders
-            .downcast::<Vec<Sender<DataMsg<Y>>>>()
-            .map_err(|_| RuntimeError::Config("stage output has the wrong type".into()))?;
-        Ok((*senders, events))
+        typed_output(output)
+    }
+
+    /// A round-robin exchange out of this subtask into `senders`.
+    fn rebalance_out<Y: Data>(
+        &self,
+        senders: Senders<Y>,
+        events: Vec<Sender<TaskEvent>>,
+    ) -> Box<dyn Chain<Y>> {
+        let index = self.info.index as usize;
+        Box::new(ExchangeOut::new(
+            RebalanceRoute {
+                next: index,
+                in_batch: 0,
+                batch_size: self.batch_size,
+            },
+            index,
+            senders,
+            events,
+            self.batch_size,
+            self.shared.clone(),
+        ))
     }
 
     /// This subtask's share of the in-flight records stored for operator `uid`, dealt as
@@ -421,6 +470,16 @@ impl BuildCtx {
     }
 }
 
+/// An exchange's senders, of the type its records have.
+fn typed_output<Y: 'static>(
+    (senders, events): StageOutput,
+) -> Result<(Senders<Y>, Vec<Sender<TaskEvent>>)> {
+    let senders = senders
+        .downcast::<Vec<Sender<DataMsg<Y>>>>()
+        .map_err(|_| RuntimeError::Config("stage output has the wrong type".into()))?;
+    Ok((*senders, events))
+}
+
 type ChainFactory<T> = Arc<dyn Fn(&mut BuildCtx) -> Result<Box<dyn Chain<T>>> + Send + Sync>;
 pub(crate) type TaskFactory = Arc<dyn Fn(&mut BuildCtx) -> Result<Box<dyn Task>> + Send + Sync>;
 
@@ -460,33 +519,194 @@ fn edge<Y: Send + 'static>() -> EdgeFactory {
 /// One stage: operators chained in one task per subtask.
 #[derive(Clone)]
 pub(crate) struct Stage {
+    /// Its id in the graph being built.
+    id: usize,
     pub(crate) uids: Vec<String>,
     /// `None`: the job's default parallelism.
     pub(crate) parallelism: Option<u32>,
     pub(crate) build: TaskFactory,
     pub(crate) is_source: bool,
-    /// The exchange to the next stage.
-    pub(crate) output: Option<EdgeFactory>,
 }
 
-/// A complete dataflow, ready to run with [`crate::Job`].
+/// Which output of its stage an exchange is.
+#[derive(Clone)]
+pub(crate) enum EdgeKind {
+    /// The end of the stage's chain.
+    Main,
+    /// Side output `tag` of operator `uid`.
+    Side {
+        uid: String,
+        tag: String,
+        lane: LaneFactory,
+    },
+}
+
+/// An exchange between two stages.
+#[derive(Clone)]
+pub(crate) struct Edge {
+    /// Stage ids while the graph is built; indexes into [`Dataflow::stages`] once resolved.
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    pub(crate) kind: EdgeKind,
+    pub(crate) channels: EdgeFactory,
+}
+
+/// A graph while its streams are built: every stream of one source shares it.
+#[derive(Default)]
+struct Parts {
+    /// Stages whose stream has moved on (an exchange) or ended (a sink).
+    stages: Vec<Stage>,
+    edges: Vec<Edge>,
+    next_id: usize,
+    /// Stages still open, with what they are (a graph with one cannot run).
+    open: Vec<(usize, String)>,
+    /// What was asked that cannot work (reported when the job is made).
+    errors: Vec<String>,
+}
+
+type SharedParts = Arc<std::sync::Mutex<Parts>>;
+
+fn lock(parts: &SharedParts) -> std::sync::MutexGuard<'_, Parts> {
+    // A panic while the lock is held leaves plain data behind: keep using it.
+    parts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Parts {
+    /// A new open stage, described as `what`.
+    fn open_stage(&mut self, what: String) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.open.push((id, what));
+        id
+    }
+
+    /// Stage `stage` is complete.
+    fn close(&mut self, stage: Stage) {
+        self.open.retain(|(id, _)| *id != stage.id);
+        self.stages.push(stage);
+    }
+}
+
+/// A complete dataflow, ready to run with [`crate::Job`]. Every sink of a dataflow (the
+/// main stream's and its side outputs') returns a `JobGraph` of the whole of it: run any
+/// one of them once the streams have all ended in sinks.
 #[derive(Clone)]
 pub struct JobGraph {
-    pub(crate) stages: Vec<Stage>,
+    parts: SharedParts,
 }
 
 impl std::fmt::Debug for JobGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = lock(&self.parts);
         f.debug_list()
-            .entries(self.stages.iter().map(|s| &s.uids))
+            .entries(parts.stages.iter().map(|s| &s.uids))
             .finish()
     }
 }
 
 impl JobGraph {
-    /// Every operator uid, in dataflow order.
+    /// Every operator uid, stages in dataflow order (the source's first).
     pub fn uids(&self) -> Vec<String> {
+        match self.resolve() {
+            Ok(d) => d.uids(),
+            Err(_) => lock(&self.parts)
+                .stages
+                .iter()
+                .flat_map(|s| s.uids.clone())
+                .collect(),
+        }
+    }
+
+    /// The stages in dataflow order (each after the one it reads) and the exchanges
+    /// between them; refused while a stream has not ended in a sink.
+    pub(crate) fn resolve(&self) -> Result<Dataflow> {
+        let parts = lock(&self.parts);
+        if let Some(e) = parts.errors.first() {
+            return Err(RuntimeError::Config(e.clone()));
+        }
+        if let Some((_, what)) = parts.open.first() {
+            return Err(RuntimeError::Config(format!(
+                "{what} does not end in a sink"
+            )));
+        }
+        // Breadth first from the source: a stage comes after the one it reads.
+        let mut order: Vec<usize> = parts
+            .stages
+            .iter()
+            .filter(|s| s.is_source)
+            .map(|s| s.id)
+            .collect();
+        let mut next = 0;
+        while next < order.len() {
+            let from = order[next];
+            order.extend(parts.edges.iter().filter(|e| e.from == from).map(|e| e.to));
+            next += 1;
+        }
+        let index_of = |id: usize| order.iter().position(|&o| o == id);
+        let mut stages = Vec::with_capacity(order.len());
+        for &id in &order {
+            let stage = parts.stages.iter().find(|s| s.id == id).ok_or_else(|| {
+                RuntimeError::Config(format!("stage {id} of the graph is missing"))
+            })?;
+            stages.push(stage.clone());
+        }
+        let mut edges = Vec::with_capacity(parts.edges.len());
+        for e in &parts.edges {
+            let (Some(from), Some(to)) = (index_of(e.from), index_of(e.to)) else {
+                return Err(RuntimeError::Config(
+                    "an exchange of the graph leads nowhere".into(),
+                ));
+            };
+            edges.push(Edge {
+                from,
+                to,
+                ..e.clone()
+            });
+        }
+        if stages.len() != parts.stages.len() {
+            return Err(RuntimeError::Config(
+                "a stage of the graph is not reached from its source".into(),
+            ));
+        }
+        Ok(Dataflow { stages, edges })
+    }
+}
+
+/// A [`JobGraph`] resolved for a run.
+#[derive(Clone)]
+pub(crate) struct Dataflow {
+    /// Each after the stage it reads (the source's first).
+    pub(crate) stages: Vec<Stage>,
+    /// Between indexes of `stages`.
+    pub(crate) edges: Vec<Edge>,
+}
+
+impl Dataflow {
+    /// Every operator uid, stages in dataflow order.
+    pub(crate) fn uids(&self) -> Vec<String> {
         self.stages.iter().flat_map(|s| s.uids.clone()).collect()
+    }
+
+    /// The stage that stage `k` reads.
+    pub(crate) fn upstream(&self, k: usize) -> Option<usize> {
+        self.edges.iter().find(|e| e.to == k).map(|e| e.from)
+    }
+
+    /// Each path of stages from the source to a stage that nothing reads, as their uids.
+    pub(crate) fn paths(&self) -> Vec<Vec<Vec<String>>> {
+        (0..self.stages.len())
+            .filter(|&k| !self.edges.iter().any(|e| e.from == k))
+            .map(|leaf| {
+                let mut path = vec![leaf];
+                while let Some(up) = path.last().and_then(|&k| self.upstream(k)) {
+                    path.push(up);
+                }
+                path.reverse();
+                path.iter().map(|&k| self.stages[k].uids.clone()).collect()
+            })
+            .collect()
     }
 }
 
@@ -494,10 +714,14 @@ type OpenStage<T> = Box<dyn FnOnce(ChainFactory<T>) -> TaskFactory>;
 
 /// A stream of records of type `T` whose current stage is still open.
 pub struct Stream<T> {
-    done: Vec<Stage>,
+    parts: SharedParts,
+    /// The current stage's id.
+    id: usize,
     uids: Vec<String>,
     parallelism: Option<u32>,
     is_source: bool,
+    /// The last operator may emit side outputs (a process function or a window).
+    sides_ok: bool,
     open: OpenStage<T>,
 }
 
@@ -511,11 +735,15 @@ impl<T> std::fmt::Debug for Stream<T> {
 pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
     let uid_owned = uid.to_string();
     let source = Prototype::new(source);
+    let parts = SharedParts::default();
+    let id = lock(&parts).open_stage(format!("the stream of source {uid}"));
     Stream {
-        done: Vec::new(),
+        parts,
+        id,
         uids: vec![uid.to_string()],
         parallelism: None,
         is_source: true,
+        sides_ok: false,
         open: Box::new(move |rest: ChainFactory<S::Out>| {
             Arc::new(move |ctx: &mut BuildCtx| {
                 let chain = rest(ctx)?;
@@ -551,19 +779,23 @@ impl<T: Data> Stream<T> {
             + 'static,
     ) -> Stream<U> {
         let Stream {
-            done,
+            parts,
+            id,
             mut uids,
             parallelism,
             is_source,
+            sides_ok: _,
             open,
         } = self;
         uids.push(uid.to_string());
         let uid = uid.to_string();
         Stream {
-            done,
+            parts,
+            id,
             uids,
             parallelism,
             is_source,
+            sides_ok: false,
             open: Box::new(move |rest: ChainFactory<U>| {
                 open(Arc::new(move |ctx: &mut BuildCtx| {
                     let next = rest(ctx)?;
@@ -578,8 +810,63 @@ impl<T: Data> Stream<T> {
         let f = Prototype::new(f);
         self.chained(uid, move |ctx, uid, next| {
             let setup = ctx.plain_setup(uid)?;
-            Ok(Box::new(ProcessOp::new(setup, f.get()?, next)?))
+            let sides = ctx.take_sides(uid)?;
+            Ok(Box::new(ProcessOp::new(setup, f.get()?, next, sides)?))
         })
+        .emitting_side_outputs()
+    }
+
+    /// The last operator emits side outputs.
+    fn emitting_side_outputs(mut self) -> Self {
+        self.sides_ok = true;
+        self
+    }
+
+    /// The records that the stream's last operator (a process function, keyed or not, or
+    /// a window) emits into side output `tag` (Flink's `getSideOutput`), as a stream that
+    /// starts a new stage: they cross an exchange, dealt round-robin, and the stage has
+    /// the job's parallelism unless set. It must end in a sink, as every stream must.
+    /// See [`crate::side`].
+    pub fn side_output<X: Data>(&self, tag: &OutputTag<X>) -> Stream<X> {
+        let mut parts = lock(&self.parts);
+        let uid = self.uids.last().cloned().unwrap_or_default();
+        let what = format!("side output {} of operator {uid}", tag.name());
+        if !self.sides_ok {
+            parts.errors.push(format!(
+                "{what}: only a process function (keyed or not) or a window emits side outputs"
+            ));
+        } else if parts.edges.iter().any(|e| {
+            matches!(&e.kind, EdgeKind::Side { uid: u, tag: t, .. } if *u == uid && t == tag.name())
+        }) {
+            parts
+                .errors
+                .push(format!("{what} is read by two streams; read it once"));
+        }
+        let to = parts.open_stage(what);
+        let lane: LaneFactory = Arc::new(|ctx: &BuildCtx, output: StageOutput| {
+            let (senders, events) = typed_output::<X>(output)?;
+            Ok(Box::new(ctx.rebalance_out(senders, events)) as Box<dyn SideChain>)
+        });
+        parts.edges.push(Edge {
+            from: self.id,
+            to,
+            kind: EdgeKind::Side {
+                uid,
+                tag: tag.name().to_string(),
+                lane,
+            },
+            channels: edge::<X>(),
+        });
+        drop(parts);
+        Stream {
+            parts: self.parts.clone(),
+            id: to,
+            uids: Vec::new(),
+            parallelism: None,
+            is_source: false,
+            sides_ok: false,
+            open: rebalanced_input(),
+        }
     }
 
     /// Adds an operator with uid `uid`, chained into the current stage, that reads the
@@ -654,32 +941,44 @@ impl<T: Data> Stream<T> {
             + 'static,
     ) -> Stream<Y> {
         let Stream {
-            mut done,
+            parts,
+            id,
             uids,
             parallelism,
             is_source,
+            sides_ok: _,
             open,
         } = self;
-        done.push(Stage {
-            uids,
-            parallelism,
-            build: open(tail),
-            is_source,
-            output: Some(edge::<Y>()),
-        });
-        let head = Arc::new(head);
+        let next = {
+            let mut p = lock(&parts);
+            let what = format!(
+                "the stream after operator {}",
+                uids.last().map_or("?", String::as_str)
+            );
+            let next = p.open_stage(what);
+            p.edges.push(Edge {
+                from: id,
+                to: next,
+                kind: EdgeKind::Main,
+                channels: edge::<Y>(),
+            });
+            p.close(Stage {
+                id,
+                uids,
+                parallelism,
+                build: open(tail),
+                is_source,
+            });
+            next
+        };
         Stream {
-            done,
+            parts,
+            id: next,
             uids: Vec::new(),
             parallelism: None,
             is_source: false,
-            open: Box::new(move |rest: ChainFactory<Y>| {
-                Arc::new(move |ctx: &mut BuildCtx| {
-                    let chain = rest(ctx)?;
-                    let inputs = ctx.take_input::<Y>()?;
-                    head(ctx, inputs, chain)
-                })
-            }),
+            sides_ok: false,
+            open: input_stage(head),
         }
     }
 
@@ -688,23 +987,9 @@ impl<T: Data> Stream<T> {
     pub fn rebalance(self) -> Stream<T> {
         let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
             let (senders, events) = ctx.take_output::<T>()?;
-            let index = ctx.info.index as usize;
-            Ok(Box::new(ExchangeOut::new(
-                RebalanceRoute {
-                    next: index,
-                    in_batch: 0,
-                    batch_size: ctx.batch_size,
-                },
-                index,
-                senders,
-                events,
-                ctx.batch_size,
-                ctx.shared.clone(),
-            )) as Box<dyn Chain<T>>)
+            Ok(ctx.rebalance_out(senders, events))
         });
-        self.exchange::<T>(tail, move |ctx, inputs, chain| {
-            input_task(ctx, inputs, chain, Redistribution::Split, |_| Ok(true))
-        })
+        self.exchange::<T>(tail, rebalanced_head)
     }
 
     /// Partitions the stream by key: records with the same key go to the same subtask of
@@ -723,10 +1008,12 @@ impl<T: Data> Stream<T> {
     /// Ends the dataflow in a sink with uid `uid`.
     pub fn sink<S: Sink<T>>(self, uid: &str, sink: S) -> JobGraph {
         let Stream {
-            mut done,
+            parts,
+            id,
             mut uids,
             parallelism,
             is_source,
+            sides_ok: _,
             open,
         } = self;
         uids.push(uid.to_string());
@@ -736,15 +1023,46 @@ impl<T: Data> Stream<T> {
             let setup = ctx.plain_setup(&uid)?;
             Ok(Box::new(SinkOp::new(setup, sink.get()?)?) as Box<dyn Chain<T>>)
         }));
-        done.push(Stage {
+        lock(&parts).close(Stage {
+            id,
             uids,
             parallelism,
             build,
             is_source,
-            output: None,
         });
-        JobGraph { stages: done }
+        JobGraph { parts }
     }
+}
+
+/// A stage that reads an exchange, its first operator reading it with `head`.
+fn input_stage<Y: Data>(
+    head: impl Fn(&mut BuildCtx, Vec<Receiver<DataMsg<Y>>>, Box<dyn Chain<Y>>) -> Result<Box<dyn Task>>
+        + Send
+        + Sync
+        + 'static,
+) -> OpenStage<Y> {
+    let head = Arc::new(head);
+    Box::new(move |rest: ChainFactory<Y>| {
+        Arc::new(move |ctx: &mut BuildCtx| {
+            let chain = rest(ctx)?;
+            let inputs = ctx.take_input::<Y>()?;
+            head(ctx, inputs, chain)
+        })
+    })
+}
+
+/// The head of a stage that reads a round-robin exchange.
+fn rebalanced_head<Y: Data>(
+    ctx: &mut BuildCtx,
+    inputs: Vec<Receiver<DataMsg<Y>>>,
+    chain: Box<dyn Chain<Y>>,
+) -> Result<Box<dyn Task>> {
+    input_task(ctx, inputs, chain, Redistribution::Split, |_| Ok(true))
+}
+
+/// A stage that reads a round-robin exchange.
+fn rebalanced_input<Y: Data>() -> OpenStage<Y> {
+    input_stage(rebalanced_head::<Y>)
 }
 
 /// The task of a stage that reads an exchange.
@@ -872,6 +1190,7 @@ impl<K: Key, T: Data> Stream<(K, T)> {
         self.chained(uid, move |ctx, uid, next| {
             build_keyed(ctx, uid, f.get()?, next)
         })
+        .emitting_side_outputs()
     }
 }
 
@@ -930,11 +1249,13 @@ fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static>(
             None => ChangelogBackend::with_checkpoint_uploads(b, config),
         };
         let setup = ctx.setup(uid, Some(&mut b))?;
-        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+        let sides = ctx.take_sides(uid)?;
+        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next, sides)?))
     } else {
         let mut b = b;
         let setup = ctx.setup(uid, Some(&mut b))?;
-        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next)?))
+        let sides = ctx.take_sides(uid)?;
+        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next, sides)?))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::coordinator::{
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
-use crate::graph::{BuildCtx, JobGraph, Restore};
+use crate::graph::{BuildCtx, Dataflow, EdgeKind, JobGraph, Restore, SideEdge};
 use crate::task::{AlignConfig, JobCounters, SourceLimits, TaskLink};
 
 /// What a finished job reports.
@@ -314,7 +314,7 @@ enum Outcome {
 }
 
 struct Driver {
-    graph: JobGraph,
+    graph: Dataflow,
     config: JobConfig,
     storage: Option<CheckpointStorage>,
     /// The checkpoint directory's lock, held while the job runs (when it checkpoints).
@@ -402,6 +402,7 @@ impl Driver {
     }
 
     fn new(graph: JobGraph, config: JobConfig, on_signals: Option<SignalStop>) -> Result<Self> {
+        let graph = graph.resolve()?;
         validate(&graph, &config)?;
         let parallelism = graph
             .stages
@@ -743,8 +744,9 @@ impl Driver {
         let mut restore = Restore::new(manifest, source, description);
         restore.claimable = claimable;
         restore.allow_non_restored = self.config.allow_non_restored_state;
-        let stages: Vec<Vec<String>> = self.graph.stages.iter().map(|s| s.uids.clone()).collect();
-        restore.check_finished_order(&stages)?;
+        for path in self.graph.paths() {
+            restore.check_finished_order(&path)?;
+        }
         let heads: Vec<&str> = self
             .graph
             .stages
@@ -790,18 +792,31 @@ impl Driver {
         // Channels of every exchange.
         let mut inputs: Vec<Vec<Option<Box<dyn std::any::Any + Send>>>> =
             ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
-        let mut outputs: Vec<Vec<Option<Box<dyn std::any::Any + Send>>>> =
+        let mut outputs: Vec<Vec<Option<crate::graph::StageOutput>>> =
             ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
-        for (k, stage) in stages.iter().enumerate() {
-            if let (Some(edge), Some(&down)) = (&stage.output, ps.get(k + 1)) {
-                let (senders, receivers) =
-                    edge(ps[k] as usize, down as usize, cfg.channel_capacity);
-                for (i, s) in senders.into_iter().enumerate() {
-                    outputs[k][i] = Some(s);
+        // Per stage and subtask, the side outputs' exchanges.
+        let mut sides: Vec<Vec<Vec<SideEdge>>> = ps
+            .iter()
+            .map(|&p| (0..p).map(|_| Vec::new()).collect())
+            .collect();
+        for e in &self.graph.edges {
+            let (k, down) = (e.from, e.to);
+            let (senders, receivers) =
+                (e.channels)(ps[k] as usize, ps[down] as usize, cfg.channel_capacity);
+            for (i, s) in senders.into_iter().enumerate() {
+                let output = (s, event_tx[down].clone());
+                match &e.kind {
+                    EdgeKind::Main => outputs[k][i] = Some(output),
+                    EdgeKind::Side { uid, tag, lane } => sides[k][i].push(SideEdge {
+                        uid: uid.clone(),
+                        tag: tag.clone(),
+                        output,
+                        lane: lane.clone(),
+                    }),
                 }
-                for (i, r) in receivers.into_iter().enumerate() {
-                    inputs[k + 1][i] = Some(r);
-                }
+            }
+            for (i, r) in receivers.into_iter().enumerate() {
+                inputs[down][i] = Some(r);
             }
         }
         let source_parallelism: u32 = stages
@@ -835,9 +850,7 @@ impl Driver {
                     coord: self.coord_tx.clone(),
                     shared: shared.clone(),
                 };
-                let output = outputs[k][i as usize]
-                    .take()
-                    .map(|o| (o, event_tx.get(k + 1).cloned().unwrap_or_default()));
+                let output = outputs[k][i as usize].take();
                 let mut ctx = BuildCtx {
                     info: SubtaskInfo {
                         index: i,
@@ -866,6 +879,7 @@ impl Driver {
                         batch_size: cfg.batch_size.max(1),
                     }),
                     stage_uids: stage.uids.clone(),
+                    sides: std::mem::take(&mut sides[k][i as usize]),
                 };
                 let build = stage.build.clone();
                 // What a panic names: the chained operators, as Flink names a task.
@@ -880,6 +894,15 @@ impl Driver {
                     .spawn(move || {
                         let r = catch_unwind(AssertUnwindSafe(|| {
                             let task = build(&mut ctx)?;
+                            // Every side output a stream reads is driven by its operator
+                            // (else its stage would wait for barriers and the end forever).
+                            if let Some(e) = ctx.sides.first() {
+                                return Err(RuntimeError::Config(format!(
+                                    "side output {} of operator {}: the operator is not in \
+                                     this stage or emits no side outputs",
+                                    e.tag, e.uid
+                                )));
+                            }
                             drop(ctx);
                             let _ = started_tx.send(CoordMsg::TaskStarted { attempt });
                             task.run()
@@ -1904,7 +1927,7 @@ fn discard_claimed_savepoint(path: &str) -> Result<()> {
     }
 }
 
-fn validate(graph: &JobGraph, config: &JobConfig) -> Result<()> {
+fn validate(graph: &Dataflow, config: &JobConfig) -> Result<()> {
     let mut seen = HashSet::new();
     for uid in graph.uids() {
         if uid.is_empty() {

@@ -1,8 +1,9 @@
 //! A minimal streaming runtime on Cairn's state backends.
 //!
-//! A job is a linear dataflow — a replayable [`Source`], non-keyed operators, `key_by`
+//! A job is a dataflow — a replayable [`Source`], non-keyed operators, `key_by`
 //! exchanges into keyed operators with state in a [`cairn_core::KeyedStateBackend`], and a
-//! [`Sink`] — run at a given parallelism, one thread per subtask, with bounded channels
+//! [`Sink`], with side outputs ([`side`]) branching into streams with sinks of their own —
+//! run at a given parallelism, one thread per subtask, with bounded channels
 //! between stages (backpressure). Operators between two exchanges are chained in one task.
 //!
 //! Checkpoints follow Chandy–Lamport: the coordinator injects barriers at the sources;
@@ -59,6 +60,7 @@ pub mod functions;
 mod graph;
 pub mod inflight;
 mod job;
+pub mod side;
 pub mod sinks;
 pub mod sources;
 mod task;
@@ -81,6 +83,7 @@ pub use function::{
 };
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
+pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;

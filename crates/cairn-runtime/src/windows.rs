@@ -29,8 +29,8 @@
 //!   watermark), once.
 //! - **Lateness.** A window whose last millisecond plus the allowed lateness
 //!   ([`WindowedStream::allowed_lateness`], default zero) is at or before the watermark is
-//!   late: a record for it is dropped, and a record all of whose windows are late is lost
-//!   (Flink's `sideOutputLateData` is not built). Within the lateness, a window that has
+//!   late: a record for it is dropped, and a record all of whose windows are late is lost,
+//!   or goes to the late data's side output. Within the lateness, a window that has
 //!   fired keeps its contents, and each record that reaches it makes it fire again at once
 //!   with the updated result (a late firing); its contents are dropped when the watermark
 //!   passes its last millisecond plus the lateness.
@@ -57,7 +57,10 @@
 //! - **Sessions** ([`EventTimeSessionWindows`], [`ProcessingTimeSessionWindows`]): windows
 //!   that merge, with a gap fixed or per record; see [`sessions`].
 //!
-//! Not built: custom triggers and evictors, late-data side outputs.
+//! - **Late data.** [`WindowedStream::side_output_late_data`] sends the records dropped as
+//!   late into a side output ([`crate::side`]) instead of losing them.
+//!
+//! Not built: custom triggers and evictors.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -74,6 +77,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
 use crate::graph::{KeyedStream, Stream};
+use crate::side::OutputTag;
 use crate::timers::{TimeDomain, Timer, TimerService};
 
 pub mod sessions;
@@ -345,6 +349,7 @@ pub struct WindowedStream<K, T, A = WindowAssigner> {
     keyed: KeyedStream<K, T>,
     assigner: A,
     allowed_lateness: Duration,
+    late: Option<OutputTag<T>>,
 }
 
 impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
@@ -362,6 +367,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
             keyed,
             assigner,
             allowed_lateness: Duration::ZERO,
+            late: None,
         }
     }
 
@@ -370,6 +376,15 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
     /// ignored for processing-time windows).
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.allowed_lateness = lateness;
+        self
+    }
+
+    /// Sends the records dropped as late (every window of theirs is past its allowed
+    /// lateness; event time only) into side output `tag` (Flink's `sideOutputLateData`),
+    /// with their timestamps; [`Stream::side_output`] with the same tag on the window's
+    /// result stream reads them.
+    pub fn side_output_late_data(mut self, tag: &OutputTag<T>) -> Self {
+        self.late = Some(tag.clone());
         self
     }
 }
@@ -411,6 +426,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
             uid: uid.to_string(),
             assigner: self.assigner,
             allowed_lateness: self.allowed_lateness,
+            late: self.late,
             contents,
             windows: Vec::new(),
             _k: PhantomData,
@@ -691,6 +707,8 @@ struct WindowOperator<K, T, C> {
     uid: String,
     assigner: WindowAssigner,
     allowed_lateness: Duration,
+    /// Where records dropped as late go.
+    late: Option<OutputTag<T>>,
     contents: C,
     /// The windows of the record being processed (reused).
     windows: Vec<TimeWindow>,
@@ -871,12 +889,14 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             .assign(time, &mut windows)
             .map_err(|e| RuntimeError::user(&self.uid, e))?;
         let mut record = Some(record);
+        let mut taken = false;
         for (i, window) in windows.iter().enumerate() {
             // Late: its contents are gone (or about to be); the record is dropped for it.
             let cleanup = window.max_timestamp().saturating_add(state.lateness);
             if domain == TimeDomain::EventTime && watermark.is_some_and(|w| cleanup <= w) {
                 continue;
             }
+            taken = true;
             // The last window takes the record, the others a copy.
             let r = if i + 1 == windows.len() {
                 record.take()
@@ -902,7 +922,11 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             }
         }
         self.windows = windows;
-        Ok(())
+        // Every window of the record is late (Flink's `isSkippedElement`): its side output.
+        match (&self.late, record) {
+            (Some(tag), Some(r)) if !taken => out.output(tag, r),
+            _ => Ok(()),
+        }
     }
 
     /// A timer at `time` fires the window whose last millisecond it is, and drops the
@@ -1059,6 +1083,7 @@ mod tests {
                 uid: "sum".into(),
                 assigner,
                 allowed_lateness: Duration::from_millis(lateness),
+                late: None,
                 contents: sum(),
                 windows: Vec::new(),
                 _k: PhantomData,

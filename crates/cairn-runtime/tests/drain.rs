@@ -87,14 +87,7 @@ fn counted(output: &Path) -> u64 {
 /// a savepoint, and returns the savepoint and the records the run read.
 fn drain_part_way(graph: JobGraph, cfg: JobConfig, output: &Path, total: u64) -> (String, u64) {
     let handle = Job::new(graph, cfg).start().expect("start");
-    let started = Instant::now();
-    while common::read_output(output).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing was committed while the input was read"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_commit(output);
     // Output is committed when a checkpoint completes.
     let completed = handle.checkpoints_completed();
     assert!(completed >= 1, "{completed} checkpoints");
@@ -192,14 +185,7 @@ fn a_failed_drained_savepoint_fails_over_and_loses_nothing() {
     let handle = Job::new(common::wordcount(&input, &output, None, None), cfg)
         .start()
         .expect("start");
-    let started = Instant::now();
-    while common::read_output(&output).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing committed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_commit(&output);
     let err = handle
         .stop_with_savepoint_and_drain(None)
         .expect_err("the savepoint cannot be written");
@@ -314,14 +300,7 @@ fn a_task_failing_while_the_job_drains_fails_the_stop_and_the_job_reads_on() {
         .process("count", common::Count::new())
         .sink("sink", TwoPhaseFileSink::new(&output, common::format_line));
     let handle = Job::new(graph, cfg).start().expect("start");
-    let started = Instant::now();
-    while common::read_output(&output).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing committed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for_commit(&output);
     let err = handle
         .stop_with_savepoint_and_drain(None)
         .expect_err("a task failed while the job drained");

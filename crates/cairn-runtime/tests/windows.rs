@@ -140,12 +140,6 @@ impl MergingAggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
     }
 }
 
-impl MergingAggregateFunction<(u64, u64), u64, u64> for common::CountEvents {
-    fn merge(&self, a: u64, b: u64) -> u64 {
-        a + b
-    }
-}
-
 fn w(start: u64, end: u64) -> TimeWindow {
     TimeWindow { start, end }
 }

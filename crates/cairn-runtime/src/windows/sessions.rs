@@ -45,6 +45,7 @@ use super::{
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
 use crate::graph::Stream;
+use crate::side::OutputTag;
 use crate::timers::{TimeDomain, Timer, TimerService};
 
 /// The name of the keyed state that holds a key's open sessions (Flink's
@@ -198,6 +199,7 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, Sessio
             uid: uid.to_string(),
             sessions: self.assigner,
             allowed_lateness: self.allowed_lateness,
+            late: self.late,
             contents,
             _k: PhantomData,
         };
@@ -340,6 +342,8 @@ struct SessionOperator<K, T, G, C> {
     uid: String,
     sessions: SessionWindows<G>,
     allowed_lateness: Duration,
+    /// Where records dropped as late go.
+    late: Option<OutputTag<T>>,
     contents: C,
     _k: PhantomData<fn() -> (K, T)>,
 }
@@ -473,8 +477,12 @@ where
         let watermark = timers.current_watermark();
         let cleanup = Self::cleanup_time(state.lateness, &window);
         if event_time && watermark.is_some_and(|w| cleanup <= w) {
-            // Late even merged: its sessions are gone; the record is dropped.
-            return Ok(());
+            // Late even merged: its sessions are gone; the record is dropped, into the
+            // late data's side output if there is one.
+            return match &self.late {
+                Some(tag) => out.output(tag, record),
+                None => Ok(()),
+            };
         }
         // The merged session keeps the first one's namespace; the others' contents move.
         let stored = merging.first().map_or(window, |s| s.stored);
@@ -601,6 +609,7 @@ mod tests {
             uid: "sessions".into(),
             sessions,
             allowed_lateness: Duration::from_millis(lateness),
+            late: None,
             contents: sum(),
             _k: PhantomData,
         };
@@ -851,6 +860,7 @@ mod tests {
             uid: "sessions".into(),
             sessions: EventTimeSessionWindows::with_gap(Duration::from_millis(10)),
             allowed_lateness: Duration::ZERO,
+            late: None,
             contents,
             _k: PhantomData,
         };

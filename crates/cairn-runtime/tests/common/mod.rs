@@ -389,6 +389,20 @@ pub fn cancel_after_checkpoints(
     handle.wait()
 }
 
+/// Waits until `output` (a two-phase file sink's directory) holds committed output, for
+/// up to 20 s.
+#[allow(dead_code)]
+pub fn wait_for_commit(output: &Path) {
+    let started = std::time::Instant::now();
+    while read_output(output).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing was committed in 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A job config checkpointing every `interval_ms` into `dir`.
 pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
     JobConfig {
@@ -521,6 +535,12 @@ impl AggregateFunction<(u64, u64), u64, u64> for CountEvents {
     }
     fn result(&self, acc: &u64) -> u64 {
         *acc
+    }
+}
+
+impl cairn_core::MergingAggregateFunction<(u64, u64), u64, u64> for CountEvents {
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
     }
 }
 
