@@ -224,7 +224,7 @@ pub(crate) struct SideEdge {
 
 /// Makes the chain that sends a side output's records into its exchange.
 pub(crate) type LaneFactory =
-    Arc<dyn Fn(&BuildCtx, StageOutput) -> Result<Box<dyn SideChain>> + Send + Sync>;
+    Arc<dyn Fn(&mut BuildCtx, StageOutput) -> Result<Box<dyn SideChain>> + Send + Sync>;
 
 impl BuildCtx {
     /// The operator state (and, with `keyed`, the keyed state) of operator `uid` for this
@@ -824,8 +824,9 @@ impl<T: Data> Stream<T> {
 
     /// The records that the stream's last operator (a process function, keyed or not, or
     /// a window) emits into side output `tag` (Flink's `getSideOutput`), as a stream that
-    /// starts a new stage: they cross an exchange, dealt round-robin, and the stage has
-    /// the job's parallelism unless set. It must end in a sink, as every stream must.
+    /// starts a new stage: they cross an exchange, dealt round-robin (or by key, when
+    /// [`Stream::key_by`] follows at once), and the stage has the job's parallelism unless
+    /// set. It must end in a sink, as every stream must.
     /// See [`crate::side`].
     pub fn side_output<X: Data>(&self, tag: &OutputTag<X>) -> Stream<X> {
         let mut parts = lock(&self.parts);
@@ -843,7 +844,7 @@ impl<T: Data> Stream<T> {
                 .push(format!("{what} is read by two streams; read it once"));
         }
         let to = parts.open_stage(what);
-        let lane: LaneFactory = Arc::new(|ctx: &BuildCtx, output: StageOutput| {
+        let lane: LaneFactory = Arc::new(|ctx: &mut BuildCtx, output: StageOutput| {
             let (senders, events) = typed_output::<X>(output)?;
             Ok(Box::new(ctx.rebalance_out(senders, events)) as Box<dyn SideChain>)
         });
@@ -949,6 +950,40 @@ impl<T: Data> Stream<T> {
             sides_ok: _,
             open,
         } = self;
+        if uids.is_empty() {
+            // A side output's stream that exchanges at once (`side_output(..).key_by(..)`):
+            // the side output's own exchange takes this one's route, and the stage reads
+            // it with `head`, as Flink's `getSideOutput(tag).keyBy(..)`.
+            let mut p = lock(&parts);
+            let side = p
+                .edges
+                .iter_mut()
+                .find(|e| e.to == id && matches!(e.kind, EdgeKind::Side { .. }));
+            if let Some(Edge {
+                kind: EdgeKind::Side { lane, .. },
+                channels,
+                ..
+            }) = side
+            {
+                *channels = edge::<Y>();
+                *lane = Arc::new(move |ctx: &mut BuildCtx, output: StageOutput| {
+                    let main = ctx.output.replace(output);
+                    let chain = tail(ctx);
+                    ctx.output = main;
+                    Ok(Box::new(chain?) as Box<dyn SideChain>)
+                });
+                drop(p);
+                return Stream {
+                    parts,
+                    id,
+                    uids,
+                    parallelism,
+                    is_source,
+                    sides_ok: false,
+                    open: input_stage(head),
+                };
+            }
+        }
         let next = {
             let mut p = lock(&parts);
             let what = format!(

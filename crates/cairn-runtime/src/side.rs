@@ -4,7 +4,8 @@
 //! ([`crate::Collector::output`]); [`crate::Stream::side_output`] on the stream of the
 //! operator's results gives the side output's records as a stream of their own, which
 //! starts a new stage (its records cross an exchange, dealt round-robin as
-//! [`crate::Stream::rebalance`] deals them) and ends in a sink of its own. A window
+//! [`crate::Stream::rebalance`] deals them, or by key when the stream is keyed at once:
+//! `side_output(&tag).key_by(..)`) and ends in a sink of its own. A window
 //! operator sends the records it drops as late into the tag given to
 //! [`crate::windows::WindowedStream::side_output_late_data`].
 //!

@@ -1062,8 +1062,14 @@ mod tests {
         pub(super) state: F::State,
         timers: crate::timers::Timers,
         emitted: crate::chain::Recorder<(u64, TimeWindow, u64)>,
+        /// The side output named [`LATE`], of `u64` records.
+        late: crate::chain::Recorder<u64>,
+        sides: crate::side::SideOutputs,
         key: Vec<u8>,
     }
+
+    /// The late data's side output of the harness.
+    pub(super) const LATE: &str = "late";
 
     /// A reduce adding `u64`s.
     pub(super) fn sum() -> Reduce<u64, fn(u64, u64) -> u64> {
@@ -1083,7 +1089,7 @@ mod tests {
                 uid: "sum".into(),
                 assigner,
                 allowed_lateness: Duration::from_millis(lateness),
-                late: None,
+                late: Some(crate::side::OutputTag::new(LATE)),
                 contents: sum(),
                 windows: Vec::new(),
                 _k: PhantomData,
@@ -1115,19 +1121,24 @@ mod tests {
             let key = BincodeCodec::<u64>::new().encode_to_vec(&1).expect("key");
             backend.set_current_key(&key).expect("key");
             let clock = crate::timers::ProcessingClock::new(clock);
+            let late = crate::chain::Recorder::new();
+            let lane: Box<dyn crate::chain::Chain<u64>> = Box::new(late.clone());
+            let sides = crate::side::SideOutputs::new("sum", vec![(LATE.into(), Box::new(lane))]);
             Self {
                 backend,
                 op,
                 state,
                 timers: crate::timers::Timers::new(clock),
                 emitted: crate::chain::Recorder::new(),
+                late,
+                sides,
                 key,
             }
         }
 
         pub(super) fn process(&mut self, value: u64, timestamp: Option<u64>) {
             self.backend.set_current_key(&self.key).expect("key");
-            let mut out = Collector::new(&mut self.emitted, timestamp);
+            let mut out = Collector::with_sides(&mut self.emitted, timestamp, &mut self.sides);
             let timers = self.timers.service();
             self.op
                 .process(&self.state, &1, value, &mut self.backend, timers, &mut out)
@@ -1140,7 +1151,7 @@ mod tests {
         fn on_timer(&mut self, time: u64, domain: TimeDomain, key: &[u8]) {
             self.backend.set_current_key(key).expect("key");
             let timestamp = (domain == TimeDomain::EventTime).then_some(time);
-            let mut out = Collector::new(&mut self.emitted, timestamp);
+            let mut out = Collector::with_sides(&mut self.emitted, timestamp, &mut self.sides);
             let timer = Timer { time, domain };
             let timers = self.timers.service();
             self.op
@@ -1182,6 +1193,11 @@ mod tests {
 
         pub(super) fn emitted(&mut self) -> Vec<((u64, TimeWindow, u64), Option<u64>)> {
             self.emitted.take_records()
+        }
+
+        /// What went to the late data's side output since the last call.
+        pub(super) fn late(&mut self) -> Vec<(u64, Option<u64>)> {
+            self.late.take_records()
         }
     }
 
@@ -1234,10 +1250,38 @@ mod tests {
         );
         h.advance(14);
         assert_eq!(h.emitted(), vec![], "the cleanup does not fire");
+        assert_eq!(h.late(), vec![], "nothing was late before");
         h.process(4, Some(0));
         h.advance(u64::MAX);
         assert_eq!(h.emitted(), vec![], "dropped: the window is gone");
         assert_eq!(h.contents(w(0, 10)), None);
+        assert_eq!(
+            h.late(),
+            vec![(4, Some(0))],
+            "into the late data's side output"
+        );
+    }
+
+    /// A record goes to the late data's side output only when every one of its sliding
+    /// windows is late (Flink's `isSkippedElement`): one that some window still takes is
+    /// not late, whichever of its windows is.
+    #[test]
+    fn a_record_is_late_data_when_all_its_sliding_windows_are_late() {
+        let sliding =
+            SlidingEventTimeWindows::of(Duration::from_millis(10), Duration::from_millis(5));
+        let mut h = Harness::new(sliding, 0, Arc::new(cairn_core::ManualClock::new(0)));
+        h.process(1, Some(12));
+        h.advance(14);
+        assert_eq!(h.emitted(), vec![((1, w(5, 15), 1), Some(14))]);
+        // In [5, 15), late, and [10, 20), open.
+        h.process(2, Some(12));
+        assert_eq!(h.late(), vec![], "[10, 20) took it");
+        // In [0, 10) and [5, 15), both late.
+        h.process(4, Some(7));
+        assert_eq!(h.late(), vec![(4, Some(7))]);
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![((1, w(10, 20), 3), Some(19))]);
+        assert_eq!(h.late(), vec![]);
     }
 
     /// Processing-time windows take the clock's time, not the record's, and fire when

@@ -264,14 +264,14 @@ fn a_process_functions_side_output_is_exactly_once_across_failures() {
     let long_output = dir.path().join("long");
     let mut cfg = common::config(dir.path(), 20);
     cfg.parallelism = 3;
-    cfg.records_per_second = Some(3_000);
+    cfg.records_per_second = Some(2_000);
     cfg.checkpoint.unaligned = true;
     cfg.restart = cairn_runtime::RestartStrategy::fixed_delay(3, Duration::from_millis(10));
     let graph = wordcount_with_long_words(
         &input,
         &output,
         &long_output,
-        common::FailAt::at(vec![2_500, 7_000]),
+        common::FailAt::at(vec![3_000, 8_000]),
     );
     let result = Job::new(graph, cfg).run().expect("run");
     assert_eq!(result.restarts, 2, "{result:?}");
@@ -346,4 +346,68 @@ fn graphs_with_side_outputs_that_cannot_run_are_refused() {
             && err.contains("only a process function"),
         "{err}"
     );
+}
+
+/// Passes events on, and a copy of each into side output `copy`.
+#[derive(Clone, Debug)]
+struct Copy {
+    copy: OutputTag<(u64, u64)>,
+}
+
+impl Checkpointed for Copy {}
+
+impl ProcessFunction<(u64, u64), (u64, u64)> for Copy {
+    fn process(
+        &mut self,
+        event: (u64, u64),
+        out: &mut Collector<'_, (u64, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        out.output(&self.copy, event)?;
+        out.collect(event)
+    }
+}
+
+/// Watermarks go down side outputs too: event-time windows on a side stream fire (and
+/// their results are committed) while the input is still being read, not only at its end.
+#[test]
+fn watermarks_reach_the_windows_of_a_side_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_events(dir.path());
+    let output = dir.path().join("out");
+    let copy = OutputTag::<(u64, u64)>::new("copy");
+    let events = source("source", FileSource::new(&input))
+        .process("parse", common::ParseEvents::new(Vec::new()))
+        .assign_timestamps_and_watermarks(
+            "timestamps",
+            WatermarkStrategy::for_monotonous_timestamps(|(_, t): &(u64, u64)| *t),
+        )
+        .process("copy", Copy { copy: copy.clone() });
+    events
+        .side_output(&copy)
+        .key_by(|(key, _): &(u64, u64)| *key)
+        .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+        .aggregate("windows", common::CountEvents)
+        .process(
+            "label",
+            FnProcess(
+                |(key, window, count): (u64, TimeWindow, u64),
+                 out: &mut Collector<'_, (u64, u64)>| {
+                    out.collect((key * 1_000_000 + window.end, count))
+                },
+            ),
+        )
+        .sink("sink", common::count_sink(&output));
+    let graph = events.sink("discard", cairn_runtime::sinks::DiscardSink);
+    let mut cfg = common::config(dir.path(), 20);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(2_000);
+    cfg.auto_watermark_interval = Duration::from_millis(10);
+    let handle = Job::new(graph, cfg).start().expect("start");
+    common::wait_for_commit(&output);
+    assert!(
+        handle.records_read() < EVENTS,
+        "nothing was committed before the input ended"
+    );
+    handle.cancel();
+    handle.wait().expect("cancelled run");
 }
