@@ -87,9 +87,12 @@ pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
+pub use windows::triggers::{
+    CountTrigger, EventTimeTrigger, ProcessingTimeTrigger, PurgingTrigger,
+};
 pub use windows::{
     DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, ProcessWindowFunction,
     ProcessingTimeSessionWindows, SessionGap, SessionWindows, SlidingEventTimeWindows,
     SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
-    TumblingProcessingTimeWindows, WindowAssigner, WindowedStream, Windows,
+    TumblingProcessingTimeWindows, WindowAssigner, WindowTrigger, WindowedStream, Windows,
 };

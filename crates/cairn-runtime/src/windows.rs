@@ -60,7 +60,11 @@
 //! - **Late data.** [`WindowedStream::side_output_late_data`] sends the records dropped as
 //!   late into a side output ([`crate::side`]) instead of losing them.
 //!
-//! Not built: custom triggers and evictors.
+//! - **Triggers** ([`WindowedStream::trigger`], tumbling and sliding windows): Flink's
+//!   count and purging triggers besides the default; see [`triggers`].
+//!
+//! Not built: user-defined triggers (with timers of their own: a timer here stands for a
+//! window by its time alone), continuous triggers, evictors.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -70,7 +74,7 @@ use std::time::Duration;
 use cairn_core::{
     AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, BincodeCodec,
     KeyedStateBackend, ListStateDescriptor, ListStateId, OperatorListStateDescriptor, RawStateId,
-    Redistribution, ReducingStateDescriptor, ReducingStateId,
+    Redistribution, ReducingStateDescriptor, ReducingStateId, ValueStateDescriptor, ValueStateId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +83,10 @@ use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProc
 use crate::graph::{KeyedStream, Stream};
 use crate::side::OutputTag;
 use crate::timers::{TimeDomain, Timer, TimerService};
+pub use triggers::{WindowTrigger, WINDOW_COUNT_STATE, WINDOW_TRIGGER_STATE};
 
 pub mod sessions;
+pub mod triggers;
 
 pub use sessions::{
     DynamicGap, EventTimeSessionWindows, FixedGap, ProcessingTimeSessionWindows, SessionGap,
@@ -350,6 +356,8 @@ pub struct WindowedStream<K, T, A = WindowAssigner> {
     assigner: A,
     allowed_lateness: Duration,
     late: Option<OutputTag<T>>,
+    /// `None`: the default of the windows' time domain.
+    trigger: Option<WindowTrigger>,
 }
 
 impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
@@ -368,6 +376,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
             assigner,
             allowed_lateness: Duration::ZERO,
             late: None,
+            trigger: None,
         }
     }
 
@@ -390,6 +399,15 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
 }
 
 impl<K: Key, T: Data> WindowedStream<K, T> {
+    /// When the windows fire (Flink's `trigger`): [`triggers::CountTrigger`],
+    /// [`triggers::PurgingTrigger`], or the time domain's default
+    /// ([`triggers::EventTimeTrigger`], [`triggers::ProcessingTimeTrigger`]); see
+    /// [`triggers`].
+    pub fn trigger(mut self, trigger: WindowTrigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
     /// Folds each window's records with `f` and emits `(key, window, result)` when it
     /// fires.
     pub fn reduce(
@@ -427,6 +445,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
             assigner: self.assigner,
             allowed_lateness: self.allowed_lateness,
             late: self.late,
+            trigger: self.trigger,
             contents,
             windows: Vec::new(),
             _k: PhantomData,
@@ -709,6 +728,8 @@ struct WindowOperator<K, T, C> {
     allowed_lateness: Duration,
     /// Where records dropped as late go.
     late: Option<OutputTag<T>>,
+    /// `None`: the default of the assigner's time domain.
+    trigger: Option<WindowTrigger>,
     contents: C,
     /// The windows of the record being processed (reused).
     windows: Vec<TimeWindow>,
@@ -721,6 +742,9 @@ struct Opened<S> {
     millis: Millis,
     /// Allowed lateness in milliseconds (zero for processing time).
     lateness: u64,
+    trigger: WindowTrigger,
+    /// A count trigger's counts, per window.
+    count: Option<ValueStateId<u64, TimeWindow>>,
 }
 
 /// The name of the operator state that keeps what an operator's windows are (time domain,
@@ -761,6 +785,27 @@ impl fmt::Display for WindowSpec {
 }
 
 impl<K, T, C> WindowOperator<K, T, C> {
+    /// The trigger, checked against the windows' time domain.
+    fn trigger(&self) -> Result<WindowTrigger> {
+        let domain = self.assigner.domain;
+        let trigger = self
+            .trigger
+            .unwrap_or_else(|| WindowTrigger::default_for(domain));
+        trigger
+            .check(domain)
+            .map_err(|e| RuntimeError::Config(format!("window operator {}: {e}", self.uid)))?;
+        Ok(trigger)
+    }
+
+    /// The trigger kept in operator state.
+    fn trigger_state() -> OperatorListStateDescriptor<WindowTrigger> {
+        OperatorListStateDescriptor {
+            name: WINDOW_TRIGGER_STATE.to_string(),
+            codec: Arc::new(BincodeCodec::named("cairn.windows.WindowTrigger", 1)),
+            mode: Redistribution::Union,
+        }
+    }
+
     /// The windows, checked.
     fn spec(&self) -> Result<WindowSpec> {
         let config = |e: String| RuntimeError::Config(format!("window operator {}: {e}", self.uid));
@@ -790,7 +835,7 @@ impl<K, T, C> WindowOperator<K, T, C> {
 }
 
 impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
-    /// Refuses a restore whose windows were others.
+    /// Refuses a restore whose windows or trigger were others.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         keep_spec(
             ctx,
@@ -798,6 +843,21 @@ impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
             &Self::spec_state(),
             self.spec()?,
             "its open windows would never fire or never be dropped",
+        )?;
+        let trigger = self.trigger()?;
+        let d = Self::trigger_state();
+        let id = ctx.operator_state.register_list(&d)?;
+        let kept = ctx.operator_state.list(id)?;
+        if ctx.is_restored && kept.is_empty() {
+            // Written before triggers were kept: its windows had the default trigger.
+            kept.push(WindowTrigger::default_for(self.assigner.domain));
+        }
+        keep_spec(
+            ctx,
+            &self.uid,
+            &d,
+            trigger,
+            "the timers and counts its windows hold are the old trigger's",
         )
     }
 }
@@ -864,10 +924,21 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
 
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let spec = self.spec()?;
+        let trigger = self.trigger()?;
+        let count = match trigger.count() {
+            Some(_) => {
+                let d = ValueStateDescriptor::<u64>::new(WINDOW_COUNT_STATE)
+                    .with_namespace(window_codec());
+                Some(backend.register_value(&d)?)
+            }
+            None => None,
+        };
         Ok(Opened {
             contents: self.contents.register(backend)?,
             millis: spec.millis,
             lateness: spec.lateness,
+            trigger,
+            count,
         })
     }
 
@@ -906,11 +977,24 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             let Some(r) = r else { break };
             self.contents.add(state.contents, backend, window, r)?;
             let fire = window.max_timestamp();
-            if domain == TimeDomain::EventTime {
+            if let (Some(n), Some(count)) = (state.trigger.count(), state.count) {
+                // A count trigger: fire at `n` records since the last firing; only the
+                // cleanup is timed.
+                let seen = backend.value_get(count, window)?.unwrap_or(0) + 1;
+                if seen >= n {
+                    backend.clear(count.raw(), window)?;
+                    self.fire(state, backend, key, window, out)?;
+                } else {
+                    backend.value_update(count, window, seen)?;
+                }
+                match domain {
+                    TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
+                    TimeDomain::ProcessingTime => timers.register_processing_time_timer(fire),
+                }
+            } else if domain == TimeDomain::EventTime {
                 if watermark.is_some_and(|w| fire <= w) {
                     // A late record within the allowed lateness: fire again at once.
-                    self.contents
-                        .emit(state.contents, backend, key, window, window, out)?;
+                    self.fire(state, backend, key, window, out)?;
                 } else {
                     timers.register_event_time_timer(fire);
                 }
@@ -945,11 +1029,13 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         let Some(end) = timer.time.checked_add(1) else {
             return Ok(());
         };
+        let timed = state.trigger.count().is_none();
         if let Some(window) = state.millis.window_ending_at(end) {
-            self.contents
-                .emit(state.contents, backend, key, &window, &window, out)?;
+            if timed {
+                self.fire(state, backend, key, &window, out)?;
+            }
             if state.lateness == 0 {
-                self.contents.clear(state.contents, backend, &window)?;
+                self.cleanup(state, backend, &window)?;
             }
         }
         if state.lateness > 0 {
@@ -957,10 +1043,43 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 return Ok(());
             };
             if let Some(window) = state.millis.window_ending_at(end) {
-                self.contents.clear(state.contents, backend, &window)?;
+                self.cleanup(state, backend, &window)?;
             }
         }
         Ok(())
+    }
+}
+
+impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
+    /// Emits `window`'s result, and drops its contents after under a purging trigger.
+    fn fire<B: KeyedStateBackend>(
+        &mut self,
+        state: &Opened<C::State>,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        out: &mut Collector<'_, C::Out>,
+    ) -> Result<()> {
+        self.contents
+            .emit(state.contents, backend, key, window, window, out)?;
+        if state.trigger.purge {
+            self.contents.clear(state.contents, backend, window)?;
+        }
+        Ok(())
+    }
+
+    /// Drops `window`'s contents and count: its time is up.
+    fn cleanup<B: KeyedStateBackend>(
+        &self,
+        state: &Opened<C::State>,
+        backend: &mut B,
+        window: &TimeWindow,
+    ) -> Result<()> {
+        self.contents.clear(state.contents, backend, window)?;
+        match state.count {
+            Some(count) => Ok(backend.clear(count.raw(), window)?),
+            None => Ok(()),
+        }
     }
 }
 
@@ -1085,11 +1204,21 @@ mod tests {
             lateness: u64,
             clock: Arc<cairn_core::ManualClock>,
         ) -> Self {
+            Self::with_trigger(assigner, lateness, None, clock)
+        }
+
+        fn with_trigger(
+            assigner: WindowAssigner,
+            lateness: u64,
+            trigger: Option<WindowTrigger>,
+            clock: Arc<cairn_core::ManualClock>,
+        ) -> Self {
             let op = WindowOperator {
                 uid: "sum".into(),
                 assigner,
                 allowed_lateness: Duration::from_millis(lateness),
                 late: Some(crate::side::OutputTag::new(LATE)),
+                trigger,
                 contents: sum(),
                 windows: Vec::new(),
                 _k: PhantomData,
@@ -1259,6 +1388,166 @@ mod tests {
             h.late(),
             vec![(4, Some(0))],
             "into the late data's side output"
+        );
+    }
+
+    /// A count trigger fires a window every `n` records with its running result, not when
+    /// the watermark passes its end; what it had not fired is dropped at the cleanup.
+    #[test]
+    fn a_count_trigger_fires_every_n_records_and_not_by_time() {
+        let tumbling = TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let clock = Arc::new(cairn_core::ManualClock::new(0));
+        let count = Some(triggers::CountTrigger::of(2));
+        let mut h = Harness::with_trigger(tumbling, 0, count, clock);
+        h.process(1, Some(1));
+        assert_eq!(h.emitted(), vec![]);
+        h.process(2, Some(2));
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 3), Some(9))]);
+        h.process(4, Some(3));
+        h.process(8, Some(4));
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 15), Some(9))], "running");
+        h.process(16, Some(5));
+        h.process(32, Some(12));
+        let count = h.state.count.expect("a count state");
+        h.select_key();
+        assert_eq!(h.backend.value_get(count, &w(0, 10)).expect("get"), Some(1));
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![], "time does not fire it");
+        assert_eq!(h.contents(w(0, 10)), None, "cleaned up");
+        h.select_key();
+        assert_eq!(
+            h.backend.value_get(count, &w(0, 10)).expect("get"),
+            None,
+            "and its count"
+        );
+        assert_eq!(h.contents(w(10, 20)), Some(32));
+        h.process(64, Some(13));
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(10, 20), 96), Some(19))],
+            "a count of its own"
+        );
+        h.advance(u64::MAX);
+        assert_eq!(h.emitted(), vec![]);
+        assert_eq!(h.pending(TimeDomain::EventTime), Vec::<u64>::new());
+    }
+
+    /// A purging trigger drops a window's contents after each firing: a count trigger's
+    /// firings each have what came since the last; a late firing within the lateness has
+    /// only the late record.
+    #[test]
+    fn a_purging_trigger_drops_the_contents_after_each_firing() {
+        let tumbling = || TumblingEventTimeWindows::of(Duration::from_millis(10));
+        let clock = Arc::new(cairn_core::ManualClock::new(0));
+        let purging_count = Some(triggers::PurgingTrigger::of(triggers::CountTrigger::of(2)));
+        let mut h = Harness::with_trigger(tumbling(), 0, purging_count, clock.clone());
+        for (v, t) in [(1, 1), (2, 2), (4, 3), (8, 4), (16, 5)] {
+            h.process(v, Some(t));
+        }
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 10), 3), Some(9)), ((1, w(0, 10), 12), Some(9))]
+        );
+        assert_eq!(h.contents(w(0, 10)), Some(16));
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![]);
+        assert_eq!(h.contents(w(0, 10)), None);
+
+        let purging_time = Some(triggers::PurgingTrigger::of(
+            triggers::EventTimeTrigger::create(),
+        ));
+        let mut h = Harness::with_trigger(tumbling(), 5, purging_time, clock);
+        h.process(1, Some(3));
+        h.process(2, Some(4));
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 3), Some(9))]);
+        h.process(4, Some(8));
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 10), 4), Some(9))],
+            "the late firing has the late record only"
+        );
+        h.advance(14);
+        assert_eq!(h.contents(w(0, 10)), None);
+    }
+
+    /// A count trigger on processing-time windows: counts fire, the clock only cleans up.
+    #[test]
+    fn a_count_trigger_on_processing_time_windows() {
+        let clock = Arc::new(cairn_core::ManualClock::new(3));
+        let tumbling = TumblingProcessingTimeWindows::of(Duration::from_millis(10));
+        let count = Some(triggers::CountTrigger::of(3));
+        let mut h = Harness::with_trigger(tumbling, 0, count, clock.clone());
+        for v in [1, 2, 4, 8] {
+            h.process(v, None);
+        }
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 7), Some(9))]);
+        clock.set(10);
+        h.fire_processing();
+        assert_eq!(h.emitted(), vec![], "the clock does not fire it");
+        assert_eq!(h.contents(w(0, 10)), None);
+    }
+
+    /// A snapshot written before triggers were kept in operator state had the default
+    /// trigger: restored under a count trigger it is refused, under the default it is
+    /// not; an operator that is new takes any trigger.
+    #[test]
+    fn a_restore_from_before_triggers_were_kept_has_the_default_trigger() {
+        let op = |trigger| WindowOperator {
+            uid: "sum".into(),
+            assigner: TumblingEventTimeWindows::of(Duration::from_millis(10)),
+            allowed_lateness: Duration::ZERO,
+            late: None::<crate::side::OutputTag<u64>>,
+            trigger,
+            contents: sum(),
+            windows: Vec::new(),
+            _k: PhantomData::<fn() -> (u64, u64)>,
+        };
+        let init = |trigger, is_restored| {
+            let mut state = cairn_core::OperatorStateBackend::new("sum");
+            let mut ctx = InitContext {
+                operator_state: &mut state,
+                is_restored,
+                subtask: crate::function::SubtaskInfo {
+                    index: 0,
+                    parallelism: 1,
+                    max_parallelism: 128,
+                    attempt: 0,
+                },
+                run_id: "run",
+                checkpointing: true,
+            };
+            op(trigger).initialize_state(&mut ctx)
+        };
+        let count = Some(triggers::CountTrigger::of(2));
+        let err = init(count, true).expect_err("another trigger").to_string();
+        assert!(
+            err.contains("holds an event-time trigger")
+                && err.contains("asks for a count trigger of 2 records"),
+            "{err}"
+        );
+        init(None, true).expect("the default trigger");
+        init(count, false).expect("a new operator");
+    }
+
+    /// Triggers that cannot work are configuration errors.
+    #[test]
+    fn triggers_that_cannot_work_are_refused() {
+        let event = TimeDomain::EventTime;
+        let processing = TimeDomain::ProcessingTime;
+        assert!(triggers::CountTrigger::of(0).check(event).is_err());
+        assert!(triggers::CountTrigger::of(1).check(processing).is_ok());
+        let err = triggers::EventTimeTrigger::create()
+            .check(processing)
+            .expect_err("mismatch");
+        assert!(
+            err.contains("event-time trigger on processing-time windows"),
+            "{err}"
+        );
+        assert!(
+            triggers::PurgingTrigger::of(triggers::ProcessingTimeTrigger::create())
+                .check(event)
+                .is_err()
         );
     }
 

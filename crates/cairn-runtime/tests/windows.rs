@@ -13,10 +13,11 @@ use cairn_core::{AggregateFunction, MergingAggregateFunction};
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::windows::FixedGap;
 use cairn_runtime::{
-    source, Checkpointed, Collector, EventTimeSessionWindows, FnWindow, Job, JobConfig, JobGraph,
-    ProcessFunction, RestoreFrom, SessionWindows, Sink, SinkContext, SlidingEventTimeWindows,
-    SnapshotMode, Source, SourceStatus, StateBackendConfig, TimeWindow, TumblingEventTimeWindows,
-    WatermarkStrategy, WindowAssigner, Windows,
+    source, Checkpointed, Collector, CountTrigger, EventTimeSessionWindows, FnWindow, Job,
+    JobConfig, JobGraph, ProcessFunction, PurgingTrigger, RestoreFrom, SessionWindows, Sink,
+    SinkContext, SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus, StateBackendConfig,
+    TimeWindow, TumblingEventTimeWindows, WatermarkStrategy, WindowAssigner, WindowTrigger,
+    Windows,
 };
 
 /// `(key, timestamp, value)`.
@@ -401,7 +402,7 @@ fn id(key: u64, end: u64) -> u64 {
 fn counting_job(input: &Path, output: &Path, fail_at: Vec<u64>) -> JobGraph {
     let sliding =
         SlidingEventTimeWindows::of(Duration::from_millis(SIZE), Duration::from_millis(SLIDE));
-    counting_job_with(input, output, fail_at, sliding)
+    counting_job_with(input, output, fail_at, sliding, None)
 }
 
 /// [`counting_job`] with other windows.
@@ -410,8 +411,9 @@ fn counting_job_with(
     output: &Path,
     fail_at: Vec<u64>,
     windows: WindowAssigner,
+    trigger: Option<WindowTrigger>,
 ) -> JobGraph {
-    source("source", FileSource::new(input))
+    let windowed = source("source", FileSource::new(input))
         .process("parse", common::ParseEvents::new(fail_at))
         .assign_timestamps_and_watermarks(
             "timestamps",
@@ -421,7 +423,12 @@ fn counting_job_with(
             ),
         )
         .key_by(|(key, _): &(u64, u64)| *key)
-        .window(windows)
+        .window(windows);
+    let windowed = match trigger {
+        Some(t) => windowed.trigger(t),
+        None => windowed,
+    };
+    windowed
         .aggregate("windows", common::CountEvents)
         .process(
             "check",
@@ -540,9 +547,12 @@ fn a_restore_under_other_windows_is_refused() {
     ] {
         let mut cfg = common::config(dir.path(), 50);
         cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
-        let err = Job::new(counting_job_with(&input, &output, Vec::new(), other), cfg)
-            .run()
-            .expect_err("other windows");
+        let err = Job::new(
+            counting_job_with(&input, &output, Vec::new(), other, None),
+            cfg,
+        )
+        .run()
+        .expect_err("other windows");
         let message = err.to_string();
         assert!(
             message.contains("window operator windows")
@@ -551,6 +561,74 @@ fn a_restore_under_other_windows_is_refused() {
             "{message}"
         );
     }
+}
+
+/// The sliding windows of [`counting_job`].
+fn sliding() -> WindowAssigner {
+    SlidingEventTimeWindows::of(Duration::from_millis(SIZE), Duration::from_millis(SLIDE))
+}
+
+/// A purging count trigger of 7 under failures, a savepoint, and a restore under RocksDB
+/// at parallelism 3 with another failure: each window of `c` events emits `c / 7` counts
+/// of 7 (the counts are keyed state, so where the job stopped does not matter) and its
+/// last `c % 7` events never.
+#[test]
+fn a_purging_count_trigger_is_exactly_once_across_failures_and_a_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, model) = write_events(dir.path(), 6_000, 15);
+    let model: BTreeMap<String, Vec<u64>> = model
+        .into_iter()
+        .filter_map(|(id, counts)| {
+            let firings = counts[0] / 7;
+            (firings > 0).then(|| (id, vec![7; firings as usize]))
+        })
+        .collect();
+    let output = dir.path().join("out");
+    let trigger = Some(PurgingTrigger::of(CountTrigger::of(7)));
+    let job = |fail_at| counting_job_with(&input, &output, fail_at, sliding(), trigger);
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.parallelism = 2;
+    cfg.records_per_second = Some(4_000);
+    cfg.auto_watermark_interval = Duration::from_millis(20);
+    let handle = Job::new(job(vec![1_000]), cfg).start().expect("start");
+    while handle.records_read() < 2_000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    common::wait_for_commit(&output);
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    let first = handle.wait().expect("first run");
+    assert_eq!(first.restarts, 1, "{first:?}");
+    assert!(first.records < 6_000, "the input ended before the stop");
+
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+    cfg.restart = cairn_runtime::RestartStrategy::fixed_delay(2, Duration::from_millis(10));
+    let second = Job::new(job(vec![1_500]), cfg).run().expect("restored run");
+    assert_eq!(second.restarts, 1, "{second:?}");
+    let mut output = common::read_output(&output);
+    for counts in output.values_mut() {
+        counts.sort_unstable();
+    }
+    assert_eq!(output, model);
+
+    // The trigger is the state's: another one (here the default) is refused.
+    let mut cfg = common::config(dir.path(), 50);
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    let err = Job::new(
+        counting_job(&input, &dir.path().join("other"), Vec::new()),
+        cfg,
+    )
+    .run()
+    .expect_err("another trigger");
+    let message = err.to_string();
+    assert!(
+        message.contains("a purging trigger of a count trigger of 7 records")
+            && message.contains("an event-time trigger")
+            && message.contains("not supported"),
+        "{message}"
+    );
 }
 
 /// The script of the session test: sessions with a 10 ms gap, no out-of-orderness, 5 ms of
