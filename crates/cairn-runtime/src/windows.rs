@@ -60,8 +60,8 @@
 //! - **Late data.** [`WindowedStream::side_output_late_data`] sends the records dropped as
 //!   late into a side output ([`crate::side`]) instead of losing them.
 //!
-//! - **Triggers** ([`WindowedStream::trigger`], tumbling and sliding windows): Flink's
-//!   count and purging triggers besides the default; see [`triggers`].
+//! - **Triggers** ([`WindowedStream::trigger`], every kind of window): Flink's count and
+//!   purging triggers besides the default; see [`triggers`].
 //!
 //! Not built: user-defined triggers (with timers of their own: a timer here stands for a
 //! window by its time alone), continuous triggers, evictors.
@@ -396,9 +396,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
         self.late = Some(tag.clone());
         self
     }
-}
 
-impl<K: Key, T: Data> WindowedStream<K, T> {
     /// When the windows fire (Flink's `trigger`): [`triggers::CountTrigger`],
     /// [`triggers::PurgingTrigger`], or the time domain's default
     /// ([`triggers::EventTimeTrigger`], [`triggers::ProcessingTimeTrigger`]); see
@@ -407,7 +405,9 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         self.trigger = Some(trigger);
         self
     }
+}
 
+impl<K: Key, T: Data> WindowedStream<K, T> {
     /// Folds each window's records with `f` and emits `(key, window, result)` when it
     /// fires.
     pub fn reduce(
@@ -787,23 +787,7 @@ impl fmt::Display for WindowSpec {
 impl<K, T, C> WindowOperator<K, T, C> {
     /// The trigger, checked against the windows' time domain.
     fn trigger(&self) -> Result<WindowTrigger> {
-        let domain = self.assigner.domain;
-        let trigger = self
-            .trigger
-            .unwrap_or_else(|| WindowTrigger::default_for(domain));
-        trigger
-            .check(domain)
-            .map_err(|e| RuntimeError::Config(format!("window operator {}: {e}", self.uid)))?;
-        Ok(trigger)
-    }
-
-    /// The trigger kept in operator state.
-    fn trigger_state() -> OperatorListStateDescriptor<WindowTrigger> {
-        OperatorListStateDescriptor {
-            name: WINDOW_TRIGGER_STATE.to_string(),
-            codec: Arc::new(BincodeCodec::named("cairn.windows.WindowTrigger", 1)),
-            mode: Redistribution::Union,
-        }
+        checked_trigger(&self.uid, self.trigger, self.assigner.domain)
     }
 
     /// The windows, checked.
@@ -844,22 +828,60 @@ impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
             self.spec()?,
             "its open windows would never fire or never be dropped",
         )?;
-        let trigger = self.trigger()?;
-        let d = Self::trigger_state();
-        let id = ctx.operator_state.register_list(&d)?;
-        let kept = ctx.operator_state.list(id)?;
-        if ctx.is_restored && kept.is_empty() {
-            // Written before triggers were kept: its windows had the default trigger.
-            kept.push(WindowTrigger::default_for(self.assigner.domain));
-        }
-        keep_spec(
-            ctx,
-            &self.uid,
-            &d,
-            trigger,
-            "the timers and counts its windows hold are the old trigger's",
-        )
+        keep_trigger(ctx, &self.uid, self.trigger()?, self.assigner.domain)
     }
+}
+
+/// Operator `uid`'s trigger (`None`: the default of `domain`), checked against `domain`.
+fn checked_trigger(
+    uid: &str,
+    trigger: Option<WindowTrigger>,
+    domain: TimeDomain,
+) -> Result<WindowTrigger> {
+    let trigger = trigger.unwrap_or_else(|| WindowTrigger::default_for(domain));
+    trigger
+        .check(domain)
+        .map_err(|e| RuntimeError::Config(format!("window operator {uid}: {e}")))?;
+    Ok(trigger)
+}
+
+/// Keeps `trigger` in operator state, refusing a restore whose trigger was another (one
+/// written before triggers were kept had the default trigger of `domain`).
+fn keep_trigger(
+    ctx: &mut InitContext<'_>,
+    uid: &str,
+    trigger: WindowTrigger,
+    domain: TimeDomain,
+) -> Result<()> {
+    let d = OperatorListStateDescriptor {
+        name: WINDOW_TRIGGER_STATE.to_string(),
+        codec: Arc::new(BincodeCodec::named("cairn.windows.WindowTrigger", 1)),
+        mode: Redistribution::Union,
+    };
+    let id = ctx.operator_state.register_list(&d)?;
+    let kept = ctx.operator_state.list(id)?;
+    if ctx.is_restored && kept.is_empty() {
+        kept.push(WindowTrigger::default_for(domain));
+    }
+    keep_spec(
+        ctx,
+        uid,
+        &d,
+        trigger,
+        "the timers and counts its windows hold are the old trigger's",
+    )
+}
+
+/// Registers a count trigger's counts (per window) when `trigger` is one.
+fn register_count<B: KeyedStateBackend>(
+    backend: &mut B,
+    trigger: &WindowTrigger,
+) -> Result<Option<ValueStateId<u64, TimeWindow>>> {
+    if trigger.count().is_none() {
+        return Ok(None);
+    }
+    let d = ValueStateDescriptor::<u64>::new(WINDOW_COUNT_STATE).with_namespace(window_codec());
+    Ok(Some(backend.register_value(&d)?))
 }
 
 /// Checks that what a window operator's operator state says its windows were is `spec`
@@ -925,14 +947,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let spec = self.spec()?;
         let trigger = self.trigger()?;
-        let count = match trigger.count() {
-            Some(_) => {
-                let d = ValueStateDescriptor::<u64>::new(WINDOW_COUNT_STATE)
-                    .with_namespace(window_codec());
-                Some(backend.register_value(&d)?)
-            }
-            None => None,
-        };
+        let count = register_count(backend, &trigger)?;
         Ok(Opened {
             contents: self.contents.register(backend)?,
             millis: spec.millis,

@@ -38,9 +38,10 @@ use cairn_core::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    emit_result, keep_spec, record_time, sealed, whole_millis, window_codec, Contents, Merging,
-    Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowedStream, Windows,
-    WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
+    checked_trigger, emit_result, keep_spec, keep_trigger, record_time, register_count, sealed,
+    whole_millis, window_codec, Contents, Merging, Process, ProcessWindowFunction, Reduce,
+    TimeWindow, Types, WindowTrigger, WindowedStream, Windows, WINDOW_CONTENTS_STATE,
+    WINDOW_SPEC_STATE,
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
@@ -200,6 +201,7 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, Sessio
             sessions: self.assigner,
             allowed_lateness: self.allowed_lateness,
             late: self.late,
+            trigger: self.trigger,
             contents,
             _k: PhantomData,
         };
@@ -344,6 +346,8 @@ struct SessionOperator<K, T, G, C> {
     allowed_lateness: Duration,
     /// Where records dropped as late go.
     late: Option<OutputTag<T>>,
+    /// `None`: the default of the time domain.
+    trigger: Option<WindowTrigger>,
     contents: C,
     _k: PhantomData<fn() -> (K, T)>,
 }
@@ -354,11 +358,19 @@ struct Opened<S> {
     sessions: ValueStateId<Vec<Session>, ()>,
     /// Allowed lateness in milliseconds (zero for processing time).
     lateness: u64,
+    trigger: WindowTrigger,
+    /// A count trigger's counts, per session (in its contents' namespace).
+    count: Option<ValueStateId<u64, TimeWindow>>,
 }
 
 impl<K, T, G: SessionGap<T>, C> SessionOperator<K, T, G, C> {
     fn event_time(&self) -> bool {
         self.sessions.domain == TimeDomain::EventTime
+    }
+
+    /// The trigger, checked against the time domain.
+    fn trigger(&self) -> Result<WindowTrigger> {
+        checked_trigger(&self.uid, self.trigger, self.sessions.domain)
     }
 
     /// The spec, checked, and a fixed gap checked.
@@ -418,7 +430,8 @@ impl<K, T, G: SessionGap<T>, C> Checkpointed for SessionOperator<K, T, G, C> {
             &Self::spec_state(),
             self.spec()?,
             "the timers that drop its sessions were set for the old time domain and lateness",
-        )
+        )?;
+        keep_trigger(ctx, &self.uid, self.trigger()?, self.sessions.domain)
     }
 }
 
@@ -438,10 +451,13 @@ where
         let spec = self.spec()?;
         let mut index = ValueStateDescriptor::<Vec<Session>>::new(MERGING_WINDOW_SET_STATE);
         index.value = Arc::new(BincodeCodec::named("cairn.windows.Sessions", 2));
+        let trigger = self.trigger()?;
         Ok(Opened {
             contents: self.contents.register(backend)?,
             sessions: backend.register_value(&index)?,
             lateness: spec.lateness,
+            count: register_count(backend, &trigger)?,
+            trigger,
         })
     }
 
@@ -492,13 +508,36 @@ where
         }
         self.contents
             .add(state.contents, backend, &stored, record)?;
-        // A session whose end the watermark has passed has fired (its timer went off):
-        // within the allowed lateness, it fires again at once.
-        let fired = event_time && watermark.is_some_and(|w| window.max_timestamp() <= w);
-        if fired {
-            self.contents
-                .emit(state.contents, backend, key, &stored, &window, out)?;
-        }
+        let fired = match (state.trigger.count(), state.count) {
+            (Some(n), Some(count)) => {
+                // A count trigger: the merged sessions' counts add up (Flink's
+                // `CountTrigger.onMerge`); it fires at `n`, and its session's timer is its
+                // cleanup time from the start (as if it had fired by time).
+                let mut seen = 1;
+                for s in &merging {
+                    seen += backend.value_get(count, &s.stored)?.unwrap_or(0);
+                    if s.stored != stored {
+                        backend.clear(count.raw(), &s.stored)?;
+                    }
+                }
+                if seen >= n {
+                    backend.clear(count.raw(), &stored)?;
+                    self.fire(state, backend, key, &stored, &window, out)?;
+                } else {
+                    backend.value_update(count, &stored, seen)?;
+                }
+                true
+            }
+            _ => {
+                // A session whose end the watermark has passed has fired (its timer went
+                // off): within the allowed lateness, it fires again at once.
+                let fired = event_time && watermark.is_some_and(|w| window.max_timestamp() <= w);
+                if fired {
+                    self.fire(state, backend, key, &stored, &window, out)?;
+                }
+                fired
+            }
+        };
         if unchanged {
             // Its timer stands.
             return Ok(());
@@ -563,8 +602,7 @@ where
                 continue;
             }
             if !s.fired && s.window.max_timestamp() <= now {
-                self.contents
-                    .emit(state.contents, backend, key, &s.stored, &s.window, out)?;
+                self.fire(state, backend, key, &s.stored, &s.window, out)?;
                 s.fired = true;
             }
             let due = if s.fired {
@@ -574,6 +612,9 @@ where
             };
             if due <= now {
                 self.contents.clear(state.contents, backend, &s.stored)?;
+                if let Some(count) = state.count {
+                    backend.clear(count.raw(), &s.stored)?;
+                }
                 continue;
             }
             self.register(timers, due);
@@ -585,6 +626,27 @@ where
         } else {
             Ok(backend.value_update(state.sessions, &(), open)?)
         }
+    }
+}
+
+impl<K: Key, T: Data, G, C: Merging<K, T>> SessionOperator<K, T, G, C> {
+    /// Emits `window`'s result from its contents in `stored`, and drops them after under a
+    /// purging trigger.
+    fn fire<B: KeyedStateBackend>(
+        &mut self,
+        state: &Opened<C::State>,
+        backend: &mut B,
+        key: &K,
+        stored: &TimeWindow,
+        window: &TimeWindow,
+        out: &mut Collector<'_, C::Out>,
+    ) -> Result<()> {
+        self.contents
+            .emit(state.contents, backend, key, stored, window, out)?;
+        if state.trigger.purge {
+            self.contents.clear(state.contents, backend, stored)?;
+        }
+        Ok(())
     }
 }
 
@@ -605,11 +667,21 @@ mod tests {
         lateness: u64,
         clock: Arc<ManualClock>,
     ) -> Harness<SumSessions<G>> {
+        harness_with_trigger(sessions, lateness, None, clock)
+    }
+
+    fn harness_with_trigger<G: SessionGap<u64>>(
+        sessions: SessionWindows<G>,
+        lateness: u64,
+        trigger: Option<WindowTrigger>,
+        clock: Arc<ManualClock>,
+    ) -> Harness<SumSessions<G>> {
         let op = SessionOperator {
             uid: "sessions".into(),
             sessions,
             allowed_lateness: Duration::from_millis(lateness),
             late: None,
+            trigger,
             contents: sum(),
             _k: PhantomData,
         };
@@ -638,6 +710,75 @@ mod tests {
             let id = self.state.contents;
             self.backend.reducing_get(id, &stored).expect("get")
         }
+    }
+
+    /// Event-time sessions of a 10 ms gap under `trigger`.
+    fn triggered(trigger: WindowTrigger) -> Harness<SumSessions<FixedGap>> {
+        let sessions = EventTimeSessionWindows::with_gap(Duration::from_millis(10));
+        harness_with_trigger(sessions, 0, Some(trigger), Arc::new(ManualClock::new(0)))
+    }
+
+    /// A count trigger on sessions fires at `n` records with the running result, not at
+    /// the session's end; merging sessions add their counts up (Flink's `onMerge`); a
+    /// session's timer is its cleanup time, which drops its contents and count.
+    #[test]
+    fn a_count_trigger_on_sessions_adds_the_merged_counts_up() {
+        let mut h = triggered(crate::windows::triggers::CountTrigger::of(3));
+        h.process(1, Some(0));
+        h.process(2, Some(20));
+        assert_eq!(
+            h.sessions(),
+            vec![
+                session(w(0, 10), w(0, 10), 9, true),
+                session(w(20, 30), w(20, 30), 29, true),
+            ],
+            "timers at the cleanup, as if fired"
+        );
+        h.process(4, Some(10));
+        assert_eq!(
+            h.emitted(),
+            vec![((1, w(0, 30), 7), Some(29))],
+            "1 + 1 + 1 records: the merged count reaches 3"
+        );
+        h.process(8, Some(12));
+        h.process(16, Some(14));
+        assert_eq!(h.emitted(), vec![], "counted from the last firing");
+        h.process(32, Some(15));
+        assert_eq!(h.emitted(), vec![((1, w(0, 30), 63), Some(29))], "running");
+        h.process(64, Some(16));
+        h.advance(100);
+        assert_eq!(h.emitted(), vec![], "time does not fire it");
+        assert_eq!(h.sessions(), vec![]);
+        assert_eq!(h.contents(w(0, 10)), None);
+        let count = h.state.count.expect("counts");
+        h.select_key();
+        assert_eq!(h.backend.value_get(count, &w(0, 10)).expect("get"), None);
+        assert_eq!(h.backend.value_get(count, &w(20, 30)).expect("get"), None);
+        assert_eq!(h.pending(TimeDomain::EventTime), Vec::<u64>::new());
+    }
+
+    /// A purging trigger on sessions: each firing has what came since the last, by count
+    /// or at the session's end.
+    #[test]
+    fn a_purging_trigger_on_sessions_drops_the_contents_after_each_firing() {
+        use crate::windows::triggers::{CountTrigger, EventTimeTrigger, PurgingTrigger};
+        let mut h = triggered(PurgingTrigger::of(CountTrigger::of(2)));
+        for (v, t) in [(1, 0), (2, 1), (4, 2)] {
+            h.process(v, Some(t));
+        }
+        assert_eq!(h.emitted(), vec![((1, w(0, 11), 3), Some(10))]);
+        assert_eq!(h.contents(w(0, 10)), Some(4));
+        h.advance(100);
+        assert_eq!(h.emitted(), vec![]);
+        assert_eq!(h.contents(w(0, 10)), None);
+
+        let mut h = triggered(PurgingTrigger::of(EventTimeTrigger::create()));
+        h.process(1, Some(0));
+        h.advance(9);
+        assert_eq!(h.emitted(), vec![((1, w(0, 10), 1), Some(9))]);
+        assert_eq!(h.contents(w(0, 10)), None, "purged when it fired");
+        h.advance(100);
+        assert_eq!(h.sessions(), vec![]);
     }
 
     /// A session `window` kept under `stored`, with its timer at `timer`, `fired` or not.
@@ -861,6 +1002,7 @@ mod tests {
             sessions: EventTimeSessionWindows::with_gap(Duration::from_millis(10)),
             allowed_lateness: Duration::ZERO,
             late: None,
+            trigger: None,
             contents,
             _k: PhantomData,
         };

@@ -1,4 +1,4 @@
-//! When tumbling and sliding windows fire: Flink's built-in triggers, given to
+//! When windows fire: Flink's built-in triggers, given to
 //! [`WindowedStream::trigger`](crate::WindowedStream::trigger).
 //!
 //! - [`EventTimeTrigger::create`] and [`ProcessingTimeTrigger::create`]: the default of
@@ -18,8 +18,11 @@
 //! its last millisecond (processing time), as Flink's cleanup timers do; what a count
 //! trigger had not fired by then is not emitted. The trigger is kept in the operator's
 //! state ([`WINDOW_TRIGGER_STATE`]) and a restore under another trigger is refused (the
-//! timers the old one set would not stand for what the new one needs). Session windows
-//! keep their default triggers.
+//! timers the old one set would not stand for what the new one needs).
+//!
+//! On session windows a count trigger counts each session's records; sessions that merge
+//! add their counts up (Flink's `CountTrigger.onMerge`), and a session's timer is its
+//! cleanup time from the start.
 
 use std::fmt;
 
