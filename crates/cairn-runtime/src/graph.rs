@@ -722,6 +722,10 @@ pub struct Stream<T> {
     is_source: bool,
     /// The last operator may emit side outputs (a process function or a window).
     sides_ok: bool,
+    /// A `rebalance` not yet made, with the parallelism set after it: the next operator
+    /// or sink makes it, and a `key_by` replaces it (the last partitioning wins, as in
+    /// Flink).
+    pending_rebalance: Option<Option<u32>>,
     open: OpenStage<T>,
 }
 
@@ -744,6 +748,7 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
         parallelism: None,
         is_source: true,
         sides_ok: false,
+        pending_rebalance: None,
         open: Box::new(move |rest: ChainFactory<S::Out>| {
             Arc::new(move |ctx: &mut BuildCtx| {
                 let chain = rest(ctx)?;
@@ -764,8 +769,28 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
 impl<T: Data> Stream<T> {
     /// Sets the parallelism of the current stage (the operators since the last exchange).
     pub fn parallelism(mut self, p: u32) -> Self {
-        self.parallelism = Some(p);
+        match &mut self.pending_rebalance {
+            // The stage after the rebalance.
+            Some(after) => *after = Some(p),
+            None => self.parallelism = Some(p),
+        }
         self
+    }
+
+    /// Makes a pending `rebalance`: the stream then starts the stage after it.
+    fn settle(mut self) -> Self {
+        match self.pending_rebalance.take() {
+            None => self,
+            Some(after) => {
+                let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
+                    let (senders, events) = ctx.take_output::<T>()?;
+                    Ok(ctx.rebalance_out(senders, events))
+                });
+                let mut next = self.exchange::<T>(tail, rebalanced_head);
+                next.parallelism = after;
+                next
+            }
+        }
     }
 
     /// Adds operator `uid` to the current stage: `make` builds a subtask's instance in
@@ -785,8 +810,9 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
+            pending_rebalance: _,
             open,
-        } = self;
+        } = self.settle();
         uids.push(uid.to_string());
         let uid = uid.to_string();
         Stream {
@@ -796,6 +822,7 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: false,
+            pending_rebalance: None,
             open: Box::new(move |rest: ChainFactory<U>| {
                 open(Arc::new(move |ctx: &mut BuildCtx| {
                     let next = rest(ctx)?;
@@ -831,8 +858,23 @@ impl<T: Data> Stream<T> {
     pub fn side_output<X: Data>(&self, tag: &OutputTag<X>) -> Stream<X> {
         let mut parts = lock(&self.parts);
         let uid = self.uids.last().cloned().unwrap_or_default();
-        let what = format!("side output {} of operator {uid}", tag.name());
-        if !self.sides_ok {
+        let what = match self.uids.last() {
+            Some(uid) => format!("side output {} of operator {uid}", tag.name()),
+            // Behind an exchange, before any operator: name the stream.
+            None => {
+                let stream = parts
+                    .open
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .map_or("a stream", |(_, what)| what.as_str());
+                format!("side output {} of {stream}", tag.name())
+            }
+        };
+        if self.pending_rebalance.is_some() {
+            parts.errors.push(format!(
+                "{what} after rebalance(): take the side output before the rebalance"
+            ));
+        } else if !self.sides_ok {
             parts.errors.push(format!(
                 "{what}: only a process function (keyed or not) or a window emits side outputs"
             ));
@@ -866,6 +908,7 @@ impl<T: Data> Stream<T> {
             parallelism: None,
             is_source: false,
             sides_ok: false,
+            pending_rebalance: None,
             open: rebalanced_input(),
         }
     }
@@ -948,8 +991,12 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
+            pending_rebalance,
             open,
         } = self;
+        // A pending rebalance is replaced by this exchange (the last partitioning wins, as
+        // in Flink); the parallelism set after it is the next stage's.
+        let after = pending_rebalance.flatten();
         if uids.is_empty() {
             // A side output's stream that exchanges at once (`side_output(..).key_by(..)`):
             // the side output's own exchange takes this one's route, and the stage reads
@@ -977,9 +1024,10 @@ impl<T: Data> Stream<T> {
                     parts,
                     id,
                     uids,
-                    parallelism,
+                    parallelism: after.or(parallelism),
                     is_source,
                     sides_ok: false,
+                    pending_rebalance: None,
                     open: input_stage(head),
                 };
             }
@@ -1010,21 +1058,23 @@ impl<T: Data> Stream<T> {
             parts,
             id: next,
             uids: Vec::new(),
-            parallelism: None,
+            parallelism: after,
             is_source: false,
             sides_ok: false,
+            pending_rebalance: None,
             open: input_stage(head),
         }
     }
 
     /// Redistributes records round-robin to the next stage (which may have another
-    /// parallelism).
-    pub fn rebalance(self) -> Stream<T> {
-        let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
-            let (senders, events) = ctx.take_output::<T>()?;
-            Ok(ctx.rebalance_out(senders, events))
-        });
-        self.exchange::<T>(tail, rebalanced_head)
+    /// parallelism: [`Stream::parallelism`] after `rebalance` sets it). A `key_by` right
+    /// after replaces it, as the last partitioning does in Flink.
+    pub fn rebalance(mut self) -> Stream<T> {
+        if self.pending_rebalance.is_none() {
+            self.pending_rebalance = Some(None);
+        }
+        self.sides_ok = false;
+        self
     }
 
     /// Partitions the stream by key: records with the same key go to the same subtask of
@@ -1049,8 +1099,9 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
+            pending_rebalance: _,
             open,
-        } = self;
+        } = self.settle();
         uids.push(uid.to_string());
         let uid = uid.to_string();
         let sink = Prototype::new(sink);
