@@ -22,6 +22,8 @@ use cairn_runtime::{
     TimerService, WatermarkStrategy, FINISHED_STATE,
 };
 
+use common::{is_late_event, write_late_events, BEHIND, LATE_EVENTS};
+
 type Count = cairn_runtime::functions::Count<String, String>;
 
 /// Words longer than this go to the side output `long`.
@@ -1536,30 +1538,6 @@ fn side_branch_fails_after_the_main_branch_finished_aligned() {
 // ---------------------------------------------------------------------------------------
 // 8. Late data under the new triggers, sliding windows
 // ---------------------------------------------------------------------------------------
-
-const LATE_EVENTS: u64 = 6_000;
-const BEHIND: u64 = 3_000;
-
-fn is_late_event(n: u64) -> bool {
-    n % 40 == 39 && n >= BEHIND
-}
-
-/// As tests/side_outputs.rs: event n has key n % 5 and time n, but every 40th from
-/// `BEHIND` on has key 100 + n % 5 and time n - BEHIND (its windows long closed).
-fn write_late_events(dir: &Path) -> std::path::PathBuf {
-    let text: String = (0..LATE_EVENTS)
-        .map(|n| {
-            if is_late_event(n) {
-                format!("{} {}\n", 100 + n % 5, n - BEHIND)
-            } else {
-                format!("{} {n}\n", n % 5)
-            }
-        })
-        .collect();
-    let path = dir.join("events.txt");
-    std::fs::write(&path, text).expect("write events");
-    path
-}
 
 /// Sliding 100/50 ms windows under `PurgingTrigger::of(CountTrigger::of(1))` (each record
 /// fires each of its two windows once, with count 1, and is purged), late data into a

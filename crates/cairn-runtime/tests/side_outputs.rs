@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_runtime::function::FnProcess;
@@ -18,34 +18,7 @@ use cairn_runtime::{
     TumblingEventTimeWindows, WatermarkStrategy,
 };
 
-/// Events of the window job.
-const EVENTS: u64 = 6_000;
-/// How far behind its neighbours a late event's time is, in milliseconds.
-const BEHIND: u64 = 3_000;
-
-/// Is event `n` one that is written far behind?
-fn is_late_event(n: u64) -> bool {
-    n % 40 == 39 && n >= BEHIND
-}
-
-/// Writes `EVENTS` lines `key timestamp`: event `n` has key `n % 5` and time `n` ms,
-/// except every 40th (from `BEHIND` on), which has key `100 + n % 5` and time
-/// `n - BEHIND`: its windows closed long before (lateness 0). `(key, time)` names each
-/// event.
-fn write_events(dir: &Path) -> PathBuf {
-    let text: String = (0..EVENTS)
-        .map(|n| {
-            if is_late_event(n) {
-                format!("{} {}\n", 100 + n % 5, n - BEHIND)
-            } else {
-                format!("{} {n}\n", n % 5)
-            }
-        })
-        .collect();
-    let path = dir.join("events.txt");
-    std::fs::write(&path, text).expect("write events");
-    path
-}
+use common::{is_late_event, write_late_events as write_events, BEHIND, LATE_EVENTS as EVENTS};
 
 /// source (parallelism 1, so that only the events written behind are late) → parse →
 /// timestamps → key_by → tumbling 100 ms windows (or `sessions` with a gap of 3 ms: a

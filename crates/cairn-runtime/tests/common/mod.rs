@@ -403,6 +403,37 @@ pub fn wait_for_commit(output: &Path) {
     }
 }
 
+/// Events of [`write_late_events`].
+pub const LATE_EVENTS: u64 = 6_000;
+/// How far behind its neighbours an event written late is, in milliseconds.
+pub const BEHIND: u64 = 3_000;
+
+/// Is event `n` of [`write_late_events`] one written far behind?
+#[allow(dead_code)]
+pub fn is_late_event(n: u64) -> bool {
+    n % 40 == 39 && n >= BEHIND
+}
+
+/// Writes [`LATE_EVENTS`] lines `key timestamp` into `dir/events.txt`: event `n` has key
+/// `n % 5` and time `n` ms, except every 40th (from [`BEHIND`] on), which has key
+/// `100 + n % 5` and time `n - BEHIND`: its windows closed long before. `(key, time)`
+/// names each event.
+#[allow(dead_code)]
+pub fn write_late_events(dir: &Path) -> PathBuf {
+    let text: String = (0..LATE_EVENTS)
+        .map(|n| {
+            if is_late_event(n) {
+                format!("{} {}\n", 100 + n % 5, n - BEHIND)
+            } else {
+                format!("{} {n}\n", n % 5)
+            }
+        })
+        .collect();
+    let path = dir.join("events.txt");
+    std::fs::write(&path, text).expect("write events");
+    path
+}
+
 /// A job config checkpointing every `interval_ms` into `dir`.
 pub fn config(dir: &Path, interval_ms: u64) -> JobConfig {
     JobConfig {
