@@ -478,6 +478,25 @@ trait Contents<K, T>: Clone + Send + 'static {
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
+    /// [`Contents::emit`], then, when `purge` (a purging trigger), [`Contents::clear`] of
+    /// `stored`.
+    #[allow(clippy::too_many_arguments)]
+    fn fire<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        purge: bool,
+        backend: &mut B,
+        key: &K,
+        stored: &TimeWindow,
+        window: &TimeWindow,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        self.emit(state, backend, key, stored, window, out)?;
+        if purge {
+            self.clear(state, backend, stored)?;
+        }
+        Ok(())
+    }
     /// The registered state's untyped identity.
     fn raw(state: Self::State) -> RawStateId;
     /// Drops the window's contents.
@@ -1075,12 +1094,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         window: &TimeWindow,
         out: &mut Collector<'_, C::Out>,
     ) -> Result<()> {
+        let purge = state.trigger.purge;
         self.contents
-            .emit(state.contents, backend, key, window, window, out)?;
-        if state.trigger.purge {
-            self.contents.clear(state.contents, backend, window)?;
-        }
-        Ok(())
+            .fire(state.contents, purge, backend, key, window, window, out)
     }
 
     /// Drops `window`'s contents and count: its time is up.

@@ -522,7 +522,15 @@ where
                 }
                 if seen >= n {
                     backend.clear(count.raw(), &stored)?;
-                    self.fire(state, backend, key, &stored, &window, out)?;
+                    self.contents.fire(
+                        state.contents,
+                        state.trigger.purge,
+                        backend,
+                        key,
+                        &stored,
+                        &window,
+                        out,
+                    )?;
                 } else {
                     backend.value_update(count, &stored, seen)?;
                 }
@@ -533,7 +541,15 @@ where
                 // off): within the allowed lateness, it fires again at once.
                 let fired = event_time && watermark.is_some_and(|w| window.max_timestamp() <= w);
                 if fired {
-                    self.fire(state, backend, key, &stored, &window, out)?;
+                    self.contents.fire(
+                        state.contents,
+                        state.trigger.purge,
+                        backend,
+                        key,
+                        &stored,
+                        &window,
+                        out,
+                    )?;
                 }
                 fired
             }
@@ -602,7 +618,15 @@ where
                 continue;
             }
             if !s.fired && s.window.max_timestamp() <= now {
-                self.fire(state, backend, key, &s.stored, &s.window, out)?;
+                self.contents.fire(
+                    state.contents,
+                    state.trigger.purge,
+                    backend,
+                    key,
+                    &s.stored,
+                    &s.window,
+                    out,
+                )?;
                 s.fired = true;
             }
             let due = if s.fired {
@@ -626,27 +650,6 @@ where
         } else {
             Ok(backend.value_update(state.sessions, &(), open)?)
         }
-    }
-}
-
-impl<K: Key, T: Data, G, C: Merging<K, T>> SessionOperator<K, T, G, C> {
-    /// Emits `window`'s result from its contents in `stored`, and drops them after under a
-    /// purging trigger.
-    fn fire<B: KeyedStateBackend>(
-        &mut self,
-        state: &Opened<C::State>,
-        backend: &mut B,
-        key: &K,
-        stored: &TimeWindow,
-        window: &TimeWindow,
-        out: &mut Collector<'_, C::Out>,
-    ) -> Result<()> {
-        self.contents
-            .emit(state.contents, backend, key, stored, window, out)?;
-        if state.trigger.purge {
-            self.contents.clear(state.contents, backend, stored)?;
-        }
-        Ok(())
     }
 }
 
