@@ -294,6 +294,41 @@ fn a_window_fires_at_its_end_again_for_records_within_the_lateness_and_drops_lat
     }
 }
 
+/// A process window function under a purging count trigger of 2 (the lateness script):
+/// each firing gives the function the 2 records since the last, not at the window's end;
+/// what a window holds at its cleanup (end plus lateness) is dropped unfired, and a record
+/// past it is dropped; under both backends.
+#[test]
+fn a_process_window_function_under_a_purging_count_trigger() {
+    for backend in [StateBackendConfig::HashMap, StateBackendConfig::rocksdb()] {
+        let listed = run(
+            windowed(lateness_script())
+                .trigger(PurgingTrigger::of(CountTrigger::of(2)))
+                .process(
+                    "list",
+                    FnWindow(
+                        |key: &u64,
+                         window: TimeWindow,
+                         events: Vec<Event>,
+                         out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
+                            let values = events.iter().map(|e| e.2).collect();
+                            out.collect((*key, window, values))
+                        },
+                    ),
+                ),
+            lateness_config(backend.clone()),
+        );
+        assert_eq!(
+            listed,
+            vec![
+                ((1, w(0, 10), vec![1, 2]), Some(9)),
+                ((1, w(10, 20), vec![4, 16]), Some(19)),
+            ],
+            "under {backend:?}: 8 was in [0, 10) at its cleanup, 100 alone in key 2's"
+        );
+    }
+}
+
 /// Without lateness, a window fires once and a record behind the watermark is dropped.
 #[test]
 fn without_lateness_a_window_fires_once_and_late_records_are_dropped() {
