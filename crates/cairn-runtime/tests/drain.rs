@@ -14,7 +14,7 @@ use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, Checkpointed, Collector, Job, JobConfig, JobGraph, ProcessFunction, RestoreFrom,
-    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy,
+    StateBackendConfig, TumblingEventTimeWindows, WatermarkStrategy,
 };
 
 /// Events of the window job.
@@ -66,15 +66,7 @@ fn window_job(input: &Path, output: &Path) -> JobGraph {
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
         .aggregate("windows", common::CountEvents)
-        .process(
-            "label",
-            FnProcess(
-                |(key, window, count): (u64, TimeWindow, u64),
-                 out: &mut Collector<'_, (u64, u64)>| {
-                    out.collect((key * 1_000_000 + window.end, count))
-                },
-            ),
-        )
+        .process("label", FnProcess(common::label_window))
         .sink("sink", common::count_sink(output))
 }
 

@@ -1545,7 +1545,7 @@ fn side_branch_fails_after_the_main_branch_finished_aligned() {
 /// in windows or once in the late sink, exactly.
 #[test]
 fn late_data_of_sliding_windows_under_a_purging_count_trigger_is_exactly_once() {
-    use cairn_runtime::{CountTrigger, PurgingTrigger, SlidingEventTimeWindows, TimeWindow};
+    use cairn_runtime::{CountTrigger, PurgingTrigger, SlidingEventTimeWindows};
     let dir = tempfile::tempdir().expect("tempdir");
     let input = write_late_events(dir.path());
     let output = dir.path().join("out");
@@ -1575,15 +1575,7 @@ fn late_data_of_sliding_windows_under_a_purging_count_trigger_is_exactly_once() 
         .parallelism(3)
         .sink("late-sink", common::count_sink(&late_output));
     let graph = windows
-        .process(
-            "label",
-            FnProcess(
-                |(key, window, count): (u64, TimeWindow, u64),
-                 out: &mut Collector<'_, (u64, u64)>| {
-                    out.collect((key * 1_000_000 + window.end, count))
-                },
-            ),
-        )
+        .process("label", FnProcess(common::label_window))
         .sink("sink", common::count_sink(&output));
     let config = common::event_time_config(
         dir.path(),

@@ -14,8 +14,8 @@ use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, Checkpointed, Collector, EventTimeSessionWindows, Job, JobConfig, JobGraph, OutputTag,
-    ProcessFunction, RestoreFrom, SnapshotMode, StateBackendConfig, TimeWindow,
-    TumblingEventTimeWindows, WatermarkStrategy,
+    ProcessFunction, RestoreFrom, SnapshotMode, StateBackendConfig, TumblingEventTimeWindows,
+    WatermarkStrategy,
 };
 
 use common::{is_late_event, write_late_events as write_events, BEHIND, LATE_EVENTS as EVENTS};
@@ -61,15 +61,7 @@ fn window_job(
         })
         .sink("late-sink", common::count_sink(late_output));
     counted
-        .process(
-            "label",
-            FnProcess(
-                |(key, window, count): (u64, TimeWindow, u64),
-                 out: &mut Collector<'_, (u64, u64)>| {
-                    out.collect((key * 1_000_000 + window.end, count))
-                },
-            ),
-        )
+        .process("label", FnProcess(common::label_window))
         .sink("sink", common::count_sink(output))
 }
 
@@ -360,15 +352,7 @@ fn watermarks_reach_the_windows_of_a_side_stream() {
         .key_by(|(key, _): &(u64, u64)| *key)
         .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
         .aggregate("windows", common::CountEvents)
-        .process(
-            "label",
-            FnProcess(
-                |(key, window, count): (u64, TimeWindow, u64),
-                 out: &mut Collector<'_, (u64, u64)>| {
-                    out.collect((key * 1_000_000 + window.end, count))
-                },
-            ),
-        )
+        .process("label", FnProcess(common::label_window))
         .sink("sink", common::count_sink(&output));
     let graph = events.sink("discard", cairn_runtime::sinks::DiscardSink);
     let mut cfg = common::config(dir.path(), 20);

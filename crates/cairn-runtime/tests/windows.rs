@@ -141,6 +141,17 @@ impl MergingAggregateFunction<Event, (u64, u64), (u64, u64)> for CountAndSum {
     }
 }
 
+/// A process window function emitting `(key, window, the events' values)`.
+fn list_values(
+    key: &u64,
+    window: TimeWindow,
+    events: Vec<Event>,
+    out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>,
+) -> cairn_runtime::Result<()> {
+    let values = events.iter().map(|e| e.2).collect();
+    out.collect((*key, window, values))
+}
+
 fn w(start: u64, end: u64) -> TimeWindow {
     TimeWindow { start, end }
 }
@@ -267,18 +278,7 @@ fn a_window_fires_at_its_end_again_for_records_within_the_lateness_and_drops_lat
         );
 
         let listed = run(
-            windowed(lateness_script()).process(
-                "list",
-                FnWindow(
-                    |key: &u64,
-                     window: TimeWindow,
-                     events: Vec<Event>,
-                     out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
-                        let values = events.iter().map(|e| e.2).collect();
-                        out.collect((*key, window, values))
-                    },
-                ),
-            ),
+            windowed(lateness_script()).process("list", FnWindow(list_values)),
             lateness_config(backend.clone()),
         );
         assert_eq!(
@@ -304,18 +304,7 @@ fn a_process_window_function_under_a_purging_count_trigger() {
         let listed = run(
             windowed(lateness_script())
                 .trigger(PurgingTrigger::of(CountTrigger::of(2)))
-                .process(
-                    "list",
-                    FnWindow(
-                        |key: &u64,
-                         window: TimeWindow,
-                         events: Vec<Event>,
-                         out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
-                            let values = events.iter().map(|e| e.2).collect();
-                            out.collect((*key, window, values))
-                        },
-                    ),
-                ),
+                .process("list", FnWindow(list_values)),
             lateness_config(backend.clone()),
         );
         assert_eq!(
@@ -745,18 +734,7 @@ fn sessions_merge_and_fire_again_for_records_within_the_lateness() {
         );
 
         let listed = run(
-            windowed_by(session_script(), sessions(10)).process(
-                "list",
-                FnWindow(
-                    |key: &u64,
-                     window: TimeWindow,
-                     events: Vec<Event>,
-                     out: &mut Collector<'_, (u64, TimeWindow, Vec<u64>)>| {
-                        let values = events.iter().map(|e| e.2).collect();
-                        out.collect((*key, window, values))
-                    },
-                ),
-            ),
+            windowed_by(session_script(), sessions(10)).process("list", FnWindow(list_values)),
             lateness_config(backend.clone()),
         );
         assert_eq!(

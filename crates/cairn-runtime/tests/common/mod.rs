@@ -474,6 +474,16 @@ pub fn event_time_config(
     cfg
 }
 
+/// Labels a window's count with its key and end, `key * 1_000_000 + end`, for
+/// [`count_sink`] (use as `FnProcess(common::label_window)`).
+#[allow(dead_code)]
+pub fn label_window(
+    (key, window, count): (u64, cairn_runtime::TimeWindow, u64),
+    out: &mut Collector<'_, (u64, u64)>,
+) -> cairn_runtime::Result<()> {
+    out.collect((key * 1_000_000 + window.end, count))
+}
+
 /// The two-phase file sink of `(key, count)` records, one `key\tcount` line each.
 pub fn count_sink(output: &Path) -> TwoPhaseFileSink<(u64, u64)> {
     TwoPhaseFileSink::new(output, |(k, n): &(u64, u64), o: &mut Vec<u8>| {
