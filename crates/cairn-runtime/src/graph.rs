@@ -1,7 +1,10 @@
-//! The dataflow API: a source, operators, `key_by` and `rebalance` exchanges and sinks.
-//! Operators between exchanges run chained in one task per subtask. The stages form a
-//! tree from the source: each stage has one input, and an operator's side outputs
-//! ([`crate::side`]) are exchanges into stages of their own, each ending in its own sink.
+//! The dataflow API: sources, operators, `key_by` and `rebalance` exchanges, unions and
+//! sinks. Operators between exchanges run chained in one task per subtask. The stages form
+//! a directed acyclic graph from the sources: an operator's side outputs
+//! ([`crate::side`]) are exchanges into stages of their own, each ending in its own sink,
+//! and a union ([`Stream::union`]) is a stage that reads several exchanges, whose channels
+//! it numbers one after the other (barriers align, and watermarks combine, over all of
+//! them).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -124,14 +127,23 @@ impl Restore {
     }
 
     /// Refuses a snapshot in which an operator had finished (in any subtask) while an
-    /// operator upstream of it, in the job's `stages` (upstream first), had not finished in
-    /// every subtask or is new: that one would send records to an operator that no longer
-    /// has its keyed state and never runs `finish` again.
-    pub(crate) fn check_finished_order(&self, stages: &[Vec<String>]) -> Result<()> {
-        let mut running_upstream: Option<&str> = None;
-        for uids in stages {
-            if let Some(up) = running_upstream {
-                if let Some(uid) = uids.iter().find(|u| self.finished(u) != Finished::None) {
+    /// operator upstream of it in the job's `graph` had not finished in every subtask or is
+    /// new: that one would send records to an operator that no longer has its keyed state
+    /// and never runs `finish` again. (Within a stage, [`BuildCtx`] refuses a mix.)
+    pub(crate) fn check_finished_order(&self, graph: &Dataflow) -> Result<()> {
+        // Per stage (in dataflow order): an operator at or upstream of it that had not
+        // finished everywhere.
+        let mut running: Vec<Option<&str>> = Vec::with_capacity(graph.stages.len());
+        for (k, stage) in graph.stages.iter().enumerate() {
+            let upstream = graph
+                .upstream(k)
+                .find_map(|u| running.get(u).copied().flatten());
+            if let Some(up) = upstream {
+                if let Some(uid) = stage
+                    .uids
+                    .iter()
+                    .find(|u| self.finished(u) != Finished::None)
+                {
                     return Err(RuntimeError::Restore {
                         reason: format!(
                             "operator {uid} had finished in {} but operator {up} upstream of it \
@@ -141,12 +153,13 @@ impl Restore {
                     });
                 }
             }
-            if running_upstream.is_none() {
-                running_upstream = uids
+            running.push(upstream.or_else(|| {
+                stage
+                    .uids
                     .iter()
                     .find(|u| self.finished(u) != Finished::All)
-                    .map(String::as_str);
-            }
+                    .map(String::as_str)
+            }));
         }
         Ok(())
     }
@@ -179,8 +192,17 @@ impl Restore {
 
 /// A type-erased end of an exchange's channels.
 pub(crate) type Erased = Box<dyn Any + Send>;
-/// A stage's output channels and the event lanes of the receiving tasks.
-pub(crate) type StageOutput = (Erased, Vec<Sender<TaskEvent>>);
+
+/// One subtask's end of an exchange out of its stage.
+pub(crate) struct StageOutput {
+    /// `Vec<Sender<DataMsg<Y>>>`, one per receiving subtask.
+    pub(crate) senders: Erased,
+    /// The receiving tasks' event lanes.
+    pub(crate) events: Vec<Sender<TaskEvent>>,
+    /// This subtask's channel index at every receiver: a stage that reads several
+    /// exchanges (a union) numbers their channels one after the other.
+    pub(crate) channel: usize,
+}
 type Senders<Y> = Vec<Sender<DataMsg<Y>>>;
 type KeyedChain<F> = Box<
     dyn Chain<(
@@ -199,10 +221,11 @@ pub(crate) struct BuildCtx {
     pub(crate) storage: Option<cairn_storage::CheckpointStorage>,
     /// Wrap keyed backends in the changelog, with these options.
     pub(crate) changelog: Option<ChangelogOptions>,
-    /// `Vec<Receiver<DataMsg<X>>>` of the stage's input.
-    pub(crate) input: Option<Box<dyn Any + Send>>,
-    /// `Vec<Sender<DataMsg<Y>>>` of the stage's output, and the receivers' event lanes.
+    /// `Vec<Receiver<DataMsg<X>>>` of each exchange the stage reads, in channel order.
+    pub(crate) input: Vec<Erased>,
+    /// The stage's main output, and the lane that makes the chain sending into it.
     pub(crate) output: Option<StageOutput>,
+    pub(crate) main_lane: Option<LaneFactory>,
     pub(crate) link: Option<TaskLink>,
     pub(crate) align: AlignConfig,
     pub(crate) batch_size: usize,
@@ -222,7 +245,8 @@ pub(crate) struct SideEdge {
     pub(crate) lane: LaneFactory,
 }
 
-/// Makes the chain that sends a side output's records into its exchange.
+/// Makes the chain that sends an output's records into its exchange (a
+/// `Box<dyn Chain<Y>>`, erased).
 pub(crate) type LaneFactory =
     Arc<dyn Fn(&mut BuildCtx, StageOutput) -> Result<Box<dyn SideChain>> + Send + Sync>;
 
@@ -362,15 +386,22 @@ impl BuildCtx {
             .ok_or_else(|| RuntimeError::Config("a task was built twice".into()))
     }
 
+    /// The channels of every exchange the stage reads, one after the other.
     fn take_input<X: 'static>(&mut self) -> Result<Vec<Receiver<DataMsg<X>>>> {
-        self.input
-            .take()
-            .and_then(|b| b.downcast::<Vec<Receiver<DataMsg<X>>>>().ok())
-            .map(|b| *b)
-            .ok_or_else(|| RuntimeError::Config("stage input has the wrong type".into()))
+        let mut channels = Vec::new();
+        for erased in std::mem::take(&mut self.input) {
+            let edge = erased
+                .downcast::<Vec<Receiver<DataMsg<X>>>>()
+                .map_err(|_| RuntimeError::Config("stage input has the wrong type".into()))?;
+            channels.extend(*edge);
+        }
+        if channels.is_empty() {
+            return Err(RuntimeError::Config("stage has no input".into()));
+        }
+        Ok(channels)
     }
 
-    fn take_output<Y: 'static>(&mut self) -> Result<(Senders<Y>, Vec<Sender<TaskEvent>>)> {
+    fn take_output<Y: 'static>(&mut self) -> Result<(TypedOutput<Y>, Vec<Sender<TaskEvent>>)> {
         let output = self
             .output
             .take()
@@ -378,21 +409,20 @@ impl BuildCtx {
         typed_output(output)
     }
 
-    /// A round-robin exchange out of this subtask into `senders`.
+    /// A round-robin exchange out of this subtask into `out`.
     fn rebalance_out<Y: Data>(
         &self,
-        senders: Senders<Y>,
+        out: TypedOutput<Y>,
         events: Vec<Sender<TaskEvent>>,
     ) -> Box<dyn Chain<Y>> {
-        let index = self.info.index as usize;
         Box::new(ExchangeOut::new(
             RebalanceRoute {
-                next: index,
+                next: self.info.index as usize,
                 in_batch: 0,
                 batch_size: self.batch_size,
             },
-            index,
-            senders,
+            out.channel,
+            out.senders,
             events,
             self.batch_size,
             self.shared.clone(),
@@ -470,14 +500,60 @@ impl BuildCtx {
     }
 }
 
+/// One subtask's senders into an exchange, of the type its records have, and its channel
+/// index at the receivers.
+pub(crate) struct TypedOutput<Y> {
+    senders: Senders<Y>,
+    channel: usize,
+}
+
 /// An exchange's senders, of the type its records have.
 fn typed_output<Y: 'static>(
-    (senders, events): StageOutput,
-) -> Result<(Senders<Y>, Vec<Sender<TaskEvent>>)> {
-    let senders = senders
+    output: StageOutput,
+) -> Result<(TypedOutput<Y>, Vec<Sender<TaskEvent>>)> {
+    let senders = output
+        .senders
         .downcast::<Vec<Sender<DataMsg<Y>>>>()
         .map_err(|_| RuntimeError::Config("stage output has the wrong type".into()))?;
-    Ok((*senders, events))
+    Ok((
+        TypedOutput {
+            senders: *senders,
+            channel: output.channel,
+        },
+        output.events,
+    ))
+}
+
+/// The lane of a round-robin exchange carrying `Y`.
+fn rebalance_lane<Y: Data>() -> LaneFactory {
+    Arc::new(|ctx: &mut BuildCtx, output: StageOutput| {
+        let (out, events) = typed_output::<Y>(output)?;
+        Ok(Box::new(ctx.rebalance_out(out, events)) as Box<dyn SideChain>)
+    })
+}
+
+/// The lane that `tail` (which takes the output from the context) makes.
+fn lane_of<T: Data>(tail: ChainFactory<T>) -> LaneFactory {
+    Arc::new(move |ctx: &mut BuildCtx, output: StageOutput| {
+        let saved = ctx.output.replace(output);
+        let chain = tail(ctx);
+        ctx.output = saved;
+        Ok(Box::new(chain?) as Box<dyn SideChain>)
+    })
+}
+
+/// The end of a stage's chain: its main output's lane.
+fn main_tail<T: Data>() -> ChainFactory<T> {
+    Arc::new(|ctx: &mut BuildCtx| {
+        let missing = || RuntimeError::Config("stage has no output".into());
+        let lane = ctx.main_lane.take().ok_or_else(missing)?;
+        let output = ctx.output.take().ok_or_else(missing)?;
+        lane(ctx, output)?
+            .into_any()
+            .downcast::<Box<dyn Chain<T>>>()
+            .map(|chain| *chain)
+            .map_err(|_| RuntimeError::Config("stage output has the wrong type".into()))
+    })
 }
 
 type ChainFactory<T> = Arc<dyn Fn(&mut BuildCtx) -> Result<Box<dyn Chain<T>>> + Send + Sync>;
@@ -534,11 +610,7 @@ pub(crate) enum EdgeKind {
     /// The end of the stage's chain.
     Main,
     /// Side output `tag` of operator `uid`.
-    Side {
-        uid: String,
-        tag: String,
-        lane: LaneFactory,
-    },
+    Side { uid: String, tag: String },
 }
 
 /// An exchange between two stages.
@@ -548,36 +620,30 @@ pub(crate) struct Edge {
     pub(crate) from: usize,
     pub(crate) to: usize,
     pub(crate) kind: EdgeKind,
+    /// Makes the chain that sends into the exchange (its route).
+    pub(crate) lane: LaneFactory,
     pub(crate) channels: EdgeFactory,
 }
 
-/// A graph while its streams are built: every stream of one source shares it.
+/// A graph while its streams are built: every stream of one dataflow shares it.
 #[derive(Default)]
 struct Parts {
     /// Stages whose stream has moved on (an exchange) or ended (a sink).
     stages: Vec<Stage>,
     edges: Vec<Edge>,
-    next_id: usize,
     /// Stages still open, with what they are (a graph with one cannot run).
     open: Vec<(usize, String)>,
     /// What was asked that cannot work (reported when the job is made).
     errors: Vec<String>,
 }
 
-type SharedParts = Arc<std::sync::Mutex<Parts>>;
-
-fn lock(parts: &SharedParts) -> std::sync::MutexGuard<'_, Parts> {
-    // A panic while the lock is held leaves plain data behind: keep using it.
-    parts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// Stage ids, unique among all graphs (two graphs merge when a union joins them).
+static NEXT_STAGE_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Parts {
     /// A new open stage, described as `what`.
     fn open_stage(&mut self, what: String) -> usize {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = NEXT_STAGE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.open.push((id, what));
         id
     }
@@ -586,6 +652,85 @@ impl Parts {
     fn close(&mut self, stage: Stage) {
         self.open.retain(|(id, _)| *id != stage.id);
         self.stages.push(stage);
+    }
+
+    /// What open stage `id` is.
+    fn describe(&self, id: usize) -> &str {
+        self.open
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or("a stream", |(_, what)| what.as_str())
+    }
+}
+
+/// The graph that a dataflow's streams build, shared by all of them. A union of streams of
+/// two graphs (two sources) moves one graph into the other, which the moved one's streams
+/// then follow.
+#[derive(Clone, Default)]
+struct SharedParts(Arc<std::sync::Mutex<Slot>>);
+
+enum Slot {
+    Here(Parts),
+    MovedTo(SharedParts),
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self::Here(Parts::default())
+    }
+}
+
+impl SharedParts {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // A panic while the lock is held leaves plain data behind: keep using it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The handle of the graph itself (following moves).
+    fn root(&self) -> SharedParts {
+        let next = match &*self.slot() {
+            Slot::Here(_) => return self.clone(),
+            Slot::MovedTo(next) => next.clone(),
+        };
+        next.root()
+    }
+
+    /// Runs `f` on the graph.
+    fn with<R>(&self, f: impl FnOnce(&mut Parts) -> R) -> R {
+        let root = self.root();
+        let mut slot = root.slot();
+        match &mut *slot {
+            Slot::Here(parts) => f(parts),
+            // Moved between `root` and here (streams built on two threads): follow it.
+            Slot::MovedTo(_) => {
+                drop(slot);
+                root.with(f)
+            }
+        }
+    }
+
+    /// Moves the graph of `other` into this one (nothing when it is the same graph).
+    fn absorb(&self, other: &SharedParts) {
+        let (mine, theirs) = (self.root(), other.root());
+        if Arc::ptr_eq(&mine.0, &theirs.0) {
+            return;
+        }
+        let taken = std::mem::replace(&mut *theirs.slot(), Slot::MovedTo(mine.clone()));
+        match taken {
+            Slot::Here(parts) => mine.with(|p| {
+                p.stages.extend(parts.stages);
+                p.edges.extend(parts.edges);
+                p.open.extend(parts.open);
+                p.errors.extend(parts.errors);
+            }),
+            // Moved meanwhile: move where it went.
+            Slot::MovedTo(next) => {
+                *theirs.slot() = Slot::MovedTo(next.clone());
+                self.absorb(&next);
+            }
+        }
     }
 }
 
@@ -599,61 +744,79 @@ pub struct JobGraph {
 
 impl std::fmt::Debug for JobGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts = lock(&self.parts);
-        f.debug_list()
-            .entries(parts.stages.iter().map(|s| &s.uids))
-            .finish()
+        let uids: Vec<Vec<String>> = self
+            .parts
+            .with(|p| p.stages.iter().map(|s| s.uids.clone()).collect());
+        f.debug_list().entries(uids).finish()
     }
 }
 
 impl JobGraph {
-    /// Every operator uid, stages in dataflow order (the source's first).
+    /// Every operator uid, stages in dataflow order (the sources' first).
     pub fn uids(&self) -> Vec<String> {
         match self.resolve() {
             Ok(d) => d.uids(),
-            Err(_) => lock(&self.parts)
-                .stages
-                .iter()
-                .flat_map(|s| s.uids.clone())
-                .collect(),
+            Err(_) => self
+                .parts
+                .with(|p| p.stages.iter().flat_map(|s| s.uids.clone()).collect()),
         }
     }
 
-    /// The stages in dataflow order (each after the one it reads) and the exchanges
+    /// The stages in dataflow order (each after every stage it reads) and the exchanges
     /// between them; refused while a stream has not ended in a sink.
     pub(crate) fn resolve(&self) -> Result<Dataflow> {
-        let parts = lock(&self.parts);
-        if let Some(e) = parts.errors.first() {
+        self.parts.with(|parts| parts.resolve())
+    }
+}
+
+impl Parts {
+    fn resolve(&self) -> Result<Dataflow> {
+        if let Some(e) = self.errors.first() {
             return Err(RuntimeError::Config(e.clone()));
         }
-        if let Some((_, what)) = parts.open.first() {
+        if let Some((_, what)) = self.open.first() {
             return Err(RuntimeError::Config(format!(
                 "{what} does not end in a sink"
             )));
         }
-        // Breadth first from the source: a stage comes after the one it reads.
-        let mut order: Vec<usize> = parts
+        // From the sources on, a stage once every stage it reads is placed.
+        let mut inputs: HashMap<usize, usize> = HashMap::new();
+        for e in &self.edges {
+            *inputs.entry(e.to).or_default() += 1;
+        }
+        let mut ready: std::collections::VecDeque<usize> = self
             .stages
             .iter()
             .filter(|s| s.is_source)
             .map(|s| s.id)
             .collect();
-        let mut next = 0;
-        while next < order.len() {
-            let from = order[next];
-            order.extend(parts.edges.iter().filter(|e| e.from == from).map(|e| e.to));
-            next += 1;
+        let mut order = Vec::with_capacity(self.stages.len());
+        while let Some(id) = ready.pop_front() {
+            order.push(id);
+            for e in self.edges.iter().filter(|e| e.from == id) {
+                if let Some(n) = inputs.get_mut(&e.to) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ready.push_back(e.to);
+                    }
+                }
+            }
         }
         let index_of = |id: usize| order.iter().position(|&o| o == id);
         let mut stages = Vec::with_capacity(order.len());
         for &id in &order {
-            let stage = parts.stages.iter().find(|s| s.id == id).ok_or_else(|| {
+            let stage = self.stages.iter().find(|s| s.id == id).ok_or_else(|| {
                 RuntimeError::Config(format!("stage {id} of the graph is missing"))
             })?;
             stages.push(stage.clone());
         }
-        let mut edges = Vec::with_capacity(parts.edges.len());
-        for e in &parts.edges {
+        if stages.len() != self.stages.len() {
+            return Err(RuntimeError::Config(
+                "a stage of the graph is not reached from a source".into(),
+            ));
+        }
+        let mut edges = Vec::with_capacity(self.edges.len());
+        for e in &self.edges {
             let (Some(from), Some(to)) = (index_of(e.from), index_of(e.to)) else {
                 return Err(RuntimeError::Config(
                     "an exchange of the graph leads nowhere".into(),
@@ -665,11 +828,6 @@ impl JobGraph {
                 ..e.clone()
             });
         }
-        if stages.len() != parts.stages.len() {
-            return Err(RuntimeError::Config(
-                "a stage of the graph is not reached from its source".into(),
-            ));
-        }
         Ok(Dataflow { stages, edges })
     }
 }
@@ -677,9 +835,10 @@ impl JobGraph {
 /// A [`JobGraph`] resolved for a run.
 #[derive(Clone)]
 pub(crate) struct Dataflow {
-    /// Each after the stage it reads (the source's first).
+    /// Each after every stage it reads (the sources' first).
     pub(crate) stages: Vec<Stage>,
-    /// Between indexes of `stages`.
+    /// Between indexes of `stages`; a stage's input exchanges in the order their channels
+    /// are numbered.
     pub(crate) edges: Vec<Edge>,
 }
 
@@ -689,24 +848,9 @@ impl Dataflow {
         self.stages.iter().flat_map(|s| s.uids.clone()).collect()
     }
 
-    /// The stage that stage `k` reads.
-    pub(crate) fn upstream(&self, k: usize) -> Option<usize> {
-        self.edges.iter().find(|e| e.to == k).map(|e| e.from)
-    }
-
-    /// Each path of stages from the source to a stage that nothing reads, as their uids.
-    pub(crate) fn paths(&self) -> Vec<Vec<Vec<String>>> {
-        (0..self.stages.len())
-            .filter(|&k| !self.edges.iter().any(|e| e.from == k))
-            .map(|leaf| {
-                let mut path = vec![leaf];
-                while let Some(up) = path.last().and_then(|&k| self.upstream(k)) {
-                    path.push(up);
-                }
-                path.reverse();
-                path.iter().map(|&k| self.stages[k].uids.clone()).collect()
-            })
-            .collect()
+    /// The stages that stage `k` reads.
+    pub(crate) fn upstream(&self, k: usize) -> impl Iterator<Item = usize> + '_ {
+        self.edges.iter().filter(move |e| e.to == k).map(|e| e.from)
     }
 }
 
@@ -740,7 +884,7 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
     let uid_owned = uid.to_string();
     let source = Prototype::new(source);
     let parts = SharedParts::default();
-    let id = lock(&parts).open_stage(format!("the stream of source {uid}"));
+    let id = parts.with(|p| p.open_stage(format!("the stream of source {uid}")));
     Stream {
         parts,
         id,
@@ -783,8 +927,8 @@ impl<T: Data> Stream<T> {
             None => self,
             Some(after) => {
                 let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
-                    let (senders, events) = ctx.take_output::<T>()?;
-                    Ok(ctx.rebalance_out(senders, events))
+                    let (out, events) = ctx.take_output::<T>()?;
+                    Ok(ctx.rebalance_out(out, events))
                 });
                 let mut next = self.exchange::<T>(tail, rebalanced_head);
                 next.parallelism = after;
@@ -856,51 +1000,42 @@ impl<T: Data> Stream<T> {
     /// set. It must end in a sink, as every stream must.
     /// See [`crate::side`].
     pub fn side_output<X: Data>(&self, tag: &OutputTag<X>) -> Stream<X> {
-        let mut parts = lock(&self.parts);
         let uid = self.uids.last().cloned().unwrap_or_default();
-        let what = match self.uids.last() {
-            Some(uid) => format!("side output {} of operator {uid}", tag.name()),
-            // Behind an exchange, before any operator: name the stream.
-            None => {
-                let stream = parts
-                    .open
-                    .iter()
-                    .find(|(id, _)| *id == self.id)
-                    .map_or("a stream", |(_, what)| what.as_str());
-                format!("side output {} of {stream}", tag.name())
+        let to = self.parts.with(|parts| {
+            let what = match self.uids.last() {
+                Some(uid) => format!("side output {} of operator {uid}", tag.name()),
+                // Behind an exchange, before any operator: name the stream.
+                None => format!("side output {} of {}", tag.name(), parts.describe(self.id)),
+            };
+            if self.pending_rebalance.is_some() {
+                parts.errors.push(format!(
+                    "{what} after rebalance(): take the side output before the rebalance"
+                ));
+            } else if !self.sides_ok {
+                parts.errors.push(format!(
+                    "{what}: only a process function (keyed or not) or a window emits side \
+                     outputs"
+                ));
+            } else if parts.edges.iter().any(|e| {
+                matches!(&e.kind, EdgeKind::Side { uid: u, tag: t } if *u == uid && t == tag.name())
+            }) {
+                parts
+                    .errors
+                    .push(format!("{what} is read by two streams; read it once"));
             }
-        };
-        if self.pending_rebalance.is_some() {
-            parts.errors.push(format!(
-                "{what} after rebalance(): take the side output before the rebalance"
-            ));
-        } else if !self.sides_ok {
-            parts.errors.push(format!(
-                "{what}: only a process function (keyed or not) or a window emits side outputs"
-            ));
-        } else if parts.edges.iter().any(|e| {
-            matches!(&e.kind, EdgeKind::Side { uid: u, tag: t, .. } if *u == uid && t == tag.name())
-        }) {
-            parts
-                .errors
-                .push(format!("{what} is read by two streams; read it once"));
-        }
-        let to = parts.open_stage(what);
-        let lane: LaneFactory = Arc::new(|ctx: &mut BuildCtx, output: StageOutput| {
-            let (senders, events) = typed_output::<X>(output)?;
-            Ok(Box::new(ctx.rebalance_out(senders, events)) as Box<dyn SideChain>)
+            let to = parts.open_stage(what);
+            parts.edges.push(Edge {
+                from: self.id,
+                to,
+                kind: EdgeKind::Side {
+                    uid,
+                    tag: tag.name().to_string(),
+                },
+                lane: rebalance_lane::<X>(),
+                channels: edge::<X>(),
+            });
+            to
         });
-        parts.edges.push(Edge {
-            from: self.id,
-            to,
-            kind: EdgeKind::Side {
-                uid,
-                tag: tag.name().to_string(),
-                lane,
-            },
-            channels: edge::<X>(),
-        });
-        drop(parts);
         Stream {
             parts: self.parts.clone(),
             id: to,
@@ -998,42 +1133,29 @@ impl<T: Data> Stream<T> {
         // in Flink); the parallelism set after it is the next stage's.
         let after = pending_rebalance.flatten();
         if uids.is_empty() {
-            // A side output's stream that exchanges at once (`side_output(..).key_by(..)`):
-            // the side output's own exchange takes this one's route, and the stage reads
-            // it with `head`, as Flink's `getSideOutput(tag).keyBy(..)`.
-            let mut p = lock(&parts);
-            let side = p
-                .edges
-                .iter_mut()
-                .find(|e| e.to == id && matches!(e.kind, EdgeKind::Side { .. }));
-            if let Some(Edge {
-                kind: EdgeKind::Side { lane, .. },
-                channels,
-                ..
-            }) = side
-            {
-                *channels = edge::<Y>();
-                *lane = Arc::new(move |ctx: &mut BuildCtx, output: StageOutput| {
-                    let main = ctx.output.replace(output);
-                    let chain = tail(ctx);
-                    ctx.output = main;
-                    Ok(Box::new(chain?) as Box<dyn SideChain>)
-                });
-                drop(p);
-                return Stream {
-                    parts,
-                    id,
-                    uids,
-                    parallelism: after.or(parallelism),
-                    is_source,
-                    sides_ok: false,
-                    pending_rebalance: None,
-                    open: input_stage(head),
-                };
-            }
+            // A stream with no operator yet (a side output, a union) that exchanges at once
+            // (`side_output(..).key_by(..)`): the exchanges into it take this one's route,
+            // and the stage reads them with `head`, as Flink's
+            // `getSideOutput(tag).keyBy(..)` or `union(..).keyBy(..)`.
+            let lane = lane_of(tail);
+            parts.with(|p| {
+                for e in p.edges.iter_mut().filter(|e| e.to == id) {
+                    e.channels = edge::<Y>();
+                    e.lane = lane.clone();
+                }
+            });
+            return Stream {
+                parts,
+                id,
+                uids,
+                parallelism: after.or(parallelism),
+                is_source,
+                sides_ok: false,
+                pending_rebalance: None,
+                open: input_stage(head),
+            };
         }
-        let next = {
-            let mut p = lock(&parts);
+        let next = parts.with(|p| {
             let what = format!(
                 "the stream after operator {}",
                 uids.last().map_or("?", String::as_str)
@@ -1043,17 +1165,18 @@ impl<T: Data> Stream<T> {
                 from: id,
                 to: next,
                 kind: EdgeKind::Main,
+                lane: lane_of(tail),
                 channels: edge::<Y>(),
             });
             p.close(Stage {
                 id,
                 uids,
                 parallelism,
-                build: open(tail),
+                build: open(main_tail::<T>()),
                 is_source,
             });
             next
-        };
+        });
         Stream {
             parts,
             id: next,
@@ -1064,6 +1187,89 @@ impl<T: Data> Stream<T> {
             pending_rebalance: None,
             open: input_stage(head),
         }
+    }
+
+    /// Merges this stream with `other`, whose records have the same type (Flink's
+    /// `union`): the next operator reads the records of both, and the streams may come from
+    /// different sources. The union starts a new stage behind an exchange from each stream,
+    /// dealt round-robin (or by key, when [`Stream::key_by`] follows at once); its
+    /// parallelism is the job's unless set after the union. Each stream's records keep
+    /// their order; the two are interleaved as they arrive. Barriers align across all of
+    /// the union's inputs, and its watermark is the least of theirs (as Flink's).
+    pub fn union(self, other: Stream<T>) -> Stream<T> {
+        let (a, b) = (self.settle(), other.settle());
+        a.parts.absorb(&b.parts);
+        let parts = a.parts.clone();
+        let to = parts.with(|p| {
+            let what = format!("the union of {} and {}", a.describe_in(p), b.describe_in(p));
+            p.open_stage(what)
+        });
+        a.into_union(to);
+        b.into_union(to);
+        Stream {
+            parts,
+            id: to,
+            uids: Vec::new(),
+            parallelism: None,
+            is_source: false,
+            sides_ok: false,
+            pending_rebalance: None,
+            open: rebalanced_input(),
+        }
+    }
+
+    /// What the stream is, for errors.
+    fn describe_in(&self, parts: &Parts) -> String {
+        match self.uids.last() {
+            Some(uid) => format!("the stream of operator {uid}"),
+            None => parts.describe(self.id).to_string(),
+        }
+    }
+
+    /// Ends the stream in the union `to`: its stage sends into an exchange into it, or, when
+    /// it has no operator yet, the exchanges into it go into the union instead.
+    fn into_union(self, to: usize) {
+        let Stream {
+            parts,
+            id,
+            uids,
+            parallelism,
+            is_source,
+            open,
+            ..
+        } = self;
+        parts.with(|p| {
+            if uids.is_empty() {
+                if parallelism.is_some() {
+                    let what = format!("{}: its parallelism", p.describe(id));
+                    p.errors.push(format!(
+                        "{what} was set before a union, which replaces its stage; set the \
+                         union's parallelism after it"
+                    ));
+                }
+                for e in p.edges.iter_mut().filter(|e| e.to == id) {
+                    e.to = to;
+                    e.channels = edge::<T>();
+                    e.lane = rebalance_lane::<T>();
+                }
+                p.open.retain(|(i, _)| *i != id);
+            } else {
+                p.edges.push(Edge {
+                    from: id,
+                    to,
+                    kind: EdgeKind::Main,
+                    lane: rebalance_lane::<T>(),
+                    channels: edge::<T>(),
+                });
+                p.close(Stage {
+                    id,
+                    uids,
+                    parallelism,
+                    build: open(main_tail::<T>()),
+                    is_source,
+                });
+            }
+        });
     }
 
     /// Redistributes records round-robin to the next stage (which may have another
@@ -1109,12 +1315,14 @@ impl<T: Data> Stream<T> {
             let setup = ctx.plain_setup(&uid)?;
             Ok(Box::new(SinkOp::new(setup, sink.get()?)?) as Box<dyn Chain<T>>)
         }));
-        lock(&parts).close(Stage {
-            id,
-            uids,
-            parallelism,
-            build,
-            is_source,
+        parts.with(|p| {
+            p.close(Stage {
+                id,
+                uids,
+                parallelism,
+                build,
+                is_source,
+            })
         });
         JobGraph { parts }
     }
@@ -1203,8 +1411,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     {
         let key_of = self.key_of.clone();
         let tail: ChainFactory<T> = Arc::new(move |ctx: &mut BuildCtx| {
-            let (senders, events) = ctx.take_output::<(K, T)>()?;
-            let index = ctx.info.index as usize;
+            let (out, events) = ctx.take_output::<(K, T)>()?;
             let key_of = key_of.clone();
             let route = KeyRoute {
                 key_of: move |t: &T| key_of(t),
@@ -1215,8 +1422,8 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
             };
             Ok(Box::new(ExchangeOut::new(
                 route,
-                index,
-                senders,
+                out.channel,
+                out.senders,
                 events,
                 ctx.batch_size,
                 ctx.shared.clone(),

@@ -25,7 +25,9 @@ use crate::coordinator::{
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::SubtaskInfo;
-use crate::graph::{BuildCtx, Dataflow, EdgeKind, JobGraph, Restore, SideEdge};
+use crate::graph::{
+    BuildCtx, Dataflow, EdgeKind, JobGraph, LaneFactory, Restore, SideEdge, StageOutput,
+};
 use crate::task::{AlignConfig, JobCounters, SourceLimits, TaskLink};
 
 /// What a finished job reports.
@@ -744,9 +746,7 @@ impl Driver {
         let mut restore = Restore::new(manifest, source, description);
         restore.claimable = claimable;
         restore.allow_non_restored = self.config.allow_non_restored_state;
-        for path in self.graph.paths() {
-            restore.check_finished_order(&path)?;
-        }
+        restore.check_finished_order(&self.graph)?;
         let heads: Vec<&str> = self
             .graph
             .stages
@@ -789,10 +789,14 @@ impl Driver {
             event_tx.push(txs);
             event_rx.push(rxs);
         }
-        // Channels of every exchange.
-        let mut inputs: Vec<Vec<Option<Box<dyn std::any::Any + Send>>>> =
-            ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
-        let mut outputs: Vec<Vec<Option<crate::graph::StageOutput>>> =
+        // Channels of every exchange. A stage that reads several exchanges (a union)
+        // numbers their channels one after the other, in the order of the edges.
+        let mut inputs: Vec<Vec<Vec<crate::graph::Erased>>> = ps
+            .iter()
+            .map(|&p| (0..p).map(|_| Vec::new()).collect())
+            .collect();
+        let mut next_channel: Vec<usize> = vec![0; ps.len()];
+        let mut outputs: Vec<Vec<Option<(StageOutput, LaneFactory)>>> =
             ps.iter().map(|&p| (0..p).map(|_| None).collect()).collect();
         // Per stage and subtask, the side outputs' exchanges.
         let mut sides: Vec<Vec<Vec<SideEdge>>> = ps
@@ -803,20 +807,26 @@ impl Driver {
             let (k, down) = (e.from, e.to);
             let (senders, receivers) =
                 (e.channels)(ps[k] as usize, ps[down] as usize, cfg.channel_capacity);
+            let first_channel = next_channel[down];
+            next_channel[down] += ps[k] as usize;
             for (i, s) in senders.into_iter().enumerate() {
-                let output = (s, event_tx[down].clone());
+                let output = StageOutput {
+                    senders: s,
+                    events: event_tx[down].clone(),
+                    channel: first_channel + i,
+                };
                 match &e.kind {
-                    EdgeKind::Main => outputs[k][i] = Some(output),
-                    EdgeKind::Side { uid, tag, lane } => sides[k][i].push(SideEdge {
+                    EdgeKind::Main => outputs[k][i] = Some((output, e.lane.clone())),
+                    EdgeKind::Side { uid, tag } => sides[k][i].push(SideEdge {
                         uid: uid.clone(),
                         tag: tag.clone(),
                         output,
-                        lane: lane.clone(),
+                        lane: e.lane.clone(),
                     }),
                 }
             }
             for (i, r) in receivers.into_iter().enumerate() {
-                inputs[down][i] = Some(r);
+                inputs[down][i].push(r);
             }
         }
         let source_parallelism: u32 = stages
@@ -850,7 +860,7 @@ impl Driver {
                     coord: self.coord_tx.clone(),
                     shared: shared.clone(),
                 };
-                let output = outputs[k][i as usize].take();
+                let (output, main_lane) = outputs[k][i as usize].take().unzip();
                 let mut ctx = BuildCtx {
                     info: SubtaskInfo {
                         index: i,
@@ -865,8 +875,9 @@ impl Driver {
                     changelog: (cfg.checkpoint.snapshot_mode
                         == crate::config::SnapshotMode::Changelog)
                         .then_some(cfg.checkpoint.changelog),
-                    input: inputs[k][i as usize].take(),
+                    input: std::mem::take(&mut inputs[k][i as usize]),
                     output,
+                    main_lane,
                     link: Some(link),
                     align: align.clone(),
                     batch_size: cfg.batch_size.max(1),

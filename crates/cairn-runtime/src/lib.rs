@@ -1,8 +1,9 @@
 //! A minimal streaming runtime on Cairn's state backends.
 //!
-//! A job is a dataflow — a replayable [`Source`], non-keyed operators, `key_by`
+//! A job is a dataflow — replayable [`Source`]s, non-keyed operators, `key_by`
 //! exchanges into keyed operators with state in a [`cairn_core::KeyedStateBackend`], and a
-//! [`Sink`], with side outputs ([`side`]) branching into streams with sinks of their own —
+//! [`Sink`], with side outputs ([`side`]) branching into streams with sinks of their own
+//! and unions ([`Stream::union`]) joining streams —
 //! run at a given parallelism, one thread per subtask, with bounded channels
 //! between stages (backpressure). Operators between two exchanges are chained in one task.
 //!

@@ -59,11 +59,14 @@ impl<X: Data> OutputTag<X> {
     }
 }
 
-/// A side output's chain with its record type erased; every call but `push` is the same
-/// for all record types.
+/// An output's chain with its record type erased (a side output's, or a stage's main
+/// output's while the stage is built); every call but `push` is the same for all record
+/// types.
 pub(crate) trait SideChain: Send {
     /// The chain, as `Box<dyn Chain<X>>`.
     fn as_any(&mut self) -> &mut dyn Any;
+    /// The chain, as `Box<Box<dyn Chain<X>>>`.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
     fn mark(&mut self, mark: Mark) -> Result<()>;
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()>;
     fn notify(&mut self, n: Notification) -> Result<()>;
@@ -74,6 +77,9 @@ pub(crate) trait SideChain: Send {
 
 impl<X: Data> SideChain for Box<dyn Chain<X>> {
     fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
     fn mark(&mut self, mark: Mark) -> Result<()> {
