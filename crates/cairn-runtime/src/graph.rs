@@ -28,6 +28,7 @@ use crate::chain::{
     TaskEvent, TaskShared, FINISHED_STATE,
 };
 use crate::config::StateBackendConfig;
+use crate::connect::{ConnectedStreams, Either};
 use crate::error::{Result, RuntimeError};
 use crate::function::{
     Checkpointed, Collector, Data, FnProcess, Key, KeyedProcessFunction, ProcessFunction, Sink,
@@ -524,11 +525,38 @@ fn typed_output<Y: 'static>(
     ))
 }
 
-/// The lane of a round-robin exchange carrying `Y`.
-fn rebalance_lane<Y: Data>() -> LaneFactory {
-    Arc::new(|ctx: &mut BuildCtx, output: StageOutput| {
-        let (out, events) = typed_output::<Y>(output)?;
-        Ok(Box::new(ctx.rebalance_out(out, events)) as Box<dyn SideChain>)
+/// The end of a chain that deals its records round-robin into the output's exchange.
+fn rebalance_tail<T: Data>() -> ChainFactory<T> {
+    Arc::new(|ctx: &mut BuildCtx| {
+        let (out, events) = ctx.take_output::<T>()?;
+        Ok(ctx.rebalance_out(out, events))
+    })
+}
+
+/// Turns the tail of the stage an exchange leads into (a `ChainFactory<U>` of the
+/// stage's records, as `&dyn Any`) into the lane that sends into it; `None` when the tail
+/// has another record type. An edge's adapter stays when the edge is re-routed (the stage
+/// it leads into is keyed after all) or moved into a union or connection; the lane is
+/// made again from it.
+pub(crate) type Adapter = Arc<dyn Fn(&dyn Any) -> Option<LaneFactory> + Send + Sync>;
+
+/// The adapter of an exchange into a stage whose records are the sender's, `T`.
+fn same_records<T: Data>() -> Adapter {
+    Arc::new(|tail: &dyn Any| {
+        let tail = tail.downcast_ref::<ChainFactory<T>>()?;
+        Some(lane_of(tail.clone()))
+    })
+}
+
+/// `inner` (an adapter for a stage of `T`s) for a stage of `U`s: the sender's records
+/// become `U`s by `wrap` before they are routed.
+fn wrapped<T: Data, U: Data>(inner: Adapter, wrap: fn(T) -> U) -> Adapter {
+    Arc::new(move |tail: &dyn Any| {
+        let tail = tail.downcast_ref::<ChainFactory<U>>()?.clone();
+        let wrapping: ChainFactory<T> = Arc::new(move |ctx: &mut BuildCtx| {
+            Ok(Box::new(crate::connect::Wrap::new(wrap, tail(ctx)?)) as Box<dyn Chain<T>>)
+        });
+        inner(&wrapping)
     })
 }
 
@@ -622,6 +650,8 @@ pub(crate) struct Edge {
     pub(crate) kind: EdgeKind,
     /// Makes the chain that sends into the exchange (its route).
     pub(crate) lane: LaneFactory,
+    /// Makes `lane` again when the exchange is re-routed or moved.
+    pub(crate) adapt: Adapter,
     pub(crate) channels: EdgeFactory,
 }
 
@@ -652,6 +682,26 @@ impl Parts {
     fn close(&mut self, stage: Stage) {
         self.open.retain(|(id, _)| *id != stage.id);
         self.stages.push(stage);
+    }
+
+    /// Makes the exchanges into stage `id` send into `tail` (the end of a chain of the
+    /// stage's records, `T`) over channels of `Y`: each edge's lane is made by its adapter.
+    fn route_into<T: Data, Y: Data>(&mut self, id: usize, tail: &ChainFactory<T>) {
+        let mut wrong = false;
+        for e in self.edges.iter_mut().filter(|e| e.to == id) {
+            e.channels = edge::<Y>();
+            match (e.adapt)(tail) {
+                Some(lane) => e.lane = lane,
+                None => wrong = true,
+            }
+        }
+        if wrong {
+            let what = format!(
+                "{}: an exchange into it carries records of another type",
+                self.describe(id)
+            );
+            self.errors.push(what);
+        }
     }
 
     /// What open stage `id` is.
@@ -926,11 +976,7 @@ impl<T: Data> Stream<T> {
         match self.pending_rebalance.take() {
             None => self,
             Some(after) => {
-                let tail: ChainFactory<T> = Arc::new(|ctx: &mut BuildCtx| {
-                    let (out, events) = ctx.take_output::<T>()?;
-                    Ok(ctx.rebalance_out(out, events))
-                });
-                let mut next = self.exchange::<T>(tail, rebalanced_head);
+                let mut next = self.exchange::<T>(rebalance_tail::<T>(), rebalanced_head);
                 next.parallelism = after;
                 next
             }
@@ -1031,7 +1077,8 @@ impl<T: Data> Stream<T> {
                     uid,
                     tag: tag.name().to_string(),
                 },
-                lane: rebalance_lane::<X>(),
+                lane: lane_of(rebalance_tail::<X>()),
+                adapt: same_records::<X>(),
                 channels: edge::<X>(),
             });
             to
@@ -1137,13 +1184,7 @@ impl<T: Data> Stream<T> {
             // (`side_output(..).key_by(..)`): the exchanges into it take this one's route,
             // and the stage reads them with `head`, as Flink's
             // `getSideOutput(tag).keyBy(..)` or `union(..).keyBy(..)`.
-            let lane = lane_of(tail);
-            parts.with(|p| {
-                for e in p.edges.iter_mut().filter(|e| e.to == id) {
-                    e.channels = edge::<Y>();
-                    e.lane = lane.clone();
-                }
-            });
+            parts.with(|p| p.route_into::<T, Y>(id, &tail));
             return Stream {
                 parts,
                 id,
@@ -1166,6 +1207,7 @@ impl<T: Data> Stream<T> {
                 to: next,
                 kind: EdgeKind::Main,
                 lane: lane_of(tail),
+                adapt: same_records::<T>(),
                 channels: edge::<Y>(),
             });
             p.close(Stage {
@@ -1197,15 +1239,46 @@ impl<T: Data> Stream<T> {
     /// their order; the two are interleaved as they arrive. Barriers align across all of
     /// the union's inputs, and its watermark is the least of theirs (as Flink's).
     pub fn union(self, other: Stream<T>) -> Stream<T> {
+        self.join(other, "union", |a| a, |a| a)
+    }
+
+    /// Connects this stream with `other`, whose records may have another type (Flink's
+    /// `connect`): a function of both inputs ([`crate::connect`]) reads them, keyed by a key
+    /// of each ([`ConnectedStreams::key_by`]) or not. As for [`Stream::union`], the
+    /// connection starts a new stage behind an exchange from each stream; barriers align
+    /// across both inputs, and its watermark is the lesser of theirs.
+    pub fn connect<B: Data>(self, other: Stream<B>) -> ConnectedStreams<T, B> {
+        ConnectedStreams::new(self.join(
+            other,
+            "connection",
+            |a| wrapped(a, Either::<T, B>::Left),
+            |a| wrapped(a, Either::<T, B>::Right),
+        ))
+    }
+
+    /// A new stage of `U`s that reads this stream and `other`, which become `U`s by
+    /// `left` and `right` (adapters of their records).
+    fn join<B: Data, U: Data>(
+        self,
+        other: Stream<B>,
+        what: &str,
+        left: impl Fn(Adapter) -> Adapter,
+        right: impl Fn(Adapter) -> Adapter,
+    ) -> Stream<U> {
         let (a, b) = (self.settle(), other.settle());
         a.parts.absorb(&b.parts);
         let parts = a.parts.clone();
         let to = parts.with(|p| {
-            let what = format!("the union of {} and {}", a.describe_in(p), b.describe_in(p));
+            let what = format!(
+                "the {what} of {} and {}",
+                a.describe_in(p),
+                b.describe_in(p)
+            );
             p.open_stage(what)
         });
-        a.into_union(to);
-        b.into_union(to);
+        a.into_input::<U>(to, left);
+        b.into_input::<U>(to, right);
+        parts.with(|p| p.route_into::<U, U>(to, &rebalance_tail::<U>()));
         Stream {
             parts,
             id: to,
@@ -1226,9 +1299,10 @@ impl<T: Data> Stream<T> {
         }
     }
 
-    /// Ends the stream in the union `to`: its stage sends into an exchange into it, or, when
-    /// it has no operator yet, the exchanges into it go into the union instead.
-    fn into_union(self, to: usize) {
+    /// Ends the stream in stage `to`, of `U`s, its records adapted by `input`: its stage
+    /// sends into an exchange into `to`, or, when it has no operator yet, the exchanges
+    /// into it go into `to` instead. The lanes are made by the caller.
+    fn into_input<U: Data>(self, to: usize, input: impl Fn(Adapter) -> Adapter) {
         let Stream {
             parts,
             id,
@@ -1249,8 +1323,7 @@ impl<T: Data> Stream<T> {
                 }
                 for e in p.edges.iter_mut().filter(|e| e.to == id) {
                     e.to = to;
-                    e.channels = edge::<T>();
-                    e.lane = rebalance_lane::<T>();
+                    e.adapt = input(e.adapt.clone());
                 }
                 p.open.retain(|(i, _)| *i != id);
             } else {
@@ -1258,8 +1331,10 @@ impl<T: Data> Stream<T> {
                     from: id,
                     to,
                     kind: EdgeKind::Main,
-                    lane: rebalance_lane::<T>(),
-                    channels: edge::<T>(),
+                    // Made by the caller (`route_into`).
+                    lane: lane_of(rebalance_tail::<T>()),
+                    adapt: input(same_records::<T>()),
+                    channels: edge::<U>(),
                 });
                 p.close(Stage {
                     id,

@@ -3,7 +3,7 @@
 //! A job is a dataflow — replayable [`Source`]s, non-keyed operators, `key_by`
 //! exchanges into keyed operators with state in a [`cairn_core::KeyedStateBackend`], and a
 //! [`Sink`], with side outputs ([`side`]) branching into streams with sinks of their own
-//! and unions ([`Stream::union`]) joining streams —
+//! and unions ([`Stream::union`]) and connections ([`connect`]) joining streams —
 //! run at a given parallelism, one thread per subtask, with bounded channels
 //! between stages (backpressure). Operators between two exchanges are chained in one task.
 //!
@@ -54,6 +54,7 @@
 
 mod chain;
 pub mod config;
+pub mod connect;
 mod coordinator;
 mod error;
 pub mod function;
@@ -76,6 +77,9 @@ pub use chain::FINISHED_STATE;
 pub use config::{
     ChangelogOptions, CheckpointConfig, CheckpointRetention, CheckpointingMode, JobConfig,
     RestartStrategy, RestoreFrom, RestoreMode, SnapshotMode, StateBackendConfig,
+};
+pub use connect::{
+    CoProcessFunction, ConnectedKeyedStreams, ConnectedStreams, Either, KeyedCoProcessFunction,
 };
 pub use error::{Result, RuntimeError};
 pub use function::{
