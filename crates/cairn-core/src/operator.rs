@@ -147,6 +147,11 @@ impl OperatorStateBackend {
         }
     }
 
+    /// The operator's uid.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
     /// Loads this subtask's share of the operator states (see [`redistribute`]). Must be
     /// called before any state is registered.
     pub fn restore(&mut self, states: Vec<OperatorStateSnapshot>) -> Result<()> {
@@ -176,6 +181,32 @@ impl OperatorStateBackend {
                 prefix: RESERVED_STATE_PREFIX,
             });
         }
+        self.register_any_list(d)
+    }
+
+    /// [`OperatorStateBackend::register_list`] for a state of the runtime itself, whose
+    /// name must start with [`RESERVED_STATE_PREFIX`] (no user state can then clash
+    /// with it).
+    pub fn register_reserved_list<V: StateValue>(
+        &mut self,
+        d: &OperatorListStateDescriptor<V>,
+    ) -> Result<OperatorListStateId<V>> {
+        if !d.name.starts_with(RESERVED_STATE_PREFIX) {
+            return Err(StateError::Restore {
+                reason: format!(
+                    "operator state {} of {} is registered as the runtime's own but its name \
+                     does not start with {RESERVED_STATE_PREFIX}",
+                    d.name, self.uid
+                ),
+            });
+        }
+        self.register_any_list(d)
+    }
+
+    fn register_any_list<V: StateValue>(
+        &mut self,
+        d: &OperatorListStateDescriptor<V>,
+    ) -> Result<OperatorListStateId<V>> {
         if let Some(index) = self.registered.iter().position(|r| r.name == d.name) {
             let r = &mut self.registered[index];
             check(&self.uid, &d.name, r.mode, &r.codec, d)?;
@@ -365,6 +396,26 @@ mod tests {
         };
         let id = b.register_list(&d).unwrap();
         b.list(id).unwrap().clone()
+    }
+
+    #[test]
+    fn the_runtime_registers_its_own_states_only_under_the_prefix() {
+        let mut b = OperatorStateBackend::new("src");
+        let d = OperatorListStateDescriptor::<u64>::union("cairn.broadcast");
+        let id = b.register_reserved_list(&d).unwrap();
+        b.list(id).unwrap().extend([1, 2]);
+        let snapshot = b.snapshot().unwrap();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(b.uid(), "src");
+        let mut restored = OperatorStateBackend::new("src");
+        restored.restore(snapshot).unwrap();
+        let id = restored.register_reserved_list(&d).unwrap();
+        assert_eq!(*restored.list(id).unwrap(), vec![1, 2]);
+        let err = restored
+            .register_reserved_list(&OperatorListStateDescriptor::<u64>::union("mine"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mine") && err.contains("cairn."), "{err}");
     }
 
     #[test]

@@ -690,6 +690,56 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
     }
 }
 
+/// A keyed operator that also reads records without a key (`None`): the broadcast input of
+/// a broadcast connection, which [`KeyedProcessFunction::process_unkeyed`] takes with no
+/// current key. Everything else is the keyed operator's.
+pub(crate) struct MaybeKeyed<F: KeyedProcessFunction, B>(pub(crate) KeyedOp<F, B>);
+
+impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(Option<F::Key>, F::In)>
+    for MaybeKeyed<F, B>
+{
+    #[inline]
+    fn push(
+        &mut self,
+        (key, value): (Option<F::Key>, F::In),
+        timestamp: Option<u64>,
+    ) -> Result<()> {
+        let op = &mut self.0;
+        match key {
+            Some(key) => op.push((key, value), timestamp),
+            None => {
+                let mut out = Collector::with_sides(op.next.as_mut(), timestamp, &mut op.sides);
+                op.f.process_unkeyed(&op.state, value, &mut out)
+                    .map_err(|e| e.with_uid(&op.setup.uid))
+            }
+        }
+    }
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.0.mark(mark)
+    }
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        self.0.snapshot(barrier, sync)
+    }
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        self.0.notify(n)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.0.finish()
+    }
+    fn end(&mut self) -> Result<()> {
+        self.0.end()
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.0.flush()
+    }
+    fn fire_timers(&mut self) -> Result<()> {
+        self.0.fire_timers()
+    }
+    fn timer_wait(&self) -> Option<Duration> {
+        self.0.timer_wait()
+    }
+}
+
 impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
     /// Runs the function's `on_timer` for the timer of `key_bytes` at `time`, already
     /// removed from state and made current.
@@ -827,6 +877,90 @@ impl<T: Send + 'static> Route<T> for RebalanceRoute {
         }
         self.in_batch += 1;
         Ok((self.next % channels.max(1), record))
+    }
+}
+
+/// Every record to one channel, `target`, set by [`BroadcastOut`] before each push.
+pub(crate) struct FixedRoute {
+    target: usize,
+}
+
+impl<T: Send + 'static> Route<T> for FixedRoute {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, _channels: usize) -> Result<(usize, T)> {
+        Ok((self.target, record))
+    }
+}
+
+/// Another route whose items are made into `Y` by `map` (the items of a broadcast
+/// connection's keyed input: `(Some(key), Left(record))`).
+pub(crate) struct MapItem<R, I, Y> {
+    pub(crate) route: R,
+    pub(crate) map: fn(I) -> Y,
+}
+
+impl<T, R, Y> Route<T> for MapItem<R, R::Item, Y>
+where
+    R: Route<T>,
+    Y: Send + 'static,
+{
+    type Item = Y;
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, Y)> {
+        let (i, item) = self.route.route(record, channels)?;
+        Ok((i, (self.map)(item)))
+    }
+}
+
+/// The end of a chain that sends every record to every receiving subtask (Flink's
+/// `broadcast()` partitioning), in batches per channel as any exchange does.
+pub(crate) struct BroadcastOut<T: Send + 'static> {
+    out: ExchangeOut<FixedRoute, T>,
+}
+
+impl<T: Clone + Send + 'static> BroadcastOut<T> {
+    pub(crate) fn new(
+        channel: usize,
+        senders: Vec<Sender<DataMsg<T>>>,
+        events: Vec<Sender<TaskEvent>>,
+        batch_size: usize,
+        shared: Arc<TaskShared>,
+    ) -> Self {
+        let route = FixedRoute { target: 0 };
+        Self {
+            out: ExchangeOut::new(route, channel, senders, events, batch_size, shared),
+        }
+    }
+}
+
+impl<T: Clone + Send + 'static> Chain<T> for BroadcastOut<T> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        let last = self.out.senders.len().saturating_sub(1);
+        for i in 0..last {
+            self.out.route.target = i;
+            self.out.push(record.clone(), timestamp)?;
+        }
+        self.out.route.target = last;
+        self.out.push(record, timestamp)
+    }
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.out.mark(mark)
+    }
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        self.out.snapshot(barrier, sync)
+    }
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        self.out.notify(n)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.out.finish()
+    }
+    fn end(&mut self) -> Result<()> {
+        self.out.end()
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush()
     }
 }
 

@@ -240,6 +240,22 @@ pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
 
+    /// Processes a record that has no key: only the broadcast input of a keyed broadcast
+    /// connection ([`crate::broadcast`]) has them, and its adapter implements this. Other
+    /// functions never get one; the default refuses it.
+    #[doc(hidden)]
+    fn process_unkeyed(
+        &mut self,
+        state: &Self::State,
+        input: Self::In,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let _ = (state, input, out);
+        Err(crate::error::RuntimeError::Config(
+            "a record without a key reached a keyed operator".into(),
+        ))
+    }
+
     /// A timer of `key` fired (Flink's `onTimer`): `key` is the backend's current key, and
     /// the timer is already gone from state; `timers` may register new ones. The default
     /// does nothing.

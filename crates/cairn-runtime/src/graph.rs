@@ -23,9 +23,10 @@ use cairn_rocksdb::{RocksDbBackend, RocksDbConfig};
 use cairn_storage::restore_subtask;
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::broadcast::{BroadcastConnectedStreams, BroadcastStream};
 use crate::chain::{
-    Chain, DataMsg, ExchangeOut, KeyRoute, KeyedOp, OpSetup, ProcessOp, RebalanceRoute, SinkOp,
-    TaskEvent, TaskShared, FINISHED_STATE,
+    BroadcastOut, Chain, DataMsg, ExchangeOut, KeyRoute, KeyedOp, MapItem, MaybeKeyed, OpSetup,
+    ProcessOp, RebalanceRoute, SinkOp, TaskEvent, TaskShared, FINISHED_STATE,
 };
 use crate::config::StateBackendConfig;
 use crate::connect::{ConnectedStreams, Either};
@@ -205,12 +206,35 @@ pub(crate) struct StageOutput {
     pub(crate) channel: usize,
 }
 type Senders<Y> = Vec<Sender<DataMsg<Y>>>;
-type KeyedChain<F> = Box<
-    dyn Chain<(
-        <F as KeyedProcessFunction>::Key,
-        <F as KeyedProcessFunction>::In,
-    )>,
->;
+/// A keyed operator erased into its task's chain, reading records of `E::Record`.
+type KeyedChain<F, E> = Box<dyn Chain<<E as KeyedInput<F>>::Record>>;
+
+/// The records a keyed operator reads: `(key, record)` ([`ByKey`]), or also records
+/// without a key ([`MaybeByKey`]: a keyed broadcast connection).
+pub(crate) trait KeyedInput<F: KeyedProcessFunction> {
+    type Record: Data;
+    fn erase<S: KeyedStateBackend + 'static>(op: KeyedOp<F, S>) -> KeyedChain<F, Self>;
+}
+
+/// `(key, record)`.
+pub(crate) struct ByKey;
+
+impl<F: KeyedProcessFunction> KeyedInput<F> for ByKey {
+    type Record = (F::Key, F::In);
+    fn erase<S: KeyedStateBackend + 'static>(op: KeyedOp<F, S>) -> KeyedChain<F, Self> {
+        Box::new(op)
+    }
+}
+
+/// `(Some(key), record)`, or `(None, record)` for a record without a key.
+pub(crate) struct MaybeByKey;
+
+impl<F: KeyedProcessFunction> KeyedInput<F> for MaybeByKey {
+    type Record = (Option<F::Key>, F::In);
+    fn erase<S: KeyedStateBackend + 'static>(op: KeyedOp<F, S>) -> KeyedChain<F, Self> {
+        Box::new(MaybeKeyed(op))
+    }
+}
 
 /// Everything one subtask's task is built from.
 pub(crate) struct BuildCtx {
@@ -568,6 +592,60 @@ fn lane_of<T: Data>(tail: ChainFactory<T>) -> LaneFactory {
         ctx.output = saved;
         Ok(Box::new(chain?) as Box<dyn SideChain>)
     })
+}
+
+/// A chain that makes each record a `U` by `wrap` in front of `tail`.
+fn wrapping<T: Data, U: Data>(wrap: fn(T) -> U, tail: ChainFactory<U>) -> ChainFactory<T> {
+    Arc::new(move |ctx: &mut BuildCtx| {
+        Ok(Box::new(crate::connect::Wrap::new(wrap, tail(ctx)?)) as Box<dyn Chain<T>>)
+    })
+}
+
+/// An adapter whose route is `tail`'s, whatever the stage's: the inputs of a broadcast
+/// connection, each with its own partitioning.
+fn fixed<T: Data>(inner: Adapter, tail: ChainFactory<T>) -> Adapter {
+    Arc::new(move |_: &dyn Any| inner(&tail))
+}
+
+/// The end of a chain that sends every record to every subtask of the next stage.
+fn broadcast_tail<T: Data>() -> ChainFactory<T> {
+    Arc::new(|ctx: &mut BuildCtx| {
+        let (out, events) = ctx.take_output::<T>()?;
+        Ok(Box::new(BroadcastOut::new(
+            out.channel,
+            out.senders,
+            events,
+            ctx.batch_size,
+            ctx.shared.clone(),
+        )) as Box<dyn Chain<T>>)
+    })
+}
+
+/// The head of a broadcast connection's stage. In-flight records restore at the old
+/// parallelism only, each subtask's own ([`crate::broadcast`]).
+fn broadcast_head<Y: Data>(
+    ctx: &mut BuildCtx,
+    inputs: Vec<Receiver<DataMsg<Y>>>,
+    chain: Box<dyn Chain<Y>>,
+) -> Result<Box<dyn Task>> {
+    if let (Some(r), Some(uid)) = (&ctx.restore, ctx.stage_uids.first()) {
+        if let Some(old) = r.inflight.get(uid) {
+            let held = old.iter().flatten().any(|s| !s.elements.is_empty());
+            if held && old.len() != ctx.info.parallelism as usize {
+                return Err(RuntimeError::Restore {
+                    reason: format!(
+                        "operator {uid} reads a broadcast stream and holds in-flight records \
+                         of {} subtasks in {}; restore it at parallelism {}, or rescale from \
+                         a savepoint or an aligned checkpoint",
+                        old.len(),
+                        r.description,
+                        old.len()
+                    ),
+                });
+            }
+        }
+    }
+    input_task(ctx, inputs, chain, Redistribution::Split, |_| Ok(true))
 }
 
 /// The end of a stage's chain: its main output's lane.
@@ -1358,6 +1436,65 @@ impl<T: Data> Stream<T> {
         self
     }
 
+    /// Makes this a broadcast stream (Flink's `broadcast(descriptor)`): every subtask of the
+    /// operator that reads it gets every record; see [`crate::broadcast`].
+    pub fn broadcast(self) -> BroadcastStream<T> {
+        BroadcastStream {
+            stream: self.settle(),
+        }
+    }
+
+    /// Connects this stream with a broadcast stream (Flink's `connect(broadcastStream)`),
+    /// for a [`crate::broadcast::BroadcastProcessFunction`]: this stream's records are
+    /// dealt round-robin, the broadcast stream's go to every subtask.
+    pub fn connect_broadcast<B: Data>(
+        self,
+        other: BroadcastStream<B>,
+    ) -> BroadcastConnectedStreams<T, B> {
+        BroadcastConnectedStreams {
+            stream: self.join_broadcast(
+                other,
+                wrapping(Either::<T, B>::Left, rebalance_tail()),
+                Either::Right,
+            ),
+        }
+    }
+
+    /// A new stage of `Y`s that reads this stream through `tail` and `other`'s records,
+    /// made `Y`s by `wrap`, sent to every subtask.
+    fn join_broadcast<B: Data, Y: Data>(
+        self,
+        other: BroadcastStream<B>,
+        tail: ChainFactory<T>,
+        wrap: fn(B) -> Y,
+    ) -> Stream<Y> {
+        let (a, b) = (self.settle(), other.stream);
+        a.parts.absorb(&b.parts);
+        let parts = a.parts.clone();
+        let to = parts.with(|p| {
+            let what = format!(
+                "the connection of {} and the broadcast {}",
+                a.describe_in(p),
+                b.describe_in(p)
+            );
+            p.open_stage(what)
+        });
+        let broadcast = wrapping(wrap, broadcast_tail::<Y>());
+        a.into_input::<Y>(to, move |inner| fixed(inner, tail.clone()));
+        b.into_input::<Y>(to, move |inner| fixed(inner, broadcast.clone()));
+        parts.with(|p| p.route_into::<Y, Y>(to, &broadcast_tail::<Y>()));
+        Stream {
+            parts,
+            id: to,
+            uids: Vec::new(),
+            parallelism: None,
+            is_source: false,
+            sides_ok: false,
+            pending_rebalance: None,
+            open: input_stage(broadcast_head::<Y>),
+        }
+    }
+
     /// Partitions the stream by key: records with the same key go to the same subtask of
     /// the next stage, which owns the key's key group.
     pub fn key_by<K: Key>(
@@ -1478,15 +1615,12 @@ impl<K, T> std::fmt::Debug for KeyedStream<K, T> {
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {
-    /// Adds a keyed operator with uid `uid` after a hash exchange by key group; it starts a
-    /// new stage (set its parallelism on the returned stream).
-    pub fn process<F>(self, uid: &str, f: F) -> Stream<F::Out>
-    where
-        F: KeyedProcessFunction<Key = K, In = T>,
-    {
+    /// The end of a chain that sends each record, made a `Y` by `map`, to the subtask of
+    /// its key's key group.
+    fn key_tail<Y: Data>(&self, map: fn((K, T)) -> Y) -> ChainFactory<T> {
         let key_of = self.key_of.clone();
-        let tail: ChainFactory<T> = Arc::new(move |ctx: &mut BuildCtx| {
-            let (out, events) = ctx.take_output::<(K, T)>()?;
+        Arc::new(move |ctx: &mut BuildCtx| {
+            let (out, events) = ctx.take_output::<Y>()?;
             let key_of = key_of.clone();
             let route = KeyRoute {
                 key_of: move |t: &T| key_of(t),
@@ -1496,14 +1630,34 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 uid: ctx.stage_uids.last().cloned().unwrap_or_default(),
             };
             Ok(Box::new(ExchangeOut::new(
-                route,
+                MapItem { route, map },
                 out.channel,
                 out.senders,
                 events,
                 ctx.batch_size,
                 ctx.shared.clone(),
             )) as Box<dyn Chain<T>>)
-        });
+        })
+    }
+
+    /// The stage of a keyed broadcast connection: `(Some(key), Left(record))` from this
+    /// stream, `(None, Right(record))` from `other`.
+    pub(crate) fn join_broadcast<B: Data>(
+        self,
+        other: BroadcastStream<B>,
+    ) -> Stream<(Option<K>, Either<T, B>)> {
+        let tail = self.key_tail(|(k, t)| (Some(k), Either::<T, B>::Left(t)));
+        self.stream
+            .join_broadcast(other, tail, |b| (None, Either::Right(b)))
+    }
+
+    /// Adds a keyed operator with uid `uid` after a hash exchange by key group; it starts a
+    /// new stage (set its parallelism on the returned stream).
+    pub fn process<F>(self, uid: &str, f: F) -> Stream<F::Out>
+    where
+        F: KeyedProcessFunction<Key = K, In = T>,
+    {
+        let tail = self.key_tail::<(K, T)>(|kt| kt);
         let keyed_input = self.stream.exchange::<(K, T)>(tail, |ctx, inputs, chain| {
             let max_parallelism = ctx.info.max_parallelism;
             let range =
@@ -1549,6 +1703,21 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     }
 }
 
+impl<K: Key, X: Data> Stream<(Option<K>, X)> {
+    /// Adds the keyed operator of a keyed broadcast connection, whose broadcast records
+    /// come without a key.
+    pub(crate) fn keyed_maybe<F>(self, uid: &str, f: F) -> Stream<F::Out>
+    where
+        F: KeyedProcessFunction<Key = K, In = X>,
+    {
+        let f = Prototype::new(f);
+        self.chained(uid, move |ctx, uid, next| {
+            build_keyed::<F, MaybeByKey>(ctx, uid, f.get()?, next)
+        })
+        .emitting_side_outputs()
+    }
+}
+
 impl<K: Key, T: Data> Stream<(K, T)> {
     fn keyed<F>(self, uid: &str, f: F) -> Stream<F::Out>
     where
@@ -1556,18 +1725,18 @@ impl<K: Key, T: Data> Stream<(K, T)> {
     {
         let f = Prototype::new(f);
         self.chained(uid, move |ctx, uid, next| {
-            build_keyed(ctx, uid, f.get()?, next)
+            build_keyed::<F, ByKey>(ctx, uid, f.get()?, next)
         })
         .emitting_side_outputs()
     }
 }
 
-fn build_keyed<F: KeyedProcessFunction>(
+pub(crate) fn build_keyed<F: KeyedProcessFunction, E: KeyedInput<F>>(
     ctx: &mut BuildCtx,
     uid: &str,
     f: F,
     next: Box<dyn Chain<F::Out>>,
-) -> Result<KeyedChain<F>> {
+) -> Result<KeyedChain<F, E>> {
     let codec = BincodeCodec::<F::Key>::new();
     let max_parallelism = ctx.info.max_parallelism;
     let key_group_range =
@@ -1583,7 +1752,7 @@ fn build_keyed<F: KeyedProcessFunction>(
                 key_codec,
             })
             .map_err(|e| RuntimeError::state(uid, e))?;
-            keyed_op(ctx, uid, f, b, codec, next)
+            keyed_op::<F, _, E>(ctx, uid, f, b, codec, next)
         }
         StateBackendConfig::RocksDb { local_dir, options } => {
             let b = RocksDbBackend::new(RocksDbConfig {
@@ -1595,21 +1764,21 @@ fn build_keyed<F: KeyedProcessFunction>(
                 options,
             })
             .map_err(|e| RuntimeError::state(uid, e))?;
-            keyed_op(ctx, uid, f, b, codec, next)
+            keyed_op::<F, _, E>(ctx, uid, f, b, codec, next)
         }
     }
 }
 
 /// The keyed operator on backend `b`, wrapped in the changelog when the job uses it, with
 /// its state restored.
-fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static>(
+fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static, E: KeyedInput<F>>(
     ctx: &mut BuildCtx,
     uid: &str,
     f: F,
     b: B,
     codec: BincodeCodec<F::Key>,
     next: Box<dyn Chain<F::Out>>,
-) -> Result<KeyedChain<F>> {
+) -> Result<KeyedChain<F, E>> {
     if let Some(options) = ctx.changelog {
         let config = ChangelogConfig::with_options(uid, codec.identity().clone(), options);
         let mut b = match &ctx.storage {
@@ -1618,12 +1787,12 @@ fn keyed_op<F: KeyedProcessFunction, B: KeyedStateBackend + 'static>(
         };
         let setup = ctx.setup(uid, Some(&mut b))?;
         let sides = ctx.take_sides(uid)?;
-        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next, sides)?))
+        Ok(E::erase(KeyedOp::new(setup, f, b, codec, next, sides)?))
     } else {
         let mut b = b;
         let setup = ctx.setup(uid, Some(&mut b))?;
         let sides = ctx.take_sides(uid)?;
-        Ok(Box::new(KeyedOp::new(setup, f, b, codec, next, sides)?))
+        Ok(E::erase(KeyedOp::new(setup, f, b, codec, next, sides)?))
     }
 }
 

@@ -3,7 +3,8 @@
 //! A job is a dataflow — replayable [`Source`]s, non-keyed operators, `key_by`
 //! exchanges into keyed operators with state in a [`cairn_core::KeyedStateBackend`], and a
 //! [`Sink`], with side outputs ([`side`]) branching into streams with sinks of their own
-//! and unions ([`Stream::union`]) and connections ([`connect`]) joining streams —
+//! and unions ([`Stream::union`]), connections ([`connect`]) and broadcast connections
+//! ([`broadcast`]) joining streams —
 //! run at a given parallelism, one thread per subtask, with bounded channels
 //! between stages (backpressure). Operators between two exchanges are chained in one task.
 //!
@@ -52,6 +53,7 @@
 //! # }
 //! ```
 
+pub mod broadcast;
 mod chain;
 pub mod config;
 pub mod connect;
@@ -70,6 +72,10 @@ pub mod timers;
 pub mod watermarks;
 pub mod windows;
 
+pub use broadcast::{
+    BroadcastConnectedStreams, BroadcastProcessFunction, BroadcastState, BroadcastStateDescriptor,
+    BroadcastStream, KeyedBroadcastConnectedStreams, KeyedBroadcastProcessFunction,
+};
 /// The format of a savepoint ([`JobConfig::savepoint_format`],
 /// [`JobHandle::trigger_savepoint_as`]).
 pub use cairn_core::SavepointFormat;

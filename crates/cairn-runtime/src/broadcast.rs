@@ -1,0 +1,609 @@
+//! The broadcast state pattern (Flink's `broadcast(descriptor)`, `BroadcastProcessFunction`
+//! and `KeyedBroadcastProcessFunction`): a low-volume stream (rules, configuration) goes to
+//! every subtask of an operator that also reads a main stream, and each subtask keeps what
+//! it says in **broadcast state**, maps that are the same on every subtask.
+//!
+//! `rules.broadcast()` makes a [`BroadcastStream`]; `events.connect_broadcast(rules)` (or
+//! `events.key_by(..).connect(rules)`) feeds both to one function, whose
+//! `process_broadcast` sees every broadcast record on every subtask and may change the
+//! broadcast state, and whose `process` sees the main stream's records (by key, with keyed
+//! state and timers, when keyed) and only reads it. Updates must be deterministic, so
+//! every subtask's copy stays the same: Flink's rule too.
+//!
+//! Checkpoints: barriers align over both inputs, so with aligned checkpoints every
+//! subtask's copy holds the same broadcast records. Each subtask stores its copy (union
+//! operator state `cairn.broadcast`, entries tagged by subtask); a restore at the same
+//! parallelism takes each subtask's own copy (so in-flight records of an unaligned
+//! checkpoint replay onto the state they were overtaken on), and at another parallelism
+//! new subtask `i` takes old subtask `i mod old parallelism`'s. In-flight records of a
+//! broadcast connection restore only at its old parallelism (a broadcast record in flight
+//! to one old subtask is not in flight to the others): rescale from a savepoint or an
+//! aligned checkpoint.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use cairn_core::{BincodeCodec, Codec, KeyedStateBackend, OperatorListStateDescriptor};
+use serde::{Deserialize, Serialize};
+
+use crate::connect::Either;
+use crate::error::{Result, RuntimeError};
+use crate::function::{
+    Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction, ProcessFunction,
+    SnapshotContext,
+};
+use crate::graph::{KeyedStream, Stream};
+use crate::timers::{Timer, TimerService};
+
+/// The operator state that holds every subtask's copy of its broadcast state.
+pub const BROADCAST_STATE: &str = "cairn.broadcast";
+
+/// A stream whose records go to every subtask of the operator that reads it; see
+/// [`crate::broadcast`].
+pub struct BroadcastStream<B> {
+    pub(crate) stream: Stream<B>,
+}
+
+impl<B> std::fmt::Debug for BroadcastStream<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastStream")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+/// The name and types of one map of broadcast state.
+pub struct BroadcastStateDescriptor<K, V> {
+    name: String,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for BroadcastStateDescriptor<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for BroadcastStateDescriptor<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BroadcastStateDescriptor")
+            .field(&self.name)
+            .finish()
+    }
+}
+
+impl<K: Data + Ord, V: Data> BroadcastStateDescriptor<K, V> {
+    /// A map of broadcast state named `name` (unique among the operator's).
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            _t: PhantomData,
+        }
+    }
+}
+
+/// One stored entry of a subtask's copy: `entry` is `None` for the mark that the subtask
+/// stored a copy (which may be empty).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredEntry {
+    subtask: u32,
+    state: String,
+    entry: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A map's entries, encoded (key, value).
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A map of broadcast state with its types erased.
+trait ErasedMap: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Its entries, encoded.
+    fn encode(&self) -> Result<Entries>;
+}
+
+impl<K: Data + Ord, V: Data> ErasedMap for BTreeMap<K, V> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn encode(&self) -> Result<Entries> {
+        let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
+        let mut out = Vec::with_capacity(self.len());
+        for (k, v) in self {
+            let k = keys
+                .encode_to_vec(k)
+                .map_err(|e| RuntimeError::Config(format!("broadcast state key: {e}")))?;
+            let v = values
+                .encode_to_vec(v)
+                .map_err(|e| RuntimeError::Config(format!("broadcast state value: {e}")))?;
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+}
+
+/// A subtask's broadcast state: maps registered by the function's `open`, restored from
+/// the snapshot the job started from. A function's `process_broadcast` may change them;
+/// `process` reads them.
+#[derive(Default)]
+pub struct BroadcastState {
+    /// The operator (for errors).
+    uid: String,
+    maps: Vec<(String, Box<dyn ErasedMap>)>,
+    /// Restored entries by state name, until the state is registered.
+    restored: BTreeMap<String, Entries>,
+}
+
+impl std::fmt::Debug for BroadcastState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastState")
+            .field(
+                "maps",
+                &self.maps.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl BroadcastState {
+    /// Registers map `d` (once, in `open`), with its restored entries.
+    pub fn register<K: Data + Ord, V: Data>(
+        &mut self,
+        d: &BroadcastStateDescriptor<K, V>,
+    ) -> Result<()> {
+        if self.maps.iter().any(|(n, _)| *n == d.name) {
+            return Err(self.error(&d.name, "is registered twice"));
+        }
+        let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
+        let mut map = BTreeMap::new();
+        let restored = self
+            .restored
+            .get(&d.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (i, (k, v)) in restored.iter().enumerate() {
+            let bad = |part: &str, e: cairn_core::CodecError| RuntimeError::Restore {
+                reason: format!(
+                    "broadcast state {} of operator {}: restored entry {i}: {part}: {e} \
+                     (registered as {} → {})",
+                    d.name,
+                    self.uid,
+                    std::any::type_name::<K>(),
+                    std::any::type_name::<V>()
+                ),
+            };
+            let k = keys.decode(k).map_err(|e| bad("key", e))?;
+            let v = values.decode(v).map_err(|e| bad("value", e))?;
+            map.insert(k, v);
+        }
+        self.restored.remove(&d.name);
+        self.maps.push((d.name.clone(), Box::new(map)));
+        Ok(())
+    }
+
+    /// Map `d`, to read.
+    pub fn get<K: Data + Ord, V: Data>(
+        &self,
+        d: &BroadcastStateDescriptor<K, V>,
+    ) -> Result<&BTreeMap<K, V>> {
+        let (_, map) = self
+            .maps
+            .iter()
+            .find(|(n, _)| *n == d.name)
+            .ok_or_else(|| self.error(&d.name, "is not registered (register it in open)"))?;
+        map.as_any()
+            .downcast_ref()
+            .ok_or_else(|| self.error(&d.name, "is registered with other types"))
+    }
+
+    /// Map `d`, to change (in `process_broadcast`).
+    pub fn get_mut<K: Data + Ord, V: Data>(
+        &mut self,
+        d: &BroadcastStateDescriptor<K, V>,
+    ) -> Result<&mut BTreeMap<K, V>> {
+        let Some(index) = self.maps.iter().position(|(n, _)| *n == d.name) else {
+            return Err(self.error(&d.name, "is not registered (register it in open)"));
+        };
+        if self.maps[index]
+            .1
+            .as_any()
+            .downcast_ref::<BTreeMap<K, V>>()
+            .is_none()
+        {
+            return Err(self.error(&d.name, "is registered with other types"));
+        }
+        let Self { uid, maps, .. } = self;
+        match maps[index].1.as_any_mut().downcast_mut() {
+            Some(map) => Ok(map),
+            None => Err(RuntimeError::User {
+                uid: uid.clone(),
+                message: format!("broadcast state {} is registered with other types", d.name),
+            }),
+        }
+    }
+
+    fn error(&self, state: &str, reason: &str) -> RuntimeError {
+        RuntimeError::User {
+            uid: self.uid.clone(),
+            message: format!("broadcast state {state} {reason}"),
+        }
+    }
+
+    /// Takes this subtask's copy from the restored operator state (see the module's
+    /// rules) and registers the operator state it is stored in.
+    fn initialize(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.uid = ctx.operator_state.uid().to_string();
+        let id =
+            ctx.operator_state.register_reserved_list(
+                &OperatorListStateDescriptor::<StoredEntry>::union(BROADCAST_STATE),
+            )?;
+        let stored = std::mem::take(ctx.operator_state.list(id)?);
+        let mut copies: Vec<u32> = stored.iter().map(|e| e.subtask).collect();
+        copies.sort_unstable();
+        copies.dedup();
+        let me = ctx.subtask.index;
+        let from = if copies.len() == ctx.subtask.parallelism as usize {
+            Some(me)
+        } else {
+            copies.get(me as usize % copies.len().max(1)).copied()
+        };
+        for e in stored {
+            if let (true, Some(entry)) = (Some(e.subtask) == from, e.entry) {
+                self.restored.entry(e.state).or_default().push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores this subtask's copy (`subtask`) in the operator state.
+    fn snapshot(&self, ctx: &mut SnapshotContext<'_>, subtask: u32) -> Result<()> {
+        let id =
+            ctx.operator_state.register_reserved_list(
+                &OperatorListStateDescriptor::<StoredEntry>::union(BROADCAST_STATE),
+            )?;
+        let mut stored = vec![StoredEntry {
+            subtask,
+            state: String::new(),
+            entry: None,
+        }];
+        for (state, map) in &self.maps {
+            for entry in map.encode()? {
+                stored.push(StoredEntry {
+                    subtask,
+                    state: state.clone(),
+                    entry: Some(entry),
+                });
+            }
+        }
+        // Restored maps the function no longer registers are kept as they were.
+        for (state, entries) in &self.restored {
+            for entry in entries {
+                stored.push(StoredEntry {
+                    subtask,
+                    state: state.clone(),
+                    entry: Some(entry.clone()),
+                });
+            }
+        }
+        *ctx.operator_state.list(id)? = stored;
+        Ok(())
+    }
+}
+
+/// A function of a main stream and a broadcast stream (Flink's `BroadcastProcessFunction`).
+pub trait BroadcastProcessFunction<In, Bc, Out>: Checkpointed + Clone + Send + 'static {
+    /// Registers the broadcast state's maps (restored entries are in them). Runs once per
+    /// instance, after [`Checkpointed::initialize_state`].
+    fn open(&mut self, broadcast: &mut BroadcastState) -> Result<()>;
+    /// Processes one record of the main stream; the broadcast state is read-only here.
+    fn process(
+        &mut self,
+        input: In,
+        broadcast: &BroadcastState,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()>;
+    /// Processes one broadcast record (every subtask gets each).
+    fn process_broadcast(
+        &mut self,
+        input: Bc,
+        broadcast: &mut BroadcastState,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()>;
+}
+
+/// A function of a keyed stream and a broadcast stream (Flink's
+/// `KeyedBroadcastProcessFunction`): keyed state and timers for the keyed records,
+/// broadcast state for all.
+pub trait KeyedBroadcastProcessFunction: Checkpointed + Clone + Send + 'static {
+    /// The key type of the keyed stream.
+    type Key: Key;
+    /// Records of the keyed stream.
+    type In: Data;
+    /// Records of the broadcast stream.
+    type Broadcast: Data;
+    /// Output records.
+    type Out: Data;
+    /// Handles to registered keyed states.
+    type State: Send + 'static;
+    /// Registers the keyed states and the broadcast state's maps (restored entries are in
+    /// them), as [`KeyedProcessFunction::open`].
+    fn open<S: KeyedStateBackend>(
+        &mut self,
+        backend: &mut S,
+        broadcast: &mut BroadcastState,
+    ) -> Result<Self::State>;
+    /// Processes one record of `key`; the broadcast state is read-only here.
+    #[allow(clippy::too_many_arguments)]
+    fn process<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        input: Self::In,
+        broadcast: &BroadcastState,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()>;
+    /// Processes one broadcast record (every subtask gets each), with no current key.
+    fn process_broadcast(
+        &mut self,
+        input: Self::Broadcast,
+        broadcast: &mut BroadcastState,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()>;
+    /// A timer of `key` fired, as [`KeyedProcessFunction::on_timer`]. The default does
+    /// nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn on_timer<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        timer: Timer,
+        broadcast: &BroadcastState,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let _ = (state, key, timer, broadcast, backend, timers, out);
+        Ok(())
+    }
+}
+
+/// A stream connected with a broadcast stream; see [`Stream::connect_broadcast`].
+pub struct BroadcastConnectedStreams<A, B> {
+    pub(crate) stream: Stream<Either<A, B>>,
+}
+
+impl<A, B> std::fmt::Debug for BroadcastConnectedStreams<A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastConnectedStreams")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Data, B: Data> BroadcastConnectedStreams<A, B> {
+    /// Sets the parallelism of the operator's stage.
+    pub fn parallelism(self, p: u32) -> Self {
+        Self {
+            stream: self.stream.parallelism(p),
+        }
+    }
+
+    /// Reads both with `f`, an operator with uid `uid` (the main stream's records are
+    /// dealt round-robin among its subtasks; every subtask gets every broadcast record).
+    pub fn process<Out: Data, F: BroadcastProcessFunction<A, B, Out>>(
+        self,
+        uid: &str,
+        f: F,
+    ) -> Stream<Out> {
+        let f = WithBroadcast {
+            f,
+            broadcast: BroadcastState::default(),
+            subtask: 0,
+            _t: PhantomData,
+        };
+        self.stream.process(uid, f)
+    }
+}
+
+/// A keyed stream connected with a broadcast stream; see [`KeyedStream::connect`].
+pub struct KeyedBroadcastConnectedStreams<K, A, B> {
+    pub(crate) stream: Stream<(Option<K>, Either<A, B>)>,
+}
+
+impl<K, A, B> std::fmt::Debug for KeyedBroadcastConnectedStreams<K, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedBroadcastConnectedStreams")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, A: Data, B: Data> KeyedBroadcastConnectedStreams<K, A, B> {
+    /// Sets the parallelism of the operator's stage.
+    pub fn parallelism(self, p: u32) -> Self {
+        Self {
+            stream: self.stream.parallelism(p),
+        }
+    }
+
+    /// Reads both with `f`, a keyed operator with uid `uid`.
+    pub fn process<F>(self, uid: &str, f: F) -> Stream<F::Out>
+    where
+        F: KeyedBroadcastProcessFunction<Key = K, In = A, Broadcast = B>,
+    {
+        let f = KeyedWithBroadcast {
+            f,
+            broadcast: BroadcastState::default(),
+            subtask: 0,
+        };
+        self.stream.keyed_maybe(uid, f)
+    }
+}
+
+impl<K: Key, T: Data> KeyedStream<K, T> {
+    /// Connects this keyed stream with a broadcast stream (Flink's
+    /// `keyBy(..).connect(broadcastStream)`), for a [`KeyedBroadcastProcessFunction`].
+    pub fn connect<B: Data>(
+        self,
+        other: BroadcastStream<B>,
+    ) -> KeyedBroadcastConnectedStreams<K, T, B> {
+        KeyedBroadcastConnectedStreams {
+            stream: self.join_broadcast(other),
+        }
+    }
+}
+
+/// Checkpoint hooks of a function with broadcast state: the state first, then the
+/// function's own, then `$open` (with the wrapper as `$s`).
+macro_rules! checkpointed_with_broadcast {
+    ($ty:ty, [$($g:tt)*], where [$($w:tt)*], |$s:ident| $open:expr) => {
+        impl<$($g)*> Checkpointed for $ty where $($w)* {
+            fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+                self.subtask = ctx.subtask.index;
+                self.broadcast.initialize(ctx)?;
+                self.f.initialize_state(ctx)?;
+                let $s = self;
+                $open
+            }
+            fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
+                self.broadcast.snapshot(ctx, self.subtask)?;
+                self.f.snapshot_state(ctx)
+            }
+            fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+                self.f.notify_checkpoint_complete(checkpoint_id)
+            }
+            fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+                self.f.notify_checkpoint_aborted(checkpoint_id)
+            }
+        }
+    };
+}
+
+/// A [`BroadcastProcessFunction`] with its broadcast state, as the function of the
+/// connection's records.
+struct WithBroadcast<F, A, B, Out> {
+    f: F,
+    broadcast: BroadcastState,
+    subtask: u32,
+    _t: PhantomData<fn(A, B) -> Out>,
+}
+
+/// A clone starts with empty broadcast state: operators are cloned from their prototype
+/// before they are initialized.
+impl<F: Clone, A, B, Out> Clone for WithBroadcast<F, A, B, Out> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            broadcast: BroadcastState::default(),
+            subtask: self.subtask,
+            _t: PhantomData,
+        }
+    }
+}
+
+// A non-keyed function has no `open` of its own: its broadcast state's maps are
+// registered after `initialize_state`.
+checkpointed_with_broadcast!(
+    WithBroadcast<F, A, B, Out>,
+    [F, A, B, Out],
+    where [F: BroadcastProcessFunction<A, B, Out>],
+    |s| s.f.open(&mut s.broadcast)
+);
+
+impl<A: Data, B: Data, Out: 'static, F> ProcessFunction<Either<A, B>, Out>
+    for WithBroadcast<F, A, B, Out>
+where
+    F: BroadcastProcessFunction<A, B, Out>,
+{
+    fn process(&mut self, input: Either<A, B>, out: &mut Collector<'_, Out>) -> Result<()> {
+        match input {
+            Either::Left(a) => self.f.process(a, &self.broadcast, out),
+            Either::Right(b) => self.f.process_broadcast(b, &mut self.broadcast, out),
+        }
+    }
+}
+
+/// A [`KeyedBroadcastProcessFunction`] with its broadcast state, as the keyed function of
+/// the connection's records (the broadcast ones come without a key).
+struct KeyedWithBroadcast<F> {
+    f: F,
+    broadcast: BroadcastState,
+    subtask: u32,
+}
+
+/// A clone starts with empty broadcast state, as [`WithBroadcast`]'s.
+impl<F: Clone> Clone for KeyedWithBroadcast<F> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            broadcast: BroadcastState::default(),
+            subtask: self.subtask,
+        }
+    }
+}
+
+checkpointed_with_broadcast!(KeyedWithBroadcast<F>, [F], where [F: Checkpointed], |_s| Ok(()));
+
+impl<F: KeyedBroadcastProcessFunction> KeyedProcessFunction for KeyedWithBroadcast<F> {
+    type Key = F::Key;
+    type In = Either<F::In, F::Broadcast>;
+    type Out = F::Out;
+    type State = F::State;
+
+    fn open<S: KeyedStateBackend>(&mut self, backend: &mut S) -> Result<Self::State> {
+        self.f.open(backend, &mut self.broadcast)
+    }
+
+    fn process<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        input: Self::In,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match input {
+            Either::Left(a) => self
+                .f
+                .process(state, key, a, &self.broadcast, backend, timers, out),
+            Either::Right(_) => Err(RuntimeError::Config(
+                "a broadcast record came with a key".into(),
+            )),
+        }
+    }
+
+    fn process_unkeyed(
+        &mut self,
+        _state: &Self::State,
+        input: Self::In,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match input {
+            Either::Right(b) => self.f.process_broadcast(b, &mut self.broadcast, out),
+            Either::Left(_) => Err(RuntimeError::Config(
+                "a record of the keyed input came without a key".into(),
+            )),
+        }
+    }
+
+    fn on_timer<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &Self::Key,
+        timer: Timer,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        self.f
+            .on_timer(state, key, timer, &self.broadcast, backend, timers, out)
+    }
+}
