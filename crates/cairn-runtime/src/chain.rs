@@ -690,6 +690,36 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
     }
 }
 
+/// The [`Chain`] methods other than `push` of an element that passes all of them on to
+/// `self.$next` (a wrapper around another chain).
+macro_rules! pass_on_to {
+    ($($next:tt)+) => {
+        fn mark(&mut self, mark: $crate::watermarks::Mark) -> $crate::error::Result<()> {
+            self.$($next)+.mark(mark)
+        }
+        fn snapshot(
+            &mut self,
+            barrier: &$crate::chain::Barrier,
+            sync: &mut $crate::chain::SyncPhase,
+        ) -> $crate::error::Result<()> {
+            self.$($next)+.snapshot(barrier, sync)
+        }
+        fn notify(&mut self, n: $crate::chain::Notification) -> $crate::error::Result<()> {
+            self.$($next)+.notify(n)
+        }
+        fn finish(&mut self) -> $crate::error::Result<()> {
+            self.$($next)+.finish()
+        }
+        fn end(&mut self) -> $crate::error::Result<()> {
+            self.$($next)+.end()
+        }
+        fn flush(&mut self) -> $crate::error::Result<()> {
+            self.$($next)+.flush()
+        }
+    };
+}
+pub(crate) use pass_on_to;
+
 /// A keyed operator that also reads records without a key (`None`): the broadcast input of
 /// a broadcast connection, which [`KeyedProcessFunction::process_unkeyed`] takes with no
 /// current key. Everything else is the keyed operator's.
@@ -714,24 +744,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(Option<F::Key>, F::In
             }
         }
     }
-    fn mark(&mut self, mark: Mark) -> Result<()> {
-        self.0.mark(mark)
-    }
-    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
-        self.0.snapshot(barrier, sync)
-    }
-    fn notify(&mut self, n: Notification) -> Result<()> {
-        self.0.notify(n)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.0.finish()
-    }
-    fn end(&mut self) -> Result<()> {
-        self.0.end()
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.0.flush()
-    }
+    pass_on_to!(0);
     fn fire_timers(&mut self) -> Result<()> {
         self.0.fire_timers()
     }
@@ -944,24 +957,7 @@ impl<T: Clone + Send + 'static> Chain<T> for BroadcastOut<T> {
         self.out.route.target = last;
         self.out.push(record, timestamp)
     }
-    fn mark(&mut self, mark: Mark) -> Result<()> {
-        self.out.mark(mark)
-    }
-    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
-        self.out.snapshot(barrier, sync)
-    }
-    fn notify(&mut self, n: Notification) -> Result<()> {
-        self.out.notify(n)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.out.finish()
-    }
-    fn end(&mut self) -> Result<()> {
-        self.out.end()
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.out.flush()
-    }
+    pass_on_to!(out);
 }
 
 /// By key group of the record's key (`key_by`).

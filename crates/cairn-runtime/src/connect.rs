@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 use cairn_core::KeyedStateBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{Barrier, Chain, Notification, SyncPhase};
+use crate::chain::Chain;
 use crate::error::Result;
 use crate::function::{
     Checkpointed, Collector, Data, FnProcess, InitContext, Key, KeyedProcessFunction,
@@ -26,7 +26,6 @@ use crate::function::{
 };
 use crate::graph::Stream;
 use crate::timers::{Timer, TimerService};
-use crate::watermarks::Mark;
 
 /// A record of two connected streams: of the first (`Left`) or the second (`Right`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -310,22 +309,5 @@ impl<T: Send, U: Send> Chain<T> for Wrap<T, U> {
     fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
         self.next.push((self.wrap)(record), timestamp)
     }
-    fn mark(&mut self, mark: Mark) -> Result<()> {
-        self.next.mark(mark)
-    }
-    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
-        self.next.snapshot(barrier, sync)
-    }
-    fn notify(&mut self, n: Notification) -> Result<()> {
-        self.next.notify(n)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.next.finish()
-    }
-    fn end(&mut self) -> Result<()> {
-        self.next.end()
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    crate::chain::pass_on_to!(next);
 }

@@ -117,24 +117,7 @@ impl<T> Chain<T> for Counted<T> {
         self.count += 1;
         self.next.push(record, timestamp)
     }
-    fn mark(&mut self, mark: Mark) -> Result<()> {
-        self.next.mark(mark)
-    }
-    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
-        self.next.snapshot(barrier, sync)
-    }
-    fn notify(&mut self, n: Notification) -> Result<()> {
-        self.next.notify(n)
-    }
-    fn finish(&mut self) -> Result<()> {
-        self.next.finish()
-    }
-    fn end(&mut self) -> Result<()> {
-        self.next.end()
-    }
-    fn flush(&mut self) -> Result<()> {
-        self.next.flush()
-    }
+    crate::chain::pass_on_to!(next);
 }
 
 /// Source throttling and failure injection settings.

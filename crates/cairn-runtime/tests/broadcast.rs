@@ -19,12 +19,11 @@ use cairn_core::{KeyedStateBackend, ValueStateDescriptor, ValueStateId};
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, BroadcastProcessFunction, BroadcastState, BroadcastStateDescriptor,
-    CheckpointRetention, Checkpointed, CheckpointingMode, Collector, InitContext, Job, JobGraph,
-    KeyedBroadcastProcessFunction, RestoreFrom, RuntimeError, StateBackendConfig, Stream,
-    TimerService,
+    source, BroadcastProcessFunction, BroadcastState, BroadcastStateDescriptor, Checkpointed,
+    CheckpointingMode, Collector, InitContext, Job, JobGraph, KeyedBroadcastProcessFunction,
+    RestoreFrom, RuntimeError, StateBackendConfig, Stream, TimerService,
 };
-use common::unaligned::{inflight_by_uid, run_until_inflight};
+use common::unaligned::{run_until_holding, unaligned_retained_config};
 use common::*;
 
 /// Rules `r<i> <i>` for `i` in 0..`n`, into `dir/rules.txt`.
@@ -327,20 +326,10 @@ fn in_flight_broadcast_records_restore_at_the_old_parallelism_only() {
     let (words, counts) = write_input(dir.path(), 1500, 150, 5);
     let rules = write_rules(dir.path(), 1500);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.parallelism = 2;
-    cfg.checkpoint.unaligned = true;
-    cfg.checkpoint.num_retained = 1;
-    cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+    let mut cfg = unaligned_retained_config(dir.path(), 2);
     let mut slow = Rules::new(Vec::new());
     slow.delay = Duration::from_micros(300);
-    let (first, manifest) = run_until_inflight(graph(&words, &rules, &output, slow), &cfg, 20);
-    let manifest = manifest.expect("an unaligned checkpoint with in-flight records");
-    let inflight = inflight_by_uid(&manifest);
-    assert!(
-        inflight.get("rules").copied().unwrap_or(0) > 0,
-        "in-flight records on the connection's operator: {inflight:?}"
-    );
+    let first = run_until_holding(graph(&words, &rules, &output, slow), &cfg, "rules", 20);
     cfg.restore = Some(RestoreFrom::Latest);
     let mut rescaled = cfg.clone();
     rescaled.parallelism = 3;

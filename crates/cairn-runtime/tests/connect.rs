@@ -19,11 +19,11 @@ use cairn_core::{
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointRetention, Checkpointed, CheckpointingMode, CoProcessFunction, Collector,
-    Job, JobGraph, KeyedCoProcessFunction, RestoreFrom, RuntimeError, StateBackendConfig, Stream,
-    Timer, TimerService, WatermarkStrategy,
+    source, Checkpointed, CheckpointingMode, CoProcessFunction, Collector, Job, JobGraph,
+    KeyedCoProcessFunction, RestoreFrom, RuntimeError, StateBackendConfig, Stream, Timer,
+    TimerService, WatermarkStrategy,
 };
-use common::unaligned::{inflight_by_uid, run_until_inflight};
+use common::unaligned::{run_until_holding, unaligned_retained_config};
 use common::*;
 
 /// Word-count inputs in `dir/a` and `dir/b`.
@@ -322,20 +322,10 @@ fn in_flight_records_of_a_connection_are_replayed_after_a_rescaled_restore() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b, counts_a, counts_b) = two_inputs(dir.path(), 1500, 1500);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.parallelism = 2;
-    cfg.checkpoint.unaligned = true;
-    cfg.checkpoint.num_retained = 1;
-    cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
+    let mut cfg = unaligned_retained_config(dir.path(), 2);
     let mut slow = JoinCounts::new(Vec::new());
     slow.delay = Duration::from_micros(300);
-    let (first, manifest) = run_until_inflight(joined(&a, &b, &output, slow), &cfg, 20);
-    let manifest = manifest.expect("an unaligned checkpoint with in-flight records");
-    let inflight = inflight_by_uid(&manifest);
-    assert!(
-        inflight.get("join").copied().unwrap_or(0) > 0,
-        "in-flight records on the connection's operator: {inflight:?}"
-    );
+    let first = run_until_holding(joined(&a, &b, &output, slow), &cfg, "join", 20);
     cfg.parallelism = 3;
     cfg.restore = Some(RestoreFrom::Latest);
     let second = Job::new(joined(&a, &b, &output, JoinCounts::new(Vec::new())), cfg)
@@ -507,19 +497,6 @@ impl CoProcessFunction<String, (String, u64), String> for CountInputs {
     }
     fn finish(&mut self, out: &mut Collector<'_, String>) -> cairn_runtime::Result<()> {
         out.collect(format!("{} {}", self.a, self.b))
-    }
-}
-
-/// Collects into a shared list.
-#[derive(Clone, Debug)]
-struct Collect<T>(Arc<Mutex<Vec<T>>>);
-
-impl<T> Checkpointed for Collect<T> {}
-
-impl<T: Clone + Send + 'static> cairn_runtime::Sink<T> for Collect<T> {
-    fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
-        self.0.lock().expect("lock").push(record);
-        Ok(())
     }
 }
 

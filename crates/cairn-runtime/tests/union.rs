@@ -19,7 +19,7 @@ use cairn_runtime::{
     source, CheckpointRetention, CheckpointingMode, Collector, Job, JobGraph, OutputTag,
     RestoreFrom, StateBackendConfig, Stream, TumblingEventTimeWindows, WatermarkStrategy,
 };
-use common::unaligned::{inflight_by_uid, run_until_inflight, slow, FailEvery, Gen};
+use common::unaligned::{run_until_holding, slow, unaligned_retained_config, FailEvery, Gen};
 use common::*;
 
 /// Two word-count inputs in `dir/a` and `dir/b` (of different sizes and vocabularies that
@@ -459,19 +459,8 @@ fn in_flight_records_of_both_inputs_are_replayed_after_a_rescaled_restore() {
             .process("fail", FailEvery::at(Vec::new()))
             .sink("sink", count_sink(&output))
     };
-    let mut cfg = config(dir.path(), 20);
-    cfg.parallelism = 2;
-    cfg.checkpoint.unaligned = true;
-    cfg.checkpoint.num_retained = 1;
-    cfg.checkpoint.retention = CheckpointRetention::RetainOnCancellation;
-    cfg.records_per_second = None;
-    let (first, manifest) = run_until_inflight(graph(Duration::from_micros(200)), &cfg, 50);
-    let manifest = manifest.expect("an unaligned checkpoint with in-flight records");
-    let inflight = inflight_by_uid(&manifest);
-    assert!(
-        inflight.get("slow").copied().unwrap_or(0) > 0,
-        "in-flight records on the union's first operator: {inflight:?}"
-    );
+    let mut cfg = unaligned_retained_config(dir.path(), 2);
+    let first = run_until_holding(graph(Duration::from_micros(200)), &cfg, "slow", 50);
     cfg.parallelism = 3;
     cfg.restore = Some(RestoreFrom::Latest);
     let second = Job::new(graph(Duration::ZERO), cfg)
@@ -616,19 +605,6 @@ fn a_union_refuses_graphs_that_cannot_work() {
         message.contains("only a process function (keyed or not) or a window emits side outputs"),
         "{message}"
     );
-}
-
-/// Collects into a shared list.
-#[derive(Clone, Debug)]
-struct Collect<T>(Arc<Mutex<Vec<T>>>);
-
-impl<T> cairn_runtime::Checkpointed for Collect<T> {}
-
-impl<T: Clone + Send + 'static> cairn_runtime::Sink<T> for Collect<T> {
-    fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
-        self.0.lock().expect("lock").push(record);
-        Ok(())
-    }
 }
 
 /// A job's final checkpoint marks both sources and everything after them finished: the

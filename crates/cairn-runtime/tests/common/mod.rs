@@ -625,3 +625,16 @@ impl ProcessFunction<String, (u64, u64)> for ParseEvents {
         }
     }
 }
+
+/// A sink that collects into a shared list.
+#[derive(Clone, Debug)]
+pub struct Collect<T>(pub Arc<std::sync::Mutex<Vec<T>>>);
+
+impl<T> Checkpointed for Collect<T> {}
+
+impl<T: Clone + Send + 'static> cairn_runtime::Sink<T> for Collect<T> {
+    fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push(record);
+        Ok(())
+    }
+}

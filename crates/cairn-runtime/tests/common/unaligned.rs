@@ -193,3 +193,33 @@ pub fn run_until_inflight(
 pub fn checkpoint_path(checkpoint_dir: &str, id: u64) -> std::path::PathBuf {
     Path::new(checkpoint_dir).join(format!("chk-{id}"))
 }
+
+/// The configuration of a run that [`run_until_holding`] stops: unaligned checkpoints every
+/// 20 ms into `dir`, one retained and kept on cancellation, at `parallelism`.
+pub fn unaligned_retained_config(dir: &Path, parallelism: u32) -> JobConfig {
+    let mut cfg = super::config(dir, 20);
+    cfg.parallelism = parallelism;
+    cfg.checkpoint.unaligned = true;
+    cfg.checkpoint.num_retained = 1;
+    cfg.checkpoint.retention = cairn_runtime::CheckpointRetention::RetainOnCancellation;
+    cfg
+}
+
+/// [`run_until_inflight`] (at least `min_inflight` records), asserting that operator `uid`
+/// holds in-flight records in the checkpoint it stopped at.
+pub fn run_until_holding(
+    graph: JobGraph,
+    config: &JobConfig,
+    uid: &str,
+    min_inflight: usize,
+) -> JobResult {
+    let (first, manifest) = run_until_inflight(graph, config, min_inflight);
+    let manifest = manifest
+        .unwrap_or_else(|| panic!("no unaligned checkpoint with in-flight records: {first:?}"));
+    let inflight = inflight_by_uid(&manifest);
+    assert!(
+        inflight.get(uid).copied().unwrap_or(0) > 0,
+        "in-flight records on operator {uid}: {inflight:?}"
+    );
+    first
+}
