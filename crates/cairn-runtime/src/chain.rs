@@ -908,14 +908,16 @@ impl<T: Send + 'static> Route<T> for FixedRoute {
 
 /// Another route whose items are made into `Y` by `map` (the items of a broadcast
 /// connection's keyed input: `(Some(key), Left(record))`).
-pub(crate) struct MapItem<R, I, Y> {
+pub(crate) struct MapItem<R, M> {
     pub(crate) route: R,
-    pub(crate) map: fn(I) -> Y,
+    /// A closure, so that an identity map costs nothing (inlined).
+    pub(crate) map: M,
 }
 
-impl<T, R, Y> Route<T> for MapItem<R, R::Item, Y>
+impl<T, R, M, Y> Route<T> for MapItem<R, M>
 where
     R: Route<T>,
+    M: Fn(R::Item) -> Y + Send,
     Y: Send + 'static,
 {
     type Item = Y;

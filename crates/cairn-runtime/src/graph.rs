@@ -1617,7 +1617,10 @@ impl<K, T> std::fmt::Debug for KeyedStream<K, T> {
 impl<K: Key, T: Data> KeyedStream<K, T> {
     /// The end of a chain that sends each record, made a `Y` by `map`, to the subtask of
     /// its key's key group.
-    fn key_tail<Y: Data>(&self, map: fn((K, T)) -> Y) -> ChainFactory<T> {
+    fn key_tail<Y: Data>(
+        &self,
+        map: impl Fn((K, T)) -> Y + Copy + Send + Sync + 'static,
+    ) -> ChainFactory<T> {
         let key_of = self.key_of.clone();
         Arc::new(move |ctx: &mut BuildCtx| {
             let (out, events) = ctx.take_output::<Y>()?;
