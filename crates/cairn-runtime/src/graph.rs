@@ -1599,10 +1599,13 @@ fn input_task<X: Data>(
     )))
 }
 
+/// A keyed stream's key function.
+pub(crate) type KeyOf<K, T> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
 /// A stream partitioned by key; see [`Stream::key_by`].
 pub struct KeyedStream<K, T> {
     stream: Stream<T>,
-    key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    key_of: KeyOf<K, T>,
     _k: PhantomData<fn() -> K>,
 }
 
@@ -1615,6 +1618,11 @@ impl<K, T> std::fmt::Debug for KeyedStream<K, T> {
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {
+    /// The stream and its key function.
+    pub(crate) fn into_parts(self) -> (Stream<T>, KeyOf<K, T>) {
+        (self.stream, self.key_of)
+    }
+
     /// The end of a chain that sends each record, made a `Y` by `map`, to the subtask of
     /// its key's key group.
     fn key_tail<Y: Data>(

@@ -64,6 +64,7 @@ pub mod functions;
 mod graph;
 pub mod inflight;
 mod job;
+pub mod joins;
 pub mod side;
 pub mod sinks;
 pub mod sources;
@@ -94,6 +95,7 @@ pub use function::{
 };
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
+pub use joins::{FnJoin, IntervalJoin, IntervalJoined, JoinContext, ProcessJoinFunction};
 pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};

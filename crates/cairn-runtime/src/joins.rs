@@ -1,0 +1,433 @@
+//! The interval join (Flink's `KeyedStream.intervalJoin`): records of two keyed streams
+//! with equal keys are joined when the right one's event time lies within bounds relative
+//! to the left one's, `left + lower <= right <= left + upper` (each bound inclusive unless
+//! made exclusive). Each pair goes to a [`ProcessJoinFunction`]; what it emits has the
+//! later of the two timestamps.
+//!
+//! It is a keyed connection ([`crate::connect`]) of the two streams: each side's records
+//! wait in keyed map state (`left-buffer`, `right-buffer`: event time → records) for
+//! matches from the other side, and an event-time timer drops them once the watermark
+//! says no match can come (left: at `t + max(upper, 0)`; right: at `t + max(-lower, 0)`).
+//! Both inputs need timestamps ([`crate::Stream::assign_timestamps_and_watermarks`]); a
+//! record older than the operator's watermark is late and dropped, as in Flink. The state
+//! is keyed state like any other: checkpoints, savepoints, rescaling and backend switches
+//! carry it.
+
+use std::marker::PhantomData;
+
+use cairn_core::{KeyedStateBackend, MapStateDescriptor, MapStateId};
+
+use crate::connect::KeyedCoProcessFunction;
+use crate::error::{Result, RuntimeError};
+use crate::function::{Checkpointed, Collector, Data, InitContext, Key, SnapshotContext};
+use crate::graph::{KeyedStream, Stream};
+use crate::timers::{Timer, TimerService};
+
+/// When a pair was joined: the event times of its two records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinContext {
+    /// The left record's event time (milliseconds).
+    pub left_timestamp: u64,
+    /// The right record's event time.
+    pub right_timestamp: u64,
+}
+
+impl JoinContext {
+    /// The later of the two: the timestamp of what the function emits.
+    pub fn timestamp(&self) -> u64 {
+        self.left_timestamp.max(self.right_timestamp)
+    }
+}
+
+/// A function of the joined pairs (Flink's `ProcessJoinFunction`), with checkpoint hooks.
+pub trait ProcessJoinFunction<A, B, Out>: Checkpointed + Clone + Send + 'static {
+    /// Processes one pair.
+    fn process(
+        &mut self,
+        left: &A,
+        right: &B,
+        ctx: &JoinContext,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()>;
+}
+
+/// Adapts a closure `FnMut(&A, &B, &JoinContext, &mut Collector<Out>)` as a
+/// [`ProcessJoinFunction`].
+#[derive(Clone, Debug)]
+pub struct FnJoin<F>(pub F);
+
+impl<F> Checkpointed for FnJoin<F> {}
+
+impl<A, B, Out, F> ProcessJoinFunction<A, B, Out> for FnJoin<F>
+where
+    F: FnMut(&A, &B, &JoinContext, &mut Collector<'_, Out>) -> Result<()> + Clone + Send + 'static,
+{
+    fn process(
+        &mut self,
+        left: &A,
+        right: &B,
+        ctx: &JoinContext,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        (self.0)(left, right, ctx, out)
+    }
+}
+
+impl<K: Key, T: Data> KeyedStream<K, T> {
+    /// Joins this stream's records with `other`'s of the same key whose event times are
+    /// close (Flink's `intervalJoin`); set the bounds with [`IntervalJoin::between`].
+    pub fn interval_join<B: Data>(self, other: KeyedStream<K, B>) -> IntervalJoin<K, T, B> {
+        IntervalJoin {
+            left: self,
+            right: other,
+        }
+    }
+}
+
+/// Two keyed streams to join; see [`KeyedStream::interval_join`].
+pub struct IntervalJoin<K, A, B> {
+    left: KeyedStream<K, A>,
+    right: KeyedStream<K, B>,
+}
+
+impl<K, A, B> std::fmt::Debug for IntervalJoin<K, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoin").finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, A: Data, B: Data> IntervalJoin<K, A, B> {
+    /// Joins a left record at `t` with the right records from `t + lower_ms` to
+    /// `t + upper_ms` (milliseconds; negative bounds reach back in time), both inclusive.
+    pub fn between(self, lower_ms: i64, upper_ms: i64) -> IntervalJoined<K, A, B> {
+        IntervalJoined {
+            join: self,
+            bounds: Bounds {
+                lower: lower_ms,
+                upper: upper_ms,
+                lower_inclusive: true,
+                upper_inclusive: true,
+            },
+        }
+    }
+}
+
+/// An interval join with its bounds; see [`IntervalJoin::between`].
+pub struct IntervalJoined<K, A, B> {
+    join: IntervalJoin<K, A, B>,
+    bounds: Bounds,
+}
+
+impl<K, A, B> std::fmt::Debug for IntervalJoined<K, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoined")
+            .field("bounds", &self.bounds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, A: Data, B: Data> IntervalJoined<K, A, B> {
+    /// Excludes `t + lower` itself.
+    pub fn lower_bound_exclusive(mut self) -> Self {
+        self.bounds.lower_inclusive = false;
+        self
+    }
+
+    /// Excludes `t + upper` itself.
+    pub fn upper_bound_exclusive(mut self) -> Self {
+        self.bounds.upper_inclusive = false;
+        self
+    }
+
+    /// Gives each pair to `f`, the keyed operator with uid `uid` (its parallelism is the
+    /// job's unless set on the result).
+    pub fn process<Out: Data, F: ProcessJoinFunction<A, B, Out>>(
+        self,
+        uid: &str,
+        f: F,
+    ) -> Stream<Out> {
+        let (left, left_key) = self.join.left.into_parts();
+        let (right, right_key) = self.join.right.into_parts();
+        left.connect(right)
+            .key_by(move |a: &A| left_key(a), move |b: &B| right_key(b))
+            .process(
+                uid,
+                IntervalJoinOp {
+                    f,
+                    bounds: self.bounds,
+                    uid: String::new(),
+                    _t: PhantomData,
+                },
+            )
+    }
+}
+
+/// The bounds of an interval join, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bounds {
+    lower: i64,
+    upper: i64,
+    lower_inclusive: bool,
+    upper_inclusive: bool,
+}
+
+impl Bounds {
+    /// Whether a left record at `left` and a right one at `right` join.
+    fn joins(&self, left: u64, right: u64) -> bool {
+        let d = i128::from(right) - i128::from(left);
+        let (lower, upper) = (i128::from(self.lower), i128::from(self.upper));
+        (if self.lower_inclusive {
+            d >= lower
+        } else {
+            d > lower
+        }) && (if self.upper_inclusive {
+            d <= upper
+        } else {
+            d < upper
+        })
+    }
+
+    /// When a left record at `t` can match no right record to come.
+    fn left_cleanup(&self, t: u64) -> u64 {
+        t.saturating_add(self.upper.max(0).unsigned_abs())
+    }
+
+    /// When a right record at `t` can match no left record to come.
+    fn right_cleanup(&self, t: u64) -> u64 {
+        t.saturating_add(self.lower.min(0).unsigned_abs())
+    }
+}
+
+/// The interval join's keyed function.
+struct IntervalJoinOp<K, A, B, Out, F> {
+    f: F,
+    bounds: Bounds,
+    /// The operator (for errors), known from `initialize_state`.
+    uid: String,
+    _t: PhantomData<fn(K, A, B) -> Out>,
+}
+
+impl<K, A, B, Out, F: Clone> Clone for IntervalJoinOp<K, A, B, Out, F> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            bounds: self.bounds,
+            uid: self.uid.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K, A, B, Out, F: Checkpointed> Checkpointed for IntervalJoinOp<K, A, B, Out, F> {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.uid = ctx.operator_state.uid().to_string();
+        self.f.initialize_state(ctx)
+    }
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> Result<()> {
+        self.f.snapshot_state(ctx)
+    }
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.f.notify_checkpoint_complete(checkpoint_id)
+    }
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) -> Result<()> {
+        self.f.notify_checkpoint_aborted(checkpoint_id)
+    }
+}
+
+/// The two buffers: event time → records waiting for a match.
+struct Buffers<A, B> {
+    left: MapStateId<u64, Vec<A>, ()>,
+    right: MapStateId<u64, Vec<B>, ()>,
+}
+
+impl<K, A, B, Out, F> IntervalJoinOp<K, A, B, Out, F>
+where
+    A: Data,
+    B: Data,
+    Out: Data,
+    F: ProcessJoinFunction<A, B, Out>,
+{
+    /// The event time of the record `out` holds, or an error naming the side.
+    fn timestamp_of(&self, side: &str, out: &Collector<'_, Out>) -> Result<u64> {
+        out.timestamp().ok_or_else(|| {
+            RuntimeError::user(
+                &self.uid,
+                format!(
+                    "a record of the {side} input of the interval join has no timestamp; \
+                     assign timestamps upstream (assign_timestamps_and_watermarks)"
+                ),
+            )
+        })
+    }
+
+    /// Emits `f`'s result for the pair, with the pair's timestamp.
+    fn emit(
+        &mut self,
+        left: &A,
+        right: &B,
+        ctx: JoinContext,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        let own = out.timestamp();
+        out.set_timestamp(Some(ctx.timestamp()));
+        let r = self.f.process(left, right, &ctx, out);
+        out.set_timestamp(own);
+        r
+    }
+}
+
+impl<K, A, B, Out, F> KeyedCoProcessFunction for IntervalJoinOp<K, A, B, Out, F>
+where
+    K: Key,
+    A: Data,
+    B: Data,
+    Out: Data,
+    F: ProcessJoinFunction<A, B, Out>,
+{
+    type Key = K;
+    type In1 = A;
+    type In2 = B;
+    type Out = Out;
+    type State = Buffers<A, B>;
+
+    fn open<S: KeyedStateBackend>(&mut self, backend: &mut S) -> Result<Self::State> {
+        if i128::from(self.bounds.lower) > i128::from(self.bounds.upper) {
+            return Err(RuntimeError::Config(format!(
+                "interval join {}: the lower bound {} ms is above the upper bound {} ms",
+                self.uid, self.bounds.lower, self.bounds.upper
+            )));
+        }
+        Ok(Buffers {
+            left: backend.register_map(&MapStateDescriptor::new("left-buffer"))?,
+            right: backend.register_map(&MapStateDescriptor::new("right-buffer"))?,
+        })
+    }
+
+    fn process1<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        _key: &K,
+        input: A,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        let t = self.timestamp_of("left", out)?;
+        if timers.current_watermark().is_some_and(|w| t < w) {
+            return Ok(());
+        }
+        for (right_t, rights) in backend.map_entries(state.right, &())? {
+            if self.bounds.joins(t, right_t) {
+                let ctx = JoinContext {
+                    left_timestamp: t,
+                    right_timestamp: right_t,
+                };
+                for b in &rights {
+                    self.emit(&input, b, ctx, out)?;
+                }
+            }
+        }
+        let mut waiting = backend.map_get(state.left, &(), &t)?.unwrap_or_default();
+        waiting.push(input);
+        backend.map_put(state.left, &(), t, waiting)?;
+        timers.register_event_time_timer(self.bounds.left_cleanup(t));
+        Ok(())
+    }
+
+    fn process2<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        _key: &K,
+        input: B,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        let t = self.timestamp_of("right", out)?;
+        if timers.current_watermark().is_some_and(|w| t < w) {
+            return Ok(());
+        }
+        for (left_t, lefts) in backend.map_entries(state.left, &())? {
+            if self.bounds.joins(left_t, t) {
+                let ctx = JoinContext {
+                    left_timestamp: left_t,
+                    right_timestamp: t,
+                };
+                for a in &lefts {
+                    self.emit(a, &input, ctx, out)?;
+                }
+            }
+        }
+        let mut waiting = backend.map_get(state.right, &(), &t)?.unwrap_or_default();
+        waiting.push(input);
+        backend.map_put(state.right, &(), t, waiting)?;
+        timers.register_event_time_timer(self.bounds.right_cleanup(t));
+        Ok(())
+    }
+
+    /// Drops the records that can match nothing more.
+    fn on_timer<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        _key: &K,
+        timer: Timer,
+        backend: &mut S,
+        _timers: &mut TimerService,
+        _out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        for (t, _) in backend.map_entries(state.left, &())? {
+            if self.bounds.left_cleanup(t) <= timer.time {
+                backend.map_remove(state.left, &(), &t)?;
+            }
+        }
+        for (t, _) in backend.map_entries(state.right, &())? {
+            if self.bounds.right_cleanup(t) <= timer.time {
+                backend.map_remove(state.right, &(), &t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(lower: i64, upper: i64) -> Bounds {
+        Bounds {
+            lower,
+            upper,
+            lower_inclusive: true,
+            upper_inclusive: true,
+        }
+    }
+
+    #[test]
+    fn bounds_join_within_the_interval_and_clean_up_once_nothing_can_match() {
+        let b = bounds(-2, 3);
+        assert!(b.joins(10, 8) && b.joins(10, 13) && b.joins(10, 10));
+        assert!(!b.joins(10, 7) && !b.joins(10, 14));
+        let exclusive = Bounds {
+            lower_inclusive: false,
+            upper_inclusive: false,
+            ..b
+        };
+        assert!(!exclusive.joins(10, 8) && !exclusive.joins(10, 13) && exclusive.joins(10, 9));
+        // A left record at 10 matches right ones up to 13; a right one at 10 left ones up
+        // to 12.
+        assert_eq!((b.left_cleanup(10), b.right_cleanup(10)), (13, 12));
+        // Bounds both in the past or both in the future.
+        let past = bounds(-5, -1);
+        assert_eq!((past.left_cleanup(10), past.right_cleanup(10)), (10, 15));
+        let future = bounds(1, 5);
+        assert_eq!(
+            (future.left_cleanup(10), future.right_cleanup(10)),
+            (15, 10)
+        );
+        // Near the ends of time.
+        let widest = bounds(i64::MIN, i64::MAX);
+        assert!(widest.joins(0, i64::MAX as u64) && widest.joins(u64::MAX, u64::MAX / 2));
+        assert!(!widest.joins(0, u64::MAX) && !widest.joins(u64::MAX, 0));
+        assert_eq!(bounds(0, i64::MAX).left_cleanup(u64::MAX - 1), u64::MAX);
+    }
+}

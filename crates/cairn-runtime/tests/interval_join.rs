@@ -1,0 +1,317 @@
+//! The interval join (Flink's `intervalJoin`), against a model computed from the input:
+//! every pair of equal keys whose event times are within the bounds is joined exactly once
+//! (through failures, aligned and unaligned, under both backends; across a savepoint
+//! restored at another parallelism and backend), with the later timestamp of the two;
+//! exclusive and negative bounds; the buffers are cleaned up as the watermark passes; and
+//! what the join refuses.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_runtime::sinks::TwoPhaseFileSink;
+use cairn_runtime::sources::FileSource;
+use cairn_runtime::{
+    source, Collector, FnJoin, Job, JobConfig, JoinContext, KeyedStream, RestoreFrom, RuntimeError,
+    SnapshotMode, StateBackendConfig, WatermarkStrategy,
+};
+use common::*;
+
+/// Left events: `n % 5` at `2n` ms; right events: `m % 5` at `2m + 7` ms (their event
+/// times advance alike as they are read, so the watermark keeps up with both).
+const LEFT: u64 = 1500;
+const RIGHT: u64 = 2000;
+
+fn left_event(n: u64) -> (u64, u64) {
+    (n % 5, 2 * n)
+}
+
+fn right_event(m: u64) -> (u64, u64) {
+    (m % 5, 2 * m + 7)
+}
+
+/// Writes both inputs (`key time` lines) into `dir`.
+fn write_events(dir: &Path) -> (PathBuf, PathBuf) {
+    let write = |name: &str, n: u64, event: fn(u64) -> (u64, u64)| {
+        let text: String = (0..n)
+            .map(|i| {
+                let (k, t) = event(i);
+                format!("{k} {t}\n")
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write events");
+        path
+    };
+    (
+        write("left.txt", LEFT, left_event),
+        write("right.txt", RIGHT, right_event),
+    )
+}
+
+/// Every pair the join must emit, as `key/left time/right time` → 1.
+fn model(
+    lower: i64,
+    upper: i64,
+    lower_inclusive: bool,
+    upper_inclusive: bool,
+) -> BTreeMap<String, u64> {
+    let mut pairs = BTreeMap::new();
+    for (k, tl) in (0..LEFT).map(left_event) {
+        for (k2, tr) in (0..RIGHT).map(right_event) {
+            let d = tr as i64 - tl as i64;
+            let above = if lower_inclusive {
+                d >= lower
+            } else {
+                d > lower
+            };
+            let below = if upper_inclusive {
+                d <= upper
+            } else {
+                d < upper
+            };
+            if k == k2 && above && below {
+                pairs.insert(format!("{k}/{tl}/{tr}"), 1);
+            }
+        }
+    }
+    pairs
+}
+
+/// The events of file source `source-<side>`, parsed (failing at `fail_at`) and stamped.
+fn events(side: &str, path: &Path, fail_at: Vec<u64>) -> KeyedStream<u64, (u64, u64)> {
+    source(&format!("source-{side}"), FileSource::new(path))
+        .process(&format!("parse-{side}"), ParseEvents::new(fail_at))
+        .assign_timestamps_and_watermarks(
+            &format!("timestamps-{side}"),
+            WatermarkStrategy::for_monotonous_timestamps(|e: &(u64, u64)| e.1),
+        )
+        .key_by(|e: &(u64, u64)| e.0)
+}
+
+/// Labels each pair `key/left time/right time`, checking the emitted timestamp.
+fn label(
+    left: &(u64, u64),
+    right: &(u64, u64),
+    ctx: &JoinContext,
+    out: &mut Collector<'_, (String, u64)>,
+) -> cairn_runtime::Result<()> {
+    let expected = (left.1, right.1);
+    if (ctx.left_timestamp, ctx.right_timestamp) != expected
+        || out.timestamp() != Some(left.1.max(right.1))
+    {
+        return Err(RuntimeError::user(
+            "join",
+            format!(
+                "pair {left:?} {right:?}: context {ctx:?}, timestamp {:?}",
+                out.timestamp()
+            ),
+        ));
+    }
+    out.collect((format!("{}/{}/{}", left.0, left.1, right.1), 1))
+}
+
+type Join = fn(
+    cairn_runtime::IntervalJoin<u64, (u64, u64), (u64, u64)>,
+) -> cairn_runtime::IntervalJoined<u64, (u64, u64), (u64, u64)>;
+
+fn graph(
+    left: &Path,
+    right: &Path,
+    output: &Path,
+    fail_at: Vec<u64>,
+    bounds: Join,
+) -> cairn_runtime::JobGraph {
+    bounds(events("left", left, fail_at).interval_join(events("right", right, Vec::new())))
+        .process("join", FnJoin(label))
+        .sink("sink", TwoPhaseFileSink::new(output, format_line))
+}
+
+fn run_config(dir: &Path, backend: StateBackendConfig, unaligned: bool, p: u32) -> JobConfig {
+    let mut cfg = event_time_config(dir, backend, SnapshotMode::Incremental, unaligned, p);
+    cfg.records_per_second = Some(20_000);
+    cfg
+}
+
+#[test]
+fn pairs_within_the_bounds_are_joined_exactly_once_through_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    let want = model(-20, 10, true, true);
+    assert!(want.len() > 2000, "a model with pairs: {}", want.len());
+    for (backend, unaligned, p) in [
+        (StateBackendConfig::HashMap, false, 1),
+        (StateBackendConfig::rocksdb(), true, 3),
+        (StateBackendConfig::HashMap, true, 2),
+    ] {
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let output = run_dir.path().join("out");
+        let cfg = run_config(run_dir.path(), backend, unaligned, p);
+        let result = Job::new(
+            graph(&left, &right, &output, vec![600, 1300], |j| {
+                j.between(-20, 10)
+            }),
+            cfg,
+        )
+        .run()
+        .expect("job");
+        assert_eq!(result.restarts, 2, "p{p} unaligned {unaligned}: {result:?}");
+        check_exactly_once(&want, &read_output(&output));
+    }
+}
+
+#[test]
+fn exclusive_and_negative_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    let cases: [(Join, BTreeMap<String, u64>); 3] = [
+        (
+            |j| {
+                j.between(-20, 10)
+                    .lower_bound_exclusive()
+                    .upper_bound_exclusive()
+            },
+            model(-20, 10, false, false),
+        ),
+        (|j| j.between(-40, -15), model(-40, -15, true, true)),
+        (|j| j.between(-3, -3), model(-3, -3, true, true)),
+    ];
+    for (bounds, want) in cases {
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let output = run_dir.path().join("out");
+        let cfg = run_config(run_dir.path(), StateBackendConfig::HashMap, false, 2);
+        Job::new(graph(&left, &right, &output, Vec::new(), bounds), cfg)
+            .run()
+            .expect("job");
+        assert!(!want.is_empty());
+        check_exactly_once(&want, &read_output(&output));
+    }
+}
+
+/// A savepoint under the hashmap backend at parallelism 2, restored under RocksDB at
+/// parallelism 3: the buffered records move with their keys and still find their pairs.
+#[test]
+fn buffered_records_survive_a_savepoint_restored_at_another_parallelism_and_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    let output = dir.path().join("out");
+    let mut cfg = run_config(dir.path(), StateBackendConfig::HashMap, false, 2);
+    cfg.records_per_second = Some(4_000);
+    let handle = Job::new(
+        graph(&left, &right, &output, Vec::new(), |j| j.between(-20, 10)),
+        cfg.clone(),
+    )
+    .start()
+    .expect("start");
+    while handle.records_read() < 1000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle
+        .stop_with_savepoint(None)
+        .expect("stop with savepoint");
+    let first = handle.wait().expect("first run");
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.records_per_second = None;
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    let second = Job::new(
+        graph(&left, &right, &output, Vec::new(), |j| j.between(-20, 10)),
+        cfg,
+    )
+    .run()
+    .expect("restored run");
+    assert_eq!(
+        first.records + second.records,
+        LEFT + RIGHT,
+        "{first:?} {second:?}"
+    );
+    check_exactly_once(&model(-20, 10, true, true), &read_output(&output));
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .expect("savepoint directory")
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().expect("metadata");
+            if meta.is_dir() {
+                dir_size(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// The buffers hold only what can still match: two savepoints of one run, after 500 and
+/// after 3,300 records, are about the same size (were either side's buffer never dropped,
+/// the second would hold six times its records: compressed, about twice the size).
+#[test]
+fn buffers_are_dropped_as_the_watermark_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    let output = dir.path().join("out");
+    let mut cfg = run_config(dir.path(), StateBackendConfig::HashMap, false, 1);
+    cfg.records_per_second = Some(3_000);
+    let handle = Job::new(
+        graph(&left, &right, &output, Vec::new(), |j| j.between(-20, 10)),
+        cfg,
+    )
+    .start()
+    .expect("start");
+    let mut sizes = Vec::new();
+    for records in [500, 3300] {
+        while handle.records_read() < records {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let savepoint = handle.trigger_savepoint(None).expect("savepoint");
+        sizes.push(dir_size(Path::new(&savepoint)));
+    }
+    handle.cancel();
+    let _ = handle.wait();
+    assert!(
+        sizes[1] < sizes[0] * 3 / 2,
+        "savepoint sizes after 500 and 3,300 records: {sizes:?}"
+    );
+}
+
+/// Refused: bounds the wrong way round (when the job starts, naming the operator), and
+/// records without timestamps (naming the operator and the side).
+#[test]
+fn what_the_join_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    let output = dir.path().join("out");
+    let mut cfg = run_config(dir.path(), StateBackendConfig::HashMap, false, 1);
+    cfg.restart.max_restarts = 0;
+    let error = Job::new(
+        graph(&left, &right, &output, Vec::new(), |j| j.between(10, -10)),
+        cfg.clone(),
+    )
+    .run()
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        error.contains("interval join join: the lower bound 10 ms is above the upper bound -10 ms"),
+        "{error}"
+    );
+
+    let untimed = |side: &str, path: &Path| {
+        source(&format!("source-{side}"), FileSource::new(path))
+            .process(&format!("parse-{side}"), ParseEvents::new(Vec::new()))
+            .key_by(|e: &(u64, u64)| e.0)
+    };
+    let graph = untimed("left", &left)
+        .interval_join(untimed("right", &right))
+        .between(-5, 5)
+        .process("join", FnJoin(label))
+        .sink("sink", TwoPhaseFileSink::new(&output, format_line));
+    let error = Job::new(graph, cfg).run().expect_err("refused").to_string();
+    assert!(
+        error.contains("operator join failed")
+            && error.contains("input of the interval join has no timestamp"),
+        "{error}"
+    );
+}
