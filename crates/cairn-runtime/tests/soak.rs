@@ -11,6 +11,14 @@
 //! Half the cases count in every state kind at once (value, reducing, aggregating, map and
 //! list), each checked against the others on every record.
 //!
+//! Each case also draws the job's shape ([`Shape`]): the word count of one file, or the
+//! lines split over two files read by two sources and merged by a union, by a connection
+//! (co-map, or a keyed co-function counting), or words counted by a keyed function
+//! connected with a broadcast stream of rules. Every shape counts the same words, so the
+//! expected output is the same. In-flight records of a broadcast connection restore only at
+//! its old parallelism: when the checkpoint a second job restores holds some, a restore at
+//! another parallelism must be refused (and the case restores again at the old one).
+//!
 //! Some cases also take a savepoint while the first job runs on (`trigger_savepoint`). The job
 //! must stay exactly once, and a third job restored from that savepoint into an output of its
 //! own must emit, for every word, the counts from the savepoint's up to the word's total: a
@@ -27,16 +35,24 @@ mod common;
 #[path = "../../state-dump/tests/support/moto.rs"]
 mod moto;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_core::KeyedStateBackend;
+use cairn_runtime::sinks::TwoPhaseFileSink;
+use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    ChangelogOptions, CheckpointRetention, CheckpointingMode, Job, JobConfig, JobHandle, JobResult,
-    RestoreFrom, RestoreMode, SnapshotMode, StateBackendConfig,
+    source, BroadcastState, BroadcastStateDescriptor, ChangelogOptions, CheckpointRetention,
+    Checkpointed, CheckpointingMode, Collector, InitContext, Job, JobConfig, JobGraph, JobHandle,
+    JobResult, KeyedBroadcastProcessFunction, KeyedCoProcessFunction, KeyedProcessFunction,
+    RestoreFrom, RestoreMode, RuntimeError, SnapshotContext, SnapshotMode, StateBackendConfig,
+    Stream, TimerService,
 };
 use cairn_storage::fault::FaultyObjectStore;
 use cairn_storage::CheckpointStorage;
+use common::unaligned::inflight_by_uid;
 use common::*;
 
 /// A small deterministic generator (SplitMix64).
@@ -184,6 +200,28 @@ enum Interruption {
     Cancel(u64),
 }
 
+/// What the job reads and how it merges its inputs. Every shape counts every word of the
+/// case's input once in operator `count` (a `ValueState` named `count`, or every state kind
+/// with `all_kinds`), so the expected output is the word count's whatever the shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// The word count: `source` → `tokenize` → `fail` → key_by → `count` → `sink`.
+    Single,
+    /// The input's even and odd lines in two files, read by sources `source` and `source-b`
+    /// and tokenized (`tokenize`, `tokenize-b`); their union → `fail` → key_by → `count`.
+    Union,
+    /// The two files of [`Shape::Union`], the second's words as `(word, length)` (`length`).
+    /// Not `keyed`: `co-map` back to words → `fail` → key_by → `count`. `keyed`: each input
+    /// through a fail of its own (`fail`, `fail-b`, one counter) before the connection,
+    /// keyed by word on both sides, counted by a co-function ([`CoCount`]).
+    Connect { keyed: bool },
+    /// The words (`source` → `tokenize` → `fail`) keyed by word and connected with the
+    /// broadcast stream of a file of `rules` rules (`source-rules` → `parse-rules`): the
+    /// function ([`WithRules`]) counts words and keeps the rules in broadcast state without
+    /// emitting for them.
+    Broadcast { rules: u64 },
+}
+
 /// What one phase (job) of a case runs with.
 #[derive(Clone, Copy, Debug)]
 struct Phase {
@@ -196,6 +234,7 @@ struct Phase {
 #[derive(Clone, Debug)]
 struct Case {
     seed: u64,
+    shape: Shape,
     lines: usize,
     vocabulary: usize,
     max_parallelism: u32,
@@ -271,6 +310,7 @@ fn draw(seed: u64) -> Case {
         .collect();
     let mut case = Case {
         seed,
+        shape: Shape::Single,
         lines,
         vocabulary: rng.pick(&[20, 300, 3000]),
         max_parallelism: rng.pick(&[3, 16, 128]),
@@ -316,7 +356,325 @@ fn draw(seed: u64) -> Case {
     case.all_kinds = rng.chance(50);
     case.second_elsewhere = rng.chance(40);
     case.claim = rng.chance(40);
+    // Drawn last too: a seed that draws the single input runs the case it ran before.
+    case.shape = match rng.below(10) {
+        0..=3 => Shape::Single,
+        4 | 5 => Shape::Union,
+        6 | 7 => Shape::Connect {
+            keyed: rng.chance(50),
+        },
+        _ => Shape::Broadcast {
+            rules: rng.pick(&[3, 40, 400]),
+        },
+    };
     case
+}
+
+/// The files a case's jobs read: the input, its even and odd lines, and rules.
+struct Inputs {
+    words: PathBuf,
+    even: PathBuf,
+    odd: PathBuf,
+    rules: PathBuf,
+}
+
+/// Writes the case's input (and, as its shape needs, the input split by lines and the
+/// rules); returns the files and how often each word occurs.
+fn write_inputs(dir: &Path, case: &Case) -> (Inputs, BTreeMap<String, u64>) {
+    let (words, expected) = write_input(dir, case.lines, case.vocabulary, case.seed);
+    let inputs = Inputs {
+        words,
+        even: dir.join("input-even.txt"),
+        odd: dir.join("input-odd.txt"),
+        rules: dir.join("rules.txt"),
+    };
+    match case.shape {
+        Shape::Single => {}
+        Shape::Union | Shape::Connect { .. } => {
+            let text = std::fs::read_to_string(&inputs.words).expect("read the input");
+            let (mut even, mut odd) = (String::new(), String::new());
+            for (i, line) in text.lines().enumerate() {
+                let half = if i % 2 == 0 { &mut even } else { &mut odd };
+                half.push_str(line);
+                half.push('\n');
+            }
+            std::fs::write(&inputs.even, even).expect("write the even lines");
+            std::fs::write(&inputs.odd, odd).expect("write the odd lines");
+        }
+        Shape::Broadcast { rules } => {
+            let text: String = (0..rules).map(|i| format!("r{i} {i}\n")).collect();
+            std::fs::write(&inputs.rules, text).expect("write the rules");
+        }
+    }
+    (inputs, expected)
+}
+
+/// The words of the lines of `path`, read by source `uid` and tokenized by `tokenize`.
+fn words(uid: &str, tokenize: &str, path: &Path) -> Stream<String> {
+    source(uid, FileSource::new(path)).flat_map(tokenize, |line: String| {
+        line.split(' ')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Words as `(word, length)`: another record type for the second input of a connection.
+fn with_length(words: Stream<String>) -> Stream<(String, u64)> {
+    words.map("length", |w: String| {
+        let n = w.len() as u64;
+        (w, n)
+    })
+}
+
+/// The job of `case`'s shape, failing with `fail`, its operator `count` at
+/// `count_parallelism` (the job's when `None`).
+fn job_graph(
+    case: &Case,
+    inputs: &Inputs,
+    output: &Path,
+    fail: &FailAt,
+    count_parallelism: Option<u32>,
+) -> JobGraph {
+    let counted = match case.shape {
+        Shape::Single => {
+            return wordcount_with(
+                &inputs.words,
+                output,
+                Some(fail.clone()),
+                count_parallelism,
+                case.all_kinds,
+            )
+        }
+        _ if case.all_kinds => counted(case.shape, inputs, fail, AllKindsCount),
+        _ => counted(case.shape, inputs, fail, Count::new()),
+    };
+    let counted = match count_parallelism {
+        Some(p) => counted.parallelism(p),
+        None => counted,
+    };
+    counted.sink("sink", TwoPhaseFileSink::new(output, format_line))
+}
+
+/// The counts of the words of a shape other than [`Shape::Single`] (whose job is
+/// [`wordcount_with`]'s), counted by `count` (or a function of two inputs that counts with
+/// it) in operator `count`.
+fn counted<F>(shape: Shape, inputs: &Inputs, fail: &FailAt, count: F) -> Stream<(String, u64)>
+where
+    F: KeyedProcessFunction<Key = String, In = String, Out = (String, u64)>,
+{
+    let word = |w: &String| w.clone();
+    let (even, odd) = (&inputs.even, &inputs.odd);
+    match shape {
+        Shape::Single => unreachable!("the single input's job is `wordcount_with`"),
+        Shape::Union => words("source", "tokenize", even)
+            .union(words("source-b", "tokenize-b", odd))
+            .process("fail", fail.clone())
+            .key_by(word)
+            .process("count", count),
+        Shape::Connect { keyed: false } => words("source", "tokenize", even)
+            .connect(with_length(words("source-b", "tokenize-b", odd)))
+            .map("co-map", |w: String| w, |(w, _): (String, u64)| w)
+            .process("fail", fail.clone())
+            .key_by(word)
+            .process("count", count),
+        Shape::Connect { keyed: true } => {
+            let a = words("source", "tokenize", even).process("fail", fail.clone());
+            let b = words("source-b", "tokenize-b", odd).process("fail-b", fail.clone());
+            a.connect(with_length(b))
+                .key_by(word, |(w, _): &(String, u64)| w.clone())
+                .process("count", CoCount(count))
+        }
+        Shape::Broadcast { rules } => {
+            let parsed = source("source-rules", FileSource::new(&inputs.rules)).map(
+                "parse-rules",
+                |line: String| {
+                    let (name, i) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                    (name.to_string(), i.parse().unwrap_or(u64::MAX))
+                },
+            );
+            words("source", "tokenize", &inputs.words)
+                .process("fail", fail.clone())
+                .key_by(word)
+                .connect(parsed.broadcast())
+                .process("count", WithRules { count, rules })
+        }
+    }
+}
+
+/// Checkpoint hooks passed on to the wrapped counting function.
+macro_rules! checkpointed_by_count {
+    ($ty:ident) => {
+        impl<F: Checkpointed> Checkpointed for $ty<F> {
+            fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+                self.count_mut().initialize_state(ctx)
+            }
+            fn snapshot_state(
+                &mut self,
+                ctx: &mut SnapshotContext<'_>,
+            ) -> cairn_runtime::Result<()> {
+                self.count_mut().snapshot_state(ctx)
+            }
+            fn notify_checkpoint_complete(&mut self, id: u64) -> cairn_runtime::Result<()> {
+                self.count_mut().notify_checkpoint_complete(id)
+            }
+            fn notify_checkpoint_aborted(&mut self, id: u64) -> cairn_runtime::Result<()> {
+                self.count_mut().notify_checkpoint_aborted(id)
+            }
+        }
+    };
+}
+
+/// Counts the words of both inputs of a keyed connection with one counting function, in
+/// the same state: the second input's records are `(word, length)`, checked.
+#[derive(Clone, Debug)]
+struct CoCount<F>(F);
+
+impl<F> CoCount<F> {
+    fn count_mut(&mut self) -> &mut F {
+        &mut self.0
+    }
+}
+
+checkpointed_by_count!(CoCount);
+
+impl<F> KeyedCoProcessFunction for CoCount<F>
+where
+    F: KeyedProcessFunction<Key = String, In = String, Out = (String, u64)>,
+{
+    type Key = String;
+    type In1 = String;
+    type In2 = (String, u64);
+    type Out = (String, u64);
+    type State = F::State;
+
+    fn open<S: KeyedStateBackend>(&mut self, backend: &mut S) -> cairn_runtime::Result<F::State> {
+        self.0.open(backend)
+    }
+
+    fn process1<S: KeyedStateBackend>(
+        &mut self,
+        state: &F::State,
+        key: &String,
+        word: String,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        self.0.process(state, key, word, backend, timers, out)
+    }
+
+    fn process2<S: KeyedStateBackend>(
+        &mut self,
+        state: &F::State,
+        key: &String,
+        (word, length): (String, u64),
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        if word != *key || length != word.len() as u64 {
+            return Err(RuntimeError::user(
+                "count",
+                format!("record ({word:?}, {length}) of the second input under key {key:?}"),
+            ));
+        }
+        self.0.process(state, key, word, backend, timers, out)
+    }
+}
+
+/// The broadcast state of [`WithRules`]: rule `r<i>` → `i`.
+fn rules_state() -> BroadcastStateDescriptor<String, u64> {
+    BroadcastStateDescriptor::new("rules")
+}
+
+/// Counts words with `count` and keeps the broadcast rules (`rules` of them, `r<i> <i>`) in
+/// broadcast state, emitting nothing for them. A broadcast state holding more rules or
+/// other ones (restored, or as each word sees it) fails the operator.
+#[derive(Clone, Debug)]
+struct WithRules<F> {
+    count: F,
+    rules: u64,
+}
+
+impl<F> WithRules<F> {
+    fn count_mut(&mut self) -> &mut F {
+        &mut self.count
+    }
+
+    fn check(&self, broadcast: &BroadcastState, when: &str) -> cairn_runtime::Result<()> {
+        let held = broadcast.get(&rules_state())?;
+        let bad = held
+            .iter()
+            .find(|(r, i)| **i >= self.rules || **r != format!("r{i}"));
+        if held.len() as u64 > self.rules || bad.is_some() {
+            return Err(RuntimeError::user(
+                "count",
+                format!(
+                    "{when}: the broadcast state holds {} rules of {}, among them {bad:?}",
+                    held.len(),
+                    self.rules
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+checkpointed_by_count!(WithRules);
+
+impl<F> KeyedBroadcastProcessFunction for WithRules<F>
+where
+    F: KeyedProcessFunction<Key = String, In = String, Out = (String, u64)>,
+{
+    type Key = String;
+    type In = String;
+    type Broadcast = (String, u64);
+    type Out = (String, u64);
+    type State = F::State;
+
+    fn open<S: KeyedStateBackend>(
+        &mut self,
+        backend: &mut S,
+        broadcast: &mut BroadcastState,
+    ) -> cairn_runtime::Result<F::State> {
+        broadcast.register(&rules_state())?;
+        self.check(broadcast, "restored")?;
+        self.count.open(backend)
+    }
+
+    fn process<S: KeyedStateBackend>(
+        &mut self,
+        state: &F::State,
+        key: &String,
+        word: String,
+        broadcast: &BroadcastState,
+        backend: &mut S,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        if broadcast.get(&rules_state())?.len() as u64 > self.rules {
+            self.check(broadcast, "at a word")?;
+        }
+        self.count.process(state, key, word, backend, timers, out)
+    }
+
+    fn process_broadcast(
+        &mut self,
+        (rule, i): (String, u64),
+        broadcast: &mut BroadcastState,
+        _out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let held = broadcast.get_mut(&rules_state())?;
+        if i >= self.rules || rule != format!("r{i}") {
+            return Err(RuntimeError::user("count", format!("rule {rule:?} {i}")));
+        }
+        held.insert(rule, i);
+        if held.len() as u64 > self.rules {
+            self.check(broadcast, "at a rule")?;
+        }
+        Ok(())
+    }
 }
 
 /// The job configuration of one phase of `case`, checkpointing into `checkpoints` and
@@ -393,9 +751,14 @@ struct First {
     midrun_savepoint: Option<String>,
 }
 
-/// Waits until the job's sources have read `percent` of the case's lines (or a minute).
+/// Waits until the job's sources have read `percent` of the case's lines (or a minute),
+/// not counting the rules of [`Shape::Broadcast`] (few, read early).
 fn wait_for_share(handle: &JobHandle, case: &Case, percent: u64) {
-    let threshold = case.lines as u64 * percent / 100;
+    let rules = match case.shape {
+        Shape::Broadcast { rules } => rules,
+        _ => 0,
+    };
+    let threshold = case.lines as u64 * percent / 100 + rules;
     let deadline = Instant::now() + Duration::from_secs(60);
     while handle.records_read() < threshold && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
@@ -403,14 +766,8 @@ fn wait_for_share(handle: &JobHandle, case: &Case, percent: u64) {
 }
 
 /// Runs the first job, taking a savepoint on the way and interrupting it as the case says.
-fn run_first(case: &Case, cfg: JobConfig, input: &Path, output: &Path, fail: &FailAt) -> First {
-    let graph = wordcount_with(
-        input,
-        output,
-        Some(fail.clone()),
-        case.first.count_parallelism,
-        case.all_kinds,
-    );
+fn run_first(case: &Case, cfg: JobConfig, inputs: &Inputs, output: &Path, fail: &FailAt) -> First {
+    let graph = job_graph(case, inputs, output, fail, case.first.count_parallelism);
     let handle = Job::new(graph, cfg).start().expect("start the first job");
     let midrun_savepoint = case.midrun_savepoint.and_then(|percent| {
         wait_for_share(&handle, case, percent);
@@ -469,6 +826,10 @@ struct Start {
     checkpoints: Place,
     delete_after_first_checkpoint: Option<Place>,
     restore_mode: RestoreMode,
+    /// The parallelism of operator `count` in the snapshot restored, when the snapshot holds
+    /// in-flight records of a broadcast connection on it ([`Shape::Broadcast`], unaligned):
+    /// a restore at another parallelism must be refused.
+    broadcast_inflight: Option<u32>,
 }
 
 /// Runs `job`; deletes `delete` once a checkpoint in `checkpoints` has completed (from then
@@ -518,7 +879,7 @@ fn finish(
     mut phase: Phase,
     start: &Start,
     (dir, root): (&Path, &Place),
-    (input, output): (&Path, &Path),
+    (inputs, output): (&Inputs, &Path),
     fail: &FailAt,
     faults_seed: u64,
 ) -> JobResult {
@@ -527,24 +888,47 @@ fn finish(
         let mut cfg = job_config(case, &phase, (dir, root, &start.checkpoints), faults_seed);
         cfg.restore = Some(restore.clone());
         cfg.restore_mode = start.restore_mode;
-        let graph = wordcount_with(
-            input,
-            output,
-            Some(fail.clone()),
-            phase.count_parallelism,
-            case.all_kinds,
-        );
+        let graph = job_graph(case, inputs, output, fail, phase.count_parallelism);
         let job = Job::new(graph, cfg);
+        // The parallelism of the broadcast connection's stage, whose first operator is count.
+        let count_parallelism = phase.count_parallelism.unwrap_or(phase.parallelism);
+        let refused = start
+            .broadcast_inflight
+            .filter(|old| *old != count_parallelism);
         match run_deleting(
             job,
             &start.checkpoints,
             start.delete_after_first_checkpoint.as_ref(),
         ) {
-            Ok(r) => return r,
+            Ok(r) => {
+                assert!(
+                    refused.is_none(),
+                    "in-flight broadcast records of {refused:?} subtasks restored at parallelism {count_parallelism}: {r:?}"
+                );
+                return r;
+            }
             // A snapshot in which some subtasks of an operator had finished restores only at
-            // its parallelism (as in Flink), before anything runs.
+            // its parallelism (as in Flink), before anything runs; so do in-flight records of
+            // a broadcast connection.
             Err(e) => match demanded_parallelism(&e.to_string()).inspect(|(uid, p)| {
-                eprintln!("  restoring again at parallelism {p} for operator {uid}")
+                let broadcast = e
+                    .to_string()
+                    .contains("reads a broadcast stream and holds in-flight records");
+                if broadcast {
+                    assert_eq!(
+                        (uid.as_str(), Some(*p)),
+                        ("count", refused),
+                        "a restore of {restore:?} at parallelism {count_parallelism} refused: {e}"
+                    );
+                }
+                eprintln!(
+                    "  restoring again at parallelism {p} for operator {uid}{}",
+                    if broadcast {
+                        " (in-flight broadcast records)"
+                    } else {
+                        ""
+                    }
+                )
             }) {
                 Some((uid, p)) if uid == "count" && phase.count_parallelism != Some(p) => {
                     phase.count_parallelism = Some(p)
@@ -559,7 +943,7 @@ fn finish(
 fn run(case: &Case) {
     eprintln!("case {case:?}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, expected) = write_input(dir.path(), case.lines, case.vocabulary, case.seed);
+    let (inputs, expected) = write_inputs(dir.path(), case);
     let output = dir.path().join("out");
     let fail = FailAt::at(case.failures.clone());
     let root = Place::root(dir.path(), case.seed);
@@ -570,7 +954,7 @@ fn run(case: &Case) {
         (dir.path(), &root, &checkpoints),
         case.seed,
     );
-    let first = run_first(case, cfg, &input, &output, &fail);
+    let first = run_first(case, cfg, &inputs, &output, &fail);
     let r = &first.result;
     eprintln!(
         "  first job: {} records, {} checkpoints completed, {} failed, {} restarts, cancelled {}, savepoints {:?} and {:?}",
@@ -589,8 +973,12 @@ fn run(case: &Case) {
         verify(savepoint);
     }
     if let Some(restore) = &first.restore {
-        let io = (input.as_path(), output.as_path());
+        let io = (&inputs, output.as_path());
         let seed = case.seed ^ 0xFF;
+        let broadcast_inflight = match restore {
+            RestoreFrom::Latest => broadcast_inflight(case, &checkpoints),
+            _ => None,
+        };
         let start = match restore {
             RestoreFrom::Latest if case.second_elsewhere => {
                 let storage = CheckpointStorage::open(&checkpoints.url())
@@ -606,12 +994,14 @@ fn run(case: &Case) {
                         checkpoints: root.join("checkpoints-second"),
                         delete_after_first_checkpoint: Some(checkpoints.clone()),
                         restore_mode: RestoreMode::NoClaim,
+                        broadcast_inflight,
                     },
                     None => Start {
                         restore: restore.clone(),
                         checkpoints: checkpoints.clone(),
                         delete_after_first_checkpoint: None,
                         restore_mode: RestoreMode::NoClaim,
+                        broadcast_inflight,
                     },
                 }
             }
@@ -624,6 +1014,7 @@ fn run(case: &Case) {
                 } else {
                     RestoreMode::NoClaim
                 },
+                broadcast_inflight,
             },
         };
         let second = finish(
@@ -655,8 +1046,10 @@ fn run(case: &Case) {
             checkpoints: checkpoints.clone(),
             delete_after_first_checkpoint: None,
             restore_mode: RestoreMode::NoClaim,
+            // A savepoint holds no in-flight records.
+            broadcast_inflight: None,
         };
-        let io = (input.as_path(), output.as_path());
+        let io = (&inputs, output.as_path());
         let seed = case.seed ^ 0xF0F0;
         let third = finish(
             case,
@@ -678,6 +1071,26 @@ fn run(case: &Case) {
             check_left(case, &checkpoints);
         }
     }
+}
+
+/// For [`Shape::Broadcast`]: the parallelism of operator `count` in the newest checkpoint
+/// completed in `checkpoints` (which the second job restores after a cancel, by its path
+/// or as the latest), when that checkpoint holds in-flight records on it.
+fn broadcast_inflight(case: &Case, checkpoints: &Place) -> Option<u32> {
+    if !matches!(case.shape, Shape::Broadcast { .. }) {
+        return None;
+    }
+    let storage = CheckpointStorage::open(&checkpoints.url())
+        .expect("open the first job's checkpoint directory");
+    let manifest = storage.latest_completed().expect("the newest checkpoint")?;
+    inflight_by_uid(&manifest).get("count")?;
+    let count = manifest.operators.iter().find(|op| op.uid == "count")?;
+    eprintln!(
+        "  checkpoint {} holds in-flight broadcast records of {} subtasks",
+        manifest.checkpoint_id,
+        count.subtasks.len()
+    );
+    Some(count.subtasks.len() as u32)
 }
 
 /// Checks the snapshot at `path` as `state-dump verify` does: every file it references is
