@@ -184,6 +184,11 @@ impl<K, A, B> std::fmt::Debug for ConnectedKeyedStreams<K, A, B> {
 }
 
 impl<K: Key, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
+    /// The records of both, keyed, as one stream of `Either`s (a window join's input).
+    pub(crate) fn into_keyed(self) -> crate::graph::KeyedStream<K, Either<A, B>> {
+        self.keyed
+    }
+
     /// Reads both inputs with `f`, a keyed operator with uid `uid` whose state both see.
     pub fn process<F>(self, uid: &str, f: F) -> Stream<F::Out>
     where

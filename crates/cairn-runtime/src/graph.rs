@@ -1317,7 +1317,7 @@ impl<T: Data> Stream<T> {
     /// their order; the two are interleaved as they arrive. Barriers align across all of
     /// the union's inputs, and its watermark is the least of theirs (as Flink's).
     pub fn union(self, other: Stream<T>) -> Stream<T> {
-        self.join(other, "union", |a| a, |a| a)
+        self.join_inputs(other, "union", |a| a, |a| a)
     }
 
     /// Connects this stream with `other`, whose records may have another type (Flink's
@@ -1326,7 +1326,7 @@ impl<T: Data> Stream<T> {
     /// connection starts a new stage behind an exchange from each stream; barriers align
     /// across both inputs, and its watermark is the lesser of theirs.
     pub fn connect<B: Data>(self, other: Stream<B>) -> ConnectedStreams<T, B> {
-        ConnectedStreams::new(self.join(
+        ConnectedStreams::new(self.join_inputs(
             other,
             "connection",
             |a| wrapped(a, Either::<T, B>::Left),
@@ -1336,7 +1336,7 @@ impl<T: Data> Stream<T> {
 
     /// A new stage of `U`s that reads this stream and `other`, which become `U`s by
     /// `left` and `right` (adapters of their records).
-    fn join<B: Data, U: Data>(
+    fn join_inputs<B: Data, U: Data>(
         self,
         other: Stream<B>,
         what: &str,

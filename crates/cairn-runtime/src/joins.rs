@@ -1,4 +1,17 @@
-//! The interval join (Flink's `KeyedStream.intervalJoin`): records of two keyed streams
+//! Joins of two streams by key and event time: the window join and co-group (Flink's
+//! `DataStream.join(..).where(..).equalTo(..).window(..)` and `coGroup`), and the interval
+//! join.
+//!
+//! **Window join.** `a.join(b).on(key_a, key_b).window(assigner)` puts the records of both
+//! streams into the windows of their key (a keyed connection whose `Either`s go into one
+//! window operator, as Flink builds it on a tagged union) and, when a window fires,
+//! [`WindowJoin::apply`] gives every pair of a left and a right record of that key and
+//! window to a function (an inner join), [`WindowJoin::co_group`] all of both sides at
+//! once. The results have the window's last millisecond as their timestamp. Lateness,
+//! triggers and the late side output are the window operator's
+//! ([`crate::windows::WindowedStream`]).
+//!
+//! **Interval join.** Records of two keyed streams
 //! with equal keys are joined when the right one's event time lies within bounds relative
 //! to the left one's, `left + lower <= right <= left + upper` (each bound inclusive unless
 //! made exclusive). Each pair goes to a [`ProcessJoinFunction`]; what it emits has the
@@ -17,11 +30,12 @@ use std::marker::PhantomData;
 
 use cairn_core::{KeyedStateBackend, MapStateDescriptor, MapStateId};
 
-use crate::connect::KeyedCoProcessFunction;
+use crate::connect::{Either, KeyedCoProcessFunction};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, SnapshotContext};
 use crate::graph::{KeyedStream, Stream};
 use crate::timers::{Timer, TimerService};
+use crate::windows::{ProcessWindowFunction, TimeWindow, WindowAssigner, WindowedStream};
 
 /// When a pair was joined: the event times of its two records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +173,163 @@ impl<K: Key, A: Data, B: Data> IntervalJoined<K, A, B> {
                     _t: PhantomData,
                 },
             )
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// Joins this stream with `other` by key and window (Flink's `join`); give the keys
+    /// with [`JoinStreams::on`].
+    pub fn join<B: Data>(self, other: Stream<B>) -> JoinStreams<T, B> {
+        JoinStreams {
+            left: self,
+            right: other,
+        }
+    }
+}
+
+/// Two streams to join by key and window; see [`Stream::join`].
+pub struct JoinStreams<A, B> {
+    left: Stream<A>,
+    right: Stream<B>,
+}
+
+impl<A, B> std::fmt::Debug for JoinStreams<A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinStreams").finish_non_exhaustive()
+    }
+}
+
+impl<A: Data, B: Data> JoinStreams<A, B> {
+    /// Joins records whose keys are equal: `left_key` of the left stream's records
+    /// (Flink's `where`), `right_key` of the right one's (`equalTo`).
+    pub fn on<K: Key>(
+        self,
+        left_key: impl Fn(&A) -> K + Clone + Send + Sync + 'static,
+        right_key: impl Fn(&B) -> K + Clone + Send + Sync + 'static,
+    ) -> KeyedJoin<K, A, B> {
+        KeyedJoin {
+            keyed: self
+                .left
+                .connect(self.right)
+                .key_by(left_key, right_key)
+                .into_keyed(),
+        }
+    }
+}
+
+/// Two streams keyed for a window join; see [`JoinStreams::on`].
+pub struct KeyedJoin<K, A, B> {
+    keyed: KeyedStream<K, Either<A, B>>,
+}
+
+impl<K, A, B> std::fmt::Debug for KeyedJoin<K, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedJoin").finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, A: Data, B: Data> KeyedJoin<K, A, B> {
+    /// Joins within the windows of `assigner` (tumbling or sliding, of event or
+    /// processing time).
+    pub fn window(self, assigner: WindowAssigner) -> WindowJoin<K, A, B> {
+        WindowJoin {
+            windowed: self.keyed.window(assigner),
+        }
+    }
+}
+
+/// A window join; see [`crate::joins`].
+pub struct WindowJoin<K, A, B> {
+    windowed: WindowedStream<K, Either<A, B>>,
+}
+
+impl<K, A, B> std::fmt::Debug for WindowJoin<K, A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowJoin").finish_non_exhaustive()
+    }
+}
+
+impl<K: Key, A: Data, B: Data> WindowJoin<K, A, B> {
+    /// Keeps windows for `lateness` after their end (their records may join late ones;
+    /// each firing joins everything the window holds).
+    pub fn allowed_lateness(self, lateness: std::time::Duration) -> Self {
+        Self {
+            windowed: self.windowed.allowed_lateness(lateness),
+        }
+    }
+
+    /// Gives every pair of a left and a right record of a key's fired window to `f` (an
+    /// inner join: a window with records of one side only gives nothing), in the
+    /// operator with uid `uid`.
+    pub fn apply<Out: Data>(
+        self,
+        uid: &str,
+        f: impl FnMut(&A, &B, &mut Collector<'_, Out>) -> Result<()> + Clone + Send + 'static,
+    ) -> Stream<Out> {
+        let mut f = f;
+        self.co_group(uid, move |_: &K, _, lefts: Vec<A>, rights: Vec<B>, out| {
+            for a in &lefts {
+                for b in &rights {
+                    f(a, b, out)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives all left and all right records of a key's fired window to `f` at once
+    /// (Flink's `coGroup`: either side may be empty), in the operator with uid `uid`.
+    pub fn co_group<Out: Data>(
+        self,
+        uid: &str,
+        f: impl FnMut(&K, TimeWindow, Vec<A>, Vec<B>, &mut Collector<'_, Out>) -> Result<()>
+            + Clone
+            + Send
+            + 'static,
+    ) -> Stream<Out> {
+        self.windowed.process(uid, CoGroup { f, _t: PhantomData })
+    }
+}
+
+/// A co-group function as the window function of the join's `Either`s.
+struct CoGroup<F, A, B> {
+    f: F,
+    _t: PhantomData<fn(A, B)>,
+}
+
+impl<F: Clone, A, B> Clone for CoGroup<F, A, B> {
+    fn clone(&self) -> Self {
+        Self {
+            f: self.f.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K, A, B, Out, F> ProcessWindowFunction<K, Either<A, B>, Out> for CoGroup<F, A, B>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    F: FnMut(&K, TimeWindow, Vec<A>, Vec<B>, &mut Collector<'_, Out>) -> Result<()>
+        + Clone
+        + Send
+        + 'static,
+{
+    fn process(
+        &mut self,
+        key: &K,
+        window: TimeWindow,
+        elements: Vec<Either<A, B>>,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        let (mut lefts, mut rights) = (Vec::new(), Vec::new());
+        for e in elements {
+            match e {
+                Either::Left(a) => lefts.push(a),
+                Either::Right(b) => rights.push(b),
+            }
+        }
+        (self.f)(key, window, lefts, rights, out)
     }
 }
 

@@ -95,7 +95,10 @@ pub use function::{
 };
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
-pub use joins::{FnJoin, IntervalJoin, IntervalJoined, JoinContext, ProcessJoinFunction};
+pub use joins::{
+    FnJoin, IntervalJoin, IntervalJoined, JoinContext, JoinStreams, KeyedJoin, ProcessJoinFunction,
+    WindowJoin,
+};
 pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};

@@ -1,9 +1,11 @@
-//! The interval join (Flink's `intervalJoin`), against a model computed from the input:
-//! every pair of equal keys whose event times are within the bounds is joined exactly once
-//! (through failures, aligned and unaligned, under both backends; across a savepoint
-//! restored at another parallelism and backend), with the later timestamp of the two;
-//! exclusive and negative bounds; the buffers are cleaned up as the watermark passes; and
-//! what the join refuses.
+//! Joins against a model computed from the input. The interval join (Flink's
+//! `intervalJoin`): every pair of equal keys whose event times are within the bounds is
+//! joined exactly once (through failures, aligned and unaligned, under both backends;
+//! across a savepoint restored at another parallelism and backend), with the later
+//! timestamp of the two; exclusive and negative bounds; the buffers are cleaned up as the
+//! watermark passes; and what the join refuses. The window join and co-group (Flink's
+//! `join(..).where(..).equalTo(..).window(..)` and `coGroup`): every pair of a key's
+//! tumbling or sliding window, and each window's records of both sides, exactly once.
 
 mod common;
 
@@ -15,7 +17,8 @@ use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, Collector, FnJoin, Job, JobConfig, JoinContext, KeyedStream, RestoreFrom, RuntimeError,
-    SnapshotMode, StateBackendConfig, WatermarkStrategy,
+    SlidingEventTimeWindows, SnapshotMode, StateBackendConfig, Stream, TimeWindow,
+    TumblingEventTimeWindows, WatermarkStrategy,
 };
 use common::*;
 
@@ -314,4 +317,124 @@ fn what_the_join_refuses() {
             && error.contains("input of the interval join has no timestamp"),
         "{error}"
     );
+}
+
+/// The events of `source-<side>`, parsed and stamped, not keyed (a window join keys them).
+fn stamped(side: &str, path: &Path, fail_at: Vec<u64>) -> Stream<(u64, u64)> {
+    source(&format!("source-{side}"), FileSource::new(path))
+        .process(&format!("parse-{side}"), ParseEvents::new(fail_at))
+        .assign_timestamps_and_watermarks(
+            &format!("timestamps-{side}"),
+            WatermarkStrategy::for_monotonous_timestamps(|e: &(u64, u64)| e.1),
+        )
+}
+
+/// The windows (`size`, `slide` ms) an event at `t` falls in, as their ends (a window
+/// that would start before the epoch starts at it, and keeps its end).
+fn window_ends(t: u64, size: u64, slide: u64) -> Vec<u64> {
+    let (t, size, slide) = (t as i64, size as i64, slide as i64);
+    let mut start = t - t % slide;
+    let mut ends = Vec::new();
+    while start > t - size {
+        ends.push((start + size) as u64);
+        start -= slide;
+    }
+    ends
+}
+
+/// Every pair of equal keys in a common window (`key/left time/right time/window end`)
+/// and, per key and window with records, `key/window end/lefts/rights`.
+fn window_model(size: u64, slide: u64) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut pairs, mut groups) = (BTreeMap::new(), BTreeMap::new());
+    let mut sides: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    for (k, tl) in (0..LEFT).map(left_event) {
+        for w in window_ends(tl, size, slide) {
+            sides.entry((k, w)).or_default().0 += 1;
+            for (k2, tr) in (0..RIGHT).map(right_event) {
+                if k == k2 && window_ends(tr, size, slide).contains(&w) {
+                    pairs.insert(format!("{k}/{tl}/{tr}/{w}"), 1);
+                }
+            }
+        }
+    }
+    for (k, tr) in (0..RIGHT).map(right_event) {
+        for w in window_ends(tr, size, slide) {
+            sides.entry((k, w)).or_default().1 += 1;
+        }
+    }
+    for ((k, w), (l, r)) in sides {
+        groups.insert(format!("{k}/{w}/{l}/{r}"), 1);
+    }
+    (pairs, groups)
+}
+
+#[test]
+fn a_window_join_and_co_group_see_every_window_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (left, right) = write_events(dir.path());
+    for (backend, unaligned, p, size, slide) in [
+        (StateBackendConfig::HashMap, false, 2, 50, 50),
+        (StateBackendConfig::rocksdb(), true, 3, 60, 20),
+    ] {
+        let (pairs, groups) = window_model(size, slide);
+        let windows = || {
+            if size == slide {
+                TumblingEventTimeWindows::of(Duration::from_millis(size))
+            } else {
+                SlidingEventTimeWindows::of(
+                    Duration::from_millis(size),
+                    Duration::from_millis(slide),
+                )
+            }
+        };
+        let keyed = || {
+            stamped("left", &left, vec![700, 1400])
+                .join(stamped("right", &right, Vec::new()))
+                .on(|e: &(u64, u64)| e.0, |e: &(u64, u64)| e.0)
+                .window(windows())
+        };
+        // The pairs: a result's timestamp is its window's last millisecond.
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let output = run_dir.path().join("out");
+        let joined = keyed().apply(
+            "join",
+            move |l: &(u64, u64), r: &(u64, u64), out: &mut Collector<'_, (String, u64)>| {
+                let end = out.timestamp().map_or(0, |t| t + 1);
+                out.collect((format!("{}/{}/{}/{end}", l.0, l.1, r.1), 1))
+            },
+        );
+        let cfg = run_config(run_dir.path(), backend.clone(), unaligned, p);
+        let result = Job::new(
+            joined.sink("sink", TwoPhaseFileSink::new(&output, format_line)),
+            cfg,
+        )
+        .run()
+        .expect("join");
+        assert_eq!(result.restarts, 2, "p{p} unaligned {unaligned}: {result:?}");
+        check_exactly_once(&pairs, &read_output(&output));
+
+        // The groups: both sides of every window with records, either side maybe empty.
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let output = run_dir.path().join("out");
+        let grouped = keyed().co_group(
+            "co-group",
+            |k: &u64,
+             w: TimeWindow,
+             lefts: Vec<(u64, u64)>,
+             rights: Vec<(u64, u64)>,
+             out: &mut Collector<'_, (String, u64)>| {
+                let end = w.end;
+                out.collect((format!("{k}/{end}/{}/{}", lefts.len(), rights.len()), 1))
+            },
+        );
+        let cfg = run_config(run_dir.path(), backend, unaligned, p);
+        let result = Job::new(
+            grouped.sink("sink", TwoPhaseFileSink::new(&output, format_line)),
+            cfg,
+        )
+        .run()
+        .expect("co-group");
+        assert_eq!(result.restarts, 2, "p{p} unaligned {unaligned}: {result:?}");
+        check_exactly_once(&groups, &read_output(&output));
+    }
 }
