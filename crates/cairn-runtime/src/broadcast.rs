@@ -24,7 +24,9 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use cairn_core::{BincodeCodec, Codec, KeyedStateBackend, OperatorListStateDescriptor};
+use cairn_core::{
+    BincodeCodec, Codec, CodecIdentity, KeyedStateBackend, OperatorListStateDescriptor,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::connect::Either;
@@ -86,22 +88,47 @@ impl<K: Data + Ord, V: Data> BroadcastStateDescriptor<K, V> {
     }
 }
 
-/// One stored entry of a subtask's copy: `entry` is `None` for the mark that the subtask
-/// stored a copy (which may be empty).
+/// One element of a subtask's stored copy.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredEntry {
     subtask: u32,
+    /// The map (empty for [`Stored::Copy`]).
     state: String,
-    entry: Option<(Vec<u8>, Vec<u8>)>,
+    item: Stored,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Stored {
+    /// The subtask stored a copy (which may be empty).
+    Copy,
+    /// The map's key and value types.
+    Types(Box<Types>),
+    /// One entry of the map, encoded.
+    Entry(Vec<u8>, Vec<u8>),
+}
+
+/// A map's key and value codecs, compared when it is registered after a restore.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Types {
+    key: CodecIdentity,
+    value: CodecIdentity,
 }
 
 /// A map's entries, encoded (key, value).
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A restored map, until the function registers it.
+#[derive(Default)]
+struct RestoredMap {
+    types: Option<Types>,
+    entries: Entries,
+}
+
 /// A map of broadcast state with its types erased.
 trait ErasedMap: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn types(&self) -> Types;
     /// Its entries, encoded.
     fn encode(&self) -> Result<Entries>;
 }
@@ -112,6 +139,9 @@ impl<K: Data + Ord, V: Data> ErasedMap for BTreeMap<K, V> {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    fn types(&self) -> Types {
+        types_of::<K, V>()
     }
     fn encode(&self) -> Result<Entries> {
         let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
@@ -129,6 +159,13 @@ impl<K: Data + Ord, V: Data> ErasedMap for BTreeMap<K, V> {
     }
 }
 
+fn types_of<K: Data, V: Data>() -> Types {
+    Types {
+        key: BincodeCodec::<K>::new().identity().clone(),
+        value: BincodeCodec::<V>::new().identity().clone(),
+    }
+}
+
 /// A subtask's broadcast state: maps registered by the function's `open`, restored from
 /// the snapshot the job started from. A function's `process_broadcast` may change them;
 /// `process` reads them.
@@ -137,8 +174,8 @@ pub struct BroadcastState {
     /// The operator (for errors).
     uid: String,
     maps: Vec<(String, Box<dyn ErasedMap>)>,
-    /// Restored entries by state name, until the state is registered.
-    restored: BTreeMap<String, Entries>,
+    /// Restored maps by name, until they are registered.
+    restored: BTreeMap<String, RestoredMap>,
 }
 
 impl std::fmt::Debug for BroadcastState {
@@ -153,7 +190,8 @@ impl std::fmt::Debug for BroadcastState {
 }
 
 impl BroadcastState {
-    /// Registers map `d` (once, in `open`), with its restored entries.
+    /// Registers map `d` (once, in `open`), with its restored entries. A map restored
+    /// with other key or value types (their codecs' identities differ) is refused.
     pub fn register<K: Data + Ord, V: Data>(
         &mut self,
         d: &BroadcastStateDescriptor<K, V>,
@@ -161,29 +199,36 @@ impl BroadcastState {
         if self.maps.iter().any(|(n, _)| *n == d.name) {
             return Err(self.error(&d.name, "is registered twice"));
         }
+        let types = types_of::<K, V>();
+        let restored = self.restored.remove(&d.name).unwrap_or_default();
+        let restore_error = |reason: String| RuntimeError::Restore {
+            reason: format!(
+                "broadcast state {} of operator {}: {reason}",
+                d.name, self.uid
+            ),
+        };
+        if let Some(stored) = &restored.types {
+            if !stored.key.is_compatible_with(&types.key)
+                || !stored.value.is_compatible_with(&types.value)
+            {
+                return Err(restore_error(format!(
+                    "stored with keys {} and values {} but registered with keys {} and \
+                     values {}",
+                    stored.key, stored.value, types.key, types.value
+                )));
+            }
+        }
         let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
         let mut map = BTreeMap::new();
-        let restored = self
-            .restored
-            .get(&d.name)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for (i, (k, v)) in restored.iter().enumerate() {
-            let bad = |part: &str, e: cairn_core::CodecError| RuntimeError::Restore {
-                reason: format!(
-                    "broadcast state {} of operator {}: restored entry {i}: {part}: {e} \
-                     (registered as {} → {})",
-                    d.name,
-                    self.uid,
-                    std::any::type_name::<K>(),
-                    std::any::type_name::<V>()
-                ),
-            };
-            let k = keys.decode(k).map_err(|e| bad("key", e))?;
-            let v = values.decode(v).map_err(|e| bad("value", e))?;
+        for (i, (k, v)) in restored.entries.iter().enumerate() {
+            let k = keys
+                .decode(k)
+                .map_err(|e| restore_error(format!("restored entry {i}: key: {e}")))?;
+            let v = values
+                .decode(v)
+                .map_err(|e| restore_error(format!("restored entry {i}: value: {e}")))?;
             map.insert(k, v);
         }
-        self.restored.remove(&d.name);
         self.maps.push((d.name.clone(), Box::new(map)));
         Ok(())
     }
@@ -211,14 +256,6 @@ impl BroadcastState {
         let Some(index) = self.maps.iter().position(|(n, _)| *n == d.name) else {
             return Err(self.error(&d.name, "is not registered (register it in open)"));
         };
-        if self.maps[index]
-            .1
-            .as_any()
-            .downcast_ref::<BTreeMap<K, V>>()
-            .is_none()
-        {
-            return Err(self.error(&d.name, "is registered with other types"));
-        }
         let Self { uid, maps, .. } = self;
         match maps[index].1.as_any_mut().downcast_mut() {
             Some(map) => Ok(map),
@@ -254,42 +291,49 @@ impl BroadcastState {
         } else {
             copies.get(me as usize % copies.len().max(1)).copied()
         };
-        for e in stored {
-            if let (true, Some(entry)) = (Some(e.subtask) == from, e.entry) {
-                self.restored.entry(e.state).or_default().push(entry);
+        for e in stored.into_iter().filter(|e| Some(e.subtask) == from) {
+            match e.item {
+                Stored::Copy => {}
+                Stored::Types(types) => {
+                    self.restored.entry(e.state).or_default().types = Some(*types);
+                }
+                Stored::Entry(k, v) => self
+                    .restored
+                    .entry(e.state)
+                    .or_default()
+                    .entries
+                    .push((k, v)),
             }
         }
         Ok(())
     }
 
-    /// Stores this subtask's copy (`subtask`) in the operator state.
+    /// Stores this subtask's copy (`subtask`) in the operator state: the mark, then per
+    /// map its types and entries.
     fn snapshot(&self, ctx: &mut SnapshotContext<'_>, subtask: u32) -> Result<()> {
         let id =
             ctx.operator_state.register_reserved_list(
                 &OperatorListStateDescriptor::<StoredEntry>::union(BROADCAST_STATE),
             )?;
-        let mut stored = vec![StoredEntry {
+        let element = |state: &str, item: Stored| StoredEntry {
             subtask,
-            state: String::new(),
-            entry: None,
-        }];
+            state: state.to_string(),
+            item,
+        };
+        let mut stored = vec![element("", Stored::Copy)];
         for (state, map) in &self.maps {
-            for entry in map.encode()? {
-                stored.push(StoredEntry {
-                    subtask,
-                    state: state.clone(),
-                    entry: Some(entry),
-                });
+            stored.push(element(state, Stored::Types(Box::new(map.types()))));
+            for (k, v) in map.encode()? {
+                stored.push(element(state, Stored::Entry(k, v)));
             }
         }
         // Restored maps the function no longer registers are kept as they were.
-        for (state, entries) in &self.restored {
-            for entry in entries {
-                stored.push(StoredEntry {
-                    subtask,
-                    state: state.clone(),
-                    entry: Some(entry.clone()),
-                });
+        for (state, map) in &self.restored {
+            if let Some(types) = &map.types {
+                stored.push(element(state, Stored::Types(Box::new(types.clone()))));
+            }
+            for (k, v) in &map.entries {
+                stored.push(element(state, Stored::Entry(k.clone(), v.clone())));
             }
         }
         *ctx.operator_state.list(id)? = stored;

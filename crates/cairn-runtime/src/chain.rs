@@ -52,6 +52,11 @@ pub(crate) struct Barrier {
     /// The coordinator triggered every task itself (the final checkpoint, taken when every
     /// task has finished): no task forwards it.
     pub(crate) to_every_task: bool,
+    /// In the savepoint of a drained job, sent to a task whose input (every source
+    /// upstream of its stage, in every subtask) had ended by itself before the drain: its
+    /// snapshot is marked finished as in any checkpoint, so a restore does not run its
+    /// operators' `finish` again.
+    pub(crate) ended_by_itself: bool,
 }
 
 impl Barrier {
@@ -61,7 +66,8 @@ impl Barrier {
 
     /// The savepoint of a drained job (stop-with-savepoint `--drain`): taken, as the final
     /// checkpoint, at every task once all have finished, but its snapshots are not marked
-    /// finished: a restore from it goes on from the sources' positions with the state.
+    /// finished (except those of tasks whose input [`Barrier::ended_by_itself`]): a restore
+    /// from it goes on from the sources' positions with the state.
     pub(crate) fn is_drained_savepoint(&self) -> bool {
         self.to_every_task && self.is_savepoint()
     }

@@ -1395,8 +1395,8 @@ impl<T: Data> Stream<T> {
                 if parallelism.is_some() {
                     let what = format!("{}: its parallelism", p.describe(id));
                     p.errors.push(format!(
-                        "{what} was set before a union, which replaces its stage; set the \
-                         union's parallelism after it"
+                        "{what} was set before a union (or connection), which replaces its \
+                         stage; set the parallelism after the union"
                     ));
                 }
                 for e in p.edges.iter_mut().filter(|e| e.to == id) {
@@ -1473,7 +1473,7 @@ impl<T: Data> Stream<T> {
         let parts = a.parts.clone();
         let to = parts.with(|p| {
             let what = format!(
-                "the connection of {} and the broadcast {}",
+                "the connection of {} with {}, broadcast,",
                 a.describe_in(p),
                 b.describe_in(p)
             );

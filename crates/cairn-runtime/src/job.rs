@@ -1512,6 +1512,7 @@ impl Driver {
                 && cp.aligned_timeout.is_zero(),
             started: Instant::now(),
             to_every_task,
+            ended_by_itself: false,
         };
         run.pending.insert(
             id,
@@ -1531,12 +1532,43 @@ impl Driver {
         if kind == BarrierKind::Checkpoint {
             run.last_trigger = Some(Instant::now());
         }
+        let ended = if barrier.is_drained_savepoint() {
+            self.ended_by_themselves(run)
+        } else {
+            Vec::new()
+        };
         for (task, tx) in &run.events {
             if to_every_task || run.source_tasks.contains(task) {
-                let _ = tx.send(TaskEvent::Trigger(barrier));
+                let ended_by_itself = ended.get(task.stage).copied().unwrap_or(false);
+                let _ = tx.send(TaskEvent::Trigger(Barrier {
+                    ended_by_itself,
+                    ..barrier
+                }));
             }
         }
         None
+    }
+
+    /// Per stage: whether its input had ended by itself before a drain, so that its
+    /// snapshot in the drained savepoint is marked finished. A source stage: every subtask
+    /// read its input to the end (a drained source ends without `SourceFinished`). Any
+    /// other: every stage it reads had. (A stage whose sources ended in some subtasks only
+    /// is not marked: marks in some subtasks only would pin the restore to the old
+    /// parallelism; its finished subtasks run `finish` again after a restore.)
+    fn ended_by_themselves(&self, run: &Run) -> Vec<bool> {
+        let mut ended: Vec<bool> = Vec::with_capacity(self.graph.stages.len());
+        for (k, stage) in self.graph.stages.iter().enumerate() {
+            let here = if stage.is_source {
+                let mut mine = run.source_tasks.iter().filter(|t| t.stage == k).peekable();
+                mine.peek().is_some() && mine.all(|t| run.sources_finished.contains(t))
+            } else {
+                self.graph
+                    .upstream(k)
+                    .all(|u| ended.get(u).copied().unwrap_or(false))
+            };
+            ended.push(here);
+        }
+        ended
     }
 
     /// Forgets a pending checkpoint: cancels its writes and deletes its files.

@@ -189,7 +189,9 @@ impl<S: Source> SourceTask<S> {
 
     fn snapshot(&mut self, barrier: &Barrier) -> Result<()> {
         let t = Instant::now();
-        let mut sync = SyncPhase::new(self.finished && !barrier.is_drained_savepoint());
+        let mut sync = SyncPhase::new(
+            self.finished && (!barrier.is_drained_savepoint() || barrier.ended_by_itself),
+        );
         self.setup
             .snapshot(&mut self.source, barrier, self.range, None, &mut sync)?;
         self.chain.snapshot(barrier, &mut sync)?;
@@ -675,7 +677,7 @@ impl<X: crate::function::Data> InputTask<X> {
         self.last_handled = self.last_handled.max(b.id);
         self.drop_stale();
         let t = Instant::now();
-        let mut sync = SyncPhase::new(!b.is_drained_savepoint());
+        let mut sync = SyncPhase::new(!b.is_drained_savepoint() || b.ended_by_itself);
         self.chain.snapshot(&b, &mut sync)?;
         self.link.synced(b.id, t, sync);
         Ok(())
@@ -1107,6 +1109,7 @@ mod tests {
             unaligned,
             started: Instant::now(),
             to_every_task: false,
+            ended_by_itself: false,
         }
     }
 
