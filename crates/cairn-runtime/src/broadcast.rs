@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use cairn_core::{
-    BincodeCodec, Codec, CodecIdentity, KeyedStateBackend, OperatorListStateDescriptor,
+    BincodeCodec, Codec, CodecIdentity, KeyedStateBackend, OperatorListStateDescriptor, RawStateId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -341,6 +341,50 @@ impl BroadcastState {
     }
 }
 
+/// The keyed state of every key of a subtask, as a keyed broadcast function's
+/// `process_broadcast` reaches it (Flink's `Context.applyToKeyedState`).
+pub struct KeyedStates<'a, S, K> {
+    backend: &'a mut S,
+    /// The operator (for errors).
+    uid: String,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<S, K> std::fmt::Debug for KeyedStates<'_, S, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStates")
+            .field("uid", &self.uid)
+            .finish()
+    }
+}
+
+impl<S: KeyedStateBackend, K: Key> KeyedStates<'_, S, K> {
+    /// Runs `f` for every key of this subtask that has an entry in `state` (in the
+    /// default namespace `()`; take its id's `raw()`), with that key current in the
+    /// backend, so `f` may read, change or clear any of the key's states.
+    pub fn apply_to_keyed_state(
+        &mut self,
+        state: RawStateId,
+        mut f: impl FnMut(&K, &mut S) -> Result<()>,
+    ) -> Result<()> {
+        let codec = BincodeCodec::<K>::new();
+        let keys = self
+            .backend
+            .keys(state, &())
+            .map_err(|e| RuntimeError::state(&self.uid, e))?;
+        for bytes in keys {
+            let key = codec.decode(&bytes).map_err(|e| {
+                RuntimeError::user(&self.uid, format!("a key of the keyed state: {e}"))
+            })?;
+            self.backend
+                .set_current_key(&bytes)
+                .map_err(|e| RuntimeError::state(&self.uid, e))?;
+            f(&key, self.backend)?;
+        }
+        Ok(())
+    }
+}
+
 /// A function of a main stream and a broadcast stream (Flink's `BroadcastProcessFunction`).
 pub trait BroadcastProcessFunction<In, Bc, Out>: Checkpointed + Clone + Send + 'static {
     /// Registers the broadcast state's maps (restored entries are in them). Runs once per
@@ -395,11 +439,15 @@ pub trait KeyedBroadcastProcessFunction: Checkpointed + Clone + Send + 'static {
         timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
-    /// Processes one broadcast record (every subtask gets each), with no current key.
-    fn process_broadcast(
+    /// Processes one broadcast record (every subtask gets each), with no current key;
+    /// `keyed` reaches the keyed state of every key of this subtask (Flink's
+    /// `applyToKeyedState`).
+    fn process_broadcast<S: KeyedStateBackend>(
         &mut self,
+        state: &Self::State,
         input: Self::Broadcast,
         broadcast: &mut BroadcastState,
+        keyed: &mut KeyedStates<'_, S, Self::Key>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
     /// A timer of `key` fired, as [`KeyedProcessFunction::on_timer`]. The default does
@@ -624,14 +672,23 @@ impl<F: KeyedBroadcastProcessFunction> KeyedProcessFunction for KeyedWithBroadca
         }
     }
 
-    fn process_unkeyed(
+    fn process_unkeyed<S: KeyedStateBackend>(
         &mut self,
-        _state: &Self::State,
+        state: &Self::State,
         input: Self::In,
+        backend: &mut S,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         match input {
-            Either::Right(b) => self.f.process_broadcast(b, &mut self.broadcast, out),
+            Either::Right(b) => {
+                let mut keyed = KeyedStates {
+                    backend,
+                    uid: self.broadcast.uid.clone(),
+                    _k: PhantomData,
+                };
+                self.f
+                    .process_broadcast(state, b, &mut self.broadcast, &mut keyed, out)
+            }
             Either::Left(_) => Err(RuntimeError::Config(
                 "a record of the keyed input came without a key".into(),
             )),

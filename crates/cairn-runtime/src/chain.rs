@@ -745,7 +745,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(Option<F::Key>, F::In
             Some(key) => op.push((key, value), timestamp),
             None => {
                 let mut out = Collector::with_sides(op.next.as_mut(), timestamp, &mut op.sides);
-                op.f.process_unkeyed(&op.state, value, &mut out)
+                op.f.process_unkeyed(&op.state, value, &mut op.backend, &mut out)
                     .map_err(|e| e.with_uid(&op.setup.uid))
             }
         }

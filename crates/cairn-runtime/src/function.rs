@@ -244,13 +244,14 @@ pub trait KeyedProcessFunction: Checkpointed + Clone + Send + 'static {
     /// connection ([`crate::broadcast`]) has them, and its adapter implements this. Other
     /// functions never get one; the default refuses it.
     #[doc(hidden)]
-    fn process_unkeyed(
+    fn process_unkeyed<B: KeyedStateBackend>(
         &mut self,
         state: &Self::State,
         input: Self::In,
+        backend: &mut B,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let _ = (state, input, out);
+        let _ = (state, input, backend, out);
         Err(crate::error::RuntimeError::Config(
             "a record without a key reached a keyed operator".into(),
         ))

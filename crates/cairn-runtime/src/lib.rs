@@ -75,7 +75,7 @@ pub mod windows;
 
 pub use broadcast::{
     BroadcastConnectedStreams, BroadcastProcessFunction, BroadcastState, BroadcastStateDescriptor,
-    BroadcastStream, KeyedBroadcastConnectedStreams, KeyedBroadcastProcessFunction,
+    BroadcastStream, KeyedBroadcastConnectedStreams, KeyedBroadcastProcessFunction, KeyedStates,
 };
 /// The format of a savepoint ([`JobConfig::savepoint_format`],
 /// [`JobHandle::trigger_savepoint_as`]).

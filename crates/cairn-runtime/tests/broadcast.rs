@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,8 @@ use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, BroadcastProcessFunction, BroadcastState, BroadcastStateDescriptor, Checkpointed,
     CheckpointingMode, Collector, InitContext, Job, JobGraph, KeyedBroadcastProcessFunction,
-    RestoreFrom, RuntimeError, StateBackendConfig, Stream, TimerService,
+    KeyedStates, RestoreFrom, RuntimeError, Source, SourceStatus, StateBackendConfig, Stream,
+    TimerService,
 };
 use common::unaligned::{run_until_holding, unaligned_retained_config};
 use common::*;
@@ -148,10 +149,12 @@ impl KeyedBroadcastProcessFunction for Rules {
         out.collect((key.clone(), n))
     }
 
-    fn process_broadcast(
+    fn process_broadcast<S: KeyedStateBackend>(
         &mut self,
+        _state: &Self::State,
         rule: (String, u64),
         broadcast: &mut BroadcastState,
+        _keyed: &mut KeyedStates<'_, S, String>,
         out: &mut Collector<'_, (String, u64)>,
     ) -> cairn_runtime::Result<()> {
         self.add(rule, broadcast, out)
@@ -475,4 +478,152 @@ fn an_unregistered_broadcast_state_fails_naming_it() {
         error.contains("rules") && error.contains("broadcast state weights is not registered"),
         "{error}"
     );
+}
+
+/// Emits its rules once `open` is set (after every word was counted), then ends.
+#[derive(Clone, Debug)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    rules: Vec<String>,
+}
+
+impl Checkpointed for Gate {}
+
+impl Source for Gate {
+    type Out = String;
+    fn poll(
+        &mut self,
+        out: &mut Collector<'_, String>,
+        _max: usize,
+    ) -> cairn_runtime::Result<SourceStatus> {
+        if !self.open.load(Ordering::SeqCst) {
+            return Ok(SourceStatus::Idle);
+        }
+        if self.rules.is_empty() {
+            return Ok(SourceStatus::End);
+        }
+        out.collect(self.rules.remove(0))?;
+        Ok(SourceStatus::More)
+    }
+}
+
+/// Counts words; on the broadcast rules, through every key's state: `report` emits each
+/// key's count (`final/<word>/<count>`), `clear` clears them, `recount` emits how many
+/// keys still have one (`after-clear/<subtask>/<keys>`).
+#[derive(Clone, Debug)]
+struct Reporter {
+    counted: Arc<AtomicU64>,
+    words: u64,
+    open: Arc<AtomicBool>,
+    subtask: u32,
+}
+
+impl Checkpointed for Reporter {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.subtask = ctx.subtask.index;
+        Ok(())
+    }
+}
+
+impl KeyedBroadcastProcessFunction for Reporter {
+    type Key = String;
+    type In = String;
+    type Broadcast = String;
+    type Out = (String, u64);
+    type State = ValueStateId<u64, ()>;
+
+    fn open<S: KeyedStateBackend>(
+        &mut self,
+        backend: &mut S,
+        _broadcast: &mut BroadcastState,
+    ) -> cairn_runtime::Result<Self::State> {
+        Ok(backend.register_value(&ValueStateDescriptor::new("count"))?)
+    }
+
+    fn process<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        key: &String,
+        _word: String,
+        _broadcast: &BroadcastState,
+        backend: &mut S,
+        _timers: &mut TimerService,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let n = backend.value_get(*state, &())?.unwrap_or(0) + 1;
+        backend.value_update(*state, &(), n)?;
+        out.collect((key.clone(), n))?;
+        if self.counted.fetch_add(1, Ordering::SeqCst) + 1 == self.words {
+            self.open.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn process_broadcast<S: KeyedStateBackend>(
+        &mut self,
+        state: &Self::State,
+        rule: String,
+        _broadcast: &mut BroadcastState,
+        keyed: &mut KeyedStates<'_, S, String>,
+        out: &mut Collector<'_, (String, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        let state = *state;
+        match rule.as_str() {
+            "report" => keyed.apply_to_keyed_state(state.raw(), |word, backend| {
+                let n = backend.value_get(state, &())?.unwrap_or(0);
+                out.collect((format!("final/{word}/{n}"), 1))
+            }),
+            "clear" => keyed.apply_to_keyed_state(state.raw(), |_, backend| {
+                Ok(backend.clear(state.raw(), &())?)
+            }),
+            _ => {
+                let mut keys = 0;
+                keyed.apply_to_keyed_state(state.raw(), |_, _| {
+                    keys += 1;
+                    Ok(())
+                })?;
+                out.collect((format!("after-clear/{}/{keys}", self.subtask), 1))
+            }
+        }
+    }
+}
+
+/// Flink's `applyToKeyedState`: a broadcast record reaches every key's state on every
+/// subtask, to read it (each word's final count, once) and to clear it (no key is left).
+#[test]
+fn a_broadcast_record_reaches_the_state_of_every_key() {
+    for backend in [StateBackendConfig::HashMap, StateBackendConfig::rocksdb()] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (words, counts) = write_input(dir.path(), 800, 120, 13);
+        let output = dir.path().join("out");
+        let mut cfg = config(dir.path(), 20);
+        cfg.backend = backend;
+        cfg.parallelism = 2;
+        let open = Arc::new(AtomicBool::new(false));
+        let gate = Gate {
+            open: open.clone(),
+            rules: ["report", "clear", "recount"].map(String::from).to_vec(),
+        };
+        let reporter = Reporter {
+            counted: Arc::new(AtomicU64::new(0)),
+            words: counts.values().sum(),
+            open,
+            subtask: 0,
+        };
+        let (words_stream, _) = inputs(&words, &words);
+        let graph = words_stream
+            .key_by(|w: &String| w.clone())
+            .connect(source("gate", gate).parallelism(1).broadcast())
+            .process("rules", reporter)
+            .sink("sink", TwoPhaseFileSink::new(&output, format_line));
+        Job::new(graph, cfg).run().expect("job");
+        let mut want = counts.clone();
+        for (word, n) in &counts {
+            want.insert(format!("final/{word}/{n}"), 1);
+        }
+        for i in 0..2 {
+            want.insert(format!("after-clear/{i}/0"), 1);
+        }
+        check_exactly_once(&want, &read_output(&output));
+    }
 }

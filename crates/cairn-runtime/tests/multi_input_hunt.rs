@@ -420,10 +420,12 @@ impl<B: Rule> KeyedBroadcastProcessFunction for Rules<B> {
         out.collect((key.clone(), n))
     }
 
-    fn process_broadcast(
+    fn process_broadcast<S: KeyedStateBackend>(
         &mut self,
+        _state: &Self::State,
         rule: B,
         broadcast: &mut BroadcastState,
+        _keyed: &mut cairn_runtime::KeyedStates<'_, S, String>,
         out: &mut Collector<'_, (String, u64)>,
     ) -> cairn_runtime::Result<()> {
         self.add(rule, broadcast, out)

@@ -659,10 +659,12 @@ where
         self.count.process(state, key, word, backend, timers, out)
     }
 
-    fn process_broadcast(
+    fn process_broadcast<S: KeyedStateBackend>(
         &mut self,
+        _state: &Self::State,
         (rule, i): (String, u64),
         broadcast: &mut BroadcastState,
+        _keyed: &mut cairn_runtime::KeyedStates<'_, S, String>,
         _out: &mut Collector<'_, (String, u64)>,
     ) -> cairn_runtime::Result<()> {
         let held = broadcast.get_mut(&rules_state())?;
