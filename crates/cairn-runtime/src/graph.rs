@@ -984,6 +984,10 @@ impl Dataflow {
 
 type OpenStage<T> = Box<dyn FnOnce(ChainFactory<T>) -> TaskFactory>;
 
+/// Makes the task of a stage that reads exchanges of `Y`s, its first operator reading them.
+type Head<Y> =
+    fn(&mut BuildCtx, Vec<Receiver<DataMsg<Y>>>, Box<dyn Chain<Y>>) -> Result<Box<dyn Task>>;
+
 /// A stream of records of type `T` whose current stage is still open.
 pub struct Stream<T> {
     parts: SharedParts,
@@ -1335,7 +1339,7 @@ impl<T: Data> Stream<T> {
     }
 
     /// A new stage of `U`s that reads this stream and `other`, which become `U`s by
-    /// `left` and `right` (adapters of their records).
+    /// `left` and `right` (adapters of their records), described by `what` of the two.
     fn join_inputs<B: Data, U: Data>(
         self,
         other: Stream<B>,
@@ -1343,20 +1347,35 @@ impl<T: Data> Stream<T> {
         left: impl Fn(Adapter) -> Adapter,
         right: impl Fn(Adapter) -> Adapter,
     ) -> Stream<U> {
+        self.join_routed(
+            other,
+            |a, b| format!("the {what} of {a} and {b}"),
+            (left, right),
+            rebalance_tail::<U>(),
+            rebalanced_head::<U>,
+        )
+    }
+
+    /// [`Stream::join_inputs`], with the lanes made from `route` (unless an adapter has a
+    /// route of its own) and the stage read by `head`.
+    fn join_routed<B: Data, U: Data>(
+        self,
+        other: Stream<B>,
+        what: impl Fn(&str, &str) -> String,
+        (left, right): (impl Fn(Adapter) -> Adapter, impl Fn(Adapter) -> Adapter),
+        route: ChainFactory<U>,
+        head: Head<U>,
+    ) -> Stream<U> {
         let (a, b) = (self.settle(), other.settle());
         a.parts.absorb(&b.parts);
         let parts = a.parts.clone();
         let to = parts.with(|p| {
-            let what = format!(
-                "the {what} of {} and {}",
-                a.describe_in(p),
-                b.describe_in(p)
-            );
+            let what = what(&a.describe_in(p), &b.describe_in(p));
             p.open_stage(what)
         });
         a.into_input::<U>(to, left);
         b.into_input::<U>(to, right);
-        parts.with(|p| p.route_into::<U, U>(to, &rebalance_tail::<U>()));
+        parts.with(|p| p.route_into::<U, U>(to, &route));
         Stream {
             parts,
             id: to,
@@ -1365,7 +1384,7 @@ impl<T: Data> Stream<T> {
             is_source: false,
             sides_ok: false,
             pending_rebalance: None,
-            open: rebalanced_input(),
+            open: input_stage(head),
         }
     }
 
@@ -1468,31 +1487,17 @@ impl<T: Data> Stream<T> {
         tail: ChainFactory<T>,
         wrap: fn(B) -> Y,
     ) -> Stream<Y> {
-        let (a, b) = (self.settle(), other.stream);
-        a.parts.absorb(&b.parts);
-        let parts = a.parts.clone();
-        let to = parts.with(|p| {
-            let what = format!(
-                "the connection of {} with {}, broadcast,",
-                a.describe_in(p),
-                b.describe_in(p)
-            );
-            p.open_stage(what)
-        });
         let broadcast = wrapping(wrap, broadcast_tail::<Y>());
-        a.into_input::<Y>(to, move |inner| fixed(inner, tail.clone()));
-        b.into_input::<Y>(to, move |inner| fixed(inner, broadcast.clone()));
-        parts.with(|p| p.route_into::<Y, Y>(to, &broadcast_tail::<Y>()));
-        Stream {
-            parts,
-            id: to,
-            uids: Vec::new(),
-            parallelism: None,
-            is_source: false,
-            sides_ok: false,
-            pending_rebalance: None,
-            open: input_stage(broadcast_head::<Y>),
-        }
+        self.join_routed(
+            other.stream,
+            |a, b| format!("the connection of {a} with {b}, broadcast,"),
+            (
+                move |inner| fixed(inner, tail.clone()),
+                move |inner| fixed(inner, broadcast.clone()),
+            ),
+            broadcast_tail::<Y>(),
+            broadcast_head::<Y>,
+        )
     }
 
     /// Partitions the stream by key: records with the same key go to the same subtask of

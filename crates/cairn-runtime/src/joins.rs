@@ -487,21 +487,24 @@ where
         if timers.current_watermark().is_some_and(|w| t < w) {
             return Ok(());
         }
-        for (right_t, rights) in backend.map_entries(state.right, &())? {
-            if self.bounds.joins(t, right_t) {
+        let bounds = self.bounds;
+        let joins = |right: u64| bounds.joins(t, right);
+        arrive(
+            backend,
+            state.left,
+            state.right,
+            t,
+            input,
+            joins,
+            |a, b, right| {
                 let ctx = JoinContext {
                     left_timestamp: t,
-                    right_timestamp: right_t,
+                    right_timestamp: right,
                 };
-                for b in &rights {
-                    self.emit(&input, b, ctx, out)?;
-                }
-            }
-        }
-        let mut waiting = backend.map_get(state.left, &(), &t)?.unwrap_or_default();
-        waiting.push(input);
-        backend.map_put(state.left, &(), t, waiting)?;
-        timers.register_event_time_timer(self.bounds.left_cleanup(t));
+                self.emit(a, b, ctx, out)
+            },
+        )?;
+        timers.register_event_time_timer(bounds.left_cleanup(t));
         Ok(())
     }
 
@@ -518,21 +521,24 @@ where
         if timers.current_watermark().is_some_and(|w| t < w) {
             return Ok(());
         }
-        for (left_t, lefts) in backend.map_entries(state.left, &())? {
-            if self.bounds.joins(left_t, t) {
+        let bounds = self.bounds;
+        let joins = |left: u64| bounds.joins(left, t);
+        arrive(
+            backend,
+            state.right,
+            state.left,
+            t,
+            input,
+            joins,
+            |b, a, left| {
                 let ctx = JoinContext {
-                    left_timestamp: left_t,
+                    left_timestamp: left,
                     right_timestamp: t,
                 };
-                for a in &lefts {
-                    self.emit(a, &input, ctx, out)?;
-                }
-            }
-        }
-        let mut waiting = backend.map_get(state.right, &(), &t)?.unwrap_or_default();
-        waiting.push(input);
-        backend.map_put(state.right, &(), t, waiting)?;
-        timers.register_event_time_timer(self.bounds.right_cleanup(t));
+                self.emit(a, b, ctx, out)
+            },
+        )?;
+        timers.register_event_time_timer(bounds.right_cleanup(t));
         Ok(())
     }
 
@@ -558,6 +564,30 @@ where
         }
         Ok(())
     }
+}
+
+/// A record of one side at `t` arrives: each waiting record of the other side at a time
+/// that `joins` is given to `pair` with it (and that time), then it waits in its own side's
+/// buffer.
+fn arrive<S: KeyedStateBackend, Own: Data, Other: Data>(
+    backend: &mut S,
+    own: MapStateId<u64, Vec<Own>, ()>,
+    other: MapStateId<u64, Vec<Other>, ()>,
+    t: u64,
+    input: Own,
+    joins: impl Fn(u64) -> bool,
+    mut pair: impl FnMut(&Own, &Other, u64) -> Result<()>,
+) -> Result<()> {
+    for (other_t, others) in backend.map_entries(other, &())? {
+        if joins(other_t) {
+            for o in &others {
+                pair(&input, o, other_t)?;
+            }
+        }
+    }
+    let mut waiting = backend.map_get(own, &(), &t)?.unwrap_or_default();
+    waiting.push(input);
+    Ok(backend.map_put(own, &(), t, waiting)?)
 }
 
 #[cfg(test)]

@@ -193,14 +193,14 @@ fn run_case(case: Case) {
     let (words, counts) = write_input(dir.path(), 1500, 150, 7);
     let rules = write_rules(dir.path(), 600);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.backend = case.backend;
-    cfg.parallelism = case.parallelism;
-    cfg.checkpoint.unaligned = case.unaligned;
+    let mut cfg = failure_config(
+        dir.path(),
+        case.backend,
+        case.parallelism,
+        case.unaligned,
+        10_000,
+    );
     cfg.checkpoint.mode = case.mode;
-    cfg.restart.max_restarts = 10;
-    cfg.restart.delay = Duration::from_millis(10);
-    cfg.records_per_second = Some(10_000);
     let result = Job::new(
         graph(&words, &rules, &output, Rules::new(case.failures.clone())),
         cfg,
@@ -403,13 +403,7 @@ fn a_non_keyed_broadcast_function_through_failures() {
         let (words, counts) = write_input(dir.path(), 1200, 100, 3);
         let rules = write_rules(dir.path(), 400);
         let output = dir.path().join("out");
-        let mut cfg = config(dir.path(), 20);
-        cfg.backend = backend;
-        cfg.parallelism = 2;
-        cfg.checkpoint.unaligned = unaligned;
-        cfg.restart.max_restarts = 5;
-        cfg.restart.delay = Duration::from_millis(10);
-        cfg.records_per_second = Some(10_000);
+        let cfg = failure_config(dir.path(), backend, 2, unaligned, 10_000);
         let (words_stream, rules_stream) = inputs(&words, &rules);
         let passed = words_stream
             .connect_broadcast(rules_stream.broadcast())

@@ -200,14 +200,14 @@ fn run_case(case: Case) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b, counts_a, counts_b) = two_inputs(dir.path(), 1500, 1200);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.backend = case.backend;
-    cfg.parallelism = case.parallelism;
-    cfg.checkpoint.unaligned = case.unaligned;
+    let mut cfg = failure_config(
+        dir.path(),
+        case.backend,
+        case.parallelism,
+        case.unaligned,
+        20_000,
+    );
     cfg.checkpoint.mode = case.mode;
-    cfg.restart.max_restarts = 10;
-    cfg.restart.delay = Duration::from_millis(10);
-    cfg.records_per_second = Some(20_000);
     let graph = joined(&a, &b, &output, JoinCounts::new(case.failures.clone()));
     let result = Job::new(graph, cfg).run().expect("job");
     assert_eq!(result.restarts as usize, case.failures.len(), "{result:?}");
@@ -415,24 +415,11 @@ impl KeyedCoProcessFunction for Buckets {
 #[test]
 fn event_time_timers_of_a_connection_wait_for_both_inputs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = |name: &str, lag: u64| {
-        let text: String = (0..3000u64)
-            .map(|n| format!("{} {}\n", n % 3, (n * 2).saturating_sub(lag)))
-            .collect();
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write events");
-        path
-    };
-    let (a, b) = (events("a.txt", 0), events("b.txt", 2000));
-    let mut want: BTreeMap<String, u64> = BTreeMap::new();
-    for lag in [0, 2000] {
-        for n in 0..3000u64 {
-            let bucket = (n * 2).saturating_sub(lag) / 100;
-            *want
-                .entry(((n % 3) * 1_000_000 + bucket).to_string())
-                .or_insert(0) += 1;
-        }
-    }
+    let (a, b) = (
+        write_lagging_events(dir.path(), "a.txt", 3, 0),
+        write_lagging_events(dir.path(), "b.txt", 3, 2000),
+    );
+    let want = lagging_counts(3, |t| t / 100);
     for (backend, unaligned) in [
         (StateBackendConfig::HashMap, true),
         (StateBackendConfig::rocksdb(), false),
@@ -508,11 +495,7 @@ fn non_keyed_co_functions_map_and_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b, counts_a, counts_b) = two_inputs(dir.path(), 1000, 800);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.parallelism = 3;
-    cfg.restart.max_restarts = 5;
-    cfg.restart.delay = Duration::from_millis(10);
-    cfg.records_per_second = Some(20_000);
+    let mut cfg = failure_config(dir.path(), StateBackendConfig::HashMap, 3, false, 20_000);
     let (words_a, words_b) = inputs(&a, &b);
     let graph = words_a
         .connect(words_b)

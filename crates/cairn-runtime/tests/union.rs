@@ -96,14 +96,14 @@ fn run_case(case: Case) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b, expected) = two_inputs(dir.path(), 2000, 1500);
     let output = dir.path().join("out");
-    let mut cfg = config(dir.path(), 20);
-    cfg.backend = case.backend;
-    cfg.parallelism = case.parallelism;
-    cfg.checkpoint.unaligned = case.unaligned;
+    let mut cfg = failure_config(
+        dir.path(),
+        case.backend,
+        case.parallelism,
+        case.unaligned,
+        20_000,
+    );
     cfg.checkpoint.mode = case.mode;
-    cfg.restart.max_restarts = 10;
-    cfg.restart.delay = Duration::from_millis(10);
-    cfg.records_per_second = Some(20_000);
     let graph = union_wordcount(
         &a,
         &b,
@@ -239,13 +239,7 @@ fn a_stream_unioned_with_its_own_side_output() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (input, expected) = write_input(dir.path(), 2000, 150, 5);
         let output = dir.path().join("out");
-        let mut cfg = config(dir.path(), 20);
-        cfg.backend = backend;
-        cfg.parallelism = 2;
-        cfg.checkpoint.unaligned = unaligned;
-        cfg.restart.max_restarts = 5;
-        cfg.restart.delay = Duration::from_millis(10);
-        cfg.records_per_second = Some(20_000);
+        let cfg = failure_config(dir.path(), backend, 2, unaligned, 20_000);
         let side = tag.clone();
         let split = words("a", &input).process(
             "split",
@@ -287,11 +281,7 @@ fn unions_of_three_sources_either_way_round() {
         let (c, counts_c) = write_input(&c_dir, 700, 100, 13);
         let expected = add(two, &counts_c);
         let output = dir.path().join("out");
-        let mut cfg = config(dir.path(), 20);
-        cfg.parallelism = 2;
-        cfg.restart.max_restarts = 5;
-        cfg.restart.delay = Duration::from_millis(10);
-        cfg.records_per_second = Some(20_000);
+        let cfg = failure_config(dir.path(), StateBackendConfig::HashMap, 2, false, 20_000);
         let all = if nested_left {
             words("a", &a).union(words("b", &b)).union(words("c", &c))
         } else {
@@ -363,24 +353,12 @@ fn a_source_that_ends_early_is_not_read_again_after_a_restore() {
 #[test]
 fn the_union_watermark_is_the_least_of_its_inputs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = |name: &str, lag: u64| {
-        let text: String = (0..3000u64)
-            .map(|n| format!("{} {}\n", n % 4, (n * 2).saturating_sub(lag)))
-            .collect();
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write events");
-        path
-    };
-    let (a, b) = (events("a.txt", 0), events("b.txt", 2000));
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for lag in [0, 2000] {
-        for n in 0..3000u64 {
-            let window = (n * 2).saturating_sub(lag) / 100 * 100 + 100;
-            *expected
-                .entry(((n % 4) * 1_000_000 + window).to_string())
-                .or_insert(0) += 1;
-        }
-    }
+    let (a, b) = (
+        write_lagging_events(dir.path(), "a.txt", 4, 0),
+        write_lagging_events(dir.path(), "b.txt", 4, 2000),
+    );
+    // Windows by their end.
+    let expected = lagging_counts(4, |t| t / 100 * 100 + 100);
     let late = OutputTag::<(u64, u64)>::new("late");
     for (backend, unaligned) in [
         (StateBackendConfig::HashMap, false),

@@ -638,3 +638,50 @@ impl<T: Clone + Send + 'static> cairn_runtime::Sink<T> for Collect<T> {
         Ok(())
     }
 }
+
+/// A run through injected failures: checkpoints every 20 ms into `dir`, under `backend` at
+/// `parallelism`, unaligned or not; up to 10 restarts 10 ms apart; the sources throttled
+/// to `records_per_second` lines in all.
+pub fn failure_config(
+    dir: &Path,
+    backend: cairn_runtime::StateBackendConfig,
+    parallelism: u32,
+    unaligned: bool,
+    records_per_second: u64,
+) -> JobConfig {
+    let mut cfg = config(dir, 20);
+    cfg.backend = backend;
+    cfg.parallelism = parallelism;
+    cfg.checkpoint.unaligned = unaligned;
+    cfg.restart.max_restarts = 10;
+    cfg.restart.delay = Duration::from_millis(10);
+    cfg.records_per_second = Some(records_per_second);
+    cfg
+}
+
+/// Writes 3,000 events `key time` into `dir/name`: event `n` has key `n % keys` and time
+/// `2n - lag` ms (at least 0), so its event time lags `lag` ms behind that of an input with
+/// no lag as both are read.
+pub fn write_lagging_events(dir: &Path, name: &str, keys: u64, lag: u64) -> PathBuf {
+    let text: String = (0..3000u64)
+        .map(|n| format!("{} {}\n", n % keys, (n * 2).saturating_sub(lag)))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write events");
+    path
+}
+
+/// How many events of two inputs of [`write_lagging_events`] (lags 0 and 2,000 ms) fall in
+/// each bucket (`bucket_of` their time) of each key, as `key * 1_000_000 + bucket` → count.
+pub fn lagging_counts(keys: u64, bucket_of: impl Fn(u64) -> u64) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for lag in [0, 2000] {
+        for n in 0..3000u64 {
+            let bucket = bucket_of((n * 2).saturating_sub(lag));
+            *counts
+                .entry(((n % keys) * 1_000_000 + bucket).to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
