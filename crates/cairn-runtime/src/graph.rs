@@ -880,6 +880,14 @@ impl std::fmt::Debug for JobGraph {
 }
 
 impl JobGraph {
+    /// This dataflow and `other` as one job (as a Flink job runs every sink of its
+    /// environment): they share its checkpoints, savepoints, restarts and end. Their
+    /// operator uids must differ.
+    pub fn and(self, other: JobGraph) -> JobGraph {
+        self.parts.absorb(&other.parts);
+        self
+    }
+
     /// Every operator uid, stages in dataflow order (the sources' first).
     pub fn uids(&self) -> Vec<String> {
         match self.resolve() {

@@ -7,8 +7,8 @@
 //! window operator, as Flink builds it on a tagged union) and, when a window fires,
 //! [`WindowJoin::apply`] gives every pair of a left and a right record of that key and
 //! window to a function (an inner join), [`WindowJoin::co_group`] all of both sides at
-//! once. The results have the window's last millisecond as their timestamp. Lateness,
-//! triggers and the late side output are the window operator's
+//! once. The results have the window's last millisecond as their timestamp. Tumbling,
+//! sliding and session windows; lateness is the window operator's
 //! ([`crate::windows::WindowedStream`]).
 //!
 //! **Interval join.** Records of two keyed streams
@@ -35,7 +35,10 @@ use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, SnapshotContext};
 use crate::graph::{KeyedStream, Stream};
 use crate::timers::{Timer, TimerService};
-use crate::windows::{ProcessWindowFunction, TimeWindow, WindowAssigner, WindowedStream};
+use crate::windows::{
+    ProcessWindowFunction, SessionGap, SessionWindows, TimeWindow, WindowAssigner, WindowedStream,
+    Windows,
+};
 
 /// When a pair was joined: the event times of its two records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,9 +232,9 @@ impl<K, A, B> std::fmt::Debug for KeyedJoin<K, A, B> {
 }
 
 impl<K: Key, A: Data, B: Data> KeyedJoin<K, A, B> {
-    /// Joins within the windows of `assigner` (tumbling or sliding, of event or
-    /// processing time).
-    pub fn window(self, assigner: WindowAssigner) -> WindowJoin<K, A, B> {
+    /// Joins within the windows of `assigner`: tumbling, sliding or session windows, of
+    /// event or processing time.
+    pub fn window<W: JoinWindows<K, Either<A, B>>>(self, assigner: W) -> WindowJoin<K, A, B, W> {
         WindowJoin {
             windowed: self.keyed.window(assigner),
         }
@@ -239,17 +242,17 @@ impl<K: Key, A: Data, B: Data> KeyedJoin<K, A, B> {
 }
 
 /// A window join; see [`crate::joins`].
-pub struct WindowJoin<K, A, B> {
-    windowed: WindowedStream<K, Either<A, B>>,
+pub struct WindowJoin<K, A, B, W = WindowAssigner> {
+    windowed: WindowedStream<K, Either<A, B>, W>,
 }
 
-impl<K, A, B> std::fmt::Debug for WindowJoin<K, A, B> {
+impl<K, A, B, W> std::fmt::Debug for WindowJoin<K, A, B, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WindowJoin").finish_non_exhaustive()
     }
 }
 
-impl<K: Key, A: Data, B: Data> WindowJoin<K, A, B> {
+impl<K: Key, A: Data, B: Data, W: JoinWindows<K, Either<A, B>>> WindowJoin<K, A, B, W> {
     /// Keeps windows for `lateness` after their end (their records may join late ones;
     /// each firing joins everything the window holds).
     pub fn allowed_lateness(self, lateness: std::time::Duration) -> Self {
@@ -287,7 +290,38 @@ impl<K: Key, A: Data, B: Data> WindowJoin<K, A, B> {
             + Send
             + 'static,
     ) -> Stream<Out> {
-        self.windowed.process(uid, CoGroup { f, _t: PhantomData })
+        W::process(self.windowed, uid, CoGroup { f, _t: PhantomData })
+    }
+}
+
+/// The window assigners a window join can use: their operator gives a window's records
+/// to a process function.
+pub trait JoinWindows<K, T>: Windows + Sized {
+    /// The operator with uid `uid` giving each fired window's records to `f`.
+    fn process<O: Data>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        f: impl ProcessWindowFunction<K, T, O>,
+    ) -> Stream<O>;
+}
+
+impl<K: Key, T: Data> JoinWindows<K, T> for WindowAssigner {
+    fn process<O: Data>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        f: impl ProcessWindowFunction<K, T, O>,
+    ) -> Stream<O> {
+        windowed.process(uid, f)
+    }
+}
+
+impl<K: Key, T: Data, G: SessionGap<T> + std::fmt::Debug> JoinWindows<K, T> for SessionWindows<G> {
+    fn process<O: Data>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        f: impl ProcessWindowFunction<K, T, O>,
+    ) -> Stream<O> {
+        windowed.process(uid, f)
     }
 }
 

@@ -96,8 +96,8 @@ pub use function::{
 pub use graph::{source, JobGraph, KeyedStream, Stream};
 pub use job::{Job, JobHandle, JobResult};
 pub use joins::{
-    FnJoin, IntervalJoin, IntervalJoined, JoinContext, JoinStreams, KeyedJoin, ProcessJoinFunction,
-    WindowJoin,
+    FnJoin, IntervalJoin, IntervalJoined, JoinContext, JoinStreams, JoinWindows, KeyedJoin,
+    ProcessJoinFunction, WindowJoin,
 };
 pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;

@@ -16,9 +16,9 @@ use std::time::Duration;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, Collector, FnJoin, Job, JobConfig, JoinContext, KeyedStream, RestoreFrom, RuntimeError,
-    SlidingEventTimeWindows, SnapshotMode, StateBackendConfig, Stream, TimeWindow,
-    TumblingEventTimeWindows, WatermarkStrategy,
+    source, Collector, EventTimeSessionWindows, FnJoin, Job, JobConfig, JoinContext, KeyedStream,
+    RestoreFrom, RuntimeError, SlidingEventTimeWindows, SnapshotMode, StateBackendConfig, Stream,
+    TimeWindow, TumblingEventTimeWindows, WatermarkStrategy,
 };
 use common::*;
 
@@ -436,5 +436,87 @@ fn a_window_join_and_co_group_see_every_window_exactly_once() {
         .expect("co-group");
         assert_eq!(result.restarts, 2, "p{p} unaligned {unaligned}: {result:?}");
         check_exactly_once(&groups, &read_output(&output));
+    }
+}
+
+/// Session windows: each input comes in bursts, one a second (left: 60 events 3 ms apart,
+/// right: 40 events 4 ms apart, keys `n % 3`), so each key's burst is one session of both
+/// inputs (a 100 ms gap); the co-group sees each session's records of both sides once.
+#[test]
+fn a_session_window_co_group_sees_each_session_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let burst = |n: u64, per_burst: u64, spacing: u64, offset: u64| {
+        (
+            n % 3,
+            (n / per_burst) * 1000 + (n % per_burst) * spacing + offset,
+        )
+    };
+    let left_at = |n: u64| burst(n, 60, 3, 0);
+    let right_at = |m: u64| burst(m, 40, 4, 1);
+    let write = |name: &str, n: u64, at: &dyn Fn(u64) -> (u64, u64)| {
+        let text: String = (0..n)
+            .map(|i| {
+                let (k, t) = at(i);
+                format!("{k} {t}\n")
+            })
+            .collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write events");
+        path
+    };
+    let (left, right) = (
+        write("left.txt", 600, &left_at),
+        write("right.txt", 400, &right_at),
+    );
+    // Per key and burst: the session's end (its last event + the gap) and both counts.
+    let mut sessions: BTreeMap<(u64, u64), (u64, u64, u64)> = BTreeMap::new();
+    for (k, t) in (0..600).map(left_at) {
+        let s = sessions.entry((k, t / 1000)).or_default();
+        s.0 = s.0.max(t + 100);
+        s.1 += 1;
+    }
+    for (k, t) in (0..400).map(right_at) {
+        let s = sessions.entry((k, t / 1000)).or_default();
+        s.0 = s.0.max(t + 100);
+        s.2 += 1;
+    }
+    let want: BTreeMap<String, u64> = sessions
+        .iter()
+        .map(|((k, _), (end, l, r))| (format!("{k}/{end}/{l}/{r}"), 1))
+        .collect();
+    assert_eq!(want.len(), 30);
+    for (backend, unaligned, p) in [
+        (StateBackendConfig::HashMap, false, 2),
+        (StateBackendConfig::rocksdb(), true, 3),
+    ] {
+        let run_dir = tempfile::tempdir().expect("tempdir");
+        let output = run_dir.path().join("out");
+        let grouped = stamped("left", &left, vec![400])
+            .join(stamped("right", &right, Vec::new()))
+            .on(|e: &(u64, u64)| e.0, |e: &(u64, u64)| e.0)
+            .window(EventTimeSessionWindows::with_gap(Duration::from_millis(
+                100,
+            )))
+            .co_group(
+                "co-group",
+                |k: &u64,
+                 w: TimeWindow,
+                 lefts: Vec<(u64, u64)>,
+                 rights: Vec<(u64, u64)>,
+                 out: &mut Collector<'_, (String, u64)>| {
+                    let end = w.end;
+                    out.collect((format!("{k}/{end}/{}/{}", lefts.len(), rights.len()), 1))
+                },
+            );
+        let mut cfg = run_config(run_dir.path(), backend, unaligned, p);
+        cfg.records_per_second = Some(2_000);
+        let result = Job::new(
+            grouped.sink("sink", TwoPhaseFileSink::new(&output, format_line)),
+            cfg,
+        )
+        .run()
+        .expect("co-group");
+        assert_eq!(result.restarts, 1, "p{p} unaligned {unaligned}: {result:?}");
+        check_exactly_once(&want, &read_output(&output));
     }
 }

@@ -622,3 +622,86 @@ fn a_new_source_in_front_of_finished_operators_is_refused() {
     }
     check_exactly_once(&expected, &read_output(&output));
 }
+
+/// Two dataflows that share no stream, run as one job (`JobGraph::and`): both go through
+/// the same failures, the same savepoint and a restore under the other backend and
+/// parallelism, each exactly once into its own output; uids that clash are refused.
+#[test]
+fn independent_dataflows_run_as_one_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, _) = two_inputs(dir.path(), 2000, 1500);
+    let count_a = read_words(&a);
+    let count_b = read_words(&b);
+    let (out_a, out_b) = (dir.path().join("out-a"), dir.path().join("out-b"));
+    let dataflow = |name: &str, input: &Path, output: &Path, fail: FailAt| {
+        words(name, input)
+            .process(&format!("fail-{name}"), fail)
+            .key_by(|w: &String| w.clone())
+            .process(&format!("count-{name}"), Count::new())
+            .sink(
+                &format!("sink-{name}"),
+                TwoPhaseFileSink::new(output, format_line),
+            )
+    };
+    let both = |fail: Vec<u64>| {
+        dataflow("a", &a, &out_a, FailAt::at(fail)).and(dataflow(
+            "b",
+            &b,
+            &out_b,
+            FailAt::at(Vec::new()),
+        ))
+    };
+    let mut cfg = failure_config(dir.path(), StateBackendConfig::HashMap, 2, false, 5_000);
+    let handle = Job::new(both(vec![700]), cfg.clone())
+        .start()
+        .expect("start");
+    while handle.records_read() < 2000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle
+        .stop_with_savepoint(None)
+        .expect("stop with savepoint");
+    let first = handle.wait().expect("first run");
+    assert_eq!(
+        first.restarts, 1,
+        "a failure in one dataflow restarts both: {first:?}"
+    );
+    let (manifest, _) = cairn_storage::open_savepoint(&savepoint).expect("savepoint");
+    for uid in ["source-a", "count-a", "source-b", "count-b"] {
+        assert!(manifest.operator(uid).is_some(), "{uid} in the savepoint");
+    }
+    cfg.parallelism = 3;
+    cfg.backend = StateBackendConfig::rocksdb();
+    cfg.records_per_second = None;
+    cfg.restore = Some(RestoreFrom::Path(savepoint));
+    Job::new(both(Vec::new()), cfg).run().expect("restored run");
+    check_exactly_once(&count_a, &read_output(&out_a));
+    check_exactly_once(&count_b, &read_output(&out_b));
+
+    let clash = dataflow("a", &a, &out_a, FailAt::at(Vec::new())).and(dataflow(
+        "a",
+        &b,
+        &out_b,
+        FailAt::at(Vec::new()),
+    ));
+    let error = Job::new(clash, config(dir.path(), 50))
+        .run()
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("operator uid source-a is used twice"),
+        "{error}"
+    );
+}
+
+/// How often each word occurs in `input`.
+fn read_words(input: &Path) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for w in std::fs::read_to_string(input)
+        .expect("read input")
+        .split_whitespace()
+    {
+        *counts.entry(w.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
