@@ -22,7 +22,8 @@
 //! matches from the other side, and an event-time timer drops them once the watermark
 //! says no match can come (left: at `t + max(upper, 0)`; right: at `t + max(-lower, 0)`).
 //! Both inputs need timestamps ([`crate::Stream::assign_timestamps_and_watermarks`]); a
-//! record older than the operator's watermark is late and dropped, as in Flink. The state
+//! record older than the operator's watermark is late and dropped, as in Flink, or sent to
+//! a side output ([`IntervalJoined::side_output_left_late_data`]). The state
 //! is keyed state like any other: checkpoints, savepoints, rescaling and backend switches
 //! carry it.
 
@@ -34,6 +35,7 @@ use crate::connect::{Either, KeyedCoProcessFunction};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, SnapshotContext};
 use crate::graph::{KeyedStream, Stream};
+use crate::side::OutputTag;
 use crate::timers::{Timer, TimerService};
 use crate::windows::{
     ProcessWindowFunction, SessionGap, SessionWindows, TimeWindow, WindowAssigner, WindowedStream,
@@ -119,6 +121,7 @@ impl<K: Key, A: Data, B: Data> IntervalJoin<K, A, B> {
     pub fn between(self, lower_ms: i64, upper_ms: i64) -> IntervalJoined<K, A, B> {
         IntervalJoined {
             join: self,
+            late: (None, None),
             bounds: Bounds {
                 lower: lower_ms,
                 upper: upper_ms,
@@ -133,7 +136,11 @@ impl<K: Key, A: Data, B: Data> IntervalJoin<K, A, B> {
 pub struct IntervalJoined<K, A, B> {
     join: IntervalJoin<K, A, B>,
     bounds: Bounds,
+    late: LateTags<A, B>,
 }
+
+/// The side outputs of the late records of each side of an interval join.
+type LateTags<A, B> = (Option<OutputTag<A>>, Option<OutputTag<B>>);
 
 impl<K, A, B> std::fmt::Debug for IntervalJoined<K, A, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +163,20 @@ impl<K: Key, A: Data, B: Data> IntervalJoined<K, A, B> {
         self
     }
 
+    /// Sends the left records that come late (older than the operator's watermark) into
+    /// side output `tag` instead of dropping them (Flink's `sideOutputLeftLateData`);
+    /// [`Stream::side_output`] on the join's result stream reads them.
+    pub fn side_output_left_late_data(mut self, tag: &OutputTag<A>) -> Self {
+        self.late.0 = Some(tag.clone());
+        self
+    }
+
+    /// The same for the right records (Flink's `sideOutputRightLateData`).
+    pub fn side_output_right_late_data(mut self, tag: &OutputTag<B>) -> Self {
+        self.late.1 = Some(tag.clone());
+        self
+    }
+
     /// Gives each pair to `f`, the keyed operator with uid `uid` (its parallelism is the
     /// job's unless set on the result).
     pub fn process<Out: Data, F: ProcessJoinFunction<A, B, Out>>(
@@ -172,6 +193,7 @@ impl<K: Key, A: Data, B: Data> IntervalJoined<K, A, B> {
                 IntervalJoinOp {
                     f,
                     bounds: self.bounds,
+                    late: self.late,
                     uid: String::new(),
                     _t: PhantomData,
                 },
@@ -407,6 +429,8 @@ impl Bounds {
 struct IntervalJoinOp<K, A, B, Out, F> {
     f: F,
     bounds: Bounds,
+    /// Where late records of each side go (dropped when `None`).
+    late: LateTags<A, B>,
     /// The operator (for errors), known from `initialize_state`.
     uid: String,
     _t: PhantomData<fn(K, A, B) -> Out>,
@@ -417,6 +441,7 @@ impl<K, A, B, Out, F: Clone> Clone for IntervalJoinOp<K, A, B, Out, F> {
         Self {
             f: self.f.clone(),
             bounds: self.bounds,
+            late: self.late.clone(),
             uid: self.uid.clone(),
             _t: PhantomData,
         }
@@ -519,7 +544,10 @@ where
     ) -> Result<()> {
         let t = self.timestamp_of("left", out)?;
         if timers.current_watermark().is_some_and(|w| t < w) {
-            return Ok(());
+            return match &self.late.0 {
+                Some(tag) => out.output(tag, input),
+                None => Ok(()),
+            };
         }
         let bounds = self.bounds;
         let joins = |right: u64| bounds.joins(t, right);
@@ -553,7 +581,10 @@ where
     ) -> Result<()> {
         let t = self.timestamp_of("right", out)?;
         if timers.current_watermark().is_some_and(|w| t < w) {
-            return Ok(());
+            return match &self.late.1 {
+                Some(tag) => out.output(tag, input),
+                None => Ok(()),
+            };
         }
         let bounds = self.bounds;
         let joins = |left: u64| bounds.joins(left, t);

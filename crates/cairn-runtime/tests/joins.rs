@@ -520,3 +520,75 @@ fn a_session_window_co_group_sees_each_session_once() {
         check_exactly_once(&want, &read_output(&output));
     }
 }
+
+/// Late records (older than the join's watermark) go to each side's late side output
+/// instead of being dropped: both inputs are the late-events script (every 40th event from
+/// 3,000 on is 3 s behind), and nothing else is late or lost (one subtask per operator, so
+/// the watermark follows each input closely; no failure, as a restore starts without one).
+#[test]
+fn late_records_of_each_side_go_to_their_side_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = write_late_events(dir.path());
+    let (late_left, late_right) = (
+        cairn_runtime::OutputTag::<(u64, u64)>::new("late-left"),
+        cairn_runtime::OutputTag::<(u64, u64)>::new("late-right"),
+    );
+    let collected = || std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let (lefts, rights) = (collected(), collected());
+    let pairs = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64, u64)>::new()));
+    let joined = events_keyed("left", &events)
+        .interval_join(events_keyed("right", &events))
+        .between(-5, 5)
+        .side_output_left_late_data(&late_left)
+        .side_output_right_late_data(&late_right)
+        .process(
+            "join",
+            FnJoin(
+                |l: &(u64, u64),
+                 r: &(u64, u64),
+                 _: &JoinContext,
+                 out: &mut Collector<'_, (u64, u64, u64)>| {
+                    out.collect((l.0, l.1, r.1))
+                },
+            ),
+        );
+    let _left = joined
+        .side_output(&late_left)
+        .sink("late-left-sink", Collect(lefts.clone()));
+    let _right = joined
+        .side_output(&late_right)
+        .sink("late-right-sink", Collect(rights.clone()));
+    let graph = joined.sink("sink", Collect(pairs.clone()));
+    let mut cfg = run_config(dir.path(), StateBackendConfig::HashMap, false, 1);
+    cfg.records_per_second = Some(6_000);
+    Job::new(graph, cfg).run().expect("job");
+
+    let late: Vec<(u64, u64)> = (0..LATE_EVENTS)
+        .filter(|n| is_late_event(*n))
+        .map(|n| (100 + n % 5, n - BEHIND))
+        .collect();
+    for (side, got) in [("left", &lefts), ("right", &rights)] {
+        let mut got = got.lock().expect("lock").clone();
+        got.sort_unstable();
+        assert_eq!(got, late, "the late records of the {side} side");
+    }
+    let on_time: Vec<u64> = (0..LATE_EVENTS).filter(|n| !is_late_event(*n)).collect();
+    let mut want = Vec::new();
+    for &l in &on_time {
+        for &r in &on_time {
+            if l % 5 == r % 5 && r + 5 >= l && r <= l + 5 {
+                want.push((l % 5, l, r));
+            }
+        }
+    }
+    let mut got = pairs.lock().expect("lock").clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the pairs of the records on time");
+}
+
+/// The events of `source-<side>`, parsed, stamped and keyed.
+fn events_keyed(side: &str, path: &Path) -> KeyedStream<u64, (u64, u64)> {
+    events(side, path, Vec::new())
+}
