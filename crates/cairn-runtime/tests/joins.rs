@@ -37,21 +37,36 @@ fn right_event(m: u64) -> (u64, u64) {
 
 /// Writes both inputs (`key time` lines) into `dir`.
 fn write_events(dir: &Path) -> (PathBuf, PathBuf) {
-    let write = |name: &str, n: u64, event: fn(u64) -> (u64, u64)| {
-        let text: String = (0..n)
-            .map(|i| {
-                let (k, t) = event(i);
-                format!("{k} {t}\n")
-            })
-            .collect();
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write events");
-        path
-    };
     (
-        write("left.txt", LEFT, left_event),
-        write("right.txt", RIGHT, right_event),
+        write_event_file(dir, "left.txt", LEFT, &left_event),
+        write_event_file(dir, "right.txt", RIGHT, &right_event),
     )
+}
+
+/// Writes events `at(0..n)` as `key time` lines into `dir/name`.
+fn write_event_file(dir: &Path, name: &str, n: u64, at: &dyn Fn(u64) -> (u64, u64)) -> PathBuf {
+    let text: String = (0..n)
+        .map(|i| {
+            let (k, t) = at(i);
+            format!("{k} {t}\n")
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write events");
+    path
+}
+
+/// The co-group's function of the window tests: a window's records of both sides,
+/// counted, as `key/window end/lefts/rights`.
+fn count_sides(
+    k: &u64,
+    w: TimeWindow,
+    lefts: Vec<(u64, u64)>,
+    rights: Vec<(u64, u64)>,
+    out: &mut Collector<'_, (String, u64)>,
+) -> cairn_runtime::Result<()> {
+    let end = w.end;
+    out.collect((format!("{k}/{end}/{}/{}", lefts.len(), rights.len()), 1))
 }
 
 /// Every pair the join must emit, as `key/left time/right time` → 1.
@@ -416,17 +431,7 @@ fn a_window_join_and_co_group_see_every_window_exactly_once() {
         // The groups: both sides of every window with records, either side maybe empty.
         let run_dir = tempfile::tempdir().expect("tempdir");
         let output = run_dir.path().join("out");
-        let grouped = keyed().co_group(
-            "co-group",
-            |k: &u64,
-             w: TimeWindow,
-             lefts: Vec<(u64, u64)>,
-             rights: Vec<(u64, u64)>,
-             out: &mut Collector<'_, (String, u64)>| {
-                let end = w.end;
-                out.collect((format!("{k}/{end}/{}/{}", lefts.len(), rights.len()), 1))
-            },
-        );
+        let grouped = keyed().co_group("co-group", count_sides);
         let cfg = run_config(run_dir.path(), backend, unaligned, p);
         let result = Job::new(
             grouped.sink("sink", TwoPhaseFileSink::new(&output, format_line)),
@@ -453,20 +458,9 @@ fn a_session_window_co_group_sees_each_session_once() {
     };
     let left_at = |n: u64| burst(n, 60, 3, 0);
     let right_at = |m: u64| burst(m, 40, 4, 1);
-    let write = |name: &str, n: u64, at: &dyn Fn(u64) -> (u64, u64)| {
-        let text: String = (0..n)
-            .map(|i| {
-                let (k, t) = at(i);
-                format!("{k} {t}\n")
-            })
-            .collect();
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write events");
-        path
-    };
     let (left, right) = (
-        write("left.txt", 600, &left_at),
-        write("right.txt", 400, &right_at),
+        write_event_file(dir.path(), "left.txt", 600, &left_at),
+        write_event_file(dir.path(), "right.txt", 400, &right_at),
     );
     // Per key and burst: the session's end (its last event + the gap) and both counts.
     let mut sessions: BTreeMap<(u64, u64), (u64, u64, u64)> = BTreeMap::new();
@@ -497,17 +491,7 @@ fn a_session_window_co_group_sees_each_session_once() {
             .window(EventTimeSessionWindows::with_gap(Duration::from_millis(
                 100,
             )))
-            .co_group(
-                "co-group",
-                |k: &u64,
-                 w: TimeWindow,
-                 lefts: Vec<(u64, u64)>,
-                 rights: Vec<(u64, u64)>,
-                 out: &mut Collector<'_, (String, u64)>| {
-                    let end = w.end;
-                    out.collect((format!("{k}/{end}/{}/{}", lefts.len(), rights.len()), 1))
-                },
-            );
+            .co_group("co-group", count_sides);
         let mut cfg = run_config(run_dir.path(), backend, unaligned, p);
         cfg.records_per_second = Some(2_000);
         let result = Job::new(
