@@ -103,11 +103,13 @@ pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
+pub use windows::evictors::{CountEvictor, DeltaEvictor, Evictor, TimeEvictor};
 pub use windows::triggers::{
-    CountTrigger, EventTimeTrigger, ProcessingTimeTrigger, PurgingTrigger,
+    ContinuousEventTimeTrigger, ContinuousProcessingTimeTrigger, CountTrigger, EventTimeTrigger,
+    ProcessingTimeTrigger, PurgingTrigger,
 };
 pub use windows::{
-    DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, ProcessWindowFunction,
+    DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, GlobalWindows, ProcessWindowFunction,
     ProcessingTimeSessionWindows, SessionGap, SessionWindows, SlidingEventTimeWindows,
     SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
     TumblingProcessingTimeWindows, WindowAssigner, WindowTrigger, WindowedStream, Windows,

@@ -60,11 +60,19 @@
 //! - **Late data.** [`WindowedStream::side_output_late_data`] sends the records dropped as
 //!   late into a side output ([`crate::side`]) instead of losing them.
 //!
-//! - **Triggers** ([`WindowedStream::trigger`], every kind of window): Flink's count and
-//!   purging triggers besides the default; see [`triggers`].
+//! - **Triggers** ([`WindowedStream::trigger`], every kind of window): Flink's count,
+//!   continuous (not on sessions) and purging triggers besides the default; see
+//!   [`triggers`].
+//!
+//! - **Evictors** ([`WindowedStream::evictor`], every kind of window): Flink's count, time
+//!   and delta evictors; see [`evictors`].
+//!
+//! - **Global and count windows** ([`GlobalWindows`], [`KeyedStream::count_window`],
+//!   [`KeyedStream::count_window_sliding`]): one window per key for all time, fired by a
+//!   count or continuous trigger; see [`global`].
 //!
 //! Not built: user-defined triggers (with timers of their own: a timer here stands for a
-//! window by its time alone), continuous triggers, evictors.
+//! window by its time alone) and user-defined evictors.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -85,8 +93,14 @@ use crate::side::OutputTag;
 use crate::timers::{TimeDomain, Timer, TimerService};
 pub use triggers::{WindowTrigger, WINDOW_COUNT_STATE, WINDOW_TRIGGER_STATE};
 
+pub mod evictors;
+pub mod global;
 pub mod sessions;
 pub mod triggers;
+
+use evictors::{Evictable, Evictor};
+pub use global::GlobalWindows;
+use triggers::Schedule;
 
 pub use sessions::{
     DynamicGap, EventTimeSessionWindows, FixedGap, ProcessingTimeSessionWindows, SessionGap,
@@ -107,6 +121,14 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
+    /// The one window of [`GlobalWindows`], holding all time (its last millisecond, and
+    /// so the timestamp of what it emits, is `u64::MAX - 1`, as Flink's `GlobalWindow`'s
+    /// is `Long.MAX_VALUE`).
+    pub const GLOBAL: TimeWindow = TimeWindow {
+        start: 0,
+        end: u64::MAX,
+    };
+
     /// The window's last millisecond: when it fires, and its output's timestamp.
     pub fn max_timestamp(&self) -> u64 {
         self.end.saturating_sub(1)
@@ -129,6 +151,9 @@ impl TimeWindow {
 
 impl fmt::Display for TimeWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::GLOBAL {
+            return f.write_str("the global window");
+        }
         write!(f, "[{}, {})", self.start, self.end)
     }
 }
@@ -358,6 +383,7 @@ pub struct WindowedStream<K, T, A = WindowAssigner> {
     late: Option<OutputTag<T>>,
     /// `None`: the default of the windows' time domain.
     trigger: Option<WindowTrigger>,
+    evictor: Option<Evictor<T>>,
 }
 
 impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
@@ -365,6 +391,8 @@ impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
         f.debug_struct("WindowedStream")
             .field("assigner", &self.assigner)
             .field("allowed_lateness", &self.allowed_lateness)
+            .field("trigger", &self.trigger)
+            .field("evictor", &self.evictor)
             .finish_non_exhaustive()
     }
 }
@@ -377,6 +405,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
             allowed_lateness: Duration::ZERO,
             late: None,
             trigger: None,
+            evictor: None,
         }
     }
 
@@ -403,6 +432,15 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
     /// [`triggers`].
     pub fn trigger(mut self, trigger: WindowTrigger) -> Self {
         self.trigger = Some(trigger);
+        self
+    }
+
+    /// Which of a window's records its function sees (Flink's `evictor`):
+    /// [`evictors::CountEvictor`], [`evictors::TimeEvictor`] or
+    /// [`evictors::DeltaEvictor`]; see [`evictors`]. The window then keeps every record,
+    /// even under `reduce` and `aggregate`.
+    pub fn evictor(mut self, evictor: Evictor<T>) -> Self {
+        self.evictor = Some(evictor);
         self
     }
 }
@@ -439,14 +477,14 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         self.apply(uid, contents)
     }
 
-    fn apply<C: Contents<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+    fn apply<C: Batch<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
         let op = WindowOperator {
             uid: uid.to_string(),
             assigner: self.assigner,
             allowed_lateness: self.allowed_lateness,
             late: self.late,
             trigger: self.trigger,
-            contents,
+            contents: Evictable::new(contents, self.evictor),
             windows: Vec::new(),
             _k: PhantomData,
         };
@@ -459,12 +497,18 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
 trait Contents<K, T>: Clone + Send + 'static {
     type State: Copy + Send + 'static;
     type Out: Data;
+    /// Refuses what cannot work (an evictor keeping nothing).
+    fn check(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
     fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State>;
+    /// Adds `record`, whose timestamp is `timestamp` (kept only under an evictor).
     fn add<B: KeyedStateBackend>(
         &self,
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
+        timestamp: Option<u64>,
         record: T,
     ) -> Result<()>;
     /// Emits the result of `window`, whose contents are kept in the namespace `stored`
@@ -508,6 +552,34 @@ trait Contents<K, T>: Clone + Send + 'static {
     ) -> Result<()> {
         Ok(backend.clear(Self::raw(state), window)?)
     }
+}
+
+/// Contents whose function can also take all of a window's records at once: what an
+/// evicting window folds when it fires ([`evictors`]).
+trait Batch<K, T>: Contents<K, T> {
+    /// Emits the result of `window` of `key` holding `elements` (at least one).
+    fn apply(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()>;
+}
+
+/// Moves the list in the namespace `from` after the one in `into`, and drops `from`.
+fn merge_lists<V: Data, B: KeyedStateBackend>(
+    state: ListStateId<V, TimeWindow>,
+    backend: &mut B,
+    from: &TimeWindow,
+    into: &TimeWindow,
+) -> Result<()> {
+    let elements = backend.list_get(state, from)?;
+    if !elements.is_empty() {
+        backend.list_add_all(state, into, elements)?;
+        backend.clear(state.raw(), from)?;
+    }
+    Ok(())
 }
 
 /// Contents that can merge, for merging windows (sessions): Flink's
@@ -566,6 +638,7 @@ where
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
+        _timestamp: Option<u64>,
         record: T,
     ) -> Result<()> {
         Ok(backend.reducing_add(state, window, record)?)
@@ -586,6 +659,22 @@ where
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+}
+
+impl<K: Key, T: Data, F> Batch<K, T> for Reduce<T, F>
+where
+    F: Fn(T, T) -> T + Clone + Send + Sync + 'static,
+{
+    fn apply(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let result = elements.into_iter().reduce(|a, b| (self.f)(a, b));
+        emit_result(key, window, result, out)
     }
 }
 
@@ -639,6 +728,7 @@ where
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
+        _timestamp: Option<u64>,
         record: T,
     ) -> Result<()> {
         Ok(backend.aggregating_add(state, window, record)?)
@@ -660,6 +750,38 @@ where
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
     }
+}
+
+impl<K, T, ACC, OUT, A> Batch<K, T> for Aggregate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: AggregateFunction<T, ACC, OUT> + Clone,
+{
+    fn apply(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let result = aggregate_all(&self.function, elements);
+        emit_result(key, window, Some(result), out)
+    }
+}
+
+/// The result of `function` over `elements`, added to a new accumulator in order.
+fn aggregate_all<T, ACC, OUT>(
+    function: &impl AggregateFunction<T, ACC, OUT>,
+    elements: Vec<T>,
+) -> OUT {
+    let mut acc = function.create_accumulator();
+    for e in elements {
+        function.add(&mut acc, e);
+    }
+    function.result(&acc)
 }
 
 #[derive(Clone)]
@@ -688,6 +810,7 @@ where
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
+        _timestamp: Option<u64>,
         record: T,
     ) -> Result<()> {
         Ok(backend.list_add(state, window, record)?)
@@ -706,12 +829,30 @@ where
         if elements.is_empty() {
             return Ok(());
         }
-        out.set_timestamp(Some(window.max_timestamp()));
-        self.f.process(key, *window, elements, out)
+        self.apply(key, window, elements, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+}
+
+impl<K, T, O, F> Batch<K, T> for Process<T, O, F>
+where
+    K: Key,
+    T: Data,
+    O: Data,
+    F: ProcessWindowFunction<K, T, O>,
+{
+    fn apply(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        out.set_timestamp(Some(window.max_timestamp()));
+        self.f.process(key, *window, elements, out)
     }
 }
 
@@ -729,12 +870,7 @@ where
         from: &TimeWindow,
         into: &TimeWindow,
     ) -> Result<()> {
-        let elements = backend.list_get(state, from)?;
-        if !elements.is_empty() {
-            backend.list_add_all(state, into, elements)?;
-            backend.clear(state.raw(), from)?;
-        }
-        Ok(())
+        merge_lists(state, backend, from, into)
     }
 }
 
@@ -764,6 +900,8 @@ struct Opened<S> {
     trigger: WindowTrigger,
     /// A count trigger's counts, per window.
     count: Option<ValueStateId<u64, TimeWindow>>,
+    /// A continuous trigger's early firings, per window.
+    schedule: Option<Schedule>,
 }
 
 /// The name of the operator state that keeps what an operator's windows are (time domain,
@@ -809,9 +947,13 @@ impl<K, T, C> WindowOperator<K, T, C> {
         checked_trigger(&self.uid, self.trigger, self.assigner.domain)
     }
 
-    /// The windows, checked.
-    fn spec(&self) -> Result<WindowSpec> {
+    /// The windows, checked (and the contents: an evictor).
+    fn spec(&self) -> Result<WindowSpec>
+    where
+        C: Contents<K, T>,
+    {
         let config = |e: String| RuntimeError::Config(format!("window operator {}: {e}", self.uid));
+        self.contents.check().map_err(config)?;
         let millis = self.assigner.millis().map_err(config)?;
         let event_time = self.assigner.domain == TimeDomain::EventTime;
         let lateness = if event_time {
@@ -837,7 +979,7 @@ impl<K, T, C> WindowOperator<K, T, C> {
     }
 }
 
-impl<K, T, C> Checkpointed for WindowOperator<K, T, C> {
+impl<K, T, C: Contents<K, T>> Checkpointed for WindowOperator<K, T, C> {
     /// Refuses a restore whose windows or trigger were others.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         keep_spec(
@@ -901,6 +1043,24 @@ fn register_count<B: KeyedStateBackend>(
     }
     let d = ValueStateDescriptor::<u64>::new(WINDOW_COUNT_STATE).with_namespace(window_codec());
     Ok(Some(backend.register_value(&d)?))
+}
+
+/// Counts a record of `window` under a count trigger of `n`: whether the count reaches
+/// `n`, in which case it starts over.
+fn count_reaches<B: KeyedStateBackend>(
+    backend: &mut B,
+    count: ValueStateId<u64, TimeWindow>,
+    n: u64,
+    window: &TimeWindow,
+) -> Result<bool> {
+    let seen = backend.value_get(count, window)?.unwrap_or(0) + 1;
+    if seen >= n {
+        backend.clear(count.raw(), window)?;
+        Ok(true)
+    } else {
+        backend.value_update(count, window, seen)?;
+        Ok(false)
+    }
 }
 
 /// Checks that what a window operator's operator state says its windows were is `spec`
@@ -971,8 +1131,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             contents: self.contents.register(backend)?,
             millis: spec.millis,
             lateness: spec.lateness,
-            trigger,
             count,
+            schedule: Schedule::register(backend, &trigger)?,
+            trigger,
         })
     }
 
@@ -1009,17 +1170,14 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 record.clone()
             };
             let Some(r) = r else { break };
-            self.contents.add(state.contents, backend, window, r)?;
+            self.contents
+                .add(state.contents, backend, window, out.timestamp(), r)?;
             let fire = window.max_timestamp();
             if let (Some(n), Some(count)) = (state.trigger.count(), state.count) {
                 // A count trigger: fire at `n` records since the last firing; only the
                 // cleanup is timed.
-                let seen = backend.value_get(count, window)?.unwrap_or(0) + 1;
-                if seen >= n {
-                    backend.clear(count.raw(), window)?;
+                if count_reaches(backend, count, n, window)? {
                     self.fire(state, backend, key, window, out)?;
-                } else {
-                    backend.value_update(count, window, seen)?;
                 }
                 match domain {
                     TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
@@ -1038,6 +1196,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             } else {
                 timers.register_processing_time_timer(fire);
             }
+            if let Some(schedule) = &state.schedule {
+                schedule.on_record(backend, timers, window, time)?;
+            }
         }
         self.windows = windows;
         // Every window of the record is late (Flink's `isSkippedElement`): its side output.
@@ -1049,21 +1210,25 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
 
     /// A timer at `time` fires the window whose last millisecond it is, and drops the
     /// contents of the window whose lateness ends then (the same window without
-    /// lateness). A key has one timer per time, so one timer may stand for both, each for
-    /// another window.
+    /// lateness), and, under a continuous trigger, fires early the windows whose early
+    /// firing is due then. A key has one timer per time, so one timer may stand for all
+    /// of these, each for another window.
     fn on_timer<B: KeyedStateBackend>(
         &mut self,
         state: &Self::State,
         key: &K,
         timer: Timer,
         backend: &mut B,
-        _timers: &mut TimerService,
+        timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
+        if let Some(schedule) = &state.schedule {
+            self.fire_early(state, schedule, key, timer.time, backend, timers, out)?;
+        }
         let Some(end) = timer.time.checked_add(1) else {
             return Ok(());
         };
-        let timed = state.trigger.count().is_none();
+        let timed = state.trigger.timed();
         if let Some(window) = state.millis.window_ending_at(end) {
             if timed {
                 self.fire(state, backend, key, &window, out)?;
@@ -1099,7 +1264,37 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
             .fire(state.contents, purge, backend, key, window, window, out)
     }
 
-    /// Drops `window`'s contents and count: its time is up.
+    /// Under a continuous trigger, fires the windows (containing `time`) whose early
+    /// firing is due at `time`.
+    #[allow(clippy::too_many_arguments)]
+    fn fire_early<B: KeyedStateBackend>(
+        &mut self,
+        state: &Opened<C::State>,
+        schedule: &Schedule,
+        key: &K,
+        time: u64,
+        backend: &mut B,
+        timers: &mut TimerService,
+        out: &mut Collector<'_, C::Out>,
+    ) -> Result<()> {
+        if !schedule.may_be_due(time) {
+            return Ok(());
+        }
+        let mut windows = std::mem::take(&mut self.windows);
+        state
+            .millis
+            .assign(time, &mut windows)
+            .map_err(|e| RuntimeError::user(&self.uid, e))?;
+        for window in &windows {
+            if schedule.due(backend, timers, window, time, state.trigger.purge)? {
+                self.fire(state, backend, key, window, out)?;
+            }
+        }
+        self.windows = windows;
+        Ok(())
+    }
+
+    /// Drops `window`'s contents, count and early firing: its time is up.
     fn cleanup<B: KeyedStateBackend>(
         &self,
         state: &Opened<C::State>,
@@ -1107,6 +1302,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         window: &TimeWindow,
     ) -> Result<()> {
         self.contents.clear(state.contents, backend, window)?;
+        if let Some(schedule) = &state.schedule {
+            schedule.clear(backend, window)?;
+        }
         match state.count {
             Some(count) => Ok(backend.clear(count.raw(), window)?),
             None => Ok(()),

@@ -38,10 +38,10 @@ use cairn_core::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    checked_trigger, emit_result, keep_spec, keep_trigger, record_time, register_count, sealed,
-    whole_millis, window_codec, Contents, Merging, Process, ProcessWindowFunction, Reduce,
-    TimeWindow, Types, WindowTrigger, WindowedStream, Windows, WINDOW_CONTENTS_STATE,
-    WINDOW_SPEC_STATE,
+    aggregate_all, checked_trigger, emit_result, keep_spec, keep_trigger, record_time,
+    register_count, sealed, whole_millis, window_codec, Batch, Contents, Evictable, Merging,
+    Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowTrigger, WindowedStream,
+    Windows, WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
@@ -195,14 +195,14 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, Sessio
         self.apply(uid, Process { f, _t: PhantomData })
     }
 
-    fn apply<C: Merging<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+    fn apply<C: Batch<K, T> + Merging<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
         let op = SessionOperator {
             uid: uid.to_string(),
             sessions: self.assigner,
             allowed_lateness: self.allowed_lateness,
             late: self.late,
             trigger: self.trigger,
-            contents,
+            contents: Evictable::new(contents, self.evictor),
             _k: PhantomData,
         };
         self.keyed.process(uid, op)
@@ -239,6 +239,7 @@ where
         state: Self::State,
         backend: &mut B,
         window: &TimeWindow,
+        _timestamp: Option<u64>,
         record: T,
     ) -> Result<()> {
         let mut acc = match backend.value_get(state, window)? {
@@ -266,6 +267,26 @@ where
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+}
+
+impl<K, T, ACC, OUT, A> Batch<K, T> for Accumulate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: MergingAggregateFunction<T, ACC, OUT> + Clone,
+{
+    fn apply(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<T>,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let result = aggregate_all(&self.function, elements);
+        emit_result(key, window, Some(result), out)
     }
 }
 
@@ -368,14 +389,25 @@ impl<K, T, G: SessionGap<T>, C> SessionOperator<K, T, G, C> {
         self.sessions.domain == TimeDomain::EventTime
     }
 
-    /// The trigger, checked against the time domain.
+    /// The trigger, checked against the time domain; continuous triggers are refused.
     fn trigger(&self) -> Result<WindowTrigger> {
-        checked_trigger(&self.uid, self.trigger, self.sessions.domain)
+        let trigger = checked_trigger(&self.uid, self.trigger, self.sessions.domain)?;
+        if trigger.interval().is_some() {
+            return Err(RuntimeError::Config(format!(
+                "window operator {}: {trigger} on session windows is not supported",
+                self.uid
+            )));
+        }
+        Ok(trigger)
     }
 
     /// The spec, checked, and a fixed gap checked.
-    fn spec(&self) -> Result<SessionSpec> {
+    fn spec(&self) -> Result<SessionSpec>
+    where
+        C: Contents<K, T>,
+    {
         let config = |e: String| RuntimeError::Config(format!("window operator {}: {e}", self.uid));
+        self.contents.check().map_err(config)?;
         if let Some(gap) = self.sessions.gap.fixed() {
             check_gap(gap).map_err(config)?;
         }
@@ -421,7 +453,7 @@ fn check_gap(gap: Duration) -> std::result::Result<u64, String> {
     }
 }
 
-impl<K, T, G: SessionGap<T>, C> Checkpointed for SessionOperator<K, T, G, C> {
+impl<K, T, G: SessionGap<T>, C: Contents<K, T>> Checkpointed for SessionOperator<K, T, G, C> {
     /// Refuses a restore whose sessions were of another time domain or lateness.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         keep_spec(
@@ -507,7 +539,7 @@ where
                 .merge(state.contents, backend, &s.stored, &stored)?;
         }
         self.contents
-            .add(state.contents, backend, &stored, record)?;
+            .add(state.contents, backend, &stored, out.timestamp(), record)?;
         let fired = match (state.trigger.count(), state.count) {
             (Some(n), Some(count)) => {
                 // A count trigger: the merged sessions' counts add up (Flink's
