@@ -66,3 +66,42 @@ impl<K: Key, T: Data> KeyedProcessFunction for Count<K, T> {
         out.collect((key.clone(), n))
     }
 }
+
+/// Flink's rolling aggregations `min`, `max`, `minBy` and `maxBy` on a keyed stream: each
+/// is [`KeyedStream::reduce`] with its function, emitting `(key, result so far)` for
+/// every record (state: the `ValueState` named `reduce`).
+impl<K: Key, T: Data + Sync> crate::KeyedStream<K, T> {
+    /// The least value of each key so far.
+    pub fn min(self, uid: &str) -> crate::Stream<(K, T)>
+    where
+        T: Ord,
+    {
+        self.reduce(uid, Ord::min)
+    }
+
+    /// The greatest value of each key so far (the later of equals).
+    pub fn max(self, uid: &str) -> crate::Stream<(K, T)>
+    where
+        T: Ord,
+    {
+        self.reduce(uid, Ord::max)
+    }
+
+    /// The record of each key with the least `by` so far (the first of equals).
+    pub fn min_by<O: Ord>(
+        self,
+        uid: &str,
+        by: impl Fn(&T) -> O + Clone + Send + Sync + 'static,
+    ) -> crate::Stream<(K, T)> {
+        self.reduce(uid, move |a, b| if by(&b) < by(&a) { b } else { a })
+    }
+
+    /// The record of each key with the greatest `by` so far (the first of equals).
+    pub fn max_by<O: Ord>(
+        self,
+        uid: &str,
+        by: impl Fn(&T) -> O + Clone + Send + Sync + 'static,
+    ) -> crate::Stream<(K, T)> {
+        self.reduce(uid, move |a, b| if by(&b) > by(&a) { b } else { a })
+    }
+}

@@ -67,6 +67,9 @@
 //! - **Evictors** ([`WindowedStream::evictor`], every kind of window): Flink's count, time
 //!   and delta evictors; see [`evictors`].
 //!
+//! - **Windows over a whole stream** ([`Stream::window_all`],
+//!   [`Stream::count_window_all`]): the keyed windows of one key, in one subtask.
+//!
 //! - **Global and count windows** ([`GlobalWindows`], [`KeyedStream::count_window`],
 //!   [`KeyedStream::count_window_sliding`]): one window per key for all time, fired by a
 //!   count or continuous trigger; see [`global`].
@@ -91,8 +94,11 @@ use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProc
 use crate::graph::{KeyedStream, Stream};
 use crate::side::OutputTag;
 use crate::timers::{TimeDomain, Timer, TimerService};
-pub use triggers::{WindowTrigger, WINDOW_COUNT_STATE, WINDOW_TRIGGER_STATE};
+pub use triggers::{
+    WindowTrigger, WINDOW_COUNT_STATE, WINDOW_FIRE_TIME_STATE, WINDOW_TRIGGER_STATE,
+};
 
+mod all;
 pub mod evictors;
 pub mod global;
 pub mod sessions;
@@ -384,6 +390,9 @@ pub struct WindowedStream<K, T, A = WindowAssigner> {
     /// `None`: the default of the windows' time domain.
     trigger: Option<WindowTrigger>,
     evictor: Option<Evictor<T>>,
+    /// Windows over a whole stream ([`Stream::window_all`]): the window operator runs
+    /// in one subtask.
+    all: bool,
 }
 
 impl<K, T, A: Windows> fmt::Debug for WindowedStream<K, T, A> {
@@ -406,6 +415,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
             late: None,
             trigger: None,
             evictor: None,
+            all: false,
         }
     }
 
@@ -488,7 +498,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
             windows: Vec::new(),
             _k: PhantomData,
         };
-        self.keyed.process(uid, op)
+        self.keyed.process(uid, op).one_subtask_if(self.all)
     }
 }
 

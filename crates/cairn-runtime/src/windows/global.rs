@@ -118,7 +118,7 @@ impl<K: Key, T: Data> WindowedStream<K, T, GlobalWindows> {
             contents: Evictable::new(contents, self.evictor),
             _k: PhantomData,
         };
-        self.keyed.process(uid, op)
+        self.keyed.process(uid, op).one_subtask_if(self.all)
     }
 }
 

@@ -205,7 +205,7 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, Sessio
             contents: Evictable::new(contents, self.evictor),
             _k: PhantomData,
         };
-        self.keyed.process(uid, op)
+        self.keyed.process(uid, op).one_subtask_if(self.all)
     }
 }
 

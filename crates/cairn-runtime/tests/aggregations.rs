@@ -1,0 +1,222 @@
+//! Rolling aggregations (`min`, `max`, `min_by`, `max_by`) on keyed streams and windows
+//! over a whole stream (`window_all`, `count_window_all`), end to end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_runtime::sources::GeneratorSource;
+use cairn_runtime::{
+    source, Checkpointed, Collector, FnWindow, InitContext, Job, JobConfig, ProcessFunction,
+    StateBackendConfig, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy,
+};
+use common::Collect;
+
+const TOTAL: u64 = 3_000;
+const KEYS: u64 = 1_000;
+const SEED: u64 = 44;
+
+/// The generator's records, in order (one source subtask).
+fn records() -> Vec<u64> {
+    let g = GeneratorSource::new(TOTAL, KEYS, SEED);
+    (0..TOTAL).map(|n| g.key_of(n)).collect()
+}
+
+fn config(parallelism: u32, backend: StateBackendConfig, dir: &std::path::Path) -> JobConfig {
+    let mut cfg = common::config(dir, 50);
+    cfg.parallelism = parallelism;
+    cfg.backend = backend;
+    cfg
+}
+
+fn backends() -> [StateBackendConfig; 2] {
+    [StateBackendConfig::HashMap, StateBackendConfig::rocksdb()]
+}
+
+/// What a rolling aggregation of `f` emits per key (`v % 7`), in order.
+fn model(f: impl Fn(u64, u64) -> u64) -> BTreeMap<u64, Vec<u64>> {
+    let mut so_far: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for v in records() {
+        let key = v % 7;
+        let next = match so_far.get(&key) {
+            Some(prev) => f(*prev, v),
+            None => v,
+        };
+        so_far.insert(key, next);
+        out.entry(key).or_default().push(next);
+    }
+    out
+}
+
+fn per_key(emitted: Vec<(u64, u64)>) -> BTreeMap<u64, Vec<u64>> {
+    let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (k, v) in emitted {
+        out.entry(k).or_default().push(v);
+    }
+    out
+}
+
+/// Each rolling aggregation emits, per key, its result after every record; `min_by` and
+/// `max_by` keep the first of equals (by `v / 10`, so there are ties).
+#[test]
+fn rolling_aggregations_match_a_model() {
+    type Agg = fn(cairn_runtime::KeyedStream<u64, u64>) -> cairn_runtime::Stream<(u64, u64)>;
+    type Model = fn(u64, u64) -> u64;
+    let cases: [(&str, Agg, Model); 4] = [
+        ("min", |k| k.min("agg"), |a, b| a.min(b)),
+        ("max", |k| k.max("agg"), |a, b| a.max(b)),
+        (
+            "min_by",
+            |k| k.min_by("agg", |v| v / 10),
+            |a, b| if b / 10 < a / 10 { b } else { a },
+        ),
+        (
+            "max_by",
+            |k| k.max_by("agg", |v| v / 10),
+            |a, b| if b / 10 > a / 10 { b } else { a },
+        ),
+    ];
+    for backend in backends() {
+        for (name, agg, f) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let keyed = source("source", GeneratorSource::new(TOTAL, KEYS, SEED))
+                .parallelism(1)
+                .key_by(|v: &u64| v % 7);
+            let graph = agg(keyed).sink("sink", Collect(out.clone()));
+            Job::new(graph, config(2, backend.clone(), dir.path()))
+                .run()
+                .expect("job");
+            let emitted = std::mem::take(&mut *out.lock().expect("lock"));
+            assert_eq!(per_key(emitted), model(f), "{name} under {backend:?}");
+        }
+    }
+}
+
+/// Records its subtask's parallelism when initialized, and passes records on.
+#[derive(Clone, Debug)]
+struct Parallelism(Arc<Mutex<Vec<u32>>>);
+
+impl Checkpointed for Parallelism {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push(ctx.subtask.parallelism);
+        Ok(())
+    }
+}
+
+impl<T: Clone + Send + 'static> ProcessFunction<T, T> for Parallelism {
+    fn process(&mut self, input: T, out: &mut Collector<'_, T>) -> cairn_runtime::Result<()> {
+        out.collect(input)
+    }
+}
+
+/// Event-time windows over the whole stream at parallelism 3: each window holds every
+/// record whose time is in it, whatever its key, and the window operator (with what is
+/// chained after it) runs in one subtask.
+#[test]
+fn windows_over_a_whole_stream() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let parallelism = Arc::new(Mutex::new(Vec::new()));
+        // Record n has time n ms: windows of 100 ms hold 100 records each.
+        let stamped = source("source", GeneratorSource::new(TOTAL, KEYS, SEED))
+            .parallelism(1)
+            .process("number", Number::default())
+            .assign_timestamps_and_watermarks(
+                "watermarks",
+                WatermarkStrategy::for_monotonous_timestamps(|(n, _): &(u64, u64)| *n),
+            );
+        let graph = stamped
+            .window_all(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+            .process(
+                "window",
+                FnWindow(
+                    |_: &(), w: TimeWindow, e: Vec<(u64, u64)>, out: &mut Collector<'_, _>| {
+                        let sum: u64 = e.iter().map(|(_, v)| v).sum();
+                        out.collect((w.start, e.len() as u64, sum))
+                    },
+                ),
+            )
+            .process("after", Parallelism(parallelism.clone()))
+            .sink("sink", Collect(out.clone()));
+        Job::new(graph, config(3, backend.clone(), dir.path()))
+            .run()
+            .expect("job");
+        let mut emitted = std::mem::take(&mut *out.lock().expect("lock"));
+        emitted.sort_unstable();
+        let values = records();
+        let expected: Vec<(u64, u64, u64)> = (0..TOTAL / 100)
+            .map(|w| {
+                let sum = values[(w * 100) as usize..((w + 1) * 100) as usize]
+                    .iter()
+                    .sum();
+                (w * 100, 100, sum)
+            })
+            .collect();
+        assert_eq!(emitted, expected, "under {backend:?}");
+        assert_eq!(
+            *parallelism.lock().expect("lock"),
+            vec![1],
+            "one subtask after the window"
+        );
+    }
+}
+
+/// Pairs each record with its position in the stream (one subtask, no failures).
+#[derive(Clone, Debug, Default)]
+struct Number(u64);
+
+impl Checkpointed for Number {}
+
+impl ProcessFunction<u64, (u64, u64)> for Number {
+    fn process(
+        &mut self,
+        v: u64,
+        out: &mut Collector<'_, (u64, u64)>,
+    ) -> cairn_runtime::Result<()> {
+        self.0 += 1;
+        out.collect((self.0 - 1, v))
+    }
+}
+
+/// Count windows over the whole stream: every `n` records, whatever their keys, and the
+/// sliding form's last `size` every `slide`.
+#[test]
+fn count_windows_over_a_whole_stream() {
+    let values = records();
+    for sliding in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let stream = source("source", GeneratorSource::new(TOTAL, KEYS, SEED)).parallelism(1);
+        let windowed = if sliding {
+            stream.count_window_all_sliding(10, 4)
+        } else {
+            stream.count_window_all(7)
+        };
+        let graph = windowed
+            .reduce("window", |a, b| a + b)
+            .sink("sink", Collect(out.clone()));
+        Job::new(graph, config(2, StateBackendConfig::HashMap, dir.path()))
+            .run()
+            .expect("job");
+        let emitted: Vec<u64> = std::mem::take(&mut *out.lock().expect("lock"))
+            .into_iter()
+            .map(|((), w, v)| {
+                assert_eq!(w, TimeWindow::GLOBAL);
+                v
+            })
+            .collect();
+        let expected: Vec<u64> = if sliding {
+            (1..=TOTAL as usize / 4)
+                .map(|k| values[(4 * k).saturating_sub(10)..4 * k].iter().sum())
+                .collect()
+        } else {
+            values.chunks_exact(7).map(|c| c.iter().sum()).collect()
+        };
+        assert_eq!(emitted, expected, "sliding: {sliding}");
+    }
+}
