@@ -103,6 +103,7 @@ pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;
+pub use windows::custom::{Trigger, TriggerContext, TriggerResult};
 pub use windows::evictors::{CountEvictor, DeltaEvictor, Evictor, TimeEvictor};
 pub use windows::triggers::{
     ContinuousEventTimeTrigger, ContinuousProcessingTimeTrigger, CountTrigger, EventTimeTrigger,

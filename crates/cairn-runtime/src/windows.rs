@@ -74,8 +74,11 @@
 //!   [`KeyedStream::count_window_sliding`]): one window per key for all time, fired by a
 //!   count or continuous trigger; see [`global`].
 //!
-//! Not built: user-defined triggers (with timers of their own: a timer here stands for a
-//! window by its time alone) and user-defined evictors.
+//! - **User-defined triggers** ([`WindowedStream::custom_trigger`], not on sessions): a
+//!   [`custom::Trigger`] of one's own, with timers and values per window; see [`custom`].
+//!
+//! Not built: user-defined evictors, and user-defined triggers on session windows (Flink's
+//! `onMerge`).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -99,11 +102,13 @@ pub use triggers::{
 };
 
 mod all;
+pub mod custom;
 pub mod evictors;
 pub mod global;
 pub mod sessions;
 pub mod triggers;
 
+use custom::{fire_and_purge, BoxedTrigger, CustomState, Trigger};
 use evictors::{Evictable, Evictor};
 pub use global::GlobalWindows;
 use triggers::Schedule;
@@ -390,6 +395,8 @@ pub struct WindowedStream<K, T, A = WindowAssigner> {
     /// `None`: the default of the windows' time domain.
     trigger: Option<WindowTrigger>,
     evictor: Option<Evictor<T>>,
+    /// A user-defined trigger (then `trigger` says so).
+    custom: Option<BoxedTrigger<T>>,
     /// Windows over a whole stream ([`Stream::window_all`]): the window operator runs
     /// in one subtask.
     all: bool,
@@ -415,6 +422,7 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
             late: None,
             trigger: None,
             evictor: None,
+            custom: None,
             all: false,
         }
     }
@@ -442,6 +450,15 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
     /// [`triggers`].
     pub fn trigger(mut self, trigger: WindowTrigger) -> Self {
         self.trigger = Some(trigger);
+        self.custom = None;
+        self
+    }
+
+    /// When the windows fire, by a user-defined trigger (Flink's `trigger` with a
+    /// `Trigger` of one's own): see [`custom`]. Not on session windows.
+    pub fn custom_trigger(mut self, trigger: impl Trigger<T>) -> Self {
+        self.trigger = Some(triggers::custom());
+        self.custom = Some(BoxedTrigger::new(trigger));
         self
     }
 
@@ -494,6 +511,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
             allowed_lateness: self.allowed_lateness,
             late: self.late,
             trigger: self.trigger,
+            custom: self.custom,
             contents: Evictable::new(contents, self.evictor),
             windows: Vec::new(),
             _k: PhantomData,
@@ -895,6 +913,8 @@ struct WindowOperator<K, T, C> {
     late: Option<OutputTag<T>>,
     /// `None`: the default of the assigner's time domain.
     trigger: Option<WindowTrigger>,
+    /// A user-defined trigger.
+    custom: Option<BoxedTrigger<T>>,
     contents: C,
     /// The windows of the record being processed (reused).
     windows: Vec<TimeWindow>,
@@ -912,6 +932,8 @@ struct Opened<S> {
     count: Option<ValueStateId<u64, TimeWindow>>,
     /// A continuous trigger's early firings, per window.
     schedule: Option<Schedule>,
+    /// A user-defined trigger's state.
+    custom: Option<CustomState>,
 }
 
 /// The name of the operator state that keeps what an operator's windows are (time domain,
@@ -1143,6 +1165,10 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             lateness: spec.lateness,
             count,
             schedule: Schedule::register(backend, &trigger)?,
+            custom: match self.custom {
+                Some(_) => Some(CustomState::register(backend)?),
+                None => None,
+            },
             trigger,
         })
     }
@@ -1180,8 +1206,24 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 record.clone()
             };
             let Some(r) = r else { break };
+            let timestamp = out.timestamp();
+            if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
+                // A user-defined trigger: it decides; only the cleanup is the operator's.
+                let result =
+                    custom.on_element(custom_state, backend, timers, &r, timestamp, window)?;
+                self.contents
+                    .add(state.contents, backend, window, timestamp, r)?;
+                self.act(state, backend, key, window, result, out)?;
+                match domain {
+                    TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
+                    TimeDomain::ProcessingTime => {
+                        timers.register_processing_time_timer(window.max_timestamp())
+                    }
+                }
+                continue;
+            }
             self.contents
-                .add(state.contents, backend, window, out.timestamp(), r)?;
+                .add(state.contents, backend, window, timestamp, r)?;
             let fire = window.max_timestamp();
             if let (Some(n), Some(count)) = (state.trigger.count(), state.count) {
                 // A count trigger: fire at `n` records since the last firing; only the
@@ -1235,6 +1277,11 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         if let Some(schedule) = &state.schedule {
             self.fire_early(state, schedule, key, timer.time, backend, timers, out)?;
         }
+        if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
+            for (window, result) in custom.on_timer(custom_state, backend, timers, timer)? {
+                self.act(state, backend, key, &window, result, out)?;
+            }
+        }
         let Some(end) = timer.time.checked_add(1) else {
             return Ok(());
         };
@@ -1244,7 +1291,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 self.fire(state, backend, key, &window, out)?;
             }
             if state.lateness == 0 {
-                self.cleanup(state, backend, &window)?;
+                self.cleanup(state, backend, timers, &window)?;
             }
         }
         if state.lateness > 0 {
@@ -1252,7 +1299,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 return Ok(());
             };
             if let Some(window) = state.millis.window_ending_at(end) {
-                self.cleanup(state, backend, &window)?;
+                self.cleanup(state, backend, timers, &window)?;
             }
         }
         Ok(())
@@ -1304,13 +1351,39 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         Ok(())
     }
 
-    /// Drops `window`'s contents, count and early firing: its time is up.
-    fn cleanup<B: KeyedStateBackend>(
-        &self,
+    /// What a user-defined trigger answered for `window`: fire it, purge it, both or
+    /// neither.
+    fn act<B: KeyedStateBackend>(
+        &mut self,
         state: &Opened<C::State>,
         backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        result: custom::TriggerResult,
+        out: &mut Collector<'_, C::Out>,
+    ) -> Result<()> {
+        match fire_and_purge(result) {
+            (true, purge) => {
+                self.contents
+                    .fire(state.contents, purge, backend, key, window, window, out)
+            }
+            (false, true) => self.contents.clear(state.contents, backend, window),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// Drops `window`'s contents, count, early firing and user-defined trigger's values
+    /// (after its `clear`): its time is up.
+    fn cleanup<B: KeyedStateBackend>(
+        &mut self,
+        state: &Opened<C::State>,
+        backend: &mut B,
+        timers: &mut TimerService,
         window: &TimeWindow,
     ) -> Result<()> {
+        if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
+            custom.clear(custom_state, backend, timers, window)?;
+        }
         self.contents.clear(state.contents, backend, window)?;
         if let Some(schedule) = &state.schedule {
             schedule.clear(backend, window)?;
@@ -1458,6 +1531,7 @@ mod tests {
                 allowed_lateness: Duration::from_millis(lateness),
                 late: Some(crate::side::OutputTag::new(LATE)),
                 trigger,
+                custom: None,
                 contents: sum(),
                 windows: Vec::new(),
                 _k: PhantomData,
@@ -1738,6 +1812,7 @@ mod tests {
             allowed_lateness: Duration::ZERO,
             late: None::<crate::side::OutputTag<u64>>,
             trigger,
+            custom: None,
             contents: sum(),
             windows: Vec::new(),
             _k: PhantomData::<fn() -> (u64, u64)>,

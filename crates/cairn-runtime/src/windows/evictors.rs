@@ -347,6 +347,7 @@ mod tests {
             allowed_lateness: Duration::ZERO,
             late: None,
             trigger,
+            custom: None,
             contents: Evictable::new(sum(), Some(evictor)),
             windows: Vec::new(),
             _k: PhantomData,

@@ -34,6 +34,7 @@ use cairn_core::{AggregateFunction, KeyedStateBackend};
 use cairn_core::{BincodeCodec, OperatorListStateDescriptor, Redistribution, ValueStateId};
 use serde::{Deserialize, Serialize};
 
+use super::custom::{fire_and_purge, BoxedTrigger, CustomState, TriggerResult};
 use super::evictors::{CountEvictor, Evictable};
 use super::triggers::{self, CountTrigger, PurgingTrigger, Schedule};
 use super::{
@@ -115,6 +116,7 @@ impl<K: Key, T: Data> WindowedStream<K, T, GlobalWindows> {
         let op = GlobalOperator {
             uid: uid.to_string(),
             trigger: self.trigger,
+            custom: self.custom,
             contents: Evictable::new(contents, self.evictor),
             _k: PhantomData,
         };
@@ -140,6 +142,8 @@ struct GlobalOperator<K, T, C> {
     uid: String,
     /// `None`: never fires.
     trigger: Option<WindowTrigger>,
+    /// A user-defined trigger.
+    custom: Option<BoxedTrigger<T>>,
     contents: C,
     _k: PhantomData<fn() -> (K, T)>,
 }
@@ -150,6 +154,7 @@ struct Opened<S> {
     trigger: WindowTrigger,
     count: Option<ValueStateId<u64, TimeWindow>>,
     schedule: Option<Schedule>,
+    custom: Option<CustomState>,
 }
 
 impl<K, T, C: Contents<K, T>> GlobalOperator<K, T, C> {
@@ -170,18 +175,36 @@ impl<K, T, C: Contents<K, T>> GlobalOperator<K, T, C> {
         }
     }
 
-    /// Emits the window's result, and drops its contents after under a purging trigger.
+    /// Emits the window's result, and drops its contents after when `purge`.
     fn fire<B: KeyedStateBackend>(
         &mut self,
         state: &Opened<C::State>,
+        purge: bool,
         backend: &mut B,
         key: &K,
         out: &mut Collector<'_, C::Out>,
     ) -> Result<()> {
         let window = &TimeWindow::GLOBAL;
-        let purge = state.trigger.purge;
         self.contents
             .fire(state.contents, purge, backend, key, window, window, out)
+    }
+
+    /// What a user-defined trigger answered: fire the window, purge it, both or neither.
+    fn act<B: KeyedStateBackend>(
+        &mut self,
+        state: &Opened<C::State>,
+        backend: &mut B,
+        key: &K,
+        result: TriggerResult,
+        out: &mut Collector<'_, C::Out>,
+    ) -> Result<()> {
+        match fire_and_purge(result) {
+            (true, purge) => self.fire(state, purge, backend, key, out),
+            (false, true) => self
+                .contents
+                .clear(state.contents, backend, &TimeWindow::GLOBAL),
+            (false, false) => Ok(()),
+        }
     }
 }
 
@@ -211,6 +234,10 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
             contents: self.contents.register(backend)?,
             count: register_count(backend, &trigger)?,
             schedule: Schedule::register(backend, &trigger)?,
+            custom: match self.custom {
+                Some(_) => Some(CustomState::register(backend)?),
+                None => None,
+            },
             trigger,
         })
     }
@@ -226,11 +253,18 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
     ) -> Result<()> {
         let window = &TimeWindow::GLOBAL;
         let timestamp = out.timestamp();
+        if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
+            let result =
+                custom.on_element(custom_state, backend, timers, &record, timestamp, window)?;
+            self.contents
+                .add(state.contents, backend, window, timestamp, record)?;
+            return self.act(state, backend, key, result, out);
+        }
         self.contents
             .add(state.contents, backend, window, timestamp, record)?;
         if let (Some(n), Some(count)) = (state.trigger.count(), state.count) {
             if count_reaches(backend, count, n, window)? {
-                self.fire(state, backend, key, out)?;
+                self.fire(state, state.trigger.purge, backend, key, out)?;
             }
             return Ok(());
         }
@@ -264,14 +298,19 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
             if schedule.may_be_due(timer.time)
                 && schedule.due(backend, timers, window, timer.time, purge)?
             {
-                self.fire(state, backend, key, out)?;
+                self.fire(state, purge, backend, key, out)?;
+            }
+        }
+        if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
+            for (_, result) in custom.on_timer(custom_state, backend, timers, timer)? {
+                self.act(state, backend, key, result, out)?;
             }
         }
         if timer.domain == TimeDomain::EventTime
             && timer.time == window.max_timestamp()
             && state.trigger.fires_at_end_of_input()
         {
-            self.fire(state, backend, key, out)?;
+            self.fire(state, state.trigger.purge, backend, key, out)?;
         }
         Ok(())
     }
@@ -297,6 +336,7 @@ mod tests {
         GlobalOperator {
             uid: "sum".into(),
             trigger,
+            custom: None,
             contents: Evictable::new(sum(), evictor),
             _k: PhantomData,
         }
@@ -394,6 +434,38 @@ mod tests {
         h.fire_processing();
         assert_eq!(fired(&mut h), vec![3]);
         assert_eq!(h.pending(TimeDomain::ProcessingTime), vec![40]);
+    }
+
+    /// Fires and purges a global window at each record 0.
+    #[derive(Clone)]
+    struct AtZero;
+
+    impl crate::windows::custom::Trigger<u64> for AtZero {
+        fn on_element(
+            &mut self,
+            record: &u64,
+            _: Option<u64>,
+            _: &TimeWindow,
+            _: &mut crate::windows::custom::TriggerContext<'_>,
+        ) -> Result<TriggerResult> {
+            Ok(match record {
+                0 => TriggerResult::FireAndPurge,
+                _ => TriggerResult::Continue,
+            })
+        }
+    }
+
+    #[test]
+    fn a_user_defined_trigger_on_a_global_window() {
+        let mut op = op(Some(triggers::custom()), None);
+        op.custom = Some(BoxedTrigger::new(AtZero));
+        let mut h = Harness::of(op, clock());
+        for v in [1, 2, 0, 4, 0, 0, 8] {
+            h.process(v, None);
+        }
+        assert_eq!(fired(&mut h), vec![3, 4, 0]);
+        h.advance(u64::MAX);
+        assert_eq!(fired(&mut h), Vec::<u64>::new());
     }
 
     #[test]

@@ -392,7 +392,7 @@ impl<K, T, G: SessionGap<T>, C> SessionOperator<K, T, G, C> {
     /// The trigger, checked against the time domain; continuous triggers are refused.
     fn trigger(&self) -> Result<WindowTrigger> {
         let trigger = checked_trigger(&self.uid, self.trigger, self.sessions.domain)?;
-        if trigger.interval().is_some() {
+        if trigger.interval().is_some() || trigger.is_custom() {
             return Err(RuntimeError::Config(format!(
                 "window operator {}: {trigger} on session windows is not supported",
                 self.uid

@@ -86,6 +86,8 @@ pub(crate) enum Fires {
     },
     /// Never (global windows' default).
     Never,
+    /// A user-defined trigger ([`crate::windows::custom`]).
+    Custom,
 }
 
 impl WindowTrigger {
@@ -146,6 +148,11 @@ impl WindowTrigger {
             Fires::Count(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// Whether this is a user-defined trigger.
+    pub(crate) fn is_custom(&self) -> bool {
+        self.fires == Fires::Custom
     }
 
     /// Whether windows fire when time passes their end (a time or continuous trigger).
@@ -214,6 +221,7 @@ impl fmt::Display for WindowTrigger {
                 }
             ),
             Fires::Never => "no trigger (global windows' default)".to_string(),
+            Fires::Custom => "a user-defined trigger".to_string(),
         };
         if self.purge {
             write!(f, "a purging trigger of {inner}")
@@ -437,6 +445,14 @@ impl Schedule {
     }
 }
 
+/// What the operator state of a window operator with a user-defined trigger says of it.
+pub(crate) fn custom() -> WindowTrigger {
+    WindowTrigger {
+        fires: Fires::Custom,
+        purge: false,
+    }
+}
+
 /// Global windows' default trigger.
 pub(crate) fn never() -> WindowTrigger {
     WindowTrigger {
@@ -476,6 +492,7 @@ mod tests {
             allowed_lateness: Duration::ZERO,
             late: None,
             trigger: Some(trigger),
+            custom: None,
             contents: sum(),
             windows: Vec::new(),
             _k: PhantomData,
