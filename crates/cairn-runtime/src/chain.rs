@@ -1002,6 +1002,164 @@ where
     }
 }
 
+/// Each record to a downstream subtask drawn uniformly at random (Flink's
+/// `ShufflePartitioner`). The draws are a splitmix64 sequence seeded from the sending
+/// subtask's index, not from the clock: a run deals the same records the same way, and
+/// no dependency is needed.
+pub(crate) struct ShuffleRoute {
+    state: u64,
+}
+
+impl ShuffleRoute {
+    /// The route of sending subtask `subtask`.
+    pub(crate) fn new(subtask: u32) -> Self {
+        Self {
+            state: splitmix64(u64::from(subtask)),
+        }
+    }
+
+    /// The next draw of the splitmix64 sequence.
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(SPLITMIX_GAMMA);
+        mix64(self.state)
+    }
+}
+
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// splitmix64's output function.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One step of splitmix64 from `x`.
+fn splitmix64(x: u64) -> u64 {
+    mix64(x.wrapping_add(SPLITMIX_GAMMA))
+}
+
+impl<T: Send + 'static> Route<T> for ShuffleRoute {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, T)> {
+        // A draw scaled into 0..channels (the high bits of the product): uniform without
+        // the bias of `%`.
+        let n = channels.max(1) as u128;
+        let i = ((u128::from(self.next_u64()) * n) >> 64) as usize;
+        Ok((i, record))
+    }
+}
+
+/// The downstream subtasks that upstream subtask `index` of `upstream` reaches in a
+/// rescale exchange into `downstream` subtasks, as Flink's POINTWISE distribution pattern
+/// connects them: when `downstream >= upstream`, subtask `i` gets the contiguous range
+/// `ceil(i·d/u)..ceil((i+1)·d/u)`; otherwise downstream subtask `j` reads the upstream
+/// subtasks `floor(j·u/d)..floor((j+1)·u/d)`, so several upstream subtasks share it. Never
+/// empty.
+pub(crate) fn rescale_targets(
+    index: usize,
+    upstream: usize,
+    downstream: usize,
+) -> std::ops::Range<usize> {
+    let (u, d) = (upstream.max(1), downstream.max(1));
+    let i = index.min(u - 1);
+    if d >= u {
+        let start = (i * d).div_ceil(u);
+        let end = ((i + 1) * d).div_ceil(u);
+        start..end.max(start + 1).min(d)
+    } else {
+        // The downstream subtask whose range of upstream subtasks holds `i`.
+        let j = (0..d).rfind(|j| j * u / d <= i).unwrap_or(0);
+        j..j + 1
+    }
+}
+
+/// Round robin, one batch at a time, over the downstream subtasks that this upstream
+/// subtask reaches in a rescale exchange ([`rescale_targets`]; Flink's
+/// `RescalePartitioner`).
+pub(crate) struct RescaleRoute {
+    targets: std::ops::Range<usize>,
+    /// Offset into `targets` of the current batch's subtask.
+    next: usize,
+    in_batch: usize,
+    batch_size: usize,
+}
+
+impl RescaleRoute {
+    /// The route of upstream subtask `index` of `upstream` into `downstream` subtasks.
+    pub(crate) fn new(index: usize, upstream: usize, downstream: usize, batch_size: usize) -> Self {
+        Self {
+            targets: rescale_targets(index, upstream, downstream),
+            next: 0,
+            in_batch: 0,
+            batch_size: batch_size.max(1),
+        }
+    }
+}
+
+impl<T: Send + 'static> Route<T> for RescaleRoute {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, T)> {
+        let len = self.targets.len().max(1);
+        if self.in_batch >= self.batch_size {
+            self.in_batch = 0;
+            self.next = (self.next + 1) % len;
+        }
+        self.in_batch += 1;
+        Ok(((self.targets.start + self.next) % channels.max(1), record))
+    }
+}
+
+/// Every record to downstream subtask 0 (Flink's `GlobalPartitioner`).
+pub(crate) struct GlobalRoute;
+
+impl<T: Send + 'static> Route<T> for GlobalRoute {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, _channels: usize) -> Result<(usize, T)> {
+        Ok((0, record))
+    }
+}
+
+/// A user function of a record and the number of partitions that picks the record's
+/// partition (`partition_custom`: the key function and the partitioner, composed).
+pub(crate) type PartitionFn<T> = Arc<dyn Fn(&T, u32) -> u32 + Send + Sync>;
+
+/// To the downstream subtask a user's partitioner picks (Flink's `partitionCustom`); a
+/// partition out of range fails operator `uid` (the last before the exchange).
+pub(crate) struct CustomRoute<T> {
+    pub(crate) partition: PartitionFn<T>,
+    pub(crate) uid: String,
+}
+
+impl<T: Send + 'static> Route<T> for CustomRoute<T> {
+    type Item = T;
+    #[inline]
+    fn route(&mut self, record: T, channels: usize) -> Result<(usize, T)> {
+        let partitions = u32::try_from(channels).unwrap_or(u32::MAX);
+        let p = (self.partition)(&record, partitions);
+        if p >= partitions {
+            return Err(custom_out_of_range(&self.uid, p, partitions));
+        }
+        Ok((p as usize, record))
+    }
+}
+
+/// The error of a custom partitioner that picked partition `p` of `partitions`, in
+/// operator `uid`.
+pub(crate) fn custom_out_of_range(uid: &str, p: u32, partitions: u32) -> RuntimeError {
+    RuntimeError::user(
+        uid,
+        format!(
+            "the custom partitioner picked a partition out of range (partitions are 0 to \
+             {}): partition={p} partitions={partitions}",
+            partitions.saturating_sub(1)
+        ),
+    )
+}
+
 /// The end of a task's chain when another stage follows: batches records per channel and
 /// forwards barriers.
 pub(crate) struct ExchangeOut<R: Route<T>, T> {
@@ -1231,5 +1389,59 @@ mod tests {
             plain.into_iter().collect::<Vec<_>>(),
             vec![(1, None), (2, None)]
         );
+    }
+
+    /// Rescale connects as Flink's POINTWISE pattern: with more downstream subtasks each
+    /// upstream one gets a contiguous range, together covering all of them once; with
+    /// fewer, contiguous groups of upstream subtasks share one downstream subtask.
+    #[test]
+    fn rescale_targets_are_flinks_pointwise_ranges() {
+        assert_eq!(rescale_targets(0, 2, 4), 0..2);
+        assert_eq!(rescale_targets(1, 2, 4), 2..4);
+        assert_eq!(rescale_targets(0, 2, 3), 0..2);
+        assert_eq!(rescale_targets(1, 2, 3), 2..3);
+        let shared: Vec<_> = (0..4).map(|i| rescale_targets(i, 4, 2)).collect();
+        assert_eq!(shared, vec![0..1, 0..1, 1..2, 1..2]);
+        let three_into_two: Vec<_> = (0..3).map(|i| rescale_targets(i, 3, 2)).collect();
+        assert_eq!(three_into_two, vec![0..1, 1..2, 1..2]);
+        for u in 1..9 {
+            for d in 1..9 {
+                let mut reached = vec![0; d];
+                for i in 0..u {
+                    let r = rescale_targets(i, u, d);
+                    assert!(!r.is_empty() && r.end <= d, "{i} of {u} into {d}: {r:?}");
+                    if d >= u {
+                        r.for_each(|j| reached[j] += 1);
+                    } else {
+                        assert_eq!(r.len(), 1);
+                        reached[r.start] += 1;
+                    }
+                }
+                assert!(reached.iter().all(|n| *n >= 1), "{u} into {d}: {reached:?}");
+                if d >= u {
+                    assert!(reached.iter().all(|n| *n == 1), "{u} into {d}: {reached:?}");
+                }
+            }
+        }
+    }
+
+    /// A shuffle deals about evenly and the same way for the same subtask, differently
+    /// for another.
+    #[test]
+    fn shuffle_draws_are_uniform_and_seeded_by_subtask() {
+        let deal = |subtask: u32| -> Vec<usize> {
+            let mut r = ShuffleRoute::new(subtask);
+            (0..4000)
+                .map(|x| Route::<u32>::route(&mut r, x, 4).map(|(i, _)| i))
+                .collect::<Result<_>>()
+                .expect("route")
+        };
+        let a = deal(0);
+        assert_eq!(a, deal(0));
+        assert_ne!(a, deal(1));
+        for j in 0..4 {
+            let n = a.iter().filter(|i| **i == j).count();
+            assert!((800..1200).contains(&n), "subtask {j} got {n} of 4000");
+        }
     }
 }

@@ -1,10 +1,13 @@
-//! The dataflow API: sources, operators, `key_by` and `rebalance` exchanges, unions and
-//! sinks. Operators between exchanges run chained in one task per subtask. The stages form
-//! a directed acyclic graph from the sources: an operator's side outputs
-//! ([`crate::side`]) are exchanges into stages of their own, each ending in its own sink,
-//! and a union ([`Stream::union`]) is a stage that reads several exchanges, whose channels
-//! it numbers one after the other (barriers align, and watermarks combine, over all of
-//! them).
+//! The dataflow API: sources, operators, exchanges (`key_by` and the partitionings of
+//! Flink's `DataStream`: `rebalance`, `rescale`, `shuffle`, `global`, `partition_custom`,
+//! `broadcast`; `forward` is chaining), unions and sinks. Operators between exchanges run
+//! chained in one task per subtask. The stages form a directed acyclic graph from the
+//! sources: an operator's side outputs ([`crate::side`]) are exchanges into stages of their
+//! own, each ending in its own sink, and a union ([`Stream::union`]) is a stage that reads
+//! several exchanges, whose channels it numbers one after the other (barriers align, and
+//! watermarks combine, over all of them). Every exchange connects each sending subtask
+//! with each receiving one; a partitioning picks which channels carry records, while
+//! barriers, watermarks and the end of input go on all of them.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -25,8 +28,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::broadcast::{BroadcastConnectedStreams, BroadcastStream};
 use crate::chain::{
-    BroadcastOut, Chain, DataMsg, ExchangeOut, KeyRoute, KeyedOp, MapItem, MaybeKeyed, OpSetup,
-    ProcessOp, RebalanceRoute, SinkOp, TaskEvent, TaskShared, FINISHED_STATE,
+    custom_out_of_range, BroadcastOut, Chain, CustomRoute, DataMsg, ExchangeOut, GlobalRoute,
+    KeyRoute, KeyedOp, MapItem, MaybeKeyed, OpSetup, PartitionFn, ProcessOp, RebalanceRoute,
+    RescaleRoute, Route, ShuffleRoute, SinkOp, TaskEvent, TaskShared, FINISHED_STATE,
 };
 use crate::config::StateBackendConfig;
 use crate::connect::{ConnectedStreams, Either};
@@ -557,6 +561,88 @@ fn rebalance_tail<T: Data>() -> ChainFactory<T> {
     })
 }
 
+/// The end of a chain that sends its records into the output's exchange by the route
+/// `make` gives for this subtask and the number of receiving subtasks.
+fn routed_tail<T: Data, R: Route<T, Item = T> + 'static>(
+    make: impl Fn(&BuildCtx, usize) -> R + Send + Sync + 'static,
+) -> ChainFactory<T> {
+    Arc::new(move |ctx: &mut BuildCtx| {
+        let (out, events) = ctx.take_output::<T>()?;
+        let route = make(ctx, out.senders.len());
+        Ok(Box::new(ExchangeOut::new(
+            route,
+            out.channel,
+            out.senders,
+            events,
+            ctx.batch_size,
+            ctx.shared.clone(),
+        )) as Box<dyn Chain<T>>)
+    })
+}
+
+/// [`Stream::shuffle`]'s route.
+fn shuffle_tail<T: Data>() -> ChainFactory<T> {
+    routed_tail(|ctx, _| ShuffleRoute::new(ctx.info.index))
+}
+
+/// [`Stream::rescale`]'s route.
+fn rescale_tail<T: Data>() -> ChainFactory<T> {
+    routed_tail(|ctx, downstream| {
+        RescaleRoute::new(
+            ctx.info.index as usize,
+            ctx.info.parallelism as usize,
+            downstream,
+            ctx.batch_size,
+        )
+    })
+}
+
+/// [`Stream::global`]'s route.
+fn global_tail<T: Data>() -> ChainFactory<T> {
+    routed_tail(|_, _| GlobalRoute)
+}
+
+/// The head of a stage after [`Stream::global`]: in-flight records restore into subtask 0
+/// only (every subtask reads them all, as union state, and the others drop them).
+fn global_head<Y: Data>(
+    ctx: &mut BuildCtx,
+    inputs: Vec<Receiver<DataMsg<Y>>>,
+    chain: Box<dyn Chain<Y>>,
+) -> Result<Box<dyn Task>> {
+    let first = ctx.info.index == 0;
+    input_task(ctx, inputs, chain, Redistribution::Union, move |_| {
+        Ok(first)
+    })
+}
+
+/// [`Stream::partition_custom`]'s route; a partition out of range fails the last operator
+/// before the exchange.
+fn custom_tail<T: Data>(partition: PartitionFn<T>) -> ChainFactory<T> {
+    routed_tail(move |ctx, _| CustomRoute {
+        partition: partition.clone(),
+        uid: ctx.stage_uids.last().cloned().unwrap_or_default(),
+    })
+}
+
+/// The head of a stage after [`Stream::partition_custom`]: each subtask keeps the
+/// in-flight records that the partitioner puts in it at the stage's parallelism now
+/// (every subtask reads them all, as union state); one put out of range fails the stage's
+/// first operator.
+fn custom_head<Y: Data>(partition: PartitionFn<Y>) -> HeadFn<Y> {
+    Arc::new(move |ctx, inputs, chain| {
+        let (index, partitions) = (ctx.info.index, ctx.info.parallelism);
+        let uid = ctx.stage_uids.first().cloned().unwrap_or_default();
+        let partition = partition.clone();
+        input_task(ctx, inputs, chain, Redistribution::Union, move |y| {
+            let p = partition(y, partitions);
+            if p >= partitions {
+                return Err(custom_out_of_range(&uid, p, partitions));
+            }
+            Ok(p == index)
+        })
+    })
+}
+
 /// Turns the tail of the stage an exchange leads into (a `ChainFactory<U>` of the
 /// stage's records, as `&dyn Any`) into the lane that sends into it; `None` when the tail
 /// has another record type. An edge's adapter stays when the edge is re-routed (the stage
@@ -731,6 +817,11 @@ pub(crate) struct Edge {
     /// Makes `lane` again when the exchange is re-routed or moved.
     pub(crate) adapt: Adapter,
     pub(crate) channels: EdgeFactory,
+    /// A partitioning asked for on the sending stream that the exchange of the union (or
+    /// connection) it leads into would undo (`a.shuffle().union(b)`): the job is refused
+    /// with this message unless a `key_by` or a partitioning right after the union
+    /// re-routes the edge (the last partitioning wins, as in Flink).
+    pub(crate) undone: Option<String>,
 }
 
 /// A graph while its streams are built: every stream of one dataflow shares it.
@@ -764,9 +855,14 @@ impl Parts {
 
     /// Makes the exchanges into stage `id` send into `tail` (the end of a chain of the
     /// stage's records, `T`) over channels of `Y`: each edge's lane is made by its adapter.
-    fn route_into<T: Data, Y: Data>(&mut self, id: usize, tail: &ChainFactory<T>) {
+    /// `explicit`: the route was asked for after the union (a `key_by` or a partitioning),
+    /// and replaces any asked for before it.
+    fn route_into<T: Data, Y: Data>(&mut self, id: usize, tail: &ChainFactory<T>, explicit: bool) {
         let mut wrong = false;
         for e in self.edges.iter_mut().filter(|e| e.to == id) {
+            if explicit {
+                e.undone = None;
+            }
             e.channels = edge::<Y>();
             match (e.adapt)(tail) {
                 Some(lane) => e.lane = lane,
@@ -915,6 +1011,9 @@ impl Parts {
                 "{what} does not end in a sink"
             )));
         }
+        if let Some(undone) = self.edges.iter().find_map(|e| e.undone.as_ref()) {
+            return Err(RuntimeError::Config(undone.clone()));
+        }
         // From the sources on, a stage once every stage it reads is placed.
         let mut inputs: HashMap<usize, usize> = HashMap::new();
         for e in &self.edges {
@@ -1006,11 +1105,42 @@ pub struct Stream<T> {
     is_source: bool,
     /// The last operator may emit side outputs (a process function or a window).
     sides_ok: bool,
-    /// A `rebalance` not yet made, with the parallelism set after it: the next operator
-    /// or sink makes it, and a `key_by` replaces it (the last partitioning wins, as in
-    /// Flink).
-    pending_rebalance: Option<Option<u32>>,
+    /// A partitioning (`rebalance`, `shuffle`, ...) not yet made, with the parallelism set
+    /// after it: the next operator or sink makes it, and a `key_by` or another
+    /// partitioning replaces it (the last partitioning wins, as in Flink).
+    pending: Option<Pending<T>>,
+    /// `forward()` was called on the current stage.
+    forward: Option<ForwardMark>,
     open: OpenStage<T>,
+}
+
+/// Makes the task of a stage that reads exchanges of `Y`s (a [`Head`] that may capture).
+type HeadFn<Y> = Arc<
+    dyn Fn(&mut BuildCtx, Vec<Receiver<DataMsg<Y>>>, Box<dyn Chain<Y>>) -> Result<Box<dyn Task>>
+        + Send
+        + Sync,
+>;
+
+/// A partitioning asked for on a stream and not yet made; see [`Stream::rebalance`].
+struct Pending<T> {
+    /// Its method, for errors (`shuffle`).
+    name: &'static str,
+    /// The end of the sending chain, which routes the records.
+    tail: ChainFactory<T>,
+    /// The head of the stage after it, which restores in-flight records as the route
+    /// deals them.
+    head: HeadFn<T>,
+    /// The parallelism set after it: the next stage's.
+    after: Option<u32>,
+}
+
+/// Where `forward()` was called on a stage; see [`Stream::forward`].
+#[derive(Clone, Copy, Debug)]
+struct ForwardMark {
+    /// How many operators the stage had then (the last of them is the one before it).
+    before: usize,
+    /// The stage's parallelism then (`None`: not set).
+    parallelism: Option<u32>,
 }
 
 impl<T> std::fmt::Debug for Stream<T> {
@@ -1032,7 +1162,8 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
         parallelism: None,
         is_source: true,
         sides_ok: false,
-        pending_rebalance: None,
+        pending: None,
+        forward: None,
         open: Box::new(move |rest: ChainFactory<S::Out>| {
             Arc::new(move |ctx: &mut BuildCtx| {
                 let chain = rest(ctx)?;
@@ -1051,25 +1182,82 @@ pub fn source<S: Source>(uid: &str, source: S) -> Stream<S::Out> {
 }
 
 impl<T: Data> Stream<T> {
-    /// Sets the parallelism of the current stage (the operators since the last exchange).
+    /// Sets the parallelism of the current stage (the operators since the last exchange);
+    /// right after a partitioning (`rebalance()`, `shuffle()`, ...), that of the stage after
+    /// it. After [`Stream::forward`], a parallelism other than the one set before it is
+    /// refused when the job is made.
     pub fn parallelism(mut self, p: u32) -> Self {
-        match &mut self.pending_rebalance {
-            // The stage after the rebalance.
-            Some(after) => *after = Some(p),
-            None => self.parallelism = Some(p),
+        if let Some(pending) = &mut self.pending {
+            // The stage after the exchange.
+            pending.after = Some(p);
+            return self;
         }
+        if let Some(mark) = self.forward {
+            if let Some(q) = mark.parallelism.filter(|q| *q != p) {
+                let before = match self.uids[..mark.before.min(self.uids.len())].last() {
+                    Some(uid) => format!("operator {uid}"),
+                    None => "the stream".to_string(),
+                };
+                let after = match self.uids.get(mark.before) {
+                    Some(uid) => format!("operator {uid}"),
+                    None => "the stream after it".to_string(),
+                };
+                self.parts.with(|parts| {
+                    parts.errors.push(format!(
+                        "forward() from {before} at parallelism {q} into {after} at parallelism \
+                         {p}: forward keeps each record in its subtask, so both need the same \
+                         parallelism; use rebalance(), rescale() or shuffle() to change it"
+                    ))
+                });
+            }
+        }
+        self.parallelism = Some(p);
         self
     }
 
-    /// Makes a pending `rebalance`: the stream then starts the stage after it.
+    /// Makes a pending partitioning: the stream then starts the stage after it.
     fn settle(mut self) -> Self {
-        match self.pending_rebalance.take() {
+        match self.pending.take() {
             None => self,
-            Some(after) => {
-                let mut next = self.exchange::<T>(rebalance_tail::<T>(), rebalanced_head);
+            Some(Pending {
+                tail, head, after, ..
+            }) => {
+                let mut next =
+                    self.exchange::<T>(tail, move |ctx, inputs, chain| head(ctx, inputs, chain));
                 next.parallelism = after;
                 next
             }
+        }
+    }
+
+    /// Asks for partitioning `name`, made by the next operator or sink: the sending chain
+    /// ends in `tail`, and the stage after it reads with `head`. It replaces a partitioning
+    /// asked for before it (keeping the parallelism set after that one).
+    fn partitioned(
+        mut self,
+        name: &'static str,
+        tail: ChainFactory<T>,
+        head: HeadFn<T>,
+    ) -> Stream<T> {
+        let after = self.pending.take().and_then(|p| p.after);
+        self.pending = Some(Pending {
+            name,
+            tail,
+            head,
+            after,
+        });
+        self.forward = None;
+        self.sides_ok = false;
+        self
+    }
+
+    /// What a union or connection of this stream would undo: its pending partitioning
+    /// other than `rebalance` (the union's own route), or `forward()` (`None`: nothing).
+    fn undone_by_union(&self) -> Option<&'static str> {
+        match &self.pending {
+            Some(p) if p.name != "rebalance" => Some(p.name),
+            Some(_) => None,
+            None => self.forward.map(|_| "forward"),
         }
     }
 
@@ -1090,7 +1278,8 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
-            pending_rebalance: _,
+            pending: _,
+            forward,
             open,
         } = self.settle();
         uids.push(uid.to_string());
@@ -1102,7 +1291,8 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: false,
-            pending_rebalance: None,
+            pending: None,
+            forward,
             open: Box::new(move |rest: ChainFactory<U>| {
                 open(Arc::new(move |ctx: &mut BuildCtx| {
                     let next = rest(ctx)?;
@@ -1143,9 +1333,10 @@ impl<T: Data> Stream<T> {
                 // Behind an exchange, before any operator: name the stream.
                 None => format!("side output {} of {}", tag.name(), parts.describe(self.id)),
             };
-            if self.pending_rebalance.is_some() {
+            if let Some(p) = &self.pending {
                 parts.errors.push(format!(
-                    "{what} after rebalance(): take the side output before the rebalance"
+                    "{what} after {name}(): take the side output before the {name}",
+                    name = p.name
                 ));
             } else if !self.sides_ok {
                 parts.errors.push(format!(
@@ -1170,6 +1361,7 @@ impl<T: Data> Stream<T> {
                 lane: lane_of(rebalance_tail::<X>()),
                 adapt: same_records::<X>(),
                 channels: edge::<X>(),
+                undone: None,
             });
             to
         });
@@ -1180,7 +1372,8 @@ impl<T: Data> Stream<T> {
             parallelism: None,
             is_source: false,
             sides_ok: false,
-            pending_rebalance: None,
+            pending: None,
+            forward: None,
             open: rebalanced_input(),
         }
     }
@@ -1263,18 +1456,19 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
-            pending_rebalance,
+            pending,
+            forward: _,
             open,
         } = self;
-        // A pending rebalance is replaced by this exchange (the last partitioning wins, as
-        // in Flink); the parallelism set after it is the next stage's.
-        let after = pending_rebalance.flatten();
+        // A pending partitioning is replaced by this exchange (the last partitioning wins,
+        // as in Flink); the parallelism set after it is the next stage's.
+        let after = pending.and_then(|p| p.after);
         if uids.is_empty() {
             // A stream with no operator yet (a side output, a union) that exchanges at once
             // (`side_output(..).key_by(..)`): the exchanges into it take this one's route,
             // and the stage reads them with `head`, as Flink's
             // `getSideOutput(tag).keyBy(..)` or `union(..).keyBy(..)`.
-            parts.with(|p| p.route_into::<T, Y>(id, &tail));
+            parts.with(|p| p.route_into::<T, Y>(id, &tail, true));
             return Stream {
                 parts,
                 id,
@@ -1282,7 +1476,8 @@ impl<T: Data> Stream<T> {
                 parallelism: after.or(parallelism),
                 is_source,
                 sides_ok: false,
-                pending_rebalance: None,
+                pending: None,
+                forward: None,
                 open: input_stage(head),
             };
         }
@@ -1299,6 +1494,7 @@ impl<T: Data> Stream<T> {
                 lane: lane_of(tail),
                 adapt: same_records::<T>(),
                 channels: edge::<Y>(),
+                undone: None,
             });
             p.close(Stage {
                 id,
@@ -1316,7 +1512,8 @@ impl<T: Data> Stream<T> {
             parallelism: after,
             is_source: false,
             sides_ok: false,
-            pending_rebalance: None,
+            pending: None,
+            forward: None,
             open: input_stage(head),
         }
     }
@@ -1361,11 +1558,15 @@ impl<T: Data> Stream<T> {
             (left, right),
             rebalance_tail::<U>(),
             rebalanced_head::<U>,
+            true,
         )
     }
 
     /// [`Stream::join_inputs`], with the lanes made from `route` (unless an adapter has a
-    /// route of its own) and the stage read by `head`.
+    /// route of its own) and the stage read by `head`. A partitioning asked for on either
+    /// stream that `route` would undo refuses the job unless a route asked for after the
+    /// join replaces it ([`Edge::undone`]); `left_routed`: this stream's own adapter routes
+    /// it (a key), so its partitioning is replaced at once.
     fn join_routed<B: Data, U: Data>(
         self,
         other: Stream<B>,
@@ -1373,17 +1574,37 @@ impl<T: Data> Stream<T> {
         (left, right): (impl Fn(Adapter) -> Adapter, impl Fn(Adapter) -> Adapter),
         route: ChainFactory<U>,
         head: Head<U>,
+        left_undone: bool,
     ) -> Stream<U> {
+        let undone_a = self
+            .undone_by_union()
+            .filter(|_| left_undone)
+            .map(|name| (self.parts.with(|p| self.describe_in(p)), name));
+        let undone_b = other
+            .undone_by_union()
+            .map(|name| (other.parts.with(|p| other.describe_in(p)), name));
         let (a, b) = (self.settle(), other.settle());
         a.parts.absorb(&b.parts);
         let parts = a.parts.clone();
-        let to = parts.with(|p| {
+        let (to, what) = parts.with(|p| {
             let what = what(&a.describe_in(p), &b.describe_in(p));
-            p.open_stage(what)
+            (p.open_stage(what.clone()), what)
         });
-        a.into_input::<U>(to, left);
-        b.into_input::<U>(to, right);
-        parts.with(|p| p.route_into::<U, U>(to, &route));
+        let message = |undone: Option<(String, &str)>| {
+            undone.map(|(stream, name)| match name {
+                "forward" => format!(
+                    "{stream}: forward() before {what} cannot keep records in their subtasks: \
+                     its exchange deals them round-robin"
+                ),
+                _ => format!(
+                    "{stream}: {name}() before {what} would be undone by its exchange, which \
+                     deals records round-robin; partition after it instead"
+                ),
+            })
+        };
+        a.into_input::<U>(to, left, message(undone_a));
+        b.into_input::<U>(to, right, message(undone_b));
+        parts.with(|p| p.route_into::<U, U>(to, &route, false));
         Stream {
             parts,
             id: to,
@@ -1391,7 +1612,8 @@ impl<T: Data> Stream<T> {
             parallelism: None,
             is_source: false,
             sides_ok: false,
-            pending_rebalance: None,
+            pending: None,
+            forward: None,
             open: input_stage(head),
         }
     }
@@ -1406,8 +1628,14 @@ impl<T: Data> Stream<T> {
 
     /// Ends the stream in stage `to`, of `U`s, its records adapted by `input`: its stage
     /// sends into an exchange into `to`, or, when it has no operator yet, the exchanges
-    /// into it go into `to` instead. The lanes are made by the caller.
-    fn into_input<U: Data>(self, to: usize, input: impl Fn(Adapter) -> Adapter) {
+    /// into it go into `to` instead. The lanes are made by the caller. `undone`: the
+    /// partitioning of the stream that `to`'s route undoes, as the error ([`Edge::undone`]).
+    fn into_input<U: Data>(
+        self,
+        to: usize,
+        input: impl Fn(Adapter) -> Adapter,
+        undone: Option<String>,
+    ) {
         let Stream {
             parts,
             id,
@@ -1429,6 +1657,9 @@ impl<T: Data> Stream<T> {
                 for e in p.edges.iter_mut().filter(|e| e.to == id) {
                     e.to = to;
                     e.adapt = input(e.adapt.clone());
+                    if undone.is_some() {
+                        e.undone.clone_from(&undone);
+                    }
                 }
                 p.open.retain(|(i, _)| *i != id);
             } else {
@@ -1440,6 +1671,7 @@ impl<T: Data> Stream<T> {
                     lane: lane_of(rebalance_tail::<T>()),
                     adapt: input(same_records::<T>()),
                     channels: edge::<U>(),
+                    undone,
                 });
                 p.close(Stage {
                     id,
@@ -1452,15 +1684,112 @@ impl<T: Data> Stream<T> {
         });
     }
 
-    /// Redistributes records round-robin to the next stage (which may have another
-    /// parallelism: [`Stream::parallelism`] after `rebalance` sets it). A `key_by` right
-    /// after replaces it, as the last partitioning does in Flink.
-    pub fn rebalance(mut self) -> Stream<T> {
-        if self.pending_rebalance.is_none() {
-            self.pending_rebalance = Some(None);
+    /// Redistributes records round-robin to the next stage (Flink's `rebalance()`), which
+    /// may have another parallelism: [`Stream::parallelism`] after `rebalance` sets it. A
+    /// `key_by` or another partitioning right after replaces it, as the last partitioning
+    /// does in Flink. The partitionings below are made the same way; with each, records
+    /// keep their timestamps, and barriers, watermarks and the end of input go to every
+    /// downstream subtask (every channel of the exchange exists, whichever carry records).
+    pub fn rebalance(self) -> Stream<T> {
+        self.partitioned(
+            "rebalance",
+            rebalance_tail::<T>(),
+            Arc::new(rebalanced_head::<T>),
+        )
+    }
+
+    /// Sends each record to a downstream subtask drawn uniformly at random (Flink's
+    /// `shuffle()`). Each upstream subtask draws from its own deterministic sequence
+    /// (splitmix64 seeded by its subtask index), so the same input is dealt the same way in
+    /// every run. In-flight records of an unaligned checkpoint restore as a `rebalance`'s
+    /// do: each subtask its own at the same parallelism, dealt round-robin at another.
+    pub fn shuffle(self) -> Stream<T> {
+        self.partitioned(
+            "shuffle",
+            shuffle_tail::<T>(),
+            Arc::new(rebalanced_head::<T>),
+        )
+    }
+
+    /// Round-robin over a subset of the downstream subtasks only (Flink's `rescale()`):
+    /// upstream subtask `i` of `u` reaches the downstream subtasks that Flink's POINTWISE
+    /// pattern connects it to: with `d >= u` downstream subtasks, the contiguous range
+    /// `ceil(i·d/u)..ceil((i+1)·d/u)` (2 into 4: subtask 0 reaches 0 and 1, subtask 1
+    /// reaches 2 and 3); with `d < u`, one subtask, shared by several upstream subtasks
+    /// (4 into 2: 0 and 1 reach 0, 2 and 3 reach 1).
+    ///
+    /// Cairn keeps the exchange's channels all-to-all and sends only the records within
+    /// the subset: barriers, watermarks and the end of input still go on every channel, so
+    /// barrier alignment and watermarks work unchanged (a downstream subtask that no
+    /// upstream subtask feeds records still sees their barriers and watermarks). In-flight
+    /// records of an unaligned checkpoint restore as a `rebalance`'s do: each subtask its
+    /// own at the same parallelism, dealt round-robin at another (they were already across
+    /// the exchange).
+    pub fn rescale(self) -> Stream<T> {
+        self.partitioned(
+            "rescale",
+            rescale_tail::<T>(),
+            Arc::new(rebalanced_head::<T>),
+        )
+    }
+
+    /// Sends every record to subtask 0 of the next stage (Flink's `global()`); the other
+    /// subtasks get barriers, watermarks and the end of input only. In-flight records of an
+    /// unaligned checkpoint go to subtask 0 on restore, at any parallelism.
+    pub fn global(self) -> Stream<T> {
+        self.partitioned("global", global_tail::<T>(), Arc::new(global_head::<T>))
+    }
+
+    /// Sends each record to the downstream subtask that `partitioner` picks for its key
+    /// (Flink's `partitionCustom`): `partitioner(&key_of(record), n)` with `n` the next
+    /// stage's parallelism, which must be below `n`. A partition out of range fails the
+    /// operator before the exchange (the error names it; the job restarts as for any
+    /// failure), never panics. In-flight records of an unaligned checkpoint restore where
+    /// the partitioner puts them at the new parallelism.
+    pub fn partition_custom<K: 'static>(
+        self,
+        partitioner: impl Fn(&K, u32) -> u32 + Clone + Send + Sync + 'static,
+        key_of: impl Fn(&T) -> K + Clone + Send + Sync + 'static,
+    ) -> Stream<T> {
+        let partition: PartitionFn<T> = Arc::new(move |t: &T, n| partitioner(&key_of(t), n));
+        self.partitioned(
+            "partition_custom",
+            custom_tail(partition.clone()),
+            custom_head(partition),
+        )
+    }
+
+    /// Keeps each record in the subtask it is in (Flink's `forward()`). Operators between
+    /// exchanges already run chained in one task per subtask, each subtask's records going
+    /// straight to the next operator of the same subtask: that is forward partitioning, so
+    /// `forward()` builds no exchange. It replaces a partitioning asked for right before it
+    /// and checks the parallelism: Flink refuses a forward between operators of different
+    /// parallelism, and Cairn refuses, when the job is made, a [`Stream::parallelism`]
+    /// after `forward()` other than one set before it, naming both operators (set before
+    /// none, it sets the parallelism of the whole chain, as it always does). `forward()`
+    /// right after a union, connection or side output, whose records come through an
+    /// exchange, or right before a union or connection, whose exchange deals them
+    /// round-robin, is refused.
+    pub fn forward(mut self) -> Stream<T> {
+        let after = self.pending.take().and_then(|p| p.after);
+        if self.uids.is_empty() {
+            self.parts.with(|p| {
+                let what = p.describe(self.id).to_string();
+                p.errors.push(format!(
+                    "forward() right after {what}: its records come through an exchange, dealt \
+                     round-robin (or by key); forward() keeps records in the subtask of the \
+                     operator before it, and there is none"
+                ));
+            });
         }
-        self.sides_ok = false;
-        self
+        self.forward = Some(ForwardMark {
+            before: self.uids.len(),
+            parallelism: self.parallelism,
+        });
+        match after {
+            Some(p) => self.parallelism(p),
+            None => self,
+        }
     }
 
     /// Makes this a broadcast stream (Flink's `broadcast(descriptor)`): every subtask of the
@@ -1483,17 +1812,20 @@ impl<T: Data> Stream<T> {
                 other,
                 wrapping(Either::<T, B>::Left, rebalance_tail()),
                 Either::Right,
+                true,
             ),
         }
     }
 
     /// A new stage of `Y`s that reads this stream through `tail` and `other`'s records,
-    /// made `Y`s by `wrap`, sent to every subtask.
+    /// made `Y`s by `wrap`, sent to every subtask. `undone`: `tail` undoes a partitioning
+    /// asked for on this stream, refused (not a key, which replaces it).
     fn join_broadcast<B: Data, Y: Data>(
         self,
         other: BroadcastStream<B>,
         tail: ChainFactory<T>,
         wrap: fn(B) -> Y,
+        undone: bool,
     ) -> Stream<Y> {
         let broadcast = wrapping(wrap, broadcast_tail::<Y>());
         self.join_routed(
@@ -1505,6 +1837,7 @@ impl<T: Data> Stream<T> {
             ),
             broadcast_tail::<Y>(),
             broadcast_head::<Y>,
+            undone,
         )
     }
 
@@ -1530,7 +1863,8 @@ impl<T: Data> Stream<T> {
             parallelism,
             is_source,
             sides_ok: _,
-            pending_rebalance: _,
+            pending: _,
+            forward: _,
             open,
         } = self.settle();
         uids.push(uid.to_string());
@@ -1672,7 +2006,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     ) -> Stream<(Option<K>, Either<T, B>)> {
         let tail = self.key_tail(|(k, t)| (Some(k), Either::<T, B>::Left(t)));
         self.stream
-            .join_broadcast(other, tail, |b| (None, Either::Right(b)))
+            .join_broadcast(other, tail, |b| (None, Either::Right(b)), false)
     }
 
     /// Adds a keyed operator with uid `uid` after a hash exchange by key group; it starts a
