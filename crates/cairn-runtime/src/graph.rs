@@ -1733,6 +1733,30 @@ impl<T: Data> Stream<T> {
         )
     }
 
+    /// Adds operator `uid`, made by `make` from its setup and a clone of `f`, at the head
+    /// of a stage of its own: behind the partitioning asked for, or else behind
+    /// [`Stream::rescale`] (which keeps each record in its subtask when the parallelism
+    /// stays). A task polls only its first operator between records and while it waits
+    /// for input, which an asynchronous operator needs for its completions.
+    pub(crate) fn heading_stage<U: Data, F: Clone + Send + 'static>(
+        self,
+        uid: &str,
+        f: F,
+        make: impl Fn(OpSetup, F, Box<dyn Chain<U>>) -> Result<Box<dyn Chain<T>>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Stream<U> {
+        let stream = match self.pending {
+            Some(_) => self,
+            None => self.rescale(),
+        };
+        let f = Prototype::new(f);
+        stream.chained(uid, move |ctx, uid, next| {
+            make(ctx.plain_setup(uid)?, f.get()?, next)
+        })
+    }
+
     /// Sends every record to subtask 0 of the next stage (Flink's `global()`); the other
     /// subtasks get barriers, watermarks and the end of input only. In-flight records of an
     /// unaligned checkpoint go to subtask 0 on restore, at any parallelism.

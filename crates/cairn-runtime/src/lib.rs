@@ -35,9 +35,15 @@
 //! and emits watermarks behind them; they flow to every downstream
 //! subtask, a task's watermark is the smallest of its inputs', and a keyed operator fires
 //! its event-time timers as its watermark passes them, and all of them at the end of the
-//! input. [`KeyedStream::window`] groups a keyed stream into tumbling, sliding or session
-//! windows of event or processing time, with a reduce, aggregate or process function
-//! ([`windows`]).
+//! input. [`KeyedStream::window`] groups a keyed stream into tumbling, sliding, session,
+//! global or count windows of event or processing time, with a reduce, aggregate or
+//! process function, Flink's triggers and evictors or one's own ([`windows`]);
+//! [`Stream::window_all`] does so for a whole stream.
+//!
+//! Exchanges partition as Flink's do: by key, round robin, rescaled, shuffled, to one
+//! subtask, by a custom partitioner, or broadcast. [`Stream::unordered_wait`] and
+//! [`Stream::ordered_wait`] call external services asynchronously ([`asyncio`], Flink's
+//! `AsyncDataStream`), with the calls in flight kept in checkpoints.
 //!
 //! ```no_run
 //! use cairn_runtime::{source, sinks::DiscardSink, sources::GeneratorSource, Job, JobConfig};
@@ -53,6 +59,7 @@
 //! # }
 //! ```
 
+pub mod asyncio;
 pub mod broadcast;
 mod chain;
 pub mod config;

@@ -1,0 +1,516 @@
+//! Asynchronous I/O (Flink's `AsyncDataStream`): an operator that calls an external
+//! service for each record without waiting for the answer before the next record.
+//!
+//! [`Stream::unordered_wait`] and [`Stream::ordered_wait`] give each record to an
+//! [`AsyncFunction`], which starts the call (on a thread pool of its own, a client's
+//! callbacks, ...) and completes the [`ResultFuture`] it was handed, from any thread, with
+//! the records to emit, or with an error. [`BlockingCalls`] runs a blocking function on a
+//! pool of threads for the common case of a blocking client.
+//!
+//! As in Flink's `AsyncWaitOperator`:
+//! - at most `capacity` calls are in flight per subtask; at capacity the task waits for
+//!   one to complete (backpressure);
+//! - `ordered_wait` emits results in the order of the records; `unordered_wait` as they
+//!   complete, but never across a watermark: what came before a watermark is emitted
+//!   before it (here the operator waits for every call in flight when a watermark
+//!   arrives, which holds in either mode);
+//! - each result carries the timestamp of its record;
+//! - a call that has not completed `timeout` after it started is given to
+//!   [`AsyncFunction::timeout`], whose default fails the job (it restarts as for any
+//!   failure), as does a call completed with an error;
+//! - a checkpoint stores the records whose calls are in flight (or whose results wait
+//!   for an earlier one, ordered), in the operator's state ([`ASYNC_INFLIGHT_STATE`],
+//!   split among subtasks on rescale), and a restore calls them again: results are exactly
+//!   once downstream if the calls can be repeated (lookups), at least once outside;
+//! - at the end of the input, the operator waits for every call.
+//!
+//! The operator starts a new stage behind an exchange that keeps each record in its
+//! subtask (when the parallelism is unchanged) so that its task can poll for completions
+//! between records and while it waits for input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_core::{BincodeCodec, KeyGroupRange, OperatorListStateDescriptor, Redistribution};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::chain::{Barrier, Chain, Notification, OpSetup, SyncPhase};
+use crate::error::{Result, RuntimeError};
+use crate::function::{Checkpointed, Collector, Data};
+use crate::graph::Stream;
+use crate::watermarks::Mark;
+
+/// The name of the operator state holding the records whose asynchronous calls were in
+/// flight at a checkpoint, with their timestamps.
+pub const ASYNC_INFLIGHT_STATE: &str = "cairn.async.inflight";
+
+/// A function called asynchronously for each record (Flink's `AsyncFunction`). One
+/// instance runs per subtask; it may keep operator state ([`Checkpointed`]).
+pub trait AsyncFunction<T, O: Send + 'static>: Checkpointed + Clone + Send + 'static {
+    /// Starts the call for `input`, which completes `result` (from any thread) with the
+    /// records to emit for it. An error returned here fails the job at once.
+    fn async_invoke(&mut self, input: T, result: ResultFuture<O>) -> Result<()>;
+
+    /// The call for `input` did not complete in time: what to emit for it instead, or
+    /// `None` (the default) to fail the job.
+    fn timeout(&mut self, input: &T) -> Option<Vec<O>> {
+        let _ = input;
+        None
+    }
+}
+
+/// What a call completes (Flink's `ResultFuture`). Dropping it without completing it
+/// completes it with an error.
+pub struct ResultFuture<O: Send + 'static> {
+    seq: u64,
+    tx: Option<Sender<Completion<O>>>,
+}
+
+/// A completed call: its sequence number and its records or error.
+type Completion<O> = (u64, std::result::Result<Vec<O>, String>);
+
+impl<O: Send + 'static> fmt::Debug for ResultFuture<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResultFuture").field("seq", &self.seq).finish()
+    }
+}
+
+impl<O: Send + 'static> ResultFuture<O> {
+    /// Completes the call with the records to emit for its input.
+    pub fn complete(mut self, results: Vec<O>) {
+        self.send(Ok(results));
+    }
+
+    /// Completes the call with an error: the job fails.
+    pub fn complete_exceptionally(mut self, error: impl fmt::Display) {
+        self.send(Err(error.to_string()));
+    }
+
+    fn send(&mut self, result: std::result::Result<Vec<O>, String>) {
+        if let Some(tx) = self.tx.take() {
+            // The operator may be gone (failed, restarted): the result is not wanted.
+            let _ = tx.send((self.seq, result));
+        }
+    }
+}
+
+impl<O: Send + 'static> Drop for ResultFuture<O> {
+    fn drop(&mut self) {
+        self.send(Err("the result future was dropped without being completed".into()));
+    }
+}
+
+/// Whether results keep the order of their records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    Ordered,
+    Unordered,
+}
+
+/// How an asynchronous operator waits: its order, timeout and capacity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AsyncOptions {
+    pub(crate) order: Order,
+    pub(crate) timeout: Duration,
+    pub(crate) capacity: usize,
+}
+
+impl AsyncOptions {
+    /// Refuses a capacity of zero.
+    pub(crate) fn check(&self, uid: &str) -> Result<()> {
+        if self.capacity == 0 {
+            return Err(RuntimeError::Config(format!(
+                "asynchronous operator {uid}: a capacity of 0 calls in flight lets none start"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One call: its record, the record's timestamp, when it times out, and its results once
+/// it completed.
+struct Entry<T, O> {
+    input: T,
+    timestamp: Option<u64>,
+    deadline: Instant,
+    results: Option<Vec<O>>,
+}
+
+/// The asynchronous operator in a chain.
+pub(crate) struct AsyncOp<T, O: Send + 'static, F> {
+    setup: OpSetup,
+    range: KeyGroupRange,
+    f: F,
+    next: Box<dyn Chain<O>>,
+    options: AsyncOptions,
+    tx: Sender<Completion<O>>,
+    rx: Receiver<Completion<O>>,
+    /// The calls in flight and those completed but not emitted, by sequence number.
+    calls: BTreeMap<u64, Entry<T, O>>,
+    next_seq: u64,
+    state: cairn_core::OperatorListStateId<(T, Option<u64>)>,
+}
+
+impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
+    /// Initializes the function and the operator state, and calls again what was in
+    /// flight at the checkpoint restored from.
+    pub(crate) fn new(
+        mut setup: OpSetup,
+        mut f: F,
+        next: Box<dyn Chain<O>>,
+        options: AsyncOptions,
+    ) -> Result<Self> {
+        options.check(&setup.uid)?;
+        setup.initialize(&mut f)?;
+        let d = OperatorListStateDescriptor {
+            name: ASYNC_INFLIGHT_STATE.to_string(),
+            codec: Arc::new(BincodeCodec::<(T, Option<u64>)>::new()),
+            mode: Redistribution::Split,
+        };
+        let state = setup
+            .operator_state
+            .register_reserved_list(&d)
+            .map_err(|e| RuntimeError::state(&setup.uid, e))?;
+        let restored = std::mem::take(
+            setup
+                .operator_state
+                .list(state)
+                .map_err(|e| RuntimeError::state(&setup.uid, e))?,
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut op = Self {
+            range: setup.range()?,
+            setup,
+            f,
+            next,
+            options,
+            tx,
+            rx,
+            calls: BTreeMap::new(),
+            next_seq: 0,
+            state,
+        };
+        for (input, timestamp) in restored {
+            op.start(input, timestamp)?;
+        }
+        Ok(op)
+    }
+
+    /// Starts the call for `input`, waiting first while `capacity` calls are in flight.
+    fn start(&mut self, input: T, timestamp: Option<u64>) -> Result<()> {
+        while self.calls.len() >= self.options.capacity {
+            self.wait_one()?;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let result = ResultFuture {
+            seq,
+            tx: Some(self.tx.clone()),
+        };
+        self.calls.insert(
+            seq,
+            Entry {
+                input: input.clone(),
+                timestamp,
+                deadline: Instant::now() + self.options.timeout,
+                results: None,
+            },
+        );
+        self.f
+            .async_invoke(input, result)
+            .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    /// Takes in the completions that arrived and the timeouts that passed, and emits what
+    /// may be emitted; does not wait.
+    fn poll(&mut self) -> Result<()> {
+        while let Ok((seq, result)) = self.rx.try_recv() {
+            self.complete(seq, result)?;
+        }
+        self.time_out()?;
+        self.emit_ready()
+    }
+
+    /// Waits for a completion or the earliest timeout, then emits what may be emitted.
+    fn wait_one(&mut self) -> Result<()> {
+        let Some(deadline) = self
+            .calls
+            .values()
+            .filter(|e| e.results.is_none())
+            .map(|e| e.deadline)
+            .min()
+        else {
+            // Everything completed: only the emission was missing.
+            return self.emit_ready();
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok((seq, result)) => self.complete(seq, result)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            // The operator holds a sender: never.
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        self.poll()
+    }
+
+    /// Waits for every call in flight and emits all results.
+    fn wait_all(&mut self) -> Result<()> {
+        while !self.calls.is_empty() {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, seq: u64, result: std::result::Result<Vec<O>, String>) -> Result<()> {
+        // A call completed twice, or after its timeout: the first answer stands.
+        let Some(entry) = self.calls.get_mut(&seq).filter(|e| e.results.is_none()) else {
+            return Ok(());
+        };
+        match result {
+            Ok(records) => {
+                entry.results = Some(records);
+                Ok(())
+            }
+            Err(error) => Err(RuntimeError::user(
+                &self.setup.uid,
+                format!("an asynchronous call failed: {error}"),
+            )),
+        }
+    }
+
+    /// Gives the calls past their deadline to the function's `timeout`.
+    fn time_out(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for entry in self.calls.values_mut() {
+            if entry.results.is_some() || entry.deadline > now {
+                continue;
+            }
+            match self.f.timeout(&entry.input) {
+                Some(records) => entry.results = Some(records),
+                None => {
+                    return Err(RuntimeError::user(
+                        &self.setup.uid,
+                        format!(
+                            "an asynchronous call timed out after {:?}",
+                            self.options.timeout
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the completed calls' results: ordered, those before the first call still in
+    /// flight; unordered, all.
+    fn emit_ready(&mut self) -> Result<()> {
+        let ordered = self.options.order == Order::Ordered;
+        let ready: Vec<u64> = self
+            .calls
+            .iter()
+            .take_while(|(_, e)| !ordered || e.results.is_some())
+            .filter(|(_, e)| e.results.is_some())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in ready {
+            let Some(entry) = self.calls.remove(&seq) else {
+                continue;
+            };
+            let mut out = Collector::new(self.next.as_mut(), entry.timestamp);
+            for record in entry.results.unwrap_or_default() {
+                out.collect(record)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Data, O: Data, F: AsyncFunction<T, O>> Chain<T> for AsyncOp<T, O, F> {
+    fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        self.start(record, timestamp)?;
+        self.poll()
+    }
+
+    /// Everything before the watermark is emitted before it.
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.wait_all()?;
+        self.next.mark(mark)
+    }
+
+    /// Stores the records of the calls not emitted yet.
+    fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
+        self.poll()?;
+        let inflight = self
+            .calls
+            .values()
+            .map(|e| (e.input.clone(), e.timestamp))
+            .collect();
+        *self
+            .setup
+            .operator_state
+            .list(self.state)
+            .map_err(|e| RuntimeError::state(&self.setup.uid, e))? = inflight;
+        self.setup
+            .snapshot(&mut self.f, barrier, self.range, None, sync)?;
+        self.next.snapshot(barrier, sync)
+    }
+
+    fn notify(&mut self, n: Notification) -> Result<()> {
+        self.setup.notify(&mut self.f, n)?;
+        self.next.notify(n)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.wait_all()?;
+        self.next.finish()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        self.next.end()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.poll()?;
+        self.next.flush()
+    }
+
+    fn fire_timers(&mut self) -> Result<()> {
+        self.poll()?;
+        self.next.fire_timers()
+    }
+
+    /// While calls are in flight, the task looks again within a millisecond (a completion
+    /// does not wake it), or at once when one is waiting.
+    fn timer_wait(&self) -> Option<Duration> {
+        let own = match (self.rx.is_empty(), self.calls.is_empty()) {
+            (false, _) => Some(Duration::ZERO),
+            (true, false) => Some(Duration::from_millis(1)),
+            (true, true) => None,
+        };
+        match (own, self.next.timer_wait()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// An [`AsyncFunction`] that runs a blocking function on a pool of threads, for clients
+/// without an asynchronous interface. Clones share the pool: the subtasks of an operator
+/// (each a clone) share its threads.
+pub struct BlockingCalls<T, O: Send + 'static> {
+    pool: Arc<Pool<T, O>>,
+}
+
+impl<T, O: Send + 'static> Clone for BlockingCalls<T, O> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<T, O: Send + 'static> fmt::Debug for BlockingCalls<T, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingCalls")
+            .field("threads", &self.pool.threads)
+            .finish()
+    }
+}
+
+type Call<T, O> = (T, ResultFuture<O>);
+type BlockingFn<T, O> = Arc<dyn Fn(T) -> std::result::Result<Vec<O>, String> + Send + Sync>;
+
+struct Pool<T, O: Send + 'static> {
+    threads: usize,
+    tx: Sender<Call<T, O>>,
+}
+
+impl<T: Send + 'static, O: Send + 'static> BlockingCalls<T, O> {
+    /// Runs `f` on `threads` threads (at least one); an `Err` completes the call with that
+    /// error. The threads stop when the last clone is dropped.
+    pub fn new(
+        threads: usize,
+        f: impl Fn(T) -> std::result::Result<Vec<O>, String> + Send + Sync + 'static,
+    ) -> Self {
+        let threads = threads.max(1);
+        let (tx, rx) = crossbeam_channel::unbounded::<Call<T, O>>();
+        let f: BlockingFn<T, O> = Arc::new(f);
+        for i in 0..threads {
+            let (rx, f) = (rx.clone(), f.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("cairn-async-{i}"))
+                .spawn(move || {
+                    for (input, result) in rx {
+                        match f(input) {
+                            Ok(records) => result.complete(records),
+                            Err(e) => result.complete_exceptionally(e),
+                        }
+                    }
+                });
+            // A thread that did not start leaves the others; with none, calls fail
+            // (their futures are dropped with the channel).
+            drop(spawned);
+        }
+        Self {
+            pool: Arc::new(Pool { threads, tx }),
+        }
+    }
+}
+
+impl<T, O: Send + 'static> Checkpointed for BlockingCalls<T, O> {}
+
+impl<T: Data, O: Data> AsyncFunction<T, O> for BlockingCalls<T, O> {
+    fn async_invoke(&mut self, input: T, result: ResultFuture<O>) -> Result<()> {
+        // With no thread running, the call is dropped with its future, which completes
+        // it with an error.
+        let _ = self.pool.tx.send((input, result));
+        Ok(())
+    }
+}
+
+impl<T: Data> Stream<T> {
+    /// Calls `f` asynchronously for each record and emits the results as the calls
+    /// complete (Flink's `AsyncDataStream.unorderedWait`), with at most `capacity` calls
+    /// in flight per subtask and each given `timeout`; see [`crate::asyncio`].
+    pub fn unordered_wait<O: Data>(
+        self,
+        uid: &str,
+        f: impl AsyncFunction<T, O>,
+        timeout: Duration,
+        capacity: usize,
+    ) -> Stream<O> {
+        self.async_wait(uid, f, Order::Unordered, timeout, capacity)
+    }
+
+    /// [`Stream::unordered_wait`], emitting the results in the order of their records
+    /// (Flink's `AsyncDataStream.orderedWait`).
+    pub fn ordered_wait<O: Data>(
+        self,
+        uid: &str,
+        f: impl AsyncFunction<T, O>,
+        timeout: Duration,
+        capacity: usize,
+    ) -> Stream<O> {
+        self.async_wait(uid, f, Order::Ordered, timeout, capacity)
+    }
+
+    fn async_wait<O: Data, F: AsyncFunction<T, O>>(
+        self,
+        uid: &str,
+        f: F,
+        order: Order,
+        timeout: Duration,
+        capacity: usize,
+    ) -> Stream<O> {
+        let options = AsyncOptions {
+            order,
+            timeout,
+            capacity,
+        };
+        self.heading_stage(uid, f, move |setup, f, next| {
+            Ok(Box::new(AsyncOp::new(setup, f, next, options)?) as Box<dyn Chain<T>>)
+        })
+    }
+}
