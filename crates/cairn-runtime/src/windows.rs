@@ -529,6 +529,10 @@ trait Contents<K, T>: Clone + Send + 'static {
     fn check(&self) -> std::result::Result<(), String> {
         Ok(())
     }
+    /// Whether an evictor stands in front of the function.
+    fn evicting(&self) -> bool {
+        false
+    }
     fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State>;
     /// Adds `record`, whose timestamp is `timestamp` (kept only under an evictor).
     fn add<B: KeyedStateBackend>(
@@ -1021,7 +1025,14 @@ impl<K, T, C: Contents<K, T>> Checkpointed for WindowOperator<K, T, C> {
             self.spec()?,
             "its open windows would never fire or never be dropped",
         )?;
-        keep_trigger(ctx, &self.uid, self.trigger()?, self.assigner.domain)
+        let evicting = self.contents.evicting();
+        keep_trigger(
+            ctx,
+            &self.uid,
+            self.trigger()?,
+            self.assigner.domain,
+            evicting,
+        )
     }
 }
 
@@ -1038,14 +1049,55 @@ fn checked_trigger(
     Ok(trigger)
 }
 
+/// The name of the operator state that says whether an operator's windows have an
+/// evictor, checked on restore.
+pub const WINDOW_EVICTOR_STATE: &str = "window-evictor";
+
+/// Whether windows have an evictor (bincode: a byte), kept in operator state: with one,
+/// a window keeps its records with their timestamps whatever its function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EvictorSpec {
+    evicting: bool,
+}
+
+impl fmt::Display for EvictorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.evicting {
+            true => "windows with an evictor",
+            false => "windows without an evictor",
+        })
+    }
+}
+
 /// Keeps `trigger` in operator state, refusing a restore whose trigger was another (one
-/// written before triggers were kept had the default trigger of `domain`).
+/// written before triggers were kept had the default trigger of `domain`), and whether
+/// the windows have an evictor (`evicting`), refusing a restore that adds or removes one
+/// (one written before evictors existed had none).
 fn keep_trigger(
     ctx: &mut InitContext<'_>,
     uid: &str,
     trigger: WindowTrigger,
     domain: TimeDomain,
+    evicting: bool,
 ) -> Result<()> {
+    let d = OperatorListStateDescriptor {
+        name: WINDOW_EVICTOR_STATE.to_string(),
+        codec: Arc::new(BincodeCodec::named("cairn.windows.EvictorSpec", 1)),
+        mode: Redistribution::Union,
+    };
+    let id = ctx.operator_state.register_list(&d)?;
+    let kept = ctx.operator_state.list(id)?;
+    if ctx.is_restored && kept.is_empty() {
+        kept.push(EvictorSpec { evicting: false });
+    }
+    keep_spec(
+        ctx,
+        uid,
+        &d,
+        EvictorSpec { evicting },
+        "with an evictor a window keeps its records and their timestamps, without one only \
+         what its function keeps",
+    )?;
     let d = OperatorListStateDescriptor {
         name: WINDOW_TRIGGER_STATE.to_string(),
         codec: Arc::new(BincodeCodec::named("cairn.windows.WindowTrigger", 1)),

@@ -134,7 +134,7 @@ impl Checkpointed for Forgets {}
 
 impl AsyncFunction<u64, u64> for Forgets {
     fn async_invoke(&mut self, input: u64, result: ResultFuture<u64>) -> cairn_runtime::Result<()> {
-        if input % 100 == 0 {
+        if input.is_multiple_of(100) {
             self.kept.lock().expect("lock").push(result);
         } else {
             result.complete(vec![input]);

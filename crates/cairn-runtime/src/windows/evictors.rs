@@ -209,6 +209,10 @@ impl<K: Key, T: Data, C: Batch<K, T>> Contents<K, T> for Evictable<C, T> {
         }
     }
 
+    fn evicting(&self) -> bool {
+        self.evictor.is_some()
+    }
+
     fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State> {
         if self.evictor.is_none() {
             return Ok(EvictableState::Plain(self.inner.register(backend)?));

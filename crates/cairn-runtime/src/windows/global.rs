@@ -218,7 +218,14 @@ impl<K, T, C: Contents<K, T>> Checkpointed for GlobalOperator<K, T, C> {
             GlobalSpec,
             "its state is another window operator's",
         )?;
-        keep_trigger(ctx, &self.uid, self.trigger()?, TimeDomain::ProcessingTime)
+        let (trigger, evicting) = (self.trigger()?, self.contents.evicting());
+        keep_trigger(
+            ctx,
+            &self.uid,
+            trigger,
+            TimeDomain::ProcessingTime,
+            evicting,
+        )
     }
 }
 

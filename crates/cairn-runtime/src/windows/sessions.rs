@@ -463,7 +463,14 @@ impl<K, T, G: SessionGap<T>, C: Contents<K, T>> Checkpointed for SessionOperator
             self.spec()?,
             "the timers that drop its sessions were set for the old time domain and lateness",
         )?;
-        keep_trigger(ctx, &self.uid, self.trigger()?, self.sessions.domain)
+        let evicting = self.contents.evicting();
+        keep_trigger(
+            ctx,
+            &self.uid,
+            self.trigger()?,
+            self.sessions.domain,
+            evicting,
+        )
     }
 }
 

@@ -30,7 +30,10 @@
 //!   in Flink; under a purging trigger, the early firings stop at the first, until the
 //!   next record. Unlike Flink, the early firings stop at the window's end rather than
 //!   going on through the allowed lateness (each late record fires the window anyway).
-//!   Not on session windows.
+//!   As with Flink's timers, an early firing still pending when the input ends fires at
+//!   the final watermark and the window's end firing follows with the same result; and a
+//!   global window (which never ends) fires early at every multiple the watermark or clock
+//!   passes, with its unchanged result when no record came. Not on session windows.
 //!
 //! On session windows a count trigger counts each session's records; sessions that merge
 //! add their counts up (Flink's `CountTrigger.onMerge`), and a session's timer is its
