@@ -14,7 +14,9 @@
 //! Each case also draws the job's shape ([`Shape`]): the word count of one file, or the
 //! lines split over two files read by two sources and merged by a union, by a connection
 //! (co-map, or a keyed co-function counting), or words counted by a keyed function
-//! connected with a broadcast stream of rules. Every shape counts the same words, so the
+//! connected with a broadcast stream of rules, or the words through a partitioning
+//! (shuffle, rescale, global, custom) and an asynchronous lookup. Every shape counts the
+//! same words, so the
 //! expected output is the same. In-flight records of a broadcast connection restore only at
 //! its old parallelism: when the checkpoint a second job restores holds some, a restore at
 //! another parallelism must be refused (and the case restores again at the old one).
@@ -41,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_core::KeyedStateBackend;
+use cairn_runtime::asyncio::BlockingCalls;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
@@ -220,6 +223,22 @@ enum Shape {
     /// function ([`WithRules`]) counts words and keeps the rules in broadcast state without
     /// emitting for them.
     Broadcast { rules: u64 },
+    /// The words (`source` → `tokenize` → `fail`) through a partitioning and an
+    /// asynchronous lookup (`lookup`, a blocking identity on a pool, ordered or not), then
+    /// key_by → `count`.
+    Routed { route: Route, ordered: bool },
+}
+
+/// The partitioning of [`Shape::Routed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// None asked for: the lookup heads its stage behind `rescale()`.
+    Chained,
+    Shuffle,
+    Rescale,
+    Global,
+    /// `partition_custom` by the word's length.
+    Custom,
 }
 
 /// What one phase (job) of a case runs with.
@@ -358,7 +377,17 @@ fn draw(seed: u64) -> Case {
     case.claim = rng.chance(40);
     // Drawn last too: a seed that draws the single input runs the case it ran before.
     case.shape = match rng.below(10) {
-        0..=3 => Shape::Single,
+        0..=2 => Shape::Single,
+        3 => Shape::Routed {
+            route: rng.pick(&[
+                Route::Chained,
+                Route::Shuffle,
+                Route::Rescale,
+                Route::Global,
+                Route::Custom,
+            ]),
+            ordered: rng.chance(50),
+        },
         4 | 5 => Shape::Union,
         6 | 7 => Shape::Connect {
             keyed: rng.chance(50),
@@ -389,7 +418,7 @@ fn write_inputs(dir: &Path, case: &Case) -> (Inputs, BTreeMap<String, u64>) {
         rules: dir.join("rules.txt"),
     };
     match case.shape {
-        Shape::Single => {}
+        Shape::Single | Shape::Routed { .. } => {}
         Shape::Union | Shape::Connect { .. } => {
             let text = std::fs::read_to_string(&inputs.words).expect("read the input");
             let (mut even, mut odd) = (String::new(), String::new());
@@ -484,6 +513,32 @@ where
             a.connect(with_length(b))
                 .key_by(word, |(w, _): &(String, u64)| w.clone())
                 .process("count", CoCount(count))
+        }
+        Shape::Routed { route, ordered } => {
+            let failing = words("source", "tokenize", &inputs.words).process("fail", fail.clone());
+            let routed = match route {
+                Route::Chained => failing,
+                Route::Shuffle => failing.shuffle(),
+                Route::Rescale => failing.rescale(),
+                Route::Global => failing.global(),
+                Route::Custom => {
+                    failing.partition_custom(|n: &usize, p| (*n as u32) % p, |w: &String| w.len())
+                }
+            };
+            // Every 16th word slowly, so that checkpoints find calls in flight.
+            let lookup = BlockingCalls::new(2, |w: String| {
+                if w.len() % 16 == 3 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Ok(vec![w])
+            });
+            let timeout = Duration::from_secs(30);
+            let looked_up = if ordered {
+                routed.ordered_wait("lookup", lookup, timeout, 16)
+            } else {
+                routed.unordered_wait("lookup", lookup, timeout, 16)
+            };
+            looked_up.key_by(word).process("count", count)
         }
         Shape::Broadcast { rules } => {
             let parsed = source("source-rules", FileSource::new(&inputs.rules)).map(
