@@ -505,17 +505,14 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
     }
 
     fn apply<C: Batch<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
-        let op = WindowOperator {
-            uid: uid.to_string(),
-            assigner: self.assigner,
-            allowed_lateness: self.allowed_lateness,
-            late: self.late,
-            trigger: self.trigger,
-            custom: self.custom,
-            contents: Evictable::new(contents, self.evictor),
-            windows: Vec::new(),
-            _k: PhantomData,
-        };
+        let op = WindowOperator::new(
+            uid,
+            self.assigner,
+            self.allowed_lateness,
+            self.late,
+            (self.trigger, self.custom),
+            Evictable::new(contents, self.evictor),
+        );
         self.keyed.process(uid, op).one_subtask_if(self.all)
     }
 }
@@ -572,6 +569,23 @@ trait Contents<K, T>: Clone + Send + 'static {
             self.clear(state, backend, stored)?;
         }
         Ok(())
+    }
+    /// What a user-defined trigger answered for `window`: fire it, purge it, both or
+    /// neither.
+    fn act<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        key: &K,
+        window: &TimeWindow,
+        result: custom::TriggerResult,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match fire_and_purge(result) {
+            (true, purge) => self.fire(state, purge, backend, key, window, window, out),
+            (false, true) => self.clear(state, backend, window),
+            (false, false) => Ok(()),
+        }
     }
     /// The registered state's untyped identity.
     fn raw(state: Self::State) -> RawStateId;
@@ -978,6 +992,30 @@ impl fmt::Display for WindowSpec {
 }
 
 impl<K, T, C> WindowOperator<K, T, C> {
+    /// The operator `uid` of windows by `assigner` with `allowed_lateness`, late records
+    /// into `late`, firing by a trigger (`None`: the default) or a user-defined one, and
+    /// keeping `contents`.
+    fn new(
+        uid: &str,
+        assigner: WindowAssigner,
+        allowed_lateness: Duration,
+        late: Option<OutputTag<T>>,
+        (trigger, custom): (Option<WindowTrigger>, Option<BoxedTrigger<T>>),
+        contents: C,
+    ) -> Self {
+        Self {
+            uid: uid.to_string(),
+            assigner,
+            allowed_lateness,
+            late,
+            trigger,
+            custom,
+            contents,
+            windows: Vec::new(),
+            _k: PhantomData,
+        }
+    }
+
     /// The trigger, checked against the windows' time domain.
     fn trigger(&self) -> Result<WindowTrigger> {
         checked_trigger(&self.uid, self.trigger, self.assigner.domain)
@@ -1080,41 +1118,50 @@ fn keep_trigger(
     domain: TimeDomain,
     evicting: bool,
 ) -> Result<()> {
-    let d = OperatorListStateDescriptor {
-        name: WINDOW_EVICTOR_STATE.to_string(),
-        codec: Arc::new(BincodeCodec::named("cairn.windows.EvictorSpec", 1)),
-        mode: Redistribution::Union,
-    };
-    let id = ctx.operator_state.register_list(&d)?;
-    let kept = ctx.operator_state.list(id)?;
-    if ctx.is_restored && kept.is_empty() {
-        kept.push(EvictorSpec { evicting: false });
-    }
-    keep_spec(
+    keep_with_default(
         ctx,
         uid,
-        &d,
+        (WINDOW_EVICTOR_STATE, "cairn.windows.EvictorSpec"),
+        EvictorSpec { evicting: false },
         EvictorSpec { evicting },
         "with an evictor a window keeps its records and their timestamps, without one only \
          what its function keeps",
     )?;
+    keep_with_default(
+        ctx,
+        uid,
+        (WINDOW_TRIGGER_STATE, "cairn.windows.WindowTrigger"),
+        WindowTrigger::default_for(domain),
+        trigger,
+        "the timers and counts its windows hold are the old trigger's",
+    )
+}
+
+/// [`keep_spec`] in the union operator state `name` (its elements' codec named `codec`),
+/// where a restored snapshot written before the state was kept holds `old` (the only
+/// setting there was then).
+fn keep_with_default<S>(
+    ctx: &mut InitContext<'_>,
+    uid: &str,
+    (name, codec): (&str, &str),
+    old: S,
+    spec: S,
+    why: &str,
+) -> Result<()>
+where
+    S: cairn_core::StateValue + PartialEq + fmt::Display + Serialize + serde::de::DeserializeOwned,
+{
     let d = OperatorListStateDescriptor {
-        name: WINDOW_TRIGGER_STATE.to_string(),
-        codec: Arc::new(BincodeCodec::named("cairn.windows.WindowTrigger", 1)),
+        name: name.to_string(),
+        codec: Arc::new(BincodeCodec::named(codec, 1)),
         mode: Redistribution::Union,
     };
     let id = ctx.operator_state.register_list(&d)?;
     let kept = ctx.operator_state.list(id)?;
     if ctx.is_restored && kept.is_empty() {
-        kept.push(WindowTrigger::default_for(domain));
+        kept.push(old);
     }
-    keep_spec(
-        ctx,
-        uid,
-        &d,
-        trigger,
-        "the timers and counts its windows hold are the old trigger's",
-    )
+    keep_spec(ctx, uid, &d, spec, why)
 }
 
 /// Registers a count trigger's counts (per window) when `trigger` is one.
@@ -1127,6 +1174,31 @@ fn register_count<B: KeyedStateBackend>(
     }
     let d = ValueStateDescriptor::<u64>::new(WINDOW_COUNT_STATE).with_namespace(window_codec());
     Ok(Some(backend.register_value(&d)?))
+}
+
+/// The keyed states `trigger` fires by: a count trigger's counts, a continuous trigger's
+/// early firings, a user-defined trigger's values and timers (`custom`).
+type FiringStates = (
+    Option<ValueStateId<u64, TimeWindow>>,
+    Option<Schedule>,
+    Option<CustomState>,
+);
+
+/// Registers the keyed states `trigger` fires by (see [`FiringStates`]).
+fn register_firing<B: KeyedStateBackend, T>(
+    backend: &mut B,
+    trigger: &WindowTrigger,
+    custom: &Option<BoxedTrigger<T>>,
+) -> Result<FiringStates> {
+    let custom = match custom {
+        Some(_) => Some(CustomState::register(backend)?),
+        None => None,
+    };
+    Ok((
+        register_count(backend, trigger)?,
+        Schedule::register(backend, trigger)?,
+        custom,
+    ))
 }
 
 /// Counts a record of `window` under a count trigger of `n`: whether the count reaches
@@ -1210,17 +1282,14 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let spec = self.spec()?;
         let trigger = self.trigger()?;
-        let count = register_count(backend, &trigger)?;
+        let (count, schedule, custom) = register_firing(backend, &trigger, &self.custom)?;
         Ok(Opened {
             contents: self.contents.register(backend)?,
             millis: spec.millis,
             lateness: spec.lateness,
             count,
-            schedule: Schedule::register(backend, &trigger)?,
-            custom: match self.custom {
-                Some(_) => Some(CustomState::register(backend)?),
-                None => None,
-            },
+            schedule,
+            custom,
             trigger,
         })
     }
@@ -1265,7 +1334,8 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                     custom.on_element(custom_state, backend, timers, &r, timestamp, window)?;
                 self.contents
                     .add(state.contents, backend, window, timestamp, r)?;
-                self.act(state, backend, key, window, result, out)?;
+                self.contents
+                    .act(state.contents, backend, key, window, result, out)?;
                 match domain {
                     TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
                     TimeDomain::ProcessingTime => {
@@ -1331,7 +1401,8 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         }
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             for (window, result) in custom.on_timer(custom_state, backend, timers, timer)? {
-                self.act(state, backend, key, &window, result, out)?;
+                self.contents
+                    .act(state.contents, backend, key, &window, result, out)?;
             }
         }
         let Some(end) = timer.time.checked_add(1) else {
@@ -1401,27 +1472,6 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         }
         self.windows = windows;
         Ok(())
-    }
-
-    /// What a user-defined trigger answered for `window`: fire it, purge it, both or
-    /// neither.
-    fn act<B: KeyedStateBackend>(
-        &mut self,
-        state: &Opened<C::State>,
-        backend: &mut B,
-        key: &K,
-        window: &TimeWindow,
-        result: custom::TriggerResult,
-        out: &mut Collector<'_, C::Out>,
-    ) -> Result<()> {
-        match fire_and_purge(result) {
-            (true, purge) => {
-                self.contents
-                    .fire(state.contents, purge, backend, key, window, window, out)
-            }
-            (false, true) => self.contents.clear(state.contents, backend, window),
-            (false, false) => Ok(()),
-        }
     }
 
     /// Drops `window`'s contents, count, early firing and user-defined trigger's values
@@ -1577,17 +1627,9 @@ mod tests {
             trigger: Option<WindowTrigger>,
             clock: Arc<cairn_core::ManualClock>,
         ) -> Self {
-            let op = WindowOperator {
-                uid: "sum".into(),
-                assigner,
-                allowed_lateness: Duration::from_millis(lateness),
-                late: Some(crate::side::OutputTag::new(LATE)),
-                trigger,
-                custom: None,
-                contents: sum(),
-                windows: Vec::new(),
-                _k: PhantomData,
-            };
+            let late = Some(crate::side::OutputTag::new(LATE));
+            let lateness = Duration::from_millis(lateness);
+            let op = WindowOperator::new("sum", assigner, lateness, late, (trigger, None), sum());
             Harness::of(op, clock)
         }
 

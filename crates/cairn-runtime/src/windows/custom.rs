@@ -417,7 +417,6 @@ pub(crate) fn fire_and_purge(result: TriggerResult) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use std::marker::PhantomData;
     use std::time::Duration;
 
     use cairn_core::ManualClock;
@@ -437,17 +436,12 @@ mod tests {
         trigger: impl Trigger<u64>,
         clock: Arc<ManualClock>,
     ) -> Harness<WindowOperator<u64, u64, Sum>> {
-        let op = WindowOperator {
-            uid: "sum".into(),
-            assigner,
-            allowed_lateness: Duration::from_millis(lateness),
-            late: None,
-            trigger: Some(super::super::triggers::custom()),
-            custom: Some(BoxedTrigger::new(trigger)),
-            contents: sum(),
-            windows: Vec::new(),
-            _k: PhantomData,
-        };
+        let firing = (
+            Some(super::super::triggers::custom()),
+            Some(BoxedTrigger::new(trigger)),
+        );
+        let lateness = Duration::from_millis(lateness);
+        let op = WindowOperator::new("sum", assigner, lateness, None, firing, sum());
         Harness::of(op, clock)
     }
 

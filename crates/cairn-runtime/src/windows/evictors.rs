@@ -321,7 +321,6 @@ impl<K: Key, T: Data, C: Batch<K, T> + Merging<K, T>> Merging<K, T> for Evictabl
 
 #[cfg(test)]
 mod tests {
-    use std::marker::PhantomData;
 
     use cairn_core::ManualClock;
 
@@ -345,17 +344,14 @@ mod tests {
         evictor: Evictor<u64>,
         trigger: Option<WindowTrigger>,
     ) -> Harness<WindowOperator<u64, u64, Evictable<Sum, u64>>> {
-        let op = WindowOperator {
-            uid: "sum".into(),
-            assigner: TumblingEventTimeWindows::of(Duration::from_millis(100)),
-            allowed_lateness: Duration::ZERO,
-            late: None,
-            trigger,
-            custom: None,
-            contents: Evictable::new(sum(), Some(evictor)),
-            windows: Vec::new(),
-            _k: PhantomData,
-        };
+        let op = WindowOperator::new(
+            "sum",
+            TumblingEventTimeWindows::of(Duration::from_millis(100)),
+            Duration::ZERO,
+            None,
+            (trigger, None),
+            Evictable::new(sum(), Some(evictor)),
+        );
         Harness::of(op, Arc::new(ManualClock::new(0)))
     }
 

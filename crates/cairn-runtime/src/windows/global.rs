@@ -34,11 +34,11 @@ use cairn_core::{AggregateFunction, KeyedStateBackend};
 use cairn_core::{BincodeCodec, OperatorListStateDescriptor, Redistribution, ValueStateId};
 use serde::{Deserialize, Serialize};
 
-use super::custom::{fire_and_purge, BoxedTrigger, CustomState, TriggerResult};
+use super::custom::{BoxedTrigger, CustomState};
 use super::evictors::{CountEvictor, Evictable};
 use super::triggers::{self, CountTrigger, PurgingTrigger, Schedule};
 use super::{
-    count_reaches, keep_spec, keep_trigger, register_count, sealed, Aggregate, Batch, Contents,
+    count_reaches, keep_spec, keep_trigger, register_firing, sealed, Aggregate, Batch, Contents,
     Process, ProcessWindowFunction, Reduce, TimeWindow, WindowTrigger, WindowedStream, Windows,
     WINDOW_SPEC_STATE,
 };
@@ -188,24 +188,6 @@ impl<K, T, C: Contents<K, T>> GlobalOperator<K, T, C> {
         self.contents
             .fire(state.contents, purge, backend, key, window, window, out)
     }
-
-    /// What a user-defined trigger answered: fire the window, purge it, both or neither.
-    fn act<B: KeyedStateBackend>(
-        &mut self,
-        state: &Opened<C::State>,
-        backend: &mut B,
-        key: &K,
-        result: TriggerResult,
-        out: &mut Collector<'_, C::Out>,
-    ) -> Result<()> {
-        match fire_and_purge(result) {
-            (true, purge) => self.fire(state, purge, backend, key, out),
-            (false, true) => self
-                .contents
-                .clear(state.contents, backend, &TimeWindow::GLOBAL),
-            (false, false) => Ok(()),
-        }
-    }
 }
 
 impl<K, T, C: Contents<K, T>> Checkpointed for GlobalOperator<K, T, C> {
@@ -237,14 +219,12 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
 
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let trigger = self.trigger()?;
+        let (count, schedule, custom) = register_firing(backend, &trigger, &self.custom)?;
         Ok(Opened {
             contents: self.contents.register(backend)?,
-            count: register_count(backend, &trigger)?,
-            schedule: Schedule::register(backend, &trigger)?,
-            custom: match self.custom {
-                Some(_) => Some(CustomState::register(backend)?),
-                None => None,
-            },
+            count,
+            schedule,
+            custom,
             trigger,
         })
     }
@@ -265,7 +245,9 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
                 custom.on_element(custom_state, backend, timers, &record, timestamp, window)?;
             self.contents
                 .add(state.contents, backend, window, timestamp, record)?;
-            return self.act(state, backend, key, result, out);
+            return self
+                .contents
+                .act(state.contents, backend, key, window, result, out);
         }
         self.contents
             .add(state.contents, backend, window, timestamp, record)?;
@@ -310,7 +292,8 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
         }
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             for (_, result) in custom.on_timer(custom_state, backend, timers, timer)? {
-                self.act(state, backend, key, result, out)?;
+                self.contents
+                    .act(state.contents, backend, key, window, result, out)?;
             }
         }
         if timer.domain == TimeDomain::EventTime
@@ -330,6 +313,7 @@ mod tests {
     use cairn_core::ManualClock;
 
     use super::*;
+    use crate::windows::custom::TriggerResult;
     use crate::windows::tests::{sum, Harness};
     use crate::windows::triggers::{
         ContinuousProcessingTimeTrigger, EventTimeTrigger, ProcessingTimeTrigger,

@@ -466,7 +466,6 @@ pub(crate) fn never() -> WindowTrigger {
 
 #[cfg(test)]
 mod tests {
-    use std::marker::PhantomData;
     use std::sync::Arc;
 
     use cairn_core::ManualClock;
@@ -489,17 +488,8 @@ mod tests {
         trigger: WindowTrigger,
         clock: Arc<ManualClock>,
     ) -> Harness<WindowOperator<u64, u64, Sum>> {
-        let op = WindowOperator {
-            uid: "sum".into(),
-            assigner,
-            allowed_lateness: Duration::ZERO,
-            late: None,
-            trigger: Some(trigger),
-            custom: None,
-            contents: sum(),
-            windows: Vec::new(),
-            _k: PhantomData,
-        };
+        let firing = (Some(trigger), None);
+        let op = WindowOperator::new("sum", assigner, Duration::ZERO, None, firing, sum());
         Harness::of(op, clock)
     }
 
