@@ -73,7 +73,9 @@ type Completion<O> = (u64, std::result::Result<Vec<O>, String>);
 
 impl<O: Send + 'static> fmt::Debug for ResultFuture<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResultFuture").field("seq", &self.seq).finish()
+        f.debug_struct("ResultFuture")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -98,7 +100,9 @@ impl<O: Send + 'static> ResultFuture<O> {
 
 impl<O: Send + 'static> Drop for ResultFuture<O> {
     fn drop(&mut self) {
-        self.send(Err("the result future was dropped without being completed".into()));
+        self.send(Err(
+            "the result future was dropped without being completed".into()
+        ));
     }
 }
 
@@ -128,6 +132,9 @@ impl AsyncOptions {
         Ok(())
     }
 }
+
+/// How long a waiting operator blocks before it looks whether the job was cancelled.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
 
 /// One call: its record, the record's timestamp, when it times out, and its results once
 /// it completed.
@@ -233,7 +240,9 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         self.emit_ready()
     }
 
-    /// Waits for a completion or the earliest timeout, then emits what may be emitted.
+    /// Waits for a completion or the earliest timeout, then emits what may be emitted. It
+    /// waits in slices and gives up when the job is cancelled (or fails elsewhere): a call
+    /// that does not answer must not hold a cancellation or a restart until its timeout.
     fn wait_one(&mut self) -> Result<()> {
         let Some(deadline) = self
             .calls
@@ -245,12 +254,21 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
             // Everything completed: only the emission was missing.
             return self.emit_ready();
         };
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(wait) {
-            Ok((seq, result)) => self.complete(seq, result)?,
-            Err(RecvTimeoutError::Timeout) => {}
-            // The operator holds a sender: never.
-            Err(RecvTimeoutError::Disconnected) => {}
+        loop {
+            if self.setup.shared.cancelled() {
+                return Err(RuntimeError::Cancelled);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(WAIT_SLICE)) {
+                Ok((seq, result)) => {
+                    self.complete(seq, result)?;
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) if left > WAIT_SLICE => {}
+                // Past the deadline; or disconnected, which cannot be (the operator holds
+                // a sender).
+                Err(_) => break,
+            }
         }
         self.poll()
     }
@@ -428,8 +446,9 @@ struct Pool<T, O: Send + 'static> {
 }
 
 impl<T: Send + 'static, O: Send + 'static> BlockingCalls<T, O> {
-    /// Runs `f` on `threads` threads (at least one); an `Err` completes the call with that
-    /// error. The threads stop when the last clone is dropped.
+    /// Runs `f` on `threads` threads (at least one); an `Err`, or a panic, completes the
+    /// call with that error (the thread lives on). The threads stop when the last clone is
+    /// dropped.
     pub fn new(
         threads: usize,
         f: impl Fn(T) -> std::result::Result<Vec<O>, String> + Send + Sync + 'static,
@@ -443,9 +462,17 @@ impl<T: Send + 'static, O: Send + 'static> BlockingCalls<T, O> {
                 .name(format!("cairn-async-{i}"))
                 .spawn(move || {
                     for (input, result) in rx {
-                        match f(input) {
-                            Ok(records) => result.complete(records),
-                            Err(e) => result.complete_exceptionally(e),
+                        // A panic fails the call, not the thread: the pool outlives the
+                        // job's attempts (each restart clones the same function).
+                        let call =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(input)));
+                        match call {
+                            Ok(Ok(records)) => result.complete(records),
+                            Ok(Err(e)) => result.complete_exceptionally(e),
+                            Err(panic) => result.complete_exceptionally(format!(
+                                "the blocking call panicked: {}",
+                                crate::job::panic_message(panic.as_ref())
+                            )),
                         }
                     }
                 });

@@ -1736,7 +1736,7 @@ impl<T: Data> Stream<T> {
     /// Adds operator `uid`, made by `make` from its setup and a clone of `f`, at the head
     /// of a stage of its own: behind the partitioning asked for, or else behind
     /// [`Stream::rescale`] (which keeps each record in its subtask when the parallelism
-    /// stays). A task polls only its first operator between records and while it waits
+    /// stays; after [`Stream::forward`] it must stay). A task polls only its first operator between records and while it waits
     /// for input, which an asynchronous operator needs for its completions.
     pub(crate) fn heading_stage<U: Data, F: Clone + Send + 'static>(
         self,
@@ -1747,14 +1747,25 @@ impl<T: Data> Stream<T> {
             + Sync
             + 'static,
     ) -> Stream<U> {
-        let stream = match self.pending {
-            Some(_) => self,
-            None => self.rescale(),
+        // After `forward()`, the rescale must keep each record in its subtask: the stage
+        // keeps the parallelism, and another set on it is refused as after `forward()`.
+        let forward = self.forward.map(|_| self.parallelism);
+        let stream = match (self.pending.is_some(), forward) {
+            (true, _) => self,
+            (false, Some(Some(p))) => self.rescale().parallelism(p),
+            (false, _) => self.rescale(),
         };
         let f = Prototype::new(f);
-        stream.chained(uid, move |ctx, uid, next| {
+        let mut stream = stream.chained(uid, move |ctx, uid, next| {
             make(ctx.plain_setup(uid)?, f.get()?, next)
-        })
+        });
+        if let Some(parallelism) = forward {
+            stream.forward = Some(ForwardMark {
+                before: 0,
+                parallelism,
+            });
+        }
+        stream
     }
 
     /// Sends every record to subtask 0 of the next stage (Flink's `global()`); the other

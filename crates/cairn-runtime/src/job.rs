@@ -297,7 +297,8 @@ fn refused(reason: impl Into<String>) -> RuntimeError {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// A panic's message, when its payload is a string.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
