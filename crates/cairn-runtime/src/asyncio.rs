@@ -11,9 +11,9 @@
 //! - at most `capacity` calls are in flight per subtask; at capacity the task waits for
 //!   one to complete (backpressure);
 //! - `ordered_wait` emits results in the order of the records; `unordered_wait` as they
-//!   complete, but never across a watermark: what came before a watermark is emitted
-//!   before it (here the operator waits for every call in flight when a watermark
-//!   arrives, which holds in either mode);
+//!   complete, but never across a watermark: a watermark waits in the operator until
+//!   every call before it is emitted, and the results of calls after it wait for it
+//!   (calls after it start meanwhile);
 //! - each result carries the timestamp of its record;
 //! - a call that has not completed `timeout` after it started is given to
 //!   [`AsyncFunction::timeout`], whose default fails the job (it restarts as for any
@@ -156,6 +156,9 @@ pub(crate) struct AsyncOp<T, O: Send + 'static, F> {
     rx: Receiver<Completion<O>>,
     /// The calls in flight and those completed but not emitted, by sequence number.
     calls: BTreeMap<u64, Entry<T, O>>,
+    /// The marks (watermarks, idleness) waiting for calls before them, numbered in the
+    /// same sequence.
+    marks: BTreeMap<u64, Mark>,
     next_seq: u64,
     state: cairn_core::OperatorListStateId<(T, Option<u64>)>,
 }
@@ -196,6 +199,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
             tx,
             rx,
             calls: BTreeMap::new(),
+            marks: BTreeMap::new(),
             next_seq: 0,
             state,
         };
@@ -273,12 +277,12 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         self.poll()
     }
 
-    /// Waits for every call in flight and emits all results.
+    /// Waits for every call in flight and emits all results and marks.
     fn wait_all(&mut self) -> Result<()> {
         while !self.calls.is_empty() {
             self.wait_one()?;
         }
-        Ok(())
+        self.emit_ready()
     }
 
     fn complete(&mut self, seq: u64, result: std::result::Result<Vec<O>, String>) -> Result<()> {
@@ -321,27 +325,59 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         Ok(())
     }
 
-    /// Emits the completed calls' results: ordered, those before the first call still in
-    /// flight; unordered, all.
+    /// Emits what may go, in sequence: the completed calls' results and the marks
+    /// (watermarks) behind them. Ordered, up to the first call still in flight; unordered,
+    /// also every completed call between that one and the next mark (a result never passes
+    /// a mark, nor a mark a call before it).
     fn emit_ready(&mut self) -> Result<()> {
-        let ordered = self.options.order == Order::Ordered;
-        let ready: Vec<u64> = self
-            .calls
-            .iter()
-            .take_while(|(_, e)| !ordered || e.results.is_some())
-            .filter(|(_, e)| e.results.is_some())
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in ready {
-            let Some(entry) = self.calls.remove(&seq) else {
-                continue;
-            };
-            let mut out = Collector::new(self.next.as_mut(), entry.timestamp);
-            for record in entry.results.unwrap_or_default() {
-                out.collect(record)?;
+        loop {
+            let call = self
+                .calls
+                .first_key_value()
+                .map(|(s, e)| (*s, e.results.is_some()));
+            let mark = self.marks.first_key_value().map(|(s, _)| *s);
+            match (call, mark) {
+                (None, None) => return Ok(()),
+                (None, Some(m)) => self.emit_mark(m)?,
+                (Some((c, _)), Some(m)) if m < c => self.emit_mark(m)?,
+                (Some((c, true)), _) => self.emit_call(c)?,
+                (Some((c, false)), _) => {
+                    if self.options.order == Order::Unordered {
+                        let before = mark.unwrap_or(u64::MAX);
+                        let done: Vec<u64> = self
+                            .calls
+                            .range(c..before)
+                            .filter(|(_, e)| e.results.is_some())
+                            .map(|(seq, _)| *seq)
+                            .collect();
+                        for seq in done {
+                            self.emit_call(seq)?;
+                        }
+                    }
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// Emits the results of call `seq` (completed), with its record's timestamp.
+    fn emit_call(&mut self, seq: u64) -> Result<()> {
+        let Some(entry) = self.calls.remove(&seq) else {
+            return Ok(());
+        };
+        let mut out = Collector::new(self.next.as_mut(), entry.timestamp);
+        for record in entry.results.unwrap_or_default() {
+            out.collect(record)?;
+        }
         Ok(())
+    }
+
+    /// Passes mark `seq` on.
+    fn emit_mark(&mut self, seq: u64) -> Result<()> {
+        match self.marks.remove(&seq) {
+            Some(mark) => self.next.mark(mark),
+            None => Ok(()),
+        }
     }
 }
 
@@ -351,10 +387,12 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> Chain<T> for AsyncOp<T, O, F> {
         self.poll()
     }
 
-    /// Everything before the watermark is emitted before it.
+    /// The mark goes once every call before it is emitted; calls after it start meanwhile.
     fn mark(&mut self, mark: Mark) -> Result<()> {
-        self.wait_all()?;
-        self.next.mark(mark)
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.marks.insert(seq, mark);
+        self.emit_ready()
     }
 
     /// Stores the records of the calls not emitted yet.

@@ -343,3 +343,145 @@ fn async_results_are_exactly_once_through_failures() {
         check_exactly_once(&counts, &read_output(&output));
     }
 }
+
+/// A source of `(n, n)` records with timestamp `n`, in steps: a batch, or a pause (the
+/// source idles once, so its assigner emits the watermark of what came before).
+#[derive(Clone, Debug)]
+struct Steps {
+    steps: Vec<Option<Vec<u64>>>,
+    next: usize,
+}
+
+impl Checkpointed for Steps {}
+
+impl cairn_runtime::Source for Steps {
+    type Out = u64;
+
+    fn poll(
+        &mut self,
+        out: &mut Collector<'_, u64>,
+        _max: usize,
+    ) -> cairn_runtime::Result<cairn_runtime::SourceStatus> {
+        let Some(step) = self.steps.get(self.next) else {
+            return Ok(cairn_runtime::SourceStatus::End);
+        };
+        self.next += 1;
+        match step {
+            Some(records) => {
+                for n in records {
+                    out.collect_with_timestamp(*n, *n)?;
+                }
+                Ok(cairn_runtime::SourceStatus::More)
+            }
+            None => Ok(cairn_runtime::SourceStatus::Idle),
+        }
+    }
+}
+
+/// Holds the call of record 1 until the call of record 10 starts.
+#[derive(Clone)]
+struct Gate(Arc<Mutex<Vec<ResultFuture<u64>>>>);
+
+impl Checkpointed for Gate {}
+
+impl AsyncFunction<u64, u64> for Gate {
+    fn async_invoke(&mut self, input: u64, result: ResultFuture<u64>) -> cairn_runtime::Result<()> {
+        let mut held = self.0.lock().expect("lock");
+        match input {
+            1 => held.push(result),
+            10 => {
+                for r in held.drain(..) {
+                    r.complete(vec![1]);
+                }
+                result.complete(vec![10]);
+            }
+            n => result.complete(vec![n]),
+        }
+        Ok(())
+    }
+}
+
+/// A watermark behind a call in flight does not hold the calls after it: record 1's call
+/// answers only once record 10's has started, after two watermarks (0, then 8); every
+/// result still comes, and no watermark passes record 1's result.
+#[test]
+fn a_watermark_waits_for_the_calls_before_it_without_holding_those_after_it() {
+    for ordered in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let steps = Steps {
+            steps: vec![
+                Some(vec![1]),
+                None,
+                Some((2..=9).collect()),
+                None,
+                Some(vec![10]),
+            ],
+            next: 0,
+        };
+        let stamped = source("source", steps).assign_timestamps_and_watermarks(
+            "watermarks",
+            WatermarkStrategy::for_record_timestamps(Duration::ZERO),
+        );
+        let gate = Gate(Arc::new(Mutex::new(Vec::new())));
+        let timeout = Duration::from_secs(5);
+        let results = if ordered {
+            stamped.ordered_wait("lookup", gate, timeout, 100)
+        } else {
+            stamped.unordered_wait("lookup", gate, timeout, 100)
+        };
+        let graph = results
+            .parallelism(1)
+            .sink("sink", CollectWatermarks(out.clone()));
+        let mut cfg = plain_config(dir.path());
+        cfg.restart.max_restarts = 0;
+        // A watermark at each pause of the source.
+        cfg.auto_watermark_interval = Duration::from_nanos(1);
+        run(graph, cfg).expect("the job does not wait for record 1's call to time out");
+        let got = std::mem::take(&mut *out.lock().expect("lock"));
+        let values: Vec<u64> = got.iter().map(|(v, _)| *v).collect();
+        if ordered {
+            assert_eq!(values, (1..=10).collect::<Vec<_>>());
+        } else {
+            let mut sorted = values.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (1..=10).collect::<Vec<_>>());
+        }
+        // No result reached the sink after a watermark at or past its time; record 10's
+        // came after watermark 8.
+        assert_eq!(
+            got.iter().find(|(v, _)| *v == 10).map(|(_, w)| *w),
+            Some(Some(8))
+        );
+        for (v, watermark) in &got {
+            assert!(
+                watermark.is_none_or(|w| w < *v),
+                "{v} after watermark {watermark:?}"
+            );
+        }
+    }
+}
+
+/// Collects each record with the sink's watermark when it arrived.
+#[derive(Clone, Debug)]
+struct CollectWatermarks(Arc<Mutex<Vec<(u64, Option<u64>)>>>);
+
+impl Checkpointed for CollectWatermarks {}
+
+impl cairn_runtime::Sink<u64> for CollectWatermarks {
+    fn write(&mut self, record: u64) -> cairn_runtime::Result<()> {
+        self.write_with_context(record, &cairn_runtime::SinkContext::default())
+    }
+
+    fn write_with_context(
+        &mut self,
+        record: u64,
+        context: &cairn_runtime::SinkContext,
+    ) -> cairn_runtime::Result<()> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push((record, context.watermark));
+        Ok(())
+    }
+}
