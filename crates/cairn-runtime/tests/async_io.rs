@@ -462,9 +462,12 @@ fn a_watermark_waits_for_the_calls_before_it_without_holding_those_after_it() {
     }
 }
 
+/// A record and the sink's watermark when it arrived.
+type Arrival = (u64, Option<u64>);
+
 /// Collects each record with the sink's watermark when it arrived.
 #[derive(Clone, Debug)]
-struct CollectWatermarks(Arc<Mutex<Vec<(u64, Option<u64>)>>>);
+struct CollectWatermarks(Arc<Mutex<Vec<Arrival>>>);
 
 impl Checkpointed for CollectWatermarks {}
 
