@@ -621,3 +621,125 @@ fn a_broadcast_record_reaches_the_state_of_every_key() {
         check_exactly_once(&want, &read_output(&output));
     }
 }
+
+/// A subtask and the owner its restored copy of the broadcast state names.
+type Opened = (u32, Option<u64>);
+
+/// Writes, in its subtask's copy of the broadcast state, its own subtask index under
+/// `owner` at the first rule (Flink forbids divergent copies, but nothing stops a function
+/// from making them), and reports in `open` what its restored copy says.
+#[derive(Clone, Debug)]
+struct Owner {
+    subtask: u32,
+    opened: Arc<std::sync::Mutex<Vec<Opened>>>,
+    rules: Arc<AtomicU64>,
+}
+
+impl Checkpointed for Owner {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.subtask = ctx.subtask.index;
+        Ok(())
+    }
+}
+
+impl BroadcastProcessFunction<u64, (String, u64), u64> for Owner {
+    fn open(&mut self, broadcast: &mut BroadcastState) -> cairn_runtime::Result<()> {
+        broadcast.register(&weights())?;
+        let owner = broadcast.get(&weights())?.get("owner").copied();
+        self.opened
+            .lock()
+            .expect("lock")
+            .push((self.subtask, owner));
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _: u64,
+        _: &BroadcastState,
+        _: &mut Collector<'_, u64>,
+    ) -> cairn_runtime::Result<()> {
+        Ok(())
+    }
+
+    fn process_broadcast(
+        &mut self,
+        _: (String, u64),
+        broadcast: &mut BroadcastState,
+        _: &mut Collector<'_, u64>,
+    ) -> cairn_runtime::Result<()> {
+        let subtask = u64::from(self.subtask);
+        broadcast
+            .get_mut(&weights())?
+            .entry("owner".into())
+            .or_insert(subtask);
+        self.rules.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Each subtask's copy of the broadcast state is its own in a savepoint: restored at the
+/// same parallelism, every subtask gets back its own copy; at a higher one, new subtask
+/// `i` gets old subtask `i mod p`'s. (Deterministic: the copies differ by construction.)
+#[test]
+fn each_subtask_restores_its_own_copy_of_the_broadcast_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = write_rules(dir.path(), 3);
+    let graph = |f: &Owner| {
+        let words = source(
+            "words",
+            cairn_runtime::sources::GeneratorSource::new(10, 10, 1).idle_at_end(),
+        );
+        let rules =
+            source("source-rules", FileSource::new(&rules)).map("parse", |line: String| (line, 0));
+        words
+            .connect_broadcast(rules.broadcast())
+            .process("owner", f.clone())
+            .sink("sink", cairn_runtime::sinks::DiscardSink)
+    };
+    let owner = || Owner {
+        subtask: 0,
+        opened: Arc::new(std::sync::Mutex::new(Vec::new())),
+        rules: Arc::new(AtomicU64::new(0)),
+    };
+    let mut cfg = config(dir.path(), 50);
+    cfg.parallelism = 3;
+    let first = owner();
+    let handle = Job::new(graph(&first), cfg.clone()).start().expect("start");
+    let started = std::time::Instant::now();
+    while first.rules.load(Ordering::SeqCst) < 9 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "every subtask takes every rule"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle.stop_with_savepoint(None).expect("savepoint");
+    handle.wait().expect("first run");
+    for (parallelism, expected) in [
+        (3, vec![(0, Some(0)), (1, Some(1)), (2, Some(2))]),
+        (
+            4,
+            vec![(0, Some(0)), (1, Some(1)), (2, Some(2)), (3, Some(0))],
+        ),
+    ] {
+        let again = owner();
+        let mut cfg = cfg.clone();
+        cfg.parallelism = parallelism;
+        cfg.restore = Some(RestoreFrom::Path(savepoint.clone()));
+        let handle = Job::new(graph(&again), cfg).start().expect("restore");
+        let started = std::time::Instant::now();
+        while again.opened.lock().expect("lock").len() < parallelism as usize {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "every subtask opens"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.cancel();
+        let _ = handle.wait();
+        let mut opened = again.opened.lock().expect("lock").clone();
+        opened.sort_unstable();
+        assert_eq!(opened, expected, "at parallelism {parallelism}");
+    }
+}
