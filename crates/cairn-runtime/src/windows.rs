@@ -105,12 +105,14 @@ mod all;
 pub mod custom;
 pub mod evictors;
 pub mod global;
+pub mod incremental;
 pub mod sessions;
 pub mod triggers;
 
 use custom::{fire_and_purge, BoxedTrigger, CustomState, Trigger};
 use evictors::{Evictable, Evictor};
 pub use global::GlobalWindows;
+use incremental::{Folding, ThenProcess};
 use triggers::Schedule;
 
 pub use sessions::{
@@ -379,8 +381,32 @@ where
 /// windows) or [`SessionWindows`]. Sealed.
 pub trait Windows: sealed::Sealed + fmt::Debug {}
 
+/// Sealed traits: public (in bounds of public methods) but not nameable outside the
+/// crate, so their functions may mention the crate's own contents types.
+#[allow(private_bounds, private_interfaces)]
 mod sealed {
+    use super::{Batch, Merging, Stream, WindowedStream};
+
     pub trait Sealed {}
+
+    /// How a kind of window makes its operator from contents that may merge (sessions
+    /// merge theirs).
+    pub trait Build<K, T>: Sized {
+        fn build<C: Batch<K, T> + Merging<K, T>>(
+            windowed: WindowedStream<K, T, Self>,
+            uid: &str,
+            contents: C,
+        ) -> Stream<C::Out>;
+    }
+
+    /// How a kind of window that does not merge makes its operator from any contents.
+    pub(super) trait BuildPlain<K, T>: Build<K, T> {
+        fn build_plain<C: Batch<K, T>>(
+            windowed: WindowedStream<K, T, Self>,
+            uid: &str,
+            contents: C,
+        ) -> Stream<C::Out>;
+    }
 }
 
 impl sealed::Sealed for WindowAssigner {}
@@ -472,18 +498,36 @@ impl<K: Key, T: Data, A: Windows> WindowedStream<K, T, A> {
     }
 }
 
-impl<K: Key, T: Data> WindowedStream<K, T> {
+impl<K: Key, T: Data, A: sealed::Build<K, T>> WindowedStream<K, T, A> {
     /// Folds each window's records with `f` and emits `(key, window, result)` when it
-    /// fires.
+    /// fires (sessions that merge fold their results together).
     pub fn reduce(
         self,
         uid: &str,
         f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
     ) -> Stream<(K, TimeWindow, T)> {
-        let contents = Reduce { f, _t: PhantomData };
-        self.apply(uid, contents)
+        A::build(self, uid, Reduce { f, _t: PhantomData })
     }
 
+    /// Keeps each window's records and gives them to `f` when it fires.
+    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
+        A::build(self, uid, Process { f, _t: PhantomData })
+    }
+
+    /// Folds each window's records with `f` and gives the result to `process` when it
+    /// fires (Flink's `reduce(ReduceFunction, ProcessWindowFunction)`); see [`incremental`].
+    pub fn reduce_and_process<O: Data>(
+        self,
+        uid: &str,
+        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
+        process: impl ProcessWindowFunction<K, T, O>,
+    ) -> Stream<O> {
+        let contents = ThenProcess::new(Reduce { f, _t: PhantomData }, process);
+        A::build(self, uid, contents)
+    }
+}
+
+impl<K: Key, T: Data> WindowedStream<K, T> {
     /// Adds each window's records to an accumulator of `function` and emits `(key, window,
     /// result)` when it fires.
     pub fn aggregate<ACC: Data, OUT: Data>(
@@ -491,29 +535,87 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         uid: &str,
         function: impl AggregateFunction<T, ACC, OUT> + Clone,
     ) -> Stream<(K, TimeWindow, OUT)> {
-        let contents = Aggregate {
-            function,
-            _t: PhantomData,
-        };
-        self.apply(uid, contents)
+        aggregate_plain(self, uid, function)
     }
 
-    /// Keeps each window's records and gives them to `f` when it fires.
-    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
-        let contents = Process { f, _t: PhantomData };
-        self.apply(uid, contents)
+    /// Adds each window's records to an accumulator of `function` and gives its result to
+    /// `process` when it fires (Flink's `aggregate(AggregateFunction,
+    /// ProcessWindowFunction)`); see [`incremental`].
+    pub fn aggregate_and_process<ACC: Data, V: Data, O: Data>(
+        self,
+        uid: &str,
+        function: impl AggregateFunction<T, ACC, V> + Clone,
+        process: impl ProcessWindowFunction<K, V, O>,
+    ) -> Stream<O> {
+        aggregate_plain_and_process(self, uid, function, process)
     }
+}
 
-    fn apply<C: Batch<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+/// [`WindowedStream::aggregate`] of windows that do not merge (tumbling, sliding, global:
+/// sessions take an aggregate function whose accumulators merge).
+fn aggregate_plain<K: Key, T: Data, A: sealed::BuildPlain<K, T>, ACC: Data, OUT: Data>(
+    windowed: WindowedStream<K, T, A>,
+    uid: &str,
+    function: impl AggregateFunction<T, ACC, OUT> + Clone,
+) -> Stream<(K, TimeWindow, OUT)> {
+    let contents = Aggregate {
+        function,
+        _t: PhantomData,
+    };
+    A::build_plain(windowed, uid, contents)
+}
+
+/// [`WindowedStream::aggregate_and_process`] of windows that do not merge.
+fn aggregate_plain_and_process<K, T, A, ACC, V, O>(
+    windowed: WindowedStream<K, T, A>,
+    uid: &str,
+    function: impl AggregateFunction<T, ACC, V> + Clone,
+    process: impl ProcessWindowFunction<K, V, O>,
+) -> Stream<O>
+where
+    K: Key,
+    T: Data,
+    A: sealed::BuildPlain<K, T>,
+    ACC: Data,
+    V: Data,
+    O: Data,
+{
+    let aggregate = Aggregate {
+        function,
+        _t: PhantomData,
+    };
+    A::build_plain(windowed, uid, ThenProcess::new(aggregate, process))
+}
+
+// Sealed: the contents types are the crate\'s own, and only the crate builds windows.
+#[allow(private_bounds, private_interfaces)]
+impl<K: Key, T: Data> sealed::Build<K, T> for WindowAssigner {
+    fn build<C: Batch<K, T> + Merging<K, T>>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        contents: C,
+    ) -> Stream<C::Out> {
+        <Self as sealed::BuildPlain<K, T>>::build_plain(windowed, uid, contents)
+    }
+}
+
+// Sealed: the contents types are the crate\'s own, and only the crate builds windows.
+#[allow(private_bounds, private_interfaces)]
+impl<K: Key, T: Data> sealed::BuildPlain<K, T> for WindowAssigner {
+    fn build_plain<C: Batch<K, T>>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        contents: C,
+    ) -> Stream<C::Out> {
         let op = WindowOperator::new(
             uid,
-            self.assigner,
-            self.allowed_lateness,
-            self.late,
-            (self.trigger, self.custom),
-            Evictable::new(contents, self.evictor),
+            windowed.assigner,
+            windowed.allowed_lateness,
+            windowed.late,
+            (windowed.trigger, windowed.custom),
+            Evictable::new(contents, windowed.evictor),
         );
-        self.keyed.process(uid, op).one_subtask_if(self.all)
+        windowed.keyed.process(uid, op).one_subtask_if(windowed.all)
     }
 }
 
@@ -699,7 +801,7 @@ where
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = backend.reducing_get(state, stored)?;
+        let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
         emit_result(key, window, result, out)
     }
 
@@ -719,7 +821,7 @@ where
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = elements.into_iter().reduce(|a, b| (self.f)(a, b));
+        let result = <Self as Folding<K, T>>::fold(self, elements);
         emit_result(key, window, result, out)
     }
 }
@@ -789,7 +891,7 @@ where
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = backend.aggregating_get(state, stored)?;
+        let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
         emit_result(key, window, result, out)
     }
 
@@ -813,8 +915,8 @@ where
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = aggregate_all(&self.function, elements);
-        emit_result(key, window, Some(result), out)
+        let result = <Self as Folding<K, T>>::fold(self, elements);
+        emit_result(key, window, result, out)
     }
 }
 

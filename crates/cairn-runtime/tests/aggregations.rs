@@ -220,3 +220,131 @@ fn count_windows_over_a_whole_stream() {
         assert_eq!(emitted, expected, "sliding: {sliding}");
     }
 }
+
+/// Counts and sums the values of `(n, v)` records.
+#[derive(Clone, Debug)]
+struct CountSum;
+
+impl cairn_core::AggregateFunction<(u64, u64), (u64, u64), (u64, u64)> for CountSum {
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn add(&self, acc: &mut (u64, u64), (_, v): (u64, u64)) {
+        acc.0 += 1;
+        acc.1 += v;
+    }
+    fn result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+}
+
+impl cairn_core::MergingAggregateFunction<(u64, u64), (u64, u64), (u64, u64)> for CountSum {
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+/// `(key, window start, window end, count, sum)`.
+type Summary = (u64, u64, u64, u64, u64);
+
+/// Emits one summary of the folded `(count, sum)` of a window of a key.
+fn summary(
+    key: &u64,
+    w: TimeWindow,
+    folded: Vec<(u64, u64)>,
+    out: &mut Collector<'_, Summary>,
+) -> cairn_runtime::Result<()> {
+    for (count, sum) in folded {
+        out.collect((*key, w.start, w.end, count, sum))?;
+    }
+    Ok(())
+}
+
+/// The generator's records `(n, v)` at time `n` keyed by `v % 5`.
+fn timed_records() -> cairn_runtime::Stream<(u64, u64)> {
+    source("source", GeneratorSource::new(TOTAL, KEYS, SEED))
+        .parallelism(1)
+        .process("number", Number::default())
+        .assign_timestamps_and_watermarks(
+            "watermarks",
+            WatermarkStrategy::for_monotonous_timestamps(|(n, _): &(u64, u64)| *n),
+        )
+}
+
+/// Incremental aggregation with a process window function, on tumbling windows (an
+/// aggregate) and sessions (a reduce, merged): one summary per window of a key, against a
+/// model, under both backends.
+#[test]
+fn windows_fold_then_process() {
+    let values = records();
+    let key = |v: u64| v % 5;
+    for backend in backends() {
+        for sessions in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let out = Arc::new(Mutex::new(Vec::new()));
+            // `(1, v)`: a reduction that adds both up counts and sums.
+            let keyed = timed_records()
+                .map("one", |(_, v): (u64, u64)| (1, v))
+                .key_by(move |(_, v): &(u64, u64)| key(*v));
+            let summaries = if sessions {
+                let gap =
+                    cairn_runtime::EventTimeSessionWindows::with_gap(Duration::from_millis(8));
+                keyed.window(gap).reduce_and_process(
+                    "window",
+                    |a, b| (a.0 + b.0, a.1 + b.1),
+                    FnWindow(summary),
+                )
+            } else {
+                keyed
+                    .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+                    .aggregate_and_process("window", CountSum, FnWindow(summary))
+            };
+            let graph = summaries.sink("sink", Collect(out.clone()));
+            Job::new(graph, config(2, backend.clone(), dir.path()))
+                .run()
+                .expect("job");
+            let mut got = std::mem::take(&mut *out.lock().expect("lock"));
+            got.sort_unstable();
+            let mut expected: Vec<Summary> = Vec::new();
+            for k in 0..5 {
+                let times: Vec<(u64, u64)> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| key(**v) == k)
+                    .map(|(n, v)| (n as u64, *v))
+                    .collect();
+                if sessions {
+                    let mut i = 0;
+                    while i < times.len() {
+                        let mut j = i + 1;
+                        while j < times.len() && times[j].0 <= times[j - 1].0 + 8 {
+                            j += 1;
+                        }
+                        let part = &times[i..j];
+                        let sum = part.iter().map(|(_, v)| v).sum();
+                        expected.push((
+                            k,
+                            part[0].0,
+                            part[j - i - 1].0 + 8,
+                            part.len() as u64,
+                            sum,
+                        ));
+                        i = j;
+                    }
+                } else {
+                    let mut windows: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+                    for (n, v) in times {
+                        let e = windows.entry(n / 100 * 100).or_default();
+                        e.0 += 1;
+                        e.1 += v;
+                    }
+                    for (start, (count, sum)) in windows {
+                        expected.push((k, start, start + 100, count, sum));
+                    }
+                }
+            }
+            expected.sort_unstable();
+            assert_eq!(got, expected, "sessions: {sessions}, {backend:?}");
+        }
+    }
+}

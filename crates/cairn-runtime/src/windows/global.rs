@@ -38,9 +38,9 @@ use super::custom::{BoxedTrigger, CustomState};
 use super::evictors::{CountEvictor, Evictable};
 use super::triggers::{self, CountTrigger, PurgingTrigger, Schedule};
 use super::{
-    count_reaches, keep_spec, keep_trigger, register_firing, sealed, Aggregate, Batch, Contents,
-    Process, ProcessWindowFunction, Reduce, TimeWindow, WindowTrigger, WindowedStream, Windows,
-    WINDOW_SPEC_STATE,
+    aggregate_plain, aggregate_plain_and_process, count_reaches, keep_spec, keep_trigger,
+    register_firing, sealed, Batch, Contents, Merging, ProcessWindowFunction, TimeWindow,
+    WindowTrigger, WindowedStream, Windows, WINDOW_SPEC_STATE,
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
@@ -82,17 +82,19 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     }
 }
 
-impl<K: Key, T: Data> WindowedStream<K, T, GlobalWindows> {
-    /// Folds each key's records with `f` and emits `(key, TimeWindow::GLOBAL, result)`
-    /// when its window fires.
-    pub fn reduce(
-        self,
+// Sealed: the contents types are the crate\'s own, and only the crate builds windows.
+#[allow(private_bounds, private_interfaces)]
+impl<K: Key, T: Data> sealed::Build<K, T> for GlobalWindows {
+    fn build<C: Batch<K, T> + Merging<K, T>>(
+        windowed: WindowedStream<K, T, Self>,
         uid: &str,
-        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
-    ) -> Stream<(K, TimeWindow, T)> {
-        self.apply(uid, Reduce { f, _t: PhantomData })
+        contents: C,
+    ) -> Stream<C::Out> {
+        <Self as sealed::BuildPlain<K, T>>::build_plain(windowed, uid, contents)
     }
+}
 
+impl<K: Key, T: Data> WindowedStream<K, T, GlobalWindows> {
     /// Adds each key's records to an accumulator of `function` and emits `(key,
     /// TimeWindow::GLOBAL, result)` when its window fires.
     pub fn aggregate<ACC: Data, OUT: Data>(
@@ -100,27 +102,37 @@ impl<K: Key, T: Data> WindowedStream<K, T, GlobalWindows> {
         uid: &str,
         function: impl AggregateFunction<T, ACC, OUT> + Clone,
     ) -> Stream<(K, TimeWindow, OUT)> {
-        let contents = Aggregate {
-            function,
-            _t: PhantomData,
-        };
-        self.apply(uid, contents)
+        aggregate_plain(self, uid, function)
     }
 
-    /// Keeps each key's records and gives them to `f` when its window fires.
-    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
-        self.apply(uid, Process { f, _t: PhantomData })
+    /// Adds each key's records to an accumulator of `function` and gives its result to
+    /// `process` when its window fires; see [`super::incremental`].
+    pub fn aggregate_and_process<ACC: Data, V: Data, O: Data>(
+        self,
+        uid: &str,
+        function: impl AggregateFunction<T, ACC, V> + Clone,
+        process: impl ProcessWindowFunction<K, V, O>,
+    ) -> Stream<O> {
+        aggregate_plain_and_process(self, uid, function, process)
     }
+}
 
-    fn apply<C: Batch<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+// Sealed: the contents types are the crate\'s own, and only the crate builds windows.
+#[allow(private_bounds, private_interfaces)]
+impl<K: Key, T: Data> sealed::BuildPlain<K, T> for GlobalWindows {
+    fn build_plain<C: Batch<K, T>>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        contents: C,
+    ) -> Stream<C::Out> {
         let op = GlobalOperator {
             uid: uid.to_string(),
-            trigger: self.trigger,
-            custom: self.custom,
-            contents: Evictable::new(contents, self.evictor),
+            trigger: windowed.trigger,
+            custom: windowed.custom,
+            contents: Evictable::new(contents, windowed.evictor),
             _k: PhantomData,
         };
-        self.keyed.process(uid, op).one_subtask_if(self.all)
+        windowed.keyed.process(uid, op).one_subtask_if(windowed.all)
     }
 }
 
@@ -319,6 +331,7 @@ mod tests {
         ContinuousProcessingTimeTrigger, EventTimeTrigger, ProcessingTimeTrigger,
     };
     use crate::windows::Evictor;
+    use crate::windows::Reduce;
 
     type Sum = Reduce<u64, fn(u64, u64) -> u64>;
     type Op = GlobalOperator<u64, u64, Evictable<Sum, u64>>;

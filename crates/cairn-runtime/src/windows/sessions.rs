@@ -37,11 +37,12 @@ use cairn_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::incremental::{Folding, ThenProcess};
 use super::{
     aggregate_all, checked_trigger, emit_result, keep_spec, keep_trigger, record_time,
     register_count, sealed, whole_millis, window_codec, Batch, Contents, Evictable, Merging,
-    Process, ProcessWindowFunction, Reduce, TimeWindow, Types, WindowTrigger, WindowedStream,
-    Windows, WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
+    ProcessWindowFunction, TimeWindow, Types, WindowTrigger, WindowedStream, Windows,
+    WINDOW_CONTENTS_STATE, WINDOW_SPEC_STATE,
 };
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data, InitContext, Key, KeyedProcessFunction};
@@ -164,16 +165,6 @@ where
 }
 
 impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, SessionWindows<G>> {
-    /// Folds each session's records with `f` and emits `(key, session, result)` when it
-    /// fires; merging sessions are folded together.
-    pub fn reduce(
-        self,
-        uid: &str,
-        f: impl Fn(T, T) -> T + Clone + Send + Sync + 'static,
-    ) -> Stream<(K, TimeWindow, T)> {
-        self.apply(uid, Reduce { f, _t: PhantomData })
-    }
-
     /// Adds each session's records to an accumulator of `function` and emits `(key,
     /// session, result)` when it fires; merging sessions merge their accumulators.
     pub fn aggregate<ACC: Data, OUT: Data>(
@@ -181,31 +172,48 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> WindowedStream<K, T, Sessio
         uid: &str,
         function: impl MergingAggregateFunction<T, ACC, OUT> + Clone,
     ) -> Stream<(K, TimeWindow, OUT)> {
-        self.apply(
-            uid,
-            Accumulate {
-                function,
-                _t: PhantomData,
-            },
-        )
+        let accumulate = Accumulate {
+            function,
+            _t: PhantomData,
+        };
+        sealed::Build::build(self, uid, accumulate)
     }
 
-    /// Keeps each session's records and gives them to `f` when it fires.
-    pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
-        self.apply(uid, Process { f, _t: PhantomData })
+    /// Adds each session's records to an accumulator of `function` (merged when sessions
+    /// merge) and gives its result to `process` when it fires; see
+    /// [`super::incremental`].
+    pub fn aggregate_and_process<ACC: Data, V: Data, O: Data>(
+        self,
+        uid: &str,
+        function: impl MergingAggregateFunction<T, ACC, V> + Clone,
+        process: impl ProcessWindowFunction<K, V, O>,
+    ) -> Stream<O> {
+        let accumulate = Accumulate {
+            function,
+            _t: PhantomData,
+        };
+        sealed::Build::build(self, uid, ThenProcess::new(accumulate, process))
     }
+}
 
-    fn apply<C: Batch<K, T> + Merging<K, T>>(self, uid: &str, contents: C) -> Stream<C::Out> {
+// Sealed: the contents types are the crate\'s own, and only the crate builds windows.
+#[allow(private_bounds, private_interfaces)]
+impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> sealed::Build<K, T> for SessionWindows<G> {
+    fn build<C: Batch<K, T> + Merging<K, T>>(
+        windowed: WindowedStream<K, T, Self>,
+        uid: &str,
+        contents: C,
+    ) -> Stream<C::Out> {
         let op = SessionOperator {
             uid: uid.to_string(),
-            sessions: self.assigner,
-            allowed_lateness: self.allowed_lateness,
-            late: self.late,
-            trigger: self.trigger,
-            contents: Evictable::new(contents, self.evictor),
+            sessions: windowed.assigner,
+            allowed_lateness: windowed.allowed_lateness,
+            late: windowed.late,
+            trigger: windowed.trigger,
+            contents: Evictable::new(contents, windowed.evictor),
             _k: PhantomData,
         };
-        self.keyed.process(uid, op).one_subtask_if(self.all)
+        windowed.keyed.process(uid, op).one_subtask_if(windowed.all)
     }
 }
 
@@ -259,9 +267,7 @@ where
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = backend
-            .value_get(state, stored)?
-            .map(|acc| self.function.result(&acc));
+        let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
         emit_result(key, window, result, out)
     }
 
@@ -285,8 +291,33 @@ where
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        let result = aggregate_all(&self.function, elements);
-        emit_result(key, window, Some(result), out)
+        let result = <Self as Folding<K, T>>::fold(self, elements);
+        emit_result(key, window, result, out)
+    }
+}
+
+impl<K, T, ACC, OUT, A> Folding<K, T> for Accumulate<T, ACC, OUT, A>
+where
+    K: Key,
+    T: Data,
+    ACC: Data,
+    OUT: Data,
+    A: MergingAggregateFunction<T, ACC, OUT> + Clone,
+{
+    type Value = OUT;
+
+    fn result<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        stored: &TimeWindow,
+    ) -> Result<Option<OUT>> {
+        let acc = backend.value_get(state, stored)?;
+        Ok(acc.map(|acc| self.function.result(&acc)))
+    }
+
+    fn fold(&mut self, elements: Vec<T>) -> Option<OUT> {
+        Some(aggregate_all(&self.function, elements))
     }
 }
 
@@ -696,6 +727,7 @@ where
 mod tests {
     use super::*;
     use crate::windows::tests::{sum, Harness};
+    use crate::windows::{Process, Reduce};
     use cairn_core::ManualClock;
 
     type SumSessions<G> = SessionOperator<u64, u64, G, Reduce<u64, fn(u64, u64) -> u64>>;
