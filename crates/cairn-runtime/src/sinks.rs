@@ -1,4 +1,5 @@
-//! Sinks: a two-phase-commit file sink (exactly-once output) and a discarding sink.
+//! Sinks: a two-phase-commit file sink (exactly-once output), a discarding sink, and a
+//! printing sink (Flink's `print()`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -20,6 +21,119 @@ impl<T> Sink<T> for DiscardSink {
     #[inline]
     fn write(&mut self, _record: T) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Prints each record's `Debug` form on a line, as Flink's `print()` does: prefixed with
+/// `<subtask + 1>> ` when the sink runs in more than one subtask, `<prefix>> ` when given
+/// a prefix (Flink's `print(sinkIdentifier)`), or `<prefix>:<subtask + 1>> ` with both. Lines go to standard output, or
+/// to any writer ([`PrintSink::to`]), each written whole. For looking at a job, not for
+/// output that must survive failures: records replayed after a restore print again.
+pub struct PrintSink {
+    prefix: Option<String>,
+    out: Arc<std::sync::Mutex<dyn Write + Send>>,
+    /// `Some(index)` when the sink runs in more than one subtask.
+    subtask: Option<u32>,
+    line: Vec<u8>,
+}
+
+impl Clone for PrintSink {
+    fn clone(&self) -> Self {
+        Self {
+            prefix: self.prefix.clone(),
+            out: self.out.clone(),
+            subtask: self.subtask,
+            line: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PrintSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrintSink")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PrintSink {
+    fn default() -> Self {
+        Self::to(Arc::new(std::sync::Mutex::new(std::io::stdout())))
+    }
+}
+
+impl PrintSink {
+    /// Prints to standard output.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prints to `out`, shared by every subtask.
+    pub fn to(out: Arc<std::sync::Mutex<dyn Write + Send>>) -> Self {
+        Self {
+            prefix: None,
+            out,
+            subtask: None,
+            line: Vec::new(),
+        }
+    }
+
+    /// Puts `prefix` before each line (Flink's sink identifier).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+}
+
+impl Checkpointed for PrintSink {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.subtask = (ctx.subtask.parallelism > 1).then_some(ctx.subtask.index);
+        Ok(())
+    }
+}
+
+impl<T: std::fmt::Debug> Sink<T> for PrintSink {
+    fn write(&mut self, record: T) -> Result<()> {
+        // Flink's `PrintSinkOutputWriter`: `id> `, `1> ` or `id:1> `.
+        let prefix = match (&self.prefix, self.subtask) {
+            (Some(p), Some(i)) => format!("{p}:{}> ", i + 1),
+            (Some(p), None) => format!("{p}> "),
+            (None, Some(i)) => format!("{}> ", i + 1),
+            (None, None) => String::new(),
+        };
+        self.line.clear();
+        self.line
+            .extend_from_slice(format!("{prefix}{record:?}\n").as_bytes());
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| RuntimeError::Config("the print sink's writer is poisoned".into()))?;
+        out.write_all(&self.line)
+            .map_err(|source| RuntimeError::Io {
+                message: "print a record".into(),
+                path: "the print sink's writer".into(),
+                source,
+            })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| RuntimeError::Config("the print sink's writer is poisoned".into()))?;
+        out.flush().map_err(|source| RuntimeError::Io {
+            message: "flush printed records".into(),
+            path: "the print sink's writer".into(),
+            source,
+        })
+    }
+}
+
+impl<T: crate::function::Data + std::fmt::Debug> crate::Stream<T> {
+    /// Ends the dataflow in a [`PrintSink`] to standard output with uid `uid` (Flink's
+    /// `print()`).
+    pub fn print(self, uid: &str) -> crate::JobGraph {
+        self.sink(uid, PrintSink::new())
     }
 }
 

@@ -348,3 +348,75 @@ fn windows_fold_then_process() {
         }
     }
 }
+
+/// A shared buffer to print into.
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The print sink writes each record's `Debug` form on a line, prefixed as Flink's
+/// `print()` does: nothing or the identifier at one subtask, the subtask number (from 1)
+/// at several.
+#[test]
+fn the_print_sink_prints_as_flink_does() {
+    for (parallelism, prefix) in [(1, None), (1, Some("ids")), (2, None), (2, Some("ids"))] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let buffer = Buffer::default();
+        let mut sink = cairn_runtime::sinks::PrintSink::to(Arc::new(Mutex::new(buffer.clone())));
+        if let Some(p) = prefix {
+            sink = sink.with_prefix(p);
+        }
+        let graph = source("source", GeneratorSource::new(100, KEYS, SEED))
+            .parallelism(1)
+            .rebalance()
+            .sink("print", sink);
+        Job::new(
+            graph,
+            config(parallelism, StateBackendConfig::HashMap, dir.path()),
+        )
+        .run()
+        .expect("job");
+        let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        let mut expected: Vec<String> = Vec::new();
+        let values: Vec<u64> = records().into_iter().take(100).collect();
+        // The round-robin deal of the records over the sink's subtasks is not the test's
+        // business: strip the subtask number and check it is one of them.
+        let mut stripped: Vec<String> = lines
+            .iter()
+            .map(|line| {
+                let (head, record) = line.split_once("> ").unwrap_or(("", line));
+                let subtask = match (prefix, parallelism) {
+                    (Some(p), 2) => head.strip_prefix(&format!("{p}:")).unwrap_or("?"),
+                    (Some(p), _) => {
+                        assert_eq!(head, p);
+                        "1"
+                    }
+                    (None, 2) => head,
+                    (None, _) => {
+                        assert_eq!(*line, record, "no prefix at one subtask");
+                        "1"
+                    }
+                };
+                assert!(["1", "2"].contains(&subtask), "{line}");
+                record.to_string()
+            })
+            .collect();
+        stripped.sort_unstable();
+        for v in values {
+            expected.push(v.to_string());
+        }
+        expected.sort_unstable();
+        assert_eq!(stripped, expected, "p{parallelism} {prefix:?}");
+    }
+}
