@@ -22,7 +22,10 @@
 //!   for an earlier one, ordered), in the operator's state ([`ASYNC_INFLIGHT_STATE`],
 //!   split among subtasks on rescale), and a restore calls them again: results are exactly
 //!   once downstream if the calls can be repeated (lookups), at least once outside;
-//! - at the end of the input, the operator waits for every call.
+//! - at the end of the input, the operator waits for every call;
+//! - with an [`AsyncRetryStrategy`] (`*_wait_with_retry`), a call whose records or error
+//!   the strategy's predicates accept starts again after a delay, up to a number of times,
+//!   within the timeout.
 //!
 //! The operator starts a new stage behind an exchange that keeps each record in its
 //! subtask (when the parallelism is unchanged) so that its task can poll for completions
@@ -141,8 +144,108 @@ const WAIT_SLICE: Duration = Duration::from_millis(20);
 struct Entry<T, O> {
     input: T,
     timestamp: Option<u64>,
+    /// Covers every attempt, as in Flink.
     deadline: Instant,
     results: Option<Vec<O>>,
+    /// Attempts made after the first.
+    retries: u32,
+    /// When the next attempt starts, while one is pending.
+    retry_at: Option<Instant>,
+}
+
+/// When to call again (Flink's `AsyncRetryStrategy`): after a call completes with records
+/// or an error that a predicate of the strategy asks to retry, the call starts again
+/// after a delay, fixed or growing, up to `max_retries` times; the last answer stands
+/// after that. The operator's timeout covers every attempt. Without a predicate for
+/// records (or errors), those are never retried.
+pub struct AsyncRetryStrategy<O> {
+    max_retries: u32,
+    delay: Duration,
+    multiplier: f64,
+    max_delay: Duration,
+    on_result: Option<RetryIf<[O]>>,
+    on_error: Option<RetryIf<str>>,
+}
+
+type RetryIf<X> = Arc<dyn Fn(&X) -> bool + Send + Sync>;
+
+impl<O> Clone for AsyncRetryStrategy<O> {
+    fn clone(&self) -> Self {
+        Self {
+            max_retries: self.max_retries,
+            delay: self.delay,
+            multiplier: self.multiplier,
+            max_delay: self.max_delay,
+            on_result: self.on_result.clone(),
+            on_error: self.on_error.clone(),
+        }
+    }
+}
+
+impl<O> fmt::Debug for AsyncRetryStrategy<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncRetryStrategy")
+            .field("max_retries", &self.max_retries)
+            .field("delay", &self.delay)
+            .field("multiplier", &self.multiplier)
+            .field("max_delay", &self.max_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O> AsyncRetryStrategy<O> {
+    /// Up to `max_retries` more attempts, each `delay` after the last answer (Flink's
+    /// `FixedDelayRetryStrategy`).
+    pub fn fixed_delay(max_retries: u32, delay: Duration) -> Self {
+        Self::exponential_backoff(max_retries, delay, delay, 1.0)
+    }
+
+    /// Up to `max_retries` more attempts, the first `initial_delay` after the first
+    /// answer, each next delay `multiplier` times the last, at most `max_delay` (Flink's
+    /// `ExponentialBackoffDelayRetryStrategy`).
+    pub fn exponential_backoff(
+        max_retries: u32,
+        initial_delay: Duration,
+        max_delay: Duration,
+        multiplier: f64,
+    ) -> Self {
+        Self {
+            max_retries,
+            delay: initial_delay,
+            multiplier: multiplier.max(1.0),
+            max_delay: max_delay.max(initial_delay),
+            on_result: None,
+            on_error: None,
+        }
+    }
+
+    /// Retries a call whose records `retry` accepts (Flink's `ifResult`).
+    pub fn retry_if_result(mut self, retry: impl Fn(&[O]) -> bool + Send + Sync + 'static) -> Self {
+        self.on_result = Some(Arc::new(retry));
+        self
+    }
+
+    /// Retries a call completed with an error that `retry` accepts (Flink's
+    /// `ifException`).
+    pub fn retry_if_error(mut self, retry: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(retry));
+        self
+    }
+
+    /// Whether an answer after `retries` retries calls for another.
+    fn wants(&self, retries: u32, answer: &std::result::Result<Vec<O>, String>) -> bool {
+        retries < self.max_retries
+            && match answer {
+                Ok(records) => self.on_result.as_ref().is_some_and(|p| p(records)),
+                Err(error) => self.on_error.as_ref().is_some_and(|p| p(error)),
+            }
+    }
+
+    /// The delay before retry number `retry` (from 1).
+    fn delay(&self, retry: u32) -> Duration {
+        let factor = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
+        self.delay.mul_f64(factor).min(self.max_delay)
+    }
 }
 
 /// The asynchronous operator in a chain.
@@ -156,6 +259,7 @@ pub(crate) struct AsyncOp<T, O: Send + 'static, F> {
     rx: Receiver<Completion<O>>,
     /// The calls in flight and those completed but not emitted, by sequence number.
     calls: BTreeMap<u64, Entry<T, O>>,
+    retry: Option<AsyncRetryStrategy<O>>,
     /// The marks (watermarks, idleness) waiting for calls before them, numbered in the
     /// same sequence.
     marks: BTreeMap<u64, Mark>,
@@ -171,6 +275,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         mut f: F,
         next: Box<dyn Chain<O>>,
         options: AsyncOptions,
+        retry: Option<AsyncRetryStrategy<O>>,
     ) -> Result<Self> {
         options.check(&setup.uid)?;
         setup.initialize(&mut f)?;
@@ -199,6 +304,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
             tx,
             rx,
             calls: BTreeMap::new(),
+            retry,
             marks: BTreeMap::new(),
             next_seq: 0,
             state,
@@ -216,10 +322,6 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let result = ResultFuture {
-            seq,
-            tx: Some(self.tx.clone()),
-        };
         self.calls.insert(
             seq,
             Entry {
@@ -227,11 +329,40 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
                 timestamp,
                 deadline: Instant::now() + self.options.timeout,
                 results: None,
+                retries: 0,
+                retry_at: None,
             },
         );
+        self.invoke(seq, input)
+    }
+
+    /// Starts an attempt of call `seq` for `input`.
+    fn invoke(&mut self, seq: u64, input: T) -> Result<()> {
+        let result = ResultFuture {
+            seq,
+            tx: Some(self.tx.clone()),
+        };
         self.f
             .async_invoke(input, result)
             .map_err(|e| e.with_uid(&self.setup.uid))
+    }
+
+    /// Starts the retries that are due.
+    fn retry_due(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<(u64, T)> = self
+            .calls
+            .iter_mut()
+            .filter(|(_, e)| e.results.is_none() && e.retry_at.is_some_and(|t| t <= now))
+            .map(|(seq, e)| {
+                e.retry_at = None;
+                (*seq, e.input.clone())
+            })
+            .collect();
+        for (seq, input) in due {
+            self.invoke(seq, input)?;
+        }
+        Ok(())
     }
 
     /// Takes in the completions that arrived and the timeouts that passed, and emits what
@@ -241,6 +372,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
             self.complete(seq, result)?;
         }
         self.time_out()?;
+        self.retry_due()?;
         self.emit_ready()
     }
 
@@ -252,7 +384,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
             .calls
             .values()
             .filter(|e| e.results.is_none())
-            .map(|e| e.deadline)
+            .map(|e| e.retry_at.map_or(e.deadline, |t| t.min(e.deadline)))
             .min()
         else {
             // Everything completed: only the emission was missing.
@@ -287,9 +419,22 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
 
     fn complete(&mut self, seq: u64, result: std::result::Result<Vec<O>, String>) -> Result<()> {
         // A call completed twice, or after its timeout: the first answer stands.
-        let Some(entry) = self.calls.get_mut(&seq).filter(|e| e.results.is_none()) else {
+        let Some(entry) = self
+            .calls
+            .get_mut(&seq)
+            .filter(|e| e.results.is_none() && e.retry_at.is_none())
+        else {
             return Ok(());
         };
+        if let Some(retry) = self
+            .retry
+            .as_ref()
+            .filter(|r| r.wants(entry.retries, &result))
+        {
+            entry.retries += 1;
+            entry.retry_at = Some(Instant::now() + retry.delay(entry.retries));
+            return Ok(());
+        }
         match result {
             Ok(records) => {
                 entry.results = Some(records);
@@ -546,7 +691,7 @@ impl<T: Data> Stream<T> {
         timeout: Duration,
         capacity: usize,
     ) -> Stream<O> {
-        self.async_wait(uid, f, Order::Unordered, timeout, capacity)
+        self.async_wait(uid, f, Order::Unordered, timeout, capacity, None)
     }
 
     /// [`Stream::unordered_wait`], emitting the results in the order of their records
@@ -558,7 +703,33 @@ impl<T: Data> Stream<T> {
         timeout: Duration,
         capacity: usize,
     ) -> Stream<O> {
-        self.async_wait(uid, f, Order::Ordered, timeout, capacity)
+        self.async_wait(uid, f, Order::Ordered, timeout, capacity, None)
+    }
+
+    /// [`Stream::unordered_wait`] with retries (Flink's `unorderedWaitWithRetry`); see
+    /// [`AsyncRetryStrategy`].
+    pub fn unordered_wait_with_retry<O: Data>(
+        self,
+        uid: &str,
+        f: impl AsyncFunction<T, O>,
+        timeout: Duration,
+        capacity: usize,
+        retry: AsyncRetryStrategy<O>,
+    ) -> Stream<O> {
+        self.async_wait(uid, f, Order::Unordered, timeout, capacity, Some(retry))
+    }
+
+    /// [`Stream::ordered_wait`] with retries (Flink's `orderedWaitWithRetry`); see
+    /// [`AsyncRetryStrategy`].
+    pub fn ordered_wait_with_retry<O: Data>(
+        self,
+        uid: &str,
+        f: impl AsyncFunction<T, O>,
+        timeout: Duration,
+        capacity: usize,
+        retry: AsyncRetryStrategy<O>,
+    ) -> Stream<O> {
+        self.async_wait(uid, f, Order::Ordered, timeout, capacity, Some(retry))
     }
 
     fn async_wait<O: Data, F: AsyncFunction<T, O>>(
@@ -568,6 +739,7 @@ impl<T: Data> Stream<T> {
         order: Order,
         timeout: Duration,
         capacity: usize,
+        retry: Option<AsyncRetryStrategy<O>>,
     ) -> Stream<O> {
         let options = AsyncOptions {
             order,
@@ -575,7 +747,31 @@ impl<T: Data> Stream<T> {
             capacity,
         };
         self.heading_stage(uid, f, move |setup, f, next| {
-            Ok(Box::new(AsyncOp::new(setup, f, next, options)?) as Box<dyn Chain<T>>)
+            let op = AsyncOp::new(setup, f, next, options, retry.clone())?;
+            Ok(Box::new(op) as Box<dyn Chain<T>>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_to_their_bound() {
+        let ms = Duration::from_millis;
+        let fixed = AsyncRetryStrategy::<u64>::fixed_delay(3, ms(5));
+        assert_eq!(
+            (1..=3).map(|r| fixed.delay(r)).collect::<Vec<_>>(),
+            vec![ms(5); 3]
+        );
+        let growing = AsyncRetryStrategy::<u64>::exponential_backoff(5, ms(10), ms(50), 2.0);
+        let delays: Vec<_> = (1..=5).map(|r| growing.delay(r)).collect();
+        assert_eq!(delays, vec![ms(10), ms(20), ms(40), ms(50), ms(50)]);
+        let busy = growing.retry_if_error(|e| e == "busy");
+        assert!(busy.wants(0, &Err("busy".into())));
+        assert!(!busy.wants(5, &Err("busy".into())), "out of retries");
+        assert!(!busy.wants(0, &Err("gone".into())));
+        assert!(!busy.wants(0, &Ok(vec![])), "no predicate for records");
     }
 }

@@ -488,3 +488,91 @@ impl cairn_runtime::Sink<u64> for CollectWatermarks {
         Ok(())
     }
 }
+
+/// Answers the first `flaky` attempts of each record divisible by 3 with `how` (an
+/// error "busy", or no records), then the record; counts the attempts per record.
+#[derive(Clone)]
+struct Flaky {
+    flaky: u32,
+    error: bool,
+    attempts: Arc<Mutex<BTreeMap<u64, u32>>>,
+}
+
+impl Checkpointed for Flaky {}
+
+impl AsyncFunction<u64, u64> for Flaky {
+    fn async_invoke(&mut self, input: u64, result: ResultFuture<u64>) -> cairn_runtime::Result<()> {
+        let mut attempts = self.attempts.lock().expect("lock");
+        let n = attempts.entry(input).or_insert(0);
+        *n += 1;
+        if input.is_multiple_of(3) && *n <= self.flaky {
+            if self.error {
+                result.complete_exceptionally(format!("busy ({input})"));
+            } else {
+                result.complete(Vec::new());
+            }
+        } else {
+            result.complete(vec![input]);
+        }
+        Ok(())
+    }
+}
+
+/// Retries: calls answered with a retried error or with records the strategy retries
+/// start again until they succeed, each record's result once; a strategy out of retries
+/// lets the last error fail the job; an error no predicate accepts fails it at once.
+#[test]
+fn calls_are_retried_as_the_strategy_says() {
+    use cairn_runtime::asyncio::AsyncRetryStrategy;
+    let input = generated();
+    let flaky_records = input.iter().filter(|v| v.is_multiple_of(3)).count() as u32;
+    for (flaky, error, max_retries, retried, succeeds) in [
+        (2, true, 3, true, true),
+        (2, false, 2, true, true),
+        (3, true, 2, true, false),
+        (1, true, 3, false, false),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let f = Flaky {
+            flaky,
+            error,
+            attempts: Arc::new(Mutex::new(BTreeMap::new())),
+        };
+        let strategy = AsyncRetryStrategy::fixed_delay(max_retries, Duration::from_millis(1));
+        let strategy = match (error, retried) {
+            (true, true) => strategy.retry_if_error(|e| e.starts_with("busy")),
+            (true, false) => strategy.retry_if_error(|e| e.starts_with("overloaded")),
+            (false, _) => strategy.retry_if_result(|r| r.is_empty()),
+        };
+        let graph = numbers()
+            .unordered_wait_with_retry("lookup", f.clone(), Duration::from_secs(10), 20, strategy)
+            .parallelism(1)
+            .sink("sink", Collect(out.clone()));
+        let mut cfg = plain_config(dir.path());
+        cfg.restart.max_restarts = 0;
+        let result = run(graph, cfg);
+        let case = format!("flaky {flaky}, error {error}, retries {max_retries}");
+        if succeeds {
+            result.expect(&case);
+            let mut got = std::mem::take(&mut *out.lock().expect("lock"));
+            got.sort_unstable();
+            let mut expected = input.clone();
+            expected.sort_unstable();
+            assert_eq!(got, expected, "{case}");
+            let attempts = f.attempts.lock().expect("lock");
+            let total: u32 = attempts.values().sum();
+            assert_eq!(total, input.len() as u32 + flaky * flaky_records, "{case}");
+        } else {
+            let message = result.expect_err(&case).to_string();
+            assert!(
+                message.contains("lookup") && message.contains("asynchronous call failed: busy"),
+                "{case}: {message}"
+            );
+            let attempts = f.attempts.lock().expect("lock");
+            let most = attempts.values().copied().max().unwrap_or(0);
+            let expected = if retried { max_retries + 1 } else { 1 };
+            assert_eq!(most, expected, "{case}: attempts of the failing call");
+        }
+    }
+}
