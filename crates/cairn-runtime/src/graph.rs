@@ -1733,6 +1733,24 @@ impl<T: Data> Stream<T> {
         )
     }
 
+    /// Starts a new chain (Flink's `startNewChain()`): the next operator runs in tasks of
+    /// its own, fed by those of the operators before it behind an exchange that keeps each
+    /// record in its subtask (a [`Stream::rescale`] at the same parallelism), so the two
+    /// chains run on different threads, pipelined. A partitioning asked for before it
+    /// stays (it starts a new chain already). At another parallelism set after it, the
+    /// exchange deals records as `rescale()` does (Flink's would rebalance).
+    pub fn start_new_chain(self) -> Stream<T> {
+        if self.pending.is_some() {
+            return self;
+        }
+        let parallelism = self.parallelism;
+        let stream = self.rescale();
+        match parallelism {
+            Some(p) => stream.parallelism(p),
+            None => stream,
+        }
+    }
+
     /// Adds operator `uid`, made by `make` from its setup and a clone of `f`, at the head
     /// of a stage of its own: behind the partitioning asked for, or else behind
     /// [`Stream::rescale`] (which keeps each record in its subtask when the parallelism

@@ -678,3 +678,38 @@ fn event_time_flows_through_every_partitioner() {
         assert_eq!(counts, expected, "{name}");
     }
 }
+
+/// A record with the threads of the two operators it went through.
+type Threaded = (u64, String, String);
+
+/// `start_new_chain()` runs the operators after it on threads of their own, each subtask
+/// fed by the same subtask before it, records in order.
+#[test]
+fn a_new_chain_runs_on_threads_of_its_own() {
+    let thread = || std::thread::current().name().unwrap_or("").to_string();
+    for parallelism in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out: Arc<Mutex<Vec<Threaded>>> = Arc::new(Mutex::new(Vec::new()));
+        let graph = source("source", GeneratorSource::new(2_000, 1_000, 5))
+            .map("a", move |v: u64| (v, thread()))
+            .start_new_chain()
+            .map("b", move |(v, a): (u64, String)| (v, a, thread()))
+            .sink("sink", Collect(out.clone()));
+        let mut cfg = config(dir.path(), 50);
+        cfg.parallelism = parallelism;
+        Job::new(graph, cfg).run().expect("job");
+        let got = std::mem::take(&mut *out.lock().expect("lock"));
+        assert_eq!(got.len(), 2_000);
+        for (_, a, b) in &got {
+            let (a_task, a_subtask) = a.rsplit_once('-').expect("a task's thread");
+            let (b_task, b_subtask) = b.rsplit_once('-').expect("a task's thread");
+            assert_eq!((a_task, b_task), ("cairn-source", "cairn-b"), "{a} {b}");
+            assert_eq!(a_subtask, b_subtask, "each subtask feeds its own");
+        }
+        if parallelism == 1 {
+            let g = GeneratorSource::new(2_000, 1_000, 5);
+            let values: Vec<u64> = got.iter().map(|(v, _, _)| *v).collect();
+            assert_eq!(values, (0..2_000).map(|n| g.key_of(n)).collect::<Vec<_>>());
+        }
+    }
+}
