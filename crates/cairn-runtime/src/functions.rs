@@ -68,7 +68,7 @@ impl<K: Key, T: Data> KeyedProcessFunction for Count<K, T> {
 }
 
 /// Flink's rolling aggregations `min`, `max`, `minBy` and `maxBy` on a keyed stream: each
-/// is [`KeyedStream::reduce`] with its function, emitting `(key, result so far)` for
+/// is [`crate::KeyedStream::reduce`] with its function, emitting `(key, result so far)` for
 /// every record (state: the `ValueState` named `reduce`).
 impl<K: Key, T: Data + Sync> crate::KeyedStream<K, T> {
     /// The least value of each key so far.

@@ -12,7 +12,7 @@
 //! [`Evictor::evict_after`]), and what it drops is gone from the window for good, as in
 //! Flink's `EvictingWindowOperator`. A window with an evictor keeps all its records, with
 //! their timestamps, whatever the function (a list state of `(timestamp, record)` named
-//! [`crate::WINDOW_CONTENTS_STATE`]), and a reduce or an aggregate folds them when the
+//! [`crate::windows::WINDOW_CONTENTS_STATE`]), and a reduce or an aggregate folds them when the
 //! window fires. So a restore that adds or removes an evictor is refused by the state's
 //! type, naming the state. When the evictor leaves no record, the function is not called.
 
