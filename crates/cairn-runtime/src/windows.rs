@@ -1498,14 +1498,19 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        if let Some(schedule) = &state.schedule {
-            self.fire_early(state, schedule, key, timer.time, backend, timers, out)?;
-        }
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             for (window, result) in custom.on_timer(custom_state, backend, timers, timer)? {
                 self.contents
                     .act(state.contents, backend, key, &window, result, out)?;
             }
+        }
+        // Only a timer of the windows' own domain ends windows or fires them by time: a
+        // user-defined trigger may set timers in the other one too.
+        if timer.domain != self.assigner.domain {
+            return Ok(());
+        }
+        if let Some(schedule) = &state.schedule {
+            self.fire_early(state, schedule, key, timer.time, backend, timers, out)?;
         }
         let Some(end) = timer.time.checked_add(1) else {
             return Ok(());
