@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,10 +25,10 @@ use cairn_runtime::function::FnProcess;
 use cairn_runtime::sinks::{DiscardSink, TwoPhaseFileSink};
 use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
-    source, BroadcastProcessFunction, BroadcastState, Checkpointed, Collector, Data, InitContext,
-    Job, JobConfig, JobGraph, OutputTag, ProcessFunction, RestartStrategy, RestoreFrom,
-    RuntimeError, SnapshotContext, SnapshotMode, StateBackendConfig, Stream,
-    TumblingEventTimeWindows, WatermarkStrategy,
+    source, BroadcastProcessFunction, BroadcastState, Checkpointed, Collector, InitContext, Job,
+    JobConfig, JobGraph, OutputTag, ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError,
+    SnapshotContext, SnapshotMode, StateBackendConfig, Stream, TumblingEventTimeWindows,
+    WatermarkStrategy,
 };
 use common::unaligned::{inflight_by_uid, slow, unaligned_retained_config, FailEvery, Gen};
 use common::*;
@@ -95,40 +94,6 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
             "waited 20 s for {what}"
         );
         std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Tags each record with the index of the subtask that runs it.
-struct Here<T> {
-    index: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<T> Here<T> {
-    fn new() -> Self {
-        Self {
-            index: u32::MAX,
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<T> Clone for Here<T> {
-    fn clone(&self) -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Checkpointed for Here<T> {
-    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
-        self.index = ctx.subtask.index;
-        Ok(())
-    }
-}
-
-impl<T: Data> ProcessFunction<T, (u32, T)> for Here<T> {
-    fn process(&mut self, x: T, out: &mut Collector<'_, (u32, T)>) -> cairn_runtime::Result<()> {
-        out.collect((self.index, x))
     }
 }
 

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,46 +16,11 @@ use cairn_runtime::function::FnProcess;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::{FileSource, GeneratorSource};
 use cairn_runtime::{
-    source, Checkpointed, Collector, Data, InitContext, Job, JobConfig, JobGraph, OutputTag,
-    ProcessFunction, RestartStrategy, RestoreFrom, RuntimeError, StateBackendConfig, Stream,
-    TumblingEventTimeWindows, WatermarkStrategy,
+    source, Collector, Job, JobConfig, JobGraph, OutputTag, RestartStrategy, RestoreFrom,
+    RuntimeError, StateBackendConfig, Stream, TumblingEventTimeWindows, WatermarkStrategy,
 };
 use common::unaligned::{run_until_holding, slow, unaligned_retained_config, FailEvery, Gen};
 use common::*;
-
-/// Tags each record with the index of the subtask that runs it.
-struct Here<T> {
-    index: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<T> Here<T> {
-    fn new() -> Self {
-        Self {
-            index: u32::MAX,
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<T> Clone for Here<T> {
-    fn clone(&self) -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Checkpointed for Here<T> {
-    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
-        self.index = ctx.subtask.index;
-        Ok(())
-    }
-}
-
-impl<T: Data> ProcessFunction<T, (u32, T)> for Here<T> {
-    fn process(&mut self, x: T, out: &mut Collector<'_, (u32, T)>) -> cairn_runtime::Result<()> {
-        out.collect((self.index, x))
-    }
-}
 
 /// A partitioning of a stream (`Stream::shuffle`, ...).
 type Partitioning<T> = fn(Stream<T>) -> Stream<T>;

@@ -685,3 +685,43 @@ pub fn lagging_counts(keys: u64, bucket_of: impl Fn(u64) -> u64) -> BTreeMap<Str
     }
     counts
 }
+
+/// Tags each record with the index of the subtask that runs it.
+pub struct Here<T> {
+    index: u32,
+    _t: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T> Here<T> {
+    pub fn new() -> Self {
+        Self {
+            index: u32::MAX,
+            _t: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> Default for Here<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for Here<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Checkpointed for Here<T> {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> cairn_runtime::Result<()> {
+        self.index = ctx.subtask.index;
+        Ok(())
+    }
+}
+
+impl<T: cairn_runtime::Data> ProcessFunction<T, (u32, T)> for Here<T> {
+    fn process(&mut self, x: T, out: &mut Collector<'_, (u32, T)>) -> cairn_runtime::Result<()> {
+        out.collect((self.index, x))
+    }
+}
