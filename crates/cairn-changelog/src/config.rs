@@ -102,19 +102,87 @@ pub struct LogBackpressure {
 /// shared area. Implemented by [`CheckpointStorage`] (pinned shared files).
 pub trait ChangelogStorage: Send + Sync + fmt::Debug {
     /// Durably writes shared file `name` and protects it from GC until [`Self::release`].
-    fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef>;
+    fn upload(&self, name: &str, bytes: &[u8]) -> Result<FileRef>;
     /// Ends the protection of a file written by [`Self::upload`] (retention then deletes it
     /// once no retained checkpoint references it).
     fn release(&self, file: &FileRef);
 }
 
+/// Attempts of an upload between checkpoints through [`CheckpointStorage`] before it
+/// fails, as Flink's `dstl.dfs.upload.retry-policy: fixed` with its default `max-attempts`
+/// of 3: object stores fail transiently, and one failed file fails a whole
+/// materialization.
+pub const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// The pause before each further attempt of an upload.
+pub const UPLOAD_RETRY_DELAY: Duration = Duration::from_millis(50);
+
 impl ChangelogStorage for CheckpointStorage {
-    fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
-        self.write_pinned_shared(name, bytes)
-            .map_err(|e| StateError::layer(format!("uploading changelog file name={name}"), e))
+    /// Writes through [`CheckpointStorage::write_pinned_shared`], up to [`UPLOAD_ATTEMPTS`]
+    /// times (a failed attempt leaves no pin); the last attempt's error names the file and
+    /// the attempts.
+    fn upload(&self, name: &str, bytes: &[u8]) -> Result<FileRef> {
+        let mut attempt = 1;
+        loop {
+            match self.write_pinned_shared(name, bytes.to_vec()) {
+                Ok(file) => return Ok(file),
+                Err(_) if attempt < UPLOAD_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(UPLOAD_RETRY_DELAY);
+                }
+                Err(e) => {
+                    return Err(StateError::layer(
+                        format!("uploading changelog file name={name} attempts={attempt}"),
+                        e,
+                    ))
+                }
+            }
+        }
     }
 
     fn release(&self, file: &FileRef) {
         self.unpin_shared(&file.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_storage::fault::{FaultyObjectStore, OpKind};
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+
+    use super::*;
+
+    fn storage() -> (CheckpointStorage, FaultyObjectStore) {
+        let faulty = FaultyObjectStore::new(Arc::new(InMemory::new()));
+        let storage = CheckpointStorage::from_store(Arc::new(faulty.clone()), Path::from("job"))
+            .expect("storage");
+        (storage, faulty)
+    }
+
+    /// An upload that fails transiently is attempted again, up to [`UPLOAD_ATTEMPTS`]
+    /// times; after that the error names the file and the attempts.
+    #[test]
+    fn uploads_are_attempted_again() {
+        let bytes = b"segment".to_vec();
+        let (storage, faulty) = storage();
+        faulty.fail_nth(OpKind::Put, faulty.count(OpKind::Put) + 1);
+        let file = ChangelogStorage::upload(&storage, "log/seg-1", &bytes).expect("second attempt");
+        assert_eq!(file.size, 7);
+
+        faulty.fail_writes_with_probability(1.0, 7);
+        let puts = faulty.count(OpKind::Put);
+        let err = ChangelogStorage::upload(&storage, "log/seg-2", &bytes).expect_err("all fail");
+        assert_eq!(faulty.count(OpKind::Put) - puts, u64::from(UPLOAD_ATTEMPTS));
+        let message = err.to_string();
+        assert!(
+            message.contains("name=log/seg-2") && message.contains("attempts=3"),
+            "{message}"
+        );
+        faulty.fail_writes_with_probability(0.0, 7);
+        let file = ChangelogStorage::upload(&storage, "log/seg-2", &bytes).expect("no faults");
+        ChangelogStorage::release(&storage, &file);
     }
 }

@@ -111,7 +111,10 @@ mod restore;
 mod shared;
 
 pub use backend::ChangelogBackend;
-pub use config::{ChangelogConfig, ChangelogOptions, ChangelogStorage, LogBackpressure};
+pub use config::{
+    ChangelogConfig, ChangelogOptions, ChangelogStorage, LogBackpressure, UPLOAD_ATTEMPTS,
+    UPLOAD_RETRY_DELAY,
+};
 pub use entries::{changelog_entries, ChangelogEntries};
 pub use error::ChangelogError;
 pub use restore::read_segment;

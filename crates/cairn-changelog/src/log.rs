@@ -768,13 +768,16 @@ mod tests {
     }
 
     impl crate::ChangelogStorage for GatedStorage {
-        fn upload(&self, name: &str, bytes: Vec<u8>) -> cairn_core::Result<cairn_core::FileRef> {
+        fn upload(&self, name: &str, bytes: &[u8]) -> cairn_core::Result<cairn_core::FileRef> {
             let mut open = self.open.lock().unwrap();
             while !*open {
                 open = self.cond.wait(open).unwrap();
             }
-            let file = crate::shared::local_ref(name, &bytes);
-            self.files.lock().unwrap().insert(name.to_string(), bytes);
+            let file = crate::shared::local_ref(name, bytes);
+            self.files
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), bytes.to_vec());
             Ok(file)
         }
         fn release(&self, _: &cairn_core::FileRef) {}

@@ -522,7 +522,7 @@ impl Shared {
                     }
                     e.uploading = true;
                     drop(t);
-                    let up = storage.upload(name, bytes.as_ref().clone());
+                    let up = storage.upload(name, &bytes);
                     t = self.lock();
                     let expected = t.files.get(name).map(|e| e.file.clone());
                     let result = match (up, expected) {

@@ -144,7 +144,7 @@ struct Flaky {
 }
 
 impl ChangelogStorage for Flaky {
-    fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<FileRef> {
+    fn upload(&self, name: &str, bytes: &[u8]) -> Result<FileRef> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(StateError::layer(
                 format!("uploading name={name}"),
