@@ -16,11 +16,12 @@ use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
     source, Checkpointed, Collector, ContinuousEventTimeTrigger, ContinuousProcessingTimeTrigger,
     CountEvictor, DeltaEvictor, EventTimeSessionWindows, EventTimeTrigger, Evictor, FnWindow,
-    GlobalWindows, Job, JobConfig, JobGraph, KeyedStream, ProcessFunction,
-    ProcessingTimeSessionWindows, ProcessingTimeTrigger, PurgingTrigger, RestartStrategy,
-    RestoreFrom, Sink, SinkContext, SnapshotMode, Source, SourceStatus, StateBackendConfig, Stream,
-    TimeEvictor, TimeWindow, TumblingEventTimeWindows, WatermarkStrategy, WindowedStream,
+    GlobalWindows, Job, JobConfig, JobGraph, KeyedStream, ProcessingTimeSessionWindows,
+    ProcessingTimeTrigger, PurgingTrigger, RestartStrategy, RestoreFrom, SnapshotMode, Source,
+    SourceStatus, StateBackendConfig, Stream, TimeEvictor, TimeWindow, TumblingEventTimeWindows,
+    WatermarkStrategy, WindowedStream,
 };
+use common::{CollectWithContext, Stamp};
 
 // ---------------------------------------------------------------------------------------
 // Scripted runs (one subtask everywhere: deterministic records and watermarks).
@@ -68,47 +69,6 @@ impl Source for Script {
             }
             None => Ok(SourceStatus::Idle),
         }
-    }
-}
-
-/// What [`Stamp`] emits (a record and its timestamp) with the sink's context of it.
-type Written<T> = ((T, Option<u64>), SinkContext);
-
-/// Collects what [`Stamp`] emits with the sink's context of each.
-#[derive(Clone, Debug)]
-struct CollectWithContext<T>(Arc<Mutex<Vec<Written<T>>>>);
-
-impl<T> Checkpointed for CollectWithContext<T> {}
-
-impl<T: Clone + Send + 'static> Sink<(T, Option<u64>)> for CollectWithContext<T> {
-    fn write(&mut self, record: (T, Option<u64>)) -> cairn_runtime::Result<()> {
-        self.write_with_context(record, &SinkContext::default())
-    }
-
-    fn write_with_context(
-        &mut self,
-        record: (T, Option<u64>),
-        context: &SinkContext,
-    ) -> cairn_runtime::Result<()> {
-        self.0.lock().expect("lock").push((record, *context));
-        Ok(())
-    }
-}
-
-/// Pairs each record with its timestamp.
-#[derive(Clone, Debug)]
-struct Stamp;
-
-impl Checkpointed for Stamp {}
-
-impl<T: Clone + Send + 'static> ProcessFunction<T, (T, Option<u64>)> for Stamp {
-    fn process(
-        &mut self,
-        input: T,
-        out: &mut Collector<'_, (T, Option<u64>)>,
-    ) -> cairn_runtime::Result<()> {
-        let timestamp = out.timestamp();
-        out.collect((input, timestamp))
     }
 }
 

@@ -14,11 +14,11 @@ use cairn_runtime::sources::FileSource;
 use cairn_runtime::windows::FixedGap;
 use cairn_runtime::{
     source, Checkpointed, Collector, CountTrigger, EventTimeSessionWindows, FnWindow, Job,
-    JobConfig, JobGraph, ProcessFunction, PurgingTrigger, RestoreFrom, SessionWindows, Sink,
-    SinkContext, SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus, StateBackendConfig,
-    TimeWindow, TumblingEventTimeWindows, WatermarkStrategy, WindowAssigner, WindowTrigger,
-    Windows,
+    JobConfig, JobGraph, PurgingTrigger, RestoreFrom, SessionWindows, Sink,
+    SlidingEventTimeWindows, SnapshotMode, Source, SourceStatus, StateBackendConfig, TimeWindow,
+    TumblingEventTimeWindows, WatermarkStrategy, WindowAssigner, WindowTrigger, Windows,
 };
+use common::{CollectWithContext, Stamp};
 
 /// `(key, timestamp, value)`.
 type Event = (u64, u64, u64);
@@ -74,47 +74,6 @@ impl<T: Clone + Send + 'static> Sink<T> for Collect<T> {
     fn write(&mut self, record: T) -> cairn_runtime::Result<()> {
         self.0.lock().expect("lock").push(record);
         Ok(())
-    }
-}
-
-/// What [`Stamp`] emits (a record and its timestamp) with the sink's context of it.
-type Written<T> = ((T, Option<u64>), SinkContext);
-
-/// Collects what [`Stamp`] emits with the sink's context of each.
-#[derive(Clone, Debug)]
-struct CollectWithContext<T>(Arc<Mutex<Vec<Written<T>>>>);
-
-impl<T> Checkpointed for CollectWithContext<T> {}
-
-impl<T: Clone + Send + 'static> Sink<(T, Option<u64>)> for CollectWithContext<T> {
-    fn write(&mut self, record: (T, Option<u64>)) -> cairn_runtime::Result<()> {
-        self.write_with_context(record, &SinkContext::default())
-    }
-
-    fn write_with_context(
-        &mut self,
-        record: (T, Option<u64>),
-        context: &SinkContext,
-    ) -> cairn_runtime::Result<()> {
-        self.0.lock().expect("lock").push((record, *context));
-        Ok(())
-    }
-}
-
-/// Pairs each record with its timestamp.
-#[derive(Clone, Debug)]
-struct Stamp;
-
-impl Checkpointed for Stamp {}
-
-impl<T: Clone + Send + 'static> ProcessFunction<T, (T, Option<u64>)> for Stamp {
-    fn process(
-        &mut self,
-        input: T,
-        out: &mut Collector<'_, (T, Option<u64>)>,
-    ) -> cairn_runtime::Result<()> {
-        let timestamp = out.timestamp();
-        out.collect((input, timestamp))
     }
 }
 

@@ -725,3 +725,44 @@ impl<T: cairn_runtime::Data> ProcessFunction<T, (u32, T)> for Here<T> {
         out.collect((self.index, x))
     }
 }
+
+/// What [`Stamp`] emits (a record and its timestamp) with the sink's context of it.
+pub type Written<T> = ((T, Option<u64>), cairn_runtime::SinkContext);
+
+/// Collects what [`Stamp`] emits with the sink's context of each.
+#[derive(Clone, Debug)]
+pub struct CollectWithContext<T>(pub Arc<std::sync::Mutex<Vec<Written<T>>>>);
+
+impl<T> Checkpointed for CollectWithContext<T> {}
+
+impl<T: Clone + Send + 'static> cairn_runtime::Sink<(T, Option<u64>)> for CollectWithContext<T> {
+    fn write(&mut self, record: (T, Option<u64>)) -> cairn_runtime::Result<()> {
+        self.write_with_context(record, &cairn_runtime::SinkContext::default())
+    }
+
+    fn write_with_context(
+        &mut self,
+        record: (T, Option<u64>),
+        context: &cairn_runtime::SinkContext,
+    ) -> cairn_runtime::Result<()> {
+        self.0.lock().expect("lock").push((record, *context));
+        Ok(())
+    }
+}
+
+/// Pairs each record with its timestamp.
+#[derive(Clone, Debug)]
+pub struct Stamp;
+
+impl Checkpointed for Stamp {}
+
+impl<T: Clone + Send + 'static> ProcessFunction<T, (T, Option<u64>)> for Stamp {
+    fn process(
+        &mut self,
+        input: T,
+        out: &mut Collector<'_, (T, Option<u64>)>,
+    ) -> cairn_runtime::Result<()> {
+        let timestamp = out.timestamp();
+        out.collect((input, timestamp))
+    }
+}
