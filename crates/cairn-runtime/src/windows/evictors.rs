@@ -13,8 +13,10 @@
 //! Flink's `EvictingWindowOperator`. A window with an evictor keeps all its records, with
 //! their timestamps, whatever the function (a list state of `(timestamp, record)` named
 //! [`crate::windows::WINDOW_CONTENTS_STATE`]), and a reduce or an aggregate folds them when the
-//! window fires. So a restore that adds or removes an evictor is refused by the state's
-//! type, naming the state. When the evictor leaves no record, the function is not called.
+//! window fires. So whether a window operator has an evictor is kept in its operator state
+//! ([`crate::windows::WINDOW_EVICTOR_STATE`]), and a restore that adds or removes one is
+//! refused, naming the operator. When the evictor leaves no record, the function is not
+//! called.
 
 use std::fmt;
 use std::sync::Arc;
