@@ -9,8 +9,8 @@ use cairn_runtime::functions::Count;
 use cairn_runtime::sinks::TwoPhaseFileSink;
 use cairn_runtime::sources::FileSource;
 use cairn_runtime::{
-    source, CheckpointConfig, CheckpointingMode, Job, JobConfig, RestoreFrom, RestoreMode,
-    SnapshotMode, StateBackendConfig,
+    source, CheckpointConfig, CheckpointingMode, Job, JobConfig, JsonLinesReporter, MetricsConfig,
+    RestoreFrom, RestoreMode, SnapshotMode, StateBackendConfig,
 };
 use clap::{Parser, ValueEnum};
 
@@ -113,6 +113,13 @@ struct Args {
     /// Completed checkpoints to keep.
     #[arg(long, default_value_t = 3)]
     retained: usize,
+    /// Append the job's metrics to this file as JSON lines, every --metrics-interval-ms
+    /// and once at the end ("-": standard error).
+    #[arg(long)]
+    metrics_file: Option<String>,
+    /// How often --metrics-file gets a line (Flink's reporter interval).
+    #[arg(long, default_value_t = 10_000, requires = "metrics_file")]
+    metrics_interval_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -166,8 +173,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some("latest") => Some(RestoreFrom::Latest),
         Some(path) => Some(RestoreFrom::Path(path.to_string())),
     };
+    let mut metrics =
+        MetricsConfig::default().every(Duration::from_millis(args.metrics_interval_ms));
+    match args.metrics_file.as_deref() {
+        None => {}
+        Some("-") => metrics = metrics.with_reporter(JsonLinesReporter::to_stderr()),
+        Some(path) => metrics = metrics.with_reporter(JsonLinesReporter::to_file(path)?),
+    }
     let config = JobConfig {
         name: "wordcount".into(),
+        metrics,
         parallelism: args.parallelism,
         max_parallelism: args.max_parallelism,
         checkpoint: CheckpointConfig {

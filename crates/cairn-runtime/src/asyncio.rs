@@ -278,6 +278,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         retry: Option<AsyncRetryStrategy<O>>,
     ) -> Result<Self> {
         options.check(&setup.uid)?;
+        setup.output_into(next.as_ref());
         setup.initialize(&mut f)?;
         let d = OperatorListStateDescriptor {
             name: ASYNC_INFLIGHT_STATE.to_string(),
@@ -528,12 +529,18 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
 
 impl<T: Data, O: Data, F: AsyncFunction<T, O>> Chain<T> for AsyncOp<T, O, F> {
     fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        self.setup.io.record();
         self.start(record, timestamp)?;
         self.poll()
     }
 
+    fn input_io(&self) -> Option<Arc<crate::metrics::IoMetrics>> {
+        Some(self.setup.io.clone())
+    }
+
     /// The mark goes once every call before it is emitted; calls after it start meanwhile.
     fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.setup.io.mark(mark);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.marks.insert(seq, mark);

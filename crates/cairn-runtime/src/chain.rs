@@ -24,6 +24,7 @@ use crate::function::{
     Checkpointed, Collector, InitContext, Key, KeyedProcessFunction, ProcessFunction, Sink,
     SinkContext, SnapshotContext, SubtaskInfo,
 };
+use crate::metrics::{IoMetrics, MetricGroup, MetricRegistry, TaskTimes};
 use crate::side::SideOutputs;
 use crate::timers::{ProcessingClock, TimeDomain, Timer, Timers};
 use crate::watermarks::Mark;
@@ -253,6 +254,10 @@ pub(crate) struct TaskShared {
     pub(crate) clock: ProcessingClock,
     /// How often assigners emit watermarks.
     pub(crate) watermark_interval: Duration,
+    /// The job's metrics.
+    pub(crate) metrics: Arc<MetricRegistry>,
+    /// The run (restart attempt) the tasks belong to.
+    pub(crate) attempt: u32,
 }
 
 impl TaskShared {
@@ -274,10 +279,24 @@ impl TaskShared {
     }
 }
 
-/// Sends on a bounded channel, waking up now and then to notice cancellation.
-pub(crate) fn send_blocking<T>(tx: &Sender<T>, mut msg: T, shared: &TaskShared) -> Result<()> {
+/// Sends on a bounded channel, waking up now and then to notice cancellation; the time a
+/// full channel keeps it waiting counts as the task's backpressured time.
+pub(crate) fn send_blocking<T>(
+    tx: &Sender<T>,
+    msg: T,
+    shared: &TaskShared,
+    times: &TaskTimes,
+) -> Result<()> {
+    let mut msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(()),
+        Err(crossbeam_channel::TrySendError::Full(m)) => m,
+        Err(crossbeam_channel::TrySendError::Disconnected(m)) => m,
+    };
     loop {
-        match tx.send_timeout(msg, Duration::from_millis(20)) {
+        let started = Instant::now();
+        let sent = tx.send_timeout(msg, Duration::from_millis(20));
+        times.backpressured(started.elapsed());
+        match sent {
             Ok(()) => return Ok(()),
             Err(SendTimeoutError::Timeout(m)) => {
                 if shared.cancelled() {
@@ -329,6 +348,11 @@ pub(crate) trait Chain<T>: Send {
     fn timer_wait(&self) -> Option<Duration> {
         None
     }
+    /// What counts the records (and watermarks) into this element, for the operator before
+    /// it ([`crate::metrics`]); `None` for an element that counts nothing.
+    fn input_io(&self) -> Option<Arc<IoMetrics>> {
+        None
+    }
 }
 
 /// Setup common to every operator instance.
@@ -340,6 +364,10 @@ pub(crate) struct OpSetup {
     /// The domains whose timer state the snapshot restored from holds for this operator.
     pub(crate) restored_timers: Vec<TimeDomain>,
     pub(crate) shared: Arc<TaskShared>,
+    /// Counts the records into the operator and its input watermark.
+    pub(crate) io: Arc<IoMetrics>,
+    /// The operator subtask's metrics.
+    pub(crate) metrics: MetricGroup,
 }
 
 impl OpSetup {
@@ -352,6 +380,14 @@ impl OpSetup {
         .in_op(&self.uid)
     }
 
+    /// The operator's main output goes into `next`: its records and watermarks count as
+    /// the operator's output.
+    pub(crate) fn output_into<T>(&self, next: &dyn Chain<T>) {
+        if let Some(io) = next.input_io() {
+            MetricRegistry::output(&self.metrics, &io);
+        }
+    }
+
     pub(crate) fn initialize(&mut self, f: &mut dyn Checkpointed) -> Result<()> {
         let mut ctx = InitContext {
             operator_state: &mut self.operator_state,
@@ -359,6 +395,7 @@ impl OpSetup {
             subtask: self.info,
             run_id: &self.shared.run_id,
             checkpointing: self.shared.checkpointing,
+            metrics: &self.metrics,
         };
         f.initialize_state(&mut ctx)
             .map_err(|e| e.with_uid(&self.uid).registration())
@@ -434,6 +471,7 @@ impl<F, Out> ProcessOp<F, Out> {
     where
         F: ProcessFunction<In, Out>,
     {
+        setup.output_into(next.as_ref());
         setup.initialize(&mut f)?;
         Ok(Self {
             range: setup.range()?,
@@ -452,6 +490,7 @@ where
 {
     #[inline]
     fn push(&mut self, record: In, timestamp: Option<u64>) -> Result<()> {
+        self.setup.io.record();
         let mut out = Collector::with_sides(self.next.as_mut(), timestamp, &mut self.sides);
         self.f
             .process(record, &mut out)
@@ -459,8 +498,13 @@ where
     }
 
     fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.setup.io.mark(mark);
         self.sides.mark(mark)?;
         self.next.mark(mark)
+    }
+
+    fn input_io(&self) -> Option<Arc<IoMetrics>> {
+        Some(self.setup.io.clone())
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -519,6 +563,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> KeyedOp<F, B> {
         next: Box<dyn Chain<F::Out>>,
         sides: SideOutputs,
     ) -> Result<Self> {
+        setup.output_into(next.as_ref());
         setup.initialize(&mut f)?;
         let state = f
             .open(&mut backend)
@@ -596,6 +641,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
 
     #[inline]
     fn push(&mut self, (key, value): (F::Key, F::In), timestamp: Option<u64>) -> Result<()> {
+        self.setup.io.record();
         self.key_buf.clear();
         self.key_codec
             .encode(&key, &mut self.key_buf)
@@ -663,11 +709,16 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(F::Key, F::In)> for K
     }
 
     fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.setup.io.mark(mark);
         if let Mark::Watermark(watermark) = mark {
             self.advance_watermark(watermark)?;
         }
         self.sides.mark(mark)?;
         self.next.mark(mark)
+    }
+
+    fn input_io(&self) -> Option<Arc<IoMetrics>> {
+        Some(self.setup.io.clone())
     }
 
     fn fire_timers(&mut self) -> Result<()> {
@@ -722,6 +773,9 @@ macro_rules! pass_on_to {
         fn flush(&mut self) -> $crate::error::Result<()> {
             self.$($next)+.flush()
         }
+        fn input_io(&self) -> Option<std::sync::Arc<$crate::metrics::IoMetrics>> {
+            self.$($next)+.input_io()
+        }
     };
 }
 pub(crate) use pass_on_to;
@@ -744,6 +798,7 @@ impl<F: KeyedProcessFunction, B: KeyedStateBackend> Chain<(Option<F::Key>, F::In
         match key {
             Some(key) => op.push((key, value), timestamp),
             None => {
+                op.setup.io.record();
                 let mut out = Collector::with_sides(op.next.as_mut(), timestamp, &mut op.sides);
                 op.f.process_unkeyed(&op.state, value, &mut op.backend, &mut out)
                     .map_err(|e| e.with_uid(&op.setup.uid))
@@ -837,6 +892,7 @@ impl<S> SinkOp<S> {
 impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
     #[inline]
     fn push(&mut self, record: In, timestamp: Option<u64>) -> Result<()> {
+        self.setup.io.record();
         self.context.timestamp = timestamp;
         self.sink
             .write_with_context(record, &self.context)
@@ -845,10 +901,15 @@ impl<In, S: Sink<In>> Chain<In> for SinkOp<S> {
 
     /// Keeps the watermark for the sink's context.
     fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.setup.io.mark(mark);
         if let Mark::Watermark(w) = mark {
             self.context.watermark = Some(w);
         }
         Ok(())
+    }
+
+    fn input_io(&self) -> Option<Arc<IoMetrics>> {
+        Some(self.setup.io.clone())
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -947,16 +1008,19 @@ impl<T: Clone + Send + 'static> BroadcastOut<T> {
         events: Vec<Sender<TaskEvent>>,
         batch_size: usize,
         shared: Arc<TaskShared>,
+        times: Arc<TaskTimes>,
     ) -> Self {
         let route = FixedRoute { target: 0 };
-        Self {
-            out: ExchangeOut::new(route, channel, senders, events, batch_size, shared),
-        }
+        let mut out = ExchangeOut::new(route, channel, senders, events, batch_size, shared, times);
+        // Each record goes to every channel but counts once, here.
+        out.count = false;
+        Self { out }
     }
 }
 
 impl<T: Clone + Send + 'static> Chain<T> for BroadcastOut<T> {
     fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        self.out.io.record();
         let last = self.out.senders.len().saturating_sub(1);
         for i in 0..last {
             self.out.route.target = i;
@@ -1172,6 +1236,11 @@ pub(crate) struct ExchangeOut<R: Route<T>, T> {
     sent: Vec<u64>,
     batch_size: usize,
     shared: Arc<TaskShared>,
+    /// Where the task's time goes (waiting for room in a channel is backpressure).
+    times: Arc<TaskTimes>,
+    /// Counts the records sent (when `count`) and the watermarks.
+    io: Arc<IoMetrics>,
+    count: bool,
     /// The end of the output was sent: barriers go on the event lanes only (a marker
     /// behind the end would never be read, and could fill the channel).
     ended: bool,
@@ -1186,6 +1255,7 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
         events: Vec<Sender<TaskEvent>>,
         batch_size: usize,
         shared: Arc<TaskShared>,
+        times: Arc<TaskTimes>,
     ) -> Self {
         let n = senders.len();
         Self {
@@ -1197,6 +1267,9 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
             sent: vec![0; n],
             batch_size: batch_size.max(1),
             shared,
+            times,
+            io: Arc::default(),
+            count: true,
             ended: false,
             _in: std::marker::PhantomData,
         }
@@ -1207,7 +1280,15 @@ impl<R: Route<T>, T> ExchangeOut<R, T> {
             return Ok(());
         }
         let batch = std::mem::replace(&mut self.buffers[i], Batch::with_capacity(self.batch_size));
-        send_blocking(&self.senders[i], DataMsg::Batch(batch), &self.shared)?;
+        if self.count {
+            self.io.add(batch.len() as u64);
+        }
+        send_blocking(
+            &self.senders[i],
+            DataMsg::Batch(batch),
+            &self.shared,
+            &self.times,
+        )?;
         self.sent[i] += 1;
         Ok(())
     }
@@ -1230,10 +1311,15 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
             return Ok(());
         }
         self.flush()?;
+        self.io.mark(mark);
         for tx in &self.senders {
-            send_blocking(tx, DataMsg::Mark(mark), &self.shared)?;
+            send_blocking(tx, DataMsg::Mark(mark), &self.shared, &self.times)?;
         }
         Ok(())
+    }
+
+    fn input_io(&self) -> Option<Arc<IoMetrics>> {
+        Some(self.io.clone())
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -1253,7 +1339,7 @@ impl<R: Route<T>, T: Send> Chain<T> for ExchangeOut<R, T> {
     fn finish(&mut self) -> Result<()> {
         self.flush()?;
         for tx in &self.senders {
-            send_blocking(tx, DataMsg::End, &self.shared)?;
+            send_blocking(tx, DataMsg::End, &self.shared, &self.times)?;
         }
         self.ended = true;
         Ok(())
@@ -1286,7 +1372,7 @@ impl<R: Route<T>, T: Send> ExchangeOut<R, T> {
         }
         if !self.ended {
             for tx in &self.senders {
-                send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared)?;
+                send_blocking(tx, DataMsg::Barrier(*barrier), &self.shared, &self.times)?;
             }
         }
         Ok(())

@@ -8,6 +8,7 @@ use cairn_core::SavepointFormat;
 use cairn_rocksdb::RocksDbOptions;
 use cairn_storage::CheckpointStorage;
 
+use crate::metrics::MetricsConfig;
 use crate::timers::ProcessingClock;
 
 /// Checkpointing mode (Flink's `execution.checkpointing.mode`).
@@ -310,6 +311,9 @@ pub struct JobConfig {
     /// (and idleness) off, as in Flink: event-time timers then fire only at the end of the
     /// input. See [`crate::watermarks`].
     pub auto_watermark_interval: Duration,
+    /// Where and how often the job reports its metrics (none by default; they are kept
+    /// either way: [`crate::JobHandle::metrics`]).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for JobConfig {
@@ -335,6 +339,7 @@ impl Default for JobConfig {
             async_threads: 2,
             processing_clock: ProcessingClock::default(),
             auto_watermark_interval: Duration::from_millis(200),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::chain::Chain;
 use crate::error::Result;
+use crate::metrics::MetricGroup;
 use crate::side::{OutputTag, SideOutputs};
 use crate::timers::{Timer, TimerService};
 
@@ -48,6 +49,10 @@ pub struct InitContext<'a> {
     pub run_id: &'a str,
     /// Whether the job checkpoints (a 2PC sink commits on completion; otherwise at the end).
     pub checkpointing: bool,
+    /// Where the operator registers its own metrics (Flink's
+    /// `getRuntimeContext().getMetricGroup()`): counters, gauges, meters and histograms
+    /// scoped `<uid>.<subtask>`; keep what it returns in a field. See [`crate::metrics`].
+    pub metrics: &'a MetricGroup,
 }
 
 /// Given to [`Checkpointed::snapshot_state`] in the synchronous phase of a snapshot.

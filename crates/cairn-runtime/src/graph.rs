@@ -264,6 +264,8 @@ pub(crate) struct BuildCtx {
     /// The exchanges of the stage's side outputs that streams read; each is taken by its
     /// operator.
     pub(crate) sides: Vec<SideEdge>,
+    /// Where the task's time goes.
+    pub(crate) times: Arc<crate::metrics::TaskTimes>,
 }
 
 /// A side output's exchange out of one subtask.
@@ -336,6 +338,11 @@ impl BuildCtx {
                 is_restored = true;
             }
         }
+        let io = Arc::new(crate::metrics::IoMetrics::default());
+        let metrics =
+            self.shared
+                .metrics
+                .operator(self.shared.attempt, uid, self.info.index, Some(&io));
         Ok(OpSetup {
             uid: uid.to_string(),
             info: self.info,
@@ -343,6 +350,8 @@ impl BuildCtx {
             is_restored,
             restored_timers,
             shared: self.shared.clone(),
+            io,
+            metrics,
         })
     }
 
@@ -455,6 +464,7 @@ impl BuildCtx {
             events,
             self.batch_size,
             self.shared.clone(),
+            self.times.clone(),
         ))
     }
 
@@ -576,6 +586,7 @@ fn routed_tail<T: Data, R: Route<T, Item = T> + 'static>(
             events,
             ctx.batch_size,
             ctx.shared.clone(),
+            ctx.times.clone(),
         )) as Box<dyn Chain<T>>)
     })
 }
@@ -703,6 +714,7 @@ fn broadcast_tail<T: Data>() -> ChainFactory<T> {
             events,
             ctx.batch_size,
             ctx.shared.clone(),
+            ctx.times.clone(),
         )) as Box<dyn Chain<T>>)
     })
 }
@@ -2047,6 +2059,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 events,
                 ctx.batch_size,
                 ctx.shared.clone(),
+                ctx.times.clone(),
             )) as Box<dyn Chain<T>>)
         })
     }

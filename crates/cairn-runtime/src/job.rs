@@ -28,6 +28,7 @@ use crate::function::SubtaskInfo;
 use crate::graph::{
     BuildCtx, Dataflow, EdgeKind, JobGraph, LaneFactory, Restore, SideEdge, StageOutput,
 };
+use crate::metrics::{MetricRegistry, Metrics, SAMPLE_INTERVAL};
 use crate::task::{AlignConfig, JobCounters, SourceLimits, TaskLink};
 
 /// What a finished job reports.
@@ -84,6 +85,10 @@ pub struct JobResult {
     /// to the end of the job, milliseconds: the draining of the tasks and the final
     /// checkpoint (with checkpointing). Zero for a job that did not end by its input ending.
     pub input_end_ms: f64,
+    /// Every metric as the job ended (the operators' of its last run); see
+    /// [`crate::metrics`]. Not in the JSON summary.
+    #[serde(skip)]
+    pub metrics: Metrics,
 }
 
 /// A dataflow with its configuration.
@@ -108,6 +113,7 @@ enum SignalStop {
 pub struct JobHandle {
     coord: Sender<CoordMsg>,
     counters: Arc<JobCounters>,
+    metrics: Arc<MetricRegistry>,
     driver: JoinHandle<Result<JobResult>>,
     /// The format of savepoints asked for without one.
     savepoint_format: SavepointFormat,
@@ -149,6 +155,7 @@ impl Job {
         let driver = Driver::new(self.graph, self.config, self.on_signals)?;
         let coord = driver.coord_tx.clone();
         let counters = driver.counters.clone();
+        let metrics = driver.metrics.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-driver".into())
             .spawn(move || driver.run())
@@ -156,6 +163,7 @@ impl Job {
         Ok(JobHandle {
             coord,
             counters,
+            metrics,
             driver: handle,
             savepoint_format,
         })
@@ -260,6 +268,15 @@ impl JobHandle {
         self.counters.checkpoints_completed.load(Ordering::Relaxed)
     }
 
+    /// Every metric of the job now ([`crate::metrics`]): the job's, and those of the
+    /// operators of its current run.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.job(|j| {
+            j.records_read = self.counters.source_records.load(Ordering::Relaxed);
+        });
+        self.metrics.snapshot()
+    }
+
     /// Cancels the job.
     pub fn cancel(&self) {
         let _ = self.coord.send(CoordMsg::Cancel);
@@ -327,6 +344,12 @@ struct Driver {
     async_tx: Sender<AsyncJob>,
     async_workers: Vec<JoinHandle<()>>,
     counters: Arc<JobCounters>,
+    metrics: Arc<MetricRegistry>,
+    /// When the rates were last sampled and the reporters last reported.
+    metrics_sampled: Instant,
+    metrics_reported: Instant,
+    /// The reporters that failed (each is told of once).
+    reporters_failed: Vec<bool>,
     /// Set by SIGINT or SIGTERM, when the job handles them, and how it stops then.
     signal: Option<(Arc<AtomicBool>, SignalStop)>,
     /// The answer to the stop-with-savepoint a signal asked for, while it is under way
@@ -464,6 +487,7 @@ impl Driver {
                 .hash_one((millis, std::process::id()));
             format!("{millis:x}{:06x}", random & 0xff_ffff)
         };
+        let reporters_failed = vec![false; config.metrics.reporters.len()];
         let result = JobResult {
             checkpoint_dir: config.checkpoint_dir.clone(),
             ..JobResult::default()
@@ -478,6 +502,10 @@ impl Driver {
             async_tx,
             async_workers,
             counters: Arc::new(JobCounters::default()),
+            metrics: Arc::new(MetricRegistry::default()),
+            metrics_sampled: Instant::now(),
+            metrics_reported: Instant::now(),
+            reporters_failed,
             signal,
             signal_stop: None,
             parallelism,
@@ -582,6 +610,8 @@ impl Driver {
                         break Ok(Outcome::Cancelled);
                     }
                     self.result.restarts += 1;
+                    let restarts = self.result.restarts;
+                    self.metrics.job(|j| j.restarts = restarts);
                     counted += 1;
                     attempt += 1;
                     delay = strategy.next_delay(delay);
@@ -652,6 +682,9 @@ impl Driver {
         if let Some(t) = self.input_ended {
             self.result.input_end_ms = t.elapsed().as_secs_f64() * 1000.0;
         }
+        self.metrics.job(|j| j.in_progress = 0);
+        self.report_metrics(true);
+        self.result.metrics = self.metrics.snapshot();
         Ok(std::mem::take(&mut self.result))
     }
 
@@ -765,6 +798,12 @@ impl Driver {
         restore: Option<Arc<Restore>>,
         job_start: Instant,
     ) -> Outcome {
+        self.metrics.begin_run(attempt);
+        if restore.is_some() {
+            let now = epoch_ms();
+            self.metrics
+                .job(|j| j.last_restore_timestamp_ms = Some(now));
+        }
         let cfg = &self.config;
         let checkpointing = cfg.checkpoint.interval.is_some();
         let shared = Arc::new(TaskShared {
@@ -774,6 +813,8 @@ impl Driver {
             run_id: format!("{}-{attempt}", self.nonce),
             clock: cfg.processing_clock.clone(),
             watermark_interval: cfg.auto_watermark_interval,
+            metrics: self.metrics.clone(),
+            attempt,
         });
         let stages = self.graph.stages.clone();
         let ps = self.parallelism.clone();
@@ -851,6 +892,11 @@ impl Driver {
                 if stage.is_source {
                     source_tasks.push(id);
                 }
+                let times = Arc::new(crate::metrics::TaskTimes::default());
+                if let Some(head) = stage.uids.first() {
+                    let group = self.metrics.operator(attempt, head, i, None);
+                    MetricRegistry::task(&group, &times);
+                }
                 let link = TaskLink {
                     id,
                     attempt,
@@ -860,6 +906,7 @@ impl Driver {
                     },
                     coord: self.coord_tx.clone(),
                     shared: shared.clone(),
+                    times: times.clone(),
                 };
                 let (output, main_lane) = outputs[k][i as usize].take().unzip();
                 let mut ctx = BuildCtx {
@@ -892,6 +939,7 @@ impl Driver {
                     }),
                     stage_uids: stage.uids.clone(),
                     sides: std::mem::take(&mut sides[k][i as usize]),
+                    times,
                 };
                 let build = stage.build.clone();
                 // What a panic names: the chained operators, as Flink names a task.
@@ -1043,6 +1091,7 @@ impl Driver {
                 };
             }
             self.on_signal(run);
+            self.metrics_tick(run);
             if let Some(o) = self.tick(run) {
                 return o;
             }
@@ -1465,6 +1514,9 @@ impl Driver {
     ) -> Option<Outcome> {
         let id = self.next_id;
         self.next_id += 1;
+        if kind == BarrierKind::Checkpoint {
+            self.metrics.job(|j| j.triggered += 1);
+        }
         let (target, reply) = match (kind, savepoint) {
             (BarrierKind::Savepoint { stop, .. }, Some((dir, reply))) => {
                 let path = format!(
@@ -1644,6 +1696,7 @@ impl Driver {
     /// row.
     fn checkpoint_failed(&mut self, id: u64, reason: String) -> Option<Outcome> {
         self.result.checkpoints_failed += 1;
+        self.metrics.job(|j| j.failed += 1);
         if self.result.checkpoint_failure_reasons.len() < 20 {
             self.result
                 .checkpoint_failure_reasons
@@ -1811,10 +1864,13 @@ impl Driver {
     fn record_stats(&mut self, manifest: &Manifest, duration: Duration) {
         let mut files = HashSet::new();
         let mut added = 0u64;
+        let mut full = 0u64;
         for op in &manifest.operators {
             for s in &op.subtasks {
                 for st in &s.operator_state {
-                    added += st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
+                    let bytes = st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
+                    added += bytes;
+                    full += bytes;
                     if st.name == crate::task::INFLIGHT_STATE {
                         self.result.inflight_records += st.elements.len() as u64;
                     }
@@ -1825,10 +1881,12 @@ impl Driver {
                             FileArea::Shared => format!("shared/{}", f.name),
                             _ => format!("chk-{}/{}", manifest.checkpoint_id, f.name),
                         };
-                        if !self.prev_files.contains(&key) && files.insert(key.clone()) {
-                            added += f.size;
+                        if files.insert(key.clone()) {
+                            full += f.size;
+                            if !self.prev_files.contains(&key) {
+                                added += f.size;
+                            }
                         }
-                        files.insert(key);
                     }
                 }
             }
@@ -1838,10 +1896,52 @@ impl Driver {
         self.counters
             .checkpoints_completed
             .fetch_add(1, Ordering::Relaxed);
-        self.result
-            .checkpoint_durations_ms
-            .push(duration.as_secs_f64() * 1000.0);
+        let duration_ms = duration.as_secs_f64() * 1000.0;
+        self.result.checkpoint_durations_ms.push(duration_ms);
         self.result.checkpoint_bytes.push(added);
+        self.metrics.job(|j| {
+            j.completed += 1;
+            j.last_completed_id = Some(manifest.checkpoint_id);
+            j.last_duration_ms = Some(duration_ms);
+            j.last_size = Some(added);
+            j.last_full_size = Some(full);
+        });
+    }
+
+    /// Keeps the job's metrics current, samples the rates once a second, and reports
+    /// every configured interval.
+    fn metrics_tick(&mut self, run: &Run) {
+        let in_progress = run
+            .pending
+            .values()
+            .filter(|p| p.barrier.kind == BarrierKind::Checkpoint)
+            .count() as u64;
+        let read = self.counters.source_records.load(Ordering::Relaxed);
+        self.metrics.job(|j| {
+            j.in_progress = in_progress;
+            j.records_read = read;
+        });
+        if self.metrics_sampled.elapsed() >= SAMPLE_INTERVAL {
+            self.metrics_sampled = Instant::now();
+            self.metrics.sample();
+        }
+        self.report_metrics(false);
+    }
+
+    /// Reports the metrics when the interval has passed since the last report (or now,
+    /// when `now`).
+    fn report_metrics(&mut self, now: bool) {
+        let reporters = &self.config.metrics.reporters;
+        if reporters.is_empty()
+            || !(now || self.metrics_reported.elapsed() >= self.config.metrics.interval)
+        {
+            return;
+        }
+        self.metrics_reported = Instant::now();
+        let read = self.counters.source_records.load(Ordering::Relaxed);
+        self.metrics.job(|j| j.records_read = read);
+        let snapshot = self.metrics.snapshot();
+        crate::metrics::report(reporters, &snapshot, &mut self.reporters_failed);
     }
 }
 
@@ -1943,6 +2043,14 @@ fn open_snapshot_at(path: &str) -> Result<(Manifest, Box<dyn cairn_core::Snapsho
 }
 
 /// Eight random hex digits (from the process's random hash keys), for savepoint names.
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn savepoint_tag(nonce: &str) -> String {
     use std::hash::BuildHasher;
     let random = std::collections::hash_map::RandomState::new().hash_one(nonce);

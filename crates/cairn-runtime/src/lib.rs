@@ -72,6 +72,7 @@ mod graph;
 pub mod inflight;
 mod job;
 pub mod joins;
+pub mod metrics;
 pub mod side;
 pub mod sinks;
 pub mod sources;
@@ -105,6 +106,10 @@ pub use job::{Job, JobHandle, JobResult};
 pub use joins::{
     FnJoin, IntervalJoin, IntervalJoined, JoinContext, JoinStreams, JoinWindows, KeyedJoin,
     ProcessJoinFunction, WindowJoin,
+};
+pub use metrics::{
+    Counter, Histogram, HistogramStatistics, JsonLinesReporter, Meter, MetricGroup, MetricReporter,
+    MetricValue, Metrics, MetricsConfig,
 };
 pub use side::OutputTag;
 pub use task::INFLIGHT_STATE;

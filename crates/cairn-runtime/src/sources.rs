@@ -396,6 +396,7 @@ mod tests {
             },
             run_id: "test",
             checkpointing: true,
+            metrics: &crate::metrics::MetricGroup::unregistered("source.0"),
         })?;
         Ok((source, backend))
     }

@@ -18,6 +18,7 @@ use crate::coordinator::{CoordMsg, TaskId};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Collector, Source, SourceStatus};
 use crate::inflight::InflightCodec;
+use crate::metrics::TaskTimes;
 use crate::watermarks::{Mark, Valve};
 
 /// The name of the operator state that holds a task's in-flight input records in an
@@ -51,6 +52,8 @@ pub(crate) struct TaskLink {
     pub(crate) events: Receiver<TaskEvent>,
     pub(crate) coord: Sender<CoordMsg>,
     pub(crate) shared: Arc<TaskShared>,
+    /// Where the task's time goes (waiting for input is idle time).
+    pub(crate) times: Arc<TaskTimes>,
 }
 
 impl TaskLink {
@@ -159,6 +162,7 @@ impl<S: Source> SourceTask<S> {
             setup.info.index,
         )
         .map_err(|e| RuntimeError::state(&setup.uid, e))?;
+        setup.output_into(chain.as_ref());
         setup.initialize(&mut source)?;
         Ok(Self {
             setup,
@@ -310,7 +314,10 @@ impl<S: Source> Task for SourceTask<S> {
                 } else {
                     Duration::from_millis(1)
                 };
-                match self.link.events.recv_timeout(wait) {
+                let waited = Instant::now();
+                let event = self.link.events.recv_timeout(wait);
+                self.link.times.idle(waited.elapsed());
+                match event {
                     Ok(ev) => {
                         if self.on_event(ev, &mut stopped)? {
                             return Ok(());
@@ -992,7 +999,9 @@ impl<X: crate::function::Data> InputTask<X> {
             Some(timer) if !self.finished => timeout.min(timer),
             _ => timeout,
         };
+        let waited = Instant::now();
         let _ = sel.ready_timeout(timeout);
+        self.link.times.idle(waited.elapsed());
         Ok(())
     }
 }
@@ -1145,7 +1154,10 @@ mod tests {
                     run_id: "test".into(),
                     clock: Default::default(),
                     watermark_interval: Duration::from_millis(200),
+                    metrics: Default::default(),
+                    attempt: 0,
                 }),
+                times: Default::default(),
             };
             let task = InputTask::new(
                 Box::new(Recorder(seen.clone())),

@@ -194,6 +194,7 @@ impl<T> AssignOp<T> {
         next: Box<dyn Chain<T>>,
     ) -> Result<Self> {
         let mut hooks = NoState;
+        setup.output_into(next.as_ref());
         setup.initialize(&mut hooks)?;
         Ok(Self {
             range: setup.range()?,
@@ -248,6 +249,7 @@ impl<T> AssignOp<T> {
 impl<T: Send> Chain<T> for AssignOp<T> {
     #[inline]
     fn push(&mut self, record: T, timestamp: Option<u64>) -> Result<()> {
+        self.setup.io.record();
         if self.idle {
             self.idle = false;
             self.last_active = Instant::now();
@@ -274,8 +276,13 @@ impl<T: Send> Chain<T> for AssignOp<T> {
     }
 
     /// Event-time progress from upstream is dropped: this assigner's replaces it.
-    fn mark(&mut self, _mark: Mark) -> Result<()> {
+    fn mark(&mut self, mark: Mark) -> Result<()> {
+        self.setup.io.mark(mark);
         Ok(())
+    }
+
+    fn input_io(&self) -> Option<std::sync::Arc<crate::metrics::IoMetrics>> {
+        Some(self.setup.io.clone())
     }
 
     fn snapshot(&mut self, barrier: &Barrier, sync: &mut SyncPhase) -> Result<()> {
@@ -485,6 +492,8 @@ mod tests {
             run_id: "test".into(),
             clock: Default::default(),
             watermark_interval: Duration::from_nanos(1),
+            metrics: Default::default(),
+            attempt: 0,
         });
         let setup = OpSetup {
             uid: "timestamps".into(),
@@ -497,6 +506,8 @@ mod tests {
             operator_state: cairn_core::OperatorStateBackend::new("timestamps"),
             is_restored: false,
             restored_timers: Vec::new(),
+            io: Default::default(),
+            metrics: crate::metrics::MetricGroup::unregistered("timestamps.0"),
             shared,
         };
         let log = Recorder::new();

@@ -2031,6 +2031,7 @@ mod tests {
                 },
                 run_id: "run",
                 checkpointing: true,
+                metrics: &crate::metrics::MetricGroup::unregistered("sum.0"),
             };
             op(trigger).initialize_state(&mut ctx)
         };

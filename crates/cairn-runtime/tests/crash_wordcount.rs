@@ -447,6 +447,8 @@ fn paths_that_cannot_work_are_refused_before_any_restart() {
 /// over, the sink discards what the failed attempt wrote and commits when the input ends,
 /// so the output is still exactly once. Words are split at any whitespace (tabs, several
 /// spaces, CRLF line ends), so no word holds the tab that separates it from its count.
+/// `--metrics-file` gets the job's metrics: its last line counts every word occurrence
+/// once into `count` and `sink` (the run after the restart read the whole input).
 #[test]
 fn without_checkpoints_a_failure_starts_over_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -472,6 +474,8 @@ fn without_checkpoints_a_failure_starts_over_exactly_once() {
         .arg(dir.path().join("checkpoints"))
         .args(["--checkpoint-interval-ms", "0", "--parallelism", "2"])
         .args(["--fail-at-record", "2500"])
+        .arg("--metrics-file")
+        .arg(dir.path().join("metrics.jsonl"))
         .output()
         .expect("run the word count");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -492,6 +496,23 @@ fn without_checkpoints_a_failure_starts_over_exactly_once() {
         "{stderr}"
     );
     check_exactly_once(&expected, &read_output(&output));
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).expect("metrics");
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().last().unwrap_or("{}")).expect("a JSON line");
+    let values = &last["values"];
+    let words: u64 = expected.values().sum();
+    for uid in ["count", "sink"] {
+        let n: u64 = (0..2)
+            .map(|i| {
+                values[format!("{uid}.{i}.numRecordsIn")]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(n, words, "{uid}: {last}");
+    }
+    assert_eq!(values["job.numRestarts"], 1, "{last}");
+    assert_eq!(values["job.numberOfCompletedCheckpoints"], 0, "{last}");
 }
 
 /// SIGINT when the savepoint cannot be written (the savepoint directory is a file): the

@@ -62,6 +62,7 @@ fn open(
         },
         run_id,
         checkpointing: true,
+        metrics: &cairn_runtime::MetricGroup::unregistered("sink.0"),
     })?;
     Ok(Sub { sink, state })
 }
