@@ -28,8 +28,11 @@
 //!   within the timeout.
 //!
 //! The operator starts a new stage behind an exchange that keeps each record in its
-//! subtask (when the parallelism is unchanged) so that its task can poll for completions
-//! between records and while it waits for input.
+//! subtask (when the parallelism is unchanged) so that its task looks for completions
+//! between records and while it waits for input. A completion wakes the task (an event on
+//! its control lane, one until the task looks, as Flink's mailbox is woken), so a result
+//! is emitted as soon as it arrives, and an idle task with calls in flight sleeps until a
+//! completion, a timeout or a retry is due.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,7 +42,7 @@ use std::time::{Duration, Instant};
 use cairn_core::{BincodeCodec, KeyGroupRange, OperatorListStateDescriptor, Redistribution};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::chain::{Barrier, Chain, Notification, OpSetup, SyncPhase};
+use crate::chain::{Barrier, Chain, Notification, OpSetup, SyncPhase, Waker};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Checkpointed, Collector, Data};
 use crate::graph::Stream;
@@ -69,6 +72,8 @@ pub trait AsyncFunction<T, O: Send + 'static>: Checkpointed + Clone + Send + 'st
 pub struct ResultFuture<O: Send + 'static> {
     seq: u64,
     tx: Option<Sender<Completion<O>>>,
+    /// Wakes the operator's task once the completion is sent.
+    waker: Option<Waker>,
 }
 
 /// A completed call: its sequence number and its records or error.
@@ -97,6 +102,9 @@ impl<O: Send + 'static> ResultFuture<O> {
         if let Some(tx) = self.tx.take() {
             // The operator may be gone (failed, restarted): the result is not wanted.
             let _ = tx.send((self.seq, result));
+            if let Some(waker) = &self.waker {
+                waker.wake();
+            }
         }
     }
 }
@@ -342,6 +350,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         let result = ResultFuture {
             seq,
             tx: Some(self.tx.clone()),
+            waker: self.setup.waker.clone(),
         };
         self.f
             .async_invoke(input, result)
@@ -366,9 +375,21 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
         Ok(())
     }
 
+    /// The earliest timeout or retry of a call not completed yet.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .filter(|e| e.results.is_none())
+            .map(|e| e.retry_at.map_or(e.deadline, |t| t.min(e.deadline)))
+            .min()
+    }
+
     /// Takes in the completions that arrived and the timeouts that passed, and emits what
     /// may be emitted; does not wait.
     fn poll(&mut self) -> Result<()> {
+        if let Some(waker) = &self.setup.waker {
+            waker.looking();
+        }
         while let Ok((seq, result)) = self.rx.try_recv() {
             self.complete(seq, result)?;
         }
@@ -381,13 +402,7 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> AsyncOp<T, O, F> {
     /// waits in slices and gives up when the job is cancelled (or fails elsewhere): a call
     /// that does not answer must not hold a cancellation or a restart until its timeout.
     fn wait_one(&mut self) -> Result<()> {
-        let Some(deadline) = self
-            .calls
-            .values()
-            .filter(|e| e.results.is_none())
-            .map(|e| e.retry_at.map_or(e.deadline, |t| t.min(e.deadline)))
-            .min()
-        else {
+        let Some(deadline) = self.next_deadline() else {
             // Everything completed: only the emission was missing.
             return self.emit_ready();
         };
@@ -589,12 +604,16 @@ impl<T: Data, O: Data, F: AsyncFunction<T, O>> Chain<T> for AsyncOp<T, O, F> {
         self.next.fire_timers()
     }
 
-    /// While calls are in flight, the task looks again within a millisecond (a completion
-    /// does not wake it), or at once when one is waiting.
+    /// A completion wakes the task ([`Waker`]); while calls are in flight it also looks at
+    /// the earliest timeout or retry, and at once when a completion is waiting. (Without a
+    /// waker, in unit tests, it looks every millisecond.)
     fn timer_wait(&self) -> Option<Duration> {
         let own = match (self.rx.is_empty(), self.calls.is_empty()) {
             (false, _) => Some(Duration::ZERO),
-            (true, false) => Some(Duration::from_millis(1)),
+            (true, false) if self.setup.waker.is_none() => Some(Duration::from_millis(1)),
+            (true, false) => self
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now())),
             (true, true) => None,
         };
         match (own, self.next.timer_wait()) {
@@ -763,6 +782,44 @@ impl<T: Data> Stream<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::{Recorder, TaskEvent};
+
+    /// With a call in flight, the task would next look at its timeout; the completion
+    /// wakes it instead, and its result is emitted when it looks.
+    #[test]
+    fn a_completion_wakes_the_task() {
+        let (tx, events) = crossbeam_channel::unbounded();
+        let setup = OpSetup::for_test("lookup", Some(Waker::new(tx)));
+        let log = Recorder::new();
+        let calls = BlockingCalls::new(1, |v: u64| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(vec![2 * v])
+        });
+        let options = AsyncOptions {
+            order: Order::Ordered,
+            timeout: Duration::from_secs(60),
+            capacity: 4,
+        };
+        let mut op = AsyncOp::new(setup, calls, Box::new(log.clone()), options, None).expect("op");
+        op.push(21, Some(5)).expect("push");
+        let wait = op.timer_wait().expect("a call in flight");
+        assert!(
+            wait > Duration::from_secs(30),
+            "looks at the timeout: {wait:?}"
+        );
+        let woken = events.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(woken, Ok(TaskEvent::Wake)), "{woken:?}");
+        assert_eq!(op.timer_wait(), Some(Duration::ZERO), "a completion waits");
+        op.fire_timers().expect("look");
+        assert_eq!(log.take_records(), vec![(42, Some(5))]);
+        assert_eq!(op.timer_wait(), None, "nothing in flight");
+        // Having looked, the task is woken by the next completion too.
+        op.push(1, None).expect("push");
+        let woken = events.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(woken, Ok(TaskEvent::Wake)), "{woken:?}");
+        op.fire_timers().expect("look");
+        assert_eq!(log.take_records(), vec![(2, None)]);
+    }
 
     #[test]
     fn retry_delays_grow_to_their_bound() {

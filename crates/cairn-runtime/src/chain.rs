@@ -202,6 +202,40 @@ pub(crate) enum TaskEvent {
     Drain,
     /// Tear down.
     Cancel,
+    /// Work for the task came from another thread (an asynchronous call completed): it
+    /// looks at once instead of at its next timer ([`Waker`]).
+    Wake,
+}
+
+/// Wakes a task from another thread ([`TaskEvent::Wake`]), at most once until the task
+/// has looked: many completions between two looks send one event.
+#[derive(Clone, Debug)]
+pub(crate) struct Waker {
+    events: Sender<TaskEvent>,
+    pending: Arc<AtomicBool>,
+}
+
+impl Waker {
+    pub(crate) fn new(events: Sender<TaskEvent>) -> Self {
+        Self {
+            events,
+            pending: Arc::default(),
+        }
+    }
+
+    /// Called after the work was handed over (sent on its channel).
+    pub(crate) fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            // A task that is gone needs no waking.
+            let _ = self.events.send(TaskEvent::Wake);
+        }
+    }
+
+    /// Called by the task before it takes the work: what is handed over after this wakes
+    /// it again.
+    pub(crate) fn looking(&self) {
+        self.pending.store(false, Ordering::SeqCst);
+    }
 }
 
 /// One operator's result of the synchronous phase.
@@ -368,9 +402,43 @@ pub(crate) struct OpSetup {
     pub(crate) io: Arc<IoMetrics>,
     /// The operator subtask's metrics.
     pub(crate) metrics: MetricGroup,
+    /// Wakes the operator's task from other threads.
+    pub(crate) waker: Option<Waker>,
 }
 
 impl OpSetup {
+    /// The setup of subtask 0 of 1 of operator `uid`, with nothing restored, in a task of
+    /// its own (unit tests of operators).
+    #[cfg(test)]
+    pub(crate) fn for_test(uid: &str, waker: Option<Waker>) -> Self {
+        let shared = Arc::new(TaskShared {
+            cancel: AtomicBool::new(false),
+            snapshot_mode: SnapshotMode::Full,
+            checkpointing: false,
+            run_id: "test".into(),
+            clock: Default::default(),
+            watermark_interval: Duration::from_nanos(1),
+            metrics: Default::default(),
+            attempt: 0,
+        });
+        Self {
+            uid: uid.into(),
+            info: SubtaskInfo {
+                index: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+                attempt: 0,
+            },
+            operator_state: OperatorStateBackend::new(uid),
+            is_restored: false,
+            restored_timers: Vec::new(),
+            io: Default::default(),
+            metrics: MetricGroup::unregistered(&format!("{uid}.0")),
+            waker,
+            shared,
+        }
+    }
+
     pub(crate) fn range(&self) -> Result<KeyGroupRange> {
         KeyGroupRange::for_subtask(
             self.info.max_parallelism,
@@ -1447,6 +1515,23 @@ impl<T: Send> Chain<T> for Recorder<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Completions between two looks send one wake-up; once the task looks, the next
+    /// completion wakes it again.
+    #[test]
+    fn a_waker_wakes_once_until_the_task_looks() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let waker = Waker::new(tx);
+        let other = waker.clone();
+        waker.wake();
+        other.wake();
+        waker.wake();
+        assert_eq!(rx.try_iter().count(), 1);
+        waker.looking();
+        other.wake();
+        assert!(matches!(rx.try_recv(), Ok(TaskEvent::Wake)));
+        assert!(rx.try_recv().is_err());
+    }
 
     /// A batch carries no timestamp column until a record has a timestamp; every record
     /// reads back with its own timestamp or none.

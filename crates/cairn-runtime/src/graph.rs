@@ -266,6 +266,8 @@ pub(crate) struct BuildCtx {
     pub(crate) sides: Vec<SideEdge>,
     /// Where the task's time goes.
     pub(crate) times: Arc<crate::metrics::TaskTimes>,
+    /// Wakes the task from other threads.
+    pub(crate) waker: Option<crate::chain::Waker>,
 }
 
 /// A side output's exchange out of one subtask.
@@ -352,6 +354,7 @@ impl BuildCtx {
             shared: self.shared.clone(),
             io,
             metrics,
+            waker: self.waker.clone(),
         })
     }
 

@@ -940,6 +940,7 @@ impl Driver {
                     stage_uids: stage.uids.clone(),
                     sides: std::mem::take(&mut sides[k][i as usize]),
                     times,
+                    waker: Some(crate::chain::Waker::new(event_tx[k][i as usize].clone())),
                 };
                 let build = stage.build.clone();
                 // What a panic names: the chained operators, as Flink names a task.

@@ -227,7 +227,7 @@ impl<S: Source> SourceTask<S> {
                 }
             }
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
-            TaskEvent::Barrier { .. } => {}
+            TaskEvent::Barrier { .. } | TaskEvent::Wake => {}
         }
         Ok(false)
     }
@@ -550,7 +550,8 @@ impl<X: crate::function::Data> InputTask<X> {
                 TaskEvent::Barrier { .. }
                 | TaskEvent::Trigger(_)
                 | TaskEvent::Resume
-                | TaskEvent::Drain => {}
+                | TaskEvent::Drain
+                | TaskEvent::Wake => {}
             }
         }
         RuntimeError::Cancelled
@@ -662,7 +663,7 @@ impl<X: crate::function::Data> InputTask<X> {
             TaskEvent::Trigger(b) => self.triggered(b)?,
             TaskEvent::Exit => return Ok(true),
             TaskEvent::Cancel => return Err(RuntimeError::Cancelled),
-            TaskEvent::Resume | TaskEvent::Drain => {}
+            TaskEvent::Resume | TaskEvent::Drain | TaskEvent::Wake => {}
         }
         Ok(false)
     }

@@ -485,31 +485,7 @@ mod tests {
 
     /// An assigner over `strategy` emitting whenever it looks, and what it passes on.
     fn assigner(strategy: WatermarkStrategy<u64>) -> (AssignOp<u64>, Recorder<u64>) {
-        let shared = std::sync::Arc::new(crate::chain::TaskShared {
-            cancel: std::sync::atomic::AtomicBool::new(false),
-            snapshot_mode: crate::config::SnapshotMode::Full,
-            checkpointing: false,
-            run_id: "test".into(),
-            clock: Default::default(),
-            watermark_interval: Duration::from_nanos(1),
-            metrics: Default::default(),
-            attempt: 0,
-        });
-        let setup = OpSetup {
-            uid: "timestamps".into(),
-            info: crate::function::SubtaskInfo {
-                index: 0,
-                parallelism: 1,
-                max_parallelism: 128,
-                attempt: 0,
-            },
-            operator_state: cairn_core::OperatorStateBackend::new("timestamps"),
-            is_restored: false,
-            restored_timers: Vec::new(),
-            io: Default::default(),
-            metrics: crate::metrics::MetricGroup::unregistered("timestamps.0"),
-            shared,
-        };
+        let setup = OpSetup::for_test("timestamps", None);
         let log = Recorder::new();
         let op = AssignOp::new(setup, strategy, Box::new(log.clone())).expect("assigner");
         (op, log)
