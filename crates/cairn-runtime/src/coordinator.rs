@@ -34,6 +34,10 @@ pub(crate) enum CoordMsg {
         attempt: u32,
         task: TaskId,
         checkpoint_id: u64,
+        /// From the trigger until the task began handling the barrier.
+        start_delay: Duration,
+        /// From the task's first barrier until its snapshot (aligning).
+        alignment: Duration,
         /// The state capture: the task's operators' snapshots (keyed and operator state).
         sync: Duration,
         /// Forwarding the barrier downstream after the capture (flushing output batches

@@ -29,6 +29,7 @@ use crate::graph::{
     BuildCtx, Dataflow, EdgeKind, JobGraph, LaneFactory, Restore, SideEdge, StageOutput,
 };
 use crate::metrics::{MetricRegistry, Metrics, SAMPLE_INTERVAL};
+use crate::stats::{CheckpointStats, SnapshotKind, StatsTracker};
 use crate::task::{AlignConfig, JobCounters, SourceLimits, TaskLink};
 
 /// What a finished job reports.
@@ -89,6 +90,10 @@ pub struct JobResult {
     /// [`crate::metrics`]. Not in the JSON summary.
     #[serde(skip)]
     pub metrics: Metrics,
+    /// The checkpoint statistics as the job ended; see [`crate::stats`]. Not in the JSON
+    /// summary.
+    #[serde(skip)]
+    pub checkpoint_stats: CheckpointStats,
 }
 
 /// A dataflow with its configuration.
@@ -114,6 +119,7 @@ pub struct JobHandle {
     coord: Sender<CoordMsg>,
     counters: Arc<JobCounters>,
     metrics: Arc<MetricRegistry>,
+    stats: Arc<std::sync::Mutex<StatsTracker>>,
     driver: JoinHandle<Result<JobResult>>,
     /// The format of savepoints asked for without one.
     savepoint_format: SavepointFormat,
@@ -156,6 +162,7 @@ impl Job {
         let coord = driver.coord_tx.clone();
         let counters = driver.counters.clone();
         let metrics = driver.metrics.clone();
+        let stats = driver.stats.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-driver".into())
             .spawn(move || driver.run())
@@ -164,6 +171,7 @@ impl Job {
             coord,
             counters,
             metrics,
+            stats,
             driver: handle,
             savepoint_format,
         })
@@ -277,6 +285,13 @@ impl JobHandle {
         self.metrics.snapshot()
     }
 
+    /// The job's checkpoint statistics now ([`crate::stats`]): counts, the latest
+    /// completed, failed and restored snapshots, and the recent history with each task's
+    /// part.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        lock_stats(&self.stats).snapshot()
+    }
+
     /// Cancels the job.
     pub fn cancel(&self) {
         let _ = self.coord.send(CoordMsg::Cancel);
@@ -345,6 +360,8 @@ struct Driver {
     async_workers: Vec<JoinHandle<()>>,
     counters: Arc<JobCounters>,
     metrics: Arc<MetricRegistry>,
+    /// The checkpoint statistics.
+    stats: Arc<std::sync::Mutex<StatsTracker>>,
     /// When the rates were last sampled and the reporters last reported.
     metrics_sampled: Instant,
     metrics_reported: Instant,
@@ -503,6 +520,7 @@ impl Driver {
             async_workers,
             counters: Arc::new(JobCounters::default()),
             metrics: Arc::new(MetricRegistry::default()),
+            stats: Arc::default(),
             metrics_sampled: Instant::now(),
             metrics_reported: Instant::now(),
             reporters_failed,
@@ -571,7 +589,14 @@ impl Driver {
         let mut recent: VecDeque<Instant> = VecDeque::new();
         let outcome = loop {
             let attempt_started = Instant::now();
-            match self.run_once(attempt, restore.take(), started) {
+            let outcome = self.run_once(attempt, restore.take(), started);
+            let ended = match &outcome {
+                Outcome::Failed { error, .. } => format!("the job failed over: {error}"),
+                Outcome::Cancelled => "the job was cancelled".to_string(),
+                Outcome::Finished | Outcome::Stopped(_) => "the job ended".to_string(),
+            };
+            self.stats().run_ended(&ended);
+            match outcome {
                 Outcome::Failed { error, fatal } => {
                     if fatal || strategy.max_restarts == 0 {
                         break Err(error);
@@ -685,6 +710,8 @@ impl Driver {
         self.metrics.job(|j| j.in_progress = 0);
         self.report_metrics(true);
         self.result.metrics = self.metrics.snapshot();
+        let stats = self.stats().snapshot();
+        self.result.checkpoint_stats = stats;
         Ok(std::mem::take(&mut self.result))
     }
 
@@ -799,7 +826,8 @@ impl Driver {
         job_start: Instant,
     ) -> Outcome {
         self.metrics.begin_run(attempt);
-        if restore.is_some() {
+        if let Some(r) = &restore {
+            self.stats().restored(&r.description);
             let now = epoch_ms();
             self.metrics
                 .job(|j| j.last_restore_timestamp_ms = Some(now));
@@ -1105,6 +1133,8 @@ impl Driver {
                 attempt,
                 task,
                 checkpoint_id,
+                start_delay,
+                alignment,
                 sync,
                 forward,
                 parts,
@@ -1113,6 +1143,15 @@ impl Driver {
                 if attempt != run.attempt {
                     return None;
                 }
+                let synced = crate::stats::Synced {
+                    task: self.task_name(task),
+                    subtask: task.index,
+                    start_delay,
+                    alignment,
+                    sync,
+                    unaligned: inflight_follows,
+                };
+                self.stats().synced(checkpoint_id, synced);
                 if inflight_follows {
                     if let Some(p) = run.pending.get_mut(&checkpoint_id) {
                         p.inflight_expected += 1;
@@ -1148,6 +1187,8 @@ impl Driver {
                 }
                 match result {
                     Ok(parts) => {
+                        let name = self.task_name(task);
+                        self.stats().written(checkpoint_id, &name, task.index);
                         let done = match run.pending.get_mut(&checkpoint_id) {
                             Some(p) => {
                                 p.written.extend(parts);
@@ -1481,10 +1522,9 @@ impl Driver {
             .map(|(k, _)| *k)
             .collect();
         for k in in_flight {
-            if self
-                .discard_pending(run, k, format!("subsumed by {by}"), true)
-                .is_some()
-            {
+            let reason = format!("subsumed by {by}");
+            self.stats().ended(k, &reason, true);
+            if self.discard_pending(run, k, reason, true).is_some() {
                 self.result.checkpoints_subsumed += 1;
             }
         }
@@ -1518,6 +1558,7 @@ impl Driver {
         if kind == BarrierKind::Checkpoint {
             self.metrics.job(|j| j.triggered += 1);
         }
+        let triggered_at = Instant::now();
         let (target, reply) = match (kind, savepoint) {
             (BarrierKind::Savepoint { stop, .. }, Some((dir, reply))) => {
                 let path = format!(
@@ -1546,7 +1587,9 @@ impl Driver {
                     Ok(w) => (Target::Checkpoint(w), None),
                     Err(e) => {
                         run.last_trigger = Some(Instant::now());
-                        return self.checkpoint_failed(id, format!("cannot begin: {e}"));
+                        let reason = format!("cannot begin: {e}");
+                        self.stats().failed_to_begin(id, triggered_at, &reason);
+                        return self.checkpoint_failed(id, reason);
                     }
                 }
             }
@@ -1564,10 +1607,21 @@ impl Driver {
                 && cp.unaligned
                 && cp.mode == CheckpointingMode::ExactlyOnce
                 && cp.aligned_timeout.is_zero(),
-            started: Instant::now(),
+            started: triggered_at,
             to_every_task,
             ended_by_itself: false,
         };
+        let snapshot_kind = match kind {
+            BarrierKind::Checkpoint => SnapshotKind::Checkpoint,
+            BarrierKind::Savepoint { .. } => SnapshotKind::Savepoint,
+        };
+        self.stats().triggered(
+            id,
+            snapshot_kind,
+            triggered_at,
+            epoch_ms(),
+            run.events.len(),
+        );
         run.pending.insert(
             id,
             Pending {
@@ -1641,6 +1695,7 @@ impl Driver {
     /// Cancels a pending checkpoint's writes, deletes its files, answers its requester.
     fn discard(&mut self, run: &Run, p: &Pending, reason: String, notify: bool) {
         let id = p.barrier.id;
+        self.stats().ended(id, &reason, false);
         p.cancel.cancel();
         match &p.target {
             Target::Checkpoint(_) => {
@@ -1792,9 +1847,16 @@ impl Driver {
                 if let Err(e) = storage.publish(writer, &manifest) {
                     let _ = storage.abort(id);
                     self.broadcast(run, Notification::Aborted(id));
+                    self.stats().ended(id, &e.to_string(), false);
                     return self.checkpoint_failed(id, e.to_string());
                 }
-                self.record_stats(&manifest, p.barrier.started.elapsed());
+                let sizes = self.record_stats(&manifest, p.barrier.started.elapsed());
+                let path = format!(
+                    "{}/chk-{id}",
+                    self.config.checkpoint_dir.trim_end_matches('/')
+                );
+                self.stats()
+                    .completed(id, sizes.added, sizes.full, sizes.persisted, path);
                 self.consecutive_failures = 0;
                 run.last_complete = Some(Instant::now());
                 self.subsume_older(run, id);
@@ -1825,6 +1887,10 @@ impl Driver {
                 };
                 match published {
                     Ok(()) => {
+                        let sizes = Sizes::of(&manifest, None);
+                        let (full, persisted) = (sizes.full, sizes.persisted);
+                        self.stats()
+                            .completed(id, full, full, persisted, path.clone());
                         if matches!(p.barrier.kind, BarrierKind::Savepoint { stop: true, .. }) {
                             // Checkpoints still in flight are given up: the job ends at this
                             // savepoint, and one failing now would fail the stop.
@@ -1841,6 +1907,7 @@ impl Driver {
                     }
                     Err(reason) => {
                         let reason = format!("savepoint {path}: {reason}");
+                        self.stats().ended(id, &reason, false);
                         if let Some(reply) = &p.reply {
                             let _ = reply.send(Err(refused(reason.clone())));
                         }
@@ -1862,37 +1929,12 @@ impl Driver {
         None
     }
 
-    fn record_stats(&mut self, manifest: &Manifest, duration: Duration) {
-        let mut files = HashSet::new();
-        let mut added = 0u64;
-        let mut full = 0u64;
-        for op in &manifest.operators {
-            for s in &op.subtasks {
-                for st in &s.operator_state {
-                    let bytes = st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
-                    added += bytes;
-                    full += bytes;
-                    if st.name == crate::task::INFLIGHT_STATE {
-                        self.result.inflight_records += st.elements.len() as u64;
-                    }
-                }
-                if let Some(h) = &s.keyed {
-                    for f in h.files() {
-                        let key = match f.area {
-                            FileArea::Shared => format!("shared/{}", f.name),
-                            _ => format!("chk-{}/{}", manifest.checkpoint_id, f.name),
-                        };
-                        if files.insert(key.clone()) {
-                            full += f.size;
-                            if !self.prev_files.contains(&key) {
-                                added += f.size;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.prev_files = files;
+    /// Counts a completed checkpoint and its sizes.
+    fn record_stats(&mut self, manifest: &Manifest, duration: Duration) -> Sizes {
+        let sizes = Sizes::of(manifest, Some(&self.prev_files));
+        let (added, full) = (sizes.added, sizes.full);
+        self.result.inflight_records += sizes.persisted;
+        self.prev_files = sizes.files.clone();
         self.result.checkpoints_completed += 1;
         self.counters
             .checkpoints_completed
@@ -1907,6 +1949,23 @@ impl Driver {
             j.last_size = Some(added);
             j.last_full_size = Some(full);
         });
+        sizes
+    }
+
+    /// The checkpoint statistics (a poisoned lock is still usable: each update leaves
+    /// them whole).
+    fn stats(&self) -> std::sync::MutexGuard<'_, StatsTracker> {
+        lock_stats(&self.stats)
+    }
+
+    /// What the statistics call task `task`: its first operator.
+    fn task_name(&self, task: TaskId) -> String {
+        self.graph
+            .stages
+            .get(task.stage)
+            .and_then(|s| s.uids.first())
+            .cloned()
+            .unwrap_or_else(|| task.to_string())
     }
 
     /// Keeps the job's metrics current, samples the rates once a second, and reports
@@ -2044,8 +2103,62 @@ fn open_snapshot_at(path: &str) -> Result<(Manifest, Box<dyn cairn_core::Snapsho
 }
 
 /// Eight random hex digits (from the process's random hash keys), for savepoint names.
+fn lock_stats(stats: &std::sync::Mutex<StatsTracker>) -> std::sync::MutexGuard<'_, StatsTracker> {
+    stats.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sizes of a snapshot's manifest.
+struct Sizes {
+    /// The keyed files it references, by their place in the checkpoint directory.
+    files: HashSet<String>,
+    /// Bytes not in `prev` (all of them without one): files and operator state.
+    added: u64,
+    /// Bytes it references in all.
+    full: u64,
+    /// In-flight records stored (unaligned checkpoints).
+    persisted: u64,
+}
+
+impl Sizes {
+    fn of(manifest: &Manifest, prev: Option<&HashSet<String>>) -> Self {
+        let mut sizes = Sizes {
+            files: HashSet::new(),
+            added: 0,
+            full: 0,
+            persisted: 0,
+        };
+        for op in &manifest.operators {
+            for s in &op.subtasks {
+                for st in &s.operator_state {
+                    let bytes = st.elements.iter().map(|e| e.len() as u64).sum::<u64>();
+                    sizes.added += bytes;
+                    sizes.full += bytes;
+                    if st.name == crate::task::INFLIGHT_STATE {
+                        sizes.persisted += st.elements.len() as u64;
+                    }
+                }
+                if let Some(h) = &s.keyed {
+                    for f in h.files() {
+                        let key = match f.area {
+                            FileArea::Shared => format!("shared/{}", f.name),
+                            _ => format!("chk-{}/{}", manifest.checkpoint_id, f.name),
+                        };
+                        if sizes.files.insert(key.clone()) {
+                            sizes.full += f.size;
+                            if !prev.is_some_and(|p| p.contains(&key)) {
+                                sizes.added += f.size;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        sizes
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn epoch_ms() -> u64 {
+pub(crate) fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -76,6 +76,7 @@ pub mod metrics;
 pub mod side;
 pub mod sinks;
 pub mod sources;
+pub mod stats;
 mod task;
 pub mod timers;
 pub mod watermarks;
@@ -112,6 +113,7 @@ pub use metrics::{
     MetricValue, Metrics, MetricsConfig,
 };
 pub use side::OutputTag;
+pub use stats::CheckpointStats;
 pub use task::INFLIGHT_STATE;
 pub use timers::{ProcessingClock, TimeDomain, Timer, TimerService};
 pub use watermarks::WatermarkStrategy;

@@ -57,9 +57,11 @@ pub(crate) struct TaskLink {
 }
 
 impl TaskLink {
-    /// The synchronous phase that started at `started` is done.
-    fn synced(&self, id: u64, started: Instant, sync: SyncPhase) {
-        self.synced_with(id, started, sync, false);
+    /// The synchronous phase of `barrier` that started at `started` is done; the task
+    /// began handling the barrier at `begun` (its first barrier of an aligned checkpoint;
+    /// `started` when it did not align).
+    fn synced(&self, barrier: &Barrier, begun: Instant, started: Instant, sync: SyncPhase) {
+        self.synced_with(barrier, begun, started, sync, false);
     }
 
     /// The task's input has ended and its operators have finished; it waits for the final
@@ -72,13 +74,22 @@ impl TaskLink {
     }
 
     /// `inflight_follows`: an [`CoordMsg::Inflight`] message completes this task's part.
-    fn synced_with(&self, id: u64, started: Instant, sync: SyncPhase, inflight_follows: bool) {
+    fn synced_with(
+        &self,
+        barrier: &Barrier,
+        begun: Instant,
+        started: Instant,
+        sync: SyncPhase,
+        inflight_follows: bool,
+    ) {
         let SyncPhase { parts, forward, .. } = sync;
         // The coordinator outlives every task of its run.
         let _ = self.coord.send(CoordMsg::Synced {
             attempt: self.attempt,
             task: self.id,
-            checkpoint_id: id,
+            checkpoint_id: barrier.id,
+            start_delay: begun.saturating_duration_since(barrier.started),
+            alignment: started.saturating_duration_since(begun),
             sync: started.elapsed().saturating_sub(forward),
             forward,
             parts,
@@ -199,7 +210,7 @@ impl<S: Source> SourceTask<S> {
         self.setup
             .snapshot(&mut self.source, barrier, self.range, None, &mut sync)?;
         self.chain.snapshot(barrier, &mut sync)?;
-        self.link.synced(barrier.id, t, sync);
+        self.link.synced(barrier, t, t, sync);
         Ok(())
     }
 
@@ -396,6 +407,8 @@ enum Taken<X> {
 /// A checkpoint this task is aligning.
 struct Align {
     barrier: Barrier,
+    /// When the task began handling it (its first barrier reached the front).
+    begun: Instant,
     arrived: Vec<bool>,
     /// The snapshot was taken ahead of the barriers; in-flight input is being recorded.
     unaligned: bool,
@@ -687,7 +700,7 @@ impl<X: crate::function::Data> InputTask<X> {
         let t = Instant::now();
         let mut sync = SyncPhase::new(!b.is_drained_savepoint() || b.ended_by_itself);
         self.chain.snapshot(&b, &mut sync)?;
-        self.link.synced(b.id, t, sync);
+        self.link.synced(&b, t, t, sync);
         Ok(())
     }
 
@@ -801,6 +814,7 @@ impl<X: crate::function::Data> InputTask<X> {
                 let n = self.channels.len();
                 self.align = Some(Align {
                     barrier: b,
+                    begun: Instant::now(),
                     arrived: vec![false; n],
                     unaligned: false,
                     recording: vec![false; n],
@@ -890,7 +904,7 @@ impl<X: crate::function::Data> InputTask<X> {
         self.chain.snapshot(&barrier, &mut sync)?;
         // The asynchronous phase starts now; the in-flight records follow when every
         // channel's barrier has come.
-        self.link.synced_with(a.barrier.id, t, sync, true);
+        self.link.synced_with(&a.barrier, a.begun, t, sync, true);
         // Channels whose barrier is announced: take what precedes it now.
         self.arrivals(a)
     }
@@ -916,7 +930,7 @@ impl<X: crate::function::Data> InputTask<X> {
             let t = Instant::now();
             let mut sync = SyncPhase::new(self.is_finished());
             self.chain.snapshot(&a.barrier, &mut sync)?;
-            self.link.synced(id, t, sync);
+            self.link.synced(&a.barrier, a.begun, t, sync);
         }
         Ok(())
     }
