@@ -124,8 +124,9 @@ pub use windows::triggers::{
     ProcessingTimeTrigger, PurgingTrigger,
 };
 pub use windows::{
-    DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, GlobalWindows, ProcessWindowFunction,
-    ProcessingTimeSessionWindows, SessionGap, SessionWindows, SlidingEventTimeWindows,
-    SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
-    TumblingProcessingTimeWindows, WindowAssigner, WindowTrigger, WindowedStream, Windows,
+    DynamicGap, EventTimeSessionWindows, FixedGap, FnWindow, GlobalWindows, KeyedStateStore,
+    ProcessWindowFunction, ProcessingTimeSessionWindows, SessionGap, SessionWindows,
+    SlidingEventTimeWindows, SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
+    TumblingProcessingTimeWindows, WindowAssigner, WindowContext, WindowStates, WindowTrigger,
+    WindowedStream, Windows,
 };

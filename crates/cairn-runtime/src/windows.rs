@@ -77,6 +77,14 @@
 //! - **User-defined triggers** ([`WindowedStream::custom_trigger`], not on sessions): a
 //!   [`custom::Trigger`] of one's own, with timers and values per window; see [`custom`].
 //!
+//! - **The window function's context** (every [`ProcessWindowFunction`], wherever it runs:
+//!   `process`, `reduce_and_process`, `aggregate_and_process`, on every kind of window):
+//!   [`ProcessWindowFunction::process_with_context`] gets a [`WindowContext`] with the
+//!   window, the watermark, the processing clock, per-window and per-key state and side
+//!   outputs, and [`ProcessWindowFunction::clear`] is called when a window ends (Flink's
+//!   `ProcessWindowFunction.Context` and `clear`); the operator drops a window's
+//!   per-window states then. See [`context`].
+//!
 //! Not built: user-defined evictors, and user-defined triggers on session windows (Flink's
 //! `onMerge`).
 
@@ -102,6 +110,7 @@ pub use triggers::{
 };
 
 mod all;
+pub mod context;
 pub mod custom;
 pub mod evictors;
 pub mod global;
@@ -109,6 +118,8 @@ pub mod incremental;
 pub mod sessions;
 pub mod triggers;
 
+use context::{At, Function, Operator};
+pub use context::{KeyedStateStore, WindowContext, WindowStates};
 use custom::{fire_and_purge, BoxedTrigger, CustomState, Trigger};
 use evictors::{Evictable, Evictor};
 pub use global::GlobalWindows;
@@ -347,15 +358,63 @@ impl Millis {
 }
 
 /// A function of all of a window's records at once (Flink's `ProcessWindowFunction`).
+///
+/// Implement [`process`](Self::process), or, to get the window's context (the watermark,
+/// the processing clock, per-window and per-key state, side outputs: see [`context`]),
+/// [`process_with_context`](Self::process_with_context), with its per-window states
+/// declared in [`open`](Self::open) and, if it must act when a window ends,
+/// [`clear`](Self::clear).
 pub trait ProcessWindowFunction<K, T, O>: Clone + Send + 'static {
     /// The window of `key` fired with these `elements`, in the order they were added.
+    ///
+    /// The default fails, naming the operator: a function implements this or
+    /// [`process_with_context`](Self::process_with_context).
     fn process(
         &mut self,
         key: &K,
         window: TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, O>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let _ = (key, window, elements, out);
+        Err(RuntimeError::Config(context::NEITHER.to_string()))
+    }
+
+    /// Declares the per-window states the function uses
+    /// ([`WindowContext::window_state`]), by their descriptors (`states.value(&d)`, ..).
+    /// Called once per subtask and run, when the window operator opens, before any
+    /// window fires; the operator drops a window's declared states when the window ends.
+    /// The default declares none.
+    fn open<B: KeyedStateBackend>(&mut self, states: &mut WindowStates<'_, B>) -> Result<()> {
+        let _ = states;
+        Ok(())
+    }
+
+    /// The window `ctx.window()` of `key` fired with these `elements`, in the order they
+    /// were added (Flink's `process(key, context, elements, out)`). The default calls
+    /// [`process`](Self::process).
+    fn process_with_context<B: KeyedStateBackend>(
+        &mut self,
+        key: &K,
+        elements: Vec<T>,
+        ctx: &mut WindowContext<'_, B, O>,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        self.process(key, ctx.window(), elements, out)
+    }
+
+    /// The window `ctx.window()` of `key` ends (Flink's `clear(context)`): its time is up
+    /// (see [`context`]); not on a purge, and never for global windows. Its per-window
+    /// states are still there, and the operator drops them after this call. The default
+    /// does nothing.
+    fn clear<B: KeyedStateBackend>(
+        &mut self,
+        key: &K,
+        ctx: &mut WindowContext<'_, B, O>,
+    ) -> Result<()> {
+        let _ = (key, ctx);
+        Ok(())
+    }
 }
 
 /// Adapts a closure as a [`ProcessWindowFunction`].
@@ -511,7 +570,7 @@ impl<K: Key, T: Data, A: sealed::Build<K, T>> WindowedStream<K, T, A> {
 
     /// Keeps each window's records and gives them to `f` when it fires.
     pub fn process<O: Data>(self, uid: &str, f: impl ProcessWindowFunction<K, T, O>) -> Stream<O> {
-        A::build(self, uid, Process { f, _t: PhantomData })
+        A::build(self, uid, Process::new(f))
     }
 
     /// Folds each window's records with `f` and gives the result to `process` when it
@@ -633,6 +692,16 @@ trait Contents<K, T>: Clone + Send + 'static {
         false
     }
     fn register<B: KeyedStateBackend>(&self, backend: &mut B) -> Result<Self::State>;
+    /// Opens a process window function in `operator`: it declares its per-window
+    /// states. After [`Contents::register`].
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        operator: Operator<'_>,
+    ) -> Result<()> {
+        let _ = (backend, operator);
+        Ok(())
+    }
     /// Adds `record`, whose timestamp is `timestamp` (kept only under an evictor).
     fn add<B: KeyedStateBackend>(
         &self,
@@ -642,13 +711,14 @@ trait Contents<K, T>: Clone + Send + 'static {
         timestamp: Option<u64>,
         record: T,
     ) -> Result<()>;
-    /// Emits the result of `window`, whose contents are kept in the namespace `stored`
-    /// (the same window, but for merged sessions); nothing when it has no contents.
+    /// Emits the result of `window` of `at`'s key, whose contents are kept in the
+    /// namespace `stored` (the same window, but for merged sessions); nothing when it has
+    /// no contents.
     fn emit<B: KeyedStateBackend>(
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
@@ -661,14 +731,15 @@ trait Contents<K, T>: Clone + Send + 'static {
         state: Self::State,
         purge: bool,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
-        self.emit(state, backend, key, stored, window, out)?;
+        self.emit(state, backend, at, stored, window, out)?;
         if purge {
             self.clear(state, backend, stored)?;
+            self.keep_alive(backend, stored)?;
         }
         Ok(())
     }
@@ -678,14 +749,17 @@ trait Contents<K, T>: Clone + Send + 'static {
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         window: &TimeWindow,
         result: custom::TriggerResult,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         match fire_and_purge(result) {
-            (true, purge) => self.fire(state, purge, backend, key, window, window, out),
-            (false, true) => self.clear(state, backend, window),
+            (true, purge) => self.fire(state, purge, backend, at, window, window, out),
+            (false, true) => {
+                self.clear(state, backend, window)?;
+                self.keep_alive(backend, window)
+            }
             (false, false) => Ok(()),
         }
     }
@@ -700,15 +774,52 @@ trait Contents<K, T>: Clone + Send + 'static {
     ) -> Result<()> {
         Ok(backend.clear(Self::raw(state), window)?)
     }
+    /// `window` of `at`'s key ends (its time is up), before its contents are dropped:
+    /// if the key has it, a process window function's `clear`, then its per-window
+    /// states go ([`Contents::end`], the window held when `known` — the operator knows
+    /// the key has it — or when it holds records).
+    fn retire<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        known: bool,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let _ = (state, backend, at, window, known, out);
+        Ok(())
+    }
+    /// `window` of `at`'s key ends (for a session, the merged session): if it is the
+    /// key's — it holds records (`held`), or was emptied while open — a process window
+    /// function's `clear`, then its per-window states go.
+    fn end<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        held: bool,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        let _ = (backend, at, window, held, out);
+        Ok(())
+    }
+    /// `window`'s contents were emptied while it is open (purged, or evicted to
+    /// nothing), so that [`Contents::retire`] still knows it.
+    fn keep_alive<B: KeyedStateBackend>(&self, backend: &mut B, window: &TimeWindow) -> Result<()> {
+        let _ = (backend, window);
+        Ok(())
+    }
 }
 
 /// Contents whose function can also take all of a window's records at once: what an
 /// evicting window folds when it fires ([`evictors`]).
 trait Batch<K, T>: Contents<K, T> {
-    /// Emits the result of `window` of `key` holding `elements` (at least one).
-    fn apply(
+    /// Emits the result of `window` of `at`'s key holding `elements` (at least one).
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
@@ -796,13 +907,13 @@ where
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
@@ -814,15 +925,16 @@ impl<K: Key, T: Data, F> Batch<K, T> for Reduce<T, F>
 where
     F: Fn(T, T) -> T + Clone + Send + Sync + 'static,
 {
-    fn apply(
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        _backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::fold(self, elements);
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 }
 
@@ -886,13 +998,13 @@ where
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
@@ -908,15 +1020,16 @@ where
     OUT: Data,
     A: AggregateFunction<T, ACC, OUT> + Clone,
 {
-    fn apply(
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        _backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::fold(self, elements);
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 }
 
@@ -934,8 +1047,17 @@ fn aggregate_all<T, ACC, OUT>(
 
 #[derive(Clone)]
 struct Process<T, O, F> {
-    f: F,
+    f: Function<F>,
     _t: PhantomData<fn() -> (T, O)>,
+}
+
+impl<T, O, F> Process<T, O, F> {
+    fn new(f: F) -> Self {
+        Self {
+            f: Function::new(f),
+            _t: PhantomData,
+        }
+    }
 }
 
 impl<K, T, O, F> Contents<K, T> for Process<T, O, F>
@@ -953,6 +1075,14 @@ where
         Ok(backend.register_list(&d)?)
     }
 
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        operator: Operator<'_>,
+    ) -> Result<()> {
+        self.f.open::<K, T, O, B>(backend, operator)
+    }
+
     fn add<B: KeyedStateBackend>(
         &self,
         state: Self::State,
@@ -968,7 +1098,7 @@ where
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, O>,
@@ -977,11 +1107,39 @@ where
         if elements.is_empty() {
             return Ok(());
         }
-        self.apply(key, window, elements, out)
+        self.apply(backend, at, window, elements, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
         state.raw()
+    }
+
+    fn retire<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        known: bool,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        let held = known || !backend.list_get(state, window)?.is_empty();
+        self.end(backend, at, window, held, out)
+    }
+
+    fn end<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        held: bool,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        self.f.clear::<K, T, O, B>(backend, at, window, held, out)
+    }
+
+    fn keep_alive<B: KeyedStateBackend>(&self, backend: &mut B, window: &TimeWindow) -> Result<()> {
+        self.f.keep_alive(backend, window)
     }
 }
 
@@ -992,15 +1150,15 @@ where
     O: Data,
     F: ProcessWindowFunction<K, T, O>,
 {
-    fn apply(
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, O>,
     ) -> Result<()> {
-        out.set_timestamp(Some(window.max_timestamp()));
-        self.f.process(key, *window, elements, out)
+        self.f.process(backend, at, window, elements, out)
     }
 }
 
@@ -1385,8 +1543,24 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         let spec = self.spec()?;
         let trigger = self.trigger()?;
         let (count, schedule, custom) = register_firing(backend, &trigger, &self.custom)?;
+        let contents = self.contents.register(backend)?;
+        // A window emptied while open must be marked when a key's timer may be the end
+        // of windows the key does not have (see `on_timer`): under a trigger that sets
+        // timers of its own, or with a lateness that makes a window's cleanup time
+        // another's end.
+        let empties = trigger.purge || self.custom.is_some() || self.contents.evicting();
+        let slide = spec.millis.slide;
+        let ambiguous = self.custom.is_some()
+            || schedule.is_some()
+            || (spec.lateness > 0 && spec.lateness.is_multiple_of(slide));
+        let operator = Operator {
+            uid: &self.uid,
+            merging: false,
+            marks_purged: empties && ambiguous,
+        };
+        self.contents.open(backend, operator)?;
         Ok(Opened {
-            contents: self.contents.register(backend)?,
+            contents,
             millis: spec.millis,
             lateness: spec.lateness,
             count,
@@ -1436,8 +1610,11 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                     custom.on_element(custom_state, backend, timers, &r, timestamp, window)?;
                 self.contents
                     .add(state.contents, backend, window, timestamp, r)?;
-                self.contents
-                    .act(state.contents, backend, key, window, result, out)?;
+                if result != custom::TriggerResult::Continue {
+                    let at = At::new(key, timers);
+                    self.contents
+                        .act(state.contents, backend, &at, window, result, out)?;
+                }
                 match domain {
                     TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
                     TimeDomain::ProcessingTime => {
@@ -1453,7 +1630,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 // A count trigger: fire at `n` records since the last firing; only the
                 // cleanup is timed.
                 if count_reaches(backend, count, n, window)? {
-                    self.fire(state, backend, key, window, out)?;
+                    self.fire(state, backend, &At::new(key, timers), window, out)?;
                 }
                 match domain {
                     TimeDomain::EventTime => timers.register_event_time_timer(cleanup),
@@ -1462,7 +1639,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             } else if domain == TimeDomain::EventTime {
                 if watermark.is_some_and(|w| fire <= w) {
                     // A late record within the allowed lateness: fire again at once.
-                    self.fire(state, backend, key, window, out)?;
+                    self.fire(state, backend, &At::new(key, timers), window, out)?;
                 } else {
                     timers.register_event_time_timer(fire);
                 }
@@ -1498,10 +1675,11 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
         timers: &mut TimerService,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
+        let at = At::new(key, timers);
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             for (window, result) in custom.on_timer(custom_state, backend, timers, timer)? {
                 self.contents
-                    .act(state.contents, backend, key, &window, result, out)?;
+                    .act(state.contents, backend, &at, &window, result, out)?;
             }
         }
         // Only a timer of the windows' own domain ends windows or fires them by time: a
@@ -1510,18 +1688,23 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             return Ok(());
         }
         if let Some(schedule) = &state.schedule {
-            self.fire_early(state, schedule, key, timer.time, backend, timers, out)?;
+            self.fire_early(state, schedule, &at, timer.time, backend, timers, out)?;
         }
         let Some(end) = timer.time.checked_add(1) else {
             return Ok(());
         };
         let timed = state.trigger.timed();
-        if let Some(window) = state.millis.window_ending_at(end) {
+        // Whether the key has each window this timer ends, surely: no trigger sets timers
+        // of its own, and no window ends at the timer but the one it cleans up (with
+        // lateness, one window's end may be another's cleanup time).
+        let own_timers = self.custom.is_none() && state.schedule.is_none();
+        let ending = state.millis.window_ending_at(end);
+        if let Some(window) = ending {
             if timed {
-                self.fire(state, backend, key, &window, out)?;
+                self.fire(state, backend, &at, &window, out)?;
             }
             if state.lateness == 0 {
-                self.cleanup(state, backend, timers, &window)?;
+                self.cleanup(state, backend, timers, &at, &window, own_timers, out)?;
             }
         }
         if state.lateness > 0 {
@@ -1529,7 +1712,8 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
                 return Ok(());
             };
             if let Some(window) = state.millis.window_ending_at(end) {
-                self.cleanup(state, backend, timers, &window)?;
+                let known = own_timers && ending.is_none();
+                self.cleanup(state, backend, timers, &at, &window, known, out)?;
             }
         }
         Ok(())
@@ -1542,13 +1726,13 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         &mut self,
         state: &Opened<C::State>,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         window: &TimeWindow,
         out: &mut Collector<'_, C::Out>,
     ) -> Result<()> {
         let purge = state.trigger.purge;
         self.contents
-            .fire(state.contents, purge, backend, key, window, window, out)
+            .fire(state.contents, purge, backend, at, window, window, out)
     }
 
     /// Under a continuous trigger, fires the windows (containing `time`) whose early
@@ -1558,7 +1742,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
         &mut self,
         state: &Opened<C::State>,
         schedule: &Schedule,
-        key: &K,
+        at: &At<'_, K>,
         time: u64,
         backend: &mut B,
         timers: &mut TimerService,
@@ -1574,7 +1758,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
             .map_err(|e| RuntimeError::user(&self.uid, e))?;
         for window in &windows {
             if schedule.due(backend, timers, window, time, state.trigger.purge)? {
-                self.fire(state, backend, key, window, out)?;
+                self.fire(state, backend, at, window, out)?;
             }
         }
         self.windows = windows;
@@ -1582,17 +1766,25 @@ impl<K: Key, T: Data, C: Contents<K, T>> WindowOperator<K, T, C> {
     }
 
     /// Drops `window`'s contents, count, early firing and user-defined trigger's values
-    /// (after its `clear`): its time is up.
+    /// (after its `clear`), after calling a process window function's `clear` and
+    /// dropping its per-window states if the key has the window (`known`: it surely
+    /// has): its time is up.
+    #[allow(clippy::too_many_arguments)]
     fn cleanup<B: KeyedStateBackend>(
         &mut self,
         state: &Opened<C::State>,
         backend: &mut B,
         timers: &mut TimerService,
+        at: &At<'_, K>,
         window: &TimeWindow,
+        known: bool,
+        out: &mut Collector<'_, C::Out>,
     ) -> Result<()> {
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             custom.clear(custom_state, backend, timers, window)?;
         }
+        self.contents
+            .retire(state.contents, backend, at, window, known, out)?;
         self.contents.clear(state.contents, backend, window)?;
         if let Some(schedule) = &state.schedule {
             schedule.clear(backend, window)?;

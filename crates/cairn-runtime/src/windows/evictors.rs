@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use cairn_core::{KeyedStateBackend, ListStateDescriptor, ListStateId, RawStateId};
 
+use super::context::{At, Operator};
 use super::{merge_lists, window_codec, Batch, Contents, Merging, TimeWindow};
 use crate::error::Result;
 use crate::function::{Collector, Data, Key};
@@ -224,6 +225,14 @@ impl<K: Key, T: Data, C: Batch<K, T>> Contents<K, T> for Evictable<C, T> {
         Ok(EvictableState::Stamped(backend.register_list(&d)?))
     }
 
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        operator: Operator<'_>,
+    ) -> Result<()> {
+        self.inner.open(backend, operator)
+    }
+
     fn add<B: KeyedStateBackend>(
         &self,
         state: Self::State,
@@ -242,14 +251,14 @@ impl<K: Key, T: Data, C: Batch<K, T>> Contents<K, T> for Evictable<C, T> {
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         match state {
-            EvictableState::Plain(s) => self.inner.emit(s, backend, key, stored, window, out),
-            EvictableState::Stamped(l) => self.emit_evicting(l, backend, key, stored, window, out),
+            EvictableState::Plain(s) => self.inner.emit(s, backend, at, stored, window, out),
+            EvictableState::Stamped(l) => self.emit_evicting(l, backend, at, stored, window, out),
         }
     }
 
@@ -258,6 +267,39 @@ impl<K: Key, T: Data, C: Batch<K, T>> Contents<K, T> for Evictable<C, T> {
             EvictableState::Plain(s) => C::raw(s),
             EvictableState::Stamped(l) => l.raw(),
         }
+    }
+
+    fn retire<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        known: bool,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        match state {
+            EvictableState::Plain(s) => self.inner.retire(s, backend, at, window, known, out),
+            EvictableState::Stamped(l) => {
+                let held = known || !backend.list_get(l, window)?.is_empty();
+                self.inner.end(backend, at, window, held, out)
+            }
+        }
+    }
+
+    fn end<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        held: bool,
+        out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        self.inner.end(backend, at, window, held, out)
+    }
+
+    fn keep_alive<B: KeyedStateBackend>(&self, backend: &mut B, window: &TimeWindow) -> Result<()> {
+        self.inner.keep_alive(backend, window)
     }
 }
 
@@ -268,7 +310,7 @@ impl<C, T: Data> Evictable<C, T> {
         &mut self,
         state: StampedList<T>,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, C::Out>,
@@ -283,23 +325,25 @@ impl<C, T: Data> Evictable<C, T> {
         let evicted_before = !after && evict(&mut elements);
         if elements.is_empty() {
             // Nothing came, or nothing is left: no call (and nothing to keep).
-            return match evicted_before {
-                true => Ok(backend.clear(state.raw(), stored)?),
-                false => Ok(()),
-            };
+            if evicted_before {
+                backend.clear(state.raw(), stored)?;
+                self.inner.keep_alive(backend, stored)?;
+            }
+            return Ok(());
         }
         if !evicted_before && !after {
             // The window keeps what it holds: the records move to the function.
             let records = elements.into_iter().map(|(_, r)| r).collect();
-            return self.inner.apply(key, window, records, out);
+            return self.inner.apply(backend, at, window, records, out);
         }
         let records = elements.iter().map(|(_, r)| r.clone()).collect();
-        self.inner.apply(key, window, records, out)?;
+        self.inner.apply(backend, at, window, records, out)?;
         let evicted_after = after && evict(&mut elements);
         if !(evicted_before || evicted_after) {
             Ok(())
         } else if elements.is_empty() {
-            Ok(backend.clear(state.raw(), stored)?)
+            backend.clear(state.raw(), stored)?;
+            self.inner.keep_alive(backend, stored)
         } else {
             Ok(backend.list_update(state, stored, elements)?)
         }

@@ -20,7 +20,10 @@
 //! - [`KeyedStream::count_window_sliding`]`(size, slide)` fires every `slide` records of
 //!   a key with its last `size` (a count trigger of `slide` and a count evictor of `size`).
 //!
-//! As in Flink, what a count window holds when the input ends is not emitted.
+//! As in Flink, what a count window holds when the input ends is not emitted, and a
+//! global window never ends: a process window function's
+//! [`clear`](super::ProcessWindowFunction::clear) is never called for it, and its
+//! per-window states stay (see [`super::context`]).
 //!
 //! The operator keeps in its operator state that its windows are global
 //! ([`super::WINDOW_SPEC_STATE`]) and its trigger, and a restore of another window
@@ -34,7 +37,8 @@ use cairn_core::{AggregateFunction, KeyedStateBackend};
 use cairn_core::{BincodeCodec, OperatorListStateDescriptor, Redistribution, ValueStateId};
 use serde::{Deserialize, Serialize};
 
-use super::custom::{BoxedTrigger, CustomState};
+use super::context::{At, Operator};
+use super::custom::{BoxedTrigger, CustomState, TriggerResult};
 use super::evictors::{CountEvictor, Evictable};
 use super::triggers::{self, CountTrigger, PurgingTrigger, Schedule};
 use super::{
@@ -193,12 +197,12 @@ impl<K, T, C: Contents<K, T>> GlobalOperator<K, T, C> {
         state: &Opened<C::State>,
         purge: bool,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         out: &mut Collector<'_, C::Out>,
     ) -> Result<()> {
         let window = &TimeWindow::GLOBAL;
         self.contents
-            .fire(state.contents, purge, backend, key, window, window, out)
+            .fire(state.contents, purge, backend, at, window, window, out)
     }
 }
 
@@ -232,8 +236,16 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
     fn open<B: KeyedStateBackend>(&mut self, backend: &mut B) -> Result<Self::State> {
         let trigger = self.trigger()?;
         let (count, schedule, custom) = register_firing(backend, &trigger, &self.custom)?;
+        let contents = self.contents.register(backend)?;
+        // Global windows never end: nothing to mark.
+        let operator = Operator {
+            uid: &self.uid,
+            merging: false,
+            marks_purged: false,
+        };
+        self.contents.open(backend, operator)?;
         Ok(Opened {
-            contents: self.contents.register(backend)?,
+            contents,
             count,
             schedule,
             custom,
@@ -257,15 +269,20 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
                 custom.on_element(custom_state, backend, timers, &record, timestamp, window)?;
             self.contents
                 .add(state.contents, backend, window, timestamp, record)?;
+            if result == TriggerResult::Continue {
+                return Ok(());
+            }
+            let at = At::new(key, timers);
             return self
                 .contents
-                .act(state.contents, backend, key, window, result, out);
+                .act(state.contents, backend, &at, window, result, out);
         }
         self.contents
             .add(state.contents, backend, window, timestamp, record)?;
         if let (Some(n), Some(count)) = (state.trigger.count(), state.count) {
             if count_reaches(backend, count, n, window)? {
-                self.fire(state, state.trigger.purge, backend, key, out)?;
+                let at = At::new(key, timers);
+                self.fire(state, state.trigger.purge, backend, &at, out)?;
             }
             return Ok(());
         }
@@ -294,25 +311,26 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let window = &TimeWindow::GLOBAL;
+        let at = At::new(key, timers);
         if let Some(schedule) = &state.schedule {
             let purge = state.trigger.purge;
             if schedule.may_be_due(timer.time)
                 && schedule.due(backend, timers, window, timer.time, purge)?
             {
-                self.fire(state, purge, backend, key, out)?;
+                self.fire(state, purge, backend, &at, out)?;
             }
         }
         if let (Some(custom), Some(custom_state)) = (&mut self.custom, state.custom) {
             for (_, result) in custom.on_timer(custom_state, backend, timers, timer)? {
                 self.contents
-                    .act(state.contents, backend, key, window, result, out)?;
+                    .act(state.contents, backend, &at, window, result, out)?;
             }
         }
         if timer.domain == TimeDomain::EventTime
             && timer.time == window.max_timestamp()
             && state.trigger.fires_at_end_of_input()
         {
-            self.fire(state, state.trigger.purge, backend, key, out)?;
+            self.fire(state, state.trigger.purge, backend, &at, out)?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@
 
 use cairn_core::{KeyedStateBackend, RawStateId};
 
+use super::context::{At, Function, Operator};
 use super::{
     aggregate_all, Aggregate, Batch, Contents, Merging, ProcessWindowFunction, Reduce, TimeWindow,
     Types,
@@ -84,7 +85,7 @@ where
 #[derive(Clone)]
 pub(super) struct ThenProcess<C, F, O> {
     inner: C,
-    f: F,
+    f: Function<F>,
     _o: Types<O>,
 }
 
@@ -92,15 +93,16 @@ impl<C, F, O> ThenProcess<C, F, O> {
     pub(super) fn new(inner: C, f: F) -> Self {
         Self {
             inner,
-            f,
+            f: Function::new(f),
             _o: Types::default(),
         }
     }
 
-    /// Gives `value` (if any) of `window` of `key` to the process function.
-    fn process<K, T>(
+    /// Gives `value` (if any) of `window` of `at`'s key to the process function.
+    fn process<K, T, B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         value: Option<C::Value>,
         out: &mut Collector<'_, O>,
@@ -110,10 +112,7 @@ impl<C, F, O> ThenProcess<C, F, O> {
         F: ProcessWindowFunction<K, C::Value, O>,
     {
         match value {
-            Some(v) => {
-                out.set_timestamp(Some(window.max_timestamp()));
-                self.f.process(key, *window, vec![v], out)
-            }
+            Some(v) => self.f.process(backend, at, window, vec![v], out),
             None => Ok(()),
         }
     }
@@ -138,6 +137,15 @@ where
         self.inner.register(backend)
     }
 
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        operator: Operator<'_>,
+    ) -> Result<()> {
+        self.inner.open(backend, operator)?;
+        self.f.open::<K, C::Value, O, B>(backend, operator)
+    }
+
     fn add<B: KeyedStateBackend>(
         &self,
         state: Self::State,
@@ -153,13 +161,13 @@ where
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, O>,
     ) -> Result<()> {
         let value = self.inner.result(state, backend, stored)?;
-        self.process(key, window, value, out)
+        self.process(backend, at, window, value, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
@@ -174,6 +182,35 @@ where
     ) -> Result<()> {
         self.inner.clear(state, backend, window)
     }
+
+    fn retire<B: KeyedStateBackend>(
+        &mut self,
+        state: Self::State,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        known: bool,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        let held = known || self.inner.result(state, backend, window)?.is_some();
+        self.end(backend, at, window, held, out)
+    }
+
+    fn end<B: KeyedStateBackend>(
+        &mut self,
+        backend: &mut B,
+        at: &At<'_, K>,
+        window: &TimeWindow,
+        held: bool,
+        out: &mut Collector<'_, O>,
+    ) -> Result<()> {
+        self.f
+            .clear::<K, C::Value, O, B>(backend, at, window, held, out)
+    }
+
+    fn keep_alive<B: KeyedStateBackend>(&self, backend: &mut B, window: &TimeWindow) -> Result<()> {
+        self.f.keep_alive(backend, window)
+    }
 }
 
 impl<K, T, C, F, O> Batch<K, T> for ThenProcess<C, F, O>
@@ -184,15 +221,16 @@ where
     C: Folding<K, T>,
     F: ProcessWindowFunction<K, C::Value, O>,
 {
-    fn apply(
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, O>,
     ) -> Result<()> {
         let value = self.inner.fold(elements);
-        self.process(key, window, value, out)
+        self.process(backend, at, window, value, out)
     }
 }
 

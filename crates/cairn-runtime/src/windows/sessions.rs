@@ -21,6 +21,10 @@
 //! session's records first). `aggregate` keeps the accumulator as a value state and
 //! needs accumulators that merge ([`MergingAggregateFunction`]).
 //!
+//! A process window function's [`clear`](super::ProcessWindowFunction::clear) is called
+//! when a session is dropped (its cleanup time), with the whole session as its window;
+//! per-window state is refused on sessions, as in Flink (see [`super::context`]).
+//!
 //! Restores: the sessions are kept whole, so a program may change the gap; a change of
 //! time domain or allowed lateness is refused (the timers that drop sessions were set by
 //! the old lateness), as is a restore of tumbling or sliding windows' state into
@@ -37,6 +41,7 @@ use cairn_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::context::{At, Operator};
 use super::incremental::{Folding, ThenProcess};
 use super::{
     aggregate_all, checked_trigger, emit_result, keep_spec, keep_trigger, record_time,
@@ -262,13 +267,13 @@ where
         &mut self,
         state: Self::State,
         backend: &mut B,
-        key: &K,
+        at: &At<'_, K>,
         stored: &TimeWindow,
         window: &TimeWindow,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::result(self, state, backend, stored)?;
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 
     fn raw(state: Self::State) -> RawStateId {
@@ -284,15 +289,16 @@ where
     OUT: Data,
     A: MergingAggregateFunction<T, ACC, OUT> + Clone,
 {
-    fn apply(
+    fn apply<B: KeyedStateBackend>(
         &mut self,
-        key: &K,
+        _backend: &mut B,
+        at: &At<'_, K>,
         window: &TimeWindow,
         elements: Vec<T>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()> {
         let result = <Self as Folding<K, T>>::fold(self, elements);
-        emit_result(key, window, result, out)
+        emit_result(at.key, window, result, out)
     }
 }
 
@@ -522,8 +528,16 @@ where
         let mut index = ValueStateDescriptor::<Vec<Session>>::new(MERGING_WINDOW_SET_STATE);
         index.value = Arc::new(BincodeCodec::named("cairn.windows.Sessions", 2));
         let trigger = self.trigger()?;
+        let contents = self.contents.register(backend)?;
+        // The operator keeps each key's sessions: nothing to mark.
+        let operator = Operator {
+            uid: &self.uid,
+            merging: true,
+            marks_purged: false,
+        };
+        self.contents.open(backend, operator)?;
         Ok(Opened {
-            contents: self.contents.register(backend)?,
+            contents,
             sessions: backend.register_value(&index)?,
             lateness: spec.lateness,
             count: register_count(backend, &trigger)?,
@@ -596,7 +610,7 @@ where
                         state.contents,
                         state.trigger.purge,
                         backend,
-                        key,
+                        &At::new(key, timers),
                         &stored,
                         &window,
                         out,
@@ -615,7 +629,7 @@ where
                         state.contents,
                         state.trigger.purge,
                         backend,
-                        key,
+                        &At::new(key, timers),
                         &stored,
                         &window,
                         out,
@@ -681,6 +695,7 @@ where
         if !sessions.iter().any(|s| s.timer == now) {
             return Ok(());
         }
+        let at = At::new(key, timers);
         let mut open = Vec::with_capacity(sessions.len());
         for mut s in sessions {
             if s.timer != now {
@@ -692,7 +707,7 @@ where
                     state.contents,
                     state.trigger.purge,
                     backend,
-                    key,
+                    &at,
                     &s.stored,
                     &s.window,
                     out,
@@ -705,6 +720,9 @@ where
                 s.window.max_timestamp()
             };
             if due <= now {
+                // The session ends: its function's `clear` (a session in the list is the
+                // key's, whatever it holds).
+                self.contents.end(backend, &at, &s.window, true, out)?;
                 self.contents.clear(state.contents, backend, &s.stored)?;
                 if let Some(count) = state.count {
                     backend.clear(count.raw(), &s.stored)?;
@@ -1119,10 +1137,7 @@ mod tests {
             |key: &u64, window: TimeWindow, records: Vec<u64>, out: &mut Collector<'_, Out>| {
                 out.collect((*key, window, records.iter().sum()))
             };
-        let mut h = with_contents(Process {
-            f: crate::windows::FnWindow(sum),
-            _t: PhantomData,
-        });
+        let mut h = with_contents(Process::new(crate::windows::FnWindow(sum)));
         bridge(&mut h);
         h.select_key();
         let id = h.state.contents;
