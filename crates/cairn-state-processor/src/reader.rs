@@ -59,8 +59,9 @@ pub struct OperatorStateInfo {
 
 impl SavepointReader {
     /// Opens the savepoint at `path` (its directory or its `_metadata`; a local path or a
-    /// storage URL such as `s3://bucket/sp-1`). A checkpoint (`…/chk-<id>`) opens too; only
-    /// canonical keyed state can be read from either.
+    /// storage URL such as `s3://bucket/sp-1`). A checkpoint (`…/chk-<id>`) opens too (a
+    /// savepoint in a directory so named opens as the savepoint); only canonical keyed state
+    /// can be read from either.
     pub fn open(path: &str) -> Result<Self> {
         Ok(Self {
             opened: snapshot::open(path)?,

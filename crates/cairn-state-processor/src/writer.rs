@@ -270,17 +270,40 @@ impl SavepointWriter {
         Ok(self)
     }
 
-    /// Writes the savepoint to `path` (a directory, created if missing, or a storage URL):
-    /// every file first, the manifest (`_metadata`) last and atomically, as the runtime's
+    /// Writes the savepoint to `path` (a directory, created if missing, or a storage URL;
+    /// `<dir>/_metadata` names `<dir>`, as for [`crate::SavepointReader::open`]): every
+    /// file first, the manifest (`_metadata`) last and atomically, as the runtime's
     /// savepoints are; so the savepoint exists exactly when it is complete. Refuses a path
-    /// that holds a savepoint already. On failure nothing is published and the files
-    /// written are deleted.
+    /// that holds a savepoint already, and the job directory of the checkpoint it started
+    /// from (its shared files would be replaced by their copies). On failure nothing is
+    /// published and the files written are deleted.
     pub fn write(self, path: &str) -> Result<()> {
         let write_error = |source: StateError| StateProcessorError::Write {
             path: path.to_string(),
             source: Box::new(source),
         };
-        let storage = match create_savepoint(path, self.checkpoint_id) {
+        // The savepoint's directory: a path given as `<dir>/_metadata` names `<dir>`, as it
+        // does for the reader (not a directory named `_metadata` that no reader finds).
+        let dir = snapshot::dir_of(path);
+        // A checkpoint's shared files are copied as private `shared/<name>`: written into
+        // the checkpoint's own job directory, they would be its very files, replaced in
+        // place, then shared with the job (whose checkpoint GC deletes them) or, should the
+        // write fail, deleted with what it wrote.
+        if let Some(base) = &self.base {
+            if let Some(job_dir) = base.job_dir.as_deref() {
+                if snapshot::same_dir(dir, job_dir) {
+                    return Err(write_error(StateError::layer(
+                        "checking the target",
+                        format!(
+                            "it is the job directory of {}, whose shared files the savepoint's \
+                             own copies would replace; write to another directory",
+                            base.description
+                        ),
+                    )));
+                }
+            }
+        }
+        let storage = match create_savepoint(dir, self.checkpoint_id) {
             Ok(storage) => storage,
             Err(StorageError::SavepointExists { .. }) => {
                 return Err(StateProcessorError::SavepointExists {
