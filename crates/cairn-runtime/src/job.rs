@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use cairn_core::{CancelToken, FileArea, SavepointFormat, SnapshotTarget, SnapshotType};
 use cairn_format::{Manifest, OperatorManifest};
 use cairn_storage::{
-    assemble_manifest, create_savepoint, open_savepoint, CheckpointStorage, CheckpointWriter,
-    DirectoryLock, SavepointWriter,
+    assemble_manifest, create_savepoint, CheckpointStorage, CheckpointWriter, DirectoryLock,
+    SavepointWriter,
 };
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -322,6 +322,15 @@ fn drained_savepoint_failed(reason: String) -> Outcome {
     }
 }
 
+/// Why the checkpoints still in flight when a run ends failed (the statistics' reason).
+fn run_ended_reason(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Failed { error, .. } => format!("the job failed over: {error}"),
+        Outcome::Cancelled => "the job was cancelled".to_string(),
+        Outcome::Finished | Outcome::Stopped(_) => "the job ended".to_string(),
+    }
+}
+
 /// A savepoint that was not taken ([`RuntimeError::Savepoint`]).
 fn refused(reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Savepoint {
@@ -590,12 +599,10 @@ impl Driver {
         let outcome = loop {
             let attempt_started = Instant::now();
             let outcome = self.run_once(attempt, restore.take(), started);
-            let ended = match &outcome {
-                Outcome::Failed { error, .. } => format!("the job failed over: {error}"),
-                Outcome::Cancelled => "the job was cancelled".to_string(),
-                Outcome::Finished | Outcome::Stopped(_) => "the job ended".to_string(),
-            };
-            self.stats().run_ended(&ended);
+            self.stats().run_ended(&run_ended_reason(&outcome));
+            // No checkpoint of the ended run is in flight any more (the metric would say
+            // otherwise until the next run's first tick, through the restart's pause).
+            self.metrics.job(|j| j.in_progress = 0);
             match outcome {
                 Outcome::Failed { error, fatal } => {
                     if fatal || strategy.max_restarts == 0 {
@@ -707,7 +714,13 @@ impl Driver {
         if let Some(t) = self.input_ended {
             self.result.input_end_ms = t.elapsed().as_secs_f64() * 1000.0;
         }
-        self.metrics.job(|j| j.in_progress = 0);
+        // The sources may have read more after the last tick (a cancellation, say): the
+        // final metrics count what the result does, with or without reporters.
+        let read = self.result.records;
+        self.metrics.job(|j| {
+            j.in_progress = 0;
+            j.records_read = read;
+        });
         self.report_metrics(true);
         self.result.metrics = self.metrics.snapshot();
         let stats = self.stats().snapshot();
@@ -1060,6 +1073,9 @@ impl Driver {
         for h in threads {
             let _ = h.join();
         }
+        // The checkpoints in flight end with the run, for the reason it ended (in the
+        // statistics; discarding them below leaves their entries as they are now).
+        self.stats().run_ended(&run_ended_reason(&outcome));
         let ids: Vec<u64> = run.pending.keys().copied().collect();
         for id in ids {
             self.discard_pending(&mut run, id, "the job stopped".into(), false);
@@ -1570,6 +1586,14 @@ impl Driver {
                     Ok(w) => (Target::Savepoint(Arc::new(w), path), Some(reply)),
                     Err(e) => {
                         let reason = format!("savepoint {path}: {e}");
+                        // A failed savepoint in the statistics, as a checkpoint that
+                        // cannot begin is.
+                        self.stats().failed_to_begin(
+                            id,
+                            SnapshotKind::Savepoint,
+                            triggered_at,
+                            &reason,
+                        );
                         let _ = reply.send(Err(refused(reason.clone())));
                         if run.all_finished() {
                             return Some(drained_savepoint_failed(reason));
@@ -1588,7 +1612,12 @@ impl Driver {
                     Err(e) => {
                         run.last_trigger = Some(Instant::now());
                         let reason = format!("cannot begin: {e}");
-                        self.stats().failed_to_begin(id, triggered_at, &reason);
+                        self.stats().failed_to_begin(
+                            id,
+                            SnapshotKind::Checkpoint,
+                            triggered_at,
+                            &reason,
+                        );
                         return self.checkpoint_failed(id, reason);
                     }
                 }
@@ -2082,24 +2111,9 @@ fn open_snapshot(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSo
 }
 
 fn open_snapshot_at(path: &str) -> Result<(Manifest, Box<dyn cairn_core::SnapshotSource>, String)> {
-    let trimmed = path.trim_end_matches('/');
-    let dir = trimmed.strip_suffix("/_metadata").unwrap_or(trimmed);
-    let (parent, last) = match dir.rsplit_once('/') {
-        Some((p, l)) => (p, l),
-        None => (".", dir),
-    };
-    if let Some(id) = last
-        .strip_prefix("chk-")
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        let storage =
-            CheckpointStorage::open_existing(if parent.is_empty() { "/" } else { parent })?;
-        let manifest = storage.load(id)?;
-        let source = storage.source(id);
-        return Ok((manifest, Box::new(source), format!("checkpoint {dir}")));
-    }
-    let (manifest, source) = open_savepoint(dir)?;
-    Ok((manifest, Box::new(source), format!("savepoint {dir}")))
+    let opened = cairn_storage::open_snapshot(path)?;
+    let description = opened.description();
+    Ok((opened.manifest, opened.source, description))
 }
 
 /// Eight random hex digits (from the process's random hash keys), for savepoint names.

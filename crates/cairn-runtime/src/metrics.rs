@@ -12,10 +12,16 @@
 //!   epoch when the current run restored from a snapshot) and `job.numRecordsRead` (records
 //!   the sources read, over every run). They live as long as the job.
 //! - **Operator** metrics are scoped `<uid>.<subtask>`: `numRecordsIn` and `numRecordsOut`
-//!   (records into the operator and out of its main output; a source has only the latter),
+//!   (records into the operator and out of its main output, side outputs not counted; a
+//!   source's `numRecordsIn` stays 0, as in Flink; the output of the last operator before
+//!   an exchange is counted per batch as it is sent, so while the job runs it lags by up to
+//!   a batch per channel),
 //!   `numRecordsInPerSecond` and `numRecordsOutPerSecond` (over the last minute, as Flink's
 //!   `MeterView`), `currentInputWatermark` and `currentOutputWatermark` (milliseconds;
-//!   null before the first watermark).
+//!   null before the first watermark; the end of the input, which stands for the final
+//!   watermark, is not passed on as one, so they stay at the last periodic watermark).
+//!   Identifiers are joined with dots, so a uid with dots in it can be read ambiguously by
+//!   eye; [`Metrics::per_subtask`] matches the uid exactly.
 //! - **Task** metrics, scoped as the first operator of the task's chain (a task runs the
 //!   operators between two exchanges): `idleTimeMsPerSecond` (waiting for input),
 //!   `backPressuredTimeMsPerSecond` (waiting for room in an output channel) and
@@ -292,14 +298,14 @@ impl Metrics {
                 MetricValue::Counter(c) => Some(*c),
                 _ => None,
             })
-            .sum()
+            .fold(0, i64::saturating_add)
     }
 }
 
 /// Receives a job's metrics every [`MetricsConfig::interval`] and once more when the job
 /// ends (Flink's `MetricReporter`, as a scheduled reporter). It runs on the job's driver
-/// thread, so it should be quick; an error it returns is written to standard error once
-/// and the job goes on.
+/// thread, so it should be quick; an error it returns (or a panic) is written to standard
+/// error once and the job goes on.
 pub trait MetricReporter: Send {
     /// Reports `metrics`.
     fn report(&mut self, metrics: &Metrics) -> std::io::Result<()>;
@@ -454,7 +460,8 @@ impl MetricGroup {
     }
 
     /// The gauge `name`: `value` is called whenever the metrics are read (from another
-    /// thread), so it should be quick; share what it reads through an atomic or a lock.
+    /// thread, outside the registry's lock), so it should be quick; share what it reads
+    /// through an atomic or a lock. A `value` that panics reads as no value.
     pub fn gauge(&self, name: &str, value: impl Fn() -> f64 + Send + Sync + 'static) -> Result<()> {
         let made = Metric::Gauge(Arc::new(move || Some(value())));
         self.register(name, made, |_| false).map(|_| ())
@@ -679,7 +686,11 @@ impl Metric {
     fn value(&self) -> MetricValue {
         match self {
             Metric::Counter(c) => MetricValue::Counter(c.count()),
-            Metric::Gauge(g) => MetricValue::Gauge(g()),
+            // A user's gauge that panics has no value; the reader (the driver, a
+            // reporter, `JobHandle::metrics`) goes on.
+            Metric::Gauge(g) => MetricValue::Gauge(
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g())).unwrap_or(None),
+            ),
             Metric::Meter(m) => MetricValue::Meter {
                 count: m.count(),
                 rate: m.rate(),
@@ -852,14 +863,21 @@ impl MetricRegistry {
 
     /// Every metric now.
     pub(crate) fn snapshot(&self) -> Metrics {
-        let inner = self.lock();
+        // The values are read outside the registry's lock: a user's gauge may take a lock
+        // of its own, or register a metric, which would deadlock under it.
+        let (metrics, job_values): (Vec<(String, Metric)>, JobValues) = {
+            let inner = self.lock();
+            let metrics = inner
+                .metrics
+                .iter()
+                .map(|(id, m)| (id.clone(), m.clone()))
+                .collect();
+            (metrics, inner.job.clone())
+        };
         let uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut values: BTreeMap<String, MetricValue> = inner
-            .metrics
-            .iter()
-            .map(|(id, m)| (id.clone(), m.value()))
-            .collect();
-        let j = &inner.job;
+        let mut values: BTreeMap<String, MetricValue> =
+            metrics.into_iter().map(|(id, m)| (id, m.value())).collect();
+        let j = &job_values;
         let count = |v: u64| MetricValue::Counter(i64::try_from(v).unwrap_or(i64::MAX));
         let gauge = |v: Option<f64>| MetricValue::Gauge(v);
         let job = [
@@ -907,7 +925,15 @@ impl MetricGroup {
 /// Reports to `reporters`, telling of each failing one once.
 pub(crate) fn report(reporters: &[SharedReporter], metrics: &Metrics, failed: &mut [bool]) {
     for (i, r) in reporters.iter().enumerate() {
-        let outcome = lock(&r.0).report(metrics);
+        // A reporter that panics fails as one that returns an error.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lock(&r.0).report(metrics)))
+                .unwrap_or_else(|p| {
+                    Err(std::io::Error::other(format!(
+                        "the reporter panicked: {}",
+                        crate::job::panic_message(p.as_ref())
+                    )))
+                });
         if let Err(e) = outcome {
             if !failed.get(i).copied().unwrap_or(true) {
                 eprintln!("a metric reporter failed (told once): {e}");

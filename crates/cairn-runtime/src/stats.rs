@@ -152,26 +152,6 @@ pub struct MinAvgMax {
     pub max: f64,
 }
 
-impl MinAvgMax {
-    fn of(values: impl Iterator<Item = f64>) -> Self {
-        let (mut n, mut sum, mut min, mut max) = (0usize, 0.0, f64::INFINITY, f64::NEG_INFINITY);
-        for v in values {
-            n += 1;
-            sum += v;
-            min = min.min(v);
-            max = max.max(v);
-        }
-        if n == 0 {
-            return Self::default();
-        }
-        Self {
-            min,
-            avg: sum / n as f64,
-            max,
-        }
-    }
-}
-
 /// Figures over every completed checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CheckpointSummary {
@@ -199,9 +179,44 @@ pub(crate) struct StatsTracker {
     stats: CheckpointStats,
     /// Per entry of the history: when it was triggered, and when each subtask synced.
     clocks: Vec<(u64, Instant, Vec<Instant>)>,
-    durations: Vec<f64>,
-    checkpointed: Vec<f64>,
-    full: Vec<f64>,
+    /// Running figures of every completed checkpoint (kept as sums, not as lists: a long
+    /// run completes checkpoints without end).
+    durations: Running,
+    checkpointed: Running,
+    full: Running,
+}
+
+/// The count, sum, smallest and largest of a figure so far.
+#[derive(Debug, Default)]
+struct Running {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Running {
+    fn add(&mut self, v: f64) {
+        if self.n == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.n += 1;
+        self.sum += v;
+    }
+
+    fn summary(&self) -> MinAvgMax {
+        if self.n == 0 {
+            return MinAvgMax::default();
+        }
+        MinAvgMax {
+            min: self.min,
+            avg: self.sum / self.n as f64,
+            max: self.max,
+        }
+    }
 }
 
 impl StatsTracker {
@@ -315,13 +330,13 @@ impl StatsTracker {
             let c = &mut self.stats.counts;
             c.completed += 1;
             c.in_progress = c.in_progress.saturating_sub(1);
-            self.durations.push(duration.unwrap_or(0.0));
-            self.checkpointed.push(added as f64);
-            self.full.push(full as f64);
+            self.durations.add(duration.unwrap_or(0.0));
+            self.checkpointed.add(added as f64);
+            self.full.add(full as f64);
             self.stats.summary = CheckpointSummary {
-                end_to_end_duration_ms: MinAvgMax::of(self.durations.iter().copied()),
-                checkpointed_size: MinAvgMax::of(self.checkpointed.iter().copied()),
-                state_size: MinAvgMax::of(self.full.iter().copied()),
+                end_to_end_duration_ms: self.durations.summary(),
+                checkpointed_size: self.checkpointed.summary(),
+                state_size: self.full.summary(),
             };
             self.stats.latest_completed = Some(e);
         } else {
@@ -362,15 +377,16 @@ impl StatsTracker {
         self.trim();
     }
 
-    /// A checkpoint that failed before it could begin (no entry was made for it).
-    pub(crate) fn failed_to_begin(&mut self, id: u64, started: Instant, reason: &str) {
-        self.triggered(
-            id,
-            SnapshotKind::Checkpoint,
-            started,
-            crate::job::epoch_ms(),
-            0,
-        );
+    /// A checkpoint or savepoint that failed before it could begin (no entry was made for
+    /// it): a failed entry (counted when a checkpoint).
+    pub(crate) fn failed_to_begin(
+        &mut self,
+        id: u64,
+        kind: SnapshotKind,
+        started: Instant,
+        reason: &str,
+    ) {
+        self.triggered(id, kind, started, crate::job::epoch_ms(), 0);
         self.ended(id, reason, false);
     }
 

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use cairn_core::{SnapshotSource, SnapshotType};
+use cairn_core::SnapshotSource;
 use cairn_format::{Manifest, MANIFEST_FILE_NAME};
-use cairn_storage::{open_savepoint, CheckpointStorage, StorageError};
 
 use crate::error::{Result, StateProcessorError};
 
@@ -34,61 +33,23 @@ impl std::fmt::Debug for Opened {
 
 /// The directory of the snapshot at `path`: `path` without a trailing `/` or `/_metadata`.
 pub(crate) fn dir_of(path: &str) -> &str {
-    let trimmed = path.trim_end_matches('/');
-    trimmed
-        .strip_suffix(MANIFEST_FILE_NAME)
-        .filter(|d| d.ends_with('/'))
-        .map_or(trimmed, |d| d.trim_end_matches('/'))
+    cairn_storage::snapshot_dir(path)
 }
 
-/// Opens the savepoint or checkpoint at `path`.
+/// Opens the savepoint or checkpoint at `path` ([`cairn_storage::open_snapshot`]: a
+/// savepoint in a directory named like a checkpoint's opens as the savepoint it is).
 pub(crate) fn open(path: &str) -> Result<Opened> {
     let dir = dir_of(path);
-    open_dir(dir).map_err(|source| StateProcessorError::Open {
+    let opened = cairn_storage::open_snapshot(dir).map_err(|source| StateProcessorError::Open {
         path: format!("{dir}/{MANIFEST_FILE_NAME}"),
         source: Box::new(source),
-    })
-}
-
-fn open_dir(dir: &str) -> Result<Opened, StorageError> {
-    let (parent, last) = match dir.rsplit_once('/') {
-        Some((p, l)) => (p, l),
-        None => (".", dir),
-    };
-    if let Some(id) = last
-        .strip_prefix("chk-")
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        let job_dir = if parent.is_empty() { "/" } else { parent };
-        let storage = CheckpointStorage::open_existing(job_dir)?;
-        match storage.load(id) {
-            Ok(manifest) => {
-                let source = storage.source(id);
-                return Ok(Opened {
-                    path: dir.to_string(),
-                    description: format!("checkpoint {dir}"),
-                    manifest,
-                    source: Arc::new(source),
-                    job_dir: Some(job_dir.to_string()),
-                });
-            }
-            // A savepoint in a directory that happens to be named like a checkpoint's (the
-            // writer writes to any path): open it as the savepoint it is, as `state-dump`
-            // does.
-            Err(StorageError::ManifestMismatch {
-                found_type: SnapshotType::Savepoint,
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let (manifest, source) = open_savepoint(dir)?;
+    })?;
     Ok(Opened {
-        path: dir.to_string(),
-        description: format!("savepoint {dir}"),
-        manifest,
-        source: Arc::new(source),
-        job_dir: None,
+        path: opened.dir.clone(),
+        description: opened.description(),
+        manifest: opened.manifest,
+        source: Arc::from(opened.source),
+        job_dir: opened.job_dir,
     })
 }
 

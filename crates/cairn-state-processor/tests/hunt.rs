@@ -2023,15 +2023,11 @@ fn a_target_given_by_its_manifest_path_writes_the_directory() {
     }
 }
 
-/// NOT FIXED HERE (cairn-runtime): a savepoint in a directory named like a checkpoint's
-/// (`…/chk-<n>`; the writer writes to any path, and the reader opens it since the fix in
-/// `snapshot.rs`) cannot be restored by a job: `open_snapshot_at` in
-/// `crates/cairn-runtime/src/job.rs` treats every `chk-<n>` directory as a checkpoint and
-/// fails with "cannot read the snapshot …/chk-7: checkpoint storage: manifest mismatch:
-/// expected Checkpoint 7, manifest says Savepoint 1 path=chk-7/_metadata" instead of
-/// falling back to opening it as a savepoint (as `state-dump` does in `open_local`).
+/// A savepoint in a directory named like a checkpoint's (`…/chk-<n>`; the writer writes to
+/// any path) restores in a job: `cairn_storage::open_snapshot`, which the runtime and the
+/// reader share, opens it as the savepoint its manifest says it is. (Before, the runtime
+/// failed with "manifest mismatch: expected Checkpoint 7, manifest says Savepoint 1".)
 #[test]
-#[ignore = "bug in cairn-runtime: a savepoint in a chk-<n> directory does not restore"]
 fn a_job_restores_a_savepoint_in_a_directory_named_like_a_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (input, occurrences) = write_input(dir.path(), 100, 8, 5);

@@ -160,5 +160,6 @@ pub use layout::DISCARD_MARKER_NAME;
 pub use lock::{DirectoryLock, LOCK_FILE_NAME};
 pub use savepoint::{
     create_savepoint, create_savepoint_in, discard_savepoint, discard_savepoint_in, open_savepoint,
-    open_savepoint_in, SavepointSource, SavepointWriter,
+    open_savepoint_in, open_snapshot, snapshot_dir, OpenedSnapshot, SavepointSource,
+    SavepointWriter,
 };

@@ -73,6 +73,87 @@ fn create_in(
     })
 }
 
+/// A checkpoint or savepoint opened by its path ([`open_snapshot`]).
+pub struct OpenedSnapshot {
+    /// Its directory: the path without a trailing `/` or `/_metadata`.
+    pub dir: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Reads its files.
+    pub source: Box<dyn SnapshotSource>,
+    /// For a checkpoint (`<job>/chk-<id>`), its job directory (which holds `shared/`);
+    /// `None` for a savepoint.
+    pub job_dir: Option<String>,
+}
+
+impl fmt::Debug for OpenedSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedSnapshot")
+            .field("dir", &self.dir)
+            .field("checkpoint_id", &self.manifest.checkpoint_id)
+            .field("job_dir", &self.job_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenedSnapshot {
+    /// `checkpoint <dir>` or `savepoint <dir>`, for messages.
+    pub fn description(&self) -> String {
+        match self.job_dir {
+            Some(_) => format!("checkpoint {}", self.dir),
+            None => format!("savepoint {}", self.dir),
+        }
+    }
+}
+
+/// The directory of the snapshot at `url`: `url` without a trailing `/` or `/_metadata`.
+pub fn snapshot_dir(url: &str) -> &str {
+    let trimmed = url.trim_end_matches('/');
+    trimmed
+        .strip_suffix(MANIFEST_FILE_NAME)
+        .filter(|d| d.ends_with('/'))
+        .map_or(trimmed, |d| d.trim_end_matches('/'))
+}
+
+/// Opens the checkpoint or savepoint at `url` (its directory or its `_metadata`): a
+/// directory named `chk-<id>` is checkpoint `id` of the job directory above it, read
+/// through its [`crate::CheckpointStorage`] (its shared files included), unless its
+/// manifest says it is a savepoint (a savepoint may be written under any name); any other
+/// directory is a savepoint.
+pub fn open_snapshot(url: &str) -> Result<OpenedSnapshot, StorageError> {
+    let dir = snapshot_dir(url);
+    let (parent, last) = dir.rsplit_once('/').unwrap_or((".", dir));
+    if let Some(id) = last
+        .strip_prefix("chk-")
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let job_dir = if parent.is_empty() { "/" } else { parent };
+        let storage = crate::CheckpointStorage::open_existing(job_dir)?;
+        match storage.load(id) {
+            Ok(manifest) => {
+                return Ok(OpenedSnapshot {
+                    dir: dir.to_string(),
+                    manifest,
+                    source: Box::new(storage.source(id)),
+                    job_dir: Some(job_dir.to_string()),
+                })
+            }
+            Err(StorageError::ManifestMismatch {
+                found_type: SnapshotType::Savepoint,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (manifest, source) = open_savepoint(dir)?;
+    Ok(OpenedSnapshot {
+        dir: dir.to_string(),
+        manifest,
+        source: Box::new(source),
+        job_dir: None,
+    })
+}
+
 /// Opens the savepoint at `url`: its directory or its `_metadata` file. Returns the manifest
 /// and a source that reads its files.
 pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageError> {
@@ -83,11 +164,7 @@ pub fn open_savepoint(url: &str) -> Result<(Manifest, SavepointSource), StorageE
 /// The store and directory of the savepoint at `url` (its directory or its `_metadata`
 /// file), with the directory's URL.
 fn locate(url: &str) -> Result<(Store, Path, String), StorageError> {
-    let trimmed = url.trim_end_matches('/');
-    let dir_url = trimmed
-        .strip_suffix(MANIFEST_FILE_NAME)
-        .filter(|d| d.ends_with('/'))
-        .map_or(trimmed, |d| d.trim_end_matches('/'));
+    let dir_url = snapshot_dir(url);
     let (store, dir) = match Store::open(dir_url, false) {
         Err(StorageError::InvalidUrl { reason, .. })
             if !dir_url.contains("://") && reason == NOT_A_DIRECTORY =>
