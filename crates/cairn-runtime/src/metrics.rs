@@ -20,6 +20,8 @@
 //!   `MeterView`), `currentInputWatermark` and `currentOutputWatermark` (milliseconds;
 //!   null before the first watermark; the end of the input, which stands for the final
 //!   watermark, is not passed on as one, so they stay at the last periodic watermark).
+//!   Window operators also count `numLateRecordsDropped`: records every window of which
+//!   was past its allowed lateness, dropped for want of a side output for late data.
 //!   Identifiers are joined with dots, so a uid with dots in it can be read ambiguously by
 //!   eye; [`Metrics::per_subtask`] matches the uid exactly.
 //! - **Task** metrics, scoped as the first operator of the task's chain (a task runs the

@@ -1182,6 +1182,9 @@ where
 
 /// The window operator: a keyed process function over the window contents' state and the
 /// operator's timers.
+/// The window operators' metric of records dropped as late (Flink's name).
+pub(crate) const LATE_DROPPED: &str = "numLateRecordsDropped";
+
 #[derive(Clone)]
 struct WindowOperator<K, T, C> {
     uid: String,
@@ -1189,6 +1192,9 @@ struct WindowOperator<K, T, C> {
     allowed_lateness: Duration,
     /// Where records dropped as late go.
     late: Option<OutputTag<T>>,
+    /// Counts the records dropped as late without a side output for them (Flink's
+    /// `numLateRecordsDropped`); registered in `initialize_state`.
+    dropped: crate::metrics::Counter,
     /// `None`: the default of the assigner's time domain.
     trigger: Option<WindowTrigger>,
     /// A user-defined trigger.
@@ -1268,6 +1274,7 @@ impl<K, T, C> WindowOperator<K, T, C> {
             assigner,
             allowed_lateness,
             late,
+            dropped: Default::default(),
             trigger,
             custom,
             contents,
@@ -1316,6 +1323,7 @@ impl<K, T, C> WindowOperator<K, T, C> {
 impl<K, T, C: Contents<K, T>> Checkpointed for WindowOperator<K, T, C> {
     /// Refuses a restore whose windows or trigger were others.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.dropped = ctx.metrics.counter(LATE_DROPPED)?;
         keep_spec(
             ctx,
             &self.uid,
@@ -1654,9 +1662,14 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             }
         }
         self.windows = windows;
-        // Every window of the record is late (Flink's `isSkippedElement`): its side output.
+        // Every window of the record is late (Flink's `isSkippedElement`): its side output,
+        // or dropped and counted.
         match (&self.late, record) {
             (Some(tag), Some(r)) if !taken => out.output(tag, r),
+            (None, Some(_)) if !taken => {
+                self.dropped.inc();
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -2204,6 +2217,7 @@ mod tests {
             assigner: TumblingEventTimeWindows::of(Duration::from_millis(10)),
             allowed_lateness: Duration::ZERO,
             late: None::<crate::side::OutputTag<u64>>,
+            dropped: Default::default(),
             trigger,
             custom: None,
             contents: sum(),

@@ -439,3 +439,75 @@ fn a_clashing_metric_name_is_refused() {
         assert!(text.contains(name) && text.contains("clash."), "{text}");
     }
 }
+
+/// Window operators count the records they drop as late (Flink's `numLateRecordsDropped`):
+/// every event is in a window or counted there, under tumbling and session windows; with
+/// a side output for late data, the late records go there and none counts as dropped.
+#[test]
+fn windows_count_the_records_they_drop_as_late() {
+    use cairn_runtime::{EventTimeSessionWindows, OutputTag, TumblingEventTimeWindows};
+    for (sessions, side) in [(false, false), (true, false), (false, true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = common::write_late_events(dir.path());
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let late_records = Arc::new(Mutex::new(Vec::new()));
+        let late = OutputTag::<(u64, u64)>::new("late");
+        let keyed = source("source", cairn_runtime::sources::FileSource::new(&input))
+            .parallelism(1)
+            .process("parse", common::ParseEvents::new(vec![]))
+            .assign_timestamps_and_watermarks(
+                "timestamps",
+                WatermarkStrategy::for_monotonous_timestamps(|(_, t): &(u64, u64)| *t),
+            )
+            .key_by(|(key, _): &(u64, u64)| *key);
+        let windowed = if sessions {
+            keyed
+                .window(EventTimeSessionWindows::with_gap(Duration::from_millis(3)))
+                .aggregate("windows", common::CountEvents)
+        } else if side {
+            keyed
+                .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+                .side_output_late_data(&late)
+                .aggregate("windows", common::CountEvents)
+        } else {
+            keyed
+                .window(TumblingEventTimeWindows::of(Duration::from_millis(100)))
+                .aggregate("windows", common::CountEvents)
+        };
+        if side {
+            windowed
+                .side_output(&late)
+                .sink("late-sink", Collect(late_records.clone()));
+        }
+        let graph = windowed.sink("sink", Collect(counts.clone()));
+        let mut cfg = config(dir.path(), StateBackendConfig::HashMap);
+        cfg.auto_watermark_interval = Duration::from_millis(1);
+        cfg.records_per_second = Some(30_000);
+        let r = Job::new(graph, cfg).run().expect("job");
+        let counted: u64 = counts
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, _, c)| *c)
+            .sum();
+        let missing = (common::LATE_EVENTS - counted) as i64;
+        let dropped = r.metrics.sum("windows", "numLateRecordsDropped");
+        let side_records = late_records.lock().expect("lock").len() as i64;
+        assert_eq!(
+            r.metrics
+                .per_subtask("windows", "numLateRecordsDropped")
+                .len(),
+            2
+        );
+        if side {
+            assert_eq!(
+                (dropped, side_records),
+                (0, missing),
+                "late data to its side output"
+            );
+        } else {
+            assert_eq!(dropped, missing, "sessions: {sessions}");
+        }
+        assert!(missing > 0, "some events came late");
+    }
+}

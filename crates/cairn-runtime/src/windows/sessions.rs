@@ -214,6 +214,7 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> sealed::Build<K, T> for Ses
             sessions: windowed.assigner,
             allowed_lateness: windowed.allowed_lateness,
             late: windowed.late,
+            dropped: Default::default(),
             trigger: windowed.trigger,
             contents: Evictable::new(contents, windowed.evictor),
             _k: PhantomData,
@@ -404,6 +405,8 @@ struct SessionOperator<K, T, G, C> {
     allowed_lateness: Duration,
     /// Where records dropped as late go.
     late: Option<OutputTag<T>>,
+    /// Counts the records dropped as late without a side output for them.
+    dropped: crate::metrics::Counter,
     /// `None`: the default of the time domain.
     trigger: Option<WindowTrigger>,
     contents: C,
@@ -493,6 +496,7 @@ fn check_gap(gap: Duration) -> std::result::Result<u64, String> {
 impl<K, T, G: SessionGap<T>, C: Contents<K, T>> Checkpointed for SessionOperator<K, T, G, C> {
     /// Refuses a restore whose sessions were of another time domain or lateness.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.dropped = ctx.metrics.counter(super::LATE_DROPPED)?;
         keep_spec(
             ctx,
             &self.uid,
@@ -581,7 +585,10 @@ where
             // late data's side output if there is one.
             return match &self.late {
                 Some(tag) => out.output(tag, record),
-                None => Ok(()),
+                None => {
+                    self.dropped.inc();
+                    Ok(())
+                }
             };
         }
         // The merged session keeps the first one's namespace; the others' contents move.
@@ -773,6 +780,7 @@ mod tests {
             sessions,
             allowed_lateness: Duration::from_millis(lateness),
             late: None,
+            dropped: Default::default(),
             trigger,
             contents: sum(),
             _k: PhantomData,
@@ -1094,6 +1102,7 @@ mod tests {
             sessions: EventTimeSessionWindows::with_gap(Duration::from_millis(10)),
             allowed_lateness: Duration::ZERO,
             late: None,
+            dropped: Default::default(),
             trigger: None,
             contents,
             _k: PhantomData,
