@@ -286,10 +286,7 @@ impl StatsTracker {
     /// Task (`task`, `subtask`)'s part of `id` is written now.
     pub(crate) fn written(&mut self, id: u64, task: &str, subtask: u32) {
         let now = Instant::now();
-        let Some((_, started, synced)) = self.clocks.iter().find(|c| c.0 == id).cloned() else {
-            return;
-        };
-        let Some(e) = self.entry(id) else {
+        let Some(e) = self.stats.history.iter_mut().find(|e| e.id == id) else {
             return;
         };
         let Some(i) = e
@@ -299,10 +296,19 @@ impl StatsTracker {
         else {
             return;
         };
+        // The trigger and this subtask's synchronous phase (synced in the entry's order).
+        let Some((started, synced)) = self
+            .clocks
+            .iter()
+            .find(|c| c.0 == id)
+            .map(|c| (c.1, c.2.get(i).copied()))
+        else {
+            return;
+        };
         e.acknowledged_subtasks += 1;
         let s = &mut e.subtasks[i];
         s.ack_ms = Some(ms(now.duration_since(started)));
-        s.async_ms = synced.get(i).map(|t| ms(now.duration_since(*t)));
+        s.async_ms = synced.map(|t| ms(now.duration_since(t)));
     }
 
     /// `id` completed (published), having added `added` bytes of `full`, with
