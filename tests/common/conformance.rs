@@ -10,7 +10,7 @@ use cairn_storage::{keyed_handles_for, CheckpointStorage};
 use super::harness::*;
 use super::schema::*;
 
-const MAX_P: u32 = 128;
+pub const MAX_P: u32 = 128;
 
 fn single<F: BackendFactory>(f: &F) -> F::Backend {
     f.create("op", MAX_P, KeyGroupRange::all(MAX_P))
@@ -232,7 +232,7 @@ pub fn read_operator<B: KeyedStateBackend>(op: &mut Operator<B>, keys: &[String]
     out
 }
 
-fn fill_operator<B: KeyedStateBackend>(op: &mut Operator<B>, keys: &[String], round: u64) {
+pub fn fill_operator<B: KeyedStateBackend>(op: &mut Operator<B>, keys: &[String], round: u64) {
     for (i, k) in keys.iter().enumerate() {
         let b = op.owner(k);
         let ids = register(b);
@@ -646,6 +646,19 @@ macro_rules! conformance_tests {
             incremental_checkpoint_in_flight_across_a_full_checkpoint_survives_retention,
             rescale_keeps_state, unregistered_restored_state_is_kept, restore_checks_codecs,
             keys_iteration);
+        $crate::conformance_tests!(@evolution $factory;
+            evolution_migrates_every_kind, evolution_from_a_savepoint_at_another_parallelism,
+            evolution_after_an_incremental_checkpoint_of_the_old_schema,
+            evolution_of_a_state_registered_a_run_later, evolution_refusals,
+            evolution_renamed_type_reads_as_is, evolution_of_states_with_a_ttl);
+    };
+    (@evolution $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                common::evolution::$name(&$factory);
+            }
+        )*
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
         $(

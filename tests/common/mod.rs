@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_debug_implementations)]
 
 pub mod conformance;
+pub mod evolution;
 pub mod factories;
 pub mod harness;
 pub mod model;

@@ -117,9 +117,11 @@ pub struct ChangelogBackend<B: KeyedStateBackend> {
     next_mat: u64,
     pub(crate) next_inner_id: u64,
     /// A materialization must complete before the next checkpoint can use the chain
-    /// (after a restore or a full checkpoint).
+    /// (after a restore, a full checkpoint or a registration that migrated a state).
     pub(crate) needs_mat: bool,
-    /// Materializations with a smaller id started before a full checkpoint: never used.
+    /// Materializations with a smaller id started before a full checkpoint or before a
+    /// registration that migrated a state: never adopted, no later checkpoint waits for
+    /// them.
     pub(crate) tainted_below: u64,
     last_mat_start: Instant,
     last_mat_bytes: u64,
@@ -130,6 +132,9 @@ pub struct ChangelogBackend<B: KeyedStateBackend> {
     /// Restored records of states not registered yet, by state name.
     pub(crate) replay: HashMap<String, Vec<OwnedRecord>>,
     pub(crate) restored: bool,
+    /// The first state whose replay failed, and why: it is part-replayed, so no snapshot
+    /// may be taken any more.
+    pub(crate) replay_failed: Option<(String, String)>,
     ops_since_check: u32,
     /// The last failure of a background materialization, if the next one has not
     /// succeeded yet.
@@ -239,6 +244,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             restored_metas: BTreeMap::new(),
             replay: HashMap::new(),
             restored: false,
+            replay_failed: None,
             ops_since_check: 0,
             last_error: None,
             mat_failures: 0,
@@ -711,6 +717,32 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             Holder::Confirmed,
             handle.files().map(|f| f.name.as_str()).collect::<Vec<_>>(),
         );
+    }
+
+    /// A restored state was registered with a codec that migrates its values (the wrapped
+    /// backend converted its entries, replay converts its records): no checkpoint taken
+    /// from now on may use a materialization started before, nor the carry segments, which
+    /// hold the state's records in the old schema (see "Schema evolution" in the crate
+    /// docs). Like after a full checkpoint, the next changelog checkpoint starts a
+    /// materialization (unless one started since is running) and waits for it.
+    pub(crate) fn migrated(&mut self) {
+        self.needs_mat = true;
+        self.tainted_below = self.next_mat;
+    }
+
+    /// Fails once a replay failed: the state it left part-replayed would be snapshotted so.
+    pub(crate) fn check_replay_failed(&self) -> Result<()> {
+        match &self.replay_failed {
+            None => Ok(()),
+            Some((state, message)) => Err(StateError::layer(
+                format!("snapshot uid={}", self.config.uid),
+                ChangelogError::ReplayFailed {
+                    uid: self.config.uid.clone(),
+                    state: state.clone(),
+                    message: message.clone(),
+                },
+            )),
+        }
     }
 
     /// Fails if a restored state still has records to replay (a canonical snapshot of the

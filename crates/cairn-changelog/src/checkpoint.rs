@@ -131,6 +131,7 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     ) -> Result<Box<dyn AsyncSnapshot>> {
         self.poll_mats();
         self.check_mat_failures()?;
+        self.check_replay_failed()?;
         match (options.snapshot_type, options.incremental) {
             (SnapshotType::Savepoint, _) => {
                 self.check_replayed()?;

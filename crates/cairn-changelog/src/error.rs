@@ -59,6 +59,19 @@ pub enum ChangelogError {
         /// The state name.
         state: String,
     },
+    /// Replaying a restored state's changelog records failed when the program registered
+    /// it (a record that does not decode, a conversion of an older schema that refused a
+    /// value): the state holds only part of its records, so the backend takes no snapshot
+    /// any more; the task must fail and restore again.
+    #[error("replaying the changelog of a restored state failed, the state is incomplete and no snapshot can be taken: {message} uid={uid} state={state}")]
+    ReplayFailed {
+        /// The operator uid.
+        uid: String,
+        /// The state name.
+        state: String,
+        /// The replay's error.
+        message: String,
+    },
     /// A background upload or materialization failed (the message is the cause's).
     #[error("changelog {what} failed: {message} uid={uid}")]
     Background {

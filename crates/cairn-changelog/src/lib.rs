@@ -93,11 +93,66 @@
 //! materialization triggers bound it. The first checkpoint after a restore waits for a new
 //! materialization (the restored files may belong to a savepoint).
 //!
+//! ## Schema evolution
+//!
+//! A newer program may register a restored state with a codec whose value schema changed
+//! ([`cairn_core::EvolvingCodec`]). The descriptor's `resolve` decides it against what the
+//! restored changelog handles say about the state (its kind, the namespace and map key as
+//! is, the value as is or after a migration). The two halves of a changelog checkpoint then
+//! migrate apart, each under the identities it was written with:
+//!
+//! - the materialized snapshot goes to the wrapped backend, whose handles carry their own
+//!   state metas (the identities the materialization found): it resolves the state
+//!   against them and converts its entries itself;
+//! - the segments' records are replayed with `Codec::decode_from` under the identity the
+//!   changelog handle names: a handle has **one** meta list for all its segments.
+//!
+//! So every segment a checkpoint references must be in the encoding its meta list names.
+//! The records this backend logs are in the registered codec; records of an older run are
+//! only those restored, replayed at registration, and those of states not registered when
+//! a materialization starts, which it writes as its carry segment in the schema they were
+//! restored in (an unregistered state is described by its restored identity). Once such a
+//! state is registered with a migration, handles name the new identity: a checkpoint that
+//! still referenced a carry written before would have its restore decode old bytes as new.
+//! Hence the first registration of a state in a run that migrates it does what a full
+//! checkpoint does: a materialization is needed again, and every one started before is
+//! *tainted* (never adopted as the chain's, and no later checkpoint waits for it). The next
+//! changelog checkpoint starts one (unless one started since is running) and waits for it:
+//! its carry holds only states still unregistered, under their restored identities, and
+//! the segments after it only records logged since, in the new schema. Every checkpoint
+//! after a migration so holds the state in the new schema only, its materialization
+//! included, as a migration promises (a later program needs to read the newest schema
+//! only).
+//!
+//! - A checkpoint in flight at the registration took its meta list, segments and
+//!   materialization (adopted or awaited) in its synchronous phase, before the migration:
+//!   all in the old schema, consistent; it completes as usual (a tainted materialization is
+//!   kept while a pending checkpoint waits for it).
+//! - Registering the same state again in the run changes nothing; a renamed type read as is
+//!   (the same bytes under another identity) needs no new materialization.
+//! - Rescaling: the handles of one checkpoint describe a state alike (they are checked to),
+//!   and each subtask replays its key groups' records under that identity.
+//! - Savepoints and full checkpoints are the wrapped backend's, which describes a migrated
+//!   state by its new identity and holds it converted; a restored state with records to
+//!   replay that is not registered yet is refused, as always (see "Limits").
+//! - A replay that fails (a record the conversion refuses) names the operator, state and
+//!   key group and leaves the state part-replayed: the backend refuses every snapshot from
+//!   then on (`ChangelogError::ReplayFailed`); the task must fail and restore again.
+//!
+//! The cost is one materialization per run that migrates. The first checkpoint after a
+//! restore waits for one anyway; a program that registers its states when the operator
+//! opens makes it wait for the one started after the registrations instead of the one
+//! started at the restore.
+//!
 //! ## Limits
 //!
 //! A savepoint or full checkpoint taken after a restore, before the program registered a
 //! restored state that has changelog records, is refused (`ChangelogError::UnreplayedState`):
 //! the wrapped backend cannot apply records of a state whose types it does not know.
+//!
+//! A checkpoint taken while some subtasks had registered (and migrated) a state and others
+//! had not describes it by different identities in different handles: a restore that
+//! merges such handles (rescaling) is refused ("handles disagree"), as for every backend.
 
 mod backend;
 mod checkpoint;

@@ -165,11 +165,30 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         self.add_state(raw, meta, Box::new(codecs), ns_codec, acc_slot);
     }
 
-    fn register_common(&mut self, meta: &StateMeta) -> Result<()> {
-        if let Some(stored) = self.restored_metas.get(&meta.name) {
-            stored.check_compatible(meta, &self.config.uid, true)?;
+    /// Checks a registration of `meta` against what the restored handles say about the
+    /// state, with the descriptor's `resolve` (kind; namespace and user key as is; the
+    /// value as is or after a migration); returns whether this, the state's first
+    /// registration in this run, migrates its values. A re-registration is checked again
+    /// but changes nothing (the first one migrated).
+    fn register_common(
+        &mut self,
+        meta: &StateMeta,
+        resolve: impl FnOnce(&StateMeta, &str) -> Result<StateMigration>,
+    ) -> Result<bool> {
+        let Some(stored) = self.restored_metas.get(&meta.name) else {
+            return Ok(false);
+        };
+        let migration = resolve(stored, &self.config.uid)?;
+        let first = !self.states.iter().any(|s| s.meta.name == meta.name);
+        Ok(first && migration == StateMigration::Values)
+    }
+
+    /// After the wrapped backend registered a state whose values migrate (and before its
+    /// records are replayed): see "Schema evolution" in the crate docs.
+    fn after_registration(&mut self, migrates: bool) {
+        if migrates {
+            self.migrated();
         }
-        Ok(())
     }
 }
 
@@ -204,8 +223,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         d: &ValueStateDescriptor<V, N>,
     ) -> Result<ValueStateId<V, N>> {
         let meta = d.meta();
-        self.register_common(&meta)?;
+        let migrates = self.register_common(&meta, |s, uid| d.resolve(s, uid))?;
         let id = self.inner.register_value(d)?;
+        self.after_registration(migrates);
         self.add_plain(id.raw(), meta, (&d.value, &d.namespace), None);
         self.replay_value(id, d)?;
         Ok(id)
@@ -216,8 +236,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         d: &ListStateDescriptor<V, N>,
     ) -> Result<ListStateId<V, N>> {
         let meta = d.meta();
-        self.register_common(&meta)?;
+        let migrates = self.register_common(&meta, |s, uid| d.resolve(s, uid))?;
         let id = self.inner.register_list(d)?;
+        self.after_registration(migrates);
         self.add_plain(id.raw(), meta, (&d.element, &d.namespace), None);
         self.replay_list(id, d)?;
         Ok(id)
@@ -228,8 +249,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         d: &MapStateDescriptor<UK, UV, N>,
     ) -> Result<MapStateId<UK, UV, N>> {
         let meta = d.meta();
-        self.register_common(&meta)?;
+        let migrates = self.register_common(&meta, |s, uid| d.resolve(s, uid))?;
         let id = self.inner.register_map(d)?;
+        self.after_registration(migrates);
         let codecs = MapCodecs {
             user_key: d.user_key.clone(),
             value: d.value.clone(),
@@ -251,8 +273,9 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         d: &ReducingStateDescriptor<V, N>,
     ) -> Result<ReducingStateId<V, N>> {
         let meta = d.meta();
-        self.register_common(&meta)?;
+        let migrates = self.register_common(&meta, |s, uid| d.resolve(s, uid))?;
         let id = self.inner.register_reducing(d)?;
+        self.after_registration(migrates);
         self.add_plain(id.raw(), meta, (&d.value, &d.namespace), None);
         self.replay_reducing(id, d)?;
         Ok(id)
@@ -263,7 +286,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
         d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
     ) -> Result<AggregatingStateId<IN, ACC, OUT, N>> {
         let meta = d.meta();
-        self.register_common(&meta)?;
+        let migrates = self.register_common(&meta, |s, uid| d.resolve(s, uid))?;
         let slot: AccSlot = Arc::new(Mutex::new(None));
         let wrapped = AggregatingStateDescriptor::<AggInput<IN, ACC>, ACC, OUT, N> {
             name: d.name.clone(),
@@ -276,6 +299,7 @@ impl<B: KeyedStateBackend> KeyedStateBackend for ChangelogBackend<B> {
             }),
         };
         let inner_id = self.inner.register_aggregating(&wrapped)?;
+        self.after_registration(migrates);
         self.add_plain(
             inner_id.raw(),
             meta,

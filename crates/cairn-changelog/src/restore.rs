@@ -3,7 +3,9 @@
 //! state until the program registers the state, which replays them through the typed API
 //! (the wrapped backend then holds exactly the checkpoint's state). A restored state with
 //! records that is never registered is carried: the first materialization after the
-//! restore writes its records as a carry segment.
+//! restore writes its records as a carry segment. Records are decoded under the identities
+//! the restored handles name, converted when the program's codec migrates the state's
+//! values (see "Schema evolution" in the crate docs).
 //!
 //! A segment is read only whole, checked against the size and CRC32 the manifest records,
 //! and its footer must agree with the manifest's sequence numbers and record count: a torn
@@ -305,21 +307,53 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     }
 
     /// Replays the restored records of `name` (if any) through `apply`, with each record's
-    /// namespace decoded by `namespace`, then restores the current key.
+    /// namespace decoded by `namespace`, then restores the current key. The records were
+    /// written under the identities the restored handles describe (`stored`, given to
+    /// `apply`): their values are decoded with [`Codec::decode_from`], which converts them
+    /// when the state's value schema evolved. A failure names the operator, the state and
+    /// the record's key group; it leaves the state part-replayed, so the backend refuses
+    /// every snapshot from then on (`ChangelogError::ReplayFailed`).
     fn replay_with<N: 'static>(
         &mut self,
         name: &str,
         namespace: &CodecRef<N>,
-        mut apply: impl FnMut(&mut B, &OwnedRecord, &N) -> Result<()>,
+        mut apply: impl FnMut(&mut B, &OwnedRecord, &N, &StateMeta) -> Result<()>,
     ) -> Result<()> {
         let Some(records) = self.replay.remove(name) else {
             return Ok(());
         };
+        let uid = self.config.uid.clone();
+        let replayed = match self.restored_metas.get(name).cloned() {
+            Some(stored) => self.replay_records(name, &records, |b, r| {
+                decode_from(name, namespace, &stored.namespace, &r.namespace)
+                    .and_then(|ns| apply(b, r, &ns, &stored))
+            }),
+            None => Err(StateError::Restore {
+                reason: format!(
+                    "restored changelog records of a state the handles do not describe uid={uid} state={name}"
+                ),
+            }),
+        };
+        if let Err(e) = &replayed {
+            self.replay_failed
+                .get_or_insert_with(|| (name.to_string(), e.to_string()));
+        }
+        replayed
+    }
+
+    /// Applies `records` of state `name` in order, each under its key; restores the
+    /// current key after them.
+    fn replay_records(
+        &mut self,
+        name: &str,
+        records: &[OwnedRecord],
+        mut apply: impl FnMut(&mut B, &OwnedRecord) -> Result<()>,
+    ) -> Result<()> {
         let previous = self.inner.current_key().map(<[u8]>::to_vec);
-        for r in &records {
-            self.inner.set_current_key(&r.key)?;
-            decode(name, namespace, &r.namespace)
-                .and_then(|ns| apply(&mut self.inner, r, &ns))
+        for r in records {
+            self.inner
+                .set_current_key(&r.key)
+                .and_then(|()| apply(&mut self.inner, r))
                 .map_err(|e| {
                     StateError::layer(
                         format!(
@@ -341,9 +375,13 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ValueStateId<V, N>,
         d: &ValueStateDescriptor<V, N>,
     ) -> Result<()> {
-        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
-            (ChangelogOp::Set, Some(v)) => b.value_update(id, ns, decode(&d.name, &d.value, v)?),
-            _ => b.clear(id.raw(), ns),
+        self.replay_with(&d.name, &d.namespace, |b, r, ns, stored| {
+            match (r.op, &r.value) {
+                (ChangelogOp::Set, Some(v)) => {
+                    b.value_update(id, ns, decode_from(&d.name, &d.value, &stored.value, v)?)
+                }
+                _ => b.clear(id.raw(), ns),
+            }
         })
     }
 
@@ -352,17 +390,19 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ListStateId<V, N>,
         d: &ListStateDescriptor<V, N>,
     ) -> Result<()> {
-        let elements = |v: &[u8]| -> Result<Vec<V>> {
+        let elements = |v: &[u8], stored: &StateMeta| -> Result<Vec<V>> {
             decode_list(v)
                 .map_err(|e| StateError::layer(format!("list value state={}", d.name), e))?
                 .into_iter()
-                .map(|e| decode(&d.name, &d.element, e))
+                .map(|e| decode_from(&d.name, &d.element, &stored.value, e))
                 .collect()
         };
-        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
-            (ChangelogOp::ListAppend, Some(v)) => b.list_add_all(id, ns, elements(v)?),
-            (ChangelogOp::ListSet, Some(v)) => b.list_update(id, ns, elements(v)?),
-            _ => b.clear(id.raw(), ns),
+        self.replay_with(&d.name, &d.namespace, |b, r, ns, stored| {
+            match (r.op, &r.value) {
+                (ChangelogOp::ListAppend, Some(v)) => b.list_add_all(id, ns, elements(v, stored)?),
+                (ChangelogOp::ListSet, Some(v)) => b.list_update(id, ns, elements(v, stored)?),
+                _ => b.clear(id.raw(), ns),
+            }
         })
     }
 
@@ -371,16 +411,20 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: MapStateId<UK, UV, N>,
         d: &MapStateDescriptor<UK, UV, N>,
     ) -> Result<()> {
-        self.replay_with(&d.name, &d.namespace, |b, r, ns| {
+        let user_key = |uk: &[u8], stored: &StateMeta| match &stored.user_key {
+            Some(s) => decode_from(&d.name, &d.user_key, s, uk),
+            None => decode(&d.name, &d.user_key, uk),
+        };
+        self.replay_with(&d.name, &d.namespace, |b, r, ns, stored| {
             match (r.op, &r.user_key, &r.value) {
                 (ChangelogOp::MapPut, Some(uk), Some(v)) => b.map_put(
                     id,
                     ns,
-                    decode(&d.name, &d.user_key, uk)?,
-                    decode(&d.name, &d.value, v)?,
+                    user_key(uk, stored)?,
+                    decode_from(&d.name, &d.value, &stored.value, v)?,
                 ),
                 (ChangelogOp::MapRemove, Some(uk), _) => {
-                    b.map_remove(id, ns, &decode(&d.name, &d.user_key, uk)?)
+                    b.map_remove(id, ns, &user_key(uk, stored)?)
                 }
                 _ => b.clear(id.raw(), ns),
             }
@@ -392,12 +436,12 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: ReducingStateId<V, N>,
         d: &ReducingStateDescriptor<V, N>,
     ) -> Result<()> {
-        self.replay_with(&d.name, &d.namespace, |b, r, ns| {
+        self.replay_with(&d.name, &d.namespace, |b, r, ns, stored| {
             b.clear(id.raw(), ns)?;
             match (r.op, &r.value) {
                 // Adding to an empty reducing state stores the value as it is.
                 (ChangelogOp::Set, Some(v)) => {
-                    b.reducing_add(id, ns, decode(&d.name, &d.value, v)?)
+                    b.reducing_add(id, ns, decode_from(&d.name, &d.value, &stored.value, v)?)
                 }
                 _ => Ok(()),
             }
@@ -409,12 +453,14 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         id: AggregatingStateId<AggInput<IN, ACC>, ACC, OUT, N>,
         d: &AggregatingStateDescriptor<IN, ACC, OUT, N>,
     ) -> Result<()> {
-        self.replay_with(&d.name, &d.namespace, |b, r, ns| match (r.op, &r.value) {
-            (ChangelogOp::Set, Some(v)) => {
-                let acc = decode(&d.name, &d.accumulator, v)?;
-                b.aggregating_add(id, ns, AggInput::Set(acc))
+        self.replay_with(&d.name, &d.namespace, |b, r, ns, stored| {
+            match (r.op, &r.value) {
+                (ChangelogOp::Set, Some(v)) => {
+                    let acc = decode_from(&d.name, &d.accumulator, &stored.value, v)?;
+                    b.aggregating_add(id, ns, AggInput::Set(acc))
+                }
+                _ => b.clear(id.raw(), ns),
             }
-            _ => b.clear(id.raw(), ns),
         })
     }
 }
@@ -424,6 +470,22 @@ fn decode<T: 'static>(state: &str, codec: &CodecRef<T>, bytes: &[u8]) -> Result<
         state: state.to_string(),
         source,
     })
+}
+
+/// Decodes `bytes` written under `stored` (a restored record's identity), converting them
+/// when `codec` reads `stored` after a migration.
+fn decode_from<T: 'static>(
+    state: &str,
+    codec: &CodecRef<T>,
+    stored: &CodecIdentity,
+    bytes: &[u8],
+) -> Result<T> {
+    codec
+        .decode_from(stored, bytes)
+        .map_err(|source| StateError::Codec {
+            state: state.to_string(),
+            source,
+        })
 }
 
 /// The handles' ranges must cover `range` (a gap is an error, never empty state).

@@ -79,6 +79,22 @@ pub enum StateError {
         /// What the program registers.
         expected: Box<CodecIdentity>,
     },
+    /// A program's codec would migrate a part of a restored state that is compared as
+    /// bytes (a namespace or a map's user keys): only values (list elements, map values,
+    /// accumulators) migrate, as in Flink.
+    #[error("state {state} of operator {uid} cannot migrate its {part} codec (namespaces and map keys are read only as is): stored {stored}, registered {expected}")]
+    UnsupportedMigration {
+        /// The operator uid.
+        uid: String,
+        /// The state name.
+        state: String,
+        /// Which codec: `namespace` or `user key`.
+        part: &'static str,
+        /// What the snapshot says.
+        stored: Box<CodecIdentity>,
+        /// What the program registers.
+        expected: Box<CodecIdentity>,
+    },
     /// A restored state has another kind than the descriptor registered now.
     #[error("state {state} of operator {uid} was {stored:?} in the snapshot but is registered as {expected:?}")]
     IncompatibleKind {

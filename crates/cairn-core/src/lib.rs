@@ -31,6 +31,7 @@
 mod backend;
 mod codec;
 mod error;
+mod evolve;
 mod keygroup;
 mod operator;
 mod prefetch;
@@ -42,9 +43,11 @@ pub use backend::{
     Aggregating, AsyncSnapshot, KeyedStateBackend, List, Map, Reducing, StateAccess, Value,
 };
 pub use codec::{
-    trace_schema, BincodeCodec, Codec, CodecError, CodecIdentity, BINCODE_V1, MAX_DECODED_VALUE_LEN,
+    trace_schema, BincodeCodec, Codec, CodecError, CodecIdentity, Compatibility, BINCODE_V1,
+    MAX_DECODED_VALUE_LEN,
 };
 pub use error::{BoxError, Result, StateError};
+pub use evolve::EvolvingCodec;
 pub use keygroup::{
     check_backend_range, check_parallelism, key_group_for_key, murmur3_32, subtask_for_key_group,
     KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM, MAX_MAX_PARALLELISM,
@@ -60,10 +63,11 @@ pub use snapshot::{
     SavepointFormat, SnapshotOptions, SnapshotSource, SnapshotTarget, SnapshotType,
 };
 pub use state::{
-    AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef,
+    AggregateFunction, AggregatingStateDescriptor, AggregatingStateId, CodecRef, CodecVerdicts,
     ListStateDescriptor, ListStateId, MapStateDescriptor, MapStateId, MergingAggregateFunction,
     Namespace, RawStateId, ReduceFn, ReducingStateDescriptor, ReducingStateId, StateKind,
-    StateMeta, StateValue, UserKey, ValueStateDescriptor, ValueStateId, VoidNamespace,
+    StateMeta, StateMigration, StateValue, UserKey, ValueStateDescriptor, ValueStateId,
+    VoidNamespace,
 };
 pub use ttl::{
     ttl_stamp_of, IncrementalCleanup, ManualClock, StateTtlConfig, SystemClock,

@@ -209,7 +209,7 @@ impl OperatorStateBackend {
     ) -> Result<OperatorListStateId<V>> {
         if let Some(index) = self.registered.iter().position(|r| r.name == d.name) {
             let r = &mut self.registered[index];
-            check(&self.uid, &d.name, r.mode, &r.codec, d)?;
+            check(&self.uid, &d.name, r.mode, &r.codec, d, false)?;
             if r.list.as_any_mut().downcast_mut::<TypedList<V>>().is_none() {
                 return Err(StateError::UnknownState {
                     index: index as u32,
@@ -224,13 +224,25 @@ impl OperatorStateBackend {
         // it in place (it is then still carried into the next snapshot).
         let mut values = Vec::new();
         if let Some(restored) = self.restored.get(&d.name) {
-            check(&self.uid, &d.name, restored.mode, &restored.codec, d)?;
+            check(&self.uid, &d.name, restored.mode, &restored.codec, d, true)?;
             values.reserve(restored.elements.len().min(4096));
-            for bytes in &restored.elements {
-                values.push(d.codec.decode(bytes).map_err(|source| StateError::Codec {
-                    state: d.name.clone(),
-                    source,
-                })?);
+            for (i, bytes) in restored.elements.iter().enumerate() {
+                let value = d
+                    .codec
+                    .decode_from(&restored.codec, bytes)
+                    .map_err(|source| {
+                        StateError::layer(
+                            format!(
+                                "restoring operator state uid={} state={} element={i}",
+                                self.uid, d.name
+                            ),
+                            StateError::Codec {
+                                state: d.name.clone(),
+                                source,
+                            },
+                        )
+                    })?;
+                values.push(value);
             }
             self.restored.remove(&d.name);
         }
@@ -277,13 +289,16 @@ impl OperatorStateBackend {
     }
 }
 
-/// Checks a descriptor against the mode and codec a state has (restored or registered).
+/// Checks a descriptor against the mode and codec a state has: `restored` (its elements are
+/// then decoded with [`crate::Codec::decode_from`], so the descriptor's codec may read the
+/// stored identity as is or migrate it) or registered earlier in this run (the same codec).
 fn check<V: 'static>(
     uid: &str,
     name: &str,
     mode: Redistribution,
     codec: &crate::codec::CodecIdentity,
     d: &OperatorListStateDescriptor<V>,
+    restored: bool,
 ) -> Result<()> {
     if mode != d.mode {
         return Err(StateError::Restore {
@@ -293,7 +308,12 @@ fn check<V: 'static>(
             ),
         });
     }
-    if !codec.is_compatible_with(d.codec.identity()) {
+    let readable = if restored {
+        d.codec.compatibility(codec) != crate::codec::Compatibility::Incompatible
+    } else {
+        codec.is_compatible_with(d.codec.identity())
+    };
+    if !readable {
         return Err(StateError::IncompatibleCodec {
             uid: uid.to_string(),
             state: name.to_string(),
@@ -482,7 +502,8 @@ mod tests {
         let mut b = OperatorStateBackend::new("src");
         b.restore(snap.clone()).unwrap();
         let d = OperatorListStateDescriptor::<u64>::split("offsets");
-        assert!(matches!(b.register_list(&d), Err(StateError::Codec { .. })));
+        let err = b.register_list(&d).unwrap_err().to_string();
+        assert!(err.contains("uid=src state=offsets element=0"), "{err}");
         assert_eq!(
             b.snapshot().unwrap(),
             snap,
@@ -502,6 +523,38 @@ mod tests {
         let mut b = OperatorStateBackend::new("src");
         b.restore(snap.clone()).unwrap();
         assert_eq!(b.snapshot().unwrap(), snap);
+    }
+
+    #[test]
+    fn restored_elements_migrate_to_the_registered_schema() {
+        let snap = backend_with(&[7, 8], "offsets", false);
+        let evolving = || OperatorListStateDescriptor::<(u64, bool)> {
+            name: "offsets".into(),
+            codec: std::sync::Arc::new(
+                crate::EvolvingCodec::new(crate::BincodeCodec::<(u64, bool)>::named("Offset", 2))
+                    .migrates_from(crate::BincodeCodec::<u64>::new(), |o: u64| (o, o > 7)),
+            ),
+            mode: Redistribution::Split,
+        };
+        let mut b = OperatorStateBackend::new("src");
+        b.restore(snap).unwrap();
+        let id = b.register_list(&evolving()).unwrap();
+        assert_eq!(*b.list(id).unwrap(), [(7, false), (8, true)]);
+        // Later snapshots hold the new schema, which the new program reads as is and the
+        // old one no longer reads.
+        let again = b.snapshot().unwrap();
+        assert_eq!(again[0].codec.type_name, "Offset");
+        let mut c = OperatorStateBackend::new("src");
+        c.restore(again.clone()).unwrap();
+        let id = c.register_list(&evolving()).unwrap();
+        assert_eq!(*c.list(id).unwrap(), [(7, false), (8, true)]);
+        let mut old = OperatorStateBackend::new("src");
+        old.restore(again).unwrap();
+        let err = old
+            .register_list(&OperatorListStateDescriptor::<u64>::split("offsets"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Offset@v2"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{BincodeCodec, Codec, CodecIdentity};
+use crate::codec::{BincodeCodec, Codec, CodecIdentity, Compatibility};
 use crate::error::{Result, StateError};
 
 /// The kinds of keyed state.
@@ -113,22 +113,120 @@ impl StateMeta {
                 _ => false,
             };
             if !ok {
-                let none = || CodecIdentity {
-                    encoding: String::new(),
-                    type_name: "(none)".into(),
-                    version: 0,
-                    schema: None,
-                };
                 return Err(StateError::IncompatibleCodec {
                     uid: uid.to_string(),
                     state: expected.name.clone(),
                     part,
-                    stored: Box::new(stored.cloned().unwrap_or_else(none)),
-                    expected: Box::new(wanted.cloned().unwrap_or_else(none)),
+                    stored: Box::new(stored.cloned().unwrap_or_else(no_codec)),
+                    expected: Box::new(wanted.cloned().unwrap_or_else(no_codec)),
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// What registering a restored state takes, as [`StateMeta::resolve`] decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StateMigration {
+    /// The stored entries are read as they are.
+    AsIs,
+    /// Every stored value (value, list element, map value, accumulator) is decoded with
+    /// [`Codec::decode_from`] and written again in the registered codec, before the state
+    /// is used and before a snapshot can include it.
+    Values,
+}
+
+/// How the codecs a program registers read the identities a snapshot stored: the
+/// namespace's, the value's and the user key's (map state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodecVerdicts {
+    /// The namespace codec's verdict.
+    pub namespace: Compatibility,
+    /// The value codec's verdict.
+    pub value: Compatibility,
+    /// The user-key codec's verdict, when both sides have one.
+    pub user_key: Option<Compatibility>,
+}
+
+impl StateMeta {
+    /// Decides how a program registering `expected` reads the state a snapshot described
+    /// as `self`, given its codecs' `verdicts` on the stored identities: the kind must be
+    /// the same; namespaces and user keys are compared as bytes, so they must read as is;
+    /// values may migrate. Errors name operator `uid`, the state and both identities.
+    pub fn resolve(
+        &self,
+        expected: &StateMeta,
+        verdicts: CodecVerdicts,
+        uid: &str,
+    ) -> Result<StateMigration> {
+        if self.kind != expected.kind {
+            return Err(StateError::IncompatibleKind {
+                uid: uid.to_string(),
+                state: expected.name.clone(),
+                stored: self.kind,
+                expected: expected.kind,
+            });
+        }
+        let incompatible =
+            |part, stored: Option<&CodecIdentity>, wanted: Option<&CodecIdentity>| {
+                StateError::IncompatibleCodec {
+                    uid: uid.to_string(),
+                    state: expected.name.clone(),
+                    part,
+                    stored: Box::new(stored.cloned().unwrap_or_else(no_codec)),
+                    expected: Box::new(wanted.cloned().unwrap_or_else(no_codec)),
+                }
+            };
+        let user_key = match (&self.user_key, &expected.user_key, verdicts.user_key) {
+            (Some(s), Some(w), Some(v)) => Some((s, w, v)),
+            (None, None, _) => None,
+            (s, w, _) => return Err(incompatible("user key", s.as_ref(), w.as_ref())),
+        };
+        let keys = [
+            Some((
+                "namespace",
+                &self.namespace,
+                &expected.namespace,
+                verdicts.namespace,
+            )),
+            user_key.map(|(s, w, v)| ("user key", s, w, v)),
+        ];
+        for (part, stored, wanted, verdict) in keys.into_iter().flatten() {
+            match verdict {
+                Compatibility::AsIs => {}
+                Compatibility::AfterMigration => {
+                    return Err(StateError::UnsupportedMigration {
+                        uid: uid.to_string(),
+                        state: expected.name.clone(),
+                        part,
+                        stored: Box::new(stored.clone()),
+                        expected: Box::new(wanted.clone()),
+                    })
+                }
+                Compatibility::Incompatible => {
+                    return Err(incompatible(part, Some(stored), Some(wanted)))
+                }
+            }
+        }
+        match verdicts.value {
+            Compatibility::AsIs => Ok(StateMigration::AsIs),
+            Compatibility::AfterMigration => Ok(StateMigration::Values),
+            Compatibility::Incompatible => Err(incompatible(
+                "value",
+                Some(&self.value),
+                Some(&expected.value),
+            )),
+        }
+    }
+}
+
+fn no_codec() -> CodecIdentity {
+    CodecIdentity {
+        encoding: String::new(),
+        type_name: "(none)".into(),
+        version: 0,
+        schema: None,
     }
 }
 
@@ -360,6 +458,77 @@ where
     }
 }
 
+impl<V: 'static> ValueStateDescriptor<V> {
+    /// A value state whose values `codec` encodes (e.g. an [`crate::EvolvingCodec`] that
+    /// reads an older schema), without a namespace.
+    pub fn with_codec(name: impl Into<String>, codec: impl Codec<V>) -> Self {
+        Self {
+            name: name.into(),
+            value: Arc::new(codec),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<V: 'static> ListStateDescriptor<V> {
+    /// A list state whose elements `codec` encodes, without a namespace.
+    pub fn with_codec(name: impl Into<String>, codec: impl Codec<V>) -> Self {
+        Self {
+            name: name.into(),
+            element: Arc::new(codec),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<UK: 'static, UV: 'static> MapStateDescriptor<UK, UV> {
+    /// A map state with these codecs of user keys and values, without a namespace.
+    pub fn with_codecs(
+        name: impl Into<String>,
+        user_key: impl Codec<UK>,
+        value: impl Codec<UV>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            user_key: Arc::new(user_key),
+            value: Arc::new(value),
+            namespace: bincode(),
+        }
+    }
+}
+
+impl<V: 'static> ReducingStateDescriptor<V> {
+    /// A reducing state whose values `codec` encodes, without a namespace.
+    pub fn with_codec(
+        name: impl Into<String>,
+        codec: impl Codec<V>,
+        reduce: impl Fn(V, V) -> V + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            value: Arc::new(codec),
+            namespace: bincode(),
+            reduce: Arc::new(reduce),
+        }
+    }
+}
+
+impl<IN: 'static, ACC: 'static, OUT: 'static> AggregatingStateDescriptor<IN, ACC, OUT> {
+    /// An aggregating state whose accumulators `codec` encodes, without a namespace.
+    pub fn with_codec(
+        name: impl Into<String>,
+        codec: impl Codec<ACC>,
+        function: impl AggregateFunction<IN, ACC, OUT>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            accumulator: Arc::new(codec),
+            namespace: bincode(),
+            function: Arc::new(function),
+        }
+    }
+}
+
 macro_rules! namespace_builder {
     ($name:ident<$($p:ident),*>, $($field:ident),*) => {
         impl<$($p,)* N> $name<$($p,)* N> {
@@ -377,6 +546,17 @@ namespace_builder!(ReducingStateDescriptor<V>, value, reduce);
 namespace_builder!(AggregatingStateDescriptor<IN, ACC, OUT>, accumulator, function);
 
 impl<V: 'static, N: 'static> ValueStateDescriptor<V, N> {
+    /// How this descriptor reads the state a snapshot described as `stored` (see
+    /// [`StateMeta::resolve`]); errors name operator `uid`.
+    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+        let verdicts = CodecVerdicts {
+            namespace: self.namespace.compatibility(&stored.namespace),
+            value: self.value.compatibility(&stored.value),
+            user_key: None,
+        };
+        stored.resolve(&self.meta(), verdicts, uid)
+    }
+
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(
@@ -389,6 +569,17 @@ impl<V: 'static, N: 'static> ValueStateDescriptor<V, N> {
     }
 }
 impl<V: 'static, N: 'static> ListStateDescriptor<V, N> {
+    /// How this descriptor reads the state a snapshot described as `stored` (see
+    /// [`StateMeta::resolve`]); errors name operator `uid`.
+    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+        let verdicts = CodecVerdicts {
+            namespace: self.namespace.compatibility(&stored.namespace),
+            value: self.element.compatibility(&stored.value),
+            user_key: None,
+        };
+        stored.resolve(&self.meta(), verdicts, uid)
+    }
+
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(
@@ -401,6 +592,20 @@ impl<V: 'static, N: 'static> ListStateDescriptor<V, N> {
     }
 }
 impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
+    /// How this descriptor reads the state a snapshot described as `stored` (see
+    /// [`StateMeta::resolve`]); errors name operator `uid`.
+    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+        let verdicts = CodecVerdicts {
+            namespace: self.namespace.compatibility(&stored.namespace),
+            value: self.value.compatibility(&stored.value),
+            user_key: stored
+                .user_key
+                .as_ref()
+                .map(|s| self.user_key.compatibility(s)),
+        };
+        stored.resolve(&self.meta(), verdicts, uid)
+    }
+
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(
@@ -413,6 +618,17 @@ impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
     }
 }
 impl<V: 'static, N: 'static> ReducingStateDescriptor<V, N> {
+    /// How this descriptor reads the state a snapshot described as `stored` (see
+    /// [`StateMeta::resolve`]); errors name operator `uid`.
+    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+        let verdicts = CodecVerdicts {
+            namespace: self.namespace.compatibility(&stored.namespace),
+            value: self.value.compatibility(&stored.value),
+            user_key: None,
+        };
+        stored.resolve(&self.meta(), verdicts, uid)
+    }
+
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(
@@ -427,6 +643,17 @@ impl<V: 'static, N: 'static> ReducingStateDescriptor<V, N> {
 impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static>
     AggregatingStateDescriptor<IN, ACC, OUT, N>
 {
+    /// How this descriptor reads the state a snapshot described as `stored` (see
+    /// [`StateMeta::resolve`]); errors name operator `uid`.
+    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+        let verdicts = CodecVerdicts {
+            namespace: self.namespace.compatibility(&stored.namespace),
+            value: self.accumulator.compatibility(&stored.value),
+            user_key: None,
+        };
+        stored.resolve(&self.meta(), verdicts, uid)
+    }
+
     /// What snapshots record about this state.
     pub fn meta(&self) -> StateMeta {
         meta(

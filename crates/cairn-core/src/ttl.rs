@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::KeyedStateBackend;
-use crate::codec::{Codec, CodecError, CodecIdentity};
+use crate::codec::{Codec, CodecError, CodecIdentity, Compatibility};
 use crate::error::{Result, StateError};
 use crate::state::*;
 
@@ -327,18 +327,9 @@ impl<V: 'static> Codec<TtlValue<V>> for TtlCodec<V> {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<TtlValue<V>, CodecError> {
-        let Some((stamp, rest)) = bytes.split_first_chunk::<TIMESTAMP_BYTES>() else {
-            return Err(CodecError {
-                codec: self.identity.to_string(),
-                op: "decode",
-                detail: format!(
-                    "{} bytes cannot hold the {TIMESTAMP_BYTES}-byte timestamp of a value with a TTL",
-                    bytes.len()
-                ),
-            });
-        };
+        let (stamp, rest) = split_stamp(bytes, &self.identity)?;
         Ok(TtlValue {
-            stamped_ms: u64::from_le_bytes(*stamp),
+            stamped_ms: stamp,
             value: self.inner.decode(rest)?,
         })
     }
@@ -346,6 +337,62 @@ impl<V: 'static> Codec<TtlValue<V>> for TtlCodec<V> {
     fn identity(&self) -> &CodecIdentity {
         &self.identity
     }
+
+    /// What the value codec says of the stored identity without the TTL prefix: a state
+    /// with a TTL evolves its values as any other. State stored without a TTL is
+    /// incompatible (as in Flink, a TTL cannot be turned on or off on restore).
+    fn compatibility(&self, stored: &CodecIdentity) -> Compatibility {
+        match untimed(stored) {
+            Some(inner) => self.inner.compatibility(&inner),
+            None => Compatibility::Incompatible,
+        }
+    }
+
+    fn decode_from(&self, stored: &CodecIdentity, bytes: &[u8]) -> Result<TtlValue<V>, CodecError> {
+        if stored.is_compatible_with(&self.identity) {
+            return self.decode(bytes);
+        }
+        let Some(inner) = untimed(stored) else {
+            return Err(CodecError {
+                codec: self.identity.to_string(),
+                op: "decode",
+                detail: format!("{stored} is not the codec of a state with a TTL"),
+            });
+        };
+        let (stamp, rest) = split_stamp(bytes, &self.identity)?;
+        Ok(TtlValue {
+            stamped_ms: stamp,
+            value: self.inner.decode_from(&inner, rest)?,
+        })
+    }
+}
+
+/// The stamp of an encoded TTL value and the value's bytes after it.
+fn split_stamp<'a>(
+    bytes: &'a [u8],
+    identity: &CodecIdentity,
+) -> Result<(u64, &'a [u8]), CodecError> {
+    match bytes.split_first_chunk::<TIMESTAMP_BYTES>() {
+        Some((stamp, rest)) => Ok((u64::from_le_bytes(*stamp), rest)),
+        None => Err(CodecError {
+            codec: identity.to_string(),
+            op: "decode",
+            detail: format!(
+                "{} bytes cannot hold the {TIMESTAMP_BYTES}-byte timestamp of a value with a TTL",
+                bytes.len()
+            ),
+        }),
+    }
+}
+
+/// The identity of a TTL state's values without the TTL: `stored` with the prefix of its
+/// encoding removed, if it has it.
+fn untimed(stored: &CodecIdentity) -> Option<CodecIdentity> {
+    let encoding = stored.encoding.strip_prefix(TTL_ENCODING_PREFIX)?;
+    Some(CodecIdentity {
+        encoding: encoding.to_string(),
+        ..stored.clone()
+    })
 }
 
 /// The timestamp of an encoded TTL value, for tools and backends that see bytes: `None`

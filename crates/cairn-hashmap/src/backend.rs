@@ -134,10 +134,14 @@ impl HashMapBackend {
         &self.uid
     }
 
-    /// Registers `meta` with a fresh table made by `make`, or re-fetches it.
+    /// Registers `meta` with a fresh table made by `make`, or re-fetches it. A restored
+    /// state is taken into the table as `resolve` (the descriptor's) decides; when its values
+    /// migrate, every key group becomes dirty, so that no incremental checkpoint refers to
+    /// files holding the old schema under the new identity.
     fn register<N: Namespace, L: Layout>(
         &mut self,
         meta: StateMeta,
+        resolve: impl FnOnce(&StateMeta, &str) -> Result<StateMigration>,
         make: impl FnOnce(u32, usize) -> StateTable<N, L>,
     ) -> Result<RawStateId> {
         if let Some(&index) = self.by_name.get(&meta.name) {
@@ -161,8 +165,13 @@ impl HashMapBackend {
         }
         let mut table = make(self.range.len(), self.shards_per_kg);
         if let Some(raw) = self.raw.get(&meta.name) {
-            raw.meta.check_compatible(&meta, &self.uid, true)?;
-            table.restore(raw)?;
+            let migration = resolve(&raw.meta, &self.uid)?;
+            table.restore(raw, self.range.start).map_err(|e| {
+                StateError::layer(format!("restoring uid={} state={}", self.uid, meta.name), e)
+            })?;
+            if migration == StateMigration::Values {
+                self.inc.dirty.fill(true);
+            }
             self.raw.remove(&meta.name);
         }
         let index = u32::try_from(self.states.len())
@@ -406,9 +415,11 @@ impl KeyedStateBackend for HashMapBackend {
         d: &ValueStateDescriptor<V, N>,
     ) -> Result<ValueStateId<V, N>> {
         let (ns, codec) = (d.namespace.clone(), d.value.clone());
-        self.register(d.meta(), |kgs, spk| {
-            StateTable::new(&d.name, kgs, spk, ns, Single(codec), None)
-        })
+        self.register(
+            d.meta(),
+            |m, uid| d.resolve(m, uid),
+            |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, Single(codec), None),
+        )
         .map(ValueStateId::new)
     }
 
@@ -417,9 +428,11 @@ impl KeyedStateBackend for HashMapBackend {
         d: &ListStateDescriptor<V, N>,
     ) -> Result<ListStateId<V, N>> {
         let (ns, codec) = (d.namespace.clone(), d.element.clone());
-        self.register(d.meta(), |kgs, spk| {
-            StateTable::new(&d.name, kgs, spk, ns, ListOf(codec), None)
-        })
+        self.register(
+            d.meta(),
+            |m, uid| d.resolve(m, uid),
+            |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, ListOf(codec), None),
+        )
         .map(ListStateId::new)
     }
 
@@ -432,9 +445,11 @@ impl KeyedStateBackend for HashMapBackend {
             value: d.value.clone(),
         };
         let ns = d.namespace.clone();
-        self.register(d.meta(), |kgs, spk| {
-            StateTable::new(&d.name, kgs, spk, ns, layout, None)
-        })
+        self.register(
+            d.meta(),
+            |m, uid| d.resolve(m, uid),
+            |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, layout, None),
+        )
         .map(MapStateId::new)
     }
 
@@ -444,9 +459,11 @@ impl KeyedStateBackend for HashMapBackend {
     ) -> Result<ReducingStateId<V, N>> {
         let (ns, codec) = (d.namespace.clone(), d.value.clone());
         let func: Box<dyn std::any::Any + Send + Sync> = Box::new(d.reduce.clone());
-        self.register(d.meta(), |kgs, spk| {
-            StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func))
-        })
+        self.register(
+            d.meta(),
+            |m, uid| d.resolve(m, uid),
+            |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func)),
+        )
         .map(ReducingStateId::new)
     }
 
@@ -456,9 +473,11 @@ impl KeyedStateBackend for HashMapBackend {
     ) -> Result<AggregatingStateId<IN, ACC, OUT, N>> {
         let (ns, codec) = (d.namespace.clone(), d.accumulator.clone());
         let func: Box<dyn std::any::Any + Send + Sync> = Box::new(d.function.clone());
-        let id = self.register(d.meta(), |kgs, spk| {
-            StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func))
-        })?;
+        let id = self.register(
+            d.meta(),
+            |m, uid| d.resolve(m, uid),
+            |kgs, spk| StateTable::new(&d.name, kgs, spk, ns, Single(codec), Some(func)),
+        )?;
         // The table's type does not name IN and OUT: check the function's.
         type Func<IN, ACC, OUT> = Arc<dyn AggregateFunction<IN, ACC, OUT>>;
         let r = self.states.get(id.index as usize);

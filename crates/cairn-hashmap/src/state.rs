@@ -12,14 +12,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use cairn_core::{
-    CodecError, CodecRef, Namespace, Result, StateError, StateValue, TtlCleanup, UserKey,
+    CodecError, CodecIdentity, CodecRef, KeyGroup, Namespace, Result, StateError, StateValue,
+    TtlCleanup, UserKey,
 };
 use cairn_format::decode_list;
 use hashbrown::hash_table::Entry;
 
 use crate::encode::{push_with, Head, KgBuffer, KgWriter};
 use crate::error::{internal, HashMapError};
-use crate::restore::RawState;
+use crate::restore::{RawKeyGroup, RawState};
 use crate::table::{find_entry, At, FrozenTable, Item, Shard, ShardedTable};
 
 /// The map kept per `(key, namespace)` of a map state.
@@ -58,12 +59,15 @@ pub(crate) trait Layout: Send + Sync + 'static {
     /// Drops the parts of `value` that are `expired`; false when nothing is left.
     fn retain_live(value: &mut Self::Value, expired: &dyn Fn(&Self::Elem) -> bool) -> bool;
     /// Merges one canonical entry into `slot`; returns a new value when `slot` is `None`
-    /// (or nothing, if the entry holds no value).
+    /// (or nothing, if the entry holds no value). `stored` is the identity the snapshot
+    /// wrote the values with: they are decoded with [`cairn_core::Codec::decode_from`], which
+    /// converts an older schema the codec migrates from.
     fn decode_merge(
         &self,
         slot: Option<&mut Self::Value>,
         user_key: Option<&[u8]>,
         value: &[u8],
+        stored: &CodecIdentity,
         state: &str,
     ) -> Result<Option<Self::Value>>;
 }
@@ -95,9 +99,13 @@ impl<V: StateValue> Layout for Single<V> {
         slot: Option<&mut V>,
         _user_key: Option<&[u8]>,
         value: &[u8],
+        stored: &CodecIdentity,
         state: &str,
     ) -> Result<Option<V>> {
-        let v = self.0.decode(value).map_err(codec_error(state))?;
+        let v = self
+            .0
+            .decode_from(stored, value)
+            .map_err(codec_error(state))?;
         Ok(match slot {
             Some(s) => {
                 *s = v;
@@ -129,13 +137,14 @@ impl<V: StateValue> Layout for ListOf<V> {
         slot: Option<&mut Vec<V>>,
         _user_key: Option<&[u8]>,
         value: &[u8],
+        stored: &CodecIdentity,
         state: &str,
     ) -> Result<Option<Vec<V>>> {
         let elements = decode_list(value)
             .map_err(|e| StateError::layer(format!("decoding list state={state}"), e))?;
         let mut decoded = Vec::with_capacity(elements.len());
         for e in elements {
-            decoded.push(self.0.decode(e).map_err(codec_error(state))?);
+            decoded.push(self.0.decode_from(stored, e).map_err(codec_error(state))?);
         }
         Ok(match slot {
             Some(s) => {
@@ -182,6 +191,7 @@ impl<UK: UserKey, UV: StateValue> Layout for MapOf<UK, UV> {
         slot: Option<&mut UserMap<UK, UV>>,
         user_key: Option<&[u8]>,
         value: &[u8],
+        stored: &CodecIdentity,
         state: &str,
     ) -> Result<Option<UserMap<UK, UV>>> {
         let Some(uk) = user_key else {
@@ -190,7 +200,10 @@ impl<UK: UserKey, UV: StateValue> Layout for MapOf<UK, UV> {
             });
         };
         let k = self.user_key.decode(uk).map_err(codec_error(state))?;
-        let v = self.value.decode(value).map_err(codec_error(state))?;
+        let v = self
+            .value
+            .decode_from(stored, value)
+            .map_err(codec_error(state))?;
         Ok(match slot {
             Some(m) => {
                 m.insert(k, v);
@@ -294,7 +307,9 @@ pub(crate) trait ErasedState: Send {
     /// entry).
     fn snapshot(&mut self) -> Arc<dyn StateSnapshot>;
     /// Decodes restored entries into the table.
-    fn restore(&mut self, raw: &RawState) -> Result<()>;
+    /// Takes the restored entries of `raw`, whose key group index 0 is key group `first`;
+    /// errors name the key group.
+    fn restore(&mut self, raw: &RawState, first: KeyGroup) -> Result<()>;
     /// Turns on the TTL sweep with `cleanup`, a `TtlCleanup` of the layout's element type
     /// (an error names `state` if it is not).
     fn enable_ttl(&mut self, cleanup: Box<dyn Any>) -> Result<()>;
@@ -384,36 +399,49 @@ impl<N: Namespace, L: Layout> ErasedState for StateTable<N, L> {
             changed,
         );
     }
-    fn restore(&mut self, raw: &RawState) -> Result<()> {
+    fn restore(&mut self, raw: &RawState, first: KeyGroup) -> Result<()> {
         for (kg_idx, kg) in raw.key_groups().iter().enumerate() {
-            for e in kg.entries() {
-                let ns = self
-                    .ns_codec
-                    .decode(e.namespace)
-                    .map_err(codec_error(&self.name))?;
-                let at = At::new(kg_idx, e.key);
-                let name = self.name.clone();
-                let layout = self.layout.clone();
-                let (shard, hash) = self.shard_mut(&at, &ns)?;
-                match find_entry(shard, hash, &at, &ns) {
-                    Entry::Occupied(mut o) => {
-                        layout.decode_merge(
-                            Some(&mut o.get_mut().value),
-                            e.user_key,
-                            e.value,
-                            &name,
-                        )?;
-                    }
-                    Entry::Vacant(v) => {
-                        if let Some(value) =
-                            layout.decode_merge(None, e.user_key, e.value, &name)?
-                        {
-                            v.insert(Item {
-                                key: at.key_bytes(),
-                                ns,
-                                value,
-                            });
-                        }
+            self.restore_kg(raw, kg_idx, kg).map_err(|e| {
+                let kg = first as usize + kg_idx;
+                StateError::layer(format!("key_group={kg}"), e)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl<N: Namespace, L: Layout> StateTable<N, L> {
+    /// Takes the restored entries of one key group.
+    fn restore_kg(&mut self, raw: &RawState, kg_idx: usize, kg: &RawKeyGroup) -> Result<()> {
+        let stored = &raw.meta.value;
+        for e in kg.entries() {
+            let ns = self
+                .ns_codec
+                .decode(e.namespace)
+                .map_err(codec_error(&self.name))?;
+            let at = At::new(kg_idx, e.key);
+            let name = self.name.clone();
+            let layout = self.layout.clone();
+            let (shard, hash) = self.shard_mut(&at, &ns)?;
+            match find_entry(shard, hash, &at, &ns) {
+                Entry::Occupied(mut o) => {
+                    layout.decode_merge(
+                        Some(&mut o.get_mut().value),
+                        e.user_key,
+                        e.value,
+                        stored,
+                        &name,
+                    )?;
+                }
+                Entry::Vacant(v) => {
+                    if let Some(value) =
+                        layout.decode_merge(None, e.user_key, e.value, stored, &name)?
+                    {
+                        v.insert(Item {
+                            key: at.key_bytes(),
+                            ns,
+                            value,
+                        });
                     }
                 }
             }

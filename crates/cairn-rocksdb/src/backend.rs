@@ -12,6 +12,7 @@ use cairn_core::*;
 use crate::cache::{Cache, CachedValue, Slot};
 use crate::db::{io_err, Instance};
 use crate::layout::{escape_tail, push_escaped, push_kg};
+use crate::migrate::Evolution;
 use crate::options::{RocksDbConfig, RocksDbOptions};
 use crate::prefetch::Recent;
 use crate::seal::{Frozen, Seal, SealJob, Unwritten};
@@ -175,7 +176,11 @@ impl RocksDbBackend {
         })
     }
 
-    /// Registers a state, or re-fetches it after checking it is the same.
+    /// Registers a state, or re-fetches it after checking it is the same. A restored state
+    /// is read as `evolution` says: as is, or after rewriting its stored values in the
+    /// registered codec (`migrate.rs`), before it is registered; either way the backend
+    /// then records it with the registered identities.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &mut self,
         meta: StateMeta,
@@ -184,6 +189,7 @@ impl RocksDbBackend {
         value_type: std::any::TypeId,
         encode_ns: EncodeNs,
         encode_value: EncodeValue,
+        evolution: Evolution<'_>,
     ) -> Result<RawStateId> {
         if let Some(&index) = self.by_name.get(&meta.name) {
             let r = self
@@ -206,7 +212,15 @@ impl RocksDbBackend {
             });
         }
         match self.metas.get(&meta.name) {
-            Some(stored) => stored.check_compatible(&meta, &self.uid, true)?,
+            Some(stored) => {
+                let stored = stored.clone();
+                if (evolution.resolve)(&stored, &self.uid)? == StateMigration::Values {
+                    self.migrate_values(&stored, &meta, evolution.convert)?;
+                }
+                // Later snapshots describe the state as registered (a renamed type read as
+                // is, or the migrated values).
+                self.metas.insert(meta.name.clone(), meta.clone());
+            }
             None => {
                 self.settle()?;
                 let uid = self.uid.clone();

@@ -84,6 +84,20 @@
 //!   aggregating states and map entries whose stamp has expired, lists whose every element
 //!   has (`src/ttl.rs` says what is dropped and when, and why the write-back cache loses
 //!   nothing to it).
+//! - **Schema evolution** (`cairn_core::EvolvingCodec`, `src/migrate.rs`). A restored state
+//!   that a program registers with a codec that reads the stored one only after migration
+//!   is rewritten when it is first registered, before registration returns: after waiting
+//!   for a running seal worker, one scan of its column family converts every stored value
+//!   (each list element; a TTL value keeps its stamp) with the codec's `decode_from` and
+//!   `encode` into SST files of at most the memtable size, which are ingested in one
+//!   atomic call and then compacted with the old versions, so the state takes about the
+//!   space (and the next native checkpoint the upload) of the converted values alone. The
+//!   backend records the new identity only then, so every later snapshot (native, full,
+//!   savepoint) describes the converted bytes. A value that does not convert fails the
+//!   registration naming the operator, state and key group, with nothing ingested: the
+//!   state stays as restored, old bytes and old identity, and snapshots describe it so. The
+//!   write-back cache and the spill never hold entries of a state not yet registered, so
+//!   there is nothing of it in front of RocksDB to convert.
 //!
 //! Why one column family per state rather than a state prefix in one keyspace? Per-state
 //! options and statistics, and the state name is the column family name in a native
@@ -96,6 +110,7 @@ mod db;
 mod ingest;
 mod inspect;
 mod layout;
+mod migrate;
 mod native;
 mod native_restore;
 mod ops;

@@ -7,10 +7,24 @@ use rocksdb::WriteBatch;
 
 use crate::backend::{RocksDbBackend, STATE_PREFIX_LEN};
 use crate::layout::{decode_key, kg_bound, list_elements, prefix_end, push_list_element};
+use crate::migrate::Evolution;
 use crate::state::{
     codec_error, decode, no_value_encoder, ns_encoder, type_mismatch, value_encoder, Agg, ListOf,
     MapOf, Single,
 };
+
+/// The converter of a migration (`migrate.rs`) for values of `codec`: decodes a stored
+/// value (list element, map value, accumulator) of an older identity with
+/// [`Codec::decode_from`] and encodes it again. A state with a TTL has a `TtlCodec` here,
+/// which keeps each value's stamp.
+pub(crate) fn converter<V: 'static>(
+    codec: &CodecRef<V>,
+) -> impl Fn(&CodecIdentity, &[u8], &mut Vec<u8>) -> std::result::Result<(), CodecError> + '_ {
+    move |stored, bytes, out| {
+        let value = codec.decode_from(stored, bytes)?;
+        codec.encode(&value, out)
+    }
+}
 
 impl RocksDbBackend {
     /// Builds the current key's cache key for state `idx` in `self.scratch` and returns it,
@@ -294,6 +308,10 @@ impl KeyedStateBackend for RocksDbBackend {
             std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
+            Evolution {
+                resolve: &|stored, uid| d.resolve(stored, uid),
+                convert: &converter(&d.value),
+            },
         )
         .map(ValueStateId::new)
     }
@@ -313,6 +331,10 @@ impl KeyedStateBackend for RocksDbBackend {
             std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             no_value_encoder(&d.name),
+            Evolution {
+                resolve: &|stored, uid| d.resolve(stored, uid),
+                convert: &converter(&d.element),
+            },
         )
         .map(ListStateId::new)
     }
@@ -333,6 +355,10 @@ impl KeyedStateBackend for RocksDbBackend {
             std::any::TypeId::of::<UV>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
+            Evolution {
+                resolve: &|stored, uid| d.resolve(stored, uid),
+                convert: &converter(&d.value),
+            },
         )
         .map(MapStateId::new)
     }
@@ -353,6 +379,10 @@ impl KeyedStateBackend for RocksDbBackend {
             std::any::TypeId::of::<V>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.value.clone()),
+            Evolution {
+                resolve: &|stored, uid| d.resolve(stored, uid),
+                convert: &converter(&d.value),
+            },
         )
         .map(ReducingStateId::new)
     }
@@ -373,6 +403,10 @@ impl KeyedStateBackend for RocksDbBackend {
             std::any::TypeId::of::<ACC>(),
             ns_encoder(&d.name, d.namespace.clone()),
             value_encoder(&d.name, d.accumulator.clone()),
+            Evolution {
+                resolve: &|stored, uid| d.resolve(stored, uid),
+                convert: &converter(&d.accumulator),
+            },
         )
         .map(AggregatingStateId::new)
     }

@@ -135,23 +135,20 @@ impl RuntimeError {
     }
 
     /// A state registration that contradicts the restored state (another type, kind or
-    /// redistribution mode) is a restore that cannot work: no restart cures it, so it is
-    /// a restore error, which fails the job at once. A reserved operator state name is a
-    /// configuration error, which fails it at once too.
+    /// redistribution mode, a schema the codec cannot read or migrate, a stored value that
+    /// does not decode or convert) is a restore that cannot work: no restart cures it, so
+    /// it is a restore error, which fails the job at once. A reserved operator state name is
+    /// a configuration error, which fails it at once too.
     pub(crate) fn registration(self) -> Self {
         match self {
-            RuntimeError::State {
-                uid,
-                source:
-                    source @ (StateError::IncompatibleCodec { .. }
-                    | StateError::IncompatibleKind { .. }
-                    | StateError::Restore { .. }),
-            } => RuntimeError::Restore {
-                reason: match in_operator(&uid, &source) {
-                    named if named.is_empty() => source.to_string(),
-                    _ => format!("operator {uid}: {source}"),
-                },
-            },
+            RuntimeError::State { uid, source } if cannot_restore(&source) => {
+                RuntimeError::Restore {
+                    reason: match in_operator(&uid, &source) {
+                        named if named.is_empty() => source.to_string(),
+                        _ => format!("operator {uid}: {source}"),
+                    },
+                }
+            }
             // A name no run may use: the job's program is wrong, and no restart cures it.
             RuntimeError::State {
                 source: source @ StateError::ReservedName { .. },
@@ -178,6 +175,23 @@ impl RuntimeError {
             path: path.as_ref().display().to_string(),
             source,
         }
+    }
+}
+
+/// Whether a registration error says the restored state cannot be read by this program,
+/// looking through the context layers backends add (a value that fails to decode or
+/// migrate in some key group is as final as a codec the program declares wrong).
+fn cannot_restore(e: &StateError) -> bool {
+    match e {
+        StateError::IncompatibleCodec { .. }
+        | StateError::IncompatibleKind { .. }
+        | StateError::UnsupportedMigration { .. }
+        | StateError::Codec { .. }
+        | StateError::Restore { .. } => true,
+        StateError::Layer { source, .. } => source
+            .downcast_ref::<StateError>()
+            .is_some_and(cannot_restore),
+        _ => false,
     }
 }
 
@@ -283,5 +297,38 @@ mod tests {
             registration.to_string(),
             "restore failed: operator count: cannot restore: gone"
         );
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_read_or_migrated_fails_the_restore_not_the_run() {
+        let codec = || StateError::Codec {
+            state: "n".into(),
+            source: cairn_core::CodecError {
+                codec: "Count@v2".into(),
+                op: "migrate",
+                detail: "refused".into(),
+            },
+        };
+        let layered = StateError::layer(
+            "restoring uid=count state=n",
+            StateError::layer("key_group=3", codec()),
+        );
+        assert!(matches!(
+            RuntimeError::state("count", layered).registration(),
+            RuntimeError::Restore { .. }
+        ));
+        assert!(matches!(
+            RuntimeError::state("count", codec()).registration(),
+            RuntimeError::Restore { .. }
+        ));
+        // A lower layer's own failure (an I/O error) may be cured by a restart.
+        let io = StateError::layer(
+            "rewriting uid=count state=n",
+            std::io::Error::other("disk full"),
+        );
+        assert!(matches!(
+            RuntimeError::state("count", io).registration(),
+            RuntimeError::State { .. }
+        ));
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use cairn_core::{
     AggregatingStateDescriptor, CodecRef, KeyGroupRange, KeyedData, KeyedStateBackend,
     KeyedStateHandle, ListStateDescriptor, MapStateDescriptor, RawStateId, ReducingStateDescriptor,
-    StateError, StateMeta, StateValue, UserKey, ValueStateDescriptor,
+    StateError, StateMeta, StateMigration, StateValue, UserKey, ValueStateDescriptor,
 };
 use cairn_format::OperatorManifest;
 use cairn_hashmap::{HashMapBackend, HashMapConfig};
@@ -130,7 +130,7 @@ impl<K: 'static> KeyedStateReader<K> {
         &mut self,
         descriptor: &ValueStateDescriptor<V>,
     ) -> Result<Vec<(K, V)>> {
-        self.check(&descriptor.meta())?;
+        self.check(&descriptor.name, |m, uid| descriptor.resolve(m, uid))?;
         self.read(
             &descriptor.name,
             |b| b.register_value(descriptor).map(|id| (id.raw(), id)),
@@ -144,7 +144,7 @@ impl<K: 'static> KeyedStateReader<K> {
         &mut self,
         descriptor: &ListStateDescriptor<V>,
     ) -> Result<Vec<(K, Vec<V>)>> {
-        self.check(&descriptor.meta())?;
+        self.check(&descriptor.name, |m, uid| descriptor.resolve(m, uid))?;
         self.read(
             &descriptor.name,
             |b| b.register_list(descriptor).map(|id| (id.raw(), id)),
@@ -161,7 +161,7 @@ impl<K: 'static> KeyedStateReader<K> {
         &mut self,
         descriptor: &MapStateDescriptor<UK, UV>,
     ) -> Result<Vec<(K, MapEntries<UK, UV>)>> {
-        self.check(&descriptor.meta())?;
+        self.check(&descriptor.name, |m, uid| descriptor.resolve(m, uid))?;
         self.read(
             &descriptor.name,
             |b| b.register_map(descriptor).map(|id| (id.raw(), id)),
@@ -177,7 +177,7 @@ impl<K: 'static> KeyedStateReader<K> {
         &mut self,
         descriptor: &ReducingStateDescriptor<V>,
     ) -> Result<Vec<(K, V)>> {
-        self.check(&descriptor.meta())?;
+        self.check(&descriptor.name, |m, uid| descriptor.resolve(m, uid))?;
         self.read(
             &descriptor.name,
             |b| b.register_reducing(descriptor).map(|id| (id.raw(), id)),
@@ -191,7 +191,7 @@ impl<K: 'static> KeyedStateReader<K> {
         &mut self,
         descriptor: &AggregatingStateDescriptor<IN, ACC, OUT>,
     ) -> Result<Vec<(K, OUT)>> {
-        self.check(&descriptor.meta())?;
+        self.check(&descriptor.name, |m, uid| descriptor.resolve(m, uid))?;
         self.read(
             &descriptor.name,
             |b| b.register_aggregating(descriptor).map(|id| (id.raw(), id)),
@@ -199,23 +199,28 @@ impl<K: 'static> KeyedStateReader<K> {
         )
     }
 
-    /// Checks that the snapshot has state `expected.name` of the same kind and codecs.
-    fn check(&self, expected: &StateMeta) -> Result<()> {
-        let stored =
-            self.states
-                .get(&expected.name)
-                .ok_or_else(|| StateProcessorError::UnknownState {
-                    uid: self.uid.clone(),
-                    state: expected.name.clone(),
-                    what: "keyed",
-                    snapshot: self.snapshot.clone(),
-                    available: list_names(self.states.keys().map(String::as_str)),
-                })?;
-        stored
-            .check_compatible(expected, &self.uid, true)
+    /// Checks that the snapshot has state `name` and that the descriptor reads it
+    /// (`resolve`: the same kind, codecs that read the stored ones as is or migrate them).
+    fn check(
+        &self,
+        name: &str,
+        resolve: impl FnOnce(&StateMeta, &str) -> cairn_core::Result<StateMigration>,
+    ) -> Result<()> {
+        let stored = self
+            .states
+            .get(name)
+            .ok_or_else(|| StateProcessorError::UnknownState {
+                uid: self.uid.clone(),
+                state: name.to_string(),
+                what: "keyed",
+                snapshot: self.snapshot.clone(),
+                available: list_names(self.states.keys().map(String::as_str)),
+            })?;
+        resolve(stored, &self.uid)
+            .map(|_| ())
             .map_err(|source| StateProcessorError::Incompatible {
                 uid: self.uid.clone(),
-                state: expected.name.clone(),
+                state: name.to_string(),
                 snapshot: self.snapshot.clone(),
                 source: Box::new(source),
             })

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cairn_core::{
-    BincodeCodec, CodecIdentity, CodecRef, OperatorListStateDescriptor, Redistribution,
-    SnapshotType, StateError, StateMeta, StateValue,
+    BincodeCodec, CodecIdentity, CodecRef, Compatibility, OperatorListStateDescriptor,
+    Redistribution, SnapshotType, StateError, StateMeta, StateValue,
 };
 use cairn_format::{Manifest, OperatorManifest};
 use serde::de::DeserializeOwned;
@@ -183,7 +183,7 @@ impl SavepointReader {
         let expected = descriptor.codec.identity();
         if let Some(s) = stored
             .iter()
-            .find(|s| !s.codec.is_compatible_with(expected))
+            .find(|s| descriptor.codec.compatibility(&s.codec) == Compatibility::Incompatible)
         {
             return Err(StateProcessorError::Incompatible {
                 uid: uid.to_string(),
@@ -203,8 +203,10 @@ impl SavepointReader {
             let mut values = Vec::new();
             for s in subtask.operator_state.iter().filter(|s| &s.name == name) {
                 for bytes in &s.elements {
-                    let v = descriptor.codec.decode(bytes).map_err(|source| {
-                        StateProcessorError::Read {
+                    let v = descriptor
+                        .codec
+                        .decode_from(&s.codec, bytes)
+                        .map_err(|source| StateProcessorError::Read {
                             uid: uid.to_string(),
                             what: format!("operator state {name}"),
                             snapshot: self.opened.description.clone(),
@@ -212,8 +214,7 @@ impl SavepointReader {
                                 state: name.clone(),
                                 source,
                             }),
-                        }
-                    })?;
+                        })?;
                     values.push(v);
                 }
             }
