@@ -23,9 +23,11 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cairn_core::{
-    BincodeCodec, Codec, CodecIdentity, KeyedStateBackend, OperatorListStateDescriptor, RawStateId,
+    BincodeCodec, Codec, CodecIdentity, CodecRef, Compatibility, KeyedStateBackend,
+    OperatorListStateDescriptor, RawStateId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,35 +57,48 @@ impl<B> std::fmt::Debug for BroadcastStream<B> {
     }
 }
 
-/// The name and types of one map of broadcast state.
+/// The name and codecs of one map of broadcast state.
 pub struct BroadcastStateDescriptor<K, V> {
     name: String,
-    _t: PhantomData<fn() -> (K, V)>,
+    key: CodecRef<K>,
+    value: CodecRef<V>,
 }
 
 impl<K, V> Clone for BroadcastStateDescriptor<K, V> {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
-            _t: PhantomData,
+            key: self.key.clone(),
+            value: self.value.clone(),
         }
     }
 }
 
-impl<K, V> std::fmt::Debug for BroadcastStateDescriptor<K, V> {
+impl<K: 'static, V: 'static> std::fmt::Debug for BroadcastStateDescriptor<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("BroadcastStateDescriptor")
-            .field(&self.name)
+        f.debug_struct("BroadcastStateDescriptor")
+            .field("name", &self.name)
+            .field("key", self.key.identity())
+            .field("value", self.value.identity())
             .finish()
     }
 }
 
 impl<K: Data + Ord, V: Data> BroadcastStateDescriptor<K, V> {
-    /// A map of broadcast state named `name` (unique among the operator's).
+    /// A map of broadcast state named `name` (unique among the operator's), with bincode
+    /// codecs.
     pub fn new(name: &str) -> Self {
+        Self::with_codecs(name, BincodeCodec::<K>::new(), BincodeCodec::<V>::new())
+    }
+
+    /// A map of broadcast state whose keys and values these codecs encode: e.g. an
+    /// [`cairn_core::EvolvingCodec`] that reads what an older program stored (state schema
+    /// evolution; both keys and values may migrate, since the map is kept typed).
+    pub fn with_codecs(name: &str, key: impl Codec<K>, value: impl Codec<V>) -> Self {
         Self {
             name: name.to_string(),
-            _t: PhantomData,
+            key: Arc::new(key),
+            value: Arc::new(value),
         }
     }
 }
@@ -133,7 +148,14 @@ trait ErasedMap: Send {
     fn encode(&self) -> Result<Entries>;
 }
 
-impl<K: Data + Ord, V: Data> ErasedMap for BTreeMap<K, V> {
+/// A registered map with its descriptor's codecs.
+struct TypedMap<K, V> {
+    map: BTreeMap<K, V>,
+    key: CodecRef<K>,
+    value: CodecRef<V>,
+}
+
+impl<K: Data + Ord, V: Data> ErasedMap for TypedMap<K, V> {
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -141,28 +163,25 @@ impl<K: Data + Ord, V: Data> ErasedMap for BTreeMap<K, V> {
         self
     }
     fn types(&self) -> Types {
-        types_of::<K, V>()
+        Types {
+            key: self.key.identity().clone(),
+            value: self.value.identity().clone(),
+        }
     }
     fn encode(&self) -> Result<Entries> {
-        let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
-        let mut out = Vec::with_capacity(self.len());
-        for (k, v) in self {
-            let k = keys
+        let mut out = Vec::with_capacity(self.map.len());
+        for (k, v) in &self.map {
+            let k = self
+                .key
                 .encode_to_vec(k)
                 .map_err(|e| RuntimeError::Config(format!("broadcast state key: {e}")))?;
-            let v = values
+            let v = self
+                .value
                 .encode_to_vec(v)
                 .map_err(|e| RuntimeError::Config(format!("broadcast state value: {e}")))?;
             out.push((k, v));
         }
         Ok(out)
-    }
-}
-
-fn types_of<K: Data, V: Data>() -> Types {
-    Types {
-        key: BincodeCodec::<K>::new().identity().clone(),
-        value: BincodeCodec::<V>::new().identity().clone(),
     }
 }
 
@@ -190,8 +209,11 @@ impl std::fmt::Debug for BroadcastState {
 }
 
 impl BroadcastState {
-    /// Registers map `d` (once, in `open`), with its restored entries. A map restored
-    /// with other key or value types (their codecs' identities differ) is refused.
+    /// Registers map `d` (once, in `open`), with its restored entries, decoded by the
+    /// descriptor's codecs from what the snapshot stored ([`Codec::decode_from`]: a codec
+    /// may read an older schema and convert it). A map stored with keys or values the
+    /// codecs do not read is refused, naming both; so is a restored entry that does not
+    /// decode or convert (which entry).
     pub fn register<K: Data + Ord, V: Data>(
         &mut self,
         d: &BroadcastStateDescriptor<K, V>,
@@ -199,37 +221,56 @@ impl BroadcastState {
         if self.maps.iter().any(|(n, _)| *n == d.name) {
             return Err(self.error(&d.name, "is registered twice"));
         }
-        let types = types_of::<K, V>();
-        let restored = self.restored.remove(&d.name).unwrap_or_default();
         let restore_error = |reason: String| RuntimeError::Restore {
             reason: format!(
                 "broadcast state {} of operator {}: {reason}",
                 d.name, self.uid
             ),
         };
-        if let Some(stored) = &restored.types {
-            if !stored.key.is_compatible_with(&types.key)
-                || !stored.value.is_compatible_with(&types.value)
-            {
-                return Err(restore_error(format!(
-                    "stored with keys {} and values {} but registered with keys {} and \
-                     values {}",
-                    stored.key, stored.value, types.key, types.value
-                )));
+        let stored = self
+            .restored
+            .get(&d.name)
+            .and_then(|r| r.types.clone())
+            .unwrap_or_else(|| Types {
+                key: d.key.identity().clone(),
+                value: d.value.identity().clone(),
+            });
+        if d.key.compatibility(&stored.key) == Compatibility::Incompatible
+            || d.value.compatibility(&stored.value) == Compatibility::Incompatible
+        {
+            return Err(restore_error(format!(
+                "stored with keys {} and values {} but registered with keys {} and values {}",
+                stored.key,
+                stored.value,
+                d.key.identity(),
+                d.value.identity()
+            )));
+        }
+        let mut map = BTreeMap::new();
+        if let Some(restored) = self.restored.get(&d.name) {
+            for (i, (k, v)) in restored.entries.iter().enumerate() {
+                let k = d
+                    .key
+                    .decode_from(&stored.key, k)
+                    .map_err(|e| restore_error(format!("restored entry {i}: key: {e}")))?;
+                let v = d
+                    .value
+                    .decode_from(&stored.value, v)
+                    .map_err(|e| restore_error(format!("restored entry {i}: value: {e}")))?;
+                map.insert(k, v);
             }
         }
-        let (keys, values) = (BincodeCodec::<K>::new(), BincodeCodec::<V>::new());
-        let mut map = BTreeMap::new();
-        for (i, (k, v)) in restored.entries.iter().enumerate() {
-            let k = keys
-                .decode(k)
-                .map_err(|e| restore_error(format!("restored entry {i}: key: {e}")))?;
-            let v = values
-                .decode(v)
-                .map_err(|e| restore_error(format!("restored entry {i}: value: {e}")))?;
-            map.insert(k, v);
-        }
-        self.maps.push((d.name.clone(), Box::new(map)));
+        // Taken out only now: a registration that failed leaves the restored map to later
+        // snapshots as it was.
+        self.restored.remove(&d.name);
+        self.maps.push((
+            d.name.clone(),
+            Box::new(TypedMap {
+                map,
+                key: d.key.clone(),
+                value: d.value.clone(),
+            }),
+        ));
         Ok(())
     }
 
@@ -244,7 +285,8 @@ impl BroadcastState {
             .find(|(n, _)| *n == d.name)
             .ok_or_else(|| self.error(&d.name, "is not registered (register it in open)"))?;
         map.as_any()
-            .downcast_ref()
+            .downcast_ref::<TypedMap<K, V>>()
+            .map(|t| &t.map)
             .ok_or_else(|| self.error(&d.name, "is registered with other types"))
     }
 
@@ -257,8 +299,8 @@ impl BroadcastState {
             return Err(self.error(&d.name, "is not registered (register it in open)"));
         };
         let Self { uid, maps, .. } = self;
-        match maps[index].1.as_any_mut().downcast_mut() {
-            Some(map) => Ok(map),
+        match maps[index].1.as_any_mut().downcast_mut::<TypedMap<K, V>>() {
+            Some(t) => Ok(&mut t.map),
             None => Err(RuntimeError::User {
                 uid: uid.clone(),
                 message: format!("broadcast state {} is registered with other types", d.name),
@@ -706,5 +748,94 @@ impl<F: KeyedBroadcastProcessFunction> KeyedProcessFunction for KeyedWithBroadca
     ) -> Result<()> {
         self.f
             .on_timer(state, key, timer, &self.broadcast, backend, timers, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_core::EvolvingCodec;
+
+    /// A subtask's state as restored from a snapshot of an older program that kept
+    /// `u64` weights by rule name.
+    fn restored_v1() -> BroadcastState {
+        let (k, v) = (BincodeCodec::<String>::new(), BincodeCodec::<u64>::new());
+        let entries = [("r1", 1u64), ("r2", 2)]
+            .iter()
+            .map(|(r, w)| {
+                (
+                    k.encode_to_vec(&r.to_string()).unwrap(),
+                    v.encode_to_vec(w).unwrap(),
+                )
+            })
+            .collect();
+        let mut state = BroadcastState {
+            uid: "rules".into(),
+            ..BroadcastState::default()
+        };
+        state.restored.insert(
+            "weights".into(),
+            RestoredMap {
+                types: Some(Types {
+                    key: k.identity().clone(),
+                    value: v.identity().clone(),
+                }),
+                entries,
+            },
+        );
+        state
+    }
+
+    fn weights_v2() -> BroadcastStateDescriptor<String, (u64, bool)> {
+        BroadcastStateDescriptor::with_codecs(
+            "weights",
+            BincodeCodec::<String>::new(),
+            EvolvingCodec::new(BincodeCodec::<(u64, bool)>::named("Weight", 2))
+                .migrates_from(BincodeCodec::<u64>::new(), |w: u64| (w, w > 1)),
+        )
+    }
+
+    #[test]
+    fn restored_maps_migrate_to_the_registered_codecs_and_store_the_new_schema() {
+        let mut state = restored_v1();
+        state.register(&weights_v2()).unwrap();
+        let map = state.get(&weights_v2()).unwrap();
+        assert_eq!(
+            map.iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>(),
+            [("r1", (1, false)), ("r2", (2, true))]
+        );
+        // What the next snapshot stores: the new identity and the new encoding.
+        let (_, erased) = &state.maps[0];
+        assert_eq!(erased.types().value.type_name, "Weight");
+        let v2 = BincodeCodec::<(u64, bool)>::named("Weight", 2);
+        let encoded = erased.encode().unwrap();
+        assert_eq!(v2.decode(&encoded[1].1).unwrap(), (2, true));
+    }
+
+    #[test]
+    fn an_unreadable_map_is_refused_naming_both_schemas_and_kept() {
+        let mut state = restored_v1();
+        let plain = BroadcastStateDescriptor::<String, (u64, bool)>::new("weights");
+        let e = state.register(&plain).unwrap_err().to_string();
+        assert!(e.contains("u64@v1") && e.contains("(u64, bool)@v1"), "{e}");
+        assert!(e.contains("operator rules"), "{e}");
+        assert!(
+            state.restored.contains_key("weights"),
+            "kept for later snapshots"
+        );
+        // A conversion that fails names the entry, and the map is kept too.
+        let refusing = BroadcastStateDescriptor::<String, u64>::with_codecs(
+            "weights",
+            BincodeCodec::<String>::new(),
+            EvolvingCodec::new(BincodeCodec::<u64>::named("Weight", 2)).try_migrates_from(
+                BincodeCodec::<u64>::new(),
+                |w: u64| if w == 2 { Err("two".into()) } else { Ok(w) },
+            ),
+        );
+        let e = state.register(&refusing).unwrap_err().to_string();
+        assert!(e.contains("restored entry 1") && e.contains("two"), "{e}");
+        assert!(state.restored.contains_key("weights"));
     }
 }
