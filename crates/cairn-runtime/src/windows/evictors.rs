@@ -7,6 +7,8 @@
 //!   without a timestamp count as the earliest; when none has one, none goes).
 //! - [`DeltaEvictor::of`]`(threshold, delta)`: drops each record whose `delta` to the
 //!   window's last record is at or above `threshold`.
+//! - [`Evictor::custom`]`(f)`: the user's own (Flink's `Evictor` interface): `f` gets the
+//!   window's records with their timestamps, oldest first, and removes what it evicts.
 //!
 //! An evictor acts each time the window fires, before its function (or after it, with
 //! [`Evictor::evict_after`]), and what it drops is gone from the window for good, as in
@@ -41,11 +43,13 @@ pub struct Evictor<T> {
 }
 
 type Delta<T> = Arc<dyn Fn(&T, &T) -> f64 + Send + Sync>;
+type Custom<T> = Arc<dyn Fn(&mut Vec<(Option<u64>, T)>) + Send + Sync>;
 
 enum Kind<T> {
     Count(u64),
     Time(Duration),
     Delta { threshold: f64, delta: Delta<T> },
+    Custom(Custom<T>),
 }
 
 impl<T> Clone for Evictor<T> {
@@ -57,6 +61,7 @@ impl<T> Clone for Evictor<T> {
                 threshold: *threshold,
                 delta: delta.clone(),
             },
+            Kind::Custom(f) => Kind::Custom(f.clone()),
         };
         Self {
             kind,
@@ -72,6 +77,7 @@ impl<T> fmt::Debug for Evictor<T> {
             Kind::Count(n) => write!(f, "CountEvictor({n}, {when})"),
             Kind::Time(d) => write!(f, "TimeEvictor({d:?}, {when})"),
             Kind::Delta { threshold, .. } => write!(f, "DeltaEvictor({threshold}, {when})"),
+            Kind::Custom(_) => write!(f, "Evictor::custom({when})"),
         }
     }
 }
@@ -121,6 +127,17 @@ impl DeltaEvictor {
 impl<T> Evictor<T> {
     fn new(kind: Kind<T>) -> Self {
         Self { kind, after: false }
+    }
+
+    /// The user's own evictor (Flink's `Evictor` interface): each time the window fires,
+    /// `evict` gets the window's records with their timestamps (`None` for a record
+    /// without one), oldest first, and removes the ones it evicts (e.g. with
+    /// `Vec::retain`), as Flink's evictors remove through the iterator. It must only
+    /// remove: the window keeps what is left only when it left fewer records. It runs on
+    /// the task thread and must be deterministic, since a restored job fires the restored
+    /// windows again.
+    pub fn custom(evict: impl Fn(&mut Vec<(Option<u64>, T)>) + Send + Sync + 'static) -> Self {
+        Self::new(Kind::Custom(Arc::new(evict)))
     }
 
     /// Evicts after the window function instead of before it (Flink's `doEvictAfter`):
@@ -173,6 +190,7 @@ impl<T> Evictor<T> {
                     elements.retain(|(_, e)| delta(e, &last) < *threshold);
                 }
             }
+            Kind::Custom(evict) => evict(elements),
         }
         elements.len() != before
     }
@@ -497,5 +515,45 @@ mod tests {
         assert!(DeltaEvictor::of(f64::NAN, |_: &u64, _: &u64| 0.0)
             .check()
             .is_err());
+    }
+
+    /// Keeps the even values and those without a timestamp.
+    fn evens() -> Evictor<u64> {
+        Evictor::custom(|elements: &mut Vec<(Option<u64>, u64)>| {
+            elements.retain(|(t, v)| t.is_none() || v % 2 == 0)
+        })
+    }
+
+    #[test]
+    fn a_custom_evictor_removes_what_it_chooses_and_says_whether_it_did() {
+        let e = evens();
+        let mut elements = stamped(&[1, 2, 3, 4]);
+        assert!(e.evict(&mut elements));
+        assert_eq!(values(&elements), vec![2, 4]);
+        assert!(!e.evict(&mut elements), "nothing more to remove");
+        let mut untimed: Vec<Stamped<u64>> = vec![(None, 1), (Some(3), 3)];
+        assert!(e.evict(&mut untimed));
+        assert_eq!(values(&untimed), vec![1]);
+        assert!(e.check().is_ok());
+        assert_eq!(format!("{:?}", e.evict_after()), "Evictor::custom(after)");
+    }
+
+    /// A custom evictor in a window: before the function, the sum leaves out the odd
+    /// values and they are gone for the next firing; after it, the function sees them once.
+    #[test]
+    fn a_custom_evictor_in_a_window_before_or_after_the_function() {
+        for (after, expected) in [(false, [2, 6]), (true, [3, 7])] {
+            let evictor = if after {
+                evens().evict_after()
+            } else {
+                evens()
+            };
+            let mut h = harness(evictor, Some(CountTrigger::of(2)));
+            for v in [1, 2, 4, 1] {
+                h.process(v, Some(v));
+            }
+            let fired: Vec<u64> = h.emitted().into_iter().map(|((_, _, v), _)| v).collect();
+            assert_eq!(fired, expected, "after: {after}");
+        }
     }
 }
