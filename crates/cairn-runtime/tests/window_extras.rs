@@ -355,6 +355,36 @@ fn time_and_delta_evictors_on_tumbling_windows() {
     }
 }
 
+/// A custom evictor (Flink's `Evictor` interface) that drops the values leaving 2 modulo
+/// 3 (2, 8, 32 and 128): before the function, key 1's `[0, 10)` sees 1 and 4, then its
+/// late firing the same (128 went); after it, the function sees each window whole once and
+/// the late firing what was kept plus 128.
+#[test]
+fn a_custom_evictor_before_and_after_the_function() {
+    let custom = || {
+        Evictor::custom(|elements: &mut Vec<(Option<u64>, Event)>| {
+            elements.retain(|(_, e)| e.2 % 3 != 2)
+        })
+    };
+    for backend in backends() {
+        assert_eq!(
+            processed(Some(custom()), &backend),
+            expect_lists(&[1, 4], &[1, 4], &[16, 64]),
+            "custom evictor before, process, under {backend:?}"
+        );
+        assert_eq!(
+            processed(Some(custom().evict_after()), &backend),
+            expect_lists(&[1, 2, 4, 8], &[1, 4, 128], &[16, 32, 64]),
+            "custom evictor after, process, under {backend:?}"
+        );
+        assert_eq!(
+            reduced(Some(custom()), &backend),
+            expect_sums(5, 5, 80),
+            "custom evictor before, reduce, under {backend:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Continuous event-time triggers.
 // ---------------------------------------------------------------------------------------
