@@ -122,7 +122,11 @@
 //! the segments after it only records logged since, in the new schema. Every checkpoint
 //! after a migration so holds the state in the new schema only, its materialization
 //! included, as a migration promises (a later program needs to read the newest schema
-//! only).
+//! only). A type renamed and read as is takes the same path, though its bytes do not
+//! change: the materializations started before name the state by its old identity in their
+//! own handles, and a checkpoint using one would say one identity at the top and another
+//! underneath (a program that later drops the alias could not restore it, and subtasks that
+//! materialized at different times could not be rescaled together).
 //!
 //! - A checkpoint in flight at the registration took its meta list, segments and
 //!   materialization (adopted or awaited) in its synchronous phase, before the migration:

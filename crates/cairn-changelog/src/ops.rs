@@ -168,8 +168,11 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
     /// Checks a registration of `meta` against what the restored handles say about the
     /// state, with the descriptor's `resolve` (kind; namespace and user key as is; the
     /// value as is or after a migration); returns whether this, the state's first
-    /// registration in this run, migrates its values. A re-registration is checked again
-    /// but changes nothing (the first one migrated).
+    /// registration in this run, changes the state's identity: it migrates its values, or
+    /// reads a renamed identity as is. Either way the materializations started before
+    /// describe the state under the stored identity while later handles name the new
+    /// one, so they must not be used. A re-registration is checked again but changes
+    /// nothing (the first one did).
     fn register_common(
         &mut self,
         meta: &StateMeta,
@@ -180,11 +183,21 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
         };
         let migration = resolve(stored, &self.config.uid)?;
         let first = !self.states.iter().any(|s| s.meta.name == meta.name);
-        Ok(first && migration == StateMigration::Values)
+        let renamed = [
+            (Some(&stored.namespace), Some(&meta.namespace)),
+            (Some(&stored.value), Some(&meta.value)),
+            (stored.user_key.as_ref(), meta.user_key.as_ref()),
+        ]
+        .iter()
+        .any(|(s, m)| match (s, m) {
+            (Some(s), Some(m)) => !s.is_compatible_with(m),
+            _ => false,
+        });
+        Ok(first && (migration == StateMigration::Values || renamed))
     }
 
-    /// After the wrapped backend registered a state whose values migrate (and before its
-    /// records are replayed): see "Schema evolution" in the crate docs.
+    /// After the wrapped backend registered a state whose identity changes (and before
+    /// its records are replayed): see "Schema evolution" in the crate docs.
     fn after_registration(&mut self, migrates: bool) {
         if migrates {
             self.migrated();

@@ -323,6 +323,16 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
             return Ok(());
         };
         let uid = self.config.uid.clone();
+        // Marked failed until it finishes: a conversion that panics part-way (the records
+        // are taken) leaves snapshots refused, not missing what it did not replay.
+        let unfinished = self.replay_failed.is_none();
+        if unfinished {
+            self.replay_failed = Some((
+                name.to_string(),
+                "the replay of its restored changes did not finish (a conversion panicked)"
+                    .to_string(),
+            ));
+        }
         let replayed = match self.restored_metas.get(name).cloned() {
             Some(stored) => self.replay_records(name, &records, |b, r| {
                 decode_from(name, namespace, &stored.namespace, &r.namespace)
@@ -334,9 +344,11 @@ impl<B: KeyedStateBackend> ChangelogBackend<B> {
                 ),
             }),
         };
-        if let Err(e) = &replayed {
-            self.replay_failed
-                .get_or_insert_with(|| (name.to_string(), e.to_string()));
+        match &replayed {
+            Ok(()) if unfinished => self.replay_failed = None,
+            Ok(()) => {}
+            Err(e) if unfinished => self.replay_failed = Some((name.to_string(), e.to_string())),
+            Err(_) => {}
         }
         replayed
     }

@@ -76,10 +76,10 @@ pub struct CodecError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compatibility {
     /// The stored bytes are read as they are: the same identity, or one the codec declares
-    /// it reads unchanged (a type renamed, see [`EvolvingCodec::reads_as_is`]).
+    /// it reads unchanged (a type renamed, see [`EvolvingCodec::reads_as_is`](crate::EvolvingCodec::reads_as_is)).
     AsIs,
     /// The stored bytes are decoded by an older schema and converted
-    /// ([`EvolvingCodec::migrates_from`]); the backend rewrites every value of the state
+    /// ([`EvolvingCodec::migrates_from`](crate::EvolvingCodec::migrates_from)); the backend rewrites every value of the state
     /// when it is registered, so snapshots after it hold the new encoding only.
     AfterMigration,
     /// The codec cannot read the stored bytes: the restore fails, naming both identities.
@@ -98,7 +98,7 @@ pub trait Codec<T>: Send + Sync + 'static {
 
     /// How this codec reads bytes a snapshot stored under `stored`. By default only a
     /// compatible identity ([`CodecIdentity::is_compatible_with`]) is read, as is;
-    /// [`EvolvingCodec`] declares renamed and older schemas.
+    /// [`EvolvingCodec`](crate::EvolvingCodec) declares renamed and older schemas.
     fn compatibility(&self, stored: &CodecIdentity) -> Compatibility {
         if stored.is_compatible_with(self.identity()) {
             Compatibility::AsIs

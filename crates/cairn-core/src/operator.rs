@@ -325,12 +325,23 @@ fn check<V: 'static>(
     Ok(())
 }
 
+/// One operator state gathered over the old subtasks.
+struct Merged<'a> {
+    mode: Redistribution,
+    codec: &'a crate::codec::CodecIdentity,
+    /// Another codec some subtask stored the state with (a migration in only some).
+    other_codec: Option<&'a crate::codec::CodecIdentity>,
+    elements: Vec<&'a [u8]>,
+}
+
 /// Redistributes the operator states of `old` subtasks (index = old subtask) over
 /// `new_parallelism` subtasks: [`Redistribution::Split`] keeps each subtask's elements when
 /// the parallelism is unchanged, and otherwise deals the elements, taken in old subtask
 /// order, round-robin (element `j` goes to subtask `j mod p`);
-/// [`Redistribution::Union`] gives every subtask all elements. A state whose mode or codec
-/// differs between old subtasks is an error.
+/// [`Redistribution::Union`] gives every subtask all elements. A state whose mode differs
+/// between old subtasks is an error; so is one whose codec differs (a newer program
+/// migrated it in some subtasks only), unless it is split state restored at its old
+/// parallelism, where each subtask takes its own elements under its own codec.
 pub fn redistribute(
     uid: &str,
     old: &[Vec<OperatorStateSnapshot>],
@@ -344,44 +355,69 @@ pub fn redistribute(
             reason: "parallelism must be at least 1",
         });
     }
-    let mut merged: BTreeMap<&str, (Redistribution, &crate::codec::CodecIdentity, Vec<&[u8]>)> =
-        BTreeMap::new();
+    let mut merged: BTreeMap<&str, Merged<'_>> = BTreeMap::new();
     for subtask in old {
         for s in subtask {
-            let entry = merged
-                .entry(&s.name)
-                .or_insert_with(|| (s.mode, &s.codec, Vec::new()));
-            if entry.0 != s.mode || entry.1 != &s.codec {
+            let entry = merged.entry(&s.name).or_insert_with(|| Merged {
+                mode: s.mode,
+                codec: &s.codec,
+                other_codec: None,
+                elements: Vec::new(),
+            });
+            if entry.mode != s.mode {
                 return Err(StateError::Restore {
                     reason: format!(
-                        "operator state {} of operator {uid} has different modes or codecs in different subtasks",
-                        s.name
+                        "operator state {} of operator {uid} has mode {:?} in some subtasks and {:?} in others",
+                        s.name, entry.mode, s.mode
                     ),
                 });
             }
-            entry.2.extend(s.elements.iter().map(Vec::as_slice));
+            if entry.codec != &s.codec {
+                entry.other_codec = Some(&s.codec);
+            }
+            entry.elements.extend(s.elements.iter().map(Vec::as_slice));
         }
     }
     let mut out: Vec<Vec<OperatorStateSnapshot>> = vec![Vec::new(); p];
-    for (name, (mode, codec, elements)) in merged {
+    for (name, m) in merged {
+        let own = m.mode == Redistribution::Split && old.len() == p;
+        if let (Some(other), false) = (m.other_codec, own) {
+            // Elements of two schemas cannot share one list: a newer program migrated the
+            // state in some subtasks only (it registered it in those only).
+            return Err(StateError::Restore {
+                reason: format!(
+                    "operator state {name} of operator {uid} was stored as {} in some subtasks and as {other} in others; it restores only as split state at its parallelism ({})",
+                    m.codec,
+                    old.len()
+                ),
+            });
+        }
         for (i, target) in out.iter_mut().enumerate() {
-            let mine: Vec<Vec<u8>> = match mode {
-                Redistribution::Union => elements.iter().map(|e| e.to_vec()).collect(),
-                Redistribution::Split if old.len() == p => old
-                    .get(i)
-                    .and_then(|sub| sub.iter().find(|s| s.name == name))
-                    .map(|s| s.elements.clone())
-                    .unwrap_or_default(),
-                Redistribution::Split => elements
-                    .iter()
-                    .skip(i)
-                    .step_by(p)
-                    .map(|e| e.to_vec())
-                    .collect(),
+            let kept = own
+                .then(|| {
+                    old.get(i)
+                        .and_then(|sub| sub.iter().find(|s| s.name == name))
+                })
+                .flatten();
+            let (codec, mine): (&crate::codec::CodecIdentity, Vec<Vec<u8>>) = match (kept, m.mode) {
+                (Some(s), _) => (&s.codec, s.elements.clone()),
+                (None, _) if own => (m.codec, Vec::new()),
+                (None, Redistribution::Union) => {
+                    (m.codec, m.elements.iter().map(|e| e.to_vec()).collect())
+                }
+                (None, Redistribution::Split) => (
+                    m.codec,
+                    m.elements
+                        .iter()
+                        .skip(i)
+                        .step_by(p)
+                        .map(|e| e.to_vec())
+                        .collect(),
+                ),
             };
             target.push(OperatorStateSnapshot {
                 name: name.to_string(),
-                mode,
+                mode: m.mode,
                 codec: codec.clone(),
                 elements: mine,
             });
@@ -555,6 +591,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Offset@v2"), "{err}");
+    }
+
+    #[test]
+    fn state_migrated_in_some_subtasks_restores_only_as_split_state_at_its_parallelism() {
+        let v1 = backend_with(&[1, 2], "offsets", false);
+        let mut v2 = backend_with(&[3], "offsets", false);
+        v2[0].codec =
+            crate::Codec::identity(&crate::BincodeCodec::<(u64, bool)>::named("Offset", 2)).clone();
+        let old = vec![v1.clone(), v2.clone()];
+        let same = redistribute("src", &old, 2).unwrap();
+        assert_eq!(
+            same,
+            vec![v1.clone(), v2],
+            "each subtask its own, codec included"
+        );
+        let e = redistribute("src", &old, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("u64@v1") && e.contains("Offset@v2") && e.contains("operator src"),
+            "{e}"
+        );
+        let mut u1 = backend_with(&[1], "all", true);
+        let u2 = backend_with(&[2], "all", true);
+        u1[0].codec.version = 2;
+        assert!(
+            redistribute("src", &[u1, u2], 2).is_err(),
+            "union state mixes them"
+        );
     }
 
     #[test]

@@ -281,12 +281,20 @@ pub fn restore_metas(
         for m in &h.states {
             match metas.get(&m.name) {
                 Some(seen) if seen.check_compatible(m, uid, true).is_err() => {
+                    let hint = if seen.kind == m.kind {
+                        " (a program registered it with a new schema in some subtasks only, \
+                         e.g. lazily: such a snapshot restores at its own parallelism only, \
+                         where each subtask reads its own handle; register the state in \
+                         open() so that every subtask migrates it)"
+                    } else {
+                        ""
+                    };
                     return Err(StateError::Restore {
                         reason: format!(
-                            "handles disagree on state {}: {seen:?} vs {m:?} uid={uid}",
+                            "handles disagree on state {}: {seen:?} vs {m:?} uid={uid}{hint}",
                             m.name
                         ),
-                    })
+                    });
                 }
                 Some(_) => {}
                 None => {

@@ -222,9 +222,19 @@ fn failed(uid: &str, stored: &StateMeta, meta: &StateMeta, key: &[u8], f: Failur
         "migrating the stored values of a restored state from {} to {} uid={uid} state={} key_group={kg}",
         stored.value, meta.value, meta.name
     );
+    // Typed sources, so the runtime tells a value that no restart can convert from a
+    // failure of the layers below.
     match f {
-        Failure::Codec(e) => StateError::layer(context, e),
-        Failure::MalformedList => StateError::layer(context, "malformed stored list value"),
+        Failure::Codec(source) => StateError::layer(
+            context,
+            StateError::Codec {
+                state: meta.name.clone(),
+                source,
+            },
+        ),
+        Failure::MalformedList => StateError::Restore {
+            reason: format!("{context}: malformed stored list value"),
+        },
     }
 }
 

@@ -158,6 +158,22 @@ impl RuntimeError {
         }
     }
 
+    /// Whether no restart can cure this error, so the job fails at once: a restore that
+    /// cannot work, a configuration or input the job cannot use, and a state that a
+    /// registration finds unreadable in the restored snapshot, whenever the function
+    /// registers it (in `open`, or lazily while processing, as Flink's `getState` in
+    /// `processElement`): another kind or codec, a key part that would migrate, a value
+    /// its migration refuses.
+    pub(crate) fn is_fatal(&self) -> bool {
+        match self {
+            RuntimeError::Restore { .. }
+            | RuntimeError::Config(_)
+            | RuntimeError::BadInput { .. } => true,
+            RuntimeError::State { source, .. } => unreadable_restored(source),
+            _ => false,
+        }
+    }
+
     pub(crate) fn state(uid: &str, source: StateError) -> Self {
         RuntimeError::State {
             uid: uid.to_string(),
@@ -188,9 +204,34 @@ fn cannot_restore(e: &StateError) -> bool {
         | StateError::UnsupportedMigration { .. }
         | StateError::Codec { .. }
         | StateError::Restore { .. } => true,
-        StateError::Layer { source, .. } => source
-            .downcast_ref::<StateError>()
-            .is_some_and(cannot_restore),
+        StateError::Layer { source, .. } => {
+            source
+                .downcast_ref::<StateError>()
+                .is_some_and(cannot_restore)
+                || source.is::<cairn_core::CodecError>()
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` says a restored state cannot be read by the registering program: the
+/// errors only a registration against a snapshot raises, and a value an
+/// [`cairn_core::EvolvingCodec`] could not convert (its errors' operation is `migrate`),
+/// looking through the context layers backends add.
+fn unreadable_restored(e: &StateError) -> bool {
+    match e {
+        StateError::IncompatibleCodec { .. }
+        | StateError::IncompatibleKind { .. }
+        | StateError::UnsupportedMigration { .. } => true,
+        StateError::Codec { source, .. } => source.op == "migrate",
+        StateError::Layer { source, .. } => {
+            source
+                .downcast_ref::<StateError>()
+                .is_some_and(unreadable_restored)
+                || source
+                    .downcast_ref::<cairn_core::CodecError>()
+                    .is_some_and(|c| c.op == "migrate")
+        }
         _ => false,
     }
 }

@@ -1290,12 +1290,10 @@ impl Driver {
             }
             CoordMsg::TaskFailed { attempt, error } => {
                 if attempt == run.attempt {
-                    let fatal = matches!(
-                        error,
-                        RuntimeError::Restore { .. }
-                            | RuntimeError::Config(_)
-                            | RuntimeError::BadInput { .. }
-                    );
+                    let fatal = error.is_fatal();
+                    // A state found unreadable after the operator opened (a lazy
+                    // registration) reads as the restore error it is.
+                    let error = if fatal { error.registration() } else { error };
                     return Some(Outcome::Failed { error, fatal });
                 }
             }
