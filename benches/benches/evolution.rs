@@ -15,6 +15,7 @@
 //!   `ratio` is `migrate / as_is` of the medians (the migration's cost as a multiple).
 //! - Every line carries the 1-minute load average before and after.
 
+use cairn_benches::{env_u64, load_average, median};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,13 +39,6 @@ const UID: &str = "evolution";
 struct Count {
     n: u64,
     since_ms: u64,
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn count(k: u64) -> u64 {
@@ -144,18 +138,6 @@ fn restore<B: StateAccess>(mut b: B, from: &From, migrate: bool) -> Duration {
 enum From {
     Savepoint(String),
     Checkpoint(CheckpointStorage, u64),
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(-1.0)
 }
 
 fn main() {

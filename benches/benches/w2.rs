@@ -32,6 +32,7 @@
 //!   the state is built and after the runs: the ingestion restore uses every core, so
 //!   figures from a loaded machine are not comparable with an idle one's.
 
+use cairn_benches::{env_u64, load_average, median};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,13 +57,6 @@ const PUT_BATCH_BYTES: usize = 4 << 20;
 #[inline]
 fn ser(k: u64) -> [u8; 8] {
     k.to_le_bytes()
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn count(k: u64) -> u64 {
@@ -230,19 +224,6 @@ fn restore_put_per_entry(url: &str, dir: &Path, flush: bool) -> (DB, u64) {
         .map(|v| u64::from_le_bytes(v[..8].try_into().expect("8 bytes")))
         .expect("restored value");
     (db, v)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// The 1-minute load average (`/proc/loadavg`), or -1 where there is none.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(-1.0)
 }
 
 /// CPU time of the process so far (user + system, every thread, finished ones included;

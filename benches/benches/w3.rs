@@ -12,6 +12,7 @@
 //! - The plain side does the same operations on `HashMap<u64, u64>`,
 //!   `HashMap<u64, Vec<u64>>` and `HashMap<u64, HashMap<u64, u64>>` with std's hasher.
 
+use cairn_benches::median;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -206,11 +207,6 @@ fn run_once(op: &str, keys: &[u64], seq: &[u64]) -> (Duration, Duration) {
         }
         _ => unreachable!("unknown op {op}"),
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 const OPS_NAMES: [&str; 4] = ["value_get_update", "list_add", "map_put", "map_get"];

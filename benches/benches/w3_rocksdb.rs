@@ -23,6 +23,7 @@
 //! - `W3_OPS=n` and `W3_KEYS=n` override the operation and key counts; `W3_ONLY=a,b` restricts
 //!   the operations.
 
+use cairn_benches::median;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -319,11 +320,6 @@ fn run_once(op: &str, keys: &[u64], seq: &[u64]) -> [Duration; 3] {
         run_backend(op, keys, seq, BIG_CACHE),
         run_raw(op, keys, seq),
     ]
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 const OPS_NAMES: [&str; 4] = ["value_get_update", "list_add", "map_put", "map_get"];

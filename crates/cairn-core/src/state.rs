@@ -545,126 +545,43 @@ namespace_builder!(MapStateDescriptor<UK, UV>, user_key, value);
 namespace_builder!(ReducingStateDescriptor<V>, value, reduce);
 namespace_builder!(AggregatingStateDescriptor<IN, ACC, OUT>, accumulator, function);
 
-impl<V: 'static, N: 'static> ValueStateDescriptor<V, N> {
-    /// How this descriptor reads the state a snapshot described as `stored` (see
-    /// [`StateMeta::resolve`]); errors name operator `uid`.
-    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
-        let verdicts = CodecVerdicts {
-            namespace: self.namespace.compatibility(&stored.namespace),
-            value: self.value.compatibility(&stored.value),
-            user_key: None,
-        };
-        stored.resolve(&self.meta(), verdicts, uid)
-    }
+/// `resolve` and `meta` of a descriptor whose value codec is field `$value` (and user-key
+/// codec `$user_key`, for maps).
+macro_rules! described {
+    ($name:ident<$($p:ident),*>, $kind:ident, $value:ident $(, $user_key:ident)?) => {
+        impl<$($p: 'static,)* N: 'static> $name<$($p,)* N> {
+            /// How this descriptor reads the state a snapshot described as `stored` (see
+            /// [`StateMeta::resolve`]); errors name operator `uid`.
+            pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
+                let verdicts = CodecVerdicts {
+                    namespace: self.namespace.compatibility(&stored.namespace),
+                    value: self.$value.compatibility(&stored.value),
+                    user_key: None$(.or(stored
+                        .user_key
+                        .as_ref()
+                        .map(|s| self.$user_key.compatibility(s))))?,
+                };
+                stored.resolve(&self.meta(), verdicts, uid)
+            }
 
-    /// What snapshots record about this state.
-    pub fn meta(&self) -> StateMeta {
-        meta(
-            &self.name,
-            StateKind::Value,
-            &*self.namespace,
-            self.value.identity(),
-            None,
-        )
-    }
+            /// What snapshots record about this state.
+            pub fn meta(&self) -> StateMeta {
+                meta(
+                    &self.name,
+                    StateKind::$kind,
+                    &*self.namespace,
+                    self.$value.identity(),
+                    None$(.or(Some(self.$user_key.identity())))?,
+                )
+            }
+        }
+    };
 }
-impl<V: 'static, N: 'static> ListStateDescriptor<V, N> {
-    /// How this descriptor reads the state a snapshot described as `stored` (see
-    /// [`StateMeta::resolve`]); errors name operator `uid`.
-    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
-        let verdicts = CodecVerdicts {
-            namespace: self.namespace.compatibility(&stored.namespace),
-            value: self.element.compatibility(&stored.value),
-            user_key: None,
-        };
-        stored.resolve(&self.meta(), verdicts, uid)
-    }
-
-    /// What snapshots record about this state.
-    pub fn meta(&self) -> StateMeta {
-        meta(
-            &self.name,
-            StateKind::List,
-            &*self.namespace,
-            self.element.identity(),
-            None,
-        )
-    }
-}
-impl<UK: 'static, UV: 'static, N: 'static> MapStateDescriptor<UK, UV, N> {
-    /// How this descriptor reads the state a snapshot described as `stored` (see
-    /// [`StateMeta::resolve`]); errors name operator `uid`.
-    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
-        let verdicts = CodecVerdicts {
-            namespace: self.namespace.compatibility(&stored.namespace),
-            value: self.value.compatibility(&stored.value),
-            user_key: stored
-                .user_key
-                .as_ref()
-                .map(|s| self.user_key.compatibility(s)),
-        };
-        stored.resolve(&self.meta(), verdicts, uid)
-    }
-
-    /// What snapshots record about this state.
-    pub fn meta(&self) -> StateMeta {
-        meta(
-            &self.name,
-            StateKind::Map,
-            &*self.namespace,
-            self.value.identity(),
-            Some(self.user_key.identity()),
-        )
-    }
-}
-impl<V: 'static, N: 'static> ReducingStateDescriptor<V, N> {
-    /// How this descriptor reads the state a snapshot described as `stored` (see
-    /// [`StateMeta::resolve`]); errors name operator `uid`.
-    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
-        let verdicts = CodecVerdicts {
-            namespace: self.namespace.compatibility(&stored.namespace),
-            value: self.value.compatibility(&stored.value),
-            user_key: None,
-        };
-        stored.resolve(&self.meta(), verdicts, uid)
-    }
-
-    /// What snapshots record about this state.
-    pub fn meta(&self) -> StateMeta {
-        meta(
-            &self.name,
-            StateKind::Reducing,
-            &*self.namespace,
-            self.value.identity(),
-            None,
-        )
-    }
-}
-impl<IN: 'static, ACC: 'static, OUT: 'static, N: 'static>
-    AggregatingStateDescriptor<IN, ACC, OUT, N>
-{
-    /// How this descriptor reads the state a snapshot described as `stored` (see
-    /// [`StateMeta::resolve`]); errors name operator `uid`.
-    pub fn resolve(&self, stored: &StateMeta, uid: &str) -> Result<StateMigration> {
-        let verdicts = CodecVerdicts {
-            namespace: self.namespace.compatibility(&stored.namespace),
-            value: self.accumulator.compatibility(&stored.value),
-            user_key: None,
-        };
-        stored.resolve(&self.meta(), verdicts, uid)
-    }
-
-    /// What snapshots record about this state.
-    pub fn meta(&self) -> StateMeta {
-        meta(
-            &self.name,
-            StateKind::Aggregating,
-            &*self.namespace,
-            self.accumulator.identity(),
-            None,
-        )
-    }
-}
+described!(ValueStateDescriptor<V>, Value, value);
+described!(ListStateDescriptor<V>, List, element);
+described!(MapStateDescriptor<UK, UV>, Map, value, user_key);
+described!(ReducingStateDescriptor<V>, Reducing, value);
+described!(AggregatingStateDescriptor<IN, ACC, OUT>, Aggregating, accumulator);
 
 fn meta<N: 'static>(
     name: &str,
