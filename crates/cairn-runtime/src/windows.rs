@@ -1195,6 +1195,9 @@ struct WindowOperator<K, T, C> {
     /// Counts the records dropped as late without a side output for them (Flink's
     /// `numLateRecordsDropped`); registered in `initialize_state`.
     dropped: crate::metrics::Counter,
+    /// The operator's metric group, for its window function's `open`; set in
+    /// `initialize_state`.
+    metrics: Option<crate::metrics::MetricGroup>,
     /// `None`: the default of the assigner's time domain.
     trigger: Option<WindowTrigger>,
     /// A user-defined trigger.
@@ -1275,6 +1278,7 @@ impl<K, T, C> WindowOperator<K, T, C> {
             allowed_lateness,
             late,
             dropped: Default::default(),
+            metrics: None,
             trigger,
             custom,
             contents,
@@ -1324,6 +1328,7 @@ impl<K, T, C: Contents<K, T>> Checkpointed for WindowOperator<K, T, C> {
     /// Refuses a restore whose windows or trigger were others.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         self.dropped = ctx.metrics.counter(LATE_DROPPED)?;
+        self.metrics = Some(ctx.metrics.clone());
         keep_spec(
             ctx,
             &self.uid,
@@ -1565,6 +1570,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for WindowOperator
             uid: &self.uid,
             merging: false,
             marks_purged: empties && ambiguous,
+            metrics: self.metrics.as_ref(),
         };
         self.contents.open(backend, operator)?;
         Ok(Opened {
@@ -2218,6 +2224,7 @@ mod tests {
             allowed_lateness: Duration::ZERO,
             late: None::<crate::side::OutputTag<u64>>,
             dropped: Default::default(),
+            metrics: None,
             trigger,
             custom: None,
             contents: sum(),

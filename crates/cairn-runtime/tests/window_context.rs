@@ -1131,3 +1131,91 @@ fn all_state_kinds_survive_a_savepoint_under_the_other_backend_and_parallelism()
     assert_eq!(common::read_output(&out.join("fired")), model_fired);
     assert_eq!(common::read_output(&out.join("ended")), model_ended);
 }
+
+/// A window function with its own metrics: registered in `open` through
+/// `WindowStates::metrics`, counting its firings and the elements it saw.
+#[derive(Clone, Default)]
+struct Metered {
+    firings: Option<cairn_runtime::Counter>,
+    elements: Option<cairn_runtime::Counter>,
+}
+
+impl ProcessWindowFunction<u64, Event, u64> for Metered {
+    fn open<B: KeyedStateBackend>(
+        &mut self,
+        states: &mut WindowStates<'_, B>,
+    ) -> cairn_runtime::Result<()> {
+        self.firings = Some(states.metrics().counter("windowsFired")?);
+        self.elements = Some(states.metrics().counter("elementsSeen")?);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _key: &u64,
+        _window: TimeWindow,
+        elements: Vec<Event>,
+        out: &mut Collector<'_, u64>,
+    ) -> cairn_runtime::Result<()> {
+        if let (Some(f), Some(e)) = (&self.firings, &self.elements) {
+            f.inc();
+            e.inc_by(elements.len() as i64);
+        }
+        out.collect(elements.len() as u64)
+    }
+}
+
+/// The metrics a window function registers in `open` are the operator's, scoped
+/// `<uid>.<subtask>` (Flink's `getRuntimeContext().getMetricGroup()`): the tumbling
+/// script's 5 firings of 8 elements in all (a late firing sees its window again), sessions' 3 firings of 4, count windows' 2 of 4.
+#[test]
+fn a_window_function_registers_its_own_metrics_in_open() {
+    let sessions = vec![vec![(1, 1, 1), (1, 5, 2), (2, 3, 3)], vec![(1, 30, 4)]];
+    let counted = vec![
+        vec![(1, 1, 1), (1, 2, 2)],
+        vec![(1, 3, 3), (1, 4, 4), (1, 5, 5)],
+    ];
+    let cases: Vec<(&str, Stream<u64>, i64, i64)> = vec![
+        (
+            "tumbling",
+            tumbling_with_lateness().process("tumbling", Metered::default()),
+            5,
+            8,
+        ),
+        (
+            "sessions",
+            keyed(sessions)
+                .window(EventTimeSessionWindows::with_gap(Duration::from_millis(10)))
+                .process("sessions", Metered::default()),
+            3,
+            4,
+        ),
+        (
+            "counted",
+            keyed(counted)
+                .count_window(2)
+                .process("counted", Metered::default()),
+            2,
+            4,
+        ),
+    ];
+    for (uid, stream, firings, elements) in cases {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let graph = stream.sink("sink", common::Collect(got.clone()));
+        let result = Job::new(graph, script_config(StateBackendConfig::HashMap))
+            .run()
+            .expect("job");
+        let seen: u64 = got.lock().expect("lock").iter().sum();
+        assert_eq!(seen as i64, elements, "{uid}: elements emitted");
+        assert_eq!(
+            result.metrics.get(&format!("{uid}.0.windowsFired")),
+            Some(&cairn_runtime::MetricValue::Counter(firings)),
+            "{uid}"
+        );
+        assert_eq!(
+            result.metrics.get(&format!("{uid}.0.elementsSeen")),
+            Some(&cairn_runtime::MetricValue::Counter(elements)),
+            "{uid}"
+        );
+    }
+}

@@ -115,6 +115,7 @@ use super::triggers::{WINDOW_COUNT_STATE, WINDOW_FIRE_TIME_STATE};
 use super::{window_codec, ProcessWindowFunction, TimeWindow, WINDOW_CONTENTS_STATE};
 use crate::error::{Result, RuntimeError};
 use crate::function::{Collector, Data};
+use crate::metrics::MetricGroup;
 use crate::side::OutputTag;
 use crate::timers::TimerService;
 
@@ -364,6 +365,7 @@ impl<'a, B: KeyedStateBackend, N: Namespace> KeyedStateStore<'a, B, N> {
 pub struct WindowStates<'a, B> {
     backend: &'a mut B,
     states: &'a mut FunctionStates,
+    metrics: MetricGroup,
 }
 
 impl<B> fmt::Debug for WindowStates<'_, B> {
@@ -372,6 +374,15 @@ impl<B> fmt::Debug for WindowStates<'_, B> {
             .field("uid", &self.states.uid)
             .field("declared", &self.states.per_window)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B> WindowStates<'_, B> {
+    /// The window operator's metric group (Flink's `getRuntimeContext().getMetricGroup()`
+    /// in a rich window function's `open`): the function's own counters, gauges, meters
+    /// and histograms, scoped `<uid>.<subtask>`; keep the handles it returns.
+    pub fn metrics(&self) -> &MetricGroup {
+        &self.metrics
     }
 }
 
@@ -461,6 +472,8 @@ pub(super) struct Operator<'a> {
     /// from its timers alone whether a key has a window that ends, and an empty window
     /// may be the key's.
     pub(super) marks_purged: bool,
+    /// Its metric group (`None` before `initialize_state`, in unit tests).
+    pub(super) metrics: Option<&'a MetricGroup>,
 }
 
 /// What a window operator keeps for its process window function: its uid, whether its
@@ -612,9 +625,14 @@ impl<F> Function<F> {
                 .map_err(|e| states.registration(e))?;
             states.purged = Some(purged);
         }
+        let metrics = operator
+            .metrics
+            .cloned()
+            .unwrap_or_else(|| MetricGroup::unregistered(uid));
         let mut declare = WindowStates {
             backend,
             states: &mut states,
+            metrics,
         };
         let opened = self.f.open(&mut declare).map_err(|e| named(e, uid));
         self.states = states;

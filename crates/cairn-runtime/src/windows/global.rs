@@ -134,6 +134,7 @@ impl<K: Key, T: Data> sealed::BuildPlain<K, T> for GlobalWindows {
             trigger: windowed.trigger,
             custom: windowed.custom,
             contents: Evictable::new(contents, windowed.evictor),
+            metrics: None,
             _k: PhantomData,
         };
         windowed.keyed.process(uid, op).one_subtask_if(windowed.all)
@@ -161,6 +162,9 @@ struct GlobalOperator<K, T, C> {
     /// A user-defined trigger.
     custom: Option<BoxedTrigger<T>>,
     contents: C,
+    /// The operator's metric group, for its window function's `open`; set in
+    /// `initialize_state`.
+    metrics: Option<crate::metrics::MetricGroup>,
     _k: PhantomData<fn() -> (K, T)>,
 }
 
@@ -209,6 +213,7 @@ impl<K, T, C: Contents<K, T>> GlobalOperator<K, T, C> {
 impl<K, T, C: Contents<K, T>> Checkpointed for GlobalOperator<K, T, C> {
     /// Refuses a restore of other windows or under another trigger.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
+        self.metrics = Some(ctx.metrics.clone());
         keep_spec(
             ctx,
             &self.uid,
@@ -242,6 +247,7 @@ impl<K: Key, T: Data, C: Contents<K, T>> KeyedProcessFunction for GlobalOperator
             uid: &self.uid,
             merging: false,
             marks_purged: false,
+            metrics: self.metrics.as_ref(),
         };
         self.contents.open(backend, operator)?;
         Ok(Opened {
@@ -360,6 +366,7 @@ mod tests {
             trigger,
             custom: None,
             contents: Evictable::new(sum(), evictor),
+            metrics: None,
             _k: PhantomData,
         }
     }

@@ -215,6 +215,7 @@ impl<K: Key, T: Data, G: SessionGap<T> + fmt::Debug> sealed::Build<K, T> for Ses
             allowed_lateness: windowed.allowed_lateness,
             late: windowed.late,
             dropped: Default::default(),
+            metrics: None,
             trigger: windowed.trigger,
             contents: Evictable::new(contents, windowed.evictor),
             _k: PhantomData,
@@ -407,6 +408,9 @@ struct SessionOperator<K, T, G, C> {
     late: Option<OutputTag<T>>,
     /// Counts the records dropped as late without a side output for them.
     dropped: crate::metrics::Counter,
+    /// The operator's metric group, for its window function's `open`; set in
+    /// `initialize_state`.
+    metrics: Option<crate::metrics::MetricGroup>,
     /// `None`: the default of the time domain.
     trigger: Option<WindowTrigger>,
     contents: C,
@@ -497,6 +501,7 @@ impl<K, T, G: SessionGap<T>, C: Contents<K, T>> Checkpointed for SessionOperator
     /// Refuses a restore whose sessions were of another time domain or lateness.
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> Result<()> {
         self.dropped = ctx.metrics.counter(super::LATE_DROPPED)?;
+        self.metrics = Some(ctx.metrics.clone());
         keep_spec(
             ctx,
             &self.uid,
@@ -538,6 +543,7 @@ where
             uid: &self.uid,
             merging: true,
             marks_purged: false,
+            metrics: self.metrics.as_ref(),
         };
         self.contents.open(backend, operator)?;
         Ok(Opened {
@@ -781,6 +787,7 @@ mod tests {
             allowed_lateness: Duration::from_millis(lateness),
             late: None,
             dropped: Default::default(),
+            metrics: None,
             trigger,
             contents: sum(),
             _k: PhantomData,
@@ -1103,6 +1110,7 @@ mod tests {
             allowed_lateness: Duration::ZERO,
             late: None,
             dropped: Default::default(),
+            metrics: None,
             trigger: None,
             contents,
             _k: PhantomData,
