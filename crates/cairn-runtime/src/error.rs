@@ -194,46 +194,59 @@ impl RuntimeError {
     }
 }
 
-/// Whether a registration error says the restored state cannot be read by this program,
-/// looking through the context layers backends add (a value that fails to decode or
-/// migrate in some key group is as final as a codec the program declares wrong).
-fn cannot_restore(e: &StateError) -> bool {
+/// What a state error says about the restored state, looking through the context layers
+/// backends add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreadable {
+    /// Nothing: another failure (I/O, a lower layer's own).
+    No,
+    /// Only a registration against a snapshot raises it: another kind or codec, a key part
+    /// that would migrate.
+    Registration,
+    /// A value an [`cairn_core::EvolvingCodec`] could not convert (operation `migrate`).
+    Conversion,
+    /// A stored value that does not decode.
+    Decode,
+    /// A restore that cannot work.
+    Restore,
+}
+
+fn unreadable(e: &StateError) -> Unreadable {
+    let codec = |c: &cairn_core::CodecError| match c.op {
+        "migrate" => Unreadable::Conversion,
+        _ => Unreadable::Decode,
+    };
     match e {
         StateError::IncompatibleCodec { .. }
         | StateError::IncompatibleKind { .. }
-        | StateError::UnsupportedMigration { .. }
-        | StateError::Codec { .. }
-        | StateError::Restore { .. } => true,
-        StateError::Layer { source, .. } => {
-            source
-                .downcast_ref::<StateError>()
-                .is_some_and(cannot_restore)
-                || source.is::<cairn_core::CodecError>()
-        }
-        _ => false,
+        | StateError::UnsupportedMigration { .. } => Unreadable::Registration,
+        StateError::Codec { source, .. } => codec(source),
+        StateError::Restore { .. } => Unreadable::Restore,
+        StateError::Layer { source, .. } => match source.downcast_ref::<StateError>() {
+            Some(inner) => unreadable(inner),
+            None => source
+                .downcast_ref::<cairn_core::CodecError>()
+                .map_or(Unreadable::No, codec),
+        },
+        _ => Unreadable::No,
     }
 }
 
-/// Whether `e` says a restored state cannot be read by the registering program: the
-/// errors only a registration against a snapshot raises, and a value an
-/// [`cairn_core::EvolvingCodec`] could not convert (its errors' operation is `migrate`),
-/// looking through the context layers backends add.
+/// Whether a registration error (in `open`) says the restored state cannot be read by
+/// this program: a value that fails to decode or migrate in some key group is as final as
+/// a codec the program declares wrong.
+fn cannot_restore(e: &StateError) -> bool {
+    unreadable(e) != Unreadable::No
+}
+
+/// Whether an error at any point of a run says a restored state cannot be read by the
+/// registering program: the errors only a registration against a snapshot raises, and a
+/// value an [`cairn_core::EvolvingCodec`] could not convert.
 fn unreadable_restored(e: &StateError) -> bool {
-    match e {
-        StateError::IncompatibleCodec { .. }
-        | StateError::IncompatibleKind { .. }
-        | StateError::UnsupportedMigration { .. } => true,
-        StateError::Codec { source, .. } => source.op == "migrate",
-        StateError::Layer { source, .. } => {
-            source
-                .downcast_ref::<StateError>()
-                .is_some_and(unreadable_restored)
-                || source
-                    .downcast_ref::<cairn_core::CodecError>()
-                    .is_some_and(|c| c.op == "migrate")
-        }
-        _ => false,
-    }
+    matches!(
+        unreadable(e),
+        Unreadable::Registration | Unreadable::Conversion
+    )
 }
 
 /// ` in operator <uid>`, or nothing when `source` names the uid itself (`uid=<uid>` or
